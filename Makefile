@@ -1,0 +1,107 @@
+# pilotfish: one non-recursive Makefile.
+#   make            build build/pilotfish
+#   make test       install missing packages, build, run unit + integration tests
+#   make asan       the same tests under AddressSanitizer and UBSan (build/asan/)
+#   make demo       run pilotfish on examples/demo.json with two local backends
+#   make bench      benchmarks against haproxy (bench/)
+#   make deps       install missing Debian packages (idempotent, quiet when all is there)
+#   make fmt / fmt-check
+
+BUILD ?= build
+CC ?= gcc
+LLHTTP_SRC ?= /usr/share/llhttp
+LLHTTP_INC ?= /usr/share/include/llhttp
+PYTHON ?= /usr/bin/python3
+
+OPT ?= -O2
+SAN ?=
+WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -DLLHTTP_STRICT_MODE=1 -g $(OPT) $(SAN) -I. -I$(LLHTTP_INC) -MMD -MP
+CFLAGS_ALL = $(CFLAGS_BASE) $(WARN) $(CFLAGS)
+LIBS = -levent_core -levent_extra -levent_pthreads -ljansson -lcares -lcurl -lssl -lcrypto -lpthread -lm
+
+MODULES = core config discovery health proxy admin
+LIB_SRC = $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
+LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+CMD_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard cmd/*.c))
+LLHTTP_OBJ = $(BUILD)/obj/llhttp/llhttp.o $(BUILD)/obj/llhttp/api.o $(BUILD)/obj/llhttp/http.o
+UNIT_SRC = $(wildcard test/unit/test_*.c)
+UNIT_BIN = $(UNIT_SRC:test/unit/%.c=$(BUILD)/unit/%)
+FAKE_BIN = $(BUILD)/pf-backend
+
+.PHONY: all deps test unit integration asan demo bench fmt fmt-check clean check-layout
+
+all: $(BUILD)/pilotfish $(FAKE_BIN)
+
+# ---- packages -------------------------------------------------------------
+DEB_PKGS = gcc make pkg-config libevent-dev libc-ares-dev libcurl4-openssl-dev libjansson-dev \
+	libssl-dev libcunit1-dev node-llhttp python3 python3-pytest curl procps util-linux \
+	haproxy nginx-light wrk dnsmasq-base clang-format
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+		grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# ---- build ----------------------------------------------------------------
+$(BUILD)/obj/llhttp/%.o: $(LLHTTP_SRC)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -DLLHTTP_STRICT_MODE=1 -g $(OPT) $(SAN) -I$(LLHTTP_INC) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/libpilotfish.a: $(LIB_OBJ) $(LLHTTP_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/pilotfish: $(CMD_OBJ) $(BUILD)/libpilotfish.a
+	$(CC) $(SAN) -o $@ $(CMD_OBJ) $(BUILD)/libpilotfish.a $(LIBS)
+
+$(BUILD)/pf-backend: $(BUILD)/obj/test/fakes/backend.o $(LLHTTP_OBJ)
+	$(CC) $(SAN) -o $@ $^ $(LIBS)
+
+$(BUILD)/unit/%: $(BUILD)/obj/test/unit/%.o $(BUILD)/libpilotfish.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $< $(BUILD)/libpilotfish.a -lcunit $(LIBS)
+
+# ---- tests ----------------------------------------------------------------
+test: deps
+	@$(MAKE) --no-print-directory all $(UNIT_BIN)
+	@$(MAKE) --no-print-directory check-layout unit integration
+
+check-layout:
+	@$(PYTHON) test/check_layout.py
+
+unit: $(UNIT_BIN)
+	@fail=0; for t in $(UNIT_BIN); do $$t || fail=1; done; exit $$fail
+
+integration: all
+	PILOTFISH_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider test/integration $(PYTEST_ARGS)
+
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build/asan OPT=-O1 \
+		SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+		all unit integration
+
+demo: deps all
+	@bash examples/demo.sh $(abspath $(BUILD))
+
+bench: deps all
+	@bash bench/run.sh $(abspath $(BUILD))
+
+FMT_SRC = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
+fmt:
+	clang-format -i $(FMT_SRC)
+fmt-check:
+	@clang-format --dry-run -Werror $(FMT_SRC)
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

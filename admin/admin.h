@@ -1,0 +1,23 @@
+/* Admin server: readiness, liveness, Prometheus metrics, cluster state and the effective
+ * config, over plain HTTP on its own address (loopback by default). It runs on the main
+ * thread's event loop, never on a worker, so a slow scrape cannot delay requests. */
+#ifndef PF_ADMIN_H
+#define PF_ADMIN_H
+
+#include "config/config.h"
+#include "core/error.h"
+#include "core/metrics.h"
+#include "proxy/proxy.h"
+
+#include <event2/event.h>
+
+typedef struct pf_admin pf_admin;
+
+/* Binds cfg->admin_addr and serves on `base`. Everything passed is borrowed and must
+ * outlive the admin server. Returns NULL with `err` set when the address cannot be bound.
+ * Main thread. */
+pf_admin *admin_new(struct event_base *base, const pf_config *cfg, pf_proxy *proxy,
+                    pf_metrics *metrics, pf_error *err);
+void admin_free(pf_admin *admin);
+
+#endif

@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run.sh (stdlib only).
+
+Subcommands:
+  procstat PGID            print "cpu_ticks vmhwm_kb vmrss_kb nprocs" summed over the
+                           process group PGID plus every descendant of PID PGID.
+                           Summing over the tree keeps the numbers right even when a
+                           proxy forks worker processes.
+  record   [options]       parse one wrk output file, append one JSON line to the runs
+                           file and print a one-line progress summary.
+  report   [options]       aggregate the runs file: print the table and summary line,
+                           write the JSON results file.
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+
+# ---------------------------------------------------------------- /proc sampling
+
+
+def _read_stat(pid):
+    """(ppid, pgrp, utime+stime+cutime+cstime) of one pid, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
+    rest = data[data.rindex(")") + 2:].split()
+    # rest[0] is field 3 (state); field N is rest[N-3].
+    ppid, pgrp = int(rest[1]), int(rest[2])
+    # utime, stime, cutime, cstime = fields 14..17. cutime/cstime are included so that
+    # a worker process that exits and is reaped during a run is not lost from the delta.
+    ticks = sum(int(x) for x in rest[11:15])
+    return ppid, pgrp, ticks
+
+
+def _read_status_kb(pid, key):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def proc_tree(root):
+    """Pids of the process group `root` and all descendants of pid `root`."""
+    stats = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _read_stat(int(name))
+            if st:
+                stats[int(name)] = st
+    members = {p for p, (_, pgrp, _) in stats.items() if pgrp == root}
+    if root in stats:
+        members.add(root)
+    changed = True
+    while changed:  # close over the parent->child relation
+        changed = False
+        for p, (ppid, _, _) in stats.items():
+            if ppid in members and p not in members:
+                members.add(p)
+                changed = True
+    return {p: stats[p] for p in members}
+
+
+def cmd_procstat(args):
+    tree = proc_tree(args.pgid)
+    ticks = sum(st[2] for st in tree.values())
+    hwm = sum(_read_status_kb(p, "VmHWM") for p in tree)
+    rss = sum(_read_status_kb(p, "VmRSS") for p in tree)
+    print(ticks, hwm, rss, len(tree))
+
+
+# ---------------------------------------------------------------- wrk parsing
+
+_TIME_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def _to_ms(text):
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text)
+    return float(m.group(1)) * _TIME_UNITS[m.group(2)] if m else None
+
+
+def parse_wrk(text):
+    """Extract the numbers we need from `wrk --latency` output; missing -> None."""
+    out = {"requests": None, "seconds": None, "rps": None, "p50_ms": None,
+           "p75_ms": None, "p90_ms": None, "p99_ms": None,
+           "socket_errors": 0, "non2xx": 0}
+    for pct, key in (("50", "p50_ms"), ("75", "p75_ms"), ("90", "p90_ms"), ("99", "p99_ms")):
+        m = re.search(r"^\s+" + pct + r"(?:\.0+)?%\s+(\S+)\s*$", text, re.M)
+        if m:
+            out[key] = _to_ms(m.group(1))
+    m = re.search(r"^\s*(\d+) requests in ([0-9.]+)(us|ms|s|m|h)", text, re.M)
+    if m:
+        out["requests"] = int(m.group(1))
+        out["seconds"] = _to_ms(m.group(2) + m.group(3)) / 1000.0
+    m = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.M)
+    if m:
+        out["rps"] = float(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        out["socket_errors"] = sum(int(x) for x in m.groups())
+        out["socket_detail"] = dict(zip(("connect", "read", "write", "timeout"),
+                                        (int(x) for x in m.groups())))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        out["non2xx"] = int(m.group(1))
+    return out
+
+
+def cmd_record(args):
+    try:
+        with open(args.wrk, errors="replace") as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    run = {"case": args.case, "proxy": args.proxy, "round": args.round}
+    run.update(parse_wrk(text))
+    cpu_s = args.cpu_ticks / args.clk_tck
+    run["proxy_cpu_s"] = round(cpu_s, 3)
+    run["req_per_cpu_s"] = (run["requests"] / cpu_s) if (run["requests"] and cpu_s > 0) else None
+    run["peak_rss_kb"] = args.peak_kb
+    run["idle_rss_kb"] = args.idle_kb
+    run["wrk_exit"] = args.wrk_exit
+    run["proxy_alive_after"] = bool(args.alive)
+    run["errors"] = run["socket_errors"] + run["non2xx"]
+    notes = []
+    if run["requests"] is None:
+        notes.append("wrk output unparseable")
+    if args.wrk_exit != 0:
+        notes.append(f"wrk exit {args.wrk_exit}")
+    if not args.alive:
+        notes.append("proxy exited during run")
+    run["notes"] = notes
+    with open(args.runs, "a") as f:
+        f.write(json.dumps(run) + "\n")
+    print(f"  {args.case:<10} {args.proxy:<10} round {args.round}: "
+          f"{_fmt(run['rps'], 0)} req/s  p50 {_fmt(run['p50_ms'], 2)} ms  "
+          f"p99 {_fmt(run['p99_ms'], 2)} ms  {_fmt(run['req_per_cpu_s'], 0)} req/CPU-s  "
+          f"(cpu {cpu_s:.2f}s, errors {run['errors']})"
+          + ("  !! " + "; ".join(notes) if notes else ""), flush=True)
+
+
+# ---------------------------------------------------------------- report
+
+
+def _fmt(v, digits):
+    return "-" if v is None else f"{v:,.{digits}f}".replace(",", "")
+
+
+def _median(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def aggregate(runs, how):
+    """One row per (case, proxy).
+
+    median: each metric is the median over rounds independently (with 2 rounds that is
+            the mean of the two).
+    best:   all metrics come from the single round with the highest req/s.
+    In both modes errors are the SUM over all rounds (an error anywhere must show),
+    peak RSS is the max over rounds and idle RSS the median.
+    """
+    keys = ("rps", "p50_ms", "p99_ms", "req_per_cpu_s", "proxy_cpu_s", "requests")
+    if how == "best":
+        pick = max(runs, key=lambda r: r["rps"] or -1)
+        row = {k: pick[k] for k in keys}
+        row["best_round"] = pick["round"]
+    else:
+        row = {k: _median([r[k] for r in runs]) for k in keys}
+    row["peak_rss_kb"] = max(r["peak_rss_kb"] for r in runs)
+    row["idle_rss_kb"] = _median([r["idle_rss_kb"] for r in runs])
+    row["errors"] = sum(r["errors"] for r in runs)
+    row["rounds"] = len(runs)
+    row["notes"] = sorted({n for r in runs for n in r["notes"]})
+    return row
+
+
+def _ratio(a, b):
+    return (a / b) if (a is not None and b) else None
+
+
+def cmd_report(args):
+    with open(args.runs) as f:
+        runs = [json.loads(line) for line in f if line.strip()]
+    with open(args.meta) as f:
+        meta = json.load(f)
+    subject, peer = args.subject, args.peer
+    cases = []
+    for c in args.cases.split(","):
+        if c not in [r["case"] for r in runs]:
+            continue
+        entry = {"case": c, "results": {}}
+        for p in (subject, peer):
+            pr = [r for r in runs if r["case"] == c and r["proxy"] == p]
+            if pr:
+                entry["results"][p] = aggregate(pr, args.agg)
+        s, h = entry["results"].get(subject), entry["results"].get(peer)
+        if s and h:
+            entry["ratio"] = {
+                "rps": _ratio(s["rps"], h["rps"]),
+                "p99_ms": _ratio(s["p99_ms"], h["p99_ms"]),
+                "req_per_cpu_s": _ratio(s["req_per_cpu_s"], h["req_per_cpu_s"]),
+            }
+        cases.append(entry)
+
+    # ---- table
+    hdr = ("case", "proxy", "req/s", "p50 ms", "p99 ms", "req/CPU-s",
+           "peak RSS MiB", "idle RSS MiB", "errors")
+    widths = (10, 18, 10, 8, 8, 10, 12, 12, 7)
+
+    def line(cells):
+        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    mib = lambda kb: None if kb is None else kb / 1024.0  # noqa: E731
+    print()
+    print(f"results ({args.agg} of {meta.get('rounds')} rounds; {meta.get('duration')} runs, "
+          f"{meta.get('connections')} connections, backend {meta.get('backend')}, "
+          f"{meta.get('pinning')})")
+    print(line(hdr))
+    print(line(["-" * w for w in widths]))
+    for e in cases:
+        for p, r in e["results"].items():
+            label = meta.get("labels", {}).get(p, p)
+            print(line((e["case"], label, _fmt(r["rps"], 0), _fmt(r["p50_ms"], 3),
+                        _fmt(r["p99_ms"], 3), _fmt(r["req_per_cpu_s"], 0),
+                        _fmt(mib(r["peak_rss_kb"]), 1), _fmt(mib(r["idle_rss_kb"]), 1),
+                        r["errors"])))
+        if "ratio" in e:
+            rt = e["ratio"]
+            x = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
+            print(line((e["case"], f"ratio {subject}/{peer}"[:18], x(rt["rps"]), "",
+                        x(rt["p99_ms"]), x(rt["req_per_cpu_s"]), "", "", "")))
+        for p, r in e["results"].items():
+            for n in r["notes"]:
+                print(f"  !! {e['case']} {p}: {n}")
+    print()
+
+    # ---- summary line
+    parts = []
+    for e in cases:
+        rt = e.get("ratio")
+        if not rt:
+            continue
+        f2 = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731
+        errs = sum(r["errors"] for r in e["results"].values())
+        parts.append(f"{e['case']}: req/s {f2(rt['rps'])}, p99 {f2(rt['p99_ms'])}, "
+                     f"req/CPU-s {f2(rt['req_per_cpu_s'])}"
+                     + (f", {errs} errors" if errs else ""))
+    summary = (f"summary ({subject} vs {peer}; >1 is better for req/s and req/CPU-s, "
+               f"<1 is better for p99): " + ("; ".join(parts) if parts else "no comparable data"))
+    print(summary)
+
+    result = {"meta": meta, "aggregation": args.agg, "cases": cases,
+              "summary": summary, "runs": runs}
+    tmp = args.json + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, args.json)
+    print(f"results written to {args.json}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("procstat")
+    p.add_argument("pgid", type=int)
+    p.set_defaults(fn=cmd_procstat)
+
+    p = sub.add_parser("record")
+    for a in ("--runs", "--wrk", "--case", "--proxy"):
+        p.add_argument(a, required=True)
+    for a in ("--round", "--cpu-ticks", "--clk-tck", "--peak-kb", "--idle-kb",
+              "--wrk-exit", "--alive"):
+        p.add_argument(a, type=int, required=True)
+    p.set_defaults(fn=cmd_record)
+
+    p = sub.add_parser("report")
+    for a in ("--runs", "--meta", "--json", "--cases", "--subject", "--peer"):
+        p.add_argument(a, required=True)
+    p.add_argument("--agg", choices=("median", "best"), default="median")
+    p.set_defaults(fn=cmd_report)
+
+    args = ap.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1118 @@
+/* Config loading: JSON text (jansson) -> a validated, immutable pf_config.
+ * Every check lives here so the rest of pilotfish can trust a pf_config as given. Errors
+ * are collected, not returned at the first: whoever fixes a file wants the whole list in
+ * one run, each as "<file>: <json path>: <what is wrong>". */
+#include "config/config.h"
+#include "core/time.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* A config is a few kilobytes; anything this big is the wrong file, not a config. */
+#define CONFIG_FILE_MAX (16u * 1024u * 1024u)
+
+/* The deepest path is "$.listeners[<20 digits>].routes[<20 digits>].match.prefix",
+ * well under this, so paths are never cut. */
+#define JPATH_MAX 128
+
+/* User text echoed in a message is quoted and capped (see qstr). */
+#define QUOTE_MAX 96
+
+/* Accepted ranges; the defaults live in config.h. */
+#define HEADER_BYTES_MIN 1024u
+#define HEADER_BYTES_MAX (1024u * 1024u)
+#define TARGET_BYTES_MIN 64u
+#define TARGET_BYTES_MAX 65536u
+#define HEADERS_MIN 8u
+#define HEADERS_MAX 1024u
+#define BUFFER_BYTES_MIN 4096u
+#define BUFFER_BYTES_MAX (16u * 1024u * 1024u)
+#define WEIGHT_MAX 10000u
+#define PRIORITY_MAX 127u
+#define MAX_IDLE_PER_ENDPOINT_MAX 100000u
+
+/* Where an address is used decides the hint when someone writes a name instead of an IP. */
+typedef enum { ADDR_ANY, ADDR_LISTEN, ADDR_ENDPOINT } addr_use;
+
+static const char *const name_hints[] = {
+    [ADDR_ANY] = "use an IP literal such as \"127.0.0.1:8080\" or \"[::1]:8080\"",
+    [ADDR_LISTEN] = "listen addresses take IP literals (e.g. \"0.0.0.0:8080\" or \"[::]:8080\")",
+    [ADDR_ENDPOINT] = "static endpoints take IP literals (use DNS discovery for names)",
+};
+
+static const char *const lb_policy_names[] = {
+    [PF_LB_ROUND_ROBIN] = "round_robin",
+    [PF_LB_WEIGHTED_ROUND_ROBIN] = "weighted_round_robin",
+};
+
+static const char *const root_keys[] = {"admin",         "access_log", "workers",
+                                        "drain_timeout", "listeners",  "clusters"};
+static const char *const admin_keys[] = {"address"};
+static const char *const listener_keys[] = {
+    "name",        "address",      "routes",         "max_header_bytes", "max_target_bytes",
+    "max_headers", "buffer_bytes", "header_timeout", "idle_timeout"};
+static const char *const route_keys[] = {"match", "cluster"};
+static const char *const match_keys[] = {"host", "prefix", "path"};
+static const char *const cluster_keys[] = {"name",
+                                           "lb_policy",
+                                           "endpoints",
+                                           "connect_timeout",
+                                           "response_timeout",
+                                           "idle_timeout",
+                                           "max_idle_per_endpoint"};
+static const char *const endpoint_keys[] = {"address", "weight", "priority", "zone"};
+
+typedef struct loader {
+    const char *source;
+    pf_errlist *errs;
+    size_t nerr; /* counted here: pf_errlist_add may drop a message when out of memory */
+    bool oom;
+} loader;
+
+/* A comma-separated list for messages that stops with ", ..." rather than overflowing. */
+typedef struct textlist {
+    char buf[256];
+    size_t len;
+    bool full;
+} textlist;
+
+static void textlist_add(textlist *tl, const char *item) {
+    const char *sep = tl->len ? ", " : "";
+    size_t need = strlen(sep) + strlen(item);
+    if (tl->full)
+        return;
+    if (tl->len + need + sizeof ", ..." > sizeof tl->buf) {
+        int n = snprintf(tl->buf + tl->len, sizeof tl->buf - tl->len, "%s...", sep);
+        if (n > 0)
+            tl->len += (size_t)n;
+        tl->full = true;
+        return;
+    }
+    int n = snprintf(tl->buf + tl->len, sizeof tl->buf - tl->len, "%s%s", sep, item);
+    if (n > 0)
+        tl->len += (size_t)n;
+}
+
+static void textlist_join(textlist *tl, const char *const *items, size_t count) {
+    for (size_t i = 0; i < count; i++)
+        textlist_add(tl, items[i]);
+}
+
+/* Quotes user text JSON-style so a stray newline or quote cannot break the one line per
+ * error format, and caps it so one huge value cannot push everything else out. */
+static const char *qstr(char buf[QUOTE_MAX], const char *s) {
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    buf[o++] = '"';
+    for (size_t i = 0; s[i]; i++) {
+        unsigned char c = (unsigned char)s[i];
+        /* room for the longest escape (6), the "...", the closing quote and the NUL */
+        if (o + 6 + 3 + 2 > QUOTE_MAX) {
+            /* cut on a UTF-8 character boundary, never inside one */
+            while (o > 1 && ((unsigned char)buf[o - 1] & 0xc0) == 0x80)
+                o--;
+            if (o > 1 && (unsigned char)buf[o - 1] >= 0xc0)
+                o--;
+            memcpy(buf + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (c == '"' || c == '\\') {
+            buf[o++] = '\\';
+            buf[o++] = (char)c;
+        } else if (c < 0x20 || c == 0x7f) {
+            memcpy(buf + o, "\\u00", 4);
+            buf[o + 4] = hex[c >> 4];
+            buf[o + 5] = hex[c & 15];
+            o += 6;
+        } else {
+            buf[o++] = (char)c;
+        }
+    }
+    buf[o++] = '"';
+    buf[o] = '\0';
+    return buf;
+}
+
+static const char *char_desc(char buf[16], char ch) {
+    unsigned char c = (unsigned char)ch;
+    if (c >= 0x20 && c < 0x7f)
+        snprintf(buf, 16, "'%c'", c);
+    else
+        snprintf(buf, 16, "0x%02x", c);
+    return buf;
+}
+
+static void errf(loader *ld, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void errf(loader *ld, const char *path, const char *fmt, ...) {
+    char msg[PF_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    pf_errlist_add(ld->errs, "%s: %s: %s", ld->source, path, msg);
+    ld->nerr++;
+}
+
+static void oom(loader *ld) {
+    if (!ld->oom)
+        errf(ld, "$", "out of memory");
+    ld->oom = true;
+}
+
+/* Ends a cut snprintf result with "..." so a shortened message never reads as whole. */
+static const char *mark_cut(char *buf, size_t size, int n) {
+    if ((n < 0 || (size_t)n >= size) && size >= 4)
+        memcpy(buf + size - 4, "...", 4);
+    return buf;
+}
+
+static const char *jkey(char buf[JPATH_MAX], const char *parent, const char *key) {
+    return mark_cut(buf, JPATH_MAX, snprintf(buf, JPATH_MAX, "%s.%s", parent, key));
+}
+
+static const char *jidx(char buf[JPATH_MAX], const char *parent, size_t i) {
+    return mark_cut(buf, JPATH_MAX, snprintf(buf, JPATH_MAX, "%s[%zu]", parent, i));
+}
+
+static void *alloc_array(loader *ld, size_t n, size_t size) {
+    if (n == 0)
+        return NULL;
+    void *p = calloc(n, size);
+    if (!p)
+        oom(ld);
+    return p;
+}
+
+/* ---- addresses ---------------------------------------------------------------------- */
+
+static int parse_port(const char *s, uint16_t *out, pf_error *err) {
+    char q[QUOTE_MAX];
+    unsigned long v = 0;
+    if (!*s)
+        return pf_fail(err, PF_EINVAL, "missing port after \":\" (expected a number 1-65535)");
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return pf_fail(err, PF_EINVAL, "invalid port %s (expected a number 1-65535)",
+                           qstr(q, s));
+        /* saturate: the exact size of an absurd port does not matter, the message
+         * quotes the text as written */
+        if (v <= 65535)
+            v = v * 10 + (unsigned long)(*p - '0');
+    }
+    if (v == 0 || v > 65535) {
+        if (strlen(s) > 20)
+            return pf_fail(err, PF_EINVAL, "port %.20s... out of range (1-65535)", s);
+        return pf_fail(err, PF_EINVAL, "port %s out of range (1-65535)", s);
+    }
+    *out = (uint16_t)v;
+    return PF_OK;
+}
+
+static int parse_sockaddr(const char *text, addr_use use, pf_sockaddr *out, pf_error *err) {
+    char q[QUOTE_MAX];
+    char host[PF_ADDRTEXT_MAX];
+    const char *port_text;
+    bool v6;
+    size_t len = strlen(text);
+
+    if (len == 0)
+        return pf_fail(err, PF_EINVAL, "address is empty (expected \"ip:port\", e.g. %s)",
+                       use == ADDR_LISTEN ? "\"0.0.0.0:8080\"" : "\"127.0.0.1:8080\"");
+    if (len >= PF_ADDRTEXT_MAX)
+        return pf_fail(err, PF_EINVAL, "%s is too long for an \"ip:port\" address", qstr(q, text));
+
+    if (text[0] == '[') {
+        const char *close = strchr(text, ']');
+        if (!close)
+            return pf_fail(err, PF_EINVAL, "%s: missing \"]\" after the IPv6 address",
+                           qstr(q, text));
+        if (close[1] == '\0')
+            return pf_fail(err, PF_EINVAL, "%s has no port (expected \"[ipv6]:port\", e.g. %s)",
+                           qstr(q, text), "\"[::1]:8080\"");
+        if (close[1] != ':')
+            return pf_fail(err, PF_EINVAL, "%s: expected \":\" and a port after \"]\"",
+                           qstr(q, text));
+        size_t n = (size_t)(close - text - 1);
+        memcpy(host, text + 1, n);
+        host[n] = '\0';
+        port_text = close + 2;
+        v6 = true;
+    } else {
+        const char *colon = strrchr(text, ':');
+        if (colon && memchr(text, ':', (size_t)(colon - text)))
+            return pf_fail(err, PF_EINVAL,
+                           "%s: IPv6 addresses need brackets and a port, e.g. \"[::1]:8080\"",
+                           qstr(q, text));
+        if (!colon)
+            return pf_fail(err, PF_EINVAL, "%s has no port (expected \"ip:port\", e.g. %s)",
+                           qstr(q, text),
+                           use == ADDR_LISTEN ? "\"0.0.0.0:8080\"" : "\"127.0.0.1:8080\"");
+        size_t n = (size_t)(colon - text);
+        memcpy(host, text, n);
+        host[n] = '\0';
+        port_text = colon + 1;
+        v6 = false;
+    }
+
+    uint16_t port;
+    int rc = parse_port(port_text, &port, err);
+    if (rc != PF_OK)
+        return rc;
+
+    pf_sockaddr sa;
+    memset(&sa, 0, sizeof sa);
+    char ip[INET6_ADDRSTRLEN];
+    int n;
+    if (v6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&sa.ss;
+        if (inet_pton(AF_INET6, host, &s6->sin6_addr) != 1)
+            return pf_fail(err, PF_EINVAL, "%s is not an IPv6 address", qstr(q, host));
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(port);
+        sa.len = sizeof *s6;
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
+        n = snprintf(sa.text, sizeof sa.text, "[%s]:%u", ip, (unsigned)port);
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&sa.ss;
+        if (inet_pton(AF_INET, host, &s4->sin_addr) != 1) {
+            /* "10.0.0.300" is a typo, "backend" a name; they need different advice */
+            if (host[0] && strspn(host, "0123456789.") == strlen(host))
+                return pf_fail(err, PF_EINVAL, "%s is not a valid IPv4 address", qstr(q, host));
+            return pf_fail(err, PF_EINVAL, "%s is not an IP address; %s", qstr(q, text),
+                           name_hints[use]);
+        }
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(port);
+        sa.len = sizeof *s4;
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
+        n = snprintf(sa.text, sizeof sa.text, "%s:%u", ip, (unsigned)port);
+    }
+    if (n < 0 || (size_t)n >= sizeof sa.text)
+        return pf_fail(err, PF_EINVAL, "%s is too long for an \"ip:port\" address", qstr(q, text));
+    *out = sa;
+    return PF_OK;
+}
+
+int config_parse_sockaddr(const char *text, pf_sockaddr *out, pf_error *err) {
+    if (!text)
+        return pf_fail(err, PF_EINVAL, "no address given");
+    return parse_sockaddr(text, ADDR_ANY, out, err);
+}
+
+const char *config_lb_policy_name(pf_lb_policy policy) {
+    if ((size_t)policy < ARRAY_LEN(lb_policy_names))
+        return lb_policy_names[policy];
+    return "unknown";
+}
+
+/* ---- typed access to JSON members ---------------------------------------------------- */
+
+static const char *kind(json_t *v) {
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        return "object";
+    case JSON_ARRAY:
+        return "array";
+    case JSON_STRING:
+        return "string";
+    case JSON_INTEGER:
+        return "integer";
+    case JSON_REAL:
+        return "number";
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return "boolean";
+    case JSON_NULL:
+        return "null";
+    }
+    return "unknown";
+}
+
+static bool want(loader *ld, json_t *v, const char *path, const char *k) {
+    if (strcmp(kind(v), k) == 0)
+        return true;
+    errf(ld, path, "expected %s, found %s", k, kind(v));
+    return false;
+}
+
+static void check_keys(loader *ld, json_t *obj, const char *path, const char *const *known,
+                       size_t n) {
+    for (void *it = json_object_iter(obj); it; it = json_object_iter_next(obj, it)) {
+        const char *key = json_object_iter_key(it);
+        bool found = false;
+        for (size_t i = 0; i < n && !found; i++)
+            found = strcmp(key, known[i]) == 0;
+        if (!found) {
+            char q[QUOTE_MAX];
+            textlist tl = {0};
+            textlist_join(&tl, known, n);
+            errf(ld, path, "unknown key %s; known keys: %s", qstr(q, key), tl.buf);
+        }
+    }
+}
+
+/* The member `key` of obj when present and of kind k; NULL when absent (reported if
+ * required) or of the wrong kind (reported). */
+static json_t *get(loader *ld, json_t *obj, const char *path, const char *key, const char *k,
+                   bool required) {
+    char p[JPATH_MAX];
+    json_t *v = json_object_get(obj, key);
+    if (!v) {
+        if (required)
+            errf(ld, path, "missing required key \"%s\"", key);
+        return NULL;
+    }
+    return want(ld, v, jkey(p, path, key), k) ? v : NULL;
+}
+
+/* Optional integer in [min, max]; *out keeps its default when absent or wrong. */
+static void get_uint(loader *ld, json_t *obj, const char *path, const char *key, uint32_t min,
+                     uint32_t max, uint32_t *out) {
+    char p[JPATH_MAX];
+    json_t *v = get(ld, obj, path, key, "integer", false);
+    if (!v)
+        return;
+    json_int_t n = json_integer_value(v);
+    if (n < (json_int_t)min || n > (json_int_t)max) {
+        errf(ld, jkey(p, path, key), "%" JSON_INTEGER_FORMAT " out of range (%u-%u)", n, min, max);
+        return;
+    }
+    *out = (uint32_t)n;
+}
+
+/* Optional duration string; a bare number is the usual mistake, so it gets its own
+ * message rather than a type error. */
+static void get_duration(loader *ld, json_t *obj, const char *path, const char *key, bool positive,
+                         uint64_t *out) {
+    char p[JPATH_MAX], q[QUOTE_MAX];
+    json_t *v = json_object_get(obj, key);
+    if (!v)
+        return;
+    jkey(p, path, key);
+    if (json_is_integer(v)) {
+        errf(ld, p,
+             "%" JSON_INTEGER_FORMAT " is not a duration; durations are strings with a unit "
+             "(use e.g. \"250ms\", \"5s\")",
+             json_integer_value(v));
+        return;
+    }
+    if (json_is_real(v)) {
+        errf(ld, p,
+             "%g is not a duration; durations are strings with a unit (use e.g. \"250ms\", "
+             "\"5s\")",
+             json_real_value(v));
+        return;
+    }
+    if (!json_is_string(v)) {
+        errf(ld, p, "expected a duration string (e.g. \"5s\"), found %s", kind(v));
+        return;
+    }
+    const char *s = json_string_value(v);
+    uint64_t ms;
+    if (pf_duration_parse(s, &ms) != PF_OK) {
+        errf(ld, p, "%s is not a duration (use e.g. \"250ms\", \"5s\")", qstr(q, s));
+        return;
+    }
+    if (positive && ms == 0) {
+        errf(ld, p, "%s must be greater than zero", qstr(q, s));
+        return;
+    }
+    *out = ms;
+}
+
+static bool get_addr(loader *ld, json_t *obj, const char *path, const char *key, addr_use use,
+                     bool required, pf_sockaddr *out) {
+    char p[JPATH_MAX];
+    pf_error err;
+    json_t *v = get(ld, obj, path, key, "string", required);
+    if (!v)
+        return false;
+    if (parse_sockaddr(json_string_value(v), use, out, &err) != PF_OK) {
+        errf(ld, jkey(p, path, key), "%s", err.msg);
+        return false;
+    }
+    return true;
+}
+
+static bool name_char(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == '-';
+}
+
+/* Copies the name into out even when its characters are bad, so routes naming the
+ * cluster still resolve and one typo gives one message, not a cascade. */
+static void get_name(loader *ld, json_t *obj, const char *path, char out[PF_NAME_MAX]) {
+    char p[JPATH_MAX], q[QUOTE_MAX], c[16];
+    json_t *v = get(ld, obj, path, "name", "string", true);
+    if (!v)
+        return;
+    const char *s = json_string_value(v);
+    size_t n = strlen(s);
+    jkey(p, path, "name");
+    if (n == 0) {
+        errf(ld, p, "name is empty; use 1-%d characters from A-Z a-z 0-9 _ . -", PF_NAME_MAX - 1);
+        return;
+    }
+    if (n >= PF_NAME_MAX) {
+        errf(ld, p, "name %s is too long (%zu characters, max %d)", qstr(q, s), n, PF_NAME_MAX - 1);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!name_char(s[i])) {
+            errf(ld, p, "name %s has invalid character %s; names use A-Z a-z 0-9 _ . -", qstr(q, s),
+                 char_desc(c, s[i]));
+            break;
+        }
+    }
+    memcpy(out, s, n + 1);
+}
+
+/* ---- routes -------------------------------------------------------------------------- */
+
+/* Checks a lower-cased host name (or the part after "*."): [a-z0-9.-], no empty labels. */
+static bool valid_host_name(loader *ld, const char *path, const char *shown, const char *h) {
+    char q[QUOTE_MAX], c[16];
+    for (const char *s = h; *s; s++) {
+        if (*s == '*') {
+            errf(ld, path, "host %s: \"*\" is only allowed alone or as a leading \"*.\"",
+                 qstr(q, shown));
+            return false;
+        }
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '.' || *s == '-')) {
+            errf(ld, path, "host %s has invalid character %s; hosts use a-z 0-9 . -",
+                 qstr(q, shown), char_desc(c, *s));
+            return false;
+        }
+    }
+    if (h[0] == '.' || h[strlen(h) - 1] == '.' || strstr(h, "..")) {
+        errf(ld, path, "host %s has an empty label (a leading, trailing or double \".\")",
+             qstr(q, shown));
+        return false;
+    }
+    return true;
+}
+
+static void parse_host(loader *ld, const char *path, const char *text, pf_config_route *r) {
+    char q[QUOTE_MAX];
+    char host[PF_HOST_MAX];
+    pf_error err;
+    const char *colon = strrchr(text, ':');
+    size_t n = colon ? (size_t)(colon - text) : strlen(text);
+    int port = -1;
+
+    if (colon) {
+        uint16_t p;
+        if (parse_port(colon + 1, &p, &err) != PF_OK) {
+            errf(ld, path, "host %s: %s", qstr(q, text), err.msg);
+            return;
+        }
+        port = p;
+    }
+    if (n == 0) {
+        errf(ld, path, "host %s is empty; use \"*\"%s to match any host", qstr(q, text),
+             colon ? " with the port, e.g. \"*:8080\"," : "");
+        return;
+    }
+    if (n >= PF_HOST_MAX) {
+        errf(ld, path, "host %s is too long (max %d characters)", qstr(q, text), PF_HOST_MAX - 1);
+        return;
+    }
+    /* RFC 9110 4.2.3: host names compare case-insensitively; store the lower-case form
+     * so the router can compare bytes. */
+    for (size_t i = 0; i < n; i++) {
+        char ch = text[i];
+        host[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
+    }
+    host[n] = '\0';
+
+    if (strcmp(host, "*") == 0) {
+        r->host_kind = PF_MATCH_HOST_ANY;
+        r->host[0] = '\0';
+    } else if (strncmp(host, "*.", 2) == 0) {
+        if (host[2] == '\0') {
+            errf(ld, path, "host %s needs a domain after \"*.\", e.g. \"*.local\"", qstr(q, text));
+            return;
+        }
+        if (!valid_host_name(ld, path, text, host + 2))
+            return;
+        r->host_kind = PF_MATCH_HOST_SUFFIX;
+        memcpy(r->host, host + 1, n); /* keeps the '.', drops the '*' */
+    } else {
+        if (!valid_host_name(ld, path, text, host))
+            return;
+        r->host_kind = PF_MATCH_HOST_EXACT;
+        memcpy(r->host, host, n + 1);
+    }
+    r->host_port = port;
+}
+
+static void parse_path(loader *ld, const char *path, const char *s, char out[PF_PATH_MAX]) {
+    char q[QUOTE_MAX];
+    size_t n = strlen(s);
+    if (s[0] != '/') {
+        errf(ld, path, "%s must start with \"/\"", qstr(q, s));
+        return;
+    }
+    if (n >= PF_PATH_MAX) {
+        errf(ld, path, "%s is too long (max %d characters)", qstr(q, s), PF_PATH_MAX - 1);
+        return;
+    }
+    /* RFC 9112 3.2: a request target has no spaces or controls, so such a pattern could
+     * never match; say so now rather than route nothing later. */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= 0x20 || c == 0x7f) {
+            errf(ld, path, "%s contains a space or control character; percent-encode it",
+                 qstr(q, s));
+            return;
+        }
+    }
+    memcpy(out, s, n + 1);
+}
+
+static void parse_match(loader *ld, json_t *m, const char *path, pf_config_route *r) {
+    char p[JPATH_MAX];
+    check_keys(ld, m, path, match_keys, ARRAY_LEN(match_keys));
+    json_t *host = get(ld, m, path, "host", "string", false);
+    if (host)
+        parse_host(ld, jkey(p, path, "host"), json_string_value(host), r);
+    json_t *prefix = get(ld, m, path, "prefix", "string", false);
+    json_t *exact = get(ld, m, path, "path", "string", false);
+    if (prefix && exact) {
+        errf(ld, path, "\"prefix\" and \"path\" exclude each other; use one");
+        return;
+    }
+    if (prefix) {
+        r->path_kind = PF_MATCH_PATH_PREFIX;
+        parse_path(ld, jkey(p, path, "prefix"), json_string_value(prefix), r->path);
+    } else if (exact) {
+        r->path_kind = PF_MATCH_PATH_EXACT;
+        parse_path(ld, jkey(p, path, "path"), json_string_value(exact), r->path);
+    }
+}
+
+static void parse_route(loader *ld, json_t *v, const char *path, pf_config_route *r) {
+    char p[JPATH_MAX], q[QUOTE_MAX];
+    r->host_kind = PF_MATCH_HOST_ANY;
+    r->host_port = -1;
+    r->path_kind = PF_MATCH_PATH_PREFIX;
+    memcpy(r->path, "/", 2);
+    if (!want(ld, v, path, "object"))
+        return;
+    check_keys(ld, v, path, route_keys, ARRAY_LEN(route_keys));
+    json_t *m = get(ld, v, path, "match", "object", true);
+    if (m)
+        parse_match(ld, m, jkey(p, path, "match"), r);
+
+    /* Resolved against the clusters after everything is parsed (resolve_routes); an
+     * empty r->cluster means "already reported, do not resolve". */
+    json_t *c = get(ld, v, path, "cluster", "string", true);
+    if (!c)
+        return;
+    const char *name = json_string_value(c);
+    size_t n = strlen(name);
+    if (n == 0)
+        errf(ld, jkey(p, path, "cluster"), "cluster name is empty");
+    else if (n >= PF_NAME_MAX)
+        errf(ld, jkey(p, path, "cluster"),
+             "unknown cluster %s; cluster names are at most %d characters", qstr(q, name),
+             PF_NAME_MAX - 1);
+    else
+        memcpy(r->cluster, name, n + 1);
+}
+
+/* ---- listeners ----------------------------------------------------------------------- */
+
+static void parse_listener(loader *ld, json_t *v, const char *path, pf_config_listener *l) {
+    char p[JPATH_MAX], rp[JPATH_MAX];
+    l->max_header_bytes = PF_DEFAULT_MAX_HEADER_BYTES;
+    l->max_target_bytes = PF_DEFAULT_MAX_TARGET_BYTES;
+    l->max_headers = PF_DEFAULT_MAX_HEADERS;
+    l->buffer_bytes = PF_DEFAULT_BUFFER_BYTES;
+    l->header_timeout_ms = PF_DEFAULT_HEADER_TIMEOUT_MS;
+    l->idle_timeout_ms = PF_DEFAULT_IDLE_TIMEOUT_MS;
+    if (!want(ld, v, path, "object"))
+        return;
+    check_keys(ld, v, path, listener_keys, ARRAY_LEN(listener_keys));
+    get_name(ld, v, path, l->name);
+    get_addr(ld, v, path, "address", ADDR_LISTEN, true, &l->addr);
+
+    json_t *routes = get(ld, v, path, "routes", "array", true);
+    if (routes && json_array_size(routes) == 0)
+        errf(ld, jkey(p, path, "routes"),
+             "must not be empty; add a route such as "
+             "{\"match\": {\"prefix\": \"/\"}, \"cluster\": \"web\"}");
+    if (routes && json_array_size(routes) > 0) {
+        l->routes = alloc_array(ld, json_array_size(routes), sizeof *l->routes);
+        if (l->routes) {
+            l->route_count = json_array_size(routes);
+            jkey(p, path, "routes");
+            for (size_t i = 0; i < l->route_count; i++)
+                parse_route(ld, json_array_get(routes, i), jidx(rp, p, i), &l->routes[i]);
+        }
+    }
+
+    get_uint(ld, v, path, "max_header_bytes", HEADER_BYTES_MIN, HEADER_BYTES_MAX,
+             &l->max_header_bytes);
+    get_uint(ld, v, path, "max_target_bytes", TARGET_BYTES_MIN, TARGET_BYTES_MAX,
+             &l->max_target_bytes);
+    get_uint(ld, v, path, "max_headers", HEADERS_MIN, HEADERS_MAX, &l->max_headers);
+    get_uint(ld, v, path, "buffer_bytes", BUFFER_BYTES_MIN, BUFFER_BYTES_MAX, &l->buffer_bytes);
+    get_duration(ld, v, path, "header_timeout", true, &l->header_timeout_ms);
+    get_duration(ld, v, path, "idle_timeout", true, &l->idle_timeout_ms);
+
+    /* The request line is part of the head, so a target limit above the head limit
+     * would be a promise the parser cannot keep. */
+    if (l->max_target_bytes > l->max_header_bytes)
+        errf(ld, jkey(p, path, "max_target_bytes"),
+             "%u exceeds max_header_bytes (%u); the request target is part of the header block",
+             l->max_target_bytes, l->max_header_bytes);
+}
+
+static void parse_listeners(loader *ld, json_t *arr, pf_config *cfg) {
+    char lp[JPATH_MAX], p[JPATH_MAX], q[QUOTE_MAX];
+    if (json_array_size(arr) == 0) {
+        errf(ld, "$.listeners", "must not be empty; pilotfish needs at least one listener");
+        return;
+    }
+    cfg->listeners = alloc_array(ld, json_array_size(arr), sizeof *cfg->listeners);
+    if (!cfg->listeners)
+        return;
+    cfg->listener_count = json_array_size(arr);
+    for (size_t i = 0; i < cfg->listener_count; i++) {
+        pf_config_listener *l = &cfg->listeners[i];
+        parse_listener(ld, json_array_get(arr, i), jidx(lp, "$.listeners", i), l);
+        for (size_t j = 0; j < i && l->name[0]; j++) {
+            if (strcmp(cfg->listeners[j].name, l->name) == 0) {
+                errf(ld, jkey(p, lp, "name"), "duplicate listener name %s (also $.listeners[%zu])",
+                     qstr(q, l->name), j);
+                break;
+            }
+        }
+        if (l->addr.len == 0)
+            continue;
+        jkey(p, lp, "address");
+        if (strcmp(l->addr.text, cfg->admin_addr.text) == 0)
+            errf(ld, p,
+                 "%s is also the admin address; move one of them (the admin server with "
+                 "$.admin.address)",
+                 l->addr.text);
+        for (size_t j = 0; j < i; j++) {
+            const pf_config_listener *other = &cfg->listeners[j];
+            if (other->addr.len && strcmp(other->addr.text, l->addr.text) == 0) {
+                errf(ld, p, "%s is already used by $.listeners[%zu] (%s)", l->addr.text, j,
+                     qstr(q, other->name));
+                break;
+            }
+        }
+    }
+}
+
+/* ---- clusters ------------------------------------------------------------------------ */
+
+static void parse_endpoint(loader *ld, json_t *v, const char *path, pf_config_endpoint *e) {
+    char p[JPATH_MAX], q[QUOTE_MAX];
+    pf_error err;
+    e->weight = 1;
+    e->priority = 0;
+    if (json_is_string(v)) {
+        if (parse_sockaddr(json_string_value(v), ADDR_ENDPOINT, &e->addr, &err) != PF_OK)
+            errf(ld, path, "%s", err.msg);
+        return;
+    }
+    if (!json_is_object(v)) {
+        errf(ld, path, "expected string or object, found %s", kind(v));
+        return;
+    }
+    check_keys(ld, v, path, endpoint_keys, ARRAY_LEN(endpoint_keys));
+    get_addr(ld, v, path, "address", ADDR_ENDPOINT, true, &e->addr);
+    get_uint(ld, v, path, "weight", 1, WEIGHT_MAX, &e->weight);
+    get_uint(ld, v, path, "priority", 0, PRIORITY_MAX, &e->priority);
+    json_t *zone = get(ld, v, path, "zone", "string", false);
+    if (zone) {
+        const char *z = json_string_value(zone);
+        size_t n = strlen(z);
+        if (n >= sizeof e->zone)
+            errf(ld, jkey(p, path, "zone"), "zone %s is too long (max %zu characters)", qstr(q, z),
+                 sizeof e->zone - 1);
+        else
+            memcpy(e->zone, z, n + 1);
+    }
+}
+
+static void parse_cluster(loader *ld, json_t *v, const char *path, pf_config_cluster *c) {
+    char p[JPATH_MAX], ep[JPATH_MAX], q[QUOTE_MAX];
+    c->lb_policy = PF_LB_ROUND_ROBIN;
+    c->connect_timeout_ms = PF_DEFAULT_CONNECT_TIMEOUT_MS;
+    c->response_timeout_ms = PF_DEFAULT_RESPONSE_TIMEOUT_MS;
+    c->upstream_idle_timeout_ms = PF_DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS;
+    c->max_idle_per_endpoint = PF_DEFAULT_MAX_IDLE_PER_ENDPOINT;
+    if (!want(ld, v, path, "object"))
+        return;
+    check_keys(ld, v, path, cluster_keys, ARRAY_LEN(cluster_keys));
+    get_name(ld, v, path, c->name);
+
+    json_t *policy = get(ld, v, path, "lb_policy", "string", false);
+    if (policy) {
+        const char *s = json_string_value(policy);
+        size_t i = 0;
+        while (i < ARRAY_LEN(lb_policy_names) && strcmp(s, lb_policy_names[i]) != 0)
+            i++;
+        if (i < ARRAY_LEN(lb_policy_names)) {
+            c->lb_policy = (pf_lb_policy)i;
+        } else {
+            textlist tl = {0};
+            textlist_join(&tl, lb_policy_names, ARRAY_LEN(lb_policy_names));
+            errf(ld, jkey(p, path, "lb_policy"), "unknown lb_policy %s; known policies: %s",
+                 qstr(q, s), tl.buf);
+        }
+    }
+
+    /* An empty list is allowed: a cluster may be declared before its endpoints exist,
+     * and the proxy answers 503 for it meanwhile. */
+    json_t *eps = get(ld, v, path, "endpoints", "array", true);
+    if (eps && json_array_size(eps) > 0) {
+        c->endpoints = alloc_array(ld, json_array_size(eps), sizeof *c->endpoints);
+        if (c->endpoints) {
+            c->endpoint_count = json_array_size(eps);
+            jkey(p, path, "endpoints");
+            for (size_t i = 0; i < c->endpoint_count; i++) {
+                pf_config_endpoint *e = &c->endpoints[i];
+                parse_endpoint(ld, json_array_get(eps, i), jidx(ep, p, i), e);
+                for (size_t j = 0; j < i && e->addr.len; j++) {
+                    if (strcmp(c->endpoints[j].addr.text, e->addr.text) == 0) {
+                        errf(ld, ep, "duplicate endpoint %s (also %s[%zu])", e->addr.text, p, j);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    get_duration(ld, v, path, "connect_timeout", true, &c->connect_timeout_ms);
+    get_duration(ld, v, path, "response_timeout", true, &c->response_timeout_ms);
+    get_duration(ld, v, path, "idle_timeout", true, &c->upstream_idle_timeout_ms);
+    get_uint(ld, v, path, "max_idle_per_endpoint", 0, MAX_IDLE_PER_ENDPOINT_MAX,
+             &c->max_idle_per_endpoint);
+}
+
+static void parse_clusters(loader *ld, json_t *arr, pf_config *cfg) {
+    char cp[JPATH_MAX], p[JPATH_MAX], q[QUOTE_MAX];
+    cfg->clusters = alloc_array(ld, json_array_size(arr), sizeof *cfg->clusters);
+    if (!cfg->clusters)
+        return;
+    cfg->cluster_count = json_array_size(arr);
+    for (size_t i = 0; i < cfg->cluster_count; i++) {
+        pf_config_cluster *c = &cfg->clusters[i];
+        parse_cluster(ld, json_array_get(arr, i), jidx(cp, "$.clusters", i), c);
+        for (size_t j = 0; j < i && c->name[0]; j++) {
+            if (strcmp(cfg->clusters[j].name, c->name) == 0) {
+                errf(ld, jkey(p, cp, "name"), "duplicate cluster name %s (also $.clusters[%zu])",
+                     qstr(q, c->name), j);
+                break;
+            }
+        }
+    }
+}
+
+static void resolve_routes(loader *ld, pf_config *cfg) {
+    char p[JPATH_MAX], q[QUOTE_MAX];
+    for (size_t li = 0; li < cfg->listener_count; li++) {
+        pf_config_listener *l = &cfg->listeners[li];
+        for (size_t ri = 0; ri < l->route_count; ri++) {
+            pf_config_route *r = &l->routes[ri];
+            if (!r->cluster[0])
+                continue;
+            size_t ci = 0;
+            while (ci < cfg->cluster_count && strcmp(cfg->clusters[ci].name, r->cluster) != 0)
+                ci++;
+            if (ci < cfg->cluster_count) {
+                r->cluster_index = ci;
+                continue;
+            }
+            textlist tl = {0};
+            for (size_t i = 0; i < cfg->cluster_count; i++)
+                if (cfg->clusters[i].name[0])
+                    textlist_add(&tl, cfg->clusters[i].name);
+            mark_cut(p, sizeof p,
+                     snprintf(p, sizeof p, "$.listeners[%zu].routes[%zu].cluster", li, ri));
+            if (tl.len)
+                errf(ld, p, "unknown cluster %s; defined clusters: %s", qstr(q, r->cluster),
+                     tl.buf);
+            else
+                errf(ld, p, "unknown cluster %s; no clusters are defined in $.clusters",
+                     qstr(q, r->cluster));
+        }
+    }
+}
+
+/* ---- top level ----------------------------------------------------------------------- */
+
+static void parse_root(loader *ld, json_t *root, pf_config *cfg) {
+    pf_error err;
+    cfg->access_log = true;
+    cfg->drain_timeout_ms = PF_DEFAULT_DRAIN_TIMEOUT_MS;
+    if (parse_sockaddr(PF_DEFAULT_ADMIN_ADDRESS, ADDR_LISTEN, &cfg->admin_addr, &err) != PF_OK)
+        errf(ld, "$.admin.address", "default %s: %s", PF_DEFAULT_ADMIN_ADDRESS, err.msg);
+    if (!want(ld, root, "$", "object"))
+        return;
+    check_keys(ld, root, "$", root_keys, ARRAY_LEN(root_keys));
+
+    json_t *admin = get(ld, root, "$", "admin", "object", false);
+    if (admin) {
+        check_keys(ld, admin, "$.admin", admin_keys, ARRAY_LEN(admin_keys));
+        get_addr(ld, admin, "$.admin", "address", ADDR_LISTEN, false, &cfg->admin_addr);
+    }
+    json_t *access_log = get(ld, root, "$", "access_log", "boolean", false);
+    if (access_log)
+        cfg->access_log = json_is_true(access_log);
+    get_uint(ld, root, "$", "workers", 1, PF_MAX_WORKERS, &cfg->workers);
+    /* Zero is allowed here, unlike the other timeouts: it means "close at once". */
+    get_duration(ld, root, "$", "drain_timeout", false, &cfg->drain_timeout_ms);
+
+    json_t *listeners = get(ld, root, "$", "listeners", "array", true);
+    if (listeners)
+        parse_listeners(ld, listeners, cfg);
+    json_t *clusters = get(ld, root, "$", "clusters", "array", true);
+    if (clusters)
+        parse_clusters(ld, clusters, cfg);
+    /* Without a usable clusters array every route would fail to resolve; the one message
+     * about $.clusters says it all. */
+    if (clusters && !ld->oom)
+        resolve_routes(ld, cfg);
+}
+
+static int load_buffer(const char *text, size_t len, const char *source, pf_config **out,
+                       pf_errlist *errs) {
+    loader ld = {.source = source, .errs = errs};
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (!root) {
+        if (jerr.line > 0)
+            pf_errlist_add(errs, "%s:%d:%d: JSON syntax error: %s", source, jerr.line, jerr.column,
+                           jerr.text);
+        else
+            pf_errlist_add(errs, "%s: JSON syntax error: %s", source, jerr.text);
+        return PF_EINVAL;
+    }
+    pf_config *cfg = calloc(1, sizeof *cfg);
+    if (!cfg || !(cfg->source = strdup(source))) {
+        oom(&ld);
+    } else {
+        parse_root(&ld, root, cfg);
+    }
+    json_decref(root);
+    if (ld.nerr > 0) {
+        config_free(cfg);
+        return ld.oom ? PF_ENOMEM : PF_EINVAL;
+    }
+    *out = cfg;
+    return PF_OK;
+}
+
+int config_load_string(const char *json, const char *source, pf_config **out, pf_errlist *errs) {
+    pf_errlist scratch = {0};
+    pf_errlist *list = errs ? errs : &scratch;
+    if (!source)
+        source = "<string>";
+    *out = NULL;
+    int rc;
+    if (!json) {
+        pf_errlist_add(list, "%s: $: no config text given", source);
+        rc = PF_EINVAL;
+    } else {
+        rc = load_buffer(json, strlen(json), source, out, list);
+    }
+    pf_errlist_free(&scratch);
+    return rc;
+}
+
+/* Reads the whole file into a heap buffer; *len excludes the NUL added at the end. */
+static int read_file(const char *path, char **data, size_t *len, pf_errlist *errs) {
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    if (!f) {
+        pf_errlist_add(errs, "%s: cannot read: %s", path, strerror(errno));
+        return PF_EINVAL;
+    }
+    for (;;) {
+        if (n == cap) {
+            if (cap >= CONFIG_FILE_MAX) {
+                pf_errlist_add(errs, "%s: cannot read: larger than %u MiB; is this the config?",
+                               path, CONFIG_FILE_MAX / (1024u * 1024u));
+                goto fail;
+            }
+            cap = cap ? cap * 2 : 16384;
+            char *grown = realloc(buf, cap + 1);
+            if (!grown) {
+                pf_errlist_add(errs, "%s: cannot read: out of memory", path);
+                goto fail;
+            }
+            buf = grown;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) {
+            if (ferror(f)) {
+                pf_errlist_add(errs, "%s: cannot read: %s", path, strerror(errno));
+                goto fail;
+            }
+            break;
+        }
+    }
+    fclose(f);
+    if (!buf && !(buf = malloc(1))) {
+        pf_errlist_add(errs, "%s: cannot read: out of memory", path);
+        return PF_ENOMEM;
+    }
+    buf[n] = '\0';
+    *data = buf;
+    *len = n;
+    return PF_OK;
+fail:
+    free(buf);
+    fclose(f);
+    return PF_EINVAL;
+}
+
+int config_load_file(const char *path, pf_config **out, pf_errlist *errs) {
+    pf_errlist scratch = {0};
+    pf_errlist *list = errs ? errs : &scratch;
+    char *data = NULL;
+    size_t len = 0;
+    *out = NULL;
+    int rc = read_file(path, &data, &len, list);
+    if (rc == PF_OK)
+        rc = load_buffer(data, len, path, out, list);
+    free(data);
+    pf_errlist_free(&scratch);
+    return rc;
+}
+
+/* ---- dump ---------------------------------------------------------------------------- */
+
+/* Builders that remember the first failure, so the dump code reads as a list of fields
+ * and a single check at the end decides between the text and NULL. */
+typedef struct dumper {
+    bool failed;
+} dumper;
+
+/* jansson's *_new setters drop the value on failure, so nothing leaks either way */
+static void put(dumper *d, json_t *obj, const char *key, json_t *val) {
+    if (!val || json_object_set_new(obj, key, val) != 0)
+        d->failed = true;
+}
+
+static void push(dumper *d, json_t *arr, json_t *val) {
+    if (!val || json_array_append_new(arr, val) != 0)
+        d->failed = true;
+}
+
+static void put_duration(dumper *d, json_t *obj, const char *key, uint64_t ms) {
+    char buf[32];
+    put(d, obj, key, json_string(pf_duration_format(ms, buf, sizeof buf)));
+}
+
+static json_t *dump_route(dumper *d, const pf_config_route *r) {
+    json_t *route = json_object(), *match = json_object();
+    char host[PF_HOST_MAX + 16];
+    /* back to the form it was written in: "*", "*.local", "api.local", each with ":port" */
+    const char *star = r->host_kind == PF_MATCH_HOST_EXACT ? "" : "*";
+    const char *name = r->host_kind == PF_MATCH_HOST_ANY ? "" : r->host;
+    int n = r->host_port >= 0 ? snprintf(host, sizeof host, "%s%s:%d", star, name, r->host_port)
+                              : snprintf(host, sizeof host, "%s%s", star, name);
+    mark_cut(host, sizeof host, n);
+    put(d, match, "host", json_string(host));
+    put(d, match, r->path_kind == PF_MATCH_PATH_EXACT ? "path" : "prefix", json_string(r->path));
+    put(d, route, "match", match);
+    put(d, route, "cluster", json_string(r->cluster));
+    return route;
+}
+
+static json_t *dump_listener(dumper *d, const pf_config_listener *l) {
+    json_t *o = json_object(), *routes = json_array();
+    put(d, o, "name", json_string(l->name));
+    put(d, o, "address", json_string(l->addr.text));
+    for (size_t i = 0; i < l->route_count; i++)
+        push(d, routes, dump_route(d, &l->routes[i]));
+    put(d, o, "routes", routes);
+    put(d, o, "max_header_bytes", json_integer(l->max_header_bytes));
+    put(d, o, "max_target_bytes", json_integer(l->max_target_bytes));
+    put(d, o, "max_headers", json_integer(l->max_headers));
+    put(d, o, "buffer_bytes", json_integer(l->buffer_bytes));
+    put_duration(d, o, "header_timeout", l->header_timeout_ms);
+    put_duration(d, o, "idle_timeout", l->idle_timeout_ms);
+    return o;
+}
+
+static json_t *dump_cluster(dumper *d, const pf_config_cluster *c) {
+    json_t *o = json_object(), *eps = json_array();
+    put(d, o, "name", json_string(c->name));
+    put(d, o, "lb_policy", json_string(config_lb_policy_name(c->lb_policy)));
+    for (size_t i = 0; i < c->endpoint_count; i++) {
+        const pf_config_endpoint *e = &c->endpoints[i];
+        json_t *ep = json_object();
+        put(d, ep, "address", json_string(e->addr.text));
+        put(d, ep, "weight", json_integer(e->weight));
+        put(d, ep, "priority", json_integer(e->priority));
+        if (e->zone[0])
+            put(d, ep, "zone", json_string(e->zone));
+        push(d, eps, ep);
+    }
+    put(d, o, "endpoints", eps);
+    put_duration(d, o, "connect_timeout", c->connect_timeout_ms);
+    put_duration(d, o, "response_timeout", c->response_timeout_ms);
+    put_duration(d, o, "idle_timeout", c->upstream_idle_timeout_ms);
+    put(d, o, "max_idle_per_endpoint", json_integer(c->max_idle_per_endpoint));
+    return o;
+}
+
+char *config_dump_json(const pf_config *cfg) {
+    if (!cfg)
+        return NULL;
+    dumper d = {0};
+    json_t *root = json_object(), *admin = json_object();
+    json_t *listeners = json_array(), *clusters = json_array();
+    put(&d, admin, "address", json_string(cfg->admin_addr.text));
+    put(&d, root, "admin", admin);
+    put(&d, root, "access_log", json_boolean(cfg->access_log));
+    /* 0 means "not set" and is not a valid value in the file, so leave it out */
+    if (cfg->workers)
+        put(&d, root, "workers", json_integer(cfg->workers));
+    put_duration(&d, root, "drain_timeout", cfg->drain_timeout_ms);
+    for (size_t i = 0; i < cfg->listener_count; i++)
+        push(&d, listeners, dump_listener(&d, &cfg->listeners[i]));
+    put(&d, root, "listeners", listeners);
+    for (size_t i = 0; i < cfg->cluster_count; i++)
+        push(&d, clusters, dump_cluster(&d, &cfg->clusters[i]));
+    put(&d, root, "clusters", clusters);
+
+    char *text = d.failed ? NULL : json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    return text;
+}
+
+void config_free(pf_config *cfg) {
+    if (!cfg)
+        return;
+    for (size_t i = 0; i < cfg->listener_count; i++)
+        free(cfg->listeners[i].routes);
+    free(cfg->listeners);
+    for (size_t i = 0; i < cfg->cluster_count; i++)
+        free(cfg->clusters[i].endpoints);
+    free(cfg->clusters);
+    free(cfg->source);
+    free(cfg);
+}

@@ -1,0 +1,271 @@
+/* Metrics registry. Series are kept in registration order, grouped by family, so the
+ * rendered text has each family's HELP/TYPE once followed by its series. */
+#include "core/metrics.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const double pf_histogram_bounds[PF_HISTOGRAM_BUCKETS] = {
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+
+typedef enum { KIND_COUNTER, KIND_GAUGE, KIND_HISTOGRAM, KIND_GAUGE_FN } metric_kind;
+
+typedef struct series {
+    char *labels;
+    union {
+        pf_counter counter;
+        pf_gauge gauge;
+        pf_histogram histogram;
+    } u;
+    struct series *next;
+} series;
+
+typedef struct family {
+    char *name;
+    char *help;
+    metric_kind kind;
+    pf_gauge_fn fn;
+    void *fn_arg;
+    series *first, *last;
+    struct family *next;
+} family;
+
+struct pf_metrics {
+    pthread_mutex_t lock; /* guards registration; rendering reads atomics */
+    family *first, *last;
+};
+
+pf_metrics *metrics_new(void) {
+    pf_metrics *m = calloc(1, sizeof *m);
+    if (m)
+        pthread_mutex_init(&m->lock, NULL);
+    return m;
+}
+
+void metrics_free(pf_metrics *m) {
+    if (!m)
+        return;
+    for (family *f = m->first, *fn; f; f = fn) {
+        fn = f->next;
+        for (series *s = f->first, *sn; s; s = sn) {
+            sn = s->next;
+            free(s->labels);
+            free(s);
+        }
+        free(f->name);
+        free(f->help);
+        free(f);
+    }
+    pthread_mutex_destroy(&m->lock);
+    free(m);
+}
+
+static family *find_family(pf_metrics *m, const char *name, const char *help, metric_kind kind) {
+    for (family *f = m->first; f; f = f->next)
+        if (strcmp(f->name, name) == 0)
+            return f->kind == kind ? f : NULL;
+    family *f = calloc(1, sizeof *f);
+    if (!f)
+        return NULL;
+    f->name = strdup(name);
+    f->help = strdup(help);
+    f->kind = kind;
+    if (!f->name || !f->help) {
+        free(f->name);
+        free(f->help);
+        free(f);
+        return NULL;
+    }
+    if (m->last)
+        m->last->next = f;
+    else
+        m->first = f;
+    m->last = f;
+    return f;
+}
+
+static series *find_series(pf_metrics *m, const char *name, const char *help, metric_kind kind,
+                           const char *labels) {
+    pthread_mutex_lock(&m->lock);
+    series *s = NULL;
+    family *f = find_family(m, name, help, kind);
+    if (!f)
+        goto out;
+    for (s = f->first; s; s = s->next)
+        if (strcmp(s->labels, labels) == 0)
+            goto out;
+    s = calloc(1, sizeof *s);
+    if (!s)
+        goto out;
+    s->labels = strdup(labels);
+    if (!s->labels) {
+        free(s);
+        s = NULL;
+        goto out;
+    }
+    if (f->last)
+        f->last->next = s;
+    else
+        f->first = s;
+    f->last = s;
+out:
+    pthread_mutex_unlock(&m->lock);
+    return s;
+}
+
+pf_counter *metrics_counter(pf_metrics *m, const char *name, const char *help, const char *labels) {
+    series *s = find_series(m, name, help, KIND_COUNTER, labels);
+    return s ? &s->u.counter : NULL;
+}
+
+pf_gauge *metrics_gauge(pf_metrics *m, const char *name, const char *help, const char *labels) {
+    series *s = find_series(m, name, help, KIND_GAUGE, labels);
+    return s ? &s->u.gauge : NULL;
+}
+
+pf_histogram *metrics_histogram(pf_metrics *m, const char *name, const char *help,
+                                const char *labels) {
+    series *s = find_series(m, name, help, KIND_HISTOGRAM, labels);
+    return s ? &s->u.histogram : NULL;
+}
+
+int metrics_gauge_callback(pf_metrics *m, const char *name, const char *help, pf_gauge_fn fn,
+                           void *arg) {
+    pthread_mutex_lock(&m->lock);
+    family *f = find_family(m, name, help, KIND_GAUGE_FN);
+    if (f) {
+        f->fn = fn;
+        f->fn_arg = arg;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return f ? 0 : -2;
+}
+
+void metrics_observe_us(pf_histogram *h, uint64_t us) {
+    double seconds = (double)us / 1e6;
+    size_t i = 0;
+    while (i < PF_HISTOGRAM_BUCKETS && seconds > pf_histogram_bounds[i])
+        i++;
+    if (i < PF_HISTOGRAM_BUCKETS)
+        atomic_fetch_add_explicit(&h->buckets[i], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum_us, us, memory_order_relaxed);
+}
+
+/* A growable text buffer for rendering. */
+typedef struct text {
+    char *data;
+    size_t len, cap;
+    bool failed;
+} text;
+
+static void text_printf(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void text_printf(text *t, const char *fmt, ...) {
+    if (t->failed)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->data + t->len, t->cap - t->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            t->failed = true;
+            return;
+        }
+        if ((size_t)n < t->cap - t->len) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = (t->cap + (size_t)n + 1) * 2;
+        char *data = realloc(t->data, cap);
+        if (!data) {
+            t->failed = true;
+            return;
+        }
+        t->data = data;
+        t->cap = cap;
+    }
+}
+
+static void braces(text *t, const char *name, const char *suffix, const char *labels,
+                   const char *extra) {
+    bool has_labels = labels && *labels, has_extra = extra && *extra;
+    text_printf(t, "%s%s", name, suffix);
+    if (has_labels || has_extra)
+        text_printf(t, "{%s%s%s}", has_labels ? labels : "", has_labels && has_extra ? "," : "",
+                    has_extra ? extra : "");
+}
+
+typedef struct emit_ctx {
+    text *t;
+    const char *name;
+} emit_ctx;
+
+static void emit_value(void *ctx, const char *labels, double value) {
+    emit_ctx *e = ctx;
+    braces(e->t, e->name, "", labels, NULL);
+    text_printf(e->t, " %.17g\n", value);
+}
+
+static void render_histogram(text *t, const family *f, const series *s) {
+    uint64_t cumulative = 0;
+    char le[48];
+    for (size_t i = 0; i < PF_HISTOGRAM_BUCKETS; i++) {
+        cumulative += atomic_load_explicit(&s->u.histogram.buckets[i], memory_order_relaxed);
+        snprintf(le, sizeof le, "le=\"%g\"", pf_histogram_bounds[i]);
+        braces(t, f->name, "_bucket", s->labels, le);
+        text_printf(t, " %llu\n", (unsigned long long)cumulative);
+    }
+    uint64_t count = atomic_load_explicit(&s->u.histogram.count, memory_order_relaxed);
+    if (count < cumulative)
+        count = cumulative;
+    braces(t, f->name, "_bucket", s->labels, "le=\"+Inf\"");
+    text_printf(t, " %llu\n", (unsigned long long)count);
+    braces(t, f->name, "_sum", s->labels, NULL);
+    text_printf(t, " %.6f\n",
+                (double)atomic_load_explicit(&s->u.histogram.sum_us, memory_order_relaxed) / 1e6);
+    braces(t, f->name, "_count", s->labels, NULL);
+    text_printf(t, " %llu\n", (unsigned long long)count);
+}
+
+char *metrics_render(pf_metrics *m) {
+    static const char *const type_names[] = {"counter", "gauge", "histogram", "gauge"};
+    text t = {0};
+    pthread_mutex_lock(&m->lock);
+    for (const family *f = m->first; f; f = f->next) {
+        text_printf(&t, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name,
+                    type_names[f->kind]);
+        if (f->kind == KIND_GAUGE_FN) {
+            emit_ctx e = {&t, f->name};
+            f->fn(f->fn_arg, emit_value, &e);
+            continue;
+        }
+        for (const series *s = f->first; s; s = s->next) {
+            if (f->kind == KIND_HISTOGRAM) {
+                render_histogram(&t, f, s);
+                continue;
+            }
+            braces(&t, f->name, "", s->labels, NULL);
+            if (f->kind == KIND_COUNTER)
+                text_printf(&t, " %llu\n",
+                            (unsigned long long)atomic_load_explicit(&s->u.counter.value,
+                                                                     memory_order_relaxed));
+            else
+                text_printf(&t, " %lld\n",
+                            (long long)atomic_load_explicit(&s->u.gauge.value,
+                                                            memory_order_relaxed));
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (t.failed) {
+        free(t.data);
+        return NULL;
+    }
+    if (!t.data)
+        return strdup("");
+    return t.data;
+}

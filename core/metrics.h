@@ -1,0 +1,59 @@
+/* Metrics registry: counters, gauges and histograms, rendered in the Prometheus text
+ * format. Families and series are registered once at start (not on the request path);
+ * updates are relaxed atomic operations, safe from any thread. */
+#ifndef PF_CORE_METRICS_H
+#define PF_CORE_METRICS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct pf_metrics pf_metrics;
+
+typedef struct pf_counter {
+    _Atomic uint64_t value;
+} pf_counter;
+
+typedef struct pf_gauge {
+    _Atomic int64_t value;
+} pf_gauge;
+
+#define PF_HISTOGRAM_BUCKETS 14
+/* Bucket upper bounds in seconds, shared by every histogram (request latencies). */
+extern const double pf_histogram_bounds[PF_HISTOGRAM_BUCKETS];
+
+typedef struct pf_histogram {
+    _Atomic uint64_t buckets[PF_HISTOGRAM_BUCKETS]; /* non-cumulative; +Inf is count */
+    _Atomic uint64_t count;
+    _Atomic uint64_t sum_us;
+} pf_histogram;
+
+/* A gauge computed at scrape time: writes one value per label set through `emit`. */
+typedef void (*pf_metric_emit)(void *emit_ctx, const char *labels, double value);
+typedef void (*pf_gauge_fn)(void *arg, pf_metric_emit emit, void *emit_ctx);
+
+pf_metrics *metrics_new(void);
+void metrics_free(pf_metrics *m);
+
+/* Each returns a series owned by the registry (valid until metrics_free), or NULL when out
+ * of memory. `labels` is the inside of the braces, e.g. `cluster="web",code_class="2xx"`,
+ * or "" for none. The same name+labels returns the same series. Startup thread only. */
+pf_counter *metrics_counter(pf_metrics *m, const char *name, const char *help, const char *labels);
+pf_gauge *metrics_gauge(pf_metrics *m, const char *name, const char *help, const char *labels);
+pf_histogram *metrics_histogram(pf_metrics *m, const char *name, const char *help,
+                                const char *labels);
+int metrics_gauge_callback(pf_metrics *m, const char *name, const char *help, pf_gauge_fn fn,
+                           void *arg);
+
+static inline void metrics_inc(pf_counter *c, uint64_t n) {
+    atomic_fetch_add_explicit(&c->value, n, memory_order_relaxed);
+}
+static inline void metrics_gauge_add(pf_gauge *g, int64_t n) {
+    atomic_fetch_add_explicit(&g->value, n, memory_order_relaxed);
+}
+void metrics_observe_us(pf_histogram *h, uint64_t us);
+
+/* Renders everything; returns a malloc'd NUL-terminated string, caller frees. Any thread. */
+char *metrics_render(pf_metrics *m);
+
+#endif

@@ -1,0 +1,787 @@
+/* Downstream connections: read requests with llhttp, route them, pick an endpoint, hand
+ * them to an upstream connection, and write responses back in order.
+ *
+ * One request is in flight per connection. Pipelined requests wait in the input buffer:
+ * on_message_complete pauses the parser, and it resumes only when the response is done,
+ * so responses leave in request order. Bodies stream through in both directions with
+ * backpressure: reading from one side stops while the other side's output holds more than
+ * the listener's buffer_bytes. */
+#include "core/json.h"
+#include "core/log.h"
+#include "core/time.h"
+#include "proxy/proxy_int.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+typedef enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_LINGER } conn_timer_kind;
+
+struct pf_conn {
+    pf_worker *w;
+    pf_listener_rt *l;
+    struct bufferevent *bev;
+    struct event *timer;
+    conn_timer_kind timer_kind;
+    llhttp_t parser;
+    pf_head req;
+    char client_ip[INET6_ADDRSTRLEN];
+    pf_conn *prev, *next;
+
+    bool closing;     /* no more requests: close once the output is flushed */
+    bool lingering;   /* write side shut, discarding input until EOF or timeout */
+    bool client_eof;  /* the client half-closed; answer what is in flight, then close */
+    bool read_paused; /* the upstream output is full */
+    bool parser_paused;
+    bool paused_for_upgrade;
+    bool draining;
+
+    /* The request in flight. */
+    bool in_request;
+    bool dispatched;
+    bool req_complete;
+    bool resp_started;
+    bool resp_complete;
+    bool keep_alive;
+    bool retried;
+    int error_status; /* a 4xx decided inside an llhttp callback */
+    int status;
+    int minor;
+    llhttp_method_t method;
+    pf_body_mode req_body;
+    pf_body_mode resp_body;
+    uint64_t start_us;
+    uint64_t bytes_in, bytes_out;
+    const char *authority;
+    size_t authority_len;
+    const char *path;
+    size_t path_len;
+    char request_id[40];
+    pf_worker_cluster *wc;
+    pf_endpoint_set *set;
+    const pf_endpoint *ep;
+    pf_upstream *up;
+    struct evbuffer *replay; /* the upstream request head, kept while a retry is possible */
+};
+
+static const llhttp_settings_t *request_settings(void);
+static void process_input(pf_conn *c);
+
+static void timer_set(pf_conn *c, conn_timer_kind kind, uint64_t ms) {
+    c->timer_kind = kind;
+    struct timeval tv = pf_timeval_ms(ms);
+    evtimer_add(c->timer, &tv);
+}
+
+static void timer_stop(pf_conn *c) {
+    c->timer_kind = TIMER_NONE;
+    evtimer_del(c->timer);
+}
+
+static struct evbuffer *output(pf_conn *c) {
+    return bufferevent_get_output(c->bev);
+}
+
+bool conn_output_full(const pf_conn *c) {
+    return evbuffer_get_length(bufferevent_get_output(c->bev)) >= c->l->cfg->buffer_bytes;
+}
+
+static void reset_request(pf_conn *c) {
+    c->in_request = c->dispatched = c->req_complete = false;
+    c->resp_started = c->resp_complete = c->retried = false;
+    c->error_status = c->status = 0;
+    c->req_body = c->resp_body = PF_BODY_NONE;
+    c->bytes_in = c->bytes_out = 0;
+    c->authority = c->path = NULL;
+    c->authority_len = c->path_len = 0;
+    c->request_id[0] = '\0';
+    c->wc = NULL;
+    c->ep = NULL;
+    discovery_set_unref(c->set);
+    c->set = NULL;
+    if (c->replay)
+        evbuffer_drain(c->replay, evbuffer_get_length(c->replay));
+    http1_head_reset(&c->req);
+}
+
+void conn_free(pf_conn *c) {
+    if (!c)
+        return;
+    if (c->up)
+        upstream_release(c->up, false);
+    if (c->ep && c->ep->stats)
+        atomic_fetch_sub_explicit(&c->ep->stats->active_requests, 1, memory_order_relaxed);
+    c->ep = NULL;
+    discovery_set_unref(c->set);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    if (c->replay)
+        evbuffer_free(c->replay);
+    bufferevent_free(c->bev);
+    event_free(c->timer);
+    http1_head_free(&c->req);
+    metrics_gauge_add(c->l->connections_active, -1);
+    atomic_fetch_sub_explicit(&c->w->proxy->active_connections, 1, memory_order_relaxed);
+    free(c);
+}
+
+/* Closing politely (RFC 9112 9.6): flush, shut our write side, then read and drop what
+ * the client still sends for a while, so a reset does not destroy the response it has
+ * not read yet. */
+static void begin_linger(pf_conn *c) {
+    c->lingering = true;
+    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+    evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+    if (c->client_eof) {
+        conn_free(c);
+        return;
+    }
+    bufferevent_enable(c->bev, EV_READ);
+    timer_set(c, TIMER_LINGER, PF_LINGER_MS);
+}
+
+static void start_close(pf_conn *c) {
+    c->closing = true;
+    if (evbuffer_get_length(output(c)) == 0)
+        begin_linger(c);
+}
+
+static void log_request(pf_conn *c) {
+    pf_listener_rt *l = c->l;
+    uint64_t duration = pf_now_us() - c->start_us;
+    metrics_inc(l->requests[code_class(c->status)], 1);
+    metrics_observe_us(l->duration, duration);
+    if (c->wc && c->ep)
+        metrics_inc(c->wc->rt->requests[code_class(c->status)], 1);
+    if (!c->w->proxy->cfg->access_log)
+        return;
+    pf_access_entry e = {
+        .method = llhttp_method_name(c->method),
+        .authority = c->authority,
+        .authority_len = c->authority_len,
+        .path = c->path ? c->path : http1_first(&c->req),
+        .path_len = c->path ? c->path_len : c->req.first_len,
+        .status = c->status,
+        .bytes_in = c->bytes_in,
+        .bytes_out = c->bytes_out,
+        .duration_us = duration,
+        .cluster = c->wc ? c->wc->rt->cfg->name : NULL,
+        .upstream = c->ep ? c->ep->addr.text : NULL,
+        .request_id = c->request_id[0] ? c->request_id : NULL,
+        .client = c->client_ip,
+    };
+    access_log_write(c->w, &e);
+}
+
+/* The request and its response are both done: log, and go on with the next request or
+ * close. */
+static void request_done(pf_conn *c) {
+    log_request(c);
+    if (c->ep && c->ep->stats)
+        atomic_fetch_sub_explicit(&c->ep->stats->active_requests, 1, memory_order_relaxed);
+    c->ep = NULL;
+    bool keep = c->keep_alive && !c->closing && !c->draining;
+    reset_request(c);
+    if (!keep) {
+        start_close(c);
+        return;
+    }
+    if (c->parser_paused) {
+        c->parser_paused = false;
+        if (c->paused_for_upgrade)
+            llhttp_resume_after_upgrade(&c->parser);
+        else
+            llhttp_resume(&c->parser);
+        c->paused_for_upgrade = false;
+    }
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) == 0 && c->client_eof) {
+        start_close(c);
+        return;
+    }
+    timer_set(c, TIMER_IDLE, c->l->cfg->idle_timeout_ms);
+    process_input(c);
+}
+
+/* Answers the request in flight with a response pilotfish made itself. */
+static void local_reply(pf_conn *c, int status, const char *body, bool keep_alive) {
+    if (!keep_alive)
+        c->keep_alive = false;
+    char extra[64] = "";
+    if (c->request_id[0])
+        snprintf(extra, sizeof extra, "X-Request-Id: %s\r\n", c->request_id);
+    http1_write_local_response(output(c), status, body, c->keep_alive, extra);
+    c->status = status;
+    c->resp_started = c->resp_complete = true;
+    if (status >= 400 && status < 500)
+        metrics_inc(c->l->errors_total, 1);
+}
+
+/* A request that cannot go on: answer (when nothing was sent yet) and close. */
+static void reject(pf_conn *c, int status, const char *body) {
+    if (c->up) {
+        upstream_release(c->up, false);
+        c->up = NULL;
+    }
+    if (!c->resp_started) {
+        local_reply(c, status, body, false);
+        if (!c->in_request)
+            c->method = HTTP_GET;
+        log_request(c);
+    }
+    c->closing = true;
+    c->keep_alive = false;
+    bufferevent_disable(c->bev, EV_READ);
+    start_close(c);
+}
+
+static void make_request_id(pf_conn *c) {
+    uint64_t a = worker_random(c->w), b = worker_random(c->w);
+    /* RFC 9562 version 4 layout, so tools that expect UUIDs accept it. */
+    snprintf(c->request_id, sizeof c->request_id, "%08x-%04x-4%03x-%04x-%012llx",
+             (unsigned)(a >> 32), (unsigned)(a >> 16) & 0xffffu, (unsigned)a & 0xfffu,
+             (unsigned)((b >> 48) & 0x3fffu) | 0x8000u,
+             (unsigned long long)(b & 0xffffffffffffull));
+}
+
+/* Splits the request target. Origin-form "/p?q", or absolute-form "http://authority/p?q"
+ * whose authority overrides Host (RFC 9112 3.2.2). */
+static int parse_target(pf_conn *c, const char **target, size_t *target_len) {
+    const char *t = http1_first(&c->req);
+    size_t len = c->req.first_len;
+    if (len > 0 && t[0] == '/') {
+        *target = t;
+        *target_len = len;
+    } else if (len > 7 && strncasecmp(t, "http://", 7) == 0) {
+        const char *auth = t + 7;
+        size_t rest = len - 7, alen = 0;
+        while (alen < rest && auth[alen] != '/' && auth[alen] != '?' && auth[alen] != '#')
+            alen++;
+        if (alen == 0 || memchr(auth, '@', alen))
+            return -1; /* userinfo is not allowed in http URIs (RFC 9110 4.2.4) */
+        c->authority = auth;
+        c->authority_len = alen;
+        *target = alen < rest ? auth + alen : "/";
+        *target_len = alen < rest ? rest - alen : 1;
+        if (**target == '?') {
+            /* "http://h?q" has an empty path; origin-form needs the "/". */
+            return -2;
+        }
+    } else {
+        return -1;
+    }
+    c->path = *target;
+    c->path_len = strcspn(*target, "?#");
+    if (c->path_len > *target_len)
+        c->path_len = *target_len;
+    return 0;
+}
+
+/* A request answered by pilotfish itself. Without a body the connection stays usable;
+ * with one, reading a body nobody wants is not worth it, so we close. */
+static int answer_locally(pf_conn *c, int status, const char *body, bool has_body) {
+    if (has_body) {
+        reject(c, status, body);
+        return -1;
+    }
+    local_reply(c, status, body, true);
+    return 0;
+}
+
+static bool method_is_idempotent(llhttp_method_t m) {
+    return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS || m == HTTP_TRACE ||
+           m == HTTP_PUT || m == HTTP_DELETE;
+}
+
+static void copy_buffer(struct evbuffer *dst, struct evbuffer *src) {
+    size_t len = evbuffer_get_length(src);
+    evbuffer_add(dst, evbuffer_pullup(src, (ev_ssize_t)len), len);
+}
+
+static int dispatch(pf_conn *c) {
+    c->dispatched = true;
+    c->method = (llhttp_method_t)llhttp_get_method(&c->parser);
+    c->minor = c->parser.http_minor;
+    c->keep_alive = llhttp_should_keep_alive(&c->parser) && !c->draining;
+    if (c->parser.flags & F_CHUNKED)
+        c->req_body = PF_BODY_CHUNKED;
+    else if ((c->parser.flags & F_CONTENT_LENGTH) && c->parser.content_length > 0)
+        c->req_body = PF_BODY_LENGTH;
+    uint64_t content_length = c->parser.content_length;
+    bool has_body = c->req_body != PF_BODY_NONE;
+
+    if (c->parser.http_major != 1 || c->parser.http_minor > 1) {
+        reject(c, 505, "HTTP version not supported\n");
+        return -1;
+    }
+    if (c->method == HTTP_CONNECT) {
+        reject(c, 405, "CONNECT is not supported: pilotfish is not an open proxy\n");
+        return -1;
+    }
+    const char *target;
+    size_t target_len;
+    if (parse_target(c, &target, &target_len) != 0) {
+        reject(c, 400, "bad request target\n");
+        return -1;
+    }
+    size_t host_count;
+    long host_index = http1_find(&c->req, "host", &host_count);
+    if (host_count > 1 || (host_count == 0 && c->minor == 1 && !c->authority)) {
+        /* RFC 9112 3.2: exactly one Host in HTTP/1.1. */
+        reject(c, 400, host_count ? "more than one Host header\n" : "missing Host header\n");
+        return -1;
+    }
+    if (!c->authority && host_index >= 0) {
+        c->authority = http1_value(&c->req, (size_t)host_index);
+        c->authority_len = c->req.headers[host_index].value_len;
+    }
+    char host[PF_HOST_MAX] = "";
+    int port = -1;
+    if (c->authority_len > 0 &&
+        router_parse_authority(c->authority, c->authority_len, host, sizeof host, &port) != 0) {
+        reject(c, 400, "bad authority\n");
+        return -1;
+    }
+    size_t request_id_count;
+    long request_id_index = http1_find(&c->req, "x-request-id", &request_id_count);
+    const char *generated_id = NULL;
+    if (request_id_index >= 0) {
+        pf_json_escape(c->request_id, sizeof c->request_id,
+                       http1_value(&c->req, (size_t)request_id_index),
+                       c->req.headers[request_id_index].value_len);
+    } else {
+        make_request_id(c);
+        generated_id = c->request_id;
+    }
+
+    long cluster_index = router_match(c->l->router, host, port, c->path, c->path_len);
+    if (cluster_index < 0)
+        return answer_locally(c, 404, "no route for this host and path\n", has_body);
+    c->wc = &c->w->clusters[cluster_index];
+    pf_endpoint_set *set = discovery_cache_get(&c->wc->cache);
+    const pf_endpoint *ep = balancer_pick(c->wc->balancer, set, NULL);
+    if (!ep)
+        return answer_locally(c, 503, "no healthy endpoint in the cluster\n", has_body);
+    c->set = discovery_set_ref(set);
+    c->ep = ep;
+    if (ep->stats) {
+        atomic_fetch_add_explicit(&ep->stats->active_requests, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ep->stats->requests_total, 1, memory_order_relaxed);
+    }
+    bool reused = false;
+    c->up = upstream_acquire(c->w, c->wc, ep, c, &reused);
+    if (!c->up)
+        return answer_locally(c, 503, "cannot open an upstream connection\n", has_body);
+    pf_forward_request fwd = {
+        .method = llhttp_method_name(c->method),
+        .target = target,
+        .target_len = target_len,
+        .host = c->authority ? c->authority : "",
+        .host_len = c->authority_len,
+        .client_ip = c->client_ip,
+        .proto = "http",
+        .request_id = generated_id,
+        .body = c->req_body,
+        .content_length = content_length,
+    };
+    struct evbuffer *out = upstream_output(c->up);
+    if (reused && !has_body && method_is_idempotent(c->method)) {
+        /* Kept for one retry on a fresh connection if the pooled one turns out dead. */
+        if (!c->replay)
+            c->replay = evbuffer_new();
+        if (c->replay) {
+            http1_write_request_head(c->replay, &c->req, &fwd);
+            copy_buffer(out, c->replay);
+            return 0;
+        }
+    }
+    http1_write_request_head(out, &c->req, &fwd);
+    return 0;
+}
+
+/* ---- llhttp request callbacks ------------------------------------------------------ */
+
+static int on_message_begin(llhttp_t *p) {
+    pf_conn *c = p->data;
+    c->in_request = true;
+    c->start_us = pf_now_us();
+    if (c->timer_kind != TIMER_HEADER)
+        timer_set(c, TIMER_HEADER, c->l->cfg->header_timeout_ms);
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len) {
+    pf_conn *c = p->data;
+    if (c->req.first_len + len > c->l->cfg->max_target_bytes) {
+        c->error_status = 414;
+        return -1;
+    }
+    if (http1_head_append_first(&c->req, at, len) != PF_OK) {
+        c->error_status = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len) {
+    pf_conn *c = p->data;
+    if (http1_head_append_name(&c->req, at, len) != PF_OK) {
+        c->error_status = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len) {
+    pf_conn *c = p->data;
+    if (http1_head_append_value(&c->req, at, len) != PF_OK) {
+        c->error_status = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p) {
+    pf_conn *c = p->data;
+    http1_head_finish_value(&c->req);
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p) {
+    pf_conn *c = p->data;
+    timer_stop(c);
+    return dispatch(c) == 0 ? 0 : -1;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+    pf_conn *c = p->data;
+    c->bytes_in += len;
+    if (!c->up)
+        return 0; /* answered locally: the body is read and dropped */
+    struct evbuffer *out = upstream_output(c->up);
+    if (c->req_body == PF_BODY_CHUNKED)
+        http1_write_chunk(out, at, len);
+    else
+        evbuffer_add(out, at, len);
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+    pf_conn *c = p->data;
+    c->req_complete = true;
+    if (c->up) {
+        if (c->req_body == PF_BODY_CHUNKED)
+            evbuffer_add(upstream_output(c->up), "0\r\n\r\n", 5);
+        upstream_request_sent(c->up);
+    }
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t request_callbacks = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+static const llhttp_settings_t *request_settings(void) {
+    return &request_callbacks;
+}
+
+/* ---- input ------------------------------------------------------------------------ */
+
+static void parse_failed(pf_conn *c, llhttp_errno_t rc) {
+    if (c->closing)
+        return; /* dispatch already answered and started closing */
+    int status = c->error_status ? c->error_status : 400;
+    if (status == 400)
+        log_debug("bad request client=%s error=%s reason=\"%s\"", c->client_ip,
+                  llhttp_errno_name(rc), llhttp_get_error_reason(&c->parser));
+    char body[160];
+    snprintf(body, sizeof body, "%s\n",
+             status == 400 ? llhttp_get_error_reason(&c->parser) : http1_reason(status));
+    if (!c->in_request)
+        c->start_us = pf_now_us();
+    reject(c, status, body);
+}
+
+static void process_input(pf_conn *c) {
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    while (!c->closing && !c->parser_paused && evbuffer_get_length(in) > 0) {
+        if (c->up && upstream_output_full(c->up, c->l->cfg->buffer_bytes)) {
+            c->read_paused = true;
+            bufferevent_disable(c->bev, EV_READ);
+            return;
+        }
+        if (!c->in_request && c->timer_kind == TIMER_IDLE)
+            timer_set(c, TIMER_HEADER, c->l->cfg->header_timeout_ms);
+        struct evbuffer_iovec vec;
+        if (evbuffer_peek(in, -1, NULL, &vec, 1) < 1)
+            break;
+        llhttp_errno_t rc = llhttp_execute(&c->parser, vec.iov_base, vec.iov_len);
+        size_t used = vec.iov_len;
+        if (rc != HPE_OK) {
+            const char *pos = llhttp_get_error_pos(&c->parser);
+            used = pos ? (size_t)(pos - (const char *)vec.iov_base) : vec.iov_len;
+        }
+        evbuffer_drain(in, used);
+        if (rc == HPE_PAUSED || rc == HPE_PAUSED_UPGRADE) {
+            c->parser_paused = true;
+            c->paused_for_upgrade = rc == HPE_PAUSED_UPGRADE;
+            if (c->resp_complete) {
+                request_done(c);
+                return;
+            }
+            break;
+        }
+        if (rc != HPE_OK) {
+            parse_failed(c, rc);
+            return;
+        }
+    }
+    if (c->read_paused && !(c->up && upstream_output_full(c->up, c->l->cfg->buffer_bytes))) {
+        c->read_paused = false;
+        bufferevent_enable(c->bev, EV_READ);
+    }
+}
+
+static void on_read(struct bufferevent *bev, void *arg) {
+    pf_conn *c = arg;
+    if (c->lingering) {
+        struct evbuffer *in = bufferevent_get_input(bev);
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
+    process_input(c);
+}
+
+static void on_write(struct bufferevent *bev, void *arg) {
+    pf_conn *c = arg;
+    if (c->lingering)
+        return;
+    if (c->closing) {
+        if (evbuffer_get_length(output(c)) == 0)
+            begin_linger(c);
+        return;
+    }
+    if (c->up && !conn_output_full(c))
+        upstream_resume_reading(c->up);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg) {
+    pf_conn *c = arg;
+    if (c->lingering || (what & BEV_EVENT_ERROR)) {
+        conn_free(c);
+        return;
+    }
+    /* EOF: the client half-closed. What it asked for completely is still answered. */
+    c->client_eof = true;
+    if (c->dispatched && c->req_complete && !c->resp_complete)
+        return;
+    if (c->parser_paused && evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+        return;
+    conn_free(c);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg) {
+    pf_conn *c = arg;
+    conn_timer_kind kind = c->timer_kind;
+    c->timer_kind = TIMER_NONE;
+    switch (kind) {
+    case TIMER_HEADER:
+        if (c->in_request) {
+            log_debug("request head timeout client=%s", c->client_ip);
+            reject(c, 408, "request head not received in time\n");
+        } else {
+            conn_free(c);
+        }
+        return;
+    case TIMER_IDLE:
+    case TIMER_LINGER:
+        conn_free(c);
+        return;
+    case TIMER_NONE:
+        return;
+    }
+}
+
+/* ---- called by upstream.c --------------------------------------------------------- */
+
+int conn_on_response_head(pf_conn *c, pf_upstream *up, int status, pf_body_mode upstream_body,
+                          uint64_t content_length, bool *skip_body) {
+    c->status = status;
+    bool no_body = c->method == HTTP_HEAD || status == 204 || status == 304;
+    pf_forward_response fwd = {.status = status, .client_minor = c->minor,
+                               .content_length = content_length};
+    if (no_body) {
+        /* Framing headers of a HEAD or 304 describe the body that was not sent. */
+        fwd.body = upstream_body == PF_BODY_LENGTH ? PF_BODY_LENGTH : PF_BODY_NONE;
+        c->resp_body = PF_BODY_NONE;
+        *skip_body = c->method == HTTP_HEAD;
+    } else if (upstream_body == PF_BODY_LENGTH) {
+        fwd.body = c->resp_body = PF_BODY_LENGTH;
+    } else if (c->minor >= 1) {
+        fwd.body = c->resp_body = PF_BODY_CHUNKED;
+    } else {
+        /* An HTTP/1.0 client knows no chunking: the body ends when we close. */
+        fwd.body = c->resp_body = PF_BODY_EOF;
+        c->keep_alive = false;
+    }
+    if (!c->req_complete || c->draining || c->client_eof)
+        c->keep_alive = false;
+    fwd.keep_alive = c->keep_alive;
+    c->resp_started = true;
+    return http1_write_response_head(output(c), upstream_response_head(up), &fwd);
+}
+
+void conn_on_response_interim(pf_conn *c, pf_upstream *up, int status) {
+    /* 1xx responses go to HTTP/1.1 clients only (RFC 9110 15.2). */
+    if (c->minor < 1)
+        return;
+    pf_forward_response fwd = {.status = status, .client_minor = 1, .keep_alive = true};
+    http1_write_response_head(output(c), upstream_response_head(up), &fwd);
+}
+
+void conn_on_response_body(pf_conn *c, const char *at, size_t len) {
+    c->bytes_out += len;
+    if (c->resp_body == PF_BODY_CHUNKED)
+        http1_write_chunk(output(c), at, len);
+    else
+        evbuffer_add(output(c), at, len);
+}
+
+void conn_on_response_complete(pf_conn *c, bool upstream_reusable) {
+    if (c->resp_body == PF_BODY_CHUNKED)
+        evbuffer_add(output(c), "0\r\n\r\n", 5);
+    c->resp_complete = true;
+    upstream_release(c->up, upstream_reusable && c->req_complete);
+    c->up = NULL;
+    if (!c->req_complete) {
+        /* The upstream answered before the whole body arrived; the rest of the body is
+         * not worth reading, and without it the connection cannot be reused. */
+        c->keep_alive = false;
+        c->closing = true;
+        log_request(c);
+        if (c->ep && c->ep->stats)
+            atomic_fetch_sub_explicit(&c->ep->stats->active_requests, 1, memory_order_relaxed);
+        c->ep = NULL;
+        bufferevent_disable(c->bev, EV_READ);
+        start_close(c);
+        return;
+    }
+    if (c->read_paused) {
+        c->read_paused = false;
+        bufferevent_enable(c->bev, EV_READ);
+    }
+    request_done(c);
+}
+
+void conn_on_upstream_error(pf_conn *c, int status, const char *reason, bool retryable) {
+    upstream_release(c->up, false);
+    c->up = NULL;
+    if (retryable && !c->retried && c->replay && evbuffer_get_length(c->replay) > 0 &&
+        !c->resp_started) {
+        c->retried = true;
+        c->up = upstream_acquire(c->w, c->wc, c->ep, c, NULL);
+        if (c->up) {
+            copy_buffer(upstream_output(c->up), c->replay);
+            if (c->req_complete)
+                upstream_request_sent(c->up);
+            return;
+        }
+    }
+    if (c->resp_started) {
+        /* Part of the response is out: the only honest signal left is to cut it. */
+        log_debug("response cut client=%s reason=\"%s\"", c->client_ip, reason);
+        log_request(c);
+        conn_free(c);
+        return;
+    }
+    char body[128];
+    snprintf(body, sizeof body, "%s\n", reason);
+    if (!c->req_complete) {
+        reject(c, status, body);
+        return;
+    }
+    local_reply(c, status, body, true);
+    if (c->parser_paused)
+        request_done(c);
+}
+
+void conn_on_upstream_writable(pf_conn *c) {
+    if (c->read_paused && !upstream_output_full(c->up, c->l->cfg->buffer_bytes / 2 + 1)) {
+        c->read_paused = false;
+        bufferevent_enable(c->bev, EV_READ);
+        process_input(c);
+    }
+}
+
+/* ---- lifecycle -------------------------------------------------------------------- */
+
+void conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struct sockaddr *sa,
+                 int salen) {
+    pf_conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        evutil_closesocket(fd);
+        return;
+    }
+    c->w = w;
+    c->l = l;
+    c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    c->timer = evtimer_new(w->base, on_timer, c);
+    if (!c->bev || !c->timer) {
+        if (c->bev)
+            bufferevent_free(c->bev);
+        else
+            evutil_closesocket(fd);
+        if (c->timer)
+            event_free(c->timer);
+        free(c);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->client_ip,
+                  sizeof c->client_ip);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->client_ip,
+                  sizeof c->client_ip);
+    http1_head_init(&c->req, l->cfg->max_header_bytes, l->cfg->max_headers);
+    llhttp_init(&c->parser, HTTP_REQUEST, request_settings());
+    c->parser.data = c;
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    metrics_gauge_add(l->connections_active, 1);
+    metrics_inc(l->connections_total, 1);
+    atomic_fetch_add_explicit(&w->proxy->active_connections, 1, memory_order_relaxed);
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, l->cfg->buffer_bytes);
+    bufferevent_setwatermark(c->bev, EV_WRITE, l->cfg->buffer_bytes / 2, 0);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    timer_set(c, TIMER_HEADER, l->cfg->header_timeout_ms);
+}
+
+pf_conn *conn_next(const pf_conn *c) {
+    return c->next;
+}
+
+void conn_drain(pf_conn *c) {
+    c->draining = true;
+    if (!c->in_request && !c->closing)
+        start_close(c);
+}

@@ -1,0 +1,363 @@
+/* Proxy setup and workers: metrics registration, one event loop thread per worker, one
+ * SO_REUSEPORT listening socket per listener and worker (the kernel spreads connections),
+ * and the drain that SIGTERM starts. */
+#include "core/log.h"
+#include "proxy/proxy_int.h"
+
+#include <errno.h>
+#include <event2/thread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define LISTEN_BACKLOG 1024
+#define LOG_FLUSH_MS 200
+
+static const char *const class_names[PF_CODE_CLASSES] = {"1xx", "2xx", "3xx",
+                                                         "4xx", "5xx", "other"};
+
+uint64_t worker_random(pf_worker *w) {
+    /* xorshift128+: per worker, so no shared state on the request path. */
+    uint64_t s1 = w->rng[0];
+    const uint64_t s0 = w->rng[1];
+    w->rng[0] = s0;
+    s1 ^= s1 << 23;
+    w->rng[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+    return w->rng[1] + s0;
+}
+
+static void register_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
+    char labels[160];
+    for (int i = 0; i < PF_CODE_CLASSES; i++) {
+        snprintf(labels, sizeof labels, "listener=\"%s\",code_class=\"%s\"", l->cfg->name,
+                 class_names[i]);
+        l->requests[i] = metrics_counter(m, "pilotfish_downstream_requests_total",
+                                         "Requests answered to clients, by status class.", labels);
+    }
+    snprintf(labels, sizeof labels, "listener=\"%s\"", l->cfg->name);
+    l->connections_total = metrics_counter(m, "pilotfish_downstream_connections_total",
+                                           "Client connections accepted.", labels);
+    l->connections_active = metrics_gauge(m, "pilotfish_downstream_connections_active",
+                                          "Client connections open now.", labels);
+    l->errors_total = metrics_counter(m, "pilotfish_downstream_rejected_requests_total",
+                                      "Requests pilotfish refused itself with a 4xx.", labels);
+    l->duration = metrics_histogram(m, "pilotfish_request_duration_seconds",
+                                    "Time from the first request byte to the response end.",
+                                    labels);
+}
+
+static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
+    char labels[160];
+    for (int i = 0; i < PF_CODE_CLASSES; i++) {
+        snprintf(labels, sizeof labels, "cluster=\"%s\",code_class=\"%s\"", c->cfg->name,
+                 class_names[i]);
+        c->requests[i] = metrics_counter(m, "pilotfish_upstream_requests_total",
+                                         "Requests sent to a cluster, by response status class.",
+                                         labels);
+    }
+    snprintf(labels, sizeof labels, "cluster=\"%s\"", c->cfg->name);
+    c->connections_total = metrics_counter(m, "pilotfish_upstream_connections_total",
+                                           "Upstream connections opened.", labels);
+    c->connections_active = metrics_gauge(m, "pilotfish_upstream_connections_active",
+                                          "Upstream connections open now (busy or pooled).",
+                                          labels);
+    c->pool_reuses = metrics_counter(m, "pilotfish_upstream_pool_reuses_total",
+                                     "Requests sent on a pooled keep-alive connection.", labels);
+    c->connect_failures = metrics_counter(m, "pilotfish_upstream_connect_failures_total",
+                                          "Upstream connection attempts refused or failed.",
+                                          labels);
+    c->connect_timeouts = metrics_counter(m, "pilotfish_upstream_connect_timeouts_total",
+                                          "Upstream connection attempts that timed out.", labels);
+    c->response_timeouts = metrics_counter(m, "pilotfish_upstream_response_timeouts_total",
+                                           "Requests whose response headers came too late.",
+                                           labels);
+    c->resets = metrics_counter(m, "pilotfish_upstream_resets_total",
+                                "Upstream connections closed before the response ended.", labels);
+}
+
+static void emit_endpoint_gauge(void *arg, pf_metric_emit emit, void *emit_ctx) {
+    const pf_proxy *proxy = arg;
+    char labels[160];
+    for (size_t i = 0; i < proxy->cluster_count; i++) {
+        pf_endpoint_set *set = discovery_slot_acquire(proxy->clusters[i].slot);
+        size_t total = set ? set->count : 0, healthy = set ? set->healthy_count : 0;
+        discovery_set_unref(set);
+        snprintf(labels, sizeof labels, "cluster=\"%s\",health=\"healthy\"",
+                 proxy->clusters[i].cfg->name);
+        emit(emit_ctx, labels, (double)healthy);
+        snprintf(labels, sizeof labels, "cluster=\"%s\",health=\"unhealthy\"",
+                 proxy->clusters[i].cfg->name);
+        emit(emit_ctx, labels, (double)(total - healthy));
+    }
+}
+
+static void use_pthreads(void) {
+    evthread_use_pthreads();
+}
+
+static int worker_init(pf_proxy *proxy, pf_worker *w, unsigned id) {
+    w->proxy = proxy;
+    w->id = id;
+    w->base = event_base_new();
+    w->clusters = calloc(proxy->cluster_count ? proxy->cluster_count : 1, sizeof *w->clusters);
+    w->listeners = calloc(proxy->listener_count, sizeof *w->listeners);
+    w->accept_ctx = calloc(proxy->listener_count, sizeof *w->accept_ctx);
+    if (!w->base || !w->clusters || !w->listeners || !w->accept_ctx)
+        return PF_ENOMEM;
+    for (size_t i = 0; i < proxy->cluster_count; i++) {
+        w->clusters[i].rt = &proxy->clusters[i];
+        discovery_cache_init(&w->clusters[i].cache, proxy->clusters[i].slot);
+        w->clusters[i].balancer = balancer_new(proxy->clusters[i].cfg->lb_policy);
+        if (!w->clusters[i].balancer)
+            return PF_ENOMEM;
+    }
+    if (getrandom(w->rng, sizeof w->rng, 0) != sizeof w->rng || (w->rng[0] | w->rng[1]) == 0) {
+        w->rng[0] = 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
+        w->rng[1] = 0xbf58476d1ce4e5b9ull + id;
+    }
+    if (proxy->cfg->access_log) {
+        w->log_buf = malloc(64u * 1024u);
+        if (!w->log_buf)
+            return PF_ENOMEM;
+    }
+    return PF_OK;
+}
+
+pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics, pf_error *err) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, use_pthreads);
+    pf_proxy *proxy = calloc(1, sizeof *proxy);
+    if (!proxy) {
+        pf_fail(err, PF_ENOMEM, "out of memory");
+        return NULL;
+    }
+    proxy->cfg = cfg;
+    proxy->metrics = metrics;
+    proxy->worker_count = workers ? workers : 1;
+    proxy->cluster_count = cfg->cluster_count;
+    proxy->listener_count = cfg->listener_count;
+    proxy->clusters = calloc(cfg->cluster_count ? cfg->cluster_count : 1, sizeof *proxy->clusters);
+    proxy->listeners = calloc(cfg->listener_count, sizeof *proxy->listeners);
+    proxy->workers = calloc(proxy->worker_count, sizeof *proxy->workers);
+    if (!proxy->clusters || !proxy->listeners || !proxy->workers)
+        goto nomem;
+    for (size_t i = 0; i < cfg->cluster_count; i++) {
+        pf_cluster_rt *c = &proxy->clusters[i];
+        c->cfg = &cfg->clusters[i];
+        c->slot = discovery_slot_new(c->cfg->name);
+        if (!c->slot)
+            goto nomem;
+        register_cluster_metrics(metrics, c);
+    }
+    for (size_t i = 0; i < cfg->listener_count; i++) {
+        pf_listener_rt *l = &proxy->listeners[i];
+        l->cfg = &cfg->listeners[i];
+        l->router = router_new(l->cfg);
+        l->fds = malloc(proxy->worker_count * sizeof *l->fds);
+        if (!l->router || !l->fds)
+            goto nomem;
+        for (unsigned k = 0; k < proxy->worker_count; k++)
+            l->fds[k] = -1;
+        register_listener_metrics(metrics, l);
+    }
+    metrics_gauge_callback(metrics, "pilotfish_cluster_endpoints",
+                           "Endpoints in each cluster's current set, by health.",
+                           emit_endpoint_gauge, proxy);
+    for (unsigned k = 0; k < proxy->worker_count; k++)
+        if (worker_init(proxy, &proxy->workers[k], k) != PF_OK)
+            goto nomem;
+    return proxy;
+nomem:
+    pf_fail(err, PF_ENOMEM, "out of memory while building the proxy");
+    proxy_free(proxy);
+    return NULL;
+}
+
+static int bind_listener(const pf_config_listener *cfg, pf_error *err) {
+    int fd = socket(cfg->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return pf_fail(err, PF_EIO, "listener %s: socket: %s", cfg->name, strerror(errno));
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&cfg->addr.ss, cfg->addr.len) < 0 ||
+        listen(fd, LISTEN_BACKLOG) < 0) {
+        int e = errno;
+        close(fd);
+        return pf_fail(err, PF_EIO, "listener %s: cannot listen on %s: %s", cfg->name,
+                       cfg->addr.text, strerror(e));
+    }
+    return fd;
+}
+
+static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg) {
+    pf_accept_ctx *ctx = arg;
+    conn_accept(ctx->w, ctx->l, fd, sa, salen);
+}
+
+static void on_accept_error(struct evconnlistener *listener, void *arg) {
+    /* EMFILE and friends: say so, and keep the listener; the loop retries. */
+    log_warn("accept failed error=\"%s\"", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+static void on_drain(evutil_socket_t fd, short what, void *arg) {
+    pf_worker *w = arg;
+    for (size_t i = 0; i < w->proxy->listener_count; i++) {
+        if (w->listeners[i]) {
+            evconnlistener_free(w->listeners[i]);
+            w->listeners[i] = NULL;
+        }
+    }
+    for (pf_conn *c = w->conns, *next; c; c = next) {
+        next = conn_next(c);
+        conn_drain(c);
+    }
+}
+
+static void on_log_flush(evutil_socket_t fd, short what, void *arg) {
+    pf_worker *w = arg;
+    if (w->log_len)
+        access_log_flush(w);
+}
+
+static void *worker_main(void *arg) {
+    pf_worker *w = arg;
+    event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    return NULL;
+}
+
+int proxy_start(pf_proxy *proxy, pf_error *err) {
+    for (size_t i = 0; i < proxy->listener_count; i++) {
+        pf_listener_rt *l = &proxy->listeners[i];
+        for (unsigned k = 0; k < proxy->worker_count; k++) {
+            int fd = bind_listener(l->cfg, err);
+            if (fd < 0)
+                return PF_EIO;
+            l->fds[k] = fd;
+        }
+    }
+    for (unsigned k = 0; k < proxy->worker_count; k++) {
+        pf_worker *w = &proxy->workers[k];
+        for (size_t i = 0; i < proxy->listener_count; i++) {
+            pf_accept_ctx *ctx = &w->accept_ctx[i];
+            ctx->w = w;
+            ctx->l = &proxy->listeners[i];
+            w->listeners[i] = evconnlistener_new(w->base, on_accept, ctx, LEV_OPT_CLOSE_ON_FREE,
+                                                 0, proxy->listeners[i].fds[k]);
+            if (!w->listeners[i]) {
+                return pf_fail(err, PF_EIO, "listener %s: cannot watch the socket",
+                               proxy->listeners[i].cfg->name);
+            }
+            proxy->listeners[i].fds[k] = -1; /* owned by the evconnlistener now */
+            evconnlistener_set_error_cb(w->listeners[i], on_accept_error);
+        }
+        w->drain_event = event_new(w->base, -1, 0, on_drain, w);
+        w->log_flush_timer = event_new(w->base, -1, EV_PERSIST, on_log_flush, w);
+        if (!w->drain_event || !w->log_flush_timer)
+            return pf_fail(err, PF_ENOMEM, "out of memory");
+        struct timeval flush = {0, LOG_FLUSH_MS * 1000};
+        if (w->log_buf)
+            event_add(w->log_flush_timer, &flush);
+    }
+    for (unsigned k = 0; k < proxy->worker_count; k++) {
+        pf_worker *w = &proxy->workers[k];
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+            return pf_fail(err, PF_EIO, "cannot start worker thread %u", k);
+        w->thread_started = true;
+    }
+    atomic_store(&proxy->started, true);
+    return PF_OK;
+}
+
+void proxy_drain(pf_proxy *proxy) {
+    if (atomic_exchange(&proxy->draining, true))
+        return;
+    for (unsigned k = 0; k < proxy->worker_count; k++)
+        if (proxy->workers[k].drain_event)
+            event_active(proxy->workers[k].drain_event, 0, 0);
+}
+
+long proxy_active_connections(const pf_proxy *proxy) {
+    return atomic_load(&proxy->active_connections);
+}
+
+bool proxy_draining(const pf_proxy *proxy) {
+    return atomic_load(&proxy->draining);
+}
+
+bool proxy_ready(const pf_proxy *proxy) {
+    if (!atomic_load(&proxy->started) || atomic_load(&proxy->draining))
+        return false;
+    for (size_t i = 0; i < proxy->cluster_count; i++)
+        if (discovery_slot_generation(proxy->clusters[i].slot) == 0)
+            return false;
+    return true;
+}
+
+static void worker_free(pf_worker *w, size_t listener_count) {
+    if (w->thread_started) {
+        event_base_loopbreak(w->base);
+        pthread_join(w->thread, NULL);
+    }
+    while (w->conns)
+        conn_free(w->conns);
+    if (w->log_buf && w->log_len)
+        access_log_flush(w);
+    free(w->log_buf);
+    for (size_t i = 0; w->listeners && i < listener_count; i++) {
+        if (w->listeners[i])
+            evconnlistener_free(w->listeners[i]);
+    }
+    free(w->listeners);
+    free(w->accept_ctx);
+    for (size_t i = 0; w->clusters && i < w->proxy->cluster_count; i++) {
+        pool_free_all(&w->clusters[i]);
+        discovery_cache_release(&w->clusters[i].cache);
+        balancer_free(w->clusters[i].balancer);
+    }
+    free(w->clusters);
+    if (w->drain_event)
+        event_free(w->drain_event);
+    if (w->log_flush_timer)
+        event_free(w->log_flush_timer);
+    if (w->base)
+        event_base_free(w->base);
+}
+
+void proxy_free(pf_proxy *proxy) {
+    if (!proxy)
+        return;
+    for (unsigned k = 0; proxy->workers && k < proxy->worker_count; k++)
+        if (proxy->workers[k].proxy)
+            worker_free(&proxy->workers[k], proxy->listener_count);
+    free(proxy->workers);
+    for (size_t i = 0; proxy->listeners && i < proxy->listener_count; i++) {
+        pf_listener_rt *l = &proxy->listeners[i];
+        for (unsigned k = 0; l->fds && k < proxy->worker_count; k++)
+            if (l->fds[k] >= 0)
+                close(l->fds[k]);
+        free(l->fds);
+        router_free(l->router);
+    }
+    free(proxy->listeners);
+    for (size_t i = 0; proxy->clusters && i < proxy->cluster_count; i++)
+        discovery_slot_free(proxy->clusters[i].slot);
+    free(proxy->clusters);
+    free(proxy);
+}
+
+size_t proxy_cluster_count(const pf_proxy *proxy) {
+    return proxy->cluster_count;
+}
+
+const pf_config_cluster *proxy_cluster_config(const pf_proxy *proxy, size_t index) {
+    return proxy->clusters[index].cfg;
+}
+
+pf_endpoint_slot *proxy_cluster_slot(const pf_proxy *proxy, size_t index) {
+    return proxy->clusters[index].slot;
+}

@@ -1,0 +1,164 @@
+/* Private to proxy/: the structs shared by the worker, downstream connection, upstream
+ * connection and pool code. Nothing outside proxy/ includes this. */
+#ifndef PF_PROXY_INT_H
+#define PF_PROXY_INT_H
+
+#include "proxy/balancer.h"
+#include "proxy/http1.h"
+#include "proxy/proxy.h"
+#include "proxy/router.h"
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <llhttp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define PF_CODE_CLASSES 6 /* 1xx..5xx, and "other" for codes outside 100-599 */
+#define PF_POOL_BUCKETS 64
+#define PF_UPSTREAM_MAX_HEADER_BYTES (64u * 1024u)
+#define PF_LINGER_MS 2000u /* how long a closing connection drains unread input */
+
+typedef struct pf_worker pf_worker;
+typedef struct pf_conn pf_conn;
+typedef struct pf_upstream pf_upstream;
+
+typedef struct pf_cluster_rt {
+    const pf_config_cluster *cfg;
+    pf_endpoint_slot *slot;
+    pf_counter *requests[PF_CODE_CLASSES];
+    pf_counter *connect_failures;
+    pf_counter *connect_timeouts;
+    pf_counter *response_timeouts;
+    pf_counter *resets;
+    pf_counter *connections_total;
+    pf_counter *pool_reuses;
+    pf_gauge *connections_active;
+} pf_cluster_rt;
+
+typedef struct pf_listener_rt {
+    const pf_config_listener *cfg;
+    pf_router *router;
+    int *fds; /* one per worker */
+    pf_counter *requests[PF_CODE_CLASSES];
+    pf_counter *connections_total;
+    pf_counter *errors_total; /* bad requests answered 4xx by pilotfish itself */
+    pf_gauge *connections_active;
+    pf_histogram *duration;
+} pf_listener_rt;
+
+/* Idle upstream connections to one endpoint address, per worker and cluster. */
+typedef struct pf_pool_bucket {
+    char addr[PF_ADDRTEXT_MAX];
+    pf_upstream *idle; /* most recently used first */
+    size_t idle_count;
+    struct pf_pool_bucket *next;
+} pf_pool_bucket;
+
+typedef struct pf_worker_cluster {
+    pf_cluster_rt *rt;
+    pf_set_cache cache;
+    pf_balancer *balancer;
+    pf_pool_bucket *buckets[PF_POOL_BUCKETS];
+} pf_worker_cluster;
+
+typedef struct pf_accept_ctx {
+    pf_worker *w;
+    pf_listener_rt *l;
+} pf_accept_ctx;
+
+struct pf_worker {
+    pf_proxy *proxy;
+    unsigned id;
+    pthread_t thread;
+    bool thread_started;
+    struct event_base *base;
+    struct evconnlistener **listeners; /* one per listener config */
+    pf_accept_ctx *accept_ctx;          /* one per listener config */
+    struct event *drain_event;
+    struct event *log_flush_timer;
+    pf_worker_cluster *clusters;
+    pf_conn *conns; /* every open downstream connection, for drain */
+    uint64_t rng[2];
+    char *log_buf;
+    size_t log_len;
+};
+
+struct pf_proxy {
+    const pf_config *cfg;
+    pf_metrics *metrics;
+    pf_cluster_rt *clusters;
+    size_t cluster_count;
+    pf_listener_rt *listeners;
+    size_t listener_count;
+    pf_worker *workers;
+    unsigned worker_count;
+    _Atomic bool started;
+    _Atomic bool draining;
+    _Atomic long active_connections;
+};
+
+/* proxy/conn.c: a downstream connection. */
+void conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struct sockaddr *sa,
+                 int salen);
+/* Drain: closes the connection now if idle, else after the response in flight. */
+void conn_drain(pf_conn *c);
+void conn_free(pf_conn *c);
+pf_conn *conn_next(const pf_conn *c);
+
+/* Called by upstream.c as the response arrives. */
+int conn_on_response_head(pf_conn *c, pf_upstream *up, int status, pf_body_mode upstream_body,
+                          uint64_t content_length, bool *skip_body);
+void conn_on_response_interim(pf_conn *c, pf_upstream *up, int status);
+void conn_on_response_body(pf_conn *c, const char *at, size_t len);
+void conn_on_response_complete(pf_conn *c, bool upstream_reusable);
+/* The upstream failed. `status` is what to answer if nothing was sent yet (502/503/504). */
+void conn_on_upstream_error(pf_conn *c, int status, const char *reason, bool retryable);
+/* The upstream's output drained: the client may send more body. */
+void conn_on_upstream_writable(pf_conn *c);
+/* How many bytes the client still has room for before we stop reading the upstream. */
+bool conn_output_full(const pf_conn *c);
+
+/* proxy/upstream.c: upstream connections and the per-worker pool.
+ * upstream_acquire: with `reused` NULL, always a new connection; otherwise a pooled one
+ * when there is one, and *reused says which. NULL when out of resources. */
+pf_upstream *upstream_acquire(pf_worker *w, pf_worker_cluster *wc, const pf_endpoint *ep,
+                              pf_conn *owner, bool *reused);
+struct evbuffer *upstream_output(pf_upstream *up);
+bool upstream_output_full(const pf_upstream *up, size_t limit);
+/* The request is fully written: starts the response timeout. */
+void upstream_request_sent(pf_upstream *up);
+/* Back-pressure from the client side. */
+void upstream_pause_reading(pf_upstream *up);
+void upstream_resume_reading(pf_upstream *up);
+/* Ends the owner's use: back to the pool when reusable, else closed. */
+void upstream_release(pf_upstream *up, bool reusable);
+const pf_head *upstream_response_head(const pf_upstream *up);
+void pool_free_all(pf_worker_cluster *wc);
+
+/* proxy/access_log.c */
+typedef struct pf_access_entry {
+    const char *method;
+    const char *authority;
+    size_t authority_len;
+    const char *path;
+    size_t path_len;
+    int status;
+    uint64_t bytes_in, bytes_out;
+    uint64_t duration_us;
+    const char *cluster;
+    const char *upstream;
+    const char *request_id;
+    const char *client;
+} pf_access_entry;
+void access_log_write(pf_worker *w, const pf_access_entry *e);
+void access_log_flush(pf_worker *w);
+
+static inline int code_class(int status) {
+    return status >= 100 && status < 600 ? status / 100 - 1 : PF_CODE_CLASSES - 1;
+}
+
+uint64_t worker_random(pf_worker *w);
+
+#endif

@@ -1,0 +1,487 @@
+/* Upstream connections: connect, send what the downstream side writes into the output,
+ * parse the response with llhttp and hand it to the owning downstream connection, then
+ * go back to the worker's pool (keep-alive) or close.
+ *
+ * Reentrancy rule: llhttp callbacks only pass data on or set flags. Anything that may
+ * free this upstream (completion, errors) happens after llhttp_execute returns, and the
+ * code returns at once after handing control to the owner. */
+#include "core/log.h"
+#include "core/time.h"
+#include "proxy/proxy_int.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+typedef enum { UP_TIMER_NONE, UP_TIMER_CONNECT, UP_TIMER_RESPONSE, UP_TIMER_IDLE } up_timer_kind;
+
+struct pf_upstream {
+    pf_worker *w;
+    pf_worker_cluster *wc;
+    struct bufferevent *bev;
+    struct event *timer;
+    up_timer_kind timer_kind;
+    llhttp_t parser;
+    pf_head resp;
+    pf_conn *owner; /* NULL while idle in the pool */
+    pf_pool_bucket *bucket;
+    pf_upstream *next_idle;
+    pf_endpoint_stats *stats;
+    char addr[PF_ADDRTEXT_MAX];
+    bool connected;
+    bool reused;
+    bool request_sent;
+    bool got_bytes;
+    bool head_done;
+    bool complete;
+    bool paused;
+    bool interim;
+    bool skip_body;
+    int parse_error; /* nonzero: 502 after execute returns */
+};
+
+static const llhttp_settings_t *response_settings(void);
+
+static void timer_set(pf_upstream *up, up_timer_kind kind, uint64_t ms) {
+    up->timer_kind = kind;
+    struct timeval tv = pf_timeval_ms(ms);
+    evtimer_add(up->timer, &tv);
+}
+
+static void timer_stop(pf_upstream *up) {
+    up->timer_kind = UP_TIMER_NONE;
+    evtimer_del(up->timer);
+}
+
+static void upstream_free(pf_upstream *up) {
+    if (!up)
+        return;
+    if (up->bev)
+        bufferevent_free(up->bev);
+    if (up->timer)
+        event_free(up->timer);
+    http1_head_free(&up->resp);
+    if (up->wc)
+        metrics_gauge_add(up->wc->rt->connections_active, -1);
+    free(up);
+}
+
+static unsigned bucket_index(const char *addr) {
+    uint32_t h = 2166136261u;
+    for (const char *p = addr; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return h % PF_POOL_BUCKETS;
+}
+
+static pf_pool_bucket *bucket_for(pf_worker_cluster *wc, const char *addr, bool create) {
+    unsigned i = bucket_index(addr);
+    for (pf_pool_bucket *b = wc->buckets[i]; b; b = b->next)
+        if (strcmp(b->addr, addr) == 0)
+            return b;
+    if (!create)
+        return NULL;
+    pf_pool_bucket *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    snprintf(b->addr, sizeof b->addr, "%s", addr);
+    b->next = wc->buckets[i];
+    wc->buckets[i] = b;
+    return b;
+}
+
+static void pool_remove(pf_upstream *up) {
+    pf_pool_bucket *b = up->bucket;
+    if (!b)
+        return;
+    for (pf_upstream **p = &b->idle; *p; p = &(*p)->next_idle) {
+        if (*p == up) {
+            *p = up->next_idle;
+            b->idle_count--;
+            break;
+        }
+    }
+    up->bucket = NULL;
+    up->next_idle = NULL;
+}
+
+void pool_free_all(pf_worker_cluster *wc) {
+    for (unsigned i = 0; i < PF_POOL_BUCKETS; i++) {
+        pf_pool_bucket *b = wc->buckets[i];
+        while (b) {
+            pf_pool_bucket *next = b->next;
+            while (b->idle) {
+                pf_upstream *up = b->idle;
+                b->idle = up->next_idle;
+                up->bucket = NULL;
+                upstream_free(up);
+            }
+            free(b);
+            b = next;
+        }
+        wc->buckets[i] = NULL;
+    }
+}
+
+/* Ends the exchange with an error for the owner. Returns nothing: `up` is gone after. */
+static void fail(pf_upstream *up, int status, const char *reason, bool retryable) {
+    pf_conn *owner = up->owner;
+    log_debug("upstream failed cluster=%s upstream=%s status=%d reason=\"%s\"",
+              up->wc->rt->cfg->name, up->addr, status, reason);
+    conn_on_upstream_error(owner, status, reason, retryable);
+}
+
+static void process_input(pf_upstream *up) {
+    struct evbuffer *in = bufferevent_get_input(up->bev);
+    while (!up->complete && !up->parse_error && evbuffer_get_length(in) > 0) {
+        if (up->head_done && conn_output_full(up->owner)) {
+            upstream_pause_reading(up);
+            return;
+        }
+        struct evbuffer_iovec vec;
+        if (evbuffer_peek(in, -1, NULL, &vec, 1) < 1)
+            break;
+        up->got_bytes = true;
+        llhttp_errno_t rc = llhttp_execute(&up->parser, vec.iov_base, vec.iov_len);
+        size_t used = vec.iov_len;
+        if (rc != HPE_OK) {
+            const char *pos = llhttp_get_error_pos(&up->parser);
+            used = pos ? (size_t)(pos - (const char *)vec.iov_base) : 0;
+        }
+        evbuffer_drain(in, used);
+        if (rc == HPE_PAUSED)
+            break;
+        if (rc != HPE_OK && !up->parse_error) {
+            log_debug("upstream response malformed cluster=%s upstream=%s error=%s reason=\"%s\"",
+                      up->wc->rt->cfg->name, up->addr, llhttp_errno_name(rc),
+                      llhttp_get_error_reason(&up->parser));
+            up->parse_error = 502;
+        }
+    }
+    if (up->parse_error) {
+        fail(up, up->parse_error, "upstream sent a malformed response", false);
+        return;
+    }
+    if (up->complete) {
+        /* Bytes after the response mean the upstream is out of step: never reuse it. */
+        bool reusable = llhttp_should_keep_alive(&up->parser) && evbuffer_get_length(in) == 0;
+        conn_on_response_complete(up->owner, reusable);
+    }
+}
+
+static void on_read(struct bufferevent *bev, void *arg) {
+    pf_upstream *up = arg;
+    if (!up->owner) {
+        /* An idle connection has nothing to say; data here means it is out of step. */
+        pool_remove(up);
+        upstream_free(up);
+        return;
+    }
+    process_input(up);
+}
+
+static void on_write(struct bufferevent *bev, void *arg) {
+    pf_upstream *up = arg;
+    if (up->owner)
+        conn_on_upstream_writable(up->owner);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg) {
+    pf_upstream *up = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        up->connected = true;
+        if (up->request_sent)
+            timer_set(up, UP_TIMER_RESPONSE, up->wc->rt->cfg->response_timeout_ms);
+        else
+            timer_stop(up);
+        return;
+    }
+    if (!up->owner) {
+        pool_remove(up);
+        upstream_free(up);
+        return;
+    }
+    if (!up->connected) {
+        int err = EVUTIL_SOCKET_ERROR();
+        metrics_inc(up->wc->rt->connect_failures, 1);
+        if (up->stats)
+            atomic_fetch_add_explicit(&up->stats->connect_failures_total, 1, memory_order_relaxed);
+        log_debug("upstream connect failed cluster=%s upstream=%s error=\"%s\"",
+                  up->wc->rt->cfg->name, up->addr, evutil_socket_error_to_string(err));
+        fail(up, 503, "upstream connect failed", false);
+        return;
+    }
+    if ((what & BEV_EVENT_EOF) && up->head_done && llhttp_message_needs_eof(&up->parser)) {
+        /* A close-delimited body (RFC 9112 6.3 rule 8) ends here. */
+        process_input(up);
+        if (!up->owner || up->complete)
+            return;
+        if (llhttp_finish(&up->parser) == HPE_OK && up->complete) {
+            conn_on_response_complete(up->owner, false);
+            return;
+        }
+    }
+    metrics_inc(up->wc->rt->resets, 1);
+    /* A reused connection that the server closed while it sat idle is the one failure a
+     * fresh connection fixes: nothing was answered, so the request was not processed. */
+    bool retryable = up->reused && !up->got_bytes;
+    fail(up, 502,
+         up->head_done ? "upstream closed the connection mid-response"
+                       : "upstream closed the connection before responding",
+         retryable);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg) {
+    pf_upstream *up = arg;
+    up_timer_kind kind = up->timer_kind;
+    up->timer_kind = UP_TIMER_NONE;
+    switch (kind) {
+    case UP_TIMER_CONNECT:
+        metrics_inc(up->wc->rt->connect_timeouts, 1);
+        fail(up, 503, "upstream connect timeout", false);
+        return;
+    case UP_TIMER_RESPONSE:
+        metrics_inc(up->wc->rt->response_timeouts, 1);
+        fail(up, 504, "upstream response timeout", false);
+        return;
+    case UP_TIMER_IDLE:
+        pool_remove(up);
+        upstream_free(up);
+        return;
+    case UP_TIMER_NONE:
+        return;
+    }
+}
+
+static pf_upstream *take_idle(pf_worker_cluster *wc, const pf_endpoint *ep) {
+    pf_pool_bucket *b = bucket_for(wc, ep->addr.text, false);
+    if (!b || !b->idle)
+        return NULL;
+    pf_upstream *up = b->idle;
+    b->idle = up->next_idle;
+    b->idle_count--;
+    up->next_idle = NULL;
+    up->bucket = NULL;
+    return up;
+}
+
+static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_endpoint *ep) {
+    pf_upstream *up = calloc(1, sizeof *up);
+    if (!up)
+        return NULL;
+    up->w = w;
+    up->wc = wc;
+    metrics_gauge_add(wc->rt->connections_active, 1);
+    metrics_inc(wc->rt->connections_total, 1);
+    snprintf(up->addr, sizeof up->addr, "%s", ep->addr.text);
+    http1_head_init(&up->resp, PF_UPSTREAM_MAX_HEADER_BYTES, PF_DEFAULT_MAX_HEADERS * 2);
+    up->timer = evtimer_new(w->base, on_timer, up);
+    int fd = socket(ep->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || !up->timer) {
+        if (fd >= 0)
+            close(fd);
+        upstream_free(up);
+        return NULL;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    up->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!up->bev) {
+        close(fd);
+        upstream_free(up);
+        return NULL;
+    }
+    bufferevent_setcb(up->bev, on_read, on_write, on_event, up);
+    bufferevent_setwatermark(up->bev, EV_READ, 0, PF_DEFAULT_BUFFER_BYTES);
+    bufferevent_setwatermark(up->bev, EV_WRITE, PF_DEFAULT_BUFFER_BYTES / 2, 0);
+    llhttp_init(&up->parser, HTTP_RESPONSE, response_settings());
+    up->parser.data = up;
+    timer_set(up, UP_TIMER_CONNECT, wc->rt->cfg->connect_timeout_ms);
+    if (bufferevent_socket_connect(up->bev, (const struct sockaddr *)&ep->addr.ss,
+                                   (int)ep->addr.len) < 0) {
+        /* Immediate refusal: report it like an asynchronous one, from the event loop. */
+        up->timer_kind = UP_TIMER_NONE;
+        evtimer_del(up->timer);
+        bufferevent_trigger_event(up->bev, BEV_EVENT_ERROR, BEV_TRIG_DEFER_CALLBACKS);
+    }
+    bufferevent_enable(up->bev, EV_READ | EV_WRITE);
+    return up;
+}
+
+pf_upstream *upstream_acquire(pf_worker *w, pf_worker_cluster *wc, const pf_endpoint *ep,
+                              pf_conn *owner, bool *reused) {
+    pf_upstream *up = reused ? take_idle(wc, ep) : NULL;
+    if (up) {
+        timer_stop(up);
+        up->reused = true;
+        metrics_inc(wc->rt->pool_reuses, 1);
+    } else {
+        up = connect_new(w, wc, ep);
+        if (!up)
+            return NULL;
+    }
+    if (reused)
+        *reused = up->reused;
+    up->owner = owner;
+    up->stats = ep->stats;
+    up->request_sent = false;
+    up->got_bytes = false;
+    up->head_done = false;
+    up->complete = false;
+    up->interim = false;
+    up->skip_body = false;
+    up->parse_error = 0;
+    http1_head_reset(&up->resp);
+    return up;
+}
+
+struct evbuffer *upstream_output(pf_upstream *up) {
+    return bufferevent_get_output(up->bev);
+}
+
+bool upstream_output_full(const pf_upstream *up, size_t limit) {
+    return evbuffer_get_length(bufferevent_get_output(up->bev)) >= limit;
+}
+
+void upstream_request_sent(pf_upstream *up) {
+    up->request_sent = true;
+    if (up->connected || up->reused)
+        timer_set(up, UP_TIMER_RESPONSE, up->wc->rt->cfg->response_timeout_ms);
+}
+
+void upstream_pause_reading(pf_upstream *up) {
+    if (!up->paused) {
+        up->paused = true;
+        bufferevent_disable(up->bev, EV_READ);
+    }
+}
+
+void upstream_resume_reading(pf_upstream *up) {
+    if (up->paused) {
+        up->paused = false;
+        bufferevent_enable(up->bev, EV_READ);
+        process_input(up);
+    }
+}
+
+const pf_head *upstream_response_head(const pf_upstream *up) {
+    return &up->resp;
+}
+
+void upstream_release(pf_upstream *up, bool reusable) {
+    if (!up)
+        return;
+    up->owner = NULL;
+    up->stats = NULL;
+    timer_stop(up);
+    pf_worker_cluster *wc = up->wc;
+    /* Unsent request bytes would go out ahead of the next request: not reusable. */
+    if (evbuffer_get_length(bufferevent_get_output(up->bev)) > 0)
+        reusable = false;
+    if (!reusable || atomic_load_explicit(&up->w->proxy->draining, memory_order_relaxed) ||
+        wc->rt->cfg->max_idle_per_endpoint == 0) {
+        upstream_free(up);
+        return;
+    }
+    pf_pool_bucket *b = bucket_for(wc, up->addr, true);
+    if (!b || b->idle_count >= wc->rt->cfg->max_idle_per_endpoint) {
+        upstream_free(up);
+        return;
+    }
+    llhttp_init(&up->parser, HTTP_RESPONSE, response_settings());
+    up->parser.data = up;
+    up->paused = false;
+    bufferevent_enable(up->bev, EV_READ);
+    up->bucket = b;
+    up->next_idle = b->idle;
+    b->idle = up;
+    b->idle_count++;
+    timer_set(up, UP_TIMER_IDLE, wc->rt->cfg->upstream_idle_timeout_ms);
+}
+
+/* ---- llhttp response callbacks ---------------------------------------------------- */
+
+static int on_status(llhttp_t *p, const char *at, size_t len) {
+    pf_upstream *up = p->data;
+    return http1_head_append_first(&up->resp, at, len) ? -1 : 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len) {
+    pf_upstream *up = p->data;
+    return http1_head_append_name(&up->resp, at, len) ? -1 : 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len) {
+    pf_upstream *up = p->data;
+    return http1_head_append_value(&up->resp, at, len) ? -1 : 0;
+}
+
+static int on_header_value_complete(llhttp_t *p) {
+    pf_upstream *up = p->data;
+    http1_head_finish_value(&up->resp);
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p) {
+    pf_upstream *up = p->data;
+    int status = p->status_code;
+    if (status >= 100 && status < 200) {
+        if (status == 101) {
+            /* pilotfish removed Upgrade from the request, so a switch is a broken peer. */
+            up->parse_error = 502;
+            return -1;
+        }
+        up->interim = true;
+        conn_on_response_interim(up->owner, up, status);
+        return 0;
+    }
+    up->head_done = true;
+    pf_body_mode mode = PF_BODY_EOF;
+    if (p->flags & F_CHUNKED)
+        mode = PF_BODY_CHUNKED;
+    else if (p->flags & F_CONTENT_LENGTH)
+        mode = PF_BODY_LENGTH;
+    bool skip = false;
+    if (conn_on_response_head(up->owner, up, status, mode, p->content_length, &skip) != 0) {
+        up->parse_error = 502;
+        return -1;
+    }
+    up->skip_body = skip;
+    evtimer_del(up->timer);
+    up->timer_kind = UP_TIMER_NONE;
+    return skip ? 1 : 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+    pf_upstream *up = p->data;
+    conn_on_response_body(up->owner, at, len);
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+    pf_upstream *up = p->data;
+    if (up->interim) {
+        up->interim = false;
+        http1_head_reset(&up->resp);
+        return 0;
+    }
+    up->complete = true;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t response_callbacks = {
+    .on_status = on_status,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+static const llhttp_settings_t *response_settings(void) {
+    return &response_callbacks;
+}

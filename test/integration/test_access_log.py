@@ -1,0 +1,72 @@
+"""Access log: one JSON line per request on stdout, or nothing when it is turned off."""
+
+import signal
+
+from harness import standard_config, wait_for
+
+KEYS = {
+    "time",
+    "method",
+    "authority",
+    "path",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "cluster",
+    "upstream",
+    "request_id",
+}
+
+
+def wait_lines(pf, n):
+    return wait_for(lambda: len(pf.access_log()) >= n and pf.access_log(), 10, f"{n} access log lines")
+
+
+def test_one_json_line_per_request_with_all_keys(proxy):
+    pf = proxy.pf
+    pf.get("/bytes/1000", host="web.local")
+    pf.request("POST", "/sink", {"Host": "api.local"}, body=b"x" * 500)
+    pf.get("/v1/thing", host="api.local")
+    lines = wait_lines(pf, 3)
+    assert len(lines) == 3, lines
+    for line in lines:
+        assert KEYS <= set(line), f"missing {KEYS - set(line)} in {line}"
+        assert isinstance(line["status"], int)
+        assert line["request_id"]
+    get_bytes, post_sink, get_api = lines
+    assert (get_bytes["method"], get_bytes["path"], get_bytes["status"]) == ("GET", "/bytes/1000", 200)
+    assert get_bytes["cluster"] == "web"
+    assert get_bytes["upstream"] in (proxy.web1.address, proxy.web2.address)
+    assert get_bytes["authority"] == "web.local"
+    assert get_bytes["bytes_out"] >= 1000
+    assert (post_sink["method"], post_sink["path"]) == ("POST", "/sink")
+    assert post_sink["bytes_in"] >= 500
+    assert post_sink["cluster"] == "web"
+    assert (get_api["cluster"], get_api["upstream"]) == ("api", proxy.api.address)
+    assert get_api["authority"] == "api.local"
+    assert get_api["duration_ms"] >= 0
+
+
+def test_access_log_request_id_matches_client_supplied_id(proxy):
+    proxy.pf.get("/", headers={"X-Request-Id": "log-me-123"})
+    (line,) = wait_lines(proxy.pf, 1)
+    assert line["request_id"] == "log-me-123"
+
+
+def test_access_log_records_proxy_generated_errors(proxy):
+    proxy.pf.get("/", host="nobody.local", listener="strict")
+    (line,) = wait_lines(proxy.pf, 1)
+    assert line["status"] == 404
+
+
+def test_access_log_off_writes_nothing_to_stdout(backends, start_pilotfish):
+    cfg = standard_config(backends.web1, backends.web2, backends.api)
+    cfg["access_log"] = False
+    pf = start_pilotfish(cfg)
+    for _ in range(5):
+        assert pf.get("/").status == 200
+    # Stop first: at exit every buffered line would have been written.
+    pf.signal(signal.SIGTERM)
+    assert pf.wait_exit(15) is not None
+    assert pf.stdout_text() == ""

@@ -1,0 +1,115 @@
+"""Header handling between client and upstream: hop-by-hop removal, X-Forwarded-*, X-Request-Id."""
+
+from harness import make_request
+
+
+def upstream_view(pf, headers, host="abs.local", method="GET", body=None):
+    """Send headers exactly as given (raw) to the api backend's /headers and return its view."""
+    with pf.raw() as c:
+        c.send(make_request(method, "/headers", headers, body, host=host))
+        resp = c.read_response(method=method)
+    assert resp.status == 200, resp
+    assert resp.header("X-Backend") == "api"
+    return resp.json()
+
+
+def values(view, name):
+    return [v for k, v in view["headers"] if k.lower() == name.lower()]
+
+
+def test_standard_hop_by_hop_headers_are_not_forwarded(proxy):
+    sent = [
+        ("Keep-Alive", "timeout=5, max=77"),
+        ("Proxy-Connection", "keep-alive-proxyconn"),
+        ("TE", "trailers, deflate"),
+        ("Trailer", "X-Trailer-Field"),
+        ("Upgrade", "h2c-test"),
+        ("Proxy-Authorization", "Basic c2VjcmV0OnNlY3JldA=="),
+        ("X-End-To-End", "kept"),
+    ]
+    view = upstream_view(proxy.pf, sent)
+    assert values(view, "X-End-To-End") == ["kept"]
+    for name, value in sent[:-1]:
+        assert value not in values(view, name), f"{name}: {value} reached upstream: {view}"
+    assert values(view, "Proxy-Authorization") == []
+    assert values(view, "Proxy-Connection") == []
+    assert values(view, "Trailer") == []
+    assert values(view, "Upgrade") == []
+
+
+def test_headers_named_in_connection_are_not_forwarded(proxy):
+    sent = [
+        ("Connection", "keep-alive, X-Secret-Hop, X-Other-Hop"),
+        ("X-Secret-Hop", "secret"),
+        ("X-Other-Hop", "other"),
+        ("X-Normal", "normal"),
+    ]
+    view = upstream_view(proxy.pf, sent)
+    assert values(view, "X-Secret-Hop") == []
+    assert values(view, "X-Other-Hop") == []
+    assert values(view, "X-Normal") == ["normal"]
+    for v in values(view, "Connection"):
+        assert "x-secret-hop" not in v.lower() and "x-other-hop" not in v.lower(), view
+
+
+def test_end_to_end_headers_keep_value_and_order(proxy):
+    sent = [("X-A", "1"), ("X-Multi", "first"), ("X-B", "2"), ("X-Multi", "second")]
+    view = upstream_view(proxy.pf, sent)
+    assert values(view, "X-Multi") == ["first", "second"]
+    assert values(view, "X-A") == ["1"] and values(view, "X-B") == ["2"]
+
+
+def test_x_forwarded_for_is_set_to_client_ip(proxy):
+    view = upstream_view(proxy.pf, [])
+    assert values(view, "X-Forwarded-For") == ["127.0.0.1"]
+
+
+def test_x_forwarded_for_is_appended_to_existing_value(proxy):
+    view = upstream_view(proxy.pf, [("X-Forwarded-For", "203.0.113.7")])
+    xff = ", ".join(values(view, "X-Forwarded-For"))
+    assert [p.strip() for p in xff.split(",")] == ["203.0.113.7", "127.0.0.1"]
+
+
+def test_x_forwarded_proto_is_http(proxy):
+    view = upstream_view(proxy.pf, [])
+    assert values(view, "X-Forwarded-Proto") == ["http"]
+
+
+def test_x_request_id_generated_when_absent_and_unique(proxy):
+    ids = []
+    for _ in range(5):
+        got = values(upstream_view(proxy.pf, []), "X-Request-Id")
+        assert len(got) == 1 and got[0].strip(), got
+        ids.append(got[0])
+    assert len(set(ids)) == len(ids), ids
+
+
+def test_x_request_id_kept_when_present(proxy):
+    view = upstream_view(proxy.pf, [("X-Request-Id", "client-chose-this-42")])
+    assert values(view, "X-Request-Id") == ["client-chose-this-42"]
+
+
+def test_request_body_headers_reach_upstream(proxy):
+    view = upstream_view(proxy.pf, [("Content-Type", "text/plain")], method="POST", body=b"hello")
+    assert view["method"] == "POST"
+    assert values(view, "Content-Length") == ["5"]
+    assert values(view, "Content-Type") == ["text/plain"]
+
+
+def test_upstream_response_headers_reach_client(proxy):
+    resp = proxy.pf.get("/status/201")
+    assert resp.status == 201
+    assert resp.header("X-Backend") in ("web1", "web2")
+
+
+def test_upstream_connection_close_does_not_close_client_connection(proxy):
+    # Connection is hop-by-hop in responses too: the backend closing its side is not the
+    # client's business, and the client's connection stays usable.
+    with proxy.pf.raw() as c:
+        c.send(make_request("GET", "/close"))
+        first = c.read_response()
+        assert first.status == 200
+        assert not first.has_token("Connection", "close"), first
+        c.send(make_request("GET", "/bytes/10"))
+        second = c.read_response()
+        assert second.status == 200 and second.body == b"0123456789"

@@ -1,0 +1,864 @@
+/* Unit tests for config/: loading, defaults, every validation message (path and reason),
+ * address and duration parsing, and the dump that must load back to the same config.
+ * JSON in the tables is written with ' for " (see sq) so that rows stay readable. */
+#include "config/config.h"
+#include "core/time.h"
+#include "test/unit/unit.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+static const char example_json[] =
+    "{\n"
+    "  \"admin\": {\"address\": \"127.0.0.1:9901\"},\n"
+    "  \"listeners\": [{\"name\": \"main\", \"address\": \"127.0.0.1:15001\",\n"
+    "    \"routes\": [{\"match\": {\"host\": \"api.local\", \"prefix\": \"/v1/\"}, \"cluster\": "
+    "\"api\"},\n"
+    "               {\"match\": {\"prefix\": \"/\"}, \"cluster\": \"web\"}]}],\n"
+    "  \"clusters\": [\n"
+    "    {\"name\": \"web\", \"lb_policy\": \"round_robin\",\n"
+    "     \"endpoints\": [\"127.0.0.1:8081\", {\"address\": \"127.0.0.1:8082\", \"weight\": 2}]},\n"
+    "    {\"name\": \"api\", \"endpoints\": [\"127.0.0.1:8083\"], \"connect_timeout\": "
+    "\"250ms\"}]\n"
+    "}\n";
+
+/* Turns ' into " so JSON can be written inside C strings without a wall of escapes. The
+ * result lives until the next call. */
+static const char *sq(const char *s) {
+    static char buf[8192];
+    size_t n = strlen(s);
+    CU_ASSERT_FATAL(n < sizeof buf);
+    for (size_t i = 0; i <= n; i++)
+        buf[i] = s[i] == '\'' ? '"' : s[i];
+    return buf;
+}
+
+/* All messages on one line each, for failure reports. */
+static const char *joined(const pf_errlist *errs) {
+    static char buf[8192];
+    size_t len = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < errs->count && len < sizeof buf; i++) {
+        int n = snprintf(buf + len, sizeof buf - len, "\n      [%zu] %s", i, errs->items[i]);
+        if (n < 0)
+            break;
+        len += (size_t)n;
+    }
+    return errs->count ? buf : " (no errors)";
+}
+
+static bool has_error(const pf_errlist *errs, const char *needle) {
+    for (size_t i = 0; i < errs->count; i++)
+        if (strstr(errs->items[i], needle))
+            return true;
+    return false;
+}
+
+static pf_config *load_ok(const char *json) {
+    pf_config *cfg = NULL;
+    pf_errlist errs = {0};
+    int rc = config_load_string(json, "x.json", &cfg, &errs);
+    PF_CHECK(rc == PF_OK && cfg, "config should load, rc=%d:%s", rc, joined(&errs));
+    pf_errlist_free(&errs);
+    return cfg;
+}
+
+static uint16_t port_of(const pf_sockaddr *a) {
+    if (a->ss.ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
+    return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
+}
+
+/* ---- the example and the defaults --------------------------------------------------- */
+
+static void test_example_loads_with_every_field_and_default(void) {
+    pf_config *cfg = load_ok(example_json);
+    CU_ASSERT_FATAL(cfg != NULL);
+
+    CU_ASSERT_STRING_EQUAL(cfg->source, "x.json");
+    CU_ASSERT_STRING_EQUAL(cfg->admin_addr.text, "127.0.0.1:9901");
+    CU_ASSERT_EQUAL(cfg->admin_addr.ss.ss_family, AF_INET);
+    CU_ASSERT_EQUAL(port_of(&cfg->admin_addr), 9901);
+    CU_ASSERT_TRUE(cfg->access_log);
+    CU_ASSERT_EQUAL(cfg->workers, 0);
+    CU_ASSERT_EQUAL(cfg->drain_timeout_ms, PF_DEFAULT_DRAIN_TIMEOUT_MS);
+
+    CU_ASSERT_EQUAL_FATAL(cfg->listener_count, 1);
+    const pf_config_listener *l = &cfg->listeners[0];
+    CU_ASSERT_STRING_EQUAL(l->name, "main");
+    CU_ASSERT_STRING_EQUAL(l->addr.text, "127.0.0.1:15001");
+    CU_ASSERT_EQUAL(l->addr.len, sizeof(struct sockaddr_in));
+    CU_ASSERT_EQUAL(port_of(&l->addr), 15001);
+    CU_ASSERT_EQUAL(l->max_header_bytes, PF_DEFAULT_MAX_HEADER_BYTES);
+    CU_ASSERT_EQUAL(l->max_target_bytes, PF_DEFAULT_MAX_TARGET_BYTES);
+    CU_ASSERT_EQUAL(l->max_headers, PF_DEFAULT_MAX_HEADERS);
+    CU_ASSERT_EQUAL(l->buffer_bytes, PF_DEFAULT_BUFFER_BYTES);
+    CU_ASSERT_EQUAL(l->header_timeout_ms, PF_DEFAULT_HEADER_TIMEOUT_MS);
+    CU_ASSERT_EQUAL(l->idle_timeout_ms, PF_DEFAULT_IDLE_TIMEOUT_MS);
+
+    CU_ASSERT_EQUAL_FATAL(l->route_count, 2);
+    const pf_config_route *r0 = &l->routes[0], *r1 = &l->routes[1];
+    CU_ASSERT_EQUAL(r0->host_kind, PF_MATCH_HOST_EXACT);
+    CU_ASSERT_STRING_EQUAL(r0->host, "api.local");
+    CU_ASSERT_EQUAL(r0->host_port, -1);
+    CU_ASSERT_EQUAL(r0->path_kind, PF_MATCH_PATH_PREFIX);
+    CU_ASSERT_STRING_EQUAL(r0->path, "/v1/");
+    CU_ASSERT_STRING_EQUAL(r0->cluster, "api");
+    CU_ASSERT_EQUAL(r0->cluster_index, 1);
+    CU_ASSERT_EQUAL(r1->host_kind, PF_MATCH_HOST_ANY);
+    CU_ASSERT_STRING_EQUAL(r1->host, "");
+    CU_ASSERT_EQUAL(r1->host_port, -1);
+    CU_ASSERT_EQUAL(r1->path_kind, PF_MATCH_PATH_PREFIX);
+    CU_ASSERT_STRING_EQUAL(r1->path, "/");
+    CU_ASSERT_STRING_EQUAL(r1->cluster, "web");
+    CU_ASSERT_EQUAL(r1->cluster_index, 0);
+
+    CU_ASSERT_EQUAL_FATAL(cfg->cluster_count, 2);
+    const pf_config_cluster *web = &cfg->clusters[0], *api = &cfg->clusters[1];
+    CU_ASSERT_STRING_EQUAL(web->name, "web");
+    CU_ASSERT_EQUAL(web->lb_policy, PF_LB_ROUND_ROBIN);
+    CU_ASSERT_EQUAL(web->connect_timeout_ms, PF_DEFAULT_CONNECT_TIMEOUT_MS);
+    CU_ASSERT_EQUAL(web->response_timeout_ms, PF_DEFAULT_RESPONSE_TIMEOUT_MS);
+    CU_ASSERT_EQUAL(web->upstream_idle_timeout_ms, PF_DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS);
+    CU_ASSERT_EQUAL(web->max_idle_per_endpoint, PF_DEFAULT_MAX_IDLE_PER_ENDPOINT);
+    CU_ASSERT_EQUAL_FATAL(web->endpoint_count, 2);
+    CU_ASSERT_STRING_EQUAL(web->endpoints[0].addr.text, "127.0.0.1:8081");
+    CU_ASSERT_EQUAL(port_of(&web->endpoints[0].addr), 8081);
+    CU_ASSERT_EQUAL(web->endpoints[0].weight, 1);
+    CU_ASSERT_EQUAL(web->endpoints[0].priority, 0);
+    CU_ASSERT_STRING_EQUAL(web->endpoints[0].zone, "");
+    CU_ASSERT_STRING_EQUAL(web->endpoints[1].addr.text, "127.0.0.1:8082");
+    CU_ASSERT_EQUAL(web->endpoints[1].weight, 2);
+    CU_ASSERT_EQUAL(web->endpoints[1].priority, 0);
+
+    CU_ASSERT_STRING_EQUAL(api->name, "api");
+    CU_ASSERT_EQUAL(api->lb_policy, PF_LB_ROUND_ROBIN);
+    CU_ASSERT_EQUAL(api->connect_timeout_ms, 250);
+    CU_ASSERT_EQUAL(api->response_timeout_ms, PF_DEFAULT_RESPONSE_TIMEOUT_MS);
+    CU_ASSERT_EQUAL_FATAL(api->endpoint_count, 1);
+    CU_ASSERT_STRING_EQUAL(api->endpoints[0].addr.text, "127.0.0.1:8083");
+    config_free(cfg);
+}
+
+static void test_every_option_set_is_taken(void) {
+    pf_config *cfg = load_ok(
+        sq("{'admin':{'address':'[::1]:9000'},'access_log':false,'workers':4,"
+           "'drain_timeout':'30s',"
+           "'listeners':[{'name':'edge-1.a_b','address':'0.0.0.0:8080','max_header_bytes':2048,"
+           "'max_target_bytes':1024,'max_headers':16,'buffer_bytes':8192,"
+           "'header_timeout':'2s','idle_timeout':'1m',"
+           "'routes':[{'match':{'host':'*.Example.COM:8443','path':'/healthz'},'cluster':'b'}]}],"
+           "'clusters':[{'name':'b','lb_policy':'weighted_round_robin','connect_timeout':'1.5s',"
+           "'response_timeout':'1h','idle_timeout':'90s','max_idle_per_endpoint':0,"
+           "'endpoints':[{'address':'[::1]:81','weight':10000,'priority':127,'zone':'eu-1a'},"
+           "'10.0.0.1:80']}]}"));
+    CU_ASSERT_FATAL(cfg != NULL);
+    CU_ASSERT_STRING_EQUAL(cfg->admin_addr.text, "[::1]:9000");
+    CU_ASSERT_EQUAL(cfg->admin_addr.ss.ss_family, AF_INET6);
+    CU_ASSERT_FALSE(cfg->access_log);
+    CU_ASSERT_EQUAL(cfg->workers, 4);
+    CU_ASSERT_EQUAL(cfg->drain_timeout_ms, 30000);
+    const pf_config_listener *l = &cfg->listeners[0];
+    CU_ASSERT_STRING_EQUAL(l->name, "edge-1.a_b");
+    CU_ASSERT_EQUAL(l->max_header_bytes, 2048);
+    CU_ASSERT_EQUAL(l->max_target_bytes, 1024);
+    CU_ASSERT_EQUAL(l->max_headers, 16);
+    CU_ASSERT_EQUAL(l->buffer_bytes, 8192);
+    CU_ASSERT_EQUAL(l->header_timeout_ms, 2000);
+    CU_ASSERT_EQUAL(l->idle_timeout_ms, 60000);
+    CU_ASSERT_EQUAL(l->routes[0].host_kind, PF_MATCH_HOST_SUFFIX);
+    CU_ASSERT_STRING_EQUAL(l->routes[0].host, ".example.com");
+    CU_ASSERT_EQUAL(l->routes[0].host_port, 8443);
+    CU_ASSERT_EQUAL(l->routes[0].path_kind, PF_MATCH_PATH_EXACT);
+    CU_ASSERT_STRING_EQUAL(l->routes[0].path, "/healthz");
+    const pf_config_cluster *c = &cfg->clusters[0];
+    CU_ASSERT_EQUAL(c->lb_policy, PF_LB_WEIGHTED_ROUND_ROBIN);
+    CU_ASSERT_EQUAL(c->connect_timeout_ms, 1500);
+    CU_ASSERT_EQUAL(c->response_timeout_ms, 3600000);
+    CU_ASSERT_EQUAL(c->upstream_idle_timeout_ms, 90000);
+    CU_ASSERT_EQUAL(c->max_idle_per_endpoint, 0);
+    CU_ASSERT_STRING_EQUAL(c->endpoints[0].addr.text, "[::1]:81");
+    CU_ASSERT_EQUAL(c->endpoints[0].weight, 10000);
+    CU_ASSERT_EQUAL(c->endpoints[0].priority, 127);
+    CU_ASSERT_STRING_EQUAL(c->endpoints[0].zone, "eu-1a");
+    CU_ASSERT_EQUAL(c->endpoints[1].weight, 1);
+    config_free(cfg);
+}
+
+static void test_empty_static_cluster_is_allowed(void) {
+    pf_config *cfg = load_ok(sq("{'listeners':[{'name':'m','address':'127.0.0.1:1',"
+                                "'routes':[{'match':{},'cluster':'later'}]}],"
+                                "'clusters':[{'name':'later','endpoints':[]}]}"));
+    CU_ASSERT_FATAL(cfg != NULL);
+    CU_ASSERT_EQUAL(cfg->clusters[0].endpoint_count, 0);
+    CU_ASSERT_PTR_NULL(cfg->clusters[0].endpoints);
+    config_free(cfg);
+}
+
+/* ---- route matches ------------------------------------------------------------------- */
+
+static void test_route_host_and_path_forms(void) {
+    static const struct {
+        const char *match; /* the "match" object */
+        pf_host_match host_kind;
+        const char *host;
+        int port;
+        pf_path_match path_kind;
+        const char *path;
+    } rows[] = {
+        {"{}", PF_MATCH_HOST_ANY, "", -1, PF_MATCH_PATH_PREFIX, "/"},
+        {"{'host':'api.local'}", PF_MATCH_HOST_EXACT, "api.local", -1, PF_MATCH_PATH_PREFIX, "/"},
+        {"{'host':'API.Local'}", PF_MATCH_HOST_EXACT, "api.local", -1, PF_MATCH_PATH_PREFIX, "/"},
+        {"{'host':'api.local:8443'}", PF_MATCH_HOST_EXACT, "api.local", 8443, PF_MATCH_PATH_PREFIX,
+         "/"},
+        {"{'host':'*.local'}", PF_MATCH_HOST_SUFFIX, ".local", -1, PF_MATCH_PATH_PREFIX, "/"},
+        {"{'host':'*.a-b.local:80'}", PF_MATCH_HOST_SUFFIX, ".a-b.local", 80, PF_MATCH_PATH_PREFIX,
+         "/"},
+        {"{'host':'*'}", PF_MATCH_HOST_ANY, "", -1, PF_MATCH_PATH_PREFIX, "/"},
+        {"{'host':'*:8080'}", PF_MATCH_HOST_ANY, "", 8080, PF_MATCH_PATH_PREFIX, "/"},
+        {"{'host':'10.0.0.1'}", PF_MATCH_HOST_EXACT, "10.0.0.1", -1, PF_MATCH_PATH_PREFIX, "/"},
+        {"{'prefix':'/v1/'}", PF_MATCH_HOST_ANY, "", -1, PF_MATCH_PATH_PREFIX, "/v1/"},
+        {"{'path':'/healthz'}", PF_MATCH_HOST_ANY, "", -1, PF_MATCH_PATH_EXACT, "/healthz"},
+        {"{'path':'/'}", PF_MATCH_HOST_ANY, "", -1, PF_MATCH_PATH_EXACT, "/"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        char json[1024];
+        snprintf(json, sizeof json,
+                 "{'listeners':[{'name':'m','address':'127.0.0.1:1',"
+                 "'routes':[{'match':%s,'cluster':'c'}]}],"
+                 "'clusters':[{'name':'c','endpoints':[]}]}",
+                 rows[i].match);
+        pf_config *cfg = load_ok(sq(json));
+        if (!PF_CHECK(cfg != NULL, "row %zu: %s", i, rows[i].match))
+            continue;
+        const pf_config_route *r = &cfg->listeners[0].routes[0];
+        PF_CHECK(r->host_kind == rows[i].host_kind && strcmp(r->host, rows[i].host) == 0 &&
+                     r->host_port == rows[i].port && r->path_kind == rows[i].path_kind &&
+                     strcmp(r->path, rows[i].path) == 0,
+                 "row %zu: %s gave host_kind=%d host=\"%s\" port=%d path_kind=%d path=\"%s\"", i,
+                 rows[i].match, r->host_kind, r->host, r->host_port, r->path_kind, r->path);
+        config_free(cfg);
+    }
+}
+
+/* ---- broken configs: every message names the path and the reason --------------------- */
+
+/* A valid frame to break one piece at a time. */
+#define LST(name, addr, cluster, extra)                                                            \
+    "{'name':'" name "','address':'" addr "','routes':[{'match':{},'cluster':'" cluster            \
+    "'}]" extra "}"
+#define LMAIN(extra) LST("main", "127.0.0.1:15001", "web", extra)
+#define CL(name, eps, extra) "{'name':'" name "','endpoints':[" eps "]" extra "}"
+#define CWEB(extra) CL("web", "'127.0.0.1:8081'", extra)
+#define CFG(top, listeners, clusters)                                                              \
+    "{" top "'listeners':[" listeners "],'clusters':[" clusters "]}"
+#define EP(eps) CFG("", LMAIN(""), CL("web", eps, ""))
+#define ROUTE(route)                                                                               \
+    CFG("", "{'name':'main','address':'127.0.0.1:15001','routes':[" route "]}", CWEB(""))
+#define MATCH(m) ROUTE("{'match':" m ",'cluster':'web'}")
+
+static const struct {
+    const char *json;
+    const char *expect; /* a substring of the one message: "x.json: <path>: <reason>" */
+} broken[] = {
+    /* top level */
+    {"[]", "x.json: $: expected object, found array"},
+    {"{'listeners':{},'clusters':[]}", "x.json: $.listeners: expected array, found object"},
+    {"{'clusters':[" CWEB("") "]}", "x.json: $: missing required key \"listeners\""},
+    {"{'listeners':[" LMAIN("") "]}", "x.json: $: missing required key \"clusters\""},
+    {CFG("", "", CWEB("")), "x.json: $.listeners: must not be empty"},
+    {CFG("'worker':2,", LMAIN(""), CWEB("")),
+     "x.json: $: unknown key \"worker\"; known keys: admin, access_log, workers, drain_timeout, "
+     "listeners, clusters"},
+    {CFG("'workers':0,", LMAIN(""), CWEB("")), "x.json: $.workers: 0 out of range (1-64)"},
+    {CFG("'workers':65,", LMAIN(""), CWEB("")), "x.json: $.workers: 65 out of range (1-64)"},
+    {CFG("'workers':1.5,", LMAIN(""), CWEB("")),
+     "x.json: $.workers: expected integer, found number"},
+    {CFG("'access_log':'yes',", LMAIN(""), CWEB("")),
+     "x.json: $.access_log: expected boolean, found string"},
+    {CFG("'drain_timeout':'forever',", LMAIN(""), CWEB("")),
+     "x.json: $.drain_timeout: \"forever\" is not a duration (use e.g. \"250ms\", \"5s\")"},
+    {CFG("'admin':'127.0.0.1:9901',", LMAIN(""), CWEB("")),
+     "x.json: $.admin: expected object, found string"},
+    {CFG("'admin':{'adress':'127.0.0.1:9901'},", LMAIN(""), CWEB("")),
+     "x.json: $.admin: unknown key \"adress\"; known keys: address"},
+    {CFG("'admin':{'address':'127.0.0.1:0'},", LMAIN(""), CWEB("")),
+     "x.json: $.admin.address: port 0 out of range (1-65535)"},
+    {CFG("'admin':{'address':'localhost:9901'},", LMAIN(""), CWEB("")),
+     "x.json: $.admin.address: \"localhost:9901\" is not an IP address; listen addresses take IP "
+     "literals"},
+
+    /* listeners */
+    {CFG("", LMAIN(",'max_header':1"), CWEB("")),
+     "x.json: $.listeners[0]: unknown key \"max_header\"; known keys: name, address, routes, "
+     "max_header_bytes"},
+    {CFG("", "{'address':'127.0.0.1:1','routes':[{'match':{},'cluster':'web'}]}", CWEB("")),
+     "x.json: $.listeners[0]: missing required key \"name\""},
+    {CFG("", "{'name':'main','routes':[{'match':{},'cluster':'web'}]}", CWEB("")),
+     "x.json: $.listeners[0]: missing required key \"address\""},
+    {CFG("", LST("main listener", "127.0.0.1:1", "web", ""), CWEB("")),
+     "x.json: $.listeners[0].name: name \"main listener\" has invalid character ' '"},
+    {CFG("", LST("", "127.0.0.1:1", "web", ""), CWEB("")),
+     "x.json: $.listeners[0].name: name is empty"},
+    {CFG("", LST("a\\nb", "127.0.0.1:1", "web", ""), CWEB("")),
+     "x.json: $.listeners[0].name: name \"a\\u000ab\" has invalid character 0x0a"},
+    {CFG("",
+         LST("x123456789x123456789x123456789x123456789x123456789x123456789x123", "127.0.0.1:1",
+             "web", ""),
+         CWEB("")),
+     "x.json: $.listeners[0].name: name \"x1234"},
+    {CFG("", LST("main", "localhost:80", "web", ""), CWEB("")),
+     "x.json: $.listeners[0].address: \"localhost:80\" is not an IP address"},
+    {CFG("", LST("main", "127.0.0.1", "web", ""), CWEB("")),
+     "x.json: $.listeners[0].address: \"127.0.0.1\" has no port"},
+    {CFG("", LST("main", "127.0.0.1:9901", "web", ""), CWEB("")),
+     "x.json: $.listeners[0].address: 127.0.0.1:9901 is also the admin address"},
+    {CFG("", LMAIN("") "," LST("main", "127.0.0.1:15002", "web", ""), CWEB("")),
+     "x.json: $.listeners[1].name: duplicate listener name \"main\" (also $.listeners[0])"},
+    {CFG("", LMAIN("") "," LST("other", "127.0.0.1:15001", "web", ""), CWEB("")),
+     "x.json: $.listeners[1].address: 127.0.0.1:15001 is already used by $.listeners[0] "
+     "(\"main\")"},
+    {CFG("", "{'name':'main','address':'127.0.0.1:1','routes':[]}", CWEB("")),
+     "x.json: $.listeners[0].routes: must not be empty"},
+    {CFG("", "{'name':'main','address':'127.0.0.1:1','routes':{}}", CWEB("")),
+     "x.json: $.listeners[0].routes: expected array, found object"},
+    {CFG("", LMAIN(",'max_header_bytes':100"), CWEB("")),
+     "x.json: $.listeners[0].max_header_bytes: 100 out of range (1024-1048576)"},
+    {CFG("", LMAIN(",'max_target_bytes':32"), CWEB("")),
+     "x.json: $.listeners[0].max_target_bytes: 32 out of range (64-65536)"},
+    {CFG("", LMAIN(",'max_headers':2000"), CWEB("")),
+     "x.json: $.listeners[0].max_headers: 2000 out of range (8-1024)"},
+    {CFG("", LMAIN(",'buffer_bytes':'64k'"), CWEB("")),
+     "x.json: $.listeners[0].buffer_bytes: expected integer, found string"},
+    {CFG("", LMAIN(",'buffer_bytes':1024"), CWEB("")),
+     "x.json: $.listeners[0].buffer_bytes: 1024 out of range (4096-16777216)"},
+    {CFG("", LMAIN(",'max_header_bytes':2048,'max_target_bytes':4096"), CWEB("")),
+     "x.json: $.listeners[0].max_target_bytes: 4096 exceeds max_header_bytes (2048)"},
+    {CFG("", LMAIN(",'header_timeout':'fast'"), CWEB("")),
+     "x.json: $.listeners[0].header_timeout: \"fast\" is not a duration"},
+    {CFG("", LMAIN(",'idle_timeout':'0ms'"), CWEB("")),
+     "x.json: $.listeners[0].idle_timeout: \"0ms\" must be greater than zero"},
+
+    /* routes */
+    {ROUTE("'web'"), "x.json: $.listeners[0].routes[0]: expected object, found string"},
+    {ROUTE("{'cluster':'web'}"),
+     "x.json: $.listeners[0].routes[0]: missing required key \"match\""},
+    {ROUTE("{'match':{}}"), "x.json: $.listeners[0].routes[0]: missing required key \"cluster\""},
+    {ROUTE("{'match':{},'cluster':'wbe'}"),
+     "x.json: $.listeners[0].routes[0].cluster: unknown cluster \"wbe\"; defined clusters: web"},
+    {CFG("",
+         "{'name':'main','address':'127.0.0.1:1','routes':[{'match':{},'cluster':'web'},"
+         "{'match':{},'cluster':'wbe'}]}",
+         CWEB("") "," CL("api", "", "")),
+     "x.json: $.listeners[0].routes[1].cluster: unknown cluster \"wbe\"; defined clusters: web, "
+     "api"},
+    {CFG("", LMAIN(""), ""),
+     "x.json: $.listeners[0].routes[0].cluster: unknown cluster \"web\"; no clusters are "
+     "defined"},
+    {ROUTE("{'match':{},'cluster':'web','weight':1}"),
+     "x.json: $.listeners[0].routes[0]: unknown key \"weight\"; known keys: match, cluster"},
+    {MATCH("{'hots':'a.local'}"),
+     "x.json: $.listeners[0].routes[0].match: unknown key \"hots\"; known keys: host, prefix, "
+     "path"},
+    {MATCH("[]"), "x.json: $.listeners[0].routes[0].match: expected object, found array"},
+    {MATCH("{'prefix':'/a','path':'/b'}"),
+     "x.json: $.listeners[0].routes[0].match: \"prefix\" and \"path\" exclude each other"},
+    {MATCH("{'prefix':'v1/'}"),
+     "x.json: $.listeners[0].routes[0].match.prefix: \"v1/\" must start with \"/\""},
+    {MATCH("{'path':'/a b'}"),
+     "x.json: $.listeners[0].routes[0].match.path: \"/a b\" contains a space or control"},
+    {MATCH("{'host':'api_x.local'}"),
+     "x.json: $.listeners[0].routes[0].match.host: host \"api_x.local\" has invalid character "
+     "'_'"},
+    {MATCH("{'host':'a.*.local'}"),
+     "x.json: $.listeners[0].routes[0].match.host: host \"a.*.local\": \"*\" is only allowed "
+     "alone or as a leading \"*.\""},
+    {MATCH("{'host':'*.'}"),
+     "x.json: $.listeners[0].routes[0].match.host: host \"*.\" needs a domain after \"*.\""},
+    {MATCH("{'host':''}"), "x.json: $.listeners[0].routes[0].match.host: host \"\" is empty"},
+    {MATCH("{'host':'a..local'}"),
+     "x.json: $.listeners[0].routes[0].match.host: host \"a..local\" has an empty label"},
+    {MATCH("{'host':'api.local:0'}"),
+     "x.json: $.listeners[0].routes[0].match.host: host \"api.local:0\": port 0 out of range "
+     "(1-65535)"},
+    {MATCH("{'host':'api.local:http'}"),
+     "x.json: $.listeners[0].routes[0].match.host: host \"api.local:http\": invalid port "
+     "\"http\""},
+    {MATCH("{'host':7}"), "x.json: $.listeners[0].routes[0].match.host: expected string, found "
+                          "integer"},
+
+    /* clusters */
+    {CFG("", LMAIN(""), CWEB(",'endpoint':[]")),
+     "x.json: $.clusters[0]: unknown key \"endpoint\"; known keys: name, lb_policy, endpoints, "
+     "connect_timeout, response_timeout, idle_timeout, max_idle_per_endpoint"},
+    {CFG("", LMAIN(""), "{'endpoints':[]}," CWEB("")),
+     "x.json: $.clusters[0]: missing required key \"name\""},
+    {CFG("", LMAIN(""), "{'name':'web'}"),
+     "x.json: $.clusters[0]: missing required key \"endpoints\""},
+    {CFG("", LMAIN(""), "{'name':'web','endpoints':'127.0.0.1:80'}"),
+     "x.json: $.clusters[0].endpoints: expected array, found string"},
+    {CFG("", LMAIN(""), "null," CWEB("")), "x.json: $.clusters[0]: expected object, found null"},
+    {CFG("", LST("main", "127.0.0.1:1", "we b", ""), CL("we b", "", "")),
+     "x.json: $.clusters[0].name: name \"we b\" has invalid character ' '"},
+    {CFG("", LMAIN(""), CWEB("") "," CWEB("")),
+     "x.json: $.clusters[1].name: duplicate cluster name \"web\" (also $.clusters[0])"},
+    {CFG("", LMAIN(""), CWEB(",'lb_policy':'random'")),
+     "x.json: $.clusters[0].lb_policy: unknown lb_policy \"random\"; known policies: "
+     "round_robin, weighted_round_robin"},
+    {CFG("", LMAIN(""), CWEB(",'connect_timeout':'250'")),
+     "x.json: $.clusters[0].connect_timeout: \"250\" is not a duration (use e.g. \"250ms\", "
+     "\"5s\")"},
+    {CFG("", LMAIN(""), CWEB(",'response_timeout':5")),
+     "x.json: $.clusters[0].response_timeout: 5 is not a duration; durations are strings with a "
+     "unit"},
+    {CFG("", LMAIN(""), CWEB(",'idle_timeout':'0s'")),
+     "x.json: $.clusters[0].idle_timeout: \"0s\" must be greater than zero"},
+    {CFG("", LMAIN(""), CWEB(",'connect_timeout':true")),
+     "x.json: $.clusters[0].connect_timeout: expected a duration string (e.g. \"5s\"), found "
+     "boolean"},
+    {CFG("", LMAIN(""), CWEB(",'max_idle_per_endpoint':-1")),
+     "x.json: $.clusters[0].max_idle_per_endpoint: -1 out of range (0-100000)"},
+
+    /* endpoints */
+    {EP("'127.0.0.1:70000'"), "x.json: $.clusters[0].endpoints[0]: port 70000 out of range "
+                              "(1-65535)"},
+    {EP("'127.0.0.1:0'"), "x.json: $.clusters[0].endpoints[0]: port 0 out of range (1-65535)"},
+    {EP("'127.0.0.1:'"), "x.json: $.clusters[0].endpoints[0]: missing port after \":\""},
+    {EP("'127.0.0.1:http'"), "x.json: $.clusters[0].endpoints[0]: invalid port \"http\""},
+    {EP("'foo:80'"), "x.json: $.clusters[0].endpoints[0]: \"foo:80\" is not an IP address; "
+                     "static endpoints take IP literals (use DNS discovery for names)"},
+    {EP("'127.0.0.1'"), "x.json: $.clusters[0].endpoints[0]: \"127.0.0.1\" has no port"},
+    {EP("'10.0.0.300:80'"),
+     "x.json: $.clusters[0].endpoints[0]: \"10.0.0.300\" is not a valid IPv4 address"},
+    {EP("'::1:80'"), "x.json: $.clusters[0].endpoints[0]: \"::1:80\": IPv6 addresses need "
+                     "brackets"},
+    {EP("'[::1]'"), "x.json: $.clusters[0].endpoints[0]: \"[::1]\" has no port"},
+    {EP("'[::1:80'"), "x.json: $.clusters[0].endpoints[0]: \"[::1:80\": missing \"]\""},
+    {EP("'[::g]:80'"), "x.json: $.clusters[0].endpoints[0]: \"::g\" is not an IPv6 address"},
+    {EP("''"), "x.json: $.clusters[0].endpoints[0]: address is empty"},
+    {EP("8081"), "x.json: $.clusters[0].endpoints[0]: expected string or object, found integer"},
+    {EP("'127.0.0.1:8081','127.0.0.1:8082','127.0.0.1:8081'"),
+     "x.json: $.clusters[0].endpoints[2]: duplicate endpoint 127.0.0.1:8081 (also "
+     "$.clusters[0].endpoints[0])"},
+    {EP("'[::1]:80',{'address':'[0:0::1]:80'}"),
+     "x.json: $.clusters[0].endpoints[1]: duplicate endpoint [::1]:80 (also "
+     "$.clusters[0].endpoints[0])"},
+    {EP("{'weight':2}"), "x.json: $.clusters[0].endpoints[0]: missing required key \"address\""},
+    {EP("{'address':'127.0.0.1:70000'}"),
+     "x.json: $.clusters[0].endpoints[0].address: port 70000 out of range (1-65535)"},
+    {EP("{'address':'127.0.0.1:1','weight':0}"),
+     "x.json: $.clusters[0].endpoints[0].weight: 0 out of range (1-10000)"},
+    {EP("{'address':'127.0.0.1:1','weight':10001}"),
+     "x.json: $.clusters[0].endpoints[0].weight: 10001 out of range (1-10000)"},
+    {EP("{'address':'127.0.0.1:1','priority':128}"),
+     "x.json: $.clusters[0].endpoints[0].priority: 128 out of range (0-127)"},
+    {EP("{'address':'127.0.0.1:1','zone':'x123456789x123456789x123456789x123456789x123456789"
+        "x123456789x123'}"),
+     "x.json: $.clusters[0].endpoints[0].zone: zone \"x1234"},
+    {EP("{'address':'127.0.0.1:1','zone':1}"),
+     "x.json: $.clusters[0].endpoints[0].zone: expected string, found integer"},
+    {EP("{'address':'127.0.0.1:1','wieght':2}"),
+     "x.json: $.clusters[0].endpoints[0]: unknown key \"wieght\"; known keys: address, weight, "
+     "priority, zone"},
+};
+
+static void test_broken_configs_name_path_and_reason(void) {
+    for (size_t i = 0; i < ARRAY_LEN(broken); i++) {
+        pf_config *cfg = (pf_config *)1; /* must be reset to NULL on failure */
+        pf_errlist errs = {0};
+        int rc = config_load_string(sq(broken[i].json), "x.json", &cfg, &errs);
+        PF_CHECK(rc == PF_EINVAL && cfg == NULL, "row %zu: rc=%d for %s", i, rc, broken[i].json);
+        PF_CHECK(has_error(&errs, broken[i].expect),
+                 "row %zu: no message contains\n      %s\n    got:%s", i, broken[i].expect,
+                 joined(&errs));
+        /* one mistake, one message: no cascades */
+        PF_CHECK(errs.count == 1, "row %zu: expected one message, got:%s", i, joined(&errs));
+        for (size_t j = 0; j < errs.count; j++)
+            PF_CHECK(strncmp(errs.items[j], "x.json: $", 9) == 0 && !strchr(errs.items[j], '\n'),
+                     "row %zu: message not \"<file>: <path>: ...\" on one line: %s", i,
+                     errs.items[j]);
+        if (rc == PF_OK)
+            config_free(cfg);
+        pf_errlist_free(&errs);
+    }
+}
+
+static void test_all_errors_are_collected_in_one_run(void) {
+    const char *json =
+        sq("{'workers':0,"
+           "'listeners':[{'name':'main','address':'127.0.0.1:15001',"
+           "'routes':[{'match':{'prefix':'x'},'cluster':'wbe'}]}],"
+           "'clusters':[{'name':'web','lb_policy':'fastest',"
+           "'endpoints':['127.0.0.1:70000',{'address':'127.0.0.1:1','weight':0}]}]}");
+    static const char *const expect[] = {
+        "x.json: $.workers: 0 out of range (1-64)",
+        "x.json: $.listeners[0].routes[0].match.prefix: \"x\" must start with \"/\"",
+        "x.json: $.clusters[0].lb_policy: unknown lb_policy \"fastest\"",
+        "x.json: $.clusters[0].endpoints[0]: port 70000 out of range (1-65535)",
+        "x.json: $.clusters[0].endpoints[1].weight: 0 out of range (1-10000)",
+        "x.json: $.listeners[0].routes[0].cluster: unknown cluster \"wbe\"; defined clusters: web",
+    };
+    pf_config *cfg = NULL;
+    pf_errlist errs = {0};
+    CU_ASSERT_EQUAL(config_load_string(json, "x.json", &cfg, &errs), PF_EINVAL);
+    CU_ASSERT_PTR_NULL(cfg);
+    PF_CHECK(errs.count == ARRAY_LEN(expect), "expected %zu messages, got:%s", ARRAY_LEN(expect),
+             joined(&errs));
+    /* in this order: top level, listeners, clusters, then cross-references */
+    for (size_t i = 0; i < ARRAY_LEN(expect) && i < errs.count; i++)
+        PF_CHECK(strstr(errs.items[i], expect[i]) != NULL, "message %zu: want %s, got:%s", i,
+                 expect[i], joined(&errs));
+    pf_errlist_free(&errs);
+}
+
+static void test_json_syntax_error_has_line_and_column(void) {
+    pf_config *cfg = NULL;
+    pf_errlist errs = {0};
+    const char *json =
+        "{\n  \"admin\": {\"address\": \"127.0.0.1:9901\"},\n  \"listeners\": [,]\n}";
+    CU_ASSERT_EQUAL(config_load_string(json, "pilotfish.json", &cfg, &errs), PF_EINVAL);
+    CU_ASSERT_PTR_NULL(cfg);
+    CU_ASSERT_EQUAL_FATAL(errs.count, 1);
+    PF_CHECK(strncmp(errs.items[0], "pilotfish.json:3:17: JSON syntax error: ", 40) == 0, "got %s",
+             errs.items[0]);
+    pf_errlist_free(&errs);
+
+    /* jansson would keep the last of two equal keys; a silent overwrite hides typos */
+    CU_ASSERT_EQUAL(config_load_string("{\"workers\": 1,\n\"workers\": 2}", "d.json", &cfg, &errs),
+                    PF_EINVAL);
+    CU_ASSERT_EQUAL_FATAL(errs.count, 1);
+    PF_CHECK(strstr(errs.items[0], "d.json:2:") == errs.items[0] &&
+                 strstr(errs.items[0], "duplicate object key"),
+             "got %s", errs.items[0]);
+    pf_errlist_free(&errs);
+
+    CU_ASSERT_EQUAL(config_load_string("", "e.json", &cfg, &errs), PF_EINVAL);
+    CU_ASSERT_EQUAL_FATAL(errs.count, 1);
+    PF_CHECK(strstr(errs.items[0], "e.json:1:0: JSON syntax error: ") == errs.items[0], "got %s",
+             errs.items[0]);
+    pf_errlist_free(&errs);
+}
+
+static void test_errlist_may_be_null(void) {
+    pf_config *cfg = NULL;
+    CU_ASSERT_EQUAL(config_load_string("[]", "x.json", &cfg, NULL), PF_EINVAL);
+    CU_ASSERT_PTR_NULL(cfg);
+    CU_ASSERT_EQUAL(config_load_string(example_json, NULL, &cfg, NULL), PF_OK);
+    CU_ASSERT_PTR_NOT_NULL(cfg);
+    config_free(cfg);
+}
+
+/* ---- durations and addresses --------------------------------------------------------- */
+
+static void test_duration_parse_and_format(void) {
+    static const struct {
+        const char *text;
+        bool ok;
+        uint64_t ms;
+    } rows[] = {
+        {"250ms", true, 250}, {"5s", true, 5000},  {"1m", true, 60000}, {"1h", true, 3600000},
+        {"1.5s", true, 1500}, {".5s", true, 500},  {"1us", true, 1},    {"1500us", true, 2},
+        {"0s", true, 0},      {"0ms", true, 0},    {"", false, 0},      {"250", false, 0},
+        {"5 s", false, 0},    {"-1s", false, 0},   {"s", false, 0},     {"5sec", false, 0},
+        {"1d", false, 0},     {"abc", false, 0},   {"5S", false, 0},    {" 5s", false, 0},
+        {"5s ", false, 0},    {"1e20h", false, 0}, {"inf", false, 0},   {"ms", false, 0},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        uint64_t ms = 12345;
+        int rc = pf_duration_parse(rows[i].text, &ms);
+        if (rows[i].ok)
+            PF_CHECK(rc == PF_OK && ms == rows[i].ms, "\"%s\": rc=%d ms=%llu, want %llu",
+                     rows[i].text, rc, (unsigned long long)ms, (unsigned long long)rows[i].ms);
+        else
+            PF_CHECK(rc == PF_EINVAL, "\"%s\" should be rejected, got %llu ms", rows[i].text,
+                     (unsigned long long)ms);
+    }
+
+    static const struct {
+        uint64_t ms;
+        const char *text;
+    } fmt[] = {{0, "0ms"},     {250, "250ms"}, {1500, "1500ms"}, {5000, "5s"},
+               {90000, "90s"}, {60000, "1m"},  {3600000, "1h"},  {5400000, "90m"}};
+    for (size_t i = 0; i < ARRAY_LEN(fmt); i++) {
+        char buf[32];
+        uint64_t back = 0;
+        pf_duration_format(fmt[i].ms, buf, sizeof buf);
+        PF_CHECK(strcmp(buf, fmt[i].text) == 0, "%llu ms: got \"%s\", want \"%s\"",
+                 (unsigned long long)fmt[i].ms, buf, fmt[i].text);
+        PF_CHECK(pf_duration_parse(buf, &back) == PF_OK && back == fmt[i].ms,
+                 "\"%s\" does not parse back to %llu", buf, (unsigned long long)fmt[i].ms);
+    }
+}
+
+static void test_sockaddr_parse(void) {
+    static const struct {
+        const char *text;
+        int family;
+        uint16_t port;
+        const char *canonical;
+    } good[] = {
+        {"127.0.0.1:8081", AF_INET, 8081, "127.0.0.1:8081"},
+        {"0.0.0.0:1", AF_INET, 1, "0.0.0.0:1"},
+        {"10.1.2.3:65535", AF_INET, 65535, "10.1.2.3:65535"},
+        {"127.0.0.1:080", AF_INET, 80, "127.0.0.1:80"},
+        {"[::1]:8081", AF_INET6, 8081, "[::1]:8081"},
+        {"[::]:80", AF_INET6, 80, "[::]:80"},
+        {"[0:0:0:0:0:0:0:1]:80", AF_INET6, 80, "[::1]:80"},
+        {"[FE80::A]:443", AF_INET6, 443, "[fe80::a]:443"},
+        {"[::ffff:1.2.3.4]:80", AF_INET6, 80, "[::ffff:1.2.3.4]:80"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(good); i++) {
+        pf_sockaddr sa;
+        pf_error err = {{0}};
+        int rc = config_parse_sockaddr(good[i].text, &sa, &err);
+        if (!PF_CHECK(rc == PF_OK, "\"%s\": %s", good[i].text, err.msg))
+            continue;
+        PF_CHECK(sa.ss.ss_family == good[i].family && port_of(&sa) == good[i].port &&
+                     strcmp(sa.text, good[i].canonical) == 0 &&
+                     sa.len == (good[i].family == AF_INET ? sizeof(struct sockaddr_in)
+                                                          : sizeof(struct sockaddr_in6)),
+                 "\"%s\": family=%d port=%u text=%s len=%u", good[i].text, sa.ss.ss_family,
+                 port_of(&sa), sa.text, (unsigned)sa.len);
+    }
+
+    static const struct {
+        const char *text;
+        const char *expect;
+    } bad[] = {
+        {"", "address is empty"},
+        {"127.0.0.1", "\"127.0.0.1\" has no port"},
+        {"127.0.0.1:", "missing port after \":\""},
+        {"127.0.0.1:0", "port 0 out of range (1-65535)"},
+        {"127.0.0.1:70000", "port 70000 out of range (1-65535)"},
+        {"127.0.0.1:99999999999999999999999", "port 99999999999999999999... out of range"},
+        {"127.0.0.1:8o", "invalid port \"8o\""},
+        {"127.0.0.1:-1", "invalid port \"-1\""},
+        {"localhost:80", "\"localhost:80\" is not an IP address; use an IP literal"},
+        {":80", "\":80\" is not an IP address"},
+        {"1.2.3.4.5:80", "\"1.2.3.4.5\" is not a valid IPv4 address"},
+        {"::1", "\"::1\": IPv6 addresses need brackets and a port"},
+        {"[::1]", "\"[::1]\" has no port"},
+        {"[::1", "missing \"]\""},
+        {"[::1]x80", "expected \":\" and a port after \"]\""},
+        {"[1.2.3.4]:80", "\"1.2.3.4\" is not an IPv6 address"},
+        {"[fe80::1%eth0]:80", "is not an IPv6 address"},
+        {"[1111:2222:3333:4444:5555:6666:7777:8888:9999:aaaa:bbbb:cccc:dddd]:80", "is too long"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        pf_sockaddr sa;
+        memset(&sa, 0x5a, sizeof sa);
+        pf_error err = {{0}};
+        int rc = config_parse_sockaddr(bad[i].text, &sa, &err);
+        PF_CHECK(rc == PF_EINVAL && strstr(err.msg, bad[i].expect),
+                 "\"%s\": rc=%d, message \"%s\" lacks \"%s\"", bad[i].text, rc, err.msg,
+                 bad[i].expect);
+        PF_CHECK(((unsigned char *)&sa)[0] == 0x5a, "\"%s\": output written on failure",
+                 bad[i].text);
+    }
+}
+
+/* ---- dump ---------------------------------------------------------------------------- */
+
+static bool addr_eq(const pf_sockaddr *a, const pf_sockaddr *b) {
+    return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0 && strcmp(a->text, b->text) == 0;
+}
+
+/* Every field except the source name, which says where the text came from. */
+static bool config_eq(const pf_config *a, const pf_config *b) {
+    if (!addr_eq(&a->admin_addr, &b->admin_addr) || a->access_log != b->access_log ||
+        a->workers != b->workers || a->drain_timeout_ms != b->drain_timeout_ms ||
+        a->listener_count != b->listener_count || a->cluster_count != b->cluster_count)
+        return false;
+    for (size_t i = 0; i < a->listener_count; i++) {
+        const pf_config_listener *x = &a->listeners[i], *y = &b->listeners[i];
+        if (strcmp(x->name, y->name) || !addr_eq(&x->addr, &y->addr) ||
+            x->route_count != y->route_count || x->max_header_bytes != y->max_header_bytes ||
+            x->max_target_bytes != y->max_target_bytes || x->max_headers != y->max_headers ||
+            x->buffer_bytes != y->buffer_bytes || x->header_timeout_ms != y->header_timeout_ms ||
+            x->idle_timeout_ms != y->idle_timeout_ms)
+            return false;
+        for (size_t j = 0; j < x->route_count; j++) {
+            const pf_config_route *p = &x->routes[j], *q = &y->routes[j];
+            if (p->host_kind != q->host_kind || strcmp(p->host, q->host) ||
+                p->host_port != q->host_port || p->path_kind != q->path_kind ||
+                strcmp(p->path, q->path) || strcmp(p->cluster, q->cluster) ||
+                p->cluster_index != q->cluster_index)
+                return false;
+        }
+    }
+    for (size_t i = 0; i < a->cluster_count; i++) {
+        const pf_config_cluster *x = &a->clusters[i], *y = &b->clusters[i];
+        if (strcmp(x->name, y->name) || x->lb_policy != y->lb_policy ||
+            x->endpoint_count != y->endpoint_count ||
+            x->connect_timeout_ms != y->connect_timeout_ms ||
+            x->response_timeout_ms != y->response_timeout_ms ||
+            x->upstream_idle_timeout_ms != y->upstream_idle_timeout_ms ||
+            x->max_idle_per_endpoint != y->max_idle_per_endpoint)
+            return false;
+        for (size_t j = 0; j < x->endpoint_count; j++) {
+            const pf_config_endpoint *p = &x->endpoints[j], *q = &y->endpoints[j];
+            if (!addr_eq(&p->addr, &q->addr) || p->weight != q->weight ||
+                p->priority != q->priority || strcmp(p->zone, q->zone))
+                return false;
+        }
+    }
+    return true;
+}
+
+static void check_round_trip(const char *json) {
+    pf_config *first = load_ok(json);
+    CU_ASSERT_FATAL(first != NULL);
+    char *dump = config_dump_json(first);
+    CU_ASSERT_FATAL(dump != NULL);
+
+    pf_config *second = NULL;
+    pf_errlist errs = {0};
+    int rc = config_load_string(dump, "dump.json", &second, &errs);
+    PF_CHECK(rc == PF_OK, "dump does not load:%s\n%s", joined(&errs), dump);
+    if (second) {
+        PF_CHECK(config_eq(first, second), "dump loads to a different config:\n%s", dump);
+        char *again = config_dump_json(second);
+        PF_CHECK(again && strcmp(dump, again) == 0, "second dump differs:\n%s\n---\n%s", dump,
+                 again ? again : "(null)");
+        free(again);
+    }
+    pf_errlist_free(&errs);
+    config_free(second);
+    config_free(first);
+    free(dump);
+}
+
+static void test_dump_round_trips(void) {
+    check_round_trip(example_json);
+    check_round_trip(
+        sq("{'admin':{'address':'[::1]:9000'},'access_log':false,'workers':64,"
+           "'drain_timeout':'0ms',"
+           "'listeners':[{'name':'a','address':'[::]:8080','max_header_bytes':1048576,"
+           "'max_target_bytes':65536,'max_headers':8,'buffer_bytes':16777216,"
+           "'header_timeout':'1us','idle_timeout':'2h',"
+           "'routes':[{'match':{'host':'*.Example.COM:8443','path':'/healthz'},'cluster':'b'},"
+           "{'match':{'host':'*:81','prefix':'/x'},'cluster':'b'},"
+           "{'match':{'host':'exact.local'},'cluster':'c'}]},"
+           "{'name':'b','address':'127.0.0.1:8081','routes':[{'match':{},'cluster':'c'}]}],"
+           "'clusters':[{'name':'b','lb_policy':'weighted_round_robin','connect_timeout':'1.5s',"
+           "'response_timeout':'1h','idle_timeout':'90s','max_idle_per_endpoint':100000,"
+           "'endpoints':[{'address':'[::1]:81','weight':10000,'priority':127,'zone':'eu-1a'},"
+           "'10.0.0.1:80']},{'name':'c','endpoints':[]}]}"));
+}
+
+static void test_dump_shows_effective_values(void) {
+    pf_config *cfg = load_ok(example_json);
+    CU_ASSERT_FATAL(cfg != NULL);
+    char *dump = config_dump_json(cfg);
+    CU_ASSERT_FATAL(dump != NULL);
+    static const char *const want[] = {
+        "\"address\": \"127.0.0.1:9901\"",
+        "\"access_log\": true",
+        "\"drain_timeout\": \"15s\"",
+        "\"max_header_bytes\": 65536",
+        "\"header_timeout\": \"10s\"",
+        "\"idle_timeout\": \"1m\"",
+        "\"host\": \"api.local\"",
+        "\"prefix\": \"/v1/\"",
+        "\"host\": \"*\"",
+        "\"lb_policy\": \"round_robin\"",
+        "\"connect_timeout\": \"250ms\"",
+        "\"weight\": 2",
+    };
+    for (size_t i = 0; i < ARRAY_LEN(want); i++)
+        PF_CHECK(strstr(dump, want[i]) != NULL, "dump lacks %s:\n%s", want[i], dump);
+    PF_CHECK(strstr(dump, "\"workers\"") == NULL, "unset workers must not be dumped:\n%s", dump);
+    free(dump);
+    config_free(cfg);
+    CU_ASSERT_PTR_NULL(config_dump_json(NULL));
+}
+
+/* ---- files --------------------------------------------------------------------------- */
+
+static void test_load_file_missing_says_why(void) {
+    pf_config *cfg = (pf_config *)1;
+    pf_errlist errs = {0};
+    CU_ASSERT_EQUAL(config_load_file("/nonexistent/pilotfish.json", &cfg, &errs), PF_EINVAL);
+    CU_ASSERT_PTR_NULL(cfg);
+    CU_ASSERT_EQUAL_FATAL(errs.count, 1);
+    CU_ASSERT_STRING_EQUAL(errs.items[0],
+                           "/nonexistent/pilotfish.json: cannot read: No such file or directory");
+    pf_errlist_free(&errs);
+
+    CU_ASSERT_EQUAL(config_load_file("/tmp", &cfg, &errs), PF_EINVAL);
+    CU_ASSERT_EQUAL_FATAL(errs.count, 1);
+    CU_ASSERT_STRING_EQUAL(errs.items[0], "/tmp: cannot read: Is a directory");
+    pf_errlist_free(&errs);
+}
+
+static char *write_temp(const char *text) {
+    char tmpl[] = "/tmp/pf_test_config_XXXXXX";
+    int fd = mkstemp(tmpl);
+    if (fd < 0)
+        return NULL;
+    size_t n = strlen(text);
+    bool ok = write(fd, text, n) == (ssize_t)n;
+    close(fd);
+    if (!ok) {
+        unlink(tmpl);
+        return NULL;
+    }
+    return strdup(tmpl);
+}
+
+static void test_load_file_reads_a_real_file(void) {
+    char *path = write_temp(example_json);
+    CU_ASSERT_FATAL(path != NULL);
+    pf_config *cfg = NULL;
+    pf_errlist errs = {0};
+    int rc = config_load_file(path, &cfg, &errs);
+    PF_CHECK(rc == PF_OK && cfg, "rc=%d:%s", rc, joined(&errs));
+    if (cfg) {
+        CU_ASSERT_STRING_EQUAL(cfg->source, path);
+        CU_ASSERT_EQUAL(cfg->cluster_count, 2);
+    }
+    config_free(cfg);
+    pf_errlist_free(&errs);
+    unlink(path);
+    free(path);
+
+    /* messages from a file carry the path as given */
+    path = write_temp(sq("{'listeners':[],'clusters':[]}"));
+    CU_ASSERT_FATAL(path != NULL);
+    CU_ASSERT_EQUAL(config_load_file(path, &cfg, &errs), PF_EINVAL);
+    CU_ASSERT_EQUAL_FATAL(errs.count, 1);
+    char want[256];
+    snprintf(want, sizeof want, "%s: $.listeners: must not be empty", path);
+    PF_CHECK(strncmp(errs.items[0], want, strlen(want)) == 0, "got %s", errs.items[0]);
+    pf_errlist_free(&errs);
+    unlink(path);
+    free(path);
+}
+
+static void test_small_helpers(void) {
+    config_free(NULL);
+    CU_ASSERT_STRING_EQUAL(config_lb_policy_name(PF_LB_ROUND_ROBIN), "round_robin");
+    CU_ASSERT_STRING_EQUAL(config_lb_policy_name(PF_LB_WEIGHTED_ROUND_ROBIN),
+                           "weighted_round_robin");
+    CU_ASSERT_STRING_EQUAL(config_lb_policy_name((pf_lb_policy)99), "unknown");
+}
+
+PF_UNIT_MAIN("config", PF_UNIT_TEST(test_example_loads_with_every_field_and_default),
+             PF_UNIT_TEST(test_every_option_set_is_taken),
+             PF_UNIT_TEST(test_empty_static_cluster_is_allowed),
+             PF_UNIT_TEST(test_route_host_and_path_forms),
+             PF_UNIT_TEST(test_broken_configs_name_path_and_reason),
+             PF_UNIT_TEST(test_all_errors_are_collected_in_one_run),
+             PF_UNIT_TEST(test_json_syntax_error_has_line_and_column),
+             PF_UNIT_TEST(test_errlist_may_be_null), PF_UNIT_TEST(test_duration_parse_and_format),
+             PF_UNIT_TEST(test_sockaddr_parse), PF_UNIT_TEST(test_dump_round_trips),
+             PF_UNIT_TEST(test_dump_shows_effective_values),
+             PF_UNIT_TEST(test_load_file_missing_says_why),
+             PF_UNIT_TEST(test_load_file_reads_a_real_file), PF_UNIT_TEST(test_small_helpers))
