@@ -40,6 +40,8 @@ struct pf_conn {
     bool parser_paused;
     bool paused_for_upgrade;
     bool draining;
+    bool value_ended_at_chunk_end;
+    const char *chunk_start, *chunk_end; /* the bytes llhttp is executing now */
 
     /* The request in flight. */
     bool in_request;
@@ -442,6 +444,14 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
     pf_conn *c = p->data;
+    /* llhttp joins obs-fold continuation lines into the value as a second span. A value
+     * legitimately arrives in two spans only when a read ended inside it; any other gap
+     * is a fold, which RFC 9112 5.2 lets us reject and a proxy must never pass on. */
+    if (c->req.last_was_value && !(c->value_ended_at_chunk_end && at == c->chunk_start)) {
+        c->error_status = 400;
+        return -1;
+    }
+    c->value_ended_at_chunk_end = at + len == c->chunk_end;
     if (http1_head_append_value(&c->req, at, len) != PF_OK) {
         c->error_status = 431;
         return -1;
@@ -510,8 +520,10 @@ static void parse_failed(pf_conn *c, llhttp_errno_t rc) {
         log_debug("bad request client=%s error=%s reason=\"%s\"", c->client_ip,
                   llhttp_errno_name(rc), llhttp_get_error_reason(&c->parser));
     char body[160];
-    snprintf(body, sizeof body, "%s\n",
-             status == 400 ? llhttp_get_error_reason(&c->parser) : http1_reason(status));
+    const char *reason = llhttp_get_error_reason(&c->parser);
+    if (status != 400 || rc == HPE_USER)
+        reason = status == 400 ? "obsolete line folding in a header" : http1_reason(status);
+    snprintf(body, sizeof body, "%s\n", reason);
     if (!c->in_request)
         c->start_us = pf_now_us();
     reject(c, status, body);
@@ -530,6 +542,8 @@ static void process_input(pf_conn *c) {
         struct evbuffer_iovec vec;
         if (evbuffer_peek(in, -1, NULL, &vec, 1) < 1)
             break;
+        c->chunk_start = vec.iov_base;
+        c->chunk_end = c->chunk_start + vec.iov_len;
         llhttp_errno_t rc = llhttp_execute(&c->parser, vec.iov_base, vec.iov_len);
         size_t used = vec.iov_len;
         if (rc != HPE_OK) {

@@ -501,6 +501,7 @@ class Pilotfish:
     def wait_ready(self, timeout=START_TIMEOUT):
         def ready():
             if self.proc.poll() is not None:
+                self.expect_exit = True  # reported here, not again at teardown
                 raise HarnessError(
                     f"pilotfish exited {self.proc.returncode} before ready:\n{_tail(self.err_path)}"
                 )

@@ -39,7 +39,7 @@ def errproxy(start_backend, start_pilotfish):
         [route("web", prefix="/")],
         header_timeout="1s",
         max_header_bytes=4096,
-        max_target_bytes=8192,
+        max_target_bytes=2048,
     )
     cfg = make_config(
         [main, small],
