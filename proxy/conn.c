@@ -52,6 +52,7 @@ struct pf_conn {
     bool keep_alive;
     bool retried;
     int error_status; /* a 4xx decided inside an llhttp callback */
+    const char *error_reason;
     int status;
     int minor;
     llhttp_method_t method;
@@ -97,6 +98,7 @@ static void reset_request(pf_conn *c) {
     c->in_request = c->dispatched = c->req_complete = false;
     c->resp_started = c->resp_complete = c->retried = false;
     c->error_status = c->status = 0;
+    c->error_reason = NULL;
     c->req_body = c->resp_body = PF_BODY_NONE;
     c->bytes_in = c->bytes_out = 0;
     c->authority = c->path = NULL;
@@ -433,8 +435,25 @@ static int on_url(llhttp_t *p, const char *at, size_t len) {
     return 0;
 }
 
+/* RFC 9110 5.6.2 token characters; llhttp lets some others through in field names. */
+static bool is_token(const char *at, size_t len) {
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)at[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              (ch && strchr(extra, ch))))
+            return false;
+    }
+    return true;
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
     pf_conn *c = p->data;
+    if (!is_token(at, len)) {
+        c->error_status = 400;
+        c->error_reason = "invalid character in a header name";
+        return -1;
+    }
     if (http1_head_append_name(&c->req, at, len) != PF_OK) {
         c->error_status = 431;
         return -1;
@@ -449,6 +468,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
      * is a fold, which RFC 9112 5.2 lets us reject and a proxy must never pass on. */
     if (c->req.last_was_value && !(c->value_ended_at_chunk_end && at == c->chunk_start)) {
         c->error_status = 400;
+        c->error_reason = "obsolete line folding in a header";
         return -1;
     }
     c->value_ended_at_chunk_end = at + len == c->chunk_end;
@@ -520,9 +540,9 @@ static void parse_failed(pf_conn *c, llhttp_errno_t rc) {
         log_debug("bad request client=%s error=%s reason=\"%s\"", c->client_ip,
                   llhttp_errno_name(rc), llhttp_get_error_reason(&c->parser));
     char body[160];
-    const char *reason = llhttp_get_error_reason(&c->parser);
-    if (status != 400 || rc == HPE_USER)
-        reason = status == 400 ? "obsolete line folding in a header" : http1_reason(status);
+    const char *reason = c->error_reason ? c->error_reason
+                         : status == 400 ? llhttp_get_error_reason(&c->parser)
+                                         : http1_reason(status);
     snprintf(body, sizeof body, "%s\n", reason);
     if (!c->in_request)
         c->start_us = pf_now_us();
@@ -718,9 +738,13 @@ void conn_on_upstream_error(pf_conn *c, int status, const char *reason, bool ret
     }
     if (c->resp_started) {
         /* Part of the response is out: the only honest signal left is to cut it. */
+        /* What was received still goes out; then the close, without a last chunk or the
+         * promised length, tells the client the response is incomplete. */
         log_debug("response cut client=%s reason=\"%s\"", c->client_ip, reason);
         log_request(c);
-        conn_free(c);
+        c->keep_alive = false;
+        bufferevent_disable(c->bev, EV_READ);
+        start_close(c);
         return;
     }
     char body[128];

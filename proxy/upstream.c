@@ -219,7 +219,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg) {
         process_input(up);
         if (!up->owner || up->complete)
             return;
-        if (llhttp_finish(&up->parser) == HPE_OK && up->complete) {
+        llhttp_finish(&up->parser); /* HPE_PAUSED: on_message_complete pauses */
+        if (up->complete) {
             conn_on_response_complete(up->owner, false);
             return;
         }

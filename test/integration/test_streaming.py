@@ -28,6 +28,7 @@ RSS_GROWTH_LIMIT = 48 * MIB
 
 def assert_rss_bounded(pf, baseline, sampler):
     assert sampler.samples > 0, "no RSS samples taken"
+    print(f"pilotfish RSS: baseline {baseline / MIB:.1f} MiB, peak {sampler.peak / MIB:.1f} MiB")
     grown = sampler.peak - baseline
     assert grown < RSS_GROWTH_LIMIT, f"RSS grew by {grown / MIB:.1f} MiB (peak {sampler.peak / MIB:.1f})"
     if not is_sanitizer_build():
