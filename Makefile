@@ -29,6 +29,7 @@ UNIT_SRC = $(wildcard test/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:test/unit/%.c=$(BUILD)/unit/%)
 FAKE_BIN = $(BUILD)/pf-backend
 
+.SECONDARY:
 .PHONY: all deps test unit integration asan demo bench fmt fmt-check clean check-layout
 
 all: $(BUILD)/pilotfish $(FAKE_BIN)
@@ -84,6 +85,9 @@ unit: $(UNIT_BIN)
 integration: all
 	PILOTFISH_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider test/integration $(PYTEST_ARGS)
 
+# A small quarantine keeps freed buffers from looking like growth to the memory-bound tests.
+asan: export ASAN_OPTIONS = quarantine_size_mb=8:thread_local_quarantine_size_kb=256:detect_leaks=1
+asan: export UBSAN_OPTIONS = print_stacktrace=1:halt_on_error=1
 asan: deps
 	@$(MAKE) --no-print-directory BUILD=build/asan OPT=-O1 \
 		SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \

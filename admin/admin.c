@@ -32,8 +32,7 @@ static void reply(struct evhttp_request *req, int code, const char *reason,
     evbuffer_free(out);
 }
 
-static void reply_text(struct evhttp_request *req, int code, const char *reason,
-                       const char *body) {
+static void reply_text(struct evhttp_request *req, int code, const char *reason, const char *body) {
     reply(req, code, reason, "text/plain; charset=utf-8", body, strlen(body));
 }
 
@@ -119,7 +118,8 @@ static void handle_clusters(struct evhttp_request *req, void *arg) {
         json_object_set_new(c, "name", json_string(cfg->name));
         json_object_set_new(c, "source", json_string("static"));
         json_object_set_new(c, "lb_policy", json_string(config_lb_policy_name(cfg->lb_policy)));
-        json_object_set_new(c, "version", json_integer((json_int_t)discovery_slot_generation(slot)));
+        json_object_set_new(c, "version",
+                            json_integer((json_int_t)discovery_slot_generation(slot)));
         json_t *eps = json_array();
         for (size_t k = 0; set && k < set->count; k++)
             json_array_append_new(eps, endpoint_json(&set->endpoints[k]));

@@ -29,9 +29,9 @@
 #define PF_DEFAULT_WORKERS 1u
 #define PF_MAX_WORKERS 64u
 
-#define PF_NAME_MAX 64    /* listener and cluster names */
-#define PF_HOST_MAX 256   /* route host patterns */
-#define PF_PATH_MAX 1024  /* route path patterns */
+#define PF_NAME_MAX 64     /* listener and cluster names */
+#define PF_HOST_MAX 256    /* route host patterns */
+#define PF_PATH_MAX 1024   /* route path patterns */
 #define PF_ADDRTEXT_MAX 64 /* "[v6]:port" as text */
 
 /* A socket address parsed from "ip:port" or "[ipv6]:port". */
@@ -82,16 +82,16 @@ typedef struct pf_config_listener {
     uint32_t max_header_bytes;
     uint32_t max_target_bytes;
     uint32_t max_headers;
-    uint32_t buffer_bytes;     /* per direction, before backpressure stops reading */
+    uint32_t buffer_bytes;      /* per direction, before backpressure stops reading */
     uint64_t header_timeout_ms; /* whole request head must arrive within this */
     uint64_t idle_timeout_ms;   /* downstream keep-alive idle */
 } pf_config_listener;
 
 typedef struct pf_config {
-    char *source;           /* file name used in messages, owned */
+    char *source; /* file name used in messages, owned */
     pf_sockaddr admin_addr;
-    bool access_log;        /* JSON lines to stdout */
-    uint32_t workers;       /* 0 = not set in the file; the CLI may override */
+    bool access_log;  /* JSON lines to stdout */
+    uint32_t workers; /* 0 = not set in the file; the CLI may override */
     uint64_t drain_timeout_ms;
     pf_config_listener *listeners;
     size_t listener_count;

@@ -8,10 +8,10 @@
 
 enum {
     PF_OK = 0,
-    PF_EINVAL = -1,  /* bad input */
-    PF_ENOMEM = -2,  /* allocation failed */
-    PF_EIO = -3,     /* system call failed; errno-derived text in the pf_error */
-    PF_ELIMIT = -4,  /* a configured limit was hit */
+    PF_EINVAL = -1, /* bad input */
+    PF_ENOMEM = -2, /* allocation failed */
+    PF_EIO = -3,    /* system call failed; errno-derived text in the pf_error */
+    PF_ELIMIT = -4, /* a configured limit was hit */
     PF_ENOTFOUND = -5,
 };
 

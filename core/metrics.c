@@ -255,9 +255,9 @@ char *metrics_render(pf_metrics *m) {
                             (unsigned long long)atomic_load_explicit(&s->u.counter.value,
                                                                      memory_order_relaxed));
             else
-                text_printf(&t, " %lld\n",
-                            (long long)atomic_load_explicit(&s->u.gauge.value,
-                                                            memory_order_relaxed));
+                text_printf(
+                    &t, " %lld\n",
+                    (long long)atomic_load_explicit(&s->u.gauge.value, memory_order_relaxed));
         }
     }
     pthread_mutex_unlock(&m->lock);

@@ -60,6 +60,7 @@ const char *pf_duration_format(uint64_t ms, char *buf, size_t len) {
 }
 
 struct timeval pf_timeval_ms(uint64_t ms) {
-    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)((ms % 1000) * 1000)};
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000),
+                         .tv_usec = (suseconds_t)((ms % 1000) * 1000)};
     return tv;
 }

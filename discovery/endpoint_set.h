@@ -41,7 +41,7 @@ typedef struct pf_endpoint {
 /* Public for inline access on the hot path; treat as read-only. */
 typedef struct pf_endpoint_set {
     _Atomic uint32_t refs;
-    uint64_t version;        /* the slot generation it was published as */
+    uint64_t version; /* the slot generation it was published as */
     size_t count;
     size_t healthy_count;
     uint64_t total_weight;   /* over healthy endpoints */

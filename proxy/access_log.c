@@ -43,8 +43,8 @@ void access_log_write(pf_worker *w, const pf_access_entry *e) {
     gmtime_r(&secs, &tm);
     const char *a = field(authority, sizeof authority, e->authority, e->authority_len);
     const char *p = field(path, sizeof path, e->path, e->path_len);
-    const char *id =
-        field(request_id, sizeof request_id, e->request_id, e->request_id ? strlen(e->request_id) : 0);
+    const char *id = field(request_id, sizeof request_id, e->request_id,
+                           e->request_id ? strlen(e->request_id) : 0);
     int n = snprintf(
         w->log_buf + w->log_len, LOG_LINE_MAX,
         "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03uZ\",\"client\":\"%s\",\"method\":\"%s\","

@@ -144,7 +144,8 @@ void conn_free(pf_conn *c) {
 static void begin_linger(pf_conn *c) {
     c->lingering = true;
     shutdown(bufferevent_getfd(c->bev), SHUT_WR);
-    evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+    evbuffer_drain(bufferevent_get_input(c->bev),
+                   evbuffer_get_length(bufferevent_get_input(c->bev)));
     if (c->client_eof) {
         conn_free(c);
         return;
@@ -657,8 +658,8 @@ int conn_on_response_head(pf_conn *c, pf_upstream *up, int status, pf_body_mode 
                           uint64_t content_length, bool *skip_body) {
     c->status = status;
     bool no_body = c->method == HTTP_HEAD || status == 204 || status == 304;
-    pf_forward_response fwd = {.status = status, .client_minor = c->minor,
-                               .content_length = content_length};
+    pf_forward_response fwd = {
+        .status = status, .client_minor = c->minor, .content_length = content_length};
     if (no_body) {
         /* Framing headers of a HEAD or 304 describe the body that was not sent. */
         fwd.body = upstream_body == PF_BODY_LENGTH ? PF_BODY_LENGTH : PF_BODY_NONE;

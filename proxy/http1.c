@@ -131,9 +131,8 @@ void http1_head_finish_value(pf_head *h) {
         h->buf[h->len] = '\0';
         return;
     }
-    while (hd->value_len > 0 &&
-           (h->buf[hd->value_off + hd->value_len - 1] == ' ' ||
-            h->buf[hd->value_off + hd->value_len - 1] == '\t'))
+    while (hd->value_len > 0 && (h->buf[hd->value_off + hd->value_len - 1] == ' ' ||
+                                 h->buf[hd->value_off + hd->value_len - 1] == '\t'))
         hd->value_len--;
     h->buf[hd->value_off + hd->value_len] = '\0';
 }
@@ -175,10 +174,17 @@ static bool list_has_token(const char *value, size_t value_len, const char *toke
 }
 
 bool http1_is_hop_by_hop(const pf_head *h, size_t i) {
-    static const char *const names[] = {
-        "connection", "keep-alive",        "proxy-connection", "te",
-        "trailer",    "transfer-encoding", "upgrade",          "proxy-authorization",
-        "proxy-authenticate", "content-length", "http2-settings"};
+    static const char *const names[] = {"connection",
+                                        "keep-alive",
+                                        "proxy-connection",
+                                        "te",
+                                        "trailer",
+                                        "transfer-encoding",
+                                        "upgrade",
+                                        "proxy-authorization",
+                                        "proxy-authenticate",
+                                        "content-length",
+                                        "http2-settings"};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
         if (http1_name_is(h, i, names[k]))
             return true;
@@ -259,29 +265,47 @@ int http1_write_response_head(struct evbuffer *out, const pf_head *resp,
 
 const char *http1_reason(int status) {
     switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 417: return "Expectation Failed";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 417:
+        return "Expectation Failed";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }
 
-int http1_write_local_response(struct evbuffer *out, int status, const char *body,
-                               bool keep_alive, const char *extra_headers) {
+int http1_write_local_response(struct evbuffer *out, int status, const char *body, bool keep_alive,
+                               const char *extra_headers) {
     size_t body_len = strlen(body);
     int rc = evbuffer_add_printf(out,
                                  "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"

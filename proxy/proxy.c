@@ -44,9 +44,9 @@ static void register_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
                                           "Client connections open now.", labels);
     l->errors_total = metrics_counter(m, "pilotfish_downstream_rejected_requests_total",
                                       "Requests pilotfish refused itself with a 4xx.", labels);
-    l->duration = metrics_histogram(m, "pilotfish_request_duration_seconds",
-                                    "Time from the first request byte to the response end.",
-                                    labels);
+    l->duration =
+        metrics_histogram(m, "pilotfish_request_duration_seconds",
+                          "Time from the first request byte to the response end.", labels);
 }
 
 static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
@@ -54,26 +54,26 @@ static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
     for (int i = 0; i < PF_CODE_CLASSES; i++) {
         snprintf(labels, sizeof labels, "cluster=\"%s\",code_class=\"%s\"", c->cfg->name,
                  class_names[i]);
-        c->requests[i] = metrics_counter(m, "pilotfish_upstream_requests_total",
-                                         "Requests sent to a cluster, by response status class.",
-                                         labels);
+        c->requests[i] =
+            metrics_counter(m, "pilotfish_upstream_requests_total",
+                            "Requests sent to a cluster, by response status class.", labels);
     }
     snprintf(labels, sizeof labels, "cluster=\"%s\"", c->cfg->name);
     c->connections_total = metrics_counter(m, "pilotfish_upstream_connections_total",
                                            "Upstream connections opened.", labels);
-    c->connections_active = metrics_gauge(m, "pilotfish_upstream_connections_active",
-                                          "Upstream connections open now (busy or pooled).",
-                                          labels);
+    c->connections_active =
+        metrics_gauge(m, "pilotfish_upstream_connections_active",
+                      "Upstream connections open now (busy or pooled).", labels);
     c->pool_reuses = metrics_counter(m, "pilotfish_upstream_pool_reuses_total",
                                      "Requests sent on a pooled keep-alive connection.", labels);
-    c->connect_failures = metrics_counter(m, "pilotfish_upstream_connect_failures_total",
-                                          "Upstream connection attempts refused or failed.",
-                                          labels);
+    c->connect_failures =
+        metrics_counter(m, "pilotfish_upstream_connect_failures_total",
+                        "Upstream connection attempts refused or failed.", labels);
     c->connect_timeouts = metrics_counter(m, "pilotfish_upstream_connect_timeouts_total",
                                           "Upstream connection attempts that timed out.", labels);
-    c->response_timeouts = metrics_counter(m, "pilotfish_upstream_response_timeouts_total",
-                                           "Requests whose response headers came too late.",
-                                           labels);
+    c->response_timeouts =
+        metrics_counter(m, "pilotfish_upstream_response_timeouts_total",
+                        "Requests whose response headers came too late.", labels);
     c->resets = metrics_counter(m, "pilotfish_upstream_resets_total",
                                 "Upstream connections closed before the response ended.", labels);
 }
@@ -246,8 +246,8 @@ int proxy_start(pf_proxy *proxy, pf_error *err) {
             pf_accept_ctx *ctx = &w->accept_ctx[i];
             ctx->w = w;
             ctx->l = &proxy->listeners[i];
-            w->listeners[i] = evconnlistener_new(w->base, on_accept, ctx, LEV_OPT_CLOSE_ON_FREE,
-                                                 0, proxy->listeners[i].fds[k]);
+            w->listeners[i] = evconnlistener_new(w->base, on_accept, ctx, LEV_OPT_CLOSE_ON_FREE, 0,
+                                                 proxy->listeners[i].fds[k]);
             if (!w->listeners[i]) {
                 return pf_fail(err, PF_EIO, "listener %s: cannot watch the socket",
                                proxy->listeners[i].cfg->name);

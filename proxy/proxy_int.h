@@ -75,7 +75,7 @@ struct pf_worker {
     bool thread_started;
     struct event_base *base;
     struct evconnlistener **listeners; /* one per listener config */
-    pf_accept_ctx *accept_ctx;          /* one per listener config */
+    pf_accept_ctx *accept_ctx;         /* one per listener config */
     struct event *drain_event;
     struct event *log_flush_timer;
     pf_worker_cluster *clusters;

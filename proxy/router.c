@@ -1,6 +1,7 @@
 /* Route matching. Host patterns were lower-cased and validated by config/. */
 #include "proxy/router.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,10 +56,21 @@ int router_parse_authority(const char *authority, size_t len, char *host_out, si
     }
     if (host_len == 0 || host_len >= host_cap)
         return PF_EINVAL;
+    if (host[0] == '[') {
+        /* An IP-literal (RFC 3986 3.2.2): brackets around an IPv6 address, nothing else. */
+        char literal[INET6_ADDRSTRLEN];
+        struct in6_addr ignored;
+        size_t inner = host_len - 2;
+        if (host_len < 3 || inner >= sizeof literal)
+            return PF_EINVAL;
+        memcpy(literal, host + 1, inner);
+        literal[inner] = '\0';
+        if (inet_pton(AF_INET6, literal, &ignored) != 1)
+            return PF_EINVAL;
+    }
     for (size_t i = 0; i < host_len; i++) {
         unsigned char c = (unsigned char)host[i];
-        bool in_brackets = host[0] == '[';
-        if (!(valid_host_char(c) || (in_brackets && (c == ':' || c == '[' || c == ']'))))
+        if (!(valid_host_char(c) || (host[0] == '[' && (c == ':' || c == '[' || c == ']'))))
             return PF_EINVAL;
         host_out[i] = (char)tolower(c);
     }

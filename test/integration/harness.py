@@ -318,6 +318,13 @@ class RawConn:
         resp.body = b"".join(self.body_chunks(resp, timeout))
         return resp
 
+    def read_until(self, marker, timeout=10.0):
+        """Read until marker is in the buffer (left unconsumed); fails on close or timeout."""
+        deadline = time.monotonic() + timeout
+        while marker not in self.buf:
+            if not self._recv(deadline):
+                raise HarnessError(f"connection closed before {marker!r}; have {bytes(self.buf[:200])!r}")
+
     def read_all_until_close(self, timeout=None):
         """Everything the peer sends until it closes; fails if it does not close in time."""
         deadline = time.monotonic() + (timeout or self.timeout)

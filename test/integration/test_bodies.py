@@ -189,3 +189,17 @@ def test_truncated_upstream_body_is_not_passed_off_as_complete(proxy):
             assert resp.status == 502, resp
     assert proxy.pf.alive()
     assert proxy.pf.get("/").status == 200
+
+
+def test_expect_100_continue_gets_interim_response_before_body(proxy):
+    # RFC 9110 10.1.1 and 15.2: the 100 (from the upstream or the proxy) reaches the client,
+    # which sends the body only then.
+    body = rand_bytes(1000, 4)
+    with proxy.pf.raw() as c:
+        c.send(make_request("POST", "/sink", [("Content-Length", "1000"), ("Expect", "100-continue")]))
+        c.read_until(b"\r\n\r\n", timeout=10)
+        assert bytes(c.buf).startswith(b"HTTP/1.1 100"), bytes(c.buf[:200])
+        c.send(body)
+        resp = c.read_response(method="POST")
+    assert resp.status == 200, resp
+    assert resp.json() == {"bytes": 1000, "fnv1a64": fnv_hex(fnv1a64(body))}

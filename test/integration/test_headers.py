@@ -113,3 +113,17 @@ def test_upstream_connection_close_does_not_close_client_connection(proxy):
         c.send(make_request("GET", "/bytes/10"))
         second = c.read_response()
         assert second.status == 200 and second.body == b"0123456789"
+
+
+def test_large_header_value_reaches_upstream_intact(proxy):
+    value = "".join(chr(ord("a") + i % 26) for i in range(30000))
+    view = upstream_view(proxy.pf, [("X-Large", value), ("X-After", "after")])
+    assert values(view, "X-Large") == [value]
+    assert values(view, "X-After") == ["after"]
+
+
+def test_many_headers_reach_upstream_in_order(proxy):
+    sent = [(f"X-H{i:03d}", f"v{i}") for i in range(100)]
+    view = upstream_view(proxy.pf, sent)
+    got = [(k, v) for k, v in view["headers"] if k.startswith("X-H")]
+    assert got == sent

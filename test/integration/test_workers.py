@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from harness import pattern_bytes, standard_config
+from harness import make_request, pattern_bytes, standard_config
 
 
 @pytest.fixture
@@ -49,3 +49,20 @@ def test_two_workers_each_new_connection_served(two_workers):
 
 def test_two_workers_admin_ready(two_workers):
     assert two_workers.admin("GET", "/ready").status == 200
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_hundred_open_connections_all_answered(backends, start_pilotfish, workers):
+    pf = start_pilotfish(standard_config(backends.web1, backends.web2, backends.api), workers=workers)
+    conns = []
+    try:
+        for _ in range(100):
+            conns.append(pf.raw())
+        for i, c in enumerate(conns):
+            c.send(make_request("GET", f"/bytes/{i}"))
+        for i, c in enumerate(conns):
+            resp = c.read_response()
+            assert resp.status == 200 and resp.body == pattern_bytes(i), (i, resp)
+    finally:
+        for c in conns:
+            c.close()
