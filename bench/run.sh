@@ -100,21 +100,30 @@ pin() {
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pf-bench.XXXXXX")
 PIDS=() # every process group we started (each via setsid, so PID == PGID)
 
-# Live (non-zombie) members of process group $1?
+# Is anything of what we started as $1 still running (not a zombie)? Checks the PID
+# itself and its process group: right after `&` the child may not have reached
+# setsid yet (then PGID != PID), and later the group may hold forked workers.
 group_alive() {
-    ps -e -o pgid=,stat= 2>/dev/null | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { f = 1 } END { exit !f }'
+    ps -e -o pid=,pgid=,stat= 2>/dev/null |
+        awk -v g="$1" '($1 == g || $2 == g) && $3 !~ /^Z/ { f = 1 } END { exit !f }'
 }
 
-# Stop the process group we started as $1: TERM, up to 5 s grace, then KILL; reap it.
+# Stop what we started as $1 (process and its group): TERM, up to 5 s grace, then
+# KILL; reap it.
 stop_group() {
     local pid=$1 i
-    group_alive "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        group_alive "$pid" || break
-        sleep 0.1
-    done
-    if group_alive "$pid"; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
+    if group_alive "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        kill -TERM -- "-$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            group_alive "$pid" || break
+            sleep 0.1
+        done
+        if group_alive "$pid"; then
+            kill -KILL "$pid" 2>/dev/null || true
+            kill -KILL -- "-$pid" 2>/dev/null || true
+        fi
+    fi
     wait "$pid" 2>/dev/null || true
 }
 
@@ -133,11 +142,14 @@ trap 'exit 143' TERM
 # worker processes it forks can be measured and stopped together), pinned to CPU,
 # stdout+stderr to LOG. Sets STARTED_PID.
 start_bg() {
-    local log=$1 cpu=$2
+    local log=$1 cpu=$2 pre=()
     shift 2
-    # This script has no job control, so the child is not a group leader and setsid
-    # does not fork: $! is the process itself and becomes PGID of its group.
-    pin "$cpu" setsid "$@" </dev/null >"$log" 2>&1 &
+    [ "$PIN" = 1 ] && pre=(taskset -c "$cpu")
+    # A simple command (no function, no pipeline) so bash forks once and execs:
+    # $! is then the process itself. This script has no job control, so the child
+    # is not a group leader and setsid does not fork again; setsid and taskset
+    # both exec, so the PID of the final program is $! and it leads its own group.
+    setsid "${pre[@]}" "$@" </dev/null >"$log" 2>&1 &
     STARTED_PID=$!
     PIDS+=("$STARTED_PID")
 }

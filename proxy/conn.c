@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "core/time.h"
 #include "proxy/proxy_int.h"
+#include "proxy/stream.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -25,7 +26,7 @@ typedef enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_LINGER } conn_timer_k
 struct pf_conn {
     pf_worker *w;
     pf_listener_rt *l;
-    struct bufferevent *bev;
+    pf_stream *stream;
     struct event *timer;
     conn_timer_kind timer_kind;
     llhttp_t parser;
@@ -87,11 +88,11 @@ static void timer_stop(pf_conn *c) {
 }
 
 static struct evbuffer *output(pf_conn *c) {
-    return bufferevent_get_output(c->bev);
+    return stream_output(c->stream);
 }
 
 bool conn_output_full(const pf_conn *c) {
-    return evbuffer_get_length(bufferevent_get_output(c->bev)) >= c->l->cfg->buffer_bytes;
+    return evbuffer_get_length(stream_output(c->stream)) >= c->l->cfg->buffer_bytes;
 }
 
 static void reset_request(pf_conn *c) {
@@ -130,7 +131,7 @@ void conn_free(pf_conn *c) {
         c->next->prev = c->prev;
     if (c->replay)
         evbuffer_free(c->replay);
-    bufferevent_free(c->bev);
+    stream_free(c->stream);
     event_free(c->timer);
     http1_head_free(&c->req);
     metrics_gauge_add(c->l->connections_active, -1);
@@ -143,14 +144,13 @@ void conn_free(pf_conn *c) {
  * not read yet. */
 static void begin_linger(pf_conn *c) {
     c->lingering = true;
-    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
-    evbuffer_drain(bufferevent_get_input(c->bev),
-                   evbuffer_get_length(bufferevent_get_input(c->bev)));
+    stream_shutdown_write(c->stream);
+    evbuffer_drain(stream_input(c->stream), evbuffer_get_length(stream_input(c->stream)));
     if (c->client_eof) {
         conn_free(c);
         return;
     }
-    bufferevent_enable(c->bev, EV_READ);
+    stream_read_enable(c->stream, true);
     timer_set(c, TIMER_LINGER, PF_LINGER_MS);
 }
 
@@ -208,7 +208,7 @@ static void request_done(pf_conn *c) {
             llhttp_resume(&c->parser);
         c->paused_for_upgrade = false;
     }
-    if (evbuffer_get_length(bufferevent_get_input(c->bev)) == 0 && c->client_eof) {
+    if (evbuffer_get_length(stream_input(c->stream)) == 0 && c->client_eof) {
         start_close(c);
         return;
     }
@@ -244,7 +244,7 @@ static void reject(pf_conn *c, int status, const char *body) {
     }
     c->closing = true;
     c->keep_alive = false;
-    bufferevent_disable(c->bev, EV_READ);
+    stream_read_enable(c->stream, false);
     start_close(c);
 }
 
@@ -551,11 +551,11 @@ static void parse_failed(pf_conn *c, llhttp_errno_t rc) {
 }
 
 static void process_input(pf_conn *c) {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = stream_input(c->stream);
     while (!c->closing && !c->parser_paused && evbuffer_get_length(in) > 0) {
         if (c->up && upstream_output_full(c->up, c->l->cfg->buffer_bytes)) {
             c->read_paused = true;
-            bufferevent_disable(c->bev, EV_READ);
+            stream_read_enable(c->stream, false);
             return;
         }
         if (!c->in_request && c->timer_kind == TIMER_IDLE)
@@ -588,21 +588,21 @@ static void process_input(pf_conn *c) {
     }
     if (c->read_paused && !(c->up && upstream_output_full(c->up, c->l->cfg->buffer_bytes))) {
         c->read_paused = false;
-        bufferevent_enable(c->bev, EV_READ);
+        stream_read_enable(c->stream, true);
     }
 }
 
-static void on_read(struct bufferevent *bev, void *arg) {
+static void on_read(pf_stream *s, void *arg) {
     pf_conn *c = arg;
     if (c->lingering) {
-        struct evbuffer *in = bufferevent_get_input(bev);
+        struct evbuffer *in = stream_input(s);
         evbuffer_drain(in, evbuffer_get_length(in));
         return;
     }
     process_input(c);
 }
 
-static void on_write(struct bufferevent *bev, void *arg) {
+static void on_write(pf_stream *s, void *arg) {
     pf_conn *c = arg;
     if (c->lingering)
         return;
@@ -615,9 +615,9 @@ static void on_write(struct bufferevent *bev, void *arg) {
         upstream_resume_reading(c->up);
 }
 
-static void on_event(struct bufferevent *bev, short what, void *arg) {
+static void on_event(pf_stream *s, int what, int err, void *arg) {
     pf_conn *c = arg;
-    if (c->lingering || (what & BEV_EVENT_ERROR)) {
+    if (c->lingering || (what & PF_STREAM_ERROR)) {
         conn_free(c);
         return;
     }
@@ -625,7 +625,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg) {
     c->client_eof = true;
     if (c->dispatched && c->req_complete && !c->resp_complete)
         return;
-    if (c->parser_paused && evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+    if (c->parser_paused && evbuffer_get_length(stream_input(c->stream)) > 0)
         return;
     conn_free(c);
 }
@@ -712,13 +712,13 @@ void conn_on_response_complete(pf_conn *c, bool upstream_reusable) {
         if (c->ep && c->ep->stats)
             atomic_fetch_sub_explicit(&c->ep->stats->active_requests, 1, memory_order_relaxed);
         c->ep = NULL;
-        bufferevent_disable(c->bev, EV_READ);
+        stream_read_enable(c->stream, false);
         start_close(c);
         return;
     }
     if (c->read_paused) {
         c->read_paused = false;
-        bufferevent_enable(c->bev, EV_READ);
+        stream_read_enable(c->stream, true);
     }
     request_done(c);
 }
@@ -744,7 +744,7 @@ void conn_on_upstream_error(pf_conn *c, int status, const char *reason, bool ret
         log_debug("response cut client=%s reason=\"%s\"", c->client_ip, reason);
         log_request(c);
         c->keep_alive = false;
-        bufferevent_disable(c->bev, EV_READ);
+        stream_read_enable(c->stream, false);
         start_close(c);
         return;
     }
@@ -762,7 +762,7 @@ void conn_on_upstream_error(pf_conn *c, int status, const char *reason, bool ret
 void conn_on_upstream_writable(pf_conn *c) {
     if (c->read_paused && !upstream_output_full(c->up, c->l->cfg->buffer_bytes / 2 + 1)) {
         c->read_paused = false;
-        bufferevent_enable(c->bev, EV_READ);
+        stream_read_enable(c->stream, true);
         process_input(c);
     }
 }
@@ -778,11 +778,13 @@ void conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const stru
     }
     c->w = w;
     c->l = l;
-    c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    static const pf_stream_callbacks callbacks = {on_read, on_write, on_event};
+    c->stream =
+        stream_new(w->base, fd, l->cfg->buffer_bytes, l->cfg->buffer_bytes / 2, &callbacks, c);
     c->timer = evtimer_new(w->base, on_timer, c);
-    if (!c->bev || !c->timer) {
-        if (c->bev)
-            bufferevent_free(c->bev);
+    if (!c->stream || !c->timer) {
+        if (c->stream)
+            stream_free(c->stream);
         else
             evutil_closesocket(fd);
         if (c->timer)
@@ -808,10 +810,6 @@ void conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const stru
     metrics_gauge_add(l->connections_active, 1);
     metrics_inc(l->connections_total, 1);
     atomic_fetch_add_explicit(&w->proxy->active_connections, 1, memory_order_relaxed);
-    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, l->cfg->buffer_bytes);
-    bufferevent_setwatermark(c->bev, EV_WRITE, l->cfg->buffer_bytes / 2, 0);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     timer_set(c, TIMER_HEADER, l->cfg->header_timeout_ms);
 }
 

@@ -173,7 +173,9 @@ static bool list_has_token(const char *value, size_t value_len, const char *toke
     return false;
 }
 
-bool http1_is_hop_by_hop(const pf_head *h, size_t i) {
+/* `has_connection`: whether the head has a Connection header at all, worked out once per
+ * head by the writers so that the common case skips the token scan. */
+static bool hop_by_hop(const pf_head *h, size_t i, bool has_connection) {
     static const char *const names[] = {"connection",
                                         "keep-alive",
                                         "proxy-connection",
@@ -188,13 +190,17 @@ bool http1_is_hop_by_hop(const pf_head *h, size_t i) {
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
         if (http1_name_is(h, i, names[k]))
             return true;
-    for (size_t c = 0; c < h->count; c++) {
+    for (size_t c = 0; has_connection && c < h->count; c++) {
         if (http1_name_is(h, c, "connection") &&
             list_has_token(http1_value(h, c), h->headers[c].value_len, http1_name(h, i),
                            h->headers[i].name_len))
             return true;
     }
     return false;
+}
+
+bool http1_is_hop_by_hop(const pf_head *h, size_t i) {
+    return hop_by_hop(h, i, true);
 }
 
 static void add_header(struct evbuffer *out, const pf_head *h, size_t i) {
@@ -219,8 +225,9 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
     evbuffer_add(out, fwd->host, fwd->host_len);
     evbuffer_add(out, "\r\n", 2);
     bool forwarded_for = false;
+    bool has_connection = http1_find(req, "connection", NULL) >= 0;
     for (size_t i = 0; i < req->count; i++) {
-        if (http1_is_hop_by_hop(req, i) || http1_name_is(req, i, "host") ||
+        if (hop_by_hop(req, i, has_connection) || http1_name_is(req, i, "host") ||
             http1_name_is(req, i, "x-forwarded-proto"))
             continue;
         if (http1_name_is(req, i, "x-forwarded-for")) {
@@ -255,8 +262,9 @@ int http1_write_response_head(struct evbuffer *out, const pf_head *resp,
     evbuffer_add_printf(out, "HTTP/1.1 %03d ", fwd->status);
     evbuffer_add(out, http1_first(resp), resp->first_len);
     evbuffer_add(out, "\r\n", 2);
+    bool has_connection = http1_find(resp, "connection", NULL) >= 0;
     for (size_t i = 0; i < resp->count; i++)
-        if (!http1_is_hop_by_hop(resp, i))
+        if (!hop_by_hop(resp, i, has_connection))
             add_header(out, resp, i);
     add_framing(out, fwd->body, fwd->content_length);
     add_connection(out, fwd->client_minor, fwd->keep_alive);

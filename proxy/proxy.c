@@ -101,7 +101,14 @@ static void use_pthreads(void) {
 static int worker_init(pf_proxy *proxy, pf_worker *w, unsigned id) {
     w->proxy = proxy;
     w->id = id;
-    w->base = event_base_new();
+    /* The changelist folds an add and a delete of the same event in one loop turn into
+     * nothing, which saves epoll_ctl calls as bufferevents toggle their write events. */
+    struct event_config *ec = event_config_new();
+    if (ec) {
+        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+        w->base = event_base_new_with_config(ec);
+        event_config_free(ec);
+    }
     w->clusters = calloc(proxy->cluster_count ? proxy->cluster_count : 1, sizeof *w->clusters);
     w->listeners = calloc(proxy->listener_count, sizeof *w->listeners);
     w->accept_ctx = calloc(proxy->listener_count, sizeof *w->accept_ctx);

@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "core/time.h"
 #include "proxy/proxy_int.h"
+#include "proxy/stream.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -22,7 +23,7 @@ typedef enum { UP_TIMER_NONE, UP_TIMER_CONNECT, UP_TIMER_RESPONSE, UP_TIMER_IDLE
 struct pf_upstream {
     pf_worker *w;
     pf_worker_cluster *wc;
-    struct bufferevent *bev;
+    pf_stream *stream;
     struct event *timer;
     up_timer_kind timer_kind;
     llhttp_t parser;
@@ -60,8 +61,7 @@ static void timer_stop(pf_upstream *up) {
 static void upstream_free(pf_upstream *up) {
     if (!up)
         return;
-    if (up->bev)
-        bufferevent_free(up->bev);
+    stream_free(up->stream);
     if (up->timer)
         event_free(up->timer);
     http1_head_free(&up->resp);
@@ -135,7 +135,7 @@ static void fail(pf_upstream *up, int status, const char *reason, bool retryable
 }
 
 static void process_input(pf_upstream *up) {
-    struct evbuffer *in = bufferevent_get_input(up->bev);
+    struct evbuffer *in = stream_input(up->stream);
     while (!up->complete && !up->parse_error && evbuffer_get_length(in) > 0) {
         if (up->head_done && conn_output_full(up->owner)) {
             upstream_pause_reading(up);
@@ -172,7 +172,7 @@ static void process_input(pf_upstream *up) {
     }
 }
 
-static void on_read(struct bufferevent *bev, void *arg) {
+static void on_read(pf_stream *s, void *arg) {
     pf_upstream *up = arg;
     if (!up->owner) {
         /* An idle connection has nothing to say; data here means it is out of step. */
@@ -183,15 +183,15 @@ static void on_read(struct bufferevent *bev, void *arg) {
     process_input(up);
 }
 
-static void on_write(struct bufferevent *bev, void *arg) {
+static void on_write(pf_stream *s, void *arg) {
     pf_upstream *up = arg;
     if (up->owner)
         conn_on_upstream_writable(up->owner);
 }
 
-static void on_event(struct bufferevent *bev, short what, void *arg) {
+static void on_event(pf_stream *s, int what, int err, void *arg) {
     pf_upstream *up = arg;
-    if (what & BEV_EVENT_CONNECTED) {
+    if (what & PF_STREAM_CONNECTED) {
         up->connected = true;
         if (up->request_sent)
             timer_set(up, UP_TIMER_RESPONSE, up->wc->rt->cfg->response_timeout_ms);
@@ -205,16 +205,15 @@ static void on_event(struct bufferevent *bev, short what, void *arg) {
         return;
     }
     if (!up->connected) {
-        int err = EVUTIL_SOCKET_ERROR();
         metrics_inc(up->wc->rt->connect_failures, 1);
         if (up->stats)
             atomic_fetch_add_explicit(&up->stats->connect_failures_total, 1, memory_order_relaxed);
         log_debug("upstream connect failed cluster=%s upstream=%s error=\"%s\"",
-                  up->wc->rt->cfg->name, up->addr, evutil_socket_error_to_string(err));
+                  up->wc->rt->cfg->name, up->addr, strerror(err));
         fail(up, 503, "upstream connect failed", false);
         return;
     }
-    if ((what & BEV_EVENT_EOF) && up->head_done && llhttp_message_needs_eof(&up->parser)) {
+    if ((what & PF_STREAM_EOF) && up->head_done && llhttp_message_needs_eof(&up->parser)) {
         /* A close-delimited body (RFC 9112 6.3 rule 8) ends here. */
         process_input(up);
         if (!up->owner || up->complete)
@@ -289,26 +288,18 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    up->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!up->bev) {
+    static const pf_stream_callbacks callbacks = {on_read, on_write, on_event};
+    up->stream = stream_new(w->base, fd, PF_DEFAULT_BUFFER_BYTES, PF_DEFAULT_BUFFER_BYTES / 2,
+                            &callbacks, up);
+    if (!up->stream) {
         close(fd);
         upstream_free(up);
         return NULL;
     }
-    bufferevent_setcb(up->bev, on_read, on_write, on_event, up);
-    bufferevent_setwatermark(up->bev, EV_READ, 0, PF_DEFAULT_BUFFER_BYTES);
-    bufferevent_setwatermark(up->bev, EV_WRITE, PF_DEFAULT_BUFFER_BYTES / 2, 0);
     llhttp_init(&up->parser, HTTP_RESPONSE, response_settings());
     up->parser.data = up;
     timer_set(up, UP_TIMER_CONNECT, wc->rt->cfg->connect_timeout_ms);
-    if (bufferevent_socket_connect(up->bev, (const struct sockaddr *)&ep->addr.ss,
-                                   (int)ep->addr.len) < 0) {
-        /* Immediate refusal: report it like an asynchronous one, from the event loop. */
-        up->timer_kind = UP_TIMER_NONE;
-        evtimer_del(up->timer);
-        bufferevent_trigger_event(up->bev, BEV_EVENT_ERROR, BEV_TRIG_DEFER_CALLBACKS);
-    }
-    bufferevent_enable(up->bev, EV_READ | EV_WRITE);
+    stream_connect(up->stream, (const struct sockaddr *)&ep->addr.ss, ep->addr.len);
     return up;
 }
 
@@ -340,11 +331,11 @@ pf_upstream *upstream_acquire(pf_worker *w, pf_worker_cluster *wc, const pf_endp
 }
 
 struct evbuffer *upstream_output(pf_upstream *up) {
-    return bufferevent_get_output(up->bev);
+    return stream_output(up->stream);
 }
 
 bool upstream_output_full(const pf_upstream *up, size_t limit) {
-    return evbuffer_get_length(bufferevent_get_output(up->bev)) >= limit;
+    return evbuffer_get_length(stream_output(up->stream)) >= limit;
 }
 
 void upstream_request_sent(pf_upstream *up) {
@@ -356,14 +347,14 @@ void upstream_request_sent(pf_upstream *up) {
 void upstream_pause_reading(pf_upstream *up) {
     if (!up->paused) {
         up->paused = true;
-        bufferevent_disable(up->bev, EV_READ);
+        stream_read_enable(up->stream, false);
     }
 }
 
 void upstream_resume_reading(pf_upstream *up) {
     if (up->paused) {
         up->paused = false;
-        bufferevent_enable(up->bev, EV_READ);
+        stream_read_enable(up->stream, true);
         process_input(up);
     }
 }
@@ -380,7 +371,7 @@ void upstream_release(pf_upstream *up, bool reusable) {
     timer_stop(up);
     pf_worker_cluster *wc = up->wc;
     /* Unsent request bytes would go out ahead of the next request: not reusable. */
-    if (evbuffer_get_length(bufferevent_get_output(up->bev)) > 0)
+    if (evbuffer_get_length(stream_output(up->stream)) > 0)
         reusable = false;
     if (!reusable || atomic_load_explicit(&up->w->proxy->draining, memory_order_relaxed) ||
         wc->rt->cfg->max_idle_per_endpoint == 0) {
@@ -395,7 +386,7 @@ void upstream_release(pf_upstream *up, bool reusable) {
     llhttp_init(&up->parser, HTTP_RESPONSE, response_settings());
     up->parser.data = up;
     up->paused = false;
-    bufferevent_enable(up->bev, EV_READ);
+    stream_read_enable(up->stream, true);
     up->bucket = b;
     up->next_idle = b->idle;
     b->idle = up;

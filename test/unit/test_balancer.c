@@ -73,8 +73,8 @@ static size_t index_of(const pf_endpoint_set *set, const char *addr) {
 
 static void test_equal_weights_give_perfect_round_robin(void) {
     pf_endpoint_slot *slot = discovery_slot_new("rr");
-    static const char *const specs[] = {"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80",
-                                        "10.0.0.4:80", NULL};
+    static const char *const specs[] = {"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80",
+                                        NULL};
     pf_endpoint_set *set = publish(slot, specs);
     CU_ASSERT_TRUE(set->equal_weights);
     pf_balancer *b = balancer_new(PF_LB_ROUND_ROBIN);
@@ -88,8 +88,8 @@ static void test_equal_weights_give_perfect_round_robin(void) {
     /* every window of N consecutive picks holds every endpoint once, in cyclic order */
     for (size_t i = 0; i < N * ROUNDS; i++) {
         if (i + N < N * ROUNDS)
-            PF_CHECK(seq[i + N] == seq[i], "pick %zu is endpoint %zu but pick %zu was %zu",
-                     i + N, seq[i + N], i, seq[i]);
+            PF_CHECK(seq[i + N] == seq[i], "pick %zu is endpoint %zu but pick %zu was %zu", i + N,
+                     seq[i + N], i, seq[i]);
         if (i > 0)
             PF_CHECK(seq[i] == (seq[i - 1] + 1) % N, "pick %zu: %zu after %zu", i, seq[i],
                      seq[i - 1]);
@@ -102,7 +102,7 @@ static void test_equal_weights_give_perfect_round_robin(void) {
 static void test_round_robin_skips_unhealthy_endpoints_evenly(void) {
     pf_endpoint_slot *slot = discovery_slot_new("rr");
     static const char *const specs[] = {"10.0.0.1:80", "10.0.0.2:80/1/down", "10.0.0.3:80/1/down",
-                                        "10.0.0.4:80", "10.0.0.5:80", NULL};
+                                        "10.0.0.4:80", "10.0.0.5:80",        NULL};
     pf_endpoint_set *set = publish(slot, specs);
     CU_ASSERT_EQUAL(set->healthy_count, 3);
     pf_balancer *b = balancer_new(PF_LB_ROUND_ROBIN);
@@ -140,8 +140,8 @@ static void test_weights_of_unhealthy_endpoints_do_not_count(void) {
     for (size_t i = 1; i < 100; i++) {
         const char *got = pick(b, set);
         PF_CHECK(strcmp(got, "10.0.0.2:80") != 0, "pick %zu chose the unhealthy endpoint", i);
-        PF_CHECK((strcmp(got, first) == 0) == (i % 2 == 0), "pick %zu: %s (first was %s)", i,
-                 got, first);
+        PF_CHECK((strcmp(got, first) == 0) == (i % 2 == 0), "pick %zu: %s (first was %s)", i, got,
+                 first);
     }
     balancer_free(b);
     discovery_set_unref(set);
@@ -164,8 +164,8 @@ static void test_weights_1_2_give_exact_thirds(void) {
             CU_ASSERT_FATAL(k < 2);
             counts[k]++;
         }
-        PF_CHECK(counts[0] == 1 && counts[1] == 2, "round %zu: %zu/%zu, want 1/2", round,
-                 counts[0], counts[1]);
+        PF_CHECK(counts[0] == 1 && counts[1] == 2, "round %zu: %zu/%zu, want 1/2", round, counts[0],
+                 counts[1]);
     }
     balancer_free(b);
     discovery_set_unref(set);
@@ -308,8 +308,13 @@ static void test_new_set_version_resets_state_and_picks_only_new_endpoints(void)
         CU_ASSERT_STRING_EQUAL(pick(b, single), "10.0.2.1:80");
 
     /* and a bigger weighted set after that (the state grows) */
-    static const char *const many[] = {"10.0.3.1:80/1", "10.0.3.2:80/1", "10.0.3.3:80/1",
-                                       "10.0.3.4:80/1", "10.0.3.5:80/1", "10.0.3.6:80/5", NULL};
+    static const char *const many[] = {"10.0.3.1:80/1",
+                                       "10.0.3.2:80/1",
+                                       "10.0.3.3:80/1",
+                                       "10.0.3.4:80/1",
+                                       "10.0.3.5:80/1",
+                                       "10.0.3.6:80/5",
+                                       NULL};
     pf_endpoint_set *big = publish(slot, many);
     size_t big_counts[6] = {0};
     for (size_t i = 0; i < 1000; i++) {
@@ -340,8 +345,10 @@ static void test_health_change_in_new_set_takes_effect_at_once(void) {
                                            NULL};
     pf_endpoint_set *after = publish(slot, one_down);
     for (int i = 0; i < 50; i++)
-        PF_CHECK(strcmp(pick(b, after), "10.0.0.2:80") != 0, "pick %d chose the endpoint "
-                 "that went down", i);
+        PF_CHECK(strcmp(pick(b, after), "10.0.0.2:80") != 0,
+                 "pick %d chose the endpoint "
+                 "that went down",
+                 i);
     discovery_set_unref(before);
     discovery_set_unref(after);
     balancer_free(b);

@@ -47,8 +47,8 @@ static void test_set_is_sorted_by_address_text(void) {
                                        "10.0.0.3:80", "[::1]:81"};
     CU_ASSERT_EQUAL_FATAL(set->count, ARRAY_LEN(want));
     for (size_t i = 0; i < ARRAY_LEN(want); i++)
-        PF_CHECK(strcmp(set->endpoints[i].addr.text, want[i]) == 0, "endpoint %zu: %s, want %s",
-                 i, set->endpoints[i].addr.text, want[i]);
+        PF_CHECK(strcmp(set->endpoints[i].addr.text, want[i]) == 0, "endpoint %zu: %s, want %s", i,
+                 set->endpoints[i].addr.text, want[i]);
     CU_ASSERT_EQUAL(refs_of(set), 1);
     CU_ASSERT_EQUAL(set->version, 0);
     discovery_set_unref(set);
@@ -102,10 +102,10 @@ static void test_equal_weights_looks_at_healthy_endpoints_only(void) {
         bool healthy[3];
         bool equal;
     } rows[] = {
-        {{1, 1, 1}, {true, true, true}, true},    {{4, 4, 4}, {true, true, true}, true},
-        {{1, 2, 1}, {true, true, true}, false},   {{1, 2, 1}, {true, false, true}, true},
-        {{7, 2, 2}, {false, true, true}, true},   {{7, 2, 3}, {false, true, true}, false},
-        {{0, 1, 1}, {true, true, true}, true},    {{5, 5, 5}, {false, false, false}, true},
+        {{1, 1, 1}, {true, true, true}, true},   {{4, 4, 4}, {true, true, true}, true},
+        {{1, 2, 1}, {true, true, true}, false},  {{1, 2, 1}, {true, false, true}, true},
+        {{7, 2, 2}, {false, true, true}, true},  {{7, 2, 3}, {false, true, true}, false},
+        {{0, 1, 1}, {true, true, true}, true},   {{5, 5, 5}, {false, false, false}, true},
         {{3, 9, 3}, {false, true, false}, true},
     };
     for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
@@ -168,11 +168,21 @@ static void test_set_equal_compares_every_attribute(void) {
     for (size_t k = 0; k < ARRAY_LEN(what); k++) {
         pf_endpoint changed[] = {base[0], base[1]};
         switch (k) {
-        case 0: changed[1].weight = 3; break;
-        case 1: changed[1].priority = 1; break;
-        case 2: changed[1].healthy = false; break;
-        case 3: snprintf(changed[0].zone, sizeof changed[0].zone, "eu-1b"); break;
-        case 4: changed[1] = endpoint("10.0.0.3:80", 1, true); break;
+        case 0:
+            changed[1].weight = 3;
+            break;
+        case 1:
+            changed[1].priority = 1;
+            break;
+        case 2:
+            changed[1].healthy = false;
+            break;
+        case 3:
+            snprintf(changed[0].zone, sizeof changed[0].zone, "eu-1b");
+            break;
+        case 4:
+            changed[1] = endpoint("10.0.0.3:80", 1, true);
+            break;
         }
         pf_endpoint_set *b = discovery_set_new(changed, 2);
         PF_CHECK(!discovery_set_equal(a, b), "sets differing in %s compare equal", what[k]);
@@ -514,7 +524,8 @@ PF_UNIT_MAIN("endpoint_set", PF_UNIT_TEST(test_set_is_sorted_by_address_text),
              PF_UNIT_TEST(test_set_keeps_the_first_of_duplicated_addresses),
              PF_UNIT_TEST(test_set_counts_healthy_endpoints_and_their_weight),
              PF_UNIT_TEST(test_equal_weights_looks_at_healthy_endpoints_only),
-             PF_UNIT_TEST(test_empty_set), PF_UNIT_TEST(test_set_new_ignores_stats_pointers_passed_in),
+             PF_UNIT_TEST(test_empty_set),
+             PF_UNIT_TEST(test_set_new_ignores_stats_pointers_passed_in),
              PF_UNIT_TEST(test_set_refs_count_up_and_down),
              PF_UNIT_TEST(test_set_equal_compares_every_attribute),
              PF_UNIT_TEST(test_slot_generation_counts_published_changes_only),

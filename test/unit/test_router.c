@@ -130,35 +130,35 @@ static void test_parse_authority_splits_host_and_port_and_lowercases(void) {
 
 static void test_parse_authority_rejects_malformed(void) {
     static const char *const rows[] = {
-        "",                  /* empty */
-        ":80",               /* no host */
-        "host:",             /* empty port */
-        "host:0",            /* port 0 */
-        "host:65536",        /* one past the last port */
-        "host:70000",        /* out of range */
-        "host:123456",       /* too many digits */
-        "host:abc",          /* not a number */
-        "host:8a",           /* trailing junk */
-        "host:+80",          /* sign */
-        "host:-1",           /* sign */
-        "host: 80",          /* space */
-        "host:80:90",        /* two ports */
-        "ho st",             /* space in host */
-        "host\t",            /* tab */
-        "user@host",         /* userinfo is not allowed in Host */
-        "host/path",         /* slash */
-        "ho%41st",           /* percent */
-        "*.local",           /* a pattern is not a host */
-        "h\xc3\xa9.local",   /* non-ASCII */
-        "::1",               /* bare IPv6 */
-        "[::1",              /* unclosed bracket */
-        "[::1]x",            /* junk after the bracket */
-        "[::1]:",            /* empty port after the bracket */
-        "[::1]:0",           /* port 0 after the bracket */
-        "[::1]:99999",       /* out of range after the bracket */
-        "[::1]:http",        /* not a number after the bracket */
-        "a]b",               /* bracket outside an IP literal */
-        "[::1]]",            /* two closing brackets */
+        "",                /* empty */
+        ":80",             /* no host */
+        "host:",           /* empty port */
+        "host:0",          /* port 0 */
+        "host:65536",      /* one past the last port */
+        "host:70000",      /* out of range */
+        "host:123456",     /* too many digits */
+        "host:abc",        /* not a number */
+        "host:8a",         /* trailing junk */
+        "host:+80",        /* sign */
+        "host:-1",         /* sign */
+        "host: 80",        /* space */
+        "host:80:90",      /* two ports */
+        "ho st",           /* space in host */
+        "host\t",          /* tab */
+        "user@host",       /* userinfo is not allowed in Host */
+        "host/path",       /* slash */
+        "ho%41st",         /* percent */
+        "*.local",         /* a pattern is not a host */
+        "h\xc3\xa9.local", /* non-ASCII */
+        "::1",             /* bare IPv6 */
+        "[::1",            /* unclosed bracket */
+        "[::1]x",          /* junk after the bracket */
+        "[::1]:",          /* empty port after the bracket */
+        "[::1]:0",         /* port 0 after the bracket */
+        "[::1]:99999",     /* out of range after the bracket */
+        "[::1]:http",      /* not a number after the bracket */
+        "a]b",             /* bracket outside an IP literal */
+        "[::1]]",          /* two closing brackets */
     };
     for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
         char host[PF_HOST_MAX];
@@ -207,8 +207,7 @@ static void test_parse_authority_rejects_host_longer_than_buffer(void) {
     /* PF_HOST_MAX - 1 characters fit with their NUL */
     memset(text, 'a', PF_HOST_MAX - 1);
     text[PF_HOST_MAX - 1] = '\0';
-    CU_ASSERT_EQUAL(router_parse_authority(text, PF_HOST_MAX - 1, host, sizeof host, &port),
-                    PF_OK);
+    CU_ASSERT_EQUAL(router_parse_authority(text, PF_HOST_MAX - 1, host, sizeof host, &port), PF_OK);
     CU_ASSERT_EQUAL(strlen(host), PF_HOST_MAX - 1);
     /* and with a port the limit is on the host part only */
     memcpy(text + PF_HOST_MAX - 1, ":81", 4);
@@ -217,8 +216,7 @@ static void test_parse_authority_rejects_host_longer_than_buffer(void) {
     /* one more is too long */
     memset(text, 'a', PF_HOST_MAX);
     text[PF_HOST_MAX] = '\0';
-    CU_ASSERT_EQUAL(router_parse_authority(text, PF_HOST_MAX, host, sizeof host, &port),
-                    PF_EINVAL);
+    CU_ASSERT_EQUAL(router_parse_authority(text, PF_HOST_MAX, host, sizeof host, &port), PF_EINVAL);
     /* a small caller buffer is honoured too */
     char small[8];
     CU_ASSERT_EQUAL(router_parse_authority("abcdefg", 7, small, sizeof small, &port), PF_OK);
@@ -233,11 +231,10 @@ static void test_parse_authority_rejects_host_longer_than_buffer(void) {
 static void test_exact_host_matches_only_that_host(void) {
     fixture f = load_routes("[{'match':{'host':'api.local'},'cluster':'api'}]", "api");
     static const route_row rows[] = {
-        {"api.local", "/", "api"},       {"api.local:8080", "/x", "api"},
-        {"API.LOCAL", "/", "api"},       {"Api.Local:80", "/", "api"},
-        {"x.api.local", "/", "-"},       {"api.local.evil", "/", "-"},
-        {"api.loca", "/", "-"},          {"pi.local", "/", "-"},
-        {"", "/", "-"},                  {"local", "/", "-"},
+        {"api.local", "/", "api"},    {"api.local:8080", "/x", "api"}, {"API.LOCAL", "/", "api"},
+        {"Api.Local:80", "/", "api"}, {"x.api.local", "/", "-"},       {"api.local.evil", "/", "-"},
+        {"api.loca", "/", "-"},       {"pi.local", "/", "-"},          {"", "/", "-"},
+        {"local", "/", "-"},
     };
     check_rows(&f, rows, ARRAY_LEN(rows));
     fixture_free(&f);
@@ -246,9 +243,9 @@ static void test_exact_host_matches_only_that_host(void) {
 static void test_wildcard_suffix_matches_subdomains_not_the_bare_domain(void) {
     fixture f = load_routes("[{'match':{'host':'*.local'},'cluster':'wild'}]", "wild");
     static const route_row rows[] = {
-        {"a.local", "/", "wild"},     {"a.b.local", "/", "wild"}, {"A.B.LOCAL:9", "/", "wild"},
-        {"x-1.local", "/", "wild"},   {"local", "/", "-"},        {"alocal", "/", "-"},
-        {"a.local.com", "/", "-"},    {"a.locals", "/", "-"},     {"", "/", "-"},
+        {"a.local", "/", "wild"},   {"a.b.local", "/", "wild"}, {"A.B.LOCAL:9", "/", "wild"},
+        {"x-1.local", "/", "wild"}, {"local", "/", "-"},        {"alocal", "/", "-"},
+        {"a.local.com", "/", "-"},  {"a.locals", "/", "-"},     {"", "/", "-"},
         {"a.notlocal", "/", "-"},
     };
     check_rows(&f, rows, ARRAY_LEN(rows));
@@ -258,7 +255,7 @@ static void test_wildcard_suffix_matches_subdomains_not_the_bare_domain(void) {
 static void test_star_matches_any_host_and_no_host(void) {
     fixture f = load_routes("[{'match':{'host':'*'},'cluster':'any'}]", "any");
     static const route_row rows[] = {
-        {"a.local", "/", "any"}, {"x", "/deep/path", "any"}, {"10.0.0.1:99", "/", "any"},
+        {"a.local", "/", "any"},    {"x", "/deep/path", "any"}, {"10.0.0.1:99", "/", "any"},
         {"[::1]:8080", "/", "any"}, {"", "/", "any"},
     };
     check_rows(&f, rows, ARRAY_LEN(rows));
@@ -308,7 +305,9 @@ static void test_route_without_port_matches_every_port(void) {
 static void test_any_host_with_port_80_matches_requests_without_port(void) {
     fixture f = load_routes("[{'match':{'host':'*:80'},'cluster':'p80'}]", "p80");
     static const route_row rows[] = {
-        {"a.local", "/", "p80"}, {"a.local:80", "/", "p80"}, {"", "/", "p80"},
+        {"a.local", "/", "p80"},
+        {"a.local:80", "/", "p80"},
+        {"", "/", "p80"},
         {"a.local:8080", "/", "-"},
     };
     check_rows(&f, rows, ARRAY_LEN(rows));
@@ -345,7 +344,9 @@ static void test_prefix_path_matches_by_bytes_and_exact_path_only_itself(void) {
 static void test_default_path_is_prefix_slash(void) {
     fixture f = load_routes("[{'match':{'host':'a.local'},'cluster':'a'}]", "a");
     static const route_row rows[] = {
-        {"a.local", "/", "a"}, {"a.local", "/anything/at/all?q", "a"}, {"a.local", "*", "-"},
+        {"a.local", "/", "a"},
+        {"a.local", "/anything/at/all?q", "a"},
+        {"a.local", "*", "-"},
     };
     check_rows(&f, rows, ARRAY_LEN(rows));
     fixture_free(&f);
@@ -362,13 +363,10 @@ static void test_first_matching_route_wins(void) {
                             "v1 never wild_v1 api wild fallback shadowed");
     static const route_row rows[] = {
         {"api.local", "/v1/special", "v1"}, /* the exact route comes too late */
-        {"api.local", "/v1/x", "v1"},
-        {"web.local", "/v1/x", "wild_v1"},
-        {"api.local", "/v2/x", "api"},
-        {"web.local", "/v2/x", "wild"},
+        {"api.local", "/v1/x", "v1"},       {"web.local", "/v1/x", "wild_v1"},
+        {"api.local", "/v2/x", "api"},      {"web.local", "/v2/x", "wild"},
         {"late.local", "/", "wild"}, /* "*.local" is listed first */
-        {"example.com", "/", "fallback"},
-        {"", "/v1/x", "fallback"},
+        {"example.com", "/", "fallback"},   {"", "/v1/x", "fallback"},
     };
     check_rows(&f, rows, ARRAY_LEN(rows));
     fixture_free(&f);
@@ -379,9 +377,9 @@ static void test_route_hosts_from_config_are_case_insensitive(void) {
                             "{'match':{'host':'*.Svc.LOCAL:8080'},'cluster':'svc'}]",
                             "api svc");
     static const route_row rows[] = {
-        {"api.example.com", "/", "api"},    {"API.EXAMPLE.COM", "/", "api"},
-        {"aPi.eXample.cOm:1", "/", "api"},  {"x.svc.local:8080", "/", "svc"},
-        {"X.SVC.LOCAL:8080", "/", "svc"},   {"X.SVC.LOCAL", "/", "-"},
+        {"api.example.com", "/", "api"},   {"API.EXAMPLE.COM", "/", "api"},
+        {"aPi.eXample.cOm:1", "/", "api"}, {"x.svc.local:8080", "/", "svc"},
+        {"X.SVC.LOCAL:8080", "/", "svc"},  {"X.SVC.LOCAL", "/", "-"},
     };
     check_rows(&f, rows, ARRAY_LEN(rows));
     fixture_free(&f);
@@ -425,15 +423,27 @@ static void test_router_with_no_routes_matches_nothing(void) {
 static void test_hand_built_routes_return_their_cluster_index(void) {
     pf_config_route routes[3];
     memset(routes, 0, sizeof routes);
-    routes[0] = (pf_config_route){.host_kind = PF_MATCH_HOST_EXACT, .host = "a.local",
-                                  .host_port = -1, .path_kind = PF_MATCH_PATH_EXACT,
-                                  .path = "/a", .cluster = "x", .cluster_index = 7};
-    routes[1] = (pf_config_route){.host_kind = PF_MATCH_HOST_SUFFIX, .host = ".local",
-                                  .host_port = 443, .path_kind = PF_MATCH_PATH_PREFIX,
-                                  .path = "/", .cluster = "y", .cluster_index = 3};
-    routes[2] = (pf_config_route){.host_kind = PF_MATCH_HOST_ANY, .host = "", .host_port = -1,
-                                  .path_kind = PF_MATCH_PATH_PREFIX, .path = "/z",
-                                  .cluster = "z", .cluster_index = 0};
+    routes[0] = (pf_config_route){.host_kind = PF_MATCH_HOST_EXACT,
+                                  .host = "a.local",
+                                  .host_port = -1,
+                                  .path_kind = PF_MATCH_PATH_EXACT,
+                                  .path = "/a",
+                                  .cluster = "x",
+                                  .cluster_index = 7};
+    routes[1] = (pf_config_route){.host_kind = PF_MATCH_HOST_SUFFIX,
+                                  .host = ".local",
+                                  .host_port = 443,
+                                  .path_kind = PF_MATCH_PATH_PREFIX,
+                                  .path = "/",
+                                  .cluster = "y",
+                                  .cluster_index = 3};
+    routes[2] = (pf_config_route){.host_kind = PF_MATCH_HOST_ANY,
+                                  .host = "",
+                                  .host_port = -1,
+                                  .path_kind = PF_MATCH_PATH_PREFIX,
+                                  .path = "/z",
+                                  .cluster = "z",
+                                  .cluster_index = 0};
     pf_config_listener l = {.routes = routes, .route_count = 3};
     pf_router *r = router_new(&l);
     CU_ASSERT_FATAL(r != NULL);

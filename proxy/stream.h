@@ -1,0 +1,47 @@
+/* Byte streams over a socket: the transport seam under the HTTP/1 code.
+ *
+ * A pf_stream owns a connected (or connecting) socket, an input and an output evbuffer, and
+ * the events that move bytes between them. Reads go straight into the input (no FIONREAD),
+ * the read event stays registered for the stream's life, and output is written as soon as
+ * the current callback returns, registering a write event only when the kernel pushes back.
+ * That keeps a keep-alive request at one read and one write per side, without epoll_ctl.
+ * A TLS stream will offer the same calls. Streams belong to one worker's event loop. */
+#ifndef PF_PROXY_STREAM_H
+#define PF_PROXY_STREAM_H
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+typedef struct pf_stream pf_stream;
+
+enum { PF_STREAM_CONNECTED = 1, PF_STREAM_EOF = 2, PF_STREAM_ERROR = 4 };
+
+typedef struct pf_stream_callbacks {
+    /* New bytes are in the input. */
+    void (*on_read)(pf_stream *s, void *ctx);
+    /* A write made progress and the output holds no more than the low mark. */
+    void (*on_write)(pf_stream *s, void *ctx);
+    /* PF_STREAM_CONNECTED, _EOF (the peer closed its side) or _ERROR (errno in `err`). */
+    void (*on_event)(pf_stream *s, int what, int err, void *ctx);
+} pf_stream_callbacks;
+
+/* Wraps `fd` (non-blocking; closed by stream_free). The input is not read past
+ * `read_limit` bytes until the consumer drains it. Returns NULL when out of memory (fd is
+ * then still the caller's). Reading starts enabled. */
+pf_stream *stream_new(struct event_base *base, int fd, size_t read_limit, size_t write_low,
+                      const pf_stream_callbacks *cbs, void *ctx);
+/* Starts a non-blocking connect; the outcome arrives as PF_STREAM_CONNECTED or
+ * PF_STREAM_ERROR, never from inside this call. Output may be queued meanwhile. */
+void stream_connect(pf_stream *s, const struct sockaddr *sa, socklen_t len);
+struct evbuffer *stream_input(pf_stream *s);
+struct evbuffer *stream_output(pf_stream *s);
+void stream_read_enable(pf_stream *s, bool enable);
+/* Stops writing and reading for good and shuts the write side (FIN) once the output is
+ * flushed; used for lingering closes. */
+void stream_shutdown_write(pf_stream *s);
+void stream_free(pf_stream *s);
+
+#endif
