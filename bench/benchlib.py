@@ -181,6 +181,12 @@ def aggregate(runs, how):
     row["errors"] = sum(r["errors"] for r in runs)
     row["rounds"] = len(runs)
     row["notes"] = sorted({n for r in runs for n in r["notes"]})
+    # Rounds that disagree a lot mean something else disturbed the machine; say so.
+    rps = [r["rps"] for r in runs if r["rps"]]
+    row["rps_spread"] = (max(rps) - min(rps)) / max(rps) if len(rps) > 1 else 0.0
+    if row["rps_spread"] > 0.20:
+        row["notes"].append(f"noisy: req/s differs {row['rps_spread']:.0%} between rounds "
+                            f"({', '.join(_fmt(v, 0) for v in rps)})")
     return row
 
 
@@ -288,7 +294,7 @@ def main():
     p = sub.add_parser("report")
     for a in ("--runs", "--meta", "--json", "--cases", "--subject", "--peer"):
         p.add_argument(a, required=True)
-    p.add_argument("--agg", choices=("median", "best"), default="median")
+    p.add_argument("--agg", choices=("median", "best"), default="best")
     p.set_defaults(fn=cmd_report)
 
     args = ap.parse_args()

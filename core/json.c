@@ -22,8 +22,19 @@ size_t pf_json_escape(char *dst, size_t cap, const char *src, size_t len) {
             esc[0] = (char)c;
             n = 1;
         }
-        if (out + n >= cap)
+        if (out + n >= cap) {
+            /* Truncating: step back so the last UTF-8 sequence is not cut in half. */
+            size_t end = out;
+            while (end > 0 && ((unsigned char)dst[end - 1] & 0xc0) == 0x80)
+                end--;
+            if (end > 0 && ((unsigned char)dst[end - 1] & 0x80)) {
+                unsigned char lead = (unsigned char)dst[end - 1];
+                size_t need = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1;
+                if (out - (end - 1) < need)
+                    out = end - 1;
+            }
             break;
+        }
         for (size_t k = 0; k < n; k++)
             dst[out++] = esc[k];
     }

@@ -2,7 +2,6 @@
 #include "core/time.h"
 #include "core/error.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,24 +24,44 @@ uint64_t pf_wall_us(void) {
 }
 
 int pf_duration_parse(const char *text, uint64_t *out_ms) {
+    /* Decimal digits only, in integer arithmetic: "2.007s" must be 2007 ms exactly, which
+     * a double product is not, and strtod would also take hex floats. The value is kept in
+     * microseconds and rounded up to whole milliseconds. */
     static const struct {
         const char *unit;
-        double ms;
-    } units[] = {{"us", 0.001}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}};
-    if (!text || !*text || !((*text >= '0' && *text <= '9') || *text == '.'))
+        uint64_t us;
+    } units[] = {{"us", 1}, {"ms", 1000}, {"s", 1000000}, {"m", 60000000}, {"h", 3600000000u}};
+    if (!text)
         return PF_EINVAL;
-    char *end = NULL;
-    double value = strtod(text, &end);
-    if (end == text || !isfinite(value) || value < 0)
+    const char *p = text;
+    uint64_t whole = 0, frac = 0, frac_scale = 1;
+    size_t digits = 0;
+    for (; *p >= '0' && *p <= '9'; p++, digits++) {
+        if (whole > 1000000000000ull)
+            return PF_EINVAL;
+        whole = whole * 10 + (uint64_t)(*p - '0');
+    }
+    if (*p == '.') {
+        p++;
+        for (; *p >= '0' && *p <= '9'; p++, digits++) {
+            if (frac_scale < 1000000000000ull) {
+                frac = frac * 10 + (uint64_t)(*p - '0');
+                frac_scale *= 10;
+            }
+        }
+    }
+    if (digits == 0)
         return PF_EINVAL;
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
-        if (strcmp(end, units[i].unit) == 0) {
-            double ms = ceil(value * units[i].ms);
-            if (ms > 1e15)
-                return PF_EINVAL;
-            *out_ms = (uint64_t)ms;
-            return PF_OK;
-        }
+        if (strcmp(p, units[i].unit) != 0)
+            continue;
+        uint64_t us = units[i].us;
+        if (whole > UINT64_MAX / us / 2)
+            return PF_EINVAL;
+        /* frac/frac_scale of a unit, rounded up to a microsecond. */
+        uint64_t total_us = whole * us + (frac * us + frac_scale - 1) / frac_scale;
+        *out_ms = (total_us + 999) / 1000;
+        return PF_OK;
     }
     return PF_EINVAL;
 }

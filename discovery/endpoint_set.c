@@ -19,29 +19,41 @@ struct pf_endpoint_slot {
     char name[PF_NAME_MAX];
 };
 
-static int compare_endpoints(const void *a, const void *b) {
-    const pf_endpoint *x = a, *y = b;
-    return strcmp(x->addr.text, y->addr.text);
+/* Orders endpoint indexes by address, then by position, so that among duplicates the
+ * first one listed wins whatever qsort's stability. */
+static int compare_indexes(const void *a, const void *b, void *arg) {
+    const pf_endpoint *eps = arg;
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    int by_addr = strcmp(eps[x].addr.text, eps[y].addr.text);
+    if (by_addr)
+        return by_addr;
+    return x < y ? -1 : x > y;
 }
 
 pf_endpoint_set *discovery_set_new(const pf_endpoint *endpoints, size_t count) {
     pf_endpoint_set *set = calloc(1, sizeof *set + count * sizeof(pf_endpoint));
-    if (!set)
+    size_t *order = malloc((count ? count : 1) * sizeof *order);
+    if (!set || !order) {
+        free(set);
+        free(order);
         return NULL;
+    }
     atomic_init(&set->refs, 1);
-    if (count)
-        memcpy(set->endpoints, endpoints, count * sizeof(pf_endpoint));
-    qsort(set->endpoints, count, sizeof(pf_endpoint), compare_endpoints);
+    for (size_t i = 0; i < count; i++)
+        order[i] = i;
+    qsort_r(order, count, sizeof *order, compare_indexes, (void *)endpoints);
     size_t kept = 0;
-    for (size_t i = 0; i < count; i++) {
-        if (kept && strcmp(set->endpoints[kept - 1].addr.text, set->endpoints[i].addr.text) == 0)
+    for (size_t k = 0; k < count; k++) {
+        const pf_endpoint *ep = &endpoints[order[k]];
+        if (kept && strcmp(set->endpoints[kept - 1].addr.text, ep->addr.text) == 0)
             continue;
-        set->endpoints[kept] = set->endpoints[i];
+        set->endpoints[kept] = *ep;
         set->endpoints[kept].stats = NULL;
         if (set->endpoints[kept].weight == 0)
             set->endpoints[kept].weight = 1;
         kept++;
     }
+    free(order);
     set->count = kept;
     set->equal_weights = true;
     uint32_t first_weight = 0;

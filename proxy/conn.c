@@ -482,7 +482,10 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
 
 static int on_header_value_complete(llhttp_t *p) {
     pf_conn *c = p->data;
-    http1_head_finish_value(&c->req);
+    if (http1_head_finish_value(&c->req) != PF_OK) {
+        c->error_status = 431;
+        return -1;
+    }
     return 0;
 }
 

@@ -105,6 +105,9 @@ int http1_head_append_value(pf_head *h, const char *at, size_t len) {
         return PF_EINVAL;
     pf_header *hd = &h->headers[h->count - 1];
     if (!h->last_was_value) {
+        /* Room for the name's NUL, the value and the value's NUL, or nothing changes. */
+        if (h->len + 1 + len + 1 > h->byte_limit)
+            return PF_ELIMIT;
         int rc = terminate(h);
         if (rc)
             return rc;
@@ -117,24 +120,21 @@ int http1_head_append_value(pf_head *h, const char *at, size_t len) {
     return rc;
 }
 
-void http1_head_finish_value(pf_head *h) {
+int http1_head_finish_value(pf_head *h) {
     if (h->count == 0)
-        return;
-    pf_header *hd = &h->headers[h->count - 1];
+        return PF_OK;
     if (!h->last_was_value) {
-        /* An empty value: llhttp calls no on_header_value at all. */
-        if (terminate(h) != PF_OK)
-            return;
-        hd->value_off = (uint32_t)h->len;
-        hd->value_len = 0;
-        h->last_was_value = true;
-        h->buf[h->len] = '\0';
-        return;
+        /* An empty value, if a parser reports none: an empty span of its own. */
+        int rc = http1_head_append_value(h, "", 0);
+        if (rc != PF_OK)
+            return rc;
     }
+    pf_header *hd = &h->headers[h->count - 1];
     while (hd->value_len > 0 && (h->buf[hd->value_off + hd->value_len - 1] == ' ' ||
                                  h->buf[hd->value_off + hd->value_len - 1] == '\t'))
         hd->value_len--;
     h->buf[hd->value_off + hd->value_len] = '\0';
+    return PF_OK;
 }
 
 bool http1_name_is(const pf_head *h, size_t i, const char *lower_name) {
@@ -217,6 +217,19 @@ static void add_framing(struct evbuffer *out, pf_body_mode body, uint64_t conten
         evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
 }
 
+/* Every earlier hop in order, then this hop's client, as one field where the first
+ * X-Forwarded-For stood (RFC 9110 5.3 allows combining the lines). */
+static void add_forwarded_for(struct evbuffer *out, const pf_head *req, const char *client_ip) {
+    evbuffer_add(out, "X-Forwarded-For: ", 17);
+    for (size_t i = 0; i < req->count; i++) {
+        if (http1_name_is(req, i, "x-forwarded-for") && req->headers[i].value_len > 0) {
+            evbuffer_add(out, http1_value(req, i), req->headers[i].value_len);
+            evbuffer_add(out, ", ", 2);
+        }
+    }
+    evbuffer_add_printf(out, "%s\r\n", client_ip);
+}
+
 int http1_write_request_head(struct evbuffer *out, const pf_head *req,
                              const pf_forward_request *fwd) {
     evbuffer_add_printf(out, "%s ", fwd->method);
@@ -224,25 +237,22 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
     evbuffer_add(out, " HTTP/1.1\r\nHost: ", 17);
     evbuffer_add(out, fwd->host, fwd->host_len);
     evbuffer_add(out, "\r\n", 2);
-    bool forwarded_for = false;
     bool has_connection = http1_find(req, "connection", NULL) >= 0;
+    bool forwarded_for = false;
     for (size_t i = 0; i < req->count; i++) {
         if (hop_by_hop(req, i, has_connection) || http1_name_is(req, i, "host") ||
             http1_name_is(req, i, "x-forwarded-proto"))
             continue;
         if (http1_name_is(req, i, "x-forwarded-for")) {
-            /* RFC 7239 practice: append this hop's client to the existing list. */
-            if (!forwarded_for) {
-                evbuffer_add_printf(out, "X-Forwarded-For: %s, %s\r\n", http1_value(req, i),
-                                    fwd->client_ip);
-                forwarded_for = true;
-            }
+            if (!forwarded_for)
+                add_forwarded_for(out, req, fwd->client_ip);
+            forwarded_for = true;
             continue;
         }
         add_header(out, req, i);
     }
     if (!forwarded_for)
-        evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", fwd->client_ip);
+        add_forwarded_for(out, req, fwd->client_ip);
     evbuffer_add_printf(out, "X-Forwarded-Proto: %s\r\n", fwd->proto);
     if (fwd->request_id)
         evbuffer_add_printf(out, "X-Request-Id: %s\r\n", fwd->request_id);

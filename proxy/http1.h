@@ -33,8 +33,9 @@ void http1_head_free(pf_head *h);
 int http1_head_append_first(pf_head *h, const char *at, size_t len);
 int http1_head_append_name(pf_head *h, const char *at, size_t len);
 int http1_head_append_value(pf_head *h, const char *at, size_t len);
-/* Trims trailing whitespace from the last value; call from on_header_value_complete. */
-void http1_head_finish_value(pf_head *h);
+/* Trims trailing whitespace from the last value; call from on_header_value_complete.
+ * Returns 0, or PF_ELIMIT when an empty value does not fit. */
+int http1_head_finish_value(pf_head *h);
 
 static inline const char *http1_name(const pf_head *h, size_t i) {
     return h->buf + h->headers[i].name_off;

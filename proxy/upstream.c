@@ -413,8 +413,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
 
 static int on_header_value_complete(llhttp_t *p) {
     pf_upstream *up = p->data;
-    http1_head_finish_value(&up->resp);
-    return 0;
+    return http1_head_finish_value(&up->resp) == PF_OK ? 0 : -1;
 }
 
 static int on_headers_complete(llhttp_t *p) {
