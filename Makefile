@@ -74,7 +74,7 @@ $(BUILD)/unit/%: $(BUILD)/obj/test/unit/%.o $(BUILD)/libpilotfish.a
 # ---- tests ----------------------------------------------------------------
 test: deps
 	@$(MAKE) --no-print-directory all $(UNIT_BIN)
-	@$(MAKE) --no-print-directory check-layout unit integration
+	@$(MAKE) --no-print-directory check-layout fmt-check unit integration
 
 check-layout:
 	@$(PYTHON) test/check_layout.py
@@ -103,7 +103,7 @@ FMT_SRC = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
 fmt:
 	clang-format -i $(FMT_SRC)
 fmt-check:
-	@clang-format --dry-run -Werror $(FMT_SRC)
+	@clang-format --dry-run -Werror $(FMT_SRC) && echo "format: clang-format clean"
 
 clean:
 	rm -rf build

@@ -221,7 +221,7 @@ def cmd_report(args):
     # ---- table
     hdr = ("case", "proxy", "req/s", "p50 ms", "p99 ms", "req/CPU-s",
            "peak RSS MiB", "idle RSS MiB", "errors")
-    widths = (10, 18, 10, 8, 8, 10, 12, 12, 7)
+    widths = (10, 17, 9, 8, 8, 10, 12, 12, 7)
 
     def line(cells):
         return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
@@ -244,7 +244,7 @@ def cmd_report(args):
         if "ratio" in e:
             rt = e["ratio"]
             x = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
-            print(line((e["case"], f"ratio {subject}/{peer}"[:18], x(rt["rps"]), "",
+            print(line((e["case"], f"{subject}/{peer}"[:17], x(rt["rps"]), "",
                         x(rt["p99_ms"]), x(rt["req_per_cpu_s"]), "", "", "")))
         for p, r in e["results"].items():
             for n in r["notes"]:

@@ -182,7 +182,7 @@ free_port() {
 fail_start() {
     echo "bench: ERROR: $1 did not start" >&2
     if [ -s "$2" ]; then
-        echo "---- last lines of $2 ----" >&2
+        echo "---- last lines of its log ($(basename "$2")) ----" >&2
         tail -n 20 "$2" >&2
     fi
     exit 1
