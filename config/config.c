@@ -54,12 +54,21 @@ static const char *const lb_policy_names[] = {
 };
 
 static const char *const root_keys[] = {"admin",         "access_log", "workers",
-                                        "drain_timeout", "listeners",  "clusters"};
+                                        "drain_timeout", "listeners",  "clusters", "local_zone"};
 static const char *const admin_keys[] = {"address"};
 static const char *const listener_keys[] = {
     "name",        "address",      "routes",         "max_header_bytes", "max_target_bytes",
     "max_headers", "buffer_bytes", "header_timeout", "idle_timeout"};
-static const char *const route_keys[] = {"match", "cluster"};
+static const char *const route_keys[] = {"match", "cluster", "retry", "timeout"};
+static const char *const retry_keys[] = {"on",      "status_codes",         "max_retries",
+                                         "per_try_timeout", "backoff", "retry_non_idempotent",
+                                         "buffer_bytes"};
+static const char *const retry_on_names[] = {"connect-failure", "reset", "gateway-error", "5xx",
+                                             "retriable-status-codes"};
+static const char *const backoff_keys[] = {"base", "max"};
+static const char *const budget_keys[] = {"percent", "min_concurrency"};
+static const char *const breaker_keys[] = {"max_connections", "max_pending_requests",
+                                           "max_requests", "max_retries"};
 static const char *const match_keys[] = {"host", "prefix", "path"};
 static const char *const cluster_keys[] = {"name",
                                            "lb_policy",
@@ -67,7 +76,14 @@ static const char *const cluster_keys[] = {"name",
                                            "connect_timeout",
                                            "response_timeout",
                                            "idle_timeout",
-                                           "max_idle_per_endpoint"};
+                                           "max_idle_per_endpoint",
+                                           "retry",
+                                           "retry_budget",
+                                           "circuit_breakers",
+                                           "zone_aware",
+                                           "panic_threshold",
+                                           "health_check",
+                                           "outlier_detection"};
 static const char *const endpoint_keys[] = {"address", "weight", "priority", "zone"};
 
 typedef struct loader {
@@ -602,6 +618,128 @@ static void parse_match(loader *ld, json_t *m, const char *path, pf_config_route
     }
 }
 
+/* ---- retries, budgets, breakers ------------------------------------------------------ */
+
+static void retry_defaults(pf_config_retry *r) {
+    memset(r, 0, sizeof *r);
+    r->on = PF_DEFAULT_RETRY_ON;
+    r->max_retries = PF_DEFAULT_MAX_RETRIES;
+    r->backoff_base_ms = PF_DEFAULT_RETRY_BACKOFF_BASE_MS;
+    r->backoff_max_ms = PF_DEFAULT_RETRY_BACKOFF_MAX_MS;
+    r->buffer_bytes = PF_DEFAULT_RETRY_BUFFER_BYTES;
+}
+
+static void parse_retry_on(loader *ld, json_t *arr, const char *path, pf_config_retry *r) {
+    char p[JPATH_MAX], q[QUOTE_MAX];
+    r->on = 0;
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        json_t *v = json_array_get(arr, i);
+        jidx(p, path, i);
+        if (!want(ld, v, p, "string"))
+            continue;
+        size_t k = 0;
+        while (k < ARRAY_LEN(retry_on_names) && strcmp(json_string_value(v), retry_on_names[k]))
+            k++;
+        if (k == ARRAY_LEN(retry_on_names)) {
+            textlist tl = {0};
+            textlist_join(&tl, retry_on_names, ARRAY_LEN(retry_on_names));
+            errf(ld, p, "unknown retry condition %s; known conditions: %s",
+                 qstr(q, json_string_value(v)), tl.buf);
+            continue;
+        }
+        r->on |= 1u << k;
+    }
+}
+
+static void parse_status_codes(loader *ld, json_t *arr, const char *path, pf_config_retry *r) {
+    char p[JPATH_MAX];
+    if (json_array_size(arr) > PF_RETRY_MAX_STATUS_CODES) {
+        errf(ld, path, "at most %d status codes", PF_RETRY_MAX_STATUS_CODES);
+        return;
+    }
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        json_t *v = json_array_get(arr, i);
+        jidx(p, path, i);
+        if (!want(ld, v, p, "integer"))
+            continue;
+        json_int_t code = json_integer_value(v);
+        if (code < 500 || code > 599) {
+            errf(ld, p, "%" JSON_INTEGER_FORMAT " is not a retriable status (500-599)", code);
+            continue;
+        }
+        r->status_codes[r->status_code_count++] = (uint16_t)code;
+    }
+}
+
+static void parse_retry(loader *ld, json_t *v, const char *path, pf_config_retry *r) {
+    char p[JPATH_MAX];
+    if (!want(ld, v, path, "object"))
+        return;
+    check_keys(ld, v, path, retry_keys, ARRAY_LEN(retry_keys));
+    json_t *on = get(ld, v, path, "on", "array", false);
+    if (on)
+        parse_retry_on(ld, on, jkey(p, path, "on"), r);
+    json_t *codes = get(ld, v, path, "status_codes", "array", false);
+    if (codes)
+        parse_status_codes(ld, codes, jkey(p, path, "status_codes"), r);
+    if ((r->on & PF_RETRY_STATUS_CODES) && r->status_code_count == 0)
+        errf(ld, jkey(p, path, "status_codes"),
+             "\"retriable-status-codes\" is in \"on\" but no status_codes are given");
+    get_uint(ld, v, path, "max_retries", 0, 10, &r->max_retries);
+    get_duration(ld, v, path, "per_try_timeout", true, &r->per_try_timeout_ms);
+    json_t *backoff = get(ld, v, path, "backoff", "object", false);
+    if (backoff) {
+        jkey(p, path, "backoff");
+        check_keys(ld, backoff, p, backoff_keys, ARRAY_LEN(backoff_keys));
+        get_duration(ld, backoff, p, "base", true, &r->backoff_base_ms);
+        get_duration(ld, backoff, p, "max", true, &r->backoff_max_ms);
+        if (r->backoff_max_ms < r->backoff_base_ms)
+            errf(ld, p, "max (%llums) is less than base (%llums)",
+                 (unsigned long long)r->backoff_max_ms, (unsigned long long)r->backoff_base_ms);
+    }
+    json_t *non_idempotent = get(ld, v, path, "retry_non_idempotent", "boolean", false);
+    if (non_idempotent)
+        r->non_idempotent = json_is_true(non_idempotent);
+    get_uint(ld, v, path, "buffer_bytes", 0, 16u * 1024u * 1024u, &r->buffer_bytes);
+}
+
+static void parse_cluster_resilience(loader *ld, json_t *v, const char *path,
+                                     pf_config_cluster *c) {
+    char p[JPATH_MAX];
+    retry_defaults(&c->retry);
+    c->budget_percent = PF_DEFAULT_BUDGET_PERCENT;
+    c->budget_min_concurrency = PF_DEFAULT_BUDGET_MIN_CONCURRENCY;
+    c->breakers.max_connections = PF_DEFAULT_MAX_CONNECTIONS;
+    c->breakers.max_pending_requests = PF_DEFAULT_MAX_PENDING_REQUESTS;
+    c->breakers.max_requests = PF_DEFAULT_MAX_REQUESTS;
+    c->breakers.max_retries = PF_DEFAULT_MAX_CONCURRENT_RETRIES;
+    c->panic_threshold = PF_DEFAULT_PANIC_THRESHOLD;
+    json_t *retry = json_object_get(v, "retry");
+    if (retry)
+        parse_retry(ld, retry, jkey(p, path, "retry"), &c->retry);
+    json_t *budget = get(ld, v, path, "retry_budget", "object", false);
+    if (budget) {
+        jkey(p, path, "retry_budget");
+        check_keys(ld, budget, p, budget_keys, ARRAY_LEN(budget_keys));
+        get_uint(ld, budget, p, "percent", 0, 100, &c->budget_percent);
+        get_uint(ld, budget, p, "min_concurrency", 0, 100000, &c->budget_min_concurrency);
+    }
+    json_t *breakers = get(ld, v, path, "circuit_breakers", "object", false);
+    if (breakers) {
+        jkey(p, path, "circuit_breakers");
+        check_keys(ld, breakers, p, breaker_keys, ARRAY_LEN(breaker_keys));
+        get_uint(ld, breakers, p, "max_connections", 1, 1000000, &c->breakers.max_connections);
+        get_uint(ld, breakers, p, "max_pending_requests", 1, 1000000,
+                 &c->breakers.max_pending_requests);
+        get_uint(ld, breakers, p, "max_requests", 1, 1000000, &c->breakers.max_requests);
+        get_uint(ld, breakers, p, "max_retries", 0, 1000000, &c->breakers.max_retries);
+    }
+    json_t *zone_aware = get(ld, v, path, "zone_aware", "boolean", false);
+    if (zone_aware)
+        c->zone_aware = json_is_true(zone_aware);
+    get_uint(ld, v, path, "panic_threshold", 0, 100, &c->panic_threshold);
+}
+
 static void parse_route(loader *ld, json_t *v, const char *path, pf_config_route *r) {
     char p[JPATH_MAX], q[QUOTE_MAX];
     r->host_kind = PF_MATCH_HOST_ANY;
@@ -614,6 +752,13 @@ static void parse_route(loader *ld, json_t *v, const char *path, pf_config_route
     json_t *m = get(ld, v, path, "match", "object", true);
     if (m)
         parse_match(ld, m, jkey(p, path, "match"), r);
+    json_t *retry = json_object_get(v, "retry");
+    if (retry) {
+        r->has_retry = true;
+        retry_defaults(&r->retry);
+        parse_retry(ld, retry, jkey(p, path, "retry"), &r->retry);
+    }
+    get_duration(ld, v, path, "timeout", true, &r->timeout_ms);
 
     /* Resolved against the clusters after everything is parsed (resolve_routes); an
      * empty r->cluster means "already reported, do not resolve". */
@@ -751,6 +896,232 @@ static void parse_endpoint(loader *ld, json_t *v, const char *path, pf_config_en
     }
 }
 
+/* ---- health checks and outlier detection --------------------------------------------- */
+
+/* Indexed by pf_check_type minus one: "none" is no type a file can name. */
+static const char *const check_type_names[] = {"http", "tcp"};
+static const char *const health_check_keys[] = {
+    "type",      "path",   "host",   "expected_statuses", "interval", "timeout",
+    "unhealthy_threshold", "healthy_threshold", "jitter", "initial",  "send",    "expect"};
+static const char *const outlier_keys[] = {"consecutive_5xx",      "consecutive_gateway_failure",
+                                           "base_ejection_time",   "max_ejection_time",
+                                           "max_ejection_percent", "interval"};
+#define CHECK_THRESHOLD_MAX 1000u
+#define OUTLIER_CONSECUTIVE_MAX 100000u
+
+static int parse_status_code(const char *s, size_t n, uint16_t *out) {
+    unsigned v = 0;
+    if (n != 3)
+        return PF_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return PF_EINVAL;
+        v = v * 10 + (unsigned)(s[i] - '0');
+    }
+    *out = (uint16_t)v;
+    return PF_OK;
+}
+
+int config_parse_status_range(const char *text, pf_status_range *out, pf_error *err) {
+    char q[QUOTE_MAX];
+    const char *dash = strchr(text, '-');
+    size_t first = dash ? (size_t)(dash - text) : strlen(text);
+    pf_status_range r;
+    if (parse_status_code(text, first, &r.lo) != PF_OK ||
+        (dash && parse_status_code(dash + 1, strlen(dash + 1), &r.hi) != PF_OK))
+        return pf_fail(err, PF_EINVAL,
+                       "%s is not a status code or range (use e.g. \"200\" or \"200-399\")",
+                       qstr(q, text));
+    if (!dash)
+        r.hi = r.lo;
+    if (r.lo < 100 || r.hi > 599 || r.lo > 599 || r.hi < 100)
+        return pf_fail(err, PF_EINVAL, "%s: status codes are 100-599", qstr(q, text));
+    if (r.lo > r.hi)
+        return pf_fail(err, PF_EINVAL, "%s is reversed; write the lower code first (\"%u-%u\")",
+                       qstr(q, text), r.hi, r.lo);
+    *out = r;
+    return PF_OK;
+}
+
+static void parse_expected_statuses(loader *ld, json_t *arr, const char *path,
+                                    pf_config_health_check *hc) {
+    char p[JPATH_MAX], text[32];
+    pf_error err;
+    size_t n = json_array_size(arr);
+    if (n == 0 || n > PF_CHECK_STATUS_RANGES_MAX) {
+        errf(ld, path, "give 1 to %d codes or ranges, e.g. [\"200-399\"]",
+             PF_CHECK_STATUS_RANGES_MAX);
+        return;
+    }
+    hc->expected_count = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(arr, i);
+        jidx(p, path, i);
+        const char *s = text;
+        if (json_is_integer(v))
+            snprintf(text, sizeof text, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        else if (json_is_string(v))
+            s = json_string_value(v);
+        else {
+            errf(ld, p, "expected string or integer, found %s", kind(v));
+            continue;
+        }
+        if (config_parse_status_range(s, &hc->expected[hc->expected_count], &err) != PF_OK)
+            errf(ld, p, "%s", err.msg);
+        else
+            hc->expected_count++;
+    }
+}
+
+/* tcp send/expect: JSON strings may carry any byte (\u0000 too), so the length is kept. */
+static void get_payload(loader *ld, json_t *obj, const char *path, const char *key, char *out,
+                        size_t *len) {
+    char p[JPATH_MAX];
+    json_t *v = get(ld, obj, path, key, "string", false);
+    if (!v)
+        return;
+    size_t n = json_string_length(v);
+    if (n == 0 || n >= PF_CHECK_PAYLOAD_MAX) {
+        errf(ld, jkey(p, path, key), "%zu bytes; give 1 to %d (leave the key out for none)", n,
+             PF_CHECK_PAYLOAD_MAX - 1);
+        return;
+    }
+    memcpy(out, json_string_value(v), n);
+    *len = n;
+}
+
+/* A key that belongs to the other check type: one clear message instead of a silent no-op. */
+static bool foreign_key(loader *ld, json_t *obj, const char *path, const char *key,
+                        pf_check_type type) {
+    char p[JPATH_MAX];
+    if (!json_object_get(obj, key))
+        return false;
+    errf(ld, jkey(p, path, key), "applies to %s checks only; this check's type is \"%s\"",
+         type == PF_CHECK_TCP ? "http" : "tcp", check_type_names[type - 1]);
+    return true;
+}
+
+static void parse_health_check(loader *ld, json_t *cluster, const char *cluster_path,
+                               pf_config_health_check *hc) {
+    char path[JPATH_MAX], p[JPATH_MAX], q[QUOTE_MAX];
+    memset(hc, 0, sizeof *hc);
+    memcpy(hc->path, PF_DEFAULT_CHECK_PATH, sizeof PF_DEFAULT_CHECK_PATH);
+    hc->expected[0] = (pf_status_range){200, 399};
+    hc->expected_count = 1;
+    hc->interval_ms = PF_DEFAULT_CHECK_INTERVAL_MS;
+    hc->timeout_ms = PF_DEFAULT_CHECK_TIMEOUT_MS;
+    hc->jitter_ms = PF_DEFAULT_CHECK_JITTER_MS;
+    hc->unhealthy_threshold = PF_DEFAULT_UNHEALTHY_THRESHOLD;
+    hc->healthy_threshold = PF_DEFAULT_HEALTHY_THRESHOLD;
+    hc->initial_healthy = true;
+    json_t *v = get(ld, cluster, cluster_path, "health_check", "object", false);
+    if (!v)
+        return;
+    jkey(path, cluster_path, "health_check");
+    check_keys(ld, v, path, health_check_keys, ARRAY_LEN(health_check_keys));
+
+    hc->type = PF_CHECK_HTTP;
+    json_t *type = get(ld, v, path, "type", "string", false);
+    if (type) {
+        const char *s = json_string_value(type);
+        size_t i = 0;
+        while (i < ARRAY_LEN(check_type_names) && strcmp(s, check_type_names[i]) != 0)
+            i++;
+        if (i < ARRAY_LEN(check_type_names)) {
+            hc->type = (pf_check_type)(i + 1);
+        } else {
+            textlist tl = {0};
+            textlist_join(&tl, check_type_names, ARRAY_LEN(check_type_names));
+            errf(ld, jkey(p, path, "type"), "unknown type %s; known types: %s", qstr(q, s),
+                 tl.buf);
+        }
+    }
+
+    if (hc->type == PF_CHECK_TCP) {
+        foreign_key(ld, v, path, "path", hc->type);
+        foreign_key(ld, v, path, "host", hc->type);
+        foreign_key(ld, v, path, "expected_statuses", hc->type);
+        get_payload(ld, v, path, "send", hc->send, &hc->send_len);
+        get_payload(ld, v, path, "expect", hc->expect, &hc->expect_len);
+    } else {
+        foreign_key(ld, v, path, "send", hc->type);
+        foreign_key(ld, v, path, "expect", hc->type);
+        json_t *target = get(ld, v, path, "path", "string", false);
+        if (target)
+            parse_path(ld, jkey(p, path, "path"), json_string_value(target), hc->path);
+        json_t *host = get(ld, v, path, "host", "string", false);
+        if (host) {
+            const char *s = json_string_value(host);
+            size_t n = strlen(s), bad = 0;
+            while (bad < n && (unsigned char)s[bad] > 0x20 && (unsigned char)s[bad] < 0x7f)
+                bad++;
+            jkey(p, path, "host");
+            if (n == 0 || n >= PF_HOST_MAX)
+                errf(ld, p, "host %s: give 1 to %d characters (leave it out for the endpoint's "
+                     "address)", qstr(q, s), PF_HOST_MAX - 1);
+            else if (bad < n)
+                errf(ld, p, "host %s has a space, control or non-ASCII character", qstr(q, s));
+            else
+                memcpy(hc->host, s, n + 1);
+        }
+        json_t *expected = get(ld, v, path, "expected_statuses", "array", false);
+        if (expected)
+            parse_expected_statuses(ld, expected, jkey(p, path, "expected_statuses"), hc);
+    }
+
+    get_duration(ld, v, path, "interval", true, &hc->interval_ms);
+    get_duration(ld, v, path, "timeout", true, &hc->timeout_ms);
+    get_duration(ld, v, path, "jitter", false, &hc->jitter_ms);
+    get_uint(ld, v, path, "unhealthy_threshold", 1, CHECK_THRESHOLD_MAX,
+             &hc->unhealthy_threshold);
+    get_uint(ld, v, path, "healthy_threshold", 1, CHECK_THRESHOLD_MAX, &hc->healthy_threshold);
+    json_t *initial = get(ld, v, path, "initial", "string", false);
+    if (initial) {
+        const char *s = json_string_value(initial);
+        if (strcmp(s, "healthy") == 0 || strcmp(s, "unhealthy") == 0)
+            hc->initial_healthy = s[0] == 'h';
+        else
+            errf(ld, jkey(p, path, "initial"),
+                 "unknown initial state %s; use \"healthy\" (serve until the first check fails) "
+                 "or \"unhealthy\" (wait for a passing check)",
+                 qstr(q, s));
+    }
+}
+
+static void parse_outlier(loader *ld, json_t *cluster, const char *cluster_path,
+                          pf_config_outlier *o) {
+    char path[JPATH_MAX], p[JPATH_MAX], a[32], b[32];
+    memset(o, 0, sizeof *o);
+    o->consecutive_5xx = PF_DEFAULT_CONSECUTIVE_5XX;
+    o->consecutive_gateway_failure = PF_DEFAULT_CONSECUTIVE_GATEWAY_FAILURE;
+    o->base_ejection_time_ms = PF_DEFAULT_BASE_EJECTION_MS;
+    o->max_ejection_percent = PF_DEFAULT_MAX_EJECTION_PERCENT;
+    o->interval_ms = PF_DEFAULT_OUTLIER_INTERVAL_MS;
+    json_t *v = get(ld, cluster, cluster_path, "outlier_detection", "object", false);
+    if (v) {
+        jkey(path, cluster_path, "outlier_detection");
+        o->enabled = true;
+        check_keys(ld, v, path, outlier_keys, ARRAY_LEN(outlier_keys));
+        get_uint(ld, v, path, "consecutive_5xx", 0, OUTLIER_CONSECUTIVE_MAX, &o->consecutive_5xx);
+        get_uint(ld, v, path, "consecutive_gateway_failure", 0, OUTLIER_CONSECUTIVE_MAX,
+                 &o->consecutive_gateway_failure);
+        get_duration(ld, v, path, "base_ejection_time", true, &o->base_ejection_time_ms);
+        get_duration(ld, v, path, "max_ejection_time", true, &o->max_ejection_time_ms);
+        get_uint(ld, v, path, "max_ejection_percent", 0, 100, &o->max_ejection_percent);
+        get_duration(ld, v, path, "interval", true, &o->interval_ms);
+        if (o->max_ejection_time_ms && o->max_ejection_time_ms < o->base_ejection_time_ms)
+            errf(ld, jkey(p, path, "max_ejection_time"),
+                 "%s is shorter than base_ejection_time (%s)",
+                 pf_duration_format(o->max_ejection_time_ms, a, sizeof a),
+                 pf_duration_format(o->base_ejection_time_ms, b, sizeof b));
+    }
+    /* Unset, the cap follows a long base rather than contradict it. */
+    if (!o->max_ejection_time_ms)
+        o->max_ejection_time_ms = o->base_ejection_time_ms > PF_DEFAULT_MAX_EJECTION_MS
+                                      ? o->base_ejection_time_ms
+                                      : PF_DEFAULT_MAX_EJECTION_MS;
+}
+
 static void parse_cluster(loader *ld, json_t *v, const char *path, pf_config_cluster *c) {
     char p[JPATH_MAX], ep[JPATH_MAX], q[QUOTE_MAX];
     c->lb_policy = PF_LB_ROUND_ROBIN;
@@ -805,6 +1176,9 @@ static void parse_cluster(loader *ld, json_t *v, const char *path, pf_config_clu
     get_duration(ld, v, path, "idle_timeout", true, &c->upstream_idle_timeout_ms);
     get_uint(ld, v, path, "max_idle_per_endpoint", 0, MAX_IDLE_PER_ENDPOINT_MAX,
              &c->max_idle_per_endpoint);
+    parse_cluster_resilience(ld, v, path, c);
+    parse_health_check(ld, v, path, &c->health_check);
+    parse_outlier(ld, v, path, &c->outlier);
 }
 
 static void parse_clusters(loader *ld, json_t *arr, pf_config *cfg) {
@@ -859,6 +1233,28 @@ static void resolve_routes(loader *ld, pf_config *cfg) {
 
 /* ---- top level ----------------------------------------------------------------------- */
 
+/* The zone this pilotfish runs in, for zone-aware routing: config first, then the
+ * downward-API variables a pod spec usually sets. */
+static void parse_local_zone(loader *ld, json_t *root, pf_config *cfg) {
+    char q[QUOTE_MAX];
+    const char *zone = NULL;
+    json_t *v = get(ld, root, "$", "local_zone", "string", false);
+    if (v)
+        zone = json_string_value(v);
+    else if (getenv("POD_ZONE") && *getenv("POD_ZONE"))
+        zone = getenv("POD_ZONE");
+    else if (getenv("NODE_ZONE") && *getenv("NODE_ZONE"))
+        zone = getenv("NODE_ZONE");
+    if (!zone)
+        return;
+    if (strlen(zone) >= PF_NAME_MAX) {
+        errf(ld, "$.local_zone", "zone %s is longer than %d characters", qstr(q, zone),
+             PF_NAME_MAX - 1);
+        return;
+    }
+    memcpy(cfg->local_zone, zone, strlen(zone) + 1);
+}
+
 static void parse_root(loader *ld, json_t *root, pf_config *cfg) {
     pf_error err;
     cfg->access_log = true;
@@ -880,6 +1276,7 @@ static void parse_root(loader *ld, json_t *root, pf_config *cfg) {
     get_uint(ld, root, "$", "workers", 1, PF_MAX_WORKERS, &cfg->workers);
     /* Zero is allowed here, unlike the other timeouts: it means "close at once". */
     get_duration(ld, root, "$", "drain_timeout", false, &cfg->drain_timeout_ms);
+    parse_local_zone(ld, root, cfg);
 
     json_t *listeners = get(ld, root, "$", "listeners", "array", true);
     if (listeners)
@@ -1025,6 +1422,26 @@ static void put_duration(dumper *d, json_t *obj, const char *key, uint64_t ms) {
     put(d, obj, key, json_string(pf_duration_format(ms, buf, sizeof buf)));
 }
 
+static json_t *dump_retry(dumper *d, const pf_config_retry *r) {
+    json_t *o = json_object(), *on = json_array(), *codes = json_array(), *backoff = json_object();
+    for (size_t k = 0; k < ARRAY_LEN(retry_on_names); k++)
+        if (r->on & (1u << k))
+            push(d, on, json_string(retry_on_names[k]));
+    put(d, o, "on", on);
+    for (size_t i = 0; i < r->status_code_count; i++)
+        push(d, codes, json_integer(r->status_codes[i]));
+    put(d, o, "status_codes", codes);
+    put(d, o, "max_retries", json_integer(r->max_retries));
+    if (r->per_try_timeout_ms)
+        put_duration(d, o, "per_try_timeout", r->per_try_timeout_ms);
+    put_duration(d, backoff, "base", r->backoff_base_ms);
+    put_duration(d, backoff, "max", r->backoff_max_ms);
+    put(d, o, "backoff", backoff);
+    put(d, o, "retry_non_idempotent", json_boolean(r->non_idempotent));
+    put(d, o, "buffer_bytes", json_integer(r->buffer_bytes));
+    return o;
+}
+
 static json_t *dump_route(dumper *d, const pf_config_route *r) {
     json_t *route = json_object(), *match = json_object();
     char host[PF_HOST_MAX + 16];
@@ -1038,6 +1455,10 @@ static json_t *dump_route(dumper *d, const pf_config_route *r) {
     put(d, match, r->path_kind == PF_MATCH_PATH_EXACT ? "path" : "prefix", json_string(r->path));
     put(d, route, "match", match);
     put(d, route, "cluster", json_string(r->cluster));
+    if (r->has_retry)
+        put(d, route, "retry", dump_retry(d, &r->retry));
+    if (r->timeout_ms)
+        put_duration(d, route, "timeout", r->timeout_ms);
     return route;
 }
 
@@ -1055,6 +1476,52 @@ static json_t *dump_listener(dumper *d, const pf_config_listener *l) {
     put_duration(d, o, "header_timeout", l->header_timeout_ms);
     put_duration(d, o, "idle_timeout", l->idle_timeout_ms);
     return o;
+}
+
+static void dump_cluster_health(dumper *d, json_t *o, const pf_config_cluster *c) {
+    const pf_config_health_check *hc = &c->health_check;
+    const pf_config_outlier *od = &c->outlier;
+    if (hc->type != PF_CHECK_NONE) {
+        json_t *h = json_object();
+        put(d, h, "type", json_string(check_type_names[hc->type - 1]));
+        if (hc->type == PF_CHECK_HTTP) {
+            json_t *expected = json_array();
+            put(d, h, "path", json_string(hc->path));
+            if (hc->host[0])
+                put(d, h, "host", json_string(hc->host));
+            for (size_t i = 0; i < hc->expected_count; i++) {
+                char text[16];
+                const pf_status_range *r = &hc->expected[i];
+                if (r->lo == r->hi)
+                    snprintf(text, sizeof text, "%u", r->lo);
+                else
+                    snprintf(text, sizeof text, "%u-%u", r->lo, r->hi);
+                push(d, expected, json_string(text));
+            }
+            put(d, h, "expected_statuses", expected);
+        }
+        put_duration(d, h, "interval", hc->interval_ms);
+        put_duration(d, h, "timeout", hc->timeout_ms);
+        put_duration(d, h, "jitter", hc->jitter_ms);
+        put(d, h, "unhealthy_threshold", json_integer(hc->unhealthy_threshold));
+        put(d, h, "healthy_threshold", json_integer(hc->healthy_threshold));
+        put(d, h, "initial", json_string(hc->initial_healthy ? "healthy" : "unhealthy"));
+        if (hc->send_len)
+            put(d, h, "send", json_stringn(hc->send, hc->send_len));
+        if (hc->expect_len)
+            put(d, h, "expect", json_stringn(hc->expect, hc->expect_len));
+        put(d, o, "health_check", h);
+    }
+    if (od->enabled) {
+        json_t *h = json_object();
+        put(d, h, "consecutive_5xx", json_integer(od->consecutive_5xx));
+        put(d, h, "consecutive_gateway_failure", json_integer(od->consecutive_gateway_failure));
+        put_duration(d, h, "base_ejection_time", od->base_ejection_time_ms);
+        put_duration(d, h, "max_ejection_time", od->max_ejection_time_ms);
+        put(d, h, "max_ejection_percent", json_integer(od->max_ejection_percent));
+        put_duration(d, h, "interval", od->interval_ms);
+        put(d, o, "outlier_detection", h);
+    }
 }
 
 static json_t *dump_cluster(dumper *d, const pf_config_cluster *c) {
@@ -1076,6 +1543,19 @@ static json_t *dump_cluster(dumper *d, const pf_config_cluster *c) {
     put_duration(d, o, "response_timeout", c->response_timeout_ms);
     put_duration(d, o, "idle_timeout", c->upstream_idle_timeout_ms);
     put(d, o, "max_idle_per_endpoint", json_integer(c->max_idle_per_endpoint));
+    put(d, o, "retry", dump_retry(d, &c->retry));
+    json_t *budget = json_object(), *breakers = json_object();
+    put(d, budget, "percent", json_integer(c->budget_percent));
+    put(d, budget, "min_concurrency", json_integer(c->budget_min_concurrency));
+    put(d, o, "retry_budget", budget);
+    put(d, breakers, "max_connections", json_integer(c->breakers.max_connections));
+    put(d, breakers, "max_pending_requests", json_integer(c->breakers.max_pending_requests));
+    put(d, breakers, "max_requests", json_integer(c->breakers.max_requests));
+    put(d, breakers, "max_retries", json_integer(c->breakers.max_retries));
+    put(d, o, "circuit_breakers", breakers);
+    put(d, o, "zone_aware", json_boolean(c->zone_aware));
+    put(d, o, "panic_threshold", json_integer(c->panic_threshold));
+    dump_cluster_health(d, o, c);
     return o;
 }
 
@@ -1092,6 +1572,8 @@ char *config_dump_json(const pf_config *cfg) {
     if (cfg->workers)
         put(&d, root, "workers", json_integer(cfg->workers));
     put_duration(&d, root, "drain_timeout", cfg->drain_timeout_ms);
+    if (cfg->local_zone[0])
+        put(&d, root, "local_zone", json_string(cfg->local_zone));
     for (size_t i = 0; i < cfg->listener_count; i++)
         push(&d, listeners, dump_listener(&d, &cfg->listeners[i]));
     put(&d, root, "listeners", listeners);

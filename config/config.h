@@ -41,7 +41,35 @@ typedef struct pf_sockaddr {
     char text[PF_ADDRTEXT_MAX]; /* canonical "ip:port" / "[ip]:port" */
 } pf_sockaddr;
 
-typedef enum { PF_LB_ROUND_ROBIN, PF_LB_WEIGHTED_ROUND_ROBIN } pf_lb_policy;
+typedef enum {
+    PF_LB_ROUND_ROBIN,
+    PF_LB_WEIGHTED_ROUND_ROBIN,
+    PF_LB_LEAST_REQUEST,
+    PF_LB_LEAST_RESPONSE_TIME, /* also spelled "ewma" */
+    PF_LB_RANDOM,
+    PF_LB_RING_HASH,
+    PF_LB_MAGLEV,
+} pf_lb_policy;
+
+/* Load-balancing settings beside lb_policy; defaults documented in README.md. */
+#define PF_DEFAULT_RING_HASH_SIZE 1024u  /* ring points of an endpoint of the highest weight */
+#define PF_DEFAULT_MAGLEV_SIZE 65537u    /* a prime */
+#define PF_DEFAULT_EWMA_DECAY_MS 10000u
+#define PF_HASH_NAME_MAX 128             /* header or cookie name to hash on */
+
+/* What ring_hash and maglev hash a request on. */
+typedef enum {
+    PF_HASH_NONE,
+    PF_HASH_HEADER,
+    PF_HASH_COOKIE,
+    PF_HASH_SOURCE_IP,
+    PF_HASH_PATH,
+} pf_hash_on_kind;
+
+typedef struct pf_config_hash_on {
+    pf_hash_on_kind kind;
+    char name[PF_HASH_NAME_MAX]; /* header (lower-case) or cookie (as written) name */
+} pf_config_hash_on;
 
 typedef struct pf_config_endpoint {
     pf_sockaddr addr;
@@ -50,15 +78,122 @@ typedef struct pf_config_endpoint {
     char zone[PF_NAME_MAX];
 } pf_config_endpoint;
 
+/* Retry policy (issue "health, retries, failover"): a cluster's default, which a route
+ * may replace whole. */
+enum {
+    PF_RETRY_CONNECT_FAILURE = 1u << 0, /* connect refused, failed or timed out */
+    PF_RETRY_RESET = 1u << 1,           /* connection closed or reset before a response */
+    PF_RETRY_GATEWAY_ERROR = 1u << 2,   /* 502, 503, 504 from the upstream, or a per-try timeout */
+    PF_RETRY_5XX = 1u << 3,             /* any 5xx, or a per-try timeout */
+    PF_RETRY_STATUS_CODES = 1u << 4,    /* the codes in status_codes */
+};
+#define PF_RETRY_MAX_STATUS_CODES 16
+#define PF_DEFAULT_RETRY_ON (PF_RETRY_CONNECT_FAILURE | PF_RETRY_RESET)
+#define PF_DEFAULT_MAX_RETRIES 2u
+#define PF_DEFAULT_RETRY_BACKOFF_BASE_MS 25u
+#define PF_DEFAULT_RETRY_BACKOFF_MAX_MS 250u
+#define PF_DEFAULT_RETRY_BUFFER_BYTES (64u * 1024u)
+#define PF_DEFAULT_BUDGET_PERCENT 20u
+#define PF_DEFAULT_BUDGET_MIN_CONCURRENCY 3u
+#define PF_DEFAULT_MAX_CONNECTIONS 1024u
+#define PF_DEFAULT_MAX_PENDING_REQUESTS 1024u
+#define PF_DEFAULT_MAX_REQUESTS 1024u
+#define PF_DEFAULT_MAX_CONCURRENT_RETRIES 3u
+#define PF_DEFAULT_PANIC_THRESHOLD 50u
+
+typedef struct pf_config_retry {
+    uint32_t on; /* PF_RETRY_* bits */
+    uint16_t status_codes[PF_RETRY_MAX_STATUS_CODES];
+    size_t status_code_count;
+    uint32_t max_retries;
+    uint64_t per_try_timeout_ms; /* 0: the cluster's response_timeout */
+    uint64_t backoff_base_ms, backoff_max_ms;
+    bool non_idempotent;   /* also replay POST, PATCH, ... */
+    uint32_t buffer_bytes; /* a request body larger than this is never replayed */
+} pf_config_retry;
+
+/* Circuit breakers: over a limit, requests get 503 at once. Counted per cluster across
+ * workers. */
+typedef struct pf_config_breakers {
+    uint32_t max_connections;
+    uint32_t max_pending_requests; /* requests waiting for an upstream connection */
+    uint32_t max_requests;
+    uint32_t max_retries; /* retries in flight */
+} pf_config_breakers;
+
+/* Active health checking (health/): per cluster, off unless "health_check" is given. */
+typedef enum { PF_CHECK_NONE, PF_CHECK_HTTP, PF_CHECK_TCP } pf_check_type;
+#define PF_DEFAULT_CHECK_PATH "/healthz"
+#define PF_DEFAULT_CHECK_INTERVAL_MS 5000u
+#define PF_DEFAULT_CHECK_TIMEOUT_MS 1000u
+#define PF_DEFAULT_CHECK_JITTER_MS 0u
+#define PF_DEFAULT_UNHEALTHY_THRESHOLD 3u
+#define PF_DEFAULT_HEALTHY_THRESHOLD 2u
+#define PF_CHECK_STATUS_RANGES_MAX 16
+#define PF_CHECK_PAYLOAD_MAX 256 /* tcp send / expect bytes */
+
+/* An inclusive range of HTTP status codes, "200-399" or "204". */
+typedef struct pf_status_range {
+    uint16_t lo, hi;
+} pf_status_range;
+
+typedef struct pf_config_health_check {
+    pf_check_type type;
+    char path[PF_PATH_MAX];         /* http: request target */
+    char host[PF_HOST_MAX];         /* http: Host header; "" = the endpoint's "ip:port" */
+    pf_status_range expected[PF_CHECK_STATUS_RANGES_MAX]; /* http: default 200-399 */
+    size_t expected_count;
+    uint64_t interval_ms;           /* from one check's start to the next one's */
+    uint64_t timeout_ms;            /* connect + exchange */
+    uint64_t jitter_ms;             /* a random 0..jitter added to each wait */
+    uint32_t unhealthy_threshold;   /* failures in a row that take an endpoint out */
+    uint32_t healthy_threshold;     /* passes in a row that bring it back */
+    bool initial_healthy;           /* a new endpoint serves until its first check fails */
+    char send[PF_CHECK_PAYLOAD_MAX]; /* tcp: bytes written after connect (may hold NULs) */
+    size_t send_len;
+    char expect[PF_CHECK_PAYLOAD_MAX]; /* tcp: bytes the answer must contain */
+    size_t expect_len;
+} pf_config_health_check;
+
+/* Passive outlier ejection (health/): off unless "outlier_detection" is given. */
+#define PF_DEFAULT_CONSECUTIVE_5XX 5u
+#define PF_DEFAULT_CONSECUTIVE_GATEWAY_FAILURE 5u
+#define PF_DEFAULT_BASE_EJECTION_MS 30000u
+#define PF_DEFAULT_MAX_EJECTION_MS 300000u
+#define PF_DEFAULT_MAX_EJECTION_PERCENT 10u
+#define PF_DEFAULT_OUTLIER_INTERVAL_MS 1000u
+
+typedef struct pf_config_outlier {
+    bool enabled;
+    uint32_t consecutive_5xx;             /* 0 = this trigger is off */
+    uint32_t consecutive_gateway_failure; /* 0 = this trigger is off */
+    uint64_t base_ejection_time_ms;       /* times the number of ejections, capped by max */
+    uint64_t max_ejection_time_ms;
+    uint32_t max_ejection_percent; /* of the cluster's endpoints, but at least one of two+ */
+    uint64_t interval_ms;          /* how often ejections end and refused ones are retried */
+} pf_config_outlier;
+
 typedef struct pf_config_cluster {
     char name[PF_NAME_MAX];
+    pf_config_retry retry;
+    uint32_t budget_percent;         /* retries in flight, as a share of requests in flight */
+    uint32_t budget_min_concurrency; /* retries always allowed in flight regardless */
+    pf_config_breakers breakers;
+    bool zone_aware;
+    uint32_t panic_threshold; /* percent healthy below which all endpoints are used */
     pf_lb_policy lb_policy;
+    pf_config_hash_on hash_on; /* ring_hash and maglev; PF_HASH_NONE otherwise */
+    uint32_t hash_table_size;  /* ring_hash: points per heaviest endpoint; maglev: prime slots */
+    uint64_t ewma_decay_ms;    /* least_response_time */
+    uint64_t slow_start_ms;    /* weight ramp of new or recovered endpoints; 0 = off */
     pf_config_endpoint *endpoints;
     size_t endpoint_count;
     uint64_t connect_timeout_ms;
     uint64_t response_timeout_ms;      /* until the response headers are in */
     uint64_t upstream_idle_timeout_ms; /* how long a pooled connection may sit idle */
     uint32_t max_idle_per_endpoint;    /* per worker */
+    pf_config_health_check health_check;
+    pf_config_outlier outlier;
 } pf_config_cluster;
 
 typedef enum { PF_MATCH_HOST_ANY, PF_MATCH_HOST_EXACT, PF_MATCH_HOST_SUFFIX } pf_host_match;
@@ -72,6 +207,9 @@ typedef struct pf_config_route {
     char path[PF_PATH_MAX]; /* "/" when no path was given */
     char cluster[PF_NAME_MAX];
     size_t cluster_index; /* index into pf_config.clusters, resolved at load */
+    bool has_retry;        /* false: the cluster's policy applies */
+    pf_config_retry retry;
+    uint64_t timeout_ms; /* whole request, all attempts, until the response head; 0: none */
 } pf_config_route;
 
 typedef struct pf_config_listener {
@@ -93,6 +231,7 @@ typedef struct pf_config {
     bool access_log;  /* JSON lines to stdout */
     uint32_t workers; /* 0 = not set in the file; the CLI may override */
     uint64_t drain_timeout_ms;
+    char local_zone[PF_NAME_MAX]; /* "" unless set here or by POD_ZONE / NODE_ZONE */
     pf_config_listener *listeners;
     size_t listener_count;
     pf_config_cluster *clusters;
@@ -114,6 +253,10 @@ char *config_dump_json(const pf_config *cfg);
 int config_parse_sockaddr(const char *text, pf_sockaddr *out, pf_error *err);
 
 const char *config_lb_policy_name(pf_lb_policy policy);
+
+/* Parses an expected-status item, "200-399" or "204" (codes 100-599). Returns 0 or PF_EINVAL
+ * with a reason. */
+int config_parse_status_range(const char *text, pf_status_range *out, pf_error *err);
 
 void config_free(pf_config *cfg);
 

@@ -21,7 +21,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 
-typedef enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_LINGER } conn_timer_kind;
+typedef enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_LINGER, TIMER_RETRY } conn_timer_kind;
 
 struct pf_conn {
     pf_worker *w;
@@ -51,7 +51,16 @@ struct pf_conn {
     bool resp_started;
     bool resp_complete;
     bool keep_alive;
-    bool retried;
+    bool replayable;     /* c->replay holds everything sent upstream so far */
+    bool stale_retried;  /* the one free replay after a dead pooled connection was used */
+    bool counted_active; /* in the cluster's requests in flight */
+    bool counted_retry;  /* in the cluster's retries in flight */
+    unsigned attempts;
+    unsigned retries;
+    uint64_t deadline_us; /* route timeout; 0: none */
+    const pf_config_route *route;
+    const pf_config_retry *retry;
+    const pf_endpoint *failed_ep; /* the last attempt's endpoint, avoided by the next */
     int error_status; /* a 4xx decided inside an llhttp callback */
     const char *error_reason;
     int status;
@@ -70,11 +79,12 @@ struct pf_conn {
     pf_endpoint_set *set;
     const pf_endpoint *ep;
     pf_upstream *up;
-    struct evbuffer *replay; /* the upstream request head, kept while a retry is possible */
+    struct evbuffer *replay; /* head and body as sent upstream, while a retry is possible */
 };
 
 static const llhttp_settings_t *request_settings(void);
 static void process_input(pf_conn *c);
+static void retry_now(pf_conn *c);
 
 static void timer_set(pf_conn *c, conn_timer_kind kind, uint64_t ms) {
     c->timer_kind = kind;
@@ -97,7 +107,13 @@ bool conn_output_full(const pf_conn *c) {
 
 static void reset_request(pf_conn *c) {
     c->in_request = c->dispatched = c->req_complete = false;
-    c->resp_started = c->resp_complete = c->retried = false;
+    c->resp_started = c->resp_complete = false;
+    c->replayable = c->stale_retried = false;
+    c->attempts = c->retries = 0;
+    c->deadline_us = 0;
+    c->route = NULL;
+    c->retry = NULL;
+    c->failed_ep = NULL;
     c->error_status = c->status = 0;
     c->error_reason = NULL;
     c->req_body = c->resp_body = PF_BODY_NONE;
@@ -114,13 +130,31 @@ static void reset_request(pf_conn *c) {
     http1_head_reset(&c->req);
 }
 
+/* Ends the current attempt: the upstream goes back to the pool or closes, and the
+ * endpoint's in-flight count drops. */
+static void end_attempt(pf_conn *c, bool reusable) {
+    if (c->up) {
+        upstream_release(c->up, reusable);
+        c->up = NULL;
+    }
+    if (c->ep && c->ep->stats)
+        atomic_fetch_sub_explicit(&c->ep->stats->active_requests, 1, memory_order_relaxed);
+}
+
+/* Ends the request's share of the cluster's in-flight counts (breakers, retry budget). */
+static void end_accounting(pf_conn *c) {
+    if (c->counted_active && c->wc)
+        atomic_fetch_sub_explicit(&c->wc->rt->active_requests, 1, memory_order_relaxed);
+    if (c->counted_retry && c->wc)
+        atomic_fetch_sub_explicit(&c->wc->rt->active_retries, 1, memory_order_relaxed);
+    c->counted_active = c->counted_retry = false;
+}
+
 void conn_free(pf_conn *c) {
     if (!c)
         return;
-    if (c->up)
-        upstream_release(c->up, false);
-    if (c->ep && c->ep->stats)
-        atomic_fetch_sub_explicit(&c->ep->stats->active_requests, 1, memory_order_relaxed);
+    end_attempt(c, false);
+    end_accounting(c);
     c->ep = NULL;
     discovery_set_unref(c->set);
     if (c->prev)
@@ -191,8 +225,8 @@ static void log_request(pf_conn *c) {
  * close. */
 static void request_done(pf_conn *c) {
     log_request(c);
-    if (c->ep && c->ep->stats)
-        atomic_fetch_sub_explicit(&c->ep->stats->active_requests, 1, memory_order_relaxed);
+    end_attempt(c, false);
+    end_accounting(c);
     c->ep = NULL;
     bool keep = c->keep_alive && !c->closing && !c->draining;
     reset_request(c);
@@ -217,12 +251,19 @@ static void request_done(pf_conn *c) {
 }
 
 /* Answers the request in flight with a response pilotfish made itself. */
-static void local_reply(pf_conn *c, int status, const char *body, bool keep_alive) {
+static void local_reply_with(pf_conn *c, int status, const char *body, bool keep_alive,
+                             const char *more_headers) {
     if (!keep_alive)
         c->keep_alive = false;
-    char extra[64] = "";
+    char extra[192] = "";
+    int n = 0;
     if (c->request_id[0])
-        snprintf(extra, sizeof extra, "X-Request-Id: %s\r\n", c->request_id);
+        n = snprintf(extra, sizeof extra, "X-Request-Id: %s\r\n", c->request_id);
+    if (c->attempts > 0 && n >= 0 && (size_t)n < sizeof extra)
+        n += snprintf(extra + n, sizeof extra - (size_t)n, "x-pilotfish-attempts: %u\r\n",
+                      c->attempts);
+    if (more_headers && n >= 0 && (size_t)n < sizeof extra)
+        snprintf(extra + n, sizeof extra - (size_t)n, "%s", more_headers);
     http1_write_local_response(output(c), status, body, c->keep_alive, extra);
     c->status = status;
     c->resp_started = c->resp_complete = true;
@@ -230,12 +271,14 @@ static void local_reply(pf_conn *c, int status, const char *body, bool keep_aliv
         metrics_inc(c->l->errors_total, 1);
 }
 
+static void local_reply(pf_conn *c, int status, const char *body, bool keep_alive) {
+    local_reply_with(c, status, body, keep_alive, NULL);
+}
+
 /* A request that cannot go on: answer (when nothing was sent yet) and close. */
 static void reject(pf_conn *c, int status, const char *body) {
-    if (c->up) {
-        upstream_release(c->up, false);
-        c->up = NULL;
-    }
+    end_attempt(c, false);
+    c->ep = NULL;
     if (!c->resp_started) {
         local_reply(c, status, body, false);
         if (!c->in_request)
@@ -311,6 +354,76 @@ static void copy_buffer(struct evbuffer *dst, struct evbuffer *src) {
     evbuffer_add(dst, evbuffer_pullup(src, (ev_ssize_t)len), len);
 }
 
+static int overloaded(pf_conn *c, bool has_body) {
+    if (has_body) {
+        c->keep_alive = false;
+        local_reply_with(c, 503, "cluster overloaded\n", false, "x-pilotfish-overloaded: true\r\n");
+        reject(c, 503, "");
+        return -1;
+    }
+    local_reply_with(c, 503, "cluster overloaded\n", true, "x-pilotfish-overloaded: true\r\n");
+    return 0;
+}
+
+/* How long this attempt may wait for its response head: the per-try timeout, else the
+ * cluster's response timeout, never past the route's deadline. */
+static uint64_t attempt_timeout_ms(const pf_conn *c) {
+    uint64_t ms = c->retry->per_try_timeout_ms ? c->retry->per_try_timeout_ms
+                                               : c->wc->rt->cfg->response_timeout_ms;
+    if (c->deadline_us) {
+        uint64_t now = pf_now_us();
+        uint64_t left = c->deadline_us > now ? (c->deadline_us - now + 999) / 1000 : 1;
+        if (left < ms)
+            ms = left;
+    }
+    return ms;
+}
+
+/* A healthy endpoint, preferring one other than the endpoint that just failed. */
+static const pf_endpoint *pick_endpoint(pf_conn *c, const pf_endpoint_set *set) {
+    const pf_endpoint *ep = balancer_pick(c->wc->balancer, set, NULL);
+    for (int tries = 0; ep && c->failed_ep && tries < 4 && set->healthy_count > 1; tries++) {
+        if (strcmp(ep->addr.text, c->failed_ep->addr.text) != 0)
+            break;
+        ep = balancer_pick(c->wc->balancer, set, NULL);
+    }
+    return ep;
+}
+
+/* Sends the request (what c->replay holds) to an endpoint. Returns 0, or -1 after
+ * answering locally and closing. */
+static int start_attempt(pf_conn *c, bool has_body) {
+    pf_endpoint_set *set = discovery_cache_get(&c->wc->cache);
+    const pf_endpoint *ep = set ? pick_endpoint(c, set) : NULL;
+    if (!ep)
+        return answer_locally(c, 503, "no healthy endpoint in the cluster\n", has_body);
+    if (c->set != set) {
+        discovery_set_unref(c->set);
+        c->set = discovery_set_ref(set);
+    }
+    c->ep = ep;
+    if (ep->stats) {
+        atomic_fetch_add_explicit(&ep->stats->active_requests, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ep->stats->requests_total, 1, memory_order_relaxed);
+    }
+    bool reused = false, over = false;
+    c->up = upstream_acquire(c->w, c->wc, ep, c, &reused, &over);
+    if (!c->up) {
+        end_attempt(c, false);
+        c->ep = NULL;
+        if (over)
+            return overloaded(c, has_body);
+        return answer_locally(c, 503, "cannot open an upstream connection\n", has_body);
+    }
+    c->attempts++;
+    copy_buffer(upstream_output(c->up), c->replay);
+    if (!c->replayable)
+        evbuffer_drain(c->replay, evbuffer_get_length(c->replay));
+    if (c->req_complete)
+        upstream_request_sent(c->up, attempt_timeout_ms(c));
+    return 0;
+}
+
 static int dispatch(pf_conn *c) {
     c->dispatched = true;
     c->method = (llhttp_method_t)llhttp_get_method(&c->parser);
@@ -367,24 +480,23 @@ static int dispatch(pf_conn *c) {
         generated_id = c->request_id;
     }
 
-    long cluster_index = router_match(c->l->router, host, port, c->path, c->path_len);
-    if (cluster_index < 0)
+    const pf_config_route *route = router_find(c->l->router, host, port, c->path, c->path_len);
+    if (!route)
         return answer_locally(c, 404, "no route for this host and path\n", has_body);
-    c->wc = &c->w->clusters[cluster_index];
-    pf_endpoint_set *set = discovery_cache_get(&c->wc->cache);
-    const pf_endpoint *ep = balancer_pick(c->wc->balancer, set, NULL);
-    if (!ep)
-        return answer_locally(c, 503, "no healthy endpoint in the cluster\n", has_body);
-    c->set = discovery_set_ref(set);
-    c->ep = ep;
-    if (ep->stats) {
-        atomic_fetch_add_explicit(&ep->stats->active_requests, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&ep->stats->requests_total, 1, memory_order_relaxed);
+    c->route = route;
+    c->wc = &c->w->clusters[route->cluster_index];
+    pf_cluster_rt *rt = c->wc->rt;
+    c->retry = route->has_retry ? &route->retry : &rt->cfg->retry;
+    if (route->timeout_ms)
+        c->deadline_us = c->start_us + route->timeout_ms * 1000u;
+    if ((uint64_t)atomic_load_explicit(&rt->active_requests, memory_order_relaxed) >=
+        rt->cfg->breakers.max_requests) {
+        metrics_inc(rt->overflow_requests, 1);
+        return overloaded(c, has_body);
     }
-    bool reused = false;
-    c->up = upstream_acquire(c->w, c->wc, ep, c, &reused);
-    if (!c->up)
-        return answer_locally(c, 503, "cannot open an upstream connection\n", has_body);
+    atomic_fetch_add_explicit(&rt->active_requests, 1, memory_order_relaxed);
+    c->counted_active = true;
+
     pf_forward_request fwd = {
         .method = llhttp_method_name(c->method),
         .target = target,
@@ -397,19 +509,13 @@ static int dispatch(pf_conn *c) {
         .body = c->req_body,
         .content_length = content_length,
     };
-    struct evbuffer *out = upstream_output(c->up);
-    if (reused && !has_body && method_is_idempotent(c->method)) {
-        /* Kept for one retry on a fresh connection if the pooled one turns out dead. */
-        if (!c->replay)
-            c->replay = evbuffer_new();
-        if (c->replay) {
-            http1_write_request_head(c->replay, &c->req, &fwd);
-            copy_buffer(out, c->replay);
-            return 0;
-        }
-    }
-    http1_write_request_head(out, &c->req, &fwd);
-    return 0;
+    if (!c->replay)
+        c->replay = evbuffer_new();
+    if (!c->replay)
+        return answer_locally(c, 503, "out of memory\n", has_body);
+    http1_write_request_head(c->replay, &c->req, &fwd);
+    c->replayable = method_is_idempotent(c->method) || c->retry->non_idempotent;
+    return start_attempt(c, has_body);
 }
 
 /* ---- llhttp request callbacks ------------------------------------------------------ */
@@ -495,27 +601,42 @@ static int on_headers_complete(llhttp_t *p) {
     return dispatch(c) == 0 ? 0 : -1;
 }
 
-static int on_body(llhttp_t *p, const char *at, size_t len) {
-    pf_conn *c = p->data;
-    c->bytes_in += len;
-    if (!c->up)
-        return 0; /* answered locally: the body is read and dropped */
-    struct evbuffer *out = upstream_output(c->up);
-    if (c->req_body == PF_BODY_CHUNKED)
+static void write_body(struct evbuffer *out, pf_body_mode mode, const char *at, size_t len) {
+    if (mode == PF_BODY_CHUNKED)
         http1_write_chunk(out, at, len);
     else
         evbuffer_add(out, at, len);
-    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+    pf_conn *c = p->data;
+    c->bytes_in += len;
+    if (c->replayable) {
+        /* Kept for a retry while it is small enough; past the limit, no retry. */
+        size_t kept = evbuffer_get_length(c->replay);
+        if (kept + len > c->retry->buffer_bytes + 16 * 1024) {
+            c->replayable = false;
+            evbuffer_drain(c->replay, kept);
+        } else {
+            write_body(c->replay, c->req_body, at, len);
+        }
+    }
+    if (c->up)
+        write_body(upstream_output(c->up), c->req_body, at, len);
+    return 0; /* without an upstream: answered locally, or waiting to retry */
 }
 
 static int on_message_complete(llhttp_t *p) {
     pf_conn *c = p->data;
     c->req_complete = true;
-    if (c->up) {
-        if (c->req_body == PF_BODY_CHUNKED)
+    if (c->req_body == PF_BODY_CHUNKED) {
+        if (c->replayable)
+            evbuffer_add(c->replay, "0\r\n\r\n", 5);
+        if (c->up)
             evbuffer_add(upstream_output(c->up), "0\r\n\r\n", 5);
-        upstream_request_sent(c->up);
     }
+    if (c->up)
+        upstream_request_sent(c->up, attempt_timeout_ms(c));
     return HPE_PAUSED;
 }
 
@@ -556,7 +677,9 @@ static void parse_failed(pf_conn *c, llhttp_errno_t rc) {
 static void process_input(pf_conn *c) {
     struct evbuffer *in = stream_input(c->stream);
     while (!c->closing && !c->parser_paused && evbuffer_get_length(in) > 0) {
-        if (c->up && upstream_output_full(c->up, c->l->cfg->buffer_bytes)) {
+        /* Waiting to retry, or the upstream is not keeping up: the client waits too. */
+        if (c->timer_kind == TIMER_RETRY ||
+            (c->up && upstream_output_full(c->up, c->l->cfg->buffer_bytes))) {
             c->read_paused = true;
             stream_read_enable(c->stream, false);
             return;
@@ -589,7 +712,8 @@ static void process_input(pf_conn *c) {
             return;
         }
     }
-    if (c->read_paused && !(c->up && upstream_output_full(c->up, c->l->cfg->buffer_bytes))) {
+    if (c->read_paused && c->timer_kind != TIMER_RETRY &&
+        !(c->up && upstream_output_full(c->up, c->l->cfg->buffer_bytes))) {
         c->read_paused = false;
         stream_read_enable(c->stream, true);
     }
@@ -650,6 +774,9 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     case TIMER_LINGER:
         conn_free(c);
         return;
+    case TIMER_RETRY:
+        retry_now(c);
+        return;
     case TIMER_NONE:
         return;
     }
@@ -657,12 +784,109 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
 
 /* ---- called by upstream.c --------------------------------------------------------- */
 
+/* Whether the failure of the current attempt may be answered by another attempt. */
+static bool may_retry(pf_conn *c, pf_failure kind, int status) {
+    if (c->resp_started || !c->replayable || !c->retry)
+        return false;
+    if (kind == PF_FAIL_STALE)
+        return !c->stale_retried;
+    uint32_t on = c->retry->on;
+    bool gateway = status == 502 || status == 503 || status == 504;
+    bool wanted = false;
+    switch (kind) {
+    case PF_FAIL_CONNECT:
+        wanted = on & PF_RETRY_CONNECT_FAILURE;
+        break;
+    case PF_FAIL_RESET:
+        wanted = on & PF_RETRY_RESET;
+        break;
+    case PF_FAIL_TIMEOUT:
+        wanted = on & (PF_RETRY_GATEWAY_ERROR | PF_RETRY_5XX);
+        break;
+    case PF_FAIL_STATUS:
+        wanted = ((on & PF_RETRY_5XX) && status >= 500) || ((on & PF_RETRY_GATEWAY_ERROR) && gateway);
+        for (size_t i = 0; !wanted && (on & PF_RETRY_STATUS_CODES) && i < c->retry->status_code_count;
+             i++)
+            wanted = c->retry->status_codes[i] == status;
+        break;
+    default:
+        break;
+    }
+    if (!wanted || c->retries >= c->retry->max_retries)
+        return false;
+    if (c->deadline_us && pf_now_us() >= c->deadline_us)
+        return false;
+    /* The budget keeps retries a small share of the traffic, so that a sick cluster is not
+     * buried under its own retries; the breaker caps them outright. */
+    pf_cluster_rt *rt = c->wc->rt;
+    long active = atomic_load_explicit(&rt->active_requests, memory_order_relaxed);
+    long retrying = atomic_load_explicit(&rt->active_retries, memory_order_relaxed);
+    if (c->counted_retry)
+        retrying--; /* this request already holds its place */
+    long budget = active * (long)rt->cfg->budget_percent / 100;
+    if (budget < (long)rt->cfg->budget_min_concurrency)
+        budget = (long)rt->cfg->budget_min_concurrency;
+    if (retrying >= budget) {
+        metrics_inc(rt->retry_budget_exhausted, 1);
+        return false;
+    }
+    if (retrying >= (long)rt->cfg->breakers.max_retries) {
+        metrics_inc(rt->overflow_retries, 1);
+        return false;
+    }
+    return true;
+}
+
+/* Starts the next attempt after a backoff (none for a dead pooled connection). */
+static void schedule_retry(pf_conn *c, pf_failure kind) {
+    if (kind == PF_FAIL_STALE) {
+        c->stale_retried = true;
+    } else {
+        c->retries++;
+        metrics_inc(c->wc->rt->retries, 1);
+        if (!c->counted_retry) {
+            atomic_fetch_add_explicit(&c->wc->rt->active_retries, 1, memory_order_relaxed);
+            c->counted_retry = true;
+        }
+    }
+    c->failed_ep = c->ep;
+    uint64_t delay = 0;
+    if (kind != PF_FAIL_STALE) {
+        /* Exponential backoff with full jitter, capped. */
+        uint64_t cap = c->retry->backoff_base_ms << (c->retries - 1 < 16 ? c->retries - 1 : 16);
+        if (cap > c->retry->backoff_max_ms)
+            cap = c->retry->backoff_max_ms;
+        delay = cap ? worker_random(c->w) % (cap + 1) : 0;
+    }
+    timer_set(c, TIMER_RETRY, delay);
+}
+
+static void retry_now(pf_conn *c) {
+    if (start_attempt(c, c->req_body != PF_BODY_NONE) != 0)
+        return;
+    if (c->resp_complete && c->parser_paused) {
+        request_done(c); /* answered locally (no endpoint, overloaded) */
+        return;
+    }
+    if (c->read_paused && c->up && !upstream_output_full(c->up, c->l->cfg->buffer_bytes)) {
+        c->read_paused = false;
+        stream_read_enable(c->stream, true);
+    }
+    process_input(c);
+}
+
 int conn_on_response_head(pf_conn *c, pf_upstream *up, int status, pf_body_mode upstream_body,
                           uint64_t content_length, bool *skip_body) {
+    if (status >= 500 && may_retry(c, PF_FAIL_STATUS, status))
+        return PF_RESPONSE_RETRY;
     c->status = status;
     bool no_body = c->method == HTTP_HEAD || status == 204 || status == 304;
-    pf_forward_response fwd = {
-        .status = status, .client_minor = c->minor, .content_length = content_length};
+    char attempts[48];
+    snprintf(attempts, sizeof attempts, "x-pilotfish-attempts: %u\r\n", c->attempts);
+    pf_forward_response fwd = {.status = status,
+                               .client_minor = c->minor,
+                               .content_length = content_length,
+                               .extra_headers = attempts};
     if (no_body) {
         /* Framing headers of a HEAD or 304 describe the body that was not sent. */
         fwd.body = upstream_body == PF_BODY_LENGTH ? PF_BODY_LENGTH : PF_BODY_NONE;
@@ -704,16 +928,14 @@ void conn_on_response_complete(pf_conn *c, bool upstream_reusable) {
     if (c->resp_body == PF_BODY_CHUNKED)
         evbuffer_add(output(c), "0\r\n\r\n", 5);
     c->resp_complete = true;
-    upstream_release(c->up, upstream_reusable && c->req_complete);
-    c->up = NULL;
+    end_attempt(c, upstream_reusable && c->req_complete);
     if (!c->req_complete) {
         /* The upstream answered before the whole body arrived; the rest of the body is
          * not worth reading, and without it the connection cannot be reused. */
         c->keep_alive = false;
         c->closing = true;
         log_request(c);
-        if (c->ep && c->ep->stats)
-            atomic_fetch_sub_explicit(&c->ep->stats->active_requests, 1, memory_order_relaxed);
+        end_accounting(c);
         c->ep = NULL;
         stream_read_enable(c->stream, false);
         start_close(c);
@@ -726,19 +948,14 @@ void conn_on_response_complete(pf_conn *c, bool upstream_reusable) {
     request_done(c);
 }
 
-void conn_on_upstream_error(pf_conn *c, int status, const char *reason, bool retryable) {
-    upstream_release(c->up, false);
-    c->up = NULL;
-    if (retryable && !c->retried && c->replay && evbuffer_get_length(c->replay) > 0 &&
-        !c->resp_started) {
-        c->retried = true;
-        c->up = upstream_acquire(c->w, c->wc, c->ep, c, NULL);
-        if (c->up) {
-            copy_buffer(upstream_output(c->up), c->replay);
-            if (c->req_complete)
-                upstream_request_sent(c->up);
-            return;
-        }
+void conn_on_upstream_error(pf_conn *c, int status, const char *reason, pf_failure kind) {
+    end_attempt(c, false);
+    if (may_retry(c, kind, status)) {
+        log_debug("retrying client=%s cluster=%s failed=%s reason=\"%s\" attempt=%u",
+                  c->client_ip, c->wc->rt->cfg->name, c->ep ? c->ep->addr.text : "-", reason,
+                  c->attempts + 1);
+        schedule_retry(c, kind);
+        return;
     }
     if (c->resp_started) {
         /* Part of the response is out: the only honest signal left is to cut it. */

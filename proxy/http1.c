@@ -278,6 +278,8 @@ int http1_write_response_head(struct evbuffer *out, const pf_head *resp,
             add_header(out, resp, i);
     add_framing(out, fwd->body, fwd->content_length);
     add_connection(out, fwd->client_minor, fwd->keep_alive);
+    if (fwd->extra_headers)
+        evbuffer_add(out, fwd->extra_headers, strlen(fwd->extra_headers));
     return evbuffer_add(out, "\r\n", 2) == 0 ? PF_OK : PF_ENOMEM;
 }
 

@@ -76,6 +76,20 @@ static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
                         "Requests whose response headers came too late.", labels);
     c->resets = metrics_counter(m, "pilotfish_upstream_resets_total",
                                 "Upstream connections closed before the response ended.", labels);
+    c->retries = metrics_counter(m, "pilotfish_upstream_retries_total",
+                                 "Attempts after the first, over all requests.", labels);
+    c->retry_budget_exhausted =
+        metrics_counter(m, "pilotfish_upstream_retry_budget_exhausted_total",
+                        "Retries not made because the cluster's retry budget was spent.", labels);
+    char breaker[200];
+    static const char *const limits[] = {"max_requests", "max_connections", "max_retries"};
+    pf_counter **slots[] = {&c->overflow_requests, &c->overflow_connections, &c->overflow_retries};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(breaker, sizeof breaker, "cluster=\"%s\",breaker=\"%s\"", c->cfg->name,
+                 limits[i]);
+        *slots[i] = metrics_counter(m, "pilotfish_upstream_overflow_total",
+                                    "Requests refused with 503 by a circuit breaker.", breaker);
+    }
 }
 
 static void emit_endpoint_gauge(void *arg, pf_metric_emit emit, void *emit_ctx) {

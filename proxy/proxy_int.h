@@ -34,7 +34,16 @@ typedef struct pf_cluster_rt {
     pf_counter *resets;
     pf_counter *connections_total;
     pf_counter *pool_reuses;
-    pf_gauge *connections_active;
+    pf_counter *retries;
+    pf_counter *retry_budget_exhausted;
+    pf_counter *overflow_requests;    /* circuit breakers tripped, by limit */
+    pf_counter *overflow_connections; /* (max_connections and max_pending_requests) */
+    pf_counter *overflow_retries;
+    pf_gauge *connections_active; /* also the max_connections breaker's count */
+    /* In flight across all workers, for the breakers and the retry budget. */
+    _Atomic long active_requests;
+    _Atomic long active_retries;
+    _Atomic long pending_requests; /* waiting for an upstream connection to open */
 } pf_cluster_rt;
 
 typedef struct pf_listener_rt {
@@ -99,6 +108,19 @@ struct pf_proxy {
     _Atomic long active_connections;
 };
 
+/* Why an attempt failed; decides whether a retry may follow. */
+typedef enum {
+    PF_FAIL_CONNECT,  /* refused, failed or timed out connecting */
+    PF_FAIL_RESET,    /* closed or reset before the response ended */
+    PF_FAIL_TIMEOUT,  /* no response head within the attempt's timeout */
+    PF_FAIL_STATUS,   /* a response status the retry policy names */
+    PF_FAIL_STALE,    /* a pooled connection the server had closed: nothing was processed */
+    PF_FAIL_PROTOCOL, /* a malformed response: never retried */
+} pf_failure;
+
+/* conn_on_response_head's answer when the response should be dropped for a retry. */
+#define PF_RESPONSE_RETRY 1
+
 /* proxy/conn.c: a downstream connection. */
 void conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struct sockaddr *sa,
                  int salen);
@@ -113,8 +135,9 @@ int conn_on_response_head(pf_conn *c, pf_upstream *up, int status, pf_body_mode 
 void conn_on_response_interim(pf_conn *c, pf_upstream *up, int status);
 void conn_on_response_body(pf_conn *c, const char *at, size_t len);
 void conn_on_response_complete(pf_conn *c, bool upstream_reusable);
-/* The upstream failed. `status` is what to answer if nothing was sent yet (502/503/504). */
-void conn_on_upstream_error(pf_conn *c, int status, const char *reason, bool retryable);
+/* The attempt failed. `status` is what to answer if nothing was sent yet (502/503/504),
+ * unless a retry follows. The upstream is released by the call. */
+void conn_on_upstream_error(pf_conn *c, int status, const char *reason, pf_failure kind);
 /* The upstream's output drained: the client may send more body. */
 void conn_on_upstream_writable(pf_conn *c);
 /* How many bytes the client still has room for before we stop reading the upstream. */
@@ -124,11 +147,11 @@ bool conn_output_full(const pf_conn *c);
  * upstream_acquire: with `reused` NULL, always a new connection; otherwise a pooled one
  * when there is one, and *reused says which. NULL when out of resources. */
 pf_upstream *upstream_acquire(pf_worker *w, pf_worker_cluster *wc, const pf_endpoint *ep,
-                              pf_conn *owner, bool *reused);
+                              pf_conn *owner, bool *reused, bool *overloaded);
 struct evbuffer *upstream_output(pf_upstream *up);
 bool upstream_output_full(const pf_upstream *up, size_t limit);
-/* The request is fully written: starts the response timeout. */
-void upstream_request_sent(pf_upstream *up);
+/* The request is fully written: starts the response timeout (`timeout_ms`). */
+void upstream_request_sent(pf_upstream *up, uint64_t timeout_ms);
 /* Back-pressure from the client side. */
 void upstream_pause_reading(pf_upstream *up);
 void upstream_resume_reading(pf_upstream *up);

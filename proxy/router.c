@@ -116,12 +116,18 @@ static bool path_matches(const pf_config_route *route, const char *path, size_t 
     return rl <= path_len && memcmp(route->path, path, rl) == 0;
 }
 
-long router_match(const pf_router *router, const char *host, int port, const char *path,
-                  size_t path_len) {
+const pf_config_route *router_find(const pf_router *router, const char *host, int port,
+                                   const char *path, size_t path_len) {
     for (size_t i = 0; i < router->count; i++) {
         const pf_config_route *route = &router->routes[i];
         if (host_matches(route, host, port) && path_matches(route, path, path_len))
-            return (long)route->cluster_index;
+            return route;
     }
-    return -1;
+    return NULL;
+}
+
+long router_match(const pf_router *router, const char *host, int port, const char *path,
+                  size_t path_len) {
+    const pf_config_route *route = router_find(router, host, port, path, path_len);
+    return route ? (long)route->cluster_index : -1;
 }

@@ -25,5 +25,8 @@ int router_parse_authority(const char *authority, size_t len, char *host_out, si
  * excludes the query string. Any thread. */
 long router_match(const pf_router *router, const char *host, int port, const char *path,
                   size_t path_len);
+/* The same, returning the matching route itself (borrowed from the router), or NULL. */
+const pf_config_route *router_find(const pf_router *router, const char *host, int port,
+                                   const char *path, size_t path_len);
 
 #endif

@@ -36,6 +36,9 @@ struct pf_upstream {
     bool connected;
     bool reused;
     bool request_sent;
+    bool pending; /* counted in the cluster's pending requests until connected */
+    uint64_t response_timeout_ms;
+    int retry_status; /* a response status the owner wants retried */
     bool got_bytes;
     bool head_done;
     bool complete;
@@ -58,9 +61,17 @@ static void timer_stop(pf_upstream *up) {
     evtimer_del(up->timer);
 }
 
+static void end_pending(pf_upstream *up) {
+    if (up->pending) {
+        up->pending = false;
+        atomic_fetch_sub_explicit(&up->wc->rt->pending_requests, 1, memory_order_relaxed);
+    }
+}
+
 static void upstream_free(pf_upstream *up) {
     if (!up)
         return;
+    end_pending(up);
     stream_free(up->stream);
     if (up->timer)
         event_free(up->timer);
@@ -127,11 +138,11 @@ void pool_free_all(pf_worker_cluster *wc) {
 }
 
 /* Ends the exchange with an error for the owner. Returns nothing: `up` is gone after. */
-static void fail(pf_upstream *up, int status, const char *reason, bool retryable) {
+static void fail(pf_upstream *up, int status, const char *reason, pf_failure kind) {
     pf_conn *owner = up->owner;
     log_debug("upstream failed cluster=%s upstream=%s status=%d reason=\"%s\"",
               up->wc->rt->cfg->name, up->addr, status, reason);
-    conn_on_upstream_error(owner, status, reason, retryable);
+    conn_on_upstream_error(owner, status, reason, kind);
 }
 
 static void process_input(pf_upstream *up) {
@@ -162,7 +173,11 @@ static void process_input(pf_upstream *up) {
         }
     }
     if (up->parse_error) {
-        fail(up, up->parse_error, "upstream sent a malformed response", false);
+        if (up->retry_status)
+            fail(up, up->retry_status, "upstream answered with a retriable status",
+                 PF_FAIL_STATUS);
+        else
+            fail(up, up->parse_error, "upstream sent a malformed response", PF_FAIL_PROTOCOL);
         return;
     }
     if (up->complete) {
@@ -193,8 +208,9 @@ static void on_event(pf_stream *s, int what, int err, void *arg) {
     pf_upstream *up = arg;
     if (what & PF_STREAM_CONNECTED) {
         up->connected = true;
+        end_pending(up);
         if (up->request_sent)
-            timer_set(up, UP_TIMER_RESPONSE, up->wc->rt->cfg->response_timeout_ms);
+            timer_set(up, UP_TIMER_RESPONSE, up->response_timeout_ms);
         else
             timer_stop(up);
         return;
@@ -210,7 +226,7 @@ static void on_event(pf_stream *s, int what, int err, void *arg) {
             atomic_fetch_add_explicit(&up->stats->connect_failures_total, 1, memory_order_relaxed);
         log_debug("upstream connect failed cluster=%s upstream=%s error=\"%s\"",
                   up->wc->rt->cfg->name, up->addr, strerror(err));
-        fail(up, 503, "upstream connect failed", false);
+        fail(up, 503, "upstream connect failed", PF_FAIL_CONNECT);
         return;
     }
     if ((what & PF_STREAM_EOF) && up->head_done && llhttp_message_needs_eof(&up->parser)) {
@@ -227,11 +243,11 @@ static void on_event(pf_stream *s, int what, int err, void *arg) {
     metrics_inc(up->wc->rt->resets, 1);
     /* A reused connection that the server closed while it sat idle is the one failure a
      * fresh connection fixes: nothing was answered, so the request was not processed. */
-    bool retryable = up->reused && !up->got_bytes;
+    bool stale = up->reused && !up->got_bytes;
     fail(up, 502,
          up->head_done ? "upstream closed the connection mid-response"
                        : "upstream closed the connection before responding",
-         retryable);
+         stale ? PF_FAIL_STALE : PF_FAIL_RESET);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg) {
@@ -241,11 +257,11 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     switch (kind) {
     case UP_TIMER_CONNECT:
         metrics_inc(up->wc->rt->connect_timeouts, 1);
-        fail(up, 503, "upstream connect timeout", false);
+        fail(up, 503, "upstream connect timeout", PF_FAIL_CONNECT);
         return;
     case UP_TIMER_RESPONSE:
         metrics_inc(up->wc->rt->response_timeouts, 1);
-        fail(up, 504, "upstream response timeout", false);
+        fail(up, 504, "upstream response timeout", PF_FAIL_TIMEOUT);
         return;
     case UP_TIMER_IDLE:
         pool_remove(up);
@@ -274,6 +290,8 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
         return NULL;
     up->w = w;
     up->wc = wc;
+    up->pending = true;
+    atomic_fetch_add_explicit(&wc->rt->pending_requests, 1, memory_order_relaxed);
     metrics_gauge_add(wc->rt->connections_active, 1);
     metrics_inc(wc->rt->connections_total, 1);
     snprintf(up->addr, sizeof up->addr, "%s", ep->addr.text);
@@ -303,14 +321,34 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
     return up;
 }
 
+/* The circuit breakers that guard opening a connection. */
+static bool may_connect(pf_worker_cluster *wc) {
+    const pf_config_breakers *limits = &wc->rt->cfg->breakers;
+    if (atomic_load_explicit(&wc->rt->connections_active->value, memory_order_relaxed) >=
+        (int64_t)limits->max_connections) {
+        metrics_inc(wc->rt->overflow_connections, 1);
+        return false;
+    }
+    if (atomic_load_explicit(&wc->rt->pending_requests, memory_order_relaxed) >=
+        (long)limits->max_pending_requests) {
+        metrics_inc(wc->rt->overflow_connections, 1);
+        return false;
+    }
+    return true;
+}
+
 pf_upstream *upstream_acquire(pf_worker *w, pf_worker_cluster *wc, const pf_endpoint *ep,
-                              pf_conn *owner, bool *reused) {
+                              pf_conn *owner, bool *reused, bool *overloaded) {
     pf_upstream *up = reused ? take_idle(wc, ep) : NULL;
     if (up) {
         timer_stop(up);
         up->reused = true;
         metrics_inc(wc->rt->pool_reuses, 1);
     } else {
+        if (!may_connect(wc)) {
+            *overloaded = true;
+            return NULL;
+        }
         up = connect_new(w, wc, ep);
         if (!up)
             return NULL;
@@ -326,6 +364,7 @@ pf_upstream *upstream_acquire(pf_worker *w, pf_worker_cluster *wc, const pf_endp
     up->interim = false;
     up->skip_body = false;
     up->parse_error = 0;
+    up->retry_status = 0;
     http1_head_reset(&up->resp);
     return up;
 }
@@ -338,10 +377,11 @@ bool upstream_output_full(const pf_upstream *up, size_t limit) {
     return evbuffer_get_length(stream_output(up->stream)) >= limit;
 }
 
-void upstream_request_sent(pf_upstream *up) {
+void upstream_request_sent(pf_upstream *up, uint64_t timeout_ms) {
     up->request_sent = true;
+    up->response_timeout_ms = timeout_ms;
     if (up->connected || up->reused)
-        timer_set(up, UP_TIMER_RESPONSE, up->wc->rt->cfg->response_timeout_ms);
+        timer_set(up, UP_TIMER_RESPONSE, timeout_ms);
 }
 
 void upstream_pause_reading(pf_upstream *up) {
@@ -436,7 +476,14 @@ static int on_headers_complete(llhttp_t *p) {
     else if (p->flags & F_CONTENT_LENGTH)
         mode = PF_BODY_LENGTH;
     bool skip = false;
-    if (conn_on_response_head(up->owner, up, status, mode, p->content_length, &skip) != 0) {
+    int rc = conn_on_response_head(up->owner, up, status, mode, p->content_length, &skip);
+    if (rc == PF_RESPONSE_RETRY) {
+        /* The owner retries elsewhere; this response is dropped with its connection. */
+        up->retry_status = status;
+        up->parse_error = status;
+        return -1;
+    }
+    if (rc != 0) {
         up->parse_error = 502;
         return -1;
     }
