@@ -125,8 +125,14 @@ def cmd_record(args):
     run.update(parse_wrk(text))
     cpu_s = args.cpu_ticks / args.clk_tck
     run["proxy_cpu_s"] = round(cpu_s, 3)
+    # Share of one core the proxy used; near 100% means the proxy was the bottleneck,
+    # well below means the load side (wrk + backends) limited req/s.
+    run["proxy_cpu_pct"] = (100.0 * cpu_s / run["seconds"]) if (run["seconds"] and args.alive) else None
     run["req_per_cpu_s"] = (run["requests"] / cpu_s) if (run["requests"] and cpu_s > 0) else None
-    run["peak_rss_kb"] = args.peak_kb
+    # A proxy that died has no /proc entry left to read: no peak RSS, no CPU figure.
+    run["peak_rss_kb"] = args.peak_kb if args.alive else None
+    if not args.alive:
+        run["req_per_cpu_s"] = None
     run["idle_rss_kb"] = args.idle_kb
     run["wrk_exit"] = args.wrk_exit
     run["proxy_alive_after"] = bool(args.alive)
@@ -144,7 +150,7 @@ def cmd_record(args):
     print(f"  {args.case:<10} {args.proxy:<10} round {args.round}: "
           f"{_fmt(run['rps'], 0)} req/s  p50 {_fmt(run['p50_ms'], 2)} ms  "
           f"p99 {_fmt(run['p99_ms'], 2)} ms  {_fmt(run['req_per_cpu_s'], 0)} req/CPU-s  "
-          f"(cpu {cpu_s:.2f}s, errors {run['errors']})"
+          f"(proxy cpu {cpu_s:.2f}s = {_fmt(run['proxy_cpu_pct'], 0)}%, errors {run['errors']})"
           + ("  !! " + "; ".join(notes) if notes else ""), flush=True)
 
 
@@ -169,14 +175,18 @@ def aggregate(runs, how):
     In both modes errors are the SUM over all rounds (an error anywhere must show),
     peak RSS is the max over rounds and idle RSS the median.
     """
-    keys = ("rps", "p50_ms", "p99_ms", "req_per_cpu_s", "proxy_cpu_s", "requests")
+    keys = ("rps", "p50_ms", "p99_ms", "req_per_cpu_s", "proxy_cpu_s", "proxy_cpu_pct",
+            "requests")
     if how == "best":
-        pick = max(runs, key=lambda r: r["rps"] or -1)
+        # Never pick a round that crashed or could not be parsed if a clean one exists.
+        clean = [r for r in runs if not r["notes"]] or runs
+        pick = max(clean, key=lambda r: r["rps"] or -1)
         row = {k: pick[k] for k in keys}
         row["best_round"] = pick["round"]
     else:
         row = {k: _median([r[k] for r in runs]) for k in keys}
-    row["peak_rss_kb"] = max(r["peak_rss_kb"] for r in runs)
+    peaks = [r["peak_rss_kb"] for r in runs if r["peak_rss_kb"] is not None]
+    row["peak_rss_kb"] = max(peaks) if peaks else None
     row["idle_rss_kb"] = _median([r["idle_rss_kb"] for r in runs])
     row["errors"] = sum(r["errors"] for r in runs)
     row["rounds"] = len(runs)
@@ -220,8 +230,8 @@ def cmd_report(args):
 
     # ---- table
     hdr = ("case", "proxy", "req/s", "p50 ms", "p99 ms", "req/CPU-s",
-           "peak RSS MiB", "idle RSS MiB", "errors")
-    widths = (10, 17, 9, 8, 8, 10, 12, 12, 7)
+           "peak RSS MiB", "idle RSS MiB", "errors", "CPU %")
+    widths = (10, 17, 9, 8, 8, 10, 12, 12, 7, 6)
 
     def line(cells):
         return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
@@ -240,12 +250,12 @@ def cmd_report(args):
             print(line((e["case"], label, _fmt(r["rps"], 0), _fmt(r["p50_ms"], 3),
                         _fmt(r["p99_ms"], 3), _fmt(r["req_per_cpu_s"], 0),
                         _fmt(mib(r["peak_rss_kb"]), 1), _fmt(mib(r["idle_rss_kb"]), 1),
-                        r["errors"])))
+                        r["errors"], _fmt(r["proxy_cpu_pct"], 0))))
         if "ratio" in e:
             rt = e["ratio"]
             x = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
             print(line((e["case"], f"{subject}/{peer}"[:17], x(rt["rps"]), "",
-                        x(rt["p99_ms"]), x(rt["req_per_cpu_s"]), "", "", "")))
+                        x(rt["p99_ms"]), x(rt["req_per_cpu_s"]), "", "", "", "")))
         for p, r in e["results"].items():
             for n in r["notes"]:
                 print(f"  !! {e['case']} {p}: {n}")

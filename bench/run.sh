@@ -131,6 +131,7 @@ stop_group() {
     wait "$pid" 2>/dev/null || true
 }
 
+# shellcheck disable=SC2317  # reached through the EXIT trap
 cleanup() {
     local rc=$? i
     trap - EXIT INT TERM
@@ -188,29 +189,50 @@ fail_start() {
     exit 1
 }
 
-# wait_http WHAT URL PID LOG : poll URL until it answers 2xx, bounded by START_TIMEOUT;
-# fails early if PID died.
+# wait_http WHAT URL PID LOG : poll URL until it answers 2xx, bounded by START_TIMEOUT.
+# Returns 0 when ready, 1 when the process exited meanwhile (callers retry: the usual
+# cause is a port from free_port taken by someone else before our bind). Not being
+# ready in time is fatal.
 wait_http() {
-    local what=$1 url=$2 pid=$3 log=$4 deadline=$((SECONDS + START_TIMEOUT))
+    local what=$1 url=$2 pid=$3 log=$4 deadline=$((SECONDS + START_TIMEOUT)) pgid
     while :; do
-        if curl -sf -o /dev/null --max-time 1 "$url"; then return 0; fi
-        group_alive "$pid" || fail_start "$what (process exited)" "$log"
+        # Alive is checked after a 2xx too: the answer could come from someone else
+        # who owns the port while our process died on bind.
+        if curl -sf -o /dev/null --max-time 1 "$url"; then
+            sleep 0.05
+            group_alive "$pid" || return 1
+            pgid=$(ps -o pgid= -p "$pid" | tr -d ' ')
+            [ "$pgid" = "$pid" ] || die "$what is not in its own process group (pgid '$pgid', pid $pid): cannot measure it"
+            return 0
+        fi
+        group_alive "$pid" || return 1
         [ "$SECONDS" -lt "$deadline" ] || fail_start "$what (no 2xx from $url within ${START_TIMEOUT}s)" "$log"
         sleep 0.1
     done
+}
+
+# retry_or_fail ATTEMPT WHAT LOG PID : after a start attempt whose process exited,
+# clean it up; on the last attempt give up with its log.
+ATTEMPTS=3
+retry_or_fail() {
+    stop_group "$4"
+    forget_pid "$4"
+    [ "$1" -lt "$ATTEMPTS" ] || fail_start "$2 (process exited, $ATTEMPTS attempts)" "$3"
+    note "$2 exited during startup, retrying with new ports"
 }
 
 # ---- backends ------------------------------------------------------------------------
 BACKEND_PORTS=()
 
 start_nginx_backend() {
-    local name=$1 port dir
-    port=$(free_port)
-    dir="$WORK/nginx-$name"
-    mkdir -p "$dir/tmp"
-    # Tiny fixed response; keepalive_requests is raised so that nginx never retires
-    # the proxies' pooled upstream connections in the middle of a run.
-    cat >"$dir/nginx.conf" <<EOF
+    local name=$1 port dir attempt
+    for ((attempt = 1; ; attempt++)); do
+        port=$(free_port)
+        dir="$WORK/nginx-$name-$attempt"
+        mkdir -p "$dir/tmp"
+        # Tiny fixed response; keepalive_requests is raised so that nginx never retires
+        # the proxies' pooled upstream connections in the middle of a run.
+        cat >"$dir/nginx.conf" <<EOF
 daemon off;
 worker_processes 1;
 pid $dir/nginx.pid;
@@ -231,13 +253,16 @@ http {
     }
 }
 EOF
-    start_bg "$dir/out.log" "$LOAD_CPU" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
-    wait_http "nginx backend $name (127.0.0.1:$port)" "http://127.0.0.1:$port/" "$STARTED_PID" "$dir/error.log"
+        start_bg "$dir/out.log" "$LOAD_CPU" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+        wait_http "nginx backend $name (127.0.0.1:$port)" "http://127.0.0.1:$port/" "$STARTED_PID" "$dir/error.log" && break
+        retry_or_fail "$attempt" "nginx backend $name" "$dir/error.log" "$STARTED_PID"
+    done
     BACKEND_PORTS+=("$port")
 }
 
 start_pf_backend() {
-    local name=$1 out="$WORK/pf-backend-$name.log" port="" deadline=$((SECONDS + START_TIMEOUT)) pid
+    local name=$1 port="" deadline=$((SECONDS + START_TIMEOUT)) pid out
+    out="$WORK/pf-backend-$name.log"
     start_bg "$out" "$LOAD_CPU" "$WORK/pf-backend" --listen 127.0.0.1:0 --name "$name"
     pid=$STARTED_PID
     # It binds port 0 and announces the port as "listening 127.0.0.1:PORT".
@@ -248,21 +273,24 @@ start_pf_backend() {
         [ "$SECONDS" -lt "$deadline" ] || fail_start "pf-backend $name (no 'listening' line within ${START_TIMEOUT}s)" "$out"
         sleep 0.1
     done
-    wait_http "pf-backend $name (127.0.0.1:$port)" "http://127.0.0.1:$port/" "$pid" "$out"
+    # pf-backend picks its own port (no race to retry), so exiting here is fatal.
+    wait_http "pf-backend $name (127.0.0.1:$port)" "http://127.0.0.1:$port/" "$pid" "$out" ||
+        fail_start "pf-backend $name (process exited)" "$out"
     BACKEND_PORTS+=("$port")
 }
 
 # ---- proxies ---------------------------------------------------------------------
 # start_proxy KIND LABEL : sets PROXY_PID, PROXY_PORT, PROXY_LOG.
 start_haproxy() {
-    local label=$1 dir
-    PROXY_PORT=$(free_port)
-    dir=$(mktemp -d "$WORK/haproxy.XXXX")
-    # Single thread to match pilotfish --workers 1; no log lines at all (= no
-    # logging); upstream connections are pooled and shared across client sessions
-    # (http-reuse always) so the Connection: close case does not reconnect upstream.
-    # maxconn is explicit so haproxy does not size itself from the fd limit.
-    cat >"$dir/haproxy.cfg" <<EOF
+    local label=$1 dir attempt
+    for ((attempt = 1; ; attempt++)); do
+        PROXY_PORT=$(free_port)
+        dir=$(mktemp -d "$WORK/haproxy.XXXX")
+        # Single thread to match pilotfish --workers 1; no log lines at all (= no
+        # logging); upstream connections are pooled and shared across client sessions
+        # (http-reuse always) so the Connection: close case does not reconnect upstream.
+        # maxconn is explicit so haproxy does not size itself from the fd limit.
+        cat >"$dir/haproxy.cfg" <<EOF
 global
     nbthread 1
     maxconn 4096
@@ -287,30 +315,36 @@ backend b
     server b1 127.0.0.1:${BACKEND_PORTS[0]}
     server b2 127.0.0.1:${BACKEND_PORTS[1]}
 EOF
-    PROXY_LOG="$dir/haproxy.log"
-    start_bg "$PROXY_LOG" "$PROXY_CPU" "$HAPROXY" -db -f "$dir/haproxy.cfg"
-    PROXY_PID=$STARTED_PID
-    wait_http "$label (haproxy on 127.0.0.1:$PROXY_PORT)" "http://127.0.0.1:$PROXY_PORT/" "$PROXY_PID" "$PROXY_LOG"
+        PROXY_LOG="$dir/haproxy.log"
+        start_bg "$PROXY_LOG" "$PROXY_CPU" "$HAPROXY" -db -f "$dir/haproxy.cfg"
+        PROXY_PID=$STARTED_PID
+        wait_http "$label (haproxy on 127.0.0.1:$PROXY_PORT)" "http://127.0.0.1:$PROXY_PORT/" "$PROXY_PID" "$PROXY_LOG" && break
+        retry_or_fail "$attempt" "$label (haproxy)" "$PROXY_LOG" "$PROXY_PID"
+    done
 }
 
 start_pilotfish() {
-    local dir admin
-    PROXY_PORT=$(free_port)
-    admin=$(free_port)
-    dir=$(mktemp -d "$WORK/pilotfish.XXXX")
-    cat >"$dir/pilotfish.json" <<EOF
+    local dir admin attempt
+    for ((attempt = 1; ; attempt++)); do
+        PROXY_PORT=$(free_port)
+        admin=$(free_port)
+        dir=$(mktemp -d "$WORK/pilotfish.XXXX")
+        cat >"$dir/pilotfish.json" <<EOF
 {"admin": {"address": "127.0.0.1:$admin"}, "access_log": false,
  "listeners": [{"name": "bench", "address": "127.0.0.1:$PROXY_PORT",
                 "routes": [{"match": {"prefix": "/"}, "cluster": "b"}]}],
  "clusters": [{"name": "b", "endpoints": ["127.0.0.1:${BACKEND_PORTS[0]}", "127.0.0.1:${BACKEND_PORTS[1]}"]}]}
 EOF
-    PROXY_LOG="$dir/pilotfish.log"
-    start_bg "$PROXY_LOG" "$PROXY_CPU" "$PILOTFISH_BIN" --config "$dir/pilotfish.json" --workers 1
-    PROXY_PID=$STARTED_PID
-    wait_http "pilotfish admin (/ready on 127.0.0.1:$admin)" "http://127.0.0.1:$admin/ready" "$PROXY_PID" "$PROXY_LOG"
-    # Ready on admin must also mean it proxies; measuring a proxy that answers 502
-    # would be meaningless, so this counts as "did not start".
-    wait_http "pilotfish listener (127.0.0.1:$PROXY_PORT)" "http://127.0.0.1:$PROXY_PORT/" "$PROXY_PID" "$PROXY_LOG"
+        PROXY_LOG="$dir/pilotfish.log"
+        start_bg "$PROXY_LOG" "$PROXY_CPU" "$PILOTFISH_BIN" --config "$dir/pilotfish.json" --workers 1
+        PROXY_PID=$STARTED_PID
+        # Ready on admin must also mean it proxies; measuring a proxy that answers 502
+        # would be meaningless, so the listener has to answer 2xx too.
+        wait_http "pilotfish admin (/ready on 127.0.0.1:$admin)" "http://127.0.0.1:$admin/ready" "$PROXY_PID" "$PROXY_LOG" &&
+            wait_http "pilotfish listener (127.0.0.1:$PROXY_PORT)" "http://127.0.0.1:$PROXY_PORT/" "$PROXY_PID" "$PROXY_LOG" &&
+            break
+        retry_or_fail "$attempt" pilotfish "$PROXY_LOG" "$PROXY_PID"
+    done
 }
 
 start_proxy() {
@@ -341,7 +375,8 @@ run_wrk() { # run_wrk SECONDS OUTFILE [wrk args...]; bounded twice: -d and timeo
     local d=$1 out=$2
     shift 2
     local rc=0
-    pin "$LOAD_CPU" timeout -k 5 $((d + 30)) wrk -t1 -c"$CONNS" -d"${d}s" --latency "$@" \
+    # --foreground keeps wrk in our process group so Ctrl-C stops it at once.
+    pin "$LOAD_CPU" timeout --foreground -k 5 $((d + 30)) wrk -t1 -c"$CONNS" -d"${d}s" --latency "$@" \
         "http://127.0.0.1:$PROXY_PORT/" >"$out" 2>&1 || rc=$?
     return "$rc"
 }

@@ -38,6 +38,8 @@
 #define WEIGHT_MAX 10000u
 #define PRIORITY_MAX 127u
 #define MAX_IDLE_PER_ENDPOINT_MAX 100000u
+#define RING_HASH_SIZE_MAX 65536u /* points per endpoint; the ring itself is capped in proxy/ */
+#define MAGLEV_SIZE_MAX 5000011u  /* a prime; 20 MB of table */
 
 /* Where an address is used decides the hint when someone writes a name instead of an IP. */
 typedef enum { ADDR_ANY, ADDR_LISTEN, ADDR_ENDPOINT } addr_use;
@@ -51,10 +53,15 @@ static const char *const name_hints[] = {
 static const char *const lb_policy_names[] = {
     [PF_LB_ROUND_ROBIN] = "round_robin",
     [PF_LB_WEIGHTED_ROUND_ROBIN] = "weighted_round_robin",
+    [PF_LB_LEAST_REQUEST] = "least_request",
+    [PF_LB_LEAST_RESPONSE_TIME] = "least_response_time",
+    [PF_LB_RANDOM] = "random",
+    [PF_LB_RING_HASH] = "ring_hash",
+    [PF_LB_MAGLEV] = "maglev",
 };
 
-static const char *const root_keys[] = {"admin",         "access_log", "workers",
-                                        "drain_timeout", "listeners",  "clusters", "local_zone"};
+static const char *const root_keys[] = {"admin",     "access_log", "workers",    "drain_timeout",
+                                        "listeners", "clusters",   "local_zone", "dns"};
 static const char *const admin_keys[] = {"address"};
 static const char *const listener_keys[] = {
     "name",        "address",      "routes",         "max_header_bytes", "max_target_bytes",
@@ -83,8 +90,22 @@ static const char *const cluster_keys[] = {"name",
                                            "zone_aware",
                                            "panic_threshold",
                                            "health_check",
-                                           "outlier_detection"};
+                                           "outlier_detection",
+                                           "dns",
+                                           "hash_on",
+                                           "hash_table_size",
+                                           "ewma_decay",
+                                           "slow_start"};
 static const char *const endpoint_keys[] = {"address", "weight", "priority", "zone"};
+static const char *const dns_keys[] = {"resolvers", "timeout", "tries"};
+static const char *const dns_cluster_keys[] = {"name",        "port",        "record",
+                                               "min_refresh", "max_refresh", "hold"};
+static const char *const dns_record_names[] = {
+    [PF_DNS_RECORD_A] = "A",
+    [PF_DNS_RECORD_AAAA] = "AAAA",
+    [PF_DNS_RECORD_A_AAAA] = "A+AAAA",
+    [PF_DNS_RECORD_SRV] = "SRV",
+};
 
 typedef struct loader {
     const char *source;
@@ -324,6 +345,12 @@ int config_parse_sockaddr(const char *text, pf_sockaddr *out, pf_error *err) {
     if (!text)
         return pf_fail(err, PF_EINVAL, "no address given");
     return parse_sockaddr(text, ADDR_ANY, out, err);
+}
+
+const char *config_dns_record_name(pf_dns_record record) {
+    if ((size_t)record < ARRAY_LEN(dns_record_names))
+        return dns_record_names[record];
+    return "unknown";
 }
 
 const char *config_lb_policy_name(pf_lb_policy policy) {
@@ -1122,8 +1149,323 @@ static void parse_outlier(loader *ld, json_t *cluster, const char *cluster_path,
                                       : PF_DEFAULT_MAX_EJECTION_MS;
 }
 
+/* ---- DNS discovery ------------------------------------------------------------------- */
+
+/* RFC 1035 2.3.4: a name is at most 253 characters as text, labels at most 63. The
+ * underscore is not a hostname character, but SRV owner names need it (RFC 2782). */
+#define DNS_LABEL_MAX 63
+#define DNS_TEXT_MAX (PF_DNS_NAME_MAX - 1)
+/* Refreshing more often than this floods the resolver without making anything fresher. */
+#define DNS_MIN_REFRESH_FLOOR_MS 100u
+#define DNS_TRIES_MAX 10u
+
+static bool dns_name_char(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.';
+}
+
+/* Checks a DNS name and stores it lower-case (RFC 4343: names compare case-insensitively,
+ * and clusters on the same name share one query). A trailing "." makes it absolute: no
+ * search domains are tried. */
+static void parse_dns_name(loader *ld, const char *path, const char *s, char out[PF_DNS_NAME_MAX]) {
+    char q[QUOTE_MAX], c[16];
+    struct in_addr a4;
+    size_t n = strlen(s), label = 0;
+    if (n == 0) {
+        errf(ld, path, "name is empty; give a DNS name such as \"backend.internal\"");
+        return;
+    }
+    if (n > DNS_TEXT_MAX + (s[n - 1] == '.')) {
+        errf(ld, path, "name %s is too long (%zu characters, max %d)", qstr(q, s), n, DNS_TEXT_MAX);
+        return;
+    }
+    if (inet_pton(AF_INET, s, &a4) == 1) {
+        errf(ld, path, "%s is an IP address, not a name; list it in \"endpoints\" instead",
+             qstr(q, s));
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == ':') {
+            errf(ld, path, "name %s has invalid character ':'; give the port in \"port\"",
+                 qstr(q, s));
+            return;
+        }
+        if (!dns_name_char(s[i])) {
+            errf(ld, path, "name %s has invalid character %s; DNS names use A-Z a-z 0-9 - _ .",
+                 qstr(q, s), char_desc(c, s[i]));
+            return;
+        }
+        if (s[i] != '.') {
+            if (++label > DNS_LABEL_MAX) {
+                errf(ld, path, "name %s has a label longer than %d characters", qstr(q, s),
+                     DNS_LABEL_MAX);
+                return;
+            }
+            continue;
+        }
+        if (label == 0) {
+            errf(ld, path, "name %s has an empty label (a leading or double \".\")", qstr(q, s));
+            return;
+        }
+        label = 0;
+    }
+    for (size_t i = 0; i <= n; i++)
+        out[i] = (s[i] >= 'A' && s[i] <= 'Z') ? (char)(s[i] - 'A' + 'a') : s[i];
+}
+
+/* $.clusters[i].dns. Returns whether "endpoints" is still required: not when the cluster
+ * uses DNS, nor when the lack of both keys was reported here already. */
+static bool parse_cluster_dns(loader *ld, json_t *cluster, const char *cluster_path,
+                              pf_config_cluster *c) {
+    char path[JPATH_MAX], p[JPATH_MAX], q[QUOTE_MAX], a[32], b[32];
+    pf_config_cluster_dns *d = &c->dns;
+    d->min_refresh_ms = PF_DEFAULT_DNS_MIN_REFRESH_MS;
+    d->max_refresh_ms = PF_DEFAULT_DNS_MAX_REFRESH_MS;
+    d->hold_ms = PF_DEFAULT_DNS_HOLD_MS;
+    json_t *v = json_object_get(cluster, "dns");
+    bool has_endpoints = json_object_get(cluster, "endpoints") != NULL;
+    if (!v) {
+        if (has_endpoints)
+            return true;
+        errf(ld, cluster_path,
+             "missing required key \"endpoints\" (or \"dns\" for endpoints from DNS)");
+        return false;
+    }
+    if (has_endpoints)
+        errf(ld, cluster_path, "\"endpoints\" and \"dns\" exclude each other; use one");
+    jkey(path, cluster_path, "dns");
+    if (!want(ld, v, path, "object"))
+        return false;
+    check_keys(ld, v, path, dns_cluster_keys, ARRAY_LEN(dns_cluster_keys));
+
+    json_t *record = get(ld, v, path, "record", "string", false);
+    if (record) {
+        const char *s = json_string_value(record);
+        size_t i = 0;
+        while (i < ARRAY_LEN(dns_record_names) && strcmp(s, dns_record_names[i]) != 0)
+            i++;
+        if (i < ARRAY_LEN(dns_record_names)) {
+            d->record = (pf_dns_record)i;
+        } else {
+            textlist tl = {0};
+            textlist_join(&tl, dns_record_names, ARRAY_LEN(dns_record_names));
+            errf(ld, jkey(p, path, "record"), "unknown record %s; known records: %s", qstr(q, s),
+                 tl.buf);
+        }
+    }
+    json_t *name = get(ld, v, path, "name", "string", true);
+    if (name)
+        parse_dns_name(ld, jkey(p, path, "name"), json_string_value(name), d->name);
+
+    /* SRV answers carry a port per target; for addresses the port must come from here. */
+    json_t *port = json_object_get(v, "port");
+    if (d->record == PF_DNS_RECORD_SRV && port) {
+        errf(ld, jkey(p, path, "port"), "SRV records carry their own ports; remove \"port\"");
+    } else if (d->record != PF_DNS_RECORD_SRV && !port) {
+        errf(ld, path, "missing required key \"port\" (the port of every address the name has)");
+    } else if (port) {
+        uint32_t n = 0;
+        get_uint(ld, v, path, "port", 1, 65535, &n);
+        d->port = (uint16_t)n;
+    }
+
+    get_duration(ld, v, path, "min_refresh", true, &d->min_refresh_ms);
+    get_duration(ld, v, path, "max_refresh", true, &d->max_refresh_ms);
+    get_duration(ld, v, path, "hold", false, &d->hold_ms);
+    if (d->min_refresh_ms < DNS_MIN_REFRESH_FLOOR_MS)
+        errf(ld, jkey(p, path, "min_refresh"),
+             "%s is below %ums; refreshing that often floods the resolver",
+             pf_duration_format(d->min_refresh_ms, a, sizeof a), DNS_MIN_REFRESH_FLOOR_MS);
+    else if (d->max_refresh_ms < d->min_refresh_ms)
+        errf(ld, jkey(p, path, "max_refresh"), "%s is less than min_refresh (%s)",
+             pf_duration_format(d->max_refresh_ms, a, sizeof a),
+             pf_duration_format(d->min_refresh_ms, b, sizeof b));
+    return false;
+}
+
+/* ---- load balancing ------------------------------------------------------------------ */
+
+/* RFC 9110 5.6.2 token characters: header names, and cookie names (RFC 6265 4.1.1). */
+static bool token_char(char ch) {
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+           (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+static bool is_prime(uint64_t n) {
+    if (n < 2)
+        return false;
+    for (uint64_t d = 2; d * d <= n; d++)
+        if (n % d == 0)
+            return false;
+    return true;
+}
+
+static bool is_hash_policy(pf_lb_policy p) {
+    return p == PF_LB_RING_HASH || p == PF_LB_MAGLEV;
+}
+
+/* A header or cookie name to hash on: a non-empty token; header names are stored in lower
+ * case, the way the proxy compares them. */
+static void parse_hash_name(loader *ld, json_t *v, const char *path, const char *what, bool lower,
+                            char out[PF_HASH_NAME_MAX]) {
+    char q[QUOTE_MAX], c[16];
+    if (!want(ld, v, path, "string"))
+        return;
+    const char *s = json_string_value(v);
+    size_t n = strlen(s);
+    if (n == 0) {
+        errf(ld, path, "%s name is empty", what);
+        return;
+    }
+    if (n >= PF_HASH_NAME_MAX) {
+        errf(ld, path, "%s name %s is too long (max %d characters)", what, qstr(q, s),
+             PF_HASH_NAME_MAX - 1);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!token_char(s[i])) {
+            errf(ld, path, "%s name %s has invalid character %s; names are tokens (RFC 9110 5.6.2)",
+                 what, qstr(q, s), char_desc(c, s[i]));
+            return;
+        }
+        out[i] = lower && s[i] >= 'A' && s[i] <= 'Z' ? (char)(s[i] - 'A' + 'a') : s[i];
+    }
+    out[n] = '\0';
+}
+
+static void parse_hash_on(loader *ld, json_t *v, const char *path, pf_config_hash_on *h) {
+    static const char *const hash_on_keys[] = {"header", "cookie", "source_ip", "path"};
+    char p[JPATH_MAX];
+    if (!want(ld, v, path, "object"))
+        return;
+    check_keys(ld, v, path, hash_on_keys, ARRAY_LEN(hash_on_keys));
+    const char *first = NULL;
+    for (size_t k = 0; k < ARRAY_LEN(hash_on_keys); k++) {
+        json_t *m = json_object_get(v, hash_on_keys[k]);
+        if (!m)
+            continue;
+        if (first) {
+            errf(ld, path, "\"%s\" and \"%s\" exclude each other; hash on one", first,
+                 hash_on_keys[k]);
+            return;
+        }
+        first = hash_on_keys[k];
+        jkey(p, path, hash_on_keys[k]);
+        if (k == 0 || k == 1) {
+            h->kind = k == 0 ? PF_HASH_HEADER : PF_HASH_COOKIE;
+            parse_hash_name(ld, m, p, hash_on_keys[k], k == 0, h->name);
+        } else if (json_is_true(m)) {
+            h->kind = k == 2 ? PF_HASH_SOURCE_IP : PF_HASH_PATH;
+        } else {
+            errf(ld, p, "expected true, found %s (write {\"%s\": true} to hash on it)",
+                 json_is_false(m) ? "false" : kind(m), hash_on_keys[k]);
+        }
+    }
+    if (!first && json_object_size(v) == 0)
+        errf(ld, path,
+             "empty; give one of {\"header\": NAME}, {\"cookie\": NAME}, {\"source_ip\": true}, "
+             "{\"path\": true}");
+}
+
+/* The next prime at or above n (tables are small enough for trial division). */
+static uint64_t next_prime(uint64_t n) {
+    while (!is_prime(n))
+        n++;
+    return n;
+}
+
+static void parse_hash_table_size(loader *ld, json_t *v, const char *path, pf_config_cluster *c) {
+    char p[JPATH_MAX];
+    uint32_t size = 0;
+    if (c->lb_policy == PF_LB_RING_HASH) {
+        get_uint(ld, v, path, "hash_table_size", 1, RING_HASH_SIZE_MAX, &size);
+    } else {
+        get_uint(ld, v, path, "hash_table_size", 2, MAGLEV_SIZE_MAX, &size);
+        jkey(p, path, "hash_table_size");
+        uint64_t lower = size, upper = size;
+        while (lower > 2 && !is_prime(lower))
+            lower--;
+        if (size && !is_prime(size)) {
+            errf(ld, p,
+                 "%u is not a prime; maglev needs a prime table size (nearest primes: %llu, "
+                 "%llu)",
+                 size, (unsigned long long)lower, (unsigned long long)next_prime(upper));
+            return;
+        }
+        /* Static endpoints are known now; each needs slots, and Maglev's evenness needs
+         * M >> N (the paper uses M > 100 N). */
+        size_t endpoints = json_array_size(json_object_get(v, "endpoints"));
+        if (size && size < endpoints) {
+            errf(ld, p,
+                 "table size %u is smaller than the %zu endpoints; use a prime of at least 100 "
+                 "per endpoint, e.g. %llu",
+                 size, endpoints, (unsigned long long)next_prime(100u * (uint64_t)endpoints));
+            return;
+        }
+    }
+    if (size)
+        c->hash_table_size = size;
+}
+
+/* lb_policy and the settings that go with it. A setting the chosen policy would ignore is
+ * an error, like an unknown key: whoever wrote it expects it to do something. */
+static void parse_cluster_lb(loader *ld, json_t *v, const char *path, pf_config_cluster *c) {
+    char p[JPATH_MAX], q[QUOTE_MAX];
+    c->lb_policy = PF_LB_ROUND_ROBIN;
+    json_t *policy = get(ld, v, path, "lb_policy", "string", false);
+    if (policy) {
+        const char *s = json_string_value(policy);
+        size_t i = 0;
+        while (i < ARRAY_LEN(lb_policy_names) && strcmp(s, lb_policy_names[i]) != 0)
+            i++;
+        if (strcmp(s, "ewma") == 0) {
+            c->lb_policy = PF_LB_LEAST_RESPONSE_TIME;
+        } else if (i < ARRAY_LEN(lb_policy_names)) {
+            c->lb_policy = (pf_lb_policy)i;
+        } else {
+            textlist tl = {0};
+            textlist_join(&tl, lb_policy_names, ARRAY_LEN(lb_policy_names));
+            textlist_add(&tl, "ewma");
+            errf(ld, jkey(p, path, "lb_policy"), "unknown lb_policy %s; known policies: %s",
+                 qstr(q, s), tl.buf);
+            return; /* the settings below cannot be judged without a policy */
+        }
+    }
+    const char *name = config_lb_policy_name(c->lb_policy);
+    bool hashing = is_hash_policy(c->lb_policy);
+    json_t *hash_on = json_object_get(v, "hash_on");
+    if (hash_on && !hashing)
+        errf(ld, jkey(p, path, "hash_on"),
+             "hash_on is used only by ring_hash and maglev, not by lb_policy \"%s\"", name);
+    else if (hash_on)
+        parse_hash_on(ld, hash_on, jkey(p, path, "hash_on"), &c->hash_on);
+    else if (hashing)
+        errf(ld, path,
+             "lb_policy \"%s\" needs \"hash_on\": {\"header\": NAME}, {\"cookie\": NAME}, "
+             "{\"source_ip\": true} or {\"path\": true}",
+             name);
+
+    if (hashing) {
+        c->hash_table_size =
+            c->lb_policy == PF_LB_MAGLEV ? PF_DEFAULT_MAGLEV_SIZE : PF_DEFAULT_RING_HASH_SIZE;
+        parse_hash_table_size(ld, v, path, c);
+    } else if (json_object_get(v, "hash_table_size")) {
+        errf(ld, jkey(p, path, "hash_table_size"),
+             "hash_table_size is used only by ring_hash and maglev, not by lb_policy \"%s\"", name);
+    }
+
+    if (c->lb_policy == PF_LB_LEAST_RESPONSE_TIME) {
+        c->ewma_decay_ms = PF_DEFAULT_EWMA_DECAY_MS;
+        get_duration(ld, v, path, "ewma_decay", true, &c->ewma_decay_ms);
+    } else if (json_object_get(v, "ewma_decay")) {
+        errf(ld, jkey(p, path, "ewma_decay"),
+             "ewma_decay is used only by least_response_time, not by lb_policy \"%s\"", name);
+    }
+    get_duration(ld, v, path, "slow_start", false, &c->slow_start_ms);
+}
+
 static void parse_cluster(loader *ld, json_t *v, const char *path, pf_config_cluster *c) {
-    char p[JPATH_MAX], ep[JPATH_MAX], q[QUOTE_MAX];
+    char p[JPATH_MAX], ep[JPATH_MAX];
     c->lb_policy = PF_LB_ROUND_ROBIN;
     c->connect_timeout_ms = PF_DEFAULT_CONNECT_TIMEOUT_MS;
     c->response_timeout_ms = PF_DEFAULT_RESPONSE_TIMEOUT_MS;
@@ -1134,25 +1476,11 @@ static void parse_cluster(loader *ld, json_t *v, const char *path, pf_config_clu
     check_keys(ld, v, path, cluster_keys, ARRAY_LEN(cluster_keys));
     get_name(ld, v, path, c->name);
 
-    json_t *policy = get(ld, v, path, "lb_policy", "string", false);
-    if (policy) {
-        const char *s = json_string_value(policy);
-        size_t i = 0;
-        while (i < ARRAY_LEN(lb_policy_names) && strcmp(s, lb_policy_names[i]) != 0)
-            i++;
-        if (i < ARRAY_LEN(lb_policy_names)) {
-            c->lb_policy = (pf_lb_policy)i;
-        } else {
-            textlist tl = {0};
-            textlist_join(&tl, lb_policy_names, ARRAY_LEN(lb_policy_names));
-            errf(ld, jkey(p, path, "lb_policy"), "unknown lb_policy %s; known policies: %s",
-                 qstr(q, s), tl.buf);
-        }
-    }
+    parse_cluster_lb(ld, v, path, c);
 
     /* An empty list is allowed: a cluster may be declared before its endpoints exist,
      * and the proxy answers 503 for it meanwhile. */
-    json_t *eps = get(ld, v, path, "endpoints", "array", true);
+    json_t *eps = get(ld, v, path, "endpoints", "array", parse_cluster_dns(ld, v, path, c));
     if (eps && json_array_size(eps) > 0) {
         c->endpoints = alloc_array(ld, json_array_size(eps), sizeof *c->endpoints);
         if (c->endpoints) {
@@ -1255,6 +1583,50 @@ static void parse_local_zone(loader *ld, json_t *root, pf_config *cfg) {
     memcpy(cfg->local_zone, zone, strlen(zone) + 1);
 }
 
+/* $.dns: the resolver. Without "resolvers", c-ares reads /etc/resolv.conf (servers, search
+ * domains, ndots). */
+static void parse_dns(loader *ld, json_t *root, pf_config *cfg) {
+    char p[JPATH_MAX], q[QUOTE_MAX];
+    pf_error err;
+    cfg->dns.timeout_ms = PF_DEFAULT_DNS_TIMEOUT_MS;
+    cfg->dns.tries = PF_DEFAULT_DNS_TRIES;
+    json_t *v = get(ld, root, "$", "dns", "object", false);
+    if (!v)
+        return;
+    check_keys(ld, v, "$.dns", dns_keys, ARRAY_LEN(dns_keys));
+    json_t *list = get(ld, v, "$.dns", "resolvers", "array", false);
+    if (list && json_array_size(list) == 0)
+        errf(ld, "$.dns.resolvers",
+             "must not be empty; leave \"resolvers\" out to use the servers of /etc/resolv.conf");
+    if (list && json_array_size(list) > PF_DNS_MAX_RESOLVERS)
+        errf(ld, "$.dns.resolvers", "%zu resolvers; at most %d are allowed", json_array_size(list),
+             PF_DNS_MAX_RESOLVERS);
+    else if (list) {
+        size_t from[PF_DNS_MAX_RESOLVERS]; /* JSON index of each accepted resolver */
+        for (size_t i = 0; i < json_array_size(list); i++) {
+            json_t *s = json_array_get(list, i);
+            pf_sockaddr *r = &cfg->dns.resolvers[cfg->dns.resolver_count];
+            jidx(p, "$.dns.resolvers", i);
+            if (!want(ld, s, p, "string"))
+                continue;
+            if (parse_sockaddr(json_string_value(s), ADDR_ANY, r, &err) != PF_OK) {
+                errf(ld, p, "%s (a resolver is \"ip:port\", e.g. \"127.0.0.1:53\")", err.msg);
+                continue;
+            }
+            size_t j = 0;
+            while (j < cfg->dns.resolver_count && strcmp(cfg->dns.resolvers[j].text, r->text))
+                j++;
+            if (j < cfg->dns.resolver_count)
+                errf(ld, p, "duplicate resolver %s (also $.dns.resolvers[%zu])", qstr(q, r->text),
+                     from[j]);
+            else
+                from[cfg->dns.resolver_count++] = i;
+        }
+    }
+    get_duration(ld, v, "$.dns", "timeout", true, &cfg->dns.timeout_ms);
+    get_uint(ld, v, "$.dns", "tries", 1, DNS_TRIES_MAX, &cfg->dns.tries);
+}
+
 static void parse_root(loader *ld, json_t *root, pf_config *cfg) {
     pf_error err;
     cfg->access_log = true;
@@ -1277,6 +1649,7 @@ static void parse_root(loader *ld, json_t *root, pf_config *cfg) {
     /* Zero is allowed here, unlike the other timeouts: it means "close at once". */
     get_duration(ld, root, "$", "drain_timeout", false, &cfg->drain_timeout_ms);
     parse_local_zone(ld, root, cfg);
+    parse_dns(ld, root, cfg);
 
     json_t *listeners = get(ld, root, "$", "listeners", "array", true);
     if (listeners)
@@ -1524,10 +1897,61 @@ static void dump_cluster_health(dumper *d, json_t *o, const pf_config_cluster *c
     }
 }
 
+/* A DNS cluster has "dns" in place of "endpoints", as in the file. */
+static void dump_cluster_dns(dumper *d, json_t *o, const pf_config_cluster *c) {
+    const pf_config_cluster_dns *dns = &c->dns;
+    if (!dns->name[0])
+        return;
+    json_t *v = json_object();
+    json_object_del(o, "endpoints");
+    put(d, v, "name", json_string(dns->name));
+    put(d, v, "record", json_string(config_dns_record_name(dns->record)));
+    if (dns->port)
+        put(d, v, "port", json_integer(dns->port));
+    put_duration(d, v, "min_refresh", dns->min_refresh_ms);
+    put_duration(d, v, "max_refresh", dns->max_refresh_ms);
+    put_duration(d, v, "hold", dns->hold_ms);
+    put(d, o, "dns", v);
+}
+
+static void dump_dns(dumper *d, json_t *root, const pf_config_dns *dns) {
+    json_t *v = json_object();
+    if (dns->resolver_count) {
+        json_t *list = json_array();
+        for (size_t i = 0; i < dns->resolver_count; i++)
+            push(d, list, json_string(dns->resolvers[i].text));
+        put(d, v, "resolvers", list);
+    }
+    put_duration(d, v, "timeout", dns->timeout_ms);
+    put(d, v, "tries", json_integer(dns->tries));
+    put(d, root, "dns", v);
+}
+
+static void dump_cluster_lb(dumper *d, json_t *o, const pf_config_cluster *c) {
+    static const char *const kinds[] = {[PF_HASH_HEADER] = "header",
+                                        [PF_HASH_COOKIE] = "cookie",
+                                        [PF_HASH_SOURCE_IP] = "source_ip",
+                                        [PF_HASH_PATH] = "path"};
+    if (c->hash_on.kind != PF_HASH_NONE) {
+        json_t *h = json_object();
+        if (c->hash_on.kind == PF_HASH_HEADER || c->hash_on.kind == PF_HASH_COOKIE)
+            put(d, h, kinds[c->hash_on.kind], json_string(c->hash_on.name));
+        else
+            put(d, h, kinds[c->hash_on.kind], json_true());
+        put(d, o, "hash_on", h);
+    }
+    if (c->hash_table_size)
+        put(d, o, "hash_table_size", json_integer(c->hash_table_size));
+    if (c->lb_policy == PF_LB_LEAST_RESPONSE_TIME)
+        put_duration(d, o, "ewma_decay", c->ewma_decay_ms);
+    put_duration(d, o, "slow_start", c->slow_start_ms);
+}
+
 static json_t *dump_cluster(dumper *d, const pf_config_cluster *c) {
     json_t *o = json_object(), *eps = json_array();
     put(d, o, "name", json_string(c->name));
     put(d, o, "lb_policy", json_string(config_lb_policy_name(c->lb_policy)));
+    dump_cluster_lb(d, o, c);
     for (size_t i = 0; i < c->endpoint_count; i++) {
         const pf_config_endpoint *e = &c->endpoints[i];
         json_t *ep = json_object();
@@ -1556,6 +1980,7 @@ static json_t *dump_cluster(dumper *d, const pf_config_cluster *c) {
     put(d, o, "zone_aware", json_boolean(c->zone_aware));
     put(d, o, "panic_threshold", json_integer(c->panic_threshold));
     dump_cluster_health(d, o, c);
+    dump_cluster_dns(d, o, c);
     return o;
 }
 
@@ -1580,6 +2005,7 @@ char *config_dump_json(const pf_config *cfg) {
     for (size_t i = 0; i < cfg->cluster_count; i++)
         push(&d, clusters, dump_cluster(&d, &cfg->clusters[i]));
     put(&d, root, "clusters", clusters);
+    dump_dns(&d, root, &cfg->dns);
 
     char *text = d.failed ? NULL : json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(root);

@@ -28,11 +28,22 @@
 #define PF_DEFAULT_DRAIN_TIMEOUT_MS 15000u
 #define PF_DEFAULT_WORKERS 1u
 #define PF_MAX_WORKERS 64u
+#define PF_DEFAULT_DNS_MIN_REFRESH_MS 1000u
+#define PF_DEFAULT_DNS_MAX_REFRESH_MS 300000u
+#define PF_DEFAULT_DNS_HOLD_MS 30000u
+#define PF_DEFAULT_DNS_TIMEOUT_MS 1000u
+#define PF_DEFAULT_DNS_TRIES 3u
+#define PF_DNS_MAX_RESOLVERS 8
+/* Records taken from one DNS answer (A/AAAA addresses or SRV targets); the rest are dropped
+ * with a warning, so one huge answer cannot grow a cluster without bound. */
+#define PF_DNS_MAX_RECORDS 1024u
 
 #define PF_NAME_MAX 64     /* listener and cluster names */
 #define PF_HOST_MAX 256    /* route host patterns */
 #define PF_PATH_MAX 1024   /* route path patterns */
 #define PF_ADDRTEXT_MAX 64 /* "[v6]:port" as text */
+/* A DNS name as text (253 characters), an optional trailing "." and the NUL. */
+#define PF_DNS_NAME_MAX 256
 
 /* A socket address parsed from "ip:port" or "[ipv6]:port". */
 typedef struct pf_sockaddr {
@@ -52,10 +63,10 @@ typedef enum {
 } pf_lb_policy;
 
 /* Load-balancing settings beside lb_policy; defaults documented in README.md. */
-#define PF_DEFAULT_RING_HASH_SIZE 1024u  /* ring points of an endpoint of the highest weight */
-#define PF_DEFAULT_MAGLEV_SIZE 65537u    /* a prime */
+#define PF_DEFAULT_RING_HASH_SIZE 1024u /* ring points of an endpoint of the highest weight */
+#define PF_DEFAULT_MAGLEV_SIZE 65537u   /* a prime */
 #define PF_DEFAULT_EWMA_DECAY_MS 10000u
-#define PF_HASH_NAME_MAX 128             /* header or cookie name to hash on */
+#define PF_HASH_NAME_MAX 128 /* header or cookie name to hash on */
 
 /* What ring_hash and maglev hash a request on. */
 typedef enum {
@@ -94,11 +105,11 @@ enum {
 #define PF_DEFAULT_RETRY_BACKOFF_MAX_MS 250u
 #define PF_DEFAULT_RETRY_BUFFER_BYTES (64u * 1024u)
 #define PF_DEFAULT_BUDGET_PERCENT 20u
-#define PF_DEFAULT_BUDGET_MIN_CONCURRENCY 3u
+#define PF_DEFAULT_BUDGET_MIN_CONCURRENCY 10u
 #define PF_DEFAULT_MAX_CONNECTIONS 1024u
 #define PF_DEFAULT_MAX_PENDING_REQUESTS 1024u
 #define PF_DEFAULT_MAX_REQUESTS 1024u
-#define PF_DEFAULT_MAX_CONCURRENT_RETRIES 3u
+#define PF_DEFAULT_MAX_CONCURRENT_RETRIES 1024u
 #define PF_DEFAULT_PANIC_THRESHOLD 50u
 
 typedef struct pf_config_retry {
@@ -173,6 +184,31 @@ typedef struct pf_config_outlier {
     uint64_t interval_ms;          /* how often ejections end and refused ones are retried */
 } pf_config_outlier;
 
+typedef enum {
+    PF_DNS_RECORD_A,
+    PF_DNS_RECORD_AAAA,
+    PF_DNS_RECORD_A_AAAA,
+    PF_DNS_RECORD_SRV
+} pf_dns_record;
+
+/* $.clusters[].dns: endpoints come from DNS instead of "endpoints". */
+typedef struct pf_config_cluster_dns {
+    char name[PF_DNS_NAME_MAX]; /* lower-case; empty: the cluster has static endpoints */
+    pf_dns_record record;
+    uint16_t port; /* A/AAAA: every address gets this port; SRV: 0 (the records carry ports) */
+    uint64_t min_refresh_ms;
+    uint64_t max_refresh_ms; /* TTLs are clamped to [min_refresh, max_refresh] */
+    uint64_t hold_ms;        /* NXDOMAIN / empty answers empty a live set only after this */
+} pf_config_cluster_dns;
+
+/* $.dns: the resolver shared by every DNS cluster. */
+typedef struct pf_config_dns {
+    pf_sockaddr resolvers[PF_DNS_MAX_RESOLVERS];
+    size_t resolver_count; /* 0: the servers of /etc/resolv.conf */
+    uint64_t timeout_ms;   /* first try; c-ares doubles it on each retry round */
+    uint32_t tries;
+} pf_config_dns;
+
 typedef struct pf_config_cluster {
     char name[PF_NAME_MAX];
     pf_config_retry retry;
@@ -194,6 +230,7 @@ typedef struct pf_config_cluster {
     uint32_t max_idle_per_endpoint;    /* per worker */
     pf_config_health_check health_check;
     pf_config_outlier outlier;
+    pf_config_cluster_dns dns; /* dns.name[0] != 0: DNS discovery, no endpoints */
 } pf_config_cluster;
 
 typedef enum { PF_MATCH_HOST_ANY, PF_MATCH_HOST_EXACT, PF_MATCH_HOST_SUFFIX } pf_host_match;
@@ -236,6 +273,7 @@ typedef struct pf_config {
     size_t listener_count;
     pf_config_cluster *clusters;
     size_t cluster_count;
+    pf_config_dns dns;
 } pf_config;
 
 /* Loads and validates a config file. On success returns 0 and *out (caller frees with
@@ -253,6 +291,8 @@ char *config_dump_json(const pf_config *cfg);
 int config_parse_sockaddr(const char *text, pf_sockaddr *out, pf_error *err);
 
 const char *config_lb_policy_name(pf_lb_policy policy);
+/* "A", "AAAA", "A+AAAA" or "SRV". */
+const char *config_dns_record_name(pf_dns_record record);
 
 /* Parses an expected-status item, "200-399" or "204" (codes 100-599). Returns 0 or PF_EINVAL
  * with a reason. */

@@ -1,11 +1,17 @@
 /* Immutable endpoint sets and the slots that publish them to workers. */
 #include "discovery/endpoint_set.h"
 #include "core/log.h"
+#include "core/time.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+typedef struct slot_sub {
+    pf_slot_callback cb;
+    void *arg;
+} slot_sub;
 
 struct pf_endpoint_slot {
     pthread_mutex_t lock;
@@ -16,8 +22,28 @@ struct pf_endpoint_slot {
     pf_endpoint_stats **stats;
     char (*stats_keys)[PF_ADDRTEXT_MAX];
     size_t stats_count;
+    slot_sub subs[PF_SLOT_SUBSCRIBERS_MAX];
+    size_t sub_count;
     char name[PF_NAME_MAX];
 };
+
+static void count_healthy(pf_endpoint_set *set) {
+    set->healthy_count = 0;
+    set->total_weight = 0;
+    set->equal_weights = true;
+    uint32_t first_weight = 0;
+    for (size_t i = 0; i < set->count; i++) {
+        const pf_endpoint *ep = &set->endpoints[i];
+        if (!ep->healthy)
+            continue;
+        set->healthy_count++;
+        set->total_weight += ep->weight;
+        if (!first_weight)
+            first_weight = ep->weight;
+        else if (ep->weight != first_weight)
+            set->equal_weights = false;
+    }
+}
 
 /* Orders endpoint indexes by address, then by position, so that among duplicates the
  * first one listed wins whatever qsort's stability. */
@@ -55,19 +81,7 @@ pf_endpoint_set *discovery_set_new(const pf_endpoint *endpoints, size_t count) {
     }
     free(order);
     set->count = kept;
-    set->equal_weights = true;
-    uint32_t first_weight = 0;
-    for (size_t i = 0; i < kept; i++) {
-        const pf_endpoint *ep = &set->endpoints[i];
-        if (!ep->healthy)
-            continue;
-        set->healthy_count++;
-        set->total_weight += ep->weight;
-        if (!first_weight)
-            first_weight = ep->weight;
-        else if (ep->weight != first_weight)
-            set->equal_weights = false;
-    }
+    count_healthy(set);
     return set;
 }
 
@@ -88,6 +102,25 @@ void discovery_set_unref(pf_endpoint_set *set) {
     for (size_t i = 0; i < set->count; i++)
         stats_unref(set->endpoints[i].stats);
     free(set);
+}
+
+pf_endpoint_set *discovery_set_derive(const pf_endpoint_set *src, const uint32_t *weights,
+                                      const bool *healthy) {
+    pf_endpoint_set *set = calloc(1, sizeof *set + src->count * sizeof(pf_endpoint));
+    if (!set)
+        return NULL;
+    atomic_init(&set->refs, 1);
+    set->version = src->version;
+    set->count = src->count;
+    for (size_t i = 0; i < src->count; i++) {
+        set->endpoints[i] = src->endpoints[i];
+        set->endpoints[i].weight = weights[i] ? weights[i] : 1;
+        set->endpoints[i].healthy = healthy[i];
+        if (set->endpoints[i].stats)
+            atomic_fetch_add_explicit(&set->endpoints[i].stats->refs, 1, memory_order_relaxed);
+    }
+    count_healthy(set);
+    return set;
 }
 
 bool discovery_set_equal(const pf_endpoint_set *a, const pf_endpoint_set *b) {
@@ -155,6 +188,7 @@ static int attach_stats(pf_endpoint_slot *slot, pf_endpoint_set *set) {
                 return PF_ENOMEM;
             }
             atomic_init(&s->refs, 1);
+            atomic_init(&s->first_seen_ms, slot->stats_count ? pf_now_ms() : 0);
         }
         stats[i] = s;
         snprintf(keys[i], PF_ADDRTEXT_MAX, "%s", addr);
@@ -174,6 +208,7 @@ static int attach_stats(pf_endpoint_slot *slot, pf_endpoint_set *set) {
 }
 
 bool discovery_slot_publish(pf_endpoint_slot *slot, pf_endpoint_set *set) {
+    slot_sub subs[PF_SLOT_SUBSCRIBERS_MAX];
     pthread_mutex_lock(&slot->lock);
     uint64_t generation = atomic_load_explicit(&slot->generation, memory_order_relaxed);
     if (generation > 0 && discovery_set_equal(slot->current, set)) {
@@ -191,11 +226,42 @@ bool discovery_slot_publish(pf_endpoint_slot *slot, pf_endpoint_set *set) {
     pf_endpoint_set *old = slot->current;
     slot->current = set;
     atomic_store_explicit(&slot->generation, generation + 1, memory_order_release);
+    /* Copied under the lock, called outside it: a subscriber reads the slot it watches. */
+    size_t sub_count = slot->sub_count;
+    memcpy(subs, slot->subs, sub_count * sizeof subs[0]);
     pthread_mutex_unlock(&slot->lock);
     log_debug("endpoint set published cluster=%s version=%llu endpoints=%zu healthy=%zu",
               slot->name, (unsigned long long)(generation + 1), set->count, set->healthy_count);
     discovery_set_unref(old);
+    for (size_t i = 0; i < sub_count; i++)
+        subs[i].cb(subs[i].arg);
     return true;
+}
+
+int discovery_slot_subscribe(pf_endpoint_slot *slot, pf_slot_callback cb, void *arg) {
+    int rc = PF_ELIMIT;
+    pthread_mutex_lock(&slot->lock);
+    if (slot->sub_count < PF_SLOT_SUBSCRIBERS_MAX) {
+        slot->subs[slot->sub_count].cb = cb;
+        slot->subs[slot->sub_count].arg = arg;
+        slot->sub_count++;
+        rc = PF_OK;
+    }
+    pthread_mutex_unlock(&slot->lock);
+    return rc;
+}
+
+void discovery_slot_unsubscribe(pf_endpoint_slot *slot, pf_slot_callback cb, void *arg) {
+    pthread_mutex_lock(&slot->lock);
+    for (size_t i = 0; i < slot->sub_count; i++) {
+        if (slot->subs[i].cb == cb && slot->subs[i].arg == arg) {
+            memmove(&slot->subs[i], &slot->subs[i + 1],
+                    (slot->sub_count - i - 1) * sizeof slot->subs[0]);
+            slot->sub_count--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&slot->lock);
 }
 
 pf_endpoint_set *discovery_slot_acquire(pf_endpoint_slot *slot) {

@@ -25,6 +25,17 @@ typedef struct pf_endpoint_stats {
     _Atomic uint64_t requests_total;
     _Atomic uint64_t connect_failures_total;
     _Atomic uint32_t refs;
+    /* Passive outlier detection (health/): failures in a row that workers reported through
+     * health_report(); any success resets both. */
+    _Atomic uint32_t consecutive_5xx;
+    _Atomic uint32_t consecutive_gateway_failures;
+    /* pf_now_ms() when health last turned the endpoint from unhealthy back to healthy (for
+     * slow start); 0 when it has not been down since it appeared. */
+    _Atomic uint64_t healthy_since_ms;
+    /* pf_now_ms() when the endpoint joined the slot; 0 when it came while the slot had no
+     * endpoint (the first set): then there is nobody to shield it from, and slow start,
+     * which ramps from the later of this and healthy_since_ms, leaves it alone. */
+    _Atomic uint64_t first_seen_ms;
 } pf_endpoint_stats;
 
 /* Public because balancers walk endpoints on every request. Fields never change after
@@ -57,6 +68,11 @@ typedef struct pf_endpoint_slot pf_endpoint_slot;
 pf_endpoint_set *discovery_set_new(const pf_endpoint *endpoints, size_t count);
 pf_endpoint_set *discovery_set_ref(pf_endpoint_set *set);
 void discovery_set_unref(pf_endpoint_set *set);
+/* A copy of `src` (same endpoints, stats and version) with each endpoint's weight and
+ * healthy flag replaced by weights[i] and healthy[i]; for views derived from a published
+ * set, such as failover tiers. Returns a set with one reference, or NULL. Any thread. */
+pf_endpoint_set *discovery_set_derive(const pf_endpoint_set *src, const uint32_t *weights,
+                                      const bool *healthy);
 /* True when both sets hold the same endpoints with the same attributes. */
 bool discovery_set_equal(const pf_endpoint_set *a, const pf_endpoint_set *b);
 
@@ -72,6 +88,18 @@ pf_endpoint_set *discovery_slot_acquire(pf_endpoint_slot *slot);
 /* 0 until the first publish, then increments once per published change. */
 uint64_t discovery_slot_generation(const pf_endpoint_slot *slot);
 const char *discovery_slot_name(const pf_endpoint_slot *slot);
+
+/* Subscribers learn that a slot changed: health/ watches the slot discovery publishes into
+ * and derives the slot workers read. */
+#define PF_SLOT_SUBSCRIBERS_MAX 4
+typedef void (*pf_slot_callback)(void *arg);
+/* Calls cb(arg) after every publish that changed the slot (not for an equal set), on the
+ * publisher's thread, after the new set is visible and outside the slot's lock, so cb may
+ * acquire the slot. Returns 0, or PF_ELIMIT past PF_SLOT_SUBSCRIBERS_MAX. Call (un)subscribe
+ * from the publishers' thread, or before publishing starts. */
+int discovery_slot_subscribe(pf_endpoint_slot *slot, pf_slot_callback cb, void *arg);
+/* Removes a subscription made with the same cb and arg; no-op when absent. */
+void discovery_slot_unsubscribe(pf_endpoint_slot *slot, pf_slot_callback cb, void *arg);
 
 /* A worker's view of one slot. Owned by one thread, never shared. */
 typedef struct pf_set_cache {

@@ -60,7 +60,7 @@ struct pf_conn {
     uint64_t deadline_us; /* route timeout; 0: none */
     const pf_config_route *route;
     const pf_config_retry *retry;
-    const pf_endpoint *failed_ep; /* the last attempt's endpoint, avoided by the next */
+    char failed_addr[PF_ADDRTEXT_MAX]; /* the last attempt's endpoint, avoided by the next */
     int error_status; /* a 4xx decided inside an llhttp callback */
     const char *error_reason;
     int status;
@@ -69,6 +69,7 @@ struct pf_conn {
     pf_body_mode req_body;
     pf_body_mode resp_body;
     uint64_t start_us;
+    uint64_t attempt_us; /* when the attempt in flight picked its endpoint */
     uint64_t bytes_in, bytes_out;
     const char *authority;
     size_t authority_len;
@@ -113,7 +114,7 @@ static void reset_request(pf_conn *c) {
     c->deadline_us = 0;
     c->route = NULL;
     c->retry = NULL;
-    c->failed_ep = NULL;
+    c->failed_addr[0] = '\0';
     c->error_status = c->status = 0;
     c->error_reason = NULL;
     c->req_body = c->resp_body = PF_BODY_NONE;
@@ -379,13 +380,31 @@ static uint64_t attempt_timeout_ms(const pf_conn *c) {
     return ms;
 }
 
-/* A healthy endpoint, preferring one other than the endpoint that just failed. */
-static const pf_endpoint *pick_endpoint(pf_conn *c, const pf_endpoint_set *set) {
-    const pf_endpoint *ep = balancer_pick(c->wc->balancer, set, NULL);
-    for (int tries = 0; ep && c->failed_ep && tries < 4 && set->healthy_count > 1; tries++) {
-        if (strcmp(ep->addr.text, c->failed_ep->addr.text) != 0)
-            break;
-        ep = balancer_pick(c->wc->balancer, set, NULL);
+static bool is_failed(const pf_conn *c, const pf_endpoint *ep) {
+    return ep && c->failed_addr[0] && strcmp(ep->addr.text, c->failed_addr) == 0;
+}
+
+/* A healthy endpoint, preferring one other than the endpoint that just failed. A retry
+ * that finds no other in the tiers now taking traffic tries the next tier's endpoints,
+ * which discovery still calls healthy. */
+static const pf_endpoint *pick_endpoint(pf_conn *c, pf_endpoint_set *set,
+                                        pf_endpoint_set **from) {
+    *from = set;
+    pf_pick_context key =
+        balancer_context(c->wc->balancer, &c->req, c->client_ip, c->path, c->path_len);
+    const pf_endpoint *ep = balancer_pick(c->wc->balancer, set, &key);
+    for (int tries = 0; is_failed(c, ep) && tries < 4 && set->healthy_count > 1; tries++)
+        ep = balancer_pick(c->wc->balancer, set, &key);
+    if (!c->failed_addr[0] || (ep && !is_failed(c, ep)))
+        return ep;
+    pf_endpoint_set *raw = c->wc->cache.set;
+    size_t start = (size_t)worker_random(c->w);
+    for (size_t k = 0; raw && k < raw->count; k++) {
+        const pf_endpoint *other = &raw->endpoints[(start + k) % raw->count];
+        if (other->healthy && !is_failed(c, other)) {
+            *from = raw;
+            return other;
+        }
     }
     return ep;
 }
@@ -393,15 +412,17 @@ static const pf_endpoint *pick_endpoint(pf_conn *c, const pf_endpoint_set *set) 
 /* Sends the request (what c->replay holds) to an endpoint. Returns 0, or -1 after
  * answering locally and closing. */
 static int start_attempt(pf_conn *c, bool has_body) {
-    pf_endpoint_set *set = discovery_cache_get(&c->wc->cache);
-    const pf_endpoint *ep = set ? pick_endpoint(c, set) : NULL;
+    pf_endpoint_set *set = worker_cluster_set(c->wc), *from = NULL;
+    const pf_endpoint *ep = set ? pick_endpoint(c, set, &from) : NULL;
     if (!ep)
         return answer_locally(c, 503, "no healthy endpoint in the cluster\n", has_body);
-    if (c->set != set) {
+    if (c->set != from) {
+        /* c->ep points into this set: hold it for as long as the attempt lasts. */
         discovery_set_unref(c->set);
-        c->set = discovery_set_ref(set);
+        c->set = discovery_set_ref(from);
     }
     c->ep = ep;
+    c->attempt_us = pf_now_us();
     if (ep->stats) {
         atomic_fetch_add_explicit(&ep->stats->active_requests, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&ep->stats->requests_total, 1, memory_order_relaxed);
@@ -849,7 +870,7 @@ static void schedule_retry(pf_conn *c, pf_failure kind) {
             c->counted_retry = true;
         }
     }
-    c->failed_ep = c->ep;
+    snprintf(c->failed_addr, sizeof c->failed_addr, "%s", c->ep ? c->ep->addr.text : "");
     uint64_t delay = 0;
     if (kind != PF_FAIL_STALE) {
         /* Exponential backoff with full jitter, capped. */
@@ -877,6 +898,9 @@ static void retry_now(pf_conn *c) {
 
 int conn_on_response_head(pf_conn *c, pf_upstream *up, int status, pf_body_mode upstream_body,
                           uint64_t content_length, bool *skip_body) {
+    /* Latency feedback; a fast 5xx must not make a failing endpoint look fast. */
+    if (c->ep && status < 500)
+        balancer_on_response(c->wc->balancer, c->ep, pf_now_us() - c->attempt_us);
     if (status >= 500 && may_retry(c, PF_FAIL_STATUS, status))
         return PF_RESPONSE_RETRY;
     c->status = status;

@@ -29,6 +29,19 @@ uint64_t worker_random(pf_worker *w) {
     return w->rng[1] + s0;
 }
 
+pf_endpoint_set *worker_cluster_set(pf_worker_cluster *wc) {
+    pf_endpoint_set *raw = discovery_cache_get(&wc->cache);
+    if (!raw)
+        return NULL;
+    if (wc->assigned_version != raw->version || !wc->assigned) {
+        bool panic;
+        discovery_set_unref(wc->assigned);
+        wc->assigned = assign_cache_get(&wc->rt->assign, raw, &wc->rt->assign_params, &panic);
+        wc->assigned_version = raw->version;
+    }
+    return wc->assigned ? wc->assigned : raw;
+}
+
 static void register_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
     char labels[160];
     for (int i = 0; i < PF_CODE_CLASSES; i++) {
@@ -108,6 +121,23 @@ static void emit_endpoint_gauge(void *arg, pf_metric_emit emit, void *emit_ctx) 
     }
 }
 
+bool proxy_cluster_panic(const pf_proxy *proxy, size_t index) {
+    pf_assign_cache *cache = &proxy->clusters[index].assign;
+    pthread_mutex_lock(&cache->lock);
+    bool panic = cache->panic && cache->source;
+    pthread_mutex_unlock(&cache->lock);
+    return panic;
+}
+
+static void emit_panic_gauge(void *arg, pf_metric_emit emit, void *emit_ctx) {
+    const pf_proxy *proxy = arg;
+    char labels[160];
+    for (size_t i = 0; i < proxy->cluster_count; i++) {
+        snprintf(labels, sizeof labels, "cluster=\"%s\"", proxy->clusters[i].cfg->name);
+        emit(emit_ctx, labels, proxy_cluster_panic(proxy, i) ? 1 : 0);
+    }
+}
+
 static void use_pthreads(void) {
     evthread_use_pthreads();
 }
@@ -131,7 +161,7 @@ static int worker_init(pf_proxy *proxy, pf_worker *w, unsigned id) {
     for (size_t i = 0; i < proxy->cluster_count; i++) {
         w->clusters[i].rt = &proxy->clusters[i];
         discovery_cache_init(&w->clusters[i].cache, proxy->clusters[i].slot);
-        w->clusters[i].balancer = balancer_new(proxy->clusters[i].cfg->lb_policy);
+        w->clusters[i].balancer = balancer_new(proxy->clusters[i].lb);
         if (!w->clusters[i].balancer)
             return PF_ENOMEM;
     }
@@ -168,8 +198,13 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
     for (size_t i = 0; i < cfg->cluster_count; i++) {
         pf_cluster_rt *c = &proxy->clusters[i];
         c->cfg = &cfg->clusters[i];
+        assign_cache_init(&c->assign);
+        c->assign_params.panic_threshold = c->cfg->panic_threshold;
+        c->assign_params.zone_aware = c->cfg->zone_aware;
+        c->assign_params.local_zone = cfg->local_zone;
         c->slot = discovery_slot_new(c->cfg->name);
-        if (!c->slot)
+        c->lb = balancer_group_new(c->cfg);
+        if (!c->slot || !c->lb)
             goto nomem;
         register_cluster_metrics(metrics, c);
     }
@@ -184,6 +219,10 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
             l->fds[k] = -1;
         register_listener_metrics(metrics, l);
     }
+    metrics_gauge_callback(metrics, "pilotfish_cluster_panic",
+                           "1 while a cluster is below its panic threshold and balances over "
+                           "every endpoint, healthy or not.",
+                           emit_panic_gauge, proxy);
     metrics_gauge_callback(metrics, "pilotfish_cluster_endpoints",
                            "Endpoints in each cluster's current set, by health.",
                            emit_endpoint_gauge, proxy);
@@ -337,6 +376,7 @@ static void worker_free(pf_worker *w, size_t listener_count) {
     free(w->accept_ctx);
     for (size_t i = 0; w->clusters && i < w->proxy->cluster_count; i++) {
         pool_free_all(&w->clusters[i]);
+        discovery_set_unref(w->clusters[i].assigned);
         discovery_cache_release(&w->clusters[i].cache);
         balancer_free(w->clusters[i].balancer);
     }
@@ -365,8 +405,12 @@ void proxy_free(pf_proxy *proxy) {
         router_free(l->router);
     }
     free(proxy->listeners);
-    for (size_t i = 0; proxy->clusters && i < proxy->cluster_count; i++)
+    for (size_t i = 0; proxy->clusters && i < proxy->cluster_count; i++) {
+        if (proxy->clusters[i].cfg)
+            assign_cache_destroy(&proxy->clusters[i].assign);
+        balancer_group_unref(proxy->clusters[i].lb);
         discovery_slot_free(proxy->clusters[i].slot);
+    }
     free(proxy->clusters);
     free(proxy);
 }

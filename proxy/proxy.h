@@ -43,5 +43,7 @@ size_t proxy_cluster_count(const pf_proxy *proxy);
 const pf_config_cluster *proxy_cluster_config(const pf_proxy *proxy, size_t index);
 /* The slot discovery publishes this cluster's endpoint sets into. Borrowed. */
 pf_endpoint_slot *proxy_cluster_slot(const pf_proxy *proxy, size_t index);
+/* True while the cluster balances over every endpoint because too few are healthy. */
+bool proxy_cluster_panic(const pf_proxy *proxy, size_t index);
 
 #endif

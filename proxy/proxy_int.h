@@ -3,6 +3,7 @@
 #ifndef PF_PROXY_INT_H
 #define PF_PROXY_INT_H
 
+#include "proxy/assign.h"
 #include "proxy/balancer.h"
 #include "proxy/http1.h"
 #include "proxy/proxy.h"
@@ -44,6 +45,9 @@ typedef struct pf_cluster_rt {
     _Atomic long active_requests;
     _Atomic long active_retries;
     _Atomic long pending_requests; /* waiting for an upstream connection to open */
+    pf_assign_params assign_params;
+    pf_assign_cache assign; /* the tier/zone/panic view of the current set */
+    pf_balancer_group *lb;  /* what the workers' balancers share (settings, hash tables) */
 } pf_cluster_rt;
 
 typedef struct pf_listener_rt {
@@ -68,6 +72,8 @@ typedef struct pf_pool_bucket {
 typedef struct pf_worker_cluster {
     pf_cluster_rt *rt;
     pf_set_cache cache;
+    pf_endpoint_set *assigned; /* derived from cache's set: what the balancer picks from */
+    uint64_t assigned_version;
     pf_balancer *balancer;
     pf_pool_bucket *buckets[PF_POOL_BUCKETS];
 } pf_worker_cluster;
@@ -183,5 +189,8 @@ static inline int code_class(int status) {
 }
 
 uint64_t worker_random(pf_worker *w);
+/* The set this worker balances over now for a cluster (borrowed; NULL before the first
+ * publish): discovery's set with health, tiers, zones and panic applied. */
+pf_endpoint_set *worker_cluster_set(pf_worker_cluster *wc);
 
 #endif

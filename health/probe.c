@@ -1,0 +1,296 @@
+/* One active health check: connect, send, read until the answer decides, close.
+ * A fresh connection per check (Connection: close), so a check measures what a new
+ * upstream connection would meet, and no pool of health connections has to be kept.
+ * Results found early (a refused connect) still reach the caller through the event loop,
+ * never from inside probe_start, so the caller's bookkeeping never re-enters itself. */
+#include "health/probe_int.h"
+#include "core/error.h"
+#include "core/time.h"
+#include "health/verdict.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* An answer longer than this without a decision is not a health check answer. */
+#define PROBE_ANSWER_MAX (64u * 1024u)
+#define PROBE_READ_CHUNK 4096u
+
+static const char *const result_names[PROBE_RESULTS] = {
+    [PROBE_PASS] = "success",
+    [PROBE_FAIL] = "failure",
+    [PROBE_TIMEOUT] = "timeout",
+    [PROBE_CONNECT_FAILURE] = "connect_failure",
+};
+
+const char *probe_result_name(probe_result r) {
+    return (unsigned)r < PROBE_RESULTS ? result_names[r] : "unknown";
+}
+
+static int on_headers_complete(llhttp_t *parser) {
+    probe *p = parser->data;
+    p->status = parser->status_code;
+    /* The status is all a check needs: stop here and skip the body. */
+    return HPE_PAUSED;
+}
+
+static llhttp_settings_t http_settings;
+static bool http_settings_ready;
+
+static void close_socket(probe *p) {
+    if (p->io) {
+        event_free(p->io);
+        p->io = NULL;
+    }
+    if (p->fd >= 0) {
+        close(p->fd);
+        p->fd = -1;
+    }
+}
+
+/* Records the result and lets the deadline timer deliver it on the next loop turn. */
+static void decide(probe *p, probe_result result, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void decide(probe *p, probe_result result, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->detail, sizeof p->detail, fmt, ap);
+    va_end(ap);
+    close_socket(p);
+    p->result = result;
+    p->phase = PROBE_DECIDED;
+    event_del(p->deadline);
+    event_active(p->deadline, EV_TIMEOUT, 0);
+}
+
+static void decide_connect_error(probe *p, int err) {
+    if (err == ECONNREFUSED)
+        decide(p, PROBE_CONNECT_FAILURE, "connect refused");
+    else if (err == ETIMEDOUT)
+        decide(p, PROBE_TIMEOUT, "timeout");
+    else
+        decide(p, PROBE_CONNECT_FAILURE, "connect failed: %s", strerror(err));
+}
+
+static void decide_read_error(probe *p, int err) {
+    if (err == ECONNRESET)
+        decide(p, PROBE_FAIL, "connection reset");
+    else
+        decide(p, PROBE_FAIL, "read failed: %s", strerror(err));
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg) {
+    probe *p = arg;
+    if (p->phase == PROBE_IDLE)
+        return;
+    if (p->phase != PROBE_DECIDED) {
+        close_socket(p);
+        p->result = PROBE_TIMEOUT;
+        snprintf(p->detail, sizeof p->detail, "timeout");
+    }
+    p->phase = PROBE_IDLE;
+    p->out = NULL;
+    p->done(p->arg, p->result, p->detail);
+}
+
+static void on_io(evutil_socket_t fd, short what, void *arg);
+
+static void start_reading(probe *p) {
+    p->phase = PROBE_READING;
+    event_del(p->io);
+    event_assign(p->io, p->base, p->fd, EV_READ | EV_PERSIST, on_io, p);
+    event_add(p->io, NULL);
+}
+
+/* What to do once everything is sent: read when there is something to check, else pass. */
+static void after_send(probe *p) {
+    if (p->hc->type == PF_CHECK_HTTP || p->hc->expect_len)
+        start_reading(p);
+    else
+        decide(p, PROBE_PASS, p->out_len ? "sent" : "connected");
+}
+
+static void do_send(probe *p) {
+    while (p->sent < p->out_len) {
+        ssize_t n = send(p->fd, p->out + p->sent, p->out_len - p->sent, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return; /* EV_WRITE brings us back */
+            if (errno == EINTR)
+                continue;
+            if (errno == ECONNRESET || errno == EPIPE)
+                decide(p, PROBE_FAIL, "connection reset");
+            else
+                decide(p, PROBE_FAIL, "send failed: %s", strerror(errno));
+            return;
+        }
+        p->sent += (size_t)n;
+    }
+    after_send(p);
+}
+
+/* Feeds answer bytes; returns true when they decided the check. */
+static bool feed_http(probe *p, const char *data, size_t len) {
+    llhttp_errno_t rc = llhttp_execute(&p->parser, data, len);
+    if (rc == HPE_PAUSED && p->status) {
+        if (health_status_expected(p->hc, p->status))
+            decide(p, PROBE_PASS, "HTTP %d", p->status);
+        else
+            decide(p, PROBE_FAIL, "HTTP %d", p->status);
+        return true;
+    }
+    if (rc != HPE_OK) {
+        decide(p, PROBE_FAIL, "bad response: %s", llhttp_get_error_reason(&p->parser));
+        return true;
+    }
+    return false;
+}
+
+/* Looks for the expect bytes across read boundaries: the window keeps the last
+ * expect_len - 1 bytes of what came before. */
+static bool feed_tcp(probe *p, const char *data, size_t len) {
+    const pf_config_health_check *hc = p->hc;
+    while (len > 0) {
+        size_t room = sizeof p->window - p->window_len;
+        size_t n = len < room ? len : room;
+        memcpy(p->window + p->window_len, data, n);
+        p->window_len += n;
+        data += n;
+        len -= n;
+        if (memmem(p->window, p->window_len, hc->expect, hc->expect_len)) {
+            decide(p, PROBE_PASS, "expected answer");
+            return true;
+        }
+        size_t keep = hc->expect_len - 1;
+        if (p->window_len > keep) {
+            memmove(p->window, p->window + p->window_len - keep, keep);
+            p->window_len = keep;
+        }
+    }
+    return false;
+}
+
+static void do_read(probe *p) {
+    char buf[PROBE_READ_CHUNK];
+    for (;;) {
+        ssize_t n = recv(p->fd, buf, sizeof buf, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                decide_read_error(p, errno);
+            return;
+        }
+        if (n == 0) {
+            if (p->hc->type == PF_CHECK_HTTP)
+                decide(p, PROBE_FAIL, "connection closed before a response");
+            else
+                decide(p, PROBE_FAIL, "connection closed before the expected answer");
+            return;
+        }
+        p->received += (size_t)n;
+        bool decided = p->hc->type == PF_CHECK_HTTP ? feed_http(p, buf, (size_t)n)
+                                                    : feed_tcp(p, buf, (size_t)n);
+        if (decided)
+            return;
+        if (p->received > PROBE_ANSWER_MAX) {
+            decide(p, PROBE_FAIL,
+                   p->hc->type == PF_CHECK_HTTP ? "response head larger than %u bytes"
+                                                : "expected answer not in the first %u bytes",
+                   PROBE_ANSWER_MAX);
+            return;
+        }
+    }
+}
+
+static void on_io(evutil_socket_t fd, short what, void *arg) {
+    probe *p = arg;
+    if (p->phase == PROBE_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+            err = errno;
+        if (err) {
+            decide_connect_error(p, err);
+            return;
+        }
+        p->phase = PROBE_SENDING;
+    }
+    if (p->phase == PROBE_SENDING)
+        do_send(p);
+    else if (p->phase == PROBE_READING)
+        do_read(p);
+}
+
+int probe_init(probe *p, struct event_base *base, const pf_config_health_check *hc,
+               probe_done_fn done, void *arg) {
+    memset(p, 0, sizeof *p);
+    p->base = base;
+    p->hc = hc;
+    p->done = done;
+    p->arg = arg;
+    p->fd = -1;
+    p->phase = PROBE_IDLE;
+    /* Main thread only, like every probe: no race on the shared settings. */
+    if (!http_settings_ready) {
+        llhttp_settings_init(&http_settings);
+        http_settings.on_headers_complete = on_headers_complete;
+        http_settings_ready = true;
+    }
+    p->deadline = evtimer_new(base, on_deadline, p);
+    return p->deadline ? PF_OK : PF_ENOMEM;
+}
+
+void probe_start(probe *p, const pf_sockaddr *addr, const char *out, size_t out_len) {
+    p->out = out;
+    p->out_len = out_len;
+    p->sent = 0;
+    p->received = 0;
+    p->status = 0;
+    p->window_len = 0;
+    p->detail[0] = '\0';
+    p->phase = PROBE_CONNECTING;
+    llhttp_init(&p->parser, HTTP_RESPONSE, &http_settings);
+    p->parser.data = p;
+    struct timeval tv = pf_timeval_ms(p->hc->timeout_ms);
+    event_add(p->deadline, &tv);
+
+    p->fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (p->fd < 0) {
+        decide(p, PROBE_CONNECT_FAILURE, "no socket: %s", strerror(errno));
+        return;
+    }
+    if (connect(p->fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 &&
+        errno != EINPROGRESS) {
+        decide_connect_error(p, errno);
+        return;
+    }
+    p->io = event_new(p->base, p->fd, EV_WRITE | EV_PERSIST, on_io, p);
+    if (!p->io || event_add(p->io, NULL) < 0) {
+        decide(p, PROBE_CONNECT_FAILURE, "out of memory");
+        return;
+    }
+}
+
+void probe_cancel(probe *p) {
+    close_socket(p);
+    if (p->deadline)
+        event_del(p->deadline);
+    p->phase = PROBE_IDLE;
+    p->out = NULL;
+}
+
+void probe_release(probe *p) {
+    probe_cancel(p);
+    if (p->deadline)
+        event_free(p->deadline);
+    p->deadline = NULL;
+}
+
+bool probe_busy(const probe *p) {
+    return p->phase != PROBE_IDLE;
+}

@@ -1,0 +1,66 @@
+/* One active health check in flight against one endpoint: a non-blocking connect, the
+ * request or the tcp "send" bytes, then the answer read until it decides (an HTTP status
+ * line and headers parsed by llhttp, or the tcp "expect" bytes). Private to health/: a
+ * probe is embedded in health.c's per-endpoint state and runs on health's event loop. */
+#ifndef PF_HEALTH_PROBE_INT_H
+#define PF_HEALTH_PROBE_INT_H
+
+#include "config/config.h"
+
+#include <event2/event.h>
+#include <llhttp.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* How a check ended; each is a metric label (probe_result_name). */
+typedef enum {
+    PROBE_PASS,
+    PROBE_FAIL,            /* answered, but not as expected (status, bytes, garbage, reset) */
+    PROBE_TIMEOUT,         /* no decision within the check's timeout */
+    PROBE_CONNECT_FAILURE, /* refused, unreachable, no socket */
+    PROBE_RESULTS
+} probe_result;
+
+#define PROBE_DETAIL_MAX 96
+
+/* Called once per probe_start, never from inside probe_start; `detail` says what was seen
+ * ("HTTP 503", "connect refused", "timeout") and is valid during the call only. */
+typedef void (*probe_done_fn)(void *arg, probe_result result, const char *detail);
+
+typedef enum { PROBE_IDLE, PROBE_CONNECTING, PROBE_SENDING, PROBE_READING, PROBE_DECIDED } probe_phase;
+
+typedef struct probe {
+    struct event_base *base;
+    const pf_config_health_check *hc;
+    probe_done_fn done;
+    void *arg;
+    probe_phase phase;
+    int fd;
+    struct event *io;       /* on fd; NULL while idle */
+    struct event *deadline; /* the check's timeout; also delivers early results */
+    const char *out;        /* request bytes, borrowed until the check ends */
+    size_t out_len, sent;
+    size_t received; /* answer bytes read, bounded by PROBE_ANSWER_MAX */
+    llhttp_t parser;
+    int status; /* 0 until the response head is complete */
+    /* tcp expect: the tail of the answer still able to start a match */
+    char window[2 * PF_CHECK_PAYLOAD_MAX];
+    size_t window_len;
+    probe_result result;
+    char detail[PROBE_DETAIL_MAX];
+} probe;
+
+/* Prepares an idle probe (creates its timer). Returns 0 or PF_ENOMEM. */
+int probe_init(probe *p, struct event_base *base, const pf_config_health_check *hc,
+               probe_done_fn done, void *arg);
+/* Starts a check of `addr` sending `out` (borrowed until done is called; for tcp checks
+ * without send bytes, len 0). The probe must be idle. */
+void probe_start(probe *p, const pf_sockaddr *addr, const char *out, size_t out_len);
+/* Stops a check in flight without calling done; no-op when idle. */
+void probe_cancel(probe *p);
+/* Cancels and frees what probe_init made. */
+void probe_release(probe *p);
+bool probe_busy(const probe *p);
+const char *probe_result_name(probe_result r);
+
+#endif
