@@ -61,7 +61,7 @@ struct pf_conn {
     const pf_config_route *route;
     const pf_config_retry *retry;
     char failed_addr[PF_ADDRTEXT_MAX]; /* the last attempt's endpoint, avoided by the next */
-    int error_status; /* a 4xx decided inside an llhttp callback */
+    int error_status;                  /* a 4xx decided inside an llhttp callback */
     const char *error_reason;
     int status;
     int minor;
@@ -293,12 +293,22 @@ static void reject(pf_conn *c, int status, const char *body) {
 }
 
 static void make_request_id(pf_conn *c) {
-    uint64_t a = worker_random(c->w), b = worker_random(c->w);
-    /* RFC 9562 version 4 layout, so tools that expect UUIDs accept it. */
-    snprintf(c->request_id, sizeof c->request_id, "%08x-%04x-4%03x-%04x-%012llx",
-             (unsigned)(a >> 32), (unsigned)(a >> 16) & 0xffffu, (unsigned)a & 0xfffu,
-             (unsigned)((b >> 48) & 0x3fffu) | 0x8000u,
-             (unsigned long long)(b & 0xffffffffffffull));
+    /* RFC 9562 version 4 layout (8-4-4-4-12 hex, version 4, variant 10), so tools that
+     * expect UUIDs accept it. Formatted by hand: this runs on every request. */
+    static const char hex[] = "0123456789abcdef";
+    uint64_t bits[2] = {worker_random(c->w), worker_random(c->w)};
+    bits[0] = (bits[0] & ~0xf000ull) | 0x4000ull;
+    bits[1] = (bits[1] & ~(0xc000ull << 48)) | (0x8000ull << 48);
+    char *out = c->request_id;
+    for (int half = 0; half < 2; half++) {
+        for (int nibble = 15; nibble >= 0; nibble--) {
+            int pos = half * 16 + (15 - nibble);
+            if (pos == 8 || pos == 12 || pos == 16 || pos == 20)
+                *out++ = '-';
+            *out++ = hex[(bits[half] >> (nibble * 4)) & 0xf];
+        }
+    }
+    *out = '\0';
 }
 
 /* Splits the request target. Origin-form "/p?q", or absolute-form "http://authority/p?q"
@@ -387,8 +397,7 @@ static bool is_failed(const pf_conn *c, const pf_endpoint *ep) {
 /* A healthy endpoint, preferring one other than the endpoint that just failed. A retry
  * that finds no other in the tiers now taking traffic tries the next tier's endpoints,
  * which discovery still calls healthy. */
-static const pf_endpoint *pick_endpoint(pf_conn *c, pf_endpoint_set *set,
-                                        pf_endpoint_set **from) {
+static const pf_endpoint *pick_endpoint(pf_conn *c, pf_endpoint_set *set, pf_endpoint_set **from) {
     *from = set;
     pf_pick_context key =
         balancer_context(c->wc->balancer, &c->req, c->client_ip, c->path, c->path_len);
@@ -825,9 +834,10 @@ static bool may_retry(pf_conn *c, pf_failure kind, int status) {
         wanted = on & (PF_RETRY_GATEWAY_ERROR | PF_RETRY_5XX);
         break;
     case PF_FAIL_STATUS:
-        wanted = ((on & PF_RETRY_5XX) && status >= 500) || ((on & PF_RETRY_GATEWAY_ERROR) && gateway);
-        for (size_t i = 0; !wanted && (on & PF_RETRY_STATUS_CODES) && i < c->retry->status_code_count;
-             i++)
+        wanted =
+            ((on & PF_RETRY_5XX) && status >= 500) || ((on & PF_RETRY_GATEWAY_ERROR) && gateway);
+        for (size_t i = 0;
+             !wanted && (on & PF_RETRY_STATUS_CODES) && i < c->retry->status_code_count; i++)
             wanted = c->retry->status_codes[i] == status;
         break;
     default:
@@ -905,12 +915,10 @@ int conn_on_response_head(pf_conn *c, pf_upstream *up, int status, pf_body_mode 
         return PF_RESPONSE_RETRY;
     c->status = status;
     bool no_body = c->method == HTTP_HEAD || status == 204 || status == 304;
-    char attempts[48];
-    snprintf(attempts, sizeof attempts, "x-pilotfish-attempts: %u\r\n", c->attempts);
     pf_forward_response fwd = {.status = status,
                                .client_minor = c->minor,
                                .content_length = content_length,
-                               .extra_headers = attempts};
+                               .attempts = c->attempts};
     if (no_body) {
         /* Framing headers of a HEAD or 304 describe the body that was not sent. */
         fwd.body = upstream_body == PF_BODY_LENGTH ? PF_BODY_LENGTH : PF_BODY_NONE;
@@ -975,9 +983,8 @@ void conn_on_response_complete(pf_conn *c, bool upstream_reusable) {
 void conn_on_upstream_error(pf_conn *c, int status, const char *reason, pf_failure kind) {
     end_attempt(c, false);
     if (may_retry(c, kind, status)) {
-        log_debug("retrying client=%s cluster=%s failed=%s reason=\"%s\" attempt=%u",
-                  c->client_ip, c->wc->rt->cfg->name, c->ep ? c->ep->addr.text : "-", reason,
-                  c->attempts + 1);
+        log_debug("retrying client=%s cluster=%s failed=%s reason=\"%s\" attempt=%u", c->client_ip,
+                  c->wc->rt->cfg->name, c->ep ? c->ep->addr.text : "-", reason, c->attempts + 1);
         schedule_retry(c, kind);
         return;
     }
