@@ -8,7 +8,8 @@
  * slow is tried again eventually rather than starved forever. Multiplying by the requests
  * in flight (all workers') makes a fast endpoint that is already busy look as costly as it
  * is. An endpoint with no observation yet gets a neutral score: it is compared on load
- * alone, as if its latency were the other candidate's, so new endpoints are tried. */
+ * alone, as if its latency were the other candidate's, so new endpoints are tried. Ties
+ * go to the first draw, and draws follow the effective weights. */
 #include "proxy/balancer_int.h"
 
 #include <math.h>
@@ -96,9 +97,11 @@ static const pf_endpoint *ewma_pick(pf_balancer *b, const pf_pick_context *ctx) 
     if (x != y) {
         ewma_state *s = b->state;
         const ewma_slot *ex = &s->slots[x], *ey = &s->slots[y];
-        const uint64_t *w = b->weights.w;
-        double lx = (double)(lb_active(b, x) + 1) / (double)w[x];
-        double ly = (double)(lb_active(b, y) + 1) / (double)w[y];
+        /* Weights (and slow-start ramps) act through the draw, not the score: dividing
+         * the score by weight too would make the lighter endpoint lose every idle
+         * comparison and get no sequential traffic at all. */
+        double lx = (double)(lb_active(b, x) + 1);
+        double ly = (double)(lb_active(b, y) + 1);
         if (ex->observed && ey->observed) {
             uint64_t now = lb_now_us(b);
             lx *= cost_now(b, ex, now);

@@ -367,8 +367,9 @@ static void copy_buffer(struct evbuffer *dst, struct evbuffer *src) {
 
 static int overloaded(pf_conn *c, bool has_body) {
     if (has_body) {
-        c->keep_alive = false;
+        /* Answered, logged, then closed like any rejected request with a body. */
         local_reply_with(c, 503, "cluster overloaded\n", false, "x-pilotfish-overloaded: true\r\n");
+        log_request(c);
         reject(c, 503, "");
         return -1;
     }
@@ -510,14 +511,19 @@ static int dispatch(pf_conn *c) {
         generated_id = c->request_id;
     }
 
+    /* Configured routes first; then the services discovery found, by authority. */
     const pf_config_route *route = router_find(c->l->router, host, port, c->path, c->path_len);
-    if (!route)
+    long cluster_index = route ? (long)route->cluster_index
+                               : service_routes_find(worker_service_routes(c->w), host, port);
+    if (cluster_index < 0)
         return answer_locally(c, 404, "no route for this host and path\n", has_body);
     c->route = route;
-    c->wc = &c->w->clusters[route->cluster_index];
+    c->wc = worker_cluster(c->w, (size_t)cluster_index);
+    if (!c->wc)
+        return answer_locally(c, 503, "out of memory\n", has_body);
     pf_cluster_rt *rt = c->wc->rt;
-    c->retry = route->has_retry ? &route->retry : &rt->cfg->retry;
-    if (route->timeout_ms)
+    c->retry = route && route->has_retry ? &route->retry : &rt->cfg->retry;
+    if (route && route->timeout_ms)
         c->deadline_us = c->start_us + route->timeout_ms * 1000u;
     if ((uint64_t)atomic_load_explicit(&rt->active_requests, memory_order_relaxed) >=
         rt->cfg->breakers.max_requests) {

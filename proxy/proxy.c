@@ -29,6 +29,19 @@ uint64_t worker_random(pf_worker *w) {
     return w->rng[1] + s0;
 }
 
+pf_worker_cluster *worker_cluster(pf_worker *w, size_t index) {
+    pf_worker_cluster *wc = &w->clusters[index];
+    if (wc->rt)
+        return wc;
+    pf_cluster_rt *rt = &w->proxy->clusters[index];
+    wc->balancer = balancer_new(rt->lb);
+    if (!wc->balancer)
+        return NULL;
+    discovery_cache_init(&wc->cache, rt->slot);
+    wc->rt = rt;
+    return wc;
+}
+
 pf_endpoint_set *worker_cluster_set(pf_worker_cluster *wc) {
     pf_endpoint_set *raw = discovery_cache_get(&wc->cache);
     if (!raw)
@@ -98,8 +111,7 @@ static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
     static const char *const limits[] = {"max_requests", "max_connections", "max_retries"};
     pf_counter **slots[] = {&c->overflow_requests, &c->overflow_connections, &c->overflow_retries};
     for (size_t i = 0; i < 3; i++) {
-        snprintf(breaker, sizeof breaker, "cluster=\"%s\",breaker=\"%s\"", c->cfg->name,
-                 limits[i]);
+        snprintf(breaker, sizeof breaker, "cluster=\"%s\",breaker=\"%s\"", c->cfg->name, limits[i]);
         *slots[i] = metrics_counter(m, "pilotfish_upstream_overflow_total",
                                     "Requests refused with 503 by a circuit breaker.", breaker);
     }
@@ -153,18 +165,15 @@ static int worker_init(pf_proxy *proxy, pf_worker *w, unsigned id) {
         w->base = event_base_new_with_config(ec);
         event_config_free(ec);
     }
-    w->clusters = calloc(proxy->cluster_count ? proxy->cluster_count : 1, sizeof *w->clusters);
+    /* Room for every cluster there may ever be; untouched entries cost no memory. */
+    w->clusters = calloc(PF_MAX_CLUSTERS, sizeof *w->clusters);
     w->listeners = calloc(proxy->listener_count, sizeof *w->listeners);
     w->accept_ctx = calloc(proxy->listener_count, sizeof *w->accept_ctx);
     if (!w->base || !w->clusters || !w->listeners || !w->accept_ctx)
         return PF_ENOMEM;
-    for (size_t i = 0; i < proxy->cluster_count; i++) {
-        w->clusters[i].rt = &proxy->clusters[i];
-        discovery_cache_init(&w->clusters[i].cache, proxy->clusters[i].slot);
-        w->clusters[i].balancer = balancer_new(proxy->clusters[i].lb);
-        if (!w->clusters[i].balancer)
+    for (size_t i = 0; i < proxy->cluster_count; i++)
+        if (!worker_cluster(w, i))
             return PF_ENOMEM;
-    }
     if (getrandom(w->rng, sizeof w->rng, 0) != sizeof w->rng || (w->rng[0] | w->rng[1]) == 0) {
         w->rng[0] = 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
         w->rng[1] = 0xbf58476d1ce4e5b9ull + id;
@@ -175,6 +184,43 @@ static int worker_init(pf_proxy *proxy, pf_worker *w, unsigned id) {
             return PF_ENOMEM;
     }
     return PF_OK;
+}
+
+static int cluster_init(pf_proxy *proxy, pf_cluster_rt *c, const pf_config_cluster *cfg) {
+    c->cfg = cfg;
+    assign_cache_init(&c->assign);
+    c->assign_params.panic_threshold = cfg->panic_threshold;
+    c->assign_params.zone_aware = cfg->zone_aware;
+    c->assign_params.local_zone = proxy->cfg->local_zone;
+    c->slot = discovery_slot_new(cfg->name);
+    c->lb = balancer_group_new(cfg);
+    if (!c->slot || !c->lb)
+        return PF_ENOMEM;
+    register_cluster_metrics(proxy->metrics, c);
+    return PF_OK;
+}
+
+long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg) {
+    size_t index = atomic_load(&proxy->cluster_count);
+    if (index >= PF_MAX_CLUSTERS)
+        return PF_ELIMIT;
+    pf_cluster_rt *c = &proxy->clusters[index];
+    c->owned_cfg = malloc(sizeof *c->owned_cfg);
+    if (!c->owned_cfg)
+        return PF_ENOMEM;
+    *c->owned_cfg = *cfg;
+    c->owned_cfg->endpoints = NULL;
+    c->owned_cfg->endpoint_count = 0;
+    if (cluster_init(proxy, c, c->owned_cfg) != PF_OK)
+        return PF_ENOMEM;
+    /* Published last: a worker that sees the new count sees a finished cluster. */
+    atomic_store_explicit(&proxy->cluster_count, index + 1, memory_order_release);
+    return (long)index;
+}
+
+void proxy_cluster_retire(pf_proxy *proxy, size_t index) {
+    if (index >= proxy->static_cluster_count && index < atomic_load(&proxy->cluster_count))
+        proxy->clusters[index].retired = true;
 }
 
 pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics, pf_error *err) {
@@ -188,26 +234,20 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
     proxy->cfg = cfg;
     proxy->metrics = metrics;
     proxy->worker_count = workers ? workers : 1;
-    proxy->cluster_count = cfg->cluster_count;
+    atomic_init(&proxy->cluster_count, cfg->cluster_count);
+    proxy->static_cluster_count = cfg->cluster_count;
+    pthread_mutex_init(&proxy->routes_lock, NULL);
     proxy->listener_count = cfg->listener_count;
-    proxy->clusters = calloc(cfg->cluster_count ? cfg->cluster_count : 1, sizeof *proxy->clusters);
+    proxy->clusters = cfg->cluster_count <= PF_MAX_CLUSTERS
+                          ? calloc(PF_MAX_CLUSTERS, sizeof *proxy->clusters)
+                          : NULL;
     proxy->listeners = calloc(cfg->listener_count, sizeof *proxy->listeners);
     proxy->workers = calloc(proxy->worker_count, sizeof *proxy->workers);
     if (!proxy->clusters || !proxy->listeners || !proxy->workers)
         goto nomem;
-    for (size_t i = 0; i < cfg->cluster_count; i++) {
-        pf_cluster_rt *c = &proxy->clusters[i];
-        c->cfg = &cfg->clusters[i];
-        assign_cache_init(&c->assign);
-        c->assign_params.panic_threshold = c->cfg->panic_threshold;
-        c->assign_params.zone_aware = c->cfg->zone_aware;
-        c->assign_params.local_zone = cfg->local_zone;
-        c->slot = discovery_slot_new(c->cfg->name);
-        c->lb = balancer_group_new(c->cfg);
-        if (!c->slot || !c->lb)
+    for (size_t i = 0; i < cfg->cluster_count; i++)
+        if (cluster_init(proxy, &proxy->clusters[i], &cfg->clusters[i]) != PF_OK)
             goto nomem;
-        register_cluster_metrics(metrics, c);
-    }
     for (size_t i = 0; i < cfg->listener_count; i++) {
         pf_listener_rt *l = &proxy->listeners[i];
         l->cfg = &cfg->listeners[i];
@@ -352,7 +392,7 @@ bool proxy_draining(const pf_proxy *proxy) {
 bool proxy_ready(const pf_proxy *proxy) {
     if (!atomic_load(&proxy->started) || atomic_load(&proxy->draining))
         return false;
-    for (size_t i = 0; i < proxy->cluster_count; i++)
+    for (size_t i = 0; i < proxy->static_cluster_count; i++)
         if (discovery_slot_generation(proxy->clusters[i].slot) == 0)
             return false;
     return true;
@@ -375,12 +415,15 @@ static void worker_free(pf_worker *w, size_t listener_count) {
     free(w->listeners);
     free(w->accept_ctx);
     for (size_t i = 0; w->clusters && i < w->proxy->cluster_count; i++) {
+        if (!w->clusters[i].rt)
+            continue;
         pool_free_all(&w->clusters[i]);
         discovery_set_unref(w->clusters[i].assigned);
         discovery_cache_release(&w->clusters[i].cache);
         balancer_free(w->clusters[i].balancer);
     }
     free(w->clusters);
+    proxy_service_routes_free(w->routes);
     if (w->drain_event)
         event_free(w->drain_event);
     if (w->log_flush_timer)
@@ -410,8 +453,11 @@ void proxy_free(pf_proxy *proxy) {
             assign_cache_destroy(&proxy->clusters[i].assign);
         balancer_group_unref(proxy->clusters[i].lb);
         discovery_slot_free(proxy->clusters[i].slot);
+        free(proxy->clusters[i].owned_cfg);
     }
     free(proxy->clusters);
+    proxy_service_routes_free(proxy->routes);
+    pthread_mutex_destroy(&proxy->routes_lock);
     free(proxy);
 }
 

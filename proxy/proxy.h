@@ -43,6 +43,32 @@ size_t proxy_cluster_count(const pf_proxy *proxy);
 const pf_config_cluster *proxy_cluster_config(const pf_proxy *proxy, size_t index);
 /* The slot discovery publishes this cluster's endpoint sets into. Borrowed. */
 pf_endpoint_slot *proxy_cluster_slot(const pf_proxy *proxy, size_t index);
+/* ---- clusters and routes discovered at run time (Kubernetes auto-discovery) ---------- */
+
+/* Most clusters a proxy holds, configured and discovered together. */
+#define PF_MAX_CLUSTERS 8192
+
+/* Adds a cluster at run time; `cfg` is copied (its endpoints are ignored: publish sets into
+ * proxy_cluster_slot). Returns the new index, stable for the proxy's life, or PF_ELIMIT
+ * when PF_MAX_CLUSTERS are in use. Main thread. */
+long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg);
+/* Retires a run-time cluster: it leaves the service routes (publish a table without it)
+ * and its slot should get an empty set; the index is never reused. Main thread. */
+void proxy_cluster_retire(pf_proxy *proxy, size_t index);
+
+/* Service routes: when no configured route matches a request, its authority is looked up
+ * here (exact host, lower case, and port; port -1 is the entry for requests that name no
+ * port). An immutable table, built by a discovery source and published whole. */
+typedef struct pf_service_routes pf_service_routes;
+pf_service_routes *proxy_service_routes_new(void);
+/* Returns 0, or PF_ENOMEM. A later entry for the same host and port replaces the earlier. */
+int proxy_service_routes_add(pf_service_routes *table, const char *host, int port,
+                             size_t cluster_index);
+void proxy_service_routes_free(pf_service_routes *table);
+/* Publishes `table` (taking it over) for every worker; the previous one is freed when no
+ * worker uses it any more. Any thread. */
+void proxy_publish_service_routes(pf_proxy *proxy, pf_service_routes *table);
+
 /* True while the cluster balances over every endpoint because too few are healthy. */
 bool proxy_cluster_panic(const pf_proxy *proxy, size_t index);
 

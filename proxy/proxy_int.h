@@ -48,6 +48,8 @@ typedef struct pf_cluster_rt {
     pf_assign_params assign_params;
     pf_assign_cache assign; /* the tier/zone/panic view of the current set */
     pf_balancer_group *lb;  /* what the workers' balancers share (settings, hash tables) */
+    pf_config_cluster *owned_cfg; /* run-time clusters own their config copy */
+    bool retired;
 } pf_cluster_rt;
 
 typedef struct pf_listener_rt {
@@ -93,7 +95,9 @@ struct pf_worker {
     pf_accept_ctx *accept_ctx;         /* one per listener config */
     struct event *drain_event;
     struct event *log_flush_timer;
-    pf_worker_cluster *clusters;
+    pf_worker_cluster *clusters; /* PF_MAX_CLUSTERS slots, filled in on first use */
+    pf_service_routes *routes;    /* this worker's reference to the published table */
+    uint64_t routes_generation;
     pf_conn *conns; /* every open downstream connection, for drain */
     uint64_t rng[2];
     char *log_buf;
@@ -103,8 +107,12 @@ struct pf_worker {
 struct pf_proxy {
     const pf_config *cfg;
     pf_metrics *metrics;
-    pf_cluster_rt *clusters;
-    size_t cluster_count;
+    pf_cluster_rt *clusters; /* PF_MAX_CLUSTERS slots; configured ones first */
+    _Atomic size_t cluster_count;
+    size_t static_cluster_count;
+    pthread_mutex_t routes_lock;
+    pf_service_routes *routes; /* discovered services' routes; NULL: none */
+    _Atomic uint64_t routes_generation;
     pf_listener_rt *listeners;
     size_t listener_count;
     pf_worker *workers;
@@ -189,6 +197,13 @@ static inline int code_class(int status) {
 }
 
 uint64_t worker_random(pf_worker *w);
+/* The worker's state for cluster `index` (< cluster count), created on first use. NULL when
+ * out of memory. */
+pf_worker_cluster *worker_cluster(pf_worker *w, size_t index);
+/* proxy/service_routes.c: the worker's current service routes (borrowed), and a lookup
+ * returning the cluster index or -1. */
+const pf_service_routes *worker_service_routes(pf_worker *w);
+long service_routes_find(const pf_service_routes *t, const char *host, int port);
 /* The set this worker balances over now for a cluster (borrowed; NULL before the first
  * publish): discovery's set with health, tiers, zones and panic applied. */
 pf_endpoint_set *worker_cluster_set(pf_worker_cluster *wc);

@@ -174,8 +174,7 @@ static void process_input(pf_upstream *up) {
     }
     if (up->parse_error) {
         if (up->retry_status)
-            fail(up, up->retry_status, "upstream answered with a retriable status",
-                 PF_FAIL_STATUS);
+            fail(up, up->retry_status, "upstream answered with a retriable status", PF_FAIL_STATUS);
         else
             fail(up, up->parse_error, "upstream sent a malformed response", PF_FAIL_PROTOCOL);
         return;
