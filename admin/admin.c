@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 struct pf_admin {
@@ -16,6 +17,10 @@ struct pf_admin {
     const pf_config *cfg;
     pf_proxy *proxy;
     pf_metrics *metrics;
+    pf_health *const *health; /* per cluster, may be NULL: see admin_set_health */
+    size_t health_count;
+    const pf_dns *dns; /* may be NULL: see admin_set_dns */
+    const pf_k8s *k8s; /* may be NULL: see admin_set_kubernetes */
 };
 
 static void reply(struct evhttp_request *req, int code, const char *reason,
@@ -85,7 +90,7 @@ static void handle_prometheus(struct evhttp_request *req, void *arg) {
     free(text);
 }
 
-static json_t *endpoint_json(const pf_endpoint *ep) {
+static json_t *endpoint_json(const pf_endpoint *ep, pf_health *health) {
     json_t *e = json_object();
     json_object_set_new(e, "address", json_string(ep->addr.text));
     json_object_set_new(e, "weight", json_integer(ep->weight));
@@ -102,7 +107,107 @@ static json_t *endpoint_json(const pf_endpoint *ep) {
             e, "connect_failures_total",
             json_integer((json_int_t)atomic_load(&ep->stats->connect_failures_total)));
     }
+    if (health)
+        health_describe(health, ep, e);
     return e;
+}
+
+/* Wall-clock microseconds as RFC 3339 UTC with milliseconds, or JSON null for 0. */
+static json_t *time_json(uint64_t wall_us) {
+    char buf[40], frac[8];
+    struct tm tm;
+    time_t secs = (time_t)(wall_us / 1000000u);
+    if (!wall_us || !gmtime_r(&secs, &tm) || !strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm))
+        return json_null();
+    snprintf(frac, sizeof frac, ".%03uZ", (unsigned)(wall_us / 1000u % 1000u));
+    strncat(buf, frac, sizeof buf - strlen(buf) - 1);
+    return json_string(buf);
+}
+
+static json_t *ttl_json(uint32_t ttl) {
+    return ttl == UINT32_MAX ? json_null() : json_integer(ttl);
+}
+
+static json_t *dns_query_json(const pf_dns_query_status *q) {
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(q->name));
+    json_object_set_new(o, "type", json_string(q->type));
+    json_object_set_new(
+        o, "status",
+        q->last_status < 0 ? json_null() : json_string(discovery_dns_status_label(q->last_status)));
+    json_object_set_new(o, "ttl", ttl_json(q->ttl));
+    json_object_set_new(o, "last_answer", time_json(q->last_answer_wall_us));
+    json_object_set_new(o, "next_refresh_in_seconds",
+                        q->next_refresh_ms < 0 ? json_null()
+                                               : json_real((double)q->next_refresh_ms / 1000.0));
+    json_object_set_new(o, "failures", json_integer(q->failures));
+    json_object_set_new(o, "holding", json_boolean(q->holding));
+    if (q->holding)
+        json_object_set_new(o, "hold_left_seconds", json_real((double)q->hold_left_ms / 1000.0));
+    return o;
+}
+
+/* "source": "kubernetes" and what the watches know of the cluster's Service. */
+static bool k8s_source_json(const pf_admin *admin, const pf_config_cluster *cfg, json_t *c) {
+    pf_k8s_cluster_status st;
+    if (!admin->k8s || discovery_k8s_cluster_status(admin->k8s, cfg->name, &st) != PF_OK)
+        return false;
+    json_t *k = json_object();
+    json_object_set_new(c, "source", json_string("kubernetes"));
+    json_object_set_new(k, "service", json_string(st.service));
+    json_object_set_new(k, "namespace", json_string(st.namespace));
+    json_object_set_new(k, "port", st.port[0] ? json_string(st.port) : json_null());
+    json_object_set_new(k, "resource_version",
+                        st.resource_version[0] ? json_string(st.resource_version) : json_null());
+    json_object_set_new(k, "synced", json_boolean(st.synced));
+    json_object_set_new(k, "last_event", time_json(st.last_event_wall_us));
+    json_object_set_new(k, "last_event_age_seconds",
+                        st.last_event_wall_us ? json_real((double)st.last_event_age_ms / 1000.0)
+                                              : json_null());
+    json_object_set_new(k, "slices", json_integer((json_int_t)st.slices));
+    json_object_set_new(k, "endpoints", json_integer((json_int_t)st.endpoints));
+    json_object_set_new(k, "using_terminating", json_boolean(st.using_terminating));
+    if (st.external_name[0])
+        json_object_set_new(k, "external_name", json_string(st.external_name));
+    json_object_set_new(k, "publishes", json_integer((json_int_t)st.publishes));
+    json_object_set_new(k, "last_error", st.last_error[0] ? json_string(st.last_error) : json_null());
+    json_object_set_new(k, "last_error_time", time_json(st.last_error_wall_us));
+    json_object_set_new(c, "kubernetes", k);
+    return true;
+}
+
+/* "source" and, for a DNS cluster, what the resolver knows of its name. */
+static void cluster_source_json(const pf_admin *admin, const pf_config_cluster *cfg, json_t *c) {
+    pf_dns_cluster_status st;
+    if (k8s_source_json(admin, cfg, c))
+        return;
+    if (!admin->dns || discovery_dns_cluster_status(admin->dns, cfg->name, &st) != PF_OK) {
+        json_object_set_new(c, "source", json_string("static"));
+        return;
+    }
+    json_t *d = json_object(), *queries = json_array();
+    json_object_set_new(c, "source", json_string("dns"));
+    json_object_set_new(d, "name", json_string(st.name));
+    json_object_set_new(d, "record", json_string(config_dns_record_name(st.record)));
+    if (st.port)
+        json_object_set_new(d, "port", json_integer(st.port));
+    json_object_set_new(d, "last_refresh", time_json(st.last_refresh_wall_us));
+    json_object_set_new(d, "last_refresh_age_seconds",
+                        st.last_refresh_wall_us ? json_real((double)st.last_refresh_age_ms / 1000.0)
+                                                : json_null());
+    json_object_set_new(d, "ttl", ttl_json(st.ttl));
+    json_object_set_new(d, "last_error",
+                        st.last_error[0] ? json_string(st.last_error) : json_null());
+    json_object_set_new(d, "last_error_time", time_json(st.last_error_wall_us));
+    json_object_set_new(d, "publishes", json_integer((json_int_t)st.publishes));
+    json_object_set_new(d, "answer_to_publish_us",
+                        json_integer((json_int_t)st.answer_to_publish_us));
+    if (st.record == PF_DNS_RECORD_SRV)
+        json_object_set_new(d, "target_queries", json_integer((json_int_t)st.target_queries));
+    for (size_t i = 0; i < st.query_count; i++)
+        json_array_append_new(queries, dns_query_json(&st.queries[i]));
+    json_object_set_new(d, "queries", queries);
+    json_object_set_new(c, "dns", d);
 }
 
 static void handle_clusters(struct evhttp_request *req, void *arg) {
@@ -116,13 +221,15 @@ static void handle_clusters(struct evhttp_request *req, void *arg) {
         pf_endpoint_set *set = discovery_slot_acquire(slot);
         json_t *c = json_object();
         json_object_set_new(c, "name", json_string(cfg->name));
-        json_object_set_new(c, "source", json_string("static"));
+        cluster_source_json(admin, cfg, c);
         json_object_set_new(c, "lb_policy", json_string(config_lb_policy_name(cfg->lb_policy)));
         json_object_set_new(c, "version",
                             json_integer((json_int_t)discovery_slot_generation(slot)));
         json_t *eps = json_array();
         for (size_t k = 0; set && k < set->count; k++)
-            json_array_append_new(eps, endpoint_json(&set->endpoints[k]));
+            json_array_append_new(eps,
+                                  endpoint_json(&set->endpoints[k],
+                                                i < admin->health_count ? admin->health[i] : NULL));
         json_object_set_new(c, "endpoints", eps);
         json_array_append_new(clusters, c);
         discovery_set_unref(set);
@@ -191,6 +298,19 @@ pf_admin *admin_new(struct event_base *base, const pf_config *cfg, pf_proxy *pro
         return NULL;
     }
     return admin;
+}
+
+void admin_set_health(pf_admin *admin, pf_health *const *health, size_t count) {
+    admin->health = health;
+    admin->health_count = count;
+}
+
+void admin_set_dns(pf_admin *admin, const pf_dns *dns) {
+    admin->dns = dns;
+}
+
+void admin_set_kubernetes(pf_admin *admin, const pf_k8s *k8s) {
+    admin->k8s = k8s;
 }
 
 void admin_free(pf_admin *admin) {

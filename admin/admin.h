@@ -7,6 +7,9 @@
 #include "config/config.h"
 #include "core/error.h"
 #include "core/metrics.h"
+#include "discovery/dns.h"
+#include "discovery/kubernetes.h"
+#include "health/health.h"
 #include "proxy/proxy.h"
 
 #include <event2/event.h>
@@ -18,6 +21,15 @@ typedef struct pf_admin pf_admin;
  * Main thread. */
 pf_admin *admin_new(struct event_base *base, const pf_config *cfg, pf_proxy *proxy,
                     pf_metrics *metrics, pf_error *err);
+/* Lets /clusters say why each endpoint of cluster i is (not) serving, from health[i]
+ * (borrowed; must outlive the admin server). Main thread. */
+void admin_set_health(pf_admin *admin, pf_health *const *health, size_t count);
+/* Lets /clusters show each DNS cluster's name, records, refresh times and last error from
+ * `dns` (borrowed, may be NULL; must outlive the admin server). Main thread. */
+void admin_set_dns(pf_admin *admin, const pf_dns *dns);
+/* Lets /clusters show each Kubernetes cluster's Service, namespace, resourceVersion and last
+ * event from `k8s` (borrowed, may be NULL; must outlive the admin server). Main thread. */
+void admin_set_kubernetes(pf_admin *admin, const pf_k8s *k8s);
 void admin_free(pf_admin *admin);
 
 #endif

@@ -2,15 +2,20 @@
  * proxy's endpoint slots, starts the workers and the admin server, and turns SIGTERM and
  * SIGINT into a graceful drain. The only place that knows every module. */
 #include "admin/admin.h"
+#include "cmd/autodiscover.h"
 #include "config/config.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/time.h"
+#include "discovery/dns.h"
+#include "discovery/kubernetes.h"
 #include "discovery/static_source.h"
+#include "health/health.h"
 #include "proxy/proxy.h"
 
 #include <event2/event.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +30,12 @@ typedef struct app {
     pf_metrics *metrics;
     pf_proxy *proxy;
     pf_admin *admin;
+    pf_endpoint_slot **discovered; /* per cluster: what discovery sources publish into */
+    pf_health **health;            /* per cluster: discovered slot -> the proxy's slot */
+    pf_dns *dns;                   /* NULL when no cluster uses DNS */
+    pf_k8s *k8s;                   /* NULL when Kubernetes is not used */
+    pf_k8s_options k8s_opts;       /* --k8s-* flags */
+    pf_autodiscover *autodiscover; /* NULL unless $.kubernetes.auto_discover */
     struct event *sigterm, *sigint, *drain_timer;
     uint64_t drain_deadline_ms;
     int signals_seen;
@@ -33,18 +44,131 @@ typedef struct app {
 static void usage(FILE *out) {
     fprintf(out,
             "usage: pilotfish --config FILE [--workers N] [--log-level LEVEL]\n"
+            "       pilotfish --listen ADDR --upstream UPSTREAM [--resolver IP:PORT]... "
+            "[--admin ADDR]\n"
             "       pilotfish --check-config FILE\n"
             "\n"
             "  -c, --config FILE        run with this JSON config\n"
             "      --check-config FILE  validate FILE, print every problem, exit 0 (valid) or 1\n"
+            "      --print-config       print the effective config as JSON and exit\n"
             "  -w, --workers N          event-loop threads (1-%u; default: config, else %u)\n"
             "  -l, --log-level LEVEL    error, warn, info (default) or debug\n"
             "  -v, --version            print the version\n"
             "  -h, --help               this text\n"
             "\n"
+            "Kubernetes (override $.kubernetes; in a pod the service account is the default):\n"
+            "      --k8s-api-server URL  https://host:port of the API server\n"
+            "      --k8s-token-file FILE bearer token, re-read before each request\n"
+            "      --k8s-ca-file FILE    CA bundle the API server's certificate is checked "
+            "against\n"
+            "      --k8s-namespace NS    namespace of clusters that name none\n"
+            "\n"
+            "Standalone mode (no config file: one listener, every request to one cluster):\n"
+            "      --listen ADDR        accept on ADDR, e.g. 127.0.0.1:15001\n"
+            "      --upstream UPSTREAM  dns:NAME:PORT  the A records of NAME, each with PORT\n"
+            "                           srv:NAME       SRV records, e.g. srv:_http._tcp.backend\n"
+            "                           static:IP:PORT[,IP:PORT...]\n"
+            "      --resolver IP:PORT   DNS server; repeat it or give a comma list\n"
+            "                           (default: the servers of /etc/resolv.conf)\n"
+            "      --admin ADDR         admin server address (default %s)\n"
+            "\n"
             "Logs go to stderr; the access log (JSON lines) to stdout.\n"
             "SIGTERM or SIGINT drains: stop accepting, finish requests in flight, exit 0.\n",
-            PF_MAX_WORKERS, PF_DEFAULT_WORKERS);
+            PF_MAX_WORKERS, PF_DEFAULT_WORKERS, PF_DEFAULT_ADMIN_ADDRESS);
+}
+
+/* Standalone mode's flags. */
+typedef struct standalone {
+    const char *listen, *upstream, *admin;
+    char resolvers[512]; /* comma list: --resolver may be repeated or hold a list */
+    bool used;           /* any of these flags was given */
+} standalone;
+
+/* "a,b,c" as a JSON array of strings. */
+static json_t *split_commas(const char *list) {
+    json_t *arr = json_array();
+    for (const char *p = list; arr;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        json_array_append_new(arr, json_stringn(p, n));
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    return arr;
+}
+
+/* "dns:NAME:PORT", "srv:NAME" or "static:A,B" as the cluster's JSON. Returns NULL with a
+ * message on stderr when the form is wrong; the config loader checks the values. */
+static json_t *standalone_cluster(const char *spec) {
+    json_t *c = json_pack("{s:s}", "name", "upstream");
+    if (!c)
+        return NULL;
+    if (strncmp(spec, "dns:", 4) == 0) {
+        const char *name = spec + 4, *colon = strrchr(name, ':');
+        char *end = NULL;
+        unsigned long port = colon ? strtoul(colon + 1, &end, 10) : 0;
+        if (!colon || colon == name || !colon[1] || *end || port < 1 || port > 65535) {
+            fprintf(stderr,
+                    "pilotfish: --upstream \"%s\": dns: takes a name and a port 1-65535, e.g. "
+                    "dns:backend.internal:8080\n",
+                    spec);
+            json_decref(c);
+            return NULL;
+        }
+        json_object_set_new(c, "dns",
+                            json_pack("{s:s%,s:I}", "name", name, (size_t)(colon - name), "port",
+                                      (json_int_t)port));
+    } else if (strncmp(spec, "srv:", 4) == 0 && spec[4]) {
+        json_object_set_new(c, "dns", json_pack("{s:s,s:s}", "name", spec + 4, "record", "SRV"));
+    } else if (strncmp(spec, "static:", 7) == 0 && spec[7]) {
+        json_object_set_new(c, "endpoints", split_commas(spec + 7));
+    } else {
+        fprintf(stderr,
+                "pilotfish: --upstream \"%s\": expected dns:NAME:PORT, srv:NAME or "
+                "static:IP:PORT[,IP:PORT...]\n",
+                spec);
+        json_decref(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Standalone mode writes the JSON a user would have written and loads it like a file, so
+ * every check and message of config/ applies: in a message, "$.clusters[0]" is --upstream,
+ * "$.listeners[0]" --listen, "$.admin" --admin and "$.dns" --resolver. Takes `cluster`. */
+static int standalone_config(const standalone *s, json_t *cluster, pf_config **out) {
+    json_t *root = json_pack("{s:{s:s},s:[{s:s,s:s,s:[{s:{s:s},s:s}]}],s:[o]}", "admin", "address",
+                             s->admin ? s->admin : PF_DEFAULT_ADMIN_ADDRESS, "listeners", "name",
+                             "main", "address", s->listen, "routes", "match", "prefix", "/",
+                             "cluster", "upstream", "clusters", cluster);
+    if (root && s->resolvers[0])
+        json_object_set_new(root, "dns",
+                            json_pack("{s:o}", "resolvers", split_commas(s->resolvers)));
+    char *text = root ? json_dumps(root, JSON_PRESERVE_ORDER) : NULL;
+    json_decref(root);
+    if (!text) {
+        fprintf(stderr, "pilotfish: out of memory\n");
+        return PF_ENOMEM;
+    }
+    pf_errlist errs = {0};
+    int rc = config_load_string(text, "command line", out, &errs);
+    for (size_t i = 0; i < errs.count; i++)
+        fprintf(stderr, "%s\n", errs.items[i]);
+    pf_errlist_free(&errs);
+    free(text);
+    return rc;
+}
+
+static int print_config(const pf_config *cfg) {
+    char *text = config_dump_json(cfg);
+    if (!text) {
+        fprintf(stderr, "pilotfish: out of memory\n");
+        return 1;
+    }
+    printf("%s\n", text);
+    free(text);
+    return 0;
 }
 
 static int load_config(const char *path, pf_config **out) {
@@ -85,13 +209,89 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
     event_add(a->drain_timer, &tick);
 }
 
+/* Health sits between discovery and the proxy in every cluster, configured or not: sources
+ * publish into the cluster's discovered slot, and its pf_health publishes the effective set
+ * (discovery's verdicts combined with checks and ejections) into the proxy's slot. */
+static int start_health(app *a, pf_error *err) {
+    size_t n = a->cfg->cluster_count;
+    a->discovered = calloc(n ? n : 1, sizeof *a->discovered);
+    a->health = calloc(n ? n : 1, sizeof *a->health);
+    if (!a->discovered || !a->health)
+        return pf_fail(err, PF_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const pf_config_cluster *c = &a->cfg->clusters[i];
+        if (!(a->discovered[i] = discovery_slot_new(c->name)))
+            return pf_fail(err, PF_ENOMEM, "out of memory");
+        a->health[i] = health_new(a->base, c, a->discovered[i], proxy_cluster_slot(a->proxy, i),
+                                  a->metrics, err);
+        if (!a->health[i])
+            return PF_ENOMEM;
+        proxy_cluster_set_health(a->proxy, i, a->health[i]);
+        if (health_start(a->health[i]) != PF_OK)
+            return pf_fail(err, PF_ENOMEM, "health: cannot start cluster %s", c->name);
+    }
+    return PF_OK;
+}
+
+/* After the workers are gone (they report into health) and before the event base. */
+static void stop_health(app *a) {
+    for (size_t i = 0; a->health && i < a->cfg->cluster_count; i++)
+        health_free(a->health[i]);
+    for (size_t i = 0; a->discovered && i < a->cfg->cluster_count; i++)
+        discovery_slot_free(a->discovered[i]);
+    free(a->health);
+    free(a->discovered);
+}
+
+/* DNS clusters publish their first set once their name answers (discovery/dns.h). */
+static int start_dns(app *a, pf_error *err) {
+    for (size_t i = 0; i < a->cfg->cluster_count; i++) {
+        const pf_config_cluster *c = &a->cfg->clusters[i];
+        if (!c->dns.name[0])
+            continue;
+        if (!a->dns && !(a->dns = discovery_dns_new(a->base, a->cfg, a->metrics, err)))
+            return PF_EIO;
+        int rc = discovery_dns_add(a->dns, c, a->discovered[i], err);
+        if (rc != PF_OK)
+            return rc;
+    }
+    return a->dns ? discovery_dns_start(a->dns, err) : PF_OK;
+}
+
 static int publish_static_sets(app *a) {
     for (size_t i = 0; i < a->cfg->cluster_count; i++) {
-        int rc = discovery_static_publish(&a->cfg->clusters[i], proxy_cluster_slot(a->proxy, i));
+        if (a->cfg->clusters[i].dns.name[0] || a->cfg->clusters[i].kubernetes.service[0])
+            continue;
+        int rc = discovery_static_publish(&a->cfg->clusters[i], a->discovered[i]);
         if (rc != PF_OK)
             return rc;
     }
     return PF_OK;
+}
+
+/* Kubernetes clusters publish their first set once their Service and EndpointSlices are
+ * listed (discovery/kubernetes.h); auto-discovery adds clusters as Services appear. */
+static int start_kubernetes(app *a, pf_error *err) {
+    const pf_config *cfg = a->cfg;
+    bool used = cfg->kubernetes.enabled;
+    for (size_t i = 0; i < cfg->cluster_count && !used; i++)
+        used = cfg->clusters[i].kubernetes.service[0] != '\0';
+    if (!used)
+        return PF_OK;
+    if (!(a->k8s = discovery_k8s_new(a->base, cfg, &a->k8s_opts, a->metrics, err)))
+        return PF_EINVAL;
+    for (size_t i = 0; i < cfg->cluster_count; i++) {
+        if (!cfg->clusters[i].kubernetes.service[0])
+            continue;
+        int rc = discovery_k8s_add(a->k8s, &cfg->clusters[i], a->discovered[i], err);
+        if (rc != PF_OK)
+            return rc;
+    }
+    if (cfg->kubernetes.auto_discover &&
+        !(a->autodiscover =
+              autodiscover_new(a->proxy, a->k8s, cfg->kubernetes.cluster_domain, err)))
+        return PF_EINVAL;
+    return discovery_k8s_start(a->k8s, err);
 }
 
 static int run(app *a, unsigned workers) {
@@ -107,15 +307,24 @@ static int run(app *a, unsigned workers) {
         log_error("%s", err.msg);
         return 1;
     }
+    if (start_health(a, &err) != PF_OK) {
+        log_error("%s", err.msg);
+        return 1;
+    }
     if (publish_static_sets(a) != PF_OK) {
         log_error("out of memory publishing endpoint sets");
         return 1;
     }
     a->admin = admin_new(a->base, a->cfg, a->proxy, a->metrics, &err);
-    if (!a->admin || proxy_start(a->proxy, &err) != PF_OK) {
+    if (a->admin)
+        admin_set_health(a->admin, a->health, a->cfg->cluster_count);
+    if (!a->admin || start_dns(a, &err) != PF_OK || start_kubernetes(a, &err) != PF_OK ||
+        proxy_start(a->proxy, &err) != PF_OK) {
         log_error("%s", err.msg);
         return 1;
     }
+    admin_set_dns(a->admin, a->dns);
+    admin_set_kubernetes(a->admin, a->k8s);
     a->sigterm = evsignal_new(a->base, SIGTERM, on_signal, a);
     a->sigint = evsignal_new(a->base, SIGINT, on_signal, a);
     a->drain_timer = event_new(a->base, -1, EV_PERSIST, on_drain_tick, a);
@@ -141,8 +350,12 @@ static void app_free(app *a) {
         event_free(a->sigint);
     if (a->drain_timer)
         event_free(a->drain_timer);
+    discovery_dns_free(a->dns); /* publishes into the discovered slots: goes first */
+    discovery_k8s_free(a->k8s); /* the same, and calls back into autodiscover */
+    autodiscover_free(a->autodiscover);
     proxy_free(a->proxy);
     admin_free(a->admin);
+    stop_health(a);
     if (a->base)
         event_base_free(a->base);
     metrics_free(a->metrics);
@@ -151,15 +364,21 @@ static void app_free(app *a) {
 
 int main(int argc, char **argv) {
     static const struct option options[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"check-config", required_argument, NULL, 'C'},
-        {"workers", required_argument, NULL, 'w'},
-        {"log-level", required_argument, NULL, 'l'},
-        {"version", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
+        {"config", required_argument, NULL, 'c'},   {"check-config", required_argument, NULL, 'C'},
+        {"workers", required_argument, NULL, 'w'},  {"log-level", required_argument, NULL, 'l'},
+        {"version", no_argument, NULL, 'v'},        {"help", no_argument, NULL, 'h'},
+        {"listen", required_argument, NULL, 'L'},   {"upstream", required_argument, NULL, 'U'},
+        {"resolver", required_argument, NULL, 'R'}, {"admin", required_argument, NULL, 'A'},
+        {"print-config", no_argument, NULL, 'P'},   {"k8s-api-server", required_argument, NULL, 1001},
+        {"k8s-token-file", required_argument, NULL, 1002},
+        {"k8s-ca-file", required_argument, NULL, 1003},
+        {"k8s-namespace", required_argument, NULL, 1004},
         {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL, *check_path = NULL;
+    standalone sa = {0};
+    pf_k8s_options k8s_opts = {0};
+    bool print_only = false;
     unsigned workers = 0;
     int opt;
     while ((opt = getopt_long(argc, argv, "c:w:l:vh", options, NULL)) != -1) {
@@ -169,6 +388,44 @@ int main(int argc, char **argv) {
             break;
         case 'C':
             check_path = optarg;
+            break;
+        case 'L':
+            sa.listen = optarg;
+            sa.used = true;
+            break;
+        case 'U':
+            sa.upstream = optarg;
+            sa.used = true;
+            break;
+        case 'A':
+            sa.admin = optarg;
+            sa.used = true;
+            break;
+        case 'R': {
+            size_t len = strlen(sa.resolvers);
+            int n = snprintf(sa.resolvers + len, sizeof sa.resolvers - len, "%s%s", len ? "," : "",
+                             optarg);
+            if (n < 0 || (size_t)n >= sizeof sa.resolvers - len) {
+                fprintf(stderr, "pilotfish: --resolver: too many servers\n");
+                return 2;
+            }
+            sa.used = true;
+            break;
+        }
+        case 1001:
+            k8s_opts.api_server = optarg;
+            break;
+        case 1002:
+            k8s_opts.token_file = optarg;
+            break;
+        case 1003:
+            k8s_opts.ca_file = optarg;
+            break;
+        case 1004:
+            k8s_opts.namespace = optarg;
+            break;
+        case 'P':
+            print_only = true;
             break;
         case 'w': {
             char *end = NULL;
@@ -216,15 +473,36 @@ int main(int argc, char **argv) {
             printf("%s: ok\n", check_path);
         return rc == PF_OK ? 0 : 1;
     }
-    if (!config_path) {
-        fprintf(stderr, "pilotfish: --config FILE is required\n");
+    if (config_path && sa.used) {
+        fprintf(stderr, "pilotfish: --config and the standalone flags (--listen, --upstream, "
+                        "--resolver, --admin) exclude each other; put everything in the file\n");
+        return 2;
+    }
+    if (sa.used && (!sa.listen || !sa.upstream)) {
+        fprintf(stderr, "pilotfish: standalone mode needs --listen ADDR and --upstream UPSTREAM, "
+                        "e.g. --listen 127.0.0.1:15001 --upstream dns:backend.internal:8080\n");
+        return 2;
+    }
+    if (!config_path && !sa.used) {
+        fprintf(stderr, "pilotfish: --config FILE (or --listen and --upstream) is required\n");
         usage(stderr);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     app a = {0};
-    if (load_config(config_path, &a.cfg) != PF_OK)
+    a.k8s_opts = k8s_opts;
+    json_t *upstream = sa.used ? standalone_cluster(sa.upstream) : NULL;
+    if (sa.used && !upstream)
+        return 2;
+    int loaded =
+        sa.used ? standalone_config(&sa, upstream, &a.cfg) : load_config(config_path, &a.cfg);
+    if (loaded != PF_OK)
         return 1;
+    if (print_only) {
+        int status = print_config(a.cfg);
+        config_free(a.cfg);
+        return status;
+    }
     if (!workers)
         workers = a.cfg->workers ? a.cfg->workers : PF_DEFAULT_WORKERS;
     int rc = run(&a, workers);

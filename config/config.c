@@ -61,7 +61,8 @@ static const char *const lb_policy_names[] = {
 };
 
 static const char *const root_keys[] = {"admin",     "access_log", "workers",    "drain_timeout",
-                                        "listeners", "clusters",   "local_zone", "dns"};
+                                        "listeners", "clusters",   "local_zone", "dns",
+                                        "kubernetes"};
 static const char *const admin_keys[] = {"address"};
 static const char *const listener_keys[] = {
     "name",        "address",      "routes",         "max_header_bytes", "max_target_bytes",
@@ -95,7 +96,8 @@ static const char *const cluster_keys[] = {"name",
                                            "hash_on",
                                            "hash_table_size",
                                            "ewma_decay",
-                                           "slow_start"};
+                                           "slow_start",
+                                           "kubernetes"};
 static const char *const endpoint_keys[] = {"address", "weight", "priority", "zone"};
 static const char *const dns_keys[] = {"resolvers", "timeout", "tries"};
 static const char *const dns_cluster_keys[] = {"name",        "port",        "record",
@@ -927,9 +929,18 @@ static void parse_endpoint(loader *ld, json_t *v, const char *path, pf_config_en
 
 /* Indexed by pf_check_type minus one: "none" is no type a file can name. */
 static const char *const check_type_names[] = {"http", "tcp"};
-static const char *const health_check_keys[] = {
-    "type",      "path",   "host",   "expected_statuses", "interval", "timeout",
-    "unhealthy_threshold", "healthy_threshold", "jitter", "initial",  "send",    "expect"};
+static const char *const health_check_keys[] = {"type",
+                                                "path",
+                                                "host",
+                                                "expected_statuses",
+                                                "interval",
+                                                "timeout",
+                                                "unhealthy_threshold",
+                                                "healthy_threshold",
+                                                "jitter",
+                                                "initial",
+                                                "send",
+                                                "expect"};
 static const char *const outlier_keys[] = {"consecutive_5xx",      "consecutive_gateway_failure",
                                            "base_ejection_time",   "max_ejection_time",
                                            "max_ejection_percent", "interval"};
@@ -1059,8 +1070,7 @@ static void parse_health_check(loader *ld, json_t *cluster, const char *cluster_
         } else {
             textlist tl = {0};
             textlist_join(&tl, check_type_names, ARRAY_LEN(check_type_names));
-            errf(ld, jkey(p, path, "type"), "unknown type %s; known types: %s", qstr(q, s),
-                 tl.buf);
+            errf(ld, jkey(p, path, "type"), "unknown type %s; known types: %s", qstr(q, s), tl.buf);
         }
     }
 
@@ -1084,8 +1094,10 @@ static void parse_health_check(loader *ld, json_t *cluster, const char *cluster_
                 bad++;
             jkey(p, path, "host");
             if (n == 0 || n >= PF_HOST_MAX)
-                errf(ld, p, "host %s: give 1 to %d characters (leave it out for the endpoint's "
-                     "address)", qstr(q, s), PF_HOST_MAX - 1);
+                errf(ld, p,
+                     "host %s: give 1 to %d characters (leave it out for the endpoint's "
+                     "address)",
+                     qstr(q, s), PF_HOST_MAX - 1);
             else if (bad < n)
                 errf(ld, p, "host %s has a space, control or non-ASCII character", qstr(q, s));
             else
@@ -1099,8 +1111,7 @@ static void parse_health_check(loader *ld, json_t *cluster, const char *cluster_
     get_duration(ld, v, path, "interval", true, &hc->interval_ms);
     get_duration(ld, v, path, "timeout", true, &hc->timeout_ms);
     get_duration(ld, v, path, "jitter", false, &hc->jitter_ms);
-    get_uint(ld, v, path, "unhealthy_threshold", 1, CHECK_THRESHOLD_MAX,
-             &hc->unhealthy_threshold);
+    get_uint(ld, v, path, "unhealthy_threshold", 1, CHECK_THRESHOLD_MAX, &hc->unhealthy_threshold);
     get_uint(ld, v, path, "healthy_threshold", 1, CHECK_THRESHOLD_MAX, &hc->healthy_threshold);
     json_t *initial = get(ld, v, path, "initial", "string", false);
     if (initial) {
@@ -1154,7 +1165,7 @@ static void parse_outlier(loader *ld, json_t *cluster, const char *cluster_path,
 /* RFC 1035 2.3.4: a name is at most 253 characters as text, labels at most 63. The
  * underscore is not a hostname character, but SRV owner names need it (RFC 2782). */
 #define DNS_LABEL_MAX 63
-#define DNS_TEXT_MAX (PF_DNS_NAME_MAX - 1)
+#define DNS_TEXT_MAX 253
 /* Refreshing more often than this floods the resolver without making anything fresher. */
 #define DNS_MIN_REFRESH_FLOOR_MS 100u
 #define DNS_TRIES_MAX 10u
@@ -1281,6 +1292,84 @@ static bool parse_cluster_dns(loader *ld, json_t *cluster, const char *cluster_p
              pf_duration_format(d->max_refresh_ms, a, sizeof a),
              pf_duration_format(d->min_refresh_ms, b, sizeof b));
     return false;
+}
+
+/* ---- kubernetes ---------------------------------------------------------------------- */
+
+#define K8S_PORT_NAME_MAX 15 /* IANA service names, as Kubernetes port names are */
+#define K8S_MAX_LINE_BYTES_MIN 4096u
+#define K8S_MAX_LINE_BYTES_MAX (256u * 1024u * 1024u)
+#define K8S_MAX_LIST_BYTES_MIN (64u * 1024u)
+#define K8S_MAX_LIST_BYTES_MAX (1024u * 1024u * 1024u)
+#define K8S_PAGE_SIZE_MAX 10000u
+
+static const char *const k8s_keys[] = {
+    "api_server",      "token_file",    "ca_file",        "namespace",      "cluster_domain",
+    "auto_discover",   "stall_timeout", "request_timeout", "connect_timeout", "backoff",
+    "max_line_bytes", "max_list_bytes", "page_size"};
+static const char *const k8s_auto_keys[] = {"namespaces", "cluster"};
+static const char *const k8s_cluster_keys[] = {"service", "namespace", "port"};
+
+/* A Kubernetes object name as the API validates it (RFC 1123 label): 1-max characters of
+ * a-z 0-9 '-', starting and ending with a letter or digit. */
+static bool k8s_label(loader *ld, const char *path, const char *what, const char *s, size_t max) {
+    char q[QUOTE_MAX], c[16];
+    size_t n = strlen(s);
+    if (n == 0 || n > max) {
+        errf(ld, path, "%s %s must have 1-%zu characters", what, qstr(q, s), max);
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        bool alnum = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9');
+        if (!alnum && (s[i] != '-' || i == 0 || i == n - 1)) {
+            errf(ld, path,
+                 "%s %s has invalid character %s; Kubernetes names use a-z 0-9 and '-' inside",
+                 what, qstr(q, s), char_desc(c, s[i]));
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Optional label-valued string member copied into out (PF_K8S_NAME_MAX). */
+static void get_k8s_label(loader *ld, json_t *obj, const char *path, const char *key,
+                          const char *what, size_t max, bool required, char *out) {
+    char p[JPATH_MAX];
+    json_t *v = get(ld, obj, path, key, "string", required);
+    if (v && k8s_label(ld, jkey(p, path, key), what, json_string_value(v), max))
+        snprintf(out, PF_K8S_NAME_MAX, "%s", json_string_value(v));
+}
+
+/* $.clusters[i].kubernetes. Returns true when the cluster uses Kubernetes (then it has
+ * neither "endpoints" nor "dns"). */
+static bool parse_cluster_k8s(loader *ld, json_t *cluster, const char *cluster_path,
+                              pf_config_cluster *c) {
+    char path[JPATH_MAX], p[JPATH_MAX];
+    pf_config_cluster_k8s *k = &c->kubernetes;
+    json_t *v = json_object_get(cluster, "kubernetes");
+    if (!v)
+        return false;
+    if (json_object_get(cluster, "endpoints") || json_object_get(cluster, "dns"))
+        errf(ld, cluster_path, "\"kubernetes\" excludes \"endpoints\" and \"dns\"; use one source");
+    jkey(path, cluster_path, "kubernetes");
+    if (!want(ld, v, path, "object"))
+        return true;
+    check_keys(ld, v, path, k8s_cluster_keys, ARRAY_LEN(k8s_cluster_keys));
+    get_k8s_label(ld, v, path, "service", "service", 63, true, k->service);
+    if (!k->service[0])
+        snprintf(k->service, sizeof k->service, "-"); /* reported; still a k8s cluster */
+    get_k8s_label(ld, v, path, "namespace", "namespace", 63, false, k->namespace);
+    json_t *port = json_object_get(v, "port");
+    jkey(p, path, "port");
+    if (port && json_is_string(port)) {
+        if (k8s_label(ld, p, "port name", json_string_value(port), K8S_PORT_NAME_MAX))
+            snprintf(k->port_name, sizeof k->port_name, "%s", json_string_value(port));
+    } else if (port && json_is_integer(port)) {
+        get_uint(ld, v, path, "port", 1, 65535, &k->port_number);
+    } else if (port) {
+        errf(ld, p, "expected a port name (e.g. \"http\") or number, found %s", kind(port));
+    }
+    return true;
 }
 
 /* ---- load balancing ------------------------------------------------------------------ */
@@ -1480,7 +1569,8 @@ static void parse_cluster(loader *ld, json_t *v, const char *path, pf_config_clu
 
     /* An empty list is allowed: a cluster may be declared before its endpoints exist,
      * and the proxy answers 503 for it meanwhile. */
-    json_t *eps = get(ld, v, path, "endpoints", "array", parse_cluster_dns(ld, v, path, c));
+    json_t *eps = get(ld, v, path, "endpoints", "array",
+                     !parse_cluster_k8s(ld, v, path, c) && parse_cluster_dns(ld, v, path, c));
     if (eps && json_array_size(eps) > 0) {
         c->endpoints = alloc_array(ld, json_array_size(eps), sizeof *c->endpoints);
         if (c->endpoints) {
@@ -1610,7 +1700,7 @@ static void parse_dns(loader *ld, json_t *root, pf_config *cfg) {
             if (!want(ld, s, p, "string"))
                 continue;
             if (parse_sockaddr(json_string_value(s), ADDR_ANY, r, &err) != PF_OK) {
-                errf(ld, p, "%s (a resolver is \"ip:port\", e.g. \"127.0.0.1:53\")", err.msg);
+                errf(ld, p, "%s", err.msg);
                 continue;
             }
             size_t j = 0;
@@ -1625,6 +1715,141 @@ static void parse_dns(loader *ld, json_t *root, pf_config *cfg) {
     }
     get_duration(ld, v, "$.dns", "timeout", true, &cfg->dns.timeout_ms);
     get_uint(ld, v, "$.dns", "tries", 1, DNS_TRIES_MAX, &cfg->dns.tries);
+}
+
+/* Optional string member of at most max-1 bytes copied into out. */
+static void get_text(loader *ld, json_t *obj, const char *path, const char *key, char *out,
+                     size_t max) {
+    char p[JPATH_MAX], q[QUOTE_MAX];
+    json_t *v = get(ld, obj, path, key, "string", false);
+    if (!v)
+        return;
+    const char *s = json_string_value(v);
+    if (!*s || strlen(s) >= max)
+        errf(ld, jkey(p, path, key), "%s must have 1-%zu characters", qstr(q, s), max - 1);
+    else
+        memcpy(out, s, strlen(s) + 1);
+}
+
+/* $.kubernetes.auto_discover: which namespaces, and the settings every discovered cluster
+ * gets ("cluster": the keys of a cluster, without a name or a source). */
+static void parse_k8s_auto(loader *ld, json_t *v, pf_config_kubernetes *k) {
+    const char *path = "$.kubernetes.auto_discover";
+    char p[JPATH_MAX];
+    if (!want(ld, v, path, "object"))
+        return;
+    check_keys(ld, v, path, k8s_auto_keys, ARRAY_LEN(k8s_auto_keys));
+    k->auto_discover = true;
+    json_t *ns = json_object_get(v, "namespaces");
+    jkey(p, path, "namespaces");
+    if (!ns) {
+        errf(ld, path, "missing required key \"namespaces\" (a list, or \"all\")");
+    } else if (json_is_string(ns) && strcmp(json_string_value(ns), "all") == 0) {
+        k->all_namespaces = true;
+    } else if (!json_is_array(ns) || json_array_size(ns) == 0) {
+        errf(ld, p, "expected a non-empty list of namespaces or \"all\"");
+    } else if (json_array_size(ns) > PF_K8S_MAX_NAMESPACES) {
+        errf(ld, p, "%zu namespaces; at most %d are allowed (or use \"all\")", json_array_size(ns),
+             PF_K8S_MAX_NAMESPACES);
+    } else if ((k->namespaces = alloc_array(ld, json_array_size(ns), sizeof *k->namespaces))) {
+        for (size_t i = 0; i < json_array_size(ns); i++) {
+            char ip[JPATH_MAX];
+            json_t *s = json_array_get(ns, i);
+            jidx(ip, p, i);
+            if (!want(ld, s, ip, "string") ||
+                !k8s_label(ld, ip, "namespace", json_string_value(s), 63))
+                continue;
+            size_t j = 0;
+            while (j < k->namespace_count && strcmp(k->namespaces[j], json_string_value(s)))
+                j++;
+            if (j < k->namespace_count)
+                errf(ld, ip, "duplicate namespace \"%s\"", json_string_value(s));
+            else
+                snprintf(k->namespaces[k->namespace_count++], PF_K8S_NAME_MAX, "%s",
+                         json_string_value(s));
+        }
+    }
+    /* The template is parsed as a cluster named "auto" with no endpoints of its own, so
+     * every cluster key and message applies unchanged. */
+    json_t *tmpl = get(ld, v, path, "cluster", "object", false);
+    static const char *const reserved[] = {"name", "endpoints", "dns", "kubernetes"};
+    json_t *copy = tmpl ? json_deep_copy(tmpl) : json_object();
+    k->auto_cluster = calloc(1, sizeof *k->auto_cluster);
+    if (!copy || !k->auto_cluster) {
+        json_decref(copy);
+        oom(ld);
+        return;
+    }
+    jkey(p, path, "cluster");
+    for (size_t i = 0; i < ARRAY_LEN(reserved); i++) {
+        if (json_object_get(copy, reserved[i])) {
+            errf(ld, p, "\"%s\" is set by auto-discovery; remove it", reserved[i]);
+            json_object_del(copy, reserved[i]);
+        }
+    }
+    json_object_set_new(copy, "name", json_string("auto"));
+    json_object_set_new(copy, "endpoints", json_array());
+    parse_cluster(ld, copy, p, k->auto_cluster);
+    json_decref(copy);
+}
+
+/* $.kubernetes: the API server and what to discover. In a pod everything defaults to the
+ * service account's files and KUBERNETES_SERVICE_HOST/PORT (resolved by discovery/). */
+static void parse_kubernetes(loader *ld, json_t *root, pf_config *cfg) {
+    const char *path = "$.kubernetes";
+    char p[JPATH_MAX], bp[JPATH_MAX], q[QUOTE_MAX], a[32], b[32];
+    pf_config_kubernetes *k = &cfg->kubernetes;
+    snprintf(k->cluster_domain, sizeof k->cluster_domain, "%s", PF_DEFAULT_K8S_CLUSTER_DOMAIN);
+    k->stall_timeout_ms = PF_DEFAULT_K8S_STALL_TIMEOUT_MS;
+    k->request_timeout_ms = PF_DEFAULT_K8S_REQUEST_TIMEOUT_MS;
+    k->connect_timeout_ms = PF_DEFAULT_K8S_CONNECT_TIMEOUT_MS;
+    k->backoff_base_ms = PF_DEFAULT_K8S_BACKOFF_BASE_MS;
+    k->backoff_max_ms = PF_DEFAULT_K8S_BACKOFF_MAX_MS;
+    k->max_line_bytes = PF_DEFAULT_K8S_MAX_LINE_BYTES;
+    k->max_list_bytes = PF_DEFAULT_K8S_MAX_LIST_BYTES;
+    k->page_size = PF_DEFAULT_K8S_PAGE_SIZE;
+    json_t *v = get(ld, root, "$", "kubernetes", "object", false);
+    if (!v)
+        return;
+    k->enabled = true;
+    check_keys(ld, v, path, k8s_keys, ARRAY_LEN(k8s_keys));
+    get_text(ld, v, path, "api_server", k->api_server, sizeof k->api_server);
+    /* TLS is always verified: a plain-HTTP API server would hand out tokens in clear. */
+    if (k->api_server[0] && strncmp(k->api_server, "https://", 8) != 0) {
+        errf(ld, jkey(p, path, "api_server"),
+             "%s must start with https:// (the API server is always reached over verified TLS)",
+             qstr(q, k->api_server));
+        k->api_server[0] = '\0';
+    }
+    get_text(ld, v, path, "token_file", k->token_file, sizeof k->token_file);
+    get_text(ld, v, path, "ca_file", k->ca_file, sizeof k->ca_file);
+    get_k8s_label(ld, v, path, "namespace", "namespace", 63, false, k->namespace);
+    json_t *domain = get(ld, v, path, "cluster_domain", "string", false);
+    if (domain)
+        parse_dns_name(ld, jkey(p, path, "cluster_domain"), json_string_value(domain),
+                       k->cluster_domain);
+    get_duration(ld, v, path, "stall_timeout", true, &k->stall_timeout_ms);
+    get_duration(ld, v, path, "request_timeout", true, &k->request_timeout_ms);
+    get_duration(ld, v, path, "connect_timeout", true, &k->connect_timeout_ms);
+    json_t *backoff = get(ld, v, path, "backoff", "object", false);
+    if (backoff) {
+        jkey(p, path, "backoff");
+        check_keys(ld, backoff, p, backoff_keys, ARRAY_LEN(backoff_keys));
+        get_duration(ld, backoff, p, "base", true, &k->backoff_base_ms);
+        get_duration(ld, backoff, p, "max", true, &k->backoff_max_ms);
+        if (k->backoff_max_ms < k->backoff_base_ms)
+            errf(ld, jkey(bp, p, "max"), "%s is less than base (%s)",
+                 pf_duration_format(k->backoff_max_ms, a, sizeof a),
+                 pf_duration_format(k->backoff_base_ms, b, sizeof b));
+    }
+    get_uint(ld, v, path, "max_line_bytes", K8S_MAX_LINE_BYTES_MIN, K8S_MAX_LINE_BYTES_MAX,
+             &k->max_line_bytes);
+    get_uint(ld, v, path, "max_list_bytes", K8S_MAX_LIST_BYTES_MIN, K8S_MAX_LIST_BYTES_MAX,
+             &k->max_list_bytes);
+    get_uint(ld, v, path, "page_size", 1, K8S_PAGE_SIZE_MAX, &k->page_size);
+    json_t *autod = json_object_get(v, "auto_discover");
+    if (autod)
+        parse_k8s_auto(ld, autod, k);
 }
 
 static void parse_root(loader *ld, json_t *root, pf_config *cfg) {
@@ -1650,6 +1875,7 @@ static void parse_root(loader *ld, json_t *root, pf_config *cfg) {
     get_duration(ld, root, "$", "drain_timeout", false, &cfg->drain_timeout_ms);
     parse_local_zone(ld, root, cfg);
     parse_dns(ld, root, cfg);
+    parse_kubernetes(ld, root, cfg);
 
     json_t *listeners = get(ld, root, "$", "listeners", "array", true);
     if (listeners)
@@ -1914,6 +2140,69 @@ static void dump_cluster_dns(dumper *d, json_t *o, const pf_config_cluster *c) {
     put(d, o, "dns", v);
 }
 
+/* A Kubernetes cluster has "kubernetes" in place of "endpoints", as in the file. */
+static void dump_cluster_k8s(dumper *d, json_t *o, const pf_config_cluster *c) {
+    const pf_config_cluster_k8s *k = &c->kubernetes;
+    if (!k->service[0])
+        return;
+    json_t *v = json_object();
+    json_object_del(o, "endpoints");
+    put(d, v, "service", json_string(k->service));
+    if (k->namespace[0])
+        put(d, v, "namespace", json_string(k->namespace));
+    if (k->port_name[0])
+        put(d, v, "port", json_string(k->port_name));
+    else if (k->port_number)
+        put(d, v, "port", json_integer(k->port_number));
+    put(d, o, "kubernetes", v);
+}
+
+static json_t *dump_cluster(dumper *d, const pf_config_cluster *c);
+
+static void dump_kubernetes(dumper *d, json_t *root, const pf_config_kubernetes *k) {
+    if (!k->enabled)
+        return;
+    json_t *v = json_object(), *backoff = json_object();
+    static const struct {
+        const char *key;
+        size_t off;
+    } texts[] = {{"api_server", offsetof(pf_config_kubernetes, api_server)},
+                 {"token_file", offsetof(pf_config_kubernetes, token_file)},
+                 {"ca_file", offsetof(pf_config_kubernetes, ca_file)},
+                 {"namespace", offsetof(pf_config_kubernetes, namespace)}};
+    for (size_t i = 0; i < ARRAY_LEN(texts); i++) {
+        const char *s = (const char *)k + texts[i].off;
+        if (*s)
+            put(d, v, texts[i].key, json_string(s));
+    }
+    put(d, v, "cluster_domain", json_string(k->cluster_domain));
+    put_duration(d, v, "stall_timeout", k->stall_timeout_ms);
+    put_duration(d, v, "request_timeout", k->request_timeout_ms);
+    put_duration(d, v, "connect_timeout", k->connect_timeout_ms);
+    put_duration(d, backoff, "base", k->backoff_base_ms);
+    put_duration(d, backoff, "max", k->backoff_max_ms);
+    put(d, v, "backoff", backoff);
+    put(d, v, "max_line_bytes", json_integer(k->max_line_bytes));
+    put(d, v, "max_list_bytes", json_integer(k->max_list_bytes));
+    put(d, v, "page_size", json_integer(k->page_size));
+    if (k->auto_discover) {
+        json_t *a = json_object(), *ns = json_array();
+        for (size_t i = 0; i < k->namespace_count; i++)
+            push(d, ns, json_string(k->namespaces[i]));
+        put(d, a, "namespaces", k->all_namespaces ? (json_decref(ns), json_string("all")) : ns);
+        if (k->auto_cluster) {
+            json_t *c = dump_cluster(d, k->auto_cluster);
+            if (c) {
+                json_object_del(c, "name");
+                json_object_del(c, "endpoints");
+            }
+            put(d, a, "cluster", c);
+        }
+        put(d, v, "auto_discover", a);
+    }
+    put(d, root, "kubernetes", v);
+}
+
 static void dump_dns(dumper *d, json_t *root, const pf_config_dns *dns) {
     json_t *v = json_object();
     if (dns->resolver_count) {
@@ -1981,6 +2270,7 @@ static json_t *dump_cluster(dumper *d, const pf_config_cluster *c) {
     put(d, o, "panic_threshold", json_integer(c->panic_threshold));
     dump_cluster_health(d, o, c);
     dump_cluster_dns(d, o, c);
+    dump_cluster_k8s(d, o, c);
     return o;
 }
 
@@ -2006,6 +2296,7 @@ char *config_dump_json(const pf_config *cfg) {
         push(&d, clusters, dump_cluster(&d, &cfg->clusters[i]));
     put(&d, root, "clusters", clusters);
     dump_dns(&d, root, &cfg->dns);
+    dump_kubernetes(&d, root, &cfg->kubernetes);
 
     char *text = d.failed ? NULL : json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(root);
@@ -2021,6 +2312,10 @@ void config_free(pf_config *cfg) {
     for (size_t i = 0; i < cfg->cluster_count; i++)
         free(cfg->clusters[i].endpoints);
     free(cfg->clusters);
+    free(cfg->kubernetes.namespaces);
+    if (cfg->kubernetes.auto_cluster)
+        free(cfg->kubernetes.auto_cluster->endpoints);
+    free(cfg->kubernetes.auto_cluster);
     free(cfg->source);
     free(cfg);
 }

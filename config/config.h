@@ -150,16 +150,16 @@ typedef struct pf_status_range {
 
 typedef struct pf_config_health_check {
     pf_check_type type;
-    char path[PF_PATH_MAX];         /* http: request target */
-    char host[PF_HOST_MAX];         /* http: Host header; "" = the endpoint's "ip:port" */
+    char path[PF_PATH_MAX]; /* http: request target */
+    char host[PF_HOST_MAX]; /* http: Host header; "" = the endpoint's "ip:port" */
     pf_status_range expected[PF_CHECK_STATUS_RANGES_MAX]; /* http: default 200-399 */
     size_t expected_count;
-    uint64_t interval_ms;           /* from one check's start to the next one's */
-    uint64_t timeout_ms;            /* connect + exchange */
-    uint64_t jitter_ms;             /* a random 0..jitter added to each wait */
-    uint32_t unhealthy_threshold;   /* failures in a row that take an endpoint out */
-    uint32_t healthy_threshold;     /* passes in a row that bring it back */
-    bool initial_healthy;           /* a new endpoint serves until its first check fails */
+    uint64_t interval_ms;            /* from one check's start to the next one's */
+    uint64_t timeout_ms;             /* connect + exchange */
+    uint64_t jitter_ms;              /* a random 0..jitter added to each wait */
+    uint32_t unhealthy_threshold;    /* failures in a row that take an endpoint out */
+    uint32_t healthy_threshold;      /* passes in a row that bring it back */
+    bool initial_healthy;            /* a new endpoint serves until its first check fails */
     char send[PF_CHECK_PAYLOAD_MAX]; /* tcp: bytes written after connect (may hold NULs) */
     size_t send_len;
     char expect[PF_CHECK_PAYLOAD_MAX]; /* tcp: bytes the answer must contain */
@@ -209,6 +209,29 @@ typedef struct pf_config_dns {
     uint32_t tries;
 } pf_config_dns;
 
+/* Kubernetes discovery (discovery/kubernetes.h). Defaults documented in README.md. */
+#define PF_K8S_SERVICEACCOUNT_DIR "/var/run/secrets/kubernetes.io/serviceaccount"
+#define PF_DEFAULT_K8S_CLUSTER_DOMAIN "cluster.local"
+#define PF_DEFAULT_K8S_STALL_TIMEOUT_MS 90000u   /* no byte, not even a bookmark, this long */
+#define PF_DEFAULT_K8S_REQUEST_TIMEOUT_MS 30000u /* a list page, connect included */
+#define PF_DEFAULT_K8S_CONNECT_TIMEOUT_MS 5000u
+#define PF_DEFAULT_K8S_BACKOFF_BASE_MS 500u
+#define PF_DEFAULT_K8S_BACKOFF_MAX_MS 30000u
+#define PF_DEFAULT_K8S_MAX_LINE_BYTES (4u * 1024u * 1024u) /* one watch event */
+#define PF_DEFAULT_K8S_MAX_LIST_BYTES (64u * 1024u * 1024u) /* one list page */
+#define PF_DEFAULT_K8S_PAGE_SIZE 500u
+#define PF_K8S_NAME_MAX 64      /* a Service, namespace or port name (DNS label, 63) and NUL */
+#define PF_K8S_TEXT_MAX 1024    /* URLs and file paths */
+#define PF_K8S_MAX_NAMESPACES 64
+
+/* $.clusters[].kubernetes: endpoints from the EndpointSlices of one Service. */
+typedef struct pf_config_cluster_k8s {
+    char service[PF_K8S_NAME_MAX];   /* "" : the cluster does not use Kubernetes */
+    char namespace[PF_K8S_NAME_MAX]; /* "" : $.kubernetes.namespace, else the pod's own */
+    char port_name[PF_K8S_NAME_MAX]; /* "http"; "" with port_number, or for "the only port" */
+    uint32_t port_number;            /* a Service port; 0 when port_name is used */
+} pf_config_cluster_k8s;
+
 typedef struct pf_config_cluster {
     char name[PF_NAME_MAX];
     pf_config_retry retry;
@@ -231,6 +254,7 @@ typedef struct pf_config_cluster {
     pf_config_health_check health_check;
     pf_config_outlier outlier;
     pf_config_cluster_dns dns; /* dns.name[0] != 0: DNS discovery, no endpoints */
+    pf_config_cluster_k8s kubernetes; /* kubernetes.service[0] != 0: EndpointSlices */
 } pf_config_cluster;
 
 typedef enum { PF_MATCH_HOST_ANY, PF_MATCH_HOST_EXACT, PF_MATCH_HOST_SUFFIX } pf_host_match;
@@ -262,6 +286,29 @@ typedef struct pf_config_listener {
     uint64_t idle_timeout_ms;   /* downstream keep-alive idle */
 } pf_config_listener;
 
+/* $.kubernetes: how to reach the API server, shared by every Kubernetes cluster, and
+ * auto-discovery. Empty strings mean "the in-cluster default" (resolved at start). */
+typedef struct pf_config_kubernetes {
+    bool enabled; /* "kubernetes" is given, or a cluster uses it */
+    char api_server[PF_K8S_TEXT_MAX]; /* "https://host:port" */
+    char token_file[PF_K8S_TEXT_MAX];
+    char ca_file[PF_K8S_TEXT_MAX];
+    char namespace[PF_K8S_NAME_MAX];
+    char cluster_domain[PF_DNS_NAME_MAX];
+    bool auto_discover;
+    bool all_namespaces;
+    char (*namespaces)[PF_K8S_NAME_MAX];
+    size_t namespace_count;
+    pf_config_cluster *auto_cluster; /* settings of every discovered cluster (name unused) */
+    uint64_t stall_timeout_ms;
+    uint64_t request_timeout_ms;
+    uint64_t connect_timeout_ms;
+    uint64_t backoff_base_ms, backoff_max_ms;
+    uint32_t max_line_bytes;
+    uint32_t max_list_bytes;
+    uint32_t page_size;
+} pf_config_kubernetes;
+
 typedef struct pf_config {
     char *source; /* file name used in messages, owned */
     pf_sockaddr admin_addr;
@@ -274,6 +321,7 @@ typedef struct pf_config {
     pf_config_cluster *clusters;
     size_t cluster_count;
     pf_config_dns dns;
+    pf_config_kubernetes kubernetes;
 } pf_config;
 
 /* Loads and validates a config file. On success returns 0 and *out (caller frees with

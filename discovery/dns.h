@@ -69,14 +69,14 @@ void discovery_dns_free(pf_dns *dns);
 /* One of a cluster's own queries (not SRV targets), as /clusters shows it. */
 typedef struct pf_dns_query_status {
     char name[PF_DNS_NAME_MAX];
-    const char *type;          /* "A", "AAAA" or "SRV" */
-    int last_status;           /* of the latest finished attempt; -1 before the first */
-    uint32_t ttl;              /* seconds, of the latest answer; UINT32_MAX when unknown */
+    const char *type;             /* "A", "AAAA" or "SRV" */
+    int last_status;              /* of the latest finished attempt; -1 before the first */
+    uint32_t ttl;                 /* seconds, of the latest answer; UINT32_MAX when unknown */
     uint64_t last_answer_wall_us; /* wall clock of the latest answer; 0 before the first */
-    int64_t next_refresh_ms;   /* from now; -1 while a query is in flight */
-    unsigned failures;         /* failed attempts in a row */
-    bool holding;              /* a negative answer came and the old records still count */
-    uint64_t hold_left_ms;     /* while holding */
+    int64_t next_refresh_ms;      /* from now; -1 while a query is in flight */
+    unsigned failures;            /* failed attempts in a row */
+    bool holding;                 /* a negative answer came and the old records still count */
+    uint64_t hold_left_ms;        /* while holding */
 } pf_dns_query_status;
 
 /* What /clusters shows for one DNS cluster: a copy made on the main thread. */
@@ -86,11 +86,11 @@ typedef struct pf_dns_cluster_status {
     uint16_t port;                  /* 0 for SRV */
     pf_dns_query_status queries[2]; /* A and AAAA for "A+AAAA", else one */
     size_t query_count;
-    size_t target_queries;        /* SRV: address queries for targets without glue */
+    size_t target_queries;         /* SRV: address queries for targets without glue */
     uint64_t last_refresh_wall_us; /* every query of the cluster answered by then; 0: not yet */
     uint64_t last_refresh_age_ms;
-    uint32_t ttl;                   /* minimum over the queries' latest answers */
-    char last_error[PF_ERROR_MAX];  /* the latest failure with its name and type; "" if none */
+    uint32_t ttl;                  /* minimum over the queries' latest answers */
+    char last_error[PF_ERROR_MAX]; /* the latest failure with its name and type; "" if none */
     uint64_t last_error_wall_us;
     uint64_t answer_to_publish_us; /* latest change: from the answer to the published set */
     uint64_t publishes;            /* sets published (changes only) */

@@ -163,10 +163,33 @@ static int compare_glue(const void *a, const void *b) {
     return memcmp(x->addr.bytes, y->addr.bytes, sizeof x->addr.bytes);
 }
 
-static bool is_srv_target(const dns_answer *a, const char *name) {
-    for (size_t i = 0; i < a->srv_count; i++)
-        if (strcmp(a->srvs[i].target, name) == 0)
+/* Appends s to the answer's names; *at is where it starts. */
+static int intern(dns_answer *a, const char *s, uint32_t *at, pf_error *err) {
+    size_t n = strlen(s) + 1;
+    if (a->names_len + n > a->names_cap) {
+        size_t cap = a->names_cap ? a->names_cap * 2 : 512;
+        while (cap < a->names_len + n)
+            cap *= 2;
+        char *grown = realloc(a->names, cap);
+        if (!grown)
+            return pf_fail(err, PF_DNS_ENOMEM, "out of memory");
+        a->names = grown;
+        a->names_cap = cap;
+    }
+    memcpy(a->names + a->names_len, s, n);
+    *at = (uint32_t)a->names_len;
+    a->names_len += n;
+    return PF_DNS_OK;
+}
+
+/* Whether name is an SRV target; *at is its place in names. */
+static bool srv_target_at(const dns_answer *a, const char *name, uint32_t *at) {
+    for (size_t i = 0; i < a->srv_count; i++) {
+        if (strcmp(a->names + a->srvs[i].target_at, name) == 0) {
+            *at = a->srvs[i].target_at;
             return true;
+        }
+    }
     return false;
 }
 
@@ -174,6 +197,7 @@ void dns_answer_clear(dns_answer *a) {
     free(a->addrs);
     free(a->srvs);
     free(a->glue);
+    free(a->names);
     memset(a, 0, sizeof *a);
     a->ttl = DNS_TTL_UNKNOWN;
 }
@@ -267,15 +291,16 @@ static int collect_answers(const uint8_t *buf, size_t len, const sections *s, dn
         }
         /* RFC 2782: priority, weight, port, then the target name */
         if (r.rdlen < 7)
-            return pf_fail(err, PF_DNS_EBADRESP, "SRV record of %s has %zu data bytes, fewer than 7",
-                           r.owner, r.rdlen);
+            return pf_fail(err, PF_DNS_EBADRESP,
+                           "SRV record of %s has %zu data bytes, fewer than 7", r.owner, r.rdlen);
+        char target[PF_DNS_NAME_MAX];
         dns_srv *v = &out->srvs[out->srv_count];
         v->priority = rd16(buf + r.rdata);
         v->weight = rd16(buf + r.rdata + 2);
         v->port = rd16(buf + r.rdata + 4);
         size_t d = r.rdata + 6;
-        rc = read_rdata_name(buf, len, &r, &d, v->target, err);
-        if (rc != PF_DNS_OK)
+        if ((rc = read_rdata_name(buf, len, &r, &d, target, err)) != PF_DNS_OK ||
+            (rc = intern(out, target, &v->target_at, err)) != PF_DNS_OK)
             return rc;
         out->srv_count++;
     }
@@ -326,15 +351,15 @@ static int collect_glue(const uint8_t *buf, size_t len, const sections *s, dns_a
         if ((r.type != DNS_T_A && r.type != DNS_T_AAAA) || r.class_ != DNS_CLASS_IN)
             continue;
         size_t want = r.type == DNS_T_A ? 4 : 16;
-        if (r.rdlen != want || !is_srv_target(out, r.owner))
+        uint32_t at;
+        if (r.rdlen != want || !srv_target_at(out, r.owner, &at))
             continue; /* glue is a hint: a bad one is skipped, the target is asked directly */
         dns_glue *g = &out->glue[out->glue_count++];
-        memcpy(g->name, r.owner, sizeof g->name);
+        g->name_at = at;
         g->addr.family = r.type == DNS_T_A ? AF_INET : AF_INET6;
         memcpy(g->addr.bytes, buf + r.rdata, want);
         out->ttl = min_u32(out->ttl, r.ttl);
     }
-    qsort(out->glue, out->glue_count, sizeof *out->glue, compare_glue);
     return PF_DNS_OK;
 }
 
@@ -401,9 +426,15 @@ int dns_answer_parse(const uint8_t *buf, size_t len, uint16_t qtype, dns_answer 
                                : pf_fail(err, PF_DNS_ENODATA, "no %s records", type_name(qtype));
     }
     if (out->srv_count) {
-        qsort(out->srvs, out->srv_count, sizeof *out->srvs, compare_srv);
         if ((rc = collect_glue(buf, len, &s, out, err)) != PF_DNS_OK)
             return rc;
+        /* names stopped moving: offsets become pointers, and the order can be set */
+        for (size_t i = 0; i < out->srv_count; i++)
+            out->srvs[i].target = out->names + out->srvs[i].target_at;
+        for (size_t i = 0; i < out->glue_count; i++)
+            out->glue[i].name = out->names + out->glue[i].name_at;
+        qsort(out->srvs, out->srv_count, sizeof *out->srvs, compare_srv);
+        qsort(out->glue, out->glue_count, sizeof *out->glue, compare_glue);
     }
     out->status = PF_DNS_OK;
     return PF_DNS_OK;
@@ -495,7 +526,9 @@ size_t dns_endpoints_from_srv(const dns_answer *srv, dns_target_fn lookup, void 
             continue;
         }
         /* RFC 2782 gives weight 0 "a very small chance"; our weights start at 1. */
-        uint32_t weight = r->weight == 0 ? 1 : r->weight > DNS_WEIGHT_MAX ? DNS_WEIGHT_MAX : r->weight;
+        uint32_t weight = r->weight == 0               ? 1
+                          : r->weight > DNS_WEIGHT_MAX ? DNS_WEIGHT_MAX
+                                                       : r->weight;
         size_t glue_count = 0, before = n;
         const dns_glue *glue = dns_glue_find(srv, r->target, &glue_count);
         const dns_answer *found[2] = {NULL, NULL};

@@ -32,16 +32,20 @@ typedef struct dns_addr {
 
 typedef struct dns_srv {
     uint16_t priority, weight, port;
-    char target[PF_DNS_NAME_MAX]; /* lower-case, no trailing dot; "" for "." (RFC 2782) */
+    const char *target; /* in the answer's names: lower-case, no trailing dot; "" for "." */
+    uint32_t target_at; /* the same as an offset, while parsing */
 } dns_srv;
 
 /* An address record from the additional section, for an SRV target. */
 typedef struct dns_glue {
-    char name[PF_DNS_NAME_MAX];
+    const char *name; /* the target's string in the answer's names */
+    uint32_t name_at;
     dns_addr addr;
 } dns_glue;
 
-/* One parsed answer. Owns its arrays (dns_answer_clear frees them). */
+/* One parsed answer. Owns its arrays and the text of its names (dns_answer_clear frees
+ * them); names are kept once each, packed, since a 500-target SRV answer would otherwise
+ * carry 250 KB of fixed-size name buffers. */
 typedef struct dns_answer {
     int status; /* PF_DNS_OK, PF_DNS_ENODATA or PF_DNS_ENXDOMAIN */
     uint16_t qtype;
@@ -56,6 +60,8 @@ typedef struct dns_answer {
     size_t srv_count;
     dns_glue *glue; /* sorted by name; only names that are targets of srvs */
     size_t glue_count;
+    char *names; /* NUL-terminated target names, one after the other */
+    size_t names_len, names_cap;
     size_t dropped; /* records over PF_DNS_MAX_RECORDS, left out */
 } dns_answer;
 
@@ -92,7 +98,8 @@ typedef size_t (*dns_target_fn)(void *ctx, const char *target, const dns_answer 
 
 /* SRV records to endpoints: each target's addresses (glue first, else lookup) with the
  * record's port; SRV weight becomes the weight (0 -> 1, above 10000 -> 10000) and the SRV
- * priority a dense failover tier (lowest priority value = tier 0). Returns the count. */
+ * priority a dense failover tier (lowest priority value = tier 0). Returns the count. With
+ * cap 0 (out may be NULL) it only counts: report->dropped is then the number there is. */
 size_t dns_endpoints_from_srv(const dns_answer *srv, dns_target_fn lookup, void *ctx,
                               pf_endpoint *out, size_t cap, dns_build_report *report);
 
@@ -108,10 +115,10 @@ uint64_t dns_backoff_ms(unsigned failures, uint64_t min_ms, uint64_t max_ms, uin
 
 /* Where one query stands; folded by dns_qstate_update. */
 typedef struct dns_qstate {
-    bool done;        /* the first attempt has finished, whatever its outcome */
-    bool answered;    /* an answer (records, NODATA or NXDOMAIN) arrived at least once */
-    bool has_records; /* the last positive answer is kept */
-    bool negative;    /* the latest answer was NODATA or NXDOMAIN */
+    bool done;                  /* the first attempt has finished, whatever its outcome */
+    bool answered;              /* an answer (records, NODATA or NXDOMAIN) arrived at least once */
+    bool has_records;           /* the last positive answer is kept */
+    bool negative;              /* the latest answer was NODATA or NXDOMAIN */
     unsigned failures;          /* failed attempts (no answer) in a row */
     uint64_t negative_since_ms; /* when negative: the first negative answer of the run */
 } dns_qstate;

@@ -129,7 +129,8 @@ bool discovery_set_equal(const pf_endpoint_set *a, const pf_endpoint_set *b) {
     for (size_t i = 0; i < a->count; i++) {
         const pf_endpoint *x = &a->endpoints[i], *y = &b->endpoints[i];
         if (strcmp(x->addr.text, y->addr.text) != 0 || x->weight != y->weight ||
-            x->priority != y->priority || x->healthy != y->healthy || strcmp(x->zone, y->zone) != 0)
+            x->priority != y->priority || x->healthy != y->healthy ||
+            strcmp(x->zone, y->zone) != 0 || strcmp(x->node_name, y->node_name) != 0)
             return false;
     }
     return true;

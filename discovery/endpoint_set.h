@@ -46,7 +46,8 @@ typedef struct pf_endpoint {
     uint32_t priority; /* failover tier, 0 = best */
     bool healthy;      /* discovery's and health checking's verdicts combined */
     char zone[PF_NAME_MAX];
-    pf_endpoint_stats *stats; /* attached by discovery_slot_publish */
+    char node_name[PF_NAME_MAX]; /* Kubernetes nodeName, cut to fit; "" when unknown */
+    pf_endpoint_stats *stats;    /* attached by discovery_slot_publish */
 } pf_endpoint;
 
 /* Public for inline access on the hot path; treat as read-only. */

@@ -22,11 +22,12 @@
 #include <unistd.h>
 
 #define REASON_MAX 64
+#define CHECK_GRAIN_MS 20
 
 typedef enum { EJECT_5XX, EJECT_GATEWAY, EJECT_REASONS } eject_reason;
 
 static const char *const eject_labels[EJECT_REASONS] = {"consecutive_5xx",
-                                                       "consecutive_gateway_failure"};
+                                                        "consecutive_gateway_failure"};
 
 /* One endpoint's health, found by address; heap-allocated so that the probe and timers
  * pointing at it stay put while the node array is rebuilt. */
@@ -40,7 +41,7 @@ typedef struct hnode {
     struct event *next_check;
     char *request; /* http: the request bytes for this endpoint (Host may be its address) */
     size_t request_len;
-    uint64_t started_ms;        /* when the last check started (monotonic) */
+    uint64_t started_ms;         /* when the last check started (monotonic) */
     uint64_t last_check_wall_us; /* 0: none finished yet */
     char last_result[PROBE_DETAIL_MAX];
     char last_failure[PROBE_DETAIL_MAX];
@@ -85,34 +86,42 @@ static uint64_t random_below(pf_health *h, uint64_t bound) {
     return (h->rng * 2685821657736338717ull) % bound;
 }
 
-static hnode *find_node(const pf_health *h, const char *addr) {
-    size_t lo = 0, hi = h->count;
+/* Binary search by address text in an array sorted like endpoint sets; key(arr, i) is
+ * element i's address. Returns the index, or count when absent. */
+static size_t addr_index(const void *arr, size_t count, const char *(*key)(const void *, size_t),
+                         const char *addr) {
+    size_t lo = 0, hi = count;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(h->nodes[mid]->addr.text, addr);
+        int c = strcmp(key(arr, mid), addr);
         if (c == 0)
-            return h->nodes[mid];
+            return mid;
         if (c < 0)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return NULL;
+    return count;
+}
+
+static const char *node_key(const void *arr, size_t i) {
+    return ((hnode *const *)arr)[i]->addr.text;
+}
+
+static const char *endpoint_key(const void *arr, size_t i) {
+    return ((const pf_endpoint *)arr)[i].addr.text;
+}
+
+static hnode *find_node(const pf_health *h, const char *addr) {
+    size_t i = addr_index(h->nodes, h->count, node_key, addr);
+    return i < h->count ? h->nodes[i] : NULL;
 }
 
 static const pf_endpoint *set_find(const pf_endpoint_set *set, const char *addr) {
-    size_t lo = 0, hi = set ? set->count : 0;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(set->endpoints[mid].addr.text, addr);
-        if (c == 0)
-            return &set->endpoints[mid];
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return NULL;
+    if (!set)
+        return NULL;
+    size_t i = addr_index(set->endpoints, set->count, endpoint_key, addr);
+    return i < set->count ? &set->endpoints[i] : NULL;
 }
 
 /* Whether health lets the endpoint serve (discovery's own verdict aside). */
@@ -172,8 +181,17 @@ static void publish(pf_health *h) {
 
 /* ---- active checks ------------------------------------------------------------------- */
 
+/* Checks due within the same CHECK_GRAIN_MS start together: one wake-up of the loop starts
+ * a batch, and their answers tend to come back in the same epoll_wait. With a thousand
+ * endpoints a second that is a few dozen wake-ups instead of thousands. The grid is on
+ * libevent's cached clock, the one its timers are computed from, so a batch fires at once. */
 static void schedule_check(hnode *n, uint64_t delay_ms) {
-    struct timeval tv = pf_timeval_ms(delay_ms);
+    struct timeval now;
+    uint64_t now_ms = 0;
+    if (event_base_gettimeofday_cached(n->h->base, &now) == 0)
+        now_ms = (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_usec / 1000u;
+    uint64_t at = (now_ms + delay_ms + CHECK_GRAIN_MS - 1) / CHECK_GRAIN_MS * CHECK_GRAIN_MS;
+    struct timeval tv = pf_timeval_ms(at - now_ms);
     evtimer_add(n->next_check, &tv);
 }
 
@@ -223,8 +241,9 @@ static void on_check_done(void *arg, probe_result result, const char *detail) {
 
 static int build_request(pf_health *h, hnode *n) {
     const char *host = h->hc->host[0] ? h->hc->host : n->addr.text;
-    static const char fmt[] = "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: pilotfish-health-check\r\n"
-                              "Accept: */*\r\nConnection: close\r\n\r\n";
+    static const char fmt[] =
+        "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: pilotfish-health-check\r\n"
+        "Accept: */*\r\n\r\n";
     int len = snprintf(NULL, 0, fmt, h->hc->path, host);
     if (len < 0 || !(n->request = malloc((size_t)len + 1)))
         return PF_ENOMEM;
@@ -349,8 +368,7 @@ static void eject(pf_health *h, hnode *n, pf_endpoint_stats *stats, eject_reason
     metrics_inc(h->ejections[reason], 1);
     reset_counters(stats);
     log_warn("endpoint ejected cluster=%s endpoint=%s reason=\"%s\" ejection_ms=%llu times=%u",
-             h->cfg->name, n->addr.text, n->eject_reason, (unsigned long long)ms,
-             n->times_ejected);
+             h->cfg->name, n->addr.text, n->eject_reason, (unsigned long long)ms, n->times_ejected);
 }
 
 /* Ends ejections whose time is up, then ejects endpoints over a threshold while the
@@ -445,8 +463,7 @@ void health_report(pf_health *h, const pf_endpoint *ep, pf_health_outcome outcom
         break;
     case PF_HEALTH_GATEWAY_FAILURE:
         c5 = atomic_fetch_add_explicit(&s->consecutive_5xx, 1, memory_order_relaxed) + 1;
-        cg = atomic_fetch_add_explicit(&s->consecutive_gateway_failures, 1,
-                                       memory_order_relaxed) +
+        cg = atomic_fetch_add_explicit(&s->consecutive_gateway_failures, 1, memory_order_relaxed) +
              1;
         break;
     }
@@ -592,8 +609,8 @@ static void describe_status(const pf_health *h, const hnode *n, char *buf, size_
     else if (!n->check.healthy)
         snprintf(buf, len, "unhealthy: check failed: %s", n->last_failure);
     else if (n->ejected)
-        snprintf(buf, len, "ejected until %s (%s)", rfc3339(n->ejected_until_wall_us, when, sizeof when),
-                 n->eject_reason);
+        snprintf(buf, len, "ejected until %s (%s)",
+                 rfc3339(n->ejected_until_wall_us, when, sizeof when), n->eject_reason);
     else if (n->check.pending)
         snprintf(buf, len, "healthy: pending first check");
     else
@@ -604,7 +621,8 @@ void health_describe(pf_health *h, const pf_endpoint *ep, json_t *into) {
     char status[PROBE_DETAIL_MAX + 64], when[40];
     const hnode *n = h && ep ? find_node(h, ep->addr.text) : NULL;
     if (!n) {
-        json_object_set_new(into, "health", json_string(ep && ep->healthy ? "healthy" : "unhealthy"));
+        json_object_set_new(into, "health",
+                            json_string(ep && ep->healthy ? "healthy" : "unhealthy"));
         return;
     }
     describe_status(h, n, status, sizeof status);
@@ -625,19 +643,18 @@ void health_describe(pf_health *h, const pf_endpoint *ep, json_t *into) {
         json_t *o = json_object();
         json_object_set_new(o, "ejected", json_boolean(n->ejected));
         json_object_set_new(o, "ejected_until",
-                            n->ejected ? json_string(rfc3339(n->ejected_until_wall_us, when,
-                                                             sizeof when))
-                                       : json_null());
+                            n->ejected
+                                ? json_string(rfc3339(n->ejected_until_wall_us, when, sizeof when))
+                                : json_null());
         json_object_set_new(o, "ejections_total", json_integer((json_int_t)n->ejections_total));
         pf_endpoint_stats *s = ep->stats;
         json_object_set_new(
             o, "consecutive_5xx",
             json_integer(s ? atomic_load_explicit(&s->consecutive_5xx, memory_order_relaxed) : 0));
-        json_object_set_new(
-            o, "consecutive_gateway_failures",
-            json_integer(s ? atomic_load_explicit(&s->consecutive_gateway_failures,
-                                                  memory_order_relaxed)
-                           : 0));
+        json_object_set_new(o, "consecutive_gateway_failures",
+                            json_integer(s ? atomic_load_explicit(&s->consecutive_gateway_failures,
+                                                                  memory_order_relaxed)
+                                           : 0));
         json_object_set_new(into, "outlier", o);
     }
 }

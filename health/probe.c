@@ -1,6 +1,12 @@
-/* One active health check: connect, send, read until the answer decides, close.
- * A fresh connection per check (Connection: close), so a check measures what a new
- * upstream connection would meet, and no pool of health connections has to be kept.
+/* One active health check: connect, send, read until the answer decides.
+ *
+ * HTTP checks keep their connection between checks when the server allows keep-alive (as
+ * Envoy does by default): a check is then one send and one read, not a TCP handshake, a
+ * close and two epoll registrations, which is most of what checking a thousand endpoints a
+ * second costs. A kept connection that the server closed meanwhile is no verdict on the
+ * server: a check that finds it dead before any answer byte starts over on a new one. TCP
+ * checks connect every time, because the connect is the check.
+ *
  * Results found early (a refused connect) still reach the caller through the event loop,
  * never from inside probe_start, so the caller's bookkeeping never re-enters itself. */
 #include "health/probe_int.h"
@@ -33,12 +39,24 @@ const char *probe_result_name(probe_result r) {
 static int on_headers_complete(llhttp_t *parser) {
     probe *p = parser->data;
     p->status = parser->status_code;
-    /* The status is all a check needs: stop here and skip the body. */
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *parser) {
+    probe *p = parser->data;
+    /* RFC 9110 15.2: a 1xx is interim; the real response follows on the same connection. */
+    if (p->status < 200) {
+        p->status = 0;
+        return 0;
+    }
+    p->complete = true;
     return HPE_PAUSED;
 }
 
 static llhttp_settings_t http_settings;
 static bool http_settings_ready;
+
+static void on_io(evutil_socket_t fd, short what, void *arg);
 
 static void close_socket(probe *p) {
     if (p->io) {
@@ -49,18 +67,39 @@ static void close_socket(probe *p) {
         close(p->fd);
         p->fd = -1;
     }
+    p->io_events = 0;
 }
 
-/* Records the result and lets the deadline timer deliver it on the next loop turn. */
-static void decide(probe *p, probe_result result, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+/* Waits for `events` on the socket, touching epoll only when that changes. */
+static int watch(probe *p, short events) {
+    if (p->io && p->io_events == events)
+        return PF_OK;
+    if (!p->io) {
+        p->io = event_new(p->base, p->fd, events | EV_PERSIST, on_io, p);
+        if (!p->io)
+            return PF_ENOMEM;
+    } else {
+        event_del(p->io);
+        event_assign(p->io, p->base, p->fd, events | EV_PERSIST, on_io, p);
+    }
+    if (event_add(p->io, NULL) < 0)
+        return PF_ENOMEM;
+    p->io_events = events;
+    return PF_OK;
+}
 
-static void decide(probe *p, probe_result result, const char *fmt, ...) {
+/* Records the result and lets the deadline timer deliver it on the next loop turn. `keep`
+ * leaves the connection open (and watched, so that a close by the server is noticed). */
+static void decide(probe *p, bool keep, probe_result result, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void decide(probe *p, bool keep, probe_result result, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(p->detail, sizeof p->detail, fmt, ap);
     va_end(ap);
-    close_socket(p);
+    if (!keep || watch(p, EV_READ) != PF_OK)
+        close_socket(p);
     p->result = result;
     p->phase = PROBE_DECIDED;
     event_del(p->deadline);
@@ -69,18 +108,40 @@ static void decide(probe *p, probe_result result, const char *fmt, ...) {
 
 static void decide_connect_error(probe *p, int err) {
     if (err == ECONNREFUSED)
-        decide(p, PROBE_CONNECT_FAILURE, "connect refused");
+        decide(p, false, PROBE_CONNECT_FAILURE, "connect refused");
     else if (err == ETIMEDOUT)
-        decide(p, PROBE_TIMEOUT, "timeout");
+        decide(p, false, PROBE_TIMEOUT, "timeout");
     else
-        decide(p, PROBE_CONNECT_FAILURE, "connect failed: %s", strerror(err));
+        decide(p, false, PROBE_CONNECT_FAILURE, "connect failed: %s", strerror(err));
 }
 
-static void decide_read_error(probe *p, int err) {
-    if (err == ECONNRESET)
-        decide(p, PROBE_FAIL, "connection reset");
+static void connect_fresh(probe *p, const struct sockaddr *sa, socklen_t len);
+
+/* A kept connection found closed before any answer byte: the server closed an idle
+ * connection, which says nothing of its health. Start over on a new connection. */
+static bool retry_fresh(probe *p) {
+    if (!p->reused || p->received > 0)
+        return false;
+    close_socket(p);
+    p->reused = false;
+    p->sent = 0;
+    llhttp_init(&p->parser, HTTP_RESPONSE, &http_settings);
+    p->parser.data = p;
+    connect_fresh(p, (const struct sockaddr *)&p->addr.ss, p->addr.len);
+    return true;
+}
+
+static void decide_closed(probe *p, int err) {
+    if (retry_fresh(p))
+        return;
+    if (err == ECONNRESET || err == EPIPE)
+        decide(p, false, PROBE_FAIL, "connection reset");
+    else if (err)
+        decide(p, false, PROBE_FAIL, "read failed: %s", strerror(err));
+    else if (p->hc->type == PF_CHECK_HTTP)
+        decide(p, false, PROBE_FAIL, "connection closed before a response");
     else
-        decide(p, PROBE_FAIL, "read failed: %s", strerror(err));
+        decide(p, false, PROBE_FAIL, "connection closed before the expected answer");
 }
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg) {
@@ -97,35 +158,29 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg) {
     p->done(p->arg, p->result, p->detail);
 }
 
-static void on_io(evutil_socket_t fd, short what, void *arg);
-
-static void start_reading(probe *p) {
-    p->phase = PROBE_READING;
-    event_del(p->io);
-    event_assign(p->io, p->base, p->fd, EV_READ | EV_PERSIST, on_io, p);
-    event_add(p->io, NULL);
-}
-
 /* What to do once everything is sent: read when there is something to check, else pass. */
 static void after_send(probe *p) {
-    if (p->hc->type == PF_CHECK_HTTP || p->hc->expect_len)
-        start_reading(p);
-    else
-        decide(p, PROBE_PASS, p->out_len ? "sent" : "connected");
+    if (p->hc->type == PF_CHECK_HTTP || p->hc->expect_len) {
+        p->phase = PROBE_READING;
+        if (watch(p, EV_READ) != PF_OK)
+            decide(p, false, PROBE_FAIL, "out of memory");
+    } else {
+        decide(p, false, PROBE_PASS, p->out_len ? "sent" : "connected");
+    }
 }
 
 static void do_send(probe *p) {
     while (p->sent < p->out_len) {
         ssize_t n = send(p->fd, p->out + p->sent, p->out_len - p->sent, MSG_NOSIGNAL);
         if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return; /* EV_WRITE brings us back */
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if (watch(p, EV_WRITE) != PF_OK)
+                    decide(p, false, PROBE_FAIL, "out of memory");
+                return;
+            }
             if (errno == EINTR)
                 continue;
-            if (errno == ECONNRESET || errno == EPIPE)
-                decide(p, PROBE_FAIL, "connection reset");
-            else
-                decide(p, PROBE_FAIL, "send failed: %s", strerror(errno));
+            decide_closed(p, errno);
             return;
         }
         p->sent += (size_t)n;
@@ -133,18 +188,23 @@ static void do_send(probe *p) {
     after_send(p);
 }
 
+/* The status decides; the connection is kept only after a whole keep-alive response with
+ * nothing behind it. */
+static void decide_status(probe *p, bool keep) {
+    bool ok = health_status_expected(p->hc, p->status);
+    decide(p, keep, ok ? PROBE_PASS : PROBE_FAIL, "HTTP %d", p->status);
+}
+
 /* Feeds answer bytes; returns true when they decided the check. */
 static bool feed_http(probe *p, const char *data, size_t len) {
     llhttp_errno_t rc = llhttp_execute(&p->parser, data, len);
-    if (rc == HPE_PAUSED && p->status) {
-        if (health_status_expected(p->hc, p->status))
-            decide(p, PROBE_PASS, "HTTP %d", p->status);
-        else
-            decide(p, PROBE_FAIL, "HTTP %d", p->status);
+    if (rc == HPE_PAUSED && p->complete) {
+        bool all_used = llhttp_get_error_pos(&p->parser) == data + len;
+        decide_status(p, all_used && llhttp_should_keep_alive(&p->parser));
         return true;
     }
     if (rc != HPE_OK) {
-        decide(p, PROBE_FAIL, "bad response: %s", llhttp_get_error_reason(&p->parser));
+        decide(p, false, PROBE_FAIL, "bad response: %s", llhttp_get_error_reason(&p->parser));
         return true;
     }
     return false;
@@ -162,7 +222,7 @@ static bool feed_tcp(probe *p, const char *data, size_t len) {
         data += n;
         len -= n;
         if (memmem(p->window, p->window_len, hc->expect, hc->expect_len)) {
-            decide(p, PROBE_PASS, "expected answer");
+            decide(p, false, PROBE_PASS, "expected answer");
             return true;
         }
         size_t keep = hc->expect_len - 1;
@@ -174,6 +234,17 @@ static bool feed_tcp(probe *p, const char *data, size_t len) {
     return false;
 }
 
+/* The server closed: an HTTP response delimited by the close ends here, and one whose
+ * status is in still counts by that status; anything else failed. */
+static void on_eof(probe *p) {
+    if (p->hc->type == PF_CHECK_HTTP && p->status) {
+        llhttp_finish(&p->parser);
+        decide_status(p, false);
+        return;
+    }
+    decide_closed(p, 0);
+}
+
 static void do_read(probe *p) {
     char buf[PROBE_READ_CHUNK];
     for (;;) {
@@ -182,14 +253,11 @@ static void do_read(probe *p) {
             if (errno == EINTR)
                 continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK)
-                decide_read_error(p, errno);
+                decide_closed(p, errno);
             return;
         }
         if (n == 0) {
-            if (p->hc->type == PF_CHECK_HTTP)
-                decide(p, PROBE_FAIL, "connection closed before a response");
-            else
-                decide(p, PROBE_FAIL, "connection closed before the expected answer");
+            on_eof(p);
             return;
         }
         p->received += (size_t)n;
@@ -198,10 +266,13 @@ static void do_read(probe *p) {
         if (decided)
             return;
         if (p->received > PROBE_ANSWER_MAX) {
-            decide(p, PROBE_FAIL,
-                   p->hc->type == PF_CHECK_HTTP ? "response head larger than %u bytes"
-                                                : "expected answer not in the first %u bytes",
-                   PROBE_ANSWER_MAX);
+            if (p->hc->type == PF_CHECK_HTTP && p->status)
+                decide_status(p, false); /* a large body: the status is in, no reuse */
+            else
+                decide(p, false, PROBE_FAIL,
+                       p->hc->type == PF_CHECK_HTTP ? "response head larger than %u bytes"
+                                                    : "expected answer not in the first %u bytes",
+                       PROBE_ANSWER_MAX);
             return;
         }
     }
@@ -209,7 +280,8 @@ static void do_read(probe *p) {
 
 static void on_io(evutil_socket_t fd, short what, void *arg) {
     probe *p = arg;
-    if (p->phase == PROBE_CONNECTING) {
+    switch (p->phase) {
+    case PROBE_CONNECTING: {
         int err = 0;
         socklen_t len = sizeof err;
         if (getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
@@ -219,11 +291,36 @@ static void on_io(evutil_socket_t fd, short what, void *arg) {
             return;
         }
         p->phase = PROBE_SENDING;
-    }
-    if (p->phase == PROBE_SENDING)
         do_send(p);
-    else if (p->phase == PROBE_READING)
+        return;
+    }
+    case PROBE_SENDING:
+        do_send(p);
+        return;
+    case PROBE_READING:
         do_read(p);
+        return;
+    case PROBE_IDLE:
+    case PROBE_DECIDED:
+        /* A kept connection between checks: the server closed it (or spoke out of turn). */
+        close_socket(p);
+        return;
+    }
+}
+
+static void connect_fresh(probe *p, const struct sockaddr *sa, socklen_t len) {
+    p->phase = PROBE_CONNECTING;
+    p->fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (p->fd < 0) {
+        decide(p, false, PROBE_CONNECT_FAILURE, "no socket: %s", strerror(errno));
+        return;
+    }
+    if (connect(p->fd, sa, len) < 0 && errno != EINPROGRESS) {
+        decide_connect_error(p, errno);
+        return;
+    }
+    if (watch(p, EV_WRITE) != PF_OK)
+        decide(p, false, PROBE_CONNECT_FAILURE, "out of memory");
 }
 
 int probe_init(probe *p, struct event_base *base, const pf_config_health_check *hc,
@@ -239,6 +336,7 @@ int probe_init(probe *p, struct event_base *base, const pf_config_health_check *
     if (!http_settings_ready) {
         llhttp_settings_init(&http_settings);
         http_settings.on_headers_complete = on_headers_complete;
+        http_settings.on_message_complete = on_message_complete;
         http_settings_ready = true;
     }
     p->deadline = evtimer_new(base, on_deadline, p);
@@ -246,33 +344,25 @@ int probe_init(probe *p, struct event_base *base, const pf_config_health_check *
 }
 
 void probe_start(probe *p, const pf_sockaddr *addr, const char *out, size_t out_len) {
+    p->addr = *addr;
     p->out = out;
     p->out_len = out_len;
     p->sent = 0;
     p->received = 0;
     p->status = 0;
+    p->complete = false;
     p->window_len = 0;
     p->detail[0] = '\0';
-    p->phase = PROBE_CONNECTING;
     llhttp_init(&p->parser, HTTP_RESPONSE, &http_settings);
     p->parser.data = p;
     struct timeval tv = pf_timeval_ms(p->hc->timeout_ms);
     event_add(p->deadline, &tv);
-
-    p->fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (p->fd < 0) {
-        decide(p, PROBE_CONNECT_FAILURE, "no socket: %s", strerror(errno));
-        return;
-    }
-    if (connect(p->fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 &&
-        errno != EINPROGRESS) {
-        decide_connect_error(p, errno);
-        return;
-    }
-    p->io = event_new(p->base, p->fd, EV_WRITE | EV_PERSIST, on_io, p);
-    if (!p->io || event_add(p->io, NULL) < 0) {
-        decide(p, PROBE_CONNECT_FAILURE, "out of memory");
-        return;
+    p->reused = p->fd >= 0;
+    if (p->reused) {
+        p->phase = PROBE_SENDING;
+        do_send(p);
+    } else {
+        connect_fresh(p, (const struct sockaddr *)&addr->ss, addr->len);
     }
 }
 

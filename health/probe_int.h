@@ -1,6 +1,7 @@
 /* One active health check in flight against one endpoint: a non-blocking connect, the
  * request or the tcp "send" bytes, then the answer read until it decides (an HTTP status
- * line and headers parsed by llhttp, or the tcp "expect" bytes). Private to health/: a
+ * line and headers parsed by llhttp, or the tcp "expect" bytes). HTTP checks keep their
+ * connection open between checks when the server allows keep-alive. Private to health/: a
  * probe is embedded in health.c's per-endpoint state and runs on health's event loop. */
 #ifndef PF_HEALTH_PROBE_INT_H
 #define PF_HEALTH_PROBE_INT_H
@@ -27,7 +28,13 @@ typedef enum {
  * ("HTTP 503", "connect refused", "timeout") and is valid during the call only. */
 typedef void (*probe_done_fn)(void *arg, probe_result result, const char *detail);
 
-typedef enum { PROBE_IDLE, PROBE_CONNECTING, PROBE_SENDING, PROBE_READING, PROBE_DECIDED } probe_phase;
+typedef enum {
+    PROBE_IDLE,
+    PROBE_CONNECTING,
+    PROBE_SENDING,
+    PROBE_READING,
+    PROBE_DECIDED
+} probe_phase;
 
 typedef struct probe {
     struct event_base *base;
@@ -35,9 +42,13 @@ typedef struct probe {
     probe_done_fn done;
     void *arg;
     probe_phase phase;
-    int fd;
-    struct event *io;       /* on fd; NULL while idle */
+    int fd;                 /* also open between checks: a kept-alive HTTP connection */
+    struct event *io;       /* on fd, NULL without one */
+    short io_events;        /* what io waits for */
+    bool reused;            /* this check started on a kept-alive connection */
+    bool complete;          /* http: the whole response is in */
     struct event *deadline; /* the check's timeout; also delivers early results */
+    pf_sockaddr addr;       /* of the check in flight */
     const char *out;        /* request bytes, borrowed until the check ends */
     size_t out_len, sent;
     size_t received; /* answer bytes read, bounded by PROBE_ANSWER_MAX */

@@ -912,8 +912,15 @@ static void retry_now(pf_conn *c) {
     process_input(c);
 }
 
+/* Tells passive outlier detection how the attempt on c->ep went. */
+static void report(pf_conn *c, pf_health_outcome outcome) {
+    if (c->ep && c->wc)
+        health_report(c->wc->rt->health, c->ep, outcome);
+}
+
 int conn_on_response_head(pf_conn *c, pf_upstream *up, int status, pf_body_mode upstream_body,
                           uint64_t content_length, bool *skip_body) {
+    report(c, health_outcome_of_status(status));
     /* Latency feedback; a fast 5xx must not make a failing endpoint look fast. */
     if (c->ep && status < 500)
         balancer_on_response(c->wc->balancer, c->ep, pf_now_us() - c->attempt_us);
@@ -987,6 +994,10 @@ void conn_on_response_complete(pf_conn *c, bool upstream_reusable) {
 }
 
 void conn_on_upstream_error(pf_conn *c, int status, const char *reason, pf_failure kind) {
+    /* A pooled connection the server closed says nothing about the endpoint's health; a
+     * status was reported when its head arrived. */
+    if (kind != PF_FAIL_STALE && kind != PF_FAIL_STATUS)
+        report(c, PF_HEALTH_GATEWAY_FAILURE);
     end_attempt(c, false);
     if (may_retry(c, kind, status)) {
         log_debug("retrying client=%s cluster=%s failed=%s reason=\"%s\" attempt=%u", c->client_ip,

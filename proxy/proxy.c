@@ -218,6 +218,10 @@ long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg) {
     return (long)index;
 }
 
+void proxy_cluster_set_health(pf_proxy *proxy, size_t index, pf_health *health) {
+    proxy->clusters[index].health = health;
+}
+
 void proxy_cluster_retire(pf_proxy *proxy, size_t index) {
     if (index >= proxy->static_cluster_count && index < atomic_load(&proxy->cluster_count))
         proxy->clusters[index].retired = true;

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/metrics.h"
 #include "discovery/endpoint_set.h"
+#include "health/health.h"
 
 #include <stdbool.h>
 
@@ -68,6 +69,10 @@ void proxy_service_routes_free(pf_service_routes *table);
 /* Publishes `table` (taking it over) for every worker; the previous one is freed when no
  * worker uses it any more. Any thread. */
 void proxy_publish_service_routes(pf_proxy *proxy, pf_service_routes *table);
+
+/* Where the workers report each attempt's outcome for outlier ejection (borrowed; it
+ * must outlive the workers). Main thread, before the cluster takes traffic. */
+void proxy_cluster_set_health(pf_proxy *proxy, size_t index, pf_health *health);
 
 /* True while the cluster balances over every endpoint because too few are healthy. */
 bool proxy_cluster_panic(const pf_proxy *proxy, size_t index);

@@ -54,6 +54,10 @@ enum route {
     ROUTE_PARTIAL,
     ROUTE_CLOSE,
     ROUTE_STATS,
+    ROUTE_HEALTHZ,
+    ROUTE_CONTROL_HEALTHZ,
+    ROUTE_CONTROL_DEFAULT,
+    ROUTE_CONTROL_DELAY,
     ROUTE_BAD_ARG,
 };
 
@@ -108,6 +112,15 @@ static struct conn *g_conns;
 static struct evbuffer *g_scratch; /* JSON bodies are built here to learn their length */
 static char g_pattern[PATTERN_LEN + 16];
 static llhttp_settings_t g_settings;
+
+/* Switches for the health tests: /healthz answers g_healthz_status, and every answer that
+ * would be the default one gets g_default_status instead of 200 when it is set. Both are
+ * set over HTTP (/control/healthz/NNN, /control/default/NNN), so a test makes one backend
+ * fail its health check, or fail everything, while its twin stays well. */
+static int g_healthz_status = 200, g_default_status = 200;
+/* A slow backend for the balancing tests and benchmarks: every default answer waits this
+ * long. Set by --delay-ms or over HTTP with /control/delay/MS. */
+static uint64_t g_delay_ms;
 
 /* The default answer is the hot path of the benchmarks, so it is prebuilt for the three ways a
  * connection can continue: HTTP/1.1 keep-alive, HTTP/1.0 keep-alive, and close. */
@@ -699,6 +712,14 @@ static void route_request(struct conn *c) {
         c->route = ROUTE_CLOSE;
     else if (path_is(path, len, "/stats"))
         c->route = ROUTE_STATS;
+    else if (path_is(path, len, "/healthz"))
+        c->route = ROUTE_HEALTHZ;
+    else if (path_arg(path, len, "/control/healthz/", 599, &c->arg, &ok))
+        c->route = ok && c->arg >= 200 ? ROUTE_CONTROL_HEALTHZ : ROUTE_BAD_ARG;
+    else if (path_arg(path, len, "/control/default/", 599, &c->arg, &ok))
+        c->route = ok && c->arg >= 200 ? ROUTE_CONTROL_DEFAULT : ROUTE_BAD_ARG;
+    else if (path_arg(path, len, "/control/delay/", MAX_DELAY_MS, &c->arg, &ok))
+        c->route = ROUTE_CONTROL_DELAY;
     else if (path_arg(path, len, "/bytes/", MAX_BYTES, &c->arg, &ok))
         c->route = ROUTE_BYTES;
     else if (path_arg(path, len, "/status/", 599, &c->arg, &ok))
@@ -708,6 +729,10 @@ static void route_request(struct conn *c) {
         c->route = ROUTE_DELAY;
     if (!ok)
         c->route = ROUTE_BAD_ARG;
+    if (c->route == ROUTE_DEFAULT && g_delay_ms > 0) {
+        c->route = ROUTE_DELAY;
+        c->arg = g_delay_ms;
+    }
     if (q != NULL) {
         c->chunked_query = query_has(q + 1, (size_t)(end - q - 1), "chunked=1");
         c->eof_query = query_has(q + 1, (size_t)(end - q - 1), "eof=1");
@@ -788,7 +813,25 @@ static void respond(struct conn *c) {
     switch (c->route) {
     case ROUTE_DEFAULT:
     case ROUTE_CLOSE:
+        if (g_default_status != 200) {
+            n = snprintf(body, sizeof body, "%.64s %d\n", g_name, g_default_status);
+            write_simple(c, g_default_status, "text/plain", body, n > 0 ? (size_t)n : 0);
+            break;
+        }
         write_default(c);
+        break;
+    case ROUTE_HEALTHZ:
+        n = snprintf(body, sizeof body, "healthz %d\n", g_healthz_status);
+        write_simple(c, g_healthz_status, "text/plain", body, n > 0 ? (size_t)n : 0);
+        break;
+    case ROUTE_CONTROL_HEALTHZ:
+    case ROUTE_CONTROL_DEFAULT:
+        *(c->route == ROUTE_CONTROL_HEALTHZ ? &g_healthz_status : &g_default_status) = (int)c->arg;
+        write_simple(c, 200, "text/plain", "ok\n", 3);
+        break;
+    case ROUTE_CONTROL_DELAY:
+        g_delay_ms = c->arg;
+        write_simple(c, 200, "text/plain", "ok\n", 3);
         break;
     case ROUTE_HEADERS:
         write_headers_json(c);
@@ -960,11 +1003,16 @@ static int build_defaults(void) {
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: pf-backend --listen HOST:PORT [--name NAME]\n"
+            "usage: pf-backend --listen HOST:PORT [--name NAME] [--delay-ms MS]\n"
             "  HOST:PORT  127.0.0.1:8081, or port 0 for a free port; prints 'listening HOST:PORT'\n"
             "  NAME       sent as X-Backend on every response (default: backend)\n"
+            "  MS         every \"anything else\" answer waits MS milliseconds (default 0)\n"
             "paths: /headers /echo /sink /bytes/N[?chunked=1|?eof=1] /status/NNN /delay/MS\n"
-            "       /slowhead/MS /hang /reset /partial /close /stats; anything else: NAME\\n\n");
+            "       /slowhead/MS /hang /reset /partial /close /stats /healthz;\n"
+            "       anything else: NAME\\n with status 200\n"
+            "control: /control/healthz/NNN  the status /healthz answers from now on (default 200)\n"
+            "         /control/default/NNN  the status of \"anything else\" from now on\n"
+            "         /control/delay/MS     the --delay-ms from now on\n");
 }
 
 int main(int argc, char **argv) {
@@ -974,6 +1022,16 @@ int main(int argc, char **argv) {
             listen_arg = argv[++i];
         } else if (strcmp(argv[i], "--name") == 0 && i + 1 < argc) {
             g_name = argv[++i];
+        } else if (strcmp(argv[i], "--delay-ms") == 0 && i + 1 < argc) {
+            char *end;
+            const char *arg = argv[++i];
+            errno = 0;
+            g_delay_ms = strtoull(arg, &end, 10);
+            if (errno || end == arg || *end || arg[0] == '-' || g_delay_ms > MAX_DELAY_MS) {
+                fprintf(stderr, "pf-backend: --delay-ms '%s': expected 0..%llu\n", arg,
+                        MAX_DELAY_MS);
+                return 2;
+            }
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;

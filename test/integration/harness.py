@@ -793,3 +793,247 @@ def metric_sum(samples, name, **labels):
 
 def metric_names(samples):
     return {n for n, _, _ in samples}
+
+
+# ---- DNS: dnsmasq, raw queries, backends on chosen addresses ---------------
+
+DNSMASQ_BIN = "/usr/sbin/dnsmasq"
+DIG_BIN = "/usr/bin/dig"
+DNS_TYPES = {"A": 1, "AAAA": 28, "SRV": 33, "SOA": 6}
+DNS_RCODES = {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}
+
+
+def free_dual_port(host=LOCALHOST):
+    """A port free for both TCP and UDP on host (DNS servers listen on both)."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind((host, port))
+            return port
+        except OSError:
+            continue
+    raise HarnessError("no port free for both TCP and UDP")
+
+
+def dns_query(port, name, qtype="A", timeout=1.0):
+    """One UDP query to 127.0.0.1:port; returns (rcode name, answer count). Used to wait for
+    the fixture; what the records are is checked with dig and through pilotfish."""
+    qid = int.from_bytes(os.urandom(2), "big")
+    wire = b"".join(bytes([len(l)]) + l.encode() for l in name.rstrip(".").split(".")) + b"\0"
+    query = qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + wire
+    query += DNS_TYPES[qtype].to_bytes(2, "big") + b"\x00\x01"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(query, (LOCALHOST, port))
+        data = s.recv(65535)
+    if len(data) < 12 or data[:2] != qid.to_bytes(2, "big"):
+        raise HarnessError(f"bad DNS answer {data[:32]!r}")
+    rcode = data[3] & 0x0F
+    return DNS_RCODES.get(rcode, str(rcode)), int.from_bytes(data[6:8], "big")
+
+
+def dig(port, name, qtype="A", *extra):
+    """dig's short answer lines for name (a real client, to check the fixture against)."""
+    r = subprocess.run(
+        [DIG_BIN, "@127.0.0.1", "-p", str(port), "+time=2", "+tries=1", name, qtype] + list(extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        timeout=15,
+    )
+    return r.returncode, r.stdout.decode()
+
+
+class Dnsmasq:
+    """dnsmasq on 127.0.0.1:port, authoritative-ish for `domain` (--local: names it does not
+    know get NXDOMAIN). A and AAAA records live in a hosts file, re-read on SIGHUP (set_hosts);
+    SRV records are command-line options dnsmasq never re-reads, so set_srv restarts it on the
+    same port. Every record has TTL `ttl`. Stopped by PID."""
+
+    def __init__(self, workdir, domain="test.internal", ttl=1, tag="dns"):
+        self.workdir = workdir
+        self.domain = domain
+        self.ttl = ttl
+        self.tag = tag
+        self.port = free_dual_port()
+        self.hosts_path = os.path.join(workdir, f"{tag}.hosts")
+        self.err_path = os.path.join(workdir, f"{tag}.err")
+        self.hosts = []  # (ip, name)
+        self.srv = []  # (name, target, port, priority, weight)
+        self.proc = None
+        self.starts = 0
+
+    def _write_hosts(self):
+        tmp = self.hosts_path + ".tmp"
+        with open(tmp, "w") as f:
+            for ip, name in self.hosts:
+                f.write(f"{ip} {name}\n")
+        os.replace(tmp, self.hosts_path)
+
+    def _reloads(self):
+        """How many times dnsmasq has read the hosts file (once at start, once per SIGHUP)."""
+        try:
+            with open(self.err_path, "rb") as f:
+                return f.read().count(f"read {self.hosts_path} - ".encode())
+        except OSError:
+            return 0
+
+    def start(self):
+        self._write_hosts()
+        args = [
+            DNSMASQ_BIN,
+            "--no-daemon",  # foreground, no user change, no forked TCP children
+            "--conf-file=/dev/null",
+            f"--port={self.port}",
+            f"--listen-address={LOCALHOST}",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-negcache",
+            f"--addn-hosts={self.hosts_path}",
+            f"--local=/{self.domain}/",
+            f"--local-ttl={self.ttl}",
+            "--pid-file=",
+            "--log-facility=-",
+            "--log-queries",
+        ]
+        for name, target, port, priority, weight in self.srv:
+            args.append(f"--srv-host={name},{target},{port},{priority},{weight}")
+        before = self._reloads()
+        with open(self.err_path, "ab") as err:
+            self.proc = subprocess.Popen(
+                args, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL
+            )
+        self.starts += 1
+
+        def answering():
+            if self.proc.poll() is not None:
+                raise HarnessError(f"dnsmasq exited {self.proc.returncode}: {_tail(self.err_path)}")
+            try:
+                rcode, _ = dns_query(self.port, f"probe.{self.domain}", timeout=0.2)
+            except (OSError, HarnessError):
+                return False
+            return rcode == "NXDOMAIN" and self._reloads() > before
+
+        wait_for(answering, START_TIMEOUT, f"dnsmasq on 127.0.0.1:{self.port} to answer")
+        return self
+
+    def set_hosts(self, entries):
+        """Replaces the A/AAAA records: entries is a list of (ip, name). Returns once dnsmasq
+        has re-read the file (when it runs)."""
+        self.hosts = list(entries)
+        self._write_hosts()
+        if self.alive():
+            before = self._reloads()
+            os.kill(self.proc.pid, signal.SIGHUP)
+            wait_for(lambda: self._reloads() > before, START_TIMEOUT, "dnsmasq to re-read hosts")
+
+    def set_srv(self, records):
+        """Replaces the SRV records, (name, target, port, priority, weight) each; restarts
+        dnsmasq on the same port when it runs."""
+        self.srv = list(records)
+        if self.alive():
+            self.stop()
+            self.start()
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self):
+        if self.proc is not None:
+            _stop_process(self.proc, grace=5)
+
+    def queries_logged(self, name, qtype="A"):
+        """Queries for name seen by dnsmasq (--log-queries lines)."""
+        with open(self.err_path, "rb") as f:
+            return f.read().count(f"query[{qtype}] {name} from".encode())
+
+    def problems(self):
+        if self.proc is not None and self.proc.returncode not in (0, -signal.SIGTERM, None):
+            return [f"dnsmasq exit status {self.proc.returncode}: {_tail(self.err_path)}"]
+        return []
+
+
+class AddressedBackend(Backend):
+    """A pf-backend on a chosen address, e.g. 127.0.0.2:PORT or [::1]:PORT: A/AAAA records
+    carry addresses only, so the endpoints of a DNS cluster share one port."""
+
+    def __init__(self, name, workdir, listen):
+        super().__init__(name, workdir)
+        self.listen = listen
+
+    def start(self):
+        if not os.path.exists(BACKEND_BIN):
+            raise HarnessError(f"{BACKEND_BIN} not built (make -C {REPO} build/pf-backend)")
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [BACKEND_BIN, "--listen", self.listen, "--name", self.name],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
+
+        def listening():
+            if self.proc.poll() is not None:
+                raise HarnessError(
+                    f"pf-backend {self.name} exited {self.proc.returncode}: {_tail(self.err_path)}"
+                )
+            with open(self.out_path, "rb") as f:
+                m = re.search(rb"^listening \S+:(\d+)\r?\n", f.read(), re.M)
+            return int(m.group(1)) if m else None
+
+        self.port = wait_for(listening, START_TIMEOUT, f"pf-backend {self.name} to listen")
+        return self
+
+    @property
+    def address(self):
+        return self.listen
+
+    def stats(self):
+        host = self.listen.rsplit(":", 1)[0].strip("[]")
+        conn = http.client.HTTPConnection(host, self.port, timeout=5)
+        try:
+            conn.request("GET", "/stats")
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+
+def shared_port(hosts):
+    """A TCP port free on every one of hosts (IPv4 or IPv6 literals)."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            for h in hosts:
+                family = socket.AF_INET6 if ":" in h else socket.AF_INET
+                with socket.socket(family, socket.SOCK_STREAM) as s:
+                    s.bind((h, port))
+            return port
+        except OSError:
+            continue
+    raise HarnessError(f"no port free on all of {hosts}")
+
+
+class StandalonePilotfish(Pilotfish):
+    """pilotfish in standalone mode: flags instead of a config file. `config` only records
+    the admin and listener addresses the helpers look up."""
+
+    def __init__(self, args, listen, admin, workdir, tag="standalone"):
+        config = {"admin": {"address": admin}, "listeners": [{"name": "main", "address": listen}]}
+        super().__init__(config, workdir, extra_args=args, tag=tag)
+
+    def start(self, wait_ready=True):
+        if not os.path.exists(PILOTFISH_BIN):
+            raise HarnessError(f"{PILOTFISH_BIN} not built (make -C {REPO})")
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [PILOTFISH_BIN] + self.extra_args,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=pilotfish_env(),
+            )
+        if wait_ready:
+            self.wait_ready()
+        return self

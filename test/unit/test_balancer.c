@@ -2,54 +2,7 @@
  * robin (exact proportions and nginx's interleaving), unhealthy endpoints, empty sets and
  * the reset when a new set version arrives. Sets are published through a slot, as
  * discovery does, so they carry versions. */
-#include "config/config.h"
-#include "discovery/endpoint_set.h"
-#include "proxy/balancer.h"
-#include "test/unit/unit.h"
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-
-/* Endpoints are written "10.0.0.1:80/5" (weight 5) or "10.0.0.1:80/5/down" (unhealthy). */
-static pf_endpoint endpoint(const char *spec) {
-    pf_endpoint ep;
-    memset(&ep, 0, sizeof ep);
-    char addr[PF_ADDRTEXT_MAX];
-    snprintf(addr, sizeof addr, "%s", spec);
-    char *slash = strchr(addr, '/');
-    ep.weight = 1;
-    ep.healthy = true;
-    if (slash) {
-        *slash = '\0';
-        ep.weight = (uint32_t)strtoul(slash + 1, NULL, 10);
-        ep.healthy = strstr(slash + 1, "/down") == NULL;
-    }
-    pf_error err;
-    int rc = config_parse_sockaddr(addr, &ep.addr, &err);
-    PF_CHECK(rc == PF_OK, "bad address %s in test: %s", addr, err.msg);
-    return ep;
-}
-
-/* Publishes the endpoints (NULL-terminated specs) into `slot` and returns a reference to the
- * set as published, with its version. */
-static pf_endpoint_set *publish(pf_endpoint_slot *slot, const char *const *specs) {
-    pf_endpoint eps[32];
-    size_t n = 0;
-    for (; specs[n]; n++) {
-        CU_ASSERT_FATAL(n < ARRAY_LEN(eps));
-        eps[n] = endpoint(specs[n]);
-    }
-    pf_endpoint_set *set = discovery_set_new(eps, n);
-    CU_ASSERT_FATAL(set != NULL);
-    CU_ASSERT_TRUE(discovery_slot_publish(slot, set));
-    pf_endpoint_set *current = discovery_slot_acquire(slot);
-    CU_ASSERT_FATAL(current != NULL);
-    CU_ASSERT_NOT_EQUAL(current->version, 0);
-    return current;
-}
+#include "test/unit/balancer_util.h"
 
 /* The address text of a pick, or "(null)"; checks that it came from the set. */
 static const char *pick(pf_balancer *b, const pf_endpoint_set *set) {
@@ -61,14 +14,6 @@ static const char *pick(pf_balancer *b, const pf_endpoint_set *set) {
     return ep->addr.text;
 }
 
-/* Index of addr in set, or count. */
-static size_t index_of(const pf_endpoint_set *set, const char *addr) {
-    for (size_t i = 0; i < set->count; i++)
-        if (strcmp(set->endpoints[i].addr.text, addr) == 0)
-            return i;
-    return set->count;
-}
-
 /* ---- round robin ------------------------------------------------------------------- */
 
 static void test_equal_weights_give_perfect_round_robin(void) {
@@ -77,7 +22,7 @@ static void test_equal_weights_give_perfect_round_robin(void) {
                                         NULL};
     pf_endpoint_set *set = publish(slot, specs);
     CU_ASSERT_TRUE(set->equal_weights);
-    pf_balancer *b = balancer_new(PF_LB_ROUND_ROBIN);
+    pf_balancer *b = new_balancer(PF_LB_ROUND_ROBIN);
     CU_ASSERT_FATAL(b != NULL);
     enum { N = 4, ROUNDS = 250 };
     size_t seq[N * ROUNDS];
@@ -105,7 +50,7 @@ static void test_round_robin_skips_unhealthy_endpoints_evenly(void) {
                                         "10.0.0.4:80", "10.0.0.5:80",        NULL};
     pf_endpoint_set *set = publish(slot, specs);
     CU_ASSERT_EQUAL(set->healthy_count, 3);
-    pf_balancer *b = balancer_new(PF_LB_ROUND_ROBIN);
+    pf_balancer *b = new_balancer(PF_LB_ROUND_ROBIN);
     size_t counts[5] = {0};
     size_t prev = 5;
     for (size_t i = 0; i < 300; i++) {
@@ -135,7 +80,7 @@ static void test_weights_of_unhealthy_endpoints_do_not_count(void) {
     pf_endpoint_set *set = publish(slot, specs);
     CU_ASSERT_TRUE(set->equal_weights);
     CU_ASSERT_EQUAL(set->total_weight, 2);
-    pf_balancer *b = balancer_new(PF_LB_ROUND_ROBIN);
+    pf_balancer *b = new_balancer(PF_LB_ROUND_ROBIN);
     const char *first = pick(b, set);
     for (size_t i = 1; i < 100; i++) {
         const char *got = pick(b, set);
@@ -156,7 +101,7 @@ static void test_weights_1_2_give_exact_thirds(void) {
     pf_endpoint_set *set = publish(slot, specs);
     CU_ASSERT_FALSE(set->equal_weights);
     CU_ASSERT_EQUAL(set->total_weight, 3);
-    pf_balancer *b = balancer_new(PF_LB_ROUND_ROBIN);
+    pf_balancer *b = new_balancer(PF_LB_ROUND_ROBIN);
     for (size_t round = 0; round < 100; round++) {
         size_t counts[2] = {0};
         for (size_t i = 0; i < 3; i++) {
@@ -176,7 +121,7 @@ static void test_weights_5_1_1_interleave_as_a_a_b_a_c_a_a(void) {
     pf_endpoint_slot *slot = discovery_slot_new("w");
     static const char *const specs[] = {"10.0.0.1:80/5", "10.0.0.2:80/1", "10.0.0.3:80/1", NULL};
     pf_endpoint_set *set = publish(slot, specs);
-    pf_balancer *b = balancer_new(PF_LB_WEIGHTED_ROUND_ROBIN);
+    pf_balancer *b = new_balancer(PF_LB_WEIGHTED_ROUND_ROBIN);
     static const char want[] = "aabacaa";
     char got[7 * 20 + 1];
     for (size_t i = 0; i < 7 * 20; i++) {
@@ -198,7 +143,7 @@ static void test_weights_1_3_6_over_10000_picks_are_exactly_proportional(void) {
     pf_endpoint_slot *slot = discovery_slot_new("w");
     static const char *const specs[] = {"10.0.0.1:80/1", "10.0.0.2:80/3", "10.0.0.3:80/6", NULL};
     pf_endpoint_set *set = publish(slot, specs);
-    pf_balancer *b = balancer_new(PF_LB_ROUND_ROBIN);
+    pf_balancer *b = new_balancer(PF_LB_ROUND_ROBIN);
     size_t counts[3] = {0};
     for (size_t i = 0; i < 10000; i++) {
         size_t k = index_of(set, pick(b, set));
@@ -224,7 +169,7 @@ static void test_weighted_never_picks_unhealthy_even_the_heaviest(void) {
                                         NULL};
     pf_endpoint_set *set = publish(slot, specs);
     CU_ASSERT_EQUAL(set->total_weight, 3);
-    pf_balancer *b = balancer_new(PF_LB_ROUND_ROBIN);
+    pf_balancer *b = new_balancer(PF_LB_ROUND_ROBIN);
     size_t counts[3] = {0};
     for (size_t i = 0; i < 300; i++) {
         size_t k = index_of(set, pick(b, set));
@@ -242,7 +187,7 @@ static void test_weighted_never_picks_unhealthy_even_the_heaviest(void) {
 /* ---- nothing to pick -------------------------------------------------------------------- */
 
 static void test_no_healthy_endpoint_gives_null(void) {
-    pf_balancer *b = balancer_new(PF_LB_ROUND_ROBIN);
+    pf_balancer *b = new_balancer(PF_LB_ROUND_ROBIN);
     pf_endpoint_slot *slot = discovery_slot_new("none");
 
     static const char *const down[] = {"10.0.0.1:80/1/down", "10.0.0.2:80/3/down", NULL};
@@ -276,7 +221,7 @@ static void test_no_healthy_endpoint_gives_null(void) {
 
 static void test_new_set_version_resets_state_and_picks_only_new_endpoints(void) {
     pf_endpoint_slot *slot = discovery_slot_new("swap");
-    pf_balancer *b = balancer_new(PF_LB_ROUND_ROBIN);
+    pf_balancer *b = new_balancer(PF_LB_ROUND_ROBIN);
 
     /* leave the weighted state in the middle of a round */
     static const char *const old_specs[] = {"10.0.0.1:80/5", "10.0.0.2:80/1", "10.0.0.3:80/1",
@@ -336,7 +281,7 @@ static void test_new_set_version_resets_state_and_picks_only_new_endpoints(void)
 
 static void test_health_change_in_new_set_takes_effect_at_once(void) {
     pf_endpoint_slot *slot = discovery_slot_new("health");
-    pf_balancer *b = balancer_new(PF_LB_ROUND_ROBIN);
+    pf_balancer *b = new_balancer(PF_LB_ROUND_ROBIN);
     static const char *const up[] = {"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", NULL};
     pf_endpoint_set *before = publish(slot, up);
     for (int i = 0; i < 5; i++)
@@ -359,7 +304,7 @@ static void test_balancers_of_different_workers_keep_their_own_state(void) {
     pf_endpoint_slot *slot = discovery_slot_new("workers");
     static const char *const specs[] = {"10.0.0.1:80/1", "10.0.0.2:80/2", NULL};
     pf_endpoint_set *set = publish(slot, specs);
-    pf_balancer *w1 = balancer_new(PF_LB_ROUND_ROBIN), *w2 = balancer_new(PF_LB_ROUND_ROBIN);
+    pf_balancer *w1 = new_balancer(PF_LB_ROUND_ROBIN), *w2 = new_balancer(PF_LB_ROUND_ROBIN);
     /* interleaved picks: each worker's own sequence is still exact */
     size_t c1[2] = {0}, c2[2] = {0};
     for (size_t i = 0; i < 300; i++) {

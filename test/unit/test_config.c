@@ -263,6 +263,14 @@ static void test_route_host_and_path_forms(void) {
 #define ROUTE(route)                                                                               \
     CFG("", "{'name':'main','address':'127.0.0.1:15001','routes':[" route "]}", CWEB(""))
 #define MATCH(m) ROUTE("{'match':" m ",'cluster':'web'}")
+#define DNSC(d) CFG("", LMAIN(""), "{'name':'web','dns':{" d "}}")
+#define DNSR(d) CFG("'dns':{" d "},", LMAIN(""), CWEB(""))
+#define L62 "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+#define LB(extra) CFG("", LMAIN(""), CWEB(",'lb_policy':'maglev'," extra))
+#define HC(x) CFG("", LMAIN(""), CWEB(",'health_check':{" x "}"))
+#define OD(x) CFG("", LMAIN(""), CWEB(",'outlier_detection':{" x "}"))
+#define K8C(k, extra) CFG("", LMAIN(""), "{'name':'web','kubernetes':{" k "}" extra "}")
+#define K8S(k) CFG("'kubernetes':{" k "},", LMAIN(""), CWEB(""))
 
 static const struct {
     const char *json;
@@ -409,9 +417,10 @@ static const struct {
      "x.json: $.clusters[0].name: name \"we b\" has invalid character ' '"},
     {CFG("", LMAIN(""), CWEB("") "," CWEB("")),
      "x.json: $.clusters[1].name: duplicate cluster name \"web\" (also $.clusters[0])"},
-    {CFG("", LMAIN(""), CWEB(",'lb_policy':'random'")),
-     "x.json: $.clusters[0].lb_policy: unknown lb_policy \"random\"; known policies: "
-     "round_robin, weighted_round_robin"},
+    {CFG("", LMAIN(""), CWEB(",'lb_policy':'fastest'")),
+     "x.json: $.clusters[0].lb_policy: unknown lb_policy \"fastest\"; known policies: "
+     "round_robin, weighted_round_robin, least_request, least_response_time, random, ring_hash, "
+     "maglev, ewma"},
     {CFG("", LMAIN(""), CWEB(",'connect_timeout':'250'")),
      "x.json: $.clusters[0].connect_timeout: \"250\" is not a duration (use e.g. \"250ms\", "
      "\"5s\")"},
@@ -425,6 +434,65 @@ static const struct {
      "boolean"},
     {CFG("", LMAIN(""), CWEB(",'max_idle_per_endpoint':-1")),
      "x.json: $.clusters[0].max_idle_per_endpoint: -1 out of range (0-100000)"},
+
+    /* load balancing */
+    {CFG("", LMAIN(""), CWEB(",'lb_policy':'ring_hash'")),
+     "x.json: $.clusters[0]: lb_policy \"ring_hash\" needs \"hash_on\": {\"header\": NAME}, "
+     "{\"cookie\": NAME}, {\"source_ip\": true} or {\"path\": true}"},
+    {CFG("", LMAIN(""), CWEB(",'hash_on':{'header':'x-user'}")),
+     "x.json: $.clusters[0].hash_on: hash_on is used only by ring_hash and maglev, not by "
+     "lb_policy \"round_robin\""},
+    {LB("'hash_on':'x-user'"), "x.json: $.clusters[0].hash_on: expected object, found string"},
+    {LB("'hash_on':{}"),
+     "x.json: $.clusters[0].hash_on: empty; give one of {\"header\": NAME}, {\"cookie\": NAME}, "
+     "{\"source_ip\": true}, {\"path\": true}"},
+    {LB("'hash_on':{'headers':'x'}"),
+     "x.json: $.clusters[0].hash_on: unknown key \"headers\"; known keys: header, cookie, "
+     "source_ip, path"},
+    {LB("'hash_on':{'header':'x','cookie':'y'}"),
+     "x.json: $.clusters[0].hash_on: \"header\" and \"cookie\" exclude each other; hash on one"},
+    {LB("'hash_on':{'header':''}"), "x.json: $.clusters[0].hash_on.header: header name is empty"},
+    {LB("'hash_on':{'header':'x user'}"),
+     "x.json: $.clusters[0].hash_on.header: header name \"x user\" has invalid character ' '; "
+     "names are tokens (RFC 9110 5.6.2)"},
+    {LB("'hash_on':{'header':1}"),
+     "x.json: $.clusters[0].hash_on.header: expected string, found integer"},
+    {LB("'hash_on':{'cookie':'a;b'}"),
+     "x.json: $.clusters[0].hash_on.cookie: cookie name \"a;b\" has invalid character ';'"},
+    {LB("'hash_on':{'source_ip':false}"),
+     "x.json: $.clusters[0].hash_on.source_ip: expected true, found false (write "
+     "{\"source_ip\": true} to hash on it)"},
+    {LB("'hash_on':{'path':'/x'}"),
+     "x.json: $.clusters[0].hash_on.path: expected true, found string (write {\"path\": true} "
+     "to hash on it)"},
+    {CFG("", LMAIN(""), CWEB(",'hash_table_size':1024")),
+     "x.json: $.clusters[0].hash_table_size: hash_table_size is used only by ring_hash and "
+     "maglev, not by lb_policy \"round_robin\""},
+    {LB("'hash_on':{'path':true},'hash_table_size':65536"),
+     "x.json: $.clusters[0].hash_table_size: 65536 is not a prime; maglev needs a prime table "
+     "size (nearest primes: 65521, 65537)"},
+    {LB("'hash_on':{'path':true},'hash_table_size':1"),
+     "x.json: $.clusters[0].hash_table_size: 1 out of range (2-5000011)"},
+    {CFG("", LMAIN(""),
+         CL("web", "'127.0.0.1:1','127.0.0.1:2','127.0.0.1:3'",
+            ",'lb_policy':'maglev','hash_on':{'path':true},'hash_table_size':2")),
+     "x.json: $.clusters[0].hash_table_size: table size 2 is smaller than the 3 endpoints; use a "
+     "prime of at least 100 per endpoint, e.g. 307"},
+    {CFG("", LMAIN(""),
+         CWEB(",'lb_policy':'ring_hash','hash_on':{'path':true},'hash_table_size':0")),
+     "x.json: $.clusters[0].hash_table_size: 0 out of range (1-65536)"},
+    {CFG("", LMAIN(""),
+         CWEB(",'lb_policy':'ring_hash','hash_on':{'path':true},'hash_table_size':'1k'")),
+     "x.json: $.clusters[0].hash_table_size: expected integer, found string"},
+    {CFG("", LMAIN(""), CWEB(",'ewma_decay':'10s'")),
+     "x.json: $.clusters[0].ewma_decay: ewma_decay is used only by least_response_time, not by "
+     "lb_policy \"round_robin\""},
+    {CFG("", LMAIN(""), CWEB(",'lb_policy':'ewma','ewma_decay':'0s'")),
+     "x.json: $.clusters[0].ewma_decay: \"0s\" must be greater than zero"},
+    {CFG("", LMAIN(""), CWEB(",'slow_start':30")),
+     "x.json: $.clusters[0].slow_start: 30 is not a duration; durations are strings with a unit"},
+    {CFG("", LMAIN(""), CWEB(",'lb_policy':'random','slow_start':'soon'")),
+     "x.json: $.clusters[0].slow_start: \"soon\" is not a duration"},
 
     /* endpoints */
     {EP("'127.0.0.1:70000'"), "x.json: $.clusters[0].endpoints[0]: port 70000 out of range "
@@ -467,6 +535,198 @@ static const struct {
     {EP("{'address':'127.0.0.1:1','wieght':2}"),
      "x.json: $.clusters[0].endpoints[0]: unknown key \"wieght\"; known keys: address, weight, "
      "priority, zone"},
+
+    /* DNS discovery */
+    {CFG("", LMAIN(""), "{'name':'web','endpoints':[],'dns':{'name':'a.internal','port':80}}"),
+     "x.json: $.clusters[0]: \"endpoints\" and \"dns\" exclude each other; use one"},
+    {CFG("", LMAIN(""), "{'name':'web'}"),
+     "x.json: $.clusters[0]: missing required key \"endpoints\" (or \"dns\" for endpoints from "
+     "DNS)"},
+    {CFG("", LMAIN(""), "{'name':'web','dns':'a.internal'}"),
+     "x.json: $.clusters[0].dns: expected object, found string"},
+    {DNSC("'port':80"), "x.json: $.clusters[0].dns: missing required key \"name\""},
+    {DNSC("'name':'a.internal'"),
+     "x.json: $.clusters[0].dns: missing required key \"port\" (the port of every address the "
+     "name has)"},
+    {DNSC("'name':'_http._tcp.a.internal','record':'SRV','port':80"),
+     "x.json: $.clusters[0].dns.port: SRV records carry their own ports; remove \"port\""},
+    {DNSC("'name':'a.internal','port':0"),
+     "x.json: $.clusters[0].dns.port: 0 out of range (1-65535)"},
+    {DNSC("'name':'a.internal','port':'80'"),
+     "x.json: $.clusters[0].dns.port: expected integer, found string"},
+    {DNSC("'name':'a.internal','port':80,'record':'MX'"),
+     "x.json: $.clusters[0].dns.record: unknown record \"MX\"; known records: A, AAAA, A+AAAA, "
+     "SRV"},
+    {DNSC("'name':'a.internal','port':80,'record':'srv'"),
+     "x.json: $.clusters[0].dns.record: unknown record \"srv\""},
+    {DNSC("'name':'a.internal:80','port':80"),
+     "x.json: $.clusters[0].dns.name: name \"a.internal:80\" has invalid character ':'; give the "
+     "port in \"port\""},
+    {DNSC("'name':'a b.internal','port':80"),
+     "x.json: $.clusters[0].dns.name: name \"a b.internal\" has invalid character ' '; DNS names "
+     "use A-Z a-z 0-9 - _ ."},
+    {DNSC("'name':'10.0.0.1','port':80"),
+     "x.json: $.clusters[0].dns.name: \"10.0.0.1\" is an IP address, not a name; list it in "
+     "\"endpoints\" instead"},
+    {DNSC("'name':'','port':80"), "x.json: $.clusters[0].dns.name: name is empty"},
+    {DNSC("'name':'a..internal','port':80"),
+     "x.json: $.clusters[0].dns.name: name \"a..internal\" has an empty label"},
+    {DNSC("'name':'.internal','port':80"),
+     "x.json: $.clusters[0].dns.name: name \".internal\" has an empty label"},
+    {DNSC("'name':'" L62 "xx.internal','port':80"),
+     "x.json: $.clusters[0].dns.name: name \"xxxxxxxxxx"},
+    {DNSC("'name':'" L62 "." L62 "." L62 "." L62 ".xx','port':80"), "(254 characters, max 253)"},
+    {DNSC("'name':7,'port':80"), "x.json: $.clusters[0].dns.name: expected string, found integer"},
+    {DNSC("'name':'a.internal','port':80,'min_refresh':'50ms'"),
+     "x.json: $.clusters[0].dns.min_refresh: 50ms is below 100ms; refreshing that often floods "
+     "the resolver"},
+    {DNSC("'name':'a.internal','port':80,'min_refresh':'10s','max_refresh':'5s'"),
+     "x.json: $.clusters[0].dns.max_refresh: 5s is less than min_refresh (10s)"},
+    {DNSC("'name':'a.internal','port':80,'max_refresh':'0s'"),
+     "x.json: $.clusters[0].dns.max_refresh: \"0s\" must be greater than zero"},
+    {DNSC("'name':'a.internal','port':80,'hold':'soon'"),
+     "x.json: $.clusters[0].dns.hold: \"soon\" is not a duration"},
+    {DNSC("'name':'a.internal','port':80,'hold':30"),
+     "x.json: $.clusters[0].dns.hold: 30 is not a duration; durations are strings with a unit"},
+    {DNSC("'name':'a.internal','port':80,'ttl':5"),
+     "x.json: $.clusters[0].dns: unknown key \"ttl\"; known keys: name, port, record, "
+     "min_refresh, max_refresh, hold"},
+    {DNSR("'resolvers':[]"),
+     "x.json: $.dns.resolvers: must not be empty; leave \"resolvers\" out to use the servers of "
+     "/etc/resolv.conf"},
+    {DNSR("'resolvers':'127.0.0.1:53'"), "x.json: $.dns.resolvers: expected array, found string"},
+    {DNSR("'resolvers':['127.0.0.1']"), "x.json: $.dns.resolvers[0]: \"127.0.0.1\" has no port"},
+    {DNSR("'resolvers':['ns1.internal:53']"),
+     "x.json: $.dns.resolvers[0]: \"ns1.internal:53\" is not an IP address"},
+    {DNSR("'resolvers':[53]"), "x.json: $.dns.resolvers[0]: expected string, found integer"},
+    {DNSR("'resolvers':['127.0.0.1:53','[::1]:53','127.0.0.1:053']"),
+     "x.json: $.dns.resolvers[2]: duplicate resolver \"127.0.0.1:53\" (also $.dns.resolvers[0])"},
+    {DNSR("'resolvers':['10.0.0.1:53','10.0.0.2:53','10.0.0.3:53','10.0.0.4:53','10.0.0.5:53',"
+          "'10.0.0.6:53','10.0.0.7:53','10.0.0.8:53','10.0.0.9:53']"),
+     "x.json: $.dns.resolvers: 9 resolvers; at most 8 are allowed"},
+    {DNSR("'tries':0"), "x.json: $.dns.tries: 0 out of range (1-10)"},
+    {DNSR("'timeout':'0s'"), "x.json: $.dns.timeout: \"0s\" must be greater than zero"},
+    {DNSR("'servers':[]"),
+     "x.json: $.dns: unknown key \"servers\"; known keys: resolvers, timeout, tries"},
+    {CFG("'dns':[],", LMAIN(""), CWEB("")), "x.json: $.dns: expected object, found array"},
+
+    /* health checks and outlier detection */
+    {HC("'interval':5"),
+     "x.json: $.clusters[0].health_check.interval: 5 is not a duration; durations are strings "
+     "with a unit"},
+    {HC("'interval':'0s'"),
+     "x.json: $.clusters[0].health_check.interval: \"0s\" must be greater than zero"},
+    {HC("'timeout':'soon'"),
+     "x.json: $.clusters[0].health_check.timeout: \"soon\" is not a duration"},
+    {HC("'type':'udp'"),
+     "x.json: $.clusters[0].health_check.type: unknown type \"udp\"; known types: http, tcp"},
+    {HC("'path':'healthz'"),
+     "x.json: $.clusters[0].health_check.path: \"healthz\" must start with \"/\""},
+    {HC("'host':'a b'"),
+     "x.json: $.clusters[0].health_check.host: host \"a b\" has a space, control or non-ASCII "
+     "character"},
+    {HC("'expected_statuses':['200-600']"),
+     "x.json: $.clusters[0].health_check.expected_statuses[0]: \"200-600\": status codes are "
+     "100-599"},
+    {HC("'expected_statuses':[200,'399-200']"),
+     "x.json: $.clusters[0].health_check.expected_statuses[1]: \"399-200\" is reversed; write "
+     "the lower code first (\"200-399\")"},
+    {HC("'expected_statuses':['2xx']"),
+     "x.json: $.clusters[0].health_check.expected_statuses[0]: \"2xx\" is not a status code or "
+     "range (use e.g. \"200\" or \"200-399\")"},
+    {HC("'expected_statuses':[]"),
+     "x.json: $.clusters[0].health_check.expected_statuses: give 1 to 16 codes or ranges"},
+    {HC("'expected_statuses':[true]"),
+     "x.json: $.clusters[0].health_check.expected_statuses[0]: expected string or integer, found "
+     "boolean"},
+    {HC("'unhealthy_threshold':0"),
+     "x.json: $.clusters[0].health_check.unhealthy_threshold: 0 out of range (1-1000)"},
+    {HC("'healthy_threshold':1001"),
+     "x.json: $.clusters[0].health_check.healthy_threshold: 1001 out of range (1-1000)"},
+    {HC("'initial':'up'"),
+     "x.json: $.clusters[0].health_check.initial: unknown initial state \"up\"; use \"healthy\""},
+    {HC("'type':'tcp','path':'/x'"),
+     "x.json: $.clusters[0].health_check.path: applies to http checks only; this check's type is "
+     "\"tcp\""},
+    {HC("'send':'PING'"),
+     "x.json: $.clusters[0].health_check.send: applies to tcp checks only; this check's type is "
+     "\"http\""},
+    {HC("'type':'tcp','expect':''"),
+     "x.json: $.clusters[0].health_check.expect: 0 bytes; give 1 to 255"},
+    {HC("'intervall':'1s'"),
+     "x.json: $.clusters[0].health_check: unknown key \"intervall\"; known keys: type, path, "
+     "host, expected_statuses, interval"},
+    {CFG("", LMAIN(""), CWEB(",'health_check':true")),
+     "x.json: $.clusters[0].health_check: expected object, found boolean"},
+    {OD("'consecutive_5xx':-1"),
+     "x.json: $.clusters[0].outlier_detection.consecutive_5xx: -1 out of range (0-100000)"},
+    {OD("'max_ejection_percent':101"),
+     "x.json: $.clusters[0].outlier_detection.max_ejection_percent: 101 out of range (0-100)"},
+    {OD("'base_ejection_time':'30s','max_ejection_time':'10s'"),
+     "x.json: $.clusters[0].outlier_detection.max_ejection_time: 10s is shorter than "
+     "base_ejection_time (30s)"},
+    {OD("'base_ejection_time':30"),
+     "x.json: $.clusters[0].outlier_detection.base_ejection_time: 30 is not a duration"},
+    {OD("'interval':'0ms'"),
+     "x.json: $.clusters[0].outlier_detection.interval: \"0ms\" must be greater than zero"},
+    {OD("'consecutive_errors':5"),
+     "x.json: $.clusters[0].outlier_detection: unknown key \"consecutive_errors\"; known keys: "
+     "consecutive_5xx, consecutive_gateway_failure"},
+
+    /* kubernetes */
+    {K8C("'service':'web','port':'http'", ",'endpoints':[]"),
+     "x.json: $.clusters[0]: \"kubernetes\" excludes \"endpoints\" and \"dns\"; use one source"},
+    {K8C("'port':'http'", ""), "x.json: $.clusters[0].kubernetes: missing required key \"service\""},
+    {K8C("'service':'Web'", ""),
+     "x.json: $.clusters[0].kubernetes.service: service \"Web\" has invalid character 'W'; "
+     "Kubernetes names use a-z 0-9 and '-' inside"},
+    {K8C("'service':'web-'", ""),
+     "x.json: $.clusters[0].kubernetes.service: service \"web-\" has invalid character '-'"},
+    {K8C("'service':'" L62 "xx'", ""),
+     "x.json: $.clusters[0].kubernetes.service: service \"" L62 "xx\" must have 1-63 characters"},
+    {K8C("'service':'web','namespace':'a_b'", ""),
+     "x.json: $.clusters[0].kubernetes.namespace: namespace \"a_b\" has invalid character '_'"},
+    {K8C("'service':'web','port':70000", ""),
+     "x.json: $.clusters[0].kubernetes.port: 70000 out of range (1-65535)"},
+    {K8C("'service':'web','port':'a-very-long-port-name'", ""),
+     "x.json: $.clusters[0].kubernetes.port: port name \"a-very-long-port-name\" must have 1-15 "
+     "characters"},
+    {K8C("'service':'web','port':true", ""),
+     "x.json: $.clusters[0].kubernetes.port: expected a port name (e.g. \"http\") or number, "
+     "found boolean"},
+    {K8C("'service':'web','labels':{}", ""),
+     "x.json: $.clusters[0].kubernetes: unknown key \"labels\"; known keys: service, namespace, "
+     "port"},
+    {CFG("'kubernetes':[],", LMAIN(""), CWEB("")), "x.json: $.kubernetes: expected object, found array"},
+    {K8S("'api_server':'http://10.0.0.1:6443'"),
+     "x.json: $.kubernetes.api_server: \"http://10.0.0.1:6443\" must start with https:// (the API "
+     "server is always reached over verified TLS)"},
+    {K8S("'token_file':''"), "x.json: $.kubernetes.token_file: \"\" must have 1-1023 characters"},
+    {K8S("'stall_timeout':90"),
+     "x.json: $.kubernetes.stall_timeout: 90 is not a duration; durations are strings with a unit"},
+    {K8S("'backoff':{'base':'1s','max':'100ms'}"),
+     "x.json: $.kubernetes.backoff.max: 100ms is less than base (1s)"},
+    {K8S("'max_line_bytes':100"),
+     "x.json: $.kubernetes.max_line_bytes: 100 out of range (4096-268435456)"},
+    {K8S("'page_size':0"), "x.json: $.kubernetes.page_size: 0 out of range (1-10000)"},
+    {K8S("'cluster_domain':'cluster..local'"),
+     "x.json: $.kubernetes.cluster_domain: name \"cluster..local\" has an empty label"},
+    {K8S("'auto_discover':{}"),
+     "x.json: $.kubernetes.auto_discover: missing required key \"namespaces\" (a list, or \"all\")"},
+    {K8S("'auto_discover':{'namespaces':'some'}"),
+     "x.json: $.kubernetes.auto_discover.namespaces: expected a non-empty list of namespaces or "
+     "\"all\""},
+    {K8S("'auto_discover':{'namespaces':['shop','shop']}"),
+     "x.json: $.kubernetes.auto_discover.namespaces[1]: duplicate namespace \"shop\""},
+    {K8S("'auto_discover':{'namespaces':['Shop']}"),
+     "x.json: $.kubernetes.auto_discover.namespaces[0]: namespace \"Shop\" has invalid character"},
+    {K8S("'auto_discover':{'namespaces':'all','cluster':{'name':'x'}}"),
+     "x.json: $.kubernetes.auto_discover.cluster: \"name\" is set by auto-discovery; remove it"},
+    {K8S("'auto_discover':{'namespaces':'all','cluster':{'connect_timeout':'0s'}}"),
+     "x.json: $.kubernetes.auto_discover.cluster.connect_timeout: \"0s\" must be greater than zero"},
+    {K8S("'watch':true"),
+     "x.json: $.kubernetes: unknown key \"watch\"; known keys: api_server, token_file, ca_file, "
+     "namespace, cluster_domain, auto_discover"},
 };
 
 static void test_broken_configs_name_path_and_reason(void) {
@@ -753,6 +1013,78 @@ static void test_dump_round_trips(void) {
            "'10.0.0.1:80']},{'name':'c','endpoints':[]}]}"));
 }
 
+static void test_health_options_are_taken_and_dumped(void) {
+    static const char json[] =
+        "{'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{},"
+        "'cluster':'a'}]}],'clusters':["
+        "{'name':'a','endpoints':['127.0.0.1:1'],'health_check':{'type':'http','path':'/ready?x=1',"
+        "'host':'svc.local','expected_statuses':['200-299',204,'418'],'interval':'2s',"
+        "'timeout':'250ms','jitter':'100ms','unhealthy_threshold':4,'healthy_threshold':1,"
+        "'initial':'unhealthy'},'outlier_detection':{'consecutive_5xx':7,"
+        "'consecutive_gateway_failure':0,'base_ejection_time':'10s','max_ejection_time':'1m',"
+        "'max_ejection_percent':50,'interval':'500ms'}},"
+        "{'name':'b','endpoints':['127.0.0.1:2'],'health_check':{'type':'tcp',"
+        "'send':'PING\\r\\n','expect':'PONG'},"
+        "'outlier_detection':{'base_ejection_time':'10m'}},"
+        "{'name':'c','endpoints':['127.0.0.1:3']}]}";
+    pf_config *cfg = load_ok(sq(json));
+    CU_ASSERT_FATAL(cfg != NULL);
+    const pf_config_health_check *a = &cfg->clusters[0].health_check;
+    CU_ASSERT_EQUAL(a->type, PF_CHECK_HTTP);
+    CU_ASSERT_STRING_EQUAL(a->path, "/ready?x=1");
+    CU_ASSERT_STRING_EQUAL(a->host, "svc.local");
+    CU_ASSERT_EQUAL_FATAL(a->expected_count, 3);
+    CU_ASSERT(a->expected[0].lo == 200 && a->expected[0].hi == 299);
+    CU_ASSERT(a->expected[1].lo == 204 && a->expected[1].hi == 204);
+    CU_ASSERT(a->expected[2].lo == 418 && a->expected[2].hi == 418);
+    CU_ASSERT_EQUAL(a->interval_ms, 2000);
+    CU_ASSERT_EQUAL(a->timeout_ms, 250);
+    CU_ASSERT_EQUAL(a->jitter_ms, 100);
+    CU_ASSERT_EQUAL(a->unhealthy_threshold, 4);
+    CU_ASSERT_EQUAL(a->healthy_threshold, 1);
+    CU_ASSERT_FALSE(a->initial_healthy);
+    const pf_config_outlier *ao = &cfg->clusters[0].outlier;
+    CU_ASSERT_TRUE(ao->enabled);
+    CU_ASSERT_EQUAL(ao->consecutive_5xx, 7);
+    CU_ASSERT_EQUAL(ao->consecutive_gateway_failure, 0);
+    CU_ASSERT_EQUAL(ao->base_ejection_time_ms, 10000);
+    CU_ASSERT_EQUAL(ao->max_ejection_time_ms, 60000);
+    CU_ASSERT_EQUAL(ao->max_ejection_percent, 50);
+    CU_ASSERT_EQUAL(ao->interval_ms, 500);
+
+    const pf_config_health_check *b = &cfg->clusters[1].health_check;
+    CU_ASSERT_EQUAL(b->type, PF_CHECK_TCP);
+    CU_ASSERT_EQUAL(b->send_len, 6);
+    CU_ASSERT(memcmp(b->send, "PING\r\n", 6) == 0);
+    CU_ASSERT_EQUAL(b->expect_len, 4);
+    const pf_config_outlier *bo = &cfg->clusters[1].outlier;
+    CU_ASSERT_EQUAL(bo->consecutive_5xx, PF_DEFAULT_CONSECUTIVE_5XX);
+    CU_ASSERT_EQUAL(bo->consecutive_gateway_failure, PF_DEFAULT_CONSECUTIVE_GATEWAY_FAILURE);
+    CU_ASSERT_EQUAL(bo->max_ejection_percent, PF_DEFAULT_MAX_EJECTION_PERCENT);
+    /* an unset cap follows a base longer than the default cap */
+    CU_ASSERT_EQUAL(bo->max_ejection_time_ms, 600000);
+
+    CU_ASSERT_EQUAL(cfg->clusters[2].health_check.type, PF_CHECK_NONE);
+    CU_ASSERT_FALSE(cfg->clusters[2].outlier.enabled);
+
+    char *dump = config_dump_json(cfg);
+    CU_ASSERT_FATAL(dump != NULL);
+    static const char *const want[] = {
+        "\"200-299\"",
+        "\"204\"",
+        "\"418\"",
+        "\"initial\": \"unhealthy\"",
+        "\"jitter\": \"100ms\"",
+        "\"send\": \"PING\\r\\n\"",
+        "\"max_ejection_time\": \"10m\"",
+    };
+    for (size_t i = 0; i < ARRAY_LEN(want); i++)
+        PF_CHECK(strstr(dump, want[i]) != NULL, "dump lacks %s:\n%s", want[i], dump);
+    free(dump);
+    config_free(cfg);
+    check_round_trip(sq(json));
+}
+
 static void test_dump_shows_effective_values(void) {
     pf_config *cfg = load_ok(example_json);
     CU_ASSERT_FATAL(cfg != NULL);
@@ -842,6 +1174,203 @@ static void test_load_file_reads_a_real_file(void) {
     free(path);
 }
 
+/* ---- load balancing ------------------------------------------------------------------ */
+
+static bool lb_settings_eq(const pf_config_cluster *x, const pf_config_cluster *y) {
+    return x->lb_policy == y->lb_policy && x->hash_on.kind == y->hash_on.kind &&
+           strcmp(x->hash_on.name, y->hash_on.name) == 0 &&
+           x->hash_table_size == y->hash_table_size && x->ewma_decay_ms == y->ewma_decay_ms &&
+           x->slow_start_ms == y->slow_start_ms;
+}
+
+static void test_load_balancing_options_are_taken_and_dumped(void) {
+    const char *json =
+        sq("{'listeners':[{'name':'m','address':'127.0.0.1:1',"
+           "'routes':[{'match':{},'cluster':'a'}]}],'clusters':["
+           "{'name':'a','lb_policy':'least_request','slow_start':'30s','endpoints':[]},"
+           "{'name':'b','lb_policy':'ewma','endpoints':[]},"
+           "{'name':'c','lb_policy':'least_response_time','ewma_decay':'2s','endpoints':[]},"
+           "{'name':'d','lb_policy':'random','endpoints':[]},"
+           "{'name':'e','lb_policy':'ring_hash','hash_on':{'header':'X-User'},'endpoints':[]},"
+           "{'name':'f','lb_policy':'ring_hash','hash_on':{'cookie':'SID'},"
+           "'hash_table_size':160,'endpoints':[]},"
+           "{'name':'g','lb_policy':'maglev','hash_on':{'source_ip':true},'endpoints':[]},"
+           "{'name':'h','lb_policy':'maglev','hash_on':{'path':true},'hash_table_size':131071,"
+           "'endpoints':['127.0.0.1:1']},"
+           "{'name':'i','endpoints':[]}]}");
+    static const struct {
+        pf_lb_policy policy;
+        pf_hash_on_kind kind;
+        const char *name;
+        uint32_t table;
+        uint64_t decay_ms, slow_ms;
+    } want[] = {
+        {PF_LB_LEAST_REQUEST, PF_HASH_NONE, "", 0, 0, 30000},
+        {PF_LB_LEAST_RESPONSE_TIME, PF_HASH_NONE, "", 0, PF_DEFAULT_EWMA_DECAY_MS, 0},
+        {PF_LB_LEAST_RESPONSE_TIME, PF_HASH_NONE, "", 0, 2000, 0},
+        {PF_LB_RANDOM, PF_HASH_NONE, "", 0, 0, 0},
+        {PF_LB_RING_HASH, PF_HASH_HEADER, "x-user", PF_DEFAULT_RING_HASH_SIZE, 0, 0},
+        {PF_LB_RING_HASH, PF_HASH_COOKIE, "SID", 160, 0, 0},
+        {PF_LB_MAGLEV, PF_HASH_SOURCE_IP, "", PF_DEFAULT_MAGLEV_SIZE, 0, 0},
+        {PF_LB_MAGLEV, PF_HASH_PATH, "", 131071, 0, 0},
+        {PF_LB_ROUND_ROBIN, PF_HASH_NONE, "", 0, 0, 0},
+    };
+    pf_config *cfg = load_ok(json);
+    CU_ASSERT_FATAL(cfg != NULL);
+    CU_ASSERT_EQUAL_FATAL(cfg->cluster_count, ARRAY_LEN(want));
+    for (size_t i = 0; i < ARRAY_LEN(want); i++) {
+        const pf_config_cluster *c = &cfg->clusters[i];
+        PF_CHECK(c->lb_policy == want[i].policy && c->hash_on.kind == want[i].kind &&
+                     strcmp(c->hash_on.name, want[i].name) == 0 &&
+                     c->hash_table_size == want[i].table && c->ewma_decay_ms == want[i].decay_ms &&
+                     c->slow_start_ms == want[i].slow_ms,
+                 "cluster %s: policy %d hash %d \"%s\" table %u decay %llu slow %llu", c->name,
+                 c->lb_policy, c->hash_on.kind, c->hash_on.name, c->hash_table_size,
+                 (unsigned long long)c->ewma_decay_ms, (unsigned long long)c->slow_start_ms);
+    }
+    char *dump = config_dump_json(cfg);
+    CU_ASSERT_FATAL(dump != NULL);
+    static const char *const in_dump[] = {
+        "\"lb_policy\": \"least_response_time\"",
+        "\"ewma_decay\": \"10s\"",
+        "\"hash_on\": {\n        \"header\": \"x-user\"",
+        "\"hash_table_size\": 1024",
+        "\"slow_start\": \"30s\"",
+    };
+    for (size_t i = 0; i < ARRAY_LEN(in_dump); i++)
+        PF_CHECK(strstr(dump, in_dump[i]) != NULL, "dump lacks %s:\n%s", in_dump[i], dump);
+    pf_config *again = load_ok(dump);
+    CU_ASSERT_FATAL(again != NULL);
+    for (size_t i = 0; i < cfg->cluster_count; i++)
+        PF_CHECK(lb_settings_eq(&cfg->clusters[i], &again->clusters[i]),
+                 "cluster %s: balancing settings differ after a dump round trip",
+                 cfg->clusters[i].name);
+    config_free(again);
+    free(dump);
+    config_free(cfg);
+    check_round_trip(json);
+
+    static const char *const names[] = {"round_robin",   "weighted_round_robin",
+                                        "least_request", "least_response_time",
+                                        "random",        "ring_hash",
+                                        "maglev"};
+    for (size_t i = 0; i < ARRAY_LEN(names); i++)
+        CU_ASSERT_STRING_EQUAL(config_lb_policy_name((pf_lb_policy)i), names[i]);
+}
+
+static void test_dns_clusters_are_taken_and_dumped(void) {
+    static const char json[] =
+        "{'dns':{'resolvers':['127.0.0.1:5353','[::1]:53'],'timeout':'2s','tries':5},"
+        "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{},"
+        "'cluster':'a'}]}],'clusters':["
+        "{'name':'a','dns':{'name':'Backend.Internal.','port':8080,'record':'A+AAAA',"
+        "'min_refresh':'500ms','max_refresh':'1m','hold':'0s'}},"
+        "{'name':'b','dns':{'name':'_http._tcp.backend.internal','record':'SRV'}},"
+        "{'name':'c','dns':{'name':'c.internal','port':80}},"
+        "{'name':'d','endpoints':['127.0.0.1:1']}]}";
+    pf_config *cfg = load_ok(sq(json));
+    CU_ASSERT_FATAL(cfg != NULL);
+    CU_ASSERT_EQUAL_FATAL(cfg->dns.resolver_count, 2);
+    CU_ASSERT_STRING_EQUAL(cfg->dns.resolvers[0].text, "127.0.0.1:5353");
+    CU_ASSERT_STRING_EQUAL(cfg->dns.resolvers[1].text, "[::1]:53");
+    CU_ASSERT_EQUAL(cfg->dns.timeout_ms, 2000);
+    CU_ASSERT_EQUAL(cfg->dns.tries, 5);
+    const pf_config_cluster_dns *a = &cfg->clusters[0].dns, *b = &cfg->clusters[1].dns,
+                                *c = &cfg->clusters[2].dns, *d = &cfg->clusters[3].dns;
+    CU_ASSERT_STRING_EQUAL(a->name, "backend.internal."); /* lower-case, still absolute */
+    CU_ASSERT_EQUAL(a->record, PF_DNS_RECORD_A_AAAA);
+    CU_ASSERT_EQUAL(a->port, 8080);
+    CU_ASSERT_EQUAL(a->min_refresh_ms, 500);
+    CU_ASSERT_EQUAL(a->max_refresh_ms, 60000);
+    CU_ASSERT_EQUAL(a->hold_ms, 0);
+    CU_ASSERT_EQUAL(cfg->clusters[0].endpoint_count, 0);
+    CU_ASSERT_EQUAL(b->record, PF_DNS_RECORD_SRV);
+    CU_ASSERT_EQUAL(b->port, 0);
+    CU_ASSERT_EQUAL(c->record, PF_DNS_RECORD_A);
+    CU_ASSERT_EQUAL(c->min_refresh_ms, PF_DEFAULT_DNS_MIN_REFRESH_MS);
+    CU_ASSERT_EQUAL(c->max_refresh_ms, PF_DEFAULT_DNS_MAX_REFRESH_MS);
+    CU_ASSERT_EQUAL(c->hold_ms, PF_DEFAULT_DNS_HOLD_MS);
+    CU_ASSERT_STRING_EQUAL(d->name, "");
+    CU_ASSERT_STRING_EQUAL(config_dns_record_name(PF_DNS_RECORD_A_AAAA), "A+AAAA");
+    CU_ASSERT_STRING_EQUAL(config_dns_record_name((pf_dns_record)9), "unknown");
+
+    char *dump = config_dump_json(cfg);
+    CU_ASSERT_FATAL(dump != NULL);
+    static const char *const want[] = {
+        "\"resolvers\": [\n      \"127.0.0.1:5353\",\n      \"[::1]:53\"\n    ]",
+        "\"tries\": 5",
+        "\"record\": \"A+AAAA\"",
+        "\"hold\": \"0ms\"",
+        "\"max_refresh\": \"5m\"",
+    };
+    for (size_t i = 0; i < ARRAY_LEN(want); i++)
+        PF_CHECK(strstr(dump, want[i]) != NULL, "dump lacks %s:\n%s", want[i], dump);
+    free(dump);
+    config_free(cfg);
+    check_round_trip(sq(json));
+
+    /* without $.dns the resolver's defaults apply (servers from /etc/resolv.conf) */
+    cfg = load_ok(example_json);
+    CU_ASSERT_FATAL(cfg != NULL);
+    CU_ASSERT_EQUAL(cfg->dns.resolver_count, 0);
+    CU_ASSERT_EQUAL(cfg->dns.timeout_ms, PF_DEFAULT_DNS_TIMEOUT_MS);
+    CU_ASSERT_EQUAL(cfg->dns.tries, PF_DEFAULT_DNS_TRIES);
+    config_free(cfg);
+}
+
+static void test_kubernetes_config_is_taken_and_dumped(void) {
+    static const char json[] =
+        "{'kubernetes':{'api_server':'https://10.0.0.1:6443','token_file':'/t','ca_file':'/ca',"
+        "'namespace':'shop','cluster_domain':'corp.example','stall_timeout':'30s',"
+        "'backoff':{'base':'100ms','max':'5s'},'max_line_bytes':65536,'page_size':50,"
+        "'auto_discover':{'namespaces':['shop','default'],'cluster':{'connect_timeout':'300ms',"
+        "'lb_policy':'least_request'}}},"
+        "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{},"
+        "'cluster':'reviews'}]}],"
+        "'clusters':[{'name':'reviews','kubernetes':{'service':'reviews','port':9080}},"
+        "{'name':'ratings','kubernetes':{'service':'ratings','namespace':'default',"
+        "'port':'http'}},{'name':'any','kubernetes':{'service':'any'}}]}";
+    pf_config *cfg = load_ok(sq(json));
+    CU_ASSERT_FATAL(cfg != NULL);
+    const pf_config_kubernetes *k = &cfg->kubernetes;
+    CU_ASSERT(k->enabled && k->auto_discover && !k->all_namespaces);
+    CU_ASSERT_STRING_EQUAL(k->api_server, "https://10.0.0.1:6443");
+    CU_ASSERT_STRING_EQUAL(k->namespace, "shop");
+    CU_ASSERT_STRING_EQUAL(k->cluster_domain, "corp.example");
+    CU_ASSERT_EQUAL(k->stall_timeout_ms, 30000);
+    CU_ASSERT_EQUAL(k->backoff_base_ms, 100);
+    CU_ASSERT_EQUAL(k->backoff_max_ms, 5000);
+    CU_ASSERT_EQUAL(k->max_line_bytes, 65536);
+    CU_ASSERT_EQUAL(k->max_list_bytes, PF_DEFAULT_K8S_MAX_LIST_BYTES);
+    CU_ASSERT_EQUAL(k->page_size, 50);
+    CU_ASSERT_EQUAL(k->namespace_count, 2);
+    CU_ASSERT_STRING_EQUAL(k->namespaces[1], "default");
+    CU_ASSERT_FATAL(k->auto_cluster != NULL);
+    CU_ASSERT_EQUAL(k->auto_cluster->connect_timeout_ms, 300);
+    CU_ASSERT_EQUAL(k->auto_cluster->lb_policy, PF_LB_LEAST_REQUEST);
+    CU_ASSERT_STRING_EQUAL(cfg->clusters[0].kubernetes.service, "reviews");
+    CU_ASSERT_EQUAL(cfg->clusters[0].kubernetes.port_number, 9080);
+    CU_ASSERT_STRING_EQUAL(cfg->clusters[0].kubernetes.namespace, "");
+    CU_ASSERT_STRING_EQUAL(cfg->clusters[1].kubernetes.port_name, "http");
+    CU_ASSERT_STRING_EQUAL(cfg->clusters[1].kubernetes.namespace, "default");
+    CU_ASSERT_EQUAL(cfg->clusters[2].kubernetes.port_number, 0);
+    CU_ASSERT_EQUAL(cfg->clusters[0].endpoint_count, 0);
+    config_free(cfg);
+    check_round_trip(sq(json));
+    check_round_trip(sq("{'kubernetes':{'auto_discover':{'namespaces':'all'}},"
+                        "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':"
+                        "[{'match':{},'cluster':'web'}]}],'clusters':[{'name':'web',"
+                        "'endpoints':[]}]}"));
+
+    /* without $.kubernetes: in-cluster defaults, resolved at start */
+    cfg = load_ok(example_json);
+    CU_ASSERT_FATAL(cfg != NULL);
+    CU_ASSERT(!cfg->kubernetes.enabled && !cfg->kubernetes.auto_discover);
+    CU_ASSERT_STRING_EQUAL(cfg->kubernetes.cluster_domain, "cluster.local");
+    CU_ASSERT_EQUAL(cfg->kubernetes.stall_timeout_ms, PF_DEFAULT_K8S_STALL_TIMEOUT_MS);
+    config_free(cfg);
+}
+
 static void test_small_helpers(void) {
     config_free(NULL);
     CU_ASSERT_STRING_EQUAL(config_lb_policy_name(PF_LB_ROUND_ROBIN), "round_robin");
@@ -860,5 +1389,10 @@ PF_UNIT_MAIN("config", PF_UNIT_TEST(test_example_loads_with_every_field_and_defa
              PF_UNIT_TEST(test_errlist_may_be_null), PF_UNIT_TEST(test_duration_parse_and_format),
              PF_UNIT_TEST(test_sockaddr_parse), PF_UNIT_TEST(test_dump_round_trips),
              PF_UNIT_TEST(test_dump_shows_effective_values),
+             PF_UNIT_TEST(test_health_options_are_taken_and_dumped),
              PF_UNIT_TEST(test_load_file_missing_says_why),
-             PF_UNIT_TEST(test_load_file_reads_a_real_file), PF_UNIT_TEST(test_small_helpers))
+             PF_UNIT_TEST(test_load_file_reads_a_real_file),
+             PF_UNIT_TEST(test_load_balancing_options_are_taken_and_dumped),
+             PF_UNIT_TEST(test_dns_clusters_are_taken_and_dumped),
+             PF_UNIT_TEST(test_kubernetes_config_is_taken_and_dumped),
+             PF_UNIT_TEST(test_small_helpers))

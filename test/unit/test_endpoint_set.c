@@ -520,6 +520,56 @@ static void test_reader_thread_sees_whole_snapshots_while_publisher_publishes(vo
     discovery_slot_free(r.slot);
 }
 
+/* ---- subscriptions --------------------------------------------------------------------- */
+
+typedef struct watcher {
+    pf_endpoint_slot *slot;
+    size_t calls;
+    uint64_t seen_version; /* of the set acquired inside the callback */
+} watcher;
+
+static void on_publish(void *arg) {
+    watcher *w = arg;
+    w->calls++;
+    /* called outside the lock: the slot can be read from here */
+    pf_endpoint_set *set = discovery_slot_acquire(w->slot);
+    w->seen_version = set ? set->version : 0;
+    discovery_set_unref(set);
+}
+
+static void test_subscribers_hear_of_changed_publishes_only(void) {
+    pf_endpoint_slot *slot = discovery_slot_new("sub");
+    watcher a = {.slot = slot}, b = {.slot = slot};
+    CU_ASSERT_EQUAL(discovery_slot_subscribe(slot, on_publish, &a), PF_OK);
+    CU_ASSERT_EQUAL(discovery_slot_subscribe(slot, on_publish, &b), PF_OK);
+    pf_endpoint ep = endpoint("10.0.0.1:80", 1, true);
+    discovery_slot_publish(slot, discovery_set_new(&ep, 1));
+    CU_ASSERT_EQUAL(a.calls, 1);
+    CU_ASSERT_EQUAL(a.seen_version, 1);
+    discovery_slot_publish(slot, discovery_set_new(&ep, 1)); /* equal: dropped */
+    CU_ASSERT_EQUAL(a.calls, 1);
+    ep.weight = 2;
+    discovery_slot_publish(slot, discovery_set_new(&ep, 1));
+    CU_ASSERT_EQUAL(a.calls, 2);
+    CU_ASSERT_EQUAL(a.seen_version, 2);
+    discovery_slot_unsubscribe(slot, on_publish, &a);
+    discovery_slot_unsubscribe(slot, on_publish, &a); /* absent: no-op */
+    ep.weight = 3;
+    discovery_slot_publish(slot, discovery_set_new(&ep, 1));
+    CU_ASSERT_EQUAL(a.calls, 2);
+    CU_ASSERT_EQUAL(b.calls, 3);
+    CU_ASSERT_EQUAL(b.seen_version, 3);
+    /* a bounded list */
+    watcher more[PF_SLOT_SUBSCRIBERS_MAX];
+    size_t added = 0;
+    while (added < PF_SLOT_SUBSCRIBERS_MAX &&
+           discovery_slot_subscribe(slot, on_publish, &more[added]) == PF_OK)
+        added++;
+    CU_ASSERT_EQUAL(added, PF_SLOT_SUBSCRIBERS_MAX - 1); /* b holds one place */
+    CU_ASSERT_EQUAL(discovery_slot_subscribe(slot, on_publish, &a), PF_ELIMIT);
+    discovery_slot_free(slot);
+}
+
 PF_UNIT_MAIN("endpoint_set", PF_UNIT_TEST(test_set_is_sorted_by_address_text),
              PF_UNIT_TEST(test_set_keeps_the_first_of_duplicated_addresses),
              PF_UNIT_TEST(test_set_counts_healthy_endpoints_and_their_weight),
@@ -536,4 +586,5 @@ PF_UNIT_MAIN("endpoint_set", PF_UNIT_TEST(test_set_is_sorted_by_address_text),
              PF_UNIT_TEST(test_cache_is_empty_before_the_first_publish),
              PF_UNIT_TEST(test_cache_sees_new_generation_and_drops_old_reference),
              PF_UNIT_TEST(test_two_caches_on_one_slot_are_independent),
-             PF_UNIT_TEST(test_reader_thread_sees_whole_snapshots_while_publisher_publishes))
+             PF_UNIT_TEST(test_reader_thread_sees_whole_snapshots_while_publisher_publishes),
+             PF_UNIT_TEST(test_subscribers_hear_of_changed_publishes_only))

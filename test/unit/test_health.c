@@ -214,7 +214,7 @@ static void test_expected_status_matches_any_range(void) {
     static const struct {
         int status;
         bool ok;
-    } rows[] = {{199, false}, {200, true}, {299, true}, {300, false},
+    } rows[] = {{199, false}, {200, true},  {299, true}, {300, false},
                 {404, true},  {403, false}, {503, false}};
     for (size_t i = 0; i < ARRAY_LEN(rows); i++)
         PF_CHECK(health_status_expected(&hc, rows[i].status) == rows[i].ok, "status %d",
@@ -260,13 +260,15 @@ static void run_checks(const pf_config_health_check *hc, const char *checks, con
     for (size_t i = 0; checks[i] && i + 1 < sizeof got; i++) {
         bool was = s.healthy;
         bool changed = health_check_record(&s, hc, checks[i] == 'p');
-        PF_CHECK(changed == (was != s.healthy), "%s: step %zu: changed=%d but %d -> %d", checks,
-                 i, changed, was, s.healthy);
+        PF_CHECK(changed == (was != s.healthy), "%s: step %zu: changed=%d but %d -> %d", checks, i,
+                 changed, was, s.healthy);
         got[i] = s.healthy ? 'H' : 'U';
         got[i + 1] = '\0';
     }
-    PF_CHECK(strcmp(got, want) == 0, "checks %s (unhealthy %u, healthy %u, initial %s): got %s, "
-             "want %s", checks, hc->unhealthy_threshold, hc->healthy_threshold,
+    PF_CHECK(strcmp(got, want) == 0,
+             "checks %s (unhealthy %u, healthy %u, initial %s): got %s, "
+             "want %s",
+             checks, hc->unhealthy_threshold, hc->healthy_threshold,
              hc->initial_healthy ? "healthy" : "unhealthy", got, want);
 }
 
@@ -311,15 +313,13 @@ static void test_without_checks_an_endpoint_is_always_healthy(void) {
 /* ---- ejection arithmetic ----------------------------------------------------------------- */
 
 static void test_ejection_time_grows_with_each_ejection_and_is_capped(void) {
-    pf_config_outlier od = {.enabled = true,
-                            .base_ejection_time_ms = 30000,
-                            .max_ejection_time_ms = 300000};
+    pf_config_outlier od = {
+        .enabled = true, .base_ejection_time_ms = 30000, .max_ejection_time_ms = 300000};
     static const struct {
         uint32_t times;
         uint64_t ms;
-    } rows[] = {{0, 30000},       {1, 30000},      {2, 60000},     {3, 90000},
-                {9, 270000},      {10, 300000},    {11, 300000},   {1000000, 300000},
-                {UINT32_MAX, 300000}};
+    } rows[] = {{0, 30000},   {1, 30000},   {2, 60000},        {3, 90000},          {9, 270000},
+                {10, 300000}, {11, 300000}, {1000000, 300000}, {UINT32_MAX, 300000}};
     for (size_t i = 0; i < ARRAY_LEN(rows); i++)
         PF_CHECK(health_ejection_ms(&od, rows[i].times) == rows[i].ms, "times %u: %llu, want %llu",
                  rows[i].times, (unsigned long long)health_ejection_ms(&od, rows[i].times),
@@ -334,8 +334,8 @@ static void test_ejection_count_decays_while_back_in_service(void) {
         uint32_t times;
         uint64_t back_ms;
         uint32_t want;
-    } rows[] = {{3, 0, 3},      {3, 29999, 3},   {3, 30000, 2},  {3, 89999, 1},
-                {3, 90000, 0},  {3, 999999, 0},  {0, 0, 0},      {UINT32_MAX, 30000, UINT32_MAX - 1}};
+    } rows[] = {{3, 0, 3},     {3, 29999, 3},  {3, 30000, 2}, {3, 89999, 1},
+                {3, 90000, 0}, {3, 999999, 0}, {0, 0, 0},     {UINT32_MAX, 30000, UINT32_MAX - 1}};
     for (size_t i = 0; i < ARRAY_LEN(rows); i++)
         PF_CHECK(health_ejections_decayed(&od, rows[i].times, rows[i].back_ms) == rows[i].want,
                  "times %u back %llu ms: %u, want %u", rows[i].times,
@@ -348,10 +348,9 @@ static void test_max_ejection_percent(void) {
         uint32_t percent;
         size_t endpoints, want;
     } rows[] = {
-        {10, 0, 0},  {10, 1, 0},   {100, 1, 0}, /* never the only endpoint */
-        {10, 2, 1},  {10, 10, 1},  {10, 19, 1}, /* at least one of two or more */
-        {10, 20, 2}, {10, 25, 2},  {50, 4, 2},  {50, 5, 2},
-        {0, 5, 1},   {100, 3, 3},  {33, 1000, 330},
+        {10, 0, 0},  {10, 1, 0},  {100, 1, 0}, /* never the only endpoint */
+        {10, 2, 1},  {10, 10, 1}, {10, 19, 1}, /* at least one of two or more */
+        {10, 20, 2}, {10, 25, 2}, {50, 4, 2},  {50, 5, 2}, {0, 5, 1}, {100, 3, 3}, {33, 1000, 330},
     };
     for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
         pf_config_outlier od = {.max_ejection_percent = rows[i].percent};
@@ -474,7 +473,8 @@ static void test_discovery_and_check_verdicts_combine(void) {
     /* the failing endpoint's port starts listening: back after healthy_threshold passes, with
      * healthy_since_ms set for slow start */
     int dfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
                              .sin_port = htons((uint16_t)atoi(strchr(down, ':') + 1))};
     int one = 1;
     setsockopt(dfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -485,8 +485,9 @@ static void test_discovery_and_check_verdicts_combine(void) {
         const pf_endpoint *ep = effective_ep(&r, down, &set);
         CU_ASSERT_FATAL(ep != NULL);
         uint64_t since = atomic_load(&ep->stats->healthy_since_ms);
-        PF_CHECK(since >= before && since <= pf_now_ms(), "healthy_since_ms %llu not in [%llu, now]",
-                 (unsigned long long)since, (unsigned long long)before);
+        PF_CHECK(since >= before && since <= pf_now_ms(),
+                 "healthy_since_ms %llu not in [%llu, now]", (unsigned long long)since,
+                 (unsigned long long)before);
         discovery_set_unref(set);
     }
     close(dfd);
@@ -506,8 +507,9 @@ static void test_unhealthy_until_proven(void) {
     int lfd = listen_any(up, sizeof up);
     CU_ASSERT_FATAL(lfd >= 0);
     rig r;
-    CU_ASSERT_FATAL(rig_init(&r, "'127.0.0.1:1'",
-                             ",'health_check':{'type':'tcp','interval':'20ms','initial':'unhealthy'}"));
+    CU_ASSERT_FATAL(
+        rig_init(&r, "'127.0.0.1:1'",
+                 ",'health_check':{'type':'tcp','interval':'20ms','initial':'unhealthy'}"));
     pf_endpoint ep = endpoint(up, true);
     publish(r.discovered, &ep, 1);
     CU_ASSERT_FALSE(is_healthy(&r, up));
@@ -577,8 +579,9 @@ static void test_gateway_failures_have_their_own_threshold(void) {
     report(&r, three[1], PF_HEALTH_GATEWAY_FAILURE, 2);
     PF_CHECK(run_until(&r, pred_unhealthy, three[1], 1000), "not ejected after 2 gateway failures");
     char buf[160];
-    PF_CHECK(strstr(describe(&r, three[1], buf, sizeof buf, NULL), "(2 consecutive gateway failures)"),
-             "describe: %s", buf);
+    PF_CHECK(
+        strstr(describe(&r, three[1], buf, sizeof buf, NULL), "(2 consecutive gateway failures)"),
+        "describe: %s", buf);
     rig_free(&r);
 }
 
@@ -630,7 +633,8 @@ static bool pred_ejections(rig *r, const void *arg) {
     const pf_endpoint *ep = effective_ep(r, three[0], &set);
     json_t *o = json_object();
     health_describe(r->h, ep, o);
-    json_int_t n = json_integer_value(json_object_get(json_object_get(o, "outlier"), "ejections_total"));
+    json_int_t n =
+        json_integer_value(json_object_get(json_object_get(o, "outlier"), "ejections_total"));
     bool ejected = json_is_true(json_object_get(json_object_get(o, "outlier"), "ejected"));
     json_decref(o);
     discovery_set_unref(set);

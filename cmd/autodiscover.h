@@ -1,0 +1,20 @@
+/* Kubernetes auto-discovery glue: turns the Service ports discovery/ finds into proxy
+ * clusters created and retired at run time, and into the service-route table that maps
+ * svc, svc.ns, svc.ns.svc and svc.ns.svc.<cluster domain> (with or without a port) to
+ * them. Lives in cmd/ because it is the only place that knows both discovery and proxy. */
+#ifndef PF_CMD_AUTODISCOVER_H
+#define PF_CMD_AUTODISCOVER_H
+
+#include "core/error.h"
+#include "discovery/kubernetes.h"
+#include "proxy/proxy.h"
+
+typedef struct pf_autodiscover pf_autodiscover;
+
+/* Registers the callbacks on `k8s` (before discovery_k8s_start). proxy and k8s are
+ * borrowed and must outlive the returned object. Returns NULL with err set. Main thread. */
+pf_autodiscover *autodiscover_new(pf_proxy *proxy, pf_k8s *k8s, const char *cluster_domain,
+                                  pf_error *err);
+void autodiscover_free(pf_autodiscover *ad);
+
+#endif

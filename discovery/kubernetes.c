@@ -1,0 +1,1722 @@
+/* Kubernetes discovery at run time: libcurl's multi interface on the main loop, list and
+ * watch loops per resource and scope, the stores they keep, and the clusters built from
+ * them.
+ *
+ * Flow: a watch (k8s_watch) lists its resource page by page, applies the list to its store
+ * as a diff, then watches from the list's resourceVersion. Every change to a store updates
+ * the view (k8s_view: one configured cluster's Service, or an auto-discovered namespace)
+ * that owns the watch, which marks the Services touched as dirty; a deferred event then
+ * rebuilds and publishes their clusters' endpoint sets (equal sets publish nothing, so
+ * relists and moves between slices never flap). Everything runs on the main thread: curl
+ * calls back from curl_multi_socket_action, which only our libevent callbacks call. */
+#include "discovery/kubernetes.h"
+#include "core/log.h"
+#include "core/time.h"
+#include "discovery/dns.h"
+#include "discovery/kubernetes_int.h"
+#include "discovery/kubernetes_map.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+
+#define TOKEN_MAX (16u * 1024u)       /* bound service-account tokens are ~1 KiB */
+#define ERROR_BODY_MAX (64u * 1024u)  /* a Status body; the rest is dropped */
+#define WATCH_MIN_TIMEOUT_S 300       /* watches end server-side after 5-10 min, like client-go */
+#define WATCH_MAX_TIMEOUT_S 600
+#define WATCH_HEALTHY_MS 1000         /* a watch that lasted this long resets the backoff */
+#define URL_MAX 4096
+
+static const char *const status_text[PF_K8S_STATUS_COUNT] = {
+    [PF_K8S_OK] = "success",
+    [PF_K8S_EUNAUTHORIZED] = "401 Unauthorized: the token is missing, wrong or expired",
+    [PF_K8S_EFORBIDDEN] = "403 Forbidden: RBAC refused the request",
+    [PF_K8S_EGONE] = "410 Gone: the resourceVersion is too old; relisting",
+    [PF_K8S_EHTTP] = "the API server answered with an error status",
+    [PF_K8S_ETRANSPORT] = "cannot talk to the API server (connect, TLS or read failed)",
+    [PF_K8S_ETIMEOUT] = "the request timed out",
+    [PF_K8S_ESTALLED] = "the watch stalled: nothing arrived, not even a bookmark",
+    [PF_K8S_EMALFORMED] = "the API server sent malformed JSON",
+    [PF_K8S_ETOOLONG] = "a watch event or list page exceeded its configured bound",
+    [PF_K8S_ECLOSED] = "the API server ended the watch",
+    [PF_K8S_ENOMEM] = "out of memory",
+};
+
+const char *discovery_k8s_strerror(int status) {
+    if (status >= 0 && status < PF_K8S_STATUS_COUNT)
+        return status_text[status];
+    return "unknown Kubernetes status";
+}
+
+/* Error counters by code: the HTTP statuses worth telling apart, then ours. */
+static const int http_codes[] = {400, 401, 403, 404, 409, 410, 422, 429, 500, 502, 503, 504};
+#define HTTP_CODE_COUNT (sizeof http_codes / sizeof http_codes[0])
+static const char *const failure_labels[] = {"other_http", "transport", "timeout", "stalled",
+                                             "malformed",  "too_long"};
+enum { FAIL_OTHER_HTTP, FAIL_TRANSPORT, FAIL_TIMEOUT, FAIL_STALLED, FAIL_MALFORMED, FAIL_TOOLONG };
+#define FAILURE_COUNT (sizeof failure_labels / sizeof failure_labels[0])
+
+static const char *const resource_names[K8S_KIND_COUNT] = {[K8S_KIND_SERVICE] = "services",
+                                                            [K8S_KIND_SLICE] = "endpointslices"};
+/* RBAC names for the 403 message. */
+static const char *const resource_rbac[K8S_KIND_COUNT] = {
+    [K8S_KIND_SERVICE] = "services (core API group)",
+    [K8S_KIND_SLICE] = "endpointslices.discovery.k8s.io"};
+
+typedef struct k8s_view k8s_view;
+typedef struct k8s_watch k8s_watch;
+typedef struct k8s_svc k8s_svc;
+
+typedef struct k8s_sock {
+    curl_socket_t fd;
+    struct event *ev;
+} k8s_sock;
+
+/* One HTTP request in flight: a list page or a watch stream. */
+typedef struct k8s_req {
+    k8s_watch *w;
+    CURL *easy;
+    struct curl_slist *headers;
+    bool watch;
+    long status;
+    char *body; /* list page or error Status */
+    size_t len, cap, max;
+    k8s_lines lines;
+    int abort; /* pf_k8s_status that made on_write stop the transfer */
+    char abort_why[K8S_WHY_MAX];
+    uint64_t started_ms;
+    size_t events;
+    char errbuf[CURL_ERROR_SIZE];
+} k8s_req;
+
+enum { W_IDLE, W_LISTING, W_WATCHING, W_WAITING };
+
+struct k8s_watch {
+    pf_k8s *k;
+    k8s_view *view;
+    k8s_kind kind;
+    char selector[512]; /* "&labelSelector=..." or "&fieldSelector=...", encoded; or "" */
+    char scope[160];    /* for logs: namespace and selector */
+    k8s_map store;      /* key -> k8s_object */
+    k8s_map fresh;      /* the list being paged in */
+    char rv[K8S_RV_MAX];
+    char *cont; /* continue token of the next page */
+    int state;
+    bool synced;
+    bool need_list; /* the next step is a list (start, 410, failed list), not a watch */
+    k8s_req *req;
+    struct event *timer; /* next list or watch */
+    struct event *stall;
+    unsigned failures;
+    bool forbidden_logged;
+    uint64_t last_event_ms, last_event_wall_us;
+    pf_counter *connects, *relists, *events[K8S_EV_COUNT];
+};
+
+/* One cluster fed by one port of one Service. */
+typedef struct k8s_binding {
+    k8s_svc *svc;
+    char cluster_name[PF_NAME_MAX];
+    const pf_config_cluster *cluster;
+    pf_config_cluster *owned; /* auto-discovered: our copy of the template */
+    pf_endpoint_slot *slot;
+    char want_name[PF_K8S_NAME_MAX];
+    uint32_t want_number;
+    size_t cookie;
+    uint16_t svc_port; /* auto: the Service port */
+    bool is_default;
+    /* ExternalName: a resolver of our own publishing into slot */
+    pf_dns *dns;
+    pf_config_cluster *dns_cfg;
+    bool published;
+    size_t endpoints;
+    bool using_terminating;
+    uint64_t publishes;
+    char last_error[PF_ERROR_MAX];
+    uint64_t last_error_wall_us;
+    struct k8s_binding *next;
+} k8s_binding;
+
+struct k8s_svc {
+    k8s_view *view;
+    char key[K8S_KEY_MAX]; /* "ns/name" */
+    char ns[PF_K8S_NAME_MAX];
+    char name[PF_K8S_NAME_MAX];
+    const k8s_object *service; /* borrowed from the view's services store */
+    const k8s_slice **slices;  /* borrowed from the slices store */
+    const k8s_object **slice_objs;
+    size_t slice_count, slice_cap;
+    k8s_binding *bindings;
+    bool dirty;
+    bool pinned; /* a configured cluster's Service: kept even when nothing exists */
+    k8s_svc *next_dirty;
+};
+
+struct k8s_view {
+    pf_k8s *k;
+    bool auto_discover;
+    char ns[PF_K8S_NAME_MAX]; /* "" : all namespaces */
+    k8s_watch *watches[K8S_KIND_COUNT];
+    k8s_map svcs; /* "ns/name" -> k8s_svc */
+    uint64_t pending_since_us; /* first change not yet published */
+};
+
+struct pf_k8s {
+    struct event_base *base;
+    const pf_config *cfg;
+    const pf_config_kubernetes *kc;
+    pf_metrics *metrics;
+    pf_metrics *dns_metrics; /* never rendered: ExternalName resolvers register here */
+    char api[PF_K8S_TEXT_MAX];
+    char token_file[PF_K8S_TEXT_MAX];
+    char ca_file[PF_K8S_TEXT_MAX];
+    char ns[PF_K8S_NAME_MAX];
+    char *token;
+    bool token_warned;
+    CURLM *multi;
+    struct event *curl_timer;
+    struct event *flush;
+    k8s_view **views;
+    size_t view_count;
+    k8s_svc *dirty;
+    pf_k8s_auto_callbacks cb;
+    bool auto_on;
+    bool routes_changed;
+    bool started, stopping;
+    uint64_t rng[2];
+    pf_counter *http_errors[HTTP_CODE_COUNT];
+    pf_counter *failures[FAILURE_COUNT];
+    pf_histogram *event_to_publish;
+};
+
+/* ---- small helpers --------------------------------------------------------------------- */
+
+static uint64_t k8s_random(pf_k8s *k) {
+    /* xorshift128+: jitter only, no secrets */
+    uint64_t s1 = k->rng[0];
+    const uint64_t s0 = k->rng[1];
+    k->rng[0] = s0;
+    s1 ^= s1 << 23;
+    k->rng[1] = s1 ^ s0 ^ (s1 >> 18) ^ (s0 >> 5);
+    return k->rng[1] + s0;
+}
+
+/* Exponential backoff with "equal jitter": half fixed, half random, capped. */
+static uint64_t backoff_ms(pf_k8s *k, unsigned failures) {
+    uint64_t d = k->kc->backoff_base_ms;
+    for (unsigned i = 1; i < failures && d < k->kc->backoff_max_ms; i++)
+        d *= 2;
+    if (d > k->kc->backoff_max_ms)
+        d = k->kc->backoff_max_ms;
+    return d / 2 + (d > 1 ? k8s_random(k) % (d / 2 + 1) : 0);
+}
+
+static void count_http(pf_k8s *k, long status) {
+    for (size_t i = 0; i < HTTP_CODE_COUNT; i++) {
+        if (http_codes[i] == status) {
+            metrics_inc(k->http_errors[i], 1);
+            return;
+        }
+    }
+    metrics_inc(k->failures[FAIL_OTHER_HTTP], 1);
+}
+
+/* Reads a small text file whole, without the trailing newline. Returns a malloc'd string
+ * or NULL (errno set). */
+static char *read_small_file(const char *path, size_t max) {
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return NULL;
+    char *buf = malloc(max + 1);
+    size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
+    int failed = ferror(f);
+    fclose(f);
+    if (!buf || failed || n > max) {
+        free(buf);
+        errno = failed ? EIO : EFBIG;
+        return NULL;
+    }
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+        n--;
+    buf[n] = '\0';
+    return buf;
+}
+
+/* The token is read before every request: bound service-account tokens rotate (the kubelet
+ * rewrites the file), and the one read after a 401 is the fix for it. */
+static void refresh_token(pf_k8s *k) {
+    if (!k->token_file[0])
+        return;
+    char *t = read_small_file(k->token_file, TOKEN_MAX);
+    if (!t) {
+        if (!k->token_warned)
+            log_warn("kubernetes: cannot read the token file=%s error=\"%s\"; keeping the "
+                     "previous token",
+                     k->token_file, strerror(errno));
+        k->token_warned = true;
+        return;
+    }
+    k->token_warned = false;
+    free(k->token);
+    k->token = t;
+}
+
+static bool url_unreserved(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '.' || c == '_' || c == '~';
+}
+
+/* Percent-encodes s into out; false when it does not fit. */
+static bool url_encode(char *out, size_t cap, const char *s) {
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (o + 4 > cap)
+            return false;
+        if (url_unreserved(c)) {
+            out[o++] = (char)c;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+    }
+    out[o] = '\0';
+    return true;
+}
+
+/* ---- curl on libevent ------------------------------------------------------------------- */
+
+static void check_done(pf_k8s *k);
+
+static void on_sock_event(evutil_socket_t fd, short what, void *arg) {
+    pf_k8s *k = arg;
+    int running = 0;
+    int flags = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    curl_multi_socket_action(k->multi, fd, flags, &running);
+    check_done(k);
+}
+
+static void on_curl_timeout(evutil_socket_t fd, short what, void *arg) {
+    pf_k8s *k = arg;
+    int running = 0;
+    curl_multi_socket_action(k->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(k);
+}
+
+static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
+    pf_k8s *k = userp;
+    k8s_sock *s = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (s) {
+            event_free(s->ev);
+            free(s);
+        }
+        curl_multi_assign(k->multi, fd, NULL);
+        return 0;
+    }
+    short kind = (short)(EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) |
+                         ((what & CURL_POLL_OUT) ? EV_WRITE : 0));
+    if (!s) {
+        if (!(s = calloc(1, sizeof *s)))
+            return -1;
+        s->fd = fd;
+        curl_multi_assign(k->multi, fd, s);
+    } else {
+        event_free(s->ev);
+    }
+    s->ev = event_new(k->base, fd, kind, on_sock_event, k);
+    if (!s->ev || event_add(s->ev, NULL) != 0)
+        return -1;
+    return 0;
+}
+
+static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp) {
+    pf_k8s *k = userp;
+    if (timeout_ms < 0) {
+        evtimer_del(k->curl_timer);
+    } else {
+        struct timeval tv = pf_timeval_ms((uint64_t)timeout_ms);
+        evtimer_add(k->curl_timer, &tv);
+    }
+    return 0;
+}
+
+/* ---- views: stores -> Services -> clusters ---------------------------------------------- */
+
+static void schedule_flush(pf_k8s *k) {
+    if (!k->stopping)
+        event_active(k->flush, EV_TIMEOUT, 0);
+}
+
+static void mark_dirty(k8s_svc *s) {
+    k8s_view *v = s->view;
+    if (!v->pending_since_us)
+        v->pending_since_us = pf_now_us();
+    if (!s->dirty) {
+        s->dirty = true;
+        s->next_dirty = v->k->dirty;
+        v->k->dirty = s;
+    }
+    schedule_flush(v->k);
+}
+
+static k8s_svc *svc_get(k8s_view *v, const char *ns, const char *name, bool create) {
+    char key[K8S_KEY_MAX];
+    snprintf(key, sizeof key, "%s/%s", ns, name);
+    k8s_svc *s = k8s_map_get(&v->svcs, key);
+    if (s || !create)
+        return s;
+    if (!(s = calloc(1, sizeof *s)))
+        return NULL;
+    s->view = v;
+    memcpy(s->key, key, sizeof key);
+    snprintf(s->ns, sizeof s->ns, "%s", ns);
+    snprintf(s->name, sizeof s->name, "%s", name);
+    if (k8s_map_put(&v->svcs, s->key, s, NULL) != PF_OK) {
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static void svc_remove_slice(k8s_svc *s, const k8s_object *obj) {
+    for (size_t i = 0; i < s->slice_count; i++) {
+        if (s->slice_objs[i] == obj) {
+            s->slice_objs[i] = s->slice_objs[s->slice_count - 1];
+            s->slices[i] = s->slices[s->slice_count - 1];
+            s->slice_count--;
+            return;
+        }
+    }
+}
+
+static int svc_add_slice(k8s_svc *s, const k8s_object *obj) {
+    if (s->slice_count == s->slice_cap) {
+        size_t cap = s->slice_cap ? s->slice_cap * 2 : 4;
+        const k8s_slice **a = realloc(s->slices, cap * sizeof *a);
+        if (!a)
+            return PF_ENOMEM;
+        s->slices = a;
+        const k8s_object **b = realloc(s->slice_objs, cap * sizeof *b);
+        if (!b)
+            return PF_ENOMEM;
+        s->slice_objs = b;
+        s->slice_cap = cap;
+    }
+    s->slices[s->slice_count] = &obj->u.slice;
+    s->slice_objs[s->slice_count++] = obj;
+    return PF_OK;
+}
+
+/* A store changed from old to new (either may be NULL); called before old is freed. */
+static void view_changed(k8s_view *v, const k8s_object *old, const k8s_object *new) {
+    const k8s_object *any = new ? new : old;
+    if (any->kind == K8S_KIND_SERVICE) {
+        k8s_svc *s = svc_get(v, any->ns, any->name, new != NULL);
+        if (s) {
+            s->service = new;
+            mark_dirty(s);
+        }
+        return;
+    }
+    if (old && old->u.slice.service[0]) {
+        k8s_svc *s = svc_get(v, old->ns, old->u.slice.service, false);
+        if (s) {
+            svc_remove_slice(s, old);
+            mark_dirty(s);
+        }
+    }
+    if (new && new->u.slice.service[0]) {
+        k8s_svc *s = svc_get(v, new->ns, new->u.slice.service, true);
+        if (s && svc_add_slice(s, new) == PF_OK)
+            mark_dirty(s);
+        else
+            log_error("kubernetes: out of memory indexing endpointslice %s", new->key);
+    }
+}
+
+static void mark_all_dirty_cb(void *arg, void *value) {
+    mark_dirty(value);
+}
+
+/* ---- watches: list, watch, backoff -------------------------------------------------------- */
+
+static void watch_schedule(k8s_watch *w, uint64_t delay_ms);
+static void watch_list(k8s_watch *w);
+static void free_object_cb(void *arg, void *value);
+static void watch_watch(k8s_watch *w);
+
+static void watch_note_error(k8s_watch *w, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Remembers the latest failure for /clusters on every binding the watch feeds. */
+static void note_cb(void *arg, void *value) {
+    const char *msg = arg;
+    k8s_svc *s = value;
+    for (k8s_binding *b = s->bindings; b; b = b->next) {
+        snprintf(b->last_error, sizeof b->last_error, "%s", msg);
+        b->last_error_wall_us = pf_wall_us();
+    }
+}
+
+static void watch_note_error(k8s_watch *w, const char *fmt, ...) {
+    char msg[PF_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    k8s_map_each(&w->view->svcs, note_cb, msg);
+}
+
+static k8s_req *req_new(k8s_watch *w, const char *url, bool watch) {
+    pf_k8s *k = w->k;
+    k8s_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->w = w;
+    r->watch = watch;
+    r->started_ms = pf_now_ms();
+    r->max = watch ? ERROR_BODY_MAX : k->kc->max_list_bytes;
+    k8s_lines_init(&r->lines, k->kc->max_line_bytes);
+    refresh_token(k);
+    char auth[TOKEN_MAX + 32];
+    r->headers = curl_slist_append(NULL, "Accept: application/json");
+    if (r->headers && k->token && k->token[0]) {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", k->token);
+        struct curl_slist *h = curl_slist_append(r->headers, auth);
+        if (h)
+            r->headers = h;
+    }
+    r->easy = curl_easy_init();
+    if (!r->easy || !r->headers) {
+        curl_slist_free_all(r->headers);
+        if (r->easy)
+            curl_easy_cleanup(r->easy);
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void req_free(k8s_req *r) {
+    if (!r)
+        return;
+    if (r->easy) {
+        curl_multi_remove_handle(r->w->k->multi, r->easy);
+        curl_easy_cleanup(r->easy);
+    }
+    curl_slist_free_all(r->headers);
+    k8s_lines_free(&r->lines);
+    free(r->body);
+    free(r);
+}
+
+static size_t on_write(char *data, size_t size, size_t nmemb, void *arg);
+
+static int req_start(k8s_req *r, const char *url) {
+    pf_k8s *k = r->w->k;
+    CURL *e = r->easy;
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "pilotfish");
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    /* TLS is always verified, against the cluster CA when we have one. */
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (k->ca_file[0])
+        curl_easy_setopt(e, CURLOPT_CAINFO, k->ca_file);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)k->kc->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    if (!r->watch)
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)k->kc->request_timeout_ms);
+    if (curl_multi_add_handle(k->multi, e) != CURLM_OK)
+        return PF_ENOMEM;
+    return PF_OK;
+}
+
+static void base_path(const k8s_watch *w, char *out, size_t cap) {
+    const char *group = w->kind == K8S_KIND_SLICE ? "apis/discovery.k8s.io/v1" : "api/v1";
+    if (w->view->ns[0])
+        snprintf(out, cap, "%s/%s/namespaces/%s/%s", w->k->api, group, w->view->ns,
+                 resource_names[w->kind]);
+    else
+        snprintf(out, cap, "%s/%s/%s", w->k->api, group, resource_names[w->kind]);
+}
+
+static void stall_arm(k8s_watch *w) {
+    struct timeval tv = pf_timeval_ms(w->k->kc->stall_timeout_ms);
+    evtimer_add(w->stall, &tv);
+}
+
+static void watch_list(k8s_watch *w) {
+    char path[URL_MAX / 2], url[URL_MAX], cont[URL_MAX / 2] = "";
+    base_path(w, path, sizeof path);
+    if (w->cont && !url_encode(cont, sizeof cont, w->cont)) {
+        free(w->cont);
+        w->cont = NULL;
+        cont[0] = '\0';
+    }
+    if (!w->cont) {
+        k8s_map_each(&w->fresh, free_object_cb, NULL);
+        k8s_map_clear(&w->fresh);
+    }
+    snprintf(url, sizeof url, "%s?limit=%u%s%s%s", path, w->k->kc->page_size, w->selector,
+             cont[0] ? "&continue=" : "", cont);
+    k8s_req *r = req_new(w, url, false);
+    if (!r || req_start(r, url) != PF_OK) {
+        req_free(r);
+        log_error("kubernetes: out of memory starting a list of %s", resource_names[w->kind]);
+        watch_schedule(w, backoff_ms(w->k, ++w->failures));
+        return;
+    }
+    w->req = r;
+    w->state = W_LISTING;
+    log_debug("kubernetes: list resource=%s scope=\"%s\" page=%s", resource_names[w->kind],
+              w->scope, w->cont ? "next" : "first");
+}
+
+static void watch_watch(k8s_watch *w) {
+    char path[URL_MAX / 2], url[URL_MAX], rv[K8S_RV_MAX * 3 + 1];
+    base_path(w, path, sizeof path);
+    url_encode(rv, sizeof rv, w->rv);
+    unsigned timeout =
+        WATCH_MIN_TIMEOUT_S + (unsigned)(k8s_random(w->k) % (WATCH_MAX_TIMEOUT_S - WATCH_MIN_TIMEOUT_S));
+    snprintf(url, sizeof url,
+             "%s?watch=1&allowWatchBookmarks=true&resourceVersion=%s&timeoutSeconds=%u%s", path, rv,
+             timeout, w->selector);
+    k8s_req *r = req_new(w, url, true);
+    if (!r || req_start(r, url) != PF_OK) {
+        req_free(r);
+        log_error("kubernetes: out of memory starting a watch of %s", resource_names[w->kind]);
+        watch_schedule(w, backoff_ms(w->k, ++w->failures));
+        return;
+    }
+    w->req = r;
+    w->state = W_WATCHING;
+    metrics_inc(w->connects, 1);
+    stall_arm(w);
+    log_debug("kubernetes: watch resource=%s scope=\"%s\" resource_version=%s",
+              resource_names[w->kind], w->scope, w->rv);
+}
+
+static void on_watch_timer(evutil_socket_t fd, short what, void *arg) {
+    k8s_watch *w = arg;
+    if (w->k->stopping)
+        return;
+    if (w->need_list || !w->rv[0])
+        watch_list(w);
+    else
+        watch_watch(w);
+}
+
+static void watch_schedule(k8s_watch *w, uint64_t delay_ms) {
+    w->state = W_WAITING;
+    struct timeval tv = pf_timeval_ms(delay_ms);
+    evtimer_add(w->timer, &tv);
+}
+
+/* Applies one object change to the store and the view. Takes `obj` (may be NULL for a
+ * deletion of `key`). */
+static void store_apply(k8s_watch *w, const char *key, k8s_object *obj) {
+    k8s_object *old = NULL;
+    if (obj) {
+        if (k8s_map_put(&w->store, obj->key, obj, (void **)&old) != PF_OK) {
+            log_error("kubernetes: out of memory storing %s", obj->key);
+            k8s_object_free(obj);
+            return;
+        }
+    } else {
+        old = k8s_map_del(&w->store, key);
+        if (!old)
+            return;
+    }
+    view_changed(w->view, old, obj);
+    k8s_object_free(old);
+}
+
+typedef struct diff_ctx {
+    k8s_watch *w;
+    char **gone;
+    size_t gone_count;
+    bool oom;
+} diff_ctx;
+
+static void collect_gone(void *arg, void *value) {
+    diff_ctx *d = arg;
+    k8s_object *o = value;
+    if (d->oom || k8s_map_get(&d->w->fresh, o->key))
+        return;
+    char **g = realloc(d->gone, (d->gone_count + 1) * sizeof *g);
+    if (!g || !(g[d->gone_count] = strdup(o->key))) {
+        d->gone = g ? g : d->gone;
+        d->oom = true;
+        return;
+    }
+    d->gone = g;
+    d->gone_count++;
+}
+
+static void collect_fresh(void *arg, void *value) {
+    k8s_object ***list = arg;
+    *(*list)++ = value;
+}
+
+/* A finished list becomes the store as a diff: unchanged objects (same resourceVersion)
+ * are kept as they are, so the clusters they feed see no change and publish nothing. */
+static void apply_list(k8s_watch *w) {
+    diff_ctx d = {.w = w};
+    k8s_map_each(&w->store, collect_gone, &d);
+    for (size_t i = 0; i < d.gone_count; i++) {
+        store_apply(w, d.gone[i], NULL);
+        free(d.gone[i]);
+    }
+    free(d.gone);
+    size_t n = w->fresh.count;
+    k8s_object **all = calloc(n ? n : 1, sizeof *all), **end = all;
+    if (!all) {
+        log_error("kubernetes: out of memory applying a list of %s", resource_names[w->kind]);
+        return;
+    }
+    k8s_map_each(&w->fresh, collect_fresh, &end);
+    k8s_map_clear(&w->fresh);
+    size_t changed = 0;
+    for (size_t i = 0; i < n; i++) {
+        k8s_object *old = k8s_map_get(&w->store, all[i]->key);
+        if (old && all[i]->rv[0] && strcmp(old->rv, all[i]->rv) == 0) {
+            k8s_object_free(all[i]);
+            continue;
+        }
+        changed++;
+        store_apply(w, all[i]->key, all[i]);
+    }
+    free(all);
+    log_info("kubernetes: listed resource=%s scope=\"%s\" objects=%zu changed=%zu deleted=%zu "
+             "resource_version=%s",
+             resource_names[w->kind], w->scope, n, changed, d.gone_count, w->rv);
+}
+
+/* ---- responses -------------------------------------------------------------------------- */
+
+static int on_line(void *arg, const char *line, size_t len) {
+    k8s_req *r = arg;
+    k8s_watch *w = r->w;
+    char why[K8S_WHY_MAX];
+    k8s_event ev;
+    if (k8s_event_parse(line, len, &ev, why) != PF_OK) {
+        snprintf(r->abort_why, sizeof r->abort_why, "%s", why);
+        return PF_K8S_EMALFORMED;
+    }
+    int rc = 0;
+    metrics_inc(w->events[ev.type], 1);
+    w->last_event_ms = pf_now_ms();
+    w->last_event_wall_us = pf_wall_us();
+    r->events++;
+    switch (ev.type) {
+    case K8S_EV_ERROR:
+        snprintf(r->abort_why, sizeof r->abort_why, "ERROR event %d %.200s", ev.code,
+                 ev.message);
+        if (ev.code) count_http(w->k, ev.code);
+        rc = ev.code == 410 ? PF_K8S_EGONE : PF_K8S_EHTTP;
+        break;
+    case K8S_EV_BOOKMARK:
+        break;
+    case K8S_EV_DELETED:
+    case K8S_EV_ADDED:
+    case K8S_EV_MODIFIED: {
+        k8s_object *obj = NULL;
+        int prc = k8s_object_parse(ev.object, w->kind, &obj, why);
+        if (prc == PF_ENOMEM) {
+            snprintf(r->abort_why, sizeof r->abort_why, "out of memory");
+            rc = PF_K8S_ENOMEM;
+            break;
+        }
+        if (prc != PF_OK) {
+            /* One bad object is skipped, not a reason to drop the stream. */
+            metrics_inc(w->k->failures[FAIL_MALFORMED], 1);
+            log_debug("kubernetes: skipped an object resource=%s why=\"%s\"",
+                      resource_names[w->kind], why);
+            break;
+        }
+        if (ev.type == K8S_EV_DELETED) {
+            char key[K8S_KEY_MAX];
+            memcpy(key, obj->key, sizeof key);
+            k8s_object_free(obj);
+            store_apply(w, key, NULL);
+        } else {
+            store_apply(w, obj->key, obj);
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    if (rc == 0 && ev.rv[0])
+        snprintf(w->rv, sizeof w->rv, "%s", ev.rv);
+    json_decref(ev.root);
+    return rc;
+}
+
+static size_t on_write(char *data, size_t size, size_t nmemb, void *arg) {
+    k8s_req *r = arg;
+    size_t n = size * nmemb;
+    if (!r->status)
+        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
+    if (r->watch && r->status == 200) {
+        stall_arm(r->w);
+        int rc = k8s_lines_feed(&r->lines, data, n, on_line, r);
+        if (rc == 0)
+            return n;
+        if (rc == K8S_ELINE) {
+            r->abort = PF_K8S_ETOOLONG;
+            snprintf(r->abort_why, sizeof r->abort_why, "a watch event is longer than %u bytes",
+                     r->w->k->kc->max_line_bytes);
+        } else {
+            r->abort = rc == PF_ENOMEM ? PF_K8S_ENOMEM : rc;
+        }
+        return 0; /* curl ends the transfer with CURLE_WRITE_ERROR */
+    }
+    if (r->len + n > r->max) {
+        if (r->status == 200) {
+            r->abort = PF_K8S_ETOOLONG;
+            snprintf(r->abort_why, sizeof r->abort_why, "a list page is larger than %zu bytes",
+                     r->max);
+            return 0;
+        }
+        n = r->max - r->len; /* an error body: keep its start */
+        if (n == 0)
+            return size * nmemb;
+    }
+    if (r->len + n + 1 > r->cap) {
+        size_t cap = r->cap ? r->cap : 16384;
+        while (cap < r->len + n + 1)
+            cap *= 2;
+        char *b = realloc(r->body, cap);
+        if (!b) {
+            r->abort = PF_K8S_ENOMEM;
+            return 0;
+        }
+        r->body = b;
+        r->cap = cap;
+    }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+    r->body[r->len] = '\0';
+    return size * nmemb;
+}
+
+/* Parses a list page into w->fresh; returns PF_K8S_OK or PF_K8S_EMALFORMED/ENOMEM. */
+static int take_page(k8s_watch *w, k8s_req *r, char *why, size_t cap) {
+    json_error_t jerr;
+    json_t *root = r->body ? json_loadb(r->body, r->len, 0, &jerr) : NULL;
+    json_t *items = json_object_get(root, "items");
+    json_t *meta = json_object_get(root, "metadata");
+    if (!root || !(json_is_array(items) || json_is_null(items)) || !json_is_object(meta)) {
+        snprintf(why, cap, "list body is not a list: %s", root ? "no items or metadata" : jerr.text);
+        json_decref(root);
+        return PF_K8S_EMALFORMED;
+    }
+    for (size_t i = 0; i < json_array_size(items); i++) {
+        char pwhy[K8S_WHY_MAX];
+        k8s_object *obj = NULL, *old = NULL;
+        int rc = k8s_object_parse(json_array_get(items, i), w->kind, &obj, pwhy);
+        if (rc == PF_ENOMEM) {
+            json_decref(root);
+            return PF_K8S_ENOMEM;
+        }
+        if (rc != PF_OK) {
+            metrics_inc(w->k->failures[FAIL_MALFORMED], 1);
+            log_debug("kubernetes: skipped an object resource=%s why=\"%s\"",
+                      resource_names[w->kind], pwhy);
+            continue;
+        }
+        if (k8s_map_put(&w->fresh, obj->key, obj, (void **)&old) != PF_OK) {
+            k8s_object_free(obj);
+            json_decref(root);
+            return PF_K8S_ENOMEM;
+        }
+        k8s_object_free(old);
+    }
+    const char *rv = json_string_value(json_object_get(meta, "resourceVersion"));
+    const char *cont = json_string_value(json_object_get(meta, "continue"));
+    snprintf(w->rv, sizeof w->rv, "%s", rv ? rv : "");
+    free(w->cont);
+    w->cont = cont && *cont ? strdup(cont) : NULL;
+    json_decref(root);
+    return PF_K8S_OK;
+}
+
+/* The HTTP status of a failed request as a pf_k8s_status, logging 403 once. */
+static int http_failure(k8s_watch *w, k8s_req *r, const char *verb) {
+    pf_k8s *k = w->k;
+    int code = 0;
+    char message[K8S_WHY_MAX] = "";
+    json_t *status = r->body ? json_loadb(r->body, r->len, 0, NULL) : NULL;
+    if (status)
+        k8s_status_parse(status, &code, message, sizeof message);
+    json_decref(status);
+    count_http(k, r->status);
+    const char *ns = w->view->ns[0] ? w->view->ns : "all namespaces";
+    switch (r->status) {
+    case 401:
+        log_warn("kubernetes: %s %s in \"%s\": 401 Unauthorized; re-reading the token from %s "
+                 "and retrying (%s)",
+                 verb, resource_names[w->kind], ns, k->token_file[0] ? k->token_file : "(none)",
+                 message);
+        watch_note_error(w, "%s %s: 401 Unauthorized", verb, resource_names[w->kind]);
+        return PF_K8S_EUNAUTHORIZED;
+    case 403:
+        if (!w->forbidden_logged)
+            log_error("kubernetes: %s %s in \"%s\": 403 Forbidden; the service account needs "
+                      "get/list/watch on %s%s%s (%s)",
+                      verb, resource_names[w->kind], ns, resource_rbac[w->kind],
+                      w->view->ns[0] ? " in namespace " : " cluster-wide",
+                      w->view->ns[0] ? w->view->ns : "", message);
+        w->forbidden_logged = true;
+        watch_note_error(w, "%s %s in \"%s\": 403 Forbidden", verb, resource_names[w->kind], ns);
+        return PF_K8S_EFORBIDDEN;
+    case 410:
+        return PF_K8S_EGONE;
+    default:
+        log_warn("kubernetes: %s %s in \"%s\": HTTP %ld (%s); retrying", verb,
+                 resource_names[w->kind], ns, r->status, message);
+        watch_note_error(w, "%s %s: HTTP %ld %s", verb, resource_names[w->kind], r->status,
+                         message);
+        return PF_K8S_EHTTP;
+    }
+}
+
+static int transport_failure(k8s_watch *w, k8s_req *r, CURLcode cc, const char *verb) {
+    bool timeout = cc == CURLE_OPERATION_TIMEDOUT;
+    metrics_inc(w->k->failures[timeout ? FAIL_TIMEOUT : FAIL_TRANSPORT], 1);
+    log_warn("kubernetes: %s %s failed: %s; retrying server=%s", verb, resource_names[w->kind],
+             r->errbuf[0] ? r->errbuf : curl_easy_strerror(cc), w->k->api);
+    watch_note_error(w, "%s %s: %s", verb, resource_names[w->kind],
+                     r->errbuf[0] ? r->errbuf : curl_easy_strerror(cc));
+    return timeout ? PF_K8S_ETIMEOUT : PF_K8S_ETRANSPORT;
+}
+
+static void list_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
+    pf_k8s *k = w->k;
+    char why[K8S_WHY_MAX] = "";
+    int st;
+    if (r->abort)
+        st = r->abort;
+    else if (cc != CURLE_OK)
+        st = transport_failure(w, r, cc, "list");
+    else if (r->status != 200)
+        st = http_failure(w, r, "list");
+    else
+        st = take_page(w, r, why, sizeof why);
+    if (st == PF_K8S_ETOOLONG)
+        metrics_inc(k->failures[FAIL_TOOLONG], 1);
+    if (st == PF_K8S_EMALFORMED) {
+        metrics_inc(k->failures[FAIL_MALFORMED], 1);
+        log_warn("kubernetes: list %s: %s; retrying", resource_names[w->kind], why);
+    }
+    if (st == PF_K8S_OK) {
+        if (w->cont) {
+            watch_list(w); /* next page */
+            return;
+        }
+        if (w->synced)
+            metrics_inc(w->relists, 1);
+        apply_list(w);
+        w->failures = 0;
+        w->forbidden_logged = false;
+        w->need_list = false;
+        w->last_event_ms = pf_now_ms();
+        w->last_event_wall_us = pf_wall_us();
+        if (!w->synced) {
+            w->synced = true;
+            k8s_map_each(&w->view->svcs, mark_all_dirty_cb, NULL);
+        }
+        watch_watch(w);
+        return;
+    }
+    /* A continue token expires like a resourceVersion (410): start the list over. */
+    free(w->cont);
+    w->cont = NULL;
+    if (st == PF_K8S_ETOOLONG || st == PF_K8S_ENOMEM)
+        log_error("kubernetes: list %s: %s; retrying", resource_names[w->kind],
+                  r->abort_why[0] ? r->abort_why : discovery_k8s_strerror(st));
+    watch_schedule(w, st == PF_K8S_EGONE ? 0 : backoff_ms(k, ++w->failures));
+}
+
+static void watch_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
+    pf_k8s *k = w->k;
+    uint64_t lasted = pf_now_ms() - r->started_ms;
+    evtimer_del(w->stall);
+    int st;
+    if (r->abort)
+        st = r->abort;
+    else if (cc != CURLE_OK && r->status == 200 && cc != CURLE_OPERATION_TIMEDOUT)
+        st = transport_failure(w, r, cc, "watch");
+    else if (cc != CURLE_OK && r->status != 200)
+        st = transport_failure(w, r, cc, "watch");
+    else if (r->status != 200)
+        st = http_failure(w, r, "watch");
+    else
+        st = PF_K8S_ECLOSED;
+    switch (st) {
+    case PF_K8S_EGONE:
+        /* The resourceVersion was compacted away: relist, and apply it as a diff. */
+        log_info("kubernetes: watch %s: resourceVersion %s is gone (410); relisting",
+                 resource_names[w->kind], w->rv);
+        w->need_list = true;
+        watch_list(w);
+        return;
+    case PF_K8S_ECLOSED:
+        /* A normal end (timeoutSeconds, API server restart): resume from the last
+         * resourceVersion at once, unless streams keep ending right away. */
+        log_debug("kubernetes: watch ended resource=%s events=%zu lasted_ms=%llu",
+                  resource_names[w->kind], r->events, (unsigned long long)lasted);
+        if (lasted >= WATCH_HEALTHY_MS || r->events > 0) {
+            w->failures = 0;
+            watch_watch(w);
+        } else {
+            watch_schedule(w, backoff_ms(k, ++w->failures));
+        }
+        return;
+    case PF_K8S_EMALFORMED:
+        metrics_inc(k->failures[FAIL_MALFORMED], 1);
+        log_warn("kubernetes: watch %s: %s; resuming from resource_version=%s",
+                 resource_names[w->kind], r->abort_why, w->rv);
+        watch_note_error(w, "watch %s: %s", resource_names[w->kind], r->abort_why);
+        break;
+    case PF_K8S_ETOOLONG:
+        metrics_inc(k->failures[FAIL_TOOLONG], 1);
+        log_error("kubernetes: watch %s: %s; raise $.kubernetes.max_line_bytes if objects are "
+                  "this large",
+                  resource_names[w->kind], r->abort_why);
+        watch_note_error(w, "watch %s: %s", resource_names[w->kind], r->abort_why);
+        break;
+    case PF_K8S_EHTTP:
+        if (r->abort)
+            log_warn("kubernetes: watch %s: %s; resuming", resource_names[w->kind], r->abort_why);
+        break;
+    default:
+        break;
+    }
+    if (lasted >= WATCH_HEALTHY_MS && st != PF_K8S_EUNAUTHORIZED && st != PF_K8S_EFORBIDDEN)
+        w->failures = 0;
+    watch_schedule(w, backoff_ms(k, ++w->failures));
+}
+
+static void on_stall(evutil_socket_t fd, short what, void *arg) {
+    k8s_watch *w = arg;
+    if (!w->req || !w->req->watch)
+        return;
+    metrics_inc(w->k->failures[FAIL_STALLED], 1);
+    log_warn("kubernetes: watch %s stalled: nothing for %llums, not even a bookmark; "
+             "reconnecting from resource_version=%s",
+             resource_names[w->kind], (unsigned long long)w->k->kc->stall_timeout_ms, w->rv);
+    watch_note_error(w, "watch %s stalled", resource_names[w->kind]);
+    req_free(w->req);
+    w->req = NULL;
+    watch_schedule(w, backoff_ms(w->k, ++w->failures));
+}
+
+static void check_done(pf_k8s *k) {
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(k->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        k8s_req *r = NULL;
+        CURLcode cc = msg->data.result;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        if (!r)
+            continue;
+        if (!r->status)
+            curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
+        k8s_watch *w = r->w;
+        w->req = NULL;
+        w->state = W_IDLE;
+        if (r->watch)
+            watch_done(w, r, cc);
+        else
+            list_done(w, r, cc);
+        req_free(r);
+    }
+}
+
+/* ---- publishing ----------------------------------------------------------------------------- */
+
+static void binding_stop_dns(k8s_binding *b) {
+    discovery_dns_free(b->dns);
+    b->dns = NULL;
+    free(b->dns_cfg);
+    b->dns_cfg = NULL;
+}
+
+/* ExternalName: the cluster resolves the external name through DNS, on a resolver of its
+ * own (discovery/dns.h adds clusters only before start). */
+static void binding_external(k8s_binding *b, const k8s_service *svc) {
+    pf_k8s *k = b->svc->view->k;
+    uint32_t port = b->want_number ? b->want_number : b->svc_port;
+    for (size_t i = 0; !port && i < svc->port_count; i++)
+        if (b->want_name[0] ? strcmp(svc->ports[i].name, b->want_name) == 0
+                            : (int)i == k8s_default_port(svc))
+            port = (uint32_t)svc->ports[i].port;
+    if (b->dns && strcmp(b->dns_cfg->dns.name, svc->external_name) == 0 &&
+        b->dns_cfg->dns.port == port)
+        return;
+    binding_stop_dns(b);
+    if (!port) {
+        snprintf(b->last_error, sizeof b->last_error,
+                 "ExternalName Service %s has no port to dial; name one in \"port\"", b->svc->key);
+        b->last_error_wall_us = pf_wall_us();
+        discovery_slot_publish(b->slot, discovery_set_new(NULL, 0));
+        return;
+    }
+    pf_error err = {{0}};
+    b->dns_cfg = malloc(sizeof *b->dns_cfg);
+    if (b->dns_cfg) {
+        *b->dns_cfg = *b->cluster;
+        b->dns_cfg->endpoints = NULL;
+        b->dns_cfg->endpoint_count = 0;
+        pf_config_cluster_dns *d = &b->dns_cfg->dns;
+        snprintf(d->name, sizeof d->name, "%s", svc->external_name);
+        d->record = PF_DNS_RECORD_A;
+        d->port = (uint16_t)port;
+        d->min_refresh_ms = PF_DEFAULT_DNS_MIN_REFRESH_MS;
+        d->max_refresh_ms = PF_DEFAULT_DNS_MAX_REFRESH_MS;
+        d->hold_ms = PF_DEFAULT_DNS_HOLD_MS;
+        b->dns = discovery_dns_new(k->base, k->cfg, k->dns_metrics, &err);
+    }
+    if (!b->dns || discovery_dns_add(b->dns, b->dns_cfg, b->slot, &err) != PF_OK ||
+        discovery_dns_start(b->dns, &err) != PF_OK) {
+        log_error("kubernetes: ExternalName %s -> %s: %s", b->svc->key, svc->external_name,
+                  err.msg[0] ? err.msg : "out of memory");
+        binding_stop_dns(b);
+        return;
+    }
+    log_info("kubernetes: cluster=%s is ExternalName %s:%u, resolved through DNS",
+             b->cluster_name, svc->external_name, port);
+}
+
+static void binding_publish(k8s_binding *b) {
+    k8s_svc *s = b->svc;
+    k8s_view *v = s->view;
+    if (!v->watches[K8S_KIND_SERVICE]->synced || !v->watches[K8S_KIND_SLICE]->synced)
+        return;
+    const k8s_service *svc = s->service ? &s->service->u.service : NULL;
+    if (svc && svc->external) {
+        binding_external(b, svc);
+        return;
+    }
+    if (b->dns)
+        binding_stop_dns(b);
+    k8s_port_pick pick = k8s_pick_port(svc, b->want_name, b->want_number);
+    size_t total = 0;
+    for (size_t i = 0; i < s->slice_count; i++)
+        total += s->slices[i]->endpoint_count;
+    pf_endpoint *eps = calloc(total ? total : 1, sizeof *eps);
+    if (!eps) {
+        log_error("kubernetes: out of memory building cluster=%s", b->cluster_name);
+        return;
+    }
+    k8s_build_stats st;
+    size_t n = k8s_build_endpoints(s->slices, s->slice_count, &pick, eps, total, &st);
+    pf_endpoint_set *set = discovery_set_new(eps, n);
+    free(eps);
+    if (!set) {
+        log_error("kubernetes: out of memory building cluster=%s", b->cluster_name);
+        return;
+    }
+    if (st.used_terminating && !b->using_terminating)
+        log_info("kubernetes: cluster=%s has no ready endpoint; %zu terminating endpoints that "
+                 "still serve stand in",
+                 b->cluster_name, st.serving_only);
+    if (st.fqdn && !b->published)
+        log_warn("kubernetes: cluster=%s: %zu endpoints of FQDN EndpointSlices are left out "
+                 "(only IPv4 and IPv6 slices are used)",
+                 b->cluster_name, st.fqdn);
+    b->using_terminating = st.used_terminating;
+    b->endpoints = n;
+    b->published = true;
+    if (discovery_slot_publish(b->slot, set)) {
+        b->publishes++;
+        log_debug("kubernetes: published cluster=%s endpoints=%zu ready=%zu terminating=%zu "
+                  "resource_version=%s wall_us=%llu",
+                  b->cluster_name, n, st.ready, st.serving_only, v->watches[K8S_KIND_SLICE]->rv,
+                  (unsigned long long)pf_wall_us());
+    }
+}
+
+/* ---- auto-discovery: one cluster per Service port ------------------------------------------ */
+
+static void port_view(const k8s_binding *b, pf_k8s_service_port *out) {
+    out->namespace = b->svc->ns;
+    out->service = b->svc->name;
+    out->port_name = b->want_name;
+    out->port = b->svc_port;
+    out->is_default = b->is_default;
+}
+
+static void binding_free(k8s_binding *b) {
+    binding_stop_dns(b);
+    free(b->owned);
+    free(b);
+}
+
+static void binding_remove(pf_k8s *k, k8s_binding *b) {
+    pf_k8s_service_port p;
+    port_view(b, &p);
+    if (k->cb.port_removed)
+        k->cb.port_removed(k->cb.arg, &p, b->cookie);
+    log_info("kubernetes: service port removed cluster=%s", b->cluster_name);
+    binding_free(b);
+    k->routes_changed = true;
+}
+
+/* Makes the Service's bindings match its TCP ports (auto-discovery only). */
+static void sync_ports(k8s_svc *s) {
+    pf_k8s *k = s->view->k;
+    const k8s_service *svc = s->service ? &s->service->u.service : NULL;
+    int def = k8s_default_port(svc);
+    /* drop bindings whose port is gone */
+    for (k8s_binding **p = &s->bindings; *p;) {
+        k8s_binding *b = *p;
+        bool keep = false;
+        for (size_t i = 0; svc && i < svc->port_count && !keep; i++)
+            keep = svc->ports[i].tcp && svc->ports[i].port == b->svc_port &&
+                   strcmp(svc->ports[i].name, b->want_name) == 0;
+        if (keep) {
+            p = &b->next;
+            continue;
+        }
+        *p = b->next;
+        binding_remove(k, b);
+    }
+    for (size_t i = 0; svc && i < svc->port_count; i++) {
+        const k8s_port *sp = &svc->ports[i];
+        k8s_binding *b = s->bindings;
+        while (b && !(b->svc_port == sp->port && strcmp(b->want_name, sp->name) == 0))
+            b = b->next;
+        if (b) {
+            if (b->is_default != ((int)i == def)) {
+                b->is_default = (int)i == def;
+                k->routes_changed = true;
+            }
+            continue;
+        }
+        if (!sp->tcp)
+            continue;
+        if (!(b = calloc(1, sizeof *b)) || !(b->owned = malloc(sizeof *b->owned))) {
+            free(b);
+            log_error("kubernetes: out of memory adding %s port %d", s->key, sp->port);
+            continue;
+        }
+        b->svc = s;
+        b->svc_port = (uint16_t)sp->port;
+        b->is_default = (int)i == def;
+        snprintf(b->want_name, sizeof b->want_name, "%s", sp->name);
+        /* named ports are picked by name; an unnamed (only) port by number */
+        b->want_number = sp->name[0] ? 0 : (uint32_t)sp->port;
+        *b->owned = *k->kc->auto_cluster;
+        int len = snprintf(b->owned->name, sizeof b->owned->name, "%s.%s:%d", s->name, s->ns,
+                           sp->port);
+        if (len < 0 || (size_t)len >= sizeof b->owned->name)
+            log_warn("kubernetes: cluster name cut to %s", b->owned->name);
+        memcpy(b->cluster_name, b->owned->name, sizeof b->cluster_name);
+        b->cluster = b->owned;
+        pf_k8s_service_port p;
+        port_view(b, &p);
+        b->slot = k->cb.port_added ? k->cb.port_added(k->cb.arg, &p, b->owned, &b->cookie) : NULL;
+        if (!b->slot) {
+            binding_free(b);
+            continue;
+        }
+        log_info("kubernetes: service port added cluster=%s", b->cluster_name);
+        b->next = s->bindings;
+        s->bindings = b;
+        k->routes_changed = true;
+    }
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg) {
+    pf_k8s *k = arg;
+    uint64_t now = pf_now_us();
+    for (size_t i = 0; i < k->view_count; i++) {
+        k8s_view *v = k->views[i];
+        if (v->pending_since_us)
+            metrics_observe_us(k->event_to_publish, now - v->pending_since_us);
+        v->pending_since_us = 0;
+    }
+    while (k->dirty && !k->stopping) {
+        k8s_svc *s = k->dirty;
+        k->dirty = s->next_dirty;
+        s->dirty = false;
+        s->next_dirty = NULL;
+        k8s_view *v = s->view;
+        if (v->auto_discover && v->watches[K8S_KIND_SERVICE]->synced)
+            sync_ports(s);
+        for (k8s_binding *b = s->bindings; b; b = b->next)
+            binding_publish(b);
+        /* Auto-discovery forgets Services that left no object and no cluster behind. */
+        if (!s->pinned && !s->service && !s->slice_count && !s->bindings) {
+            k8s_map_del(&v->svcs, s->key);
+            free(s->slices);
+            free(s->slice_objs);
+            free(s);
+        }
+    }
+    if (k->routes_changed && !k->stopping) {
+        k->routes_changed = false;
+        if (k->cb.changed)
+            k->cb.changed(k->cb.arg);
+    }
+}
+
+/* ---- metrics ------------------------------------------------------------------------------- */
+
+static void emit_event_age(void *arg, pf_metric_emit emit, void *emit_ctx) {
+    pf_k8s *k = arg;
+    uint64_t now = pf_now_ms();
+    char labels[256];
+    for (size_t i = 0; i < k->view_count; i++) {
+        for (int kind = 0; kind < K8S_KIND_COUNT; kind++) {
+            k8s_watch *w = k->views[i]->watches[kind];
+            snprintf(labels, sizeof labels, "resource=\"%s\",scope=\"%s\"", resource_names[kind],
+                     w->scope);
+            emit(emit_ctx, labels,
+                 w->last_event_ms && now > w->last_event_ms
+                     ? (double)(now - w->last_event_ms) / 1000.0
+                     : 0.0);
+        }
+    }
+}
+
+static void register_metrics(pf_k8s *k) {
+    char labels[64];
+    for (size_t i = 0; i < HTTP_CODE_COUNT; i++) {
+        snprintf(labels, sizeof labels, "code=\"%d\"", http_codes[i]);
+        k->http_errors[i] = metrics_counter(
+            k->metrics, "pilotfish_kubernetes_api_errors_total",
+            "Kubernetes API failures: HTTP status codes, and transport, timeout, stalled, "
+            "malformed and too_long.",
+            labels);
+    }
+    for (size_t i = 0; i < FAILURE_COUNT; i++) {
+        snprintf(labels, sizeof labels, "code=\"%s\"", failure_labels[i]);
+        k->failures[i] = metrics_counter(
+            k->metrics, "pilotfish_kubernetes_api_errors_total",
+            "Kubernetes API failures: HTTP status codes, and transport, timeout, stalled, "
+            "malformed and too_long.",
+            labels);
+    }
+    k->event_to_publish = metrics_histogram(
+        k->metrics, "pilotfish_kubernetes_event_to_publish_seconds",
+        "From a watch event's arrival to the endpoint sets it changed being published.", "");
+    metrics_gauge_callback(k->metrics, "pilotfish_kubernetes_last_event_age_seconds",
+                           "Seconds since the watch last received an event or a bookmark (or "
+                           "completed a list).",
+                           emit_event_age, k);
+}
+
+static void register_watch_metrics(pf_k8s *k, k8s_watch *w) {
+    char labels[128];
+    const char *res = resource_names[w->kind];
+    snprintf(labels, sizeof labels, "resource=\"%s\"", res);
+    w->connects = metrics_counter(k->metrics, "pilotfish_kubernetes_watch_connects_total",
+                                  "Watch streams opened (first and resumed).", labels);
+    w->relists = metrics_counter(k->metrics, "pilotfish_kubernetes_relists_total",
+                                 "Lists after the first (410 Gone or continue expiry).", labels);
+    for (int t = 0; t < K8S_EV_COUNT; t++) {
+        snprintf(labels, sizeof labels, "resource=\"%s\",type=\"%s\"", res,
+                 k8s_event_type_name((k8s_event_type)t));
+        w->events[t] = metrics_counter(k->metrics, "pilotfish_kubernetes_events_total",
+                                       "Watch events received, by type.", labels);
+    }
+}
+
+/* ---- life cycle ---------------------------------------------------------------------------- */
+
+static k8s_watch *watch_new(k8s_view *v, k8s_kind kind, const char *selector_key,
+                            const char *selector) {
+    pf_k8s *k = v->k;
+    k8s_watch *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->k = k;
+    w->view = v;
+    w->kind = kind;
+    if (selector) {
+        char enc[256];
+        url_encode(enc, sizeof enc, selector);
+        snprintf(w->selector, sizeof w->selector, "&%s=%s", selector_key, enc);
+    }
+    snprintf(w->scope, sizeof w->scope, "%s%s%s", v->ns[0] ? v->ns : "*", selector ? "/" : "",
+             selector ? strchr(selector, '=') + 1 : "");
+    w->need_list = true;
+    w->timer = evtimer_new(k->base, on_watch_timer, w);
+    w->stall = evtimer_new(k->base, on_stall, w);
+    if (!w->timer || !w->stall) {
+        if (w->timer)
+            event_free(w->timer);
+        if (w->stall)
+            event_free(w->stall);
+        free(w);
+        return NULL;
+    }
+    register_watch_metrics(k, w);
+    return w;
+}
+
+static void free_object_cb(void *arg, void *value) {
+    k8s_object_free(value);
+}
+
+static void watch_free(k8s_watch *w) {
+    if (!w)
+        return;
+    req_free(w->req);
+    event_free(w->timer);
+    event_free(w->stall);
+    k8s_map_each(&w->store, free_object_cb, NULL);
+    k8s_map_clear(&w->store);
+    k8s_map_each(&w->fresh, free_object_cb, NULL);
+    k8s_map_clear(&w->fresh);
+    free(w->cont);
+    free(w);
+}
+
+static k8s_view *view_new(pf_k8s *k, const char *ns, const char *service) {
+    k8s_view **grown = realloc(k->views, (k->view_count + 1) * sizeof *grown);
+    if (!grown)
+        return NULL;
+    k->views = grown;
+    k8s_view *v = calloc(1, sizeof *v);
+    if (!v)
+        return NULL;
+    v->k = k;
+    snprintf(v->ns, sizeof v->ns, "%s", ns);
+    char label[128], field[128];
+    snprintf(label, sizeof label, "kubernetes.io/service-name=%s", service ? service : "");
+    snprintf(field, sizeof field, "metadata.name=%s", service ? service : "");
+    v->watches[K8S_KIND_SERVICE] =
+        watch_new(v, K8S_KIND_SERVICE, "fieldSelector", service ? field : NULL);
+    v->watches[K8S_KIND_SLICE] =
+        watch_new(v, K8S_KIND_SLICE, "labelSelector", service ? label : NULL);
+    if (!v->watches[0] || !v->watches[1]) {
+        watch_free(v->watches[0]);
+        watch_free(v->watches[1]);
+        free(v);
+        return NULL;
+    }
+    k->views[k->view_count++] = v;
+    return v;
+}
+
+static void free_svc_cb(void *arg, void *value) {
+    k8s_svc *s = value;
+    while (s->bindings) {
+        k8s_binding *b = s->bindings;
+        s->bindings = b->next;
+        binding_free(b);
+    }
+    free(s->slices);
+    free(s->slice_objs);
+    free(s);
+}
+
+static void view_free(k8s_view *v) {
+    k8s_map_each(&v->svcs, free_svc_cb, NULL);
+    k8s_map_clear(&v->svcs);
+    for (int i = 0; i < K8S_KIND_COUNT; i++)
+        watch_free(v->watches[i]);
+    free(v);
+}
+
+/* Where the API server, token, CA and namespace come from: flags, then config, then the
+ * pod's environment and service account. */
+static int resolve_connection(pf_k8s *k, const pf_k8s_options *opts, pf_error *err) {
+    const pf_config_kubernetes *kc = k->kc;
+    const char *sa = PF_K8S_SERVICEACCOUNT_DIR;
+    struct stat st;
+    if (opts && opts->api_server && *opts->api_server)
+        snprintf(k->api, sizeof k->api, "%s", opts->api_server);
+    else if (kc->api_server[0])
+        snprintf(k->api, sizeof k->api, "%s", kc->api_server);
+    else if (getenv("KUBERNETES_SERVICE_HOST") && *getenv("KUBERNETES_SERVICE_HOST")) {
+        const char *host = getenv("KUBERNETES_SERVICE_HOST");
+        const char *port = getenv("KUBERNETES_SERVICE_PORT");
+        bool v6 = strchr(host, ':') != NULL;
+        snprintf(k->api, sizeof k->api, "https://%s%s%s:%s", v6 ? "[" : "", host, v6 ? "]" : "",
+                 port && *port ? port : "443");
+    } else {
+        return pf_fail(err, PF_EINVAL,
+                       "kubernetes: no API server: set $.kubernetes.api_server or "
+                       "--k8s-api-server, or run in a pod (KUBERNETES_SERVICE_HOST)");
+    }
+    size_t n = strlen(k->api);
+    while (n && k->api[n - 1] == '/')
+        k->api[--n] = '\0';
+    if (strncmp(k->api, "https://", 8) != 0)
+        return pf_fail(err, PF_EINVAL,
+                       "kubernetes: API server \"%s\" must be https:// (TLS is always verified)",
+                       k->api);
+    if (opts && opts->token_file && *opts->token_file)
+        snprintf(k->token_file, sizeof k->token_file, "%s", opts->token_file);
+    else if (kc->token_file[0])
+        snprintf(k->token_file, sizeof k->token_file, "%s", kc->token_file);
+    else
+        snprintf(k->token_file, sizeof k->token_file, "%s/token", sa);
+    if (opts && opts->ca_file && *opts->ca_file)
+        snprintf(k->ca_file, sizeof k->ca_file, "%s", opts->ca_file);
+    else if (kc->ca_file[0])
+        snprintf(k->ca_file, sizeof k->ca_file, "%s", kc->ca_file);
+    else
+        snprintf(k->ca_file, sizeof k->ca_file, "%s/ca.crt", sa);
+    /* The in-cluster defaults apply only where the files exist; an explicit path that
+     * does not is a mistake to report now. */
+    bool explicit_token = (opts && opts->token_file && *opts->token_file) || kc->token_file[0];
+    bool explicit_ca = (opts && opts->ca_file && *opts->ca_file) || kc->ca_file[0];
+    if (stat(k->token_file, &st) != 0) {
+        if (explicit_token)
+            return pf_fail(err, PF_EINVAL, "kubernetes: token file %s: %s", k->token_file,
+                           strerror(errno));
+        k->token_file[0] = '\0';
+    }
+    if (stat(k->ca_file, &st) != 0) {
+        if (explicit_ca)
+            return pf_fail(err, PF_EINVAL, "kubernetes: CA file %s: %s", k->ca_file,
+                           strerror(errno));
+        k->ca_file[0] = '\0'; /* the system's CAs, still verified */
+    }
+    if (opts && opts->namespace && *opts->namespace) {
+        snprintf(k->ns, sizeof k->ns, "%s", opts->namespace);
+    } else if (kc->namespace[0]) {
+        snprintf(k->ns, sizeof k->ns, "%s", kc->namespace);
+    } else {
+        char path[PF_K8S_TEXT_MAX];
+        snprintf(path, sizeof path, "%s/namespace", sa);
+        char *own = read_small_file(path, PF_K8S_NAME_MAX - 1);
+        snprintf(k->ns, sizeof k->ns, "%s", own && *own ? own : "default");
+        free(own);
+    }
+    return PF_OK;
+}
+
+pf_k8s *discovery_k8s_new(struct event_base *base, const pf_config *cfg,
+                          const pf_k8s_options *opts, pf_metrics *metrics, pf_error *err) {
+    pf_k8s *k = calloc(1, sizeof *k);
+    if (!k) {
+        pf_fail(err, PF_ENOMEM, "out of memory");
+        return NULL;
+    }
+    k->base = base;
+    k->cfg = cfg;
+    k->kc = &cfg->kubernetes;
+    k->metrics = metrics;
+    if (getrandom(k->rng, sizeof k->rng, 0) != sizeof k->rng || !(k->rng[0] | k->rng[1]))
+        k->rng[0] = 0x9e3779b97f4a7c15ull, k->rng[1] = pf_now_us() | 1;
+    if (resolve_connection(k, opts, err) != PF_OK) {
+        free(k);
+        return NULL;
+    }
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        pf_fail(err, PF_EIO, "kubernetes: libcurl init failed");
+        free(k);
+        return NULL;
+    }
+    k->multi = curl_multi_init();
+    k->curl_timer = evtimer_new(base, on_curl_timeout, k);
+    k->flush = event_new(base, -1, 0, on_flush, k);
+    k->dns_metrics = metrics_new();
+    if (!k->multi || !k->curl_timer || !k->flush || !k->dns_metrics) {
+        pf_fail(err, PF_ENOMEM, "out of memory");
+        discovery_k8s_free(k);
+        return NULL;
+    }
+    curl_multi_setopt(k->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+    curl_multi_setopt(k->multi, CURLMOPT_SOCKETDATA, k);
+    curl_multi_setopt(k->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(k->multi, CURLMOPT_TIMERDATA, k);
+    register_metrics(k);
+    refresh_token(k);
+    log_info("kubernetes: api_server=%s token_file=%s ca_file=%s namespace=%s", k->api,
+             k->token_file[0] ? k->token_file : "(none)",
+             k->ca_file[0] ? k->ca_file : "(system CAs)", k->ns);
+    return k;
+}
+
+int discovery_k8s_add(pf_k8s *k, const pf_config_cluster *cluster, pf_endpoint_slot *slot,
+                      pf_error *err) {
+    const pf_config_cluster_k8s *kc = &cluster->kubernetes;
+    if (!kc->service[0])
+        return pf_fail(err, PF_EINVAL, "cluster %s does not use Kubernetes", cluster->name);
+    const char *ns = kc->namespace[0] ? kc->namespace : k->ns;
+    k8s_view *v = view_new(k, ns, kc->service);
+    k8s_svc *s = v ? svc_get(v, ns, kc->service, true) : NULL;
+    k8s_binding *b = s ? calloc(1, sizeof *b) : NULL;
+    if (!b)
+        return pf_fail(err, PF_ENOMEM, "out of memory");
+    s->pinned = true;
+    b->svc = s;
+    b->cluster = cluster;
+    b->slot = slot;
+    snprintf(b->cluster_name, sizeof b->cluster_name, "%s", cluster->name);
+    snprintf(b->want_name, sizeof b->want_name, "%s", kc->port_name);
+    b->want_number = kc->port_number;
+    b->next = s->bindings;
+    s->bindings = b;
+    return PF_OK;
+}
+
+int discovery_k8s_auto_discover(pf_k8s *k, const pf_k8s_auto_callbacks *cb, pf_error *err) {
+    const pf_config_kubernetes *kc = k->kc;
+    if (!kc->auto_discover || !kc->auto_cluster)
+        return pf_fail(err, PF_EINVAL, "kubernetes: auto_discover is not configured");
+    k->cb = *cb;
+    k->auto_on = true;
+    size_t n = kc->all_namespaces ? 1 : kc->namespace_count;
+    for (size_t i = 0; i < n; i++) {
+        k8s_view *v = view_new(k, kc->all_namespaces ? "" : kc->namespaces[i], NULL);
+        if (!v)
+            return pf_fail(err, PF_ENOMEM, "out of memory");
+        v->auto_discover = true;
+    }
+    return PF_OK;
+}
+
+const char *discovery_k8s_namespace(const pf_k8s *k) {
+    return k->ns;
+}
+
+typedef struct foreach_ctx {
+    void (*fn)(void *arg, const pf_k8s_service_port *port, size_t cookie);
+    void *arg;
+} foreach_ctx;
+
+static void foreach_svc(void *arg, void *value) {
+    foreach_ctx *c = arg;
+    k8s_svc *s = value;
+    for (k8s_binding *b = s->bindings; b; b = b->next) {
+        pf_k8s_service_port p;
+        port_view(b, &p);
+        c->fn(c->arg, &p, b->cookie);
+    }
+}
+
+void discovery_k8s_foreach_port(const pf_k8s *k,
+                                void (*fn)(void *arg, const pf_k8s_service_port *port,
+                                           size_t cookie),
+                                void *arg) {
+    foreach_ctx c = {fn, arg};
+    for (size_t i = 0; i < k->view_count; i++)
+        if (k->views[i]->auto_discover)
+            k8s_map_each(&k->views[i]->svcs, foreach_svc, &c);
+}
+
+int discovery_k8s_start(pf_k8s *k, pf_error *err) {
+    k->started = true;
+    for (size_t i = 0; i < k->view_count; i++)
+        for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
+            watch_schedule(k->views[i]->watches[kind], 0);
+    return PF_OK;
+}
+
+void discovery_k8s_stop(pf_k8s *k) {
+    if (!k || k->stopping)
+        return;
+    k->stopping = true;
+    for (size_t i = 0; i < k->view_count; i++) {
+        for (int kind = 0; kind < K8S_KIND_COUNT; kind++) {
+            k8s_watch *w = k->views[i]->watches[kind];
+            req_free(w->req);
+            w->req = NULL;
+            evtimer_del(w->timer);
+            evtimer_del(w->stall);
+        }
+    }
+    if (k->flush)
+        event_del(k->flush);
+    if (k->curl_timer)
+        evtimer_del(k->curl_timer);
+}
+
+void discovery_k8s_free(pf_k8s *k) {
+    if (!k)
+        return;
+    discovery_k8s_stop(k);
+    for (size_t i = 0; i < k->view_count; i++)
+        view_free(k->views[i]);
+    free(k->views);
+    if (k->multi)
+        curl_multi_cleanup(k->multi);
+    if (k->curl_timer)
+        event_free(k->curl_timer);
+    if (k->flush)
+        event_free(k->flush);
+    metrics_free(k->dns_metrics);
+    free(k->token);
+    curl_global_cleanup();
+    free(k);
+}
+
+/* ---- status -------------------------------------------------------------------------------- */
+
+typedef struct find_ctx {
+    const char *name;
+    const k8s_binding *found;
+} find_ctx;
+
+static void find_binding(void *arg, void *value) {
+    find_ctx *f = arg;
+    const k8s_svc *s = value;
+    for (const k8s_binding *b = s->bindings; b && !f->found; b = b->next)
+        if (strcmp(b->cluster_name, f->name) == 0)
+            f->found = b;
+}
+
+int discovery_k8s_cluster_status(const pf_k8s *k, const char *cluster,
+                                 pf_k8s_cluster_status *out) {
+    find_ctx f = {cluster, NULL};
+    for (size_t i = 0; k && i < k->view_count && !f.found; i++)
+        k8s_map_each(&k->views[i]->svcs, find_binding, &f);
+    if (!f.found)
+        return PF_ENOTFOUND;
+    const k8s_binding *b = f.found;
+    const k8s_svc *s = b->svc;
+    const k8s_watch *w = s->view->watches[K8S_KIND_SLICE];
+    uint64_t now = pf_now_ms();
+    memset(out, 0, sizeof *out);
+    snprintf(out->namespace, sizeof out->namespace, "%s", s->ns);
+    snprintf(out->service, sizeof out->service, "%s", s->name);
+    if (b->want_name[0])
+        snprintf(out->port, sizeof out->port, "%s", b->want_name);
+    else if (b->want_number)
+        snprintf(out->port, sizeof out->port, "%u", b->want_number);
+    snprintf(out->resource_version, sizeof out->resource_version, "%s", w->rv);
+    if (b->dns_cfg)
+        snprintf(out->external_name, sizeof out->external_name, "%s", b->dns_cfg->dns.name);
+    out->synced = w->synced && s->view->watches[K8S_KIND_SERVICE]->synced;
+    const k8s_watch *sw = s->view->watches[K8S_KIND_SERVICE];
+    uint64_t last_ms = w->last_event_ms > sw->last_event_ms ? w->last_event_ms : sw->last_event_ms;
+    out->last_event_wall_us =
+        w->last_event_wall_us > sw->last_event_wall_us ? w->last_event_wall_us : sw->last_event_wall_us;
+    out->last_event_age_ms = last_ms && now > last_ms ? now - last_ms : 0;
+    out->slices = s->slice_count;
+    out->endpoints = b->endpoints;
+    out->using_terminating = b->using_terminating;
+    snprintf(out->last_error, sizeof out->last_error, "%s", b->last_error);
+    out->last_error_wall_us = b->last_error_wall_us;
+    out->publishes = b->publishes;
+    return PF_OK;
+}

@@ -1,0 +1,462 @@
+#!/usr/bin/env python3
+"""A fake Kubernetes API server for pilotfish's tests (Python 3 standard library only).
+
+It speaks the parts of the real protocol pilotfish and kubectl use, over HTTPS with a CA it
+makes at start with the openssl CLI:
+  - discovery documents (/api, /apis, /api/v1, /apis/discovery.k8s.io/v1) for kubectl;
+  - list of Services and EndpointSlices, cluster-wide or per namespace, with labelSelector
+    and fieldSelector (equality), limit/continue pagination over a consistent snapshot, and
+    the list's resourceVersion;
+  - watch (?watch=1) from a resourceVersion: chunked JSON lines, ADDED/MODIFIED/DELETED,
+    BOOKMARK events when allowWatchBookmarks=true, an ERROR event with a 410 Status when the
+    resourceVersion is older than the compaction point, timeoutSeconds;
+  - bearer-token auth (401 Status), and 403 Status for forbidden resource/namespace pairs.
+A control API on a separate plain-HTTP port (127.0.0.1 only) changes objects, cuts streams
+(optionally in the middle of an event), stalls them, compacts, rotates the token, and
+reports the requests it served (verb, resource, namespace) so tests can compare them with
+the RBAC a deployment grants.
+
+Usage: k8s_api.py --dir DIR [--port 0] [--control-port 0] [--token T]
+Prints one line "listening https://127.0.0.1:PORT control http://127.0.0.1:CPORT" once
+ready; DIR receives ca.crt, server.crt, server.key and token.
+"""
+
+import argparse
+import base64
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+KINDS = {
+    # resource: (group path, apiVersion, kind, namespaced)
+    "services": ("api/v1", "v1", "Service"),
+    "endpointslices": ("apis/discovery.k8s.io/v1", "discovery.k8s.io/v1", "EndpointSlice"),
+}
+KIND_TO_RESOURCE = {"Service": "services", "EndpointSlice": "endpointslices"}
+
+
+def make_certs(d):
+    """A CA and a server certificate for 127.0.0.1/localhost, made with the openssl CLI."""
+    ca_key, ca_crt = os.path.join(d, "ca.key"), os.path.join(d, "ca.crt")
+    key, csr, crt = (os.path.join(d, n) for n in ("server.key", "server.csr", "server.crt"))
+    ext = os.path.join(d, "server.ext")
+    if os.path.exists(crt):
+        return
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    run("openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca_crt, "-days", "2",
+        "-subj", "/CN=pilotfish-test-ca", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=kube-apiserver")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    run("openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key,
+        "-CAcreateserial", "-out", crt, "-days", "2", "-extfile", ext)
+
+
+def status(code, reason, message, details=None):
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "details": details or {}, "code": code}
+
+
+class State:
+    """Objects, the event log and the knobs, behind one condition variable."""
+
+    def __init__(self, token):
+        self.cond = threading.Condition()
+        self.rv = 1000
+        self.objects = {r: {} for r in KINDS}  # resource -> (ns, name) -> object
+        self.log = []  # (rv, resource, type, object) in order
+        self.compacted = 0  # watches from below this get 410
+        self.tokens = {token}
+        self.forbidden = set()  # (resource, namespace or "*")
+        self.cut_generation = 0
+        self.cut_mid_event = False
+        self.stalled = False
+        self.bookmark_interval = 1.0
+        self.requests = []
+        self.sent = {}  # rv -> wall time the event was first written to a stream
+        self.snapshots = {}  # continue token -> (rv, items)
+        self.watchers = 0
+
+    def bump(self):
+        self.rv += 1
+        return self.rv
+
+    def put(self, obj):
+        res = KIND_TO_RESOURCE[obj["kind"]]
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("namespace", "default")
+        key = (meta["namespace"], meta["name"])
+        kind = "MODIFIED" if key in self.objects[res] else "ADDED"
+        if kind == "ADDED":
+            meta.setdefault("uid", f"uid-{res}-{key[0]}-{key[1]}")
+            meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+        meta["resourceVersion"] = str(self.bump())
+        self.objects[res][key] = obj
+        self.log.append((self.rv, res, kind, obj))
+        return self.rv
+
+    def delete(self, res, ns, name):
+        obj = self.objects[res].pop((ns, name), None)
+        if obj is None:
+            return None
+        obj = json.loads(json.dumps(obj))
+        obj["metadata"]["resourceVersion"] = str(self.bump())
+        self.log.append((self.rv, res, "DELETED", obj))
+        return self.rv
+
+
+def selector_match(obj, label_sel, field_sel):
+    meta = obj.get("metadata", {})
+    for term in filter(None, (label_sel or "").split(",")):
+        k, _, v = term.partition("=")
+        if meta.get("labels", {}).get(k) != v.lstrip("="):
+            return False
+    for term in filter(None, (field_sel or "").split(",")):
+        k, _, v = term.partition("=")
+        v = v.lstrip("=")
+        if k == "metadata.name" and meta.get("name") != v:
+            return False
+        if k == "metadata.namespace" and meta.get("namespace") != v:
+            return False
+    return True
+
+
+def api_resource_list(group_version, resources):
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+            "resources": [{"name": r, "singularName": KINDS[r][2].lower(), "namespaced": True,
+                           "kind": KINDS[r][2], "verbs": ["get", "list", "watch"],
+                           "shortNames": ["svc"] if r == "services" else []}
+                          for r in resources]}
+
+
+def make_handler(state):
+    class Api(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def send_json(self, code, doc):
+            body = json.dumps(doc).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            try:
+                self.handle_get()
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+                self.close_connection = True
+
+        def handle_get(self):
+            url = urllib.parse.urlsplit(self.path)
+            q = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+            parts = [p for p in url.path.split("/") if p]
+            auth = self.headers.get("Authorization", "")
+            with state.cond:
+                ok = auth.startswith("Bearer ") and auth[7:] in state.tokens
+            if not ok:
+                self.send_json(401, status(401, "Unauthorized", "Unauthorized"))
+                return
+            if parts in (["api"],):
+                self.send_json(200, {"kind": "APIVersions", "versions": ["v1"],
+                                     "serverAddressByClientCIDRs": []})
+                return
+            if parts == ["apis"]:
+                self.send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+                    {"name": "discovery.k8s.io",
+                     "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
+                     "preferredVersion": {"groupVersion": "discovery.k8s.io/v1",
+                                          "version": "v1"}}]})
+                return
+            if parts == ["api", "v1"]:
+                self.send_json(200, api_resource_list("v1", ["services"]))
+                return
+            if parts == ["apis", "discovery.k8s.io", "v1"]:
+                self.send_json(200, api_resource_list("discovery.k8s.io/v1", ["endpointslices"]))
+                return
+            if parts == ["version"]:
+                self.send_json(200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0-fake"})
+                return
+            # /api/v1[/namespaces/NS]/RES  or  /apis/discovery.k8s.io/v1[/namespaces/NS]/RES
+            prefix = 2 if parts[:1] == ["api"] else 3
+            rest = parts[prefix:]
+            ns = None
+            if len(rest) >= 2 and rest[0] == "namespaces":
+                ns, rest = rest[1], rest[2:]
+            if len(rest) != 1 or rest[0] not in KINDS or "/".join(parts[:prefix]) != KINDS[rest[0]][0]:
+                self.send_json(404, status(404, "NotFound", f"the server could not find {url.path}"))
+                return
+            res = rest[0]
+            watch = q.get("watch") in ("1", "true")
+            verb = "watch" if watch else "list"
+            with state.cond:
+                state.requests.append({"verb": verb, "resource": res, "namespace": ns or "",
+                                       "group": KINDS[res][0].split("/")[1] if prefix == 3 else "",
+                                       "query": url.query})
+                forbidden = (res, ns or "*") in state.forbidden or (res, "*") in state.forbidden
+            if forbidden:
+                group = "discovery.k8s.io" if res == "endpointslices" else ""
+                where = f'in the namespace "{ns}"' if ns else "at the cluster scope"
+                self.send_json(403, status(
+                    403, "Forbidden",
+                    f'{res}{"." + group if group else ""} is forbidden: User '
+                    f'"system:serviceaccount:default:pilotfish" cannot {verb} resource "{res}" '
+                    f'in API group "{group}" {where}', {"group": group, "kind": res}))
+                return
+            if watch:
+                self.watch(res, ns, q)
+            else:
+                self.list(res, ns, q)
+
+        def list(self, res, ns, q):
+            limit = int(q.get("limit") or 0)
+            cont = q.get("continue")
+            with state.cond:
+                if cont:
+                    snap = state.snapshots.get(cont)
+                    if snap is None or snap[0] < state.compacted:
+                        self.send_json(410, status(410, "Expired",
+                                                   "The provided continue parameter is too old"))
+                        return
+                    rv, items = snap
+                else:
+                    rv = state.rv
+                    items = [o for (ons, _), o in sorted(state.objects[res].items())
+                             if (ns is None or ons == ns)
+                             and selector_match(o, q.get("labelSelector"), q.get("fieldSelector"))]
+                    items = json.loads(json.dumps(items))
+                page, left = (items[:limit], items[limit:]) if limit else (items, [])
+                meta = {"resourceVersion": str(rv)}
+                if left:
+                    token = base64.urlsafe_b64encode(os.urandom(12)).decode()
+                    state.snapshots[token] = (rv, left)
+                    meta["continue"] = token
+                    meta["remainingItemCount"] = len(left)
+            api_version, kind = KINDS[res][1], KINDS[res][2]
+            for o in page:
+                o.setdefault("apiVersion", api_version)
+                o.setdefault("kind", kind)
+            self.send_json(200, {"kind": kind + "List", "apiVersion": api_version,
+                                 "metadata": meta, "items": page})
+
+        def chunk(self, data):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        def watch(self, res, ns, q):
+            start = q.get("resourceVersion") or "0"
+            bookmarks = q.get("allowWatchBookmarks") in ("1", "true")
+            timeout = float(q.get("timeoutSeconds") or 1800)
+            deadline = time.monotonic() + timeout
+            label_sel, field_sel = q.get("labelSelector"), q.get("fieldSelector")
+            api_version, kind = KINDS[res][1], KINDS[res][2]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.flush()
+            with state.cond:
+                gen = state.cut_generation
+                state.watchers += 1
+                if start == "0":
+                    # "any": the current state as ADDED events, then changes
+                    pending = [(state.rv, "ADDED", o) for (ons, _), o in
+                               sorted(state.objects[res].items()) if ns is None or ons == ns]
+                    cursor = len(state.log)
+                elif int(start) < state.compacted:
+                    pending, cursor = None, len(state.log)
+                else:
+                    pending = []
+                    cursor = next((i for i, e in enumerate(state.log) if e[0] > int(start)),
+                                  len(state.log))
+            try:
+                if pending is None:
+                    err = status(410, "Expired", f"too old resource version: {start} "
+                                                 f"({state.compacted})")
+                    self.chunk(json.dumps({"type": "ERROR", "object": err}).encode() + b"\n")
+                    self.chunk(b"")
+                    return
+                last_sent = time.monotonic()
+                while True:
+                    lines = []
+                    for rv, typ, o in pending:
+                        if selector_match(o, label_sel, field_sel):
+                            o = dict(o, apiVersion=api_version, kind=kind)
+                            lines.append((rv, json.dumps({"type": typ, "object": o}).encode()))
+                    pending = []
+                    for rv, data in lines:
+                        with state.cond:
+                            state.sent.setdefault(rv, time.time())
+                        self.chunk(data + b"\n")
+                        last_sent = time.monotonic()
+                    with state.cond:
+                        while True:
+                            if state.cut_generation != gen:
+                                mid = state.cut_mid_event
+                                break
+                            now = time.monotonic()
+                            if now >= deadline:
+                                break
+                            if not state.stalled and cursor < len(state.log):
+                                break
+                            if bookmarks and not state.stalled and \
+                                    now - last_sent >= state.bookmark_interval:
+                                break
+                            state.cond.wait(min(0.2, max(0.01, deadline - now)))
+                        if state.cut_generation != gen:
+                            if mid:
+                                # half an event, then the connection drops
+                                half = json.dumps({"type": "ADDED", "object": {
+                                    "kind": kind, "metadata": {"name": "half"}}}).encode()
+                                self.wfile.write(b"%x\r\n%s" % (len(half), half[: len(half) // 2]))
+                                self.wfile.flush()
+                            self.close_connection = True
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            return
+                        if time.monotonic() >= deadline:
+                            self.chunk(b"")
+                            return
+                        while cursor < len(state.log):
+                            rv, r, typ, o = state.log[cursor]
+                            cursor += 1
+                            if r == res and (ns is None or o["metadata"]["namespace"] == ns):
+                                pending.append((rv, typ, o))
+                        rv_now = state.rv
+                    if not pending and bookmarks and time.monotonic() - last_sent >= \
+                            state.bookmark_interval:
+                        bm = {"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version,
+                                                             "metadata": {"resourceVersion": str(rv_now)}}}
+                        self.chunk(json.dumps(bm).encode() + b"\n")
+                        last_sent = time.monotonic()
+            finally:
+                with state.cond:
+                    state.watchers -= 1
+
+    return Api
+
+
+def make_control(state):
+    class Control(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def reply(self, doc, code=200):
+            body = json.dumps(doc).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def body(self):
+            n = int(self.headers.get("Content-Length") or 0)
+            return json.loads(self.rfile.read(n) or b"{}")
+
+        def do_GET(self):
+            with state.cond:
+                if self.path == "/requests":
+                    self.reply(state.requests)
+                elif self.path == "/sent":
+                    self.reply({str(k): v for k, v in state.sent.items()})
+                elif self.path == "/state":
+                    self.reply({"resourceVersion": state.rv, "compacted": state.compacted,
+                                "watchers": state.watchers,
+                                "counts": {r: len(o) for r, o in state.objects.items()}})
+                else:
+                    self.reply({"error": "unknown"}, 404)
+
+        def do_POST(self):
+            doc = self.body()
+            with state.cond:
+                out = self.apply(self.path, doc)
+                state.cond.notify_all()
+            self.reply(out)
+
+        def apply(self, path, doc):
+            if path == "/apply":  # {"ops": [{"put": obj} | {"delete": [res, ns, name]}]}
+                rv = state.rv
+                for op in doc["ops"]:
+                    if "put" in op:
+                        rv = state.put(op["put"])
+                    else:
+                        rv = state.delete(*op["delete"]) or rv
+                return {"resourceVersion": rv}
+            if path == "/cut":
+                state.cut_generation += 1
+                state.cut_mid_event = bool(doc.get("mid_event"))
+                return {"ok": True}
+            if path == "/compact":
+                state.compacted = state.rv + 1 if doc.get("all", True) else int(doc["before"])
+                state.snapshots.clear()
+                if doc.get("cut", True):
+                    state.cut_generation += 1
+                    state.cut_mid_event = False
+                return {"compacted": state.compacted}
+            if path == "/token":
+                state.tokens = set(doc["tokens"])
+                return {"ok": True}
+            if path == "/forbid":
+                state.forbidden = {(f[0], f[1]) for f in doc["pairs"]}
+                return {"ok": True}
+            if path == "/stall":
+                state.stalled = bool(doc["on"])
+                return {"ok": True}
+            if path == "/settings":
+                state.bookmark_interval = float(doc.get("bookmark_interval",
+                                                        state.bookmark_interval))
+                return {"ok": True}
+            if path == "/requests/clear":
+                state.requests.clear()
+                return {"ok": True}
+            return {"error": "unknown path"}
+
+    return Control
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--control-port", type=int, default=0)
+    ap.add_argument("--token", default="test-token")
+    args = ap.parse_args()
+    os.makedirs(args.dir, exist_ok=True)
+    make_certs(args.dir)
+    with open(os.path.join(args.dir, "token"), "w") as f:
+        f.write(args.token + "\n")
+    state = State(args.token)
+
+    api = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(state))
+    api.daemon_threads = True
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.path.join(args.dir, "server.crt"), os.path.join(args.dir, "server.key"))
+    # the handshake happens in each connection's thread, not in the accept loop
+    api.socket = ctx.wrap_socket(api.socket, server_side=True, do_handshake_on_connect=False)
+    control = ThreadingHTTPServer(("127.0.0.1", args.control_port), make_control(state))
+    control.daemon_threads = True
+    threading.Thread(target=control.serve_forever, daemon=True).start()
+    print(f"listening https://127.0.0.1:{api.server_address[1]} "
+          f"control http://127.0.0.1:{control.server_address[1]}", flush=True)
+    try:
+        api.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
