@@ -16,7 +16,7 @@ FROM debian:12 AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       gcc make pkg-config libevent-dev libc-ares-dev libcurl4-openssl-dev libjansson-dev \
-      libssl-dev node-llhttp \
+      libyaml-dev libssl-dev node-llhttp \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -29,7 +29,7 @@ LABEL org.opencontainers.image.title="pilotfish" \
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libevent-core-2.1-7 libevent-extra-2.1-7 libevent-pthreads-2.1-7 libc-ares2 \
-      libcurl4 libjansson4 libssl3 \
+      libcurl4 libjansson4 libyaml-0-2 libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 65532 pilotfish \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \

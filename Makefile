@@ -19,7 +19,8 @@ SAN ?=
 WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -DLLHTTP_STRICT_MODE=1 -g $(OPT) $(SAN) -I. -I$(LLHTTP_INC) -MMD -MP
 CFLAGS_ALL = $(CFLAGS_BASE) $(WARN) $(CFLAGS)
-LIBS = -levent_core -levent_extra -levent_pthreads -ljansson -lcares -lcurl -lssl -lcrypto -lpthread -lm
+LIBS = -levent_core -levent_extra -levent_pthreads -ljansson -lcares -lcurl -lyaml -lssl \
+	-lcrypto -lpthread -lm
 
 MODULES = core config discovery health proxy admin
 LIB_SRC = $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
@@ -38,7 +39,8 @@ all: $(BUILD)/pilotfish $(FAKE_BIN)
 # ---- packages -------------------------------------------------------------
 DEB_PKGS = gcc make pkg-config libevent-dev libc-ares-dev libcurl4-openssl-dev libjansson-dev \
 	libssl-dev libcunit1-dev node-llhttp python3 python3-pytest curl procps util-linux \
-	haproxy nginx-light wrk dnsmasq-base clang-format python3-yaml unzip
+	haproxy nginx-light wrk dnsmasq-base bind9-dnsutils clang-format python3-yaml unzip \
+	libyaml-dev
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 		grep -q '^install ok installed' || echo $$p; done); \

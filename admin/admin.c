@@ -65,7 +65,8 @@ static void handle_ready(struct evhttp_request *req, void *arg) {
     pf_admin *admin = arg;
     if (!only_get(req))
         return;
-    if (proxy_ready(admin->proxy))
+    /* Kubernetes: not before the first lists, so auto-discovered Services route at once. */
+    if (proxy_ready(admin->proxy) && (!admin->k8s || discovery_k8s_synced(admin->k8s)))
         reply_text(req, 200, "OK", "ready\n");
     else
         reply_text(req, 503, "Service Unavailable",

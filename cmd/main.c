@@ -56,7 +56,11 @@ static void usage(FILE *out) {
             "  -v, --version            print the version\n"
             "  -h, --help               this text\n"
             "\n"
-            "Kubernetes (override $.kubernetes; in a pod the service account is the default):\n"
+            "Kubernetes (--k8s-* override $.kubernetes; in a pod the service account is the "
+            "default):\n"
+            "      --kubeconfig FILE     API server, CA, token or client certificate from the\n"
+            "                            current context (default: $KUBECONFIG when no API\n"
+            "                            server is configured)\n"
             "      --k8s-api-server URL  https://host:port of the API server\n"
             "      --k8s-token-file FILE bearer token, re-read before each request\n"
             "      --k8s-ca-file FILE    CA bundle the API server's certificate is checked "
@@ -364,15 +368,22 @@ static void app_free(app *a) {
 
 int main(int argc, char **argv) {
     static const struct option options[] = {
-        {"config", required_argument, NULL, 'c'},   {"check-config", required_argument, NULL, 'C'},
-        {"workers", required_argument, NULL, 'w'},  {"log-level", required_argument, NULL, 'l'},
-        {"version", no_argument, NULL, 'v'},        {"help", no_argument, NULL, 'h'},
-        {"listen", required_argument, NULL, 'L'},   {"upstream", required_argument, NULL, 'U'},
-        {"resolver", required_argument, NULL, 'R'}, {"admin", required_argument, NULL, 'A'},
-        {"print-config", no_argument, NULL, 'P'},   {"k8s-api-server", required_argument, NULL, 1001},
+        {"config", required_argument, NULL, 'c'},
+        {"check-config", required_argument, NULL, 'C'},
+        {"workers", required_argument, NULL, 'w'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"version", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {"listen", required_argument, NULL, 'L'},
+        {"upstream", required_argument, NULL, 'U'},
+        {"resolver", required_argument, NULL, 'R'},
+        {"admin", required_argument, NULL, 'A'},
+        {"print-config", no_argument, NULL, 'P'},
+        {"k8s-api-server", required_argument, NULL, 1001},
         {"k8s-token-file", required_argument, NULL, 1002},
         {"k8s-ca-file", required_argument, NULL, 1003},
         {"k8s-namespace", required_argument, NULL, 1004},
+        {"kubeconfig", required_argument, NULL, 1005},
         {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL, *check_path = NULL;
@@ -423,6 +434,9 @@ int main(int argc, char **argv) {
             break;
         case 1004:
             k8s_opts.namespace = optarg;
+            break;
+        case 1005:
+            k8s_opts.kubeconfig = optarg;
             break;
         case 'P':
             print_only = true;

@@ -250,6 +250,10 @@ static void on_answer(void *arg, int status, int timeouts, unsigned char *abuf, 
     if (abuf && alen > 0 &&
         (status == ARES_SUCCESS || status == ARES_ENODATA || status == ARES_ENOTFOUND)) {
         rc = dns_answer_parse(abuf, (size_t)alen, q->qtype, &ans, &err);
+        if (rc == PF_DNS_EBADRESP) {
+            pf_error why = err;
+            snprintf(err.msg, sizeof err.msg, "malformed answer: %.400s", why.msg);
+        }
     } else {
         rc = from_ares(status);
         if (rc == PF_DNS_ETIMEOUT)
@@ -400,8 +404,7 @@ static void notify_clusters(pf_dns *dns, dns_query *q, int status, const char *w
             snprintf(c->last_error, sizeof c->last_error, "%s %s: %.200s", q->name,
                      qtype_name(q->qtype), why);
             c->last_error_wall_us = pf_wall_us();
-        }
-        if (!c->answer_pending) {
+        } else if (!c->answer_pending) {
             c->answer_pending = true;
             c->answer_us = answer_us;
         }
@@ -806,6 +809,8 @@ int discovery_dns_add(pf_dns *dns, const pf_config_cluster *cluster, pf_endpoint
         return pf_fail(err, PF_ENOMEM, "out of memory");
     }
     dns->clusters[dns->cluster_count++] = c;
+    if (dns->started)
+        schedule_eval(c); /* its queries may have finished already (shared, or failed at once) */
     return PF_OK;
 }
 

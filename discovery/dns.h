@@ -49,8 +49,9 @@ pf_dns *discovery_dns_new(struct event_base *base, const pf_config *cfg, pf_metr
                           pf_error *err);
 
 /* Makes `cluster` (a cluster with cluster->dns.name set; borrowed) publish into `slot`
- * (borrowed). Before discovery_dns_start. Returns 0, PF_EINVAL (not a DNS cluster) or
- * PF_ENOMEM. Main thread. */
+ * (borrowed). Before discovery_dns_start, or after it (its queries then go out at once).
+ * Clusters are never removed; free the resolver instead. Returns 0, PF_EINVAL (not a DNS
+ * cluster) or PF_ENOMEM. Main thread. */
 int discovery_dns_add(pf_dns *dns, const pf_config_cluster *cluster, pf_endpoint_slot *slot,
                       pf_error *err);
 

@@ -25,12 +25,14 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 
-#define TOKEN_MAX (16u * 1024u)       /* bound service-account tokens are ~1 KiB */
-#define ERROR_BODY_MAX (64u * 1024u)  /* a Status body; the rest is dropped */
-#define WATCH_MIN_TIMEOUT_S 300       /* watches end server-side after 5-10 min, like client-go */
+#define TOKEN_MAX (16u * 1024u)      /* bound service-account tokens are ~1 KiB */
+#define ERROR_BODY_MAX (64u * 1024u) /* a Status body; the rest is dropped */
+#define WATCH_MIN_TIMEOUT_S 300      /* watches end server-side after 5-10 min, like client-go */
 #define WATCH_MAX_TIMEOUT_S 600
-#define WATCH_HEALTHY_MS 1000         /* a watch that lasted this long resets the backoff */
-#define URL_MAX 4096
+#define WATCH_HEALTHY_MS 1000 /* a watch that lasted this long resets the backoff */
+#define PATH_MAX_K8S 1536     /* api server URL (1023) + "/apis/.../namespaces/NS/RESOURCE" */
+#define CONT_MAX 4096         /* an encoded continue token; longer ones restart the list */
+#define URL_MAX (PATH_MAX_K8S + CONT_MAX + 1024)
 
 static const char *const status_text[PF_K8S_STATUS_COUNT] = {
     [PF_K8S_OK] = "success",
@@ -56,13 +58,13 @@ const char *discovery_k8s_strerror(int status) {
 /* Error counters by code: the HTTP statuses worth telling apart, then ours. */
 static const int http_codes[] = {400, 401, 403, 404, 409, 410, 422, 429, 500, 502, 503, 504};
 #define HTTP_CODE_COUNT (sizeof http_codes / sizeof http_codes[0])
-static const char *const failure_labels[] = {"other_http", "transport", "timeout", "stalled",
-                                             "malformed",  "too_long"};
+static const char *const failure_labels[] = {"other_http", "transport", "timeout",
+                                             "stalled",    "malformed", "too_long"};
 enum { FAIL_OTHER_HTTP, FAIL_TRANSPORT, FAIL_TIMEOUT, FAIL_STALLED, FAIL_MALFORMED, FAIL_TOOLONG };
 #define FAILURE_COUNT (sizeof failure_labels / sizeof failure_labels[0])
 
-static const char *const resource_names[K8S_KIND_COUNT] = {[K8S_KIND_SERVICE] = "services",
-                                                            [K8S_KIND_SLICE] = "endpointslices"};
+static const char *const resource_names[K8S_KIND_COUNT] = {
+    [K8S_KIND_SERVICE] = "services", [K8S_KIND_SLICE] = "endpointslices"};
 /* RBAC names for the 403 message. */
 static const char *const resource_rbac[K8S_KIND_COUNT] = {
     [K8S_KIND_SERVICE] = "services (core API group)",
@@ -118,6 +120,8 @@ struct k8s_watch {
     pf_counter *connects, *relists, *events[K8S_EV_COUNT];
 };
 
+#define K8S_MAX_FQDN_NAMES 64 /* names resolved per cluster for FQDN slices */
+
 /* One cluster fed by one port of one Service. */
 typedef struct k8s_binding {
     k8s_svc *svc;
@@ -133,6 +137,8 @@ typedef struct k8s_binding {
     /* ExternalName: a resolver of our own publishing into slot */
     pf_dns *dns;
     pf_config_cluster *dns_cfg;
+    struct k8s_fqdn *fqdns; /* FQDN slices: one resolver per name and port */
+    size_t fqdn_count;
     bool published;
     size_t endpoints;
     bool using_terminating;
@@ -162,7 +168,7 @@ struct k8s_view {
     bool auto_discover;
     char ns[PF_K8S_NAME_MAX]; /* "" : all namespaces */
     k8s_watch *watches[K8S_KIND_COUNT];
-    k8s_map svcs; /* "ns/name" -> k8s_svc */
+    k8s_map svcs;              /* "ns/name" -> k8s_svc */
     uint64_t pending_since_us; /* first change not yet published */
 };
 
@@ -177,7 +183,13 @@ struct pf_k8s {
     char ca_file[PF_K8S_TEXT_MAX];
     char ns[PF_K8S_NAME_MAX];
     char *token;
+    char *static_token; /* a kubeconfig's inline token, used when there is no token file */
     bool token_warned;
+    char *ca_blob; /* kubeconfig certificate-authority-data (PEM) */
+    size_t ca_blob_len;
+    char cert_file[PF_K8S_TEXT_MAX], key_file[PF_K8S_TEXT_MAX]; /* client certificate */
+    char *cert_blob, *key_blob;
+    size_t cert_blob_len, key_blob_len;
     CURLM *multi;
     struct event *curl_timer;
     struct event *flush;
@@ -267,8 +279,8 @@ static void refresh_token(pf_k8s *k) {
 }
 
 static bool url_unreserved(unsigned char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '~';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
 }
 
 /* Percent-encodes s into out; false when it does not fit. */
@@ -298,7 +310,8 @@ static void check_done(pf_k8s *k);
 static void on_sock_event(evutil_socket_t fd, short what, void *arg) {
     pf_k8s *k = arg;
     int running = 0;
-    int flags = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int flags =
+        ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
     curl_multi_socket_action(k->multi, fd, flags, &running);
     check_done(k);
 }
@@ -415,30 +428,30 @@ static int svc_add_slice(k8s_svc *s, const k8s_object *obj) {
     return PF_OK;
 }
 
-/* A store changed from old to new (either may be NULL); called before old is freed. */
-static void view_changed(k8s_view *v, const k8s_object *old, const k8s_object *new) {
-    const k8s_object *any = new ? new : old;
+/* A store changed from prev to cur (either may be NULL); called before prev is freed. */
+static void view_changed(k8s_view *v, const k8s_object *prev, const k8s_object *cur) {
+    const k8s_object *any = cur ? cur : prev;
     if (any->kind == K8S_KIND_SERVICE) {
-        k8s_svc *s = svc_get(v, any->ns, any->name, new != NULL);
+        k8s_svc *s = svc_get(v, any->ns, any->name, cur != NULL);
         if (s) {
-            s->service = new;
+            s->service = cur;
             mark_dirty(s);
         }
         return;
     }
-    if (old && old->u.slice.service[0]) {
-        k8s_svc *s = svc_get(v, old->ns, old->u.slice.service, false);
+    if (prev && prev->u.slice.service[0]) {
+        k8s_svc *s = svc_get(v, prev->ns, prev->u.slice.service, false);
         if (s) {
-            svc_remove_slice(s, old);
+            svc_remove_slice(s, prev);
             mark_dirty(s);
         }
     }
-    if (new && new->u.slice.service[0]) {
-        k8s_svc *s = svc_get(v, new->ns, new->u.slice.service, true);
-        if (s && svc_add_slice(s, new) == PF_OK)
+    if (cur && cur->u.slice.service[0]) {
+        k8s_svc *s = svc_get(v, cur->ns, cur->u.slice.service, true);
+        if (s && svc_add_slice(s, cur) == PF_OK)
             mark_dirty(s);
         else
-            log_error("kubernetes: out of memory indexing endpointslice %s", new->key);
+            log_error("kubernetes: out of memory indexing endpointslice %s", cur->key);
     }
 }
 
@@ -488,8 +501,9 @@ static k8s_req *req_new(k8s_watch *w, const char *url, bool watch) {
     refresh_token(k);
     char auth[TOKEN_MAX + 32];
     r->headers = curl_slist_append(NULL, "Accept: application/json");
-    if (r->headers && k->token && k->token[0]) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", k->token);
+    const char *token = k->token && k->token[0] ? k->token : k->static_token;
+    if (r->headers && token && token[0]) {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
         struct curl_slist *h = curl_slist_append(r->headers, auth);
         if (h)
             r->headers = h;
@@ -536,8 +550,26 @@ static int req_start(k8s_req *r, const char *url) {
     /* TLS is always verified, against the cluster CA when we have one. */
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-    if (k->ca_file[0])
+    if (k->ca_file[0]) {
         curl_easy_setopt(e, CURLOPT_CAINFO, k->ca_file);
+    } else if (k->ca_blob) {
+        struct curl_blob ca = {k->ca_blob, k->ca_blob_len, CURL_BLOB_NOCOPY};
+        curl_easy_setopt(e, CURLOPT_CAINFO_BLOB, &ca);
+    }
+    if (k->cert_blob) {
+        struct curl_blob cert = {k->cert_blob, k->cert_blob_len, CURL_BLOB_NOCOPY};
+        curl_easy_setopt(e, CURLOPT_SSLCERT_BLOB, &cert);
+        curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
+    } else if (k->cert_file[0]) {
+        curl_easy_setopt(e, CURLOPT_SSLCERT, k->cert_file);
+    }
+    if (k->key_blob) {
+        struct curl_blob key = {k->key_blob, k->key_blob_len, CURL_BLOB_NOCOPY};
+        curl_easy_setopt(e, CURLOPT_SSLKEY_BLOB, &key);
+        curl_easy_setopt(e, CURLOPT_SSLKEYTYPE, "PEM");
+    } else if (k->key_file[0]) {
+        curl_easy_setopt(e, CURLOPT_SSLKEY, k->key_file);
+    }
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)k->kc->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
@@ -563,7 +595,7 @@ static void stall_arm(k8s_watch *w) {
 }
 
 static void watch_list(k8s_watch *w) {
-    char path[URL_MAX / 2], url[URL_MAX], cont[URL_MAX / 2] = "";
+    char path[PATH_MAX_K8S], url[URL_MAX], cont[CONT_MAX] = "";
     base_path(w, path, sizeof path);
     if (w->cont && !url_encode(cont, sizeof cont, w->cont)) {
         free(w->cont);
@@ -590,11 +622,11 @@ static void watch_list(k8s_watch *w) {
 }
 
 static void watch_watch(k8s_watch *w) {
-    char path[URL_MAX / 2], url[URL_MAX], rv[K8S_RV_MAX * 3 + 1];
+    char path[PATH_MAX_K8S], url[URL_MAX], rv[K8S_RV_MAX * 3 + 1];
     base_path(w, path, sizeof path);
     url_encode(rv, sizeof rv, w->rv);
-    unsigned timeout =
-        WATCH_MIN_TIMEOUT_S + (unsigned)(k8s_random(w->k) % (WATCH_MAX_TIMEOUT_S - WATCH_MIN_TIMEOUT_S));
+    unsigned timeout = WATCH_MIN_TIMEOUT_S +
+                       (unsigned)(k8s_random(w->k) % (WATCH_MAX_TIMEOUT_S - WATCH_MIN_TIMEOUT_S));
     snprintf(url, sizeof url,
              "%s?watch=1&allowWatchBookmarks=true&resourceVersion=%s&timeoutSeconds=%u%s", path, rv,
              timeout, w->selector);
@@ -727,9 +759,9 @@ static int on_line(void *arg, const char *line, size_t len) {
     r->events++;
     switch (ev.type) {
     case K8S_EV_ERROR:
-        snprintf(r->abort_why, sizeof r->abort_why, "ERROR event %d %.200s", ev.code,
-                 ev.message);
-        if (ev.code) count_http(w->k, ev.code);
+        snprintf(r->abort_why, sizeof r->abort_why, "ERROR event %d %.200s", ev.code, ev.message);
+        if (ev.code)
+            count_http(w->k, ev.code);
         rc = ev.code == 410 ? PF_K8S_EGONE : PF_K8S_EHTTP;
         break;
     case K8S_EV_BOOKMARK:
@@ -825,7 +857,8 @@ static int take_page(k8s_watch *w, k8s_req *r, char *why, size_t cap) {
     json_t *items = json_object_get(root, "items");
     json_t *meta = json_object_get(root, "metadata");
     if (!root || !(json_is_array(items) || json_is_null(items)) || !json_is_object(meta)) {
-        snprintf(why, cap, "list body is not a list: %s", root ? "no items or metadata" : jerr.text);
+        snprintf(why, cap, "list body is not a list: %s",
+                 root ? "no items or metadata" : jerr.text);
         json_decref(root);
         return PF_K8S_EMALFORMED;
     }
@@ -1056,6 +1089,38 @@ static void check_done(pf_k8s *k) {
 
 /* ---- publishing ----------------------------------------------------------------------------- */
 
+/* A resolver of our own for one name (discovery/dns.h adds clusters only before start):
+ * a copy of `base` made a DNS cluster for name:port (A records), publishing into slot. */
+static pf_dns *dns_child_new(pf_k8s *k, const pf_config_cluster *base, const char *name,
+                             uint16_t port, pf_endpoint_slot *slot, pf_config_cluster **cfg_out,
+                             pf_error *err) {
+    pf_config_cluster *cfg = malloc(sizeof *cfg);
+    pf_dns *dns = NULL;
+    if (!cfg) {
+        pf_fail(err, PF_ENOMEM, "out of memory");
+        return NULL;
+    }
+    *cfg = *base;
+    cfg->endpoints = NULL;
+    cfg->endpoint_count = 0;
+    pf_config_cluster_dns *d = &cfg->dns;
+    snprintf(d->name, sizeof d->name, "%s", name);
+    d->record = PF_DNS_RECORD_A;
+    d->port = port;
+    d->min_refresh_ms = PF_DEFAULT_DNS_MIN_REFRESH_MS;
+    d->max_refresh_ms = PF_DEFAULT_DNS_MAX_REFRESH_MS;
+    d->hold_ms = PF_DEFAULT_DNS_HOLD_MS;
+    dns = discovery_dns_new(k->base, k->cfg, k->dns_metrics, err);
+    if (!dns || discovery_dns_add(dns, cfg, slot, err) != PF_OK ||
+        discovery_dns_start(dns, err) != PF_OK) {
+        discovery_dns_free(dns);
+        free(cfg);
+        return NULL;
+    }
+    *cfg_out = cfg;
+    return dns;
+}
+
 static void binding_stop_dns(k8s_binding *b) {
     discovery_dns_free(b->dns);
     b->dns = NULL;
@@ -1063,8 +1128,7 @@ static void binding_stop_dns(k8s_binding *b) {
     b->dns_cfg = NULL;
 }
 
-/* ExternalName: the cluster resolves the external name through DNS, on a resolver of its
- * own (discovery/dns.h adds clusters only before start). */
+/* ExternalName: the cluster resolves the external name through DNS. */
 static void binding_external(k8s_binding *b, const k8s_service *svc) {
     pf_k8s *k = b->svc->view->k;
     uint32_t port = b->want_number ? b->want_number : b->svc_port;
@@ -1084,29 +1148,95 @@ static void binding_external(k8s_binding *b, const k8s_service *svc) {
         return;
     }
     pf_error err = {{0}};
-    b->dns_cfg = malloc(sizeof *b->dns_cfg);
-    if (b->dns_cfg) {
-        *b->dns_cfg = *b->cluster;
-        b->dns_cfg->endpoints = NULL;
-        b->dns_cfg->endpoint_count = 0;
-        pf_config_cluster_dns *d = &b->dns_cfg->dns;
-        snprintf(d->name, sizeof d->name, "%s", svc->external_name);
-        d->record = PF_DNS_RECORD_A;
-        d->port = (uint16_t)port;
-        d->min_refresh_ms = PF_DEFAULT_DNS_MIN_REFRESH_MS;
-        d->max_refresh_ms = PF_DEFAULT_DNS_MAX_REFRESH_MS;
-        d->hold_ms = PF_DEFAULT_DNS_HOLD_MS;
-        b->dns = discovery_dns_new(k->base, k->cfg, k->dns_metrics, &err);
-    }
-    if (!b->dns || discovery_dns_add(b->dns, b->dns_cfg, b->slot, &err) != PF_OK ||
-        discovery_dns_start(b->dns, &err) != PF_OK) {
+    b->dns = dns_child_new(k, b->cluster, svc->external_name, (uint16_t)port, b->slot, &b->dns_cfg,
+                           &err);
+    if (!b->dns) {
         log_error("kubernetes: ExternalName %s -> %s: %s", b->svc->key, svc->external_name,
-                  err.msg[0] ? err.msg : "out of memory");
-        binding_stop_dns(b);
+                  err.msg);
         return;
     }
-    log_info("kubernetes: cluster=%s is ExternalName %s:%u, resolved through DNS",
-             b->cluster_name, svc->external_name, port);
+    log_info("kubernetes: cluster=%s is ExternalName %s:%u, resolved through DNS", b->cluster_name,
+             svc->external_name, port);
+}
+
+/* One name of an FQDN EndpointSlice, resolved on its own into a private slot; every change
+ * of its addresses rebuilds the cluster. */
+typedef struct k8s_fqdn {
+    k8s_binding *b;
+    char name[PF_DNS_NAME_MAX];
+    uint16_t port;
+    pf_dns *dns;
+    pf_config_cluster *cfg;
+    pf_endpoint_slot *slot;
+    pf_endpoint_set *held; /* acquired for one build */
+    bool used;
+    struct k8s_fqdn *next;
+} k8s_fqdn;
+
+static void on_fqdn_changed(void *arg) {
+    k8s_fqdn *f = arg;
+    mark_dirty(f->b->svc);
+}
+
+static void fqdn_free(k8s_fqdn *f) {
+    discovery_dns_free(f->dns); /* publishes nothing more */
+    discovery_slot_unsubscribe(f->slot, on_fqdn_changed, f);
+    discovery_set_unref(f->held);
+    discovery_slot_free(f->slot);
+    free(f->cfg);
+    free(f);
+}
+
+static const pf_endpoint_set *fqdn_lookup(void *arg, const char *name, uint16_t port) {
+    k8s_binding *b = arg;
+    k8s_fqdn *f = b->fqdns;
+    while (f && !(f->port == port && strcmp(f->name, name) == 0))
+        f = f->next;
+    if (!f) {
+        pf_error err = {{0}};
+        if (b->fqdn_count >= K8S_MAX_FQDN_NAMES || !(f = calloc(1, sizeof *f)) ||
+            !(f->slot = discovery_slot_new(name))) {
+            free(f);
+            log_warn("kubernetes: cluster=%s: cannot resolve FQDN endpoint %s (at most %d names)",
+                     b->cluster_name, name, K8S_MAX_FQDN_NAMES);
+            return NULL;
+        }
+        f->b = b;
+        f->port = port;
+        snprintf(f->name, sizeof f->name, "%s", name);
+        discovery_slot_subscribe(f->slot, on_fqdn_changed, f);
+        if (!(f->dns =
+                  dns_child_new(b->svc->view->k, b->cluster, name, port, f->slot, &f->cfg, &err))) {
+            log_error("kubernetes: cluster=%s: FQDN endpoint %s: %s", b->cluster_name, name,
+                      err.msg);
+            fqdn_free(f);
+            return NULL;
+        }
+        f->next = b->fqdns;
+        b->fqdns = f;
+        b->fqdn_count++;
+    }
+    f->used = true;
+    if (!f->held)
+        f->held = discovery_slot_acquire(f->slot);
+    return f->held;
+}
+
+/* After a build: drop the sets held for it, and the resolvers no slice names any more. */
+static void fqdn_sweep(k8s_binding *b, bool keep_all) {
+    for (k8s_fqdn **p = &b->fqdns; *p;) {
+        k8s_fqdn *f = *p;
+        discovery_set_unref(f->held);
+        f->held = NULL;
+        if (f->used || keep_all) {
+            f->used = false;
+            p = &f->next;
+            continue;
+        }
+        *p = f->next;
+        b->fqdn_count--;
+        fqdn_free(f);
+    }
 }
 
 static void binding_publish(k8s_binding *b) {
@@ -1122,17 +1252,11 @@ static void binding_publish(k8s_binding *b) {
     if (b->dns)
         binding_stop_dns(b);
     k8s_port_pick pick = k8s_pick_port(svc, b->want_name, b->want_number);
-    size_t total = 0;
-    for (size_t i = 0; i < s->slice_count; i++)
-        total += s->slices[i]->endpoint_count;
-    pf_endpoint *eps = calloc(total ? total : 1, sizeof *eps);
-    if (!eps) {
-        log_error("kubernetes: out of memory building cluster=%s", b->cluster_name);
-        return;
-    }
+    pf_endpoint *eps = NULL;
     k8s_build_stats st;
-    size_t n = k8s_build_endpoints(s->slices, s->slice_count, &pick, eps, total, &st);
-    pf_endpoint_set *set = discovery_set_new(eps, n);
+    size_t n = k8s_build_endpoints(s->slices, s->slice_count, &pick, fqdn_lookup, b, &eps, &st);
+    fqdn_sweep(b, eps == NULL);
+    pf_endpoint_set *set = eps ? discovery_set_new(eps, n) : NULL;
     free(eps);
     if (!set) {
         log_error("kubernetes: out of memory building cluster=%s", b->cluster_name);
@@ -1142,10 +1266,6 @@ static void binding_publish(k8s_binding *b) {
         log_info("kubernetes: cluster=%s has no ready endpoint; %zu terminating endpoints that "
                  "still serve stand in",
                  b->cluster_name, st.serving_only);
-    if (st.fqdn && !b->published)
-        log_warn("kubernetes: cluster=%s: %zu endpoints of FQDN EndpointSlices are left out "
-                 "(only IPv4 and IPv6 slices are used)",
-                 b->cluster_name, st.fqdn);
     b->using_terminating = st.used_terminating;
     b->endpoints = n;
     b->published = true;
@@ -1170,6 +1290,11 @@ static void port_view(const k8s_binding *b, pf_k8s_service_port *out) {
 
 static void binding_free(k8s_binding *b) {
     binding_stop_dns(b);
+    while (b->fqdns) {
+        k8s_fqdn *f = b->fqdns;
+        b->fqdns = f->next;
+        fqdn_free(f);
+    }
     free(b->owned);
     free(b);
 }
@@ -1229,8 +1354,8 @@ static void sync_ports(k8s_svc *s) {
         /* named ports are picked by name; an unnamed (only) port by number */
         b->want_number = sp->name[0] ? 0 : (uint32_t)sp->port;
         *b->owned = *k->kc->auto_cluster;
-        int len = snprintf(b->owned->name, sizeof b->owned->name, "%s.%s:%d", s->name, s->ns,
-                           sp->port);
+        int len =
+            snprintf(b->owned->name, sizeof b->owned->name, "%s.%s:%d", s->name, s->ns, sp->port);
         if (len < 0 || (size_t)len >= sizeof b->owned->name)
             log_warn("kubernetes: cluster name cut to %s", b->owned->name);
         memcpy(b->cluster_name, b->owned->name, sizeof b->cluster_name);
@@ -1443,66 +1568,115 @@ static void view_free(k8s_view *v) {
     free(v);
 }
 
-/* Where the API server, token, CA and namespace come from: flags, then config, then the
- * pod's environment and service account. */
+/* One setting from the first of: a flag, the config, the kubeconfig. */
+static const char *first_of(const char *flag, const char *config, const char *kubeconfig) {
+    if (flag && *flag)
+        return flag;
+    if (config && *config)
+        return config;
+    return kubeconfig && *kubeconfig ? kubeconfig : NULL;
+}
+
+/* Where the API server, credentials and namespace come from, per setting: the --k8s-*
+ * flags, then $.kubernetes, then a kubeconfig (--kubeconfig; else $KUBECONFIG's first file
+ * when no API server is configured), then the pod's environment and service account. */
 static int resolve_connection(pf_k8s *k, const pf_k8s_options *opts, pf_error *err) {
+    static const pf_k8s_options none = {0};
     const pf_config_kubernetes *kc = k->kc;
     const char *sa = PF_K8S_SERVICEACCOUNT_DIR;
+    k8s_kubeconfig kube;
+    char kube_path[PF_K8S_TEXT_MAX] = "";
     struct stat st;
-    if (opts && opts->api_server && *opts->api_server)
-        snprintf(k->api, sizeof k->api, "%s", opts->api_server);
-    else if (kc->api_server[0])
-        snprintf(k->api, sizeof k->api, "%s", kc->api_server);
-    else if (getenv("KUBERNETES_SERVICE_HOST") && *getenv("KUBERNETES_SERVICE_HOST")) {
+    int rc = PF_OK;
+    memset(&kube, 0, sizeof kube);
+    if (!opts)
+        opts = &none;
+    if (opts->kubeconfig && *opts->kubeconfig)
+        snprintf(kube_path, sizeof kube_path, "%s", opts->kubeconfig);
+    else if (getenv("KUBECONFIG") && *getenv("KUBECONFIG") &&
+             !first_of(opts->api_server, kc->api_server, NULL))
+        snprintf(kube_path, sizeof kube_path, "%.*s", (int)strcspn(getenv("KUBECONFIG"), ":"),
+                 getenv("KUBECONFIG"));
+    if (kube_path[0] && (rc = k8s_kubeconfig_load(kube_path, &kube, err)) != PF_OK)
+        return rc;
+
+    const char *api = first_of(opts->api_server, kc->api_server, kube.server);
+    if (api) {
+        snprintf(k->api, sizeof k->api, "%s", api);
+    } else if (getenv("KUBERNETES_SERVICE_HOST") && *getenv("KUBERNETES_SERVICE_HOST")) {
         const char *host = getenv("KUBERNETES_SERVICE_HOST");
         const char *port = getenv("KUBERNETES_SERVICE_PORT");
         bool v6 = strchr(host, ':') != NULL;
         snprintf(k->api, sizeof k->api, "https://%s%s%s:%s", v6 ? "[" : "", host, v6 ? "]" : "",
                  port && *port ? port : "443");
     } else {
-        return pf_fail(err, PF_EINVAL,
-                       "kubernetes: no API server: set $.kubernetes.api_server or "
-                       "--k8s-api-server, or run in a pod (KUBERNETES_SERVICE_HOST)");
+        rc = pf_fail(err, PF_EINVAL,
+                     "kubernetes: no API server: set $.kubernetes.api_server, --k8s-api-server "
+                     "or --kubeconfig, or run in a pod (KUBERNETES_SERVICE_HOST)");
+        goto done;
     }
     size_t n = strlen(k->api);
     while (n && k->api[n - 1] == '/')
         k->api[--n] = '\0';
-    if (strncmp(k->api, "https://", 8) != 0)
-        return pf_fail(err, PF_EINVAL,
-                       "kubernetes: API server \"%s\" must be https:// (TLS is always verified)",
-                       k->api);
-    if (opts && opts->token_file && *opts->token_file)
-        snprintf(k->token_file, sizeof k->token_file, "%s", opts->token_file);
-    else if (kc->token_file[0])
-        snprintf(k->token_file, sizeof k->token_file, "%s", kc->token_file);
-    else
+    if (strncmp(k->api, "https://", 8) != 0) {
+        rc = pf_fail(err, PF_EINVAL,
+                     "kubernetes: API server \"%s\" must be https:// (TLS is always verified)",
+                     k->api);
+        goto done;
+    }
+
+    /* Credentials: a token file (re-read before each request), else a kubeconfig's inline
+     * token; a client certificate and key may come with either. */
+    const char *token_file = first_of(opts->token_file, kc->token_file, kube.token_file);
+    bool explicit_token = token_file != NULL;
+    if (!token_file && kube.token) {
+        k->static_token = kube.token;
+        kube.token = NULL;
+    } else if (!token_file && !kube_path[0]) {
         snprintf(k->token_file, sizeof k->token_file, "%s/token", sa);
-    if (opts && opts->ca_file && *opts->ca_file)
-        snprintf(k->ca_file, sizeof k->ca_file, "%s", opts->ca_file);
-    else if (kc->ca_file[0])
-        snprintf(k->ca_file, sizeof k->ca_file, "%s", kc->ca_file);
-    else
-        snprintf(k->ca_file, sizeof k->ca_file, "%s/ca.crt", sa);
-    /* The in-cluster defaults apply only where the files exist; an explicit path that
-     * does not is a mistake to report now. */
-    bool explicit_token = (opts && opts->token_file && *opts->token_file) || kc->token_file[0];
-    bool explicit_ca = (opts && opts->ca_file && *opts->ca_file) || kc->ca_file[0];
-    if (stat(k->token_file, &st) != 0) {
-        if (explicit_token)
-            return pf_fail(err, PF_EINVAL, "kubernetes: token file %s: %s", k->token_file,
-                           strerror(errno));
+    }
+    if (token_file)
+        snprintf(k->token_file, sizeof k->token_file, "%s", token_file);
+    if (k->token_file[0] && stat(k->token_file, &st) != 0) {
+        if (explicit_token) {
+            rc = pf_fail(err, PF_EINVAL, "kubernetes: token file %s: %s", k->token_file,
+                         strerror(errno));
+            goto done;
+        }
         k->token_file[0] = '\0';
     }
-    if (stat(k->ca_file, &st) != 0) {
-        if (explicit_ca)
-            return pf_fail(err, PF_EINVAL, "kubernetes: CA file %s: %s", k->ca_file,
-                           strerror(errno));
+
+    const char *ca = first_of(opts->ca_file, kc->ca_file, NULL);
+    if (ca) {
+        snprintf(k->ca_file, sizeof k->ca_file, "%s", ca);
+    } else if (kube.ca_data) {
+        k->ca_blob = kube.ca_data;
+        k->ca_blob_len = kube.ca_len;
+        kube.ca_data = NULL;
+    } else if (kube.ca_file[0]) {
+        snprintf(k->ca_file, sizeof k->ca_file, "%s", kube.ca_file);
+        ca = k->ca_file;
+    } else if (!kube_path[0]) {
+        snprintf(k->ca_file, sizeof k->ca_file, "%s/ca.crt", sa);
+    }
+    if (k->ca_file[0] && stat(k->ca_file, &st) != 0) {
+        if (ca) {
+            rc = pf_fail(err, PF_EINVAL, "kubernetes: CA file %s: %s", k->ca_file, strerror(errno));
+            goto done;
+        }
         k->ca_file[0] = '\0'; /* the system's CAs, still verified */
     }
-    if (opts && opts->namespace && *opts->namespace) {
-        snprintf(k->ns, sizeof k->ns, "%s", opts->namespace);
-    } else if (kc->namespace[0]) {
-        snprintf(k->ns, sizeof k->ns, "%s", kc->namespace);
+    snprintf(k->cert_file, sizeof k->cert_file, "%s", kube.cert_file);
+    snprintf(k->key_file, sizeof k->key_file, "%s", kube.key_file);
+    k->cert_blob = kube.cert_data;
+    k->cert_blob_len = kube.cert_len;
+    k->key_blob = kube.key_data;
+    k->key_blob_len = kube.key_len;
+    kube.cert_data = kube.key_data = NULL;
+
+    const char *ns = first_of(opts->namespace, kc->namespace, kube.namespace);
+    if (ns) {
+        snprintf(k->ns, sizeof k->ns, "%s", ns);
     } else {
         char path[PF_K8S_TEXT_MAX];
         snprintf(path, sizeof path, "%s/namespace", sa);
@@ -1510,11 +1684,15 @@ static int resolve_connection(pf_k8s *k, const pf_k8s_options *opts, pf_error *e
         snprintf(k->ns, sizeof k->ns, "%s", own && *own ? own : "default");
         free(own);
     }
-    return PF_OK;
+    if (kube_path[0])
+        log_info("kubernetes: kubeconfig=%s server=%s", kube_path, kube.server);
+done:
+    k8s_kubeconfig_clear(&kube);
+    return rc;
 }
 
-pf_k8s *discovery_k8s_new(struct event_base *base, const pf_config *cfg,
-                          const pf_k8s_options *opts, pf_metrics *metrics, pf_error *err) {
+pf_k8s *discovery_k8s_new(struct event_base *base, const pf_config *cfg, const pf_k8s_options *opts,
+                          pf_metrics *metrics, pf_error *err) {
     pf_k8s *k = calloc(1, sizeof *k);
     if (!k) {
         pf_fail(err, PF_ENOMEM, "out of memory");
@@ -1550,9 +1728,14 @@ pf_k8s *discovery_k8s_new(struct event_base *base, const pf_config *cfg,
     curl_multi_setopt(k->multi, CURLMOPT_TIMERDATA, k);
     register_metrics(k);
     refresh_token(k);
-    log_info("kubernetes: api_server=%s token_file=%s ca_file=%s namespace=%s", k->api,
-             k->token_file[0] ? k->token_file : "(none)",
-             k->ca_file[0] ? k->ca_file : "(system CAs)", k->ns);
+    log_info("kubernetes: api_server=%s token=%s ca=%s namespace=%s", k->api,
+             k->token_file[0]  ? k->token_file
+             : k->static_token ? "(kubeconfig)"
+                               : "(none)",
+             k->ca_file[0] ? k->ca_file
+             : k->ca_blob  ? "(kubeconfig)"
+                           : "(system CAs)",
+             k->ns);
     return k;
 }
 
@@ -1632,6 +1815,14 @@ int discovery_k8s_start(pf_k8s *k, pf_error *err) {
     return PF_OK;
 }
 
+bool discovery_k8s_synced(const pf_k8s *k) {
+    for (size_t i = 0; i < k->view_count; i++)
+        for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
+            if (!k->views[i]->watches[kind]->synced)
+                return false;
+    return true;
+}
+
 void discovery_k8s_stop(pf_k8s *k) {
     if (!k || k->stopping)
         return;
@@ -1666,6 +1857,10 @@ void discovery_k8s_free(pf_k8s *k) {
         event_free(k->flush);
     metrics_free(k->dns_metrics);
     free(k->token);
+    free(k->static_token);
+    free(k->ca_blob);
+    free(k->cert_blob);
+    free(k->key_blob);
     curl_global_cleanup();
     free(k);
 }
@@ -1685,8 +1880,7 @@ static void find_binding(void *arg, void *value) {
             f->found = b;
 }
 
-int discovery_k8s_cluster_status(const pf_k8s *k, const char *cluster,
-                                 pf_k8s_cluster_status *out) {
+int discovery_k8s_cluster_status(const pf_k8s *k, const char *cluster, pf_k8s_cluster_status *out) {
     find_ctx f = {cluster, NULL};
     for (size_t i = 0; k && i < k->view_count && !f.found; i++)
         k8s_map_each(&k->views[i]->svcs, find_binding, &f);
@@ -1709,8 +1903,9 @@ int discovery_k8s_cluster_status(const pf_k8s *k, const char *cluster,
     out->synced = w->synced && s->view->watches[K8S_KIND_SERVICE]->synced;
     const k8s_watch *sw = s->view->watches[K8S_KIND_SERVICE];
     uint64_t last_ms = w->last_event_ms > sw->last_event_ms ? w->last_event_ms : sw->last_event_ms;
-    out->last_event_wall_us =
-        w->last_event_wall_us > sw->last_event_wall_us ? w->last_event_wall_us : sw->last_event_wall_us;
+    out->last_event_wall_us = w->last_event_wall_us > sw->last_event_wall_us
+                                  ? w->last_event_wall_us
+                                  : sw->last_event_wall_us;
     out->last_event_age_ms = last_ms && now > last_ms ? now - last_ms : 0;
     out->slices = s->slice_count;
     out->endpoints = b->endpoints;

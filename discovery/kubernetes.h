@@ -45,6 +45,7 @@ const char *discovery_k8s_strerror(int status);
 /* Command-line overrides of $.kubernetes (NULL or "": take the config, then the
  * in-cluster defaults). Borrowed for the call only. */
 typedef struct pf_k8s_options {
+    const char *kubeconfig; /* else $KUBECONFIG's first file when no API server is set */
     const char *api_server;
     const char *token_file;
     const char *ca_file;
@@ -57,8 +58,8 @@ typedef struct pf_k8s pf_k8s;
  * KUBERNETES_SERVICE_HOST/PORT and the service account's files) and registers metrics in
  * `metrics`. base, cfg and metrics are borrowed and must outlive the pf_k8s. Returns NULL
  * with err set (no API server known, curl init failed). Main thread. */
-pf_k8s *discovery_k8s_new(struct event_base *base, const pf_config *cfg,
-                          const pf_k8s_options *opts, pf_metrics *metrics, pf_error *err);
+pf_k8s *discovery_k8s_new(struct event_base *base, const pf_config *cfg, const pf_k8s_options *opts,
+                          pf_metrics *metrics, pf_error *err);
 
 /* Makes `cluster` (cluster->kubernetes.service set; borrowed) publish into `slot`
  * (borrowed). Before discovery_k8s_start. Returns 0, PF_EINVAL or PF_ENOMEM. Main thread. */
@@ -112,6 +113,10 @@ void discovery_k8s_foreach_port(const pf_k8s *k8s,
  * the proxy answers 503 meanwhile). Main thread. */
 int discovery_k8s_start(pf_k8s *k8s, pf_error *err);
 
+/* True once every list has completed at least once (configured clusters and
+ * auto-discovery): /ready waits for it. Main thread. */
+bool discovery_k8s_synced(const pf_k8s *k8s);
+
 /* Aborts requests in flight and every timer: nothing is published afterwards. Main thread. */
 void discovery_k8s_stop(pf_k8s *k8s);
 
@@ -122,14 +127,14 @@ void discovery_k8s_free(pf_k8s *k8s);
 typedef struct pf_k8s_cluster_status {
     char namespace[PF_K8S_NAME_MAX];
     char service[PF_K8S_NAME_MAX];
-    char port[PF_K8S_NAME_MAX];         /* as asked: a name, a number, or "" */
-    char resource_version[64];          /* of the EndpointSlice watch */
+    char port[PF_K8S_NAME_MAX];          /* as asked: a name, a number, or "" */
+    char resource_version[64];           /* of the EndpointSlice watch */
     char external_name[PF_DNS_NAME_MAX]; /* ExternalName Services: resolved through DNS */
-    bool synced;                        /* Service and slices listed at least once */
-    uint64_t last_event_wall_us;        /* 0 before the first */
+    bool synced;                         /* Service and slices listed at least once */
+    uint64_t last_event_wall_us;         /* 0 before the first */
     uint64_t last_event_age_ms;
     size_t slices;
-    size_t endpoints;      /* published */
+    size_t endpoints;       /* published */
     bool using_terminating; /* no ready endpoint: serving terminating ones stand in */
     char last_error[PF_ERROR_MAX];
     uint64_t last_error_wall_us;

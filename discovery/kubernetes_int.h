@@ -6,6 +6,7 @@
 #define PF_DISCOVERY_KUBERNETES_INT_H
 
 #include "config/config.h"
+#include "core/error.h"
 #include "discovery/endpoint_set.h"
 
 #include <jansson.h>
@@ -13,10 +14,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define K8S_RV_MAX 64          /* resourceVersion: opaque text, an integer in practice */
-#define K8S_OBJ_NAME_MAX 254   /* object names are DNS subdomains (253) */
+#define K8S_RV_MAX 64        /* resourceVersion: opaque text, an integer in practice */
+#define K8S_OBJ_NAME_MAX 254 /* object names are DNS subdomains (253) */
 #define K8S_KEY_MAX (PF_K8S_NAME_MAX + K8S_OBJ_NAME_MAX + 1) /* "namespace/name" */
-#define K8S_MAX_PORTS 128      /* ports taken from one Service or slice */
+#define K8S_MAX_PORTS 128            /* ports taken from one Service or slice */
 #define K8S_MAX_SLICE_ENDPOINTS 1000 /* the API allows 1000 endpoints per slice */
 #define K8S_WHY_MAX 256
 
@@ -109,7 +110,7 @@ typedef struct k8s_event {
     json_t *root;   /* owned: json_decref when done */
     json_t *object; /* borrowed from root */
     char rv[K8S_RV_MAX];
-    int code;       /* ERROR: the Status code (410 for a compacted resourceVersion) */
+    int code; /* ERROR: the Status code (410 for a compacted resourceVersion) */
     char message[K8S_WHY_MAX];
 } k8s_event;
 
@@ -136,26 +137,63 @@ k8s_port_pick k8s_pick_port(const k8s_service *svc, const char *want_name, uint3
 
 /* Counts for logs and /clusters from one build. */
 typedef struct k8s_build_stats {
-    size_t ready;           /* ready endpoints found */
-    size_t serving_only;    /* serving and terminating, used only when nothing is ready */
-    size_t not_serving;     /* never used */
-    size_t no_port;         /* slices without the wanted port */
-    size_t fqdn;            /* endpoints of FQDN slices (left out: see README) */
-    size_t bad_address;     /* addresses that do not parse */
-    bool used_terminating;  /* no ready endpoint: serving terminating ones stand in */
+    size_t ready;          /* ready endpoints found */
+    size_t serving_only;   /* serving and terminating, used only when nothing is ready */
+    size_t not_serving;    /* never used */
+    size_t no_port;        /* slices without the wanted port */
+    size_t fqdn;           /* endpoints of FQDN slices */
+    size_t fqdn_pending;   /* ... whose names have no answer yet */
+    size_t bad_address;    /* addresses that do not parse */
+    bool used_terminating; /* no ready endpoint: serving terminating ones stand in */
 } k8s_build_stats;
+
+/* The addresses a name resolves to, for FQDN slices: a set borrowed until the build
+ * returns (its endpoints' addr are used), or NULL while the name has no answer yet. */
+typedef const pf_endpoint_set *(*k8s_fqdn_lookup)(void *arg, const char *name, uint16_t port);
 
 /* Merges the endpoints of `slices` (one Service's; an address in several slices counts
  * once, with the best of its conditions, so an endpoint moving between slices never
  * flaps) for the port `pick`, and applies the condition rule: ready endpoints serve;
- * serving+terminating ones serve only when no endpoint is ready; others never. Writes at
- * most cap endpoints to out (weight 1, priority 0, healthy, zone and nodeName kept) and
- * returns their number. */
+ * serving+terminating ones serve only when no endpoint is ready; others never. FQDN
+ * endpoints become the addresses `lookup` gives, with the endpoint's conditions. Stores a
+ * malloc'd array in *out (weight 1, priority 0, healthy, zone and nodeName kept; caller
+ * frees) and returns its length; *out is NULL when out of memory. */
 size_t k8s_build_endpoints(const k8s_slice *const *slices, size_t n, const k8s_port_pick *pick,
-                           pf_endpoint *out, size_t cap, k8s_build_stats *stats);
+                           k8s_fqdn_lookup lookup, void *lookup_arg, pf_endpoint **out,
+                           k8s_build_stats *stats);
 
 /* The Service port that serves requests naming no port: the only one, else the one
  * named "http"; -1 when there is none. */
 int k8s_default_port(const k8s_service *svc);
+
+/* ---- kubeconfig ---------------------------------------------------------------------- */
+
+/* What pilotfish takes from a kubeconfig's current context. *_data are decoded PEM
+ * (certificate-authority-data, ...); *_file are paths (relative ones resolved against the
+ * kubeconfig's directory). */
+typedef struct k8s_kubeconfig {
+    char server[PF_K8S_TEXT_MAX];
+    char namespace[PF_K8S_NAME_MAX];
+    char *token;
+    char token_file[PF_K8S_TEXT_MAX];
+    char ca_file[PF_K8S_TEXT_MAX];
+    char *ca_data;
+    size_t ca_len;
+    char cert_file[PF_K8S_TEXT_MAX];
+    char *cert_data;
+    size_t cert_len;
+    char key_file[PF_K8S_TEXT_MAX];
+    char *key_data;
+    size_t key_len;
+} k8s_kubeconfig;
+
+/* Parses kubeconfig YAML (`source` names it in messages, `dir` resolves relative paths).
+ * Returns 0 with *out filled (free with k8s_kubeconfig_clear), or PF_EINVAL/PF_ENOMEM with
+ * err: no current context, no server, a plugin user, insecure-skip-tls-verify. */
+int k8s_kubeconfig_parse(const char *text, size_t len, const char *source, const char *dir,
+                         k8s_kubeconfig *out, pf_error *err);
+/* Reads and parses the file at path. */
+int k8s_kubeconfig_load(const char *path, k8s_kubeconfig *out, pf_error *err);
+void k8s_kubeconfig_clear(k8s_kubeconfig *kc);
 
 #endif

@@ -333,8 +333,7 @@ int k8s_event_parse(const char *line, size_t len, k8s_event *ev, char why[K8S_WH
     ev->type = (k8s_event_type)t;
     ev->root = root;
     ev->object = obj;
-    copy_text(ev->rv, sizeof ev->rv,
-              str_at(json_object_get(obj, "metadata"), "resourceVersion"));
+    copy_text(ev->rv, sizeof ev->rv, str_at(json_object_get(obj, "metadata"), "resourceVersion"));
     if (ev->type == K8S_EV_ERROR)
         k8s_status_parse(obj, &ev->code, ev->message, sizeof ev->message);
     return PF_OK;
@@ -409,26 +408,63 @@ static int compare_candidates(const void *a, const void *b) {
     return strcmp(((const candidate *)a)->ep.addr.text, ((const candidate *)b)->ep.addr.text);
 }
 
+typedef struct candidates {
+    candidate *c;
+    size_t len, cap;
+} candidates;
+
+static candidate *push(candidates *cs) {
+    if (cs->len == cs->cap) {
+        size_t cap = cs->cap ? cs->cap * 2 : 16;
+        candidate *grown = realloc(cs->c, cap * sizeof *grown);
+        if (!grown)
+            return NULL;
+        cs->c = grown;
+        cs->cap = cap;
+    }
+    candidate *c = &cs->c[cs->len];
+    memset(c, 0, sizeof *c);
+    return c;
+}
+
+static void conditions(candidate *c, const k8s_endpoint *e) {
+    c->ep.weight = 1;
+    c->ep.healthy = true;
+    memcpy(c->ep.zone, e->zone, sizeof c->ep.zone);
+    memcpy(c->ep.node_name, e->node_name, sizeof c->ep.node_name);
+    c->ready = e->ready;
+    c->serving = e->serving;
+    c->terminating = e->terminating;
+}
+
+/* FQDN endpoints: each resolved address inherits the endpoint's conditions. */
+static bool add_fqdn(candidates *cs, const k8s_endpoint *e, const k8s_port *port,
+                     k8s_fqdn_lookup lookup, void *arg, k8s_build_stats *st) {
+    const pf_endpoint_set *set = lookup ? lookup(arg, e->address, (uint16_t)port->port) : NULL;
+    if (!set) {
+        st->fqdn_pending++;
+        return true;
+    }
+    for (size_t i = 0; i < set->count; i++) {
+        candidate *c = push(cs);
+        if (!c)
+            return false;
+        conditions(c, e);
+        c->ep.addr = set->endpoints[i].addr;
+        cs->len++;
+    }
+    return true;
+}
+
 size_t k8s_build_endpoints(const k8s_slice *const *slices, size_t n, const k8s_port_pick *pick,
-                           pf_endpoint *out, size_t cap, k8s_build_stats *stats) {
+                           k8s_fqdn_lookup lookup, void *lookup_arg, pf_endpoint **out,
+                           k8s_build_stats *stats) {
     k8s_build_stats st;
     memset(&st, 0, sizeof st);
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++)
-        total += slices[i]->endpoint_count;
-    candidate *c = calloc(total ? total : 1, sizeof *c);
-    if (!c) {
-        if (stats)
-            *stats = st;
-        return 0;
-    }
-    size_t m = 0;
+    candidates cs = {0};
+    *out = NULL;
     for (size_t i = 0; i < n; i++) {
         const k8s_slice *s = slices[i];
-        if (s->addr_type == K8S_ADDR_FQDN) {
-            st.fqdn += s->endpoint_count;
-            continue;
-        }
         const k8s_port *port = slice_port(s, pick);
         if (!port) {
             st.no_port++;
@@ -436,27 +472,32 @@ size_t k8s_build_endpoints(const k8s_slice *const *slices, size_t n, const k8s_p
         }
         for (size_t k = 0; k < s->endpoint_count; k++) {
             const k8s_endpoint *e = &s->endpoints[k];
+            if (s->addr_type == K8S_ADDR_FQDN) {
+                st.fqdn++;
+                if (!add_fqdn(&cs, e, port, lookup, lookup_arg, &st))
+                    goto oom;
+                continue;
+            }
             char text[PF_ADDRTEXT_MAX];
             pf_error err;
             bool v6 = s->addr_type == K8S_ADDR_IPV6;
-            int len = snprintf(text, sizeof text, v6 ? "[%s]:%d" : "%s:%d", e->address,
-                               (int)port->port);
+            candidate *c = push(&cs);
+            if (!c)
+                goto oom;
+            int len =
+                snprintf(text, sizeof text, v6 ? "[%s]:%d" : "%s:%d", e->address, (int)port->port);
             if (len < 0 || (size_t)len >= sizeof text ||
-                config_parse_sockaddr(text, &c[m].ep.addr, &err) != PF_OK ||
-                (c[m].ep.addr.ss.ss_family == AF_INET6) != v6) {
+                config_parse_sockaddr(text, &c->ep.addr, &err) != PF_OK ||
+                (c->ep.addr.ss.ss_family == AF_INET6) != v6) {
                 st.bad_address++;
                 continue;
             }
-            c[m].ep.weight = 1;
-            c[m].ep.healthy = true;
-            memcpy(c[m].ep.zone, e->zone, sizeof c[m].ep.zone);
-            memcpy(c[m].ep.node_name, e->node_name, sizeof c[m].ep.node_name);
-            c[m].ready = e->ready;
-            c[m].serving = e->serving;
-            c[m].terminating = e->terminating;
-            m++;
+            conditions(c, e);
+            cs.len++;
         }
     }
+    candidate *c = cs.c;
+    size_t m = cs.len;
     /* Merge duplicates (an endpoint listed by two slices while it moves): the best
      * conditions win, so the move never takes it out. */
     qsort(c, m, sizeof *c, compare_candidates);
@@ -484,13 +525,20 @@ size_t k8s_build_endpoints(const k8s_slice *const *slices, size_t n, const k8s_p
      * traffic only when nothing is ready, so a rollout never drops to zero endpoints. */
     st.used_terminating = st.ready == 0 && st.serving_only > 0;
     size_t k = 0;
-    for (size_t i = 0; i < u && k < cap; i++) {
+    if (!(*out = calloc(u ? u : 1, sizeof **out)))
+        goto oom;
+    for (size_t i = 0; i < u; i++) {
         bool use = st.used_terminating ? (c[i].serving && c[i].terminating) : c[i].ready;
         if (use)
-            out[k++] = c[i].ep;
+            (*out)[k++] = c[i].ep;
     }
     free(c);
     if (stats)
         *stats = st;
     return k;
+oom:
+    free(cs.c);
+    if (stats)
+        *stats = st;
+    return 0;
 }

@@ -1077,7 +1077,14 @@ int main(int argc, char **argv) {
 
     int rc = 1;
     struct event *sigterm = NULL, *sigint = NULL;
-    g_base = event_base_new();
+    /* timerfd-backed timers: /delay and --delay-ms mean milliseconds, not the kernel's
+     * 4 ms scheduler tick that plain epoll timeouts round up to. */
+    struct event_config *ec = event_config_new();
+    if (ec) {
+        event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER);
+        g_base = event_base_new_with_config(ec);
+        event_config_free(ec);
+    }
     g_scratch = evbuffer_new();
     if (g_base == NULL || g_scratch == NULL) {
         fprintf(stderr, "pf-backend: cannot create the event loop (out of memory?)\n");

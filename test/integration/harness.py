@@ -1037,3 +1037,165 @@ class StandalonePilotfish(Pilotfish):
         if wait_ready:
             self.wait_ready()
         return self
+
+
+# ---- Kubernetes: the fake API server and kubectl ----------------------------
+
+import sys as _sys  # noqa: E402  (kept beside the helpers that need it)
+
+K8S_FAKE = os.path.join(REPO, "test", "fakes", "k8s_api.py")
+TOOLS_DIR = os.environ.get("PILOTFISH_TOOLS", os.path.join(REPO, "build", "tools"))
+KUBECTL_BIN = os.path.join(TOOLS_DIR, "kubectl")
+
+
+class K8sApi:
+    """test/fakes/k8s_api.py on 127.0.0.1 (HTTPS, its own CA) with its control port; started
+    and stopped by PID. put/delete change objects, other methods drive the control API."""
+
+    def __init__(self, workdir, tag="k8s"):
+        self.dir = os.path.join(workdir, tag)
+        self.out_path = os.path.join(workdir, f"{tag}.out")
+        self.err_path = os.path.join(workdir, f"{tag}.err")
+        self.proc = None
+        self.port = self.control_port = None
+
+    def start(self):
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [_sys.executable, K8S_FAKE, "--dir", self.dir],
+                stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+            )
+
+        def listening():
+            if self.proc.poll() is not None:
+                raise HarnessError(f"k8s_api.py exited {self.proc.returncode}: {_tail(self.err_path)}")
+            with open(self.out_path, "rb") as f:
+                m = re.search(rb"listening https://127\.0\.0\.1:(\d+) control http://127\.0\.0\.1:(\d+)",
+                              f.read())
+            return (int(m.group(1)), int(m.group(2))) if m else None
+
+        self.port, self.control_port = wait_for(listening, 30.0, "the fake API server to listen")
+        return self
+
+    @property
+    def url(self):
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self):
+        return os.path.join(self.dir, "ca.crt")
+
+    @property
+    def token_file(self):
+        return os.path.join(self.dir, "token")
+
+    def control(self, path, doc=None, timeout=30.0):
+        conn = http.client.HTTPConnection(LOCALHOST, self.control_port, timeout=timeout)
+        try:
+            if doc is None:
+                conn.request("GET", path)
+            else:
+                body = json.dumps(doc)
+                conn.request("POST", path, body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return json.loads(resp.read())
+        finally:
+            conn.close()
+
+    def apply(self, *ops):
+        """ops: objects to create or replace, or ("delete", resource, namespace, name)."""
+        wire = [{"delete": list(op[1:])} if isinstance(op, tuple) else {"put": op} for op in ops]
+        return self.control("/apply", {"ops": wire})["resourceVersion"]
+
+    def requests(self):
+        return self.control("/requests")
+
+    def config(self, **kw):
+        """The $.kubernetes object for pilotfish talking to this server."""
+        d = {"api_server": self.url, "token_file": self.token_file, "ca_file": self.ca_file,
+             "namespace": "default", "backoff": {"base": "50ms", "max": "500ms"}}
+        d.update(kw)
+        return d
+
+    def kubeconfig(self, token="test-token"):
+        """A kubeconfig for kubectl with the CA inline (certificate-authority-data)."""
+        import base64
+
+        path = os.path.join(self.dir, f"kubeconfig-{token}")
+        with open(self.ca_file, "rb") as f:
+            ca = base64.b64encode(f.read()).decode()
+        doc = {"apiVersion": "v1", "kind": "Config", "current-context": "fake",
+               "clusters": [{"name": "fake", "cluster": {"server": self.url,
+                                                         "certificate-authority-data": ca}}],
+               "users": [{"name": "test", "user": {"token": token}}],
+               "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "test",
+                                                          "namespace": "default"}}]}
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        return path
+
+    def stop(self):
+        if self.proc is not None:
+            _stop_process(self.proc, grace=5)
+
+
+def k8s_service(name, ports, namespace="default", **spec):
+    """A Service object; ports: [(name, port)] (name may be None)."""
+    sp = [dict({"port": p, "protocol": "TCP"}, **({"name": n} if n else {})) for n, p in ports]
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": dict({"ports": sp, "type": "ClusterIP"}, **spec)}
+
+
+def k8s_slice(name, service, port, endpoints, namespace="default", port_name="http",
+              address_type="IPv4"):
+    """An EndpointSlice; endpoints: [address or (address, {conditions}) or dict]."""
+    eps = []
+    for e in endpoints:
+        if isinstance(e, dict):
+            eps.append(e)
+        elif isinstance(e, tuple):
+            eps.append({"addresses": [e[0]], "conditions": e[1]})
+        else:
+            eps.append({"addresses": [e], "conditions": {"ready": True}})
+    ports = [dict({"port": port, "protocol": "TCP"}, **({"name": port_name} if port_name else {}))]
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": address_type, "ports": ports, "endpoints": eps}
+
+
+def run_kubectl(kubeconfig, *args, timeout=30):
+    """kubectl with a process timeout; returns (exit status, stdout, stderr)."""
+    r = subprocess.run([KUBECTL_BIN, "--kubeconfig", kubeconfig] + list(args),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                       timeout=timeout)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def cluster_status(pf, name):
+    """The /clusters entry called name, or None."""
+    for c in pf.admin_json("/clusters")["clusters"]:
+        if c["name"] == name:
+            return c
+    return None
+
+
+def started_by_test(make):
+    """The body of a "start something" fixture (use with `yield from`): yields start(...),
+    which builds make(...) and starts it; at teardown stops everything started, newest first,
+    by PID, and fails with whatever went wrong with the processes."""
+    started = []
+
+    def start(*args, **kw):
+        obj = make(*args, **kw)
+        started.append(obj)
+        return obj.start()
+
+    yield start
+    problems = []
+    for obj in reversed(started):
+        obj.stop()
+        problems += obj.problems()
+    if problems:
+        raise HarnessError("\n".join(problems))

@@ -6,9 +6,9 @@ while records change under load.
 Backends of A/AAAA clusters listen on 127.0.0.2, 127.0.0.3, ... (all loopback on Linux) or
 ::1, with one shared port, because address records carry no port."""
 
+import itertools
 import threading
 import time
-import types
 
 import pytest
 
@@ -18,12 +18,12 @@ from harness import (
     Dnsmasq,
     HarnessError,
     dig,
-    get_json,
     listener,
     make_config,
     metric_sum,
     route,
     shared_port,
+    started_by_test,
     wait_for,
 )
 
@@ -34,42 +34,21 @@ MARGIN = 2.5  # seconds beyond the TTL for a change to show: refresh, re-evaluat
 
 @pytest.fixture
 def dnsmasq(tmp_path):
-    """A running Dnsmasq (no records yet); stopped by PID at teardown."""
-    started = []
+    """dnsmasq(hosts, srv) -> a running Dnsmasq serving them; stopped by PID at teardown."""
+    tags = itertools.count()
 
-    def start(hosts=(), srv=()):
-        d = Dnsmasq(str(tmp_path), domain=DOMAIN, ttl=TTL, tag=f"dns{len(started)}")
-        d.hosts = list(hosts)
-        d.srv = list(srv)
-        started.append(d)
-        return d.start()
+    def make(hosts=(), srv=()):
+        d = Dnsmasq(str(tmp_path), domain=DOMAIN, ttl=TTL, tag=f"dns{next(tags)}")
+        d.hosts, d.srv = list(hosts), list(srv)
+        return d
 
-    yield start
-    problems = []
-    for d in started:
-        d.stop()
-        problems += d.problems()
-    if problems:
-        pytest.fail("\n".join(problems))
+    yield from started_by_test(make)
 
 
 @pytest.fixture
 def start_at(tmp_path):
     """start_at(name, "127.0.0.2:PORT") -> a running AddressedBackend; stopped at teardown."""
-    started = []
-
-    def start(name, listen):
-        b = AddressedBackend(name, str(tmp_path), listen)
-        started.append(b)
-        return b.start()
-
-    yield start
-    problems = []
-    for b in started:
-        b.stop()
-        problems += b.problems()
-    if problems:
-        pytest.fail("\n".join(problems))
+    yield from started_by_test(lambda name, listen: AddressedBackend(name, str(tmp_path), listen))
 
 
 def dns_cluster(name, dns_name, record="A", port=None, **kw):

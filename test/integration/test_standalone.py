@@ -2,6 +2,7 @@
 without a config file, its messages for bad flags, --print-config, and the systemd unit that
 runs it on a host."""
 
+import itertools
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from harness import (
     free_port,
     run_pilotfish,
     shared_port,
+    started_by_test,
 )
 
 DOMAIN = "test.internal"
@@ -31,37 +33,33 @@ UNIT = os.path.join(REPO, "manifests", "pilotfish.service")
 @pytest.fixture
 def standalone(tmp_path):
     """standalone(upstream, extra_args=()) -> a running StandalonePilotfish; stopped by PID."""
-    started = []
+    tags = itertools.count()
 
-    def start(upstream, extra_args=(), wait_ready=True):
+    def make(upstream, extra_args=()):
         listen, admin = f"{LOCALHOST}:{free_port()}", f"{LOCALHOST}:{free_port()}"
         args = ["--listen", listen, "--upstream", upstream, "--admin", admin] + list(extra_args)
-        pf = StandalonePilotfish(args, listen, admin, str(tmp_path), tag=f"sa{len(started)}")
-        started.append(pf)
-        return pf.start(wait_ready=wait_ready)
+        return StandalonePilotfish(args, listen, admin, str(tmp_path), tag=f"sa{next(tags)}")
 
-    yield start
-    problems = []
-    for pf in started:
-        pf.stop()
-        problems += pf.problems()
-    if problems:
-        pytest.fail("\n".join(problems))
+    yield from started_by_test(make)
 
 
 @pytest.fixture
 def dns_server(tmp_path):
-    servers = []
+    """dns_server(hosts, srv) -> a running Dnsmasq; stopped by PID at teardown."""
+    tags = itertools.count()
 
-    def start(hosts=(), srv=()):
-        d = Dnsmasq(str(tmp_path), domain=DOMAIN, ttl=1, tag=f"dns{len(servers)}")
+    def make(hosts=(), srv=()):
+        d = Dnsmasq(str(tmp_path), domain=DOMAIN, ttl=1, tag=f"dns{next(tags)}")
         d.hosts, d.srv = list(hosts), list(srv)
-        servers.append(d)
-        return d.start()
+        return d
 
-    yield start
-    for d in servers:
-        d.stop()
+    yield from started_by_test(make)
+
+
+@pytest.fixture
+def start_at(tmp_path):
+    """start_at(name, "127.0.0.2:PORT") -> a running AddressedBackend; stopped at teardown."""
+    yield from started_by_test(lambda name, listen: AddressedBackend(name, str(tmp_path), listen))
 
 
 def hits(pf, n):
@@ -82,22 +80,16 @@ def test_static_upstream_balances_over_every_address(start_backend, standalone):
     assert cluster["name"] == "upstream" and cluster["source"] == "static"
 
 
-def test_dns_upstream_follows_the_a_records_of_the_name(tmp_path, dns_server, standalone):
+def test_dns_upstream_follows_the_a_records_of_the_name(start_at, dns_server, standalone):
     port = shared_port(["127.0.0.2", "127.0.0.3"])
-    backends = [AddressedBackend(n, str(tmp_path), f"{h}:{port}") for n, h in
-                (("b2", "127.0.0.2"), ("b3", "127.0.0.3"))]
-    try:
-        for b in backends:
-            b.start()
-        d = dns_server(hosts=[("127.0.0.2", f"web.{DOMAIN}"), ("127.0.0.3", f"web.{DOMAIN}")])
-        pf = standalone(f"dns:web.{DOMAIN}:{port}", ["--resolver", f"{LOCALHOST}:{d.port}"])
-        assert hits(pf, 4) == {"b2": 2, "b3": 2}
-        (cluster,) = pf.admin_json("/clusters")["clusters"]
-        assert cluster["source"] == "dns"
-        assert cluster["dns"]["name"] == f"web.{DOMAIN}" and cluster["dns"]["port"] == port
-    finally:
-        for b in backends:
-            b.stop()
+    start_at("b2", f"127.0.0.2:{port}")
+    start_at("b3", f"127.0.0.3:{port}")
+    d = dns_server(hosts=[("127.0.0.2", f"web.{DOMAIN}"), ("127.0.0.3", f"web.{DOMAIN}")])
+    pf = standalone(f"dns:web.{DOMAIN}:{port}", ["--resolver", f"{LOCALHOST}:{d.port}"])
+    assert hits(pf, 4) == {"b2": 2, "b3": 2}
+    (cluster,) = pf.admin_json("/clusters")["clusters"]
+    assert cluster["source"] == "dns"
+    assert cluster["dns"]["name"] == f"web.{DOMAIN}" and cluster["dns"]["port"] == port
 
 
 def test_srv_upstream_takes_ports_from_the_records(start_backend, dns_server, standalone):

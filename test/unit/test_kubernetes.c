@@ -103,7 +103,8 @@ static void test_watch_events_parse_by_type(void) {
         const char *rv;
         int code;
     } rows[] = {
-        {"{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"a\",\"resourceVersion\":\"5\"}}}",
+        {"{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"a\",\"resourceVersion\":\"5\"}}"
+         "}",
          PF_OK, K8S_EV_ADDED, "5", 0},
         {"{\"type\":\"MODIFIED\",\"object\":{\"metadata\":{\"resourceVersion\":\"6\"}}}", PF_OK,
          K8S_EV_MODIFIED, "6", 0},
@@ -164,13 +165,13 @@ static k8s_object *slice(const char *name, const char *svc, const char *type, co
 }
 
 static void test_slice_parse_applies_the_nil_condition_rules(void) {
-    k8s_object *o = slice(
-        "web-1", "web", "IPv4", "[{\"name\":\"http\",\"port\":8080,\"protocol\":\"TCP\"}]",
-        "[{\"addresses\":[\"10.0.0.1\"],\"zone\":\"a\",\"nodeName\":\"n1\"},"
-        "{\"addresses\":[\"10.0.0.2\"],\"conditions\":{\"ready\":false}},"
-        "{\"addresses\":[\"10.0.0.3\"],\"conditions\":{\"ready\":false,\"serving\":true,"
-        "\"terminating\":true}},"
-        "{\"addresses\":[]},{\"conditions\":{}}]");
+    k8s_object *o =
+        slice("web-1", "web", "IPv4", "[{\"name\":\"http\",\"port\":8080,\"protocol\":\"TCP\"}]",
+              "[{\"addresses\":[\"10.0.0.1\"],\"zone\":\"a\",\"nodeName\":\"n1\"},"
+              "{\"addresses\":[\"10.0.0.2\"],\"conditions\":{\"ready\":false}},"
+              "{\"addresses\":[\"10.0.0.3\"],\"conditions\":{\"ready\":false,\"serving\":true,"
+              "\"terminating\":true}},"
+              "{\"addresses\":[]},{\"conditions\":{}}]");
     CU_ASSERT_FATAL(o != NULL);
     CU_ASSERT_STRING_EQUAL(o->key, "default/web-1");
     CU_ASSERT_STRING_EQUAL(o->rv, "1");
@@ -195,8 +196,8 @@ static void test_malformed_objects_are_refused_with_a_reason(void) {
         {"{\"metadata\":{\"name\":\"x\"},\"addressType\":\"Bogus\"}", K8S_KIND_SLICE,
          "unknown addressType"},
         {"{\"metadata\":{\"name\":\"x\"}}", K8S_KIND_SLICE, "addressType"},
-        {"{\"metadata\":{\"name\":\"x\"},\"addressType\":\"IPv4\",\"endpoints\":{}}", K8S_KIND_SLICE,
-         "endpoints is not a list"},
+        {"{\"metadata\":{\"name\":\"x\"},\"addressType\":\"IPv4\",\"endpoints\":{}}",
+         K8S_KIND_SLICE, "endpoints is not a list"},
         {"{\"metadata\":{\"name\":\"x\"}}", K8S_KIND_SERVICE, "spec"},
         {"{\"metadata\":{\"name\":\"x\"},\"spec\":{\"ports\":[{\"port\":0}]}}", K8S_KIND_SERVICE,
          "out of range"},
@@ -223,10 +224,11 @@ static k8s_object *service(const char *ports) {
 }
 
 static void test_external_name_service(void) {
-    k8s_object *o = parse("{\"metadata\":{\"name\":\"ext\",\"namespace\":\"default\"},"
-                          "\"spec\":{\"type\":\"ExternalName\",\"externalName\":\"Api.Example.COM.\","
-                          "\"ports\":[{\"port\":443}]}}",
-                          K8S_KIND_SERVICE);
+    k8s_object *o =
+        parse("{\"metadata\":{\"name\":\"ext\",\"namespace\":\"default\"},"
+              "\"spec\":{\"type\":\"ExternalName\",\"externalName\":\"Api.Example.COM.\","
+              "\"ports\":[{\"port\":443}]}}",
+              K8S_KIND_SERVICE);
     CU_ASSERT_FATAL(o != NULL);
     CU_ASSERT(o->u.service.external);
     CU_ASSERT_STRING_EQUAL(o->u.service.external_name, "api.example.com");
@@ -237,7 +239,8 @@ static void test_external_name_service(void) {
 /* ---- ports ----------------------------------------------------------------------------- */
 
 static void test_port_pick(void) {
-    k8s_object *two = service("[{\"name\":\"grpc\",\"port\":9090},{\"name\":\"http\",\"port\":80}]");
+    k8s_object *two =
+        service("[{\"name\":\"grpc\",\"port\":9090},{\"name\":\"http\",\"port\":80}]");
     k8s_object *one = service("[{\"port\":9080}]");
     k8s_object *none = service("[{\"name\":\"a\",\"port\":1},{\"name\":\"b\",\"port\":2}]");
     const k8s_service *s2 = &two->u.service, *s1 = &one->u.service, *s0 = &none->u.service;
@@ -274,13 +277,26 @@ static bool has(const pf_endpoint *eps, size_t n, const char *addr) {
     return false;
 }
 
+/* FQDN lookups in the tests: "db.example.com" has the addresses of db_set (when a test
+ * made it), other names none yet. */
+static pf_endpoint_set *db_set;
+
+static const pf_endpoint_set *fake_lookup(void *arg, const char *name, uint16_t port) {
+    return strcmp(name, "db.example.com") == 0 ? db_set : NULL;
+}
+
 static size_t build(k8s_object **objs, size_t n, const char *port, pf_endpoint *out,
                     k8s_build_stats *st) {
     const k8s_slice *slices[8];
     for (size_t i = 0; i < n; i++)
         slices[i] = &objs[i]->u.slice;
     k8s_port_pick pick = k8s_pick_port(NULL, port, 0);
-    return k8s_build_endpoints(slices, n, &pick, out, 64, st);
+    pf_endpoint *eps = NULL;
+    size_t count = k8s_build_endpoints(slices, n, &pick, fake_lookup, NULL, &eps, st);
+    CU_ASSERT_FATAL(eps != NULL && count <= 64);
+    memcpy(out, eps, count * sizeof *eps);
+    free(eps);
+    return count;
 }
 
 static void free_all(k8s_object **objs, size_t n) {
@@ -368,14 +384,38 @@ static void test_ipv6_slices_and_bad_addresses(void) {
               "[{\"addresses\":[\"fd00::1\"]},{\"addresses\":[\"10.0.0.1\"]}]"),
         slice("v4", "web", "IPv4", HTTP_PORT,
               "[{\"addresses\":[\"10.0.0.2\"]},{\"addresses\":[\"not-an-ip\"]}]"),
-        slice("f", "web", "FQDN", HTTP_PORT, "[{\"addresses\":[\"db.example.com\"]}]"),
     };
-    size_t n = build(objs, 3, "http", out, &st);
+    size_t n = build(objs, 2, "http", out, &st);
     CU_ASSERT_EQUAL(n, 2);
     CU_ASSERT(has(out, n, "[fd00::1]:8080") && has(out, n, "10.0.0.2:8080"));
     CU_ASSERT_EQUAL(st.bad_address, 2); /* an IPv4 address in an IPv6 slice, and a name */
-    CU_ASSERT_EQUAL(st.fqdn, 1);
-    free_all(objs, 3);
+    free_all(objs, 2);
+}
+
+static void test_fqdn_slices_use_the_resolved_addresses_with_their_conditions(void) {
+    pf_endpoint out[64];
+    k8s_build_stats st;
+    k8s_object *objs[] = {
+        slice("f", "web", "FQDN", HTTP_PORT,
+              "[{\"addresses\":[\"db.example.com\"],\"zone\":\"z\"},"
+              "{\"addresses\":[\"later.example.com\"]},"
+              "{\"addresses\":[\"db.example.com\"],\"conditions\":{\"ready\":false}}]"),
+    };
+    pf_endpoint db[2];
+    pf_error err;
+    memset(db, 0, sizeof db);
+    config_parse_sockaddr("192.0.2.10:1", &db[0].addr, &err);
+    config_parse_sockaddr("192.0.2.11:1", &db[1].addr, &err);
+    db_set = discovery_set_new(db, 2);
+    size_t n = build(objs, 1, "http", out, &st);
+    discovery_set_unref(db_set);
+    db_set = NULL;
+    CU_ASSERT_EQUAL(n, 2);
+    CU_ASSERT(has(out, n, "192.0.2.10:1") && has(out, n, "192.0.2.11:1"));
+    CU_ASSERT_STRING_EQUAL(out[0].zone, "z");
+    CU_ASSERT_EQUAL(st.fqdn, 3);
+    CU_ASSERT_EQUAL(st.fqdn_pending, 1);
+    free_all(objs, 1);
 }
 
 static void test_only_port_when_none_named(void) {
@@ -393,6 +433,76 @@ static void test_only_port_when_none_named(void) {
     free_all(objs, 3);
 }
 
+/* ---- kubeconfig ----------------------------------------------------------------------------- */
+
+static void test_kubeconfig_current_context_is_taken(void) {
+    /* the shape kubectl writes; "aGVsbG8=" is "hello" */
+    static const char yaml[] = "apiVersion: v1\n"
+                               "kind: Config\n"
+                               "current-context: prod\n"
+                               "clusters:\n"
+                               "- name: dev\n"
+                               "  cluster: {server: https://dev:6443}\n"
+                               "- name: prod-cluster\n"
+                               "  cluster:\n"
+                               "    server: https://10.0.0.1:6443\n"
+                               "    certificate-authority-data: aGVsbG8=\n"
+                               "contexts:\n"
+                               "- name: prod\n"
+                               "  context:\n"
+                               "    cluster: prod-cluster\n"
+                               "    user: admin\n"
+                               "    namespace: shop\n"
+                               "users:\n"
+                               "- name: admin\n"
+                               "  user:\n"
+                               "    token: abc.def\n"
+                               "    client-certificate: certs/admin.crt\n"
+                               "    client-key-data: a2V5\n";
+    k8s_kubeconfig kc;
+    pf_error err = {{0}};
+    int rc = k8s_kubeconfig_parse(yaml, sizeof yaml - 1, "kc", "/home/me/.kube", &kc, &err);
+    PF_CHECK(rc == PF_OK, "rc %d: %s", rc, err.msg);
+    CU_ASSERT_STRING_EQUAL(kc.server, "https://10.0.0.1:6443");
+    CU_ASSERT_STRING_EQUAL(kc.namespace, "shop");
+    CU_ASSERT_STRING_EQUAL(kc.token, "abc.def");
+    CU_ASSERT(kc.ca_data && kc.ca_len == 5 && memcmp(kc.ca_data, "hello", 5) == 0);
+    CU_ASSERT_STRING_EQUAL(kc.cert_file, "/home/me/.kube/certs/admin.crt");
+    CU_ASSERT(kc.key_data && kc.key_len == 3 && memcmp(kc.key_data, "key", 3) == 0);
+    k8s_kubeconfig_clear(&kc);
+}
+
+static void test_kubeconfig_refusals_say_why(void) {
+    static const struct {
+        const char *yaml;
+        const char *why;
+    } rows[] = {
+        {"current-context: x\ncontexts: []\n", "no context \"x\""},
+        {"current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+         "clusters: [{name: k, cluster: {}}]\n",
+         "has no server"},
+        {"current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+         "clusters: [{name: k, cluster: {server: 'https://a', insecure-skip-tls-verify: true}}]\n",
+         "insecure-skip-tls-verify is not supported"},
+        {"current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+         "clusters: [{name: k, cluster: {server: 'https://a'}}]\n"
+         "users: [{name: u, user: {exec: {command: aws}}}]\n",
+         "plugin"},
+        {"current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+         "clusters: [{name: k, cluster: {server: 'https://a', certificate-authority-data: "
+         "'%%%'}}]\n",
+         "not valid base64"},
+        {"a: [b\n", "YAML error"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        k8s_kubeconfig kc;
+        pf_error err = {{0}};
+        int rc = k8s_kubeconfig_parse(rows[i].yaml, strlen(rows[i].yaml), "kc", "", &kc, &err);
+        PF_CHECK(rc == PF_EINVAL, "row %zu: rc %d", i, rc);
+        PF_CHECK(strstr(err.msg, rows[i].why) != NULL, "row %zu: \"%s\"", i, err.msg);
+    }
+}
+
 PF_UNIT_MAIN("kubernetes", PF_UNIT_TEST(test_lines_split_across_reads_are_assembled),
              PF_UNIT_TEST(test_lines_byte_by_byte),
              PF_UNIT_TEST(test_line_over_the_bound_is_an_error_not_an_allocation),
@@ -405,4 +515,7 @@ PF_UNIT_MAIN("kubernetes", PF_UNIT_TEST(test_lines_split_across_reads_are_assemb
              PF_UNIT_TEST(test_endpoint_in_two_slices_counts_once_with_its_best_conditions),
              PF_UNIT_TEST(test_named_ports_resolve_per_slice),
              PF_UNIT_TEST(test_ipv6_slices_and_bad_addresses),
-             PF_UNIT_TEST(test_only_port_when_none_named))
+             PF_UNIT_TEST(test_fqdn_slices_use_the_resolved_addresses_with_their_conditions),
+             PF_UNIT_TEST(test_only_port_when_none_named),
+             PF_UNIT_TEST(test_kubeconfig_current_context_is_taken),
+             PF_UNIT_TEST(test_kubeconfig_refusals_say_why))
