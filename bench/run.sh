@@ -412,6 +412,8 @@ run_one() {
 # ---- main ----------------------------------------------------------------------------
 # "dns" (bench/dns.sh: a 500-target SRV cluster against the same endpoints listed) runs first, on its own.
 [[ ",$CASES," == *,dns,* ]] && { bash "$HERE/dns.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx dns | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
+# "k8s" (bench/k8s.sh: 1,000 Services / 10,000 endpoints from the fake API server) too.
+[[ ",$CASES," == *,k8s,* ]] && { bash "$HERE/k8s.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx k8s | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
 IFS=, read -r -a CASE_LIST <<<"$CASES"
 for c in "${CASE_LIST[@]}"; do
     [[ "$c" == keepalive || "$c" == close ]] || die "unknown case '$c' in BENCH_CASES (keepalive,close)"

@@ -16,7 +16,9 @@
 #include <event2/event.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <errno.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,6 +175,17 @@ static int print_config(const pf_config *cfg) {
     printf("%s\n", text);
     free(text);
     return 0;
+}
+
+/* Every client, upstream and health-check connection is a descriptor; the usual soft
+ * limit of 1024 is far below what a proxy needs, and the hard limit is ours to take. */
+static void raise_fd_limit(void) {
+    struct rlimit lim;
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+        lim.rlim_cur = lim.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &lim) != 0)
+            log_warn("cannot raise the open file limit: %s", strerror(errno));
+    }
 }
 
 static int load_config(const char *path, pf_config **out) {
@@ -503,6 +516,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
     app a = {0};
     a.k8s_opts = k8s_opts;
     json_t *upstream = sa.used ? standalone_cluster(sa.upstream) : NULL;

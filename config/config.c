@@ -114,6 +114,7 @@ typedef struct loader {
     pf_errlist *errs;
     size_t nerr; /* counted here: pf_errlist_add may drop a message when out of memory */
     bool oom;
+    bool auto_discover; /* $.kubernetes.auto_discover is on: listeners may have no routes */
 } loader;
 
 /* A comma-separated list for messages that stops with ", ..." rather than overflowing. */
@@ -822,8 +823,10 @@ static void parse_listener(loader *ld, json_t *v, const char *path, pf_config_li
     get_name(ld, v, path, l->name);
     get_addr(ld, v, path, "address", ADDR_LISTEN, true, &l->addr);
 
-    json_t *routes = get(ld, v, path, "routes", "array", true);
-    if (routes && json_array_size(routes) == 0)
+    /* With auto-discovery every Service is a route already; otherwise a listener without
+     * routes could only answer 404. */
+    json_t *routes = get(ld, v, path, "routes", "array", !ld->auto_discover);
+    if (routes && json_array_size(routes) == 0 && !ld->auto_discover)
         errf(ld, jkey(p, path, "routes"),
              "must not be empty; add a route such as "
              "{\"match\": {\"prefix\": \"/\"}, \"cluster\": \"web\"}");
@@ -1876,6 +1879,7 @@ static void parse_root(loader *ld, json_t *root, pf_config *cfg) {
     parse_local_zone(ld, root, cfg);
     parse_dns(ld, root, cfg);
     parse_kubernetes(ld, root, cfg);
+    ld->auto_discover = cfg->kubernetes.auto_discover;
 
     json_t *listeners = get(ld, root, "$", "listeners", "array", true);
     if (listeners)

@@ -500,7 +500,8 @@ size_t k8s_build_endpoints(const k8s_slice *const *slices, size_t n, const k8s_p
     size_t m = cs.len;
     /* Merge duplicates (an endpoint listed by two slices while it moves): the best
      * conditions win, so the move never takes it out. */
-    qsort(c, m, sizeof *c, compare_candidates);
+    if (m > 1)
+        qsort(c, m, sizeof *c, compare_candidates);
     size_t u = 0;
     for (size_t i = 0; i < m; i++) {
         if (u > 0 && strcmp(c[u - 1].ep.addr.text, c[i].ep.addr.text) == 0) {

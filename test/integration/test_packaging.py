@@ -6,7 +6,10 @@ knows the API's kinds and stores nothing. Each documented mode of the chart (its
 values and every helm/pilotfish/ci/*-values.yaml) is rendered and checked: kinds, RBAC
 rules, probes, limits, securityContext, labels, the pilotfish config (by `pilotfish
 --check-config`), kubectl's client-side dry run and its typed decoding (a field kubectl's
-Go types drop is a field Kubernetes does not know).
+Go types drop is a field Kubernetes does not know). The plain manifests get the same checks,
+the README's sidecar example is rendered as a user's chart would, the RBAC is compared with
+the requests pilotfish sends the fake API server of test/fakes/k8s_api.py, and the
+Dockerfile (never built here) is compared with the Makefile and the built binary.
 """
 
 import functools
@@ -22,14 +25,23 @@ import sys
 import pytest
 import yaml
 
-from harness import PILOTFISH_BIN, REPO
+from harness import (
+    LOCALHOST,
+    PILOTFISH_BIN,
+    REPO,
+    TOOLS_DIR,
+    K8sApi,
+    free_port,
+    k8s_service,
+    k8s_slice,
+    wait_for,
+)
 
 sys.path.insert(0, os.path.join(REPO, "test", "fakes"))
 from k8s_discovery import DiscoveryServer  # noqa: E402
 
-TOOLS = os.environ.get("PILOTFISH_TOOLS", os.path.join(REPO, "build", "tools"))
-HELM = os.path.join(TOOLS, "helm")
-KUBECTL = os.path.join(TOOLS, "kubectl")
+HELM = os.path.join(TOOLS_DIR, "helm")
+KUBECTL = os.path.join(TOOLS_DIR, "kubectl")
 CHART = os.path.join(REPO, "helm", "pilotfish")
 MANIFESTS = os.path.join(REPO, "manifests")
 NAMESPACE = "pf-test"
@@ -37,7 +49,8 @@ RELEASE = "rel"
 FULLNAME = "rel-pilotfish"
 CMD_TIMEOUT = 120  # seconds for one helm or kubectl run on a slow, shared machine
 
-# Exactly what pilotfish's Kubernetes discovery reads, as (apiGroup, resource) -> verbs.
+# The RBAC every Role and ClusterRole grants, (apiGroup, resource) -> verbs: what discovery
+# reads (list, watch; test_rbac_matches_what_discovery_asks_the_api_server_for) and get.
 RBAC_RULES = {("", "services"): ["get", "list", "watch"],
               ("discovery.k8s.io", "endpointslices"): ["get", "list", "watch"]}
 
@@ -84,7 +97,7 @@ def tools_present():
 def tool_env():
     """helm and kubectl with their caches and config in build/, not in $HOME, and no
     cluster unless a test names one."""
-    home = os.path.join(TOOLS, "home")
+    home = os.path.join(TOOLS_DIR, "home")
     os.makedirs(home, exist_ok=True)
     env = dict(os.environ)
     env.update(HELM_CACHE_HOME=os.path.join(home, "cache"),
@@ -837,6 +850,81 @@ def test_dockerfile_runs_as_non_root_with_the_binary_as_entrypoint():
 # ---- the RBAC against what discovery asks for ---------------------------------
 
 
-def test_rbac_matches_what_discovery_asks_the_api_server_for():
-    pytest.skip("waiting for test/fakes/k8s_api.py (issue 4), whose record of requests this "
-                "compares with the Role")
+def grants(docs):
+    """{(namespace or "*" for every namespace, apiGroup, resource): {verbs}} of the RBAC."""
+    out = {}
+    for role in (d for d in docs if d["kind"] in ("Role", "ClusterRole")):
+        ns = role["metadata"]["namespace"] if role["kind"] == "Role" else "*"
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    out.setdefault((ns, group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def discovery_objects(config):
+    """A Service and an EndpointSlice for every explicit Kubernetes cluster, so that each
+    has endpoints and pilotfish gets ready."""
+    objs = []
+    for c in config["clusters"]:
+        k = c.get("kubernetes")
+        if k:
+            port = k.get("port", "http")
+            name = port if isinstance(port, str) else "http"
+            number = port if isinstance(port, int) else 8080
+            objs += [k8s_service(k["service"], [(name, number)], namespace=k["namespace"]),
+                     k8s_slice(f"{k['service']}-a", k["service"], number, ["10.0.0.9"],
+                               namespace=k["namespace"], port_name=name)]
+    return objs
+
+
+# Every RBAC shape: a Role in the release's namespace, Roles in two others, a ClusterRole,
+# Roles for explicit clusters only, and the plain manifests.
+RBAC_CASES = ["default", "gateway", "all-namespaces", "explicit", "manifests"]
+
+
+@pytest.mark.parametrize("case", RBAC_CASES)
+def test_rbac_matches_what_discovery_asks_the_api_server_for(case, tmp_path, start_pilotfish):
+    """pilotfish runs the rendered config against the fake API server, which records every
+    request; the RBAC must allow each of them, and grant no resource in no namespace that
+    pilotfish does not read. get is granted too, as Kubernetes convention (and the issue)
+    pairs it with list and watch."""
+    if case == "manifests":
+        docs, namespace = manifests_install("native"), "default"
+    else:
+        docs, namespace = render(case), NAMESPACE
+    config = json.loads(config_of(docs))
+    config["admin"]["address"] = f"{LOCALHOST}:{free_port()}"
+    config["listeners"][0]["address"] = f"{LOCALHOST}:{free_port()}"
+    api = K8sApi(str(tmp_path)).start()
+    try:
+        objs = discovery_objects(config)
+        if objs:
+            api.apply(*objs)
+        # The connection a pod gets from its service account, made explicit for the fake.
+        config["kubernetes"].update(api.config(namespace=namespace))
+        start_pilotfish(config)
+
+        def watching_all_it_listed():
+            reqs = api.requests()
+            listed = {(r["group"], r["resource"], r["namespace"]) for r in reqs
+                      if r["verb"] == "list"}
+            watched = {(r["group"], r["resource"], r["namespace"]) for r in reqs
+                       if r["verb"] == "watch"}
+            return reqs if listed and listed <= watched else None
+
+        requests = wait_for(watching_all_it_listed, 15.0, "pilotfish to list and watch")
+    finally:
+        api.stop()
+    granted = grants(docs)
+    used = set()
+    for r in requests:
+        ns = r["namespace"] or "*"  # a cluster-wide list or watch needs a ClusterRole
+        key = next((k for k in ((ns, r["group"], r["resource"]), ("*", r["group"], r["resource"]))
+                    if r["verb"] in granted.get(k, ())), None)
+        assert key, f"{case}: RBAC does not allow {r['verb']} {r['resource']} in {ns!r}"
+        used.add(key)
+    assert used == set(granted), f"{case}: granted but never used: {set(granted) - used}"
+    verbs = {r["verb"] for r in requests}
+    for key, allowed in granted.items():
+        assert allowed - verbs <= {"get"}, f"{case}: {key} grants unused {allowed - verbs}"

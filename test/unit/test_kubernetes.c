@@ -418,6 +418,14 @@ static void test_fqdn_slices_use_the_resolved_addresses_with_their_conditions(vo
     free_all(objs, 1);
 }
 
+/* Under UBSan this caught qsort(NULL, 0): a Service whose slices are all gone. */
+static void test_no_slices_build_an_empty_set(void) {
+    pf_endpoint out[1];
+    k8s_build_stats st;
+    CU_ASSERT_EQUAL(build(NULL, 0, "http", out, &st), 0);
+    CU_ASSERT(!st.used_terminating && st.ready == 0);
+}
+
 static void test_only_port_when_none_named(void) {
     pf_endpoint out[64];
     k8s_build_stats st;
@@ -517,5 +525,6 @@ PF_UNIT_MAIN("kubernetes", PF_UNIT_TEST(test_lines_split_across_reads_are_assemb
              PF_UNIT_TEST(test_ipv6_slices_and_bad_addresses),
              PF_UNIT_TEST(test_fqdn_slices_use_the_resolved_addresses_with_their_conditions),
              PF_UNIT_TEST(test_only_port_when_none_named),
+             PF_UNIT_TEST(test_no_slices_build_an_empty_set),
              PF_UNIT_TEST(test_kubeconfig_current_context_is_taken),
              PF_UNIT_TEST(test_kubeconfig_refusals_say_why))
