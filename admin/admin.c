@@ -171,7 +171,8 @@ static bool k8s_source_json(const pf_admin *admin, const pf_config_cluster *cfg,
     if (st.external_name[0])
         json_object_set_new(k, "external_name", json_string(st.external_name));
     json_object_set_new(k, "publishes", json_integer((json_int_t)st.publishes));
-    json_object_set_new(k, "last_error", st.last_error[0] ? json_string(st.last_error) : json_null());
+    json_object_set_new(k, "last_error",
+                        st.last_error[0] ? json_string(st.last_error) : json_null());
     json_object_set_new(k, "last_error_time", time_json(st.last_error_wall_us));
     json_object_set_new(c, "kubernetes", k);
     return true;

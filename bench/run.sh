@@ -414,6 +414,8 @@ run_one() {
 [[ ",$CASES," == *,dns,* ]] && { bash "$HERE/dns.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx dns | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
 # "k8s" (bench/k8s.sh: 1,000 Services / 10,000 endpoints from the fake API server) too.
 [[ ",$CASES," == *,k8s,* ]] && { bash "$HERE/k8s.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx k8s | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
+# "policies" (bench/policies.sh: every lb_policy against round robin, equal and skewed backends) too.
+[[ ",$CASES," == *,policies,* ]] && { bash "$HERE/policies.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx policies | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
 IFS=, read -r -a CASE_LIST <<<"$CASES"
 for c in "${CASE_LIST[@]}"; do
     [[ "$c" == keepalive || "$c" == close ]] || die "unknown case '$c' in BENCH_CASES (keepalive,close)"

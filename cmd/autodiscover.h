@@ -6,15 +6,22 @@
 #define PF_CMD_AUTODISCOVER_H
 
 #include "core/error.h"
+#include "core/metrics.h"
 #include "discovery/kubernetes.h"
 #include "proxy/proxy.h"
 
+#include <event2/event.h>
+
 typedef struct pf_autodiscover pf_autodiscover;
 
-/* Registers the callbacks on `k8s` (before discovery_k8s_start). proxy and k8s are
- * borrowed and must outlive the returned object. Returns NULL with err set. Main thread. */
-pf_autodiscover *autodiscover_new(pf_proxy *proxy, pf_k8s *k8s, const char *cluster_domain,
-                                  pf_error *err);
+/* Registers the callbacks on `k8s` (before discovery_k8s_start). Each discovered cluster
+ * gets a discovered slot and a pf_health like the configured ones (its settings' health
+ * checks and outlier detection apply). Everything passed is borrowed and must outlive the
+ * returned object. Returns NULL with err set. Main thread. */
+pf_autodiscover *autodiscover_new(struct event_base *base, pf_proxy *proxy, pf_k8s *k8s,
+                                  pf_metrics *metrics, const char *cluster_domain, pf_error *err);
+/* Frees every discovered cluster's health: after the workers are gone (they report into
+ * it). NULL is a no-op. Main thread. */
 void autodiscover_free(pf_autodiscover *ad);
 
 #endif

@@ -305,8 +305,8 @@ static int start_kubernetes(app *a, pf_error *err) {
             return rc;
     }
     if (cfg->kubernetes.auto_discover &&
-        !(a->autodiscover =
-              autodiscover_new(a->proxy, a->k8s, cfg->kubernetes.cluster_domain, err)))
+        !(a->autodiscover = autodiscover_new(a->base, a->proxy, a->k8s, a->metrics,
+                                             cfg->kubernetes.cluster_domain, err)))
         return PF_EINVAL;
     return discovery_k8s_start(a->k8s, err);
 }
@@ -368,9 +368,9 @@ static void app_free(app *a) {
     if (a->drain_timer)
         event_free(a->drain_timer);
     discovery_dns_free(a->dns); /* publishes into the discovered slots: goes first */
-    discovery_k8s_free(a->k8s); /* the same, and calls back into autodiscover */
-    autodiscover_free(a->autodiscover);
+    discovery_k8s_free(a->k8s); /* the same */
     proxy_free(a->proxy);
+    autodiscover_free(a->autodiscover); /* health the workers reported into */
     admin_free(a->admin);
     stop_health(a);
     if (a->base)

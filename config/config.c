@@ -60,17 +60,17 @@ static const char *const lb_policy_names[] = {
     [PF_LB_MAGLEV] = "maglev",
 };
 
-static const char *const root_keys[] = {"admin",     "access_log", "workers",    "drain_timeout",
-                                        "listeners", "clusters",   "local_zone", "dns",
-                                        "kubernetes"};
+static const char *const root_keys[] = {"admin",         "access_log", "workers",
+                                        "drain_timeout", "listeners",  "clusters",
+                                        "local_zone",    "dns",        "kubernetes"};
 static const char *const admin_keys[] = {"address"};
 static const char *const listener_keys[] = {
     "name",        "address",      "routes",         "max_header_bytes", "max_target_bytes",
     "max_headers", "buffer_bytes", "header_timeout", "idle_timeout"};
 static const char *const route_keys[] = {"match", "cluster", "retry", "timeout"};
-static const char *const retry_keys[] = {"on",      "status_codes",         "max_retries",
-                                         "per_try_timeout", "backoff", "retry_non_idempotent",
-                                         "buffer_bytes"};
+static const char *const retry_keys[] = {
+    "on",      "status_codes",         "max_retries", "per_try_timeout",
+    "backoff", "retry_non_idempotent", "buffer_bytes"};
 static const char *const retry_on_names[] = {"connect-failure", "reset", "gateway-error", "5xx",
                                              "retriable-status-codes"};
 static const char *const backoff_keys[] = {"base", "max"};
@@ -1307,8 +1307,8 @@ static bool parse_cluster_dns(loader *ld, json_t *cluster, const char *cluster_p
 #define K8S_PAGE_SIZE_MAX 10000u
 
 static const char *const k8s_keys[] = {
-    "api_server",      "token_file",    "ca_file",        "namespace",      "cluster_domain",
-    "auto_discover",   "stall_timeout", "request_timeout", "connect_timeout", "backoff",
+    "api_server",     "token_file",     "ca_file",         "namespace",       "cluster_domain",
+    "auto_discover",  "stall_timeout",  "request_timeout", "connect_timeout", "backoff",
     "max_line_bytes", "max_list_bytes", "page_size"};
 static const char *const k8s_auto_keys[] = {"namespaces", "cluster"};
 static const char *const k8s_cluster_keys[] = {"service", "namespace", "port"};
@@ -1573,7 +1573,7 @@ static void parse_cluster(loader *ld, json_t *v, const char *path, pf_config_clu
     /* An empty list is allowed: a cluster may be declared before its endpoints exist,
      * and the proxy answers 503 for it meanwhile. */
     json_t *eps = get(ld, v, path, "endpoints", "array",
-                     !parse_cluster_k8s(ld, v, path, c) && parse_cluster_dns(ld, v, path, c));
+                      !parse_cluster_k8s(ld, v, path, c) && parse_cluster_dns(ld, v, path, c));
     if (eps && json_array_size(eps) > 0) {
         c->endpoints = alloc_array(ld, json_array_size(eps), sizeof *c->endpoints);
         if (c->endpoints) {

@@ -217,11 +217,11 @@ typedef struct pf_config_dns {
 #define PF_DEFAULT_K8S_CONNECT_TIMEOUT_MS 5000u
 #define PF_DEFAULT_K8S_BACKOFF_BASE_MS 500u
 #define PF_DEFAULT_K8S_BACKOFF_MAX_MS 30000u
-#define PF_DEFAULT_K8S_MAX_LINE_BYTES (4u * 1024u * 1024u) /* one watch event */
+#define PF_DEFAULT_K8S_MAX_LINE_BYTES (4u * 1024u * 1024u)  /* one watch event */
 #define PF_DEFAULT_K8S_MAX_LIST_BYTES (64u * 1024u * 1024u) /* one list page */
 #define PF_DEFAULT_K8S_PAGE_SIZE 500u
-#define PF_K8S_NAME_MAX 64      /* a Service, namespace or port name (DNS label, 63) and NUL */
-#define PF_K8S_TEXT_MAX 1024    /* URLs and file paths */
+#define PF_K8S_NAME_MAX 64   /* a Service, namespace or port name (DNS label, 63) and NUL */
+#define PF_K8S_TEXT_MAX 1024 /* URLs and file paths */
 #define PF_K8S_MAX_NAMESPACES 64
 
 /* $.clusters[].kubernetes: endpoints from the EndpointSlices of one Service. */
@@ -253,7 +253,7 @@ typedef struct pf_config_cluster {
     uint32_t max_idle_per_endpoint;    /* per worker */
     pf_config_health_check health_check;
     pf_config_outlier outlier;
-    pf_config_cluster_dns dns; /* dns.name[0] != 0: DNS discovery, no endpoints */
+    pf_config_cluster_dns dns;        /* dns.name[0] != 0: DNS discovery, no endpoints */
     pf_config_cluster_k8s kubernetes; /* kubernetes.service[0] != 0: EndpointSlices */
 } pf_config_cluster;
 
@@ -268,7 +268,7 @@ typedef struct pf_config_route {
     char path[PF_PATH_MAX]; /* "/" when no path was given */
     char cluster[PF_NAME_MAX];
     size_t cluster_index; /* index into pf_config.clusters, resolved at load */
-    bool has_retry;        /* false: the cluster's policy applies */
+    bool has_retry;       /* false: the cluster's policy applies */
     pf_config_retry retry;
     uint64_t timeout_ms; /* whole request, all attempts, until the response head; 0: none */
 } pf_config_route;
@@ -289,7 +289,7 @@ typedef struct pf_config_listener {
 /* $.kubernetes: how to reach the API server, shared by every Kubernetes cluster, and
  * auto-discovery. Empty strings mean "the in-cluster default" (resolved at start). */
 typedef struct pf_config_kubernetes {
-    bool enabled; /* "kubernetes" is given, or a cluster uses it */
+    bool enabled;                     /* "kubernetes" is given, or a cluster uses it */
     char api_server[PF_K8S_TEXT_MAX]; /* "https://host:port" */
     char token_file[PF_K8S_TEXT_MAX];
     char ca_file[PF_K8S_TEXT_MAX];

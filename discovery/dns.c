@@ -12,7 +12,6 @@
 
 #include <ares.h>
 #include <arpa/nameser.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -720,8 +719,11 @@ pf_dns *discovery_dns_new(struct event_base *base, const pf_config *cfg, pf_metr
     }
     dns->base = base;
     dns->cfg = cfg;
-    if (getrandom(dns->rng, sizeof dns->rng, 0) != sizeof dns->rng || !(dns->rng[0] | dns->rng[1]))
-        dns->rng[0] = 0x9e3779b97f4a7c15ull, dns->rng[1] = (uint64_t)pf_now_us() | 1;
+    if (getrandom(dns->rng, sizeof dns->rng, 0) != sizeof dns->rng ||
+        !(dns->rng[0] | dns->rng[1])) {
+        dns->rng[0] = 0x9e3779b97f4a7c15ull;
+        dns->rng[1] = pf_now_us() | 1;
+    }
     int rc = ares_library_init(ARES_LIB_INIT_ALL);
     if (rc != ARES_SUCCESS) {
         pf_fail(err, PF_EIO, "dns: c-ares init: %s", ares_strerror(rc));

@@ -96,8 +96,6 @@ typedef struct k8s_req {
     char errbuf[CURL_ERROR_SIZE];
 } k8s_req;
 
-enum { W_IDLE, W_LISTING, W_WATCHING, W_WAITING };
-
 struct k8s_watch {
     pf_k8s *k;
     k8s_view *view;
@@ -108,7 +106,6 @@ struct k8s_watch {
     k8s_map fresh;      /* the list being paged in */
     char rv[K8S_RV_MAX];
     char *cont; /* continue token of the next page */
-    int state;
     bool synced;
     bool need_list; /* the next step is a list (start, 410, failed list), not a watch */
     k8s_req *req;
@@ -594,6 +591,20 @@ static void stall_arm(k8s_watch *w) {
     evtimer_add(w->stall, &tv);
 }
 
+/* Starts the list or watch request; on failure (out of memory) retries after a backoff. */
+static bool watch_send(k8s_watch *w, const char *url, bool watch) {
+    k8s_req *r = req_new(w, url, watch);
+    if (!r || req_start(r, url) != PF_OK) {
+        req_free(r);
+        log_error("kubernetes: out of memory starting a %s of %s", watch ? "watch" : "list",
+                  resource_names[w->kind]);
+        watch_schedule(w, backoff_ms(w->k, ++w->failures));
+        return false;
+    }
+    w->req = r;
+    return true;
+}
+
 static void watch_list(k8s_watch *w) {
     char path[PATH_MAX_K8S], url[URL_MAX], cont[CONT_MAX] = "";
     base_path(w, path, sizeof path);
@@ -608,15 +619,8 @@ static void watch_list(k8s_watch *w) {
     }
     snprintf(url, sizeof url, "%s?limit=%u%s%s%s", path, w->k->kc->page_size, w->selector,
              cont[0] ? "&continue=" : "", cont);
-    k8s_req *r = req_new(w, url, false);
-    if (!r || req_start(r, url) != PF_OK) {
-        req_free(r);
-        log_error("kubernetes: out of memory starting a list of %s", resource_names[w->kind]);
-        watch_schedule(w, backoff_ms(w->k, ++w->failures));
+    if (!watch_send(w, url, false))
         return;
-    }
-    w->req = r;
-    w->state = W_LISTING;
     log_debug("kubernetes: list resource=%s scope=\"%s\" page=%s", resource_names[w->kind],
               w->scope, w->cont ? "next" : "first");
 }
@@ -630,15 +634,8 @@ static void watch_watch(k8s_watch *w) {
     snprintf(url, sizeof url,
              "%s?watch=1&allowWatchBookmarks=true&resourceVersion=%s&timeoutSeconds=%u%s", path, rv,
              timeout, w->selector);
-    k8s_req *r = req_new(w, url, true);
-    if (!r || req_start(r, url) != PF_OK) {
-        req_free(r);
-        log_error("kubernetes: out of memory starting a watch of %s", resource_names[w->kind]);
-        watch_schedule(w, backoff_ms(w->k, ++w->failures));
+    if (!watch_send(w, url, true))
         return;
-    }
-    w->req = r;
-    w->state = W_WATCHING;
     metrics_inc(w->connects, 1);
     stall_arm(w);
     log_debug("kubernetes: watch resource=%s scope=\"%s\" resource_version=%s",
@@ -656,7 +653,6 @@ static void on_watch_timer(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void watch_schedule(k8s_watch *w, uint64_t delay_ms) {
-    w->state = W_WAITING;
     struct timeval tv = pf_timeval_ms(delay_ms);
     evtimer_add(w->timer, &tv);
 }
@@ -996,9 +992,7 @@ static void watch_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
     int st;
     if (r->abort)
         st = r->abort;
-    else if (cc != CURLE_OK && r->status == 200 && cc != CURLE_OPERATION_TIMEDOUT)
-        st = transport_failure(w, r, cc, "watch");
-    else if (cc != CURLE_OK && r->status != 200)
+    else if (cc != CURLE_OK)
         st = transport_failure(w, r, cc, "watch");
     else if (r->status != 200)
         st = http_failure(w, r, "watch");
@@ -1078,7 +1072,6 @@ static void check_done(pf_k8s *k) {
             curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
         k8s_watch *w = r->w;
         w->req = NULL;
-        w->state = W_IDLE;
         if (r->watch)
             watch_done(w, r, cc);
         else

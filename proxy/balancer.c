@@ -6,6 +6,7 @@
  * the group, under its mutex, by the first worker that meets a set with new endpoints, and
  * every other worker takes a reference to the same immutable table. */
 #include "core/log.h"
+#include "core/random.h"
 #include "core/time.h"
 #include "proxy/balancer_int.h"
 
@@ -62,13 +63,7 @@ uint64_t balancer_hash(const void *data, size_t len) {
 }
 
 uint64_t lb_random(pf_balancer *b) {
-    /* xorshift128+, per balancer: no shared state on the request path. */
-    uint64_t s1 = b->rng[0];
-    const uint64_t s0 = b->rng[1];
-    b->rng[0] = s0;
-    s1 ^= s1 << 23;
-    b->rng[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
-    return b->rng[1] + s0;
+    return pf_xorshift128p(b->rng); /* per balancer: no shared state on the request path */
 }
 
 void balancer_seed(pf_balancer *b, uint64_t seed) {
@@ -184,6 +179,21 @@ void lb_draw_two(pf_balancer *b, size_t *first, size_t *second) {
 uint64_t lb_active(const pf_balancer *b, size_t i) {
     const pf_endpoint_stats *s = b->set->endpoints[i].stats;
     return s ? atomic_load_explicit(&s->active_requests, memory_order_relaxed) : 0;
+}
+
+size_t lb_first_admitted(const pf_balancer *b, const uint32_t *order, size_t len, size_t start,
+                         uint64_t key) {
+    size_t first_healthy = SIZE_MAX;
+    for (size_t k = 0; k < len; k++) {
+        size_t i = order ? order[(start + k) % len] : (start + k) % len;
+        if (i >= b->set->count || !b->set->endpoints[i].healthy)
+            continue;
+        if (lb_ramp_admits(b, i, key))
+            return i;
+        if (first_healthy == SIZE_MAX)
+            first_healthy = i;
+    }
+    return first_healthy;
 }
 
 bool lb_ramp_admits(const pf_balancer *b, size_t i, uint64_t key) {

@@ -104,6 +104,12 @@ uint64_t lb_active(const pf_balancer *b, size_t i);
  * ramp, the same keys every time, so hash policies ramp without losing stickiness. */
 bool lb_ramp_admits(const pf_balancer *b, size_t i, uint64_t key);
 
+/* Walks endpoint indexes order[start], order[start + 1], ... (wrapping; order NULL: the
+ * set's own order) and returns the first healthy one that admits key, else the first
+ * healthy one: "the next in hash order" for the hash policies. SIZE_MAX when none is. */
+size_t lb_first_admitted(const pf_balancer *b, const uint32_t *order, size_t len, size_t start,
+                         uint64_t key);
+
 /* A reference to the group's table for b->set, building it (once for all workers) when the
  * cached one belongs to other endpoints. NULL when out of memory. */
 lb_table *lb_table_acquire(pf_balancer *b, lb_table_builder build);

@@ -91,19 +91,9 @@ static const pf_endpoint *maglev_pick(pf_balancer *b, const pf_pick_context *ctx
         if (usable(b, owner, key))
             return &b->set->endpoints[owner];
     }
-    /* Still nothing: walk the set from a place fixed by the key, taking the first endpoint
-     * that admits it, else the first healthy one. */
-    size_t n = b->set->count, start = (size_t)(key % n), first_healthy = SIZE_MAX;
-    for (size_t k = 0; k < n; k++) {
-        size_t i = (start + k) % n;
-        if (!b->set->endpoints[i].healthy)
-            continue;
-        if (lb_ramp_admits(b, i, key))
-            return &b->set->endpoints[i];
-        if (first_healthy == SIZE_MAX)
-            first_healthy = i;
-    }
-    return &b->set->endpoints[first_healthy];
+    /* Still nothing: walk the set from a place fixed by the key. */
+    size_t n = b->set->count;
+    return &b->set->endpoints[lb_first_admitted(b, NULL, n, (size_t)(key % n), key)];
 }
 
 static void maglev_free(pf_balancer *b) {

@@ -89,18 +89,8 @@ static const pf_endpoint *ring_pick(pf_balancer *b, const pf_pick_context *ctx) 
         else
             hi = mid;
     }
-    size_t first_healthy = SIZE_MAX;
-    for (size_t k = 0; k < t->size; k++) {
-        size_t owner = t->owners[(lo + k) % t->size];
-        if (!b->set->endpoints[owner].healthy)
-            continue;
-        if (lb_ramp_admits(b, owner, ctx->hash))
-            return &b->set->endpoints[owner];
-        if (first_healthy == SIZE_MAX)
-            first_healthy = owner;
-    }
-    /* every healthy endpoint is ramping and none admitted this key: the first in order */
-    return &b->set->endpoints[first_healthy];
+    /* clockwise from there; every endpoint has a point, so a healthy one is met */
+    return &b->set->endpoints[lb_first_admitted(b, t->owners, t->size, lo, ctx->hash)];
 }
 
 static void ring_free(pf_balancer *b) {

@@ -55,6 +55,7 @@ struct pf_conn {
     bool stale_retried;  /* the one free replay after a dead pooled connection was used */
     bool counted_active; /* in the cluster's requests in flight */
     bool counted_retry;  /* in the cluster's retries in flight */
+    bool counted_ep;     /* in c->ep's requests in flight */
     unsigned attempts;
     unsigned retries;
     uint64_t deadline_us; /* route timeout; 0: none */
@@ -138,8 +139,10 @@ static void end_attempt(pf_conn *c, bool reusable) {
         upstream_release(c->up, reusable);
         c->up = NULL;
     }
-    if (c->ep && c->ep->stats)
+    /* Once per attempt: several paths end an attempt, and the count must not go below. */
+    if (c->counted_ep && c->ep && c->ep->stats)
         atomic_fetch_sub_explicit(&c->ep->stats->active_requests, 1, memory_order_relaxed);
+    c->counted_ep = false;
 }
 
 /* Ends the request's share of the cluster's in-flight counts (breakers, retry budget). */
@@ -436,6 +439,7 @@ static int start_attempt(pf_conn *c, bool has_body) {
     if (ep->stats) {
         atomic_fetch_add_explicit(&ep->stats->active_requests, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&ep->stats->requests_total, 1, memory_order_relaxed);
+        c->counted_ep = true;
     }
     bool reused = false, over = false;
     c->up = upstream_acquire(c->w, c->wc, ep, c, &reused, &over);

@@ -46,8 +46,8 @@ typedef struct pf_cluster_rt {
     _Atomic long active_retries;
     _Atomic long pending_requests; /* waiting for an upstream connection to open */
     pf_assign_params assign_params;
-    pf_assign_cache assign; /* the tier/zone/panic view of the current set */
-    pf_balancer_group *lb;  /* what the workers' balancers share (settings, hash tables) */
+    pf_assign_cache assign;       /* the tier/zone/panic view of the current set */
+    pf_balancer_group *lb;        /* what the workers' balancers share (settings, hash tables) */
     pf_config_cluster *owned_cfg; /* run-time clusters own their config copy */
     pf_health *health;            /* passive outlier detection; may be NULL */
     bool retired;

@@ -115,6 +115,16 @@ class State:
         return self.rv
 
 
+def send_json(handler, code, doc):
+    """A JSON body with its length, on a keep-alive HTTP/1.1 connection."""
+    body = json.dumps(doc).encode()
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def selector_match(obj, label_sel, field_sel):
     meta = obj.get("metadata", {})
     for term in filter(None, (label_sel or "").split(",")):
@@ -147,12 +157,7 @@ def make_handler(state):
             pass
 
         def send_json(self, code, doc):
-            body = json.dumps(doc).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_json(self, code, doc)
 
         def do_GET(self):
             try:
@@ -356,12 +361,7 @@ def make_control(state):
             pass
 
         def reply(self, doc, code=200):
-            body = json.dumps(doc).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_json(self, code, doc)
 
         def body(self):
             n = int(self.headers.get("Content-Length") or 0)

@@ -17,7 +17,7 @@ from harness import (
     Dnsmasq,
     K8sApi,
     cluster_status,
-    http_request,
+    free_port,
     k8s_service,
     k8s_slice,
     listener,
@@ -480,6 +480,27 @@ def test_explicit_routes_win_over_discovered_services(k8s, start_backend, start_
     wait_for(lambda: cluster_status(pf, "fallback.default:80"), 10, "the discovered cluster")
     assert pf.get("/", host="fallback.default").header("X-Backend") == "fallback"
     assert pf.get("/", host="fallback.default.svc").header("X-Backend") == "b1"
+
+
+def test_discovered_clusters_take_the_template_health_checks(k8s, start_backend,
+                                                             start_pilotfish):
+    b1 = start_backend("b1")
+    closed = free_port()
+    k8s.apply(k8s_service("web", [("http", 80)]), slice_for("1", b1),
+              k8s_slice("web-2", "web", closed, ["127.0.0.1"]))
+    cfg = auto_config(k8s, start_backend)
+    cfg["kubernetes"]["auto_discover"]["cluster"] = {
+        "health_check": {"type": "tcp", "interval": "100ms", "timeout": "100ms",
+                         "unhealthy_threshold": 1}}
+    pf = start_pilotfish(cfg)
+
+    def healthy():
+        c = cluster_status(pf, "web.default:80")
+        return c and {e["address"]: e["healthy"] for e in c["endpoints"]}
+
+    wait_for(lambda: healthy() == {b1.address: True, f"127.0.0.1:{closed}": False}, 10,
+             "the closed port to fail its check")
+    assert backends_hit(pf, n=10, host="web.default") == {"b1": 10}
 
 
 def test_a_thousand_services_with_ten_endpoints_each(k8s, start_backend, start_pilotfish):

@@ -1,11 +1,13 @@
 """Load-balancing policies against real backends: least_response_time keeps traffic off a
 slow backend (round robin does not), least_request follows requests in flight, ring_hash and
-maglev keep a key on one backend across requests and workers, and bad balancing settings
-are refused with the JSON path."""
+maglev keep a key on one backend across requests and workers, every policy loses no request
+while DNS replaces the endpoint set under load, and bad balancing settings are refused with
+the JSON path."""
 
 import collections
 import json
 import threading
+import time
 
 import pytest
 
@@ -19,6 +21,16 @@ from harness import (
     route,
     run_pilotfish,
     wait_for,
+)
+from test_dns import (  # the dnsmasq and start_at fixtures, and helpers
+    DOMAIN,
+    MARGIN,
+    TTL,
+    addressed,
+    dns_cluster,
+    dnsmasq,  # noqa: F401
+    start_at,  # noqa: F401
+    wait_endpoints,
 )
 
 SLOW_MS = 50
@@ -245,3 +257,79 @@ def test_admin_config_shows_effective_balancing_settings(three, start_pilotfish)
     # and a request through each works
     assert get(pf, "e.local") in {"b1", "b2", "b3"}
     assert get(pf, "m.local", headers={"X-User": "u"}) in {"b1", "b2", "b3"}
+
+
+# ---- endpoint churn ---------------------------------------------------------------
+# Sets are replaced by DNS discovery (dnsmasq on 127.0.0.1; fixtures from test_dns.py).
+
+CHURN_POLICIES = {
+    "lr": {"lb_policy": "least_request"},
+    "ewma": {"lb_policy": "least_response_time", "slow_start": "1s"},
+    "ring": {"lb_policy": "ring_hash", "hash_on": {"header": "x-user"}},
+    "mag": {"lb_policy": "maglev", "hash_on": {"header": "x-user"}, "hash_table_size": 1009},
+}
+
+
+def test_every_policy_under_endpoint_churn_loses_no_request_and_drops_removed_endpoints(
+    dnsmasq, start_at, start_pilotfish  # noqa: F811 (fixtures)
+):
+    hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+    port, backends = addressed(start_at, ["b2", "b3", "b4", "b5"], hosts)
+    name = f"a.{DOMAIN}"
+    d = dnsmasq(hosts=[(hosts[0], name), (hosts[1], name)])
+    clusters = [dict(dns_cluster(c, name, port=port), **s) for c, s in CHURN_POLICIES.items()]
+    resolver = {"resolvers": [f"{LOCALHOST}:{d.port}"], "timeout": "300ms", "tries": 2}
+    cfg = by_host(clusters)
+    cfg.update(dns=resolver, access_log=False)
+    pf = start_pilotfish(cfg, workers=2)
+    failures, seen, stop = [], collections.defaultdict(collections.Counter), threading.Event()
+    lock = threading.Lock()
+
+    def client(k):
+        deadline = time.monotonic() + 60  # bounded even if the test body stalls
+        i = 0
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                with pf.raw(timeout=10) as conn:
+                    for _ in range(20):
+                        c = list(CHURN_POLICIES)[i % len(CHURN_POLICIES)]
+                        r = conn.request(
+                            "GET", "/", headers=[("X-User", f"u{k}-{i % 50}")], host=f"{c}.local"
+                        )
+                        i += 1
+                        with lock:
+                            if r.status != 200:
+                                failures.append(f"{c}: {r!r}")
+                            seen[c][r.header("X-Backend")] += 1
+            except (OSError, HarnessError) as exc:
+                with lock:
+                    failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        steps = [[hosts[1], hosts[2]], [hosts[2], hosts[3]], [hosts[0], hosts[3]]]
+        for step in steps:
+            d.set_hosts([(h, name) for h in step])
+            for c in CHURN_POLICIES:
+                wait_endpoints(pf, [f"{h}:{port}" for h in step], TTL + MARGIN, name=c)
+        # b3 and b4 are out of every set now: after they stop, nothing may reach them
+        backends[1].stop()
+        backends[2].stop()
+        with lock:
+            before = {c: collections.Counter(v) for c, v in seen.items()}
+        wait_for(
+            lambda: all(sum(seen[c].values()) > sum(before[c].values()) + 50 for c in seen),
+            30,
+            "50 more requests per cluster",
+        )
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not failures, failures[:5]
+    for c in CHURN_POLICIES:
+        after = seen[c] - before[c]
+        assert set(after) <= {"b2", "b5"}, (c, after)
+        assert sum(after.values()) > 50, (c, after)

@@ -269,3 +269,16 @@ def test_connect_failure_fails_over_to_the_next_tier(start_backend, start_pilotf
         resp = get(pf.port(), "/")
         assert resp.status == 200
         assert resp.getheader("X-Backend") == "backup"
+
+
+def test_failed_attempts_leave_no_request_counted_in_flight(start_backend, start_pilotfish, scripted):
+    # A failed attempt ends in more than one place (the error, then the local answer); each
+    # endpoint's in-flight count must still come back to exactly zero.
+    good, failing = start_backend("good"), scripted(503)
+    endpoints = [f"{LOCALHOST}:{closed_port()}", failing.address, good.address]
+    retry = {"on": ["connect-failure", "gateway-error"], "max_retries": 1}
+    pf = start_pilotfish(one_cluster_config(endpoints, retry=retry), workers=1)
+    for _ in range(9):
+        assert get(pf.port(), "/").status in (200, 503)
+    eps = pf.admin_json("/clusters")["clusters"][0]["endpoints"]
+    assert [e["active_requests"] for e in eps] == [0, 0, 0], eps

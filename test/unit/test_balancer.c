@@ -1,7 +1,8 @@
-/* Unit tests for proxy/balancer: round robin with equal weights, smooth weighted round
- * robin (exact proportions and nginx's interleaving), unhealthy endpoints, empty sets and
- * the reset when a new set version arrives. Sets are published through a slot, as
- * discovery does, so they carry versions. */
+/* Unit tests for proxy/balancer's round robin: equal weights, smooth weighted round robin
+ * (exact proportions and nginx's interleaving), unhealthy endpoints, empty sets and the
+ * reset when a new set version arrives. Sets are published through a slot, as discovery
+ * does, so they carry versions. The other policies: test_balancer_load.c (least request,
+ * least response time, random, slow start, churn) and test_balancer_hash.c. */
 #include "test/unit/balancer_util.h"
 
 /* The address text of a pick, or "(null)"; checks that it came from the set. */

@@ -227,18 +227,25 @@ static void test_without_a_key_picks_are_random(void) {
     }
 }
 
+/* Keys 0..m-1 on a maglev table of m slots hit every slot once: per[i] gets the number of
+ * slots endpoint i owns. */
+static void count_slots(pf_balancer *b, const pf_endpoint_set *set, uint64_t m, size_t *per) {
+    for (size_t i = 0; i < set->count; i++)
+        per[i] = 0;
+    for (uint64_t k = 0; k < m; k++) {
+        pf_pick_context ctx = {k, true};
+        per[pick_index(b, set, &ctx)]++;
+    }
+}
+
 static void test_maglev_table_is_full_and_even(void) {
     pf_endpoint_slot *slot = discovery_slot_new("maglev");
     pf_endpoint_set *set = publish_n(slot, 7, 1);
     pf_config_cluster cfg = cluster_config(PF_LB_MAGLEV);
     cfg.hash_table_size = 65537;
     pf_balancer *b = new_balancer_for(&cfg);
-    /* keys 0..M-1 hit every slot once: counts are the slots each endpoint owns */
-    size_t per[7] = {0};
-    for (uint64_t k = 0; k < 65537; k++) {
-        pf_pick_context ctx = {k, true};
-        per[pick_index(b, set, &ctx)]++;
-    }
+    size_t per[7];
+    count_slots(b, set, 65537, per);
     size_t lo = SIZE_MAX, hi = 0, total = 0;
     for (size_t i = 0; i < 7; i++) {
         lo = per[i] < lo ? per[i] : lo;
@@ -260,11 +267,8 @@ static void test_table_size_is_configurable(void) {
     pf_config_cluster cfg = cluster_config(PF_LB_MAGLEV);
     cfg.hash_table_size = 7;
     pf_balancer *b = new_balancer_for(&cfg);
-    size_t per[3] = {0};
-    for (uint64_t k = 0; k < 7; k++) {
-        pf_pick_context ctx = {k, true};
-        per[pick_index(b, set, &ctx)]++;
-    }
+    size_t per[3];
+    count_slots(b, set, 7, per);
     size_t sorted_max = per[0] > per[1] ? per[0] : per[1];
     sorted_max = per[2] > sorted_max ? per[2] : sorted_max;
     CU_ASSERT_EQUAL(per[0] + per[1] + per[2], 7);

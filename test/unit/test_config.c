@@ -676,7 +676,8 @@ static const struct {
     /* kubernetes */
     {K8C("'service':'web','port':'http'", ",'endpoints':[]"),
      "x.json: $.clusters[0]: \"kubernetes\" excludes \"endpoints\" and \"dns\"; use one source"},
-    {K8C("'port':'http'", ""), "x.json: $.clusters[0].kubernetes: missing required key \"service\""},
+    {K8C("'port':'http'", ""),
+     "x.json: $.clusters[0].kubernetes: missing required key \"service\""},
     {K8C("'service':'Web'", ""),
      "x.json: $.clusters[0].kubernetes.service: service \"Web\" has invalid character 'W'; "
      "Kubernetes names use a-z 0-9 and '-' inside"},
@@ -697,7 +698,8 @@ static const struct {
     {K8C("'service':'web','labels':{}", ""),
      "x.json: $.clusters[0].kubernetes: unknown key \"labels\"; known keys: service, namespace, "
      "port"},
-    {CFG("'kubernetes':[],", LMAIN(""), CWEB("")), "x.json: $.kubernetes: expected object, found array"},
+    {CFG("'kubernetes':[],", LMAIN(""), CWEB("")),
+     "x.json: $.kubernetes: expected object, found array"},
     {K8S("'api_server':'http://10.0.0.1:6443'"),
      "x.json: $.kubernetes.api_server: \"http://10.0.0.1:6443\" must start with https:// (the API "
      "server is always reached over verified TLS)"},
@@ -711,8 +713,8 @@ static const struct {
     {K8S("'page_size':0"), "x.json: $.kubernetes.page_size: 0 out of range (1-10000)"},
     {K8S("'cluster_domain':'cluster..local'"),
      "x.json: $.kubernetes.cluster_domain: name \"cluster..local\" has an empty label"},
-    {K8S("'auto_discover':{}"),
-     "x.json: $.kubernetes.auto_discover: missing required key \"namespaces\" (a list, or \"all\")"},
+    {K8S("'auto_discover':{}"), "x.json: $.kubernetes.auto_discover: missing required key "
+                                "\"namespaces\" (a list, or \"all\")"},
     {K8S("'auto_discover':{'namespaces':'some'}"),
      "x.json: $.kubernetes.auto_discover.namespaces: expected a non-empty list of namespaces or "
      "\"all\""},
@@ -723,7 +725,8 @@ static const struct {
     {K8S("'auto_discover':{'namespaces':'all','cluster':{'name':'x'}}"),
      "x.json: $.kubernetes.auto_discover.cluster: \"name\" is set by auto-discovery; remove it"},
     {K8S("'auto_discover':{'namespaces':'all','cluster':{'connect_timeout':'0s'}}"),
-     "x.json: $.kubernetes.auto_discover.cluster.connect_timeout: \"0s\" must be greater than zero"},
+     "x.json: $.kubernetes.auto_discover.cluster.connect_timeout: \"0s\" must be greater than "
+     "zero"},
     {K8S("'watch':true"),
      "x.json: $.kubernetes: unknown key \"watch\"; known keys: api_server, token_file, ca_file, "
      "namespace, cluster_domain, auto_discover"},
