@@ -290,7 +290,7 @@ static int publish_static_sets(app *a) {
  * listed (discovery/kubernetes.h); auto-discovery adds clusters as Services appear. */
 static int start_kubernetes(app *a, pf_error *err) {
     const pf_config *cfg = a->cfg;
-    bool used = cfg->kubernetes.enabled;
+    bool used = cfg->kubernetes.auto_discover; /* "kubernetes" alone asks for nothing */
     for (size_t i = 0; i < cfg->cluster_count && !used; i++)
         used = cfg->clusters[i].kubernetes.service[0] != '\0';
     if (!used)

@@ -245,21 +245,20 @@ static uint64_t table_fingerprint(const pf_endpoint_set *set) {
     return h;
 }
 
-lb_table *lb_table_acquire(pf_balancer *b, lb_table_builder build) {
-    pf_balancer_group *g = b->group;
-    uint64_t fingerprint = table_fingerprint(b->set);
+lb_table *lb_table_acquire(pf_balancer_group *g, const pf_endpoint_set *set) {
+    uint64_t fingerprint = table_fingerprint(set);
     lb_table *old = NULL, *t;
     /* Built under the lock: a worker arriving meanwhile waits for this table instead of
      * building the same one again. */
     pthread_mutex_lock(&g->lock);
     t = g->table;
-    if (t && t->fingerprint == fingerprint && t->endpoint_count == b->set->count) {
+    if (t && t->fingerprint == fingerprint && t->endpoint_count == set->count) {
         atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
     } else {
-        t = build(b->set, g->table_size);
+        t = g->ops->build_table(set, g->table_size);
         if (t) {
             t->fingerprint = fingerprint;
-            t->endpoint_count = b->set->count;
+            t->endpoint_count = set->count;
             atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed); /* the group's */
             old = g->table;
             g->table = t;
@@ -269,6 +268,11 @@ lb_table *lb_table_acquire(pf_balancer *b, lb_table_builder build) {
     pthread_mutex_unlock(&g->lock);
     lb_table_unref(old);
     return t;
+}
+
+void balancer_group_prepare(pf_balancer_group *g, const pf_endpoint_set *set) {
+    if (g->ops->build_table && set)
+        lb_table_unref(lb_table_acquire(g, set));
 }
 
 size_t balancer_group_tables_built(pf_balancer_group *g) {

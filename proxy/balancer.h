@@ -28,6 +28,10 @@ typedef struct pf_pick_context {
 pf_balancer_group *balancer_group_new(const pf_config_cluster *cfg);
 /* Drops a reference; the group goes with its last balancer and last holder. Any thread. */
 void balancer_group_unref(pf_balancer_group *g);
+/* Builds the hash table for `set` (the set the workers will pick from) before the first
+ * pick needs it, e.g. on the thread that publishes the set, so that no request waits for
+ * the build. A no-op for policies without a table. Any thread. */
+void balancer_group_prepare(pf_balancer_group *g, const pf_endpoint_set *set);
 
 /* Creates a balancer of the group's policy for one worker; it holds a reference to the group.
  * NULL when out of memory. Owned by the caller (a worker). */

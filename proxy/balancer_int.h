@@ -15,6 +15,10 @@
 #define LB_RAMP_FULL 1000u
 #define LB_RAMP_MIN 100u
 
+/* Builds a table for `set` with the group's hash_table_size; NULL when out of memory. */
+typedef struct lb_table lb_table;
+typedef lb_table *(*lb_table_builder)(const pf_endpoint_set *set, uint32_t size);
+
 typedef struct balancer_ops {
     /* Derives the policy's state from b->set, a new set; b->weights is already computed.
      * Returns 0, or PF_ENOMEM: picks then fall back to a plain rotation until the next
@@ -25,6 +29,7 @@ typedef struct balancer_ops {
     /* Endpoint `index` of b->set answered after latency_us; NULL when unused. */
     void (*on_response)(pf_balancer *b, size_t index, uint64_t latency_us, uint64_t now_us);
     void (*free_state)(pf_balancer *b);
+    lb_table_builder build_table; /* hash policies only */
 } balancer_ops;
 
 extern const balancer_ops lb_round_robin_ops;
@@ -35,17 +40,14 @@ extern const balancer_ops lb_ring_hash_ops;
 extern const balancer_ops lb_maglev_ops;
 
 /* An immutable lookup table of a hash policy, shared by the workers through the group. */
-typedef struct lb_table {
+struct lb_table {
     _Atomic uint32_t refs;
     uint64_t fingerprint; /* of the addresses and weights it was built from */
     size_t endpoint_count;
     size_t size;
     uint64_t *points; /* ring_hash: point hashes, ascending; maglev: NULL */
     uint32_t *owners; /* endpoint index (into the set) of each point or slot */
-} lb_table;
-
-/* Builds a table for `set` with the group's hash_table_size; NULL when out of memory. */
-typedef lb_table *(*lb_table_builder)(const pf_endpoint_set *set, uint32_t size);
+};
 
 struct pf_balancer_group {
     _Atomic uint32_t refs;
@@ -110,9 +112,9 @@ bool lb_ramp_admits(const pf_balancer *b, size_t i, uint64_t key);
 size_t lb_first_admitted(const pf_balancer *b, const uint32_t *order, size_t len, size_t start,
                          uint64_t key);
 
-/* A reference to the group's table for b->set, building it (once for all workers) when the
+/* A reference to the group's table for `set`, building it (once for all workers) when the
  * cached one belongs to other endpoints. NULL when out of memory. */
-lb_table *lb_table_acquire(pf_balancer *b, lb_table_builder build);
+lb_table *lb_table_acquire(pf_balancer_group *g, const pf_endpoint_set *set);
 lb_table *lb_table_new(size_t size, bool with_points);
 void lb_table_unref(lb_table *t);
 

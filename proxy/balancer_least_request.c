@@ -29,4 +29,4 @@ static const pf_endpoint *lr_pick(pf_balancer *b, const pf_pick_context *ctx) {
     return &b->set->endpoints[x];
 }
 
-const balancer_ops lb_least_request_ops = {lr_reset, lr_pick, NULL, NULL};
+const balancer_ops lb_least_request_ops = {.reset = lr_reset, .pick = lr_pick};

@@ -113,5 +113,7 @@ static const pf_endpoint *ewma_pick(pf_balancer *b, const pf_pick_context *ctx) 
     return &b->set->endpoints[x];
 }
 
-const balancer_ops lb_least_response_time_ops = {ewma_reset, ewma_pick, ewma_on_response,
-                                                 ewma_free};
+const balancer_ops lb_least_response_time_ops = {.reset = ewma_reset,
+                                                 .pick = ewma_pick,
+                                                 .on_response = ewma_on_response,
+                                                 .free_state = ewma_free};

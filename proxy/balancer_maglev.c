@@ -70,7 +70,7 @@ static lb_table *maglev_build(const pf_endpoint_set *set, uint32_t size) {
 
 static int maglev_reset(pf_balancer *b) {
     lb_table_unref(b->state);
-    b->state = lb_table_acquire(b, maglev_build);
+    b->state = lb_table_acquire(b->group, b->set);
     return b->state ? PF_OK : PF_ENOMEM;
 }
 
@@ -101,4 +101,7 @@ static void maglev_free(pf_balancer *b) {
     b->state = NULL;
 }
 
-const balancer_ops lb_maglev_ops = {maglev_reset, maglev_pick, NULL, maglev_free};
+const balancer_ops lb_maglev_ops = {.reset = maglev_reset,
+                                    .pick = maglev_pick,
+                                    .free_state = maglev_free,
+                                    .build_table = maglev_build};

@@ -11,4 +11,4 @@ static const pf_endpoint *random_pick(pf_balancer *b, const pf_pick_context *ctx
     return &b->set->endpoints[lb_draw_one(b)];
 }
 
-const balancer_ops lb_random_ops = {random_reset, random_pick, NULL, NULL};
+const balancer_ops lb_random_ops = {.reset = random_reset, .pick = random_pick};

@@ -72,7 +72,7 @@ static lb_table *ring_build(const pf_endpoint_set *set, uint32_t size) {
 
 static int ring_reset(pf_balancer *b) {
     lb_table_unref(b->state);
-    b->state = lb_table_acquire(b, ring_build);
+    b->state = lb_table_acquire(b->group, b->set);
     return b->state ? PF_OK : PF_ENOMEM;
 }
 
@@ -98,4 +98,5 @@ static void ring_free(pf_balancer *b) {
     b->state = NULL;
 }
 
-const balancer_ops lb_ring_hash_ops = {ring_reset, ring_pick, NULL, ring_free};
+const balancer_ops lb_ring_hash_ops = {
+    .reset = ring_reset, .pick = ring_pick, .free_state = ring_free, .build_table = ring_build};

@@ -60,4 +60,4 @@ static void rr_free(pf_balancer *b) {
     b->state = NULL;
 }
 
-const balancer_ops lb_round_robin_ops = {rr_reset, rr_pick, NULL, rr_free};
+const balancer_ops lb_round_robin_ops = {.reset = rr_reset, .pick = rr_pick, .free_state = rr_free};

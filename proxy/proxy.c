@@ -186,6 +186,20 @@ static int worker_init(pf_proxy *proxy, pf_worker *w, unsigned id) {
     return PF_OK;
 }
 
+/* A set was published for a ring_hash or maglev cluster: its hash table is built now, on
+ * the publisher's thread, for the set the workers will pick from, so that no request waits
+ * for the build (a worker that gets there first builds it instead; either way, once). */
+static void prepare_hash_table(void *arg) {
+    pf_cluster_rt *c = arg;
+    pf_endpoint_set *raw = discovery_slot_acquire(c->slot);
+    bool panic;
+    pf_endpoint_set *set =
+        raw ? assign_cache_get(&c->assign, raw, &c->assign_params, &panic) : NULL;
+    balancer_group_prepare(c->lb, set ? set : raw);
+    discovery_set_unref(set);
+    discovery_set_unref(raw);
+}
+
 static int cluster_init(pf_proxy *proxy, pf_cluster_rt *c, const pf_config_cluster *cfg) {
     c->cfg = cfg;
     assign_cache_init(&c->assign);
@@ -196,6 +210,9 @@ static int cluster_init(pf_proxy *proxy, pf_cluster_rt *c, const pf_config_clust
     c->lb = balancer_group_new(cfg);
     if (!c->slot || !c->lb)
         return PF_ENOMEM;
+    /* Without a subscription (all taken) the first pick builds the table: slower, not wrong. */
+    if (cfg->lb_policy == PF_LB_RING_HASH || cfg->lb_policy == PF_LB_MAGLEV)
+        discovery_slot_subscribe(c->slot, prepare_hash_table, c);
     register_cluster_metrics(proxy->metrics, c);
     return PF_OK;
 }

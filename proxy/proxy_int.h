@@ -97,7 +97,7 @@ struct pf_worker {
     struct event *drain_event;
     struct event *log_flush_timer;
     pf_worker_cluster *clusters; /* PF_MAX_CLUSTERS slots, filled in on first use */
-    pf_service_routes *routes;    /* this worker's reference to the published table */
+    pf_service_routes *routes;   /* this worker's reference to the published table */
     uint64_t routes_generation;
     pf_conn *conns; /* every open downstream connection, for drain */
     uint64_t rng[2];

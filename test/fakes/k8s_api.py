@@ -201,8 +201,10 @@ def make_handler(state):
             ns = None
             if len(rest) >= 2 and rest[0] == "namespaces":
                 ns, rest = rest[1], rest[2:]
-            if len(rest) != 1 or rest[0] not in KINDS or "/".join(parts[:prefix]) != KINDS[rest[0]][0]:
-                self.send_json(404, status(404, "NotFound", f"the server could not find {url.path}"))
+            known = len(rest) == 1 and rest[0] in KINDS
+            if not known or "/".join(parts[:prefix]) != KINDS[rest[0]][0]:
+                self.send_json(404, status(404, "NotFound",
+                                           f"the server could not find {url.path}"))
                 return
             res = rest[0]
             watch = q.get("watch") in ("1", "true")
@@ -342,8 +344,9 @@ def make_handler(state):
                         rv_now = state.rv
                     if not pending and bookmarks and time.monotonic() - last_sent >= \
                             state.bookmark_interval:
-                        bm = {"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version,
-                                                             "metadata": {"resourceVersion": str(rv_now)}}}
+                        meta = {"resourceVersion": str(rv_now)}
+                        bm = {"type": "BOOKMARK", "object": {
+                            "kind": kind, "apiVersion": api_version, "metadata": meta}}
                         self.chunk(json.dumps(bm).encode() + b"\n")
                         last_sent = time.monotonic()
             finally:

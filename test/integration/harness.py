@@ -1068,10 +1068,11 @@ class K8sApi:
 
         def listening():
             if self.proc.poll() is not None:
-                raise HarnessError(f"k8s_api.py exited {self.proc.returncode}: {_tail(self.err_path)}")
+                raise HarnessError(
+                    f"k8s_api.py exited {self.proc.returncode}: {_tail(self.err_path)}")
             with open(self.out_path, "rb") as f:
-                m = re.search(rb"listening https://127\.0\.0\.1:(\d+) control http://127\.0\.0\.1:(\d+)",
-                              f.read())
+                m = re.search(rb"listening https://127\.0\.0\.1:(\d+) "
+                              rb"control http://127\.0\.0\.1:(\d+)", f.read())
             return (int(m.group(1)), int(m.group(2))) if m else None
 
         self.port, self.control_port = wait_for(listening, 30.0, "the fake API server to listen")

@@ -353,6 +353,21 @@ def test_kubeconfig_gives_server_ca_token_and_namespace(k8s, start_backend, star
     assert "kubeconfig=" in pf.stderr_text()
 
 
+def test_in_cluster_api_server_from_the_environment(k8s, start_backend, start_pilotfish,
+                                                   monkeypatch):
+    b1 = start_backend("b1")
+    k8s.apply(k8s_service("web", [("http", 80)]), slice_for("1", b1))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(k8s.port))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    kube = k8s.config()
+    del kube["api_server"]
+    pf = start_pilotfish(make_config([listener("main", [route("web", prefix="/")])],
+                                     [k8s_cluster("web", "web")], kubernetes=kube))
+    assert addresses(pf, "web") == [b1.address]
+    assert f"api_server=https://127.0.0.1:{k8s.port}" in pf.stderr_text()
+
+
 def test_service_port_number_and_named_target_ports(k8s, start_backend, start_pilotfish):
     """A number names the Service port; its name picks the slice port."""
     b1, b2 = start_backend("b1"), start_backend("b2")
@@ -413,8 +428,9 @@ def test_watch_line_over_the_bound_keeps_the_set(k8s, start_backend, start_pilot
     b1 = start_backend("b1")
     k8s.apply(k8s_service("web", [("http", 80)]), slice_for("1", b1))
     pf = start_pilotfish(k8s_config(k8s, [k8s_cluster("web", "web")], max_line_bytes=4096))
-    big = k8s_slice("web-big", "web", 1, [{"addresses": ["127.0.0.1"], "conditions": {"ready": True},
-                                           "nodeName": "n" * 60, "hostname": "h" * 60}] * 40)
+    endpoint = {"addresses": ["127.0.0.1"], "conditions": {"ready": True},
+                "nodeName": "n" * 60, "hostname": "h" * 60}
+    big = k8s_slice("web-big", "web", 1, [endpoint] * 40)
     k8s.apply(big)
     wait_for(lambda: metric_sum(pf.metrics(), "pilotfish_kubernetes_api_errors_total",
                                 code="too_long") >= 1, 10, "the long line to be refused")
