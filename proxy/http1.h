@@ -83,7 +83,7 @@ typedef struct pf_forward_response {
     int client_minor; /* client's HTTP/1.x minor version */
     pf_body_mode body;
     uint64_t content_length;
-    bool keep_alive; /* whether the downstream connection stays open after this */
+    bool keep_alive;           /* whether the downstream connection stays open after this */
     unsigned attempts;         /* written as x-pilotfish-attempts when nonzero */
     const char *extra_headers; /* complete "Name: value\r\n" lines pilotfish adds, or NULL */
 } pf_forward_response;
