@@ -19,8 +19,11 @@ SAN ?=
 WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -DLLHTTP_STRICT_MODE=1 -g $(OPT) $(SAN) -I. -I$(LLHTTP_INC) -MMD -MP
 CFLAGS_ALL = $(CFLAGS_BASE) $(WARN) $(CFLAGS)
-LIBS = -levent_core -levent_extra -levent_pthreads -ljansson -lcares -lcurl -lyaml -lssl \
-	-lcrypto -lpthread -lm
+LIBS = -levent_core -levent_extra -levent_pthreads -ljansson -lcares -lyaml -lssl \
+	-lcrypto -lpthread -lm -ldl
+# Loaded with dlopen on first use, not linked (discovery/curl_loader.c): the image and the
+# packages still need them.
+DLOPEN_LIBS = -lcurl
 
 MODULES = core config discovery health proxy admin
 LIB_SRC = $(foreach m,$(MODULES),$(wildcard $(m)/*.c))

@@ -801,9 +801,10 @@ LIBDIR = subprocess.run(["gcc", "-print-multiarch"], capture_output=True,
 
 
 def lib_packages():
-    """For each -lX of the Makefile's LIBS outside libc: (dev package, runtime package)."""
+    """For each -lX of the Makefile's LIBS and DLOPEN_LIBS outside libc: (dev package,
+    runtime package)."""
     out = []
-    for flag in make_var("LIBS"):
+    for flag in make_var("LIBS") + make_var("DLOPEN_LIBS"):
         lib = flag[2:]
         if lib in ("pthread", "m", "dl", "rt"):
             continue  # libc6, in every Debian image
