@@ -412,8 +412,9 @@ SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime e
 class Backend:
     """A running pf-backend: start() it, talk to it on .port, stop() it by PID."""
 
-    def __init__(self, name, workdir):
+    def __init__(self, name, workdir, listen=None):
         self.name = name
+        self.listen = listen or f"{LOCALHOST}:0"
         self.out_path = os.path.join(workdir, f"backend-{name}.out")
         self.err_path = os.path.join(workdir, f"backend-{name}.err")
         self.proc = None
@@ -424,7 +425,7 @@ class Backend:
             raise HarnessError(f"{BACKEND_BIN} not built (make -C {REPO} build/pf-backend)")
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [BACKEND_BIN, "--listen", f"{LOCALHOST}:0", "--name", self.name],
+                [BACKEND_BIN, "--listen", self.listen, "--name", self.name],
                 stdout=out,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
@@ -436,7 +437,7 @@ class Backend:
                     f"pf-backend {self.name} exited {self.proc.returncode}: {_tail(self.err_path)}"
                 )
             with open(self.out_path, "rb") as f:
-                m = re.search(rb"^listening 127\.0\.0\.1:(\d+)\r?\n", f.read(), re.M)
+                m = re.search(rb"^listening \S+:(\d+)\r?\n", f.read(), re.M)
             return int(m.group(1)) if m else None
 
         self.port = wait_for(listening, START_TIMEOUT, f"pf-backend {self.name} to listen")
@@ -960,31 +961,7 @@ class AddressedBackend(Backend):
     carry addresses only, so the endpoints of a DNS cluster share one port."""
 
     def __init__(self, name, workdir, listen):
-        super().__init__(name, workdir)
-        self.listen = listen
-
-    def start(self):
-        if not os.path.exists(BACKEND_BIN):
-            raise HarnessError(f"{BACKEND_BIN} not built (make -C {REPO} build/pf-backend)")
-        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                [BACKEND_BIN, "--listen", self.listen, "--name", self.name],
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-            )
-
-        def listening():
-            if self.proc.poll() is not None:
-                raise HarnessError(
-                    f"pf-backend {self.name} exited {self.proc.returncode}: {_tail(self.err_path)}"
-                )
-            with open(self.out_path, "rb") as f:
-                m = re.search(rb"^listening \S+:(\d+)\r?\n", f.read(), re.M)
-            return int(m.group(1)) if m else None
-
-        self.port = wait_for(listening, START_TIMEOUT, f"pf-backend {self.name} to listen")
-        return self
+        super().__init__(name, workdir, listen)
 
     @property
     def address(self):
