@@ -48,7 +48,15 @@ static void reply_json(struct evhttp_request *req, json_t *doc) {
         reply_text(req, 500, "Internal Server Error", "out of memory\n");
         return;
     }
-    reply(req, 200, "OK", "application/json", text, strlen(text));
+    /* A final newline, so that `curl .../clusters` leaves the shell prompt on its own line. */
+    size_t len = strlen(text);
+    char *line = realloc(text, len + 2);
+    if (line) {
+        text = line;
+        text[len++] = '\n';
+        text[len] = '\0';
+    }
+    reply(req, 200, "OK", "application/json", text, len);
     free(text);
 }
 
