@@ -6,6 +6,7 @@
  * targets the answer gave no address for. Everything here runs on the main thread: c-ares
  * calls back from ares_process_fd, which only our libevent callbacks call. Workers see
  * nothing of this but the sets published into the slots. */
+#include "core/random.h"
 #include "discovery/dns_int.h"
 #include "core/log.h"
 #include "core/time.h"
@@ -151,13 +152,7 @@ struct pf_dns {
 };
 
 static uint64_t dns_random(pf_dns *dns) {
-    /* xorshift128+, as the workers use; quality only matters for jitter */
-    uint64_t s1 = dns->rng[0];
-    const uint64_t s0 = dns->rng[1];
-    dns->rng[0] = s0;
-    s1 ^= s1 << 23;
-    dns->rng[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
-    return dns->rng[1] + s0;
+    return pf_xorshift128p(dns->rng);
 }
 
 /* ---- c-ares on libevent --------------------------------------------------------------- */

@@ -9,6 +9,7 @@
  * rebuilds and publishes their clusters' endpoint sets (equal sets publish nothing, so
  * relists and moves between slices never flap). Everything runs on the main thread: curl
  * calls back from curl_multi_socket_action, which only our libevent callbacks call. */
+#include "core/random.h"
 #include "discovery/kubernetes.h"
 #include "core/log.h"
 #include "core/time.h"
@@ -206,13 +207,7 @@ struct pf_k8s {
 /* ---- small helpers --------------------------------------------------------------------- */
 
 static uint64_t k8s_random(pf_k8s *k) {
-    /* xorshift128+: jitter only, no secrets */
-    uint64_t s1 = k->rng[0];
-    const uint64_t s0 = k->rng[1];
-    k->rng[0] = s0;
-    s1 ^= s1 << 23;
-    k->rng[1] = s1 ^ s0 ^ (s1 >> 18) ^ (s0 >> 5);
-    return k->rng[1] + s0;
+    return pf_xorshift128p(k->rng);
 }
 
 /* Exponential backoff with "equal jitter": half fixed, half random, capped. */

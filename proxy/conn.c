@@ -451,9 +451,11 @@ static int start_attempt(pf_conn *c, bool has_body) {
         return answer_locally(c, 503, "cannot open an upstream connection\n", has_body);
     }
     c->attempts++;
-    copy_buffer(upstream_output(c->up), c->replay);
-    if (!c->replayable)
-        evbuffer_drain(c->replay, evbuffer_get_length(c->replay));
+    /* A request that will never be replayed hands its head over (chains move, no copy). */
+    if (c->replayable)
+        copy_buffer(upstream_output(c->up), c->replay);
+    else
+        evbuffer_add_buffer(upstream_output(c->up), c->replay);
     if (c->req_complete)
         upstream_request_sent(c->up, attempt_timeout_ms(c));
     return 0;

@@ -2,6 +2,7 @@
  * SO_REUSEPORT listening socket per listener and worker (the kernel spreads connections),
  * and the drain that SIGTERM starts. */
 #include "core/log.h"
+#include "core/random.h"
 #include "proxy/proxy_int.h"
 
 #include <errno.h>
@@ -20,13 +21,7 @@ static const char *const class_names[PF_CODE_CLASSES] = {"1xx", "2xx", "3xx",
                                                          "4xx", "5xx", "other"};
 
 uint64_t worker_random(pf_worker *w) {
-    /* xorshift128+: per worker, so no shared state on the request path. */
-    uint64_t s1 = w->rng[0];
-    const uint64_t s0 = w->rng[1];
-    w->rng[0] = s0;
-    s1 ^= s1 << 23;
-    w->rng[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
-    return w->rng[1] + s0;
+    return pf_xorshift128p(w->rng); /* per worker: no shared state on the request path */
 }
 
 pf_worker_cluster *worker_cluster(pf_worker *w, size_t index) {
