@@ -42,7 +42,7 @@ all: $(BUILD)/pilotfish $(FAKE_BIN)
 # ---- packages -------------------------------------------------------------
 DEB_PKGS = gcc make pkg-config libevent-dev libc-ares-dev libcurl4-openssl-dev libjansson-dev \
 	libssl-dev libcunit1-dev node-llhttp python3 python3-pytest curl procps util-linux \
-	haproxy nginx-light wrk dnsmasq-base bind9-dnsutils clang-format python3-yaml unzip \
+	haproxy nginx-light wrk nghttp2-client dnsmasq-base bind9-dnsutils clang-format python3-yaml unzip \
 	libyaml-dev
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
