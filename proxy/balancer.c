@@ -181,19 +181,27 @@ uint64_t lb_active(const pf_balancer *b, size_t i) {
     return s ? atomic_load_explicit(&s->active_requests, memory_order_relaxed) : 0;
 }
 
+bool lb_avoided(const pf_balancer *b, size_t i, const pf_pick_context *ctx) {
+    return ctx->avoid_addr && strcmp(b->set->endpoints[i].addr.text, ctx->avoid_addr) == 0;
+}
+
 size_t lb_first_admitted(const pf_balancer *b, const uint32_t *order, size_t len, size_t start,
-                         uint64_t key) {
-    size_t first_healthy = SIZE_MAX;
+                         const pf_pick_context *ctx) {
+    size_t first_healthy = SIZE_MAX, avoided = SIZE_MAX;
     for (size_t k = 0; k < len; k++) {
         size_t i = order ? order[(start + k) % len] : (start + k) % len;
         if (i >= b->set->count || !b->set->endpoints[i].healthy)
             continue;
-        if (lb_ramp_admits(b, i, key))
+        if (lb_avoided(b, i, ctx)) {
+            avoided = i;
+            continue;
+        }
+        if (lb_ramp_admits(b, i, ctx->hash))
             return i;
         if (first_healthy == SIZE_MAX)
             first_healthy = i;
     }
-    return first_healthy;
+    return first_healthy != SIZE_MAX ? first_healthy : avoided;
 }
 
 bool lb_ramp_admits(const pf_balancer *b, size_t i, uint64_t key) {

@@ -17,10 +17,15 @@
 typedef struct pf_balancer pf_balancer;
 typedef struct pf_balancer_group pf_balancer_group;
 
-/* What a policy may look at besides the set: the request's hash key. */
+/* What a policy may look at besides the set: the request's hash key, and on a retry the
+ * endpoint that just failed. */
 typedef struct pf_pick_context {
     uint64_t hash;
     bool has_hash; /* false: no key (none configured, or absent); hash policies pick at random */
+    /* A retry: the address of the endpoint that just failed, or NULL. Hash policies treat it
+     * as unhealthy for this pick, so the key goes to the next endpoint in hash order (the
+     * same one every time) instead of back to the failed one. Other policies draw again. */
+    const char *avoid_addr;
 } pf_pick_context;
 
 /* Creates the shared part of one cluster's balancers from its config (copied). Returns a

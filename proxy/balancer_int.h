@@ -106,11 +106,15 @@ uint64_t lb_active(const pf_balancer *b, size_t i);
  * ramp, the same keys every time, so hash policies ramp without losing stickiness. */
 bool lb_ramp_admits(const pf_balancer *b, size_t i, uint64_t key);
 
+/* Whether endpoint i is the one ctx asks to avoid (a retry's failed endpoint). */
+bool lb_avoided(const pf_balancer *b, size_t i, const pf_pick_context *ctx);
+
 /* Walks endpoint indexes order[start], order[start + 1], ... (wrapping; order NULL: the
- * set's own order) and returns the first healthy one that admits key, else the first
- * healthy one: "the next in hash order" for the hash policies. SIZE_MAX when none is. */
+ * set's own order) and returns the first healthy, not avoided one that admits ctx's key,
+ * else the first healthy one not avoided, else the avoided one when it is the only healthy
+ * endpoint: "the next in hash order" for the hash policies. SIZE_MAX when none is. */
 size_t lb_first_admitted(const pf_balancer *b, const uint32_t *order, size_t len, size_t start,
-                         uint64_t key);
+                         const pf_pick_context *ctx);
 
 /* A reference to the group's table for `set`, building it (once for all workers) when the
  * cached one belongs to other endpoints. NULL when out of memory. */

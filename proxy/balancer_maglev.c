@@ -74,8 +74,9 @@ static int maglev_reset(pf_balancer *b) {
     return b->state ? PF_OK : PF_ENOMEM;
 }
 
-static bool usable(const pf_balancer *b, size_t i, uint64_t key) {
-    return i < b->set->count && b->set->endpoints[i].healthy && lb_ramp_admits(b, i, key);
+static bool usable(const pf_balancer *b, size_t i, const pf_pick_context *ctx) {
+    return i < b->set->count && b->set->endpoints[i].healthy && !lb_avoided(b, i, ctx) &&
+           lb_ramp_admits(b, i, ctx->hash);
 }
 
 static const pf_endpoint *maglev_pick(pf_balancer *b, const pf_pick_context *ctx) {
@@ -84,16 +85,16 @@ static const pf_endpoint *maglev_pick(pf_balancer *b, const pf_pick_context *ctx
         return &b->set->endpoints[lb_draw_one(b)];
     uint64_t key = ctx->hash;
     size_t owner = t->owners[key % t->size];
-    if (usable(b, owner, key))
+    if (usable(b, owner, ctx))
         return &b->set->endpoints[owner];
     for (uint64_t probe = 1; probe <= MAGLEV_PROBES; probe++) {
         owner = t->owners[lb_mix(key + probe) % t->size];
-        if (usable(b, owner, key))
+        if (usable(b, owner, ctx))
             return &b->set->endpoints[owner];
     }
     /* Still nothing: walk the set from a place fixed by the key. */
     size_t n = b->set->count;
-    return &b->set->endpoints[lb_first_admitted(b, NULL, n, (size_t)(key % n), key)];
+    return &b->set->endpoints[lb_first_admitted(b, NULL, n, (size_t)(key % n), ctx)];
 }
 
 static void maglev_free(pf_balancer *b) {

@@ -90,7 +90,7 @@ static const pf_endpoint *ring_pick(pf_balancer *b, const pf_pick_context *ctx) 
             hi = mid;
     }
     /* clockwise from there; every endpoint has a point, so a healthy one is met */
-    return &b->set->endpoints[lb_first_admitted(b, t->owners, t->size, lo, ctx->hash)];
+    return &b->set->endpoints[lb_first_admitted(b, t->owners, t->size, lo, ctx)];
 }
 
 static void ring_free(pf_balancer *b) {

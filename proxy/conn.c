@@ -405,6 +405,7 @@ static const pf_endpoint *pick_endpoint(pf_conn *c, pf_endpoint_set *set, pf_end
     *from = set;
     pf_pick_context key =
         balancer_context(c->wc->balancer, &c->req, c->client_ip, c->path, c->path_len);
+    key.avoid_addr = c->failed_addr[0] ? c->failed_addr : NULL;
     const pf_endpoint *ep = balancer_pick(c->wc->balancer, set, &key);
     for (int tries = 0; is_failed(c, ep) && tries < 4 && set->healthy_count > 1; tries++)
         ep = balancer_pick(c->wc->balancer, set, &key);

@@ -1,6 +1,7 @@
 """Load-balancing policies against real backends: least_response_time keeps traffic off a
 slow backend (round robin does not), least_request follows requests in flight, ring_hash and
-maglev keep a key on one backend across requests and workers, every policy loses no request
+maglev keep a key on one backend across requests and workers and send a retried key to the
+next backend in hash order, every policy loses no request
 while DNS replaces the endpoint set under load, and bad balancing settings are refused with
 the JSON path."""
 
@@ -186,6 +187,39 @@ def test_hash_policy_keeps_a_key_on_one_backend_across_requests_and_workers(
     assert len(set(placement.values())) == 3, placement
     # requests without the key are still served (at random)
     assert {get(pf, "h.local") for _ in range(30)} <= {"b1", "b2", "b3"}
+
+
+@pytest.mark.parametrize("policy", ["ring_hash", "maglev"])
+def test_a_retried_key_goes_to_the_next_backend_in_hash_order_every_time(
+    three, start_pilotfish, policy
+):
+    """A backend answering 503 makes its keys retry: each goes to one other backend, the
+    same one on every request (its next in hash order), and no other key moves."""
+    addrs = [b.address for b in three]
+    retry = {"on": ["5xx"], "max_retries": 1}
+    pf = start_pilotfish(
+        by_host(
+            [cluster("h", addrs, lb_policy=policy, hash_on={"header": "x-user"}, retry=retry)]
+        ),
+        workers=2,
+    )
+    keys = [f"user-{i}" for i in range(30)]
+    placement = {k: get(pf, "h.local", headers={"X-User": k}) for k in keys}
+    failing = collections.Counter(placement.values()).most_common(1)[0][0]
+    resp = http_request(three[int(failing[1:]) - 1].port, "GET", "/control/default/503")
+    assert resp.status == 200, resp
+    moved = {}
+    for _ in range(3):
+        for k in keys:
+            resp = pf.request("GET", "/", {"Host": "h.local", "X-User": k})
+            assert resp.status == 200, (k, resp)
+            got, attempts = resp.header("X-Backend"), int(resp.header("x-pilotfish-attempts"))
+            if placement[k] == failing:
+                assert got != failing and attempts == 2, (k, got, attempts)
+                assert moved.setdefault(k, got) == got, (k, moved[k], got)
+            else:
+                assert (got, attempts) == (placement[k], 1), (k, placement[k], got, attempts)
+    assert moved, placement
 
 
 def test_hash_on_path_and_source_ip(three, start_pilotfish):

@@ -2,7 +2,8 @@
  * test run for both): a key stays on one endpoint across picks and workers, one table per
  * set for all workers (built ahead of the first pick when asked), adding or removing an
  * endpoint moves about 1/N of keys, weights shape the share, an unhealthy owner sends its
- * keys to the next in hash order and gets them back, keys absent means random picks; and
+ * keys to the next in hash order and gets them back, and so does a retry away from the
+ * endpoint that failed; keys absent means random picks; and
  * the request keys themselves (header, cookie, source IP, path). */
 #include "test/unit/balancer_util.h"
 
@@ -15,7 +16,7 @@ static const pf_lb_policy hash_policies[] = {PF_LB_RING_HASH, PF_LB_MAGLEV};
 /* The endpoint index every key 0..KEYS-1 maps to. */
 static void map_keys(pf_balancer *b, const pf_endpoint_set *set, size_t *out) {
     for (uint64_t k = 0; k < KEYS; k++) {
-        pf_pick_context ctx = {lb_test_key(k, 0), true};
+        pf_pick_context ctx = {.hash = lb_test_key(k, 0), .has_hash = true};
         out[k] = pick_index(b, set, &ctx);
     }
 }
@@ -212,12 +213,64 @@ static void test_unhealthy_owner_sends_its_keys_to_the_next_in_hash_order(void) 
     }
 }
 
+/* A retry names the endpoint that failed: the key goes where it would go if that endpoint
+ * were down (the next in hash order), every time, and keys of other endpoints stay put. */
+static void test_a_retry_goes_to_the_next_endpoint_in_hash_order(void) {
+    for (size_t p = 0; p < ARRAY_LEN(hash_policies); p++) {
+        pf_endpoint_slot *slot = discovery_slot_new("retry");
+        pf_config_cluster cfg = cluster_config(hash_policies[p]);
+        pf_balancer_group *g = balancer_group_new(&cfg);
+        pf_balancer *b = balancer_new(g);
+        static const char *const up[] = {"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80",
+                                         NULL};
+        static const char *const down[] = {"10.0.0.1:80", "10.0.0.2:80/1/down", "10.0.0.3:80",
+                                           "10.0.0.4:80", NULL};
+        static size_t first[KEYS], when_down[KEYS];
+        pf_endpoint_set *s1 = publish(slot, up);
+        map_keys(b, s1, first);
+        pf_endpoint_set *s2 = publish(slot, down);
+        map_keys(b, s2, when_down);
+        size_t wrong = 0, unstable = 0, disturbed = 0;
+        for (uint64_t k = 0; k < KEYS; k++) {
+            pf_pick_context ctx = {
+                .hash = lb_test_key(k, 0), .has_hash = true, .avoid_addr = "10.0.0.2:80"};
+            size_t retry = pick_index(b, s1, &ctx);
+            unstable += pick_index(b, s1, &ctx) != retry;
+            if (first[k] == 1)
+                wrong += retry != when_down[k];
+            else
+                disturbed += retry != first[k];
+        }
+        PF_CHECK(wrong == 0, "%s: %zu retried keys did not go to the next in hash order",
+                 name_of(hash_policies[p]), wrong);
+        PF_CHECK(unstable == 0, "%s: %zu retried keys changed endpoint between retries",
+                 name_of(hash_policies[p]), unstable);
+        PF_CHECK(disturbed == 0, "%s: %zu keys of other endpoints moved on a retry",
+                 name_of(hash_policies[p]), disturbed);
+        /* the failed endpoint is the only healthy one: it is still returned (the proxy
+         * decides what to do), not NULL */
+        static const char *const alone[] = {"10.0.0.1:80/1/down", "10.0.0.2:80", NULL};
+        pf_endpoint_set *s3 = publish(slot, alone);
+        pf_pick_context ctx = {
+            .hash = lb_test_key(7, 0), .has_hash = true, .avoid_addr = "10.0.0.2:80"};
+        const pf_endpoint *ep = balancer_pick(b, s3, &ctx);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(ep);
+        CU_ASSERT_STRING_EQUAL(ep->addr.text, "10.0.0.2:80");
+        balancer_free(b);
+        balancer_group_unref(g);
+        discovery_set_unref(s1);
+        discovery_set_unref(s2);
+        discovery_set_unref(s3);
+        discovery_slot_free(slot);
+    }
+}
+
 static void test_without_a_key_picks_are_random(void) {
     for (size_t p = 0; p < ARRAY_LEN(hash_policies); p++) {
         pf_endpoint_slot *slot = discovery_slot_new("nokey");
         pf_endpoint_set *set = publish_n(slot, 4, 1);
         pf_balancer *b = new_balancer(hash_policies[p]);
-        pf_pick_context none = {12345, false};
+        pf_pick_context none = {.hash = 12345, .has_hash = false};
         size_t per[4] = {0};
         for (size_t i = 0; i < 8000; i++)
             per[pick_index(b, set, &none)]++;
@@ -236,7 +289,7 @@ static void count_slots(pf_balancer *b, const pf_endpoint_set *set, uint64_t m, 
     for (size_t i = 0; i < set->count; i++)
         per[i] = 0;
     for (uint64_t k = 0; k < m; k++) {
-        pf_pick_context ctx = {k, true};
+        pf_pick_context ctx = {.hash = k, .has_hash = true};
         per[pick_index(b, set, &ctx)]++;
     }
 }
@@ -379,6 +432,7 @@ PF_UNIT_MAIN("balancer_hash",
              PF_UNIT_TEST(test_adding_an_endpoint_moves_about_one_nth_of_keys),
              PF_UNIT_TEST(test_weights_shape_the_share_of_keys),
              PF_UNIT_TEST(test_unhealthy_owner_sends_its_keys_to_the_next_in_hash_order),
+             PF_UNIT_TEST(test_a_retry_goes_to_the_next_endpoint_in_hash_order),
              PF_UNIT_TEST(test_without_a_key_picks_are_random),
              PF_UNIT_TEST(test_maglev_table_is_full_and_even),
              PF_UNIT_TEST(test_table_size_is_configurable),

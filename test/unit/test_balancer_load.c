@@ -331,7 +331,7 @@ static void check_ramp(pf_lb_policy policy, bool with_keys) {
         fake_now_us = joined + points[p].offset_ms * 1000;
         size_t on_c = 0, n = 3000;
         for (size_t i = 0; i < n; i++) {
-            pf_pick_context ctx = {balancer_hash(&i, sizeof i), true};
+            pf_pick_context ctx = {.hash = balancer_hash(&i, sizeof i), .has_hash = true};
             size_t k = pick_index(b, set, with_keys ? &ctx : NULL);
             on_c += k == 2;
             if (with_keys) {
@@ -433,7 +433,7 @@ static void test_every_policy_under_churn_picks_only_current_healthy_endpoints(v
             if (in_flight)
                 balancer_on_response(b, in_flight, 1000 + (uint64_t)swap);
             for (uint64_t i = 0; i < 40; i++) {
-                pf_pick_context ctx = {lb_test_key(i, swap), i % 5 != 0};
+                pf_pick_context ctx = {.hash = lb_test_key(i, swap), .has_hash = i % 5 != 0};
                 const pf_endpoint *ep = balancer_pick(b, set, &ctx);
                 if (set->healthy_count == 0) {
                     CU_ASSERT_PTR_NULL(ep);
@@ -473,7 +473,7 @@ static void *churn_worker(void *p) {
     discovery_cache_init(&cache, a->slot);
     for (uint64_t i = 0; !atomic_load(a->stop); i++) {
         pf_endpoint_set *set = discovery_cache_get(&cache);
-        pf_pick_context ctx = {lb_test_key(i, 0), true};
+        pf_pick_context ctx = {.hash = lb_test_key(i, 0), .has_hash = true};
         const pf_endpoint *ep = balancer_pick(a->b, set, &ctx);
         a->picks++;
         if (set && set->healthy_count > 0 &&
