@@ -66,7 +66,7 @@ static const char *const root_keys[] = {"admin",         "access_log", "workers"
 static const char *const admin_keys[] = {"address"};
 static const char *const listener_keys[] = {
     "name",        "address",      "routes",         "max_header_bytes", "max_target_bytes",
-    "max_headers", "buffer_bytes", "header_timeout", "idle_timeout"};
+    "max_headers", "buffer_bytes", "header_timeout", "idle_timeout",     "body_timeout"};
 static const char *const route_keys[] = {"match", "cluster", "retry", "timeout"};
 static const char *const retry_keys[] = {
     "on",      "status_codes",         "max_retries", "per_try_timeout",
@@ -97,7 +97,8 @@ static const char *const cluster_keys[] = {"name",
                                            "hash_table_size",
                                            "ewma_decay",
                                            "slow_start",
-                                           "kubernetes"};
+                                           "kubernetes",
+                                           "body_timeout"};
 static const char *const endpoint_keys[] = {"address", "weight", "priority", "zone"};
 static const char *const dns_keys[] = {"resolvers", "timeout", "tries"};
 static const char *const dns_cluster_keys[] = {"name",        "port",        "record",
@@ -817,6 +818,7 @@ static void parse_listener(loader *ld, json_t *v, const char *path, pf_config_li
     l->buffer_bytes = PF_DEFAULT_BUFFER_BYTES;
     l->header_timeout_ms = PF_DEFAULT_HEADER_TIMEOUT_MS;
     l->idle_timeout_ms = PF_DEFAULT_IDLE_TIMEOUT_MS;
+    l->body_timeout_ms = PF_DEFAULT_BODY_TIMEOUT_MS;
     if (!want(ld, v, path, "object"))
         return;
     check_keys(ld, v, path, listener_keys, ARRAY_LEN(listener_keys));
@@ -848,6 +850,7 @@ static void parse_listener(loader *ld, json_t *v, const char *path, pf_config_li
     get_uint(ld, v, path, "buffer_bytes", BUFFER_BYTES_MIN, BUFFER_BYTES_MAX, &l->buffer_bytes);
     get_duration(ld, v, path, "header_timeout", true, &l->header_timeout_ms);
     get_duration(ld, v, path, "idle_timeout", true, &l->idle_timeout_ms);
+    get_duration(ld, v, path, "body_timeout", true, &l->body_timeout_ms);
 
     /* The request line is part of the head, so a target limit above the head limit
      * would be a promise the parser cannot keep. */
@@ -1561,6 +1564,7 @@ static void parse_cluster(loader *ld, json_t *v, const char *path, pf_config_clu
     c->lb_policy = PF_LB_ROUND_ROBIN;
     c->connect_timeout_ms = PF_DEFAULT_CONNECT_TIMEOUT_MS;
     c->response_timeout_ms = PF_DEFAULT_RESPONSE_TIMEOUT_MS;
+    c->body_timeout_ms = PF_DEFAULT_BODY_TIMEOUT_MS;
     c->upstream_idle_timeout_ms = PF_DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS;
     c->max_idle_per_endpoint = PF_DEFAULT_MAX_IDLE_PER_ENDPOINT;
     if (!want(ld, v, path, "object"))
@@ -1594,6 +1598,7 @@ static void parse_cluster(loader *ld, json_t *v, const char *path, pf_config_clu
 
     get_duration(ld, v, path, "connect_timeout", true, &c->connect_timeout_ms);
     get_duration(ld, v, path, "response_timeout", true, &c->response_timeout_ms);
+    get_duration(ld, v, path, "body_timeout", true, &c->body_timeout_ms);
     get_duration(ld, v, path, "idle_timeout", true, &c->upstream_idle_timeout_ms);
     get_uint(ld, v, path, "max_idle_per_endpoint", 0, MAX_IDLE_PER_ENDPOINT_MAX,
              &c->max_idle_per_endpoint);
@@ -2078,6 +2083,7 @@ static json_t *dump_listener(dumper *d, const pf_config_listener *l) {
     put(d, o, "buffer_bytes", json_integer(l->buffer_bytes));
     put_duration(d, o, "header_timeout", l->header_timeout_ms);
     put_duration(d, o, "idle_timeout", l->idle_timeout_ms);
+    put_duration(d, o, "body_timeout", l->body_timeout_ms);
     return o;
 }
 
@@ -2258,6 +2264,7 @@ static json_t *dump_cluster(dumper *d, const pf_config_cluster *c) {
     put(d, o, "endpoints", eps);
     put_duration(d, o, "connect_timeout", c->connect_timeout_ms);
     put_duration(d, o, "response_timeout", c->response_timeout_ms);
+    put_duration(d, o, "body_timeout", c->body_timeout_ms);
     put_duration(d, o, "idle_timeout", c->upstream_idle_timeout_ms);
     put(d, o, "max_idle_per_endpoint", json_integer(c->max_idle_per_endpoint));
     put(d, o, "retry", dump_retry(d, &c->retry));

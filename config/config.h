@@ -22,6 +22,7 @@
 #define PF_DEFAULT_IDLE_TIMEOUT_MS 60000u
 #define PF_DEFAULT_CONNECT_TIMEOUT_MS 1000u
 #define PF_DEFAULT_RESPONSE_TIMEOUT_MS 15000u
+#define PF_DEFAULT_BODY_TIMEOUT_MS 60000u
 #define PF_DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS 30000u
 #define PF_DEFAULT_MAX_IDLE_PER_ENDPOINT 64u
 #define PF_DEFAULT_BUFFER_BYTES (64u * 1024u)
@@ -249,6 +250,7 @@ typedef struct pf_config_cluster {
     size_t endpoint_count;
     uint64_t connect_timeout_ms;
     uint64_t response_timeout_ms;      /* until the response headers are in */
+    uint64_t body_timeout_ms;          /* longest pause inside a response body */
     uint64_t upstream_idle_timeout_ms; /* how long a pooled connection may sit idle */
     uint32_t max_idle_per_endpoint;    /* per worker */
     pf_config_health_check health_check;
@@ -284,6 +286,7 @@ typedef struct pf_config_listener {
     uint32_t buffer_bytes;      /* per direction, before backpressure stops reading */
     uint64_t header_timeout_ms; /* whole request head must arrive within this */
     uint64_t idle_timeout_ms;   /* downstream keep-alive idle */
+    uint64_t body_timeout_ms;   /* longest pause inside a request body */
 } pf_config_listener;
 
 /* $.kubernetes: how to reach the API server, shared by every Kubernetes cluster, and

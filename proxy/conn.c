@@ -21,7 +21,14 @@
 #include <strings.h>
 #include <sys/socket.h>
 
-typedef enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_LINGER, TIMER_RETRY } conn_timer_kind;
+typedef enum {
+    TIMER_NONE,
+    TIMER_HEADER,
+    TIMER_BODY, /* the client is sending a request body: the longest pause allowed */
+    TIMER_IDLE,
+    TIMER_LINGER,
+    TIMER_RETRY
+} conn_timer_kind;
 
 struct pf_conn {
     pf_worker *w;
@@ -672,6 +679,8 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
 static int on_message_complete(llhttp_t *p) {
     pf_conn *c = p->data;
     c->req_complete = true;
+    if (c->timer_kind == TIMER_BODY)
+        timer_stop(c);
     if (c->req_body == PF_BODY_CHUNKED) {
         if (c->replayable)
             evbuffer_add(c->replay, "0\r\n\r\n", 5);
@@ -717,6 +726,17 @@ static void parse_failed(pf_conn *c, llhttp_errno_t rc) {
     reject(c, status, body);
 }
 
+/* While a request body streams through, every bit of progress restarts the body timer:
+ * a read from the client, or (when reading is paused because the upstream is not keeping
+ * up) the upstream taking more. Whoever is paused when it fires is the one that stalled. */
+static void watch_body_progress(pf_conn *c) {
+    bool streaming = c->dispatched && !c->req_complete && !c->closing;
+    if (streaming && (c->timer_kind == TIMER_NONE || c->timer_kind == TIMER_BODY))
+        timer_set(c, TIMER_BODY, c->l->cfg->body_timeout_ms);
+    else if (!streaming && c->timer_kind == TIMER_BODY)
+        timer_stop(c);
+}
+
 static void process_input(pf_conn *c) {
     struct evbuffer *in = stream_input(c->stream);
     while (!c->closing && !c->parser_paused && evbuffer_get_length(in) > 0) {
@@ -725,6 +745,7 @@ static void process_input(pf_conn *c) {
             (c->up && upstream_output_full(c->up, c->l->cfg->buffer_bytes))) {
             c->read_paused = true;
             stream_read_enable(c->stream, false);
+            watch_body_progress(c);
             return;
         }
         if (!c->in_request && c->timer_kind == TIMER_IDLE)
@@ -760,6 +781,7 @@ static void process_input(pf_conn *c) {
         c->read_paused = false;
         stream_read_enable(c->stream, true);
     }
+    watch_body_progress(c);
 }
 
 static void on_read(pf_stream *s, void *arg) {
@@ -811,6 +833,17 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
             reject(c, 408, "request head not received in time\n");
         } else {
             conn_free(c);
+        }
+        return;
+    case TIMER_BODY:
+        if (c->resp_started)
+            log_request(c); /* reject() logs only what it answers itself */
+        if (c->read_paused) {
+            log_debug("upstream stopped reading the request body client=%s", c->client_ip);
+            reject(c, 504, "upstream stopped reading the request body\n");
+        } else {
+            log_debug("request body timeout client=%s", c->client_ip);
+            reject(c, 408, "request body not received in time\n");
         }
         return;
     case TIMER_IDLE:

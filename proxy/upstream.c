@@ -18,7 +18,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-typedef enum { UP_TIMER_NONE, UP_TIMER_CONNECT, UP_TIMER_RESPONSE, UP_TIMER_IDLE } up_timer_kind;
+typedef enum {
+    UP_TIMER_NONE,
+    UP_TIMER_CONNECT,
+    UP_TIMER_RESPONSE,
+    UP_TIMER_BODY, /* inside the response body: the longest pause allowed */
+    UP_TIMER_IDLE
+} up_timer_kind;
 
 struct pf_upstream {
     pf_worker *w;
@@ -183,7 +189,12 @@ static void process_input(pf_upstream *up) {
         /* Bytes after the response mean the upstream is out of step: never reuse it. */
         bool reusable = llhttp_should_keep_alive(&up->parser) && evbuffer_get_length(in) == 0;
         conn_on_response_complete(up->owner, reusable);
+        return;
     }
+    /* Mid-body and still reading: each read restarts the body timer. (Paused for a slow
+     * client, the upstream is not the one stalling; the timer stays off.) */
+    if (up->head_done && !up->paused)
+        timer_set(up, UP_TIMER_BODY, up->wc->rt->cfg->body_timeout_ms);
 }
 
 static void on_read(pf_stream *s, void *arg) {
@@ -261,6 +272,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     case UP_TIMER_RESPONSE:
         metrics_inc(up->wc->rt->response_timeouts, 1);
         fail(up, 504, "upstream response timeout", PF_FAIL_TIMEOUT);
+        return;
+    case UP_TIMER_BODY:
+        metrics_inc(up->wc->rt->response_timeouts, 1);
+        fail(up, 504, "upstream stalled in the middle of the response body", PF_FAIL_TIMEOUT);
         return;
     case UP_TIMER_IDLE:
         pool_remove(up);
@@ -379,7 +394,8 @@ bool upstream_output_full(const pf_upstream *up, size_t limit) {
 void upstream_request_sent(pf_upstream *up, uint64_t timeout_ms) {
     up->request_sent = true;
     up->response_timeout_ms = timeout_ms;
-    if (up->connected || up->reused)
+    /* An upstream that answered before the request ended is already timed by its body. */
+    if ((up->connected || up->reused) && !up->head_done)
         timer_set(up, UP_TIMER_RESPONSE, timeout_ms);
 }
 
@@ -387,6 +403,8 @@ void upstream_pause_reading(pf_upstream *up) {
     if (!up->paused) {
         up->paused = true;
         stream_read_enable(up->stream, false);
+        if (up->timer_kind == UP_TIMER_BODY)
+            timer_stop(up);
     }
 }
 

@@ -52,6 +52,7 @@ enum route {
     ROUTE_HANG,
     ROUTE_RESET,
     ROUTE_PARTIAL,
+    ROUTE_STALL,
     ROUTE_CLOSE,
     ROUTE_STATS,
     ROUTE_HEALTHZ,
@@ -708,6 +709,8 @@ static void route_request(struct conn *c) {
         c->route = ROUTE_RESET;
     else if (path_is(path, len, "/partial"))
         c->route = ROUTE_PARTIAL;
+    else if (path_is(path, len, "/stall"))
+        c->route = ROUTE_STALL;
     else if (path_is(path, len, "/close"))
         c->route = ROUTE_CLOSE;
     else if (path_is(path, len, "/stats"))
@@ -883,6 +886,13 @@ static void respond(struct conn *c) {
         evbuffer_add(output(c), g_pattern, 10);
         start_closing(c);
         break;
+    case ROUTE_STALL:
+        /* 10 of the 100 bytes promised, then silence with the connection open. */
+        write_head(c, 200, "text/plain", 10, FRAME_LENGTH, 100);
+        evbuffer_add(output(c), g_pattern, 10);
+        c->hang = true;
+        c->paused = true;
+        break;
     case ROUTE_BAD_ARG:
         n = snprintf(body, sizeof body,
                      "bad number in path: /bytes/0..%llu, /status/101..599, /delay/0..%llu\n",
@@ -1008,7 +1018,7 @@ static void usage(FILE *f) {
             "  NAME       sent as X-Backend on every response (default: backend)\n"
             "  MS         every \"anything else\" answer waits MS milliseconds (default 0)\n"
             "paths: /headers /echo /sink /bytes/N[?chunked=1|?eof=1] /status/NNN /delay/MS\n"
-            "       /slowhead/MS /hang /reset /partial /close /stats /healthz;\n"
+            "       /slowhead/MS /hang /reset /partial /stall /close /stats /healthz;\n"
             "       anything else: NAME\\n with status 200\n"
             "control: /control/healthz/NNN  the status /healthz answers from now on (default 200)\n"
             "         /control/default/NNN  the status of \"anything else\" from now on\n"

@@ -101,6 +101,7 @@ static void test_example_loads_with_every_field_and_default(void) {
     CU_ASSERT_EQUAL(l->max_headers, PF_DEFAULT_MAX_HEADERS);
     CU_ASSERT_EQUAL(l->buffer_bytes, PF_DEFAULT_BUFFER_BYTES);
     CU_ASSERT_EQUAL(l->header_timeout_ms, PF_DEFAULT_HEADER_TIMEOUT_MS);
+    CU_ASSERT_EQUAL(l->body_timeout_ms, PF_DEFAULT_BODY_TIMEOUT_MS);
     CU_ASSERT_EQUAL(l->idle_timeout_ms, PF_DEFAULT_IDLE_TIMEOUT_MS);
 
     CU_ASSERT_EQUAL_FATAL(l->route_count, 2);
@@ -126,6 +127,7 @@ static void test_example_loads_with_every_field_and_default(void) {
     CU_ASSERT_EQUAL(web->lb_policy, PF_LB_ROUND_ROBIN);
     CU_ASSERT_EQUAL(web->connect_timeout_ms, PF_DEFAULT_CONNECT_TIMEOUT_MS);
     CU_ASSERT_EQUAL(web->response_timeout_ms, PF_DEFAULT_RESPONSE_TIMEOUT_MS);
+    CU_ASSERT_EQUAL(web->body_timeout_ms, PF_DEFAULT_BODY_TIMEOUT_MS);
     CU_ASSERT_EQUAL(web->upstream_idle_timeout_ms, PF_DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS);
     CU_ASSERT_EQUAL(web->max_idle_per_endpoint, PF_DEFAULT_MAX_IDLE_PER_ENDPOINT);
     CU_ASSERT_EQUAL_FATAL(web->endpoint_count, 2);
@@ -153,10 +155,11 @@ static void test_every_option_set_is_taken(void) {
            "'drain_timeout':'30s',"
            "'listeners':[{'name':'edge-1.a_b','address':'0.0.0.0:8080','max_header_bytes':2048,"
            "'max_target_bytes':1024,'max_headers':16,'buffer_bytes':8192,"
-           "'header_timeout':'2s','idle_timeout':'1m',"
+           "'header_timeout':'2s','idle_timeout':'1m','body_timeout':'30s',"
            "'routes':[{'match':{'host':'*.Example.COM:8443','path':'/healthz'},'cluster':'b'}]}],"
            "'clusters':[{'name':'b','lb_policy':'weighted_round_robin','connect_timeout':'1.5s',"
            "'response_timeout':'1h','idle_timeout':'90s','max_idle_per_endpoint':0,"
+           "'body_timeout':'2m',"
            "'endpoints':[{'address':'[::1]:81','weight':10000,'priority':127,'zone':'eu-1a'},"
            "'10.0.0.1:80']}]}"));
     CU_ASSERT_FATAL(cfg != NULL);
@@ -173,6 +176,7 @@ static void test_every_option_set_is_taken(void) {
     CU_ASSERT_EQUAL(l->buffer_bytes, 8192);
     CU_ASSERT_EQUAL(l->header_timeout_ms, 2000);
     CU_ASSERT_EQUAL(l->idle_timeout_ms, 60000);
+    CU_ASSERT_EQUAL(l->body_timeout_ms, 30000);
     CU_ASSERT_EQUAL(l->routes[0].host_kind, PF_MATCH_HOST_SUFFIX);
     CU_ASSERT_STRING_EQUAL(l->routes[0].host, ".example.com");
     CU_ASSERT_EQUAL(l->routes[0].host_port, 8443);
@@ -182,6 +186,7 @@ static void test_every_option_set_is_taken(void) {
     CU_ASSERT_EQUAL(c->lb_policy, PF_LB_WEIGHTED_ROUND_ROBIN);
     CU_ASSERT_EQUAL(c->connect_timeout_ms, 1500);
     CU_ASSERT_EQUAL(c->response_timeout_ms, 3600000);
+    CU_ASSERT_EQUAL(c->body_timeout_ms, 120000);
     CU_ASSERT_EQUAL(c->upstream_idle_timeout_ms, 90000);
     CU_ASSERT_EQUAL(c->max_idle_per_endpoint, 0);
     CU_ASSERT_STRING_EQUAL(c->endpoints[0].addr.text, "[::1]:81");
@@ -351,6 +356,11 @@ static const struct {
      "x.json: $.listeners[0].max_target_bytes: 4096 exceeds max_header_bytes (2048)"},
     {CFG("", LMAIN(",'header_timeout':'fast'"), CWEB("")),
      "x.json: $.listeners[0].header_timeout: \"fast\" is not a duration"},
+    {CFG("", LMAIN(",'body_timeout':60"), CWEB("")),
+     "x.json: $.listeners[0].body_timeout: 60 is not a duration; durations are strings with a "
+     "unit (use e.g. \"250ms\", \"5s\")"},
+    {CFG("", LMAIN(""), CWEB(",'body_timeout':'0s'")),
+     "x.json: $.clusters[0].body_timeout: \"0s\" must be greater than zero"},
     {CFG("", LMAIN(",'idle_timeout':'0ms'"), CWEB("")),
      "x.json: $.listeners[0].idle_timeout: \"0ms\" must be greater than zero"},
 
@@ -945,7 +955,7 @@ static bool config_eq(const pf_config *a, const pf_config *b) {
             x->route_count != y->route_count || x->max_header_bytes != y->max_header_bytes ||
             x->max_target_bytes != y->max_target_bytes || x->max_headers != y->max_headers ||
             x->buffer_bytes != y->buffer_bytes || x->header_timeout_ms != y->header_timeout_ms ||
-            x->idle_timeout_ms != y->idle_timeout_ms)
+            x->idle_timeout_ms != y->idle_timeout_ms || x->body_timeout_ms != y->body_timeout_ms)
             return false;
         for (size_t j = 0; j < x->route_count; j++) {
             const pf_config_route *p = &x->routes[j], *q = &y->routes[j];
@@ -962,6 +972,7 @@ static bool config_eq(const pf_config *a, const pf_config *b) {
             x->endpoint_count != y->endpoint_count ||
             x->connect_timeout_ms != y->connect_timeout_ms ||
             x->response_timeout_ms != y->response_timeout_ms ||
+            x->body_timeout_ms != y->body_timeout_ms ||
             x->upstream_idle_timeout_ms != y->upstream_idle_timeout_ms ||
             x->max_idle_per_endpoint != y->max_idle_per_endpoint)
             return false;
@@ -1005,7 +1016,7 @@ static void test_dump_round_trips(void) {
            "'drain_timeout':'0ms',"
            "'listeners':[{'name':'a','address':'[::]:8080','max_header_bytes':1048576,"
            "'max_target_bytes':65536,'max_headers':8,'buffer_bytes':16777216,"
-           "'header_timeout':'1us','idle_timeout':'2h',"
+           "'header_timeout':'1us','idle_timeout':'2h','body_timeout':'5m',"
            "'routes':[{'match':{'host':'*.Example.COM:8443','path':'/healthz'},'cluster':'b'},"
            "{'match':{'host':'*:81','prefix':'/x'},'cluster':'b'},"
            "{'match':{'host':'exact.local'},'cluster':'c'}]},"

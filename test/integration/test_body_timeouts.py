@@ -1,0 +1,150 @@
+"""Body timeouts: a client that stops in the middle of a request body gets 408 and its
+connection closed; an upstream that stops in the middle of a response body has the response
+cut; an upstream that stops reading a request body gets the client a 504. Progress restarts
+the timers, and waiting on the other side's backpressure never counts against anyone."""
+
+import socket
+import threading
+import time
+
+import pytest
+
+from harness import LOCALHOST, cluster, listener, make_config, metric_sum, route, wait_for
+
+BODY_TIMEOUT = "300ms"
+
+
+@pytest.fixture
+def bodyproxy(start_backend, start_pilotfish):
+    web = start_backend("web")
+    main = listener("main", [route("web", prefix="/")], body_timeout=BODY_TIMEOUT)
+    cfg = make_config([main], [cluster("web", [web.address], body_timeout=BODY_TIMEOUT)])
+    return start_pilotfish(cfg, workers=1)
+
+
+def head(method, target, length):
+    return (
+        f"{method} {target} HTTP/1.1\r\nHost: t.local\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def assert_still_serving(pf):
+    resp = pf.get("/bytes/5")
+    assert resp.status == 200 and resp.body == b"01234", resp
+
+
+def test_client_pausing_in_the_middle_of_a_body_gets_408_and_close(bodyproxy):
+    with bodyproxy.raw() as c:
+        c.send(head("POST", "/sink", 100) + b"x" * 10)
+        start = time.monotonic()
+        resp = c.read_response(timeout=10)
+        elapsed = time.monotonic() - start
+        assert resp.status == 408, resp
+        assert b"request body not received in time" in resp.body
+        assert c.wait_closed(5)
+    assert 0.25 <= elapsed < 5, f"a 300 ms body timeout fired after {elapsed:.2f}s"
+    entries = wait_for(
+        lambda: [e for e in bodyproxy.access_log() if e["path"] == "/sink"], 10, "the log line"
+    )
+    assert [e["status"] for e in entries] == [408], entries
+    assert_still_serving(bodyproxy)
+
+
+def test_a_slow_but_steady_body_is_not_cut(bodyproxy):
+    # 20 pieces 100 ms apart: 2 s in all, far past the timeout, but never a 300 ms pause.
+    body = bytes(range(ord("a"), ord("a") + 20))
+    with bodyproxy.raw() as c:
+        c.send(head("POST", "/echo", len(body)))
+        for i in range(len(body)):
+            time.sleep(0.1)
+            c.send(body[i : i + 1])
+        resp = c.read_response(timeout=10)
+    assert resp.status == 200, resp
+    assert resp.body == body
+
+
+def test_upstream_stalling_in_the_middle_of_a_response_is_cut(bodyproxy):
+    with bodyproxy.raw() as c:
+        c.send(b"GET /stall HTTP/1.1\r\nHost: t.local\r\n\r\n")
+        resp = c.read_head(timeout=5)
+        assert resp.status == 200 and resp.header("Content-Length") == "100", resp
+        start = time.monotonic()
+        rest = c.read_all_until_close(timeout=10)
+        elapsed = time.monotonic() - start
+    # what the upstream sent goes out, then the close: never the 100 bytes promised
+    assert rest == b"0123456789", rest
+    assert elapsed < 5, f"a 300 ms body timeout cut the response after {elapsed:.2f}s"
+    timeouts = metric_sum(
+        bodyproxy.metrics(), "pilotfish_upstream_response_timeouts_total", cluster="web"
+    )
+    assert timeouts == 1, timeouts
+    assert_still_serving(bodyproxy)
+
+
+def test_a_client_reading_slowly_is_not_cut_by_the_upstream_body_timeout(bodyproxy):
+    # 8 MiB through a client that reads nothing for a second: pilotfish stops reading the
+    # upstream (backpressure), which is not the upstream stalling.
+    size = 8 * 1024 * 1024
+    with bodyproxy.raw(rcvbuf=64 * 1024) as c:
+        c.send(f"GET /bytes/{size} HTTP/1.1\r\nHost: t.local\r\n\r\n".encode())
+        time.sleep(1.0)
+        resp = c.read_head(timeout=5)
+        got = sum(len(piece) for piece in c.body_chunks(resp, timeout=30))
+    assert resp.status == 200 and got == size, (resp, got)
+
+
+def test_upstream_that_stops_reading_the_request_body_gets_the_client_a_504(
+    start_pilotfish,
+):
+    # An upstream that accepts and never reads: once the kernel buffers and pilotfish's
+    # own are full, nothing moves; the client is not the one stalling.
+    deaf = socket.socket()
+    deaf.bind((LOCALHOST, 0))
+    deaf.listen(8)
+    accepted = []
+    stop = threading.Event()
+
+    def accept_and_ignore():
+        deaf.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = deaf.accept()
+                accepted.append(conn)
+            except OSError:
+                pass
+
+    acceptor = threading.Thread(target=accept_and_ignore, daemon=True)
+    acceptor.start()
+    try:
+        addr = f"{LOCALHOST}:{deaf.getsockname()[1]}"
+        main = listener("main", [route("deaf", prefix="/")], body_timeout=BODY_TIMEOUT)
+        pf = start_pilotfish(make_config([main], [cluster("deaf", [addr])]), workers=1)
+        size = 256 * 1024 * 1024
+        with pf.raw() as c:
+            c.send(head("POST", "/upload", size))
+            sent = [0]
+
+            def upload():
+                piece = b"u" * (1 << 20)
+                try:
+                    while sent[0] < size:
+                        c.sock.sendall(piece)
+                        sent[0] += len(piece)
+                except OSError:
+                    pass  # pilotfish answered and closed
+
+            c.sock.settimeout(20)
+            uploader = threading.Thread(target=upload, daemon=True)
+            uploader.start()
+            resp = c.read_head(timeout=20)
+            assert resp.status == 504, resp
+            assert sent[0] < size, "the whole body went through a deaf upstream"
+        uploader.join(20)
+        assert not uploader.is_alive()
+        assert pf.alive()
+    finally:
+        stop.set()
+        acceptor.join(5)
+        for conn in accepted:
+            conn.close()
+        deaf.close()
