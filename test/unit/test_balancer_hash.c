@@ -151,24 +151,26 @@ static void test_weights_shape_the_share_of_keys(void) {
     }
 }
 
+/* Four endpoints, and the same four with the second one down. */
+static const char *const four_up[] = {"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80",
+                                      NULL};
+static const char *const second_down[] = {"10.0.0.1:80", "10.0.0.2:80/1/down", "10.0.0.3:80",
+                                          "10.0.0.4:80", NULL};
+
 static void test_unhealthy_owner_sends_its_keys_to_the_next_in_hash_order(void) {
     for (size_t p = 0; p < ARRAY_LEN(hash_policies); p++) {
         pf_endpoint_slot *slot = discovery_slot_new("health");
         pf_config_cluster cfg = cluster_config(hash_policies[p]);
         pf_balancer_group *g = balancer_group_new(&cfg);
         pf_balancer *b = balancer_new(g);
-        static const char *const up[] = {"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80",
-                                         NULL};
-        static const char *const down[] = {"10.0.0.1:80", "10.0.0.2:80/1/down", "10.0.0.3:80",
-                                           "10.0.0.4:80", NULL};
         static const char *const gone[] = {"10.0.0.1:80", "10.0.0.3:80", "10.0.0.4:80", NULL};
         static size_t before[KEYS], during[KEYS], repeat[KEYS], after[KEYS], removed[KEYS];
-        pf_endpoint_set *s1 = publish(slot, up);
+        pf_endpoint_set *s1 = publish(slot, four_up);
         map_keys(b, s1, before);
-        pf_endpoint_set *s2 = publish(slot, down);
+        pf_endpoint_set *s2 = publish(slot, second_down);
         map_keys(b, s2, during);
         map_keys(b, s2, repeat);
-        pf_endpoint_set *s3 = publish(slot, up);
+        pf_endpoint_set *s3 = publish(slot, four_up);
         map_keys(b, s3, after);
         /* health changes only: the table is the same one */
         CU_ASSERT_EQUAL(balancer_group_tables_built(g), 1);
@@ -221,14 +223,10 @@ static void test_a_retry_goes_to_the_next_endpoint_in_hash_order(void) {
         pf_config_cluster cfg = cluster_config(hash_policies[p]);
         pf_balancer_group *g = balancer_group_new(&cfg);
         pf_balancer *b = balancer_new(g);
-        static const char *const up[] = {"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80",
-                                         NULL};
-        static const char *const down[] = {"10.0.0.1:80", "10.0.0.2:80/1/down", "10.0.0.3:80",
-                                           "10.0.0.4:80", NULL};
         static size_t first[KEYS], when_down[KEYS];
-        pf_endpoint_set *s1 = publish(slot, up);
+        pf_endpoint_set *s1 = publish(slot, four_up);
         map_keys(b, s1, first);
-        pf_endpoint_set *s2 = publish(slot, down);
+        pf_endpoint_set *s2 = publish(slot, second_down);
         map_keys(b, s2, when_down);
         size_t wrong = 0, unstable = 0, disturbed = 0;
         for (uint64_t k = 0; k < KEYS; k++) {
