@@ -292,19 +292,25 @@ nomem:
     return NULL;
 }
 
-static int bind_listener(const pf_config_listener *cfg, pf_error *err) {
+/* Returns a socket on cfg's address: listening and shared with the other workers' sockets
+ * (SO_REUSEPORT), or with `probe` only bound and shared with nobody. */
+static int bind_listener(const pf_config_listener *cfg, bool probe, pf_error *err) {
     int fd = socket(cfg->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return pf_fail(err, PF_EIO, "listener %s: socket: %s", cfg->name, strerror(errno));
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (!probe)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (bind(fd, (const struct sockaddr *)&cfg->addr.ss, cfg->addr.len) < 0 ||
-        listen(fd, LISTEN_BACKLOG) < 0) {
+        (!probe && listen(fd, LISTEN_BACKLOG) < 0)) {
         int e = errno;
         close(fd);
-        return pf_fail(err, PF_EIO, "listener %s: cannot listen on %s: %s", cfg->name,
-                       cfg->addr.text, strerror(e));
+        return pf_fail(err, PF_EIO, "listener %s: cannot listen on %s: %s%s", cfg->name,
+                       cfg->addr.text, strerror(e),
+                       e == EADDRINUSE ? "; another process (another pilotfish?) listens there: "
+                                         "stop it or choose another address"
+                                       : "");
     }
     return fd;
 }
@@ -349,8 +355,16 @@ static void *worker_main(void *arg) {
 int proxy_start(pf_proxy *proxy, pf_error *err) {
     for (size_t i = 0; i < proxy->listener_count; i++) {
         pf_listener_rt *l = &proxy->listeners[i];
+        /* SO_REUSEPORT lets any socket of the same user join a listening port, so a second
+         * pilotfish on our address would silently take part of the traffic. A probe without
+         * it fails with EADDRINUSE while any socket listens there; its SO_REUSEADDR only
+         * lets it past TIME_WAIT connections a previous process left, so restarts work. */
+        int probe = bind_listener(l->cfg, true, err);
+        if (probe < 0)
+            return PF_EIO;
+        close(probe);
         for (unsigned k = 0; k < proxy->worker_count; k++) {
-            int fd = bind_listener(l->cfg, err);
+            int fd = bind_listener(l->cfg, false, err);
             if (fd < 0)
                 return PF_EIO;
             l->fds[k] = fd;

@@ -22,7 +22,8 @@ typedef struct pf_proxy pf_proxy;
  * `err` filled on failure. Main thread. */
 pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics, pf_error *err);
 
-/* Binds every listener (one socket per worker) and starts the worker threads. Returns 0,
+/* Binds every listener (one socket per worker) and starts the worker threads; an address
+ * another socket already listens on, another pilotfish's included, is refused. Returns 0,
  * or PF_EIO with `err` naming the address that failed. Main thread. */
 int proxy_start(pf_proxy *proxy, pf_error *err);
 

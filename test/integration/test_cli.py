@@ -1,6 +1,8 @@
-"""The command line: --check-config, --version, --help, and refusing to start on bad input."""
+"""The command line: --check-config, --version, --help, and refusing to start on bad input
+or on a listener address that another socket (another pilotfish included) holds."""
 
 import json
+import signal
 import socket
 
 import pytest
@@ -109,16 +111,77 @@ def test_start_with_invalid_config_exits_nonzero(tmp_path):
     assert "$.clusters[0].endpoints[0]" in r.stderr.decode()
 
 
+def assert_refused_address_in_use(pf, address):
+    """pf exits non-zero with a message naming listener main, its address and the cause."""
+    code = pf.wait_exit(15)
+    assert code is not None, f"pilotfish started on {address}, which another socket holds"
+    assert code != 0
+    err = pf.stderr_text()
+    assert f"listener main: cannot listen on {address}: Address already in use" in err, err
+
+
+def time_wait_sockets(port):
+    """TCP sockets in TIME_WAIT whose local port is port (IPv4, from /proc/net/tcp)."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.read().splitlines()[1:]]
+    return [r for r in rows if int(r[1].rsplit(":", 1)[1], 16) == port and r[3] == "06"]
+
+
 def test_start_fails_when_listener_port_is_taken(tmp_path, start_pilotfish):
-    with socket.socket() as taken:
+    with socket.socket() as taken:  # a plain socket: no SO_REUSEADDR, no SO_REUSEPORT
         taken.bind((LOCALHOST, 0))
         taken.listen(1)
+        address = f"{LOCALHOST}:{taken.getsockname()[1]}"
         cfg = valid_config()
-        cfg["listeners"][0]["address"] = f"{LOCALHOST}:{taken.getsockname()[1]}"
-        pf = start_pilotfish(cfg, wait_ready=False)
-        code = pf.wait_exit(15)
-        assert code is not None and code != 0, "pilotfish kept running without its listener"
-        assert pf.stderr_text().strip()
+        cfg["listeners"][0]["address"] = address
+        assert_refused_address_in_use(start_pilotfish(cfg, wait_ready=False), address)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_second_pilotfish_on_same_listener_address_refuses_to_start(
+    start_backend, start_pilotfish, workers
+):
+    # Listeners use SO_REUSEPORT, which would let a second process of the same user join the
+    # port and take part of the traffic; it must fail like any other "address in use".
+    first_backend, second_backend = start_backend("first"), start_backend("second")
+    first_cfg = make_config(
+        [listener("main", [route("c", prefix="/")])], [cluster("c", [first_backend.address])]
+    )
+    first = start_pilotfish(first_cfg, workers=workers)
+    address = first_cfg["listeners"][0]["address"]
+    second_cfg = make_config(  # its own admin address: only the listener collides
+        [listener("main", [route("c", prefix="/")], address=address)],
+        [cluster("c", [second_backend.address])],
+    )
+    second = start_pilotfish(second_cfg, workers=workers, wait_ready=False)
+    assert_refused_address_in_use(second, address)
+    for i in range(40):  # fresh connections: a shared port would spread them over both
+        resp = first.get(f"/n{i}")
+        assert resp.status == 200 and resp.header("X-Backend") == "first", (i, resp)
+    assert second_backend.stats()["requests"] == 1  # only the stats query itself
+
+
+def test_restart_on_same_addresses_right_after_stop_with_keepalive_traffic(
+    start_backend, start_pilotfish
+):
+    backend = start_backend("b")
+    cfg = make_config(
+        [listener("main", [route("c", prefix="/")])], [cluster("c", [backend.address])]
+    )
+    old = start_pilotfish(cfg)
+    with old.raw() as conn:
+        for i in range(5):
+            assert conn.request("GET", f"/k{i}").status == 200
+        old.signal(signal.SIGTERM)  # the drain closes the idle keep-alive connection first
+        assert conn.wait_closed(), "the drain did not close the idle connection"
+    assert old.wait_exit(15) == 0
+    # pilotfish closed first, so its side of that connection waits in TIME_WAIT on the
+    # listener's port: the new process must bind past it.
+    assert time_wait_sockets(old.port()), "no TIME_WAIT connection on the listener port"
+    new = start_pilotfish(cfg)
+    for i in range(5):
+        resp = new.get(f"/r{i}")
+        assert resp.status == 200 and resp.header("X-Backend") == "b", (i, resp)
 
 
 @pytest.mark.parametrize("workers", ["-1", "abc"])
