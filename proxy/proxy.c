@@ -92,9 +92,9 @@ static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
                         "Upstream connection attempts refused or failed.", labels);
     c->connect_timeouts = metrics_counter(m, "pilotfish_upstream_connect_timeouts_total",
                                           "Upstream connection attempts that timed out.", labels);
-    c->response_timeouts =
-        metrics_counter(m, "pilotfish_upstream_response_timeouts_total",
-                        "Requests whose response headers came too late.", labels);
+    c->response_timeouts = metrics_counter(
+        m, "pilotfish_upstream_response_timeouts_total",
+        "Responses whose head came too late or whose body stalled (body_timeout).", labels);
     c->resets = metrics_counter(m, "pilotfish_upstream_resets_total",
                                 "Upstream connections closed before the response ended.", labels);
     c->retries = metrics_counter(m, "pilotfish_upstream_retries_total",
