@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Helpers for bench/run.sh (stdlib only).
+"""Helpers for the benchmarks in bench/ (stdlib only).
 
-Subcommands:
+run.sh calls it as a program, with these subcommands:
   procstat PGID            print "cpu_ticks vmhwm_kb vmrss_kb nprocs" summed over the
                            process group PGID plus every descendant of PID PGID.
                            Summing over the tree keeps the numbers right even when a
@@ -10,13 +10,25 @@ Subcommands:
                            file and print a one-line progress summary.
   report   [options]       aggregate the runs file: print the table and summary line,
                            write the JSON results file.
+  free-port                print a TCP port that is free on 127.0.0.1.
+
+dns.sh, k8s.sh, policies.sh, failover.sh and health.sh import it: their Python programs
+keep what is specific to their case and take the rest from the last section below
+(knobs, processes, readiness, wrk, pinning).
 """
 import argparse
 import json
 import os
 import re
+import shutil
+import signal
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
 
 # ---------------------------------------------------------------- /proc sampling
 
@@ -38,7 +50,8 @@ def _read_stat(pid):
     return ppid, pgrp, ticks
 
 
-def _read_status_kb(pid, key):
+def status_kb(pid, key):
+    """The kB figure of line `key` (VmRSS, VmHWM) in /proc/PID/status; 0 when it is missing."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -73,8 +86,8 @@ def proc_tree(root):
 def cmd_procstat(args):
     tree = proc_tree(args.pgid)
     ticks = sum(st[2] for st in tree.values())
-    hwm = sum(_read_status_kb(p, "VmHWM") for p in tree)
-    rss = sum(_read_status_kb(p, "VmRSS") for p in tree)
+    hwm = sum(status_kb(p, "VmHWM") for p in tree)
+    rss = sum(status_kb(p, "VmRSS") for p in tree)
     print(ticks, hwm, rss, len(tree))
 
 
@@ -202,17 +215,18 @@ def cmd_record(args):
     with open(args.runs, "a") as f:
         f.write(json.dumps(run) + "\n")
     print(f"  {args.case:<10} {args.proxy:<10} round {args.round}: "
-          f"{_fmt(run['rps'], 0)} req/s  p50 {_fmt(run['p50_ms'], 2)} ms  "
-          f"p99 {_fmt(run['p99_ms'], 2)} ms  {_fmt(run['req_per_cpu_s'], 0)} req/CPU-s  "
-          f"(proxy cpu {cpu_s:.2f}s = {_fmt(run['proxy_cpu_pct'], 0)}%, errors {run['errors']})"
+          f"{fmt(run['rps'], 0)} req/s  p50 {fmt(run['p50_ms'], 2)} ms  "
+          f"p99 {fmt(run['p99_ms'], 2)} ms  {fmt(run['req_per_cpu_s'], 0)} req/CPU-s  "
+          f"(proxy cpu {cpu_s:.2f}s = {fmt(run['proxy_cpu_pct'], 0)}%, errors {run['errors']})"
           + ("  !! " + "; ".join(notes) if notes else ""), flush=True)
 
 
 # ---------------------------------------------------------------- report
 
 
-def _fmt(v, digits):
-    return "-" if v is None else f"{v:,.{digits}f}".replace(",", "")
+def fmt(v, digits):
+    """v with digits decimals, or "-" for None."""
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def _median(vals):
@@ -250,7 +264,7 @@ def aggregate(runs, how):
     row["rps_spread"] = (max(rps) - min(rps)) / max(rps) if len(rps) > 1 else 0.0
     if row["rps_spread"] > 0.20:
         row["notes"].append(f"noisy: req/s differs {row['rps_spread']:.0%} between rounds "
-                            f"({', '.join(_fmt(v, 0) for v in rps)})")
+                            f"({', '.join(fmt(v, 0) for v in rps)})")
     return row
 
 
@@ -301,10 +315,10 @@ def cmd_report(args):
     for e in cases:
         for p, r in e["results"].items():
             label = meta.get("labels", {}).get(p, p)
-            print(line((e["case"], label, _fmt(r["rps"], 0), _fmt(r["p50_ms"], 3),
-                        _fmt(r["p99_ms"], 3), _fmt(r["req_per_cpu_s"], 0),
-                        _fmt(mib(r["peak_rss_kb"]), 1), _fmt(mib(r["idle_rss_kb"]), 1),
-                        r["errors"], _fmt(r["proxy_cpu_pct"], 0))))
+            print(line((e["case"], label, fmt(r["rps"], 0), fmt(r["p50_ms"], 3),
+                        fmt(r["p99_ms"], 3), fmt(r["req_per_cpu_s"], 0),
+                        fmt(mib(r["peak_rss_kb"]), 1), fmt(mib(r["idle_rss_kb"]), 1),
+                        r["errors"], fmt(r["proxy_cpu_pct"], 0))))
         if "ratio" in e:
             rt = e["ratio"]
             x = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
@@ -340,6 +354,277 @@ def cmd_report(args):
     print(f"results written to {args.json}")
 
 
+# ---------------------------------------------------------------- for the bench scripts
+# A bench script calls begin() first (it names the bench: messages start "bench-NAME:"),
+# then run(main). Everything it starts goes through start(), so that run() stops it by
+# PID on the way out, whichever way that is (an error, a signal, the end).
+
+NAME = "bench"
+_started = []  # Popen objects of what is running, oldest first
+_workdirs = []
+_owner = os.getpid()  # a forked helper process must not run the owner's cleanup
+
+# Pinning: the proxy under test on PROXY_CPU, the load side (wrk, backends) on LOAD_CPU.
+PIN = (os.environ.get("BENCH_PIN", "1") == "1" and (os.cpu_count() or 1) >= 2
+       and shutil.which("taskset"))
+PROXY_CPU = os.environ.get("BENCH_PROXY_CPU", "1")
+LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "0")
+
+
+def fail(msg):
+    """Prints msg as this bench's error, stops everything it started, exits 1."""
+    print(f"{NAME}: ERROR: {msg}", file=sys.stderr)
+    stop_all()
+    sys.exit(1)
+
+
+def begin(name):
+    """Names the bench and returns its build directory. The wrapper runs the program as
+    `python3 - HERE "$@"`: argv[1] is bench/, argv[2] the build directory (default
+    bench/../build)."""
+    global NAME
+    NAME = name
+    arg = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else f"{sys.argv[1]}/../build"
+    if not os.path.isdir(arg):
+        fail(f"build directory '{arg}' does not exist")
+    return os.path.abspath(arg)
+
+
+def need(tool, hint="run 'make deps'"):
+    """Fails unless tool (a name in PATH, or a path) can be run."""
+    if "/" in tool:
+        if not os.access(tool, os.X_OK):
+            fail(f"{tool} not found ({hint})")
+    elif not shutil.which(tool):
+        fail(f"'{tool}' not found in PATH ({hint})")
+
+
+def env_int(name, default, lo=0):
+    """The integer knob `name` (default when unset); fails unless it is >= lo."""
+    text = os.environ.get(name, str(default))
+    if not text.isdigit() or int(text) < lo:
+        fail(f"{name} must be an integer >= {lo}, got {text!r}")
+    return int(text)
+
+
+def env_secs(name, default):
+    """The duration knob `name` in whole seconds: "5", "5s" or "1m" (wrk's spellings)."""
+    text = os.environ.get(name, default)
+    m = re.fullmatch(r"(\d+)(s|m)?", text)
+    if not m:
+        fail(f"{name}: bad duration {text!r} (use e.g. {default})")
+    return int(m.group(1)) * (60 if m.group(2) == "m" else 1)
+
+
+def run(main):
+    """Calls main(). SIGTERM and SIGINT end it as exit 128+signal; on every way out, what
+    start() started is stopped and the workdir()s are removed (kept with BENCH_KEEP=1)."""
+    def on_signal(sig, _frame):
+        if os.getpid() != _owner:
+            os._exit(128 + sig)
+        sys.exit(128 + sig)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        main()
+    finally:
+        stop_all()
+        for d in _workdirs:
+            if os.environ.get("BENCH_KEEP") == "1":
+                print(f"{NAME}: kept {d}")
+            else:
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def workdir():
+    """A new temporary directory for configs and logs (see run())."""
+    d = tempfile.mkdtemp(prefix=f"pf-{NAME}.")
+    _workdirs.append(d)
+    return d
+
+
+def copy_binaries(build, work, *names):
+    """Copies each build/NAME into work and returns the copies' paths: a rebuild while the
+    bench runs must not change what its later runs measure."""
+    paths = []
+    for name in names:
+        src = os.path.join(build, name)
+        if not os.access(src, os.X_OK):
+            fail(f"{src} not found (build it with 'make')")
+        paths.append(shutil.copy(src, os.path.join(work, name)))
+    return paths
+
+
+def write_json(path, doc, indent=None):
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=indent)
+
+
+def free_ports(n, udp=False):
+    """n TCP ports free on 127.0.0.1, all different (held open together); with udp, each
+    is free for UDP too."""
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if udp:
+                try:
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                        u.bind(("127.0.0.1", port))
+                except OSError:
+                    s.close()
+                    continue
+            socks.append(s)
+            ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def free_port():
+    return free_ports(1)[0]
+
+
+def http_get(port, path, timeout=2.0):
+    """(status, body) of GET http://127.0.0.1:PORT/PATH; raises OSError on errors and on
+    statuses >= 400."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def tail(path):
+    """The last 2,000 characters of a log file ("" when there is none)."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-2000:]
+    except OSError:
+        return ""
+
+
+def pinned(cpu, args):
+    """args run on cpu when pinning is on (and cpu is given)."""
+    return ["taskset", "-c", cpu] + args if PIN and cpu is not None else args
+
+
+def pinning_note(load):
+    """What the pinning is, for the output: `load` names what shares the load CPU."""
+    return f"proxy on CPU {PROXY_CPU}, {load} on CPU {LOAD_CPU}" if PIN else "no pinning"
+
+
+def start(args, log, cpu=None):
+    """Starts args in its own session, pinned to cpu, stdout and stderr to the file log;
+    returns its Popen. It is stopped by stop() or at the end of run()."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(pinned(cpu, args), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    _started.append(proc)
+    return proc
+
+
+def stop(proc, grace=5.0):
+    """SIGTERM, then SIGKILL after grace seconds; reaps proc."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    if proc in _started:
+        _started.remove(proc)
+
+
+def stop_all():
+    """Stops what start() started and is not stopped yet, newest first."""
+    while _started:
+        stop(_started[-1])
+
+
+def wait_until(what, predicate, timeout, proc=None, log=None, interval=0.05, give_up=True):
+    """Calls predicate() every interval seconds until it returns something true, and
+    returns that (an OSError from it means "not yet"). When proc exits first or timeout
+    seconds pass: fail() naming `what`, with the tail of log; with give_up=False, return
+    None instead (the caller retries)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            msg = f"{what} exited {proc.returncode}"
+            break
+        try:
+            value = predicate()
+            if value:
+                return value
+        except OSError:
+            pass
+        time.sleep(interval)
+    else:
+        msg = f"timed out after {timeout:.0f}s waiting for {what}"
+    if give_up:
+        fail(msg + (f":\n{tail(log)}" if log else ""))
+    return None
+
+
+def pilotfish_ready(admin, *listeners):
+    """A predicate for wait_until: admin /ready answers 200, and so does / on each of the
+    listeners (a proxy that answers 502 is not worth measuring)."""
+    return lambda: (http_get(admin, "/ready", 1.0)[0] == 200
+                    and all(http_get(p, "/", 1.0)[0] == 200 for p in listeners))
+
+
+def pilotfish_config(admin, listen, cluster):
+    """A pilotfish config: admin on port ADMIN, no access log, and one listener on port
+    LISTEN that sends every path to `cluster` (a cluster object, the config's only one)."""
+    return {"admin": {"address": f"127.0.0.1:{admin}"}, "access_log": False,
+            "listeners": [{"name": "bench", "address": f"127.0.0.1:{listen}",
+                           "routes": [{"match": {"prefix": "/"}, "cluster": cluster["name"]}]}],
+            "clusters": [cluster]}
+
+
+def start_pilotfish(work, tag, cfg, *args, cpu=None):
+    """Writes cfg to work/TAG.json and starts work/pilotfish --config it, then args; the
+    log is work/TAG.log. Returns (proc, log)."""
+    path = os.path.join(work, f"{tag}.json")
+    write_json(path, cfg)
+    log = os.path.join(work, f"{tag}.log")
+    return start([os.path.join(work, "pilotfish"), "--config", path, *args], log, cpu), log
+
+
+def start_backend(work, name, *args, listen="127.0.0.1:0", cpu=None, timeout=10.0):
+    """Starts work/pf-backend --listen LISTEN --name NAME, then args (log
+    work/backend-NAME.log), and waits for the "listening 127.0.0.1:PORT" line it prints.
+    Returns (proc, PORT)."""
+    log = os.path.join(work, f"backend-{name}.log")
+    proc = start([os.path.join(work, "pf-backend"), "--listen", listen, "--name", name, *args],
+                 log, cpu)
+
+    def port():
+        with open(log, "rb") as f:
+            m = re.search(rb"^listening 127\.0\.0\.1:(\d+)", f.read(), re.M)
+        return int(m.group(1)) if m else None
+
+    return proc, wait_until(f"pf-backend {name}", port, timeout, proc, log)
+
+
+def run_wrk(url, seconds, conns, *args, cpu=None, out=None):
+    """Runs `wrk -t1 -cCONNS -dSECONDSs --latency ARGS URL`, pinned to cpu, bounded at
+    seconds + 30; returns (exit status, output). out: a file that gets the output too."""
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", *args, url]
+    res = subprocess.run(pinned(cpu, cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         timeout=seconds + 30)
+    text = res.stdout.decode(errors="replace")
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    return res.returncode, text
+
+
+# ---------------------------------------------------------------- command line
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -360,6 +645,9 @@ def main():
         p.add_argument(a, required=True)
     p.add_argument("--agg", choices=("median", "best"), default="best")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("free-port")
+    p.set_defaults(fn=lambda _args: print(free_port()))
 
     args = ap.parse_args()
     args.fn(args)

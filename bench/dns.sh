@@ -23,64 +23,28 @@
 # (50), BENCH_PIN (1), BENCH_PROXY_CPU (1), BENCH_LOAD_CPU (0). Results also go to
 # BUILD/bench-dns.json.
 set -euo pipefail
-
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BUILD=$(cd "${1:-$HERE/../build}" 2>/dev/null && pwd) || {
-    echo "bench-dns: ERROR: build directory '${1:-$HERE/../build}' does not exist" >&2
-    exit 1
-}
 PY=${PYTHON:-/usr/bin/python3}
 [ -x "$PY" ] || PY=$(command -v python3)
-for t in wrk nginx; do
-    command -v "$t" >/dev/null 2>&1 || {
-        echo "bench-dns: ERROR: '$t' not found in PATH (run 'make deps')" >&2
-        exit 1
-    }
-done
-[ -x /usr/sbin/dnsmasq ] || {
-    echo "bench-dns: ERROR: /usr/sbin/dnsmasq not found (run 'make deps': dnsmasq-base)" >&2
-    exit 1
-}
 
-exec "$PY" - "$BUILD" "$HERE" <<'PYEOF'
+exec "$PY" - "$HERE" "$@" <<'PYEOF'
 import json
 import os
-import re
-import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 
-BUILD, HERE = sys.argv[1], sys.argv[2]
-sys.path.insert(0, HERE)
-from benchlib import parse_wrk  # noqa: E402
+sys.path.insert(0, sys.argv[1])
+from benchlib import (LOAD_CPU, PROXY_CPU, begin, copy_binaries, env_int, env_secs,  # noqa: E402
+                      fail, free_ports, http_get, need, parse_wrk, pilotfish_ready, pinning_note,
+                      run, run_wrk, start, start_pilotfish, status_kb, stop, tail, wait_until,
+                      workdir, write_json)
 
-
-def fail(msg):
-    print(f"bench-dns: ERROR: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def env_int(name, default, lo=0):
-    text = os.environ.get(name, str(default))
-    if not text.isdigit() or int(text) < lo:
-        fail(f"{name} must be an integer >= {lo}, got {text!r}")
-    return int(text)
-
-
-def env_secs(name, default):
-    text = os.environ.get(name, default)
-    m = re.fullmatch(r"(\d+)(s|m)?", text)
-    if not m:
-        fail(f"{name}: bad duration {text!r} (use e.g. 5s)")
-    return int(m.group(1)) * (60 if m.group(2) == "m" else 1)
-
-
+BUILD = begin("bench-dns")
+need("wrk")
+need("nginx")
+need("/usr/sbin/dnsmasq", "run 'make deps': dnsmasq-base")
 TARGETS = env_int("BENCH_DNS_TARGETS", 500, 1)
 TTL = env_int("BENCH_DNS_TTL", 2, 1)
 DURATION = env_secs("BENCH_DNS_DURATION", "5s")
@@ -88,9 +52,6 @@ WARMUP = env_secs("BENCH_DNS_WARMUP", "2s")
 ROUNDS = env_int("BENCH_DNS_ROUNDS", 3, 1)
 CHANGES = env_int("BENCH_DNS_CHANGES", 5, 1)
 CONNS = env_int("BENCH_CONNECTIONS", 50, 1)
-PIN = os.environ.get("BENCH_PIN", "1") == "1" and (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
-PROXY_CPU = os.environ.get("BENCH_PROXY_CPU", "1")
-LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "0")
 START_TIMEOUT = 15.0
 # Short names keep the SRV answer (500 records plus 500 glue A records, ~21 KB over TCP)
 # under 16 KB of offsets for the names: dnsmasq 2.90 writes broken compression pointers
@@ -98,106 +59,10 @@ START_TIMEOUT = 15.0
 DOMAIN = "b"
 SRV_NAME = f"_http._tcp.big.{DOMAIN}"
 
-started = []
-work = tempfile.mkdtemp(prefix="pf-bench-dns.")
-
-
-def pinned(cpu, args):
-    return ["taskset", "-c", cpu] + args if PIN else args
-
-
-def start(args, log, cpu):
-    out = open(log, "wb")
-    p = subprocess.Popen(pinned(cpu, args), stdout=out, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, start_new_session=True)
-    started.append(p)
-    return p
-
-
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
-
-
-def cleanup(*_):
-    for p in reversed(started):
-        stop(p)
-    if os.environ.get("BENCH_KEEP") != "1":
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def on_signal(sig, _frame):
-    cleanup()
-    sys.exit(128 + sig)
-
-
-signal.signal(signal.SIGTERM, on_signal)
-signal.signal(signal.SIGINT, on_signal)
-
-
-def tail(path):
-    try:
-        return open(path, errors="replace").read()[-2000:]
-    except OSError:
-        return ""
-
-
-def wait_until(what, proc, log, predicate):
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            fail(f"{what} exited {proc.returncode}:\n{tail(log)}")
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    fail(f"{what} did not start within {START_TIMEOUT:.0f}s:\n{tail(log)}")
-
-
-def free_ports(n, udp=False):
-    """n ports free on 127.0.0.1 (held open together so they differ)."""
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            if udp:
-                try:
-                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                        u.bind(("127.0.0.1", port))
-                except OSError:
-                    s.close()
-                    continue
-            socks.append(s)
-            ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
-def http_get(port, path, timeout=2.0):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
-        return r.status, r.read()
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
 
 def main():
+    work = workdir()
+    copy_binaries(BUILD, work, "pilotfish")
     backend_ports = free_ports(TARGETS)
     admin, admin2, lst_dns, lst_static, lst_again = free_ports(5)
     (dns_port,) = free_ports(1, udp=True)
@@ -230,8 +95,8 @@ http {{
 """)
     nginx = start(["nginx", "-p", ndir, "-e", f"{ndir}/error.log", "-c", f"{ndir}/nginx.conf"],
                   f"{ndir}/out.log", LOAD_CPU)
-    wait_until("nginx", nginx, f"{ndir}/error.log",
-               lambda: http_get(backend_ports[-1], "/")[0] == 200)
+    wait_until("nginx", lambda: http_get(backend_ports[-1], "/")[0] == 200, START_TIMEOUT,
+               nginx, f"{ndir}/error.log")
 
     # ---- dnsmasq: the SRV name, its 500 targets and their A records ----
     hosts = os.path.join(work, "hosts")
@@ -258,7 +123,7 @@ http {{
     def reloads():
         return open(dlog, errors="replace").read().count(f"read {hosts} - ")
 
-    wait_until("dnsmasq", dnsmasq, dlog, lambda: reloads() >= 1)
+    wait_until("dnsmasq", lambda: reloads() >= 1, START_TIMEOUT, dnsmasq, dlog)
 
     # ---- pilotfish: the same endpoints, from SRV and listed ----
     static_eps = [f"127.0.0.1:{p}" for p in backend_ports]
@@ -284,18 +149,10 @@ http {{
                 "dns": {"resolvers": [f"127.0.0.1:{dns_port}"]},
                 "listeners": listeners, "clusters": cl}
 
-    binary = os.path.join(work, "pilotfish")
-    shutil.copy(os.path.join(BUILD, "pilotfish"), binary)
-
     def run_pilotfish(tag, cfg, admin_port):
-        path = os.path.join(work, f"{tag}.json")
-        with open(path, "w") as f:
-            json.dump(cfg, f)
-        log = os.path.join(work, f"{tag}.log")
         t0 = time.monotonic()
-        p = start([binary, "--config", path, "--workers", "1"], log, PROXY_CPU)
-        wait_until(f"pilotfish ({tag})", p, log,
-                   lambda: http_get(admin_port, "/ready", 1.0)[0] == 200)
+        p, log = start_pilotfish(work, tag, cfg, "--workers", "1", cpu=PROXY_CPU)
+        wait_until(f"pilotfish ({tag})", pilotfish_ready(admin_port), START_TIMEOUT, p, log)
         return p, log, time.monotonic() - t0
 
     def dns_status():
@@ -309,7 +166,7 @@ http {{
     for tag in ("static", "srv"):
         p, _, _ = run_pilotfish(f"{tag}-only", config([tag], admin2), admin2)
         time.sleep(2 * TTL + 0.5)
-        rss_alone[tag] = rss_kb(p.pid)
+        rss_alone[tag] = status_kb(p.pid, "VmRSS")
         stop(p)
 
     pf, pflog, ready_s = run_pilotfish("both", config(["static", "srv"], admin), admin)
@@ -319,7 +176,7 @@ http {{
              f"{tail(pflog)}")
     first_us = c["dns"]["answer_to_publish_us"]
     time.sleep(0.5)
-    rss_both = rss_kb(pf.pid)
+    rss_both = status_kb(pf.pid, "VmRSS")
 
     # ---- req/s, rounds interleaved ----
     # "again" is the static cluster once more through its own listener: the A/A pair
@@ -330,20 +187,14 @@ http {{
         for case, port in cases[r % 3:] + cases[:r % 3]:  # who goes first rotates
             url = f"http://127.0.0.1:{port}/"
             if WARMUP:
-                subprocess.run(pinned(LOAD_CPU, ["wrk", "-t1", f"-c{CONNS}", f"-d{WARMUP}s", url]),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               timeout=WARMUP + 30)
-            out = subprocess.run(pinned(LOAD_CPU, ["wrk", "-t1", f"-c{CONNS}", f"-d{DURATION}s",
-                                                   "--latency", url]),
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 timeout=DURATION + 30).stdout.decode()
-            w = parse_wrk(out)
+                run_wrk(url, WARMUP, CONNS, cpu=LOAD_CPU)
+            w = parse_wrk(run_wrk(url, DURATION, CONNS, cpu=LOAD_CPU)[1])
             runs[case].append({"round": r + 1, "rps": w["rps"] or 0.0, "p99_ms": w["p99_ms"],
                                "errors": w["socket_errors"] + w["non2xx"]})
     if pf.poll() is not None:
         fail(f"pilotfish exited during the runs:\n{tail(pflog)}")
     publishes_during_runs = dns_status()["dns"]["publishes"]
-    rss_after_runs = rss_kb(pf.pid)
+    rss_after_runs = status_kb(pf.pid, "VmRSS")
 
     # ---- answer -> published set for changes ----
     change_us = []
@@ -361,7 +212,7 @@ http {{
         if st["publishes"] == before:
             fail(f"record change {k + 1} was not published within {2 * TTL + 10}s")
         change_us.append(st["answer_to_publish_us"])
-    rss_after = rss_kb(pf.pid)
+    rss_after = status_kb(pf.pid, "VmRSS")
     stop(pf)
 
     best = {case: max(rs, key=lambda x: x["rps"]) for case, rs in runs.items()}
@@ -386,12 +237,10 @@ http {{
         "median_rps": median,
         "dns_vs_static_median": round(median_ratio, 4),
         "floor_met": ratio >= 0.95,
-        "pinning": f"proxy on CPU {PROXY_CPU}, wrk+nginx+dnsmasq on CPU {LOAD_CPU}" if PIN
-        else "no pinning",
+        "pinning": pinning_note("wrk+nginx+dnsmasq"),
         "wrk": f"-t1 -c{CONNS} {WARMUP}s warm-up + {DURATION}s, {ROUNDS} rounds, best round",
     }
-    with open(os.path.join(BUILD, "bench-dns.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(os.path.join(BUILD, "bench-dns.json"), result, indent=2)
 
     print(f"bench-dns: SRV name with {TARGETS} targets (dnsmasq, TTL {TTL}s); "
           f"{result['pinning']}; wrk {result['wrk']}")
@@ -418,8 +267,5 @@ http {{
     print(f"  results: {os.path.join(BUILD, 'bench-dns.json')}")
 
 
-try:
-    main()
-finally:
-    cleanup()
+run(main)
 PYEOF

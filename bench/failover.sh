@@ -10,121 +10,56 @@
 # FAILOVER_CONNECTIONS (20). Everything binds 127.0.0.1; every process started here is
 # stopped by PID on exit. Never fails on numbers: exit 1 only when something cannot start.
 set -euo pipefail
-
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BUILD=$(cd "${1:-$HERE/../build}" 2>/dev/null && pwd) || {
-    echo "bench-failover: ERROR: build directory '${1:-$HERE/../build}' does not exist" >&2
-    exit 1
-}
 PY=${PYTHON:-/usr/bin/python3}
 [ -x "$PY" ] || PY=$(command -v python3)
 
-exec "$PY" - "$BUILD" <<'PYEOF'
+exec "$PY" - "$HERE" "$@" <<'PYEOF'
 import json
 import os
-import re
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 
-BUILD = sys.argv[1]
-SECONDS = int(os.environ.get("FAILOVER_SECONDS", "12"))
+sys.path.insert(0, sys.argv[1])
+from benchlib import (begin, copy_binaries, env_int, fail, free_ports, http_get,  # noqa: E402
+                      parse_wrk, pilotfish_config, pilotfish_ready, run, run_wrk, start_backend,
+                      start_pilotfish, wait_until, workdir)
+
+BUILD = begin("bench-failover")
+SECONDS = env_int("FAILOVER_SECONDS", 12, 1)
 KILL_AT = float(os.environ.get("FAILOVER_KILL_AT", "3"))
 RESTART_AT = float(os.environ.get("FAILOVER_RESTART_AT", "7"))
-CONNS = int(os.environ.get("FAILOVER_CONNECTIONS", "20"))
-procs = []
-
-
-def fail(msg):
-    print(f"bench-failover: ERROR: {msg}", file=sys.stderr)
-    cleanup()
-    sys.exit(1)
-
-
-def cleanup():
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_backend(name, port):
-    p = subprocess.Popen([f"{BUILD}/pf-backend", "--listen", f"127.0.0.1:{port}", "--name", name],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    procs.append(p)
-    line = p.stdout.readline().decode()
-    if not line.startswith("listening"):
-        fail(f"pf-backend {name} did not start")
-    return p
-
-
-def http_json(url):
-    with urllib.request.urlopen(url, timeout=2) as r:
-        return json.loads(r.read())
+CONNS = env_int("FAILOVER_CONNECTIONS", 20, 1)
 
 
 def wrk(port, seconds):
-    out = subprocess.run(["wrk", "-t1", f"-c{CONNS}", f"-d{seconds}s", "--latency",
-                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
-                         timeout=seconds + 30).stdout
-    def ms(label):
-        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        if not m:
-            return float("nan")
-        return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors += int(m.group(1)) if m else 0
-    return {"requests": total, "errors": errors, "p50_ms": ms("50"), "p99_ms": ms("99")}
+    text = run_wrk(f"http://127.0.0.1:{port}/", seconds, CONNS)[1]
+    w = parse_wrk(text)
+    if w["requests"] is None:
+        fail(f"wrk printed no result:\n{text[-2000:]}")
+    nan = float("nan")
+    return {"requests": w["requests"], "errors": w["socket_errors"] + w["non2xx"],
+            "p50_ms": nan if w["p50_ms"] is None else w["p50_ms"],
+            "p99_ms": nan if w["p99_ms"] is None else w["p99_ms"]}
 
 
-try:
-    ports = [free_port() for _ in range(3)]
-    backends = [start_backend(f"b{i}", ports[i]) for i in range(3)]
-    listen, admin = free_port(), free_port()
-    cfg = {
-        "admin": {"address": f"127.0.0.1:{admin}"}, "access_log": False,
-        "listeners": [{"name": "bench", "address": f"127.0.0.1:{listen}",
-                       "routes": [{"match": {"prefix": "/"}, "cluster": "b"}]}],
-        "clusters": [{"name": "b", "endpoints": [f"127.0.0.1:{p}" for p in ports],
-                      "health_check": {"type": "http", "path": "/healthz", "interval": "500ms",
-                                       "timeout": "250ms", "unhealthy_threshold": 2,
-                                       "healthy_threshold": 2},
-                      "outlier_detection": {"consecutive_gateway_failure": 3,
-                                            "base_ejection_time": "5s",
-                                            "max_ejection_percent": 50}}],
-    }
-    work = tempfile.mkdtemp(prefix="pf-failover.")
-    with open(f"{work}/pf.json", "w") as f:
-        json.dump(cfg, f)
-    pf = subprocess.Popen([f"{BUILD}/pilotfish", "--config", f"{work}/pf.json", "--workers", "1"],
-                          stdout=subprocess.DEVNULL, stderr=open(f"{work}/pf.err", "w"))
-    procs.append(pf)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1)
-            break
-        except Exception:
-            if time.monotonic() > deadline or pf.poll() is not None:
-                fail("pilotfish did not become ready")
-            time.sleep(0.05)
+def main():
+    work = workdir()
+    copy_binaries(BUILD, work, "pilotfish", "pf-backend")
+    ports = free_ports(3)
+    backends = [start_backend(work, f"b{i}", listen=f"127.0.0.1:{ports[i]}")[0]
+                for i in range(3)]
+    listen, admin = free_ports(2)
+    cfg = pilotfish_config(admin, listen, {
+        "name": "b", "endpoints": [f"127.0.0.1:{p}" for p in ports],
+        "health_check": {"type": "http", "path": "/healthz", "interval": "500ms",
+                         "timeout": "250ms", "unhealthy_threshold": 2, "healthy_threshold": 2},
+        "outlier_detection": {"consecutive_gateway_failure": 3, "base_ejection_time": "5s",
+                              "max_ejection_percent": 50}})
+    pf, log = start_pilotfish(work, "pf", cfg, "--workers", "1")
+    wait_until("pilotfish", pilotfish_ready(admin), 10, pf, log)
 
     baseline = wrk(listen, SECONDS)
     victim = f"127.0.0.1:{ports[2]}"
@@ -136,14 +71,14 @@ try:
         backends[2].send_signal(signal.SIGKILL)
         backends[2].wait()
         while time.monotonic() - killed < RESTART_AT - KILL_AT:
-            eps = http_json(f"http://127.0.0.1:{admin}/clusters")["clusters"][0]["endpoints"]
+            eps = json.loads(http_get(admin, "/clusters")[1])["clusters"][0]["endpoints"]
             gone = [e for e in eps if e["address"] == victim and not e["healthy"]]
             if gone and out_at[0] is None:
                 out_at[0] = time.monotonic() - killed
             time.sleep(0.01)
-        start_backend("b2", ports[2])
+        start_backend(work, "b2", listen=victim)
 
-    t = threading.Thread(target=event)
+    t = threading.Thread(target=event, daemon=True)  # an interrupt must not wait for it
     t.start()
     during = wrk(listen, SECONDS)
     t.join()
@@ -157,6 +92,7 @@ try:
     print(f"  failed requests during the event: {during['errors']} (floor 0)")
     print(f"  added p99: {during['p99_ms'] - baseline['p99_ms']:+.2f} ms")
     print(f"  time from kill to the endpoint out of service in /clusters: {eject_ms}")
-finally:
-    cleanup()
+
+
+run(main)
 PYEOF

@@ -12,30 +12,26 @@
 # Every process started here is stopped by PID on exit. Exit status 1 only when something
 # could not be started: a missed target is reported, not failed.
 set -euo pipefail
-
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BUILD=$(cd "${1:-$HERE/../build}" 2>/dev/null && pwd) || {
-    echo "bench-health: ERROR: build directory '${1:-$HERE/../build}' does not exist" >&2
-    exit 1
-}
 PY=${PYTHON:-/usr/bin/python3}
 [ -x "$PY" ] || PY=$(command -v python3)
 
-exec "$PY" - "$BUILD" <<'PYEOF'
+exec "$PY" - "$HERE" "$@" <<'PYEOF'
 import asyncio
 import json
 import os
 import resource
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 
-BUILD = sys.argv[1]
-N = int(os.environ.get("HEALTH_ENDPOINTS", "1000"))
+sys.path.insert(0, sys.argv[1])
+from benchlib import (begin, copy_binaries, env_int, fail, free_ports, http_get,  # noqa: E402
+                      pilotfish_config, pilotfish_ready, run, start_pilotfish, stop, wait_until,
+                      workdir)
+
+BUILD = begin("bench-health")
+N = env_int("HEALTH_ENDPOINTS", 1000, 1)
 SECONDS = float(os.environ.get("HEALTH_SECONDS", "20"))
 TYPE = os.environ.get("HEALTH_TYPE", "http")
 INTERVAL = os.environ.get("HEALTH_INTERVAL", "1s")
@@ -44,17 +40,6 @@ TARGET_PERCENT = 5.0
 START_TIMEOUT = 30.0
 HZ = os.sysconf("SC_CLK_TCK")
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
-
-
-def fail(msg):
-    print(f"bench-health: ERROR: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_endpoints(n, ready_w):
@@ -93,8 +78,7 @@ def cpu_ticks(pid):
 
 
 def admin_get(port, path):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-        return r.read().decode()
+    return http_get(port, path, 5)[1].decode()
 
 
 def checks_done(admin_port):
@@ -105,40 +89,19 @@ def checks_done(admin_port):
     return total
 
 
-def run(ports, workdir, with_checks):
-    admin_port = free_port()
+def measure(ports, work, with_checks):
+    admin_port, listen_port = free_ports(2)
     cluster = {"name": "many", "endpoints": [f"127.0.0.1:{p}" for p in ports]}
     if with_checks:
         cluster["health_check"] = {"type": TYPE, "interval": INTERVAL, "timeout": "1s",
                                    "jitter": "100ms"}
         if TYPE == "http":
             cluster["health_check"]["path"] = "/healthz"
-    config = {
-        "admin": {"address": f"127.0.0.1:{admin_port}"},
-        "access_log": False,
-        "listeners": [{"name": "main", "address": f"127.0.0.1:{free_port()}",
-                       "routes": [{"match": {"prefix": "/"}, "cluster": "many"}]}],
-        "clusters": [cluster],
-    }
-    path = os.path.join(workdir, "health-bench.json")
-    with open(path, "w") as f:
-        json.dump(config, f)
-    err = open(os.path.join(workdir, "pilotfish.err"), "wb")
-    pf = subprocess.Popen([os.path.join(BUILD, "pilotfish"), "--config", path, "--log-level",
-                           "warn"], stdout=subprocess.DEVNULL, stderr=err)
+    tag = "checks" if with_checks else "baseline"
+    pf, log = start_pilotfish(work, tag, pilotfish_config(admin_port, listen_port, cluster),
+                              "--log-level", "warn")
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if pf.poll() is not None:
-                fail(f"pilotfish exited {pf.returncode}; see {err.name}")
-            try:
-                if admin_get(admin_port, "/ready").startswith("ready"):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                fail("pilotfish not ready")
-            time.sleep(0.05)
+        wait_until(f"pilotfish ({tag})", pilotfish_ready(admin_port), START_TIMEOUT, pf, log)
         time.sleep(3)  # past the first round of checks, which all start at once
         c0, t0, k0 = cpu_ticks(pf.pid), time.monotonic(), checks_done(admin_port)
         time.sleep(SECONDS)
@@ -148,19 +111,12 @@ def run(ports, workdir, with_checks):
         user, system = (100.0 * (b - a) / HZ / (t1 - t0) for a, b in zip(c0, c1))
         return (user, system), (k1 - k0) / (t1 - t0), healthy
     finally:
-        if pf.poll() is None:
-            os.kill(pf.pid, signal.SIGTERM)
-            try:
-                pf.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(pf.pid, signal.SIGKILL)
-                pf.wait()
-        err.close()
+        stop(pf, grace=10)
 
 
 def main():
-    if not os.access(os.path.join(BUILD, "pilotfish"), os.X_OK):
-        fail(f"{BUILD}/pilotfish not built")
+    work = workdir()
+    copy_binaries(BUILD, work, "pilotfish")
     ready_r, ready_w = os.pipe()
     child = os.fork()
     if child == 0:
@@ -176,11 +132,10 @@ def main():
         if not line:
             fail("the endpoint process did not start")
         ports = json.loads(line)
-        with tempfile.TemporaryDirectory(prefix="pf-health-bench-") as workdir:
-            base_cpu = None
-            if BASELINE:
-                base_cpu, _, _ = run(ports, workdir, with_checks=False)
-            cpu, rate, healthy = run(ports, workdir, with_checks=True)
+        base_cpu = None
+        if BASELINE:
+            base_cpu, _, _ = measure(ports, work, with_checks=False)
+        cpu, rate, healthy = measure(ports, work, with_checks=True)
     finally:
         os.kill(child, signal.SIGTERM)
         os.waitpid(child, 0)
@@ -197,5 +152,5 @@ def main():
     sys.exit(0)  # a benchmark reports; it never fails on numbers
 
 
-main()
+run(main)
 PYEOF

@@ -20,70 +20,29 @@
 # Every process is stopped by PID on exit. Knobs: BENCH_K8S_SERVICES (1000),
 # BENCH_K8S_ENDPOINTS (10), BENCH_K8S_CHANGES (1000). Results also go to BUILD/bench-k8s.json.
 set -euo pipefail
-
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BUILD=$(cd "${1:-$HERE/../build}" 2>/dev/null && pwd) || {
-    echo "bench-k8s: ERROR: build directory '${1:-$HERE/../build}' does not exist" >&2
-    exit 1
-}
 PY=${PYTHON:-/usr/bin/python3}
 [ -x "$PY" ] || PY=$(command -v python3)
-command -v openssl >/dev/null 2>&1 || {
-    echo "bench-k8s: ERROR: openssl not found (the fake API server makes its CA with it)" >&2
-    exit 1
-}
 
-exec "$PY" - "$BUILD" "$HERE" <<'PYEOF'
+exec "$PY" - "$HERE" "$@" <<'PYEOF'
 import http.client
 import json
 import os
 import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
-BUILD, HERE = sys.argv[1], sys.argv[2]
-REPO = os.path.dirname(HERE)
-SERVICES = int(os.environ.get("BENCH_K8S_SERVICES", "1000"))
-ENDPOINTS = int(os.environ.get("BENCH_K8S_ENDPOINTS", "10"))
-CHANGES = int(os.environ.get("BENCH_K8S_CHANGES", "1000"))
-procs = []
+sys.path.insert(0, sys.argv[1])
+from benchlib import (begin, copy_binaries, env_int, fail, free_ports, need, run,  # noqa: E402
+                      start, status_kb, wait_until, workdir, write_json)
 
-
-def die(msg):
-    print(f"bench-k8s: ERROR: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def stop_all():
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.005)
-    die(f"timed out waiting for {what}")
+BUILD = begin("bench-k8s")
+need("openssl", "the fake API server makes its CA with it")
+REPO = os.path.dirname(sys.argv[1])
+SERVICES = env_int("BENCH_K8S_SERVICES", 1000, 1)
+ENDPOINTS = env_int("BENCH_K8S_ENDPOINTS", 10, 1)
+CHANGES = env_int("BENCH_K8S_CHANGES", 1000, 1)
 
 
 def control(port, path, doc=None):
@@ -105,30 +64,21 @@ def slice_obj(svc, k, ready=True):
             "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": ready}}]}
 
 
-def rss(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out[line.split(":")[0]] = int(line.split()[1]) * 1024
-    return out
-
-
-try:
-    work = tempfile.mkdtemp(prefix="pf-bench-k8s-")
-    out = open(os.path.join(work, "fake.out"), "wb")
-    fake = subprocess.Popen([sys.executable, os.path.join(REPO, "test/fakes/k8s_api.py"),
-                             "--dir", os.path.join(work, "api")], stdout=out,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    procs.append(fake)
+def main():
+    work = workdir()
+    (binary,) = copy_binaries(BUILD, work, "pilotfish")
+    fake_log = os.path.join(work, "fake.out")
+    fake = start([sys.executable, os.path.join(REPO, "test/fakes/k8s_api.py"),
+                  "--dir", os.path.join(work, "api")], fake_log)
 
     def listening():
-        with open(os.path.join(work, "fake.out"), "rb") as f:
+        with open(fake_log, "rb") as f:
             m = re.search(rb"https://127\.0\.0\.1:(\d+) control http://127\.0\.0\.1:(\d+)",
                           f.read())
         return (int(m.group(1)), int(m.group(2))) if m else None
 
-    api_port, ctl = wait_for(listening, 30, "the fake API server")
+    api_port, ctl = wait_until("the fake API server", listening, 30, fake, fake_log,
+                               interval=0.005)
     ops = []
     for i in range(SERVICES):
         ops.append({"put": {"kind": "Service", "apiVersion": "v1",
@@ -139,7 +89,7 @@ try:
     # bookmarks every 60 s, as a real API server sends them
     control(ctl, "/settings", {"bookmark_interval": 60})
 
-    admin, listen = free_port(), free_port()
+    admin, listen = free_ports(2)
     api_dir = os.path.join(work, "api")
     cfg = {"admin": {"address": f"127.0.0.1:{admin}"}, "access_log": False,
            "listeners": [{"name": "main", "address": f"127.0.0.1:{listen}",
@@ -150,15 +100,10 @@ try:
                           "ca_file": os.path.join(api_dir, "ca.crt"), "namespace": "default",
                           "auto_discover": {"namespaces": ["default"]}}}
     cfg_path = os.path.join(work, "pf.json")
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f)
+    write_json(cfg_path, cfg)
     err_path = os.path.join(work, "pf.err")
-    err = open(err_path, "wb")
     t0 = time.time()
-    pf = subprocess.Popen([os.path.join(BUILD, "pilotfish"), "--config", cfg_path,
-                           "--log-level", "debug"], stdout=subprocess.DEVNULL, stderr=err,
-                          stdin=subprocess.DEVNULL)
-    procs.append(pf)
+    pf = start([binary, "--config", cfg_path, "--log-level", "debug"], err_path)
     pub = re.compile(rb"published cluster=(\S+) endpoints=(\d+) .*resource_version=(\d+) "
                      rb"wall_us=(\d+)")
 
@@ -168,16 +113,17 @@ try:
 
     def synced():
         if pf.poll() is not None:
-            die(f"pilotfish exited {pf.returncode}")
+            fail(f"pilotfish exited {pf.returncode}")
         full = {}
         for name, n, _, wall in publishes():
             if int(n) == ENDPOINTS:
                 full.setdefault(name, int(wall))
         return full if len(full) >= SERVICES else None
 
-    full = wait_for(synced, 60, f"{SERVICES} clusters with {ENDPOINTS} endpoints")
+    full = wait_until(f"{SERVICES} clusters with {ENDPOINTS} endpoints", synced, 60,
+                      interval=0.005)
     sync_s = max(full.values()) / 1e6 - t0
-    mem = rss(pf.pid)
+    mem = {key: status_kb(pf.pid, key) * 1024 for key in ("VmRSS", "VmHWM")}
 
     # 1,000 changes, one slice each, paced so that each is measured on its own
     before = len(publishes())
@@ -188,30 +134,31 @@ try:
         rv = control(ctl, "/apply", {"ops": [{"put": slice_obj(svc, 0, ready=ready)}]})
         sent_rvs.append(str(rv["resourceVersion"]))
         time.sleep(0.002)
-    wait_for(lambda: len(publishes()) >= before + CHANGES, 30, "every change to be published")
+    wait_until("every change to be published", lambda: len(publishes()) >= before + CHANGES,
+               30, interval=0.005)
     sent = control(ctl, "/sent")
     published = {rv.decode(): int(wall) for _, _, rv, wall in publishes()[before:]}
     lat = sorted((published[rv] / 1e6 - sent[rv]) * 1000 for rv in sent_rvs
                  if rv in published and rv in sent)
     if not lat:
-        die("no change could be matched to its publish")
+        fail("no change could be matched to its publish")
     med = statistics.median(lat)
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
     result = {"services": SERVICES, "endpoints": SERVICES * ENDPOINTS,
-              "initial_sync_s": round(sync_s, 3), "rss_bytes": mem.get("VmRSS"),
-              "rss_peak_bytes": mem.get("VmHWM"), "changes": len(lat),
+              "initial_sync_s": round(sync_s, 3), "rss_bytes": mem["VmRSS"],
+              "rss_peak_bytes": mem["VmHWM"], "changes": len(lat),
               "event_to_publish_ms": {"median": round(med, 3), "p99": round(p99, 3),
                                       "max": round(lat[-1], 3)}}
-    with open(os.path.join(BUILD, "bench-k8s.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    mib = lambda b: (b or 0) / 1048576
+    write_json(os.path.join(BUILD, "bench-k8s.json"), result, indent=2)
+    mib = lambda b: b / 1048576  # noqa: E731
     print(f"bench-k8s: {SERVICES} Services / {SERVICES * ENDPOINTS} endpoints")
     print(f"  initial sync     {sync_s:7.3f} s     (floor 2 s)   {'ok' if sync_s < 2 else 'OVER'}")
-    rss_now, rss_peak = mib(mem.get("VmRSS")), mib(mem.get("VmHWM"))
+    rss_now, rss_peak = mib(mem["VmRSS"]), mib(mem["VmHWM"])
     print(f"  RSS after sync   {rss_now:7.1f} MiB   (peak {rss_peak:.1f} MiB; "
           f"floor 64 MiB)   {'ok' if rss_peak < 64 else 'OVER'}")
     print(f"  event -> set     median {med:.3f} ms, p99 {p99:.3f} ms, max {lat[-1]:.3f} ms over "
           f"{len(lat)} changes (floor p99 10 ms)   {'ok' if p99 < 10 else 'OVER'}")
-finally:
-    stop_all()
+
+
+run(main)
 PYEOF

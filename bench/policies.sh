@@ -27,59 +27,27 @@
 # BENCH_PIN (1), BENCH_PROXY_CPU (1), BENCH_LOAD_CPU (0). Results also go to
 # BUILD/bench-policies.json. Every process started here is stopped by PID on exit.
 set -euo pipefail
-
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BUILD=$(cd "${1:-$HERE/../build}" 2>/dev/null && pwd) || {
-    echo "bench-policies: ERROR: build directory '${1:-$HERE/../build}' does not exist" >&2
-    exit 1
-}
 PY=${PYTHON:-/usr/bin/python3}
 [ -x "$PY" ] || PY=$(command -v python3)
-for tool in wrk h2load; do
-    command -v $tool >/dev/null 2>&1 || {
-        echo "bench-policies: ERROR: '$tool' not found in PATH (run 'make deps')" >&2
-        exit 1
-    }
-done
 
-exec "$PY" - "$BUILD" "$HERE" <<'PYEOF'
+exec "$PY" - "$HERE" "$@" <<'PYEOF'
 import json
 import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 
-BUILD, HERE = sys.argv[1], sys.argv[2]
-sys.path.insert(0, HERE)
-from benchlib import parse_h2load_log, parse_wrk  # noqa: E402
+sys.path.insert(0, sys.argv[1])
+from benchlib import (LOAD_CPU, PIN, PROXY_CPU, begin, copy_binaries, env_int,  # noqa: E402
+                      env_secs, fail, fmt, free_ports, http_get, need, parse_h2load_log, parse_wrk,
+                      pilotfish_config, pilotfish_ready, pinned, pinning_note, run, run_wrk,
+                      start_backend, start_pilotfish, stop, tail, wait_until, workdir, write_json)
 
-
-def env_secs(name, default):
-    text = os.environ.get(name, default)
-    m = re.fullmatch(r"(\d+)(s|m)?", text)
-    if not m:
-        fail(f"{name}: bad duration {text!r} (use e.g. 4s)")
-    return int(m.group(1)) * (60 if m.group(2) == "m" else 1)
-
-
-def env_int(name, default, lo=0):
-    text = os.environ.get(name, str(default))
-    if not text.isdigit() or int(text) < lo:
-        fail(f"{name} must be an integer >= {lo}, got {text!r}")
-    return int(text)
-
-
-def fail(msg):
-    print(f"bench-policies: ERROR: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
+BUILD = begin("bench-policies")
+need("wrk")
+need("h2load")
 DURATION = env_secs("BENCH_POLICY_DURATION", "4s")
 WARMUP = env_secs("BENCH_POLICY_WARMUP", "1s")
 ROUNDS = env_int("BENCH_POLICY_ROUNDS", 2, 1)
@@ -87,9 +55,6 @@ CONNS = env_int("BENCH_CONNECTIONS", 50, 1)
 LOW_CONNS = env_int("BENCH_POLICY_LOW_CONNECTIONS", 4, 1)
 FAST_MS = env_int("BENCH_POLICY_FAST_MS", 10, 0)
 SLOW_MS = env_int("BENCH_POLICY_SLOW_MS", 100, 1)
-PIN = os.environ.get("BENCH_PIN", "1") == "1" and (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
-PROXY_CPU = os.environ.get("BENCH_PROXY_CPU", "1")
-LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "0")
 START_TIMEOUT = 10.0
 
 POLICIES = {
@@ -118,113 +83,25 @@ request = function()
 end
 """
 
-started = []  # every Popen, stopped by PID at exit
-
-
-def pinned(cpu, args):
-    return ["taskset", "-c", cpu] + args if PIN else args
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(port, path, timeout=1.0):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
-        return r.status, r.read()
-
-
-def wait_until(what, proc, log, predicate):
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            fail(f"{what} exited {proc.returncode}: {open(log, errors='replace').read()[-2000:]}")
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    fail(f"{what} not ready within {START_TIMEOUT:.0f}s: {open(log, errors='replace').read()[-2000:]}")
-
-
-def start_backend(work, name, delay_ms):
-    log = os.path.join(work, f"backend-{name}.log")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            pinned(LOAD_CPU, [os.path.join(work, "pf-backend"), "--listen", "127.0.0.1:0",
-                              "--name", name, "--delay-ms", str(delay_ms)]),
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    started.append(proc)
-    port = []
-
-    def listening():
-        m = re.search(rb"^listening 127\.0\.0\.1:(\d+)", open(log, "rb").read(), re.M)
-        if m:
-            port.append(int(m.group(1)))
-        return bool(m)
-
-    wait_until(f"pf-backend {name}", proc, log, listening)
-    return proc, port[0]
-
 
 def backend_requests(port):
-    return json.loads(http_get(port, "/stats")[1])["requests"]
+    return json.loads(http_get(port, "/stats", 1.0)[1])["requests"]
 
 
-def start_pilotfish(work, ports, settings, tag):
+def start_pilotfish_on(work, ports, settings, tag):
+    """pilotfish in front of ports with the policy settings, ready and proxying; a start
+    that fails is retried on new ports."""
     for attempt in range(3):
-        listen, admin = free_port(), free_port()
-        cfg = {
-            "admin": {"address": f"127.0.0.1:{admin}"}, "access_log": False,
-            "listeners": [{"name": "bench", "address": f"127.0.0.1:{listen}",
-                           "routes": [{"match": {"prefix": "/"}, "cluster": "b"}]}],
-            "clusters": [dict({"name": "b", "endpoints": [f"127.0.0.1:{p}" for p in ports]},
-                              **settings)],
-        }
-        path = os.path.join(work, f"pilotfish-{tag}-{attempt}.json")
-        log = path[:-5] + ".log"
-        with open(path, "w") as f:
-            json.dump(cfg, f)
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                pinned(PROXY_CPU, [os.path.join(work, "pilotfish"), "--config", path,
-                                   "--workers", "1"]),
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        started.append(proc)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if http_get(admin, "/ready")[0] == 200 and http_get(listen, "/")[0] == 200:
-                    return proc, listen
-            except OSError:
-                pass
-            time.sleep(0.05)
+        listen, admin = free_ports(2)
+        cfg = pilotfish_config(admin, listen, dict(
+            {"name": "b", "endpoints": [f"127.0.0.1:{p}" for p in ports]}, **settings))
+        proc, log = start_pilotfish(work, f"pilotfish-{tag}-{attempt}", cfg, "--workers", "1",
+                                    cpu=PROXY_CPU)
+        if wait_until(f"pilotfish ({tag})", pilotfish_ready(admin, listen), START_TIMEOUT,
+                      proc, log, give_up=False):
+            return proc, listen
         stop(proc)
-        if attempt == 2:
-            fail(f"pilotfish ({tag}) did not start: {open(log, errors='replace').read()[-2000:]}")
-    return None
-
-
-def run_wrk(work, port, seconds, out, conns):
-    script = os.path.join(work, "keys.lua")
-    args = pinned(LOAD_CPU, ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s",
-                             script, f"http://127.0.0.1:{port}/"])
-    with open(out, "wb") as f:
-        rc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, timeout=seconds + 60).returncode
-    return rc, open(out, errors="replace").read()
+    fail(f"pilotfish ({tag}) did not start: {tail(log)}")
 
 
 def run_h2load(work, port, seconds, log, conns):
@@ -256,12 +133,13 @@ def load(work, case, port, seconds, tag, conns):
         res["socket_errors"] = errors
         return rc, res
     out = os.path.join(work, f"wrk-{tag or 'warm'}.txt")
-    rc, text = run_wrk(work, port, seconds, out, conns)
+    rc, text = run_wrk(f"http://127.0.0.1:{port}/", seconds, conns, "-s",
+                       os.path.join(work, "keys.lua"), cpu=LOAD_CPU, out=out)
     return rc, parse_wrk(text) if tag else None
 
 
 def measure(work, case, policy, rnd, ports, conns):
-    proc, port = start_pilotfish(work, ports, POLICIES[policy], f"{case}-{policy}-{rnd}")
+    proc, port = start_pilotfish_on(work, ports, POLICIES[policy], f"{case}-{policy}-{rnd}")
     try:
         if WARMUP:
             load(work, case, port, WARMUP, None, conns)
@@ -271,7 +149,6 @@ def measure(work, case, policy, rnd, ports, conns):
         alive = proc.poll() is None
     finally:
         stop(proc)
-        started.remove(proc)
     # each /stats query is itself one request to that backend
     served = [max(0, a - b - 1) for a, b in zip(after, before)]
     total = sum(served)
@@ -286,10 +163,6 @@ def measure(work, case, policy, rnd, ports, conns):
     return res
 
 
-def fmt(v, digits):
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
 def best(runs):
     """The round with the highest req/s (interference only slows a round down)."""
     clean = [r for r in runs if r["alive"] and r["rps"]] or runs
@@ -297,41 +170,29 @@ def best(runs):
 
 
 def main():
-    work = tempfile.mkdtemp(prefix="pf-bench-policies.")
-    try:
-        for name in ("pilotfish", "pf-backend"):
-            src = os.path.join(BUILD, name)
-            if not os.access(src, os.X_OK):
-                fail(f"{src} not found (build it with 'make')")
-            shutil.copy(src, os.path.join(work, name))  # a rebuild must not change later runs
-        with open(os.path.join(work, "keys.lua"), "w") as f:
-            f.write(WRK_SCRIPT)
-        print(f"bench-policies: wrk -t1, {WARMUP}s warm-up + {DURATION}s per run, "
-              f"{ROUNDS} rounds; {'proxy on CPU ' + PROXY_CPU + ', wrk+backends on CPU ' + LOAD_CPU if PIN else 'no pinning'}")
-        results = {}
-        for case, spec in CASES.items():
-            backends = [start_backend(work, f"{case}{i + 1}", d) for i, d in enumerate(spec["delays"])]
-            ports = [p for _, p in backends]
-            print(f"bench-policies: case {case}: backends answer after {spec['delays']} ms, "
-                  f"wrk -c{spec['conns']}", flush=True)
-            runs = {p: [] for p in spec["policies"]}
-            for rnd in range(1, ROUNDS + 1):
-                # who goes first rotates, so a slow drift of the machine hits every policy
-                order = spec["policies"][rnd - 1:] + spec["policies"][:rnd - 1]
-                for policy in order:
-                    runs[policy].append(measure(work, case, policy, rnd, ports, spec["conns"]))
-            for proc, _ in backends:
-                stop(proc)
-                started.remove(proc)
-            results[case] = {p: {"best": best(r), "runs": r} for p, r in runs.items()}
-        report(results)
-    finally:
-        for proc in reversed(started):
+    work = workdir()
+    copy_binaries(BUILD, work, "pilotfish", "pf-backend")
+    with open(os.path.join(work, "keys.lua"), "w") as f:
+        f.write(WRK_SCRIPT)
+    print(f"bench-policies: wrk -t1, {WARMUP}s warm-up + {DURATION}s per run, "
+          f"{ROUNDS} rounds; {pinning_note('wrk+backends')}")
+    results = {}
+    for case, spec in CASES.items():
+        backends = [start_backend(work, f"{case}{i + 1}", "--delay-ms", str(d), cpu=LOAD_CPU,
+                                  timeout=START_TIMEOUT) for i, d in enumerate(spec["delays"])]
+        ports = [p for _, p in backends]
+        print(f"bench-policies: case {case}: backends answer after {spec['delays']} ms, "
+              f"wrk -c{spec['conns']}", flush=True)
+        runs = {p: [] for p in spec["policies"]}
+        for rnd in range(1, ROUNDS + 1):
+            # who goes first rotates, so a slow drift of the machine hits every policy
+            order = spec["policies"][rnd - 1:] + spec["policies"][:rnd - 1]
+            for policy in order:
+                runs[policy].append(measure(work, case, policy, rnd, ports, spec["conns"]))
+        for proc, _ in backends:
             stop(proc)
-        if os.environ.get("BENCH_KEEP") == "1":
-            print(f"bench-policies: kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        results[case] = {p: {"best": best(r), "runs": r} for p, r in runs.items()}
+    report(results)
 
 
 def report(results):
@@ -373,10 +234,9 @@ def report(results):
             "warmup_s": WARMUP, "rounds": ROUNDS, "connections": CONNS,
             "low_connections": LOW_CONNS, "fast_ms": FAST_MS,
             "slow_ms": SLOW_MS, "pinned": bool(PIN)}
-    with open(out, "w") as f:
-        json.dump({"meta": meta, "cases": results, "notes": notes}, f, indent=1)
+    write_json(out, {"meta": meta, "cases": results, "notes": notes}, indent=1)
     print(f"bench-policies: results in {out}")
 
 
-main()
+run(main)
 PYEOF

@@ -175,9 +175,7 @@ forget_pid() {
     PIDS=("${keep[@]}")
 }
 
-free_port() {
-    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+free_port() { "$PY" "$LIB" free-port; }
 
 # fail_start WHAT LOG: clear message naming what did not start, with its log tail.
 fail_start() {
