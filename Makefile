@@ -6,6 +6,7 @@
 #   make bench      benchmarks against haproxy (bench/)
 #   make deps       install missing Debian packages (idempotent, quiet when all is there)
 #   make tools      helm and kubectl for the packaging checks, in build/tools (quiet when there)
+#   make fuzz       libFuzzer runs of the parsers, FUZZ_SECONDS each (see "fuzzing" below)
 #   make fmt / fmt-check
 
 BUILD ?= build
@@ -35,7 +36,7 @@ UNIT_BIN = $(UNIT_SRC:test/unit/%.c=$(BUILD)/unit/%)
 FAKE_BIN = $(BUILD)/pf-backend
 
 .SECONDARY:
-.PHONY: all deps tools test unit integration asan demo bench fmt fmt-check clean check-layout
+.PHONY: all deps tools test unit integration asan demo bench fmt fmt-check clean check-layout fuzz
 
 all: $(BUILD)/pilotfish $(FAKE_BIN)
 
@@ -130,6 +131,55 @@ fmt:
 	clang-format -i $(FMT_SRC)
 fmt-check:
 	@clang-format --dry-run -Werror $(FMT_SRC) && echo "format: clang-format clean"
+
+# ---- fuzzing --------------------------------------------------------------
+# make fuzz: coverage-guided fuzzing (libFuzzer) of the parsers that take untrusted bytes,
+# one harness per parser in test/fuzz/fuzz_<name>.c: dns (DNS answers), kubernetes (watch
+# streams, events, objects, endpoints), kubeconfig, config (JSON config and its dump) and
+# http1 (heads through llhttp and the heads pilotfish forwards). Built with clang
+# -fsanitize=fuzzer,address,undefined into $(BUILD)/fuzz/ (project objects in
+# $(BUILD)/fuzz/obj), each run for FUZZ_SECONDS (default 60) one after the other, starting
+# from test/fuzz/corpus/<name>/; new inputs go to $(BUILD)/fuzz/corpus/<name>/, crashes to
+# $(BUILD)/fuzz/<name>-crash-*. FUZZ_SECONDS=0 only replays the checked-in corpus (a
+# regression run). FUZZ="dns http1" picks harnesses. Not part of `make test`.
+FUZZ_CC = clang
+FUZZ_PKGS = clang libclang-rt-dev
+FUZZ_SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
+	-fsanitize=fuzzer-no-link
+FUZZ_DIR = $(BUILD)/fuzz
+FUZZ ?= $(patsubst test/fuzz/fuzz_%.c,%,$(wildcard test/fuzz/fuzz_*.c))
+FUZZ_SECONDS ?= 60
+
+# A harness links like a unit test; this rule is used by the inner make, where BUILD is
+# $(FUZZ_DIR) and CC clang, so the project objects are clang's, in their own obj/.
+$(BUILD)/fuzz_%: $(BUILD)/obj/test/fuzz/fuzz_%.o $(BUILD)/libpilotfish.a
+	$(CC) $(SAN) -fsanitize=fuzzer -o $@ $^ $(LIBS)
+
+fuzz: export ASAN_OPTIONS = detect_leaks=1
+fuzz: export UBSAN_OPTIONS = print_stacktrace=1:halt_on_error=1
+fuzz: deps
+	@missing=$$(for p in $(FUZZ_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+		grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ] || ! command -v $(FUZZ_CC) >/dev/null; then \
+		echo "installing:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(FUZZ_PKGS) >/dev/null; \
+	fi
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_DIR) CC=$(FUZZ_CC) OPT=-O1 SAN="$(FUZZ_SAN)" \
+		$(FUZZ:%=$(FUZZ_DIR)/fuzz_%)
+	@for f in $(FUZZ); do \
+		bin=$(FUZZ_DIR)/fuzz_$$f; seeds=test/fuzz/corpus/$$f; \
+		if [ "$(FUZZ_SECONDS)" = 0 ]; then \
+			if ! $$bin $$seeds/* >$(FUZZ_DIR)/$$f.log 2>&1; then cat $(FUZZ_DIR)/$$f.log; exit 1; fi; \
+			echo "fuzz $$f: replayed $$(ls $$seeds | wc -l) inputs of $$seeds"; \
+		else \
+			echo "fuzz $$f: $(FUZZ_SECONDS)s from $$seeds"; \
+			mkdir -p $(FUZZ_DIR)/corpus/$$f && \
+			$$bin -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 \
+				-artifact_prefix=$(FUZZ_DIR)/$$f- $(FUZZ_DIR)/corpus/$$f $$seeds || exit 1; \
+		fi; \
+	done
 
 clean:
 	rm -rf build

@@ -434,7 +434,10 @@ int dns_answer_parse(const uint8_t *buf, size_t len, uint16_t qtype, dns_answer 
         for (size_t i = 0; i < out->glue_count; i++)
             out->glue[i].name = out->names + out->glue[i].name_at;
         qsort(out->srvs, out->srv_count, sizeof *out->srvs, compare_srv);
-        qsort(out->glue, out->glue_count, sizeof *out->glue, compare_glue);
+        /* without an additional section glue is NULL, which qsort may not get even for
+         * zero elements (C11 7.22.5p1) */
+        if (out->glue_count > 1)
+            qsort(out->glue, out->glue_count, sizeof *out->glue, compare_glue);
     }
     out->status = PF_DNS_OK;
     return PF_DNS_OK;

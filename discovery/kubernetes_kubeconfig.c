@@ -119,7 +119,8 @@ int k8s_kubeconfig_parse(const char *text, size_t len, const char *source, const
     yaml_node_t *cluster = named(&doc, root, "clusters", cluster_name, "cluster");
     yaml_node_t *user = named(&doc, root, "users", user_name, "user");
     const char *server = scalar(map_get(&doc, cluster, "server"));
-    if (!server) {
+    /* "server:" without a value is an empty scalar; kubectl refuses it too ("no server found") */
+    if (!server || !*server) {
         rc = pf_fail(err, PF_EINVAL, "kubeconfig %s: cluster \"%s\" has no server", source,
                      cluster_name ? cluster_name : "");
         goto done;

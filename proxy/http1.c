@@ -221,7 +221,7 @@ static void w_flush(writer *w) {
 
 static void w_add(writer *w, const void *data, size_t n) {
     if (n == 0)
-        return; /* data may be NULL then: an empty reason in a head with no buffer yet */
+        return;
     if (w->len + n > sizeof w->buf) {
         w_flush(w);
         if (n > sizeof w->buf) {

@@ -43,8 +43,10 @@ static inline const char *http1_name(const pf_head *h, size_t i) {
 static inline const char *http1_value(const pf_head *h, size_t i) {
     return h->buf + h->headers[i].value_off;
 }
+/* "" while the head has no buffer yet: a response with neither reason nor header, a
+ * request cut before its target. */
 static inline const char *http1_first(const pf_head *h) {
-    return h->buf + h->first_off;
+    return h->buf ? h->buf + h->first_off : "";
 }
 
 /* Case-insensitive compare of a header name with a NUL-terminated lower-case name. */

@@ -485,6 +485,16 @@ static size_t lookup(void *ctx, const char *target, const dns_answer *out[2]) {
     return 1;
 }
 
+/* The answer the fake lookup gives for "t3.svc.internal": 10.1.0.3. */
+static int resolve_t3(fake_targets *f) {
+    msg t;
+    pf_error err;
+    header(&t, F_RESPONSE, 1, 0, 0);
+    question(&t, "t3.svc.internal", DNS_T_A);
+    rr_a(&t, "t3.svc.internal", 5, "10.1.0.3");
+    return parse(&t, DNS_T_A, &f->a, &err);
+}
+
 static const pf_endpoint *find(const pf_endpoint *eps, size_t n, const char *addr) {
     for (size_t i = 0; i < n; i++)
         if (strcmp(eps[i].addr.text, addr) == 0)
@@ -516,11 +526,7 @@ static void test_srv_weights_tiers_ports_and_glue(void) {
     CU_ASSERT_EQUAL(a.srvs[0].priority, 10); /* sorted by priority */
 
     fake_targets f = {0};
-    msg t;
-    header(&t, F_RESPONSE, 1, 0, 0);
-    question(&t, "t3.svc.internal", DNS_T_A);
-    rr_a(&t, "t3.svc.internal", 5, "10.1.0.3");
-    CU_ASSERT_EQUAL_FATAL(parse(&t, DNS_T_A, &f.a, &err), PF_DNS_OK);
+    CU_ASSERT_EQUAL_FATAL(resolve_t3(&f), PF_DNS_OK);
 
     pf_endpoint eps[16];
     dns_build_report report;
@@ -549,6 +555,36 @@ static void test_srv_weights_tiers_ports_and_glue(void) {
     n = dns_endpoints_from_srv(&a, lookup, &f, eps, 2, &report);
     CU_ASSERT_EQUAL(n, 2);
     CU_ASSERT_EQUAL(report.dropped, 2);
+    dns_answer_clear(&f.a);
+    dns_answer_clear(&a);
+}
+
+/* Found by fuzzing (test/fuzz/corpus/dns/srv_no_additional): with no additional section
+ * the glue array is NULL, and it was handed to qsort, which UBSan reports. */
+static void test_srv_without_additional_records_looks_every_target_up(void) {
+    msg m;
+    header(&m, F_RESPONSE, 2, 0, 0);
+    question(&m, "_http._tcp.svc.internal", DNS_T_SRV);
+    rr_srv(&m, "_http._tcp.svc.internal", 30, 10, 1, 9000, "t3.svc.internal");
+    rr_srv(&m, "_http._tcp.svc.internal", 30, 10, 1, 9001, "t4.svc.internal");
+    dns_answer a;
+    pf_error err;
+    CU_ASSERT_EQUAL_FATAL(parse(&m, DNS_T_SRV, &a, &err), PF_DNS_OK);
+    CU_ASSERT_EQUAL(a.srv_count, 2);
+    CU_ASSERT_EQUAL(a.glue_count, 0);
+    size_t count = 9;
+    CU_ASSERT_PTR_NULL(dns_glue_find(&a, "t3.svc.internal", &count));
+    CU_ASSERT_EQUAL(count, 0);
+
+    fake_targets f = {0};
+    CU_ASSERT_EQUAL_FATAL(resolve_t3(&f), PF_DNS_OK);
+    pf_endpoint eps[4];
+    dns_build_report report;
+    size_t n = dns_endpoints_from_srv(&a, lookup, &f, eps, ARRAY_LEN(eps), &report);
+    CU_ASSERT_EQUAL(n, 1);
+    CU_ASSERT_EQUAL(f.calls, 2);
+    CU_ASSERT_EQUAL(report.unresolved, 1);
+    CU_ASSERT_PTR_NOT_NULL(find(eps, n, "10.1.0.3:9000"));
     dns_answer_clear(&f.a);
     dns_answer_clear(&a);
 }
@@ -690,6 +726,7 @@ PF_UNIT_MAIN(
     PF_UNIT_TEST(test_header_problems), PF_UNIT_TEST(test_ttl_with_the_top_bit_reads_as_zero),
     PF_UNIT_TEST(test_more_records_than_the_cap_are_dropped_and_counted),
     PF_UNIT_TEST(test_srv_weights_tiers_ports_and_glue), PF_UNIT_TEST(test_srv_glue_lookup_by_name),
+    PF_UNIT_TEST(test_srv_without_additional_records_looks_every_target_up),
     PF_UNIT_TEST(test_refresh_follows_the_ttl_within_min_and_max),
     PF_UNIT_TEST(test_backoff_doubles_is_capped_and_jitters_within_bounds),
     PF_UNIT_TEST(test_hold_keeps_records_after_a_negative_answer_then_drops_them),

@@ -631,6 +631,21 @@ static void test_response_status_comes_from_fwd_and_empty_reason_is_allowed(void
                "HTTP/1.1 502 Fine\r\nConnection: close\r\n\r\n", "read until close");
 }
 
+/* Found by fuzzing (test/fuzz/corpus/http1/response_no_reason_no_headers): a response with
+ * neither reason nor header leaves its head without a buffer, and http1_first computed
+ * NULL + 0 on the way to the writer, which is undefined (clang's UBSan stops there). */
+static void test_first_of_a_head_without_a_buffer_is_an_empty_string(void) {
+    pf_head h;
+    http1_head_init(&h, 1024, 8);
+    CU_ASSERT_PTR_NULL(h.buf);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(http1_first(&h));
+    CU_ASSERT_STRING_EQUAL(http1_first(&h), "");
+    CU_ASSERT_EQUAL(parse(&h, HTTP_RESPONSE, "HTTP/1.1 200\r\n\r\n"), PF_OK);
+    CU_ASSERT_EQUAL(h.first_len, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(http1_first(&h));
+    http1_head_free(&h);
+}
+
 /* ---- local responses and chunks ---------------------------------------------------------- */
 
 static void test_local_response_is_complete_and_parses(void) {
@@ -775,6 +790,7 @@ PF_UNIT_MAIN("http1", PF_UNIT_TEST(test_head_collects_target_and_headers_from_ll
              PF_UNIT_TEST(test_response_head_keeps_end_to_end_headers_and_sets_framing),
              PF_UNIT_TEST(test_response_connection_header_follows_keep_alive_and_client_version),
              PF_UNIT_TEST(test_response_status_comes_from_fwd_and_empty_reason_is_allowed),
+             PF_UNIT_TEST(test_first_of_a_head_without_a_buffer_is_an_empty_string),
              PF_UNIT_TEST(test_local_response_is_complete_and_parses),
              PF_UNIT_TEST(test_reason_phrases), PF_UNIT_TEST(test_chunk_is_hex_size_data_and_crlf),
              PF_UNIT_TEST(test_empty_value_at_the_end_of_the_buffer_stays_in_bounds))

@@ -489,6 +489,14 @@ static void test_kubeconfig_refusals_say_why(void) {
         {"current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
          "clusters: [{name: k, cluster: {}}]\n",
          "has no server"},
+        /* found by fuzzing (test/fuzz/corpus/kubeconfig/empty_server): an empty server was
+         * taken as none, and in a pod the in-cluster API stood in without a word */
+        {"current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+         "clusters: [{name: k, cluster: {server: }}]\n",
+         "has no server"},
+        {"current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+         "clusters: [{name: k, cluster: {server: ''}}]\n",
+         "has no server"},
         {"current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
          "clusters: [{name: k, cluster: {server: 'https://a', insecure-skip-tls-verify: true}}]\n",
          "insecure-skip-tls-verify is not supported"},
