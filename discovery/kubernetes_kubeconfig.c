@@ -47,19 +47,36 @@ static yaml_node_t *named(yaml_document_t *doc, yaml_node_t *root, const char *l
 }
 
 /* base64 (with or without padding) -> malloc'd bytes. */
+static bool is_base64_char(char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+           c == '/';
+}
+
+/* Standard base64, as kubectl reads it: line breaks are skipped, anything else outside the
+ * alphabet is an error, and '=' may only pad the last group (EVP_DecodeBlock alone would
+ * accept "====" or trailing blanks and miscount the length). */
 static char *decode64(const char *s, size_t *len) {
     size_t n = strlen(s);
+    char *clean = malloc(n + 1);
     unsigned char *out = malloc(n / 4 * 3 + 4);
-    if (!out || n % 4 != 0) {
+    size_t m = 0, pad = 0;
+    bool ok = clean && out;
+    for (size_t i = 0; ok && i < n; i++) {
+        if (s[i] == '\r' || s[i] == '\n')
+            continue;
+        if (s[i] == '=')
+            pad++;
+        else if (pad > 0 || !is_base64_char(s[i]))
+            ok = false;
+        clean[m++] = s[i];
+    }
+    ok = ok && m % 4 == 0 && pad <= 2;
+    int got = ok ? EVP_DecodeBlock(out, (const unsigned char *)clean, (int)m) : -1;
+    free(clean);
+    if (got < 0 || (size_t)got < pad) {
         free(out);
         return NULL;
     }
-    int got = EVP_DecodeBlock(out, (const unsigned char *)s, (int)n);
-    if (got < 0) {
-        free(out);
-        return NULL;
-    }
-    size_t pad = (n >= 1 && s[n - 1] == '=') + (n >= 2 && s[n - 2] == '=');
     *len = (size_t)got - pad;
     out[*len] = '\0';
     return (char *)out;

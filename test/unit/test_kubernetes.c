@@ -480,6 +480,19 @@ static void test_kubeconfig_current_context_is_taken(void) {
     k8s_kubeconfig_clear(&kc);
 }
 
+static void test_kubeconfig_base64_data_is_read_strictly_with_line_breaks_skipped(void) {
+    static const char yaml[] =
+        "current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+        "clusters: [{name: k, cluster: {server: 'https://a', certificate-authority-data: "
+        "\"aGVs\\nbG8=\"}}]\n";
+    k8s_kubeconfig kc;
+    pf_error err = {{0}};
+    CU_ASSERT_EQUAL_FATAL(k8s_kubeconfig_parse(yaml, strlen(yaml), "kc", "", &kc, &err), PF_OK);
+    CU_ASSERT_EQUAL(kc.ca_len, 5);
+    CU_ASSERT_STRING_EQUAL(kc.ca_data, "hello");
+    k8s_kubeconfig_clear(&kc);
+}
+
 static void test_kubeconfig_refusals_say_why(void) {
     static const struct {
         const char *yaml;
@@ -508,6 +521,28 @@ static void test_kubeconfig_refusals_say_why(void) {
          "clusters: [{name: k, cluster: {server: 'https://a', certificate-authority-data: "
          "'%%%'}}]\n",
          "not valid base64"},
+        /* padding only at the end, nothing outside the alphabet: "====" once read as one
+         * byte, trailing blanks as two more */
+        {"current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+         "clusters: [{name: k, cluster: {server: 'https://a', certificate-authority-data: "
+         "'===='}}]\n",
+         "not valid base64"},
+        {"current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+         "clusters: [{name: k, cluster: {server: 'https://a', certificate-authority-data: "
+         "'A==='}}]\n",
+         "not valid base64"},
+        {"current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+         "clusters: [{name: k, cluster: {server: 'https://a', certificate-authority-data: "
+         "'AA==    '}}]\n",
+         "not valid base64"},
+        {"current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+         "clusters: [{name: k, cluster: {server: 'https://a', certificate-authority-data: "
+         "'aGk=aGk='}}]\n",
+         "not valid base64"},
+        {"current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+         "clusters: [{name: k, cluster: {server: 'https://a', certificate-authority-data: "
+         "'aGVsbG8'}}]\n",
+         "not valid base64"},
         {"a: [b\n", "YAML error"},
     };
     for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
@@ -520,6 +555,7 @@ static void test_kubeconfig_refusals_say_why(void) {
 }
 
 PF_UNIT_MAIN("kubernetes", PF_UNIT_TEST(test_lines_split_across_reads_are_assembled),
+             PF_UNIT_TEST(test_kubeconfig_base64_data_is_read_strictly_with_line_breaks_skipped),
              PF_UNIT_TEST(test_lines_byte_by_byte),
              PF_UNIT_TEST(test_line_over_the_bound_is_an_error_not_an_allocation),
              PF_UNIT_TEST(test_line_callback_result_stops_feeding),
