@@ -45,8 +45,9 @@ DEB_PKGS = gcc make pkg-config libevent-dev libc-ares-dev libcurl4-openssl-dev l
 	libssl-dev libcunit1-dev node-llhttp python3 python3-pytest curl procps util-linux \
 	haproxy nginx-light wrk nghttp2-client dnsmasq-base bind9-dnsutils clang-format python3-yaml unzip \
 	libyaml-dev
-deps:
-	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+# $(call install_missing,PACKAGES): apt-get install those of PACKAGES not installed yet.
+define install_missing
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 		grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing:" $$missing; \
@@ -54,6 +55,9 @@ deps:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+deps:
+	$(call install_missing,$(DEB_PKGS))
 
 # ---- Kubernetes tools -----------------------------------------------------
 # Real helm (3.17) and kubectl (1.31) for the packaging checks (test_packaging.py): the
@@ -158,14 +162,7 @@ $(BUILD)/fuzz_%: $(BUILD)/obj/test/fuzz/fuzz_%.o $(BUILD)/libpilotfish.a
 fuzz: export ASAN_OPTIONS = detect_leaks=1
 fuzz: export UBSAN_OPTIONS = print_stacktrace=1:halt_on_error=1
 fuzz: deps
-	@missing=$$(for p in $(FUZZ_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
-		grep -q '^install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ] || ! command -v $(FUZZ_CC) >/dev/null; then \
-		echo "installing:" $$missing; \
-		if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(FUZZ_PKGS) >/dev/null; \
-	fi
+	$(call install_missing,$(FUZZ_PKGS))
 	@$(MAKE) --no-print-directory BUILD=$(FUZZ_DIR) CC=$(FUZZ_CC) OPT=-O1 SAN="$(FUZZ_SAN)" \
 		$(FUZZ:%=$(FUZZ_DIR)/fuzz_%)
 	@for f in $(FUZZ); do \
