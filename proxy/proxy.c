@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <stddef.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define LISTEN_BACKLOG 1024
@@ -273,6 +275,7 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
             goto nomem;
         for (unsigned k = 0; k < proxy->worker_count; k++)
             l->fds[k] = -1;
+        l->claim_fd = -1;
         register_listener_metrics(metrics, l);
     }
     metrics_gauge_callback(metrics, "pilotfish_cluster_panic",
@@ -352,9 +355,42 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
+/* Two pilotfish started at the same moment could both pass the probe in proxy_start
+ * before either listens. An abstract Unix socket named after the address, bound while we
+ * listen there, settles it: only one process can hold a name, names live in the network
+ * namespace like the ports they stand for, and the kernel drops them with the process.
+ * Sets *claim to the socket, or -1 when the kernel offers none (the probe still stands).
+ * Returns 0, or PF_EIO when another pilotfish holds the address. */
+static int claim_address(const pf_config_listener *cfg, int *claim, pf_error *err) {
+    *claim = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (*claim < 0)
+        return PF_OK;
+    struct sockaddr_un name = {.sun_family = AF_UNIX};
+    int n = snprintf(name.sun_path + 1, sizeof name.sun_path - 1, "pilotfish/listen/%s",
+                     cfg->addr.text);
+    size_t path_len =
+        1 + ((size_t)n < sizeof name.sun_path - 1 ? (size_t)n : sizeof name.sun_path - 2);
+    if (bind(*claim, (const struct sockaddr *)&name,
+             (socklen_t)(offsetof(struct sockaddr_un, sun_path) + path_len)) == 0)
+        return PF_OK;
+    int e = errno;
+    close(*claim);
+    *claim = -1;
+    if (e == EADDRINUSE)
+        return pf_fail(err, PF_EIO,
+                       "listener %s: cannot listen on %s: another pilotfish is starting or "
+                       "listening there: stop it or choose another address",
+                       cfg->name, cfg->addr.text);
+    log_warn("listener %s: no start-up claim on %s (%s); relying on the bind probe", cfg->name,
+             cfg->addr.text, strerror(e));
+    return PF_OK;
+}
+
 int proxy_start(pf_proxy *proxy, pf_error *err) {
     for (size_t i = 0; i < proxy->listener_count; i++) {
         pf_listener_rt *l = &proxy->listeners[i];
+        if (claim_address(l->cfg, &l->claim_fd, err) != PF_OK)
+            return PF_EIO;
         /* SO_REUSEPORT lets any socket of the same user join a listening port, so a second
          * pilotfish on our address would silently take part of the traffic. A probe without
          * it fails with EADDRINUSE while any socket listens there; its SO_REUSEADDR only
@@ -403,9 +439,20 @@ int proxy_start(pf_proxy *proxy, pf_error *err) {
     return PF_OK;
 }
 
+/* The workers stop listening when they drain: from then on a successor may take the
+ * addresses. Main thread. */
+static void release_claims(pf_proxy *proxy) {
+    for (size_t i = 0; proxy->listeners && i < proxy->listener_count; i++) {
+        if (proxy->listeners[i].claim_fd >= 0)
+            close(proxy->listeners[i].claim_fd);
+        proxy->listeners[i].claim_fd = -1;
+    }
+}
+
 void proxy_drain(pf_proxy *proxy) {
     if (atomic_exchange(&proxy->draining, true))
         return;
+    release_claims(proxy);
     for (unsigned k = 0; k < proxy->worker_count; k++)
         if (proxy->workers[k].drain_event)
             event_active(proxy->workers[k].drain_event, 0, 0);
@@ -475,6 +522,8 @@ void proxy_free(pf_proxy *proxy) {
             if (l->fds[k] >= 0)
                 close(l->fds[k]);
         free(l->fds);
+        if (l->claim_fd >= 0)
+            close(l->claim_fd);
         router_free(l->router);
     }
     free(proxy->listeners);

@@ -56,7 +56,8 @@ typedef struct pf_cluster_rt {
 typedef struct pf_listener_rt {
     const pf_config_listener *cfg;
     pf_router *router;
-    int *fds; /* one per worker */
+    int *fds;     /* one per worker */
+    int claim_fd; /* the address's claim while we listen (see claim_address); -1: none */
     pf_counter *requests[PF_CODE_CLASSES];
     pf_counter *connections_total;
     pf_counter *errors_total; /* bad requests answered 4xx by pilotfish itself */

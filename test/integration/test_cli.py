@@ -111,13 +111,16 @@ def test_start_with_invalid_config_exits_nonzero(tmp_path):
     assert "$.clusters[0].endpoints[0]" in r.stderr.decode()
 
 
-def assert_refused_address_in_use(pf, address):
+ANOTHER_PILOTFISH = "another pilotfish is starting or listening there"
+
+
+def assert_refused_address_in_use(pf, address, cause="Address already in use"):
     """pf exits non-zero with a message naming listener main, its address and the cause."""
     code = pf.wait_exit(15)
     assert code is not None, f"pilotfish started on {address}, which another socket holds"
     assert code != 0
     err = pf.stderr_text()
-    assert f"listener main: cannot listen on {address}: Address already in use" in err, err
+    assert f"listener main: cannot listen on {address}: {cause}" in err, err
 
 
 def time_wait_sockets(port):
@@ -154,11 +157,26 @@ def test_second_pilotfish_on_same_listener_address_refuses_to_start(
         [cluster("c", [second_backend.address])],
     )
     second = start_pilotfish(second_cfg, workers=workers, wait_ready=False)
-    assert_refused_address_in_use(second, address)
+    assert_refused_address_in_use(second, address, ANOTHER_PILOTFISH)
     for i in range(40):  # fresh connections: a shared port would spread them over both
         resp = first.get(f"/n{i}")
         assert resp.status == 200 and resp.header("X-Backend") == "first", (i, resp)
     assert second_backend.stats()["requests"] == 1  # only the stats query itself
+
+
+def test_a_pilotfish_still_starting_on_the_address_is_refused_too(start_pilotfish):
+    # Two processes started together could both find the port free before either listens;
+    # the one that claimed the address first (its abstract socket, held here) wins.
+    cfg = valid_config()
+    address = cfg["listeners"][0]["address"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as claim:
+        claim.bind(f"\0pilotfish/listen/{address}")
+        assert_refused_address_in_use(
+            start_pilotfish(cfg, wait_ready=False), address, ANOTHER_PILOTFISH
+        )
+    # the claim gone, the same config starts
+    pf = start_pilotfish(cfg)
+    assert pf.alive()
 
 
 def test_restart_on_same_addresses_right_after_stop_with_keepalive_traffic(
