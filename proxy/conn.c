@@ -321,14 +321,19 @@ static void make_request_id(pf_conn *c) {
     *out = '\0';
 }
 
-/* Splits the request target. Origin-form "/p?q", or absolute-form "http://authority/p?q"
- * whose authority overrides Host (RFC 9112 3.2.2). */
-static int parse_target(pf_conn *c, const char **target, size_t *target_len) {
+/* Splits the request target: origin-form "/p?q"; absolute-form "http://authority/p?q"
+ * whose authority overrides Host (RFC 9112 3.2.2), where an empty path ("http://h?q")
+ * goes upstream as "/?q" (*root_first); or the asterisk-form of OPTIONS, "*". */
+static int parse_target(pf_conn *c, const char **target, size_t *target_len, bool *root_first) {
     const char *t = http1_first(&c->req);
     size_t len = c->req.first_len;
+    *root_first = false;
     if (len > 0 && t[0] == '/') {
         *target = t;
         *target_len = len;
+    } else if (len == 1 && t[0] == '*' && c->method == HTTP_OPTIONS) {
+        *target = t;
+        *target_len = 1;
     } else if (len > 7 && strncasecmp(t, "http://", 7) == 0) {
         const char *auth = t + 7;
         size_t rest = len - 7, alen = 0;
@@ -340,15 +345,14 @@ static int parse_target(pf_conn *c, const char **target, size_t *target_len) {
         c->authority_len = alen;
         *target = alen < rest ? auth + alen : "/";
         *target_len = alen < rest ? rest - alen : 1;
-        if (**target == '?') {
-            /* "http://h?q" has an empty path; origin-form needs the "/". */
-            return -2;
-        }
+        if (**target == '#')
+            return -1; /* a fragment is never sent (RFC 9110 4.2.5) */
+        *root_first = **target == '?';
     } else {
         return -1;
     }
-    c->path = *target;
-    c->path_len = strcspn(*target, "?#");
+    c->path = *root_first ? "/" : *target;
+    c->path_len = *root_first ? 1 : strcspn(*target, "?#");
     if (c->path_len > *target_len)
         c->path_len = *target_len;
     return 0;
@@ -491,7 +495,8 @@ static int dispatch(pf_conn *c) {
     }
     const char *target;
     size_t target_len;
-    if (parse_target(c, &target, &target_len) != 0) {
+    bool root_first;
+    if (parse_target(c, &target, &target_len, &root_first) != 0) {
         reject(c, 400, "bad request target\n");
         return -1;
     }
@@ -526,7 +531,10 @@ static int dispatch(pf_conn *c) {
     }
 
     /* Configured routes first; then the services discovery found, by authority. */
-    const pf_config_route *route = router_find(c->l->router, host, port, c->path, c->path_len);
+    /* OPTIONS * asks about the server as a whole: it goes where its root would. */
+    bool asterisk = c->path_len == 1 && c->path[0] == '*';
+    const pf_config_route *route =
+        router_find(c->l->router, host, port, asterisk ? "/" : c->path, c->path_len);
     long cluster_index = route ? (long)route->cluster_index
                                : service_routes_find(worker_service_routes(c->w), host, port);
     if (cluster_index < 0)
@@ -551,6 +559,7 @@ static int dispatch(pf_conn *c) {
         .method = llhttp_method_name(c->method),
         .target = target,
         .target_len = target_len,
+        .root_first = root_first,
         .host = c->authority ? c->authority : "",
         .host_len = c->authority_len,
         .client_ip = c->client_ip,

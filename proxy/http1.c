@@ -291,6 +291,8 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
     writer w = {.out = out};
     w_str(&w, fwd->method);
     W_LIT(&w, " ");
+    if (fwd->root_first)
+        w_add(&w, "/", 1);
     w_add(&w, fwd->target, fwd->target_len);
     W_LIT(&w, " HTTP/1.1\r\nHost: ");
     w_add(&w, fwd->host, fwd->host_len);

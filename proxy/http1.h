@@ -64,8 +64,9 @@ typedef enum { PF_BODY_NONE, PF_BODY_LENGTH, PF_BODY_CHUNKED, PF_BODY_EOF } pf_b
 /* What pilotfish adds or rewrites on a forwarded request. */
 typedef struct pf_forward_request {
     const char *method;
-    const char *target; /* origin-form */
+    const char *target; /* origin-form, or "*" (asterisk-form of OPTIONS) */
     size_t target_len;
+    bool root_first;  /* write "/" before target: absolute-form with an empty path, "?q" */
     const char *host; /* Host to send: the client's, or the absolute-form authority */
     size_t host_len;
     const char *client_ip;

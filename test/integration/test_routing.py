@@ -1,8 +1,13 @@
-"""Routing: which cluster a request reaches, by Host, path and absolute-form authority."""
+"""Routing: which cluster a request reaches, by Host, path and absolute-form authority, and
+the request target it goes upstream with (origin-form, "/?q" for an empty path, "*")."""
+
+import socket
+import threading
+import types
 
 import pytest
 
-from harness import make_request
+from harness import LOCALHOST, cluster, listener, make_config, make_request, route, wait_for
 
 
 def backend_of(resp):
@@ -151,3 +156,94 @@ def test_connect_method_is_refused_and_not_tunnelled(proxy, start_backend):
             pass
     assert outsider.stats()["connections"] == 1
     assert proxy.pf.get("/").status == 200
+
+
+class CapturingUpstream:
+    """An upstream on 127.0.0.1 that records each request head and answers 200 "ok"."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind((LOCALHOST, 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.address = f"{LOCALHOST}:{self.sock.getsockname()[1]}"
+        self.heads = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                try:
+                    while True:
+                        while b"\r\n\r\n" not in data:
+                            piece = conn.recv(65536)
+                            if not piece:
+                                raise EOFError
+                            data += piece
+                        head, data = data.split(b"\r\n\r\n", 1)
+                        self.heads.append(head.decode("latin-1"))
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                except (OSError, EOFError):
+                    pass
+
+    def close(self):
+        self.stopping.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def capture(start_pilotfish):
+    upstream = CapturingUpstream()
+    cfg = make_config(
+        [listener("main", [route("c", host="abs.local", prefix="/")])],
+        [cluster("c", [upstream.address])],
+    )
+    yield types.SimpleNamespace(pf=start_pilotfish(cfg), upstream=upstream)
+    upstream.close()
+
+
+def test_absolute_form_with_an_empty_path_goes_upstream_as_slash_and_query(capture):
+    # RFC 9112 3.2.2 / 3.2.1: "http://h?q" has an empty path; origin-form needs the "/".
+    with capture.pf.raw() as c:
+        c.send(b"GET http://abs.local?x=1 HTTP/1.1\r\nHost: abs.local\r\n\r\n")
+        resp = c.read_response()
+    assert resp.status == 200 and resp.body == b"ok", resp
+    request_line, *headers = capture.upstream.heads[-1].split("\r\n")
+    assert request_line == "GET /?x=1 HTTP/1.1"
+    assert "Host: abs.local" in headers
+
+
+def test_options_asterisk_is_routed_like_the_root_and_forwarded_as_is(capture):
+    with capture.pf.raw() as c:
+        c.send(b"OPTIONS * HTTP/1.1\r\nHost: abs.local\r\n\r\n")
+        resp = c.read_response()
+    assert resp.status == 200 and resp.body == b"ok", resp
+    assert capture.upstream.heads[-1].split("\r\n")[0] == "OPTIONS * HTTP/1.1"
+    entry = wait_for(lambda: [e for e in capture.pf.access_log() if e["method"] == "OPTIONS"],
+                     10, "the OPTIONS log line")[-1]
+    assert (entry["path"], entry["status"]) == ("*", 200), entry
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET * HTTP/1.1\r\nHost: abs.local\r\n\r\n",  # asterisk-form is for OPTIONS only
+        b"GET http://abs.local#top HTTP/1.1\r\nHost: abs.local\r\n\r\n",  # never a fragment
+    ],
+    ids=["asterisk_with_get", "absolute_form_fragment"],
+)
+def test_targets_that_cannot_be_forwarded_get_400(capture, request_bytes):
+    with capture.pf.raw() as c:
+        c.send(request_bytes)
+        resp = c.read_response()
+    assert resp.status == 400, resp
+    assert capture.upstream.heads == []
