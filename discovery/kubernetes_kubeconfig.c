@@ -46,15 +46,15 @@ static yaml_node_t *named(yaml_document_t *doc, yaml_node_t *root, const char *l
     return NULL;
 }
 
-/* base64 (with or without padding) -> malloc'd bytes. */
 static bool is_base64_char(char c) {
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
            c == '/';
 }
 
-/* Standard base64, as kubectl reads it: line breaks are skipped, anything else outside the
- * alphabet is an error, and '=' may only pad the last group (EVP_DecodeBlock alone would
- * accept "====" or trailing blanks and miscount the length). */
+/* Standard, padded base64 -> malloc'd bytes (NUL-terminated, *len without the NUL), as
+ * kubectl reads it: line breaks are skipped, anything else outside the alphabet is an
+ * error, and '=' may only pad the last group (EVP_DecodeBlock alone would accept "===="
+ * or trailing blanks and miscount the length). */
 static char *decode64(const char *s, size_t *len) {
     size_t n = strlen(s);
     char *clean = malloc(n + 1);

@@ -25,6 +25,7 @@ typedef enum {
     TIMER_NONE,
     TIMER_HEADER,
     TIMER_BODY, /* the client is sending a request body: the longest pause allowed */
+    TIMER_SEND, /* output waits for the client to read it: the longest pause allowed */
     TIMER_IDLE,
     TIMER_LINGER,
     TIMER_RETRY
@@ -199,10 +200,19 @@ static void begin_linger(pf_conn *c) {
     timer_set(c, TIMER_LINGER, PF_LINGER_MS);
 }
 
+/* The client has body_timeout to take what is still in the output; whatever timer ran
+ * for the request (head, body) has no say once we close. */
 static void start_close(pf_conn *c) {
     c->closing = true;
     if (evbuffer_get_length(output(c)) == 0)
         begin_linger(c);
+    else
+        timer_set(c, TIMER_SEND, c->l->cfg->body_timeout_ms);
+}
+
+void conn_wait_for_client(pf_conn *c) {
+    if (c->timer_kind == TIMER_NONE)
+        timer_set(c, TIMER_SEND, c->l->cfg->body_timeout_ms);
 }
 
 static void log_request(pf_conn *c) {
@@ -323,11 +333,15 @@ static void make_request_id(pf_conn *c) {
 
 /* Splits the request target: origin-form "/p?q"; absolute-form "http://authority/p?q"
  * whose authority overrides Host (RFC 9112 3.2.2), where an empty path ("http://h?q")
- * goes upstream as "/?q" (*root_first); or the asterisk-form of OPTIONS, "*". */
+ * goes upstream as "/?q" (*root_first), or as "*" for OPTIONS without a query (3.2.4); or
+ * the asterisk-form of OPTIONS, "*". A fragment is never part of a request (RFC 9110
+ * 4.2.5): forwarding one would hand the upstream a target it may read differently. */
 static int parse_target(pf_conn *c, const char **target, size_t *target_len, bool *root_first) {
     const char *t = http1_first(&c->req);
     size_t len = c->req.first_len;
     *root_first = false;
+    if (memchr(t, '#', len))
+        return -1;
     if (len > 0 && t[0] == '/') {
         *target = t;
         *target_len = len;
@@ -343,10 +357,8 @@ static int parse_target(pf_conn *c, const char **target, size_t *target_len, boo
             return -1; /* userinfo is not allowed in http URIs (RFC 9110 4.2.4) */
         c->authority = auth;
         c->authority_len = alen;
-        *target = alen < rest ? auth + alen : "/";
+        *target = alen < rest ? auth + alen : c->method == HTTP_OPTIONS ? "*" : "/";
         *target_len = alen < rest ? rest - alen : 1;
-        if (**target == '#')
-            return -1; /* a fragment is never sent (RFC 9110 4.2.5) */
         *root_first = **target == '?';
     } else {
         return -1;
@@ -810,8 +822,12 @@ static void on_write(pf_stream *s, void *arg) {
     if (c->closing) {
         if (evbuffer_get_length(output(c)) == 0)
             begin_linger(c);
+        else
+            timer_set(c, TIMER_SEND, c->l->cfg->body_timeout_ms); /* the client reads on */
         return;
     }
+    if (c->timer_kind == TIMER_SEND)
+        timer_stop(c);
     if (c->up && !conn_output_full(c))
         upstream_resume_reading(c->up);
 }
@@ -845,8 +861,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
         }
         return;
     case TIMER_BODY:
-        if (c->resp_started)
-            log_request(c); /* reject() logs only what it answers itself */
+        if (c->resp_started && !c->resp_complete)
+            log_request(c); /* an upstream's response, cut: reject() logs only its own */
         if (c->read_paused) {
             log_debug("upstream stopped reading the request body client=%s", c->client_ip);
             reject(c, 504, "upstream stopped reading the request body\n");
@@ -854,6 +870,12 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
             log_debug("request body timeout client=%s", c->client_ip);
             reject(c, 408, "request body not received in time\n");
         }
+        return;
+    case TIMER_SEND:
+        log_debug("client stopped reading client=%s", c->client_ip);
+        if (!c->closing && c->resp_started && !c->resp_complete)
+            log_request(c);
+        conn_free(c);
         return;
     case TIMER_IDLE:
     case TIMER_LINGER:

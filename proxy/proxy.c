@@ -394,11 +394,16 @@ int proxy_start(pf_proxy *proxy, pf_error *err) {
         /* SO_REUSEPORT lets any socket of the same user join a listening port, so a second
          * pilotfish on our address would silently take part of the traffic. A probe without
          * it fails with EADDRINUSE while any socket listens there; its SO_REUSEADDR only
-         * lets it past TIME_WAIT connections a previous process left, so restarts work. */
+         * lets it past TIME_WAIT connections a previous process left, so restarts work.
+         * Every listener is probed before any listens: ours may overlap (0.0.0.0:80 beside
+         * 127.0.0.1:80), which SO_REUSEPORT allows among our own sockets. */
         int probe = bind_listener(l->cfg, true, err);
         if (probe < 0)
             return PF_EIO;
         close(probe);
+    }
+    for (size_t i = 0; i < proxy->listener_count; i++) {
+        pf_listener_rt *l = &proxy->listeners[i];
         for (unsigned k = 0; k < proxy->worker_count; k++) {
             int fd = bind_listener(l->cfg, false, err);
             if (fd < 0)

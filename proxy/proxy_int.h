@@ -158,6 +158,9 @@ void conn_on_upstream_error(pf_conn *c, int status, const char *reason, pf_failu
 void conn_on_upstream_writable(pf_conn *c);
 /* How many bytes the client still has room for before we stop reading the upstream. */
 bool conn_output_full(const pf_conn *c);
+/* The upstream stopped reading because the client's output is full: the client now has the
+ * listener's body_timeout to take some of it, or the connection closes. */
+void conn_wait_for_client(pf_conn *c);
 
 /* proxy/upstream.c: upstream connections and the per-worker pool.
  * upstream_acquire: with `reused` NULL, always a new connection; otherwise a pooled one

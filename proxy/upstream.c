@@ -156,6 +156,7 @@ static void process_input(pf_upstream *up) {
     while (!up->complete && !up->parse_error && evbuffer_get_length(in) > 0) {
         if (up->head_done && conn_output_full(up->owner)) {
             upstream_pause_reading(up);
+            conn_wait_for_client(up->owner);
             return;
         }
         struct evbuffer_iovec vec;

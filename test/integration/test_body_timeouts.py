@@ -1,7 +1,8 @@
 """Body timeouts: a client that stops in the middle of a request body gets 408 and its
-connection closed; an upstream that stops in the middle of a response body has the response
-cut; an upstream that stops reading a request body gets the client a 504. Progress restarts
-the timers, and waiting on the other side's backpressure never counts against anyone."""
+connection closed; a client that stops reading a response is closed; an upstream that stops
+in the middle of a response body has the response cut; an upstream that stops reading a
+request body gets the client a 504. Progress restarts the timers, and waiting on the other
+side's backpressure never counts against anyone."""
 
 import socket
 import threading
@@ -81,11 +82,19 @@ def test_upstream_stalling_in_the_middle_of_a_response_is_cut(bodyproxy):
     assert_still_serving(bodyproxy)
 
 
-def test_a_client_reading_slowly_is_not_cut_by_the_upstream_body_timeout(bodyproxy):
+def test_a_client_reading_slowly_is_not_cut_by_the_upstream_body_timeout(
+    start_backend, start_pilotfish
+):
     # 8 MiB through a client that reads nothing for a second: pilotfish stops reading the
-    # upstream (backpressure), which is not the upstream stalling.
+    # upstream (backpressure), which is not the upstream stalling. (The client has the
+    # listener's body_timeout, 60 s here, to read on.)
+    web = start_backend("web")
+    main = listener("main", [route("web", prefix="/")])
+    pf = start_pilotfish(
+        make_config([main], [cluster("web", [web.address], body_timeout=BODY_TIMEOUT)]), workers=1
+    )
     size = 8 * 1024 * 1024
-    with bodyproxy.raw(rcvbuf=64 * 1024) as c:
+    with pf.raw(rcvbuf=64 * 1024) as c:
         c.send(f"GET /bytes/{size} HTTP/1.1\r\nHost: t.local\r\n\r\n".encode())
         time.sleep(1.0)
         resp = c.read_head(timeout=5)
@@ -148,3 +157,64 @@ def test_upstream_that_stops_reading_the_request_body_gets_the_client_a_504(
         for conn in accepted:
             conn.close()
         deaf.close()
+
+
+def open_connections(pf):
+    samples = pf.metrics()
+    return (
+        metric_sum(samples, "pilotfish_downstream_connections_active"),
+        metric_sum(samples, "pilotfish_upstream_connections_active"),
+    )
+
+
+def test_a_client_that_stops_reading_a_response_is_closed_after_the_body_timeout(bodyproxy):
+    # It pins a client and an upstream connection otherwise, for ever: the upstream waits
+    # for pilotfish, pilotfish for the client.
+    with bodyproxy.raw(rcvbuf=4096) as c:
+        c.send(b"GET /bytes/67108864 HTTP/1.1\r\nHost: t.local\r\n\r\n")
+        wait_for(lambda: open_connections(bodyproxy) == (0, 0), 10, "both connections closed")
+    entries = wait_for(
+        lambda: [e for e in bodyproxy.access_log() if e["path"] == "/bytes/67108864"], 10, "log"
+    )
+    assert len(entries) == 1 and entries[0]["status"] == 200, entries
+    assert_still_serving(bodyproxy)
+
+
+def test_an_early_answer_to_a_stalled_upload_is_logged_once_and_closed(start_pilotfish):
+    # The upstream answers a big response at once, before the request body is in; the
+    # client sends 10 of 1000 body bytes and reads nothing.
+    early = socket.socket()
+    early.bind((LOCALHOST, 0))
+    early.listen(4)
+    held = []
+
+    def answer_at_once():
+        try:
+            conn, _ = early.accept()
+        except OSError:
+            return
+        held.append(conn)
+        conn.recv(65536)
+        size = 12 * 1024 * 1024
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"e" * size)
+        except OSError:
+            pass
+
+    server = threading.Thread(target=answer_at_once, daemon=True)
+    server.start()
+    try:
+        main = listener("main", [route("e", prefix="/")], body_timeout=BODY_TIMEOUT)
+        cfg = make_config([main], [cluster("e", [f"{LOCALHOST}:{early.getsockname()[1]}"])])
+        pf = start_pilotfish(cfg, workers=1)
+        with pf.raw(rcvbuf=4096) as c:
+            c.send(head("POST", "/early", 1000) + b"x" * 10)
+            wait_for(lambda: open_connections(pf)[0] == 0, 10, "the client connection closed")
+        time.sleep(1.0)  # past another body timeout: nothing may be logged twice
+        entries = [e for e in pf.access_log() if e["path"] == "/early"]
+        assert len(entries) == 1, entries
+    finally:
+        early.close()
+        server.join(10)
+        for conn in held:
+            conn.close()

@@ -164,6 +164,18 @@ def test_second_pilotfish_on_same_listener_address_refuses_to_start(
     assert second_backend.stats()["requests"] == 1  # only the stats query itself
 
 
+def test_listeners_of_one_config_may_overlap(start_backend, start_pilotfish):
+    # The probe must not take pilotfish's own listeners for another process: 127.0.0.1:P
+    # and its IPv4-mapped twin [::ffff:127.0.0.1]:P share the port through SO_REUSEPORT.
+    backend = start_backend("b")
+    plain = listener("plain", [route("c", prefix="/")])
+    port = plain["address"].rsplit(":", 1)[1]
+    mapped = listener("mapped", [route("c", prefix="/")], address=f"[::ffff:127.0.0.1]:{port}")
+    pf = start_pilotfish(make_config([plain, mapped], [cluster("c", [backend.address])]))
+    resp = pf.get("/")
+    assert resp.status == 200 and resp.header("X-Backend") == "b", resp
+
+
 def test_a_pilotfish_still_starting_on_the_address_is_refused_too(start_pilotfish):
     # Two processes started together could both find the port free before either listens;
     # the one that claimed the address first (its abstract socket, held here) wins.

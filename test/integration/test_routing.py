@@ -222,6 +222,15 @@ def test_absolute_form_with_an_empty_path_goes_upstream_as_slash_and_query(captu
     assert "Host: abs.local" in headers
 
 
+def test_options_with_an_empty_absolute_path_goes_upstream_as_asterisk(capture):
+    # RFC 9112 3.2.4: "OPTIONS http://h" asks about the server h as a whole.
+    with capture.pf.raw() as c:
+        c.send(b"OPTIONS http://abs.local HTTP/1.1\r\nHost: abs.local\r\n\r\n")
+        resp = c.read_response()
+    assert resp.status == 200 and resp.body == b"ok", resp
+    assert capture.upstream.heads[-1].split("\r\n")[0] == "OPTIONS * HTTP/1.1"
+
+
 def test_options_asterisk_is_routed_like_the_root_and_forwarded_as_is(capture):
     with capture.pf.raw() as c:
         c.send(b"OPTIONS * HTTP/1.1\r\nHost: abs.local\r\n\r\n")
@@ -238,8 +247,11 @@ def test_options_asterisk_is_routed_like_the_root_and_forwarded_as_is(capture):
     [
         b"GET * HTTP/1.1\r\nHost: abs.local\r\n\r\n",  # asterisk-form is for OPTIONS only
         b"GET http://abs.local#top HTTP/1.1\r\nHost: abs.local\r\n\r\n",  # never a fragment
+        b"GET http://abs.local/p?q#top HTTP/1.1\r\nHost: abs.local\r\n\r\n",
+        b"GET /p#top HTTP/1.1\r\nHost: abs.local\r\n\r\n",
     ],
-    ids=["asterisk_with_get", "absolute_form_fragment"],
+    ids=["asterisk_with_get", "absolute_form_fragment", "absolute_form_path_fragment",
+         "origin_form_fragment"],
 )
 def test_targets_that_cannot_be_forwarded_get_400(capture, request_bytes):
     with capture.pf.raw() as c:
