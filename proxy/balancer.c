@@ -182,7 +182,14 @@ uint64_t lb_active(const pf_balancer *b, size_t i) {
 }
 
 bool lb_avoided(const pf_balancer *b, size_t i, const pf_pick_context *ctx) {
-    return ctx->avoid_addr && strcmp(b->set->endpoints[i].addr.text, ctx->avoid_addr) == 0;
+    if (ctx->avoid_count == 0)
+        return false;
+    const char *addr = b->set->endpoints[i].addr.text;
+    uint64_t h = balancer_hash(addr, strlen(addr));
+    for (size_t k = 0; k < ctx->avoid_count; k++)
+        if (ctx->avoid[k] == h)
+            return true;
+    return false;
 }
 
 size_t lb_first_admitted(const pf_balancer *b, const uint32_t *order, size_t len, size_t start,

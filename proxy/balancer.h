@@ -22,10 +22,12 @@ typedef struct pf_balancer_group pf_balancer_group;
 typedef struct pf_pick_context {
     uint64_t hash;
     bool has_hash; /* false: no key (none configured, or absent); hash policies pick at random */
-    /* A retry: the address of the endpoint that just failed, or NULL. Hash policies treat it
-     * as unhealthy for this pick, so the key goes to the next endpoint in hash order (the
-     * same one every time) instead of back to the failed one. Other policies draw again. */
-    const char *avoid_addr;
+    /* A retry: balancer_hash() of the address texts of the endpoints that failed this
+     * request. Hash policies treat them as unhealthy for this pick, so the key goes to the
+     * next endpoint in hash order (the same one every time) instead of back to a failed
+     * one. Other policies draw again. */
+    const uint64_t *avoid;
+    size_t avoid_count;
 } pf_pick_context;
 
 /* Creates the shared part of one cluster's balancers from its config (copied). Returns a

@@ -106,7 +106,7 @@ uint64_t lb_active(const pf_balancer *b, size_t i);
  * ramp, the same keys every time, so hash policies ramp without losing stickiness. */
 bool lb_ramp_admits(const pf_balancer *b, size_t i, uint64_t key);
 
-/* Whether endpoint i is the one ctx asks to avoid (a retry's failed endpoint). */
+/* Whether endpoint i is one ctx asks to avoid (it failed this request already). */
 bool lb_avoided(const pf_balancer *b, size_t i, const pf_pick_context *ctx);
 
 /* Walks endpoint indexes order[start], order[start + 1], ... (wrapping; order NULL: the

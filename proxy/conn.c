@@ -69,8 +69,11 @@ struct pf_conn {
     uint64_t deadline_us; /* route timeout; 0: none */
     const pf_config_route *route;
     const pf_config_retry *retry;
-    char failed_addr[PF_ADDRTEXT_MAX]; /* the last attempt's endpoint, avoided by the next */
-    int error_status;                  /* a 4xx decided inside an llhttp callback */
+    /* balancer_hash of the endpoints this request failed on (the latest few), avoided by
+     * the next attempts */
+    uint64_t failed[PF_AVOID_MAX];
+    unsigned failed_count;
+    int error_status; /* a 4xx decided inside an llhttp callback */
     const char *error_reason;
     int status;
     int minor;
@@ -123,7 +126,7 @@ static void reset_request(pf_conn *c) {
     c->deadline_us = 0;
     c->route = NULL;
     c->retry = NULL;
-    c->failed_addr[0] = '\0';
+    c->failed_count = 0;
     c->error_status = c->status = 0;
     c->error_reason = NULL;
     c->req_body = c->resp_body = PF_BODY_NONE;
@@ -417,8 +420,29 @@ static uint64_t attempt_timeout_ms(const pf_conn *c) {
     return ms;
 }
 
+static uint64_t addr_hash(const pf_endpoint *ep) {
+    return balancer_hash(ep->addr.text, strlen(ep->addr.text));
+}
+
 static bool is_failed(const pf_conn *c, const pf_endpoint *ep) {
-    return ep && c->failed_addr[0] && strcmp(ep->addr.text, c->failed_addr) == 0;
+    if (!ep || c->failed_count == 0)
+        return false;
+    uint64_t h = addr_hash(ep);
+    for (unsigned k = 0; k < c->failed_count; k++)
+        if (c->failed[k] == h)
+            return true;
+    return false;
+}
+
+/* Remembers ep as failed for this request; past PF_AVOID_MAX the oldest is forgotten. */
+static void remember_failed(pf_conn *c, const pf_endpoint *ep) {
+    if (!ep || is_failed(c, ep))
+        return;
+    if (c->failed_count == PF_AVOID_MAX) {
+        memmove(c->failed, c->failed + 1, (PF_AVOID_MAX - 1) * sizeof *c->failed);
+        c->failed_count--;
+    }
+    c->failed[c->failed_count++] = addr_hash(ep);
 }
 
 /* A healthy endpoint, preferring one other than the endpoint that just failed. A retry
@@ -428,11 +452,12 @@ static const pf_endpoint *pick_endpoint(pf_conn *c, pf_endpoint_set *set, pf_end
     *from = set;
     pf_pick_context key =
         balancer_context(c->wc->balancer, &c->req, c->client_ip, c->path, c->path_len);
-    key.avoid_addr = c->failed_addr[0] ? c->failed_addr : NULL;
+    key.avoid = c->failed;
+    key.avoid_count = c->failed_count;
     const pf_endpoint *ep = balancer_pick(c->wc->balancer, set, &key);
     for (int tries = 0; is_failed(c, ep) && tries < 4 && set->healthy_count > 1; tries++)
         ep = balancer_pick(c->wc->balancer, set, &key);
-    if (!c->failed_addr[0] || (ep && !is_failed(c, ep)))
+    if (c->failed_count == 0 || (ep && !is_failed(c, ep)))
         return ep;
     pf_endpoint_set *raw = c->wc->cache.set;
     size_t start = (size_t)worker_random(c->w);
@@ -957,7 +982,7 @@ static void schedule_retry(pf_conn *c, pf_failure kind) {
             c->counted_retry = true;
         }
     }
-    snprintf(c->failed_addr, sizeof c->failed_addr, "%s", c->ep ? c->ep->addr.text : "");
+    remember_failed(c, c->ep);
     uint64_t delay = 0;
     if (kind != PF_FAIL_STALE) {
         /* Exponential backoff with full jitter, capped. */

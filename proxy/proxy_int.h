@@ -20,6 +20,7 @@
 #define PF_POOL_BUCKETS 64
 #define PF_UPSTREAM_MAX_HEADER_BYTES (64u * 1024u)
 #define PF_LINGER_MS 2000u /* how long a closing connection drains unread input */
+#define PF_AVOID_MAX 4u    /* failed endpoints a request remembers for its retries */
 
 typedef struct pf_worker pf_worker;
 typedef struct pf_conn pf_conn;

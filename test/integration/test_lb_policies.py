@@ -222,6 +222,28 @@ def test_a_retried_key_goes_to_the_next_backend_in_hash_order_every_time(
     assert moved, placement
 
 
+@pytest.mark.parametrize("policy", ["ring_hash", "maglev"])
+def test_a_key_whose_retries_meet_two_failing_backends_never_goes_back_to_the_first(
+    three, start_pilotfish, policy
+):
+    """Two of three backends answer 503: two retries are enough for every key, because a
+    request avoids every backend that failed it, not only the last one."""
+    addrs = [b.address for b in three]
+    retry = {"on": ["5xx"], "max_retries": 2}
+    pf = start_pilotfish(
+        by_host(
+            [cluster("h", addrs, lb_policy=policy, hash_on={"header": "x-user"}, retry=retry)]
+        ),
+        workers=1,
+    )
+    for failing in three[:2]:
+        assert http_request(failing.port, "GET", "/control/default/503").status == 200
+    for i in range(60):
+        resp = pf.request("GET", "/", {"Host": "h.local", "X-User": f"user-{i}"})
+        assert resp.status == 200 and resp.header("X-Backend") == "b3", (i, resp)
+        assert int(resp.header("x-pilotfish-attempts")) <= 3
+
+
 def test_hash_on_path_and_source_ip(three, start_pilotfish):
     addrs = [b.address for b in three]
     pf = start_pilotfish(

@@ -215,15 +215,17 @@ static void test_unhealthy_owner_sends_its_keys_to_the_next_in_hash_order(void) 
     }
 }
 
-/* A retry names the endpoint that failed: the key goes where it would go if that endpoint
- * were down (the next in hash order), every time, and keys of other endpoints stay put. */
+/* A retry names the endpoints that failed: the key goes where it would go if they were
+ * down (the next in hash order), every time, and keys of other endpoints stay put. */
 static void test_a_retry_goes_to_the_next_endpoint_in_hash_order(void) {
     for (size_t p = 0; p < ARRAY_LEN(hash_policies); p++) {
         pf_endpoint_slot *slot = discovery_slot_new("retry");
         pf_config_cluster cfg = cluster_config(hash_policies[p]);
         pf_balancer_group *g = balancer_group_new(&cfg);
         pf_balancer *b = balancer_new(g);
-        static size_t first[KEYS], when_down[KEYS];
+        static size_t first[KEYS], when_down[KEYS], both_down[KEYS];
+        const uint64_t second = balancer_hash("10.0.0.2:80", 11);
+        const uint64_t second_and_third[] = {second, balancer_hash("10.0.0.3:80", 11)};
         pf_endpoint_set *s1 = publish(slot, four_up);
         map_keys(b, s1, first);
         pf_endpoint_set *s2 = publish(slot, second_down);
@@ -231,7 +233,7 @@ static void test_a_retry_goes_to_the_next_endpoint_in_hash_order(void) {
         size_t wrong = 0, unstable = 0, disturbed = 0;
         for (uint64_t k = 0; k < KEYS; k++) {
             pf_pick_context ctx = {
-                .hash = lb_test_key(k, 0), .has_hash = true, .avoid_addr = "10.0.0.2:80"};
+                .hash = lb_test_key(k, 0), .has_hash = true, .avoid = &second, .avoid_count = 1};
             size_t retry = pick_index(b, s1, &ctx);
             unstable += pick_index(b, s1, &ctx) != retry;
             if (first[k] == 1)
@@ -245,12 +247,30 @@ static void test_a_retry_goes_to_the_next_endpoint_in_hash_order(void) {
                  name_of(hash_policies[p]), unstable);
         PF_CHECK(disturbed == 0, "%s: %zu keys of other endpoints moved on a retry",
                  name_of(hash_policies[p]), disturbed);
+        /* a second failure: the key moves on past both, never back to the first */
+        static const char *const two_down[] = {"10.0.0.1:80", "10.0.0.2:80/1/down",
+                                               "10.0.0.3:80/1/down", "10.0.0.4:80", NULL};
+        pf_endpoint_set *s4 = publish(slot, two_down);
+        map_keys(b, s4, both_down);
+        size_t wrong_twice = 0;
+        for (uint64_t k = 0; k < KEYS; k++) {
+            pf_pick_context ctx = {.hash = lb_test_key(k, 0),
+                                   .has_hash = true,
+                                   .avoid = second_and_third,
+                                   .avoid_count = 2};
+            size_t retry = pick_index(b, s1, &ctx);
+            wrong_twice += retry == 1 || retry == 2 ||
+                           ((first[k] == 1 || first[k] == 2) && retry != both_down[k]);
+        }
+        PF_CHECK(wrong_twice == 0, "%s: %zu keys went back to a failed endpoint or off order",
+                 name_of(hash_policies[p]), wrong_twice);
+        discovery_set_unref(s4);
         /* the failed endpoint is the only healthy one: it is still returned (the proxy
          * decides what to do), not NULL */
         static const char *const alone[] = {"10.0.0.1:80/1/down", "10.0.0.2:80", NULL};
         pf_endpoint_set *s3 = publish(slot, alone);
         pf_pick_context ctx = {
-            .hash = lb_test_key(7, 0), .has_hash = true, .avoid_addr = "10.0.0.2:80"};
+            .hash = lb_test_key(7, 0), .has_hash = true, .avoid = &second, .avoid_count = 1};
         const pf_endpoint *ep = balancer_pick(b, s3, &ctx);
         CU_ASSERT_PTR_NOT_NULL_FATAL(ep);
         CU_ASSERT_STRING_EQUAL(ep->addr.text, "10.0.0.2:80");
