@@ -209,6 +209,9 @@ def test_an_early_answer_to_a_stalled_upload_is_logged_once_and_closed(start_pil
         pf = start_pilotfish(cfg, workers=1)
         with pf.raw(rcvbuf=4096) as c:
             c.send(head("POST", "/early", 1000) + b"x" * 10)
+            # Until the upstream has the request, "no open connection" may only mean that
+            # pilotfish has not accepted the client yet.
+            wait_for(lambda: held, 10, "the upstream got the request")
             wait_for(lambda: open_connections(pf)[0] == 0, 10, "the client connection closed")
         time.sleep(1.0)  # past another body timeout: nothing may be logged twice
         entries = [e for e in pf.access_log() if e["path"] == "/early"]
