@@ -353,8 +353,9 @@ static int run(app *a, unsigned workers) {
     for (size_t i = 0; i < a->cfg->listener_count; i++)
         log_info("listening listener=%s address=%s", a->cfg->listeners[i].name,
                  a->cfg->listeners[i].addr.text);
-    log_info("pilotfish started version=%s workers=%u admin=%s clusters=%zu", PILOTFISH_VERSION,
-             workers, a->cfg->admin_addr.text, a->cfg->cluster_count);
+    log_info("pilotfish started version=%s workers=%u admin=%s clusters=%zu max_connections=%u",
+             PILOTFISH_VERSION, workers, a->cfg->admin_addr.text, a->cfg->cluster_count,
+             proxy_max_connections(a->proxy));
     event_base_dispatch(a->base);
     log_info("pilotfish stopped");
     return 0;

@@ -183,8 +183,7 @@ void conn_free(pf_conn *c) {
     stream_free(c->stream);
     event_free(c->timer);
     http1_head_free(&c->req);
-    metrics_gauge_add(c->l->connections_active, -1);
-    atomic_fetch_sub_explicit(&c->w->proxy->active_connections, 1, memory_order_relaxed);
+    worker_conn_closed(c->w, c->l);
     free(c);
 }
 
@@ -1133,12 +1132,12 @@ void conn_on_upstream_writable(pf_conn *c) {
 
 /* ---- lifecycle -------------------------------------------------------------------- */
 
-void conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struct sockaddr *sa,
-                 int salen) {
+int conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struct sockaddr *sa,
+                int salen) {
     pf_conn *c = calloc(1, sizeof *c);
     if (!c) {
         evutil_closesocket(fd);
-        return;
+        return PF_ENOMEM;
     }
     c->w = w;
     c->l = l;
@@ -1154,7 +1153,7 @@ void conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const stru
         if (c->timer)
             event_free(c->timer);
         free(c);
-        return;
+        return PF_ENOMEM;
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -1171,10 +1170,9 @@ void conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const stru
     if (w->conns)
         w->conns->prev = c;
     w->conns = c;
-    metrics_gauge_add(l->connections_active, 1);
     metrics_inc(l->connections_total, 1);
-    atomic_fetch_add_explicit(&w->proxy->active_connections, 1, memory_order_relaxed);
     timer_set(c, TIMER_HEADER, l->cfg->header_timeout_ms);
+    return PF_OK;
 }
 
 pf_conn *conn_next(const pf_conn *c) {

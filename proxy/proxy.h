@@ -31,6 +31,10 @@ int proxy_start(pf_proxy *proxy, pf_error *err);
  * with Connection: close). Returns immediately. Any thread. */
 void proxy_drain(pf_proxy *proxy);
 
+/* The global limit on client connections: $.max_connections, or derived from the open file
+ * limit when the file sets none. Any thread. */
+uint32_t proxy_max_connections(const pf_proxy *proxy);
+
 /* Downstream connections still open across all workers. Any thread. */
 long proxy_active_connections(const pf_proxy *proxy);
 
