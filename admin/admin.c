@@ -1,6 +1,7 @@
 /* Admin endpoints, served with libevent's evhttp (requests here are few and small). */
 #include "admin/admin.h"
 #include "core/log.h"
+#include "core/time.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -88,9 +89,39 @@ static void handle_ready(struct evhttp_request *req, void *arg) {
                    proxy_draining(admin->proxy) ? "draining\n" : "not ready\n");
 }
 
+/* Liveness: the process answers here (the main loop runs) and every worker's event loop
+ * has run lately (its heartbeat). A worker stuck in a call would otherwise leave a pod
+ * that answers probes and no requests. */
 static void handle_healthz(struct evhttp_request *req, void *arg) {
-    if (only_get(req))
-        reply_text(req, 200, "OK", "ok\n");
+    pf_admin *admin = arg;
+    if (!only_get(req))
+        return;
+    uint64_t beats[PF_MAX_WORKERS];
+    unsigned n = proxy_worker_count(admin->proxy);
+    if (n > PF_MAX_WORKERS)
+        n = PF_MAX_WORKERS;
+    for (unsigned k = 0; k < n; k++)
+        beats[k] = proxy_worker_heartbeat_ms(admin->proxy, k);
+    uint64_t now = pf_now_ms(); /* after the beats: a beat is never "in the future" */
+    long stalled = proxy_stalled_worker(beats, n, now, PF_WORKER_STALL_MS);
+    char body[128 + PF_MAX_WORKERS * 64];
+    size_t len = 0;
+    int m = stalled < 0
+                ? snprintf(body, sizeof body, "ok\n")
+                : snprintf(body, sizeof body,
+                           "stalled: worker %ld has not run its event loop for %llu ms "
+                           "(limit %u ms)\n",
+                           stalled, (unsigned long long)(now - beats[stalled]), PF_WORKER_STALL_MS);
+    len = m > 0 ? (size_t)m : 0;
+    for (unsigned k = 0; k < n && len < sizeof body; k++) {
+        m = snprintf(body + len, sizeof body - len, "worker %u: heartbeat %llu ms ago\n", k,
+                     (unsigned long long)(beats[k] && now > beats[k] ? now - beats[k] : 0));
+        len += m > 0 ? (size_t)m : 0;
+    }
+    if (stalled < 0)
+        reply_text(req, 200, "OK", body);
+    else
+        reply_text(req, 503, "Service Unavailable", body);
 }
 
 static void handle_prometheus(struct evhttp_request *req, void *arg) {

@@ -78,7 +78,8 @@ static void usage(FILE *out) {
             "                           (default: the servers of /etc/resolv.conf)\n"
             "      --admin ADDR         admin server address (default %s)\n"
             "\n"
-            "Logs go to stderr; the access log (JSON lines) to stdout.\n"
+            "Logs go to stderr; the access log (JSON lines) to stdout. Neither blocks: lines\n"
+            "a full pipe does not take are dropped and counted.\n"
             "SIGTERM or SIGINT drains: stop accepting, finish requests in flight, exit 0.\n",
             PF_MAX_WORKERS, PF_DEFAULT_WORKERS, PF_DEFAULT_ADMIN_ADDRESS);
 }
@@ -319,6 +320,11 @@ static int run(app *a, unsigned workers) {
         log_error("out of memory");
         return 1;
     }
+    /* From here on no log line waits for stderr's reader: the workers must not. */
+    pf_log_init_output(metrics_counter(a->metrics, "pilotfish_log_dropped_total",
+                                       "Log lines dropped because stderr took nothing more "
+                                       "(nobody reading it).",
+                                       ""));
     a->proxy = proxy_new(a->cfg, workers, a->metrics, &err);
     if (!a->proxy) {
         log_error("%s", err.msg);
@@ -376,6 +382,7 @@ static void app_free(app *a) {
     stop_health(a);
     if (a->base)
         event_base_free(a->base);
+    pf_log_close_output(); /* it counts into a->metrics */
     metrics_free(a->metrics);
     config_free(a->cfg);
 }

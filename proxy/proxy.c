@@ -328,6 +328,14 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
         l->claim_fd = -1;
         register_listener_metrics(metrics, l);
     }
+    if (cfg->access_log) {
+        proxy->access_log_dropped = metrics_counter(
+            metrics, "pilotfish_access_log_dropped_total",
+            "Access log lines dropped because stdout took nothing more (nobody reading it).", "");
+        if (!proxy->access_log_dropped)
+            goto nomem;
+        pf_log_sink_open(&proxy->access_sink, STDOUT_FILENO);
+    }
     metrics_gauge_callback(metrics, "pilotfish_cluster_panic",
                            "1 while a cluster is below its panic threshold and balances over "
                            "every endpoint, healthy or not.",
@@ -562,6 +570,11 @@ static void on_drain(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
+static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
+    pf_worker *w = arg;
+    atomic_store_explicit(&w->heartbeat_ms, pf_now_ms(), memory_order_relaxed);
+}
+
 static void on_log_flush(evutil_socket_t fd, short what, void *arg) {
     pf_worker *w = arg;
     if (w->log_len)
@@ -652,8 +665,12 @@ int proxy_start(pf_proxy *proxy, pf_error *err) {
         w->drain_event = event_new(w->base, -1, 0, on_drain, w);
         w->resume_event = event_new(w->base, -1, 0, on_resume, w);
         w->log_flush_timer = event_new(w->base, -1, EV_PERSIST, on_log_flush, w);
-        if (!w->drain_event || !w->resume_event || !w->log_flush_timer)
+        w->heartbeat_timer = event_new(w->base, -1, EV_PERSIST, on_heartbeat, w);
+        if (!w->drain_event || !w->resume_event || !w->log_flush_timer || !w->heartbeat_timer)
             return pf_fail(err, PF_ENOMEM, "out of memory");
+        struct timeval beat = pf_timeval_ms(PF_HEARTBEAT_MS);
+        event_add(w->heartbeat_timer, &beat);
+        atomic_store(&w->heartbeat_ms, pf_now_ms());
         struct timeval flush = {0, LOG_FLUSH_MS * 1000};
         if (w->log_buf)
             event_add(w->log_flush_timer, &flush);
@@ -685,6 +702,29 @@ void proxy_drain(pf_proxy *proxy) {
     for (unsigned k = 0; k < proxy->worker_count; k++)
         if (proxy->workers[k].drain_event)
             event_active(proxy->workers[k].drain_event, 0, 0);
+}
+
+unsigned proxy_worker_count(const pf_proxy *proxy) {
+    return proxy->worker_count;
+}
+
+uint64_t proxy_worker_heartbeat_ms(const pf_proxy *proxy, unsigned k) {
+    return atomic_load_explicit(&proxy->workers[k].heartbeat_ms, memory_order_relaxed);
+}
+
+long proxy_stalled_worker(const uint64_t *beats, size_t n, uint64_t now_ms, uint64_t limit_ms) {
+    long worst = -1;
+    uint64_t worst_silence = limit_ms;
+    for (size_t k = 0; k < n; k++) {
+        /* 0: not started. A beat after `now` was read is a beat, not a silence. */
+        if (!beats[k] || beats[k] >= now_ms)
+            continue;
+        if (now_ms - beats[k] > worst_silence) {
+            worst_silence = now_ms - beats[k];
+            worst = (long)k;
+        }
+    }
+    return worst;
 }
 
 uint32_t proxy_max_connections(const pf_proxy *proxy) {
@@ -741,6 +781,8 @@ static void worker_free(pf_worker *w) {
         event_free(w->resume_event);
     if (w->log_flush_timer)
         event_free(w->log_flush_timer);
+    if (w->heartbeat_timer)
+        event_free(w->heartbeat_timer);
     if (w->base)
         event_base_free(w->base);
 }
@@ -769,6 +811,7 @@ void proxy_free(pf_proxy *proxy) {
         router_free(l->router);
     }
     free(proxy->listeners);
+    pf_log_sink_close(&proxy->access_sink);
     for (size_t i = 0; proxy->clusters && i < proxy->cluster_count; i++) {
         if (proxy->clusters[i].cfg)
             assign_cache_destroy(&proxy->clusters[i].assign);

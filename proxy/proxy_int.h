@@ -8,6 +8,7 @@
 #include "proxy/http1.h"
 #include "proxy/proxy.h"
 #include "proxy/router.h"
+#include "core/log.h"
 
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -132,6 +133,10 @@ struct pf_worker {
     uint64_t rng[2];
     char *log_buf;
     size_t log_len;
+    bool log_blocked; /* stdout was full at the last flush: wait for the timer */
+    /* pf_now_ms() at the last tick of the heartbeat timer; read by the admin thread. */
+    _Atomic uint64_t heartbeat_ms;
+    struct event *heartbeat_timer;
 };
 
 struct pf_proxy {
@@ -154,6 +159,8 @@ struct pf_proxy {
     _Atomic long paused_acceptors;   /* worker listening sockets FULL or NOFILE now */
     _Atomic uint64_t pause_log_ms;   /* when the last pause was logged */
     _Atomic uint64_t pauses_unlogged;
+    pf_log_sink access_sink; /* stdout, never blocking */
+    pf_counter *access_log_dropped;
 };
 
 /* Why an attempt failed; decides whether a retry may follow. */

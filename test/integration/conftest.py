@@ -34,7 +34,7 @@ def start_backend(tmp_path):
 @pytest.fixture
 def start_pilotfish(tmp_path):
     """start_pilotfish(config, workers=None, extra_args=(), wait_ready=True, **kw) -> a running
-    Pilotfish; kw: fd_limit, stdout_pipe (see harness.Pilotfish)."""
+    Pilotfish; kw: fd_limit, stdout_pipe, stderr_pipe (see harness.Pilotfish)."""
     started = []
 
     def start(config, workers=None, extra_args=(), wait_ready=True, **kw):

@@ -470,11 +470,13 @@ class Pilotfish:
     """A running pilotfish with a config written to the test's tmp dir."""
 
     def __init__(self, config, workdir, workers=None, extra_args=(), tag="pf", fd_limit=None,
-                 stdout_pipe=False):
-        """fd_limit: the open file limit (soft and hard) pilotfish starts with; stdout_pipe:
-        stdout is a pipe this object holds and never reads (.access_log() is then empty)."""
+                 stdout_pipe=False, stderr_pipe=False):
+        """fd_limit: the open file limit (soft and hard) pilotfish starts with; stdout_pipe,
+        stderr_pipe: that stream is a pipe this object holds and never reads (.access_log()
+        or .stderr_text() is then empty)."""
         self.fd_limit = fd_limit
         self.stdout_pipe = stdout_pipe
+        self.stderr_pipe = stderr_pipe
         self.config = config
         self.workdir = workdir
         self.workers = workers
@@ -505,7 +507,7 @@ class Pilotfish:
             self.proc = subprocess.Popen(
                 args,
                 stdout=subprocess.PIPE if self.stdout_pipe else out,
-                stderr=err,
+                stderr=subprocess.PIPE if self.stderr_pipe else err,
                 stdin=subprocess.DEVNULL,
                 env=pilotfish_env(),
                 preexec_fn=set_fd_limit if limit else None,
@@ -619,8 +621,9 @@ class Pilotfish:
         crashed = self.proc.poll() is not None and not self.expect_exit
         self.expect_exit = True
         status = _stop_process(self.proc, grace)
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe:
+                pipe.close()
         self._crashed = crashed
         return status
 
