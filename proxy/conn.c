@@ -78,6 +78,7 @@ struct pf_conn {
     int status;
     int minor;
     llhttp_method_t method;
+    bool method_known; /* the request line's method was parsed: else it is logged as "-" */
     pf_body_mode req_body;
     pf_body_mode resp_body;
     uint64_t start_us;
@@ -131,6 +132,7 @@ static void reset_request(pf_conn *c) {
     c->error_reason = NULL;
     c->req_body = c->resp_body = PF_BODY_NONE;
     c->bytes_in = c->bytes_out = 0;
+    c->method_known = false;
     c->authority = c->path = NULL;
     c->authority_len = c->path_len = 0;
     c->request_id[0] = '\0';
@@ -227,7 +229,7 @@ static void log_request(pf_conn *c) {
     if (!c->w->proxy->cfg->access_log)
         return;
     pf_access_entry e = {
-        .method = llhttp_method_name(c->method),
+        .method = c->method_known ? llhttp_method_name(c->method) : "-",
         .authority = c->authority,
         .authority_len = c->authority_len,
         .path = c->path ? c->path : http1_first(&c->req),
@@ -287,7 +289,8 @@ static void local_reply_with(pf_conn *c, int status, const char *body, bool keep
                       c->attempts);
     if (more_headers && n >= 0 && (size_t)n < sizeof extra)
         snprintf(extra + n, sizeof extra - (size_t)n, "%s", more_headers);
-    http1_write_local_response(output(c), status, body, c->keep_alive, extra);
+    if (http1_write_local_response(output(c), status, body, c->keep_alive, extra) == PF_OK)
+        c->bytes_out += strlen(body); /* body bytes, like a proxied response's */
     c->status = status;
     c->resp_started = c->resp_complete = true;
     if (status >= 400 && status < 500)
@@ -624,6 +627,13 @@ static int on_message_begin(llhttp_t *p) {
     return 0;
 }
 
+static int on_method_complete(llhttp_t *p) {
+    pf_conn *c = p->data;
+    c->method = (llhttp_method_t)llhttp_get_method(p);
+    c->method_known = true;
+    return 0;
+}
+
 static int on_url(llhttp_t *p, const char *at, size_t len) {
     pf_conn *c = p->data;
     if (c->req.first_len + len > c->l->cfg->max_target_bytes) {
@@ -739,6 +749,7 @@ static int on_message_complete(llhttp_t *p) {
 
 static const llhttp_settings_t request_callbacks = {
     .on_message_begin = on_message_begin,
+    .on_method_complete = on_method_complete,
     .on_url = on_url,
     .on_header_field = on_header_field,
     .on_header_value = on_header_value,

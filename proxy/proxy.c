@@ -134,9 +134,11 @@ static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
         metrics_counter(m, "pilotfish_upstream_retry_budget_exhausted_total",
                         "Retries not made because the cluster's retry budget was spent.", labels);
     char breaker[200];
-    static const char *const limits[] = {"max_requests", "max_connections", "max_retries"};
-    pf_counter **slots[] = {&c->overflow_requests, &c->overflow_connections, &c->overflow_retries};
-    for (size_t i = 0; i < 3; i++) {
+    static const char *const limits[] = {"max_requests", "max_connections", "max_pending_requests",
+                                         "max_retries"};
+    pf_counter **slots[] = {&c->overflow_requests, &c->overflow_connections, &c->overflow_pending,
+                            &c->overflow_retries};
+    for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
         snprintf(breaker, sizeof breaker, "cluster=\"%s\",breaker=\"%s\"", c->cfg->name, limits[i]);
         *slots[i] = metrics_counter(m, "pilotfish_upstream_overflow_total",
                                     "Requests refused with 503 by a circuit breaker.", breaker);

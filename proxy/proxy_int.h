@@ -39,8 +39,9 @@ typedef struct pf_cluster_rt {
     pf_counter *pool_reuses;
     pf_counter *retries;
     pf_counter *retry_budget_exhausted;
-    pf_counter *overflow_requests;    /* circuit breakers tripped, by limit */
-    pf_counter *overflow_connections; /* (max_connections and max_pending_requests) */
+    pf_counter *overflow_requests; /* circuit breakers tripped, by limit */
+    pf_counter *overflow_connections;
+    pf_counter *overflow_pending;
     pf_counter *overflow_retries;
     pf_gauge *connections_active; /* also the max_connections breaker's count */
     /* In flight across all workers, for the breakers and the retry budget. */

@@ -110,3 +110,23 @@ def test_stderr_that_nobody_reads_never_holds_up_requests(backends, start_pilotf
             assert c.read_response().status == 400, f"request {i}"
     assert metric_sum(pf.metrics(), "pilotfish_log_dropped_total") >= 500
     assert pf.admin("GET", "/healthz").status == 200
+
+
+def test_unparseable_request_logs_no_method_and_local_replies_log_their_body_bytes(proxy):
+    pf = proxy.pf
+    with pf.raw() as c:
+        c.send(b"NOT A REQUEST\r\n\r\n")
+        bad = c.read_response()
+    assert bad.status == 400
+    with pf.raw() as c:
+        c.send(b"GET /x HTTP/1.1\r\nHost: t\r\nBad Header: y\r\n\r\n")
+        bad_header = c.read_response()
+    assert bad_header.status == 400
+    missing = pf.get("/", host="nobody.local", listener="strict")
+    assert missing.status == 404
+    unparseable, get_bad_header, no_route = wait_lines(pf, 3)
+    assert unparseable["method"] == "-" and unparseable["status"] == 400, unparseable
+    assert get_bad_header["method"] == "GET" and get_bad_header["status"] == 400, get_bad_header
+    assert no_route["method"] == "GET"
+    for line, resp in ((unparseable, bad), (get_bad_header, bad_header), (no_route, missing)):
+        assert resp.body and line["bytes_out"] == len(resp.body), (line, resp)
