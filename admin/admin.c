@@ -1,9 +1,12 @@
 /* Admin endpoints, served with libevent's evhttp (requests here are few and small). */
 #include "admin/admin.h"
+#include "core/log.h"
+#include "core/time.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/http.h>
+#include <event2/listener.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,8 +15,13 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Out of descriptors, the admin socket stops accepting this long rather than spin. */
+#define ADMIN_ACCEPT_PAUSE_MS 100
+
 struct pf_admin {
     struct evhttp *http;
+    struct evconnlistener *listener; /* evhttp's, for pausing on EMFILE */
+    struct event *accept_retry;
     const pf_config *cfg;
     pf_proxy *proxy;
     pf_metrics *metrics;
@@ -81,9 +89,39 @@ static void handle_ready(struct evhttp_request *req, void *arg) {
                    proxy_draining(admin->proxy) ? "draining\n" : "not ready\n");
 }
 
+/* Liveness: the process answers here (the main loop runs) and every worker's event loop
+ * has run lately (its heartbeat). A worker stuck in a call would otherwise leave a pod
+ * that answers probes and no requests. */
 static void handle_healthz(struct evhttp_request *req, void *arg) {
-    if (only_get(req))
-        reply_text(req, 200, "OK", "ok\n");
+    pf_admin *admin = arg;
+    if (!only_get(req))
+        return;
+    uint64_t beats[PF_MAX_WORKERS];
+    unsigned n = proxy_worker_count(admin->proxy);
+    if (n > PF_MAX_WORKERS)
+        n = PF_MAX_WORKERS;
+    for (unsigned k = 0; k < n; k++)
+        beats[k] = proxy_worker_heartbeat_ms(admin->proxy, k);
+    uint64_t now = pf_now_ms(); /* after the beats: a beat is never "in the future" */
+    long stalled = proxy_stalled_worker(beats, n, now, PF_WORKER_STALL_MS);
+    char body[128 + PF_MAX_WORKERS * 64];
+    size_t len = 0;
+    int m = stalled < 0
+                ? snprintf(body, sizeof body, "ok\n")
+                : snprintf(body, sizeof body,
+                           "stalled: worker %ld has not run its event loop for %llu ms "
+                           "(limit %u ms)\n",
+                           stalled, (unsigned long long)(now - beats[stalled]), PF_WORKER_STALL_MS);
+    len = m > 0 ? (size_t)m : 0;
+    for (unsigned k = 0; k < n && len < sizeof body; k++) {
+        m = snprintf(body + len, sizeof body - len, "worker %u: heartbeat %llu ms ago\n", k,
+                     (unsigned long long)(beats[k] && now > beats[k] ? now - beats[k] : 0));
+        len += m > 0 ? (size_t)m : 0;
+    }
+    if (stalled < 0)
+        reply_text(req, 200, "OK", body);
+    else
+        reply_text(req, 503, "Service Unavailable", body);
 }
 
 static void handle_prometheus(struct evhttp_request *req, void *arg) {
@@ -267,6 +305,24 @@ static void handle_other(struct evhttp_request *req, void *arg) {
                "unknown admin path; try /ready /healthz /stats/prometheus /clusters /config\n");
 }
 
+static void on_accept_retry(evutil_socket_t fd, short what, void *arg) {
+    pf_admin *admin = arg;
+    evconnlistener_enable(admin->listener);
+}
+
+/* The listening socket stays readable while a connection waits for a descriptor: without
+ * a pause the main loop would spin on accept. Retried after a short while. */
+static void on_accept_error(struct evconnlistener *listener, void *arg) {
+    pf_admin *admin = arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    log_debug("admin: accept: %s", strerror(e));
+    if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM)
+        return;
+    evconnlistener_disable(listener);
+    struct timeval wait = {0, ADMIN_ACCEPT_PAUSE_MS * 1000};
+    evtimer_add(admin->accept_retry, &wait);
+}
+
 pf_admin *admin_new(struct event_base *base, const pf_config *cfg, pf_proxy *proxy,
                     pf_metrics *metrics, pf_error *err) {
     pf_admin *admin = calloc(1, sizeof *admin);
@@ -278,7 +334,8 @@ pf_admin *admin_new(struct event_base *base, const pf_config *cfg, pf_proxy *pro
     admin->proxy = proxy;
     admin->metrics = metrics;
     admin->http = evhttp_new(base);
-    if (!admin->http) {
+    admin->accept_retry = evtimer_new(base, on_accept_retry, admin);
+    if (!admin->http || !admin->accept_retry) {
         pf_fail(err, PF_ENOMEM, "out of memory");
         admin_free(admin);
         return NULL;
@@ -299,14 +356,17 @@ pf_admin *admin_new(struct event_base *base, const pf_config *cfg, pf_proxy *pro
     int one = 1;
     if (fd >= 0)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct evhttp_bound_socket *bound = NULL;
     if (fd < 0 || bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 ||
-        listen(fd, 64) < 0 || !evhttp_accept_socket_with_handle(admin->http, fd)) {
+        listen(fd, 64) < 0 || !(bound = evhttp_accept_socket_with_handle(admin->http, fd))) {
         pf_fail(err, PF_EIO, "admin: cannot listen on %s: %s", addr->text, strerror(errno));
         if (fd >= 0)
             close(fd);
         admin_free(admin);
         return NULL;
     }
+    admin->listener = evhttp_bound_socket_get_listener(bound);
+    evconnlistener_set_error_cb(admin->listener, on_accept_error);
     return admin;
 }
 
@@ -328,5 +388,7 @@ void admin_free(pf_admin *admin) {
         return;
     if (admin->http)
         evhttp_free(admin->http);
+    if (admin->accept_retry)
+        event_free(admin->accept_retry);
     free(admin);
 }

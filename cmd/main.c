@@ -38,7 +38,7 @@ typedef struct app {
     pf_k8s *k8s;                   /* NULL when Kubernetes is not used */
     pf_k8s_options k8s_opts;       /* --k8s-* flags */
     pf_autodiscover *autodiscover; /* NULL unless $.kubernetes.auto_discover */
-    struct event *sigterm, *sigint, *drain_timer;
+    struct event *sigterm, *sigint, *sighup, *drain_timer;
     uint64_t drain_deadline_ms;
     int signals_seen;
 } app;
@@ -78,8 +78,10 @@ static void usage(FILE *out) {
             "                           (default: the servers of /etc/resolv.conf)\n"
             "      --admin ADDR         admin server address (default %s)\n"
             "\n"
-            "Logs go to stderr; the access log (JSON lines) to stdout.\n"
-            "SIGTERM or SIGINT drains: stop accepting, finish requests in flight, exit 0.\n",
+            "Logs go to stderr; the access log (JSON lines) to stdout. Neither blocks: lines\n"
+            "a full pipe does not take are dropped and counted.\n"
+            "SIGTERM or SIGINT drains: stop accepting, finish requests in flight, exit 0.\n"
+            "SIGHUP is ignored (with a log line): reloading is not supported yet.\n",
             PF_MAX_WORKERS, PF_DEFAULT_WORKERS, PF_DEFAULT_ADMIN_ADDRESS);
 }
 
@@ -226,6 +228,13 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
     event_add(a->drain_timer, &tick);
 }
 
+/* SIGHUP's default action ends the process without a drain, and operators send it expecting
+ * a reload; until reloading exists it is caught and refused in the log. */
+static void on_sighup(evutil_socket_t sig, short what, void *arg) {
+    log_warn("SIGHUP: reloading the config is not supported yet; ignored (the running config "
+             "stays; restart pilotfish to apply a new one)");
+}
+
 /* Health sits between discovery and the proxy in every cluster, configured or not: sources
  * publish into the cluster's discovered slot, and its pf_health publishes the effective set
  * (discovery's verdicts combined with checks and ejections) into the proxy's slot. */
@@ -319,6 +328,11 @@ static int run(app *a, unsigned workers) {
         log_error("out of memory");
         return 1;
     }
+    /* From here on no log line waits for stderr's reader: the workers must not. */
+    pf_log_init_output(metrics_counter(a->metrics, "pilotfish_log_dropped_total",
+                                       "Log lines dropped because stderr took nothing more "
+                                       "(nobody reading it).",
+                                       ""));
     a->proxy = proxy_new(a->cfg, workers, a->metrics, &err);
     if (!a->proxy) {
         log_error("%s", err.msg);
@@ -344,17 +358,19 @@ static int run(app *a, unsigned workers) {
     admin_set_kubernetes(a->admin, a->k8s);
     a->sigterm = evsignal_new(a->base, SIGTERM, on_signal, a);
     a->sigint = evsignal_new(a->base, SIGINT, on_signal, a);
+    a->sighup = evsignal_new(a->base, SIGHUP, on_sighup, a);
     a->drain_timer = event_new(a->base, -1, EV_PERSIST, on_drain_tick, a);
-    if (!a->sigterm || !a->sigint || !a->drain_timer || event_add(a->sigterm, NULL) ||
-        event_add(a->sigint, NULL)) {
+    if (!a->sigterm || !a->sigint || !a->sighup || !a->drain_timer || event_add(a->sigterm, NULL) ||
+        event_add(a->sigint, NULL) || event_add(a->sighup, NULL)) {
         log_error("cannot install signal handlers");
         return 1;
     }
     for (size_t i = 0; i < a->cfg->listener_count; i++)
         log_info("listening listener=%s address=%s", a->cfg->listeners[i].name,
                  a->cfg->listeners[i].addr.text);
-    log_info("pilotfish started version=%s workers=%u admin=%s clusters=%zu", PILOTFISH_VERSION,
-             workers, a->cfg->admin_addr.text, a->cfg->cluster_count);
+    log_info("pilotfish started version=%s workers=%u admin=%s clusters=%zu max_connections=%u",
+             PILOTFISH_VERSION, workers, a->cfg->admin_addr.text, a->cfg->cluster_count,
+             proxy_max_connections(a->proxy));
     event_base_dispatch(a->base);
     log_info("pilotfish stopped");
     return 0;
@@ -365,6 +381,8 @@ static void app_free(app *a) {
         event_free(a->sigterm);
     if (a->sigint)
         event_free(a->sigint);
+    if (a->sighup)
+        event_free(a->sighup);
     if (a->drain_timer)
         event_free(a->drain_timer);
     discovery_dns_free(a->dns); /* publishes into the discovered slots: goes first */
@@ -375,6 +393,7 @@ static void app_free(app *a) {
     stop_health(a);
     if (a->base)
         event_base_free(a->base);
+    pf_log_close_output(); /* it counts into a->metrics */
     metrics_free(a->metrics);
     config_free(a->cfg);
 }
@@ -516,6 +535,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN); /* until run() logs it (on_sighup): never the default exit */
     raise_fd_limit();
     app a = {0};
     a.k8s_opts = k8s_opts;

@@ -60,13 +60,14 @@ static const char *const lb_policy_names[] = {
     [PF_LB_MAGLEV] = "maglev",
 };
 
-static const char *const root_keys[] = {"admin",         "access_log", "workers",
-                                        "drain_timeout", "listeners",  "clusters",
-                                        "local_zone",    "dns",        "kubernetes"};
+static const char *const root_keys[] = {
+    "admin",    "access_log", "workers", "drain_timeout", "listeners",
+    "clusters", "local_zone", "dns",     "kubernetes",    "max_connections"};
 static const char *const admin_keys[] = {"address"};
 static const char *const listener_keys[] = {
-    "name",        "address",      "routes",         "max_header_bytes", "max_target_bytes",
-    "max_headers", "buffer_bytes", "header_timeout", "idle_timeout",     "body_timeout"};
+    "name",           "address",      "routes",         "max_header_bytes", "max_target_bytes",
+    "max_headers",    "buffer_bytes", "header_timeout", "idle_timeout",     "body_timeout",
+    "max_connections"};
 static const char *const route_keys[] = {"match", "cluster", "retry", "timeout"};
 static const char *const retry_keys[] = {
     "on",      "status_codes",         "max_retries", "per_try_timeout",
@@ -851,6 +852,7 @@ static void parse_listener(loader *ld, json_t *v, const char *path, pf_config_li
     get_duration(ld, v, path, "header_timeout", true, &l->header_timeout_ms);
     get_duration(ld, v, path, "idle_timeout", true, &l->idle_timeout_ms);
     get_duration(ld, v, path, "body_timeout", true, &l->body_timeout_ms);
+    get_uint(ld, v, path, "max_connections", 1, PF_MAX_CONNECTIONS_LIMIT, &l->max_connections);
 
     /* The request line is part of the head, so a target limit above the head limit
      * would be a promise the parser cannot keep. */
@@ -1881,6 +1883,7 @@ static void parse_root(loader *ld, json_t *root, pf_config *cfg) {
     get_uint(ld, root, "$", "workers", 1, PF_MAX_WORKERS, &cfg->workers);
     /* Zero is allowed here, unlike the other timeouts: it means "close at once". */
     get_duration(ld, root, "$", "drain_timeout", false, &cfg->drain_timeout_ms);
+    get_uint(ld, root, "$", "max_connections", 1, PF_MAX_CONNECTIONS_LIMIT, &cfg->max_connections);
     parse_local_zone(ld, root, cfg);
     parse_dns(ld, root, cfg);
     parse_kubernetes(ld, root, cfg);
@@ -2084,6 +2087,8 @@ static json_t *dump_listener(dumper *d, const pf_config_listener *l) {
     put_duration(d, o, "header_timeout", l->header_timeout_ms);
     put_duration(d, o, "idle_timeout", l->idle_timeout_ms);
     put_duration(d, o, "body_timeout", l->body_timeout_ms);
+    if (l->max_connections)
+        put(d, o, "max_connections", json_integer(l->max_connections));
     return o;
 }
 
@@ -2298,6 +2303,9 @@ char *config_dump_json(const pf_config *cfg) {
     if (cfg->workers)
         put(&d, root, "workers", json_integer(cfg->workers));
     put_duration(&d, root, "drain_timeout", cfg->drain_timeout_ms);
+    /* 0 is "derive from the open file limit at start", which is not a value of the file */
+    if (cfg->max_connections)
+        put(&d, root, "max_connections", json_integer(cfg->max_connections));
     if (cfg->local_zone[0])
         put(&d, root, "local_zone", json_string(cfg->local_zone));
     for (size_t i = 0; i < cfg->listener_count; i++)
@@ -2312,6 +2320,16 @@ char *config_dump_json(const pf_config *cfg) {
     char *text = d.failed ? NULL : json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(root);
     return text;
+}
+
+uint32_t config_default_max_connections(uint64_t fd_limit) {
+    /* The reserve grows with the limit (a tenth) so that many health-checked endpoints
+     * still find descriptors; the fixed part covers small limits. */
+    uint64_t reserve = fd_limit / 10 > PF_FD_RESERVE ? fd_limit / 10 : PF_FD_RESERVE;
+    uint64_t n = fd_limit > reserve ? (fd_limit - reserve) / 2 : 0;
+    if (n < 1)
+        return 1;
+    return n > PF_MAX_CONNECTIONS_LIMIT ? PF_MAX_CONNECTIONS_LIMIT : (uint32_t)n;
 }
 
 void config_free(pf_config *cfg) {

@@ -29,6 +29,12 @@
 #define PF_DEFAULT_DRAIN_TIMEOUT_MS 15000u
 #define PF_DEFAULT_WORKERS 1u
 #define PF_MAX_WORKERS 64u
+/* Client connections, per listener or in all (0 in pf_config: derived from the open file
+ * limit with config_default_max_connections). */
+#define PF_MAX_CONNECTIONS_LIMIT 10000000u
+/* Descriptors kept back from clients for the admin server, health checks, DNS, the
+ * Kubernetes watch, listening sockets and each worker's event loop. */
+#define PF_FD_RESERVE 64u
 #define PF_DEFAULT_DNS_MIN_REFRESH_MS 1000u
 #define PF_DEFAULT_DNS_MAX_REFRESH_MS 300000u
 #define PF_DEFAULT_DNS_HOLD_MS 30000u
@@ -287,6 +293,7 @@ typedef struct pf_config_listener {
     uint64_t header_timeout_ms; /* whole request head must arrive within this */
     uint64_t idle_timeout_ms;   /* downstream keep-alive idle */
     uint64_t body_timeout_ms;   /* longest pause inside a request body */
+    uint32_t max_connections;   /* client connections open at once; 0: only the global limit */
 } pf_config_listener;
 
 /* $.kubernetes: how to reach the API server, shared by every Kubernetes cluster, and
@@ -318,6 +325,7 @@ typedef struct pf_config {
     bool access_log;  /* JSON lines to stdout */
     uint32_t workers; /* 0 = not set in the file; the CLI may override */
     uint64_t drain_timeout_ms;
+    uint32_t max_connections;     /* client connections over all listeners; 0: not set */
     char local_zone[PF_NAME_MAX]; /* "" unless set here or by POD_ZONE / NODE_ZONE */
     pf_config_listener *listeners;
     size_t listener_count;
@@ -348,6 +356,11 @@ const char *config_dns_record_name(pf_dns_record record);
 /* Parses an expected-status item, "200-399" or "204" (codes 100-599). Returns 0 or PF_EINVAL
  * with a reason. */
 int config_parse_status_range(const char *text, pf_status_range *out, pf_error *err);
+
+/* The global max_connections when the file sets none, for an open file limit of
+ * `fd_limit`: half of what the reserve leaves (a client connection usually holds an upstream
+ * connection too), at least 1. Pure. */
+uint32_t config_default_max_connections(uint64_t fd_limit);
 
 void config_free(pf_config *cfg);
 

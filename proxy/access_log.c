@@ -1,6 +1,13 @@
 /* Access log: one JSON object per line on stdout. Each worker buffers its lines and
  * writes them in batches (when the buffer fills, and from a short timer), so logging
- * costs no system call per request and lines from workers never interleave. */
+ * costs no system call per request and lines from workers never interleave.
+ *
+ * A worker never waits for stdout. Its writes do not block (pf_log_sink); what a full pipe
+ * does not take stays in the worker's buffer for the next flush, and a line that finds the
+ * buffer full is dropped and counted in pilotfish_access_log_dropped_total. This keeps the
+ * request path as cheap as it was, a snprintf into the worker's own memory, with no lock,
+ * no hand-off to another thread and no system call; a writer thread would add a queue
+ * between threads and still need the same limit and drop when its reader stalls. */
 #include "core/json.h"
 #include "core/time.h"
 #include "proxy/proxy_int.h"
@@ -13,15 +20,45 @@
 #define LOG_BUFFER_BYTES (64u * 1024u)
 #define LOG_LINE_MAX 4096u
 
+/* The longest prefix of buf[0..len) the sink takes whole or not at all, ending with a line:
+ * on a pipe at most PIPE_BUF, so lines of different workers never tear. */
+static size_t whole_lines(const pf_log_sink *sink, const char *buf, size_t len) {
+    if (!sink->atomic_max || len <= sink->atomic_max)
+        return len;
+    size_t n = sink->atomic_max;
+    while (n > 0 && buf[n - 1] != '\n')
+        n--;
+    return n ? n : sink->atomic_max; /* no line fits: cannot happen, lines are shorter */
+}
+
+static uint64_t count_lines(const char *buf, size_t len) {
+    uint64_t n = 0;
+    for (const char *p = buf, *end = buf + len; (p = memchr(p, '\n', (size_t)(end - p))); p++)
+        n++;
+    return n;
+}
+
 void access_log_flush(pf_worker *w) {
+    const pf_log_sink *sink = &w->proxy->access_sink;
     size_t off = 0;
+    w->log_blocked = false;
     while (off < w->log_len) {
-        ssize_t n = write(STDOUT_FILENO, w->log_buf + off, w->log_len - off);
-        if (n <= 0)
-            break; /* a closed or full stdout must not stall the data plane */
+        ssize_t n = pf_log_sink_write(sink, w->log_buf + off,
+                                      whole_lines(sink, w->log_buf + off, w->log_len - off));
+        if (n == 0) {
+            w->log_blocked = true; /* full: the timer tries again, requests do not */
+            break;
+        }
+        if (n < 0) { /* closed or broken: what is buffered is lost, counted */
+            metrics_inc(w->proxy->access_log_dropped,
+                        count_lines(w->log_buf + off, w->log_len - off));
+            off = w->log_len;
+            break;
+        }
         off += (size_t)n;
     }
-    w->log_len = 0;
+    memmove(w->log_buf, w->log_buf + off, w->log_len - off);
+    w->log_len -= off;
 }
 
 static const char *field(char *buf, size_t cap, const char *s, size_t len) {
@@ -34,8 +71,12 @@ static const char *field(char *buf, size_t cap, const char *s, size_t len) {
 void access_log_write(pf_worker *w, const pf_access_entry *e) {
     if (!w->log_buf)
         return;
-    if (w->log_len + LOG_LINE_MAX > LOG_BUFFER_BYTES)
+    if (w->log_len + LOG_LINE_MAX > LOG_BUFFER_BYTES && !w->log_blocked)
         access_log_flush(w);
+    if (w->log_len + LOG_LINE_MAX > LOG_BUFFER_BYTES) {
+        metrics_inc(w->proxy->access_log_dropped, 1);
+        return;
+    }
     char authority[300], path[1100], request_id[80];
     uint64_t now = pf_wall_us();
     time_t secs = (time_t)(now / 1000000u);

@@ -78,6 +78,7 @@ struct pf_conn {
     int status;
     int minor;
     llhttp_method_t method;
+    bool method_known; /* the request line's method was parsed: else it is logged as "-" */
     pf_body_mode req_body;
     pf_body_mode resp_body;
     uint64_t start_us;
@@ -131,6 +132,7 @@ static void reset_request(pf_conn *c) {
     c->error_reason = NULL;
     c->req_body = c->resp_body = PF_BODY_NONE;
     c->bytes_in = c->bytes_out = 0;
+    c->method_known = false;
     c->authority = c->path = NULL;
     c->authority_len = c->path_len = 0;
     c->request_id[0] = '\0';
@@ -183,8 +185,7 @@ void conn_free(pf_conn *c) {
     stream_free(c->stream);
     event_free(c->timer);
     http1_head_free(&c->req);
-    metrics_gauge_add(c->l->connections_active, -1);
-    atomic_fetch_sub_explicit(&c->w->proxy->active_connections, 1, memory_order_relaxed);
+    worker_conn_closed(c->w, c->l);
     free(c);
 }
 
@@ -228,7 +229,7 @@ static void log_request(pf_conn *c) {
     if (!c->w->proxy->cfg->access_log)
         return;
     pf_access_entry e = {
-        .method = llhttp_method_name(c->method),
+        .method = c->method_known ? llhttp_method_name(c->method) : "-",
         .authority = c->authority,
         .authority_len = c->authority_len,
         .path = c->path ? c->path : http1_first(&c->req),
@@ -288,7 +289,8 @@ static void local_reply_with(pf_conn *c, int status, const char *body, bool keep
                       c->attempts);
     if (more_headers && n >= 0 && (size_t)n < sizeof extra)
         snprintf(extra + n, sizeof extra - (size_t)n, "%s", more_headers);
-    http1_write_local_response(output(c), status, body, c->keep_alive, extra);
+    if (http1_write_local_response(output(c), status, body, c->keep_alive, extra) == PF_OK)
+        c->bytes_out += strlen(body); /* body bytes, like a proxied response's */
     c->status = status;
     c->resp_started = c->resp_complete = true;
     if (status >= 400 && status < 500)
@@ -625,6 +627,13 @@ static int on_message_begin(llhttp_t *p) {
     return 0;
 }
 
+static int on_method_complete(llhttp_t *p) {
+    pf_conn *c = p->data;
+    c->method = (llhttp_method_t)llhttp_get_method(p);
+    c->method_known = true;
+    return 0;
+}
+
 static int on_url(llhttp_t *p, const char *at, size_t len) {
     pf_conn *c = p->data;
     if (c->req.first_len + len > c->l->cfg->max_target_bytes) {
@@ -740,6 +749,7 @@ static int on_message_complete(llhttp_t *p) {
 
 static const llhttp_settings_t request_callbacks = {
     .on_message_begin = on_message_begin,
+    .on_method_complete = on_method_complete,
     .on_url = on_url,
     .on_header_field = on_header_field,
     .on_header_value = on_header_value,
@@ -1133,12 +1143,12 @@ void conn_on_upstream_writable(pf_conn *c) {
 
 /* ---- lifecycle -------------------------------------------------------------------- */
 
-void conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struct sockaddr *sa,
-                 int salen) {
+int conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struct sockaddr *sa,
+                int salen) {
     pf_conn *c = calloc(1, sizeof *c);
     if (!c) {
         evutil_closesocket(fd);
-        return;
+        return PF_ENOMEM;
     }
     c->w = w;
     c->l = l;
@@ -1154,7 +1164,7 @@ void conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const stru
         if (c->timer)
             event_free(c->timer);
         free(c);
-        return;
+        return PF_ENOMEM;
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -1171,10 +1181,9 @@ void conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const stru
     if (w->conns)
         w->conns->prev = c;
     w->conns = c;
-    metrics_gauge_add(l->connections_active, 1);
     metrics_inc(l->connections_total, 1);
-    atomic_fetch_add_explicit(&w->proxy->active_connections, 1, memory_order_relaxed);
     timer_set(c, TIMER_HEADER, l->cfg->header_timeout_ms);
+    return PF_OK;
 }
 
 pf_conn *conn_next(const pf_conn *c) {

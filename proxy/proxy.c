@@ -1,23 +1,42 @@
 /* Proxy setup and workers: metrics registration, one event loop thread per worker, one
  * SO_REUSEPORT listening socket per listener and worker (the kernel spreads connections),
- * and the drain that SIGTERM starts. */
+ * the connection limits and descriptor exhaustion that pause accepting, and the drain that
+ * SIGTERM starts. */
 #include "core/log.h"
 #include "core/random.h"
+#include "core/time.h"
 #include "proxy/proxy_int.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <event2/thread.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <stddef.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #define LISTEN_BACKLOG 1024
 #define LOG_FLUSH_MS 200
+/* Accepts per wake-up of a listening socket, so one busy listener cannot hold its worker. */
+#define ACCEPT_BATCH 64u
+/* Out of descriptors, a listening socket waits this long before it tries again, doubling
+ * up to the maximum while accept keeps failing; a closed connection retries at once. */
+#define ACCEPT_BACKOFF_MIN_MS 10u
+#define ACCEPT_BACKOFF_MAX_MS 1000u
+/* At most one "not accepting" log line per this interval, over all listeners. */
+#define PAUSE_LOG_INTERVAL_MS 10000u
+
+static const char *const pause_reasons[PF_PAUSE_REASONS] = {
+    [PF_PAUSE_MAX_CONNECTIONS] = "max_connections",
+    [PF_PAUSE_LISTENER_MAX_CONNECTIONS] = "listener_max_connections",
+    [PF_PAUSE_DESCRIPTORS] = "descriptors",
+};
 
 static const char *const class_names[PF_CODE_CLASSES] = {"1xx", "2xx", "3xx",
                                                          "4xx", "5xx", "other"};
@@ -67,6 +86,16 @@ static void register_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
                                           "Client connections open now.", labels);
     l->errors_total = metrics_counter(m, "pilotfish_downstream_rejected_requests_total",
                                       "Requests pilotfish refused itself with a 4xx.", labels);
+    for (int i = 0; i < PF_PAUSE_REASONS; i++) {
+        char paused[200];
+        snprintf(paused, sizeof paused, "listener=\"%s\",reason=\"%s\"", l->cfg->name,
+                 pause_reasons[i]);
+        l->accept_pauses[i] = metrics_counter(
+            m, "pilotfish_downstream_accept_pauses_total",
+            "Times a worker stopped accepting on a listener (new connections wait in the "
+            "kernel's backlog), by reason.",
+            paused);
+    }
     l->duration =
         metrics_histogram(m, "pilotfish_request_duration_seconds",
                           "Time from the first request byte to the response end.", labels);
@@ -105,9 +134,11 @@ static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
         metrics_counter(m, "pilotfish_upstream_retry_budget_exhausted_total",
                         "Retries not made because the cluster's retry budget was spent.", labels);
     char breaker[200];
-    static const char *const limits[] = {"max_requests", "max_connections", "max_retries"};
-    pf_counter **slots[] = {&c->overflow_requests, &c->overflow_connections, &c->overflow_retries};
-    for (size_t i = 0; i < 3; i++) {
+    static const char *const limits[] = {"max_requests", "max_connections", "max_pending_requests",
+                                         "max_retries"};
+    pf_counter **slots[] = {&c->overflow_requests, &c->overflow_connections, &c->overflow_pending,
+                            &c->overflow_retries};
+    for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
         snprintf(breaker, sizeof breaker, "cluster=\"%s\",breaker=\"%s\"", c->cfg->name, limits[i]);
         *slots[i] = metrics_counter(m, "pilotfish_upstream_overflow_total",
                                     "Requests refused with 503 by a circuit breaker.", breaker);
@@ -164,10 +195,13 @@ static int worker_init(pf_proxy *proxy, pf_worker *w, unsigned id) {
     }
     /* Room for every cluster there may ever be; untouched entries cost no memory. */
     w->clusters = calloc(PF_MAX_CLUSTERS, sizeof *w->clusters);
-    w->listeners = calloc(proxy->listener_count, sizeof *w->listeners);
     w->accept_ctx = calloc(proxy->listener_count, sizeof *w->accept_ctx);
-    if (!w->base || !w->clusters || !w->listeners || !w->accept_ctx)
+    if (!w->base || !w->clusters || !w->accept_ctx)
         return PF_ENOMEM;
+    for (size_t i = 0; i < proxy->listener_count; i++) {
+        w->accept_ctx[i].fd = -1;
+        w->accept_ctx[i].state = PF_ACCEPT_CLOSED;
+    }
     for (size_t i = 0; i < proxy->cluster_count; i++)
         if (!worker_cluster(w, i))
             return PF_ENOMEM;
@@ -241,6 +275,23 @@ void proxy_cluster_retire(pf_proxy *proxy, size_t index) {
         proxy->clusters[index].retired = true;
 }
 
+/* The global limit: the configured one, or one derived from the open file limit that
+ * leaves descriptors for everything that is not a client connection. */
+static uint32_t effective_max_connections(const pf_config *cfg) {
+    struct rlimit lim;
+    uint64_t fds = 1u << 20;
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY)
+        fds = lim.rlim_cur;
+    uint32_t derived = config_default_max_connections(fds);
+    if (!cfg->max_connections)
+        return derived;
+    if (cfg->max_connections > derived)
+        log_warn("max_connections=%u is more than the open file limit (%llu) leaves for clients "
+                 "(%u); past that, accepting pauses whenever descriptors run out",
+                 cfg->max_connections, (unsigned long long)fds, derived);
+    return cfg->max_connections;
+}
+
 pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics, pf_error *err) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, use_pthreads);
@@ -252,6 +303,7 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
     proxy->cfg = cfg;
     proxy->metrics = metrics;
     proxy->worker_count = workers ? workers : 1;
+    proxy->max_connections = effective_max_connections(cfg);
     atomic_init(&proxy->cluster_count, cfg->cluster_count);
     proxy->static_cluster_count = cfg->cluster_count;
     pthread_mutex_init(&proxy->routes_lock, NULL);
@@ -277,6 +329,14 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
             l->fds[k] = -1;
         l->claim_fd = -1;
         register_listener_metrics(metrics, l);
+    }
+    if (cfg->access_log) {
+        proxy->access_log_dropped = metrics_counter(
+            metrics, "pilotfish_access_log_dropped_total",
+            "Access log lines dropped because stdout took nothing more (nobody reading it).", "");
+        if (!proxy->access_log_dropped)
+            goto nomem;
+        pf_log_sink_open(&proxy->access_sink, STDOUT_FILENO);
     }
     metrics_gauge_callback(metrics, "pilotfish_cluster_panic",
                            "1 while a cluster is below its panic threshold and balances over "
@@ -318,29 +378,203 @@ static int bind_listener(const pf_config_listener *cfg, bool probe, pf_error *er
     return fd;
 }
 
-static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *sa,
-                      int salen, void *arg) {
-    pf_accept_ctx *ctx = arg;
-    conn_accept(ctx->w, ctx->l, fd, sa, salen);
+/* ---- accepting ------------------------------------------------------------------------ */
+
+/* One more in `count` unless it is at `limit`. Compare-and-swap keeps a limit exact while
+ * every worker admits against the same count. */
+static bool take_below(_Atomic long *count, long limit) {
+    long n = atomic_load_explicit(count, memory_order_relaxed);
+    do {
+        if (n >= limit)
+            return false;
+    } while (!atomic_compare_exchange_weak_explicit(count, &n, n + 1, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    return true;
 }
 
-static void on_accept_error(struct evconnlistener *listener, void *arg) {
-    /* EMFILE and friends: say so, and keep the listener; the loop retries. */
-    log_warn("accept failed error=\"%s\"", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+/* Takes a client connection's place under the global and the listener's limits before the
+ * accept, so that a connection over a limit stays in the kernel's backlog. Returns -1 when
+ * admitted, else the pf_pause_reason of the limit that is full. */
+static int admit(pf_proxy *proxy, pf_listener_rt *l) {
+    if (!take_below(&proxy->active_connections, (long)proxy->max_connections))
+        return PF_PAUSE_MAX_CONNECTIONS;
+    long limit = l->cfg->max_connections ? (long)l->cfg->max_connections : LONG_MAX;
+    if (!take_below(&l->open_connections, limit)) {
+        atomic_fetch_sub_explicit(&proxy->active_connections, 1, memory_order_relaxed);
+        return PF_PAUSE_LISTENER_MAX_CONNECTIONS;
+    }
+    metrics_gauge_add(l->connections_active, 1);
+    return -1;
+}
+
+static void release(pf_proxy *proxy, pf_listener_rt *l) {
+    metrics_gauge_add(l->connections_active, -1);
+    atomic_fetch_sub_explicit(&l->open_connections, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&proxy->active_connections, 1, memory_order_relaxed);
+}
+
+static bool accept_paused(pf_accept_state s) {
+    return s == PF_ACCEPT_FULL || s == PF_ACCEPT_NOFILE;
+}
+
+/* The one place a listening socket changes state (see pf_accept_state). Worker thread, or
+ * the main thread once the workers are stopped. */
+static void accept_set_state(pf_accept_ctx *a, pf_accept_state next) {
+    pf_accept_state prev = a->state;
+    assert(prev != next && (prev != PF_ACCEPT_CLOSED || next == PF_ACCEPT_ON) &&
+           (!accept_paused(prev) || !accept_paused(next)));
+    if (prev == PF_ACCEPT_ON)
+        event_del(a->readable);
+    else if (prev == PF_ACCEPT_NOFILE)
+        evtimer_del(a->retry);
+    a->state = next;
+    if (next == PF_ACCEPT_ON) {
+        event_add(a->readable, NULL);
+    } else if (next == PF_ACCEPT_NOFILE) {
+        struct timeval wait = pf_timeval_ms(a->backoff_ms);
+        evtimer_add(a->retry, &wait);
+    } else if (next == PF_ACCEPT_CLOSED) {
+        close(a->fd);
+        a->fd = -1;
+    }
+    if (accept_paused(prev) != accept_paused(next))
+        atomic_fetch_add_explicit(&a->w->proxy->paused_acceptors, accept_paused(next) ? 1 : -1,
+                                  memory_order_relaxed);
+}
+
+/* At most one line per PAUSE_LOG_INTERVAL_MS over all workers and listeners; the ones left
+ * out are counted in the next line (and every pause in the metric). */
+static void log_pause(pf_proxy *proxy, const pf_listener_rt *l, pf_pause_reason why, int err) {
+    uint64_t now = pf_now_ms();
+    uint64_t last = atomic_load_explicit(&proxy->pause_log_ms, memory_order_relaxed);
+    if ((last && now - last < PAUSE_LOG_INTERVAL_MS) ||
+        !atomic_compare_exchange_strong(&proxy->pause_log_ms, &last, now)) {
+        atomic_fetch_add_explicit(&proxy->pauses_unlogged, 1, memory_order_relaxed);
+        return;
+    }
+    unsigned long long more = atomic_exchange(&proxy->pauses_unlogged, 0);
+    if (why == PF_PAUSE_DESCRIPTORS)
+        log_warn("listener %s: not accepting for now: %s; new connections wait in the kernel's "
+                 "backlog until descriptors free up (raise the open file limit or lower "
+                 "max_connections) pauses_not_logged=%llu",
+                 l->cfg->name, strerror(err), more);
+    else
+        log_warn("listener %s: not accepting for now: %s %u reached; new connections wait in the "
+                 "kernel's backlog until a connection closes pauses_not_logged=%llu",
+                 l->cfg->name,
+                 why == PF_PAUSE_MAX_CONNECTIONS ? "max_connections"
+                                                 : "the listener's max_connections",
+                 why == PF_PAUSE_MAX_CONNECTIONS ? proxy->max_connections : l->cfg->max_connections,
+                 more);
+}
+
+/* Stops accepting until a connection closes (and, out of descriptors, until the backoff
+ * timer fires); counted and logged once per episode, not on every retry. */
+static void accept_pause(pf_accept_ctx *a, pf_pause_reason why, int err) {
+    if (why == PF_PAUSE_DESCRIPTORS) {
+        a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : ACCEPT_BACKOFF_MIN_MS;
+        if (a->backoff_ms > ACCEPT_BACKOFF_MAX_MS)
+            a->backoff_ms = ACCEPT_BACKOFF_MAX_MS;
+    }
+    accept_set_state(a, why == PF_PAUSE_DESCRIPTORS ? PF_ACCEPT_NOFILE : PF_ACCEPT_FULL);
+    if (a->episode)
+        return;
+    a->episode = true;
+    metrics_inc(a->l->accept_pauses[why], 1);
+    log_pause(a->w->proxy, a->l, why, err);
+}
+
+static void on_acceptable(evutil_socket_t fd, short what, void *arg) {
+    pf_accept_ctx *a = arg;
+    pf_proxy *proxy = a->w->proxy;
+    for (unsigned i = 0; i < ACCEPT_BATCH; i++) {
+        /* Readable means a client waits for the first accept only: for the others a full
+         * limit returns, and the socket, readable again if one waits, pauses then. */
+        int full = admit(proxy, a->l);
+        if (full >= 0) {
+            if (i == 0)
+                accept_pause(a, (pf_pause_reason)full, 0);
+            return;
+        }
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int client = accept4(fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (client < 0) {
+            int e = errno;
+            release(proxy, a->l);
+            /* The listener stays readable while the connection waits: accepting again at
+             * once would spin, so it pauses. */
+            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
+                accept_pause(a, PF_PAUSE_DESCRIPTORS, e);
+            else if (e == ECONNABORTED || e == EINTR)
+                continue;
+            else if (e != EAGAIN && e != EWOULDBLOCK)
+                log_debug("listener %s: accept: %s", a->l->cfg->name, strerror(e));
+            return;
+        }
+        a->backoff_ms = 0;
+        a->episode = false;
+        if (conn_accept(a->w, a->l, client, (struct sockaddr *)&ss, (int)len) != PF_OK)
+            release(proxy, a->l);
+    }
+}
+
+static void resume_paused(pf_worker *w) {
+    for (size_t i = 0; i < w->proxy->listener_count; i++)
+        if (accept_paused(w->accept_ctx[i].state))
+            accept_set_state(&w->accept_ctx[i], PF_ACCEPT_ON);
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg) {
+    resume_paused(arg);
+}
+
+static void on_accept_retry(evutil_socket_t fd, short what, void *arg) {
+    pf_accept_ctx *a = arg;
+    if (a->state == PF_ACCEPT_NOFILE)
+        accept_set_state(a, PF_ACCEPT_ON);
+}
+
+void worker_conn_closed(pf_worker *w, pf_listener_rt *l) {
+    pf_proxy *proxy = w->proxy;
+    release(proxy, l);
+    /* A place (and a descriptor) is free: every paused socket may take it, on any worker.
+     * Costs one relaxed load per close while nothing is paused. */
+    if (atomic_load_explicit(&proxy->paused_acceptors, memory_order_relaxed) == 0)
+        return;
+    for (unsigned k = 0; k < proxy->worker_count; k++) {
+        if (&proxy->workers[k] == w)
+            resume_paused(w);
+        else
+            event_active(proxy->workers[k].resume_event, 0, 0);
+    }
+}
+
+static void close_acceptors(pf_worker *w) {
+    for (size_t i = 0; w->accept_ctx && i < w->proxy->listener_count; i++) {
+        pf_accept_ctx *a = &w->accept_ctx[i];
+        if (a->state != PF_ACCEPT_CLOSED)
+            accept_set_state(a, PF_ACCEPT_CLOSED);
+        if (a->readable)
+            event_free(a->readable);
+        if (a->retry)
+            event_free(a->retry);
+        a->readable = a->retry = NULL;
+    }
 }
 
 static void on_drain(evutil_socket_t fd, short what, void *arg) {
     pf_worker *w = arg;
-    for (size_t i = 0; i < w->proxy->listener_count; i++) {
-        if (w->listeners[i]) {
-            evconnlistener_free(w->listeners[i]);
-            w->listeners[i] = NULL;
-        }
-    }
+    close_acceptors(w);
     for (pf_conn *c = w->conns, *next; c; c = next) {
         next = conn_next(c);
         conn_drain(c);
     }
+}
+
+static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
+    pf_worker *w = arg;
+    atomic_store_explicit(&w->heartbeat_ms, pf_now_ms(), memory_order_relaxed);
 }
 
 static void on_log_flush(evutil_socket_t fd, short what, void *arg) {
@@ -351,6 +585,9 @@ static void on_log_flush(evutil_socket_t fd, short what, void *arg) {
 
 static void *worker_main(void *arg) {
     pf_worker *w = arg;
+    char name[16]; /* "pf-worker-N" in top -H, gdb and /proc/PID/task/TID/comm */
+    snprintf(name, sizeof name, "pf-worker-%u", w->id);
+    pthread_setname_np(pthread_self(), name);
     event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
     return NULL;
 }
@@ -414,22 +651,28 @@ int proxy_start(pf_proxy *proxy, pf_error *err) {
     for (unsigned k = 0; k < proxy->worker_count; k++) {
         pf_worker *w = &proxy->workers[k];
         for (size_t i = 0; i < proxy->listener_count; i++) {
-            pf_accept_ctx *ctx = &w->accept_ctx[i];
-            ctx->w = w;
-            ctx->l = &proxy->listeners[i];
-            w->listeners[i] = evconnlistener_new(w->base, on_accept, ctx, LEV_OPT_CLOSE_ON_FREE, 0,
-                                                 proxy->listeners[i].fds[k]);
-            if (!w->listeners[i]) {
-                return pf_fail(err, PF_EIO, "listener %s: cannot watch the socket",
+            pf_accept_ctx *a = &w->accept_ctx[i];
+            a->w = w;
+            a->l = &proxy->listeners[i];
+            a->readable = event_new(w->base, proxy->listeners[i].fds[k], EV_READ | EV_PERSIST,
+                                    on_acceptable, a);
+            a->retry = evtimer_new(w->base, on_accept_retry, a);
+            if (!a->readable || !a->retry)
+                return pf_fail(err, PF_ENOMEM, "listener %s: cannot watch the socket",
                                proxy->listeners[i].cfg->name);
-            }
-            proxy->listeners[i].fds[k] = -1; /* owned by the evconnlistener now */
-            evconnlistener_set_error_cb(w->listeners[i], on_accept_error);
+            a->fd = proxy->listeners[i].fds[k];
+            proxy->listeners[i].fds[k] = -1; /* the worker's now */
+            accept_set_state(a, PF_ACCEPT_ON);
         }
         w->drain_event = event_new(w->base, -1, 0, on_drain, w);
+        w->resume_event = event_new(w->base, -1, 0, on_resume, w);
         w->log_flush_timer = event_new(w->base, -1, EV_PERSIST, on_log_flush, w);
-        if (!w->drain_event || !w->log_flush_timer)
+        w->heartbeat_timer = event_new(w->base, -1, EV_PERSIST, on_heartbeat, w);
+        if (!w->drain_event || !w->resume_event || !w->log_flush_timer || !w->heartbeat_timer)
             return pf_fail(err, PF_ENOMEM, "out of memory");
+        struct timeval beat = pf_timeval_ms(PF_HEARTBEAT_MS);
+        event_add(w->heartbeat_timer, &beat);
+        atomic_store(&w->heartbeat_ms, pf_now_ms());
         struct timeval flush = {0, LOG_FLUSH_MS * 1000};
         if (w->log_buf)
             event_add(w->log_flush_timer, &flush);
@@ -463,6 +706,33 @@ void proxy_drain(pf_proxy *proxy) {
             event_active(proxy->workers[k].drain_event, 0, 0);
 }
 
+unsigned proxy_worker_count(const pf_proxy *proxy) {
+    return proxy->worker_count;
+}
+
+uint64_t proxy_worker_heartbeat_ms(const pf_proxy *proxy, unsigned k) {
+    return atomic_load_explicit(&proxy->workers[k].heartbeat_ms, memory_order_relaxed);
+}
+
+long proxy_stalled_worker(const uint64_t *beats, size_t n, uint64_t now_ms, uint64_t limit_ms) {
+    long worst = -1;
+    uint64_t worst_silence = limit_ms;
+    for (size_t k = 0; k < n; k++) {
+        /* 0: not started. A beat after `now` was read is a beat, not a silence. */
+        if (!beats[k] || beats[k] >= now_ms)
+            continue;
+        if (now_ms - beats[k] > worst_silence) {
+            worst_silence = now_ms - beats[k];
+            worst = (long)k;
+        }
+    }
+    return worst;
+}
+
+uint32_t proxy_max_connections(const pf_proxy *proxy) {
+    return proxy->max_connections;
+}
+
 long proxy_active_connections(const pf_proxy *proxy) {
     return atomic_load(&proxy->active_connections);
 }
@@ -480,21 +750,22 @@ bool proxy_ready(const pf_proxy *proxy) {
     return true;
 }
 
-static void worker_free(pf_worker *w, size_t listener_count) {
+static void worker_stop(pf_worker *w) {
     if (w->thread_started) {
         event_base_loopbreak(w->base);
         pthread_join(w->thread, NULL);
+        w->thread_started = false;
     }
+}
+
+/* After every worker stopped and closed its listening sockets: a connection freed here
+ * finds nothing paused, so it wakes no other worker. */
+static void worker_free(pf_worker *w) {
     while (w->conns)
         conn_free(w->conns);
     if (w->log_buf && w->log_len)
         access_log_flush(w);
     free(w->log_buf);
-    for (size_t i = 0; w->listeners && i < listener_count; i++) {
-        if (w->listeners[i])
-            evconnlistener_free(w->listeners[i]);
-    }
-    free(w->listeners);
     free(w->accept_ctx);
     for (size_t i = 0; w->clusters && i < w->proxy->cluster_count; i++) {
         if (!w->clusters[i].rt)
@@ -508,8 +779,12 @@ static void worker_free(pf_worker *w, size_t listener_count) {
     proxy_service_routes_free(w->routes);
     if (w->drain_event)
         event_free(w->drain_event);
+    if (w->resume_event)
+        event_free(w->resume_event);
     if (w->log_flush_timer)
         event_free(w->log_flush_timer);
+    if (w->heartbeat_timer)
+        event_free(w->heartbeat_timer);
     if (w->base)
         event_base_free(w->base);
 }
@@ -519,7 +794,13 @@ void proxy_free(pf_proxy *proxy) {
         return;
     for (unsigned k = 0; proxy->workers && k < proxy->worker_count; k++)
         if (proxy->workers[k].proxy)
-            worker_free(&proxy->workers[k], proxy->listener_count);
+            worker_stop(&proxy->workers[k]);
+    for (unsigned k = 0; proxy->workers && k < proxy->worker_count; k++)
+        if (proxy->workers[k].proxy)
+            close_acceptors(&proxy->workers[k]);
+    for (unsigned k = 0; proxy->workers && k < proxy->worker_count; k++)
+        if (proxy->workers[k].proxy)
+            worker_free(&proxy->workers[k]);
     free(proxy->workers);
     for (size_t i = 0; proxy->listeners && i < proxy->listener_count; i++) {
         pf_listener_rt *l = &proxy->listeners[i];
@@ -532,6 +813,7 @@ void proxy_free(pf_proxy *proxy) {
         router_free(l->router);
     }
     free(proxy->listeners);
+    pf_log_sink_close(&proxy->access_sink);
     for (size_t i = 0; proxy->clusters && i < proxy->cluster_count; i++) {
         if (proxy->clusters[i].cfg)
             assign_cache_destroy(&proxy->clusters[i].assign);

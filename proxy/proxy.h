@@ -31,6 +31,23 @@ int proxy_start(pf_proxy *proxy, pf_error *err);
  * with Connection: close). Returns immediately. Any thread. */
 void proxy_drain(pf_proxy *proxy);
 
+/* The global limit on client connections: $.max_connections, or derived from the open file
+ * limit when the file sets none. Any thread. */
+uint32_t proxy_max_connections(const pf_proxy *proxy);
+
+/* Worker heartbeats: each worker's event loop stamps the time every PF_HEARTBEAT_MS, so a
+ * worker stuck in one callback (a blocking call, a loop that does not end) falls silent. */
+#define PF_HEARTBEAT_MS 500u
+/* Silent longer than this, a worker is stalled: /healthz fails and Kubernetes restarts us. */
+#define PF_WORKER_STALL_MS 5000u
+
+unsigned proxy_worker_count(const pf_proxy *proxy);
+/* pf_now_ms() of worker k's last heartbeat; 0 before proxy_start. Any thread. */
+uint64_t proxy_worker_heartbeat_ms(const pf_proxy *proxy, unsigned k);
+/* Of n workers whose last heartbeats are beats[] (0: not started), the one silent longest at
+ * now_ms if that is more than limit_ms, else -1. Pure. */
+long proxy_stalled_worker(const uint64_t *beats, size_t n, uint64_t now_ms, uint64_t limit_ms);
+
 /* Downstream connections still open across all workers. Any thread. */
 long proxy_active_connections(const pf_proxy *proxy);
 

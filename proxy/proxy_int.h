@@ -8,6 +8,7 @@
 #include "proxy/http1.h"
 #include "proxy/proxy.h"
 #include "proxy/router.h"
+#include "core/log.h"
 
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -38,8 +39,9 @@ typedef struct pf_cluster_rt {
     pf_counter *pool_reuses;
     pf_counter *retries;
     pf_counter *retry_budget_exhausted;
-    pf_counter *overflow_requests;    /* circuit breakers tripped, by limit */
-    pf_counter *overflow_connections; /* (max_connections and max_pending_requests) */
+    pf_counter *overflow_requests; /* circuit breakers tripped, by limit */
+    pf_counter *overflow_connections;
+    pf_counter *overflow_pending;
     pf_counter *overflow_retries;
     pf_gauge *connections_active; /* also the max_connections breaker's count */
     /* In flight across all workers, for the breakers and the retry budget. */
@@ -54,6 +56,14 @@ typedef struct pf_cluster_rt {
     bool retired;
 } pf_cluster_rt;
 
+/* Why a worker's listening socket stopped accepting for a while. */
+typedef enum {
+    PF_PAUSE_MAX_CONNECTIONS,          /* the global max_connections */
+    PF_PAUSE_LISTENER_MAX_CONNECTIONS, /* the listener's own max_connections */
+    PF_PAUSE_DESCRIPTORS,              /* accept: EMFILE, ENFILE, ENOBUFS or ENOMEM */
+    PF_PAUSE_REASONS
+} pf_pause_reason;
+
 typedef struct pf_listener_rt {
     const pf_config_listener *cfg;
     pf_router *router;
@@ -62,7 +72,9 @@ typedef struct pf_listener_rt {
     pf_counter *requests[PF_CODE_CLASSES];
     pf_counter *connections_total;
     pf_counter *errors_total; /* bad requests answered 4xx by pilotfish itself */
+    pf_counter *accept_pauses[PF_PAUSE_REASONS];
     pf_gauge *connections_active;
+    _Atomic long open_connections; /* the listener's max_connections count */
     pf_histogram *duration;
 } pf_listener_rt;
 
@@ -83,9 +95,26 @@ typedef struct pf_worker_cluster {
     pf_pool_bucket *buckets[PF_POOL_BUCKETS];
 } pf_worker_cluster;
 
+/* A worker's listening socket for one listener. Its life is one state:
+ *   ON -> FULL      a connection limit is reached; back ON when a connection closes
+ *   ON -> NOFILE    out of descriptors; back ON from a backoff timer or a closed connection
+ *   any -> CLOSED   drain or stop; the socket is closed, never to be armed again */
+typedef enum {
+    PF_ACCEPT_ON,
+    PF_ACCEPT_FULL,
+    PF_ACCEPT_NOFILE,
+    PF_ACCEPT_CLOSED,
+} pf_accept_state;
+
 typedef struct pf_accept_ctx {
     pf_worker *w;
     pf_listener_rt *l;
+    int fd;
+    struct event *readable;
+    struct event *retry; /* NOFILE's backoff timer */
+    pf_accept_state state;
+    uint32_t backoff_ms; /* the next NOFILE wait; 0: no pause since the last accept */
+    bool episode;        /* paused since the last accept: the pause is counted already */
 } pf_accept_ctx;
 
 struct pf_worker {
@@ -94,8 +123,8 @@ struct pf_worker {
     pthread_t thread;
     bool thread_started;
     struct event_base *base;
-    struct evconnlistener **listeners; /* one per listener config */
-    pf_accept_ctx *accept_ctx;         /* one per listener config */
+    pf_accept_ctx *accept_ctx;  /* one per listener config */
+    struct event *resume_event; /* a connection closed somewhere: paused listeners retry */
     struct event *drain_event;
     struct event *log_flush_timer;
     pf_worker_cluster *clusters; /* PF_MAX_CLUSTERS slots, filled in on first use */
@@ -105,6 +134,10 @@ struct pf_worker {
     uint64_t rng[2];
     char *log_buf;
     size_t log_len;
+    bool log_blocked; /* stdout was full at the last flush: wait for the timer */
+    /* pf_now_ms() at the last tick of the heartbeat timer; read by the admin thread. */
+    _Atomic uint64_t heartbeat_ms;
+    struct event *heartbeat_timer;
 };
 
 struct pf_proxy {
@@ -122,7 +155,13 @@ struct pf_proxy {
     unsigned worker_count;
     _Atomic bool started;
     _Atomic bool draining;
-    _Atomic long active_connections;
+    _Atomic long active_connections; /* also the global max_connections count */
+    uint32_t max_connections;        /* the global limit: configured or derived */
+    _Atomic long paused_acceptors;   /* worker listening sockets FULL or NOFILE now */
+    _Atomic uint64_t pause_log_ms;   /* when the last pause was logged */
+    _Atomic uint64_t pauses_unlogged;
+    pf_log_sink access_sink; /* stdout, never blocking */
+    pf_counter *access_log_dropped;
 };
 
 /* Why an attempt failed; decides whether a retry may follow. */
@@ -138,9 +177,10 @@ typedef enum {
 /* conn_on_response_head's answer when the response should be dropped for a retry. */
 #define PF_RESPONSE_RETRY 1
 
-/* proxy/conn.c: a downstream connection. */
-void conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struct sockaddr *sa,
-                 int salen);
+/* proxy/conn.c: a downstream connection. conn_accept takes `fd` (closed on failure) and
+ * returns 0, or PF_ENOMEM. */
+int conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struct sockaddr *sa,
+                int salen);
 /* Drain: closes the connection now if idle, else after the response in flight. */
 void conn_drain(pf_conn *c);
 void conn_free(pf_conn *c);
@@ -203,6 +243,9 @@ static inline int code_class(int status) {
 }
 
 uint64_t worker_random(pf_worker *w);
+/* A downstream connection of listener `l` closed on worker `w`: its place under the
+ * connection limits is free again and paused listening sockets may accept. Worker thread. */
+void worker_conn_closed(pf_worker *w, pf_listener_rt *l);
 /* The worker's state for cluster `index` (< cluster count), created on first use. NULL when
  * out of memory. */
 pf_worker_cluster *worker_cluster(pf_worker *w, size_t index);

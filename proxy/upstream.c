@@ -346,7 +346,7 @@ static bool may_connect(pf_worker_cluster *wc) {
     }
     if (atomic_load_explicit(&wc->rt->pending_requests, memory_order_relaxed) >=
         (long)limits->max_pending_requests) {
-        metrics_inc(wc->rt->overflow_connections, 1);
+        metrics_inc(wc->rt->overflow_pending, 1);
         return false;
     }
     return true;

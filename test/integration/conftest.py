@@ -33,11 +33,12 @@ def start_backend(tmp_path):
 
 @pytest.fixture
 def start_pilotfish(tmp_path):
-    """start_pilotfish(config, workers=None, extra_args=(), wait_ready=True) -> a running Pilotfish."""
+    """start_pilotfish(config, workers=None, extra_args=(), wait_ready=True, **kw) -> a running
+    Pilotfish; kw: fd_limit, stdout_pipe, stderr_pipe (see harness.Pilotfish)."""
     started = []
 
-    def start(config, workers=None, extra_args=(), wait_ready=True):
-        pf = Pilotfish(config, str(tmp_path), workers, extra_args, tag=f"pf{len(started)}")
+    def start(config, workers=None, extra_args=(), wait_ready=True, **kw):
+        pf = Pilotfish(config, str(tmp_path), workers, extra_args, tag=f"pf{len(started)}", **kw)
         started.append(pf)
         return pf.start(wait_ready=wait_ready)
 

@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -468,7 +469,14 @@ class Backend:
 class Pilotfish:
     """A running pilotfish with a config written to the test's tmp dir."""
 
-    def __init__(self, config, workdir, workers=None, extra_args=(), tag="pf"):
+    def __init__(self, config, workdir, workers=None, extra_args=(), tag="pf", fd_limit=None,
+                 stdout_pipe=False, stderr_pipe=False):
+        """fd_limit: the open file limit (soft and hard) pilotfish starts with; stdout_pipe,
+        stderr_pipe: that stream is a pipe this object holds and never reads (.access_log()
+        or .stderr_text() is then empty)."""
+        self.fd_limit = fd_limit
+        self.stdout_pipe = stdout_pipe
+        self.stderr_pipe = stderr_pipe
         self.config = config
         self.workdir = workdir
         self.workers = workers
@@ -489,13 +497,33 @@ class Pilotfish:
         if self.workers is not None:
             args += ["--workers", str(self.workers)]
         args += self.extra_args
+        limit = self.fd_limit
+
+        def set_fd_limit():
+            # Hard limit too: pilotfish raises its soft limit to the hard one at start.
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
-                args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=pilotfish_env()
+                args,
+                stdout=subprocess.PIPE if self.stdout_pipe else out,
+                stderr=subprocess.PIPE if self.stderr_pipe else err,
+                stdin=subprocess.DEVNULL,
+                env=pilotfish_env(),
+                preexec_fn=set_fd_limit if limit else None,
             )
         if wait_ready:
             self.wait_ready()
         return self
+
+    def cpu_seconds(self):
+        """User plus system CPU time pilotfish has used so far, from /proc/PID/stat."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def open_fds(self):
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     @property
     def pid(self):
@@ -593,6 +621,9 @@ class Pilotfish:
         crashed = self.proc.poll() is not None and not self.expect_exit
         self.expect_exit = True
         status = _stop_process(self.proc, grace)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe:
+                pipe.close()
         self._crashed = crashed
         return status
 

@@ -10,7 +10,16 @@ import time
 
 import pytest
 
-from harness import LOCALHOST, closed_port, cluster, listener, make_config, metric_sum, route
+from harness import (
+    LOCALHOST,
+    closed_port,
+    cluster,
+    listener,
+    make_config,
+    metric_sum,
+    route,
+    wait_for,
+)
 
 
 class ScriptedServer:
@@ -282,3 +291,41 @@ def test_failed_attempts_leave_no_request_counted_in_flight(start_backend, start
         assert get(pf.port(), "/").status in (200, 503)
     eps = pf.admin_json("/clusters")["clusters"][0]["endpoints"]
     assert [e["active_requests"] for e in eps] == [0, 0, 0], eps
+
+
+def test_max_pending_requests_overflow_is_counted_under_its_own_breaker(start_pilotfish):
+    # An endpoint whose accept queue is full: the kernel drops further SYNs, so pilotfish's
+    # connection to it stays pending (connecting) until connect_timeout.
+    hung = socket.socket()
+    hung.bind((LOCALHOST, 0))
+    hung.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(hung.getsockname())
+            fillers.append(s)
+        addr = f"{LOCALHOST}:{hung.getsockname()[1]}"
+        breakers = {"max_pending_requests": 1}
+        pf = start_pilotfish(
+            one_cluster_config([addr], circuit_breakers=breakers, connect_timeout="5s"), workers=1
+        )
+        waiting = socket.create_connection((LOCALHOST, pf.port()), timeout=10)
+        waiting.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_for(
+            lambda: metric_sum(pf.metrics(), "pilotfish_upstream_connections_active") == 1,
+            10,
+            "the first request to wait for its connection",
+        )
+        resp = get(pf.port(), "/")
+        assert (resp.status, resp.getheader("x-pilotfish-overloaded")) == (503, "true")
+        m = pf.metrics()
+        overflow = "pilotfish_upstream_overflow_total"
+        assert metric_sum(m, overflow, cluster="c", breaker="max_pending_requests") == 1
+        assert metric_sum(m, overflow, cluster="c", breaker="max_connections") == 0
+        waiting.close()
+    finally:
+        for s in fillers:
+            s.close()
+        hung.close()

@@ -294,6 +294,12 @@ static const struct {
     {CFG("'workers':65,", LMAIN(""), CWEB("")), "x.json: $.workers: 65 out of range (1-64)"},
     {CFG("'workers':1.5,", LMAIN(""), CWEB("")),
      "x.json: $.workers: expected integer, found number"},
+    {CFG("'max_connections':0,", LMAIN(""), CWEB("")),
+     "x.json: $.max_connections: 0 out of range (1-10000000)"},
+    {CFG("'max_connections':'many',", LMAIN(""), CWEB("")),
+     "x.json: $.max_connections: expected integer, found string"},
+    {CFG("", LMAIN(",'max_connections':10000001"), CWEB("")),
+     "x.json: $.listeners[0].max_connections: 10000001 out of range (1-10000000)"},
     {CFG("'access_log':'yes',", LMAIN(""), CWEB("")),
      "x.json: $.access_log: expected boolean, found string"},
     {CFG("'drain_timeout':'forever',", LMAIN(""), CWEB("")),
@@ -1013,8 +1019,9 @@ static void test_dump_round_trips(void) {
     check_round_trip(example_json);
     check_round_trip(
         sq("{'admin':{'address':'[::1]:9000'},'access_log':false,'workers':64,"
-           "'drain_timeout':'0ms',"
+           "'drain_timeout':'0ms','max_connections':5000,"
            "'listeners':[{'name':'a','address':'[::]:8080','max_header_bytes':1048576,"
+           "'max_connections':100,"
            "'max_target_bytes':65536,'max_headers':8,'buffer_bytes':16777216,"
            "'header_timeout':'1us','idle_timeout':'2h','body_timeout':'5m',"
            "'routes':[{'match':{'host':'*.Example.COM:8443','path':'/healthz'},'cluster':'b'},"
@@ -1393,6 +1400,32 @@ static void test_small_helpers(void) {
     CU_ASSERT_STRING_EQUAL(config_lb_policy_name((pf_lb_policy)99), "unknown");
 }
 
+static void test_max_connections_taken_and_derived(void) {
+    pf_config *cfg = load_ok(sq("{'max_connections':5000,'listeners':[{'name':'m',"
+                                "'address':'127.0.0.1:1','max_connections':70,"
+                                "'routes':[{'match':{},'cluster':'c'}]},"
+                                "{'name':'n','address':'127.0.0.1:2','routes':[{'match':{},"
+                                "'cluster':'c'}]}],'clusters':[{'name':'c','endpoints':[]}]}"));
+    if (!cfg)
+        return;
+    CU_ASSERT_EQUAL(cfg->max_connections, 5000);
+    CU_ASSERT_EQUAL(cfg->listeners[0].max_connections, 70);
+    CU_ASSERT_EQUAL(cfg->listeners[1].max_connections, 0); /* only the global limit */
+    config_free(cfg);
+    /* Half of what the reserve (64, or a tenth of the limit when larger) leaves. */
+    static const struct {
+        uint64_t fds;
+        uint32_t expect;
+    } rows[] = {
+        {0, 1},      {64, 1},       {66, 1},           {256, 96},
+        {1024, 461}, {20000, 9000}, {1048576, 471859}, {UINT64_MAX / 2, PF_MAX_CONNECTIONS_LIMIT},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++)
+        PF_CHECK(config_default_max_connections(rows[i].fds) == rows[i].expect,
+                 "fds=%llu: %u, expected %u", (unsigned long long)rows[i].fds,
+                 config_default_max_connections(rows[i].fds), rows[i].expect);
+}
+
 PF_UNIT_MAIN("config", PF_UNIT_TEST(test_example_loads_with_every_field_and_default),
              PF_UNIT_TEST(test_every_option_set_is_taken),
              PF_UNIT_TEST(test_empty_static_cluster_is_allowed),
@@ -1409,4 +1442,4 @@ PF_UNIT_MAIN("config", PF_UNIT_TEST(test_example_loads_with_every_field_and_defa
              PF_UNIT_TEST(test_load_balancing_options_are_taken_and_dumped),
              PF_UNIT_TEST(test_dns_clusters_are_taken_and_dumped),
              PF_UNIT_TEST(test_kubernetes_config_is_taken_and_dumped),
-             PF_UNIT_TEST(test_small_helpers))
+             PF_UNIT_TEST(test_small_helpers), PF_UNIT_TEST(test_max_connections_taken_and_derived))

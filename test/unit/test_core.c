@@ -4,14 +4,19 @@
  * error lists. */
 #include "core/error.h"
 #include "core/json.h"
+#include "core/log.h"
 #include "core/metrics.h"
 #include "core/time.h"
 #include "test/unit/unit.h"
 
+#include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -448,6 +453,53 @@ static void test_fail_formats_and_returns_the_code(void) {
                  pf_strerror(rows[i].code));
 }
 
+/* A pipe nobody reads: the sink fills it and then says "full" instead of blocking, takes
+ * PIPE_BUF-sized writes whole or not at all, and leaves the original descriptor (shared
+ * with whoever else holds it) blocking. */
+static void test_log_sink_on_a_full_pipe_reports_full_without_blocking(void) {
+    int p[2];
+    if (!PF_CHECK(pipe(p) == 0, "pipe failed"))
+        return;
+    pf_log_sink sink;
+    CU_ASSERT_EQUAL(pf_log_sink_open(&sink, p[1]), PF_OK);
+    CU_ASSERT_TRUE(sink.owned);
+    CU_ASSERT_EQUAL(sink.atomic_max, PIPE_BUF);
+    CU_ASSERT_EQUAL(fcntl(p[1], F_GETFL) & O_NONBLOCK, 0);
+    char chunk[PIPE_BUF];
+    memset(chunk, 'x', sizeof chunk);
+    size_t written = 0;
+    ssize_t n = 0;
+    for (int i = 0; i < 10000 && (n = pf_log_sink_write(&sink, chunk, sizeof chunk)) > 0; i++) {
+        CU_ASSERT_EQUAL(n, (ssize_t)sizeof chunk); /* whole or nothing */
+        written += (size_t)n;
+    }
+    CU_ASSERT_EQUAL(n, 0);
+    CU_ASSERT_TRUE(written >= 4096 && written <= 16u * 1024u * 1024u);
+    char drain[PIPE_BUF];
+    CU_ASSERT_EQUAL(read(p[0], drain, sizeof drain), (ssize_t)sizeof drain);
+    CU_ASSERT_EQUAL(pf_log_sink_write(&sink, chunk, 10), 10); /* room again */
+    close(p[0]);
+    signal(SIGPIPE, SIG_IGN);                                 /* as pilotfish's main() does */
+    CU_ASSERT_EQUAL(pf_log_sink_write(&sink, chunk, 10), -1); /* no reader: broken */
+    pf_log_sink_close(&sink);
+    close(p[1]);
+}
+
+static void test_log_sink_on_a_file_writes_as_is(void) {
+    FILE *f = tmpfile();
+    if (!f)
+        return;
+    pf_log_sink sink;
+    CU_ASSERT_EQUAL(pf_log_sink_open(&sink, fileno(f)), PF_OK);
+    CU_ASSERT_FALSE(sink.owned);
+    CU_ASSERT_EQUAL(sink.atomic_max, 0);
+    CU_ASSERT_EQUAL(pf_log_sink_write(&sink, "line\n", 5), 5);
+    pf_log_sink_close(&sink);
+    CU_ASSERT_EQUAL(lseek(fileno(f), 0, SEEK_CUR), 5);
+    fclose(f);
+    CU_ASSERT_EQUAL(pf_log_sink_open(&sink, 1000), PF_EIO); /* not open */
+}
+
 PF_UNIT_MAIN("core", PF_UNIT_TEST(test_duration_format_then_parse_round_trips),
              PF_UNIT_TEST(test_duration_format_picks_the_largest_exact_unit),
              PF_UNIT_TEST(test_duration_with_decimal_fraction_parses_to_exact_milliseconds),
@@ -467,4 +519,6 @@ PF_UNIT_MAIN("core", PF_UNIT_TEST(test_duration_format_then_parse_round_trips),
              PF_UNIT_TEST(test_json_escape_truncation_does_not_split_a_utf8_character),
              PF_UNIT_TEST(test_errlist_collects_formatted_messages_in_order),
              PF_UNIT_TEST(test_errlist_truncates_long_messages),
-             PF_UNIT_TEST(test_fail_formats_and_returns_the_code))
+             PF_UNIT_TEST(test_fail_formats_and_returns_the_code),
+             PF_UNIT_TEST(test_log_sink_on_a_full_pipe_reports_full_without_blocking),
+             PF_UNIT_TEST(test_log_sink_on_a_file_writes_as_is))
