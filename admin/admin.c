@@ -1,5 +1,5 @@
 /* Admin endpoints, served with libevent's evhttp (requests here are few and small). */
-#include "admin/admin.h"
+#include "admin/admin_int.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -11,17 +11,6 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-
-struct pf_admin {
-    struct evhttp *http;
-    const pf_config *cfg;
-    pf_proxy *proxy;
-    pf_metrics *metrics;
-    pf_health *const *health; /* per cluster, may be NULL: see admin_set_health */
-    size_t health_count;
-    const pf_dns *dns; /* may be NULL: see admin_set_dns */
-    const pf_k8s *k8s; /* may be NULL: see admin_set_kubernetes */
-};
 
 static void reply(struct evhttp_request *req, int code, const char *reason,
                   const char *content_type, const char *body, size_t len) {
@@ -262,9 +251,30 @@ static void handle_config(struct evhttp_request *req, void *arg) {
     free(text);
 }
 
+/* GET / (and /?anything): the HTML status page. Any other path falls to handle_other. */
+static void handle_status(struct evhttp_request *req, void *arg) {
+    pf_admin *admin = arg;
+    if (!only_get(req))
+        return;
+    struct evbuffer *out = evbuffer_new();
+    if (!out || admin_status_render(admin, out) != PF_OK) {
+        evbuffer_free(out);
+        reply_text(req, 500, "Internal Server Error", "out of memory\n");
+        return;
+    }
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", "text/html; charset=utf-8");
+    evhttp_add_header(h, "Cache-Control", "no-store");
+    evhttp_add_header(h, "Content-Security-Policy", admin_status_csp());
+    evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
+    evhttp_add_header(h, "Referrer-Policy", "no-referrer");
+    evhttp_send_reply(req, 200, "OK", out);
+    evbuffer_free(out);
+}
+
 static void handle_other(struct evhttp_request *req, void *arg) {
     reply_text(req, 404, "Not Found",
-               "unknown admin path; try /ready /healthz /stats/prometheus /clusters /config\n");
+               "unknown admin path; try / /ready /healthz /stats/prometheus /clusters /config\n");
 }
 
 pf_admin *admin_new(struct event_base *base, const pf_config *cfg, pf_proxy *proxy,
@@ -277,6 +287,7 @@ pf_admin *admin_new(struct event_base *base, const pf_config *cfg, pf_proxy *pro
     admin->cfg = cfg;
     admin->proxy = proxy;
     admin->metrics = metrics;
+    admin->version = "";
     admin->http = evhttp_new(base);
     if (!admin->http) {
         pf_fail(err, PF_ENOMEM, "out of memory");
@@ -293,6 +304,7 @@ pf_admin *admin_new(struct event_base *base, const pf_config *cfg, pf_proxy *pro
     evhttp_set_cb(admin->http, "/stats/prometheus", handle_prometheus, admin);
     evhttp_set_cb(admin->http, "/clusters", handle_clusters, admin);
     evhttp_set_cb(admin->http, "/config", handle_config, admin);
+    evhttp_set_cb(admin->http, "/", handle_status, admin);
     evhttp_set_gencb(admin->http, handle_other, admin);
     const pf_sockaddr *addr = &cfg->admin_addr;
     evutil_socket_t fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -321,6 +333,10 @@ void admin_set_dns(pf_admin *admin, const pf_dns *dns) {
 
 void admin_set_kubernetes(pf_admin *admin, const pf_k8s *k8s) {
     admin->k8s = k8s;
+}
+
+void admin_set_version(pf_admin *admin, const char *version) {
+    admin->version = version;
 }
 
 void admin_free(pf_admin *admin) {

@@ -319,6 +319,14 @@ static int run(app *a, unsigned workers) {
         log_error("out of memory");
         return 1;
     }
+    pf_gauge *build = metrics_gauge(a->metrics, "pilotfish_build_info",
+                                    "Always 1; the labels say which pilotfish this is.",
+                                    "version=\"" PILOTFISH_VERSION "\"");
+    if (!build || metrics_register_process(a->metrics) != PF_OK) {
+        log_error("out of memory");
+        return 1;
+    }
+    metrics_gauge_add(build, 1);
     a->proxy = proxy_new(a->cfg, workers, a->metrics, &err);
     if (!a->proxy) {
         log_error("%s", err.msg);
@@ -333,8 +341,10 @@ static int run(app *a, unsigned workers) {
         return 1;
     }
     a->admin = admin_new(a->base, a->cfg, a->proxy, a->metrics, &err);
-    if (a->admin)
+    if (a->admin) {
         admin_set_health(a->admin, a->health, a->cfg->cluster_count);
+        admin_set_version(a->admin, PILOTFISH_VERSION);
+    }
     if (!a->admin || start_dns(a, &err) != PF_OK || start_kubernetes(a, &err) != PF_OK ||
         proxy_start(a->proxy, &err) != PF_OK) {
         log_error("%s", err.msg);
