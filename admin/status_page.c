@@ -45,7 +45,7 @@ static const char page_style[] =
     "border-radius:6px;color:#7f1d1d}.why li{margin-left:16px}"
     "table{width:100%;border-collapse:collapse;background:var(--card)}"
     "th,td{text-align:left;padding:5px 8px;border-bottom:1px solid var(--line);"
-    "vertical-align:top}"
+    "vertical-align:middle}"
     "th{font-size:12px;color:var(--mute);font-weight:600;background:#f8fafc}"
     "td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}"
     ".box{border:1px solid var(--line);border-radius:6px;overflow:hidden}"
@@ -509,7 +509,7 @@ static void put_endpoint(page *pg, const cluster_view *v, const pf_endpoint *ep,
     }
     put(pg,
         "<td class=\"num active\">%llu</td><td class=\"num requests\">%llu</td>"
-        "<td class=\"num\">%llu</td><td class=\"num\">",
+        "<td class=\"num\">%llu</td><td class=\"num ewma\">",
         (unsigned long long)active, (unsigned long long)total, (unsigned long long)failures);
     put_latency(pg, ewma ? (double)ewma / 1e6 : -1);
     put(pg, "</td></tr>");
