@@ -152,13 +152,26 @@ int admin_html_escape(struct evbuffer *out, const char *text) {
     for (const char *p = text;; p++) {
         const char *ref;
         switch (*p) {
-        case '&': ref = "&amp;"; break;
-        case '<': ref = "&lt;"; break;
-        case '>': ref = "&gt;"; break;
-        case '"': ref = "&quot;"; break;
-        case '\'': ref = "&#39;"; break;
-        case '\0': ref = NULL; break;
-        default: continue;
+        case '&':
+            ref = "&amp;";
+            break;
+        case '<':
+            ref = "&lt;";
+            break;
+        case '>':
+            ref = "&gt;";
+            break;
+        case '"':
+            ref = "&quot;";
+            break;
+        case '\'':
+            ref = "&#39;";
+            break;
+        case '\0':
+            ref = NULL;
+            break;
+        default:
+            continue;
         }
         if (p > run && evbuffer_add(out, run, (size_t)(p - run)) != 0)
             return PF_ENOMEM;
@@ -319,8 +332,8 @@ static void put_card(page *pg, const char *key, const char *value_class, const c
     put(pg, "</div>");
 }
 
-static void put_overview(page *pg, const pf_admin *admin, const cluster_view *views,
-                         size_t count, bool ready) {
+static void put_overview(page *pg, const pf_admin *admin, const cluster_view *views, size_t count,
+                         bool ready) {
     size_t down = 0, degraded = 0, eps = 0, healthy_eps = 0;
     long in_flight = 0;
     for (size_t i = 0; i < count; i++) {
@@ -356,11 +369,12 @@ static void put_overview(page *pg, const pf_admin *admin, const cluster_view *vi
 
 static void put_listeners(page *pg, const pf_admin *admin) {
     const pf_config *cfg = admin->cfg;
-    put(pg, "<h2>Listeners <span class=\"count\">%zu</span></h2><div class=\"box\"><table "
-            "id=\"listeners\"><thead><tr><th>Name</th><th>Address</th><th class=\"num\">Routes"
-            "</th><th class=\"num\">Connections</th><th class=\"num\">Requests</th><th>Status "
-            "mix</th><th class=\"num\">Rejected</th><th class=\"num\">p50</th><th class=\"num\">"
-            "p99</th></tr></thead><tbody>",
+    put(pg,
+        "<h2>Listeners <span class=\"count\">%zu</span></h2><div class=\"box\"><table "
+        "id=\"listeners\"><thead><tr><th>Name</th><th>Address</th><th class=\"num\">Routes"
+        "</th><th class=\"num\">Connections</th><th class=\"num\">Requests</th><th>Status "
+        "mix</th><th class=\"num\">Rejected</th><th class=\"num\">p50</th><th class=\"num\">"
+        "p99</th></tr></thead><tbody>",
         cfg->listener_count);
     for (size_t i = 0; i < cfg->listener_count; i++) {
         const pf_config_listener *l = &cfg->listeners[i];
@@ -402,8 +416,7 @@ static void put_dns(page *pg, const pf_dns_cluster_status *st) {
         put(pg, "unknown");
     else
         put(pg, "%u s", st->ttl);
-    put(pg, "</div><div><span>sets published</span> %llu</div>",
-        (unsigned long long)st->publishes);
+    put(pg, "</div><div><span>sets published</span> %llu</div>", (unsigned long long)st->publishes);
     if (st->last_error[0]) {
         put(pg, "<div class=\"err\"><span>last error</span> ");
         put_text(pg, st->last_error);
@@ -423,8 +436,9 @@ static void put_k8s(page *pg, const pf_k8s_cluster_status *st) {
         put(pg, ":");
         put_text(pg, st->port);
     }
-    put(pg, "</b></div><div><span>watch</span> %s%s</div><div><span>resourceVersion</span> "
-            "<span class=\"mono\">",
+    put(pg,
+        "</b></div><div><span>watch</span> %s%s</div><div><span>resourceVersion</span> "
+        "<span class=\"mono\">",
         st->watch_state ? st->watch_state : "unknown", st->synced ? ", synced" : ", not synced");
     put_text(pg, st->resource_version[0] ? st->resource_version : "none");
     put(pg, "</span></div><div><span>last event</span> ");
@@ -466,18 +480,18 @@ static bool slow_start_left(const pf_config_cluster *cfg, const pf_endpoint *ep,
 }
 
 static const char *const verdict_class[] = {
-    [PF_HEALTH_HEALTHY] = "healthy",           [PF_HEALTH_UNCHECKED] = "unchecked",
-    [PF_HEALTH_NOT_READY] = "not-ready",       [PF_HEALTH_CHECK_FAILED] = "check-failed",
+    [PF_HEALTH_HEALTHY] = "healthy",     [PF_HEALTH_UNCHECKED] = "unchecked",
+    [PF_HEALTH_NOT_READY] = "not-ready", [PF_HEALTH_CHECK_FAILED] = "check-failed",
     [PF_HEALTH_EJECTED] = "ejected",
 };
 static const char *const verdict_word[] = {
-    [PF_HEALTH_HEALTHY] = "healthy",           [PF_HEALTH_UNCHECKED] = "unchecked",
-    [PF_HEALTH_NOT_READY] = "not ready",       [PF_HEALTH_CHECK_FAILED] = "check failed",
+    [PF_HEALTH_HEALTHY] = "healthy",     [PF_HEALTH_UNCHECKED] = "unchecked",
+    [PF_HEALTH_NOT_READY] = "not ready", [PF_HEALTH_CHECK_FAILED] = "check failed",
     [PF_HEALTH_EJECTED] = "ejected",
 };
 
-static void put_endpoint(page *pg, const cluster_view *v, const pf_endpoint *ep,
-                         bool terminating, uint64_t now_ms) {
+static void put_endpoint(page *pg, const cluster_view *v, const pf_endpoint *ep, bool terminating,
+                         uint64_t now_ms) {
     char reason[PF_HEALTH_REASON_MAX];
     pf_health_verdict verdict = health_verdict(v->health, ep, reason, sizeof reason);
     put(pg, "<tr class=\"ep %s\" data-address=\"", verdict_class[verdict]);
@@ -521,8 +535,8 @@ static void put_cluster(page *pg, const pf_admin *admin, const cluster_view *v, 
     const char *source = "static";
     /* Only clusters that can be DNS or Kubernetes ones are looked up: each lookup walks
      * that source's clusters, and a thousand static clusters should cost nothing. */
-    bool is_k8s = admin->k8s && (v->cfg->kubernetes.service[0] ||
-                                 v->index >= admin->cfg->cluster_count) &&
+    bool is_k8s = admin->k8s &&
+                  (v->cfg->kubernetes.service[0] || v->index >= admin->cfg->cluster_count) &&
                   discovery_k8s_cluster_status(admin->k8s, v->cfg->name, &k8s) == PF_OK;
     bool is_dns = !is_k8s && admin->dns && v->cfg->dns.name[0] &&
                   discovery_dns_cluster_status(admin->dns, v->cfg->name, &dns) == PF_OK;
@@ -554,8 +568,9 @@ static void put_cluster(page *pg, const pf_admin *admin, const cluster_view *v, 
         put_k8s(pg, &k8s);
     else if (is_dns)
         put_dns(pg, &dns);
-    put(pg, "<div class=\"disc\"><div><span>policy</span> %s</div><div><span>upstream "
-            "connections</span> %lld</div><div><span>retries</span> %llu</div></div>",
+    put(pg,
+        "<div class=\"disc\"><div><span>policy</span> %s</div><div><span>upstream "
+        "connections</span> %lld</div><div><span>retries</span> %llu</div></div>",
         config_lb_policy_name(v->cfg->lb_policy), (long long)st.connections_active,
         (unsigned long long)st.retries);
     if (!v->set) {
@@ -579,10 +594,11 @@ static void put_cluster(page *pg, const pf_admin *admin, const cluster_view *v, 
 }
 
 static void put_head(page *pg, const pf_admin *admin) {
-    put(pg, "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta "
-            "name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>pilotfish "
-            "status</title><link rel=\"icon\" href=\"data:,\"><style>%s</style></head><body>"
-            "<header><h1>pilotfish</h1><span class=\"ver\" id=\"version\">",
+    put(pg,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta "
+        "name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>pilotfish "
+        "status</title><link rel=\"icon\" href=\"data:,\"><style>%s</style></head><body>"
+        "<header><h1>pilotfish</h1><span class=\"ver\" id=\"version\">",
         page_style);
     put_text(pg, admin->version && admin->version[0] ? admin->version : "unknown build");
     put(pg, "</span><span class=\"ver\">admin ");
@@ -613,8 +629,7 @@ int admin_status_render(const pf_admin *admin, struct evbuffer *out) {
             v->rank = RANK_HEALTHY;
     }
     qsort(views, count, sizeof *views, view_order);
-    bool ready =
-        proxy_ready(admin->proxy) && (!admin->k8s || discovery_k8s_synced(admin->k8s));
+    bool ready = proxy_ready(admin->proxy) && (!admin->k8s || discovery_k8s_synced(admin->k8s));
     uint64_t now_ms = pf_now_ms();
 
     put_head(&pg, admin);
@@ -625,8 +640,11 @@ int admin_status_render(const pf_admin *admin, struct evbuffer *out) {
     if (!ready)
         put_not_ready(&pg, admin, views, count);
     put_listeners(&pg, admin);
-    put(&pg, "</div><h2>Clusters <span class=\"count\" id=\"cluster-count\">%zu</span> <span id=\"shown\"></span>"
-             "<input id=\"filter\" type=\"search\" placeholder=\"Filter clusters\" aria-label=\"Filter clusters\" hidden></h2>",
+    put(&pg,
+        "</div><h2>Clusters <span class=\"count\" id=\"cluster-count\">%zu</span> <span "
+        "id=\"shown\"></span>"
+        "<input id=\"filter\" type=\"search\" placeholder=\"Filter clusters\" aria-label=\"Filter "
+        "clusters\" hidden></h2>",
         count);
     put(&pg, "<div id=\"clusters\">");
     for (size_t i = 0; i < count; i++)
@@ -635,8 +653,9 @@ int admin_status_render(const pf_admin *admin, struct evbuffer *out) {
         put(&pg, "<p>No clusters.</p>");
     put(&pg, "</div><footer>Rendered ");
     put_time(&pg, pg.now_wall_us);
-    put(&pg, " &middot; <span id=\"refreshed\">complete without JavaScript; reload to "
-             "update</span></footer></main><script>%s</script></body></html>",
+    put(&pg,
+        " &middot; <span id=\"refreshed\">complete without JavaScript; reload to "
+        "update</span></footer></main><script>%s</script></body></html>",
         page_script);
     for (size_t i = 0; i < count; i++)
         discovery_set_unref(views[i].set);

@@ -39,6 +39,7 @@ def test_status_page_has_a_strict_csp_that_allows_exactly_its_inline_code(proxy)
     assert resp.header("Content-Type") == "text/html; charset=utf-8"
     assert resp.header("Cache-Control") == "no-store"
     assert resp.header("X-Content-Type-Options") == "nosniff"
+    assert re.fullmatch(r"render;dur=\d+\.\d{3}", resp.header("Server-Timing"))
     csp = {d.split()[0]: d.split()[1:] for d in resp.header("Content-Security-Policy").split("; ")}
     assert csp["default-src"] == ["'none'"]
     page = parse_page(text)
