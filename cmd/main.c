@@ -78,6 +78,8 @@ static void usage(FILE *out) {
             "                           (default: the servers of /etc/resolv.conf)\n"
             "      --admin ADDR         admin server address (default %s)\n"
             "\n"
+            "The admin address serves a status page at / (open it in a browser), and\n"
+            "/ready, /healthz, /clusters, /config and /stats/prometheus.\n"
             "Logs go to stderr; the access log (JSON lines) to stdout.\n"
             "SIGTERM or SIGINT drains: stop accepting, finish requests in flight, exit 0.\n",
             PF_MAX_WORKERS, PF_DEFAULT_WORKERS, PF_DEFAULT_ADMIN_ADDRESS);
