@@ -350,5 +350,6 @@ void admin_free(pf_admin *admin) {
         return;
     if (admin->http)
         evhttp_free(admin->http);
+    admin_status_free(admin);
     free(admin);
 }

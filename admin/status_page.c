@@ -56,7 +56,7 @@ static const char page_style[] =
     "var(--ok);border-radius:4px;margin:6px 0}"
     "details.cluster.degraded{border-left-color:var(--warn)}"
     "details.cluster.down{border-left-color:var(--bad)}"
-    "summary{display:grid;grid-template-columns:minmax(200px,1.5fr) 90px 130px 1.3fr 100px 120px;"
+    "summary{display:grid;grid-template-columns:minmax(200px,1.5fr) 90px 130px 1.2fr 90px 170px;"
     "gap:10px;align-items:center;padding:7px 10px;cursor:pointer;list-style:none}"
     "summary::-webkit-details-marker{display:none}"
     "summary .cname{font-weight:600;overflow-wrap:anywhere}"
@@ -66,6 +66,7 @@ static const char page_style[] =
     "justify-self:start}"
     ".eps b{font-variant-numeric:tabular-nums}.st{color:var(--mute);font-size:12px}"
     ".st b{color:var(--ink);font-weight:600;font-variant-numeric:tabular-nums}"
+    ".rate{color:var(--mute);font-variant-numeric:tabular-nums}"
     ".down .eps b{color:var(--bad)}.degraded .eps b{color:var(--warn)}"
     ".cbody{padding:0 10px 10px}"
     ".disc{display:flex;flex-wrap:wrap;gap:4px 22px;margin:0 0 8px;font-size:12.5px}"
@@ -85,7 +86,7 @@ static const char page_style[] =
 
 static const char page_script[] =
     "(function(){'use strict';"
-    "var INTERVAL=5000,LIVE=['live','cluster-count','clusters'],timer=null,userOpen={};"
+    "var INTERVAL=5000,LIVE=['live','cluster-count','clusters','rendered'],timer=null,userOpen={};"
     "var filter=document.getElementById('filter'),stamp=document.getElementById('refreshed');"
     "function apply(){var q=filter.value.trim().toLowerCase(),n=0;"
     "document.querySelectorAll('details.cluster').forEach(function(d){"
@@ -280,6 +281,53 @@ static void put_status_mix(page *pg, const uint64_t requests[PF_PROXY_CODE_CLASS
     put(pg, "</svg>%.1f%% 5xx</span>", (double)requests[4] * 100.0 / (double)total);
 }
 
+/* ---- request rates ------------------------------------------------------------------------ */
+
+int admin_rate_update(admin_rate_meter *m, const uint64_t *totals, size_t count, uint64_t now_us) {
+    if (m->newer.at_us && now_us - m->newer.at_us < ADMIN_RATE_WINDOW_US)
+        return PF_OK;
+    /* The older sample's buffer becomes the new newer one: no allocation once sized. */
+    admin_rate_sample next = m->older;
+    if (next.count < count || !next.totals) {
+        uint64_t *grown = realloc(next.totals, (count ? count : 1) * sizeof *grown);
+        if (!grown)
+            return PF_ENOMEM;
+        next.totals = grown;
+    }
+    memcpy(next.totals, totals, count * sizeof *totals);
+    next.count = count;
+    next.at_us = now_us;
+    m->older = m->newer;
+    m->newer = next;
+    return PF_OK;
+}
+
+double admin_rate_of(const admin_rate_meter *m, size_t i, uint64_t total, uint64_t now_us) {
+    const admin_rate_sample *base = m->older.at_us ? &m->older : &m->newer;
+    if (!base->at_us || i >= base->count || now_us < base->at_us + ADMIN_RATE_MIN_US ||
+        total < base->totals[i])
+        return -1;
+    return (double)(total - base->totals[i]) * 1e6 / (double)(now_us - base->at_us);
+}
+
+void admin_rate_free(admin_rate_meter *m) {
+    free(m->older.totals);
+    free(m->newer.totals);
+    memset(m, 0, sizeof *m);
+}
+
+void admin_status_free(pf_admin *admin) {
+    admin_rate_free(&admin->cluster_rates);
+    admin_rate_free(&admin->listener_rates);
+}
+
+static void put_rate(page *pg, double per_second) {
+    if (per_second < 0)
+        put(pg, "&ndash;");
+    else
+        put(pg, per_second < 100 ? "%.1f/s" : "%.0f/s", per_second);
+}
+
 /* ---- the page's parts --------------------------------------------------------------------- */
 
 typedef enum { RANK_DOWN, RANK_DEGRADED, RANK_HEALTHY } cluster_rank;
@@ -291,6 +339,8 @@ typedef struct cluster_view {
     pf_endpoint_set *set; /* a reference, dropped after rendering; NULL before the first */
     pf_health *health;
     cluster_rank rank;
+    pf_proxy_cluster_status st;
+    double rate; /* requests per second; -1: not known yet */
 } cluster_view;
 
 static int view_order(const void *a, const void *b) {
@@ -341,9 +391,7 @@ static void put_overview(page *pg, const pf_admin *admin, const cluster_view *vi
         degraded += views[i].rank == RANK_DEGRADED;
         eps += views[i].set ? views[i].set->count : 0;
         healthy_eps += views[i].set ? views[i].set->healthy_count : 0;
-        pf_proxy_cluster_status st;
-        proxy_cluster_status(admin->proxy, views[i].index, &st);
-        in_flight += st.active_requests;
+        in_flight += views[i].st.active_requests;
     }
     char v[64], sub[96];
     put(pg, "<div class=\"cards\">");
@@ -367,35 +415,38 @@ static void put_overview(page *pg, const pf_admin *admin, const cluster_view *vi
     put(pg, "</div>");
 }
 
-static void put_listeners(page *pg, const pf_admin *admin) {
+static void put_listeners(page *pg, const pf_admin *admin, const pf_proxy_listener_status *sts,
+                          const double *rates) {
     const pf_config *cfg = admin->cfg;
     put(pg,
         "<h2>Listeners <span class=\"count\">%zu</span></h2><div class=\"box\"><table "
         "id=\"listeners\"><thead><tr><th>Name</th><th>Address</th><th class=\"num\">Routes"
-        "</th><th class=\"num\">Connections</th><th class=\"num\">Requests</th><th>Status "
+        "</th><th class=\"num\">Connections</th><th class=\"num\">Requests</th><th class=\"num\">"
+        "Rate</th><th>Status "
         "mix</th><th class=\"num\">Rejected</th><th class=\"num\">p50</th><th class=\"num\">"
         "p99</th></tr></thead><tbody>",
         cfg->listener_count);
     for (size_t i = 0; i < cfg->listener_count; i++) {
         const pf_config_listener *l = &cfg->listeners[i];
-        pf_proxy_listener_status st;
-        proxy_listener_status(admin->proxy, i, &st);
+        const pf_proxy_listener_status *st = &sts[i];
         put(pg, "<tr class=\"listener\"><td><b>");
         put_text(pg, l->name);
         put(pg, "</b></td><td class=\"mono\">");
         put_text(pg, l->addr.text);
         put(pg,
             "</td><td class=\"num\">%zu</td><td class=\"num\">%lld <span class=\"st\">of "
-            "%llu</span></td><td class=\"num\">%llu</td><td>",
-            l->route_count, (long long)st.connections_active,
-            (unsigned long long)st.connections_total,
-            (unsigned long long)sum_requests(st.requests));
-        put_status_mix(pg, st.requests);
-        put(pg, "</td><td class=\"num\">%llu</td><td class=\"num\">",
-            (unsigned long long)st.rejected);
-        put_latency(pg, st.duration ? metrics_histogram_quantile(st.duration, 0.5) : -1);
-        put(pg, "</td><td class=\"num\">");
-        put_latency(pg, st.duration ? metrics_histogram_quantile(st.duration, 0.99) : -1);
+            "%llu</span></td><td class=\"num requests\">%llu</td><td class=\"num rate\">",
+            l->route_count, (long long)st->connections_active,
+            (unsigned long long)st->connections_total,
+            (unsigned long long)sum_requests(st->requests));
+        put_rate(pg, rates[i]);
+        put(pg, "</td><td>");
+        put_status_mix(pg, st->requests);
+        put(pg, "</td><td class=\"num\">%llu</td><td class=\"num p50\">",
+            (unsigned long long)st->rejected);
+        put_latency(pg, st->duration ? metrics_histogram_quantile(st->duration, 0.5) : -1);
+        put(pg, "</td><td class=\"num p99\">");
+        put_latency(pg, st->duration ? metrics_histogram_quantile(st->duration, 0.99) : -1);
         put(pg, "</td></tr>");
     }
     put(pg, "</tbody></table></div>");
@@ -544,8 +595,7 @@ static void put_cluster(page *pg, const pf_admin *admin, const cluster_view *v, 
         source = "kubernetes";
     else if (is_dns)
         source = "dns";
-    pf_proxy_cluster_status st;
-    proxy_cluster_status(admin->proxy, v->index, &st);
+    const pf_proxy_cluster_status *st = &v->st;
     size_t total = v->set ? v->set->count : 0, healthy = v->set ? v->set->healthy_count : 0;
 
     put(pg, "<details class=\"cluster %s\" data-name=\"", rank_class[v->rank]);
@@ -558,12 +608,17 @@ static void put_cluster(page *pg, const pf_admin *admin, const cluster_view *v, 
     put(pg,
         "</span><span class=\"src\">%s</span><span class=\"eps\"><b class=\"healthy-count\">"
         "%zu</b> / <span class=\"endpoint-count\">%zu</span> healthy%s</span>",
-        source, healthy, total, st.panic ? " <span class=\"tag\">panic</span>" : "");
-    put_status_mix(pg, st.requests);
+        source, healthy, total, st->panic ? " <span class=\"tag\">panic</span>" : "");
+    put_status_mix(pg, st->requests);
     put(pg,
         "<span class=\"st\">in flight <b class=\"in-flight\">%ld</b></span><span class=\"st\">"
-        "requests <b class=\"requests\">%llu</b></span></summary><div class=\"cbody\">",
-        st.active_requests, (unsigned long long)sum_requests(st.requests));
+        "requests <b class=\"requests\">%llu</b> <span class=\"rate\">",
+        st->active_requests, (unsigned long long)sum_requests(st->requests));
+    if (v->rate >= 0) { /* nothing until the page has an earlier sample */
+        put(pg, "&middot; ");
+        put_rate(pg, v->rate);
+    }
+    put(pg, "</span></span></summary><div class=\"cbody\">");
     if (is_k8s)
         put_k8s(pg, &k8s);
     else if (is_dns)
@@ -571,8 +626,8 @@ static void put_cluster(page *pg, const pf_admin *admin, const cluster_view *v, 
     put(pg,
         "<div class=\"disc\"><div><span>policy</span> %s</div><div><span>upstream "
         "connections</span> %lld</div><div><span>retries</span> %llu</div></div>",
-        config_lb_policy_name(v->cfg->lb_policy), (long long)st.connections_active,
-        (unsigned long long)st.retries);
+        config_lb_policy_name(v->cfg->lb_policy), (long long)st->connections_active,
+        (unsigned long long)st->retries);
     if (!v->set) {
         put(pg, "<p class=\"empty\">No endpoint set yet: discovery has not answered, requests "
                 "get 503.</p></div></details>");
@@ -608,12 +663,21 @@ static void put_head(page *pg, const pf_admin *admin) {
             "</nav></header><main>");
 }
 
-int admin_status_render(const pf_admin *admin, struct evbuffer *out) {
+int admin_status_render(pf_admin *admin, struct evbuffer *out) {
     page pg = {out, false, pf_wall_us()};
     size_t count = proxy_cluster_count(admin->proxy);
-    cluster_view *views = calloc(count ? count : 1, sizeof *views);
-    if (!views)
+    size_t listeners = admin->cfg->listener_count;
+    cluster_view *views = calloc(count + 1, sizeof *views);
+    uint64_t *totals = calloc((count > listeners ? count : listeners) + 1, sizeof *totals);
+    pf_proxy_listener_status *lsts = calloc(listeners + 1, sizeof *lsts);
+    double *lrates = calloc(listeners + 1, sizeof *lrates);
+    if (!views || !totals || !lsts || !lrates) {
+        free(views);
+        free(totals);
+        free(lsts);
+        free(lrates);
         return PF_ENOMEM;
+    }
     for (size_t i = 0; i < count; i++) {
         cluster_view *v = &views[i];
         v->index = i;
@@ -628,18 +692,34 @@ int admin_status_render(const pf_admin *admin, struct evbuffer *out) {
         else
             v->rank = RANK_HEALTHY;
     }
+    uint64_t now_us = pf_now_us();
+    for (size_t i = 0; i < count; i++) {
+        proxy_cluster_status(admin->proxy, i, &views[i].st);
+        totals[i] = sum_requests(views[i].st.requests);
+    }
+    /* A rate needs an earlier sample: a failed update only leaves the rates unknown. */
+    admin_rate_update(&admin->cluster_rates, totals, count, now_us);
+    for (size_t i = 0; i < count; i++)
+        views[i].rate = admin_rate_of(&admin->cluster_rates, i, totals[i], now_us);
+    for (size_t i = 0; i < listeners; i++) {
+        proxy_listener_status(admin->proxy, i, &lsts[i]);
+        totals[i] = sum_requests(lsts[i].requests);
+    }
+    admin_rate_update(&admin->listener_rates, totals, listeners, now_us);
+    for (size_t i = 0; i < listeners; i++)
+        lrates[i] = admin_rate_of(&admin->listener_rates, i, totals[i], now_us);
     qsort(views, count, sizeof *views, view_order);
     bool ready = proxy_ready(admin->proxy) && (!admin->k8s || discovery_k8s_synced(admin->k8s));
     uint64_t now_ms = pf_now_ms();
 
     put_head(&pg, admin);
-    /* The script swaps #live, #cluster-count and #clusters on refresh; the rest (the
-     * filter box with its focus and text) stays put. */
+    /* The script swaps #live, #cluster-count, #clusters and #rendered on refresh; the rest
+     * (the filter box with its focus and text) stays put. */
     put(&pg, "<div id=\"live\">");
     put_overview(&pg, admin, views, count, ready);
     if (!ready)
         put_not_ready(&pg, admin, views, count);
-    put_listeners(&pg, admin);
+    put_listeners(&pg, admin, lsts, lrates);
     put(&pg,
         "</div><h2>Clusters <span class=\"count\" id=\"cluster-count\">%zu</span> <span "
         "id=\"shown\"></span>"
@@ -651,14 +731,17 @@ int admin_status_render(const pf_admin *admin, struct evbuffer *out) {
         put_cluster(&pg, admin, &views[i], now_ms);
     if (!count)
         put(&pg, "<p>No clusters.</p>");
-    put(&pg, "</div><footer>Rendered ");
+    put(&pg, "</div><footer><span id=\"rendered\">Rendered ");
     put_time(&pg, pg.now_wall_us);
     put(&pg,
-        " &middot; <span id=\"refreshed\">complete without JavaScript; reload to "
+        "</span> &middot; <span id=\"refreshed\">complete without JavaScript; reload to "
         "update</span></footer></main><script>%s</script></body></html>",
         page_script);
     for (size_t i = 0; i < count; i++)
         discovery_set_unref(views[i].set);
     free(views);
+    free(totals);
+    free(lsts);
+    free(lrates);
     return pg.failed ? PF_ENOMEM : PF_OK;
 }

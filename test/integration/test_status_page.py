@@ -98,6 +98,26 @@ def test_status_page_shows_every_cluster_and_endpoint_with_the_numbers_of_cluste
     assert page.root.find("div", "cards") is not None and "ready" in text
 
 
+def test_status_page_shows_request_rates_once_it_has_an_earlier_sample(proxy):
+    def rates():
+        page = parse_page(get_page(proxy.pf)[1])
+        (row,) = [tr for tr in page.root.iter("tr", "listener") if "main" in tr.text()]
+        api = clusters_in_page(page)["api"].find("span", "rate").text()
+        return row.find("td", "rate").text(), api
+
+    assert rates() == ("\u2013", "")  # the first render has nothing to compare with
+
+    def counted():
+        for i in range(5):
+            assert proxy.pf.get(f"/v1/{i}", host="api.local").status == 200
+        listener_rate, api_rate = rates()
+        api_rate = api_rate.split()[-1] if api_rate else ""  # "\u00b7 3.4/s"
+        return listener_rate.endswith("/s") and float(api_rate[:-2]) > 0 and (listener_rate, api_rate)
+
+    listener_rate, api_rate = wait_for(counted, 15, "the page to show request rates", interval=0.3)
+    assert float(listener_rate[:-2]) >= float(api_rate[:-2]) > 0
+
+
 def test_status_page_puts_failing_and_empty_clusters_first_and_says_why(start_backend, start_pilotfish):
     backend = start_backend("b1")
     cfg, dead = three_cluster_config(backend)

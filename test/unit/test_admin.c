@@ -74,6 +74,36 @@ static void test_csp_allows_only_hashed_inline_code(void) {
     CU_ASSERT_PTR_EQUAL(admin_status_csp(), csp); /* computed once */
 }
 
+#define SEC 1000000u
+
+static void test_rates_come_from_a_sample_10_to_20_seconds_old(void) {
+    admin_rate_meter m = {0};
+    CU_ASSERT_EQUAL(admin_rate_of(&m, 0, 5, 1 * SEC), -1); /* no sample yet */
+    uint64_t t0[] = {10, 20};
+    CU_ASSERT_EQUAL(admin_rate_update(&m, t0, 2, 100 * SEC), PF_OK);
+    CU_ASSERT_EQUAL(admin_rate_of(&m, 0, 15, 100 * SEC + SEC / 2), -1); /* under 1 s: unknown */
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 0, 30, 102 * SEC), 10.0, 1e-9);
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 1, 20, 102 * SEC), 0.0, 1e-9);
+    /* Within the window the sample stays: every viewer's refresh sees the same baseline. */
+    uint64_t t5[] = {60, 20};
+    CU_ASSERT_EQUAL(admin_rate_update(&m, t5, 2, 105 * SEC), PF_OK);
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 0, 60, 105 * SEC), 10.0, 1e-9);
+    /* After 10 s a new sample is taken; rates come from the older one (10-20 s back). */
+    uint64_t t10[] = {110, 20, 7};
+    CU_ASSERT_EQUAL(admin_rate_update(&m, t10, 3, 110 * SEC), PF_OK);
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 0, 130, 112 * SEC), 10.0, 1e-9);
+    CU_ASSERT_EQUAL(admin_rate_of(&m, 2, 9, 112 * SEC), -1); /* a cluster newer than the base */
+    uint64_t t21[] = {220, 20, 7};
+    CU_ASSERT_EQUAL(admin_rate_update(&m, t21, 3, 121 * SEC), PF_OK);
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 0, 220, 121 * SEC), 10.0, 1e-9);
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 2, 18, 121 * SEC), 1.0, 1e-9);
+    CU_ASSERT_EQUAL(admin_rate_of(&m, 3, 1, 121 * SEC), -1);
+    CU_ASSERT_EQUAL(admin_rate_of(&m, 0, 100, 121 * SEC), -1); /* below the base: unknown */
+    admin_rate_free(&m);
+    admin_rate_free(&m); /* freed twice is harmless */
+}
+
 PF_UNIT_MAIN("admin", PF_UNIT_TEST(test_html_escape_replaces_every_markup_character),
              PF_UNIT_TEST(test_html_escape_output_has_no_markup_character_left),
-             PF_UNIT_TEST(test_csp_allows_only_hashed_inline_code))
+             PF_UNIT_TEST(test_csp_allows_only_hashed_inline_code),
+             PF_UNIT_TEST(test_rates_come_from_a_sample_10_to_20_seconds_old))
