@@ -1,5 +1,5 @@
 /* Admin endpoints, served with libevent's evhttp (requests here are few and small). */
-#include "admin/admin.h"
+#include "admin/admin_int.h"
 #include "core/log.h"
 #include "core/time.h"
 
@@ -17,19 +17,6 @@
 
 /* Out of descriptors, the admin socket stops accepting this long rather than spin. */
 #define ADMIN_ACCEPT_PAUSE_MS 100
-
-struct pf_admin {
-    struct evhttp *http;
-    struct evconnlistener *listener; /* evhttp's, for pausing on EMFILE */
-    struct event *accept_retry;
-    const pf_config *cfg;
-    pf_proxy *proxy;
-    pf_metrics *metrics;
-    pf_health *const *health; /* per cluster, may be NULL: see admin_set_health */
-    size_t health_count;
-    const pf_dns *dns; /* may be NULL: see admin_set_dns */
-    const pf_k8s *k8s; /* may be NULL: see admin_set_kubernetes */
-};
 
 static void reply(struct evhttp_request *req, int code, const char *reason,
                   const char *content_type, const char *body, size_t len) {
@@ -300,9 +287,35 @@ static void handle_config(struct evhttp_request *req, void *arg) {
     free(text);
 }
 
+/* GET / (and /?anything): the HTML status page. Any other path falls to handle_other. */
+static void handle_status(struct evhttp_request *req, void *arg) {
+    pf_admin *admin = arg;
+    if (!only_get(req))
+        return;
+    uint64_t started = pf_now_us();
+    struct evbuffer *out = evbuffer_new();
+    if (!out || admin_status_render(admin, out) != PF_OK) {
+        evbuffer_free(out);
+        reply_text(req, 500, "Internal Server Error", "out of memory\n");
+        return;
+    }
+    /* How long the render took, for the browser's network panel and bench/status_page.sh. */
+    char timing[48];
+    snprintf(timing, sizeof timing, "render;dur=%.3f", (double)(pf_now_us() - started) / 1000.0);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Server-Timing", timing);
+    evhttp_add_header(h, "Content-Type", "text/html; charset=utf-8");
+    evhttp_add_header(h, "Cache-Control", "no-store");
+    evhttp_add_header(h, "Content-Security-Policy", admin_status_csp());
+    evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
+    evhttp_add_header(h, "Referrer-Policy", "no-referrer");
+    evhttp_send_reply(req, 200, "OK", out);
+    evbuffer_free(out);
+}
+
 static void handle_other(struct evhttp_request *req, void *arg) {
     reply_text(req, 404, "Not Found",
-               "unknown admin path; try /ready /healthz /stats/prometheus /clusters /config\n");
+               "unknown admin path; try / /ready /healthz /stats/prometheus /clusters /config\n");
 }
 
 static void on_accept_retry(evutil_socket_t fd, short what, void *arg) {
@@ -333,6 +346,7 @@ pf_admin *admin_new(struct event_base *base, const pf_config *cfg, pf_proxy *pro
     admin->cfg = cfg;
     admin->proxy = proxy;
     admin->metrics = metrics;
+    admin->version = "";
     admin->http = evhttp_new(base);
     admin->accept_retry = evtimer_new(base, on_accept_retry, admin);
     if (!admin->http || !admin->accept_retry) {
@@ -350,6 +364,7 @@ pf_admin *admin_new(struct event_base *base, const pf_config *cfg, pf_proxy *pro
     evhttp_set_cb(admin->http, "/stats/prometheus", handle_prometheus, admin);
     evhttp_set_cb(admin->http, "/clusters", handle_clusters, admin);
     evhttp_set_cb(admin->http, "/config", handle_config, admin);
+    evhttp_set_cb(admin->http, "/", handle_status, admin);
     evhttp_set_gencb(admin->http, handle_other, admin);
     const pf_sockaddr *addr = &cfg->admin_addr;
     evutil_socket_t fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -383,6 +398,10 @@ void admin_set_kubernetes(pf_admin *admin, const pf_k8s *k8s) {
     admin->k8s = k8s;
 }
 
+void admin_set_version(pf_admin *admin, const char *version) {
+    admin->version = version;
+}
+
 void admin_free(pf_admin *admin) {
     if (!admin)
         return;
@@ -390,5 +409,6 @@ void admin_free(pf_admin *admin) {
         evhttp_free(admin->http);
     if (admin->accept_retry)
         event_free(admin->accept_retry);
+    admin_status_free(admin);
     free(admin);
 }

@@ -1,6 +1,6 @@
-/* Admin server: readiness, liveness, Prometheus metrics, cluster state and the effective
- * config, over plain HTTP on its own address (loopback by default). It runs on the main
- * thread's event loop, never on a worker, so a slow scrape cannot delay requests. */
+/* Admin server: an HTML status page, readiness, liveness, Prometheus metrics, cluster state
+ * and the effective config, over plain HTTP on its own address (loopback by default). It runs on
+ * the main thread's event loop, never on a worker, so a slow scrape cannot delay requests. */
 #ifndef PF_ADMIN_H
 #define PF_ADMIN_H
 
@@ -30,6 +30,8 @@ void admin_set_dns(pf_admin *admin, const pf_dns *dns);
 /* Lets /clusters show each Kubernetes cluster's Service, namespace, resourceVersion and last
  * event from `k8s` (borrowed, may be NULL; must outlive the admin server). Main thread. */
 void admin_set_kubernetes(pf_admin *admin, const pf_k8s *k8s);
+/* The build the status page names (static text, e.g. "0.1.0"). Main thread. */
+void admin_set_version(pf_admin *admin, const char *version);
 void admin_free(pf_admin *admin);
 
 #endif

@@ -29,7 +29,7 @@ CONNS=${BENCH_CONNECTIONS:-50}           # wrk -c
 # the proxy can do; with the default 2 rounds a median is just a mean and gets dragged
 # by one disturbed round. median: each metric's median over rounds.
 AGG=${BENCH_AGG:-best}
-CASES=${BENCH_CASES:-keepalive,close,policies,failover,health,dns,k8s}
+CASES=${BENCH_CASES:-keepalive,close,policies,failover,health,dns,k8s,status}
 STANDIN=${BENCH_STANDIN:-}               # "haproxy": run haproxy in pilotfish's slot (A/A self-test)
 PIN=${BENCH_PIN:-1}                      # 0 disables taskset pinning
 PROXY_CPU=${BENCH_PROXY_CPU:-1}
@@ -416,6 +416,8 @@ run_one() {
 [[ ",$CASES," == *,policies,* ]] && { bash "$HERE/policies.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx policies | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
 [[ ",$CASES," == *,failover,* ]] && { bash "$HERE/failover.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx failover | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
 [[ ",$CASES," == *,health,* ]] && { bash "$HERE/health.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx health | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
+# "status" (bench/status_page.sh: the admin status page's render time at 1,000 clusters) too.
+[[ ",$CASES," == *,status,* ]] && { bash "$HERE/status_page.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx status | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
 IFS=, read -r -a CASE_LIST <<<"$CASES"
 for c in "${CASE_LIST[@]}"; do
     [[ "$c" == keepalive || "$c" == close ]] || die "unknown case '$c' in BENCH_CASES (keepalive,close)"

@@ -78,6 +78,8 @@ static void usage(FILE *out) {
             "                           (default: the servers of /etc/resolv.conf)\n"
             "      --admin ADDR         admin server address (default %s)\n"
             "\n"
+            "The admin address serves a status page at / (open it in a browser), and\n"
+            "/ready, /healthz, /clusters, /config and /stats/prometheus.\n"
             "Logs go to stderr; the access log (JSON lines) to stdout. Neither blocks: lines\n"
             "a full pipe does not take are dropped and counted.\n"
             "SIGTERM or SIGINT drains: stop accepting, finish requests in flight, exit 0.\n"
@@ -333,6 +335,14 @@ static int run(app *a, unsigned workers) {
                                        "Log lines dropped because stderr took nothing more "
                                        "(nobody reading it).",
                                        ""));
+    pf_gauge *build = metrics_gauge(a->metrics, "pilotfish_build_info",
+                                    "Always 1; the labels say which pilotfish this is.",
+                                    "version=\"" PILOTFISH_VERSION "\"");
+    if (!build || metrics_register_process(a->metrics) != PF_OK) {
+        log_error("out of memory");
+        return 1;
+    }
+    metrics_gauge_add(build, 1);
     a->proxy = proxy_new(a->cfg, workers, a->metrics, &err);
     if (!a->proxy) {
         log_error("%s", err.msg);
@@ -347,8 +357,10 @@ static int run(app *a, unsigned workers) {
         return 1;
     }
     a->admin = admin_new(a->base, a->cfg, a->proxy, a->metrics, &err);
-    if (a->admin)
+    if (a->admin) {
         admin_set_health(a->admin, a->health, a->cfg->cluster_count);
+        admin_set_version(a->admin, PILOTFISH_VERSION);
+    }
     if (!a->admin || start_dns(a, &err) != PF_OK || start_kubernetes(a, &err) != PF_OK ||
         proxy_start(a->proxy, &err) != PF_OK) {
         log_error("%s", err.msg);

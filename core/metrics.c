@@ -2,6 +2,7 @@
  * rendered text has each family's HELP/TYPE once followed by its series. */
 #include "core/metrics.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -12,7 +13,13 @@
 const double pf_histogram_bounds[PF_HISTOGRAM_BUCKETS] = {
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 
-typedef enum { KIND_COUNTER, KIND_GAUGE, KIND_HISTOGRAM, KIND_GAUGE_FN } metric_kind;
+typedef enum {
+    KIND_COUNTER,
+    KIND_GAUGE,
+    KIND_HISTOGRAM,
+    KIND_GAUGE_FN,
+    KIND_COUNTER_FN
+} metric_kind;
 
 typedef struct series {
     char *labels;
@@ -133,16 +140,26 @@ pf_histogram *metrics_histogram(pf_metrics *m, const char *name, const char *hel
     return s ? &s->u.histogram : NULL;
 }
 
-int metrics_gauge_callback(pf_metrics *m, const char *name, const char *help, pf_gauge_fn fn,
-                           void *arg) {
+static int add_callback(pf_metrics *m, const char *name, const char *help, metric_kind kind,
+                        pf_gauge_fn fn, void *arg) {
     pthread_mutex_lock(&m->lock);
-    family *f = find_family(m, name, help, KIND_GAUGE_FN);
+    family *f = find_family(m, name, help, kind);
     if (f) {
         f->fn = fn;
         f->fn_arg = arg;
     }
     pthread_mutex_unlock(&m->lock);
     return f ? 0 : -2;
+}
+
+int metrics_gauge_callback(pf_metrics *m, const char *name, const char *help, pf_gauge_fn fn,
+                           void *arg) {
+    return add_callback(m, name, help, KIND_GAUGE_FN, fn, arg);
+}
+
+int metrics_counter_callback(pf_metrics *m, const char *name, const char *help, pf_gauge_fn fn,
+                             void *arg) {
+    return add_callback(m, name, help, KIND_COUNTER_FN, fn, arg);
 }
 
 void metrics_observe_us(pf_histogram *h, uint64_t us) {
@@ -154,6 +171,30 @@ void metrics_observe_us(pf_histogram *h, uint64_t us) {
         atomic_fetch_add_explicit(&h->buckets[i], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&h->sum_us, us, memory_order_relaxed);
+}
+
+double metrics_histogram_quantile(const pf_histogram *h, double q) {
+    uint64_t counts[PF_HISTOGRAM_BUCKETS], total = 0;
+    for (size_t i = 0; i < PF_HISTOGRAM_BUCKETS; i++) {
+        counts[i] = atomic_load_explicit(&h->buckets[i], memory_order_relaxed);
+        total += counts[i];
+    }
+    /* The +Inf bucket holds what the bounded buckets do not; count may run ahead of the
+     * buckets for an instant (relaxed updates), never behind in a way that matters. */
+    uint64_t count = atomic_load_explicit(&h->count, memory_order_relaxed);
+    if (count < total)
+        count = total;
+    if (count == 0)
+        return -1;
+    double rank = q * (double)count, below = 0, lower = 0;
+    for (size_t i = 0; i < PF_HISTOGRAM_BUCKETS; i++) {
+        double in = (double)counts[i];
+        if (in > 0 && below + in >= rank)
+            return lower + (pf_histogram_bounds[i] - lower) * ((rank - below) / in);
+        below += in;
+        lower = pf_histogram_bounds[i];
+    }
+    return INFINITY;
 }
 
 /* A growable text buffer for rendering. */
@@ -233,13 +274,13 @@ static void render_histogram(text *t, const family *f, const series *s) {
 }
 
 char *metrics_render(pf_metrics *m) {
-    static const char *const type_names[] = {"counter", "gauge", "histogram", "gauge"};
+    static const char *const type_names[] = {"counter", "gauge", "histogram", "gauge", "counter"};
     text t = {0};
     pthread_mutex_lock(&m->lock);
     for (const family *f = m->first; f; f = f->next) {
         text_printf(&t, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name,
                     type_names[f->kind]);
-        if (f->kind == KIND_GAUGE_FN) {
+        if (f->kind == KIND_GAUGE_FN || f->kind == KIND_COUNTER_FN) {
             emit_ctx e = {&t, f->name};
             f->fn(f->fn_arg, emit_value, &e);
             continue;

@@ -44,6 +44,18 @@ pf_histogram *metrics_histogram(pf_metrics *m, const char *name, const char *hel
                                 const char *labels);
 int metrics_gauge_callback(pf_metrics *m, const char *name, const char *help, pf_gauge_fn fn,
                            void *arg);
+/* The same for a counter computed at scrape time (rendered with TYPE counter). */
+int metrics_counter_callback(pf_metrics *m, const char *name, const char *help, pf_gauge_fn fn,
+                             void *arg);
+
+/* Registers the standard process metrics, read from /proc at scrape time:
+ * process_cpu_seconds_total, process_resident_memory_bytes, process_virtual_memory_bytes,
+ * process_open_fds, process_max_fds and process_start_time_seconds. Returns 0 or PF_ENOMEM.
+ * Startup thread only. */
+int metrics_register_process(pf_metrics *m);
+/* When this process started, in seconds since the epoch (from /proc; the first call's time
+ * when /proc cannot tell). Any thread. */
+double metrics_process_start_time(void);
 
 static inline void metrics_inc(pf_counter *c, uint64_t n) {
     atomic_fetch_add_explicit(&c->value, n, memory_order_relaxed);
@@ -52,6 +64,10 @@ static inline void metrics_gauge_add(pf_gauge *g, int64_t n) {
     atomic_fetch_add_explicit(&g->value, n, memory_order_relaxed);
 }
 void metrics_observe_us(pf_histogram *h, uint64_t us);
+/* The q-quantile (0 < q < 1) in seconds, interpolated linearly inside its bucket as
+ * Prometheus' histogram_quantile() does; the first bucket starts at 0. Returns -1 without
+ * observations and +Inf when the rank falls past the last bound. Any thread. */
+double metrics_histogram_quantile(const pf_histogram *h, double q);
 
 /* Renders everything; returns a malloc'd NUL-terminated string, caller frees. Any thread. */
 char *metrics_render(pf_metrics *m);

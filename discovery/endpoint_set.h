@@ -36,6 +36,9 @@ typedef struct pf_endpoint_stats {
      * endpoint (the first set): then there is nobody to shield it from, and slow start,
      * which ramps from the later of this and healthy_since_ms, leaves it alone. */
     _Atomic uint64_t first_seen_ms;
+    /* least_response_time: the latency average (us) as the worker that saw the latest
+     * response computed it; 0 until measured. For the admin status page only. */
+    _Atomic uint64_t ewma_latency_us;
 } pf_endpoint_stats;
 
 /* Public because balancers walk endpoints on every request. Fields never change after

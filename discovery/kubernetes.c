@@ -1889,6 +1889,10 @@ int discovery_k8s_cluster_status(const pf_k8s *k, const char *cluster, pf_k8s_cl
     if (b->dns_cfg)
         snprintf(out->external_name, sizeof out->external_name, "%s", b->dns_cfg->dns.name);
     out->synced = w->synced && s->view->watches[K8S_KIND_SERVICE]->synced;
+    if (w->req)
+        out->watch_state = w->req->watch ? "watching" : "listing";
+    else
+        out->watch_state = w->failures ? "backing off" : "idle";
     const k8s_watch *sw = s->view->watches[K8S_KIND_SERVICE];
     uint64_t last_ms = w->last_event_ms > sw->last_event_ms ? w->last_event_ms : sw->last_event_ms;
     out->last_event_wall_us = w->last_event_wall_us > sw->last_event_wall_us

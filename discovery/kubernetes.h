@@ -131,7 +131,9 @@ typedef struct pf_k8s_cluster_status {
     char resource_version[64];           /* of the EndpointSlice watch */
     char external_name[PF_DNS_NAME_MAX]; /* ExternalName Services: resolved through DNS */
     bool synced;                         /* Service and slices listed at least once */
-    uint64_t last_event_wall_us;         /* 0 before the first */
+    const char *watch_state;     /* the slice watch now: "listing", "watching", "backing off" or
+                                  * "idle" (static text) */
+    uint64_t last_event_wall_us; /* 0 before the first */
     uint64_t last_event_age_ms;
     size_t slices;
     size_t endpoints;       /* published */

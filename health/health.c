@@ -600,33 +600,45 @@ void health_free(pf_health *h) {
 
 /* ---- admin ---------------------------------------------------------------------------------- */
 
-static void describe_status(const pf_health *h, const hnode *n, char *buf, size_t len) {
+static pf_health_verdict describe_status(const pf_health *h, const hnode *n, char *buf,
+                                         size_t len) {
     char when[40];
-    if (!n->discovered_healthy)
+    if (!n->discovered_healthy) {
         snprintf(buf, len, "unhealthy: not ready in discovery");
-    else if (!n->check.healthy && n->check.pending)
+        return PF_HEALTH_NOT_READY;
+    }
+    if (!n->check.healthy && n->check.pending) {
         snprintf(buf, len, "unhealthy: pending first check");
-    else if (!n->check.healthy)
+        return PF_HEALTH_UNCHECKED;
+    }
+    if (!n->check.healthy) {
         snprintf(buf, len, "unhealthy: check failed: %s", n->last_failure);
-    else if (n->ejected)
+        return PF_HEALTH_CHECK_FAILED;
+    }
+    if (n->ejected) {
         snprintf(buf, len, "ejected until %s (%s)",
                  rfc3339(n->ejected_until_wall_us, when, sizeof when), n->eject_reason);
-    else if (n->check.pending)
-        snprintf(buf, len, "healthy: pending first check");
-    else
-        snprintf(buf, len, "healthy");
+        return PF_HEALTH_EJECTED;
+    }
+    snprintf(buf, len, n->check.pending ? "healthy: pending first check" : "healthy");
+    return PF_HEALTH_HEALTHY;
+}
+
+pf_health_verdict health_verdict(pf_health *h, const pf_endpoint *ep, char *reason, size_t len) {
+    const hnode *n = h && ep ? find_node(h, ep->addr.text) : NULL;
+    if (n)
+        return describe_status(h, n, reason, len);
+    snprintf(reason, len, "%s", ep && ep->healthy ? "healthy" : "unhealthy");
+    return ep && ep->healthy ? PF_HEALTH_HEALTHY : PF_HEALTH_NOT_READY;
 }
 
 void health_describe(pf_health *h, const pf_endpoint *ep, json_t *into) {
-    char status[PROBE_DETAIL_MAX + 64], when[40];
-    const hnode *n = h && ep ? find_node(h, ep->addr.text) : NULL;
-    if (!n) {
-        json_object_set_new(into, "health",
-                            json_string(ep && ep->healthy ? "healthy" : "unhealthy"));
-        return;
-    }
-    describe_status(h, n, status, sizeof status);
+    char status[PF_HEALTH_REASON_MAX], when[40];
+    health_verdict(h, ep, status, sizeof status);
     json_object_set_new(into, "health", json_string(status));
+    const hnode *n = h && ep ? find_node(h, ep->addr.text) : NULL;
+    if (!n)
+        return;
     if (checks_enabled(h)) {
         json_t *c = json_object();
         json_object_set_new(c, "last_check",

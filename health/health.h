@@ -76,4 +76,19 @@ void health_report(pf_health *h, const pf_endpoint *ep, pf_health_outcome outcom
  * Times are UTC RFC 3339, null when there is none yet. Main thread. */
 void health_describe(pf_health *h, const pf_endpoint *ep, json_t *into);
 
+/* Health's verdict on one endpoint, for the admin status page. */
+typedef enum {
+    PF_HEALTH_HEALTHY,      /* serving (perhaps before its first check, with initial healthy) */
+    PF_HEALTH_UNCHECKED,    /* waiting for its first check */
+    PF_HEALTH_NOT_READY,    /* discovery says it is not ready */
+    PF_HEALTH_CHECK_FAILED, /* its active check fails */
+    PF_HEALTH_EJECTED,      /* ejected by outlier detection for a while */
+} pf_health_verdict;
+
+#define PF_HEALTH_REASON_MAX 320
+/* The verdict on `ep`, with the text /clusters shows as "health" in reason (cut to len):
+ * "unhealthy: check failed: HTTP 500", "ejected until ... (consecutive_5xx)". h may be NULL
+ * (then only the endpoint's healthy flag counts). Main thread. */
+pf_health_verdict health_verdict(pf_health *h, const pf_endpoint *ep, char *reason, size_t len);
+
 #endif

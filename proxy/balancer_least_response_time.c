@@ -89,6 +89,9 @@ static void ewma_on_response(pf_balancer *b, size_t i, uint64_t latency_us, uint
     }
     e->stamp_us = now;
     e->observed = true;
+    pf_endpoint_stats *stats = b->set->endpoints[i].stats;
+    if (stats)
+        atomic_store_explicit(&stats->ewma_latency_us, (uint64_t)e->cost_us, memory_order_relaxed);
 }
 
 static const pf_endpoint *ewma_pick(pf_balancer *b, const pf_pick_context *ctx) {

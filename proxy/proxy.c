@@ -38,9 +38,6 @@ static const char *const pause_reasons[PF_PAUSE_REASONS] = {
     [PF_PAUSE_DESCRIPTORS] = "descriptors",
 };
 
-static const char *const class_names[PF_CODE_CLASSES] = {"1xx", "2xx", "3xx",
-                                                         "4xx", "5xx", "other"};
-
 uint64_t worker_random(pf_worker *w) {
     return pf_xorshift128p(w->rng); /* per worker: no shared state on the request path */
 }
@@ -75,7 +72,7 @@ static void register_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
     char labels[160];
     for (int i = 0; i < PF_CODE_CLASSES; i++) {
         snprintf(labels, sizeof labels, "listener=\"%s\",code_class=\"%s\"", l->cfg->name,
-                 class_names[i]);
+                 proxy_code_class_name((size_t)i));
         l->requests[i] = metrics_counter(m, "pilotfish_downstream_requests_total",
                                          "Requests answered to clients, by status class.", labels);
     }
@@ -105,7 +102,7 @@ static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
     char labels[160];
     for (int i = 0; i < PF_CODE_CLASSES; i++) {
         snprintf(labels, sizeof labels, "cluster=\"%s\",code_class=\"%s\"", c->cfg->name,
-                 class_names[i]);
+                 proxy_code_class_name((size_t)i));
         c->requests[i] =
             metrics_counter(m, "pilotfish_upstream_requests_total",
                             "Requests sent to a cluster, by response status class.", labels);

@@ -62,6 +62,35 @@ size_t proxy_cluster_count(const pf_proxy *proxy);
 const pf_config_cluster *proxy_cluster_config(const pf_proxy *proxy, size_t index);
 /* The slot discovery publishes this cluster's endpoint sets into. Borrowed. */
 pf_endpoint_slot *proxy_cluster_slot(const pf_proxy *proxy, size_t index);
+
+/* ---- counters for the admin status page (proxy/status.c) ---------------------------- */
+
+/* Response status classes counted per listener and cluster: 1xx..5xx, then "other". */
+#define PF_PROXY_CODE_CLASSES 6
+/* "1xx" .. "5xx", "other". */
+const char *proxy_code_class_name(size_t code_class);
+
+typedef struct pf_proxy_listener_status {
+    uint64_t requests[PF_PROXY_CODE_CLASSES]; /* answered to clients, by status class */
+    uint64_t connections_total;
+    int64_t connections_active;
+    uint64_t rejected;            /* requests pilotfish refused itself with a 4xx */
+    const pf_histogram *duration; /* first request byte to response end; borrowed */
+} pf_proxy_listener_status;
+
+/* Listener `index` of the config (as cfg->listeners). Any thread. */
+void proxy_listener_status(const pf_proxy *proxy, size_t index, pf_proxy_listener_status *out);
+
+typedef struct pf_proxy_cluster_status {
+    uint64_t requests[PF_PROXY_CODE_CLASSES]; /* sent upstream, by response status class */
+    long active_requests;                     /* in flight, all workers */
+    int64_t connections_active;
+    uint64_t retries;
+    bool panic; /* balancing over every endpoint: too few are healthy */
+} pf_proxy_cluster_status;
+
+/* Cluster `index` (as proxy_cluster_config). Any thread. */
+void proxy_cluster_status(const pf_proxy *proxy, size_t index, pf_proxy_cluster_status *out);
 /* ---- clusters and routes discovered at run time (Kubernetes auto-discovery) ---------- */
 
 /* Most clusters a proxy holds, configured and discovered together. */

@@ -54,7 +54,7 @@ def test_prometheus_text_is_well_formed_with_pilotfish_metrics(proxy):
     ):
         assert name in names, f"{name} missing from {sorted(names)}"
     assert {"pilotfish_request_duration_seconds_bucket", "pilotfish_request_duration_seconds_count"} <= names
-    assert all(n.startswith("pilotfish_") for n in names), sorted(names)
+    assert all(n.startswith(("pilotfish_", "process_")) for n in names), sorted(names)
 
 
 def test_prometheus_request_counters_increase_after_requests(proxy):

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -300,6 +301,82 @@ static void test_counter_holds_large_values(void) {
     metrics_free(m);
 }
 
+static void test_histogram_quantile_interpolates_inside_the_bucket(void) {
+    pf_metrics *m = metrics_new();
+    pf_histogram *empty = metrics_histogram(m, "q0_seconds", "Q.", "");
+    pf_histogram *h = metrics_histogram(m, "q_seconds", "Q.", "");
+    pf_histogram *slow = metrics_histogram(m, "q2_seconds", "Q.", "");
+    CU_ASSERT_FATAL(empty && h && slow);
+    CU_ASSERT_EQUAL(metrics_histogram_quantile(empty, 0.5), -1);
+    /* 100 observations: 50 in (0.001, 0.0025], 49 in (0.005, 0.01], 1 in (0.5, 1] */
+    for (int i = 0; i < 50; i++)
+        metrics_observe_us(h, 2000);
+    for (int i = 0; i < 49; i++)
+        metrics_observe_us(h, 8000);
+    metrics_observe_us(h, 700000);
+    static const struct {
+        double q, want;
+    } rows[] = {
+        {0.5, 0.0025},                       /* rank 50: the top of the first filled bucket */
+        {0.25, 0.001 + 0.0015 * 25.0 / 50},  /* halfway through it */
+        {0.99, 0.01},                        /* rank 99: the top of the second */
+        {0.995, 0.5 + 0.5 * 0.5},            /* rank 99.5: halfway into the last one */
+        {0.75, 0.005 + 0.005 * 25.0 / 49.0}, /* rank 75 inside (0.005, 0.01] */
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        double got = metrics_histogram_quantile(h, rows[i].q);
+        PF_CHECK(fabs(got - rows[i].want) < 1e-9, "q=%g: got %.9f, want %.9f", rows[i].q, got,
+                 rows[i].want);
+    }
+    /* Past the last bound the answer is +Inf ("slower than 10 s"), not a made-up number. */
+    metrics_observe_us(slow, 20000000);
+    CU_ASSERT(isinf(metrics_histogram_quantile(slow, 0.5)));
+    /* The first bucket starts at 0. */
+    pf_histogram *fast = metrics_histogram(m, "q3_seconds", "Q.", "");
+    metrics_observe_us(fast, 100);
+    metrics_observe_us(fast, 100);
+    CU_ASSERT(fabs(metrics_histogram_quantile(fast, 0.5) - 0.00025) < 1e-12);
+    metrics_free(m);
+}
+
+static void emit_one(void *arg, pf_metric_emit emit, void *emit_ctx) {
+    emit(emit_ctx, "", 2.5);
+}
+
+static void test_counter_callback_renders_as_a_counter(void) {
+    pf_metrics *m = metrics_new();
+    CU_ASSERT_EQUAL(metrics_counter_callback(m, "cpu_seconds_total", "CPU.", emit_one, NULL), 0);
+    check_render(m, "# HELP cpu_seconds_total CPU.\n# TYPE cpu_seconds_total counter\n"
+                    "cpu_seconds_total 2.5\n");
+    metrics_free(m);
+}
+
+static void test_process_metrics_have_their_standard_names_and_sane_values(void) {
+    pf_metrics *m = metrics_new();
+    CU_ASSERT_EQUAL_FATAL(metrics_register_process(m), PF_OK);
+    char *text = metrics_render(m);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    static const char *const names[] = {"process_cpu_seconds_total",
+                                        "process_resident_memory_bytes",
+                                        "process_virtual_memory_bytes",
+                                        "process_open_fds",
+                                        "process_max_fds",
+                                        "process_start_time_seconds"};
+    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+        char line[96];
+        snprintf(line, sizeof line, "\n%s ", names[i]);
+        const char *at = strstr(text, line);
+        PF_CHECK(at != NULL, "%s missing from:\n%s", names[i], text);
+        if (at)
+            PF_CHECK(strtod(at + strlen(line), NULL) > 0, "%s is not positive", names[i]);
+    }
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "# TYPE process_cpu_seconds_total counter\n"));
+    double start = metrics_process_start_time(), now = (double)pf_wall_us() / 1e6;
+    PF_CHECK(start > now - 3600 && start <= now + 1, "start %f, now %f", start, now);
+    free(text);
+    metrics_free(m);
+}
+
 /* ---- JSON escaping -------------------------------------------------------------------------- */
 
 static void test_json_escape_quotes_backslashes_and_control_bytes(void) {
@@ -513,6 +590,9 @@ PF_UNIT_MAIN("core", PF_UNIT_TEST(test_duration_format_then_parse_round_trips),
              PF_UNIT_TEST(test_gauge_callback_emits_one_line_per_label_set_at_render),
              PF_UNIT_TEST(test_empty_registry_renders_empty_text),
              PF_UNIT_TEST(test_counter_holds_large_values),
+             PF_UNIT_TEST(test_histogram_quantile_interpolates_inside_the_bucket),
+             PF_UNIT_TEST(test_counter_callback_renders_as_a_counter),
+             PF_UNIT_TEST(test_process_metrics_have_their_standard_names_and_sane_values),
              PF_UNIT_TEST(test_json_escape_quotes_backslashes_and_control_bytes),
              PF_UNIT_TEST(test_json_escape_output_parses_back_to_the_input),
              PF_UNIT_TEST(test_json_escape_truncates_without_splitting_an_escape),

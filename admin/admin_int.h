@@ -1,0 +1,67 @@
+/* Private to admin/: the admin server's state, shared by the JSON endpoints (admin.c) and
+ * the HTML status page (status_page.c). */
+#ifndef PF_ADMIN_INT_H
+#define PF_ADMIN_INT_H
+
+#include "admin/admin.h"
+
+#include <event2/buffer.h>
+#include <stdint.h>
+
+/* Request totals at one moment, for the status page's rates (clusters or listeners, by
+ * index). */
+typedef struct admin_rate_sample {
+    uint64_t *totals;
+    size_t count;
+    uint64_t at_us; /* pf_now_us(); 0: none yet */
+} admin_rate_sample;
+
+/* Rates over the last 10 to 20 s: the page keeps the two latest samples taken at least
+ * ADMIN_RATE_WINDOW_US apart. Bounded by the number of clusters (listeners). */
+typedef struct admin_rate_meter {
+    admin_rate_sample older, newer;
+} admin_rate_meter;
+
+struct pf_admin {
+    struct evhttp *http;
+    struct evconnlistener *listener; /* evhttp's, for pausing on EMFILE */
+    struct event *accept_retry;
+    const pf_config *cfg;
+    pf_proxy *proxy;
+    pf_metrics *metrics;
+    pf_health *const *health; /* per cluster, may be NULL: see admin_set_health */
+    size_t health_count;
+    const pf_dns *dns;                              /* may be NULL: see admin_set_dns */
+    const pf_k8s *k8s;                              /* may be NULL: see admin_set_kubernetes */
+    const char *version;                            /* "" until admin_set_version */
+    admin_rate_meter cluster_rates, listener_rates; /* the status page's, main thread */
+};
+
+/* Appends `text` to `out` with & < > " ' replaced by character references, so that text
+ * from config or discovery is inert in element content and in quoted attributes alike.
+ * Returns 0 or PF_ENOMEM. Any thread. */
+int admin_html_escape(struct evbuffer *out, const char *text);
+
+/* Renders the status page for `admin` into `out` (and samples request totals for its
+ * rates). Returns 0 or PF_ENOMEM. Main thread. */
+int admin_status_render(pf_admin *admin, struct evbuffer *out);
+/* Frees what the status page keeps between renders. Main thread. */
+void admin_status_free(pf_admin *admin);
+
+#define ADMIN_RATE_WINDOW_US (10u * 1000000u)
+#define ADMIN_RATE_MIN_US (1u * 1000000u) /* a shorter span says too little */
+/* Takes `totals` (count entries, at now_us) as the newer sample once the current one is
+ * ADMIN_RATE_WINDOW_US old (the current one becomes the older). Returns 0 or PF_ENOMEM (then
+ * nothing changes). */
+int admin_rate_update(admin_rate_meter *m, const uint64_t *totals, size_t count, uint64_t now_us);
+/* Requests per second of entry i, from its total now against the older sample (or the
+ * newer, when no older one exists and it is at least ADMIN_RATE_MIN_US old); -1 when no
+ * sample tells. */
+double admin_rate_of(const admin_rate_meter *m, size_t i, uint64_t total, uint64_t now_us);
+void admin_rate_free(admin_rate_meter *m);
+
+/* The Content-Security-Policy header value the page needs: nothing but its own inline
+ * style and script (by hash) and requests back to the admin server. Static text. */
+const char *admin_status_csp(void);
+
+#endif

@@ -1,0 +1,40 @@
+/* Read-only views of the proxy's counters for admin's status page: relaxed loads of the
+ * same atomics /stats/prometheus renders, so the page and the metrics agree. */
+#include "proxy/proxy_int.h"
+
+_Static_assert(PF_PROXY_CODE_CLASSES == PF_CODE_CLASSES, "one list of status classes");
+
+static const char *const class_names[PF_CODE_CLASSES] = {"1xx", "2xx", "3xx",
+                                                         "4xx", "5xx", "other"};
+
+const char *proxy_code_class_name(size_t code_class) {
+    return code_class < PF_CODE_CLASSES ? class_names[code_class] : "other";
+}
+
+static uint64_t counter_value(const pf_counter *c) {
+    return c ? atomic_load_explicit(&c->value, memory_order_relaxed) : 0;
+}
+
+static int64_t gauge_value(const pf_gauge *g) {
+    return g ? atomic_load_explicit(&g->value, memory_order_relaxed) : 0;
+}
+
+void proxy_listener_status(const pf_proxy *proxy, size_t index, pf_proxy_listener_status *out) {
+    const pf_listener_rt *l = &proxy->listeners[index];
+    for (size_t i = 0; i < PF_CODE_CLASSES; i++)
+        out->requests[i] = counter_value(l->requests[i]);
+    out->connections_total = counter_value(l->connections_total);
+    out->connections_active = gauge_value(l->connections_active);
+    out->rejected = counter_value(l->errors_total);
+    out->duration = l->duration;
+}
+
+void proxy_cluster_status(const pf_proxy *proxy, size_t index, pf_proxy_cluster_status *out) {
+    const pf_cluster_rt *c = &proxy->clusters[index];
+    for (size_t i = 0; i < PF_CODE_CLASSES; i++)
+        out->requests[i] = counter_value(c->requests[i]);
+    out->active_requests = atomic_load_explicit(&c->active_requests, memory_order_relaxed);
+    out->connections_active = gauge_value(c->connections_active);
+    out->retries = counter_value(c->retries);
+    out->panic = proxy_cluster_panic(proxy, index);
+}
