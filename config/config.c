@@ -75,6 +75,11 @@ static const char *const dns_record_names[] = {
 /* Indexed by pf_check_type minus one: "none" is no type a file can name. */
 static const char *const check_type_names[] = {"http", "tcp"};
 
+/* KT_ENUM rows store through an int. */
+_Static_assert(sizeof(pf_lb_policy) == sizeof(int) && sizeof(pf_dns_record) == sizeof(int) &&
+                   sizeof(pf_check_type) == sizeof(int),
+               "enum fields of the schema are int-sized");
+
 void textlist_add(textlist *tl, const char *item) {
     const char *sep = tl->len ? ", " : "";
     size_t need = strlen(sep) + strlen(item);

@@ -350,24 +350,26 @@ static int add_change(pf_config_diff *out, pf_change_kind kind, const char *path
     return PF_OK;
 }
 
-/* The element of arr whose id key equals id, or NULL. */
-static json_t *find_by_id(json_t *arr, const char *id_key, json_t *id) {
-    for (size_t i = 0; i < json_array_size(arr); i++) {
+/* arr's elements by their id (a name or an address, unique once loaded), so matching two
+ * lists of a thousand clusters is a thousand lookups, not a million comparisons. */
+static json_t *index_by_id(json_t *arr, const char *id_key) {
+    json_t *idx = json_object();
+    for (size_t i = 0; idx && i < json_array_size(arr); i++) {
         json_t *e = json_array_get(arr, i);
-        if (json_equal(json_object_get(e, id_key), id))
-            return e;
+        const char *id = json_string_value(json_object_get(e, id_key));
+        if (id && json_object_set(idx, id, e) != 0) {
+            json_decref(idx);
+            idx = NULL;
+        }
     }
-    return NULL;
+    return idx;
 }
 
 /* RFC 9535 2.3.5 filter selector naming one element by its id: [?@.name=="web"]. Ids are
  * names and addresses, which hold no quote. */
 static const char *id_path(char buf[JPATH_MAX * 2], const char *parent, const char *key,
-                           json_t *id) {
-    int n = json_is_string(id) ? snprintf(buf, JPATH_MAX * 2, "%s[?@.%s==\"%s\"]", parent, key,
-                                          json_string_value(id))
-                               : snprintf(buf, JPATH_MAX * 2, "%s[?@.%s==%lld]", parent, key,
-                                          (long long)json_integer_value(id));
+                           const char *id) {
+    int n = snprintf(buf, JPATH_MAX * 2, "%s[?@.%s==\"%s\"]", parent, key, id);
     if (n < 0 || n >= JPATH_MAX * 2)
         memcpy(buf + JPATH_MAX * 2 - 4, "...", 4);
     return buf;
@@ -393,18 +395,26 @@ static int diff_array(const schema *s, json_t *a, json_t *b, const char *path,
         }
         return PF_OK;
     }
+    json_t *ia = index_by_id(a, s->id_key), *ib = index_by_id(b, s->id_key);
+    if (!ia || !ib)
+        rc = PF_ENOMEM;
     /* removed ones first, in the old order; then the new list in its order */
     for (size_t i = 0; i < json_array_size(a) && rc == PF_OK; i++) {
-        json_t *id = json_object_get(json_array_get(a, i), s->id_key);
-        if (!find_by_id(b, s->id_key, id))
+        const char *id = json_string_value(json_object_get(json_array_get(a, i), s->id_key));
+        if (id && !json_object_get(ib, id))
             rc = add_change(out, PF_CHANGE_REMOVED, id_path(p, path, s->id_key, id));
     }
     for (size_t i = 0; i < json_array_size(b) && rc == PF_OK; i++) {
-        json_t *e = json_array_get(b, i), *id = json_object_get(e, s->id_key);
-        json_t *old = find_by_id(a, s->id_key, id);
+        json_t *e = json_array_get(b, i);
+        const char *id = json_string_value(json_object_get(e, s->id_key));
+        if (!id)
+            continue;
+        json_t *old = json_object_get(ia, id);
         id_path(p, path, s->id_key, id);
         rc = old ? schema_diff(s, old, e, p, out) : add_change(out, PF_CHANGE_ADDED, p);
     }
+    json_decref(ia);
+    json_decref(ib);
     return rc;
 }
 
