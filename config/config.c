@@ -2198,15 +2198,8 @@ void config_cluster_dns_defaults(pf_config_cluster_dns *dns) {
     schema_defaults(&cluster_dns_schema, dns);
 }
 
-/* The diff compares the dumps: they hold every effective value, defaults included, in
- * schema order, so one walk over the tables sees every key of both configs. */
 int config_diff(const pf_config *from, const pf_config *to, pf_config_diff *out) {
-    dumper d = {0};
-    json_t *a = schema_dump(&d, &root_schema, from), *b = schema_dump(&d, &root_schema, to);
-    int rc = d.failed ? PF_ENOMEM : schema_diff(&root_schema, a, b, "$", out);
-    json_decref(a);
-    json_decref(b);
-    return rc;
+    return schema_diff(&root_schema, from, to, "$", out);
 }
 
 void config_diff_free(pf_config_diff *diff) {

@@ -157,8 +157,9 @@ void parse_value(loader *ld, json_t *obj, json_t *v, const char *path, void *bas
                  const key_def *k);
 /* The object as JSON, or NULL when failed is set. */
 json_t *schema_dump(dumper *d, const schema *s, const void *obj);
-/* Compares two dumps of s and appends one change per key that differs. */
-int schema_diff(const schema *s, json_t *a, json_t *b, const char *path, pf_config_diff *out);
+/* Compares two objects of s and appends one change per key whose dump differs. */
+int schema_diff(const schema *s, const void *a, const void *b, const char *path,
+                pf_config_diff *out);
 /* Appends the keys of s and of every object below it, each once, to arr. */
 int schema_list(const schema *s, json_t *arr, const void **seen, size_t *nseen, size_t max);
 

@@ -5,9 +5,13 @@
 #include "config/config_int.h"
 #include "core/time.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Paths of the diff: listener and cluster names and endpoint addresses in full. */
+#define DIFF_PATH_MAX (JPATH_MAX * 2)
 
 /* Where the row's value lives in the object's struct. */
 #define AT(base, k, T) ((T *)(void *)((char *)(base) + (k)->off))
@@ -334,6 +338,11 @@ json_t *schema_dump(dumper *d, const schema *s, const void *obj) {
 
 /* ---- diff --------------------------------------------------------------------------- */
 
+/* The diff walks the two structs row by row, with the dump's view of each key: a key the
+ * dump leaves out (unset, off, not given) is absent, so going from absent to present is
+ * "added". Rows with their own dump compare what that dump gives; nothing else is built,
+ * so comparing a thousand clusters allocates nothing but the paths it reports. */
+
 static int add_change(pf_config_diff *out, pf_change_kind kind, const char *path) {
     if (out->count == out->cap) {
         size_t cap = out->cap ? out->cap * 2 : 16;
@@ -350,98 +359,212 @@ static int add_change(pf_config_diff *out, pf_change_kind kind, const char *path
     return PF_OK;
 }
 
-/* arr's elements by their id (a name or an address, unique once loaded), so matching two
- * lists of a thousand clusters is a thousand lookups, not a million comparisons. */
-static json_t *index_by_id(json_t *arr, const char *id_key) {
-    json_t *idx = json_object();
-    for (size_t i = 0; idx && i < json_array_size(arr); i++) {
-        json_t *e = json_array_get(arr, i);
-        const char *id = json_string_value(json_object_get(e, id_key));
-        if (id && json_object_set(idx, id, e) != 0) {
-            json_decref(idx);
-            idx = NULL;
-        }
+static const char *join_path(char buf[DIFF_PATH_MAX], const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static const char *join_path(char buf[DIFF_PATH_MAX], const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, DIFF_PATH_MAX, fmt, ap);
+    va_end(ap);
+    if (n < 0 || n >= DIFF_PATH_MAX)
+        memcpy(buf + DIFF_PATH_MAX - 4, "...", 4);
+    return buf;
+}
+
+/* Whether the dump of obj has the key of row k (rows without their own dump). */
+static bool dumped_key(const void *obj, const key_def *k) {
+    if (k->dump_if && !k->dump_if(obj))
+        return false;
+    switch (k->type) {
+    case KT_UINT:
+        return !(k->flags & KF_OMIT_ZERO) || *CAT(obj, k, uint32_t) != 0;
+    case KT_DURATION:
+        return !(k->flags & KF_OMIT_ZERO) || *CAT(obj, k, uint64_t) != 0;
+    case KT_TEXT:
+        return !(k->flags & KF_OMIT_ZERO) || *CAT(obj, k, char) != '\0';
+    case KT_ENUM: {
+        int i = *CAT(obj, k, int) - k->name_base;
+        return i >= 0 && (size_t)i < k->name_count;
     }
+    case KT_OBJECT:
+        if ((k->flags & KF_PRESENT) &&
+            !*(const bool *)(const void *)((const char *)obj + k->present_off))
+            return false;
+        return !k->sub->dumped || k->sub->dumped(CAT(obj, k, char));
+    case KT_BOOL:
+    case KT_ADDR:
+    case KT_ARRAY:
+    case KT_CUSTOM:
+        break;
+    }
+    return true;
+}
+
+static bool same_value(const void *a, const void *b, const key_def *k) {
+    switch (k->type) {
+    case KT_BOOL:
+        return *CAT(a, k, bool) == *CAT(b, k, bool);
+    case KT_UINT:
+        return *CAT(a, k, uint32_t) == *CAT(b, k, uint32_t);
+    case KT_DURATION:
+        return *CAT(a, k, uint64_t) == *CAT(b, k, uint64_t);
+    case KT_ENUM:
+        return *CAT(a, k, int) == *CAT(b, k, int);
+    case KT_TEXT:
+        return strcmp(CAT(a, k, char), CAT(b, k, char)) == 0;
+    case KT_ADDR:
+        return strcmp(CAT(a, k, pf_sockaddr)->text, CAT(b, k, pf_sockaddr)->text) == 0;
+    case KT_OBJECT:
+    case KT_ARRAY:
+    case KT_CUSTOM:
+        break;
+    }
+    return false;
+}
+
+static int diff_struct(const schema *s, const void *a, const void *b, const char *path,
+                       pf_config_diff *out);
+
+/* An element's id as text: the TEXT or ADDR row named by the schema's id_key. */
+static const char *elem_id(const schema *s, const void *elem) {
+    for (size_t i = 0; i < s->count; i++) {
+        const key_def *k = &s->keys[i];
+        if (strcmp(k->name, s->id_key) == 0)
+            return k->type == KT_ADDR ? CAT(elem, k, pf_sockaddr)->text : CAT(elem, k, char);
+    }
+    return "";
+}
+
+typedef struct id_ref {
+    const char *id;
+    const void *elem;
+} id_ref;
+
+static int by_id(const void *x, const void *y) {
+    return strcmp(((const id_ref *)x)->id, ((const id_ref *)y)->id);
+}
+
+/* The elements sorted by id, so that matching two lists of a thousand clusters is a
+ * thousand binary searches, not a million comparisons. NULL when n is 0 or out of memory. */
+static id_ref *index_by_id(const schema *s, const char *elems, size_t n) {
+    id_ref *idx = n ? malloc(n * sizeof *idx) : NULL;
+    for (size_t i = 0; idx && i < n; i++)
+        idx[i] = (id_ref){elem_id(s, elems + i * s->size), elems + i * s->size};
+    if (idx)
+        qsort(idx, n, sizeof *idx, by_id);
     return idx;
+}
+
+static const void *find_id(const id_ref *idx, size_t n, const char *id) {
+    id_ref key = {id, NULL};
+    const id_ref *hit = n ? bsearch(&key, idx, n, sizeof *idx, by_id) : NULL;
+    return hit ? hit->elem : NULL;
 }
 
 /* RFC 9535 2.3.5 filter selector naming one element by its id: [?@.name=="web"]. Ids are
  * names and addresses, which hold no quote. */
-static const char *id_path(char buf[JPATH_MAX * 2], const char *parent, const char *key,
-                           const char *id) {
-    int n = snprintf(buf, JPATH_MAX * 2, "%s[?@.%s==\"%s\"]", parent, key, id);
-    if (n < 0 || n >= JPATH_MAX * 2)
-        memcpy(buf + JPATH_MAX * 2 - 4, "...", 4);
-    return buf;
-}
-
-static int diff_array(const schema *s, json_t *a, json_t *b, const char *path,
+static int diff_array(const key_def *k, const void *a, const void *b, const char *path,
                       pf_config_diff *out) {
-    char p[JPATH_MAX * 2];
+    char p[DIFF_PATH_MAX];
+    const schema *s = k->sub;
+    const char *ea = *CAT(a, k, char *), *eb = *CAT(b, k, char *);
+    size_t na = *(const size_t *)(const void *)((const char *)a + k->count_off);
+    size_t nb = *(const size_t *)(const void *)((const char *)b + k->count_off);
     int rc = PF_OK;
     if (!s->id_key) {
-        size_t na = json_array_size(a), nb = json_array_size(b);
         for (size_t i = 0; i < na || i < nb; i++) {
-            if (snprintf(p, sizeof p, "%s[%zu]", path, i) >= (int)sizeof p)
-                memcpy(p + sizeof p - 4, "...", 4);
+            join_path(p, "%s[%zu]", path, i);
             if (i >= na)
                 rc = add_change(out, PF_CHANGE_ADDED, p);
             else if (i >= nb)
                 rc = add_change(out, PF_CHANGE_REMOVED, p);
             else
-                rc = schema_diff(s, json_array_get(a, i), json_array_get(b, i), p, out);
+                rc = diff_struct(s, ea + i * s->size, eb + i * s->size, p, out);
             if (rc != PF_OK)
                 return rc;
         }
         return PF_OK;
     }
-    json_t *ia = index_by_id(a, s->id_key), *ib = index_by_id(b, s->id_key);
-    if (!ia || !ib)
+    id_ref *ia = index_by_id(s, ea, na), *ib = index_by_id(s, eb, nb);
+    if ((na && !ia) || (nb && !ib))
         rc = PF_ENOMEM;
     /* removed ones first, in the old order; then the new list in its order */
-    for (size_t i = 0; i < json_array_size(a) && rc == PF_OK; i++) {
-        const char *id = json_string_value(json_object_get(json_array_get(a, i), s->id_key));
-        if (id && !json_object_get(ib, id))
-            rc = add_change(out, PF_CHANGE_REMOVED, id_path(p, path, s->id_key, id));
+    for (size_t i = 0; i < na && rc == PF_OK; i++) {
+        const char *id = elem_id(s, ea + i * s->size);
+        if (!find_id(ib, nb, id))
+            rc = add_change(out, PF_CHANGE_REMOVED,
+                            join_path(p, "%s[?@.%s==\"%s\"]", path, s->id_key, id));
     }
-    for (size_t i = 0; i < json_array_size(b) && rc == PF_OK; i++) {
-        json_t *e = json_array_get(b, i);
-        const char *id = json_string_value(json_object_get(e, s->id_key));
-        if (!id)
-            continue;
-        json_t *old = json_object_get(ia, id);
-        id_path(p, path, s->id_key, id);
-        rc = old ? schema_diff(s, old, e, p, out) : add_change(out, PF_CHANGE_ADDED, p);
+    for (size_t i = 0; i < nb && rc == PF_OK; i++) {
+        const void *e = eb + i * s->size, *old = find_id(ia, na, elem_id(s, e));
+        join_path(p, "%s[?@.%s==\"%s\"]", path, s->id_key, elem_id(s, e));
+        rc = old ? diff_struct(s, old, e, p, out) : add_change(out, PF_CHANGE_ADDED, p);
     }
-    json_decref(ia);
-    json_decref(ib);
+    free(ia);
+    free(ib);
     return rc;
 }
 
-int schema_diff(const schema *s, json_t *a, json_t *b, const char *path, pf_config_diff *out) {
-    char p[JPATH_MAX * 2];
+/* A row with its own dump: compared as what the dump gives. */
+static int diff_dumped(const key_def *k, const void *a, const void *b, const char *path,
+                       pf_config_diff *out) {
+    char p[DIFF_PATH_MAX];
+    dumper d = {0};
+    json_t *va = k->dump(&d, a, k), *vb = k->dump(&d, b, k);
+    int rc = PF_OK;
+    if (d.failed)
+        rc = PF_ENOMEM;
+    else if (va && !vb)
+        rc = add_change(out, PF_CHANGE_REMOVED, join_path(p, "%s.%s", path, k->name));
+    else if (!va && vb)
+        rc = add_change(out, PF_CHANGE_ADDED, join_path(p, "%s.%s", path, k->name));
+    else if (va && !json_equal(va, vb))
+        rc = add_change(out, PF_CHANGE_CHANGED, join_path(p, "%s.%s", path, k->name));
+    json_decref(va);
+    json_decref(vb);
+    return rc;
+}
+
+/* The key's path is written only when it is reported or descended into: most keys of a
+ * large config are neither. */
+static int diff_struct(const schema *s, const void *a, const void *b, const char *path,
+                       pf_config_diff *out) {
+    char p[DIFF_PATH_MAX];
     for (size_t i = 0; i < s->count; i++) {
         const key_def *k = &s->keys[i];
-        json_t *va = json_object_get(a, k->name), *vb = json_object_get(b, k->name);
         int rc = PF_OK;
-        if (snprintf(p, sizeof p, "%s.%s", path, k->name) >= (int)sizeof p)
-            memcpy(p + sizeof p - 4, "...", 4);
-        if (!va && !vb)
-            continue;
-        if (!va)
-            rc = add_change(out, PF_CHANGE_ADDED, p);
-        else if (!vb)
-            rc = add_change(out, PF_CHANGE_REMOVED, p);
-        else if (k->type == KT_OBJECT && json_is_object(va) && json_is_object(vb))
-            rc = schema_diff(k->sub, va, vb, p, out);
-        else if (k->type == KT_ARRAY && json_is_array(va) && json_is_array(vb))
-            rc = diff_array(k->sub, va, vb, p, out);
-        else if (!json_equal(va, vb))
-            rc = add_change(out, PF_CHANGE_CHANGED, p);
+        if (k->dump) {
+            bool ia = !k->dump_if || k->dump_if(a), ib = !k->dump_if || k->dump_if(b);
+            if (ia && ib)
+                rc = diff_dumped(k, a, b, path, out);
+            else if (ia || ib)
+                rc = add_change(out, ia ? PF_CHANGE_REMOVED : PF_CHANGE_ADDED,
+                                join_path(p, "%s.%s", path, k->name));
+        } else {
+            bool ia = dumped_key(a, k), ib = dumped_key(b, k);
+            if (!ia && !ib)
+                continue;
+            if (ia != ib)
+                rc = add_change(out, ia ? PF_CHANGE_REMOVED : PF_CHANGE_ADDED,
+                                join_path(p, "%s.%s", path, k->name));
+            else if (k->type == KT_OBJECT)
+                rc = diff_struct(k->sub, CAT(a, k, char), CAT(b, k, char),
+                                 join_path(p, "%s.%s", path, k->name), out);
+            else if (k->type == KT_ARRAY)
+                rc = diff_array(k, a, b, join_path(p, "%s.%s", path, k->name), out);
+            else if (!same_value(a, b, k))
+                rc = add_change(out, PF_CHANGE_CHANGED, join_path(p, "%s.%s", path, k->name));
+        }
         if (rc != PF_OK)
             return rc;
     }
     return PF_OK;
+}
+
+int schema_diff(const schema *s, const void *a, const void *b, const char *path,
+                pf_config_diff *out) {
+    return diff_struct(s, a, b, path, out);
 }
 
 /* ---- the schema listing -------------------------------------------------------------- */
