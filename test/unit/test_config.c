@@ -1534,6 +1534,11 @@ static const struct {
      "cluster"},
     {K8S("'auto_discover':{'namespaces':'all','cluster':[]}"),
      "x.json: $.kubernetes.auto_discover.cluster: expected object, found array"},
+    {LB("'hash_on':5"), "x.json: $.clusters[0].hash_on: expected object, found integer"},
+    {CFG("", LMAIN(""), CWEB(",'lb_policy':'ewma','ewma_decay':true")),
+     "x.json: $.clusters[0].ewma_decay: expected a duration string (e.g. \"5s\"), found boolean"},
+    {HC("'type':'tcp','send':5"),
+     "x.json: $.clusters[0].health_check.send: expected string, found integer"},
     {LB("'hash_on':{'query':'q'}"),
      "x.json: $.clusters[0].hash_on: unknown key \"query\"; known keys: header, cookie, "
      "source_ip, path"},
@@ -1592,6 +1597,184 @@ static void test_bounds_and_zero_durations_load(void) {
     CU_ASSERT_EQUAL(c->health_check.healthy_threshold, 1000);
     CU_ASSERT_EQUAL(c->outlier.consecutive_5xx, 0);
     config_free(cfg);
+}
+
+/* A config with every object of the schema present once, to break one key at a time. */
+static const char every_object_json[] =
+    "{'admin':{'address':'127.0.0.1:9901'},'dns':{'timeout':'1s'},"
+    "'kubernetes':{'backoff':{'base':'1s'},'auto_discover':{'namespaces':'all'}},"
+    "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{'prefix':'/'},"
+    "'cluster':'web','retry':{'backoff':{'base':'25ms'}}}]}],"
+    "'clusters':[{'name':'web','endpoints':[{'address':'127.0.0.1:8081'}],"
+    "'retry':{'backoff':{'base':'25ms'}},'retry_budget':{},'circuit_breakers':{},"
+    "'health_check':{},'outlier_detection':{}},"
+    "{'name':'d','dns':{'name':'d.internal','port':80}},"
+    "{'name':'k','kubernetes':{'service':'k'}}]}";
+
+/* Where each object of the schema (its doc name) is in every_object_json. */
+static const struct {
+    const char *doc;
+    const char *steps; /* object keys, and array indexes as digits, separated by "/" */
+    const char *path;  /* the same as a JSON path */
+} object_at[] = {
+    {"", "", "$"},
+    {"admin", "admin", "$.admin"},
+    {"listeners[]", "listeners/0", "$.listeners[0]"},
+    {"routes[]", "listeners/0/routes/0", "$.listeners[0].routes[0]"},
+    {"routes[].match", "listeners/0/routes/0/match", "$.listeners[0].routes[0].match"},
+    {"retry", "listeners/0/routes/0/retry", "$.listeners[0].routes[0].retry"},
+    {"retry.backoff", "clusters/0/retry/backoff", "$.clusters[0].retry.backoff"},
+    {"clusters[]", "clusters/0", "$.clusters[0]"},
+    {"endpoints[]", "clusters/0/endpoints/0", "$.clusters[0].endpoints[0]"},
+    {"retry_budget", "clusters/0/retry_budget", "$.clusters[0].retry_budget"},
+    {"circuit_breakers", "clusters/0/circuit_breakers", "$.clusters[0].circuit_breakers"},
+    {"health_check", "clusters/0/health_check", "$.clusters[0].health_check"},
+    {"outlier_detection", "clusters/0/outlier_detection", "$.clusters[0].outlier_detection"},
+    {"clusters[].dns", "clusters/1/dns", "$.clusters[1].dns"},
+    {"clusters[].kubernetes", "clusters/2/kubernetes", "$.clusters[2].kubernetes"},
+    {"dns", "dns", "$.dns"},
+    {"kubernetes", "kubernetes", "$.kubernetes"},
+    {"kubernetes.backoff", "kubernetes/backoff", "$.kubernetes.backoff"},
+    {"kubernetes.auto_discover", "kubernetes/auto_discover", "$.kubernetes.auto_discover"},
+};
+
+static json_t *walk_steps(json_t *root, const char *steps) {
+    char buf[128], *save = NULL;
+    snprintf(buf, sizeof buf, "%s", steps);
+    json_t *at = root;
+    for (char *step = strtok_r(buf, "/", &save); at && step; step = strtok_r(NULL, "/", &save))
+        at = (step[0] >= '0' && step[0] <= '9') ? json_array_get(at, (size_t)atoi(step))
+                                                : json_object_get(at, step);
+    return at;
+}
+
+/* Loads root as text and returns whether one of its messages is exactly want. */
+static bool fails_with(json_t *root, const char *want, const pf_errlist **got) {
+    static pf_errlist errs;
+    pf_errlist_free(&errs);
+    char *text = json_dumps(root, 0);
+    pf_config *cfg = NULL;
+    int rc = text ? config_load_string(text, "x.json", &cfg, &errs) : PF_ENOMEM;
+    free(text);
+    config_free(cfg);
+    *got = &errs;
+    if (rc != PF_EINVAL)
+        return false;
+    for (size_t i = 0; i < errs.count; i++)
+        if (strcmp(errs.items[i], want) == 0)
+            return true;
+    return false;
+}
+
+/* Generated from the schema listing, so a key added later is covered at once: every key of
+ * a checked type given a value of the wrong type has the type message at its path, and
+ * every object refuses an unknown key with its known keys in table order. */
+static void test_every_schema_key_refuses_the_wrong_type(void) {
+    static const struct {
+        const char *type;
+        const char *bad_json;
+        const char *message;
+    } wrong[] = {
+        {"boolean", "1", "expected boolean, found integer"},
+        {"integer", "\"1\"", "expected integer, found string"},
+        {"duration", "true", "expected a duration string (e.g. \"5s\"), found boolean"},
+        {"string", "7", "expected string, found integer"},
+        {"address", "7", "expected string, found integer"},
+        {"object", "7", "expected object, found integer"},
+        {"array", "7", "expected array, found integer"},
+    };
+    json_t *base = json_loads(sq(every_object_json), 0, NULL);
+    CU_ASSERT_FATAL(base != NULL);
+    pf_config *ok = load_ok(sq(every_object_json));
+    CU_ASSERT_FATAL(ok != NULL);
+    config_free(ok);
+    char *schema_text = config_schema_json();
+    json_t *schema = schema_text ? json_loads(schema_text, 0, NULL) : NULL;
+    free(schema_text);
+    CU_ASSERT_FATAL(json_is_array(schema));
+
+    size_t i, keys_checked = 0;
+    json_t *row;
+    json_array_foreach(schema, i, row) {
+        const char *path = json_string_value(json_object_get(row, "path"));
+        const char *type = json_string_value(json_object_get(row, "type"));
+        const char *dot = strrchr(path, '.');
+        char doc[96];
+        snprintf(doc, sizeof doc, "%.*s", dot ? (int)(dot - path) : 0, path);
+        const char *key = dot ? dot + 1 : path;
+        /* keys judged by another key first, in the same object: by lb_policy (round_robin
+         * here) or by the check's type (http here); their type messages are in broken[] */
+        static const char *const judged_first[] = {
+            "clusters[].hash_on", "clusters[].hash_table_size", "clusters[].ewma_decay",
+            "health_check.send", "health_check.expect"};
+        bool skip = false;
+        for (size_t j = 0; j < ARRAY_LEN(judged_first); j++)
+            skip = skip || strcmp(path, judged_first[j]) == 0;
+        if (skip)
+            continue;
+        size_t o = 0, w = 0;
+        while (o < ARRAY_LEN(object_at) && strcmp(object_at[o].doc, doc) != 0)
+            o++;
+        while (w < ARRAY_LEN(wrong) && strcmp(wrong[w].type, type) != 0)
+            w++;
+        if (!PF_CHECK(o < ARRAY_LEN(object_at), "`%s`: no place for object \"%s\" in the test",
+                      path, doc) ||
+            w == ARRAY_LEN(wrong)) /* custom values have their rows in exact[] */
+            continue;
+        json_t *root = json_deep_copy(base);
+        json_object_set_new(walk_steps(root, object_at[o].steps), key,
+                            json_loads(wrong[w].bad_json, JSON_DECODE_ANY, NULL));
+        char want[512];
+        if (strcmp(object_at[o].path, "$") == 0)
+            snprintf(want, sizeof want, "x.json: $.%s: %s", key, wrong[w].message);
+        else
+            snprintf(want, sizeof want, "x.json: %s.%s: %s", object_at[o].path, key,
+                     wrong[w].message);
+        const pf_errlist *got = NULL;
+        bool failed = fails_with(root, want, &got);
+        PF_CHECK(failed, "`%s`: want\n      %s\n    got:%s", path, want, joined(got));
+        keys_checked++;
+        json_decref(root);
+    }
+    CU_ASSERT(keys_checked > 80);
+
+    for (size_t o = 0; o < ARRAY_LEN(object_at); o++) {
+        {
+            char known[1024] = "";
+            size_t len = 0;
+            json_array_foreach(schema, i, row) {
+                const char *path = json_string_value(json_object_get(row, "path"));
+                size_t n = strlen(object_at[o].doc);
+                const char *key = n ? path + n + 1 : path;
+                if ((n && (strncmp(path, object_at[o].doc, n) != 0 || path[n] != '.')) ||
+                    strchr(key, '.'))
+                    continue;
+                int k = snprintf(known + len, sizeof known - len, "%s%s", len ? ", " : "", key);
+                len += k > 0 ? (size_t)k : 0;
+            }
+            json_t *root = json_deep_copy(base);
+            json_object_set_new(walk_steps(root, object_at[o].steps), "bogus", json_true());
+            const pf_errlist *got = NULL;
+            char want[1024];
+            snprintf(want, sizeof want, "x.json: %s: unknown key \"bogus\"; known keys: %s",
+                     object_at[o].path, known);
+            fails_with(root, want, &got);
+            /* a long list is cut with ", ..." at 256 characters: compare up to the cut */
+            bool found = false;
+            for (size_t m = 0; m < got->count && !found; m++) {
+                const char *msg = got->items[m];
+                size_t cut = strlen(msg);
+                if (cut > 3 && strcmp(msg + cut - 3, "...") == 0)
+                    cut -= 3;
+                found = strncmp(msg, want, cut) == 0 && cut > strlen(object_at[o].path) + 40;
+            }
+            PF_CHECK(found, "object %s: want\n      %s\n    got:%s", object_at[o].doc, want,
+                     joined(got));
+            json_decref(root);
+        }
+    }
+    json_decref(schema);
+    json_decref(base);
 }
 
 /* ---- diff ---------------------------------------------------------------------------- */
@@ -1965,6 +2148,7 @@ PF_UNIT_MAIN("config", PF_UNIT_TEST(test_example_loads_with_every_field_and_defa
              PF_UNIT_TEST(test_kubernetes_config_is_taken_and_dumped),
              PF_UNIT_TEST(test_every_type_path_has_its_exact_message),
              PF_UNIT_TEST(test_bounds_and_zero_durations_load),
+             PF_UNIT_TEST(test_every_schema_key_refuses_the_wrong_type),
              PF_UNIT_TEST(test_diff_reports_what_changed_by_path),
              PF_UNIT_TEST(test_cluster_dns_defaults_are_the_tables),
              PF_UNIT_TEST(test_readme_lists_exactly_the_schema_keys),
