@@ -1755,7 +1755,7 @@ static void test_every_schema_key_refuses_the_wrong_type(void) {
             json_t *root = json_deep_copy(base);
             json_object_set_new(walk_steps(root, object_at[o].steps), "bogus", json_true());
             const pf_errlist *got = NULL;
-            char want[1024];
+            char want[2048];
             snprintf(want, sizeof want, "x.json: %s: unknown key \"bogus\"; known keys: %s",
                      object_at[o].path, known);
             fails_with(root, want, &got);
