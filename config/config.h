@@ -357,7 +357,8 @@ void config_free(pf_config *cfg);
  * DNS cluster made at run time (an ExternalName Service) starts from. Any thread. */
 void config_cluster_dns_defaults(pf_config_cluster_dns *dns);
 
-/* Every key of the schema as a pretty JSON array of {"path", "type", "default", "doc"},
+/* Every key of the schema as a pretty JSON array of {"path", "type", "default", "doc"} (and
+ * "min", "max" for integers with fixed bounds),
  * paths written the way README.md's key tables write them ("clusters[].connect_timeout",
  * "health_check.interval"); caller frees. NULL when out of memory. Any thread. */
 char *config_schema_json(void);

@@ -630,6 +630,13 @@ int schema_list(const schema *s, json_t *arr, const void **seen, size_t *nseen, 
         json_t *row = json_pack("{s:s,s:s,s:o,s:s}", "path", p, "type",
                                 k->type_doc ? k->type_doc : type_names[k->type], "default",
                                 default_text(k), "doc", k->doc ? k->doc : "");
+        /* integer rows checked by the engine carry their bounds */
+        if (row && k->type == KT_UINT && !k->parse &&
+            (json_object_set_new(row, "min", json_integer((json_int_t)k->min)) != 0 ||
+             json_object_set_new(row, "max", json_integer((json_int_t)k->max)) != 0)) {
+            json_decref(row);
+            row = NULL;
+        }
         if (!row || json_array_append_new(arr, row) != 0)
             return PF_ENOMEM;
     }

@@ -1738,6 +1738,40 @@ static void test_every_schema_key_refuses_the_wrong_type(void) {
     }
     CU_ASSERT(keys_checked > 80);
 
+    /* every integer with fixed bounds refuses one below and one above them */
+    size_t bounds_checked = 0;
+    json_array_foreach(schema, i, row) {
+        json_t *min = json_object_get(row, "min"), *max = json_object_get(row, "max");
+        const char *path = json_string_value(json_object_get(row, "path"));
+        const char *dot = strrchr(path, '.');
+        char doc[96];
+        snprintf(doc, sizeof doc, "%.*s", dot ? (int)(dot - path) : 0, path);
+        const char *key = dot ? dot + 1 : path;
+        size_t o = 0;
+        while (o < ARRAY_LEN(object_at) && strcmp(object_at[o].doc, doc) != 0)
+            o++;
+        if (!min || !max || o == ARRAY_LEN(object_at))
+            continue;
+        json_int_t outside[] = {json_integer_value(min) - 1, json_integer_value(max) + 1};
+        for (size_t b = 0; b < ARRAY_LEN(outside); b++) {
+            json_t *root = json_deep_copy(base);
+            json_object_set_new(walk_steps(root, object_at[o].steps), key,
+                                json_integer(outside[b]));
+            char want[512];
+            snprintf(want, sizeof want,
+                     "x.json: %s%s%s: %" JSON_INTEGER_FORMAT " out of range (%" JSON_INTEGER_FORMAT
+                     "-%" JSON_INTEGER_FORMAT ")",
+                     object_at[o].path, ".", key, outside[b], json_integer_value(min),
+                     json_integer_value(max));
+            const pf_errlist *got = NULL;
+            bool failed = fails_with(root, want, &got);
+            PF_CHECK(failed, "`%s`: want\n      %s\n    got:%s", path, want, joined(got));
+            bounds_checked++;
+            json_decref(root);
+        }
+    }
+    CU_ASSERT(bounds_checked >= 2 * 25);
+
     for (size_t o = 0; o < ARRAY_LEN(object_at); o++) {
         {
             char known[1024] = "";
