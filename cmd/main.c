@@ -148,10 +148,12 @@ static json_t *standalone_cluster(const char *spec) {
  * every check and message of config/ applies: in a message, "$.clusters[0]" is --upstream,
  * "$.listeners[0]" --listen, "$.admin" --admin and "$.dns" --resolver. Takes `cluster`. */
 static int standalone_config(const standalone *s, json_t *cluster, pf_config **out) {
-    json_t *root = json_pack("{s:{s:s},s:[{s:s,s:s,s:[{s:{s:s},s:s}]}],s:[o]}", "admin", "address",
-                             s->admin ? s->admin : PF_DEFAULT_ADMIN_ADDRESS, "listeners", "name",
-                             "main", "address", s->listen, "routes", "match", "prefix", "/",
-                             "cluster", "upstream", "clusters", cluster);
+    json_t *root = json_pack("{s:[{s:s,s:s,s:[{s:{s:s},s:s}]}],s:[o]}", "listeners", "name", "main",
+                             "address", s->listen, "routes", "match", "prefix", "/", "cluster",
+                             "upstream", "clusters", cluster);
+    /* without --admin the schema's default address applies, as for a file without "admin" */
+    if (root && s->admin)
+        json_object_set_new(root, "admin", json_pack("{s:s}", "address", s->admin));
     if (root && s->resolvers[0])
         json_object_set_new(root, "dns",
                             json_pack("{s:o}", "resolvers", split_commas(s->resolvers)));

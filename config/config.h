@@ -364,4 +364,45 @@ uint32_t config_default_max_connections(uint64_t fd_limit);
 
 void config_free(pf_config *cfg);
 
+/* ---- the schema: one table row per key drives parsing, defaults, the dump and the diff ---- */
+
+/* Writes the table defaults of $.clusters[].dns into dns (name "", record A, no port): what a
+ * DNS cluster made at run time (an ExternalName Service) starts from. Any thread. */
+void config_cluster_dns_defaults(pf_config_cluster_dns *dns);
+
+/* Every key of the schema as a pretty JSON array of {"path", "type", "default", "doc"} (and
+ * "min", "max" for integers with fixed bounds),
+ * paths written the way README.md's key tables write them ("clusters[].connect_timeout",
+ * "health_check.interval"); caller frees. NULL when out of memory. Any thread. */
+char *config_schema_json(void);
+
+typedef enum { PF_CHANGE_ADDED, PF_CHANGE_REMOVED, PF_CHANGE_CHANGED } pf_change_kind;
+
+/* One difference between two configs. path is a JSON path (RFC 9535) into the config that
+ * has the key: the new one for added and changed keys, the old one for removed keys.
+ * Listeners and clusters are matched by name and endpoints by address, so their paths use
+ * filter selectors: $.clusters[?@.name=="web"].endpoints[?@.address=="10.0.0.1:80"].weight;
+ * routes are matched by position (their order decides), $.listeners[?@.name=="main"].routes[0]. */
+typedef struct pf_config_change {
+    pf_change_kind kind;
+    char *path; /* owned by the diff */
+} pf_config_change;
+
+typedef struct pf_config_diff {
+    pf_config_change *items;
+    size_t count, cap;
+} pf_config_diff;
+
+/* Fills out (zeroed by the caller, or reused after config_diff_free) with what changes from
+ * `from` to `to`, in schema order: a whole listener, cluster, route or endpoint when it is
+ * added or removed, else each key whose effective value (defaults included) differs.
+ * Returns 0 or PF_ENOMEM (out then holds what was found so far). Any thread. */
+int config_diff(const pf_config *from, const pf_config *to, pf_config_diff *out);
+
+/* Frees the paths and the list; the diff is empty afterwards. NULL is a no-op. */
+void config_diff_free(pf_config_diff *diff);
+
+/* "added", "removed" or "changed". */
+const char *config_change_kind_name(pf_change_kind kind);
+
 #endif

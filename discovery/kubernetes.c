@@ -1091,13 +1091,12 @@ static pf_dns *dns_child_new(pf_k8s *k, const pf_config_cluster *base, const cha
     *cfg = *base;
     cfg->endpoints = NULL;
     cfg->endpoint_count = 0;
+    /* $.clusters[].dns as if the file had said {"name": name, "port": port}: the schema's
+     * defaults (A records, refresh and hold), so this cluster refreshes like a written one */
     pf_config_cluster_dns *d = &cfg->dns;
+    config_cluster_dns_defaults(d);
     snprintf(d->name, sizeof d->name, "%s", name);
-    d->record = PF_DNS_RECORD_A;
     d->port = port;
-    d->min_refresh_ms = PF_DEFAULT_DNS_MIN_REFRESH_MS;
-    d->max_refresh_ms = PF_DEFAULT_DNS_MAX_REFRESH_MS;
-    d->hold_ms = PF_DEFAULT_DNS_HOLD_MS;
     dns = discovery_dns_new(k->base, k->cfg, k->dns_metrics, err);
     if (!dns || discovery_dns_add(dns, cfg, slot, err) != PF_OK ||
         discovery_dns_start(dns, err) != PF_OK) {

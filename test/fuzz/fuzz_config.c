@@ -1,6 +1,7 @@
 /* libFuzzer harness for the config loader (config_load_string in config/config.c): JSON
  * text to typed structs with every validation. A config that loads must also survive the
- * round trip --print-config relies on: its dump loads again and dumps the same. */
+ * round trip --print-config relies on: its dump loads again and dumps the same, and the
+ * diff (config_diff, what a reload applies) between the two finds nothing. */
 #include "config/config.h"
 
 #include <stdint.h>
@@ -39,6 +40,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     CHECK(rc == PF_OK);
     char *dump2 = config_dump_json(again);
     CHECK(dump2 != NULL && strcmp(dump, dump2) == 0);
+    pf_config_diff diff = {0};
+    CHECK(config_diff(cfg, again, &diff) == PF_OK && diff.count == 0);
+    config_diff_free(&diff);
     free(dump2);
     free(dump);
     pf_errlist_free(&again_errs);

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <jansson.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1392,6 +1393,776 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
     config_free(cfg);
 }
 
+/* ---- every type path of the tables: wrong type, out of bounds, unknown key -------------- */
+
+#define RT(r) CFG("", LMAIN(""), CWEB(",'retry':{" r "}"))
+#define RR(r) ROUTE("{'match':{},'cluster':'web','retry':{" r "}}")
+
+/* Each row's whole message, exactly: the type and bounds messages come from the schema
+ * engine for every key of a type, so one row per type and object is the contract. */
+static const struct {
+    const char *json;
+    const char *message;
+} exact[] = {
+    /* booleans */
+    {CFG("", LMAIN(""), CWEB(",'zone_aware':1")),
+     "x.json: $.clusters[0].zone_aware: expected boolean, found integer"},
+    {RT("'retry_non_idempotent':'yes'"),
+     "x.json: $.clusters[0].retry.retry_non_idempotent: expected boolean, found string"},
+    {CFG("'access_log':null,", LMAIN(""), CWEB("")),
+     "x.json: $.access_log: expected boolean, found null"},
+    /* integers: type, both bounds */
+    {CFG("'workers':99999999999,", LMAIN(""), CWEB("")),
+     "x.json: $.workers: 99999999999 out of range (1-64)"},
+    {CFG("'workers':-1,", LMAIN(""), CWEB("")), "x.json: $.workers: -1 out of range (1-64)"},
+    {CFG("'workers':true,", LMAIN(""), CWEB("")),
+     "x.json: $.workers: expected integer, found boolean"},
+    {EP("{'address':'127.0.0.1:1','priority':1.0}"),
+     "x.json: $.clusters[0].endpoints[0].priority: expected integer, found number"},
+    {RT("'max_retries':11"), "x.json: $.clusters[0].retry.max_retries: 11 out of range (0-10)"},
+    {RR("'buffer_bytes':16777217"),
+     "x.json: $.listeners[0].routes[0].retry.buffer_bytes: 16777217 out of range (0-16777216)"},
+    {CFG("", LMAIN(""), CWEB(",'retry_budget':{'percent':101}")),
+     "x.json: $.clusters[0].retry_budget.percent: 101 out of range (0-100)"},
+    {CFG("", LMAIN(""), CWEB(",'retry_budget':{'min_concurrency':100001}")),
+     "x.json: $.clusters[0].retry_budget.min_concurrency: 100001 out of range (0-100000)"},
+    {CFG("", LMAIN(""), CWEB(",'circuit_breakers':{'max_connections':0}")),
+     "x.json: $.clusters[0].circuit_breakers.max_connections: 0 out of range (1-1000000)"},
+    {CFG("", LMAIN(""), CWEB(",'circuit_breakers':{'max_retries':1000001}")),
+     "x.json: $.clusters[0].circuit_breakers.max_retries: 1000001 out of range (0-1000000)"},
+    {CFG("", LMAIN(""), CWEB(",'panic_threshold':'50%'")),
+     "x.json: $.clusters[0].panic_threshold: expected integer, found string"},
+    {HC("'healthy_threshold':0"),
+     "x.json: $.clusters[0].health_check.healthy_threshold: 0 out of range (1-1000)"},
+    {OD("'consecutive_gateway_failure':100001"),
+     "x.json: $.clusters[0].outlier_detection.consecutive_gateway_failure: 100001 out of range "
+     "(0-100000)"},
+    {DNSR("'tries':11"), "x.json: $.dns.tries: 11 out of range (1-10)"},
+    {K8S("'max_list_bytes':65535"),
+     "x.json: $.kubernetes.max_list_bytes: 65535 out of range (65536-1073741824)"},
+    {K8S("'page_size':10001"), "x.json: $.kubernetes.page_size: 10001 out of range (1-10000)"},
+    {K8C("'service':'web','port':0", ""),
+     "x.json: $.clusters[0].kubernetes.port: 0 out of range (1-65535)"},
+    /* durations: every wrong shape, zero where a positive one is needed */
+    {CFG("'drain_timeout':1.5,", LMAIN(""), CWEB("")),
+     "x.json: $.drain_timeout: 1.5 is not a duration; durations are strings with a unit (use "
+     "e.g. \"250ms\", \"5s\")"},
+    {CFG("'drain_timeout':null,", LMAIN(""), CWEB("")),
+     "x.json: $.drain_timeout: expected a duration string (e.g. \"5s\"), found null"},
+    {CFG("'drain_timeout':['5s'],", LMAIN(""), CWEB("")),
+     "x.json: $.drain_timeout: expected a duration string (e.g. \"5s\"), found array"},
+    {CFG("'drain_timeout':'-5s',", LMAIN(""), CWEB("")),
+     "x.json: $.drain_timeout: \"-5s\" is not a duration (use e.g. \"250ms\", \"5s\")"},
+    {RT("'per_try_timeout':'0s'"),
+     "x.json: $.clusters[0].retry.per_try_timeout: \"0s\" must be greater than zero"},
+    {RT("'backoff':{'base':'0ms'}"),
+     "x.json: $.clusters[0].retry.backoff.base: \"0ms\" must be greater than zero"},
+    {RT("'backoff':{'base':'1s','max':'10ms'}"),
+     "x.json: $.clusters[0].retry.backoff: max (10ms) is less than base (1000ms)"},
+    {ROUTE("{'match':{},'cluster':'web','timeout':'0s'}"),
+     "x.json: $.listeners[0].routes[0].timeout: \"0s\" must be greater than zero"},
+    {HC("'jitter':'-1ms'"),
+     "x.json: $.clusters[0].health_check.jitter: \"-1ms\" is not a duration (use e.g. \"250ms\", "
+     "\"5s\")"},
+    {OD("'max_ejection_time':'0s'"),
+     "x.json: $.clusters[0].outlier_detection.max_ejection_time: \"0s\" must be greater than "
+     "zero"},
+    {DNSC("'name':'a.internal','port':80,'min_refresh':'0s'"),
+     "x.json: $.clusters[0].dns.min_refresh: \"0s\" must be greater than zero"},
+    {K8S("'request_timeout':'1 s'"),
+     "x.json: $.kubernetes.request_timeout: \"1 s\" is not a duration (use e.g. \"250ms\", "
+     "\"5s\")"},
+    {K8S("'backoff':{'max':'0s'}"),
+     "x.json: $.kubernetes.backoff.max: \"0s\" must be greater than zero"},
+    /* strings: type, length */
+    {K8S("'ca_file':7"), "x.json: $.kubernetes.ca_file: expected string, found integer"},
+    {K8S("'api_server':''"), "x.json: $.kubernetes.api_server: \"\" must have 1-1023 characters"},
+    {K8S("'namespace':''"), "x.json: $.kubernetes.namespace: namespace \"\" must have 1-63 "
+                            "characters"},
+    {CFG("'local_zone':5,", LMAIN(""), CWEB("")),
+     "x.json: $.local_zone: expected string, found integer"},
+    {ROUTE("{'match':{},'cluster':''}"),
+     "x.json: $.listeners[0].routes[0].cluster: cluster name is empty"},
+    {ROUTE("{'match':{},'cluster':5}"),
+     "x.json: $.listeners[0].routes[0].cluster: expected string, found integer"},
+    /* choices */
+    {HC("'type':5"), "x.json: $.clusters[0].health_check.type: expected string, found integer"},
+    {CFG("", LMAIN(""), CWEB(",'lb_policy':'Random'")),
+     "x.json: $.clusters[0].lb_policy: unknown lb_policy \"Random\"; known policies: round_robin, "
+     "weighted_round_robin, least_request, least_response_time, random, ring_hash, maglev, ewma"},
+    {DNSC("'name':'a.internal','port':80,'record':1"),
+     "x.json: $.clusters[0].dns.record: expected string, found integer"},
+    {RT("'on':['timeout']"),
+     "x.json: $.clusters[0].retry.on[0]: unknown retry condition \"timeout\"; known conditions: "
+     "connect-failure, reset, gateway-error, 5xx, retriable-status-codes"},
+    {RT("'on':'5xx'"), "x.json: $.clusters[0].retry.on: expected array, found string"},
+    {RT("'on':['retriable-status-codes']"),
+     "x.json: $.clusters[0].retry.status_codes: \"retriable-status-codes\" is in \"on\" but no "
+     "status_codes are given"},
+    {RT("'status_codes':[404]"),
+     "x.json: $.clusters[0].retry.status_codes[0]: 404 is not a retriable status (500-599)"},
+    {HC("'initial':true"), "x.json: $.clusters[0].health_check.initial: expected string, found "
+                           "boolean"},
+    /* addresses */
+    {CFG("'admin':{'address':9901},", LMAIN(""), CWEB("")),
+     "x.json: $.admin.address: expected string, found integer"},
+    {EP("{'address':['127.0.0.1:1']}"),
+     "x.json: $.clusters[0].endpoints[0].address: expected string, found array"},
+    /* objects: type, unknown key, required key */
+    {RT("'backoff':'25ms'"), "x.json: $.clusters[0].retry.backoff: expected object, found string"},
+    {CFG("", LMAIN(""), CWEB(",'retry':[]")),
+     "x.json: $.clusters[0].retry: expected object, found array"},
+    {ROUTE("{'match':{},'cluster':'web','retry':true}"),
+     "x.json: $.listeners[0].routes[0].retry: expected object, found boolean"},
+    {CFG("", LMAIN(""), CWEB(",'retry_budget':20")),
+     "x.json: $.clusters[0].retry_budget: expected object, found integer"},
+    {CFG("", LMAIN(""), CWEB(",'circuit_breakers':null")),
+     "x.json: $.clusters[0].circuit_breakers: expected object, found null"},
+    {CFG("", LMAIN(""), CWEB(",'outlier_detection':[]")),
+     "x.json: $.clusters[0].outlier_detection: expected object, found array"},
+    {K8S("'backoff':'1s'"), "x.json: $.kubernetes.backoff: expected object, found string"},
+    {K8S("'auto_discover':true"),
+     "x.json: $.kubernetes.auto_discover: expected object, found boolean"},
+    {RT("'tries':3"),
+     "x.json: $.clusters[0].retry: unknown key \"tries\"; known keys: on, status_codes, "
+     "max_retries, per_try_timeout, backoff, retry_non_idempotent, buffer_bytes"},
+    {RR("'backoff':{'min':'1s'}"),
+     "x.json: $.listeners[0].routes[0].retry.backoff: unknown key \"min\"; known keys: base, max"},
+    {CFG("", LMAIN(""), CWEB(",'retry_budget':{'ratio':1}")),
+     "x.json: $.clusters[0].retry_budget: unknown key \"ratio\"; known keys: percent, "
+     "min_concurrency"},
+    {CFG("", LMAIN(""), CWEB(",'circuit_breakers':{'max_conns':1}")),
+     "x.json: $.clusters[0].circuit_breakers: unknown key \"max_conns\"; known keys: "
+     "max_connections, max_pending_requests, max_requests, max_retries"},
+    {K8S("'backoff':{'factor':2}"),
+     "x.json: $.kubernetes.backoff: unknown key \"factor\"; known keys: base, max"},
+    {K8S("'auto_discover':{'namespaces':'all','labels':{}}"),
+     "x.json: $.kubernetes.auto_discover: unknown key \"labels\"; known keys: namespaces, "
+     "cluster"},
+    {K8S("'auto_discover':{'namespaces':'all','cluster':[]}"),
+     "x.json: $.kubernetes.auto_discover.cluster: expected object, found array"},
+    {LB("'hash_on':5"), "x.json: $.clusters[0].hash_on: expected object, found integer"},
+    {CFG("", LMAIN(""), CWEB(",'lb_policy':'ewma','ewma_decay':true")),
+     "x.json: $.clusters[0].ewma_decay: expected a duration string (e.g. \"5s\"), found boolean"},
+    {HC("'type':'tcp','send':5"),
+     "x.json: $.clusters[0].health_check.send: expected string, found integer"},
+    {LB("'hash_on':{'query':'q'}"),
+     "x.json: $.clusters[0].hash_on: unknown key \"query\"; known keys: header, cookie, "
+     "source_ip, path"},
+    {DNSC("'port':80,'record':'A'"), "x.json: $.clusters[0].dns: missing required key \"name\""},
+    /* arrays: type, element type */
+    {CFG("", LMAIN(""), "{'name':'web','endpoints':{}}"),
+     "x.json: $.clusters[0].endpoints: expected array, found object"},
+    {"{'listeners':[7],'clusters':[]}", "x.json: $.listeners[0]: expected object, found integer"},
+    {"{'listeners':[" LMAIN("") "],'clusters':'web'}",
+     "x.json: $.clusters: expected array, found string"},
+    {CFG("", LMAIN(""), CWEB(",'health_check':{'expected_statuses':'200'}")),
+     "x.json: $.clusters[0].health_check.expected_statuses: expected array, found string"},
+    {DNSR("'resolvers':['127.0.0.1:53',{}]"),
+     "x.json: $.dns.resolvers[1]: expected string, found object"},
+};
+
+static void test_every_type_path_has_its_exact_message(void) {
+    for (size_t i = 0; i < ARRAY_LEN(exact); i++) {
+        pf_config *cfg = NULL;
+        pf_errlist errs = {0};
+        int rc = config_load_string(sq(exact[i].json), "x.json", &cfg, &errs);
+        PF_CHECK(rc == PF_EINVAL && cfg == NULL, "row %zu: rc=%d for %s", i, rc, exact[i].json);
+        PF_CHECK(errs.count == 1 && strcmp(errs.items[0], exact[i].message) == 0,
+                 "row %zu: want exactly\n      %s\n    got:%s", i, exact[i].message, joined(&errs));
+        config_free(cfg);
+        pf_errlist_free(&errs);
+    }
+}
+
+/* The zero a few durations allow, and the bounds themselves, load. */
+static void test_bounds_and_zero_durations_load(void) {
+    pf_config *cfg = load_ok(
+        sq(CFG("'workers':64,'drain_timeout':'0s',",
+               LMAIN(",'max_headers':8,'max_header_bytes':"
+                     "1048576,'max_target_bytes':64"),
+               CL("web", "{'address':'127.0.0.1:1','weight':10000,'priority':127}",
+                  ",'slow_start':'0s','panic_threshold':0,'max_idle_per_endpoint':100000,"
+                  "'retry':{'max_retries':0,'buffer_bytes':0},"
+                  "'retry_budget':{'percent':100,'min_concurrency':0},"
+                  "'circuit_breakers':{'max_connections':1000000,'max_retries':0},"
+                  "'health_check':{'jitter':'0ms','healthy_threshold':1000},"
+                  "'outlier_detection':{'consecutive_5xx':0,'max_ejection_percent':100}"))));
+    CU_ASSERT_FATAL(cfg != NULL);
+    const pf_config_cluster *c = &cfg->clusters[0];
+    CU_ASSERT_EQUAL(cfg->workers, 64);
+    CU_ASSERT_EQUAL(cfg->drain_timeout_ms, 0);
+    CU_ASSERT_EQUAL(cfg->listeners[0].max_headers, 8);
+    CU_ASSERT_EQUAL(cfg->listeners[0].max_header_bytes, 1048576);
+    CU_ASSERT_EQUAL(c->endpoints[0].weight, 10000);
+    CU_ASSERT_EQUAL(c->retry.max_retries, 0);
+    CU_ASSERT_EQUAL(c->retry.buffer_bytes, 0);
+    CU_ASSERT_EQUAL(c->budget_percent, 100);
+    CU_ASSERT_EQUAL(c->breakers.max_connections, 1000000);
+    CU_ASSERT_EQUAL(c->breakers.max_retries, 0);
+    CU_ASSERT_EQUAL(c->health_check.jitter_ms, 0);
+    CU_ASSERT_EQUAL(c->health_check.healthy_threshold, 1000);
+    CU_ASSERT_EQUAL(c->outlier.consecutive_5xx, 0);
+    config_free(cfg);
+}
+
+/* A config with every object of the schema present once, to break one key at a time. */
+static const char every_object_json[] =
+    "{'admin':{'address':'127.0.0.1:9901'},'dns':{'timeout':'1s'},"
+    "'kubernetes':{'backoff':{'base':'1s'},'auto_discover':{'namespaces':'all'}},"
+    "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{'prefix':'/'},"
+    "'cluster':'web','retry':{'backoff':{'base':'25ms'}}}]}],"
+    "'clusters':[{'name':'web','endpoints':[{'address':'127.0.0.1:8081'}],"
+    "'retry':{'backoff':{'base':'25ms'}},'retry_budget':{},'circuit_breakers':{},"
+    "'health_check':{},'outlier_detection':{}},"
+    "{'name':'d','dns':{'name':'d.internal','port':80}},"
+    "{'name':'k','kubernetes':{'service':'k'}}]}";
+
+/* Where each object of the schema (its doc name) is in every_object_json. */
+static const struct {
+    const char *doc;
+    const char *steps; /* object keys, and array indexes as digits, separated by "/" */
+    const char *path;  /* the same as a JSON path */
+} object_at[] = {
+    {"", "", "$"},
+    {"admin", "admin", "$.admin"},
+    {"listeners[]", "listeners/0", "$.listeners[0]"},
+    {"routes[]", "listeners/0/routes/0", "$.listeners[0].routes[0]"},
+    {"routes[].match", "listeners/0/routes/0/match", "$.listeners[0].routes[0].match"},
+    {"retry", "listeners/0/routes/0/retry", "$.listeners[0].routes[0].retry"},
+    {"retry.backoff", "clusters/0/retry/backoff", "$.clusters[0].retry.backoff"},
+    {"clusters[]", "clusters/0", "$.clusters[0]"},
+    {"endpoints[]", "clusters/0/endpoints/0", "$.clusters[0].endpoints[0]"},
+    {"retry_budget", "clusters/0/retry_budget", "$.clusters[0].retry_budget"},
+    {"circuit_breakers", "clusters/0/circuit_breakers", "$.clusters[0].circuit_breakers"},
+    {"health_check", "clusters/0/health_check", "$.clusters[0].health_check"},
+    {"outlier_detection", "clusters/0/outlier_detection", "$.clusters[0].outlier_detection"},
+    {"clusters[].dns", "clusters/1/dns", "$.clusters[1].dns"},
+    {"clusters[].kubernetes", "clusters/2/kubernetes", "$.clusters[2].kubernetes"},
+    {"dns", "dns", "$.dns"},
+    {"kubernetes", "kubernetes", "$.kubernetes"},
+    {"kubernetes.backoff", "kubernetes/backoff", "$.kubernetes.backoff"},
+    {"kubernetes.auto_discover", "kubernetes/auto_discover", "$.kubernetes.auto_discover"},
+};
+
+static json_t *walk_steps(json_t *root, const char *steps) {
+    char buf[128], *save = NULL;
+    snprintf(buf, sizeof buf, "%s", steps);
+    json_t *at = root;
+    for (char *step = strtok_r(buf, "/", &save); at && step; step = strtok_r(NULL, "/", &save))
+        at = (step[0] >= '0' && step[0] <= '9') ? json_array_get(at, (size_t)atoi(step))
+                                                : json_object_get(at, step);
+    return at;
+}
+
+/* Loads root as text and returns whether one of its messages is exactly want. */
+static bool fails_with(json_t *root, const char *want, const pf_errlist **got) {
+    static pf_errlist errs;
+    pf_errlist_free(&errs);
+    char *text = json_dumps(root, 0);
+    pf_config *cfg = NULL;
+    int rc = text ? config_load_string(text, "x.json", &cfg, &errs) : PF_ENOMEM;
+    free(text);
+    config_free(cfg);
+    *got = &errs;
+    if (rc != PF_EINVAL)
+        return false;
+    for (size_t i = 0; i < errs.count; i++)
+        if (strcmp(errs.items[i], want) == 0)
+            return true;
+    return false;
+}
+
+/* Generated from the schema listing, so a key added later is covered at once: every key of
+ * a checked type given a value of the wrong type has the type message at its path, and
+ * every object refuses an unknown key with its known keys in table order. */
+static void test_every_schema_key_refuses_the_wrong_type(void) {
+    static const struct {
+        const char *type;
+        const char *bad_json;
+        const char *message;
+    } wrong[] = {
+        {"boolean", "1", "expected boolean, found integer"},
+        {"integer", "\"1\"", "expected integer, found string"},
+        {"duration", "true", "expected a duration string (e.g. \"5s\"), found boolean"},
+        {"string", "7", "expected string, found integer"},
+        {"address", "7", "expected string, found integer"},
+        {"object", "7", "expected object, found integer"},
+        {"array", "7", "expected array, found integer"},
+    };
+    json_t *base = json_loads(sq(every_object_json), 0, NULL);
+    CU_ASSERT_FATAL(base != NULL);
+    pf_config *ok = load_ok(sq(every_object_json));
+    CU_ASSERT_FATAL(ok != NULL);
+    config_free(ok);
+    char *schema_text = config_schema_json();
+    json_t *schema = schema_text ? json_loads(schema_text, 0, NULL) : NULL;
+    free(schema_text);
+    CU_ASSERT_FATAL(json_is_array(schema));
+
+    size_t i, keys_checked = 0;
+    json_t *row;
+    json_array_foreach(schema, i, row) {
+        const char *path = json_string_value(json_object_get(row, "path"));
+        const char *type = json_string_value(json_object_get(row, "type"));
+        const char *dot = strrchr(path, '.');
+        char doc[96];
+        snprintf(doc, sizeof doc, "%.*s", dot ? (int)(dot - path) : 0, path);
+        const char *key = dot ? dot + 1 : path;
+        /* keys judged by another key first, in the same object: by lb_policy (round_robin
+         * here) or by the check's type (http here); their type messages are in broken[] */
+        static const char *const judged_first[] = {
+            "clusters[].hash_on", "clusters[].hash_table_size", "clusters[].ewma_decay",
+            "health_check.send", "health_check.expect"};
+        bool skip = false;
+        for (size_t j = 0; j < ARRAY_LEN(judged_first); j++)
+            skip = skip || strcmp(path, judged_first[j]) == 0;
+        if (skip)
+            continue;
+        size_t o = 0, w = 0;
+        while (o < ARRAY_LEN(object_at) && strcmp(object_at[o].doc, doc) != 0)
+            o++;
+        while (w < ARRAY_LEN(wrong) && strcmp(wrong[w].type, type) != 0)
+            w++;
+        if (!PF_CHECK(o < ARRAY_LEN(object_at), "`%s`: no place for object \"%s\" in the test",
+                      path, doc) ||
+            w == ARRAY_LEN(wrong)) /* custom values have their rows in exact[] */
+            continue;
+        json_t *root = json_deep_copy(base);
+        json_object_set_new(walk_steps(root, object_at[o].steps), key,
+                            json_loads(wrong[w].bad_json, JSON_DECODE_ANY, NULL));
+        char want[512];
+        if (strcmp(object_at[o].path, "$") == 0)
+            snprintf(want, sizeof want, "x.json: $.%s: %s", key, wrong[w].message);
+        else
+            snprintf(want, sizeof want, "x.json: %s.%s: %s", object_at[o].path, key,
+                     wrong[w].message);
+        const pf_errlist *got = NULL;
+        bool failed = fails_with(root, want, &got);
+        PF_CHECK(failed, "`%s`: want\n      %s\n    got:%s", path, want, joined(got));
+        keys_checked++;
+        json_decref(root);
+    }
+    CU_ASSERT(keys_checked > 80);
+
+    /* every integer with fixed bounds refuses one below and one above them */
+    size_t bounds_checked = 0;
+    json_array_foreach(schema, i, row) {
+        json_t *min = json_object_get(row, "min"), *max = json_object_get(row, "max");
+        const char *path = json_string_value(json_object_get(row, "path"));
+        const char *dot = strrchr(path, '.');
+        char doc[96];
+        snprintf(doc, sizeof doc, "%.*s", dot ? (int)(dot - path) : 0, path);
+        const char *key = dot ? dot + 1 : path;
+        size_t o = 0;
+        while (o < ARRAY_LEN(object_at) && strcmp(object_at[o].doc, doc) != 0)
+            o++;
+        if (!min || !max || o == ARRAY_LEN(object_at))
+            continue;
+        json_int_t outside[] = {json_integer_value(min) - 1, json_integer_value(max) + 1};
+        for (size_t b = 0; b < ARRAY_LEN(outside); b++) {
+            json_t *root = json_deep_copy(base);
+            json_object_set_new(walk_steps(root, object_at[o].steps), key,
+                                json_integer(outside[b]));
+            char want[512];
+            snprintf(want, sizeof want,
+                     "x.json: %s%s%s: %" JSON_INTEGER_FORMAT " out of range (%" JSON_INTEGER_FORMAT
+                     "-%" JSON_INTEGER_FORMAT ")",
+                     object_at[o].path, ".", key, outside[b], json_integer_value(min),
+                     json_integer_value(max));
+            const pf_errlist *got = NULL;
+            bool failed = fails_with(root, want, &got);
+            PF_CHECK(failed, "`%s`: want\n      %s\n    got:%s", path, want, joined(got));
+            bounds_checked++;
+            json_decref(root);
+        }
+    }
+    CU_ASSERT(bounds_checked >= 2 * 25);
+
+    for (size_t o = 0; o < ARRAY_LEN(object_at); o++) {
+        {
+            char known[1024] = "";
+            size_t len = 0;
+            json_array_foreach(schema, i, row) {
+                const char *path = json_string_value(json_object_get(row, "path"));
+                size_t n = strlen(object_at[o].doc);
+                const char *key = n ? path + n + 1 : path;
+                if ((n && (strncmp(path, object_at[o].doc, n) != 0 || path[n] != '.')) ||
+                    strchr(key, '.'))
+                    continue;
+                int k = snprintf(known + len, sizeof known - len, "%s%s", len ? ", " : "", key);
+                len += k > 0 ? (size_t)k : 0;
+            }
+            json_t *root = json_deep_copy(base);
+            json_object_set_new(walk_steps(root, object_at[o].steps), "bogus", json_true());
+            const pf_errlist *got = NULL;
+            char want[2048];
+            snprintf(want, sizeof want, "x.json: %s: unknown key \"bogus\"; known keys: %s",
+                     object_at[o].path, known);
+            fails_with(root, want, &got);
+            /* a long list is cut with ", ..." at 256 characters: compare up to the cut */
+            bool found = false;
+            for (size_t m = 0; m < got->count && !found; m++) {
+                const char *msg = got->items[m];
+                size_t cut = strlen(msg);
+                if (cut > 3 && strcmp(msg + cut - 3, "...") == 0)
+                    cut -= 3;
+                found = strncmp(msg, want, cut) == 0 && cut > strlen(object_at[o].path) + 40;
+            }
+            PF_CHECK(found, "object %s: want\n      %s\n    got:%s", object_at[o].doc, want,
+                     joined(got));
+            json_decref(root);
+        }
+    }
+    json_decref(schema);
+    json_decref(base);
+}
+
+/* ---- diff ---------------------------------------------------------------------------- */
+
+/* The base of every diff row: one listener, two routes, one static cluster. */
+#define DIFF_BASE                                                                                  \
+    "{'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':["                          \
+    "{'match':{'prefix':'/api/'},'cluster':'api'},{'match':{},'cluster':'web'}]}],"                \
+    "'clusters':[{'name':'web','endpoints':['127.0.0.1:8081',"                                     \
+    "{'address':'127.0.0.1:8082','weight':2}]},{'name':'api','endpoints':['127.0.0.1:8083']}]}"
+#define LMAIN_P "$.listeners[?@.name=='main']"
+#define CWEB_P "$.clusters[?@.name=='web']"
+
+static const struct {
+    const char *what;
+    const char *to;   /* the new config; the old one is DIFF_BASE */
+    const char *want; /* "kind path" lines joined by "\n", in order; "" for no change */
+} diff_rows[] = {
+    {"identical", DIFF_BASE, ""},
+    {"a default written out changes nothing",
+     "{'listeners':[{'name':'main','address':'127.0.0.1:15001','idle_timeout':'60s','routes':["
+     "{'match':{'prefix':'/api/','host':'*'},'cluster':'api'},{'match':{'prefix':'/'},"
+     "'cluster':'web'}]}],'clusters':[{'name':'web','connect_timeout':'1s','endpoints':["
+     "{'address':'127.0.0.1:8081','weight':1},{'address':'127.0.0.1:8082','weight':2}]},"
+     "{'name':'api','lb_policy':'round_robin','endpoints':['127.0.0.1:8083']}],"
+     "'access_log':true,'dns':{'tries':3}}",
+     ""},
+    {"clusters and endpoints in another order are the same",
+     "{'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':["
+     "{'match':{'prefix':'/api/'},'cluster':'api'},{'match':{},'cluster':'web'}]}],"
+     "'clusters':[{'name':'api','endpoints':['127.0.0.1:8083']},{'name':'web','endpoints':["
+     "{'address':'127.0.0.1:8082','weight':2},'127.0.0.1:8081']}]}",
+     ""},
+    {"a cluster timeout",
+     "{'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':["
+     "{'match':{'prefix':'/api/'},'cluster':'api'},{'match':{},'cluster':'web'}]}],"
+     "'clusters':[{'name':'web','connect_timeout':'250ms','endpoints':['127.0.0.1:8081',"
+     "{'address':'127.0.0.1:8082','weight':2}]},{'name':'api','endpoints':['127.0.0.1:8083']}]}",
+     "changed " CWEB_P ".connect_timeout"},
+    {"an endpoint's weight, one added, one removed",
+     "{'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':["
+     "{'match':{'prefix':'/api/'},'cluster':'api'},{'match':{},'cluster':'web'}]}],"
+     "'clusters':[{'name':'web','endpoints':[{'address':'127.0.0.1:8081','weight':3},"
+     "'127.0.0.1:8084']},{'name':'api','endpoints':['127.0.0.1:8083']}]}",
+     "removed " CWEB_P ".endpoints[?@.address=='127.0.0.1:8082']\n"
+     "changed " CWEB_P ".endpoints[?@.address=='127.0.0.1:8081'].weight\n"
+     "added " CWEB_P ".endpoints[?@.address=='127.0.0.1:8084']"},
+    {"a cluster added, one removed, a route moved to it",
+     "{'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':["
+     "{'match':{'prefix':'/api/'},'cluster':'v2'},{'match':{},'cluster':'web'}]}],"
+     "'clusters':[{'name':'web','endpoints':['127.0.0.1:8081',"
+     "{'address':'127.0.0.1:8082','weight':2}]},{'name':'v2','endpoints':['127.0.0.1:8085']}]}",
+     "changed " LMAIN_P ".routes[0].cluster\n"
+     "removed $.clusters[?@.name=='api']\n"
+     "added $.clusters[?@.name=='v2']"},
+    {"a route added, a match from prefix to path",
+     "{'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':["
+     "{'match':{'path':'/api/'},'cluster':'api'},{'match':{},'cluster':'web'},"
+     "{'match':{'host':'x.local'},'cluster':'web','timeout':'5s'}]}],"
+     "'clusters':[{'name':'web','endpoints':['127.0.0.1:8081',"
+     "{'address':'127.0.0.1:8082','weight':2}]},{'name':'api','endpoints':['127.0.0.1:8083']}]}",
+     "removed " LMAIN_P ".routes[0].match.prefix\n"
+     "added " LMAIN_P ".routes[0].match.path\n"
+     "added " LMAIN_P ".routes[2]"},
+    {"a route removed",
+     "{'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':["
+     "{'match':{},'cluster':'web'}]}],"
+     "'clusters':[{'name':'web','endpoints':['127.0.0.1:8081',"
+     "{'address':'127.0.0.1:8082','weight':2}]},{'name':'api','endpoints':['127.0.0.1:8083']}]}",
+     "changed " LMAIN_P ".routes[0].match.prefix\n"
+     "changed " LMAIN_P ".routes[0].cluster\n"
+     "removed " LMAIN_P ".routes[1]"},
+    {"a listener's address, another listener added, top-level keys",
+     "{'workers':2,'drain_timeout':'1s','listeners':[{'name':'main','address':'127.0.0.1:15002',"
+     "'routes':[{'match':{'prefix':'/api/'},'cluster':'api'},{'match':{},'cluster':'web'}]},"
+     "{'name':'edge','address':'127.0.0.1:15003','routes':[{'match':{},'cluster':'web'}]}],"
+     "'clusters':[{'name':'web','endpoints':['127.0.0.1:8081',"
+     "{'address':'127.0.0.1:8082','weight':2}]},{'name':'api','endpoints':['127.0.0.1:8083']}]}",
+     "added $.workers\n"
+     "changed $.drain_timeout\n"
+     "changed " LMAIN_P ".address\n"
+     "added $.listeners[?@.name=='edge']"},
+    {"a retry policy, a health check and DNS in place of endpoints",
+     "{'dns':{'resolvers':['127.0.0.1:53']},"
+     "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':["
+     "{'match':{'prefix':'/api/'},'cluster':'api','retry':{'max_retries':1}},"
+     "{'match':{},'cluster':'web'}]}],"
+     "'clusters':[{'name':'web','endpoints':['127.0.0.1:8081',"
+     "{'address':'127.0.0.1:8082','weight':2}],'retry':{'backoff':{'base':'50ms'}},"
+     "'health_check':{'interval':'1s'}},{'name':'api','dns':{'name':'api.internal','port':80}}]}",
+     "added " LMAIN_P ".routes[0].retry\n"
+     "changed " CWEB_P ".retry.backoff.base\n"
+     "added " CWEB_P ".health_check\n"
+     "removed $.clusters[?@.name=='api'].endpoints\n"
+     "added $.clusters[?@.name=='api'].dns\n"
+     "added $.dns.resolvers"},
+    {"kubernetes given",
+     "{'kubernetes':{'namespace':'shop'},"
+     "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':["
+     "{'match':{'prefix':'/api/'},'cluster':'api'},{'match':{},'cluster':'web'}]}],"
+     "'clusters':[{'name':'web','endpoints':['127.0.0.1:8081',"
+     "{'address':'127.0.0.1:8082','weight':2}]},{'name':'api','endpoints':['127.0.0.1:8083']}]}",
+     "added $.kubernetes"},
+};
+
+static void test_diff_reports_what_changed_by_path(void) {
+    pf_config *from = load_ok(sq(DIFF_BASE));
+    CU_ASSERT_FATAL(from != NULL);
+    for (size_t i = 0; i < ARRAY_LEN(diff_rows); i++) {
+        pf_config *to = load_ok(sq(diff_rows[i].to));
+        if (!PF_CHECK(to != NULL, "row %zu (%s) does not load", i, diff_rows[i].what))
+            continue;
+        pf_config_diff diff = {0};
+        char got[4096] = "";
+        size_t len = 0;
+        CU_ASSERT_EQUAL(config_diff(from, to, &diff), PF_OK);
+        for (size_t j = 0; j < diff.count && len < sizeof got; j++) {
+            int n = snprintf(got + len, sizeof got - len, "%s%s %s", j ? "\n" : "",
+                             config_change_kind_name(diff.items[j].kind), diff.items[j].path);
+            len += n > 0 ? (size_t)n : 0;
+        }
+        PF_CHECK(strcmp(got, sq(diff_rows[i].want)) == 0,
+                 "row %zu (%s):\n    want:\n%s\n    got:\n%s", i, diff_rows[i].what,
+                 sq(diff_rows[i].want), got);
+        /* the other way round, every added is removed and every removed added */
+        pf_config_diff back = {0};
+        CU_ASSERT_EQUAL(config_diff(to, from, &back), PF_OK);
+        PF_CHECK(back.count == diff.count, "row %zu (%s): %zu changes forward, %zu back", i,
+                 diff_rows[i].what, diff.count, back.count);
+        static const pf_change_kind reverse[] = {[PF_CHANGE_ADDED] = PF_CHANGE_REMOVED,
+                                                 [PF_CHANGE_REMOVED] = PF_CHANGE_ADDED,
+                                                 [PF_CHANGE_CHANGED] = PF_CHANGE_CHANGED};
+        for (size_t j = 0; j < back.count; j++) {
+            size_t m = 0;
+            while (m < diff.count && strcmp(diff.items[m].path, back.items[j].path) != 0)
+                m++;
+            PF_CHECK(m < diff.count && diff.items[m].kind == reverse[back.items[j].kind],
+                     "row %zu (%s): %s %s back has no %s forward", i, diff_rows[i].what,
+                     config_change_kind_name(back.items[j].kind), back.items[j].path,
+                     config_change_kind_name(reverse[back.items[j].kind]));
+        }
+        config_diff_free(&back);
+        config_diff_free(&diff);
+        CU_ASSERT_EQUAL(diff.count, 0);
+        config_free(to);
+    }
+    config_free(from);
+    config_diff_free(NULL);
+    CU_ASSERT_STRING_EQUAL(config_change_kind_name(PF_CHANGE_CHANGED), "changed");
+}
+
+/* A DNS cluster made at run time starts from the schema's defaults, as a written one. */
+static void test_cluster_dns_defaults_are_the_tables(void) {
+    pf_config_cluster_dns d;
+    memset(&d, 0x5a, sizeof d);
+    config_cluster_dns_defaults(&d);
+    CU_ASSERT_STRING_EQUAL(d.name, "");
+    CU_ASSERT_EQUAL(d.record, PF_DNS_RECORD_A);
+    CU_ASSERT_EQUAL(d.port, 0x5a5a); /* not a table default: the caller sets it */
+    CU_ASSERT_EQUAL(d.min_refresh_ms, PF_DEFAULT_DNS_MIN_REFRESH_MS);
+    CU_ASSERT_EQUAL(d.max_refresh_ms, PF_DEFAULT_DNS_MAX_REFRESH_MS);
+    CU_ASSERT_EQUAL(d.hold_ms, PF_DEFAULT_DNS_HOLD_MS);
+    pf_config *cfg = load_ok(sq("{'listeners':[{'name':'m','address':'127.0.0.1:1','routes':["
+                                "{'match':{},'cluster':'c'}]}],'clusters':[{'name':'c',"
+                                "'dns':{'name':'c.internal','port':80}}]}"));
+    CU_ASSERT_FATAL(cfg != NULL);
+    const pf_config_cluster_dns *w = &cfg->clusters[0].dns;
+    CU_ASSERT(w->record == d.record && w->min_refresh_ms == d.min_refresh_ms &&
+              w->max_refresh_ms == d.max_refresh_ms && w->hold_ms == d.hold_ms);
+    config_free(cfg);
+}
+
+/* ---- the schema and README.md ---------------------------------------------------------- */
+
+#define README_KEYS_MAX 512
+#define README_KEY_MAX 96
+
+typedef struct readme_key {
+    char path[README_KEY_MAX];
+    char def[256]; /* the default cell, without backticks; "" when the row names several keys */
+} readme_key;
+
+/* README.md from the repository root (where make runs the tests), else from beside this
+ * file's path as the compiler saw it. Caller frees. */
+static char *read_readme(void) {
+    static const char *const tries[] = {"README.md", "test/unit/../../README.md"};
+    for (size_t i = 0; i < ARRAY_LEN(tries); i++) {
+        FILE *f = fopen(tries[i], "rb");
+        if (!f)
+            continue;
+        char *buf = malloc(1024 * 1024);
+        size_t n = buf ? fread(buf, 1, 1024 * 1024 - 1, f) : 0;
+        fclose(f);
+        if (buf)
+            buf[n] = '\0';
+        return buf;
+    }
+    return NULL;
+}
+
+/* Copies the next `token` of [p, end) into out; returns the position after it, or NULL. */
+static const char *next_code(const char *p, const char *end, char *out, size_t max) {
+    const char *open = memchr(p, '`', (size_t)(end - p));
+    const char *close = open ? memchr(open + 1, '`', (size_t)(end - open - 1)) : NULL;
+    if (!close)
+        return NULL;
+    size_t n = (size_t)(close - open - 1);
+    snprintf(out, max, "%.*s", (int)(n < max ? n : max - 1), open + 1);
+    return close + 1;
+}
+
+/* The keys README.md's key tables document: the first cell of each row of a table headed
+ * "| key | default | meaning |". Each `code` span in it is a key path; one starting with
+ * "." is a sibling of the key before it ("`listeners[].name`, `.address`"), and a trailing
+ * "[]" names the array itself. */
+static size_t readme_keys(const char *text, readme_key *keys, size_t max) {
+    size_t count = 0;
+    bool in_table = false;
+    char prev[README_KEY_MAX] = "";
+    for (const char *line = text; *line;) {
+        const char *eol = strchr(line, '\n');
+        if (!eol)
+            eol = line + strlen(line);
+        if (strncmp(line, "| key | default | meaning |", 27) == 0) {
+            in_table = true;
+        } else if (line[0] != '|') {
+            in_table = false;
+        } else if (in_table && strncmp(line, "| ---", 5) != 0) {
+            const char *cell_end = memchr(line + 1, '|', (size_t)(eol - line - 1));
+            const char *def_end =
+                cell_end ? memchr(cell_end + 1, '|', (size_t)(eol - cell_end - 1)) : NULL;
+            size_t first = count;
+            char tok[README_KEY_MAX];
+            for (const char *p = line + 1;
+                 cell_end && count < max && (p = next_code(p, cell_end, tok, sizeof tok));) {
+                readme_key *k = &keys[count++];
+                const char *dot = strrchr(prev, '.');
+                if (tok[0] == '.' && dot) {
+                    if (snprintf(k->path, sizeof k->path, "%.*s%s", (int)(dot - prev), prev, tok) >=
+                        (int)sizeof k->path)
+                        k->path[0] = '\0'; /* no key is that long: reported as unknown */
+                } else
+                    snprintf(k->path, sizeof k->path, "%s", tok);
+                size_t n = strlen(k->path);
+                if (n > 2 && strcmp(k->path + n - 2, "[]") == 0)
+                    k->path[n - 2] = '\0';
+                snprintf(prev, sizeof prev, "%s", k->path);
+                k->def[0] = '\0';
+            }
+            if (count == first + 1 && def_end) {
+                size_t o = 0;
+                for (const char *p = cell_end + 1; p < def_end && o + 1 < sizeof keys[first].def;
+                     p++)
+                    if (*p != '`')
+                        keys[first].def[o++] = *p;
+                keys[first].def[o] = '\0';
+            }
+        }
+        line = *eol ? eol + 1 : eol;
+    }
+    return count;
+}
+
+static const readme_key *find_readme_key(const readme_key *keys, size_t n, const char *path) {
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(keys[i].path, path) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+/* Whether the README's default cell says the schema's default: durations by value ("60s"
+ * is "1m"), the rest as text within the cell. Objects and arrays, and defaults in words
+ * ("the cluster's"), are described in prose there and not compared. */
+static bool default_documented(const char *type, const char *schema_def, const char *cell) {
+    uint64_t want_ms, got_ms;
+    char first[64];
+    if (strcmp(type, "object") == 0 || strcmp(type, "array") == 0 || strchr(schema_def, ' '))
+        return true;
+    if (strcmp(type, "duration") == 0 && pf_duration_parse(schema_def, &want_ms) == PF_OK &&
+        sscanf(cell, " %63s", first) == 1 && pf_duration_parse(first, &got_ms) == PF_OK)
+        return want_ms == got_ms;
+    return strstr(cell, schema_def) != NULL;
+}
+
+/* The docs cannot drift: every key of the schema has a row in README.md's key tables, every
+ * key there is one the schema has, and a row that documents one key gives its default. */
+static void test_readme_lists_exactly_the_schema_keys(void) {
+    static readme_key keys[README_KEYS_MAX];
+    char *text = read_readme();
+    if (!PF_CHECK(text != NULL, "README.md not found; run the test from the repository root"))
+        return;
+    size_t n = readme_keys(text, keys, README_KEYS_MAX);
+    free(text);
+    CU_ASSERT(n > 50 && n < README_KEYS_MAX);
+
+    char *schema_text = config_schema_json();
+    CU_ASSERT_FATAL(schema_text != NULL);
+    json_error_t jerr;
+    json_t *schema = json_loads(schema_text, 0, &jerr);
+    free(schema_text);
+    CU_ASSERT_FATAL(json_is_array(schema));
+    size_t i;
+    json_t *row;
+    json_array_foreach(schema, i, row) {
+        const char *path = json_string_value(json_object_get(row, "path"));
+        const char *def = json_string_value(json_object_get(row, "default"));
+        const char *type = json_string_value(json_object_get(row, "type"));
+        const readme_key *k = find_readme_key(keys, n, path);
+        if (!PF_CHECK(k != NULL, "README.md's key tables lack `%s` (default %s: %s)", path, def,
+                      json_string_value(json_object_get(row, "doc"))))
+            continue;
+        PF_CHECK(!k->def[0] || default_documented(type, def, k->def),
+                 "README.md: `%s` defaults to \"%s\", the row says \"%s\"", path, def, k->def);
+    }
+    for (size_t j = 0; j < n; j++) {
+        bool known = false;
+        json_array_foreach(schema, i, row) {
+            known =
+                known || strcmp(json_string_value(json_object_get(row, "path")), keys[j].path) == 0;
+        }
+        PF_CHECK(known, "README.md documents `%s`, which is no key of the schema", keys[j].path);
+    }
+    json_decref(schema);
+}
+
+static void test_schema_listing_has_every_key_once(void) {
+    char *text = config_schema_json();
+    CU_ASSERT_FATAL(text != NULL);
+    json_t *schema = json_loads(text, 0, NULL);
+    free(text);
+    CU_ASSERT_FATAL(json_is_array(schema));
+    size_t i, j;
+    json_t *a, *b;
+    json_array_foreach(schema, i, a) {
+        const char *path = json_string_value(json_object_get(a, "path"));
+        PF_CHECK(path && *path && json_string_length(json_object_get(a, "doc")) > 0 &&
+                     json_string_length(json_object_get(a, "default")) > 0,
+                 "row %zu: path, doc and default are required", i);
+        json_array_foreach(schema, j, b) {
+            if (j > i)
+                PF_CHECK(strcmp(path, json_string_value(json_object_get(b, "path"))) != 0,
+                         "`%s` is listed twice", path);
+        }
+    }
+    json_decref(schema);
+}
+
 static void test_small_helpers(void) {
     config_free(NULL);
     CU_ASSERT_STRING_EQUAL(config_lb_policy_name(PF_LB_ROUND_ROBIN), "round_robin");
@@ -1442,4 +2213,11 @@ PF_UNIT_MAIN("config", PF_UNIT_TEST(test_example_loads_with_every_field_and_defa
              PF_UNIT_TEST(test_load_balancing_options_are_taken_and_dumped),
              PF_UNIT_TEST(test_dns_clusters_are_taken_and_dumped),
              PF_UNIT_TEST(test_kubernetes_config_is_taken_and_dumped),
-             PF_UNIT_TEST(test_small_helpers), PF_UNIT_TEST(test_max_connections_taken_and_derived))
+             PF_UNIT_TEST(test_every_type_path_has_its_exact_message),
+             PF_UNIT_TEST(test_bounds_and_zero_durations_load),
+             PF_UNIT_TEST(test_every_schema_key_refuses_the_wrong_type),
+             PF_UNIT_TEST(test_diff_reports_what_changed_by_path),
+             PF_UNIT_TEST(test_cluster_dns_defaults_are_the_tables),
+             PF_UNIT_TEST(test_readme_lists_exactly_the_schema_keys),
+             PF_UNIT_TEST(test_schema_listing_has_every_key_once), PF_UNIT_TEST(test_small_helpers),
+             PF_UNIT_TEST(test_max_connections_taken_and_derived))
