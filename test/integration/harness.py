@@ -5,6 +5,7 @@ pilotfish itself. Waiting is always a bounded poll (wait_for), never a fixed sle
 process started is stopped by PID by the fixtures in conftest.py.
 """
 
+import collections
 import http.client
 import json
 import os
@@ -52,11 +53,21 @@ def wait_for(predicate, timeout, what, interval=0.02):
         time.sleep(interval)
 
 
+_recent_ports = collections.deque(maxlen=4096)
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOCALHOST, 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that this process has
+    not handed out recently: the kernel may give the same free port to two binds in a row,
+    and a test that asks for two ports (a listener and the admin server) needs two."""
+    for _ in range(64):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOCALHOST, 0))
+            port = s.getsockname()[1]
+        if port not in _recent_ports:
+            _recent_ports.append(port)
+            return port
+    raise RuntimeError("no fresh free port in 64 tries")
 
 
 def closed_port():
