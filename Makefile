@@ -88,7 +88,7 @@ tools: deps
 # and the image.
 VERSION := $(shell sed -n 's/^\#define PILOTFISH_VERSION "\(.*\)"$$/\1/p' cmd/main.c)
 IMAGE_ENGINE_PKGS = buildah
-IMAGE_BASE_PKGS = debootstrap
+IMAGE_BASE_PKGS = debootstrap debian-archive-keyring
 image:
 	@IMAGE_ENGINE_PKGS="$(IMAGE_ENGINE_PKGS)" IMAGE_BASE_PKGS="$(IMAGE_BASE_PKGS)" \
 		sh packaging/image.sh build $(VERSION)

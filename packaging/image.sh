@@ -27,7 +27,7 @@ BASE_IMAGE=debian:12
 # container). PILOTFISH_STORAGE_DRIVER=overlay is faster where overlay works.
 BUILDAH_STORAGE="--storage-driver ${PILOTFISH_STORAGE_DRIVER:-vfs}"
 IMAGE_ENGINE_PKGS="${IMAGE_ENGINE_PKGS:-buildah}"
-IMAGE_BASE_PKGS="${IMAGE_BASE_PKGS:-debootstrap}"
+IMAGE_BASE_PKGS="${IMAGE_BASE_PKGS:-debootstrap debian-archive-keyring}"
 LOCK="${TMPDIR:-/tmp}/pilotfish-image.lock"
 
 die() {
