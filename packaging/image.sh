@@ -18,7 +18,8 @@
 # imported as debian:12. It is made once and kept in the engine's storage.
 #
 # Environment: PILOTFISH_ENGINE (docker, podman or buildah) picks the engine;
-# DEBIAN_MIRROR overrides the mirror read from apt's sources; IMAGE_ENGINE_PKGS and
+# DEBIAN_MIRROR and DEBIAN_SECURITY_MIRROR override the mirrors read from apt's sources
+# (bookworm's and bookworm-security's); IMAGE_ENGINE_PKGS and
 # IMAGE_BASE_PKGS are the Debian packages of buildah and of debootstrap (the Makefile's).
 set -eu
 
@@ -96,30 +97,30 @@ image_exists() {
     esac
 }
 
-# The Debian mirror apt uses for bookworm (not its security archive): a "deb" line of
-# sources.list or a deb822 stanza of sources.list.d/*.sources naming the suite.
-apt_mirror() {
-    if [ -n "${DEBIAN_MIRROR:-}" ]; then
-        echo "$DEBIAN_MIRROR"
-        return
-    fi
+# apt_uri SUITE: the URI apt fetches SUITE from: a "deb" line of sources.list(.d/*.list) or
+# a deb822 stanza of sources.list.d/*.sources whose suites include it.
+apt_uri() {
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
         [ -f "$f" ] || continue
-        awk '$1 == "deb" { i = 2; if ($2 ~ /^\[/) while ($i !~ /\]$/) i++;
-                           if ($2 ~ /^\[/) i++;
-                           if ($(i + 1) == "bookworm") { print $i; exit } }' "$f"
+        # deb [options] URI SUITE COMPONENT...
+        awk -v suite="$1" '$1 == "deb" { i = 2
+                               if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                               if ($(i + 1) == suite) { print $i; exit } }' "$f"
     done | head -n 1 | grep . && return
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -f "$f" ] || continue
-        # Stanzas are separated by blank lines; keep the URI of one whose Suites has bookworm.
-        awk 'BEGIN { RS = ""; FS = "\n" }
-             { uri = ""; suite = 0; enabled = 1
+        # Stanzas are separated by blank lines.
+        awk -v suite="$1" 'BEGIN { RS = ""; FS = "\n" }
+             { uri = ""; found = 0; enabled = 1
                for (i = 1; i <= NF; i++) {
                    if ($i ~ /^URIs:/) { split($i, u, /[ \t]+/); uri = u[2] }
-                   if ($i ~ /^Suites:/ && $i ~ /[ \t]bookworm([ \t]|$)/) suite = 1
+                   if ($i ~ /^Suites:/) {
+                       n = split($i, w, /[ \t]+/)
+                       for (j = 2; j <= n; j++) if (w[j] == suite) found = 1
+                   }
                    if ($i ~ /^Enabled:[ \t]*no/) enabled = 0
                }
-               if (uri != "" && suite && enabled) { print uri; exit } }' "$f"
+               if (uri != "" && found && enabled) { print uri; exit } }' "$f"
     done | head -n 1 | grep . && return
     return 1
 }
@@ -127,8 +128,9 @@ apt_mirror() {
 # Makes debian:12 from Debian's packages: a minbase bookworm root, without apt's lists and
 # downloaded packages, imported as a one-layer image.
 make_base() {
-    mirror=$(apt_mirror) ||
+    mirror=${DEBIAN_MIRROR:-$(apt_uri bookworm)} ||
         die "no bookworm mirror in /etc/apt/sources.list{,.d}: set DEBIAN_MIRROR=http://<mirror>/debian"
+    security=${DEBIAN_SECURITY_MIRROR:-$(apt_uri bookworm-security || true)}
     install_missing $IMAGE_BASE_PKGS
     work=$(mktemp -d "${TMPDIR:-/tmp}/pilotfish-base.XXXXXX")
     trap 'rm -rf "$work"' EXIT
@@ -138,6 +140,13 @@ make_base() {
         tail -n 20 "$work/log" >&2
         die "debootstrap failed (log above)"
     fi
+    # The images built on it get bookworm's updates and, where apt here has the security
+    # archive, its fixes (the runtime image copies libssl and libcurl from there).
+    {
+        echo "deb $mirror bookworm main"
+        echo "deb $mirror bookworm-updates main"
+        [ -z "$security" ] || echo "deb $security bookworm-security main"
+    } >"$work/root/etc/apt/sources.list"
     rm -rf "$work"/root/var/lib/apt/lists/* "$work"/root/var/cache/apt/archives/*.deb \
         "$work"/root/var/log/*.log
     tar -C "$work/root" -cf "$work/root.tar" .

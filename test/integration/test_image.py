@@ -34,7 +34,7 @@ from test_packaging import (
 
 IMAGE_SH = os.path.join(REPO, "packaging", "image.sh")
 # A generous bound for a hung build, not an expectation: the first build makes the Debian
-# base image too (about a minute on a 2-core machine), later ones about 25 s.
+# base image too (65-75 s on a 2-core machine), later ones 25-50 s.
 BUILD_TIMEOUT = 1800
 RUN_TIMEOUT = 120  # seconds for one short run of the image (--version, --check-config)
 START_TIMEOUT = 60.0  # seconds for pilotfish in the image to answer /ready
