@@ -22,14 +22,18 @@ import time
 import pytest
 
 from harness import LOCALHOST, REPO, free_port, http_request, wait_for
-from test_packaging import (
+from test_packaging import (  # noqa: F401 (parent_chart is a fixture)
+    HELM,
     MODES,
     config_of,
+    docs_of,
     manifests,
+    parent_chart,
     pilotfish_container,
     pilotfish_version,
     pod_specs,
     render,
+    run,
 )
 
 IMAGE_SH = os.path.join(REPO, "packaging", "image.sh")
@@ -273,7 +277,7 @@ def rendered_pod_specs():
     return out
 
 
-def test_deployments_run_the_image_as_it_expects(image):
+def check_runs_the_image(image, where, spec):
     """No command (the image's entrypoint runs), the config where the image's CMD reads it
     and mounted there, the image's uid and gid, its exposed ports, and a preStop command
     that the image has (it has no shell)."""
@@ -281,26 +285,38 @@ def test_deployments_run_the_image_as_it_expects(image):
     uid, gid = (int(x) for x in config["User"].split(":"))
     exposed = {int(p.split("/")[0]) for p in config["ExposedPorts"]}
     path_dirs = [e.split("=", 1)[1] for e in config["Env"] if e.startswith("PATH=")][0]
-    files = image.files()
+    pf = pilotfish_container(spec)
+    assert "command" not in pf, f"{where}: command replaces the image's entrypoint"
+    assert pf["args"][:2] == config["Cmd"], f"{where}: args {pf['args']}"
+    path, mount = deployment_config_mount(spec)
+    assert mount["readOnly"] is True, where
+    volume = [v for v in spec["volumes"] if v["name"] == mount["name"]][0]
+    items = volume["configMap"].get("items")
+    assert items is None, f"{where}: the config volume picks items {items}"
+    sc = {**spec.get("securityContext", {}), **pf["securityContext"]}
+    assert (sc["runAsUser"], sc["runAsGroup"]) == (uid, gid), where
+    assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True, where
+    ports = {p["containerPort"] for p in pf["ports"]}
+    assert ports <= exposed, f"{where}: ports {ports}, the image exposes {exposed}"
+    pre_stop = pf.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+    if pre_stop:
+        program = pre_stop[0]
+        found = [program] if program.startswith("/") else \
+            [f"{d}/{program}" for d in path_dirs.split(":")]
+        assert any(p in image.files() for p in found), f"{where}: preStop {pre_stop} not in image"
+
+
+def test_deployments_run_the_image_as_it_expects(image):
     specs = rendered_pod_specs()
     assert specs
     for where, spec in specs:
-        pf = pilotfish_container(spec)
-        assert "command" not in pf, f"{where}: command replaces the image's entrypoint"
-        assert pf["args"][:2] == config["Cmd"], f"{where}: args {pf['args']}"
-        path, mount = deployment_config_mount(spec)
-        assert mount["readOnly"] is True, where
-        volume = [v for v in spec["volumes"] if v["name"] == mount["name"]][0]
-        items = volume["configMap"].get("items")
-        assert items is None, f"{where}: the config volume picks items {items}"
-        sc = {**spec.get("securityContext", {}), **pf["securityContext"]}
-        assert (sc["runAsUser"], sc["runAsGroup"]) == (uid, gid), where
-        assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True, where
-        ports = {p["containerPort"] for p in pf["ports"]}
-        assert ports <= exposed, f"{where}: ports {ports}, the image exposes {exposed}"
-        pre_stop = pf.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
-        if pre_stop:
-            program = pre_stop[0]
-            found = [program] if program.startswith("/") else \
-                [f"{d}/{program}" for d in path_dirs.split(":")]
-            assert any(p in files for p in found), f"{where}: preStop {pre_stop} not in image"
+        check_runs_the_image(image, where, spec)
+
+
+def test_a_users_chart_with_the_sidecar_template_runs_the_image_as_it_expects(
+        image, parent_chart):
+    """The chart README's example (helm/pilotfish/examples/shop), native and classic."""
+    for extra in ([], ["--set", "pilotfish.sidecar.native=false"]):
+        text = run([HELM, "template", "web", str(parent_chart), "-n", "shop", *extra]).stdout
+        for _, spec in pod_specs(docs_of(text)):
+            check_runs_the_image(image, f"examples/shop {extra}", spec)

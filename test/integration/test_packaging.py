@@ -917,6 +917,47 @@ def test_helm_install_refuses_a_refused_config(discovery):
     assert 'routes[0].cluster: unknown cluster "nope"' in proc.stderr, proc.stderr
 
 
+# Values documented as a whole in the chart README's table (their keys are Kubernetes' own).
+WHOLE_VALUES = {"resources", "podSecurityContext", "securityContext", "demo.resources",
+                "probes.startup", "probes.readiness", "probes.liveness"}
+
+
+def value_paths(values, prefix=""):
+    for key, value in values.items():
+        path = prefix + key
+        if isinstance(value, dict) and value and path not in WHOLE_VALUES:
+            yield from value_paths(value, path + ".")
+        else:
+            yield path
+
+
+def test_every_value_is_in_the_schema_and_the_chart_readme():
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        values = yaml.safe_load(f)
+    with open(os.path.join(CHART, "values.schema.json")) as f:
+        schema = json.load(f)
+    with open(os.path.join(CHART, "README.md")) as f:
+        keys = [line.split("|")[1] for line in f if line.startswith("| `")]
+    for path in value_paths(values):
+        node = schema
+        for part in path.split("."):
+            if "$ref" in node:
+                node = schema["definitions"][node["$ref"].rsplit("/", 1)[1]]
+            assert part in node.get("properties", {}), f"values.schema.json lacks {path}"
+            node = node["properties"][part]
+        # A row names the path, or an ancestor's path and the rest (`gateway.replicas`,
+        # `.service.type`).
+        parts = path.split(".")
+
+        def names_it(row):
+            return f"`{path}`" in row or f"`{path}," in row or any(
+                f"`{'.'.join(parts[:i])}." in row and f"`.{'.'.join(parts[i:])}`" in row
+                for i in range(1, len(parts)))
+
+        assert any(names_it(row) for row in keys), \
+            f"the chart README's table lacks {path}"
+
+
 # ---- the named template in a parent chart (the chart README's example) -----
 
 
