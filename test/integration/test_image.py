@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -59,11 +58,10 @@ def can_install_an_engine():
 
 
 class Image:
-    def __init__(self, ref, engine, last_line, seconds):
+    def __init__(self, ref, engine, last_line):
         self.ref = ref
         self.engine = engine
         self.last_line = last_line
-        self.seconds = seconds
         self._config = None
         self._files = None
 
@@ -94,14 +92,12 @@ def image():
     if found.returncode != 0 and not can_install_an_engine():
         pytest.skip("no container engine (docker, podman or buildah) works here and none can "
                     "be installed (apt-get as root or with sudo); the image is not tested")
-    started = time.monotonic()
     proc = subprocess.run(["make", "-C", REPO, "--no-print-directory", "image"],
                           capture_output=True, text=True, timeout=BUILD_TIMEOUT)
-    seconds = time.monotonic() - started
     assert proc.returncode == 0, f"make image exited {proc.returncode}:\n{proc.stderr}{proc.stdout}"
     engine = image_sh("engine").stdout.strip()
     last = proc.stdout.strip().splitlines()[-1]
-    return Image(f"pilotfish:{pilotfish_version()}", engine, last, seconds)
+    return Image(f"pilotfish:{pilotfish_version()}", engine, last)
 
 
 def test_make_image_names_the_engine_and_both_tags(image):
