@@ -629,6 +629,10 @@ BROKEN_VALUES = [
     (["--set", "clusters[0].name=a", "--set", "clusters[0].kubernetes.port=Bad_Port"],
      "clusters.0.kubernetes: service is required"),
     (["--set", "discovery.namespaces[0]=Shop"], "discovery.namespaces.0: Does not match pattern"),
+    (["--set", "commonLabels.app\\.kubernetes\\.io/name=x"],
+     'commonLabels: Property name of "app.kubernetes.io/name" does not match'),
+    (["--set", "gateway.service.type=External"], "gateway.service.type: gateway.service.type must be"),
+    (["--set", "resources.limits.memory=null"], "resources.limits: memory is required"),
 ]
 
 
