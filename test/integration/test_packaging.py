@@ -755,10 +755,12 @@ def test_gateway_load_balancer_service():
 
 
 def network_policy_sources(rule):
-    (peer,) = rule["from"]
+    """([ports], [namespaces], [CIDRs]) of an ingress rule."""
+    peer, *blocks = rule["from"]
     (expr,) = peer["namespaceSelector"]["matchExpressions"]
     assert expr["key"] == "kubernetes.io/metadata.name" and expr["operator"] == "In"
-    return [p["port"] for p in rule["ports"]], expr["values"]
+    return ([p["port"] for p in rule["ports"]], expr["values"],
+            [b["ipBlock"]["cidr"] for b in blocks])
 
 
 def test_gateway_network_policy_admits_the_listener_and_admin_from_named_namespaces():
@@ -768,14 +770,15 @@ def test_gateway_network_policy_admits_the_listener_and_admin_from_named_namespa
     assert spec["policyTypes"] == ["Ingress"] and "egress" not in spec
     assert spec["podSelector"]["matchLabels"].items() <= gateway_pod_labels(docs).items()
     rules = [network_policy_sources(r) for r in spec["ingress"]]
-    assert rules == [(["pf-http"], ["shop", "payments"]), (["pf-admin"], ["monitoring"])]
+    assert rules == [(["pf-http"], ["shop", "payments"], ["10.0.0.0/8"]),
+                     (["pf-admin"], ["monitoring"], [])]
     # The ports it names are the pilotfish container's.
     ports = {p["name"] for p in pilotfish_container(pod_specs(docs)[0][1])["ports"]}
     assert {"pf-http", "pf-admin"} <= ports
     (policy,) = of_kind(render("gateway", "--set", "gateway.networkPolicy.enabled=true"),
                         "NetworkPolicy")
     assert [network_policy_sources(r) for r in policy["spec"]["ingress"]] == [
-        (["pf-http"], [NAMESPACE]), (["pf-admin"], [NAMESPACE])]
+        (["pf-http"], [NAMESPACE], []), (["pf-admin"], [NAMESPACE], [])]
     assert not of_kind(render("gateway"), "NetworkPolicy")
     assert not of_kind(render("demo", "--set", "gateway.networkPolicy.enabled=true"),
                        "NetworkPolicy")
