@@ -20,7 +20,15 @@ import subprocess
 
 import pytest
 
-from harness import LOCALHOST, REPO, free_port, http_request, wait_for
+from harness import (
+    LOCALHOST,
+    PILOTFISH_BIN,
+    REPO,
+    free_port,
+    http_request,
+    is_sanitizer_build,
+    wait_for,
+)
 from test_packaging import (  # noqa: F401 (parent_chart is a fixture)
     HELM,
     MODES,
@@ -316,3 +324,54 @@ def test_a_users_chart_with_the_sidecar_template_runs_the_image_as_it_expects(
         text = run([HELM, "template", "web", str(parent_chart), "-n", "shop", *extra]).stdout
         for _, spec in pod_specs(docs_of(text)):
             check_runs_the_image(image, f"examples/shop {extra}", spec)
+
+
+# ---- the image's pieces, without an engine ---------------------------------------------
+
+ROOTFS_SH = os.path.join(REPO, "packaging", "rootfs.sh")
+
+
+def test_rootfs_holds_what_the_binary_loads_and_runs_chrooted(tmp_path):
+    """packaging/rootfs.sh on this machine's build of pilotfish: the tree it makes runs
+    pilotfish as the image's user with nothing from the host."""
+    root = tmp_path / "root"
+    proc = subprocess.run(["sh", ROOTFS_SH, str(root), PILOTFISH_BIN, "/usr/bin/sleep", "--",
+                           "libcurl.so.4"], capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    target = root / PILOTFISH_BIN.lstrip("/")
+    assert target.is_file() and (root / "usr/bin/sleep").is_file()
+    assert (root / "etc/passwd").read_text().count(f":{UID}:{UID}:") == 1
+    assert not (root / "bin/sh").exists() and not (root / "usr/bin/sh").exists()
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root; the tree's contents were checked")
+    if is_sanitizer_build():
+        pytest.skip("AddressSanitizer reads /proc, which the tree has not; contents checked")
+    version = subprocess.run(["chroot", "--userspec", f"{UID}:{UID}", str(root),
+                              PILOTFISH_BIN, "--version"], capture_output=True, text=True,
+                             timeout=RUN_TIMEOUT)
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"pilotfish {pilotfish_version()}"
+
+
+def test_rootfs_stops_on_a_library_that_is_not_installed(tmp_path):
+    proc = subprocess.run(["sh", ROOTFS_SH, str(tmp_path / "root"), "/usr/bin/sleep", "--",
+                           "libpilotfish-missing.so.9"], capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT)
+    assert proc.returncode != 0
+    assert "rootfs: libpilotfish-missing.so.9 is not installed" in proc.stderr
+
+
+def test_an_engine_that_cannot_build_is_not_chosen():
+    """A docker or podman command without a daemon or runtime behind it (a client alone)
+    is passed over for one that works, and naming it gets a clear error."""
+    broken = [e for e in ("docker", "podman") if shutil.which(e) and subprocess.run(
+        [e, "info"], capture_output=True, timeout=RUN_TIMEOUT).returncode != 0]
+    if not broken:
+        pytest.skip("no docker or podman command without a working daemon here")
+    chosen = image_sh("engine", check=False).stdout.strip()
+    assert chosen not in broken
+    for e in broken:
+        proc = subprocess.run([IMAGE_SH, "engine"], capture_output=True, text=True,
+                              timeout=RUN_TIMEOUT, env=dict(os.environ, PILOTFISH_ENGINE=e))
+        assert proc.returncode != 0
+        assert f"PILOTFISH_ENGINE={e} does not work here" in proc.stderr
