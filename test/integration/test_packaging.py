@@ -875,6 +875,18 @@ def _bad_lb_policy(cfg):
     cfg["clusters"][0]["lb_policy"] = "fastest"
 
 
+def _unknown_retry_key(cfg):
+    cfg["listeners"][0]["routes"][0]["retry"] = {"attempts": 3}
+
+
+def _endpoint_without_port(cfg):
+    cfg["clusters"][0]["endpoints"] = ["10.0.0.5"]
+
+
+def _breaker_of_zero(cfg):
+    cfg["clusters"][0]["circuit_breakers"] = {"max_connections": 0}
+
+
 def _unknown_match_key(cfg):
     cfg["listeners"][0]["routes"][0]["match"]["method"] = "GET"
 
@@ -894,6 +906,13 @@ REFUSED_CONFIGS = [
      _bad_lb_policy),
     (["--set", "routes[0].match.method=GET"],
      "routes.0.match: Additional property method is not allowed", _unknown_match_key),
+    (["--set", "routes[0].retry.attempts=3"],
+     "routes.0.retry: Additional property attempts is not allowed", _unknown_retry_key),
+    (["--set", "clusters[0].endpoints[0]=10.0.0.5"], "clusters.0.endpoints.0: Must validate",
+     _endpoint_without_port),
+    (["--set", "clusters[0].circuit_breakers.max_connections=0"],
+     "clusters.0.circuit_breakers.max_connections: Must be greater than or equal to 1",
+     _breaker_of_zero),
 ]
 
 
