@@ -225,7 +225,9 @@ def test_image_serves_a_request_as_the_non_root_user_with_the_charts_args(
     backend = start_backend("in-image")
     docs = render("static")
     config = json.loads(config_of(docs))
-    admin_port, listen_port = free_port(), free_port()
+    # Two calls of free_port can return one port (it is free again once probed).
+    admin_port = free_port()
+    listen_port = next(p for p in (free_port() for _ in range(100)) if p != admin_port)
     config["admin"]["address"] = f"{LOCALHOST}:{admin_port}"
     config["listeners"][0]["address"] = f"{LOCALHOST}:{listen_port}"
     for c in config["clusters"]:
