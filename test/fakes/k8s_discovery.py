@@ -29,6 +29,9 @@ RESOURCES = {
     ],
     "apps/v1": [("deployments", "Deployment", True, ["deploy"])],
     "discovery.k8s.io/v1": [("endpointslices", "EndpointSlice", True, [])],
+    "autoscaling/v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler", True, ["hpa"])],
+    "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy", True, ["netpol"])],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True, ["pdb"])],
     "rbac.authorization.k8s.io/v1": [
         ("clusterrolebindings", "ClusterRoleBinding", False, []),
         ("clusterroles", "ClusterRole", False, []),

@@ -9,7 +9,8 @@ rules, probes, limits, securityContext, labels, the pilotfish config (by `pilotf
 Go types drop is a field Kubernetes does not know). The plain manifests get the same checks,
 the README's sidecar example is rendered as a user's chart would, the RBAC is compared with
 the requests pilotfish sends the fake API server of test/fakes/k8s_api.py, and the
-Dockerfile (never built here) is compared with the Makefile and the built binary.
+Dockerfile's package lists are compared with the Makefile and the built binary (the image
+itself is built and run by test_image.py).
 """
 
 import functools
@@ -56,14 +57,18 @@ RBAC_RULES = {("", "services"): ["get", "list", "watch"],
 
 # The documented modes: values file (None: the chart's defaults) and what each renders.
 # roles: the namespaces that get a Role and RoleBinding; "cluster": a ClusterRole instead.
+# The default install is sidecar mode without the demo application: what your own
+# Deployments use (ServiceAccount, RBAC, ConfigMap) and no pods.
 MODES = {
-    "default": dict(values=None, native=True, gateway=False, app=True, roles=[NAMESPACE]),
+    "default": dict(values=None, native=True, gateway=False, app=False, roles=[NAMESPACE]),
+    "demo": dict(values="demo", native=True, gateway=False, app=True, roles=[NAMESPACE]),
     "sidecar-classic": dict(values="sidecar-classic", native=False, gateway=False, app=True,
                             roles=[NAMESPACE]),
-    "sidecar-only": dict(values="sidecar-only", native=True, gateway=False, app=False,
-                         roles=[NAMESPACE]),
     "gateway": dict(values="gateway", native=False, gateway=True, app=False,
                     roles=["payments", "shop"]),
+    "gateway-production": dict(values="gateway-production", native=False, gateway=True,
+                               app=False, roles=["payments", "shop"],
+                               kinds=["HorizontalPodAutoscaler", "NetworkPolicy"]),
     "all-namespaces": dict(values="all-namespaces", native=True, gateway=False, app=True,
                            roles="cluster"),
     "explicit": dict(values="explicit", native=True, gateway=False, app=True,
@@ -234,8 +239,10 @@ def check_container(c, where):
         assert probe in c, f"{where}: no {probe}"
     limits = c.get("resources", {}).get("limits", {})
     requests = c.get("resources", {}).get("requests", {})
-    assert "cpu" in limits and "memory" in limits, f"{where}: limits {limits}"
+    assert "memory" in limits, f"{where}: limits {limits}"
     assert "cpu" in requests and "memory" in requests, f"{where}: requests {requests}"
+    # A CPU limit throttles a proxy's tail latency: pilotfish has a request and no limit.
+    assert c["name"] != "pilotfish" or "cpu" not in limits, f"{where}: CPU limit {limits}"
     sc = c.get("securityContext", {})
     for key, want in SECURITY_CONTEXT.items():
         assert sc.get(key) == want, f"{where}: securityContext.{key} is {sc.get(key)!r}"
@@ -389,6 +396,9 @@ KNOWN_TOP = {
     "Role": {"apiVersion", "kind", "metadata", "rules"},
     "ClusterRole": {"apiVersion", "kind", "metadata", "rules"},
     "ServiceMonitor": {"apiVersion", "kind", "metadata", "spec"},
+    "PodDisruptionBudget": {"apiVersion", "kind", "metadata", "spec"},
+    "HorizontalPodAutoscaler": {"apiVersion", "kind", "metadata", "spec"},
+    "NetworkPolicy": {"apiVersion", "kind", "metadata", "spec"},
 }
 
 
@@ -415,7 +425,9 @@ def test_discovery_fake_answers_kubectl_like_an_api_server(discovery):
     reads a missing object as NotFound."""
     out = run([KUBECTL, "api-resources", "-o", "name"], env=discovery).stdout.split()
     assert {"services", "endpointslices.discovery.k8s.io", "deployments.apps",
-            "roles.rbac.authorization.k8s.io", "servicemonitors.monitoring.coreos.com"} <= set(out)
+            "roles.rbac.authorization.k8s.io", "servicemonitors.monitoring.coreos.com",
+            "poddisruptionbudgets.policy", "horizontalpodautoscalers.autoscaling",
+            "networkpolicies.networking.k8s.io"} <= set(out)
     proc = run([KUBECTL, "get", "service", "nothing", "-n", NAMESPACE], env=discovery, check=False)
     assert proc.returncode != 0 and 'services "nothing" not found' in proc.stderr, proc.stderr
 
@@ -440,6 +452,9 @@ def test_renders_exactly_the_expected_kinds(mode):
     want = ["ConfigMap", "ServiceAccount"]
     if m["gateway"] or m["app"]:
         want += ["Deployment", "Service", "Service"]
+    if m["gateway"]:
+        want += ["PodDisruptionBudget"]  # more than one replica
+    want += m.get("kinds", [])
     if m["roles"] == "cluster":
         want += ["ClusterRole", "ClusterRoleBinding"]
     else:
@@ -533,7 +548,7 @@ def test_static_endpoints_need_no_rbac_and_mount_no_token():
 
 def test_config_change_changes_the_checksum_annotation():
     def checksum(*extra):
-        docs = render("default", *extra)
+        docs = render("demo", *extra)
         pod = pod_specs(docs)[0][0]["spec"]["template"]["metadata"]["annotations"]
         return pod["checksum/pilotfish-config"], config_of(docs)
 
@@ -543,19 +558,19 @@ def test_config_change_changes_the_checksum_annotation():
     # The ConfigMap's data is the config plus the final newline of a YAML block.
     assert base == hashlib.sha256(base_config.rstrip("\n").encode()).hexdigest()
     assert changed == hashlib.sha256(changed_config.rstrip("\n").encode()).hexdigest()
-    assert checksum("--set", "exampleApp.replicas=3")[0] == base
+    assert checksum("--set", "demo.replicas=3")[0] == base
 
 
 def test_prometheus_annotations_can_be_turned_off():
-    docs = render("default", "--set", "prometheus.scrape=false")
+    docs = render("demo", "--set", "prometheus.scrape=false")
     annotations = pod_specs(docs)[0][0]["spec"]["template"]["metadata"]["annotations"]
     assert not any(k.startswith("prometheus.io/") for k in annotations)
     assert "checksum/pilotfish-config" in annotations
 
 
 def test_service_monitor_only_when_the_prometheus_operator_api_exists():
-    assert "ServiceMonitor" not in kinds(render("default"))
-    for mode in ("default", "gateway"):
+    assert "ServiceMonitor" not in kinds(render("demo"))
+    for mode in ("demo", "gateway"):
         docs = render(mode, "--api-versions", "monitoring.coreos.com/v1")
         monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
         assert len(monitors) == 1, mode
@@ -565,10 +580,10 @@ def test_service_monitor_only_when_the_prometheus_operator_api_exists():
         assert [a["metadata"]["name"] for a in admin] == [f"{FULLNAME}-admin"], mode
         assert monitors[0]["spec"]["endpoints"][0]["port"] == admin[0]["spec"]["ports"][0]["name"]
         assert monitors[0]["spec"]["endpoints"][0]["path"] == "/stats/prometheus"
-    docs = render("default", "--api-versions", "monitoring.coreos.com/v1",
+    docs = render("demo", "--api-versions", "monitoring.coreos.com/v1",
                   "--set", "serviceMonitor.enabled=false")
     assert "ServiceMonitor" not in kinds(docs)
-    docs = render("sidecar-only", "--api-versions", "monitoring.coreos.com/v1")
+    docs = render("default", "--api-versions", "monitoring.coreos.com/v1")
     assert "ServiceMonitor" not in kinds(docs)  # no pods of the chart's own to scrape
 
 
@@ -581,13 +596,14 @@ def test_service_monitor_follows_the_clusters_api_and_notes_show_the_admin_serve
         discovery, tmp_path):
     """helm reads the API groups from discovery: with the Prometheus Operator's group the
     install has a ServiceMonitor, without it none; the notes say how to reach the admin."""
-    out = helm_install_dry_run(discovery).stdout
+    out = helm_install_dry_run(discovery, *values_args("demo")).stdout
     assert "kind: ServiceMonitor" in out
     notes = out.split("NOTES:", 1)[1]
     assert f"port-forward svc/{FULLNAME}-admin 9901" in notes
     for path in ("/ready", "/clusters", "/stats/prometheus"):
         assert f"http://127.0.0.1:9901{path}" in notes
-    bare = DiscoveryServer(groups={"apps", "rbac.authorization.k8s.io", "discovery.k8s.io"})
+    bare = DiscoveryServer(groups={"apps", "rbac.authorization.k8s.io", "discovery.k8s.io",
+                                   "policy"})
     bare.start()
     try:
         env = dict(tool_env(), KUBECONFIG=bare.kubeconfig(str(tmp_path / "bare.json")))
@@ -613,6 +629,10 @@ BROKEN_VALUES = [
     (["--set", "clusters[0].name=a", "--set", "clusters[0].kubernetes.port=Bad_Port"],
      "clusters.0.kubernetes: service is required"),
     (["--set", "discovery.namespaces[0]=Shop"], "discovery.namespaces.0: Does not match pattern"),
+    (["--set", "commonLabels.app\\.kubernetes\\.io/name=x"],
+     'commonLabels: Property name of "app.kubernetes.io/name" does not match'),
+    (["--set", "gateway.service.type=External"], "gateway.service.type: gateway.service.type must be"),
+    (["--set", "resources.limits.memory=null"], "resources.limits: memory is required"),
 ]
 
 
@@ -636,12 +656,332 @@ def test_a_broken_values_file_is_refused_with_the_schema_message(tmp_path):
 
 
 def test_native_sidecar_is_refused_on_kubernetes_before_1_29():
-    proc = run([HELM, "template", RELEASE, CHART, "--kube-version", "1.28.3"], check=False)
+    proc = run([HELM, "template", RELEASE, CHART, "--kube-version", "1.28.3",
+                *values_args("demo")], check=False)
     assert proc.returncode != 0
     assert "sidecar.native needs Kubernetes 1.29 or later" in proc.stderr
     assert "set sidecar.native=false" in proc.stderr
     run([HELM, "template", RELEASE, CHART, "--kube-version", "1.28.3",
          *values_args("sidecar-classic")])
+
+
+# ---- what platform teams set -------------------------------------------------
+
+
+def of_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def gateway_pod_labels(docs):
+    deploy = of_kind(docs, "Deployment")[0]
+    return deploy["spec"]["template"]["metadata"]["labels"]
+
+
+def test_default_install_runs_no_demo_application(discovery):
+    assert not of_kind(render("default"), "Deployment")
+    demo = of_kind(render("demo"), "Deployment")
+    assert [d["metadata"]["name"] for d in demo] == [f"{FULLNAME}-demo"]
+    notes = helm_install_dry_run(discovery).stdout.split("NOTES:", 1)[1]
+    assert '"pilotfish.sidecar" template' in notes
+    assert "--set demo.enabled=true" in notes
+
+
+@pytest.mark.parametrize("args,budget", [
+    ([], True),  # gateway-values.yaml: 3 replicas
+    (["--set", "gateway.replicas=1"], False),
+    (["--set", "gateway.replicas=1", "--set", "gateway.autoscaling.enabled=true"], True),
+    (["--set", "gateway.podDisruptionBudget.enabled=false"], False),
+], ids=["3-replicas", "1-replica", "autoscaled-from-2", "disabled"])
+def test_gateway_disruption_budget_only_when_more_than_one_replica(args, budget):
+    docs = render("gateway", *args)
+    pdbs = of_kind(docs, "PodDisruptionBudget")
+    assert len(pdbs) == (1 if budget else 0)
+    if budget:
+        spec = pdbs[0]["spec"]
+        assert spec["maxUnavailable"] == 1 and "minAvailable" not in spec
+        assert spec["selector"]["matchLabels"].items() <= gateway_pod_labels(docs).items()
+
+
+def test_gateway_autoscaler_owns_the_replicas():
+    docs = render("gateway-production")
+    hpa = of_kind(docs, "HorizontalPodAutoscaler")[0]["spec"]
+    deploy = of_kind(docs, "Deployment")[0]
+    assert "replicas" not in deploy["spec"]  # an upgrade must not reset the scale
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                     "name": deploy["metadata"]["name"]}
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 12)
+    assert hpa["metrics"] == [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}]
+    # Utilization is a share of the request: the container must have one.
+    pf = pilotfish_container(pod_specs(docs)[0][1])
+    assert "cpu" in pf["resources"]["requests"]
+    assert not of_kind(render("gateway"), "HorizontalPodAutoscaler")
+    proc = run([HELM, "template", RELEASE, CHART, *values_args("gateway-production"),
+                "--set", "gateway.autoscaling.minReplicas=20"], check=False)
+    assert proc.returncode != 0
+    assert "gateway.autoscaling: minReplicas 20 is above maxReplicas 12" in proc.stderr
+
+
+def test_gateway_spreads_over_nodes_and_zones_unless_told_otherwise():
+    docs = render("gateway")
+    spread = pod_specs(docs)[0][1]["topologySpreadConstraints"]
+    assert [c["topologyKey"] for c in spread] == ["kubernetes.io/hostname",
+                                                  "topology.kubernetes.io/zone"]
+    for c in spread:
+        assert c["maxSkew"] == 1 and c["whenUnsatisfiable"] == "ScheduleAnyway", c
+        assert c["labelSelector"]["matchLabels"].items() <= gateway_pod_labels(docs).items()
+    own = [{"maxSkew": 2, "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}}}]
+    with_own = render("gateway", "--set-json", f"topologySpreadConstraints={json.dumps(own)}")
+    assert pod_specs(with_own)[0][1]["topologySpreadConstraints"] == own
+    off = render("gateway", "--set", "gateway.spreadByDefault=false")
+    assert "topologySpreadConstraints" not in pod_specs(off)[0][1]
+    assert "topologySpreadConstraints" not in pod_specs(render("demo"))[0][1]
+
+
+def test_gateway_load_balancer_service():
+    docs = render("gateway-production")
+    svc = [d for d in of_kind(docs, "Service") if d["metadata"]["name"] == FULLNAME][0]
+    assert svc["spec"]["type"] == "LoadBalancer"
+    assert svc["metadata"]["annotations"] == {
+        "service.beta.kubernetes.io/aws-load-balancer-type": "nlb"}
+    assert svc["spec"]["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
+    assert svc["spec"]["externalTrafficPolicy"] == "Local"
+    admin = [d for d in of_kind(docs, "Service") if d["metadata"]["name"] != FULLNAME][0]
+    assert admin["spec"]["type"] == "ClusterIP" and "annotations" not in admin["metadata"]
+    plain = [d for d in of_kind(render("gateway"), "Service") if d["metadata"]["name"] == FULLNAME]
+    assert "externalTrafficPolicy" not in plain[0]["spec"]
+
+
+def network_policy_sources(rule):
+    """([ports], [namespaces], [CIDRs]) of an ingress rule."""
+    peer, *blocks = rule["from"]
+    (expr,) = peer["namespaceSelector"]["matchExpressions"]
+    assert expr["key"] == "kubernetes.io/metadata.name" and expr["operator"] == "In"
+    return ([p["port"] for p in rule["ports"]], expr["values"],
+            [b["ipBlock"]["cidr"] for b in blocks])
+
+
+def test_gateway_network_policy_admits_the_listener_and_admin_from_named_namespaces():
+    docs = render("gateway-production")
+    (policy,) = of_kind(docs, "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"] and "egress" not in spec
+    assert spec["podSelector"]["matchLabels"].items() <= gateway_pod_labels(docs).items()
+    rules = [network_policy_sources(r) for r in spec["ingress"]]
+    assert rules == [(["pf-http"], ["shop", "payments"], ["10.0.0.0/8"]),
+                     (["pf-admin"], ["monitoring"], [])]
+    # The ports it names are the pilotfish container's.
+    ports = {p["name"] for p in pilotfish_container(pod_specs(docs)[0][1])["ports"]}
+    assert {"pf-http", "pf-admin"} <= ports
+    (policy,) = of_kind(render("gateway", "--set", "gateway.networkPolicy.enabled=true"),
+                        "NetworkPolicy")
+    assert [network_policy_sources(r) for r in policy["spec"]["ingress"]] == [
+        (["pf-http"], [NAMESPACE], []), (["pf-admin"], [NAMESPACE], [])]
+    assert not of_kind(render("gateway"), "NetworkPolicy")
+    assert not of_kind(render("demo", "--set", "gateway.networkPolicy.enabled=true"),
+                       "NetworkPolicy")
+
+
+@pytest.mark.parametrize("mode", ["demo", "gateway-production"])
+def test_extra_args_volumes_and_mounts_reach_the_pilotfish_container(mode):
+    extra = [] if mode == "gateway-production" else [
+        "--set-json", 'extraArgs=["--workers","2"]',
+        "--set-json", 'extraVolumes=[{"name":"client-cert","secret":{"secretName":"c"}}]',
+        "--set-json", 'extraVolumeMounts=[{"name":"client-cert","mountPath":"/etc/pilotfish-tls",'
+                      '"readOnly":true}]']
+    docs = render(mode, *extra)
+    spec = pod_specs(docs)[0][1]
+    pf = pilotfish_container(spec)
+    assert pf["args"][-2:] == ["--workers", "2"]
+    assert pf["args"][:2] == ["--config", "/etc/pilotfish/pilotfish.json"]
+    assert {"name": "client-cert", "mountPath": "/etc/pilotfish-tls", "readOnly": True} in \
+        pf["volumeMounts"]
+    assert "client-cert" in {v["name"] for v in spec["volumes"]}
+    apps = [c for c in spec["containers"] if c["name"] != "pilotfish"]
+    for a in apps:
+        assert "client-cert" not in {m["name"] for m in a.get("volumeMounts", [])}
+    proc = run([HELM, "template", RELEASE, CHART, "--set-json",
+                'extraVolumeMounts=[{"name":"x","mountPath":"/etc/pilotfish"}]'], check=False)
+    assert proc.returncode != 0 and "extraVolumeMounts.0.mountPath" in proc.stderr
+
+
+def test_common_labels_annotations_and_priority_class():
+    docs = render("gateway-production")
+    for d in docs:
+        assert d["metadata"]["labels"]["team"] == "platform", f"{d['kind']}"
+    deploy = of_kind(docs, "Deployment")[0]
+    assert deploy["metadata"]["annotations"] == {"owner": "platform@example.com"}
+    assert "team" not in deploy["spec"]["selector"]["matchLabels"]
+    pod = deploy["spec"]["template"]
+    assert pod["metadata"]["labels"]["team"] == "platform"
+    assert pod["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == \
+        "true"
+    assert pod["spec"]["priorityClassName"] == "platform-critical"
+    plain = of_kind(render("gateway"), "Deployment")[0]
+    assert "annotations" not in plain["metadata"]
+    assert "priorityClassName" not in plain["spec"]["template"]["spec"]
+
+
+def test_image_by_digest():
+    pf = pilotfish_container(pod_specs(render("gateway-production"))[0][1])
+    assert pf["image"] == ("registry.example.com/pilotfish@sha256:"
+                           "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+    proc = run([HELM, "template", RELEASE, CHART, "--set", "image.digest=sha256:abc"],
+               check=False)
+    assert proc.returncode != 0 and "image.digest: Does not match pattern" in proc.stderr
+
+
+def test_service_monitor_interval_timeout_and_relabelings():
+    docs = render("gateway-production", "--api-versions", "monitoring.coreos.com/v1")
+    (endpoint,) = of_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"]
+    assert endpoint["interval"] == "15s" and endpoint["scrapeTimeout"] == "10s"
+    assert endpoint["relabelings"] == [{"sourceLabels": ["__meta_kubernetes_pod_node_name"],
+                                        "targetLabel": "node", "action": "replace"}]
+    assert endpoint["metricRelabelings"] == [{"sourceLabels": ["__name__"],
+                                              "regex": "pilotfish_dns_.*", "action": "drop"}]
+    (plain,) = of_kind(render("demo", "--api-versions", "monitoring.coreos.com/v1"),
+                       "ServiceMonitor")[0]["spec"]["endpoints"]
+    assert set(plain) == {"port", "path", "interval"}
+    proc = run([HELM, "template", RELEASE, CHART, "--set-json",
+                'serviceMonitor.relabelings=[{"action":"explode"}]'], check=False)
+    assert proc.returncode != 0 and "serviceMonitor.relabelings.0.action" in proc.stderr
+
+
+# Values that make a config pilotfish refuses, each with the same change made to a config
+# the chart renders (static mode): helm must refuse the values, pilotfish the config.
+def _unknown_route_cluster(cfg):
+    cfg["listeners"][0]["routes"][0]["cluster"] = "nope"
+
+
+def _duplicate_cluster(cfg):
+    cfg["clusters"].append(dict(cfg["clusters"][0]))
+
+
+def _unknown_cluster_key(cfg):
+    cfg["clusters"][0]["weight"] = 2
+
+
+def _bad_health_duration(cfg):
+    cfg["clusters"][0]["health_check"] = {"path": "/healthz", "interval": "5 s"}
+
+
+def _no_endpoints(cfg):
+    del cfg["clusters"][0]["endpoints"]
+
+
+def _bad_lb_policy(cfg):
+    cfg["clusters"][0]["lb_policy"] = "fastest"
+
+
+def _unknown_retry_key(cfg):
+    cfg["listeners"][0]["routes"][0]["retry"] = {"attempts": 3}
+
+
+def _endpoint_without_port(cfg):
+    cfg["clusters"][0]["endpoints"] = ["10.0.0.5"]
+
+
+def _breaker_of_zero(cfg):
+    cfg["clusters"][0]["circuit_breakers"] = {"max_connections": 0}
+
+
+def _unknown_match_key(cfg):
+    cfg["listeners"][0]["routes"][0]["match"]["method"] = "GET"
+
+
+REFUSED_CONFIGS = [
+    (["--set", "routes[0].cluster=nope"], 'routes[0].cluster: unknown cluster "nope"; clusters: web',
+     _unknown_route_cluster),
+    (["--set", "clusters[1].name=web", "--set", "clusters[1].endpoints[0]=10.0.0.5:8080"],
+     'clusters[1].name: duplicate cluster name "web" (also clusters[0])', _duplicate_cluster),
+    (["--set", "clusters[0].weight=2"], "clusters.0: Additional property weight is not allowed",
+     _unknown_cluster_key),
+    (["--set", "healthCheck.interval=5 s"], "healthCheck.interval: Does not match pattern",
+     _bad_health_duration),
+    (["--set-json", 'clusters=[{"name":"web"}]'], "clusters.0: endpoints is required",
+     _no_endpoints),
+    (["--set", "clusters[0].lb_policy=fastest"], "clusters.0.lb_policy: clusters.0.lb_policy must be",
+     _bad_lb_policy),
+    (["--set", "routes[0].match.method=GET"],
+     "routes.0.match: Additional property method is not allowed", _unknown_match_key),
+    (["--set", "routes[0].retry.attempts=3"],
+     "routes.0.retry: Additional property attempts is not allowed", _unknown_retry_key),
+    (["--set", "clusters[0].endpoints[0]=10.0.0.5"], "clusters.0.endpoints.0: Must validate",
+     _endpoint_without_port),
+    (["--set", "clusters[0].circuit_breakers.max_connections=0"],
+     "clusters.0.circuit_breakers.max_connections: Must be greater than or equal to 1",
+     _breaker_of_zero),
+]
+
+
+@pytest.mark.parametrize("args,message,change", REFUSED_CONFIGS,
+                         ids=[c.__name__.strip("_") for _, _, c in REFUSED_CONFIGS])
+def test_a_config_pilotfish_refuses_fails_the_install(args, message, change, tmp_path):
+    proc = run([HELM, "template", RELEASE, CHART, "-n", NAMESPACE, *values_args("static"),
+                *args], check=False)
+    assert proc.returncode != 0, f"helm rendered it:\n{proc.stdout}"
+    assert message in proc.stderr, proc.stderr
+    cfg = json.loads(config_of(render("static")))
+    change(cfg)
+    refused = check_config(json.dumps(cfg), tmp_path, "changed.json")
+    assert refused.returncode != 0, f"pilotfish --check-config accepts {cfg}"
+
+
+def test_listener_and_admin_on_one_port_fail_the_install():
+    proc = run([HELM, "template", RELEASE, CHART, "--set", "ports.admin=15001"], check=False)
+    assert proc.returncode != 0
+    assert "ports.listener and ports.admin are both 15001" in proc.stderr
+
+
+def test_helm_install_refuses_a_refused_config(discovery):
+    proc = run([HELM, "install", RELEASE, CHART, "-n", NAMESPACE, "--dry-run=client",
+                "--disable-openapi-validation", "--set", "routes[0].cluster=nope",
+                "--set", "routes[0].match.prefix=/"], env=discovery, check=False)
+    assert proc.returncode != 0
+    assert 'routes[0].cluster: unknown cluster "nope"' in proc.stderr, proc.stderr
+
+
+# Values documented as a whole in the chart README's table (their keys are Kubernetes' own).
+WHOLE_VALUES = {"resources", "podSecurityContext", "securityContext", "demo.resources",
+                "probes.startup", "probes.readiness", "probes.liveness"}
+
+
+def value_paths(values, prefix=""):
+    for key, value in values.items():
+        path = prefix + key
+        if isinstance(value, dict) and value and path not in WHOLE_VALUES:
+            yield from value_paths(value, path + ".")
+        else:
+            yield path
+
+
+def test_every_value_is_in_the_schema_and_the_chart_readme():
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        values = yaml.safe_load(f)
+    with open(os.path.join(CHART, "values.schema.json")) as f:
+        schema = json.load(f)
+    with open(os.path.join(CHART, "README.md")) as f:
+        keys = [line.split("|")[1] for line in f if line.startswith("| `")]
+    for path in value_paths(values):
+        node = schema
+        for part in path.split("."):
+            if "$ref" in node:
+                node = schema["definitions"][node["$ref"].rsplit("/", 1)[1]]
+            assert part in node.get("properties", {}), f"values.schema.json lacks {path}"
+            node = node["properties"][part]
+        # A row names the path, or an ancestor's path and the rest (`gateway.replicas`,
+        # `.service.type`).
+        parts = path.split(".")
+
+        def names_it(row):
+            return f"`{path}`" in row or f"`{path}," in row or any(
+                f"`{'.'.join(parts[:i])}." in row and f"`.{'.'.join(parts[i:])}`" in row
+                for i in range(1, len(parts)))
+
+        assert any(names_it(row) for row in keys), \
+            f"the chart README's table lacks {path}"
 
 
 # ---- the named template in a parent chart (the chart README's example) -----
@@ -717,11 +1057,11 @@ def test_manifests_rbac_probes_limits_and_security_context(form):
 
 def test_manifests_sidecar_is_the_charts_sidecar():
     """The plain YAML and the chart's default render run pilotfish the same way."""
-    chart_pf = pilotfish_container(pod_specs(render("default"))[0][1])
+    chart_pf = pilotfish_container(pod_specs(render("demo"))[0][1])
     plain = [d for name, d in manifests() if name == "deployment-native-sidecar.yaml"]
     plain_pf = pilotfish_container(plain[0]["spec"]["template"]["spec"])
     assert plain_pf == chart_pf
-    chart_volumes = pod_specs(render("default"))[0][1]["volumes"]
+    chart_volumes = pod_specs(render("demo"))[0][1]["volumes"]
     plain_volumes = plain[0]["spec"]["template"]["spec"]["volumes"]
     for v in chart_volumes + plain_volumes:
         if "configMap" in v:
@@ -761,19 +1101,23 @@ def test_chart_image_and_manifests_run_this_pilotfish_version():
 
 
 def dockerfile_stages():
-    """[(base image, [packages apt-get installs], [RUN commands])] per stage."""
+    """{stage name: (base image, [packages apt-get installs], [RUN commands])}, the
+    unnamed last stage as "final"."""
     with open(os.path.join(REPO, "Dockerfile")) as f:
         text = re.sub(r"\\\n", " ", f.read())
-    stages = []
+    stages = {}
+    current = None
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("FROM "):
-            stages.append((line.split()[1], [], []))
-        elif line.startswith("RUN ") and stages:
-            stages[-1][2].append(line[4:])
+            words = line.split()
+            current = words[3] if len(words) == 4 and words[2].upper() == "AS" else "final"
+            stages[current] = (words[1], [], [])
+        elif line.startswith("RUN ") and current:
+            stages[current][2].append(line[4:])
             m = re.search(r"apt-get install [^&]*?--no-install-recommends ([^&]+)", line)
             if m:
-                stages[-1][1].extend(m.group(1).split())
+                stages[current][1].extend(m.group(1).split())
     return stages
 
 
@@ -815,18 +1159,24 @@ def lib_packages():
 
 
 def test_dockerfile_builds_with_the_makefiles_packages_and_target():
-    (build_image, build_pkgs, build_runs), (run_image, _, _) = dockerfile_stages()
-    assert build_image.startswith("debian:12") and run_image == "debian:12-slim"
+    stages = dockerfile_stages()
+    assert sorted(stages) == ["build", "final", "runtime"]
+    build_image, build_pkgs, build_runs = stages["build"]
+    assert build_image == "debian:12" and stages["runtime"][0] == "debian:12"
+    # The final stage holds only what the runtime stage copies out (test_image.py runs it).
+    assert stages["final"] == ("scratch", [], [])
     deb_pkgs = make_var("DEB_PKGS")
     assert set(build_pkgs) <= set(deb_pkgs), set(build_pkgs) - set(deb_pkgs)
     llhttp = deb_package_of(os.path.join(make_var("LLHTTP_SRC")[0], "llhttp.c"))
-    want = {"gcc", "make", "pkg-config", llhttp} | {dev for dev, _ in lib_packages()}
+    # The C library's headers: gcc without its recommends does not pull them in.
+    libc_dev = deb_package_of("/usr/include/stdint.h")
+    want = {"gcc", "make", "pkg-config", llhttp, libc_dev} | {dev for dev, _ in lib_packages()}
     assert set(build_pkgs) == want
     assert any(re.search(r"\bmake\b.* build/pilotfish$", r) for r in build_runs), build_runs
 
 
 def test_dockerfile_runtime_has_exactly_the_libraries_pilotfish_links():
-    _, (_, run_pkgs, _) = dockerfile_stages()
+    _, run_pkgs, _ = dockerfile_stages()["runtime"]
     assert set(run_pkgs) == {rt for _, rt in lib_packages()}
     # Every library the built binary needs is in those packages (or in libc6).
     needed = re.findall(r"\(NEEDED\).*\[(.+)\]", subprocess.run(
@@ -843,7 +1193,6 @@ def test_dockerfile_runtime_has_exactly_the_libraries_pilotfish_links():
 def test_dockerfile_runs_as_non_root_with_the_binary_as_entrypoint():
     with open(os.path.join(REPO, "Dockerfile")) as f:
         text = f.read()
-    assert "cannot be built" in text.lower() or "not built" in text.lower()
     assert re.search(r"^USER 65532:65532$", text, re.M)
     assert re.search(r'^ENTRYPOINT \["/usr/local/bin/pilotfish"\]$', text, re.M)
     with open(os.path.join(CHART, "values.yaml")) as f:
@@ -897,8 +1246,11 @@ def test_rbac_matches_what_discovery_asks_the_api_server_for(case, tmp_path, sta
     else:
         docs, namespace = render(case), NAMESPACE
     config = json.loads(config_of(docs))
-    config["admin"]["address"] = f"{LOCALHOST}:{free_port()}"
-    config["listeners"][0]["address"] = f"{LOCALHOST}:{free_port()}"
+    # Two calls of free_port can return one port (it is free again once probed).
+    admin_port = free_port()
+    listen_port = next(p for p in (free_port() for _ in range(100)) if p != admin_port)
+    config["admin"]["address"] = f"{LOCALHOST}:{admin_port}"
+    config["listeners"][0]["address"] = f"{LOCALHOST}:{listen_port}"
     api = K8sApi(str(tmp_path)).start()
     try:
         objs = discovery_objects(config)

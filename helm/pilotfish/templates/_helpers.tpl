@@ -45,6 +45,9 @@ helm.sh/chart: {{ include "pilotfish.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: pilotfish
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "pilotfish.serviceAccountName" -}}
@@ -59,8 +62,13 @@ app.kubernetes.io/part-of: pilotfish
 {{- include "pilotfish.suffixed" (dict "scope" . "suffix" "config") -}}
 {{- end -}}
 
+{{/* repository@digest when image.digest is set (the tag is then not used), else repository:tag. */}}
 {{- define "pilotfish.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* "host:port", bracketing an IPv6 host. */}}
@@ -171,7 +179,8 @@ prometheus.io/path: /stats/prometheus
 The volumes of a pod that runs pilotfish: its config and, when it reads the Kubernetes API,
 the service-account token, CA and namespace that the kubelet would otherwise mount into
 every container. Projected here and mounted into the pilotfish container alone, the token
-that may list Services never reaches the application; the kubelet still rotates it.
+that may list Services never reaches the application; the kubelet still rotates it. Then
+extraVolumes, which the sidecar's extraVolumeMounts name.
 */}}
 {{- define "pilotfish.volumes" -}}
 - name: pilotfish-config
@@ -194,6 +203,9 @@ that may list Services never reaches the application; the kubelet still rotates 
             - path: namespace
               fieldRef:
                 fieldPath: metadata.namespace
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
 {{- end }}
 {{- end -}}
 
@@ -238,6 +250,9 @@ In gateway mode it also opens the listener port to the Service.
     - /etc/pilotfish/pilotfish.json
     - --log-level
     - {{ .Values.config.logLevel }}
+    {{- with .Values.extraArgs }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   ports:
     - name: pf-admin
       containerPort: {{ .Values.ports.admin | int }}
@@ -297,6 +312,9 @@ In gateway mode it also opens the listener port to the Service.
       mountPath: /var/run/secrets/kubernetes.io/serviceaccount
       readOnly: true
     {{- end }}
+    {{- with .Values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end -}}
 
 {{/* The RBAC rules: the verbs and resources pilotfish's discovery uses, nothing more. */}}
@@ -315,6 +333,9 @@ serviceAccountName: {{ include "pilotfish.serviceAccountName" . }}
 # Only the pilotfish container gets the token (the pilotfish-api-token volume).
 automountServiceAccountToken: false
 terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds | int }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- with .Values.imagePullSecrets }}
@@ -333,4 +354,32 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end -}}
+
+{{/*
+What `pilotfish --check-config` would refuse and the schema cannot see, because it spans
+values: a failed install says so, instead of a pod that crash-loops. The messages name the
+values and follow pilotfish's own.
+*/}}
+{{- define "pilotfish.validate" -}}
+{{- $v := .Values -}}
+{{- if eq (int $v.ports.listener) (int $v.ports.admin) -}}
+{{- fail (printf "ports.listener and ports.admin are both %d: the listener and the admin server need a port each" (int $v.ports.admin)) -}}
+{{- end -}}
+{{- $names := dict -}}
+{{- range $i, $c := $v.clusters -}}
+{{- if hasKey $names $c.name -}}
+{{- fail (printf "clusters[%d].name: duplicate cluster name %q (also clusters[%s])" $i $c.name (get $names $c.name)) -}}
+{{- end -}}
+{{- $_ := set $names $c.name (toString $i) -}}
+{{- end -}}
+{{- range $i, $r := $v.routes -}}
+{{- if not (hasKey $names $r.cluster) -}}
+{{- if $names -}}
+{{- fail (printf "routes[%d].cluster: unknown cluster %q; clusters: %s" $i $r.cluster (keys $names | sortAlpha | join ", ")) -}}
+{{- else -}}
+{{- fail (printf "routes[%d].cluster: unknown cluster %q; routes name clusters of `clusters`, and none is defined" $i $r.cluster) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
