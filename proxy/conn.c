@@ -184,6 +184,10 @@ static void request_done(pf_conn *c) {
 /* A request that cannot go on: answer (when nothing was sent yet) and close. */
 static void reject(pf_conn *c, int status, const char *body) {
     c->keep_alive = false;
+    /* Refused before dispatch: the method is known once llhttp reached the target. */
+    if (!c->ex.method && c->in_request && c->req.first_len > 0)
+        exchange_describe(&c->ex, llhttp_method_name(llhttp_get_method(&c->parser)), NULL, 0, NULL,
+                          0);
     if (!response_started(c)) {
         exchange_reply(&c->ex, status, body, NULL); /* ds_reply logs and closes */
         return;

@@ -478,11 +478,12 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
 void exchange_request_body(pf_exchange *ex, const char *at, size_t len) {
     ex->bytes_in += len;
     if (ex->replayable) {
-        /* Kept for a retry while it is small enough; past the limit, no retry. */
+        /* Kept for a retry while it is no larger than retry.buffer_bytes; past that, no
+         * retry. (The head is written again for each attempt, so only the body counts.) */
         if (!ex->replay)
             ex->replay = evbuffer_new();
         size_t kept = ex->replay ? evbuffer_get_length(ex->replay) : 0;
-        if (!ex->replay || kept + len > ex->retry->buffer_bytes + 16 * 1024) {
+        if (!ex->replay || kept + len > ex->retry->buffer_bytes) {
             ex->replayable = false;
             if (ex->replay)
                 evbuffer_drain(ex->replay, kept);
