@@ -275,8 +275,13 @@ void exchange_log(pf_exchange *ex) {
 }
 
 void exchange_reply(pf_exchange *ex, int status, const char *body, const char *extra_headers) {
+    /* An answer to a failed attempt is the cluster's outcome and counts with the endpoint
+     * that failed; one that cuts an attempt short (the client was too slow, or sent a bad
+     * body) or preempts the next one is not the endpoint's doing. */
+    bool interrupted = ex->up != NULL || ex->state == PF_EX_BACKOFF;
     end_attempt(ex, false);
-    ex->ep = NULL;
+    if (interrupted)
+        ex->ep = NULL;
     if (ex->state == PF_EX_BACKOFF)
         evtimer_del(ex->retry_timer);
     exchange_set_state(ex, PF_EX_DONE);
