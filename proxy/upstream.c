@@ -27,6 +27,18 @@ typedef enum {
     UP_TIMER_IDLE
 } up_timer_kind;
 
+/* Where the attempt on this connection is; one move function checks every change. What
+ * the connection itself knows (connected, reused, paused, request_sent) is orthogonal to
+ * the response's progress and stays boolean. */
+typedef enum {
+    UP_IDLE,       /* no attempt: new, or idle in the pool */
+    UP_AWAIT_HEAD, /* an exchange owns it; the final response head has not arrived */
+    UP_INTERIM,    /* inside a 1xx response; the final head is still to come */
+    UP_BODY,       /* the final head went to the exchange; its body follows */
+    UP_COMPLETE,   /* the response ended; the exchange is told once llhttp returns */
+    UP_STATE_COUNT
+} up_state;
+
 struct pf_upstream {
     pf_worker *w;
     pf_worker_cluster *wc;
@@ -35,7 +47,8 @@ struct pf_upstream {
     up_timer_kind timer_kind;
     llhttp_t parser;
     pf_head resp;
-    pf_exchange *owner; /* NULL while idle in the pool */
+    up_state state;
+    pf_exchange *owner; /* the exchange of the attempt; NULL while idle */
     pf_pool_bucket *bucket;
     pf_upstream *next_idle;
     pf_endpoint_stats *stats;
@@ -48,16 +61,36 @@ struct pf_upstream {
     pf_body_mode req_body; /* how the request body in flight is framed */
     int retry_status;      /* a response status the owner wants retried */
     bool got_bytes;
-    bool head_done;
-    bool complete;
     bool paused;
-    bool interim;
     bool skip_body;
     int parse_error; /* nonzero: 502 after execute returns */
 };
 
 static const llhttp_settings_t *response_settings(void);
 static void pause_reading(pf_upstream *up);
+
+/* allowed[from]: the states `from` may move to. Releasing a connection that will not be
+ * reused frees it without a move. */
+static const unsigned up_allowed[UP_STATE_COUNT] = {
+    [UP_IDLE] = 1u << UP_AWAIT_HEAD,    [UP_AWAIT_HEAD] = 1u << UP_INTERIM | 1u << UP_BODY,
+    [UP_INTERIM] = 1u << UP_AWAIT_HEAD, [UP_BODY] = 1u << UP_COMPLETE,
+    [UP_COMPLETE] = 1u << UP_IDLE,
+};
+
+static void set_state(pf_upstream *up, up_state to) {
+    if (!(up_allowed[up->state] & (1u << to))) {
+        /* A response out of order here would reach the wrong exchange: stop loudly. */
+        log_error("upstream: illegal move from state %d to %d upstream=%s", up->state, to,
+                  up->addr);
+        abort();
+    }
+    up->state = to;
+}
+
+/* The final response head went to the exchange (its body may be under way or done). */
+static bool head_done(const pf_upstream *up) {
+    return up->state == UP_BODY || up->state == UP_COMPLETE;
+}
 
 static void timer_set(pf_upstream *up, up_timer_kind kind, uint64_t ms) {
     up->timer_kind = kind;
@@ -156,8 +189,8 @@ static void fail(pf_upstream *up, int status, const char *reason, pf_failure kin
 
 static void process_input(pf_upstream *up) {
     struct evbuffer *in = stream_input(up->stream);
-    while (!up->complete && !up->parse_error && evbuffer_get_length(in) > 0) {
-        if (up->head_done && exchange_downstream_full(up->owner)) {
+    while (up->state != UP_COMPLETE && !up->parse_error && evbuffer_get_length(in) > 0) {
+        if (head_done(up) && exchange_downstream_full(up->owner)) {
             pause_reading(up);
             exchange_wait_for_downstream(up->owner);
             return;
@@ -189,7 +222,7 @@ static void process_input(pf_upstream *up) {
             fail(up, up->parse_error, "upstream sent a malformed response", PF_FAIL_PROTOCOL);
         return;
     }
-    if (up->complete) {
+    if (up->state == UP_COMPLETE) {
         /* Bytes after the response mean the upstream is out of step: never reuse it. */
         bool reusable = llhttp_should_keep_alive(&up->parser) && evbuffer_get_length(in) == 0;
         exchange_on_response_complete(up->owner, reusable);
@@ -197,13 +230,13 @@ static void process_input(pf_upstream *up) {
     }
     /* Mid-body and still reading: each read restarts the body timer. (Paused for a slow
      * client, the upstream is not the one stalling; the timer stays off.) */
-    if (up->head_done && !up->paused)
+    if (head_done(up) && !up->paused)
         timer_set(up, UP_TIMER_BODY, up->wc->rt->cfg->body_timeout_ms);
 }
 
 static void on_read(pf_stream *s, void *arg) {
     pf_upstream *up = arg;
-    if (!up->owner) {
+    if (up->state == UP_IDLE) {
         /* An idle connection has nothing to say; data here means it is out of step. */
         pool_remove(up);
         upstream_free(up);
@@ -214,7 +247,7 @@ static void on_read(pf_stream *s, void *arg) {
 
 static void on_write(pf_stream *s, void *arg) {
     pf_upstream *up = arg;
-    if (up->owner)
+    if (up->state != UP_IDLE)
         exchange_on_upstream_writable(up->owner);
 }
 
@@ -229,7 +262,7 @@ static void on_event(pf_stream *s, int what, int err, void *arg) {
             timer_stop(up);
         return;
     }
-    if (!up->owner) {
+    if (up->state == UP_IDLE) {
         pool_remove(up);
         upstream_free(up);
         return;
@@ -243,13 +276,13 @@ static void on_event(pf_stream *s, int what, int err, void *arg) {
         fail(up, 503, "upstream connect failed", PF_FAIL_CONNECT);
         return;
     }
-    if ((what & PF_STREAM_EOF) && up->head_done && llhttp_message_needs_eof(&up->parser)) {
+    if ((what & PF_STREAM_EOF) && head_done(up) && llhttp_message_needs_eof(&up->parser)) {
         /* A close-delimited body (RFC 9112 6.3 rule 8) ends here. */
         process_input(up);
-        if (!up->owner || up->complete)
+        if (up->state != UP_BODY)
             return;
         llhttp_finish(&up->parser); /* HPE_PAUSED: on_message_complete pauses */
-        if (up->complete) {
+        if (up->state == UP_COMPLETE) {
             exchange_on_response_complete(up->owner, false);
             return;
         }
@@ -259,7 +292,7 @@ static void on_event(pf_stream *s, int what, int err, void *arg) {
      * fresh connection fixes: nothing was answered, so the request was not processed. */
     bool stale = up->reused && !up->got_bytes;
     fail(up, 502,
-         up->head_done ? "upstream closed the connection mid-response"
+         head_done(up) ? "upstream closed the connection mid-response"
                        : "upstream closed the connection before responding",
          stale ? PF_FAIL_STALE : PF_FAIL_RESET);
 }
@@ -386,13 +419,11 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
         if (!up)
             return NULL;
     }
+    set_state(up, UP_AWAIT_HEAD);
     up->owner = ex;
     up->stats = ep->stats;
     up->request_sent = false;
     up->got_bytes = false;
-    up->head_done = false;
-    up->complete = false;
-    up->interim = false;
     up->skip_body = false;
     up->parse_error = 0;
     up->retry_status = 0;
@@ -421,7 +452,7 @@ static void end_body(void *arg, uint64_t timeout_ms) {
     up->request_sent = true;
     up->response_timeout_ms = timeout_ms;
     /* An upstream that answered before the request ended is already timed by its body. */
-    if ((up->connected || up->reused) && !up->head_done)
+    if ((up->connected || up->reused) && !head_done(up))
         timer_set(up, UP_TIMER_RESPONSE, timeout_ms);
 }
 
@@ -447,8 +478,9 @@ static void release(void *arg, bool reusable) {
     up->stats = NULL;
     timer_stop(up);
     pf_worker_cluster *wc = up->wc;
-    /* Unsent request bytes would go out ahead of the next request: not reusable. */
-    if (evbuffer_get_length(stream_output(up->stream)) > 0)
+    /* Unsent request bytes would go out ahead of the next request, and the rest of a
+     * response would answer it: not reusable. */
+    if (evbuffer_get_length(stream_output(up->stream)) > 0 || up->state != UP_COMPLETE)
         reusable = false;
     if (!reusable || atomic_load_explicit(&up->w->proxy->draining, memory_order_relaxed) ||
         wc->rt->cfg->max_idle_per_endpoint == 0) {
@@ -460,6 +492,7 @@ static void release(void *arg, bool reusable) {
         upstream_free(up);
         return;
     }
+    set_state(up, UP_IDLE);
     llhttp_init(&up->parser, HTTP_RESPONSE, response_settings());
     up->parser.data = up;
     up->paused = false;
@@ -511,11 +544,11 @@ static int on_headers_complete(llhttp_t *p) {
             up->parse_error = 502;
             return -1;
         }
-        up->interim = true;
+        set_state(up, UP_INTERIM);
         exchange_on_response_interim(up->owner, &up->resp, status);
         return 0;
     }
-    up->head_done = true;
+    set_state(up, UP_BODY);
     pf_body_mode mode = http1_response_body_mode(p->flags & F_CHUNKED, p->flags & F_CONTENT_LENGTH);
     bool skip = false;
     int rc =
@@ -544,12 +577,12 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
 
 static int on_message_complete(llhttp_t *p) {
     pf_upstream *up = p->data;
-    if (up->interim) {
-        up->interim = false;
+    if (up->state == UP_INTERIM) {
+        set_state(up, UP_AWAIT_HEAD);
         http1_head_reset(&up->resp);
         return 0;
     }
-    up->complete = true;
+    set_state(up, UP_COMPLETE);
     return HPE_PAUSED;
 }
 
