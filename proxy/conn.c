@@ -32,6 +32,17 @@ typedef enum {
     TIMER_LINGER
 } conn_timer_kind;
 
+/* Where the connection is in its life; conn_set_state checks every move. Facts about the
+ * client or the parser (client_eof, read_paused, parser_paused, draining, keep_alive) are
+ * orthogonal and stay booleans; the request in flight is the exchange's. */
+typedef enum {
+    CONN_IDLE,      /* between requests (or before the first) */
+    CONN_REQUEST,   /* a request's head started arriving; it is read or answered */
+    CONN_CLOSING,   /* no more requests: close once the output is flushed */
+    CONN_LINGERING, /* write side shut, discarding input until EOF or timeout */
+    CONN_STATE_COUNT
+} conn_state;
+
 struct pf_conn {
     pf_worker *w;
     pf_listener_rt *l;
@@ -43,8 +54,7 @@ struct pf_conn {
     char client_ip[INET6_ADDRSTRLEN];
     pf_conn *prev, *next;
 
-    bool closing;     /* no more requests: close once the output is flushed */
-    bool lingering;   /* write side shut, discarding input until EOF or timeout */
+    conn_state state;
     bool client_eof;  /* the client half-closed; answer what is in flight, then close */
     bool read_paused; /* the exchange takes no request body for now */
     bool parser_paused;
@@ -54,7 +64,6 @@ struct pf_conn {
     const char *chunk_start, *chunk_end; /* the bytes llhttp is executing now */
 
     /* The request in flight: its HTTP/1 framing here, everything else in the exchange. */
-    bool in_request; /* its head started arriving */
     bool keep_alive;
     int error_status; /* a 4xx decided inside an llhttp callback */
     const char *error_reason;
@@ -67,6 +76,26 @@ struct pf_conn {
 
 static const llhttp_settings_t *request_settings(void);
 static void process_input(pf_conn *c);
+
+static const unsigned conn_allowed[CONN_STATE_COUNT] = {
+    [CONN_IDLE] = 1u << CONN_REQUEST | 1u << CONN_CLOSING,
+    [CONN_REQUEST] = 1u << CONN_IDLE | 1u << CONN_CLOSING,
+    [CONN_CLOSING] = 1u << CONN_LINGERING,
+    [CONN_LINGERING] = 0,
+};
+
+static void conn_set_state(pf_conn *c, conn_state to) {
+    if (!(conn_allowed[c->state] & (1u << to))) {
+        /* e.g. a request read after the connection decided to close: a bug, stop here */
+        log_error("conn: illegal move from state %d to %d client=%s", c->state, to, c->client_ip);
+        abort();
+    }
+    c->state = to;
+}
+
+static bool closing(const pf_conn *c) {
+    return c->state == CONN_CLOSING || c->state == CONN_LINGERING;
+}
 
 static void timer_set(pf_conn *c, conn_timer_kind kind, uint64_t ms) {
     c->timer_kind = kind;
@@ -97,7 +126,6 @@ static bool response_started(const pf_conn *c) {
 
 static void reset_request(pf_conn *c) {
     exchange_reset(&c->ex);
-    c->in_request = false;
     c->error_status = 0;
     c->error_reason = NULL;
     c->req_body = c->resp_body = PF_BODY_NONE;
@@ -126,7 +154,7 @@ void conn_free(pf_conn *c) {
  * the client still sends for a while, so a reset does not destroy the response it has
  * not read yet. */
 static void begin_linger(pf_conn *c) {
-    c->lingering = true;
+    conn_set_state(c, CONN_LINGERING);
     stream_shutdown_write(c->stream);
     evbuffer_drain(stream_input(c->stream), evbuffer_get_length(stream_input(c->stream)));
     if (c->client_eof) {
@@ -140,7 +168,10 @@ static void begin_linger(pf_conn *c) {
 /* The client has body_timeout to take what is still in the output; whatever timer ran
  * for the request (head, body) has no say once we close. */
 static void start_close(pf_conn *c) {
-    c->closing = true;
+    if (c->state == CONN_LINGERING)
+        return; /* already past flushing */
+    if (c->state != CONN_CLOSING)
+        conn_set_state(c, CONN_CLOSING);
     if (evbuffer_get_length(output(c)) == 0)
         begin_linger(c);
     else
@@ -150,7 +181,6 @@ static void start_close(pf_conn *c) {
 /* No more requests on this connection: stop reading and close after the output. */
 static void close_after_response(pf_conn *c) {
     c->keep_alive = false;
-    c->closing = true;
     stream_read_enable(c->stream, false);
     start_close(c);
 }
@@ -159,12 +189,13 @@ static void close_after_response(pf_conn *c) {
  * close. */
 static void request_done(pf_conn *c) {
     exchange_log(&c->ex);
-    bool keep = c->keep_alive && !c->closing && !c->draining;
+    bool keep = c->keep_alive && !closing(c) && !c->draining;
     reset_request(c);
     if (!keep) {
         start_close(c);
         return;
     }
+    conn_set_state(c, CONN_IDLE);
     if (c->parser_paused) {
         c->parser_paused = false;
         if (c->paused_for_upgrade)
@@ -185,7 +216,7 @@ static void request_done(pf_conn *c) {
 static void reject(pf_conn *c, int status, const char *body) {
     c->keep_alive = false;
     /* Refused before dispatch: the method is known once llhttp reached the target. */
-    if (!c->ex.method && c->in_request && c->req.first_len > 0)
+    if (!c->ex.method && c->state == CONN_REQUEST && c->req.first_len > 0)
         exchange_describe(&c->ex, llhttp_method_name(llhttp_get_method(&c->parser)), NULL, 0, NULL,
                           0);
     if (!response_started(c)) {
@@ -269,7 +300,7 @@ static void dispatch(pf_conn *c) {
 
 static int on_message_begin(llhttp_t *p) {
     pf_conn *c = p->data;
-    c->in_request = true;
+    conn_set_state(c, CONN_REQUEST);
     exchange_begin(&c->ex, &c->req);
     if (c->timer_kind != TIMER_HEADER)
         timer_set(c, TIMER_HEADER, c->l->cfg->header_timeout_ms);
@@ -335,7 +366,7 @@ static int on_headers_complete(llhttp_t *p) {
     pf_conn *c = p->data;
     timer_stop(c);
     dispatch(c);
-    return c->closing ? -1 : 0;
+    return closing(c) ? -1 : 0;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {
@@ -370,7 +401,7 @@ static const llhttp_settings_t *request_settings(void) {
 /* ---- input ------------------------------------------------------------------------ */
 
 static void parse_failed(pf_conn *c, llhttp_errno_t rc) {
-    if (c->closing)
+    if (closing(c))
         return; /* dispatch already answered and started closing */
     int status = c->error_status ? c->error_status : 400;
     if (status == 400)
@@ -381,7 +412,7 @@ static void parse_failed(pf_conn *c, llhttp_errno_t rc) {
                          : status == 400 ? llhttp_get_error_reason(&c->parser)
                                          : http1_reason(status);
     snprintf(body, sizeof body, "%s\n", reason);
-    if (!c->in_request)
+    if (c->state == CONN_IDLE)
         exchange_begin(&c->ex, &c->req);
     reject(c, status, body);
 }
@@ -392,7 +423,7 @@ static void parse_failed(pf_conn *c, llhttp_errno_t rc) {
  * A backoff between attempts is nobody's stall. */
 static void watch_body_progress(pf_conn *c) {
     bool streaming = c->ex.state != PF_EX_IDLE && c->ex.state != PF_EX_BACKOFF &&
-                     !c->ex.request_complete && !c->closing;
+                     !c->ex.request_complete && !closing(c);
     if (streaming && (c->timer_kind == TIMER_NONE || c->timer_kind == TIMER_BODY))
         timer_set(c, TIMER_BODY, c->l->cfg->body_timeout_ms);
     else if (!streaming && c->timer_kind == TIMER_BODY)
@@ -402,7 +433,7 @@ static void watch_body_progress(pf_conn *c) {
 static void process_input(pf_conn *c) {
     struct evbuffer *in = stream_input(c->stream);
     size_t limit = c->l->cfg->buffer_bytes;
-    while (!c->closing && !c->parser_paused && evbuffer_get_length(in) > 0) {
+    while (!closing(c) && !c->parser_paused && evbuffer_get_length(in) > 0) {
         /* Waiting to retry, or the upstream is not keeping up: the client waits too. */
         if (exchange_request_blocked(&c->ex, limit)) {
             c->read_paused = true;
@@ -410,7 +441,7 @@ static void process_input(pf_conn *c) {
             watch_body_progress(c);
             return;
         }
-        if (!c->in_request && c->timer_kind == TIMER_IDLE)
+        if (c->state == CONN_IDLE && c->timer_kind == TIMER_IDLE)
             timer_set(c, TIMER_HEADER, c->l->cfg->header_timeout_ms);
         struct evbuffer_iovec vec;
         if (evbuffer_peek(in, -1, NULL, &vec, 1) < 1)
@@ -447,7 +478,7 @@ static void process_input(pf_conn *c) {
 
 static void on_read(pf_stream *s, void *arg) {
     pf_conn *c = arg;
-    if (c->lingering) {
+    if (c->state == CONN_LINGERING) {
         struct evbuffer *in = stream_input(s);
         evbuffer_drain(in, evbuffer_get_length(in));
         return;
@@ -457,9 +488,9 @@ static void on_read(pf_stream *s, void *arg) {
 
 static void on_write(pf_stream *s, void *arg) {
     pf_conn *c = arg;
-    if (c->lingering)
+    if (c->state == CONN_LINGERING)
         return;
-    if (c->closing) {
+    if (c->state == CONN_CLOSING) {
         if (evbuffer_get_length(output(c)) == 0)
             begin_linger(c);
         else
@@ -473,7 +504,7 @@ static void on_write(pf_stream *s, void *arg) {
 
 static void on_event(pf_stream *s, int what, int err, void *arg) {
     pf_conn *c = arg;
-    if (c->lingering || (what & PF_STREAM_ERROR)) {
+    if (c->state == CONN_LINGERING || (what & PF_STREAM_ERROR)) {
         conn_free(c);
         return;
     }
@@ -498,7 +529,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     c->timer_kind = TIMER_NONE;
     switch (kind) {
     case TIMER_HEADER:
-        if (c->in_request) {
+        if (c->state == CONN_REQUEST) {
             log_debug("request head timeout client=%s", c->client_ip);
             reject(c, 408, "request head not received in time\n");
         } else {
@@ -518,7 +549,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
         return;
     case TIMER_SEND:
         log_debug("client stopped reading client=%s", c->client_ip);
-        if (!c->closing && c->ex.state == PF_EX_STREAMING)
+        if (!closing(c) && c->ex.state == PF_EX_STREAMING)
             abort_response(c);
         conn_free(c);
         return;
@@ -594,7 +625,7 @@ static void ds_reply(void *ds, int status, const char *body, const char *extra_h
     if (!c->ex.request_complete && c->req_body != PF_BODY_NONE)
         c->keep_alive = false;
     http1_write_local_response(output(c), status, body, c->keep_alive, extra_headers);
-    if (!c->keep_alive || c->closing) {
+    if (!c->keep_alive || closing(c)) {
         exchange_log(&c->ex);
         close_after_response(c);
         return;
@@ -700,6 +731,6 @@ pf_conn *conn_next(const pf_conn *c) {
 
 void conn_drain(pf_conn *c) {
     c->draining = true;
-    if (!c->in_request && !c->closing)
+    if (c->state == CONN_IDLE)
         start_close(c);
 }
