@@ -531,14 +531,16 @@ def test_a_thousand_services_with_ten_endpoints_each(k8s, start_backend, start_p
     cfg = auto_config(k8s, start_backend)
     cfg["kubernetes"]["auto_discover"] = {"namespaces": ["default"]}
     start = time.monotonic()
-    pf = start_pilotfish(cfg)
-    wait_for(lambda: pf.get("/", host="svc999.default").status == 200, 30, "svc999 to route")
+    # Bounds for a loaded machine or a sanitizer build: how fast is measured, not asserted.
+    pf = start_pilotfish(cfg, wait_ready=False)
+    pf.wait_ready(timeout=90)
+    wait_for(lambda: pf.get("/", host="svc999.default").status == 200, 90, "svc999 to route")
     synced = time.monotonic() - start
+    print(f"1000 Services with 10 endpoints each routed {synced:.1f} s after start")
     clusters = pf.admin_json("/clusters")["clusters"]
     discovered = [c for c in clusters if c.get("source") == "kubernetes"]
     assert len(discovered) == 1000
     assert all(len(c["endpoints"]) == 10 for c in discovered)
     hit = backends_hit(pf, n=20, host="svc0.default.svc.cluster.local:80")
     assert set(hit) == {b.name for b in backends}, hit
-    assert synced < 20, synced
     assert pf.rss_bytes() < 256 * 1024 * 1024
