@@ -618,7 +618,11 @@ static void put_cluster(page *pg, const pf_admin *admin, const cluster_view *v, 
         put(pg, "&middot; ");
         put_rate(pg, v->rate);
     }
-    put(pg, "</span></span></summary><div class=\"cbody\">");
+    put(pg, "</span></span><span class=\"st\">p50 <b class=\"p50\">");
+    put_latency(pg, st->duration ? metrics_histogram_quantile(st->duration, 0.5) : -1);
+    put(pg, "</b> p99 <b class=\"p99\">");
+    put_latency(pg, st->duration ? metrics_histogram_quantile(st->duration, 0.99) : -1);
+    put(pg, "</b></span></summary><div class=\"cbody\">");
     if (is_k8s)
         put_k8s(pg, &k8s);
     else if (is_dns)

@@ -1695,6 +1695,14 @@ static const key_def admin_keys[] = {
 };
 static const schema admin_schema = {.doc_name = "admin", SCHEMA_KEYS(admin_keys)};
 
+static const key_def tracing_keys[] = {
+    {K_BOOL(pf_config_tracing, "generate", generate, true,
+            "a request without a valid traceparent gets a new one")},
+    {K_BOOL(pf_config_tracing, "sampled", sampled, false,
+            "the sampled flag of the traceparents pilotfish generates")},
+};
+static const schema tracing_schema = {.doc_name = "tracing", SCHEMA_KEYS(tracing_keys)};
+
 static const key_def match_keys[] = {
     {K_CUSTOM("host", "host pattern",
               "\"api.local\", \"*.local\" or \"*\", with an optional :port"),
@@ -2071,6 +2079,7 @@ static const key_def root_keys[] = {
     {K_UINT(pf_config, "max_connections", max_connections, 1, PF_MAX_CONNECTIONS_LIMIT, 0,
             "client connections over all listeners; more wait in the kernel backlog"),
      .flags = KF_OMIT_ZERO, .doc_default = "half the open-file limit left after a reserve"},
+    {K_OBJ(pf_config, "tracing", tracing, tracing_schema, "W3C trace context")},
 };
 const schema root_schema = {.doc_name = "", SCHEMA_KEYS(root_keys), .finish = root_finish};
 

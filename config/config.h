@@ -319,6 +319,12 @@ typedef struct pf_config_kubernetes {
     uint32_t page_size;
 } pf_config_kubernetes;
 
+/* $.tracing: W3C trace context on forwarded requests. */
+typedef struct pf_config_tracing {
+    bool generate; /* a request without a valid traceparent gets a new one */
+    bool sampled;  /* the sampled flag of the traceparents pilotfish generates */
+} pf_config_tracing;
+
 typedef struct pf_config {
     char *source; /* file name used in messages, owned */
     pf_sockaddr admin_addr;
@@ -333,6 +339,7 @@ typedef struct pf_config {
     size_t cluster_count;
     pf_config_dns dns;
     pf_config_kubernetes kubernetes;
+    pf_config_tracing tracing;
 } pf_config;
 
 /* Loads and validates a config file. On success returns 0 and *out (caller frees with

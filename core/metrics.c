@@ -11,7 +11,7 @@
 #include <string.h>
 
 const double pf_histogram_bounds[PF_HISTOGRAM_BUCKETS] = {
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
 
 typedef enum {
     KIND_COUNTER,

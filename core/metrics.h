@@ -18,8 +18,9 @@ typedef struct pf_gauge {
     _Atomic int64_t value;
 } pf_gauge;
 
-#define PF_HISTOGRAM_BUCKETS 14
-/* Bucket upper bounds in seconds, shared by every histogram (request latencies). */
+#define PF_HISTOGRAM_BUCKETS 15
+/* Bucket upper bounds in seconds, shared by every histogram (request latencies): from
+ * 0.5 ms, a sidecar's loopback hop, to 30 s, past the default timeouts. */
 extern const double pf_histogram_bounds[PF_HISTOGRAM_BUCKETS];
 
 typedef struct pf_histogram {

@@ -90,13 +90,15 @@ void access_log_write(pf_worker *w, const pf_access_entry *e) {
         w->log_buf + w->log_len, LOG_LINE_MAX,
         "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03uZ\",\"client\":\"%s\",\"method\":\"%s\","
         "\"authority\":\"%s\",\"path\":\"%s\",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,"
-        "\"duration_ms\":%.3f,\"cluster\":%s%s%s,\"upstream\":%s%s%s,\"request_id\":%s%s%s}\n",
+        "\"duration_ms\":%.3f,\"cluster\":%s%s%s,\"upstream\":%s%s%s,\"request_id\":%s%s%s,"
+        "\"trace_id\":%s%s%s}\n",
         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
         (unsigned)(now / 1000u % 1000u), e->client, e->method, a ? a : "", p ? p : "", e->status,
         (unsigned long long)e->bytes_in, (unsigned long long)e->bytes_out,
         (double)e->duration_us / 1000.0, e->cluster ? "\"" : "", e->cluster ? e->cluster : "null",
         e->cluster ? "\"" : "", e->upstream ? "\"" : "", e->upstream ? e->upstream : "null",
-        e->upstream ? "\"" : "", id ? "\"" : "", id ? id : "null", id ? "\"" : "");
+        e->upstream ? "\"" : "", id ? "\"" : "", id ? id : "null", id ? "\"" : "",
+        e->trace_id ? "\"" : "", e->trace_id ? e->trace_id : "null", e->trace_id ? "\"" : "");
     if (n > 0 && (size_t)n < LOG_LINE_MAX)
         w->log_len += (size_t)n;
 }

@@ -218,6 +218,7 @@ void exchange_reset(pf_exchange *ex) {
     ex->authority = ex->path = NULL;
     ex->authority_len = ex->path_len = 0;
     ex->request_id[0] = '\0';
+    ex->traceparent[0] = ex->trace_id[0] = '\0';
     ex->wc = NULL;
     ex->ep = NULL;
     discovery_set_unref(ex->set);
@@ -269,6 +270,7 @@ void exchange_log(pf_exchange *ex) {
         .cluster = ex->wc ? ex->wc->rt->cfg->name : NULL,
         .upstream = ex->ep ? ex->ep->addr.text : NULL,
         .request_id = ex->request_id[0] ? ex->request_id : NULL,
+        .trace_id = ex->trace_id[0] ? ex->trace_id : NULL,
         .client = ex->client_ip,
     };
     access_log_write(ex->w, &e);
@@ -434,8 +436,30 @@ static int start_attempt(pf_exchange *ex) {
     return 0;
 }
 
+/* W3C Trace Context: a valid traceparent goes on untouched; an invalid one, or none, is
+ * replaced by a new trace when tracing.generate is on (its tracestate goes with it). */
+static void trace_context(pf_exchange *ex, const pf_head *head) {
+    const pf_config_tracing *cfg = &ex->w->proxy->cfg->tracing;
+    size_t count = 0;
+    long i = http1_find(head, "traceparent", &count);
+    const char *v = i >= 0 ? http1_value(head, (size_t)i) : NULL;
+    if (v && count == 1 && http1_traceparent_valid(v, head->headers[i].value_len)) {
+        memcpy(ex->trace_id, v + 3, 32);
+        ex->trace_id[32] = '\0';
+        return;
+    }
+    if (!cfg->generate)
+        return;
+    http1_traceparent_format(ex->traceparent, worker_random(ex->w), worker_random(ex->w),
+                             worker_random(ex->w), cfg->sampled);
+    memcpy(ex->trace_id, ex->traceparent + 3, 32);
+    ex->trace_id[32] = '\0';
+    ex->req.fwd.traceparent = ex->traceparent;
+}
+
 void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char *host, int port) {
     ex->req = *req;
+    trace_context(ex, req->head);
     long id = http1_find(req->head, "x-request-id", NULL);
     if (id >= 0) {
         pf_json_escape(ex->request_id, sizeof ex->request_id, http1_value(req->head, (size_t)id),
@@ -629,6 +653,7 @@ void exchange_on_response_body(pf_exchange *ex, const char *at, size_t len) {
 
 void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable) {
     exchange_set_state(ex, PF_EX_DONE);
+    metrics_observe_us(ex->wc->rt->request_duration, pf_now_us() - ex->attempt_us);
     end_attempt(ex, upstream_reusable && ex->request_complete);
     ex->down->send_end(ex->ds);
 }

@@ -123,6 +123,8 @@ struct pf_exchange {
     const char *path;
     size_t path_len;
     char request_id[40];
+    char traceparent[PF_TRACEPARENT_LEN + 1]; /* one pilotfish made, or "" */
+    char trace_id[33];                        /* for the access log, or "" */
     pf_worker_cluster *wc;
     pf_endpoint_set *set; /* holds ep's set while ep is used */
     const pf_endpoint *ep;

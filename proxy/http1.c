@@ -303,6 +303,9 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
         if (hop_by_hop(req, i, has_connection) || http1_name_is(req, i, "host") ||
             http1_name_is(req, i, "x-forwarded-proto"))
             continue;
+        if (fwd->traceparent &&
+            (http1_name_is(req, i, "traceparent") || http1_name_is(req, i, "tracestate")))
+            continue;
         if (http1_name_is(req, i, "x-forwarded-for")) {
             if (!forwarded_for)
                 add_forwarded_for(&w, req, fwd->client_ip);
@@ -319,6 +322,11 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
     if (fwd->request_id) {
         W_LIT(&w, "X-Request-Id: ");
         w_str(&w, fwd->request_id);
+        W_LIT(&w, "\r\n");
+    }
+    if (fwd->traceparent) {
+        W_LIT(&w, "traceparent: ");
+        w_str(&w, fwd->traceparent);
         W_LIT(&w, "\r\n");
     }
     add_framing(&w, fwd->body, fwd->content_length);
@@ -479,6 +487,53 @@ bool http1_is_token(const char *at, size_t len) {
 
 bool http1_value_is_fold(bool value_open, bool prev_ended_read, bool starts_read) {
     return value_open && !(prev_ended_read && starts_read);
+}
+
+static bool lower_hex(const char *s, size_t n, bool *all_zero) {
+    *all_zero = true;
+    for (size_t i = 0; i < n; i++) {
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+        if (s[i] != '0')
+            *all_zero = false;
+    }
+    return true;
+}
+
+bool http1_traceparent_valid(const char *v, size_t len) {
+    bool zero;
+    if (len < PF_TRACEPARENT_LEN || v[2] != '-' || v[35] != '-' || v[52] != '-')
+        return false;
+    if (!lower_hex(v, 2, &zero) || (v[0] == 'f' && v[1] == 'f'))
+        return false;
+    bool version_00 = v[0] == '0' && v[1] == '0';
+    if (len > PF_TRACEPARENT_LEN && (version_00 || v[PF_TRACEPARENT_LEN] != '-'))
+        return false;
+    if (!lower_hex(v + 3, 32, &zero) || zero)
+        return false;
+    if (!lower_hex(v + 36, 16, &zero) || zero)
+        return false;
+    return lower_hex(v + 53, 2, &zero);
+}
+
+static void put_hex64(char *out, uint64_t v) {
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--, v >>= 4)
+        out[i] = hex[v & 0xf];
+}
+
+void http1_traceparent_format(char *out, uint64_t hi, uint64_t lo, uint64_t parent, bool sampled) {
+    if (!hi && !lo)
+        lo = 1;
+    if (!parent)
+        parent = 1;
+    memcpy(out, "00-", 3);
+    put_hex64(out + 3, hi);
+    put_hex64(out + 19, lo);
+    out[35] = '-';
+    put_hex64(out + 36, parent);
+    memcpy(out + 52, sampled ? "-01" : "-00", 3);
+    out[PF_TRACEPARENT_LEN] = '\0';
 }
 
 const char *http1_check_host(size_t host_count, int minor, bool has_authority) {

@@ -93,6 +93,16 @@ bool http1_value_is_fold(bool value_open, bool prev_ended_read, bool starts_read
  * none needed with an absolute-form authority), or NULL when they are fine. */
 const char *http1_check_host(size_t host_count, int minor, bool has_authority);
 
+/* A W3C traceparent: "00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>" */
+#define PF_TRACEPARENT_LEN 55
+/* Whether `v` is a traceparent to pass on untouched (W3C Trace Context 3.2): lowercase hex,
+ * version not ff, trace and parent ids not all zero; version 00 is exactly 55 characters,
+ * a later version may carry more after a '-'. Pure. */
+bool http1_traceparent_valid(const char *v, size_t len);
+/* Writes a version-00 traceparent for trace id `hi`,`lo` and parent id `parent` (all zero
+ * ids are replaced by 1) into out[PF_TRACEPARENT_LEN + 1]. Pure. */
+void http1_traceparent_format(char *out, uint64_t hi, uint64_t lo, uint64_t parent, bool sampled);
+
 /* What pilotfish adds or rewrites on a forwarded request. */
 typedef struct pf_forward_request {
     const char *method;
@@ -104,6 +114,9 @@ typedef struct pf_forward_request {
     const char *client_ip;
     const char *proto;      /* "http" */
     const char *request_id; /* generated id, or NULL when the client sent one */
+    /* A traceparent pilotfish made, which replaces the client's traceparent and tracestate
+     * (an invalid traceparent voids its tracestate); NULL: the client's go as they came. */
+    const char *traceparent;
     pf_body_mode body;
     uint64_t content_length;
 } pf_forward_request;

@@ -130,6 +130,12 @@ static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
     c->retry_budget_exhausted =
         metrics_counter(m, "pilotfish_upstream_retry_budget_exhausted_total",
                         "Retries not made because the cluster's retry budget was spent.", labels);
+    c->request_duration = metrics_histogram(
+        m, "pilotfish_upstream_request_duration_seconds",
+        "Time from an attempt's endpoint pick to the end of its response.", labels);
+    c->connect_duration =
+        metrics_histogram(m, "pilotfish_upstream_connect_duration_seconds",
+                          "Time to open a new upstream connection (connect to connected).", labels);
     char breaker[200];
     static const char *const limits[] = {"max_requests", "max_connections", "max_pending_requests",
                                          "max_retries"};

@@ -86,7 +86,8 @@ typedef struct pf_proxy_cluster_status {
     long active_requests;                     /* in flight, all workers */
     int64_t connections_active;
     uint64_t retries;
-    bool panic; /* balancing over every endpoint: too few are healthy */
+    bool panic;                   /* balancing over every endpoint: too few are healthy */
+    const pf_histogram *duration; /* an attempt's pick to its response's end; borrowed */
 } pf_proxy_cluster_status;
 
 /* Cluster `index` (as proxy_cluster_config). Any thread. */

@@ -39,7 +39,9 @@ typedef struct pf_cluster_rt {
     pf_counter *pool_reuses;
     pf_counter *retries;
     pf_counter *retry_budget_exhausted;
-    pf_counter *overflow_requests; /* circuit breakers tripped, by limit */
+    pf_histogram *request_duration; /* an attempt's pick to its response's end */
+    pf_histogram *connect_duration; /* connect() to connected, new connections only */
+    pf_counter *overflow_requests;  /* circuit breakers tripped, by limit */
     pf_counter *overflow_connections;
     pf_counter *overflow_pending;
     pf_counter *overflow_retries;
@@ -202,6 +204,7 @@ typedef struct pf_access_entry {
     const char *cluster;
     const char *upstream;
     const char *request_id;
+    const char *trace_id; /* 32 lowercase hex digits, or NULL */
     const char *client;
 } pf_access_entry;
 void access_log_write(pf_worker *w, const pf_access_entry *e);

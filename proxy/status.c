@@ -36,5 +36,6 @@ void proxy_cluster_status(const pf_proxy *proxy, size_t index, pf_proxy_cluster_
     out->active_requests = atomic_load_explicit(&c->active_requests, memory_order_relaxed);
     out->connections_active = gauge_value(c->connections_active);
     out->retries = counter_value(c->retries);
+    out->duration = c->request_duration;
     out->panic = proxy_cluster_panic(proxy, index);
 }

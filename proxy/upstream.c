@@ -57,6 +57,7 @@ struct pf_upstream {
     bool reused;
     bool request_sent;
     bool pending; /* counted in the cluster's pending requests until connected */
+    uint64_t connect_start_us;
     uint64_t response_timeout_ms;
     pf_body_mode req_body; /* how the request body in flight is framed */
     int retry_status;      /* a response status the owner wants retried */
@@ -255,6 +256,7 @@ static void on_event(pf_stream *s, int what, int err, void *arg) {
     pf_upstream *up = arg;
     if (what & PF_STREAM_CONNECTED) {
         up->connected = true;
+        metrics_observe_us(up->wc->rt->connect_duration, pf_now_us() - up->connect_start_us);
         end_pending(up);
         if (up->request_sent)
             timer_set(up, UP_TIMER_RESPONSE, up->response_timeout_ms);
@@ -368,6 +370,7 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
     llhttp_init(&up->parser, HTTP_RESPONSE, response_settings());
     up->parser.data = up;
     timer_set(up, UP_TIMER_CONNECT, wc->rt->cfg->connect_timeout_ms);
+    up->connect_start_us = pf_now_us();
     stream_connect(up->stream, (const struct sockaddr *)&ep->addr.ss, ep->addr.len);
     return up;
 }

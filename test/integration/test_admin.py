@@ -91,26 +91,53 @@ def test_prometheus_counts_404_as_4xx(proxy):
     wait_for(lambda: four_xx() >= before + 1, 10, "a 4xx to be counted")
 
 
+HISTOGRAMS = (
+    "pilotfish_request_duration_seconds",
+    "pilotfish_upstream_request_duration_seconds",
+    "pilotfish_upstream_connect_duration_seconds",
+)
+
+
 def test_prometheus_histogram_buckets_are_cumulative(proxy):
     for _ in range(3):
         proxy.pf.get("/")
     samples = proxy.pf.metrics()
-    buckets = [
-        (l, v) for n, l, v in samples if n == "pilotfish_request_duration_seconds_bucket"
-    ]
-    assert buckets
-    series = {}
-    for labels, v in buckets:
-        key = tuple(sorted((k, x) for k, x in labels.items() if k != "le"))
-        le = labels["le"]
-        series.setdefault(key, []).append((float("inf") if le == "+Inf" else float(le), v))
-    for key, points in series.items():
-        points.sort()
-        assert points[-1][0] == float("inf"), f"{key}: no +Inf bucket"
-        values = [v for _, v in points]
-        assert values == sorted(values), f"{key}: buckets not cumulative {points}"
-        count = metric_sum(samples, "pilotfish_request_duration_seconds_count", **dict(key))
-        assert values[-1] == count, f"{key}: +Inf bucket {values[-1]} != count {count}"
+    for name in HISTOGRAMS:
+        buckets = [(l, v) for n, l, v in samples if n == name + "_bucket"]
+        assert buckets, name
+        series = {}
+        for labels, v in buckets:
+            key = tuple(sorted((k, x) for k, x in labels.items() if k != "le"))
+            le = labels["le"]
+            series.setdefault(key, []).append((float("inf") if le == "+Inf" else float(le), v))
+        for key, points in series.items():
+            points.sort()
+            assert points[0][0] == 0.0005, f"{name} {key}: first bound {points[0][0]}"
+            assert points[-2][0] == 30, f"{name} {key}: last bound {points[-2][0]}"
+            assert points[-1][0] == float("inf"), f"{name} {key}: no +Inf bucket"
+            values = [v for _, v in points]
+            assert values == sorted(values), f"{name} {key}: buckets not cumulative {points}"
+            count = metric_sum(samples, name + "_count", **dict(key))
+            assert values[-1] == count, f"{name} {key}: +Inf bucket {values[-1]} != count {count}"
+
+
+def test_upstream_histograms_count_each_cluster_s_responses_and_connects(proxy):
+    def counts():
+        m = proxy.pf.metrics()
+        return (
+            metric_sum(m, "pilotfish_upstream_request_duration_seconds_count", cluster="api"),
+            metric_sum(m, "pilotfish_upstream_connect_duration_seconds_count", cluster="api"),
+            metric_sum(m, "pilotfish_upstream_request_duration_seconds_count", cluster="web"),
+        )
+
+    requests_before, _, web_before = counts()
+    for _ in range(5):
+        assert proxy.pf.get("/v1/x", host="api.local").status == 200
+    wait_for(lambda: counts()[0] == requests_before + 5, 10, "five api responses timed")
+    requests, connects, web = counts()
+    assert connects >= 1  # at least the first connection to the api endpoint
+    assert connects <= requests  # keep-alive: never more connects than responses
+    assert web == web_before  # only the cluster that answered
 
 
 def test_prometheus_cluster_endpoints_gauge(proxy):

@@ -1,6 +1,9 @@
 """Header handling between client and upstream: hop-by-hop removal, X-Forwarded-*, X-Request-Id."""
 
-from harness import make_request
+import re
+
+import pytest
+from harness import make_request, standard_config, wait_for
 
 
 def upstream_view(pf, headers, host="abs.local", method="GET", body=None):
@@ -127,3 +130,69 @@ def test_many_headers_reach_upstream_in_order(proxy):
     view = upstream_view(proxy.pf, sent)
     got = [(k, v) for k, v in view["headers"] if k.startswith("X-H")]
     assert got == sent
+
+
+VALID_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TRACEPARENT_RE = r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]"
+
+
+def logged_trace_id(pf, path="/headers"):
+    entries = []
+    wait_for(lambda: entries.extend(e for e in pf.access_log() if e["path"] == path) or entries,
+             10, "the request's access log line")
+    return entries[-1]["trace_id"]
+
+
+def test_valid_traceparent_and_tracestate_go_upstream_untouched(proxy):
+    view = upstream_view(
+        proxy.pf, [("traceparent", VALID_TRACEPARENT), ("tracestate", "vendor=abc,other=1")]
+    )
+    assert values(view, "traceparent") == [VALID_TRACEPARENT]
+    assert values(view, "tracestate") == ["vendor=abc,other=1"]
+    assert logged_trace_id(proxy.pf) == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_traceparent_generated_when_absent_unsampled_and_unique(proxy):
+    made = set()
+    for _ in range(3):
+        got = values(upstream_view(proxy.pf, []), "traceparent")
+        assert len(got) == 1 and re.fullmatch(TRACEPARENT_RE, got[0]), got
+        assert got[0].endswith("-00")  # tracing.sampled is off by default
+        made.add(got[0][3:35])
+    assert len(made) == 3
+    assert logged_trace_id(proxy.pf) in made
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # all-zero trace id
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  # uppercase
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # version ff
+        "garbage",
+    ],
+)
+def test_malformed_traceparent_is_replaced_and_its_tracestate_dropped(proxy, bad):
+    view = upstream_view(proxy.pf, [("traceparent", bad), ("tracestate", "vendor=abc")])
+    got = values(view, "traceparent")
+    assert len(got) == 1 and got[0] != bad and re.fullmatch(TRACEPARENT_RE, got[0]), got
+    assert values(view, "tracestate") == []
+
+
+def test_tracing_generate_off_leaves_requests_without_traceparent(backends, start_pilotfish):
+    cfg = standard_config(backends.web1, backends.web2, backends.api)
+    cfg["tracing"] = {"generate": False}
+    pf = start_pilotfish(cfg)
+    assert values(upstream_view(pf, []), "traceparent") == []
+    # a valid one still passes, and is logged
+    assert values(upstream_view(pf, [("traceparent", VALID_TRACEPARENT)]), "traceparent") == [
+        VALID_TRACEPARENT
+    ]
+
+
+def test_tracing_sampled_marks_generated_traceparents(backends, start_pilotfish):
+    cfg = standard_config(backends.web1, backends.web2, backends.api)
+    cfg["tracing"] = {"sampled": True}
+    pf = start_pilotfish(cfg)
+    got = values(upstream_view(pf, []), "traceparent")
+    assert len(got) == 1 and got[0].endswith("-01"), got

@@ -1608,7 +1608,7 @@ static void test_bounds_and_zero_durations_load(void) {
 
 /* A config with every object of the schema present once, to break one key at a time. */
 static const char every_object_json[] =
-    "{'admin':{'address':'127.0.0.1:9901'},'dns':{'timeout':'1s'},"
+    "{'admin':{'address':'127.0.0.1:9901'},'dns':{'timeout':'1s'},'tracing':{'generate':true},"
     "'kubernetes':{'backoff':{'base':'1s'},'auto_discover':{'namespaces':'all'}},"
     "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{'prefix':'/'},"
     "'cluster':'web','retry':{'backoff':{'base':'25ms'}}}]}],"
@@ -1643,6 +1643,7 @@ static const struct {
     {"kubernetes", "kubernetes", "$.kubernetes"},
     {"kubernetes.backoff", "kubernetes/backoff", "$.kubernetes.backoff"},
     {"kubernetes.auto_discover", "kubernetes/auto_discover", "$.kubernetes.auto_discover"},
+    {"tracing", "tracing", "$.tracing"},
 };
 
 static json_t *walk_steps(json_t *root, const char *steps) {

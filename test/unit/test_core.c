@@ -208,8 +208,8 @@ static void test_histogram_buckets_are_cumulative_with_inf_sum_and_count(void) {
     metrics_observe_us(h, 1000);     /* exactly 0.001: le is inclusive */
     metrics_observe_us(h, 1001);     /* just above: next bucket */
     metrics_observe_us(h, 300000);   /* 0.3 s */
-    metrics_observe_us(h, 10000000); /* exactly 10 s: the last bucket */
-    metrics_observe_us(h, 20000000); /* 20 s: only +Inf */
+    metrics_observe_us(h, 10000000); /* exactly 10 s: le 10 */
+    metrics_observe_us(h, 40000000); /* 40 s: past 30 s, only +Inf */
     check_render(m, "# HELP pf_duration_seconds Request duration.\n"
                     "# TYPE pf_duration_seconds histogram\n"
                     "pf_duration_seconds_bucket{cluster=\"web\",le=\"0.0005\"} 1\n"
@@ -226,8 +226,9 @@ static void test_histogram_buckets_are_cumulative_with_inf_sum_and_count(void) {
                     "pf_duration_seconds_bucket{cluster=\"web\",le=\"2.5\"} 4\n"
                     "pf_duration_seconds_bucket{cluster=\"web\",le=\"5\"} 4\n"
                     "pf_duration_seconds_bucket{cluster=\"web\",le=\"10\"} 5\n"
+                    "pf_duration_seconds_bucket{cluster=\"web\",le=\"30\"} 5\n"
                     "pf_duration_seconds_bucket{cluster=\"web\",le=\"+Inf\"} 6\n"
-                    "pf_duration_seconds_sum{cluster=\"web\"} 30.302101\n"
+                    "pf_duration_seconds_sum{cluster=\"web\"} 50.302101\n"
                     "pf_duration_seconds_count{cluster=\"web\"} 6\n");
     metrics_free(m);
 }
@@ -241,7 +242,7 @@ static void test_histogram_without_labels_and_without_observations(void) {
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nh_seconds_bucket{le=\"+Inf\"} 0\n"));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nh_seconds_sum 0.000000\n"));
     CU_ASSERT_PTR_NOT_NULL(strstr(text, "\nh_seconds_count 0\n"));
-    /* 14 buckets + +Inf, _sum, _count, HELP, TYPE */
+    /* 15 buckets + +Inf, _sum, _count, HELP, TYPE */
     size_t lines = 0;
     for (const char *p = text; *p; p++)
         lines += *p == '\n';
@@ -328,8 +329,8 @@ static void test_histogram_quantile_interpolates_inside_the_bucket(void) {
         PF_CHECK(fabs(got - rows[i].want) < 1e-9, "q=%g: got %.9f, want %.9f", rows[i].q, got,
                  rows[i].want);
     }
-    /* Past the last bound the answer is +Inf ("slower than 10 s"), not a made-up number. */
-    metrics_observe_us(slow, 20000000);
+    /* Past the last bound the answer is +Inf ("slower than 30 s"), not a made-up number. */
+    metrics_observe_us(slow, 40000000);
     CU_ASSERT(isinf(metrics_histogram_quantile(slow, 0.5)));
     /* The first bucket starts at 0. */
     pf_histogram *fast = metrics_histogram(m, "q3_seconds", "Q.", "");

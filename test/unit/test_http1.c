@@ -915,7 +915,46 @@ static void test_response_framing_by_method_status_and_client_version(void) {
     }
 }
 
+static void test_traceparent_validity_follows_w3c_trace_context(void) {
+    static const struct {
+        const char *v;
+        bool valid;
+    } rows[] = {
+        {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", true},
+        {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", true},
+        {"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", true},
+        /* a later version may carry more fields after a '-' */
+        {"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra", true},
+        {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra", false},
+        {"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x", false},
+        {"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", false},
+        {"00-00000000000000000000000000000000-00f067aa0ba902b7-01", false},
+        {"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", false},
+        {"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", false},
+        {"00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01", false},
+        {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g", false},
+        {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1", false},
+        {"0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", false},
+        {"", false},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++)
+        PF_CHECK(http1_traceparent_valid(rows[i].v, strlen(rows[i].v)) == rows[i].valid,
+                 "row %zu \"%s\": want %s", i, rows[i].v, rows[i].valid ? "valid" : "invalid");
+}
+
+static void test_generated_traceparent_is_valid_with_its_sampled_flag(void) {
+    char out[PF_TRACEPARENT_LEN + 1];
+    http1_traceparent_format(out, 0x4bf92f3577b34da6ull, 0xa3ce929d0e0e4736ull,
+                             0x00f067aa0ba902b7ull, true);
+    CU_ASSERT_STRING_EQUAL(out, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    http1_traceparent_format(out, 0, 0, 0, false); /* all-zero ids are invalid: never made */
+    CU_ASSERT_STRING_EQUAL(out, "00-00000000000000000000000000000001-0000000000000001-00");
+    CU_ASSERT(http1_traceparent_valid(out, strlen(out)));
+}
+
 PF_UNIT_MAIN("http1", PF_UNIT_TEST(test_head_collects_target_and_headers_from_llhttp),
+             PF_UNIT_TEST(test_traceparent_validity_follows_w3c_trace_context),
+             PF_UNIT_TEST(test_generated_traceparent_is_valid_with_its_sampled_flag),
              PF_UNIT_TEST(test_head_is_the_same_whatever_the_split_points),
              PF_UNIT_TEST(test_response_reason_is_the_first_span),
              PF_UNIT_TEST(test_pieces_appended_directly_join_into_names_and_values),
