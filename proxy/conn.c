@@ -1028,8 +1028,11 @@ int conn_on_response_head(pf_conn *c, pf_upstream *up, int status, pf_body_mode 
                           uint64_t content_length, bool *skip_body) {
     report(c, health_outcome_of_status(status));
     /* Latency feedback; a fast 5xx must not make a failing endpoint look fast. */
-    if (c->ep && status < 500)
-        balancer_on_response(c->wc->balancer, c->ep, pf_now_us() - c->attempt_us);
+    if (c->ep && status < 500) {
+        uint64_t latency_us = pf_now_us() - c->attempt_us;
+        balancer_on_response(c->wc->balancer, c->ep, latency_us);
+        health_report_latency(c->wc->rt->health, c->ep, latency_us);
+    }
     if (status >= 500 && may_retry(c, PF_FAIL_STATUS, status))
         return PF_RESPONSE_RETRY;
     c->status = status;
