@@ -426,3 +426,97 @@ int http1_write_chunk(struct evbuffer *out, const void *data, size_t len) {
         return PF_ENOMEM;
     return evbuffer_add(out, "\r\n", 2) == 0 ? PF_OK : PF_ENOMEM;
 }
+
+/* ---- pure decisions ------------------------------------------------------------------ */
+
+/* Origin-form "/p?q"; absolute-form "http://authority/p?q" whose authority overrides Host
+ * (RFC 9112 3.2.2), where an empty path ("http://h?q") goes upstream as "/?q", or as "*"
+ * for OPTIONS without a query (3.2.4); or the asterisk-form of OPTIONS, "*". A fragment is
+ * never part of a request (RFC 9110 4.2.5): forwarding one would hand the upstream a
+ * target it may read differently. */
+int http1_parse_target(const char *t, size_t len, bool is_options, pf_target *out) {
+    memset(out, 0, sizeof *out);
+    if (memchr(t, '#', len))
+        return PF_EINVAL;
+    if (len > 0 && t[0] == '/') {
+        out->target = t;
+        out->target_len = len;
+    } else if (len == 1 && t[0] == '*' && is_options) {
+        out->target = t;
+        out->target_len = 1;
+    } else if (len > 7 && strncasecmp(t, "http://", 7) == 0) {
+        const char *auth = t + 7;
+        size_t rest = len - 7, alen = 0;
+        while (alen < rest && auth[alen] != '/' && auth[alen] != '?')
+            alen++;
+        if (alen == 0 || memchr(auth, '@', alen))
+            return PF_EINVAL; /* userinfo is not allowed in http URIs (RFC 9110 4.2.4) */
+        out->authority = auth;
+        out->authority_len = alen;
+        out->target = alen < rest ? auth + alen : is_options ? "*" : "/";
+        out->target_len = alen < rest ? rest - alen : 1;
+        out->root_first = out->target[0] == '?';
+    } else {
+        return PF_EINVAL;
+    }
+    out->path = out->root_first ? "/" : out->target;
+    out->path_len = out->root_first ? 1 : strcspn(out->target, "?#");
+    if (out->path_len > out->target_len)
+        out->path_len = out->target_len;
+    return PF_OK;
+}
+
+bool http1_is_token(const char *at, size_t len) {
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)at[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              (ch && strchr(extra, ch))))
+            return false;
+    }
+    return true;
+}
+
+bool http1_value_is_fold(bool value_open, bool prev_ended_read, bool starts_read) {
+    return value_open && !(prev_ended_read && starts_read);
+}
+
+const char *http1_check_host(size_t host_count, int minor, bool has_authority) {
+    if (host_count > 1)
+        return "more than one Host header";
+    if (host_count == 0 && minor == 1 && !has_authority)
+        return "missing Host header";
+    return NULL;
+}
+
+pf_body_mode http1_request_body_mode(bool chunked, bool has_length, uint64_t length) {
+    if (chunked)
+        return PF_BODY_CHUNKED;
+    return has_length && length > 0 ? PF_BODY_LENGTH : PF_BODY_NONE;
+}
+
+pf_body_mode http1_response_body_mode(bool chunked, bool has_length) {
+    if (chunked)
+        return PF_BODY_CHUNKED;
+    return has_length ? PF_BODY_LENGTH : PF_BODY_EOF;
+}
+
+pf_response_framing http1_response_framing(bool head_request, int status,
+                                           pf_body_mode upstream_body, int client_minor) {
+    pf_response_framing f = {0};
+    if (head_request || status == 204 || status == 304) {
+        /* Framing headers of a HEAD or 304 describe the body that was not sent. */
+        f.head_body = upstream_body == PF_BODY_LENGTH ? PF_BODY_LENGTH : PF_BODY_NONE;
+        f.body = PF_BODY_NONE;
+        f.skip_body = head_request;
+    } else if (upstream_body == PF_BODY_LENGTH) {
+        f.head_body = f.body = PF_BODY_LENGTH;
+    } else if (client_minor >= 1) {
+        f.head_body = f.body = PF_BODY_CHUNKED;
+    } else {
+        /* An HTTP/1.0 client knows no chunking: the body ends when we close. */
+        f.head_body = f.body = PF_BODY_EOF;
+        f.close = true;
+    }
+    return f;
+}

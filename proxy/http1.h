@@ -61,6 +61,38 @@ bool http1_is_hop_by_hop(const pf_head *h, size_t i);
 
 typedef enum { PF_BODY_NONE, PF_BODY_LENGTH, PF_BODY_CHUNKED, PF_BODY_EOF } pf_body_mode;
 
+/* ---- pure decisions: functions of their inputs, no connection, no event loop --------
+ * The downstream codec calls them on every request, the unit tests with tables and the
+ * fuzz harness with whatever it finds. */
+
+/* A request target split into what is forwarded and what is routed on. */
+typedef struct pf_target {
+    const char *target; /* what goes upstream: origin-form, or "*" */
+    size_t target_len;
+    bool root_first;       /* write "/" before target: absolute-form with an empty path, "?q" */
+    const char *authority; /* absolute-form's authority (overrides Host); NULL otherwise */
+    size_t authority_len;
+    const char *path; /* the path part, routed on and logged */
+    size_t path_len;
+} pf_target;
+
+/* Splits the request target `t` (len bytes) of a request whose method is OPTIONS or not.
+ * Returns 0 and fills *out (pointers into t or static strings), or PF_EINVAL. */
+int http1_parse_target(const char *t, size_t len, bool is_options, pf_target *out);
+
+/* RFC 9110 5.6.2: whether the bytes are all token characters (a valid field name). */
+bool http1_is_token(const char *at, size_t len);
+
+/* Whether a header value span is an obs-fold continuation (RFC 9112 5.2). llhttp hands a
+ * value in two spans either because a read ended inside it (`prev_ended_read` and
+ * `starts_read`), or because it joined a folded line; `value_open`: a span of this value
+ * was already seen. */
+bool http1_value_is_fold(bool value_open, bool prev_ended_read, bool starts_read);
+
+/* Why the Host header(s) make the request invalid (RFC 9112 3.2: exactly one in HTTP/1.1,
+ * none needed with an absolute-form authority), or NULL when they are fine. */
+const char *http1_check_host(size_t host_count, int minor, bool has_authority);
+
 /* What pilotfish adds or rewrites on a forwarded request. */
 typedef struct pf_forward_request {
     const char *method;
@@ -75,6 +107,24 @@ typedef struct pf_forward_request {
     pf_body_mode body;
     uint64_t content_length;
 } pf_forward_request;
+
+/* A message's body mode from its framing: chunked, a length (a request with length 0 has
+ * none), or for responses without either, until the connection closes (RFC 9112 6.3). */
+pf_body_mode http1_request_body_mode(bool chunked, bool has_length, uint64_t length);
+pf_body_mode http1_response_body_mode(bool chunked, bool has_length);
+
+/* How a response is framed toward the client. */
+typedef struct pf_response_framing {
+    pf_body_mode head_body; /* what the head announces */
+    pf_body_mode body;      /* how body bytes are written */
+    bool skip_body;         /* the upstream sends no body (HEAD): do not wait for one */
+    bool close;             /* the connection must close after this response */
+} pf_response_framing;
+
+/* The framing of a response with `status` and upstream body mode `upstream_body`, to a
+ * request (HEAD or not) from an HTTP/1.`client_minor` client. */
+pf_response_framing http1_response_framing(bool head_request, int status,
+                                           pf_body_mode upstream_body, int client_minor);
 
 /* Writes the upstream request head (HTTP/1.1 origin-form, hop-by-hop removed, Host,
  * X-Forwarded-For appended, X-Forwarded-Proto, X-Request-Id). Returns 0 or PF_ENOMEM. */

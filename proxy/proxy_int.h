@@ -174,11 +174,11 @@ typedef enum {
     PF_FAIL_PROTOCOL, /* a malformed response: never retried */
 } pf_failure;
 
-/* conn_on_response_head's answer when the response should be dropped for a retry. */
+/* exchange_on_response_head's answer when the response should be dropped for a retry. */
 #define PF_RESPONSE_RETRY 1
 
-/* proxy/conn.c: a downstream connection. conn_accept takes `fd` (closed on failure) and
- * returns 0, or PF_ENOMEM. */
+/* proxy/conn.c: a downstream HTTP/1 connection. conn_accept takes `fd` (closed on failure)
+ * and returns 0, or PF_ENOMEM. */
 int conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struct sockaddr *sa,
                 int salen);
 /* Drain: closes the connection now if idle, else after the response in flight. */
@@ -186,38 +186,7 @@ void conn_drain(pf_conn *c);
 void conn_free(pf_conn *c);
 pf_conn *conn_next(const pf_conn *c);
 
-/* Called by upstream.c as the response arrives. */
-int conn_on_response_head(pf_conn *c, pf_upstream *up, int status, pf_body_mode upstream_body,
-                          uint64_t content_length, bool *skip_body);
-void conn_on_response_interim(pf_conn *c, pf_upstream *up, int status);
-void conn_on_response_body(pf_conn *c, const char *at, size_t len);
-void conn_on_response_complete(pf_conn *c, bool upstream_reusable);
-/* The attempt failed. `status` is what to answer if nothing was sent yet (502/503/504),
- * unless a retry follows. The upstream is released by the call. */
-void conn_on_upstream_error(pf_conn *c, int status, const char *reason, pf_failure kind);
-/* The upstream's output drained: the client may send more body. */
-void conn_on_upstream_writable(pf_conn *c);
-/* How many bytes the client still has room for before we stop reading the upstream. */
-bool conn_output_full(const pf_conn *c);
-/* The upstream stopped reading because the client's output is full: the client now has the
- * listener's body_timeout to take some of it, or the connection closes. */
-void conn_wait_for_client(pf_conn *c);
-
-/* proxy/upstream.c: upstream connections and the per-worker pool.
- * upstream_acquire: with `reused` NULL, always a new connection; otherwise a pooled one
- * when there is one, and *reused says which. NULL when out of resources. */
-pf_upstream *upstream_acquire(pf_worker *w, pf_worker_cluster *wc, const pf_endpoint *ep,
-                              pf_conn *owner, bool *reused, bool *overloaded);
-struct evbuffer *upstream_output(pf_upstream *up);
-bool upstream_output_full(const pf_upstream *up, size_t limit);
-/* The request is fully written: starts the response timeout (`timeout_ms`). */
-void upstream_request_sent(pf_upstream *up, uint64_t timeout_ms);
-/* Back-pressure from the client side. */
-void upstream_pause_reading(pf_upstream *up);
-void upstream_resume_reading(pf_upstream *up);
-/* Ends the owner's use: back to the pool when reusable, else closed. */
-void upstream_release(pf_upstream *up, bool reusable);
-const pf_head *upstream_response_head(const pf_upstream *up);
+/* proxy/upstream.c: the worker's idle upstream connections of a cluster, freed. */
 void pool_free_all(pf_worker_cluster *wc);
 
 /* proxy/access_log.c */

@@ -1,13 +1,14 @@
-/* Upstream connections: connect, send what the downstream side writes into the output,
- * parse the response with llhttp and hand it to the owning downstream connection, then
- * go back to the worker's pool (keep-alive) or close.
+/* The HTTP/1 upstream codec: connections to endpoints, one attempt of an exchange at a
+ * time on each. It writes the exchange's request (head, framed body), parses the response
+ * with llhttp and hands it to the exchange, then goes back to the worker's pool
+ * (keep-alive) or closes. The exchange drives it through upstream_http1_ops.
  *
  * Reentrancy rule: llhttp callbacks only pass data on or set flags. Anything that may
  * free this upstream (completion, errors) happens after llhttp_execute returns, and the
  * code returns at once after handing control to the owner. */
 #include "core/log.h"
 #include "core/time.h"
-#include "proxy/proxy_int.h"
+#include "proxy/exchange_int.h"
 #include "proxy/stream.h"
 
 #include <errno.h>
@@ -26,6 +27,18 @@ typedef enum {
     UP_TIMER_IDLE
 } up_timer_kind;
 
+/* Where the attempt on this connection is; one move function checks every change. What
+ * the connection itself knows (connected, reused, paused, request_sent) is orthogonal to
+ * the response's progress and stays boolean. */
+typedef enum {
+    UP_IDLE,       /* no attempt: new, or idle in the pool */
+    UP_AWAIT_HEAD, /* an exchange owns it; the final response head has not arrived */
+    UP_INTERIM,    /* inside a 1xx response; the final head is still to come */
+    UP_BODY,       /* the final head went to the exchange; its body follows */
+    UP_COMPLETE,   /* the response ended; the exchange is told once llhttp returns */
+    UP_STATE_COUNT
+} up_state;
+
 struct pf_upstream {
     pf_worker *w;
     pf_worker_cluster *wc;
@@ -34,7 +47,8 @@ struct pf_upstream {
     up_timer_kind timer_kind;
     llhttp_t parser;
     pf_head resp;
-    pf_conn *owner; /* NULL while idle in the pool */
+    up_state state;
+    pf_exchange *owner; /* the exchange of the attempt; NULL while idle */
     pf_pool_bucket *bucket;
     pf_upstream *next_idle;
     pf_endpoint_stats *stats;
@@ -44,17 +58,39 @@ struct pf_upstream {
     bool request_sent;
     bool pending; /* counted in the cluster's pending requests until connected */
     uint64_t response_timeout_ms;
-    int retry_status; /* a response status the owner wants retried */
+    pf_body_mode req_body; /* how the request body in flight is framed */
+    int retry_status;      /* a response status the owner wants retried */
     bool got_bytes;
-    bool head_done;
-    bool complete;
     bool paused;
-    bool interim;
     bool skip_body;
     int parse_error; /* nonzero: 502 after execute returns */
 };
 
 static const llhttp_settings_t *response_settings(void);
+static void pause_reading(pf_upstream *up);
+
+/* allowed[from]: the states `from` may move to. Releasing a connection that will not be
+ * reused frees it without a move. */
+static const unsigned up_allowed[UP_STATE_COUNT] = {
+    [UP_IDLE] = 1u << UP_AWAIT_HEAD,    [UP_AWAIT_HEAD] = 1u << UP_INTERIM | 1u << UP_BODY,
+    [UP_INTERIM] = 1u << UP_AWAIT_HEAD, [UP_BODY] = 1u << UP_COMPLETE,
+    [UP_COMPLETE] = 1u << UP_IDLE,
+};
+
+static void set_state(pf_upstream *up, up_state to) {
+    if (!(up_allowed[up->state] & (1u << to))) {
+        /* A response out of order here would reach the wrong exchange: stop loudly. */
+        log_error("upstream: illegal move from state %d to %d upstream=%s", up->state, to,
+                  up->addr);
+        abort();
+    }
+    up->state = to;
+}
+
+/* The final response head went to the exchange (its body may be under way or done). */
+static bool head_done(const pf_upstream *up) {
+    return up->state == UP_BODY || up->state == UP_COMPLETE;
+}
 
 static void timer_set(pf_upstream *up, up_timer_kind kind, uint64_t ms) {
     up->timer_kind = kind;
@@ -145,18 +181,18 @@ void pool_free_all(pf_worker_cluster *wc) {
 
 /* Ends the exchange with an error for the owner. Returns nothing: `up` is gone after. */
 static void fail(pf_upstream *up, int status, const char *reason, pf_failure kind) {
-    pf_conn *owner = up->owner;
+    pf_exchange *owner = up->owner;
     log_debug("upstream failed cluster=%s upstream=%s status=%d reason=\"%s\"",
               up->wc->rt->cfg->name, up->addr, status, reason);
-    conn_on_upstream_error(owner, status, reason, kind);
+    exchange_on_upstream_error(owner, status, reason, kind);
 }
 
 static void process_input(pf_upstream *up) {
     struct evbuffer *in = stream_input(up->stream);
-    while (!up->complete && !up->parse_error && evbuffer_get_length(in) > 0) {
-        if (up->head_done && conn_output_full(up->owner)) {
-            upstream_pause_reading(up);
-            conn_wait_for_client(up->owner);
+    while (up->state != UP_COMPLETE && !up->parse_error && evbuffer_get_length(in) > 0) {
+        if (head_done(up) && exchange_downstream_full(up->owner)) {
+            pause_reading(up);
+            exchange_wait_for_downstream(up->owner);
             return;
         }
         struct evbuffer_iovec vec;
@@ -186,21 +222,21 @@ static void process_input(pf_upstream *up) {
             fail(up, up->parse_error, "upstream sent a malformed response", PF_FAIL_PROTOCOL);
         return;
     }
-    if (up->complete) {
+    if (up->state == UP_COMPLETE) {
         /* Bytes after the response mean the upstream is out of step: never reuse it. */
         bool reusable = llhttp_should_keep_alive(&up->parser) && evbuffer_get_length(in) == 0;
-        conn_on_response_complete(up->owner, reusable);
+        exchange_on_response_complete(up->owner, reusable);
         return;
     }
     /* Mid-body and still reading: each read restarts the body timer. (Paused for a slow
      * client, the upstream is not the one stalling; the timer stays off.) */
-    if (up->head_done && !up->paused)
+    if (head_done(up) && !up->paused)
         timer_set(up, UP_TIMER_BODY, up->wc->rt->cfg->body_timeout_ms);
 }
 
 static void on_read(pf_stream *s, void *arg) {
     pf_upstream *up = arg;
-    if (!up->owner) {
+    if (up->state == UP_IDLE) {
         /* An idle connection has nothing to say; data here means it is out of step. */
         pool_remove(up);
         upstream_free(up);
@@ -211,8 +247,8 @@ static void on_read(pf_stream *s, void *arg) {
 
 static void on_write(pf_stream *s, void *arg) {
     pf_upstream *up = arg;
-    if (up->owner)
-        conn_on_upstream_writable(up->owner);
+    if (up->state != UP_IDLE)
+        exchange_on_upstream_writable(up->owner);
 }
 
 static void on_event(pf_stream *s, int what, int err, void *arg) {
@@ -226,7 +262,7 @@ static void on_event(pf_stream *s, int what, int err, void *arg) {
             timer_stop(up);
         return;
     }
-    if (!up->owner) {
+    if (up->state == UP_IDLE) {
         pool_remove(up);
         upstream_free(up);
         return;
@@ -240,14 +276,14 @@ static void on_event(pf_stream *s, int what, int err, void *arg) {
         fail(up, 503, "upstream connect failed", PF_FAIL_CONNECT);
         return;
     }
-    if ((what & PF_STREAM_EOF) && up->head_done && llhttp_message_needs_eof(&up->parser)) {
+    if ((what & PF_STREAM_EOF) && head_done(up) && llhttp_message_needs_eof(&up->parser)) {
         /* A close-delimited body (RFC 9112 6.3 rule 8) ends here. */
         process_input(up);
-        if (!up->owner || up->complete)
+        if (up->state != UP_BODY)
             return;
         llhttp_finish(&up->parser); /* HPE_PAUSED: on_message_complete pauses */
-        if (up->complete) {
-            conn_on_response_complete(up->owner, false);
+        if (up->state == UP_COMPLETE) {
+            exchange_on_response_complete(up->owner, false);
             return;
         }
     }
@@ -256,7 +292,7 @@ static void on_event(pf_stream *s, int what, int err, void *arg) {
      * fresh connection fixes: nothing was answered, so the request was not processed. */
     bool stale = up->reused && !up->got_bytes;
     fail(up, 502,
-         up->head_done ? "upstream closed the connection mid-response"
+         head_done(up) ? "upstream closed the connection mid-response"
                        : "upstream closed the connection before responding",
          stale ? PF_FAIL_STALE : PF_FAIL_RESET);
 }
@@ -352,9 +388,24 @@ static bool may_connect(pf_worker_cluster *wc) {
     return true;
 }
 
-pf_upstream *upstream_acquire(pf_worker *w, pf_worker_cluster *wc, const pf_endpoint *ep,
-                              pf_conn *owner, bool *reused, bool *overloaded) {
-    pf_upstream *up = reused ? take_idle(wc, ep) : NULL;
+static void pause_reading(pf_upstream *up) {
+    if (!up->paused) {
+        up->paused = true;
+        stream_read_enable(up->stream, false);
+        if (up->timer_kind == UP_TIMER_BODY)
+            timer_stop(up);
+    }
+}
+
+/* ---- upstream_http1_ops: what the exchange calls ------------------------------------- */
+
+static void release(void *arg, bool reusable);
+
+/* A pooled connection to ep when there is one, else a new one (if the breakers allow),
+ * with the exchange's request head queued. */
+static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
+    pf_worker_cluster *wc = exchange_cluster(ex);
+    pf_upstream *up = take_idle(wc, ep);
     if (up) {
         timer_stop(up);
         up->reused = true;
@@ -364,52 +415,54 @@ pf_upstream *upstream_acquire(pf_worker *w, pf_worker_cluster *wc, const pf_endp
             *overloaded = true;
             return NULL;
         }
-        up = connect_new(w, wc, ep);
+        up = connect_new(exchange_worker(ex), wc, ep);
         if (!up)
             return NULL;
     }
-    if (reused)
-        *reused = up->reused;
-    up->owner = owner;
+    set_state(up, UP_AWAIT_HEAD);
+    up->owner = ex;
     up->stats = ep->stats;
     up->request_sent = false;
     up->got_bytes = false;
-    up->head_done = false;
-    up->complete = false;
-    up->interim = false;
     up->skip_body = false;
     up->parse_error = 0;
     up->retry_status = 0;
     http1_head_reset(&up->resp);
+    const pf_exchange_request *req = exchange_request(ex);
+    up->req_body = req->fwd.body;
+    if (http1_write_request_head(stream_output(up->stream), req->head, &req->fwd) != PF_OK) {
+        release(up, false);
+        return NULL;
+    }
     return up;
 }
 
-struct evbuffer *upstream_output(pf_upstream *up) {
-    return stream_output(up->stream);
+static void write_body(void *arg, const char *at, size_t len) {
+    pf_upstream *up = arg;
+    if (up->req_body == PF_BODY_CHUNKED)
+        http1_write_chunk(stream_output(up->stream), at, len);
+    else
+        evbuffer_add(stream_output(up->stream), at, len);
 }
 
-bool upstream_output_full(const pf_upstream *up, size_t limit) {
-    return evbuffer_get_length(stream_output(up->stream)) >= limit;
-}
-
-void upstream_request_sent(pf_upstream *up, uint64_t timeout_ms) {
+static void end_body(void *arg, uint64_t timeout_ms) {
+    pf_upstream *up = arg;
+    if (up->req_body == PF_BODY_CHUNKED)
+        evbuffer_add(stream_output(up->stream), "0\r\n\r\n", 5);
     up->request_sent = true;
     up->response_timeout_ms = timeout_ms;
     /* An upstream that answered before the request ended is already timed by its body. */
-    if ((up->connected || up->reused) && !up->head_done)
+    if ((up->connected || up->reused) && !head_done(up))
         timer_set(up, UP_TIMER_RESPONSE, timeout_ms);
 }
 
-void upstream_pause_reading(pf_upstream *up) {
-    if (!up->paused) {
-        up->paused = true;
-        stream_read_enable(up->stream, false);
-        if (up->timer_kind == UP_TIMER_BODY)
-            timer_stop(up);
-    }
+static bool output_full(const void *arg, size_t limit) {
+    const pf_upstream *up = arg;
+    return evbuffer_get_length(stream_output(up->stream)) >= limit;
 }
 
-void upstream_resume_reading(pf_upstream *up) {
+static void resume(void *arg) {
+    pf_upstream *up = arg;
     if (up->paused) {
         up->paused = false;
         stream_read_enable(up->stream, true);
@@ -417,19 +470,17 @@ void upstream_resume_reading(pf_upstream *up) {
     }
 }
 
-const pf_head *upstream_response_head(const pf_upstream *up) {
-    return &up->resp;
-}
-
-void upstream_release(pf_upstream *up, bool reusable) {
+static void release(void *arg, bool reusable) {
+    pf_upstream *up = arg;
     if (!up)
         return;
     up->owner = NULL;
     up->stats = NULL;
     timer_stop(up);
     pf_worker_cluster *wc = up->wc;
-    /* Unsent request bytes would go out ahead of the next request: not reusable. */
-    if (evbuffer_get_length(stream_output(up->stream)) > 0)
+    /* Unsent request bytes would go out ahead of the next request, and the rest of a
+     * response would answer it: not reusable. */
+    if (evbuffer_get_length(stream_output(up->stream)) > 0 || up->state != UP_COMPLETE)
         reusable = false;
     if (!reusable || atomic_load_explicit(&up->w->proxy->draining, memory_order_relaxed) ||
         wc->rt->cfg->max_idle_per_endpoint == 0) {
@@ -441,6 +492,7 @@ void upstream_release(pf_upstream *up, bool reusable) {
         upstream_free(up);
         return;
     }
+    set_state(up, UP_IDLE);
     llhttp_init(&up->parser, HTTP_RESPONSE, response_settings());
     up->parser.data = up;
     up->paused = false;
@@ -451,6 +503,15 @@ void upstream_release(pf_upstream *up, bool reusable) {
     b->idle_count++;
     timer_set(up, UP_TIMER_IDLE, wc->rt->cfg->upstream_idle_timeout_ms);
 }
+
+const pf_upstream_ops upstream_http1_ops = {
+    .start = start,
+    .write_body = write_body,
+    .end_body = end_body,
+    .output_full = output_full,
+    .resume = resume,
+    .release = release,
+};
 
 /* ---- llhttp response callbacks ---------------------------------------------------- */
 
@@ -483,18 +544,15 @@ static int on_headers_complete(llhttp_t *p) {
             up->parse_error = 502;
             return -1;
         }
-        up->interim = true;
-        conn_on_response_interim(up->owner, up, status);
+        set_state(up, UP_INTERIM);
+        exchange_on_response_interim(up->owner, &up->resp, status);
         return 0;
     }
-    up->head_done = true;
-    pf_body_mode mode = PF_BODY_EOF;
-    if (p->flags & F_CHUNKED)
-        mode = PF_BODY_CHUNKED;
-    else if (p->flags & F_CONTENT_LENGTH)
-        mode = PF_BODY_LENGTH;
+    set_state(up, UP_BODY);
+    pf_body_mode mode = http1_response_body_mode(p->flags & F_CHUNKED, p->flags & F_CONTENT_LENGTH);
     bool skip = false;
-    int rc = conn_on_response_head(up->owner, up, status, mode, p->content_length, &skip);
+    int rc =
+        exchange_on_response_head(up->owner, &up->resp, status, mode, p->content_length, &skip);
     if (rc == PF_RESPONSE_RETRY) {
         /* The owner retries elsewhere; this response is dropped with its connection. */
         up->retry_status = status;
@@ -513,18 +571,18 @@ static int on_headers_complete(llhttp_t *p) {
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {
     pf_upstream *up = p->data;
-    conn_on_response_body(up->owner, at, len);
+    exchange_on_response_body(up->owner, at, len);
     return 0;
 }
 
 static int on_message_complete(llhttp_t *p) {
     pf_upstream *up = p->data;
-    if (up->interim) {
-        up->interim = false;
+    if (up->state == UP_INTERIM) {
+        set_state(up, UP_AWAIT_HEAD);
         http1_head_reset(&up->resp);
         return 0;
     }
-    up->complete = true;
+    set_state(up, UP_COMPLETE);
     return HPE_PAUSED;
 }
 

@@ -1,6 +1,8 @@
 /* libFuzzer harness for the HTTP/1 head store and writers (proxy/http1.c) behind llhttp,
  * wired as conn.c (requests) and upstream.c (responses) wire them: llhttp's split callbacks
- * into pf_head, then the head pilotfish forwards. The forwarded head is parsed again and
+ * into pf_head, the same pure checks conn.c makes (token names, obs-fold, target, Host,
+ * body mode, response framing: the http1_* decisions, not copies), then the head
+ * pilotfish forwards. The forwarded head is parsed again and
  * must be valid HTTP/1.1 with one Host (requests), no hop-by-hop field and only
  * pilotfish's own framing: the properties that keep a proxy from being a smuggling relay.
  *
@@ -30,6 +32,8 @@ typedef struct message {
     struct evbuffer *out; /* the heads pilotfish writes */
     bool reparsing;       /* this message is a head pilotfish wrote, parsed again */
     bool checked;         /* ... and it reached its end */
+    bool value_ended_at_read_end;
+    const char *read_start, *read_end; /* the piece llhttp is executing now */
 } message;
 
 static int on_first(llhttp_t *p, const char *at, size_t len) {
@@ -39,11 +43,20 @@ static int on_first(llhttp_t *p, const char *at, size_t len) {
 
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
     message *m = p->data;
+    /* conn.c refuses a request whose field name is not a token */
+    if (m->type == HTTP_REQUEST && !m->reparsing && !http1_is_token(at, len))
+        return -1;
     return http1_head_append_name(&m->head, at, len) == PF_OK ? 0 : -1;
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
     message *m = p->data;
+    /* ... and one with an obs-fold, told from a read boundary as conn.c tells it */
+    if (m->type == HTTP_REQUEST && !m->reparsing &&
+        http1_value_is_fold(m->head.last_was_value, m->value_ended_at_read_end,
+                            at == m->read_start))
+        return -1;
+    m->value_ended_at_read_end = at + len == m->read_end;
     return http1_head_append_value(&m->head, at, len) == PF_OK ? 0 : -1;
 }
 
@@ -65,15 +78,23 @@ static void check_names(const pf_head *h) {
 static void forward_request(llhttp_t *p, message *m) {
     const pf_head *h = &m->head;
     /* conn.c answers these itself and forwards nothing */
-    if (p->http_major != 1 || p->http_minor > 1 || p->method == HTTP_CONNECT || h->first_len == 0 ||
-        http1_first(h)[0] != '/')
+    if (p->http_major != 1 || p->http_minor > 1 || p->method == HTTP_CONNECT)
         return;
+    pf_target t;
+    if (http1_parse_target(http1_first(h), h->first_len, p->method == HTTP_OPTIONS, &t) != PF_OK)
+        return;
+    CHECK(t.target_len > 0 && t.path_len <= t.target_len + 1);
+    CHECK(t.target[0] == '/' || t.target[0] == '*' || (t.root_first && t.target[0] == '?'));
     size_t hosts;
     long host = http1_find(h, "host", &hosts);
-    if (hosts > 1 || (hosts == 0 && p->http_minor == 1))
+    if (http1_check_host(hosts, p->http_minor, t.authority != NULL))
         return;
-    const char *authority = host >= 0 ? http1_value(h, (size_t)host) : "";
-    size_t authority_len = host >= 0 ? h->headers[host].value_len : 0;
+    const char *authority = t.authority ? t.authority
+                            : host >= 0 ? http1_value(h, (size_t)host)
+                                        : "";
+    size_t authority_len = t.authority ? t.authority_len
+                           : host >= 0 ? h->headers[host].value_len
+                                       : 0;
     char name[256];
     int port;
     if (authority_len &&
@@ -84,36 +105,32 @@ static void forward_request(llhttp_t *p, message *m) {
     if (id >= 0)
         pf_json_escape(request_id, sizeof request_id, http1_value(h, (size_t)id),
                        h->headers[id].value_len);
-    pf_body_mode body = PF_BODY_NONE;
-    if (p->flags & F_CHUNKED)
-        body = PF_BODY_CHUNKED;
-    else if ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0)
-        body = PF_BODY_LENGTH;
     pf_forward_request fwd = {
         .method = llhttp_method_name((llhttp_method_t)p->method),
-        .target = http1_first(h),
-        .target_len = h->first_len,
+        .target = t.target,
+        .target_len = t.target_len,
+        .root_first = t.root_first,
         .host = authority,
         .host_len = authority_len,
         .client_ip = "192.0.2.1",
         .proto = "http",
         .request_id = id >= 0 ? NULL : "00000000-0000-4000-8000-000000000000",
-        .body = body,
+        .body = http1_request_body_mode(p->flags & F_CHUNKED, p->flags & F_CONTENT_LENGTH,
+                                        p->content_length),
         .content_length = p->content_length,
     };
     CHECK(http1_write_request_head(m->out, h, &fwd) == PF_OK);
 }
 
 static void forward_response(llhttp_t *p, message *m) {
-    pf_body_mode body = PF_BODY_EOF;
-    if (p->flags & F_CHUNKED)
-        body = PF_BODY_CHUNKED;
-    else if (p->flags & F_CONTENT_LENGTH)
-        body = PF_BODY_LENGTH;
+    pf_body_mode body = http1_response_body_mode(p->flags & F_CHUNKED, p->flags & F_CONTENT_LENGTH);
+    /* the framing conn.c picks for an HTTP/1.1 client's GET */
+    pf_response_framing f = http1_response_framing(false, p->status_code, body, 1);
+    CHECK(!f.close && !f.skip_body);
     pf_forward_response fwd = {
         .status = p->status_code,
         .client_minor = 1,
-        .body = body,
+        .body = f.head_body,
         .content_length = p->content_length,
         .keep_alive = llhttp_should_keep_alive(p),
         .attempts = 2,
@@ -218,6 +235,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     p.data = &m;
     for (size_t off = 0; off < len; off += piece) {
         size_t n = len - off < piece ? len - off : piece;
+        m.read_start = in + off;
+        m.read_end = in + off + n;
         if (llhttp_execute(&p, in + off, n) != HPE_OK)
             break;
     }

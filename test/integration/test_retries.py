@@ -216,6 +216,41 @@ def test_every_backend_failing_returns_the_5xx_after_bounded_attempts(
     assert s1.requests + s2.requests == n * 3
 
 
+def test_request_body_up_to_buffer_bytes_is_replayed_and_a_larger_one_is_not(
+    start_pilotfish, scripted
+):
+    s1, s2 = scripted(500), scripted(500)
+    retry = {
+        "on": ["5xx"],
+        "max_retries": 1,
+        "backoff": {"base": "1ms", "max": "2ms"},
+        "buffer_bytes": 1000,
+    }
+    pf = start_pilotfish(one_cluster_config([s1.address, s2.address], retry=retry), workers=1)
+    for size, attempts in ((1000, "2"), (1001, "1"), (0, "2")):
+        conn = http.client.HTTPConnection(LOCALHOST, pf.port(), timeout=10.0)
+        try:
+            conn.request("PUT", "/", body=b"x" * size, headers={"Connection": "close"})
+            resp = conn.getresponse()
+            resp.read()
+        finally:
+            conn.close()
+        assert resp.status == 500
+        assert resp.getheader("x-pilotfish-attempts") == attempts, f"a {size}-byte body"
+
+
+def test_gateway_errors_pilotfish_answers_count_in_the_cluster_requests(
+    start_pilotfish, scripted
+):
+    h1, h2 = scripted(None), scripted(None)
+    retry = {"on": ["gateway-error"], "max_retries": 1, "per_try_timeout": "200ms"}
+    pf = start_pilotfish(one_cluster_config([h1.address, h2.address], retry=retry), workers=1)
+    n = 3
+    assert [get(pf.port(), "/").status for _ in range(n)] == [504] * n
+    samples = pf.metrics()
+    assert metric_sum(samples, "pilotfish_upstream_requests_total", cluster="c", code_class="5xx") == n
+
+
 def test_spent_retry_budget_sends_the_original_error_back(start_pilotfish, scripted):
     s1, s2 = scripted(503), scripted(503)
     retry = {"on": ["gateway-error"], "max_retries": 2}

@@ -769,6 +769,152 @@ static void test_empty_value_at_the_end_of_the_buffer_stays_in_bounds(void) {
     PF_CHECK(bad == 0, "%zu name lengths put the empty value's NUL past the buffer", bad);
 }
 
+/* ---- pure decisions ------------------------------------------------------------------ */
+
+static void test_request_targets_split_into_forwarded_target_authority_and_path(void) {
+    static const struct {
+        const char *target;
+        bool options;
+        int rc;
+        const char *fwd, *authority, *path;
+        bool root_first;
+    } rows[] = {
+        {"/a/b?c=d", false, PF_OK, "/a/b?c=d", NULL, "/a/b", false},
+        {"/", false, PF_OK, "/", NULL, "/", false},
+        {"*", true, PF_OK, "*", NULL, "*", false},
+        {"*", false, PF_EINVAL, NULL, NULL, NULL, false},
+        {"http://h:8080/p?q", false, PF_OK, "/p?q", "h:8080", "/p", false},
+        {"HTTP://h/p", false, PF_OK, "/p", "h", "/p", false},
+        {"http://h", false, PF_OK, "/", "h", "/", false},
+        {"http://h", true, PF_OK, "*", "h", "*", false},
+        {"http://h?q=1", false, PF_OK, "?q=1", "h", "/", true},
+        {"http://h?q=1", true, PF_OK, "?q=1", "h", "/", true},
+        {"http://u@h/p", false, PF_EINVAL, NULL, NULL, NULL, false},
+        {"http:///p", false, PF_EINVAL, NULL, NULL, NULL, false},
+        {"http://", false, PF_EINVAL, NULL, NULL, NULL, false},
+        {"/p#frag", false, PF_EINVAL, NULL, NULL, NULL, false},
+        {"http://h/p#f", false, PF_EINVAL, NULL, NULL, NULL, false},
+        {"https://h/p", false, PF_EINVAL, NULL, NULL, NULL, false},
+        {"p", false, PF_EINVAL, NULL, NULL, NULL, false},
+        {"", false, PF_EINVAL, NULL, NULL, NULL, false},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        pf_target t;
+        int rc = http1_parse_target(rows[i].target, strlen(rows[i].target), rows[i].options, &t);
+        if (!PF_CHECK(rc == rows[i].rc, "%s: rc %d, want %d", rows[i].target, rc, rows[i].rc) ||
+            rc != PF_OK)
+            continue;
+        PF_CHECK(t.target_len == strlen(rows[i].fwd) &&
+                     strncmp(t.target, rows[i].fwd, t.target_len) == 0,
+                 "%s: target %.*s, want %s", rows[i].target, (int)t.target_len, t.target,
+                 rows[i].fwd);
+        PF_CHECK(t.root_first == rows[i].root_first, "%s: root_first %d", rows[i].target,
+                 t.root_first);
+        if (rows[i].authority)
+            PF_CHECK(t.authority && t.authority_len == strlen(rows[i].authority) &&
+                         strncmp(t.authority, rows[i].authority, t.authority_len) == 0,
+                     "%s: authority %.*s, want %s", rows[i].target, (int)t.authority_len,
+                     t.authority ? t.authority : "", rows[i].authority);
+        else
+            PF_CHECK(t.authority == NULL, "%s: unexpected authority", rows[i].target);
+        PF_CHECK(t.path_len == strlen(rows[i].path) &&
+                     strncmp(t.path, rows[i].path, t.path_len) == 0,
+                 "%s: path %.*s, want %s", rows[i].target, (int)t.path_len, t.path, rows[i].path);
+    }
+}
+
+static void test_token_check_accepts_rfc9110_tchars_only(void) {
+    static const struct {
+        const char *name;
+        bool ok;
+    } rows[] = {
+        {"Content-Type", true}, {"x_y.z~1", true}, {"!#$%&'*+-.^_`|~", true}, {"", true},
+        {"a b", false},         {"a:b", false},    {"a\tb", false},           {"a\"b", false},
+        {"a(b", false},         {"a/b", false},    {"\x80", false},           {"a@b", false},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++)
+        PF_CHECK(http1_is_token(rows[i].name, strlen(rows[i].name)) == rows[i].ok,
+                 "\"%s\": want %d", rows[i].name, rows[i].ok);
+    /* a NUL inside the name is not a token character */
+    CU_ASSERT_FALSE(http1_is_token("a\0b", 3));
+}
+
+static void test_obs_fold_is_a_second_value_span_not_explained_by_a_read_boundary(void) {
+    static const struct {
+        bool open, prev_ended_read, starts_read, fold;
+    } rows[] = {
+        {false, false, false, false}, {false, true, true, false}, {true, true, true, false},
+        {true, false, false, true},   {true, true, false, true},  {true, false, true, true},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++)
+        PF_CHECK(http1_value_is_fold(rows[i].open, rows[i].prev_ended_read, rows[i].starts_read) ==
+                     rows[i].fold,
+                 "row %zu: want %d", i, rows[i].fold);
+}
+
+static void test_host_rules(void) {
+    static const struct {
+        size_t count;
+        int minor;
+        bool authority;
+        const char *want;
+    } rows[] = {
+        {1, 1, false, NULL},
+        {0, 1, false, "missing Host header"},
+        {0, 1, true, NULL},
+        {0, 0, false, NULL},
+        {2, 1, false, "more than one Host header"},
+        {2, 1, true, "more than one Host header"},
+        {2, 0, false, "more than one Host header"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        const char *got = http1_check_host(rows[i].count, rows[i].minor, rows[i].authority);
+        PF_CHECK((got == NULL && rows[i].want == NULL) ||
+                     (got && rows[i].want && strcmp(got, rows[i].want) == 0),
+                 "row %zu: got %s", i, got ? got : "NULL");
+    }
+}
+
+static void test_body_modes(void) {
+    CU_ASSERT_EQUAL(http1_request_body_mode(true, false, 0), PF_BODY_CHUNKED);
+    CU_ASSERT_EQUAL(http1_request_body_mode(false, true, 10), PF_BODY_LENGTH);
+    CU_ASSERT_EQUAL(http1_request_body_mode(false, true, 0), PF_BODY_NONE);
+    CU_ASSERT_EQUAL(http1_request_body_mode(false, false, 0), PF_BODY_NONE);
+    CU_ASSERT_EQUAL(http1_response_body_mode(true, false), PF_BODY_CHUNKED);
+    CU_ASSERT_EQUAL(http1_response_body_mode(false, true), PF_BODY_LENGTH);
+    CU_ASSERT_EQUAL(http1_response_body_mode(false, false), PF_BODY_EOF);
+}
+
+static void test_response_framing_by_method_status_and_client_version(void) {
+    static const struct {
+        bool head;
+        int status;
+        pf_body_mode up;
+        int minor;
+        pf_body_mode head_body, body;
+        bool skip, close;
+    } rows[] = {
+        {false, 200, PF_BODY_LENGTH, 1, PF_BODY_LENGTH, PF_BODY_LENGTH, false, false},
+        {false, 200, PF_BODY_CHUNKED, 1, PF_BODY_CHUNKED, PF_BODY_CHUNKED, false, false},
+        {false, 200, PF_BODY_EOF, 1, PF_BODY_CHUNKED, PF_BODY_CHUNKED, false, false},
+        {false, 200, PF_BODY_CHUNKED, 0, PF_BODY_EOF, PF_BODY_EOF, false, true},
+        {false, 200, PF_BODY_LENGTH, 0, PF_BODY_LENGTH, PF_BODY_LENGTH, false, false},
+        {true, 200, PF_BODY_LENGTH, 1, PF_BODY_LENGTH, PF_BODY_NONE, true, false},
+        {true, 200, PF_BODY_CHUNKED, 1, PF_BODY_NONE, PF_BODY_NONE, true, false},
+        {true, 200, PF_BODY_EOF, 0, PF_BODY_NONE, PF_BODY_NONE, true, false},
+        {false, 204, PF_BODY_EOF, 1, PF_BODY_NONE, PF_BODY_NONE, false, false},
+        {false, 304, PF_BODY_LENGTH, 1, PF_BODY_LENGTH, PF_BODY_NONE, false, false},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        pf_response_framing f =
+            http1_response_framing(rows[i].head, rows[i].status, rows[i].up, rows[i].minor);
+        PF_CHECK(f.head_body == rows[i].head_body && f.body == rows[i].body &&
+                     f.skip_body == rows[i].skip && f.close == rows[i].close,
+                 "row %zu: head_body %d body %d skip %d close %d", i, f.head_body, f.body,
+                 f.skip_body, f.close);
+    }
+}
+
 PF_UNIT_MAIN("http1", PF_UNIT_TEST(test_head_collects_target_and_headers_from_llhttp),
              PF_UNIT_TEST(test_head_is_the_same_whatever_the_split_points),
              PF_UNIT_TEST(test_response_reason_is_the_first_span),
@@ -793,4 +939,9 @@ PF_UNIT_MAIN("http1", PF_UNIT_TEST(test_head_collects_target_and_headers_from_ll
              PF_UNIT_TEST(test_first_of_a_head_without_a_buffer_is_an_empty_string),
              PF_UNIT_TEST(test_local_response_is_complete_and_parses),
              PF_UNIT_TEST(test_reason_phrases), PF_UNIT_TEST(test_chunk_is_hex_size_data_and_crlf),
-             PF_UNIT_TEST(test_empty_value_at_the_end_of_the_buffer_stays_in_bounds))
+             PF_UNIT_TEST(test_empty_value_at_the_end_of_the_buffer_stays_in_bounds),
+             PF_UNIT_TEST(test_request_targets_split_into_forwarded_target_authority_and_path),
+             PF_UNIT_TEST(test_token_check_accepts_rfc9110_tchars_only),
+             PF_UNIT_TEST(test_obs_fold_is_a_second_value_span_not_explained_by_a_read_boundary),
+             PF_UNIT_TEST(test_host_rules), PF_UNIT_TEST(test_body_modes),
+             PF_UNIT_TEST(test_response_framing_by_method_status_and_client_version))

@@ -1,0 +1,688 @@
+/* Exchanges: one request and its response, whatever protocol carries them. The
+ * downstream codec hands over a parsed request; from here on this file decides: the
+ * route and cluster, the breakers, the endpoint (avoiding those that already failed this
+ * request), each attempt's timeout, whether a failure is retried and after what backoff,
+ * and what health and the balancer learn from each attempt. Codecs only move bytes.
+ *
+ * Reentrancy rule (as in the codecs): a call into the downstream ops that ends the
+ * response (send_end, reply, abort) may reset this exchange and start the connection's
+ * next request, so nothing here touches the exchange after such a call. */
+#include "proxy/exchange_int.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/time.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the state table ------------------------------------------------------------------ */
+
+#define BIT(s) (1u << (s))
+
+/* allowed[from] is the set of states `from` may move to. */
+static const unsigned allowed[PF_EX_STATE_COUNT] = {
+    /* a request is routed and its first attempt starts, or pilotfish answers it */
+    [PF_EX_IDLE] = BIT(PF_EX_WAITING) | BIT(PF_EX_DONE),
+    /* a response head arrives, the attempt fails into a backoff, or we answer the error */
+    [PF_EX_WAITING] = BIT(PF_EX_STREAMING) | BIT(PF_EX_BACKOFF) | BIT(PF_EX_DONE),
+    /* the next attempt starts, or none can (no endpoint, overloaded, client gone) */
+    [PF_EX_BACKOFF] = BIT(PF_EX_WAITING) | BIT(PF_EX_DONE),
+    /* the body ends, or it is cut */
+    [PF_EX_STREAMING] = BIT(PF_EX_DONE) | BIT(PF_EX_ABORTED),
+    /* the connection goes on with its next request */
+    [PF_EX_DONE] = BIT(PF_EX_IDLE),
+    [PF_EX_ABORTED] = BIT(PF_EX_IDLE),
+};
+
+bool exchange_transition_allowed(pf_exchange_state from, pf_exchange_state to) {
+    if ((unsigned)from >= PF_EX_STATE_COUNT || (unsigned)to >= PF_EX_STATE_COUNT)
+        return false;
+    return (allowed[from] & BIT(to)) != 0;
+}
+
+const char *exchange_state_name(pf_exchange_state s) {
+    static const char *const names[PF_EX_STATE_COUNT] = {
+        [PF_EX_IDLE] = "idle",           [PF_EX_WAITING] = "waiting", [PF_EX_BACKOFF] = "backoff",
+        [PF_EX_STREAMING] = "streaming", [PF_EX_DONE] = "done",       [PF_EX_ABORTED] = "aborted",
+    };
+    return (unsigned)s < PF_EX_STATE_COUNT ? names[s] : "invalid";
+}
+
+void exchange_set_state(pf_exchange *ex, pf_exchange_state to) {
+    if (!exchange_transition_allowed(ex->state, to)) {
+        /* A codec drove the exchange somewhere its life does not go: continuing would
+         * double-answer a client or leak an attempt, so stop here, loudly. */
+        log_error("exchange: illegal move from %s to %s", exchange_state_name(ex->state),
+                  exchange_state_name(to));
+        abort();
+    }
+    ex->state = to;
+}
+
+/* ---- pure decisions ------------------------------------------------------------------ */
+
+bool exchange_method_idempotent(const char *m) {
+    static const char *const idempotent[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
+    for (size_t i = 0; m && i < sizeof idempotent / sizeof idempotent[0]; i++)
+        if (strcmp(m, idempotent[i]) == 0)
+            return true;
+    return false;
+}
+
+bool exchange_retry_wanted(const pf_config_retry *retry, pf_failure kind, int status) {
+    uint32_t on = retry->on;
+    bool gateway = status == 502 || status == 503 || status == 504;
+    switch (kind) {
+    case PF_FAIL_CONNECT:
+        return on & PF_RETRY_CONNECT_FAILURE;
+    case PF_FAIL_RESET:
+        return on & PF_RETRY_RESET;
+    case PF_FAIL_TIMEOUT:
+        return on & (PF_RETRY_GATEWAY_ERROR | PF_RETRY_5XX);
+    case PF_FAIL_STATUS:
+        if (((on & PF_RETRY_5XX) && status >= 500) || ((on & PF_RETRY_GATEWAY_ERROR) && gateway))
+            return true;
+        for (size_t i = 0; (on & PF_RETRY_STATUS_CODES) && i < retry->status_code_count; i++)
+            if (retry->status_codes[i] == status)
+                return true;
+        return false;
+    case PF_FAIL_STALE: /* not the policy's business: see exchange_retry_verdict */
+    case PF_FAIL_PROTOCOL:
+        return false;
+    }
+    return false;
+}
+
+pf_retry_verdict exchange_retry_verdict(const pf_retry_facts *f) {
+    if (f->response_started || !f->replayable || !f->retry)
+        return PF_RETRY_NO;
+    /* A pooled connection the server had closed processed nothing: one free replay. */
+    if (f->kind == PF_FAIL_STALE)
+        return f->stale_retried ? PF_RETRY_NO : PF_RETRY_YES;
+    if (!exchange_retry_wanted(f->retry, f->kind, f->status) || f->retries >= f->retry->max_retries)
+        return PF_RETRY_NO;
+    if (f->deadline_us && f->now_us >= f->deadline_us)
+        return PF_RETRY_NO;
+    /* The budget keeps retries a small share of the traffic, so that a sick cluster is not
+     * buried under its own retries; the breaker caps them outright. */
+    long budget = f->active_requests * (long)f->budget_percent / 100;
+    if (budget < (long)f->budget_min_concurrency)
+        budget = (long)f->budget_min_concurrency;
+    if (f->other_retries >= budget)
+        return PF_RETRY_NO_BUDGET;
+    if (f->other_retries >= (long)f->breaker_max_retries)
+        return PF_RETRY_NO_BREAKER;
+    return PF_RETRY_YES;
+}
+
+uint64_t exchange_backoff_cap_ms(const pf_config_retry *retry, unsigned retries) {
+    unsigned shift = retries == 0 ? 0 : retries - 1 < 16 ? retries - 1 : 16;
+    uint64_t cap = retry->backoff_base_ms << shift;
+    return cap > retry->backoff_max_ms ? retry->backoff_max_ms : cap;
+}
+
+uint64_t exchange_attempt_timeout_ms(uint64_t per_try_ms, uint64_t response_timeout_ms,
+                                     uint64_t deadline_us, uint64_t now_us) {
+    uint64_t ms = per_try_ms ? per_try_ms : response_timeout_ms;
+    if (deadline_us) {
+        uint64_t left = deadline_us > now_us ? (deadline_us - now_us + 999) / 1000 : 1;
+        if (left < ms)
+            ms = left;
+    }
+    return ms;
+}
+
+bool exchange_avoid_has(const pf_avoid *a, uint64_t hash) {
+    for (unsigned k = 0; k < a->count; k++)
+        if (a->hash[k] == hash)
+            return true;
+    return false;
+}
+
+void exchange_avoid_add(pf_avoid *a, uint64_t hash) {
+    if (exchange_avoid_has(a, hash))
+        return;
+    if (a->count == PF_AVOID_MAX) {
+        memmove(a->hash, a->hash + 1, (PF_AVOID_MAX - 1) * sizeof a->hash[0]);
+        a->count--;
+    }
+    a->hash[a->count++] = hash;
+}
+
+/* ---- life cycle ---------------------------------------------------------------------- */
+
+void exchange_init(pf_exchange *ex, pf_worker *w, pf_listener_rt *l, const pf_downstream_ops *down,
+                   void *ds, const char *client_ip) {
+    memset(ex, 0, sizeof *ex);
+    ex->w = w;
+    ex->l = l;
+    ex->down = down;
+    ex->ds = ds;
+    ex->client_ip = client_ip;
+    ex->up_ops = &upstream_http1_ops;
+}
+
+/* Ends the current attempt: the upstream goes back to the pool or closes, and the
+ * endpoint's in-flight count drops. */
+static void end_attempt(pf_exchange *ex, bool reusable) {
+    if (ex->up) {
+        ex->up_ops->release(ex->up, reusable);
+        ex->up = NULL;
+    }
+    /* Once per attempt: several paths end an attempt, and the count must not go below. */
+    if (ex->counted_ep && ex->ep && ex->ep->stats)
+        atomic_fetch_sub_explicit(&ex->ep->stats->active_requests, 1, memory_order_relaxed);
+    ex->counted_ep = false;
+}
+
+/* Ends the request's share of the cluster's in-flight counts (breakers, retry budget). */
+static void end_accounting(pf_exchange *ex) {
+    if (ex->counted_active && ex->wc)
+        atomic_fetch_sub_explicit(&ex->wc->rt->active_requests, 1, memory_order_relaxed);
+    if (ex->counted_retry && ex->wc)
+        atomic_fetch_sub_explicit(&ex->wc->rt->active_retries, 1, memory_order_relaxed);
+    ex->counted_active = ex->counted_retry = false;
+}
+
+void exchange_free(pf_exchange *ex) {
+    end_attempt(ex, false);
+    end_accounting(ex);
+    ex->ep = NULL;
+    discovery_set_unref(ex->set);
+    ex->set = NULL;
+    if (ex->replay)
+        evbuffer_free(ex->replay);
+    ex->replay = NULL;
+    if (ex->retry_timer)
+        event_free(ex->retry_timer);
+    ex->retry_timer = NULL;
+}
+
+void exchange_reset(pf_exchange *ex) {
+    end_attempt(ex, false);
+    end_accounting(ex);
+    if (ex->state != PF_EX_IDLE)
+        exchange_set_state(ex, PF_EX_IDLE);
+    ex->up = NULL;
+    ex->req.head = NULL;
+    ex->method = NULL;
+    ex->request_complete = ex->replayable = ex->stale_retried = false;
+    ex->attempts = ex->retries = 0;
+    ex->status = 0;
+    ex->deadline_us = 0;
+    ex->bytes_in = ex->bytes_out = 0;
+    ex->route = NULL;
+    ex->retry = NULL;
+    ex->avoid.count = 0;
+    ex->authority = ex->path = NULL;
+    ex->authority_len = ex->path_len = 0;
+    ex->request_id[0] = '\0';
+    ex->wc = NULL;
+    ex->ep = NULL;
+    discovery_set_unref(ex->set);
+    ex->set = NULL;
+    if (ex->replay)
+        evbuffer_drain(ex->replay, evbuffer_get_length(ex->replay));
+}
+
+void exchange_begin(pf_exchange *ex, const pf_head *head) {
+    ex->start_us = pf_now_us();
+    ex->req.head = head;
+}
+
+void exchange_describe(pf_exchange *ex, const char *method, const char *authority,
+                       size_t authority_len, const char *path, size_t path_len) {
+    if (!ex->start_us)
+        ex->start_us = pf_now_us();
+    ex->method = method;
+    ex->authority = authority;
+    ex->authority_len = authority_len;
+    ex->path = path;
+    ex->path_len = path_len;
+}
+
+void exchange_log(pf_exchange *ex) {
+    pf_listener_rt *l = ex->l;
+    uint64_t duration = pf_now_us() - ex->start_us;
+    metrics_inc(l->requests[code_class(ex->status)], 1);
+    metrics_observe_us(l->duration, duration);
+    if (ex->wc && ex->ep)
+        metrics_inc(ex->wc->rt->requests[code_class(ex->status)], 1);
+    if (!ex->w->proxy->cfg->access_log)
+        return;
+    const pf_head *h = ex->req.head;
+    pf_access_entry e = {
+        .method = ex->method ? ex->method : "-", /* the request line never parsed */
+        .authority = ex->authority,
+        .authority_len = ex->authority_len,
+        .path = ex->path ? ex->path
+                : h      ? http1_first(h)
+                         : "",
+        .path_len = ex->path ? ex->path_len
+                    : h      ? h->first_len
+                             : 0,
+        .status = ex->status,
+        .bytes_in = ex->bytes_in,
+        .bytes_out = ex->bytes_out,
+        .duration_us = duration,
+        .cluster = ex->wc ? ex->wc->rt->cfg->name : NULL,
+        .upstream = ex->ep ? ex->ep->addr.text : NULL,
+        .request_id = ex->request_id[0] ? ex->request_id : NULL,
+        .client = ex->client_ip,
+    };
+    access_log_write(ex->w, &e);
+}
+
+void exchange_reply(pf_exchange *ex, int status, const char *body, const char *extra_headers) {
+    /* An answer to a failed attempt is the cluster's outcome and counts with the endpoint
+     * that failed; one that cuts an attempt short (the client was too slow, or sent a bad
+     * body) or preempts the next one is not the endpoint's doing. */
+    bool interrupted = ex->up != NULL || ex->state == PF_EX_BACKOFF;
+    end_attempt(ex, false);
+    if (interrupted)
+        ex->ep = NULL;
+    if (ex->state == PF_EX_BACKOFF)
+        evtimer_del(ex->retry_timer);
+    exchange_set_state(ex, PF_EX_DONE);
+    ex->status = status;
+    char extra[192] = "";
+    int n = 0;
+    if (ex->request_id[0])
+        n = snprintf(extra, sizeof extra, "X-Request-Id: %s\r\n", ex->request_id);
+    if (ex->attempts > 0 && n >= 0 && (size_t)n < sizeof extra)
+        n += snprintf(extra + n, sizeof extra - (size_t)n, "x-pilotfish-attempts: %u\r\n",
+                      ex->attempts);
+    if (extra_headers && n >= 0 && (size_t)n < sizeof extra)
+        snprintf(extra + n, sizeof extra - (size_t)n, "%s", extra_headers);
+    if (status >= 400 && status < 500)
+        metrics_inc(ex->l->errors_total, 1);
+    ex->bytes_out += strlen(body); /* body bytes, like a proxied response's */
+    ex->down->reply(ex->ds, status, body, extra);
+}
+
+void exchange_abort(pf_exchange *ex) {
+    end_attempt(ex, false);
+    exchange_set_state(ex, PF_EX_ABORTED);
+}
+
+static void overloaded(pf_exchange *ex) {
+    exchange_reply(ex, 503, "cluster overloaded\n", "x-pilotfish-overloaded: true\r\n");
+}
+
+/* ---- routing and attempts ---------------------------------------------------------- */
+
+static void make_request_id(pf_exchange *ex) {
+    /* RFC 9562 version 4 layout (8-4-4-4-12 hex, version 4, variant 10), so tools that
+     * expect UUIDs accept it. Formatted by hand: this runs on every request. */
+    static const char hex[] = "0123456789abcdef";
+    uint64_t bits[2] = {worker_random(ex->w), worker_random(ex->w)};
+    bits[0] = (bits[0] & ~0xf000ull) | 0x4000ull;
+    bits[1] = (bits[1] & ~(0xc000ull << 48)) | (0x8000ull << 48);
+    char *out = ex->request_id;
+    for (int half = 0; half < 2; half++) {
+        for (int nibble = 15; nibble >= 0; nibble--) {
+            int pos = half * 16 + (15 - nibble);
+            if (pos == 8 || pos == 12 || pos == 16 || pos == 20)
+                *out++ = '-';
+            *out++ = hex[(bits[half] >> (nibble * 4)) & 0xf];
+        }
+    }
+    *out = '\0';
+}
+
+static uint64_t attempt_timeout_ms(const pf_exchange *ex) {
+    return exchange_attempt_timeout_ms(ex->retry->per_try_timeout_ms,
+                                       ex->wc->rt->cfg->response_timeout_ms, ex->deadline_us,
+                                       ex->deadline_us ? pf_now_us() : 0);
+}
+
+static uint64_t addr_hash(const pf_endpoint *ep) {
+    return balancer_hash(ep->addr.text, strlen(ep->addr.text));
+}
+
+static bool is_failed(const pf_exchange *ex, const pf_endpoint *ep) {
+    return ep && ex->avoid.count > 0 && exchange_avoid_has(&ex->avoid, addr_hash(ep));
+}
+
+/* A healthy endpoint, preferring one other than those that failed this request. A retry
+ * that finds no other in the tiers now taking traffic tries the next tier's endpoints,
+ * which discovery still calls healthy. */
+static const pf_endpoint *pick_endpoint(pf_exchange *ex, pf_endpoint_set *set,
+                                        pf_endpoint_set **from) {
+    *from = set;
+    pf_pick_context key =
+        balancer_context(ex->wc->balancer, ex->req.head, ex->client_ip, ex->path, ex->path_len);
+    key.avoid = ex->avoid.hash;
+    key.avoid_count = ex->avoid.count;
+    const pf_endpoint *ep = balancer_pick(ex->wc->balancer, set, &key);
+    for (int tries = 0; is_failed(ex, ep) && tries < 4 && set->healthy_count > 1; tries++)
+        ep = balancer_pick(ex->wc->balancer, set, &key);
+    if (ex->avoid.count == 0 || (ep && !is_failed(ex, ep)))
+        return ep;
+    pf_endpoint_set *raw = ex->wc->cache.set;
+    size_t start = (size_t)worker_random(ex->w);
+    for (size_t k = 0; raw && k < raw->count; k++) {
+        const pf_endpoint *other = &raw->endpoints[(start + k) % raw->count];
+        if (other->healthy && !is_failed(ex, other)) {
+            *from = raw;
+            return other;
+        }
+    }
+    return ep;
+}
+
+/* Hands what the request body has so far (kept for replay) to the new attempt. */
+static void replay_body(pf_exchange *ex) {
+    size_t left = ex->replay ? evbuffer_get_length(ex->replay) : 0;
+    if (left == 0)
+        return;
+    struct evbuffer_iovec vec[8];
+    struct evbuffer_ptr pos;
+    evbuffer_ptr_set(ex->replay, &pos, 0, EVBUFFER_PTR_SET);
+    while (left > 0) {
+        int n = evbuffer_peek(ex->replay, (ev_ssize_t)left, &pos, vec, 8);
+        size_t done = 0;
+        for (int i = 0; i < n && i < 8 && done < left; i++) {
+            size_t len = vec[i].iov_len < left - done ? vec[i].iov_len : left - done;
+            ex->up_ops->write_body(ex->up, vec[i].iov_base, len);
+            done += len;
+        }
+        if (done == 0)
+            break;
+        left -= done;
+        evbuffer_ptr_set(ex->replay, &pos, done, EVBUFFER_PTR_ADD);
+    }
+}
+
+/* Sends the request to an endpoint. Returns 0, or -1 after pilotfish answered it. */
+static int start_attempt(pf_exchange *ex) {
+    pf_endpoint_set *set = worker_cluster_set(ex->wc), *from = NULL;
+    const pf_endpoint *ep = set ? pick_endpoint(ex, set, &from) : NULL;
+    if (!ep) {
+        exchange_reply(ex, 503, "no healthy endpoint in the cluster\n", NULL);
+        return -1;
+    }
+    if (ex->set != from) {
+        /* ex->ep points into this set: hold it for as long as the attempt lasts. */
+        discovery_set_unref(ex->set);
+        ex->set = discovery_set_ref(from);
+    }
+    ex->ep = ep;
+    ex->attempt_us = pf_now_us();
+    if (ep->stats) {
+        atomic_fetch_add_explicit(&ep->stats->active_requests, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ep->stats->requests_total, 1, memory_order_relaxed);
+        ex->counted_ep = true;
+    }
+    bool over = false;
+    ex->up = ex->up_ops->start(ex, ep, &over);
+    if (!ex->up) {
+        end_attempt(ex, false);
+        ex->ep = NULL;
+        if (over)
+            overloaded(ex);
+        else
+            exchange_reply(ex, 503, "cannot open an upstream connection\n", NULL);
+        return -1;
+    }
+    ex->attempts++;
+    exchange_set_state(ex, PF_EX_WAITING);
+    replay_body(ex);
+    if (ex->request_complete)
+        ex->up_ops->end_body(ex->up, attempt_timeout_ms(ex));
+    return 0;
+}
+
+void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char *host, int port) {
+    ex->req = *req;
+    long id = http1_find(req->head, "x-request-id", NULL);
+    if (id >= 0) {
+        pf_json_escape(ex->request_id, sizeof ex->request_id, http1_value(req->head, (size_t)id),
+                       req->head->headers[id].value_len);
+        ex->req.fwd.request_id = NULL; /* the client's goes upstream as it came */
+    } else {
+        make_request_id(ex);
+        ex->req.fwd.request_id = ex->request_id;
+    }
+
+    /* Configured routes first; then the services discovery found, by authority. */
+    /* OPTIONS * asks about the server as a whole: it goes where its root would. */
+    bool asterisk = ex->path_len == 1 && ex->path[0] == '*';
+    const pf_config_route *route =
+        router_find(ex->l->router, host, port, asterisk ? "/" : ex->path, ex->path_len);
+    long cluster_index = route ? (long)route->cluster_index
+                               : service_routes_find(worker_service_routes(ex->w), host, port);
+    if (cluster_index < 0) {
+        exchange_reply(ex, 404, "no route for this host and path\n", NULL);
+        return;
+    }
+    ex->route = route;
+    ex->wc = worker_cluster(ex->w, (size_t)cluster_index);
+    if (!ex->wc) {
+        exchange_reply(ex, 503, "out of memory\n", NULL);
+        return;
+    }
+    pf_cluster_rt *rt = ex->wc->rt;
+    ex->retry = route && route->has_retry ? &route->retry : &rt->cfg->retry;
+    if (route && route->timeout_ms)
+        ex->deadline_us = ex->start_us + route->timeout_ms * 1000u;
+    if ((uint64_t)atomic_load_explicit(&rt->active_requests, memory_order_relaxed) >=
+        rt->cfg->breakers.max_requests) {
+        metrics_inc(rt->overflow_requests, 1);
+        overloaded(ex);
+        return;
+    }
+    atomic_fetch_add_explicit(&rt->active_requests, 1, memory_order_relaxed);
+    ex->counted_active = true;
+    /* The cluster's protocol would choose the upstream codec here; HTTP/1 is the only one. */
+    ex->up_ops = &upstream_http1_ops;
+    ex->replayable = exchange_method_idempotent(ex->method) || ex->retry->non_idempotent;
+    start_attempt(ex);
+}
+
+void exchange_request_body(pf_exchange *ex, const char *at, size_t len) {
+    ex->bytes_in += len;
+    if (ex->replayable) {
+        /* Kept for a retry while it is no larger than retry.buffer_bytes; past that, no
+         * retry. (The head is written again for each attempt, so only the body counts.) */
+        if (!ex->replay)
+            ex->replay = evbuffer_new();
+        size_t kept = ex->replay ? evbuffer_get_length(ex->replay) : 0;
+        if (!ex->replay || kept + len > ex->retry->buffer_bytes) {
+            ex->replayable = false;
+            if (ex->replay)
+                evbuffer_drain(ex->replay, kept);
+        } else if (evbuffer_add(ex->replay, at, len) != 0) {
+            ex->replayable = false;
+        }
+    }
+    /* Without an upstream: answered locally, or backing off (the replay has it). */
+    if (ex->up)
+        ex->up_ops->write_body(ex->up, at, len);
+}
+
+void exchange_request_end(pf_exchange *ex) {
+    ex->request_complete = true;
+    if (ex->up)
+        ex->up_ops->end_body(ex->up, attempt_timeout_ms(ex));
+}
+
+bool exchange_request_blocked(const pf_exchange *ex, size_t limit) {
+    return ex->state == PF_EX_BACKOFF || (ex->up && ex->up_ops->output_full(ex->up, limit));
+}
+
+void exchange_downstream_writable(pf_exchange *ex) {
+    if (ex->up && !ex->down->output_full(ex->ds))
+        ex->up_ops->resume(ex->up);
+}
+
+/* ---- retries ------------------------------------------------------------------------- */
+
+/* Whether the failure of the current attempt may be answered by another attempt. */
+static bool may_retry(pf_exchange *ex, pf_failure kind, int status) {
+    if (!ex->retry || !ex->wc)
+        return false;
+    pf_cluster_rt *rt = ex->wc->rt;
+    long retrying = atomic_load_explicit(&rt->active_retries, memory_order_relaxed);
+    if (ex->counted_retry)
+        retrying--; /* this request already holds its place */
+    pf_retry_facts f = {
+        .kind = kind,
+        .status = status,
+        .response_started = ex->state != PF_EX_WAITING,
+        .replayable = ex->replayable,
+        .stale_retried = ex->stale_retried,
+        .retries = ex->retries,
+        .now_us = ex->deadline_us ? pf_now_us() : 0,
+        .deadline_us = ex->deadline_us,
+        .active_requests = atomic_load_explicit(&rt->active_requests, memory_order_relaxed),
+        .other_retries = retrying,
+        .retry = ex->retry,
+        .budget_percent = rt->cfg->budget_percent,
+        .budget_min_concurrency = rt->cfg->budget_min_concurrency,
+        .breaker_max_retries = rt->cfg->breakers.max_retries,
+    };
+    switch (exchange_retry_verdict(&f)) {
+    case PF_RETRY_YES:
+        return true;
+    case PF_RETRY_NO_BUDGET:
+        metrics_inc(rt->retry_budget_exhausted, 1);
+        return false;
+    case PF_RETRY_NO_BREAKER:
+        metrics_inc(rt->overflow_retries, 1);
+        return false;
+    case PF_RETRY_NO:
+        break;
+    }
+    return false;
+}
+
+static void on_retry_timer(evutil_socket_t fd, short what, void *arg) {
+    pf_exchange *ex = arg;
+    if (start_attempt(ex) != 0)
+        return;
+    ex->down->request_writable(ex->ds, true);
+}
+
+/* Starts the next attempt after a backoff (none for a dead pooled connection). Returns
+ * false when no timer can be had: then the failure is answered instead. */
+static bool schedule_retry(pf_exchange *ex, pf_failure kind) {
+    if (!ex->retry_timer)
+        ex->retry_timer = evtimer_new(ex->w->base, on_retry_timer, ex);
+    if (!ex->retry_timer)
+        return false;
+    if (kind == PF_FAIL_STALE) {
+        ex->stale_retried = true;
+    } else {
+        ex->retries++;
+        metrics_inc(ex->wc->rt->retries, 1);
+        if (!ex->counted_retry) {
+            atomic_fetch_add_explicit(&ex->wc->rt->active_retries, 1, memory_order_relaxed);
+            ex->counted_retry = true;
+        }
+    }
+    if (ex->ep)
+        exchange_avoid_add(&ex->avoid, addr_hash(ex->ep));
+    uint64_t delay = 0;
+    if (kind != PF_FAIL_STALE) {
+        /* Exponential backoff with full jitter, capped. */
+        uint64_t cap = exchange_backoff_cap_ms(ex->retry, ex->retries);
+        delay = cap ? worker_random(ex->w) % (cap + 1) : 0;
+    }
+    exchange_set_state(ex, PF_EX_BACKOFF);
+    struct timeval tv = pf_timeval_ms(delay);
+    evtimer_add(ex->retry_timer, &tv);
+    return true;
+}
+
+/* ---- called by upstream codecs -------------------------------------------------------- */
+
+/* Tells passive outlier detection how the attempt on ex->ep went. */
+static void report(pf_exchange *ex, pf_health_outcome outcome) {
+    if (ex->ep && ex->wc)
+        health_report(ex->wc->rt->health, ex->ep, outcome);
+}
+
+int exchange_on_response_head(pf_exchange *ex, const pf_head *resp, int status,
+                              pf_body_mode upstream_body, uint64_t content_length,
+                              bool *skip_body) {
+    report(ex, health_outcome_of_status(status));
+    /* Latency feedback; a fast 5xx must not make a failing endpoint look fast. */
+    if (ex->ep && status < 500) {
+        uint64_t latency_us = pf_now_us() - ex->attempt_us;
+        balancer_on_response(ex->wc->balancer, ex->ep, latency_us);
+        health_report_latency(ex->wc->rt->health, ex->ep, latency_us);
+    }
+    if (status >= 500 && may_retry(ex, PF_FAIL_STATUS, status))
+        return PF_RESPONSE_RETRY;
+    ex->status = status;
+    exchange_set_state(ex, PF_EX_STREAMING);
+    return ex->down->send_head(ex->ds, resp, status, upstream_body, content_length, skip_body);
+}
+
+void exchange_on_response_interim(pf_exchange *ex, const pf_head *resp, int status) {
+    ex->down->send_interim(ex->ds, resp, status);
+}
+
+void exchange_on_response_body(pf_exchange *ex, const char *at, size_t len) {
+    ex->bytes_out += len;
+    ex->down->send_body(ex->ds, at, len);
+}
+
+void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable) {
+    exchange_set_state(ex, PF_EX_DONE);
+    end_attempt(ex, upstream_reusable && ex->request_complete);
+    ex->down->send_end(ex->ds);
+}
+
+void exchange_on_upstream_error(pf_exchange *ex, int status, const char *reason, pf_failure kind) {
+    /* A pooled connection the server closed says nothing about the endpoint's health; a
+     * status was reported when its head arrived. */
+    if (kind != PF_FAIL_STALE && kind != PF_FAIL_STATUS)
+        report(ex, PF_HEALTH_GATEWAY_FAILURE);
+    end_attempt(ex, false);
+    if (may_retry(ex, kind, status)) {
+        const char *failed = ex->ep ? ex->ep->addr.text : "-";
+        if (schedule_retry(ex, kind)) {
+            log_debug("retrying client=%s cluster=%s failed=%s reason=\"%s\" attempt=%u",
+                      ex->client_ip, ex->wc->rt->cfg->name, failed, reason, ex->attempts + 1);
+            return;
+        }
+    }
+    if (ex->state == PF_EX_STREAMING) {
+        /* Part of the response is out: what was received still goes out; then the close,
+         * without a last chunk or the promised length, tells the client it is cut. */
+        log_debug("response cut client=%s reason=\"%s\"", ex->client_ip, reason);
+        exchange_set_state(ex, PF_EX_ABORTED);
+        ex->down->abort(ex->ds);
+        return;
+    }
+    char body[128];
+    snprintf(body, sizeof body, "%s\n", reason);
+    exchange_reply(ex, status, body, NULL);
+}
+
+void exchange_on_upstream_writable(pf_exchange *ex) {
+    ex->down->request_writable(ex->ds, false);
+}
+
+bool exchange_downstream_full(const pf_exchange *ex) {
+    return ex->down->output_full(ex->ds);
+}
+
+void exchange_wait_for_downstream(pf_exchange *ex) {
+    ex->down->wait_for_output(ex->ds);
+}
+
+pf_worker *exchange_worker(const pf_exchange *ex) {
+    return ex->w;
+}
+
+pf_worker_cluster *exchange_cluster(const pf_exchange *ex) {
+    return ex->wc;
+}
+
+const pf_exchange_request *exchange_request(const pf_exchange *ex) {
+    return &ex->req;
+}

@@ -1,0 +1,243 @@
+/* Private to proxy/: the exchange, one request and its response, apart from the codecs
+ * that carry it. A downstream codec (HTTP/1 today: conn.c) parses a request head and
+ * starts an exchange; the exchange routes it, picks endpoints, runs the attempts, retries
+ * and timeouts, and reports outcomes to health and the balancer; an upstream codec
+ * (HTTP/1 today: upstream.c) carries each attempt. The two sides meet only through the
+ * two tables of operations below, so a second protocol plugs in on either side without
+ * touching routing, balancing or retries. */
+#ifndef PF_PROXY_EXCHANGE_INT_H
+#define PF_PROXY_EXCHANGE_INT_H
+
+#include "proxy/proxy_int.h"
+
+/* Where an exchange is in its life. Every move goes through exchange_set_state, which
+ * aborts on a move the table in exchange.c does not allow. Whether the request body has
+ * fully arrived is orthogonal (request_complete), as is the downstream's keep-alive. */
+typedef enum pf_exchange_state {
+    PF_EX_IDLE,      /* no request yet (or the last one was reset) */
+    PF_EX_WAITING,   /* an attempt is in flight: connecting, sending or awaiting the head */
+    PF_EX_BACKOFF,   /* the last attempt failed; the next one waits for its backoff */
+    PF_EX_STREAMING, /* an upstream response head went downstream; its body follows */
+    PF_EX_DONE,      /* a complete response went downstream (the upstream's or our own) */
+    PF_EX_ABORTED,   /* the response was cut after it started: the downstream closes */
+    PF_EX_STATE_COUNT
+} pf_exchange_state;
+
+typedef struct pf_exchange pf_exchange;
+
+/* What the exchange asks of the downstream codec (the side that talks to the client).
+ * `ds` is the codec's own object. Called on the worker thread only. */
+typedef struct pf_downstream_ops {
+    /* Frames and queues an upstream's response head; sets *skip_body when the upstream
+     * will send no body (HEAD). Returns 0 or a PF_E* code. */
+    int (*send_head)(void *ds, const pf_head *resp, int status, pf_body_mode upstream_body,
+                     uint64_t content_length, bool *skip_body);
+    /* A 1xx response before the final one. */
+    void (*send_interim)(void *ds, const pf_head *resp, int status);
+    void (*send_body)(void *ds, const char *at, size_t len);
+    /* The response is complete (the exchange is DONE): end it and go on or close. */
+    void (*send_end)(void *ds);
+    /* A response pilotfish makes itself (the exchange is DONE): status, plain-text body
+     * and extra "Name: value\r\n" lines (or NULL). The codec decides whether the
+     * connection stays, e.g. not while a request body nobody will read is still coming. */
+    void (*reply)(void *ds, int status, const char *body, const char *extra_headers);
+    /* The response was cut after it started (the exchange is ABORTED): the only honest
+     * signal left is to end the stream or connection without a proper end. */
+    void (*abort)(void *ds);
+    /* Whether the client's output holds as much as it may (the upstream stops reading),
+     * and the call that follows when it does. */
+    bool (*output_full)(const void *ds);
+    void (*wait_for_output)(void *ds);
+    /* The upstream took request bytes (after_retry: a new attempt started): the codec may
+     * read more request body. */
+    void (*request_writable)(void *ds, bool after_retry);
+} pf_downstream_ops;
+
+/* The request as the exchange forwards it: the downstream's head (borrowed until the
+ * exchange is reset) and what pilotfish adds. */
+typedef struct pf_exchange_request {
+    const pf_head *head;
+    pf_forward_request fwd;
+} pf_exchange_request;
+
+/* What the exchange asks of an upstream codec (the side that talks to endpoints). `up` is
+ * the codec's own object for one attempt. Called on the worker thread only. */
+typedef struct pf_upstream_ops {
+    /* Starts an attempt of ex's request on ep: a pooled or new connection, the request
+     * head queued. NULL when no connection may open (*overloaded: a breaker said no). */
+    void *(*start)(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded);
+    /* Queues request body bytes, framed as the request's body mode requires. */
+    void (*write_body)(void *up, const char *at, size_t len);
+    /* The request is complete: ends its body and starts the response timeout. */
+    void (*end_body)(void *up, uint64_t response_timeout_ms);
+    bool (*output_full)(const void *up, size_t limit);
+    /* The client's output has room again: read the response on. */
+    void (*resume)(void *up);
+    /* Ends the attempt: back to the pool when reusable, else closed (a cancel). */
+    void (*release)(void *up, bool reusable);
+} pf_upstream_ops;
+
+/* The HTTP/1 upstream codec (upstream.c). */
+extern const pf_upstream_ops upstream_http1_ops;
+
+/* The endpoints an exchange failed on (balancer_hash of their addresses, the latest
+ * PF_AVOID_MAX), avoided by its next attempts. */
+typedef struct pf_avoid {
+    uint64_t hash[PF_AVOID_MAX];
+    unsigned count;
+} pf_avoid;
+
+/* Embedded in its downstream connection (not opaque): no allocation per request. Only
+ * exchange.c writes its fields; codecs read the few they log or frame with. */
+struct pf_exchange {
+    pf_exchange_state state;
+    pf_worker *w;
+    pf_listener_rt *l;
+    const pf_downstream_ops *down;
+    void *ds;
+    const pf_upstream_ops *up_ops;
+    void *up;                  /* the attempt in flight; NULL between attempts */
+    struct event *retry_timer; /* created on the first retry, kept for the connection */
+    const char *client_ip;
+
+    pf_exchange_request req;
+    const char *method;    /* for the access log */
+    bool request_complete; /* the request (and its body) fully arrived */
+    bool replayable;       /* replay holds the whole body received so far */
+    bool stale_retried;    /* the one free replay after a dead pooled connection was used */
+    bool counted_active;   /* in the cluster's requests in flight */
+    bool counted_retry;    /* in the cluster's retries in flight */
+    bool counted_ep;       /* in ep's requests in flight */
+    unsigned attempts;
+    unsigned retries;
+    int status;
+    uint64_t start_us;
+    uint64_t deadline_us; /* route timeout; 0: none */
+    uint64_t attempt_us;  /* when the attempt in flight picked its endpoint */
+    uint64_t bytes_in, bytes_out;
+    const pf_config_route *route;
+    const pf_config_retry *retry;
+    pf_avoid avoid;
+    const char *authority;
+    size_t authority_len;
+    const char *path;
+    size_t path_len;
+    char request_id[40];
+    pf_worker_cluster *wc;
+    pf_endpoint_set *set; /* holds ep's set while ep is used */
+    const pf_endpoint *ep;
+    struct evbuffer *replay; /* the request body as received, while a retry is possible */
+};
+
+/* ---- life cycle (downstream codec) -------------------------------------------------- */
+
+/* Sets up an exchange embedded in a connection; nothing is allocated. */
+void exchange_init(pf_exchange *ex, pf_worker *w, pf_listener_rt *l, const pf_downstream_ops *down,
+                   void *ds, const char *client_ip);
+/* Frees what the exchange holds, ending any attempt. */
+void exchange_free(pf_exchange *ex);
+/* Back to IDLE for the next request on the same connection; ends any attempt and the
+ * cluster accounting. Buffers are kept. */
+void exchange_reset(pf_exchange *ex);
+/* A new request head started arriving into `head` (borrowed until the reset); its
+ * duration counts from here. */
+void exchange_begin(pf_exchange *ex, const pf_head *head);
+/* What the access log says of the request, as the codec learns it (method name, and the
+ * authority and path it is routed by); the pointers are borrowed until the reset. */
+void exchange_describe(pf_exchange *ex, const char *method, const char *authority,
+                       size_t authority_len, const char *path, size_t path_len);
+
+/* Starts the exchange for a complete, valid, described request head: request id, route,
+ * cluster, breakers, first attempt. `host`/`port` are the parsed authority (host "" and
+ * port -1 without one). Whatever happens is reported through the downstream ops (a local
+ * reply when nothing can go upstream). */
+void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char *host, int port);
+/* Request body bytes, and the request's end. */
+void exchange_request_body(pf_exchange *ex, const char *at, size_t len);
+void exchange_request_end(pf_exchange *ex);
+/* Whether the request body should wait: backing off, or the upstream's output holds
+ * `limit` bytes or more. */
+bool exchange_request_blocked(const pf_exchange *ex, size_t limit);
+/* The client's output drained: the response may flow again. */
+void exchange_downstream_writable(pf_exchange *ex);
+
+/* Answers the request with pilotfish's own response (also before exchange_start, for a
+ * request the codec refused): the exchange is DONE with `status`. */
+void exchange_reply(pf_exchange *ex, int status, const char *body, const char *extra_headers);
+/* The downstream gave up on a response that had started (client gone, timeouts): ABORTED. */
+void exchange_abort(pf_exchange *ex);
+/* Counts and logs the outcome (metrics, access log). Once per request. */
+void exchange_log(pf_exchange *ex);
+
+/* ---- called by upstream codecs as the attempt goes --------------------------------- */
+
+/* The response head. Returns 0, PF_RESPONSE_RETRY (drop the response: a retry follows),
+ * or a PF_E* code. */
+int exchange_on_response_head(pf_exchange *ex, const pf_head *resp, int status,
+                              pf_body_mode upstream_body, uint64_t content_length, bool *skip_body);
+void exchange_on_response_interim(pf_exchange *ex, const pf_head *resp, int status);
+void exchange_on_response_body(pf_exchange *ex, const char *at, size_t len);
+void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable);
+/* The attempt failed. `status` is what to answer if nothing was sent yet (502/503/504),
+ * unless a retry follows. The upstream is released by the call. */
+void exchange_on_upstream_error(pf_exchange *ex, int status, const char *reason, pf_failure kind);
+/* The upstream's output drained. */
+void exchange_on_upstream_writable(pf_exchange *ex);
+/* Whether the client's output is full, and the call when the upstream stopped for it. */
+bool exchange_downstream_full(const pf_exchange *ex);
+void exchange_wait_for_downstream(pf_exchange *ex);
+/* What the upstream codec needs of the cluster and request. */
+pf_worker *exchange_worker(const pf_exchange *ex);
+pf_worker_cluster *exchange_cluster(const pf_exchange *ex);
+const pf_exchange_request *exchange_request(const pf_exchange *ex);
+
+/* ---- pure decisions (unit-tested with tables) ----------------------------------------- */
+
+/* Whether the state table allows moving from `from` to `to`. */
+bool exchange_transition_allowed(pf_exchange_state from, pf_exchange_state to);
+const char *exchange_state_name(pf_exchange_state s);
+/* Moves ex to `to`; a move the table forbids is a bug and aborts with both names. */
+void exchange_set_state(pf_exchange *ex, pf_exchange_state to);
+
+/* RFC 9110 9.2.2: GET, HEAD, OPTIONS, TRACE, PUT and DELETE are idempotent. */
+bool exchange_method_idempotent(const char *method);
+
+/* Whether the retry policy names this failure at all. */
+bool exchange_retry_wanted(const pf_config_retry *retry, pf_failure kind, int status);
+
+typedef enum {
+    PF_RETRY_NO,
+    PF_RETRY_YES,
+    PF_RETRY_NO_BUDGET,  /* the retry budget is spent */
+    PF_RETRY_NO_BREAKER, /* the max_retries breaker is open */
+} pf_retry_verdict;
+
+/* Everything a retry decision depends on. */
+typedef struct pf_retry_facts {
+    pf_failure kind;
+    int status;
+    bool response_started;
+    bool replayable;
+    bool stale_retried;
+    unsigned retries;
+    uint64_t now_us, deadline_us; /* deadline 0: none */
+    long active_requests;         /* the cluster's requests in flight */
+    long other_retries;           /* the cluster's retries in flight, not counting this one */
+    const pf_config_retry *retry; /* NULL: no policy */
+    uint32_t budget_percent, budget_min_concurrency, breaker_max_retries;
+} pf_retry_facts;
+
+/* May the failed attempt be followed by another? */
+pf_retry_verdict exchange_retry_verdict(const pf_retry_facts *f);
+/* The backoff cap before retry number `retries` (1-based): exponential, capped; the delay
+ * is drawn uniformly from [0, cap]. */
+uint64_t exchange_backoff_cap_ms(const pf_config_retry *retry, unsigned retries);
+/* How long an attempt may wait for its response head: the per-try timeout, else the
+ * cluster's response timeout, never past the deadline (0: none); at least 1 ms. */
+uint64_t exchange_attempt_timeout_ms(uint64_t per_try_ms, uint64_t response_timeout_ms,
+                                     uint64_t deadline_us, uint64_t now_us);
+bool exchange_avoid_has(const pf_avoid *a, uint64_t hash);
+/* Remembers hash; past PF_AVOID_MAX the oldest is forgotten. */
+void exchange_avoid_add(pf_avoid *a, uint64_t hash);
+
+#endif

@@ -1,0 +1,298 @@
+/* Unit tests for proxy/exchange: the state table and its enforcement (an illegal move
+ * aborts the process, checked in a child), and the pure decisions the exchange makes for
+ * every codec: idempotent methods, which failures the retry policy names, the retry
+ * verdict with its budget and breaker, backoff caps, attempt timeouts under a deadline,
+ * and the memory of failed endpoints. */
+#include "proxy/exchange_int.h"
+#include "test/unit/unit.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- the state table ------------------------------------------------------------------- */
+
+/* The life of an exchange, written out independently of exchange.c's table. */
+static const struct {
+    pf_exchange_state from, to;
+} legal[] = {
+    {PF_EX_IDLE, PF_EX_WAITING},    {PF_EX_IDLE, PF_EX_DONE},      {PF_EX_WAITING, PF_EX_STREAMING},
+    {PF_EX_WAITING, PF_EX_BACKOFF}, {PF_EX_WAITING, PF_EX_DONE},   {PF_EX_BACKOFF, PF_EX_WAITING},
+    {PF_EX_BACKOFF, PF_EX_DONE},    {PF_EX_STREAMING, PF_EX_DONE}, {PF_EX_STREAMING, PF_EX_ABORTED},
+    {PF_EX_DONE, PF_EX_IDLE},       {PF_EX_ABORTED, PF_EX_IDLE},
+};
+
+static bool is_legal(pf_exchange_state from, pf_exchange_state to) {
+    for (size_t i = 0; i < ARRAY_LEN(legal); i++)
+        if (legal[i].from == from && legal[i].to == to)
+            return true;
+    return false;
+}
+
+static void test_transition_table_allows_exactly_the_life_of_an_exchange(void) {
+    for (int from = 0; from < PF_EX_STATE_COUNT; from++)
+        for (int to = 0; to < PF_EX_STATE_COUNT; to++)
+            PF_CHECK(exchange_transition_allowed(from, to) == is_legal(from, to),
+                     "%s -> %s: allowed %d, want %d", exchange_state_name(from),
+                     exchange_state_name(to), exchange_transition_allowed(from, to),
+                     is_legal(from, to));
+    /* out-of-range states are never a legal end of a move */
+    CU_ASSERT_FALSE(exchange_transition_allowed(PF_EX_IDLE, PF_EX_STATE_COUNT));
+    CU_ASSERT_FALSE(exchange_transition_allowed(PF_EX_STATE_COUNT, PF_EX_IDLE));
+    CU_ASSERT_STRING_EQUAL(exchange_state_name(PF_EX_STATE_COUNT), "invalid");
+}
+
+static void test_every_state_is_named_reachable_and_leads_back_to_idle(void) {
+    bool from_idle[PF_EX_STATE_COUNT] = {[PF_EX_IDLE] = true};
+    bool to_idle[PF_EX_STATE_COUNT] = {[PF_EX_IDLE] = true};
+    /* closure over the table, forwards from idle and backwards to it */
+    for (int round = 0; round < PF_EX_STATE_COUNT; round++) {
+        for (int a = 0; a < PF_EX_STATE_COUNT; a++) {
+            for (int b = 0; b < PF_EX_STATE_COUNT; b++) {
+                if (!exchange_transition_allowed(a, b))
+                    continue;
+                from_idle[b] |= from_idle[a];
+                to_idle[a] |= to_idle[b];
+            }
+        }
+    }
+    for (int s = 0; s < PF_EX_STATE_COUNT; s++) {
+        PF_CHECK(from_idle[s], "%s is unreachable", exchange_state_name(s));
+        PF_CHECK(to_idle[s], "%s never gets back to idle: a connection would be stuck",
+                 exchange_state_name(s));
+        PF_CHECK(strcmp(exchange_state_name(s), "invalid") != 0, "state %d has no name", s);
+    }
+}
+
+/* Runs exchange_set_state(from -> to) in a child; returns its wait status. */
+static int move_in_child(pf_exchange_state from, pf_exchange_state to) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* the abort is expected: keep its report quiet */
+        FILE *devnull = freopen("/dev/null", "w", stderr);
+        (void)devnull;
+        pf_exchange ex;
+        memset(&ex, 0, sizeof ex);
+        ex.state = from;
+        exchange_set_state(&ex, to);
+        _exit(ex.state == to ? 0 : 3);
+    }
+    int status = -1;
+    if (pid > 0)
+        waitpid(pid, &status, 0);
+    return status;
+}
+
+static void test_illegal_moves_abort_and_legal_moves_do_not(void) {
+    static const struct {
+        pf_exchange_state from, to;
+    } illegal[] = {
+        {PF_EX_IDLE, PF_EX_STREAMING}, /* a response head with no attempt */
+        {PF_EX_DONE, PF_EX_STREAMING}, /* a second response */
+        {PF_EX_DONE, PF_EX_DONE},      /* answering twice */
+        {PF_EX_ABORTED, PF_EX_DONE},   /* completing a cut response */
+        {PF_EX_BACKOFF, PF_EX_STREAMING} /* a head while no attempt is in flight */,
+        {PF_EX_WAITING, PF_EX_IDLE}, /* forgetting an attempt in flight */
+        {PF_EX_STREAMING, PF_EX_BACKOFF} /* retrying after the response started */,
+    };
+    for (size_t i = 0; i < ARRAY_LEN(illegal); i++) {
+        int status = move_in_child(illegal[i].from, illegal[i].to);
+        PF_CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "%s -> %s: status %#x",
+                 exchange_state_name(illegal[i].from), exchange_state_name(illegal[i].to), status);
+    }
+    for (size_t i = 0; i < ARRAY_LEN(legal); i++) {
+        pf_exchange ex;
+        memset(&ex, 0, sizeof ex);
+        ex.state = legal[i].from;
+        exchange_set_state(&ex, legal[i].to);
+        PF_CHECK(ex.state == legal[i].to, "%s -> %s did not move",
+                 exchange_state_name(legal[i].from), exchange_state_name(legal[i].to));
+    }
+}
+
+/* ---- pure decisions -------------------------------------------------------------------- */
+
+static void test_idempotent_methods(void) {
+    static const struct {
+        const char *method;
+        bool idempotent;
+    } rows[] = {
+        {"GET", true},  {"HEAD", true},     {"OPTIONS", true}, {"TRACE", true},
+        {"PUT", true},  {"DELETE", true},   {"POST", false},   {"PATCH", false},
+        {"get", false}, {"CONNECT", false}, {"", false},       {NULL, false},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++)
+        PF_CHECK(exchange_method_idempotent(rows[i].method) == rows[i].idempotent, "%s: want %d",
+                 rows[i].method ? rows[i].method : "NULL", rows[i].idempotent);
+}
+
+static void test_retry_policy_names_failures(void) {
+    pf_config_retry codes = {
+        .on = PF_RETRY_STATUS_CODES, .status_codes = {429, 409}, .status_code_count = 2};
+    static const struct {
+        uint32_t on;
+        pf_failure kind;
+        int status;
+        bool want;
+    } rows[] = {
+        {PF_RETRY_CONNECT_FAILURE, PF_FAIL_CONNECT, 503, true},
+        {PF_RETRY_RESET, PF_FAIL_CONNECT, 503, false},
+        {PF_RETRY_RESET, PF_FAIL_RESET, 502, true},
+        {PF_RETRY_CONNECT_FAILURE, PF_FAIL_RESET, 502, false},
+        {PF_RETRY_GATEWAY_ERROR, PF_FAIL_TIMEOUT, 504, true},
+        {PF_RETRY_5XX, PF_FAIL_TIMEOUT, 504, true},
+        {PF_RETRY_RESET | PF_RETRY_CONNECT_FAILURE, PF_FAIL_TIMEOUT, 504, false},
+        {PF_RETRY_5XX, PF_FAIL_STATUS, 500, true},
+        {PF_RETRY_GATEWAY_ERROR, PF_FAIL_STATUS, 500, false},
+        {PF_RETRY_GATEWAY_ERROR, PF_FAIL_STATUS, 502, true},
+        {PF_RETRY_GATEWAY_ERROR, PF_FAIL_STATUS, 503, true},
+        {PF_RETRY_GATEWAY_ERROR, PF_FAIL_STATUS, 504, true},
+        {PF_RETRY_5XX, PF_FAIL_STATUS, 429, false},
+        {~0u, PF_FAIL_PROTOCOL, 502, false},
+        {~0u, PF_FAIL_STALE, 502, false},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        pf_config_retry r = {.on = rows[i].on};
+        PF_CHECK(exchange_retry_wanted(&r, rows[i].kind, rows[i].status) == rows[i].want,
+                 "row %zu: want %d", i, rows[i].want);
+    }
+    CU_ASSERT_TRUE(exchange_retry_wanted(&codes, PF_FAIL_STATUS, 429));
+    CU_ASSERT_TRUE(exchange_retry_wanted(&codes, PF_FAIL_STATUS, 409));
+    CU_ASSERT_FALSE(exchange_retry_wanted(&codes, PF_FAIL_STATUS, 503));
+    codes.on = PF_RETRY_5XX; /* the list counts only when status_codes is on */
+    CU_ASSERT_FALSE(exchange_retry_wanted(&codes, PF_FAIL_STATUS, 429));
+}
+
+static void test_retry_verdict(void) {
+    pf_config_retry policy = {.on = PF_RETRY_CONNECT_FAILURE | PF_RETRY_5XX, .max_retries = 2};
+    /* a retriable connect failure with room everywhere; each row changes one fact */
+    const pf_retry_facts base = {
+        .kind = PF_FAIL_CONNECT,
+        .status = 503,
+        .replayable = true,
+        .retries = 0,
+        .active_requests = 100,
+        .other_retries = 0,
+        .retry = &policy,
+        .budget_percent = 20,
+        .budget_min_concurrency = 3,
+        .breaker_max_retries = 50,
+    };
+    struct row {
+        const char *what;
+        pf_retry_facts f;
+        pf_retry_verdict want;
+    } rows[24];
+    size_t n = 0;
+#define ROW(desc, field, value, verdict)                                                           \
+    do {                                                                                           \
+        rows[n] = (struct row){desc, base, verdict};                                               \
+        rows[n].f.field = value;                                                                   \
+        n++;                                                                                       \
+    } while (0)
+    ROW("plain", retries, 0, PF_RETRY_YES);
+    ROW("response started", response_started, true, PF_RETRY_NO);
+    ROW("not replayable", replayable, false, PF_RETRY_NO);
+    ROW("no policy", retry, NULL, PF_RETRY_NO);
+    ROW("retries spent", retries, 2, PF_RETRY_NO);
+    ROW("one retry left", retries, 1, PF_RETRY_YES);
+    ROW("not named", kind, PF_FAIL_RESET, PF_RETRY_NO);
+    ROW("protocol error", kind, PF_FAIL_PROTOCOL, PF_RETRY_NO);
+    ROW("stale first time", kind, PF_FAIL_STALE, PF_RETRY_YES);
+    ROW("budget: 20% of 100 in flight", other_retries, 19, PF_RETRY_YES);
+    ROW("budget spent", other_retries, 20, PF_RETRY_NO_BUDGET);
+    ROW("budget floor", active_requests, 1, PF_RETRY_YES);
+    ROW("breaker open", breaker_max_retries, 0, PF_RETRY_NO_BREAKER);
+    ROW("deadline passed", deadline_us, 1000, PF_RETRY_NO);
+    rows[n - 1].f.now_us = 1000;
+    ROW("deadline ahead", deadline_us, 2000, PF_RETRY_YES);
+    rows[n - 1].f.now_us = 1000;
+#undef ROW
+    /* the stale replay is free but once, and never after the response started */
+    rows[n] = (struct row){"stale again", base, PF_RETRY_NO};
+    rows[n].f.kind = PF_FAIL_STALE;
+    rows[n].f.stale_retried = true;
+    n++;
+    rows[n] = (struct row){"stale with retries spent", base, PF_RETRY_YES};
+    rows[n].f.kind = PF_FAIL_STALE;
+    rows[n].f.retries = 2;
+    n++;
+    rows[n] = (struct row){"budget floor of 3 with 2 others", base, PF_RETRY_YES};
+    rows[n].f.active_requests = 0;
+    rows[n].f.other_retries = 2;
+    n++;
+    rows[n] = (struct row){"budget floor of 3 with 3 others", base, PF_RETRY_NO_BUDGET};
+    rows[n].f.active_requests = 0;
+    rows[n].f.other_retries = 3;
+    n++;
+    for (size_t i = 0; i < n; i++) {
+        pf_retry_verdict got = exchange_retry_verdict(&rows[i].f);
+        PF_CHECK(got == rows[i].want, "%s: verdict %d, want %d", rows[i].what, got, rows[i].want);
+    }
+}
+
+static void test_backoff_cap_doubles_up_to_the_maximum(void) {
+    pf_config_retry r = {.backoff_base_ms = 25, .backoff_max_ms = 250};
+    static const struct {
+        unsigned retries;
+        uint64_t cap;
+    } rows[] = {{0, 25}, {1, 25}, {2, 50}, {3, 100}, {4, 200}, {5, 250}, {40, 250}};
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++)
+        PF_CHECK(exchange_backoff_cap_ms(&r, rows[i].retries) == rows[i].cap,
+                 "retry %u: cap %llu, want %llu", rows[i].retries,
+                 (unsigned long long)exchange_backoff_cap_ms(&r, rows[i].retries),
+                 (unsigned long long)rows[i].cap);
+    pf_config_retry none = {0};
+    CU_ASSERT_EQUAL(exchange_backoff_cap_ms(&none, 3), 0);
+}
+
+static void test_attempt_timeout_is_per_try_or_response_and_never_past_the_deadline(void) {
+    static const struct {
+        uint64_t per_try, response, deadline_us, now_us, want;
+    } rows[] = {
+        {0, 15000, 0, 0, 15000},              /* the cluster's response timeout */
+        {500, 15000, 0, 0, 500},              /* the per-try timeout wins */
+        {500, 15000, 10000000, 9900000, 100}, /* 100 ms left of the route's deadline */
+        {0, 15000, 10000000, 9999001, 1},     /* less than a millisecond rounds up */
+        {0, 15000, 10000000, 10000000, 1},    /* passed: still 1 ms, never 0 (no timer) */
+        {0, 15000, 10000000, 20000000, 1},
+        {500, 15000, 10000000, 0, 500}, /* plenty left */
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        uint64_t got = exchange_attempt_timeout_ms(rows[i].per_try, rows[i].response,
+                                                   rows[i].deadline_us, rows[i].now_us);
+        PF_CHECK(got == rows[i].want, "row %zu: %llu ms, want %llu", i, (unsigned long long)got,
+                 (unsigned long long)rows[i].want);
+    }
+}
+
+static void test_failed_endpoints_are_remembered_latest_first_without_duplicates(void) {
+    pf_avoid a = {0};
+    CU_ASSERT_FALSE(exchange_avoid_has(&a, 1));
+    exchange_avoid_add(&a, 1);
+    exchange_avoid_add(&a, 1);
+    CU_ASSERT_EQUAL(a.count, 1);
+    for (uint64_t h = 2; h <= PF_AVOID_MAX; h++)
+        exchange_avoid_add(&a, h);
+    CU_ASSERT_EQUAL(a.count, PF_AVOID_MAX);
+    for (uint64_t h = 1; h <= PF_AVOID_MAX; h++)
+        PF_CHECK(exchange_avoid_has(&a, h), "%llu forgotten too early", (unsigned long long)h);
+    exchange_avoid_add(&a, 100); /* one more: the oldest (1) goes */
+    CU_ASSERT_EQUAL(a.count, PF_AVOID_MAX);
+    CU_ASSERT_FALSE(exchange_avoid_has(&a, 1));
+    CU_ASSERT_TRUE(exchange_avoid_has(&a, 2));
+    CU_ASSERT_TRUE(exchange_avoid_has(&a, 100));
+}
+
+PF_UNIT_MAIN("exchange", PF_UNIT_TEST(test_transition_table_allows_exactly_the_life_of_an_exchange),
+             PF_UNIT_TEST(test_every_state_is_named_reachable_and_leads_back_to_idle),
+             PF_UNIT_TEST(test_illegal_moves_abort_and_legal_moves_do_not),
+             PF_UNIT_TEST(test_idempotent_methods), PF_UNIT_TEST(test_retry_policy_names_failures),
+             PF_UNIT_TEST(test_retry_verdict),
+             PF_UNIT_TEST(test_backoff_cap_doubles_up_to_the_maximum),
+             PF_UNIT_TEST(test_attempt_timeout_is_per_try_or_response_and_never_past_the_deadline),
+             PF_UNIT_TEST(test_failed_endpoints_are_remembered_latest_first_without_duplicates))
