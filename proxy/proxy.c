@@ -125,6 +125,9 @@ static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
         "Responses whose head came too late or whose body stalled (body_timeout).", labels);
     c->resets = metrics_counter(m, "pilotfish_upstream_resets_total",
                                 "Upstream connections closed before the response ended.", labels);
+    c->protocol_errors = metrics_counter(
+        m, "pilotfish_upstream_protocol_errors_total",
+        "Upstream responses refused as malformed (more than 16 interim responses too).", labels);
     c->retries = metrics_counter(m, "pilotfish_upstream_retries_total",
                                  "Attempts after the first, over all requests.", labels);
     c->retry_budget_exhausted =

@@ -35,6 +35,7 @@ typedef struct pf_cluster_rt {
     pf_counter *connect_timeouts;
     pf_counter *response_timeouts;
     pf_counter *resets;
+    pf_counter *protocol_errors; /* malformed responses, too many interim ones included */
     pf_counter *connections_total;
     pf_counter *pool_reuses;
     pf_counter *retries;
