@@ -55,7 +55,16 @@ pf_worker_cluster *worker_cluster(pf_worker *w, size_t index) {
     return wc;
 }
 
+void worker_cluster_prune(pf_worker_cluster *wc) {
+    pf_endpoint_set *raw = discovery_cache_get(&wc->cache);
+    if (raw && wc->pruned_version != raw->version) {
+        pool_prune(wc, raw);
+        wc->pruned_version = raw->version;
+    }
+}
+
 pf_endpoint_set *worker_cluster_set(pf_worker_cluster *wc) {
+    worker_cluster_prune(wc); /* before a pick: departed endpoints' idle connections go */
     pf_endpoint_set *raw = discovery_cache_get(&wc->cache);
     if (!raw)
         return NULL;
@@ -575,6 +584,11 @@ static void on_drain(evutil_socket_t fd, short what, void *arg) {
 static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
     pf_worker *w = arg;
     atomic_store_explicit(&w->heartbeat_ms, pf_now_ms(), memory_order_relaxed);
+    /* A cluster that gets no requests still lets go of departed endpoints' connections. */
+    size_t n = atomic_load_explicit(&w->proxy->cluster_count, memory_order_acquire);
+    for (size_t i = 0; i < n; i++)
+        if (w->clusters[i].rt)
+            worker_cluster_prune(&w->clusters[i]);
 }
 
 static void on_log_flush(evutil_socket_t fd, short what, void *arg) {

@@ -166,6 +166,44 @@ static void pool_remove(pf_upstream *up) {
     up->next_idle = NULL;
 }
 
+/* Whether `addr` is an endpoint of `set` (sorted by address text). */
+static bool set_has(const pf_endpoint_set *set, const char *addr) {
+    size_t lo = 0, hi = set ? set->count : 0;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(set->endpoints[mid].addr.text, addr);
+        if (c == 0)
+            return true;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+void pool_prune(pf_worker_cluster *wc, const pf_endpoint_set *set) {
+    for (unsigned i = 0; i < PF_POOL_BUCKETS; i++) {
+        for (pf_pool_bucket **at = &wc->buckets[i]; *at;) {
+            pf_pool_bucket *b = *at;
+            if (set_has(set, b->addr)) {
+                at = &b->next;
+                continue;
+            }
+            /* Departed: its idle connections would only hold descriptors and count against
+             * max_connections until idle_timeout. Busy ones close on release. */
+            while (b->idle) {
+                pf_upstream *up = b->idle;
+                b->idle = up->next_idle;
+                up->bucket = NULL;
+                upstream_free(up);
+            }
+            *at = b->next;
+            free(b);
+        }
+    }
+}
+
 void pool_free_all(pf_worker_cluster *wc) {
     for (unsigned i = 0; i < PF_POOL_BUCKETS; i++) {
         pf_pool_bucket *b = wc->buckets[i];
@@ -500,8 +538,10 @@ static void release(void *arg, bool reusable) {
      * response would answer it: not reusable. */
     if (evbuffer_get_length(stream_output(up->stream)) > 0 || up->state != UP_COMPLETE)
         reusable = false;
+    /* An endpoint that left the set gets no pooled connection (nor a bucket again). */
     if (!reusable || atomic_load_explicit(&up->w->proxy->draining, memory_order_relaxed) ||
-        wc->rt->cfg->max_idle_per_endpoint == 0) {
+        wc->rt->cfg->max_idle_per_endpoint == 0 ||
+        !set_has(discovery_cache_get(&wc->cache), up->addr)) {
         upstream_free(up);
         return;
     }
