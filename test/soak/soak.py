@@ -18,8 +18,11 @@ backend may be the faulted one, and which has none while "flap" is deleted.
 What counts as a failed request: any load request (GET, retried by pilotfish on
 connect-failure, reset and gateway-error) that did not end in a 200, unless its cluster
 had no working endpoint at some moment between its start and its end, as the schedule's
-ledger records (a backend counts as not working from the moment its fault starts until
-it ends; kf while "flap" is deleted). The abort and slowloris clients are faults, not load.
+ledger records: a backend counts as not working from the moment its fault starts until
+it ends and, for kf (one endpoint), until /clusters shows pilotfish's health check has
+seen it back (before that pilotfish rightly holds it out; with one endpoint there is no
+other place to go); kf also while "flap" is deleted, until a request through it answers
+again. The abort and slowloris clients are faults, not load.
 Why this is fair: with one working endpoint left and retries allowed, a request has a
 correct place to go; pilotfish must find it (outlier ejection, health checks, retries
 with per_try_timeout for a hung backend) before the client sees an error.
@@ -51,6 +54,7 @@ from harness import (  # noqa: E402
     Pilotfish,
     RawConn,
     cluster,
+    cluster_status,
     free_port,
     http_request,
     is_sanitizer_build,
@@ -202,7 +206,7 @@ class Soak:
                     self.counts[(cl, "excused")] += 1
                 else:
                     self.counts[(cl, "failed")] += 1
-                    self.failures.append((round(t0, 2), cl, what))
+                    self.failures.append((time.strftime("%H:%M:%S", time.gmtime()), cl, what))
         if conn:
             conn.close()
 
@@ -210,9 +214,14 @@ class Soak:
 
     def mark(self, b, down):
         """Only kf can lose its last working endpoint: the other clusters keep at least one
-        unfaulted backend (one backend is faulted at a time)."""
-        if b is self.ks[0]:
-            self.ledger.set_down("kf", down or not self.flap_present)
+        unfaulted backend (one backend is faulted at a time). kf works again once pilotfish
+        has seen its endpoint recover (its next health check), as /clusters says."""
+        if b is not self.ks[0]:
+            return
+        if not down and self.flap_present:
+            wait_for(lambda: all(e["healthy"] for e in cluster_status(self.pf, "kf")["endpoints"]),
+                     30, "kf's endpoint healthy again")
+        self.ledger.set_down("kf", down or not self.flap_present)
 
     def backend_fault(self, kind):
         b = self.rng.choice(self.st + self.dn + self.ks[:2])
