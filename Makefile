@@ -4,6 +4,7 @@
 #   make asan       the same tests under AddressSanitizer and UBSan (build/asan/)
 #   make demo       run pilotfish on examples/demo.json with two local backends
 #   make bench      benchmarks against haproxy (bench/)
+#   make soak       fault soak under ASan, SOAK_SECONDS long (default 600; test/soak/soak.py)
 #   make deps       install missing Debian packages (idempotent, quiet when all is there)
 #   make tools      helm and kubectl for the packaging checks, in build/tools (quiet when there)
 #   make image      the container image pilotfish:<version> and :latest (packaging/image.sh)
@@ -37,7 +38,7 @@ UNIT_BIN = $(UNIT_SRC:test/unit/%.c=$(BUILD)/unit/%)
 FAKE_BIN = $(BUILD)/pf-backend
 
 .SECONDARY:
-.PHONY: all deps tools image test unit integration asan demo bench fmt fmt-check clean check-layout fuzz
+.PHONY: all deps tools image test unit integration asan demo bench fmt fmt-check clean check-layout fuzz soak
 
 all: $(BUILD)/pilotfish $(FAKE_BIN)
 
@@ -137,6 +138,17 @@ asan: deps tools
 	@$(MAKE) --no-print-directory BUILD=build/asan OPT=-O1 \
 		SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 		all unit integration
+
+# The fault soak (test/soak/soak.py): pilotfish built with ASan (build/asan) under load while
+# faults are injected; SOAK_SECONDS long (default 600). Not part of `make test`.
+SOAK_SECONDS ?= 600
+soak: export ASAN_OPTIONS = quarantine_size_mb=16:detect_leaks=1
+soak: export UBSAN_OPTIONS = print_stacktrace=1:halt_on_error=1
+soak: deps tools
+	@$(MAKE) --no-print-directory BUILD=build/asan OPT=-O1 \
+		SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+		all
+	PILOTFISH_BUILD=$(abspath build/asan) SOAK_SECONDS=$(SOAK_SECONDS) $(PYTHON) test/soak/soak.py
 
 demo: deps all
 	@bash examples/demo.sh $(abspath $(BUILD))

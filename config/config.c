@@ -41,6 +41,8 @@
 #define BUDGET_MIN_CONCURRENCY_MAX 100000u
 #define CHECK_THRESHOLD_MAX 1000u
 #define OUTLIER_CONSECUTIVE_MAX 100000u
+#define LATENCY_FACTOR_MAX 1000u
+#define LATENCY_MIN_REQUESTS_MAX 1000000u
 
 /* Where an address is used decides the hint when someone writes a name instead of an IP. */
 typedef enum { ADDR_ANY, ADDR_LISTEN, ADDR_ENDPOINT } addr_use;
@@ -1193,6 +1195,14 @@ static bool outlier_given(const void *obj) {
     return ((const pf_config_outlier *)obj)->enabled;
 }
 
+static void latency_begin(loader *ld, void *obj) {
+    ((pf_config_outlier_latency *)obj)->enabled = true;
+}
+
+static bool latency_given(const void *obj) {
+    return ((const pf_config_outlier_latency *)obj)->enabled;
+}
+
 static void outlier_finish(loader *ld, json_t *v, const char *path, void *obj) {
     char p[JPATH_MAX], a[32], b[32];
     pf_config_outlier *o = obj;
@@ -1866,6 +1876,20 @@ static const key_def health_keys[] = {
 static const schema health_schema = {
     .doc_name = "health_check", SCHEMA_KEYS(health_keys), .finish = hc_finish, .dumped = hc_given};
 
+static const key_def latency_keys[] = {
+    {K_UINT(pf_config_outlier_latency, "factor", factor, 2, LATENCY_FACTOR_MAX,
+            PF_DEFAULT_LATENCY_FACTOR, "slow: an average latency above factor x the median")},
+    {K_DUR(pf_config_outlier_latency, "interval", interval_ms, PF_DEFAULT_LATENCY_INTERVAL_MS,
+           "how long an endpoint stays slow before it is ejected"),
+     .flags = KF_POSITIVE},
+    {K_UINT(pf_config_outlier_latency, "min_requests", min_requests, 1, LATENCY_MIN_REQUESTS_MAX,
+            PF_DEFAULT_LATENCY_MIN_REQUESTS, "responses measured before an endpoint is judged")},
+};
+static const schema latency_schema = {.doc_name = "outlier_detection.latency",
+                                      SCHEMA_KEYS(latency_keys),
+                                      .begin = latency_begin,
+                                      .dumped = latency_given};
+
 static const key_def outlier_keys[] = {
     {K_UINT(pf_config_outlier, "consecutive_5xx", consecutive_5xx, 0, OUTLIER_CONSECUTIVE_MAX,
             PF_DEFAULT_CONSECUTIVE_5XX, "5xx in a row that eject an endpoint; 0: off")},
@@ -1882,6 +1906,8 @@ static const key_def outlier_keys[] = {
     {K_DUR(pf_config_outlier, "interval", interval_ms, PF_DEFAULT_OUTLIER_INTERVAL_MS,
            "how often ejections end and held-back ones are retried"),
      .flags = KF_POSITIVE},
+    {K_OBJ(pf_config_outlier, "latency", latency, latency_schema, "latency ejection"),
+     .doc_default = "none"},
 };
 static const schema outlier_schema = {.doc_name = "outlier_detection",
                                       SCHEMA_KEYS(outlier_keys),

@@ -179,7 +179,18 @@ typedef struct pf_config_health_check {
 #define PF_DEFAULT_BASE_EJECTION_MS 30000u
 #define PF_DEFAULT_MAX_EJECTION_MS 300000u
 #define PF_DEFAULT_MAX_EJECTION_PERCENT 10u
+#define PF_DEFAULT_LATENCY_FACTOR 3u
+#define PF_DEFAULT_LATENCY_INTERVAL_MS 10000u
+#define PF_DEFAULT_LATENCY_MIN_REQUESTS 10u
 #define PF_DEFAULT_OUTLIER_INTERVAL_MS 1000u
+
+/* Latency ejection (outlier_detection.latency): off unless the object is given. */
+typedef struct pf_config_outlier_latency {
+    bool enabled;
+    uint32_t factor;       /* slow: an average above factor x the cluster's median */
+    uint64_t interval_ms;  /* how long an endpoint stays slow before it is ejected */
+    uint32_t min_requests; /* responses measured before an endpoint is judged or counted */
+} pf_config_outlier_latency;
 
 typedef struct pf_config_outlier {
     bool enabled;
@@ -189,6 +200,7 @@ typedef struct pf_config_outlier {
     uint64_t max_ejection_time_ms;
     uint32_t max_ejection_percent; /* of the cluster's endpoints, but at least one of two+ */
     uint64_t interval_ms;          /* how often ejections end and refused ones are retried */
+    pf_config_outlier_latency latency;
 } pf_config_outlier;
 
 typedef enum {

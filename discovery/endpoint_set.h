@@ -29,6 +29,12 @@ typedef struct pf_endpoint_stats {
      * health_report(); any success resets both. */
     _Atomic uint32_t consecutive_5xx;
     _Atomic uint32_t consecutive_gateway_failures;
+    /* Latency ejection (health/): response latencies workers reported through
+     * health_report_latency() since health last took them (it swaps both to 0 each tick).
+     * Two separate atomics: a sample read between the two adds lands its sum in one window
+     * and its count in the next, which the average absorbs. */
+    _Atomic uint64_t latency_sum_us;
+    _Atomic uint64_t latency_count;
     /* pf_now_ms() when health last turned the endpoint from unhealthy back to healthy (for
      * slow start); 0 when it has not been down since it appeared. */
     _Atomic uint64_t healthy_since_ms;

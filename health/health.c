@@ -21,13 +21,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define REASON_MAX 64
+#define REASON_MAX 96
 #define CHECK_GRAIN_MS 20
 
-typedef enum { EJECT_5XX, EJECT_GATEWAY, EJECT_REASONS } eject_reason;
+typedef enum { EJECT_5XX, EJECT_GATEWAY, EJECT_LATENCY, EJECT_REASONS } eject_reason;
 
 static const char *const eject_labels[EJECT_REASONS] = {"consecutive_5xx",
-                                                        "consecutive_gateway_failure"};
+                                                        "consecutive_gateway_failure", "latency"};
 
 /* One endpoint's health, found by address; heap-allocated so that the probe and timers
  * pointing at it stay put while the node array is rebuilt. */
@@ -52,6 +52,9 @@ typedef struct hnode {
     uint64_t back_since_ms;
     uint64_t ejections_total;
     char eject_reason[REASON_MAX];
+    /* latency ejection: the average, and whether the last tick found it slow for long enough */
+    pf_latency_state latency;
+    bool latency_due;
 } hnode;
 
 struct pf_health {
@@ -69,6 +72,8 @@ struct pf_health {
     int wake_fd;
     _Atomic bool wake_pending;
     struct event *wake, *tick;
+    uint64_t latency_at_ms;   /* when the last latency window was taken */
+    double latency_median_us; /* of the judged endpoints at the last tick; 0: too few */
     pf_counter *checks[PROBE_RESULTS];
     pf_counter *ejections[EJECT_REASONS];
     pf_gauge *ejected_gauge;
@@ -142,6 +147,17 @@ static void reset_counters(pf_endpoint_stats *s) {
         return;
     atomic_store_explicit(&s->consecutive_5xx, 0, memory_order_relaxed);
     atomic_store_explicit(&s->consecutive_gateway_failures, 0, memory_order_relaxed);
+}
+
+/* Forgets an endpoint's latency: it is judged afresh (after min_requests) when it serves
+ * again, not on what it did before an ejection or a failed check. */
+static void reset_latency(hnode *n, pf_endpoint_stats *s) {
+    memset(&n->latency, 0, sizeof n->latency);
+    n->latency_due = false;
+    if (s) {
+        atomic_store_explicit(&s->latency_sum_us, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->latency_count, 0, memory_order_relaxed);
+    }
 }
 
 /* ---- publishing ------------------------------------------------------------------------ */
@@ -353,7 +369,7 @@ static void on_discovered(void *arg) {
 /* ---- passive outlier ejection ------------------------------------------------------------ */
 
 static void eject(pf_health *h, hnode *n, pf_endpoint_stats *stats, eject_reason reason,
-                  uint32_t count, uint64_t now) {
+                  const char *why, uint64_t now) {
     uint32_t times = health_ejections_decayed(h->od, n->times_ejected, now - n->back_since_ms);
     n->times_ejected = times + 1;
     uint64_t ms = health_ejection_ms(h->od, n->times_ejected);
@@ -361,12 +377,12 @@ static void eject(pf_health *h, hnode *n, pf_endpoint_stats *stats, eject_reason
     n->ejected_until_ms = now + ms;
     n->ejected_until_wall_us = pf_wall_us() + ms * 1000u;
     n->ejections_total++;
-    snprintf(n->eject_reason, sizeof n->eject_reason, "%u consecutive %s", count,
-             reason == EJECT_5XX ? "5xx" : "gateway failures");
+    snprintf(n->eject_reason, sizeof n->eject_reason, "%s", why);
     h->ejected++;
     metrics_gauge_add(h->ejected_gauge, 1);
     metrics_inc(h->ejections[reason], 1);
     reset_counters(stats);
+    reset_latency(n, stats);
     log_warn("endpoint ejected cluster=%s endpoint=%s reason=\"%s\" ejection_ms=%llu times=%u",
              h->cfg->name, n->addr.text, n->eject_reason, (unsigned long long)ms, n->times_ejected);
 }
@@ -389,6 +405,7 @@ static void sweep(pf_health *h) {
         metrics_gauge_add(h->ejected_gauge, -1);
         const pf_endpoint *ep = set_find(eff, n->addr.text);
         reset_counters(ep ? ep->stats : NULL);
+        reset_latency(n, ep ? ep->stats : NULL);
         log_info("endpoint back from ejection cluster=%s endpoint=%s times=%u", h->cfg->name,
                  n->addr.text, n->times_ejected);
         changed = true;
@@ -405,13 +422,21 @@ static void sweep(pf_health *h) {
         /* The threshold, not the count, goes into the reason: workers may have added more
          * failures before this loop woke, and the rule is what explains the ejection. */
         eject_reason reason;
-        uint32_t count;
+        char why[REASON_MAX];
         if (h->od->consecutive_gateway_failure && cg >= h->od->consecutive_gateway_failure) {
             reason = EJECT_GATEWAY;
-            count = h->od->consecutive_gateway_failure;
+            snprintf(why, sizeof why, "%u consecutive gateway failures",
+                     h->od->consecutive_gateway_failure);
         } else if (h->od->consecutive_5xx && c5 >= h->od->consecutive_5xx) {
             reason = EJECT_5XX;
-            count = h->od->consecutive_5xx;
+            snprintf(why, sizeof why, "%u consecutive 5xx", h->od->consecutive_5xx);
+        } else if (n->latency_due) {
+            reason = EJECT_LATENCY;
+            char span[32];
+            snprintf(why, sizeof why, "latency %.1fms above %u x the median %.1fms for %s",
+                     n->latency.average_us / 1000.0, h->od->latency.factor,
+                     h->latency_median_us / 1000.0,
+                     pf_duration_format(h->od->latency.interval_ms, span, sizeof span));
         } else {
             continue;
         }
@@ -422,7 +447,7 @@ static void sweep(pf_health *h) {
                       h->cfg->name, ep->addr.text, h->ejected, budget);
             continue;
         }
-        eject(h, n, ep->stats, reason, count, now);
+        eject(h, n, ep->stats, reason, why, now);
         changed = true;
     }
     discovery_set_unref(eff);
@@ -439,8 +464,57 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
     sweep(h);
 }
 
+/* Once per outlier tick: takes each serving endpoint's latency window from its shared stats,
+ * folds it into the endpoint's average, and marks the endpoints that have been slower than
+ * factor x the median of the judged ones for the whole latency interval; sweep() ejects
+ * them within the same budget as failing ones. Endpoints that do not serve (ejected, failing
+ * checks, not ready) are forgotten and judged afresh when they come back. */
+static void latency_tick(pf_health *h) {
+    const pf_config_outlier_latency *lat = &h->od->latency;
+    pf_endpoint_set *eff = discovery_slot_acquire(h->effective);
+    uint64_t now = pf_now_ms();
+    uint64_t elapsed = h->latency_at_ms && now > h->latency_at_ms ? now - h->latency_at_ms : 0;
+    h->latency_at_ms = now;
+    double *values = malloc((h->count ? h->count : 1) * sizeof *values);
+    if (!values) {
+        log_error("health: latency not judged: out of memory cluster=%s", h->cfg->name);
+        discovery_set_unref(eff);
+        return;
+    }
+    size_t judged = 0;
+    for (size_t i = 0; i < h->count; i++) {
+        hnode *n = h->nodes[i];
+        const pf_endpoint *ep = set_find(eff, n->addr.text);
+        if (!ep || !ep->stats || !ep->healthy || n->ejected) {
+            reset_latency(n, ep ? ep->stats : NULL);
+            continue;
+        }
+        uint64_t sum =
+            atomic_exchange_explicit(&ep->stats->latency_sum_us, 0, memory_order_relaxed);
+        uint64_t count =
+            atomic_exchange_explicit(&ep->stats->latency_count, 0, memory_order_relaxed);
+        health_latency_add(&n->latency, lat, sum, count, elapsed);
+        if (health_latency_judged(&n->latency, lat))
+            values[judged++] = n->latency.average_us;
+    }
+    discovery_set_unref(eff);
+    /* One endpoint alone has no cluster to be slower than. */
+    h->latency_median_us = judged >= 2 ? health_latency_median(values, judged) : 0.0;
+    free(values);
+    for (size_t i = 0; i < h->count; i++) {
+        hnode *n = h->nodes[i];
+        n->latency_due = judged >= 2 && !n->ejected && health_latency_judged(&n->latency, lat) &&
+                         health_latency_slow(&n->latency, lat, h->latency_median_us, now);
+        if (judged < 2 || !health_latency_judged(&n->latency, lat))
+            n->latency.slow_since_ms = 0;
+    }
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
-    sweep(arg);
+    pf_health *h = arg;
+    if (h->od->latency.enabled)
+        latency_tick(h);
+    sweep(h);
 }
 
 /* Any thread: the counters are shared atomics, and a success writes only when there is a
@@ -478,6 +552,13 @@ void health_report(pf_health *h, const pf_endpoint *ep, pf_health_outcome outcom
     }
 }
 
+void health_report_latency(pf_health *h, const pf_endpoint *ep, uint64_t latency_us) {
+    if (!h || !ep || !ep->stats || !h->od->enabled || !h->od->latency.enabled)
+        return;
+    atomic_fetch_add_explicit(&ep->stats->latency_sum_us, latency_us, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ep->stats->latency_count, 1, memory_order_relaxed);
+}
+
 /* ---- life cycle ----------------------------------------------------------------------- */
 
 static void register_metrics(pf_health *h, pf_metrics *m) {
@@ -492,6 +573,8 @@ static void register_metrics(pf_health *h, pf_metrics *m) {
     }
     if (h->od->enabled) {
         for (int r = 0; r < EJECT_REASONS; r++) {
+            if (r == EJECT_LATENCY && !h->od->latency.enabled)
+                continue;
             snprintf(labels, sizeof labels, "cluster=\"%s\",reason=\"%s\"", h->cfg->name,
                      eject_labels[r]);
             h->ejections[r] = metrics_counter(m, "pilotfish_outlier_ejections_total",
@@ -532,7 +615,8 @@ pf_health *health_new(struct event_base *base, const pf_config_cluster *cfg,
         goto fail;
     }
     register_metrics(h, metrics);
-    if ((h->od->enabled && (!h->ejected_gauge || !h->ejections[0] || !h->ejections[1])) ||
+    if ((h->od->enabled && (!h->ejected_gauge || !h->ejections[0] || !h->ejections[1] ||
+                            (h->od->latency.enabled && !h->ejections[EJECT_LATENCY]))) ||
         (checks_enabled(h) && !h->checks[0])) {
         pf_fail(err, PF_ENOMEM, "health: out of memory for cluster %s metrics", cfg->name);
         goto fail;
@@ -667,6 +751,12 @@ void health_describe(pf_health *h, const pf_endpoint *ep, json_t *into) {
                             json_integer(s ? atomic_load_explicit(&s->consecutive_gateway_failures,
                                                                   memory_order_relaxed)
                                            : 0));
+        if (h->od->latency.enabled) {
+            bool judged = health_latency_judged(&n->latency, &h->od->latency);
+            json_object_set_new(o, "latency_ms",
+                                judged ? json_real(n->latency.average_us / 1000.0) : json_null());
+            json_object_set_new(o, "latency_samples", json_integer((json_int_t)n->latency.samples));
+        }
         json_object_set_new(into, "outlier", o);
     }
 }

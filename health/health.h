@@ -63,6 +63,13 @@ void health_free(pf_health *h);
  * threshold is crossed. A no-op without outlier_detection or for h == NULL. Any thread. */
 void health_report(pf_health *h, const pf_endpoint *ep, pf_health_outcome outcome);
 
+/* Records the latency of one response from `ep` (the time to its response head; only
+ * responses below 500, so that a fast error never makes a failing endpoint look fast) for
+ * latency ejection: two relaxed atomic adds on the endpoint's shared stats, which health's
+ * tick takes and averages. A no-op unless outlier_detection.latency is configured, or for
+ * h == NULL. Any thread. */
+void health_report_latency(pf_health *h, const pf_endpoint *ep, uint64_t latency_us);
+
 /* Adds to `into` (an endpoint's JSON object in admin /clusters) why the endpoint is or is
  * not serving:
  *   "health": "healthy" | "healthy: pending first check" |
@@ -72,7 +79,9 @@ void health_report(pf_health *h, const pf_endpoint *ep, pf_health_outcome outcom
  *   "health_check": {"last_check": time, "last_result": "HTTP 200", "passes", "failures"}
  *                   (with active checks)
  *   "outlier": {"ejected", "ejected_until", "ejections_total", "consecutive_5xx",
- *               "consecutive_gateway_failures"} (with outlier_detection)
+ *               "consecutive_gateway_failures"} (with outlier_detection), and with
+ *               outlier_detection.latency "latency_ms" (the average, null until judged)
+ *               and "latency_samples"
  * Times are UTC RFC 3339, null when there is none yet. Main thread. */
 void health_describe(pf_health *h, const pf_endpoint *ep, json_t *into);
 

@@ -1,6 +1,9 @@
 /* Pure health decisions: see verdict.h for the rules and why. */
 #include "health/verdict.h"
 
+#include <math.h>
+#include <stdlib.h>
+
 void health_check_init(pf_check_state *s, const pf_config_health_check *hc) {
     s->pending = hc->type != PF_CHECK_NONE;
     s->healthy = hc->type == PF_CHECK_NONE || hc->initial_healthy;
@@ -57,4 +60,46 @@ size_t health_max_ejected(const pf_config_outlier *od, size_t endpoints) {
         return 0;
     size_t by_percent = endpoints * od->max_ejection_percent / 100;
     return by_percent ? by_percent : 1;
+}
+
+void health_latency_add(pf_latency_state *s, const pf_config_outlier_latency *lat, uint64_t sum_us,
+                        uint64_t count, uint64_t elapsed_ms) {
+    if (!count)
+        return;
+    double mean = (double)sum_us / (double)count;
+    if (!s->samples) {
+        s->average_us = mean;
+    } else {
+        double tau = (double)lat->interval_ms / 4.0;
+        double keep = tau > 0 ? exp(-(double)elapsed_ms / tau) : 0.0;
+        s->average_us = s->average_us * keep + mean * (1.0 - keep);
+    }
+    s->samples += count;
+}
+
+bool health_latency_judged(const pf_latency_state *s, const pf_config_outlier_latency *lat) {
+    return s->samples && s->samples >= lat->min_requests;
+}
+
+static int compare_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double health_latency_median(double *values, size_t n) {
+    if (!n)
+        return 0.0;
+    qsort(values, n, sizeof *values, compare_double);
+    return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2.0;
+}
+
+bool health_latency_slow(pf_latency_state *s, const pf_config_outlier_latency *lat,
+                         double median_us, uint64_t now_ms) {
+    if (!(s->average_us > (double)lat->factor * median_us)) {
+        s->slow_since_ms = 0;
+        return false;
+    }
+    if (!s->slow_since_ms)
+        s->slow_since_ms = now_ms ? now_ms : 1;
+    return now_ms - s->slow_since_ms >= lat->interval_ms;
 }

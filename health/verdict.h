@@ -48,4 +48,34 @@ uint32_t health_ejections_decayed(const pf_config_outlier *od, uint32_t times_ej
  * never the only endpoint of a cluster: ejecting it would turn its errors into 503s. */
 size_t health_max_ejected(const pf_config_outlier *od, size_t endpoints);
 
+/* One endpoint's latency as outlier detection sees it (outlier_detection.latency). Workers
+ * add each response's latency to the endpoint's shared stats; health takes the sum and count
+ * once per outlier tick and folds the window's mean into an average here. */
+typedef struct pf_latency_state {
+    double average_us;      /* exponentially weighted average of window means */
+    uint64_t samples;       /* responses folded in since the endpoint (re)joined */
+    uint64_t slow_since_ms; /* when it was last found slow after not being; 0: not slow */
+} pf_latency_state;
+
+/* Folds a window of `count` responses whose latencies sum to `sum_us`, `elapsed_ms` after the
+ * previous window, into s. The average's time constant is a quarter of lat->interval_ms: a
+ * step in latency shows within the first part of the interval, and an old spike has faded
+ * long before an endpoint could be ejected for it. The first window sets the average. A
+ * window without responses changes nothing. */
+void health_latency_add(pf_latency_state *s, const pf_config_outlier_latency *lat, uint64_t sum_us,
+                        uint64_t count, uint64_t elapsed_ms);
+
+/* Whether the endpoint has enough responses behind its average to be judged and to count
+ * towards the cluster's median. */
+bool health_latency_judged(const pf_latency_state *s, const pf_config_outlier_latency *lat);
+
+/* The median of n >= 1 values (the mean of the two middle ones for even n). Sorts values. */
+double health_latency_median(double *values, size_t n);
+
+/* Judges s against the cluster's median at now_ms: an average above factor x median is
+ * slow, and slow_since_ms remembers since when; anything else clears it. Returns true when
+ * the endpoint has been slow for at least lat->interval_ms: time to eject it. */
+bool health_latency_slow(pf_latency_state *s, const pf_config_outlier_latency *lat,
+                         double median_us, uint64_t now_ms);
+
 #endif

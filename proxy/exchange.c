@@ -633,8 +633,11 @@ int exchange_on_response_head(pf_exchange *ex, const pf_head *resp, int status,
                               bool *skip_body) {
     report(ex, health_outcome_of_status(status));
     /* Latency feedback; a fast 5xx must not make a failing endpoint look fast. */
-    if (ex->ep && status < 500)
-        balancer_on_response(ex->wc->balancer, ex->ep, pf_now_us() - ex->attempt_us);
+    if (ex->ep && status < 500) {
+        uint64_t latency_us = pf_now_us() - ex->attempt_us;
+        balancer_on_response(ex->wc->balancer, ex->ep, latency_us);
+        health_report_latency(ex->wc->rt->health, ex->ep, latency_us);
+    }
     if (status >= 500 && may_retry(ex, PF_FAIL_STATUS, status))
         return PF_RESPONSE_RETRY;
     ex->status = status;

@@ -55,7 +55,16 @@ pf_worker_cluster *worker_cluster(pf_worker *w, size_t index) {
     return wc;
 }
 
+void worker_cluster_prune(pf_worker_cluster *wc) {
+    pf_endpoint_set *raw = discovery_cache_get(&wc->cache);
+    if (raw && wc->pruned_version != raw->version) {
+        pool_prune(wc, raw);
+        wc->pruned_version = raw->version;
+    }
+}
+
 pf_endpoint_set *worker_cluster_set(pf_worker_cluster *wc) {
+    worker_cluster_prune(wc); /* before a pick: departed endpoints' idle connections go */
     pf_endpoint_set *raw = discovery_cache_get(&wc->cache);
     if (!raw)
         return NULL;
@@ -125,6 +134,9 @@ static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
         "Responses whose head came too late or whose body stalled (body_timeout).", labels);
     c->resets = metrics_counter(m, "pilotfish_upstream_resets_total",
                                 "Upstream connections closed before the response ended.", labels);
+    c->protocol_errors = metrics_counter(
+        m, "pilotfish_upstream_protocol_errors_total",
+        "Upstream responses refused as malformed (more than 16 interim responses too).", labels);
     c->retries = metrics_counter(m, "pilotfish_upstream_retries_total",
                                  "Attempts after the first, over all requests.", labels);
     c->retry_budget_exhausted =
@@ -578,6 +590,11 @@ static void on_drain(evutil_socket_t fd, short what, void *arg) {
 static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
     pf_worker *w = arg;
     atomic_store_explicit(&w->heartbeat_ms, pf_now_ms(), memory_order_relaxed);
+    /* A cluster that gets no requests still lets go of departed endpoints' connections. */
+    size_t n = atomic_load_explicit(&w->proxy->cluster_count, memory_order_acquire);
+    for (size_t i = 0; i < n; i++)
+        if (w->clusters[i].rt)
+            worker_cluster_prune(&w->clusters[i]);
 }
 
 static void on_log_flush(evutil_socket_t fd, short what, void *arg) {

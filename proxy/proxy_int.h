@@ -35,6 +35,7 @@ typedef struct pf_cluster_rt {
     pf_counter *connect_timeouts;
     pf_counter *response_timeouts;
     pf_counter *resets;
+    pf_counter *protocol_errors; /* malformed responses, too many interim ones included */
     pf_counter *connections_total;
     pf_counter *pool_reuses;
     pf_counter *retries;
@@ -95,6 +96,7 @@ typedef struct pf_worker_cluster {
     uint64_t assigned_version;
     pf_balancer *balancer;
     pf_pool_bucket *buckets[PF_POOL_BUCKETS];
+    uint64_t pruned_version; /* the set version the pool was last pruned to */
 } pf_worker_cluster;
 
 /* A worker's listening socket for one listener. Its life is one state:
@@ -190,6 +192,11 @@ pf_conn *conn_next(const pf_conn *c);
 
 /* proxy/upstream.c: the worker's idle upstream connections of a cluster, freed. */
 void pool_free_all(pf_worker_cluster *wc);
+/* Closes the worker's idle connections to endpoints not in `set` and frees their pool
+ * buckets (issue 16: departed endpoints held descriptors, breaker places and memory). */
+void pool_prune(pf_worker_cluster *wc, const pf_endpoint_set *set);
+/* Prunes wc's pool when its endpoint set changed since the last prune. Worker thread. */
+void worker_cluster_prune(pf_worker_cluster *wc);
 
 /* proxy/access_log.c */
 typedef struct pf_access_entry {

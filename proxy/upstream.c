@@ -19,6 +19,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Interim (1xx) responses allowed before the final one; more is a protocol error (502). */
+#define PF_MAX_INTERIM_RESPONSES 16
+
 typedef enum {
     UP_TIMER_NONE,
     UP_TIMER_CONNECT,
@@ -64,7 +67,9 @@ struct pf_upstream {
     bool got_bytes;
     bool paused;
     bool skip_body;
-    int parse_error; /* nonzero: 502 after execute returns */
+    int parse_error;       /* nonzero: 502 after execute returns */
+    const char *error_why; /* what was malformed, for the log; NULL: llhttp's reason */
+    unsigned interims;     /* 1xx responses to the attempt so far */
 };
 
 static const llhttp_settings_t *response_settings(void);
@@ -162,6 +167,44 @@ static void pool_remove(pf_upstream *up) {
     up->next_idle = NULL;
 }
 
+/* Whether `addr` is an endpoint of `set` (sorted by address text). */
+static bool set_has(const pf_endpoint_set *set, const char *addr) {
+    size_t lo = 0, hi = set ? set->count : 0;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(set->endpoints[mid].addr.text, addr);
+        if (c == 0)
+            return true;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+void pool_prune(pf_worker_cluster *wc, const pf_endpoint_set *set) {
+    for (unsigned i = 0; i < PF_POOL_BUCKETS; i++) {
+        for (pf_pool_bucket **at = &wc->buckets[i]; *at;) {
+            pf_pool_bucket *b = *at;
+            if (set_has(set, b->addr)) {
+                at = &b->next;
+                continue;
+            }
+            /* Departed: its idle connections would only hold descriptors and count against
+             * max_connections until idle_timeout. Busy ones close on release. */
+            while (b->idle) {
+                pf_upstream *up = b->idle;
+                b->idle = up->next_idle;
+                up->bucket = NULL;
+                upstream_free(up);
+            }
+            *at = b->next;
+            free(b);
+        }
+    }
+}
+
 void pool_free_all(pf_worker_cluster *wc) {
     for (unsigned i = 0; i < PF_POOL_BUCKETS; i++) {
         pf_pool_bucket *b = wc->buckets[i];
@@ -191,7 +234,9 @@ static void fail(pf_upstream *up, int status, const char *reason, pf_failure kin
 static void process_input(pf_upstream *up) {
     struct evbuffer *in = stream_input(up->stream);
     while (up->state != UP_COMPLETE && !up->parse_error && evbuffer_get_length(in) > 0) {
-        if (head_done(up) && exchange_downstream_full(up->owner)) {
+        /* Interim responses are output too: a client that reads slowly holds them back
+         * like the body, within buffer_bytes. */
+        if ((head_done(up) || up->interims) && exchange_downstream_full(up->owner)) {
             pause_reading(up);
             exchange_wait_for_downstream(up->owner);
             return;
@@ -207,6 +252,11 @@ static void process_input(pf_upstream *up) {
             used = pos ? (size_t)(pos - (const char *)vec.iov_base) : 0;
         }
         evbuffer_drain(in, used);
+        if (rc == HPE_PAUSED && up->state == UP_AWAIT_HEAD) {
+            /* an interim response ended: look at the client's output before the next */
+            llhttp_resume(&up->parser);
+            continue;
+        }
         if (rc == HPE_PAUSED)
             break;
         if (rc != HPE_OK && !up->parse_error) {
@@ -217,10 +267,14 @@ static void process_input(pf_upstream *up) {
         }
     }
     if (up->parse_error) {
-        if (up->retry_status)
+        if (up->retry_status) {
             fail(up, up->retry_status, "upstream answered with a retriable status", PF_FAIL_STATUS);
-        else
-            fail(up, up->parse_error, "upstream sent a malformed response", PF_FAIL_PROTOCOL);
+        } else {
+            metrics_inc(up->wc->rt->protocol_errors, 1);
+            fail(up, up->parse_error,
+                 up->error_why ? up->error_why : "upstream sent a malformed response",
+                 PF_FAIL_PROTOCOL);
+        }
         return;
     }
     if (up->state == UP_COMPLETE) {
@@ -429,6 +483,8 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
     up->got_bytes = false;
     up->skip_body = false;
     up->parse_error = 0;
+    up->error_why = NULL;
+    up->interims = 0;
     up->retry_status = 0;
     http1_head_reset(&up->resp);
     const pf_exchange_request *req = exchange_request(ex);
@@ -485,8 +541,10 @@ static void release(void *arg, bool reusable) {
      * response would answer it: not reusable. */
     if (evbuffer_get_length(stream_output(up->stream)) > 0 || up->state != UP_COMPLETE)
         reusable = false;
+    /* An endpoint that left the set gets no pooled connection (nor a bucket again). */
     if (!reusable || atomic_load_explicit(&up->w->proxy->draining, memory_order_relaxed) ||
-        wc->rt->cfg->max_idle_per_endpoint == 0) {
+        wc->rt->cfg->max_idle_per_endpoint == 0 ||
+        !set_has(discovery_cache_get(&wc->cache), up->addr)) {
         upstream_free(up);
         return;
     }
@@ -547,6 +605,12 @@ static int on_headers_complete(llhttp_t *p) {
             up->parse_error = 502;
             return -1;
         }
+        if (++up->interims > PF_MAX_INTERIM_RESPONSES) {
+            /* An endless stream of 100 or 102 would hold the request forever. */
+            up->parse_error = 502;
+            up->error_why = "upstream sent more than 16 interim responses";
+            return -1;
+        }
         set_state(up, UP_INTERIM);
         exchange_on_response_interim(up->owner, &up->resp, status);
         return 0;
@@ -583,7 +647,7 @@ static int on_message_complete(llhttp_t *p) {
     if (up->state == UP_INTERIM) {
         set_state(up, UP_AWAIT_HEAD);
         http1_head_reset(&up->resp);
-        return 0;
+        return HPE_PAUSED; /* process_input resumes once the client's output has room */
     }
     set_state(up, UP_COMPLETE);
     return HPE_PAUSED;

@@ -1614,7 +1614,7 @@ static const char every_object_json[] =
     "'cluster':'web','retry':{'backoff':{'base':'25ms'}}}]}],"
     "'clusters':[{'name':'web','endpoints':[{'address':'127.0.0.1:8081'}],"
     "'retry':{'backoff':{'base':'25ms'}},'retry_budget':{},'circuit_breakers':{},"
-    "'health_check':{},'outlier_detection':{}},"
+    "'health_check':{},'outlier_detection':{'latency':{}}},"
     "{'name':'d','dns':{'name':'d.internal','port':80}},"
     "{'name':'k','kubernetes':{'service':'k'}}]}";
 
@@ -1637,6 +1637,8 @@ static const struct {
     {"circuit_breakers", "clusters/0/circuit_breakers", "$.clusters[0].circuit_breakers"},
     {"health_check", "clusters/0/health_check", "$.clusters[0].health_check"},
     {"outlier_detection", "clusters/0/outlier_detection", "$.clusters[0].outlier_detection"},
+    {"outlier_detection.latency", "clusters/0/outlier_detection/latency",
+     "$.clusters[0].outlier_detection.latency"},
     {"clusters[].dns", "clusters/1/dns", "$.clusters[1].dns"},
     {"clusters[].kubernetes", "clusters/2/kubernetes", "$.clusters[2].kubernetes"},
     {"dns", "dns", "$.dns"},

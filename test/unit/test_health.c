@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -341,6 +342,73 @@ static void test_ejection_count_decays_while_back_in_service(void) {
                  "times %u back %llu ms: %u, want %u", rows[i].times,
                  (unsigned long long)rows[i].back_ms,
                  health_ejections_decayed(&od, rows[i].times, rows[i].back_ms), rows[i].want);
+}
+
+static const pf_config_outlier_latency latency_cfg = {
+    .enabled = true, .factor = 3, .interval_ms = 10000, .min_requests = 10};
+
+static void test_latency_median(void) {
+    static const struct {
+        size_t n;
+        double values[5], want;
+    } rows[] = {
+        {1, {7}, 7},
+        {2, {1000, 10000}, 5500}, /* the mean of the middle two */
+        {3, {10000, 1000, 1100}, 1100},
+        {4, {4, 1, 3, 2}, 2.5},
+        {5, {50, 10, 40, 20, 30}, 30},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        double v[5];
+        memcpy(v, rows[i].values, sizeof v);
+        double got = health_latency_median(v, rows[i].n);
+        PF_CHECK(got == rows[i].want, "row %zu: %g, want %g", i, got, rows[i].want);
+    }
+}
+
+static void test_latency_average_follows_windows(void) {
+    pf_latency_state s = {0};
+    health_latency_add(&s, &latency_cfg, 0, 0, 1000); /* nothing measured: nothing changes */
+    CU_ASSERT_EQUAL(s.samples, 0);
+    CU_ASSERT_FALSE(health_latency_judged(&s, &latency_cfg));
+    health_latency_add(&s, &latency_cfg, 9 * 2000, 9, 1000); /* the first window sets it */
+    CU_ASSERT_DOUBLE_EQUAL(s.average_us, 2000.0, 1e-9);
+    CU_ASSERT_FALSE(health_latency_judged(&s, &latency_cfg)); /* 9 < min_requests */
+    health_latency_add(&s, &latency_cfg, 20000, 1, 0);        /* no time passed: no weight */
+    CU_ASSERT_DOUBLE_EQUAL(s.average_us, 2000.0, 1e-9);
+    CU_ASSERT_TRUE(health_latency_judged(&s, &latency_cfg));
+    /* after one time constant (interval / 4) the average has gone 1 - 1/e of the way */
+    health_latency_add(&s, &latency_cfg, 100 * 12000, 100, 2500);
+    CU_ASSERT_DOUBLE_EQUAL(s.average_us, 2000.0 + 10000.0 * (1.0 - exp(-1.0)), 1e-6);
+    /* a long gap: the new window is nearly all of it */
+    health_latency_add(&s, &latency_cfg, 1000, 1, 100000);
+    CU_ASSERT_DOUBLE_EQUAL(s.average_us, 1000.0, 1e-3);
+    CU_ASSERT_EQUAL(s.samples, 111);
+}
+
+static void test_latency_slow_for_the_interval_is_due(void) {
+    static const struct {
+        double average, median;
+        uint64_t now;
+        bool slow_after, due;
+    } steps[] = {
+        {2000, 1000, 1000, false, false},  /* 2x: not slow */
+        {3000, 1000, 2000, false, false},  /* exactly factor x: not above */
+        {3001, 1000, 3000, true, false},   /* slow from now on */
+        {9000, 1000, 12999, true, false},  /* 9,999 ms slow: not yet */
+        {9000, 1000, 13000, true, true},   /* 10 s: due */
+        {2500, 1000, 14000, false, false}, /* fast again: the clock restarts */
+        {9000, 1000, 15000, true, false},
+        {9000, 4000, 16000, false, false}, /* the median rose: not slow any more */
+    };
+    pf_latency_state s = {.samples = 100};
+    for (size_t i = 0; i < ARRAY_LEN(steps); i++) {
+        s.average_us = steps[i].average;
+        bool due = health_latency_slow(&s, &latency_cfg, steps[i].median, steps[i].now);
+        PF_CHECK(due == steps[i].due, "step %zu: due %d", i, due);
+        PF_CHECK((s.slow_since_ms != 0) == steps[i].slow_after, "step %zu: slow since %llu", i,
+                 (unsigned long long)s.slow_since_ms);
+    }
 }
 
 static void test_max_ejection_percent(void) {
@@ -723,7 +791,9 @@ PF_UNIT_MAIN("health", PF_UNIT_TEST(test_status_range_parsing),
              PF_UNIT_TEST(test_without_checks_an_endpoint_is_always_healthy),
              PF_UNIT_TEST(test_ejection_time_grows_with_each_ejection_and_is_capped),
              PF_UNIT_TEST(test_ejection_count_decays_while_back_in_service),
-             PF_UNIT_TEST(test_max_ejection_percent),
+             PF_UNIT_TEST(test_max_ejection_percent), PF_UNIT_TEST(test_latency_median),
+             PF_UNIT_TEST(test_latency_average_follows_windows),
+             PF_UNIT_TEST(test_latency_slow_for_the_interval_is_due),
              PF_UNIT_TEST(test_without_config_sets_pass_through),
              PF_UNIT_TEST(test_set_published_before_health_new_is_taken),
              PF_UNIT_TEST(test_discovery_and_check_verdicts_combine),

@@ -1,9 +1,15 @@
 /* The proxy's pure decisions that need no event loop: which worker, if any, is stalled
- * (proxy_stalled_worker, behind /healthz). */
+ * (proxy_stalled_worker, behind /healthz); and the pool's bookkeeping of departed endpoints. */
 #include "proxy/proxy.h"
+#include "proxy/proxy_int.h"
 #include "test/unit/unit.h"
 
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 static void test_stalled_worker_is_the_silent_longest_past_the_limit(void) {
     static const struct {
@@ -28,4 +34,51 @@ static void test_stalled_worker_is_the_silent_longest_past_the_limit(void) {
     }
 }
 
-PF_UNIT_MAIN("proxy", PF_UNIT_TEST(test_stalled_worker_is_the_silent_longest_past_the_limit))
+static size_t bucket_count(const pf_worker_cluster *wc, const char *addr) {
+    size_t n = 0;
+    for (unsigned i = 0; i < PF_POOL_BUCKETS; i++)
+        for (const pf_pool_bucket *b = wc->buckets[i]; b; b = b->next)
+            n += !addr || strcmp(b->addr, addr) == 0;
+    return n;
+}
+
+/* Issue 16 defect 6: each address ever seen kept its (empty) bucket per worker forever.
+ * Buckets of endpoints that left the set go; the others stay. The buckets are laid out by
+ * hand, with no connections: pruning does not care in which chain a bucket sits, and ASan's
+ * leak check at exit catches a bucket unlinked but not freed. */
+static void test_pool_prune_frees_buckets_of_departed_endpoints(void) {
+    static const char *const seen[] = {"127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003",
+                                       "127.0.0.1:1004", "127.0.0.1:1005"};
+    pf_worker_cluster wc;
+    memset(&wc, 0, sizeof wc);
+    for (size_t i = 0; i < ARRAY_LEN(seen); i++) {
+        pf_pool_bucket *b = calloc(1, sizeof *b);
+        CU_ASSERT_FATAL(b != NULL);
+        snprintf(b->addr, sizeof b->addr, "%s", seen[i]);
+        b->next = wc.buckets[i % 2]; /* two chains, several buckets each */
+        wc.buckets[i % 2] = b;
+    }
+    pf_endpoint eps[2];
+    memset(eps, 0, sizeof eps);
+    for (int i = 0; i < 2; i++) {
+        CU_ASSERT_FATAL(config_parse_sockaddr(i ? "127.0.0.1:1004" : "127.0.0.1:1002", &eps[i].addr,
+                                              NULL) == PF_OK);
+        eps[i].weight = 1;
+        eps[i].healthy = true;
+    }
+    pf_endpoint_set *set = discovery_set_new(eps, 2);
+    CU_ASSERT_FATAL(set != NULL);
+    pool_prune(&wc, set);
+    CU_ASSERT_EQUAL(bucket_count(&wc, NULL), 2);
+    CU_ASSERT_EQUAL(bucket_count(&wc, "127.0.0.1:1002"), 1);
+    CU_ASSERT_EQUAL(bucket_count(&wc, "127.0.0.1:1004"), 1);
+    pf_endpoint_set *empty = discovery_set_new(NULL, 0);
+    CU_ASSERT_FATAL(empty != NULL);
+    pool_prune(&wc, empty);
+    CU_ASSERT_EQUAL(bucket_count(&wc, NULL), 0);
+    discovery_set_unref(set);
+    discovery_set_unref(empty);
+}
+
+PF_UNIT_MAIN("proxy", PF_UNIT_TEST(test_stalled_worker_is_the_silent_longest_past_the_limit),
+             PF_UNIT_TEST(test_pool_prune_frees_buckets_of_departed_endpoints))
