@@ -281,6 +281,34 @@ typedef struct pf_config_route {
     uint64_t timeout_ms; /* whole request, all attempts, until the response head; 0: none */
 } pf_config_route;
 
+/* TLS of a listener ($.listeners[].tls). Files are checked at load (readable, a key that
+ * matches its certificate); the proxy loads them again when it starts. */
+#define PF_TLS_FILE_MAX 1024
+#define PF_TLS_MAX_CERTS 16
+#define PF_TLS_MAX_ALPN 4
+#define PF_TLS_ALPN_MAX 32 /* one protocol id, e.g. "http/1.1" */
+#define PF_TLS_MAX_SANS 16
+#define PF_TLS_SAN_MAX 256
+
+typedef enum { PF_TLS_1_2 = 12, PF_TLS_1_3 = 13 } pf_tls_version;
+
+typedef struct pf_config_tls_cert {
+    char cert_file[PF_TLS_FILE_MAX]; /* PEM: the certificate, then its chain */
+    char key_file[PF_TLS_FILE_MAX];
+} pf_config_tls_cert;
+
+typedef struct pf_config_listener_tls {
+    pf_config_tls_cert *certificates; /* the first is the default for unknown SNI names */
+    size_t certificate_count;
+    pf_tls_version min_version;
+    char alpn[PF_TLS_MAX_ALPN][PF_TLS_ALPN_MAX]; /* in preference order */
+    size_t alpn_count;
+    char client_ca_file[PF_TLS_FILE_MAX]; /* "": client certificates are not asked for */
+    bool require_client_cert;
+    char allowed_client_sans[PF_TLS_MAX_SANS][PF_TLS_SAN_MAX]; /* none: any the CA signed */
+    size_t allowed_client_san_count;
+} pf_config_listener_tls;
+
 typedef struct pf_config_listener {
     char name[PF_NAME_MAX];
     pf_sockaddr addr;
@@ -294,6 +322,8 @@ typedef struct pf_config_listener {
     uint64_t idle_timeout_ms;   /* downstream keep-alive idle */
     uint64_t body_timeout_ms;   /* longest pause inside a request body */
     uint32_t max_connections;   /* client connections open at once; 0: only the global limit */
+    bool has_tls;               /* false: plaintext HTTP/1 */
+    pf_config_listener_tls tls;
 } pf_config_listener;
 
 /* $.kubernetes: how to reach the API server, shared by every Kubernetes cluster, and

@@ -102,8 +102,9 @@ typedef struct pf_forward_request {
     const char *host; /* Host to send: the client's, or the absolute-form authority */
     size_t host_len;
     const char *client_ip;
-    const char *proto;      /* "http" */
-    const char *request_id; /* generated id, or NULL when the client sent one */
+    const char *proto;       /* "http" */
+    const char *request_id;  /* generated id, or NULL when the client sent one */
+    const char *client_cert; /* x-forwarded-client-cert of a verified TLS client, or NULL */
     pf_body_mode body;
     uint64_t content_length;
 } pf_forward_request;

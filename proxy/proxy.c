@@ -326,6 +326,10 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
             l->fds[k] = -1;
         l->claim_fd = -1;
         register_listener_metrics(metrics, l);
+        if (l->cfg->has_tls && !(l->tls = tls_server_new(l->cfg, metrics, err))) {
+            proxy_free(proxy);
+            return NULL;
+        }
     }
     if (cfg->access_log) {
         proxy->access_log_dropped = metrics_counter(
@@ -808,6 +812,7 @@ void proxy_free(pf_proxy *proxy) {
         if (l->claim_fd >= 0)
             close(l->claim_fd);
         router_free(l->router);
+        tls_server_free(l->tls);
     }
     free(proxy->listeners);
     pf_log_sink_close(&proxy->access_sink);

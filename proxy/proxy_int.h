@@ -8,6 +8,7 @@
 #include "proxy/http1.h"
 #include "proxy/proxy.h"
 #include "proxy/router.h"
+#include "proxy/tls_int.h"
 #include "core/log.h"
 
 #include <event2/bufferevent.h>
@@ -76,6 +77,7 @@ typedef struct pf_listener_rt {
     pf_gauge *connections_active;
     _Atomic long open_connections; /* the listener's max_connections count */
     pf_histogram *duration;
+    pf_tls_server *tls; /* NULL: plaintext */
 } pf_listener_rt;
 
 /* Idle upstream connections to one endpoint address, per worker and cluster. */

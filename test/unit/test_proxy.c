@@ -1,9 +1,11 @@
 /* The proxy's pure decisions that need no event loop: which worker, if any, is stalled
  * (proxy_stalled_worker, behind /healthz). */
 #include "proxy/proxy.h"
+#include "proxy/tls_int.h"
 #include "test/unit/unit.h"
 
 #include <stdint.h>
+#include <string.h>
 
 static void test_stalled_worker_is_the_silent_longest_past_the_limit(void) {
     static const struct {
@@ -28,4 +30,45 @@ static void test_stalled_worker_is_the_silent_longest_past_the_limit(void) {
     }
 }
 
-PF_UNIT_MAIN("proxy", PF_UNIT_TEST(test_stalled_worker_is_the_silent_longest_past_the_limit))
+/* SNI: exact names without case, and a wildcard standing for exactly one label. */
+static void test_tls_certificate_names_match_sni_hosts(void) {
+    static const struct {
+        const char *name, *host;
+        bool match;
+    } rows[] = {
+        {"api.test", "api.test", true},        {"api.test", "API.Test", true},
+        {"api.test", "www.api.test", false},   {"*.api.test", "www.api.test", true},
+        {"*.api.test", "WWW.API.TEST", true},  {"*.api.test", "api.test", false},
+        {"*.api.test", "a.b.api.test", false}, {"*.api.test", ".api.test", false},
+        {"*.api.test", "xapi.test", false},    {"api.test", "api.test.", false},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        PF_CHECK(tls_name_matches(rows[i].name, rows[i].host) == rows[i].match, "row %zu: %s vs %s",
+                 i, rows[i].name, rows[i].host);
+}
+
+/* allowed_client_sans: exact, or a prefix that ends in a slash and a star. */
+static void test_tls_client_san_patterns(void) {
+    static const struct {
+        const char *pattern, *san;
+        bool allowed;
+    } rows[] = {
+        {"spiffe://mesh/ns/a/sa/web", "spiffe://mesh/ns/a/sa/web", true},
+        {"spiffe://mesh/ns/a/sa/web", "spiffe://mesh/ns/a/sa/web2", false},
+        {"spiffe://mesh/ns/a/sa/web", "spiffe://mesh/ns/a/sa/we", false},
+        {"spiffe://mesh/*", "spiffe://mesh/ns/a/sa/web", true},
+        {"spiffe://mesh/*", "spiffe://mesh/", false}, /* the star stands for 1 or more */
+        {"spiffe://mesh/*", "spiffe://mesh", false},
+        {"spiffe://mesh/*", "spiffe://mesh.evil/x", false},
+        {"spiffe://mesh/*", "spiffe://meshx/x", false},
+        {"spiffe://mesh/*", "spiffe://mesh/*", true},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        PF_CHECK(tls_san_allowed(rows[i].pattern, rows[i].san, strlen(rows[i].san)) ==
+                     rows[i].allowed,
+                 "row %zu: %s vs %s", i, rows[i].pattern, rows[i].san);
+}
+
+PF_UNIT_MAIN("proxy", PF_UNIT_TEST(test_stalled_worker_is_the_silent_longest_past_the_limit),
+             PF_UNIT_TEST(test_tls_certificate_names_match_sni_hosts),
+             PF_UNIT_TEST(test_tls_client_san_patterns))
