@@ -212,8 +212,8 @@ static int build_ctx(pf_tls_server *t, pf_error *err) {
     if (!ctx)
         return pf_fail(err, PF_ENOMEM, "listener %s: cannot create a TLS context", t->cfg->name);
     SSL_CTX_set_app_data(ctx, t);
-    SSL_CTX_set_min_proto_version(ctx, cfg->min_version == PF_TLS_1_3 ? TLS1_3_VERSION
-                                                                      : TLS1_2_VERSION);
+    SSL_CTX_set_min_proto_version(ctx,
+                                  cfg->min_version == PF_TLS_1_3 ? TLS1_3_VERSION : TLS1_2_VERSION);
     SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
     SSL_CTX_set_security_level(ctx, 2);
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
@@ -231,8 +231,10 @@ static int build_ctx(pf_tls_server *t, pf_error *err) {
     tls_cert *def = &t->certs[0];
     if (SSL_CTX_use_cert_and_key(ctx, def->leaf, def->key, def->chain, 1) != 1) {
         ERR_clear_error();
-        return pf_fail(err, PF_EINVAL, "listener %s: %s: the certificate is refused (too weak "
-                       "a key for security level 2?)", t->cfg->name, cfg->certificates[0].cert_file);
+        return pf_fail(err, PF_EINVAL,
+                       "listener %s: %s: the certificate is refused (too weak "
+                       "a key for security level 2?)",
+                       t->cfg->name, cfg->certificates[0].cert_file);
     }
     SSL_CTX_set_cert_cb(ctx, select_cert, t);
     for (size_t i = 0; i < cfg->alpn_count; i++) {
@@ -247,11 +249,12 @@ static int build_ctx(pf_tls_server *t, pf_error *err) {
         if (SSL_CTX_load_verify_locations(ctx, cfg->client_ca_file, NULL) != 1 || !names) {
             sk_X509_NAME_pop_free(names, X509_NAME_free);
             ERR_clear_error();
-            return pf_fail(err, PF_EINVAL, "listener %s: %s: no PEM CA certificate",
-                           t->cfg->name, cfg->client_ca_file);
+            return pf_fail(err, PF_EINVAL, "listener %s: %s: no PEM CA certificate", t->cfg->name,
+                           cfg->client_ca_file);
         }
         SSL_CTX_set_client_CA_list(ctx, names);
-        int mode = SSL_VERIFY_PEER | (cfg->require_client_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0);
+        int mode =
+            SSL_VERIFY_PEER | (cfg->require_client_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0);
         SSL_CTX_set_verify(ctx, mode, verify_client);
     }
     return PF_OK;
