@@ -1005,7 +1005,7 @@ static const char *const tls_version_names[] = {"1.2", "1.3"};
 static void parse_alpn(loader *ld, json_t *obj, json_t *arr, const char *path, void *base,
                        const key_def *k) {
     char p[JPATH_MAX], q[QUOTE_MAX];
-    pf_config_listener_tls *t = base;
+    pf_config_alpn *t = FIELD(base, k, pf_config_alpn);
     if (!want(ld, arr, path, "array"))
         return;
     if (json_array_size(arr) == 0 || json_array_size(arr) > PF_TLS_MAX_ALPN) {
@@ -1026,22 +1026,22 @@ static void parse_alpn(loader *ld, json_t *obj, json_t *arr, const char *path, v
             errf(ld, p, "unknown protocol %s (known: \"http/1.1\")", qstr(q, name));
             continue;
         }
-        snprintf(t->alpn[t->alpn_count++], PF_TLS_ALPN_MAX, "%s", name);
+        snprintf(t->names[t->count++], PF_TLS_ALPN_MAX, "%s", name);
     }
 }
 
 static json_t *dump_alpn(dumper *d, const void *base, const key_def *k) {
-    const pf_config_listener_tls *t = base;
+    const pf_config_alpn *t = (const pf_config_alpn *)(const void *)((const char *)base + k->off);
     json_t *arr = json_array();
-    for (size_t i = 0; i < t->alpn_count; i++)
-        push(d, arr, json_string(t->alpn[i]));
+    for (size_t i = 0; i < t->count; i++)
+        push(d, arr, json_string(t->names[i]));
     return arr;
 }
 
 static void init_alpn(void *base, const key_def *k) {
-    pf_config_listener_tls *t = base;
-    snprintf(t->alpn[0], PF_TLS_ALPN_MAX, "http/1.1");
-    t->alpn_count = 1;
+    pf_config_alpn *t = FIELD(base, k, pf_config_alpn);
+    snprintf(t->names[0], PF_TLS_ALPN_MAX, "http/1.1");
+    t->count = 1;
 }
 
 /* An exact SAN (URI, DNS name or e-mail) or a prefix pattern: a '/' then '*' at the end,
@@ -1049,7 +1049,7 @@ static void init_alpn(void *base, const key_def *k) {
 static void parse_client_sans(loader *ld, json_t *obj, json_t *arr, const char *path, void *base,
                               const key_def *k) {
     char p[JPATH_MAX], q[QUOTE_MAX];
-    pf_config_listener_tls *t = base;
+    pf_config_sans *t = FIELD(base, k, pf_config_sans);
     if (!want(ld, arr, path, "array"))
         return;
     if (json_array_size(arr) > PF_TLS_MAX_SANS) {
@@ -1069,16 +1069,15 @@ static void parse_client_sans(loader *ld, json_t *obj, json_t *arr, const char *
         else if (star && (star != san + len - 1 || len < 2 || san[len - 2] != '/'))
             errf(ld, p, "%s: '*' may only end a prefix, as in \"spiffe://domain/*\"", qstr(q, san));
         else
-            snprintf(t->allowed_client_sans[t->allowed_client_san_count++], PF_TLS_SAN_MAX, "%s",
-                     san);
+            snprintf(t->names[t->count++], PF_TLS_SAN_MAX, "%s", san);
     }
 }
 
 static json_t *dump_client_sans(dumper *d, const void *base, const key_def *k) {
-    const pf_config_listener_tls *t = base;
+    const pf_config_sans *t = (const pf_config_sans *)(const void *)((const char *)base + k->off);
     json_t *arr = json_array();
-    for (size_t i = 0; i < t->allowed_client_san_count; i++)
-        push(d, arr, json_string(t->allowed_client_sans[i]));
+    for (size_t i = 0; i < t->count; i++)
+        push(d, arr, json_string(t->names[i]));
     return arr;
 }
 
@@ -1092,11 +1091,8 @@ static const char *ssl_reason(const char *fallback) {
 
 /* A certificate and its key, checked the way the proxy will load them: both PEM, readable,
  * and the key the one the certificate names. */
-static void tls_cert_finish(loader *ld, json_t *v, const char *path, void *obj) {
+static void check_cert_pair(loader *ld, const char *path, const pf_config_tls_cert *c) {
     char p[JPATH_MAX];
-    const pf_config_tls_cert *c = obj;
-    if (!v || !c->cert_file[0] || !c->key_file[0])
-        return;
     X509 *x = NULL;
     EVP_PKEY *key = NULL;
     FILE *f = fopen(c->cert_file, "r");
@@ -1135,6 +1131,23 @@ done:
     X509_free(x);
 }
 
+static void tls_cert_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    const pf_config_tls_cert *c = obj;
+    if (v && c->cert_file[0] && c->key_file[0])
+        check_cert_pair(ld, path, c);
+}
+
+static void check_ca_file(loader *ld, const char *path, const char *file) {
+    X509_STORE *store = X509_STORE_new();
+    if (!store) {
+        oom(ld);
+        return;
+    }
+    if (X509_STORE_load_file(store, file) != 1)
+        errf(ld, path, "%s: no PEM CA certificate: %s", file, ssl_reason("none found"));
+    X509_STORE_free(store);
+}
+
 static void tls_finish(loader *ld, json_t *v, const char *path, void *obj) {
     char p[JPATH_MAX];
     const pf_config_listener_tls *t = obj;
@@ -1144,24 +1157,33 @@ static void tls_finish(loader *ld, json_t *v, const char *path, void *obj) {
         errf(ld, jkey(p, path, "certificates"), "give at least one certificate");
     if (t->certificate_count > PF_TLS_MAX_CERTS)
         errf(ld, jkey(p, path, "certificates"), "at most %d certificates", PF_TLS_MAX_CERTS);
-    if ((t->require_client_cert || t->allowed_client_san_count) && !t->client_ca_file[0])
+    if ((t->require_client_cert || t->allowed_client_sans.count) && !t->client_ca_file[0])
         errf(ld, jkey(p, path, "client_ca_file"),
              "missing: require_client_cert and allowed_client_sans need the CA that signs "
              "client certificates");
-    if (t->allowed_client_san_count && !t->require_client_cert)
+    if (t->allowed_client_sans.count && !t->require_client_cert)
         errf(ld, jkey(p, path, "allowed_client_sans"),
              "needs require_client_cert: true (a client without a certificate has no SAN)");
-    if (t->client_ca_file[0]) {
-        X509_STORE *store = X509_STORE_new();
-        if (!store) {
-            oom(ld);
-            return;
-        }
-        if (X509_STORE_load_file(store, t->client_ca_file) != 1)
-            errf(ld, jkey(p, path, "client_ca_file"), "%s: no PEM CA certificate: %s",
-                 t->client_ca_file, ssl_reason("none found"));
-        X509_STORE_free(store);
+    if (t->client_ca_file[0])
+        check_ca_file(ld, jkey(p, path, "client_ca_file"), t->client_ca_file);
+}
+
+static void cluster_tls_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    char p[JPATH_MAX];
+    const pf_config_cluster_tls *t = obj;
+    if (!v)
+        return;
+    if (!t->cert_file[0] != !t->key_file[0])
+        errf(ld, jkey(p, path, t->cert_file[0] ? "key_file" : "cert_file"),
+             "missing: a client certificate needs both cert_file and key_file");
+    else if (t->cert_file[0]) {
+        pf_config_tls_cert pair;
+        memcpy(pair.cert_file, t->cert_file, sizeof pair.cert_file);
+        memcpy(pair.key_file, t->key_file, sizeof pair.key_file);
+        check_cert_pair(ld, path, &pair);
     }
+    if (t->ca_file[0])
+        check_ca_file(ld, jkey(p, path, "ca_file"), t->ca_file);
 }
 
 static bool tls_present(const void *obj) {
@@ -1948,7 +1970,8 @@ static const key_def listener_tls_keys[] = {
     {K_ENUM(pf_config_listener_tls, "min_version", min_version, pf_tls_version, tls_version_names,
             PF_TLS_1_2, PF_TLS_1_2, "version", "versions", "the oldest TLS version accepted")},
     {K_CUSTOM("alpn", "list of protocols", "ALPN protocols offered, in preference order"),
-     .parse = parse_alpn, .dump = dump_alpn, .init = init_alpn, .doc_default = "[\"http/1.1\"]"},
+     .off = offsetof(pf_config_listener_tls, alpn), .parse = parse_alpn, .dump = dump_alpn,
+     .init = init_alpn, .doc_default = "[\"http/1.1\"]"},
     {K_TEXT(pf_config_listener_tls, "client_ca_file", client_ca_file, NULL,
             "PEM CAs whose client certificates are accepted (mTLS)"),
      .flags = KF_OMIT_ZERO},
@@ -1956,12 +1979,37 @@ static const key_def listener_tls_keys[] = {
             "refuse clients without a certificate from client_ca_file")},
     {K_CUSTOM("allowed_client_sans", "list of names",
               "client certificate SANs accepted: exact, or a prefix ending in /*"),
-     .parse = parse_client_sans, .dump = dump_client_sans, .doc_default = "any"},
+     .off = offsetof(pf_config_listener_tls, allowed_client_sans), .parse = parse_client_sans,
+     .dump = dump_client_sans, .doc_default = "any"},
 };
 static const schema listener_tls_schema = {.doc_name = "listeners[].tls",
                                            SCHEMA_KEYS(listener_tls_keys),
                                            .finish = tls_finish,
                                            .dumped = tls_present};
+
+static const key_def cluster_tls_keys[] = {
+    {K_TEXT(pf_config_cluster_tls, "ca_file", ca_file, NULL,
+            "PEM CAs the endpoints' certificates must chain to"),
+     .flags = KF_OMIT_ZERO, .doc_default = "the system's CAs"},
+    {K_TEXT(pf_config_cluster_tls, "sni", sni, NULL,
+            "the name sent in SNI and verified in the certificate"),
+     .flags = KF_OMIT_ZERO, .parse = parse_dns_name_row,
+     .doc_default = "the request's host (DNS, Kubernetes clusters), else the endpoint's address"},
+    {K_CUSTOM("verify_subject_alt_name", "list of names",
+              "certificate SANs accepted instead of the SNI name: exact, or a prefix ending in /*"),
+     .off = offsetof(pf_config_cluster_tls, verify_subject_alt_name), .parse = parse_client_sans,
+     .dump = dump_client_sans, .doc_default = "the SNI name"},
+    {K_TEXT(pf_config_cluster_tls, "cert_file", cert_file, NULL,
+            "PEM client certificate (mTLS), with key_file"),
+     .flags = KF_OMIT_ZERO},
+    {K_TEXT(pf_config_cluster_tls, "key_file", key_file, NULL, "PEM key of cert_file"),
+     .flags = KF_OMIT_ZERO},
+    {K_CUSTOM("alpn", "list of protocols", "ALPN protocols offered, in preference order"),
+     .off = offsetof(pf_config_cluster_tls, alpn), .parse = parse_alpn, .dump = dump_alpn,
+     .init = init_alpn, .doc_default = "[\"http/1.1\"]"},
+};
+static const schema cluster_tls_schema = {
+    .doc_name = "clusters[].tls", SCHEMA_KEYS(cluster_tls_keys), .finish = cluster_tls_finish};
 
 static const key_def listener_keys[] = {
     {K_TEXT(pf_config_listener, "name", name, NULL, "unique; names the listener in metrics"),
@@ -2176,6 +2224,9 @@ static const key_def cluster_keys[] = {
      .flags = KF_POSITIVE, .parse = parse_ewma_decay, .dump_if = uses_ewma},
     {K_DUR(pf_config_cluster, "slow_start", slow_start_ms, 0,
            "weight ramp of new or recovered endpoints; 0: off")},
+    {K_OBJ(pf_config_cluster, "tls", tls, cluster_tls_schema, "TLS to the endpoints"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_cluster, has_tls, bool),
+     .doc_default = "none (plaintext)"},
     {K_OBJ(pf_config_cluster, "kubernetes", kubernetes, cluster_k8s_schema,
            "endpoints from a Service's EndpointSlices"),
      .doc_default = "none"},

@@ -312,9 +312,15 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
     proxy->workers = calloc(proxy->worker_count, sizeof *proxy->workers);
     if (!proxy->clusters || !proxy->listeners || !proxy->workers)
         goto nomem;
-    for (size_t i = 0; i < cfg->cluster_count; i++)
+    for (size_t i = 0; i < cfg->cluster_count; i++) {
         if (cluster_init(proxy, &proxy->clusters[i], &cfg->clusters[i]) != PF_OK)
             goto nomem;
+        if (cfg->clusters[i].has_tls &&
+            !(proxy->clusters[i].tls = tls_client_new(&cfg->clusters[i], err))) {
+            proxy_free(proxy);
+            return NULL;
+        }
+    }
     for (size_t i = 0; i < cfg->listener_count; i++) {
         pf_listener_rt *l = &proxy->listeners[i];
         l->cfg = &cfg->listeners[i];
@@ -822,6 +828,7 @@ void proxy_free(pf_proxy *proxy) {
         balancer_group_unref(proxy->clusters[i].lb);
         discovery_slot_free(proxy->clusters[i].slot);
         free(proxy->clusters[i].owned_cfg);
+        tls_client_free(proxy->clusters[i].tls);
     }
     free(proxy->clusters);
     proxy_service_routes_free(proxy->routes);

@@ -54,6 +54,7 @@ typedef struct pf_cluster_rt {
     pf_balancer_group *lb;        /* what the workers' balancers share (settings, hash tables) */
     pf_config_cluster *owned_cfg; /* run-time clusters own their config copy */
     pf_health *health;            /* passive outlier detection; may be NULL */
+    pf_tls_client *tls;           /* NULL: plaintext to the endpoints */
     bool retired;
 } pf_cluster_rt;
 
@@ -85,6 +86,7 @@ typedef struct pf_pool_bucket {
     char addr[PF_ADDRTEXT_MAX];
     pf_upstream *idle; /* most recently used first */
     size_t idle_count;
+    SSL_SESSION *tls_session; /* TLS clusters: the endpoint's latest session, to resume */
     struct pf_pool_bucket *next;
 } pf_pool_bucket;
 

@@ -148,7 +148,7 @@ static void tls_on_writable(pf_stream *s);
 
 static void on_writable(evutil_socket_t fd, short what, void *arg) {
     pf_stream *s = arg;
-    if (s->ssl) {
+    if (s->ssl && !s->connecting) {
         tls_on_writable(s);
         return;
     }
@@ -163,6 +163,10 @@ static void on_writable(evutil_socket_t fd, short what, void *arg) {
         if (err) {
             arm_write(s, false);
             s->cbs.on_event(s, PF_STREAM_ERROR, err, s->ctx);
+            return;
+        }
+        if (s->ssl) {
+            tls_on_writable(s); /* the ClientHello; PF_STREAM_CONNECTED once the handshake ends */
             return;
         }
         arm_write(s, evbuffer_get_length(s->out) > 0);
@@ -276,6 +280,10 @@ void stream_free(pf_stream *s) {
     if (s->ssl) {
         if (s->tls == TLS_HANDSHAKE)
             tls_count_failure(s->ssl, PF_TLS_FAIL_TIMEOUT);
+        /* A connection that did not fail keeps its session resumable: without this flag
+         * SSL_free takes a close without close_notify for a truncation and voids it. */
+        if (s->tls == TLS_OPEN)
+            SSL_set_shutdown(s->ssl, SSL_SENT_SHUTDOWN);
         SSL_free(s->ssl);
     }
     if (s->read_ev)
@@ -330,6 +338,9 @@ static bool tls_handshake(pf_stream *s) {
         arm_write(s, false);
         if (evbuffer_get_length(s->out) > 0)
             schedule_flush(s); /* what was queued while the handshake ran */
+        /* an upstream is connected now; its owner never frees the stream from here */
+        if (!SSL_is_server(s->ssl))
+            s->cbs.on_event(s, PF_STREAM_CONNECTED, 0, s->ctx);
         return true;
     }
     int e = SSL_get_error(s->ssl, r);
@@ -377,10 +388,17 @@ static void tls_read(pf_stream *s) {
             arm_write(s, true);
             break;
         }
-        /* close_notify, or a bare FIN (clients often skip the alert): an end either way */
-        bool eof = e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0);
-        if (got)
-            s->cbs.on_read(s, s->ctx); /* what came before the end first; it may free us */
+        if (got) {
+            /* What came before the end goes first, and the end on the next turn: the
+             * callback may free the stream (event_free then cancels the activation). */
+            event_active(s->read_ev, EV_READ, 0);
+            s->cbs.on_read(s, s->ctx);
+            return;
+        }
+        /* close_notify, or a bare FIN (peers often skip the alert): an end either way */
+        bool eof = e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0) ||
+                   (e == SSL_ERROR_SSL &&
+                    ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING);
         if (eof) {
             ERR_clear_error();
             s->want_read = false;
@@ -397,6 +415,8 @@ static void tls_read(pf_stream *s) {
 }
 
 static void tls_on_readable(pf_stream *s) {
+    if (s->connecting)
+        return; /* a failed connect is reported by the write event */
     if (s->tls == TLS_HANDSHAKE && !tls_handshake(s))
         return;
     if (s->tls != TLS_OPEN)

@@ -48,9 +48,10 @@ void stream_shutdown_write(pf_stream *s);
 void stream_free(pf_stream *s);
 
 /* Makes the stream TLS before any byte moved: it owns `ssl` (set to the socket, in accept
- * state) from now on. The handshake runs first; the input sees only application data, and
- * output queued meanwhile waits for it. A failed handshake is counted and reported as
- * PF_STREAM_ERROR (EPROTO). */
+ * or connect state) from now on. The handshake runs first (after the connect); the input
+ * sees only application data, and output queued meanwhile waits for it. A client stream
+ * reports PF_STREAM_CONNECTED when its handshake is done. A failed handshake is counted
+ * (listeners) or logged (upstreams) and reported as PF_STREAM_ERROR (EPROTO). */
 void stream_set_tls(pf_stream *s, struct ssl_st *ssl);
 /* The SSL once the handshake is done, else NULL. */
 struct ssl_st *stream_ssl(pf_stream *s);

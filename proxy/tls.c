@@ -6,6 +6,7 @@
 
 #include "core/log.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -154,17 +155,8 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
     return SSL_TLSEXT_ERR_OK;
 }
 
-/* With allowed_client_sans, the client's leaf certificate must carry one of them (any
- * URI, DNS, e-mail or IP SAN as text). The CA checks have run by then (preverify). */
-static int verify_client(int preverify, X509_STORE_CTX *store) {
-    if (!preverify || X509_STORE_CTX_get_error_depth(store) != 0)
-        return preverify;
-    SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
-    const pf_tls_server *t = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
-    const pf_config_listener_tls *cfg = &t->cfg->tls;
-    if (cfg->allowed_client_san_count == 0)
-        return 1;
-    X509 *x = X509_STORE_CTX_get_current_cert(store);
+/* Whether the certificate carries one of the allowed names as a URI, DNS or e-mail SAN. */
+static bool cert_has_san(X509 *x, const pf_config_sans *allowed) {
     GENERAL_NAMES *sans = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
     bool ok = false;
     for (int i = 0; !ok && sans && i < sk_GENERAL_NAME_num(sans); i++) {
@@ -178,14 +170,43 @@ static int verify_client(int preverify, X509_STORE_CTX *store) {
             s = gn->d.rfc822Name;
         if (!s)
             continue;
-        for (size_t j = 0; !ok && j < cfg->allowed_client_san_count; j++)
-            ok = tls_san_allowed(cfg->allowed_client_sans[j], (const char *)s->data,
-                                 (size_t)s->length);
+        for (size_t j = 0; !ok && j < allowed->count; j++)
+            ok = tls_san_allowed(allowed->names[j], (const char *)s->data, (size_t)s->length);
     }
     GENERAL_NAMES_free(sans);
+    return ok;
+}
+
+/* Checks the leaf against a SAN list once the chain checks passed (preverify). */
+static int verify_sans(int preverify, X509_STORE_CTX *store, const pf_config_sans *allowed) {
+    if (!preverify || X509_STORE_CTX_get_error_depth(store) != 0 || allowed->count == 0)
+        return preverify;
+    bool ok = cert_has_san(X509_STORE_CTX_get_current_cert(store), allowed);
     if (!ok)
         X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
     return ok;
+}
+
+static SSL *ssl_of_store(X509_STORE_CTX *store) {
+    return X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+}
+
+/* With allowed_client_sans, the client's certificate must carry one of them. */
+static int verify_client(int preverify, X509_STORE_CTX *store) {
+    const pf_tls_server *t = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl_of_store(store)));
+    return verify_sans(preverify, store, &t->cfg->tls.allowed_client_sans);
+}
+
+/* ALPN's wire format: each id prefixed by its length. Returns the length written. */
+static size_t alpn_wire(const pf_config_alpn *alpn, unsigned char *out) {
+    size_t len = 0;
+    for (size_t i = 0; i < alpn->count; i++) {
+        size_t n = strlen(alpn->names[i]);
+        out[len++] = (unsigned char)n;
+        memcpy(out + len, alpn->names[i], n);
+        len += n;
+    }
+    return len;
 }
 
 static void register_metrics(pf_tls_server *t, pf_metrics *m) {
@@ -237,12 +258,7 @@ static int build_ctx(pf_tls_server *t, pf_error *err) {
                        t->cfg->name, cfg->certificates[0].cert_file);
     }
     SSL_CTX_set_cert_cb(ctx, select_cert, t);
-    for (size_t i = 0; i < cfg->alpn_count; i++) {
-        size_t n = strlen(cfg->alpn[i]);
-        t->alpn[t->alpn_len++] = (unsigned char)n;
-        memcpy(t->alpn + t->alpn_len, cfg->alpn[i], n);
-        t->alpn_len += n;
-    }
+    t->alpn_len = alpn_wire(&cfg->alpn, t->alpn);
     SSL_CTX_set_alpn_select_cb(ctx, select_alpn, t);
     if (cfg->client_ca_file[0]) {
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(cfg->client_ca_file);
@@ -306,8 +322,9 @@ SSL *tls_server_ssl(pf_tls_server *t, int fd) {
     return ssl;
 }
 
+/* The listener of a server-side SSL; NULL for a client (upstream) SSL. */
 static pf_tls_server *server_of(SSL *ssl) {
-    return SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    return SSL_is_server(ssl) ? SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)) : NULL;
 }
 
 void tls_count_failure(SSL *ssl, pf_tls_failure why) {
@@ -326,6 +343,19 @@ void tls_count_handshake(SSL *ssl) {
 pf_tls_failure tls_handshake_failed(SSL *ssl, int ssl_error, bool eof) {
     unsigned long e = ERR_peek_error();
     int reason = ERR_GET_REASON(e);
+    if (!SSL_is_server(ssl)) {
+        /* upstream: the owner counts a connect failure; the reason is told here */
+        long v = SSL_get_verify_result(ssl);
+        log_info("upstream TLS handshake failed name=%s reason=\"%s\"",
+                 SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)
+                     ? SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)
+                     : "-",
+                 v != X509_V_OK ? X509_verify_cert_error_string(v)
+                 : e            ? ERR_reason_error_string(e)
+                                : "connection closed");
+        ERR_clear_error();
+        return PF_TLS_FAIL_PROTOCOL;
+    }
     pf_tls_failure why = PF_TLS_FAIL_PROTOCOL;
     if (SSL_get_verify_result(ssl) != X509_V_OK ||
         reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE ||
@@ -395,4 +425,139 @@ char *tls_client_cert_header(SSL *ssl) {
     }
     GENERAL_NAMES_free(sans);
     return buf;
+}
+
+/* ---- upstream (client) side ------------------------------------------------------------ */
+
+struct pf_tls_client {
+    const pf_config_cluster *cfg;
+    SSL_CTX *ctx;
+    unsigned char alpn[PF_TLS_MAX_ALPN * PF_TLS_ALPN_MAX];
+    size_t alpn_len;
+};
+
+static int verify_upstream(int preverify, X509_STORE_CTX *store) {
+    const pf_tls_client *t = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl_of_store(store)));
+    return verify_sans(preverify, store, &t->cfg->tls.verify_subject_alt_name);
+}
+
+/* A session the endpoint gave us goes to the slot the connection was opened with (its
+ * pool bucket), replacing the one before: one session per endpoint and worker. */
+static int keep_session(SSL *ssl, SSL_SESSION *sess) {
+    SSL_SESSION **slot = SSL_get_app_data(ssl);
+    if (!slot)
+        return 0;
+    SSL_SESSION_free(*slot);
+    *slot = sess;
+    return 1; /* the reference is ours */
+}
+
+pf_tls_client *tls_client_new(const pf_config_cluster *cfg, pf_error *err) {
+    const pf_config_cluster_tls *c = &cfg->tls;
+    pf_tls_client *t = calloc(1, sizeof *t);
+    if (!t || !(t->ctx = SSL_CTX_new(TLS_client_method()))) {
+        pf_fail(err, PF_ENOMEM, "cluster %s: cannot create a TLS context", cfg->name);
+        goto fail;
+    }
+    t->cfg = cfg;
+    SSL_CTX *ctx = t->ctx;
+    SSL_CTX_set_app_data(ctx, t);
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_security_level(ctx, 2);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    int ok = c->ca_file[0] ? SSL_CTX_load_verify_locations(ctx, c->ca_file, NULL)
+                           : SSL_CTX_set_default_verify_paths(ctx);
+    if (ok != 1) {
+        ERR_clear_error();
+        pf_fail(err, PF_EINVAL, "cluster %s: %s: no PEM CA certificate", cfg->name,
+                c->ca_file[0] ? c->ca_file : "the system's CA store");
+        goto fail;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, verify_upstream);
+    if (c->cert_file[0] && (SSL_CTX_use_certificate_chain_file(ctx, c->cert_file) != 1 ||
+                            SSL_CTX_use_PrivateKey_file(ctx, c->key_file, SSL_FILETYPE_PEM) != 1 ||
+                            SSL_CTX_check_private_key(ctx) != 1)) {
+        ERR_clear_error();
+        pf_fail(err, PF_EINVAL, "cluster %s: %s / %s: not a certificate and its matching key",
+                cfg->name, c->cert_file, c->key_file);
+        goto fail;
+    }
+    t->alpn_len = alpn_wire(&c->alpn, t->alpn);
+    if (t->alpn_len && SSL_CTX_set_alpn_protos(ctx, t->alpn, (unsigned)t->alpn_len) != 0) {
+        pf_fail(err, PF_ENOMEM, "cluster %s: cannot set ALPN", cfg->name);
+        goto fail;
+    }
+    /* Sessions are kept by the pool (keep_session), not by OpenSSL's cache. */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, keep_session);
+    return t;
+fail:
+    tls_client_free(t);
+    return NULL;
+}
+
+void tls_client_free(pf_tls_client *t) {
+    if (!t)
+        return;
+    SSL_CTX_free(t->ctx);
+    free(t);
+}
+
+const char *tls_upstream_name(const pf_config_cluster *cfg, const char *authority,
+                              size_t authority_len, const char *endpoint, char *buf, size_t cap) {
+    if (cfg->tls.sni[0])
+        return cfg->tls.sni;
+    const char *from = endpoint;
+    size_t len = strlen(endpoint);
+    if ((cfg->dns.name[0] || cfg->kubernetes.service[0]) && authority_len > 0) {
+        from = authority;
+        len = authority_len;
+    }
+    /* drop the port: "[v6]:port" keeps what is inside the brackets, "host:port" the host */
+    if (len > 0 && from[0] == '[') {
+        const char *end = memchr(from, ']', len);
+        len = end ? (size_t)(end - from) - 1 : len - 1;
+        from++;
+    } else {
+        const char *colon = memchr(from, ':', len);
+        if (colon)
+            len = (size_t)(colon - from);
+    }
+    if (len >= cap)
+        len = cap - 1;
+    memcpy(buf, from, len);
+    buf[len] = '\0';
+    return buf;
+}
+
+SSL *tls_client_ssl(pf_tls_client *t, int fd, const char *name, SSL_SESSION **session) {
+    SSL *ssl = SSL_new(t->ctx);
+    if (!ssl)
+        return NULL;
+    unsigned char ip[16];
+    bool is_ip = inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1;
+    bool by_sans = t->cfg->tls.verify_subject_alt_name.count > 0;
+    int ok = SSL_set_fd(ssl, fd);
+    /* RFC 6066 3: SNI carries host names only, never an address */
+    if (ok == 1 && !is_ip)
+        ok = SSL_set_tlsext_host_name(ssl, name);
+    if (ok == 1 && !by_sans)
+        ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name)
+                   : SSL_set1_host(ssl, name);
+    if (ok == 1 && session && *session)
+        ok = SSL_set_session(ssl, *session);
+    if (ok != 1) {
+        ERR_clear_error();
+        SSL_free(ssl);
+        return NULL;
+    }
+    SSL_set_app_data(ssl, session);
+    SSL_set_connect_state(ssl);
+    return ssl;
+}
+
+void tls_session_free(SSL_SESSION *session) {
+    SSL_SESSION_free(session);
 }

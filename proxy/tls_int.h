@@ -48,6 +48,23 @@ const char *tls_failure_name(pf_tls_failure why);
  * Returns a malloc'd string (caller frees) or NULL when there is no client certificate. */
 char *tls_client_cert_header(SSL *ssl);
 
+/* Upstream TLS of a cluster: one client SSL_CTX (verification always on, the cluster's
+ * client certificate). Returns NULL with the reason in err. Startup thread only. */
+typedef struct pf_tls_client pf_tls_client;
+pf_tls_client *tls_client_new(const pf_config_cluster *cfg, pf_error *err);
+void tls_client_free(pf_tls_client *t);
+/* A client SSL on a connecting socket, verifying `name` (a host name, sent as SNI too, or an
+ * address) unless verify_subject_alt_name is set. *session, when set, is offered for
+ * resumption, and the endpoint's new sessions are stored there (the slot must outlive the
+ * SSL). Returns NULL when out of memory. Worker thread. */
+SSL *tls_client_ssl(pf_tls_client *t, int fd, const char *name, SSL_SESSION **session);
+void tls_session_free(SSL_SESSION *session);
+/* Pure: the name an upstream connection verifies: tls.sni; else, for DNS and Kubernetes
+ * clusters, the request's authority; else the endpoint's address; without a port. Returns
+ * sni or buf. */
+const char *tls_upstream_name(const pf_config_cluster *cfg, const char *authority,
+                              size_t authority_len, const char *endpoint, char *buf, size_t cap);
+
 /* Pure: whether a SAN is allowed by one pattern (exact, or a prefix ending in "/" then '*'). */
 bool tls_san_allowed(const char *pattern, const char *san, size_t san_len);
 /* Pure: whether a certificate name (exact or "*.domain") covers an SNI host name; both are

@@ -9,12 +9,15 @@ import os
 import socket
 import ssl
 import subprocess
+import threading
 import time
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness import (LOCALHOST, PILOTFISH_BIN, cluster, listener, make_config, metric_sum, route,
-                     wait_for)
+from harness import (LOCALHOST, PILOTFISH_BIN, cluster, free_port, listener, make_config,
+                     metric_sum, route, wait_for)
 
 OPENSSL = "openssl"
 CURL = "curl"
@@ -79,6 +82,30 @@ class Pki:
             f.write(f"extendedKeyUsage={'clientAuth' if client else 'serverAuth'}\n")
         r = run([OPENSSL, "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1],
                  "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", crt])
+        assert r.returncode == 0, r.stderr
+        return (crt, key)
+
+    def expired(self, name, sans):
+        """A certificate signed by the CA whose validity ended in 2020 (openssl ca sets both
+        dates explicitly; x509 -days cannot go back in time)."""
+        key = self._key(name, "ec")
+        csr, crt, ext, cnf = (self.path(f"{name}.{x}") for x in ("csr", "crt", "ext", "cnf"))
+        r = run([OPENSSL, "req", "-new", "-key", key, "-subj", f"/CN={name}", "-out", csr])
+        assert r.returncode == 0, r.stderr
+        db = self.path(f"{name}-db")
+        os.makedirs(db, exist_ok=True)
+        open(os.path.join(db, "index.txt"), "w").close()
+        with open(os.path.join(db, "serial"), "w") as f:
+            f.write("1000\n")
+        with open(cnf, "w") as f:
+            f.write(f"[ca]\ndefault_ca=d\n[d]\ndatabase={db}/index.txt\nnew_certs_dir={db}\n"
+                    f"serial={db}/serial\ndefault_md=sha256\npolicy=p\nunique_subject=no\n"
+                    "[p]\ncommonName=supplied\n")
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")
+        r = run([OPENSSL, "ca", "-batch", "-config", cnf, "-cert", self.ca[0], "-keyfile",
+                 self.ca[1], "-in", csr, "-out", crt, "-startdate", "20200101000000Z",
+                 "-enddate", "20200201000000Z", "-extfile", ext, "-notext"])
         assert r.returncode == 0, r.stderr
         return (crt, key)
 
@@ -378,3 +405,202 @@ def test_config_errors_name_the_file_the_json_path_and_the_problem(pki, tmp_path
           "min_version": "1.3", "alpn": ["http/1.1"]}
     r = check_config(tmp_path, ok)
     assert r.returncode == 0, r.stderr
+
+
+def test_cluster_tls_config_errors_name_the_file_and_the_json_path(pki, tmp_path):
+    missing = str(tmp_path / "nope.crt")
+    cases = [
+        ({"ca_file": missing}, f"$.clusters[0].tls.ca_file: {missing}: no PEM CA certificate"),
+        ({"cert_file": pki.client[0]}, "$.clusters[0].tls.key_file: missing"),
+        ({"cert_file": pki.client[0], "key_file": pki.rsa[1]},
+         f"$.clusters[0].tls.key_file: {pki.rsa[1]}: the key does not match"),
+        ({"sni": "not a name"}, "$.clusters[0].tls.sni"),
+        ({"alpn": ["h2"]}, "$.clusters[0].tls.alpn[0]"),
+    ]
+    for tls, want in cases:
+        cfg = make_config([listener("main", [route("api")])],
+                          [cluster("api", ["127.0.0.1:1"], tls=tls)])
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps(cfg))
+        r = run([PILOTFISH_BIN, "--check-config", str(path)])
+        assert r.returncode != 0 and want in r.stderr, (want, r.stderr)
+
+
+# ---- upstream TLS ----------------------------------------------------------------------
+
+
+class TlsBackend:
+    """An HTTPS/1.1 backend (Python's ssl) on 127.0.0.1 that may require client certificates.
+    It records, per connection, whether the session was resumed and the client's SAN URI."""
+
+    def __init__(self, cert, ca=None, require_client=False):
+        backend = self
+        self.connections = []  # (session_reused, client URI or None)
+        self.lock = threading.Lock()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert[0], cert[1])
+        if ca:
+            ctx.load_verify_locations(ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED if require_client else ssl.CERT_OPTIONAL
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                peer = self.connection.getpeercert()
+                uri = None
+                for kind, value in (peer or {}).get("subjectAltName", ()):
+                    if kind == "URI":
+                        uri = value
+                with backend.lock:
+                    backend.connections.append((self.connection.session_reused, uri))
+                self.client_uri = uri
+
+            def do_GET(self):
+                body = json.dumps({"client_uri": self.client_uri, "path": self.path,
+                                   "sni_host": self.headers.get("Host")}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                if self.path.startswith("/close"):
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer((LOCALHOST, 0), Handler)
+        self.server.daemon_threads = True
+        raw_socket = self.server.socket
+        self.server.socket = ctx.wrap_socket(raw_socket, server_side=True,
+                                             do_handshake_on_connect=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self):
+        return f"{LOCALHOST}:{self.port}"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def tls_backends():
+    started = []
+
+    def start(*args, **kw):
+        b = TlsBackend(*args, **kw)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
+
+
+def upstream_pf(start_pilotfish, backend, **tls):
+    cfg = make_config([listener("main", [route("secure")])],
+                      [cluster("secure", [backend.address], tls=tls, connect_timeout="2s")])
+    return start_pilotfish(cfg)
+
+
+def get(pf, path="/x"):
+    with socket.create_connection((LOCALHOST, pf.port("main")), timeout=TIMEOUT) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: backend.test\r\nConnection: close\r\n\r\n".encode())
+        resp = http.client.HTTPResponse(s)
+        resp.begin()
+        return resp.status, resp.read()
+
+
+@pytest.fixture(scope="module")
+def upki(pki):
+    """Backend certificates: the right name, a wrong name, another CA, expired, a SPIFFE ID."""
+    return types.SimpleNamespace(
+        good=pki._leaf("backend", pki.ca, "ec", "DNS:backend.test"),
+        wrong=pki._leaf("backend-wrong", pki.ca, "ec", "DNS:other.test"),
+        untrusted=pki._leaf("backend-untrusted", pki.other_ca, "ec", "DNS:backend.test"),
+        expired=pki.expired("backend-expired", "DNS:backend.test"),
+        spiffe=pki._leaf("backend-spiffe", pki.ca, "ec", "URI:spiffe://mesh.test/ns/db/sa/api"),
+    )
+
+
+def test_upstream_tls_with_a_client_certificate_reuses_pooled_connections(
+        start_pilotfish, tls_backends, pki, upki):
+    b = tls_backends(upki.good, ca=pki.ca[0], require_client=True)
+    pf = upstream_pf(start_pilotfish, b, ca_file=pki.ca[0], sni="backend.test",
+                     cert_file=pki.client[0], key_file=pki.client[1])
+    for _ in range(10):
+        status, body = get(pf)
+        assert status == 200, body
+        assert json.loads(body)["client_uri"] == "spiffe://mesh.test/ns/shop/sa/web"
+    assert len(b.connections) == 1, b.connections
+    assert metric_sum(pf.metrics(), "pilotfish_upstream_pool_reuses_total", cluster="secure") == 9
+
+
+def test_upstream_tls_sessions_are_resumed_on_reconnect(start_pilotfish, pki, upki):
+    # openssl s_server -www answers each request with its session's state and closes, so
+    # every request is a new connection that should resume the endpoint's last session.
+    port = free_port()
+    server = subprocess.Popen([OPENSSL, "s_server", "-accept", f"{LOCALHOST}:{port}", "-cert",
+                               upki.good[0], "-key", upki.good[1], "-www", "-quiet"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        backend = types.SimpleNamespace(address=f"{LOCALHOST}:{port}")
+
+        def listening():
+            with socket.socket() as probe:
+                return probe.connect_ex((LOCALHOST, port)) == 0
+
+        wait_for(listening, 10, "openssl s_server to listen")
+        pf = upstream_pf(start_pilotfish, backend, ca_file=pki.ca[0], sni="backend.test")
+        states = []
+        for _ in range(4):
+            status, body = get(pf)
+            assert status == 200, body
+            states.append("Reused," if b"Reused," in body else "New," if b"New," in body else "?")
+        assert states == ["New,", "Reused,", "Reused,", "Reused,"], states
+    finally:
+        server.terminate()
+        server.wait(timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("which", ["wrong", "untrusted", "expired"])
+def test_an_endpoint_with_a_bad_certificate_fails_the_connect(start_pilotfish, tls_backends, pki,
+                                                              upki, which):
+    b = tls_backends(getattr(upki, which))
+    pf = upstream_pf(start_pilotfish, b, ca_file=pki.ca[0], sni="backend.test")
+    status, body = get(pf)
+    assert status == 503, body
+    assert metric_sum(pf.metrics(), "pilotfish_upstream_connect_failures_total",
+                      cluster="secure") >= 1
+
+
+def test_a_client_certificate_required_upstream_but_not_configured_fails(start_pilotfish,
+                                                                         tls_backends, pki, upki):
+    b = tls_backends(upki.good, ca=pki.ca[0], require_client=True)
+    pf = upstream_pf(start_pilotfish, b, ca_file=pki.ca[0], sni="backend.test")
+    status, _ = get(pf)
+    assert status in (502, 503)
+
+
+def test_verify_subject_alt_name_accepts_a_spiffe_id_instead_of_a_host_name(
+        start_pilotfish, tls_backends, pki, upki):
+    b = tls_backends(upki.spiffe)
+    pf = upstream_pf(start_pilotfish, b, ca_file=pki.ca[0],
+                     verify_subject_alt_name=["spiffe://mesh.test/ns/db/*"])
+    status, body = get(pf)
+    assert status == 200, body
+    pf2 = upstream_pf(start_pilotfish, b, ca_file=pki.ca[0],
+                      verify_subject_alt_name=["spiffe://mesh.test/ns/other/*"])
+    status, _ = get(pf2)
+    assert status == 503
+    # without either, the endpoint's address is the name: the certificate has no IP SAN
+    pf3 = upstream_pf(start_pilotfish, b, ca_file=pki.ca[0])
+    status, _ = get(pf3)
+    assert status == 503

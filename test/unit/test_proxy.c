@@ -69,6 +69,33 @@ static void test_tls_client_san_patterns(void) {
                  "row %zu: %s vs %s", i, rows[i].pattern, rows[i].san);
 }
 
+/* The name an upstream TLS connection verifies: sni, else the authority of DNS and
+ * Kubernetes clusters, else the endpoint's address; never with a port. */
+static void test_tls_upstream_name(void) {
+    static const struct {
+        const char *sni, *dns, *authority, *endpoint, *expect;
+    } rows[] = {
+        {"api.test", "", "x.test:8080", "10.0.0.1:443", "api.test"},
+        {"", "", "x.test:8080", "10.0.0.1:443", "10.0.0.1"},
+        {"", "svc.internal", "x.test:8080", "10.0.0.1:443", "x.test"},
+        {"", "svc.internal", "x.test", "10.0.0.1:443", "x.test"},
+        {"", "svc.internal", "", "10.0.0.1:443", "10.0.0.1"},
+        {"", "", "", "[::1]:443", "::1"},
+        {"", "svc.internal", "[fd00::1]:8443", "[::1]:443", "fd00::1"},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        pf_config_cluster c;
+        memset(&c, 0, sizeof c);
+        snprintf(c.tls.sni, sizeof c.tls.sni, "%s", rows[i].sni);
+        snprintf(c.dns.name, sizeof c.dns.name, "%s", rows[i].dns);
+        char buf[256];
+        const char *got = tls_upstream_name(&c, rows[i].authority, strlen(rows[i].authority),
+                                            rows[i].endpoint, buf, sizeof buf);
+        PF_CHECK(strcmp(got, rows[i].expect) == 0, "row %zu: %s, expected %s", i, got,
+                 rows[i].expect);
+    }
+}
+
 PF_UNIT_MAIN("proxy", PF_UNIT_TEST(test_stalled_worker_is_the_silent_longest_past_the_limit),
              PF_UNIT_TEST(test_tls_certificate_names_match_sni_hosts),
-             PF_UNIT_TEST(test_tls_client_san_patterns))
+             PF_UNIT_TEST(test_tls_client_san_patterns), PF_UNIT_TEST(test_tls_upstream_name))
