@@ -1795,6 +1795,12 @@ static void cluster_finish(loader *ld, json_t *v, const char *path, void *obj) {
     } else if (!eps) {
         errf(ld, path, "missing required key \"endpoints\" (or \"dns\" for endpoints from DNS)");
     }
+    /* Health checks speak plaintext HTTP: against a TLS endpoint every check would fail and
+     * take it out. Until they speak TLS, only connect (tcp) checks make sense there. */
+    char hc[JPATH_MAX], p[JPATH_MAX];
+    if (c->has_tls && json_object_get(v, "health_check") && c->health_check.type == PF_CHECK_HTTP)
+        errf(ld, jkey(p, jkey(hc, path, "health_check"), "type"),
+             "http checks do not speak TLS yet; a cluster with \"tls\" can use \"tcp\" checks");
 
     /* Defaults that depend on the policy: a table size only for hashing, a decay only for
      * least_response_time. */

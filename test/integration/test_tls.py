@@ -416,10 +416,14 @@ def test_cluster_tls_config_errors_name_the_file_and_the_json_path(pki, tmp_path
          f"$.clusters[0].tls.key_file: {pki.rsa[1]}: the key does not match"),
         ({"sni": "not a name"}, "$.clusters[0].tls.sni"),
         ({"alpn": ["h2"]}, "$.clusters[0].tls.alpn[0]"),
+        ({"sni": "api.test", "check": {"path": "/healthz"}},
+         "$.clusters[0].health_check.type: http checks do not speak TLS yet"),
     ]
     for tls, want in cases:
+        check = tls.pop("check", None)
+        extra = {"health_check": check} if check else {}
         cfg = make_config([listener("main", [route("api")])],
-                          [cluster("api", ["127.0.0.1:1"], tls=tls)])
+                          [cluster("api", ["127.0.0.1:1"], tls=tls, **extra)])
         path = tmp_path / "c.json"
         path.write_text(json.dumps(cfg))
         r = run([PILOTFISH_BIN, "--check-config", str(path)])

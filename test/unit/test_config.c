@@ -1616,8 +1616,8 @@ static const char every_object_json[] =
     "'key_file':'test/unit/data/tls.key'}]}}],"
     "'clusters':[{'name':'web','endpoints':[{'address':'127.0.0.1:8081'}],"
     "'retry':{'backoff':{'base':'25ms'}},'retry_budget':{},'circuit_breakers':{},"
-    "'health_check':{},'outlier_detection':{},'tls':{'sni':'web.test'}},"
-    "{'name':'d','dns':{'name':'d.internal','port':80}},"
+    "'health_check':{},'outlier_detection':{}},"
+    "{'name':'d','dns':{'name':'d.internal','port':80},'tls':{'sni':'d.test'}},"
     "{'name':'k','kubernetes':{'service':'k'}}]}";
 
 /* Where each object of the schema (its doc name) is in every_object_json. */
@@ -1643,7 +1643,7 @@ static const struct {
     {"health_check", "clusters/0/health_check", "$.clusters[0].health_check"},
     {"outlier_detection", "clusters/0/outlier_detection", "$.clusters[0].outlier_detection"},
     {"clusters[].dns", "clusters/1/dns", "$.clusters[1].dns"},
-    {"clusters[].tls", "clusters/0/tls", "$.clusters[0].tls"},
+    {"clusters[].tls", "clusters/1/tls", "$.clusters[1].tls"},
     {"clusters[].kubernetes", "clusters/2/kubernetes", "$.clusters[2].kubernetes"},
     {"dns", "dns", "$.dns"},
     {"kubernetes", "kubernetes", "$.kubernetes"},
