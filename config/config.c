@@ -14,6 +14,9 @@
 #include <errno.h>
 #include <jansson.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -995,6 +998,200 @@ static void listener_finish(loader *ld, json_t *v, const char *path, void *obj) 
              l->max_target_bytes, l->max_header_bytes);
 }
 
+/* ---- listeners[].tls ---- */
+
+static const char *const tls_version_names[] = {"1.2", "1.3"};
+
+/* The protocols a listener can speak after the handshake. HTTP/2 is refused by name until
+ * the server side speaks it: a client told "h2" would send frames the HTTP/1 codec rejects. */
+static void parse_alpn(loader *ld, json_t *obj, json_t *arr, const char *path, void *base,
+                       const key_def *k) {
+    char p[JPATH_MAX], q[QUOTE_MAX];
+    pf_config_alpn *t = FIELD(base, k, pf_config_alpn);
+    if (!want(ld, arr, path, "array"))
+        return;
+    if (json_array_size(arr) == 0 || json_array_size(arr) > PF_TLS_MAX_ALPN) {
+        errf(ld, path, "give 1 to %d protocols", PF_TLS_MAX_ALPN);
+        return;
+    }
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        json_t *v = json_array_get(arr, i);
+        jidx(p, path, i);
+        if (!want(ld, v, p, "string"))
+            continue;
+        const char *name = json_string_value(v);
+        if (strcmp(name, "h2") == 0) {
+            errf(ld, p, "\"h2\": HTTP/2 is not served yet; use [\"http/1.1\"]");
+            continue;
+        }
+        if (strcmp(name, "http/1.1") != 0) {
+            errf(ld, p, "unknown protocol %s (known: \"http/1.1\")", qstr(q, name));
+            continue;
+        }
+        snprintf(t->names[t->count++], PF_TLS_ALPN_MAX, "%s", name);
+    }
+}
+
+static json_t *dump_alpn(dumper *d, const void *base, const key_def *k) {
+    const pf_config_alpn *t = (const pf_config_alpn *)(const void *)((const char *)base + k->off);
+    json_t *arr = json_array();
+    for (size_t i = 0; i < t->count; i++)
+        push(d, arr, json_string(t->names[i]));
+    return arr;
+}
+
+static void init_alpn(void *base, const key_def *k) {
+    pf_config_alpn *t = FIELD(base, k, pf_config_alpn);
+    snprintf(t->names[0], PF_TLS_ALPN_MAX, "http/1.1");
+    t->count = 1;
+}
+
+/* An exact SAN (URI, DNS name or e-mail) or a prefix pattern: a '/' then '*' at the end,
+ * as in "spiffe://trust-domain/" followed by '*', takes every SPIFFE ID of that domain. */
+static void parse_client_sans(loader *ld, json_t *obj, json_t *arr, const char *path, void *base,
+                              const key_def *k) {
+    char p[JPATH_MAX], q[QUOTE_MAX];
+    pf_config_sans *t = FIELD(base, k, pf_config_sans);
+    if (!want(ld, arr, path, "array"))
+        return;
+    if (json_array_size(arr) > PF_TLS_MAX_SANS) {
+        errf(ld, path, "at most %d names", PF_TLS_MAX_SANS);
+        return;
+    }
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        json_t *v = json_array_get(arr, i);
+        jidx(p, path, i);
+        if (!want(ld, v, p, "string"))
+            continue;
+        const char *san = json_string_value(v);
+        size_t len = strlen(san);
+        const char *star = strchr(san, '*');
+        if (len == 0 || len >= PF_TLS_SAN_MAX)
+            errf(ld, p, "a name has 1 to %d characters", PF_TLS_SAN_MAX - 1);
+        else if (star && (star != san + len - 1 || len < 2 || san[len - 2] != '/'))
+            errf(ld, p, "%s: '*' may only end a prefix, as in \"spiffe://domain/*\"", qstr(q, san));
+        else
+            snprintf(t->names[t->count++], PF_TLS_SAN_MAX, "%s", san);
+    }
+}
+
+static json_t *dump_client_sans(dumper *d, const void *base, const key_def *k) {
+    const pf_config_sans *t = (const pf_config_sans *)(const void *)((const char *)base + k->off);
+    json_t *arr = json_array();
+    for (size_t i = 0; i < t->count; i++)
+        push(d, arr, json_string(t->names[i]));
+    return arr;
+}
+
+/* Why OpenSSL refused a file: its last error, or what we expected to find. */
+static const char *ssl_reason(const char *fallback) {
+    unsigned long e = ERR_peek_last_error();
+    const char *r = e ? ERR_reason_error_string(e) : NULL;
+    ERR_clear_error();
+    return r ? r : fallback;
+}
+
+/* A certificate and its key, checked the way the proxy will load them: both PEM, readable,
+ * and the key the one the certificate names. */
+static void check_cert_pair(loader *ld, const char *path, const pf_config_tls_cert *c) {
+    char p[JPATH_MAX];
+    X509 *x = NULL;
+    EVP_PKEY *key = NULL;
+    FILE *f = fopen(c->cert_file, "r");
+    if (!f) {
+        errf(ld, jkey(p, path, "cert_file"), "%s: cannot read: %s", c->cert_file, strerror(errno));
+        goto done;
+    }
+    x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    if (!x) {
+        errf(ld, jkey(p, path, "cert_file"), "%s: no PEM certificate: %s", c->cert_file,
+             ssl_reason("none found"));
+        goto done;
+    }
+    f = fopen(c->key_file, "r");
+    if (!f) {
+        errf(ld, jkey(p, path, "key_file"), "%s: cannot read: %s", c->key_file, strerror(errno));
+        goto done;
+    }
+    key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    if (!key) {
+        errf(ld, jkey(p, path, "key_file"),
+             "%s: no PEM private key (an encrypted key is not "
+             "supported): %s",
+             c->key_file, ssl_reason("none found"));
+        goto done;
+    }
+    if (X509_check_private_key(x, key) != 1) {
+        ERR_clear_error();
+        errf(ld, jkey(p, path, "key_file"), "%s: the key does not match the certificate in %s",
+             c->key_file, c->cert_file);
+    }
+done:
+    EVP_PKEY_free(key);
+    X509_free(x);
+}
+
+static void tls_cert_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    const pf_config_tls_cert *c = obj;
+    if (v && c->cert_file[0] && c->key_file[0])
+        check_cert_pair(ld, path, c);
+}
+
+static void check_ca_file(loader *ld, const char *path, const char *file) {
+    X509_STORE *store = X509_STORE_new();
+    if (!store) {
+        oom(ld);
+        return;
+    }
+    if (X509_STORE_load_file(store, file) != 1)
+        errf(ld, path, "%s: no PEM CA certificate: %s", file, ssl_reason("none found"));
+    X509_STORE_free(store);
+}
+
+static void tls_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    char p[JPATH_MAX];
+    const pf_config_listener_tls *t = obj;
+    if (!v)
+        return;
+    if (json_object_get(v, "certificates") && t->certificate_count == 0)
+        errf(ld, jkey(p, path, "certificates"), "give at least one certificate");
+    if (t->certificate_count > PF_TLS_MAX_CERTS)
+        errf(ld, jkey(p, path, "certificates"), "at most %d certificates", PF_TLS_MAX_CERTS);
+    if ((t->require_client_cert || t->allowed_client_sans.count) && !t->client_ca_file[0])
+        errf(ld, jkey(p, path, "client_ca_file"),
+             "missing: require_client_cert and allowed_client_sans need the CA that signs "
+             "client certificates");
+    if (t->allowed_client_sans.count && !t->require_client_cert)
+        errf(ld, jkey(p, path, "allowed_client_sans"),
+             "needs require_client_cert: true (a client without a certificate has no SAN)");
+    if (t->client_ca_file[0])
+        check_ca_file(ld, jkey(p, path, "client_ca_file"), t->client_ca_file);
+}
+
+static void cluster_tls_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    char p[JPATH_MAX];
+    const pf_config_cluster_tls *t = obj;
+    if (!v)
+        return;
+    if (!t->cert_file[0] != !t->key_file[0])
+        errf(ld, jkey(p, path, t->cert_file[0] ? "key_file" : "cert_file"),
+             "missing: a client certificate needs both cert_file and key_file");
+    else if (t->cert_file[0]) {
+        pf_config_tls_cert pair;
+        memcpy(pair.cert_file, t->cert_file, sizeof pair.cert_file);
+        memcpy(pair.key_file, t->key_file, sizeof pair.key_file);
+        check_cert_pair(ld, path, &pair);
+    }
+    if (t->ca_file[0])
+        check_ca_file(ld, jkey(p, path, "ca_file"), t->ca_file);
+}
+
+static bool tls_present(const void *obj) {
+    return ((const pf_config_listener_tls *)obj)->certificate_count > 0;
+}
+
 /* ---- endpoints ---- */
 
 static void endpoint_from_string(loader *ld, const char *s, const char *path, void *elem) {
@@ -1608,6 +1805,12 @@ static void cluster_finish(loader *ld, json_t *v, const char *path, void *obj) {
     } else if (!eps) {
         errf(ld, path, "missing required key \"endpoints\" (or \"dns\" for endpoints from DNS)");
     }
+    /* Health checks speak plaintext HTTP: against a TLS endpoint every check would fail and
+     * take it out. Until they speak TLS, only connect (tcp) checks make sense there. */
+    char hc[JPATH_MAX], p[JPATH_MAX];
+    if (c->has_tls && json_object_get(v, "health_check") && c->health_check.type == PF_CHECK_HTTP)
+        errf(ld, jkey(p, jkey(hc, path, "health_check"), "type"),
+             "http checks do not speak TLS yet; a cluster with \"tls\" can use \"tcp\" checks");
 
     /* Defaults that depend on the policy: a table size only for hashing, a decay only for
      * least_response_time. */
@@ -1771,6 +1974,67 @@ static const key_def route_keys[] = {
 static const schema route_schema = {
     .doc_name = "routes[]", SCHEMA_KEYS(route_keys), .size = sizeof(pf_config_route)};
 
+static const key_def tls_cert_keys[] = {
+    {K_TEXT(pf_config_tls_cert, "cert_file", cert_file, NULL,
+            "PEM certificate, then its chain; its SANs are the names SNI picks it for"),
+     .flags = KF_REQUIRED},
+    {K_TEXT(pf_config_tls_cert, "key_file", key_file, NULL, "PEM private key (RSA or ECDSA)"),
+     .flags = KF_REQUIRED},
+};
+static const schema tls_cert_schema = {.doc_name = "listeners[].tls.certificates[]",
+                                       SCHEMA_KEYS(tls_cert_keys),
+                                       .size = sizeof(pf_config_tls_cert),
+                                       .finish = tls_cert_finish,
+                                       .id_key = "cert_file"};
+
+static const key_def listener_tls_keys[] = {
+    {K_ARRAY(pf_config_listener_tls, "certificates", certificates, certificate_count,
+             tls_cert_schema, "the first is the default when no SAN matches the SNI name"),
+     .flags = KF_REQUIRED},
+    {K_ENUM(pf_config_listener_tls, "min_version", min_version, pf_tls_version, tls_version_names,
+            PF_TLS_1_2, PF_TLS_1_2, "version", "versions", "the oldest TLS version accepted")},
+    {K_CUSTOM("alpn", "list of protocols", "ALPN protocols offered, in preference order"),
+     .off = offsetof(pf_config_listener_tls, alpn), .parse = parse_alpn, .dump = dump_alpn,
+     .init = init_alpn, .doc_default = "[\"http/1.1\"]"},
+    {K_TEXT(pf_config_listener_tls, "client_ca_file", client_ca_file, NULL,
+            "PEM CAs whose client certificates are accepted (mTLS)"),
+     .flags = KF_OMIT_ZERO},
+    {K_BOOL(pf_config_listener_tls, "require_client_cert", require_client_cert, false,
+            "refuse clients without a certificate from client_ca_file")},
+    {K_CUSTOM("allowed_client_sans", "list of names",
+              "client certificate SANs accepted: exact, or a prefix ending in /*"),
+     .off = offsetof(pf_config_listener_tls, allowed_client_sans), .parse = parse_client_sans,
+     .dump = dump_client_sans, .doc_default = "any"},
+};
+static const schema listener_tls_schema = {.doc_name = "listeners[].tls",
+                                           SCHEMA_KEYS(listener_tls_keys),
+                                           .finish = tls_finish,
+                                           .dumped = tls_present};
+
+static const key_def cluster_tls_keys[] = {
+    {K_TEXT(pf_config_cluster_tls, "ca_file", ca_file, NULL,
+            "PEM CAs the endpoints' certificates must chain to"),
+     .flags = KF_OMIT_ZERO, .doc_default = "the system's CAs"},
+    {K_TEXT(pf_config_cluster_tls, "sni", sni, NULL,
+            "the name sent in SNI and verified in the certificate"),
+     .flags = KF_OMIT_ZERO, .parse = parse_dns_name_row,
+     .doc_default = "the request's host (DNS, Kubernetes clusters), else the endpoint's address"},
+    {K_CUSTOM("verify_subject_alt_name", "list of names",
+              "certificate SANs accepted instead of the SNI name: exact, or a prefix ending in /*"),
+     .off = offsetof(pf_config_cluster_tls, verify_subject_alt_name), .parse = parse_client_sans,
+     .dump = dump_client_sans, .doc_default = "the SNI name"},
+    {K_TEXT(pf_config_cluster_tls, "cert_file", cert_file, NULL,
+            "PEM client certificate (mTLS), with key_file"),
+     .flags = KF_OMIT_ZERO},
+    {K_TEXT(pf_config_cluster_tls, "key_file", key_file, NULL, "PEM key of cert_file"),
+     .flags = KF_OMIT_ZERO},
+    {K_CUSTOM("alpn", "list of protocols", "ALPN protocols offered, in preference order"),
+     .off = offsetof(pf_config_cluster_tls, alpn), .parse = parse_alpn, .dump = dump_alpn,
+     .init = init_alpn, .doc_default = "[\"http/1.1\"]"},
+};
+static const schema cluster_tls_schema = {
+    .doc_name = "clusters[].tls", SCHEMA_KEYS(cluster_tls_keys), .finish = cluster_tls_finish};
+
 static const key_def listener_keys[] = {
     {K_TEXT(pf_config_listener, "name", name, NULL, "unique; names the listener in metrics"),
      .flags = KF_REQUIRED, .parse = parse_name},
@@ -1798,6 +2062,9 @@ static const key_def listener_keys[] = {
     {K_UINT(pf_config_listener, "max_connections", max_connections, 1, PF_MAX_CONNECTIONS_LIMIT, 0,
             "client connections open at once; more wait in the kernel backlog"),
      .flags = KF_OMIT_ZERO, .doc_default = "only the global limit"},
+    {K_OBJ(pf_config_listener, "tls", tls, listener_tls_schema, "terminate TLS on this listener"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_listener, has_tls, bool),
+     .doc_default = "none (plaintext)"},
 };
 static const schema listener_schema = {.doc_name = "listeners[]",
                                        SCHEMA_KEYS(listener_keys),
@@ -1997,6 +2264,9 @@ static const key_def cluster_keys[] = {
      .flags = KF_POSITIVE, .parse = parse_ewma_decay, .dump_if = uses_ewma},
     {K_DUR(pf_config_cluster, "slow_start", slow_start_ms, 0,
            "weight ramp of new or recovered endpoints; 0: off")},
+    {K_OBJ(pf_config_cluster, "tls", tls, cluster_tls_schema, "TLS to the endpoints"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_cluster, has_tls, bool),
+     .doc_default = "none (plaintext)"},
     {K_OBJ(pf_config_cluster, "kubernetes", kubernetes, cluster_k8s_schema,
            "endpoints from a Service's EndpointSlices"),
      .doc_default = "none"},
@@ -2292,8 +2562,10 @@ uint32_t config_default_max_connections(uint64_t fd_limit) {
 void config_free(pf_config *cfg) {
     if (!cfg)
         return;
-    for (size_t i = 0; i < cfg->listener_count; i++)
+    for (size_t i = 0; i < cfg->listener_count; i++) {
         free(cfg->listeners[i].routes);
+        free(cfg->listeners[i].tls.certificates);
+    }
     free(cfg->listeners);
     for (size_t i = 0; i < cfg->cluster_count; i++)
         free(cfg->clusters[i].endpoints);

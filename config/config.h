@@ -251,6 +251,54 @@ typedef struct pf_config_cluster_k8s {
     uint32_t port_number;            /* a Service port; 0 when port_name is used */
 } pf_config_cluster_k8s;
 
+/* TLS of a listener ($.listeners[].tls). Files are checked at load (readable, a key that
+ * matches its certificate); the proxy loads them again when it starts. */
+#define PF_TLS_FILE_MAX 1024
+#define PF_TLS_MAX_CERTS 16
+#define PF_TLS_MAX_ALPN 4
+#define PF_TLS_ALPN_MAX 32 /* one protocol id, e.g. "http/1.1" */
+#define PF_TLS_MAX_SANS 16
+#define PF_TLS_SAN_MAX 256
+
+typedef enum { PF_TLS_1_2 = 12, PF_TLS_1_3 = 13 } pf_tls_version;
+
+typedef struct pf_config_tls_cert {
+    char cert_file[PF_TLS_FILE_MAX]; /* PEM: the certificate, then its chain */
+    char key_file[PF_TLS_FILE_MAX];
+} pf_config_tls_cert;
+
+/* ALPN protocol ids in preference order. */
+typedef struct pf_config_alpn {
+    char names[PF_TLS_MAX_ALPN][PF_TLS_ALPN_MAX];
+    size_t count;
+} pf_config_alpn;
+
+/* Certificate SANs accepted: exact, or a prefix ending in '/' and '*'. */
+typedef struct pf_config_sans {
+    char names[PF_TLS_MAX_SANS][PF_TLS_SAN_MAX];
+    size_t count;
+} pf_config_sans;
+
+typedef struct pf_config_listener_tls {
+    pf_config_tls_cert *certificates; /* the first is the default for unknown SNI names */
+    size_t certificate_count;
+    pf_tls_version min_version;
+    pf_config_alpn alpn;
+    char client_ca_file[PF_TLS_FILE_MAX]; /* "": client certificates are not asked for */
+    bool require_client_cert;
+    pf_config_sans allowed_client_sans; /* none: any the CA signed */
+} pf_config_listener_tls;
+
+/* TLS toward a cluster's endpoints ($.clusters[].tls). The peer is always verified. */
+typedef struct pf_config_cluster_tls {
+    char ca_file[PF_TLS_FILE_MAX]; /* "": the system's CAs */
+    char sni[PF_DNS_NAME_MAX];     /* "": the request's host (DNS, Kubernetes) or the address */
+    pf_config_sans verify_subject_alt_name; /* none: the SNI name must match */
+    char cert_file[PF_TLS_FILE_MAX];        /* client certificate (mTLS), with key_file */
+    char key_file[PF_TLS_FILE_MAX];
+    pf_config_alpn alpn;
+} pf_config_cluster_tls;
+
 typedef struct pf_config_cluster {
     char name[PF_NAME_MAX];
     pf_config_retry retry;
@@ -275,6 +323,8 @@ typedef struct pf_config_cluster {
     pf_config_outlier outlier;
     pf_config_cluster_dns dns;        /* dns.name[0] != 0: DNS discovery, no endpoints */
     pf_config_cluster_k8s kubernetes; /* kubernetes.service[0] != 0: EndpointSlices */
+    bool has_tls;                     /* false: plaintext */
+    pf_config_cluster_tls tls;
 } pf_config_cluster;
 
 typedef enum { PF_MATCH_HOST_ANY, PF_MATCH_HOST_EXACT, PF_MATCH_HOST_SUFFIX } pf_host_match;
@@ -306,6 +356,8 @@ typedef struct pf_config_listener {
     uint64_t idle_timeout_ms;   /* downstream keep-alive idle */
     uint64_t body_timeout_ms;   /* longest pause inside a request body */
     uint32_t max_connections;   /* client connections open at once; 0: only the global limit */
+    bool has_tls;               /* false: plaintext HTTP/1 */
+    pf_config_listener_tls tls;
 } pf_config_listener;
 
 /* $.kubernetes: how to reach the API server, shared by every Kubernetes cluster, and

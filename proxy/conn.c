@@ -13,6 +13,7 @@
 #include "core/time.h"
 #include "proxy/exchange_int.h"
 #include "proxy/stream.h"
+#include "proxy/tls_int.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -52,6 +53,8 @@ struct pf_conn {
     llhttp_t parser;
     pf_head req;
     char client_ip[INET6_ADDRSTRLEN];
+    char *client_cert; /* TLS: x-forwarded-client-cert of a verified client, else NULL */
+    bool client_cert_read;
     pf_conn *prev, *next;
 
     conn_state state;
@@ -146,6 +149,7 @@ void conn_free(pf_conn *c) {
         c->next->prev = c->prev;
     stream_free(c->stream);
     event_free(c->timer);
+    free(c->client_cert);
     http1_head_free(&c->req);
     worker_conn_closed(c->w, c->l);
     free(c);
@@ -277,6 +281,12 @@ static void dispatch(pf_conn *c) {
         reject(c, 400, "bad authority\n");
         return;
     }
+    SSL *ssl = stream_ssl(c->stream);
+    if (ssl && !c->client_cert_read) {
+        c->client_cert =
+            tls_client_cert_header(ssl); /* once: it cannot change (no renegotiation) */
+        c->client_cert_read = true;
+    }
     pf_exchange_request req = {
         .head = &c->req,
         .fwd =
@@ -288,7 +298,8 @@ static void dispatch(pf_conn *c) {
                 .host = authority ? authority : "",
                 .host_len = authority_len,
                 .client_ip = c->client_ip,
-                .proto = "http",
+                .proto = ssl ? "https" : "http",
+                .client_cert = c->client_cert,
                 .body = c->req_body,
                 .content_length = c->parser.content_length,
             },
@@ -701,7 +712,10 @@ int conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struc
     c->stream =
         stream_new(w->base, fd, l->cfg->buffer_bytes, l->cfg->buffer_bytes / 2, &callbacks, c);
     c->timer = evtimer_new(w->base, on_timer, c);
-    if (!c->stream || !c->timer) {
+    SSL *ssl = c->stream && l->tls ? tls_server_ssl(l->tls, fd) : NULL;
+    if (ssl)
+        stream_set_tls(c->stream, ssl);
+    if (!c->stream || !c->timer || (l->tls && !ssl)) {
         if (c->stream)
             stream_free(c->stream);
         else

@@ -300,8 +300,10 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
     bool has_connection = http1_find(req, "connection", NULL) >= 0;
     bool forwarded_for = false;
     for (size_t i = 0; i < req->count; i++) {
+        /* x-forwarded-client-cert is ours to say: a client's own would be a forged identity */
         if (hop_by_hop(req, i, has_connection) || http1_name_is(req, i, "host") ||
-            http1_name_is(req, i, "x-forwarded-proto"))
+            http1_name_is(req, i, "x-forwarded-proto") ||
+            http1_name_is(req, i, "x-forwarded-client-cert"))
             continue;
         if (fwd->traceparent &&
             (http1_name_is(req, i, "traceparent") || http1_name_is(req, i, "tracestate")))
@@ -319,6 +321,11 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
     W_LIT(&w, "X-Forwarded-Proto: ");
     w_str(&w, fwd->proto);
     W_LIT(&w, "\r\n");
+    if (fwd->client_cert) {
+        W_LIT(&w, "X-Forwarded-Client-Cert: ");
+        w_str(&w, fwd->client_cert);
+        W_LIT(&w, "\r\n");
+    }
     if (fwd->request_id) {
         W_LIT(&w, "X-Request-Id: ");
         w_str(&w, fwd->request_id);

@@ -112,8 +112,9 @@ typedef struct pf_forward_request {
     const char *host; /* Host to send: the client's, or the absolute-form authority */
     size_t host_len;
     const char *client_ip;
-    const char *proto;      /* "http" */
-    const char *request_id; /* generated id, or NULL when the client sent one */
+    const char *proto;       /* "http" or "https" */
+    const char *request_id;  /* generated id, or NULL when the client sent one */
+    const char *client_cert; /* x-forwarded-client-cert of a verified TLS client, or NULL */
     /* A traceparent pilotfish made, which replaces the client's traceparent and tracestate
      * (an invalid traceparent voids its tracestate); NULL: the client's go as they came. */
     const char *traceparent;

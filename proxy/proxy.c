@@ -330,9 +330,15 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
     proxy->workers = calloc(proxy->worker_count, sizeof *proxy->workers);
     if (!proxy->clusters || !proxy->listeners || !proxy->workers)
         goto nomem;
-    for (size_t i = 0; i < cfg->cluster_count; i++)
+    for (size_t i = 0; i < cfg->cluster_count; i++) {
         if (cluster_init(proxy, &proxy->clusters[i], &cfg->clusters[i]) != PF_OK)
             goto nomem;
+        if (cfg->clusters[i].has_tls &&
+            !(proxy->clusters[i].tls = tls_client_new(&cfg->clusters[i], err))) {
+            proxy_free(proxy);
+            return NULL;
+        }
+    }
     for (size_t i = 0; i < cfg->listener_count; i++) {
         pf_listener_rt *l = &proxy->listeners[i];
         l->cfg = &cfg->listeners[i];
@@ -344,6 +350,10 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
             l->fds[k] = -1;
         l->claim_fd = -1;
         register_listener_metrics(metrics, l);
+        if (l->cfg->has_tls && !(l->tls = tls_server_new(l->cfg, metrics, err))) {
+            proxy_free(proxy);
+            return NULL;
+        }
     }
     if (cfg->access_log) {
         proxy->access_log_dropped = metrics_counter(
@@ -831,6 +841,7 @@ void proxy_free(pf_proxy *proxy) {
         if (l->claim_fd >= 0)
             close(l->claim_fd);
         router_free(l->router);
+        tls_server_free(l->tls);
     }
     free(proxy->listeners);
     pf_log_sink_close(&proxy->access_sink);
@@ -840,6 +851,7 @@ void proxy_free(pf_proxy *proxy) {
         balancer_group_unref(proxy->clusters[i].lb);
         discovery_slot_free(proxy->clusters[i].slot);
         free(proxy->clusters[i].owned_cfg);
+        tls_client_free(proxy->clusters[i].tls);
     }
     free(proxy->clusters);
     proxy_service_routes_free(proxy->routes);

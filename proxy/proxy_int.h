@@ -8,6 +8,7 @@
 #include "proxy/http1.h"
 #include "proxy/proxy.h"
 #include "proxy/router.h"
+#include "proxy/tls_int.h"
 #include "core/log.h"
 
 #include <event2/bufferevent.h>
@@ -56,6 +57,7 @@ typedef struct pf_cluster_rt {
     pf_balancer_group *lb;        /* what the workers' balancers share (settings, hash tables) */
     pf_config_cluster *owned_cfg; /* run-time clusters own their config copy */
     pf_health *health;            /* passive outlier detection; may be NULL */
+    pf_tls_client *tls;           /* NULL: plaintext to the endpoints */
     bool retired;
 } pf_cluster_rt;
 
@@ -79,6 +81,7 @@ typedef struct pf_listener_rt {
     pf_gauge *connections_active;
     _Atomic long open_connections; /* the listener's max_connections count */
     pf_histogram *duration;
+    pf_tls_server *tls; /* NULL: plaintext */
 } pf_listener_rt;
 
 /* Idle upstream connections to one endpoint address, per worker and cluster. */
@@ -86,6 +89,7 @@ typedef struct pf_pool_bucket {
     char addr[PF_ADDRTEXT_MAX];
     pf_upstream *idle; /* most recently used first */
     size_t idle_count;
+    SSL_SESSION *tls_session; /* TLS clusters: the endpoint's latest session, to resume */
     struct pf_pool_bucket *next;
 } pf_pool_bucket;
 

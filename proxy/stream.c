@@ -1,12 +1,18 @@
 /* Socket streams: see stream.h for why they exist instead of bufferevents. */
 #include "proxy/stream.h"
 
+#include "proxy/tls_int.h"
+
 #include <errno.h>
+#include <openssl/err.h>
 #include <stdlib.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #define READ_CHUNK (16u * 1024u)
+
+/* Where a TLS stream is: its handshake, the records after it, or failed for good. */
+typedef enum { TLS_NONE, TLS_HANDSHAKE, TLS_OPEN, TLS_FAILED } stream_tls_state;
 
 struct pf_stream {
     struct event *read_ev;  /* EV_READ | EV_PERSIST */
@@ -20,14 +26,25 @@ struct pf_stream {
     int pending_error;
     bool want_read, read_armed, write_armed, flush_pending;
     bool connecting, shut;
+    /* TLS: NULL for plaintext, whose path below is untouched by it. */
+    SSL *ssl;
+    stream_tls_state tls;
+    bool read_wants_write;  /* SSL_read needs the socket writable (a TLS 1.3 key update) */
+    bool write_wants_read;  /* SSL_write needs the socket readable */
+    size_t write_retry_len; /* SSL_write must be retried with the same length */
 };
 
 static void arm_read(pf_stream *s) {
     bool want = s->want_read && evbuffer_get_length(s->in) < s->read_limit;
-    if (want && !s->read_armed)
+    if (want && !s->read_armed) {
         event_add(s->read_ev, NULL);
-    else if (!want && s->read_armed)
+        /* A record already read from the socket may hold more than the input took: the
+         * kernel will not say so again. */
+        if (s->ssl && s->tls == TLS_OPEN && SSL_pending(s->ssl) > 0)
+            event_active(s->read_ev, EV_READ, 0);
+    } else if (!want && s->read_armed) {
         event_del(s->read_ev);
+    }
     s->read_armed = want;
 }
 
@@ -39,8 +56,14 @@ static void arm_write(pf_stream *s, bool want) {
     s->write_armed = want;
 }
 
+static void tls_on_readable(pf_stream *s);
+
 static void on_readable(evutil_socket_t fd, short what, void *arg) {
     pf_stream *s = arg;
+    if (s->ssl) {
+        tls_on_readable(s);
+        return;
+    }
     size_t room = s->read_limit - evbuffer_get_length(s->in);
     if (room == 0 || !s->want_read) {
         arm_read(s);
@@ -88,8 +111,15 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
     s->cbs.on_read(s, s->ctx);
 }
 
+static void tls_write_out(pf_stream *s);
+static void shut_now(pf_stream *s);
+
 /* Writes what the output holds. Calls back last: the callback may free the stream. */
 static void write_out(pf_stream *s) {
+    if (s->ssl) {
+        tls_write_out(s);
+        return;
+    }
     if (s->connecting)
         return;
     bool progress = false;
@@ -109,13 +139,19 @@ static void write_out(pf_stream *s) {
     size_t left = evbuffer_get_length(s->out);
     arm_write(s, left > 0);
     if (left == 0 && s->shut)
-        shutdown(s->fd, SHUT_WR);
+        shut_now(s);
     if (progress && left <= s->write_low && s->cbs.on_write)
         s->cbs.on_write(s, s->ctx);
 }
 
+static void tls_on_writable(pf_stream *s);
+
 static void on_writable(evutil_socket_t fd, short what, void *arg) {
     pf_stream *s = arg;
+    if (s->ssl && !s->connecting) {
+        tls_on_writable(s);
+        return;
+    }
     if (s->connecting) {
         int err = 0;
         socklen_t len = sizeof err;
@@ -127,6 +163,10 @@ static void on_writable(evutil_socket_t fd, short what, void *arg) {
         if (err) {
             arm_write(s, false);
             s->cbs.on_event(s, PF_STREAM_ERROR, err, s->ctx);
+            return;
+        }
+        if (s->ssl) {
+            tls_on_writable(s); /* the ClientHello; PF_STREAM_CONNECTED once the handshake ends */
             return;
         }
         arm_write(s, evbuffer_get_length(s->out) > 0);
@@ -219,15 +259,33 @@ void stream_read_enable(pf_stream *s, bool enable) {
     arm_read(s);
 }
 
+/* TLS first says close_notify (RFC 8446 6.1), so the client knows the response is whole. */
+static void shut_now(pf_stream *s) {
+    if (s->ssl && s->tls == TLS_OPEN) {
+        SSL_shutdown(s->ssl); /* one try: a full socket only loses the alert, not data */
+        ERR_clear_error();
+    }
+    shutdown(s->fd, SHUT_WR);
+}
+
 void stream_shutdown_write(pf_stream *s) {
     s->shut = true;
-    if (evbuffer_get_length(s->out) == 0 && !s->connecting)
-        shutdown(s->fd, SHUT_WR);
+    if (evbuffer_get_length(s->out) == 0 && !s->connecting && s->tls != TLS_HANDSHAKE)
+        shut_now(s);
 }
 
 void stream_free(pf_stream *s) {
     if (!s)
         return;
+    if (s->ssl) {
+        if (s->tls == TLS_HANDSHAKE)
+            tls_count_failure(s->ssl, PF_TLS_FAIL_TIMEOUT);
+        /* A connection that did not fail keeps its session resumable: without this flag
+         * SSL_free takes a close without close_notify for a truncation and voids it. */
+        if (s->tls == TLS_OPEN)
+            SSL_set_shutdown(s->ssl, SSL_SENT_SHUTDOWN);
+        SSL_free(s->ssl);
+    }
     if (s->read_ev)
         event_free(s->read_ev);
     if (s->write_ev)
@@ -241,4 +299,189 @@ void stream_free(pf_stream *s) {
     if (s->fd >= 0)
         close(s->fd);
     free(s);
+}
+
+/* ---- TLS ----------------------------------------------------------------------------- *
+ * The SSL reads and writes the socket itself (no memory BIOs: no copy, and the plaintext
+ * path above stays as it was). The events keep their meaning: the read event drives the
+ * handshake and SSL_read, the write event is armed only while OpenSSL waits for room.
+ * Either direction may need the other (WANT_READ / WANT_WRITE); the two flags remember it. */
+
+void stream_set_tls(pf_stream *s, SSL *ssl) {
+    s->ssl = ssl;
+    s->tls = TLS_HANDSHAKE;
+}
+
+SSL *stream_ssl(pf_stream *s) {
+    return s->tls == TLS_OPEN ? s->ssl : NULL;
+}
+
+static void tls_fail(pf_stream *s, int ssl_error, bool eof) {
+    if (s->tls == TLS_HANDSHAKE)
+        tls_handshake_failed(s->ssl, ssl_error, eof);
+    else
+        ERR_clear_error();
+    s->tls = TLS_FAILED;
+    s->want_read = false;
+    arm_read(s);
+    arm_write(s, false);
+    s->cbs.on_event(s, PF_STREAM_ERROR, EPROTO, s->ctx);
+}
+
+/* Moves the handshake on. Returns true when it is done and the stream lives on. */
+static bool tls_handshake(pf_stream *s) {
+    ERR_clear_error();
+    int r = SSL_do_handshake(s->ssl);
+    if (r == 1) {
+        s->tls = TLS_OPEN;
+        tls_count_handshake(s->ssl);
+        arm_write(s, false);
+        if (evbuffer_get_length(s->out) > 0)
+            schedule_flush(s); /* what was queued while the handshake ran */
+        /* an upstream is connected now; its owner never frees the stream from here */
+        if (!SSL_is_server(s->ssl))
+            s->cbs.on_event(s, PF_STREAM_CONNECTED, 0, s->ctx);
+        return true;
+    }
+    int e = SSL_get_error(s->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) {
+        arm_write(s, false);
+        return false;
+    }
+    if (e == SSL_ERROR_WANT_WRITE) {
+        arm_write(s, true);
+        return false;
+    }
+    tls_fail(s, e, e == SSL_ERROR_SYSCALL && errno == 0);
+    return false;
+}
+
+/* Decrypts into the input up to read_limit. Calls back last. */
+static void tls_read(pf_stream *s) {
+    bool got = false;
+    s->read_wants_write = false;
+    while (s->want_read) {
+        size_t room = s->read_limit - evbuffer_get_length(s->in);
+        if (room == 0)
+            break;
+        if (room > READ_CHUNK)
+            room = READ_CHUNK;
+        struct evbuffer_iovec vec;
+        if (evbuffer_reserve_space(s->in, (ev_ssize_t)room, &vec, 1) < 1)
+            break;
+        if (vec.iov_len > room)
+            vec.iov_len = room;
+        ERR_clear_error();
+        int n = SSL_read(s->ssl, vec.iov_base, (int)vec.iov_len);
+        if (n > 0) {
+            vec.iov_len = (size_t)n;
+            evbuffer_commit_space(s->in, &vec, 1);
+            got = true;
+            continue;
+        }
+        evbuffer_commit_space(s->in, &vec, 0);
+        int e = SSL_get_error(s->ssl, n);
+        if (e == SSL_ERROR_WANT_READ)
+            break;
+        if (e == SSL_ERROR_WANT_WRITE) {
+            s->read_wants_write = true;
+            arm_write(s, true);
+            break;
+        }
+        if (got) {
+            /* What came before the end goes first, and the end on the next turn: the
+             * callback may free the stream (event_free then cancels the activation). */
+            event_active(s->read_ev, EV_READ, 0);
+            s->cbs.on_read(s, s->ctx);
+            return;
+        }
+        /* close_notify, or a bare FIN (peers often skip the alert): an end either way */
+        bool eof = e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0) ||
+                   (e == SSL_ERROR_SSL &&
+                    ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING);
+        if (eof) {
+            ERR_clear_error();
+            s->want_read = false;
+            arm_read(s);
+            s->cbs.on_event(s, PF_STREAM_EOF, 0, s->ctx);
+        } else {
+            tls_fail(s, e, false);
+        }
+        return;
+    }
+    arm_read(s);
+    if (got)
+        s->cbs.on_read(s, s->ctx);
+}
+
+static void tls_on_readable(pf_stream *s) {
+    if (s->connecting)
+        return; /* a failed connect is reported by the write event */
+    if (s->tls == TLS_HANDSHAKE && !tls_handshake(s))
+        return;
+    if (s->tls != TLS_OPEN)
+        return;
+    if (s->write_wants_read) {
+        s->write_wants_read = false;
+        schedule_flush(s);
+    }
+    tls_read(s);
+}
+
+static void tls_on_writable(pf_stream *s) {
+    if (s->tls == TLS_HANDSHAKE) {
+        if (tls_handshake(s))
+            tls_read(s); /* the client's first request may be in the handshake's last read */
+        return;
+    }
+    if (s->tls != TLS_OPEN) {
+        arm_write(s, false);
+        return;
+    }
+    if (s->read_wants_write) {
+        tls_read(s);
+        return; /* a write, if any is pending, follows from the flush event */
+    }
+    tls_write_out(s);
+}
+
+static void tls_write_out(pf_stream *s) {
+    if (s->tls != TLS_OPEN)
+        return; /* kept until the handshake is done */
+    bool progress = false;
+    while (evbuffer_get_length(s->out) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(s->out, -1, NULL, &v, 1) < 1)
+            break;
+        size_t len = v.iov_len > READ_CHUNK ? READ_CHUNK : v.iov_len;
+        if (s->write_retry_len)
+            len = s->write_retry_len; /* the first chain only grows: the bytes are the same */
+        ERR_clear_error();
+        int n = SSL_write(s->ssl, v.iov_base, (int)len);
+        if (n > 0) {
+            s->write_retry_len = 0;
+            evbuffer_drain(s->out, (size_t)n);
+            progress = true;
+            continue;
+        }
+        int e = SSL_get_error(s->ssl, n);
+        if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+            s->write_retry_len = len;
+            s->write_wants_read = e == SSL_ERROR_WANT_READ;
+            if (s->write_wants_read && !s->read_armed) {
+                event_add(s->read_ev, NULL);
+                s->read_armed = true;
+            }
+            break;
+        }
+        arm_write(s, false);
+        tls_fail(s, e, false);
+        return;
+    }
+    size_t left = evbuffer_get_length(s->out);
+    arm_write(s, left > 0 && !s->write_wants_read);
+    if (left == 0 && s->shut)
+        shut_now(s);
+    if (progress && left <= s->write_low && s->cbs.on_write)
+        s->cbs.on_write(s, s->ctx);
 }

@@ -5,7 +5,9 @@
  * the read event stays registered for the stream's life, and output is written as soon as
  * the current callback returns, registering a write event only when the kernel pushes back.
  * That keeps a keep-alive request at one read and one write per side, without epoll_ctl.
- * A TLS stream will offer the same calls. Streams belong to one worker's event loop. */
+ * A TLS stream (stream_set_tls) offers the same calls over an SSL: the input holds the
+ * decrypted bytes and the output is encrypted on its way out. Streams belong to one worker's
+ * event loop. */
 #ifndef PF_PROXY_STREAM_H
 #define PF_PROXY_STREAM_H
 
@@ -16,6 +18,7 @@
 #include <sys/socket.h>
 
 typedef struct pf_stream pf_stream;
+struct ssl_st;
 
 enum { PF_STREAM_CONNECTED = 1, PF_STREAM_EOF = 2, PF_STREAM_ERROR = 4 };
 
@@ -43,5 +46,14 @@ void stream_read_enable(pf_stream *s, bool enable);
  * flushed; used for lingering closes. */
 void stream_shutdown_write(pf_stream *s);
 void stream_free(pf_stream *s);
+
+/* Makes the stream TLS before any byte moved: it owns `ssl` (set to the socket, in accept
+ * or connect state) from now on. The handshake runs first (after the connect); the input
+ * sees only application data, and output queued meanwhile waits for it. A client stream
+ * reports PF_STREAM_CONNECTED when its handshake is done. A failed handshake is counted
+ * (listeners) or logged (upstreams) and reported as PF_STREAM_ERROR (EPROTO). */
+void stream_set_tls(pf_stream *s, struct ssl_st *ssl);
+/* The SSL once the handshake is done, else NULL. */
+struct ssl_st *stream_ssl(pf_stream *s);
 
 #endif

@@ -10,6 +10,7 @@
 #include "core/time.h"
 #include "proxy/exchange_int.h"
 #include "proxy/stream.h"
+#include "proxy/tls_int.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -216,6 +217,7 @@ void pool_free_all(pf_worker_cluster *wc) {
                 up->bucket = NULL;
                 upstream_free(up);
             }
+            tls_session_free(b->tls_session);
             free(b);
             b = next;
         }
@@ -391,7 +393,24 @@ static pf_upstream *take_idle(pf_worker_cluster *wc, const pf_endpoint *ep) {
     return up;
 }
 
-static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_endpoint *ep) {
+/* TLS clusters: the stream speaks TLS to the endpoint, verifying the name the cluster says,
+ * and resumes the session the endpoint last gave this worker. */
+static int start_tls(pf_upstream *up, int fd, const pf_endpoint *ep,
+                     const pf_exchange_request *req) {
+    pf_worker_cluster *wc = up->wc;
+    char buf[PF_DNS_NAME_MAX];
+    const char *name = tls_upstream_name(wc->rt->cfg, req->fwd.host, req->fwd.host_len,
+                                         ep->addr.text, buf, sizeof buf);
+    pf_pool_bucket *b = bucket_for(wc, ep->addr.text, true);
+    SSL *ssl = tls_client_ssl(wc->rt->tls, fd, name, b ? &b->tls_session : NULL);
+    if (!ssl)
+        return PF_ENOMEM;
+    stream_set_tls(up->stream, ssl);
+    return PF_OK;
+}
+
+static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_endpoint *ep,
+                                const pf_exchange_request *req) {
     pf_upstream *up = calloc(1, sizeof *up);
     if (!up)
         return NULL;
@@ -418,6 +437,10 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
                             &callbacks, up);
     if (!up->stream) {
         close(fd);
+        upstream_free(up);
+        return NULL;
+    }
+    if (wc->rt->tls && start_tls(up, fd, ep, req) != PF_OK) {
         upstream_free(up);
         return NULL;
     }
@@ -472,7 +495,7 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
             *overloaded = true;
             return NULL;
         }
-        up = connect_new(exchange_worker(ex), wc, ep);
+        up = connect_new(exchange_worker(ex), wc, ep, exchange_request(ex));
         if (!up)
             return NULL;
     }

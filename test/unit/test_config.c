@@ -1611,11 +1611,13 @@ static const char every_object_json[] =
     "{'admin':{'address':'127.0.0.1:9901'},'dns':{'timeout':'1s'},'tracing':{'generate':true},"
     "'kubernetes':{'backoff':{'base':'1s'},'auto_discover':{'namespaces':'all'}},"
     "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{'prefix':'/'},"
-    "'cluster':'web','retry':{'backoff':{'base':'25ms'}}}]}],"
+    "'cluster':'web','retry':{'backoff':{'base':'25ms'}}}],"
+    "'tls':{'certificates':[{'cert_file':'test/unit/data/tls.crt',"
+    "'key_file':'test/unit/data/tls.key'}]}}],"
     "'clusters':[{'name':'web','endpoints':[{'address':'127.0.0.1:8081'}],"
     "'retry':{'backoff':{'base':'25ms'}},'retry_budget':{},'circuit_breakers':{},"
     "'health_check':{},'outlier_detection':{'latency':{}}},"
-    "{'name':'d','dns':{'name':'d.internal','port':80}},"
+    "{'name':'d','dns':{'name':'d.internal','port':80},'tls':{'sni':'d.test'}},"
     "{'name':'k','kubernetes':{'service':'k'}}]}";
 
 /* Where each object of the schema (its doc name) is in every_object_json. */
@@ -1628,6 +1630,9 @@ static const struct {
     {"admin", "admin", "$.admin"},
     {"listeners[]", "listeners/0", "$.listeners[0]"},
     {"routes[]", "listeners/0/routes/0", "$.listeners[0].routes[0]"},
+    {"listeners[].tls", "listeners/0/tls", "$.listeners[0].tls"},
+    {"listeners[].tls.certificates[]", "listeners/0/tls/certificates/0",
+     "$.listeners[0].tls.certificates[0]"},
     {"routes[].match", "listeners/0/routes/0/match", "$.listeners[0].routes[0].match"},
     {"retry", "listeners/0/routes/0/retry", "$.listeners[0].routes[0].retry"},
     {"retry.backoff", "clusters/0/retry/backoff", "$.clusters[0].retry.backoff"},
@@ -1640,6 +1645,7 @@ static const struct {
     {"outlier_detection.latency", "clusters/0/outlier_detection/latency",
      "$.clusters[0].outlier_detection.latency"},
     {"clusters[].dns", "clusters/1/dns", "$.clusters[1].dns"},
+    {"clusters[].tls", "clusters/1/tls", "$.clusters[1].tls"},
     {"clusters[].kubernetes", "clusters/2/kubernetes", "$.clusters[2].kubernetes"},
     {"dns", "dns", "$.dns"},
     {"kubernetes", "kubernetes", "$.kubernetes"},

@@ -1,7 +1,9 @@
 /* The proxy's pure decisions that need no event loop: which worker, if any, is stalled
- * (proxy_stalled_worker, behind /healthz); and the pool's bookkeeping of departed endpoints. */
+ * (proxy_stalled_worker, behind /healthz); the pool's bookkeeping of departed endpoints; TLS
+ * name checks. */
 #include "proxy/proxy.h"
 #include "proxy/proxy_int.h"
+#include "proxy/tls_int.h"
 #include "test/unit/unit.h"
 
 #include <stdint.h>
@@ -80,5 +82,73 @@ static void test_pool_prune_frees_buckets_of_departed_endpoints(void) {
     discovery_set_unref(empty);
 }
 
+/* SNI: exact names without case, and a wildcard standing for exactly one label. */
+static void test_tls_certificate_names_match_sni_hosts(void) {
+    static const struct {
+        const char *name, *host;
+        bool match;
+    } rows[] = {
+        {"api.test", "api.test", true},        {"api.test", "API.Test", true},
+        {"api.test", "www.api.test", false},   {"*.api.test", "www.api.test", true},
+        {"*.api.test", "WWW.API.TEST", true},  {"*.api.test", "api.test", false},
+        {"*.api.test", "a.b.api.test", false}, {"*.api.test", ".api.test", false},
+        {"*.api.test", "xapi.test", false},    {"api.test", "api.test.", false},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        PF_CHECK(tls_name_matches(rows[i].name, rows[i].host) == rows[i].match, "row %zu: %s vs %s",
+                 i, rows[i].name, rows[i].host);
+}
+
+/* allowed_client_sans: exact, or a prefix that ends in a slash and a star. */
+static void test_tls_client_san_patterns(void) {
+    static const struct {
+        const char *pattern, *san;
+        bool allowed;
+    } rows[] = {
+        {"spiffe://mesh/ns/a/sa/web", "spiffe://mesh/ns/a/sa/web", true},
+        {"spiffe://mesh/ns/a/sa/web", "spiffe://mesh/ns/a/sa/web2", false},
+        {"spiffe://mesh/ns/a/sa/web", "spiffe://mesh/ns/a/sa/we", false},
+        {"spiffe://mesh/*", "spiffe://mesh/ns/a/sa/web", true},
+        {"spiffe://mesh/*", "spiffe://mesh/", false}, /* the star stands for 1 or more */
+        {"spiffe://mesh/*", "spiffe://mesh", false},
+        {"spiffe://mesh/*", "spiffe://mesh.evil/x", false},
+        {"spiffe://mesh/*", "spiffe://meshx/x", false},
+        {"spiffe://mesh/*", "spiffe://mesh/*", true},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        PF_CHECK(tls_san_allowed(rows[i].pattern, rows[i].san, strlen(rows[i].san)) ==
+                     rows[i].allowed,
+                 "row %zu: %s vs %s", i, rows[i].pattern, rows[i].san);
+}
+
+/* The name an upstream TLS connection verifies: sni, else the authority of DNS and
+ * Kubernetes clusters, else the endpoint's address; never with a port. */
+static void test_tls_upstream_name(void) {
+    static const struct {
+        const char *sni, *dns, *authority, *endpoint, *expect;
+    } rows[] = {
+        {"api.test", "", "x.test:8080", "10.0.0.1:443", "api.test"},
+        {"", "", "x.test:8080", "10.0.0.1:443", "10.0.0.1"},
+        {"", "svc.internal", "x.test:8080", "10.0.0.1:443", "x.test"},
+        {"", "svc.internal", "x.test", "10.0.0.1:443", "x.test"},
+        {"", "svc.internal", "", "10.0.0.1:443", "10.0.0.1"},
+        {"", "", "", "[::1]:443", "::1"},
+        {"", "svc.internal", "[fd00::1]:8443", "[::1]:443", "fd00::1"},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        pf_config_cluster c;
+        memset(&c, 0, sizeof c);
+        snprintf(c.tls.sni, sizeof c.tls.sni, "%s", rows[i].sni);
+        snprintf(c.dns.name, sizeof c.dns.name, "%s", rows[i].dns);
+        char buf[256];
+        const char *got = tls_upstream_name(&c, rows[i].authority, strlen(rows[i].authority),
+                                            rows[i].endpoint, buf, sizeof buf);
+        PF_CHECK(strcmp(got, rows[i].expect) == 0, "row %zu: %s, expected %s", i, got,
+                 rows[i].expect);
+    }
+}
+
 PF_UNIT_MAIN("proxy", PF_UNIT_TEST(test_stalled_worker_is_the_silent_longest_past_the_limit),
-             PF_UNIT_TEST(test_pool_prune_frees_buckets_of_departed_endpoints))
+             PF_UNIT_TEST(test_pool_prune_frees_buckets_of_departed_endpoints),
+             PF_UNIT_TEST(test_tls_certificate_names_match_sni_hosts),
+             PF_UNIT_TEST(test_tls_client_san_patterns), PF_UNIT_TEST(test_tls_upstream_name))

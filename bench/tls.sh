@@ -1,0 +1,108 @@
+#!/bin/bash
+# TLS termination: pilotfish vs haproxy with the same ECDSA P-256 certificate in front of
+# the same pf-backend. Prints, per round, requests/s and requests per proxy CPU-second for
+# keep-alive requests and for full handshakes (Connection: close, no session resumption:
+# wrk opens every connection afresh), then the memory one idle TLS connection costs each.
+# Usage: bash bench/tls.sh BUILD_DIR   (a quick look, not a timed test; ~90 s)
+set -eu
+B=$(cd "${1:-build}" && pwd)
+ROUNDS=${BENCH_ROUNDS:-2}
+DUR=${BENCH_DURATION:-8s}
+for t in wrk haproxy openssl taskset python3; do
+    command -v $t >/dev/null || { echo "tls.sh: $t not found" >&2; exit 1; }
+done
+D=$(mktemp -d /tmp/pf-tls-bench.XXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 100); do
+        python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$1)))" && return 0
+        sleep 0.1
+    done
+    echo "tls.sh: nothing listens on $1" >&2; exit 1
+}
+cd "$D"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout k.pem -out c.pem \
+    -subj /CN=bench.test -addext subjectAltName=DNS:bench.test -days 2 2>/dev/null
+cat c.pem k.pem >hp.pem
+BP=$(port); PP=$(port); HP=$(port); AP=$(port)
+"$B/pf-backend" --listen "127.0.0.1:$BP" --name b >be.out 2>&1 & PIDS+=($!)
+wait_port "$BP"
+cat >pf.json <<J
+{"admin":{"address":"127.0.0.1:$AP"},"access_log":false,
+ "listeners":[{"name":"tls","address":"127.0.0.1:$PP","routes":[{"match":{},"cluster":"b"}],
+   "tls":{"certificates":[{"cert_file":"$D/c.pem","key_file":"$D/k.pem"}]}}],
+ "clusters":[{"name":"b","endpoints":["127.0.0.1:$BP"]}]}
+J
+cat >hp.cfg <<J
+global
+  maxconn 4000
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend f
+  bind 127.0.0.1:$HP ssl crt $D/hp.pem alpn http/1.1
+  default_backend b
+backend b
+  http-reuse always
+  server s1 127.0.0.1:$BP
+J
+taskset -c 0 "$B/pilotfish" --config pf.json --workers 1 >pf.out 2>&1 & PF=$!; PIDS+=($PF)
+taskset -c 0 haproxy -db -f hp.cfg >hp.out 2>&1 & HA=$!; PIDS+=($HA)
+wait_port "$PP"; wait_port "$HP"
+TCK=$(getconf CLK_TCK)
+cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+run() { # label pid port wrk-args...
+    local label=$1 pid=$2 p=$3; shift 3
+    local c0 c1 out
+    c0=$(cpu "$pid")
+    out=$(taskset -c 1 wrk -t1 -c20 -d"$DUR" "$@" "https://127.0.0.1:$p/" 2>&1)
+    c1=$(cpu "$pid")
+    python3 - "$label" "$(echo "$out" | awk '/Requests\/sec/{print $2}')" \
+        "$(echo "$out" | awk '/requests in/{print $1}')" "$c0" "$c1" "$TCK" <<'P'
+import sys
+label, rps, total, c0, c1, tck = sys.argv[1:]
+cpu = (float(c1) - float(c0)) / float(tck)
+print(f"{label:32s} req/s={float(rps):9.0f} proxy_cpu_s={cpu:6.2f} "
+      f"req_per_cpu_s={int(total) / cpu if cpu else 0:9.0f}")
+P
+}
+for r in $(seq "$ROUNDS"); do
+    run "pilotfish keep-alive" "$PF" "$PP"
+    run "haproxy keep-alive" "$HA" "$HP"
+    run "pilotfish full handshakes" "$PF" "$PP" -H "Connection: close"
+    run "haproxy full handshakes" "$HA" "$HP" -H "Connection: close"
+done
+python3 - "$PP" "$PF" "$HP" "$HA" <<'P'
+import socket, ssl, sys, time
+def rss(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+for name, port, pid in (("pilotfish", sys.argv[1], sys.argv[2]), ("haproxy", sys.argv[3], sys.argv[4])):
+    keep, n = [], 1000
+    def open_one():
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(port))),
+                            server_hostname="bench.test")
+        s.sendall(b"GET / HTTP/1.1\r\nHost: bench.test\r\n\r\n")
+        s.recv(65536)
+        keep.append(s)
+    for _ in range(50):  # allocator warm-up
+        open_one()
+    time.sleep(0.5)
+    r0 = rss(pid)
+    for _ in range(n):
+        open_one()
+    time.sleep(0.5)
+    print(f"{name:10s} idle TLS connection (after one request): {(rss(pid) - r0) / n:.1f} KiB RSS each")
+    for s in keep:
+        s.close()
+P
