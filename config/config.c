@@ -11,6 +11,7 @@
 #include "core/time.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <netinet/in.h>
@@ -906,6 +907,53 @@ static json_t *dump_status_codes(dumper *d, const void *base, const key_def *k) 
     return codes;
 }
 
+/* routes[].upgrades: protocol tokens (RFC 9110 7.8), compared without case. */
+static void init_upgrades(void *base, const key_def *k) {
+    pf_config_route *r = base;
+    snprintf(r->upgrades[0], sizeof r->upgrades[0], "websocket");
+    r->upgrade_count = 1;
+}
+
+static void parse_upgrades(loader *ld, json_t *obj, json_t *arr, const char *path, void *base,
+                           const key_def *k) {
+    char p[JPATH_MAX];
+    pf_config_route *r = base;
+    r->upgrade_count = 0;
+    if (!want(ld, arr, path, "array"))
+        return;
+    if (json_array_size(arr) > PF_UPGRADES_MAX) {
+        errf(ld, path, "at most %d upgrade protocols", PF_UPGRADES_MAX);
+        return;
+    }
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        json_t *v = json_array_get(arr, i);
+        jidx(p, path, i);
+        if (!want(ld, v, p, "string"))
+            continue;
+        const char *name = json_string_value(v);
+        size_t len = strlen(name);
+        bool token = len > 0 && len < PF_UPGRADE_NAME_MAX;
+        for (size_t j = 0; token && j < len; j++)
+            token = isalnum((unsigned char)name[j]) || strchr("!#$%&'*+-.^_`|~/", name[j]);
+        if (!token) {
+            errf(ld, p, "expected a protocol name such as \"websocket\" (1-%d token characters)",
+                 PF_UPGRADE_NAME_MAX - 1);
+            continue;
+        }
+        char *out = r->upgrades[r->upgrade_count++];
+        for (size_t j = 0; j <= len; j++)
+            out[j] = (char)tolower((unsigned char)name[j]);
+    }
+}
+
+static json_t *dump_upgrades(dumper *d, const void *base, const key_def *k) {
+    const pf_config_route *r = base;
+    json_t *names = json_array();
+    for (size_t i = 0; i < r->upgrade_count; i++)
+        push(d, names, json_string(r->upgrades[i]));
+    return names;
+}
+
 static void retry_finish(loader *ld, json_t *v, const char *path, void *obj) {
     char p[JPATH_MAX];
     const pf_config_retry *r = obj;
@@ -1749,6 +1797,13 @@ static const key_def route_keys[] = {
     {K_DUR(pf_config_route, "timeout", timeout_ms, 0,
            "the whole request, all attempts, until the response head"),
      .flags = KF_POSITIVE | KF_OMIT_ZERO},
+    {K_CUSTOM("upgrades", "list of protocol names",
+              "protocols a request may switch to (Upgrade); the connection becomes a tunnel"),
+     .parse = parse_upgrades, .init = init_upgrades, .dump = dump_upgrades,
+     .doc_default = "[\"websocket\"]"},
+    {K_DUR(pf_config_route, "tunnel_idle_timeout", tunnel_idle_timeout_ms, 0,
+           "an upgraded connection with no bytes either way for this long is closed"),
+     .flags = KF_POSITIVE | KF_OMIT_ZERO, .doc_default = "the listener's"},
 };
 static const schema route_schema = {
     .doc_name = "routes[]", SCHEMA_KEYS(route_keys), .size = sizeof(pf_config_route)};
@@ -1780,6 +1835,10 @@ static const key_def listener_keys[] = {
     {K_UINT(pf_config_listener, "max_connections", max_connections, 1, PF_MAX_CONNECTIONS_LIMIT, 0,
             "client connections open at once; more wait in the kernel backlog"),
      .flags = KF_OMIT_ZERO, .doc_default = "only the global limit"},
+    {K_DUR(pf_config_listener, "tunnel_idle_timeout", tunnel_idle_timeout_ms,
+           PF_DEFAULT_TUNNEL_IDLE_TIMEOUT_MS,
+           "an upgraded connection (WebSocket) with no bytes either way for this long is closed"),
+     .flags = KF_POSITIVE},
 };
 static const schema listener_schema = {.doc_name = "listeners[]",
                                        SCHEMA_KEYS(listener_keys),

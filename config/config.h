@@ -23,6 +23,10 @@
 #define PF_DEFAULT_CONNECT_TIMEOUT_MS 1000u
 #define PF_DEFAULT_RESPONSE_TIMEOUT_MS 15000u
 #define PF_DEFAULT_BODY_TIMEOUT_MS 60000u
+#define PF_DEFAULT_TUNNEL_IDLE_TIMEOUT_MS                                                          \
+    3600000u              /* an upgraded connection with no bytes either way */
+#define PF_UPGRADES_MAX 8 /* protocols a route lets a request upgrade to */
+#define PF_UPGRADE_NAME_MAX 32
 #define PF_DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS 30000u
 #define PF_DEFAULT_MAX_IDLE_PER_ENDPOINT 64u
 #define PF_DEFAULT_BUFFER_BYTES (64u * 1024u)
@@ -279,6 +283,10 @@ typedef struct pf_config_route {
     bool has_retry;       /* false: the cluster's policy applies */
     pf_config_retry retry;
     uint64_t timeout_ms; /* whole request, all attempts, until the response head; 0: none */
+    /* Upgrade protocols (lower-case) a request may switch to through this route. */
+    char upgrades[PF_UPGRADES_MAX][PF_UPGRADE_NAME_MAX];
+    size_t upgrade_count;
+    uint64_t tunnel_idle_timeout_ms; /* 0: the listener's */
 } pf_config_route;
 
 typedef struct pf_config_listener {
@@ -289,11 +297,12 @@ typedef struct pf_config_listener {
     uint32_t max_header_bytes;
     uint32_t max_target_bytes;
     uint32_t max_headers;
-    uint32_t buffer_bytes;      /* per direction, before backpressure stops reading */
-    uint64_t header_timeout_ms; /* whole request head must arrive within this */
-    uint64_t idle_timeout_ms;   /* downstream keep-alive idle */
-    uint64_t body_timeout_ms;   /* longest pause inside a request body */
-    uint32_t max_connections;   /* client connections open at once; 0: only the global limit */
+    uint32_t buffer_bytes;           /* per direction, before backpressure stops reading */
+    uint64_t header_timeout_ms;      /* whole request head must arrive within this */
+    uint64_t idle_timeout_ms;        /* downstream keep-alive idle */
+    uint64_t body_timeout_ms;        /* longest pause inside a request body */
+    uint32_t max_connections;        /* client connections open at once; 0: only the global limit */
+    uint64_t tunnel_idle_timeout_ms; /* an upgraded connection with no bytes either way */
 } pf_config_listener;
 
 /* $.kubernetes: how to reach the API server, shared by every Kubernetes cluster, and

@@ -199,6 +199,23 @@ static bool hop_by_hop(const pf_head *h, size_t i, bool has_connection) {
     return false;
 }
 
+bool http1_upgrade_requested(const pf_head *h, int minor, const char **value, size_t *len) {
+    if (minor < 1)
+        return false;
+    long up = http1_find(h, "upgrade", NULL);
+    if (up < 0 || h->headers[up].value_len == 0)
+        return false;
+    for (size_t c = 0; c < h->count; c++) {
+        if (http1_name_is(h, c, "connection") &&
+            list_has_token(http1_value(h, c), h->headers[c].value_len, "upgrade", 7)) {
+            *value = http1_value(h, (size_t)up);
+            *len = h->headers[up].value_len;
+            return true;
+        }
+    }
+    return false;
+}
+
 bool http1_is_hop_by_hop(const pf_head *h, size_t i) {
     return hop_by_hop(h, i, true);
 }
@@ -272,6 +289,14 @@ static void add_framing(writer *w, pf_body_mode body, uint64_t content_length) {
     }
 }
 
+/* Upgrade and Connection are hop-by-hop (removed from what is forwarded); an allowed
+ * switch writes them again, and nothing else of the Connection header. */
+static void add_upgrade(writer *w, const char *value, size_t len) {
+    W_LIT(w, "Connection: upgrade\r\nUpgrade: ");
+    w_add(w, value, len);
+    W_LIT(w, "\r\n");
+}
+
 /* Every earlier hop in order, then this hop's client, as one field where the first
  * X-Forwarded-For stood (RFC 9110 5.3 allows combining the lines). */
 static void add_forwarded_for(writer *w, const pf_head *req, const char *client_ip) {
@@ -321,6 +346,8 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
         w_str(&w, fwd->request_id);
         W_LIT(&w, "\r\n");
     }
+    if (fwd->upgrade)
+        add_upgrade(&w, fwd->upgrade, fwd->upgrade_len);
     add_framing(&w, fwd->body, fwd->content_length);
     W_LIT(&w, "\r\n");
     return w_done(&w);
@@ -347,7 +374,10 @@ int http1_write_response_head(struct evbuffer *out, const pf_head *resp,
         if (!hop_by_hop(resp, i, has_connection))
             add_header(&w, resp, i);
     add_framing(&w, fwd->body, fwd->content_length);
-    add_connection(&w, fwd->client_minor, fwd->keep_alive);
+    if (fwd->upgrade)
+        add_upgrade(&w, fwd->upgrade, fwd->upgrade_len);
+    else
+        add_connection(&w, fwd->client_minor, fwd->keep_alive);
     if (fwd->attempts) {
         W_LIT(&w, "x-pilotfish-attempts: ");
         w_u64(&w, fwd->attempts);

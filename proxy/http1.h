@@ -93,6 +93,11 @@ bool http1_value_is_fold(bool value_open, bool prev_ended_read, bool starts_read
  * none needed with an absolute-form authority), or NULL when they are fine. */
 const char *http1_check_host(size_t host_count, int minor, bool has_authority);
 
+/* RFC 9110 7.8: whether an HTTP/1.`minor` request asks to switch protocols (a Connection
+ * header naming "upgrade" and an Upgrade header; HTTP/1.0 cannot). Sets *value and *len to the
+ * Upgrade header's value (borrowed from h). */
+bool http1_upgrade_requested(const pf_head *h, int minor, const char **value, size_t *len);
+
 /* What pilotfish adds or rewrites on a forwarded request. */
 typedef struct pf_forward_request {
     const char *method;
@@ -106,6 +111,8 @@ typedef struct pf_forward_request {
     const char *request_id; /* generated id, or NULL when the client sent one */
     pf_body_mode body;
     uint64_t content_length;
+    const char *upgrade; /* an allowed Upgrade value: sent with Connection: upgrade; or NULL */
+    size_t upgrade_len;
 } pf_forward_request;
 
 /* A message's body mode from its framing: chunked, a length (a request with length 0 has
@@ -139,6 +146,8 @@ typedef struct pf_forward_response {
     bool keep_alive;           /* whether the downstream connection stays open after this */
     unsigned attempts;         /* written as x-pilotfish-attempts when nonzero */
     const char *extra_headers; /* complete "Name: value\r\n" lines pilotfish adds, or NULL */
+    const char *upgrade;       /* a 101's Upgrade value: sent with Connection: upgrade; or NULL */
+    size_t upgrade_len;
 } pf_forward_response;
 
 /* Writes the downstream response head: upstream status and reason, its end-to-end

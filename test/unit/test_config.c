@@ -1499,6 +1499,13 @@ static const struct {
     {RT("'on':['retriable-status-codes']"),
      "x.json: $.clusters[0].retry.status_codes: \"retriable-status-codes\" is in \"on\" but no "
      "status_codes are given"},
+    {ROUTE("{'match':{},'cluster':'web','upgrades':['websocket','web socket']}"),
+     "x.json: $.listeners[0].routes[0].upgrades[1]: expected a protocol name such as "
+     "\"websocket\" (1-31 token characters)"},
+    {ROUTE("{'match':{},'cluster':'web','upgrades':[7]}"),
+     "x.json: $.listeners[0].routes[0].upgrades[0]: expected string, found integer"},
+    {ROUTE("{'match':{},'cluster':'web','tunnel_idle_timeout':'0s'}"),
+     "x.json: $.listeners[0].routes[0].tunnel_idle_timeout: \"0s\" must be greater than zero"},
     {RT("'status_codes':[404]"),
      "x.json: $.clusters[0].retry.status_codes[0]: 404 is not a retriable status (500-599)"},
     {HC("'initial':true"), "x.json: $.clusters[0].health_check.initial: expected string, found "
