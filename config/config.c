@@ -14,6 +14,8 @@
 #include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -808,6 +810,174 @@ static json_t *dump_match_path(dumper *d, const void *base, const key_def *k) {
     const pf_config_route *r = base;
     bool exact = strcmp(k->name, "path") == 0;
     return (r->path_kind == PF_MATCH_PATH_EXACT) == exact ? json_string(r->path) : NULL;
+}
+
+/* ---- routes[].match.headers, .query_params, .method ---------------------------------- */
+
+static const char *const value_kind_names[] = {
+    [PF_VALUE_EXACT] = "exact",     [PF_VALUE_PREFIX] = "prefix", [PF_VALUE_SUFFIX] = "suffix",
+    [PF_VALUE_PRESENT] = "present", [PF_VALUE_REGEX] = "regex",
+};
+
+/* A pattern that PCRE2 compiles, with its error where it does not. The router compiles it
+ * again with match and depth limits (config/ keeps no compiled code). */
+static void check_regex(loader *ld, const char *p, const char *pattern) {
+    int code;
+    PCRE2_SIZE offset;
+    pcre2_code *re =
+        pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &code, &offset, NULL);
+    if (re) {
+        pcre2_code_free(re);
+        return;
+    }
+    PCRE2_UCHAR why[160];
+    pcre2_get_error_message(code, why, sizeof why);
+    errf(ld, p, "bad regex at offset %zu: %s", (size_t)offset, (const char *)why);
+}
+
+static void parse_value_match(loader *ld, json_t *v, const char *p, bool header,
+                              pf_config_value_match *m) {
+    char q[JPATH_MAX];
+    if (!want(ld, v, p, "object"))
+        return;
+    const char *key;
+    json_t *item;
+    int kinds = 0;
+    json_object_foreach(v, key, item) {
+        jkey(q, p, key);
+        if (strcmp(key, "name") == 0) {
+            if (!want(ld, item, q, "string"))
+                continue;
+            const char *name = json_string_value(item);
+            size_t n = strlen(name);
+            bool token = n > 0 && n < PF_MATCH_NAME_MAX;
+            for (size_t i = 0; token && header && i < n; i++)
+                token = isalnum((unsigned char)name[i]) || strchr("!#$%&'*+-.^_`|~", name[i]);
+            if (!token) {
+                errf(ld, q,
+                     header ? "expected a header name (1-%d token characters)"
+                            : "expected a parameter name (1-%d characters)",
+                     PF_MATCH_NAME_MAX - 1);
+                continue;
+            }
+            for (size_t i = 0; i <= n; i++)
+                m->name[i] = header ? (char)tolower((unsigned char)name[i]) : name[i];
+        } else if (strcmp(key, "invert") == 0) {
+            if (want(ld, item, q, "boolean"))
+                m->invert = json_is_true(item);
+        } else {
+            size_t k = 0;
+            while (k < sizeof value_kind_names / sizeof value_kind_names[0] &&
+                   strcmp(key, value_kind_names[k]) != 0)
+                k++;
+            if (k == sizeof value_kind_names / sizeof value_kind_names[0]) {
+                errf(ld, q,
+                     "unknown key; known: name, exact, prefix, suffix, present, regex, "
+                     "invert");
+                continue;
+            }
+            kinds++;
+            m->kind = (pf_value_match_kind)k;
+            if (k == PF_VALUE_PRESENT) {
+                if (want(ld, item, q, "boolean") && !json_is_true(item))
+                    errf(ld, q, "only true makes sense; use \"invert\": true for absent");
+                continue;
+            }
+            if (!want(ld, item, q, "string"))
+                continue;
+            const char *text = json_string_value(item);
+            if (strlen(text) >= PF_MATCH_VALUE_MAX) {
+                errf(ld, q, "longer than %d bytes", PF_MATCH_VALUE_MAX - 1);
+                continue;
+            }
+            snprintf(m->value, sizeof m->value, "%s", text);
+            if (k == PF_VALUE_REGEX)
+                check_regex(ld, q, text);
+        }
+    }
+    if (!json_object_get(v, "name"))
+        errf(ld, p, "\"name\" is required");
+    if (kinds != 1)
+        errf(ld, p, "exactly one of exact, prefix, suffix, present, regex is required (found %d)",
+             kinds);
+}
+
+static void parse_value_matches(loader *ld, json_t *arr, const char *path, bool header,
+                                pf_config_value_match **out, size_t *count) {
+    char p[JPATH_MAX];
+    if (!want(ld, arr, path, "array"))
+        return;
+    size_t n = json_array_size(arr);
+    if (n > PF_MATCHERS_MAX) {
+        errf(ld, path, "%zu conditions; at most %d are allowed", n, PF_MATCHERS_MAX);
+        return;
+    }
+    if (!(*out = alloc_array(ld, n, sizeof **out)))
+        return;
+    *count = n;
+    for (size_t i = 0; i < n; i++)
+        parse_value_match(ld, json_array_get(arr, i), jidx(p, path, i), header, &(*out)[i]);
+}
+
+static void parse_match_headers(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                                const key_def *k) {
+    pf_config_route *r = base;
+    parse_value_matches(ld, v, p, true, &r->headers, &r->header_count);
+}
+
+static void parse_match_query(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                              const key_def *k) {
+    pf_config_route *r = base;
+    parse_value_matches(ld, v, p, false, &r->query_params, &r->query_param_count);
+}
+
+static json_t *dump_value_matches(dumper *d, const pf_config_value_match *m, size_t n) {
+    if (n == 0)
+        return NULL;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "name", json_string(m[i].name));
+        json_object_set_new(o, value_kind_names[m[i].kind],
+                            m[i].kind == PF_VALUE_PRESENT ? json_true() : json_string(m[i].value));
+        if (m[i].invert)
+            json_object_set_new(o, "invert", json_true());
+        push(d, arr, o);
+    }
+    return arr;
+}
+
+static json_t *dump_match_headers(dumper *d, const void *base, const key_def *k) {
+    const pf_config_route *r = base;
+    return dump_value_matches(d, r->headers, r->header_count);
+}
+
+static json_t *dump_match_query(dumper *d, const void *base, const key_def *k) {
+    const pf_config_route *r = base;
+    return dump_value_matches(d, r->query_params, r->query_param_count);
+}
+
+static void parse_match_method(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                               const key_def *k) {
+    pf_config_route *r = base;
+    if (!want(ld, v, p, "string"))
+        return;
+    const char *m = json_string_value(v);
+    size_t n = strlen(m);
+    bool ok = n > 0 && n < PF_METHOD_MAX;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = isupper((unsigned char)m[i]) || m[i] == '-' || m[i] == '_';
+    if (!ok) {
+        errf(ld, p, "expected an upper-case method name such as \"GET\" (1-%d characters)",
+             PF_METHOD_MAX - 1);
+        return;
+    }
+    memcpy(r->method, m, n + 1);
+}
+
+static json_t *dump_match_method(dumper *d, const void *base, const key_def *k) {
+    const pf_config_route *r = base;
+    return r->method[0] ? json_string(r->method) : NULL;
 }
 
 static void match_finish(loader *ld, json_t *v, const char *path, void *obj) {
@@ -1752,6 +1922,13 @@ static const key_def match_keys[] = {
      .dump = dump_match_path, .doc_default = "/"},
     {K_CUSTOM("path", "path", "exact path (the query string is ignored)"),
      .parse = parse_match_path, .dump = dump_match_path, .doc_default = "none"},
+    {K_CUSTOM("method", "method name", "the request method, e.g. \"POST\""),
+     .parse = parse_match_method, .dump = dump_match_method, .doc_default = "any"},
+    {K_CUSTOM("headers", "list of conditions",
+              "{\"name\", one of exact/prefix/suffix/present/regex, \"invert\"}: all must hold"),
+     .parse = parse_match_headers, .dump = dump_match_headers, .doc_default = "none"},
+    {K_CUSTOM("query_params", "list of conditions", "like headers, on the query's parameters"),
+     .parse = parse_match_query, .dump = dump_match_query, .doc_default = "none"},
 };
 static const schema match_schema = {
     .doc_name = "routes[].match", SCHEMA_KEYS(match_keys), .finish = match_finish};
@@ -2316,8 +2493,13 @@ uint32_t config_default_max_connections(uint64_t fd_limit) {
 void config_free(pf_config *cfg) {
     if (!cfg)
         return;
-    for (size_t i = 0; i < cfg->listener_count; i++)
+    for (size_t i = 0; i < cfg->listener_count; i++) {
+        for (size_t r = 0; r < cfg->listeners[i].route_count; r++) {
+            free(cfg->listeners[i].routes[r].headers);
+            free(cfg->listeners[i].routes[r].query_params);
+        }
         free(cfg->listeners[i].routes);
+    }
     free(cfg->listeners);
     for (size_t i = 0; i < cfg->cluster_count; i++)
         free(cfg->clusters[i].endpoints);

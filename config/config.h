@@ -272,12 +272,38 @@ typedef struct pf_config_cluster {
 typedef enum { PF_MATCH_HOST_ANY, PF_MATCH_HOST_EXACT, PF_MATCH_HOST_SUFFIX } pf_host_match;
 typedef enum { PF_MATCH_PATH_PREFIX, PF_MATCH_PATH_EXACT } pf_path_match;
 
+/* routes[].match.headers[] and .query_params[]: one condition on a named value. */
+typedef enum {
+    PF_VALUE_EXACT,
+    PF_VALUE_PREFIX,
+    PF_VALUE_SUFFIX,
+    PF_VALUE_PRESENT,
+    PF_VALUE_REGEX, /* PCRE2, the whole value; compiled again (and owned) by the router */
+} pf_value_match_kind;
+
+#define PF_MATCH_NAME_MAX 128  /* header or query parameter name */
+#define PF_MATCH_VALUE_MAX 512 /* value or pattern */
+#define PF_MATCHERS_MAX 16     /* per list (headers, query_params) of a route */
+#define PF_METHOD_MAX 24
+
+typedef struct pf_config_value_match {
+    char name[PF_MATCH_NAME_MAX]; /* headers: lower-case */
+    pf_value_match_kind kind;
+    char value[PF_MATCH_VALUE_MAX]; /* "" for PRESENT */
+    bool invert;                    /* the condition holds when the match does not */
+} pf_config_value_match;
+
 typedef struct pf_config_route {
     pf_host_match host_kind;
     char host[PF_HOST_MAX]; /* lower-case; for SUFFIX the part after '*', e.g. ".local" */
     int host_port;          /* -1: any port */
     pf_path_match path_kind;
-    char path[PF_PATH_MAX]; /* "/" when no path was given */
+    char path[PF_PATH_MAX];         /* "/" when no path was given */
+    char method[PF_METHOD_MAX];     /* "" : any */
+    pf_config_value_match *headers; /* all must hold; owned by the config */
+    size_t header_count;
+    pf_config_value_match *query_params;
+    size_t query_param_count;
     char cluster[PF_NAME_MAX];
     size_t cluster_index; /* index into pf_config.clusters, resolved at load */
     bool has_retry;       /* false: the cluster's policy applies */

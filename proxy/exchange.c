@@ -520,8 +520,19 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
     /* Configured routes first; then the services discovery found, by authority. */
     /* OPTIONS * asks about the server as a whole: it goes where its root would. */
     bool asterisk = ex->path_len == 1 && ex->path[0] == '*';
-    const pf_config_route *route =
-        router_find(ex->l->router, host, port, asterisk ? "/" : ex->path, ex->path_len);
+    const char *target = req->fwd.target;
+    const char *query = target ? memchr(target, '?', req->fwd.target_len) : NULL;
+    pf_route_request rq = {
+        .host = host,
+        .port = port,
+        .path = asterisk ? "/" : ex->path,
+        .path_len = ex->path_len,
+        .method = ex->method,
+        .query = query ? query + 1 : NULL,
+        .query_len = query ? req->fwd.target_len - (size_t)(query + 1 - target) : 0,
+        .head = req->head,
+    };
+    const pf_config_route *route = router_find_request(ex->l->router, &rq);
     long cluster_index = route ? (long)route->cluster_index
                                : service_routes_find(worker_service_routes(ex->w), host, port);
     if (cluster_index < 0) {

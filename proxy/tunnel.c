@@ -116,8 +116,8 @@ void tunnel_on_write(pf_tunnel *t, int side) {
 
 void tunnel_on_event(pf_tunnel *t, int side, int what, int err) {
     if (what & PF_STREAM_ERROR) {
-        t->done(t->ctx, side == PF_TUNNEL_CLIENT ? "client connection error"
-                                                 : "upstream connection error");
+        t->done(t->ctx,
+                side == PF_TUNNEL_CLIENT ? "client connection error" : "upstream connection error");
         return;
     }
     if (what & PF_STREAM_EOF) {
