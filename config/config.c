@@ -980,6 +980,193 @@ static json_t *dump_match_method(dumper *d, const void *base, const key_def *k) 
     return r->method[0] ? json_string(r->method) : NULL;
 }
 
+/* ---- routes[].request_headers, .response_headers ---------------------------------------- */
+
+/* Headers an edit may not touch: connection-specific and framing fields (pilotfish writes
+ * its own; RFC 9110 7.6.1, RFC 9112 6), Host, and what pilotfish itself writes on requests. */
+static const char *header_edit_refusal(const char *name, bool request) {
+    static const char *const hop[] = {"connection",
+                                      "keep-alive",
+                                      "proxy-connection",
+                                      "te",
+                                      "trailer",
+                                      "transfer-encoding",
+                                      "upgrade",
+                                      "proxy-authenticate",
+                                      "proxy-authorization",
+                                      "content-length",
+                                      "http2-settings",
+                                      "host"};
+    static const char *const own[] = {"x-forwarded-for", "x-forwarded-proto", "x-request-id"};
+    for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
+        if (strcmp(name, hop[i]) == 0)
+            return "is a hop-by-hop, framing or Host header, which pilotfish writes itself";
+    for (size_t i = 0; request && i < sizeof own / sizeof own[0]; i++)
+        if (strcmp(name, own[i]) == 0)
+            return "is written by pilotfish on every forwarded request";
+    return NULL;
+}
+
+/* A value template: text with %CLIENT_IP%, %REQUEST_ID%, %CLUSTER%, %UPSTREAM% or %%. */
+static void check_template(loader *ld, const char *p, const char *t) {
+    static const char *const vars[] = {"%CLIENT_IP%", "%REQUEST_ID%", "%CLUSTER%", "%UPSTREAM%",
+                                       "%%"};
+    for (const char *c = t; *c; c++) {
+        if (*c == '\r' || *c == '\n' || *c == '\0') {
+            errf(ld, p, "a header value cannot hold a line break");
+            return;
+        }
+        if (*c != '%')
+            continue;
+        size_t k = 0;
+        while (k < sizeof vars / sizeof vars[0] && strncmp(c, vars[k], strlen(vars[k])) != 0)
+            k++;
+        if (k == sizeof vars / sizeof vars[0]) {
+            errf(ld, p,
+                 "unknown variable at \"%.24s\"; known: %%CLIENT_IP%%, %%REQUEST_ID%%, "
+                 "%%CLUSTER%%, %%UPSTREAM%% (%%%% for %%)",
+                 c);
+            return;
+        }
+        c += strlen(vars[k]) - 1;
+    }
+}
+
+static bool edit_name(loader *ld, const char *p, const char *name, bool request, char *out) {
+    size_t n = strlen(name);
+    bool token = n > 0 && n < PF_MATCH_NAME_MAX;
+    for (size_t i = 0; token && i < n; i++)
+        token = isalnum((unsigned char)name[i]) || strchr("!#$%&'*+-.^_`|~", name[i]);
+    if (!token) {
+        errf(ld, p, "expected a header name (1-%d token characters)", PF_MATCH_NAME_MAX - 1);
+        return false;
+    }
+    for (size_t i = 0; i <= n; i++)
+        out[i] = (char)tolower((unsigned char)name[i]);
+    const char *why = header_edit_refusal(out, request);
+    if (why) {
+        errf(ld, p, "\"%s\" %s", out, why);
+        return false;
+    }
+    return true;
+}
+
+static void parse_edit_map(loader *ld, json_t *v, const char *p, bool request,
+                           pf_config_header_edit **out, size_t *count) {
+    char q[JPATH_MAX];
+    if (!want(ld, v, p, "object"))
+        return;
+    if (json_object_size(v) > PF_HEADER_EDITS_MAX) {
+        errf(ld, p, "%zu headers; at most %d are allowed", json_object_size(v),
+             PF_HEADER_EDITS_MAX);
+        return;
+    }
+    if (!(*out = alloc_array(ld, json_object_size(v), sizeof **out)))
+        return;
+    const char *key;
+    json_t *item;
+    json_object_foreach(v, key, item) {
+        jkey(q, p, key);
+        pf_config_header_edit *e = &(*out)[*count];
+        if (!edit_name(ld, q, key, request, e->name) || !want(ld, item, q, "string"))
+            continue;
+        const char *text = json_string_value(item);
+        if (strlen(text) >= PF_MATCH_VALUE_MAX) {
+            errf(ld, q, "longer than %d bytes", PF_MATCH_VALUE_MAX - 1);
+            continue;
+        }
+        check_template(ld, q, text);
+        snprintf(e->value, sizeof e->value, "%s", text);
+        (*count)++;
+    }
+}
+
+static void parse_header_edits(loader *ld, json_t *v, const char *p, bool request,
+                               pf_config_header_edits *e) {
+    char q[JPATH_MAX], r[JPATH_MAX];
+    if (!want(ld, v, p, "object"))
+        return;
+    const char *key;
+    json_t *item;
+    json_object_foreach(v, key, item) {
+        jkey(q, p, key);
+        if (strcmp(key, "set") == 0) {
+            parse_edit_map(ld, item, q, request, &e->set, &e->set_count);
+        } else if (strcmp(key, "add") == 0) {
+            parse_edit_map(ld, item, q, request, &e->add, &e->add_count);
+        } else if (strcmp(key, "remove") == 0) {
+            if (!want(ld, item, q, "array"))
+                continue;
+            if (json_array_size(item) > PF_HEADER_EDITS_MAX) {
+                errf(ld, q, "%zu headers; at most %d are allowed", json_array_size(item),
+                     PF_HEADER_EDITS_MAX);
+                continue;
+            }
+            if (!(e->remove = alloc_array(ld, json_array_size(item), sizeof *e->remove)))
+                continue;
+            for (size_t i = 0; i < json_array_size(item); i++) {
+                json_t *name = json_array_get(item, i);
+                jidx(r, q, i);
+                if (want(ld, name, r, "string") &&
+                    edit_name(ld, r, json_string_value(name), request,
+                              e->remove[e->remove_count].name))
+                    e->remove_count++;
+            }
+        } else {
+            errf(ld, q, "unknown key; known: set, add, remove");
+        }
+    }
+}
+
+static void parse_request_headers(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                                  const key_def *k) {
+    parse_header_edits(ld, v, p, true, &((pf_config_route *)base)->request_headers);
+}
+
+static void parse_response_headers(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                                   const key_def *k) {
+    parse_header_edits(ld, v, p, false, &((pf_config_route *)base)->response_headers);
+}
+
+static json_t *dump_edit_map(const pf_config_header_edit *e, size_t n) {
+    json_t *o = json_object();
+    for (size_t i = 0; i < n; i++)
+        json_object_set_new(o, e[i].name, json_string(e[i].value));
+    return o;
+}
+
+static json_t *dump_header_edits(dumper *d, const pf_config_header_edits *e) {
+    if (!e->set_count && !e->add_count && !e->remove_count)
+        return NULL;
+    json_t *o = json_object();
+    if (e->set_count)
+        json_object_set_new(o, "set", dump_edit_map(e->set, e->set_count));
+    if (e->add_count)
+        json_object_set_new(o, "add", dump_edit_map(e->add, e->add_count));
+    if (e->remove_count) {
+        json_t *names = json_array();
+        for (size_t i = 0; i < e->remove_count; i++)
+            push(d, names, json_string(e->remove[i].name));
+        json_object_set_new(o, "remove", names);
+    }
+    return o;
+}
+
+static json_t *dump_request_headers(dumper *d, const void *base, const key_def *k) {
+    return dump_header_edits(d, &((const pf_config_route *)base)->request_headers);
+}
+
+static json_t *dump_response_headers(dumper *d, const void *base, const key_def *k) {
+    return dump_header_edits(d, &((const pf_config_route *)base)->response_headers);
+}
+
+void config_header_edits_free(pf_config_header_edits *e) {
+    free(e->set);
+    free(e->add);
+    free(e->remove);
+    memset(e, 0, sizeof *e);
+}
+
 static void match_finish(loader *ld, json_t *v, const char *path, void *obj) {
     if (v && json_is_string(json_object_get(v, "prefix")) &&
         json_is_string(json_object_get(v, "path")))
@@ -1981,6 +2168,12 @@ static const key_def route_keys[] = {
     {K_DUR(pf_config_route, "tunnel_idle_timeout", tunnel_idle_timeout_ms, 0,
            "an upgraded connection with no bytes either way for this long is closed"),
      .flags = KF_POSITIVE | KF_OMIT_ZERO, .doc_default = "the listener's"},
+    {K_CUSTOM(
+         "request_headers", "header edits",
+         "{\"set\": {NAME: VALUE}, \"add\": {...}, \"remove\": [NAME]} on the forwarded request"),
+     .parse = parse_request_headers, .dump = dump_request_headers, .doc_default = "none"},
+    {K_CUSTOM("response_headers", "header edits", "the same on the response to the client"),
+     .parse = parse_response_headers, .dump = dump_response_headers, .doc_default = "none"},
 };
 static const schema route_schema = {
     .doc_name = "routes[]", SCHEMA_KEYS(route_keys), .size = sizeof(pf_config_route)};
@@ -2497,6 +2690,8 @@ void config_free(pf_config *cfg) {
         for (size_t r = 0; r < cfg->listeners[i].route_count; r++) {
             free(cfg->listeners[i].routes[r].headers);
             free(cfg->listeners[i].routes[r].query_params);
+            config_header_edits_free(&cfg->listeners[i].routes[r].request_headers);
+            config_header_edits_free(&cfg->listeners[i].routes[r].response_headers);
         }
         free(cfg->listeners[i].routes);
     }

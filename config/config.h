@@ -293,6 +293,23 @@ typedef struct pf_config_value_match {
     bool invert;                    /* the condition holds when the match does not */
 } pf_config_value_match;
 
+/* routes[].request_headers / .response_headers: edits made as a message is forwarded.
+ * Values are templates: %CLIENT_IP%, %REQUEST_ID%, %CLUSTER%, %UPSTREAM%, %% for '%'. */
+#define PF_HEADER_EDITS_MAX 16 /* per list (set, add, remove) */
+typedef struct pf_config_header_edit {
+    char name[PF_MATCH_NAME_MAX]; /* lower-case */
+    char value[PF_MATCH_VALUE_MAX];
+} pf_config_header_edit;
+
+typedef struct pf_config_header_edits {
+    pf_config_header_edit *set; /* replaces every line of the name */
+    size_t set_count;
+    pf_config_header_edit *add; /* one more line, whatever is there */
+    size_t add_count;
+    pf_config_header_edit *remove; /* names only */
+    size_t remove_count;
+} pf_config_header_edits;
+
 typedef struct pf_config_route {
     pf_host_match host_kind;
     char host[PF_HOST_MAX]; /* lower-case; for SUFFIX the part after '*', e.g. ".local" */
@@ -313,6 +330,8 @@ typedef struct pf_config_route {
     char upgrades[PF_UPGRADES_MAX][PF_UPGRADE_NAME_MAX];
     size_t upgrade_count;
     uint64_t tunnel_idle_timeout_ms; /* 0: the listener's */
+    pf_config_header_edits request_headers;
+    pf_config_header_edits response_headers;
 } pf_config_route;
 
 typedef struct pf_config_listener {
@@ -439,5 +458,9 @@ void config_diff_free(pf_config_diff *diff);
 
 /* "added", "removed" or "changed". */
 const char *config_change_kind_name(pf_change_kind kind);
+
+/* Frees the lists of a route's header edits (config_free does it for loaded configs; a
+ * router frees its copies). */
+void config_header_edits_free(pf_config_header_edits *e);
 
 #endif

@@ -602,7 +602,9 @@ static int ds_send_head(void *ds, const pf_head *resp, int status, pf_body_mode 
                                .body = f.head_body,
                                .content_length = content_length,
                                .keep_alive = c->keep_alive,
-                               .attempts = c->ex.attempts};
+                               .attempts = c->ex.attempts,
+                               .edits = exchange_response_edits(&c->ex),
+                               .vars = exchange_header_vars(&c->ex)};
     return http1_write_response_head(output(c), resp, &fwd);
 }
 

@@ -269,6 +269,7 @@ void exchange_reset(pf_exchange *ex) {
     ex->authority = ex->path = NULL;
     ex->authority_len = ex->path_len = 0;
     ex->request_id[0] = '\0';
+    memset(&ex->vars, 0, sizeof ex->vars);
     ex->wc = NULL;
     ex->ep = NULL;
     discovery_set_unref(ex->set);
@@ -467,6 +468,7 @@ static int start_attempt(pf_exchange *ex) {
         ex->counted_ep = true;
     }
     bool over = false;
+    ex->vars.upstream = ep->addr.text; /* for request_headers' %UPSTREAM% */
     ex->up = ex->up_ops->start(ex, ep, &over);
     if (!ex->up) {
         end_attempt(ex, false);
@@ -540,6 +542,12 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
         return;
     }
     ex->route = route;
+    ex->vars = (pf_header_vars){.client_ip = ex->client_ip, .request_id = ex->request_id};
+    if (route && (route->request_headers.set_count || route->request_headers.add_count ||
+                  route->request_headers.remove_count)) {
+        ex->req.fwd.edits = &route->request_headers;
+        ex->req.fwd.vars = &ex->vars;
+    }
     if (ex->req.fwd.upgrade)
         decide_upgrade(ex);
     ex->wc = worker_cluster(ex->w, (size_t)cluster_index);
@@ -548,6 +556,7 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
         return;
     }
     pf_cluster_rt *rt = ex->wc->rt;
+    ex->vars.cluster = rt->cfg->name;
     ex->retry = route && route->has_retry ? &route->retry : &rt->cfg->retry;
     if (route && route->timeout_ms)
         ex->deadline_us = ex->start_us + route->timeout_ms * 1000u;
@@ -763,6 +772,15 @@ static void tunnel_done(void *arg, const char *reason) {
     exchange_set_state(ex, PF_EX_DONE);
     exchange_log(ex);
     ex->down->close(ex->ds);
+}
+
+const pf_config_header_edits *exchange_response_edits(const pf_exchange *ex) {
+    const pf_config_header_edits *e = ex->route ? &ex->route->response_headers : NULL;
+    return e && (e->set_count || e->add_count || e->remove_count) ? e : NULL;
+}
+
+const pf_header_vars *exchange_header_vars(const pf_exchange *ex) {
+    return &ex->vars;
 }
 
 bool exchange_upgrading(const pf_exchange *ex) {

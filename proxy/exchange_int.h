@@ -125,6 +125,7 @@ struct pf_exchange {
     bool upgrade;          /* the request's Upgrade went upstream: a 101 makes a tunnel */
     pf_tunnel *tunnel;     /* while TUNNEL */
     uint64_t tunnel_us;    /* when the tunnel started */
+    pf_header_vars vars;   /* what the route's header edits may name */
     unsigned attempts;
     unsigned retries;
     int status;
@@ -204,6 +205,9 @@ void exchange_on_upstream_writable(pf_exchange *ex);
  * Returns 0, or PF_EINVAL when it cannot (no Upgrade header in `resp`, or the request did
  * not ask): the codec then fails the attempt as a malformed response. */
 int exchange_on_upgrade(pf_exchange *ex, const pf_head *resp);
+/* The route's response header edits (NULL: none) and the values they may name. */
+const pf_config_header_edits *exchange_response_edits(const pf_exchange *ex);
+const pf_header_vars *exchange_header_vars(const pf_exchange *ex);
 /* Whether the request in flight asked upstream to switch protocols. */
 bool exchange_upgrading(const pf_exchange *ex);
 /* The tunnel of a TUNNEL exchange, whose codecs forward their stream events to it. */

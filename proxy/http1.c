@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 #include <strings.h>
 
@@ -297,6 +298,78 @@ static void add_upgrade(writer *w, const char *value, size_t len) {
     W_LIT(w, "\r\n");
 }
 
+size_t http1_expand_value(const char *t, const pf_header_vars *vars, char *out, size_t cap) {
+    static const struct {
+        const char *name;
+        size_t offset;
+    } known[] = {
+        {"%CLIENT_IP%", offsetof(pf_header_vars, client_ip)},
+        {"%REQUEST_ID%", offsetof(pf_header_vars, request_id)},
+        {"%CLUSTER%", offsetof(pf_header_vars, cluster)},
+        {"%UPSTREAM%", offsetof(pf_header_vars, upstream)},
+    };
+    size_t n = 0;
+    if (cap == 0)
+        return 0;
+    for (const char *c = t; *c && n + 1 < cap; c++) {
+        const char *piece = NULL;
+        size_t skip = 0;
+        if (*c == '%' && c[1] == '%') {
+            piece = "%";
+            skip = 1;
+        }
+        for (size_t k = 0; *c == '%' && !piece && k < sizeof known / sizeof known[0]; k++) {
+            size_t len = strlen(known[k].name);
+            if (strncmp(c, known[k].name, len) == 0) {
+                piece = *(const char *const *)((const char *)vars + known[k].offset);
+                piece = piece ? piece : "";
+                skip = len - 1;
+            }
+        }
+        if (!piece) {
+            out[n++] = *c;
+            continue;
+        }
+        for (; *piece && n + 1 < cap; piece++)
+            out[n++] = *piece;
+        c += skip;
+    }
+    out[n] = '\0';
+    return n;
+}
+
+/* Whether the edits replace or remove header i of h (set and remove name it). */
+static bool edited_away(const pf_config_header_edits *e, const pf_head *h, size_t i) {
+    for (size_t k = 0; e && k < e->set_count; k++)
+        if (http1_name_is(h, i, e->set[k].name))
+            return true;
+    for (size_t k = 0; e && k < e->remove_count; k++)
+        if (http1_name_is(h, i, e->remove[k].name))
+            return true;
+    return false;
+}
+
+static void add_edit_lines(writer *w, const pf_config_header_edit *e, size_t n,
+                           const pf_header_vars *vars) {
+    static const pf_header_vars none = {0};
+    char value[2048];
+    for (size_t k = 0; k < n; k++) {
+        size_t len = http1_expand_value(e[k].value, vars ? vars : &none, value, sizeof value);
+        w_str(w, e[k].name);
+        W_LIT(w, ": ");
+        w_add(w, value, len);
+        W_LIT(w, "\r\n");
+    }
+}
+
+/* The edits' own lines: set first, then add. */
+static void add_edits(writer *w, const pf_config_header_edits *e, const pf_header_vars *vars) {
+    if (!e)
+        return;
+    add_edit_lines(w, e->set, e->set_count, vars);
+    add_edit_lines(w, e->add, e->add_count, vars);
+}
+
 /* Every earlier hop in order, then this hop's client, as one field where the first
  * X-Forwarded-For stood (RFC 9110 5.3 allows combining the lines). */
 static void add_forwarded_for(writer *w, const pf_head *req, const char *client_ip) {
@@ -326,7 +399,7 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
     bool forwarded_for = false;
     for (size_t i = 0; i < req->count; i++) {
         if (hop_by_hop(req, i, has_connection) || http1_name_is(req, i, "host") ||
-            http1_name_is(req, i, "x-forwarded-proto"))
+            http1_name_is(req, i, "x-forwarded-proto") || edited_away(fwd->edits, req, i))
             continue;
         if (http1_name_is(req, i, "x-forwarded-for")) {
             if (!forwarded_for)
@@ -336,6 +409,7 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
         }
         add_header(&w, req, i);
     }
+    add_edits(&w, fwd->edits, fwd->vars);
     if (!forwarded_for)
         add_forwarded_for(&w, req, fwd->client_ip);
     W_LIT(&w, "X-Forwarded-Proto: ");
@@ -371,8 +445,9 @@ int http1_write_response_head(struct evbuffer *out, const pf_head *resp,
     W_LIT(&w, "\r\n");
     bool has_connection = http1_find(resp, "connection", NULL) >= 0;
     for (size_t i = 0; i < resp->count; i++)
-        if (!hop_by_hop(resp, i, has_connection))
+        if (!hop_by_hop(resp, i, has_connection) && !edited_away(fwd->edits, resp, i))
             add_header(&w, resp, i);
+    add_edits(&w, fwd->edits, fwd->vars);
     add_framing(&w, fwd->body, fwd->content_length);
     if (fwd->upgrade)
         add_upgrade(&w, fwd->upgrade, fwd->upgrade_len);

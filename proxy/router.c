@@ -50,6 +50,26 @@ static pf_config_value_match *copy_conditions(const pf_config_value_match *m, si
     return copy;
 }
 
+static pf_config_header_edit *copy_edits(const pf_config_header_edit *e, size_t n) {
+    if (n == 0)
+        return NULL;
+    pf_config_header_edit *copy = malloc(n * sizeof *copy);
+    if (copy)
+        memcpy(copy, e, n * sizeof *copy);
+    return copy;
+}
+
+/* Copies the lists of `from` into `to`; false when out of memory (to then holds what was
+ * copied, for config_header_edits_free). */
+static bool copy_header_edits(pf_config_header_edits *to, const pf_config_header_edits *from) {
+    *to = *from;
+    to->set = copy_edits(from->set, from->set_count);
+    to->add = copy_edits(from->add, from->add_count);
+    to->remove = copy_edits(from->remove, from->remove_count);
+    return (!from->set_count || to->set) && (!from->add_count || to->add) &&
+           (!from->remove_count || to->remove);
+}
+
 pf_router *router_new(const pf_config_listener *listener) {
     pf_router *r = calloc(1, sizeof *r + listener->route_count * sizeof(pf_config_route));
     if (!r)
@@ -57,8 +77,11 @@ pf_router *router_new(const pf_config_listener *listener) {
     r->count = listener->route_count;
     if (r->count)
         memcpy(r->routes, listener->routes, r->count * sizeof(pf_config_route));
-    for (size_t i = 0; i < r->count; i++)
-        r->routes[i].headers = r->routes[i].query_params = NULL; /* until copied below */
+    for (size_t i = 0; i < r->count; i++) { /* until copied below */
+        r->routes[i].headers = r->routes[i].query_params = NULL;
+        memset(&r->routes[i].request_headers, 0, sizeof r->routes[i].request_headers);
+        memset(&r->routes[i].response_headers, 0, sizeof r->routes[i].response_headers);
+    }
     r->compiled = calloc(r->count ? r->count : 1, sizeof *r->compiled);
     r->limits = pcre2_match_context_create(NULL);
     if (!r->compiled || !r->limits)
@@ -72,8 +95,10 @@ pf_router *router_new(const pf_config_listener *listener) {
         /* The router outlives its config (a reload frees the old one): own the lists. */
         route->headers = copy_conditions(from->headers, from->header_count);
         route->query_params = copy_conditions(from->query_params, from->query_param_count);
+        bool edits = copy_header_edits(&route->request_headers, &from->request_headers) &&
+                     copy_header_edits(&route->response_headers, &from->response_headers);
         if ((route->header_count && !route->headers) ||
-            (route->query_param_count && !route->query_params)) {
+            (route->query_param_count && !route->query_params) || !edits) {
             route->header_count = route->query_param_count = 0;
             goto fail;
         }
@@ -94,6 +119,8 @@ void router_free(pf_router *router) {
     for (size_t i = 0; i < router->count; i++) {
         free(router->routes[i].headers);
         free(router->routes[i].query_params);
+        config_header_edits_free(&router->routes[i].request_headers);
+        config_header_edits_free(&router->routes[i].response_headers);
     }
     for (size_t i = 0; router->compiled && i < router->count; i++) {
         for (size_t k = 0; k < PF_MATCHERS_MAX; k++) {

@@ -999,7 +999,65 @@ static void test_allowed_upgrade_is_written_again_and_others_are_dropped(void) {
     http1_head_free(&resp);
 }
 
-PF_UNIT_MAIN("http1", PF_UNIT_TEST(test_upgrade_is_requested_by_connection_and_upgrade_together),
+static void test_header_value_templates_expand_their_variables(void) {
+    pf_header_vars vars = {
+        .client_ip = "10.0.0.9", .request_id = "r-1", .cluster = "web", .upstream = NULL};
+    static const struct {
+        const char *template;
+        size_t cap;
+        const char *want;
+    } rows[] = {
+        {"plain", 64, "plain"},
+        {"%CLIENT_IP%", 64, "10.0.0.9"},
+        {"%REQUEST_ID%/%CLUSTER%", 64, "r-1/web"},
+        {"[%UPSTREAM%]", 64, "[]"}, /* not known yet: nothing */
+        {"100%%", 64, "100%"},
+        {"%%CLUSTER%%", 64, "%CLUSTER%"},
+        {"%CLUSTER%", 3, "we"}, /* cut to fit, always terminated */
+        {"", 64, ""},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        char out[64];
+        size_t n = http1_expand_value(rows[i].template, &vars, out, rows[i].cap);
+        PF_CHECK(strcmp(out, rows[i].want) == 0 && n == strlen(rows[i].want),
+                 "row %zu: \"%s\" -> \"%s\" (%zu), want \"%s\"", i, rows[i].template, out, n,
+                 rows[i].want);
+    }
+}
+
+static void test_header_edits_replace_add_and_remove_lines(void) {
+    pf_config_header_edit set[] = {{"x-env", "prod"}}, add[] = {{"x-trace", "%CLUSTER%"}},
+                          remove[] = {{"x-secret", ""}};
+    pf_config_header_edits edits = {.set = set,
+                                    .set_count = 1,
+                                    .add = add,
+                                    .add_count = 1,
+                                    .remove = remove,
+                                    .remove_count = 1};
+    pf_header_vars vars = {.cluster = "web"};
+    pf_forward_request fwd = {.method = "GET",
+                              .target = "/",
+                              .target_len = 1,
+                              .host = "a",
+                              .host_len = 1,
+                              .client_ip = "10.0.0.9",
+                              .proto = "http",
+                              .body = PF_BODY_NONE,
+                              .edits = &edits,
+                              .vars = &vars};
+    const char *out = forwarded("GET / HTTP/1.1\r\nHost: a\r\nX-Env: dev\r\nx-env: qa\r\n"
+                                "X-Secret: s\r\nX-Trace: t\r\n\r\n",
+                                &fwd);
+    check_text(out,
+               "GET / HTTP/1.1\r\nHost: a\r\nX-Trace: t\r\nx-env: prod\r\nx-trace: web\r\n"
+               "X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\r\n",
+               "edited request");
+    check_parses(HTTP_REQUEST, out);
+}
+
+PF_UNIT_MAIN("http1", PF_UNIT_TEST(test_header_value_templates_expand_their_variables),
+             PF_UNIT_TEST(test_header_edits_replace_add_and_remove_lines),
+             PF_UNIT_TEST(test_upgrade_is_requested_by_connection_and_upgrade_together),
              PF_UNIT_TEST(test_allowed_upgrade_is_written_again_and_others_are_dropped),
              PF_UNIT_TEST(test_head_collects_target_and_headers_from_llhttp),
              PF_UNIT_TEST(test_head_is_the_same_whatever_the_split_points),
