@@ -2042,6 +2042,20 @@ static void resolve_routes(loader *ld, pf_config *cfg) {
         pf_config_listener *l = &cfg->listeners[li];
         for (size_t ri = 0; ri < l->route_count; ri++) {
             pf_config_route *r = &l->routes[ri];
+            for (size_t wi = 0; wi < r->weighted_count; wi++) {
+                pf_config_weighted_cluster *w = &r->clusters[wi];
+                size_t ci = 0;
+                while (ci < cfg->cluster_count && strcmp(cfg->clusters[ci].name, w->name) != 0)
+                    ci++;
+                w->cluster_index = ci;
+                if (ci == cfg->cluster_count && w->name[0]) {
+                    mark_cut(p, sizeof p,
+                             snprintf(p, sizeof p,
+                                      "$.listeners[%zu].routes[%zu].clusters[%zu].name", li, ri,
+                                      wi));
+                    errf(ld, p, "unknown cluster %s", qstr(q, w->name));
+                }
+            }
             if (!r->cluster[0])
                 continue;
             size_t ci = 0;
@@ -2151,10 +2165,93 @@ static const key_def retry_keys[] = {
 static const schema retry_schema = {
     .doc_name = "retry", SCHEMA_KEYS(retry_keys), .finish = retry_finish};
 
+static void parse_route_clusters(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                                 const key_def *k) {
+    char q[JPATH_MAX], r[JPATH_MAX];
+    pf_config_route *route = base;
+    if (!want(ld, v, p, "array"))
+        return;
+    size_t n = json_array_size(v);
+    if (n == 0 || n > PF_WEIGHTED_CLUSTERS_MAX) {
+        errf(ld, p, "expected 1-%d clusters, found %zu", PF_WEIGHTED_CLUSTERS_MAX, n);
+        return;
+    }
+    uint64_t total = 0;
+    bool bad_weight = false; /* already reported: the sum says nothing more */
+    for (size_t i = 0; i < n; i++) {
+        json_t *item = json_array_get(v, i);
+        jidx(q, p, i);
+        if (!want(ld, item, q, "object"))
+            continue;
+        pf_config_weighted_cluster *c = &route->clusters[route->weighted_count];
+        const char *key;
+        json_t *field;
+        json_object_foreach(item, key, field) {
+            jkey(r, q, key);
+            if (strcmp(key, "name") == 0) {
+                if (want(ld, field, r, "string") && json_string_value(field)[0] &&
+                    strlen(json_string_value(field)) < PF_NAME_MAX)
+                    snprintf(c->name, sizeof c->name, "%s", json_string_value(field));
+                else if (json_is_string(field))
+                    errf(ld, r, "expected a cluster name (1-%d characters)", PF_NAME_MAX - 1);
+            } else if (strcmp(key, "weight") == 0) {
+                if (!want(ld, field, r, "integer"))
+                    continue;
+                json_int_t w = json_integer_value(field);
+                if (w < 0 || w > PF_CLUSTER_WEIGHT_MAX) {
+                    errf(ld, r, "%" JSON_INTEGER_FORMAT " out of range (0-%d)", w,
+                         PF_CLUSTER_WEIGHT_MAX);
+                    bad_weight = true;
+                } else
+                    c->weight = (uint32_t)w;
+            } else {
+                errf(ld, r, "unknown key; known: name, weight");
+            }
+        }
+        if (!json_object_get(item, "name") || !json_object_get(item, "weight")) {
+            errf(ld, q, "\"name\" and \"weight\" are required");
+            continue;
+        }
+        total += c->weight;
+        route->weighted_count++;
+    }
+    if (route->weighted_count == n && total == 0 && !bad_weight)
+        errf(ld, p, "the weights add up to 0; at least one cluster needs a share");
+    route->total_weight = (uint32_t)total;
+}
+
+static json_t *dump_route_clusters(dumper *d, const void *base, const key_def *k) {
+    const pf_config_route *route = base;
+    if (!route->weighted_count)
+        return NULL;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < route->weighted_count; i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "name", json_string(route->clusters[i].name));
+        json_object_set_new(o, "weight", json_integer(route->clusters[i].weight));
+        push(d, arr, o);
+    }
+    return arr;
+}
+
+/* "cluster" or "clusters": one of the two. */
+static void route_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    if (!v || !json_is_object(v))
+        return;
+    bool one = json_object_get(v, "cluster") != NULL, split = json_object_get(v, "clusters");
+    if (!one && !split)
+        errf(ld, path, "missing required key \"cluster\"");
+    else if (one && split)
+        errf(ld, path, "\"cluster\" and \"clusters\" exclude each other; use one");
+}
+
 static const key_def route_keys[] = {
     {K_INLINE("match", match_schema, "what requests the route takes"), .flags = KF_REQUIRED},
     {K_TEXT(pf_config_route, "cluster", cluster, NULL, "the cluster the requests go to"),
-     .flags = KF_REQUIRED, .parse = parse_route_cluster},
+     .flags = KF_OMIT_ZERO, .parse = parse_route_cluster, .doc_default = "required"},
+    {K_CUSTOM("clusters", "list of {name, weight}",
+              "in place of cluster: each request goes to one, in proportion to the weights"),
+     .parse = parse_route_clusters, .dump = dump_route_clusters, .doc_default = "none"},
     {K_OBJ(pf_config_route, "retry", retry, retry_schema, "replaces the cluster's retry policy"),
      .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_retry, bool),
      .doc_default = "the cluster's"},
@@ -2175,8 +2272,10 @@ static const key_def route_keys[] = {
     {K_CUSTOM("response_headers", "header edits", "the same on the response to the client"),
      .parse = parse_response_headers, .dump = dump_response_headers, .doc_default = "none"},
 };
-static const schema route_schema = {
-    .doc_name = "routes[]", SCHEMA_KEYS(route_keys), .size = sizeof(pf_config_route)};
+static const schema route_schema = {.doc_name = "routes[]",
+                                    SCHEMA_KEYS(route_keys),
+                                    .size = sizeof(pf_config_route),
+                                    .finish = route_finish};
 
 static const key_def listener_keys[] = {
     {K_TEXT(pf_config_listener, "name", name, NULL, "unique; names the listener in metrics"),

@@ -310,6 +310,15 @@ typedef struct pf_config_header_edits {
     size_t remove_count;
 } pf_config_header_edits;
 
+/* routes[].clusters[]: a share of the route's requests. */
+#define PF_WEIGHTED_CLUSTERS_MAX 8
+#define PF_CLUSTER_WEIGHT_MAX 10000
+typedef struct pf_config_weighted_cluster {
+    char name[PF_NAME_MAX];
+    uint32_t weight;      /* 0: none of the traffic (kept for a quick shift back) */
+    size_t cluster_index; /* resolved at load */
+} pf_config_weighted_cluster;
+
 typedef struct pf_config_route {
     pf_host_match host_kind;
     char host[PF_HOST_MAX]; /* lower-case; for SUFFIX the part after '*', e.g. ".local" */
@@ -321,9 +330,12 @@ typedef struct pf_config_route {
     size_t header_count;
     pf_config_value_match *query_params;
     size_t query_param_count;
-    char cluster[PF_NAME_MAX];
-    size_t cluster_index; /* index into pf_config.clusters, resolved at load */
-    bool has_retry;       /* false: the cluster's policy applies */
+    char cluster[PF_NAME_MAX]; /* "" when clusters[] splits the route */
+    size_t cluster_index;      /* index into pf_config.clusters, resolved at load */
+    pf_config_weighted_cluster clusters[PF_WEIGHTED_CLUSTERS_MAX];
+    size_t weighted_count; /* 0: all requests go to `cluster` */
+    uint32_t total_weight; /* sum of the weights, > 0 when weighted_count > 0 */
+    bool has_retry;        /* false: the cluster's policy applies */
     pf_config_retry retry;
     uint64_t timeout_ms; /* whole request, all attempts, until the response head; 0: none */
     /* Upgrade protocols (lower-case) a request may switch to through this route. */

@@ -103,6 +103,18 @@ const char *exchange_upgrade_refusal(const pf_config_route *route, const char *u
     return names ? NULL : "empty Upgrade header";
 }
 
+size_t exchange_route_cluster(const pf_config_route *route, uint64_t random) {
+    if (route->weighted_count == 0 || route->total_weight == 0)
+        return route->cluster_index;
+    uint64_t point = random % route->total_weight;
+    for (size_t i = 0; i < route->weighted_count; i++) {
+        if (point < route->clusters[i].weight)
+            return route->clusters[i].cluster_index;
+        point -= route->clusters[i].weight;
+    }
+    return route->clusters[route->weighted_count - 1].cluster_index; /* not reached */
+}
+
 bool exchange_method_idempotent(const char *m) {
     static const char *const idempotent[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
     for (size_t i = 0; m && i < sizeof idempotent / sizeof idempotent[0]; i++)
@@ -535,7 +547,7 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
         .head = req->head,
     };
     const pf_config_route *route = router_find_request(ex->l->router, &rq);
-    long cluster_index = route ? (long)route->cluster_index
+    long cluster_index = route ? (long)exchange_route_cluster(route, worker_random(ex->w))
                                : service_routes_find(worker_service_routes(ex->w), host, port);
     if (cluster_index < 0) {
         exchange_reply(ex, 404, "no route for this host and path\n", NULL);

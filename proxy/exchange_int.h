@@ -234,6 +234,10 @@ void exchange_set_state(pf_exchange *ex, pf_exchange_state to);
 const char *exchange_upgrade_refusal(const pf_config_route *route, const char *upgrade, size_t len,
                                      bool has_body);
 
+/* The cluster (index into the config's) a request on `route` goes to: its cluster, or for a
+ * weighted route the one whose share `random` falls in (random % total weight). */
+size_t exchange_route_cluster(const pf_config_route *route, uint64_t random);
+
 /* RFC 9110 9.2.2: GET, HEAD, OPTIONS, TRACE, PUT and DELETE are idempotent. */
 bool exchange_method_idempotent(const char *method);
 

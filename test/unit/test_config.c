@@ -1522,6 +1522,19 @@ static const struct {
      "out of order in {} quantifier"},
     {MATCH("{'method':'GET '}"), "x.json: $.listeners[0].routes[0].match.method: expected an "
                                  "upper-case method name such as \"GET\" (1-23 characters)"},
+    {ROUTE("{'match':{},'cluster':'web','clusters':[{'name':'web','weight':1}]}"),
+     "x.json: $.listeners[0].routes[0]: \"cluster\" and \"clusters\" exclude each other; use one"},
+    {ROUTE("{'match':{},'clusters':[{'name':'web','weight':0}]}"),
+     "x.json: $.listeners[0].routes[0].clusters: the weights add up to 0; at least one cluster "
+     "needs a share"},
+    {ROUTE("{'match':{},'clusters':[{'name':'web','weight':10001}]}"),
+     "x.json: $.listeners[0].routes[0].clusters[0].weight: 10001 out of range (0-10000)"},
+    {ROUTE("{'match':{},'clusters':[{'name':'web','weight':1},{'name':'nope','weight':1}]}"),
+     "x.json: $.listeners[0].routes[0].clusters[1].name: unknown cluster \"nope\""},
+    {ROUTE("{'match':{},'clusters':[{'name':'web'}]}"),
+     "x.json: $.listeners[0].routes[0].clusters[0]: \"name\" and \"weight\" are required"},
+    {ROUTE("{'match':{},'clusters':[]}"),
+     "x.json: $.listeners[0].routes[0].clusters: expected 1-8 clusters, found 0"},
     {RT("'status_codes':[404]"),
      "x.json: $.clusters[0].retry.status_codes[0]: 404 is not a retriable status (500-599)"},
     {HC("'initial':true"), "x.json: $.clusters[0].health_check.initial: expected string, found "

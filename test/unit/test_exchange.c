@@ -129,6 +129,30 @@ static void test_illegal_moves_abort_and_legal_moves_do_not(void) {
 
 /* ---- pure decisions -------------------------------------------------------------------- */
 
+static void test_weighted_route_picks_clusters_in_proportion(void) {
+    pf_config_route plain = {.cluster_index = 4};
+    CU_ASSERT_EQUAL(exchange_route_cluster(&plain, 12345), 4);
+    pf_config_route split = {.weighted_count = 3, .total_weight = 100};
+    split.clusters[0] = (pf_config_weighted_cluster){.weight = 90, .cluster_index = 7};
+    split.clusters[1] = (pf_config_weighted_cluster){.weight = 0, .cluster_index = 8};
+    split.clusters[2] = (pf_config_weighted_cluster){.weight = 10, .cluster_index = 9};
+    static const struct {
+        uint64_t random;
+        size_t want;
+    } rows[] = {{0, 7}, {89, 7}, {90, 9}, {99, 9}, {100, 7}, {190, 9}, {UINT64_MAX, 7} /* 15 */};
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++)
+        PF_CHECK(exchange_route_cluster(&split, rows[i].random) == rows[i].want,
+                 "random %llu: got %zu, want %zu", (unsigned long long)rows[i].random,
+                 exchange_route_cluster(&split, rows[i].random), rows[i].want);
+    /* every point of the wheel once: exactly the weights, and weight 0 never */
+    size_t count[10] = {0};
+    for (uint64_t r = 0; r < 100; r++)
+        count[exchange_route_cluster(&split, r)]++;
+    CU_ASSERT_EQUAL(count[7], 90);
+    CU_ASSERT_EQUAL(count[8], 0);
+    CU_ASSERT_EQUAL(count[9], 10);
+}
+
 static void test_upgrade_refusal_follows_the_route_and_the_body(void) {
     pf_config_route ws = {.upgrade_count = 1}, none = {.upgrade_count = 0};
     pf_config_route two = {.upgrade_count = 2};
@@ -343,6 +367,7 @@ PF_UNIT_MAIN("exchange", PF_UNIT_TEST(test_transition_table_allows_exactly_the_l
              PF_UNIT_TEST(test_every_state_is_named_reachable_and_leads_back_to_idle),
              PF_UNIT_TEST(test_illegal_moves_abort_and_legal_moves_do_not),
              PF_UNIT_TEST(test_upgrade_refusal_follows_the_route_and_the_body),
+             PF_UNIT_TEST(test_weighted_route_picks_clusters_in_proportion),
              PF_UNIT_TEST(test_idempotent_methods), PF_UNIT_TEST(test_retry_policy_names_failures),
              PF_UNIT_TEST(test_retry_verdict),
              PF_UNIT_TEST(test_backoff_cap_doubles_up_to_the_maximum),
