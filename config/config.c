@@ -11,8 +11,11 @@
 #include "core/time.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -814,6 +817,361 @@ static json_t *dump_match_path(dumper *d, const void *base, const key_def *k) {
     return (r->path_kind == PF_MATCH_PATH_EXACT) == exact ? json_string(r->path) : NULL;
 }
 
+/* ---- routes[].match.headers, .query_params, .method ---------------------------------- */
+
+static const char *const value_kind_names[] = {
+    [PF_VALUE_EXACT] = "exact",     [PF_VALUE_PREFIX] = "prefix", [PF_VALUE_SUFFIX] = "suffix",
+    [PF_VALUE_PRESENT] = "present", [PF_VALUE_REGEX] = "regex",
+};
+
+/* A pattern that PCRE2 compiles, with its error where it does not. The router compiles it
+ * again with match and depth limits (config/ keeps no compiled code). */
+static void check_regex(loader *ld, const char *p, const char *pattern) {
+    int code;
+    PCRE2_SIZE offset;
+    pcre2_code *re =
+        pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &code, &offset, NULL);
+    if (re) {
+        pcre2_code_free(re);
+        return;
+    }
+    PCRE2_UCHAR why[160];
+    pcre2_get_error_message(code, why, sizeof why);
+    errf(ld, p, "bad regex at offset %zu: %s", (size_t)offset, (const char *)why);
+}
+
+static void parse_value_match(loader *ld, json_t *v, const char *p, bool header,
+                              pf_config_value_match *m) {
+    char q[JPATH_MAX];
+    if (!want(ld, v, p, "object"))
+        return;
+    const char *key;
+    json_t *item;
+    int kinds = 0;
+    json_object_foreach(v, key, item) {
+        jkey(q, p, key);
+        if (strcmp(key, "name") == 0) {
+            if (!want(ld, item, q, "string"))
+                continue;
+            const char *name = json_string_value(item);
+            size_t n = strlen(name);
+            bool token = n > 0 && n < PF_MATCH_NAME_MAX;
+            for (size_t i = 0; token && header && i < n; i++)
+                token = isalnum((unsigned char)name[i]) || strchr("!#$%&'*+-.^_`|~", name[i]);
+            if (!token) {
+                errf(ld, q,
+                     header ? "expected a header name (1-%d token characters)"
+                            : "expected a parameter name (1-%d characters)",
+                     PF_MATCH_NAME_MAX - 1);
+                continue;
+            }
+            for (size_t i = 0; i <= n; i++)
+                m->name[i] = header ? (char)tolower((unsigned char)name[i]) : name[i];
+        } else if (strcmp(key, "invert") == 0) {
+            if (want(ld, item, q, "boolean"))
+                m->invert = json_is_true(item);
+        } else {
+            size_t k = 0;
+            while (k < sizeof value_kind_names / sizeof value_kind_names[0] &&
+                   strcmp(key, value_kind_names[k]) != 0)
+                k++;
+            if (k == sizeof value_kind_names / sizeof value_kind_names[0]) {
+                errf(ld, q,
+                     "unknown key; known: name, exact, prefix, suffix, present, regex, "
+                     "invert");
+                continue;
+            }
+            kinds++;
+            m->kind = (pf_value_match_kind)k;
+            if (k == PF_VALUE_PRESENT) {
+                if (want(ld, item, q, "boolean") && !json_is_true(item))
+                    errf(ld, q, "only true makes sense; use \"invert\": true for absent");
+                continue;
+            }
+            if (!want(ld, item, q, "string"))
+                continue;
+            const char *text = json_string_value(item);
+            if (strlen(text) >= PF_MATCH_VALUE_MAX) {
+                errf(ld, q, "longer than %d bytes", PF_MATCH_VALUE_MAX - 1);
+                continue;
+            }
+            snprintf(m->value, sizeof m->value, "%s", text);
+            if (k == PF_VALUE_REGEX)
+                check_regex(ld, q, text);
+        }
+    }
+    if (!json_object_get(v, "name"))
+        errf(ld, p, "\"name\" is required");
+    if (kinds != 1)
+        errf(ld, p, "exactly one of exact, prefix, suffix, present, regex is required (found %d)",
+             kinds);
+}
+
+static void parse_value_matches(loader *ld, json_t *arr, const char *path, bool header,
+                                pf_config_value_match **out, size_t *count) {
+    char p[JPATH_MAX];
+    if (!want(ld, arr, path, "array"))
+        return;
+    size_t n = json_array_size(arr);
+    if (n > PF_MATCHERS_MAX) {
+        errf(ld, path, "%zu conditions; at most %d are allowed", n, PF_MATCHERS_MAX);
+        return;
+    }
+    if (!(*out = alloc_array(ld, n, sizeof **out)))
+        return;
+    *count = n;
+    for (size_t i = 0; i < n; i++)
+        parse_value_match(ld, json_array_get(arr, i), jidx(p, path, i), header, &(*out)[i]);
+}
+
+static void parse_match_headers(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                                const key_def *k) {
+    pf_config_route *r = base;
+    parse_value_matches(ld, v, p, true, &r->headers, &r->header_count);
+}
+
+static void parse_match_query(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                              const key_def *k) {
+    pf_config_route *r = base;
+    parse_value_matches(ld, v, p, false, &r->query_params, &r->query_param_count);
+}
+
+static json_t *dump_value_matches(dumper *d, const pf_config_value_match *m, size_t n) {
+    if (n == 0)
+        return NULL;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "name", json_string(m[i].name));
+        json_object_set_new(o, value_kind_names[m[i].kind],
+                            m[i].kind == PF_VALUE_PRESENT ? json_true() : json_string(m[i].value));
+        if (m[i].invert)
+            json_object_set_new(o, "invert", json_true());
+        push(d, arr, o);
+    }
+    return arr;
+}
+
+static json_t *dump_match_headers(dumper *d, const void *base, const key_def *k) {
+    const pf_config_route *r = base;
+    return dump_value_matches(d, r->headers, r->header_count);
+}
+
+static json_t *dump_match_query(dumper *d, const void *base, const key_def *k) {
+    const pf_config_route *r = base;
+    return dump_value_matches(d, r->query_params, r->query_param_count);
+}
+
+static void parse_match_method(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                               const key_def *k) {
+    pf_config_route *r = base;
+    if (!want(ld, v, p, "string"))
+        return;
+    const char *m = json_string_value(v);
+    size_t n = strlen(m);
+    bool ok = n > 0 && n < PF_METHOD_MAX;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = isupper((unsigned char)m[i]) || m[i] == '-' || m[i] == '_';
+    if (!ok) {
+        errf(ld, p, "expected an upper-case method name such as \"GET\" (1-%d characters)",
+             PF_METHOD_MAX - 1);
+        return;
+    }
+    memcpy(r->method, m, n + 1);
+}
+
+static json_t *dump_match_method(dumper *d, const void *base, const key_def *k) {
+    const pf_config_route *r = base;
+    return r->method[0] ? json_string(r->method) : NULL;
+}
+
+/* ---- routes[].request_headers, .response_headers ---------------------------------------- */
+
+/* Headers an edit may not touch: connection-specific and framing fields (pilotfish writes
+ * its own; RFC 9110 7.6.1, RFC 9112 6), Host, and what pilotfish itself writes on requests. */
+static const char *header_edit_refusal(const char *name, bool request) {
+    static const char *const hop[] = {"connection",
+                                      "keep-alive",
+                                      "proxy-connection",
+                                      "te",
+                                      "trailer",
+                                      "transfer-encoding",
+                                      "upgrade",
+                                      "proxy-authenticate",
+                                      "proxy-authorization",
+                                      "content-length",
+                                      "http2-settings",
+                                      "host"};
+    static const char *const own[] = {"x-forwarded-for", "x-forwarded-proto", "x-request-id"};
+    for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
+        if (strcmp(name, hop[i]) == 0)
+            return "is a hop-by-hop, framing or Host header, which pilotfish writes itself";
+    for (size_t i = 0; request && i < sizeof own / sizeof own[0]; i++)
+        if (strcmp(name, own[i]) == 0)
+            return "is written by pilotfish on every forwarded request";
+    return NULL;
+}
+
+/* A value template: text with %CLIENT_IP%, %REQUEST_ID%, %CLUSTER%, %UPSTREAM% or %%. */
+static void check_template(loader *ld, const char *p, const char *t) {
+    static const char *const vars[] = {"%CLIENT_IP%", "%REQUEST_ID%", "%CLUSTER%", "%UPSTREAM%",
+                                       "%%"};
+    for (const char *c = t; *c; c++) {
+        if (*c == '\r' || *c == '\n' || *c == '\0') {
+            errf(ld, p, "a header value cannot hold a line break");
+            return;
+        }
+        if (*c != '%')
+            continue;
+        size_t k = 0;
+        while (k < sizeof vars / sizeof vars[0] && strncmp(c, vars[k], strlen(vars[k])) != 0)
+            k++;
+        if (k == sizeof vars / sizeof vars[0]) {
+            errf(ld, p,
+                 "unknown variable at \"%.24s\"; known: %%CLIENT_IP%%, %%REQUEST_ID%%, "
+                 "%%CLUSTER%%, %%UPSTREAM%% (%%%% for %%)",
+                 c);
+            return;
+        }
+        c += strlen(vars[k]) - 1;
+    }
+}
+
+static bool edit_name(loader *ld, const char *p, const char *name, bool request, char *out) {
+    size_t n = strlen(name);
+    bool token = n > 0 && n < PF_MATCH_NAME_MAX;
+    for (size_t i = 0; token && i < n; i++)
+        token = isalnum((unsigned char)name[i]) || strchr("!#$%&'*+-.^_`|~", name[i]);
+    if (!token) {
+        errf(ld, p, "expected a header name (1-%d token characters)", PF_MATCH_NAME_MAX - 1);
+        return false;
+    }
+    for (size_t i = 0; i <= n; i++)
+        out[i] = (char)tolower((unsigned char)name[i]);
+    const char *why = header_edit_refusal(out, request);
+    if (why) {
+        errf(ld, p, "\"%s\" %s", out, why);
+        return false;
+    }
+    return true;
+}
+
+static void parse_edit_map(loader *ld, json_t *v, const char *p, bool request,
+                           pf_config_header_edit **out, size_t *count) {
+    char q[JPATH_MAX];
+    if (!want(ld, v, p, "object"))
+        return;
+    if (json_object_size(v) > PF_HEADER_EDITS_MAX) {
+        errf(ld, p, "%zu headers; at most %d are allowed", json_object_size(v),
+             PF_HEADER_EDITS_MAX);
+        return;
+    }
+    if (!(*out = alloc_array(ld, json_object_size(v), sizeof **out)))
+        return;
+    const char *key;
+    json_t *item;
+    json_object_foreach(v, key, item) {
+        jkey(q, p, key);
+        pf_config_header_edit *e = &(*out)[*count];
+        if (!edit_name(ld, q, key, request, e->name) || !want(ld, item, q, "string"))
+            continue;
+        const char *text = json_string_value(item);
+        if (strlen(text) >= PF_MATCH_VALUE_MAX) {
+            errf(ld, q, "longer than %d bytes", PF_MATCH_VALUE_MAX - 1);
+            continue;
+        }
+        check_template(ld, q, text);
+        snprintf(e->value, sizeof e->value, "%s", text);
+        (*count)++;
+    }
+}
+
+static void parse_header_edits(loader *ld, json_t *v, const char *p, bool request,
+                               pf_config_header_edits *e) {
+    char q[JPATH_MAX], r[JPATH_MAX];
+    if (!want(ld, v, p, "object"))
+        return;
+    const char *key;
+    json_t *item;
+    json_object_foreach(v, key, item) {
+        jkey(q, p, key);
+        if (strcmp(key, "set") == 0) {
+            parse_edit_map(ld, item, q, request, &e->set, &e->set_count);
+        } else if (strcmp(key, "add") == 0) {
+            parse_edit_map(ld, item, q, request, &e->add, &e->add_count);
+        } else if (strcmp(key, "remove") == 0) {
+            if (!want(ld, item, q, "array"))
+                continue;
+            if (json_array_size(item) > PF_HEADER_EDITS_MAX) {
+                errf(ld, q, "%zu headers; at most %d are allowed", json_array_size(item),
+                     PF_HEADER_EDITS_MAX);
+                continue;
+            }
+            if (!(e->remove = alloc_array(ld, json_array_size(item), sizeof *e->remove)))
+                continue;
+            for (size_t i = 0; i < json_array_size(item); i++) {
+                json_t *name = json_array_get(item, i);
+                jidx(r, q, i);
+                if (want(ld, name, r, "string") &&
+                    edit_name(ld, r, json_string_value(name), request,
+                              e->remove[e->remove_count].name))
+                    e->remove_count++;
+            }
+        } else {
+            errf(ld, q, "unknown key; known: set, add, remove");
+        }
+    }
+}
+
+static void parse_request_headers(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                                  const key_def *k) {
+    parse_header_edits(ld, v, p, true, &((pf_config_route *)base)->request_headers);
+}
+
+static void parse_response_headers(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                                   const key_def *k) {
+    parse_header_edits(ld, v, p, false, &((pf_config_route *)base)->response_headers);
+}
+
+static json_t *dump_edit_map(const pf_config_header_edit *e, size_t n) {
+    json_t *o = json_object();
+    for (size_t i = 0; i < n; i++)
+        json_object_set_new(o, e[i].name, json_string(e[i].value));
+    return o;
+}
+
+static json_t *dump_header_edits(dumper *d, const pf_config_header_edits *e) {
+    if (!e->set_count && !e->add_count && !e->remove_count)
+        return NULL;
+    json_t *o = json_object();
+    if (e->set_count)
+        json_object_set_new(o, "set", dump_edit_map(e->set, e->set_count));
+    if (e->add_count)
+        json_object_set_new(o, "add", dump_edit_map(e->add, e->add_count));
+    if (e->remove_count) {
+        json_t *names = json_array();
+        for (size_t i = 0; i < e->remove_count; i++)
+            push(d, names, json_string(e->remove[i].name));
+        json_object_set_new(o, "remove", names);
+    }
+    return o;
+}
+
+static json_t *dump_request_headers(dumper *d, const void *base, const key_def *k) {
+    return dump_header_edits(d, &((const pf_config_route *)base)->request_headers);
+}
+
+static json_t *dump_response_headers(dumper *d, const void *base, const key_def *k) {
+    return dump_header_edits(d, &((const pf_config_route *)base)->response_headers);
+}
+
+void config_header_edits_free(pf_config_header_edits *e) {
+    free(e->set);
+    free(e->add);
+    free(e->remove);
+    memset(e, 0, sizeof *e);
+}
+
 static void match_finish(loader *ld, json_t *v, const char *path, void *obj) {
     if (v && json_is_string(json_object_get(v, "prefix")) &&
         json_is_string(json_object_get(v, "path")))
@@ -909,6 +1267,53 @@ static json_t *dump_status_codes(dumper *d, const void *base, const key_def *k) 
     for (size_t i = 0; i < r->status_code_count; i++)
         push(d, codes, json_integer(r->status_codes[i]));
     return codes;
+}
+
+/* routes[].upgrades: protocol tokens (RFC 9110 7.8), compared without case. */
+static void init_upgrades(void *base, const key_def *k) {
+    pf_config_route *r = base;
+    snprintf(r->upgrades[0], sizeof r->upgrades[0], "websocket");
+    r->upgrade_count = 1;
+}
+
+static void parse_upgrades(loader *ld, json_t *obj, json_t *arr, const char *path, void *base,
+                           const key_def *k) {
+    char p[JPATH_MAX];
+    pf_config_route *r = base;
+    r->upgrade_count = 0;
+    if (!want(ld, arr, path, "array"))
+        return;
+    if (json_array_size(arr) > PF_UPGRADES_MAX) {
+        errf(ld, path, "at most %d upgrade protocols", PF_UPGRADES_MAX);
+        return;
+    }
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        json_t *v = json_array_get(arr, i);
+        jidx(p, path, i);
+        if (!want(ld, v, p, "string"))
+            continue;
+        const char *name = json_string_value(v);
+        size_t len = strlen(name);
+        bool token = len > 0 && len < PF_UPGRADE_NAME_MAX;
+        for (size_t j = 0; token && j < len; j++)
+            token = isalnum((unsigned char)name[j]) || strchr("!#$%&'*+-.^_`|~/", name[j]);
+        if (!token) {
+            errf(ld, p, "expected a protocol name such as \"websocket\" (1-%d token characters)",
+                 PF_UPGRADE_NAME_MAX - 1);
+            continue;
+        }
+        char *out = r->upgrades[r->upgrade_count++];
+        for (size_t j = 0; j <= len; j++)
+            out[j] = (char)tolower((unsigned char)name[j]);
+    }
+}
+
+static json_t *dump_upgrades(dumper *d, const void *base, const key_def *k) {
+    const pf_config_route *r = base;
+    json_t *names = json_array();
+    for (size_t i = 0; i < r->upgrade_count; i++)
+        push(d, names, json_string(r->upgrades[i]));
+    return names;
 }
 
 static void retry_finish(loader *ld, json_t *v, const char *path, void *obj) {
@@ -1850,6 +2255,20 @@ static void resolve_routes(loader *ld, pf_config *cfg) {
         pf_config_listener *l = &cfg->listeners[li];
         for (size_t ri = 0; ri < l->route_count; ri++) {
             pf_config_route *r = &l->routes[ri];
+            for (size_t wi = 0; wi < r->weighted_count; wi++) {
+                pf_config_weighted_cluster *w = &r->clusters[wi];
+                size_t ci = 0;
+                while (ci < cfg->cluster_count && strcmp(cfg->clusters[ci].name, w->name) != 0)
+                    ci++;
+                w->cluster_index = ci;
+                if (ci == cfg->cluster_count && w->name[0]) {
+                    mark_cut(p, sizeof p,
+                             snprintf(p, sizeof p,
+                                      "$.listeners[%zu].routes[%zu].clusters[%zu].name", li, ri,
+                                      wi));
+                    errf(ld, p, "unknown cluster %s", qstr(q, w->name));
+                }
+            }
             if (!r->cluster[0])
                 continue;
             size_t ci = 0;
@@ -1925,6 +2344,13 @@ static const key_def match_keys[] = {
      .dump = dump_match_path, .doc_default = "/"},
     {K_CUSTOM("path", "path", "exact path (the query string is ignored)"),
      .parse = parse_match_path, .dump = dump_match_path, .doc_default = "none"},
+    {K_CUSTOM("method", "method name", "the request method, e.g. \"POST\""),
+     .parse = parse_match_method, .dump = dump_match_method, .doc_default = "any"},
+    {K_CUSTOM("headers", "list of conditions",
+              "{\"name\", one of exact/prefix/suffix/present/regex, \"invert\"}: all must hold"),
+     .parse = parse_match_headers, .dump = dump_match_headers, .doc_default = "none"},
+    {K_CUSTOM("query_params", "list of conditions", "like headers, on the query's parameters"),
+     .parse = parse_match_query, .dump = dump_match_query, .doc_default = "none"},
 };
 static const schema match_schema = {
     .doc_name = "routes[].match", SCHEMA_KEYS(match_keys), .finish = match_finish};
@@ -1960,19 +2386,117 @@ static const key_def retry_keys[] = {
 static const schema retry_schema = {
     .doc_name = "retry", SCHEMA_KEYS(retry_keys), .finish = retry_finish};
 
+static void parse_route_clusters(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                                 const key_def *k) {
+    char q[JPATH_MAX], r[JPATH_MAX];
+    pf_config_route *route = base;
+    if (!want(ld, v, p, "array"))
+        return;
+    size_t n = json_array_size(v);
+    if (n == 0 || n > PF_WEIGHTED_CLUSTERS_MAX) {
+        errf(ld, p, "expected 1-%d clusters, found %zu", PF_WEIGHTED_CLUSTERS_MAX, n);
+        return;
+    }
+    uint64_t total = 0;
+    bool bad_weight = false; /* already reported: the sum says nothing more */
+    for (size_t i = 0; i < n; i++) {
+        json_t *item = json_array_get(v, i);
+        jidx(q, p, i);
+        if (!want(ld, item, q, "object"))
+            continue;
+        pf_config_weighted_cluster *c = &route->clusters[route->weighted_count];
+        const char *key;
+        json_t *field;
+        json_object_foreach(item, key, field) {
+            jkey(r, q, key);
+            if (strcmp(key, "name") == 0) {
+                if (want(ld, field, r, "string") && json_string_value(field)[0] &&
+                    strlen(json_string_value(field)) < PF_NAME_MAX)
+                    snprintf(c->name, sizeof c->name, "%s", json_string_value(field));
+                else if (json_is_string(field))
+                    errf(ld, r, "expected a cluster name (1-%d characters)", PF_NAME_MAX - 1);
+            } else if (strcmp(key, "weight") == 0) {
+                if (!want(ld, field, r, "integer"))
+                    continue;
+                json_int_t w = json_integer_value(field);
+                if (w < 0 || w > PF_CLUSTER_WEIGHT_MAX) {
+                    errf(ld, r, "%" JSON_INTEGER_FORMAT " out of range (0-%d)", w,
+                         PF_CLUSTER_WEIGHT_MAX);
+                    bad_weight = true;
+                } else
+                    c->weight = (uint32_t)w;
+            } else {
+                errf(ld, r, "unknown key; known: name, weight");
+            }
+        }
+        if (!json_object_get(item, "name") || !json_object_get(item, "weight")) {
+            errf(ld, q, "\"name\" and \"weight\" are required");
+            continue;
+        }
+        total += c->weight;
+        route->weighted_count++;
+    }
+    if (route->weighted_count == n && total == 0 && !bad_weight)
+        errf(ld, p, "the weights add up to 0; at least one cluster needs a share");
+    route->total_weight = (uint32_t)total;
+}
+
+static json_t *dump_route_clusters(dumper *d, const void *base, const key_def *k) {
+    const pf_config_route *route = base;
+    if (!route->weighted_count)
+        return NULL;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < route->weighted_count; i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "name", json_string(route->clusters[i].name));
+        json_object_set_new(o, "weight", json_integer(route->clusters[i].weight));
+        push(d, arr, o);
+    }
+    return arr;
+}
+
+/* "cluster" or "clusters": one of the two. */
+static void route_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    if (!v || !json_is_object(v))
+        return;
+    bool one = json_object_get(v, "cluster") != NULL, split = json_object_get(v, "clusters");
+    if (!one && !split)
+        errf(ld, path, "missing required key \"cluster\"");
+    else if (one && split)
+        errf(ld, path, "\"cluster\" and \"clusters\" exclude each other; use one");
+}
+
 static const key_def route_keys[] = {
     {K_INLINE("match", match_schema, "what requests the route takes"), .flags = KF_REQUIRED},
     {K_TEXT(pf_config_route, "cluster", cluster, NULL, "the cluster the requests go to"),
-     .flags = KF_REQUIRED, .parse = parse_route_cluster},
+     .flags = KF_OMIT_ZERO, .parse = parse_route_cluster, .doc_default = "required"},
+    {K_CUSTOM("clusters", "list of {name, weight}",
+              "in place of cluster: each request goes to one, in proportion to the weights"),
+     .parse = parse_route_clusters, .dump = dump_route_clusters, .doc_default = "none"},
     {K_OBJ(pf_config_route, "retry", retry, retry_schema, "replaces the cluster's retry policy"),
      .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_retry, bool),
      .doc_default = "the cluster's"},
     {K_DUR(pf_config_route, "timeout", timeout_ms, 0,
            "the whole request, all attempts, until the response head"),
      .flags = KF_POSITIVE | KF_OMIT_ZERO},
+    {K_CUSTOM("upgrades", "list of protocol names",
+              "protocols a request may switch to (Upgrade); the connection becomes a tunnel"),
+     .parse = parse_upgrades, .init = init_upgrades, .dump = dump_upgrades,
+     .doc_default = "[\"websocket\"]"},
+    {K_DUR(pf_config_route, "tunnel_idle_timeout", tunnel_idle_timeout_ms, 0,
+           "an upgraded connection with no bytes either way for this long is closed"),
+     .flags = KF_POSITIVE | KF_OMIT_ZERO, .doc_default = "the listener's"},
+    {K_CUSTOM(
+         "request_headers", "header edits",
+         "{\"set\": {NAME: VALUE}, \"add\": {...}, \"remove\": [NAME]} on the forwarded request"),
+     .parse = parse_request_headers, .dump = dump_request_headers, .doc_default = "none"},
+    {K_CUSTOM("response_headers", "header edits", "the same on the response to the client"),
+     .parse = parse_response_headers, .dump = dump_response_headers, .doc_default = "none"},
 };
-static const schema route_schema = {
-    .doc_name = "routes[]", SCHEMA_KEYS(route_keys), .size = sizeof(pf_config_route)};
+static const schema route_schema = {.doc_name = "routes[]",
+                                    SCHEMA_KEYS(route_keys),
+                                    .size = sizeof(pf_config_route),
+                                    .finish = route_finish};
 
 static const key_def tls_cert_keys[] = {
     {K_TEXT(pf_config_tls_cert, "cert_file", cert_file, NULL,
@@ -2065,6 +2589,10 @@ static const key_def listener_keys[] = {
     {K_OBJ(pf_config_listener, "tls", tls, listener_tls_schema, "terminate TLS on this listener"),
      .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_listener, has_tls, bool),
      .doc_default = "none (plaintext)"},
+    {K_DUR(pf_config_listener, "tunnel_idle_timeout", tunnel_idle_timeout_ms,
+           PF_DEFAULT_TUNNEL_IDLE_TIMEOUT_MS,
+           "an upgraded connection (WebSocket) with no bytes either way for this long is closed"),
+     .flags = KF_POSITIVE},
 };
 static const schema listener_schema = {.doc_name = "listeners[]",
                                        SCHEMA_KEYS(listener_keys),
@@ -2563,8 +3091,14 @@ void config_free(pf_config *cfg) {
     if (!cfg)
         return;
     for (size_t i = 0; i < cfg->listener_count; i++) {
-        free(cfg->listeners[i].routes);
         free(cfg->listeners[i].tls.certificates);
+        for (size_t r = 0; r < cfg->listeners[i].route_count; r++) {
+            free(cfg->listeners[i].routes[r].headers);
+            free(cfg->listeners[i].routes[r].query_params);
+            config_header_edits_free(&cfg->listeners[i].routes[r].request_headers);
+            config_header_edits_free(&cfg->listeners[i].routes[r].response_headers);
+        }
+        free(cfg->listeners[i].routes);
     }
     free(cfg->listeners);
     for (size_t i = 0; i < cfg->cluster_count; i++)

@@ -23,6 +23,10 @@
 #define PF_DEFAULT_CONNECT_TIMEOUT_MS 1000u
 #define PF_DEFAULT_RESPONSE_TIMEOUT_MS 15000u
 #define PF_DEFAULT_BODY_TIMEOUT_MS 60000u
+#define PF_DEFAULT_TUNNEL_IDLE_TIMEOUT_MS                                                          \
+    3600000u              /* an upgraded connection with no bytes either way */
+#define PF_UPGRADES_MAX 8 /* protocols a route lets a request upgrade to */
+#define PF_UPGRADE_NAME_MAX 32
 #define PF_DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS 30000u
 #define PF_DEFAULT_MAX_IDLE_PER_ENDPOINT 64u
 #define PF_DEFAULT_BUFFER_BYTES (64u * 1024u)
@@ -330,17 +334,78 @@ typedef struct pf_config_cluster {
 typedef enum { PF_MATCH_HOST_ANY, PF_MATCH_HOST_EXACT, PF_MATCH_HOST_SUFFIX } pf_host_match;
 typedef enum { PF_MATCH_PATH_PREFIX, PF_MATCH_PATH_EXACT } pf_path_match;
 
+/* routes[].match.headers[] and .query_params[]: one condition on a named value. */
+typedef enum {
+    PF_VALUE_EXACT,
+    PF_VALUE_PREFIX,
+    PF_VALUE_SUFFIX,
+    PF_VALUE_PRESENT,
+    PF_VALUE_REGEX, /* PCRE2, the whole value; compiled again (and owned) by the router */
+} pf_value_match_kind;
+
+#define PF_MATCH_NAME_MAX 128  /* header or query parameter name */
+#define PF_MATCH_VALUE_MAX 512 /* value or pattern */
+#define PF_MATCHERS_MAX 16     /* per list (headers, query_params) of a route */
+#define PF_METHOD_MAX 24
+
+typedef struct pf_config_value_match {
+    char name[PF_MATCH_NAME_MAX]; /* headers: lower-case */
+    pf_value_match_kind kind;
+    char value[PF_MATCH_VALUE_MAX]; /* "" for PRESENT */
+    bool invert;                    /* the condition holds when the match does not */
+} pf_config_value_match;
+
+/* routes[].request_headers / .response_headers: edits made as a message is forwarded.
+ * Values are templates: %CLIENT_IP%, %REQUEST_ID%, %CLUSTER%, %UPSTREAM%, %% for '%'. */
+#define PF_HEADER_EDITS_MAX 16 /* per list (set, add, remove) */
+typedef struct pf_config_header_edit {
+    char name[PF_MATCH_NAME_MAX]; /* lower-case */
+    char value[PF_MATCH_VALUE_MAX];
+} pf_config_header_edit;
+
+typedef struct pf_config_header_edits {
+    pf_config_header_edit *set; /* replaces every line of the name */
+    size_t set_count;
+    pf_config_header_edit *add; /* one more line, whatever is there */
+    size_t add_count;
+    pf_config_header_edit *remove; /* names only */
+    size_t remove_count;
+} pf_config_header_edits;
+
+/* routes[].clusters[]: a share of the route's requests. */
+#define PF_WEIGHTED_CLUSTERS_MAX 8
+#define PF_CLUSTER_WEIGHT_MAX 10000
+typedef struct pf_config_weighted_cluster {
+    char name[PF_NAME_MAX];
+    uint32_t weight;      /* 0: none of the traffic (kept for a quick shift back) */
+    size_t cluster_index; /* resolved at load */
+} pf_config_weighted_cluster;
+
 typedef struct pf_config_route {
     pf_host_match host_kind;
     char host[PF_HOST_MAX]; /* lower-case; for SUFFIX the part after '*', e.g. ".local" */
     int host_port;          /* -1: any port */
     pf_path_match path_kind;
-    char path[PF_PATH_MAX]; /* "/" when no path was given */
-    char cluster[PF_NAME_MAX];
-    size_t cluster_index; /* index into pf_config.clusters, resolved at load */
-    bool has_retry;       /* false: the cluster's policy applies */
+    char path[PF_PATH_MAX];         /* "/" when no path was given */
+    char method[PF_METHOD_MAX];     /* "" : any */
+    pf_config_value_match *headers; /* all must hold; owned by the config */
+    size_t header_count;
+    pf_config_value_match *query_params;
+    size_t query_param_count;
+    char cluster[PF_NAME_MAX]; /* "" when clusters[] splits the route */
+    size_t cluster_index;      /* index into pf_config.clusters, resolved at load */
+    pf_config_weighted_cluster clusters[PF_WEIGHTED_CLUSTERS_MAX];
+    size_t weighted_count; /* 0: all requests go to `cluster` */
+    uint32_t total_weight; /* sum of the weights, > 0 when weighted_count > 0 */
+    bool has_retry;        /* false: the cluster's policy applies */
     pf_config_retry retry;
     uint64_t timeout_ms; /* whole request, all attempts, until the response head; 0: none */
+    /* Upgrade protocols (lower-case) a request may switch to through this route. */
+    char upgrades[PF_UPGRADES_MAX][PF_UPGRADE_NAME_MAX];
+    size_t upgrade_count;
+    uint64_t tunnel_idle_timeout_ms; /* 0: the listener's */
+    pf_config_header_edits request_headers;
+    pf_config_header_edits response_headers;
 } pf_config_route;
 
 typedef struct pf_config_listener {
@@ -351,12 +416,13 @@ typedef struct pf_config_listener {
     uint32_t max_header_bytes;
     uint32_t max_target_bytes;
     uint32_t max_headers;
-    uint32_t buffer_bytes;      /* per direction, before backpressure stops reading */
-    uint64_t header_timeout_ms; /* whole request head must arrive within this */
-    uint64_t idle_timeout_ms;   /* downstream keep-alive idle */
-    uint64_t body_timeout_ms;   /* longest pause inside a request body */
-    uint32_t max_connections;   /* client connections open at once; 0: only the global limit */
-    bool has_tls;               /* false: plaintext HTTP/1 */
+    uint32_t buffer_bytes;           /* per direction, before backpressure stops reading */
+    uint64_t header_timeout_ms;      /* whole request head must arrive within this */
+    uint64_t idle_timeout_ms;        /* downstream keep-alive idle */
+    uint64_t body_timeout_ms;        /* longest pause inside a request body */
+    uint32_t max_connections;        /* client connections open at once; 0: only the global limit */
+    uint64_t tunnel_idle_timeout_ms; /* an upgraded connection with no bytes either way */
+    bool has_tls;                    /* false: plaintext HTTP/1 */
     pf_config_listener_tls tls;
 } pf_config_listener;
 
@@ -475,5 +541,9 @@ void config_diff_free(pf_config_diff *diff);
 
 /* "added", "removed" or "changed". */
 const char *config_change_kind_name(pf_change_kind kind);
+
+/* Frees the lists of a route's header edits (config_free does it for loaded configs; a
+ * router frees its copies). */
+void config_header_edits_free(pf_config_header_edits *e);
 
 #endif

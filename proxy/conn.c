@@ -41,6 +41,7 @@ typedef enum {
     CONN_REQUEST,   /* a request's head started arriving; it is read or answered */
     CONN_CLOSING,   /* no more requests: close once the output is flushed */
     CONN_LINGERING, /* write side shut, discarding input until EOF or timeout */
+    CONN_TUNNEL,    /* switched protocols: the exchange's tunnel moves the bytes until it ends */
     CONN_STATE_COUNT
 } conn_state;
 
@@ -83,9 +84,10 @@ static void process_input(pf_conn *c);
 
 static const unsigned conn_allowed[CONN_STATE_COUNT] = {
     [CONN_IDLE] = 1u << CONN_REQUEST | 1u << CONN_CLOSING,
-    [CONN_REQUEST] = 1u << CONN_IDLE | 1u << CONN_CLOSING,
+    [CONN_REQUEST] = 1u << CONN_IDLE | 1u << CONN_CLOSING | 1u << CONN_TUNNEL,
     [CONN_CLOSING] = 1u << CONN_LINGERING,
     [CONN_LINGERING] = 0,
+    [CONN_TUNNEL] = 0, /* freed when the tunnel ends */
 };
 
 static void conn_set_state(pf_conn *c, conn_state to) {
@@ -304,6 +306,8 @@ static void dispatch(pf_conn *c) {
                 .content_length = c->parser.content_length,
             },
     };
+    /* The exchange decides whether the route allows it; else the headers are dropped. */
+    http1_upgrade_requested(&c->req, c->minor, &req.fwd.upgrade, &req.fwd.upgrade_len);
     exchange_start(&c->ex, &req, host, port);
 }
 
@@ -497,6 +501,10 @@ static void process_input(pf_conn *c) {
 
 static void on_read(pf_stream *s, void *arg) {
     pf_conn *c = arg;
+    if (c->state == CONN_TUNNEL) {
+        tunnel_on_read(exchange_tunnel(&c->ex), PF_TUNNEL_CLIENT);
+        return;
+    }
     if (c->state == CONN_LINGERING) {
         struct evbuffer *in = stream_input(s);
         evbuffer_drain(in, evbuffer_get_length(in));
@@ -507,6 +515,10 @@ static void on_read(pf_stream *s, void *arg) {
 
 static void on_write(pf_stream *s, void *arg) {
     pf_conn *c = arg;
+    if (c->state == CONN_TUNNEL) {
+        tunnel_on_write(exchange_tunnel(&c->ex), PF_TUNNEL_CLIENT);
+        return;
+    }
     if (c->state == CONN_LINGERING)
         return;
     if (c->state == CONN_CLOSING) {
@@ -523,6 +535,10 @@ static void on_write(pf_stream *s, void *arg) {
 
 static void on_event(pf_stream *s, int what, int err, void *arg) {
     pf_conn *c = arg;
+    if (c->state == CONN_TUNNEL) {
+        tunnel_on_event(exchange_tunnel(&c->ex), PF_TUNNEL_CLIENT, what, err);
+        return;
+    }
     if (c->state == CONN_LINGERING || (what & PF_STREAM_ERROR)) {
         conn_free(c);
         return;
@@ -597,7 +613,9 @@ static int ds_send_head(void *ds, const pf_head *resp, int status, pf_body_mode 
                                .body = f.head_body,
                                .content_length = content_length,
                                .keep_alive = c->keep_alive,
-                               .attempts = c->ex.attempts};
+                               .attempts = c->ex.attempts,
+                               .edits = exchange_response_edits(&c->ex),
+                               .vars = exchange_header_vars(&c->ex)};
     return http1_write_response_head(output(c), resp, &fwd);
 }
 
@@ -685,6 +703,29 @@ static void ds_request_writable(void *ds, bool after_retry) {
     }
 }
 
+/* A 101: its head goes out with the upstream's Upgrade value, and the connection is the
+ * tunnel's from here (no timers of ours, no parsing: the bytes are another protocol's). */
+static pf_stream *ds_send_upgrade(void *ds, const pf_head *resp, const char *upgrade, size_t len,
+                                  bool *client_eof) {
+    pf_conn *c = ds;
+    timer_stop(c);
+    conn_set_state(c, CONN_TUNNEL);
+    pf_forward_response fwd = {.status = 101,
+                               .client_minor = 1,
+                               .keep_alive = true,
+                               .upgrade = upgrade,
+                               .upgrade_len = len};
+    if (http1_write_response_head(output(c), resp, &fwd) != PF_OK)
+        return NULL;
+    c->read_paused = false;
+    *client_eof = c->client_eof;
+    return c->stream;
+}
+
+static void ds_close(void *ds) {
+    conn_free(ds);
+}
+
 static const pf_downstream_ops downstream_http1_ops = {
     .send_head = ds_send_head,
     .send_interim = ds_send_interim,
@@ -695,6 +736,8 @@ static const pf_downstream_ops downstream_http1_ops = {
     .output_full = ds_output_full,
     .wait_for_output = ds_wait_for_output,
     .request_writable = ds_request_writable,
+    .send_upgrade = ds_send_upgrade,
+    .close = ds_close,
 };
 
 /* ---- lifecycle -------------------------------------------------------------------- */

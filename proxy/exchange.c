@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* ---- the state table ------------------------------------------------------------------ */
 
@@ -24,8 +25,10 @@
 static const unsigned allowed[PF_EX_STATE_COUNT] = {
     /* a request is routed and its first attempt starts, or pilotfish answers it */
     [PF_EX_IDLE] = BIT(PF_EX_WAITING) | BIT(PF_EX_DONE),
-    /* a response head arrives, the attempt fails into a backoff, or we answer the error */
-    [PF_EX_WAITING] = BIT(PF_EX_STREAMING) | BIT(PF_EX_BACKOFF) | BIT(PF_EX_DONE),
+    /* a response head arrives (a 101 to an upgrade: a tunnel), the attempt fails into a
+     * backoff, or we answer the error */
+    [PF_EX_WAITING] =
+        BIT(PF_EX_STREAMING) | BIT(PF_EX_TUNNEL) | BIT(PF_EX_BACKOFF) | BIT(PF_EX_DONE),
     /* the next attempt starts, or none can (no endpoint, overloaded, client gone) */
     [PF_EX_BACKOFF] = BIT(PF_EX_WAITING) | BIT(PF_EX_DONE),
     /* the body ends, or it is cut */
@@ -33,6 +36,8 @@ static const unsigned allowed[PF_EX_STATE_COUNT] = {
     /* the connection goes on with its next request */
     [PF_EX_DONE] = BIT(PF_EX_IDLE),
     [PF_EX_ABORTED] = BIT(PF_EX_IDLE),
+    /* either side closed, failed or idled out: the connection closes (no next request) */
+    [PF_EX_TUNNEL] = BIT(PF_EX_DONE),
 };
 
 bool exchange_transition_allowed(pf_exchange_state from, pf_exchange_state to) {
@@ -45,6 +50,7 @@ const char *exchange_state_name(pf_exchange_state s) {
     static const char *const names[PF_EX_STATE_COUNT] = {
         [PF_EX_IDLE] = "idle",           [PF_EX_WAITING] = "waiting", [PF_EX_BACKOFF] = "backoff",
         [PF_EX_STREAMING] = "streaming", [PF_EX_DONE] = "done",       [PF_EX_ABORTED] = "aborted",
+        [PF_EX_TUNNEL] = "tunnel",
     };
     return (unsigned)s < PF_EX_STATE_COUNT ? names[s] : "invalid";
 }
@@ -61,6 +67,53 @@ void exchange_set_state(pf_exchange *ex, pf_exchange_state to) {
 }
 
 /* ---- pure decisions ------------------------------------------------------------------ */
+
+/* Whether `name` (len bytes, any case) is one of the route's upgrade protocols. */
+static bool upgrade_listed(const pf_config_route *route, const char *name, size_t len) {
+    if (!route)
+        return len == 9 && strncasecmp(name, "websocket", 9) == 0;
+    for (size_t i = 0; i < route->upgrade_count; i++)
+        if (strlen(route->upgrades[i]) == len && strncasecmp(route->upgrades[i], name, len) == 0)
+            return true;
+    return false;
+}
+
+const char *exchange_upgrade_refusal(const pf_config_route *route, const char *upgrade, size_t len,
+                                     bool has_body) {
+    if (has_body)
+        return "an upgrade request with a body is not tunnelled";
+    /* RFC 9110 7.8: a comma list of protocol["/"version]; the server may pick any, so each
+     * must be allowed. */
+    size_t i = 0, names = 0;
+    while (i < len) {
+        while (i < len && (upgrade[i] == ' ' || upgrade[i] == '\t' || upgrade[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < len && upgrade[i] != ',' && upgrade[i] != '/' && upgrade[i] != ' ' &&
+               upgrade[i] != '\t')
+            i++;
+        if (i == start)
+            continue;
+        names++;
+        if (!upgrade_listed(route, upgrade + start, i - start))
+            return "the protocol is not in the route's upgrades";
+        while (i < len && upgrade[i] != ',')
+            i++;
+    }
+    return names ? NULL : "empty Upgrade header";
+}
+
+size_t exchange_route_cluster(const pf_config_route *route, uint64_t random) {
+    if (route->weighted_count == 0 || route->total_weight == 0)
+        return route->cluster_index;
+    uint64_t point = random % route->total_weight;
+    for (size_t i = 0; i < route->weighted_count; i++) {
+        if (point < route->clusters[i].weight)
+            return route->clusters[i].cluster_index;
+        point -= route->clusters[i].weight;
+    }
+    return route->clusters[route->weighted_count - 1].cluster_index; /* not reached */
+}
 
 bool exchange_method_idempotent(const char *m) {
     static const char *const idempotent[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
@@ -185,7 +238,16 @@ static void end_accounting(pf_exchange *ex) {
     ex->counted_active = ex->counted_retry = false;
 }
 
+/* The tunnel's end: forget it (the streams are the codecs'), and its place in the gauge. */
+static void end_tunnel(pf_exchange *ex) {
+    if (ex->state == PF_EX_TUNNEL)
+        metrics_gauge_add(ex->l->tunnels_active, -1);
+    tunnel_free(ex->tunnel);
+    ex->tunnel = NULL;
+}
+
 void exchange_free(pf_exchange *ex) {
+    end_tunnel(ex);
     end_attempt(ex, false);
     end_accounting(ex);
     ex->ep = NULL;
@@ -200,6 +262,7 @@ void exchange_free(pf_exchange *ex) {
 }
 
 void exchange_reset(pf_exchange *ex) {
+    end_tunnel(ex);
     end_attempt(ex, false);
     end_accounting(ex);
     if (ex->state != PF_EX_IDLE)
@@ -207,7 +270,7 @@ void exchange_reset(pf_exchange *ex) {
     ex->up = NULL;
     ex->req.head = NULL;
     ex->method = NULL;
-    ex->request_complete = ex->replayable = ex->stale_retried = false;
+    ex->request_complete = ex->replayable = ex->stale_retried = ex->upgrade = false;
     ex->attempts = ex->retries = 0;
     ex->status = 0;
     ex->deadline_us = 0;
@@ -219,6 +282,7 @@ void exchange_reset(pf_exchange *ex) {
     ex->authority_len = ex->path_len = 0;
     ex->request_id[0] = '\0';
     ex->traceparent[0] = ex->trace_id[0] = '\0';
+    memset(&ex->vars, 0, sizeof ex->vars);
     ex->wc = NULL;
     ex->ep = NULL;
     discovery_set_unref(ex->set);
@@ -418,6 +482,7 @@ static int start_attempt(pf_exchange *ex) {
         ex->counted_ep = true;
     }
     bool over = false;
+    ex->vars.upstream = ep->addr.text; /* for request_headers' %UPSTREAM% */
     ex->up = ex->up_ops->start(ex, ep, &over);
     if (!ex->up) {
         end_attempt(ex, false);
@@ -457,6 +522,26 @@ static void trace_context(pf_exchange *ex, const pf_head *head) {
     ex->req.fwd.traceparent = ex->traceparent;
 }
 
+/* An upgrade the route allows goes upstream with its headers; any other loses them (as
+ * every hop-by-hop header) and the request goes on as a plain one. */
+static void decide_upgrade(pf_exchange *ex) {
+    pf_forward_request *fwd = &ex->req.fwd;
+    const char *why = !ex->down->send_upgrade
+                          ? "the client's protocol cannot switch"
+                          : exchange_upgrade_refusal(ex->route, fwd->upgrade, fwd->upgrade_len,
+                                                     fwd->body != PF_BODY_NONE);
+    if (!why) {
+        ex->upgrade = true;
+        return;
+    }
+    char protocol[96];
+    pf_json_escape(protocol, sizeof protocol, fwd->upgrade, fwd->upgrade_len);
+    log_debug("upgrade refused: headers removed client=%s protocol=\"%s\" reason=\"%s\"",
+              ex->client_ip, protocol, why);
+    fwd->upgrade = NULL;
+    fwd->upgrade_len = 0;
+}
+
 void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char *host, int port) {
     ex->req = *req;
     trace_context(ex, req->head);
@@ -473,21 +558,41 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
     /* Configured routes first; then the services discovery found, by authority. */
     /* OPTIONS * asks about the server as a whole: it goes where its root would. */
     bool asterisk = ex->path_len == 1 && ex->path[0] == '*';
-    const pf_config_route *route =
-        router_find(ex->l->router, host, port, asterisk ? "/" : ex->path, ex->path_len);
-    long cluster_index = route ? (long)route->cluster_index
+    const char *target = req->fwd.target;
+    const char *query = target ? memchr(target, '?', req->fwd.target_len) : NULL;
+    pf_route_request rq = {
+        .host = host,
+        .port = port,
+        .path = asterisk ? "/" : ex->path,
+        .path_len = ex->path_len,
+        .method = ex->method,
+        .query = query ? query + 1 : NULL,
+        .query_len = query ? req->fwd.target_len - (size_t)(query + 1 - target) : 0,
+        .head = req->head,
+    };
+    const pf_config_route *route = router_find_request(ex->l->router, &rq);
+    long cluster_index = route ? (long)exchange_route_cluster(route, worker_random(ex->w))
                                : service_routes_find(worker_service_routes(ex->w), host, port);
     if (cluster_index < 0) {
         exchange_reply(ex, 404, "no route for this host and path\n", NULL);
         return;
     }
     ex->route = route;
+    ex->vars = (pf_header_vars){.client_ip = ex->client_ip, .request_id = ex->request_id};
+    if (route && (route->request_headers.set_count || route->request_headers.add_count ||
+                  route->request_headers.remove_count)) {
+        ex->req.fwd.edits = &route->request_headers;
+        ex->req.fwd.vars = &ex->vars;
+    }
+    if (ex->req.fwd.upgrade)
+        decide_upgrade(ex);
     ex->wc = worker_cluster(ex->w, (size_t)cluster_index);
     if (!ex->wc) {
         exchange_reply(ex, 503, "out of memory\n", NULL);
         return;
     }
     pf_cluster_rt *rt = ex->wc->rt;
+    ex->vars.cluster = rt->cfg->name;
     ex->retry = route && route->has_retry ? &route->retry : &rt->cfg->retry;
     if (route && route->timeout_ms)
         ex->deadline_us = ex->start_us + route->timeout_ms * 1000u;
@@ -686,6 +791,76 @@ void exchange_on_upstream_error(pf_exchange *ex, int status, const char *reason,
     char body[128];
     snprintf(body, sizeof body, "%s\n", reason);
     exchange_reply(ex, status, body, NULL);
+}
+
+/* ---- tunnels --------------------------------------------------------------------------- */
+
+/* The tunnel is over: one log line with what went through, the access log entry of the
+ * request that opened it, and the connection closes (which frees the exchange). */
+static void tunnel_done(void *arg, const char *reason) {
+    pf_exchange *ex = arg;
+    uint64_t from_client = tunnel_bytes(ex->tunnel, PF_TUNNEL_CLIENT);
+    uint64_t from_upstream = tunnel_bytes(ex->tunnel, PF_TUNNEL_UPSTREAM);
+    ex->bytes_in += from_client;
+    ex->bytes_out += from_upstream;
+    log_info("tunnel closed client=%s cluster=%s upstream=%s bytes_from_client=%llu "
+             "bytes_from_upstream=%llu duration_ms=%llu reason=\"%s\"",
+             ex->client_ip, ex->wc->rt->cfg->name, ex->ep ? ex->ep->addr.text : "-",
+             (unsigned long long)from_client, (unsigned long long)from_upstream,
+             (unsigned long long)((pf_now_us() - ex->tunnel_us) / 1000), reason);
+    end_tunnel(ex);
+    exchange_set_state(ex, PF_EX_DONE);
+    exchange_log(ex);
+    ex->down->close(ex->ds);
+}
+
+const pf_config_header_edits *exchange_response_edits(const pf_exchange *ex) {
+    const pf_config_header_edits *e = ex->route ? &ex->route->response_headers : NULL;
+    return e && (e->set_count || e->add_count || e->remove_count) ? e : NULL;
+}
+
+const pf_header_vars *exchange_header_vars(const pf_exchange *ex) {
+    return &ex->vars;
+}
+
+bool exchange_upgrading(const pf_exchange *ex) {
+    return ex->upgrade;
+}
+
+pf_tunnel *exchange_tunnel(const pf_exchange *ex) {
+    return ex->tunnel;
+}
+
+int exchange_on_upgrade(pf_exchange *ex, const pf_head *resp) {
+    long h = http1_find(resp, "upgrade", NULL);
+    if (!ex->upgrade || h < 0 || ex->state != PF_EX_WAITING)
+        return PF_EINVAL;
+    report(ex, health_outcome_of_status(101));
+    if (ex->ep)
+        balancer_on_response(ex->wc->balancer, ex->ep, pf_now_us() - ex->attempt_us);
+    ex->status = 101;
+    ex->tunnel_us = pf_now_us();
+    /* The attempt stays counted (cluster and endpoint requests in flight) for as long as
+     * the tunnel lasts: least_request and the breakers see tunnels as the load they are. */
+    exchange_set_state(ex, PF_EX_TUNNEL);
+    metrics_inc(ex->l->tunnels_total, 1);
+    metrics_gauge_add(ex->l->tunnels_active, 1);
+    bool client_eof = false;
+    pf_stream *client = ex->down->send_upgrade(ex->ds, resp, http1_value(resp, (size_t)h),
+                                               resp->headers[h].value_len, &client_eof);
+    pf_stream *upstream = ex->up_ops->tunnel_stream(ex->up);
+    const pf_config_route *r = ex->route;
+    uint64_t idle_ms = r && r->tunnel_idle_timeout_ms ? r->tunnel_idle_timeout_ms
+                                                      : ex->l->cfg->tunnel_idle_timeout_ms;
+    if (client && upstream)
+        ex->tunnel = tunnel_new(ex->w->base, client, upstream, client_eof, ex->l->cfg->buffer_bytes,
+                                idle_ms, tunnel_done, ex);
+    if (!ex->tunnel) {
+        tunnel_done(ex, "out of memory");
+        return 0;
+    }
+    tunnel_start(ex->tunnel);
+    return 0;
 }
 
 void exchange_on_upstream_writable(pf_exchange *ex) {

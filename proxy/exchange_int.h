@@ -9,6 +9,8 @@
 #define PF_PROXY_EXCHANGE_INT_H
 
 #include "proxy/proxy_int.h"
+#include "proxy/stream.h"
+#include "proxy/tunnel_int.h"
 
 /* Where an exchange is in its life. Every move goes through exchange_set_state, which
  * aborts on a move the table in exchange.c does not allow. Whether the request body has
@@ -20,6 +22,7 @@ typedef enum pf_exchange_state {
     PF_EX_STREAMING, /* an upstream response head went downstream; its body follows */
     PF_EX_DONE,      /* a complete response went downstream (the upstream's or our own) */
     PF_EX_ABORTED,   /* the response was cut after it started: the downstream closes */
+    PF_EX_TUNNEL,    /* a 101 switched protocols: bytes flow both ways until either closes */
     PF_EX_STATE_COUNT
 } pf_exchange_state;
 
@@ -51,6 +54,14 @@ typedef struct pf_downstream_ops {
     /* The upstream took request bytes (after_retry: a new attempt started): the codec may
      * read more request body. */
     void (*request_writable)(void *ds, bool after_retry);
+    /* A 101 with the Upgrade value `upgrade`: queues its head, hands over the client's byte
+     * stream for a tunnel (the codec keeps owning it and forwards its events to
+     * exchange_tunnel) and says whether the client already half-closed. NULL: no tunnel
+     * can be made here. */
+    pf_stream *(*send_upgrade)(void *ds, const pf_head *resp, const char *upgrade, size_t len,
+                               bool *client_eof);
+    /* The tunnel ended (the exchange is DONE and logged): close the connection now. */
+    void (*close)(void *ds);
 } pf_downstream_ops;
 
 /* The request as the exchange forwards it: the downstream's head (borrowed until the
@@ -75,6 +86,9 @@ typedef struct pf_upstream_ops {
     void (*resume)(void *up);
     /* Ends the attempt: back to the pool when reusable, else closed (a cancel). */
     void (*release)(void *up, bool reusable);
+    /* The attempt's byte stream for a tunnel after a 101 (the codec keeps owning it and
+     * forwards its events to exchange_tunnel; release() then closes it). */
+    pf_stream *(*tunnel_stream)(void *up);
 } pf_upstream_ops;
 
 /* The HTTP/1 upstream codec (upstream.c). */
@@ -108,6 +122,10 @@ struct pf_exchange {
     bool counted_active;   /* in the cluster's requests in flight */
     bool counted_retry;    /* in the cluster's retries in flight */
     bool counted_ep;       /* in ep's requests in flight */
+    bool upgrade;          /* the request's Upgrade went upstream: a 101 makes a tunnel */
+    pf_tunnel *tunnel;     /* while TUNNEL */
+    uint64_t tunnel_us;    /* when the tunnel started */
+    pf_header_vars vars;   /* what the route's header edits may name */
     unsigned attempts;
     unsigned retries;
     int status;
@@ -185,6 +203,17 @@ void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable);
 void exchange_on_upstream_error(pf_exchange *ex, int status, const char *reason, pf_failure kind);
 /* The upstream's output drained. */
 void exchange_on_upstream_writable(pf_exchange *ex);
+/* A 101 answered an upgrade request (exchange_upgrading): the attempt becomes a tunnel.
+ * Returns 0, or PF_EINVAL when it cannot (no Upgrade header in `resp`, or the request did
+ * not ask): the codec then fails the attempt as a malformed response. */
+int exchange_on_upgrade(pf_exchange *ex, const pf_head *resp);
+/* The route's response header edits (NULL: none) and the values they may name. */
+const pf_config_header_edits *exchange_response_edits(const pf_exchange *ex);
+const pf_header_vars *exchange_header_vars(const pf_exchange *ex);
+/* Whether the request in flight asked upstream to switch protocols. */
+bool exchange_upgrading(const pf_exchange *ex);
+/* The tunnel of a TUNNEL exchange, whose codecs forward their stream events to it. */
+pf_tunnel *exchange_tunnel(const pf_exchange *ex);
 /* Whether the client's output is full, and the call when the upstream stopped for it. */
 bool exchange_downstream_full(const pf_exchange *ex);
 void exchange_wait_for_downstream(pf_exchange *ex);
@@ -200,6 +229,16 @@ bool exchange_transition_allowed(pf_exchange_state from, pf_exchange_state to);
 const char *exchange_state_name(pf_exchange_state s);
 /* Moves ex to `to`; a move the table forbids is a bug and aborts with both names. */
 void exchange_set_state(pf_exchange *ex, pf_exchange_state to);
+
+/* Why a request asking to switch to `upgrade` (an Upgrade header value) may not, or NULL
+ * when it may: every protocol it lists is in the route's upgrades (route NULL, a
+ * discovered service: "websocket" only), and it has no body. */
+const char *exchange_upgrade_refusal(const pf_config_route *route, const char *upgrade, size_t len,
+                                     bool has_body);
+
+/* The cluster (index into the config's) a request on `route` goes to: its cluster, or for a
+ * weighted route the one whose share `random` falls in (random % total weight). */
+size_t exchange_route_cluster(const pf_config_route *route, uint64_t random);
 
 /* RFC 9110 9.2.2: GET, HEAD, OPTIONS, TRACE, PUT and DELETE are idempotent. */
 bool exchange_method_idempotent(const char *method);

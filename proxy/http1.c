@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 #include <strings.h>
 
@@ -199,6 +200,23 @@ static bool hop_by_hop(const pf_head *h, size_t i, bool has_connection) {
     return false;
 }
 
+bool http1_upgrade_requested(const pf_head *h, int minor, const char **value, size_t *len) {
+    if (minor < 1)
+        return false;
+    long up = http1_find(h, "upgrade", NULL);
+    if (up < 0 || h->headers[up].value_len == 0)
+        return false;
+    for (size_t c = 0; c < h->count; c++) {
+        if (http1_name_is(h, c, "connection") &&
+            list_has_token(http1_value(h, c), h->headers[c].value_len, "upgrade", 7)) {
+            *value = http1_value(h, (size_t)up);
+            *len = h->headers[up].value_len;
+            return true;
+        }
+    }
+    return false;
+}
+
 bool http1_is_hop_by_hop(const pf_head *h, size_t i) {
     return hop_by_hop(h, i, true);
 }
@@ -272,6 +290,86 @@ static void add_framing(writer *w, pf_body_mode body, uint64_t content_length) {
     }
 }
 
+/* Upgrade and Connection are hop-by-hop (removed from what is forwarded); an allowed
+ * switch writes them again, and nothing else of the Connection header. */
+static void add_upgrade(writer *w, const char *value, size_t len) {
+    W_LIT(w, "Connection: upgrade\r\nUpgrade: ");
+    w_add(w, value, len);
+    W_LIT(w, "\r\n");
+}
+
+size_t http1_expand_value(const char *t, const pf_header_vars *vars, char *out, size_t cap) {
+    static const struct {
+        const char *name;
+        size_t offset;
+    } known[] = {
+        {"%CLIENT_IP%", offsetof(pf_header_vars, client_ip)},
+        {"%REQUEST_ID%", offsetof(pf_header_vars, request_id)},
+        {"%CLUSTER%", offsetof(pf_header_vars, cluster)},
+        {"%UPSTREAM%", offsetof(pf_header_vars, upstream)},
+    };
+    size_t n = 0;
+    if (cap == 0)
+        return 0;
+    for (const char *c = t; *c && n + 1 < cap; c++) {
+        const char *piece = NULL;
+        size_t skip = 0;
+        if (*c == '%' && c[1] == '%') {
+            piece = "%";
+            skip = 1;
+        }
+        for (size_t k = 0; *c == '%' && !piece && k < sizeof known / sizeof known[0]; k++) {
+            size_t len = strlen(known[k].name);
+            if (strncmp(c, known[k].name, len) == 0) {
+                piece = *(const char *const *)((const char *)vars + known[k].offset);
+                piece = piece ? piece : "";
+                skip = len - 1;
+            }
+        }
+        if (!piece) {
+            out[n++] = *c;
+            continue;
+        }
+        for (; *piece && n + 1 < cap; piece++)
+            out[n++] = *piece;
+        c += skip;
+    }
+    out[n] = '\0';
+    return n;
+}
+
+/* Whether the edits replace or remove header i of h (set and remove name it). */
+static bool edited_away(const pf_config_header_edits *e, const pf_head *h, size_t i) {
+    for (size_t k = 0; e && k < e->set_count; k++)
+        if (http1_name_is(h, i, e->set[k].name))
+            return true;
+    for (size_t k = 0; e && k < e->remove_count; k++)
+        if (http1_name_is(h, i, e->remove[k].name))
+            return true;
+    return false;
+}
+
+static void add_edit_lines(writer *w, const pf_config_header_edit *e, size_t n,
+                           const pf_header_vars *vars) {
+    static const pf_header_vars none = {0};
+    char value[2048];
+    for (size_t k = 0; k < n; k++) {
+        size_t len = http1_expand_value(e[k].value, vars ? vars : &none, value, sizeof value);
+        w_str(w, e[k].name);
+        W_LIT(w, ": ");
+        w_add(w, value, len);
+        W_LIT(w, "\r\n");
+    }
+}
+
+/* The edits' own lines: set first, then add. */
+static void add_edits(writer *w, const pf_config_header_edits *e, const pf_header_vars *vars) {
+    if (!e)
+        return;
+    add_edit_lines(w, e->set, e->set_count, vars);
+    add_edit_lines(w, e->add, e->add_count, vars);
+}
+
 /* Every earlier hop in order, then this hop's client, as one field where the first
  * X-Forwarded-For stood (RFC 9110 5.3 allows combining the lines). */
 static void add_forwarded_for(writer *w, const pf_head *req, const char *client_ip) {
@@ -303,7 +401,7 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
         /* x-forwarded-client-cert is ours to say: a client's own would be a forged identity */
         if (hop_by_hop(req, i, has_connection) || http1_name_is(req, i, "host") ||
             http1_name_is(req, i, "x-forwarded-proto") ||
-            http1_name_is(req, i, "x-forwarded-client-cert"))
+            http1_name_is(req, i, "x-forwarded-client-cert") || edited_away(fwd->edits, req, i))
             continue;
         if (fwd->traceparent &&
             (http1_name_is(req, i, "traceparent") || http1_name_is(req, i, "tracestate")))
@@ -316,6 +414,7 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
         }
         add_header(&w, req, i);
     }
+    add_edits(&w, fwd->edits, fwd->vars);
     if (!forwarded_for)
         add_forwarded_for(&w, req, fwd->client_ip);
     W_LIT(&w, "X-Forwarded-Proto: ");
@@ -336,6 +435,8 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
         w_str(&w, fwd->traceparent);
         W_LIT(&w, "\r\n");
     }
+    if (fwd->upgrade)
+        add_upgrade(&w, fwd->upgrade, fwd->upgrade_len);
     add_framing(&w, fwd->body, fwd->content_length);
     W_LIT(&w, "\r\n");
     return w_done(&w);
@@ -359,10 +460,14 @@ int http1_write_response_head(struct evbuffer *out, const pf_head *resp,
     W_LIT(&w, "\r\n");
     bool has_connection = http1_find(resp, "connection", NULL) >= 0;
     for (size_t i = 0; i < resp->count; i++)
-        if (!hop_by_hop(resp, i, has_connection))
+        if (!hop_by_hop(resp, i, has_connection) && !edited_away(fwd->edits, resp, i))
             add_header(&w, resp, i);
+    add_edits(&w, fwd->edits, fwd->vars);
     add_framing(&w, fwd->body, fwd->content_length);
-    add_connection(&w, fwd->client_minor, fwd->keep_alive);
+    if (fwd->upgrade)
+        add_upgrade(&w, fwd->upgrade, fwd->upgrade_len);
+    else
+        add_connection(&w, fwd->client_minor, fwd->keep_alive);
     if (fwd->attempts) {
         W_LIT(&w, "x-pilotfish-attempts: ");
         w_u64(&w, fwd->attempts);

@@ -5,6 +5,8 @@
 #ifndef PF_PROXY_HTTP1_H
 #define PF_PROXY_HTTP1_H
 
+#include "config/config.h"
+
 #include <event2/buffer.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -102,6 +104,20 @@ bool http1_traceparent_valid(const char *v, size_t len);
 /* Writes a version-00 traceparent for trace id `hi`,`lo` and parent id `parent` (all zero
  * ids are replaced by 1) into out[PF_TRACEPARENT_LEN + 1]. Pure. */
 void http1_traceparent_format(char *out, uint64_t hi, uint64_t lo, uint64_t parent, bool sampled);
+/* RFC 9110 7.8: whether an HTTP/1.`minor` request asks to switch protocols (a Connection
+ * header naming "upgrade" and an Upgrade header; HTTP/1.0 cannot). Sets *value and *len to the
+ * Upgrade header's value (borrowed from h). */
+bool http1_upgrade_requested(const pf_head *h, int minor, const char **value, size_t *len);
+
+/* What header value templates may name (NULL: expands to nothing). */
+typedef struct pf_header_vars {
+    const char *client_ip, *request_id, *cluster, *upstream;
+} pf_header_vars;
+
+/* Expands a value template (%CLIENT_IP%, %REQUEST_ID%, %CLUSTER%, %UPSTREAM%, %% for '%';
+ * config/ refused anything else) into out (cap bytes, NUL-terminated, cut to fit). Returns
+ * the length written. */
+size_t http1_expand_value(const char *template, const pf_header_vars *vars, char *out, size_t cap);
 
 /* What pilotfish adds or rewrites on a forwarded request. */
 typedef struct pf_forward_request {
@@ -120,6 +136,10 @@ typedef struct pf_forward_request {
     const char *traceparent;
     pf_body_mode body;
     uint64_t content_length;
+    const char *upgrade; /* an allowed Upgrade value: sent with Connection: upgrade; or NULL */
+    size_t upgrade_len;
+    const pf_config_header_edits *edits; /* the route's request_headers, or NULL */
+    const pf_header_vars *vars;          /* for the edits' values */
 } pf_forward_request;
 
 /* A message's body mode from its framing: chunked, a length (a request with length 0 has
@@ -153,6 +173,10 @@ typedef struct pf_forward_response {
     bool keep_alive;           /* whether the downstream connection stays open after this */
     unsigned attempts;         /* written as x-pilotfish-attempts when nonzero */
     const char *extra_headers; /* complete "Name: value\r\n" lines pilotfish adds, or NULL */
+    const char *upgrade;       /* a 101's Upgrade value: sent with Connection: upgrade; or NULL */
+    size_t upgrade_len;
+    const pf_config_header_edits *edits; /* the route's response_headers, or NULL */
+    const pf_header_vars *vars;
 } pf_forward_response;
 
 /* Writes the downstream response head: upstream status and reason, its end-to-end

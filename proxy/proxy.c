@@ -105,6 +105,12 @@ static void register_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
     l->duration =
         metrics_histogram(m, "pilotfish_request_duration_seconds",
                           "Time from the first request byte to the response end.", labels);
+    l->tunnels_total = metrics_counter(m, "pilotfish_tunnels_total",
+                                       "Connections switched to another protocol (101), such "
+                                       "as WebSockets.",
+                                       labels);
+    l->tunnels_active =
+        metrics_gauge(m, "pilotfish_tunnels_active", "Switched connections open now.", labels);
 }
 
 static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {

@@ -81,7 +81,9 @@ typedef struct pf_listener_rt {
     pf_gauge *connections_active;
     _Atomic long open_connections; /* the listener's max_connections count */
     pf_histogram *duration;
-    pf_tls_server *tls; /* NULL: plaintext */
+    pf_tls_server *tls;        /* NULL: plaintext */
+    pf_counter *tunnels_total; /* connections switched to another protocol (101) */
+    pf_gauge *tunnels_active;
 } pf_listener_rt;
 
 /* Idle upstream connections to one endpoint address, per worker and cluster. */

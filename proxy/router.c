@@ -1,27 +1,135 @@
-/* Route matching. Host patterns were lower-cased and validated by config/. */
+/* Route matching. Host patterns were lower-cased and validated by config/; regexes were
+ * checked there and are compiled here, once per router, with limits so that no pattern and
+ * no input can hold a worker: PCRE2 backtracks, and a pattern such as (a+)+$ against a long
+ * header would otherwise take exponential time. */
 #include "proxy/router.h"
+#include "core/log.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* The compiled regexes of one route, by condition index (NULL for other kinds). */
+typedef struct compiled_route {
+    pcre2_code *header_re[PF_MATCHERS_MAX];
+    pcre2_code *query_re[PF_MATCHERS_MAX];
+} compiled_route;
+
 struct pf_router {
     size_t count;
+    pcre2_match_context *limits; /* read-only while matching: shared by all workers */
+    compiled_route *compiled;
     pf_config_route routes[];
 };
 
+static pcre2_code *compile(const char *pattern) {
+    int code;
+    PCRE2_SIZE offset;
+    /* The whole value must match, as for exact. */
+    return pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
+                         PCRE2_UTF | PCRE2_ANCHORED | PCRE2_ENDANCHORED, &code, &offset, NULL);
+}
+
+static int compile_all(const pf_config_value_match *m, size_t n, pcre2_code **out) {
+    for (size_t i = 0; i < n && i < PF_MATCHERS_MAX; i++)
+        if (m[i].kind == PF_VALUE_REGEX && !(out[i] = compile(m[i].value)))
+            return PF_EINVAL;
+    return PF_OK;
+}
+
+static pf_config_value_match *copy_conditions(const pf_config_value_match *m, size_t n) {
+    if (n == 0)
+        return NULL;
+    pf_config_value_match *copy = malloc(n * sizeof *copy);
+    if (copy)
+        memcpy(copy, m, n * sizeof *copy);
+    return copy;
+}
+
+static pf_config_header_edit *copy_edits(const pf_config_header_edit *e, size_t n) {
+    if (n == 0)
+        return NULL;
+    pf_config_header_edit *copy = malloc(n * sizeof *copy);
+    if (copy)
+        memcpy(copy, e, n * sizeof *copy);
+    return copy;
+}
+
+/* Copies the lists of `from` into `to`; false when out of memory (to then holds what was
+ * copied, for config_header_edits_free). */
+static bool copy_header_edits(pf_config_header_edits *to, const pf_config_header_edits *from) {
+    *to = *from;
+    to->set = copy_edits(from->set, from->set_count);
+    to->add = copy_edits(from->add, from->add_count);
+    to->remove = copy_edits(from->remove, from->remove_count);
+    return (!from->set_count || to->set) && (!from->add_count || to->add) &&
+           (!from->remove_count || to->remove);
+}
+
 pf_router *router_new(const pf_config_listener *listener) {
-    pf_router *r = malloc(sizeof *r + listener->route_count * sizeof(pf_config_route));
+    pf_router *r = calloc(1, sizeof *r + listener->route_count * sizeof(pf_config_route));
     if (!r)
         return NULL;
     r->count = listener->route_count;
     if (r->count)
         memcpy(r->routes, listener->routes, r->count * sizeof(pf_config_route));
+    for (size_t i = 0; i < r->count; i++) { /* until copied below */
+        r->routes[i].headers = r->routes[i].query_params = NULL;
+        memset(&r->routes[i].request_headers, 0, sizeof r->routes[i].request_headers);
+        memset(&r->routes[i].response_headers, 0, sizeof r->routes[i].response_headers);
+    }
+    r->compiled = calloc(r->count ? r->count : 1, sizeof *r->compiled);
+    r->limits = pcre2_match_context_create(NULL);
+    if (!r->compiled || !r->limits)
+        goto fail;
+    pcre2_set_match_limit(r->limits, PF_REGEX_MATCH_LIMIT);
+    pcre2_set_depth_limit(r->limits, PF_REGEX_DEPTH_LIMIT);
+    pcre2_set_heap_limit(r->limits, PF_REGEX_HEAP_LIMIT_KIB);
+    for (size_t i = 0; i < r->count; i++) {
+        pf_config_route *route = &r->routes[i];
+        const pf_config_route *from = &listener->routes[i];
+        /* The router outlives its config (a reload frees the old one): own the lists. */
+        route->headers = copy_conditions(from->headers, from->header_count);
+        route->query_params = copy_conditions(from->query_params, from->query_param_count);
+        bool edits = copy_header_edits(&route->request_headers, &from->request_headers) &&
+                     copy_header_edits(&route->response_headers, &from->response_headers);
+        if ((route->header_count && !route->headers) ||
+            (route->query_param_count && !route->query_params) || !edits) {
+            route->header_count = route->query_param_count = 0;
+            goto fail;
+        }
+        if (compile_all(route->headers, route->header_count, r->compiled[i].header_re) != PF_OK ||
+            compile_all(route->query_params, route->query_param_count, r->compiled[i].query_re) !=
+                PF_OK)
+            goto fail;
+    }
     return r;
+fail:
+    router_free(r);
+    return NULL;
 }
 
 void router_free(pf_router *router) {
+    if (!router)
+        return;
+    for (size_t i = 0; i < router->count; i++) {
+        free(router->routes[i].headers);
+        free(router->routes[i].query_params);
+        config_header_edits_free(&router->routes[i].request_headers);
+        config_header_edits_free(&router->routes[i].response_headers);
+    }
+    for (size_t i = 0; router->compiled && i < router->count; i++) {
+        for (size_t k = 0; k < PF_MATCHERS_MAX; k++) {
+            pcre2_code_free(router->compiled[i].header_re[k]);
+            pcre2_code_free(router->compiled[i].query_re[k]);
+        }
+    }
+    free(router->compiled);
+    pcre2_match_context_free(router->limits);
     free(router);
 }
 
@@ -116,14 +224,109 @@ static bool path_matches(const pf_config_route *route, const char *path, size_t 
     return rl <= path_len && memcmp(route->path, path, rl) == 0;
 }
 
+/* Whether `value` satisfies one condition (before its invert). A regex that hits a limit,
+ * or meets a value that is not UTF-8, does not match. */
+/* What one routing decision may still spend on regexes: each evaluation is bounded by the
+ * match limits, and their number by this, so a request with many long header lines
+ * against many regex conditions stays cheap too. Once one evaluation hits a limit the
+ * request is hostile or the pattern unfit: no further regex holds for it. */
+typedef struct regex_budget {
+    unsigned left;
+    bool gave_up;
+} regex_budget;
+
+static bool value_matches(const pf_router *r, const pf_config_value_match *m, pcre2_code *re,
+                          const char *value, size_t len, regex_budget *budget) {
+    size_t vl = strlen(m->value);
+    switch (m->kind) {
+    case PF_VALUE_EXACT:
+        return len == vl && memcmp(value, m->value, vl) == 0;
+    case PF_VALUE_PREFIX:
+        return len >= vl && memcmp(value, m->value, vl) == 0;
+    case PF_VALUE_SUFFIX:
+        return len >= vl && memcmp(value + len - vl, m->value, vl) == 0;
+    case PF_VALUE_PRESENT:
+        return true;
+    case PF_VALUE_REGEX:
+        break;
+    }
+    if (budget->gave_up || budget->left == 0)
+        return false;
+    budget->left--;
+    /* One small allocation per evaluation: a per-thread buffer would outlive its thread. */
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    if (!md || !re) {
+        pcre2_match_data_free(md);
+        return false;
+    }
+    int rc = pcre2_match(re, (PCRE2_SPTR)value, len, 0, 0, md, r->limits);
+    pcre2_match_data_free(md);
+    if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT)
+        log_debug("route regex gave up at its limit name=%s value_bytes=%zu", m->name, len);
+    return rc >= 0;
+}
+
+/* Any header of the name satisfies the condition (a repeated header is several values). */
+static bool header_holds(const pf_router *r, const pf_config_value_match *m, pcre2_code *re,
+                         const pf_head *head, regex_budget *budget) {
+    bool found = false;
+    for (size_t i = 0; head && !found && i < head->count; i++)
+        if (http1_name_is(head, i, m->name))
+            found =
+                value_matches(r, m, re, http1_value(head, i), head->headers[i].value_len, budget);
+    return found != m->invert;
+}
+
+/* Any parameter of the name ("a=1&b&a=2": a is "1" and "2", b is ""), compared as sent
+ * (no percent-decoding). */
+static bool query_holds(const pf_router *r, const pf_config_value_match *m, pcre2_code *re,
+                        const char *q, size_t len, regex_budget *budget) {
+    bool found = false;
+    size_t nl = strlen(m->name), i = 0;
+    while (q && !found && i < len) {
+        size_t start = i;
+        while (i < len && q[i] != '&')
+            i++;
+        const char *pair = q + start, *eq = memchr(pair, '=', i - start);
+        size_t name_len = eq ? (size_t)(eq - pair) : i - start;
+        if (name_len == nl && memcmp(pair, m->name, nl) == 0) {
+            const char *value = eq ? eq + 1 : pair + name_len;
+            found = value_matches(r, m, re, value, (size_t)(q + i - value), budget);
+        }
+        i++;
+    }
+    return found != m->invert;
+}
+
+static bool route_matches(const pf_router *r, size_t index, const pf_route_request *rq,
+                          regex_budget *budget) {
+    const pf_config_route *route = &r->routes[index];
+    if (!host_matches(route, rq->host, rq->port) || !path_matches(route, rq->path, rq->path_len))
+        return false;
+    if (route->method[0] && (!rq->method || strcmp(route->method, rq->method) != 0))
+        return false;
+    for (size_t k = 0; k < route->header_count; k++)
+        if (!header_holds(r, &route->headers[k], r->compiled[index].header_re[k], rq->head, budget))
+            return false;
+    for (size_t k = 0; k < route->query_param_count; k++)
+        if (!query_holds(r, &route->query_params[k], r->compiled[index].query_re[k], rq->query,
+                         rq->query_len, budget))
+            return false;
+    return true;
+}
+
+const pf_config_route *router_find_request(const pf_router *router, const pf_route_request *rq) {
+    regex_budget budget = {.left = PF_REGEX_EVALUATIONS_MAX};
+    for (size_t i = 0; i < router->count; i++)
+        if (route_matches(router, i, rq, &budget))
+            return &router->routes[i];
+    return NULL;
+}
+
 const pf_config_route *router_find(const pf_router *router, const char *host, int port,
                                    const char *path, size_t path_len) {
-    for (size_t i = 0; i < router->count; i++) {
-        const pf_config_route *route = &router->routes[i];
-        if (host_matches(route, host, port) && path_matches(route, path, path_len))
-            return route;
-    }
-    return NULL;
+    pf_route_request rq = {.host = host, .port = port, .path = path, .path_len = path_len};
+    return router_find_request(router, &rq);
 }
 
 long router_match(const pf_router *router, const char *host, int port, const char *path,

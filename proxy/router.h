@@ -1,16 +1,42 @@
-/* Router: a listener's ordered routes, matched on host (exact, "*.suffix", optional port)
- * and path (prefix or exact). The first match wins. A router is immutable after
- * router_new, so any worker may use it without locks; a reload builds a new one. */
+/* Router: a listener's ordered routes, matched on host (exact, "*.suffix", optional port),
+ * path (prefix or exact), method, headers and query parameters (exact, prefix, suffix,
+ * present or a PCRE2 regex, each optionally inverted). The first match wins. A router is immutable
+ * after router_new, so any worker may use it without locks; a reload builds a new one. */
 #ifndef PF_PROXY_ROUTER_H
 #define PF_PROXY_ROUTER_H
 
 #include "config/config.h"
+#include "proxy/http1.h"
 
 #include <stddef.h>
 
 typedef struct pf_router pf_router;
 
-/* Copies the listener's routes. NULL when out of memory. */
+/* A regex gets at most this many backtracking steps (PCRE2's match limit), this depth and
+ * this much heap per evaluation; past them the condition does not hold, and neither does
+ * any later regex condition for that request. One routing decision evaluates at most
+ * PF_REGEX_EVALUATIONS_MAX regexes (value by value); the rest do not hold. */
+#define PF_REGEX_MATCH_LIMIT 20000u
+#define PF_REGEX_EVALUATIONS_MAX 64u
+#define PF_REGEX_DEPTH_LIMIT 1000u
+#define PF_REGEX_HEAP_LIMIT_KIB 1024u
+
+/* What a request is routed by. `head` and `method` may be NULL (then routes that need them
+ * do not match); `query` is the part after '?' (without it), or NULL. */
+typedef struct pf_route_request {
+    const char *host; /* lower-case, no port */
+    int port;         /* -1: none named */
+    const char *path; /* without the query */
+    size_t path_len;
+    const char *method;
+    const char *query;
+    size_t query_len;
+    const pf_head *head;
+} pf_route_request;
+
+/* Copies the listener's routes with their header and query conditions (the router may
+ * outlive the config) and compiles their regexes. NULL when out of
+ * memory or a regex does not compile (config/ checked them). */
 pf_router *router_new(const pf_config_listener *listener);
 void router_free(pf_router *router);
 
@@ -28,5 +54,8 @@ long router_match(const pf_router *router, const char *host, int port, const cha
 /* The same, returning the matching route itself (borrowed from the router), or NULL. */
 const pf_config_route *router_find(const pf_router *router, const char *host, int port,
                                    const char *path, size_t path_len);
+/* The first route whose every condition holds for `rq`, or NULL. A pure function of the
+ * router and the request; any thread. */
+const pf_config_route *router_find_request(const pf_router *router, const pf_route_request *rq);
 
 #endif

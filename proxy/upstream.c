@@ -40,6 +40,7 @@ typedef enum {
     UP_INTERIM,    /* inside a 1xx response; the final head is still to come */
     UP_BODY,       /* the final head went to the exchange; its body follows */
     UP_COMPLETE,   /* the response ended; the exchange is told once llhttp returns */
+    UP_TUNNEL,     /* a 101 switched protocols: the exchange's tunnel moves the bytes */
     UP_STATE_COUNT
 } up_state;
 
@@ -79,9 +80,12 @@ static void pause_reading(pf_upstream *up);
 /* allowed[from]: the states `from` may move to. Releasing a connection that will not be
  * reused frees it without a move. */
 static const unsigned up_allowed[UP_STATE_COUNT] = {
-    [UP_IDLE] = 1u << UP_AWAIT_HEAD,    [UP_AWAIT_HEAD] = 1u << UP_INTERIM | 1u << UP_BODY,
-    [UP_INTERIM] = 1u << UP_AWAIT_HEAD, [UP_BODY] = 1u << UP_COMPLETE,
+    [UP_IDLE] = 1u << UP_AWAIT_HEAD,
+    [UP_AWAIT_HEAD] = 1u << UP_INTERIM | 1u << UP_BODY | 1u << UP_TUNNEL,
+    [UP_INTERIM] = 1u << UP_AWAIT_HEAD,
+    [UP_BODY] = 1u << UP_COMPLETE,
     [UP_COMPLETE] = 1u << UP_IDLE,
+    [UP_TUNNEL] = 0, /* never reused: released, it closes */
 };
 
 static void set_state(pf_upstream *up, up_state to) {
@@ -235,7 +239,8 @@ static void fail(pf_upstream *up, int status, const char *reason, pf_failure kin
 
 static void process_input(pf_upstream *up) {
     struct evbuffer *in = stream_input(up->stream);
-    while (up->state != UP_COMPLETE && !up->parse_error && evbuffer_get_length(in) > 0) {
+    while (up->state != UP_COMPLETE && up->state != UP_TUNNEL && !up->parse_error &&
+           evbuffer_get_length(in) > 0) {
         /* Interim responses are output too: a client that reads slowly holds them back
          * like the body, within buffer_bytes. */
         if ((head_done(up) || up->interims) && exchange_downstream_full(up->owner)) {
@@ -259,7 +264,7 @@ static void process_input(pf_upstream *up) {
             llhttp_resume(&up->parser);
             continue;
         }
-        if (rc == HPE_PAUSED)
+        if (rc == HPE_PAUSED || rc == HPE_PAUSED_UPGRADE)
             break;
         if (rc != HPE_OK && !up->parse_error) {
             log_debug("upstream response malformed cluster=%s upstream=%s error=%s reason=\"%s\"",
@@ -279,6 +284,13 @@ static void process_input(pf_upstream *up) {
         }
         return;
     }
+    if (up->state == UP_TUNNEL) {
+        /* What follows the 101's head stays in the input for the tunnel. */
+        if (exchange_on_upgrade(up->owner, &up->resp) != 0)
+            fail(up, 502, "upstream switched protocols without an Upgrade header",
+                 PF_FAIL_PROTOCOL);
+        return; /* the tunnel may have ended already, with this upstream */
+    }
     if (up->state == UP_COMPLETE) {
         /* Bytes after the response mean the upstream is out of step: never reuse it. */
         bool reusable = llhttp_should_keep_alive(&up->parser) && evbuffer_get_length(in) == 0;
@@ -293,6 +305,10 @@ static void process_input(pf_upstream *up) {
 
 static void on_read(pf_stream *s, void *arg) {
     pf_upstream *up = arg;
+    if (up->state == UP_TUNNEL) {
+        tunnel_on_read(exchange_tunnel(up->owner), PF_TUNNEL_UPSTREAM);
+        return;
+    }
     if (up->state == UP_IDLE) {
         /* An idle connection has nothing to say; data here means it is out of step. */
         pool_remove(up);
@@ -304,7 +320,9 @@ static void on_read(pf_stream *s, void *arg) {
 
 static void on_write(pf_stream *s, void *arg) {
     pf_upstream *up = arg;
-    if (up->state != UP_IDLE)
+    if (up->state == UP_TUNNEL)
+        tunnel_on_write(exchange_tunnel(up->owner), PF_TUNNEL_UPSTREAM);
+    else if (up->state != UP_IDLE)
         exchange_on_upstream_writable(up->owner);
 }
 
@@ -318,6 +336,10 @@ static void on_event(pf_stream *s, int what, int err, void *arg) {
             timer_set(up, UP_TIMER_RESPONSE, up->response_timeout_ms);
         else
             timer_stop(up);
+        return;
+    }
+    if (up->state == UP_TUNNEL) {
+        tunnel_on_event(exchange_tunnel(up->owner), PF_TUNNEL_UPSTREAM, what, err);
         return;
     }
     if (up->state == UP_IDLE) {
@@ -588,6 +610,13 @@ static void release(void *arg, bool reusable) {
     timer_set(up, UP_TIMER_IDLE, wc->rt->cfg->upstream_idle_timeout_ms);
 }
 
+static pf_stream *tunnel_stream(void *arg) {
+    pf_upstream *up = arg;
+    /* The tunnel sets the pace from here; reading may have been paused for the client. */
+    up->paused = false;
+    return up->stream;
+}
+
 const pf_upstream_ops upstream_http1_ops = {
     .start = start,
     .write_body = write_body,
@@ -595,6 +624,7 @@ const pf_upstream_ops upstream_http1_ops = {
     .output_full = output_full,
     .resume = resume,
     .release = release,
+    .tunnel_stream = tunnel_stream,
 };
 
 /* ---- llhttp response callbacks ---------------------------------------------------- */
@@ -623,8 +653,16 @@ static int on_headers_complete(llhttp_t *p) {
     pf_upstream *up = p->data;
     int status = p->status_code;
     if (status >= 100 && status < 200) {
+        if (status == 101 && exchange_upgrading(up->owner)) {
+            /* The switch the request asked for: no body, the rest is the tunnel's. */
+            set_state(up, UP_TUNNEL);
+            timer_stop(up);
+            return 2;
+        }
         if (status == 101) {
             /* pilotfish removed Upgrade from the request, so a switch is a broken peer. */
+            log_debug("upstream switched protocols unasked cluster=%s upstream=%s",
+                      up->wc->rt->cfg->name, up->addr);
             up->parse_error = 502;
             return -1;
         }
@@ -667,6 +705,8 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
 
 static int on_message_complete(llhttp_t *p) {
     pf_upstream *up = p->data;
+    if (up->state == UP_TUNNEL)
+        return HPE_PAUSED;
     if (up->state == UP_INTERIM) {
         set_state(up, UP_AWAIT_HEAD);
         http1_head_reset(&up->resp);

@@ -888,7 +888,7 @@ def _breaker_of_zero(cfg):
 
 
 def _unknown_match_key(cfg):
-    cfg["listeners"][0]["routes"][0]["match"]["method"] = "GET"
+    cfg["listeners"][0]["routes"][0]["match"]["verb"] = "GET"
 
 
 REFUSED_CONFIGS = [
@@ -904,8 +904,8 @@ REFUSED_CONFIGS = [
      _no_endpoints),
     (["--set", "clusters[0].lb_policy=fastest"], "clusters.0.lb_policy: clusters.0.lb_policy must be",
      _bad_lb_policy),
-    (["--set", "routes[0].match.method=GET"],
-     "routes.0.match: Additional property method is not allowed", _unknown_match_key),
+    (["--set", "routes[0].match.verb=GET"],
+     "routes.0.match: Additional property verb is not allowed", _unknown_match_key),
     (["--set", "routes[0].retry.attempts=3"],
      "routes.0.retry: Additional property attempts is not allowed", _unknown_retry_key),
     (["--set", "clusters[0].endpoints[0]=10.0.0.5"], "clusters.0.endpoints.0: Must validate",

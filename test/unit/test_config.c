@@ -1499,6 +1499,42 @@ static const struct {
     {RT("'on':['retriable-status-codes']"),
      "x.json: $.clusters[0].retry.status_codes: \"retriable-status-codes\" is in \"on\" but no "
      "status_codes are given"},
+    {ROUTE("{'match':{},'cluster':'web','upgrades':['websocket','web socket']}"),
+     "x.json: $.listeners[0].routes[0].upgrades[1]: expected a protocol name such as "
+     "\"websocket\" (1-31 token characters)"},
+    {ROUTE("{'match':{},'cluster':'web','upgrades':[7]}"),
+     "x.json: $.listeners[0].routes[0].upgrades[0]: expected string, found integer"},
+    {ROUTE("{'match':{},'cluster':'web','tunnel_idle_timeout':'0s'}"),
+     "x.json: $.listeners[0].routes[0].tunnel_idle_timeout: \"0s\" must be greater than zero"},
+    {MATCH("{'headers':[{'name':'x-a','exact':'1','caseless':true}]}"),
+     "x.json: $.listeners[0].routes[0].match.headers[0].caseless: unknown key; known: name, "
+     "exact, prefix, suffix, present, regex, invert"},
+    {MATCH("{'headers':[{'exact':'1'}]}"),
+     "x.json: $.listeners[0].routes[0].match.headers[0]: \"name\" is required"},
+    {MATCH("{'headers':[{'name':'x a','present':true}]}"),
+     "x.json: $.listeners[0].routes[0].match.headers[0].name: expected a header name (1-127 "
+     "token characters)"},
+    {MATCH("{'query_params':[{'name':'q','present':false}]}"),
+     "x.json: $.listeners[0].routes[0].match.query_params[0].present: only true makes sense; use "
+     "\"invert\": true for absent"},
+    {MATCH("{'headers':[{'name':'x','regex':'a{2,1}'}]}"),
+     "x.json: $.listeners[0].routes[0].match.headers[0].regex: bad regex at offset 5: numbers "
+     "out of order in {} quantifier"},
+    {MATCH("{'method':'GET '}"), "x.json: $.listeners[0].routes[0].match.method: expected an "
+                                 "upper-case method name such as \"GET\" (1-23 characters)"},
+    {ROUTE("{'match':{},'cluster':'web','clusters':[{'name':'web','weight':1}]}"),
+     "x.json: $.listeners[0].routes[0]: \"cluster\" and \"clusters\" exclude each other; use one"},
+    {ROUTE("{'match':{},'clusters':[{'name':'web','weight':0}]}"),
+     "x.json: $.listeners[0].routes[0].clusters: the weights add up to 0; at least one cluster "
+     "needs a share"},
+    {ROUTE("{'match':{},'clusters':[{'name':'web','weight':10001}]}"),
+     "x.json: $.listeners[0].routes[0].clusters[0].weight: 10001 out of range (0-10000)"},
+    {ROUTE("{'match':{},'clusters':[{'name':'web','weight':1},{'name':'nope','weight':1}]}"),
+     "x.json: $.listeners[0].routes[0].clusters[1].name: unknown cluster \"nope\""},
+    {ROUTE("{'match':{},'clusters':[{'name':'web'}]}"),
+     "x.json: $.listeners[0].routes[0].clusters[0]: \"name\" and \"weight\" are required"},
+    {ROUTE("{'match':{},'clusters':[]}"),
+     "x.json: $.listeners[0].routes[0].clusters: expected 1-8 clusters, found 0"},
     {RT("'status_codes':[404]"),
      "x.json: $.clusters[0].retry.status_codes[0]: 404 is not a retriable status (500-599)"},
     {HC("'initial':true"), "x.json: $.clusters[0].health_check.initial: expected string, found "

@@ -20,10 +20,20 @@
 static const struct {
     pf_exchange_state from, to;
 } legal[] = {
-    {PF_EX_IDLE, PF_EX_WAITING},    {PF_EX_IDLE, PF_EX_DONE},      {PF_EX_WAITING, PF_EX_STREAMING},
-    {PF_EX_WAITING, PF_EX_BACKOFF}, {PF_EX_WAITING, PF_EX_DONE},   {PF_EX_BACKOFF, PF_EX_WAITING},
-    {PF_EX_BACKOFF, PF_EX_DONE},    {PF_EX_STREAMING, PF_EX_DONE}, {PF_EX_STREAMING, PF_EX_ABORTED},
-    {PF_EX_DONE, PF_EX_IDLE},       {PF_EX_ABORTED, PF_EX_IDLE},
+    {PF_EX_IDLE, PF_EX_WAITING},
+    {PF_EX_IDLE, PF_EX_DONE},
+    {PF_EX_WAITING, PF_EX_STREAMING},
+    {PF_EX_WAITING, PF_EX_BACKOFF},
+    {PF_EX_WAITING, PF_EX_DONE},
+    {PF_EX_BACKOFF, PF_EX_WAITING},
+    {PF_EX_BACKOFF, PF_EX_DONE},
+    {PF_EX_STREAMING, PF_EX_DONE},
+    {PF_EX_STREAMING, PF_EX_ABORTED},
+    {PF_EX_DONE, PF_EX_IDLE},
+    {PF_EX_ABORTED, PF_EX_IDLE},
+    /* a 101 to an upgrade: a tunnel, which ends with the connection */
+    {PF_EX_WAITING, PF_EX_TUNNEL},
+    {PF_EX_TUNNEL, PF_EX_DONE},
 };
 
 static bool is_legal(pf_exchange_state from, pf_exchange_state to) {
@@ -98,6 +108,9 @@ static void test_illegal_moves_abort_and_legal_moves_do_not(void) {
         {PF_EX_BACKOFF, PF_EX_STREAMING} /* a head while no attempt is in flight */,
         {PF_EX_WAITING, PF_EX_IDLE}, /* forgetting an attempt in flight */
         {PF_EX_STREAMING, PF_EX_BACKOFF} /* retrying after the response started */,
+        {PF_EX_TUNNEL, PF_EX_BACKOFF},   /* retrying after the protocol switched */
+        {PF_EX_STREAMING, PF_EX_TUNNEL}, /* a switch after a final response started */
+        {PF_EX_IDLE, PF_EX_TUNNEL},      /* a tunnel without a request */
     };
     for (size_t i = 0; i < ARRAY_LEN(illegal); i++) {
         int status = move_in_child(illegal[i].from, illegal[i].to);
@@ -115,6 +128,68 @@ static void test_illegal_moves_abort_and_legal_moves_do_not(void) {
 }
 
 /* ---- pure decisions -------------------------------------------------------------------- */
+
+static void test_weighted_route_picks_clusters_in_proportion(void) {
+    pf_config_route plain = {.cluster_index = 4};
+    CU_ASSERT_EQUAL(exchange_route_cluster(&plain, 12345), 4);
+    pf_config_route split = {.weighted_count = 3, .total_weight = 100};
+    split.clusters[0] = (pf_config_weighted_cluster){.weight = 90, .cluster_index = 7};
+    split.clusters[1] = (pf_config_weighted_cluster){.weight = 0, .cluster_index = 8};
+    split.clusters[2] = (pf_config_weighted_cluster){.weight = 10, .cluster_index = 9};
+    static const struct {
+        uint64_t random;
+        size_t want;
+    } rows[] = {{0, 7}, {89, 7}, {90, 9}, {99, 9}, {100, 7}, {190, 9}, {UINT64_MAX, 7} /* 15 */};
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++)
+        PF_CHECK(exchange_route_cluster(&split, rows[i].random) == rows[i].want,
+                 "random %llu: got %zu, want %zu", (unsigned long long)rows[i].random,
+                 exchange_route_cluster(&split, rows[i].random), rows[i].want);
+    /* every point of the wheel once: exactly the weights, and weight 0 never */
+    size_t count[10] = {0};
+    for (uint64_t r = 0; r < 100; r++)
+        count[exchange_route_cluster(&split, r)]++;
+    CU_ASSERT_EQUAL(count[7], 90);
+    CU_ASSERT_EQUAL(count[8], 0);
+    CU_ASSERT_EQUAL(count[9], 10);
+}
+
+static void test_upgrade_refusal_follows_the_route_and_the_body(void) {
+    pf_config_route ws = {.upgrade_count = 1}, none = {.upgrade_count = 0};
+    pf_config_route two = {.upgrade_count = 2};
+    strcpy(ws.upgrades[0], "websocket");
+    strcpy(two.upgrades[0], "websocket");
+    strcpy(two.upgrades[1], "h2c");
+    static const char *const ok = NULL;
+    const char *listed = "the protocol is not in the route's upgrades";
+    const struct {
+        const pf_config_route *route;
+        const char *upgrade;
+        bool body;
+        const char *want;
+    } rows[] = {
+        {&ws, "websocket", false, ok},
+        {&ws, "WebSocket", false, ok}, /* RFC 9110 7.8: case-insensitive */
+        {&ws, "websocket/13", false, ok},
+        {&ws, " websocket ", false, ok},
+        {&ws, "h2c", false, listed},
+        {&ws, "websocket, h2c", false, listed}, /* the server may pick any listed */
+        {&ws, "websockets", false, listed},
+        {&ws, "websocket", true, "an upgrade request with a body is not tunnelled"},
+        {&ws, " , ", false, "empty Upgrade header"},
+        {&none, "websocket", false, listed},
+        {&two, "h2c, websocket/13", false, ok},
+        {NULL, "websocket", false, ok}, /* a discovered service: websocket only */
+        {NULL, "h2c", false, listed},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        const char *got = exchange_upgrade_refusal(rows[i].route, rows[i].upgrade,
+                                                   strlen(rows[i].upgrade), rows[i].body);
+        PF_CHECK((got == NULL && rows[i].want == NULL) ||
+                     (got && rows[i].want && strcmp(got, rows[i].want) == 0),
+                 "row %zu \"%s\": got %s, want %s", i, rows[i].upgrade, got ? got : "allowed",
+                 rows[i].want ? rows[i].want : "allowed");
+    }
+}
 
 static void test_idempotent_methods(void) {
     static const struct {
@@ -291,6 +366,8 @@ static void test_failed_endpoints_are_remembered_latest_first_without_duplicates
 PF_UNIT_MAIN("exchange", PF_UNIT_TEST(test_transition_table_allows_exactly_the_life_of_an_exchange),
              PF_UNIT_TEST(test_every_state_is_named_reachable_and_leads_back_to_idle),
              PF_UNIT_TEST(test_illegal_moves_abort_and_legal_moves_do_not),
+             PF_UNIT_TEST(test_upgrade_refusal_follows_the_route_and_the_body),
+             PF_UNIT_TEST(test_weighted_route_picks_clusters_in_proportion),
              PF_UNIT_TEST(test_idempotent_methods), PF_UNIT_TEST(test_retry_policy_names_failures),
              PF_UNIT_TEST(test_retry_verdict),
              PF_UNIT_TEST(test_backoff_cap_doubles_up_to_the_maximum),

@@ -952,7 +952,151 @@ static void test_generated_traceparent_is_valid_with_its_sampled_flag(void) {
     CU_ASSERT(http1_traceparent_valid(out, strlen(out)));
 }
 
-PF_UNIT_MAIN("http1", PF_UNIT_TEST(test_head_collects_target_and_headers_from_llhttp),
+static void test_upgrade_is_requested_by_connection_and_upgrade_together(void) {
+    static const struct {
+        const char *head;
+        bool want;
+        const char *value;
+    } rows[] = {
+        {"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", true,
+         "websocket"},
+        {"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, upgrade\r\nUpgrade: "
+         "websocket/13\r\n\r\n",
+         true, "websocket/13"},
+        {"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: upgrade\r\nUpgrade: "
+         "h2c\r\n\r\n",
+         true, "h2c"},
+        {"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n", false, NULL},
+        {"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n", false, NULL},
+        {"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgraded\r\nUpgrade: websocket\r\n\r\n", false,
+         NULL},
+        {"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", false, NULL},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        pf_head h;
+        http1_head_init(&h, 64 * 1024, 64);
+        CU_ASSERT_EQUAL_FATAL(parse(&h, HTTP_REQUEST, rows[i].head), PF_OK);
+        int minor = strstr(rows[i].head, "HTTP/1.0") ? 0 : 1;
+        const char *value = NULL;
+        size_t len = 0;
+        bool got = http1_upgrade_requested(&h, minor, &value, &len);
+        PF_CHECK(got == rows[i].want, "row %zu: got %d", i, got);
+        if (got && rows[i].want)
+            PF_CHECK(len == strlen(rows[i].value) && memcmp(value, rows[i].value, len) == 0,
+                     "row %zu: value %.*s", i, (int)len, value);
+        http1_head_free(&h);
+    }
+}
+
+static void test_allowed_upgrade_is_written_again_and_others_are_dropped(void) {
+    const char *client =
+        "GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, X-Hop\r\nUpgrade: websocket\r\n"
+        "X-Hop: 1\r\nSec-WebSocket-Key: k\r\n\r\n";
+    pf_forward_request fwd = {.method = "GET",
+                              .target = "/chat",
+                              .target_len = 5,
+                              .host = "a",
+                              .host_len = 1,
+                              .client_ip = "10.0.0.9",
+                              .proto = "http",
+                              .body = PF_BODY_NONE};
+    check_text(forwarded(client, &fwd),
+               "GET /chat HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key: k\r\n"
+               "X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\r\n",
+               "refused upgrade");
+    fwd.upgrade = "websocket";
+    fwd.upgrade_len = 9;
+    const char *up = forwarded(client, &fwd);
+    check_text(up,
+               "GET /chat HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key: k\r\n"
+               "X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n"
+               "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+               "allowed upgrade");
+    check_parses(HTTP_REQUEST, up);
+
+    /* the 101 toward the client: the upstream's Upgrade value, no framing, no close */
+    pf_head resp;
+    http1_head_init(&resp, 64 * 1024, 64);
+    CU_ASSERT_EQUAL_FATAL(parse(&resp, HTTP_RESPONSE,
+                                "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
+                                "Upgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\n"),
+                          PF_OK);
+    pf_forward_response rf = {.status = 101,
+                              .client_minor = 1,
+                              .keep_alive = true,
+                              .upgrade = "websocket",
+                              .upgrade_len = 9};
+    struct evbuffer *b = evbuffer_new();
+    CU_ASSERT_EQUAL(http1_write_response_head(b, &resp, &rf), PF_OK);
+    check_text(text_of(b),
+               "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x\r\n"
+               "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+               "101 head");
+    evbuffer_free(b);
+    http1_head_free(&resp);
+}
+
+static void test_header_value_templates_expand_their_variables(void) {
+    pf_header_vars vars = {
+        .client_ip = "10.0.0.9", .request_id = "r-1", .cluster = "web", .upstream = NULL};
+    static const struct {
+        const char *template;
+        size_t cap;
+        const char *want;
+    } rows[] = {
+        {"plain", 64, "plain"},
+        {"%CLIENT_IP%", 64, "10.0.0.9"},
+        {"%REQUEST_ID%/%CLUSTER%", 64, "r-1/web"},
+        {"[%UPSTREAM%]", 64, "[]"}, /* not known yet: nothing */
+        {"100%%", 64, "100%"},
+        {"%%CLUSTER%%", 64, "%CLUSTER%"},
+        {"%CLUSTER%", 3, "we"}, /* cut to fit, always terminated */
+        {"", 64, ""},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        char out[64];
+        size_t n = http1_expand_value(rows[i].template, &vars, out, rows[i].cap);
+        PF_CHECK(strcmp(out, rows[i].want) == 0 && n == strlen(rows[i].want),
+                 "row %zu: \"%s\" -> \"%s\" (%zu), want \"%s\"", i, rows[i].template, out, n,
+                 rows[i].want);
+    }
+}
+
+static void test_header_edits_replace_add_and_remove_lines(void) {
+    pf_config_header_edit set[] = {{"x-env", "prod"}}, add[] = {{"x-trace", "%CLUSTER%"}},
+                          remove[] = {{"x-secret", ""}};
+    pf_config_header_edits edits = {.set = set,
+                                    .set_count = 1,
+                                    .add = add,
+                                    .add_count = 1,
+                                    .remove = remove,
+                                    .remove_count = 1};
+    pf_header_vars vars = {.cluster = "web"};
+    pf_forward_request fwd = {.method = "GET",
+                              .target = "/",
+                              .target_len = 1,
+                              .host = "a",
+                              .host_len = 1,
+                              .client_ip = "10.0.0.9",
+                              .proto = "http",
+                              .body = PF_BODY_NONE,
+                              .edits = &edits,
+                              .vars = &vars};
+    const char *out = forwarded("GET / HTTP/1.1\r\nHost: a\r\nX-Env: dev\r\nx-env: qa\r\n"
+                                "X-Secret: s\r\nX-Trace: t\r\n\r\n",
+                                &fwd);
+    check_text(out,
+               "GET / HTTP/1.1\r\nHost: a\r\nX-Trace: t\r\nx-env: prod\r\nx-trace: web\r\n"
+               "X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\r\n",
+               "edited request");
+    check_parses(HTTP_REQUEST, out);
+}
+
+PF_UNIT_MAIN("http1", PF_UNIT_TEST(test_header_value_templates_expand_their_variables),
+             PF_UNIT_TEST(test_header_edits_replace_add_and_remove_lines),
+             PF_UNIT_TEST(test_upgrade_is_requested_by_connection_and_upgrade_together),
+             PF_UNIT_TEST(test_allowed_upgrade_is_written_again_and_others_are_dropped),
+             PF_UNIT_TEST(test_head_collects_target_and_headers_from_llhttp),
              PF_UNIT_TEST(test_traceparent_validity_follows_w3c_trace_context),
              PF_UNIT_TEST(test_generated_traceparent_is_valid_with_its_sampled_flag),
              PF_UNIT_TEST(test_head_is_the_same_whatever_the_split_points),

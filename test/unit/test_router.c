@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -467,7 +468,172 @@ static void test_router_outlives_its_config(void) {
     router_free(NULL);
 }
 
-PF_UNIT_MAIN("router", PF_UNIT_TEST(test_parse_authority_splits_host_and_port_and_lowercases),
+/* ---- method, headers, query parameters ------------------------------------------------ */
+
+/* A head from "Name: value\n" lines. */
+static void make_head(pf_head *h, const char *lines) {
+    http1_head_init(h, 256 * 1024, 64);
+    char line[512];
+    for (const char *p = lines; p && *p;) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        CU_ASSERT_FATAL(n < sizeof line);
+        memcpy(line, p, n);
+        line[n] = '\0';
+        char *colon = strchr(line, ':');
+        CU_ASSERT_FATAL(colon != NULL);
+        CU_ASSERT_EQUAL(http1_head_append_name(h, line, (size_t)(colon - line)), PF_OK);
+        const char *v = colon + 1 + (colon[1] == ' ');
+        CU_ASSERT_EQUAL(http1_head_append_value(h, v, strlen(v)), PF_OK);
+        CU_ASSERT_EQUAL(http1_head_finish_value(h), PF_OK);
+        p = nl ? nl + 1 : p + n;
+    }
+}
+
+/* Routes method, target (path and query) and header lines; returns the cluster or "-". */
+static const char *route_request(const fixture *f, const char *method, const char *target,
+                                 const char *headers) {
+    pf_head h;
+    make_head(&h, headers);
+    const char *q = strchr(target, '?');
+    pf_route_request rq = {
+        .host = "",
+        .port = -1,
+        .path = target,
+        .path_len = q ? (size_t)(q - target) : strlen(target),
+        .method = method,
+        .query = q ? q + 1 : NULL,
+        .query_len = q ? strlen(q + 1) : 0,
+        .head = &h,
+    };
+    const pf_config_route *r = router_find_request(f->router, &rq);
+    http1_head_free(&h);
+    return r ? f->cfg->clusters[r->cluster_index].name : "-";
+}
+
+static void test_method_header_and_query_conditions_all_must_hold(void) {
+    fixture f = load_routes(
+        "[{'match':{'prefix':'/api/"
+        "','method':'POST','headers':[{'name':'X-Env','exact':'canary'}]},"
+        "'cluster':'post_canary'},"
+        "{'match':{'headers':[{'name':'x-tier','prefix':'gold'},"
+        "{'name':'x-debug','present':true,'invert':true}]},'cluster':'gold'},"
+        "{'match':{'headers':[{'name':'user-agent','regex':'Mozilla/"
+        "[0-9]+\\\\..*'}]},'cluster':'browser'},"
+        "{'match':{'headers':[{'name':'x-src','suffix':'.internal'}]},'cluster':'internal'},"
+        "{'match':{'headers':[{'name':'x-zone','exact':'a','invert':true}],'prefix':'/z'},"
+        "'cluster':'not_a'},"
+        "{'match':{'query_params':[{'name':'v','exact':'2'}]},'cluster':'v2'},"
+        "{'match':{'query_params':[{'name':'flag','present':true}],'method':'GET'},'cluster':'flag'"
+        "},"
+        "{'match':{'query_params':[{'name':'id','regex':'[0-9]{3}'}]},'cluster':'id3'},"
+        "{'match':{},'cluster':'rest'}]",
+        "post_canary gold browser internal not_a v2 flag id3 rest");
+    static const struct {
+        const char *method, *target, *headers, *want;
+    } rows[] = {
+        {"POST", "/api/x", "X-Env: canary", "post_canary"},
+        {"POST", "/api/x", "x-env: canary", "post_canary"},                /* names ignore case */
+        {"POST", "/api/x", "X-Env: Canary", "rest"},                       /* values do not */
+        {"GET", "/api/x", "X-Env: canary", "rest"},                        /* method */
+        {"POST", "/other", "X-Env: canary", "rest"},                       /* and path, together */
+        {"POST", "/api/x", "X-Env: stable\nX-Env: canary", "post_canary"}, /* any line */
+        {"GET", "/", "x-tier: golden", "gold"},
+        {"GET", "/", "x-tier: golden\nx-debug: 1", "rest"}, /* inverted present: absent */
+        {"GET", "/", "x-tier: silver", "rest"},
+        {"GET", "/", "User-Agent: Mozilla/5.0 (X11)", "browser"},
+        {"GET", "/", "User-Agent: curl Mozilla/5.0", "rest"}, /* the whole value */
+        {"GET", "/", "User-Agent: Mozilla/x", "rest"},
+        {"GET", "/", "x-src: db.internal", "internal"},
+        {"GET", "/", "x-src: internal.example", "rest"},
+        {"GET", "/z", "x-zone: b", "not_a"},
+        {"GET", "/z", "", "not_a"}, /* absent is "not a" too */
+        {"GET", "/z", "x-zone: a", "rest"},
+        {"GET", "/p?v=2", "", "v2"},
+        {"GET", "/p?a=1&v=2&b", "", "v2"},
+        {"GET", "/p?v=20", "", "rest"},
+        {"GET", "/p?xv=2", "", "rest"},
+        {"GET", "/p?v=1&v=2", "", "v2"}, /* any occurrence */
+        {"GET", "/p?flag", "", "flag"},
+        {"GET", "/p?flag=", "", "flag"},
+        {"POST", "/p?flag", "", "rest"},
+        {"GET", "/p?id=123", "", "id3"},
+        {"GET", "/p?id=1234", "", "rest"},
+        {"GET", "/p?id=12", "", "rest"},
+        {"GET", "/p", "", "rest"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        const char *got = route_request(&f, rows[i].method, rows[i].target, rows[i].headers);
+        PF_CHECK(strcmp(got, rows[i].want) == 0, "row %zu: %s %s [%s] -> %s, want %s", i,
+                 rows[i].method, rows[i].target, rows[i].headers, got, rows[i].want);
+    }
+    /* without a head or method (router_find), conditions on them do not hold */
+    CU_ASSERT_STRING_EQUAL(route(&f, "", "/api/x"), "rest");
+    fixture_free(&f);
+}
+
+static void test_an_evil_regex_against_a_long_header_gives_up_quickly(void) {
+    fixture f = load_routes("[{'match':{'headers':[{'name':'x-evil','regex':'(a+)+$'}]},"
+                            "'cluster':'evil'},{'match':{},'cluster':'rest'}]",
+                            "evil rest");
+    static char value[64 * 1024];
+    memset(value, 'a', sizeof value - 2);
+    value[sizeof value - 2] = '!'; /* never matches: backtracking tries every split */
+    char lines[sizeof value + 16];
+    snprintf(lines, sizeof lines, "x-evil: %s", value);
+    pf_head h;
+    http1_head_init(&h, 256 * 1024, 64);
+    CU_ASSERT_EQUAL(http1_head_append_name(&h, "x-evil", 6), PF_OK);
+    CU_ASSERT_EQUAL(http1_head_append_value(&h, value, strlen(value)), PF_OK);
+    CU_ASSERT_EQUAL(http1_head_finish_value(&h), PF_OK);
+    pf_route_request rq = {.host = "", .port = -1, .path = "/", .path_len = 1, .head = &h};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const pf_config_route *r = router_find_request(f.router, &rq);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    CU_ASSERT_FATAL(r != NULL);
+    CU_ASSERT_STRING_EQUAL(f.cfg->clusters[r->cluster_index].name, "rest");
+    /* Unbounded, this takes longer than the universe's age; bounded, milliseconds. The
+     * bound here is loose so that a loaded machine never fails it. */
+    PF_CHECK(seconds < 5.0, "the evil regex took %.3f s", seconds);
+    /* and a value it does match still matches */
+    http1_head_reset(&h);
+    CU_ASSERT_EQUAL(http1_head_append_name(&h, "x-evil", 6), PF_OK);
+    CU_ASSERT_EQUAL(http1_head_append_value(&h, "aaaa", 4), PF_OK);
+    CU_ASSERT_EQUAL(http1_head_finish_value(&h), PF_OK);
+    r = router_find_request(f.router, &rq);
+    CU_ASSERT_STRING_EQUAL(r ? f.cfg->clusters[r->cluster_index].name : "-", "evil");
+    http1_head_free(&h);
+    fixture_free(&f);
+}
+
+static void test_conditions_outlive_the_config(void) {
+    fixture f = load_routes("[{'match':{'headers':[{'name':'x-a','regex':'b+'}],"
+                            "'query_params':[{'name':'q','exact':'1'}]},'cluster':'a'}]",
+                            "a");
+    config_free(f.cfg);
+    f.cfg = NULL;
+    pf_head h;
+    make_head(&h, "x-a: bbb");
+    pf_route_request rq = {.host = "",
+                           .port = -1,
+                           .path = "/",
+                           .path_len = 1,
+                           .query = "q=1",
+                           .query_len = 3,
+                           .head = &h};
+    CU_ASSERT_PTR_NOT_NULL(router_find_request(f.router, &rq));
+    rq.query = "q=2";
+    CU_ASSERT_PTR_NULL(router_find_request(f.router, &rq));
+    http1_head_free(&h);
+    router_free(f.router);
+}
+
+PF_UNIT_MAIN("router", PF_UNIT_TEST(test_method_header_and_query_conditions_all_must_hold),
+             PF_UNIT_TEST(test_an_evil_regex_against_a_long_header_gives_up_quickly),
+             PF_UNIT_TEST(test_conditions_outlive_the_config),
+             PF_UNIT_TEST(test_parse_authority_splits_host_and_port_and_lowercases),
              PF_UNIT_TEST(test_parse_authority_rejects_malformed),
              PF_UNIT_TEST(test_parse_authority_rejects_ip_literal_that_is_not_ipv6),
              PF_UNIT_TEST(test_parse_authority_rejects_nul_inside),

@@ -1,0 +1,138 @@
+/* Byte tunnels after a protocol switch: see tunnel_int.h. Memory is bounded by the streams'
+ * read limits and `limit` per output: a side that sends faster than the other reads is
+ * paused, never buffered without end.
+ *
+ * Reentrancy rule: `done` may free the tunnel and both streams, so every path returns at
+ * once after calling it. */
+#include "proxy/tunnel_int.h"
+#include "core/time.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct pf_tunnel {
+    pf_stream *s[2];
+    struct event *timer;
+    uint64_t idle_ms;
+    size_t limit;
+    bool eof[2];    /* side i closed its write half: nothing more comes from it */
+    bool shut[2];   /* we shut side i's write half (after passing on the other's EOF) */
+    bool paused[2]; /* reading side i waits for room in the other side's output */
+    uint64_t bytes[2];
+    pf_tunnel_done done;
+    void *ctx;
+};
+
+static void on_idle(evutil_socket_t fd, short what, void *arg) {
+    pf_tunnel *t = arg;
+    t->done(t->ctx, "idle timeout");
+}
+
+static void touch(pf_tunnel *t) {
+    struct timeval tv = pf_timeval_ms(t->idle_ms);
+    evtimer_add(t->timer, &tv);
+}
+
+/* Over once both halves are closed and everything read was written out. */
+static bool finished(const pf_tunnel *t) {
+    for (int i = 0; i < 2; i++)
+        if (!t->eof[i] || evbuffer_get_length(stream_input(t->s[i])) > 0 ||
+            evbuffer_get_length(stream_output(t->s[i])) > 0)
+            return false;
+    return true;
+}
+
+/* Moves what side `from` sent into the other side's output, as far as its room allows;
+ * the rest waits in the input with reading paused. Returns true when the tunnel ended. */
+static bool pump(pf_tunnel *t, int from) {
+    int to = 1 - from;
+    struct evbuffer *in = stream_input(t->s[from]), *out = stream_output(t->s[to]);
+    size_t have = evbuffer_get_length(in), queued = evbuffer_get_length(out);
+    size_t room = queued < t->limit ? t->limit - queued : 0;
+    size_t move = have < room ? have : room;
+    if (move > 0) {
+        evbuffer_remove_buffer(in, out, move);
+        t->bytes[from] += move;
+        touch(t);
+    }
+    bool blocked = evbuffer_get_length(in) > 0;
+    if (blocked != t->paused[from] && !t->eof[from]) {
+        t->paused[from] = blocked;
+        stream_read_enable(t->s[from], !blocked);
+    }
+    /* RFC 9110 7.8: after the switch the bytes are the new protocol's, and a half-close is
+     * part of it (a WebSocket close handshake may be followed by one), so pass it on. */
+    if (t->eof[from] && !blocked && !t->shut[to]) {
+        t->shut[to] = true;
+        stream_shutdown_write(t->s[to]);
+    }
+    if (finished(t)) {
+        t->done(t->ctx, "closed");
+        return true;
+    }
+    return false;
+}
+
+pf_tunnel *tunnel_new(struct event_base *base, pf_stream *client, pf_stream *upstream,
+                      bool client_eof, size_t limit, uint64_t idle_ms, pf_tunnel_done done,
+                      void *ctx) {
+    pf_tunnel *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->timer = evtimer_new(base, on_idle, t);
+    if (!t->timer) {
+        free(t);
+        return NULL;
+    }
+    t->s[PF_TUNNEL_CLIENT] = client;
+    t->s[PF_TUNNEL_UPSTREAM] = upstream;
+    t->eof[PF_TUNNEL_CLIENT] = client_eof;
+    t->limit = limit;
+    t->idle_ms = idle_ms;
+    t->done = done;
+    t->ctx = ctx;
+    return t;
+}
+
+void tunnel_start(pf_tunnel *t) {
+    touch(t);
+    for (int i = 0; i < 2; i++)
+        if (!t->eof[i])
+            stream_read_enable(t->s[i], true);
+    if (pump(t, PF_TUNNEL_UPSTREAM))
+        return;
+    pump(t, PF_TUNNEL_CLIENT);
+}
+
+void tunnel_on_read(pf_tunnel *t, int side) {
+    pump(t, side);
+}
+
+void tunnel_on_write(pf_tunnel *t, int side) {
+    /* Side `side` took some of its output: the other side may send again. */
+    pump(t, 1 - side);
+}
+
+void tunnel_on_event(pf_tunnel *t, int side, int what, int err) {
+    if (what & PF_STREAM_ERROR) {
+        t->done(t->ctx,
+                side == PF_TUNNEL_CLIENT ? "client connection error" : "upstream connection error");
+        return;
+    }
+    if (what & PF_STREAM_EOF) {
+        t->eof[side] = true;
+        pump(t, side);
+    }
+}
+
+uint64_t tunnel_bytes(const pf_tunnel *t, int side) {
+    return t ? t->bytes[side] : 0;
+}
+
+void tunnel_free(pf_tunnel *t) {
+    if (!t)
+        return;
+    event_free(t->timer);
+    free(t);
+}
