@@ -398,6 +398,10 @@ void admin_set_kubernetes(pf_admin *admin, const pf_k8s *k8s) {
     admin->k8s = k8s;
 }
 
+void admin_set_config(pf_admin *admin, const pf_config *cfg) {
+    admin->cfg = cfg;
+}
+
 void admin_set_version(pf_admin *admin, const char *version) {
     admin->version = version;
 }

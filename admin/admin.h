@@ -30,6 +30,9 @@ void admin_set_dns(pf_admin *admin, const pf_dns *dns);
 /* Lets /clusters show each Kubernetes cluster's Service, namespace, resourceVersion and last
  * event from `k8s` (borrowed, may be NULL; must outlive the admin server). Main thread. */
 void admin_set_kubernetes(pf_admin *admin, const pf_k8s *k8s);
+/* After a reload: /config and the status page show `cfg` (borrowed; it must live until the
+ * next call or admin_free). Main thread. */
+void admin_set_config(pf_admin *admin, const pf_config *cfg);
 /* The build the status page names (static text, e.g. "0.1.0"). Main thread. */
 void admin_set_version(pf_admin *admin, const char *version);
 void admin_free(pf_admin *admin);

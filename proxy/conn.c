@@ -1195,3 +1195,7 @@ void conn_drain(pf_conn *c) {
     if (!c->in_request && !c->closing)
         start_close(c);
 }
+
+pf_listener_rt *conn_listener(const pf_conn *c) {
+    return c->l;
+}

@@ -11,13 +11,15 @@ struct pf_router {
     pf_config_route routes[];
 };
 
-pf_router *router_new(const pf_config_listener *listener) {
+pf_router *router_new(const pf_config_listener *listener, const size_t *cluster_slot) {
     pf_router *r = malloc(sizeof *r + listener->route_count * sizeof(pf_config_route));
     if (!r)
         return NULL;
     r->count = listener->route_count;
     if (r->count)
         memcpy(r->routes, listener->routes, r->count * sizeof(pf_config_route));
+    for (size_t i = 0; cluster_slot && i < r->count; i++)
+        r->routes[i].cluster_index = cluster_slot[r->routes[i].cluster_index];
     return r;
 }
 

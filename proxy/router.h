@@ -10,8 +10,10 @@
 
 typedef struct pf_router pf_router;
 
-/* Copies the listener's routes. NULL when out of memory. */
-pf_router *router_new(const pf_config_listener *listener);
+/* Copies the listener's routes. With `cluster_slot`, a route's cluster_index (into the
+ * config's clusters) becomes cluster_slot[cluster_index] (the proxy's cluster index, which
+ * outlives reloads); NULL keeps them. NULL when out of memory. */
+pf_router *router_new(const pf_config_listener *listener, const size_t *cluster_slot);
 void router_free(pf_router *router);
 
 /* Splits an authority ("host", "host:port", "[v6]:port") into a lower-cased host (written

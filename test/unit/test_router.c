@@ -51,7 +51,7 @@ static fixture load_routes(const char *routes, const char *clusters) {
              errs.count ? errs.items[0] : "(none)");
     pf_errlist_free(&errs);
     CU_ASSERT_FATAL(f.cfg != NULL);
-    f.router = router_new(&f.cfg->listeners[0]);
+    f.router = router_new(&f.cfg->listeners[0], NULL);
     CU_ASSERT_FATAL(f.router != NULL);
     return f;
 }
@@ -413,7 +413,7 @@ static void test_no_route_matches_returns_minus_one(void) {
 
 static void test_router_with_no_routes_matches_nothing(void) {
     pf_config_listener l = {0};
-    pf_router *r = router_new(&l);
+    pf_router *r = router_new(&l, NULL);
     CU_ASSERT_FATAL(r != NULL);
     CU_ASSERT_EQUAL(router_match(r, "a.local", 80, "/", 1), -1);
     CU_ASSERT_EQUAL(router_match(r, "", -1, "/", 1), -1);
@@ -445,7 +445,7 @@ static void test_hand_built_routes_return_their_cluster_index(void) {
                                   .cluster = "z",
                                   .cluster_index = 0};
     pf_config_listener l = {.routes = routes, .route_count = 3};
-    pf_router *r = router_new(&l);
+    pf_router *r = router_new(&l, NULL);
     CU_ASSERT_FATAL(r != NULL);
     /* the router copied the routes: changing the config afterwards changes nothing */
     memset(routes, 0, sizeof routes);

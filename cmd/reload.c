@@ -1,0 +1,366 @@
+/* Reloading the config file on SIGHUP or, with --watch-config, when it changes. The file is
+ * loaded and validated whole first; then what differs from the running config (config_diff)
+ * decides, per cluster, whether it stays, changes in place, is added, replaced or retired,
+ * and anything that cannot change while pilotfish runs refuses the reload. Only then does
+ * proxy/reload.c apply it: a refused reload changes nothing. */
+#include "cmd/app.h"
+#include "cmd/reload.h"
+#include "core/log.h"
+#include "core/time.h"
+#include "discovery/static_source.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+
+/* Changes of the file's directory come in bursts (an editor's temp file and rename, the
+ * ConfigMap's ..data swap): one reload once it is quiet this long. */
+#define WATCH_DEBOUNCE_MS 200u
+
+struct app_reload {
+    pf_counter *applied, *rejected;
+    int inotify_fd;
+    struct event *watch_event, *debounce;
+    char dir[PATH_MAX];
+};
+
+/* Root keys the running process cannot take: the workers and their sockets' limits, the
+ * admin server, the resolver and the Kubernetes client are built once at start. */
+static const char *const restart_keys[] = {
+    "workers", "admin", "max_connections", "access_log", "dns", "kubernetes", "local_zone",
+};
+
+/* A cluster's keys that requests read at the time (proxy_update_cluster swaps them in);
+ * "endpoints" of a static cluster is published again. Others replace the cluster. */
+static const char *const live_cluster_keys[] = {
+    "connect_timeout", "response_timeout", "body_timeout", "idle_timeout",
+    "max_idle_per_endpoint", "retry", "circuit_breakers", "retry_budget", "endpoints",
+};
+
+static bool in_list(const char *key, size_t len, const char *const *list, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (strlen(list[i]) == len && strncmp(list[i], key, len) == 0)
+            return true;
+    return false;
+}
+
+/* The key right after `prefix` in `path` ("$.a.b" after "$." is "a"); its length in *len. */
+static const char *key_after(const char *path, size_t prefix_len, size_t *len) {
+    const char *k = path + prefix_len;
+    if (*k == '.')
+        k++;
+    *len = strcspn(k, ".[");
+    return k;
+}
+
+const char *reload_cluster_plan_name(reload_cluster_plan plan) {
+    static const char *const names[] = {"unchanged", "in place", "added", "replaced"};
+    return names[plan];
+}
+
+reload_cluster_plan reload_plan_cluster(const pf_config_diff *diff, const char *name,
+                                        bool *endpoints_changed) {
+    char prefix[PF_NAME_MAX + 32];
+    int n = snprintf(prefix, sizeof prefix, "$.clusters[?@.name==\"%s\"]", name);
+    size_t plen = n > 0 && (size_t)n < sizeof prefix ? (size_t)n : 0;
+    reload_cluster_plan plan = RELOAD_CLUSTER_UNCHANGED;
+    *endpoints_changed = false;
+    for (size_t i = 0; plen && i < diff->count; i++) {
+        const char *p = diff->items[i].path;
+        if (strncmp(p, prefix, plen) != 0 || (p[plen] && p[plen] != '.'))
+            continue;
+        if (!p[plen])
+            return RELOAD_CLUSTER_ADDED; /* added or removed whole */
+        size_t len;
+        const char *key = key_after(p, plen, &len);
+        if (!in_list(key, len, live_cluster_keys,
+                     sizeof live_cluster_keys / sizeof live_cluster_keys[0]))
+            return RELOAD_CLUSTER_REPLACED;
+        if (len == strlen("endpoints") && strncmp(key, "endpoints", len) == 0)
+            *endpoints_changed = true;
+        plan = RELOAD_CLUSTER_IN_PLACE;
+    }
+    return plan;
+}
+
+static bool uses_discovery(const pf_config_cluster *c) {
+    return c->dns.name[0] || c->kubernetes.service[0];
+}
+
+static const pf_config_cluster *find_cluster(const pf_config *cfg, const char *name) {
+    for (size_t i = 0; i < cfg->cluster_count; i++)
+        if (strcmp(cfg->clusters[i].name, name) == 0)
+            return &cfg->clusters[i];
+    return NULL;
+}
+
+void reload_check_live(const pf_config *from, const pf_config *to, const pf_config_diff *diff,
+                       bool have_dns, pf_errlist *errs) {
+    for (size_t i = 0; i < diff->count; i++) {
+        size_t len;
+        const char *key = key_after(diff->items[i].path, 1, &len);
+        if (in_list(key, len, restart_keys, sizeof restart_keys / sizeof restart_keys[0]))
+            pf_errlist_add(errs,
+                           "%s: %.*s cannot change while pilotfish runs; restart pilotfish to "
+                           "apply it (the running config stays)",
+                           diff->items[i].path, (int)len, key);
+    }
+    /* Clusters whose sources cannot be started or stopped at run time. */
+    for (size_t i = 0; i < from->cluster_count; i++) {
+        const pf_config_cluster *c = &from->clusters[i];
+        const pf_config_cluster *next = find_cluster(to, c->name);
+        bool ep;
+        reload_cluster_plan plan = next ? reload_plan_cluster(diff, c->name, &ep)
+                                        : RELOAD_CLUSTER_ADDED;
+        if (uses_discovery(c) && (!next || plan == RELOAD_CLUSTER_REPLACED))
+            pf_errlist_add(errs,
+                           "$.clusters[?@.name==\"%s\"]: a %s cluster cannot be %s while "
+                           "pilotfish runs (its discovery keeps running); restart pilotfish "
+                           "to apply it (the running config stays)",
+                           c->name, c->dns.name[0] ? "DNS" : "Kubernetes",
+                           next ? "changed this way" : "removed");
+    }
+    for (size_t i = 0; i < to->cluster_count; i++) {
+        const pf_config_cluster *c = &to->clusters[i];
+        if (find_cluster(from, c->name) || !uses_discovery(c))
+            continue;
+        if (c->kubernetes.service[0] || !have_dns)
+            pf_errlist_add(errs,
+                           "$.clusters[%zu]: a new %s cluster needs a restart (no %s client "
+                           "runs yet); restart pilotfish to apply it (the running config "
+                           "stays)",
+                           i, c->dns.name[0] ? "DNS" : "Kubernetes",
+                           c->dns.name[0] ? "DNS" : "Kubernetes");
+    }
+}
+
+/* A cluster's endpoint source at run time: the static set, or a DNS name. */
+static int start_source(app *a, size_t index, const pf_config_cluster *c, pf_error *err) {
+    if (c->dns.name[0])
+        return discovery_dns_add(a->dns, proxy_cluster_config(a->proxy, index),
+                                 a->discovered[index], err);
+    if (discovery_static_publish(c, a->discovered[index]) != PF_OK)
+        return pf_fail(err, PF_ENOMEM, "out of memory publishing cluster %s", c->name);
+    return PF_OK;
+}
+
+/* Routes no longer name it: its health stops and its set empties (requests still on it end
+ * as they would with no endpoint left). */
+static void retire_cluster(app *a, size_t index) {
+    pf_endpoint_set *empty = discovery_set_new(NULL, 0);
+    if (empty)
+        discovery_slot_publish(a->discovered[index], empty);
+    health_stop(a->health[index]);
+    proxy_cluster_retire(a->proxy, index);
+}
+
+static void log_rejected(app *a, const char *source, const pf_errlist *errs) {
+    for (size_t i = 0; i < errs->count; i++)
+        log_error("reload rejected source=%s: %s", source, errs->items[i]);
+    log_warn("config reload rejected source=%s errors=%zu; the running config stays", source,
+             errs->count);
+    metrics_inc(a->reload->rejected, 1);
+}
+
+int app_reload(app *a, const char *source) {
+    uint64_t started_us = pf_now_us();
+    pf_errlist errs = {0};
+    pf_config_diff diff = {0};
+    pf_config *next = NULL;
+    pf_proxy_update *u = NULL;
+    size_t *slots = NULL;
+    pf_error err = {{0}};
+    int rc = PF_EINVAL;
+    if (!a->config_path) {
+        log_warn("reload: no config file (standalone mode); nothing to reload");
+        return PF_EINVAL;
+    }
+    if (config_load_file(a->config_path, &next, &errs) != PF_OK) {
+        if (errs.count == 0)
+            pf_errlist_add(&errs, "%s: cannot load config", a->config_path);
+        goto rejected;
+    }
+    if (config_diff(a->cfg, next, &diff) != PF_OK) {
+        pf_errlist_add(&errs, "out of memory comparing the configs");
+        goto rejected;
+    }
+    if (diff.count == 0) {
+        log_info("config reload: no change source=%s", source);
+        metrics_inc(a->reload->applied, 1);
+        rc = PF_OK;
+        goto done;
+    }
+    reload_check_live(a->cfg, next, &diff, a->dns != NULL, &errs);
+    if (errs.count)
+        goto rejected;
+    if (!(u = proxy_update_new(a->proxy, next, &err)) ||
+        !(slots = calloc(next->cluster_count + 1, sizeof *slots))) {
+        pf_errlist_add(&errs, "%s", err.msg[0] ? err.msg : "out of memory");
+        goto rejected;
+    }
+    /* Clusters first: new routes may name only clusters that exist. */
+    size_t *retire = calloc(a->cfg->cluster_count + 1, sizeof *retire);
+    size_t retire_count = 0;
+    if (!retire) {
+        pf_errlist_add(&errs, "out of memory");
+        goto rejected;
+    }
+    size_t counts[4] = {0};
+    for (size_t j = 0; j < next->cluster_count; j++) {
+        const pf_config_cluster *c = &next->clusters[j];
+        long index = proxy_cluster_find(a->proxy, c->name);
+        bool endpoints_changed = false;
+        reload_cluster_plan plan = index < 0 ? RELOAD_CLUSTER_ADDED
+                                             : reload_plan_cluster(&diff, c->name,
+                                                                   &endpoints_changed);
+        counts[plan]++;
+        if (plan == RELOAD_CLUSTER_IN_PLACE || plan == RELOAD_CLUSTER_UNCHANGED) {
+            slots[j] = (size_t)index;
+            if (plan == RELOAD_CLUSTER_IN_PLACE &&
+                proxy_update_cluster(u, (size_t)index, c) != PF_OK)
+                log_error("cluster %s: out of memory; its old settings stay", c->name);
+            if (endpoints_changed && discovery_static_publish(c, a->discovered[index]) != PF_OK)
+                log_error("cluster %s: out of memory; its old endpoints stay", c->name);
+            continue;
+        }
+        long added = proxy_cluster_add(a->proxy, c);
+        if (added < 0 || app_cluster_start(a, (size_t)added, &err) != PF_OK ||
+            start_source(a, (size_t)added, c, &err) != PF_OK) {
+            /* Clusters added so far take no traffic (no route names them yet). */
+            log_error("reload: cluster %s: %s", c->name,
+                      added < 0 ? "no cluster slot left" : err.msg);
+            if (added >= 0)
+                retire_cluster(a, (size_t)added);
+            pf_errlist_add(&errs, "$.clusters[%zu]: cannot be added: %s", j,
+                           added < 0 ? "no cluster slot left" : err.msg);
+            free(retire);
+            goto rejected;
+        }
+        slots[j] = (size_t)added;
+        if (plan == RELOAD_CLUSTER_REPLACED)
+            retire[retire_count++] = (size_t)index;
+    }
+    for (size_t i = 0; i < a->cfg->cluster_count; i++) {
+        long index = proxy_cluster_find(a->proxy, a->cfg->clusters[i].name);
+        if (index >= 0 && !find_cluster(next, a->cfg->clusters[i].name))
+            retire[retire_count++] = (size_t)index;
+    }
+    pf_config *old = a->cfg;
+    /* The first config stays: the resolver and the Kubernetes client point into it. */
+    proxy_update_commit(u, slots, old == a->boot_cfg ? NULL : old);
+    u = NULL;
+    for (size_t i = 0; i < retire_count; i++)
+        retire_cluster(a, retire[i]);
+    free(retire);
+    a->cfg = next;
+    next = NULL;
+    admin_set_config(a->admin, a->cfg);
+    metrics_inc(a->reload->applied, 1);
+    uint64_t took_us = pf_now_us() - started_us;
+    log_info("config reload applied source=%s changes=%zu clusters_in_place=%zu "
+             "clusters_added=%zu clusters_replaced=%zu clusters_retired=%zu took_ms=%.3f",
+             source, diff.count, counts[RELOAD_CLUSTER_IN_PLACE], counts[RELOAD_CLUSTER_ADDED],
+             counts[RELOAD_CLUSTER_REPLACED], retire_count - counts[RELOAD_CLUSTER_REPLACED],
+             (double)took_us / 1000.0);
+    for (size_t i = 0; i < diff.count && i < 20; i++)
+        log_info("config change kind=%s path=%s", config_change_kind_name(diff.items[i].kind),
+                 diff.items[i].path);
+    rc = PF_OK;
+    goto done;
+rejected:
+    log_rejected(a, source, &errs);
+done:
+    proxy_update_free(u);
+    free(slots);
+    config_free(next);
+    config_diff_free(&diff);
+    pf_errlist_free(&errs);
+    return rc;
+}
+
+void app_on_sighup(evutil_socket_t sig, short what, void *arg) {
+    app *a = arg;
+    log_info("SIGHUP: reloading the config file path=%s",
+             a->config_path ? a->config_path : "(none)");
+    app_reload(a, "signal");
+}
+
+/* ---- --watch-config ------------------------------------------------------------------ */
+
+/* Any change in the directory arms the debounce: the file itself may be a symlink whose
+ * target's directory is swapped (a ConfigMap's ..data), which a watch on the file would
+ * miss. The reload compares nothing itself: a file that did not change diffs to nothing. */
+static void on_watch(evutil_socket_t fd, short what, void *arg) {
+    app *a = arg;
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    bool any = false;
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n <= 0)
+            break;
+        any = true;
+    }
+    if (any) {
+        struct timeval tv = pf_timeval_ms(WATCH_DEBOUNCE_MS);
+        evtimer_add(a->reload->debounce, &tv);
+    }
+}
+
+static void on_debounce(evutil_socket_t fd, short what, void *arg) {
+    app *a = arg;
+    log_info("config file changed: reloading path=%s", a->config_path);
+    app_reload(a, "file");
+}
+
+int app_reload_init(app *a, pf_error *err) {
+    struct app_reload *r = calloc(1, sizeof *r);
+    if (!r)
+        return pf_fail(err, PF_ENOMEM, "out of memory");
+    a->reload = r;
+    r->inotify_fd = -1;
+    r->applied = metrics_counter(a->metrics, "pilotfish_config_reloads_total",
+                                 "Config reloads (signal, file watch), by result.",
+                                 "result=\"applied\"");
+    r->rejected = metrics_counter(a->metrics, "pilotfish_config_reloads_total",
+                                  "Config reloads (signal, file watch), by result.",
+                                  "result=\"rejected\"");
+    if (!r->applied || !r->rejected)
+        return pf_fail(err, PF_ENOMEM, "out of memory");
+    if (!a->watch)
+        return PF_OK;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s", a->config_path);
+    snprintf(r->dir, sizeof r->dir, "%s", dirname(path));
+    r->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (r->inotify_fd < 0 ||
+        inotify_add_watch(r->inotify_fd, r->dir,
+                          IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE |
+                              IN_ATTRIB) < 0)
+        return pf_fail(err, PF_EIO, "--watch-config: cannot watch %s: %s", r->dir,
+                       strerror(errno));
+    r->watch_event = event_new(a->base, r->inotify_fd, EV_READ | EV_PERSIST, on_watch, a);
+    r->debounce = evtimer_new(a->base, on_debounce, a);
+    if (!r->watch_event || !r->debounce || event_add(r->watch_event, NULL) != 0)
+        return pf_fail(err, PF_ENOMEM, "out of memory");
+    log_info("watching the config file path=%s dir=%s", a->config_path, r->dir);
+    return PF_OK;
+}
+
+void app_reload_free(app *a) {
+    struct app_reload *r = a->reload;
+    if (!r)
+        return;
+    if (r->watch_event)
+        event_free(r->watch_event);
+    if (r->debounce)
+        event_free(r->debounce);
+    if (r->inotify_fd >= 0)
+        close(r->inotify_fd);
+    free(r);
+    a->reload = NULL;
+}
