@@ -251,6 +251,8 @@ static void handle_clusters(struct evhttp_request *req, void *arg) {
         return;
     json_t *clusters = json_array();
     for (size_t i = 0; i < proxy_cluster_count(admin->proxy); i++) {
+        if (proxy_cluster_retired(admin->proxy, i))
+            continue; /* removed by a reload (or gone from Kubernetes) */
         const pf_config_cluster *cfg = proxy_cluster_config(admin->proxy, i);
         pf_endpoint_slot *slot = proxy_cluster_slot(admin->proxy, i);
         pf_endpoint_set *set = discovery_slot_acquire(slot);

@@ -15,8 +15,8 @@
 
 typedef struct app {
     struct event_base *base;
-    pf_config *cfg;      /* the running config */
-    pf_config *boot_cfg; /* the first: the resolver and Kubernetes client keep pointing at it */
+    pf_config *cfg;          /* the running config */
+    pf_config *boot_cfg;     /* the first: the resolver and Kubernetes client keep pointing at it */
     const char *config_path; /* NULL in standalone mode */
     bool watch;              /* --watch-config */
     pf_metrics *metrics;

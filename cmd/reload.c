@@ -29,116 +29,6 @@ struct app_reload {
     char dir[PATH_MAX];
 };
 
-/* Root keys the running process cannot take: the workers and their sockets' limits, the
- * admin server, the resolver and the Kubernetes client are built once at start. */
-static const char *const restart_keys[] = {
-    "workers", "admin", "max_connections", "access_log", "dns", "kubernetes", "local_zone",
-};
-
-/* A cluster's keys that requests read at the time (proxy_update_cluster swaps them in);
- * "endpoints" of a static cluster is published again. Others replace the cluster. */
-static const char *const live_cluster_keys[] = {
-    "connect_timeout", "response_timeout", "body_timeout", "idle_timeout",
-    "max_idle_per_endpoint", "retry", "circuit_breakers", "retry_budget", "endpoints",
-};
-
-static bool in_list(const char *key, size_t len, const char *const *list, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (strlen(list[i]) == len && strncmp(list[i], key, len) == 0)
-            return true;
-    return false;
-}
-
-/* The key right after `prefix` in `path` ("$.a.b" after "$." is "a"); its length in *len. */
-static const char *key_after(const char *path, size_t prefix_len, size_t *len) {
-    const char *k = path + prefix_len;
-    if (*k == '.')
-        k++;
-    *len = strcspn(k, ".[");
-    return k;
-}
-
-const char *reload_cluster_plan_name(reload_cluster_plan plan) {
-    static const char *const names[] = {"unchanged", "in place", "added", "replaced"};
-    return names[plan];
-}
-
-reload_cluster_plan reload_plan_cluster(const pf_config_diff *diff, const char *name,
-                                        bool *endpoints_changed) {
-    char prefix[PF_NAME_MAX + 32];
-    int n = snprintf(prefix, sizeof prefix, "$.clusters[?@.name==\"%s\"]", name);
-    size_t plen = n > 0 && (size_t)n < sizeof prefix ? (size_t)n : 0;
-    reload_cluster_plan plan = RELOAD_CLUSTER_UNCHANGED;
-    *endpoints_changed = false;
-    for (size_t i = 0; plen && i < diff->count; i++) {
-        const char *p = diff->items[i].path;
-        if (strncmp(p, prefix, plen) != 0 || (p[plen] && p[plen] != '.'))
-            continue;
-        if (!p[plen])
-            return RELOAD_CLUSTER_ADDED; /* added or removed whole */
-        size_t len;
-        const char *key = key_after(p, plen, &len);
-        if (!in_list(key, len, live_cluster_keys,
-                     sizeof live_cluster_keys / sizeof live_cluster_keys[0]))
-            return RELOAD_CLUSTER_REPLACED;
-        if (len == strlen("endpoints") && strncmp(key, "endpoints", len) == 0)
-            *endpoints_changed = true;
-        plan = RELOAD_CLUSTER_IN_PLACE;
-    }
-    return plan;
-}
-
-static bool uses_discovery(const pf_config_cluster *c) {
-    return c->dns.name[0] || c->kubernetes.service[0];
-}
-
-static const pf_config_cluster *find_cluster(const pf_config *cfg, const char *name) {
-    for (size_t i = 0; i < cfg->cluster_count; i++)
-        if (strcmp(cfg->clusters[i].name, name) == 0)
-            return &cfg->clusters[i];
-    return NULL;
-}
-
-void reload_check_live(const pf_config *from, const pf_config *to, const pf_config_diff *diff,
-                       bool have_dns, pf_errlist *errs) {
-    for (size_t i = 0; i < diff->count; i++) {
-        size_t len;
-        const char *key = key_after(diff->items[i].path, 1, &len);
-        if (in_list(key, len, restart_keys, sizeof restart_keys / sizeof restart_keys[0]))
-            pf_errlist_add(errs,
-                           "%s: %.*s cannot change while pilotfish runs; restart pilotfish to "
-                           "apply it (the running config stays)",
-                           diff->items[i].path, (int)len, key);
-    }
-    /* Clusters whose sources cannot be started or stopped at run time. */
-    for (size_t i = 0; i < from->cluster_count; i++) {
-        const pf_config_cluster *c = &from->clusters[i];
-        const pf_config_cluster *next = find_cluster(to, c->name);
-        bool ep;
-        reload_cluster_plan plan = next ? reload_plan_cluster(diff, c->name, &ep)
-                                        : RELOAD_CLUSTER_ADDED;
-        if (uses_discovery(c) && (!next || plan == RELOAD_CLUSTER_REPLACED))
-            pf_errlist_add(errs,
-                           "$.clusters[?@.name==\"%s\"]: a %s cluster cannot be %s while "
-                           "pilotfish runs (its discovery keeps running); restart pilotfish "
-                           "to apply it (the running config stays)",
-                           c->name, c->dns.name[0] ? "DNS" : "Kubernetes",
-                           next ? "changed this way" : "removed");
-    }
-    for (size_t i = 0; i < to->cluster_count; i++) {
-        const pf_config_cluster *c = &to->clusters[i];
-        if (find_cluster(from, c->name) || !uses_discovery(c))
-            continue;
-        if (c->kubernetes.service[0] || !have_dns)
-            pf_errlist_add(errs,
-                           "$.clusters[%zu]: a new %s cluster needs a restart (no %s client "
-                           "runs yet); restart pilotfish to apply it (the running config "
-                           "stays)",
-                           i, c->dns.name[0] ? "DNS" : "Kubernetes",
-                           c->dns.name[0] ? "DNS" : "Kubernetes");
-    }
-}
-
 /* A cluster's endpoint source at run time: the static set, or a DNS name. */
 static int start_source(app *a, size_t index, const pf_config_cluster *c, pf_error *err) {
     if (c->dns.name[0])
@@ -215,9 +105,9 @@ int app_reload(app *a, const char *source) {
         const pf_config_cluster *c = &next->clusters[j];
         long index = proxy_cluster_find(a->proxy, c->name);
         bool endpoints_changed = false;
-        reload_cluster_plan plan = index < 0 ? RELOAD_CLUSTER_ADDED
-                                             : reload_plan_cluster(&diff, c->name,
-                                                                   &endpoints_changed);
+        reload_cluster_plan plan = index < 0
+                                       ? RELOAD_CLUSTER_ADDED
+                                       : reload_plan_cluster(&diff, c->name, &endpoints_changed);
         counts[plan]++;
         if (plan == RELOAD_CLUSTER_IN_PLACE || plan == RELOAD_CLUSTER_UNCHANGED) {
             slots[j] = (size_t)index;
@@ -247,7 +137,7 @@ int app_reload(app *a, const char *source) {
     }
     for (size_t i = 0; i < a->cfg->cluster_count; i++) {
         long index = proxy_cluster_find(a->proxy, a->cfg->clusters[i].name);
-        if (index >= 0 && !find_cluster(next, a->cfg->clusters[i].name))
+        if (index >= 0 && !reload_find_cluster(next, a->cfg->clusters[i].name))
             retire[retire_count++] = (size_t)index;
     }
     pf_config *old = a->cfg;
@@ -323,12 +213,12 @@ int app_reload_init(app *a, pf_error *err) {
         return pf_fail(err, PF_ENOMEM, "out of memory");
     a->reload = r;
     r->inotify_fd = -1;
-    r->applied = metrics_counter(a->metrics, "pilotfish_config_reloads_total",
-                                 "Config reloads (signal, file watch), by result.",
-                                 "result=\"applied\"");
-    r->rejected = metrics_counter(a->metrics, "pilotfish_config_reloads_total",
-                                  "Config reloads (signal, file watch), by result.",
-                                  "result=\"rejected\"");
+    r->applied =
+        metrics_counter(a->metrics, "pilotfish_config_reloads_total",
+                        "Config reloads (signal, file watch), by result.", "result=\"applied\"");
+    r->rejected =
+        metrics_counter(a->metrics, "pilotfish_config_reloads_total",
+                        "Config reloads (signal, file watch), by result.", "result=\"rejected\"");
     if (!r->applied || !r->rejected)
         return pf_fail(err, PF_ENOMEM, "out of memory");
     if (!a->watch)
@@ -337,12 +227,10 @@ int app_reload_init(app *a, pf_error *err) {
     snprintf(path, sizeof path, "%s", a->config_path);
     snprintf(r->dir, sizeof r->dir, "%s", dirname(path));
     r->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    if (r->inotify_fd < 0 ||
-        inotify_add_watch(r->inotify_fd, r->dir,
-                          IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE |
-                              IN_ATTRIB) < 0)
-        return pf_fail(err, PF_EIO, "--watch-config: cannot watch %s: %s", r->dir,
-                       strerror(errno));
+    if (r->inotify_fd < 0 || inotify_add_watch(r->inotify_fd, r->dir,
+                                               IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM |
+                                                   IN_CREATE | IN_DELETE | IN_ATTRIB) < 0)
+        return pf_fail(err, PF_EIO, "--watch-config: cannot watch %s: %s", r->dir, strerror(errno));
     r->watch_event = event_new(a->base, r->inotify_fd, EV_READ | EV_PERSIST, on_watch, a);
     r->debounce = evtimer_new(a->base, on_debounce, a);
     if (!r->watch_event || !r->debounce || event_add(r->watch_event, NULL) != 0)

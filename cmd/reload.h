@@ -26,4 +26,7 @@ reload_cluster_plan reload_plan_cluster(const pf_config_diff *diff, const char *
 void reload_check_live(const pf_config *from, const pf_config *to, const pf_config_diff *diff,
                        bool have_dns, pf_errlist *errs);
 
+/* The cluster of cfg named `name`, or NULL. Pure. */
+const pf_config_cluster *reload_find_cluster(const pf_config *cfg, const char *name);
+
 #endif

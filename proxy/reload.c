@@ -72,9 +72,9 @@ typedef struct pf_retired_hold {
 /* New and kept listeners of an update, by the next config's listener index. */
 typedef struct listener_plan {
     size_t slot;
-    bool fresh;    /* a new slot: sockets in fds */
-    int *fds;      /* one per worker */
-    int claim_fd;  /* the address's claim; -1: none */
+    bool fresh;      /* a new slot: sockets in fds */
+    int *fds;        /* one per worker */
+    int claim_fd;    /* the address's claim; -1: none */
     long claim_from; /* a retiring slot at the same address whose claim it takes; -1: none */
 } listener_plan;
 

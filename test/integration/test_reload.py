@@ -231,6 +231,18 @@ def test_unhealthy_endpoint_stays_out_across_a_reload_that_changes_another_clust
     assert verdicts() == want
     for _ in range(20):
         assert backend_of(pf.port("main")) == (200, "good")
+    # A change of the checked cluster itself (one more endpoint, a new timeout) keeps the
+    # verdicts of the endpoints that stay.
+    grown = json.loads(json.dumps(changed))
+    grown["clusters"][0]["endpoints"].append(other.address)
+    grown["clusters"][0]["response_timeout"] = "7s"
+    reload_by_signal(pf, grown)
+    assert {k: v for k, v in verdicts().items() if k != other.address} == want
+    # The removed cluster is gone from /clusters.
+    reload_by_signal(pf, changed)
+    reload_by_signal(pf, config)
+    names = [c["name"] for c in pf.admin_json("/clusters")["clusters"]]
+    assert names == ["checked", "other"]
 
 
 def test_watch_config_follows_a_configmap_style_symlink_swap(start_backend, tmp_path):

@@ -467,6 +467,23 @@ static void test_router_outlives_its_config(void) {
     router_free(NULL);
 }
 
+/* A reload builds routers with the proxy's cluster indices, which differ from the new
+ * config's order once clusters were added and removed. */
+static void test_router_maps_config_cluster_indices_to_the_given_slots(void) {
+    fixture f = load_routes("[{'match':{'prefix':'/a'},'cluster':'a'},"
+                            "{'match':{'prefix':'/b'},'cluster':'b'}]",
+                            "a b");
+    const size_t slots[] = {7, 3};
+    pf_router *mapped = router_new(&f.cfg->listeners[0], slots);
+    CU_ASSERT_FATAL(mapped != NULL);
+    CU_ASSERT_EQUAL(router_match(mapped, "x", -1, "/a", 2), 7);
+    CU_ASSERT_EQUAL(router_match(mapped, "x", -1, "/b", 2), 3);
+    CU_ASSERT_EQUAL(router_match(f.router, "x", -1, "/b", 2), 1);
+    router_free(mapped);
+    router_free(f.router);
+    config_free(f.cfg);
+}
+
 PF_UNIT_MAIN("router", PF_UNIT_TEST(test_parse_authority_splits_host_and_port_and_lowercases),
              PF_UNIT_TEST(test_parse_authority_rejects_malformed),
              PF_UNIT_TEST(test_parse_authority_rejects_ip_literal_that_is_not_ipv6),
@@ -487,4 +504,5 @@ PF_UNIT_MAIN("router", PF_UNIT_TEST(test_parse_authority_splits_host_and_port_an
              PF_UNIT_TEST(test_no_route_matches_returns_minus_one),
              PF_UNIT_TEST(test_router_with_no_routes_matches_nothing),
              PF_UNIT_TEST(test_hand_built_routes_return_their_cluster_index),
-             PF_UNIT_TEST(test_router_outlives_its_config))
+             PF_UNIT_TEST(test_router_outlives_its_config),
+             PF_UNIT_TEST(test_router_maps_config_cluster_indices_to_the_given_slots))
