@@ -13,6 +13,9 @@
 #include "proxy/proxy.h"
 
 #include <event2/event.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 typedef struct pf_admin pf_admin;
 
@@ -33,6 +36,24 @@ void admin_set_kubernetes(pf_admin *admin, const pf_k8s *k8s);
 /* After a reload: /config and the status page show `cfg` (borrowed; it must live until the
  * next call or admin_free). Main thread. */
 void admin_set_config(pf_admin *admin, const pf_config *cfg);
+/* What the config API calls into (cmd/ implements it: loading, checking and applying a
+ * config is not admin's business). All on the main thread. */
+typedef struct pf_admin_config_api {
+    /* Loads `body` (a whole config, JSON, NUL-terminated) and validates it; unless
+     * check_only, applies it when if_match is 0 or the current version. Returns 0 (*version
+     * is the version now), PF_EINVAL with every problem in errs (nothing changed), or
+     * PF_ECONFLICT when if_match is no longer the current version (*version is). */
+    int (*put)(void *ctx, const char *body, bool check_only, uint64_t if_match, uint64_t *version,
+               pf_errlist *errs);
+    uint64_t (*version)(void *ctx);
+    /* The latest versions, newest first: [{version, time, source, summary}]. New ref. */
+    json_t *(*history)(void *ctx);
+    void *ctx;
+} pf_admin_config_api;
+
+/* Turns on PUT /config, POST /config/check and GET /config/history (`api` is copied).
+ * Main thread. */
+void admin_set_config_api(pf_admin *admin, const pf_admin_config_api *api);
 /* The build the status page names (static text, e.g. "0.1.0"). Main thread. */
 void admin_set_version(pf_admin *admin, const char *version);
 void admin_free(pf_admin *admin);

@@ -16,14 +16,30 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Changes of the file's directory come in bursts (an editor's temp file and rename, the
  * ConfigMap's ..data swap): one reload once it is quiet this long. */
 #define WATCH_DEBOUNCE_MS 200u
 
+/* Versions the admin API's history keeps, and the length of a summary line. */
+#define HISTORY_MAX 16
+#define HISTORY_SUMMARY_MAX 256
+
+typedef struct history_entry {
+    uint64_t version;
+    uint64_t time_ms; /* wall clock */
+    char source[16];  /* start, file, signal, api */
+    char summary[HISTORY_SUMMARY_MAX];
+} history_entry;
+
 struct app_reload {
     pf_counter *applied, *rejected;
+    uint64_t version;    /* 1 for the config started with; +1 per applied change */
+    uint64_t started_us; /* when the reload in progress began (signal, watch, request) */
+    history_entry history[HISTORY_MAX];
+    size_t history_next;
     int inotify_fd;
     struct event *watch_event, *debounce;
     char dir[PATH_MAX];
@@ -57,27 +73,55 @@ static void log_rejected(app *a, const char *source, const pf_errlist *errs) {
     metrics_inc(a->reload->rejected, 1);
 }
 
-int app_reload(app *a, const char *source) {
-    uint64_t started_us = pf_now_us();
+/* One line of what changed, for the history: the count and the first paths. */
+static void summarize(const pf_config_diff *diff, char *out, size_t cap) {
+    size_t len = 0;
+    int n = snprintf(out, cap, "%zu change%s:", diff->count, diff->count == 1 ? "" : "s");
+    len = n > 0 ? (size_t)n : 0;
+    for (size_t i = 0; i < diff->count && len < cap; i++) {
+        n = snprintf(out + len, cap - len, "%s %s %s", i ? ";" : "",
+                     config_change_kind_name(diff->items[i].kind), diff->items[i].path);
+        if (n < 0 || (size_t)n >= cap - len) {
+            /* cut: end with an ellipsis that says more followed */
+            if (cap > 4)
+                snprintf(out + cap - 5, 5, " ...");
+            return;
+        }
+        len += (size_t)n;
+    }
+}
+
+static void remember(app *a, const char *source, const char *summary) {
+    struct app_reload *r = a->reload;
+    history_entry *h = &r->history[r->history_next % HISTORY_MAX];
+    r->history_next++;
+    h->version = r->version;
+    h->time_ms = pf_wall_us() / 1000;
+    snprintf(h->source, sizeof h->source, "%s", source);
+    snprintf(h->summary, sizeof h->summary, "%s", summary);
+}
+
+/* Checks `next` (taken) against the running config and, unless check_only, applies it.
+ * Every problem goes to errs. Returns 0, or PF_EINVAL (nothing changed). */
+static int apply(app *a, pf_config *next, const char *source, bool check_only,
+                 pf_errlist *errs_out) {
+    uint64_t started_us = a->reload->started_us;
     pf_errlist errs = {0};
     pf_config_diff diff = {0};
-    pf_config *next = NULL;
     pf_proxy_update *u = NULL;
     size_t *slots = NULL;
     pf_error err = {{0}};
     int rc = PF_EINVAL;
-    if (!a->config_path) {
-        log_warn("reload: no config file (standalone mode); nothing to reload");
-        return PF_EINVAL;
-    }
-    if (config_load_file(a->config_path, &next, &errs) != PF_OK) {
-        if (errs.count == 0)
-            pf_errlist_add(&errs, "%s: cannot load config", a->config_path);
-        goto rejected;
-    }
     if (config_diff(a->cfg, next, &diff) != PF_OK) {
         pf_errlist_add(&errs, "out of memory comparing the configs");
         goto rejected;
+    }
+    reload_check_live(a->cfg, next, &diff, a->dns != NULL, &errs);
+    if (errs.count)
+        goto rejected;
+    if (check_only) {
+        rc = PF_OK;
+        goto done;
     }
     if (diff.count == 0) {
         log_info("config reload: no change source=%s", source);
@@ -85,9 +129,6 @@ int app_reload(app *a, const char *source) {
         rc = PF_OK;
         goto done;
     }
-    reload_check_live(a->cfg, next, &diff, a->dns != NULL, &errs);
-    if (errs.count)
-        goto rejected;
     if (!(u = proxy_update_new(a->proxy, next, &err)) ||
         !(slots = calloc(next->cluster_count + 1, sizeof *slots))) {
         pf_errlist_add(&errs, "%s", err.msg[0] ? err.msg : "out of memory");
@@ -152,9 +193,14 @@ int app_reload(app *a, const char *source) {
     admin_set_config(a->admin, a->cfg);
     metrics_inc(a->reload->applied, 1);
     uint64_t took_us = pf_now_us() - started_us;
-    log_info("config reload applied source=%s changes=%zu clusters_in_place=%zu "
+    a->reload->version++;
+    char summary[HISTORY_SUMMARY_MAX];
+    summarize(&diff, summary, sizeof summary);
+    remember(a, source, summary);
+    log_info("config reload applied version=%llu source=%s changes=%zu clusters_in_place=%zu "
              "clusters_added=%zu clusters_replaced=%zu clusters_retired=%zu took_ms=%.3f",
-             source, diff.count, counts[RELOAD_CLUSTER_IN_PLACE], counts[RELOAD_CLUSTER_ADDED],
+             (unsigned long long)a->reload->version, source, diff.count,
+             counts[RELOAD_CLUSTER_IN_PLACE], counts[RELOAD_CLUSTER_ADDED],
              counts[RELOAD_CLUSTER_REPLACED], retire_count - counts[RELOAD_CLUSTER_REPLACED],
              (double)took_us / 1000.0);
     for (size_t i = 0; i < diff.count && i < 20; i++)
@@ -163,14 +209,96 @@ int app_reload(app *a, const char *source) {
     rc = PF_OK;
     goto done;
 rejected:
-    log_rejected(a, source, &errs);
+    if (!check_only)
+        log_rejected(a, source, &errs);
 done:
     proxy_update_free(u);
     free(slots);
     config_free(next);
     config_diff_free(&diff);
+    for (size_t i = 0; errs_out && i < errs.count; i++)
+        pf_errlist_add(errs_out, "%s", errs.items[i]);
     pf_errlist_free(&errs);
     return rc;
+}
+
+int app_reload(app *a, const char *source) {
+    a->reload->started_us = pf_now_us();
+    if (!a->config_path) {
+        log_warn("reload: no config file (standalone mode); nothing to reload");
+        return PF_EINVAL;
+    }
+    pf_config *next = NULL;
+    pf_errlist errs = {0};
+    int rc = config_load_file(a->config_path, &next, &errs);
+    if (rc != PF_OK) {
+        if (errs.count == 0)
+            pf_errlist_add(&errs, "%s: cannot load config: %s", a->config_path, pf_strerror(rc));
+        log_rejected(a, source, &errs);
+        pf_errlist_free(&errs);
+        return PF_EINVAL;
+    }
+    return apply(a, next, source, false, NULL);
+}
+
+/* ---- the admin API (PUT /config, POST /config/check, GET /config/history) ------------ */
+
+static int api_put(void *ctx, const char *body, bool check_only, uint64_t if_match,
+                   uint64_t *version, pf_errlist *errs) {
+    app *a = ctx;
+    a->reload->started_us = pf_now_us();
+    pf_config *next = NULL;
+    int rc = config_load_string(body, "body", &next, errs);
+    if (rc != PF_OK) {
+        if (errs->count == 0)
+            pf_errlist_add(errs, "body: cannot load config: %s", pf_strerror(rc));
+        if (!check_only)
+            log_rejected(a, "api", errs);
+        return PF_EINVAL;
+    }
+    /* Checked after validation: a broken body is a 400 whatever version it names. */
+    if (!check_only && if_match && if_match != a->reload->version) {
+        config_free(next);
+        *version = a->reload->version;
+        return PF_ECONFLICT;
+    }
+    rc = apply(a, next, check_only ? "check" : "api", check_only, errs);
+    *version = a->reload->version;
+    if (rc == PF_OK && !check_only && a->config_path)
+        log_info("config changed through the admin API version=%llu; the next reload of %s "
+                 "replaces it",
+                 (unsigned long long)a->reload->version, a->config_path);
+    return rc;
+}
+
+static uint64_t api_version(void *ctx) {
+    app *a = ctx;
+    return a->reload->version;
+}
+
+/* "2026-12-04T19:21:19.123Z" */
+static void format_time(uint64_t ms, char *out, size_t cap) {
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    size_t n = strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, cap - n, ".%03uZ", (unsigned)(ms % 1000));
+}
+
+static json_t *api_history(void *ctx) {
+    app *a = ctx;
+    struct app_reload *r = a->reload;
+    json_t *list = json_array();
+    size_t n = r->history_next < HISTORY_MAX ? r->history_next : HISTORY_MAX;
+    for (size_t i = 0; list && i < n; i++) {
+        const history_entry *h = &r->history[(r->history_next - 1 - i) % HISTORY_MAX];
+        char when[40];
+        format_time(h->time_ms, when, sizeof when);
+        json_array_append_new(list,
+                              json_pack("{s:I,s:s,s:s,s:s}", "version", (json_int_t)h->version,
+                                        "time", when, "source", h->source, "summary", h->summary));
+    }
+    return list;
 }
 
 void app_on_sighup(evutil_socket_t sig, short what, void *arg) {
@@ -221,6 +349,11 @@ int app_reload_init(app *a, pf_error *err) {
                         "Config reloads (signal, file watch), by result.", "result=\"rejected\"");
     if (!r->applied || !r->rejected)
         return pf_fail(err, PF_ENOMEM, "out of memory");
+    r->version = 1;
+    remember(a, "start", "the config pilotfish started with");
+    pf_admin_config_api api = {
+        .put = api_put, .version = api_version, .history = api_history, .ctx = a};
+    admin_set_config_api(a->admin, &api);
     if (!a->watch)
         return PF_OK;
     char path[PATH_MAX];

@@ -30,6 +30,8 @@ const char *pf_strerror(int code) {
         return "limit reached";
     case PF_ENOTFOUND:
         return "not found";
+    case PF_ECONFLICT:
+        return "changed meanwhile";
     default:
         return "unknown error";
     }

@@ -6,10 +6,13 @@ import http.client
 import json
 import os
 import signal
+import socket
+import subprocess
 import threading
 
 from harness import (
     LOCALHOST,
+    PILOTFISH_BIN,
     Pilotfish,
     cluster,
     free_port,
@@ -269,3 +272,184 @@ def test_watch_config_follows_a_configmap_style_symlink_swap(start_backend, tmp_
     finally:
         pf.stop()
     assert not pf.problems()
+
+
+def test_requests_in_flight_finish_when_a_reload_removes_their_listener_and_route(
+    start_backend, start_pilotfish
+):
+    one, two = start_backend("one"), start_backend("two")
+    a, b = two_configs(one, two)
+    pf = start_pilotfish(a)
+    results = {}
+
+    def slow(name, port):
+        results[name] = backend_of(port, "/delay/1500")
+
+    threads = [
+        threading.Thread(target=slow, args=("main", pf.port("main"))),
+        threading.Thread(target=slow, args=("extra", pf.port("extra"))),
+    ]
+    for t in threads:
+        t.start()
+    wait_for(
+        # each /stats query is a request too
+        lambda: one.stats()["requests"] >= 2 and two.stats()["requests"] >= 2,
+        10,
+        "both slow requests to reach their backends",
+    )
+    reload_by_signal(pf, b)  # main's route moves to "two", listener "extra" goes
+    for t in threads:
+        t.join(timeout=30)
+    # Each finished where it started: on its old route, on the listener being removed.
+    assert results == {"main": (200, "one"), "extra": (200, "two")}
+    assert backend_of(pf.port("main")) == (200, "two")
+
+
+# ---- the admin API ------------------------------------------------------------------
+
+
+def api_setup(start_backend, start_pilotfish, tmp_path, token="s3cret-token"):
+    one, two = start_backend("one"), start_backend("two")
+    a, b = two_configs(one, two)
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    for c in (a, b):
+        c["admin"]["api_token_file"] = str(token_file)
+    b["admin"] = a["admin"]
+    pf = start_pilotfish(a)
+    return pf, a, b, token_file
+
+
+def admin_call(pf, method, path, body=None, token=None, headers=None):
+    conn = http.client.HTTPConnection(LOCALHOST, pf.admin_port, timeout=30)
+    h = dict(headers or {})
+    if token is not None:
+        h["Authorization"] = f"Bearer {token}"
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    try:
+        conn.request(method, path, body=data, headers=h)
+        resp = conn.getresponse()
+        raw = resp.read()
+        doc = json.loads(raw) if resp.getheader("Content-Type") == "application/json" else raw
+        return resp.status, resp.getheader("ETag"), doc
+    finally:
+        conn.close()
+
+
+def test_get_config_has_a_version_in_its_etag_and_put_applies_a_whole_config(
+    start_backend, start_pilotfish, tmp_path
+):
+    pf, a, b, _ = api_setup(start_backend, start_pilotfish, tmp_path)
+    status, etag, doc = admin_call(pf, "GET", "/config")
+    assert status == 200 and etag == '"1"'
+    assert doc["listeners"][0]["routes"][0]["cluster"] == "one"
+    status, etag, doc = admin_call(pf, "PUT", "/config", b, token="s3cret-token",
+                                   headers={"If-Match": '"1"'})
+    assert (status, etag, doc) == (200, '"2"', {"version": 2})
+    assert backend_of(pf.port("main")) == (200, "two")
+    assert _refused(pf.port("extra"))
+    status, etag, doc = admin_call(pf, "GET", "/config")
+    assert etag == '"2"' and doc["listeners"][0]["routes"][0]["cluster"] == "two"
+    history = admin_call(pf, "GET", "/config/history")[2]
+    assert [v["version"] for v in history["versions"]] == [2, 1]
+    assert [v["source"] for v in history["versions"]] == ["api", "start"]
+    assert 'removed $.listeners[?@.name=="extra"]' in history["versions"][0]["summary"]
+    # A reload of the file brings its config back, as a new version.
+    reload_by_signal(pf, a)
+    status, etag, _ = admin_call(pf, "GET", "/config")
+    assert etag == '"3"'
+    assert admin_call(pf, "GET", "/config/history")[2]["versions"][0]["source"] == "signal"
+
+
+def test_put_with_an_if_match_that_lost_the_race_gets_412_and_changes_nothing(
+    start_backend, start_pilotfish, tmp_path
+):
+    pf, a, b, _ = api_setup(start_backend, start_pilotfish, tmp_path)
+    # Two writers read version 1; both PUT a change with If-Match "1", at the same time.
+    c = json.loads(json.dumps(b))
+    c["clusters"][0]["connect_timeout"] = "3s"
+    results = []
+
+    def writer(config):
+        results.append(admin_call(pf, "PUT", "/config", config, token="s3cret-token",
+                                  headers={"If-Match": '"1"'}))
+
+    threads = [threading.Thread(target=writer, args=(config,)) for config in (b, c)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(r[0] for r in results) == [200, 412]
+    loser = next(r for r in results if r[0] == 412)
+    assert loser[2]["version"] == 2 and loser[1] == '"2"'  # the version now
+    assert "changed since" in loser[2]["errors"][0]
+    current = admin_call(pf, "GET", "/config")[1]
+    assert current == '"2"'
+    status, _, _ = admin_call(pf, "PUT", "/config", a, token="s3cret-token",
+                              headers={"If-Match": '"1"'})
+    assert status == 412
+    assert admin_call(pf, "GET", "/config")[1] == current
+    assert backend_of(pf.port("main")) == (200, "two")
+
+
+def test_config_writes_need_the_token_and_are_off_without_a_token_file(
+    start_backend, start_pilotfish, tmp_path
+):
+    pf, a, b, token_file = api_setup(start_backend, start_pilotfish, tmp_path)
+    status, _, _ = admin_call(pf, "PUT", "/config", b)
+    assert status == 401
+    status, _, doc = admin_call(pf, "PUT", "/config", b, token="guess")
+    assert status == 403 and doc["errors"] == ["wrong token"]
+    status, _, _ = admin_call(pf, "POST", "/config/check", b, token="guess")
+    assert status == 403
+    assert backend_of(pf.port("main")) == (200, "one")
+    # The file is read again when it changes: the old token stops working.
+    token_file.write_text("rotated\n")
+    assert admin_call(pf, "PUT", "/config", b, token="s3cret-token")[0] == 403
+    assert admin_call(pf, "PUT", "/config", b, token="rotated")[0] == 200
+    # Without admin.api_token_file the writes are off; reads stay.
+    one, two = start_backend("one2"), start_backend("two2")
+    plain, _ = two_configs(one, two)
+    pf2 = start_pilotfish(plain)
+    status, _, doc = admin_call(pf2, "PUT", "/config", plain, token="rotated")
+    assert status == 403 and "admin.api_token_file" in doc["errors"][0]
+    assert admin_call(pf2, "GET", "/config")[0] == 200
+
+
+def test_bad_bodies_get_400_with_every_error_or_413_and_check_applies_nothing(
+    start_backend, start_pilotfish, tmp_path
+):
+    pf, a, b, _ = api_setup(start_backend, start_pilotfish, tmp_path)
+    status, _, doc = admin_call(pf, "PUT", "/config", b'{"listeners": [\n  {"name": }',
+                                token="s3cret-token")
+    assert status == 400
+    assert doc["errors"][0].startswith("body:2:")  # line and column
+    assert "JSON syntax error" in doc["errors"][0]
+    broken = json.loads(json.dumps(b))
+    broken["listeners"][0]["routes"][0]["cluster"] = "missing"
+    broken["clusters"][0]["connect_timeout"] = "soon"
+    status, _, doc = admin_call(pf, "PUT", "/config", broken, token="s3cret-token")
+    assert status == 400 and len(doc["errors"]) == 2
+    assert any('$.listeners[0].routes[0].cluster: unknown cluster "missing"' in e
+               for e in doc["errors"])
+    # The same text --check-config prints for that file.
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    out = subprocess.run([PILOTFISH_BIN, "--check-config", str(path)], capture_output=True,
+                         text=True, timeout=30)
+    printed = {line.split(": ", 1)[1] for line in out.stderr.splitlines() if ": " in line}
+    assert {e.split(": ", 1)[1] for e in doc["errors"]} == printed
+    restart = json.loads(json.dumps(b))
+    restart["workers"] = 7
+    status, _, doc = admin_call(pf, "PUT", "/config", restart, token="s3cret-token")
+    assert status == 400 and "restart pilotfish" in doc["errors"][0]
+    # Over 4 MiB: refused from the Content-Length, before the body is read.
+    with socket.create_connection((LOCALHOST, pf.admin_port), timeout=30) as s:
+        s.sendall(b"PUT /config HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret-token\r\n"
+                  b"Content-Length: %d\r\n\r\n{" % (4 * 1024 * 1024 + 1))
+        assert s.recv(64).startswith(b"HTTP/1.1 413 ")
+    status, _, doc = admin_call(pf, "POST", "/config/check", b, token="s3cret-token")
+    assert status == 200 and doc["valid"] is True
+    assert admin_call(pf, "GET", "/config")[1] == '"1"'
+    assert backend_of(pf.port("main")) == (200, "one")
+    assert reloads(pf, "applied") == 0
