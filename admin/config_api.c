@@ -126,8 +126,7 @@ static bool authorized(pf_admin *admin, struct evhttp_request *req) {
                     "admin.api_token_file cannot be read or is empty; see the log");
         return false;
     }
-    const char *auth =
-        evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
     if (!auth || strncasecmp(auth, "Bearer ", 7) != 0) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
                           "Bearer realm=\"pilotfish\"");
@@ -284,7 +283,7 @@ void admin_handle_config_history(struct evhttp_request *req, void *arg) {
         return;
     }
     set_etag(req, admin->api.version(admin->api.ctx));
-    reply_doc(req, 200, "OK", json_pack("{s:I,s:o}", "version",
-                                        (json_int_t)admin->api.version(admin->api.ctx),
-                                        "versions", admin->api.history(admin->api.ctx)));
+    reply_doc(req, 200, "OK",
+              json_pack("{s:I,s:o}", "version", (json_int_t)admin->api.version(admin->api.ctx),
+                        "versions", admin->api.history(admin->api.ctx)));
 }

@@ -45,7 +45,8 @@ def config(admin, listen, backend, shift):
     for i in range(10):
         clusters[i]["connect_timeout"] = f"{1 + shift}s"
     routes = [{"match": {"prefix": f"/r{i}/"}, "cluster": f"c{(i + shift) % N}"}
-              for i in range(N)]
+              for i in range(N - 1)]
+    routes.append({"match": {"prefix": "/"}, "cluster": f"c{shift}"})  # readiness probes /
     return {"admin": {"address": f"127.0.0.1:{admin}"}, "access_log": False,
             "listeners": [{"name": "bench", "address": f"127.0.0.1:{listen}",
                            "routes": routes}],
@@ -67,7 +68,7 @@ def main():
     pf, log = start_pilotfish(work, "reload", versions[0], "--log-level", "info")
     path = os.path.join(work, "reload.json")
     wait_until("pilotfish", pilotfish_ready(admin, listen), 30, pf, log)
-    url = f"http://127.0.0.1:{listen}/r{N - 1}/"
+    url = f"http://127.0.0.1:{listen}/r{N - 2}/"
 
     code, text = run_wrk(url, SECONDS, CONNS)
     quiet = parse_wrk(text)

@@ -1199,3 +1199,7 @@ void conn_drain(pf_conn *c) {
 pf_listener_rt *conn_listener(const pf_conn *c) {
     return c->l;
 }
+
+uint64_t conn_request_start_us(const pf_conn *c) {
+    return c->in_request ? c->start_us : 0;
+}

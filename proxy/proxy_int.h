@@ -291,6 +291,8 @@ void proxy_retired_free_all(pf_proxy *proxy);
 int proxy_claim_address(const pf_config_listener *cfg, int *claim, pf_error *err);
 /* proxy/conn.c: the listener slot a connection came in on. */
 pf_listener_rt *conn_listener(const pf_conn *c);
+/* proxy/conn.c: pf_now_us() when the request in progress began; 0 between requests. */
+uint64_t conn_request_start_us(const pf_conn *c);
 /* A downstream connection of listener `l` closed on worker `w`: its place under the
  * connection limits is free again and paused listening sockets may accept. Worker thread. */
 void worker_conn_closed(pf_worker *w, pf_listener_rt *l);

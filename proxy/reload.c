@@ -24,11 +24,13 @@
  * What was replaced (the old config, old routers, old cluster settings) may still be in
  * use: a worker may be inside a callback that loaded an old pointer, and a request in
  * flight keeps its route and retry policy until it ends. So it is put in a pf_retired and
- * released by every worker: each worker, on its loop, notes the connections it has open
- * then, and lets go once none of them is open any more (checked on a timer; a connection
- * that reuses a noted address only delays the release). Once every worker let go, the main
- * thread frees it at the next update. At most PF_RETIRED_MAX are outstanding: past that a
- * reload is refused until connections from before earlier reloads close. */
+ * released by every worker: each worker, on its loop, notes the time, and lets go once no
+ * request that began before then is still in progress on it (checked on a timer). A request
+ * that begins later looked its route up after the swap, and an idle keep-alive connection
+ * holds nothing of a config (its listener slot outlives reloads), so long-lived
+ * connections do not keep old configs alive. Once every worker let go, the main thread
+ * frees it at the next update. At most PF_RETIRED_MAX are outstanding: past that a reload is
+ * refused until the requests from before earlier reloads end. */
 #include "core/log.h"
 #include "core/time.h"
 #include "proxy/proxy_int.h"
@@ -64,8 +66,7 @@ typedef struct pf_worker_cmd {
 
 typedef struct pf_retired_hold {
     pf_retired *retired;
-    const pf_conn **conns; /* sorted: the connections open when the worker took the hold */
-    size_t count;
+    uint64_t taken_us; /* requests that began at or before this may use the retired config */
     struct pf_retired_hold *next;
 } pf_retired_hold;
 
@@ -100,22 +101,18 @@ static void retired_free(pf_retired *r) {
 
 /* ---- worker side ---------------------------------------------------------------------- */
 
-static int by_address(const void *a, const void *b) {
-    const pf_conn *x = *(const pf_conn *const *)a, *y = *(const pf_conn *const *)b;
-    return x < y ? -1 : x > y;
-}
-
 static void hold_release(pf_retired_hold *h) {
     atomic_fetch_sub_explicit(&h->retired->pending, 1, memory_order_acq_rel);
-    free(h->conns);
     free(h);
 }
 
-/* True while a connection the hold noted is still open on the worker. */
+/* True while a request that began before the hold is in progress on the worker. */
 static bool hold_in_use(const pf_worker *w, const pf_retired_hold *h) {
-    for (const pf_conn *c = w->conns; c && h->count; c = conn_next(c))
-        if (bsearch(&c, h->conns, h->count, sizeof *h->conns, by_address))
+    for (const pf_conn *c = w->conns; c; c = conn_next(c)) {
+        uint64_t started = conn_request_start_us(c);
+        if (started && started <= h->taken_us)
             return true;
+    }
     return false;
 }
 
@@ -141,22 +138,13 @@ static void on_hold_timer(evutil_socket_t fd, short what, void *arg) {
 
 static void take_hold(pf_worker *w, pf_retired *r) {
     pf_retired_hold *h = calloc(1, sizeof *h);
-    size_t n = 0;
-    for (const pf_conn *c = w->conns; c; c = conn_next(c))
-        n++;
-    if (h && n && !(h->conns = malloc(n * sizeof *h->conns))) {
-        free(h);
-        h = NULL;
-    }
     if (!h) {
         /* Out of memory: holding it for ever is safe, releasing it early is not. */
         log_error("reload: out of memory; a replaced config stays in memory worker=%u", w->id);
         return;
     }
     h->retired = r;
-    for (const pf_conn *c = w->conns; c; c = conn_next(c))
-        h->conns[h->count++] = c;
-    qsort(h->conns, h->count, sizeof *h->conns, by_address);
+    h->taken_us = pf_now_us();
     h->next = w->holds;
     w->holds = h;
     check_holds(w);
@@ -333,8 +321,8 @@ static int bind_new(pf_proxy *proxy, const pf_config_listener *cfg, listener_pla
 pf_proxy_update *proxy_update_new(pf_proxy *proxy, const pf_config *next, pf_error *err) {
     if (reap(proxy) >= PF_RETIRED_MAX) {
         pf_fail(err, PF_ELIMIT,
-                "%d earlier configs are still in use by connections open since; try again "
-                "once they close",
+                "%d earlier configs may still be used by requests in progress since; try "
+                "again once they end",
                 PF_RETIRED_MAX);
         return NULL;
     }

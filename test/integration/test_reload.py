@@ -9,11 +9,13 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 
 from harness import (
     LOCALHOST,
     PILOTFISH_BIN,
     Pilotfish,
+    make_request,
     cluster,
     free_port,
     listener,
@@ -453,3 +455,57 @@ def test_bad_bodies_get_400_with_every_error_or_413_and_check_applies_nothing(
     assert admin_call(pf, "GET", "/config")[1] == '"1"'
     assert backend_of(pf.port("main")) == (200, "one")
     assert reloads(pf, "applied") == 0
+
+
+def test_idle_keepalive_connections_do_not_hold_old_configs_and_a_long_request_does(
+    start_backend, start_pilotfish
+):
+    one, two = start_backend("one"), start_backend("two")
+    a, b = two_configs(one, two)
+    pf = start_pilotfish(a)
+    idle = http.client.HTTPConnection(LOCALHOST, pf.port("main"), timeout=30)
+    idle.request("GET", "/", headers={"Host": "test.local"})
+    assert idle.getresponse().read() is not None
+    # 40 reloads while a keep-alive connection sits idle: every one applies.
+    for i in range(40):
+        reload_by_signal(pf, b if i % 2 == 0 else a)
+    idle.request("GET", "/", headers={"Host": "test.local"})
+    resp = idle.getresponse()
+    resp.read()
+    assert resp.getheader("X-Backend") == "one"  # the 40th config: a
+    idle.close()
+    # A request in progress keeps what it may use; past 32 kept configs a reload is
+    # refused (with the reason), and accepted again once that request ends.
+    hang = pf.raw(listener="main")
+    hang.send(make_request("GET", "/hang"))
+
+    def in_flight():
+        for c in pf.admin_json("/clusters")["clusters"]:
+            if c["name"] == "one":
+                return sum(e["active_requests"] for e in c["endpoints"]) == 1
+        return False
+
+    wait_for(in_flight, 10, "the hanging request to be in flight")
+    outcomes = []
+    for i in range(40):
+        outcomes.append(try_reload(pf, b if i % 2 == 0 else a))
+        if outcomes[-1] == "rejected":
+            break
+    assert outcomes[-1] == "rejected" and outcomes.count("applied") >= 32
+    assert "earlier configs may still be used by requests in progress" in pf.stderr_text()
+    hang.close()
+    deadline_tries = 100
+    while try_reload(pf, b if len(outcomes) % 2 == 0 else a) == "rejected":
+        deadline_tries -= 1
+        assert deadline_tries > 0, "reloads stay refused after the request ended"
+        time.sleep(0.05)
+
+
+def try_reload(pf, config):
+    """One SIGHUP reload of config; returns "applied" or "rejected"."""
+    applied, rejected = reloads(pf, "applied"), reloads(pf, "rejected")
+    write_config(pf, config)
+    os.kill(pf.pid, signal.SIGHUP)
+    wait_for(lambda: reloads(pf, "applied") + reloads(pf, "rejected") > applied + rejected, 10,
+             "the reload")
+    return "applied" if reloads(pf, "applied") > applied else "rejected"
