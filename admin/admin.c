@@ -303,6 +303,8 @@ static void handle_status(struct evhttp_request *req, void *arg) {
 }
 
 static void handle_other(struct evhttp_request *req, void *arg) {
+    if (admin_handle_config_part(arg, req))
+        return;
     reply_text(req, 404, "Not Found",
                "unknown admin path; try / /ready /healthz /stats/prometheus /clusters /config\n");
 }

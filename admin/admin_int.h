@@ -61,6 +61,8 @@ void admin_reply(struct evhttp_request *req, int code, const char *reason, const
 void admin_handle_config(struct evhttp_request *req, void *arg);
 void admin_handle_config_check(struct evhttp_request *req, void *arg);
 void admin_handle_config_history(struct evhttp_request *req, void *arg);
+/* /clusters/{name} and /listeners/{name}/routes; false when the path is neither. */
+bool admin_handle_config_part(pf_admin *admin, struct evhttp_request *req);
 void admin_token_free(admin_token *token);
 /* The largest config body the API takes; more is answered 413. */
 #define ADMIN_MAX_BODY (4u * 1024u * 1024u)

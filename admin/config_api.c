@@ -115,7 +115,7 @@ static bool same_secret(const char *a, size_t alen, const char *b, size_t blen) 
  * no token, 500 unreadable token file). */
 static bool authorized(pf_admin *admin, struct evhttp_request *req) {
     const char *path = admin->cfg->admin_api_token_file;
-    if (!path[0] || !admin->api.put) {
+    if (!path[0] || !admin->api.put || !admin->api.edit) {
         reply_error(req, 403, "Forbidden",
                     "the config API's writes are off: set admin.api_token_file (a file holding "
                     "the bearer token) and restart pilotfish");
@@ -235,6 +235,88 @@ static void put_config(pf_admin *admin, struct evhttp_request *req, bool check_o
     else
         reply_doc(req, 400, "Bad Request", errors_json(&errs));
     pf_errlist_free(&errs);
+}
+
+/* `path` is PREFIX + a name (+ SUFFIX): the name, percent-decoded, into out. */
+static bool name_in_path(const char *path, const char *prefix, const char *suffix, char *out,
+                         size_t cap) {
+    size_t plen = strlen(prefix), slen = strlen(suffix), len = strlen(path);
+    if (strncmp(path, prefix, plen) != 0 || len < plen + slen + 1 ||
+        strcmp(path + len - slen, suffix) != 0)
+        return false;
+    size_t nlen = len - plen - slen;
+    char raw[PF_NAME_MAX * 3 + 1];
+    if (nlen >= sizeof raw)
+        return false;
+    memcpy(raw, path + plen, nlen);
+    raw[nlen] = '\0';
+    char *decoded = evhttp_uridecode(raw, 0, NULL);
+    bool ok = decoded && decoded[0] && !strchr(decoded, '/') && strlen(decoded) < cap;
+    if (ok)
+        snprintf(out, cap, "%s", decoded);
+    free(decoded);
+    return ok;
+}
+
+bool admin_handle_config_part(pf_admin *admin, struct evhttp_request *req) {
+    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+    char name[PF_NAME_MAX];
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    pf_admin_edit what;
+    const char *allow;
+    if (!path)
+        return false;
+    if (name_in_path(path, "/clusters/", "", name, sizeof name)) {
+        allow = "PUT, DELETE";
+        what = cmd == EVHTTP_REQ_DELETE ? PF_ADMIN_DELETE_CLUSTER : PF_ADMIN_PUT_CLUSTER;
+        if (cmd != EVHTTP_REQ_PUT && cmd != EVHTTP_REQ_DELETE)
+            goto not_allowed;
+    } else if (name_in_path(path, "/listeners/", "/routes", name, sizeof name)) {
+        allow = "PUT";
+        what = PF_ADMIN_PUT_ROUTES;
+        if (cmd != EVHTTP_REQ_PUT)
+            goto not_allowed;
+    } else {
+        return false;
+    }
+    if (!authorized(admin, req))
+        return true;
+    uint64_t if_match = 0;
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "If-Match");
+    if (!parse_if_match(h, &if_match)) {
+        set_etag(req, admin->api.version(admin->api.ctx));
+        reply_error(req, 412, "Precondition Failed",
+                    "If-Match names no version of this config (use the ETag of GET /config)");
+        return true;
+    }
+    char *body = take_body(req);
+    if (!body)
+        return true;
+    pf_errlist errs = {0};
+    uint64_t version = 0;
+    int rc = admin->api.edit(admin->api.ctx, what, name, body, if_match, &version, &errs);
+    free(body);
+    set_etag(req, version);
+    if (rc == PF_OK)
+        reply_doc(req, 200, "OK", json_pack("{s:I}", "version", (json_int_t)version));
+    else if (rc == PF_ECONFLICT)
+        reply_doc(req, 412, "Precondition Failed",
+                  json_pack("{s:[s],s:I}", "errors",
+                            "the config changed since the version If-Match names; GET /config "
+                            "and try again",
+                            "version", (json_int_t)version));
+    else if (rc == PF_ENOTFOUND)
+        reply_doc(req, 404, "Not Found", errors_json(&errs));
+    else if (rc == PF_EINUSE)
+        reply_doc(req, 409, "Conflict", errors_json(&errs));
+    else
+        reply_doc(req, 400, "Bad Request", errors_json(&errs));
+    pf_errlist_free(&errs);
+    return true;
+not_allowed:
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    reply_error(req, 405, "Method Not Allowed", "GET /config for the config; see README");
+    return true;
 }
 
 void admin_handle_config(struct evhttp_request *req, void *arg) {

@@ -10,6 +10,8 @@
 #include "discovery/static_source.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
@@ -243,15 +245,63 @@ int app_reload(app *a, const char *source) {
 
 /* ---- the admin API (PUT /config, POST /config/check, GET /config/history) ------------ */
 
-static int api_put(void *ctx, const char *body, bool check_only, uint64_t if_match,
-                   uint64_t *version, pf_errlist *errs) {
-    app *a = ctx;
+/* admin.write_back: the running config replaces the file, atomically (a temporary file
+ * beside it, fsync, rename, fsync of the directory), so a restart starts from it. */
+static void write_back(app *a) {
+    char tmp[PATH_MAX], dir[PATH_MAX];
+    char *text = config_dump_json(a->cfg);
+    int n = snprintf(tmp, sizeof tmp, "%s.tmp.%ld", a->config_path, (long)getpid());
+    snprintf(dir, sizeof dir, "%s", a->config_path);
+    int fd = text && n > 0 && (size_t)n < sizeof tmp
+                 ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)
+                 : -1;
+    size_t len = text ? strlen(text) : 0, done = 0;
+    while (fd >= 0 && done < len) {
+        ssize_t w = write(fd, text + done, len - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        done += (size_t)w;
+    }
+    bool ok = fd >= 0 && done == len && write(fd, "\n", 1) == 1 && fsync(fd) == 0;
+    int e = errno;
+    if (fd >= 0 && close(fd) != 0 && ok) {
+        ok = false;
+        e = errno;
+    }
+    if (ok && rename(tmp, a->config_path) != 0) {
+        ok = false;
+        e = errno;
+    }
+    if (!ok) {
+        if (fd >= 0)
+            unlink(tmp);
+        log_error("admin.write_back: cannot write %s: %s; the change is applied but a restart "
+                  "loses it",
+                  a->config_path, text ? strerror(e) : "out of memory");
+    } else {
+        int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            fsync(dfd); /* the rename itself survives a crash */
+            close(dfd);
+        }
+        log_info("admin.write_back: wrote the config to %s version=%llu", a->config_path,
+                 (unsigned long long)a->reload->version);
+    }
+    free(text);
+}
+
+/* Loads `text` (from `source`: "body" or "config") and goes on like a reload. */
+static int put_text(app *a, const char *text, const char *source, bool check_only,
+                    uint64_t if_match, uint64_t *version, pf_errlist *errs) {
     a->reload->started_us = pf_now_us();
+    *version = a->reload->version;
     pf_config *next = NULL;
-    int rc = config_load_string(body, "body", &next, errs);
+    int rc = config_load_string(text, source, &next, errs);
     if (rc != PF_OK) {
         if (errs->count == 0)
-            pf_errlist_add(errs, "body: cannot load config: %s", pf_strerror(rc));
+            pf_errlist_add(errs, "%s: cannot load config: %s", source, pf_strerror(rc));
         if (!check_only)
             log_rejected(a, "api", errs);
         return PF_EINVAL;
@@ -259,15 +309,121 @@ static int api_put(void *ctx, const char *body, bool check_only, uint64_t if_mat
     /* Checked after validation: a broken body is a 400 whatever version it names. */
     if (!check_only && if_match && if_match != a->reload->version) {
         config_free(next);
-        *version = a->reload->version;
         return PF_ECONFLICT;
     }
+    uint64_t before = a->reload->version;
     rc = apply(a, next, check_only ? "check" : "api", check_only, errs);
     *version = a->reload->version;
-    if (rc == PF_OK && !check_only && a->config_path)
+    if (rc != PF_OK || check_only || !a->config_path || a->reload->version == before)
+        return rc;
+    if (a->cfg->admin_write_back)
+        write_back(a);
+    else
         log_info("config changed through the admin API version=%llu; the next reload of %s "
-                 "replaces it",
+                 "replaces it (admin.write_back is off)",
                  (unsigned long long)a->reload->version, a->config_path);
+    return rc;
+}
+
+static int api_put(void *ctx, const char *body, bool check_only, uint64_t if_match,
+                   uint64_t *version, pf_errlist *errs) {
+    return put_text(ctx, body, "body", check_only, if_match, version, errs);
+}
+
+/* The index of the element of `array` whose "name" is `name`, or -1. */
+static long find_named(json_t *array, const char *name) {
+    size_t i;
+    json_t *item;
+    json_array_foreach(array, i, item) {
+        const char *n = json_string_value(json_object_get(item, "name"));
+        if (n && strcmp(n, name) == 0)
+            return (long)i;
+    }
+    return -1;
+}
+
+/* Every route (listener and position) that names cluster `name`, as messages. */
+static size_t routes_naming(const pf_config *cfg, const char *name, pf_errlist *errs) {
+    size_t found = 0;
+    for (size_t i = 0; i < cfg->listener_count; i++)
+        for (size_t j = 0; j < cfg->listeners[i].route_count; j++)
+            if (strcmp(cfg->listeners[i].routes[j].cluster, name) == 0) {
+                pf_errlist_add(errs,
+                               "$.listeners[?@.name==\"%s\"].routes[%zu] names cluster \"%s\"; "
+                               "route it elsewhere first (PUT /listeners/%s/routes)",
+                               cfg->listeners[i].name, j, name, cfg->listeners[i].name);
+                found++;
+            }
+    return found;
+}
+
+static int api_edit(void *ctx, pf_admin_edit what, const char *name, const char *body,
+                    uint64_t if_match, uint64_t *version, pf_errlist *errs) {
+    app *a = ctx;
+    *version = a->reload->version;
+    json_error_t jerr;
+    json_t *part = NULL;
+    if (what != PF_ADMIN_DELETE_CLUSTER) {
+        part = json_loads(body, JSON_REJECT_DUPLICATES, &jerr);
+        if (!part) {
+            pf_errlist_add(errs, "body:%d:%d: JSON syntax error: %s", jerr.line, jerr.column,
+                           jerr.text);
+            return PF_EINVAL;
+        }
+    }
+    char *dump = config_dump_json(a->cfg);
+    json_t *root = dump ? json_loads(dump, 0, NULL) : NULL;
+    free(dump);
+    json_t *list = json_object_get(root, what == PF_ADMIN_PUT_ROUTES ? "listeners" : "clusters");
+    long at = list ? find_named(list, name) : -1;
+    int rc = PF_OK;
+    if (!root || !list) {
+        pf_errlist_add(errs, "out of memory");
+        rc = PF_ENOMEM;
+    } else if (at < 0 && what != PF_ADMIN_PUT_CLUSTER) {
+        pf_errlist_add(errs, "no %s named \"%s\"",
+                       what == PF_ADMIN_PUT_ROUTES ? "listener" : "cluster", name);
+        rc = PF_ENOTFOUND;
+    } else if (what == PF_ADMIN_PUT_ROUTES) {
+        if (!json_is_array(part)) {
+            pf_errlist_add(errs, "body: the routes must be a JSON array");
+            rc = PF_EINVAL;
+        } else {
+            json_object_set(json_array_get(list, (size_t)at), "routes", part);
+        }
+    } else if (what == PF_ADMIN_DELETE_CLUSTER) {
+        if (routes_naming(a->cfg, name, errs))
+            rc = PF_EINUSE;
+        else
+            json_array_remove(list, (size_t)at);
+    } else {
+        const char *given = json_string_value(json_object_get(part, "name"));
+        if (!json_is_object(part)) {
+            pf_errlist_add(errs, "body: the cluster must be a JSON object");
+            rc = PF_EINVAL;
+        } else if (given && strcmp(given, name) != 0) {
+            pf_errlist_add(errs, "body: $.name is \"%s\" but the path names \"%s\"", given, name);
+            rc = PF_EINVAL;
+        } else {
+            json_object_set_new(part, "name", json_string(name));
+            if (at >= 0)
+                json_array_set(list, (size_t)at, part);
+            else
+                json_array_append(list, part);
+        }
+    }
+    char *text = rc == PF_OK ? json_dumps(root, JSON_PRESERVE_ORDER) : NULL;
+    if (rc == PF_OK && !text) {
+        pf_errlist_add(errs, "out of memory");
+        rc = PF_ENOMEM;
+    }
+    if (rc == PF_OK)
+        rc = put_text(a, text, "config", false, if_match, version, errs);
+    else if (rc == PF_ENOMEM)
+        rc = PF_EINVAL;
+    free(text);
+    json_decref(root);
+    json_decref(part);
     return rc;
 }
 
@@ -352,7 +508,7 @@ int app_reload_init(app *a, pf_error *err) {
     r->version = 1;
     remember(a, "start", "the config pilotfish started with");
     pf_admin_config_api api = {
-        .put = api_put, .version = api_version, .history = api_history, .ctx = a};
+        .put = api_put, .edit = api_edit, .version = api_version, .history = api_history, .ctx = a};
     admin_set_config_api(a->admin, &api);
     if (!a->watch)
         return PF_OK;

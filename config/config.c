@@ -1695,6 +1695,8 @@ static const key_def admin_keys[] = {
     {K_TEXT(pf_config, "api_token_file", admin_api_token_file, NULL,
             "file holding the bearer token the config API's writes need; unset, they are off"),
      .flags = KF_OMIT_ZERO},
+    {K_BOOL(pf_config, "write_back", admin_write_back, false,
+            "a change made through the config API is written to the config file")},
 };
 static const schema admin_schema = {.doc_name = "admin", SCHEMA_KEYS(admin_keys)};
 

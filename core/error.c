@@ -32,6 +32,8 @@ const char *pf_strerror(int code) {
         return "not found";
     case PF_ECONFLICT:
         return "changed meanwhile";
+    case PF_EINUSE:
+        return "still in use";
     default:
         return "unknown error";
     }

@@ -509,3 +509,78 @@ def try_reload(pf, config):
     wait_for(lambda: reloads(pf, "applied") + reloads(pf, "rejected") > applied + rejected, 10,
              "the reload")
     return "applied" if reloads(pf, "applied") > applied else "rejected"
+
+
+def test_cluster_and_routes_endpoints_change_one_part_and_delete_refuses_a_routed_cluster(
+    start_backend, start_pilotfish, tmp_path
+):
+    pf, a, b, _ = api_setup(start_backend, start_pilotfish, tmp_path)
+    three = start_backend("three")
+    tok = "s3cret-token"
+    # A new cluster, then the main listener's routes moved to it.
+    status, etag, doc = admin_call(pf, "PUT", "/clusters/three",
+                                   {"endpoints": [three.address]}, token=tok)
+    assert (status, doc) == (200, {"version": 2})
+    status, _, doc = admin_call(pf, "PUT", "/listeners/main/routes",
+                                [route("three", prefix="/")], token=tok,
+                                headers={"If-Match": '"2"'})
+    assert (status, doc) == (200, {"version": 3})
+    assert backend_of(pf.port("main")) == (200, "three")
+    # "three" is routed: deleting it is refused, with the route that names it.
+    status, _, doc = admin_call(pf, "DELETE", "/clusters/three", token=tok)
+    assert status == 409
+    assert doc["errors"] == [
+        '$.listeners[?@.name=="main"].routes[0] names cluster "three"; route it elsewhere '
+        "first (PUT /listeners/main/routes)"
+    ]
+    # "one" is no longer routed anywhere: it can go.
+    status, _, doc = admin_call(pf, "DELETE", "/clusters/one", token=tok)
+    assert (status, doc) == (200, {"version": 4})
+    config = admin_call(pf, "GET", "/config")[2]
+    assert [c["name"] for c in config["clusters"]] == ["two", "three"]
+    # Not found, a stale If-Match, a body that is not JSON, a name that disagrees.
+    assert admin_call(pf, "DELETE", "/clusters/nope", token=tok)[0] == 404
+    assert admin_call(pf, "PUT", "/listeners/nope/routes", [], token=tok)[0] == 404
+    assert admin_call(pf, "PUT", "/clusters/x", {"endpoints": []}, token=tok,
+                      headers={"If-Match": '"2"'})[0] == 412
+    status, _, doc = admin_call(pf, "PUT", "/clusters/x", b"{", token=tok)
+    assert status == 400 and doc["errors"][0].startswith("body:1:")
+    status, _, doc = admin_call(pf, "PUT", "/clusters/x", {"name": "y", "endpoints": []},
+                                token=tok)
+    assert status == 400 and "path names" in doc["errors"][0]
+    assert admin_call(pf, "DELETE", "/clusters/three")[0] == 401
+    assert admin_call(pf, "GET", "/config")[1] == '"4"'
+
+
+def test_write_back_keeps_an_api_change_across_a_restart(start_backend, start_pilotfish,
+                                                         tmp_path):
+    one, two = start_backend("one"), start_backend("two")
+    a, b = two_configs(one, two)
+    token_file = tmp_path / "token"
+    token_file.write_text("tok\n")
+    a["admin"]["api_token_file"] = str(token_file)
+    a["admin"]["write_back"] = True
+    b["admin"] = a["admin"]
+    pf = start_pilotfish(a, extra_args=["--watch-config"])
+    status, _, _ = admin_call(pf, "PUT", "/config", b, token="tok")
+    assert status == 200
+    assert backend_of(pf.port("main")) == (200, "two")
+    with open(pf.config_path) as f:
+        written = json.load(f)
+    assert written["listeners"][0]["routes"][0]["cluster"] == "two"
+    assert not [p for p in os.listdir(tmp_path) if ".tmp." in p]
+    # Our own write, seen by the watch, changes nothing.
+    wait_for(lambda: "config reload: no change source=file" in pf.stderr_text(), 10,
+             "the watch to see the write")
+    assert admin_call(pf, "GET", "/config")[1] == '"2"'
+    # Restarted on the same file, it runs the changed config.
+    pf.stop()
+    pf.expect_exit = True
+    again = Pilotfish(written, str(tmp_path), tag="again")
+    again.config_path = pf.config_path
+    again.config = written
+    try:
+        again.start()
+        assert backend_of(again.port("main")) == (200, "two")
+    finally:
+        again.stop()
