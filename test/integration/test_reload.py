@@ -248,6 +248,8 @@ def test_unhealthy_endpoint_stays_out_across_a_reload_that_changes_another_clust
     reload_by_signal(pf, config)
     names = [c["name"] for c in pf.admin_json("/clusters")["clusters"]]
     assert names == ["checked", "other"]
+    page = pf.admin("GET", "/").body.decode()
+    assert "checked" in page and "third" not in page
 
 
 def test_watch_config_follows_a_configmap_style_symlink_swap(start_backend, tmp_path):
