@@ -138,8 +138,11 @@ static int apply(app *a, pf_config *next, const char *source, bool check_only,
     }
     /* Clusters first: new routes may name only clusters that exist. */
     size_t *retire = calloc(a->cfg->cluster_count + 1, sizeof *retire);
-    size_t retire_count = 0;
-    if (!retire) {
+    size_t *republish = calloc(next->cluster_count + 1, sizeof *republish);
+    size_t retire_count = 0, republish_count = 0;
+    if (!retire || !republish) {
+        free(retire);
+        free(republish);
         pf_errlist_add(&errs, "out of memory");
         goto rejected;
     }
@@ -157,8 +160,8 @@ static int apply(app *a, pf_config *next, const char *source, bool check_only,
             if (plan == RELOAD_CLUSTER_IN_PLACE &&
                 proxy_update_cluster(u, (size_t)index, c) != PF_OK)
                 log_error("cluster %s: out of memory; its old settings stay", c->name);
-            if (endpoints_changed && discovery_static_publish(c, a->discovered[index]) != PF_OK)
-                log_error("cluster %s: out of memory; its old endpoints stay", c->name);
+            if (endpoints_changed)
+                republish[republish_count++] = j; /* after the commit: nothing changes before */
             continue;
         }
         long added = proxy_cluster_add(a->proxy, c);
@@ -172,6 +175,7 @@ static int apply(app *a, pf_config *next, const char *source, bool check_only,
             pf_errlist_add(&errs, "$.clusters[%zu]: cannot be added: %s", j,
                            added < 0 ? "no cluster slot left" : err.msg);
             free(retire);
+            free(republish);
             goto rejected;
         }
         slots[j] = (size_t)added;
@@ -187,9 +191,15 @@ static int apply(app *a, pf_config *next, const char *source, bool check_only,
     /* The first config stays: the resolver and the Kubernetes client point into it. */
     proxy_update_commit(u, slots, old == a->boot_cfg ? NULL : old);
     u = NULL;
+    for (size_t i = 0; i < republish_count; i++) {
+        const pf_config_cluster *c = &next->clusters[republish[i]];
+        if (discovery_static_publish(c, a->discovered[slots[republish[i]]]) != PF_OK)
+            log_error("cluster %s: out of memory; its old endpoints stay", c->name);
+    }
     for (size_t i = 0; i < retire_count; i++)
         retire_cluster(a, retire[i]);
     free(retire);
+    free(republish);
     a->cfg = next;
     next = NULL;
     admin_set_config(a->admin, a->cfg);

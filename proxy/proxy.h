@@ -130,7 +130,7 @@ pf_proxy_update *proxy_update_new(pf_proxy *proxy, const pf_config *next, pf_err
 /* Abandons an update: closes what it bound. NULL is a no-op. Main thread. */
 void proxy_update_free(pf_proxy_update *u);
 /* Cluster `index` takes cfg's request settings (timeouts, retry, breakers, budget; copied)
- * at commit. Returns 0 or PF_ENOMEM. Main thread. */
+ * at commit; nothing changes before. Returns 0 or PF_ENOMEM. Main thread. */
 int proxy_update_cluster(pf_proxy_update *u, size_t index, const pf_config_cluster *cfg);
 /* Applies the update and frees it: next's settings and routes for every listener
  * (cluster_slot[j] is the proxy's index of next->clusters[j]), new listeners accept,

@@ -79,12 +79,20 @@ typedef struct listener_plan {
     long claim_from; /* a retiring slot at the same address whose claim it takes; -1: none */
 } listener_plan;
 
+/* A cluster's new request settings, swapped in at commit. */
+typedef struct cluster_swap {
+    size_t index;
+    pf_config_cluster *cfg;
+} cluster_swap;
+
 struct pf_proxy_update {
     pf_proxy *proxy;
     const pf_config *next;
     listener_plan *plans;
     bool *keep; /* per slot: kept by next */
     pf_retired *retired;
+    cluster_swap *swaps;
+    size_t swap_count;
 };
 
 static void retired_free(pf_retired *r) {
@@ -285,6 +293,9 @@ void proxy_update_free(pf_proxy_update *u) {
         if (p->claim_fd >= 0)
             close(p->claim_fd);
     }
+    for (size_t i = 0; i < u->swap_count; i++)
+        free(u->swaps[i].cfg);
+    free(u->swaps);
     free(u->plans);
     free(u->keep);
     if (u->retired) {
@@ -294,13 +305,27 @@ void proxy_update_free(pf_proxy_update *u) {
     free(u);
 }
 
+/* True while a listener a reload removed from `addr` may still have sockets there: the
+ * workers close them on their loops, a moment after the commit. */
+static bool retiring_at(const pf_proxy *proxy, const pf_sockaddr *addr) {
+    size_t used = atomic_load(&proxy->listener_count);
+    for (size_t i = 0; i < used; i++) {
+        const pf_listener_rt *l = &proxy->listeners[i];
+        if (l->state == PF_LISTENER_RETIRED && l->retiring &&
+            strcmp(l->cfg->addr.text, addr->text) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* Binds a new listener's sockets, one per worker. The probe (no SO_REUSEPORT) refuses an
- * address another process listens on; it is skipped when one of our own live listeners is
- * there (it is being renamed or replaced), which the probe would see as busy. */
+ * address another process listens on; it is skipped when one of our own listeners is
+ * there (being renamed or replaced, or removed by the reload before and still closing),
+ * which the probe would see as busy. */
 static int bind_new(pf_proxy *proxy, const pf_config_listener *cfg, listener_plan *p,
                     pf_error *err) {
     long own = live_slot_at(proxy, &cfg->addr);
-    if (own < 0) {
+    if (own < 0 && !retiring_at(proxy, &cfg->addr)) {
         int probe = proxy_bind_listener(cfg, true, err);
         if (probe < 0)
             return PF_EIO;
@@ -380,18 +405,12 @@ fail:
     return NULL;
 }
 
-static bool grow(void ***items, size_t *count) {
-    void **more = realloc(*items, (*count + 1) * sizeof **items);
-    if (!more)
-        return false;
-    *items = more;
-    return true;
-}
-
 int proxy_update_cluster(pf_proxy_update *u, size_t index, const pf_config_cluster *cfg) {
-    pf_retired *r = u->retired;
     pf_config_cluster *copy = malloc(sizeof *copy);
-    if (!copy || !grow((void ***)&r->clusters, &r->cluster_count)) {
+    cluster_swap *more = realloc(u->swaps, (u->swap_count + 1) * sizeof *more);
+    if (more)
+        u->swaps = more;
+    if (!copy || !more) {
         free(copy);
         return PF_ENOMEM;
     }
@@ -407,9 +426,7 @@ int proxy_update_cluster(pf_proxy_update *u, size_t index, const pf_config_clust
     copy->breakers = cfg->breakers;
     copy->budget_percent = cfg->budget_percent;
     copy->budget_min_concurrency = cfg->budget_min_concurrency;
-    const pf_config_cluster *old = atomic_exchange(&c->cfg, copy);
-    if (old != c->owned_cfg) /* the first copy stays with the slot */
-        r->clusters[r->cluster_count++] = (pf_config_cluster *)old;
+    u->swaps[u->swap_count++] = (cluster_swap){index, copy};
     return PF_OK;
 }
 
@@ -418,10 +435,10 @@ void proxy_update_commit(pf_proxy_update *u, const size_t *cluster_slot, pf_conf
     const pf_config *next = u->next;
     pf_retired *r = u->retired;
     size_t *slot_map = calloc(next->listener_count + 1, sizeof *slot_map);
-    size_t routers_needed = next->listener_count;
-    r->routers = calloc(routers_needed + 1, sizeof *r->routers);
+    r->routers = calloc(next->listener_count + 1, sizeof *r->routers);
     r->slots = calloc(proxy->listener_slot_count + 1, sizeof *r->slots);
-    if (!slot_map || !r->routers || !r->slots) {
+    r->clusters = calloc(u->swap_count + 1, sizeof *r->clusters);
+    if (!slot_map || !r->routers || !r->slots || !r->clusters) {
         /* Nothing changed yet; the caller's config stays running. */
         log_error("reload: out of memory applying the config; the running config stays");
         free(slot_map);
@@ -429,6 +446,13 @@ void proxy_update_commit(pf_proxy_update *u, const size_t *cluster_slot, pf_conf
         proxy_update_free(u);
         return;
     }
+    for (size_t i = 0; i < u->swap_count; i++) {
+        pf_cluster_rt *c = &proxy->clusters[u->swaps[i].index];
+        const pf_config_cluster *old = atomic_exchange(&c->cfg, u->swaps[i].cfg);
+        if (old != c->owned_cfg) /* the first copy stays with the slot */
+            r->clusters[r->cluster_count++] = (pf_config_cluster *)old;
+    }
+    u->swap_count = 0;
     /* Routers first: a failure leaves the old ones in place for that listener. */
     for (size_t j = 0; j < next->listener_count; j++) {
         listener_plan *p = &u->plans[j];
