@@ -107,7 +107,7 @@ static void remember(app *a, const char *source, const char *summary) {
  * Every problem goes to errs. Returns 0, or PF_EINVAL (nothing changed). */
 static int apply(app *a, pf_config *next, const char *source, bool check_only,
                  pf_errlist *errs_out) {
-    uint64_t started_us = a->reload->started_us;
+    uint64_t started_us = a->reload->started_us, loaded_us = pf_now_us();
     pf_errlist errs = {0};
     pf_config_diff diff = {0};
     pf_proxy_update *u = NULL;
@@ -210,11 +210,12 @@ static int apply(app *a, pf_config *next, const char *source, bool check_only,
     summarize(&diff, summary, sizeof summary);
     remember(a, source, summary);
     log_info("config reload applied version=%llu source=%s changes=%zu clusters_in_place=%zu "
-             "clusters_added=%zu clusters_replaced=%zu clusters_retired=%zu took_ms=%.3f",
+             "clusters_added=%zu clusters_replaced=%zu clusters_retired=%zu load_ms=%.3f "
+             "took_ms=%.3f",
              (unsigned long long)a->reload->version, source, diff.count,
              counts[RELOAD_CLUSTER_IN_PLACE], counts[RELOAD_CLUSTER_ADDED],
              counts[RELOAD_CLUSTER_REPLACED], retire_count - counts[RELOAD_CLUSTER_REPLACED],
-             (double)took_us / 1000.0);
+             (double)(loaded_us - started_us) / 1000.0, (double)took_us / 1000.0);
     for (size_t i = 0; i < diff.count && i < 20; i++)
         log_info("config change kind=%s path=%s", config_change_kind_name(diff.items[i].kind),
                  diff.items[i].path);
