@@ -113,6 +113,12 @@ $(BUILD)/pilotfish: $(CMD_OBJ) $(BUILD)/libpilotfish.a
 $(BUILD)/pf-backend: $(BUILD)/obj/test/fakes/backend.o $(LLHTTP_OBJ)
 	$(CC) $(SAN) -o $@ $^ $(LIBS)
 
+# cmd/'s pure reload decisions live outside the library: their test links them in.
+$(BUILD)/unit/test_reload: $(BUILD)/obj/test/unit/test_reload.o $(BUILD)/obj/cmd/reload_plan.o \
+		$(BUILD)/libpilotfish.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SAN) -o $@ $< $(BUILD)/obj/cmd/reload_plan.o $(BUILD)/libpilotfish.a -lcunit $(LIBS)
+
 $(BUILD)/unit/%: $(BUILD)/obj/test/unit/%.o $(BUILD)/libpilotfish.a
 	@mkdir -p $(dir $@)
 	$(CC) $(SAN) -o $@ $< $(BUILD)/libpilotfish.a -lcunit $(LIBS)

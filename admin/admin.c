@@ -18,8 +18,8 @@
 /* Out of descriptors, the admin socket stops accepting this long rather than spin. */
 #define ADMIN_ACCEPT_PAUSE_MS 100
 
-static void reply(struct evhttp_request *req, int code, const char *reason,
-                  const char *content_type, const char *body, size_t len) {
+void admin_reply(struct evhttp_request *req, int code, const char *reason, const char *content_type,
+                 const char *body, size_t len) {
     struct evbuffer *out = evbuffer_new();
     if (!out) {
         evhttp_send_error(req, 500, NULL);
@@ -33,7 +33,7 @@ static void reply(struct evhttp_request *req, int code, const char *reason,
 }
 
 static void reply_text(struct evhttp_request *req, int code, const char *reason, const char *body) {
-    reply(req, code, reason, "text/plain; charset=utf-8", body, strlen(body));
+    admin_reply(req, code, reason, "text/plain; charset=utf-8", body, strlen(body));
 }
 
 static void reply_json(struct evhttp_request *req, json_t *doc) {
@@ -51,7 +51,7 @@ static void reply_json(struct evhttp_request *req, json_t *doc) {
         text[len++] = '\n';
         text[len] = '\0';
     }
-    reply(req, 200, "OK", "application/json", text, len);
+    admin_reply(req, 200, "OK", "application/json", text, len);
     free(text);
 }
 
@@ -120,7 +120,7 @@ static void handle_prometheus(struct evhttp_request *req, void *arg) {
         reply_text(req, 500, "Internal Server Error", "out of memory\n");
         return;
     }
-    reply(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", text, strlen(text));
+    admin_reply(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", text, strlen(text));
     free(text);
 }
 
@@ -251,6 +251,8 @@ static void handle_clusters(struct evhttp_request *req, void *arg) {
         return;
     json_t *clusters = json_array();
     for (size_t i = 0; i < proxy_cluster_count(admin->proxy); i++) {
+        if (proxy_cluster_retired(admin->proxy, i))
+            continue; /* removed by a reload (or gone from Kubernetes) */
         const pf_config_cluster *cfg = proxy_cluster_config(admin->proxy, i);
         pf_endpoint_slot *slot = proxy_cluster_slot(admin->proxy, i);
         pf_endpoint_set *set = discovery_slot_acquire(slot);
@@ -272,19 +274,6 @@ static void handle_clusters(struct evhttp_request *req, void *arg) {
     json_t *doc = json_object();
     json_object_set_new(doc, "clusters", clusters);
     reply_json(req, doc);
-}
-
-static void handle_config(struct evhttp_request *req, void *arg) {
-    pf_admin *admin = arg;
-    if (!only_get(req))
-        return;
-    char *text = config_dump_json(admin->cfg);
-    if (!text) {
-        reply_text(req, 500, "Internal Server Error", "out of memory\n");
-        return;
-    }
-    reply(req, 200, "OK", "application/json", text, strlen(text));
-    free(text);
 }
 
 /* GET / (and /?anything): the HTML status page. Any other path falls to handle_other. */
@@ -314,6 +303,8 @@ static void handle_status(struct evhttp_request *req, void *arg) {
 }
 
 static void handle_other(struct evhttp_request *req, void *arg) {
+    if (admin_handle_config_part(arg, req))
+        return;
     reply_text(req, 404, "Not Found",
                "unknown admin path; try / /ready /healthz /stats/prometheus /clusters /config\n");
 }
@@ -357,13 +348,16 @@ pf_admin *admin_new(struct event_base *base, const pf_config *cfg, pf_proxy *pro
     evhttp_set_allowed_methods(admin->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
                                                 EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE);
     evhttp_set_max_headers_size(admin->http, 16 * 1024);
-    evhttp_set_max_body_size(admin->http, 64 * 1024);
+    /* Configs for the config API may be large; every other endpoint takes no body. */
+    evhttp_set_max_body_size(admin->http, ADMIN_MAX_BODY);
     evhttp_set_timeout(admin->http, 10);
     evhttp_set_cb(admin->http, "/ready", handle_ready, admin);
     evhttp_set_cb(admin->http, "/healthz", handle_healthz, admin);
     evhttp_set_cb(admin->http, "/stats/prometheus", handle_prometheus, admin);
     evhttp_set_cb(admin->http, "/clusters", handle_clusters, admin);
-    evhttp_set_cb(admin->http, "/config", handle_config, admin);
+    evhttp_set_cb(admin->http, "/config", admin_handle_config, admin);
+    evhttp_set_cb(admin->http, "/config/check", admin_handle_config_check, admin);
+    evhttp_set_cb(admin->http, "/config/history", admin_handle_config_history, admin);
     evhttp_set_cb(admin->http, "/", handle_status, admin);
     evhttp_set_gencb(admin->http, handle_other, admin);
     const pf_sockaddr *addr = &cfg->admin_addr;
@@ -398,6 +392,14 @@ void admin_set_kubernetes(pf_admin *admin, const pf_k8s *k8s) {
     admin->k8s = k8s;
 }
 
+void admin_set_config_api(pf_admin *admin, const pf_admin_config_api *api) {
+    admin->api = *api;
+}
+
+void admin_set_config(pf_admin *admin, const pf_config *cfg) {
+    admin->cfg = cfg;
+}
+
 void admin_set_version(pf_admin *admin, const char *version) {
     admin->version = version;
 }
@@ -410,5 +412,6 @@ void admin_free(pf_admin *admin) {
     if (admin->accept_retry)
         event_free(admin->accept_retry);
     admin_status_free(admin);
+    admin_token_free(&admin->token);
     free(admin);
 }

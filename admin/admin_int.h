@@ -6,7 +6,10 @@
 #include "admin/admin.h"
 
 #include <event2/buffer.h>
+#include <event2/http.h>
 #include <stdint.h>
+#include <sys/stat.h>
+#include <time.h>
 
 /* Request totals at one moment, for the status page's rates (clusters or listeners, by
  * index). */
@@ -22,6 +25,17 @@ typedef struct admin_rate_meter {
     admin_rate_sample older, newer;
 } admin_rate_meter;
 
+/* The bearer token of admin.api_token_file and what the file was when it was read, so that
+ * a change (a rotated Secret) is read again. */
+typedef struct admin_token {
+    char *value; /* NULL: not read (or unreadable) */
+    size_t len;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+} admin_token;
+
 struct pf_admin {
     struct evhttp *http;
     struct evconnlistener *listener; /* evhttp's, for pausing on EMFILE */
@@ -35,7 +49,23 @@ struct pf_admin {
     const pf_k8s *k8s;                              /* may be NULL: see admin_set_kubernetes */
     const char *version;                            /* "" until admin_set_version */
     admin_rate_meter cluster_rates, listener_rates; /* the status page's, main thread */
+    pf_admin_config_api api;                        /* zero until admin_set_config_api */
+    admin_token token;                              /* admin.api_token_file, as last read */
 };
+
+/* Sends a reply with Cache-Control: no-store. admin.c. */
+void admin_reply(struct evhttp_request *req, int code, const char *reason, const char *content_type,
+                 const char *body, size_t len);
+
+/* admin/config_api.c: GET/PUT /config, POST /config/check, GET /config/history. */
+void admin_handle_config(struct evhttp_request *req, void *arg);
+void admin_handle_config_check(struct evhttp_request *req, void *arg);
+void admin_handle_config_history(struct evhttp_request *req, void *arg);
+/* /clusters/{name} and /listeners/{name}/routes; false when the path is neither. */
+bool admin_handle_config_part(pf_admin *admin, struct evhttp_request *req);
+void admin_token_free(admin_token *token);
+/* The largest config body the API takes; more is answered 413. */
+#define ADMIN_MAX_BODY (4u * 1024u * 1024u)
 
 /* Appends `text` to `out` with & < > " ' replaced by character references, so that text
  * from config or discovery is inert in element content and in quoted attributes alike.

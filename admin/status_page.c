@@ -712,6 +712,15 @@ int admin_status_render(pf_admin *admin, struct evbuffer *out) {
     admin_rate_update(&admin->listener_rates, totals, listeners, now_us);
     for (size_t i = 0; i < listeners; i++)
         lrates[i] = admin_rate_of(&admin->listener_rates, i, totals[i], now_us);
+    /* Clusters a reload removed keep their index (and their rates above) but are not shown. */
+    size_t shown = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (proxy_cluster_retired(admin->proxy, views[i].index))
+            discovery_set_unref(views[i].set);
+        else
+            views[shown++] = views[i];
+    }
+    count = shown;
     qsort(views, count, sizeof *views, view_order);
     bool ready = proxy_ready(admin->proxy) && (!admin->k8s || discovery_k8s_synced(admin->k8s));
     uint64_t now_ms = pf_now_ms();

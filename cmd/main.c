@@ -2,6 +2,7 @@
  * proxy's endpoint slots, starts the workers and the admin server, and turns SIGTERM and
  * SIGINT into a graceful drain. The only place that knows every module. */
 #include "admin/admin.h"
+#include "cmd/app.h"
 #include "cmd/autodiscover.h"
 #include "config/config.h"
 #include "core/log.h"
@@ -26,23 +27,6 @@
 #define PILOTFISH_VERSION "0.1.0"
 #define DRAIN_POLL_MS 50
 
-typedef struct app {
-    struct event_base *base;
-    pf_config *cfg;
-    pf_metrics *metrics;
-    pf_proxy *proxy;
-    pf_admin *admin;
-    pf_endpoint_slot **discovered; /* per cluster: what discovery sources publish into */
-    pf_health **health;            /* per cluster: discovered slot -> the proxy's slot */
-    pf_dns *dns;                   /* NULL when no cluster uses DNS */
-    pf_k8s *k8s;                   /* NULL when Kubernetes is not used */
-    pf_k8s_options k8s_opts;       /* --k8s-* flags */
-    pf_autodiscover *autodiscover; /* NULL unless $.kubernetes.auto_discover */
-    struct event *sigterm, *sigint, *sighup, *drain_timer;
-    uint64_t drain_deadline_ms;
-    int signals_seen;
-} app;
-
 static void usage(FILE *out) {
     fprintf(out,
             "usage: pilotfish --config FILE [--workers N] [--log-level LEVEL]\n"
@@ -53,6 +37,7 @@ static void usage(FILE *out) {
             "  -c, --config FILE        run with this JSON config\n"
             "      --check-config FILE  validate FILE, print every problem, exit 0 (valid) or 1\n"
             "      --print-config       print the effective config as JSON and exit\n"
+            "      --watch-config       reload when the config file changes (as on SIGHUP)\n"
             "  -w, --workers N          event-loop threads (1-%u; default: config, else %u)\n"
             "  -l, --log-level LEVEL    error, warn, info (default) or debug\n"
             "  -v, --version            print the version\n"
@@ -83,7 +68,10 @@ static void usage(FILE *out) {
             "Logs go to stderr; the access log (JSON lines) to stdout. Neither blocks: lines\n"
             "a full pipe does not take are dropped and counted.\n"
             "SIGTERM or SIGINT drains: stop accepting, finish requests in flight, exit 0.\n"
-            "SIGHUP is ignored (with a log line): reloading is not supported yet.\n",
+            "SIGHUP reloads the config file; with --watch-config a change of the file (or of\n"
+            "the symlink a Kubernetes ConfigMap swaps) does too. An invalid file, or one that\n"
+            "changes what needs a restart (workers, admin, dns, kubernetes, ...), is refused\n"
+            "and the running config stays.\n",
             PF_MAX_WORKERS, PF_DEFAULT_WORKERS, PF_DEFAULT_ADMIN_ADDRESS);
 }
 
@@ -232,42 +220,41 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
     event_add(a->drain_timer, &tick);
 }
 
-/* SIGHUP's default action ends the process without a drain, and operators send it expecting
- * a reload; until reloading exists it is caught and refused in the log. */
-static void on_sighup(evutil_socket_t sig, short what, void *arg) {
-    log_warn("SIGHUP: reloading the config is not supported yet; ignored (the running config "
-             "stays; restart pilotfish to apply a new one)");
-}
-
 /* Health sits between discovery and the proxy in every cluster, configured or not: sources
  * publish into the cluster's discovered slot, and its pf_health publishes the effective set
  * (discovery's verdicts combined with checks and ejections) into the proxy's slot. */
 static int start_health(app *a, pf_error *err) {
-    size_t n = a->cfg->cluster_count;
-    a->discovered = calloc(n ? n : 1, sizeof *a->discovered);
-    a->health = calloc(n ? n : 1, sizeof *a->health);
+    /* By the proxy's cluster index, which reloads add to. */
+    a->discovered = calloc(PF_MAX_CLUSTERS, sizeof *a->discovered);
+    a->health = calloc(PF_MAX_CLUSTERS, sizeof *a->health);
     if (!a->discovered || !a->health)
         return pf_fail(err, PF_ENOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) {
-        const pf_config_cluster *c = &a->cfg->clusters[i];
-        if (!(a->discovered[i] = discovery_slot_new(c->name)))
-            return pf_fail(err, PF_ENOMEM, "out of memory");
-        a->health[i] = health_new(a->base, c, a->discovered[i], proxy_cluster_slot(a->proxy, i),
-                                  a->metrics, err);
-        if (!a->health[i])
+    for (size_t i = 0; i < a->cfg->cluster_count; i++)
+        if (app_cluster_start(a, i, err) != PF_OK)
             return PF_ENOMEM;
-        proxy_cluster_set_health(a->proxy, i, a->health[i]);
-        if (health_start(a->health[i]) != PF_OK)
-            return pf_fail(err, PF_ENOMEM, "health: cannot start cluster %s", c->name);
-    }
+    return PF_OK;
+}
+
+int app_cluster_start(app *a, size_t i, pf_error *err) {
+    /* The proxy's copy: it lives as long as the cluster, whatever reloads do. */
+    const pf_config_cluster *c = proxy_cluster_config(a->proxy, i);
+    if (!(a->discovered[i] = discovery_slot_new(c->name)))
+        return pf_fail(err, PF_ENOMEM, "out of memory");
+    a->health[i] =
+        health_new(a->base, c, a->discovered[i], proxy_cluster_slot(a->proxy, i), a->metrics, err);
+    if (!a->health[i])
+        return PF_ENOMEM;
+    proxy_cluster_set_health(a->proxy, i, a->health[i]);
+    if (health_start(a->health[i]) != PF_OK)
+        return pf_fail(err, PF_ENOMEM, "health: cannot start cluster %s", c->name);
     return PF_OK;
 }
 
 /* After the workers are gone (they report into health) and before the event base. */
 static void stop_health(app *a) {
-    for (size_t i = 0; a->health && i < a->cfg->cluster_count; i++)
+    for (size_t i = 0; a->health && i < PF_MAX_CLUSTERS; i++)
         health_free(a->health[i]);
-    for (size_t i = 0; a->discovered && i < a->cfg->cluster_count; i++)
+    for (size_t i = 0; a->discovered && i < PF_MAX_CLUSTERS; i++)
         discovery_slot_free(a->discovered[i]);
     free(a->health);
     free(a->discovered);
@@ -281,7 +268,8 @@ static int start_dns(app *a, pf_error *err) {
             continue;
         if (!a->dns && !(a->dns = discovery_dns_new(a->base, a->cfg, a->metrics, err)))
             return PF_EIO;
-        int rc = discovery_dns_add(a->dns, c, a->discovered[i], err);
+        int rc =
+            discovery_dns_add(a->dns, proxy_cluster_config(a->proxy, i), a->discovered[i], err);
         if (rc != PF_OK)
             return rc;
     }
@@ -313,7 +301,8 @@ static int start_kubernetes(app *a, pf_error *err) {
     for (size_t i = 0; i < cfg->cluster_count; i++) {
         if (!cfg->clusters[i].kubernetes.service[0])
             continue;
-        int rc = discovery_k8s_add(a->k8s, &cfg->clusters[i], a->discovered[i], err);
+        int rc =
+            discovery_k8s_add(a->k8s, proxy_cluster_config(a->proxy, i), a->discovered[i], err);
         if (rc != PF_OK)
             return rc;
     }
@@ -360,7 +349,7 @@ static int run(app *a, unsigned workers) {
     }
     a->admin = admin_new(a->base, a->cfg, a->proxy, a->metrics, &err);
     if (a->admin) {
-        admin_set_health(a->admin, a->health, a->cfg->cluster_count);
+        admin_set_health(a->admin, a->health, PF_MAX_CLUSTERS);
         admin_set_version(a->admin, PILOTFISH_VERSION);
     }
     if (!a->admin || start_dns(a, &err) != PF_OK || start_kubernetes(a, &err) != PF_OK ||
@@ -372,11 +361,15 @@ static int run(app *a, unsigned workers) {
     admin_set_kubernetes(a->admin, a->k8s);
     a->sigterm = evsignal_new(a->base, SIGTERM, on_signal, a);
     a->sigint = evsignal_new(a->base, SIGINT, on_signal, a);
-    a->sighup = evsignal_new(a->base, SIGHUP, on_sighup, a);
+    a->sighup = evsignal_new(a->base, SIGHUP, app_on_sighup, a);
     a->drain_timer = event_new(a->base, -1, EV_PERSIST, on_drain_tick, a);
     if (!a->sigterm || !a->sigint || !a->sighup || !a->drain_timer || event_add(a->sigterm, NULL) ||
         event_add(a->sigint, NULL) || event_add(a->sighup, NULL)) {
         log_error("cannot install signal handlers");
+        return 1;
+    }
+    if (app_reload_init(a, &err) != PF_OK) {
+        log_error("%s", err.msg);
         return 1;
     }
     for (size_t i = 0; i < a->cfg->listener_count; i++)
@@ -397,6 +390,7 @@ static void app_free(app *a) {
         event_free(a->sigint);
     if (a->sighup)
         event_free(a->sighup);
+    app_reload_free(a);
     if (a->drain_timer)
         event_free(a->drain_timer);
     discovery_dns_free(a->dns); /* publishes into the discovered slots: goes first */
@@ -409,7 +403,9 @@ static void app_free(app *a) {
         event_base_free(a->base);
     pf_log_close_output(); /* it counts into a->metrics */
     metrics_free(a->metrics);
-    config_free(a->cfg);
+    if (a->cfg != a->boot_cfg)
+        config_free(a->cfg);
+    config_free(a->boot_cfg);
 }
 
 int main(int argc, char **argv) {
@@ -425,6 +421,7 @@ int main(int argc, char **argv) {
         {"resolver", required_argument, NULL, 'R'},
         {"admin", required_argument, NULL, 'A'},
         {"print-config", no_argument, NULL, 'P'},
+        {"watch-config", no_argument, NULL, 1006},
         {"k8s-api-server", required_argument, NULL, 1001},
         {"k8s-token-file", required_argument, NULL, 1002},
         {"k8s-ca-file", required_argument, NULL, 1003},
@@ -435,7 +432,7 @@ int main(int argc, char **argv) {
     const char *config_path = NULL, *check_path = NULL;
     standalone sa = {0};
     pf_k8s_options k8s_opts = {0};
-    bool print_only = false;
+    bool print_only = false, watch = false;
     unsigned workers = 0;
     int opt;
     while ((opt = getopt_long(argc, argv, "c:w:l:vh", options, NULL)) != -1) {
@@ -487,6 +484,9 @@ int main(int argc, char **argv) {
         case 'P':
             print_only = true;
             break;
+        case 1006:
+            watch = true;
+            break;
         case 'w': {
             char *end = NULL;
             unsigned long n = strtoul(optarg, &end, 10);
@@ -533,6 +533,10 @@ int main(int argc, char **argv) {
             printf("%s: ok\n", check_path);
         return rc == PF_OK ? 0 : 1;
     }
+    if (watch && !config_path) {
+        fprintf(stderr, "pilotfish: --watch-config needs --config FILE\n");
+        return 2;
+    }
     if (config_path && sa.used) {
         fprintf(stderr, "pilotfish: --config and the standalone flags (--listen, --upstream, "
                         "--resolver, --admin) exclude each other; put everything in the file\n");
@@ -549,10 +553,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    signal(SIGHUP, SIG_IGN); /* until run() logs it (on_sighup): never the default exit */
+    signal(SIGHUP, SIG_IGN); /* until run() logs it (app_on_sighup): never the default exit */
     raise_fd_limit();
     app a = {0};
     a.k8s_opts = k8s_opts;
+    a.config_path = config_path;
+    a.watch = watch;
     json_t *upstream = sa.used ? standalone_cluster(sa.upstream) : NULL;
     if (sa.used && !upstream)
         return 2;
@@ -565,6 +571,7 @@ int main(int argc, char **argv) {
         config_free(a.cfg);
         return status;
     }
+    a.boot_cfg = a.cfg;
     if (!workers)
         workers = a.cfg->workers ? a.cfg->workers : PF_DEFAULT_WORKERS;
     int rc = run(&a, workers);

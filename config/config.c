@@ -2324,6 +2324,11 @@ static const key_def admin_keys[] = {
     {K_ADDR(pf_config, "address", admin_addr, PF_DEFAULT_ADMIN_ADDRESS,
             "admin server address; loopback unless you say otherwise"),
      .flags = KF_LISTEN},
+    {K_TEXT(pf_config, "api_token_file", admin_api_token_file, NULL,
+            "file holding the bearer token the config API's writes need; unset, they are off"),
+     .flags = KF_OMIT_ZERO},
+    {K_BOOL(pf_config, "write_back", admin_write_back, false,
+            "a change made through the config API is written to the config file")},
 };
 static const schema admin_schema = {.doc_name = "admin", SCHEMA_KEYS(admin_keys)};
 

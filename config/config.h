@@ -458,8 +458,10 @@ typedef struct pf_config_tracing {
 typedef struct pf_config {
     char *source; /* file name used in messages, owned */
     pf_sockaddr admin_addr;
-    bool access_log;  /* JSON lines to stdout */
-    uint32_t workers; /* 0 = not set in the file; the CLI may override */
+    char admin_api_token_file[PF_K8S_TEXT_MAX]; /* "": the admin API's writes are off */
+    bool admin_write_back;                      /* an API change is written to the config file */
+    bool access_log;                            /* JSON lines to stdout */
+    uint32_t workers;                           /* 0 = not set in the file; the CLI may override */
     uint64_t drain_timeout_ms;
     uint32_t max_connections;     /* client connections over all listeners; 0: not set */
     char local_zone[PF_NAME_MAX]; /* "" unless set here or by POD_ZONE / NODE_ZONE */

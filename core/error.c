@@ -30,6 +30,10 @@ const char *pf_strerror(int code) {
         return "limit reached";
     case PF_ENOTFOUND:
         return "not found";
+    case PF_ECONFLICT:
+        return "changed meanwhile";
+    case PF_EINUSE:
+        return "still in use";
     default:
         return "unknown error";
     }

@@ -13,6 +13,8 @@ enum {
     PF_EIO = -3,    /* system call failed; errno-derived text in the pf_error */
     PF_ELIMIT = -4, /* a configured limit was hit */
     PF_ENOTFOUND = -5,
+    PF_ECONFLICT = -6, /* the state changed since the caller looked (e.g. a config version) */
+    PF_EINUSE = -7,    /* still referred to (e.g. a cluster a route names) */
 };
 
 #define PF_ERROR_MAX 512

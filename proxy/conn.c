@@ -798,3 +798,12 @@ void conn_drain(pf_conn *c) {
     if (c->state == CONN_IDLE)
         start_close(c);
 }
+
+pf_listener_rt *conn_listener(const pf_conn *c) {
+    return c->l;
+}
+
+uint64_t conn_request_start_us(const pf_conn *c) {
+    /* A tunnel still refers to the route and cluster it started on. */
+    return c->state == CONN_REQUEST || c->state == CONN_TUNNEL ? c->ex.start_us : 0;
+}

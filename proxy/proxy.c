@@ -77,7 +77,7 @@ pf_endpoint_set *worker_cluster_set(pf_worker_cluster *wc) {
     return wc->assigned ? wc->assigned : raw;
 }
 
-static void register_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
+void proxy_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
     char labels[160];
     for (int i = 0; i < PF_CODE_CLASSES; i++) {
         snprintf(labels, sizeof labels, "listener=\"%s\",code_class=\"%s\"", l->cfg->name,
@@ -170,6 +170,8 @@ static void emit_endpoint_gauge(void *arg, pf_metric_emit emit, void *emit_ctx) 
     const pf_proxy *proxy = arg;
     char labels[160];
     for (size_t i = 0; i < proxy->cluster_count; i++) {
+        if (atomic_load(&proxy->clusters[i].retired))
+            continue;
         pf_endpoint_set *set = discovery_slot_acquire(proxy->clusters[i].slot);
         size_t total = set ? set->count : 0, healthy = set ? set->healthy_count : 0;
         discovery_set_unref(set);
@@ -194,6 +196,8 @@ static void emit_panic_gauge(void *arg, pf_metric_emit emit, void *emit_ctx) {
     const pf_proxy *proxy = arg;
     char labels[160];
     for (size_t i = 0; i < proxy->cluster_count; i++) {
+        if (atomic_load(&proxy->clusters[i].retired))
+            continue;
         snprintf(labels, sizeof labels, "cluster=\"%s\"", proxy->clusters[i].cfg->name);
         emit(emit_ctx, labels, proxy_cluster_panic(proxy, i) ? 1 : 0);
     }
@@ -216,10 +220,10 @@ static int worker_init(pf_proxy *proxy, pf_worker *w, unsigned id) {
     }
     /* Room for every cluster there may ever be; untouched entries cost no memory. */
     w->clusters = calloc(PF_MAX_CLUSTERS, sizeof *w->clusters);
-    w->accept_ctx = calloc(proxy->listener_count, sizeof *w->accept_ctx);
-    if (!w->base || !w->clusters || !w->accept_ctx)
+    w->accept_ctx = calloc(PF_LISTENER_SLOTS, sizeof *w->accept_ctx);
+    if (!w->base || !w->clusters || !w->accept_ctx || worker_reload_init(w) != PF_OK)
         return PF_ENOMEM;
-    for (size_t i = 0; i < proxy->listener_count; i++) {
+    for (size_t i = 0; i < PF_LISTENER_SLOTS; i++) {
         w->accept_ctx[i].fd = -1;
         w->accept_ctx[i].state = PF_ACCEPT_CLOSED;
     }
@@ -252,7 +256,17 @@ static void prepare_hash_table(void *arg) {
     discovery_set_unref(raw);
 }
 
-static int cluster_init(pf_proxy *proxy, pf_cluster_rt *c, const pf_config_cluster *cfg) {
+/* Every cluster owns a copy of its settings (endpoints left out: discovery publishes them),
+ * so that health, the balancer group and discovery may keep pointing at it while reloads
+ * replace the config the copy came from. */
+static int cluster_init(pf_proxy *proxy, pf_cluster_rt *c, const pf_config_cluster *from) {
+    pf_config_cluster *cfg = malloc(sizeof *cfg);
+    if (!cfg)
+        return PF_ENOMEM;
+    *cfg = *from;
+    cfg->endpoints = NULL;
+    cfg->endpoint_count = 0;
+    c->owned_cfg = cfg;
     c->cfg = cfg;
     assign_cache_init(&c->assign);
     c->assign_params.panic_threshold = cfg->panic_threshold;
@@ -274,13 +288,7 @@ long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg) {
     if (index >= PF_MAX_CLUSTERS)
         return PF_ELIMIT;
     pf_cluster_rt *c = &proxy->clusters[index];
-    c->owned_cfg = malloc(sizeof *c->owned_cfg);
-    if (!c->owned_cfg)
-        return PF_ENOMEM;
-    *c->owned_cfg = *cfg;
-    c->owned_cfg->endpoints = NULL;
-    c->owned_cfg->endpoint_count = 0;
-    if (cluster_init(proxy, c, c->owned_cfg) != PF_OK)
+    if (cluster_init(proxy, c, cfg) != PF_OK)
         return PF_ENOMEM;
     /* Published last: a worker that sees the new count sees a finished cluster. */
     atomic_store_explicit(&proxy->cluster_count, index + 1, memory_order_release);
@@ -292,8 +300,8 @@ void proxy_cluster_set_health(pf_proxy *proxy, size_t index, pf_health *health) 
 }
 
 void proxy_cluster_retire(pf_proxy *proxy, size_t index) {
-    if (index >= proxy->static_cluster_count && index < atomic_load(&proxy->cluster_count))
-        proxy->clusters[index].retired = true;
+    if (index < atomic_load(&proxy->cluster_count))
+        atomic_store(&proxy->clusters[index].retired, true);
 }
 
 /* The global limit: the configured one, or one derived from the open file limit that
@@ -328,13 +336,17 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
     atomic_init(&proxy->cluster_count, cfg->cluster_count);
     proxy->static_cluster_count = cfg->cluster_count;
     pthread_mutex_init(&proxy->routes_lock, NULL);
-    proxy->listener_count = cfg->listener_count;
+    atomic_init(&proxy->listener_count, cfg->listener_count);
+    proxy->listener_slot_count = cfg->listener_count;
+    proxy->listener_slot = calloc(cfg->listener_count + 1, sizeof *proxy->listener_slot);
     proxy->clusters = cfg->cluster_count <= PF_MAX_CLUSTERS
                           ? calloc(PF_MAX_CLUSTERS, sizeof *proxy->clusters)
                           : NULL;
-    proxy->listeners = calloc(cfg->listener_count, sizeof *proxy->listeners);
+    proxy->listeners = cfg->listener_count <= PF_LISTENER_SLOTS
+                           ? calloc(PF_LISTENER_SLOTS, sizeof *proxy->listeners)
+                           : NULL;
     proxy->workers = calloc(proxy->worker_count, sizeof *proxy->workers);
-    if (!proxy->clusters || !proxy->listeners || !proxy->workers)
+    if (!proxy->clusters || !proxy->listeners || !proxy->workers || !proxy->listener_slot)
         goto nomem;
     for (size_t i = 0; i < cfg->cluster_count; i++) {
         if (cluster_init(proxy, &proxy->clusters[i], &cfg->clusters[i]) != PF_OK)
@@ -348,14 +360,16 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
     for (size_t i = 0; i < cfg->listener_count; i++) {
         pf_listener_rt *l = &proxy->listeners[i];
         l->cfg = &cfg->listeners[i];
-        l->router = router_new(l->cfg);
+        l->router = router_new(l->cfg, NULL);
         l->fds = malloc(proxy->worker_count * sizeof *l->fds);
         if (!l->router || !l->fds)
             goto nomem;
         for (unsigned k = 0; k < proxy->worker_count; k++)
             l->fds[k] = -1;
         l->claim_fd = -1;
-        register_listener_metrics(metrics, l);
+        l->state = PF_LISTENER_LIVE;
+        proxy->listener_slot[i] = i;
+        proxy_listener_metrics(metrics, l);
         if (l->cfg->has_tls && !(l->tls = tls_server_new(l->cfg, metrics, err))) {
             proxy_free(proxy);
             return NULL;
@@ -388,7 +402,7 @@ nomem:
 
 /* Returns a socket on cfg's address: listening and shared with the other workers' sockets
  * (SO_REUSEPORT), or with `probe` only bound and shared with nobody. */
-static int bind_listener(const pf_config_listener *cfg, bool probe, pf_error *err) {
+int proxy_bind_listener(const pf_config_listener *cfg, bool probe, pf_error *err) {
     int fd = socket(cfg->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return pf_fail(err, PF_EIO, "listener %s: socket: %s", cfg->name, strerror(errno));
@@ -551,7 +565,7 @@ static void on_acceptable(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void resume_paused(pf_worker *w) {
-    for (size_t i = 0; i < w->proxy->listener_count; i++)
+    for (size_t i = 0; i < atomic_load(&w->proxy->listener_count); i++)
         if (accept_paused(w->accept_ctx[i].state))
             accept_set_state(&w->accept_ctx[i], PF_ACCEPT_ON);
 }
@@ -581,16 +595,46 @@ void worker_conn_closed(pf_worker *w, pf_listener_rt *l) {
     }
 }
 
+static void close_acceptor(pf_accept_ctx *a) {
+    if (a->state != PF_ACCEPT_CLOSED)
+        accept_set_state(a, PF_ACCEPT_CLOSED);
+    if (a->readable)
+        event_free(a->readable);
+    if (a->retry)
+        event_free(a->retry);
+    a->readable = a->retry = NULL;
+}
+
 static void close_acceptors(pf_worker *w) {
-    for (size_t i = 0; w->accept_ctx && i < w->proxy->listener_count; i++) {
-        pf_accept_ctx *a = &w->accept_ctx[i];
-        if (a->state != PF_ACCEPT_CLOSED)
-            accept_set_state(a, PF_ACCEPT_CLOSED);
-        if (a->readable)
-            event_free(a->readable);
-        if (a->retry)
-            event_free(a->retry);
-        a->readable = a->retry = NULL;
+    for (size_t i = 0; w->accept_ctx && i < atomic_load(&w->proxy->listener_count); i++)
+        close_acceptor(&w->accept_ctx[i]);
+}
+
+int worker_listen(pf_worker *w, pf_listener_rt *l, int fd) {
+    pf_accept_ctx *a = &w->accept_ctx[l - w->proxy->listeners];
+    close_acceptor(a);
+    a->w = w;
+    a->l = l;
+    a->backoff_ms = 0;
+    a->episode = false;
+    a->readable = event_new(w->base, fd, EV_READ | EV_PERSIST, on_acceptable, a);
+    a->retry = evtimer_new(w->base, on_accept_retry, a);
+    if (!a->readable || !a->retry) {
+        close(fd);
+        close_acceptor(a);
+        return PF_ENOMEM;
+    }
+    a->fd = fd;
+    accept_set_state(a, PF_ACCEPT_ON);
+    return PF_OK;
+}
+
+void worker_unlisten(pf_worker *w, pf_listener_rt *l) {
+    close_acceptor(&w->accept_ctx[l - w->proxy->listeners]);
+    for (pf_conn *c = w->conns, *next; c; c = next) {
+        next = conn_next(c);
+        if (conn_listener(c) == l)
+            conn_drain(c);
     }
 }
 
@@ -634,7 +678,7 @@ static void *worker_main(void *arg) {
  * namespace like the ports they stand for, and the kernel drops them with the process.
  * Sets *claim to the socket, or -1 when the kernel offers none (the probe still stands).
  * Returns 0, or PF_EIO when another pilotfish holds the address. */
-static int claim_address(const pf_config_listener *cfg, int *claim, pf_error *err) {
+int proxy_claim_address(const pf_config_listener *cfg, int *claim, pf_error *err) {
     *claim = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (*claim < 0)
         return PF_OK;
@@ -662,7 +706,7 @@ static int claim_address(const pf_config_listener *cfg, int *claim, pf_error *er
 int proxy_start(pf_proxy *proxy, pf_error *err) {
     for (size_t i = 0; i < proxy->listener_count; i++) {
         pf_listener_rt *l = &proxy->listeners[i];
-        if (claim_address(l->cfg, &l->claim_fd, err) != PF_OK)
+        if (proxy_claim_address(l->cfg, &l->claim_fd, err) != PF_OK)
             return PF_EIO;
         /* SO_REUSEPORT lets any socket of the same user join a listening port, so a second
          * pilotfish on our address would silently take part of the traffic. A probe without
@@ -670,7 +714,7 @@ int proxy_start(pf_proxy *proxy, pf_error *err) {
          * lets it past TIME_WAIT connections a previous process left, so restarts work.
          * Every listener is probed before any listens: ours may overlap (0.0.0.0:80 beside
          * 127.0.0.1:80), which SO_REUSEPORT allows among our own sockets. */
-        int probe = bind_listener(l->cfg, true, err);
+        int probe = proxy_bind_listener(l->cfg, true, err);
         if (probe < 0)
             return PF_EIO;
         close(probe);
@@ -678,7 +722,7 @@ int proxy_start(pf_proxy *proxy, pf_error *err) {
     for (size_t i = 0; i < proxy->listener_count; i++) {
         pf_listener_rt *l = &proxy->listeners[i];
         for (unsigned k = 0; k < proxy->worker_count; k++) {
-            int fd = bind_listener(l->cfg, false, err);
+            int fd = proxy_bind_listener(l->cfg, false, err);
             if (fd < 0)
                 return PF_EIO;
             l->fds[k] = fd;
@@ -687,18 +731,11 @@ int proxy_start(pf_proxy *proxy, pf_error *err) {
     for (unsigned k = 0; k < proxy->worker_count; k++) {
         pf_worker *w = &proxy->workers[k];
         for (size_t i = 0; i < proxy->listener_count; i++) {
-            pf_accept_ctx *a = &w->accept_ctx[i];
-            a->w = w;
-            a->l = &proxy->listeners[i];
-            a->readable = event_new(w->base, proxy->listeners[i].fds[k], EV_READ | EV_PERSIST,
-                                    on_acceptable, a);
-            a->retry = evtimer_new(w->base, on_accept_retry, a);
-            if (!a->readable || !a->retry)
+            int fd = proxy->listeners[i].fds[k];
+            proxy->listeners[i].fds[k] = -1; /* the worker's now */
+            if (worker_listen(w, &proxy->listeners[i], fd) != PF_OK)
                 return pf_fail(err, PF_ENOMEM, "listener %s: cannot watch the socket",
                                proxy->listeners[i].cfg->name);
-            a->fd = proxy->listeners[i].fds[k];
-            proxy->listeners[i].fds[k] = -1; /* the worker's now */
-            accept_set_state(a, PF_ACCEPT_ON);
         }
         w->drain_event = event_new(w->base, -1, 0, on_drain, w);
         w->resume_event = event_new(w->base, -1, 0, on_resume, w);
@@ -803,6 +840,7 @@ static void worker_free(pf_worker *w) {
         access_log_flush(w);
     free(w->log_buf);
     free(w->accept_ctx);
+    worker_reload_free(w);
     for (size_t i = 0; w->clusters && i < w->proxy->cluster_count; i++) {
         if (!w->clusters[i].rt)
             continue;
@@ -838,6 +876,7 @@ void proxy_free(pf_proxy *proxy) {
         if (proxy->workers[k].proxy)
             worker_free(&proxy->workers[k]);
     free(proxy->workers);
+    proxy_retired_free_all(proxy);
     for (size_t i = 0; proxy->listeners && i < proxy->listener_count; i++) {
         pf_listener_rt *l = &proxy->listeners[i];
         for (unsigned k = 0; l->fds && k < proxy->worker_count; k++)
@@ -850,12 +889,15 @@ void proxy_free(pf_proxy *proxy) {
         tls_server_free(l->tls);
     }
     free(proxy->listeners);
+    free(proxy->listener_slot);
     pf_log_sink_close(&proxy->access_sink);
     for (size_t i = 0; proxy->clusters && i < proxy->cluster_count; i++) {
         if (proxy->clusters[i].cfg)
             assign_cache_destroy(&proxy->clusters[i].assign);
         balancer_group_unref(proxy->clusters[i].lb);
         discovery_slot_free(proxy->clusters[i].slot);
+        if (proxy->clusters[i].cfg != proxy->clusters[i].owned_cfg)
+            free((void *)proxy->clusters[i].cfg);
         free(proxy->clusters[i].owned_cfg);
         tls_client_free(proxy->clusters[i].tls);
     }

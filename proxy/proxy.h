@@ -101,8 +101,8 @@ void proxy_cluster_status(const pf_proxy *proxy, size_t index, pf_proxy_cluster_
  * proxy_cluster_slot). Returns the new index, stable for the proxy's life, or PF_ELIMIT
  * when PF_MAX_CLUSTERS are in use. Main thread. */
 long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg);
-/* Retires a run-time cluster: it leaves the service routes (publish a table without it)
- * and its slot should get an empty set; the index is never reused. Main thread. */
+/* Retires a cluster: no route may name it any more (publish a table or a config without
+ * it) and its slot should get an empty set; the index is never reused. Main thread. */
 void proxy_cluster_retire(pf_proxy *proxy, size_t index);
 
 /* Service routes: when no configured route matches a request, its authority is looked up
@@ -117,6 +117,32 @@ void proxy_service_routes_free(pf_service_routes *table);
 /* Publishes `table` (taking it over) for every worker; the previous one is freed when no
  * worker uses it any more. Any thread. */
 void proxy_publish_service_routes(pf_proxy *proxy, pf_service_routes *table);
+
+/* ---- reloading a config (proxy/reload.c) --------------------------------------------- */
+
+typedef struct pf_proxy_update pf_proxy_update;
+
+/* Prepares a move to `next` (borrowed; commit keeps it): matches listeners by name and
+ * address, binds the sockets of new or moved ones (so that a busy address fails here, with
+ * nothing changed), and finds their slots. Returns NULL with `err` set: an address that
+ * cannot be bound, too many listener slots, or earlier configs still held by many open
+ * connections. Main thread. */
+pf_proxy_update *proxy_update_new(pf_proxy *proxy, const pf_config *next, pf_error *err);
+/* Abandons an update: closes what it bound. NULL is a no-op. Main thread. */
+void proxy_update_free(pf_proxy_update *u);
+/* Cluster `index` takes cfg's request settings (timeouts, retry, breakers, budget; copied)
+ * at commit; nothing changes before. Returns 0 or PF_ENOMEM. Main thread. */
+int proxy_update_cluster(pf_proxy_update *u, size_t index, const pf_config_cluster *cfg);
+/* Applies the update and frees it: next's settings and routes for every listener
+ * (cluster_slot[j] is the proxy's index of next->clusters[j]), new listeners accept,
+ * removed ones stop accepting and drain. `retired` (taken; may be NULL) is the config
+ * being replaced: it is freed once no worker and no connection that could hold a pointer
+ * into it remains. Main thread. */
+void proxy_update_commit(pf_proxy_update *u, const size_t *cluster_slot, pf_config *retired);
+/* The proxy's index of the live (not retired) cluster named `name`, or -1. Main thread. */
+long proxy_cluster_find(const pf_proxy *proxy, const char *name);
+/* True once proxy_cluster_retire was called for the cluster. Any thread. */
+bool proxy_cluster_retired(const pf_proxy *proxy, size_t index);
 
 /* Where the workers report each attempt's outcome for outlier ejection (borrowed; it
  * must outlive the workers). Main thread, before the cluster takes traffic. */

@@ -29,7 +29,9 @@ typedef struct pf_conn pf_conn;
 typedef struct pf_upstream pf_upstream;
 
 typedef struct pf_cluster_rt {
-    const pf_config_cluster *cfg;
+    /* The settings requests read now. A reload may swap it for a copy with new timeouts,
+     * retry or breaker settings; the old copy lives until no request can hold it. */
+    const pf_config_cluster *_Atomic cfg;
     pf_endpoint_slot *slot;
     pf_counter *requests[PF_CODE_CLASSES];
     pf_counter *connect_failures;
@@ -55,11 +57,23 @@ typedef struct pf_cluster_rt {
     pf_assign_params assign_params;
     pf_assign_cache assign;       /* the tier/zone/panic view of the current set */
     pf_balancer_group *lb;        /* what the workers' balancers share (settings, hash tables) */
-    pf_config_cluster *owned_cfg; /* run-time clusters own their config copy */
+    pf_config_cluster *owned_cfg; /* the first copy: health, balancer and discovery keep it */
     pf_health *health;            /* passive outlier detection; may be NULL */
     pf_tls_client *tls;           /* NULL: plaintext to the endpoints */
-    bool retired;
+    _Atomic bool retired;
 } pf_cluster_rt;
+
+/* A listener slot's life (main thread): FREE -> LIVE when a config names it, LIVE ->
+ * RETIRED when a reload removes it (workers close its sockets and drain its connections),
+ * RETIRED -> FREE once its last connection closed. */
+typedef enum {
+    PF_LISTENER_FREE,
+    PF_LISTENER_LIVE,
+    PF_LISTENER_RETIRED,
+} pf_listener_state;
+
+/* Listener slots: the config's listeners, plus removed ones still draining. */
+#define PF_LISTENER_SLOTS 128
 
 /* Why a worker's listening socket stopped accepting for a while. */
 typedef enum {
@@ -69,9 +83,12 @@ typedef enum {
     PF_PAUSE_REASONS
 } pf_pause_reason;
 
+/* A listener slot. Connections point at their slot for their whole life, so a slot is
+ * stable: a reload swaps its settings and router (atomically: workers read them at any
+ * time), and a removed listener's slot is only reused once its last connection closed. */
 typedef struct pf_listener_rt {
-    const pf_config_listener *cfg;
-    pf_router *router;
+    const pf_config_listener *_Atomic cfg;
+    pf_router *_Atomic router;
     int *fds;     /* one per worker */
     int claim_fd; /* the address's claim while we listen (see claim_address); -1: none */
     pf_counter *requests[PF_CODE_CLASSES];
@@ -84,6 +101,8 @@ typedef struct pf_listener_rt {
     pf_tls_server *tls;        /* NULL: plaintext */
     pf_counter *tunnels_total; /* connections switched to another protocol (101) */
     pf_gauge *tunnels_active;
+    pf_listener_state state;
+    bool retiring; /* RETIRED, and some worker may still accept on it (main thread) */
 } pf_listener_rt;
 
 /* Idle upstream connections to one endpoint address, per worker and cluster. */
@@ -148,10 +167,17 @@ struct pf_worker {
     /* pf_now_ms() at the last tick of the heartbeat timer; read by the admin thread. */
     _Atomic uint64_t heartbeat_ms;
     struct event *heartbeat_timer;
+    /* Commands from the main thread (proxy/reload.c): queued under the lock, run by
+     * cmd_event on this worker's loop. */
+    pthread_mutex_t cmd_lock;
+    struct pf_worker_cmd *cmds;
+    struct event *cmd_event;
+    struct pf_retired_hold *holds; /* retired configs this worker's connections may use */
+    struct event *hold_timer;
 };
 
 struct pf_proxy {
-    const pf_config *cfg;
+    const pf_config *_Atomic cfg; /* the current config; a reload swaps it */
     pf_metrics *metrics;
     pf_cluster_rt *clusters; /* PF_MAX_CLUSTERS slots; configured ones first */
     _Atomic size_t cluster_count;
@@ -159,8 +185,12 @@ struct pf_proxy {
     pthread_mutex_t routes_lock;
     pf_service_routes *routes; /* discovered services' routes; NULL: none */
     _Atomic uint64_t routes_generation;
-    pf_listener_rt *listeners;
-    size_t listener_count;
+    pf_listener_rt *listeners;     /* PF_LISTENER_SLOTS slots */
+    _Atomic size_t listener_count; /* slots ever used: the workers scan up to it */
+    size_t *listener_slot;         /* config listener index -> slot, for the current config */
+    size_t listener_slot_count;
+    _Atomic long retired_pending; /* retired configs not yet released by every worker */
+    struct pf_retired *retired;   /* those configs, newest first (main thread) */
     pf_worker *workers;
     unsigned worker_count;
     _Atomic bool started;
@@ -228,6 +258,26 @@ static inline int code_class(int status) {
 }
 
 uint64_t worker_random(pf_worker *w);
+/* proxy/proxy.c, for proxy/reload.c: a listening socket for cfg (SO_REUSEPORT, listening),
+ * or with `probe` only bound. Returns the fd, or PF_EIO with err set. */
+int proxy_bind_listener(const pf_config_listener *cfg, bool probe, pf_error *err);
+/* Registers a listener slot's metrics under l->cfg's name (existing series are reused). */
+void proxy_listener_metrics(pf_metrics *m, pf_listener_rt *l);
+/* Worker thread: starts accepting on `fd` (taken) for slot l. Returns 0 or PF_ENOMEM. */
+int worker_listen(pf_worker *w, pf_listener_rt *l, int fd);
+/* Worker thread: closes this worker's socket of slot l and drains its connections. */
+void worker_unlisten(pf_worker *w, pf_listener_rt *l);
+/* proxy/reload.c: worker side of commands and holds; set up by worker_init. */
+int worker_reload_init(pf_worker *w);
+void worker_reload_free(pf_worker *w);
+/* Frees the retired configs; after the workers are freed. */
+void proxy_retired_free_all(pf_proxy *proxy);
+/* proxy/proxy.c: claims cfg's address against other pilotfish processes (see there). */
+int proxy_claim_address(const pf_config_listener *cfg, int *claim, pf_error *err);
+/* proxy/conn.c: the listener slot a connection came in on. */
+pf_listener_rt *conn_listener(const pf_conn *c);
+/* proxy/conn.c: pf_now_us() when the request in progress began; 0 between requests. */
+uint64_t conn_request_start_us(const pf_conn *c);
 /* A downstream connection of listener `l` closed on worker `w`: its place under the
  * connection limits is free again and paused listening sockets may accept. Worker thread. */
 void worker_conn_closed(pf_worker *w, pf_listener_rt *l);

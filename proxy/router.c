@@ -70,7 +70,7 @@ static bool copy_header_edits(pf_config_header_edits *to, const pf_config_header
            (!from->remove_count || to->remove);
 }
 
-pf_router *router_new(const pf_config_listener *listener) {
+pf_router *router_new(const pf_config_listener *listener, const size_t *cluster_slot) {
     pf_router *r = calloc(1, sizeof *r + listener->route_count * sizeof(pf_config_route));
     if (!r)
         return NULL;
@@ -106,6 +106,13 @@ pf_router *router_new(const pf_config_listener *listener) {
             compile_all(route->query_params, route->query_param_count, r->compiled[i].query_re) !=
                 PF_OK)
             goto fail;
+    }
+    /* Reloads keep clusters in slots that outlive configs: routes name slots. */
+    for (size_t i = 0; cluster_slot && i < r->count; i++) {
+        pf_config_route *route = &r->routes[i];
+        route->cluster_index = cluster_slot[route->cluster_index];
+        for (size_t w = 0; w < route->weighted_count; w++)
+            route->clusters[w].cluster_index = cluster_slot[route->clusters[w].cluster_index];
     }
     return r;
 fail:

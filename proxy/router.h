@@ -35,9 +35,11 @@ typedef struct pf_route_request {
 } pf_route_request;
 
 /* Copies the listener's routes with their header and query conditions (the router may
- * outlive the config) and compiles their regexes. NULL when out of
- * memory or a regex does not compile (config/ checked them). */
-pf_router *router_new(const pf_config_listener *listener);
+ * outlive the config) and compiles their regexes. With `cluster_slot`, a route's
+ * cluster_index (into the config's clusters, weighted ones too) becomes
+ * cluster_slot[cluster_index] (the proxy's cluster index, which outlives reloads); NULL keeps
+ * them. NULL when out of memory or a regex does not compile (config/ checked them). */
+pf_router *router_new(const pf_config_listener *listener, const size_t *cluster_slot);
 void router_free(pf_router *router);
 
 /* Splits an authority ("host", "host:port", "[v6]:port") into a lower-cased host (written

@@ -20,7 +20,7 @@ static int64_t gauge_value(const pf_gauge *g) {
 }
 
 void proxy_listener_status(const pf_proxy *proxy, size_t index, pf_proxy_listener_status *out) {
-    const pf_listener_rt *l = &proxy->listeners[index];
+    const pf_listener_rt *l = &proxy->listeners[proxy->listener_slot[index]];
     for (size_t i = 0; i < PF_CODE_CLASSES; i++)
         out->requests[i] = counter_value(l->requests[i]);
     out->connections_total = counter_value(l->connections_total);

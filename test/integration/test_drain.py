@@ -140,12 +140,12 @@ def test_sigterm_with_no_traffic_exits_zero(start_backend, start_pilotfish):
     assert pf.wait_exit(15) == 0
 
 
-def test_sighup_is_ignored_with_a_log_line_and_serving_goes_on(start_backend, start_pilotfish):
+def test_sighup_reloads_without_draining_and_serving_goes_on(start_backend, start_pilotfish):
     backend = start_backend("b")
     pf = start_pilotfish(drain_config(backend, "10s"))
     os.kill(pf.pid, signal.SIGHUP)
-    wait_for(lambda: "SIGHUP: reloading the config is not supported yet" in pf.stderr_text(), 10,
-             "the SIGHUP log line")
+    wait_for(lambda: "config reload: no change source=signal" in pf.stderr_text(), 10,
+             "the reload's log line")
     assert pf.alive()
     assert http_request(pf.port(), "GET", "/").status == 200
     assert http_request(pf.admin_port, "GET", "/ready").status == 200

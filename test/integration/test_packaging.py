@@ -546,9 +546,22 @@ def test_static_endpoints_need_no_rbac_and_mount_no_token():
         assert "pilotfish-api-token" not in {v["name"] for v in spec["volumes"]}
 
 
+def test_config_reload_watch_runs_watch_config_and_rolls_nothing_on_a_config_change():
+    for args in ((), ("--set", "config.reload=watch")):
+        docs = render("demo", *args)
+        pod = pod_specs(docs)[0][0]["spec"]["template"]
+        assert "--watch-config" in pilotfish_container(pod["spec"])["args"]
+        annotations = pod["metadata"].get("annotations") or {}
+        assert "checksum/pilotfish-config" not in annotations
+    docs = render("demo", "--set", "config.reload=restart")
+    assert "--watch-config" not in pilotfish_container(pod_specs(docs)[0][1])["args"]
+    docs = render("demo", "--set", "prometheus.scrape=false")
+    assert "annotations" not in pod_specs(docs)[0][0]["spec"]["template"]["metadata"]
+
+
 def test_config_change_changes_the_checksum_annotation():
     def checksum(*extra):
-        docs = render("demo", *extra)
+        docs = render("demo", "--set", "config.reload=restart", *extra)
         pod = pod_specs(docs)[0][0]["spec"]["template"]["metadata"]["annotations"]
         return pod["checksum/pilotfish-config"], config_of(docs)
 
@@ -562,7 +575,7 @@ def test_config_change_changes_the_checksum_annotation():
 
 
 def test_prometheus_annotations_can_be_turned_off():
-    docs = render("demo", "--set", "prometheus.scrape=false")
+    docs = render("demo", "--set", "prometheus.scrape=false", "--set", "config.reload=restart")
     annotations = pod_specs(docs)[0][0]["spec"]["template"]["metadata"]["annotations"]
     assert not any(k.startswith("prometheus.io/") for k in annotations)
     assert "checksum/pilotfish-config" in annotations
@@ -626,6 +639,7 @@ BROKEN_VALUES = [
     (["--set", "resources.limits=null"], "resources: limits is required"),
     (["--set", "securityContext.runAsNonRoot=false"], "securityContext.runAsNonRoot: "),
     (["--set-string", "config.drainTimeout=15"], "config.drainTimeout: Does not match pattern"),
+    (["--set", "config.reload=sometimes"], "config.reload: config.reload must be one of"),
     (["--set", "clusters[0].name=a", "--set", "clusters[0].kubernetes.port=Bad_Port"],
      "clusters.0.kubernetes: service is required"),
     (["--set", "discovery.namespaces[0]=Shop"], "discovery.namespaces.0: Does not match pattern"),

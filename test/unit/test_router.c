@@ -52,7 +52,7 @@ static fixture load_routes(const char *routes, const char *clusters) {
              errs.count ? errs.items[0] : "(none)");
     pf_errlist_free(&errs);
     CU_ASSERT_FATAL(f.cfg != NULL);
-    f.router = router_new(&f.cfg->listeners[0]);
+    f.router = router_new(&f.cfg->listeners[0], NULL);
     CU_ASSERT_FATAL(f.router != NULL);
     return f;
 }
@@ -414,7 +414,7 @@ static void test_no_route_matches_returns_minus_one(void) {
 
 static void test_router_with_no_routes_matches_nothing(void) {
     pf_config_listener l = {0};
-    pf_router *r = router_new(&l);
+    pf_router *r = router_new(&l, NULL);
     CU_ASSERT_FATAL(r != NULL);
     CU_ASSERT_EQUAL(router_match(r, "a.local", 80, "/", 1), -1);
     CU_ASSERT_EQUAL(router_match(r, "", -1, "/", 1), -1);
@@ -446,7 +446,7 @@ static void test_hand_built_routes_return_their_cluster_index(void) {
                                   .cluster = "z",
                                   .cluster_index = 0};
     pf_config_listener l = {.routes = routes, .route_count = 3};
-    pf_router *r = router_new(&l);
+    pf_router *r = router_new(&l, NULL);
     CU_ASSERT_FATAL(r != NULL);
     /* the router copied the routes: changing the config afterwards changes nothing */
     memset(routes, 0, sizeof routes);
@@ -630,10 +630,28 @@ static void test_conditions_outlive_the_config(void) {
     router_free(f.router);
 }
 
+/* A reload builds routers with the proxy's cluster indices, which differ from the new
+ * config's order once clusters were added and removed. */
+static void test_router_maps_config_cluster_indices_to_the_given_slots(void) {
+    fixture f = load_routes("[{'match':{'prefix':'/a'},'cluster':'a'},"
+                            "{'match':{'prefix':'/b'},'cluster':'b'}]",
+                            "a b");
+    const size_t slots[] = {7, 3};
+    pf_router *mapped = router_new(&f.cfg->listeners[0], slots);
+    CU_ASSERT_FATAL(mapped != NULL);
+    CU_ASSERT_EQUAL(router_match(mapped, "x", -1, "/a", 2), 7);
+    CU_ASSERT_EQUAL(router_match(mapped, "x", -1, "/b", 2), 3);
+    CU_ASSERT_EQUAL(router_match(f.router, "x", -1, "/b", 2), 1);
+    router_free(mapped);
+    router_free(f.router);
+    config_free(f.cfg);
+}
+
 PF_UNIT_MAIN("router", PF_UNIT_TEST(test_method_header_and_query_conditions_all_must_hold),
              PF_UNIT_TEST(test_an_evil_regex_against_a_long_header_gives_up_quickly),
              PF_UNIT_TEST(test_conditions_outlive_the_config),
              PF_UNIT_TEST(test_parse_authority_splits_host_and_port_and_lowercases),
+             PF_UNIT_TEST(test_router_maps_config_cluster_indices_to_the_given_slots),
              PF_UNIT_TEST(test_parse_authority_rejects_malformed),
              PF_UNIT_TEST(test_parse_authority_rejects_ip_literal_that_is_not_ipv6),
              PF_UNIT_TEST(test_parse_authority_rejects_nul_inside),
@@ -653,4 +671,5 @@ PF_UNIT_MAIN("router", PF_UNIT_TEST(test_method_header_and_query_conditions_all_
              PF_UNIT_TEST(test_no_route_matches_returns_minus_one),
              PF_UNIT_TEST(test_router_with_no_routes_matches_nothing),
              PF_UNIT_TEST(test_hand_built_routes_return_their_cluster_index),
-             PF_UNIT_TEST(test_router_outlives_its_config))
+             PF_UNIT_TEST(test_router_outlives_its_config),
+             PF_UNIT_TEST(test_router_maps_config_cluster_indices_to_the_given_slots))

@@ -160,11 +160,14 @@ Kubernetes clusters get the release's namespace written out, so that the Role ma
 {{- end -}}
 
 {{/*
-Pod annotations for a pod that runs pilotfish: the config checksum (a config change rolls
-the pods) and, when prometheus.scrape is on, the prometheus.io/* scrape annotations.
+Pod annotations for a pod that runs pilotfish: with config.reload=restart the config
+checksum (a config change rolls the pods; with watch, pilotfish reloads the ConfigMap
+itself) and, when prometheus.scrape is on, the prometheus.io/* scrape annotations.
 */}}
 {{- define "pilotfish.podAnnotations" -}}
+{{- if eq .Values.config.reload "restart" }}
 checksum/pilotfish-config: {{ include "pilotfish.config" . | sha256sum }}
+{{- end }}
 {{- if .Values.prometheus.scrape }}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .Values.ports.admin | int | quote }}
@@ -250,6 +253,9 @@ In gateway mode it also opens the listener port to the Service.
     - /etc/pilotfish/pilotfish.json
     - --log-level
     - {{ .Values.config.logLevel }}
+    {{- if eq .Values.config.reload "watch" }}
+    - --watch-config
+    {{- end }}
     {{- with .Values.extraArgs }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
