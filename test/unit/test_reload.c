@@ -159,8 +159,27 @@ static void test_removing_a_dns_cluster_or_adding_one_without_a_resolver_needs_a
     config_free(with);
 }
 
+/* TLS contexts are made at start: a change of a cluster's TLS settings waits for a restart. */
+static void test_tls_changes_need_a_restart(void) {
+    pf_config *from = load("", "", "");
+    pf_config *to = load("", ",'tls':{'sni':'web.test'}", "");
+    pf_config_diff diff = {0};
+    CU_ASSERT_EQUAL_FATAL(config_diff(from, to, &diff), PF_OK);
+    pf_errlist errs = {0};
+    reload_check_live(from, to, &diff, true, &errs);
+    bool found = false;
+    for (size_t k = 0; k < errs.count; k++)
+        found |= strstr(errs.items[k], "TLS settings cannot change while pilotfish runs") != NULL;
+    PF_CHECK(found, "got %zu messages, first: %s", errs.count, errs.count ? errs.items[0] : "-");
+    pf_errlist_free(&errs);
+    config_diff_free(&diff);
+    config_free(to);
+    config_free(from);
+}
+
 PF_UNIT_MAIN(
     "reload", PF_UNIT_TEST(test_plan_of_a_changed_cluster_follows_which_keys_changed),
     PF_UNIT_TEST(test_endpoint_changes_keep_the_cluster_and_publish_its_endpoints_again),
     PF_UNIT_TEST(test_changes_the_running_process_cannot_take_are_named_with_their_path),
-    PF_UNIT_TEST(test_removing_a_dns_cluster_or_adding_one_without_a_resolver_needs_a_restart))
+    PF_UNIT_TEST(test_removing_a_dns_cluster_or_adding_one_without_a_resolver_needs_a_restart),
+    PF_UNIT_TEST(test_tls_changes_need_a_restart))
