@@ -20,9 +20,9 @@ typedef struct h2_stream h2_stream;
 
 /* Where the connection is in its life; h2_set_state checks every move. */
 typedef enum {
-    H2_OPEN,     /* serving streams */
-    H2_NOTICE,   /* draining: the first GOAWAY (maximum stream id) went out */
-    H2_GOAWAY,   /* the final GOAWAY went out: close once the streams are done */
+    H2_OPEN,   /* serving streams */
+    H2_NOTICE, /* draining: the first GOAWAY (maximum stream id) went out */
+    H2_GOAWAY, /* the final GOAWAY went out: close once the streams are done */
     H2_STATE_COUNT
 } h2_state;
 
@@ -49,7 +49,7 @@ struct h2_stream {
     h2_stream *prev, *next;
     pf_head req;
     char method[PF_H2_METHOD_MAX];
-    char *cookie; /* joined crumbs, bounded by max_header_bytes */
+    char *cookie;    /* joined crumbs, bounded by max_header_bytes */
     char *authority; /* :authority, becomes Host after :path (the head's first) is stored */
     size_t authority_len;
     size_t cookie_len;
@@ -65,6 +65,7 @@ struct h2_stream {
     uint64_t content_length;
     bool has_length;
     struct evbuffer *out; /* response body waiting for the data provider */
+    struct event *stall;  /* while waiting_output: the client's body_timeout to read on */
     pf_exchange ex;
 };
 
@@ -138,8 +139,8 @@ void h2_fields_free(pf_h2_fields *f) {
 
 static void add_field(pf_h2_fields *f, char *name, size_t name_len, const char *value,
                       size_t value_len) {
-    f->nv[f->count++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, name_len, value_len,
-                                     NGHTTP2_NV_FLAG_NONE};
+    f->nv[f->count++] =
+        (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, name_len, value_len, NGHTTP2_NV_FLAG_NONE};
 }
 
 /* Copies `name` lower-cased to *pos and advances it. */
@@ -203,6 +204,7 @@ int h2_response_fields(pf_h2_fields *out, const pf_head *resp, int status, bool 
 /* ---- streams -------------------------------------------------------------------------- */
 
 static const pf_downstream_ops downstream_h2_ops;
+static void flush(pf_h2_conn *h);
 
 static h2_stream *stream_get(pf_h2_conn *h, int32_t id) {
     return nghttp2_session_get_stream_user_data(h->session, id);
@@ -266,6 +268,8 @@ static void h2s_free(h2_stream *st) {
         idle_timer(h);
     http1_head_free(&st->req);
     evbuffer_free(st->out);
+    if (st->stall)
+        event_free(st->stall);
     free(st->cookie);
     free(st->authority);
     free(st);
@@ -287,7 +291,8 @@ static void consume_if_room(h2_stream *st) {
         consume(st);
 }
 
-static int add_field_to_head(pf_head *head, const char *n, size_t nlen, const char *v, size_t vlen) {
+static int add_field_to_head(pf_head *head, const char *n, size_t nlen, const char *v,
+                             size_t vlen) {
     int rc = http1_head_append_name(head, n, nlen);
     if (rc == PF_OK)
         rc = http1_head_append_value(head, v, vlen);
@@ -354,10 +359,9 @@ static void dispatch(h2_stream *st, bool end_stream) {
         reply(st, 400, "bad authority\n");
         return;
     }
-    pf_body_mode body = end_stream ? PF_BODY_NONE
-                        : st->has_length
-                            ? http1_request_body_mode(false, true, st->content_length)
-                            : PF_BODY_CHUNKED; /* an HTTP/1 upstream needs framing */
+    pf_body_mode body = end_stream       ? PF_BODY_NONE
+                        : st->has_length ? http1_request_body_mode(false, true, st->content_length)
+                                         : PF_BODY_CHUNKED; /* an HTTP/1 upstream needs framing */
     pf_exchange_request req = {
         .head = &st->req,
         .fwd =
@@ -407,8 +411,8 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     const char *n = (const char *)name, *v = (const char *)value;
     int rc = PF_OK;
     pf_h2_field kind = h2_request_field(n, namelen);
-    if (kind != PF_H2_FIELD_METHOD && kind != PF_H2_FIELD_PATH &&
-        kind != PF_H2_FIELD_AUTHORITY && kind != PF_H2_FIELD_SCHEME)
+    if (kind != PF_H2_FIELD_METHOD && kind != PF_H2_FIELD_PATH && kind != PF_H2_FIELD_AUTHORITY &&
+        kind != PF_H2_FIELD_SCHEME)
         rc = store_authority(st); /* the pseudo-header fields are over (RFC 9113 8.3) */
     if (rc != PF_OK) {
         st->error_status = 431;
@@ -452,8 +456,8 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     case PF_H2_FIELD_COOKIE:
         if (!st->cookie)
             st->cookie = malloc(h->l->cfg->max_header_bytes);
-        rc = st->cookie ? h2_cookie_append(st->cookie, h->l->cfg->max_header_bytes,
-                                           &st->cookie_len, v, valuelen)
+        rc = st->cookie ? h2_cookie_append(st->cookie, h->l->cfg->max_header_bytes, &st->cookie_len,
+                                           v, valuelen)
                         : PF_ELIMIT;
         break;
     case PF_H2_FIELD_SCHEME:
@@ -556,6 +560,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
         return NGHTTP2_ERR_DEFERRED;
     if (st->waiting_output && left <= st->h->l->cfg->buffer_bytes / 2) {
         st->waiting_output = false;
+        evtimer_del(st->stall);
         st->wake = st->h->wake = true;
     }
     return n;
@@ -563,8 +568,8 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
 
 /* ---- downstream ops: one stream each ----------------------------------------------------- */
 
-static int submit(h2_stream *st, const pf_head *resp, int status, bool has_length,
-                  uint64_t length, const char *extra) {
+static int submit(h2_stream *st, const pf_head *resp, int status, bool has_length, uint64_t length,
+                  const char *extra) {
     pf_h2_fields f;
     if (h2_response_fields(&f, resp, status, has_length, length, extra) != PF_OK)
         return PF_ENOMEM;
@@ -640,9 +645,30 @@ static bool ds_output_full(const void *ds) {
     return evbuffer_get_length(st->out) >= st->h->l->cfg->buffer_bytes;
 }
 
+/* A client that stops reading one stream (a zero window) holds an upstream connection
+ * and buffer_bytes: after the listener's body_timeout without progress that stream is
+ * cut, as an HTTP/1 connection would be. */
+static void on_stall(evutil_socket_t fd, short what, void *arg) {
+    h2_stream *st = arg;
+    if (st->ex.state != PF_EX_STREAMING)
+        return;
+    log_debug("h2 client stopped reading a stream client=%s stream=%d", st->h->client_ip,
+              (int)st->id);
+    exchange_abort(&st->ex);
+    log_once(st);
+    nghttp2_submit_rst_stream(st->h->session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    flush(st->h); /* may free the connection; nothing after this */
+}
+
 static void ds_wait_for_output(void *ds) {
     h2_stream *st = ds;
     st->waiting_output = true;
+    if (!st->stall)
+        st->stall = evtimer_new(st->h->w->base, on_stall, st);
+    if (st->stall && !evtimer_pending(st->stall, NULL)) {
+        struct timeval tv = pf_timeval_ms(st->h->l->cfg->body_timeout_ms);
+        evtimer_add(st->stall, &tv);
+    }
 }
 
 static void ds_request_writable(void *ds, bool after_retry) {
@@ -733,8 +759,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
          * are served, later ones are not. */
         h2_set_state(h, H2_GOAWAY);
         nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE,
-                              nghttp2_session_get_last_proc_stream_id(h->session),
-                              NGHTTP2_NO_ERROR, NULL, 0);
+                              nghttp2_session_get_last_proc_stream_id(h->session), NGHTTP2_NO_ERROR,
+                              NULL, 0);
     }
     flush(h);
 }

@@ -372,3 +372,33 @@ def test_sigterm_sends_goaway_twice_and_finishes_the_stream_in_flight(h2proxy):
     assert heads, frames
     assert done(frames), frames
     assert h2proxy.wait_exit(15) == 0
+
+
+def test_a_stream_the_client_stops_reading_is_cut_after_the_body_timeout(start_backend,
+                                                                        start_pilotfish):
+    import h2.settings
+
+    a = start_backend("a")
+    cfg = make_config([listener("main", [route("c", prefix="/")], body_timeout="1s")],
+                      [cluster("c", [a.address])])
+    pf = start_pilotfish(cfg, workers=1)
+    client = H2Client(pf.port())
+    # A zero window on every stream: pilotfish can send no response body at all.
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    client.flush()
+    sid = client.request("/bytes/10000000")
+    client.flush()
+    events = client.events(ended([sid]), timeout=20)
+    resets = [e for e in events if isinstance(e, h2.events.StreamReset) and e.stream_id == sid]
+    assert resets and resets[0].error_code == h2.errors.ErrorCodes.CANCEL, events
+    assert statuses(events) == {sid: "200"}, events
+    # The upstream connection the stream held is let go, and the h2 connection still works.
+    wait_for(lambda: sum(s[2] for s in pf.metrics()
+                         if s[0] == "pilotfish_upstream_connections_active") == 0,
+             10, "the stalled stream's upstream connection to close")
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+    other = client.request("/fine")
+    client.flush()
+    events = client.events(ended([other]), timeout=10)
+    client.close()
+    assert statuses(events) == {other: "200"}, events

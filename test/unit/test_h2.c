@@ -58,7 +58,8 @@ static void add(pf_head *h, const char *name, const char *value) {
 
 static bool has(const pf_h2_fields *f, const char *name, const char *value) {
     for (size_t i = 0; i < f->count; i++)
-        if (f->nv[i].namelen == strlen(name) && memcmp(f->nv[i].name, name, f->nv[i].namelen) == 0 &&
+        if (f->nv[i].namelen == strlen(name) &&
+            memcmp(f->nv[i].name, name, f->nv[i].namelen) == 0 &&
             f->nv[i].valuelen == strlen(value) &&
             memcmp(f->nv[i].value, value, f->nv[i].valuelen) == 0)
             return true;
