@@ -402,3 +402,59 @@ def test_a_stream_the_client_stops_reading_is_cut_after_the_body_timeout(start_b
     events = client.events(ended([other]), timeout=10)
     client.close()
     assert statuses(events) == {other: "200"}, events
+
+
+def test_a_header_list_past_max_header_bytes_is_answered_431_on_its_stream(start_backend,
+                                                                           start_pilotfish):
+    a = start_backend("a")
+    cfg = make_config([listener("main", [route("c", prefix="/")], max_header_bytes=8192,
+                                max_target_bytes=1024)],
+                      [cluster("c", [a.address])])
+    pf = start_pilotfish(cfg, workers=1)
+    client = H2Client(pf.port())
+    # HPACK makes these 40 fields of 1000 bytes cheap on the wire (one indexed entry
+    # repeated); decoded they are five times the limit.
+    big = client.request("/big", extra=[("x-big", "v" * 1000)] * 40)
+    fine = client.request("/fine")
+    client.flush()
+    events = client.events(ended([big, fine]))
+    client.close()
+    assert statuses(events) == {big: "431", fine: "200"}, events
+
+
+def test_head_and_no_content_responses_over_h2(h2proxy):
+    r = curl("-I", url(h2proxy, "/bytes/1000"))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert out.startswith("HTTP/2 200"), out
+    assert re.search(r"^content-length: 1000\r?$", out, re.M), out
+    r = curl("-i", url(h2proxy, "/status/204"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().startswith("HTTP/2 204"), r.stdout
+
+
+def test_200mb_download_over_h2_streams_intact_with_bounded_memory(h2proxy):
+    from harness import PatternChecker, RssSampler, is_sanitizer_build
+
+    mib = 1 << 20
+    total = 200 * mib
+    baseline = h2proxy.rss_bytes()
+    checker = PatternChecker()
+    with RssSampler(h2proxy) as sampler:
+        proc = subprocess.Popen(
+            ["curl", "-sS", "--http2-prior-knowledge", "--max-time", "170",
+             url(h2proxy, f"/bytes/{total}")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        while True:
+            piece = proc.stdout.read(1 << 16)
+            if not piece:
+                break
+            checker.feed(piece)
+        assert proc.wait(timeout=180) == 0, proc.stderr.read()
+    assert checker.offset == total
+    assert sampler.samples > 0
+    grown = sampler.peak - baseline
+    assert grown < 48 * mib, f"RSS grew by {grown / mib:.1f} MiB"
+    if not is_sanitizer_build():
+        assert sampler.peak < 64 * mib, f"RSS peak {sampler.peak / mib:.1f} MiB"
