@@ -64,8 +64,9 @@ struct h2_stream {
     size_t unconsumed; /* DATA bytes received but not yet taken upstream */
     uint64_t content_length;
     bool has_length;
-    struct evbuffer *out; /* response body waiting for the data provider */
-    struct event *stall;  /* while waiting_output: the client's body_timeout to read on */
+    struct evbuffer *out;  /* response body waiting for the data provider */
+    struct event *stall;   /* while waiting_output: the client's body_timeout to read on */
+    pf_h2_fields trailers; /* sent after the body when count > 0 */
     pf_exchange ex;
 };
 
@@ -92,7 +93,7 @@ static bool name_eq(const char *name, size_t len, const char *lit) {
     return strlen(lit) == len && memcmp(name, lit, len) == 0;
 }
 
-pf_h2_field h2_request_field(const char *name, size_t len) {
+pf_h2_field h2_request_field(const char *name, size_t len, const char *value, size_t vlen) {
     if (len > 0 && name[0] == ':') {
         if (name_eq(name, len, ":method"))
             return PF_H2_FIELD_METHOD;
@@ -108,6 +109,8 @@ pf_h2_field h2_request_field(const char *name, size_t len) {
         return PF_H2_FIELD_COOKIE;
     if (name_eq(name, len, "host"))
         return PF_H2_FIELD_HOST;
+    if (name_eq(name, len, "te") && vlen == 8 && strncasecmp(value, "trailers", 8) == 0)
+        return PF_H2_FIELD_KEEP; /* gRPC needs it on an HTTP/2 upstream; HTTP/1 drops it */
     /* RFC 9113 8.2.2: connection-specific fields do not exist in HTTP/2 (nghttp2 already
      * refuses them); "te: trailers" is the one allowed, and it means nothing to HTTP/1. */
     static const char *const drop[] = {"connection", "keep-alive",        "proxy-connection",
@@ -160,21 +163,27 @@ int h2_response_fields(pf_h2_fields *out, const pf_head *resp, int status, bool 
         lines += extra[k] == '\n';
     size_t head_count = resp ? resp->count : 0, head_bytes = resp ? resp->len : 0;
     out->nv = calloc(head_count + lines + 2, sizeof *out->nv);
-    out->scratch = malloc(head_bytes + extra_len + 32);
+    /* Names and values are copied: trailers are sent after the upstream's head is gone. */
+    out->scratch = malloc(2 * head_bytes + extra_len + 32);
     if (!out->nv || !out->scratch) {
         h2_fields_free(out);
         return PF_ENOMEM;
     }
     char *pos = out->scratch;
-    int n = snprintf(pos, 4, "%03d", status % 1000);
-    add_field(out, ":status", 7, pos, (size_t)n);
-    pos += n;
+    int n;
+    if (status) {
+        n = snprintf(pos, 4, "%03d", status % 1000);
+        add_field(out, ":status", 7, pos, (size_t)n);
+        pos += n;
+    }
     for (size_t i = 0; i < head_count; i++) {
         if (http1_is_hop_by_hop(resp, i))
             continue; /* framing and connection-specific fields (RFC 9113 8.2.2) */
         char *name = lower_copy(&pos, http1_name(resp, i), resp->headers[i].name_len);
-        add_field(out, name, resp->headers[i].name_len, http1_value(resp, i),
-                  resp->headers[i].value_len);
+        char *value = pos;
+        memcpy(value, http1_value(resp, i), resp->headers[i].value_len);
+        pos += resp->headers[i].value_len;
+        add_field(out, name, resp->headers[i].name_len, value, resp->headers[i].value_len);
     }
     if (has_length) {
         n = snprintf(pos, 21, "%llu", (unsigned long long)content_length);
@@ -203,7 +212,6 @@ int h2_response_fields(pf_h2_fields *out, const pf_head *resp, int status, bool 
 
 /* ---- streams -------------------------------------------------------------------------- */
 
-static const pf_downstream_ops downstream_h2_ops;
 static void flush(pf_h2_conn *h);
 
 static h2_stream *stream_get(pf_h2_conn *h, int32_t id) {
@@ -270,6 +278,7 @@ static void h2s_free(h2_stream *st) {
     evbuffer_free(st->out);
     if (st->stall)
         event_free(st->stall);
+    h2_fields_free(&st->trailers);
     free(st->cookie);
     free(st->authority);
     free(st);
@@ -410,7 +419,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         return 0; /* trailers of a request are not forwarded to HTTP/1 upstreams */
     const char *n = (const char *)name, *v = (const char *)value;
     int rc = PF_OK;
-    pf_h2_field kind = h2_request_field(n, namelen);
+    pf_h2_field kind = h2_request_field(n, namelen, v, valuelen);
     if (kind != PF_H2_FIELD_METHOD && kind != PF_H2_FIELD_PATH && kind != PF_H2_FIELD_AUTHORITY &&
         kind != PF_H2_FIELD_SCHEME)
         rc = store_authority(st); /* the pseudo-header fields are over (RFC 9113 8.3) */
@@ -554,9 +563,14 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
     if (n < 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     size_t left = evbuffer_get_length(st->out);
-    if (left == 0 && st->eof)
+    if (left == 0 && st->eof) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
-    else if (n == 0)
+        /* Trailers end the stream instead of this DATA frame (RFC 9113 8.1). */
+        if (st->trailers.count > 0 &&
+            nghttp2_submit_trailer(session, id, st->trailers.nv, st->trailers.count) == 0)
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        h2_fields_free(&st->trailers);
+    } else if (n == 0)
         return NGHTTP2_ERR_DEFERRED;
     if (st->waiting_output && left <= st->h->l->cfg->buffer_bytes / 2) {
         st->waiting_output = false;
@@ -568,13 +582,15 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
 
 /* ---- downstream ops: one stream each ----------------------------------------------------- */
 
+/* `body`: DATA (or trailers) follow; without, HEADERS ends the stream, which is what a
+ * gRPC trailers-only response must look like. */
 static int submit(h2_stream *st, const pf_head *resp, int status, bool has_length, uint64_t length,
-                  const char *extra) {
+                  const char *extra, bool body) {
     pf_h2_fields f;
     if (h2_response_fields(&f, resp, status, has_length, length, extra) != PF_OK)
         return PF_ENOMEM;
     nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_body};
-    int rc = nghttp2_submit_response(st->h->session, st->id, f.nv, f.count, &dp);
+    int rc = nghttp2_submit_response(st->h->session, st->id, f.nv, f.count, body ? &dp : NULL);
     h2_fields_free(&f);
     schedule_flush(st->h);
     return rc == 0 ? PF_OK : PF_ENOMEM;
@@ -586,7 +602,8 @@ static int ds_send_head(void *ds, const pf_head *resp, int status, pf_body_mode 
     pf_response_framing f = http1_response_framing(st->head_request, status, upstream_body, 1);
     *skip_body = f.skip_body;
     bool has_length = f.head_body == PF_BODY_LENGTH && status != 204;
-    return submit(st, resp, status, has_length, content_length, NULL);
+    return submit(st, resp, status, has_length, content_length, NULL,
+                  upstream_body != PF_BODY_NONE);
 }
 
 static void ds_send_interim(void *ds, const pf_head *resp, int status) {
@@ -626,7 +643,7 @@ static void ds_reply(void *ds, int status, const char *body, const char *extra_h
     evbuffer_add(st->out, body, len);
     st->eof = true;
     log_once(st);
-    if (submit(st, NULL, status, true, len, extra) != PF_OK)
+    if (submit(st, NULL, status, true, len, extra, true) != PF_OK)
         nghttp2_submit_rst_stream(st->h->session, NGHTTP2_FLAG_NONE, st->id,
                                   NGHTTP2_INTERNAL_ERROR);
     consume(st); /* nobody reads the rest of the request body */
@@ -671,11 +688,18 @@ static void ds_wait_for_output(void *ds) {
     }
 }
 
+static void ds_send_trailers(void *ds, const pf_head *trailers) {
+    h2_stream *st = ds;
+    h2_fields_free(&st->trailers);
+    if (h2_response_fields(&st->trailers, trailers, 0, false, 0, NULL) != PF_OK)
+        h2_fields_free(&st->trailers); /* cut to what fits: the body still ends */
+}
+
 static void ds_request_writable(void *ds, bool after_retry) {
     consume_if_room(ds);
 }
 
-static const pf_downstream_ops downstream_h2_ops = {
+const pf_downstream_ops downstream_h2_ops = {
     .send_head = ds_send_head,
     .send_interim = ds_send_interim,
     .send_body = ds_send_body,
@@ -685,6 +709,7 @@ static const pf_downstream_ops downstream_h2_ops = {
     .output_full = ds_output_full,
     .wait_for_output = ds_wait_for_output,
     .request_writable = ds_request_writable,
+    .send_trailers = ds_send_trailers,
 };
 
 /* ---- the connection ------------------------------------------------------------------------ */

@@ -17,6 +17,9 @@
 #define PF_H2_DRAIN_NOTICE_MS 1000u   /* from the first GOAWAY of a drain to the final one */
 #define PF_H2_METHOD_MAX 32u
 
+/* h2_upstream.c: the worker's HTTP/2 upstream connections of a cluster, closed. */
+void h2_upstream_free_all(pf_worker_cluster *wc);
+
 typedef struct pf_h2_conn pf_h2_conn;
 
 /* Takes over a downstream connection whose first bytes were the HTTP/2 preface (already
@@ -47,7 +50,8 @@ typedef enum {
     PF_H2_FIELD_DROP,      /* any other pseudo-header, or connection-specific */
 } pf_h2_field;
 
-pf_h2_field h2_request_field(const char *name, size_t len);
+/* `value` matters for te, which is kept as "te: trailers" only (RFC 9113 8.2.2). */
+pf_h2_field h2_request_field(const char *name, size_t len, const char *value, size_t vlen);
 
 /* Appends one cookie crumb to `dst` (holding *len bytes of `cap`), "; " between crumbs.
  * Returns 0 or PF_ELIMIT when it does not fit. */
@@ -60,13 +64,19 @@ typedef struct pf_h2_fields {
     char *scratch; /* lower-cased names, the status and length digits */
 } pf_h2_fields;
 
-/* Builds the HTTP/2 response fields: :status, the head's end-to-end fields with names in
- * lower case (connection-specific and framing fields dropped, RFC 9113 8.2.2),
- * content-length when `has_length`, and `extra` lines ("Name: value\r\n", or NULL). `resp`
- * may be NULL (pilotfish's own response). Returns 0 or PF_ENOMEM; free with
- * h2_fields_free. */
+/* Builds the HTTP/2 response fields: :status (none when `status` is 0: trailers), the head's
+ * end-to-end fields with names in lower case (connection-specific and framing fields dropped, RFC
+ * 9113 8.2.2), content-length when `has_length`, and `extra` lines ("Name: value\r\n", or NULL).
+ * `resp` may be NULL (pilotfish's own response). Returns 0 or PF_ENOMEM; free with h2_fields_free.
+ */
 int h2_response_fields(pf_h2_fields *out, const pf_head *resp, int status, bool has_length,
                        uint64_t content_length, const char *extra);
 void h2_fields_free(pf_h2_fields *f);
+
+/* Builds an HTTP/2 request's fields for an upstream from the exchange's request (RFC 9113
+ * 8.3.1 pseudo-headers first, :authority from Host, connection-specific fields dropped but
+ * "te: trailers", names lower-cased, pilotfish's X-Forwarded-* and X-Request-Id added).
+ * Returns 0 or PF_ENOMEM; free with h2_fields_free. */
+int h2_request_fields(pf_h2_fields *out, const pf_head *req, const pf_forward_request *fwd);
 
 #endif

@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "core/time.h"
 #include "proxy/exchange_int.h"
+#include "proxy/h2_int.h"
 #include "proxy/stream.h"
 
 #include <errno.h>
@@ -162,6 +163,7 @@ static void pool_remove(pf_upstream *up) {
 }
 
 void pool_free_all(pf_worker_cluster *wc) {
+    h2_upstream_free_all(wc);
     for (unsigned i = 0; i < PF_POOL_BUCKETS; i++) {
         pf_pool_bucket *b = wc->buckets[i];
         while (b) {

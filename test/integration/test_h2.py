@@ -458,3 +458,101 @@ def test_200mb_download_over_h2_streams_intact_with_bounded_memory(h2proxy):
     assert grown < 48 * mib, f"RSS grew by {grown / mib:.1f} MiB"
     if not is_sanitizer_build():
         assert sampler.peak < 64 * mib, f"RSS peak {sampler.peak / mib:.1f} MiB"
+
+
+class GoawayServer:
+    """An HTTP/2 server (python3-h2) answering "NAME" to every request, except that its
+    first connection answers `limit` requests and then says GOAWAY with the last of them,
+    leaving every later stream on it unprocessed. Threads; stopped by close()."""
+
+    def __init__(self, name, limit):
+        import threading
+
+        self.name, self.limit = name, limit
+        self.sock = socket.socket()
+        self.sock.bind((LOCALHOST, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.answered = 0
+        self.lock = threading.Lock()
+        self.stop = False
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        import threading
+
+        while not self.stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+                first = self.connections == 1
+            threading.Thread(target=self.serve, args=(conn, first), daemon=True).start()
+
+    def serve(self, sock, first):
+        h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        h2c.initiate_connection()
+        sock.sendall(h2c.data_to_send())
+        served, gone = 0, False
+        sock.settimeout(30)
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                for ev in h2c.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived) and not gone:
+                        h2c.send_headers(ev.stream_id, [(":status", "200"),
+                                                        ("x-backend", self.name)])
+                        h2c.send_data(ev.stream_id, self.name.encode(), end_stream=True)
+                        served += 1
+                        with self.lock:
+                            self.answered += 1
+                        if first and served == self.limit:
+                            h2c.close_connection(last_stream_id=ev.stream_id)
+                            gone = True
+                sock.sendall(h2c.data_to_send())
+                if gone:
+                    return  # streams after the GOAWAY stay unanswered: never processed
+        except (OSError, h2.exceptions.ProtocolError):
+            return
+        finally:
+            sock.close()
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+
+
+def test_streams_left_unprocessed_under_goaway_are_replayed_without_a_failure(start_pilotfish,
+                                                                             tmp_path):
+    body = tmp_path / "body"
+    body.write_bytes(b"x" * 100)
+    servers = [GoawayServer("g1", 15), GoawayServer("g2", 15)]
+    try:
+        cfg = make_config(
+            [listener("main", [route("c", prefix="/")])],
+            [cluster("c", [f"{LOCALHOST}:{s.port}" for s in servers], protocol="h2",
+                     lb_policy="round_robin")],
+        )
+        pf = start_pilotfish(cfg, workers=1)
+        # POST, not idempotent: a stream the server never processed is replayed anyway.
+        r = subprocess.run(
+            ["h2load", "-n", "400", "-c", "2", "-m", "10", "-d", str(body), url(pf, "/")],
+            capture_output=True, timeout=120,
+        )
+        out = r.stdout.decode() + r.stderr.decode()
+        assert "requests: 400 total, 400 started, 400 done, 400 succeeded, 0 failed" in out, out
+        assert "status codes: 400 2xx" in out, out
+        # Both first connections did say GOAWAY, and both servers were used again after.
+        assert all(s.connections >= 2 for s in servers), [s.connections for s in servers]
+        assert sum(s.answered for s in servers) == 400
+        m = pf.metrics()
+        retries = sum(s[2] for s in m if s[0] == "pilotfish_upstream_retries_total")
+        assert retries == 0, retries  # replays are not retries
+    finally:
+        for s in servers:
+            s.close()

@@ -10,28 +10,31 @@
 
 static void test_request_fields_map_to_their_http1_roles(void) {
     static const struct {
-        const char *name;
+        const char *name, *value;
         pf_h2_field want;
     } rows[] = {
-        {":method", PF_H2_FIELD_METHOD},
-        {":path", PF_H2_FIELD_PATH},
-        {":authority", PF_H2_FIELD_AUTHORITY},
-        {":scheme", PF_H2_FIELD_SCHEME},
-        {":protocol", PF_H2_FIELD_DROP},
-        {"cookie", PF_H2_FIELD_COOKIE},
-        {"host", PF_H2_FIELD_HOST},
-        {"te", PF_H2_FIELD_DROP},
-        {"connection", PF_H2_FIELD_DROP},
-        {"keep-alive", PF_H2_FIELD_DROP},
-        {"transfer-encoding", PF_H2_FIELD_DROP},
-        {"upgrade", PF_H2_FIELD_DROP},
-        {"content-length", PF_H2_FIELD_KEEP},
-        {"x-request-id", PF_H2_FIELD_KEEP},
-        {"hostname", PF_H2_FIELD_KEEP},
-        {"cookies", PF_H2_FIELD_KEEP},
+        {":method", "x", PF_H2_FIELD_METHOD},
+        {":path", "x", PF_H2_FIELD_PATH},
+        {":authority", "x", PF_H2_FIELD_AUTHORITY},
+        {":scheme", "x", PF_H2_FIELD_SCHEME},
+        {":protocol", "x", PF_H2_FIELD_DROP},
+        {"cookie", "x", PF_H2_FIELD_COOKIE},
+        {"host", "x", PF_H2_FIELD_HOST},
+        {"te", "gzip", PF_H2_FIELD_DROP},
+        {"te", "trailers", PF_H2_FIELD_KEEP},
+        {"te", "Trailers", PF_H2_FIELD_KEEP},
+        {"connection", "x", PF_H2_FIELD_DROP},
+        {"keep-alive", "x", PF_H2_FIELD_DROP},
+        {"transfer-encoding", "x", PF_H2_FIELD_DROP},
+        {"upgrade", "x", PF_H2_FIELD_DROP},
+        {"content-length", "x", PF_H2_FIELD_KEEP},
+        {"x-request-id", "x", PF_H2_FIELD_KEEP},
+        {"hostname", "x", PF_H2_FIELD_KEEP},
+        {"cookies", "x", PF_H2_FIELD_KEEP},
     };
     for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
-        pf_h2_field got = h2_request_field(rows[i].name, strlen(rows[i].name));
+        pf_h2_field got = h2_request_field(rows[i].name, strlen(rows[i].name), rows[i].value,
+                                           strlen(rows[i].value));
         PF_CHECK(got == rows[i].want, "%s: got %d, want %d", rows[i].name, got, rows[i].want);
     }
 }
@@ -113,7 +116,52 @@ static void test_own_responses_have_status_length_and_extra_lines_only(void) {
     h2_fields_free(&f);
 }
 
+static void test_request_fields_for_an_h2_upstream(void) {
+    pf_head h;
+    http1_head_init(&h, 4096, 32);
+    add(&h, "Host", "api.local");
+    add(&h, "Connection", "keep-alive");
+    add(&h, "TE", "trailers");
+    add(&h, "Content-Type", "application/grpc");
+    add(&h, "X-Forwarded-For", "10.1.1.1");
+    add(&h, "X-Forwarded-Proto", "https");
+    add(&h, "Transfer-Encoding", "chunked");
+    pf_forward_request fwd = {.method = "POST",
+                              .target = "?q=1",
+                              .target_len = 4,
+                              .root_first = true,
+                              .host = "api.local",
+                              .host_len = 9,
+                              .client_ip = "127.0.0.1",
+                              .proto = "http",
+                              .request_id = "id-1",
+                              .body = PF_BODY_LENGTH,
+                              .content_length = 5};
+    pf_h2_fields f;
+    CU_ASSERT_EQUAL_FATAL(h2_request_fields(&f, &h, &fwd), PF_OK);
+    /* RFC 9113 8.3: the pseudo-header fields come first */
+    const char *first[] = {":method", ":scheme", ":authority", ":path"};
+    for (size_t i = 0; i < 4; i++)
+        PF_CHECK(f.nv[i].namelen == strlen(first[i]) &&
+                     memcmp(f.nv[i].name, first[i], f.nv[i].namelen) == 0,
+                 "field %zu is %.*s", i, (int)f.nv[i].namelen, f.nv[i].name);
+    CU_ASSERT_TRUE(has(&f, ":method", "POST"));
+    CU_ASSERT_TRUE(has(&f, ":scheme", "http"));
+    CU_ASSERT_TRUE(has(&f, ":authority", "api.local"));
+    CU_ASSERT_TRUE(has(&f, ":path", "/?q=1"));
+    CU_ASSERT_TRUE(has(&f, "te", "trailers"));
+    CU_ASSERT_TRUE(has(&f, "content-type", "application/grpc"));
+    CU_ASSERT_TRUE(has(&f, "x-forwarded-for", "10.1.1.1, 127.0.0.1"));
+    CU_ASSERT_TRUE(has(&f, "x-forwarded-proto", "http"));
+    CU_ASSERT_TRUE(has(&f, "x-request-id", "id-1"));
+    CU_ASSERT_TRUE(has(&f, "content-length", "5"));
+    CU_ASSERT_EQUAL(f.count, 10); /* no host, connection, transfer-encoding, old proto */
+    h2_fields_free(&f);
+    http1_head_free(&h);
+}
+
 PF_UNIT_MAIN("h2", PF_UNIT_TEST(test_request_fields_map_to_their_http1_roles),
              PF_UNIT_TEST(test_cookie_crumbs_join_with_semicolons_within_the_limit),
              PF_UNIT_TEST(test_response_fields_are_lower_case_without_connection_specific_ones),
-             PF_UNIT_TEST(test_own_responses_have_status_length_and_extra_lines_only))
+             PF_UNIT_TEST(test_own_responses_have_status_length_and_extra_lines_only),
+             PF_UNIT_TEST(test_request_fields_for_an_h2_upstream))
