@@ -32,7 +32,7 @@ struct h2u_stream {
     bool body_end;
     bool head_done; /* the final response head went to the exchange */
     bool got_bytes;
-    bool paused; /* the client's output is full: the window is not returned */
+    bool paused;   /* the client's output is full: the window is not returned */
     bool writable; /* request bytes went out: tell the exchange after the send */
     size_t unconsumed;
     int status;
@@ -74,10 +74,9 @@ static char *lower_into(char **pos, const char *name, size_t len) {
     return start;
 }
 
-static void nv_add(pf_h2_fields *f, const char *name, size_t nlen, const char *value,
-                   size_t vlen) {
-    f->nv[f->count++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, nlen, vlen,
-                                     NGHTTP2_NV_FLAG_NONE};
+static void nv_add(pf_h2_fields *f, const char *name, size_t nlen, const char *value, size_t vlen) {
+    f->nv[f->count++] =
+        (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, nlen, vlen, NGHTTP2_NV_FLAG_NONE};
 }
 
 int h2_request_fields(pf_h2_fields *out, const pf_head *req, const pf_forward_request *fwd) {
@@ -505,8 +504,8 @@ static h2u_conn *conn_open(pf_worker *w, pf_worker_cluster *wc, const pf_endpoin
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     static const pf_stream_callbacks callbacks = {on_read, on_write, on_event};
-    c->s = stream_new(w->base, fd, PF_DEFAULT_BUFFER_BYTES, PF_DEFAULT_BUFFER_BYTES / 2,
-                      &callbacks, c);
+    c->s = stream_new(w->base, fd, PF_DEFAULT_BUFFER_BYTES, PF_DEFAULT_BUFFER_BYTES / 2, &callbacks,
+                      c);
     if (!c->s)
         goto fail_fd;
     fd = -1;
