@@ -39,7 +39,7 @@ def grpc_servers():
     addresses = {name: make(name) for name in ("s1", "s2", "s3")}
     yield addresses
     for server in servers:
-        server.stop(grace=None)
+        server.stop(grace=None).wait(10)  # the ports are closed when this returns
 
 
 @pytest.fixture

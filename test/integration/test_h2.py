@@ -477,7 +477,9 @@ class GoawayServer:
         self.answered = 0
         self.lock = threading.Lock()
         self.stop = False
-        threading.Thread(target=self.accept, daemon=True).start()
+        self.conns = []
+        self.thread = threading.Thread(target=self.accept, daemon=True)
+        self.thread.start()
 
     def accept(self):
         import threading
@@ -490,6 +492,7 @@ class GoawayServer:
             with self.lock:
                 self.connections += 1
                 first = self.connections == 1
+                self.conns.append(conn)
             threading.Thread(target=self.serve, args=(conn, first), daemon=True).start()
 
     def serve(self, sock, first):
@@ -523,8 +526,22 @@ class GoawayServer:
             sock.close()
 
     def close(self):
+        """Stops listening for good: a close alone leaves the port listening while the
+        accept thread sits in accept(), and a later test could be handed that port."""
         self.stop = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(timeout=5)
+        with self.lock:
+            for conn in self.conns:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        assert not self.thread.is_alive(), "the accept thread did not stop"
 
 
 def test_streams_left_unprocessed_under_goaway_are_replayed_without_a_failure(start_pilotfish,
@@ -556,3 +573,6 @@ def test_streams_left_unprocessed_under_goaway_are_replayed_without_a_failure(st
     finally:
         for s in servers:
             s.close()
+    for s in servers:  # nothing listens there any more
+        with pytest.raises(OSError):
+            socket.create_connection((LOCALHOST, s.port), timeout=2).close()
