@@ -50,10 +50,11 @@ struct h2u_conn {
     struct event *flush_ev;
     struct event *timer; /* connect timeout, then idle timeout while no stream is open */
     bool connected;
-    bool pending;  /* counted in the cluster's pending requests until connected */
-    bool goaway;   /* no new streams: the peer said GOAWAY, or we are closing */
-    bool closing;  /* freed at the end of the current event */
-    size_t active; /* streams open, released or not */
+    bool pending;           /* counted in the cluster's pending requests until connected */
+    bool goaway;            /* no new streams: the peer said GOAWAY, or we are closing */
+    int32_t goaway_last_id; /* streams above it were never processed (RFC 9113 6.8) */
+    bool closing;           /* freed at the end of the current event */
+    size_t active;          /* streams open, released or not */
     h2u_stream *streams;
     h2u_conn *prev, *next;
 };
@@ -244,6 +245,8 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         /* No new streams here; nghttp2 closes those above last_stream_id with
          * REFUSED_STREAM, and on_stream_close replays them elsewhere. */
         c->goaway = true;
+        if (frame->goaway.last_stream_id < c->goaway_last_id)
+            c->goaway_last_id = frame->goaway.last_stream_id;
         return 0;
     }
     h2u_stream *st = get_stream(c, frame->hd.stream_id);
@@ -352,10 +355,12 @@ static void conn_fail(h2u_conn *c, bool connect, const char *reason) {
     for (h2u_stream *st = c->streams; st; st = st->next) {
         if (!st->ex)
             continue;
+        /* Only a GOAWAY says a stream was never processed; without one, a stream that
+         * got no answer may still have been served, so its replay is the policy's call. */
         if (connect)
             fail(st, 503, reason, PF_FAIL_CONNECT);
         else
-            fail(st, 502, reason, st->got_bytes ? PF_FAIL_RESET : PF_FAIL_STALE);
+            fail(st, 502, reason, st->id > c->goaway_last_id ? PF_FAIL_STALE : PF_FAIL_RESET);
     }
     conn_free_h2u(c);
 }
@@ -491,6 +496,7 @@ static h2u_conn *conn_open(pf_worker *w, pf_worker_cluster *wc, const pf_endpoin
         return NULL;
     c->w = w;
     c->wc = wc;
+    c->goaway_last_id = INT32_MAX;
     c->pending = true;
     atomic_fetch_add_explicit(&wc->rt->pending_requests, 1, memory_order_relaxed);
     metrics_gauge_add(wc->rt->connections_active, 1);

@@ -506,7 +506,11 @@ class GoawayServer:
                 data = sock.recv(65536)
                 if not data:
                     return
+                if gone:
+                    continue  # after GOAWAY: read and drop until pilotfish closes
                 for ev in h2c.receive_data(data):
+                    if isinstance(ev, h2.events.DataReceived):
+                        h2c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                     if isinstance(ev, h2.events.RequestReceived) and not gone:
                         h2c.send_headers(ev.stream_id, [(":status", "200"),
                                                         ("x-backend", self.name)])
@@ -518,8 +522,8 @@ class GoawayServer:
                             h2c.close_connection(last_stream_id=ev.stream_id)
                             gone = True
                 sock.sendall(h2c.data_to_send())
-                if gone:
-                    return  # streams after the GOAWAY stay unanswered: never processed
+                # Streams after the GOAWAY stay unanswered (never processed); the
+                # connection stays open until pilotfish closes it, as a graceful server's.
         except (OSError, h2.exceptions.ProtocolError):
             return
         finally:
@@ -548,7 +552,9 @@ def test_streams_left_unprocessed_under_goaway_are_replayed_without_a_failure(st
                                                                              tmp_path):
     body = tmp_path / "body"
     body.write_bytes(b"x" * 100)
-    servers = [GoawayServer("g1", 15), GoawayServer("g2", 15)]
+    # g1's first connection says GOAWAY after 15 streams; g2 never does, so a replayed
+    # stream is never refused a second time (the free replay is once per request).
+    servers = [GoawayServer("g1", 15), GoawayServer("g2", None)]
     try:
         cfg = make_config(
             [listener("main", [route("c", prefix="/")])],
@@ -564,8 +570,8 @@ def test_streams_left_unprocessed_under_goaway_are_replayed_without_a_failure(st
         out = r.stdout.decode() + r.stderr.decode()
         assert "requests: 400 total, 400 started, 400 done, 400 succeeded, 0 failed" in out, out
         assert "status codes: 400 2xx" in out, out
-        # Both first connections did say GOAWAY, and both servers were used again after.
-        assert all(s.connections >= 2 for s in servers), [s.connections for s in servers]
+        # g1's first connection said GOAWAY, and g1 was used again after.
+        assert servers[0].connections >= 2, servers[0].connections
         assert sum(s.answered for s in servers) == 400
         m = pf.metrics()
         retries = sum(s[2] for s in m if s[0] == "pilotfish_upstream_retries_total")
