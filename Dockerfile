@@ -17,7 +17,7 @@ FROM debian:12 AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       gcc libc6-dev make pkg-config libevent-dev libc-ares-dev libcurl4-openssl-dev \
-      libjansson-dev libyaml-dev libpcre2-dev libssl-dev node-llhttp \
+      libjansson-dev libyaml-dev libpcre2-dev libssl-dev libnghttp2-dev node-llhttp \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -28,7 +28,7 @@ FROM debian:12 AS runtime
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libevent-core-2.1-7 libevent-extra-2.1-7 libevent-pthreads-2.1-7 libc-ares2 \
-      libcurl4 libjansson4 libyaml-0-2 libpcre2-8-0 libssl3 \
+      libcurl4 libjansson4 libyaml-0-2 libpcre2-8-0 libssl3 libnghttp2-14 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/build/pilotfish /usr/local/bin/pilotfish
 COPY packaging/rootfs.sh /tmp/rootfs.sh

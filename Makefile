@@ -23,7 +23,7 @@ WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -DLLHTTP_STRICT_MODE=1 -g $(OPT) $(SAN) -I. -I$(LLHTTP_INC) -MMD -MP
 CFLAGS_ALL = $(CFLAGS_BASE) $(WARN) $(CFLAGS)
 LIBS = -levent_core -levent_extra -levent_pthreads -ljansson -lcares -lyaml -lpcre2-8 -lssl \
-	-lcrypto -lpthread -lm -ldl
+	-lcrypto -lnghttp2 -lpthread -lm -ldl
 # Loaded with dlopen on first use, not linked (discovery/curl_loader.c): the image and the
 # packages still need them.
 DLOPEN_LIBS = -lcurl
@@ -46,7 +46,7 @@ all: $(BUILD)/pilotfish $(FAKE_BIN)
 DEB_PKGS = gcc libc6-dev make pkg-config libevent-dev libc-ares-dev libcurl4-openssl-dev libjansson-dev \
 	libssl-dev libcunit1-dev node-llhttp python3 python3-pytest curl procps util-linux \
 	haproxy nginx-light wrk nghttp2-client dnsmasq-base bind9-dnsutils clang-format python3-yaml unzip \
-	libyaml-dev libpcre2-dev prometheus chromium python3-websockets
+	libyaml-dev libpcre2-dev prometheus chromium python3-websockets libnghttp2-dev python3-h2
 # $(call install_missing,PACKAGES): apt-get install those of PACKAGES not installed yet.
 define install_missing
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \

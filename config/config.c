@@ -71,6 +71,12 @@ static const char *const lb_policy_names[] = {
 static const char *const lb_policy_alias_names[] = {"ewma"};
 static const int lb_policy_alias_values[] = {PF_LB_LEAST_RESPONSE_TIME};
 
+static const char *const protocol_names[] = {
+    [PF_PROTO_HTTP1] = "http1",
+    [PF_PROTO_H2] = "h2",
+    [PF_PROTO_DOWNSTREAM] = "downstream",
+};
+
 /* Bit k of pf_config_retry.on is retry_on_names[k]. */
 static const char *const retry_on_names[] = {"connect-failure", "reset", "gateway-error", "5xx",
                                              "retriable-status-codes"};
@@ -85,6 +91,7 @@ static const char *const check_type_names[] = {"http", "tcp"};
 
 /* KT_ENUM rows store through an int. */
 _Static_assert(sizeof(pf_lb_policy) == sizeof(int) && sizeof(pf_dns_record) == sizeof(int) &&
+                   sizeof(pf_upstream_protocol) == sizeof(int) &&
                    sizeof(pf_check_type) == sizeof(int),
                "enum fields of the schema are int-sized");
 
@@ -2216,6 +2223,12 @@ static void cluster_finish(loader *ld, json_t *v, const char *path, void *obj) {
     if (c->has_tls && json_object_get(v, "health_check") && c->health_check.type == PF_CHECK_HTTP)
         errf(ld, jkey(p, jkey(hc, path, "health_check"), "type"),
              "http checks do not speak TLS yet; a cluster with \"tls\" can use \"tcp\" checks");
+    /* The HTTP/2 upstream codec has no TLS layer (nor ALPN) yet: refused rather than sent in
+     * plaintext to an endpoint that expects TLS. */
+    if (c->has_tls && c->protocol != PF_PROTO_HTTP1 && json_object_get(v, "protocol"))
+        errf(ld, jkey(p, path, "protocol"),
+             "\"%s\" does not speak TLS yet; a cluster with \"tls\" uses \"http1\"",
+             protocol_names[c->protocol]);
 
     /* Defaults that depend on the policy: a table size only for hashing, a decay only for
      * least_response_time. */
@@ -2773,6 +2786,9 @@ static const key_def cluster_keys[] = {
     {K_UINT(pf_config_cluster, "max_idle_per_endpoint", max_idle_per_endpoint, 0,
             MAX_IDLE_PER_ENDPOINT_MAX, PF_DEFAULT_MAX_IDLE_PER_ENDPOINT,
             "pooled connections kept per endpoint and worker")},
+    {K_ENUM(pf_config_cluster, "protocol", protocol, pf_upstream_protocol, protocol_names, 0,
+            PF_PROTO_HTTP1, "protocol", "protocols",
+            "to endpoints: http1, h2 (prior knowledge) or downstream (as the client)")},
     {K_OBJ(pf_config_cluster, "retry", retry, retry_schema, "the cluster's retry policy")},
     {K_INLINE("retry_budget", budget_schema, "how many retries may be in flight")},
     {K_OBJ(pf_config_cluster, "circuit_breakers", breakers, breaker_schema,

@@ -73,6 +73,13 @@ typedef enum {
     PF_LB_MAGLEV,
 } pf_lb_policy;
 
+/* clusters[].protocol: how pilotfish talks to the cluster's endpoints. */
+typedef enum {
+    PF_PROTO_HTTP1,      /* HTTP/1.1 */
+    PF_PROTO_H2,         /* HTTP/2 with prior knowledge (h2c) */
+    PF_PROTO_DOWNSTREAM, /* whatever the client spoke */
+} pf_upstream_protocol;
+
 /* Load-balancing settings beside lb_policy; defaults documented in README.md. */
 #define PF_DEFAULT_RING_HASH_SIZE 1024u /* ring points of an endpoint of the highest weight */
 #define PF_DEFAULT_MAGLEV_SIZE 65537u   /* a prime */
@@ -312,6 +319,7 @@ typedef struct pf_config_cluster {
     bool zone_aware;
     uint32_t panic_threshold; /* percent healthy below which all endpoints are used */
     pf_lb_policy lb_policy;
+    pf_upstream_protocol protocol;
     pf_config_hash_on hash_on; /* ring_hash and maglev; PF_HASH_NONE otherwise */
     uint32_t hash_table_size;  /* ring_hash: points per heaviest endpoint; maglev: prime slots */
     uint64_t ewma_decay_ms;    /* least_response_time */

@@ -7,11 +7,16 @@
  * on_message_complete pauses the parser, and it resumes only when the response is done,
  * so responses leave in request order. Bodies stream through in both directions with
  * backpressure: reading from one side stops while the other side's output holds more than
- * the listener's buffer_bytes. */
+ * the listener's buffer_bytes.
+ *
+ * A connection whose first bytes are the HTTP/2 preface (llhttp stops on it by itself, so
+ * HTTP/1 pays nothing for the check) is handed to h2_downstream.c, which then owns the
+ * stream's traffic; this struct stays its owner for the worker's list and the limits. */
 #include "core/json.h"
 #include "core/log.h"
 #include "core/time.h"
 #include "proxy/exchange_int.h"
+#include "proxy/h2_int.h"
 #include "proxy/stream.h"
 #include "proxy/tls_int.h"
 
@@ -64,6 +69,7 @@ struct pf_conn {
     bool parser_paused;
     bool paused_for_upgrade;
     bool draining;
+    bool dispatched; /* a request was dispatched: the HTTP/2 preface may no longer come */
     bool value_ended_at_chunk_end;
     const char *chunk_start, *chunk_end; /* the bytes llhttp is executing now */
 
@@ -77,6 +83,7 @@ struct pf_conn {
     pf_body_mode req_body;
     pf_body_mode resp_body;
     pf_exchange ex; /* embedded: no allocation per request */
+    pf_h2_conn *h2; /* the connection speaks HTTP/2: everything above is unused */
 };
 
 static const llhttp_settings_t *request_settings(void);
@@ -142,6 +149,7 @@ static void reset_request(pf_conn *c) {
 void conn_free(pf_conn *c) {
     if (!c)
         return;
+    h2_conn_free(c->h2);
     exchange_free(&c->ex);
     if (c->prev)
         c->prev->next = c->next;
@@ -237,6 +245,7 @@ static void reject(pf_conn *c, int status, const char *body) {
 /* Checks the head, describes the request to the exchange and starts it. Anything wrong
  * with the request itself is answered here, before the exchange routes it. */
 static void dispatch(pf_conn *c) {
+    c->dispatched = true;
     c->method = (llhttp_method_t)llhttp_get_method(&c->parser);
     c->minor = c->parser.http_minor;
     c->keep_alive = llhttp_should_keep_alive(&c->parser) && !c->draining;
@@ -453,6 +462,18 @@ static void watch_body_progress(pf_conn *c) {
         timer_stop(c);
 }
 
+/* llhttp matched the whole HTTP/2 connection preface as the first request (RFC 9113 3.4):
+ * from here on the connection is HTTP/2 with prior knowledge. */
+static void start_h2(pf_conn *c) {
+    timer_stop(c);
+    c->h2 = h2_conn_new(c, c->w, c->l, c->stream, c->client_ip);
+    if (!c->h2) {
+        conn_free(c);
+        return;
+    }
+    h2_conn_on_read(c->h2); /* what followed the preface; may free c */
+}
+
 static void process_input(pf_conn *c) {
     struct evbuffer *in = stream_input(c->stream);
     size_t limit = c->l->cfg->buffer_bytes;
@@ -487,6 +508,10 @@ static void process_input(pf_conn *c) {
             }
             break;
         }
+        if (rc == HPE_PAUSED_H2_UPGRADE && !c->dispatched) {
+            start_h2(c);
+            return;
+        }
         if (rc != HPE_OK) {
             parse_failed(c, rc);
             return;
@@ -501,6 +526,10 @@ static void process_input(pf_conn *c) {
 
 static void on_read(pf_stream *s, void *arg) {
     pf_conn *c = arg;
+    if (c->h2) {
+        h2_conn_on_read(c->h2);
+        return;
+    }
     if (c->state == CONN_TUNNEL) {
         tunnel_on_read(exchange_tunnel(&c->ex), PF_TUNNEL_CLIENT);
         return;
@@ -515,6 +544,10 @@ static void on_read(pf_stream *s, void *arg) {
 
 static void on_write(pf_stream *s, void *arg) {
     pf_conn *c = arg;
+    if (c->h2) {
+        h2_conn_on_write(c->h2);
+        return;
+    }
     if (c->state == CONN_TUNNEL) {
         tunnel_on_write(exchange_tunnel(&c->ex), PF_TUNNEL_CLIENT);
         return;
@@ -539,7 +572,8 @@ static void on_event(pf_stream *s, int what, int err, void *arg) {
         tunnel_on_event(exchange_tunnel(&c->ex), PF_TUNNEL_CLIENT, what, err);
         return;
     }
-    if (c->state == CONN_LINGERING || (what & PF_STREAM_ERROR)) {
+    /* An HTTP/2 client that closes has nothing left to be answered on. */
+    if (c->h2 || c->state == CONN_LINGERING || (what & PF_STREAM_ERROR)) {
         conn_free(c);
         return;
     }
@@ -795,6 +829,10 @@ pf_conn *conn_next(const pf_conn *c) {
 
 void conn_drain(pf_conn *c) {
     c->draining = true;
+    if (c->h2) {
+        h2_conn_drain(c->h2);
+        return;
+    }
     if (c->state == CONN_IDLE)
         start_close(c);
 }
@@ -804,6 +842,8 @@ pf_listener_rt *conn_listener(const pf_conn *c) {
 }
 
 uint64_t conn_request_start_us(const pf_conn *c) {
+    if (c->h2)
+        return h2_conn_oldest_start_us(c->h2);
     /* A tunnel still refers to the route and cluster it started on. */
     return c->state == CONN_REQUEST || c->state == CONN_TUNNEL ? c->ex.start_us : 0;
 }

@@ -150,9 +150,13 @@ bool exchange_retry_wanted(const pf_config_retry *retry, pf_failure kind, int st
 pf_retry_verdict exchange_retry_verdict(const pf_retry_facts *f) {
     if (f->response_started || !f->replayable || !f->retry)
         return PF_RETRY_NO;
-    /* A pooled connection the server had closed processed nothing: one free replay. */
+    /* A pooled connection the server had closed, or an HTTP/2 stream it refused or left
+     * unprocessed under GOAWAY (RFC 9113 8.7), processed nothing: one free replay, whatever
+     * the method. */
     if (f->kind == PF_FAIL_STALE)
         return f->stale_retried ? PF_RETRY_NO : PF_RETRY_YES;
+    if (f->not_idempotent)
+        return PF_RETRY_NO;
     if (!exchange_retry_wanted(f->retry, f->kind, f->status) || f->retries >= f->retry->max_retries)
         return PF_RETRY_NO;
     if (f->deadline_us && f->now_us >= f->deadline_us)
@@ -270,7 +274,8 @@ void exchange_reset(pf_exchange *ex) {
     ex->up = NULL;
     ex->req.head = NULL;
     ex->method = NULL;
-    ex->request_complete = ex->replayable = ex->stale_retried = ex->upgrade = false;
+    ex->request_complete = ex->replayable = ex->not_idempotent = ex->stale_retried = ex->upgrade =
+        false;
     ex->attempts = ex->retries = 0;
     ex->status = 0;
     ex->deadline_us = 0;
@@ -604,9 +609,15 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
     }
     atomic_fetch_add_explicit(&rt->active_requests, 1, memory_order_relaxed);
     ex->counted_active = true;
-    /* The cluster's protocol would choose the upstream codec here; HTTP/1 is the only one. */
-    ex->up_ops = &upstream_http1_ops;
-    ex->replayable = exchange_method_idempotent(ex->method) || ex->retry->non_idempotent;
+    /* The cluster's protocol chooses the upstream codec; "downstream" follows the client. */
+    pf_upstream_protocol proto = rt->cfg->protocol;
+    if (proto == PF_PROTO_DOWNSTREAM)
+        proto = ex->down == &downstream_h2_ops ? PF_PROTO_H2 : PF_PROTO_HTTP1;
+    ex->up_ops = proto == PF_PROTO_H2 ? &upstream_h2_ops : &upstream_http1_ops;
+    /* Toward HTTP/2 the body is kept for every method (up to retry.buffer_bytes): a stream
+     * refused under GOAWAY was never processed and is replayed whatever its method. */
+    ex->not_idempotent = !exchange_method_idempotent(ex->method) && !ex->retry->non_idempotent;
+    ex->replayable = !ex->not_idempotent || ex->up_ops == &upstream_h2_ops;
     start_attempt(ex);
 }
 
@@ -661,6 +672,7 @@ static bool may_retry(pf_exchange *ex, pf_failure kind, int status) {
         .status = status,
         .response_started = ex->state != PF_EX_WAITING,
         .replayable = ex->replayable,
+        .not_idempotent = ex->not_idempotent,
         .stale_retried = ex->stale_retried,
         .retries = ex->retries,
         .now_us = ex->deadline_us ? pf_now_us() : 0,
@@ -757,6 +769,11 @@ void exchange_on_response_interim(pf_exchange *ex, const pf_head *resp, int stat
 void exchange_on_response_body(pf_exchange *ex, const char *at, size_t len) {
     ex->bytes_out += len;
     ex->down->send_body(ex->ds, at, len);
+}
+
+void exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers) {
+    if (ex->down->send_trailers)
+        ex->down->send_trailers(ex->ds, trailers);
 }
 
 void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable) {

@@ -62,6 +62,8 @@ typedef struct pf_downstream_ops {
                                bool *client_eof);
     /* The tunnel ended (the exchange is DONE and logged): close the connection now. */
     void (*close)(void *ds);
+    /* The response's trailer fields, before send_end; NULL: the codec drops them. */
+    void (*send_trailers)(void *ds, const pf_head *trailers);
 } pf_downstream_ops;
 
 /* The request as the exchange forwards it: the downstream's head (borrowed until the
@@ -91,8 +93,11 @@ typedef struct pf_upstream_ops {
     pf_stream *(*tunnel_stream)(void *up);
 } pf_upstream_ops;
 
-/* The HTTP/1 upstream codec (upstream.c). */
+/* The HTTP/1 upstream codec (upstream.c), the HTTP/2 one (h2_upstream.c), and the HTTP/2
+ * downstream codec (h2_downstream.c), which clusters with protocol "downstream" follow. */
 extern const pf_upstream_ops upstream_http1_ops;
+extern const pf_upstream_ops upstream_h2_ops;
+extern const pf_downstream_ops downstream_h2_ops;
 
 /* The endpoints an exchange failed on (balancer_hash of their addresses, the latest
  * PF_AVOID_MAX), avoided by its next attempts. */
@@ -118,6 +123,7 @@ struct pf_exchange {
     const char *method;    /* for the access log */
     bool request_complete; /* the request (and its body) fully arrived */
     bool replayable;       /* replay holds the whole body received so far */
+    bool not_idempotent;   /* kept only for a stream never processed (HTTP/2 upstreams) */
     bool stale_retried;    /* the one free replay after a dead pooled connection was used */
     bool counted_active;   /* in the cluster's requests in flight */
     bool counted_retry;    /* in the cluster's retries in flight */
@@ -197,6 +203,8 @@ int exchange_on_response_head(pf_exchange *ex, const pf_head *resp, int status,
                               pf_body_mode upstream_body, uint64_t content_length, bool *skip_body);
 void exchange_on_response_interim(pf_exchange *ex, const pf_head *resp, int status);
 void exchange_on_response_body(pf_exchange *ex, const char *at, size_t len);
+/* Trailer fields after the body (HTTP/2, or HTTP/1 chunked); borrowed for the call. */
+void exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers);
 void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable);
 /* The attempt failed. `status` is what to answer if nothing was sent yet (502/503/504),
  * unless a retry follows. The upstream is released by the call. */
@@ -259,6 +267,7 @@ typedef struct pf_retry_facts {
     int status;
     bool response_started;
     bool replayable;
+    bool not_idempotent; /* only a never-processed attempt (STALE) may be replayed */
     bool stale_retried;
     unsigned retries;
     uint64_t now_us, deadline_us; /* deadline 0: none */

@@ -121,7 +121,8 @@ typedef struct pf_worker_cluster {
     uint64_t assigned_version;
     pf_balancer *balancer;
     pf_pool_bucket *buckets[PF_POOL_BUCKETS];
-    uint64_t pruned_version; /* the set version the pool was last pruned to */
+    uint64_t pruned_version;   /* the set version the pool was last pruned to */
+    struct h2u_conn *h2_conns; /* HTTP/2 upstream connections (h2_upstream.c) */
 } pf_worker_cluster;
 
 /* A worker's listening socket for one listener. Its life is one state:

@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "core/time.h"
 #include "proxy/exchange_int.h"
+#include "proxy/h2_int.h"
 #include "proxy/stream.h"
 #include "proxy/tls_int.h"
 
@@ -211,6 +212,7 @@ void pool_prune(pf_worker_cluster *wc, const pf_endpoint_set *set) {
 }
 
 void pool_free_all(pf_worker_cluster *wc) {
+    h2_upstream_free_all(wc);
     for (unsigned i = 0; i < PF_POOL_BUCKETS; i++) {
         pf_pool_bucket *b = wc->buckets[i];
         while (b) {

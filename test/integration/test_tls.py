@@ -418,10 +418,14 @@ def test_cluster_tls_config_errors_name_the_file_and_the_json_path(pki, tmp_path
         ({"alpn": ["h2"]}, "$.clusters[0].tls.alpn[0]"),
         ({"sni": "api.test", "check": {"path": "/healthz"}},
          "$.clusters[0].health_check.type: http checks do not speak TLS yet"),
+        ({"sni": "api.test", "protocol": "h2"},
+         "$.clusters[0].protocol: \"h2\" does not speak TLS yet"),
     ]
     for tls, want in cases:
         check = tls.pop("check", None)
         extra = {"health_check": check} if check else {}
+        if "protocol" in tls:
+            extra["protocol"] = tls.pop("protocol")
         cfg = make_config([listener("main", [route("api")])],
                           [cluster("api", ["127.0.0.1:1"], tls=tls, **extra)])
         path = tmp_path / "c.json"

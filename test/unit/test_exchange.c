@@ -278,6 +278,7 @@ static void test_retry_verdict(void) {
     ROW("not named", kind, PF_FAIL_RESET, PF_RETRY_NO);
     ROW("protocol error", kind, PF_FAIL_PROTOCOL, PF_RETRY_NO);
     ROW("stale first time", kind, PF_FAIL_STALE, PF_RETRY_YES);
+    ROW("not idempotent", not_idempotent, true, PF_RETRY_NO);
     ROW("budget: 20% of 100 in flight", other_retries, 19, PF_RETRY_YES);
     ROW("budget spent", other_retries, 20, PF_RETRY_NO_BUDGET);
     ROW("budget floor", active_requests, 1, PF_RETRY_YES);
@@ -295,6 +296,10 @@ static void test_retry_verdict(void) {
     rows[n] = (struct row){"stale with retries spent", base, PF_RETRY_YES};
     rows[n].f.kind = PF_FAIL_STALE;
     rows[n].f.retries = 2;
+    n++;
+    rows[n] = (struct row){"stale (refused h2 stream) of a POST", base, PF_RETRY_YES};
+    rows[n].f.kind = PF_FAIL_STALE;
+    rows[n].f.not_idempotent = true;
     n++;
     rows[n] = (struct row){"budget floor of 3 with 2 others", base, PF_RETRY_YES};
     rows[n].f.active_requests = 0;
