@@ -29,7 +29,7 @@ CONNS=${BENCH_CONNECTIONS:-50}           # wrk -c
 # the proxy can do; with the default 2 rounds a median is just a mean and gets dragged
 # by one disturbed round. median: each metric's median over rounds.
 AGG=${BENCH_AGG:-best}
-CASES=${BENCH_CASES:-keepalive,close,policies,failover,health,dns,k8s,status}
+CASES=${BENCH_CASES:-keepalive,close,policies,failover,health,dns,k8s,status,reload,tls}
 STANDIN=${BENCH_STANDIN:-}               # "haproxy": run haproxy in pilotfish's slot (A/A self-test)
 PIN=${BENCH_PIN:-1}                      # 0 disables taskset pinning
 PROXY_CPU=${BENCH_PROXY_CPU:-1}
@@ -408,16 +408,22 @@ run_one() {
 }
 
 # ---- main ----------------------------------------------------------------------------
-# "dns" (bench/dns.sh: a 500-target SRV cluster against the same endpoints listed) runs first, on its own.
-[[ ",$CASES," == *,dns,* ]] && { bash "$HERE/dns.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx dns | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
-# "k8s" (bench/k8s.sh: 1,000 Services / 10,000 endpoints from the fake API server) too.
-[[ ",$CASES," == *,k8s,* ]] && { bash "$HERE/k8s.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx k8s | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
-# "policies" (bench/policies.sh: every lb_policy against round robin, equal and skewed backends) too.
-[[ ",$CASES," == *,policies,* ]] && { bash "$HERE/policies.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx policies | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
-[[ ",$CASES," == *,failover,* ]] && { bash "$HERE/failover.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx failover | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
-[[ ",$CASES," == *,health,* ]] && { bash "$HERE/health.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx health | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
-# "status" (bench/status_page.sh: the admin status page's render time at 1,000 clusters) too.
-[[ ",$CASES," == *,status,* ]] && { bash "$HERE/status_page.sh" "$BUILD"; CASES=$(tr , '\n' <<<"$CASES" | grep -vx status | paste -sd, -) || true; [ -n "$CASES" ] || exit 0; }
+# Cases with a script of their own run first, one after the other, each on its own:
+#   dns       bench/dns.sh: a 500-target SRV cluster against the same endpoints listed
+#   k8s       bench/k8s.sh: 1,000 Services / 10,000 endpoints from the fake API server
+#   policies  bench/policies.sh: every lb_policy against round robin, equal and skewed backends
+#   failover  bench/failover.sh     health   bench/health.sh
+#   status    bench/status_page.sh: the admin status page's render time at 1,000 clusters
+#   reload    bench/reload.sh: reloads of 1,000 clusters and routes, and p99 while they apply
+#   tls       bench/tls.sh: TLS termination against haproxy with the same certificate
+for own in dns:dns k8s:k8s policies:policies failover:failover health:health status:status_page \
+    reload:reload tls:tls; do
+    name=${own%%:*}
+    [[ ",$CASES," == *,$name,* ]] || continue
+    bash "$HERE/${own#*:}.sh" "$BUILD"
+    CASES=$(tr , '\n' <<<"$CASES" | grep -vx "$name" | paste -sd, -) || true
+    [ -n "$CASES" ] || exit 0
+done
 IFS=, read -r -a CASE_LIST <<<"$CASES"
 for c in "${CASE_LIST[@]}"; do
     [[ "$c" == keepalive || "$c" == close ]] || die "unknown case '$c' in BENCH_CASES (keepalive,close)"
