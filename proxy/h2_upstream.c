@@ -568,22 +568,6 @@ fail:
     return NULL;
 }
 
-/* The breakers that guard opening a connection, as for HTTP/1. */
-static bool may_connect(pf_worker_cluster *wc) {
-    const pf_config_breakers *limits = &wc->rt->cfg->breakers;
-    if (atomic_load_explicit(&wc->rt->connections_active->value, memory_order_relaxed) >=
-        (int64_t)limits->max_connections) {
-        metrics_inc(wc->rt->overflow_connections, 1);
-        return false;
-    }
-    if (atomic_load_explicit(&wc->rt->pending_requests, memory_order_relaxed) >=
-        (long)limits->max_pending_requests) {
-        metrics_inc(wc->rt->overflow_pending, 1);
-        return false;
-    }
-    return true;
-}
-
 /* A connection to ep with room for one more stream: the peer's limit, and ours. */
 static h2u_conn *find_conn(pf_worker_cluster *wc, const pf_endpoint *ep) {
     for (h2u_conn *c = wc->h2_conns; c; c = c->next) {
@@ -606,7 +590,7 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
     if (c) {
         metrics_inc(wc->rt->pool_reuses, 1);
     } else {
-        if (!may_connect(wc)) {
+        if (!upstream_may_connect(wc)) {
             *overloaded = true;
             return NULL;
         }

@@ -476,8 +476,7 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
     return up;
 }
 
-/* The circuit breakers that guard opening a connection. */
-static bool may_connect(pf_worker_cluster *wc) {
+bool upstream_may_connect(pf_worker_cluster *wc) {
     const pf_config_breakers *limits = &wc->rt->cfg->breakers;
     if (atomic_load_explicit(&wc->rt->connections_active->value, memory_order_relaxed) >=
         (int64_t)limits->max_connections) {
@@ -515,7 +514,7 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
         up->reused = true;
         metrics_inc(wc->rt->pool_reuses, 1);
     } else {
-        if (!may_connect(wc)) {
+        if (!upstream_may_connect(wc)) {
             *overloaded = true;
             return NULL;
         }
