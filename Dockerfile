@@ -37,7 +37,7 @@ RUN sh /tmp/rootfs.sh /rootfs /usr/local/bin/pilotfish /usr/bin/sleep -- libcurl
 
 FROM scratch
 LABEL org.opencontainers.image.title="pilotfish" \
-      org.opencontainers.image.description="A small HTTP/1.1 sidecar proxy" \
+      org.opencontainers.image.description="A small HTTP/1.1, HTTP/2 and TLS sidecar proxy" \
       org.opencontainers.image.version="0.1.0"
 COPY --from=runtime /rootfs/ /
 ENV PATH=/usr/local/bin:/usr/bin
