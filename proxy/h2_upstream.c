@@ -50,7 +50,8 @@ struct h2u_conn {
     struct event *flush_ev;
     struct event *timer; /* connect timeout, then idle timeout while no stream is open */
     bool connected;
-    bool pending;           /* counted in the cluster's pending requests until connected */
+    bool pending; /* counted in the cluster's pending requests until connected */
+    uint64_t connect_start_us;
     bool goaway;            /* no new streams: the peer said GOAWAY, or we are closing */
     int32_t goaway_last_id; /* streams above it were never processed (RFC 9113 6.8) */
     bool closing;           /* freed at the end of the current event */
@@ -435,6 +436,7 @@ static void on_event(pf_stream *s, int what, int err, void *arg) {
     h2u_conn *c = arg;
     if (what & PF_STREAM_CONNECTED) {
         c->connected = true;
+        metrics_observe_us(c->wc->rt->connect_duration, pf_now_us() - c->connect_start_us);
         end_pending(c);
         evtimer_del(c->timer);
         flush_h2u(c);
@@ -498,9 +500,7 @@ static h2u_conn *conn_open(pf_worker *w, pf_worker_cluster *wc, const pf_endpoin
     c->wc = wc;
     c->goaway_last_id = INT32_MAX;
     c->pending = true;
-    atomic_fetch_add_explicit(&wc->rt->pending_requests, 1, memory_order_relaxed);
-    metrics_gauge_add(wc->rt->connections_active, 1);
-    metrics_inc(wc->rt->connections_total, 1);
+    upstream_count_opening(wc);
     snprintf(c->addr, sizeof c->addr, "%s", ep->addr.text);
     c->flush_ev = event_new(w->base, -1, 0, on_flush, c);
     c->timer = evtimer_new(w->base, on_conn_timer, c);
@@ -549,6 +549,7 @@ static h2u_conn *conn_open(pf_worker *w, pf_worker_cluster *wc, const pf_endpoin
     wc->h2_conns = c;
     struct timeval tv = pf_timeval_ms(wc->rt->cfg->connect_timeout_ms);
     evtimer_add(c->timer, &tv);
+    c->connect_start_us = pf_now_us();
     stream_connect(c->s, (const struct sockaddr *)&ep->addr.ss, ep->addr.len);
     return c;
 fail_fd:

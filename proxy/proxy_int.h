@@ -232,6 +232,9 @@ void pool_free_all(pf_worker_cluster *wc);
 /* Whether the cluster's circuit breakers let a new upstream connection open (max_connections,
  * max_pending_requests); counts the overflow when not. For every upstream codec. */
 bool upstream_may_connect(pf_worker_cluster *wc);
+/* Counts a connection being opened to the cluster: pending until connected, active, total.
+ * For every upstream codec. */
+void upstream_count_opening(pf_worker_cluster *wc);
 /* Closes the worker's idle connections to endpoints not in `set` and frees their pool
  * buckets (issue 16: departed endpoints held descriptors, breaker places and memory). */
 void pool_prune(pf_worker_cluster *wc, const pf_endpoint_set *set);

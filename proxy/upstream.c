@@ -441,9 +441,7 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
     up->w = w;
     up->wc = wc;
     up->pending = true;
-    atomic_fetch_add_explicit(&wc->rt->pending_requests, 1, memory_order_relaxed);
-    metrics_gauge_add(wc->rt->connections_active, 1);
-    metrics_inc(wc->rt->connections_total, 1);
+    upstream_count_opening(wc);
     snprintf(up->addr, sizeof up->addr, "%s", ep->addr.text);
     http1_head_init(&up->resp, PF_UPSTREAM_MAX_HEADER_BYTES, PF_DEFAULT_MAX_HEADERS * 2);
     up->timer = evtimer_new(w->base, on_timer, up);
@@ -474,6 +472,12 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
     up->connect_start_us = pf_now_us();
     stream_connect(up->stream, (const struct sockaddr *)&ep->addr.ss, ep->addr.len);
     return up;
+}
+
+void upstream_count_opening(pf_worker_cluster *wc) {
+    atomic_fetch_add_explicit(&wc->rt->pending_requests, 1, memory_order_relaxed);
+    metrics_gauge_add(wc->rt->connections_active, 1);
+    metrics_inc(wc->rt->connections_total, 1);
 }
 
 bool upstream_may_connect(pf_worker_cluster *wc) {

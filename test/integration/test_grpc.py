@@ -10,7 +10,7 @@ from concurrent import futures
 
 import pytest
 
-from harness import LOCALHOST, cluster, listener, make_config, route
+from harness import LOCALHOST, cluster, listener, make_config, metric_sum, route, wait_for
 
 grpc = pytest.importorskip("grpc")
 
@@ -64,6 +64,14 @@ def test_unary_calls_of_one_channel_spread_over_three_servers(grpc_proxy):
     finally:
         channel.close()
     assert seen == {"s1": 10, "s2": 10, "s3": 10}, seen
+    # The HTTP/2 codec opens its connections through the same accounting as HTTP/1's: each
+    # server got one multiplexed connection, each timed in the connect histogram.
+    wait_for(
+        lambda: metric_sum(grpc_proxy.metrics(), "pilotfish_upstream_connect_duration_seconds_count",
+                           cluster="grpc") == 3,
+        10, "three timed connects")
+    assert metric_sum(grpc_proxy.metrics(), "pilotfish_upstream_connections_total",
+                      cluster="grpc") == 3
 
 
 def test_a_grpc_error_status_comes_back_in_the_trailers(grpc_proxy):
