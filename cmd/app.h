@@ -28,7 +28,7 @@ typedef struct app {
     pf_k8s *k8s;                   /* NULL when Kubernetes is not used */
     pf_k8s_options k8s_opts;       /* --k8s-* flags */
     pf_autodiscover *autodiscover; /* NULL unless $.kubernetes.auto_discover */
-    struct event *sigterm, *sigint, *sighup, *drain_timer;
+    struct event *sigterm, *sigint, *sighup, *sigusr1, *drain_timer;
     uint64_t drain_deadline_ms;
     int signals_seen;
     struct app_reload *reload; /* cmd/reload.c */

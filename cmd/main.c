@@ -65,8 +65,9 @@ static void usage(FILE *out) {
             "\n"
             "The admin address serves a status page at / (open it in a browser), and\n"
             "/ready, /healthz, /clusters, /config and /stats/prometheus.\n"
-            "Logs go to stderr; the access log (JSON lines) to stdout. Neither blocks: lines\n"
-            "a full pipe does not take are dropped and counted.\n"
+            "Logs go to stderr; the access log (JSON lines, or access_log.format text) to\n"
+            "stdout or access_log.path. Neither blocks: lines a full pipe does not take are\n"
+            "dropped and counted. SIGUSR1 reopens access_log.path (after log rotation).\n"
             "SIGTERM or SIGINT drains: stop accepting, finish requests in flight, exit 0.\n"
             "SIGHUP reloads the config file; with --watch-config a change of the file (or of\n"
             "the symlink a Kubernetes ConfigMap swaps) does too. An invalid file, or one that\n"
@@ -203,6 +204,19 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg) {
         log_warn("drain timeout: closing the remaining connections connections=%ld", open);
         event_base_loopbreak(a->base);
     }
+}
+
+/* SIGUSR1: log rotation renamed the access log's file; open a new one by its name. */
+static void on_sigusr1(evutil_socket_t sig, short what, void *arg) {
+    app *a = arg;
+    pf_error err;
+    const char *path = proxy_access_log_path(a->proxy);
+    if (!path)
+        log_info("SIGUSR1: the access log has no file (access_log.path) to reopen; ignored");
+    else if (proxy_access_log_reopen(a->proxy, &err) != PF_OK)
+        log_error("SIGUSR1: %s; lines keep going to the old file", err.msg);
+    else
+        log_info("access log reopened path=%s", path);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg) {
@@ -362,9 +376,11 @@ static int run(app *a, unsigned workers) {
     a->sigterm = evsignal_new(a->base, SIGTERM, on_signal, a);
     a->sigint = evsignal_new(a->base, SIGINT, on_signal, a);
     a->sighup = evsignal_new(a->base, SIGHUP, app_on_sighup, a);
+    a->sigusr1 = evsignal_new(a->base, SIGUSR1, on_sigusr1, a);
     a->drain_timer = event_new(a->base, -1, EV_PERSIST, on_drain_tick, a);
-    if (!a->sigterm || !a->sigint || !a->sighup || !a->drain_timer || event_add(a->sigterm, NULL) ||
-        event_add(a->sigint, NULL) || event_add(a->sighup, NULL)) {
+    if (!a->sigterm || !a->sigint || !a->sighup || !a->sigusr1 || !a->drain_timer ||
+        event_add(a->sigterm, NULL) || event_add(a->sigint, NULL) || event_add(a->sighup, NULL) ||
+        event_add(a->sigusr1, NULL)) {
         log_error("cannot install signal handlers");
         return 1;
     }
@@ -390,6 +406,8 @@ static void app_free(app *a) {
         event_free(a->sigint);
     if (a->sighup)
         event_free(a->sighup);
+    if (a->sigusr1)
+        event_free(a->sigusr1);
     app_reload_free(a);
     if (a->drain_timer)
         event_free(a->drain_timer);
@@ -553,7 +571,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    signal(SIGHUP, SIG_IGN); /* until run() logs it (app_on_sighup): never the default exit */
+    signal(SIGHUP, SIG_IGN);  /* until run() logs it (app_on_sighup): never the default exit */
+    signal(SIGUSR1, SIG_IGN); /* the same: until run() reopens the access log on it */
     raise_fd_limit();
     app a = {0};
     a.k8s_opts = k8s_opts;

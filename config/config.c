@@ -2902,7 +2902,10 @@ static const schema kubernetes_schema = {
 
 static const key_def root_keys[] = {
     {K_INLINE("admin", admin_schema, "the admin server")},
-    {K_BOOL(pf_config, "access_log", access_log, true, "JSON lines on stdout")},
+    {K_OBJ(pf_config, "access_log", access_log, access_log_schema,
+           "true: JSON lines on stdout; false: off; or an object"),
+     .type_doc = "boolean or object", .parse = config_parse_access_log,
+     .init = config_init_access_log, .dump = config_dump_access_log, .doc_default = "true"},
     {K_UINT(pf_config, "workers", workers, 1, PF_MAX_WORKERS, 0,
             "event-loop threads; --workers wins"),
      .flags = KF_OMIT_ZERO, .doc_default = "1"},

@@ -463,12 +463,46 @@ typedef struct pf_config_tracing {
     bool sampled;  /* the sampled flag of the traceparents pilotfish generates */
 } pf_config_tracing;
 
+/* $.access_log: one line per request. The fields a line may hold, in their default order. */
+typedef enum {
+    PF_ALOG_TIME,
+    PF_ALOG_CLIENT,
+    PF_ALOG_METHOD,
+    PF_ALOG_AUTHORITY,
+    PF_ALOG_PATH,
+    PF_ALOG_STATUS,
+    PF_ALOG_BYTES_IN,
+    PF_ALOG_BYTES_OUT,
+    PF_ALOG_DURATION_MS,
+    PF_ALOG_CLUSTER,
+    PF_ALOG_UPSTREAM,
+    PF_ALOG_REQUEST_ID,
+    PF_ALOG_TRACE_ID,
+    PF_ALOG_FIELD_COUNT
+} pf_access_log_field;
+
+typedef enum { PF_ALOG_JSON, PF_ALOG_TEXT } pf_access_log_format;
+
+#define PF_ALOG_SAMPLE_ONE 1000000u /* sample_ppm of "every request" */
+
+typedef struct pf_config_access_log {
+    bool enabled;                        /* false: no access log at all */
+    int format;                          /* pf_access_log_format */
+    uint8_t fields[PF_ALOG_FIELD_COUNT]; /* pf_access_log_field, in line order */
+    size_t field_count;                  /* 1 to PF_ALOG_FIELD_COUNT, no repeats */
+    char path[PF_K8S_TEXT_MAX];          /* "": stdout */
+    uint32_t sample_ppm;                 /* requests logged per million */
+} pf_config_access_log;
+
+/* The name of an access log field ("duration_ms"), or NULL out of range. */
+const char *config_access_log_field_name(int field);
+
 typedef struct pf_config {
     char *source; /* file name used in messages, owned */
     pf_sockaddr admin_addr;
     char admin_api_token_file[PF_K8S_TEXT_MAX]; /* "": the admin API's writes are off */
     bool admin_write_back;                      /* an API change is written to the config file */
-    bool access_log;                            /* JSON lines to stdout */
+    pf_config_access_log access_log;            /* one line per request */
     uint32_t workers;                           /* 0 = not set in the file; the CLI may override */
     uint64_t drain_timeout_ms;
     uint32_t max_connections;     /* client connections over all listeners; 0: not set */

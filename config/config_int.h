@@ -163,6 +163,13 @@ int schema_diff(const schema *s, const void *a, const void *b, const char *path,
 /* Appends the keys of s and of every object below it, each once, to arr. */
 int schema_list(const schema *s, json_t *arr, const void **seen, size_t *nseen, size_t max);
 
+/* $.access_log (access_log.c): a boolean or an object of access_log_schema's keys. */
+extern const schema access_log_schema;
+void config_init_access_log(void *base, const key_def *k);
+void config_parse_access_log(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                             const key_def *k);
+json_t *config_dump_access_log(dumper *d, const void *base, const key_def *k);
+
 /* The tables (config.c). */
 extern const schema root_schema;
 extern const schema cluster_schema;

@@ -83,6 +83,55 @@ void pf_log_sink_close(pf_log_sink *sink) {
     sink->owned = false;
 }
 
+/* O_NONBLOCK: a FIFO with no reader fails to open (ENXIO) instead of waiting for one, and
+ * its writes never wait; a regular file ignores the flag. */
+static int open_log_file(const char *path, struct stat *st, pf_error *err) {
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0644);
+    if (fd < 0) {
+        pf_fail(err, PF_EIO, "access_log.path: cannot open \"%s\": %s%s", path, strerror(errno),
+                errno == ENXIO ? " (a FIFO nobody reads)" : "");
+        return -1;
+    }
+    if (fstat(fd, st) != 0) {
+        pf_fail(err, PF_EIO, "access_log.path: \"%s\": %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static size_t atomic_max_of(const struct stat *st) {
+    return S_ISFIFO(st->st_mode) ? PIPE_BUF : 0;
+}
+
+int pf_log_sink_open_path(pf_log_sink *sink, const char *path, pf_error *err) {
+    struct stat st;
+    int fd = open_log_file(path, &st, err);
+    if (fd < 0)
+        return PF_EIO;
+    *sink = (pf_log_sink){.fd = fd, .owned = true, .atomic_max = atomic_max_of(&st)};
+    return PF_OK;
+}
+
+int pf_log_sink_reopen_path(pf_log_sink *sink, const char *path, pf_error *err) {
+    struct stat st;
+    int fd = open_log_file(path, &st, err);
+    if (fd < 0)
+        return PF_EIO;
+    int rc = PF_OK;
+    if (atomic_max_of(&st) != sink->atomic_max)
+        /* Writers size their writes by atomic_max, which other threads read without a lock:
+         * it stays what it was at start. */
+        rc = pf_fail(err, PF_EINVAL,
+                     "access_log.path: \"%s\" is now a %s, it was not at start; restart to "
+                     "change the kind of file",
+                     path, S_ISFIFO(st.st_mode) ? "FIFO" : "regular file");
+    else if (dup3(fd, sink->fd, O_CLOEXEC) < 0)
+        rc = pf_fail(err, PF_EIO, "access_log.path: \"%s\": %s", path, strerror(errno));
+    close(fd);
+    return rc;
+}
+
 ssize_t pf_log_sink_write(const pf_log_sink *sink, const void *buf, size_t len) {
     for (;;) {
         ssize_t n = sink->socket ? send(sink->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL)

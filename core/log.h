@@ -5,6 +5,7 @@
 #ifndef PF_CORE_LOG_H
 #define PF_CORE_LOG_H
 
+#include "core/error.h"
 #include "core/metrics.h"
 
 #include <stdbool.h>
@@ -38,6 +39,15 @@ typedef struct pf_log_sink {
 /* Opens a sink on `fd` (1 or 2). Returns 0, or PF_EIO when `fd` is not open. */
 int pf_log_sink_open(pf_log_sink *sink, int fd);
 void pf_log_sink_close(pf_log_sink *sink);
+/* Opens a sink on the file at `path`: created (0644) if missing and appended to; a FIFO is
+ * written without blocking like a pipe. Returns 0, or PF_EIO with err saying why. */
+int pf_log_sink_open_path(pf_log_sink *sink, const char *path, pf_error *err);
+/* Opens `path` again and puts it in place of the sink's file under the same descriptor
+ * (for log rotation: the old file was renamed). A write running in another thread at that
+ * moment finishes on the old file; the next one goes to the new. Refuses (PF_EINVAL) a new
+ * file of another kind (a FIFO for a regular file, say). Returns 0, or an error with err
+ * set; on error the sink keeps its old file. Any thread. */
+int pf_log_sink_reopen_path(pf_log_sink *sink, const char *path, pf_error *err);
 /* Writes up to `len` bytes without blocking. Returns the bytes written (maybe fewer than
  * len), 0 when the sink is full right now, or -1 when it is broken (with SIGPIPE ignored,
  * as main() does, a pipe without a reader is that). Any thread. */

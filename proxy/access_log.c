@@ -1,8 +1,10 @@
-/* Access log: one JSON object per line on stdout. Each worker buffers its lines and
- * writes them in batches (when the buffer fills, and from a short timer), so logging
- * costs no system call per request and lines from workers never interleave.
+/* Access log: one line per request, JSON (the default) or text, on stdout or to a file
+ * ($.access_log.path, reopened on SIGUSR1 for log rotation), for every request or a sample.
+ * Each worker buffers its lines and writes them in batches (when the buffer fills, and from
+ * a short timer), so logging costs no system call per request and lines from workers never
+ * interleave.
  *
- * A worker never waits for stdout. Its writes do not block (pf_log_sink); what a full pipe
+ * A worker never waits for its sink. Its writes do not block (pf_log_sink); what a full pipe
  * does not take stays in the worker's buffer for the next flush, and a line that finds the
  * buffer full is dropped and counted in pilotfish_access_log_dropped_total. This keeps the
  * request path as cheap as it was, a snprintf into the worker's own memory, with no lock,
@@ -12,6 +14,7 @@
 #include "core/time.h"
 #include "proxy/proxy_int.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -61,14 +64,132 @@ void access_log_flush(pf_worker *w) {
     w->log_len -= off;
 }
 
-static const char *field(char *buf, size_t cap, const char *s, size_t len) {
-    if (!s)
-        return NULL;
-    pf_json_escape(buf, cap, s, len);
-    return buf;
+/* One line being written into the worker's buffer; `full` once it no longer fits, and the
+ * line is then dropped whole (and counted) rather than cut. */
+typedef struct line {
+    char *buf;
+    size_t len, cap;
+    bool full;
+} line;
+
+static void put(line *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void put(line *l, const char *fmt, ...) {
+    if (l->full)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(l->buf + l->len, l->cap - l->len, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= l->cap - l->len)
+        l->full = true;
+    else
+        l->len += (size_t)n;
+}
+
+static void put_json_string(line *l, const char *s, size_t len) {
+    char esc[1100];
+    if (!s) {
+        put(l, "null");
+        return;
+    }
+    pf_json_escape(esc, sizeof esc, s, len);
+    put(l, "\"%s\"", esc);
+}
+
+/* The text format keeps one request on one line, its fields split by spaces: what came from
+ * the client is quoted, and a quote, a backslash, a control byte or a byte above 0x7e inside
+ * becomes \xNN, so no value can fake a field or a line. Absent values are "-". */
+static void put_text_string(line *l, const char *s, size_t len, bool quoted) {
+    if (!s || len == 0) {
+        put(l, "-");
+        return;
+    }
+    char esc[1100];
+    size_t n = 0;
+    for (size_t i = 0; i < len && n + 5 < sizeof esc; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x21 || c > 0x7e || c == '"' || c == '\\') {
+            if (c == ' ' && quoted) {
+                esc[n++] = ' ';
+                continue;
+            }
+            n += (size_t)snprintf(esc + n, sizeof esc - n, "\\x%02x", c);
+        } else {
+            esc[n++] = (char)c;
+        }
+    }
+    esc[n] = '\0';
+    put(l, quoted ? "\"%s\"" : "%s", esc);
+}
+
+static void put_field(line *l, bool json, int f, const pf_access_entry *e, const char *when) {
+    const char *s = NULL;
+    size_t len = 0;
+    bool quoted = false;
+    switch ((pf_access_log_field)f) {
+    case PF_ALOG_TIME:
+        put(l, json ? "\"%s\"" : "%s", when);
+        return;
+    case PF_ALOG_STATUS:
+        put(l, "%d", e->status);
+        return;
+    case PF_ALOG_BYTES_IN:
+        put(l, "%llu", (unsigned long long)e->bytes_in);
+        return;
+    case PF_ALOG_BYTES_OUT:
+        put(l, "%llu", (unsigned long long)e->bytes_out);
+        return;
+    case PF_ALOG_DURATION_MS:
+        put(l, json ? "%.3f" : "%.3fms", (double)e->duration_us / 1000.0);
+        return;
+    case PF_ALOG_CLIENT:
+        s = e->client;
+        break;
+    case PF_ALOG_METHOD:
+        s = e->method;
+        break;
+    case PF_ALOG_AUTHORITY:
+        s = e->authority ? e->authority : "";
+        len = e->authority_len;
+        quoted = true;
+        break;
+    case PF_ALOG_PATH:
+        s = e->path ? e->path : "";
+        len = e->path_len;
+        quoted = true;
+        break;
+    case PF_ALOG_CLUSTER:
+        s = e->cluster;
+        break;
+    case PF_ALOG_UPSTREAM:
+        s = e->upstream;
+        break;
+    case PF_ALOG_REQUEST_ID:
+        s = e->request_id;
+        quoted = true;
+        break;
+    case PF_ALOG_TRACE_ID:
+        s = e->trace_id;
+        break;
+    case PF_ALOG_FIELD_COUNT:
+        return;
+    }
+    if (s && !len && f != PF_ALOG_AUTHORITY && f != PF_ALOG_PATH)
+        len = strlen(s);
+    if (json)
+        put_json_string(l, s, len);
+    else
+        put_text_string(l, s, len, quoted);
+}
+
+bool access_log_sampled(pf_worker *w) {
+    uint32_t ppm = w->proxy->alog.sample_ppm;
+    return ppm >= PF_ALOG_SAMPLE_ONE || (ppm && worker_random(w) % PF_ALOG_SAMPLE_ONE < ppm);
 }
 
 void access_log_write(pf_worker *w, const pf_access_entry *e) {
+    const pf_config_access_log *cfg = &w->proxy->alog;
     if (!w->log_buf)
         return;
     if (w->log_len + LOG_LINE_MAX > LOG_BUFFER_BYTES && !w->log_blocked)
@@ -77,28 +198,40 @@ void access_log_write(pf_worker *w, const pf_access_entry *e) {
         metrics_inc(w->proxy->access_log_dropped, 1);
         return;
     }
-    char authority[300], path[1100], request_id[80];
+    char when[64];
     uint64_t now = pf_wall_us();
     time_t secs = (time_t)(now / 1000000u);
     struct tm tm;
     gmtime_r(&secs, &tm);
-    const char *a = field(authority, sizeof authority, e->authority, e->authority_len);
-    const char *p = field(path, sizeof path, e->path, e->path_len);
-    const char *id = field(request_id, sizeof request_id, e->request_id,
-                           e->request_id ? strlen(e->request_id) : 0);
-    int n = snprintf(
-        w->log_buf + w->log_len, LOG_LINE_MAX,
-        "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03uZ\",\"client\":\"%s\",\"method\":\"%s\","
-        "\"authority\":\"%s\",\"path\":\"%s\",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,"
-        "\"duration_ms\":%.3f,\"cluster\":%s%s%s,\"upstream\":%s%s%s,\"request_id\":%s%s%s,"
-        "\"trace_id\":%s%s%s}\n",
-        tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-        (unsigned)(now / 1000u % 1000u), e->client, e->method, a ? a : "", p ? p : "", e->status,
-        (unsigned long long)e->bytes_in, (unsigned long long)e->bytes_out,
-        (double)e->duration_us / 1000.0, e->cluster ? "\"" : "", e->cluster ? e->cluster : "null",
-        e->cluster ? "\"" : "", e->upstream ? "\"" : "", e->upstream ? e->upstream : "null",
-        e->upstream ? "\"" : "", id ? "\"" : "", id ? id : "null", id ? "\"" : "",
-        e->trace_id ? "\"" : "", e->trace_id ? e->trace_id : "null", e->trace_id ? "\"" : "");
-    if (n > 0 && (size_t)n < LOG_LINE_MAX)
-        w->log_len += (size_t)n;
+    snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (unsigned)(now / 1000u % 1000u));
+    bool json = cfg->format == PF_ALOG_JSON;
+    line l = {.buf = w->log_buf + w->log_len, .cap = LOG_LINE_MAX};
+    put(&l, json ? "{" : "");
+    for (size_t i = 0; i < cfg->field_count; i++) {
+        int f = cfg->fields[i];
+        if (json)
+            put(&l, "%s\"%s\":", i ? "," : "", config_access_log_field_name(f));
+        else if (i)
+            put(&l, " ");
+        put_field(&l, json, f, e, when);
+    }
+    put(&l, json ? "}\n" : "\n");
+    if (l.full) { /* cannot happen with these fields' limits; a line is never cut */
+        metrics_inc(w->proxy->access_log_dropped, 1);
+        return;
+    }
+    w->log_len += l.len;
+}
+
+const char *proxy_access_log_path(const pf_proxy *proxy) {
+    return proxy->alog.enabled && proxy->alog.path[0] ? proxy->alog.path : NULL;
+}
+
+int proxy_access_log_reopen(pf_proxy *proxy, pf_error *err) {
+    const char *path = proxy_access_log_path(proxy);
+    if (!path)
+        return pf_fail(err, PF_EINVAL, "access_log.path is not set: nothing to reopen");
+    return pf_log_sink_reopen_path(&proxy->access_sink, path, err);
 }

@@ -319,7 +319,7 @@ void exchange_log(pf_exchange *ex) {
     metrics_observe_us(l->duration, duration);
     if (ex->wc && ex->ep)
         metrics_inc(ex->wc->rt->requests[code_class(ex->status)], 1);
-    if (!ex->w->proxy->cfg->access_log)
+    if (!ex->w->proxy->alog.enabled || !access_log_sampled(ex->w))
         return;
     const pf_head *h = ex->req.head;
     pf_access_entry e = {

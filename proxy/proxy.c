@@ -234,7 +234,7 @@ static int worker_init(pf_proxy *proxy, pf_worker *w, unsigned id) {
         w->rng[0] = 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
         w->rng[1] = 0xbf58476d1ce4e5b9ull + id;
     }
-    if (proxy->cfg->access_log) {
+    if (proxy->alog.enabled) {
         w->log_buf = malloc(64u * 1024u);
         if (!w->log_buf)
             return PF_ENOMEM;
@@ -375,13 +375,19 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
             return NULL;
         }
     }
-    if (cfg->access_log) {
+    proxy->alog = cfg->access_log;
+    if (cfg->access_log.enabled) {
         proxy->access_log_dropped = metrics_counter(
             metrics, "pilotfish_access_log_dropped_total",
-            "Access log lines dropped because stdout took nothing more (nobody reading it).", "");
+            "Access log lines dropped because the sink took nothing more (nobody reading it).", "");
         if (!proxy->access_log_dropped)
             goto nomem;
-        pf_log_sink_open(&proxy->access_sink, STDOUT_FILENO);
+        if (!cfg->access_log.path[0]) {
+            pf_log_sink_open(&proxy->access_sink, STDOUT_FILENO);
+        } else if (pf_log_sink_open_path(&proxy->access_sink, cfg->access_log.path, err) != PF_OK) {
+            proxy_free(proxy);
+            return NULL;
+        }
     }
     metrics_gauge_callback(metrics, "pilotfish_cluster_panic",
                            "1 while a cluster is below its panic threshold and balances over "

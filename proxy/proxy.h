@@ -55,6 +55,13 @@ long proxy_active_connections(const pf_proxy *proxy);
 bool proxy_ready(const pf_proxy *proxy);
 bool proxy_draining(const pf_proxy *proxy);
 
+/* The access log's file (access_log.path), or NULL when it goes to stdout or is off. */
+const char *proxy_access_log_path(const pf_proxy *proxy);
+/* Opens the access log's file again by its path, for log rotation (SIGUSR1): lines not yet
+ * written go to the new file. Returns 0, or an error with err set (the old file stays).
+ * Main thread. */
+int proxy_access_log_reopen(pf_proxy *proxy, pf_error *err);
+
 /* Stops the workers (closing whatever is left) and frees everything. Main thread. */
 void proxy_free(pf_proxy *proxy);
 

@@ -201,7 +201,8 @@ struct pf_proxy {
     _Atomic long paused_acceptors;   /* worker listening sockets FULL or NOFILE now */
     _Atomic uint64_t pause_log_ms;   /* when the last pause was logged */
     _Atomic uint64_t pauses_unlogged;
-    pf_log_sink access_sink; /* stdout, never blocking */
+    pf_log_sink access_sink;   /* stdout or access_log.path, never blocking */
+    pf_config_access_log alog; /* the start config's: access_log cannot change on reload */
     pf_counter *access_log_dropped;
 };
 
@@ -257,6 +258,8 @@ typedef struct pf_access_entry {
     const char *trace_id; /* 32 lowercase hex digits, or NULL */
     const char *client;
 } pf_access_entry;
+/* Whether this request's line is kept (access_log.sample). Worker thread. */
+bool access_log_sampled(pf_worker *w);
 void access_log_write(pf_worker *w, const pf_access_entry *e);
 void access_log_flush(pf_worker *w);
 

@@ -1,6 +1,9 @@
-"""Access log: one JSON line per request on stdout, or nothing when it is turned off."""
+"""Access log: one JSON line per request on stdout, or nothing when it is turned off; the
+text format, chosen fields, a file reopened on SIGUSR1, sampling, and sinks that stall."""
 
 import http.client
+import os
+import re
 import signal
 
 from harness import LOCALHOST, metric_sum, standard_config, wait_for
@@ -130,3 +133,111 @@ def test_unparseable_request_logs_no_method_and_local_replies_log_their_body_byt
     assert no_route["method"] == "GET"
     for line, resp in ((unparseable, bad), (get_bad_header, bad_header), (no_route, missing)):
         assert resp.body and line["bytes_out"] == len(resp.body), (line, resp)
+
+
+# ---- access_log as an object: format, fields, a file reopened on SIGUSR1, sampling ----
+
+TEXT_TOKEN = re.compile(r'"[^"]*"|\S+')
+
+
+def file_lines(path):
+    try:
+        with open(path, "rb") as f:
+            return [l for l in f.read().decode("utf-8", "replace").splitlines() if l]
+    except FileNotFoundError:
+        return []
+
+
+def wait_file_lines(path, pred, what):
+    return wait_for(lambda: (lambda ls: ls if pred(ls) else None)(file_lines(path)), 10, what)
+
+
+def test_text_lines_go_to_a_file_that_sigusr1_reopens_after_rotation(backends, start_pilotfish, tmp_path):
+    log = tmp_path / "access.log"
+    cfg = standard_config(backends.web1, backends.web2, backends.api)
+    cfg["access_log"] = {
+        "format": "text",
+        "fields": ["time", "client", "method", "authority", "path", "status", "bytes_out",
+                   "duration_ms", "cluster", "upstream", "request_id", "trace_id"],
+        "path": str(log),
+    }
+    pf = start_pilotfish(cfg, workers=2)
+    assert pf.get("/bytes/100", host="web.local", headers={"X-Request-Id": "id with spaces\\"}).status == 200
+    (first,) = wait_file_lines(log, lambda ls: len(ls) >= 1, "the first line in the file")
+    tokens = TEXT_TOKEN.findall(first)
+    assert len(tokens) == 12, first
+    when, client, method, authority, path, status, out, dur, cl, up, rid, trace = tokens
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", when), first
+    assert (client, method, authority, path, status, cl) == (
+        LOCALHOST, "GET", '"web.local"', '"/bytes/100"', "200", "web"), first
+    assert int(out) >= 100 and re.fullmatch(r"\d+\.\d{3}ms", dur), first
+    assert up in (backends.web1.address, backends.web2.address)
+    # spaces stay inside the quotes; a backslash (doubled when the id was read) or a quote
+    # is written \xNN, so no value can end its field early
+    assert rid == r'"id with spaces\x5c\x5c"', first
+    assert re.fullmatch(r"[0-9a-f]{32}", trace), first
+
+    rotated = tmp_path / "access.log.1"
+    os.rename(log, rotated)
+    assert pf.get("/before-reopen").status == 200  # still the renamed file: it is open
+    wait_file_lines(rotated, lambda ls: any('"/before-reopen"' in l for l in ls), "a line in the renamed file")
+    pf.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: f"access log reopened path={log}" in pf.stderr_text(), 10, "the reopen log line")
+    for i in range(20):
+        assert pf.get(f"/after-reopen/{i}").status == 200
+    new = wait_file_lines(log, lambda ls: len(ls) >= 20, "20 lines in the new file")
+    assert all("/after-reopen/" in l for l in new), new
+    assert not any("/after-reopen/" in l for l in file_lines(rotated))
+    assert pf.alive() and pf.stdout_text() == ""
+
+
+def test_json_lines_hold_the_chosen_fields_in_order(backends, start_pilotfish):
+    cfg = standard_config(backends.web1, backends.web2, backends.api)
+    cfg["access_log"] = {"fields": ["status", "path", "cluster", "trace_id"]}
+    pf = start_pilotfish(cfg)
+    pf.get("/v1/x", host="api.local")
+    (line,) = wait_lines(pf, 1)
+    assert list(line) == ["status", "path", "cluster", "trace_id"], line
+    assert (line["status"], line["path"], line["cluster"]) == (200, "/v1/x", "api")
+
+
+def test_sample_keeps_that_share_of_requests(backends, start_pilotfish):
+    cfg = standard_config(backends.web1, backends.web2, backends.api)
+    cfg["access_log"] = {"sample": 0.5, "fields": ["path"]}
+    pf = start_pilotfish(cfg, workers=2)
+    keep_alive_requests(pf, 400)
+    none = standard_config(backends.web1, backends.web2, backends.api)
+    none["access_log"] = {"sample": 0}
+    pf0 = start_pilotfish(none)
+    keep_alive_requests(pf0, 100)
+    for p in (pf, pf0):
+        p.signal(signal.SIGTERM)
+        assert p.wait_exit(15) is not None
+    # binomial(400, 0.5): mean 200, standard deviation 10; 120-280 is eight of them
+    assert 120 <= len(pf.access_log()) <= 280, len(pf.access_log())
+    assert pf0.stdout_text() == ""
+
+
+def test_a_fifo_sink_nobody_reads_drops_and_counts_lines(backends, start_pilotfish, tmp_path):
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # opened, never read: a stalled collector
+    try:
+        cfg = standard_config(backends.web1, backends.web2, backends.api)
+        cfg["access_log"] = {"path": str(fifo)}
+        pf = start_pilotfish(cfg, workers=2)
+        keep_alive_requests(pf, 2000)
+        m = pf.metrics()
+        assert metric_sum(m, "pilotfish_access_log_dropped_total") >= 500
+        assert metric_sum(m, "pilotfish_downstream_requests_total", code_class="2xx") == 2000
+    finally:
+        os.close(reader)
+
+
+def test_an_access_log_file_that_cannot_be_opened_stops_the_start(backends, start_pilotfish, tmp_path):
+    cfg = standard_config(backends.web1, backends.web2, backends.api)
+    missing = tmp_path / "no-such-dir" / "access.log"
+    cfg["access_log"] = {"path": str(missing)}
+    pf = start_pilotfish(cfg, wait_ready=False)
+    assert pf.wait_exit(15) == 1
+    assert f'access_log.path: cannot open "{missing}": No such file or directory' in pf.stderr_text()

@@ -87,7 +87,11 @@ static void test_example_loads_with_every_field_and_default(void) {
     CU_ASSERT_STRING_EQUAL(cfg->admin_addr.text, "127.0.0.1:9901");
     CU_ASSERT_EQUAL(cfg->admin_addr.ss.ss_family, AF_INET);
     CU_ASSERT_EQUAL(port_of(&cfg->admin_addr), 9901);
-    CU_ASSERT_TRUE(cfg->access_log);
+    CU_ASSERT_TRUE(cfg->access_log.enabled);
+    CU_ASSERT_EQUAL(cfg->access_log.format, PF_ALOG_JSON);
+    CU_ASSERT_EQUAL(cfg->access_log.field_count, PF_ALOG_FIELD_COUNT);
+    CU_ASSERT_EQUAL(cfg->access_log.sample_ppm, PF_ALOG_SAMPLE_ONE);
+    CU_ASSERT_STRING_EQUAL(cfg->access_log.path, "");
     CU_ASSERT_EQUAL(cfg->workers, 0);
     CU_ASSERT_EQUAL(cfg->drain_timeout_ms, PF_DEFAULT_DRAIN_TIMEOUT_MS);
 
@@ -166,7 +170,7 @@ static void test_every_option_set_is_taken(void) {
     CU_ASSERT_FATAL(cfg != NULL);
     CU_ASSERT_STRING_EQUAL(cfg->admin_addr.text, "[::1]:9000");
     CU_ASSERT_EQUAL(cfg->admin_addr.ss.ss_family, AF_INET6);
-    CU_ASSERT_FALSE(cfg->access_log);
+    CU_ASSERT_FALSE(cfg->access_log.enabled);
     CU_ASSERT_EQUAL(cfg->workers, 4);
     CU_ASSERT_EQUAL(cfg->drain_timeout_ms, 30000);
     const pf_config_listener *l = &cfg->listeners[0];
@@ -302,7 +306,7 @@ static const struct {
     {CFG("", LMAIN(",'max_connections':10000001"), CWEB("")),
      "x.json: $.listeners[0].max_connections: 10000001 out of range (1-10000000)"},
     {CFG("'access_log':'yes',", LMAIN(""), CWEB("")),
-     "x.json: $.access_log: expected boolean, found string"},
+     "x.json: $.access_log: expected boolean or object, found string"},
     {CFG("'drain_timeout':'forever',", LMAIN(""), CWEB("")),
      "x.json: $.drain_timeout: \"forever\" is not a duration (use e.g. \"250ms\", \"5s\")"},
     {CFG("'admin':'127.0.0.1:9901',", LMAIN(""), CWEB("")),
@@ -952,7 +956,8 @@ static bool addr_eq(const pf_sockaddr *a, const pf_sockaddr *b) {
 
 /* Every field except the source name, which says where the text came from. */
 static bool config_eq(const pf_config *a, const pf_config *b) {
-    if (!addr_eq(&a->admin_addr, &b->admin_addr) || a->access_log != b->access_log ||
+    if (!addr_eq(&a->admin_addr, &b->admin_addr) ||
+        memcmp(&a->access_log, &b->access_log, sizeof a->access_log) != 0 ||
         a->workers != b->workers || a->drain_timeout_ms != b->drain_timeout_ms ||
         a->listener_count != b->listener_count || a->cluster_count != b->cluster_count)
         return false;
@@ -1114,7 +1119,8 @@ static void test_dump_shows_effective_values(void) {
     CU_ASSERT_FATAL(dump != NULL);
     static const char *const want[] = {
         "\"address\": \"127.0.0.1:9901\"",
-        "\"access_log\": true",
+        "\"format\": \"json\"",
+        "\"sample\": 1.0",
         "\"drain_timeout\": \"15s\"",
         "\"max_header_bytes\": 65536",
         "\"header_timeout\": \"10s\"",
@@ -1410,7 +1416,27 @@ static const struct {
     {RT("'retry_non_idempotent':'yes'"),
      "x.json: $.clusters[0].retry.retry_non_idempotent: expected boolean, found string"},
     {CFG("'access_log':null,", LMAIN(""), CWEB("")),
-     "x.json: $.access_log: expected boolean, found null"},
+     "x.json: $.access_log: expected boolean or object, found null"},
+    {CFG("'access_log':{'fields':['time','status','latency']},", LMAIN(""), CWEB("")),
+     "x.json: $.access_log.fields[2]: unknown field \"latency\"; known fields: time, client, "
+     "method, authority, path, status, bytes_in, bytes_out, duration_ms, cluster, upstream, "
+     "request_id, trace_id"},
+    {CFG("'access_log':{'fields':['status','path','status']},", LMAIN(""), CWEB("")),
+     "x.json: $.access_log.fields[2]: field \"status\" is listed twice"},
+    {CFG("'access_log':{'fields':[]},", LMAIN(""), CWEB("")),
+     "x.json: $.access_log.fields: empty; list at least one field"},
+    {CFG("'access_log':{'fields':'status'},", LMAIN(""), CWEB("")),
+     "x.json: $.access_log.fields: expected array, found string"},
+    {CFG("'access_log':{'fields':[7]},", LMAIN(""), CWEB("")),
+     "x.json: $.access_log.fields[0]: expected string, found integer"},
+    {CFG("'access_log':{'sample':1.5},", LMAIN(""), CWEB("")),
+     "x.json: $.access_log.sample: 1.5 out of range (0.0-1.0: the share of requests logged)"},
+    {CFG("'access_log':{'sample':-0.1},", LMAIN(""), CWEB("")),
+     "x.json: $.access_log.sample: -0.1 out of range (0.0-1.0: the share of requests logged)"},
+    {CFG("'access_log':{'sample':'all'},", LMAIN(""), CWEB("")),
+     "x.json: $.access_log.sample: expected a number from 0.0 to 1.0, found string"},
+    {CFG("'access_log':{'format':'combined'},", LMAIN(""), CWEB("")),
+     "x.json: $.access_log.format: unknown format \"combined\"; known formats: json, text"},
     /* integers: type, both bounds */
     {CFG("'workers':99999999999,", LMAIN(""), CWEB("")),
      "x.json: $.workers: 99999999999 out of range (1-64)"},
@@ -1645,6 +1671,7 @@ static void test_bounds_and_zero_durations_load(void) {
 /* A config with every object of the schema present once, to break one key at a time. */
 static const char every_object_json[] =
     "{'admin':{'address':'127.0.0.1:9901'},'dns':{'timeout':'1s'},'tracing':{'generate':true},"
+    "'access_log':{'format':'text'},"
     "'kubernetes':{'backoff':{'base':'1s'},'auto_discover':{'namespaces':'all'}},"
     "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{'prefix':'/'},"
     "'cluster':'web','retry':{'backoff':{'base':'25ms'}}}],"
@@ -1688,6 +1715,7 @@ static const struct {
     {"kubernetes.backoff", "kubernetes/backoff", "$.kubernetes.backoff"},
     {"kubernetes.auto_discover", "kubernetes/auto_discover", "$.kubernetes.auto_discover"},
     {"tracing", "tracing", "$.tracing"},
+    {"access_log", "access_log", "$.access_log"},
 };
 
 static json_t *walk_steps(json_t *root, const char *steps) {
@@ -2216,6 +2244,57 @@ static void test_small_helpers(void) {
     CU_ASSERT_STRING_EQUAL(config_lb_policy_name((pf_lb_policy)99), "unknown");
 }
 
+/* access_log: a boolean or an object; the object's settings load, dump and load back. */
+static void test_access_log_object_is_taken_and_dumped(void) {
+    pf_config *cfg =
+        load_ok(sq(CFG("'access_log':{'format':'text','fields':['status','path','trace_id'],"
+                       "'path':'/var/log/pf.log','sample':0.25},",
+                       LMAIN(""), CWEB(""))));
+    CU_ASSERT_FATAL(cfg != NULL);
+    const pf_config_access_log *a = &cfg->access_log;
+    CU_ASSERT_TRUE(a->enabled);
+    CU_ASSERT_EQUAL(a->format, PF_ALOG_TEXT);
+    CU_ASSERT_EQUAL(a->field_count, 3);
+    CU_ASSERT_EQUAL(a->fields[0], PF_ALOG_STATUS);
+    CU_ASSERT_EQUAL(a->fields[1], PF_ALOG_PATH);
+    CU_ASSERT_EQUAL(a->fields[2], PF_ALOG_TRACE_ID);
+    CU_ASSERT_STRING_EQUAL(a->path, "/var/log/pf.log");
+    CU_ASSERT_EQUAL(a->sample_ppm, 250000);
+    char *dump = config_dump_json(cfg);
+    CU_ASSERT_FATAL(dump != NULL);
+    PF_CHECK(strstr(dump, "\"fields\": [\n      \"status\",\n      \"path\",\n      "
+                          "\"trace_id\"\n    ]") != NULL,
+             "dump: %s", dump);
+    pf_config *again = load_ok(dump);
+    CU_ASSERT_FATAL(again != NULL);
+    CU_ASSERT_EQUAL(memcmp(&again->access_log, a, sizeof *a), 0);
+    config_free(again);
+    free(dump);
+    config_free(cfg);
+
+    /* an empty object is on with every default; false dumps as false and loads back off */
+    cfg = load_ok(sq(CFG("'access_log':{},", LMAIN(""), CWEB(""))));
+    CU_ASSERT_FATAL(cfg != NULL);
+    CU_ASSERT_TRUE(cfg->access_log.enabled && cfg->access_log.format == PF_ALOG_JSON &&
+                   cfg->access_log.field_count == PF_ALOG_FIELD_COUNT &&
+                   cfg->access_log.sample_ppm == PF_ALOG_SAMPLE_ONE);
+    config_free(cfg);
+    cfg = load_ok(sq(CFG("'access_log':{'sample':0},", LMAIN(""), CWEB(""))));
+    CU_ASSERT_FATAL(cfg != NULL);
+    CU_ASSERT_EQUAL(cfg->access_log.sample_ppm, 0);
+    config_free(cfg);
+    cfg = load_ok(sq(CFG("'access_log':false,", LMAIN(""), CWEB(""))));
+    CU_ASSERT_FATAL(cfg != NULL);
+    dump = config_dump_json(cfg);
+    CU_ASSERT_FATAL(dump != NULL);
+    PF_CHECK(strstr(dump, "\"access_log\": false") != NULL, "dump: %s", dump);
+    free(dump);
+    config_free(cfg);
+    for (int f = 0; f < PF_ALOG_FIELD_COUNT; f++)
+        CU_ASSERT_PTR_NOT_NULL(config_access_log_field_name(f));
+    CU_ASSERT_PTR_NULL(config_access_log_field_name(PF_ALOG_FIELD_COUNT));
+}
+
 static void test_max_connections_taken_and_derived(void) {
     pf_config *cfg = load_ok(sq("{'max_connections':5000,'listeners':[{'name':'m',"
                                 "'address':'127.0.0.1:1','max_connections':70,"
@@ -2265,4 +2344,5 @@ PF_UNIT_MAIN("config", PF_UNIT_TEST(test_example_loads_with_every_field_and_defa
              PF_UNIT_TEST(test_cluster_dns_defaults_are_the_tables),
              PF_UNIT_TEST(test_readme_lists_exactly_the_schema_keys),
              PF_UNIT_TEST(test_schema_listing_has_every_key_once), PF_UNIT_TEST(test_small_helpers),
-             PF_UNIT_TEST(test_max_connections_taken_and_derived))
+             PF_UNIT_TEST(test_max_connections_taken_and_derived),
+             PF_UNIT_TEST(test_access_log_object_is_taken_and_dumped))

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
@@ -578,6 +579,58 @@ static void test_log_sink_on_a_file_writes_as_is(void) {
     CU_ASSERT_EQUAL(pf_log_sink_open(&sink, 1000), PF_EIO); /* not open */
 }
 
+static size_t file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (size_t)st.st_size : (size_t)-1;
+}
+
+/* Log rotation: the file is renamed, the sink reopens its path and writes go to the new file
+ * under the same descriptor; a path that became a FIFO is refused and the old file stays. */
+static void test_log_sink_on_a_path_reopens_after_rename(void) {
+    char dir[] = "/tmp/pf-sink-XXXXXX", path[64], rotated[64];
+    if (!mkdtemp(dir))
+        return;
+    snprintf(path, sizeof path, "%s/access.log", dir);
+    snprintf(rotated, sizeof rotated, "%s/access.log.1", dir);
+    pf_log_sink sink;
+    pf_error err;
+    CU_ASSERT_EQUAL_FATAL(pf_log_sink_open_path(&sink, path, &err), PF_OK);
+    CU_ASSERT_TRUE(sink.owned);
+    CU_ASSERT_EQUAL(sink.atomic_max, 0);
+    int fd = sink.fd;
+    CU_ASSERT_EQUAL(pf_log_sink_write(&sink, "one\n", 4), 4);
+    CU_ASSERT_EQUAL(rename(path, rotated), 0);
+    CU_ASSERT_EQUAL(pf_log_sink_write(&sink, "two\n", 4), 4); /* still the renamed file */
+    CU_ASSERT_EQUAL(pf_log_sink_reopen_path(&sink, path, &err), PF_OK);
+    CU_ASSERT_EQUAL(sink.fd, fd);
+    CU_ASSERT_EQUAL(pf_log_sink_write(&sink, "three\n", 6), 6);
+    CU_ASSERT_EQUAL(file_size(rotated), 8);
+    CU_ASSERT_EQUAL(file_size(path), 6);
+    CU_ASSERT_EQUAL(fcntl(sink.fd, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+
+    /* the path is now a FIFO with a reader: another kind of file, refused */
+    CU_ASSERT_EQUAL(unlink(path), 0);
+    CU_ASSERT_EQUAL(mkfifo(path, 0600), 0);
+    int reader = open(path, O_RDONLY | O_NONBLOCK);
+    CU_ASSERT_EQUAL(pf_log_sink_reopen_path(&sink, path, &err), PF_EINVAL);
+    PF_CHECK(strstr(err.msg, "is now a FIFO") != NULL, "%s", err.msg);
+    close(reader);
+    /* and without a reader it cannot be opened at all (it would block) */
+    CU_ASSERT_EQUAL(pf_log_sink_reopen_path(&sink, path, &err), PF_EIO);
+    PF_CHECK(strstr(err.msg, "a FIFO nobody reads") != NULL, "%s", err.msg);
+    CU_ASSERT_EQUAL(pf_log_sink_write(&sink, "four\n", 5), 5); /* the file kept (unlinked) */
+    struct stat st;
+    CU_ASSERT_EQUAL(fstat(sink.fd, &st), 0);
+    CU_ASSERT_EQUAL(st.st_size, 11);
+    pf_log_sink_close(&sink);
+    unlink(path);
+    unlink(rotated);
+    rmdir(dir);
+    snprintf(path, sizeof path, "%s/none/x.log", dir);
+    CU_ASSERT_EQUAL(pf_log_sink_open_path(&sink, path, &err), PF_EIO);
+    PF_CHECK(strstr(err.msg, "No such file or directory") != NULL, "%s", err.msg);
+}
+
 PF_UNIT_MAIN("core", PF_UNIT_TEST(test_duration_format_then_parse_round_trips),
              PF_UNIT_TEST(test_duration_format_picks_the_largest_exact_unit),
              PF_UNIT_TEST(test_duration_with_decimal_fraction_parses_to_exact_milliseconds),
@@ -602,4 +655,5 @@ PF_UNIT_MAIN("core", PF_UNIT_TEST(test_duration_format_then_parse_round_trips),
              PF_UNIT_TEST(test_errlist_truncates_long_messages),
              PF_UNIT_TEST(test_fail_formats_and_returns_the_code),
              PF_UNIT_TEST(test_log_sink_on_a_full_pipe_reports_full_without_blocking),
-             PF_UNIT_TEST(test_log_sink_on_a_file_writes_as_is))
+             PF_UNIT_TEST(test_log_sink_on_a_file_writes_as_is),
+             PF_UNIT_TEST(test_log_sink_on_a_path_reopens_after_rename))
