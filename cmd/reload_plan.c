@@ -9,7 +9,7 @@
 /* Root keys the running process cannot take: the workers and their sockets' limits, the
  * admin server, the resolver and the Kubernetes client are built once at start. */
 static const char *const restart_keys[] = {
-    "workers", "admin", "max_connections", "access_log", "dns", "kubernetes", "local_zone",
+    "workers", "admin", "max_connections", "access_log", "dns", "kubernetes", "local_zone", "stats",
 };
 
 /* A cluster's keys that requests read at the time (proxy_update_cluster swaps them in);

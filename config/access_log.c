@@ -150,8 +150,8 @@ static const key_def access_log_keys[] = {
      .dump = dump_sample},
 };
 
-const schema access_log_schema = {.doc_name = "access_log", .keys = access_log_keys,
-                                   .count = ARRAY_LEN(access_log_keys)};
+const schema access_log_schema = {
+    .doc_name = "access_log", .keys = access_log_keys, .count = ARRAY_LEN(access_log_keys)};
 
 void config_init_access_log(void *base, const key_def *k) {
     ((pf_config *)base)->access_log.enabled = true;

@@ -2353,6 +2353,12 @@ static const key_def tracing_keys[] = {
 };
 static const schema tracing_schema = {.doc_name = "tracing", SCHEMA_KEYS(tracing_keys)};
 
+static const key_def stats_keys[] = {
+    {K_BOOL(pf_config_stats, "per_endpoint", per_endpoint, false,
+            "per-endpoint series (requests, durations, health) beside the per-cluster ones")},
+};
+static const schema stats_schema = {.doc_name = "stats", SCHEMA_KEYS(stats_keys)};
+
 static const key_def match_keys[] = {
     {K_CUSTOM("host", "host pattern",
               "\"api.local\", \"*.local\" or \"*\", with an optional :port"),
@@ -2928,6 +2934,7 @@ static const key_def root_keys[] = {
             "client connections over all listeners; more wait in the kernel backlog"),
      .flags = KF_OMIT_ZERO, .doc_default = "half the open-file limit left after a reserve"},
     {K_OBJ(pf_config, "tracing", tracing, tracing_schema, "W3C trace context")},
+    {K_OBJ(pf_config, "stats", stats, stats_schema, "what /stats/prometheus shows")},
 };
 const schema root_schema = {.doc_name = "", SCHEMA_KEYS(root_keys), .finish = root_finish};
 

@@ -463,6 +463,11 @@ typedef struct pf_config_tracing {
     bool sampled;  /* the sampled flag of the traceparents pilotfish generates */
 } pf_config_tracing;
 
+/* $.stats: what /stats/prometheus adds beyond its bounded default series. */
+typedef struct pf_config_stats {
+    bool per_endpoint; /* series labelled with each endpoint's address */
+} pf_config_stats;
+
 /* $.access_log: one line per request. The fields a line may hold, in their default order. */
 typedef enum {
     PF_ALOG_TIME,
@@ -514,6 +519,7 @@ typedef struct pf_config {
     pf_config_dns dns;
     pf_config_kubernetes kubernetes;
     pf_config_tracing tracing;
+    pf_config_stats stats;
 } pf_config;
 
 /* Loads and validates a config file. On success returns 0 and *out (caller frees with

@@ -18,7 +18,8 @@ typedef enum {
     KIND_GAUGE,
     KIND_HISTOGRAM,
     KIND_GAUGE_FN,
-    KIND_COUNTER_FN
+    KIND_COUNTER_FN,
+    KIND_HISTOGRAM_FN
 } metric_kind;
 
 typedef struct series {
@@ -36,6 +37,7 @@ typedef struct family {
     char *help;
     metric_kind kind;
     pf_gauge_fn fn;
+    pf_histogram_fn histogram_fn;
     void *fn_arg;
     series *first, *last;
     struct family *next;
@@ -162,6 +164,18 @@ int metrics_counter_callback(pf_metrics *m, const char *name, const char *help, 
     return add_callback(m, name, help, KIND_COUNTER_FN, fn, arg);
 }
 
+int metrics_histogram_callback(pf_metrics *m, const char *name, const char *help,
+                               pf_histogram_fn fn, void *arg) {
+    pthread_mutex_lock(&m->lock);
+    family *f = find_family(m, name, help, KIND_HISTOGRAM_FN);
+    if (f) {
+        f->histogram_fn = fn;
+        f->fn_arg = arg;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return f ? 0 : -2;
+}
+
 void metrics_observe_us(pf_histogram *h, uint64_t us) {
     double seconds = (double)us / 1e6;
     size_t i = 0;
@@ -252,29 +266,34 @@ static void emit_value(void *ctx, const char *labels, double value) {
     text_printf(e->t, " %.17g\n", value);
 }
 
-static void render_histogram(text *t, const family *f, const series *s) {
+static void render_histogram(text *t, const char *name, const char *labels, const pf_histogram *h) {
     uint64_t cumulative = 0;
     char le[48];
     for (size_t i = 0; i < PF_HISTOGRAM_BUCKETS; i++) {
-        cumulative += atomic_load_explicit(&s->u.histogram.buckets[i], memory_order_relaxed);
+        cumulative += atomic_load_explicit(&h->buckets[i], memory_order_relaxed);
         snprintf(le, sizeof le, "le=\"%g\"", pf_histogram_bounds[i]);
-        braces(t, f->name, "_bucket", s->labels, le);
+        braces(t, name, "_bucket", labels, le);
         text_printf(t, " %llu\n", (unsigned long long)cumulative);
     }
-    uint64_t count = atomic_load_explicit(&s->u.histogram.count, memory_order_relaxed);
+    uint64_t count = atomic_load_explicit(&h->count, memory_order_relaxed);
     if (count < cumulative)
         count = cumulative;
-    braces(t, f->name, "_bucket", s->labels, "le=\"+Inf\"");
+    braces(t, name, "_bucket", labels, "le=\"+Inf\"");
     text_printf(t, " %llu\n", (unsigned long long)count);
-    braces(t, f->name, "_sum", s->labels, NULL);
-    text_printf(t, " %.6f\n",
-                (double)atomic_load_explicit(&s->u.histogram.sum_us, memory_order_relaxed) / 1e6);
-    braces(t, f->name, "_count", s->labels, NULL);
+    braces(t, name, "_sum", labels, NULL);
+    text_printf(t, " %.6f\n", (double)atomic_load_explicit(&h->sum_us, memory_order_relaxed) / 1e6);
+    braces(t, name, "_count", labels, NULL);
     text_printf(t, " %llu\n", (unsigned long long)count);
 }
 
+static void emit_histogram(void *ctx, const char *labels, const pf_histogram *h) {
+    emit_ctx *e = ctx;
+    render_histogram(e->t, e->name, labels, h);
+}
+
 char *metrics_render(pf_metrics *m) {
-    static const char *const type_names[] = {"counter", "gauge", "histogram", "gauge", "counter"};
+    static const char *const type_names[] = {"counter", "gauge",   "histogram",
+                                             "gauge",   "counter", "histogram"};
     text t = {0};
     pthread_mutex_lock(&m->lock);
     for (const family *f = m->first; f; f = f->next) {
@@ -285,9 +304,14 @@ char *metrics_render(pf_metrics *m) {
             f->fn(f->fn_arg, emit_value, &e);
             continue;
         }
+        if (f->kind == KIND_HISTOGRAM_FN) {
+            emit_ctx e = {&t, f->name};
+            f->histogram_fn(f->fn_arg, emit_histogram, &e);
+            continue;
+        }
         for (const series *s = f->first; s; s = s->next) {
             if (f->kind == KIND_HISTOGRAM) {
-                render_histogram(&t, f, s);
+                render_histogram(&t, f->name, s->labels, &s->u.histogram);
                 continue;
             }
             braces(&t, f->name, "", s->labels, NULL);

@@ -48,6 +48,12 @@ int metrics_gauge_callback(pf_metrics *m, const char *name, const char *help, pf
 /* The same for a counter computed at scrape time (rendered with TYPE counter). */
 int metrics_counter_callback(pf_metrics *m, const char *name, const char *help, pf_gauge_fn fn,
                              void *arg);
+/* A histogram family whose series are found at scrape time: `fn` calls `emit` once per
+ * label set with a histogram it owns (read with relaxed loads during the call). */
+typedef void (*pf_histogram_emit)(void *emit_ctx, const char *labels, const pf_histogram *h);
+typedef void (*pf_histogram_fn)(void *arg, pf_histogram_emit emit, void *emit_ctx);
+int metrics_histogram_callback(pf_metrics *m, const char *name, const char *help,
+                               pf_histogram_fn fn, void *arg);
 
 /* Registers the standard process metrics, read from /proc at scrape time:
  * process_cpu_seconds_total, process_resident_memory_bytes, process_virtual_memory_bytes,

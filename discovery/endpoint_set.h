@@ -13,6 +13,7 @@
 #define PF_DISCOVERY_ENDPOINT_SET_H
 
 #include "config/config.h"
+#include "core/metrics.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -20,6 +21,8 @@
 #include <stdint.h>
 
 /* Counters shared by every worker for one endpoint of one cluster. */
+#define PF_ENDPOINT_CODE_CLASSES 6
+
 typedef struct pf_endpoint_stats {
     _Atomic uint64_t active_requests;
     _Atomic uint64_t requests_total;
@@ -45,6 +48,10 @@ typedef struct pf_endpoint_stats {
     /* least_response_time: the latency average (us) as the worker that saw the latest
      * response computed it; 0 until measured. For the admin status page only. */
     _Atomic uint64_t ewma_latency_us;
+    /* stats.per_endpoint (proxy/): the responses by status class (1xx..5xx, other) and the
+     * attempts' durations, updated only while that is on. */
+    _Atomic uint64_t responses[PF_ENDPOINT_CODE_CLASSES];
+    pf_histogram duration;
 } pf_endpoint_stats;
 
 /* Public because balancers walk endpoints on every request. Fields never change after

@@ -316,9 +316,12 @@ void exchange_log(pf_exchange *ex) {
     pf_listener_rt *l = ex->l;
     uint64_t duration = pf_now_us() - ex->start_us;
     metrics_inc(l->requests[code_class(ex->status)], 1);
-    metrics_observe_us(l->duration, duration);
+    metrics_observe_us(l->duration[code_class(ex->status)], duration);
     if (ex->wc && ex->ep)
         metrics_inc(ex->wc->rt->requests[code_class(ex->status)], 1);
+    if (ex->ep && ex->ep->stats && ex->w->proxy->per_endpoint)
+        atomic_fetch_add_explicit(&ex->ep->stats->responses[code_class(ex->status)], 1,
+                                  memory_order_relaxed);
     if (!ex->w->proxy->alog.enabled || !access_log_sampled(ex->w))
         return;
     const pf_head *h = ex->req.head;
@@ -778,7 +781,10 @@ void exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers) {
 
 void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable) {
     exchange_set_state(ex, PF_EX_DONE);
-    metrics_observe_us(ex->wc->rt->request_duration, pf_now_us() - ex->attempt_us);
+    uint64_t took_us = pf_now_us() - ex->attempt_us;
+    metrics_observe_us(ex->wc->rt->request_duration, took_us);
+    if (ex->ep && ex->ep->stats && ex->w->proxy->per_endpoint)
+        metrics_observe_us(&ex->ep->stats->duration, took_us);
     end_attempt(ex, upstream_reusable && ex->request_complete);
     ex->down->send_end(ex->ds);
 }

@@ -102,9 +102,14 @@ void proxy_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
             "kernel's backlog), by reason.",
             paused);
     }
-    l->duration =
-        metrics_histogram(m, "pilotfish_request_duration_seconds",
-                          "Time from the first request byte to the response end.", labels);
+    for (int i = 0; i < PF_CODE_CLASSES; i++) {
+        char by_class[200];
+        snprintf(by_class, sizeof by_class, "listener=\"%s\",code_class=\"%s\"", l->cfg->name,
+                 proxy_code_class_name((size_t)i));
+        l->duration[i] = metrics_histogram(
+            m, "pilotfish_request_duration_seconds",
+            "Time from the first request byte to the response end, by status class.", by_class);
+    }
     l->tunnels_total = metrics_counter(m, "pilotfish_tunnels_total",
                                        "Connections switched to another protocol (101), such "
                                        "as WebSockets.",
@@ -396,6 +401,9 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
     metrics_gauge_callback(metrics, "pilotfish_cluster_endpoints",
                            "Endpoints in each cluster's current set, by health.",
                            emit_endpoint_gauge, proxy);
+    proxy->per_endpoint = cfg->stats.per_endpoint;
+    if (proxy->per_endpoint && proxy_endpoint_metrics_register(proxy, metrics) != PF_OK)
+        goto nomem;
     for (unsigned k = 0; k < proxy->worker_count; k++)
         if (worker_init(proxy, &proxy->workers[k], k) != PF_OK)
             goto nomem;
@@ -896,6 +904,7 @@ void proxy_free(pf_proxy *proxy) {
     }
     free(proxy->listeners);
     free(proxy->listener_slot);
+    free(proxy->endpoint_families);
     pf_log_sink_close(&proxy->access_sink);
     for (size_t i = 0; proxy->clusters && i < proxy->cluster_count; i++) {
         if (proxy->clusters[i].cfg)

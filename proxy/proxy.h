@@ -82,7 +82,8 @@ typedef struct pf_proxy_listener_status {
     uint64_t connections_total;
     int64_t connections_active;
     uint64_t rejected;            /* requests pilotfish refused itself with a 4xx */
-    const pf_histogram *duration; /* first request byte to response end; borrowed */
+    const pf_histogram *duration; /* first request byte to response end: &duration_all */
+    pf_histogram duration_all;    /* the status classes' histograms added up when read */
 } pf_proxy_listener_status;
 
 /* Listener `index` of the config (as cfg->listeners). Any thread. */

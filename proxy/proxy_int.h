@@ -96,10 +96,10 @@ typedef struct pf_listener_rt {
     pf_counter *errors_total; /* bad requests answered 4xx by pilotfish itself */
     pf_counter *accept_pauses[PF_PAUSE_REASONS];
     pf_gauge *connections_active;
-    _Atomic long open_connections; /* the listener's max_connections count */
-    pf_histogram *duration;
-    pf_tls_server *tls;        /* NULL: plaintext */
-    pf_counter *tunnels_total; /* connections switched to another protocol (101) */
+    _Atomic long open_connections;           /* the listener's max_connections count */
+    pf_histogram *duration[PF_CODE_CLASSES]; /* by the response's status class */
+    pf_tls_server *tls;                      /* NULL: plaintext */
+    pf_counter *tunnels_total;               /* connections switched to another protocol (101) */
     pf_gauge *tunnels_active;
     pf_listener_state state;
     bool retiring; /* RETIRED, and some worker may still accept on it (main thread) */
@@ -203,6 +203,8 @@ struct pf_proxy {
     _Atomic uint64_t pauses_unlogged;
     pf_log_sink access_sink;   /* stdout or access_log.path, never blocking */
     pf_config_access_log alog; /* the start config's: access_log cannot change on reload */
+    bool per_endpoint;         /* stats.per_endpoint of the start config */
+    void *endpoint_families;   /* proxy/endpoint_metrics.c's callbacks' arguments */
     pf_counter *access_log_dropped;
 };
 
@@ -258,6 +260,9 @@ typedef struct pf_access_entry {
     const char *trace_id; /* 32 lowercase hex digits, or NULL */
     const char *client;
 } pf_access_entry;
+/* proxy/endpoint_metrics.c: the stats.per_endpoint series. Returns 0 or PF_ENOMEM. */
+int proxy_endpoint_metrics_register(pf_proxy *proxy, pf_metrics *m);
+
 /* Whether this request's line is kept (access_log.sample). Worker thread. */
 bool access_log_sampled(pf_worker *w);
 void access_log_write(pf_worker *w, const pf_access_entry *e);

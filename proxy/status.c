@@ -26,7 +26,29 @@ void proxy_listener_status(const pf_proxy *proxy, size_t index, pf_proxy_listene
     out->connections_total = counter_value(l->connections_total);
     out->connections_active = gauge_value(l->connections_active);
     out->rejected = counter_value(l->errors_total);
-    out->duration = l->duration;
+    /* the listener's histogram is kept by status class for the exposition; the page wants
+     * one over all requests */
+    pf_histogram *all = &out->duration_all;
+    for (size_t b = 0; b < PF_HISTOGRAM_BUCKETS; b++)
+        atomic_init(&all->buckets[b], 0);
+    atomic_init(&all->count, 0);
+    atomic_init(&all->sum_us, 0);
+    for (size_t i = 0; i < PF_CODE_CLASSES; i++) {
+        const pf_histogram *h = l->duration[i];
+        if (!h)
+            continue;
+        for (size_t b = 0; b < PF_HISTOGRAM_BUCKETS; b++)
+            atomic_fetch_add_explicit(&all->buckets[b],
+                                      atomic_load_explicit(&h->buckets[b], memory_order_relaxed),
+                                      memory_order_relaxed);
+        atomic_fetch_add_explicit(&all->count,
+                                  atomic_load_explicit(&h->count, memory_order_relaxed),
+                                  memory_order_relaxed);
+        atomic_fetch_add_explicit(&all->sum_us,
+                                  atomic_load_explicit(&h->sum_us, memory_order_relaxed),
+                                  memory_order_relaxed);
+    }
+    out->duration = all;
 }
 
 void proxy_cluster_status(const pf_proxy *proxy, size_t index, pf_proxy_cluster_status *out) {

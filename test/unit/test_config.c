@@ -1671,7 +1671,7 @@ static void test_bounds_and_zero_durations_load(void) {
 /* A config with every object of the schema present once, to break one key at a time. */
 static const char every_object_json[] =
     "{'admin':{'address':'127.0.0.1:9901'},'dns':{'timeout':'1s'},'tracing':{'generate':true},"
-    "'access_log':{'format':'text'},"
+    "'access_log':{'format':'text'},'stats':{'per_endpoint':false},"
     "'kubernetes':{'backoff':{'base':'1s'},'auto_discover':{'namespaces':'all'}},"
     "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{'prefix':'/'},"
     "'cluster':'web','retry':{'backoff':{'base':'25ms'}}}],"
@@ -1716,6 +1716,7 @@ static const struct {
     {"kubernetes.auto_discover", "kubernetes/auto_discover", "$.kubernetes.auto_discover"},
     {"tracing", "tracing", "$.tracing"},
     {"access_log", "access_log", "$.access_log"},
+    {"stats", "stats", "$.stats"},
 };
 
 static json_t *walk_steps(json_t *root, const char *steps) {

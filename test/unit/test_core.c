@@ -353,6 +353,37 @@ static void test_counter_callback_renders_as_a_counter(void) {
     metrics_free(m);
 }
 
+static void emit_two_histograms(void *arg, pf_histogram_emit emit, void *ctx) {
+    const pf_histogram *h = arg;
+    emit(ctx, "endpoint=\"a\"", &h[0]);
+    emit(ctx, "endpoint=\"b\"", &h[1]);
+}
+
+/* Series found at scrape time render exactly like registered ones, one block per label set. */
+static void test_histogram_callback_renders_each_emitted_series(void) {
+    pf_metrics *m = metrics_new();
+    pf_histogram h[2] = {0};
+    metrics_observe_us(&h[0], 700);      /* 0.7 ms: the 1 ms bucket */
+    metrics_observe_us(&h[1], 40000000); /* 40 s: past the last bound */
+    CU_ASSERT_EQUAL(
+        metrics_histogram_callback(m, "ep_seconds", "Per endpoint.", emit_two_histograms, h), 0);
+    char *text = metrics_render(m);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    static const char *const want[] = {
+        "# TYPE ep_seconds histogram\n",
+        "ep_seconds_bucket{endpoint=\"a\",le=\"0.0005\"} 0\n",
+        "ep_seconds_bucket{endpoint=\"a\",le=\"0.001\"} 1\n",
+        "ep_seconds_count{endpoint=\"a\"} 1\n",
+        "ep_seconds_bucket{endpoint=\"b\",le=\"30\"} 0\n",
+        "ep_seconds_bucket{endpoint=\"b\",le=\"+Inf\"} 1\n",
+        "ep_seconds_sum{endpoint=\"b\"} 40.000000\n",
+    };
+    for (size_t i = 0; i < ARRAY_LEN(want); i++)
+        PF_CHECK(strstr(text, want[i]) != NULL, "missing %s in:\n%s", want[i], text);
+    free(text);
+    metrics_free(m);
+}
+
 static void test_process_metrics_have_their_standard_names_and_sane_values(void) {
     pf_metrics *m = metrics_new();
     CU_ASSERT_EQUAL_FATAL(metrics_register_process(m), PF_OK);
@@ -646,6 +677,7 @@ PF_UNIT_MAIN("core", PF_UNIT_TEST(test_duration_format_then_parse_round_trips),
              PF_UNIT_TEST(test_counter_holds_large_values),
              PF_UNIT_TEST(test_histogram_quantile_interpolates_inside_the_bucket),
              PF_UNIT_TEST(test_counter_callback_renders_as_a_counter),
+             PF_UNIT_TEST(test_histogram_callback_renders_each_emitted_series),
              PF_UNIT_TEST(test_process_metrics_have_their_standard_names_and_sane_values),
              PF_UNIT_TEST(test_json_escape_quotes_backslashes_and_control_bytes),
              PF_UNIT_TEST(test_json_escape_output_parses_back_to_the_input),
