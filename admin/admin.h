@@ -57,6 +57,9 @@ typedef struct pf_admin_config_api {
     uint64_t (*version)(void *ctx);
     /* The latest versions, newest first: [{version, time, source, summary}]. New ref. */
     json_t *(*history)(void *ctx);
+    /* The latest refused reload, {count, time, source, error, version} (version: the one
+     * that stayed), or NULL when none was refused. New ref. */
+    json_t *(*last_rejected)(void *ctx);
     void *ctx;
 } pf_admin_config_api;
 

@@ -18,6 +18,9 @@
 #include <string.h>
 #include <time.h>
 
+/* Reloads the page lists (the config API keeps more: GET /config/history). */
+#define RELOADS_SHOWN 5
+
 /* Clusters whose not-ready reason names them; the rest are counted. */
 #define NOT_READY_NAMES_MAX 5
 
@@ -82,7 +85,8 @@ static const char page_style[] =
     ".c1xx,.c3xx{fill:#8aa4c8}.c2xx{fill:var(--ok)}.c4xx{fill:var(--warn)}.c5xx{fill:var(--bad)}"
     ".cother{fill:#777}"
     "footer{color:var(--mute);font-size:12px;margin-top:24px}"
-    "#refreshed.err{color:var(--bad)}";
+    "#refreshed.err{color:var(--bad)}"
+    "tr.refused td{color:var(--bad)}";
 
 static const char page_script[] =
     "(function(){'use strict';"
@@ -382,6 +386,31 @@ static void put_card(page *pg, const char *key, const char *value_class, const c
     put(pg, "</div>");
 }
 
+/* The running config's version; amber while the latest reload was refused (the file on disk
+ * is not what runs). */
+static void put_config_card(page *pg, const pf_admin *admin) {
+    const pf_admin_config_api *api = &admin->api;
+    if (!api->version || !api->history)
+        return;
+    json_t *history = api->history(api->ctx);
+    json_t *refused = api->last_rejected ? api->last_rejected(api->ctx) : NULL;
+    const char *applied_at = json_string_value(json_object_get(json_array_get(history, 0), "time"));
+    const char *refused_at = json_string_value(json_object_get(refused, "time"));
+    bool latest_refused = refused_at && (!applied_at || strcmp(refused_at, applied_at) >= 0);
+    char v[32], sub[96];
+    snprintf(v, sizeof v, "v%llu", (unsigned long long)api->version(api->ctx));
+    if (latest_refused)
+        snprintf(sub, sizeof sub, "the latest reload was refused");
+    else {
+        const char *source =
+            json_string_value(json_object_get(json_array_get(history, 0), "source"));
+        snprintf(sub, sizeof sub, "from %s", source ? source : "start");
+    }
+    put_card(pg, "Config", latest_refused ? "warn" : "", v, sub);
+    json_decref(history);
+    json_decref(refused);
+}
+
 static void put_overview(page *pg, const pf_admin *admin, const cluster_view *views, size_t count,
                          bool ready) {
     size_t down = 0, degraded = 0, eps = 0, healthy_eps = 0;
@@ -412,7 +441,61 @@ static void put_overview(page *pg, const pf_admin *admin, const cluster_view *vi
     snprintf(v, sizeof v, "%ld", in_flight);
     snprintf(sub, sizeof sub, "%ld client connections", proxy_active_connections(admin->proxy));
     put_card(pg, "Requests in flight", "", v, sub);
+    put_config_card(pg, admin);
     put(pg, "</div>");
+}
+
+/* The config version and the latest reloads, newest first, with the latest refused reload
+ * among them by time; only in a process with the config API (cmd/reload.c). */
+static void put_reload_row(page *pg, json_t *entry, bool refused) {
+    put(pg, "<tr class=\"%s\"><td class=\"num\">", refused ? "refused" : "applied");
+    if (refused)
+        put(pg, "refused");
+    else
+        put(pg, "%lld", (long long)json_integer_value(json_object_get(entry, "version")));
+    put(pg, "</td><td class=\"mono\">");
+    put_text(pg, json_string_value(json_object_get(entry, "time")));
+    put(pg, "</td><td>");
+    put_text(pg, json_string_value(json_object_get(entry, "source")));
+    put(pg, "</td><td>");
+    if (refused) {
+        put(pg, "%lld refused so far; version %lld stays. ",
+            (long long)json_integer_value(json_object_get(entry, "count")),
+            (long long)json_integer_value(json_object_get(entry, "version")));
+        put_text(pg, json_string_value(json_object_get(entry, "error")));
+    } else {
+        put_text(pg, json_string_value(json_object_get(entry, "summary")));
+    }
+    put(pg, "</td></tr>");
+}
+
+static void put_reloads(page *pg, const pf_admin *admin) {
+    const pf_admin_config_api *api = &admin->api;
+    if (!api->version || !api->history)
+        return;
+    json_t *history = api->history(api->ctx);
+    json_t *refused = api->last_rejected ? api->last_rejected(api->ctx) : NULL;
+    const char *refused_at = refused ? json_string_value(json_object_get(refused, "time")) : NULL;
+    size_t n = json_array_size(history);
+    put(pg,
+        "<h2>Config <span class=\"count\" id=\"config-version\">version %llu</span></h2>"
+        "<div class=\"box\"><table id=\"reloads\"><thead><tr><th class=\"num\">Version</th>"
+        "<th>Time</th><th>Source</th><th>What changed</th></tr></thead><tbody>",
+        (unsigned long long)api->version(api->ctx));
+    for (size_t i = 0; i < n && i < RELOADS_SHOWN; i++) {
+        json_t *e = json_array_get(history, i);
+        const char *at = json_string_value(json_object_get(e, "time"));
+        if (refused_at && at && strcmp(refused_at, at) >= 0) { /* ISO 8601: text order */
+            put_reload_row(pg, refused, true);
+            refused_at = NULL;
+        }
+        put_reload_row(pg, e, false);
+    }
+    if (refused_at)
+        put_reload_row(pg, refused, true);
+    put(pg, "</tbody></table></div>");
+    json_decref(history);
+    json_decref(refused);
 }
 
 static void put_listeners(page *pg, const pf_admin *admin, const pf_proxy_listener_status *sts,
@@ -733,6 +816,7 @@ int admin_status_render(pf_admin *admin, struct evbuffer *out) {
     if (!ready)
         put_not_ready(&pg, admin, views, count);
     put_listeners(&pg, admin, lsts, lrates);
+    put_reloads(&pg, admin);
     put(&pg,
         "</div><h2>Clusters <span class=\"count\" id=\"cluster-count\">%zu</span> <span "
         "id=\"shown\"></span>"

@@ -42,6 +42,8 @@ struct app_reload {
     uint64_t started_us; /* when the reload in progress began (signal, watch, request) */
     history_entry history[HISTORY_MAX];
     size_t history_next;
+    uint64_t rejected_count;     /* refused reloads, and the latest one: for the status page */
+    history_entry last_rejected; /* version: the one that stayed; summary: the first error */
     int inotify_fd;
     struct event *watch_event, *debounce;
     char dir[PATH_MAX];
@@ -73,6 +75,13 @@ static void log_rejected(app *a, const char *source, const pf_errlist *errs) {
     log_warn("config reload rejected source=%s errors=%zu; the running config stays", source,
              errs->count);
     metrics_inc(a->reload->rejected, 1);
+    struct app_reload *r = a->reload;
+    r->rejected_count++;
+    r->last_rejected.version = r->version;
+    r->last_rejected.time_ms = pf_wall_us() / 1000;
+    snprintf(r->last_rejected.source, sizeof r->last_rejected.source, "%s", source);
+    snprintf(r->last_rejected.summary, sizeof r->last_rejected.summary, "%s",
+             errs->count ? errs->items[0] : "");
 }
 
 /* One line of what changed, for the history: the count and the first paths. */
@@ -468,6 +477,18 @@ static json_t *api_history(void *ctx) {
     return list;
 }
 
+static json_t *api_last_rejected(void *ctx) {
+    app *a = ctx;
+    const struct app_reload *r = a->reload;
+    if (!r->rejected_count)
+        return NULL;
+    char when[40];
+    format_time(r->last_rejected.time_ms, when, sizeof when);
+    return json_pack("{s:I,s:s,s:s,s:s,s:I}", "count", (json_int_t)r->rejected_count, "time", when,
+                     "source", r->last_rejected.source, "error", r->last_rejected.summary,
+                     "version", (json_int_t)r->last_rejected.version);
+}
+
 void app_on_sighup(evutil_socket_t sig, short what, void *arg) {
     app *a = arg;
     log_info("SIGHUP: reloading the config file path=%s",
@@ -518,8 +539,12 @@ int app_reload_init(app *a, pf_error *err) {
         return pf_fail(err, PF_ENOMEM, "out of memory");
     r->version = 1;
     remember(a, "start", "the config pilotfish started with");
-    pf_admin_config_api api = {
-        .put = api_put, .edit = api_edit, .version = api_version, .history = api_history, .ctx = a};
+    pf_admin_config_api api = {.put = api_put,
+                               .edit = api_edit,
+                               .version = api_version,
+                               .history = api_history,
+                               .last_rejected = api_last_rejected,
+                               .ctx = a};
     admin_set_config_api(a->admin, &api);
     if (!a->watch)
         return PF_OK;
