@@ -38,7 +38,8 @@ RESOURCES = {
         ("rolebindings", "RoleBinding", True, []),
         ("roles", "Role", True, []),
     ],
-    "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor", True, ["smon"])],
+    "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor", True, ["smon"]),
+                                 ("prometheusrules", "PrometheusRule", True, ["promrule"])],
 }
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 
