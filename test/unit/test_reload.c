@@ -98,6 +98,8 @@ static const struct {
     {"'admin':{'address':'127.0.0.1:9999'},", "", "$.admin.address: admin cannot change"},
     {"'max_connections':100,", "", "$.max_connections: max_connections cannot change"},
     {"'access_log':false,", "", "$.access_log: access_log cannot change"},
+    {"'access_log':{'format':'text'},", "", "$.access_log: access_log cannot change"},
+    {"'stats':{'per_endpoint':true},", "", "$.stats.per_endpoint: stats cannot change"},
     {"'dns':{'timeout':'3s'},", "", "$.dns.timeout: dns cannot change"},
     {"'local_zone':'a',", "", "$.local_zone: local_zone cannot change"},
     {"", ",'connect_timeout':'3s'", NULL},
