@@ -142,12 +142,14 @@ pf_histogram *metrics_histogram(pf_metrics *m, const char *name, const char *hel
     return s ? &s->u.histogram : NULL;
 }
 
+/* A family computed at scrape time: fn for values, histogram_fn for histograms. */
 static int add_callback(pf_metrics *m, const char *name, const char *help, metric_kind kind,
-                        pf_gauge_fn fn, void *arg) {
+                        pf_gauge_fn fn, pf_histogram_fn histogram_fn, void *arg) {
     pthread_mutex_lock(&m->lock);
     family *f = find_family(m, name, help, kind);
     if (f) {
         f->fn = fn;
+        f->histogram_fn = histogram_fn;
         f->fn_arg = arg;
     }
     pthread_mutex_unlock(&m->lock);
@@ -156,24 +158,17 @@ static int add_callback(pf_metrics *m, const char *name, const char *help, metri
 
 int metrics_gauge_callback(pf_metrics *m, const char *name, const char *help, pf_gauge_fn fn,
                            void *arg) {
-    return add_callback(m, name, help, KIND_GAUGE_FN, fn, arg);
+    return add_callback(m, name, help, KIND_GAUGE_FN, fn, NULL, arg);
 }
 
 int metrics_counter_callback(pf_metrics *m, const char *name, const char *help, pf_gauge_fn fn,
                              void *arg) {
-    return add_callback(m, name, help, KIND_COUNTER_FN, fn, arg);
+    return add_callback(m, name, help, KIND_COUNTER_FN, fn, NULL, arg);
 }
 
 int metrics_histogram_callback(pf_metrics *m, const char *name, const char *help,
                                pf_histogram_fn fn, void *arg) {
-    pthread_mutex_lock(&m->lock);
-    family *f = find_family(m, name, help, KIND_HISTOGRAM_FN);
-    if (f) {
-        f->histogram_fn = fn;
-        f->fn_arg = arg;
-    }
-    pthread_mutex_unlock(&m->lock);
-    return f ? 0 : -2;
+    return add_callback(m, name, help, KIND_HISTOGRAM_FN, NULL, fn, arg);
 }
 
 void metrics_observe_us(pf_histogram *h, uint64_t us) {

@@ -94,31 +94,48 @@ static void emit_histograms(void *arg, pf_histogram_emit emit, void *ctx) {
     walk(f->proxy, &(ep_emit){.which = f->which, .emit_histogram = emit, .ctx = ctx});
 }
 
+/* One row per family, in ep_series order. */
+static const struct {
+    const char *name;
+    const char *help;
+    enum { FN_COUNTER, FN_GAUGE, FN_HISTOGRAM } kind;
+} families[] = {
+    [EP_REQUESTS] = {"pilotfish_upstream_endpoint_requests_total",
+                     "Requests whose last attempt went to this endpoint, by response status "
+                     "class (stats.per_endpoint).",
+                     FN_COUNTER},
+    [EP_DURATION] = {"pilotfish_upstream_endpoint_request_duration_seconds",
+                     "Time from an attempt's endpoint pick to the end of its response, per "
+                     "endpoint (stats.per_endpoint).",
+                     FN_HISTOGRAM},
+    [EP_ACTIVE] = {"pilotfish_upstream_endpoint_active_requests",
+                   "Requests in flight to this endpoint (stats.per_endpoint).", FN_GAUGE},
+    [EP_CONNECT_FAILURES] = {"pilotfish_upstream_endpoint_connect_failures_total",
+                             "Connection attempts to this endpoint refused or failed "
+                             "(stats.per_endpoint).",
+                             FN_COUNTER},
+    [EP_HEALTHY] = {"pilotfish_upstream_endpoint_healthy",
+                    "1 while this endpoint is healthy, 0 while not (stats.per_endpoint).",
+                    FN_GAUGE},
+};
+
 int proxy_endpoint_metrics_register(pf_proxy *proxy, pf_metrics *m) {
-    proxy->endpoint_families = calloc(5, sizeof(ep_family));
-    ep_family *f = proxy->endpoint_families;
+    size_t n = sizeof families / sizeof families[0];
+    ep_family *f = calloc(n, sizeof *f);
+    proxy->endpoint_families = f;
     if (!f)
         return PF_ENOMEM;
-    for (int i = 0; i < 5; i++)
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
         f[i] = (ep_family){proxy, (ep_series)i};
-    int rc = metrics_counter_callback(m, "pilotfish_upstream_endpoint_requests_total",
-                                      "Requests whose last attempt went to this endpoint, by "
-                                      "response status class (stats.per_endpoint).",
-                                      emit_values, &f[EP_REQUESTS]);
-    rc |= metrics_histogram_callback(m, "pilotfish_upstream_endpoint_request_duration_seconds",
-                                     "Time from an attempt's endpoint pick to the end of its "
-                                     "response, per endpoint (stats.per_endpoint).",
-                                     emit_histograms, &f[EP_DURATION]);
-    rc |= metrics_gauge_callback(m, "pilotfish_upstream_endpoint_active_requests",
-                                 "Requests in flight to this endpoint (stats.per_endpoint).",
-                                 emit_values, &f[EP_ACTIVE]);
-    rc |= metrics_counter_callback(m, "pilotfish_upstream_endpoint_connect_failures_total",
-                                   "Connection attempts to this endpoint refused or failed "
-                                   "(stats.per_endpoint).",
-                                   emit_values, &f[EP_CONNECT_FAILURES]);
-    rc |= metrics_gauge_callback(m, "pilotfish_upstream_endpoint_healthy",
-                                 "1 while this endpoint is healthy, 0 while not "
-                                 "(stats.per_endpoint).",
-                                 emit_values, &f[EP_HEALTHY]);
+        if (families[i].kind == FN_HISTOGRAM)
+            rc |= metrics_histogram_callback(m, families[i].name, families[i].help, emit_histograms,
+                                             &f[i]);
+        else if (families[i].kind == FN_COUNTER)
+            rc |=
+                metrics_counter_callback(m, families[i].name, families[i].help, emit_values, &f[i]);
+        else
+            rc |= metrics_gauge_callback(m, families[i].name, families[i].help, emit_values, &f[i]);
+    }
     return rc ? PF_ENOMEM : PF_OK;
 }
