@@ -78,8 +78,16 @@ static const char *const protocol_names[] = {
 };
 
 /* Bit k of pf_config_retry.on is retry_on_names[k]. */
-static const char *const retry_on_names[] = {"connect-failure", "reset", "gateway-error", "5xx",
-                                             "retriable-status-codes"};
+static const char *const retry_on_names[] = {"connect-failure",
+                                             "reset",
+                                             "gateway-error",
+                                             "5xx",
+                                             "retriable-status-codes",
+                                             "cancelled",
+                                             "deadline-exceeded",
+                                             "resource-exhausted",
+                                             "unavailable",
+                                             "internal"};
 static const char *const dns_record_names[] = {
     [PF_DNS_RECORD_A] = "A",
     [PF_DNS_RECORD_AAAA] = "AAAA",
@@ -2610,6 +2618,11 @@ static const key_def listener_keys[] = {
     {K_DUR(pf_config_listener, "tunnel_idle_timeout", tunnel_idle_timeout_ms,
            PF_DEFAULT_TUNNEL_IDLE_TIMEOUT_MS,
            "an upgraded connection (WebSocket) with no bytes either way for this long is closed"),
+     .flags = KF_POSITIVE},
+    {K_DUR(pf_config_listener, "stream_idle_timeout", stream_idle_timeout_ms,
+           PF_DEFAULT_STREAM_IDLE_TIMEOUT_MS,
+           "a request (an HTTP/2 stream, a gRPC call) with no bytes either way for this long is "
+           "ended"),
      .flags = KF_POSITIVE},
 };
 static const schema listener_schema = {.doc_name = "listeners[]",

@@ -86,19 +86,23 @@ void access_log_write(pf_worker *w, const pf_access_entry *e) {
     const char *p = field(path, sizeof path, e->path, e->path_len);
     const char *id = field(request_id, sizeof request_id, e->request_id,
                            e->request_id ? strlen(e->request_id) : 0);
+    char grpc[12] = "null";
+    if (e->grpc_status >= 0)
+        snprintf(grpc, sizeof grpc, "%d", e->grpc_status);
     int n = snprintf(
         w->log_buf + w->log_len, LOG_LINE_MAX,
         "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03uZ\",\"client\":\"%s\",\"method\":\"%s\","
         "\"authority\":\"%s\",\"path\":\"%s\",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,"
         "\"duration_ms\":%.3f,\"cluster\":%s%s%s,\"upstream\":%s%s%s,\"request_id\":%s%s%s,"
-        "\"trace_id\":%s%s%s}\n",
+        "\"trace_id\":%s%s%s,\"protocol\":\"%s\",\"grpc_status\":%s}\n",
         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
         (unsigned)(now / 1000u % 1000u), e->client, e->method, a ? a : "", p ? p : "", e->status,
         (unsigned long long)e->bytes_in, (unsigned long long)e->bytes_out,
         (double)e->duration_us / 1000.0, e->cluster ? "\"" : "", e->cluster ? e->cluster : "null",
         e->cluster ? "\"" : "", e->upstream ? "\"" : "", e->upstream ? e->upstream : "null",
         e->upstream ? "\"" : "", id ? "\"" : "", id ? id : "null", id ? "\"" : "",
-        e->trace_id ? "\"" : "", e->trace_id ? e->trace_id : "null", e->trace_id ? "\"" : "");
+        e->trace_id ? "\"" : "", e->trace_id ? e->trace_id : "null", e->trace_id ? "\"" : "",
+        e->protocol ? e->protocol : "HTTP/1.1", grpc);
     if (n > 0 && (size_t)n < LOG_LINE_MAX)
         w->log_len += (size_t)n;
 }

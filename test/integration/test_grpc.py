@@ -4,15 +4,27 @@ a cluster with protocol h2, a gRPC client with ONE channel to pilotfish's plain 
 servers, which a per-connection balancer cannot do."""
 
 import collections
+import json
+import os
+import signal
 import struct
 import subprocess
+import sys
+import threading
+import time
 from concurrent import futures
 
 import pytest
 
-from harness import LOCALHOST, cluster, listener, make_config, metric_sum, route, wait_for
+from harness import (LOCALHOST, closed_port, cluster, listener, make_config, metric_sum, route,
+                     wait_for)
 
 grpc = pytest.importorskip("grpc")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "fakes"))
+import grpc_backend  # noqa: E402  (after the path; needs grpc)
+
+FAKE = os.path.join(os.path.dirname(__file__), "..", "fakes", "grpc_backend.py")
+ECHO = "/pilotfish.test.Echo/"
 
 METHOD = "/pilotfish.test.Echo/Call"
 
@@ -99,3 +111,164 @@ def test_an_http1_client_reaches_an_h2_upstream(grpc_proxy):
     # The body is chunked toward HTTP/1; curl de-chunks it: one framed reply.
     assert body[5:].endswith(b":from-h1"), body
     assert body[5:].split(b":")[0] in (b"s1", b"s2", b"s3"), body
+
+
+# ---- pilotfish's own answers are trailers-only responses with a grpc-status -----------------
+
+
+@pytest.fixture
+def echo_servers():
+    """start(name) -> a running grpc_backend.Backend; all stopped at the end."""
+    started = []
+
+    def start(name):
+        b = grpc_backend.start_server(name)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.server.stop(grace=None).wait(10)
+
+
+def call(port, method, request, timeout=10, metadata=None):
+    with grpc.insecure_channel(f"{LOCALHOST}:{port}") as channel:
+        return channel.unary_unary(ECHO + method)(request, timeout=timeout, metadata=metadata)
+
+
+def call_error(port, method, request, timeout=10):
+    with pytest.raises(grpc.RpcError) as err:
+        call(port, method, request, timeout)
+    return err.value
+
+
+def curl_grpc(port, path, extra=()):
+    """An HTTP/1.1 client posting one framed gRPC message: (head, body)."""
+    frame = b"\x00" + struct.pack(">I", 2) + b"hi"
+    r = subprocess.run(
+        ["curl", "-sS", "--http1.1", "--max-time", "10", "-i", "-H", "content-type: application/grpc",
+         *extra, "--data-binary", "@-", f"http://{LOCALHOST}:{port}{path}"],
+        input=frame, capture_output=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    head, _, body = r.stdout.partition(b"\r\n\r\n")
+    return head.decode("latin-1").lower(), body
+
+
+def access_entries(pf, n):
+    wait_for(lambda: len(pf.access_log()) >= n, 10, f"{n} access log lines")
+    return pf.access_log()
+
+
+def test_no_route_is_unimplemented_for_http2_and_http1_clients(echo_servers, start_pilotfish):
+    b = echo_servers("s1")
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("grpc", prefix="/other/")])],
+        [cluster("grpc", [b.address], protocol="h2")]), workers=1)
+    err = call_error(pf.port(), "Call", b"x")
+    assert err.code() == grpc.StatusCode.UNIMPLEMENTED, err
+    assert "no route" in err.details()
+    head, body = curl_grpc(pf.port(), ECHO + "Call")
+    assert head.startswith("http/1.1 200"), head
+    assert "grpc-status: 12\r\n" in head and "content-type: application/grpc" in head, head
+    assert body == b""
+    # The access log and the metrics say what the client saw: HTTP 200, grpc-status 12.
+    lines = access_entries(pf, 2)
+    assert [(e["protocol"], e["status"], e["grpc_status"]) for e in lines] == [
+        ("HTTP/2", 200, 12), ("HTTP/1.1", 200, 12)], lines
+    m = pf.metrics()
+    assert metric_sum(m, "pilotfish_grpc_calls_total", grpc_status="12") == 2
+    assert metric_sum(m, "pilotfish_downstream_protocol_requests_total", protocol="h2") == 1
+    assert metric_sum(m, "pilotfish_downstream_protocol_requests_total", protocol="http1") == 1
+
+
+def test_no_endpoint_and_connect_failure_are_unavailable(start_pilotfish):
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("down", prefix="/")])],
+        [cluster("down", [f"{LOCALHOST}:{closed_port()}"], protocol="h2",
+                 retry={"on": [], "max_retries": 0})]), workers=1)
+    err = call_error(pf.port(), "Call", b"x")
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+    head, _ = curl_grpc(pf.port(), ECHO + "Call")
+    assert "grpc-status: 14\r\n" in head, head
+
+
+def test_response_timeout_is_deadline_exceeded(echo_servers, start_pilotfish):
+    b = echo_servers("s1")
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("grpc", prefix="/")])],
+        [cluster("grpc", [b.address], protocol="h2", response_timeout="300ms")]), workers=1)
+    err = call_error(pf.port(), "Call", b"sleep:3000")
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err
+    assert "timeout" in err.details()
+
+
+def test_circuit_breaker_is_resource_exhausted(echo_servers, start_pilotfish):
+    b = echo_servers("s1")
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("grpc", prefix="/")])],
+        [cluster("grpc", [b.address], protocol="h2",
+                 circuit_breakers={"max_requests": 1})]), workers=1)
+    with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
+        slow = channel.unary_unary(ECHO + "Call").future(b"sleep:3000", timeout=10)
+        # The breaker counts the first call from when it was routed: poll until it refuses.
+        deadline = time.monotonic() + 2.5
+        seen = []
+        while time.monotonic() < deadline and grpc.StatusCode.RESOURCE_EXHAUSTED not in seen:
+            try:
+                channel.unary_unary(ECHO + "Call")(b"x", timeout=5)
+                seen.append("ok")
+            except grpc.RpcError as e:
+                seen.append(e.code())
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in seen, seen
+        assert slow.result().startswith(b"s1:")
+
+
+# ---- grpc-timeout ------------------------------------------------------------------------
+
+
+def test_grpc_timeout_is_the_deadline_and_the_time_left_goes_upstream(echo_servers,
+                                                                     start_pilotfish):
+    b = echo_servers("s1")
+    pf = start_pilotfish(make_config(
+        [listener("main", [dict(route("grpc", prefix="/"), timeout="2s")])],
+        [cluster("grpc", [b.address], protocol="h2")]), workers=1)
+
+    def sent_timeout_ms(reply):
+        return int(reply.split(b"timeout=")[1])
+
+    # The client's 5 s deadline is capped by the route's 2 s timeout.
+    assert 1000 < sent_timeout_ms(call(pf.port(), "Call", b"sleep:1", timeout=5)) <= 2000
+    # A shorter client deadline goes upstream as what is left of it.
+    assert 300 < sent_timeout_ms(call(pf.port(), "Call", b"sleep:1", timeout=0.8)) <= 800
+    # A call that outlives its deadline ends DEADLINE_EXCEEDED at the deadline, even for a
+    # client (curl) that would wait longer than its own grpc-timeout says.
+    started = time.monotonic()
+    frame = b"\x00" + struct.pack(">I", 10) + b"sleep:3000"
+    r = subprocess.run(
+        ["curl", "-sS", "--http2-prior-knowledge", "--max-time", "10", "-i", "-H",
+         "content-type: application/grpc", "-H", "grpc-timeout: 400m", "-H", "te: trailers",
+         "--data-binary", "@-", f"http://{LOCALHOST}:{pf.port()}{ECHO}Call"],
+        input=frame, capture_output=True, timeout=20)
+    took = time.monotonic() - started
+    assert b"grpc-status: 4\r\n" in r.stdout, r.stdout
+    assert took < 2.5, took
+
+
+# ---- retries and outlier detection on gRPC statuses ----------------------------------------
+
+
+def test_retry_on_unavailable_status_goes_to_another_server(echo_servers, start_pilotfish):
+    good, bad = echo_servers("good"), echo_servers("bad")
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("grpc", prefix="/")])],
+        [cluster("grpc", [bad.address, good.address], protocol="h2", lb_policy="round_robin",
+                 retry={"on": ["unavailable"], "max_retries": 2})]), workers=1)
+    # "fail:14" fails on whichever server takes it: a retry cannot help, and the status comes
+    # back as the server said it after the retries.
+    err = call_error(pf.port(), "Call", b"fail:14")
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert metric_sum(pf.metrics(), "pilotfish_upstream_retries_total", cluster="grpc") == 2
+    # A status the policy does not name is not retried.
+    err = call_error(pf.port(), "Call", b"fail:13")
+    assert err.code() == grpc.StatusCode.INTERNAL
+    assert metric_sum(pf.metrics(), "pilotfish_upstream_retries_total", cluster="grpc") == 2

@@ -103,6 +103,7 @@ static void test_example_loads_with_every_field_and_default(void) {
     CU_ASSERT_EQUAL(l->buffer_bytes, PF_DEFAULT_BUFFER_BYTES);
     CU_ASSERT_EQUAL(l->header_timeout_ms, PF_DEFAULT_HEADER_TIMEOUT_MS);
     CU_ASSERT_EQUAL(l->body_timeout_ms, PF_DEFAULT_BODY_TIMEOUT_MS);
+    CU_ASSERT_EQUAL(l->stream_idle_timeout_ms, 300000);
     CU_ASSERT_EQUAL(l->idle_timeout_ms, PF_DEFAULT_IDLE_TIMEOUT_MS);
 
     CU_ASSERT_EQUAL_FATAL(l->route_count, 2);
@@ -1494,7 +1495,8 @@ static const struct {
      "x.json: $.clusters[0].dns.record: expected string, found integer"},
     {RT("'on':['timeout']"),
      "x.json: $.clusters[0].retry.on[0]: unknown retry condition \"timeout\"; known conditions: "
-     "connect-failure, reset, gateway-error, 5xx, retriable-status-codes"},
+     "connect-failure, reset, gateway-error, 5xx, retriable-status-codes, cancelled, "
+     "deadline-exceeded, resource-exhausted, unavailable, internal"},
     {RT("'on':'5xx'"), "x.json: $.clusters[0].retry.on: expected array, found string"},
     {RT("'on':['retriable-status-codes']"),
      "x.json: $.clusters[0].retry.status_codes: \"retriable-status-codes\" is in \"on\" but no "
@@ -1562,6 +1564,12 @@ static const struct {
     {RT("'tries':3"),
      "x.json: $.clusters[0].retry: unknown key \"tries\"; known keys: on, status_codes, "
      "max_retries, per_try_timeout, backoff, retry_non_idempotent, buffer_bytes"},
+    {RT("'on':['unavailable','UNAVAILABLE']"),
+     "x.json: $.clusters[0].retry.on[1]: unknown retry condition \"UNAVAILABLE\"; known "
+     "conditions: connect-failure, reset, gateway-error, 5xx, retriable-status-codes, cancelled, "
+     "deadline-exceeded, resource-exhausted, unavailable, internal"},
+    {CFG("", LMAIN(",'stream_idle_timeout':'0s'"), CWEB("")),
+     "x.json: $.listeners[0].stream_idle_timeout: \"0s\" must be greater than zero"},
     {RR("'backoff':{'min':'1s'}"),
      "x.json: $.listeners[0].routes[0].retry.backoff: unknown key \"min\"; known keys: base, max"},
     {CFG("", LMAIN(""), CWEB(",'retry_budget':{'ratio':1}")),
