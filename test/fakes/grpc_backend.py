@@ -28,6 +28,7 @@ class Backend:
         self.serving = True
         self.health_checks = 0
         self.health_services = []
+        self.sleeping = 0  # "sleep:" calls in progress
         self.lock = threading.Lock()
         handler = grpc.method_handlers_generic_handler(SERVICE, {
             "Call": grpc.unary_unary_rpc_method_handler(self.call),
@@ -46,7 +47,11 @@ class Backend:
     def call(self, request, context):
         if request.startswith(b"sleep:"):
             left = context.time_remaining()  # from the grpc-timeout the server was sent
+            with self.lock:
+                self.sleeping += 1
             time.sleep(int(request[6:]) / 1000.0)
+            with self.lock:
+                self.sleeping -= 1
             return self.name + b":timeout=" + (b"none" if left is None else
                                                str(int(left * 1000)).encode())
         if request.startswith(b"fail:"):

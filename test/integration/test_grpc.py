@@ -209,17 +209,10 @@ def test_circuit_breaker_is_resource_exhausted(echo_servers, start_pilotfish):
         [cluster("grpc", [b.address], protocol="h2",
                  circuit_breakers={"max_requests": 1})]), workers=1)
     with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
-        slow = channel.unary_unary(ECHO + "Call").future(b"sleep:3000", timeout=10)
-        # The breaker counts the first call from when it was routed: poll until it refuses.
-        deadline = time.monotonic() + 2.5
-        seen = []
-        while time.monotonic() < deadline and grpc.StatusCode.RESOURCE_EXHAUSTED not in seen:
-            try:
-                channel.unary_unary(ECHO + "Call")(b"x", timeout=5)
-                seen.append("ok")
-            except grpc.RpcError as e:
-                seen.append(e.code())
-        assert grpc.StatusCode.RESOURCE_EXHAUSTED in seen, seen
+        slow = channel.unary_unary(ECHO + "Call").future(b"sleep:2000", timeout=10)
+        wait_for(lambda: b.sleeping == 1, 10, "the first call at the server")
+        err = call_error(pf.port(), "Call", b"x")
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
         assert slow.result().startswith(b"s1:")
 
 
