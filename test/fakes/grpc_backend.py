@@ -29,6 +29,7 @@ class Backend:
         self.health_checks = 0
         self.health_services = []
         self.sleeping = 0  # "sleep:" calls in progress
+        self.fail_code = None  # set: every Call ends with this status
         self.lock = threading.Lock()
         handler = grpc.method_handlers_generic_handler(SERVICE, {
             "Call": grpc.unary_unary_rpc_method_handler(self.call),
@@ -45,6 +46,8 @@ class Backend:
         self.address = f"127.0.0.1:{self.port}"
 
     def call(self, request, context):
+        if self.fail_code is not None:
+            context.abort(_code(self.fail_code), "this server fails every call")
         if request.startswith(b"sleep:"):
             left = context.time_remaining()  # from the grpc-timeout the server was sent
             with self.lock:

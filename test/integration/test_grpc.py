@@ -265,3 +265,201 @@ def test_retry_on_unavailable_status_goes_to_another_server(echo_servers, start_
     err = call_error(pf.port(), "Call", b"fail:13")
     assert err.code() == grpc.StatusCode.INTERNAL
     assert metric_sum(pf.metrics(), "pilotfish_upstream_retries_total", cluster="grpc") == 2
+
+
+def test_outlier_detection_ejects_a_server_whose_calls_end_unavailable(echo_servers,
+                                                                       start_pilotfish):
+    good, bad = echo_servers("good"), echo_servers("bad")
+    bad.fail_code = 14
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("grpc", prefix="/")])],
+        [cluster("grpc", [bad.address, good.address], protocol="h2", lb_policy="round_robin",
+                 retry={"on": [], "max_retries": 0},
+                 outlier_detection={"consecutive_gateway_failure": 3, "consecutive_5xx": 0,
+                                    "max_ejection_percent": 50})]), workers=1)
+    failed = 0
+    with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
+        for i in range(20):
+            try:
+                channel.unary_unary(ECHO + "Call")(b"x", timeout=10)
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE
+                failed += 1
+    # Three UNAVAILABLE calls in a row take "bad" out; the rest all go to "good".
+    assert failed == 3, failed
+    assert metric_sum(pf.metrics(), "pilotfish_outlier_ejections_total", cluster="grpc",
+                      reason="consecutive_gateway_failure") == 1
+
+
+@pytest.fixture
+def killable_servers():
+    """start(name) -> (Popen, address): grpc_backend.py in a process of its own."""
+    procs = []
+
+    def start(name):
+        p = subprocess.Popen([sys.executable, FAKE, "--name", name], stdout=subprocess.PIPE,
+                             text=True)
+        procs.append(p)
+        line = p.stdout.readline()  # "listening ADDR" once it serves; EOF if it died
+        assert line.startswith("listening "), line
+        return p, line.split()[1]
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+        p.stdout.close()
+
+
+def test_a_server_killed_mid_load_costs_no_call_with_retries_on_unavailable(killable_servers,
+                                                                            start_pilotfish):
+    servers = [killable_servers(name) for name in ("s1", "s2", "s3")]
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("grpc", prefix="/")])],
+        [cluster("grpc", [addr for _, addr in servers], protocol="h2", lb_policy="round_robin",
+                 retry={"on": ["unavailable"], "max_retries": 3})]), workers=1)
+    total, done, failures, answered_by = 240, [0], [], collections.Counter()
+    lock = threading.Lock()
+    killed = threading.Event()
+
+    with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
+        rpc = channel.unary_unary(ECHO + "Call")
+
+        def worker(n):
+            for _ in range(n):
+                try:
+                    reply = rpc(b"sleep:10", timeout=20)
+                    with lock:
+                        answered_by[reply.split(b":")[0].decode()] += 1
+                except grpc.RpcError as e:
+                    with lock:
+                        failures.append((e.code(), e.details()))
+                with lock:
+                    done[0] += 1
+                    if done[0] == total // 3 and not killed.is_set():
+                        servers[1][0].kill()  # SIGKILL: calls in flight on it are cut
+                        killed.set()
+
+        threads = [threading.Thread(target=worker, args=(total // 6,)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert killed.is_set()
+    assert failures == [], failures
+    assert sum(answered_by.values()) == total
+    # The killed server answered only before it died; the others took the rest.
+    assert answered_by["s2"] <= total // 3 + 6, answered_by
+    assert metric_sum(pf.metrics(), "pilotfish_upstream_retries_total", cluster="grpc") >= 1
+
+
+# ---- streaming calls ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def streaming_proxy(echo_servers, start_pilotfish):
+    """Three servers behind one cluster; response_timeout 500ms, stream_idle_timeout 1s."""
+    servers = [echo_servers(n) for n in ("s1", "s2", "s3")]
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("grpc", prefix="/")], stream_idle_timeout="1s")],
+        [cluster("grpc", [b.address for b in servers], protocol="h2", lb_policy="round_robin",
+                 response_timeout="500ms")]), workers=1)
+    return pf
+
+
+def test_server_streaming_outlives_the_response_timeout(streaming_proxy):
+    # 6 messages 300 ms apart: 1.5 s, three times the response timeout; each gap is shorter
+    # than the stream idle timeout.
+    with grpc.insecure_channel(f"{LOCALHOST}:{streaming_proxy.port()}") as channel:
+        replies = list(channel.unary_stream(ECHO + "Stream")(b"6:300", timeout=20))
+    name = replies[0].split(b":")[0]
+    assert replies == [name + b":" + str(i).encode() for i in range(6)]
+
+
+def test_client_streaming_and_bidi_calls_pass_through(streaming_proxy):
+    with grpc.insecure_channel(f"{LOCALHOST}:{streaming_proxy.port()}") as channel:
+        def slow_messages():
+            for i in range(4):
+                if i:
+                    time.sleep(0.3)
+                yield f"m{i}".encode()
+
+        reply = channel.stream_unary(ECHO + "Collect")(slow_messages(), timeout=20)
+        assert reply.split(b":", 1)[1] == b"4:m0,m1,m2,m3", reply
+        # Bidirectional: each message is answered before the next one is sent.
+        outbox = []
+        ready = threading.Event()
+
+        def ping_pong():
+            for i in range(4):
+                outbox.append(f"p{i}".encode())
+                yield outbox[-1]
+                assert ready.wait(10)
+                ready.clear()
+                time.sleep(0.2)
+
+        got = []
+        for reply in channel.stream_stream(ECHO + "Chat")(ping_pong(), timeout=20):
+            got.append(reply.split(b":", 1)[1])
+            ready.set()
+        assert got == [b"p0", b"p1", b"p2", b"p3"]
+
+
+def test_calls_of_every_kind_on_one_channel_spread_over_three_servers(streaming_proxy):
+    seen = collections.Counter()
+    with grpc.insecure_channel(f"{LOCALHOST}:{streaming_proxy.port()}") as channel:
+        for i in range(3):
+            seen[channel.unary_unary(ECHO + "Call")(b"x", timeout=10).split(b":")[0]] += 1
+            seen[next(iter(channel.unary_stream(ECHO + "Stream")(b"1:0", timeout=10))).split(
+                b":")[0]] += 1
+            seen[channel.stream_unary(ECHO + "Collect")(iter([b"a"]), timeout=10).split(
+                b":")[0]] += 1
+            seen[next(iter(channel.stream_stream(ECHO + "Chat")(iter([b"a"]), timeout=10))).split(
+                b":")[0]] += 1
+    assert seen == {b"s1": 4, b"s2": 4, b"s3": 4}, seen
+
+
+def test_a_stream_silent_both_ways_ends_after_stream_idle_timeout(streaming_proxy):
+    with grpc.insecure_channel(f"{LOCALHOST}:{streaming_proxy.port()}") as channel:
+        # The server answers the first message, then both sides say nothing.
+        hold = threading.Event()
+
+        def one_then_silence():
+            yield b"hello"
+            hold.wait(10)
+
+        started = time.monotonic()
+        replies = channel.stream_stream(ECHO + "Chat")(one_then_silence(), timeout=20)
+        assert next(replies).endswith(b":hello")
+        with pytest.raises(grpc.RpcError) as err:
+            next(replies)
+        took = time.monotonic() - started
+        hold.set()
+    # The response had started: the stream is reset (INTERNAL_ERROR), upstream and down.
+    assert err.value.code() == grpc.StatusCode.INTERNAL, err.value
+    assert 0.9 < took < 5, took
+    wait_for(lambda: any(e["path"].endswith("/Chat") for e in streaming_proxy.access_log()), 10,
+             "the call's access log line")
+    line = [e for e in streaming_proxy.access_log() if e["path"].endswith("/Chat")][-1]
+    assert line["protocol"] == "HTTP/2" and line["status"] == 200, line
+
+
+def test_a_call_silent_before_its_answer_ends_deadline_exceeded(streaming_proxy):
+    # A client-streaming call whose client stops sending: no response timeout runs yet (it
+    # starts when the request ends), the stream idle timeout ends it.
+    hold = threading.Event()
+
+    def one_then_silence():
+        yield b"a"
+        hold.wait(10)
+
+    started = time.monotonic()
+    with grpc.insecure_channel(f"{LOCALHOST}:{streaming_proxy.port()}") as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            channel.stream_unary(ECHO + "Collect")(one_then_silence(), timeout=20)
+        hold.set()
+    took = time.monotonic() - started
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value
+    assert "stream idle timeout" in err.value.details()
+    assert 0.9 < took < 5, took
