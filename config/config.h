@@ -162,7 +162,8 @@ typedef struct pf_config_breakers {
 } pf_config_breakers;
 
 /* Active health checking (health/): per cluster, off unless "health_check" is given. */
-typedef enum { PF_CHECK_NONE, PF_CHECK_HTTP, PF_CHECK_TCP } pf_check_type;
+typedef enum { PF_CHECK_NONE, PF_CHECK_HTTP, PF_CHECK_TCP, PF_CHECK_GRPC } pf_check_type;
+#define PF_CHECK_SERVICE_MAX 128 /* grpc: a service name for grpc.health.v1.Health/Check */
 #define PF_DEFAULT_CHECK_PATH "/healthz"
 #define PF_DEFAULT_CHECK_INTERVAL_MS 5000u
 #define PF_DEFAULT_CHECK_TIMEOUT_MS 1000u
@@ -193,6 +194,7 @@ typedef struct pf_config_health_check {
     size_t send_len;
     char expect[PF_CHECK_PAYLOAD_MAX]; /* tcp: bytes the answer must contain */
     size_t expect_len;
+    char service[PF_CHECK_SERVICE_MAX]; /* grpc: the service asked about; "": the server */
 } pf_config_health_check;
 
 /* Passive outlier ejection (health/): off unless "outlier_detection" is given. */

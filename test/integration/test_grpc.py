@@ -16,8 +16,8 @@ from concurrent import futures
 
 import pytest
 
-from harness import (LOCALHOST, closed_port, cluster, listener, make_config, metric_sum, route,
-                     wait_for)
+from harness import (LOCALHOST, HarnessError, closed_port, cluster, listener, make_config,
+                     metric_sum, route, wait_for)
 
 grpc = pytest.importorskip("grpc")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "fakes"))
@@ -463,3 +463,65 @@ def test_a_call_silent_before_its_answer_ends_deadline_exceeded(streaming_proxy)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value
     assert "stream idle timeout" in err.value.details()
     assert 0.9 < took < 5, took
+
+
+# ---- health_check type grpc ----------------------------------------------------------------
+
+
+def endpoint_state(pf, address):
+    for c in pf.admin_json("/clusters")["clusters"]:
+        for ep in c["endpoints"]:
+            if ep["address"] == address:
+                return ep
+    raise HarnessError(f"{address} not in /clusters")
+
+
+def test_grpc_health_check_takes_a_not_serving_server_out_and_brings_it_back(echo_servers,
+                                                                            start_pilotfish):
+    a, b = echo_servers("a"), echo_servers("b")
+    b.set_serving(False)
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("grpc", prefix="/")])],
+        [cluster("grpc", [a.address, b.address], protocol="h2", lb_policy="round_robin",
+                 panic_threshold=0,
+                 health_check={"type": "grpc", "service": "pilotfish.test.Echo",
+                               "interval": "200ms", "timeout": "1s", "unhealthy_threshold": 1,
+                               "healthy_threshold": 1})]), workers=1)
+    wait_for(lambda: endpoint_state(pf, b.address)["health"] != "healthy"
+             and endpoint_state(pf, a.address)["health"] == "healthy", 10,
+             "b taken out by its check, a serving")
+    assert endpoint_state(pf, b.address)["health_check"]["last_result"] == "NOT_SERVING"
+    assert endpoint_state(pf, a.address)["health_check"]["last_result"] == "SERVING"
+    # The call the check makes names the configured service.
+    assert set(b.health_services) == {"pilotfish.test.Echo"}, b.health_services
+    with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
+        names = {channel.unary_unary(ECHO + "Call")(b"x", timeout=10).split(b":")[0]
+                 for _ in range(6)}
+    assert names == {b"a"}, names
+    b.set_serving(True)
+    wait_for(lambda: endpoint_state(pf, b.address)["health"] == "healthy", 10, "b back")
+    with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
+        names = {channel.unary_unary(ECHO + "Call")(b"x", timeout=10).split(b":")[0]
+                 for _ in range(6)}
+    assert names == {b"a", b"b"}, names
+
+
+def test_grpc_health_check_fails_on_a_server_without_the_health_service(start_pilotfish):
+    # A gRPC server that does not know grpc.health.v1 answers UNIMPLEMENTED.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    port = server.add_insecure_port(f"{LOCALHOST}:0")
+    server.start()
+    try:
+        address = f"{LOCALHOST}:{port}"
+        pf = start_pilotfish(make_config(
+            [listener("main", [route("grpc", prefix="/")])],
+            [cluster("grpc", [address], protocol="h2",
+                     health_check={"type": "grpc", "interval": "200ms", "timeout": "1s",
+                                   "unhealthy_threshold": 1})]), workers=1)
+        wait_for(lambda: endpoint_state(pf, address)["health"] != "healthy", 10,
+                 "the server taken out")
+        assert endpoint_state(pf, address)["health_check"]["last_result"] == "grpc-status 12"
+        assert metric_sum(pf.metrics(), "pilotfish_health_checks_total", cluster="grpc",
+                          result="failure") >= 1
+    finally:
+        server.stop(grace=None).wait(10)

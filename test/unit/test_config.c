@@ -669,6 +669,14 @@ static const struct {
     {HC("'send':'PING'"),
      "x.json: $.clusters[0].health_check.send: applies to tcp checks only; this check's type is "
      "\"http\""},
+    {HC("'service':'shop.Cart'"),
+     "x.json: $.clusters[0].health_check.service: applies to grpc checks only; this check's type "
+     "is \"http\""},
+    {HC("'type':'grpc','service':1"),
+     "x.json: $.clusters[0].health_check.service: expected string, found integer"},
+    {HC("'type':'grpc','path':'/x'"),
+     "x.json: $.clusters[0].health_check.path: applies to http checks only; this check's type is "
+     "\"grpc\""},
     {HC("'type':'tcp','expect':''"),
      "x.json: $.clusters[0].health_check.expect: 0 bytes; give 1 to 255"},
     {HC("'intervall':'1s'"),
@@ -1766,7 +1774,7 @@ static void test_every_schema_key_refuses_the_wrong_type(void) {
          * here) or by the check's type (http here); their type messages are in broken[] */
         static const char *const judged_first[] = {
             "clusters[].hash_on", "clusters[].hash_table_size", "clusters[].ewma_decay",
-            "health_check.send", "health_check.expect"};
+            "health_check.send",  "health_check.expect",        "health_check.service"};
         bool skip = false;
         for (size_t j = 0; j < ARRAY_LEN(judged_first); j++)
             skip = skip || strcmp(path, judged_first[j]) == 0;
