@@ -156,7 +156,8 @@ int probe_grpc_begin(probe *p, const char *authority, size_t *len) {
     if (rc != 0)
         return PF_ENOMEM;
     static const char path[] = "/grpc.health.v1.Health/Check";
-#define NV(n, v, vlen) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, vlen, NGHTTP2_NV_FLAG_NONE}
+#define NV(n, v, vlen)                                                                             \
+    { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, vlen, NGHTTP2_NV_FLAG_NONE }
     const nghttp2_nv nv[] = {
         NV(":method", "POST", 4),
         NV(":scheme", "http", 4),

@@ -545,6 +545,18 @@ int http1_write_local_response(struct evbuffer *out, int status, const char *bod
     return rc < 0 ? PF_ENOMEM : PF_OK;
 }
 
+int http1_write_last_chunk(struct evbuffer *out, const pf_head *trailers) {
+    writer w = {.out = out};
+    W_LIT(&w, "0\r\n");
+    /* RFC 9110 6.5.1: framing, routing and connection fields never travel as trailers. */
+    bool has_connection = trailers && http1_find(trailers, "connection", NULL) >= 0;
+    for (size_t i = 0; trailers && i < trailers->count; i++)
+        if (!hop_by_hop(trailers, i, has_connection) && !http1_name_is(trailers, i, "host"))
+            add_header(&w, trailers, i);
+    W_LIT(&w, "\r\n");
+    return w_done(&w);
+}
+
 int http1_write_chunk(struct evbuffer *out, const void *data, size_t len) {
     if (len == 0)
         return PF_OK;

@@ -113,6 +113,101 @@ def test_an_http1_client_reaches_an_h2_upstream(grpc_proxy):
     assert body[5:].split(b":")[0] in (b"s1", b"s2", b"s3"), body
 
 
+def test_an_http1_client_gets_the_grpc_status_trailers_in_the_last_chunk(grpc_proxy):
+    message = b"raw"
+    frame = b"\x00" + struct.pack(">I", len(message)) + message
+    r = subprocess.run(
+        ["curl", "-sS", "--http1.1", "--raw", "--max-time", "10", "-H",
+         "content-type: application/grpc", "-H", "te: trailers", "--data-binary", "@-",
+         f"http://{LOCALHOST}:{grpc_proxy.port()}{METHOD}"],
+        input=frame, capture_output=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    # --raw: the chunked framing as sent; the last chunk carries the server's trailers.
+    last = r.stdout[r.stdout.rindex(b"\r\n0\r\n") + 2:]
+    assert last.startswith(b"0\r\n") and last.endswith(b"\r\n\r\n"), r.stdout
+    assert b"grpc-status: 0\r\n" in last, last
+
+
+class ChunkedGrpcServer:
+    """A gRPC server over HTTP/1.1 (raw sockets): answers every POST with one message in a
+    chunked body and grpc-status, grpc-message as chunked trailers."""
+
+    def __init__(self, status):
+        import socket
+        self.status = status
+        self.sock = socket.socket()
+        self.sock.bind((LOCALHOST, 0))
+        self.sock.listen(8)
+        self.address = f"{LOCALHOST}:{self.sock.getsockname()[1]}"
+        self.requests = 0
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn):
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    more = conn.recv(65536)
+                    if not more:
+                        return
+                    data += more
+                head, _, data = data.partition(b"\r\n\r\n")
+                # The request body comes chunked (an HTTP/2 stream has no length): read to
+                # its last chunk.
+                while b"0\r\n\r\n" not in data:
+                    more = conn.recv(65536)
+                    if not more:
+                        return
+                    data += more
+                data = data.partition(b"0\r\n\r\n")[2]
+                self.requests += 1
+                reply = b"\x00" + struct.pack(">I", 6) + b"h1:raw"
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
+                             b"transfer-encoding: chunked\r\n\r\n"
+                             + b"%x\r\n" % len(reply) + reply + b"\r\n"
+                             + b"0\r\ngrpc-status: %d\r\ngrpc-message: from%%20h1\r\n\r\n"
+                             % self.status)
+
+    def close(self):
+        import socket
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("status", [0, 7])
+def test_grpc_to_an_http1_upstream_gets_its_chunked_trailers(status, start_pilotfish):
+    server = ChunkedGrpcServer(status)
+    try:
+        pf = start_pilotfish(make_config(
+            [listener("main", [route("h1", prefix="/")])],
+            [cluster("h1", [server.address], protocol="http1")]), workers=1)
+        with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
+            rpc = channel.unary_unary(METHOD)
+            if status == 0:
+                assert rpc(b"x", timeout=10) == b"h1:raw"
+            else:
+                with pytest.raises(grpc.RpcError) as err:
+                    rpc(b"x", timeout=10)
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, err.value
+                assert err.value.details() == "from h1"
+        assert server.requests == 1
+        entries = access_entries(pf, 1)
+        assert entries[-1]["grpc_status"] == status, entries
+    finally:
+        server.close()
+
+
 # ---- pilotfish's own answers are trailers-only responses with a grpc-status -----------------
 
 
