@@ -1039,10 +1039,10 @@ static void grpc_call_end(pf_exchange *ex) {
 int exchange_on_response_head(pf_exchange *ex, const pf_head *resp, int status,
                               pf_body_mode upstream_body, uint64_t content_length,
                               bool *skip_body) {
+    touch(ex);
     if (ex->grpc && status == 200) {
         /* A call with messages is judged by its trailers; a trailers-only one (no message
          * came) by this head, and a failure the policy names is retried. */
-        touch(ex);
         long g = http1_find(resp, "grpc-status", NULL);
         if (g >= 0) {
             ex->grpc_status = exchange_grpc_status_parse(http1_value(resp, (size_t)g),
