@@ -120,7 +120,7 @@ void proxy_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
                             "Requests answered to clients, by the client's protocol.", labels);
     }
     for (int i = 0; i <= PF_GRPC_STATUSES; i++) {
-        char code[8];
+        char code[12];
         snprintf(code, sizeof code, "%d", i);
         snprintf(labels, sizeof labels, "listener=\"%s\",grpc_status=\"%s\"", l->cfg->name,
                  i < PF_GRPC_STATUSES ? code : "other");
