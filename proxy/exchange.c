@@ -405,6 +405,11 @@ void exchange_free(pf_exchange *ex) {
     if (ex->idle_timer)
         event_free(ex->idle_timer);
     ex->idle_timer = NULL;
+    if (ex->held) {
+        http1_head_free(ex->held);
+        free(ex->held);
+    }
+    ex->held = NULL;
 }
 
 void exchange_reset(pf_exchange *ex) {
@@ -430,7 +435,7 @@ void exchange_reset(pf_exchange *ex) {
     ex->request_id[0] = '\0';
     ex->traceparent[0] = ex->trace_id[0] = '\0';
     memset(&ex->vars, 0, sizeof ex->vars);
-    ex->grpc = ex->overloaded = ex->grpc_reported = false;
+    ex->grpc = ex->overloaded = ex->grpc_reported = ex->holding = false;
     ex->grpc_status = ex->grpc_retry = -1;
     if (ex->idle_timer)
         evtimer_del(ex->idle_timer);
@@ -1036,6 +1041,53 @@ static void grpc_call_end(pf_exchange *ex) {
     report_outcome(ex, exchange_grpc_http_status(ex->grpc_status));
 }
 
+/* Whether a call's answer head should wait for the call's first message or status: only
+ * while a failing status in its trailers could still be retried, and only from HTTP/2
+ * upstreams, whose codec lets the exchange end the attempt from inside its callbacks. */
+static bool should_hold(const pf_exchange *ex, pf_body_mode upstream_body) {
+    return ex->up_ops == &upstream_h2_ops && upstream_body != PF_BODY_NONE && ex->replayable &&
+           (ex->retry->on & PF_RETRY_GRPC_ANY) && ex->retries < ex->retry->max_retries;
+}
+
+/* Keeps a copy of the answer's head (the codec's is borrowed for the call only). */
+static bool hold_head(pf_exchange *ex, const pf_head *resp, pf_body_mode body, uint64_t length) {
+    if (!ex->held) {
+        ex->held = calloc(1, sizeof *ex->held);
+        if (!ex->held)
+            return false;
+        http1_head_init(ex->held, PF_UPSTREAM_MAX_HEADER_BYTES, PF_DEFAULT_MAX_HEADERS * 2);
+    }
+    http1_head_reset(ex->held);
+    int rc = http1_head_append_first(ex->held, http1_first(resp), resp->first_len);
+    for (size_t i = 0; rc == PF_OK && i < resp->count; i++) {
+        rc = http1_head_append_name(ex->held, http1_name(resp, i), resp->headers[i].name_len);
+        if (rc == PF_OK)
+            rc =
+                http1_head_append_value(ex->held, http1_value(resp, i), resp->headers[i].value_len);
+        if (rc == PF_OK)
+            rc = http1_head_finish_value(ex->held);
+    }
+    ex->holding = rc == PF_OK;
+    ex->held_body = body;
+    ex->held_length = length;
+    return ex->holding;
+}
+
+/* The held head goes downstream now (a message or the call's end came). Returns false when
+ * it could not: the response is then cut. */
+static bool send_held(pf_exchange *ex) {
+    ex->holding = false;
+    ex->status = 200;
+    exchange_set_state(ex, PF_EX_STREAMING);
+    bool skip = false;
+    if (ex->down->send_head(ex->ds, ex->held, 200, ex->held_body, ex->held_length, &skip) == PF_OK)
+        return true;
+    end_attempt(ex, false);
+    exchange_set_state(ex, PF_EX_ABORTED);
+    ex->down->abort(ex->ds);
+    return false;
+}
+
 int exchange_on_response_head(pf_exchange *ex, const pf_head *resp, int status,
                               pf_body_mode upstream_body, uint64_t content_length,
                               bool *skip_body) {
@@ -1054,6 +1106,10 @@ int exchange_on_response_head(pf_exchange *ex, const pf_head *resp, int status,
                 ex->grpc_retry = ex->grpc_status;
                 return PF_RESPONSE_RETRY;
             }
+        } else if (should_hold(ex, upstream_body) &&
+                   hold_head(ex, resp, upstream_body, content_length)) {
+            *skip_body = false;
+            return PF_OK;
         }
     } else {
         report_outcome(ex, status);
@@ -1070,6 +1126,8 @@ void exchange_on_response_interim(pf_exchange *ex, const pf_head *resp, int stat
 }
 
 void exchange_on_response_body(pf_exchange *ex, const char *at, size_t len) {
+    if (ex->holding && !send_held(ex))
+        return; /* the first message: the call will not be retried now */
     ex->bytes_out += len;
     touch(ex);
     ex->down->send_body(ex->ds, at, len);
@@ -1082,11 +1140,25 @@ void exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers) {
                                                      trailers->headers[g].value_len);
         grpc_call_end(ex);
     }
+    if (ex->holding) {
+        /* No message came before the status: nothing reached the client, a retry may. */
+        if (ex->grpc_status > 0 && may_retry(ex, PF_FAIL_GRPC, ex->grpc_status)) {
+            ex->holding = false;
+            ex->grpc_retry = ex->grpc_status;
+            exchange_on_upstream_error(ex, 503, "upstream answered with a retriable grpc-status",
+                                       PF_FAIL_GRPC);
+            return;
+        }
+        if (!send_held(ex))
+            return;
+    }
     if (ex->down->send_trailers)
         ex->down->send_trailers(ex->ds, trailers);
 }
 
 void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable) {
+    if (ex->holding && !send_held(ex))
+        return;
     if (ex->grpc && ex->status == 200)
         grpc_call_end(ex); /* without a grpc-status: judged as the HTTP response it was */
     exchange_set_state(ex, PF_EX_DONE);
@@ -1096,6 +1168,7 @@ void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable) {
 }
 
 void exchange_on_upstream_error(pf_exchange *ex, int status, const char *reason, pf_failure kind) {
+    ex->holding = false; /* a held head never went out: the attempt failed before the answer */
     if (kind == PF_FAIL_STATUS && ex->grpc_retry >= 0) {
         kind = PF_FAIL_GRPC; /* the codec dropped a trailers-only failure for its retry */
         status = 503;

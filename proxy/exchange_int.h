@@ -161,6 +161,12 @@ struct pf_exchange {
     int grpc_status;       /* the call's grpc-status (upstream's or ours); -1: none seen */
     int grpc_retry;        /* a trailers-only failure being retried; -1: none */
     char grpc_timeout[24]; /* what goes upstream as grpc-timeout */
+    /* A call's answer head held back until its first message or its trailers, so that a
+     * failing grpc-status in the trailers can still be retried (HTTP/2 upstreams). */
+    bool holding;
+    pf_head *held; /* allocated on first use, kept with the exchange */
+    pf_body_mode held_body;
+    uint64_t held_length;
     /* stream_idle_timeout: checked against the last byte either way, re-armed lazily. */
     struct event *idle_timer;
     uint64_t idle_ms;

@@ -29,7 +29,9 @@ class Backend:
         self.health_checks = 0
         self.health_services = []
         self.sleeping = 0  # "sleep:" calls in progress
-        self.fail_code = None  # set: every Call ends with this status
+        self.fail_code = None  # set: every Call ends with this status ...
+        self.fail_after_headers = False  # ... after its response headers (not trailers-only)
+        self.calls = 0
         self.lock = threading.Lock()
         handler = grpc.method_handlers_generic_handler(SERVICE, {
             "Call": grpc.unary_unary_rpc_method_handler(self.call),
@@ -46,7 +48,11 @@ class Backend:
         self.address = f"127.0.0.1:{self.port}"
 
     def call(self, request, context):
+        with self.lock:
+            self.calls += 1
         if self.fail_code is not None:
+            if self.fail_after_headers:
+                context.send_initial_metadata(())
             context.abort(_code(self.fail_code), "this server fails every call")
         if request.startswith(b"sleep:"):
             left = context.time_remaining()  # from the grpc-timeout the server was sent

@@ -365,6 +365,30 @@ def test_retry_on_unavailable_status_goes_to_another_server(echo_servers, start_
     assert metric_sum(pf.metrics(), "pilotfish_upstream_retries_total", cluster="grpc") == 2
 
 
+@pytest.mark.parametrize("after_headers", [False, True])
+def test_a_call_failing_before_any_message_is_retried_on_another_server(after_headers,
+                                                                        echo_servers,
+                                                                        start_pilotfish):
+    # "bad" fails every call with UNAVAILABLE: trailers-only, or headers first and the status
+    # in the trailers; either way no message reached the client, so the call is retried.
+    good, bad = echo_servers("good"), echo_servers("bad")
+    bad.fail_code, bad.fail_after_headers = 14, after_headers
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("grpc", prefix="/")])],
+        [cluster("grpc", [bad.address, good.address], protocol="h2", lb_policy="round_robin",
+                 retry={"on": ["unavailable"], "max_retries": 2})]), workers=1)
+    with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
+        for i in range(6):
+            assert channel.unary_unary(ECHO + "Call")(b"x", timeout=10) == b"good:x"
+    assert bad.calls >= 3, bad.calls
+    assert metric_sum(pf.metrics(), "pilotfish_upstream_retries_total", cluster="grpc") == \
+        bad.calls
+    # A call with messages goes through as before: its head waited for the first one only.
+    with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
+        replies = channel.unary_stream(ECHO + "Stream")(b"2:0", timeout=10)
+        assert len(list(replies)) == 2
+
+
 def test_outlier_detection_ejects_a_server_whose_calls_end_unavailable(echo_servers,
                                                                        start_pilotfish):
     good, bad = echo_servers("good"), echo_servers("bad")
