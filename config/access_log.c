@@ -22,6 +22,8 @@ static const char *const field_names[PF_ALOG_FIELD_COUNT] = {
     [PF_ALOG_UPSTREAM] = "upstream",
     [PF_ALOG_REQUEST_ID] = "request_id",
     [PF_ALOG_TRACE_ID] = "trace_id",
+    [PF_ALOG_PROTOCOL] = "protocol",
+    [PF_ALOG_GRPC_STATUS] = "grpc_status",
 };
 
 static const char *const format_names[] = {"json", "text"};

@@ -78,8 +78,16 @@ static const char *const protocol_names[] = {
 };
 
 /* Bit k of pf_config_retry.on is retry_on_names[k]. */
-static const char *const retry_on_names[] = {"connect-failure", "reset", "gateway-error", "5xx",
-                                             "retriable-status-codes"};
+static const char *const retry_on_names[] = {"connect-failure",
+                                             "reset",
+                                             "gateway-error",
+                                             "5xx",
+                                             "retriable-status-codes",
+                                             "cancelled",
+                                             "deadline-exceeded",
+                                             "resource-exhausted",
+                                             "unavailable",
+                                             "internal"};
 static const char *const dns_record_names[] = {
     [PF_DNS_RECORD_A] = "A",
     [PF_DNS_RECORD_AAAA] = "AAAA",
@@ -87,7 +95,7 @@ static const char *const dns_record_names[] = {
     [PF_DNS_RECORD_SRV] = "SRV",
 };
 /* Indexed by pf_check_type minus one: "none" is no type a file can name. */
-static const char *const check_type_names[] = {"http", "tcp"};
+static const char *const check_type_names[] = {"http", "tcp", "grpc"};
 
 /* KT_ENUM rows store through an int. */
 _Static_assert(sizeof(pf_lb_policy) == sizeof(int) && sizeof(pf_dns_record) == sizeof(int) &&
@@ -1658,8 +1666,27 @@ static bool foreign_key(loader *ld, const char *p, const pf_config_health_check 
     if (hc->type == wanted)
         return false;
     errf(ld, p, "applies to %s checks only; this check's type is \"%s\"",
-         hc->type == PF_CHECK_TCP ? "http" : "tcp", check_type_names[hc->type - 1]);
+         check_type_names[wanted - 1], check_type_names[hc->type - 1]);
     return true;
+}
+
+static bool hc_is_grpc(const void *base) {
+    return ((const pf_config_health_check *)base)->type == PF_CHECK_GRPC;
+}
+
+static void parse_hc_service(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                             const key_def *k) {
+    char q[QUOTE_MAX];
+    pf_config_health_check *hc = base;
+    if (foreign_key(ld, p, hc, PF_CHECK_GRPC) || !want(ld, v, p, "string"))
+        return;
+    const char *s = json_string_value(v);
+    size_t n = strlen(s);
+    if (n >= PF_CHECK_SERVICE_MAX)
+        errf(ld, p, "service %s: give at most %d characters (\"\" asks about the whole server)",
+             qstr(q, s), PF_CHECK_SERVICE_MAX - 1);
+    else
+        memcpy(hc->service, s, n + 1);
 }
 
 static void parse_hc_path(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
@@ -2220,9 +2247,11 @@ static void cluster_finish(loader *ld, json_t *v, const char *path, void *obj) {
     /* Health checks speak plaintext HTTP: against a TLS endpoint every check would fail and
      * take it out. Until they speak TLS, only connect (tcp) checks make sense there. */
     char hc[JPATH_MAX], p[JPATH_MAX];
-    if (c->has_tls && json_object_get(v, "health_check") && c->health_check.type == PF_CHECK_HTTP)
+    if (c->has_tls && json_object_get(v, "health_check") &&
+        (c->health_check.type == PF_CHECK_HTTP || c->health_check.type == PF_CHECK_GRPC))
         errf(ld, jkey(p, jkey(hc, path, "health_check"), "type"),
-             "http checks do not speak TLS yet; a cluster with \"tls\" can use \"tcp\" checks");
+             "%s checks do not speak TLS yet; a cluster with \"tls\" can use \"tcp\" checks",
+             check_type_names[c->health_check.type - 1]);
     /* The HTTP/2 upstream codec has no TLS layer (nor ALPN) yet: refused rather than sent in
      * plaintext to an endpoint that expects TLS. */
     if (c->has_tls && c->protocol != PF_PROTO_HTTP1 && json_object_get(v, "protocol"))
@@ -2617,6 +2646,11 @@ static const key_def listener_keys[] = {
            PF_DEFAULT_TUNNEL_IDLE_TIMEOUT_MS,
            "an upgraded connection (WebSocket) with no bytes either way for this long is closed"),
      .flags = KF_POSITIVE},
+    {K_DUR(pf_config_listener, "stream_idle_timeout", stream_idle_timeout_ms,
+           PF_DEFAULT_STREAM_IDLE_TIMEOUT_MS,
+           "a request (an HTTP/2 stream, a gRPC call) with no bytes either way for this long is "
+           "ended"),
+     .flags = KF_POSITIVE},
 };
 static const schema listener_schema = {.doc_name = "listeners[]",
                                        SCHEMA_KEYS(listener_keys),
@@ -2662,7 +2696,9 @@ static const schema breaker_schema = {.doc_name = "circuit_breakers", SCHEMA_KEY
 
 static const key_def health_keys[] = {
     {K_ENUM(pf_config_health_check, "type", type, pf_check_type, check_type_names, PF_CHECK_HTTP,
-            PF_CHECK_HTTP, "type", "types", "http: GET path; tcp: connect (and send/expect)")},
+            PF_CHECK_HTTP, "type", "types",
+            "http: GET path; tcp: connect (and send/expect); grpc: grpc.health.v1.Health/Check "
+            "over HTTP/2")},
     {K_TEXT(pf_config_health_check, "path", path, PF_DEFAULT_CHECK_PATH,
             "http: the request target"),
      .parse = parse_hc_path, .dump_if = hc_is_http},
@@ -2691,6 +2727,10 @@ static const key_def health_keys[] = {
      .dump = dump_payload, .doc_default = "none"},
     {K_CUSTOM("expect", "string", "tcp: bytes the answer must contain"), .parse = parse_payload,
      .dump = dump_payload, .doc_default = "none"},
+    {K_TEXT(pf_config_health_check, "service", service, NULL,
+            "grpc: the service whose status is asked"),
+     .flags = KF_OMIT_ZERO, .parse = parse_hc_service, .dump_if = hc_is_grpc,
+     .doc_default = "\"\" (the server as a whole)"},
 };
 static const schema health_schema = {
     .doc_name = "health_check", SCHEMA_KEYS(health_keys), .finish = hc_finish, .dumped = hc_given};

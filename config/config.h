@@ -24,8 +24,9 @@
 #define PF_DEFAULT_RESPONSE_TIMEOUT_MS 15000u
 #define PF_DEFAULT_BODY_TIMEOUT_MS 60000u
 #define PF_DEFAULT_TUNNEL_IDLE_TIMEOUT_MS                                                          \
-    3600000u              /* an upgraded connection with no bytes either way */
-#define PF_UPGRADES_MAX 8 /* protocols a route lets a request upgrade to */
+    3600000u /* an upgraded connection with no bytes either way */
+#define PF_DEFAULT_STREAM_IDLE_TIMEOUT_MS 300000u /* a request silent both ways */
+#define PF_UPGRADES_MAX 8                         /* protocols a route lets a request upgrade to */
 #define PF_UPGRADE_NAME_MAX 32
 #define PF_DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS 30000u
 #define PF_DEFAULT_MAX_IDLE_PER_ENDPOINT 64u
@@ -115,7 +116,17 @@ enum {
     PF_RETRY_GATEWAY_ERROR = 1u << 2,   /* 502, 503, 504 from the upstream, or a per-try timeout */
     PF_RETRY_5XX = 1u << 3,             /* any 5xx, or a per-try timeout */
     PF_RETRY_STATUS_CODES = 1u << 4,    /* the codes in status_codes */
+    /* gRPC statuses (grpc-status of a trailers-only response); gRPC calls only */
+    PF_RETRY_GRPC_CANCELLED = 1u << 5,          /* 1 CANCELLED */
+    PF_RETRY_GRPC_DEADLINE_EXCEEDED = 1u << 6,  /* 4 DEADLINE_EXCEEDED */
+    PF_RETRY_GRPC_RESOURCE_EXHAUSTED = 1u << 7, /* 8 RESOURCE_EXHAUSTED */
+    PF_RETRY_GRPC_UNAVAILABLE = 1u << 8,        /* 14 UNAVAILABLE, or what pilotfish would
+                                                   answer as such: connect failure, reset */
+    PF_RETRY_GRPC_INTERNAL = 1u << 9,           /* 13 INTERNAL */
 };
+#define PF_RETRY_GRPC_ANY                                                                          \
+    (PF_RETRY_GRPC_CANCELLED | PF_RETRY_GRPC_DEADLINE_EXCEEDED |                                   \
+     PF_RETRY_GRPC_RESOURCE_EXHAUSTED | PF_RETRY_GRPC_UNAVAILABLE | PF_RETRY_GRPC_INTERNAL)
 #define PF_RETRY_MAX_STATUS_CODES 16
 #define PF_DEFAULT_RETRY_ON (PF_RETRY_CONNECT_FAILURE | PF_RETRY_RESET)
 #define PF_DEFAULT_MAX_RETRIES 2u
@@ -151,7 +162,8 @@ typedef struct pf_config_breakers {
 } pf_config_breakers;
 
 /* Active health checking (health/): per cluster, off unless "health_check" is given. */
-typedef enum { PF_CHECK_NONE, PF_CHECK_HTTP, PF_CHECK_TCP } pf_check_type;
+typedef enum { PF_CHECK_NONE, PF_CHECK_HTTP, PF_CHECK_TCP, PF_CHECK_GRPC } pf_check_type;
+#define PF_CHECK_SERVICE_MAX 128 /* grpc: a service name for grpc.health.v1.Health/Check */
 #define PF_DEFAULT_CHECK_PATH "/healthz"
 #define PF_DEFAULT_CHECK_INTERVAL_MS 5000u
 #define PF_DEFAULT_CHECK_TIMEOUT_MS 1000u
@@ -182,6 +194,7 @@ typedef struct pf_config_health_check {
     size_t send_len;
     char expect[PF_CHECK_PAYLOAD_MAX]; /* tcp: bytes the answer must contain */
     size_t expect_len;
+    char service[PF_CHECK_SERVICE_MAX]; /* grpc: the service asked about; "": the server */
 } pf_config_health_check;
 
 /* Passive outlier ejection (health/): off unless "outlier_detection" is given. */
@@ -430,6 +443,7 @@ typedef struct pf_config_listener {
     uint64_t body_timeout_ms;        /* longest pause inside a request body */
     uint32_t max_connections;        /* client connections open at once; 0: only the global limit */
     uint64_t tunnel_idle_timeout_ms; /* an upgraded connection with no bytes either way */
+    uint64_t stream_idle_timeout_ms; /* a request (HTTP/2 stream, gRPC call) silent both ways */
     bool has_tls;                    /* false: plaintext HTTP/1 */
     pf_config_listener_tls tls;
 } pf_config_listener;
@@ -483,6 +497,8 @@ typedef enum {
     PF_ALOG_UPSTREAM,
     PF_ALOG_REQUEST_ID,
     PF_ALOG_TRACE_ID,
+    PF_ALOG_PROTOCOL,
+    PF_ALOG_GRPC_STATUS,
     PF_ALOG_FIELD_COUNT
 } pf_access_log_field;
 

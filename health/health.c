@@ -219,6 +219,8 @@ static void on_next_check(evutil_socket_t fd, short what, void *arg) {
     n->started_ms = pf_now_ms();
     if (h->hc->type == PF_CHECK_HTTP)
         probe_start(&n->probe, &n->addr, n->request, n->request_len);
+    else if (h->hc->type == PF_CHECK_GRPC)
+        probe_start(&n->probe, &n->addr, NULL, 0); /* the probe makes the call's bytes */
     else
         probe_start(&n->probe, &n->addr, h->hc->send, h->hc->send_len);
 }

@@ -138,7 +138,7 @@ static void decide_closed(probe *p, int err) {
         decide(p, false, PROBE_FAIL, "connection reset");
     else if (err)
         decide(p, false, PROBE_FAIL, "read failed: %s", strerror(err));
-    else if (p->hc->type == PF_CHECK_HTTP)
+    else if (p->hc->type != PF_CHECK_TCP)
         decide(p, false, PROBE_FAIL, "connection closed before a response");
     else
         decide(p, false, PROBE_FAIL, "connection closed before the expected answer");
@@ -155,12 +155,13 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg) {
     }
     p->phase = PROBE_IDLE;
     p->out = NULL;
+    probe_grpc_end(p);
     p->done(p->arg, p->result, p->detail);
 }
 
 /* What to do once everything is sent: read when there is something to check, else pass. */
 static void after_send(probe *p) {
-    if (p->hc->type == PF_CHECK_HTTP || p->hc->expect_len) {
+    if (p->hc->type != PF_CHECK_TCP || p->hc->expect_len) {
         p->phase = PROBE_READING;
         if (watch(p, EV_READ) != PF_OK)
             decide(p, false, PROBE_FAIL, "out of memory");
@@ -234,6 +235,15 @@ static bool feed_tcp(probe *p, const char *data, size_t len) {
     return false;
 }
 
+static bool feed_grpc(probe *p, const char *data, size_t len) {
+    probe_result result;
+    char detail[PROBE_DETAIL_MAX];
+    if (!probe_grpc_feed(p, p->fd, data, len, &result, detail, sizeof detail))
+        return false;
+    decide(p, false, result, "%s", detail);
+    return true;
+}
+
 /* The server closed: an HTTP response delimited by the close ends here, and one whose
  * status is in still counts by that status; anything else failed. */
 static void on_eof(probe *p) {
@@ -261,8 +271,9 @@ static void do_read(probe *p) {
             return;
         }
         p->received += (size_t)n;
-        bool decided = p->hc->type == PF_CHECK_HTTP ? feed_http(p, buf, (size_t)n)
-                                                    : feed_tcp(p, buf, (size_t)n);
+        bool decided = p->hc->type == PF_CHECK_HTTP   ? feed_http(p, buf, (size_t)n)
+                       : p->hc->type == PF_CHECK_GRPC ? feed_grpc(p, buf, (size_t)n)
+                                                      : feed_tcp(p, buf, (size_t)n);
         if (decided)
             return;
         if (p->received > PROBE_ANSWER_MAX) {
@@ -357,6 +368,17 @@ void probe_start(probe *p, const pf_sockaddr *addr, const char *out, size_t out_
     p->parser.data = p;
     struct timeval tv = pf_timeval_ms(p->hc->timeout_ms);
     event_add(p->deadline, &tv);
+    if (p->hc->type == PF_CHECK_GRPC) {
+        /* A call on a connection of its own: the check's bytes are made here. */
+        close_socket(p);
+        size_t len = 0;
+        if (probe_grpc_begin(p, addr->text, &len) != PF_OK) {
+            decide(p, false, PROBE_FAIL, "out of memory");
+            return;
+        }
+        p->out = (const char *)p->h2_out;
+        p->out_len = len;
+    }
     p->reused = p->fd >= 0;
     if (p->reused) {
         p->phase = PROBE_SENDING;
@@ -368,6 +390,7 @@ void probe_start(probe *p, const pf_sockaddr *addr, const char *out, size_t out_
 
 void probe_cancel(probe *p) {
     close_socket(p);
+    probe_grpc_end(p);
     if (p->deadline)
         event_del(p->deadline);
     p->phase = PROBE_IDLE;

@@ -23,6 +23,7 @@ typedef enum {
 } probe_result;
 
 #define PROBE_DETAIL_MAX 96
+#define PROBE_GRPC_MSG_MAX 64 /* a HealthCheckResponse is 7 bytes framed */
 
 /* Called once per probe_start, never from inside probe_start; `detail` says what was seen
  * ("HTTP 503", "connect refused", "timeout") and is valid during the call only. */
@@ -59,6 +60,14 @@ typedef struct probe {
     size_t window_len;
     probe_result result;
     char detail[PROBE_DETAIL_MAX];
+    /* grpc: the check's HTTP/2 client session and what it learnt (probe_grpc.c) */
+    struct nghttp2_session *h2;
+    unsigned char *h2_out; /* the preface, SETTINGS, the request's HEADERS and DATA */
+    int h2_status;         /* :status; 0 before the response head */
+    int grpc_status;       /* -1 before a grpc-status */
+    bool h2_closed;        /* the stream ended (or was reset) */
+    unsigned char msg[PROBE_GRPC_MSG_MAX];
+    size_t msg_len;
 } probe;
 
 /* Prepares an idle probe (creates its timer). Returns 0 or PF_ENOMEM. */
@@ -73,5 +82,26 @@ void probe_cancel(probe *p);
 void probe_release(probe *p);
 bool probe_busy(const probe *p);
 const char *probe_result_name(probe_result r);
+
+/* ---- grpc checks (probe_grpc.c) ------------------------------------------------------ */
+
+/* Sets up the check's HTTP/2 session and the bytes to send (p->h2_out, *len of them): the
+ * client preface, SETTINGS, and a grpc.health.v1.Health/Check call for hc->service. Returns
+ * 0 or PF_ENOMEM. */
+int probe_grpc_begin(probe *p, const char *authority, size_t *len);
+/* Feeds answer bytes (frames nghttp2 wants to answer, such as a SETTINGS ACK, are written
+ * to fd as they fit). Returns true once the call decided: *result and detail (cap bytes). */
+bool probe_grpc_feed(probe *p, int fd, const char *data, size_t len, probe_result *result,
+                     char *detail, size_t cap);
+/* Frees the session and its bytes; no-op without one. */
+void probe_grpc_end(probe *p);
+
+/* The gRPC message of a HealthCheckRequest for `service` ("" for the server): the 5-byte
+ * gRPC prefix, then field 1 (string) when the service is not empty. Returns its length,
+ * or 0 when it does not fit `cap`. */
+size_t probe_grpc_request_message(const char *service, unsigned char *out, size_t cap);
+/* The status (field 1, an enum: 1 SERVING, 2 NOT_SERVING, 3 SERVICE_UNKNOWN) of a framed
+ * HealthCheckResponse; 0 (UNKNOWN) when absent, -1 when the bytes are not one message. */
+int probe_grpc_response_status(const unsigned char *msg, size_t len);
 
 #endif

@@ -172,6 +172,15 @@ static void put_field(line *l, bool json, int f, const pf_access_entry *e, const
     case PF_ALOG_TRACE_ID:
         s = e->trace_id;
         break;
+    case PF_ALOG_PROTOCOL:
+        s = e->protocol ? e->protocol : "HTTP/1.1";
+        break;
+    case PF_ALOG_GRPC_STATUS:
+        if (e->grpc_status >= 0)
+            put(l, "%d", e->grpc_status);
+        else
+            put(l, json ? "null" : "-");
+        return;
     case PF_ALOG_FIELD_COUNT:
         return;
     }

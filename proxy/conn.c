@@ -82,8 +82,9 @@ struct pf_conn {
     bool method_known; /* the request line's method was parsed: else it is logged as "-" */
     pf_body_mode req_body;
     pf_body_mode resp_body;
-    pf_exchange ex; /* embedded: no allocation per request */
-    pf_h2_conn *h2; /* the connection speaks HTTP/2: everything above is unused */
+    bool body_ended; /* the chunked response's last chunk (with trailers) is written */
+    pf_exchange ex;  /* embedded: no allocation per request */
+    pf_h2_conn *h2;  /* the connection speaks HTTP/2: everything above is unused */
 };
 
 static const llhttp_settings_t *request_settings(void);
@@ -142,6 +143,7 @@ static void reset_request(pf_conn *c) {
     c->error_status = 0;
     c->error_reason = NULL;
     c->req_body = c->resp_body = PF_BODY_NONE;
+    c->body_ended = false;
     c->method_known = false;
     http1_head_reset(&c->req);
 }
@@ -670,10 +672,19 @@ static void ds_send_body(void *ds, const char *at, size_t len) {
         evbuffer_add(output(c), at, len);
 }
 
+/* Trailers go in a chunked response's last chunk; other framings have no room for them. */
+static void ds_send_trailers(void *ds, const pf_head *trailers) {
+    pf_conn *c = ds;
+    if (c->resp_body != PF_BODY_CHUNKED || c->body_ended)
+        return;
+    http1_write_last_chunk(output(c), trailers);
+    c->body_ended = true;
+}
+
 static void ds_send_end(void *ds) {
     pf_conn *c = ds;
-    if (c->resp_body == PF_BODY_CHUNKED)
-        evbuffer_add(output(c), "0\r\n\r\n", 5);
+    if (c->resp_body == PF_BODY_CHUNKED && !c->body_ended)
+        http1_write_last_chunk(output(c), NULL);
     if (!c->ex.request_complete) {
         /* The upstream answered before the whole body arrived; the rest of the body is
          * not worth reading, and without it the connection cannot be reused. */
@@ -765,6 +776,7 @@ static const pf_downstream_ops downstream_http1_ops = {
     .send_interim = ds_send_interim,
     .send_body = ds_send_body,
     .send_end = ds_send_end,
+    .send_trailers = ds_send_trailers,
     .reply = ds_reply,
     .abort = ds_abort,
     .output_full = ds_output_full,

@@ -140,11 +140,147 @@ bool exchange_retry_wanted(const pf_config_retry *retry, pf_failure kind, int st
             if (retry->status_codes[i] == status)
                 return true;
         return false;
+    case PF_FAIL_GRPC:
+        switch (status) {
+        case PF_GRPC_CANCELLED:
+            return on & PF_RETRY_GRPC_CANCELLED;
+        case PF_GRPC_DEADLINE_EXCEEDED:
+            return on & PF_RETRY_GRPC_DEADLINE_EXCEEDED;
+        case PF_GRPC_RESOURCE_EXHAUSTED:
+            return on & PF_RETRY_GRPC_RESOURCE_EXHAUSTED;
+        case PF_GRPC_INTERNAL:
+            return on & PF_RETRY_GRPC_INTERNAL;
+        case PF_GRPC_UNAVAILABLE:
+            return on & PF_RETRY_GRPC_UNAVAILABLE;
+        }
+        return false;
     case PF_FAIL_STALE: /* not the policy's business: see exchange_retry_verdict */
     case PF_FAIL_PROTOCOL:
         return false;
     }
     return false;
+}
+
+/* A gRPC call that failed to connect or was reset before its answer would end UNAVAILABLE
+ * (pilotfish answers 14 then), so "unavailable" names those failures too. */
+static bool grpc_local_wanted(const pf_config_retry *retry, pf_failure kind) {
+    return (retry->on & PF_RETRY_GRPC_UNAVAILABLE) &&
+           (kind == PF_FAIL_CONNECT || kind == PF_FAIL_RESET);
+}
+
+bool exchange_grpc_content_type(const char *v, size_t len) {
+    static const char lit[] = "application/grpc";
+    size_t n = sizeof lit - 1;
+    if (len < n || strncasecmp(v, lit, n) != 0)
+        return false;
+    return len == n || v[n] == '+' || v[n] == ';';
+}
+
+int exchange_grpc_status_of_reply(int status, bool overloaded) {
+    if (overloaded)
+        return PF_GRPC_RESOURCE_EXHAUSTED;
+    switch (status) {
+    case 400:
+    case 414:
+        return PF_GRPC_INTERNAL;
+    case 401:
+        return PF_GRPC_UNAUTHENTICATED;
+    case 403:
+        return PF_GRPC_PERMISSION_DENIED;
+    case 404:
+    case 405:
+    case 501:
+        return PF_GRPC_UNIMPLEMENTED;
+    case 408:
+    case 504:
+        return PF_GRPC_DEADLINE_EXCEEDED;
+    case 413:
+    case 431:
+        return PF_GRPC_RESOURCE_EXHAUSTED;
+    case 429:
+    case 502:
+    case 503:
+        return PF_GRPC_UNAVAILABLE;
+    }
+    return PF_GRPC_UNKNOWN;
+}
+
+int exchange_grpc_timeout_parse(const char *v, size_t len, uint64_t *us) {
+    /* gRPC over HTTP/2: TimeoutValue is 1-8 ASCII digits, then one unit letter. */
+    if (len < 2 || len > 9)
+        return PF_EINVAL;
+    uint64_t n = 0;
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return PF_EINVAL;
+        n = n * 10 + (uint64_t)(v[i] - '0');
+    }
+    switch (v[len - 1]) {
+    case 'H':
+        n *= 3600000000ull;
+        break;
+    case 'M':
+        n *= 60000000ull;
+        break;
+    case 'S':
+        n *= 1000000ull;
+        break;
+    case 'm':
+        n *= 1000ull;
+        break;
+    case 'u':
+        break;
+    case 'n':
+        n = (n + 999) / 1000;
+        break;
+    default:
+        return PF_EINVAL;
+    }
+    *us = n ? n : 1;
+    return PF_OK;
+}
+
+void exchange_grpc_timeout_format(char *out, size_t cap, uint64_t us) {
+    /* The finest unit whose value fits the 8 digits allowed, rounded up to a whole unit. */
+    static const struct {
+        uint64_t us;
+        char unit;
+    } units[] = {{1, 'u'}, {1000, 'm'}, {1000000, 'S'}, {60000000, 'M'}, {3600000000ull, 'H'}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        uint64_t n = (us + units[i].us - 1) / units[i].us;
+        if (n <= 99999999u || i + 1 == sizeof units / sizeof units[0]) {
+            if (n > 99999999u)
+                n = 99999999u;
+            snprintf(out, cap, "%llu%c", (unsigned long long)n, units[i].unit);
+            return;
+        }
+    }
+}
+
+int exchange_grpc_status_parse(const char *v, size_t len) {
+    if (len < 1 || len > 2)
+        return -1;
+    int code = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        code = code * 10 + (v[i] - '0');
+    }
+    return code;
+}
+
+int exchange_grpc_http_status(int code) {
+    switch (code) {
+    case PF_GRPC_UNAVAILABLE:
+        return 503;
+    case PF_GRPC_DEADLINE_EXCEEDED:
+        return 504;
+    case PF_GRPC_UNKNOWN:
+    case PF_GRPC_INTERNAL:
+    case PF_GRPC_DATA_LOSS:
+        return 500;
+    }
+    return 200;
 }
 
 pf_retry_verdict exchange_retry_verdict(const pf_retry_facts *f) {
@@ -157,7 +293,9 @@ pf_retry_verdict exchange_retry_verdict(const pf_retry_facts *f) {
         return f->stale_retried ? PF_RETRY_NO : PF_RETRY_YES;
     if (f->not_idempotent)
         return PF_RETRY_NO;
-    if (!exchange_retry_wanted(f->retry, f->kind, f->status) || f->retries >= f->retry->max_retries)
+    bool wanted = exchange_retry_wanted(f->retry, f->kind, f->status) ||
+                  (f->grpc && grpc_local_wanted(f->retry, f->kind));
+    if (!wanted || f->retries >= f->retry->max_retries)
         return PF_RETRY_NO;
     if (f->deadline_us && f->now_us >= f->deadline_us)
         return PF_RETRY_NO;
@@ -218,6 +356,7 @@ void exchange_init(pf_exchange *ex, pf_worker *w, pf_listener_rt *l, const pf_do
     ex->ds = ds;
     ex->client_ip = client_ip;
     ex->up_ops = &upstream_http1_ops;
+    ex->grpc_status = ex->grpc_retry = -1;
 }
 
 /* Ends the current attempt: the upstream goes back to the pool or closes, and the
@@ -263,6 +402,14 @@ void exchange_free(pf_exchange *ex) {
     if (ex->retry_timer)
         event_free(ex->retry_timer);
     ex->retry_timer = NULL;
+    if (ex->idle_timer)
+        event_free(ex->idle_timer);
+    ex->idle_timer = NULL;
+    if (ex->held) {
+        http1_head_free(ex->held);
+        free(ex->held);
+    }
+    ex->held = NULL;
 }
 
 void exchange_reset(pf_exchange *ex) {
@@ -288,6 +435,10 @@ void exchange_reset(pf_exchange *ex) {
     ex->request_id[0] = '\0';
     ex->traceparent[0] = ex->trace_id[0] = '\0';
     memset(&ex->vars, 0, sizeof ex->vars);
+    ex->grpc = ex->overloaded = ex->grpc_reported = ex->holding = false;
+    ex->grpc_status = ex->grpc_retry = -1;
+    if (ex->idle_timer)
+        evtimer_del(ex->idle_timer);
     ex->wc = NULL;
     ex->ep = NULL;
     discovery_set_unref(ex->set);
@@ -315,7 +466,13 @@ void exchange_describe(pf_exchange *ex, const char *method, const char *authorit
 void exchange_log(pf_exchange *ex) {
     pf_listener_rt *l = ex->l;
     uint64_t duration = pf_now_us() - ex->start_us;
+    bool h2 = ex->down == &downstream_h2_ops;
     metrics_inc(l->requests[code_class(ex->status)], 1);
+    metrics_inc(l->protocol_requests[h2], 1);
+    if (ex->grpc_status >= 0)
+        metrics_inc(
+            l->grpc_calls[ex->grpc_status < PF_GRPC_STATUSES ? ex->grpc_status : PF_GRPC_STATUSES],
+            1);
     metrics_observe_us(l->duration[code_class(ex->status)], duration);
     if (ex->wc && ex->ep)
         metrics_inc(ex->wc->rt->requests[code_class(ex->status)], 1);
@@ -344,8 +501,35 @@ void exchange_log(pf_exchange *ex) {
         .request_id = ex->request_id[0] ? ex->request_id : NULL,
         .trace_id = ex->trace_id[0] ? ex->trace_id : NULL,
         .client = ex->client_ip,
+        .protocol = h2 ? "HTTP/2" : "HTTP/1.1",
+        .grpc_status = ex->grpc_status,
     };
     access_log_write(ex->w, &e);
+}
+
+/* Whether a request head is a gRPC call (RFC-less, gRPC over HTTP/2: by its content-type). */
+static bool grpc_request(const pf_head *h) {
+    long i = h ? http1_find(h, "content-type", NULL) : -1;
+    return i >= 0 && exchange_grpc_content_type(http1_value(h, (size_t)i), h->headers[i].value_len);
+}
+
+/* grpc-message: percent-encoded (gRPC over HTTP/2), without the plain-text body's newline. */
+static void grpc_message(char *out, size_t cap, const char *body) {
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0, len = strlen(body);
+    while (len > 0 && (body[len - 1] == '\n' || body[len - 1] == '\r'))
+        len--;
+    for (size_t i = 0; i < len && n + 4 < cap; i++) {
+        unsigned char ch = (unsigned char)body[i];
+        if (ch >= 0x20 && ch <= 0x7e && ch != '%') {
+            out[n++] = (char)ch;
+        } else {
+            out[n++] = '%';
+            out[n++] = hex[ch >> 4];
+            out[n++] = hex[ch & 15];
+        }
+    }
+    out[n] = '\0';
 }
 
 void exchange_reply(pf_exchange *ex, int status, const char *body, const char *extra_headers) {
@@ -360,7 +544,7 @@ void exchange_reply(pf_exchange *ex, int status, const char *body, const char *e
         evtimer_del(ex->retry_timer);
     exchange_set_state(ex, PF_EX_DONE);
     ex->status = status;
-    char extra[192] = "";
+    char extra[512] = "";
     int n = 0;
     if (ex->request_id[0])
         n = snprintf(extra, sizeof extra, "X-Request-Id: %s\r\n", ex->request_id);
@@ -368,9 +552,26 @@ void exchange_reply(pf_exchange *ex, int status, const char *body, const char *e
         n += snprintf(extra + n, sizeof extra - (size_t)n, "x-pilotfish-attempts: %u\r\n",
                       ex->attempts);
     if (extra_headers && n >= 0 && (size_t)n < sizeof extra)
-        snprintf(extra + n, sizeof extra - (size_t)n, "%s", extra_headers);
+        n += snprintf(extra + n, sizeof extra - (size_t)n, "%s", extra_headers);
     if (status >= 400 && status < 500)
         metrics_inc(ex->l->errors_total, 1);
+    if (ex->grpc || grpc_request(ex->req.head)) {
+        /* gRPC clients read a call's outcome from grpc-status, not from the HTTP status: our
+         * answer is a trailers-only response (HTTP 200, no body). A trailers-only failure
+         * being retried keeps its own code when no retry could follow. */
+        int code = ex->grpc_retry >= 0 ? ex->grpc_retry
+                                       : exchange_grpc_status_of_reply(status, ex->overloaded);
+        char message[160];
+        grpc_message(message, sizeof message, body);
+        if (n >= 0 && (size_t)n < sizeof extra)
+            snprintf(extra + n, sizeof extra - (size_t)n,
+                     "content-type: application/grpc\r\ngrpc-status: %d\r\ngrpc-message: %s\r\n",
+                     code, message);
+        ex->status = 200;
+        ex->grpc_status = code;
+        ex->down->reply(ex->ds, 200, NULL, extra);
+        return;
+    }
     ex->bytes_out += strlen(body); /* body bytes, like a proxied response's */
     ex->down->reply(ex->ds, status, body, extra);
 }
@@ -381,6 +582,7 @@ void exchange_abort(pf_exchange *ex) {
 }
 
 static void overloaded(pf_exchange *ex) {
+    ex->overloaded = true;
     exchange_reply(ex, 503, "cluster overloaded\n", "x-pilotfish-overloaded: true\r\n");
 }
 
@@ -491,6 +693,15 @@ static int start_attempt(pf_exchange *ex) {
     }
     bool over = false;
     ex->vars.upstream = ep->addr.text; /* for request_headers' %UPSTREAM% */
+    ex->grpc_retry = -1;
+    ex->grpc_reported = false;
+    if (ex->grpc && ex->deadline_us) {
+        /* The server learns how long the call has left, this attempt's share included. */
+        uint64_t now = pf_now_us();
+        exchange_grpc_timeout_format(ex->grpc_timeout, sizeof ex->grpc_timeout,
+                                     ex->deadline_us > now ? ex->deadline_us - now : 1);
+        ex->req.fwd.grpc_timeout = ex->grpc_timeout;
+    }
     ex->up = ex->up_ops->start(ex, ep, &over);
     if (!ex->up) {
         end_attempt(ex, false);
@@ -550,8 +761,63 @@ static void decide_upgrade(pf_exchange *ex) {
     fwd->upgrade_len = 0;
 }
 
+/* stream_idle_timeout: the timer runs at the full timeout and, when it fires before the
+ * request went silent for that long, waits out the rest, so bytes moving cost only a
+ * timestamp. */
+static void on_idle_timer(evutil_socket_t fd, short what, void *arg) {
+    pf_exchange *ex = arg;
+    uint64_t now = pf_now_us(), idle_us = ex->idle_ms * 1000u;
+    if (now - ex->last_active_us < idle_us) {
+        struct timeval tv = pf_timeval_ms((idle_us - (now - ex->last_active_us) + 999) / 1000);
+        evtimer_add(ex->idle_timer, &tv);
+        return;
+    }
+    log_debug("stream idle timeout client=%s cluster=%s state=%s", ex->client_ip,
+              ex->wc ? ex->wc->rt->cfg->name : "-", exchange_state_name(ex->state));
+    if (ex->state == PF_EX_WAITING || ex->state == PF_EX_BACKOFF) {
+        exchange_reply(ex, 504, "stream idle timeout\n", NULL);
+    } else if (ex->state == PF_EX_STREAMING) {
+        end_attempt(ex, false);
+        exchange_set_state(ex, PF_EX_ABORTED);
+        ex->down->abort(ex->ds);
+    }
+}
+
+/* HTTP/2 streams and gRPC calls may live long (streaming RPCs), past any response timeout:
+ * only silence both ways ends them. HTTP/1 requests keep their connection's timeouts. */
+static void arm_idle(pf_exchange *ex) {
+    if (!ex->grpc && ex->down != &downstream_h2_ops)
+        return;
+    if (!ex->idle_timer)
+        ex->idle_timer = evtimer_new(ex->w->base, on_idle_timer, ex);
+    if (!ex->idle_timer)
+        return; /* out of memory: the other timeouts still bound the request */
+    ex->idle_ms = ex->l->cfg->stream_idle_timeout_ms;
+    ex->last_active_us = pf_now_us();
+    struct timeval tv = pf_timeval_ms(ex->idle_ms);
+    evtimer_add(ex->idle_timer, &tv);
+}
+
+static void touch(pf_exchange *ex) {
+    if (ex->idle_timer)
+        ex->last_active_us = pf_now_us();
+}
+
+/* grpc-timeout is the call's deadline (the route's timeout still caps it). */
+static void grpc_deadline(pf_exchange *ex) {
+    long i = http1_find(ex->req.head, "grpc-timeout", NULL);
+    uint64_t us;
+    if (i < 0 || exchange_grpc_timeout_parse(http1_value(ex->req.head, (size_t)i),
+                                             ex->req.head->headers[i].value_len, &us) != PF_OK)
+        return;
+    uint64_t deadline = ex->start_us + us;
+    if (!ex->deadline_us || deadline < ex->deadline_us)
+        ex->deadline_us = deadline;
+}
+
 void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char *host, int port) {
     ex->req = *req;
+    ex->grpc = grpc_request(req->head);
     trace_context(ex, req->head);
     long id = http1_find(req->head, "x-request-id", NULL);
     if (id >= 0) {
@@ -604,6 +870,9 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
     ex->retry = route && route->has_retry ? &route->retry : &rt->cfg->retry;
     if (route && route->timeout_ms)
         ex->deadline_us = ex->start_us + route->timeout_ms * 1000u;
+    if (ex->grpc)
+        grpc_deadline(ex);
+    arm_idle(ex);
     if ((uint64_t)atomic_load_explicit(&rt->active_requests, memory_order_relaxed) >=
         rt->cfg->breakers.max_requests) {
         metrics_inc(rt->overflow_requests, 1);
@@ -619,13 +888,17 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
     ex->up_ops = proto == PF_PROTO_H2 ? &upstream_h2_ops : &upstream_http1_ops;
     /* Toward HTTP/2 the body is kept for every method (up to retry.buffer_bytes): a stream
      * refused under GOAWAY was never processed and is replayed whatever its method. */
-    ex->not_idempotent = !exchange_method_idempotent(ex->method) && !ex->retry->non_idempotent;
+    /* A policy naming gRPC statuses says the route's calls may be retried (they are all
+     * POSTs). */
+    ex->not_idempotent = !exchange_method_idempotent(ex->method) && !ex->retry->non_idempotent &&
+                         !(ex->grpc && (ex->retry->on & PF_RETRY_GRPC_ANY));
     ex->replayable = !ex->not_idempotent || ex->up_ops == &upstream_h2_ops;
     start_attempt(ex);
 }
 
 void exchange_request_body(pf_exchange *ex, const char *at, size_t len) {
     ex->bytes_in += len;
+    touch(ex);
     if (ex->replayable) {
         /* Kept for a retry while it is no larger than retry.buffer_bytes; past that, no
          * retry. (The head is written again for each attempt, so only the body counts.) */
@@ -676,6 +949,7 @@ static bool may_retry(pf_exchange *ex, pf_failure kind, int status) {
         .response_started = ex->state != PF_EX_WAITING,
         .replayable = ex->replayable,
         .not_idempotent = ex->not_idempotent,
+        .grpc = ex->grpc,
         .stale_retried = ex->stale_retried,
         .retries = ex->retries,
         .now_us = ex->deadline_us ? pf_now_us() : 0,
@@ -692,9 +966,11 @@ static bool may_retry(pf_exchange *ex, pf_failure kind, int status) {
         return true;
     case PF_RETRY_NO_BUDGET:
         metrics_inc(rt->retry_budget_exhausted, 1);
+        ex->overloaded = true;
         return false;
     case PF_RETRY_NO_BREAKER:
         metrics_inc(rt->overflow_retries, 1);
+        ex->overloaded = true;
         return false;
     case PF_RETRY_NO:
         break;
@@ -748,18 +1024,101 @@ static void report(pf_exchange *ex, pf_health_outcome outcome) {
         health_report(ex->wc->rt->health, ex->ep, outcome);
 }
 
-int exchange_on_response_head(pf_exchange *ex, const pf_head *resp, int status,
-                              pf_body_mode upstream_body, uint64_t content_length,
-                              bool *skip_body) {
+/* Tells outlier detection and the balancer how the attempt went, as `status`; latency
+ * feedback only below 500: a fast failure must not make a failing endpoint look fast. */
+static void report_outcome(pf_exchange *ex, int status) {
     report(ex, health_outcome_of_status(status));
-    /* Latency feedback; a fast 5xx must not make a failing endpoint look fast. */
     if (ex->ep && status < 500) {
         uint64_t latency_us = pf_now_us() - ex->attempt_us;
         balancer_on_response(ex->wc->balancer, ex->ep, latency_us);
         health_report_latency(ex->wc->rt->health, ex->ep, latency_us);
     }
-    if (status >= 500 && may_retry(ex, PF_FAIL_STATUS, status))
-        return PF_RESPONSE_RETRY;
+}
+
+/* A gRPC call's end (its grpc-status known, or the response over): what the call cost and
+ * how it ended is the endpoint's outcome, once. */
+static void grpc_call_end(pf_exchange *ex) {
+    if (ex->grpc_reported)
+        return;
+    ex->grpc_reported = true;
+    report_outcome(ex, exchange_grpc_http_status(ex->grpc_status));
+}
+
+/* Whether a call's answer head should wait for the call's first message or status: only
+ * while a failing status in its trailers could still be retried, and only from HTTP/2
+ * upstreams, whose codec lets the exchange end the attempt from inside its callbacks. */
+static bool should_hold(const pf_exchange *ex, pf_body_mode upstream_body) {
+    return ex->up_ops == &upstream_h2_ops && upstream_body != PF_BODY_NONE && ex->replayable &&
+           (ex->retry->on & PF_RETRY_GRPC_ANY) && ex->retries < ex->retry->max_retries;
+}
+
+/* Keeps a copy of the answer's head (the codec's is borrowed for the call only). */
+static bool hold_head(pf_exchange *ex, const pf_head *resp, pf_body_mode body, uint64_t length) {
+    if (!ex->held) {
+        ex->held = calloc(1, sizeof *ex->held);
+        if (!ex->held)
+            return false;
+        http1_head_init(ex->held, PF_UPSTREAM_MAX_HEADER_BYTES, PF_DEFAULT_MAX_HEADERS * 2);
+    }
+    http1_head_reset(ex->held);
+    int rc = http1_head_append_first(ex->held, http1_first(resp), resp->first_len);
+    for (size_t i = 0; rc == PF_OK && i < resp->count; i++) {
+        rc = http1_head_append_name(ex->held, http1_name(resp, i), resp->headers[i].name_len);
+        if (rc == PF_OK)
+            rc =
+                http1_head_append_value(ex->held, http1_value(resp, i), resp->headers[i].value_len);
+        if (rc == PF_OK)
+            rc = http1_head_finish_value(ex->held);
+    }
+    ex->holding = rc == PF_OK;
+    ex->held_body = body;
+    ex->held_length = length;
+    return ex->holding;
+}
+
+/* The held head goes downstream now (a message or the call's end came). Returns false when
+ * it could not: the response is then cut. */
+static bool send_held(pf_exchange *ex) {
+    ex->holding = false;
+    ex->status = 200;
+    exchange_set_state(ex, PF_EX_STREAMING);
+    bool skip = false;
+    if (ex->down->send_head(ex->ds, ex->held, 200, ex->held_body, ex->held_length, &skip) == PF_OK)
+        return true;
+    end_attempt(ex, false);
+    exchange_set_state(ex, PF_EX_ABORTED);
+    ex->down->abort(ex->ds);
+    return false;
+}
+
+int exchange_on_response_head(pf_exchange *ex, const pf_head *resp, int status,
+                              pf_body_mode upstream_body, uint64_t content_length,
+                              bool *skip_body) {
+    touch(ex);
+    if (ex->grpc && status == 200) {
+        /* A call with messages is judged by its trailers; a trailers-only one (no message
+         * came) by this head, and a failure the policy names is retried. */
+        long g = http1_find(resp, "grpc-status", NULL);
+        if (g >= 0) {
+            ex->grpc_status = exchange_grpc_status_parse(http1_value(resp, (size_t)g),
+                                                         resp->headers[g].value_len);
+            grpc_call_end(ex);
+            bool empty = upstream_body == PF_BODY_NONE ||
+                         (upstream_body == PF_BODY_LENGTH && content_length == 0);
+            if (empty && ex->grpc_status > 0 && may_retry(ex, PF_FAIL_GRPC, ex->grpc_status)) {
+                ex->grpc_retry = ex->grpc_status;
+                return PF_RESPONSE_RETRY;
+            }
+        } else if (should_hold(ex, upstream_body) &&
+                   hold_head(ex, resp, upstream_body, content_length)) {
+            *skip_body = false;
+            return PF_OK;
+        }
+    } else {
+        report_outcome(ex, status);
+        if (status >= 500 && may_retry(ex, PF_FAIL_STATUS, status))
+            return PF_RESPONSE_RETRY;
+    }
     ex->status = status;
     exchange_set_state(ex, PF_EX_STREAMING);
     return ex->down->send_head(ex->ds, resp, status, upstream_body, content_length, skip_body);
@@ -770,16 +1129,41 @@ void exchange_on_response_interim(pf_exchange *ex, const pf_head *resp, int stat
 }
 
 void exchange_on_response_body(pf_exchange *ex, const char *at, size_t len) {
+    if (ex->holding && !send_held(ex))
+        return; /* the first message: the call will not be retried now */
     ex->bytes_out += len;
+    touch(ex);
     ex->down->send_body(ex->ds, at, len);
 }
 
 void exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers) {
+    long g = ex->grpc ? http1_find(trailers, "grpc-status", NULL) : -1;
+    if (g >= 0) {
+        ex->grpc_status = exchange_grpc_status_parse(http1_value(trailers, (size_t)g),
+                                                     trailers->headers[g].value_len);
+        grpc_call_end(ex);
+    }
+    if (ex->holding) {
+        /* No message came before the status: nothing reached the client, a retry may. */
+        if (ex->grpc_status > 0 && may_retry(ex, PF_FAIL_GRPC, ex->grpc_status)) {
+            ex->holding = false;
+            ex->grpc_retry = ex->grpc_status;
+            exchange_on_upstream_error(ex, 503, "upstream answered with a retriable grpc-status",
+                                       PF_FAIL_GRPC);
+            return;
+        }
+        if (!send_held(ex))
+            return;
+    }
     if (ex->down->send_trailers)
         ex->down->send_trailers(ex->ds, trailers);
 }
 
 void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable) {
+    if (ex->holding && !send_held(ex))
+        return;
+    if (ex->grpc && ex->status == 200)
+        grpc_call_end(ex); /* without a grpc-status: judged as the HTTP response it was */
     exchange_set_state(ex, PF_EX_DONE);
     uint64_t took_us = pf_now_us() - ex->attempt_us;
     metrics_observe_us(ex->wc->rt->request_duration, took_us);
@@ -790,12 +1174,19 @@ void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable) {
 }
 
 void exchange_on_upstream_error(pf_exchange *ex, int status, const char *reason, pf_failure kind) {
+    ex->holding = false; /* a held head never went out: the attempt failed before the answer */
+    if (kind == PF_FAIL_STATUS && ex->grpc_retry >= 0) {
+        kind = PF_FAIL_GRPC; /* the codec dropped a trailers-only failure for its retry */
+        status = 503;
+    }
     /* A pooled connection the server closed says nothing about the endpoint's health; a
      * status was reported when its head arrived. */
-    if (kind != PF_FAIL_STALE && kind != PF_FAIL_STATUS)
+    if (kind != PF_FAIL_STALE && kind != PF_FAIL_STATUS && kind != PF_FAIL_GRPC) {
         report(ex, PF_HEALTH_GATEWAY_FAILURE);
+        ex->grpc_reported = true;
+    }
     end_attempt(ex, false);
-    if (may_retry(ex, kind, status)) {
+    if (may_retry(ex, kind, kind == PF_FAIL_GRPC ? ex->grpc_retry : status)) {
         const char *failed = ex->ep ? ex->ep->addr.text : "-";
         if (schedule_retry(ex, kind)) {
             log_debug("retrying client=%s cluster=%s failed=%s reason=\"%s\" attempt=%u",

@@ -41,7 +41,8 @@ typedef struct pf_downstream_ops {
     /* The response is complete (the exchange is DONE): end it and go on or close. */
     void (*send_end)(void *ds);
     /* A response pilotfish makes itself (the exchange is DONE): status, plain-text body
-     * and extra "Name: value\r\n" lines (or NULL). The codec decides whether the
+     * and extra "Name: value\r\n" lines (or NULL). A NULL body: no body and no type of
+     * pilotfish's, the extra lines say it all (gRPC's trailers-only). The codec decides whether the
      * connection stays, e.g. not while a request body nobody will read is still coming. */
     void (*reply)(void *ds, int status, const char *body, const char *extra_headers);
     /* The response was cut after it started (the exchange is ABORTED): the only honest
@@ -153,6 +154,23 @@ struct pf_exchange {
     pf_endpoint_set *set; /* holds ep's set while ep is used */
     const pf_endpoint *ep;
     struct evbuffer *replay; /* the request body as received, while a retry is possible */
+    /* gRPC (content-type application/grpc*): pilotfish's own answers are trailers-only. */
+    bool grpc;
+    bool overloaded;       /* the answer is a breaker's or the retry budget's: RESOURCE_EXHAUSTED */
+    bool grpc_reported;    /* the call's outcome went to outlier detection and the balancer */
+    int grpc_status;       /* the call's grpc-status (upstream's or ours); -1: none seen */
+    int grpc_retry;        /* a trailers-only failure being retried; -1: none */
+    char grpc_timeout[24]; /* what goes upstream as grpc-timeout */
+    /* A call's answer head held back until its first message or its trailers, so that a
+     * failing grpc-status in the trailers can still be retried (HTTP/2 upstreams). */
+    bool holding;
+    pf_head *held; /* allocated on first use, kept with the exchange */
+    pf_body_mode held_body;
+    uint64_t held_length;
+    /* stream_idle_timeout: checked against the last byte either way, re-armed lazily. */
+    struct event *idle_timer;
+    uint64_t idle_ms;
+    uint64_t last_active_us;
 };
 
 /* ---- life cycle (downstream codec) -------------------------------------------------- */
@@ -232,6 +250,41 @@ const pf_exchange_request *exchange_request(const pf_exchange *ex);
 
 /* ---- pure decisions (unit-tested with tables) ----------------------------------------- */
 
+/* gRPC status codes pilotfish names. */
+enum {
+    PF_GRPC_OK = 0,
+    PF_GRPC_CANCELLED = 1,
+    PF_GRPC_UNKNOWN = 2,
+    PF_GRPC_DEADLINE_EXCEEDED = 4,
+    PF_GRPC_PERMISSION_DENIED = 7,
+    PF_GRPC_RESOURCE_EXHAUSTED = 8,
+    PF_GRPC_UNIMPLEMENTED = 12,
+    PF_GRPC_INTERNAL = 13,
+    PF_GRPC_UNAVAILABLE = 14,
+    PF_GRPC_DATA_LOSS = 15,
+    PF_GRPC_UNAUTHENTICATED = 16,
+};
+
+/* Whether a content-type value names gRPC: "application/grpc", alone or followed by "+"
+ * (a codec: +proto, +json) or ";" (parameters), in any case. */
+bool exchange_grpc_content_type(const char *v, size_t len);
+/* The grpc-status of an answer pilotfish makes itself with HTTP `status` (`overloaded`: a
+ * breaker or the retry budget said no): 14 for no endpoint, connect failures and resets,
+ * 4 for timeouts, 8 for overload, 12 for no route. */
+int exchange_grpc_status_of_reply(int status, bool overloaded);
+/* A grpc-timeout value (1-8 digits and a unit H, M, S, m, u, n) in microseconds (at least 1).
+ * Returns 0 or PF_EINVAL. */
+int exchange_grpc_timeout_parse(const char *v, size_t len, uint64_t *us);
+/* Formats `us` as a grpc-timeout value (the finest unit that fits 8 digits) into out (at
+ * least 16 bytes). */
+void exchange_grpc_timeout_format(char *out, size_t cap, uint64_t us);
+/* A grpc-status value (decimal 0-99), or -1 when it is not one. */
+int exchange_grpc_status_parse(const char *v, size_t len);
+/* The HTTP status a call ending with grpc-status `code` counts as for outlier detection
+ * and latency: 503 for UNAVAILABLE, 504 for DEADLINE_EXCEEDED, 500 for UNKNOWN, INTERNAL
+ * and DATA_LOSS, else 200 (the others are the caller's business, not the endpoint's). */
+int exchange_grpc_http_status(int code);
+
 /* Whether the state table allows moving from `from` to `to`. */
 bool exchange_transition_allowed(pf_exchange_state from, pf_exchange_state to);
 const char *exchange_state_name(pf_exchange_state s);
@@ -251,7 +304,8 @@ size_t exchange_route_cluster(const pf_config_route *route, uint64_t random);
 /* RFC 9110 9.2.2: GET, HEAD, OPTIONS, TRACE, PUT and DELETE are idempotent. */
 bool exchange_method_idempotent(const char *method);
 
-/* Whether the retry policy names this failure at all. */
+/* Whether the retry policy names this failure at all (PF_FAIL_GRPC: `status` is the
+ * grpc-status). */
 bool exchange_retry_wanted(const pf_config_retry *retry, pf_failure kind, int status);
 
 typedef enum {
@@ -268,6 +322,7 @@ typedef struct pf_retry_facts {
     bool response_started;
     bool replayable;
     bool not_idempotent; /* only a never-processed attempt (STALE) may be replayed */
+    bool grpc;           /* a gRPC call: "unavailable" also names connect failures and resets */
     bool stale_retried;
     unsigned retries;
     uint64_t now_us, deadline_us; /* deadline 0: none */

@@ -636,6 +636,15 @@ static void ds_send_end(void *ds) {
 
 static void ds_reply(void *ds, int status, const char *body, const char *extra_headers) {
     h2_stream *st = ds;
+    if (!body) {
+        /* No body: one HEADERS frame ends the stream (gRPC's trailers-only response). */
+        log_once(st);
+        if (submit(st, NULL, status, false, 0, extra_headers, false) != PF_OK)
+            nghttp2_submit_rst_stream(st->h->session, NGHTTP2_FLAG_NONE, st->id,
+                                      NGHTTP2_INTERNAL_ERROR);
+        consume(st);
+        return;
+    }
     size_t len = strlen(body);
     char extra[512];
     snprintf(extra, sizeof extra, "content-type: text/plain\r\n%s",

@@ -113,6 +113,8 @@ int h2_request_fields(pf_h2_fields *out, const pf_head *req, const pf_forward_re
         if ((!te_trailers && http1_is_hop_by_hop(req, i)) || http1_name_is(req, i, "host") ||
             http1_name_is(req, i, "x-forwarded-proto"))
             continue;
+        if (fwd->grpc_timeout && http1_name_is(req, i, "grpc-timeout"))
+            continue; /* replaced with the time left, below */
         if (http1_name_is(req, i, "x-forwarded-for")) {
             if (!xff) { /* the first one, with the client appended below */
                 xff = pos;
@@ -139,6 +141,8 @@ int h2_request_fields(pf_h2_fields *out, const pf_head *req, const pf_forward_re
     nv_add(out, "x-forwarded-proto", 17, fwd->proto, strlen(fwd->proto));
     if (fwd->request_id)
         nv_add(out, "x-request-id", 12, fwd->request_id, strlen(fwd->request_id));
+    if (fwd->grpc_timeout)
+        nv_add(out, "grpc-timeout", 12, fwd->grpc_timeout, strlen(fwd->grpc_timeout));
     if (fwd->body == PF_BODY_LENGTH) {
         int n = snprintf(pos, 21, "%llu", (unsigned long long)fwd->content_length);
         nv_add(out, "content-length", 14, pos, (size_t)n);
@@ -652,8 +656,12 @@ static void end_body(void *arg, uint64_t response_timeout_ms) {
     h2u_stream *st = arg;
     st->body_end = true;
     nghttp2_session_resume_data(st->c->session, st->id);
-    struct timeval tv = pf_timeval_ms(response_timeout_ms);
-    evtimer_add(st->timer, &tv);
+    /* response_timeout ends at the response head: a bidirectional call whose client ends
+     * its side after the server answered is timed by nothing but its silence. */
+    if (!st->head_done) {
+        struct timeval tv = pf_timeval_ms(response_timeout_ms);
+        evtimer_add(st->timer, &tv);
+    }
     schedule(st->c);
 }
 

@@ -406,6 +406,8 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
         if (fwd->traceparent &&
             (http1_name_is(req, i, "traceparent") || http1_name_is(req, i, "tracestate")))
             continue;
+        if (fwd->grpc_timeout && http1_name_is(req, i, "grpc-timeout"))
+            continue;
         if (http1_name_is(req, i, "x-forwarded-for")) {
             if (!forwarded_for)
                 add_forwarded_for(&w, req, fwd->client_ip);
@@ -433,6 +435,11 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
     if (fwd->traceparent) {
         W_LIT(&w, "traceparent: ");
         w_str(&w, fwd->traceparent);
+        W_LIT(&w, "\r\n");
+    }
+    if (fwd->grpc_timeout) {
+        W_LIT(&w, "grpc-timeout: ");
+        w_str(&w, fwd->grpc_timeout);
         W_LIT(&w, "\r\n");
     }
     if (fwd->upgrade)
@@ -522,6 +529,12 @@ const char *http1_reason(int status) {
 
 int http1_write_local_response(struct evbuffer *out, int status, const char *body, bool keep_alive,
                                const char *extra_headers) {
+    if (!body) {
+        int rc = evbuffer_add_printf(
+            out, "HTTP/1.1 %d %s\r\nContent-Length: 0\r\n%s%s\r\n", status, http1_reason(status),
+            keep_alive ? "" : "Connection: close\r\n", extra_headers ? extra_headers : "");
+        return rc < 0 ? PF_ENOMEM : PF_OK;
+    }
     size_t body_len = strlen(body);
     int rc = evbuffer_add_printf(out,
                                  "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -530,6 +543,18 @@ int http1_write_local_response(struct evbuffer *out, int status, const char *bod
                                  keep_alive ? "" : "Connection: close\r\n",
                                  extra_headers ? extra_headers : "", body);
     return rc < 0 ? PF_ENOMEM : PF_OK;
+}
+
+int http1_write_last_chunk(struct evbuffer *out, const pf_head *trailers) {
+    writer w = {.out = out};
+    W_LIT(&w, "0\r\n");
+    /* RFC 9110 6.5.1: framing, routing and connection fields never travel as trailers. */
+    bool has_connection = trailers && http1_find(trailers, "connection", NULL) >= 0;
+    for (size_t i = 0; trailers && i < trailers->count; i++)
+        if (!hop_by_hop(trailers, i, has_connection) && !http1_name_is(trailers, i, "host"))
+            add_header(&w, trailers, i);
+    W_LIT(&w, "\r\n");
+    return w_done(&w);
 }
 
 int http1_write_chunk(struct evbuffer *out, const void *data, size_t len) {

@@ -116,6 +116,24 @@ void proxy_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
                                        labels);
     l->tunnels_active =
         metrics_gauge(m, "pilotfish_tunnels_active", "Switched connections open now.", labels);
+    static const char *const protocols[2] = {"http1", "h2"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(labels, sizeof labels, "listener=\"%s\",protocol=\"%s\"", l->cfg->name,
+                 protocols[i]);
+        l->protocol_requests[i] =
+            metrics_counter(m, "pilotfish_downstream_protocol_requests_total",
+                            "Requests answered to clients, by the client's protocol.", labels);
+    }
+    for (int i = 0; i <= PF_GRPC_STATUSES; i++) {
+        char code[12];
+        snprintf(code, sizeof code, "%d", i);
+        snprintf(labels, sizeof labels, "listener=\"%s\",grpc_status=\"%s\"", l->cfg->name,
+                 i < PF_GRPC_STATUSES ? code : "other");
+        l->grpc_calls[i] = metrics_counter(
+            m, "pilotfish_grpc_calls_total",
+            "gRPC calls answered to clients, by grpc-status (the upstream's or pilotfish's own).",
+            labels);
+    }
 }
 
 static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {

@@ -21,8 +21,9 @@
 #define PF_CODE_CLASSES 6 /* 1xx..5xx, and "other" for codes outside 100-599 */
 #define PF_POOL_BUCKETS 64
 #define PF_UPSTREAM_MAX_HEADER_BYTES (64u * 1024u)
-#define PF_LINGER_MS 2000u /* how long a closing connection drains unread input */
-#define PF_AVOID_MAX 4u    /* failed endpoints a request remembers for its retries */
+#define PF_LINGER_MS 2000u  /* how long a closing connection drains unread input */
+#define PF_AVOID_MAX 4u     /* failed endpoints a request remembers for its retries */
+#define PF_GRPC_STATUSES 17 /* the gRPC status codes 0 (OK) to 16 (UNAUTHENTICATED) */
 
 typedef struct pf_worker pf_worker;
 typedef struct pf_conn pf_conn;
@@ -101,6 +102,8 @@ typedef struct pf_listener_rt {
     pf_tls_server *tls;                      /* NULL: plaintext */
     pf_counter *tunnels_total;               /* connections switched to another protocol (101) */
     pf_gauge *tunnels_active;
+    pf_counter *protocol_requests[2];             /* HTTP/1.x, HTTP/2 */
+    pf_counter *grpc_calls[PF_GRPC_STATUSES + 1]; /* by grpc-status 0-16, and any other */
     pf_listener_state state;
     bool retiring; /* RETIRED, and some worker may still accept on it (main thread) */
 } pf_listener_rt;
@@ -216,6 +219,7 @@ typedef enum {
     PF_FAIL_STATUS,   /* a response status the retry policy names */
     PF_FAIL_STALE,    /* a pooled connection the server had closed: nothing was processed */
     PF_FAIL_PROTOCOL, /* a malformed response: never retried */
+    PF_FAIL_GRPC,     /* a gRPC call answered with a failing grpc-status (the code as status) */
 } pf_failure;
 
 /* exchange_on_response_head's answer when the response should be dropped for a retry. */
@@ -259,6 +263,8 @@ typedef struct pf_access_entry {
     const char *request_id;
     const char *trace_id; /* 32 lowercase hex digits, or NULL */
     const char *client;
+    const char *protocol; /* "HTTP/1.1" or "HTTP/2" */
+    int grpc_status;      /* a gRPC call's grpc-status; -1: not a call, or none seen */
 } pf_access_entry;
 /* proxy/endpoint_metrics.c: the stats.per_endpoint series. Returns 0 or PF_ENOMEM. */
 int proxy_endpoint_metrics_register(pf_proxy *proxy, pf_metrics *m);

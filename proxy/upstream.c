@@ -70,6 +70,7 @@ struct pf_upstream {
     bool got_bytes;
     bool paused;
     bool skip_body;
+    bool trailers;         /* resp now collects the chunked body's trailer fields */
     int parse_error;       /* nonzero: 502 after execute returns */
     const char *error_why; /* what was malformed, for the log; NULL: llhttp's reason */
     unsigned interims;     /* 1xx responses to the attempt so far */
@@ -536,6 +537,7 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
     up->error_why = NULL;
     up->interims = 0;
     up->retry_status = 0;
+    up->trailers = false;
     http1_head_reset(&up->resp);
     const pf_exchange_request *req = exchange_request(ex);
     up->req_body = req->fwd.body;
@@ -641,6 +643,11 @@ static int on_status(llhttp_t *p, const char *at, size_t len) {
 
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
     pf_upstream *up = p->data;
+    if (up->state == UP_BODY && !up->trailers) {
+        /* Fields after a chunked body are its trailers; the head went downstream already. */
+        http1_head_reset(&up->resp);
+        up->trailers = true;
+    }
     return http1_head_append_name(&up->resp, at, len) ? -1 : 0;
 }
 
@@ -717,6 +724,8 @@ static int on_message_complete(llhttp_t *p) {
         http1_head_reset(&up->resp);
         return HPE_PAUSED; /* process_input resumes once the client's output has room */
     }
+    if (up->trailers && up->resp.count > 0)
+        exchange_on_response_trailers(up->owner, &up->resp);
     set_state(up, UP_COMPLETE);
     return HPE_PAUSED;
 }

@@ -107,6 +107,7 @@ static void test_example_loads_with_every_field_and_default(void) {
     CU_ASSERT_EQUAL(l->buffer_bytes, PF_DEFAULT_BUFFER_BYTES);
     CU_ASSERT_EQUAL(l->header_timeout_ms, PF_DEFAULT_HEADER_TIMEOUT_MS);
     CU_ASSERT_EQUAL(l->body_timeout_ms, PF_DEFAULT_BODY_TIMEOUT_MS);
+    CU_ASSERT_EQUAL(l->stream_idle_timeout_ms, 300000);
     CU_ASSERT_EQUAL(l->idle_timeout_ms, PF_DEFAULT_IDLE_TIMEOUT_MS);
 
     CU_ASSERT_EQUAL_FATAL(l->route_count, 2);
@@ -672,6 +673,14 @@ static const struct {
     {HC("'send':'PING'"),
      "x.json: $.clusters[0].health_check.send: applies to tcp checks only; this check's type is "
      "\"http\""},
+    {HC("'service':'shop.Cart'"),
+     "x.json: $.clusters[0].health_check.service: applies to grpc checks only; this check's type "
+     "is \"http\""},
+    {HC("'type':'grpc','service':1"),
+     "x.json: $.clusters[0].health_check.service: expected string, found integer"},
+    {HC("'type':'grpc','path':'/x'"),
+     "x.json: $.clusters[0].health_check.path: applies to http checks only; this check's type is "
+     "\"grpc\""},
     {HC("'type':'tcp','expect':''"),
      "x.json: $.clusters[0].health_check.expect: 0 bytes; give 1 to 255"},
     {HC("'intervall':'1s'"),
@@ -1520,7 +1529,8 @@ static const struct {
      "x.json: $.clusters[0].dns.record: expected string, found integer"},
     {RT("'on':['timeout']"),
      "x.json: $.clusters[0].retry.on[0]: unknown retry condition \"timeout\"; known conditions: "
-     "connect-failure, reset, gateway-error, 5xx, retriable-status-codes"},
+     "connect-failure, reset, gateway-error, 5xx, retriable-status-codes, cancelled, "
+     "deadline-exceeded, resource-exhausted, unavailable, internal"},
     {RT("'on':'5xx'"), "x.json: $.clusters[0].retry.on: expected array, found string"},
     {RT("'on':['retriable-status-codes']"),
      "x.json: $.clusters[0].retry.status_codes: \"retriable-status-codes\" is in \"on\" but no "
@@ -1588,6 +1598,12 @@ static const struct {
     {RT("'tries':3"),
      "x.json: $.clusters[0].retry: unknown key \"tries\"; known keys: on, status_codes, "
      "max_retries, per_try_timeout, backoff, retry_non_idempotent, buffer_bytes"},
+    {RT("'on':['unavailable','UNAVAILABLE']"),
+     "x.json: $.clusters[0].retry.on[1]: unknown retry condition \"UNAVAILABLE\"; known "
+     "conditions: connect-failure, reset, gateway-error, 5xx, retriable-status-codes, cancelled, "
+     "deadline-exceeded, resource-exhausted, unavailable, internal"},
+    {CFG("", LMAIN(",'stream_idle_timeout':'0s'"), CWEB("")),
+     "x.json: $.listeners[0].stream_idle_timeout: \"0s\" must be greater than zero"},
     {RR("'backoff':{'min':'1s'}"),
      "x.json: $.listeners[0].routes[0].retry.backoff: unknown key \"min\"; known keys: base, max"},
     {CFG("", LMAIN(""), CWEB(",'retry_budget':{'ratio':1}")),
@@ -1787,7 +1803,7 @@ static void test_every_schema_key_refuses_the_wrong_type(void) {
          * here) or by the check's type (http here); their type messages are in broken[] */
         static const char *const judged_first[] = {
             "clusters[].hash_on", "clusters[].hash_table_size", "clusters[].ewma_decay",
-            "health_check.send", "health_check.expect"};
+            "health_check.send",  "health_check.expect",        "health_check.service"};
         bool skip = false;
         for (size_t j = 0; j < ARRAY_LEN(judged_first); j++)
             skip = skip || strcmp(path, judged_first[j]) == 0;

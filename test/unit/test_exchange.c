@@ -229,6 +229,20 @@ static void test_retry_policy_names_failures(void) {
         {PF_RETRY_5XX, PF_FAIL_STATUS, 429, false},
         {~0u, PF_FAIL_PROTOCOL, 502, false},
         {~0u, PF_FAIL_STALE, 502, false},
+        /* gRPC: the grpc-status of a trailers-only answer */
+        {PF_RETRY_GRPC_CANCELLED, PF_FAIL_GRPC, PF_GRPC_CANCELLED, true},
+        {PF_RETRY_GRPC_DEADLINE_EXCEEDED, PF_FAIL_GRPC, PF_GRPC_DEADLINE_EXCEEDED, true},
+        {PF_RETRY_GRPC_RESOURCE_EXHAUSTED, PF_FAIL_GRPC, PF_GRPC_RESOURCE_EXHAUSTED, true},
+        {PF_RETRY_GRPC_UNAVAILABLE, PF_FAIL_GRPC, PF_GRPC_UNAVAILABLE, true},
+        {PF_RETRY_GRPC_INTERNAL, PF_FAIL_GRPC, PF_GRPC_INTERNAL, true},
+        {PF_RETRY_GRPC_ANY & ~PF_RETRY_GRPC_UNAVAILABLE, PF_FAIL_GRPC, PF_GRPC_UNAVAILABLE, false},
+        {~0u, PF_FAIL_GRPC, PF_GRPC_OK, false},
+        {~0u, PF_FAIL_GRPC, PF_GRPC_UNIMPLEMENTED, false},
+        {~0u, PF_FAIL_GRPC, PF_GRPC_UNKNOWN, false},
+        {PF_RETRY_5XX | PF_RETRY_GATEWAY_ERROR, PF_FAIL_GRPC, PF_GRPC_UNAVAILABLE, false},
+        {PF_RETRY_GRPC_ANY, PF_FAIL_STATUS, 503, false},
+        /* without the request's gRPC-ness, "unavailable" names no connection failure */
+        {PF_RETRY_GRPC_UNAVAILABLE, PF_FAIL_CONNECT, 503, false},
     };
     for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
         pf_config_retry r = {.on = rows[i].on};
@@ -261,7 +275,7 @@ static void test_retry_verdict(void) {
         const char *what;
         pf_retry_facts f;
         pf_retry_verdict want;
-    } rows[24];
+    } rows[32];
     size_t n = 0;
 #define ROW(desc, field, value, verdict)                                                           \
     do {                                                                                           \
@@ -300,6 +314,25 @@ static void test_retry_verdict(void) {
     rows[n] = (struct row){"stale (refused h2 stream) of a POST", base, PF_RETRY_YES};
     rows[n].f.kind = PF_FAIL_STALE;
     rows[n].f.not_idempotent = true;
+    n++;
+    /* a gRPC call's connect failure or reset would end UNAVAILABLE: "unavailable" names it */
+    static const pf_config_retry unavailable = {.on = PF_RETRY_GRPC_UNAVAILABLE, .max_retries = 2};
+    rows[n] = (struct row){"gRPC connect failure, on unavailable", base, PF_RETRY_YES};
+    rows[n].f.retry = &unavailable;
+    rows[n].f.grpc = true;
+    n++;
+    rows[n] = (struct row){"gRPC reset, on unavailable", base, PF_RETRY_YES};
+    rows[n].f.retry = &unavailable;
+    rows[n].f.grpc = true;
+    rows[n].f.kind = PF_FAIL_RESET;
+    n++;
+    rows[n] = (struct row){"plain connect failure, on unavailable", base, PF_RETRY_NO};
+    rows[n].f.retry = &unavailable;
+    n++;
+    rows[n] = (struct row){"gRPC timeout, on unavailable", base, PF_RETRY_NO};
+    rows[n].f.retry = &unavailable;
+    rows[n].f.grpc = true;
+    rows[n].f.kind = PF_FAIL_TIMEOUT;
     n++;
     rows[n] = (struct row){"budget floor of 3 with 2 others", base, PF_RETRY_YES};
     rows[n].f.active_requests = 0;
@@ -368,6 +401,118 @@ static void test_failed_endpoints_are_remembered_latest_first_without_duplicates
     CU_ASSERT_TRUE(exchange_avoid_has(&a, 100));
 }
 
+static void test_grpc_content_type(void) {
+    static const struct {
+        const char *v;
+        bool want;
+    } rows[] = {
+        {"application/grpc", true},
+        {"application/grpc+proto", true},
+        {"Application/GRPC+json", true},
+        {"application/grpc; charset=x", true},
+        {"application/grpc-web", false},
+        {"application/grpcx", false},
+        {"application/json", false},
+        {"application/grp", false},
+        {"", false},
+        {"text/plain", false},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++)
+        PF_CHECK(exchange_grpc_content_type(rows[i].v, strlen(rows[i].v)) == rows[i].want,
+                 "\"%s\": want %d", rows[i].v, rows[i].want);
+}
+
+static void test_grpc_status_of_our_own_answers(void) {
+    static const struct {
+        int status;
+        bool overloaded;
+        int want;
+    } rows[] = {
+        {503, false, PF_GRPC_UNAVAILABLE},       /* no endpoint, connect failure */
+        {502, false, PF_GRPC_UNAVAILABLE},       /* reset, bad response */
+        {504, false, PF_GRPC_DEADLINE_EXCEEDED}, /* response timeout, deadline */
+        {503, true, PF_GRPC_RESOURCE_EXHAUSTED}, /* breaker */
+        {502, true, PF_GRPC_RESOURCE_EXHAUSTED}, /* retry budget spent after a reset */
+        {404, false, PF_GRPC_UNIMPLEMENTED},     /* no route */
+        {400, false, PF_GRPC_INTERNAL},          {431, false, PF_GRPC_RESOURCE_EXHAUSTED},
+        {418, false, PF_GRPC_UNKNOWN},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++)
+        PF_CHECK(exchange_grpc_status_of_reply(rows[i].status, rows[i].overloaded) == rows[i].want,
+                 "%d overloaded=%d: want %d", rows[i].status, rows[i].overloaded, rows[i].want);
+}
+
+static void test_grpc_timeout_parse_and_format(void) {
+    static const struct {
+        const char *v;
+        int rc;
+        uint64_t us;
+    } rows[] = {
+        {"1H", PF_OK, 3600000000ull},
+        {"2M", PF_OK, 120000000ull},
+        {"3S", PF_OK, 3000000},
+        {"250m", PF_OK, 250000},
+        {"7u", PF_OK, 7},
+        {"1500n", PF_OK, 2},
+        {"1n", PF_OK, 1},
+        {"0m", PF_OK, 1},
+        {"99999999S", PF_OK, 99999999000000ull},
+        {"123456789S", PF_EINVAL, 0},
+        {"m", PF_EINVAL, 0},
+        {"10", PF_EINVAL, 0},
+        {"10x", PF_EINVAL, 0},
+        {"-1S", PF_EINVAL, 0},
+        {"1 S", PF_EINVAL, 0},
+        {"", PF_EINVAL, 0},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        uint64_t us = 0;
+        int rc = exchange_grpc_timeout_parse(rows[i].v, strlen(rows[i].v), &us);
+        PF_CHECK(rc == rows[i].rc && (rc != PF_OK || us == rows[i].us), "\"%s\": rc %d us %llu",
+                 rows[i].v, rc, (unsigned long long)us);
+    }
+    static const struct {
+        uint64_t us;
+        const char *want;
+    } out[] = {
+        {1, "1u"},
+        {99999999, "99999999u"},
+        {100000000, "100000m"},
+        {100000001, "100001m"}, /* rounded up to a whole unit */
+        {99999999000001ull, "1666667M"},
+        {UINT64_MAX / 2, "99999999H"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(out); i++) {
+        char buf[24];
+        exchange_grpc_timeout_format(buf, sizeof buf, out[i].us);
+        PF_CHECK(strcmp(buf, out[i].want) == 0, "%llu: \"%s\", want \"%s\"",
+                 (unsigned long long)out[i].us, buf, out[i].want);
+        uint64_t back = 0;
+        PF_CHECK(exchange_grpc_timeout_parse(buf, strlen(buf), &back) == PF_OK &&
+                     (back >= out[i].us || i + 1 == ARRAY_LEN(out)),
+                 "%s does not parse back to at least %llu", buf, (unsigned long long)out[i].us);
+    }
+}
+
+static void test_grpc_status_values_and_their_outcome(void) {
+    CU_ASSERT_EQUAL(exchange_grpc_status_parse("0", 1), 0);
+    CU_ASSERT_EQUAL(exchange_grpc_status_parse("14", 2), 14);
+    CU_ASSERT_EQUAL(exchange_grpc_status_parse("", 0), -1);
+    CU_ASSERT_EQUAL(exchange_grpc_status_parse("1x", 2), -1);
+    CU_ASSERT_EQUAL(exchange_grpc_status_parse("100", 3), -1);
+    CU_ASSERT_EQUAL(exchange_grpc_http_status(PF_GRPC_UNAVAILABLE), 503);
+    CU_ASSERT_EQUAL(exchange_grpc_http_status(PF_GRPC_DEADLINE_EXCEEDED), 504);
+    CU_ASSERT_EQUAL(exchange_grpc_http_status(PF_GRPC_INTERNAL), 500);
+    CU_ASSERT_EQUAL(exchange_grpc_http_status(PF_GRPC_UNKNOWN), 500);
+    CU_ASSERT_EQUAL(exchange_grpc_http_status(PF_GRPC_DATA_LOSS), 500);
+    /* the caller's mistakes and refusals are not the endpoint's failures */
+    CU_ASSERT_EQUAL(exchange_grpc_http_status(PF_GRPC_OK), 200);
+    CU_ASSERT_EQUAL(exchange_grpc_http_status(PF_GRPC_UNIMPLEMENTED), 200);
+    CU_ASSERT_EQUAL(exchange_grpc_http_status(PF_GRPC_RESOURCE_EXHAUSTED), 200);
+    CU_ASSERT_EQUAL(exchange_grpc_http_status(PF_GRPC_CANCELLED), 200);
+    CU_ASSERT_EQUAL(exchange_grpc_http_status(-1), 200);
+}
+
 PF_UNIT_MAIN("exchange", PF_UNIT_TEST(test_transition_table_allows_exactly_the_life_of_an_exchange),
              PF_UNIT_TEST(test_every_state_is_named_reachable_and_leads_back_to_idle),
              PF_UNIT_TEST(test_illegal_moves_abort_and_legal_moves_do_not),
@@ -377,4 +522,8 @@ PF_UNIT_MAIN("exchange", PF_UNIT_TEST(test_transition_table_allows_exactly_the_l
              PF_UNIT_TEST(test_retry_verdict),
              PF_UNIT_TEST(test_backoff_cap_doubles_up_to_the_maximum),
              PF_UNIT_TEST(test_attempt_timeout_is_per_try_or_response_and_never_past_the_deadline),
-             PF_UNIT_TEST(test_failed_endpoints_are_remembered_latest_first_without_duplicates))
+             PF_UNIT_TEST(test_failed_endpoints_are_remembered_latest_first_without_duplicates),
+             PF_UNIT_TEST(test_grpc_content_type),
+             PF_UNIT_TEST(test_grpc_status_of_our_own_answers),
+             PF_UNIT_TEST(test_grpc_timeout_parse_and_format),
+             PF_UNIT_TEST(test_grpc_status_values_and_their_outcome))

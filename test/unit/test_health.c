@@ -9,6 +9,7 @@
 #include "core/time.h"
 #include "discovery/endpoint_set.h"
 #include "health/health.h"
+#include "health/probe_int.h"
 #include "health/verdict.h"
 #include "test/unit/unit.h"
 
@@ -784,6 +785,48 @@ static void test_reports_from_many_threads_eject_once(void) {
     rig_free(&r);
 }
 
+/* grpc.health.v1: HealthCheckRequest {string service = 1}, framed with the 5-byte gRPC
+ * prefix (flag 0, big-endian length). */
+static void test_grpc_health_request_bytes(void) {
+    unsigned char out[300];
+    CU_ASSERT_EQUAL(probe_grpc_request_message("", out, sizeof out), 5);
+    CU_ASSERT_EQUAL(memcmp(out, "\0\0\0\0\0", 5), 0);
+    size_t n = probe_grpc_request_message("pilotfish.test.Echo", out, sizeof out);
+    static const unsigned char want[] = "\0\0\0\0\x15\x0a\x13pilotfish.test.Echo";
+    CU_ASSERT_EQUAL_FATAL(n, sizeof want - 1);
+    CU_ASSERT_EQUAL(memcmp(out, want, n), 0);
+    char longest[128];
+    memset(longest, 'a', 127);
+    longest[127] = '\0';
+    CU_ASSERT_EQUAL(probe_grpc_request_message(longest, out, sizeof out), 5 + 2 + 127);
+    CU_ASSERT_EQUAL(out[4], 129);
+    CU_ASSERT_EQUAL(probe_grpc_request_message(longest, out, 100), 0); /* does not fit */
+}
+
+static void test_grpc_health_response_status(void) {
+    static const struct {
+        const char *bytes;
+        size_t len;
+        int want;
+    } rows[] = {
+        {"\0\0\0\0\x02\x08\x01", 7, 1},           /* SERVING */
+        {"\0\0\0\0\x02\x08\x02", 7, 2},           /* NOT_SERVING */
+        {"\0\0\0\0\x00", 5, 0},                   /* empty: status UNKNOWN (0) */
+        {"\0\0\0\0\x05\x12\x01x\x08\x01", 10, 1}, /* an unknown field first, skipped */
+        {"\0\0\0\0\x03\x08\x81\x00", 8, 1},       /* a non-minimal varint */
+        {"\0\0\0\0\x02\x08", 6, -1},              /* length says more than came */
+        {"\0\0\0\0\x01\x08", 6, -1},              /* a field without its value */
+        {"\x01\0\0\0\x02\x08\x01", 7, -1},        /* compressed */
+        {"\0\0\0", 3, -1},                        /* no prefix */
+        {"\0\0\0\0\x02\x0b\x01", 7, -1},          /* wire type 3 (group) */
+        {"\0\0\0\0\x03\x12\x05x", 8, -1},         /* a string longer than the message */
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        PF_CHECK(probe_grpc_response_status((const unsigned char *)rows[i].bytes, rows[i].len) ==
+                     rows[i].want,
+                 "row %zu: want %d", i, rows[i].want);
+}
+
 PF_UNIT_MAIN("health", PF_UNIT_TEST(test_status_range_parsing),
              PF_UNIT_TEST(test_expected_status_matches_any_range),
              PF_UNIT_TEST(test_default_expected_statuses_are_200_to_399),
@@ -803,4 +846,6 @@ PF_UNIT_MAIN("health", PF_UNIT_TEST(test_status_range_parsing),
              PF_UNIT_TEST(test_max_ejection_percent_holds_and_freed_places_are_taken),
              PF_UNIT_TEST(test_ejected_again_for_longer_when_still_bad),
              PF_UNIT_TEST(test_single_endpoint_is_never_ejected),
-             PF_UNIT_TEST(test_reports_from_many_threads_eject_once))
+             PF_UNIT_TEST(test_reports_from_many_threads_eject_once),
+             PF_UNIT_TEST(test_grpc_health_request_bytes),
+             PF_UNIT_TEST(test_grpc_health_response_status))

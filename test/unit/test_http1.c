@@ -1092,7 +1092,39 @@ static void test_header_edits_replace_add_and_remove_lines(void) {
     check_parses(HTTP_REQUEST, out);
 }
 
+/* RFC 9112 7.1.2: the last chunk, then the trailer section; fields that may not be trailers
+ * (RFC 9110 6.5.1: framing, connection, routing) are dropped. */
+static void test_last_chunk_carries_the_trailers_that_may_be_trailers(void) {
+    pf_head t;
+    http1_head_init(&t, 4096, 16);
+    static const char *const fields[][2] = {
+        {"grpc-status", "0"},
+        {"Content-Length", "5"},
+        {"Transfer-Encoding", "chunked"},
+        {"Connection", "x-hop"},
+        {"X-Hop", "1"},
+        {"Host", "a"},
+        {"Trailer", "grpc-status"},
+        {"grpc-message", "ok%20"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(fields); i++) {
+        CU_ASSERT_EQUAL(http1_head_append_name(&t, fields[i][0], strlen(fields[i][0])), PF_OK);
+        CU_ASSERT_EQUAL(http1_head_append_value(&t, fields[i][1], strlen(fields[i][1])), PF_OK);
+        CU_ASSERT_EQUAL(http1_head_finish_value(&t), PF_OK);
+    }
+    struct evbuffer *out = evbuffer_new();
+    CU_ASSERT_EQUAL(http1_write_last_chunk(out, &t), PF_OK);
+    check_text(text_of(out), "0\r\ngrpc-status: 0\r\ngrpc-message: ok%20\r\n\r\n", "trailers");
+    evbuffer_free(out);
+    out = evbuffer_new();
+    CU_ASSERT_EQUAL(http1_write_last_chunk(out, NULL), PF_OK);
+    check_text(text_of(out), "0\r\n\r\n", "no trailers");
+    evbuffer_free(out);
+    http1_head_free(&t);
+}
+
 PF_UNIT_MAIN("http1", PF_UNIT_TEST(test_header_value_templates_expand_their_variables),
+             PF_UNIT_TEST(test_last_chunk_carries_the_trailers_that_may_be_trailers),
              PF_UNIT_TEST(test_header_edits_replace_add_and_remove_lines),
              PF_UNIT_TEST(test_upgrade_is_requested_by_connection_and_upgrade_together),
              PF_UNIT_TEST(test_allowed_upgrade_is_written_again_and_others_are_dropped),
