@@ -609,11 +609,15 @@ def test_grpc_health_check_takes_a_not_serving_server_out_and_brings_it_back(ech
                  health_check={"type": "grpc", "service": "pilotfish.test.Echo",
                                "interval": "200ms", "timeout": "1s", "unhealthy_threshold": 1,
                                "healthy_threshold": 1})]), workers=1)
-    wait_for(lambda: endpoint_state(pf, b.address)["health"] != "healthy"
-             and endpoint_state(pf, a.address)["health"] == "healthy", 10,
+    def checked(address, result):
+        state = endpoint_state(pf, address)
+        # "health" is a sentence: "healthy", "healthy: pending first check", "unhealthy: ..."
+        return state["health_check"]["last_result"] == result and (
+            state["health"] == "healthy" if result == "SERVING"
+            else state["health"].startswith("unhealthy: check failed"))
+
+    wait_for(lambda: checked(b.address, "NOT_SERVING") and checked(a.address, "SERVING"), 10,
              "b taken out by its check, a serving")
-    assert endpoint_state(pf, b.address)["health_check"]["last_result"] == "NOT_SERVING"
-    assert endpoint_state(pf, a.address)["health_check"]["last_result"] == "SERVING"
     # The call the check makes names the configured service.
     assert set(b.health_services) == {"pilotfish.test.Echo"}, b.health_services
     with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
@@ -621,7 +625,7 @@ def test_grpc_health_check_takes_a_not_serving_server_out_and_brings_it_back(ech
                  for _ in range(6)}
     assert names == {b"a"}, names
     b.set_serving(True)
-    wait_for(lambda: endpoint_state(pf, b.address)["health"] == "healthy", 10, "b back")
+    wait_for(lambda: checked(b.address, "SERVING"), 10, "b back")
     with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
         names = {channel.unary_unary(ECHO + "Call")(b"x", timeout=10).split(b":")[0]
                  for _ in range(6)}
@@ -640,7 +644,7 @@ def test_grpc_health_check_fails_on_a_server_without_the_health_service(start_pi
             [cluster("grpc", [address], protocol="h2",
                      health_check={"type": "grpc", "interval": "200ms", "timeout": "1s",
                                    "unhealthy_threshold": 1})]), workers=1)
-        wait_for(lambda: endpoint_state(pf, address)["health"] != "healthy", 10,
+        wait_for(lambda: endpoint_state(pf, address)["health"].startswith("unhealthy"), 10,
                  "the server taken out")
         assert endpoint_state(pf, address)["health_check"]["last_result"] == "grpc-status 12"
         assert metric_sum(pf.metrics(), "pilotfish_health_checks_total", cluster="grpc",
