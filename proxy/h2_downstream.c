@@ -1,8 +1,9 @@
-/* The HTTP/2 downstream codec: a client connection that spoke the h2c preface on a plain
- * listener. nghttp2 does the framing, HPACK, flow control and protocol checks; this file
- * maps each stream to one exchange (exchange.c routes, balances and retries it exactly as
- * for HTTP/1) and implements the downstream ops per stream. Upstreams stay HTTP/1: the
- * request fields become an HTTP/1 head (RFC 9113 8.2), and the response head becomes fields.
+/* The HTTP/2 downstream codec: a client connection that spoke the HTTP/2 preface, in
+ * plaintext (h2c) or after a TLS handshake that chose ALPN "h2". nghttp2 does the framing, HPACK,
+ * flow control and protocol checks; this file maps each stream to one exchange (exchange.c routes,
+ * balances and retries it exactly as for HTTP/1) and implements the downstream ops per stream.
+ * Upstreams stay HTTP/1: the request fields become an HTTP/1 head (RFC 9113 8.2), and the response
+ * head becomes fields.
  *
  * Reentrancy: the ops never drive the session (they only submit and resume); bytes move in
  * flush(), run from an event, so a stream and its exchange are freed only from nghttp2's
@@ -10,6 +11,7 @@
 #include "proxy/h2_int.h"
 #include "core/time.h"
 #include "proxy/exchange_int.h"
+#include "proxy/tls_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,7 +42,9 @@ struct pf_h2_conn {
     size_t stream_count;
     uint64_t reset_window_ms; /* when the current rapid-reset interval began */
     unsigned resets;
-    bool wake; /* a stream waiting for output room may go on */
+    bool wake;         /* a stream waiting for output room may go on */
+    bool tls;          /* over TLS (ALPN h2): X-Forwarded-Proto https */
+    char *client_cert; /* TLS: x-forwarded-client-cert of a verified client, else NULL */
 };
 
 struct h2_stream {
@@ -382,7 +386,8 @@ static void dispatch(h2_stream *st, bool end_stream) {
                 .host = authority ? authority : "",
                 .host_len = authority_len,
                 .client_ip = h->client_ip,
-                .proto = "http",
+                .proto = h->tls ? "https" : "http",
+                .client_cert = h->client_cert,
                 .body = body,
                 .content_length = st->content_length,
             },
@@ -821,6 +826,11 @@ pf_h2_conn *h2_conn_new(pf_conn *conn, pf_worker *w, pf_listener_rt *l, pf_strea
     h->s = s;
     h->client_ip = client_ip;
     h->reset_window_ms = pf_now_ms();
+    SSL *ssl = stream_ssl(s);
+    if (ssl) {
+        h->tls = true;
+        h->client_cert = tls_client_cert_header(ssl); /* fixed: no renegotiation */
+    }
     h->flush_ev = event_new(w->base, -1, 0, on_flush, h);
     h->timer = evtimer_new(w->base, on_timer, h);
     if (!h->flush_ev || !h->timer || nghttp2_session_callbacks_new(&cbs) != 0 ||
@@ -882,5 +892,6 @@ void h2_conn_free(pf_h2_conn *h) {
         event_free(h->flush_ev);
     if (h->timer)
         event_free(h->timer);
+    free(h->client_cert);
     free(h);
 }

@@ -1,5 +1,6 @@
-/* Private to proxy/: the HTTP/2 downstream codec (h2_downstream.c). A plain listener's
- * connection that opens with the HTTP/2 preface is handed from conn.c to an h2 connection:
+/* Private to proxy/: the HTTP/2 downstream codec (h2_downstream.c). A listener's connection
+ * that opens with the HTTP/2 preface (h2c, or after TLS chose ALPN "h2") is handed from
+ * conn.c to an h2 connection:
  * one nghttp2 server session over the same pf_stream, each stream one exchange. Also the
  * pure mappings between HTTP/2 field lists and HTTP/1 heads (RFC 9113 8.2, 8.3), which the
  * unit tests call with tables. */

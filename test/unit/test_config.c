@@ -744,6 +744,10 @@ static const struct {
     {K8S("'auto_discover':{'namespaces':'all','cluster':{'connect_timeout':'0s'}}"),
      "x.json: $.kubernetes.auto_discover.cluster.connect_timeout: \"0s\" must be greater than "
      "zero"},
+    {CFG("", LMAIN(""), CWEB(",'tls':{'alpn':['h2']}")),
+     "x.json: $.clusters[0].tls.alpn[0]: \"h2\" is offered by HTTP/2 connections themselves"},
+    {CFG("", LMAIN(""), CWEB(",'protocol':'h2','tls':{'alpn':['h3']}")),
+     "x.json: $.clusters[0].tls.alpn[0]: unknown protocol \"h3\" (known: \"h2\", \"http/1.1\")"},
     {K8S("'watch':true"),
      "x.json: $.kubernetes: unknown key \"watch\"; known keys: api_server, token_file, ca_file, "
      "namespace, cluster_domain, auto_discover"},
