@@ -15,6 +15,8 @@
 #define PF_H2_MAX_STREAMS 100u        /* SETTINGS_MAX_CONCURRENT_STREAMS we advertise */
 #define PF_H2_RESET_LIMIT 100u        /* client RST_STREAMs allowed per interval ... */
 #define PF_H2_RESET_INTERVAL_MS 1000u /* ... beyond which: GOAWAY ENHANCE_YOUR_CALM */
+#define PF_H2_CONTROL_LIMIT 100u      /* client SETTINGS, and PINGs, allowed per interval */
+#define PF_H2_MAX_CONTINUATIONS 8u    /* CONTINUATION frames after one HEADERS */
 #define PF_H2_DRAIN_NOTICE_MS 1000u   /* from the first GOAWAY of a drain to the final one */
 #define PF_H2_METHOD_MAX 32u
 
