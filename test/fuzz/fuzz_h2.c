@@ -36,15 +36,16 @@
             abort();                                                                               \
     } while (0)
 
-#define MAX_TURNS 10000     /* event loop turns per input: bounds the run, never reached */
-#define MAX_FRAME 16384u    /* SETTINGS_MAX_FRAME_SIZE's default: pilotfish never raises it */
+#define MAX_TURNS 10000    /* event loop turns per input: bounds the run, never reached */
+#define MAX_FRAME 16384u   /* SETTINGS_MAX_FRAME_SIZE's default: pilotfish never raises it */
 #define OUT_CAP (1u << 20) /* pilotfish's output kept for the frame check */
 
 static const char *const config_json =
     "{\"access_log\": false,"
     " \"listeners\": [{\"name\": \"main\", \"address\": \"127.0.0.1:1\","
     "   \"max_header_bytes\": 4096, \"max_target_bytes\": 1024, \"buffer_bytes\": 16384,"
-    "   \"routes\": [{\"match\": {\"prefix\": \"/\", \"host\": \"t.local\"}, \"cluster\": \"c\"}]}],"
+    "   \"routes\": [{\"match\": {\"prefix\": \"/\", \"host\": \"t.local\"}, \"cluster\": "
+    "\"c\"}]}],"
     " \"clusters\": [{\"name\": \"c\", \"endpoints\": [\"127.0.0.1:1\"]}]}";
 
 static pf_proxy *proxy;
