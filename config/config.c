@@ -2792,6 +2792,10 @@ static const key_def cluster_keys[] = {
             PF_PROTO_HTTP1, "protocol", "protocols",
             "to endpoints: http1, h2 (prior knowledge, or ALPN h2 with tls) or downstream (as the "
             "client)")},
+    {K_UINT(pf_config_cluster, "max_requests_per_connection", max_requests_per_connection, 0,
+            1000000000u, 0,
+            "requests (HTTP/2: streams) one upstream connection carries, then it closes once "
+            "they are done; 0: no limit")},
     {K_OBJ(pf_config_cluster, "retry", retry, retry_schema, "the cluster's retry policy")},
     {K_INLINE("retry_budget", budget_schema, "how many retries may be in flight")},
     {K_OBJ(pf_config_cluster, "circuit_breakers", breakers, breaker_schema,

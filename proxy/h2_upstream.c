@@ -56,6 +56,8 @@ struct h2u_conn {
     bool pending;      /* counted in the cluster's pending requests until connected */
     uint64_t connect_start_us;
     bool goaway;            /* no new streams: the peer said GOAWAY, or we are closing */
+    bool spent;             /* max_requests_per_connection streams started: closes when idle */
+    uint32_t started;       /* streams started on it */
     int32_t goaway_last_id; /* streams above it were never processed (RFC 9113 6.8) */
     bool closing;           /* freed at the end of the current event */
     size_t active;          /* streams open, released or not */
@@ -410,6 +412,10 @@ static void flush_h2u(h2u_conn *c) {
         conn_fail(c, false, "upstream closed the HTTP/2 connection");
         return;
     }
+    if (c->spent && c->active == 0) {
+        conn_fail(c, false, "connection served max_requests_per_connection"); /* no stream left */
+        return;
+    }
     idle_or_not(c);
 }
 
@@ -625,7 +631,7 @@ fail:
 /* A connection to ep with room for one more stream: the peer's limit, and ours. */
 static h2u_conn *find_conn(pf_worker_cluster *wc, const pf_endpoint *ep) {
     for (h2u_conn *c = wc->h2_conns; c; c = c->next) {
-        if (c->goaway || c->closing || strcmp(c->addr, ep->addr.text) != 0)
+        if (c->goaway || c->spent || c->closing || strcmp(c->addr, ep->addr.text) != 0)
             continue;
         uint32_t peer = nghttp2_session_get_remote_settings(
             c->session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
@@ -688,6 +694,9 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
         c->streams->prev = st;
     c->streams = st;
     c->active++;
+    uint32_t max_requests = wc->rt->cfg->max_requests_per_connection;
+    if (max_requests && ++c->started >= max_requests)
+        c->spent = true; /* takes no more streams; closes when these are done */
     if (c->connected)
         evtimer_del(c->timer); /* no longer idle */
     schedule(c);
