@@ -50,6 +50,8 @@ struct pf_h2_conn {
     h2_rate resets, settings, pings; /* what the client sent in the current interval */
     bool wake;                       /* a stream waiting for output room may go on */
     bool tls;                        /* over TLS (ALPN h2): X-Forwarded-Proto https */
+    const char *bound_host;          /* inside a CONNECT tunnel: what every stream is routed as */
+    int bound_port;
     char *client_cert; /* TLS: x-forwarded-client-cert of a verified client, else NULL */
 };
 
@@ -361,7 +363,9 @@ static void dispatch(h2_stream *st, bool end_stream) {
         return;
     }
     if (strcmp(st->method, "CONNECT") == 0) {
-        reply(st, 405, "CONNECT is not supported: pilotfish is not an open proxy\n");
+        reply(st, 405,
+              "CONNECT over HTTP/2 is not supported (HTTP/1.1 CONNECT to a known service is): "
+              "pilotfish is not an open proxy\n");
         return;
     }
     st->head_request = strcmp(st->method, "HEAD") == 0;
@@ -385,6 +389,10 @@ static void dispatch(h2_stream *st, bool end_stream) {
         router_parse_authority(authority, authority_len, hostname, sizeof hostname, &port) != 0) {
         reply(st, 400, "bad authority\n");
         return;
+    }
+    if (h->bound_host) { /* inside a CONNECT tunnel: routed as the authority it named */
+        snprintf(hostname, sizeof hostname, "%s", h->bound_host);
+        port = h->bound_port;
     }
     pf_body_mode body = end_stream       ? PF_BODY_NONE
                         : st->has_length ? http1_request_body_mode(false, true, st->content_length)
@@ -888,7 +896,7 @@ void h2_conn_drain(pf_h2_conn *h) {
 }
 
 pf_h2_conn *h2_conn_new(pf_conn *conn, pf_worker *w, pf_listener_rt *l, pf_stream *s,
-                        const char *client_ip) {
+                        const char *client_ip, const char *bound_host, int bound_port) {
     pf_h2_conn *h = calloc(1, sizeof *h);
     nghttp2_session_callbacks *cbs = NULL;
     nghttp2_option *opt = NULL;
@@ -899,6 +907,8 @@ pf_h2_conn *h2_conn_new(pf_conn *conn, pf_worker *w, pf_listener_rt *l, pf_strea
     h->l = l;
     h->s = s;
     h->client_ip = client_ip;
+    h->bound_host = bound_host;
+    h->bound_port = bound_port;
     h->resets.start_ms = h->settings.start_ms = h->pings.start_ms = pf_now_ms();
     SSL *ssl = stream_ssl(s);
     if (ssl) {

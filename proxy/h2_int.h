@@ -27,9 +27,11 @@ typedef struct pf_h2_conn pf_h2_conn;
 
 /* Takes over a downstream connection whose first bytes were the HTTP/2 preface (already
  * consumed from the input). `conn` owns `s` and frees this object with it (conn_free).
- * Returns the connection or NULL when out of memory. Worker thread. */
+ * `bound_host` (borrowed from conn; NULL: none): inside a CONNECT tunnel, every stream is
+ * routed as that host and `bound_port`. Returns the connection or NULL when out of memory.
+ * Worker thread. */
 pf_h2_conn *h2_conn_new(pf_conn *conn, pf_worker *w, pf_listener_rt *l, pf_stream *s,
-                        const char *client_ip);
+                        const char *client_ip, const char *bound_host, int bound_port);
 /* Frees the session and every stream (their exchanges end). NULL is a no-op. */
 void h2_conn_free(pf_h2_conn *h);
 /* The stream callbacks, forwarded by conn.c. Each may free the connection (conn_free). */
