@@ -149,9 +149,19 @@ int h2_cookie_append(char *dst, size_t cap, size_t *len, const char *v, size_t v
     return PF_OK;
 }
 
+int h2_fields_alloc(pf_h2_fields *out, size_t fields, size_t scratch_bytes) {
+    /* One block per field list (a response or a request is one): the entries, then the
+     * scratch space their names and values point into. */
+    memset(out, 0, sizeof *out);
+    out->nv = malloc(fields * sizeof *out->nv + scratch_bytes);
+    if (!out->nv)
+        return PF_ENOMEM;
+    out->scratch = (char *)(out->nv + fields);
+    return PF_OK;
+}
+
 void h2_fields_free(pf_h2_fields *f) {
-    free(f->nv);
-    free(f->scratch);
+    free(f->nv); /* the scratch space is in the same block */
     f->nv = NULL;
     f->scratch = NULL;
     f->count = 0;
@@ -179,13 +189,9 @@ int h2_response_fields(pf_h2_fields *out, const pf_head *resp, int status, bool 
     for (size_t k = 0; k < extra_len; k++)
         lines += extra[k] == '\n';
     size_t head_count = resp ? resp->count : 0, head_bytes = resp ? resp->len : 0;
-    out->nv = calloc(head_count + lines + 2, sizeof *out->nv);
     /* Names and values are copied: trailers are sent after the upstream's head is gone. */
-    out->scratch = malloc(2 * head_bytes + extra_len + 32);
-    if (!out->nv || !out->scratch) {
-        h2_fields_free(out);
+    if (h2_fields_alloc(out, head_count + lines + 2, 2 * head_bytes + extra_len + 32) != PF_OK)
         return PF_ENOMEM;
-    }
     char *pos = out->scratch;
     int n;
     if (status) {
@@ -949,6 +955,8 @@ pf_h2_conn *h2_conn_new(pf_conn *conn, pf_worker *w, pf_listener_rt *l, pf_strea
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, PF_H2_MAX_STREAMS},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, window},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, l->cfg->max_header_bytes},
+        /* RFC 9218: no priority tree, so closed streams are not kept around for it */
+        {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
     };
     if (nghttp2_submit_settings(h->session, NGHTTP2_FLAG_NONE, settings,
                                 sizeof settings / sizeof settings[0]) != 0 ||

@@ -79,6 +79,9 @@ typedef struct pf_h2_fields {
  */
 int h2_response_fields(pf_h2_fields *out, const pf_head *resp, int status, bool has_length,
                        uint64_t content_length, const char *extra);
+/* Room for `fields` entries and `scratch_bytes` of names and values, in one allocation.
+ * Returns 0 or PF_ENOMEM. */
+int h2_fields_alloc(pf_h2_fields *out, size_t fields, size_t scratch_bytes);
 void h2_fields_free(pf_h2_fields *f);
 
 /* Builds an HTTP/2 request's fields for an upstream from the exchange's request (RFC 9113

@@ -52,6 +52,7 @@ struct h2u_conn {
     struct event *flush_ev;
     struct event *timer; /* connect timeout, then idle timeout while no stream is open */
     bool connected;
+    bool writable;     /* some stream's st->writable is set */
     bool alpn_refused; /* TLS ended without ALPN "h2": fails as a connect failure */
     bool pending;      /* counted in the cluster's pending requests until connected */
     uint64_t connect_start_us;
@@ -92,12 +93,8 @@ int h2_request_fields(pf_h2_fields *out, const pf_head *req, const pf_forward_re
     /* Room for every name lower-cased, the path with its "/", X-Forwarded-For joined with
      * the client, the length digits. */
     size_t scratch = (req ? req->len : 0) + fwd->target_len + 2 + 64 + 64;
-    out->nv = calloc(count + 10, sizeof *out->nv);
-    out->scratch = malloc(scratch + (req ? req->len : 0));
-    if (!out->nv || !out->scratch) {
-        h2_fields_free(out);
+    if (h2_fields_alloc(out, count + 10, scratch + (req ? req->len : 0)) != PF_OK)
         return PF_ENOMEM;
-    }
     char *pos = out->scratch;
     nv_add(out, ":method", 7, fwd->method, strlen(fwd->method));
     nv_add(out, ":scheme", 7, "http", 4);
@@ -340,7 +337,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
     else if (n == 0)
         return NGHTTP2_ERR_DEFERRED;
     if (n > 0 && st->ex)
-        st->writable = true; /* told after mem_send returns (flush_h2u) */
+        st->writable = st->c->writable = true; /* told after mem_send returns (flush_h2u) */
     return n;
 }
 
@@ -400,13 +397,15 @@ static void flush_h2u(h2u_conn *c) {
             break;
         evbuffer_add(out, data, (size_t)n);
     }
-    for (h2u_stream *st = c->streams; st; st = st->next) {
+    /* Only request bodies make streams writable: most flushes have nothing to walk. */
+    for (h2u_stream *st = c->writable ? c->streams : NULL; st; st = st->next) {
         if (st->writable) {
             st->writable = false;
             if (st->ex)
                 exchange_on_upstream_writable(st->ex);
         }
     }
+    c->writable = false;
     if (!nghttp2_session_want_read(c->session) && !nghttp2_session_want_write(c->session) &&
         evbuffer_get_length(out) == 0) {
         conn_fail(c, false, "upstream closed the HTTP/2 connection");
@@ -585,6 +584,7 @@ static h2u_conn *conn_open(pf_worker *w, pf_worker_cluster *wc, const pf_endpoin
     if (nghttp2_option_new(&opt) != 0)
         goto fail;
     nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_no_closed_streams(opt, 1); /* no priorities: nothing to keep them for */
     int rc = nghttp2_session_client_new2(&c->session, cbs, c, opt);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
