@@ -172,7 +172,8 @@ fmt-check:
 # make fuzz: coverage-guided fuzzing (libFuzzer) of the parsers that take untrusted bytes,
 # one harness per parser in test/fuzz/fuzz_<name>.c: dns (DNS answers), kubernetes (watch
 # streams, events, objects, endpoints), kubeconfig, config (JSON config and its dump) and
-# http1 (heads through llhttp and the heads pilotfish forwards). Built with clang
+# http1 (heads through llhttp and the heads pilotfish forwards) and h2 (an HTTP/2 client
+# connection through a real worker's conn.c and h2_downstream.c). Built with clang
 # -fsanitize=fuzzer,address,undefined into $(BUILD)/fuzz/ (project objects in
 # $(BUILD)/fuzz/obj), each run for FUZZ_SECONDS (default 60) one after the other, starting
 # from test/fuzz/corpus/<name>/; new inputs go to $(BUILD)/fuzz/corpus/<name>/, crashes to

@@ -1422,8 +1422,8 @@ static void listener_finish(loader *ld, json_t *v, const char *path, void *obj) 
 
 static const char *const tls_version_names[] = {"1.2", "1.3"};
 
-/* The protocols a listener can speak after the handshake. HTTP/2 is refused by name until
- * the server side speaks it: a client told "h2" would send frames the HTTP/1 codec rejects. */
+/* The protocols spoken after the handshake: "h2" (HTTP/2, served by the h2 codec once the
+ * client sends its preface) and "http/1.1". Clusters check theirs below. */
 static void parse_alpn(loader *ld, json_t *obj, json_t *arr, const char *path, void *base,
                        const key_def *k) {
     char p[JPATH_MAX], q[QUOTE_MAX];
@@ -1434,18 +1434,15 @@ static void parse_alpn(loader *ld, json_t *obj, json_t *arr, const char *path, v
         errf(ld, path, "give 1 to %d protocols", PF_TLS_MAX_ALPN);
         return;
     }
+    t->count = 0; /* the list replaces the default, in the order given (preference) */
     for (size_t i = 0; i < json_array_size(arr); i++) {
         json_t *v = json_array_get(arr, i);
         jidx(p, path, i);
         if (!want(ld, v, p, "string"))
             continue;
         const char *name = json_string_value(v);
-        if (strcmp(name, "h2") == 0) {
-            errf(ld, p, "\"h2\": HTTP/2 is not served yet; use [\"http/1.1\"]");
-            continue;
-        }
-        if (strcmp(name, "http/1.1") != 0) {
-            errf(ld, p, "unknown protocol %s (known: \"http/1.1\")", qstr(q, name));
+        if (strcmp(name, "h2") != 0 && strcmp(name, "http/1.1") != 0) {
+            errf(ld, p, "unknown protocol %s (known: \"h2\", \"http/1.1\")", qstr(q, name));
             continue;
         }
         snprintf(t->names[t->count++], PF_TLS_ALPN_MAX, "%s", name);
@@ -2252,12 +2249,17 @@ static void cluster_finish(loader *ld, json_t *v, const char *path, void *obj) {
         errf(ld, jkey(p, jkey(hc, path, "health_check"), "type"),
              "%s checks do not speak TLS yet; a cluster with \"tls\" can use \"tcp\" checks",
              check_type_names[c->health_check.type - 1]);
-    /* The HTTP/2 upstream codec has no TLS layer (nor ALPN) yet: refused rather than sent in
-     * plaintext to an endpoint that expects TLS. */
-    if (c->has_tls && c->protocol != PF_PROTO_HTTP1 && json_object_get(v, "protocol"))
-        errf(ld, jkey(p, path, "protocol"),
-             "\"%s\" does not speak TLS yet; a cluster with \"tls\" uses \"http1\"",
-             protocol_names[c->protocol]);
+    /* tls.alpn is what HTTP/1 connections offer; HTTP/2 connections (protocol h2, or
+     * downstream for HTTP/2 clients) always offer "h2" alone. An endpoint told "h2" on an
+     * HTTP/1 connection would answer in frames the HTTP/1 codec cannot read. */
+    if (c->has_tls) {
+        char t[JPATH_MAX], a[JPATH_MAX];
+        for (size_t i = 0; i < c->tls.alpn.count; i++)
+            if (strcmp(c->tls.alpn.names[i], "h2") == 0)
+                errf(ld, jidx(p, jkey(a, jkey(t, path, "tls"), "alpn"), i),
+                     "\"h2\" is offered by HTTP/2 connections themselves (set \"protocol\": "
+                     "\"h2\"); tls.alpn lists what HTTP/1 connections offer: [\"http/1.1\"]");
+    }
 
     /* Defaults that depend on the policy: a table size only for hashing, a decay only for
      * least_response_time. */
@@ -2834,7 +2836,12 @@ static const key_def cluster_keys[] = {
             "pooled connections kept per endpoint and worker")},
     {K_ENUM(pf_config_cluster, "protocol", protocol, pf_upstream_protocol, protocol_names, 0,
             PF_PROTO_HTTP1, "protocol", "protocols",
-            "to endpoints: http1, h2 (prior knowledge) or downstream (as the client)")},
+            "to endpoints: http1, h2 (prior knowledge, or ALPN h2 with tls) or downstream (as the "
+            "client)")},
+    {K_UINT(pf_config_cluster, "max_requests_per_connection", max_requests_per_connection, 0,
+            1000000000u, 0,
+            "requests (HTTP/2: streams) one upstream connection carries, then it closes once "
+            "they are done; 0: no limit")},
     {K_OBJ(pf_config_cluster, "retry", retry, retry_schema, "the cluster's retry policy")},
     {K_INLINE("retry_budget", budget_schema, "how many retries may be in flight")},
     {K_OBJ(pf_config_cluster, "circuit_breakers", breakers, breaker_schema,

@@ -340,10 +340,11 @@ typedef struct pf_config_cluster {
     pf_config_endpoint *endpoints;
     size_t endpoint_count;
     uint64_t connect_timeout_ms;
-    uint64_t response_timeout_ms;      /* until the response headers are in */
-    uint64_t body_timeout_ms;          /* longest pause inside a response body */
-    uint64_t upstream_idle_timeout_ms; /* how long a pooled connection may sit idle */
-    uint32_t max_idle_per_endpoint;    /* per worker */
+    uint64_t response_timeout_ms;         /* until the response headers are in */
+    uint64_t body_timeout_ms;             /* longest pause inside a response body */
+    uint64_t upstream_idle_timeout_ms;    /* how long a pooled connection may sit idle */
+    uint32_t max_idle_per_endpoint;       /* per worker */
+    uint32_t max_requests_per_connection; /* requests or streams per connection; 0: no limit */
     pf_config_health_check health_check;
     pf_config_outlier outlier;
     pf_config_cluster_dns dns;        /* dns.name[0] != 0: DNS discovery, no endpoints */

@@ -85,6 +85,11 @@ struct pf_conn {
     bool body_ended; /* the chunked response's last chunk (with trailers) is written */
     pf_exchange ex;  /* embedded: no allocation per request */
     pf_h2_conn *h2;  /* the connection speaks HTTP/2: everything above is unused */
+    /* A CONNECT to a known service turned this connection into one bound to that
+     * authority: every request in it is routed by bound_host/bound_port. */
+    bool connect_accepted; /* the 200 goes out once llhttp is done with the CONNECT */
+    char *bound_host;
+    int bound_port;
 };
 
 static const llhttp_settings_t *request_settings(void);
@@ -162,6 +167,7 @@ void conn_free(pf_conn *c) {
     stream_free(c->stream);
     event_free(c->timer);
     free(c->client_cert);
+    free(c->bound_host);
     http1_head_free(&c->req);
     worker_conn_closed(c->w, c->l);
     free(c);
@@ -244,6 +250,63 @@ static void reject(pf_conn *c, int status, const char *body) {
     close_after_response(c);
 }
 
+/* CONNECT (RFC 9110 9.3.6) is accepted only to an authority a route names by host or a
+ * discovered service answers to, and pilotfish never dials it: the tunnel is served here as
+ * a connection bound to that authority (HTTP/1.1 or h2c inside), each request routed and
+ * balanced as any other. That is what a gRPC client behind http_proxy needs, and it never
+ * makes pilotfish an open proxy. */
+static void accept_connect(pf_conn *c) {
+    const char *target = http1_first(&c->req);
+    size_t len = c->req.first_len;
+    exchange_describe(&c->ex, "CONNECT", target, len, NULL, 0);
+    char host[PF_HOST_MAX];
+    int port = -1;
+    if (c->bound_host) {
+        reject(c, 405, "CONNECT inside a CONNECT tunnel is not supported\n");
+        return;
+    }
+    if (router_parse_authority(target, len, host, sizeof host, &port) != 0 || port <= 0) {
+        reject(c, 400, "CONNECT needs host:port\n");
+        return;
+    }
+    if (c->req_body != PF_BODY_NONE) {
+        reject(c, 400, "CONNECT with a body\n");
+        return;
+    }
+    if (!router_host_known(c->l->router, host, port) &&
+        service_routes_find(worker_service_routes(c->w), host, port) < 0) {
+        log_debug("CONNECT refused client=%s authority=\"%.*s\"", c->client_ip, (int)len, target);
+        reject(c, 403,
+               "CONNECT is accepted only to a service pilotfish routes to; pilotfish is not an "
+               "open proxy\n");
+        return;
+    }
+    c->bound_host = strdup(host);
+    if (!c->bound_host) {
+        reject(c, 503, "out of memory\n");
+        return;
+    }
+    c->bound_port = port;
+    c->connect_accepted = true;
+}
+
+/* After the CONNECT's head: the 200, and the connection starts afresh inside the tunnel,
+ * where the first bytes may be the HTTP/2 preface. */
+static void start_bound(pf_conn *c) {
+    static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+    c->connect_accepted = false;
+    evbuffer_add(output(c), established, sizeof established - 1);
+    log_debug("CONNECT accepted client=%s authority=%s:%d", c->client_ip, c->bound_host,
+              c->bound_port);
+    reset_request(c);
+    conn_set_state(c, CONN_IDLE);
+    c->dispatched = false;
+    c->parser_paused = c->paused_for_upgrade = false;
+    llhttp_init(&c->parser, HTTP_REQUEST, request_settings());
+    c->parser.data = c;
+    timer_set(c, TIMER_IDLE, c->l->cfg->idle_timeout_ms);
+}
+
 /* Checks the head, describes the request to the exchange and starts it. Anything wrong
  * with the request itself is answered here, before the exchange routes it. */
 static void dispatch(pf_conn *c) {
@@ -261,7 +324,7 @@ static void dispatch(pf_conn *c) {
         return;
     }
     if (c->method == HTTP_CONNECT) {
-        reject(c, 405, "CONNECT is not supported: pilotfish is not an open proxy\n");
+        accept_connect(c);
         return;
     }
     pf_target t;
@@ -293,6 +356,10 @@ static void dispatch(pf_conn *c) {
         router_parse_authority(authority, authority_len, host, sizeof host, &port) != 0) {
         reject(c, 400, "bad authority\n");
         return;
+    }
+    if (c->bound_host) { /* inside a CONNECT tunnel: routed as the authority it named */
+        snprintf(host, sizeof host, "%s", c->bound_host);
+        port = c->bound_port;
     }
     SSL *ssl = stream_ssl(c->stream);
     if (ssl && !c->client_cert_read) {
@@ -412,7 +479,8 @@ static int on_message_complete(llhttp_t *p) {
     pf_conn *c = p->data;
     if (c->timer_kind == TIMER_BODY)
         timer_stop(c);
-    exchange_request_end(&c->ex);
+    if (!c->connect_accepted) /* a tunnel's CONNECT has no exchange to end */
+        exchange_request_end(&c->ex);
     return HPE_PAUSED;
 }
 
@@ -468,7 +536,7 @@ static void watch_body_progress(pf_conn *c) {
  * from here on the connection is HTTP/2 with prior knowledge. */
 static void start_h2(pf_conn *c) {
     timer_stop(c);
-    c->h2 = h2_conn_new(c, c->w, c->l, c->stream, c->client_ip);
+    c->h2 = h2_conn_new(c, c->w, c->l, c->stream, c->client_ip, c->bound_host, c->bound_port);
     if (!c->h2) {
         conn_free(c);
         return;
@@ -501,6 +569,10 @@ static void process_input(pf_conn *c) {
             used = pos ? (size_t)(pos - (const char *)vec.iov_base) : vec.iov_len;
         }
         evbuffer_drain(in, used);
+        if ((rc == HPE_PAUSED || rc == HPE_PAUSED_UPGRADE) && c->connect_accepted) {
+            start_bound(c);
+            continue;
+        }
         if (rc == HPE_PAUSED || rc == HPE_PAUSED_UPGRADE) {
             c->parser_paused = true;
             c->paused_for_upgrade = rc == HPE_PAUSED_UPGRADE;

@@ -1,8 +1,9 @@
-/* The HTTP/2 downstream codec: a client connection that spoke the h2c preface on a plain
- * listener. nghttp2 does the framing, HPACK, flow control and protocol checks; this file
- * maps each stream to one exchange (exchange.c routes, balances and retries it exactly as
- * for HTTP/1) and implements the downstream ops per stream. Upstreams stay HTTP/1: the
- * request fields become an HTTP/1 head (RFC 9113 8.2), and the response head becomes fields.
+/* The HTTP/2 downstream codec: a client connection that spoke the HTTP/2 preface, in
+ * plaintext (h2c) or after a TLS handshake that chose ALPN "h2". nghttp2 does the framing, HPACK,
+ * flow control and protocol checks; this file maps each stream to one exchange (exchange.c routes,
+ * balances and retries it exactly as for HTTP/1) and implements the downstream ops per stream.
+ * Upstreams stay HTTP/1: the request fields become an HTTP/1 head (RFC 9113 8.2), and the response
+ * head becomes fields.
  *
  * Reentrancy: the ops never drive the session (they only submit and resume); bytes move in
  * flush(), run from an event, so a stream and its exchange are freed only from nghttp2's
@@ -10,6 +11,7 @@
 #include "proxy/h2_int.h"
 #include "core/time.h"
 #include "proxy/exchange_int.h"
+#include "proxy/tls_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,11 +20,18 @@
 
 typedef struct h2_stream h2_stream;
 
+/* Frames of one kind a client sent in the current interval (PF_H2_RESET_INTERVAL_MS). */
+typedef struct {
+    uint64_t start_ms;
+    unsigned count;
+} h2_rate;
+
 /* Where the connection is in its life; h2_set_state checks every move. */
 typedef enum {
     H2_OPEN,   /* serving streams */
     H2_NOTICE, /* draining: the first GOAWAY (maximum stream id) went out */
     H2_GOAWAY, /* the final GOAWAY went out: close once the streams are done */
+    H2_FAILED, /* the client broke the protocol: GOAWAY queued, input ignored, closed soon */
     H2_STATE_COUNT
 } h2_state;
 
@@ -38,9 +47,12 @@ struct pf_h2_conn {
     h2_state state;
     h2_stream *streams;
     size_t stream_count;
-    uint64_t reset_window_ms; /* when the current rapid-reset interval began */
-    unsigned resets;
-    bool wake; /* a stream waiting for output room may go on */
+    h2_rate resets, settings, pings; /* what the client sent in the current interval */
+    bool wake;                       /* a stream waiting for output room may go on */
+    bool tls;                        /* over TLS (ALPN h2): X-Forwarded-Proto https */
+    const char *bound_host;          /* inside a CONNECT tunnel: what every stream is routed as */
+    int bound_port;
+    char *client_cert; /* TLS: x-forwarded-client-cert of a verified client, else NULL */
 };
 
 struct h2_stream {
@@ -70,15 +82,20 @@ struct h2_stream {
     pf_exchange ex;
 };
 
+static void count_error(pf_h2_conn *h, pf_h2_error why) {
+    metrics_inc(h->l->h2_errors[why], 1);
+}
+
 static void schedule_flush(pf_h2_conn *h) {
     event_active(h->flush_ev, 0, 0);
 }
 
 static void h2_set_state(pf_h2_conn *h, h2_state to) {
     static const unsigned allowed[H2_STATE_COUNT] = {
-        [H2_OPEN] = 1u << H2_NOTICE | 1u << H2_GOAWAY,
-        [H2_NOTICE] = 1u << H2_GOAWAY,
-        [H2_GOAWAY] = 0,
+        [H2_OPEN] = 1u << H2_NOTICE | 1u << H2_GOAWAY | 1u << H2_FAILED,
+        [H2_NOTICE] = 1u << H2_GOAWAY | 1u << H2_FAILED,
+        [H2_GOAWAY] = 1u << H2_FAILED,
+        [H2_FAILED] = 0,
     };
     if (!(allowed[h->state] & (1u << to))) {
         log_error("h2: illegal move from state %d to %d client=%s", h->state, to, h->client_ip);
@@ -132,9 +149,19 @@ int h2_cookie_append(char *dst, size_t cap, size_t *len, const char *v, size_t v
     return PF_OK;
 }
 
+int h2_fields_alloc(pf_h2_fields *out, size_t fields, size_t scratch_bytes) {
+    /* One block per field list (a response or a request is one): the entries, then the
+     * scratch space their names and values point into. */
+    memset(out, 0, sizeof *out);
+    out->nv = malloc(fields * sizeof *out->nv + scratch_bytes);
+    if (!out->nv)
+        return PF_ENOMEM;
+    out->scratch = (char *)(out->nv + fields);
+    return PF_OK;
+}
+
 void h2_fields_free(pf_h2_fields *f) {
-    free(f->nv);
-    free(f->scratch);
+    free(f->nv); /* the scratch space is in the same block */
     f->nv = NULL;
     f->scratch = NULL;
     f->count = 0;
@@ -162,13 +189,9 @@ int h2_response_fields(pf_h2_fields *out, const pf_head *resp, int status, bool 
     for (size_t k = 0; k < extra_len; k++)
         lines += extra[k] == '\n';
     size_t head_count = resp ? resp->count : 0, head_bytes = resp ? resp->len : 0;
-    out->nv = calloc(head_count + lines + 2, sizeof *out->nv);
     /* Names and values are copied: trailers are sent after the upstream's head is gone. */
-    out->scratch = malloc(2 * head_bytes + extra_len + 32);
-    if (!out->nv || !out->scratch) {
-        h2_fields_free(out);
+    if (h2_fields_alloc(out, head_count + lines + 2, 2 * head_bytes + extra_len + 32) != PF_OK)
         return PF_ENOMEM;
-    }
     char *pos = out->scratch;
     int n;
     if (status) {
@@ -332,6 +355,8 @@ static void dispatch(h2_stream *st, bool end_stream) {
     st->started = true;
     if (!st->error_status && store_authority(st) != PF_OK)
         st->error_status = 431;
+    if (st->error_status == 431)
+        count_error(h, PF_H2_ERR_HEADER_LIST);
     if (st->error_status) {
         reply(st, st->error_status,
               st->error_status == 431 ? "request header fields too large\n" : "bad request\n");
@@ -339,11 +364,14 @@ static void dispatch(h2_stream *st, bool end_stream) {
     }
     if (st->cookie_len > 0 &&
         add_field_to_head(&st->req, "cookie", 6, st->cookie, st->cookie_len) != PF_OK) {
+        count_error(h, PF_H2_ERR_HEADER_LIST);
         reply(st, 431, "request header fields too large\n");
         return;
     }
     if (strcmp(st->method, "CONNECT") == 0) {
-        reply(st, 405, "CONNECT is not supported: pilotfish is not an open proxy\n");
+        reply(st, 405,
+              "CONNECT over HTTP/2 is not supported (HTTP/1.1 CONNECT to a known service is): "
+              "pilotfish is not an open proxy\n");
         return;
     }
     st->head_request = strcmp(st->method, "HEAD") == 0;
@@ -368,6 +396,10 @@ static void dispatch(h2_stream *st, bool end_stream) {
         reply(st, 400, "bad authority\n");
         return;
     }
+    if (h->bound_host) { /* inside a CONNECT tunnel: routed as the authority it named */
+        snprintf(hostname, sizeof hostname, "%s", h->bound_host);
+        port = h->bound_port;
+    }
     pf_body_mode body = end_stream       ? PF_BODY_NONE
                         : st->has_length ? http1_request_body_mode(false, true, st->content_length)
                                          : PF_BODY_CHUNKED; /* an HTTP/1 upstream needs framing */
@@ -382,7 +414,8 @@ static void dispatch(h2_stream *st, bool end_stream) {
                 .host = authority ? authority : "",
                 .host_len = authority_len,
                 .client_ip = h->client_ip,
-                .proto = "http",
+                .proto = h->tls ? "https" : "http",
+                .client_cert = h->client_cert,
                 .body = body,
                 .content_length = st->content_length,
             },
@@ -486,24 +519,50 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     return 0;
 }
 
-/* Rapid reset (CVE-2023-44487): streams opened and cancelled at once cost us an exchange
- * each; past the limit the client is told to calm down and the connection ends. */
-static void count_reset(pf_h2_conn *h) {
+/* The client broke the protocol or a limit: GOAWAY with `code` (RFC 9113 5.4.1), no more
+ * input is read, and the connection closes once the GOAWAY is out or after PF_LINGER_MS
+ * (a client that does not read does not hold it open). Counted once per connection. */
+static void fail_connection(pf_h2_conn *h, pf_h2_error why, uint32_t code) {
+    if (h->state == H2_FAILED)
+        return;
+    log_debug("h2 connection refused client=%s reason=%d code=%u", h->client_ip, (int)why,
+              (unsigned)code);
+    count_error(h, why);
+    h2_set_state(h, H2_FAILED);
+    nghttp2_session_terminate_session(h->session, code);
+    struct timeval tv = pf_timeval_ms(PF_LINGER_MS);
+    evtimer_add(h->timer, &tv);
+    schedule_flush(h);
+}
+
+/* Whether one more frame of a kind goes past `limit` per interval. */
+static bool over_rate(h2_rate *r, unsigned limit) {
     uint64_t now = pf_now_ms();
-    if (now - h->reset_window_ms >= PF_H2_RESET_INTERVAL_MS) {
-        h->reset_window_ms = now;
-        h->resets = 0;
+    if (now - r->start_ms >= PF_H2_RESET_INTERVAL_MS) {
+        r->start_ms = now;
+        r->count = 0;
     }
-    if (++h->resets > PF_H2_RESET_LIMIT) {
-        log_debug("h2 rapid reset client=%s resets=%u", h->client_ip, h->resets);
-        nghttp2_session_terminate_session(h->session, NGHTTP2_ENHANCE_YOUR_CALM);
-    }
+    return ++r->count > limit;
+}
+
+/* Rapid reset (CVE-2023-44487): streams opened and cancelled at once cost us an exchange
+ * each; SETTINGS and PING floods cost an ACK each (RFC 9113 10.5). Past the limits the
+ * client is told to calm down and the connection ends. */
+static void count_control(pf_h2_conn *h, const nghttp2_frame *frame) {
+    if (frame->hd.type == NGHTTP2_RST_STREAM && over_rate(&h->resets, PF_H2_RESET_LIMIT))
+        fail_connection(h, PF_H2_ERR_RAPID_RESET, NGHTTP2_ENHANCE_YOUR_CALM);
+    bool ack = frame->hd.flags & NGHTTP2_FLAG_ACK;
+    if (frame->hd.type == NGHTTP2_SETTINGS && !ack && over_rate(&h->settings, PF_H2_CONTROL_LIMIT))
+        fail_connection(h, PF_H2_ERR_SETTINGS_FLOOD, NGHTTP2_ENHANCE_YOUR_CALM);
+    if (frame->hd.type == NGHTTP2_PING && !ack && over_rate(&h->pings, PF_H2_CONTROL_LIMIT))
+        fail_connection(h, PF_H2_ERR_PING_FLOOD, NGHTTP2_ENHANCE_YOUR_CALM);
 }
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *arg) {
     pf_h2_conn *h = arg;
-    if (frame->hd.type == NGHTTP2_RST_STREAM) {
-        count_reset(h);
+    if (frame->hd.type == NGHTTP2_RST_STREAM || frame->hd.type == NGHTTP2_SETTINGS ||
+        frame->hd.type == NGHTTP2_PING) {
+        count_control(h, frame);
         return 0;
     }
     h2_stream *st = stream_get(h, frame->hd.stream_id);
@@ -533,8 +592,23 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
     return 0;
 }
 
+/* What nghttp2 refused on its own (RFC 9113 8.1.1 malformed streams, 5.1.2 streams past
+ * the limit, connection errors) shows in what goes out: counted there, with ours. */
+static void count_sent_error(pf_h2_conn *h, const nghttp2_frame *frame) {
+    if (frame->hd.type == NGHTTP2_RST_STREAM) {
+        if (frame->rst_stream.error_code == NGHTTP2_PROTOCOL_ERROR)
+            count_error(h, PF_H2_ERR_MALFORMED_STREAM);
+        else if (frame->rst_stream.error_code == NGHTTP2_REFUSED_STREAM && h->state == H2_OPEN)
+            count_error(h, PF_H2_ERR_REFUSED_STREAM);
+    } else if (frame->hd.type == NGHTTP2_GOAWAY && h->state != H2_FAILED &&
+               frame->goaway.error_code != NGHTTP2_NO_ERROR) {
+        count_error(h, PF_H2_ERR_PROTOCOL); /* ours went through fail_connection */
+    }
+}
+
 static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *arg) {
     pf_h2_conn *h = arg;
+    count_sent_error(h, frame);
     if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
         !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
         return 0;
@@ -680,6 +754,7 @@ static void on_stall(evutil_socket_t fd, short what, void *arg) {
         return;
     log_debug("h2 client stopped reading a stream client=%s stream=%d", st->h->client_ip,
               (int)st->id);
+    count_error(st->h, PF_H2_ERR_STALLED_STREAM);
     exchange_abort(&st->ex);
     log_once(st);
     nghttp2_submit_rst_stream(st->h->session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
@@ -766,12 +841,26 @@ void h2_conn_on_read(pf_h2_conn *h) {
         struct evbuffer_iovec vec;
         if (evbuffer_peek(in, -1, NULL, &vec, 1) < 1)
             break;
+        if (h->state == H2_FAILED) { /* nothing more is read from a client that broke it */
+            evbuffer_drain(in, evbuffer_get_length(in));
+            break;
+        }
         ssize_t n = nghttp2_session_mem_recv(h->session, vec.iov_base, vec.iov_len);
         if (n < 0) {
             log_debug("h2 receive failed client=%s error=\"%s\"", h->client_ip,
                       nghttp2_strerror((int)n));
-            conn_free(h->conn);
-            return;
+            if (n == NGHTTP2_ERR_NOMEM || n == NGHTTP2_ERR_CALLBACK_FAILURE) {
+                conn_free(h->conn);
+                return;
+            }
+            /* The session keeps its output side: the GOAWAY says why (RFC 9113 5.4.1). */
+            if (n == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS)
+                fail_connection(h, PF_H2_ERR_CONTINUATION_FLOOD, NGHTTP2_ENHANCE_YOUR_CALM);
+            else if (n == NGHTTP2_ERR_FLOODED)
+                fail_connection(h, PF_H2_ERR_UNREAD_ACKS, NGHTTP2_ENHANCE_YOUR_CALM);
+            else
+                fail_connection(h, PF_H2_ERR_PROTOCOL, NGHTTP2_PROTOCOL_ERROR);
+            continue;
         }
         evbuffer_drain(in, (size_t)n);
     }
@@ -792,6 +881,10 @@ void h2_conn_on_write(pf_h2_conn *h) {
 
 static void on_timer(evutil_socket_t fd, short what, void *arg) {
     pf_h2_conn *h = arg;
+    if (h->state == H2_FAILED) {
+        conn_free(h->conn); /* the client did not take its GOAWAY in time */
+        return;
+    }
     if (h->state == H2_OPEN) {
         /* Idle without streams: say goodbye properly, then close once that is out. */
         h2_set_state(h, H2_GOAWAY);
@@ -818,7 +911,7 @@ void h2_conn_drain(pf_h2_conn *h) {
 }
 
 pf_h2_conn *h2_conn_new(pf_conn *conn, pf_worker *w, pf_listener_rt *l, pf_stream *s,
-                        const char *client_ip) {
+                        const char *client_ip, const char *bound_host, int bound_port) {
     pf_h2_conn *h = calloc(1, sizeof *h);
     nghttp2_session_callbacks *cbs = NULL;
     nghttp2_option *opt = NULL;
@@ -829,7 +922,14 @@ pf_h2_conn *h2_conn_new(pf_conn *conn, pf_worker *w, pf_listener_rt *l, pf_strea
     h->l = l;
     h->s = s;
     h->client_ip = client_ip;
-    h->reset_window_ms = pf_now_ms();
+    h->bound_host = bound_host;
+    h->bound_port = bound_port;
+    h->resets.start_ms = h->settings.start_ms = h->pings.start_ms = pf_now_ms();
+    SSL *ssl = stream_ssl(s);
+    if (ssl) {
+        h->tls = true;
+        h->client_cert = tls_client_cert_header(ssl); /* fixed: no renegotiation */
+    }
     h->flush_ev = event_new(w->base, -1, 0, on_flush, h);
     h->timer = evtimer_new(w->base, on_timer, h);
     if (!h->flush_ev || !h->timer || nghttp2_session_callbacks_new(&cbs) != 0 ||
@@ -841,6 +941,8 @@ pf_h2_conn *h2_conn_new(pf_conn *conn, pf_worker *w, pf_listener_rt *l, pf_strea
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    /* CVE-2024-27316: a header block may not go on in CONTINUATION frames for ever. */
+    nghttp2_option_set_max_continuations(opt, PF_H2_MAX_CONTINUATIONS);
     /* conn.c's llhttp consumed the preface; window updates follow the upstream's pace. */
     nghttp2_option_set_no_recv_client_magic(opt, 1);
     nghttp2_option_set_no_auto_window_update(opt, 1);
@@ -862,6 +964,8 @@ pf_h2_conn *h2_conn_new(pf_conn *conn, pf_worker *w, pf_listener_rt *l, pf_strea
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, PF_H2_MAX_STREAMS},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, window},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, l->cfg->max_header_bytes},
+        /* RFC 9218: no priority tree, so closed streams are not kept around for it */
+        {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
     };
     if (nghttp2_submit_settings(h->session, NGHTTP2_FLAG_NONE, settings,
                                 sizeof settings / sizeof settings[0]) != 0 ||
@@ -891,5 +995,6 @@ void h2_conn_free(pf_h2_conn *h) {
         event_free(h->flush_ev);
     if (h->timer)
         event_free(h->timer);
+    free(h->client_cert);
     free(h);
 }

@@ -1,5 +1,6 @@
-/* Private to proxy/: the HTTP/2 downstream codec (h2_downstream.c). A plain listener's
- * connection that opens with the HTTP/2 preface is handed from conn.c to an h2 connection:
+/* Private to proxy/: the HTTP/2 downstream codec (h2_downstream.c). A listener's connection
+ * that opens with the HTTP/2 preface (h2c, or after TLS chose ALPN "h2") is handed from
+ * conn.c to an h2 connection:
  * one nghttp2 server session over the same pf_stream, each stream one exchange. Also the
  * pure mappings between HTTP/2 field lists and HTTP/1 heads (RFC 9113 8.2, 8.3), which the
  * unit tests call with tables. */
@@ -14,6 +15,8 @@
 #define PF_H2_MAX_STREAMS 100u        /* SETTINGS_MAX_CONCURRENT_STREAMS we advertise */
 #define PF_H2_RESET_LIMIT 100u        /* client RST_STREAMs allowed per interval ... */
 #define PF_H2_RESET_INTERVAL_MS 1000u /* ... beyond which: GOAWAY ENHANCE_YOUR_CALM */
+#define PF_H2_CONTROL_LIMIT 100u      /* client SETTINGS, and PINGs, allowed per interval */
+#define PF_H2_MAX_CONTINUATIONS 8u    /* CONTINUATION frames after one HEADERS */
 #define PF_H2_DRAIN_NOTICE_MS 1000u   /* from the first GOAWAY of a drain to the final one */
 #define PF_H2_METHOD_MAX 32u
 
@@ -24,9 +27,11 @@ typedef struct pf_h2_conn pf_h2_conn;
 
 /* Takes over a downstream connection whose first bytes were the HTTP/2 preface (already
  * consumed from the input). `conn` owns `s` and frees this object with it (conn_free).
- * Returns the connection or NULL when out of memory. Worker thread. */
+ * `bound_host` (borrowed from conn; NULL: none): inside a CONNECT tunnel, every stream is
+ * routed as that host and `bound_port`. Returns the connection or NULL when out of memory.
+ * Worker thread. */
 pf_h2_conn *h2_conn_new(pf_conn *conn, pf_worker *w, pf_listener_rt *l, pf_stream *s,
-                        const char *client_ip);
+                        const char *client_ip, const char *bound_host, int bound_port);
 /* Frees the session and every stream (their exchanges end). NULL is a no-op. */
 void h2_conn_free(pf_h2_conn *h);
 /* The stream callbacks, forwarded by conn.c. Each may free the connection (conn_free). */
@@ -74,6 +79,9 @@ typedef struct pf_h2_fields {
  */
 int h2_response_fields(pf_h2_fields *out, const pf_head *resp, int status, bool has_length,
                        uint64_t content_length, const char *extra);
+/* Room for `fields` entries and `scratch_bytes` of names and values, in one allocation.
+ * Returns 0 or PF_ENOMEM. */
+int h2_fields_alloc(pf_h2_fields *out, size_t fields, size_t scratch_bytes);
 void h2_fields_free(pf_h2_fields *f);
 
 /* Builds an HTTP/2 request's fields for an upstream from the exchange's request (RFC 9113

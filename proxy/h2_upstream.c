@@ -1,5 +1,6 @@
 /* The HTTP/2 upstream codec (clusters[].protocol "h2", or "downstream" for HTTP/2
- * clients): per worker and cluster, connections to each endpoint with prior knowledge, each
+ * clients): per worker and cluster, connections to each endpoint (prior knowledge in
+ * plaintext, ALPN "h2" with the cluster's TLS), each
  * carrying up to the peer's SETTINGS_MAX_CONCURRENT_STREAMS streams at once; one stream is
  * one attempt of an exchange, driven through upstream_h2_ops.
  *
@@ -12,6 +13,7 @@
 #include "core/time.h"
 #include "proxy/exchange_int.h"
 #include "proxy/h2_int.h"
+#include "proxy/tls_int.h"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -50,9 +52,13 @@ struct h2u_conn {
     struct event *flush_ev;
     struct event *timer; /* connect timeout, then idle timeout while no stream is open */
     bool connected;
-    bool pending; /* counted in the cluster's pending requests until connected */
+    bool writable;     /* some stream's st->writable is set */
+    bool alpn_refused; /* TLS ended without ALPN "h2": fails as a connect failure */
+    bool pending;      /* counted in the cluster's pending requests until connected */
     uint64_t connect_start_us;
     bool goaway;            /* no new streams: the peer said GOAWAY, or we are closing */
+    bool spent;             /* max_requests_per_connection streams started: closes when idle */
+    uint32_t started;       /* streams started on it */
     int32_t goaway_last_id; /* streams above it were never processed (RFC 9113 6.8) */
     bool closing;           /* freed at the end of the current event */
     size_t active;          /* streams open, released or not */
@@ -87,12 +93,8 @@ int h2_request_fields(pf_h2_fields *out, const pf_head *req, const pf_forward_re
     /* Room for every name lower-cased, the path with its "/", X-Forwarded-For joined with
      * the client, the length digits. */
     size_t scratch = (req ? req->len : 0) + fwd->target_len + 2 + 64 + 64;
-    out->nv = calloc(count + 10, sizeof *out->nv);
-    out->scratch = malloc(scratch + (req ? req->len : 0));
-    if (!out->nv || !out->scratch) {
-        h2_fields_free(out);
+    if (h2_fields_alloc(out, count + 10, scratch + (req ? req->len : 0)) != PF_OK)
         return PF_ENOMEM;
-    }
     char *pos = out->scratch;
     nv_add(out, ":method", 7, fwd->method, strlen(fwd->method));
     nv_add(out, ":scheme", 7, "http", 4);
@@ -339,7 +341,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
     else if (n == 0)
         return NGHTTP2_ERR_DEFERRED;
     if (n > 0 && st->ex)
-        st->writable = true; /* told after mem_send returns (flush_h2u) */
+        st->writable = st->c->writable = true; /* told after mem_send returns (flush_h2u) */
     return n;
 }
 
@@ -380,6 +382,11 @@ static void idle_or_not(h2u_conn *c) {
 /* Moves nghttp2's frames into the socket's output; frees the connection once the peer
  * and we are done with it. */
 static void flush_h2u(h2u_conn *c) {
+    if (c->alpn_refused) {
+        metrics_inc(c->wc->rt->connect_failures, 1);
+        conn_fail(c, true, "upstream did not choose HTTP/2 (ALPN)");
+        return;
+    }
     if (!c->connected)
         return; /* queued until the connect completes */
     struct evbuffer *out = stream_output(c->s);
@@ -394,16 +401,22 @@ static void flush_h2u(h2u_conn *c) {
             break;
         evbuffer_add(out, data, (size_t)n);
     }
-    for (h2u_stream *st = c->streams; st; st = st->next) {
+    /* Only request bodies make streams writable: most flushes have nothing to walk. */
+    for (h2u_stream *st = c->writable ? c->streams : NULL; st; st = st->next) {
         if (st->writable) {
             st->writable = false;
             if (st->ex)
                 exchange_on_upstream_writable(st->ex);
         }
     }
+    c->writable = false;
     if (!nghttp2_session_want_read(c->session) && !nghttp2_session_want_write(c->session) &&
         evbuffer_get_length(out) == 0) {
         conn_fail(c, false, "upstream closed the HTTP/2 connection");
+        return;
+    }
+    if (c->spent && c->active == 0) {
+        conn_fail(c, false, "connection served max_requests_per_connection"); /* no stream left */
         return;
     }
     idle_or_not(c);
@@ -436,9 +449,31 @@ static void on_write(pf_stream *s, void *arg) {
     flush_h2u(arg);
 }
 
+/* RFC 9113 3.3: over TLS, HTTP/2 is spoken only when ALPN chose "h2" (no prior knowledge
+ * there). An endpoint that chose nothing or another protocol would read frames as garbage. */
+static bool alpn_agreed(h2u_conn *c) {
+    SSL *ssl = stream_ssl(c->s);
+    if (!ssl)
+        return true;
+    const unsigned char *proto = NULL;
+    unsigned len = 0;
+    SSL_get0_alpn_selected(ssl, &proto, &len);
+    if (len == 2 && memcmp(proto, "h2", 2) == 0)
+        return true;
+    log_info("upstream TLS did not choose h2 cluster=%s upstream=%s alpn=\"%.*s\"",
+             c->wc->rt->cfg->name, c->addr, (int)len, len ? (const char *)proto : "");
+    return false;
+}
+
 static void on_event(pf_stream *s, int what, int err, void *arg) {
     h2u_conn *c = arg;
     if (what & PF_STREAM_CONNECTED) {
+        if (!alpn_agreed(c)) {
+            /* failed from the flush event: the stream may not be freed from this callback */
+            c->alpn_refused = true;
+            schedule(c);
+            return;
+        }
         c->connected = true;
         metrics_observe_us(c->wc->rt->connect_duration, pf_now_us() - c->connect_start_us);
         end_pending(c);
@@ -495,7 +530,26 @@ void h2_upstream_free_all(pf_worker_cluster *wc) {
         conn_fail(wc->h2_conns, false, "pilotfish is stopping");
 }
 
-static h2u_conn *conn_open(pf_worker *w, pf_worker_cluster *wc, const pf_endpoint *ep) {
+/* The cluster's TLS with ALPN "h2" alone, verifying the name the cluster says. Sessions are
+ * not resumed across HTTP/2 connections: they are few and long-lived. */
+static int start_tls(h2u_conn *c, int fd, const pf_endpoint *ep, const pf_exchange_request *req) {
+    static const unsigned char h2_alpn[] = {2, 'h', '2'};
+    char buf[PF_DNS_NAME_MAX];
+    const char *name = tls_upstream_name(c->wc->rt->cfg, req->fwd.host, req->fwd.host_len,
+                                         ep->addr.text, buf, sizeof buf);
+    SSL *ssl = tls_client_ssl(c->wc->rt->tls, fd, name, NULL);
+    if (!ssl)
+        return PF_ENOMEM;
+    if (SSL_set_alpn_protos(ssl, h2_alpn, sizeof h2_alpn) != 0) {
+        SSL_free(ssl);
+        return PF_ENOMEM;
+    }
+    stream_set_tls(c->s, ssl);
+    return PF_OK;
+}
+
+static h2u_conn *conn_open(pf_worker *w, pf_worker_cluster *wc, const pf_endpoint *ep,
+                           const pf_exchange_request *req) {
     h2u_conn *c = calloc(1, sizeof *c);
     nghttp2_session_callbacks *cbs = NULL;
     if (!c)
@@ -518,6 +572,10 @@ static h2u_conn *conn_open(pf_worker *w, pf_worker_cluster *wc, const pf_endpoin
                       c);
     if (!c->s)
         goto fail_fd;
+    if (wc->rt->tls && start_tls(c, fd, ep, req) != PF_OK) {
+        fd = -1;
+        goto fail;
+    }
     fd = -1;
     if (nghttp2_session_callbacks_new(&cbs) != 0)
         goto fail;
@@ -530,6 +588,7 @@ static h2u_conn *conn_open(pf_worker *w, pf_worker_cluster *wc, const pf_endpoin
     if (nghttp2_option_new(&opt) != 0)
         goto fail;
     nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_no_closed_streams(opt, 1); /* no priorities: nothing to keep them for */
     int rc = nghttp2_session_client_new2(&c->session, cbs, c, opt);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
@@ -576,7 +635,7 @@ fail:
 /* A connection to ep with room for one more stream: the peer's limit, and ours. */
 static h2u_conn *find_conn(pf_worker_cluster *wc, const pf_endpoint *ep) {
     for (h2u_conn *c = wc->h2_conns; c; c = c->next) {
-        if (c->goaway || c->closing || strcmp(c->addr, ep->addr.text) != 0)
+        if (c->goaway || c->spent || c->closing || strcmp(c->addr, ep->addr.text) != 0)
             continue;
         uint32_t peer = nghttp2_session_get_remote_settings(
             c->session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
@@ -599,7 +658,7 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
             *overloaded = true;
             return NULL;
         }
-        c = conn_open(exchange_worker(ex), wc, ep);
+        c = conn_open(exchange_worker(ex), wc, ep, exchange_request(ex));
         if (!c)
             return NULL;
     }
@@ -639,6 +698,9 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
         c->streams->prev = st;
     c->streams = st;
     c->active++;
+    uint32_t max_requests = wc->rt->cfg->max_requests_per_connection;
+    if (max_requests && ++c->started >= max_requests)
+        c->spent = true; /* takes no more streams; closes when these are done */
     if (c->connected)
         evtimer_del(c->timer); /* no longer idle */
     schedule(c);

@@ -134,6 +134,19 @@ void proxy_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
             "gRPC calls answered to clients, by grpc-status (the upstream's or pilotfish's own).",
             labels);
     }
+    static const char *const h2_reasons[PF_H2_ERR_REASONS] = {
+        "rapid_reset", "settings_flood", "ping_flood",       "continuation_flood", "unread_acks",
+        "header_list", "refused_stream", "malformed_stream", "stalled_stream",     "protocol",
+    };
+    for (int i = 0; i < PF_H2_ERR_REASONS; i++) {
+        char h2l[200];
+        snprintf(h2l, sizeof h2l, "listener=\"%s\",reason=\"%s\"", l->cfg->name, h2_reasons[i]);
+        l->h2_errors[i] = metrics_counter(
+            m, "pilotfish_h2_protocol_errors_total",
+            "HTTP/2 client streams or connections refused for breaking the protocol or its "
+            "limits, by reason.",
+            h2l);
+    }
 }
 
 static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {

@@ -84,6 +84,22 @@ typedef enum {
     PF_PAUSE_REASONS
 } pf_pause_reason;
 
+/* Why pilotfish refused part or all of an HTTP/2 client connection (h2_downstream.c); each
+ * is a `reason` of pilotfish_h2_protocol_errors_total. */
+typedef enum {
+    PF_H2_ERR_RAPID_RESET,        /* streams reset faster than allowed: GOAWAY ENHANCE_YOUR_CALM */
+    PF_H2_ERR_SETTINGS_FLOOD,     /* SETTINGS frames faster than allowed: ENHANCE_YOUR_CALM */
+    PF_H2_ERR_PING_FLOOD,         /* PING frames faster than allowed: ENHANCE_YOUR_CALM */
+    PF_H2_ERR_CONTINUATION_FLOOD, /* a header block in too many CONTINUATION frames */
+    PF_H2_ERR_UNREAD_ACKS,        /* ACKs queued for a client that does not read them */
+    PF_H2_ERR_HEADER_LIST,        /* decoded fields past max_header_bytes/max_headers: 431 */
+    PF_H2_ERR_REFUSED_STREAM,     /* a stream past the advertised concurrency: REFUSED_STREAM */
+    PF_H2_ERR_MALFORMED_STREAM,   /* bad pseudo-headers, upper case, length: PROTOCOL_ERROR */
+    PF_H2_ERR_STALLED_STREAM,     /* a zero window held past body_timeout: CANCEL */
+    PF_H2_ERR_PROTOCOL,           /* any other connection error: GOAWAY (PROTOCOL_ERROR, ...) */
+    PF_H2_ERR_REASONS
+} pf_h2_error;
+
 /* A listener slot. Connections point at their slot for their whole life, so a slot is
  * stable: a reload swaps its settings and router (atomically: workers read them at any
  * time), and a removed listener's slot is only reused once its last connection closed. */
@@ -104,6 +120,7 @@ typedef struct pf_listener_rt {
     pf_gauge *tunnels_active;
     pf_counter *protocol_requests[2];             /* HTTP/1.x, HTTP/2 */
     pf_counter *grpc_calls[PF_GRPC_STATUSES + 1]; /* by grpc-status 0-16, and any other */
+    pf_counter *h2_errors[PF_H2_ERR_REASONS];
     pf_listener_state state;
     bool retiring; /* RETIRED, and some worker may still accept on it (main thread) */
 } pf_listener_rt;

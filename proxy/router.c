@@ -330,6 +330,14 @@ const pf_config_route *router_find_request(const pf_router *router, const pf_rou
     return NULL;
 }
 
+bool router_host_known(const pf_router *router, const char *host, int port) {
+    for (size_t i = 0; i < router->count; i++)
+        if (router->routes[i].host_kind != PF_MATCH_HOST_ANY &&
+            host_matches(&router->routes[i], host, port))
+            return true;
+    return false;
+}
+
 const pf_config_route *router_find(const pf_router *router, const char *host, int port,
                                    const char *path, size_t path_len) {
     pf_route_request rq = {.host = host, .port = port, .path = path, .path_len = path_len};

@@ -56,6 +56,11 @@ long router_match(const pf_router *router, const char *host, int port, const cha
 /* The same, returning the matching route itself (borrowed from the router), or NULL. */
 const pf_config_route *router_find(const pf_router *router, const char *host, int port,
                                    const char *path, size_t path_len);
+/* Whether a route names `host` (and `port`, when it names one) in its host condition, exactly
+ * or as "*.suffix": what makes an authority a known service for CONNECT. Routes without a
+ * host condition do not count: they would make every name known. Pure; any thread. */
+bool router_host_known(const pf_router *router, const char *host, int port);
+
 /* The first route whose every condition holds for `rq`, or NULL. A pure function of the
  * router and the request; any thread. */
 const pf_config_route *router_find_request(const pf_router *router, const pf_route_request *rq);

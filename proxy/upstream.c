@@ -61,6 +61,7 @@ struct pf_upstream {
     char addr[PF_ADDRTEXT_MAX];
     bool connected;
     bool reused;
+    uint32_t requests; /* started on this connection, for max_requests_per_connection */
     bool request_sent;
     bool pending; /* counted in the cluster's pending requests until connected */
     uint64_t connect_start_us;
@@ -528,6 +529,7 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
             return NULL;
     }
     set_state(up, UP_AWAIT_HEAD);
+    up->requests++;
     up->owner = ex;
     up->stats = ep->stats;
     up->request_sent = false;
@@ -593,6 +595,9 @@ static void release(void *arg, bool reusable) {
      * response would answer it: not reusable. */
     if (evbuffer_get_length(stream_output(up->stream)) > 0 || up->state != UP_COMPLETE)
         reusable = false;
+    uint32_t max_requests = wc->rt->cfg->max_requests_per_connection;
+    if (max_requests && up->requests >= max_requests)
+        reusable = false; /* served its share: closed rather than pooled */
     /* An endpoint that left the set gets no pooled connection (nor a bucket again). */
     if (!reusable || atomic_load_explicit(&up->w->proxy->draining, memory_order_relaxed) ||
         wc->rt->cfg->max_idle_per_endpoint == 0 ||

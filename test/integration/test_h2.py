@@ -19,7 +19,7 @@ import h2.events
 import h2.exceptions
 import pytest
 
-from harness import LOCALHOST, cluster, listener, make_config, route, wait_for
+from harness import LOCALHOST, cluster, listener, make_config, metric_sum, route, wait_for
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("nghttp") and shutil.which("h2load")), reason="nghttp2-client not installed"
@@ -309,6 +309,8 @@ def test_rapid_reset_ends_the_connection_with_enhance_your_calm(h2proxy):
     client.close()
     codes = [e.error_code for e in events if isinstance(e, h2.events.ConnectionTerminated)]
     assert codes == [h2.errors.ErrorCodes.ENHANCE_YOUR_CALM], events[-5:]
+    assert metric_sum(h2proxy.metrics(), "pilotfish_h2_protocol_errors_total",
+                      reason="rapid_reset") == 1
     # Everyone else is still served, and the cancelled exchanges left nothing in flight.
     assert h2proxy.get("/").status == 200
 
@@ -392,6 +394,8 @@ def test_a_stream_the_client_stops_reading_is_cut_after_the_body_timeout(start_b
     resets = [e for e in events if isinstance(e, h2.events.StreamReset) and e.stream_id == sid]
     assert resets and resets[0].error_code == h2.errors.ErrorCodes.CANCEL, events
     assert statuses(events) == {sid: "200"}, events
+    assert metric_sum(pf.metrics(), "pilotfish_h2_protocol_errors_total",
+                      reason="stalled_stream") == 1
     # The upstream connection the stream held is let go, and the h2 connection still works.
     wait_for(lambda: sum(s[2] for s in pf.metrics()
                          if s[0] == "pilotfish_upstream_connections_active") == 0,

@@ -757,6 +757,12 @@ static const struct {
     {K8S("'auto_discover':{'namespaces':'all','cluster':{'connect_timeout':'0s'}}"),
      "x.json: $.kubernetes.auto_discover.cluster.connect_timeout: \"0s\" must be greater than "
      "zero"},
+    {CFG("", LMAIN(""), CWEB(",'max_requests_per_connection':-1")),
+     "x.json: $.clusters[0].max_requests_per_connection: -1 out of range (0-1000000000)"},
+    {CFG("", LMAIN(""), CWEB(",'tls':{'alpn':['h2']}")),
+     "x.json: $.clusters[0].tls.alpn[0]: \"h2\" is offered by HTTP/2 connections themselves"},
+    {CFG("", LMAIN(""), CWEB(",'protocol':'h2','tls':{'alpn':['h3']}")),
+     "x.json: $.clusters[0].tls.alpn[0]: unknown protocol \"h3\" (known: \"h2\", \"http/1.1\")"},
     {K8S("'watch':true"),
      "x.json: $.kubernetes: unknown key \"watch\"; known keys: api_server, token_file, ca_file, "
      "namespace, cluster_domain, auto_discover"},
@@ -1661,6 +1667,7 @@ static void test_bounds_and_zero_durations_load(void) {
                      "1048576,'max_target_bytes':64"),
                CL("web", "{'address':'127.0.0.1:1','weight':10000,'priority':127}",
                   ",'slow_start':'0s','panic_threshold':0,'max_idle_per_endpoint':100000,"
+                  "'max_requests_per_connection':1000000000,"
                   "'retry':{'max_retries':0,'buffer_bytes':0},"
                   "'retry_budget':{'percent':100,'min_concurrency':0},"
                   "'circuit_breakers':{'max_connections':1000000,'max_retries':0},"

@@ -253,6 +253,30 @@ static void test_wildcard_suffix_matches_subdomains_not_the_bare_domain(void) {
     fixture_free(&f);
 }
 
+/* CONNECT's "known service": a route that names the host (and its port, when it names one);
+ * routes for any host, with or without a path, do not make a name known. */
+static void test_host_known_only_to_routes_that_name_it(void) {
+    fixture f = load_routes("[{'match':{'host':'reviews.shop'},'cluster':'r'},"
+                            "{'match':{'host':'*.mesh.local:9090','prefix':'/api'},'cluster':'m'},"
+                            "{'match':{'host':'*'},'cluster':'any'},"
+                            "{'match':{'prefix':'/'},'cluster':'any'}]",
+                            "r m any");
+    static const struct {
+        const char *host;
+        int port;
+        bool known;
+    } rows[] = {
+        {"reviews.shop", 9080, true}, {"reviews.shop", 443, true},   {"reviews.shop", -1, true},
+        {"a.mesh.local", 9090, true}, {"a.mesh.local", 9091, false}, {"mesh.local", 9090, false},
+        {"evil.example", 443, false}, {"127.0.0.1", 22, false},      {"", 80, false},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++)
+        PF_CHECK(router_host_known(f.router, rows[i].host, rows[i].port) == rows[i].known,
+                 "row %zu: %s:%d should be %s", i, rows[i].host, rows[i].port,
+                 rows[i].known ? "known" : "unknown");
+    fixture_free(&f);
+}
+
 static void test_star_matches_any_host_and_no_host(void) {
     fixture f = load_routes("[{'match':{'host':'*'},'cluster':'any'}]", "any");
     static const route_row rows[] = {
@@ -660,6 +684,7 @@ PF_UNIT_MAIN("router", PF_UNIT_TEST(test_method_header_and_query_conditions_all_
              PF_UNIT_TEST(test_exact_host_matches_only_that_host),
              PF_UNIT_TEST(test_wildcard_suffix_matches_subdomains_not_the_bare_domain),
              PF_UNIT_TEST(test_star_matches_any_host_and_no_host),
+             PF_UNIT_TEST(test_host_known_only_to_routes_that_name_it),
              PF_UNIT_TEST(test_route_port_must_equal_request_port_and_no_port_counts_as_80),
              PF_UNIT_TEST(test_route_without_port_matches_every_port),
              PF_UNIT_TEST(test_any_host_with_port_80_matches_requests_without_port),
