@@ -1571,6 +1571,8 @@ static void tls_finish(loader *ld, json_t *v, const char *path, void *obj) {
         errf(ld, jkey(p, path, "certificates"), "give at least one certificate");
     if (t->certificate_count > PF_TLS_MAX_CERTS)
         errf(ld, jkey(p, path, "certificates"), "at most %d certificates", PF_TLS_MAX_CERTS);
+    if (t->session_ticket_rotation_ms < PF_TICKET_ROTATION_MIN_MS)
+        errf(ld, jkey(p, path, "session_ticket_rotation"), "at least 1s");
     if ((t->require_client_cert || t->allowed_client_sans.count) && !t->client_ca_file[0])
         errf(ld, jkey(p, path, "client_ca_file"),
              "missing: require_client_cert and allowed_client_sans need the CA that signs "
@@ -2547,6 +2549,10 @@ static const key_def listener_tls_keys[] = {
               "client certificate SANs accepted: exact, or a prefix ending in /*"),
      .off = offsetof(pf_config_listener_tls, allowed_client_sans), .parse = parse_client_sans,
      .dump = dump_client_sans, .doc_default = "any"},
+    {K_DUR(pf_config_listener_tls, "session_ticket_rotation", session_ticket_rotation_ms,
+           PF_DEFAULT_TICKET_ROTATION_MS,
+           "a new session ticket key this often; a ticket resumes for one to two periods"),
+     .flags = KF_POSITIVE},
 };
 static const schema listener_tls_schema = {.doc_name = "listeners[].tls",
                                            SCHEMA_KEYS(listener_tls_keys),

@@ -351,8 +351,8 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
     for (size_t i = 0; i < cfg->cluster_count; i++) {
         if (cluster_init(proxy, &proxy->clusters[i], &cfg->clusters[i]) != PF_OK)
             goto nomem;
-        if (cfg->clusters[i].has_tls &&
-            !(proxy->clusters[i].tls = tls_client_new(&cfg->clusters[i], err))) {
+        if (cfg->clusters[i].has_tls && !(proxy->clusters[i].tls = tls_client_new(
+                                              &cfg->clusters[i], proxy->worker_count, err))) {
             proxy_free(proxy);
             return NULL;
         }
@@ -370,7 +370,8 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
         l->state = PF_LISTENER_LIVE;
         proxy->listener_slot[i] = i;
         proxy_listener_metrics(metrics, l);
-        if (l->cfg->has_tls && !(l->tls = tls_server_new(l->cfg, metrics, err))) {
+        if (l->cfg->has_tls &&
+            !(l->tls = tls_server_new(l->cfg, proxy->worker_count, metrics, err))) {
             proxy_free(proxy);
             return NULL;
         }

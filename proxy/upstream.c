@@ -426,7 +426,7 @@ static int start_tls(pf_upstream *up, int fd, const pf_endpoint *ep,
     const char *name = tls_upstream_name(wc->rt->cfg, req->fwd.host, req->fwd.host_len,
                                          ep->addr.text, buf, sizeof buf);
     pf_pool_bucket *b = bucket_for(wc, ep->addr.text, true);
-    SSL *ssl = tls_client_ssl(wc->rt->tls, fd, name, b ? &b->tls_session : NULL);
+    SSL *ssl = tls_client_ssl(wc->rt->tls, up->w->id, fd, name, b ? &b->tls_session : NULL);
     if (!ssl)
         return PF_ENOMEM;
     stream_set_tls(up->stream, ssl);

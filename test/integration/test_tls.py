@@ -397,6 +397,9 @@ def test_config_errors_name_the_file_the_json_path_and_the_problem(pki, tmp_path
         ({"certificates": [{"cert_file": pki.rsa[0], "key_file": pki.rsa[1]}],
           "client_ca_file": pki.ca[0], "require_client_cert": True,
           "allowed_client_sans": ["spiffe://*/x"]}, "$.listeners[0].tls.allowed_client_sans[0]"),
+        ({"certificates": [{"cert_file": pki.rsa[0], "key_file": pki.rsa[1]}],
+          "session_ticket_rotation": "500ms"},
+         "$.listeners[0].tls.session_ticket_rotation: at least 1s"),
     ]
     for tls, want in cases:
         r = check_config(tmp_path, tls)
