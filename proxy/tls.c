@@ -736,8 +736,8 @@ static void client_index_init(void) {
     session_number_index = SSL_SESSION_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
-/* A session the endpoint gave us goes to the slot the connection was opened with (its
- * pool bucket), replacing the one before: one session per endpoint, name and worker. */
+/* A session the endpoint gave us goes to the connection's slot, replacing the one before
+ * (the pool moves it on to the endpoint and name's bucket). */
 static int keep_session(SSL *ssl, SSL_SESSION *sess) {
     SSL_SESSION **slot = SSL_get_app_data(ssl);
     if (!slot)
@@ -868,18 +868,16 @@ const char *tls_upstream_name(const pf_config_cluster *cfg, const char *authorit
     return buf;
 }
 
-SSL *tls_client_ssl(pf_tls_client *t, unsigned worker, int fd, const char *name,
-                    SSL_SESSION **session) {
+SSL *tls_client_ssl(pf_tls_client *t, unsigned worker, int fd, const char *name, SSL_SESSION *offer,
+                    SSL_SESSION **store) {
     SSL_CTX *ctx = published_get(&t->pub, worker);
     SSL *ssl = SSL_new(ctx);
     if (!ssl)
         return NULL;
-    if (session && *session &&
-        SSL_SESSION_get_ex_data(*session, session_number_index) !=
-            SSL_CTX_get_ex_data(ctx, ctx_number_index)) {
-        SSL_SESSION_free(*session); /* made before the files changed */
-        *session = NULL;
-    }
+    /* a session made before the files changed carries the old client certificate */
+    if (offer && SSL_SESSION_get_ex_data(offer, session_number_index) !=
+                     SSL_CTX_get_ex_data(ctx, ctx_number_index))
+        offer = NULL;
     unsigned char ip[16];
     bool is_ip = inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1;
     bool by_sans = t->cfg.verify_subject_alt_name.count > 0;
@@ -890,14 +888,14 @@ SSL *tls_client_ssl(pf_tls_client *t, unsigned worker, int fd, const char *name,
     if (ok == 1 && !by_sans)
         ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name)
                    : SSL_set1_host(ssl, name);
-    if (ok == 1 && session && *session)
-        ok = SSL_set_session(ssl, *session);
+    if (ok == 1 && offer)
+        ok = SSL_set_session(ssl, offer);
     if (ok != 1) {
         ERR_clear_error();
         SSL_free(ssl);
         return NULL;
     }
-    SSL_set_app_data(ssl, session);
+    SSL_set_app_data(ssl, store);
     SSL_set_connect_state(ssl);
     return ssl;
 }

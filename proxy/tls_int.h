@@ -69,11 +69,12 @@ void tls_client_free(pf_tls_client *t);
 int tls_client_reload(pf_tls_client *t, pf_error *err);
 const char *tls_client_name(const pf_tls_client *t);
 /* A client SSL on a connecting socket, verifying `name` (a host name, sent as SNI too, or an
- * address) unless verify_subject_alt_name is set. *session, when set, is offered for
- * resumption, and the endpoint's new sessions are stored there (the slot must outlive the
- * SSL). Returns NULL when out of memory. Worker `worker` only. */
-SSL *tls_client_ssl(pf_tls_client *t, unsigned worker, int fd, const char *name,
-                    SSL_SESSION **session);
+ * address) unless verify_subject_alt_name is set. `offer`, when set and made with the
+ * current files, is offered for resumption (the SSL takes its own reference); the sessions
+ * the endpoint sends are stored in *store (replacing the one there; the slot must outlive
+ * the SSL). Returns NULL when out of memory. Worker `worker` only. */
+SSL *tls_client_ssl(pf_tls_client *t, unsigned worker, int fd, const char *name, SSL_SESSION *offer,
+                    SSL_SESSION **store);
 void tls_session_free(SSL_SESSION *session);
 /* Pure: the name an upstream connection verifies: tls.sni; else, for DNS and Kubernetes
  * clusters, the request's authority; else the endpoint's address; without a port. Returns

@@ -22,7 +22,7 @@
 
 #define TICK_MS 500
 #define OWNER_FILES (2 * PF_TLS_MAX_CERTS + 1) /* certificates and keys, plus a CA file */
-#define WATCH_FILES_MAX 1024                    /* distinct files across all owners */
+#define WATCH_FILES_MAX 1024                   /* distinct files across all owners */
 
 /* A file as stat() last saw it: any change of these is a change of content. */
 typedef struct file_id {

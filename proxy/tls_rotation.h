@@ -16,8 +16,7 @@ typedef struct pf_tls_watch pf_tls_watch;
  * thread's loop) and registers the metrics. Returns NULL with err set when out of memory.
  * Startup thread only, before the admin server serves metrics; free it after the admin
  * server (a scrape reads it) and before the proxy. */
-pf_tls_watch *tls_watch_new(struct event_base *base, pf_proxy *proxy, pf_metrics *m,
-                            pf_error *err);
+pf_tls_watch *tls_watch_new(struct event_base *base, pf_proxy *proxy, pf_metrics *m, pf_error *err);
 void tls_watch_free(pf_tls_watch *w);
 
 #endif
