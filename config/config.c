@@ -2219,12 +2219,7 @@ static void cluster_finish(loader *ld, json_t *v, const char *path, void *obj) {
     } else if (!eps) {
         errf(ld, path, "missing required key \"endpoints\" (or \"dns\" for endpoints from DNS)");
     }
-    /* Health checks speak plaintext HTTP: against a TLS endpoint every check would fail and
-     * take it out. Until they speak TLS, only connect (tcp) checks make sense there. */
-    char hc[JPATH_MAX], p[JPATH_MAX];
-    if (c->has_tls && json_object_get(v, "health_check") && c->health_check.type == PF_CHECK_HTTP)
-        errf(ld, jkey(p, jkey(hc, path, "health_check"), "type"),
-             "http checks do not speak TLS yet; a cluster with \"tls\" can use \"tcp\" checks");
+    char p[JPATH_MAX];
     /* The HTTP/2 upstream codec has no TLS layer (nor ALPN) yet: refused rather than sent in
      * plaintext to an endpoint that expects TLS. */
     if (c->has_tls && c->protocol != PF_PROTO_HTTP1 && json_object_get(v, "protocol"))
@@ -2685,6 +2680,9 @@ static const key_def health_keys[] = {
             PF_DEFAULT_HEALTHY_THRESHOLD, "passes in a row that bring it back")},
     {K_DUR(pf_config_health_check, "jitter", jitter_ms, PF_DEFAULT_CHECK_JITTER_MS,
            "a random 0..jitter added to each wait")},
+    {K_BOOL(pf_config_health_check, "tls", tls, true,
+            "for a cluster with tls: checks speak TLS, verified as requests are; false: "
+            "plaintext")},
     {K_CUSTOM("initial", "healthy or unhealthy", "a new endpoint's state before its first check"),
      .parse = parse_initial, .init = init_initial, .dump = dump_initial, .doc_default = "healthy"},
     {K_CUSTOM("send", "string", "tcp: bytes written after the connect"), .parse = parse_payload,

@@ -182,6 +182,7 @@ typedef struct pf_config_health_check {
     size_t send_len;
     char expect[PF_CHECK_PAYLOAD_MAX]; /* tcp: bytes the answer must contain */
     size_t expect_len;
+    bool tls; /* a TLS cluster's checks speak TLS; false: plaintext (no effect without tls) */
 } pf_config_health_check;
 
 /* Passive outlier ejection (health/): off unless "outlier_detection" is given. */

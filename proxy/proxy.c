@@ -295,8 +295,20 @@ long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg) {
     return (long)index;
 }
 
+/* Health checks of a TLS cluster connect as its requests do: its CA, client certificate
+ * (rotation included) and the name tls_check_name picks. */
+static SSL *check_ssl(void *arg, int fd, const char *endpoint) {
+    pf_cluster_rt *rt = arg;
+    char buf[PF_DNS_NAME_MAX];
+    const char *name = tls_check_name(rt->owned_cfg, endpoint, buf, sizeof buf);
+    return tls_client_check_ssl(rt->tls, fd, name);
+}
+
 void proxy_cluster_set_health(pf_proxy *proxy, size_t index, pf_health *health) {
-    proxy->clusters[index].health = health;
+    pf_cluster_rt *rt = &proxy->clusters[index];
+    rt->health = health;
+    if (health && rt->tls && rt->owned_cfg->health_check.tls)
+        health_set_tls(health, check_ssl, rt);
 }
 
 void proxy_cluster_retire(pf_proxy *proxy, size_t index) {

@@ -803,7 +803,7 @@ fail:
 pf_tls_client *tls_client_new(const pf_config_cluster *cfg, unsigned workers, pf_error *err) {
     pthread_once(&client_once, client_index_init);
     pf_tls_client *t = calloc(1, sizeof *t);
-    if (!t || published_init(&t->pub, workers) != PF_OK) {
+    if (!t || published_init(&t->pub, workers + 1) != PF_OK) { /* + health checks' */
         free(t);
         pf_fail(err, PF_ENOMEM, "out of memory");
         return NULL;
@@ -841,16 +841,8 @@ const char *tls_client_name(const pf_tls_client *t) {
     return t->name;
 }
 
-const char *tls_upstream_name(const pf_config_cluster *cfg, const char *authority,
-                              size_t authority_len, const char *endpoint, char *buf, size_t cap) {
-    if (cfg->tls.sni[0])
-        return cfg->tls.sni;
-    const char *from = endpoint;
-    size_t len = strlen(endpoint);
-    if ((cfg->dns.name[0] || cfg->kubernetes.service[0]) && authority_len > 0) {
-        from = authority;
-        len = authority_len;
-    }
+/* Copies a host (or "host:port", "[v6]:port") without its port into buf. */
+static const char *without_port(const char *from, size_t len, char *buf, size_t cap) {
     /* drop the port: "[v6]:port" keeps what is inside the brackets, "host:port" the host */
     if (len > 0 && from[0] == '[') {
         const char *end = memchr(from, ']', len);
@@ -866,6 +858,28 @@ const char *tls_upstream_name(const pf_config_cluster *cfg, const char *authorit
     memcpy(buf, from, len);
     buf[len] = '\0';
     return buf;
+}
+
+const char *tls_upstream_name(const pf_config_cluster *cfg, const char *authority,
+                              size_t authority_len, const char *endpoint, char *buf, size_t cap) {
+    if (cfg->tls.sni[0])
+        return cfg->tls.sni;
+    if ((cfg->dns.name[0] || cfg->kubernetes.service[0]) && authority_len > 0)
+        return without_port(authority, authority_len, buf, cap);
+    return without_port(endpoint, strlen(endpoint), buf, cap);
+}
+
+const char *tls_check_name(const pf_config_cluster *cfg, const char *endpoint, char *buf,
+                           size_t cap) {
+    if (cfg->tls.sni[0])
+        return cfg->tls.sni;
+    const char *host = cfg->health_check.host[0] ? cfg->health_check.host : cfg->dns.name;
+    return without_port(host[0] ? host : endpoint, strlen(host[0] ? host : endpoint), buf, cap);
+}
+
+SSL *tls_client_check_ssl(pf_tls_client *t, int fd, const char *name) {
+    /* the publisher's last slot is the main thread's, where checks run */
+    return tls_client_ssl(t, t->pub.worker_count - 1, fd, name, NULL, NULL);
 }
 
 SSL *tls_client_ssl(pf_tls_client *t, unsigned worker, int fd, const char *name, SSL_SESSION *offer,

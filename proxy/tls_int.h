@@ -76,6 +76,12 @@ const char *tls_client_name(const pf_tls_client *t);
 SSL *tls_client_ssl(pf_tls_client *t, unsigned worker, int fd, const char *name, SSL_SESSION *offer,
                     SSL_SESSION **store);
 void tls_session_free(SSL_SESSION *session);
+/* A client SSL for a health check (no session kept), verifying `name`. Main thread. */
+SSL *tls_client_check_ssl(pf_tls_client *t, int fd, const char *name);
+/* Pure: the name a health check verifies: tls.sni; else health_check.host; else the DNS
+ * name; else the endpoint's address; without a port. Returns sni or buf. */
+const char *tls_check_name(const pf_config_cluster *cfg, const char *endpoint, char *buf,
+                           size_t cap);
 /* Pure: the name an upstream connection verifies: tls.sni; else, for DNS and Kubernetes
  * clusters, the request's authority; else the endpoint's address; without a port. Returns
  * sni or buf. */

@@ -419,8 +419,6 @@ def test_cluster_tls_config_errors_name_the_file_and_the_json_path(pki, tmp_path
          f"$.clusters[0].tls.key_file: {pki.rsa[1]}: the key does not match"),
         ({"sni": "not a name"}, "$.clusters[0].tls.sni"),
         ({"alpn": ["h2"]}, "$.clusters[0].tls.alpn[0]"),
-        ({"sni": "api.test", "check": {"path": "/healthz"}},
-         "$.clusters[0].health_check.type: http checks do not speak TLS yet"),
         ({"sni": "api.test", "protocol": "h2"},
          "$.clusters[0].protocol: \"h2\" does not speak TLS yet"),
     ]

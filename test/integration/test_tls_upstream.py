@@ -5,7 +5,7 @@ never hands a connection verified for one host to another host's request."""
 import http.client
 import socket
 
-from harness import LOCALHOST, metric_sum, wait_for
+from harness import LOCALHOST, cluster, listener, make_config, metric_sum, route, wait_for
 from test_dns import DOMAIN, dns_config, dnsmasq  # noqa: F401
 from test_tls import TIMEOUT, pki, tls_backends  # noqa: F401
 
@@ -36,3 +36,58 @@ def test_a_connection_verified_for_one_host_is_not_reused_for_another(
     assert get(pf, "a.test")[0] == 200
     assert len(b.connections) == 1, b.connections  # a.test's connection, reused
     assert metric_sum(pf.metrics(), "pilotfish_upstream_pool_reuses_total", cluster="secure") >= 1
+
+
+def endpoint_state(pf, cluster="secure"):
+    for c in pf.admin_json("/clusters")["clusters"]:
+        if c["name"] == cluster:
+            return c["endpoints"][0]
+    raise AssertionError(f"no cluster {cluster}")
+
+
+def checked_pf(start_pilotfish, backend, pki, **hc):
+    check = {"type": "http", "path": "/healthz", "interval": "200ms", "timeout": "2s",
+             "unhealthy_threshold": 1, "healthy_threshold": 1, "initial": "unhealthy"}
+    check.update(hc)
+    cfg = make_config([listener("main", [route("secure")])],
+                      [cluster("secure", [backend.address], connect_timeout="2s",
+                               tls={"ca_file": pki.ca[0], "sni": "backend.test"},
+                               health_check=check)])
+    return start_pilotfish(cfg)
+
+
+def checks(pf, result):
+    return metric_sum(pf.metrics(), "pilotfish_health_checks_total", cluster="secure",
+                      result=result)
+
+
+def test_health_checks_of_a_tls_cluster_speak_tls_and_verify_the_endpoint(
+        start_pilotfish, tls_backends, pki):  # noqa: F811
+    good = tls_backends(pki._leaf("hc-good", pki.ca, "ec", "DNS:backend.test"))
+    pf = checked_pf(start_pilotfish, good, pki)
+    wait_for(lambda: endpoint_state(pf)["health"] == "healthy", 10, "the TLS check to pass")
+    assert endpoint_state(pf)["health_check"]["last_result"] == "HTTP 200"
+    assert len(good.connections) >= 1  # the backend only accepts TLS
+    assert get(pf, "backend.test")[0] == 200
+
+    # a certificate for another name: the check fails with the reason, as a request would
+    wrong = tls_backends(pki._leaf("hc-wrong", pki.ca, "ec", "DNS:other.test"))
+    pf2 = checked_pf(start_pilotfish, wrong, pki)
+    wait_for(lambda: checks(pf2, "failure") >= 1, 10, "a failed check")
+    state = endpoint_state(pf2)
+    assert state["health"] != "healthy", state
+    assert state["health_check"]["last_result"].startswith("TLS handshake failed:"), state
+
+
+def test_health_check_tls_false_checks_in_plaintext(start_pilotfish, start_backend, pki):  # noqa: F811
+    # the endpoints speak TLS to requests but answer checks on plaintext: here a plaintext
+    # backend shows the check went out without TLS
+    plain = start_backend("plain")
+    check = {"type": "http", "path": "/healthz", "interval": "200ms", "tls": False,
+             "unhealthy_threshold": 1, "healthy_threshold": 1, "initial": "unhealthy"}
+    cfg = make_config([listener("main", [route("secure")])],
+                      [cluster("secure", [plain.address], tls={"ca_file": pki.ca[0]},
+                               health_check=check)])
+    pf = start_pilotfish(cfg)
+    wait_for(lambda: endpoint_state(pf)["health"] == "healthy", 10, "the plaintext check to pass")
+    assert checks(pf, "success") >= 1
