@@ -304,6 +304,11 @@ static SSL *check_ssl(void *arg, int fd, const char *endpoint) {
     return tls_client_check_ssl(rt->tls, fd, name);
 }
 
+void proxy_cluster_describe_tls(const pf_proxy *proxy, size_t index, json_t *into) {
+    if (index < atomic_load(&proxy->cluster_count) && proxy->clusters[index].tls)
+        tls_client_describe(proxy->clusters[index].tls, into);
+}
+
 void proxy_cluster_set_health(pf_proxy *proxy, size_t index, pf_health *health) {
     pf_cluster_rt *rt = &proxy->clusters[index];
     rt->health = health;
@@ -363,8 +368,9 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
     for (size_t i = 0; i < cfg->cluster_count; i++) {
         if (cluster_init(proxy, &proxy->clusters[i], &cfg->clusters[i]) != PF_OK)
             goto nomem;
-        if (cfg->clusters[i].has_tls && !(proxy->clusters[i].tls = tls_client_new(
-                                              &cfg->clusters[i], proxy->worker_count, err))) {
+        if (cfg->clusters[i].has_tls &&
+            !(proxy->clusters[i].tls =
+                  tls_client_new(&cfg->clusters[i], proxy->worker_count, metrics, err))) {
             proxy_free(proxy);
             return NULL;
         }

@@ -5,6 +5,7 @@
 #include "proxy/tls_int.h"
 
 #include "core/log.h"
+#include "core/time.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define SESSION_CACHE_MAX 4096 /* server-side sessions kept for ID resumption */
 #define NAMES_MAX 64           /* SAN DNS names remembered per certificate for SNI */
@@ -623,19 +625,14 @@ void tls_count_handshake(SSL *ssl) {
         metrics_inc(c, 1);
 }
 
+static void upstream_failed(SSL *ssl, unsigned long e);
+
 pf_tls_failure tls_handshake_failed(SSL *ssl, int ssl_error, bool eof) {
     unsigned long e = ERR_peek_error();
     int reason = ERR_GET_REASON(e);
     if (!SSL_is_server(ssl)) {
         /* upstream: the owner counts a connect failure; the reason is told here */
-        long v = SSL_get_verify_result(ssl);
-        log_info("upstream TLS handshake failed name=%s reason=\"%s\"",
-                 SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)
-                     ? SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)
-                     : "-",
-                 v != X509_V_OK ? X509_verify_cert_error_string(v)
-                 : e            ? ERR_reason_error_string(e)
-                                : "connection closed");
+        upstream_failed(ssl, e);
         ERR_clear_error();
         return PF_TLS_FAIL_PROTOCOL;
     }
@@ -712,8 +709,32 @@ char *tls_client_cert_header(SSL *ssl) {
 
 /* ---- upstream (client) side ------------------------------------------------------------ */
 
+/* Why a connection to an endpoint failed its handshake: the `reason` label of
+ * pilotfish_upstream_tls_failures_total. */
+typedef enum {
+    UP_FAIL_EXPIRED,   /* the endpoint's certificate expired or is not valid yet */
+    UP_FAIL_UNTRUSTED, /* it does not chain to ca_file (or the system's CAs) */
+    UP_FAIL_NAME,      /* it does not name the host, address or SANs verified */
+    UP_FAIL_CERT,      /* another certificate problem (revoked, bad purpose, ...) */
+    UP_FAIL_HANDSHAKE, /* no certificate verdict: refused, a protocol alert, closed */
+    UP_FAIL_COUNT
+} up_failure;
+
+static const char *const up_failure_names[UP_FAIL_COUNT] = {
+    [UP_FAIL_EXPIRED] = "expired",     [UP_FAIL_UNTRUSTED] = "untrusted",
+    [UP_FAIL_NAME] = "name_mismatch",  [UP_FAIL_CERT] = "certificate",
+    [UP_FAIL_HANDSHAKE] = "handshake",
+};
+
 struct pf_tls_client {
     char name[PF_NAME_MAX];
+    pf_counter *failures[UP_FAIL_COUNT];
+    /* The last failure, for /clusters; written by workers on failures only. */
+    pthread_mutex_t last_lock;
+    char last_endpoint[PF_ADDRTEXT_MAX];
+    char last_name[PF_DNS_NAME_MAX];
+    char last_reason[128];
+    uint64_t last_wall_us;
     uintptr_t contexts;        /* contexts built so far: each is numbered (ctx_number_index) */
     pf_config_cluster_tls cfg; /* a copy: the cluster's config may be replaced by a reload */
     tls_published pub;
@@ -800,7 +821,8 @@ fail:
     return NULL;
 }
 
-pf_tls_client *tls_client_new(const pf_config_cluster *cfg, unsigned workers, pf_error *err) {
+pf_tls_client *tls_client_new(const pf_config_cluster *cfg, unsigned workers, pf_metrics *m,
+                              pf_error *err) {
     pthread_once(&client_once, client_index_init);
     pf_tls_client *t = calloc(1, sizeof *t);
     if (!t || published_init(&t->pub, workers + 1) != PF_OK) { /* + health checks' */
@@ -808,7 +830,18 @@ pf_tls_client *tls_client_new(const pf_config_cluster *cfg, unsigned workers, pf
         pf_fail(err, PF_ENOMEM, "out of memory");
         return NULL;
     }
+    pthread_mutex_init(&t->last_lock, NULL);
     snprintf(t->name, sizeof t->name, "%s", cfg->name);
+    char labels[PF_NAME_MAX + 64];
+    for (int i = 0; i < UP_FAIL_COUNT; i++) {
+        snprintf(labels, sizeof labels, "cluster=\"%s\",reason=\"%s\"", t->name,
+                 up_failure_names[i]);
+        t->failures[i] = metrics_counter(
+            m, "pilotfish_upstream_tls_failures_total",
+            "Connections to a cluster's endpoints whose TLS handshake failed, by reason "
+            "(each is also a connect failure).",
+            labels);
+    }
     t->cfg = cfg->tls;
     t->alpn_len = alpn_wire(&t->cfg.alpn, t->alpn);
     pf_error why = {{0}};
@@ -826,7 +859,105 @@ void tls_client_free(pf_tls_client *t) {
     if (!t)
         return;
     published_destroy(&t->pub);
+    pthread_mutex_destroy(&t->last_lock);
     free(t);
+}
+
+static up_failure classify_upstream(long verify) {
+    switch (verify) {
+    case X509_V_OK:
+        return UP_FAIL_HANDSHAKE;
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+        return UP_FAIL_EXPIRED;
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_CERT_UNTRUSTED:
+    case X509_V_ERR_CERT_SIGNATURE_FAILURE:
+        return UP_FAIL_UNTRUSTED;
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+    case X509_V_ERR_APPLICATION_VERIFICATION: /* verify_subject_alt_name */
+        return UP_FAIL_NAME;
+    default:
+        return UP_FAIL_CERT;
+    }
+}
+
+/* Counts, logs and remembers an endpoint's failed handshake. Worker thread. */
+static void upstream_failed(SSL *ssl, unsigned long e) {
+    pf_tls_client *t = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    long v = SSL_get_verify_result(ssl);
+    up_failure why = classify_upstream(v);
+    const char *reason = v != X509_V_OK ? X509_verify_cert_error_string(v)
+                         : e            ? ERR_reason_error_string(e)
+                                        : "connection closed";
+    if (!reason)
+        reason = "unknown";
+    /* the endpoint, from the socket: the SSL knows only the name */
+    char endpoint[PF_ADDRTEXT_MAX] = "-";
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char ip[INET6_ADDRSTRLEN];
+    if (getpeername(SSL_get_fd(ssl), (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+            if (inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip))
+                snprintf(endpoint, sizeof endpoint, "%s:%u", ip, ntohs(in->sin_port));
+        } else if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+            if (inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof ip))
+                snprintf(endpoint, sizeof endpoint, "[%s]:%u", ip, ntohs(in6->sin6_port));
+        }
+    }
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (!name)
+        name = X509_VERIFY_PARAM_get0_peername(SSL_get0_param(ssl));
+    log_info("upstream TLS handshake failed cluster=%s upstream=%s name=%s reason=\"%s\"",
+             t ? t->name : "-", endpoint, name ? name : "-", reason);
+    if (!t)
+        return;
+    if (t->failures[why])
+        metrics_inc(t->failures[why], 1);
+    pthread_mutex_lock(&t->last_lock);
+    snprintf(t->last_endpoint, sizeof t->last_endpoint, "%s", endpoint);
+    snprintf(t->last_name, sizeof t->last_name, "%s", name ? name : "");
+    snprintf(t->last_reason, sizeof t->last_reason, "%s", reason);
+    t->last_wall_us = pf_wall_us();
+    pthread_mutex_unlock(&t->last_lock);
+}
+
+void tls_client_describe(pf_tls_client *t, json_t *into) {
+    json_t *o = json_object();
+    json_t *counts = json_object();
+    for (int i = 0; i < UP_FAIL_COUNT; i++)
+        json_object_set_new(
+            counts, up_failure_names[i],
+            json_integer(t->failures[i] ? (json_int_t)atomic_load_explicit(&t->failures[i]->value,
+                                                                           memory_order_relaxed)
+                                        : 0));
+    json_object_set_new(o, "handshake_failures", counts);
+    pthread_mutex_lock(&t->last_lock);
+    if (t->last_wall_us) {
+        json_t *last = json_object();
+        json_object_set_new(last, "endpoint", json_string(t->last_endpoint));
+        json_object_set_new(last, "name", json_string(t->last_name));
+        json_object_set_new(last, "reason", json_string(t->last_reason));
+        char when[40];
+        time_t secs = (time_t)(t->last_wall_us / 1000000u);
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        json_object_set_new(last, "time", json_string(when));
+        json_object_set_new(o, "last_failure", last);
+    } else {
+        json_object_set_new(o, "last_failure", json_null());
+    }
+    pthread_mutex_unlock(&t->last_lock);
+    json_object_set_new(into, "tls", o);
 }
 
 int tls_client_reload(pf_tls_client *t, pf_error *err) {

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/metrics.h"
 
+#include <jansson.h>
 #include <openssl/ssl.h>
 #include <stddef.h>
 
@@ -63,7 +64,11 @@ char *tls_client_cert_header(SSL *ssl);
 /* Upstream TLS of a cluster: one client SSL_CTX (verification always on, the cluster's
  * client certificate). Returns NULL with the reason in err. Startup thread only. */
 typedef struct pf_tls_client pf_tls_client;
-pf_tls_client *tls_client_new(const pf_config_cluster *cfg, unsigned workers, pf_error *err);
+pf_tls_client *tls_client_new(const pf_config_cluster *cfg, unsigned workers, pf_metrics *m,
+                              pf_error *err);
+/* Sets into["tls"]: handshake failures by reason and the last one (endpoint, name, reason,
+ * time). Any thread. */
+void tls_client_describe(pf_tls_client *t, json_t *into);
 void tls_client_free(pf_tls_client *t);
 /* Reads the CA, certificate and key files again (main thread; as tls_server_reload). */
 int tls_client_reload(pf_tls_client *t, pf_error *err);
