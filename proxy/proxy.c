@@ -288,8 +288,20 @@ long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg) {
     if (index >= PF_MAX_CLUSTERS)
         return PF_ELIMIT;
     pf_cluster_rt *c = &proxy->clusters[index];
-    if (cluster_init(proxy, c, cfg) != PF_OK)
+    /* A TLS cluster replaced by a reload (another health check, policy, ...) keeps speaking
+     * TLS; its files are not watched for rotation (only the clusters pilotfish started
+     * with are). */
+    pf_error err = {{0}};
+    pf_tls_client *tls = NULL;
+    if (cfg->has_tls && !(tls = tls_client_new(cfg, proxy->worker_count, proxy->metrics, &err))) {
+        log_warn("cluster %s: %s", cfg->name, err.msg);
+        return PF_EINVAL;
+    }
+    if (cluster_init(proxy, c, cfg) != PF_OK) {
+        tls_client_free(tls);
         return PF_ENOMEM;
+    }
+    c->tls = tls;
     /* Published last: a worker that sees the new count sees a finished cluster. */
     atomic_store_explicit(&proxy->cluster_count, index + 1, memory_order_release);
     return (long)index;

@@ -67,7 +67,8 @@ struct pf_tls_watch {
 
 static file_id stat_file(const char *path) {
     struct stat st;
-    file_id id = {0};
+    file_id id;
+    memset(&id, 0, sizeof id); /* padding too: fingerprint() hashes the bytes */
     if (stat(path, &st) != 0) {
         id.missing = true;
         return id;

@@ -2,6 +2,7 @@
 name, so a DNS or Kubernetes cluster without tls.sni (which verifies each request's host)
 never hands a connection verified for one host to another host's request."""
 
+import copy
 import http.client
 import socket
 
@@ -91,3 +92,21 @@ def test_health_check_tls_false_checks_in_plaintext(start_pilotfish, start_backe
     pf = start_pilotfish(cfg)
     wait_for(lambda: endpoint_state(pf)["health"] == "healthy", 10, "the plaintext check to pass")
     assert checks(pf, "success") >= 1
+
+
+def test_a_tls_cluster_replaced_by_a_reload_still_speaks_tls(start_pilotfish, tls_backends, pki):  # noqa: F811
+    from test_reload import reload_by_signal
+    b = tls_backends(pki._leaf("reload-backend", pki.ca, "ec", "DNS:backend.test"))
+
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("secure")])],
+        [cluster("secure", [b.address], lb_policy="round_robin",
+                 tls={"ca_file": pki.ca[0], "sni": "backend.test"})]))
+    assert get(pf, "backend.test")[0] == 200
+    # a new lb_policy replaces the cluster (fresh state); TLS must come with it
+    changed = copy.deepcopy(pf.config)
+    changed["clusters"][0]["lb_policy"] = "least_request"
+    reload_by_signal(pf, changed)
+    status, body = get(pf, "backend.test", "/close")
+    assert status == 200, body
+    assert len(b.connections) >= 2  # a new connection, over TLS (the backend speaks nothing else)
