@@ -4,6 +4,8 @@
 #   make asan       the same tests under AddressSanitizer and UBSan (build/asan/)
 #   make demo       run pilotfish on examples/demo.json with two local backends
 #   make bench      benchmarks against haproxy (bench/)
+#   make testssl    testssl.sh's whole default scan of a TLS listener (about 90 s; the suite
+#                   runs a short one): no HIGH or CRITICAL finding
 #   make soak       fault soak under ASan, SOAK_SECONDS long (default 600; test/soak/soak.py)
 #   make deps       install missing Debian packages (idempotent, quiet when all is there)
 #   make tools      helm and kubectl for the packaging checks, in build/tools (quiet when there)
@@ -38,7 +40,7 @@ UNIT_BIN = $(UNIT_SRC:test/unit/%.c=$(BUILD)/unit/%)
 FAKE_BIN = $(BUILD)/pf-backend
 
 .SECONDARY:
-.PHONY: all deps tools image test unit integration asan demo bench fmt fmt-check clean check-layout fuzz soak
+.PHONY: all deps tools image test unit integration asan demo bench fmt fmt-check clean check-layout fuzz soak testssl
 
 all: $(BUILD)/pilotfish $(FAKE_BIN)
 
@@ -46,7 +48,8 @@ all: $(BUILD)/pilotfish $(FAKE_BIN)
 DEB_PKGS = gcc libc6-dev make pkg-config libevent-dev libc-ares-dev libcurl4-openssl-dev libjansson-dev \
 	libssl-dev libcunit1-dev node-llhttp python3 python3-pytest curl procps util-linux \
 	haproxy nginx-light wrk nghttp2-client dnsmasq-base bind9-dnsutils clang-format python3-yaml unzip \
-	libyaml-dev libpcre2-dev prometheus chromium python3-websockets libnghttp2-dev python3-h2 python3-grpcio
+	libyaml-dev libpcre2-dev prometheus chromium python3-websockets libnghttp2-dev python3-h2 python3-grpcio \
+	testssl.sh
 # $(call install_missing,PACKAGES): apt-get install those of PACKAGES not installed yet.
 define install_missing
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
@@ -161,6 +164,10 @@ demo: deps all
 
 bench: deps all
 	@bash bench/run.sh $(abspath $(BUILD))
+
+testssl: deps all
+	PILOTFISH_BUILD=$(abspath $(BUILD)) PILOTFISH_TESTSSL=full $(PYTHON) -m pytest -q -s \
+		-p no:cacheprovider test/integration/test_tls_testssl.py
 
 FMT_SRC = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
 fmt:

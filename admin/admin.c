@@ -268,6 +268,7 @@ static void handle_clusters(struct evhttp_request *req, void *arg) {
                                   endpoint_json(&set->endpoints[k],
                                                 i < admin->health_count ? admin->health[i] : NULL));
         json_object_set_new(c, "endpoints", eps);
+        proxy_cluster_describe_tls(admin->proxy, i, c);
         json_array_append_new(clusters, c);
         discovery_set_unref(set);
     }

@@ -2,8 +2,11 @@
 # TLS termination: pilotfish vs haproxy with the same ECDSA P-256 certificate in front of
 # the same pf-backend. Prints, per round, requests/s and requests per proxy CPU-second for
 # keep-alive requests and for full handshakes (Connection: close, no session resumption:
-# wrk opens every connection afresh), then the memory one idle TLS connection costs each.
-# Usage: bash bench/tls.sh BUILD_DIR   (a quick look, not a timed test; ~90 s)
+# wrk opens every connection afresh), then handshakes per proxy CPU-second for resumed
+# sessions (openssl s_time -reuse: one HTTP/1.0 request per connection, each resuming the
+# first connection's session; TLS 1.3 PSK), then the memory one idle TLS connection costs
+# each (SSL_MODE_RELEASE_BUFFERS: no record buffers while idle).
+# Usage: bash bench/tls.sh BUILD_DIR   (a quick look, not a timed test; ~2 min)
 set -eu
 B=$(cd "${1:-build}" && pwd)
 ROUNDS=${BENCH_ROUNDS:-2}
@@ -72,12 +75,37 @@ print(f"{label:32s} req/s={float(rps):9.0f} proxy_cpu_s={cpu:6.2f} "
       f"req_per_cpu_s={int(total) / cpu if cpu else 0:9.0f}")
 P
 }
+resumed() { # label pid port: s_time -reuse, two clients at once (one is latency-bound)
+    local label=$1 pid=$2 p=$3 c0 c1 a b
+    c0=$(cpu "$pid")
+    taskset -c 1 openssl s_time -connect "127.0.0.1:$p" -reuse -time "${DUR%s}" -www / >st1.out 2>&1 &
+    a=$!
+    taskset -c 1 openssl s_time -connect "127.0.0.1:$p" -reuse -time "${DUR%s}" -www / >st2.out 2>&1 &
+    b=$!
+    wait "$a" "$b"
+    c1=$(cpu "$pid")
+    python3 - "$label" "$c0" "$c1" "$TCK" "${DUR%s}" <<'P'
+import re, sys
+label, c0, c1, tck, dur = sys.argv[1:]
+n = 0
+for f in ("st1.out", "st2.out"):
+    m = re.search(r"(\d+) connections in [\d.]+ real seconds", open(f).read())
+    n += int(m.group(1)) if m else 0
+cpu = (float(c1) - float(c0)) / float(tck)
+print(f"{label:32s} conn/s={n / float(dur):9.0f} proxy_cpu_s={cpu:6.2f} "
+      f"handshakes_per_cpu_s={n / cpu if cpu else 0:9.0f}")
+P
+}
 for r in $(seq "$ROUNDS"); do
     run "pilotfish keep-alive" "$PF" "$PP"
     run "haproxy keep-alive" "$HA" "$HP"
     run "pilotfish full handshakes" "$PF" "$PP" -H "Connection: close"
     run "haproxy full handshakes" "$HA" "$HP" -H "Connection: close"
+    resumed "pilotfish resumed handshakes" "$PF" "$PP"
+    resumed "haproxy resumed handshakes" "$HA" "$HP"
 done
+# how pilotfish's handshakes went: wrk's are full ones, s_time's resumed
+curl -s "127.0.0.1:$AP/stats/prometheus" | grep '^pilotfish_tls_handshakes_total' || true
 python3 - "$PP" "$PF" "$HP" "$HA" <<'P'
 import socket, ssl, sys, time
 def rss(pid):

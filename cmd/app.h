@@ -10,6 +10,7 @@
 #include "discovery/kubernetes.h"
 #include "health/health.h"
 #include "proxy/proxy.h"
+#include "proxy/tls_rotation.h"
 
 #include <event2/event.h>
 
@@ -32,6 +33,7 @@ typedef struct app {
     uint64_t drain_deadline_ms;
     int signals_seen;
     struct app_reload *reload; /* cmd/reload.c */
+    pf_tls_watch *tls_watch;   /* certificate rotation */
 } app;
 
 /* cmd/main.c: creates the discovered slot and health of the proxy's cluster i and starts

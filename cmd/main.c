@@ -353,7 +353,8 @@ static int run(app *a, unsigned workers) {
         log_error("%s", err.msg);
         return 1;
     }
-    if (start_health(a, &err) != PF_OK) {
+    if (!(a->tls_watch = tls_watch_new(a->base, a->proxy, a->metrics, &err)) ||
+        start_health(a, &err) != PF_OK) {
         log_error("%s", err.msg);
         return 1;
     }
@@ -416,6 +417,7 @@ static void app_free(app *a) {
     proxy_free(a->proxy);
     autodiscover_free(a->autodiscover); /* health the workers reported into */
     admin_free(a->admin);
+    tls_watch_free(a->tls_watch); /* after the admin server: a scrape reads it */
     stop_health(a);
     if (a->base)
         event_base_free(a->base);

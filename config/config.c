@@ -1576,6 +1576,8 @@ static void tls_finish(loader *ld, json_t *v, const char *path, void *obj) {
         errf(ld, jkey(p, path, "certificates"), "give at least one certificate");
     if (t->certificate_count > PF_TLS_MAX_CERTS)
         errf(ld, jkey(p, path, "certificates"), "at most %d certificates", PF_TLS_MAX_CERTS);
+    if (t->session_ticket_rotation_ms < PF_TICKET_ROTATION_MIN_MS)
+        errf(ld, jkey(p, path, "session_ticket_rotation"), "at least 1s");
     if ((t->require_client_cert || t->allowed_client_sans.count) && !t->client_ca_file[0])
         errf(ld, jkey(p, path, "client_ca_file"),
              "missing: require_client_cert and allowed_client_sans need the CA that signs "
@@ -2241,14 +2243,14 @@ static void cluster_finish(loader *ld, json_t *v, const char *path, void *obj) {
     } else if (!eps) {
         errf(ld, path, "missing required key \"endpoints\" (or \"dns\" for endpoints from DNS)");
     }
-    /* Health checks speak plaintext HTTP: against a TLS endpoint every check would fail and
-     * take it out. Until they speak TLS, only connect (tcp) checks make sense there. */
+    /* Health checks of a TLS cluster speak TLS (HTTP/1.1 or a bare handshake); the gRPC
+     * check is framed over plaintext HTTP/2 only, so it needs health_check.tls false there. */
     char hc[JPATH_MAX], p[JPATH_MAX];
-    if (c->has_tls && json_object_get(v, "health_check") &&
-        (c->health_check.type == PF_CHECK_HTTP || c->health_check.type == PF_CHECK_GRPC))
+    if (c->has_tls && json_object_get(v, "health_check") && c->health_check.tls &&
+        c->health_check.type == PF_CHECK_GRPC)
         errf(ld, jkey(p, jkey(hc, path, "health_check"), "type"),
-             "%s checks do not speak TLS yet; a cluster with \"tls\" can use \"tcp\" checks",
-             check_type_names[c->health_check.type - 1]);
+             "grpc checks do not speak TLS yet; a cluster with \"tls\" can use \"http\" or "
+             "\"tcp\" checks, or \"tls\": false to check in plaintext");
     /* tls.alpn is what HTTP/1 connections offer; HTTP/2 connections (protocol h2, or
      * downstream for HTTP/2 clients) always offer "h2" alone. An endpoint told "h2" on an
      * HTTP/1 connection would answer in frames the HTTP/1 codec cannot read. */
@@ -2584,6 +2586,10 @@ static const key_def listener_tls_keys[] = {
               "client certificate SANs accepted: exact, or a prefix ending in /*"),
      .off = offsetof(pf_config_listener_tls, allowed_client_sans), .parse = parse_client_sans,
      .dump = dump_client_sans, .doc_default = "any"},
+    {K_DUR(pf_config_listener_tls, "session_ticket_rotation", session_ticket_rotation_ms,
+           PF_DEFAULT_TICKET_ROTATION_MS,
+           "a new session ticket key this often; a ticket resumes for one to two periods"),
+     .flags = KF_POSITIVE},
 };
 static const schema listener_tls_schema = {.doc_name = "listeners[].tls",
                                            SCHEMA_KEYS(listener_tls_keys),
@@ -2723,6 +2729,9 @@ static const key_def health_keys[] = {
             PF_DEFAULT_HEALTHY_THRESHOLD, "passes in a row that bring it back")},
     {K_DUR(pf_config_health_check, "jitter", jitter_ms, PF_DEFAULT_CHECK_JITTER_MS,
            "a random 0..jitter added to each wait")},
+    {K_BOOL(pf_config_health_check, "tls", tls, true,
+            "for a cluster with tls: checks speak TLS, verified as requests are; false: "
+            "plaintext")},
     {K_CUSTOM("initial", "healthy or unhealthy", "a new endpoint's state before its first check"),
      .parse = parse_initial, .init = init_initial, .dump = dump_initial, .doc_default = "healthy"},
     {K_CUSTOM("send", "string", "tcp: bytes written after the connect"), .parse = parse_payload,

@@ -195,6 +195,7 @@ typedef struct pf_config_health_check {
     char expect[PF_CHECK_PAYLOAD_MAX]; /* tcp: bytes the answer must contain */
     size_t expect_len;
     char service[PF_CHECK_SERVICE_MAX]; /* grpc: the service asked about; "": the server */
+    bool tls; /* a TLS cluster's checks speak TLS; false: plaintext (no effect without tls) */
 } pf_config_health_check;
 
 /* Passive outlier ejection (health/): off unless "outlier_detection" is given. */
@@ -285,6 +286,8 @@ typedef struct pf_config_cluster_k8s {
 #define PF_TLS_SAN_MAX 256
 
 typedef enum { PF_TLS_1_2 = 12, PF_TLS_1_3 = 13 } pf_tls_version;
+#define PF_DEFAULT_TICKET_ROTATION_MS (3600u * 1000u)
+#define PF_TICKET_ROTATION_MIN_MS 1000u
 
 typedef struct pf_config_tls_cert {
     char cert_file[PF_TLS_FILE_MAX]; /* PEM: the certificate, then its chain */
@@ -310,7 +313,8 @@ typedef struct pf_config_listener_tls {
     pf_config_alpn alpn;
     char client_ca_file[PF_TLS_FILE_MAX]; /* "": client certificates are not asked for */
     bool require_client_cert;
-    pf_config_sans allowed_client_sans; /* none: any the CA signed */
+    pf_config_sans allowed_client_sans;  /* none: any the CA signed */
+    uint64_t session_ticket_rotation_ms; /* a new ticket key this often; tickets live 2x */
 } pf_config_listener_tls;
 
 /* TLS toward a cluster's endpoints ($.clusters[].tls). The peer is always verified. */

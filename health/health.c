@@ -77,6 +77,8 @@ struct pf_health {
     pf_counter *checks[PROBE_RESULTS];
     pf_counter *ejections[EJECT_REASONS];
     pf_gauge *ejected_gauge;
+    pf_health_tls_fn tls; /* checks speak TLS through it; NULL: plaintext */
+    void *tls_arg;
 };
 
 /* ---- small helpers ------------------------------------------------------------------ */
@@ -296,7 +298,19 @@ static hnode *node_new(pf_health *h, const pf_endpoint *ep) {
         node_free(n);
         return NULL;
     }
+    n->probe.tls = h->tls;
+    n->probe.tls_arg = h->tls_arg;
     return n;
+}
+
+void health_set_tls(pf_health *h, pf_health_tls_fn fn, void *arg) {
+    h->tls = fn;
+    h->tls_arg = arg;
+    for (size_t i = 0; i < h->count; i++) {
+        probe_cancel(&h->nodes[i]->probe); /* a plaintext connection kept from before */
+        h->nodes[i]->probe.tls = fn;
+        h->nodes[i]->probe.tls_arg = arg;
+    }
 }
 
 /* A node leaving the cluster takes its ejection with it. */

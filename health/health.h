@@ -57,6 +57,15 @@ void health_stop(pf_health *h);
 /* Stops and frees; unsubscribes from the discovered slot. NULL is a no-op. Main thread. */
 void health_free(pf_health *h);
 
+/* Makes the TLS client of one check: an SSL on the connected socket fd that verifies the
+ * endpoint (`endpoint`: its address text) the way requests do. NULL when out of memory.
+ * Main thread. */
+struct ssl_st;
+typedef struct ssl_st *(*pf_health_tls_fn)(void *arg, int fd, const char *endpoint);
+/* Checks of this cluster speak TLS through fn (a TLS cluster, unless health_check.tls is
+ * false). Main thread, before health_start. */
+void health_set_tls(pf_health *h, pf_health_tls_fn fn, void *arg);
+
 /* Records the outcome of one request to `ep`, an endpoint of a set taken from the
  * effective slot (its stats are what this counts on). Lock-free: relaxed atomics, and a
  * wake-up of health's loop (one write to an eventfd) only when a consecutive-failure

@@ -15,6 +15,8 @@
 #include "health/verdict.h"
 
 #include <errno.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -62,6 +64,10 @@ static void close_socket(probe *p) {
     if (p->io) {
         event_free(p->io);
         p->io = NULL;
+    }
+    if (p->ssl) {
+        SSL_free(p->ssl); /* no close_notify: the check is over either way */
+        p->ssl = NULL;
     }
     if (p->fd >= 0) {
         close(p->fd);
@@ -170,12 +176,43 @@ static void after_send(probe *p) {
     }
 }
 
+/* After a TLS call that returned n <= 0: waits for what OpenSSL needs and returns true, or
+ * returns false with *err set to what ended the connection (0: closed cleanly). */
+static bool tls_wait(probe *p, int n, int *err) {
+    int e = SSL_get_error(p->ssl, n);
+    *err = 0;
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        if (watch(p, e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE) != PF_OK)
+            *err = ENOMEM;
+        return *err == 0;
+    }
+    if (e == SSL_ERROR_SYSCALL)
+        *err = errno;
+    else if (e != SSL_ERROR_ZERO_RETURN)
+        *err = ECONNRESET;
+    ERR_clear_error();
+    return false;
+}
+
+/* Moves out bytes: the socket's send(), or SSL_write for TLS (-1 and errno EAGAIN while
+ * it waits, its event armed). */
+static ssize_t send_some(probe *p, const char *data, size_t len) {
+    if (!p->ssl)
+        return send(p->fd, data, len, MSG_NOSIGNAL);
+    int n = SSL_write(p->ssl, data, (int)len);
+    if (n > 0)
+        return n;
+    int err;
+    errno = tls_wait(p, n, &err) ? EAGAIN : err ? err : EPIPE;
+    return -1;
+}
+
 static void do_send(probe *p) {
     while (p->sent < p->out_len) {
-        ssize_t n = send(p->fd, p->out + p->sent, p->out_len - p->sent, MSG_NOSIGNAL);
+        ssize_t n = send_some(p, p->out + p->sent, p->out_len - p->sent);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                if (watch(p, EV_WRITE) != PF_OK)
+                if (!p->ssl && watch(p, EV_WRITE) != PF_OK)
                     decide(p, false, PROBE_FAIL, "out of memory");
                 return;
             }
@@ -255,10 +292,27 @@ static void on_eof(probe *p) {
     decide_closed(p, 0);
 }
 
+/* Reads answer bytes: recv(), or SSL_read for TLS (-1 and errno EAGAIN while it waits, 0
+ * at the end). */
+static ssize_t recv_some(probe *p, char *buf, size_t cap) {
+    if (!p->ssl)
+        return recv(p->fd, buf, cap, 0);
+    int n = SSL_read(p->ssl, buf, (int)cap);
+    if (n > 0)
+        return n;
+    int err;
+    if (tls_wait(p, n, &err)) {
+        errno = EAGAIN;
+        return -1;
+    }
+    errno = err;
+    return err ? -1 : 0;
+}
+
 static void do_read(probe *p) {
     char buf[PROBE_READ_CHUNK];
     for (;;) {
-        ssize_t n = recv(p->fd, buf, sizeof buf, 0);
+        ssize_t n = recv_some(p, buf, sizeof buf);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -289,6 +343,34 @@ static void do_read(probe *p) {
     }
 }
 
+/* Why a TLS handshake failed, for the detail: the certificate check's verdict when it
+ * failed, else OpenSSL's reason. */
+static void decide_handshake_failed(probe *p) {
+    long v = SSL_get_verify_result(p->ssl);
+    unsigned long e = ERR_peek_error();
+    const char *why = v != X509_V_OK ? X509_verify_cert_error_string(v)
+                      : e            ? ERR_reason_error_string(e)
+                                     : "connection closed";
+    decide(p, false, PROBE_FAIL, "TLS handshake failed: %s", why ? why : "unknown");
+    ERR_clear_error();
+}
+
+static void do_handshake(probe *p) {
+    int n = SSL_do_handshake(p->ssl);
+    if (n == 1) {
+        p->phase = PROBE_SENDING;
+        do_send(p);
+        return;
+    }
+    int e = SSL_get_error(p->ssl, n);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        if (watch(p, e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE) != PF_OK)
+            decide(p, false, PROBE_FAIL, "out of memory");
+        return;
+    }
+    decide_handshake_failed(p);
+}
+
 static void on_io(evutil_socket_t fd, short what, void *arg) {
     probe *p = arg;
     switch (p->phase) {
@@ -301,10 +383,22 @@ static void on_io(evutil_socket_t fd, short what, void *arg) {
             decide_connect_error(p, err);
             return;
         }
+        if (p->tls) {
+            if (!(p->ssl = p->tls(p->tls_arg, p->fd, p->addr.text))) {
+                decide(p, false, PROBE_FAIL, "out of memory");
+                return;
+            }
+            p->phase = PROBE_HANDSHAKE;
+            do_handshake(p);
+            return;
+        }
         p->phase = PROBE_SENDING;
         do_send(p);
         return;
     }
+    case PROBE_HANDSHAKE:
+        do_handshake(p);
+        return;
     case PROBE_SENDING:
         do_send(p);
         return;

@@ -10,6 +10,7 @@
 
 #include <event2/event.h>
 #include <llhttp.h>
+#include <openssl/ssl.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -29,9 +30,13 @@ typedef enum {
  * ("HTTP 503", "connect refused", "timeout") and is valid during the call only. */
 typedef void (*probe_done_fn)(void *arg, probe_result result, const char *detail);
 
+/* A check of a TLS cluster: the SSL for a connected socket (see health_set_tls). */
+typedef SSL *(*probe_tls_fn)(void *arg, int fd, const char *endpoint);
+
 typedef enum {
     PROBE_IDLE,
     PROBE_CONNECTING,
+    PROBE_HANDSHAKE, /* TLS checks: connected, the handshake runs */
     PROBE_SENDING,
     PROBE_READING,
     PROBE_DECIDED
@@ -43,7 +48,10 @@ typedef struct probe {
     probe_done_fn done;
     void *arg;
     probe_phase phase;
-    int fd;                 /* also open between checks: a kept-alive HTTP connection */
+    int fd;           /* also open between checks: a kept-alive HTTP connection */
+    SSL *ssl;         /* TLS checks: on fd, NULL without one */
+    probe_tls_fn tls; /* NULL: plaintext checks */
+    void *tls_arg;
     struct event *io;       /* on fd, NULL without one */
     short io_events;        /* what io waits for */
     bool reused;            /* this check started on a kept-alive connection */

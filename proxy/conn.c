@@ -873,7 +873,7 @@ int conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struc
     c->stream =
         stream_new(w->base, fd, l->cfg->buffer_bytes, l->cfg->buffer_bytes / 2, &callbacks, c);
     c->timer = evtimer_new(w->base, on_timer, c);
-    SSL *ssl = c->stream && l->tls ? tls_server_ssl(l->tls, fd) : NULL;
+    SSL *ssl = c->stream && l->tls ? tls_server_ssl(l->tls, w->id, fd) : NULL;
     if (ssl)
         stream_set_tls(c->stream, ssl);
     if (!c->stream || !c->timer || (l->tls && !ssl)) {

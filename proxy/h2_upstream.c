@@ -537,7 +537,7 @@ static int start_tls(h2u_conn *c, int fd, const pf_endpoint *ep, const pf_exchan
     char buf[PF_DNS_NAME_MAX];
     const char *name = tls_upstream_name(c->wc->rt->cfg, req->fwd.host, req->fwd.host_len,
                                          ep->addr.text, buf, sizeof buf);
-    SSL *ssl = tls_client_ssl(c->wc->rt->tls, fd, name, NULL);
+    SSL *ssl = tls_client_ssl(c->wc->rt->tls, c->w->id, fd, name, NULL, NULL);
     if (!ssl)
         return PF_ENOMEM;
     if (SSL_set_alpn_protos(ssl, h2_alpn, sizeof h2_alpn) != 0) {

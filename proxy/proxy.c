@@ -324,15 +324,44 @@ long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg) {
     if (index >= PF_MAX_CLUSTERS)
         return PF_ELIMIT;
     pf_cluster_rt *c = &proxy->clusters[index];
-    if (cluster_init(proxy, c, cfg) != PF_OK)
+    /* A TLS cluster replaced by a reload (another health check, policy, ...) keeps speaking
+     * TLS; its files are not watched for rotation (only the clusters pilotfish started
+     * with are). */
+    pf_error err = {{0}};
+    pf_tls_client *tls = NULL;
+    if (cfg->has_tls && !(tls = tls_client_new(cfg, proxy->worker_count, proxy->metrics, &err))) {
+        log_warn("cluster %s: %s", cfg->name, err.msg);
+        return PF_EINVAL;
+    }
+    if (cluster_init(proxy, c, cfg) != PF_OK) {
+        tls_client_free(tls);
         return PF_ENOMEM;
+    }
+    c->tls = tls;
     /* Published last: a worker that sees the new count sees a finished cluster. */
     atomic_store_explicit(&proxy->cluster_count, index + 1, memory_order_release);
     return (long)index;
 }
 
+/* Health checks of a TLS cluster connect as its requests do: its CA, client certificate
+ * (rotation included) and the name tls_check_name picks. */
+static SSL *check_ssl(void *arg, int fd, const char *endpoint) {
+    pf_cluster_rt *rt = arg;
+    char buf[PF_DNS_NAME_MAX];
+    const char *name = tls_check_name(rt->owned_cfg, endpoint, buf, sizeof buf);
+    return tls_client_check_ssl(rt->tls, fd, name);
+}
+
+void proxy_cluster_describe_tls(const pf_proxy *proxy, size_t index, json_t *into) {
+    if (index < atomic_load(&proxy->cluster_count) && proxy->clusters[index].tls)
+        tls_client_describe(proxy->clusters[index].tls, into);
+}
+
 void proxy_cluster_set_health(pf_proxy *proxy, size_t index, pf_health *health) {
-    proxy->clusters[index].health = health;
+    pf_cluster_rt *rt = &proxy->clusters[index];
+    rt->health = health;
+    if (health && rt->tls && rt->owned_cfg->health_check.tls)
+        health_set_tls(health, check_ssl, rt);
 }
 
 void proxy_cluster_retire(pf_proxy *proxy, size_t index) {
@@ -388,7 +417,8 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
         if (cluster_init(proxy, &proxy->clusters[i], &cfg->clusters[i]) != PF_OK)
             goto nomem;
         if (cfg->clusters[i].has_tls &&
-            !(proxy->clusters[i].tls = tls_client_new(&cfg->clusters[i], err))) {
+            !(proxy->clusters[i].tls =
+                  tls_client_new(&cfg->clusters[i], proxy->worker_count, metrics, err))) {
             proxy_free(proxy);
             return NULL;
         }
@@ -406,7 +436,8 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
         l->state = PF_LISTENER_LIVE;
         proxy->listener_slot[i] = i;
         proxy_listener_metrics(metrics, l);
-        if (l->cfg->has_tls && !(l->tls = tls_server_new(l->cfg, metrics, err))) {
+        if (l->cfg->has_tls &&
+            !(l->tls = tls_server_new(l->cfg, proxy->worker_count, metrics, err))) {
             proxy_free(proxy);
             return NULL;
         }

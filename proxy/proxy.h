@@ -156,6 +156,11 @@ bool proxy_cluster_retired(const pf_proxy *proxy, size_t index);
  * must outlive the workers). Main thread, before the cluster takes traffic. */
 void proxy_cluster_set_health(pf_proxy *proxy, size_t index, pf_health *health);
 
+/* For a TLS cluster, sets into["tls"]: its endpoints' handshake failures by reason
+ * (expired, untrusted, name_mismatch, certificate, handshake) and the last one. Any
+ * thread. */
+void proxy_cluster_describe_tls(const pf_proxy *proxy, size_t index, json_t *into);
+
 /* True while the cluster balances over every endpoint because too few are healthy. */
 bool proxy_cluster_panic(const pf_proxy *proxy, size_t index);
 

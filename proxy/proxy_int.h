@@ -125,10 +125,14 @@ typedef struct pf_listener_rt {
     bool retiring; /* RETIRED, and some worker may still accept on it (main thread) */
 } pf_listener_rt;
 
-/* Idle upstream connections to one endpoint address, per worker and cluster. */
+/* Idle upstream connections to one endpoint address, per worker and cluster; for TLS, per
+ * address and the name the connections verified (a DNS or Kubernetes cluster without
+ * tls.sni verifies each request's host, so a connection is only reused for its name). */
+#define PF_POOL_NAMES_PER_ENDPOINT 16 /* names kept per address; the oldest goes first */
 typedef struct pf_pool_bucket {
     char addr[PF_ADDRTEXT_MAX];
-    pf_upstream *idle; /* most recently used first */
+    char name[PF_DNS_NAME_MAX]; /* TLS: the verified name; "" for plaintext */
+    pf_upstream *idle;          /* most recently used first */
     size_t idle_count;
     SSL_SESSION *tls_session; /* TLS clusters: the endpoint's latest session, to resume */
     struct pf_pool_bucket *next;

@@ -59,6 +59,8 @@ struct pf_upstream {
     pf_upstream *next_idle;
     pf_endpoint_stats *stats;
     char addr[PF_ADDRTEXT_MAX];
+    char tls_name[PF_DNS_NAME_MAX]; /* TLS: the name verified (its pool bucket's); else "" */
+    SSL_SESSION *tls_session; /* the latest the endpoint sent on this connection, to pass on */
     bool connected;
     bool reused;
     uint32_t requests; /* started on this connection, for max_requests_per_connection */
@@ -124,11 +126,31 @@ static void end_pending(pf_upstream *up) {
     }
 }
 
+static pf_pool_bucket *bucket_for(pf_worker_cluster *wc, const char *addr, const char *name,
+                                  bool create);
+
+/* Hands the connection's latest TLS session to its endpoint and name's bucket, for the
+ * next connection to resume (a bucket may go while a connection runs: the connection holds
+ * the session meanwhile). */
+static void pass_session(pf_upstream *up) {
+    if (!up->tls_session)
+        return;
+    pf_pool_bucket *b = up->wc ? bucket_for(up->wc, up->addr, up->tls_name, false) : NULL;
+    if (b) {
+        tls_session_free(b->tls_session);
+        b->tls_session = up->tls_session;
+    } else {
+        tls_session_free(up->tls_session);
+    }
+    up->tls_session = NULL;
+}
+
 static void upstream_free(pf_upstream *up) {
     if (!up)
         return;
     end_pending(up);
-    stream_free(up->stream);
+    stream_free(up->stream); /* before pass_session: the SSL stores into up->tls_session */
+    pass_session(up);
     if (up->timer)
         event_free(up->timer);
     http1_head_free(&up->resp);
@@ -144,17 +166,45 @@ static unsigned bucket_index(const char *addr) {
     return h % PF_POOL_BUCKETS;
 }
 
-static pf_pool_bucket *bucket_for(pf_worker_cluster *wc, const char *addr, bool create) {
+static void bucket_free(pf_pool_bucket *b) {
+    while (b->idle) {
+        pf_upstream *up = b->idle;
+        b->idle = up->next_idle;
+        up->bucket = NULL;
+        upstream_free(up);
+    }
+    tls_session_free(b->tls_session);
+    free(b);
+}
+
+/* The bucket of (addr, name). Names come from requests' hosts, so an address keeps at most
+ * PF_POOL_NAMES_PER_ENDPOINT of them: a new one beyond that replaces the oldest. */
+static pf_pool_bucket *bucket_for(pf_worker_cluster *wc, const char *addr, const char *name,
+                                  bool create) {
     unsigned i = bucket_index(addr);
-    for (pf_pool_bucket *b = wc->buckets[i]; b; b = b->next)
-        if (strcmp(b->addr, addr) == 0)
+    size_t same_addr = 0;
+    pf_pool_bucket **oldest = NULL;
+    for (pf_pool_bucket **at = &wc->buckets[i]; *at; at = &(*at)->next) {
+        pf_pool_bucket *b = *at;
+        if (strcmp(b->addr, addr) != 0)
+            continue;
+        if (strcmp(b->name, name) == 0)
             return b;
+        same_addr++;
+        oldest = at; /* new buckets go first: the last one seen is the oldest */
+    }
     if (!create)
         return NULL;
+    if (same_addr >= PF_POOL_NAMES_PER_ENDPOINT && oldest) {
+        pf_pool_bucket *gone = *oldest;
+        *oldest = gone->next;
+        bucket_free(gone);
+    }
     pf_pool_bucket *b = calloc(1, sizeof *b);
     if (!b)
         return NULL;
     snprintf(b->addr, sizeof b->addr, "%s", addr);
+    snprintf(b->name, sizeof b->name, "%s", name);
     b->next = wc->buckets[i];
     wc->buckets[i] = b;
     return b;
@@ -201,14 +251,8 @@ void pool_prune(pf_worker_cluster *wc, const pf_endpoint_set *set) {
             }
             /* Departed: its idle connections would only hold descriptors and count against
              * max_connections until idle_timeout. Busy ones close on release. */
-            while (b->idle) {
-                pf_upstream *up = b->idle;
-                b->idle = up->next_idle;
-                up->bucket = NULL;
-                upstream_free(up);
-            }
             *at = b->next;
-            free(b);
+            bucket_free(b);
         }
     }
 }
@@ -217,19 +261,12 @@ void pool_free_all(pf_worker_cluster *wc) {
     h2_upstream_free_all(wc);
     for (unsigned i = 0; i < PF_POOL_BUCKETS; i++) {
         pf_pool_bucket *b = wc->buckets[i];
+        wc->buckets[i] = NULL; /* first: freed connections look their bucket up */
         while (b) {
             pf_pool_bucket *next = b->next;
-            while (b->idle) {
-                pf_upstream *up = b->idle;
-                b->idle = up->next_idle;
-                up->bucket = NULL;
-                upstream_free(up);
-            }
-            tls_session_free(b->tls_session);
-            free(b);
+            bucket_free(b);
             b = next;
         }
-        wc->buckets[i] = NULL;
     }
 }
 
@@ -407,8 +444,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
-static pf_upstream *take_idle(pf_worker_cluster *wc, const pf_endpoint *ep) {
-    pf_pool_bucket *b = bucket_for(wc, ep->addr.text, false);
+static pf_upstream *take_idle(pf_worker_cluster *wc, const pf_endpoint *ep, const char *name) {
+    pf_pool_bucket *b = bucket_for(wc, ep->addr.text, name, false);
     if (!b || !b->idle)
         return NULL;
     pf_upstream *up = b->idle;
@@ -419,16 +456,28 @@ static pf_upstream *take_idle(pf_worker_cluster *wc, const pf_endpoint *ep) {
     return up;
 }
 
-/* TLS clusters: the stream speaks TLS to the endpoint, verifying the name the cluster says,
- * and resumes the session the endpoint last gave this worker. */
-static int start_tls(pf_upstream *up, int fd, const pf_endpoint *ep,
-                     const pf_exchange_request *req) {
+/* The name a TLS connection to ep verifies for this request (see tls_upstream_name), in
+ * name[PF_DNS_NAME_MAX]; "" for plaintext. */
+static void upstream_tls_name(pf_worker_cluster *wc, const pf_endpoint *ep,
+                              const pf_exchange_request *req, char *name) {
+    name[0] = '\0';
+    if (!wc->rt->tls)
+        return;
+    const char *n = tls_upstream_name(wc->rt->cfg, req->fwd.host, req->fwd.host_len, ep->addr.text,
+                                      name, PF_DNS_NAME_MAX);
+    if (n != name)
+        snprintf(name, PF_DNS_NAME_MAX, "%s", n);
+}
+
+/* TLS clusters: the stream speaks TLS to the endpoint, verifying up->tls_name, and resumes
+ * the session the endpoint last gave this worker for that name. */
+static int start_tls(pf_upstream *up, int fd, const pf_endpoint *ep) {
     pf_worker_cluster *wc = up->wc;
-    char buf[PF_DNS_NAME_MAX];
-    const char *name = tls_upstream_name(wc->rt->cfg, req->fwd.host, req->fwd.host_len,
-                                         ep->addr.text, buf, sizeof buf);
-    pf_pool_bucket *b = bucket_for(wc, ep->addr.text, true);
-    SSL *ssl = tls_client_ssl(wc->rt->tls, fd, name, b ? &b->tls_session : NULL);
+    /* made now (not at release) so that a connection the endpoint closes after one
+     * response still has a bucket to leave its session in */
+    pf_pool_bucket *b = bucket_for(wc, ep->addr.text, up->tls_name, true);
+    SSL *ssl = tls_client_ssl(wc->rt->tls, up->w->id, fd, up->tls_name, b ? b->tls_session : NULL,
+                              &up->tls_session);
     if (!ssl)
         return PF_ENOMEM;
     stream_set_tls(up->stream, ssl);
@@ -436,7 +485,7 @@ static int start_tls(pf_upstream *up, int fd, const pf_endpoint *ep,
 }
 
 static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_endpoint *ep,
-                                const pf_exchange_request *req) {
+                                const char *tls_name) {
     pf_upstream *up = calloc(1, sizeof *up);
     if (!up)
         return NULL;
@@ -445,6 +494,7 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
     up->pending = true;
     upstream_count_opening(wc);
     snprintf(up->addr, sizeof up->addr, "%s", ep->addr.text);
+    snprintf(up->tls_name, sizeof up->tls_name, "%s", tls_name);
     http1_head_init(&up->resp, PF_UPSTREAM_MAX_HEADER_BYTES, PF_DEFAULT_MAX_HEADERS * 2);
     up->timer = evtimer_new(w->base, on_timer, up);
     int fd = socket(ep->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -464,7 +514,7 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
         upstream_free(up);
         return NULL;
     }
-    if (wc->rt->tls && start_tls(up, fd, ep, req) != PF_OK) {
+    if (wc->rt->tls && start_tls(up, fd, ep) != PF_OK) {
         upstream_free(up);
         return NULL;
     }
@@ -514,7 +564,9 @@ static void release(void *arg, bool reusable);
  * with the exchange's request head queued. */
 static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
     pf_worker_cluster *wc = exchange_cluster(ex);
-    pf_upstream *up = take_idle(wc, ep);
+    char tls_name[PF_DNS_NAME_MAX];
+    upstream_tls_name(wc, ep, exchange_request(ex), tls_name);
+    pf_upstream *up = take_idle(wc, ep, tls_name);
     if (up) {
         timer_stop(up);
         up->reused = true;
@@ -524,7 +576,7 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
             *overloaded = true;
             return NULL;
         }
-        up = connect_new(exchange_worker(ex), wc, ep, exchange_request(ex));
+        up = connect_new(exchange_worker(ex), wc, ep, tls_name);
         if (!up)
             return NULL;
     }
@@ -605,11 +657,12 @@ static void release(void *arg, bool reusable) {
         upstream_free(up);
         return;
     }
-    pf_pool_bucket *b = bucket_for(wc, up->addr, true);
+    pf_pool_bucket *b = bucket_for(wc, up->addr, up->tls_name, true);
     if (!b || b->idle_count >= wc->rt->cfg->max_idle_per_endpoint) {
         upstream_free(up);
         return;
     }
+    pass_session(up);
     set_state(up, UP_IDLE);
     llhttp_init(&up->parser, HTTP_RESPONSE, response_settings());
     up->parser.data = up;

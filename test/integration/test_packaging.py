@@ -1297,3 +1297,107 @@ def test_rbac_matches_what_discovery_asks_the_api_server_for(case, tmp_path, sta
     verbs = {r["verb"] for r in requests}
     for key, allowed in granted.items():
         assert allowed - verbs <= {"get"}, f"{case}: {key} grants unused {allowed - verbs}"
+
+
+# ---- TLS from Secrets --------------------------------------------------------------
+
+TLS_VALUES = os.path.join(CHART, "examples", "tls-values.yaml")
+TLS_MOUNTS = {"pilotfish-tls-listener": "/etc/pilotfish-tls/listener",
+              "pilotfish-tls-upstream-ca": "/etc/pilotfish-tls/upstream-ca",
+              "pilotfish-tls-upstream-client": "/etc/pilotfish-tls/upstream-client"}
+
+
+def kubelet_secret_dir(root, files):
+    """A directory as the kubelet mounts a Secret: files in a timestamped directory, `..data`
+    a symlink to it, each key a symlink through `..data`."""
+    data = root / "..2026_12_04_00_00_00.000000001"
+    data.mkdir(parents=True)
+    for key, text in files.items():
+        (data / key).write_text(text)
+        (root / key).symlink_to(os.path.join("..data", key))
+    (root / "..data").symlink_to(data.name)
+
+
+def openssl_pair(tmp_path, name, ca=None):
+    """(cert PEM, key PEM) of an ECDSA certificate, signed by ca (a pair) or self-signed."""
+    key, crt = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
+    if ca is None:
+        args = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(crt),
+                "-days", "2", "-subj", f"/CN={name}"]
+    else:
+        csr = tmp_path / f"{name}.csr"
+        subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out",
+                        str(csr), "-subj", f"/CN={name}"], check=True, capture_output=True,
+                       timeout=30)
+        (tmp_path / "ca.key").write_text(ca[1])
+        (tmp_path / "ca.crt").write_text(ca[0])
+        args = ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(tmp_path / "ca.crt"),
+                "-CAkey", str(tmp_path / "ca.key"), "-CAcreateserial", "-days", "2", "-out",
+                str(crt)]
+    subprocess.run(args, check=True, capture_output=True, timeout=30)
+    return crt.read_text(), key.read_text()
+
+
+@pytest.mark.parametrize("mode", ["gateway", "sidecar"])
+def test_tls_values_mount_secrets_and_the_rendered_config_passes_check_config(mode, tmp_path):
+    # sidecar: the demo application's pod shows what "pilotfish.sidecar" gives your own
+    args = ["-f", TLS_VALUES, "--set", f"mode={mode}", "--set", "demo.enabled=true"]
+    run([HELM, "lint", "--strict", CHART, "-n", NAMESPACE, *args])
+    docs = render("default", *args)
+    for _, spec in pod_specs(docs):
+        pf = pilotfish_container(spec)
+        mounts = {m["name"]: m for m in pf["volumeMounts"]}
+        for name, path in TLS_MOUNTS.items():
+            # a whole directory, read-only: a subPath mount would never see a renewal
+            assert mounts[name] == {"name": name, "mountPath": path, "readOnly": True}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["pilotfish-tls-listener"]["secret"] == {"secretName": "edge-tls"}
+        assert volumes["pilotfish-tls-upstream-ca"]["configMap"] == {"name": "mesh-ca"}
+        assert volumes["pilotfish-tls-upstream-client"]["secret"] == \
+            {"secretName": "edge-client-tls"}
+        for c in all_containers(spec):  # the application never sees the keys
+            if c["name"] != "pilotfish":
+                assert not set(TLS_MOUNTS) & {m["name"] for m in c.get("volumeMounts", [])}
+    assert pod_specs(docs)
+    cfg = json.loads(config_of(docs))
+    tls = cfg["listeners"][0]["tls"]
+    assert tls["certificates"] == [{"cert_file": "/etc/pilotfish-tls/listener/tls.crt",
+                                    "key_file": "/etc/pilotfish-tls/listener/tls.key"}]
+    assert tls["client_ca_file"] == "/etc/pilotfish-tls/listener/ca.crt"
+    assert tls["require_client_cert"] is True
+    assert cfg["clusters"][0]["tls"] == {
+        "sni": "orders.shop.svc", "ca_file": "/etc/pilotfish-tls/upstream-ca/ca.crt",
+        "cert_file": "/etc/pilotfish-tls/upstream-client/tls.crt",
+        "key_file": "/etc/pilotfish-tls/upstream-client/tls.key"}
+
+    # The mounts as the kubelet makes them, with real certificates; the config then passes.
+    ca = openssl_pair(tmp_path, "mesh-ca")
+    server = openssl_pair(tmp_path, "edge", ca)
+    client = openssl_pair(tmp_path, "edge-client", ca)
+    roots = {}
+    for name, files in (("pilotfish-tls-listener",
+                         {"tls.crt": server[0], "tls.key": server[1], "ca.crt": ca[0]}),
+                        ("pilotfish-tls-upstream-ca", {"ca.crt": ca[0]}),
+                        ("pilotfish-tls-upstream-client",
+                         {"tls.crt": client[0], "tls.key": client[1]})):
+        roots[name] = tmp_path / name
+        kubelet_secret_dir(roots[name], files)
+    text = config_of(docs)
+    for name, path in TLS_MOUNTS.items():
+        text = text.replace(path + "/", str(roots[name]) + "/")
+    proc = check_config(text, tmp_path, f"tls-{mode}.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "tls.upstreamCA.secretName=a", "--set", "tls.upstreamCA.configMapName=b"],
+     "tls.upstreamCA: give secretName or configMapName, not both"),
+    (["--set", "tls.listener.secretName=a", "--set", "tls.listener.requireClientCert=true"],
+     "tls.listener.requireClientCert needs tls.listener.clientCAKey"),
+    (["--set", "tls.listener.minVersion=1.1"], "tls.listener.minVersion"),
+])
+def test_broken_tls_values_are_refused(args, message):
+    proc = run([HELM, "template", RELEASE, CHART, "-n", NAMESPACE, *args], check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr

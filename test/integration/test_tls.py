@@ -397,6 +397,9 @@ def test_config_errors_name_the_file_the_json_path_and_the_problem(pki, tmp_path
         ({"certificates": [{"cert_file": pki.rsa[0], "key_file": pki.rsa[1]}],
           "client_ca_file": pki.ca[0], "require_client_cert": True,
           "allowed_client_sans": ["spiffe://*/x"]}, "$.listeners[0].tls.allowed_client_sans[0]"),
+        ({"certificates": [{"cert_file": pki.rsa[0], "key_file": pki.rsa[1]}],
+          "session_ticket_rotation": "500ms"},
+         "$.listeners[0].tls.session_ticket_rotation: at least 1s"),
     ]
     for tls, want in cases:
         r = check_config(tmp_path, tls)
@@ -416,8 +419,8 @@ def test_cluster_tls_config_errors_name_the_file_and_the_json_path(pki, tmp_path
          f"$.clusters[0].tls.key_file: {pki.rsa[1]}: the key does not match"),
         ({"sni": "not a name"}, "$.clusters[0].tls.sni"),
         ({"alpn": ["h2"]}, "$.clusters[0].tls.alpn[0]: \"h2\" is offered by HTTP/2 connections"),
-        ({"sni": "api.test", "check": {"path": "/healthz"}},
-         "$.clusters[0].health_check.type: http checks do not speak TLS yet"),
+        ({"sni": "api.test", "check": {"type": "grpc"}},
+         "$.clusters[0].health_check.type: grpc checks do not speak TLS yet"),
     ]
     for tls, want in cases:
         check = tls.pop("check", None)
@@ -576,15 +579,52 @@ def test_upstream_tls_sessions_are_resumed_on_reconnect(start_pilotfish, pki, up
         server.wait(timeout=TIMEOUT)
 
 
-@pytest.mark.parametrize("which", ["wrong", "untrusted", "expired"])
+@pytest.mark.parametrize("which,reason,text", [
+    ("wrong", "name_mismatch", "hostname mismatch"),
+    ("untrusted", "untrusted", "unable to get local issuer certificate"),
+    ("expired", "expired", "certificate has expired"),
+])
 def test_an_endpoint_with_a_bad_certificate_fails_the_connect(start_pilotfish, tls_backends, pki,
-                                                              upki, which):
+                                                              upki, which, reason, text):
     b = tls_backends(getattr(upki, which))
     pf = upstream_pf(start_pilotfish, b, ca_file=pki.ca[0], sni="backend.test")
     status, body = get(pf)
     assert status == 503, body
-    assert metric_sum(pf.metrics(), "pilotfish_upstream_connect_failures_total",
-                      cluster="secure") >= 1
+    samples = pf.metrics()
+    assert metric_sum(samples, "pilotfish_upstream_connect_failures_total", cluster="secure") >= 1
+    assert metric_sum(samples, "pilotfish_upstream_tls_failures_total", cluster="secure",
+                      reason=reason) >= 1
+    # the reason in the log and in /clusters, with the endpoint and the name verified
+    assert (f"upstream TLS handshake failed cluster=secure upstream={b.address} "
+            f"name=backend.test reason=\"{text}\"") in pf.stderr_text()
+    tls = [c for c in pf.admin_json("/clusters")["clusters"] if c["name"] == "secure"][0]["tls"]
+    assert tls["handshake_failures"][reason] >= 1, tls
+    last = tls["last_failure"]
+    assert (last["endpoint"], last["name"], last["reason"]) == (b.address, "backend.test", text)
+    assert last["time"].endswith("Z")
+
+
+def test_bad_certificates_feed_outlier_detection(start_pilotfish, tls_backends, pki, upki):
+    bad, good = tls_backends(upki.expired), tls_backends(upki.good)
+    cfg = make_config([listener("main", [route("secure")])],
+                      [cluster("secure", [bad.address, good.address], connect_timeout="2s",
+                               lb_policy="round_robin",
+                               tls={"ca_file": pki.ca[0], "sni": "backend.test"},
+                               outlier_detection={"consecutive_gateway_failure": 2,
+                                                  "interval": "100ms"})])
+    pf = start_pilotfish(cfg)
+
+    def ejected():
+        get(pf)
+        return metric_sum(pf.metrics(), "pilotfish_outlier_ejections_total", cluster="secure",
+                          reason="consecutive_gateway_failure") >= 1
+
+    wait_for(ejected, 20, "the endpoint with the expired certificate to be ejected")
+    eps = [c for c in pf.admin_json("/clusters")["clusters"] if c["name"] == "secure"][0]
+    state = {e["address"]: e["outlier"]["ejected"] for e in eps["endpoints"]}
+    assert state == {bad.address: True, good.address: False}, eps
+    for _ in range(4):  # only the good one serves now
+        assert get(pf)[0] == 200
 
 
 def test_a_client_certificate_required_upstream_but_not_configured_fails(start_pilotfish,

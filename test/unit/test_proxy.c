@@ -148,7 +148,33 @@ static void test_tls_upstream_name(void) {
     }
 }
 
+/* The name a health check of a TLS cluster verifies: sni, else the check's host, else the
+ * DNS name, else the endpoint's address; never with a port. */
+static void test_tls_check_name(void) {
+    static const struct {
+        const char *sni, *host, *dns, *endpoint, *expect;
+    } rows[] = {
+        {"api.test", "h.test", "svc.internal", "10.0.0.1:443", "api.test"},
+        {"", "h.test:8443", "svc.internal", "10.0.0.1:443", "h.test"},
+        {"", "", "svc.internal", "10.0.0.1:443", "svc.internal"},
+        {"", "", "", "10.0.0.1:443", "10.0.0.1"},
+        {"", "", "", "[::1]:443", "::1"},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        pf_config_cluster c;
+        memset(&c, 0, sizeof c);
+        snprintf(c.tls.sni, sizeof c.tls.sni, "%s", rows[i].sni);
+        snprintf(c.health_check.host, sizeof c.health_check.host, "%s", rows[i].host);
+        snprintf(c.dns.name, sizeof c.dns.name, "%s", rows[i].dns);
+        char buf[256];
+        const char *got = tls_check_name(&c, rows[i].endpoint, buf, sizeof buf);
+        PF_CHECK(strcmp(got, rows[i].expect) == 0, "row %zu: %s, expected %s", i, got,
+                 rows[i].expect);
+    }
+}
+
 PF_UNIT_MAIN("proxy", PF_UNIT_TEST(test_stalled_worker_is_the_silent_longest_past_the_limit),
              PF_UNIT_TEST(test_pool_prune_frees_buckets_of_departed_endpoints),
              PF_UNIT_TEST(test_tls_certificate_names_match_sni_hosts),
-             PF_UNIT_TEST(test_tls_client_san_patterns), PF_UNIT_TEST(test_tls_upstream_name))
+             PF_UNIT_TEST(test_tls_client_san_patterns), PF_UNIT_TEST(test_tls_upstream_name),
+             PF_UNIT_TEST(test_tls_check_name))

@@ -120,12 +120,33 @@ Kubernetes clusters get the release's namespace written out, so that the Role ma
 {{- if and (not (empty $v.healthCheck)) (not (hasKey $c "health_check")) -}}
 {{- $_ := set $c "health_check" (deepCopy $v.healthCheck) -}}
 {{- end -}}
+{{- if hasKey $c "tls" -}}
+{{- $t := $c.tls | default dict -}}
+{{- if and (include "pilotfish.upstreamCAVolume" $) (not (hasKey $t "ca_file")) -}}
+{{- $_ := set $t "ca_file" (printf "/etc/pilotfish-tls/upstream-ca/%s" $v.tls.upstreamCA.key) -}}
+{{- end -}}
+{{- if and $v.tls.upstreamClientCert.secretName (not (hasKey $t "cert_file")) -}}
+{{- $_ := set $t "cert_file" "/etc/pilotfish-tls/upstream-client/tls.crt" -}}
+{{- $_ := set $t "key_file" "/etc/pilotfish-tls/upstream-client/tls.key" -}}
+{{- end -}}
+{{- $_ := set $c "tls" $t -}}
+{{- end -}}
 {{- if and (hasKey $c "kubernetes") (not (hasKey $c.kubernetes "namespace")) -}}
 {{- $_ := set $c.kubernetes "namespace" $.Release.Namespace -}}
 {{- end -}}
 {{- $clusters = append $clusters $c -}}
 {{- end -}}
 {{- $listener := dict "name" "main" "address" (include "pilotfish.hostPort" (dict "host" $listenHost "port" $v.ports.listener)) "routes" ($v.routes | default list) -}}
+{{- with $v.tls.listener -}}
+{{- if .secretName -}}
+{{- $tls := dict "certificates" (list (dict "cert_file" "/etc/pilotfish-tls/listener/tls.crt" "key_file" "/etc/pilotfish-tls/listener/tls.key")) "min_version" .minVersion -}}
+{{- if .clientCAKey -}}
+{{- $_ := set $tls "client_ca_file" (printf "/etc/pilotfish-tls/listener/%s" .clientCAKey) -}}
+{{- $_ := set $tls "require_client_cert" .requireClientCert -}}
+{{- end -}}
+{{- $_ := set $listener "tls" $tls -}}
+{{- end -}}
+{{- end -}}
 {{- $cfg := dict
       "admin" (dict "address" (include "pilotfish.hostPort" (dict "host" "0.0.0.0" "port" $v.ports.admin)))
       "access_log" $v.config.accessLog
@@ -207,9 +228,35 @@ extraVolumes, which the sidecar's extraVolumeMounts name.
               fieldRef:
                 fieldPath: metadata.namespace
 {{- end }}
+{{- with .Values.tls.listener.secretName }}
+- name: pilotfish-tls-listener
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- with .Values.tls.upstreamCA }}
+{{- if .secretName }}
+- name: pilotfish-tls-upstream-ca
+  secret:
+    secretName: {{ .secretName }}
+{{- else if .configMapName }}
+- name: pilotfish-tls-upstream-ca
+  configMap:
+    name: {{ .configMapName }}
+{{- end }}
+{{- end }}
+{{- with .Values.tls.upstreamClientCert.secretName }}
+- name: pilotfish-tls-upstream-client
+  secret:
+    secretName: {{ . }}
+{{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* "true" when the upstream CA bundle is mounted (from a Secret or a ConfigMap). */}}
+{{- define "pilotfish.upstreamCAVolume" -}}
+{{- if or .Values.tls.upstreamCA.secretName .Values.tls.upstreamCA.configMapName -}}true{{- end -}}
 {{- end -}}
 
 {{/* Environment for the application: its HTTP requests go through pilotfish. */}}
@@ -318,6 +365,23 @@ In gateway mode it also opens the listener port to the Service.
       mountPath: /var/run/secrets/kubernetes.io/serviceaccount
       readOnly: true
     {{- end }}
+    {{- /* whole directories, no subPath: the kubelet's updates of a Secret reach only
+           directory mounts, and pilotfish follows them (certificate rotation) */}}
+    {{- if .Values.tls.listener.secretName }}
+    - name: pilotfish-tls-listener
+      mountPath: /etc/pilotfish-tls/listener
+      readOnly: true
+    {{- end }}
+    {{- if include "pilotfish.upstreamCAVolume" . }}
+    - name: pilotfish-tls-upstream-ca
+      mountPath: /etc/pilotfish-tls/upstream-ca
+      readOnly: true
+    {{- end }}
+    {{- if .Values.tls.upstreamClientCert.secretName }}
+    - name: pilotfish-tls-upstream-client
+      mountPath: /etc/pilotfish-tls/upstream-client
+      readOnly: true
+    {{- end }}
     {{- with .Values.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -369,6 +433,12 @@ values and follow pilotfish's own.
 */}}
 {{- define "pilotfish.validate" -}}
 {{- $v := .Values -}}
+{{- if and $v.tls.upstreamCA.secretName $v.tls.upstreamCA.configMapName -}}
+{{- fail "tls.upstreamCA: give secretName or configMapName, not both" -}}
+{{- end -}}
+{{- if and $v.tls.listener.requireClientCert (not $v.tls.listener.clientCAKey) -}}
+{{- fail "tls.listener.requireClientCert needs tls.listener.clientCAKey: the key of the Secret with the CA of the client certificates" -}}
+{{- end -}}
 {{- if eq (int $v.ports.listener) (int $v.ports.admin) -}}
 {{- fail (printf "ports.listener and ports.admin are both %d: the listener and the admin server need a port each" (int $v.ports.admin)) -}}
 {{- end -}}

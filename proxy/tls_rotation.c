@@ -1,0 +1,322 @@
+/* Certificate rotation without restarts: the main thread stats every certificate, key and
+ * CA file of the TLS listeners and clusters twice a second. stat() follows symlinks, so a
+ * Kubernetes Secret update (a new `..data` directory swapped in by a rename) shows as a
+ * new inode. A change that stayed put for one tick (so that a cert written before its key
+ * is not judged half-way) is loaded; a valid pair replaces the context new handshakes use,
+ * an invalid one is logged with the file and reason and counted, and the old one stays.
+ * The same tick rotates the listeners' session ticket keys and keeps the expiry gauge. */
+#include "proxy/proxy_int.h"
+#include "proxy/tls_rotation.h"
+
+#include "core/log.h"
+#include "core/time.h"
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define TICK_MS 500
+#define OWNER_FILES (2 * PF_TLS_MAX_CERTS + 1) /* certificates and keys, plus a CA file */
+#define WATCH_FILES_MAX 1024                   /* distinct files across all owners */
+
+/* A file as stat() last saw it: any change of these is a change of content. */
+typedef struct file_id {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime, ctime;
+    bool missing;
+} file_id;
+
+typedef struct watched_file {
+    char path[PF_TLS_FILE_MAX];
+    bool has_expiry; /* a certificate or CA file */
+    /* notAfter of the certificate (the earliest of a CA bundle), seconds since the epoch;
+     * written by the main thread, read by the scrape */
+    _Atomic int64_t not_after;
+    _Atomic bool known;
+} watched_file;
+
+/* One listener's or cluster's TLS files, reloaded together. */
+typedef struct owner {
+    pf_tls_server *server; /* exactly one of server and client */
+    pf_tls_client *client;
+    size_t files[OWNER_FILES]; /* indexes into the watcher's files */
+    size_t file_count;
+    uint64_t applied; /* fingerprint of the files in use */
+    uint64_t seen;    /* at the last tick */
+    uint64_t refused; /* the last refused state: logged once, not every tick */
+    uint64_t next_ticket_rotation_ms;
+    pf_counter *reloads[2]; /* applied, rejected */
+    pf_counter *ticket_rotations;
+} owner;
+
+struct pf_tls_watch {
+    pf_proxy *proxy;
+    struct event *timer;
+    owner *owners;
+    size_t owner_count;
+    watched_file *files;
+    size_t file_count;
+};
+
+static file_id stat_file(const char *path) {
+    struct stat st;
+    file_id id;
+    memset(&id, 0, sizeof id); /* padding too: fingerprint() hashes the bytes */
+    if (stat(path, &st) != 0) {
+        id.missing = true;
+        return id;
+    }
+    id.dev = st.st_dev;
+    id.ino = st.st_ino;
+    id.size = st.st_size;
+    id.mtime = st.st_mtim;
+    id.ctime = st.st_ctim;
+    return id;
+}
+
+/* FNV-1a over the files' identities, in the owner's order. */
+static uint64_t fingerprint(const pf_tls_watch *w, const owner *o) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < o->file_count; i++) {
+        file_id id = stat_file(w->files[o->files[i]].path);
+        const unsigned char *p = (const unsigned char *)&id;
+        for (size_t j = 0; j < sizeof id; j++)
+            h = (h ^ p[j]) * 1099511628211ull;
+    }
+    return h;
+}
+
+/* Seconds since the epoch of an ASN1 time, via its distance from now. */
+static int64_t asn1_epoch(const ASN1_TIME *t) {
+    int days = 0, secs = 0;
+    if (ASN1_TIME_diff(&days, &secs, NULL, t) != 1)
+        return 0;
+    return (int64_t)time(NULL) + (int64_t)days * 86400 + secs;
+}
+
+/* The earliest notAfter of the certificates in a PEM file; false when there is none. */
+static bool file_not_after(const char *path, int64_t *out) {
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    bool found = false;
+    X509 *x;
+    for (int n = 0; n < 1000 && (x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL; n++) {
+        int64_t t = asn1_epoch(X509_get0_notAfter(x));
+        if (!found || t < *out)
+            *out = t;
+        found = true;
+        X509_free(x);
+    }
+    fclose(f);
+    ERR_clear_error();
+    return found;
+}
+
+static void update_expiry(pf_tls_watch *w, const owner *o) {
+    for (size_t i = 0; i < o->file_count; i++) {
+        watched_file *f = &w->files[o->files[i]];
+        int64_t t = 0;
+        if (f->has_expiry && file_not_after(f->path, &t)) {
+            atomic_store(&f->not_after, t);
+            atomic_store(&f->known, true);
+        }
+    }
+}
+
+/* The file's index, added when new; SIZE_MAX when the table is full. */
+static size_t add_file(pf_tls_watch *w, const char *path, bool has_expiry) {
+    for (size_t i = 0; i < w->file_count; i++)
+        if (strcmp(w->files[i].path, path) == 0) {
+            w->files[i].has_expiry |= has_expiry;
+            return i;
+        }
+    if (w->file_count == WATCH_FILES_MAX)
+        return SIZE_MAX;
+    watched_file *f = &w->files[w->file_count];
+    snprintf(f->path, sizeof f->path, "%s", path);
+    f->has_expiry = has_expiry;
+    return w->file_count++;
+}
+
+static void owner_add_file(pf_tls_watch *w, owner *o, const char *path, bool has_expiry) {
+    if (!path[0] || o->file_count == OWNER_FILES)
+        return;
+    size_t i = add_file(w, path, has_expiry);
+    if (i != SIZE_MAX)
+        o->files[o->file_count++] = i;
+}
+
+static const char *owner_kind(const owner *o) {
+    return o->server ? "listener" : "cluster";
+}
+
+static const char *owner_name(const owner *o) {
+    return o->server ? tls_server_name(o->server) : tls_client_name(o->client);
+}
+
+static void register_owner(pf_tls_watch *w, owner *o, pf_metrics *m) {
+    char labels[200];
+    for (int i = 0; i < 2; i++) {
+        snprintf(labels, sizeof labels, "%s=\"%s\",result=\"%s\"", owner_kind(o), owner_name(o),
+                 i ? "rejected" : "applied");
+        o->reloads[i] = metrics_counter(
+            m, "pilotfish_tls_certificate_reloads_total",
+            "Certificate, key or CA files that changed and were loaded (applied) or refused "
+            "(rejected: the files in use stay), per listener or cluster.",
+            labels);
+    }
+    if (o->server) {
+        snprintf(labels, sizeof labels, "listener=\"%s\"", owner_name(o));
+        o->ticket_rotations =
+            metrics_counter(m, "pilotfish_tls_ticket_key_rotations_total",
+                            "Session ticket keys replaced by a new one on a listener.", labels);
+    }
+    o->applied = o->seen = fingerprint(w, o);
+    update_expiry(w, o);
+}
+
+static void check_owner(pf_tls_watch *w, owner *o) {
+    uint64_t fp = fingerprint(w, o);
+    bool settled = fp == o->seen;
+    o->seen = fp;
+    if (!settled || fp == o->applied || fp == o->refused)
+        return;
+    pf_error err = {{0}};
+    int rc = o->server ? tls_server_reload(o->server, &err) : tls_client_reload(o->client, &err);
+    if (rc != PF_OK) {
+        o->refused = fp;
+        if (o->reloads[1])
+            metrics_inc(o->reloads[1], 1);
+        log_warn("tls certificate reload rejected %s=%s reason=\"%s\"; the certificates in use "
+                 "stay",
+                 owner_kind(o), owner_name(o), err.msg);
+        return;
+    }
+    o->applied = fp;
+    o->refused = 0;
+    if (o->reloads[0])
+        metrics_inc(o->reloads[0], 1);
+    update_expiry(w, o);
+    log_info("tls certificates reloaded %s=%s", owner_kind(o), owner_name(o));
+}
+
+static void rotate_tickets(owner *o, uint64_t now) {
+    if (!o->server || now < o->next_ticket_rotation_ms)
+        return;
+    uint64_t period = tls_server_ticket_rotation_ms(o->server);
+    o->next_ticket_rotation_ms = now + period;
+    pf_error err = {{0}};
+    if (tls_server_rotate_ticket_keys(o->server, &err) != PF_OK)
+        log_warn("tls ticket key rotation failed listener=%s reason=\"%s\"", owner_name(o),
+                 err.msg);
+    else if (o->ticket_rotations)
+        metrics_inc(o->ticket_rotations, 1);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    pf_tls_watch *w = arg;
+    uint64_t now = pf_now_ms();
+    for (size_t i = 0; i < w->owner_count; i++) {
+        check_owner(w, &w->owners[i]);
+        rotate_tickets(&w->owners[i], now);
+    }
+}
+
+/* pilotfish_tls_certificate_expiry_seconds{file}: seconds left (negative once expired). */
+static void emit_expiry(void *arg, pf_metric_emit emit, void *emit_ctx) {
+    pf_tls_watch *w = arg;
+    int64_t now = (int64_t)time(NULL);
+    char labels[PF_TLS_FILE_MAX + 16];
+    for (size_t i = 0; i < w->file_count; i++) {
+        const watched_file *f = &w->files[i];
+        if (!f->has_expiry || !atomic_load(&f->known))
+            continue;
+        /* a path is text from the config; quotes and backslashes are escaped */
+        size_t n = (size_t)snprintf(labels, sizeof labels, "file=\"");
+        for (const char *p = f->path; *p && n + 3 < sizeof labels; p++) {
+            if (*p == '"' || *p == '\\')
+                labels[n++] = '\\';
+            labels[n++] = *p == '\n' ? ' ' : *p;
+        }
+        labels[n++] = '"';
+        labels[n] = '\0';
+        emit(emit_ctx, labels, (double)(atomic_load(&f->not_after) - now));
+    }
+}
+
+pf_tls_watch *tls_watch_new(struct event_base *base, pf_proxy *proxy, pf_metrics *m,
+                            pf_error *err) {
+    pf_tls_watch *w = calloc(1, sizeof *w);
+    size_t n = 0;
+    for (size_t i = 0; i < proxy->listener_count; i++)
+        n += proxy->listeners[i].tls != NULL;
+    for (size_t i = 0; i < proxy->cluster_count; i++)
+        n += proxy->clusters[i].tls != NULL;
+    if (!w || !(w->owners = calloc(n + 1, sizeof *w->owners)) ||
+        !(w->files = calloc(WATCH_FILES_MAX, sizeof *w->files)))
+        goto nomem;
+    w->proxy = proxy;
+    uint64_t now = pf_now_ms();
+    for (size_t i = 0; i < proxy->listener_count; i++) {
+        pf_listener_rt *l = &proxy->listeners[i];
+        if (!l->tls)
+            continue;
+        owner *o = &w->owners[w->owner_count++];
+        o->server = l->tls;
+        const pf_config_listener_tls *t = &l->cfg->tls;
+        for (size_t c = 0; c < t->certificate_count; c++) {
+            owner_add_file(w, o, t->certificates[c].cert_file, true);
+            owner_add_file(w, o, t->certificates[c].key_file, false);
+        }
+        owner_add_file(w, o, t->client_ca_file, true);
+        o->next_ticket_rotation_ms = now + tls_server_ticket_rotation_ms(l->tls);
+        register_owner(w, o, m);
+    }
+    for (size_t i = 0; i < proxy->cluster_count; i++) {
+        pf_cluster_rt *c = &proxy->clusters[i];
+        if (!c->tls)
+            continue;
+        owner *o = &w->owners[w->owner_count++];
+        o->client = c->tls;
+        const pf_config_cluster_tls *t = &c->owned_cfg->tls;
+        owner_add_file(w, o, t->ca_file, true);
+        owner_add_file(w, o, t->cert_file, true);
+        owner_add_file(w, o, t->key_file, false);
+        register_owner(w, o, m);
+    }
+    if (w->owner_count == 0)
+        return w; /* nothing to watch: no timer, no metric */
+    if (metrics_gauge_callback(m, "pilotfish_tls_certificate_expiry_seconds",
+                               "Seconds until a certificate file's certificate expires (the "
+                               "earliest of a CA bundle); negative once expired.",
+                               emit_expiry, w) != PF_OK)
+        goto nomem;
+    w->timer = event_new(base, -1, EV_PERSIST, on_tick, w);
+    struct timeval tv = {0, TICK_MS * 1000};
+    if (!w->timer || event_add(w->timer, &tv) != 0)
+        goto nomem;
+    return w;
+nomem:
+    tls_watch_free(w);
+    pf_fail(err, PF_ENOMEM, "out of memory watching the TLS files");
+    return NULL;
+}
+
+void tls_watch_free(pf_tls_watch *w) {
+    if (!w)
+        return;
+    if (w->timer)
+        event_free(w->timer);
+    free(w->owners);
+    free(w->files);
+    free(w);
+}
