@@ -171,8 +171,9 @@ fmt-check:
 # ---- fuzzing --------------------------------------------------------------
 # make fuzz: coverage-guided fuzzing (libFuzzer) of the parsers that take untrusted bytes,
 # one harness per parser in test/fuzz/fuzz_<name>.c: dns (DNS answers), kubernetes (watch
-# streams, events, objects, endpoints), kubeconfig, config (JSON config and its dump) and
-# http1 (heads through llhttp and the heads pilotfish forwards). Built with clang
+# streams, events, objects, endpoints), kubeconfig, config (JSON config and its dump),
+# http1 (heads through llhttp and the heads pilotfish forwards) and sni (TLS ClientHellos
+# that tcp listeners read for passthrough). Built with clang
 # -fsanitize=fuzzer,address,undefined into $(BUILD)/fuzz/ (project objects in
 # $(BUILD)/fuzz/obj), each run for FUZZ_SECONDS (default 60) one after the other, starting
 # from test/fuzz/corpus/<name>/; new inputs go to $(BUILD)/fuzz/corpus/<name>/, crashes to

@@ -68,15 +68,48 @@ static const char *field(char *buf, size_t cap, const char *s, size_t len) {
     return buf;
 }
 
-void access_log_write(pf_worker *w, const pf_access_entry *e) {
+/* Room for one more line in the worker's buffer: false (counted as dropped) when a full
+ * stdout left none. */
+static bool reserve_line(pf_worker *w) {
     if (!w->log_buf)
-        return;
+        return false;
     if (w->log_len + LOG_LINE_MAX > LOG_BUFFER_BYTES && !w->log_blocked)
         access_log_flush(w);
     if (w->log_len + LOG_LINE_MAX > LOG_BUFFER_BYTES) {
         metrics_inc(w->proxy->access_log_dropped, 1);
-        return;
+        return false;
     }
+    return true;
+}
+
+void access_log_write_tcp(pf_worker *w, const pf_tcp_access_entry *e) {
+    if (!reserve_line(w))
+        return;
+    char sni[PF_HOST_MAX * 2];
+    uint64_t now = pf_wall_us();
+    time_t secs = (time_t)(now / 1000000u);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    const char *name = field(sni, sizeof sni, e->sni, e->sni ? strlen(e->sni) : 0);
+    int n = snprintf(
+        w->log_buf + w->log_len, LOG_LINE_MAX,
+        "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03uZ\",\"protocol\":\"tcp\","
+        "\"listener\":\"%s\",\"client\":\"%s\",\"sni\":%s%s%s,\"bytes_in\":%llu,"
+        "\"bytes_out\":%llu,\"duration_ms\":%.3f,\"cluster\":%s%s%s,\"upstream\":%s%s%s,"
+        "\"connect_attempts\":%u,\"reason\":\"%s\"}\n",
+        tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+        (unsigned)(now / 1000u % 1000u), e->listener, e->client, name ? "\"" : "",
+        name ? name : "null", name ? "\"" : "", (unsigned long long)e->bytes_in,
+        (unsigned long long)e->bytes_out, (double)e->duration_us / 1000.0, e->cluster ? "\"" : "",
+        e->cluster ? e->cluster : "null", e->cluster ? "\"" : "", e->upstream ? "\"" : "",
+        e->upstream ? e->upstream : "null", e->upstream ? "\"" : "", e->attempts, e->reason);
+    if (n > 0 && (size_t)n < LOG_LINE_MAX)
+        w->log_len += (size_t)n;
+}
+
+void access_log_write(pf_worker *w, const pf_access_entry *e) {
+    if (!reserve_line(w))
+        return;
     char authority[300], path[1100], request_id[80];
     uint64_t now = pf_wall_us();
     time_t secs = (time_t)(now / 1000000u);

@@ -18,6 +18,7 @@
 #include "proxy/exchange_int.h"
 #include "proxy/h2_int.h"
 #include "proxy/stream.h"
+#include "proxy/tcp_int.h"
 #include "proxy/tls_int.h"
 
 #include <arpa/inet.h>
@@ -82,8 +83,9 @@ struct pf_conn {
     bool method_known; /* the request line's method was parsed: else it is logged as "-" */
     pf_body_mode req_body;
     pf_body_mode resp_body;
-    pf_exchange ex; /* embedded: no allocation per request */
-    pf_h2_conn *h2; /* the connection speaks HTTP/2: everything above is unused */
+    pf_exchange ex;   /* embedded: no allocation per request */
+    pf_h2_conn *h2;   /* the connection speaks HTTP/2: everything above is unused */
+    pf_tcp_conn *tcp; /* a tcp listener's connection: relayed, everything above is unused */
 };
 
 static const llhttp_settings_t *request_settings(void);
@@ -150,6 +152,7 @@ void conn_free(pf_conn *c) {
     if (!c)
         return;
     h2_conn_free(c->h2);
+    tcp_conn_free(c->tcp);
     exchange_free(&c->ex);
     if (c->prev)
         c->prev->next = c->next;
@@ -526,6 +529,10 @@ static void process_input(pf_conn *c) {
 
 static void on_read(pf_stream *s, void *arg) {
     pf_conn *c = arg;
+    if (c->tcp) {
+        tcp_conn_on_read(c->tcp);
+        return;
+    }
     if (c->h2) {
         h2_conn_on_read(c->h2);
         return;
@@ -544,6 +551,10 @@ static void on_read(pf_stream *s, void *arg) {
 
 static void on_write(pf_stream *s, void *arg) {
     pf_conn *c = arg;
+    if (c->tcp) {
+        tcp_conn_on_write(c->tcp);
+        return;
+    }
     if (c->h2) {
         h2_conn_on_write(c->h2);
         return;
@@ -568,6 +579,10 @@ static void on_write(pf_stream *s, void *arg) {
 
 static void on_event(pf_stream *s, int what, int err, void *arg) {
     pf_conn *c = arg;
+    if (c->tcp) {
+        tcp_conn_on_event(c->tcp, what, err);
+        return;
+    }
     if (c->state == CONN_TUNNEL) {
         tunnel_on_event(exchange_tunnel(&c->ex), PF_TUNNEL_CLIENT, what, err);
         return;
@@ -819,6 +834,16 @@ int conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struc
         w->conns->prev = c;
     w->conns = c;
     metrics_inc(l->connections_total, 1);
+    if (l->cfg->protocol == PF_LISTEN_TCP) {
+        /* Relayed as bytes from here; tcp.c bounds the wait with its own timers. */
+        c->tcp = tcp_conn_new(c, w, l, c->stream, c->client_ip);
+        if (!c->tcp) {
+            conn_free(c);
+            return PF_ENOMEM;
+        }
+        tcp_conn_start(c->tcp); /* may free c */
+        return PF_OK;
+    }
     timer_set(c, TIMER_HEADER, l->cfg->header_timeout_ms);
     return PF_OK;
 }
@@ -829,6 +854,8 @@ pf_conn *conn_next(const pf_conn *c) {
 
 void conn_drain(pf_conn *c) {
     c->draining = true;
+    if (c->tcp)
+        return; /* a relay runs until either side closes, or drain_timeout ends the process */
     if (c->h2) {
         h2_conn_drain(c->h2);
         return;
@@ -842,6 +869,8 @@ pf_listener_rt *conn_listener(const pf_conn *c) {
 }
 
 uint64_t conn_request_start_us(const pf_conn *c) {
+    if (c->tcp)
+        return tcp_conn_start_us(c->tcp);
     if (c->h2)
         return h2_conn_oldest_start_us(c->h2);
     /* A tunnel still refers to the route and cluster it started on. */
