@@ -116,7 +116,16 @@ static pf_sni_result client_hello(cursor c, char *name, size_t cap) {
     return PF_SNI_NONE;
 }
 
+static pf_sni_result parse(const uint8_t *data, size_t len, char *name, size_t cap);
+
 pf_sni_result sni_parse(const uint8_t *data, size_t len, char *name, size_t cap) {
+    pf_sni_result r = parse(data, len, name, cap);
+    if (r != PF_SNI_FOUND && cap > 0)
+        name[0] = '\0'; /* a name refused half-way may have been partly written */
+    return r;
+}
+
+static pf_sni_result parse(const uint8_t *data, size_t len, char *name, size_t cap) {
     if (cap > 0)
         name[0] = '\0';
     if (len == 0)
@@ -139,8 +148,7 @@ pf_sni_result sni_parse(const uint8_t *data, size_t len, char *name, size_t cap)
         u16(&c, &rec_len);
         /* RFC 8446 5.1: legacy_record_version is 0x0301 (or 0x0300 from old clients), a
          * fragment is at most 2^14 bytes and a handshake one is never empty. */
-        if (type != RECORD_HANDSHAKE || major != 3 || minor > 4 || rec_len == 0 ||
-            rec_len > 16384u)
+        if (type != RECORD_HANDSHAKE || major != 3 || minor > 4 || rec_len == 0 || rec_len > 16384u)
             return PF_SNI_BAD;
         if (!vec(&c, rec_len, &rec)) {
             /* A partial first record already shows the message's type and length: a wrong

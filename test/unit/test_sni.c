@@ -96,8 +96,8 @@ static void test_a_client_hello_gives_its_server_name_lower_cased(void) {
         CU_ASSERT_STRING_EQUAL(name, "db.example.com");
         /* Every shorter prefix is a valid beginning: more is needed, nothing is found. */
         for (size_t k = 0; k < n; k++)
-            PF_CHECK(parse(b, k, name) == PF_SNI_MORE && name[0] == '\0',
-                     "case %zu prefix %zu: %s", i, k, sni_result_name(parse(b, k, name)));
+            PF_CHECK(parse(b, k, name) == PF_SNI_MORE && name[0] == '\0', "case %zu prefix %zu: %s",
+                     i, k, sni_result_name(parse(b, k, name)));
         /* What follows the ClientHello's record (the client's next flight) is not looked at. */
         memset(b + n, 0x17, 10);
         CU_ASSERT(parse(b, n + 10, name) == PF_SNI_FOUND);
@@ -124,9 +124,9 @@ static void test_bytes_that_are_not_tls_are_said_so_at_once(void) {
     char name[PF_SNI_NAME_MAX];
     const char *texts[] = {"GET / HTTP/1.1\r\n", "*1\r\n$4\r\nPING\r\n", "\x00", "SSH-2.0-x"};
     for (size_t i = 0; i < ARRAY_LEN(texts); i++)
-        CU_ASSERT_EQUAL(parse((const uint8_t *)texts[i], strlen(texts[i]) ? strlen(texts[i]) : 1,
-                              name),
-                        PF_SNI_NOT_TLS);
+        CU_ASSERT_EQUAL(
+            parse((const uint8_t *)texts[i], strlen(texts[i]) ? strlen(texts[i]) : 1, name),
+            PF_SNI_NOT_TLS);
     CU_ASSERT_EQUAL(parse((const uint8_t *)"", 0, name), PF_SNI_MORE);
 }
 
@@ -139,6 +139,7 @@ static void test_malformed_client_hellos_are_refused(void) {
         size_t n = build(&(hello_opts){.name = bad_names[i]}, b);
         PF_CHECK(parse(b, n, name) == PF_SNI_BAD, "name %zu: %s", i,
                  sni_result_name(parse(b, n, name)));
+        CU_ASSERT_STRING_EQUAL(name, ""); /* nothing of a refused name is left behind */
     }
     char longest[260];
     memset(longest, 'a', 253);
