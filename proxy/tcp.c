@@ -17,6 +17,7 @@
 #include "proxy/tunnel_int.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -64,6 +65,9 @@ struct pf_tcp_conn {
     uint64_t start_us;     /* accepted */
     uint64_t connect_us;   /* the current connect began */
     char sni[PF_SNI_NAME_MAX];
+    /* The listener's name, copied: a relay holds no config (see tcp_conn_start_us), and a
+     * reload may free the one its listener slot pointed at when it was accepted. */
+    char listener[PF_NAME_MAX];
 };
 
 static void tcp_set_state(pf_tcp_conn *t, tcp_state to) {
@@ -134,11 +138,10 @@ static void finish(pf_tcp_conn *t, pf_tcp_end why) {
     const char *endpoint = t->ep && t->state == TCP_RELAY ? t->ep->addr.text : NULL;
     log_debug("tcp connection closed listener=%s client=%s sni=\"%s\" cluster=%s upstream=%s "
               "bytes_from_client=%llu bytes_from_upstream=%llu reason=%s",
-              t->l->cfg->name, t->client_ip, t->sni, cluster ? cluster : "-",
-              endpoint ? endpoint : "-", (unsigned long long)up, (unsigned long long)down,
-              tcp_end_name(why));
+              t->listener, t->client_ip, t->sni, cluster ? cluster : "-", endpoint ? endpoint : "-",
+              (unsigned long long)up, (unsigned long long)down, tcp_end_name(why));
     pf_tcp_access_entry e = {
-        .listener = t->l->cfg->name,
+        .listener = t->listener,
         .client = t->client_ip,
         .sni = t->sni[0] ? t->sni : NULL,
         .cluster = cluster,
@@ -196,7 +199,7 @@ static void connect_failed(pf_tcp_conn *t, const char *what, int err) {
         atomic_fetch_add_explicit(&t->ep->stats->connect_failures_total, 1, memory_order_relaxed);
     health_report(rt->health, t->ep, PF_HEALTH_GATEWAY_FAILURE);
     log_debug("tcp upstream connect failed listener=%s cluster=%s upstream=%s error=\"%s\"",
-              t->l->cfg->name, rt->cfg->name, t->ep->addr.text, err ? strerror(err) : what);
+              t->listener, rt->cfg->name, t->ep->addr.text, err ? strerror(err) : what);
     exchange_avoid_add(&t->avoid, balancer_hash(t->ep->addr.text, strlen(t->ep->addr.text)));
     end_attempt(t);
     const pf_config_retry *retry = &rt->cfg->retry;
@@ -381,7 +384,7 @@ static bool peek(pf_tcp_conn *t, bool eof) {
         finish(t, PF_TCP_END_CLIENT_CLOSED);
         return true;
     case PF_SNI_BAD:
-        log_debug("tcp: malformed ClientHello listener=%s client=%s bytes=%zu", t->l->cfg->name,
+        log_debug("tcp: malformed ClientHello listener=%s client=%s bytes=%zu", t->listener,
                   t->client_ip, look);
         finish(t, PF_TCP_END_BAD_HELLO);
         return true;
@@ -411,6 +414,7 @@ pf_tcp_conn *tcp_conn_new(pf_conn *conn, pf_worker *w, pf_listener_rt *l, pf_str
     t->l = l;
     t->client = client;
     t->client_ip = client_ip;
+    snprintf(t->listener, sizeof t->listener, "%s", cfg->name);
     t->limit = cfg->buffer_bytes;
     t->idle_ms = cfg->idle_timeout_ms;
     t->start_us = pf_now_us();
@@ -461,6 +465,9 @@ void tcp_conn_on_event(pf_tcp_conn *t, int what, int err) {
     }
 }
 
+/* A relay reads no config: its listener's name is copied and its cluster's settings come
+ * from the cluster slot, which outlives reloads. So connections that last for hours (a
+ * database pool) hold no replaced config, and never make a reload wait or be refused. */
 uint64_t tcp_conn_start_us(const pf_tcp_conn *t) {
     return t->state == TCP_RELAY ? 0 : t->start_us;
 }

@@ -32,6 +32,7 @@ from harness import (
     started_by_test,
     wait_for,
 )
+from test_reload import reload_by_signal
 from test_tls import Pki
 
 FAKE = os.path.join(os.path.dirname(__file__), "..", "fakes", "tcp_backend.py")
@@ -309,6 +310,53 @@ def test_ring_hash_keeps_a_client_address_on_one_endpoint(start_tcp_backend, sta
         [cluster("svc", [b.address for b in bs], lb_policy="ring_hash",
                  hash_on={"source_ip": True})]))
     assert len({ask_name(pf) for _ in range(10)}) == 1
+
+
+def echo_once(s, data=b"still here"):
+    s.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        piece = s.recv(len(data) - len(got))
+        assert piece, "the relay closed"
+        got += piece
+    return got
+
+
+def test_reloads_apply_to_new_connections_and_open_relays_hold_no_config(start_tcp_backend,
+                                                                         start_pilotfish):
+    a, b = start_tcp_backend("a"), start_tcp_backend("b")
+    clusters = [cluster("a", [a.address]), cluster("b", [b.address])]
+    db = tcp_listener(cluster="a")
+    cfg = make_config([db], clusters)
+    pf = start_pilotfish(cfg)
+    relay = connect(pf)
+    relay.sendall(b"name\n")
+    assert read_line(relay) == b"a\n"
+    # The cluster changes live: new connections go to b, the open relay stays with a.
+    def listening(*listeners):
+        return dict(cfg, listeners=list(listeners))
+
+    reload_by_signal(pf, listening(dict(db, cluster="b")))
+    assert ask_name(pf) == "b"
+    assert echo_once(relay) == b"still here"
+    # A listener's protocol waits for a restart (the running config stays).
+    http = {k: v for k, v in db.items() if k != "cluster"}
+    http.update(protocol="http", routes=[{"match": {}, "cluster": "a"}])
+    reload_by_signal(pf, listening(http), result="rejected")
+    assert "$.listeners[0].protocol: a listener's protocol cannot change" in pf.stderr_text()
+    assert ask_name(pf) == "b"
+    # More reloads than replaced configs may be held (32), and the listener itself removed:
+    # the relay, on a listener that no longer exists, holds none of them and still works.
+    other = tcp_listener("other", cluster="b")
+    for i in range(34):
+        reload_by_signal(pf, listening(other if i % 2 else dict(db, cluster="b")))
+    reload_by_signal(pf, listening(other))
+    assert echo_once(relay) == b"still here"
+    relay.close()
+    line = wait_for(lambda: next((e for e in pf.access_log()
+                                  if e.get("protocol") == "tcp" and e["upstream"] == a.address),
+                                 None), 10, "the relay's log line")
+    assert line["listener"] == "db" and line["cluster"] == "a" and line["reason"] == "closed"
 
 
 # ---- TLS passthrough by SNI -----------------------------------------------------
