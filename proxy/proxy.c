@@ -137,7 +137,9 @@ void proxy_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
                                        labels);
     l->tunnels_active =
         metrics_gauge(m, "pilotfish_tunnels_active", "Switched connections open now.", labels);
-    register_tcp_listener_metrics(m, l);
+    /* Only tcp listeners relay (and a kept listener's protocol never changes). */
+    if (l->cfg->protocol == PF_LISTEN_TCP)
+        register_tcp_listener_metrics(m, l);
 }
 
 static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define BUF_MAX (PF_SNI_PEEK_MAX + 64)
+#define BUF_MAX (2 * PF_SNI_PEEK_MAX) /* room for the oversized case and its records */
 
 typedef struct hello_opts {
     const char *name;       /* NULL: no server_name extension */
