@@ -242,8 +242,10 @@ def test_idle_timeout_closes_a_silent_relay(start_tcp_backend, start_pilotfish):
         started = time.monotonic()
         assert read_to_eof(s) == b""
         waited = time.monotonic() - started
-    assert 0.2 < waited < 10
-    assert tcp_lines(pf, 1)[0]["reason"] == "idle_timeout"
+    assert waited < 10
+    line = tcp_lines(pf, 1)[0]
+    # pilotfish's own clock: the relay lasted at least the idle timeout
+    assert line["reason"] == "idle_timeout" and line["duration_ms"] >= 300
 
 
 def test_max_connections_holds_further_clients_until_one_closes(start_tcp_backend,
@@ -380,7 +382,7 @@ def sni_proxy(start_tcp_backend, start_pilotfish, pki):
     fallback = start_tcp_backend("fallback", tls=pki.fallback)
     plain = start_tcp_backend("plain")
     pf = start_pilotfish(make_config(
-        [tcp_listener("edge", cluster="fallback", header_timeout="500ms",
+        [tcp_listener("edge", cluster="fallback", header_timeout="1500ms",
                       routes=[{"match": {"sni": "db.test"}, "cluster": "db"},
                               {"match": {"sni": "*.cache.test"}, "cluster": "cache"}]),
          tcp_listener("strict", routes=[{"match": {"sni": "db.test"}, "cluster": "db"}]),
@@ -440,7 +442,7 @@ def test_a_slow_or_broken_client_hello_is_bounded(sni_proxy):
     with pytest.raises(ssl.SSLWantReadError):
         obj.do_handshake()
     client_hello = hello[1].read()
-    # Half a ClientHello, then silence: closed at header_timeout (500ms).
+    # Half a ClientHello, then silence: closed at header_timeout (1500ms).
     with connect(pf) as s:
         s.sendall(client_hello[:40])
         started = time.monotonic()
