@@ -49,7 +49,7 @@ DEB_PKGS = gcc libc6-dev make pkg-config libevent-dev libc-ares-dev libcurl4-ope
 	libssl-dev libcunit1-dev node-llhttp python3 python3-pytest curl procps util-linux \
 	haproxy nginx-light wrk nghttp2-client dnsmasq-base bind9-dnsutils clang-format python3-yaml unzip \
 	libyaml-dev libpcre2-dev prometheus chromium python3-websockets libnghttp2-dev python3-h2 python3-grpcio \
-	testssl.sh
+	testssl.sh iperf3
 # $(call install_missing,PACKAGES): apt-get install those of PACKAGES not installed yet.
 define install_missing
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
@@ -178,9 +178,10 @@ fmt-check:
 # ---- fuzzing --------------------------------------------------------------
 # make fuzz: coverage-guided fuzzing (libFuzzer) of the parsers that take untrusted bytes,
 # one harness per parser in test/fuzz/fuzz_<name>.c: dns (DNS answers), kubernetes (watch
-# streams, events, objects, endpoints), kubeconfig, config (JSON config and its dump) and
-# http1 (heads through llhttp and the heads pilotfish forwards) and h2 (an HTTP/2 client
-# connection through a real worker's conn.c and h2_downstream.c). Built with clang
+# streams, events, objects, endpoints), kubeconfig, config (JSON config and its dump),
+# http1 (heads through llhttp and the heads pilotfish forwards), h2 (an HTTP/2 client
+# connection through a real worker's conn.c and h2_downstream.c) and sni (TLS ClientHellos
+# that tcp listeners read for passthrough). Built with clang
 # -fsanitize=fuzzer,address,undefined into $(BUILD)/fuzz/ (project objects in
 # $(BUILD)/fuzz/obj), each run for FUZZ_SECONDS (default 60) one after the other, starting
 # from test/fuzz/corpus/<name>/; new inputs go to $(BUILD)/fuzz/corpus/<name>/, crashes to

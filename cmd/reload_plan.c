@@ -105,6 +105,17 @@ void reload_check_live(const pf_config *from, const pf_config *to, const pf_conf
                            "pilotfish to apply it (the running config stays)",
                            i);
     }
+    /* A kept listener's connections were accepted as what it spoke: HTTP keep-alive
+     * connections would meet tcp routes (or relays HTTP ones), so the protocol stays. */
+    for (size_t i = 0; i < to->listener_count; i++)
+        for (size_t j = 0; j < from->listener_count; j++)
+            if (strcmp(from->listeners[j].name, to->listeners[i].name) == 0 &&
+                from->listeners[j].protocol != to->listeners[i].protocol)
+                pf_errlist_add(errs,
+                               "$.listeners[%zu].protocol: a listener's protocol cannot change "
+                               "while pilotfish runs; give the listener a new name (the old one "
+                               "drains) or restart pilotfish (the running config stays)",
+                               i);
     for (size_t i = 0; i < to->cluster_count; i++)
         if (to->clusters[i].has_tls && !reload_find_cluster(from, to->clusters[i].name))
             pf_errlist_add(errs,

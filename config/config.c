@@ -77,6 +77,11 @@ static const char *const protocol_names[] = {
     [PF_PROTO_DOWNSTREAM] = "downstream",
 };
 
+static const char *const listener_protocol_names[] = {
+    [PF_LISTEN_HTTP] = "http",
+    [PF_LISTEN_TCP] = "tcp",
+};
+
 /* Bit k of pf_config_retry.on is retry_on_names[k]. */
 static const char *const retry_on_names[] = {"connect-failure",
                                              "reset",
@@ -100,6 +105,7 @@ static const char *const check_type_names[] = {"http", "tcp", "grpc"};
 /* KT_ENUM rows store through an int. */
 _Static_assert(sizeof(pf_lb_policy) == sizeof(int) && sizeof(pf_dns_record) == sizeof(int) &&
                    sizeof(pf_upstream_protocol) == sizeof(int) &&
+                   sizeof(pf_listener_protocol) == sizeof(int) &&
                    sizeof(pf_check_type) == sizeof(int),
                "enum fields of the schema are int-sized");
 
@@ -796,6 +802,40 @@ static void parse_match_host(loader *ld, json_t *obj, json_t *v, const char *p, 
         parse_host(ld, p, json_string_value(v), base);
 }
 
+/* tcp routes: a TLS server name pattern, like a host without a port (RFC 6066 3: SNI
+ * carries a DNS name, never a port). */
+static void parse_match_sni(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                            const key_def *k) {
+    char q[QUOTE_MAX];
+    if (!want(ld, v, p, "string"))
+        return;
+    const char *text = json_string_value(v);
+    if (strchr(text, ':')) {
+        errf(ld, p, "server name %s has a port; SNI carries a name only, e.g. \"db.local\"",
+             qstr(q, text));
+        return;
+    }
+    pf_config_route *r = base, tmp = {.host_port = -1};
+    size_t errors = ld->nerr;
+    parse_host(ld, p, text, &tmp);
+    if (ld->nerr != errors)
+        return;
+    r->has_sni = true;
+    r->sni_kind = tmp.host_kind;
+    memcpy(r->sni, tmp.host, sizeof r->sni);
+}
+
+static json_t *dump_match_sni(dumper *d, const void *base, const key_def *k) {
+    const pf_config_route *r = base;
+    if (!r->has_sni)
+        return NULL;
+    char name[PF_HOST_MAX + 2];
+    int n = snprintf(name, sizeof name, "%s%s", r->sni_kind == PF_MATCH_HOST_EXACT ? "" : "*",
+                     r->sni_kind == PF_MATCH_HOST_ANY ? "" : r->sni);
+    mark_cut(name, sizeof name, n);
+    return json_string(name);
+}
+
 /* Back to the form it was written in: "*", "*.local", "api.local", each with ":port". */
 static json_t *dump_match_host(dumper *d, const void *base, const key_def *k) {
     const pf_config_route *r = base;
@@ -1403,12 +1443,87 @@ static void parse_routes(loader *ld, json_t *obj, json_t *v, const char *p, void
     parse_value(ld, obj, v, p, base, k);
 }
 
+/* Keys a tcp listener has no use for: it reads no HTTP and passes TLS through. */
+static const char *const tcp_refused_listener_keys[] = {
+    "max_header_bytes",    "max_target_bytes",    "max_headers", "body_timeout",
+    "tunnel_idle_timeout", "stream_idle_timeout", "tls",
+};
+
+/* A tcp listener: a cluster, routes by SNI, or both, and none of HTTP's settings. */
+static void tcp_listener_finish(loader *ld, json_t *v, const char *path) {
+    char p[JPATH_MAX], r[JPATH_MAX], m[JPATH_MAX];
+    for (size_t i = 0; i < ARRAY_LEN(tcp_refused_listener_keys); i++) {
+        const char *key = tcp_refused_listener_keys[i];
+        if (!json_object_get(v, key))
+            continue;
+        if (strcmp(key, "tls") == 0)
+            errf(ld, jkey(p, path, key),
+                 "a tcp listener does not terminate TLS; it passes TLS through (routes with "
+                 "match.sni pick the cluster by server name), or use protocol \"http\"");
+        else
+            errf(ld, jkey(p, path, key),
+                 "an HTTP setting; a tcp listener reads no HTTP (remove it, or use protocol "
+                 "\"http\")");
+    }
+    json_t *routes = json_object_get(v, "routes");
+    if (!routes && !json_object_get(v, "cluster"))
+        errf(ld, path, "a tcp listener needs \"cluster\", \"routes\" (by SNI) or both");
+    for (size_t i = 0; json_is_array(routes) && i < json_array_size(routes); i++) {
+        json_t *route = json_array_get(routes, i);
+        if (!json_is_object(route))
+            continue;
+        jidx(r, jkey(p, path, "routes"), i);
+        for (void *it = json_object_iter(route); it; it = json_object_iter_next(route, it)) {
+            const char *key = json_object_iter_key(it);
+            if (strcmp(key, "match") != 0 && strcmp(key, "cluster") != 0)
+                errf(ld, jkey(p, r, key),
+                     "not for tcp listeners: a tcp route has \"match\": {\"sni\": ...} and "
+                     "\"cluster\"");
+        }
+        json_t *match = json_object_get(route, "match");
+        if (!json_is_object(match))
+            continue;
+        jkey(m, r, "match");
+        for (void *it = json_object_iter(match); it; it = json_object_iter_next(match, it)) {
+            const char *key = json_object_iter_key(it);
+            if (strcmp(key, "sni") != 0)
+                errf(ld, jkey(p, m, key),
+                     "not for tcp listeners: a tcp route matches the TLS server name only "
+                     "(\"sni\")");
+        }
+        if (!json_object_get(match, "sni"))
+            errf(ld, m, "missing required key \"sni\" (a tcp route matches the TLS server name)");
+    }
+}
+
 static void listener_finish(loader *ld, json_t *v, const char *path, void *obj) {
     char p[JPATH_MAX];
     const pf_config_listener *l = obj;
     if (!v)
         return;
-    if (!json_object_get(v, "routes") && !ld->auto_discover)
+    json_t *proto = json_object_get(v, "protocol");
+    if (proto && l->protocol == PF_LISTEN_HTTP &&
+        !(json_is_string(proto) && strcmp(json_string_value(proto), "http") == 0))
+        return; /* refused already: what this listener is cannot be judged */
+    if (l->protocol == PF_LISTEN_TCP) {
+        tcp_listener_finish(ld, v, path);
+        return;
+    }
+    if (json_object_get(v, "cluster"))
+        errf(ld, jkey(p, path, "cluster"),
+             "only tcp listeners have a cluster of their own; an http listener's routes name "
+             "theirs (or set \"protocol\": \"tcp\")");
+    json_t *routes = json_object_get(v, "routes");
+    for (size_t i = 0; json_is_array(routes) && i < json_array_size(routes); i++) {
+        json_t *match = json_object_get(json_array_get(routes, i), "match");
+        if (json_is_object(match) && json_object_get(match, "sni")) {
+            char r[JPATH_MAX], m[JPATH_MAX];
+            errf(ld, jkey(p, jkey(m, jidx(r, jkey(p, path, "routes"), i), "match"), "sni"),
+                 "sni is matched on tcp listeners only; an http listener matches the Host "
+                 "with \"host\"");
+        }
+    }
+    if (!routes && !ld->auto_discover)
         errf(ld, path, "missing required key \"routes\"");
     /* The request line is part of the head, so a target limit above the head limit
      * would be a promise the parser cannot keep. */
@@ -2295,10 +2410,38 @@ static void check_clusters(loader *ld, json_t *arr, const char *path, void *base
 
 /* ---- top level ---- */
 
+static void check_tcp_cluster(loader *ld, const pf_config *cfg, const char *path, size_t ci) {
+    char q[QUOTE_MAX];
+    if (cfg->clusters[ci].has_tls)
+        errf(ld, path,
+             "cluster %s speaks TLS to its endpoints ($.clusters[%zu].tls), which a tcp "
+             "listener does not: it relays the client's bytes as they are (TLS included)",
+             qstr(q, cfg->clusters[ci].name), ci);
+}
+
+/* A tcp listener's own cluster: known, and one whose endpoints take raw bytes (a TLS
+ * cluster would expect pilotfish to speak TLS to it, which a relay does not). */
+static void resolve_listener_cluster(loader *ld, pf_config *cfg, size_t li) {
+    char p[JPATH_MAX], q[QUOTE_MAX];
+    pf_config_listener *l = &cfg->listeners[li];
+    mark_cut(p, sizeof p, snprintf(p, sizeof p, "$.listeners[%zu].cluster", li));
+    size_t ci = 0;
+    while (ci < cfg->cluster_count && strcmp(cfg->clusters[ci].name, l->cluster) != 0)
+        ci++;
+    if (ci == cfg->cluster_count) {
+        errf(ld, p, "unknown cluster %s", qstr(q, l->cluster));
+        return;
+    }
+    l->cluster_index = ci;
+    check_tcp_cluster(ld, cfg, p, ci);
+}
+
 static void resolve_routes(loader *ld, pf_config *cfg) {
     char p[JPATH_MAX], q[QUOTE_MAX];
     for (size_t li = 0; li < cfg->listener_count; li++) {
         pf_config_listener *l = &cfg->listeners[li];
+        if (l->cluster[0])
+            resolve_listener_cluster(ld, cfg, li);
         for (size_t ri = 0; ri < l->route_count; ri++) {
             pf_config_route *r = &l->routes[ri];
             for (size_t wi = 0; wi < r->weighted_count; wi++) {
@@ -2322,6 +2465,11 @@ static void resolve_routes(loader *ld, pf_config *cfg) {
                 ci++;
             if (ci < cfg->cluster_count) {
                 r->cluster_index = ci;
+                if (l->protocol == PF_LISTEN_TCP) {
+                    mark_cut(p, sizeof p,
+                             snprintf(p, sizeof p, "$.listeners[%zu].routes[%zu].cluster", li, ri));
+                    check_tcp_cluster(ld, cfg, p, ci);
+                }
                 continue;
             }
             textlist tl = {0};
@@ -2392,22 +2540,48 @@ static const key_def stats_keys[] = {
 };
 static const schema stats_schema = {.doc_name = "stats", SCHEMA_KEYS(stats_keys)};
 
+/* A tcp listener's routes have match.sni (required there, refused on http listeners), and
+ * only it and cluster: their other keys stay out of the dump, which must load again. */
+static bool http_route(const void *base) {
+    return !((const pf_config_route *)base)->has_sni;
+}
+
+static bool http_listener(const void *base) {
+    return ((const pf_config_listener *)base)->protocol == PF_LISTEN_HTTP;
+}
+
+static bool dump_routes(const void *base) {
+    const pf_config_listener *l = base;
+    return l->protocol == PF_LISTEN_HTTP || l->route_count > 0;
+}
+
+static bool tcp_listener(const void *base) {
+    return ((const pf_config_listener *)base)->protocol == PF_LISTEN_TCP;
+}
+
 static const key_def match_keys[] = {
     {K_CUSTOM("host", "host pattern",
               "\"api.local\", \"*.local\" or \"*\", with an optional :port"),
      .parse = parse_match_host, .init = init_match_host, .dump = dump_match_host,
-     .doc_default = "*"},
+     .dump_if = http_route, .doc_default = "*"},
     {K_CUSTOM("prefix", "path", "path prefix"), .parse = parse_match_path, .init = init_match_path,
-     .dump = dump_match_path, .doc_default = "/"},
+     .dump = dump_match_path, .dump_if = http_route, .doc_default = "/"},
     {K_CUSTOM("path", "path", "exact path (the query string is ignored)"),
-     .parse = parse_match_path, .dump = dump_match_path, .doc_default = "none"},
+     .parse = parse_match_path, .dump = dump_match_path, .dump_if = http_route,
+     .doc_default = "none"},
     {K_CUSTOM("method", "method name", "the request method, e.g. \"POST\""),
-     .parse = parse_match_method, .dump = dump_match_method, .doc_default = "any"},
+     .parse = parse_match_method, .dump = dump_match_method, .dump_if = http_route,
+     .doc_default = "any"},
     {K_CUSTOM("headers", "list of conditions",
               "{\"name\", one of exact/prefix/suffix/present/regex, \"invert\"}: all must hold"),
-     .parse = parse_match_headers, .dump = dump_match_headers, .doc_default = "none"},
+     .parse = parse_match_headers, .dump = dump_match_headers, .dump_if = http_route,
+     .doc_default = "none"},
     {K_CUSTOM("query_params", "list of conditions", "like headers, on the query's parameters"),
-     .parse = parse_match_query, .dump = dump_match_query, .doc_default = "none"},
+     .parse = parse_match_query, .dump = dump_match_query, .dump_if = http_route,
+     .doc_default = "none"},
+    {K_CUSTOM("sni", "server name pattern",
+              "tcp listeners: the TLS server name, \"db.local\", \"*.local\" or \"*\""),
+     .parse = parse_match_sni, .dump = dump_match_sni, .doc_default = "required on tcp"},
 };
 static const schema match_schema = {
     .doc_name = "routes[].match", SCHEMA_KEYS(match_keys), .finish = match_finish};
@@ -2529,26 +2703,29 @@ static const key_def route_keys[] = {
      .flags = KF_OMIT_ZERO, .parse = parse_route_cluster, .doc_default = "required"},
     {K_CUSTOM("clusters", "list of {name, weight}",
               "in place of cluster: each request goes to one, in proportion to the weights"),
-     .parse = parse_route_clusters, .dump = dump_route_clusters, .doc_default = "none"},
+     .parse = parse_route_clusters, .dump = dump_route_clusters, .dump_if = http_route,
+     .doc_default = "none"},
     {K_OBJ(pf_config_route, "retry", retry, retry_schema, "replaces the cluster's retry policy"),
      .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_retry, bool),
-     .doc_default = "the cluster's"},
+     .dump_if = http_route, .doc_default = "the cluster's"},
     {K_DUR(pf_config_route, "timeout", timeout_ms, 0,
            "the whole request, all attempts, until the response head"),
-     .flags = KF_POSITIVE | KF_OMIT_ZERO},
+     .flags = KF_POSITIVE | KF_OMIT_ZERO, .dump_if = http_route},
     {K_CUSTOM("upgrades", "list of protocol names",
               "protocols a request may switch to (Upgrade); the connection becomes a tunnel"),
-     .parse = parse_upgrades, .init = init_upgrades, .dump = dump_upgrades,
+     .parse = parse_upgrades, .init = init_upgrades, .dump = dump_upgrades, .dump_if = http_route,
      .doc_default = "[\"websocket\"]"},
     {K_DUR(pf_config_route, "tunnel_idle_timeout", tunnel_idle_timeout_ms, 0,
            "an upgraded connection with no bytes either way for this long is closed"),
-     .flags = KF_POSITIVE | KF_OMIT_ZERO, .doc_default = "the listener's"},
+     .flags = KF_POSITIVE | KF_OMIT_ZERO, .dump_if = http_route, .doc_default = "the listener's"},
     {K_CUSTOM(
          "request_headers", "header edits",
          "{\"set\": {NAME: VALUE}, \"add\": {...}, \"remove\": [NAME]} on the forwarded request"),
-     .parse = parse_request_headers, .dump = dump_request_headers, .doc_default = "none"},
+     .parse = parse_request_headers, .dump = dump_request_headers, .dump_if = http_route,
+     .doc_default = "none"},
     {K_CUSTOM("response_headers", "header edits", "the same on the response to the client"),
-     .parse = parse_response_headers, .dump = dump_response_headers, .doc_default = "none"},
+     .parse = parse_response_headers, .dump = dump_response_headers, .dump_if = http_route,
+     .doc_default = "none"},
 };
 static const schema route_schema = {.doc_name = "routes[]",
                                     SCHEMA_KEYS(route_keys),
@@ -2626,13 +2803,16 @@ static const key_def listener_keys[] = {
     {K_ADDR(pf_config_listener, "address", addr, NULL, "ip:port or [ipv6]:port to accept on"),
      .flags = KF_REQUIRED | KF_LISTEN},
     {K_ARRAY(pf_config_listener, "routes", routes, route_count, route_schema, "first match wins"),
-     .parse = parse_routes, .doc_default = "required"},
+     .parse = parse_routes, .dump_if = dump_routes, .doc_default = "required"},
     {K_UINT(pf_config_listener, "max_header_bytes", max_header_bytes, HEADER_BYTES_MIN,
-            HEADER_BYTES_MAX, PF_DEFAULT_MAX_HEADER_BYTES, "request head larger than this: 431")},
+            HEADER_BYTES_MAX, PF_DEFAULT_MAX_HEADER_BYTES, "request head larger than this: 431"),
+     .dump_if = http_listener},
     {K_UINT(pf_config_listener, "max_target_bytes", max_target_bytes, TARGET_BYTES_MIN,
-            TARGET_BYTES_MAX, PF_DEFAULT_MAX_TARGET_BYTES, "request target longer than this: 414")},
+            TARGET_BYTES_MAX, PF_DEFAULT_MAX_TARGET_BYTES, "request target longer than this: 414"),
+     .dump_if = http_listener},
     {K_UINT(pf_config_listener, "max_headers", max_headers, HEADERS_MIN, HEADERS_MAX,
-            PF_DEFAULT_MAX_HEADERS, "more header lines than this: 431")},
+            PF_DEFAULT_MAX_HEADERS, "more header lines than this: 431"),
+     .dump_if = http_listener},
     {K_UINT(pf_config_listener, "buffer_bytes", buffer_bytes, BUFFER_BYTES_MIN, BUFFER_BYTES_MAX,
             PF_DEFAULT_BUFFER_BYTES, "bytes buffered per direction before backpressure")},
     {K_DUR(pf_config_listener, "header_timeout", header_timeout_ms, PF_DEFAULT_HEADER_TIMEOUT_MS,
@@ -2643,22 +2823,29 @@ static const key_def listener_keys[] = {
      .flags = KF_POSITIVE},
     {K_DUR(pf_config_listener, "body_timeout", body_timeout_ms, PF_DEFAULT_BODY_TIMEOUT_MS,
            "longest pause while a body streams through the client connection"),
-     .flags = KF_POSITIVE},
+     .flags = KF_POSITIVE, .dump_if = http_listener},
     {K_UINT(pf_config_listener, "max_connections", max_connections, 1, PF_MAX_CONNECTIONS_LIMIT, 0,
             "client connections open at once; more wait in the kernel backlog"),
      .flags = KF_OMIT_ZERO, .doc_default = "only the global limit"},
     {K_OBJ(pf_config_listener, "tls", tls, listener_tls_schema, "terminate TLS on this listener"),
      .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_listener, has_tls, bool),
-     .doc_default = "none (plaintext)"},
+     .dump_if = http_listener, .doc_default = "none (plaintext)"},
     {K_DUR(pf_config_listener, "tunnel_idle_timeout", tunnel_idle_timeout_ms,
            PF_DEFAULT_TUNNEL_IDLE_TIMEOUT_MS,
            "an upgraded connection (WebSocket) with no bytes either way for this long is closed"),
-     .flags = KF_POSITIVE},
+     .flags = KF_POSITIVE, .dump_if = http_listener},
     {K_DUR(pf_config_listener, "stream_idle_timeout", stream_idle_timeout_ms,
            PF_DEFAULT_STREAM_IDLE_TIMEOUT_MS,
            "a request (an HTTP/2 stream, a gRPC call) with no bytes either way for this long is "
            "ended"),
-     .flags = KF_POSITIVE},
+     .flags = KF_POSITIVE, .dump_if = http_listener},
+    {K_ENUM(pf_config_listener, "protocol", protocol, pf_listener_protocol, listener_protocol_names,
+            0, PF_LISTEN_HTTP, "protocol", "protocols",
+            "http (requests routed one by one) or tcp (bytes relayed per connection)")},
+    {K_TEXT(pf_config_listener, "cluster", cluster, NULL,
+            "tcp: the cluster of connections no route takes"),
+     .flags = KF_OMIT_ZERO, .parse = parse_route_cluster, .dump_if = tcp_listener,
+     .doc_default = "none (closed)"},
 };
 static const schema listener_schema = {.doc_name = "listeners[]",
                                        SCHEMA_KEYS(listener_keys),

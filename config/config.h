@@ -432,7 +432,17 @@ typedef struct pf_config_route {
     uint64_t tunnel_idle_timeout_ms; /* 0: the listener's */
     pf_config_header_edits request_headers;
     pf_config_header_edits response_headers;
+    /* tcp listeners: the TLS server name (SNI) the route takes; has_sni false on http ones. */
+    bool has_sni;
+    pf_host_match sni_kind;
+    char sni[PF_HOST_MAX]; /* lower-case; for SUFFIX the part after '*', e.g. ".local" */
 } pf_config_route;
+
+/* listeners[].protocol: what a listener's connections speak. */
+typedef enum {
+    PF_LISTEN_HTTP, /* HTTP/1.1 and h2c, routed per request */
+    PF_LISTEN_TCP,  /* bytes relayed to a cluster per connection (L4), optionally by SNI */
+} pf_listener_protocol;
 
 typedef struct pf_config_listener {
     char name[PF_NAME_MAX];
@@ -451,6 +461,9 @@ typedef struct pf_config_listener {
     uint64_t stream_idle_timeout_ms; /* a request (HTTP/2 stream, gRPC call) silent both ways */
     bool has_tls;                    /* false: plaintext HTTP/1 */
     pf_config_listener_tls tls;
+    pf_listener_protocol protocol;
+    char cluster[PF_NAME_MAX]; /* tcp: where connections no route takes go; "": closed */
+    size_t cluster_index;      /* into pf_config.clusters, resolved at load when cluster[0] */
 } pf_config_listener;
 
 /* $.kubernetes: how to reach the API server, shared by every Kubernetes cluster, and

@@ -197,24 +197,72 @@ bool access_log_sampled(pf_worker *w) {
     return ppm >= PF_ALOG_SAMPLE_ONE || (ppm && worker_random(w) % PF_ALOG_SAMPLE_ONE < ppm);
 }
 
-void access_log_write(pf_worker *w, const pf_access_entry *e) {
-    const pf_config_access_log *cfg = &w->proxy->alog;
+/* Room for one more line in the worker's buffer: false (counted as dropped) when a full
+ * stdout left none. */
+static bool reserve_line(pf_worker *w) {
     if (!w->log_buf)
-        return;
+        return false;
     if (w->log_len + LOG_LINE_MAX > LOG_BUFFER_BYTES && !w->log_blocked)
         access_log_flush(w);
     if (w->log_len + LOG_LINE_MAX > LOG_BUFFER_BYTES) {
         metrics_inc(w->proxy->access_log_dropped, 1);
-        return;
+        return false;
     }
-    char when[64];
+    return true;
+}
+
+static void format_time(char *when, size_t cap) {
     uint64_t now = pf_wall_us();
     time_t secs = (time_t)(now / 1000000u);
     struct tm tm;
     gmtime_r(&secs, &tm);
-    snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (unsigned)(now / 1000u % 1000u));
+    snprintf(when, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)(now / 1000u % 1000u));
+}
+
+/* A tcp listener's connection has its own fields (no request): JSON or text as configured,
+ * with every field; `fields` chooses among a request's. */
+void access_log_write_tcp(pf_worker *w, const pf_tcp_access_entry *e) {
+    if (!reserve_line(w))
+        return;
+    char when[64];
+    format_time(when, sizeof when);
+    bool json = w->proxy->alog.format == PF_ALOG_JSON;
+    line l = {.buf = w->log_buf + w->log_len, .cap = LOG_LINE_MAX};
+    size_t sni_len = e->sni ? strlen(e->sni) : 0;
+    if (json) {
+        put(&l,
+            "{\"time\":\"%s\",\"protocol\":\"tcp\",\"listener\":\"%s\",\"client\":\"%s\",\"sni\":",
+            when, e->listener, e->client);
+        put_json_string(&l, e->sni, sni_len);
+        put(&l, ",\"bytes_in\":%llu,\"bytes_out\":%llu,\"duration_ms\":%.3f,\"cluster\":",
+            (unsigned long long)e->bytes_in, (unsigned long long)e->bytes_out,
+            (double)e->duration_us / 1000.0);
+        put_json_string(&l, e->cluster, e->cluster ? strlen(e->cluster) : 0);
+        put(&l, ",\"upstream\":");
+        put_json_string(&l, e->upstream, e->upstream ? strlen(e->upstream) : 0);
+        put(&l, ",\"connect_attempts\":%u,\"reason\":\"%s\"}\n", e->attempts, e->reason);
+    } else {
+        put(&l, "%s %s tcp ", when, e->client);
+        put_text_string(&l, e->sni, sni_len, true);
+        put(&l, " %llu %llu %.3fms %s %s %u %s listener=%s\n", (unsigned long long)e->bytes_in,
+            (unsigned long long)e->bytes_out, (double)e->duration_us / 1000.0,
+            e->cluster ? e->cluster : "-", e->upstream ? e->upstream : "-", e->attempts, e->reason,
+            e->listener);
+    }
+    if (l.full) {
+        metrics_inc(w->proxy->access_log_dropped, 1);
+        return;
+    }
+    w->log_len += l.len;
+}
+
+void access_log_write(pf_worker *w, const pf_access_entry *e) {
+    const pf_config_access_log *cfg = &w->proxy->alog;
+    if (!reserve_line(w))
+        return;
+    char when[64];
+    format_time(when, sizeof when);
     bool json = cfg->format == PF_ALOG_JSON;
     line l = {.buf = w->log_buf + w->log_len, .cap = LOG_LINE_MAX};
     put(&l, json ? "{" : "");

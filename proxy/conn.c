@@ -18,6 +18,7 @@
 #include "proxy/exchange_int.h"
 #include "proxy/h2_int.h"
 #include "proxy/stream.h"
+#include "proxy/tcp_int.h"
 #include "proxy/tls_int.h"
 
 #include <arpa/inet.h>
@@ -90,6 +91,7 @@ struct pf_conn {
     bool connect_accepted; /* the 200 goes out once llhttp is done with the CONNECT */
     char *bound_host;
     int bound_port;
+    pf_tcp_conn *tcp; /* a tcp listener's connection: relayed, everything above is unused */
 };
 
 static const llhttp_settings_t *request_settings(void);
@@ -157,6 +159,7 @@ void conn_free(pf_conn *c) {
     if (!c)
         return;
     h2_conn_free(c->h2);
+    tcp_conn_free(c->tcp);
     exchange_free(&c->ex);
     if (c->prev)
         c->prev->next = c->next;
@@ -600,6 +603,10 @@ static void process_input(pf_conn *c) {
 
 static void on_read(pf_stream *s, void *arg) {
     pf_conn *c = arg;
+    if (c->tcp) {
+        tcp_conn_on_read(c->tcp);
+        return;
+    }
     if (c->h2) {
         h2_conn_on_read(c->h2);
         return;
@@ -618,6 +625,10 @@ static void on_read(pf_stream *s, void *arg) {
 
 static void on_write(pf_stream *s, void *arg) {
     pf_conn *c = arg;
+    if (c->tcp) {
+        tcp_conn_on_write(c->tcp);
+        return;
+    }
     if (c->h2) {
         h2_conn_on_write(c->h2);
         return;
@@ -642,6 +653,10 @@ static void on_write(pf_stream *s, void *arg) {
 
 static void on_event(pf_stream *s, int what, int err, void *arg) {
     pf_conn *c = arg;
+    if (c->tcp) {
+        tcp_conn_on_event(c->tcp, what, err);
+        return;
+    }
     if (c->state == CONN_TUNNEL) {
         tunnel_on_event(exchange_tunnel(&c->ex), PF_TUNNEL_CLIENT, what, err);
         return;
@@ -903,6 +918,16 @@ int conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struc
         w->conns->prev = c;
     w->conns = c;
     metrics_inc(l->connections_total, 1);
+    if (l->cfg->protocol == PF_LISTEN_TCP) {
+        /* Relayed as bytes from here; tcp.c bounds the wait with its own timers. */
+        c->tcp = tcp_conn_new(c, w, l, c->stream, c->client_ip);
+        if (!c->tcp) {
+            conn_free(c);
+            return PF_ENOMEM;
+        }
+        tcp_conn_start(c->tcp); /* may free c */
+        return PF_OK;
+    }
     timer_set(c, TIMER_HEADER, l->cfg->header_timeout_ms);
     return PF_OK;
 }
@@ -913,6 +938,8 @@ pf_conn *conn_next(const pf_conn *c) {
 
 void conn_drain(pf_conn *c) {
     c->draining = true;
+    if (c->tcp)
+        return; /* a relay runs until either side closes, or drain_timeout ends the process */
     if (c->h2) {
         h2_conn_drain(c->h2);
         return;
@@ -926,6 +953,8 @@ pf_listener_rt *conn_listener(const pf_conn *c) {
 }
 
 uint64_t conn_request_start_us(const pf_conn *c) {
+    if (c->tcp)
+        return tcp_conn_start_us(c->tcp);
     if (c->h2)
         return h2_conn_oldest_start_us(c->h2);
     /* A tunnel still refers to the route and cluster it started on. */

@@ -6,6 +6,7 @@
 #include "core/random.h"
 #include "core/time.h"
 #include "proxy/proxy_int.h"
+#include "proxy/tcp_int.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -75,6 +76,31 @@ pf_endpoint_set *worker_cluster_set(pf_worker_cluster *wc) {
         wc->assigned_version = raw->version;
     }
     return wc->assigned ? wc->assigned : raw;
+}
+
+static const char *const tcp_directions[2] = {"from_client", "from_upstream"};
+
+/* tcp (L4) listeners: connections ended by reason, bytes each way, failed connects. */
+static void register_tcp_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
+    char labels[200];
+    for (int i = 0; i < PF_TCP_END_REASONS; i++) {
+        snprintf(labels, sizeof labels, "listener=\"%s\",reason=\"%s\"", l->cfg->name,
+                 tcp_end_name((pf_tcp_end)i));
+        l->tcp_closed[i] =
+            metrics_counter(m, "pilotfish_tcp_listener_connections_closed_total",
+                            "Connections of a tcp listener that ended, by why.", labels);
+    }
+    for (int i = 0; i < 2; i++) {
+        snprintf(labels, sizeof labels, "listener=\"%s\",direction=\"%s\"", l->cfg->name,
+                 tcp_directions[i]);
+        l->tcp_bytes[i] =
+            metrics_counter(m, "pilotfish_tcp_listener_bytes_total",
+                            "Bytes a tcp listener relayed, by where they came from.", labels);
+    }
+    snprintf(labels, sizeof labels, "listener=\"%s\"", l->cfg->name);
+    l->tcp_connect_failures =
+        metrics_counter(m, "pilotfish_tcp_listener_connect_failures_total",
+                        "Upstream connects of a tcp listener that failed or timed out.", labels);
 }
 
 void proxy_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
@@ -147,6 +173,9 @@ void proxy_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
             "limits, by reason.",
             h2l);
     }
+    /* Only tcp listeners relay (and a kept listener's protocol never changes). */
+    if (l->cfg->protocol == PF_LISTEN_TCP)
+        register_tcp_listener_metrics(m, l);
 }
 
 static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
@@ -190,6 +219,19 @@ static void register_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
     c->connect_duration =
         metrics_histogram(m, "pilotfish_upstream_connect_duration_seconds",
                           "Time to open a new upstream connection (connect to connected).", labels);
+    c->tcp_connections_total =
+        metrics_counter(m, "pilotfish_tcp_connections_total",
+                        "tcp listener connections relayed to the cluster (connected).", labels);
+    c->tcp_connections_active = metrics_gauge(m, "pilotfish_tcp_connections_active",
+                                              "tcp listener connections relayed now.", labels);
+    for (int i = 0; i < 2; i++) {
+        char dir[200];
+        snprintf(dir, sizeof dir, "cluster=\"%s\",direction=\"%s\"", c->cfg->name,
+                 tcp_directions[i]);
+        c->tcp_bytes[i] =
+            metrics_counter(m, "pilotfish_tcp_bytes_total",
+                            "Bytes relayed for tcp listeners, by where they came from.", dir);
+    }
     char breaker[200];
     static const char *const limits[] = {"max_requests", "max_connections", "max_pending_requests",
                                          "max_retries"};

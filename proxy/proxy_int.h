@@ -21,9 +21,10 @@
 #define PF_CODE_CLASSES 6 /* 1xx..5xx, and "other" for codes outside 100-599 */
 #define PF_POOL_BUCKETS 64
 #define PF_UPSTREAM_MAX_HEADER_BYTES (64u * 1024u)
-#define PF_LINGER_MS 2000u  /* how long a closing connection drains unread input */
-#define PF_AVOID_MAX 4u     /* failed endpoints a request remembers for its retries */
-#define PF_GRPC_STATUSES 17 /* the gRPC status codes 0 (OK) to 16 (UNAUTHENTICATED) */
+#define PF_LINGER_MS 2000u    /* how long a closing connection drains unread input */
+#define PF_AVOID_MAX 4u       /* failed endpoints a request remembers for its retries */
+#define PF_GRPC_STATUSES 17   /* the gRPC status codes 0 (OK) to 16 (UNAUTHENTICATED) */
+#define PF_TCP_END_REASONS 12 /* pf_tcp_end (tcp_int.h): why tcp connections end */
 
 typedef struct pf_worker pf_worker;
 typedef struct pf_conn pf_conn;
@@ -50,7 +51,10 @@ typedef struct pf_cluster_rt {
     pf_counter *overflow_connections;
     pf_counter *overflow_pending;
     pf_counter *overflow_retries;
-    pf_gauge *connections_active; /* also the max_connections breaker's count */
+    pf_gauge *connections_active;      /* also the max_connections breaker's count */
+    pf_counter *tcp_connections_total; /* tcp listeners' connections relayed to the cluster */
+    pf_gauge *tcp_connections_active;
+    pf_counter *tcp_bytes[2]; /* by tunnel side read: [0] from clients, [1] from endpoints */
     /* In flight across all workers, for the breakers and the retry budget. */
     _Atomic long active_requests;
     _Atomic long active_retries;
@@ -121,6 +125,9 @@ typedef struct pf_listener_rt {
     pf_counter *protocol_requests[2];             /* HTTP/1.x, HTTP/2 */
     pf_counter *grpc_calls[PF_GRPC_STATUSES + 1]; /* by grpc-status 0-16, and any other */
     pf_counter *h2_errors[PF_H2_ERR_REASONS];
+    pf_counter *tcp_closed[PF_TCP_END_REASONS]; /* tcp listeners: connections ended, by why */
+    pf_counter *tcp_bytes[2]; /* by tunnel side read: [0] from clients, [1] from endpoints */
+    pf_counter *tcp_connect_failures; /* connect attempts that failed or timed out */
     pf_listener_state state;
     bool retiring; /* RETIRED, and some worker may still accept on it (main thread) */
 } pf_listener_rt;
@@ -293,6 +300,19 @@ int proxy_endpoint_metrics_register(pf_proxy *proxy, pf_metrics *m);
 /* Whether this request's line is kept (access_log.sample). Worker thread. */
 bool access_log_sampled(pf_worker *w);
 void access_log_write(pf_worker *w, const pf_access_entry *e);
+/* tcp listeners: one line per connection. */
+typedef struct pf_tcp_access_entry {
+    const char *listener;
+    const char *client;
+    const char *sni;      /* NULL: none read */
+    const char *cluster;  /* NULL: none chosen */
+    const char *upstream; /* NULL: never connected */
+    uint64_t bytes_in, bytes_out;
+    uint64_t duration_us;
+    unsigned attempts;
+    const char *reason;
+} pf_tcp_access_entry;
+void access_log_write_tcp(pf_worker *w, const pf_tcp_access_entry *e);
 void access_log_flush(pf_worker *w);
 
 static inline int code_class(int status) {

@@ -21,6 +21,7 @@ typedef struct compiled_route {
 
 struct pf_router {
     size_t count;
+    long tcp_default; /* tcp listeners: the cluster of connections no route takes; -1: none */
     pcre2_match_context *limits; /* read-only while matching: shared by all workers */
     compiled_route *compiled;
     pf_config_route routes[];
@@ -75,6 +76,10 @@ pf_router *router_new(const pf_config_listener *listener, const size_t *cluster_
     if (!r)
         return NULL;
     r->count = listener->route_count;
+    r->tcp_default = -1;
+    if (listener->protocol == PF_LISTEN_TCP && listener->cluster[0])
+        r->tcp_default =
+            (long)(cluster_slot ? cluster_slot[listener->cluster_index] : listener->cluster_index);
     if (r->count)
         memcpy(r->routes, listener->routes, r->count * sizeof(pf_config_route));
     for (size_t i = 0; i < r->count; i++) { /* until copied below */
@@ -348,4 +353,37 @@ long router_match(const pf_router *router, const char *host, int port, const cha
                   size_t path_len) {
     const pf_config_route *route = router_find(router, host, port, path, path_len);
     return route ? (long)route->cluster_index : -1;
+}
+
+/* Server names compare without case (RFC 6066 3, DNS names); the name is lower-cased by the
+ * caller, the patterns by config/. */
+bool router_name_matches(pf_host_match kind, const char *pattern, const char *name) {
+    switch (kind) {
+    case PF_MATCH_HOST_ANY:
+        return true;
+    case PF_MATCH_HOST_EXACT:
+        return name && strcmp(pattern, name) == 0;
+    case PF_MATCH_HOST_SUFFIX: {
+        /* "*.local" takes "a.local" and "a.b.local", not "local" or ".local" */
+        size_t n = name ? strlen(name) : 0, m = strlen(pattern);
+        return n > m && strcmp(name + n - m, pattern) == 0;
+    }
+    }
+    return false;
+}
+
+long router_match_sni(const pf_router *router, const char *server_name) {
+    for (size_t i = 0; i < router->count; i++) {
+        const pf_config_route *r = &router->routes[i];
+        if (r->has_sni && server_name && router_name_matches(r->sni_kind, r->sni, server_name))
+            return (long)r->cluster_index;
+    }
+    return router->tcp_default;
+}
+
+bool router_has_sni_routes(const pf_router *router) {
+    for (size_t i = 0; i < router->count; i++)
+        if (router->routes[i].has_sni)
+            return true;
+    return false;
 }

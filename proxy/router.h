@@ -65,4 +65,14 @@ bool router_host_known(const pf_router *router, const char *host, int port);
  * router and the request; any thread. */
 const pf_config_route *router_find_request(const pf_router *router, const pf_route_request *rq);
 
+/* tcp listeners: the cluster (slot index, like router_match) for a connection whose TLS
+ * ClientHello named `server_name` (lower-case; NULL: none sent, or not TLS): the first route
+ * whose match.sni takes it, else the listener's own cluster, else -1 (close). Any thread. */
+long router_match_sni(const pf_router *router, const char *server_name);
+/* Whether any route matches on SNI: a tcp connection must then be peeked at first. */
+bool router_has_sni_routes(const pf_router *router);
+/* Whether `name` (lower-case) fits a host pattern of config/: any, exact, or "*.suffix" (the
+ * pattern holds ".suffix"; at least one label must precede it). Pure. */
+bool router_name_matches(pf_host_match kind, const char *pattern, const char *name);
+
 #endif

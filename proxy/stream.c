@@ -21,6 +21,7 @@ struct pf_stream {
     struct evbuffer *in, *out;
     int fd;
     size_t read_limit, write_low;
+    size_t read_chunk; /* the most one read takes */
     pf_stream_callbacks cbs;
     void *ctx;
     int pending_error;
@@ -69,8 +70,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
         arm_read(s);
         return;
     }
-    if (room > READ_CHUNK)
-        room = READ_CHUNK;
+    if (room > s->read_chunk)
+        room = s->read_chunk;
     struct evbuffer_iovec vec[2];
     int nvec = evbuffer_reserve_space(s->in, (ev_ssize_t)room, vec, 2);
     if (nvec < 1)
@@ -216,6 +217,7 @@ pf_stream *stream_new(struct event_base *base, int fd, size_t read_limit, size_t
     s->fd = fd;
     s->read_limit = read_limit;
     s->write_low = write_low;
+    s->read_chunk = READ_CHUNK;
     s->cbs = *cbs;
     s->ctx = ctx;
     s->in = evbuffer_new();
@@ -244,6 +246,10 @@ void stream_connect(pf_stream *s, const struct sockaddr *sa, socklen_t len) {
     }
     s->connecting = true;
     arm_write(s, true);
+}
+
+void stream_set_read_chunk(pf_stream *s, size_t bytes) {
+    s->read_chunk = bytes ? bytes : READ_CHUNK;
 }
 
 struct evbuffer *stream_input(pf_stream *s) {

@@ -39,6 +39,9 @@ pf_stream *stream_new(struct event_base *base, int fd, size_t read_limit, size_t
 /* Starts a non-blocking connect; the outcome arrives as PF_STREAM_CONNECTED or
  * PF_STREAM_ERROR, never from inside this call. Output may be queued meanwhile. */
 void stream_connect(pf_stream *s, const struct sockaddr *sa, socklen_t len);
+/* The most one read takes (default 16 KiB, what a request head or a small body needs):
+ * bulk relays read larger pieces, for fewer system calls per byte. 0: the default. */
+void stream_set_read_chunk(pf_stream *s, size_t bytes);
 struct evbuffer *stream_input(pf_stream *s);
 struct evbuffer *stream_output(pf_stream *s);
 void stream_read_enable(pf_stream *s, bool enable);

@@ -20,6 +20,7 @@ struct pf_tunnel {
     bool shut[2];   /* we shut side i's write half (after passing on the other's EOF) */
     bool paused[2]; /* reading side i waits for room in the other side's output */
     uint64_t bytes[2];
+    pf_counter *count[2][2]; /* optional counters of bytes[i] */
     pf_tunnel_done done;
     void *ctx;
 };
@@ -54,6 +55,9 @@ static bool pump(pf_tunnel *t, int from) {
     if (move > 0) {
         evbuffer_remove_buffer(in, out, move);
         t->bytes[from] += move;
+        for (int k = 0; k < 2; k++)
+            if (t->count[from][k])
+                metrics_inc(t->count[from][k], move);
         touch(t);
     }
     bool blocked = evbuffer_get_length(in) > 0;
@@ -124,6 +128,11 @@ void tunnel_on_event(pf_tunnel *t, int side, int what, int err) {
         t->eof[side] = true;
         pump(t, side);
     }
+}
+
+void tunnel_count_bytes(pf_tunnel *t, int side, pf_counter *a, pf_counter *b) {
+    t->count[side][0] = a;
+    t->count[side][1] = b;
 }
 
 uint64_t tunnel_bytes(const pf_tunnel *t, int side) {

@@ -7,6 +7,7 @@
 #ifndef PF_PROXY_TUNNEL_INT_H
 #define PF_PROXY_TUNNEL_INT_H
 
+#include "core/metrics.h"
 #include "proxy/stream.h"
 
 #include <stdbool.h>
@@ -32,6 +33,9 @@ void tunnel_start(pf_tunnel *t);
 void tunnel_on_read(pf_tunnel *t, int side);
 void tunnel_on_write(pf_tunnel *t, int side);
 void tunnel_on_event(pf_tunnel *t, int side, int what, int err);
+/* Also counts the bytes read from `side` and forwarded into `a` and `b` (either may be
+ * NULL) as they move, so long-lived tunnels show in metrics before they end. */
+void tunnel_count_bytes(pf_tunnel *t, int side, pf_counter *a, pf_counter *b);
 /* Bytes read from `side` and forwarded to the other (0 for NULL). */
 uint64_t tunnel_bytes(const pf_tunnel *t, int side);
 /* Frees the tunnel (not the streams). tunnel_free(NULL) is a no-op. */

@@ -271,6 +271,7 @@ static void test_route_host_and_path_forms(void) {
 #define CFG(top, listeners, clusters)                                                              \
     "{" top "'listeners':[" listeners "],'clusters':[" clusters "]}"
 #define EP(eps) CFG("", LMAIN(""), CL("web", eps, ""))
+#define TCPL(extra) "{'name':'db','address':'127.0.0.1:15002','protocol':'tcp'" extra "}"
 #define ROUTE(route)                                                                               \
     CFG("", "{'name':'main','address':'127.0.0.1:15001','routes':[" route "]}", CWEB(""))
 #define MATCH(m) ROUTE("{'match':" m ",'cluster':'web'}")
@@ -1644,7 +1645,66 @@ static const struct {
      "x.json: $.clusters[0].health_check.expected_statuses: expected array, found string"},
     {DNSR("'resolvers':['127.0.0.1:53',{}]"),
      "x.json: $.dns.resolvers[1]: expected string, found object"},
+    /* tcp listeners: HTTP's keys, a route's HTTP keys, sni on http listeners */
+    {CFG("", TCPL(",'cluster':'web','max_headers':8"), CWEB("")),
+     "x.json: $.listeners[0].max_headers: an HTTP setting; a tcp listener reads no HTTP (remove "
+     "it, or use protocol \"http\")"},
+    {CFG("", TCPL(",'cluster':'web','tunnel_idle_timeout':'1s'"), CWEB("")),
+     "x.json: $.listeners[0].tunnel_idle_timeout: an HTTP setting; a tcp listener reads no HTTP "
+     "(remove it, or use protocol \"http\")"},
+    {CFG("", TCPL(""), CWEB("")),
+     "x.json: $.listeners[0]: a tcp listener needs \"cluster\", \"routes\" (by SNI) or both"},
+    {CFG("", TCPL(",'routes':[{'match':{},'cluster':'web'}]"), CWEB("")),
+     "x.json: $.listeners[0].routes[0].match: missing required key \"sni\" (a tcp route matches "
+     "the TLS server name)"},
+    {CFG("", TCPL(",'routes':[{'match':{'sni':'a.test','prefix':'/'},'cluster':'web'}]"), CWEB("")),
+     "x.json: $.listeners[0].routes[0].match.prefix: not for tcp listeners: a tcp route matches "
+     "the TLS server name only (\"sni\")"},
+    {CFG("", TCPL(",'routes':[{'match':{'sni':'a.test'},'cluster':'web','timeout':'1s'}]"),
+         CWEB("")),
+     "x.json: $.listeners[0].routes[0].timeout: not for tcp listeners: a tcp route has "
+     "\"match\": {\"sni\": ...} and \"cluster\""},
+    {CFG("", TCPL(",'routes':[{'match':{'sni':'a.test:443'},'cluster':'web'}]"), CWEB("")),
+     "x.json: $.listeners[0].routes[0].match.sni: server name \"a.test:443\" has a port; SNI "
+     "carries a name only, e.g. \"db.local\""},
+    {CFG("", TCPL(",'cluster':'nope'"), CWEB("")),
+     "x.json: $.listeners[0].cluster: unknown cluster \"nope\""},
+    {CFG("", "{'name':'db','address':'127.0.0.1:15002','protocol':'udp','cluster':'web'}",
+         CWEB("")),
+     "x.json: $.listeners[0].protocol: unknown protocol \"udp\"; known protocols: http, tcp"},
+    {CFG("", LMAIN(",'cluster':'web'"), CWEB("")),
+     "x.json: $.listeners[0].cluster: only tcp listeners have a cluster of their own; an http "
+     "listener's routes name theirs (or set \"protocol\": \"tcp\")"},
+    {ROUTE("{'match':{'sni':'a.test'},'cluster':'web'}"),
+     "x.json: $.listeners[0].routes[0].match.sni: sni is matched on tcp listeners only; an http "
+     "listener matches the Host with \"host\""},
 };
+
+/* A tcp listener: its cluster and SNI routes load, and its dump loads again (HTTP's keys
+ * stay out of it). */
+static void test_tcp_listener_loads_and_round_trips(void) {
+    const char *json = sq(CFG("",
+                              TCPL(",'cluster':'web','idle_timeout':'30m','routes':["
+                                   "{'match':{'sni':'DB.test'},'cluster':'api'},"
+                                   "{'match':{'sni':'*.cache.test'},'cluster':'web'}]"),
+                              CWEB("") "," CL("api", "'127.0.0.1:8082'", "")));
+    pf_config *cfg = load_ok(json);
+    CU_ASSERT_FATAL(cfg != NULL);
+    const pf_config_listener *l = &cfg->listeners[0];
+    CU_ASSERT_EQUAL(l->protocol, PF_LISTEN_TCP);
+    CU_ASSERT_STRING_EQUAL(l->cluster, "web");
+    CU_ASSERT_EQUAL(l->cluster_index, 0);
+    CU_ASSERT_EQUAL(l->idle_timeout_ms, 30u * 60u * 1000u);
+    CU_ASSERT_FATAL(l->route_count == 2);
+    CU_ASSERT(l->routes[0].has_sni && l->routes[0].sni_kind == PF_MATCH_HOST_EXACT);
+    CU_ASSERT_STRING_EQUAL(l->routes[0].sni, "db.test");
+    CU_ASSERT_EQUAL(l->routes[0].cluster_index, 1);
+    CU_ASSERT(l->routes[1].sni_kind == PF_MATCH_HOST_SUFFIX);
+    CU_ASSERT_STRING_EQUAL(l->routes[1].sni, ".cache.test");
+    config_free(cfg);
+    check_round_trip(json);
+    check_round_trip(sq(CFG("", TCPL(",'cluster':'web'"), CWEB(""))));
+}
 
 static void test_every_type_path_has_its_exact_message(void) {
     for (size_t i = 0; i < ARRAY_LEN(exact); i++) {
@@ -2346,6 +2406,7 @@ static void test_max_connections_taken_and_derived(void) {
 }
 
 PF_UNIT_MAIN("config", PF_UNIT_TEST(test_example_loads_with_every_field_and_default),
+             PF_UNIT_TEST(test_tcp_listener_loads_and_round_trips),
              PF_UNIT_TEST(test_every_option_set_is_taken),
              PF_UNIT_TEST(test_empty_static_cluster_is_allowed),
              PF_UNIT_TEST(test_route_host_and_path_forms),

@@ -179,9 +179,65 @@ static void test_tls_changes_need_a_restart(void) {
     config_free(from);
 }
 
+static pf_config *load_text(const char *text) {
+    char json[1024];
+    snprintf(json, sizeof json, "%s", text);
+    for (char *p = json; *p; p++)
+        if (*p == '\'')
+            *p = '"';
+    pf_config *cfg = NULL;
+    pf_errlist errs = {0};
+    PF_CHECK(config_load_string(json, "reload.json", &cfg, &errs) == PF_OK,
+             "config should load: %s", errs.count ? errs.items[0] : "?");
+    pf_errlist_free(&errs);
+    return cfg;
+}
+
+static size_t live_errors(const pf_config *from, const pf_config *to, const char *want,
+                          bool *found) {
+    pf_config_diff diff = {0};
+    CU_ASSERT_EQUAL_FATAL(config_diff(from, to, &diff), PF_OK);
+    pf_errlist errs = {0};
+    reload_check_live(from, to, &diff, true, &errs);
+    *found = false;
+    for (size_t k = 0; k < errs.count; k++)
+        *found |= want && strstr(errs.items[k], want) != NULL;
+    size_t n = errs.count;
+    pf_errlist_free(&errs);
+    config_diff_free(&diff);
+    return n;
+}
+
+#define CLUSTERS                                                                                   \
+    "'clusters':[{'name':'web','endpoints':['127.0.0.1:8001']},"                                   \
+    "{'name':'db','endpoints':['127.0.0.1:8002']}]}"
+
+/* A kept listener's open connections were accepted as what it spoke: its protocol waits for
+ * a restart (or a new name), while a tcp listener's cluster and routes change live. */
+static void test_a_listener_protocol_change_needs_a_restart_but_tcp_routes_change_live(void) {
+    pf_config *http = load_text("{'listeners':[{'name':'main','address':'127.0.0.1:15001',"
+                                "'routes':[{'match':{},'cluster':'web'}]}]," CLUSTERS);
+    pf_config *tcp = load_text("{'listeners':[{'name':'main','address':'127.0.0.1:15001',"
+                               "'protocol':'tcp','cluster':'web'}]," CLUSTERS);
+    pf_config *tcp2 = load_text("{'listeners':[{'name':'main','address':'127.0.0.1:15001',"
+                                "'protocol':'tcp','cluster':'db','idle_timeout':'5m','routes':"
+                                "[{'match':{'sni':'a.test'},'cluster':'web'}]}]," CLUSTERS);
+    CU_ASSERT_FATAL(http && tcp && tcp2);
+    bool found;
+    const char *want = "$.listeners[0].protocol: a listener's protocol cannot change while "
+                       "pilotfish runs";
+    CU_ASSERT(live_errors(http, tcp, want, &found) == 1 && found);
+    CU_ASSERT(live_errors(tcp, http, want, &found) == 1 && found);
+    CU_ASSERT_EQUAL(live_errors(tcp, tcp2, want, &found), 0);
+    config_free(tcp2);
+    config_free(tcp);
+    config_free(http);
+}
+
 PF_UNIT_MAIN(
     "reload", PF_UNIT_TEST(test_plan_of_a_changed_cluster_follows_which_keys_changed),
     PF_UNIT_TEST(test_endpoint_changes_keep_the_cluster_and_publish_its_endpoints_again),
     PF_UNIT_TEST(test_changes_the_running_process_cannot_take_are_named_with_their_path),
     PF_UNIT_TEST(test_removing_a_dns_cluster_or_adding_one_without_a_resolver_needs_a_restart),
-    PF_UNIT_TEST(test_tls_changes_need_a_restart))
+    PF_UNIT_TEST(test_tls_changes_need_a_restart),
+    PF_UNIT_TEST(test_a_listener_protocol_change_needs_a_restart_but_tcp_routes_change_live))

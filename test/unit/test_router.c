@@ -671,7 +671,54 @@ static void test_router_maps_config_cluster_indices_to_the_given_slots(void) {
     config_free(f.cfg);
 }
 
-PF_UNIT_MAIN("router", PF_UNIT_TEST(test_method_header_and_query_conditions_all_must_hold),
+/* tcp listeners: the first route whose SNI pattern takes the name, else the listener's
+ * cluster, else -1; slots map both. */
+static void test_sni_routes_pick_the_cluster_else_the_listener_default(void) {
+    const char *json =
+        "{'listeners':[{'name':'t','address':'127.0.0.1:15001','protocol':'tcp','cluster':'d',"
+        "'routes':[{'match':{'sni':'db.test'},'cluster':'a'},"
+        "{'match':{'sni':'*.cache.test'},'cluster':'b'},{'match':{'sni':'*'},'cluster':'c'}]},"
+        "{'name':'u','address':'127.0.0.1:15002','protocol':'tcp',"
+        "'routes':[{'match':{'sni':'db.test'},'cluster':'a'}]},"
+        "{'name':'v','address':'127.0.0.1:15003','protocol':'tcp','cluster':'b'}],"
+        "'clusters':[{'name':'a','endpoints':[]},{'name':'b','endpoints':[]},"
+        "{'name':'c','endpoints':[]},{'name':'d','endpoints':[]}]}";
+    pf_config *cfg = NULL;
+    pf_errlist errs = {0};
+    CU_ASSERT_FATAL(config_load_string(sq(json), "tcp.json", &cfg, &errs) == PF_OK);
+    pf_errlist_free(&errs);
+    pf_router *t = router_new(&cfg->listeners[0], NULL);
+    const size_t slots[] = {10, 11, 12, 13};
+    pf_router *mapped = router_new(&cfg->listeners[0], slots);
+    pf_router *u = router_new(&cfg->listeners[1], NULL);
+    pf_router *v = router_new(&cfg->listeners[2], NULL);
+    CU_ASSERT_FATAL(t && mapped && u && v);
+    const struct {
+        const char *name;
+        long t, u;
+    } cases[] = {
+        {"db.test", 0, 0},     {"x.cache.test", 1, -1}, {"a.b.cache.test", 1, -1},
+        {"cache.test", 2, -1}, {"other.test", 2, -1},   {"db.test.evil", 2, -1},
+        {NULL, 3, -1}, /* no server name: only the default takes it */
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        PF_CHECK(router_match_sni(t, cases[i].name) == cases[i].t, "t %s: %ld",
+                 cases[i].name ? cases[i].name : "(none)", router_match_sni(t, cases[i].name));
+        PF_CHECK(router_match_sni(u, cases[i].name) == cases[i].u, "u %s: %ld",
+                 cases[i].name ? cases[i].name : "(none)", router_match_sni(u, cases[i].name));
+        CU_ASSERT_EQUAL(router_match_sni(mapped, cases[i].name), (long)slots[cases[i].t]);
+    }
+    CU_ASSERT(router_has_sni_routes(t) && router_has_sni_routes(u) && !router_has_sni_routes(v));
+    CU_ASSERT_EQUAL(router_match_sni(v, "db.test"), 1);
+    router_free(v);
+    router_free(u);
+    router_free(mapped);
+    router_free(t);
+    config_free(cfg);
+}
+
+PF_UNIT_MAIN("router", PF_UNIT_TEST(test_sni_routes_pick_the_cluster_else_the_listener_default),
+             PF_UNIT_TEST(test_method_header_and_query_conditions_all_must_hold),
              PF_UNIT_TEST(test_an_evil_regex_against_a_long_header_gives_up_quickly),
              PF_UNIT_TEST(test_conditions_outlive_the_config),
              PF_UNIT_TEST(test_parse_authority_splits_host_and_port_and_lowercases),
