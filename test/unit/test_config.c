@@ -1436,7 +1436,7 @@ static const struct {
     {CFG("'access_log':{'fields':['time','status','latency']},", LMAIN(""), CWEB("")),
      "x.json: $.access_log.fields[2]: unknown field \"latency\"; known fields: time, client, "
      "method, authority, path, status, bytes_in, bytes_out, duration_ms, cluster, upstream, "
-     "request_id, trace_id"},
+     "request_id, trace_id, protocol, grpc_status"},
     {CFG("'access_log':{'fields':['status','path','status']},", LMAIN(""), CWEB("")),
      "x.json: $.access_log.fields[2]: field \"status\" is listed twice"},
     {CFG("'access_log':{'fields':[]},", LMAIN(""), CWEB("")),
