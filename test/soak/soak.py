@@ -11,7 +11,9 @@ Load: LOAD_CLIENTS keep-alive clients, each sending GET to the four clusters in 
 Faults, one at a time, every 1-4 s: a backend killed (and restarted on its port), hung
 (SIGSTOP, then SIGCONT), or answering 503, for 2-6 s; dnsmasq restarted; the watch cut;
 410 Gone (compaction); ks's endpoints churned to another backend and back; "flap" deleted
-and created again; clients aborting mid-body; slowloris bursts. At most one backend is
+and created again; clients aborting mid-body; slowloris bursts; config reloads (SIGHUP
+with a changed file: settings only, st replaced by a new lb_policy, a second listener
+added or removed). At most one backend is
 faulted at a time, so every cluster always keeps a working endpoint except kf, whose only
 backend may be the faulted one, and which has none while "flap" is deleted.
 
@@ -27,13 +29,15 @@ Why this is fair: with one working endpoint left and retries allowed, a request 
 correct place to go; pilotfish must find it (outlier ejection, health checks, retries
 with per_try_timeout for a hung backend) before the client sees an error.
 
-Asserts: zero failed requests; RSS after warm-up (the first 20% of the run, at least
+Asserts: zero failed requests; every reload applied (none refused); RSS after warm-up (the first 20% of the run, at least
 60 s) never above 110% of RSS at the end of the warm-up; no sanitizer report; open
 descriptors back to the baseline (taken after start-up) once the load stops and idle
 connections time out. Prints a summary table. Exit status 0 only when all hold.
 """
 
 import collections
+import copy
+import json
 import os
 import random
 import signal
@@ -61,6 +65,7 @@ from harness import (  # noqa: E402
     k8s_service,
     k8s_slice,
     listener,
+    metric_sum,
     make_config,
     route,
     wait_for,
@@ -110,6 +115,9 @@ class Soak:
         self.rss = []  # (t, bytes)
         self.faulted = None  # the backend under a fault now
         self.flap_present = True
+        self.reload_state = {"lb": "round_robin", "idle": "3s", "side": False}
+        self.reload_problems = []
+        self.reloads_applied = 0
 
     # ---- processes ----
 
@@ -140,7 +148,7 @@ class Soak:
         common = dict(retry=retry, retry_budget={"percent": 100}, outlier_detection=od,
                       health_check=hc, idle_timeout="3s", response_timeout="8s",
                       connect_timeout="500ms", panic_threshold=0)
-        cfg = make_config(
+        self.base_cfg = make_config(
             [listener("main", [route(c, prefix=f"/{c}/") for c in CLUSTERS],
                       header_timeout="5s", body_timeout="5s", idle_timeout="10s")],
             [cluster("st", [b.address for b in self.st], **common),
@@ -153,7 +161,8 @@ class Soak:
             kubernetes=self.k8s.config(),
             access_log=False,
         )
-        self.pf = Pilotfish(cfg, self.work, workers=2, tag="soak-pf")
+        self.side = listener("side", [route("st", prefix="/")])
+        self.pf = Pilotfish(self.base_cfg, self.work, workers=2, tag="soak-pf")
         self.pf.start()
         for c in CLUSTERS:
             wait_for(lambda c=c: self.pf.get(f"/{c}/").status == 200, 30, f"cluster {c} serving")
@@ -268,9 +277,52 @@ class Soak:
             for s in socks:
                 s.close()
 
+    def reload_config(self):
+        """The base config with the schedule's changes: what a reload may change live."""
+        cfg = copy.deepcopy(self.base_cfg)
+        st = cfg["clusters"][0]
+        st["lb_policy"] = self.reload_state["lb"]  # a changed policy replaces the cluster
+        for c in cfg["clusters"]:
+            c["idle_timeout"] = self.reload_state["idle"]  # kept: pools and verdicts stay
+        if self.reload_state["side"]:
+            cfg["listeners"].append(copy.deepcopy(self.side))
+        return cfg
+
+    def reloads(self):
+        samples = self.pf.metrics()
+        return (metric_sum(samples, "pilotfish_config_reloads_total", result="applied"),
+                metric_sum(samples, "pilotfish_config_reloads_total", result="rejected"))
+
+    def reload(self):
+        what = self.rng.choice(["settings", "replace", "listener"])
+        st = self.reload_state
+        if what == "settings":
+            st["idle"] = "4s" if st["idle"] == "3s" else "3s"
+        elif what == "replace":
+            st["lb"] = "least_request" if st["lb"] == "round_robin" else "round_robin"
+        else:
+            st["side"] = not st["side"]
+        before = self.reloads()
+        tmp = self.pf.config_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.reload_config(), f, indent=2)
+        os.replace(tmp, self.pf.config_path)  # whole, as a ConfigMap update is
+        os.kill(self.pf.pid, signal.SIGHUP)
+        wait_for(lambda: sum(self.reloads()) > sum(before), 30, f"reload ({what})")
+        applied, _ = self.reloads()
+        if applied > before[0]:
+            self.reloads_applied += 1
+        else:
+            self.reload_problems.append(f"reload ({what}) refused; see pilotfish's log")
+        if what == "listener" and st["side"]:
+            port = int(self.side["address"].rsplit(":", 1)[1])
+            resp = http_request(port, "GET", "/x", timeout=10)
+            if resp.status != 200:
+                self.reload_problems.append(f"new listener answered {resp.status}")
+
     def inject(self):
         kinds = ["kill", "hang", "5xx", "dns_restart", "watch_cut", "gone_410", "churn", "flap",
-                 "abort", "slowloris"]
+                 "abort", "slowloris", "reload"]
         kind = self.rng.choice(kinds)
         self.faults[kind] += 1
         if kind in ("kill", "hang", "5xx"):
@@ -304,6 +356,8 @@ class Soak:
                 self.ledger.set_down("kf", False)
         elif kind == "abort":
             self.abort_mid_body()
+        elif kind == "reload":
+            self.reload()
         else:
             self.slowloris()
 
@@ -367,6 +421,7 @@ def main():
         if s.warm_rss and later and max(later) > s.warm_rss * RSS_SLACK:
             problems.append(f"RSS grew after warm-up: {s.warm_rss >> 10} KiB -> "
                             f"{max(later) >> 10} KiB (limit +{int((RSS_SLACK - 1) * 100)}%)")
+        problems.extend(s.reload_problems)
         failed = sum(v for (c, o), v in s.counts.items() if o == "failed")
         if failed:
             problems.append(f"{failed} failed requests, first: {s.failures[:10]}")
@@ -386,6 +441,7 @@ def main():
               f"{s.counts[(c, 'failed')]:>7}")
     print()
     print("faults: " + ", ".join(f"{k} {v}" for k, v in sorted(s.faults.items())))
+    print(f"reloads applied: {s.reloads_applied} of {s.faults['reload']}")
     rss = [r for _, r in s.rss]
     print(f"RSS KiB: start {rss[0] >> 10 if rss else '-'}, end of warm-up "
           f"{s.warm_rss >> 10 if s.warm_rss else '-'}, max after warm-up "
