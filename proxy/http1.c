@@ -27,6 +27,12 @@ void http1_head_free(pf_head *h) {
     memset(h, 0, sizeof *h);
 }
 
+void http1_head_release(pf_head *h) {
+    size_t byte_limit = h->byte_limit, max_headers = h->max_headers;
+    http1_head_free(h);
+    http1_head_init(h, byte_limit, max_headers);
+}
+
 static int append_bytes(pf_head *h, const char *at, size_t len) {
     /* One spare byte keeps room for the NUL that terminates each name and value. */
     if (h->len + len + 1 > h->byte_limit)

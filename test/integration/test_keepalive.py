@@ -7,6 +7,7 @@ from harness import (
     listener,
     make_config,
     make_request,
+    metric_sum,
     pattern_bytes,
     route,
     wait_for,
@@ -125,6 +126,33 @@ def test_connection_close_request_gets_response_then_close(proxy):
         resp = c.read_response()
         assert resp.body == b"0123456"
         assert c.wait_closed(10)
+
+
+def test_client_that_said_close_is_closed_with_the_response_not_lingered(
+    start_backend, start_pilotfish
+):
+    # RFC 9112 9.6: a client that sends "close" sends nothing more, so pilotfish closes the
+    # descriptor with the response instead of waiting for the client's FIN: the FIN the
+    # client sees comes from close() itself. (A server-decided close still lingers.)
+    b = start_backend("b")
+    pf = start_pilotfish(
+        make_config([listener("main", [route("c", prefix="/")])], [cluster("c", [b.address])]),
+        workers=1,
+    )
+    assert pf.get("/").status == 200  # the pooled upstream connection exists from here
+
+    def clients():
+        return metric_sum(pf.metrics(), "pilotfish_downstream_connections_active")
+
+    wait_for(lambda: clients() == 0, 10, "the first client's connection closed")
+    baseline = pf.open_fds()
+    for _ in range(3):
+        with pf.raw() as c:
+            c.send(make_request("GET", "/", [("Connection", "close")]))
+            assert c.read_response().status == 200
+            assert c.wait_closed(10)
+            # the client still holds its socket open: pilotfish's end is gone already
+            assert pf.open_fds() == baseline
 
 
 def test_idle_downstream_connection_closed_after_idle_timeout(start_backend, start_pilotfish):
