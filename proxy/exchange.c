@@ -443,27 +443,11 @@ static const pf_endpoint *pick_endpoint(pf_exchange *ex, pf_endpoint_set *set,
     return ep;
 }
 
-/* Hands what the request body has so far (kept for replay) to the new attempt. */
+/* Hands what the request body has so far (kept for replay) to the new attempt, by
+ * reference: an attempt never copies the body kept for the next one. */
 static void replay_body(pf_exchange *ex) {
-    size_t left = ex->replay ? evbuffer_get_length(ex->replay) : 0;
-    if (left == 0)
-        return;
-    struct evbuffer_iovec vec[8];
-    struct evbuffer_ptr pos;
-    evbuffer_ptr_set(ex->replay, &pos, 0, EVBUFFER_PTR_SET);
-    while (left > 0) {
-        int n = evbuffer_peek(ex->replay, (ev_ssize_t)left, &pos, vec, 8);
-        size_t done = 0;
-        for (int i = 0; i < n && i < 8 && done < left; i++) {
-            size_t len = vec[i].iov_len < left - done ? vec[i].iov_len : left - done;
-            ex->up_ops->write_body(ex->up, vec[i].iov_base, len);
-            done += len;
-        }
-        if (done == 0)
-            break;
-        left -= done;
-        evbuffer_ptr_set(ex->replay, &pos, done, EVBUFFER_PTR_ADD);
-    }
+    if (ex->replay && evbuffer_get_length(ex->replay) > 0)
+        ex->up_ops->replay_body(ex->up, ex->replay);
 }
 
 /* Sends the request to an endpoint. Returns 0, or -1 after pilotfish answered it. */

@@ -510,8 +510,8 @@ static h2u_conn *conn_open(pf_worker *w, pf_worker_cluster *wc, const pf_endpoin
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     static const pf_stream_callbacks callbacks = {on_read, on_write, on_event};
-    c->s = stream_new(w->base, fd, PF_DEFAULT_BUFFER_BYTES, PF_DEFAULT_BUFFER_BYTES / 2, &callbacks,
-                      c);
+    c->s = stream_new(w->base, fd, wc->rt->cfg->buffer_bytes, wc->rt->cfg->buffer_bytes / 2,
+                      &callbacks, c);
     if (!c->s)
         goto fail_fd;
     fd = -1;
@@ -606,7 +606,8 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
     st->ex = ex;
     st->body = evbuffer_new();
     st->timer = evtimer_new(c->w->base, on_stream_timer, st);
-    http1_head_init(&st->resp, PF_UPSTREAM_MAX_HEADER_BYTES, PF_DEFAULT_MAX_HEADERS * 2);
+    const pf_config_cluster *cfg = c->wc->rt->cfg;
+    http1_head_init(&st->resp, cfg->max_header_bytes, cfg->max_headers);
     const pf_exchange_request *req = exchange_request(ex);
     pf_h2_fields f;
     if (!st->body || !st->timer || h2_request_fields(&f, req->head, &req->fwd) != PF_OK) {
@@ -644,6 +645,13 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
 static void write_body(void *arg, const char *at, size_t len) {
     h2u_stream *st = arg;
     evbuffer_add(st->body, at, len);
+    nghttp2_session_resume_data(st->c->session, st->id);
+    schedule(st->c);
+}
+
+static void replay_body(void *arg, struct evbuffer *body) {
+    h2u_stream *st = arg;
+    http1_add_reference(st->body, body);
     nghttp2_session_resume_data(st->c->session, st->id);
     schedule(st->c);
 }
@@ -686,6 +694,7 @@ static void release(void *arg, bool reusable) {
 const pf_upstream_ops upstream_h2_ops = {
     .start = start,
     .write_body = write_body,
+    .replay_body = replay_body,
     .end_body = end_body,
     .output_full = output_full,
     .resume = resume,

@@ -538,6 +538,30 @@ int http1_write_local_response(struct evbuffer *out, int status, const char *bod
     return rc < 0 ? PF_ENOMEM : PF_OK;
 }
 
+int http1_add_reference(struct evbuffer *out, struct evbuffer *in) {
+    if (evbuffer_add_buffer_reference(out, in) == 0)
+        return PF_OK;
+    struct evbuffer_ptr pos;
+    evbuffer_ptr_set(in, &pos, 0, EVBUFFER_PTR_SET);
+    size_t left = evbuffer_get_length(in);
+    while (left > 0) {
+        struct evbuffer_iovec vec[8];
+        int n = evbuffer_peek(in, (ev_ssize_t)left, &pos, vec, 8);
+        size_t done = 0;
+        for (int i = 0; i < n && i < 8 && done < left; i++) {
+            size_t len = vec[i].iov_len < left - done ? vec[i].iov_len : left - done;
+            if (evbuffer_add(out, vec[i].iov_base, len) != 0)
+                return PF_ENOMEM;
+            done += len;
+        }
+        if (done == 0)
+            return PF_ENOMEM;
+        left -= done;
+        evbuffer_ptr_set(in, &pos, done, EVBUFFER_PTR_ADD);
+    }
+    return PF_OK;
+}
+
 int http1_write_chunk(struct evbuffer *out, const void *data, size_t len) {
     if (len == 0)
         return PF_OK;

@@ -196,5 +196,8 @@ const char *http1_reason(int status);
 
 /* Writes one chunk (size line, data, CRLF); len 0 is a no-op, not the last chunk. */
 int http1_write_chunk(struct evbuffer *out, const void *data, size_t len);
+/* Appends all of `in` to `out` by reference (its chains are shared, not copied; `in` stays
+ * as it is), or by copy when libevent cannot reference it. Returns 0 or PF_ENOMEM. */
+int http1_add_reference(struct evbuffer *out, struct evbuffer *in);
 
 #endif

@@ -20,7 +20,6 @@
 
 #define PF_CODE_CLASSES 6 /* 1xx..5xx, and "other" for codes outside 100-599 */
 #define PF_POOL_BUCKETS 64
-#define PF_UPSTREAM_MAX_HEADER_BYTES (64u * 1024u)
 #define PF_LINGER_MS 2000u /* how long a closing connection drains unread input */
 #define PF_AVOID_MAX 4u    /* failed endpoints a request remembers for its retries */
 

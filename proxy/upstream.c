@@ -443,7 +443,8 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
     up->pending = true;
     upstream_count_opening(wc);
     snprintf(up->addr, sizeof up->addr, "%s", ep->addr.text);
-    http1_head_init(&up->resp, PF_UPSTREAM_MAX_HEADER_BYTES, PF_DEFAULT_MAX_HEADERS * 2);
+    const pf_config_cluster *cfg = wc->rt->cfg;
+    http1_head_init(&up->resp, cfg->max_header_bytes, cfg->max_headers);
     up->timer = evtimer_new(w->base, on_timer, up);
     int fd = socket(ep->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0 || !up->timer) {
@@ -455,8 +456,7 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     static const pf_stream_callbacks callbacks = {on_read, on_write, on_event};
-    up->stream = stream_new(w->base, fd, PF_DEFAULT_BUFFER_BYTES, PF_DEFAULT_BUFFER_BYTES / 2,
-                            &callbacks, up);
+    up->stream = stream_new(w->base, fd, cfg->buffer_bytes, cfg->buffer_bytes / 2, &callbacks, up);
     if (!up->stream) {
         close(fd);
         upstream_free(up);
@@ -554,6 +554,21 @@ static void write_body(void *arg, const char *at, size_t len) {
         evbuffer_add(stream_output(up->stream), at, len);
 }
 
+static void replay_body(void *arg, struct evbuffer *body) {
+    pf_upstream *up = arg;
+    struct evbuffer *out = stream_output(up->stream);
+    if (up->req_body != PF_BODY_CHUNKED) {
+        http1_add_reference(out, body);
+        return;
+    }
+    /* One chunk for all of it: the chunk size line, the body by reference, CRLF. */
+    char size[24];
+    int n = snprintf(size, sizeof size, "%zx\r\n", evbuffer_get_length(body));
+    evbuffer_add(out, size, (size_t)n);
+    http1_add_reference(out, body);
+    evbuffer_add(out, "\r\n", 2);
+}
+
 static void end_body(void *arg, uint64_t timeout_ms) {
     pf_upstream *up = arg;
     if (up->req_body == PF_BODY_CHUNKED)
@@ -625,6 +640,7 @@ static pf_stream *tunnel_stream(void *arg) {
 const pf_upstream_ops upstream_http1_ops = {
     .start = start,
     .write_body = write_body,
+    .replay_body = replay_body,
     .end_body = end_body,
     .output_full = output_full,
     .resume = resume,
@@ -634,24 +650,32 @@ const pf_upstream_ops upstream_http1_ops = {
 
 /* ---- llhttp response callbacks ---------------------------------------------------- */
 
+/* An appender's result as an llhttp callback's: a head over the cluster's limits says so. */
+static int head_added(pf_upstream *up, int rc) {
+    if (rc == PF_ELIMIT)
+        up->error_why = "upstream response head over the cluster's max_header_bytes or "
+                        "max_headers";
+    return rc == PF_OK ? 0 : -1;
+}
+
 static int on_status(llhttp_t *p, const char *at, size_t len) {
     pf_upstream *up = p->data;
-    return http1_head_append_first(&up->resp, at, len) ? -1 : 0;
+    return head_added(up, http1_head_append_first(&up->resp, at, len));
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
     pf_upstream *up = p->data;
-    return http1_head_append_name(&up->resp, at, len) ? -1 : 0;
+    return head_added(up, http1_head_append_name(&up->resp, at, len));
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
     pf_upstream *up = p->data;
-    return http1_head_append_value(&up->resp, at, len) ? -1 : 0;
+    return head_added(up, http1_head_append_value(&up->resp, at, len));
 }
 
 static int on_header_value_complete(llhttp_t *p) {
     pf_upstream *up = p->data;
-    return http1_head_finish_value(&up->resp) == PF_OK ? 0 : -1;
+    return head_added(up, http1_head_finish_value(&up->resp));
 }
 
 static int on_headers_complete(llhttp_t *p) {
