@@ -55,6 +55,7 @@ struct h2u_conn {
     bool goaway;            /* no new streams: the peer said GOAWAY, or we are closing */
     int32_t goaway_last_id; /* streams above it were never processed (RFC 9113 6.8) */
     bool closing;           /* freed at the end of the current event */
+    bool departed;          /* its endpoint left the set: closed once no stream is open */
     size_t active;          /* streams open, released or not */
     h2u_stream *streams;
     h2u_conn *prev, *next;
@@ -367,6 +368,10 @@ static void conn_fail(h2u_conn *c, bool connect, const char *reason) {
 }
 
 static void idle_or_not(h2u_conn *c) {
+    if (c->active == 0 && c->connected && c->departed) {
+        conn_free_h2u(c); /* like a pooled HTTP/1 connection to a departed endpoint */
+        return;
+    }
     if (c->active == 0 && c->connected) {
         struct timeval tv = pf_timeval_ms(c->wc->rt->cfg->upstream_idle_timeout_ms);
         evtimer_add(c->timer, &tv);
@@ -484,6 +489,18 @@ static void conn_free_h2u(h2u_conn *c) {
         event_free(c->timer);
     metrics_gauge_add(c->wc->rt->connections_active, -1);
     free(c);
+}
+
+void h2_upstream_prune(pf_worker_cluster *wc, const pf_endpoint_set *set) {
+    for (h2u_conn *c = wc->h2_conns; c; c = c->next) {
+        if (c->departed || c->closing || pool_set_has(set, c->addr))
+            continue;
+        /* Freed from the top of an event only (see the file's comment): the flush event
+         * frees it if idle; a busy one goes when its last stream closes. */
+        c->departed = true;
+        c->goaway = true;
+        schedule(c);
+    }
 }
 
 void h2_upstream_free_all(pf_worker_cluster *wc) {

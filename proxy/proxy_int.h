@@ -237,6 +237,8 @@ void upstream_count_opening(pf_worker_cluster *wc);
 /* Closes the worker's idle connections to endpoints not in `set` and frees their pool
  * buckets (issue 16: departed endpoints held descriptors, breaker places and memory). */
 void pool_prune(pf_worker_cluster *wc, const pf_endpoint_set *set);
+/* Whether `addr` is an endpoint of `set` (sorted by address text). */
+bool pool_set_has(const pf_endpoint_set *set, const char *addr);
 /* Prunes wc's pool when its endpoint set changed since the last prune. Worker thread. */
 void worker_cluster_prune(pf_worker_cluster *wc);
 

@@ -173,8 +173,7 @@ static void pool_remove(pf_upstream *up) {
     up->next_idle = NULL;
 }
 
-/* Whether `addr` is an endpoint of `set` (sorted by address text). */
-static bool set_has(const pf_endpoint_set *set, const char *addr) {
+bool pool_set_has(const pf_endpoint_set *set, const char *addr) {
     size_t lo = 0, hi = set ? set->count : 0;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
@@ -190,10 +189,11 @@ static bool set_has(const pf_endpoint_set *set, const char *addr) {
 }
 
 void pool_prune(pf_worker_cluster *wc, const pf_endpoint_set *set) {
+    h2_upstream_prune(wc, set);
     for (unsigned i = 0; i < PF_POOL_BUCKETS; i++) {
         for (pf_pool_bucket **at = &wc->buckets[i]; *at;) {
             pf_pool_bucket *b = *at;
-            if (set_has(set, b->addr)) {
+            if (pool_set_has(set, b->addr)) {
                 at = &b->next;
                 continue;
             }
@@ -206,6 +206,7 @@ void pool_prune(pf_worker_cluster *wc, const pf_endpoint_set *set) {
                 upstream_free(up);
             }
             *at = b->next;
+            tls_session_free(b->tls_session);
             free(b);
         }
     }
@@ -609,7 +610,7 @@ static void release(void *arg, bool reusable) {
     /* An endpoint that left the set gets no pooled connection (nor a bucket again). */
     if (!reusable || atomic_load_explicit(&up->w->proxy->draining, memory_order_relaxed) ||
         wc->rt->cfg->max_idle_per_endpoint == 0 ||
-        !set_has(discovery_cache_get(&wc->cache), up->addr)) {
+        !pool_set_has(discovery_cache_get(&wc->cache), up->addr)) {
         upstream_free(up);
         return;
     }
