@@ -198,7 +198,7 @@ class Soak:
                     conn = RawConn(self.pf.port(), timeout=15)
                 resp = conn.request("GET", f"/{cl}/x", host="soak.local")
                 if resp.status != 200:
-                    what = f"status {resp.status}"
+                    what = f"status {resp.status} {bytes(resp.body[:60])!r}"
                 if resp.has_token("Connection", "close"):
                     conn.close()
                     conn = None
@@ -235,6 +235,8 @@ class Soak:
     def backend_fault(self, kind):
         b = self.rng.choice(self.st + self.dn + self.ks[:2])
         hold = self.rng.uniform(2, 6)
+        print(f"{time.strftime('%H:%M:%S', time.gmtime())}   on {b.name} for {hold:.1f}s",
+              flush=True)
         self.faulted = b
         self.mark(b, True)
         if kind == "kill":
@@ -293,10 +295,12 @@ class Soak:
         return (metric_sum(samples, "pilotfish_config_reloads_total", result="applied"),
                 metric_sum(samples, "pilotfish_config_reloads_total", result="rejected"))
 
-    def reload(self):
-        what = self.rng.choice(["settings", "replace", "listener"])
+    def reload(self, what=None):
+        what = what or self.rng.choice(["settings", "replace", "listener"])
         st = self.reload_state
-        if what == "settings":
+        if what == "base":
+            st.update(lb="round_robin", idle="3s", side=False)
+        elif what == "settings":
             st["idle"] = "4s" if st["idle"] == "3s" else "3s"
         elif what == "replace":
             st["lb"] = "least_request" if st["lb"] == "round_robin" else "round_robin"
@@ -325,6 +329,7 @@ class Soak:
                  "abort", "slowloris", "reload"]
         kind = self.rng.choice(kinds)
         self.faults[kind] += 1
+        print(f"{time.strftime('%H:%M:%S', time.gmtime())} fault {kind}", flush=True)
         if kind in ("kill", "hang", "5xx"):
             self.backend_fault(kind)
         elif kind == "dns_restart":
@@ -409,6 +414,9 @@ def main():
             for b in s.st + s.dn + s.ks:  # every backend answering again
                 if b.proc.poll() is not None:
                     b.start()
+            # the baseline was taken under the first config: back to it (a second listener
+            # and replaced clusters hold descriptors of their own)
+            s.reload("base")
             try:
                 wait_for(lambda: s.pf.open_fds() <= s.fd_baseline, 60,
                          "descriptors back to the baseline")
@@ -441,7 +449,8 @@ def main():
               f"{s.counts[(c, 'failed')]:>7}")
     print()
     print("faults: " + ", ".join(f"{k} {v}" for k, v in sorted(s.faults.items())))
-    print(f"reloads applied: {s.reloads_applied} of {s.faults['reload']}")
+    print(f"reloads applied: {s.reloads_applied} of {s.faults['reload']} in the schedule, "
+          "and one back to the first config at the end")
     rss = [r for _, r in s.rss]
     print(f"RSS KiB: start {rss[0] >> 10 if rss else '-'}, end of warm-up "
           f"{s.warm_rss >> 10 if s.warm_rss else '-'}, max after warm-up "
