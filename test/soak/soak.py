@@ -24,7 +24,10 @@ ledger records: a backend counts as not working from the moment its fault starts
 it ends and, for kf (one endpoint), until /clusters shows pilotfish's health check has
 seen it back (before that pilotfish rightly holds it out; with one endpoint there is no
 other place to go); kf also while "flap" is deleted, until a request through it answers
-again. The abort and slowloris clients are faults, not load.
+again. The next fault starts only once pilotfish serves from the last faulted backend
+again (check passed, ejection over): an ejection can outlast its fault, and with two
+endpoints a fault on the other one would otherwise leave the cluster nothing to use.
+The abort and slowloris clients are faults, not load.
 Why this is fair: with one working endpoint left and retries allowed, a request has a
 correct place to go; pilotfish must find it (outlier ejection, health checks, retries
 with per_try_timeout for a hung backend) before the client sees an error.
@@ -77,6 +80,35 @@ SEED = int(os.environ.get("SOAK_SEED", str(int(time.time()))))
 WARMUP = max(60.0, SECONDS * 0.2)
 RSS_SLACK = 1.10
 CLUSTERS = ("st", "dn", "ks", "kf")
+
+
+def fd_kinds(pid):
+    """What each of pid's descriptors is: "tcp LISTEN 127.0.0.1:80", "udp ...", "unix",
+    "pipe", a path; sockets looked up by inode in /proc/net. For the descriptor report."""
+    socks = {}
+    for proto in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            with open(f"/proc/net/{proto}") as f:
+                next(f)
+                for line in f:
+                    x = line.split()
+                    port = int(x[1].split(":")[1], 16)
+                    peer = int(x[2].split(":")[1], 16)
+                    socks[x[9]] = f"{proto} state {x[3]} :{port} -> :{peer}"
+        except OSError:
+            pass
+    kinds = collections.Counter()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            target = socks.get(target[8:-1], "socket (unix or other)")
+        elif target.startswith(("pipe:", "anon_inode:")):
+            target = target.split("[")[0]
+        kinds[target] += 1
+    return kinds
 
 
 class Ledger:
@@ -167,6 +199,7 @@ class Soak:
         for c in CLUSTERS:
             wait_for(lambda c=c: self.pf.get(f"/{c}/").status == 200, 30, f"cluster {c} serving")
         self.fd_baseline = self.pf.open_fds()
+        self.fd_baseline_kinds = fd_kinds(self.pf.pid)
 
     def web_slices(self, second):
         return [k8s_slice("web-a", "web", self.ks[0].port, ["127.0.0.1"]),
@@ -252,8 +285,28 @@ class Soak:
             http_request(b.port, "GET", "/control/default/503", timeout=5)
             time.sleep(hold)
             http_request(b.port, "GET", "/control/default/200", timeout=5)
+        self.wait_in_service(b)
         self.mark(b, False)
         self.faulted = None
+
+    def wait_in_service(self, b, bound=60.0):
+        """Until pilotfish serves from b again (its check passed, its ejection ended): the
+        next fault may hit the other endpoint of a two-endpoint cluster, and "one backend
+        faulted at a time" must hold as pilotfish sees it, not only as the injector does.
+        Bounded: after `bound` seconds the schedule goes on (said on stdout)."""
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:
+            try:
+                eps = [e for c in self.pf.admin_json("/clusters")["clusters"]
+                       for e in c["endpoints"] if e["address"] == b.address]
+                if all(e.get("healthy") and e.get("health", "").startswith("healthy")
+                       for e in eps):
+                    return
+            except (OSError, HarnessError, KeyError, ValueError):
+                pass
+            time.sleep(0.1)
+        print(f"{time.strftime('%H:%M:%S', time.gmtime())}   {b.name} still out after "
+              f"{bound:.0f}s", flush=True)
 
     def abort_mid_body(self):
         for _ in range(5):
@@ -424,7 +477,9 @@ def main():
                 pass
             fds_end = s.pf.open_fds()
             if fds_end > s.fd_baseline:
-                problems.append(f"descriptors {fds_end} > baseline {s.fd_baseline}")
+                extra = fd_kinds(s.pf.pid) - s.fd_baseline_kinds
+                problems.append(f"descriptors {fds_end} > baseline {s.fd_baseline}; "
+                                f"more than at the start: {dict(extra)}")
         later = [r for t, r in s.rss if t > WARMUP]
         if s.warm_rss and later and max(later) > s.warm_rss * RSS_SLACK:
             problems.append(f"RSS grew after warm-up: {s.warm_rss >> 10} KiB -> "
