@@ -3030,6 +3030,12 @@ static const key_def cluster_keys[] = {
     {K_UINT(pf_config_cluster, "max_idle_per_endpoint", max_idle_per_endpoint, 0,
             MAX_IDLE_PER_ENDPOINT_MAX, PF_DEFAULT_MAX_IDLE_PER_ENDPOINT,
             "pooled connections kept per endpoint and worker")},
+    {K_UINT(pf_config_cluster, "max_header_bytes", max_header_bytes, HEADER_BYTES_MIN,
+            HEADER_BYTES_MAX, PF_DEFAULT_MAX_HEADER_BYTES, "response head larger than this: 502")},
+    {K_UINT(pf_config_cluster, "max_headers", max_headers, HEADERS_MIN, HEADERS_MAX,
+            PF_DEFAULT_UPSTREAM_MAX_HEADERS, "more response header lines than this: 502")},
+    {K_UINT(pf_config_cluster, "buffer_bytes", buffer_bytes, BUFFER_BYTES_MIN, BUFFER_BYTES_MAX,
+            PF_DEFAULT_BUFFER_BYTES, "bytes read from an upstream connection ahead of parsing")},
     {K_ENUM(pf_config_cluster, "protocol", protocol, pf_upstream_protocol, protocol_names, 0,
             PF_PROTO_HTTP1, "protocol", "protocols",
             "to endpoints: http1, h2 (prior knowledge, or ALPN h2 with tls) or downstream (as the "

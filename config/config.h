@@ -31,6 +31,8 @@
 #define PF_DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS 30000u
 #define PF_DEFAULT_MAX_IDLE_PER_ENDPOINT 64u
 #define PF_DEFAULT_BUFFER_BYTES (64u * 1024u)
+/* A response head may carry more lines than a request's (Set-Cookie, tracing, CORS). */
+#define PF_DEFAULT_UPSTREAM_MAX_HEADERS 256u
 #define PF_DEFAULT_DRAIN_TIMEOUT_MS 15000u
 #define PF_DEFAULT_WORKERS 1u
 #define PF_MAX_WORKERS 64u
@@ -349,6 +351,9 @@ typedef struct pf_config_cluster {
     uint64_t upstream_idle_timeout_ms;    /* how long a pooled connection may sit idle */
     uint32_t max_idle_per_endpoint;       /* per worker */
     uint32_t max_requests_per_connection; /* requests or streams per connection; 0: no limit */
+    uint32_t max_header_bytes;            /* a response head larger than this: 502 */
+    uint32_t max_headers;                 /* more response header lines than this: 502 */
+    uint32_t buffer_bytes;                /* read from an upstream connection ahead of parsing */
     pf_config_health_check health_check;
     pf_config_outlier outlier;
     pf_config_cluster_dns dns;        /* dns.name[0] != 0: DNS discovery, no endpoints */

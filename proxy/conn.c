@@ -70,6 +70,8 @@ struct pf_conn {
     bool parser_paused;
     bool paused_for_upgrade;
     bool draining;
+    /* the request in flight said the client closes after it */
+    bool client_closes;
     bool dispatched; /* a request was dispatched: the HTTP/2 preface may no longer come */
     bool value_ended_at_chunk_end;
     const char *chunk_start, *chunk_end; /* the bytes llhttp is executing now */
@@ -181,12 +183,20 @@ void conn_free(pf_conn *c) {
  * not read yet. */
 static void begin_linger(pf_conn *c) {
     conn_set_state(c, CONN_LINGERING);
+    /* A client that said it closes sends nothing more (RFC 9112 9.6), so with nothing unread
+     * there is nothing a reset could destroy: close now, as it asked, without waiting for
+     * its FIN. TLS still says close_notify first. */
+    if (c->client_closes && !c->l->tls && evbuffer_get_length(stream_input(c->stream)) == 0) {
+        conn_free(c);
+        return;
+    }
     stream_shutdown_write(c->stream);
     evbuffer_drain(stream_input(c->stream), evbuffer_get_length(stream_input(c->stream)));
     if (c->client_eof) {
         conn_free(c);
         return;
     }
+    stream_read_needed(c->stream, true);
     stream_read_enable(c->stream, true);
     timer_set(c, TIMER_LINGER, PF_LINGER_MS);
 }
@@ -222,6 +232,11 @@ static void request_done(pf_conn *c) {
         return;
     }
     conn_set_state(c, CONN_IDLE);
+    stream_read_needed(c->stream, true); /* the next request */
+    /* Nothing of the next request yet: an idle connection holds no head buffers (glibc's
+     * per-thread cache makes the next request's allocation cheap). */
+    if (evbuffer_get_length(stream_input(c->stream)) == 0)
+        http1_head_release(&c->req);
     if (c->parser_paused) {
         c->parser_paused = false;
         if (c->paused_for_upgrade)
@@ -316,7 +331,8 @@ static void dispatch(pf_conn *c) {
     c->dispatched = true;
     c->method = (llhttp_method_t)llhttp_get_method(&c->parser);
     c->minor = c->parser.http_minor;
-    c->keep_alive = llhttp_should_keep_alive(&c->parser) && !c->draining;
+    c->client_closes = !llhttp_should_keep_alive(&c->parser);
+    c->keep_alive = !c->client_closes && !c->draining;
     c->req_body = http1_request_body_mode(
         c->parser.flags & F_CHUNKED, c->parser.flags & F_CONTENT_LENGTH, c->parser.content_length);
     const char *method = llhttp_method_name(c->method);
@@ -583,6 +599,10 @@ static void process_input(pf_conn *c) {
                 request_done(c);
                 return;
             }
+            /* Nothing more is read until the response is done; a connection that closes
+             * after it need never be registered with epoll. */
+            if (rc == HPE_PAUSED)
+                stream_read_needed(c->stream, false);
             break;
         }
         if (rc == HPE_PAUSED_H2_UPGRADE && !c->dispatched) {
@@ -850,6 +870,7 @@ static pf_stream *ds_send_upgrade(void *ds, const pf_head *resp, const char *upg
     if (http1_write_response_head(output(c), resp, &fwd) != PF_OK)
         return NULL;
     c->read_paused = false;
+    stream_read_needed(c->stream, true);
     *client_eof = c->client_eof;
     return c->stream;
 }
@@ -901,8 +922,7 @@ int conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struc
         free(c);
         return PF_ENOMEM;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* TCP_NODELAY comes from the listening socket (proxy_bind_listener): Linux copies it. */
     if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->client_ip,
                   sizeof c->client_ip);

@@ -648,27 +648,11 @@ static const pf_endpoint *pick_endpoint(pf_exchange *ex, pf_endpoint_set *set,
     return ep;
 }
 
-/* Hands what the request body has so far (kept for replay) to the new attempt. */
+/* Hands what the request body has so far (kept for replay) to the new attempt, by
+ * reference: an attempt never copies the body kept for the next one. */
 static void replay_body(pf_exchange *ex) {
-    size_t left = ex->replay ? evbuffer_get_length(ex->replay) : 0;
-    if (left == 0)
-        return;
-    struct evbuffer_iovec vec[8];
-    struct evbuffer_ptr pos;
-    evbuffer_ptr_set(ex->replay, &pos, 0, EVBUFFER_PTR_SET);
-    while (left > 0) {
-        int n = evbuffer_peek(ex->replay, (ev_ssize_t)left, &pos, vec, 8);
-        size_t done = 0;
-        for (int i = 0; i < n && i < 8 && done < left; i++) {
-            size_t len = vec[i].iov_len < left - done ? vec[i].iov_len : left - done;
-            ex->up_ops->write_body(ex->up, vec[i].iov_base, len);
-            done += len;
-        }
-        if (done == 0)
-            break;
-        left -= done;
-        evbuffer_ptr_set(ex->replay, &pos, done, EVBUFFER_PTR_ADD);
-    }
+    if (ex->replay && evbuffer_get_length(ex->replay) > 0)
+        ex->up_ops->replay_body(ex->up, ex->replay);
 }
 
 /* Sends the request to an endpoint. Returns 0, or -1 after pilotfish answered it. */
@@ -1058,7 +1042,7 @@ static bool hold_head(pf_exchange *ex, const pf_head *resp, pf_body_mode body, u
         ex->held = calloc(1, sizeof *ex->held);
         if (!ex->held)
             return false;
-        http1_head_init(ex->held, PF_UPSTREAM_MAX_HEADER_BYTES, PF_DEFAULT_MAX_HEADERS * 2);
+        http1_head_init(ex->held, ex->wc->rt->cfg->max_header_bytes, ex->wc->rt->cfg->max_headers);
     }
     http1_head_reset(ex->held);
     int rc = http1_head_append_first(ex->held, http1_first(resp), resp->first_len);

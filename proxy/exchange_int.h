@@ -82,6 +82,9 @@ typedef struct pf_upstream_ops {
     void *(*start)(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded);
     /* Queues request body bytes, framed as the request's body mode requires. */
     void (*write_body)(void *up, const char *at, size_t len);
+    /* Queues the body received so far, kept for replay, framed the same way; `body` is
+     * referenced, not copied, so a retry costs no copy of it (it is not changed after). */
+    void (*replay_body)(void *up, struct evbuffer *body);
     /* The request is complete: ends its body and starts the response timeout. */
     void (*end_body)(void *up, uint64_t response_timeout_ms);
     bool (*output_full)(const void *up, size_t limit);

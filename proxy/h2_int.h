@@ -22,6 +22,10 @@
 
 /* h2_upstream.c: the worker's HTTP/2 upstream connections of a cluster, closed. */
 void h2_upstream_free_all(pf_worker_cluster *wc);
+/* Connections to endpoints not in `set` take no new streams and close once they have none
+ * open: idle ones on their next event turn (within this loop turn), busy ones after their
+ * last stream. Worker thread; may be called from inside an exchange callback. */
+void h2_upstream_prune(pf_worker_cluster *wc, const pf_endpoint_set *set);
 
 typedef struct pf_h2_conn pf_h2_conn;
 

@@ -61,6 +61,7 @@ struct h2u_conn {
     uint32_t started;       /* streams started on it */
     int32_t goaway_last_id; /* streams above it were never processed (RFC 9113 6.8) */
     bool closing;           /* freed at the end of the current event */
+    bool departed;          /* its endpoint left the set: closed once no stream is open */
     size_t active;          /* streams open, released or not */
     h2u_stream *streams;
     h2u_conn *prev, *next;
@@ -373,6 +374,10 @@ static void conn_fail(h2u_conn *c, bool connect, const char *reason) {
 }
 
 static void idle_or_not(h2u_conn *c) {
+    if (c->active == 0 && c->connected && c->departed) {
+        conn_free_h2u(c); /* like a pooled HTTP/1 connection to a departed endpoint */
+        return;
+    }
     if (c->active == 0 && c->connected) {
         struct timeval tv = pf_timeval_ms(c->wc->rt->cfg->upstream_idle_timeout_ms);
         evtimer_add(c->timer, &tv);
@@ -525,6 +530,18 @@ static void conn_free_h2u(h2u_conn *c) {
     free(c);
 }
 
+void h2_upstream_prune(pf_worker_cluster *wc, const pf_endpoint_set *set) {
+    for (h2u_conn *c = wc->h2_conns; c; c = c->next) {
+        if (c->departed || c->closing || pool_set_has(set, c->addr))
+            continue;
+        /* Freed from the top of an event only (see the file's comment): the flush event
+         * frees it if idle; a busy one goes when its last stream closes. */
+        c->departed = true;
+        c->goaway = true;
+        schedule(c);
+    }
+}
+
 void h2_upstream_free_all(pf_worker_cluster *wc) {
     while (wc->h2_conns)
         conn_fail(wc->h2_conns, false, "pilotfish is stopping");
@@ -568,8 +585,8 @@ static h2u_conn *conn_open(pf_worker *w, pf_worker_cluster *wc, const pf_endpoin
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     static const pf_stream_callbacks callbacks = {on_read, on_write, on_event};
-    c->s = stream_new(w->base, fd, PF_DEFAULT_BUFFER_BYTES, PF_DEFAULT_BUFFER_BYTES / 2, &callbacks,
-                      c);
+    c->s = stream_new(w->base, fd, wc->rt->cfg->buffer_bytes, wc->rt->cfg->buffer_bytes / 2,
+                      &callbacks, c);
     if (!c->s)
         goto fail_fd;
     if (wc->rt->tls && start_tls(c, fd, ep, req) != PF_OK) {
@@ -669,7 +686,8 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
     st->ex = ex;
     st->body = evbuffer_new();
     st->timer = evtimer_new(c->w->base, on_stream_timer, st);
-    http1_head_init(&st->resp, PF_UPSTREAM_MAX_HEADER_BYTES, PF_DEFAULT_MAX_HEADERS * 2);
+    const pf_config_cluster *cfg = c->wc->rt->cfg;
+    http1_head_init(&st->resp, cfg->max_header_bytes, cfg->max_headers);
     const pf_exchange_request *req = exchange_request(ex);
     pf_h2_fields f;
     if (!st->body || !st->timer || h2_request_fields(&f, req->head, &req->fwd) != PF_OK) {
@@ -710,6 +728,13 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
 static void write_body(void *arg, const char *at, size_t len) {
     h2u_stream *st = arg;
     evbuffer_add(st->body, at, len);
+    nghttp2_session_resume_data(st->c->session, st->id);
+    schedule(st->c);
+}
+
+static void replay_body(void *arg, struct evbuffer *body) {
+    h2u_stream *st = arg;
+    http1_add_reference(st->body, body);
     nghttp2_session_resume_data(st->c->session, st->id);
     schedule(st->c);
 }
@@ -756,6 +781,7 @@ static void release(void *arg, bool reusable) {
 const pf_upstream_ops upstream_h2_ops = {
     .start = start,
     .write_body = write_body,
+    .replay_body = replay_body,
     .end_body = end_body,
     .output_full = output_full,
     .resume = resume,

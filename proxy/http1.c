@@ -27,6 +27,12 @@ void http1_head_free(pf_head *h) {
     memset(h, 0, sizeof *h);
 }
 
+void http1_head_release(pf_head *h) {
+    size_t byte_limit = h->byte_limit, max_headers = h->max_headers;
+    http1_head_free(h);
+    http1_head_init(h, byte_limit, max_headers);
+}
+
 static int append_bytes(pf_head *h, const char *at, size_t len) {
     /* One spare byte keeps room for the NUL that terminates each name and value. */
     if (h->len + len + 1 > h->byte_limit)
@@ -555,6 +561,30 @@ int http1_write_last_chunk(struct evbuffer *out, const pf_head *trailers) {
             add_header(&w, trailers, i);
     W_LIT(&w, "\r\n");
     return w_done(&w);
+}
+
+int http1_add_reference(struct evbuffer *out, struct evbuffer *in) {
+    if (evbuffer_add_buffer_reference(out, in) == 0)
+        return PF_OK;
+    struct evbuffer_ptr pos;
+    evbuffer_ptr_set(in, &pos, 0, EVBUFFER_PTR_SET);
+    size_t left = evbuffer_get_length(in);
+    while (left > 0) {
+        struct evbuffer_iovec vec[8];
+        int n = evbuffer_peek(in, (ev_ssize_t)left, &pos, vec, 8);
+        size_t done = 0;
+        for (int i = 0; i < n && i < 8 && done < left; i++) {
+            size_t len = vec[i].iov_len < left - done ? vec[i].iov_len : left - done;
+            if (evbuffer_add(out, vec[i].iov_base, len) != 0)
+                return PF_ENOMEM;
+            done += len;
+        }
+        if (done == 0)
+            return PF_ENOMEM;
+        left -= done;
+        evbuffer_ptr_set(in, &pos, done, EVBUFFER_PTR_ADD);
+    }
+    return PF_OK;
 }
 
 int http1_write_chunk(struct evbuffer *out, const void *data, size_t len) {

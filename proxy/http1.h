@@ -31,6 +31,9 @@ typedef struct pf_head {
 void http1_head_init(pf_head *h, size_t byte_limit, size_t max_headers);
 void http1_head_reset(pf_head *h);
 void http1_head_free(pf_head *h);
+/* Empties h and gives its buffers back, keeping its limits: for a head that waits long
+ * between uses (an idle keep-alive connection), so that waiting costs no memory. */
+void http1_head_release(pf_head *h);
 /* Appenders for llhttp callbacks; each returns 0 or PF_ELIMIT (bytes or header count). */
 int http1_head_append_first(pf_head *h, const char *at, size_t len);
 int http1_head_append_name(pf_head *h, const char *at, size_t len);
@@ -200,5 +203,8 @@ const char *http1_reason(int status);
 
 /* Writes one chunk (size line, data, CRLF); len 0 is a no-op, not the last chunk. */
 int http1_write_chunk(struct evbuffer *out, const void *data, size_t len);
+/* Appends all of `in` to `out` by reference (its chains are shared, not copied; `in` stays
+ * as it is), or by copy when libevent cannot reference it. Returns 0 or PF_ENOMEM. */
+int http1_add_reference(struct evbuffer *out, struct evbuffer *in);
 
 #endif

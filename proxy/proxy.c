@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <event2/thread.h>
 #include <limits.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -526,8 +527,11 @@ int proxy_bind_listener(const pf_config_listener *cfg, bool probe, pf_error *err
         return pf_fail(err, PF_EIO, "listener %s: socket: %s", cfg->name, strerror(errno));
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (!probe)
+    if (!probe) {
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+        /* Accepted sockets inherit it: no setsockopt per client connection. */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
     if (bind(fd, (const struct sockaddr *)&cfg->addr.ss, cfg->addr.len) < 0 ||
         (!probe && listen(fd, LISTEN_BACKLOG) < 0)) {
         int e = errno;

@@ -20,7 +20,6 @@
 
 #define PF_CODE_CLASSES 6 /* 1xx..5xx, and "other" for codes outside 100-599 */
 #define PF_POOL_BUCKETS 64
-#define PF_UPSTREAM_MAX_HEADER_BYTES (64u * 1024u)
 #define PF_LINGER_MS 2000u    /* how long a closing connection drains unread input */
 #define PF_AVOID_MAX 4u       /* failed endpoints a request remembers for its retries */
 #define PF_GRPC_STATUSES 17   /* the gRPC status codes 0 (OK) to 16 (UNAUTHENTICATED) */
@@ -273,6 +272,8 @@ void upstream_count_opening(pf_worker_cluster *wc);
 /* Closes the worker's idle connections to endpoints not in `set` and frees their pool
  * buckets (issue 16: departed endpoints held descriptors, breaker places and memory). */
 void pool_prune(pf_worker_cluster *wc, const pf_endpoint_set *set);
+/* Whether `addr` is an endpoint of `set` (sorted by address text). */
+bool pool_set_has(const pf_endpoint_set *set, const char *addr);
 /* Prunes wc's pool when its endpoint set changed since the last prune. Worker thread. */
 void worker_cluster_prune(pf_worker_cluster *wc);
 

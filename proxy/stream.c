@@ -10,6 +10,12 @@
 #include <unistd.h>
 
 #define READ_CHUNK (16u * 1024u)
+#define WRITE_VECS 16
+
+/* A run of on_readable that epoll did not ask for: the stream's first read, tried before the
+ * socket is registered (an accepted client has usually sent its request already), or the
+ * decision whether to register, taken after the consumer has seen what that read brought. */
+typedef enum { READ_PEND_NONE, READ_PEND_TRY, READ_PEND_ARM } stream_read_pend;
 
 /* Where a TLS stream is: its handshake, the records after it, or failed for good. */
 typedef enum { TLS_NONE, TLS_HANDSHAKE, TLS_OPEN, TLS_FAILED } stream_tls_state;
@@ -25,7 +31,10 @@ struct pf_stream {
     pf_stream_callbacks cbs;
     void *ctx;
     int pending_error;
-    bool want_read, read_armed, write_armed, flush_pending;
+    stream_read_pend read_pend;
+    /* want_read: the consumer takes input. read_needed: it waits for input now; without it a
+     * stream that is not registered yet stays out of epoll (one that is stays, see arm_read). */
+    bool want_read, read_needed, read_armed, write_armed, flush_pending;
     bool connecting, shut;
     /* TLS: NULL for plaintext, whose path below is untouched by it. */
     SSL *ssl;
@@ -35,8 +44,13 @@ struct pf_stream {
     size_t write_retry_len; /* SSL_write must be retried with the same length */
 };
 
+/* Registers the read event when input is wanted and needed, and deregisters it when input is
+ * not wanted. A registered stream whose consumer merely does not need input for now stays
+ * registered: a keep-alive connection would otherwise pay two epoll_ctl per request. */
 static void arm_read(pf_stream *s) {
     bool want = s->want_read && evbuffer_get_length(s->in) < s->read_limit;
+    if (want && !s->read_armed && !s->read_needed)
+        return; /* nothing to wait for: a request answered and closed never touches epoll */
     if (want && !s->read_armed) {
         event_add(s->read_ev, NULL);
         /* A record already read from the socket may hold more than the input took: the
@@ -58,6 +72,28 @@ static void arm_write(pf_stream *s, bool want) {
 }
 
 static void tls_on_readable(pf_stream *s);
+
+static void schedule_flush(pf_stream *s);
+
+/* Schedules a run of read_pended in this loop turn. It rides on the flush event: the read
+ * event itself must not be activated by hand, since libevent does not register an event
+ * with epoll while it is active. */
+static void read_pend(pf_stream *s, stream_read_pend what) {
+    s->read_pend = what;
+    schedule_flush(s);
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg);
+
+/* A TLS or connecting socket has nothing to read yet, and a registered one is read when
+ * epoll says: those simply register (when input is needed). Calls back last. */
+static void read_pended(pf_stream *s, stream_read_pend pend) {
+    if (pend == READ_PEND_ARM || s->ssl || s->connecting || s->read_armed) {
+        arm_read(s);
+        return;
+    }
+    on_readable(s->fd, EV_READ, s);
+}
 
 static void on_readable(evutil_socket_t fd, short what, void *arg) {
     pf_stream *s = arg;
@@ -82,12 +118,16 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
             vec[i].iov_len = room - total;
         total += vec[i].iov_len;
     }
-    ssize_t n = readv(fd, (struct iovec *)vec, nvec);
+    /* One buffer is the usual case (a fresh chain): recv then, which skips readv's iovec copy. */
+    ssize_t n = nvec == 1 ? recv(fd, vec[0].iov_base, vec[0].iov_len, 0)
+                          : readv(fd, (struct iovec *)vec, nvec);
     if (n < 0) {
         int err = errno;
         evbuffer_commit_space(s->in, vec, 0);
-        if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)
+        if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) {
+            arm_read(s); /* a first read found nothing: from now on epoll tells */
             return;
+        }
         s->want_read = false;
         arm_read(s);
         s->cbs.on_event(s, PF_STREAM_ERROR, err, s->ctx);
@@ -109,6 +149,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
     evbuffer_commit_space(s->in, vec, nvec);
     if (evbuffer_get_length(s->in) >= s->read_limit)
         arm_read(s);
+    else if (!s->read_armed)
+        read_pend(s, READ_PEND_ARM); /* after the consumer said whether it needs more */
     s->cbs.on_read(s, s->ctx);
 }
 
@@ -125,9 +167,21 @@ static void write_out(pf_stream *s) {
         return;
     bool progress = false;
     while (evbuffer_get_length(s->out) > 0) {
-        int n = evbuffer_write(s->out, s->fd);
+        struct evbuffer_iovec vec[WRITE_VECS];
+        int nvec = evbuffer_peek(s->out, -1, NULL, vec, WRITE_VECS);
+        if (nvec > WRITE_VECS)
+            nvec = WRITE_VECS;
+        /* A response usually sits in one chain: send then, else one writev for all. */
+        ssize_t n = nvec == 1 ? send(s->fd, vec[0].iov_base, vec[0].iov_len, MSG_NOSIGNAL)
+                              : writev(s->fd, (struct iovec *)vec, nvec);
         if (n > 0) {
+            size_t offered = 0;
+            for (int i = 0; i < nvec; i++)
+                offered += vec[i].iov_len;
+            evbuffer_drain(s->out, (size_t)n);
             progress = true;
+            if ((size_t)n < offered)
+                break; /* the socket is full: the write event says when it has room */
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
@@ -188,6 +242,14 @@ static void on_flush(evutil_socket_t fd, short what, void *arg) {
         s->cbs.on_event(s, PF_STREAM_ERROR, err, s->ctx);
         return;
     }
+    stream_read_pend pend = s->read_pend;
+    if (pend != READ_PEND_NONE) {
+        s->read_pend = READ_PEND_NONE;
+        if (evbuffer_get_length(s->out) > 0)
+            schedule_flush(s); /* the write runs next: the read may free the stream */
+        read_pended(s, pend);
+        return;
+    }
     write_out(s);
 }
 
@@ -205,7 +267,8 @@ static void on_output_change(struct evbuffer *buf, const struct evbuffer_cb_info
 
 static void on_input_change(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg) {
     pf_stream *s = arg;
-    if (info->n_deleted > 0 && !s->read_armed)
+    /* Room again below the limit; other unregistered states are arm_read's own choice. */
+    if (info->n_deleted > 0 && !s->read_armed && info->orig_size >= s->read_limit)
         arm_read(s);
 }
 
@@ -233,7 +296,8 @@ pf_stream *stream_new(struct event_base *base, int fd, size_t read_limit, size_t
     evbuffer_add_cb(s->out, on_output_change, s);
     evbuffer_add_cb(s->in, on_input_change, s);
     s->want_read = true;
-    arm_read(s);
+    s->read_needed = true;
+    read_pend(s, READ_PEND_TRY);
     return s;
 }
 
@@ -262,6 +326,11 @@ struct evbuffer *stream_output(pf_stream *s) {
 
 void stream_read_enable(pf_stream *s, bool enable) {
     s->want_read = enable;
+    arm_read(s);
+}
+
+void stream_read_needed(pf_stream *s, bool needed) {
+    s->read_needed = needed;
     arm_read(s);
 }
 

@@ -1,10 +1,13 @@
 /* Byte streams over a socket: the transport seam under the HTTP/1 code.
  *
  * A pf_stream owns a connected (or connecting) socket, an input and an output evbuffer, and
- * the events that move bytes between them. Reads go straight into the input (no FIONREAD),
- * the read event stays registered for the stream's life, and output is written as soon as
- * the current callback returns, registering a write event only when the kernel pushes back.
- * That keeps a keep-alive request at one read and one write per side, without epoll_ctl.
+ * the events that move bytes between them. Reads go straight into the input (no FIONREAD).
+ * The first read is tried before the socket is registered with epoll; it is registered only
+ * when a read finds nothing or the consumer needs more (stream_read_needed), and then stays
+ * registered for the stream's life. Output is written as soon as the current callback
+ * returns, registering a write event only when the kernel pushes back. That keeps a
+ * keep-alive request at one read and one write per side without epoll_ctl, and a request on
+ * a connection that closes after it (accept, read, write, close) out of epoll altogether.
  * A TLS stream (stream_set_tls) offers the same calls over an SSL: the input holds the
  * decrypted bytes and the output is encrypted on its way out. Streams belong to one worker's
  * event loop. */
@@ -45,6 +48,10 @@ void stream_set_read_chunk(pf_stream *s, size_t bytes);
 struct evbuffer *stream_input(pf_stream *s);
 struct evbuffer *stream_output(pf_stream *s);
 void stream_read_enable(pf_stream *s, bool enable);
+/* Whether the consumer waits for input now (the default). When it does not (a request is
+ * complete and being answered), a stream not yet registered with epoll stays out of it, and
+ * input that comes meanwhile waits in the socket; a registered stream stays registered. */
+void stream_read_needed(pf_stream *s, bool needed);
 /* Stops writing and reading for good and shuts the write side (FIN) once the output is
  * flushed; used for lingering closes. */
 void stream_shutdown_write(pf_stream *s);

@@ -225,8 +225,7 @@ static void pool_remove(pf_upstream *up) {
     up->next_idle = NULL;
 }
 
-/* Whether `addr` is an endpoint of `set` (sorted by address text). */
-static bool set_has(const pf_endpoint_set *set, const char *addr) {
+bool pool_set_has(const pf_endpoint_set *set, const char *addr) {
     size_t lo = 0, hi = set ? set->count : 0;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
@@ -242,10 +241,11 @@ static bool set_has(const pf_endpoint_set *set, const char *addr) {
 }
 
 void pool_prune(pf_worker_cluster *wc, const pf_endpoint_set *set) {
+    h2_upstream_prune(wc, set);
     for (unsigned i = 0; i < PF_POOL_BUCKETS; i++) {
         for (pf_pool_bucket **at = &wc->buckets[i]; *at;) {
             pf_pool_bucket *b = *at;
-            if (set_has(set, b->addr)) {
+            if (pool_set_has(set, b->addr)) {
                 at = &b->next;
                 continue;
             }
@@ -495,7 +495,8 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
     upstream_count_opening(wc);
     snprintf(up->addr, sizeof up->addr, "%s", ep->addr.text);
     snprintf(up->tls_name, sizeof up->tls_name, "%s", tls_name);
-    http1_head_init(&up->resp, PF_UPSTREAM_MAX_HEADER_BYTES, PF_DEFAULT_MAX_HEADERS * 2);
+    const pf_config_cluster *cfg = wc->rt->cfg;
+    http1_head_init(&up->resp, cfg->max_header_bytes, cfg->max_headers);
     up->timer = evtimer_new(w->base, on_timer, up);
     int fd = socket(ep->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0 || !up->timer) {
@@ -507,8 +508,7 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     static const pf_stream_callbacks callbacks = {on_read, on_write, on_event};
-    up->stream = stream_new(w->base, fd, PF_DEFAULT_BUFFER_BYTES, PF_DEFAULT_BUFFER_BYTES / 2,
-                            &callbacks, up);
+    up->stream = stream_new(w->base, fd, cfg->buffer_bytes, cfg->buffer_bytes / 2, &callbacks, up);
     if (!up->stream) {
         close(fd);
         upstream_free(up);
@@ -610,6 +610,21 @@ static void write_body(void *arg, const char *at, size_t len) {
         evbuffer_add(stream_output(up->stream), at, len);
 }
 
+static void replay_body(void *arg, struct evbuffer *body) {
+    pf_upstream *up = arg;
+    struct evbuffer *out = stream_output(up->stream);
+    if (up->req_body != PF_BODY_CHUNKED) {
+        http1_add_reference(out, body);
+        return;
+    }
+    /* One chunk for all of it: the chunk size line, the body by reference, CRLF. */
+    char size[24];
+    int n = snprintf(size, sizeof size, "%zx\r\n", evbuffer_get_length(body));
+    evbuffer_add(out, size, (size_t)n);
+    http1_add_reference(out, body);
+    evbuffer_add(out, "\r\n", 2);
+}
+
 static void end_body(void *arg, uint64_t timeout_ms) {
     pf_upstream *up = arg;
     if (up->req_body == PF_BODY_CHUNKED)
@@ -653,7 +668,7 @@ static void release(void *arg, bool reusable) {
     /* An endpoint that left the set gets no pooled connection (nor a bucket again). */
     if (!reusable || atomic_load_explicit(&up->w->proxy->draining, memory_order_relaxed) ||
         wc->rt->cfg->max_idle_per_endpoint == 0 ||
-        !set_has(discovery_cache_get(&wc->cache), up->addr)) {
+        !pool_set_has(discovery_cache_get(&wc->cache), up->addr)) {
         upstream_free(up);
         return;
     }
@@ -685,6 +700,7 @@ static pf_stream *tunnel_stream(void *arg) {
 const pf_upstream_ops upstream_http1_ops = {
     .start = start,
     .write_body = write_body,
+    .replay_body = replay_body,
     .end_body = end_body,
     .output_full = output_full,
     .resume = resume,
@@ -694,9 +710,17 @@ const pf_upstream_ops upstream_http1_ops = {
 
 /* ---- llhttp response callbacks ---------------------------------------------------- */
 
+/* An appender's result as an llhttp callback's: a head over the cluster's limits says so. */
+static int head_added(pf_upstream *up, int rc) {
+    if (rc == PF_ELIMIT)
+        up->error_why = "upstream response head over the cluster's max_header_bytes or "
+                        "max_headers";
+    return rc == PF_OK ? 0 : -1;
+}
+
 static int on_status(llhttp_t *p, const char *at, size_t len) {
     pf_upstream *up = p->data;
-    return http1_head_append_first(&up->resp, at, len) ? -1 : 0;
+    return head_added(up, http1_head_append_first(&up->resp, at, len));
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
@@ -706,17 +730,17 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
         http1_head_reset(&up->resp);
         up->trailers = true;
     }
-    return http1_head_append_name(&up->resp, at, len) ? -1 : 0;
+    return head_added(up, http1_head_append_name(&up->resp, at, len));
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
     pf_upstream *up = p->data;
-    return http1_head_append_value(&up->resp, at, len) ? -1 : 0;
+    return head_added(up, http1_head_append_value(&up->resp, at, len));
 }
 
 static int on_header_value_complete(llhttp_t *p) {
     pf_upstream *up = p->data;
-    return http1_head_finish_value(&up->resp) == PF_OK ? 0 : -1;
+    return head_added(up, http1_head_finish_value(&up->resp));
 }
 
 static int on_headers_complete(llhttp_t *p) {

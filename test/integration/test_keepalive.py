@@ -1,6 +1,7 @@
 """Connection reuse: downstream keep-alive, pipelining, HTTP/1.0, upstream connection pools."""
 
 import json
+import os
 
 from harness import (
     cluster,
@@ -125,6 +126,56 @@ def test_connection_close_request_gets_response_then_close(proxy):
         resp = c.read_response()
         assert resp.body == b"0123456"
         assert c.wait_closed(10)
+
+
+def server_socket_inode(server_port, client_port):
+    """The inode of the accepted socket of this connection (0 while still in the backlog)."""
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local, remote = fields[1].split(":"), fields[2].split(":")
+            if int(local[1], 16) == server_port and int(remote[1], 16) == client_port:
+                return int(fields[9])
+    return 0
+
+
+def holds_socket(pid, inode):
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def test_client_that_said_close_is_closed_with_the_response_not_lingered(
+    start_backend, start_pilotfish
+):
+    # RFC 9112 9.6: a client that sends "close" sends nothing more, so pilotfish closes the
+    # descriptor with the response instead of waiting for the client's FIN: once the client
+    # sees the end, pilotfish holds that socket no more. (A server-decided close lingers.)
+    b = start_backend("b")
+    pf = start_pilotfish(
+        make_config([listener("main", [route("c", prefix="/")])], [cluster("c", [b.address])]),
+        workers=1,
+    )
+    for _ in range(3):
+        with pf.raw() as c:
+            inode = 0
+
+            def accepted():
+                nonlocal inode
+                inode = server_socket_inode(pf.port(), c.sock.getsockname()[1])
+                return inode != 0 and holds_socket(pf.pid, inode)
+
+            wait_for(accepted, 10, "pilotfish to accept the connection")
+            c.send(make_request("GET", "/", [("Connection", "close")]))
+            assert c.read_response().status == 200
+            assert c.wait_closed(10)
+            # the client still holds its socket open: pilotfish's end is gone already
+            assert not holds_socket(pf.pid, inode)
 
 
 def test_idle_downstream_connection_closed_after_idle_timeout(start_backend, start_pilotfish):

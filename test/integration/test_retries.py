@@ -12,10 +12,12 @@ import pytest
 
 from harness import (
     LOCALHOST,
+    RawConn,
     closed_port,
     cluster,
     listener,
     make_config,
+    make_request,
     metric_sum,
     route,
     wait_for,
@@ -228,15 +230,40 @@ def test_request_body_up_to_buffer_bytes_is_replayed_and_a_larger_one_is_not(
     }
     pf = start_pilotfish(one_cluster_config([s1.address, s2.address], retry=retry), workers=1)
     for size, attempts in ((1000, "2"), (1001, "1"), (0, "2")):
+        # Head and body in one write: the scripted server answers on the head alone, and a
+        # body still on its way when that answer comes would be replayed as far as it got.
+        with RawConn(pf.port()) as conn:
+            conn.send(make_request("PUT", "/", [("Connection", "close")], b"x" * size))
+            resp = conn.read_response(method="PUT")
+        assert resp.status == 500
+        assert resp.header("x-pilotfish-attempts") == attempts, f"a {size}-byte body"
+
+
+def test_replayed_request_body_arrives_whole_on_the_retry(start_backend, start_pilotfish, scripted):
+    # The body kept for a retry is handed to the next attempt by reference: what the good
+    # endpoint echoes must be the body, byte for byte, framed by length or chunked.
+    good, hang = start_backend("good"), scripted(None)
+    retry = {"on": ["gateway-error"], "max_retries": 1, "per_try_timeout": "300ms",
+             "buffer_bytes": 1 << 20}
+    pf = start_pilotfish(one_cluster_config([hang.address, good.address], retry=retry), workers=1)
+    body = bytes(range(256)) * 1200  # 300 KiB: several chains, more than buffer_bytes
+    attempts = []
+    for chunked in (False, True, False, True):
         conn = http.client.HTTPConnection(LOCALHOST, pf.port(), timeout=10.0)
         try:
-            conn.request("PUT", "/", body=b"x" * size, headers={"Connection": "close"})
+            if chunked:
+                conn.request("PUT", "/echo", body=iter([body[:100000], body[100000:]]),
+                             encode_chunked=True, headers={"Transfer-Encoding": "chunked"})
+            else:
+                conn.request("PUT", "/echo", body=body)
             resp = conn.getresponse()
-            resp.read()
+            got = resp.read()
         finally:
             conn.close()
-        assert resp.status == 500
-        assert resp.getheader("x-pilotfish-attempts") == attempts, f"a {size}-byte body"
+        assert resp.status == 200, (chunked, resp.status)
+        assert got == body, f"chunked={chunked}: {len(got)} bytes back"
+        attempts.append(resp.getheader("x-pilotfish-attempts"))
+    assert "2" in attempts, attempts  # round robin sent some to the hanging one first
 
 
 def test_gateway_errors_pilotfish_answers_count_in_the_cluster_requests(

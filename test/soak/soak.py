@@ -11,7 +11,9 @@ Load: LOAD_CLIENTS keep-alive clients, each sending GET to the four clusters in 
 Faults, one at a time, every 1-4 s: a backend killed (and restarted on its port), hung
 (SIGSTOP, then SIGCONT), or answering 503, for 2-6 s; dnsmasq restarted; the watch cut;
 410 Gone (compaction); ks's endpoints churned to another backend and back; "flap" deleted
-and created again; clients aborting mid-body; slowloris bursts. At most one backend is
+and created again; clients aborting mid-body; slowloris bursts; config reloads (SIGHUP
+with a changed file: settings only, st replaced by a new lb_policy, a second listener
+added or removed). At most one backend is
 faulted at a time, so every cluster always keeps a working endpoint except kf, whose only
 backend may be the faulted one, and which has none while "flap" is deleted.
 
@@ -22,18 +24,23 @@ ledger records: a backend counts as not working from the moment its fault starts
 it ends and, for kf (one endpoint), until /clusters shows pilotfish's health check has
 seen it back (before that pilotfish rightly holds it out; with one endpoint there is no
 other place to go); kf also while "flap" is deleted, until a request through it answers
-again. The abort and slowloris clients are faults, not load.
+again. The next fault starts only once pilotfish serves from the last faulted backend
+again (check passed, ejection over): an ejection can outlast its fault, and with two
+endpoints a fault on the other one would otherwise leave the cluster nothing to use.
+The abort and slowloris clients are faults, not load.
 Why this is fair: with one working endpoint left and retries allowed, a request has a
 correct place to go; pilotfish must find it (outlier ejection, health checks, retries
 with per_try_timeout for a hung backend) before the client sees an error.
 
-Asserts: zero failed requests; RSS after warm-up (the first 20% of the run, at least
+Asserts: zero failed requests; every reload applied (none refused); RSS after warm-up (the first 20% of the run, at least
 60 s) never above 110% of RSS at the end of the warm-up; no sanitizer report; open
 descriptors back to the baseline (taken after start-up) once the load stops and idle
 connections time out. Prints a summary table. Exit status 0 only when all hold.
 """
 
 import collections
+import copy
+import json
 import os
 import random
 import signal
@@ -61,6 +68,7 @@ from harness import (  # noqa: E402
     k8s_service,
     k8s_slice,
     listener,
+    metric_sum,
     make_config,
     route,
     wait_for,
@@ -72,6 +80,35 @@ SEED = int(os.environ.get("SOAK_SEED", str(int(time.time()))))
 WARMUP = max(60.0, SECONDS * 0.2)
 RSS_SLACK = 1.10
 CLUSTERS = ("st", "dn", "ks", "kf")
+
+
+def fd_kinds(pid):
+    """What each of pid's descriptors is: "tcp LISTEN 127.0.0.1:80", "udp ...", "unix",
+    "pipe", a path; sockets looked up by inode in /proc/net. For the descriptor report."""
+    socks = {}
+    for proto in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            with open(f"/proc/net/{proto}") as f:
+                next(f)
+                for line in f:
+                    x = line.split()
+                    port = int(x[1].split(":")[1], 16)
+                    peer = int(x[2].split(":")[1], 16)
+                    socks[x[9]] = f"{proto} state {x[3]} :{port} -> :{peer}"
+        except OSError:
+            pass
+    kinds = collections.Counter()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            target = socks.get(target[8:-1], "socket (unix or other)")
+        elif target.startswith(("pipe:", "anon_inode:")):
+            target = target.split("[")[0]
+        kinds[target] += 1
+    return kinds
 
 
 class Ledger:
@@ -110,6 +147,9 @@ class Soak:
         self.rss = []  # (t, bytes)
         self.faulted = None  # the backend under a fault now
         self.flap_present = True
+        self.reload_state = {"lb": "round_robin", "idle": "3s", "side": False}
+        self.reload_problems = []
+        self.reloads_applied = 0
 
     # ---- processes ----
 
@@ -140,7 +180,7 @@ class Soak:
         common = dict(retry=retry, retry_budget={"percent": 100}, outlier_detection=od,
                       health_check=hc, idle_timeout="3s", response_timeout="8s",
                       connect_timeout="500ms", panic_threshold=0)
-        cfg = make_config(
+        self.base_cfg = make_config(
             [listener("main", [route(c, prefix=f"/{c}/") for c in CLUSTERS],
                       header_timeout="5s", body_timeout="5s", idle_timeout="10s")],
             [cluster("st", [b.address for b in self.st], **common),
@@ -153,11 +193,13 @@ class Soak:
             kubernetes=self.k8s.config(),
             access_log=False,
         )
-        self.pf = Pilotfish(cfg, self.work, workers=2, tag="soak-pf")
+        self.side = listener("side", [route("st", prefix="/")])
+        self.pf = Pilotfish(self.base_cfg, self.work, workers=2, tag="soak-pf")
         self.pf.start()
         for c in CLUSTERS:
             wait_for(lambda c=c: self.pf.get(f"/{c}/").status == 200, 30, f"cluster {c} serving")
         self.fd_baseline = self.pf.open_fds()
+        self.fd_baseline_kinds = fd_kinds(self.pf.pid)
 
     def web_slices(self, second):
         return [k8s_slice("web-a", "web", self.ks[0].port, ["127.0.0.1"]),
@@ -189,7 +231,7 @@ class Soak:
                     conn = RawConn(self.pf.port(), timeout=15)
                 resp = conn.request("GET", f"/{cl}/x", host="soak.local")
                 if resp.status != 200:
-                    what = f"status {resp.status}"
+                    what = f"status {resp.status} {bytes(resp.body[:60])!r}"
                 if resp.has_token("Connection", "close"):
                     conn.close()
                     conn = None
@@ -226,6 +268,8 @@ class Soak:
     def backend_fault(self, kind):
         b = self.rng.choice(self.st + self.dn + self.ks[:2])
         hold = self.rng.uniform(2, 6)
+        print(f"{time.strftime('%H:%M:%S', time.gmtime())}   on {b.name} for {hold:.1f}s",
+              flush=True)
         self.faulted = b
         self.mark(b, True)
         if kind == "kill":
@@ -241,8 +285,28 @@ class Soak:
             http_request(b.port, "GET", "/control/default/503", timeout=5)
             time.sleep(hold)
             http_request(b.port, "GET", "/control/default/200", timeout=5)
+        self.wait_in_service(b)
         self.mark(b, False)
         self.faulted = None
+
+    def wait_in_service(self, b, bound=60.0):
+        """Until pilotfish serves from b again (its check passed, its ejection ended): the
+        next fault may hit the other endpoint of a two-endpoint cluster, and "one backend
+        faulted at a time" must hold as pilotfish sees it, not only as the injector does.
+        Bounded: after `bound` seconds the schedule goes on (said on stdout)."""
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:
+            try:
+                eps = [e for c in self.pf.admin_json("/clusters")["clusters"]
+                       for e in c["endpoints"] if e["address"] == b.address]
+                if all(e.get("healthy") and e.get("health", "").startswith("healthy")
+                       for e in eps):
+                    return
+            except (OSError, HarnessError, KeyError, ValueError):
+                pass
+            time.sleep(0.1)
+        print(f"{time.strftime('%H:%M:%S', time.gmtime())}   {b.name} still out after "
+              f"{bound:.0f}s", flush=True)
 
     def abort_mid_body(self):
         for _ in range(5):
@@ -268,11 +332,57 @@ class Soak:
             for s in socks:
                 s.close()
 
+    def reload_config(self):
+        """The base config with the schedule's changes: what a reload may change live."""
+        cfg = copy.deepcopy(self.base_cfg)
+        st = cfg["clusters"][0]
+        st["lb_policy"] = self.reload_state["lb"]  # a changed policy replaces the cluster
+        for c in cfg["clusters"]:
+            c["idle_timeout"] = self.reload_state["idle"]  # kept: pools and verdicts stay
+        if self.reload_state["side"]:
+            cfg["listeners"].append(copy.deepcopy(self.side))
+        return cfg
+
+    def reloads(self):
+        samples = self.pf.metrics()
+        return (metric_sum(samples, "pilotfish_config_reloads_total", result="applied"),
+                metric_sum(samples, "pilotfish_config_reloads_total", result="rejected"))
+
+    def reload(self, what=None):
+        what = what or self.rng.choice(["settings", "replace", "listener"])
+        st = self.reload_state
+        if what == "base":
+            st.update(lb="round_robin", idle="3s", side=False)
+        elif what == "settings":
+            st["idle"] = "4s" if st["idle"] == "3s" else "3s"
+        elif what == "replace":
+            st["lb"] = "least_request" if st["lb"] == "round_robin" else "round_robin"
+        else:
+            st["side"] = not st["side"]
+        before = self.reloads()
+        tmp = self.pf.config_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.reload_config(), f, indent=2)
+        os.replace(tmp, self.pf.config_path)  # whole, as a ConfigMap update is
+        os.kill(self.pf.pid, signal.SIGHUP)
+        wait_for(lambda: sum(self.reloads()) > sum(before), 30, f"reload ({what})")
+        applied, _ = self.reloads()
+        if applied > before[0]:
+            self.reloads_applied += 1
+        else:
+            self.reload_problems.append(f"reload ({what}) refused; see pilotfish's log")
+        if what == "listener" and st["side"]:
+            port = int(self.side["address"].rsplit(":", 1)[1])
+            resp = http_request(port, "GET", "/x", timeout=10)
+            if resp.status != 200:
+                self.reload_problems.append(f"new listener answered {resp.status}")
+
     def inject(self):
         kinds = ["kill", "hang", "5xx", "dns_restart", "watch_cut", "gone_410", "churn", "flap",
-                 "abort", "slowloris"]
+                 "abort", "slowloris", "reload"]
         kind = self.rng.choice(kinds)
         self.faults[kind] += 1
+        print(f"{time.strftime('%H:%M:%S', time.gmtime())} fault {kind}", flush=True)
         if kind in ("kill", "hang", "5xx"):
             self.backend_fault(kind)
         elif kind == "dns_restart":
@@ -304,6 +414,8 @@ class Soak:
                 self.ledger.set_down("kf", False)
         elif kind == "abort":
             self.abort_mid_body()
+        elif kind == "reload":
+            self.reload()
         else:
             self.slowloris()
 
@@ -355,6 +467,9 @@ def main():
             for b in s.st + s.dn + s.ks:  # every backend answering again
                 if b.proc.poll() is not None:
                     b.start()
+            # the baseline was taken under the first config: back to it (a second listener
+            # and replaced clusters hold descriptors of their own)
+            s.reload("base")
             try:
                 wait_for(lambda: s.pf.open_fds() <= s.fd_baseline, 60,
                          "descriptors back to the baseline")
@@ -362,11 +477,14 @@ def main():
                 pass
             fds_end = s.pf.open_fds()
             if fds_end > s.fd_baseline:
-                problems.append(f"descriptors {fds_end} > baseline {s.fd_baseline}")
+                extra = fd_kinds(s.pf.pid) - s.fd_baseline_kinds
+                problems.append(f"descriptors {fds_end} > baseline {s.fd_baseline}; "
+                                f"more than at the start: {dict(extra)}")
         later = [r for t, r in s.rss if t > WARMUP]
         if s.warm_rss and later and max(later) > s.warm_rss * RSS_SLACK:
             problems.append(f"RSS grew after warm-up: {s.warm_rss >> 10} KiB -> "
                             f"{max(later) >> 10} KiB (limit +{int((RSS_SLACK - 1) * 100)}%)")
+        problems.extend(s.reload_problems)
         failed = sum(v for (c, o), v in s.counts.items() if o == "failed")
         if failed:
             problems.append(f"{failed} failed requests, first: {s.failures[:10]}")
@@ -386,6 +504,8 @@ def main():
               f"{s.counts[(c, 'failed')]:>7}")
     print()
     print("faults: " + ", ".join(f"{k} {v}" for k, v in sorted(s.faults.items())))
+    print(f"reloads applied: {s.reloads_applied} of {s.faults['reload']} in the schedule, "
+          "and one back to the first config at the end")
     rss = [r for _, r in s.rss]
     print(f"RSS KiB: start {rss[0] >> 10 if rss else '-'}, end of warm-up "
           f"{s.warm_rss >> 10 if s.warm_rss else '-'}, max after warm-up "

@@ -136,6 +136,9 @@ static void test_example_loads_with_every_field_and_default(void) {
     CU_ASSERT_EQUAL(web->body_timeout_ms, PF_DEFAULT_BODY_TIMEOUT_MS);
     CU_ASSERT_EQUAL(web->upstream_idle_timeout_ms, PF_DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS);
     CU_ASSERT_EQUAL(web->max_idle_per_endpoint, PF_DEFAULT_MAX_IDLE_PER_ENDPOINT);
+    CU_ASSERT_EQUAL(web->max_header_bytes, 65536);
+    CU_ASSERT_EQUAL(web->max_headers, 256);
+    CU_ASSERT_EQUAL(web->buffer_bytes, 65536);
     CU_ASSERT_EQUAL_FATAL(web->endpoint_count, 2);
     CU_ASSERT_STRING_EQUAL(web->endpoints[0].addr.text, "127.0.0.1:8081");
     CU_ASSERT_EQUAL(port_of(&web->endpoints[0].addr), 8081);
@@ -165,7 +168,7 @@ static void test_every_option_set_is_taken(void) {
            "'routes':[{'match':{'host':'*.Example.COM:8443','path':'/healthz'},'cluster':'b'}]}],"
            "'clusters':[{'name':'b','lb_policy':'weighted_round_robin','connect_timeout':'1.5s',"
            "'response_timeout':'1h','idle_timeout':'90s','max_idle_per_endpoint':0,"
-           "'body_timeout':'2m',"
+           "'body_timeout':'2m','max_header_bytes':4096,'max_headers':32,'buffer_bytes':16384,"
            "'endpoints':[{'address':'[::1]:81','weight':10000,'priority':127,'zone':'eu-1a'},"
            "'10.0.0.1:80']}]}"));
     CU_ASSERT_FATAL(cfg != NULL);
@@ -195,6 +198,9 @@ static void test_every_option_set_is_taken(void) {
     CU_ASSERT_EQUAL(c->body_timeout_ms, 120000);
     CU_ASSERT_EQUAL(c->upstream_idle_timeout_ms, 90000);
     CU_ASSERT_EQUAL(c->max_idle_per_endpoint, 0);
+    CU_ASSERT_EQUAL(c->max_header_bytes, 4096);
+    CU_ASSERT_EQUAL(c->max_headers, 32);
+    CU_ASSERT_EQUAL(c->buffer_bytes, 16384);
     CU_ASSERT_STRING_EQUAL(c->endpoints[0].addr.text, "[::1]:81");
     CU_ASSERT_EQUAL(c->endpoints[0].weight, 10000);
     CU_ASSERT_EQUAL(c->endpoints[0].priority, 127);
@@ -457,6 +463,12 @@ static const struct {
      "boolean"},
     {CFG("", LMAIN(""), CWEB(",'max_idle_per_endpoint':-1")),
      "x.json: $.clusters[0].max_idle_per_endpoint: -1 out of range (0-100000)"},
+    {CFG("", LMAIN(""), CWEB(",'max_header_bytes':1023")),
+     "x.json: $.clusters[0].max_header_bytes: 1023 out of range (1024-1048576)"},
+    {CFG("", LMAIN(""), CWEB(",'max_headers':1025")),
+     "x.json: $.clusters[0].max_headers: 1025 out of range (8-1024)"},
+    {CFG("", LMAIN(""), CWEB(",'buffer_bytes':4095")),
+     "x.json: $.clusters[0].buffer_bytes: 4095 out of range (4096-16777216)"},
 
     /* load balancing */
     {CFG("", LMAIN(""), CWEB(",'lb_policy':'ring_hash'")),
@@ -1002,7 +1014,9 @@ static bool config_eq(const pf_config *a, const pf_config *b) {
             x->response_timeout_ms != y->response_timeout_ms ||
             x->body_timeout_ms != y->body_timeout_ms ||
             x->upstream_idle_timeout_ms != y->upstream_idle_timeout_ms ||
-            x->max_idle_per_endpoint != y->max_idle_per_endpoint)
+            x->max_idle_per_endpoint != y->max_idle_per_endpoint ||
+            x->max_header_bytes != y->max_header_bytes || x->max_headers != y->max_headers ||
+            x->buffer_bytes != y->buffer_bytes)
             return false;
         for (size_t j = 0; j < x->endpoint_count; j++) {
             const pf_config_endpoint *p = &x->endpoints[j], *q = &y->endpoints[j];
@@ -1052,6 +1066,7 @@ static void test_dump_round_trips(void) {
            "{'name':'b','address':'127.0.0.1:8081','routes':[{'match':{},'cluster':'c'}]}],"
            "'clusters':[{'name':'b','lb_policy':'weighted_round_robin','connect_timeout':'1.5s',"
            "'response_timeout':'1h','idle_timeout':'90s','max_idle_per_endpoint':100000,"
+           "'max_header_bytes':2048,'max_headers':1024,'buffer_bytes':4096,"
            "'endpoints':[{'address':'[::1]:81','weight':10000,'priority':127,'zone':'eu-1a'},"
            "'10.0.0.1:80']},{'name':'c','endpoints':[]}]}"));
 }
