@@ -100,6 +100,15 @@ def read_to_eof(s):
         data += piece
 
 
+def closed_without_data(s):
+    """Whether the peer closed without sending a byte. A close with the client's bytes still
+    unread in the kernel is a reset (RFC 9293 3.6.1), which counts as closed too."""
+    try:
+        return read_to_eof(s) == b""
+    except ConnectionResetError:
+        return True
+
+
 def read_line(s):
     data = b""
     while not data.endswith(b"\n"):
@@ -204,6 +213,7 @@ def test_a_killed_backend_gets_no_new_connections_and_connect_failures_are_retri
         [tcp_listener(cluster="svc")],
         [cluster("svc", [b.address for b in bs], lb_policy="round_robin")]))
     assert sorted(ask_name(pf) for _ in range(9)) == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    tcp_lines(pf, 9)  # those relays ended before the kill, so none of them is cut by it
     bs[1].stop()
     names = [ask_name(pf) for _ in range(12)]
     assert "b" not in names and set(names) == {"a", "c"}
@@ -224,7 +234,7 @@ def test_with_every_endpoint_down_the_client_is_closed_and_it_is_counted(start_p
                  retry={"max_retries": 1})]))
     with connect(pf) as s:
         s.sendall(b"name\n")
-        assert read_to_eof(s) == b""
+        assert closed_without_data(s)
     line = tcp_lines(pf, 1)[0]
     assert line["reason"] == "connect_failed" and line["connect_attempts"] == 2
     assert line["upstream"] is None and line["bytes_in"] == 0
@@ -240,12 +250,13 @@ def test_idle_timeout_closes_a_silent_relay(start_tcp_backend, start_pilotfish):
         s.sendall(b"echo\nping")
         assert s.recv(4) == b"ping"
         started = time.monotonic()
-        assert read_to_eof(s) == b""
+        assert closed_without_data(s)
         waited = time.monotonic() - started
     assert waited < 10
     line = tcp_lines(pf, 1)[0]
-    # pilotfish's own clock: the relay lasted at least the idle timeout
-    assert line["reason"] == "idle_timeout" and line["duration_ms"] >= 300
+    # pilotfish's own clock: the relay lasted about the idle timeout (the event loop's timers
+    # start from the time it cached when it woke, a few milliseconds early at most)
+    assert line["reason"] == "idle_timeout" and line["duration_ms"] >= 250
 
 
 def test_max_connections_holds_further_clients_until_one_closes(start_tcp_backend,
@@ -303,6 +314,28 @@ def test_least_request_counts_open_connections_and_sigterm_waits_for_relays(star
         s.close()
     code = pf.wait_exit(15)
     assert code == 0
+
+
+def test_the_clusters_max_requests_breaker_limits_relays(start_tcp_backend, start_pilotfish):
+    b = start_tcp_backend("a")
+    pf = start_pilotfish(make_config(
+        [tcp_listener(cluster="svc")],
+        [cluster("svc", [b.address], circuit_breakers={"max_requests": 1})]))
+    with connect(pf) as first:
+        first.sendall(b"name\n")
+        assert read_line(first) == b"a\n"
+        with connect(pf) as second:  # over the limit: closed without reaching the endpoint
+            second.sendall(b"name\n")
+            assert closed_without_data(second)
+        assert echo_once(first) == b"still here"
+    wait_for(lambda: metric_sum(pf.metrics(), "pilotfish_tcp_connections_active") == 0, 10,
+             "the first relay to end")
+    assert ask_name(pf) == "a"  # the place is free again
+    m = pf.metrics()
+    assert metric_sum(m, "pilotfish_upstream_overflow_total", cluster="svc",
+                      breaker="max_requests") == 1
+    assert metric_sum(m, "pilotfish_tcp_listener_connections_closed_total",
+                      reason="overflow") == 1
 
 
 def test_ring_hash_keeps_a_client_address_on_one_endpoint(start_tcp_backend, start_pilotfish):
@@ -413,9 +446,9 @@ def test_sni_picks_the_cluster_and_the_endpoint_terminates_tls(sni_proxy, pki):
     code, out = s_client(pf, 0, "-noservername", "-CAfile", pki.ca[0])
     assert re.search(r"^fallback$", out, re.M), out
     lines = tcp_lines(pf, 4)
-    assert [(e["sni"], e["cluster"]) for e in lines] == [
-        ("db.test", "db"), ("x.cache.test", "cache"), ("other.test", "fallback"),
-        (None, "fallback")]
+    assert sorted((e["sni"] or "-", e["cluster"]) for e in lines) == [
+        ("-", "fallback"), ("db.test", "db"), ("other.test", "fallback"),
+        ("x.cache.test", "cache")]
 
 
 def test_no_route_and_no_cluster_closes_and_plaintext_goes_to_the_default(sni_proxy, pki):
@@ -428,8 +461,8 @@ def test_no_route_and_no_cluster_closes_and_plaintext_goes_to_the_default(sni_pr
     with connect(pf, 2) as s:
         s.sendall(b"name\n")
         assert read_line(s) == b"plain\n"
-    reasons = [e["reason"] for e in tcp_lines(pf, 3)]
-    assert reasons[0] == "no_route"
+    lines = tcp_lines(pf, 3)
+    assert [e["reason"] for e in lines if e["listener"] == "strict"] == ["no_route", "closed"]
     assert metric_sum(pf.metrics(), "pilotfish_tcp_listener_connections_closed_total",
                       listener="strict", reason="no_route") == 1
 
@@ -446,12 +479,12 @@ def test_a_slow_or_broken_client_hello_is_bounded(sni_proxy):
     with connect(pf) as s:
         s.sendall(client_hello[:40])
         started = time.monotonic()
-        assert read_to_eof(s) == b""
+        assert closed_without_data(s)
         assert time.monotonic() - started < 10
     # A malformed one (a handshake record of another message type): closed at once.
     with connect(pf) as s:
         s.sendall(b"\x16\x03\x01\x00\x04\x02\x00\x00\x00")
-        assert read_to_eof(s) == b""
+        assert closed_without_data(s)
     # The same ClientHello in small pieces still finds its way.
     with connect(pf) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -464,7 +497,9 @@ def test_a_slow_or_broken_client_hello_is_bounded(sni_proxy):
                       reason="peek_timeout") == 1
     assert metric_sum(m, "pilotfish_tcp_listener_connections_closed_total", listener="edge",
                       reason="bad_client_hello") == 1
-    assert tcp_lines(pf, 3)[2]["sni"] == "db.test"
+    # (the client leaves mid-handshake, so how that relay ended varies: closed or reset)
+    routed = [e for e in tcp_lines(pf, 3) if e["sni"] == "db.test"]
+    assert len(routed) == 1 and routed[0]["cluster"] == "db"
 
 
 def test_config_errors_name_the_json_path(tmp_path):
