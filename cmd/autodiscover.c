@@ -10,15 +10,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* One discovered cluster. Kept, stopped, after its Service port goes until shutdown:
- * workers may still report into its health, and indexes are never reused, so this is
- * bounded by PF_MAX_CLUSTERS. */
+/* How often removed clusters are checked for reclaiming: about the workers' heartbeat,
+ * which is when they let go of them. */
+#define RECLAIM_INTERVAL_MS 250
+
+/* One discovered cluster with health checks or outlier detection. Kept, stopped, after its
+ * Service port goes until every worker let go of its slot (they may still report into its
+ * health); then freed with the slot, which is reused. */
 typedef struct discovered {
     pf_config_cluster cfg; /* health's copy, as long as the health lives */
     pf_endpoint_slot *slot;
     pf_health *health;
-    struct discovered *next;
 } discovered;
+
+/* A removed cluster's slot on its way back: RETIRED until a route table without it is out,
+ * RECLAIMING until the workers let go of it. */
+typedef enum { SLOT_LIVE, SLOT_RETIRED, SLOT_RECLAIMING } slot_state;
 
 struct pf_autodiscover {
     struct event_base *base;
@@ -26,12 +33,20 @@ struct pf_autodiscover {
     pf_k8s *k8s;
     pf_metrics *metrics;
     char domain[PF_DNS_NAME_MAX];
-    size_t clusters;
-    discovered *all;
-    discovered **by_index; /* PF_MAX_CLUSTERS entries */
+    size_t clusters; /* live */
+    size_t slots;    /* live, retired and reclaiming: what max_clusters bounds */
+    size_t max_slots;
+    discovered **by_index; /* PF_MAX_CLUSTERS entries; NULL for clusters without health */
+    size_t *removed;       /* indexes RETIRED or RECLAIMING, PF_MAX_CLUSTERS entries */
+    uint8_t *state;        /* slot_state by index */
+    size_t removed_count;
+    struct event *reclaim_timer;
+    bool limit_logged;
 };
 
 static void discovered_free(discovered *d) {
+    if (!d)
+        return;
     health_free(d->health);
     discovery_slot_free(d->slot);
     free(d);
@@ -41,6 +56,16 @@ static pf_endpoint_slot *on_port_added(void *arg, const pf_k8s_service_port *por
                                        const pf_config_cluster *cfg, size_t *cookie) {
     pf_autodiscover *ad = arg;
     pf_error err = {{0}};
+    /* Removed clusters hold their slots until the workers let go; the limit counts them. */
+    if (ad->slots >= ad->max_slots) {
+        if (!ad->limit_logged)
+            log_error("kubernetes: cannot add cluster=%s: max_clusters=%zu reached (removed "
+                      "ones included until freed); raise kubernetes.auto_discover.max_clusters",
+                      cfg->name, ad->max_slots);
+        ad->limit_logged = true;
+        return NULL;
+    }
+    ad->limit_logged = false;
     /* Without checks or ejection a pf_health passes sets through unchanged: skip it and
      * its memory (a few tens of KiB per cluster, thousands of clusters). */
     if (cfg->health_check.type == PF_CHECK_NONE && !cfg->outlier.enabled) {
@@ -52,6 +77,8 @@ static pf_endpoint_slot *on_port_added(void *arg, const pf_k8s_service_port *por
         }
         *cookie = (size_t)index;
         ad->clusters++;
+        ad->slots++;
+        ad->state[index] = SLOT_LIVE;
         return proxy_cluster_slot(ad->proxy, (size_t)index);
     }
     discovered *d = calloc(1, sizeof *d);
@@ -74,14 +101,17 @@ static pf_endpoint_slot *on_port_added(void *arg, const pf_k8s_service_port *por
         log_error("kubernetes: cluster=%s: %s", cfg->name, err.msg[0] ? err.msg : "out of memory");
         proxy_cluster_retire(ad->proxy, (size_t)index);
         discovered_free(d);
+        ad->slots++; /* freed for reuse like a removed one */
+        ad->state[index] = SLOT_RETIRED;
+        ad->removed[ad->removed_count++] = (size_t)index;
         return NULL;
     }
     proxy_cluster_set_health(ad->proxy, (size_t)index, d->health);
-    d->next = ad->all;
-    ad->all = d;
     ad->by_index[index] = d;
+    ad->state[index] = SLOT_LIVE;
     *cookie = (size_t)index;
     ad->clusters++;
+    ad->slots++;
     return d->slot;
 }
 
@@ -96,6 +126,51 @@ static void on_port_removed(void *arg, const pf_k8s_service_port *port, size_t c
         health_stop(d->health);
     proxy_cluster_retire(ad->proxy, cookie);
     ad->clusters--;
+    ad->state[cookie] = SLOT_RETIRED;
+    ad->removed[ad->removed_count++] = cookie;
+}
+
+/* Frees the slots every worker let go of; they come back from proxy_cluster_add. */
+static void on_reclaim(evutil_socket_t fd, short what, void *arg) {
+    pf_autodiscover *ad = arg;
+    size_t kept = 0;
+    for (size_t i = 0; i < ad->removed_count; i++) {
+        size_t index = ad->removed[i];
+        if (ad->state[index] != SLOT_RECLAIMING ||
+            proxy_cluster_reclaim(ad->proxy, index) != PF_OK) {
+            ad->removed[kept++] = index;
+            continue;
+        }
+        discovered_free(ad->by_index[index]); /* the workers are done reporting into it */
+        ad->by_index[index] = NULL;
+        ad->state[index] = SLOT_LIVE;
+        ad->slots--;
+    }
+    ad->removed_count = kept;
+    bool waiting = false;
+    for (size_t i = 0; i < kept && !waiting; i++)
+        waiting = ad->state[ad->removed[i]] == SLOT_RECLAIMING;
+    if (waiting) {
+        struct timeval tv = {0, RECLAIM_INTERVAL_MS * 1000};
+        evtimer_add(ad->reclaim_timer, &tv);
+    }
+}
+
+/* The routes just published name no retired cluster: their slots may go back. */
+static void start_reclaim(pf_autodiscover *ad) {
+    bool any = false;
+    for (size_t i = 0; i < ad->removed_count; i++) {
+        size_t index = ad->removed[i];
+        if (ad->state[index] != SLOT_RETIRED)
+            continue;
+        proxy_cluster_remove(ad->proxy, index);
+        ad->state[index] = SLOT_RECLAIMING;
+        any = true;
+    }
+    if (any && !evtimer_pending(ad->reclaim_timer, NULL)) {
+        struct timeval tv = {0, RECLAIM_INTERVAL_MS * 1000};
+        evtimer_add(ad->reclaim_timer, &tv);
+    }
 }
 
 typedef struct build_ctx {
@@ -142,18 +217,24 @@ static void on_changed(void *arg) {
         return;
     }
     proxy_publish_service_routes(ad->proxy, b.table);
+    start_reclaim(ad);
     log_info("kubernetes: service routes published clusters=%zu routes=%zu", ad->clusters,
              b.entries);
 }
 
 pf_autodiscover *autodiscover_new(struct event_base *base, pf_proxy *proxy, pf_k8s *k8s,
-                                  pf_metrics *metrics, const char *cluster_domain, pf_error *err) {
+                                  pf_metrics *metrics, const char *cluster_domain,
+                                  size_t max_clusters, pf_error *err) {
     pf_autodiscover *ad = calloc(1, sizeof *ad);
-    if (!ad || !(ad->by_index = calloc(PF_MAX_CLUSTERS, sizeof *ad->by_index))) {
-        free(ad);
+    if (!ad || !(ad->by_index = calloc(PF_MAX_CLUSTERS, sizeof *ad->by_index)) ||
+        !(ad->removed = calloc(PF_MAX_CLUSTERS, sizeof *ad->removed)) ||
+        !(ad->state = calloc(PF_MAX_CLUSTERS, sizeof *ad->state)) ||
+        !(ad->reclaim_timer = evtimer_new(base, on_reclaim, ad))) {
+        autodiscover_free(ad);
         pf_fail(err, PF_ENOMEM, "out of memory");
         return NULL;
     }
+    ad->max_slots = max_clusters;
     ad->base = base;
     ad->proxy = proxy;
     ad->k8s = k8s;
@@ -173,11 +254,12 @@ pf_autodiscover *autodiscover_new(struct event_base *base, pf_proxy *proxy, pf_k
 void autodiscover_free(pf_autodiscover *ad) {
     if (!ad)
         return;
-    while (ad->all) {
-        discovered *d = ad->all;
-        ad->all = d->next;
-        discovered_free(d);
-    }
+    for (size_t i = 0; ad->by_index && i < PF_MAX_CLUSTERS; i++)
+        discovered_free(ad->by_index[i]);
+    if (ad->reclaim_timer)
+        event_free(ad->reclaim_timer);
     free(ad->by_index);
+    free(ad->removed);
+    free(ad->state);
     free(ad);
 }

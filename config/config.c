@@ -2857,6 +2857,9 @@ static const key_def auto_keys[] = {
      .parse = parse_namespaces, .dump = dump_namespaces, .doc_default = "required"},
     {K_CUSTOM("cluster", "object", "cluster keys every discovered cluster gets"),
      .flags = KF_IN_FINISH, .dump = dump_auto_cluster, .doc_default = "the cluster defaults"},
+    {K_UINT(pf_config_kubernetes, "max_clusters", auto_max_clusters, 1,
+            PF_K8S_AUTO_MAX_CLUSTERS_MAX, PF_DEFAULT_K8S_AUTO_MAX_CLUSTERS,
+            "discovered clusters held at once; a removed one until its slot is freed")},
 };
 static const schema auto_schema = {.doc_name = "kubernetes.auto_discover",
                                    SCHEMA_KEYS(auto_keys),

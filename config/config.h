@@ -250,6 +250,10 @@ typedef struct pf_config_dns {
 #define PF_DEFAULT_K8S_MAX_LINE_BYTES (4u * 1024u * 1024u)  /* one watch event */
 #define PF_DEFAULT_K8S_MAX_LIST_BYTES (64u * 1024u * 1024u) /* one list page */
 #define PF_DEFAULT_K8S_PAGE_SIZE 500u
+/* Discovered clusters held at once (removed ones until their slots are freed); the proxy
+ * holds at most 8192 clusters in all. */
+#define PF_DEFAULT_K8S_AUTO_MAX_CLUSTERS 4096u
+#define PF_K8S_AUTO_MAX_CLUSTERS_MAX 8192u
 #define PF_K8S_NAME_MAX 64   /* a Service, namespace or port name (DNS label, 63) and NUL */
 #define PF_K8S_TEXT_MAX 1024 /* URLs and file paths */
 #define PF_K8S_MAX_NAMESPACES 64
@@ -448,6 +452,7 @@ typedef struct pf_config_kubernetes {
     char (*namespaces)[PF_K8S_NAME_MAX];
     size_t namespace_count;
     pf_config_cluster *auto_cluster; /* settings of every discovered cluster (name unused) */
+    uint32_t auto_max_clusters;      /* slots discovered clusters may hold at once */
     uint64_t stall_timeout_ms;
     uint64_t request_timeout_ms;
     uint64_t connect_timeout_ms;

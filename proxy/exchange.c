@@ -250,10 +250,18 @@ static void end_tunnel(pf_exchange *ex) {
     ex->tunnel = NULL;
 }
 
+/* The exchange no longer points at its cluster's worker state. */
+static void drop_cluster(pf_exchange *ex) {
+    if (ex->wc)
+        ex->wc->requests--;
+    ex->wc = NULL;
+}
+
 void exchange_free(pf_exchange *ex) {
     end_tunnel(ex);
     end_attempt(ex, false);
     end_accounting(ex);
+    drop_cluster(ex);
     ex->ep = NULL;
     discovery_set_unref(ex->set);
     ex->set = NULL;
@@ -288,7 +296,7 @@ void exchange_reset(pf_exchange *ex) {
     ex->request_id[0] = '\0';
     ex->traceparent[0] = ex->trace_id[0] = '\0';
     memset(&ex->vars, 0, sizeof ex->vars);
-    ex->wc = NULL;
+    drop_cluster(ex);
     ex->ep = NULL;
     discovery_set_unref(ex->set);
     ex->set = NULL;
@@ -591,11 +599,13 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
     }
     if (ex->req.fwd.upgrade)
         decide_upgrade(ex);
+    drop_cluster(ex);
     ex->wc = worker_cluster(ex->w, (size_t)cluster_index);
     if (!ex->wc) {
         exchange_reply(ex, 503, "out of memory\n", NULL);
         return;
     }
+    ex->wc->requests++; /* a removed cluster's state outlives this request (drop_cluster) */
     pf_cluster_rt *rt = ex->wc->rt;
     ex->vars.cluster = rt->cfg->name;
     ex->retry = route && route->has_retry ? &route->retry : &rt->cfg->retry;

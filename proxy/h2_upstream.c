@@ -483,6 +483,7 @@ static void conn_free_h2u(h2u_conn *c) {
     if (c->timer)
         event_free(c->timer);
     metrics_gauge_add(c->wc->rt->connections_active, -1);
+    c->wc->conns--;
     free(c);
 }
 
@@ -565,6 +566,7 @@ fail:
     if (c->timer)
         event_free(c->timer);
     metrics_gauge_add(wc->rt->connections_active, -1);
+    wc->conns--;
     free(c);
     return NULL;
 }

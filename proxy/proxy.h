@@ -98,12 +98,22 @@ void proxy_cluster_status(const pf_proxy *proxy, size_t index, pf_proxy_cluster_
 #define PF_MAX_CLUSTERS 8192
 
 /* Adds a cluster at run time; `cfg` is copied (its endpoints are ignored: publish sets into
- * proxy_cluster_slot). Returns the new index, stable for the proxy's life, or PF_ELIMIT
- * when PF_MAX_CLUSTERS are in use. Main thread. */
+ * proxy_cluster_slot). Returns the new index (a reclaimed one first), stable until the
+ * cluster is removed, or PF_ELIMIT when PF_MAX_CLUSTERS are in use. Main thread. */
 long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg);
 /* Retires a cluster: no route may name it any more (publish a table or a config without
  * it) and its slot should get an empty set; the index is never reused. Main thread. */
 void proxy_cluster_retire(pf_proxy *proxy, size_t index);
+/* Retires a cluster for good, after a route table without it was published: each worker
+ * lets go of its state once its last request to it ended (its next heartbeat after that),
+ * then proxy_cluster_reclaim frees the slot for reuse. Its health must outlive that (the
+ * workers report into it). Main thread. */
+void proxy_cluster_remove(pf_proxy *proxy, size_t index);
+/* Frees a removed cluster's slot (pools, balancer, settings, metrics series) when every
+ * worker has let go of it: returns 0, after which its health may be freed and its index
+ * comes back from proxy_cluster_add; PF_EINUSE while some worker still holds it (call
+ * again later); PF_EINVAL when it was not removed. Main thread. */
+int proxy_cluster_reclaim(pf_proxy *proxy, size_t index);
 
 /* Service routes: when no configured route matches a request, its authority is looked up
  * here (exact host, lower case, and port; port -1 is the entry for requests that name no

@@ -61,6 +61,11 @@ typedef struct pf_cluster_rt {
     pf_health *health;            /* passive outlier detection; may be NULL */
     pf_tls_client *tls;           /* NULL: plaintext to the endpoints */
     _Atomic bool retired;
+    /* Slot reuse (issue 16): a cluster removed for good is freed once every worker has let
+     * go of it. Everything above is reset when the slot is reused; these survive it. */
+    _Atomic uint32_t reclaim_epoch; /* bumped by each removal */
+    _Atomic bool reclaim;           /* removed: workers release their state, then it is freed */
+    _Atomic unsigned released;      /* workers that let go since the last removal */
 } pf_cluster_rt;
 
 /* A listener slot's life (main thread): FREE -> LIVE when a config names it, LIVE ->
@@ -123,6 +128,12 @@ typedef struct pf_worker_cluster {
     pf_pool_bucket *buckets[PF_POOL_BUCKETS];
     uint64_t pruned_version;   /* the set version the pool was last pruned to */
     struct h2u_conn *h2_conns; /* HTTP/2 upstream connections (h2_upstream.c) */
+    /* What still points at this state, so that a removed cluster's is freed only after its
+     * last request and connection: exchanges routed to it, upstream connections (HTTP/1
+     * and HTTP/2, busy or pooled). Worker thread only. */
+    uint32_t requests;
+    uint32_t conns;
+    uint32_t released_epoch; /* the removal of the slot this worker let go of last */
 } pf_worker_cluster;
 
 /* A worker's listening socket for one listener. Its life is one state:
@@ -180,9 +191,12 @@ struct pf_worker {
 struct pf_proxy {
     const pf_config *_Atomic cfg; /* the current config; a reload swaps it */
     pf_metrics *metrics;
-    pf_cluster_rt *clusters; /* PF_MAX_CLUSTERS slots; configured ones first */
-    _Atomic size_t cluster_count;
+    pf_cluster_rt *clusters;      /* PF_MAX_CLUSTERS slots; configured ones first */
+    _Atomic size_t cluster_count; /* slots ever used: the workers scan up to it */
     size_t static_cluster_count;
+    size_t *free_clusters; /* reclaimed slots for proxy_cluster_add to reuse (main thread) */
+    size_t free_cluster_count;
+    _Atomic long reclaiming; /* removed slots not yet reclaimed: the workers look for them */
     pthread_mutex_t routes_lock;
     pf_service_routes *routes; /* discovered services' routes; NULL: none */
     _Atomic uint64_t routes_generation;

@@ -1345,8 +1345,8 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
         "{'kubernetes':{'api_server':'https://10.0.0.1:6443','token_file':'/t','ca_file':'/ca',"
         "'namespace':'shop','cluster_domain':'corp.example','stall_timeout':'30s',"
         "'backoff':{'base':'100ms','max':'5s'},'max_line_bytes':65536,'page_size':50,"
-        "'auto_discover':{'namespaces':['shop','default'],'cluster':{'connect_timeout':'300ms',"
-        "'lb_policy':'least_request'}}},"
+        "'auto_discover':{'namespaces':['shop','default'],'max_clusters':64,"
+        "'cluster':{'connect_timeout':'300ms','lb_policy':'least_request'}}},"
         "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{},"
         "'cluster':'reviews'}]}],"
         "'clusters':[{'name':'reviews','kubernetes':{'service':'reviews','port':9080}},"
@@ -1367,6 +1367,7 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
     CU_ASSERT_EQUAL(k->page_size, 50);
     CU_ASSERT_EQUAL(k->namespace_count, 2);
     CU_ASSERT_STRING_EQUAL(k->namespaces[1], "default");
+    CU_ASSERT_EQUAL(k->auto_max_clusters, 64);
     CU_ASSERT_FATAL(k->auto_cluster != NULL);
     CU_ASSERT_EQUAL(k->auto_cluster->connect_timeout_ms, 300);
     CU_ASSERT_EQUAL(k->auto_cluster->lb_policy, PF_LB_LEAST_REQUEST);
@@ -1390,6 +1391,7 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
     CU_ASSERT(!cfg->kubernetes.enabled && !cfg->kubernetes.auto_discover);
     CU_ASSERT_STRING_EQUAL(cfg->kubernetes.cluster_domain, "cluster.local");
     CU_ASSERT_EQUAL(cfg->kubernetes.stall_timeout_ms, PF_DEFAULT_K8S_STALL_TIMEOUT_MS);
+    CU_ASSERT_EQUAL(cfg->kubernetes.auto_max_clusters, PF_DEFAULT_K8S_AUTO_MAX_CLUSTERS);
     config_free(cfg);
 }
 
@@ -1574,7 +1576,9 @@ static const struct {
      "x.json: $.kubernetes.backoff: unknown key \"factor\"; known keys: base, max"},
     {K8S("'auto_discover':{'namespaces':'all','labels':{}}"),
      "x.json: $.kubernetes.auto_discover: unknown key \"labels\"; known keys: namespaces, "
-     "cluster"},
+     "cluster, max_clusters"},
+    {K8S("'auto_discover':{'namespaces':'all','max_clusters':0}"),
+     "x.json: $.kubernetes.auto_discover.max_clusters: 0 out of range (1-8192)"},
     {K8S("'auto_discover':{'namespaces':'all','cluster':[]}"),
      "x.json: $.kubernetes.auto_discover.cluster: expected object, found array"},
     {LB("'hash_on':5"), "x.json: $.clusters[0].hash_on: expected object, found integer"},
