@@ -30,9 +30,11 @@
 #define ERROR_BODY_MAX (64u * 1024u) /* a Status body; the rest is dropped */
 #define WATCH_MIN_TIMEOUT_S 300      /* watches end server-side after 5-10 min, like client-go */
 #define WATCH_MAX_TIMEOUT_S 600
-#define WATCH_HEALTHY_MS 1000 /* a watch that lasted this long resets the backoff */
-#define PATH_MAX_K8S 1536     /* api server URL (1023) + "/apis/.../namespaces/NS/RESOURCE" */
-#define CONT_MAX 4096         /* an encoded continue token; longer ones restart the list */
+#define WATCH_HEALTHY_MS 1000       /* a watch that lasted this long resets the backoff */
+#define K8S_RELIST_SPREAD_MS 10000u /* 410 relists spread over up to this (backoff.max if less) */
+#define K8S_RETRY_AFTER_MAX_S 600   /* a longer Retry-After is taken as this */
+#define PATH_MAX_K8S 1536           /* api server URL (1023) + "/apis/.../namespaces/NS/RESOURCE" */
+#define CONT_MAX 4096               /* an encoded continue token; longer ones restart the list */
 #define URL_MAX (PATH_MAX_K8S + CONT_MAX + 1024)
 
 static const char *const status_text[PF_K8S_STATUS_COUNT] = {
@@ -210,14 +212,27 @@ static uint64_t k8s_random(pf_k8s *k) {
     return pf_xorshift128p(k->rng);
 }
 
-/* Exponential backoff with "equal jitter": half fixed, half random, capped. */
+/* Exponential backoff with "full jitter": anywhere in [0, window], the window doubling per
+ * failure up to backoff.max. After an API server restart every sidecar of a fleet fails at
+ * the same moment; a fixed part would bring them back in step, full jitter spreads them
+ * evenly over the window. */
 static uint64_t backoff_ms(pf_k8s *k, unsigned failures) {
     uint64_t d = k->kc->backoff_base_ms;
     for (unsigned i = 1; i < failures && d < k->kc->backoff_max_ms; i++)
         d *= 2;
     if (d > k->kc->backoff_max_ms)
         d = k->kc->backoff_max_ms;
-    return d / 2 + (d > 1 ? k8s_random(k) % (d / 2 + 1) : 0);
+    return k8s_random(k) % (d + 1);
+}
+
+/* The wait before a relist that a 410 asked for. A fleet's watches all get their 410 at
+ * once (the API server restarted and lost its watch cache, or compacted): each relist goes
+ * at a random point of a window of its own, so that lists, the expensive requests, reach
+ * the API server spread out instead of together. The set in use stays meanwhile. */
+static uint64_t relist_delay_ms(pf_k8s *k) {
+    uint64_t window =
+        k->kc->backoff_max_ms < K8S_RELIST_SPREAD_MS ? k->kc->backoff_max_ms : K8S_RELIST_SPREAD_MS;
+    return k8s_random(k) % (window + 1);
 }
 
 static void count_http(pf_k8s *k, long status) {
@@ -933,6 +948,24 @@ static int transport_failure(k8s_watch *w, k8s_req *r, CURLcode cc, const char *
     return timeout ? PF_K8S_ETIMEOUT : PF_K8S_ETRANSPORT;
 }
 
+/* The wait before retrying a failed request: the backoff, and when the API server said how
+ * long to stay away (429 Too Many Requests or 503 with Retry-After, as API priority and
+ * fairness does) at least that, plus the jitter so that the sidecars it told the same
+ * time do not all come back in the same second. */
+static uint64_t retry_delay_ms(k8s_watch *w, k8s_req *r) {
+    uint64_t d = backoff_ms(w->k, ++w->failures);
+    curl_off_t after = 0;
+    if (r && r->easy && (r->status == 429 || r->status == 503) &&
+        curl_easy_getinfo(r->easy, CURLINFO_RETRY_AFTER, &after) == CURLE_OK && after > 0) {
+        if (after > K8S_RETRY_AFTER_MAX_S)
+            after = K8S_RETRY_AFTER_MAX_S;
+        log_info("kubernetes: %s %s: HTTP %ld with Retry-After %llds; waiting that long",
+                 r->watch ? "watch" : "list", resource_names[w->kind], r->status, (long long)after);
+        d += (uint64_t)after * 1000u;
+    }
+    return d;
+}
+
 static void list_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
     pf_k8s *k = w->k;
     char why[K8S_WHY_MAX] = "";
@@ -977,7 +1010,7 @@ static void list_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
     if (st == PF_K8S_ETOOLONG || st == PF_K8S_ENOMEM)
         log_error("kubernetes: list %s: %s; retrying", resource_names[w->kind],
                   r->abort_why[0] ? r->abort_why : discovery_k8s_strerror(st));
-    watch_schedule(w, st == PF_K8S_EGONE ? 0 : backoff_ms(k, ++w->failures));
+    watch_schedule(w, st == PF_K8S_EGONE ? relist_delay_ms(k) : retry_delay_ms(w, r));
 }
 
 static void watch_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
@@ -999,7 +1032,7 @@ static void watch_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
         log_info("kubernetes: watch %s: resourceVersion %s is gone (410); relisting",
                  resource_names[w->kind], w->rv);
         w->need_list = true;
-        watch_list(w);
+        watch_schedule(w, relist_delay_ms(k));
         return;
     case PF_K8S_ECLOSED:
         /* A normal end (timeoutSeconds, API server restart): resume from the last
@@ -1007,8 +1040,10 @@ static void watch_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
         log_debug("kubernetes: watch ended resource=%s events=%zu lasted_ms=%llu",
                   resource_names[w->kind], r->events, (unsigned long long)lasted);
         if (lasted >= WATCH_HEALTHY_MS || r->events > 0) {
+            /* Resumed within the base window, not at once: an API server that shuts down
+             * ends every stream of the fleet at the same moment. */
             w->failures = 0;
-            watch_watch(w);
+            watch_schedule(w, backoff_ms(k, 1));
         } else {
             watch_schedule(w, backoff_ms(k, ++w->failures));
         }
@@ -1035,7 +1070,7 @@ static void watch_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
     }
     if (lasted >= WATCH_HEALTHY_MS && st != PF_K8S_EUNAUTHORIZED && st != PF_K8S_EFORBIDDEN)
         w->failures = 0;
-    watch_schedule(w, backoff_ms(k, ++w->failures));
+    watch_schedule(w, retry_delay_ms(w, r));
 }
 
 static void on_stall(evutil_socket_t fd, short what, void *arg) {

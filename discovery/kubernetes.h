@@ -7,7 +7,8 @@
  * as a diff), keeps the objects, and publishes an endpoint set per cluster whenever a
  * cluster's endpoints change. Failures (transport, timeouts, malformed events, stalled
  * streams, 401/403/5xx) never empty a live set: they are logged, counted and retried with
- * capped exponential backoff and jitter. */
+ * capped exponential backoff and full jitter (Retry-After honoured); 410 relists are spread
+ * at random over a window. */
 #ifndef PF_DISCOVERY_KUBERNETES_H
 #define PF_DISCOVERY_KUBERNETES_H
 

@@ -12,9 +12,10 @@ makes at start with the openssl CLI:
     resourceVersion is older than the compaction point, timeoutSeconds;
   - bearer-token auth (401 Status), and 403 Status for forbidden resource/namespace pairs.
 A control API on a separate plain-HTTP port (127.0.0.1 only) changes objects, cuts streams
-(optionally in the middle of an event), stalls them, compacts, rotates the token, and
-reports the requests it served (verb, resource, namespace) so tests can compare them with
-the RBAC a deployment grants.
+(optionally in the middle of an event), stalls them, compacts, rotates the token, answers
+the next requests 429 with Retry-After, and reports the requests it served (verb, resource,
+namespace, query, time) so tests can compare them with the RBAC a deployment grants and
+see when clients came back.
 
 Usage: k8s_api.py --dir DIR [--port 0] [--control-port 0] [--token T]
 Prints one line "listening https://127.0.0.1:PORT control http://127.0.0.1:CPORT" once
@@ -83,6 +84,8 @@ class State:
         self.stalled = False
         self.bookmark_interval = 1.0
         self.requests = []
+        self.throttle = 0  # the next this many API requests get 429
+        self.retry_after = 1
         self.sent = {}  # rv -> wall time the event was first written to a stream
         self.snapshots = {}  # continue token -> (rv, items)
         self.watchers = 0
@@ -210,10 +213,26 @@ def make_handler(state):
             watch = q.get("watch") in ("1", "true")
             verb = "watch" if watch else "list"
             with state.cond:
+                throttled = state.throttle > 0
+                state.throttle -= 1 if throttled else 0
                 state.requests.append({"verb": verb, "resource": res, "namespace": ns or "",
                                        "group": KINDS[res][0].split("/")[1] if prefix == 3 else "",
-                                       "query": url.query})
+                                       "query": url.query, "time": time.time(),
+                                       "code": 429 if throttled else 200})
                 forbidden = (res, ns or "*") in state.forbidden or (res, "*") in state.forbidden
+                retry_after = state.retry_after
+            if throttled:
+                # API priority and fairness: the status, and when to come back
+                body = json.dumps(status(429, "TooManyRequests",
+                                         "Too many requests, please try again later.",
+                                         {"retryAfterSeconds": retry_after})).encode()
+                self.send_response(429)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Retry-After", str(retry_after))
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             if forbidden:
                 group = "discovery.k8s.io" if res == "endpointslices" else ""
                 where = f'in the namespace "{ns}"' if ns else "at the cluster scope"
@@ -422,6 +441,10 @@ def make_control(state):
             if path == "/settings":
                 state.bookmark_interval = float(doc.get("bookmark_interval",
                                                         state.bookmark_interval))
+                return {"ok": True}
+            if path == "/throttle":  # {"count": n, "retry_after": seconds}
+                state.throttle = int(doc["count"])
+                state.retry_after = int(doc.get("retry_after", 1))
                 return {"ok": True}
             if path == "/requests/clear":
                 state.requests.clear()
