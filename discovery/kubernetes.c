@@ -166,6 +166,11 @@ struct k8s_svc {
 struct k8s_view {
     pf_k8s *k;
     bool auto_discover;
+    /* on_demand: a view of one Service (ns, service) that a request named, kept while
+     * requests use it; wanted_ms is when the last request asked for it. */
+    bool on_demand;
+    char service[PF_K8S_NAME_MAX];
+    uint64_t wanted_ms;
     char ns[PF_K8S_NAME_MAX]; /* "" : all namespaces */
     k8s_watch *watches[K8S_KIND_COUNT];
     k8s_map svcs;              /* "ns/name" -> k8s_svc */
@@ -1000,6 +1005,12 @@ static void list_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
         if (!w->synced) {
             w->synced = true;
             k8s_map_each(&w->view->svcs, mark_all_dirty_cb, NULL);
+            /* A Service asked for on demand is known now, present or missing: the routes
+             * say which, and the requests waiting for it learn it from them. */
+            if (w->view->on_demand) {
+                k->routes_changed = true;
+                schedule_flush(k);
+            }
         }
         watch_watch(w);
         return;
@@ -1411,7 +1422,10 @@ static void on_flush(evutil_socket_t fd, short what, void *arg) {
         s->dirty = false;
         s->next_dirty = NULL;
         k8s_view *v = s->view;
-        if (v->auto_discover && v->watches[K8S_KIND_SERVICE]->synced)
+        /* On demand, a port's cluster comes with its first set: a request that waited for
+         * the Service is routed only once there is something to pick from. */
+        if (v->auto_discover && v->watches[K8S_KIND_SERVICE]->synced &&
+            (!v->on_demand || v->watches[K8S_KIND_SLICE]->synced))
             sync_ports(s);
         for (k8s_binding *b = s->bindings; b; b = b->next)
             binding_publish(b);
@@ -1532,6 +1546,11 @@ static void free_object_cb(void *arg, void *value) {
 static void watch_free(k8s_watch *w) {
     if (!w)
         return;
+    /* Views come and go on demand: their registrations of the shared series go with them. */
+    metrics_release(w->k->metrics, w->connects);
+    metrics_release(w->k->metrics, w->relists);
+    for (int t = 0; t < K8S_EV_COUNT; t++)
+        metrics_release(w->k->metrics, w->events[t]);
     req_free(w->req);
     event_free(w->timer);
     event_free(w->stall);
@@ -1790,6 +1809,8 @@ int discovery_k8s_auto_discover(pf_k8s *k, const pf_k8s_auto_callbacks *cb, pf_e
         return pf_fail(err, PF_EINVAL, "kubernetes: auto_discover is not configured");
     k->cb = *cb;
     k->auto_on = true;
+    if (kc->auto_mode == PF_K8S_ON_DEMAND)
+        return PF_OK; /* nothing is watched until a request names a Service */
     size_t n = kc->all_namespaces ? 1 : kc->namespace_count;
     for (size_t i = 0; i < n; i++) {
         k8s_view *v = view_new(k, kc->all_namespaces ? "" : kc->namespaces[i], NULL);
@@ -1829,6 +1850,182 @@ void discovery_k8s_foreach_port(const pf_k8s *k,
             k8s_map_each(&k->views[i]->svcs, foreach_svc, &c);
 }
 
+/* ---- on demand ------------------------------------------------------------------------------ */
+
+bool discovery_k8s_namespace_watched(const pf_k8s *k, const char *ns) {
+    const pf_config_kubernetes *kc = k->kc;
+    if (kc->all_namespaces)
+        return true;
+    for (size_t i = 0; i < kc->namespace_count; i++)
+        if (strcmp(kc->namespaces[i], ns) == 0)
+            return true;
+    return false;
+}
+
+static k8s_view *find_on_demand(const pf_k8s *k, const char *ns, const char *service) {
+    for (size_t i = 0; i < k->view_count; i++) {
+        k8s_view *v = k->views[i];
+        if (v->on_demand && strcmp(v->ns, ns) == 0 && strcmp(v->service, service) == 0)
+            return v;
+    }
+    return NULL;
+}
+
+int discovery_k8s_want(pf_k8s *k, const char *ns, const char *service) {
+    if (!k->auto_on || k->kc->auto_mode != PF_K8S_ON_DEMAND || k->stopping ||
+        !discovery_k8s_namespace_watched(k, ns))
+        return PF_EINVAL;
+    k8s_view *v = find_on_demand(k, ns, service);
+    if (v) {
+        v->wanted_ms = pf_now_ms();
+        return PF_OK;
+    }
+    /* One Service: its object by name and its slices by label, nothing else. */
+    if (!(v = view_new(k, ns, service)))
+        return PF_ENOMEM;
+    v->auto_discover = true;
+    v->on_demand = true;
+    v->wanted_ms = pf_now_ms();
+    snprintf(v->service, sizeof v->service, "%s", service);
+    log_info("kubernetes: watching service=%s namespace=%s on demand", service, ns);
+    if (k->started)
+        for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
+            watch_schedule(v->watches[kind], 0);
+    return PF_OK;
+}
+
+/* Known absent: both lists are in and the Service is not there. */
+static bool view_missing(const k8s_view *v) {
+    return v->on_demand && v->watches[K8S_KIND_SERVICE]->synced &&
+           v->watches[K8S_KIND_SLICE]->synced && v->watches[K8S_KIND_SERVICE]->store.count == 0;
+}
+
+void discovery_k8s_foreach_missing(const pf_k8s *k,
+                                   void (*fn)(void *arg, const char *ns, const char *service),
+                                   void *arg) {
+    for (size_t i = 0; i < k->view_count; i++)
+        if (view_missing(k->views[i]))
+            fn(arg, k->views[i]->ns, k->views[i]->service);
+}
+
+typedef struct sweep_ctx {
+    pf_k8s *k;
+    uint64_t (*last_used_ms)(void *arg, size_t cookie);
+    void *arg;
+    uint64_t last;
+} sweep_ctx;
+
+static void last_use_cb(void *arg, void *value) {
+    sweep_ctx *c = arg;
+    const k8s_svc *s = value;
+    for (const k8s_binding *b = s->bindings; b; b = b->next) {
+        uint64_t used = c->last_used_ms(c->arg, b->cookie);
+        if (used > c->last)
+            c->last = used;
+    }
+}
+
+static void remove_svc_cb(void *arg, void *value) {
+    pf_k8s *k = arg;
+    k8s_svc *s = value;
+    while (s->bindings) {
+        k8s_binding *b = s->bindings;
+        s->bindings = b->next;
+        binding_remove(k, b);
+    }
+}
+
+/* Stops a view's watches and forgets it: its clusters go (port_removed), the routes are
+ * rebuilt at the next flush. */
+static void view_remove(pf_k8s *k, size_t index) {
+    k8s_view *v = k->views[index];
+    for (k8s_svc **p = &k->dirty; *p;) {
+        if ((*p)->view == v)
+            *p = (*p)->next_dirty;
+        else
+            p = &(*p)->next_dirty;
+    }
+    k8s_map_each(&v->svcs, remove_svc_cb, k);
+    view_free(v);
+    memmove(&k->views[index], &k->views[index + 1], (k->view_count - index - 1) * sizeof *k->views);
+    k->view_count--;
+    k->routes_changed = true;
+    schedule_flush(k);
+}
+
+size_t discovery_k8s_sweep(pf_k8s *k, uint64_t now_ms,
+                           uint64_t (*last_used_ms)(void *arg, size_t cookie), void *arg) {
+    size_t removed = 0;
+    for (size_t i = 0; i < k->view_count;) {
+        k8s_view *v = k->views[i];
+        if (!v->on_demand) {
+            i++;
+            continue;
+        }
+        sweep_ctx c = {k, last_used_ms, arg, v->wanted_ms};
+        k8s_map_each(&v->svcs, last_use_cb, &c);
+        /* A missing Service is asked again after negative_ttl (if still wanted), so that a
+         * misspelled name costs one list per negative_ttl, whatever the request rate. */
+        bool missing = view_missing(v);
+        uint64_t limit = missing ? k->kc->negative_ttl_ms : k->kc->idle_timeout_ms;
+        if (now_ms - c.last < limit) {
+            i++;
+            continue;
+        }
+        log_info("kubernetes: stopped watching service=%s namespace=%s (%s)", v->service, v->ns,
+                 missing ? "missing, negative_ttl over" : "unused for idle_timeout");
+        view_remove(k, i);
+        removed++;
+    }
+    return removed;
+}
+
+size_t discovery_k8s_watch_count(const pf_k8s *k) {
+    size_t n = 0;
+    for (size_t i = 0; i < k->view_count; i++)
+        for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
+            n += k->views[i]->watches[kind]->req != NULL;
+    return n;
+}
+
+/* Kubernetes DNS for Services (the names a pod may use): svc (the pod's own namespace),
+ * svc.ns, svc.ns.svc and svc.ns.svc.<cluster domain>. Service names are DNS-1035 labels,
+ * namespaces DNS-1123 labels. */
+static bool dns_label(const char *p, size_t len, bool letter_first) {
+    if (len == 0 || len > 63 || p[len - 1] == '-' ||
+        (letter_first && !(p[0] >= 'a' && p[0] <= 'z')))
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9') || p[i] == '-'))
+            return false;
+    return p[0] != '-';
+}
+
+int discovery_k8s_parse_service_host(const char *host, const char *own_namespace,
+                                     const char *cluster_domain, char *service, char *ns) {
+    const char *dot = strchr(host, '.');
+    size_t svc_len = dot ? (size_t)(dot - host) : strlen(host);
+    if (!dns_label(host, svc_len, true))
+        return PF_EINVAL;
+    const char *ns_at = dot ? dot + 1 : own_namespace;
+    const char *ns_end = strchr(ns_at, '.');
+    size_t ns_len = ns_end ? (size_t)(ns_end - ns_at) : strlen(ns_at);
+    if (!dns_label(ns_at, ns_len, false))
+        return PF_EINVAL;
+    if (dot && ns_end) {
+        const char *rest = ns_end + 1; /* "svc" or "svc.<domain>" */
+        size_t dl = strlen(cluster_domain);
+        if (strcmp(rest, "svc") != 0 && !(strncmp(rest, "svc.", 4) == 0 && strlen(rest + 4) == dl &&
+                                          strncmp(rest + 4, cluster_domain, dl) == 0))
+            return PF_EINVAL;
+    }
+    memcpy(service, host, svc_len);
+    service[svc_len] = '\0';
+    memcpy(ns, ns_at, ns_len);
+    ns[ns_len] = '\0';
+    return PF_OK;
+}
+
 int discovery_k8s_start(pf_k8s *k, pf_error *err) {
     k->started = true;
     for (size_t i = 0; i < k->view_count; i++)
@@ -1838,9 +2035,10 @@ int discovery_k8s_start(pf_k8s *k, pf_error *err) {
 }
 
 bool discovery_k8s_synced(const pf_k8s *k) {
+    /* Services asked for on demand are waited for by their requests, not by /ready. */
     for (size_t i = 0; i < k->view_count; i++)
         for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
-            if (!k->views[i]->watches[kind]->synced)
+            if (!k->views[i]->on_demand && !k->views[i]->watches[kind]->synced)
                 return false;
     return true;
 }

@@ -266,7 +266,8 @@ static int worker_init(pf_proxy *proxy, pf_worker *w, unsigned id) {
     /* Room for every cluster there may ever be; untouched entries cost no memory. */
     w->clusters = calloc(PF_MAX_CLUSTERS, sizeof *w->clusters);
     w->accept_ctx = calloc(PF_LISTENER_SLOTS, sizeof *w->accept_ctx);
-    if (!w->base || !w->clusters || !w->accept_ctx || worker_reload_init(w) != PF_OK)
+    if (!w->base || !w->clusters || !w->accept_ctx || worker_reload_init(w) != PF_OK ||
+        worker_on_demand_init(w) != PF_OK)
         return PF_ENOMEM;
     for (size_t i = 0; i < PF_LISTENER_SLOTS; i++) {
         w->accept_ctx[i].fd = -1;
@@ -365,6 +366,7 @@ long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg) {
             return PF_ENOMEM;
         }
         proxy->free_cluster_count--;
+        atomic_store(&c->last_used_ms, pf_now_ms());
         /* Requests reach it only through a route table published after this. */
         atomic_store_explicit(&c->retired, false, memory_order_release);
         return (long)index;
@@ -374,6 +376,7 @@ long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg) {
     pf_cluster_rt *c = &proxy->clusters[count];
     if (cluster_init(proxy, c, cfg) != PF_OK)
         return PF_ENOMEM;
+    atomic_store(&c->last_used_ms, pf_now_ms());
     /* Published last: a worker that sees the new count sees a finished cluster. */
     atomic_store_explicit(&proxy->cluster_count, count + 1, memory_order_release);
     return (long)count;
@@ -957,6 +960,7 @@ static void worker_free(pf_worker *w) {
     free(w->log_buf);
     free(w->accept_ctx);
     worker_reload_free(w);
+    worker_on_demand_free(w);
     for (size_t i = 0; w->clusters && i < w->proxy->cluster_count; i++)
         worker_cluster_free(&w->clusters[i]);
     free(w->clusters);

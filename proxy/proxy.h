@@ -115,6 +115,27 @@ void proxy_cluster_remove(pf_proxy *proxy, size_t index);
  * again later); PF_EINVAL when it was not removed. Main thread. */
 int proxy_cluster_reclaim(pf_proxy *proxy, size_t index);
 
+/* When a cluster was last routed to by a discovered Service's route (pf_now_ms(), to the
+ * second; its creation counts). Main thread. */
+uint64_t proxy_cluster_last_used_ms(const pf_proxy *proxy, size_t index);
+
+/* On-demand discovery: a request whose authority matches no route (configured or service
+ * route) may name something discovery finds only when asked. */
+typedef struct pf_on_demand {
+    /* Worker thread, for the host (lower case, no port) of such a request: returns true
+     * when discovery may find it and has been asked to look (must not block; a repeated
+     * ask is cheap), false for a name it never finds (the request gets 404 at once). */
+    bool (*want)(void *arg, const char *host);
+    void *arg;
+    uint64_t timeout_ms; /* how long the request waits for a route, then 503 */
+} pf_on_demand;
+
+/* Turns on-demand discovery on (od copied): such a request waits, without reading its
+ * body further, until a published route table routes its authority (it goes on), names it
+ * missing (503 with that table's message) or timeout_ms passes (503). Before proxy_start.
+ * Main thread. */
+void proxy_set_on_demand(pf_proxy *proxy, const pf_on_demand *od);
+
 /* Service routes: when no configured route matches a request, its authority is looked up
  * here (exact host, lower case, and port; port -1 is the entry for requests that name no
  * port). An immutable table, built by a discovery source and published whole. */
@@ -123,6 +144,11 @@ pf_service_routes *proxy_service_routes_new(void);
 /* Returns 0, or PF_ENOMEM. A later entry for the same host and port replaces the earlier. */
 int proxy_service_routes_add(pf_service_routes *table, const char *host, int port,
                              size_t cluster_index);
+/* Marks `host` (any port) as a Service discovery found missing: requests for it get 503
+ * with `message` (copied; one line ending in "\n") instead of waiting. Returns 0, or
+ * PF_ENOMEM. */
+int proxy_service_routes_add_missing(pf_service_routes *table, const char *host,
+                                     const char *message);
 void proxy_service_routes_free(pf_service_routes *table);
 /* Publishes `table` (taking it over) for every worker; the previous one is freed when no
  * worker uses it any more. Any thread. */

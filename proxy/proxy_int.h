@@ -10,6 +10,7 @@
 #include "proxy/router.h"
 #include "proxy/tls_int.h"
 #include "core/log.h"
+#include "core/time.h"
 
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -63,6 +64,7 @@ typedef struct pf_cluster_rt {
     _Atomic bool retired;
     /* Slot reuse (issue 16): a cluster removed for good is freed once every worker has let
      * go of it. Everything above is reset when the slot is reused; these survive it. */
+    _Atomic uint64_t last_used_ms;  /* pf_now_ms() of a recent request, to the second */
     _Atomic uint32_t reclaim_epoch; /* bumped by each removal */
     _Atomic bool reclaim;           /* removed: workers release their state, then it is freed */
     _Atomic unsigned released;      /* workers that let go since the last removal */
@@ -186,6 +188,11 @@ struct pf_worker {
     struct event *cmd_event;
     struct pf_retired_hold *holds; /* retired configs this worker's connections may use */
     struct event *hold_timer;
+    /* On demand (proxy/on_demand.c): requests waiting for discovery to find their Service,
+     * looked at again whenever the main thread publishes routes (resolve_event). */
+    struct pf_resolving *resolving;
+    _Atomic long resolving_count;
+    struct event *resolve_event;
 };
 
 struct pf_proxy {
@@ -215,6 +222,7 @@ struct pf_proxy {
     _Atomic long paused_acceptors;   /* worker listening sockets FULL or NOFILE now */
     _Atomic uint64_t pause_log_ms;   /* when the last pause was logged */
     _Atomic uint64_t pauses_unlogged;
+    pf_on_demand on_demand;  /* want == NULL: off */
     pf_log_sink access_sink; /* stdout, never blocking */
     pf_counter *access_log_dropped;
 };
@@ -309,6 +317,20 @@ pf_worker_cluster *worker_cluster(pf_worker *w, size_t index);
  * returning the cluster index or -1. */
 const pf_service_routes *worker_service_routes(pf_worker *w);
 long service_routes_find(const pf_service_routes *t, const char *host, int port);
+/* The answer for a Service known to be missing (proxy_service_routes_add_missing), or NULL. */
+const char *service_routes_missing(const pf_service_routes *t, const char *host);
+/* Whether some port of `host` has a route (a discovered Service asked for another port). */
+bool service_routes_known(const pf_service_routes *t, const char *host);
+/* proxy/on_demand.c: the worker side of waiting requests; set up by worker_init. */
+int worker_on_demand_init(pf_worker *w);
+void worker_on_demand_free(pf_worker *w);
+/* A request was routed to c now: on demand, a cluster in use is not idle. Any thread. */
+static inline void proxy_cluster_touch(pf_cluster_rt *c) {
+    uint64_t now = pf_now_ms();
+    /* Stored at most once a second: the line is shared by every worker. */
+    if (now - atomic_load_explicit(&c->last_used_ms, memory_order_relaxed) >= 1000)
+        atomic_store_explicit(&c->last_used_ms, now, memory_order_relaxed);
+}
 /* The set this worker balances over now for a cluster (borrowed; NULL before the first
  * publish): discovery's set with health, tiers, zones and panic applied. */
 pf_endpoint_set *worker_cluster_set(pf_worker_cluster *wc);

@@ -5,8 +5,9 @@ It speaks the parts of the real protocol pilotfish and kubectl use, over HTTPS w
 makes at start with the openssl CLI:
   - discovery documents (/api, /apis, /api/v1, /apis/discovery.k8s.io/v1) for kubectl;
   - list of Services and EndpointSlices, cluster-wide or per namespace, with labelSelector
-    and fieldSelector (equality), limit/continue pagination over a consistent snapshot, and
-    the list's resourceVersion;
+    (=, ==, !=, key, !key) and fieldSelector (metadata.name and metadata.namespace with =,
+    ==, !=; any other field is a 400 as the API answers), limit/continue pagination over a
+    consistent snapshot, and the list's resourceVersion;
   - watch (?watch=1) from a resourceVersion: chunked JSON lines, ADDED/MODIFIED/DELETED,
     BOOKMARK events when allowWatchBookmarks=true, an ERROR event with a 410 Status when the
     resourceVersion is older than the compaction point, timeoutSeconds;
@@ -128,18 +129,47 @@ def send_json(handler, code, doc):
     handler.wfile.write(body)
 
 
+FIELDS = {"metadata.name", "metadata.namespace"}  # what the API accepts for both resources
+
+
+def parse_terms(sel):
+    """A selector's comma-separated terms as (key, op, value): op "=", "!=", "exists" or
+    "!exists" (labels only); "==" is "="."""
+    terms = []
+    for term in filter(None, (t.strip() for t in (sel or "").split(","))):
+        if "!=" in term:
+            k, _, v = term.partition("!=")
+            terms.append((k.strip(), "!=", v.strip()))
+        elif "=" in term:
+            k, _, v = term.partition("=")
+            terms.append((k.strip(), "=", v.lstrip("=").strip()))
+        elif term.startswith("!"):
+            terms.append((term[1:].strip(), "!exists", ""))
+        else:
+            terms.append((term, "exists", ""))
+    return terms
+
+
+def selector_error(label_sel, field_sel):
+    """The 400 message the API gives for a selector it refuses, or None."""
+    for k, op, _ in parse_terms(field_sel):
+        if op not in ("=", "!="):
+            return f'invalid field selector: "{k}" has no operator'
+        if k not in FIELDS:
+            return f'"{k}" is not a known field selector: only "metadata.name", "metadata.namespace"'
+    return None
+
+
 def selector_match(obj, label_sel, field_sel):
     meta = obj.get("metadata", {})
-    for term in filter(None, (label_sel or "").split(",")):
-        k, _, v = term.partition("=")
-        if meta.get("labels", {}).get(k) != v.lstrip("="):
+    labels = meta.get("labels", {})
+    for k, op, v in parse_terms(label_sel):
+        if (op == "=" and labels.get(k) != v) or (op == "!=" and labels.get(k) == v) or \
+                (op == "exists" and k not in labels) or (op == "!exists" and k in labels):
             return False
-    for term in filter(None, (field_sel or "").split(",")):
-        k, _, v = term.partition("=")
-        v = v.lstrip("=")
-        if k == "metadata.name" and meta.get("name") != v:
-            return False
-        if k == "metadata.namespace" and meta.get("namespace") != v:
+    for k, op, v in parse_terms(field_sel):
+        have = meta.get(k.split(".", 1)[1], "")
+        if (op == "=") != (have == v):
             return False
     return True
 
@@ -241,6 +271,10 @@ def make_handler(state):
                     f'{res}{"." + group if group else ""} is forbidden: User '
                     f'"system:serviceaccount:default:pilotfish" cannot {verb} resource "{res}" '
                     f'in API group "{group}" {where}', {"group": group, "kind": res}))
+                return
+            bad = selector_error(q.get("labelSelector"), q.get("fieldSelector"))
+            if bad:
+                self.send_json(400, status(400, "BadRequest", bad))
                 return
             if watch:
                 self.watch(res, ns, q)

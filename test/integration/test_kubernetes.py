@@ -87,6 +87,21 @@ def test_fake_api_server_answers_the_real_kubectl(k8s):
     rc, out, err = run_kubectl(kubeconfig, "get", "services", "-n", "default", "-o", "json")
     assert rc == 0, err
     assert [i["metadata"]["name"] for i in json.loads(out)["items"]] == ["web"]
+    # the selectors on-demand discovery uses, as kubectl sends them
+    rc, out, err = run_kubectl(kubeconfig, "get", "endpointslices", "-A", "-o", "name",
+                               "-l", "kubernetes.io/service-name=web")
+    assert rc == 0 and out.split() == ["endpointslice.discovery.k8s.io/web-a"], (out, err)
+    rc, out, err = run_kubectl(kubeconfig, "get", "endpointslices", "-A", "-o", "name",
+                               "-l", "kubernetes.io/service-name!=web")
+    assert rc == 0 and out.split() == ["endpointslice.discovery.k8s.io/api-a"], (out, err)
+    rc, out, err = run_kubectl(kubeconfig, "get", "services", "-n", "default", "-o", "name",
+                               "--field-selector", "metadata.name=web")
+    assert rc == 0 and out.split() == ["service/web"], (out, err)
+    rc, out, err = run_kubectl(kubeconfig, "get", "services", "-n", "default", "-o", "name",
+                               "--field-selector", "metadata.name=nope")
+    assert rc == 0 and out.strip() == "", (out, err)
+    rc, out, err = run_kubectl(kubeconfig, "get", "services", "--field-selector", "spec.color=x")
+    assert rc != 0 and "field selector" in err, err
     # a wrong token is refused the way kubectl expects
     rc, out, err = run_kubectl(k8s.kubeconfig(token="wrong"), "get", "services")
     assert rc != 0 and "Unauthorized" in err, err
