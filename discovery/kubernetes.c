@@ -205,6 +205,7 @@ struct pf_k8s {
     bool auto_on;
     bool routes_changed;
     bool started, stopping;
+    bool curl_loaded; /* curl_global_init done (curl_up) */
     uint64_t rng[2];
     pf_counter *http_errors[HTTP_CODE_COUNT];
     pf_counter *failures[FAILURE_COUNT];
@@ -1749,24 +1750,14 @@ pf_k8s *discovery_k8s_new(struct event_base *base, const pf_config *cfg, const p
         free(k);
         return NULL;
     }
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-        pf_fail(err, PF_EIO, "kubernetes: libcurl init failed");
-        free(k);
-        return NULL;
-    }
-    k->multi = curl_multi_init();
     k->curl_timer = evtimer_new(base, on_curl_timeout, k);
     k->flush = event_new(base, -1, 0, on_flush, k);
     k->dns_metrics = metrics_new();
-    if (!k->multi || !k->curl_timer || !k->flush || !k->dns_metrics) {
+    if (!k->curl_timer || !k->flush || !k->dns_metrics) {
         pf_fail(err, PF_ENOMEM, "out of memory");
         discovery_k8s_free(k);
         return NULL;
     }
-    curl_multi_setopt(k->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
-    curl_multi_setopt(k->multi, CURLMOPT_SOCKETDATA, k);
-    curl_multi_setopt(k->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-    curl_multi_setopt(k->multi, CURLMOPT_TIMERDATA, k);
     register_metrics(k);
     refresh_token(k);
     log_info("kubernetes: api_server=%s token=%s ca=%s namespace=%s", k->api,
@@ -1852,6 +1843,8 @@ void discovery_k8s_foreach_port(const pf_k8s *k,
 
 /* ---- on demand ------------------------------------------------------------------------------ */
 
+static int curl_up(pf_k8s *k, pf_error *err);
+
 bool discovery_k8s_namespace_watched(const pf_k8s *k, const char *ns) {
     const pf_config_kubernetes *kc = k->kc;
     if (kc->all_namespaces)
@@ -1879,6 +1872,11 @@ int discovery_k8s_want(pf_k8s *k, const char *ns, const char *service) {
     if (v) {
         v->wanted_ms = pf_now_ms();
         return PF_OK;
+    }
+    pf_error err = {{0}};
+    if (curl_up(k, &err) != PF_OK) {
+        log_error("%s", err.msg);
+        return PF_EIO;
     }
     /* One Service: its object by name and its slices by label, nothing else. */
     if (!(v = view_new(k, ns, service)))
@@ -2026,7 +2024,30 @@ int discovery_k8s_parse_service_host(const char *host, const char *own_namespace
     return PF_OK;
 }
 
+/* libcurl and the multi handle, made on first need: a sidecar in on_demand mode that no
+ * request has sent to a Service yet never loads libcurl and its ~30 libraries (about 6 MiB
+ * resident, most of a Kubernetes-configured pilotfish's memory when idle). */
+static int curl_up(pf_k8s *k, pf_error *err) {
+    if (k->multi)
+        return PF_OK;
+    if (!k->curl_loaded) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+            return pf_fail(err, PF_EIO, "kubernetes: libcurl init failed");
+        k->curl_loaded = true;
+    }
+    if (!(k->multi = curl_multi_init()))
+        return pf_fail(err, PF_ENOMEM, "out of memory");
+    curl_multi_setopt(k->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+    curl_multi_setopt(k->multi, CURLMOPT_SOCKETDATA, k);
+    curl_multi_setopt(k->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(k->multi, CURLMOPT_TIMERDATA, k);
+    return PF_OK;
+}
+
 int discovery_k8s_start(pf_k8s *k, pf_error *err) {
+    int rc = k->view_count ? curl_up(k, err) : PF_OK;
+    if (rc != PF_OK)
+        return rc;
     k->started = true;
     for (size_t i = 0; i < k->view_count; i++)
         for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
@@ -2081,7 +2102,8 @@ void discovery_k8s_free(pf_k8s *k) {
     free(k->ca_blob);
     free(k->cert_blob);
     free(k->key_blob);
-    curl_global_cleanup();
+    if (k->curl_loaded)
+        curl_global_cleanup();
     free(k);
 }
 

@@ -18,7 +18,8 @@ the next requests 429 with Retry-After, and reports the requests it served (verb
 namespace, query, time) so tests can compare them with the RBAC a deployment grants and
 see when clients came back.
 
-Usage: k8s_api.py --dir DIR [--port 0] [--control-port 0] [--token T]
+Usage: k8s_api.py --dir DIR [--port 0] [--control-port 0] [--token T] [--state FILE
+       [--forget-history]]
 Prints one line "listening https://127.0.0.1:PORT control http://127.0.0.1:CPORT" once
 ready; DIR receives ca.crt, server.crt, server.key and token.
 """
@@ -27,6 +28,7 @@ import argparse
 import base64
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -85,6 +87,7 @@ class State:
         self.stalled = False
         self.bookmark_interval = 1.0
         self.requests = []
+        self.bytes_sent = 0  # API response bytes (bodies and watch streams), for benches
         self.throttle = 0  # the next this many API requests get 429
         self.retry_after = 1
         self.sent = {}  # rv -> wall time the event was first written to a stream
@@ -119,9 +122,12 @@ class State:
         return self.rv
 
 
-def send_json(handler, code, doc):
+def send_json(handler, code, doc, state=None):
     """A JSON body with its length, on a keep-alive HTTP/1.1 connection."""
     body = json.dumps(doc).encode()
+    if state is not None:
+        with state.cond:
+            state.bytes_sent += len(body)
     handler.send_response(code)
     handler.send_header("Content-Type", "application/json")
     handler.send_header("Content-Length", str(len(body)))
@@ -190,7 +196,7 @@ def make_handler(state):
             pass
 
         def send_json(self, code, doc):
-            send_json(self, code, doc)
+            send_json(self, code, doc, state)
 
         def do_GET(self):
             try:
@@ -315,6 +321,8 @@ def make_handler(state):
         def chunk(self, data):
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
+            with state.cond:
+                state.bytes_sent += len(data)
 
         def watch(self, res, ns, q):
             start = q.get("resourceVersion") or "0"
@@ -431,7 +439,7 @@ def make_control(state):
                     self.reply({str(k): v for k, v in state.sent.items()})
                 elif self.path == "/state":
                     self.reply({"resourceVersion": state.rv, "compacted": state.compacted,
-                                "watchers": state.watchers,
+                                "watchers": state.watchers, "bytes_sent": state.bytes_sent,
                                 "counts": {r: len(o) for r, o in state.objects.items()}})
                 else:
                     self.reply({"error": "unknown"}, 404)
@@ -457,7 +465,8 @@ def make_control(state):
                 state.cut_mid_event = bool(doc.get("mid_event"))
                 return {"ok": True}
             if path == "/compact":
-                state.compacted = state.rv + 1 if doc.get("all", True) else int(doc["before"])
+                # rvs below the current one are gone; a watch from the current one still works
+                state.compacted = state.rv if doc.get("all", True) else int(doc["before"])
                 state.snapshots.clear()
                 if doc.get("cut", True):
                     state.cut_generation += 1
@@ -494,12 +503,38 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--control-port", type=int, default=0)
     ap.add_argument("--token", default="test-token")
+    ap.add_argument("--state", help="objects and resourceVersion: loaded at start when the "
+                    "file exists, saved on SIGTERM (an API server restart keeps its data)")
+    ap.add_argument("--forget-history", action="store_true",
+                    help="with --state: every resourceVersion before the restart is gone (410)")
     args = ap.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     make_certs(args.dir)
     with open(os.path.join(args.dir, "token"), "w") as f:
         f.write(args.token + "\n")
     state = State(args.token)
+    if args.state and os.path.exists(args.state):
+        with open(args.state) as f:
+            saved = json.load(f)
+        state.rv = saved["resourceVersion"]
+        for res, items in saved["objects"].items():
+            state.objects[res] = {(o["metadata"]["namespace"], o["metadata"]["name"]): o
+                                  for o in items}
+        if args.forget_history:
+            # a new revision the old watches never saw: everything before it is gone
+            state.rv += 1
+            state.compacted = state.rv
+    if args.state:
+        def save(*_):
+            with state.cond:
+                doc = {"resourceVersion": state.rv,
+                       "objects": {r: list(o.values()) for r, o in state.objects.items()}}
+            with open(args.state + ".tmp", "w") as f:
+                json.dump(doc, f)
+            os.replace(args.state + ".tmp", args.state)
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, save)
 
     api = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(state))
     api.daemon_threads = True

@@ -235,6 +235,9 @@ def test_stream_cut_mid_event_resumes_from_the_last_version(k8s, start_backend, 
     b1, b2 = start_backend("b1"), start_backend("b2")
     k8s.apply(k8s_service("web", [("http", 80)]), slice_for("1", b1))
     pf = start_pilotfish(k8s_config(k8s, [k8s_cluster("web", "web")]))
+    # both streams open at the fake, so that the cut reaches both (a watch that arrives
+    # after it is not cut)
+    wait_for(lambda: k8s.control("/state")["watchers"] >= 2, 10, "both watches to be open")
     connects = metric_sum(pf.metrics(), "pilotfish_kubernetes_watch_connects_total")
     k8s.control("/cut", {"mid_event": True})
     wait_for(lambda: metric_sum(pf.metrics(), "pilotfish_kubernetes_watch_connects_total")

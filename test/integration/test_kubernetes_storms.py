@@ -39,7 +39,12 @@ def test_relists_after_a_fleet_wide_410_are_spread(k8s, start_backend, start_pil
     # two sidecars, four Services each with two scoped watches: 16 watches
     sidecars = [start_pilotfish(config()) for _ in range(2)]
     t0 = max(r["time"] for r in k8s.requests())
-    k8s.control("/compact", {"cut": True})  # history gone: every watch gets 410 at once
+    # while the watches are held, a change, then history compacted past every sidecar's
+    # version: when the streams are cut, every watch gets 410 at once
+    k8s.control("/stall", {"on": True})
+    k8s.apply(k8s_slice("s0-2", "s0", b1.port, ["127.0.0.1"]))
+    k8s.control("/compact", {"cut": True})
+    k8s.control("/stall", {"on": False})
     wait_for(lambda: len(lists_since(k8s, t0)) >= 16, 20, "every watch to relist")
     times = sorted(r["time"] for r in lists_since(k8s, t0))[:16]
     spread = times[-1] - times[0]
