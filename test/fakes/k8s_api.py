@@ -28,6 +28,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -292,25 +293,36 @@ def make_handler(state):
             cont = q.get("continue")
             with state.cond:
                 if cont:
-                    snap = state.snapshots.get(cont)
+                    # one use each (what pilotfish and kubectl do): a fleet's paged lists
+                    # must not pile up snapshots
+                    snap = state.snapshots.pop(cont, None)
                     if snap is None or snap[0] < state.compacted:
                         self.send_json(410, status(410, "Expired",
                                                    "The provided continue parameter is too old"))
                         return
-                    rv, items = snap
+                    rv, items, at = snap
                 else:
-                    rv = state.rv
-                    items = [o for (ons, _), o in sorted(state.objects[res].items())
+                    rv, at = state.rv, 0
+                    field = q.get("fieldSelector") or ""
+                    objs = state.objects[res]
+                    if ns is not None and re.fullmatch(r"metadata\.name==?[^,]*", field):
+                        # one object by name: looked up, not scanned (a fleet asks this a lot)
+                        one = objs.get((ns, field.split("=")[-1]))
+                        candidates = [((ns, ""), one)] if one else []
+                    else:
+                        candidates = sorted(objs.items())
+                    items = [o for (ons, _), o in candidates
                              if (ns is None or ons == ns)
-                             and selector_match(o, q.get("labelSelector"), q.get("fieldSelector"))]
+                             and selector_match(o, q.get("labelSelector"), field)]
                     items = json.loads(json.dumps(items))
-                page, left = (items[:limit], items[limit:]) if limit else (items, [])
+                end = at + limit if limit else len(items)
+                page = items[at:end]
                 meta = {"resourceVersion": str(rv)}
-                if left:
+                if end < len(items):
                     token = base64.urlsafe_b64encode(os.urandom(12)).decode()
-                    state.snapshots[token] = (rv, left)
+                    state.snapshots[token] = (rv, items, end)
                     meta["continue"] = token
-                    meta["remainingItemCount"] = len(left)
+                    meta["remainingItemCount"] = len(items) - end
             api_version, kind = KINDS[res][1], KINDS[res][2]
             for o in page:
                 o.setdefault("apiVersion", api_version)
