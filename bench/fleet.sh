@@ -19,7 +19,7 @@
 #                  requests that failed meanwhile (each sidecar keeps asking its U Services)
 # Knobs: BENCH_FLEET_N (100), BENCH_FLEET_SERVICES (2000), BENCH_FLEET_ENDPOINTS (5),
 # BENCH_FLEET_USED (5), BENCH_FLEET_CHURN (10 changes/s), BENCH_FLEET_CHURN_SECONDS (20),
-# BENCH_FLEET_MODES (on_demand,watch_all), BENCH_FLEET_WATCH_ALL_N (20: one Python fake
+# BENCH_FLEET_MODES (on_demand,watch_all), BENCH_FLEET_WATCH_ALL_N (10: one Python fake
 # cannot serve full lists to 100 sidecars at once). Results also go to BUILD/bench-fleet.json. A
 # bench never fails on numbers; every process is stopped by PID on exit.
 set -euo pipefail
@@ -54,8 +54,8 @@ CHURN = env_int("BENCH_FLEET_CHURN", 10, 0)
 CHURN_S = env_int("BENCH_FLEET_CHURN_SECONDS", 20, 1)
 MODES = os.environ.get("BENCH_FLEET_MODES", "on_demand,watch_all").split(",")
 # watch_all has every sidecar list all S Services and S*E slices: one Python fake serves that
-# to 20 sidecars at once, not to 100 (its lists time out); the figures are per sidecar.
-N_WATCH_ALL = env_int("BENCH_FLEET_WATCH_ALL_N", min(N, 20), 1)
+# to 10 sidecars at once, not to 100 (its lists time out); the figures are per sidecar.
+N_WATCH_ALL = env_int("BENCH_FLEET_WATCH_ALL_N", min(N, 10), 1)
 
 
 def control(port, path, doc=None):
@@ -288,8 +288,11 @@ def main():
     work = workdir()
     binary, _ = copy_binaries(BUILD, work, "pilotfish", "pf-backend")
     backends = [start_backend(work, f"b{k}")[1] for k in range(ENDPOINTS)]
-    results = [fleet_round(work, binary, m, backends) for m in MODES]
-    write_json(os.path.join(BUILD, "bench-fleet.json"), results, indent=2)
+    results = []
+    for m in MODES:
+        results.append(fleet_round(work, binary, m, backends))
+        say(json.dumps(results[-1]))
+        write_json(os.path.join(BUILD, "bench-fleet.json"), results, indent=2)
     rows = [("first request p50 / p99 (ms)", lambda r: f"{r['first_request_p50_ms']} / "
              f"{r['first_request_p99_ms']}"),
             ("sidecars", lambda r: r["sidecars"]),

@@ -1966,7 +1966,7 @@ size_t discovery_k8s_sweep(pf_k8s *k, uint64_t now_ms,
          * misspelled name costs one list per negative_ttl, whatever the request rate. */
         bool missing = view_missing(v);
         uint64_t limit = missing ? k->kc->negative_ttl_ms : k->kc->idle_timeout_ms;
-        if (now_ms - c.last < limit) {
+        if (c.last >= now_ms || now_ms - c.last < limit) { /* a worker may be ahead of now_ms */
             i++;
             continue;
         }
