@@ -345,6 +345,7 @@ typedef struct cluster_view {
     cluster_rank rank;
     pf_proxy_cluster_status st;
     double rate; /* requests per second; -1: not known yet */
+    bool retired;
 } cluster_view;
 
 static int view_order(const void *a, const void *b) {
@@ -768,6 +769,9 @@ int admin_status_render(pf_admin *admin, struct evbuffer *out) {
     for (size_t i = 0; i < count; i++) {
         cluster_view *v = &views[i];
         v->index = i;
+        /* A removed discovered cluster's slot may be freed already: nothing to read. */
+        if ((v->retired = proxy_cluster_retired(admin->proxy, i)))
+            continue;
         v->cfg = proxy_cluster_config(admin->proxy, i);
         v->set = discovery_slot_acquire(proxy_cluster_slot(admin->proxy, i));
         v->health = i < admin->health_count ? admin->health[i] : NULL;
@@ -781,6 +785,8 @@ int admin_status_render(pf_admin *admin, struct evbuffer *out) {
     }
     uint64_t now_us = pf_now_us();
     for (size_t i = 0; i < count; i++) {
+        if (views[i].retired)
+            continue;
         proxy_cluster_status(admin->proxy, i, &views[i].st);
         totals[i] = sum_requests(views[i].st.requests);
     }
@@ -798,7 +804,7 @@ int admin_status_render(pf_admin *admin, struct evbuffer *out) {
     /* Clusters a reload removed keep their index (and their rates above) but are not shown. */
     size_t shown = 0;
     for (size_t i = 0; i < count; i++) {
-        if (proxy_cluster_retired(admin->proxy, views[i].index))
+        if (views[i].retired)
             discovery_set_unref(views[i].set);
         else
             views[shown++] = views[i];

@@ -14,14 +14,19 @@
 
 typedef struct pf_autodiscover pf_autodiscover;
 
-/* Registers the callbacks on `k8s` (before discovery_k8s_start). Each discovered cluster
+/* Registers the callbacks on `k8s` (before discovery_k8s_start and proxy_start). With
+ * kc->auto_mode on_demand it also turns the proxy's on-demand discovery on: the Services
+ * requests name are watched from the first such request, let go when idle. Each discovered cluster
  * gets a discovered slot and a pf_health like the configured ones (its settings' health
- * checks and outlier detection apply). Everything passed is borrowed and must outlive the
+ * checks and outlier detection apply); a removed one's slot, health and metric series are
+ * freed once the workers let go of it, and the slot is reused. At most max_clusters slots
+ * are held (removed ones until freed). Everything passed is borrowed and must outlive the
  * returned object. Returns NULL with err set. Main thread. */
 pf_autodiscover *autodiscover_new(struct event_base *base, pf_proxy *proxy, pf_k8s *k8s,
-                                  pf_metrics *metrics, const char *cluster_domain, pf_error *err);
+                                  pf_metrics *metrics, const pf_config_kubernetes *kc,
+                                  pf_error *err);
 /* Frees every discovered cluster's health: after the workers are gone (they report into
- * it). NULL is a no-op. Main thread. */
+ * it), before the event base. NULL is a no-op. Main thread. */
 void autodiscover_free(pf_autodiscover *ad);
 
 #endif

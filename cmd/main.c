@@ -324,8 +324,8 @@ static int start_kubernetes(app *a, pf_error *err) {
             return rc;
     }
     if (cfg->kubernetes.auto_discover &&
-        !(a->autodiscover = autodiscover_new(a->base, a->proxy, a->k8s, a->metrics,
-                                             cfg->kubernetes.cluster_domain, err)))
+        !(a->autodiscover =
+              autodiscover_new(a->base, a->proxy, a->k8s, a->metrics, &cfg->kubernetes, err)))
         return PF_EINVAL;
     return discovery_k8s_start(a->k8s, err);
 }

@@ -71,6 +71,11 @@ static const char *const lb_policy_names[] = {
 static const char *const lb_policy_alias_names[] = {"ewma"};
 static const int lb_policy_alias_values[] = {PF_LB_LEAST_RESPONSE_TIME};
 
+static const char *const k8s_auto_mode_names[] = {
+    [PF_K8S_WATCH_ALL] = "watch_all",
+    [PF_K8S_ON_DEMAND] = "on_demand",
+};
+
 static const char *const protocol_names[] = {
     [PF_PROTO_HTTP1] = "http1",
     [PF_PROTO_H2] = "h2",
@@ -3112,6 +3117,22 @@ static const key_def auto_keys[] = {
      .parse = parse_namespaces, .dump = dump_namespaces, .doc_default = "required"},
     {K_CUSTOM("cluster", "object", "cluster keys every discovered cluster gets"),
      .flags = KF_IN_FINISH, .dump = dump_auto_cluster, .doc_default = "the cluster defaults"},
+    {K_UINT(pf_config_kubernetes, "max_clusters", auto_max_clusters, 1,
+            PF_K8S_AUTO_MAX_CLUSTERS_MAX, PF_DEFAULT_K8S_AUTO_MAX_CLUSTERS,
+            "discovered clusters held at once; a removed one until its slot is freed")},
+    {K_ENUM(pf_config_kubernetes, "mode", auto_mode, pf_k8s_auto_mode, k8s_auto_mode_names, 0,
+            PF_K8S_WATCH_ALL, "mode", "modes",
+            "watch_all: every Service from the start; on_demand: those requests name")},
+    {K_DUR(pf_config_kubernetes, "on_demand_timeout", on_demand_timeout_ms,
+           PF_DEFAULT_K8S_ON_DEMAND_TIMEOUT_MS,
+           "on_demand: how long a first request waits for its Service"),
+     .flags = KF_POSITIVE},
+    {K_DUR(pf_config_kubernetes, "negative_ttl", negative_ttl_ms, PF_DEFAULT_K8S_NEGATIVE_TTL_MS,
+           "on_demand: how long a missing Service is answered 503 without asking again"),
+     .flags = KF_POSITIVE},
+    {K_DUR(pf_config_kubernetes, "idle_timeout", idle_timeout_ms, PF_DEFAULT_K8S_IDLE_TIMEOUT_MS,
+           "on_demand: a Service unused this long is let go (watches, cluster, routes)"),
+     .flags = KF_POSITIVE},
 };
 static const schema auto_schema = {.doc_name = "kubernetes.auto_discover",
                                    SCHEMA_KEYS(auto_keys),

@@ -266,6 +266,13 @@ typedef struct pf_config_dns {
 #define PF_DEFAULT_K8S_MAX_LINE_BYTES (4u * 1024u * 1024u)  /* one watch event */
 #define PF_DEFAULT_K8S_MAX_LIST_BYTES (64u * 1024u * 1024u) /* one list page */
 #define PF_DEFAULT_K8S_PAGE_SIZE 500u
+/* Discovered clusters held at once (removed ones until their slots are freed); the proxy
+ * holds at most 8192 clusters in all. */
+#define PF_DEFAULT_K8S_AUTO_MAX_CLUSTERS 4096u
+#define PF_DEFAULT_K8S_ON_DEMAND_TIMEOUT_MS 2000u /* a first request waits this for its Service */
+#define PF_DEFAULT_K8S_NEGATIVE_TTL_MS 5000u      /* a missing Service is not asked again */
+#define PF_DEFAULT_K8S_IDLE_TIMEOUT_MS 600000u    /* an unused Service's watches stop */
+#define PF_K8S_AUTO_MAX_CLUSTERS_MAX 8192u
 #define PF_K8S_NAME_MAX 64   /* a Service, namespace or port name (DNS label, 63) and NUL */
 #define PF_K8S_TEXT_MAX 1024 /* URLs and file paths */
 #define PF_K8S_MAX_NAMESPACES 64
@@ -471,6 +478,13 @@ typedef struct pf_config_listener {
     size_t cluster_index;      /* into pf_config.clusters, resolved at load when cluster[0] */
 } pf_config_listener;
 
+/* $.kubernetes.auto_discover.mode: watch every Service of the namespaces from the start,
+ * or only those requests name, from the first such request on. */
+typedef enum {
+    PF_K8S_WATCH_ALL,
+    PF_K8S_ON_DEMAND,
+} pf_k8s_auto_mode;
+
 /* $.kubernetes: how to reach the API server, shared by every Kubernetes cluster, and
  * auto-discovery. Empty strings mean "the in-cluster default" (resolved at start). */
 typedef struct pf_config_kubernetes {
@@ -485,6 +499,11 @@ typedef struct pf_config_kubernetes {
     char (*namespaces)[PF_K8S_NAME_MAX];
     size_t namespace_count;
     pf_config_cluster *auto_cluster; /* settings of every discovered cluster (name unused) */
+    uint32_t auto_max_clusters;      /* slots discovered clusters may hold at once */
+    pf_k8s_auto_mode auto_mode;
+    uint64_t on_demand_timeout_ms; /* on_demand: how long a first request waits */
+    uint64_t negative_ttl_ms;      /* on_demand: how long "no such Service" is believed */
+    uint64_t idle_timeout_ms;      /* on_demand: unused this long, a Service is let go */
     uint64_t stall_timeout_ms;
     uint64_t request_timeout_ms;
     uint64_t connect_timeout_ms;

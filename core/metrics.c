@@ -5,6 +5,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +30,9 @@ typedef struct series {
         pf_gauge gauge;
         pf_histogram histogram;
     } u;
-    struct series *next;
+    struct family *family;
+    size_t refs; /* registrations not yet released (under the registry's lock) */
+    struct series *prev, *next;
 } series;
 
 typedef struct family {
@@ -104,9 +107,12 @@ static series *find_series(pf_metrics *m, const char *name, const char *help, me
     family *f = find_family(m, name, help, kind);
     if (!f)
         goto out;
-    for (s = f->first; s; s = s->next)
-        if (strcmp(s->labels, labels) == 0)
+    for (s = f->first; s; s = s->next) {
+        if (strcmp(s->labels, labels) == 0) {
+            s->refs++;
             goto out;
+        }
+    }
     s = calloc(1, sizeof *s);
     if (!s)
         goto out;
@@ -116,6 +122,9 @@ static series *find_series(pf_metrics *m, const char *name, const char *help, me
         s = NULL;
         goto out;
     }
+    s->family = f;
+    s->refs = 1;
+    s->prev = f->last;
     if (f->last)
         f->last->next = s;
     else
@@ -140,6 +149,28 @@ pf_histogram *metrics_histogram(pf_metrics *m, const char *name, const char *hel
                                 const char *labels) {
     series *s = find_series(m, name, help, KIND_HISTOGRAM, labels);
     return s ? &s->u.histogram : NULL;
+}
+
+void metrics_release(pf_metrics *m, const void *metric) {
+    if (!m || !metric)
+        return;
+    /* Every handle is the union inside its series: step back to the series. */
+    series *s = (series *)(void *)((char *)metric - offsetof(series, u));
+    pthread_mutex_lock(&m->lock);
+    if (--s->refs == 0) {
+        family *f = s->family;
+        if (s->prev)
+            s->prev->next = s->next;
+        else
+            f->first = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        else
+            f->last = s->prev;
+        free(s->labels);
+        free(s);
+    }
+    pthread_mutex_unlock(&m->lock);
 }
 
 /* A family computed at scrape time: fn for values, histogram_fn for histograms. */

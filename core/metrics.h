@@ -43,6 +43,11 @@ pf_counter *metrics_counter(pf_metrics *m, const char *name, const char *help, c
 pf_gauge *metrics_gauge(pf_metrics *m, const char *name, const char *help, const char *labels);
 pf_histogram *metrics_histogram(pf_metrics *m, const char *name, const char *help,
                                 const char *labels);
+/* Gives back one registration of a series (a pointer returned above; NULL is a no-op).
+ * The series leaves the registry, and stops being rendered, when every registration of it
+ * is given back; nothing may update it afterwards. For things that come and go at run time
+ * (discovered clusters). Any thread. */
+void metrics_release(pf_metrics *m, const void *metric);
 int metrics_gauge_callback(pf_metrics *m, const char *name, const char *help, pf_gauge_fn fn,
                            void *arg);
 /* The same for a counter computed at scrape time (rendered with TYPE counter). */

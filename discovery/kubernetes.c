@@ -30,9 +30,11 @@
 #define ERROR_BODY_MAX (64u * 1024u) /* a Status body; the rest is dropped */
 #define WATCH_MIN_TIMEOUT_S 300      /* watches end server-side after 5-10 min, like client-go */
 #define WATCH_MAX_TIMEOUT_S 600
-#define WATCH_HEALTHY_MS 1000 /* a watch that lasted this long resets the backoff */
-#define PATH_MAX_K8S 1536     /* api server URL (1023) + "/apis/.../namespaces/NS/RESOURCE" */
-#define CONT_MAX 4096         /* an encoded continue token; longer ones restart the list */
+#define WATCH_HEALTHY_MS 1000       /* a watch that lasted this long resets the backoff */
+#define K8S_RELIST_SPREAD_MS 10000u /* 410 relists spread over up to this (backoff.max if less) */
+#define K8S_RETRY_AFTER_MAX_S 600   /* a longer Retry-After is taken as this */
+#define PATH_MAX_K8S 1536           /* api server URL (1023) + "/apis/.../namespaces/NS/RESOURCE" */
+#define CONT_MAX 4096               /* an encoded continue token; longer ones restart the list */
 #define URL_MAX (PATH_MAX_K8S + CONT_MAX + 1024)
 
 static const char *const status_text[PF_K8S_STATUS_COUNT] = {
@@ -164,6 +166,11 @@ struct k8s_svc {
 struct k8s_view {
     pf_k8s *k;
     bool auto_discover;
+    /* on_demand: a view of one Service (ns, service) that a request named, kept while
+     * requests use it; wanted_ms is when the last request asked for it. */
+    bool on_demand;
+    char service[PF_K8S_NAME_MAX];
+    uint64_t wanted_ms;
     char ns[PF_K8S_NAME_MAX]; /* "" : all namespaces */
     k8s_watch *watches[K8S_KIND_COUNT];
     k8s_map svcs;              /* "ns/name" -> k8s_svc */
@@ -198,6 +205,7 @@ struct pf_k8s {
     bool auto_on;
     bool routes_changed;
     bool started, stopping;
+    bool curl_loaded; /* curl_global_init done (curl_up) */
     uint64_t rng[2];
     pf_counter *http_errors[HTTP_CODE_COUNT];
     pf_counter *failures[FAILURE_COUNT];
@@ -210,14 +218,27 @@ static uint64_t k8s_random(pf_k8s *k) {
     return pf_xorshift128p(k->rng);
 }
 
-/* Exponential backoff with "equal jitter": half fixed, half random, capped. */
+/* Exponential backoff with "full jitter": anywhere in [0, window], the window doubling per
+ * failure up to backoff.max. After an API server restart every sidecar of a fleet fails at
+ * the same moment; a fixed part would bring them back in step, full jitter spreads them
+ * evenly over the window. */
 static uint64_t backoff_ms(pf_k8s *k, unsigned failures) {
     uint64_t d = k->kc->backoff_base_ms;
     for (unsigned i = 1; i < failures && d < k->kc->backoff_max_ms; i++)
         d *= 2;
     if (d > k->kc->backoff_max_ms)
         d = k->kc->backoff_max_ms;
-    return d / 2 + (d > 1 ? k8s_random(k) % (d / 2 + 1) : 0);
+    return k8s_random(k) % (d + 1);
+}
+
+/* The wait before a relist that a 410 asked for. A fleet's watches all get their 410 at
+ * once (the API server restarted and lost its watch cache, or compacted): each relist goes
+ * at a random point of a window of its own, so that lists, the expensive requests, reach
+ * the API server spread out instead of together. The set in use stays meanwhile. */
+static uint64_t relist_delay_ms(pf_k8s *k) {
+    uint64_t window =
+        k->kc->backoff_max_ms < K8S_RELIST_SPREAD_MS ? k->kc->backoff_max_ms : K8S_RELIST_SPREAD_MS;
+    return k8s_random(k) % (window + 1);
 }
 
 static void count_http(pf_k8s *k, long status) {
@@ -933,6 +954,24 @@ static int transport_failure(k8s_watch *w, k8s_req *r, CURLcode cc, const char *
     return timeout ? PF_K8S_ETIMEOUT : PF_K8S_ETRANSPORT;
 }
 
+/* The wait before retrying a failed request: the backoff, and when the API server said how
+ * long to stay away (429 Too Many Requests or 503 with Retry-After, as API priority and
+ * fairness does) at least that, plus the jitter so that the sidecars it told the same
+ * time do not all come back in the same second. */
+static uint64_t retry_delay_ms(k8s_watch *w, k8s_req *r) {
+    uint64_t d = backoff_ms(w->k, ++w->failures);
+    curl_off_t after = 0;
+    if (r && r->easy && (r->status == 429 || r->status == 503) &&
+        curl_easy_getinfo(r->easy, CURLINFO_RETRY_AFTER, &after) == CURLE_OK && after > 0) {
+        if (after > K8S_RETRY_AFTER_MAX_S)
+            after = K8S_RETRY_AFTER_MAX_S;
+        log_info("kubernetes: %s %s: HTTP %ld with Retry-After %llds; waiting that long",
+                 r->watch ? "watch" : "list", resource_names[w->kind], r->status, (long long)after);
+        d += (uint64_t)after * 1000u;
+    }
+    return d;
+}
+
 static void list_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
     pf_k8s *k = w->k;
     char why[K8S_WHY_MAX] = "";
@@ -967,6 +1006,12 @@ static void list_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
         if (!w->synced) {
             w->synced = true;
             k8s_map_each(&w->view->svcs, mark_all_dirty_cb, NULL);
+            /* A Service asked for on demand is known now, present or missing: the routes
+             * say which, and the requests waiting for it learn it from them. */
+            if (w->view->on_demand) {
+                k->routes_changed = true;
+                schedule_flush(k);
+            }
         }
         watch_watch(w);
         return;
@@ -977,7 +1022,7 @@ static void list_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
     if (st == PF_K8S_ETOOLONG || st == PF_K8S_ENOMEM)
         log_error("kubernetes: list %s: %s; retrying", resource_names[w->kind],
                   r->abort_why[0] ? r->abort_why : discovery_k8s_strerror(st));
-    watch_schedule(w, st == PF_K8S_EGONE ? 0 : backoff_ms(k, ++w->failures));
+    watch_schedule(w, st == PF_K8S_EGONE ? relist_delay_ms(k) : retry_delay_ms(w, r));
 }
 
 static void watch_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
@@ -999,7 +1044,7 @@ static void watch_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
         log_info("kubernetes: watch %s: resourceVersion %s is gone (410); relisting",
                  resource_names[w->kind], w->rv);
         w->need_list = true;
-        watch_list(w);
+        watch_schedule(w, relist_delay_ms(k));
         return;
     case PF_K8S_ECLOSED:
         /* A normal end (timeoutSeconds, API server restart): resume from the last
@@ -1007,8 +1052,10 @@ static void watch_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
         log_debug("kubernetes: watch ended resource=%s events=%zu lasted_ms=%llu",
                   resource_names[w->kind], r->events, (unsigned long long)lasted);
         if (lasted >= WATCH_HEALTHY_MS || r->events > 0) {
+            /* Resumed within the base window, not at once: an API server that shuts down
+             * ends every stream of the fleet at the same moment. */
             w->failures = 0;
-            watch_watch(w);
+            watch_schedule(w, backoff_ms(k, 1));
         } else {
             watch_schedule(w, backoff_ms(k, ++w->failures));
         }
@@ -1035,7 +1082,7 @@ static void watch_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
     }
     if (lasted >= WATCH_HEALTHY_MS && st != PF_K8S_EUNAUTHORIZED && st != PF_K8S_EFORBIDDEN)
         w->failures = 0;
-    watch_schedule(w, backoff_ms(k, ++w->failures));
+    watch_schedule(w, retry_delay_ms(w, r));
 }
 
 static void on_stall(evutil_socket_t fd, short what, void *arg) {
@@ -1376,7 +1423,10 @@ static void on_flush(evutil_socket_t fd, short what, void *arg) {
         s->dirty = false;
         s->next_dirty = NULL;
         k8s_view *v = s->view;
-        if (v->auto_discover && v->watches[K8S_KIND_SERVICE]->synced)
+        /* On demand, a port's cluster comes with its first set: a request that waited for
+         * the Service is routed only once there is something to pick from. */
+        if (v->auto_discover && v->watches[K8S_KIND_SERVICE]->synced &&
+            (!v->on_demand || v->watches[K8S_KIND_SLICE]->synced))
             sync_ports(s);
         for (k8s_binding *b = s->bindings; b; b = b->next)
             binding_publish(b);
@@ -1497,6 +1547,11 @@ static void free_object_cb(void *arg, void *value) {
 static void watch_free(k8s_watch *w) {
     if (!w)
         return;
+    /* Views come and go on demand: their registrations of the shared series go with them. */
+    metrics_release(w->k->metrics, w->connects);
+    metrics_release(w->k->metrics, w->relists);
+    for (int t = 0; t < K8S_EV_COUNT; t++)
+        metrics_release(w->k->metrics, w->events[t]);
     req_free(w->req);
     event_free(w->timer);
     event_free(w->stall);
@@ -1695,24 +1750,14 @@ pf_k8s *discovery_k8s_new(struct event_base *base, const pf_config *cfg, const p
         free(k);
         return NULL;
     }
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-        pf_fail(err, PF_EIO, "kubernetes: libcurl init failed");
-        free(k);
-        return NULL;
-    }
-    k->multi = curl_multi_init();
     k->curl_timer = evtimer_new(base, on_curl_timeout, k);
     k->flush = event_new(base, -1, 0, on_flush, k);
     k->dns_metrics = metrics_new();
-    if (!k->multi || !k->curl_timer || !k->flush || !k->dns_metrics) {
+    if (!k->curl_timer || !k->flush || !k->dns_metrics) {
         pf_fail(err, PF_ENOMEM, "out of memory");
         discovery_k8s_free(k);
         return NULL;
     }
-    curl_multi_setopt(k->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
-    curl_multi_setopt(k->multi, CURLMOPT_SOCKETDATA, k);
-    curl_multi_setopt(k->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-    curl_multi_setopt(k->multi, CURLMOPT_TIMERDATA, k);
     register_metrics(k);
     refresh_token(k);
     log_info("kubernetes: api_server=%s token=%s ca=%s namespace=%s", k->api,
@@ -1755,6 +1800,8 @@ int discovery_k8s_auto_discover(pf_k8s *k, const pf_k8s_auto_callbacks *cb, pf_e
         return pf_fail(err, PF_EINVAL, "kubernetes: auto_discover is not configured");
     k->cb = *cb;
     k->auto_on = true;
+    if (kc->auto_mode == PF_K8S_ON_DEMAND)
+        return PF_OK; /* nothing is watched until a request names a Service */
     size_t n = kc->all_namespaces ? 1 : kc->namespace_count;
     for (size_t i = 0; i < n; i++) {
         k8s_view *v = view_new(k, kc->all_namespaces ? "" : kc->namespaces[i], NULL);
@@ -1794,7 +1841,213 @@ void discovery_k8s_foreach_port(const pf_k8s *k,
             k8s_map_each(&k->views[i]->svcs, foreach_svc, &c);
 }
 
+/* ---- on demand ------------------------------------------------------------------------------ */
+
+static int curl_up(pf_k8s *k, pf_error *err);
+
+bool discovery_k8s_namespace_watched(const pf_k8s *k, const char *ns) {
+    const pf_config_kubernetes *kc = k->kc;
+    if (kc->all_namespaces)
+        return true;
+    for (size_t i = 0; i < kc->namespace_count; i++)
+        if (strcmp(kc->namespaces[i], ns) == 0)
+            return true;
+    return false;
+}
+
+static k8s_view *find_on_demand(const pf_k8s *k, const char *ns, const char *service) {
+    for (size_t i = 0; i < k->view_count; i++) {
+        k8s_view *v = k->views[i];
+        if (v->on_demand && strcmp(v->ns, ns) == 0 && strcmp(v->service, service) == 0)
+            return v;
+    }
+    return NULL;
+}
+
+int discovery_k8s_want(pf_k8s *k, const char *ns, const char *service) {
+    if (!k->auto_on || k->kc->auto_mode != PF_K8S_ON_DEMAND || k->stopping ||
+        !discovery_k8s_namespace_watched(k, ns))
+        return PF_EINVAL;
+    k8s_view *v = find_on_demand(k, ns, service);
+    if (v) {
+        v->wanted_ms = pf_now_ms();
+        return PF_OK;
+    }
+    pf_error err = {{0}};
+    if (curl_up(k, &err) != PF_OK) {
+        log_error("%s", err.msg);
+        return PF_EIO;
+    }
+    /* One Service: its object by name and its slices by label, nothing else. */
+    if (!(v = view_new(k, ns, service)))
+        return PF_ENOMEM;
+    v->auto_discover = true;
+    v->on_demand = true;
+    v->wanted_ms = pf_now_ms();
+    snprintf(v->service, sizeof v->service, "%s", service);
+    log_info("kubernetes: watching service=%s namespace=%s on demand", service, ns);
+    if (k->started)
+        for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
+            watch_schedule(v->watches[kind], 0);
+    return PF_OK;
+}
+
+/* Known absent: both lists are in and the Service is not there. */
+static bool view_missing(const k8s_view *v) {
+    return v->on_demand && v->watches[K8S_KIND_SERVICE]->synced &&
+           v->watches[K8S_KIND_SLICE]->synced && v->watches[K8S_KIND_SERVICE]->store.count == 0;
+}
+
+void discovery_k8s_foreach_missing(const pf_k8s *k,
+                                   void (*fn)(void *arg, const char *ns, const char *service),
+                                   void *arg) {
+    for (size_t i = 0; i < k->view_count; i++)
+        if (view_missing(k->views[i]))
+            fn(arg, k->views[i]->ns, k->views[i]->service);
+}
+
+typedef struct sweep_ctx {
+    pf_k8s *k;
+    uint64_t (*last_used_ms)(void *arg, size_t cookie);
+    void *arg;
+    uint64_t last;
+} sweep_ctx;
+
+static void last_use_cb(void *arg, void *value) {
+    sweep_ctx *c = arg;
+    const k8s_svc *s = value;
+    for (const k8s_binding *b = s->bindings; b; b = b->next) {
+        uint64_t used = c->last_used_ms(c->arg, b->cookie);
+        if (used > c->last)
+            c->last = used;
+    }
+}
+
+static void remove_svc_cb(void *arg, void *value) {
+    pf_k8s *k = arg;
+    k8s_svc *s = value;
+    while (s->bindings) {
+        k8s_binding *b = s->bindings;
+        s->bindings = b->next;
+        binding_remove(k, b);
+    }
+}
+
+/* Stops a view's watches and forgets it: its clusters go (port_removed), the routes are
+ * rebuilt at the next flush. */
+static void view_remove(pf_k8s *k, size_t index) {
+    k8s_view *v = k->views[index];
+    for (k8s_svc **p = &k->dirty; *p;) {
+        if ((*p)->view == v)
+            *p = (*p)->next_dirty;
+        else
+            p = &(*p)->next_dirty;
+    }
+    k8s_map_each(&v->svcs, remove_svc_cb, k);
+    view_free(v);
+    memmove(&k->views[index], &k->views[index + 1], (k->view_count - index - 1) * sizeof *k->views);
+    k->view_count--;
+    k->routes_changed = true;
+    schedule_flush(k);
+}
+
+size_t discovery_k8s_sweep(pf_k8s *k, uint64_t now_ms,
+                           uint64_t (*last_used_ms)(void *arg, size_t cookie), void *arg) {
+    size_t removed = 0;
+    for (size_t i = 0; i < k->view_count;) {
+        k8s_view *v = k->views[i];
+        if (!v->on_demand) {
+            i++;
+            continue;
+        }
+        sweep_ctx c = {k, last_used_ms, arg, v->wanted_ms};
+        k8s_map_each(&v->svcs, last_use_cb, &c);
+        /* A missing Service is asked again after negative_ttl (if still wanted), so that a
+         * misspelled name costs one list per negative_ttl, whatever the request rate. */
+        bool missing = view_missing(v);
+        uint64_t limit = missing ? k->kc->negative_ttl_ms : k->kc->idle_timeout_ms;
+        if (c.last >= now_ms || now_ms - c.last < limit) { /* a worker may be ahead of now_ms */
+            i++;
+            continue;
+        }
+        log_info("kubernetes: stopped watching service=%s namespace=%s (%s)", v->service, v->ns,
+                 missing ? "missing, negative_ttl over" : "unused for idle_timeout");
+        view_remove(k, i);
+        removed++;
+    }
+    return removed;
+}
+
+size_t discovery_k8s_watch_count(const pf_k8s *k) {
+    size_t n = 0;
+    for (size_t i = 0; i < k->view_count; i++)
+        for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
+            n += k->views[i]->watches[kind]->req != NULL;
+    return n;
+}
+
+/* Kubernetes DNS for Services (the names a pod may use): svc (the pod's own namespace),
+ * svc.ns, svc.ns.svc and svc.ns.svc.<cluster domain>. Service names are DNS-1035 labels,
+ * namespaces DNS-1123 labels. */
+static bool dns_label(const char *p, size_t len, bool letter_first) {
+    if (len == 0 || len > 63 || p[len - 1] == '-' ||
+        (letter_first && !(p[0] >= 'a' && p[0] <= 'z')))
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9') || p[i] == '-'))
+            return false;
+    return p[0] != '-';
+}
+
+int discovery_k8s_parse_service_host(const char *host, const char *own_namespace,
+                                     const char *cluster_domain, char *service, char *ns) {
+    const char *dot = strchr(host, '.');
+    size_t svc_len = dot ? (size_t)(dot - host) : strlen(host);
+    if (!dns_label(host, svc_len, true))
+        return PF_EINVAL;
+    const char *ns_at = dot ? dot + 1 : own_namespace;
+    const char *ns_end = strchr(ns_at, '.');
+    size_t ns_len = ns_end ? (size_t)(ns_end - ns_at) : strlen(ns_at);
+    if (!dns_label(ns_at, ns_len, false))
+        return PF_EINVAL;
+    if (dot && ns_end) {
+        const char *rest = ns_end + 1; /* "svc" or "svc.<domain>" */
+        size_t dl = strlen(cluster_domain);
+        if (strcmp(rest, "svc") != 0 && !(strncmp(rest, "svc.", 4) == 0 && strlen(rest + 4) == dl &&
+                                          strncmp(rest + 4, cluster_domain, dl) == 0))
+            return PF_EINVAL;
+    }
+    memcpy(service, host, svc_len);
+    service[svc_len] = '\0';
+    memcpy(ns, ns_at, ns_len);
+    ns[ns_len] = '\0';
+    return PF_OK;
+}
+
+/* libcurl and the multi handle, made on first need: a sidecar in on_demand mode that no
+ * request has sent to a Service yet never loads libcurl and its ~30 libraries (about 6 MiB
+ * resident, most of a Kubernetes-configured pilotfish's memory when idle). */
+static int curl_up(pf_k8s *k, pf_error *err) {
+    if (k->multi)
+        return PF_OK;
+    if (!k->curl_loaded) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+            return pf_fail(err, PF_EIO, "kubernetes: libcurl init failed");
+        k->curl_loaded = true;
+    }
+    if (!(k->multi = curl_multi_init()))
+        return pf_fail(err, PF_ENOMEM, "out of memory");
+    curl_multi_setopt(k->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+    curl_multi_setopt(k->multi, CURLMOPT_SOCKETDATA, k);
+    curl_multi_setopt(k->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(k->multi, CURLMOPT_TIMERDATA, k);
+    return PF_OK;
+}
+
 int discovery_k8s_start(pf_k8s *k, pf_error *err) {
+    int rc = k->view_count ? curl_up(k, err) : PF_OK;
+    if (rc != PF_OK)
+        return rc;
     k->started = true;
     for (size_t i = 0; i < k->view_count; i++)
         for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
@@ -1803,9 +2056,10 @@ int discovery_k8s_start(pf_k8s *k, pf_error *err) {
 }
 
 bool discovery_k8s_synced(const pf_k8s *k) {
+    /* Services asked for on demand are waited for by their requests, not by /ready. */
     for (size_t i = 0; i < k->view_count; i++)
         for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
-            if (!k->views[i]->watches[kind]->synced)
+            if (!k->views[i]->on_demand && !k->views[i]->watches[kind]->synced)
                 return false;
     return true;
 }
@@ -1848,7 +2102,8 @@ void discovery_k8s_free(pf_k8s *k) {
     free(k->ca_blob);
     free(k->cert_blob);
     free(k->key_blob);
-    curl_global_cleanup();
+    if (k->curl_loaded)
+        curl_global_cleanup();
     free(k);
 }
 

@@ -7,7 +7,8 @@
  * as a diff), keeps the objects, and publishes an endpoint set per cluster whenever a
  * cluster's endpoints change. Failures (transport, timeouts, malformed events, stalled
  * streams, 401/403/5xx) never empty a live set: they are logged, counted and retried with
- * capped exponential backoff and jitter. */
+ * capped exponential backoff and full jitter (Retry-After honoured); 410 relists are spread
+ * at random over a window. */
 #ifndef PF_DISCOVERY_KUBERNETES_H
 #define PF_DISCOVERY_KUBERNETES_H
 
@@ -105,6 +106,41 @@ void discovery_k8s_foreach_port(const pf_k8s *k8s,
                                 void (*fn)(void *arg, const pf_k8s_service_port *port,
                                            size_t cookie),
                                 void *arg);
+
+/* ---- on demand (auto_discover.mode "on_demand") ------------------------------------------- */
+
+/* Parses an authority's host (lower case, no port) as Kubernetes DNS names a Service:
+ * svc (in own_namespace), svc.ns, svc.ns.svc, svc.ns.svc.<cluster_domain>. Fills service
+ * and ns (PF_K8S_NAME_MAX each) and returns 0, or PF_EINVAL for any other name. Pure; any
+ * thread. */
+int discovery_k8s_parse_service_host(const char *host, const char *own_namespace,
+                                     const char *cluster_domain, char *service, char *ns);
+
+/* Whether auto_discover covers namespace ns. Any thread (reads the config only). */
+bool discovery_k8s_namespace_watched(const pf_k8s *k, const char *ns);
+
+/* A request named Service ns/service: starts a list+watch of it (its object by name, its
+ * slices by label) unless one runs, and marks it wanted now. Its ports become clusters
+ * through the auto callbacks once both lists are in (with their first sets); a missing
+ * one shows in discovery_k8s_foreach_missing. Returns 0, PF_EINVAL (not on demand, or a
+ * namespace auto_discover does not cover) or PF_ENOMEM. Main thread. */
+int discovery_k8s_want(pf_k8s *k, const char *ns, const char *service);
+
+/* Calls fn for each Service asked for on demand that both lists showed absent. Main
+ * thread. */
+void discovery_k8s_foreach_missing(const pf_k8s *k,
+                                   void (*fn)(void *arg, const char *ns, const char *service),
+                                   void *arg);
+
+/* Stops watching each on-demand Service whose last use (the latest of its last want and
+ * last_used_ms(arg, cookie) over its ports) is idle_timeout old, or negative_ttl for a
+ * missing one; their clusters are removed through port_removed. Returns how many. Main
+ * thread. */
+size_t discovery_k8s_sweep(pf_k8s *k, uint64_t now_ms,
+                           uint64_t (*last_used_ms)(void *arg, size_t cookie), void *arg);
+
+/* Watch and list requests open now. Main thread. */
+size_t discovery_k8s_watch_count(const pf_k8s *k);
 
 /* ---- life cycle --------------------------------------------------------------------------- */
 

@@ -74,6 +74,7 @@ struct pf_health {
     struct event *wake, *tick;
     uint64_t latency_at_ms;   /* when the last latency window was taken */
     double latency_median_us; /* of the judged endpoints at the last tick; 0: too few */
+    pf_metrics *metrics;      /* the registry the series below are given back to */
     pf_counter *checks[PROBE_RESULTS];
     pf_counter *ejections[EJECT_REASONS];
     pf_gauge *ejected_gauge;
@@ -579,6 +580,7 @@ void health_report_latency(pf_health *h, const pf_endpoint *ep, uint64_t latency
 
 static void register_metrics(pf_health *h, pf_metrics *m) {
     char labels[PF_NAME_MAX + 64];
+    h->metrics = m;
     if (checks_enabled(h)) {
         for (int r = 0; r < PROBE_RESULTS; r++) {
             snprintf(labels, sizeof labels, "cluster=\"%s\",result=\"%s\"", h->cfg->name,
@@ -695,6 +697,12 @@ void health_free(pf_health *h) {
         event_free(h->tick);
     if (h->wake_fd >= 0)
         close(h->wake_fd);
+    /* A removed discovered cluster's series leave the exposition with it. */
+    for (int r = 0; r < PROBE_RESULTS; r++)
+        metrics_release(h->metrics, h->checks[r]);
+    for (int r = 0; r < EJECT_REASONS; r++)
+        metrics_release(h->metrics, h->ejections[r]);
+    metrics_release(h->metrics, h->ejected_gauge);
     free(h);
 }
 

@@ -54,7 +54,8 @@ int health_start(pf_health *h);
 /* Stops checks in flight and every timer; the last effective set stays published. Main
  * thread. */
 void health_stop(pf_health *h);
-/* Stops and frees; unsubscribes from the discovered slot. NULL is a no-op. Main thread. */
+/* Stops and frees; unsubscribes from the discovered slot and gives its metric series back.
+ * NULL is a no-op. Main thread. */
 void health_free(pf_health *h);
 
 /* Makes the TLS client of one check: an SSL on the connected socket fd that verifies the

@@ -138,7 +138,7 @@ static struct evbuffer *output(pf_conn *c) {
 /* Whether the exchange has an attempt or a response under way. */
 static bool in_flight(const pf_conn *c) {
     return c->ex.state == PF_EX_WAITING || c->ex.state == PF_EX_BACKOFF ||
-           c->ex.state == PF_EX_STREAMING;
+           c->ex.state == PF_EX_STREAMING || c->ex.state == PF_EX_RESOLVING;
 }
 
 /* Whether any of a response went out. */
@@ -544,7 +544,7 @@ static void parse_failed(pf_conn *c, llhttp_errno_t rc) {
  * A backoff between attempts is nobody's stall. */
 static void watch_body_progress(pf_conn *c) {
     bool streaming = c->ex.state != PF_EX_IDLE && c->ex.state != PF_EX_BACKOFF &&
-                     !c->ex.request_complete && !closing(c);
+                     c->ex.state != PF_EX_RESOLVING && !c->ex.request_complete && !closing(c);
     if (streaming && (c->timer_kind == TIMER_NONE || c->timer_kind == TIMER_BODY))
         timer_set(c, TIMER_BODY, c->l->cfg->body_timeout_ms);
     else if (!streaming && c->timer_kind == TIMER_BODY)

@@ -24,7 +24,9 @@
 /* allowed[from] is the set of states `from` may move to. */
 static const unsigned allowed[PF_EX_STATE_COUNT] = {
     /* a request is routed and its first attempt starts, or pilotfish answers it */
-    [PF_EX_IDLE] = BIT(PF_EX_WAITING) | BIT(PF_EX_DONE),
+    [PF_EX_IDLE] = BIT(PF_EX_WAITING) | BIT(PF_EX_DONE) | BIT(PF_EX_RESOLVING),
+    /* discovery found the Service (the first attempt starts), or no answer came in time */
+    [PF_EX_RESOLVING] = BIT(PF_EX_WAITING) | BIT(PF_EX_DONE),
     /* a response head arrives (a 101 to an upgrade: a tunnel), the attempt fails into a
      * backoff, or we answer the error */
     [PF_EX_WAITING] =
@@ -50,7 +52,7 @@ const char *exchange_state_name(pf_exchange_state s) {
     static const char *const names[PF_EX_STATE_COUNT] = {
         [PF_EX_IDLE] = "idle",           [PF_EX_WAITING] = "waiting", [PF_EX_BACKOFF] = "backoff",
         [PF_EX_STREAMING] = "streaming", [PF_EX_DONE] = "done",       [PF_EX_ABORTED] = "aborted",
-        [PF_EX_TUNNEL] = "tunnel",
+        [PF_EX_RESOLVING] = "resolving", [PF_EX_TUNNEL] = "tunnel",
     };
     return (unsigned)s < PF_EX_STATE_COUNT ? names[s] : "invalid";
 }
@@ -389,10 +391,19 @@ static void end_tunnel(pf_exchange *ex) {
     ex->tunnel = NULL;
 }
 
+/* The exchange no longer points at its cluster's worker state. */
+static void drop_cluster(pf_exchange *ex) {
+    if (ex->wc)
+        ex->wc->requests--;
+    ex->wc = NULL;
+}
+
 void exchange_free(pf_exchange *ex) {
+    on_demand_unpark(ex);
     end_tunnel(ex);
     end_attempt(ex, false);
     end_accounting(ex);
+    drop_cluster(ex);
     ex->ep = NULL;
     discovery_set_unref(ex->set);
     ex->set = NULL;
@@ -413,6 +424,7 @@ void exchange_free(pf_exchange *ex) {
 }
 
 void exchange_reset(pf_exchange *ex) {
+    on_demand_unpark(ex);
     end_tunnel(ex);
     end_attempt(ex, false);
     end_accounting(ex);
@@ -439,7 +451,7 @@ void exchange_reset(pf_exchange *ex) {
     ex->grpc_status = ex->grpc_retry = -1;
     if (ex->idle_timer)
         evtimer_del(ex->idle_timer);
-    ex->wc = NULL;
+    drop_cluster(ex);
     ex->ep = NULL;
     discovery_set_unref(ex->set);
     ex->set = NULL;
@@ -536,6 +548,7 @@ void exchange_reply(pf_exchange *ex, int status, const char *body, const char *e
     /* An answer to a failed attempt is the cluster's outcome and counts with the endpoint
      * that failed; one that cuts an attempt short (the client was too slow, or sent a bad
      * body) or preempts the next one is not the endpoint's doing. */
+    on_demand_unpark(ex);
     bool interrupted = ex->up != NULL || ex->state == PF_EX_BACKOFF;
     end_attempt(ex, false);
     if (interrupted)
@@ -799,6 +812,8 @@ static void grpc_deadline(pf_exchange *ex) {
         ex->deadline_us = deadline;
 }
 
+static void route_to_cluster(pf_exchange *ex, const pf_config_route *route, long cluster_index);
+
 void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char *host, int port) {
     ex->req = *req;
     ex->grpc = grpc_request(req->head);
@@ -829,12 +844,27 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
         .head = req->head,
     };
     const pf_config_route *route = router_find_request(ex->l->router, &rq);
+    const pf_service_routes *services = route ? NULL : worker_service_routes(ex->w);
     long cluster_index = route ? (long)exchange_route_cluster(route, worker_random(ex->w))
-                               : service_routes_find(worker_service_routes(ex->w), host, port);
+                               : service_routes_find(services, host, port);
     if (cluster_index < 0) {
-        exchange_reply(ex, 404, "no route for this host and path\n", NULL);
+        /* A Service discovery knows is missing; or one it may find (on demand): wait. */
+        const char *missing = route ? NULL : service_routes_missing(services, host);
+        if (missing)
+            exchange_reply(ex, 503, missing, NULL);
+        else if (route || service_routes_known(services, host) || !on_demand_park(ex, host, port))
+            exchange_reply(ex, 404, "no route for this host and path\n", NULL);
         return;
     }
+    route_to_cluster(ex, route, cluster_index);
+}
+
+void exchange_route_to(pf_exchange *ex, long cluster_index) {
+    route_to_cluster(ex, NULL, cluster_index);
+}
+
+/* The request goes to cluster_index (through `route`, or NULL: a discovered Service). */
+static void route_to_cluster(pf_exchange *ex, const pf_config_route *route, long cluster_index) {
     ex->route = route;
     ex->vars = (pf_header_vars){.client_ip = ex->client_ip, .request_id = ex->request_id};
     if (route && (route->request_headers.set_count || route->request_headers.add_count ||
@@ -844,12 +874,16 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
     }
     if (ex->req.fwd.upgrade)
         decide_upgrade(ex);
+    drop_cluster(ex);
     ex->wc = worker_cluster(ex->w, (size_t)cluster_index);
     if (!ex->wc) {
         exchange_reply(ex, 503, "out of memory\n", NULL);
         return;
     }
+    ex->wc->requests++; /* a removed cluster's state outlives this request (drop_cluster) */
     pf_cluster_rt *rt = ex->wc->rt;
+    if (!route)
+        proxy_cluster_touch(rt); /* on demand: a used Service is not idle */
     ex->vars.cluster = rt->cfg->name;
     ex->retry = route && route->has_retry ? &route->retry : &rt->cfg->retry;
     if (route && route->timeout_ms)
@@ -883,6 +917,15 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
 void exchange_request_body(pf_exchange *ex, const char *at, size_t len) {
     ex->bytes_in += len;
     touch(ex);
+    if (ex->state == PF_EX_RESOLVING) {
+        /* No cluster yet: kept for the first attempt. Reading stops meanwhile
+         * (exchange_request_blocked), so this is at most what one read brought. */
+        if (!ex->replay)
+            ex->replay = evbuffer_new();
+        if (!ex->replay || evbuffer_add(ex->replay, at, len) != 0)
+            exchange_reply(ex, 503, "out of memory\n", NULL);
+        return;
+    }
     if (ex->replayable) {
         /* Kept for a retry while it is no larger than retry.buffer_bytes; past that, no
          * retry. (The head is written again for each attempt, so only the body counts.) */
@@ -909,7 +952,8 @@ void exchange_request_end(pf_exchange *ex) {
 }
 
 bool exchange_request_blocked(const pf_exchange *ex, size_t limit) {
-    return ex->state == PF_EX_BACKOFF || (ex->up && ex->up_ops->output_full(ex->up, limit));
+    return ex->state == PF_EX_BACKOFF || ex->state == PF_EX_RESOLVING ||
+           (ex->up && ex->up_ops->output_full(ex->up, limit));
 }
 
 void exchange_downstream_writable(pf_exchange *ex) {

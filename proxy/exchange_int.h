@@ -23,6 +23,7 @@ typedef enum pf_exchange_state {
     PF_EX_DONE,      /* a complete response went downstream (the upstream's or our own) */
     PF_EX_ABORTED,   /* the response was cut after it started: the downstream closes */
     PF_EX_TUNNEL,    /* a 101 switched protocols: bytes flow both ways until either closes */
+    PF_EX_RESOLVING, /* the authority names a Service discovery is looking up (on demand) */
     PF_EX_STATE_COUNT
 } pf_exchange_state;
 
@@ -115,6 +116,7 @@ typedef struct pf_avoid {
 struct pf_exchange {
     pf_exchange_state state;
     pf_worker *w;
+    struct pf_resolving *resolving; /* RESOLVING: its place in the worker's waiting list */
     pf_listener_rt *l;
     const pf_downstream_ops *down;
     void *ds;
@@ -211,6 +213,16 @@ void exchange_downstream_writable(pf_exchange *ex);
 /* Answers the request with pilotfish's own response (also before exchange_start, for a
  * request the codec refused): the exchange is DONE with `status`. */
 void exchange_reply(pf_exchange *ex, int status, const char *body, const char *extra_headers);
+/* A RESOLVING exchange's Service got its route: routes it to cluster_index as a request
+ * matching no configured route, and starts the first attempt. Worker thread. */
+void exchange_route_to(pf_exchange *ex, long cluster_index);
+
+/* proxy/on_demand.c: a request whose authority matches no route waits (RESOLVING) for
+ * discovery to find its Service, up to the proxy's on-demand timeout. Returns true when it
+ * is waiting; false when on-demand discovery is off or the host names no Service. */
+bool on_demand_park(pf_exchange *ex, const char *host, int port);
+/* Takes the exchange off the waiting list (it is answered, reset or freed). */
+void on_demand_unpark(pf_exchange *ex);
 /* The downstream gave up on a response that had started (client gone, timeouts): ABORTED. */
 void exchange_abort(pf_exchange *ex);
 /* Counts and logs the outcome (metrics, access log). Once per request. */

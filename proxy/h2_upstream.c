@@ -527,6 +527,7 @@ static void conn_free_h2u(h2u_conn *c) {
     if (c->timer)
         event_free(c->timer);
     metrics_gauge_add(c->wc->rt->connections_active, -1);
+    c->wc->conns--;
     free(c);
 }
 
@@ -645,6 +646,7 @@ fail:
     if (c->timer)
         event_free(c->timer);
     metrics_gauge_add(wc->rt->connections_active, -1);
+    wc->conns--;
     free(c);
     return NULL;
 }

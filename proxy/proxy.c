@@ -57,6 +57,51 @@ pf_worker_cluster *worker_cluster(pf_worker *w, size_t index) {
     return wc;
 }
 
+/* Frees the worker's state of a cluster (pools, balancer, cached sets) and forgets it;
+ * released_epoch is all that stays. Worker thread, or any thread once the workers stopped. */
+static void worker_cluster_free(pf_worker_cluster *wc) {
+    if (!wc->rt)
+        return;
+    pool_free_all(wc);
+    discovery_set_unref(wc->assigned);
+    discovery_cache_release(&wc->cache);
+    balancer_free(wc->balancer);
+    uint32_t epoch = wc->released_epoch;
+    memset(wc, 0, sizeof *wc);
+    wc->released_epoch = epoch;
+}
+
+/* Lets go of clusters removed for good (proxy_cluster_remove), each once its last request
+ * ended: idle connections close at once, busy ones after their request. The worker first
+ * takes the route table published without them, so no later request can reach the slot
+ * before it is reused. Worker thread (heartbeat). */
+static void worker_release_removed(pf_worker *w) {
+    pf_proxy *proxy = w->proxy;
+    if (atomic_load_explicit(&proxy->reclaiming, memory_order_acquire) <= 0)
+        return;
+    worker_service_routes(w);
+    size_t n = atomic_load_explicit(&proxy->cluster_count, memory_order_acquire);
+    for (size_t i = 0; i < n; i++) {
+        pf_cluster_rt *rt = &proxy->clusters[i];
+        if (!atomic_load_explicit(&rt->reclaim, memory_order_acquire))
+            continue;
+        pf_worker_cluster *wc = &w->clusters[i];
+        uint32_t epoch = atomic_load_explicit(&rt->reclaim_epoch, memory_order_acquire);
+        if (wc->released_epoch == epoch)
+            continue;
+        if (wc->rt) {
+            if (wc->requests)
+                continue;
+            pool_free_all(wc); /* closes the idle ones; nothing else is left */
+            if (wc->conns)
+                continue;
+            worker_cluster_free(wc);
+        }
+        wc->released_epoch = epoch;
+        atomic_fetch_add_explicit(&rt->released, 1, memory_order_acq_rel);
+    }
+}
+
 void worker_cluster_prune(pf_worker_cluster *wc) {
     pf_endpoint_set *raw = discovery_cache_get(&wc->cache);
     if (raw && wc->pruned_version != raw->version) {
@@ -300,14 +345,15 @@ static int worker_init(pf_proxy *proxy, pf_worker *w, unsigned id) {
     /* Room for every cluster there may ever be; untouched entries cost no memory. */
     w->clusters = calloc(PF_MAX_CLUSTERS, sizeof *w->clusters);
     w->accept_ctx = calloc(PF_LISTENER_SLOTS, sizeof *w->accept_ctx);
-    if (!w->base || !w->clusters || !w->accept_ctx || worker_reload_init(w) != PF_OK)
+    if (!w->base || !w->clusters || !w->accept_ctx || worker_reload_init(w) != PF_OK ||
+        worker_on_demand_init(w) != PF_OK)
         return PF_ENOMEM;
     for (size_t i = 0; i < PF_LISTENER_SLOTS; i++) {
         w->accept_ctx[i].fd = -1;
         w->accept_ctx[i].state = PF_ACCEPT_CLOSED;
     }
     for (size_t i = 0; i < proxy->cluster_count; i++)
-        if (!worker_cluster(w, i))
+        if (!atomic_load(&proxy->clusters[i].retired) && !worker_cluster(w, i))
             return PF_ENOMEM;
     if (getrandom(w->rng, sizeof w->rng, 0) != sizeof w->rng || (w->rng[0] | w->rng[1]) == 0) {
         w->rng[0] = 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
@@ -362,14 +408,36 @@ static int cluster_init(pf_proxy *proxy, pf_cluster_rt *c, const pf_config_clust
     return PF_OK;
 }
 
-long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg) {
-    size_t index = atomic_load(&proxy->cluster_count);
-    if (index >= PF_MAX_CLUSTERS)
-        return PF_ELIMIT;
-    pf_cluster_rt *c = &proxy->clusters[index];
-    /* A TLS cluster replaced by a reload (another health check, policy, ...) keeps speaking
-     * TLS; its files are not watched for rotation (only the clusters pilotfish started
-     * with are). */
+static void release_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
+    const void *series[] = {
+        c->connections_total, c->connections_active,     c->pool_reuses,      c->connect_failures,
+        c->connect_timeouts,  c->response_timeouts,      c->resets,           c->protocol_errors,
+        c->retries,           c->retry_budget_exhausted, c->request_duration, c->connect_duration,
+        c->overflow_requests, c->overflow_connections,   c->overflow_pending, c->overflow_retries};
+    for (int i = 0; i < PF_CODE_CLASSES; i++)
+        metrics_release(m, c->requests[i]);
+    for (size_t i = 0; i < sizeof series / sizeof series[0]; i++)
+        metrics_release(m, series[i]);
+}
+
+/* Frees what cluster_init made; the slot is left zeroed but for the reclaim fields. */
+static void cluster_destroy(pf_proxy *proxy, pf_cluster_rt *c) {
+    if (c->owned_cfg)
+        assign_cache_destroy(&c->assign);
+    balancer_group_unref(c->lb);
+    discovery_slot_free(c->slot);
+    if (c->cfg != c->owned_cfg)
+        free((void *)c->cfg);
+    free(c->owned_cfg);
+    tls_client_free(c->tls);
+    release_cluster_metrics(proxy->metrics, c);
+    memset(c, 0, offsetof(pf_cluster_rt, retired));
+}
+
+/* A cluster added while running: its TLS client (when it speaks TLS) and its state. A TLS
+ * cluster replaced by a reload (another health check, policy, ...) keeps speaking TLS; its
+ * files are not watched for rotation (only the clusters pilotfish started with are). */
+static int cluster_start(pf_proxy *proxy, pf_cluster_rt *c, const pf_config_cluster *cfg) {
     pf_error err = {{0}};
     pf_tls_client *tls = NULL;
     if (cfg->has_tls && !(tls = tls_client_new(cfg, proxy->worker_count, proxy->metrics, &err))) {
@@ -381,9 +449,65 @@ long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg) {
         return PF_ENOMEM;
     }
     c->tls = tls;
+    return PF_OK;
+}
+
+long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg) {
+    size_t count = atomic_load(&proxy->cluster_count);
+    /* A reclaimed slot first: the workers scan up to the count, so it stays low. */
+    if (proxy->free_cluster_count) {
+        size_t index = proxy->free_clusters[proxy->free_cluster_count - 1];
+        pf_cluster_rt *c = &proxy->clusters[index];
+        int rc = cluster_start(proxy, c, cfg);
+        if (rc != PF_OK) {
+            cluster_destroy(proxy, c);
+            return rc;
+        }
+        proxy->free_cluster_count--;
+        atomic_store(&c->last_used_ms, pf_now_ms());
+        /* Requests reach it only through a route table published after this. */
+        atomic_store_explicit(&c->retired, false, memory_order_release);
+        return (long)index;
+    }
+    if (count >= PF_MAX_CLUSTERS)
+        return PF_ELIMIT;
+    pf_cluster_rt *c = &proxy->clusters[count];
+    int rc = cluster_start(proxy, c, cfg);
+    if (rc != PF_OK)
+        return rc;
+    atomic_store(&c->last_used_ms, pf_now_ms());
     /* Published last: a worker that sees the new count sees a finished cluster. */
-    atomic_store_explicit(&proxy->cluster_count, index + 1, memory_order_release);
-    return (long)index;
+    atomic_store_explicit(&proxy->cluster_count, count + 1, memory_order_release);
+    return (long)count;
+}
+
+void proxy_cluster_remove(pf_proxy *proxy, size_t index) {
+    pf_cluster_rt *c = &proxy->clusters[index];
+    if (index >= atomic_load(&proxy->cluster_count) || atomic_load(&c->reclaim))
+        return;
+    atomic_store(&c->retired, true);
+    atomic_store(&c->released, 0);
+    atomic_fetch_add_explicit(&c->reclaim_epoch, 1, memory_order_acq_rel);
+    atomic_store_explicit(&c->reclaim, true, memory_order_release);
+    atomic_fetch_add_explicit(&proxy->reclaiming, 1, memory_order_acq_rel);
+}
+
+int proxy_cluster_reclaim(pf_proxy *proxy, size_t index) {
+    pf_cluster_rt *c = &proxy->clusters[index];
+    if (!atomic_load(&c->reclaim))
+        return PF_EINVAL;
+    /* Workers that never ran hold nothing and release nothing: their state is freed here. */
+    bool running = atomic_load(&proxy->started);
+    if (running && atomic_load_explicit(&c->released, memory_order_acquire) < proxy->worker_count)
+        return PF_EINUSE;
+    for (unsigned k = 0; !running && k < proxy->worker_count; k++)
+        if (proxy->workers[k].clusters)
+            worker_cluster_free(&proxy->workers[k].clusters[index]);
+    cluster_destroy(proxy, c);
+    atomic_store(&c->reclaim, false);
+    atomic_fetch_sub_explicit(&proxy->reclaiming, 1, memory_order_acq_rel);
+    proxy->free_clusters[proxy->free_cluster_count++] = index;
+    return PF_OK;
 }
 
 /* Health checks of a TLS cluster connect as its requests do: its CA, client certificate
@@ -454,7 +578,9 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
                            ? calloc(PF_LISTENER_SLOTS, sizeof *proxy->listeners)
                            : NULL;
     proxy->workers = calloc(proxy->worker_count, sizeof *proxy->workers);
-    if (!proxy->clusters || !proxy->listeners || !proxy->workers || !proxy->listener_slot)
+    proxy->free_clusters = calloc(PF_MAX_CLUSTERS, sizeof *proxy->free_clusters);
+    if (!proxy->clusters || !proxy->listeners || !proxy->workers || !proxy->listener_slot ||
+        !proxy->free_clusters)
         goto nomem;
     for (size_t i = 0; i < cfg->cluster_count; i++) {
         if (cluster_init(proxy, &proxy->clusters[i], &cfg->clusters[i]) != PF_OK)
@@ -777,6 +903,7 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
     for (size_t i = 0; i < n; i++)
         if (w->clusters[i].rt)
             worker_cluster_prune(&w->clusters[i]);
+    worker_release_removed(w);
 }
 
 static void on_log_flush(evutil_socket_t fd, short what, void *arg) {
@@ -963,14 +1090,9 @@ static void worker_free(pf_worker *w) {
     free(w->log_buf);
     free(w->accept_ctx);
     worker_reload_free(w);
-    for (size_t i = 0; w->clusters && i < w->proxy->cluster_count; i++) {
-        if (!w->clusters[i].rt)
-            continue;
-        pool_free_all(&w->clusters[i]);
-        discovery_set_unref(w->clusters[i].assigned);
-        discovery_cache_release(&w->clusters[i].cache);
-        balancer_free(w->clusters[i].balancer);
-    }
+    worker_on_demand_free(w);
+    for (size_t i = 0; w->clusters && i < w->proxy->cluster_count; i++)
+        worker_cluster_free(&w->clusters[i]);
     free(w->clusters);
     proxy_service_routes_free(w->routes);
     if (w->drain_event)
@@ -1014,17 +1136,10 @@ void proxy_free(pf_proxy *proxy) {
     free(proxy->listener_slot);
     free(proxy->endpoint_families);
     pf_log_sink_close(&proxy->access_sink);
-    for (size_t i = 0; proxy->clusters && i < proxy->cluster_count; i++) {
-        if (proxy->clusters[i].cfg)
-            assign_cache_destroy(&proxy->clusters[i].assign);
-        balancer_group_unref(proxy->clusters[i].lb);
-        discovery_slot_free(proxy->clusters[i].slot);
-        if (proxy->clusters[i].cfg != proxy->clusters[i].owned_cfg)
-            free((void *)proxy->clusters[i].cfg);
-        free(proxy->clusters[i].owned_cfg);
-        tls_client_free(proxy->clusters[i].tls);
-    }
+    for (size_t i = 0; proxy->clusters && i < proxy->cluster_count; i++)
+        cluster_destroy(proxy, &proxy->clusters[i]);
     free(proxy->clusters);
+    free(proxy->free_clusters);
     proxy_service_routes_free(proxy->routes);
     pthread_mutex_destroy(&proxy->routes_lock);
     free(proxy);

@@ -106,12 +106,43 @@ void proxy_cluster_status(const pf_proxy *proxy, size_t index, pf_proxy_cluster_
 #define PF_MAX_CLUSTERS 8192
 
 /* Adds a cluster at run time; `cfg` is copied (its endpoints are ignored: publish sets into
- * proxy_cluster_slot). Returns the new index, stable for the proxy's life, or PF_ELIMIT
- * when PF_MAX_CLUSTERS are in use. Main thread. */
+ * proxy_cluster_slot). Returns the new index (a reclaimed one first), stable until the
+ * cluster is removed, or PF_ELIMIT when PF_MAX_CLUSTERS are in use. Main thread. */
 long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg);
 /* Retires a cluster: no route may name it any more (publish a table or a config without
  * it) and its slot should get an empty set; the index is never reused. Main thread. */
 void proxy_cluster_retire(pf_proxy *proxy, size_t index);
+/* Retires a cluster for good, after a route table without it was published: each worker
+ * lets go of its state once its last request to it ended (its next heartbeat after that),
+ * then proxy_cluster_reclaim frees the slot for reuse. Its health must outlive that (the
+ * workers report into it). Main thread. */
+void proxy_cluster_remove(pf_proxy *proxy, size_t index);
+/* Frees a removed cluster's slot (pools, balancer, settings, metrics series) when every
+ * worker has let go of it: returns 0, after which its health may be freed and its index
+ * comes back from proxy_cluster_add; PF_EINUSE while some worker still holds it (call
+ * again later); PF_EINVAL when it was not removed. Main thread. */
+int proxy_cluster_reclaim(pf_proxy *proxy, size_t index);
+
+/* When a cluster was last routed to by a discovered Service's route (pf_now_ms(), to the
+ * second; its creation counts). Main thread. */
+uint64_t proxy_cluster_last_used_ms(const pf_proxy *proxy, size_t index);
+
+/* On-demand discovery: a request whose authority matches no route (configured or service
+ * route) may name something discovery finds only when asked. */
+typedef struct pf_on_demand {
+    /* Worker thread, for the host (lower case, no port) of such a request: returns true
+     * when discovery may find it and has been asked to look (must not block; a repeated
+     * ask is cheap), false for a name it never finds (the request gets 404 at once). */
+    bool (*want)(void *arg, const char *host);
+    void *arg;
+    uint64_t timeout_ms; /* how long the request waits for a route, then 503 */
+} pf_on_demand;
+
+/* Turns on-demand discovery on (od copied): such a request waits, without reading its
+ * body further, until a published route table routes its authority (it goes on), names it
+ * missing (503 with that table's message) or timeout_ms passes (503). Before proxy_start.
+ * Main thread. */
+void proxy_set_on_demand(pf_proxy *proxy, const pf_on_demand *od);
 
 /* Service routes: when no configured route matches a request, its authority is looked up
  * here (exact host, lower case, and port; port -1 is the entry for requests that name no
@@ -121,6 +152,11 @@ pf_service_routes *proxy_service_routes_new(void);
 /* Returns 0, or PF_ENOMEM. A later entry for the same host and port replaces the earlier. */
 int proxy_service_routes_add(pf_service_routes *table, const char *host, int port,
                              size_t cluster_index);
+/* Marks `host` (any port) as a Service discovery found missing: requests for it get 503
+ * with `message` (copied; one line ending in "\n") instead of waiting. Returns 0, or
+ * PF_ENOMEM. */
+int proxy_service_routes_add_missing(pf_service_routes *table, const char *host,
+                                     const char *message);
 void proxy_service_routes_free(pf_service_routes *table);
 /* Publishes `table` (taking it over) for every worker; the previous one is freed when no
  * worker uses it any more. Any thread. */

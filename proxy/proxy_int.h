@@ -10,6 +10,7 @@
 #include "proxy/router.h"
 #include "proxy/tls_int.h"
 #include "core/log.h"
+#include "core/time.h"
 
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -65,6 +66,12 @@ typedef struct pf_cluster_rt {
     pf_health *health;            /* passive outlier detection; may be NULL */
     pf_tls_client *tls;           /* NULL: plaintext to the endpoints */
     _Atomic bool retired;
+    /* Slot reuse (issue 16): a cluster removed for good is freed once every worker has let
+     * go of it. Everything above is reset when the slot is reused; these survive it. */
+    _Atomic uint64_t last_used_ms;  /* pf_now_ms() of a recent request, to the second */
+    _Atomic uint32_t reclaim_epoch; /* bumped by each removal */
+    _Atomic bool reclaim;           /* removed: workers release their state, then it is freed */
+    _Atomic unsigned released;      /* workers that let go since the last removal */
 } pf_cluster_rt;
 
 /* A listener slot's life (main thread): FREE -> LIVE when a config names it, LIVE ->
@@ -153,6 +160,12 @@ typedef struct pf_worker_cluster {
     pf_pool_bucket *buckets[PF_POOL_BUCKETS];
     uint64_t pruned_version;   /* the set version the pool was last pruned to */
     struct h2u_conn *h2_conns; /* HTTP/2 upstream connections (h2_upstream.c) */
+    /* What still points at this state, so that a removed cluster's is freed only after its
+     * last request and connection: exchanges routed to it, upstream connections (HTTP/1
+     * and HTTP/2, busy or pooled). Worker thread only. */
+    uint32_t requests;
+    uint32_t conns;
+    uint32_t released_epoch; /* the removal of the slot this worker let go of last */
 } pf_worker_cluster;
 
 /* A worker's listening socket for one listener. Its life is one state:
@@ -205,14 +218,22 @@ struct pf_worker {
     struct event *cmd_event;
     struct pf_retired_hold *holds; /* retired configs this worker's connections may use */
     struct event *hold_timer;
+    /* On demand (proxy/on_demand.c): requests waiting for discovery to find their Service,
+     * looked at again whenever the main thread publishes routes (resolve_event). */
+    struct pf_resolving *resolving;
+    _Atomic long resolving_count;
+    struct event *resolve_event;
 };
 
 struct pf_proxy {
     const pf_config *_Atomic cfg; /* the current config; a reload swaps it */
     pf_metrics *metrics;
-    pf_cluster_rt *clusters; /* PF_MAX_CLUSTERS slots; configured ones first */
-    _Atomic size_t cluster_count;
+    pf_cluster_rt *clusters;      /* PF_MAX_CLUSTERS slots; configured ones first */
+    _Atomic size_t cluster_count; /* slots ever used: the workers scan up to it */
     size_t static_cluster_count;
+    size_t *free_clusters; /* reclaimed slots for proxy_cluster_add to reuse (main thread) */
+    size_t free_cluster_count;
+    _Atomic long reclaiming; /* removed slots not yet reclaimed: the workers look for them */
     pthread_mutex_t routes_lock;
     pf_service_routes *routes; /* discovered services' routes; NULL: none */
     _Atomic uint64_t routes_generation;
@@ -235,6 +256,7 @@ struct pf_proxy {
     pf_config_access_log alog; /* the start config's: access_log cannot change on reload */
     bool per_endpoint;         /* stats.per_endpoint of the start config */
     void *endpoint_families;   /* proxy/endpoint_metrics.c's callbacks' arguments */
+    pf_on_demand on_demand;    /* want == NULL: off */
     pf_counter *access_log_dropped;
 };
 
@@ -351,6 +373,20 @@ pf_worker_cluster *worker_cluster(pf_worker *w, size_t index);
  * returning the cluster index or -1. */
 const pf_service_routes *worker_service_routes(pf_worker *w);
 long service_routes_find(const pf_service_routes *t, const char *host, int port);
+/* The answer for a Service known to be missing (proxy_service_routes_add_missing), or NULL. */
+const char *service_routes_missing(const pf_service_routes *t, const char *host);
+/* Whether some port of `host` has a route (a discovered Service asked for another port). */
+bool service_routes_known(const pf_service_routes *t, const char *host);
+/* proxy/on_demand.c: the worker side of waiting requests; set up by worker_init. */
+int worker_on_demand_init(pf_worker *w);
+void worker_on_demand_free(pf_worker *w);
+/* A request was routed to c now: on demand, a cluster in use is not idle. Any thread. */
+static inline void proxy_cluster_touch(pf_cluster_rt *c) {
+    uint64_t now = pf_now_ms();
+    /* Stored at most once a second: the line is shared by every worker. */
+    if (now - atomic_load_explicit(&c->last_used_ms, memory_order_relaxed) >= 1000)
+        atomic_store_explicit(&c->last_used_ms, now, memory_order_relaxed);
+}
 /* The set this worker balances over now for a cluster (borrowed; NULL before the first
  * publish): discovery's set with health, tiers, zones and panic applied. */
 pf_endpoint_set *worker_cluster_set(pf_worker_cluster *wc);

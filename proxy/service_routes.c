@@ -7,13 +7,17 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define ROUTE_BUCKETS_MIN 64
+#define PORT_MISSING -2 /* the entry of a missing Service: any port */
+#define PORT_KNOWN -3   /* every host with a route has one: "this Service exists" */
 
 typedef struct route_entry {
     char *host;
     int port;
     size_t cluster;
+    char *missing; /* PORT_MISSING: the answer */
     struct route_entry *next;
 } route_entry;
 
@@ -62,8 +66,31 @@ static void grow(pf_service_routes *t) {
     t->bucket_count = n;
 }
 
+static int add_entry(pf_service_routes *t, const char *host, int port, size_t cluster_index);
+
+int proxy_service_routes_add_missing(pf_service_routes *t, const char *host, const char *message) {
+    char *copy = strdup(message);
+    if (!copy || add_entry(t, host, PORT_MISSING, 0) != PF_OK) {
+        free(copy);
+        return PF_ENOMEM;
+    }
+    route_entry *e = t->buckets[hash_key(host, PORT_MISSING) % t->bucket_count];
+    while (e->port != PORT_MISSING || strcasecmp(e->host, host) != 0)
+        e = e->next;
+    free(e->missing);
+    e->missing = copy;
+    return PF_OK;
+}
+
 int proxy_service_routes_add(pf_service_routes *t, const char *host, int port,
                              size_t cluster_index) {
+    int rc = add_entry(t, host, port, cluster_index);
+    if (rc == PF_OK && port >= -1)
+        rc = add_entry(t, host, PORT_KNOWN, 0);
+    return rc;
+}
+
+static int add_entry(pf_service_routes *t, const char *host, int port, size_t cluster_index) {
     size_t b = hash_key(host, port) % t->bucket_count;
     for (route_entry *e = t->buckets[b]; e; e = e->next) {
         if (e->port == port && strcmp(e->host, host) == 0) {
@@ -95,6 +122,7 @@ void proxy_service_routes_free(pf_service_routes *t) {
         for (route_entry *e = t->buckets[i], *next; e; e = next) {
             next = e->next;
             free(e->host);
+            free(e->missing);
             free(e);
         }
     }
@@ -111,13 +139,34 @@ long service_routes_find(const pf_service_routes *t, const char *host, int port)
     return -1;
 }
 
+bool service_routes_known(const pf_service_routes *t, const char *host) {
+    return service_routes_find(t, host, PORT_KNOWN) >= 0;
+}
+
+const char *service_routes_missing(const pf_service_routes *t, const char *host) {
+    if (!t)
+        return NULL;
+    for (route_entry *e = t->buckets[hash_key(host, PORT_MISSING) % t->bucket_count]; e;
+         e = e->next)
+        if (e->port == PORT_MISSING && strcmp(e->host, host) == 0)
+            return e->missing;
+    return NULL;
+}
+
 void proxy_publish_service_routes(pf_proxy *proxy, pf_service_routes *table) {
     pthread_mutex_lock(&proxy->routes_lock);
     pf_service_routes *old = proxy->routes;
     proxy->routes = table;
-    atomic_fetch_add_explicit(&proxy->routes_generation, 1, memory_order_release);
+    /* seq_cst, against on_demand_park's count then generation: one of us sees the other */
+    atomic_fetch_add(&proxy->routes_generation, 1);
     pthread_mutex_unlock(&proxy->routes_lock);
     proxy_service_routes_free(old);
+    /* Requests waiting for a Service look again (on demand). */
+    for (unsigned k = 0; atomic_load(&proxy->started) && k < proxy->worker_count; k++) {
+        pf_worker *w = &proxy->workers[k];
+        if (w->resolve_event && atomic_load(&w->resolving_count))
+            event_active(w->resolve_event, 0, 0);
+    }
 }
 
 const pf_service_routes *worker_service_routes(pf_worker *w) {

@@ -154,8 +154,10 @@ static void upstream_free(pf_upstream *up) {
     if (up->timer)
         event_free(up->timer);
     http1_head_free(&up->resp);
-    if (up->wc)
+    if (up->wc) {
         metrics_gauge_add(up->wc->rt->connections_active, -1);
+        up->wc->conns--;
+    }
     free(up);
 }
 
@@ -527,6 +529,7 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
 }
 
 void upstream_count_opening(pf_worker_cluster *wc) {
+    wc->conns++; /* until the connection is freed: the gauge's -1 goes with it */
     atomic_fetch_add_explicit(&wc->rt->pending_requests, 1, memory_order_relaxed);
     metrics_gauge_add(wc->rt->connections_active, 1);
     metrics_inc(wc->rt->connections_total, 1);

@@ -5,18 +5,21 @@ It speaks the parts of the real protocol pilotfish and kubectl use, over HTTPS w
 makes at start with the openssl CLI:
   - discovery documents (/api, /apis, /api/v1, /apis/discovery.k8s.io/v1) for kubectl;
   - list of Services and EndpointSlices, cluster-wide or per namespace, with labelSelector
-    and fieldSelector (equality), limit/continue pagination over a consistent snapshot, and
-    the list's resourceVersion;
+    (=, ==, !=, key, !key) and fieldSelector (metadata.name and metadata.namespace with =,
+    ==, !=; any other field is a 400 as the API answers), limit/continue pagination over a
+    consistent snapshot, and the list's resourceVersion;
   - watch (?watch=1) from a resourceVersion: chunked JSON lines, ADDED/MODIFIED/DELETED,
     BOOKMARK events when allowWatchBookmarks=true, an ERROR event with a 410 Status when the
     resourceVersion is older than the compaction point, timeoutSeconds;
   - bearer-token auth (401 Status), and 403 Status for forbidden resource/namespace pairs.
 A control API on a separate plain-HTTP port (127.0.0.1 only) changes objects, cuts streams
-(optionally in the middle of an event), stalls them, compacts, rotates the token, and
-reports the requests it served (verb, resource, namespace) so tests can compare them with
-the RBAC a deployment grants.
+(optionally in the middle of an event), stalls them, compacts, rotates the token, answers
+the next requests 429 with Retry-After, and reports the requests it served (verb, resource,
+namespace, query, time) so tests can compare them with the RBAC a deployment grants and
+see when clients came back.
 
-Usage: k8s_api.py --dir DIR [--port 0] [--control-port 0] [--token T]
+Usage: k8s_api.py --dir DIR [--port 0] [--control-port 0] [--token T] [--state FILE
+       [--forget-history]]
 Prints one line "listening https://127.0.0.1:PORT control http://127.0.0.1:CPORT" once
 ready; DIR receives ca.crt, server.crt, server.key and token.
 """
@@ -25,6 +28,8 @@ import argparse
 import base64
 import json
 import os
+import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -83,6 +88,9 @@ class State:
         self.stalled = False
         self.bookmark_interval = 1.0
         self.requests = []
+        self.bytes_sent = 0  # API response bytes (bodies and watch streams), for benches
+        self.throttle = 0  # the next this many API requests get 429
+        self.retry_after = 1
         self.sent = {}  # rv -> wall time the event was first written to a stream
         self.snapshots = {}  # continue token -> (rv, items)
         self.watchers = 0
@@ -115,9 +123,12 @@ class State:
         return self.rv
 
 
-def send_json(handler, code, doc):
+def send_json(handler, code, doc, state=None):
     """A JSON body with its length, on a keep-alive HTTP/1.1 connection."""
     body = json.dumps(doc).encode()
+    if state is not None:
+        with state.cond:
+            state.bytes_sent += len(body)
     handler.send_response(code)
     handler.send_header("Content-Type", "application/json")
     handler.send_header("Content-Length", str(len(body)))
@@ -125,18 +136,47 @@ def send_json(handler, code, doc):
     handler.wfile.write(body)
 
 
+FIELDS = {"metadata.name", "metadata.namespace"}  # what the API accepts for both resources
+
+
+def parse_terms(sel):
+    """A selector's comma-separated terms as (key, op, value): op "=", "!=", "exists" or
+    "!exists" (labels only); "==" is "="."""
+    terms = []
+    for term in filter(None, (t.strip() for t in (sel or "").split(","))):
+        if "!=" in term:
+            k, _, v = term.partition("!=")
+            terms.append((k.strip(), "!=", v.strip()))
+        elif "=" in term:
+            k, _, v = term.partition("=")
+            terms.append((k.strip(), "=", v.lstrip("=").strip()))
+        elif term.startswith("!"):
+            terms.append((term[1:].strip(), "!exists", ""))
+        else:
+            terms.append((term, "exists", ""))
+    return terms
+
+
+def selector_error(label_sel, field_sel):
+    """The 400 message the API gives for a selector it refuses, or None."""
+    for k, op, _ in parse_terms(field_sel):
+        if op not in ("=", "!="):
+            return f'invalid field selector: "{k}" has no operator'
+        if k not in FIELDS:
+            return f'"{k}" is not a known field selector: only "metadata.name", "metadata.namespace"'
+    return None
+
+
 def selector_match(obj, label_sel, field_sel):
     meta = obj.get("metadata", {})
-    for term in filter(None, (label_sel or "").split(",")):
-        k, _, v = term.partition("=")
-        if meta.get("labels", {}).get(k) != v.lstrip("="):
+    labels = meta.get("labels", {})
+    for k, op, v in parse_terms(label_sel):
+        if (op == "=" and labels.get(k) != v) or (op == "!=" and labels.get(k) == v) or \
+                (op == "exists" and k not in labels) or (op == "!exists" and k in labels):
             return False
-    for term in filter(None, (field_sel or "").split(",")):
-        k, _, v = term.partition("=")
-        v = v.lstrip("=")
-        if k == "metadata.name" and meta.get("name") != v:
-            return False
-        if k == "metadata.namespace" and meta.get("namespace") != v:
+    for k, op, v in parse_terms(field_sel):
+        have = meta.get(k.split(".", 1)[1], "")
+        if (op == "=") != (have == v):
             return False
     return True
 
@@ -157,7 +197,7 @@ def make_handler(state):
             pass
 
         def send_json(self, code, doc):
-            send_json(self, code, doc)
+            send_json(self, code, doc, state)
 
         def do_GET(self):
             try:
@@ -210,10 +250,26 @@ def make_handler(state):
             watch = q.get("watch") in ("1", "true")
             verb = "watch" if watch else "list"
             with state.cond:
+                throttled = state.throttle > 0
+                state.throttle -= 1 if throttled else 0
                 state.requests.append({"verb": verb, "resource": res, "namespace": ns or "",
                                        "group": KINDS[res][0].split("/")[1] if prefix == 3 else "",
-                                       "query": url.query})
+                                       "query": url.query, "time": time.time(),
+                                       "code": 429 if throttled else 200})
                 forbidden = (res, ns or "*") in state.forbidden or (res, "*") in state.forbidden
+                retry_after = state.retry_after
+            if throttled:
+                # API priority and fairness: the status, and when to come back
+                body = json.dumps(status(429, "TooManyRequests",
+                                         "Too many requests, please try again later.",
+                                         {"retryAfterSeconds": retry_after})).encode()
+                self.send_response(429)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Retry-After", str(retry_after))
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             if forbidden:
                 group = "discovery.k8s.io" if res == "endpointslices" else ""
                 where = f'in the namespace "{ns}"' if ns else "at the cluster scope"
@@ -222,6 +278,10 @@ def make_handler(state):
                     f'{res}{"." + group if group else ""} is forbidden: User '
                     f'"system:serviceaccount:default:pilotfish" cannot {verb} resource "{res}" '
                     f'in API group "{group}" {where}', {"group": group, "kind": res}))
+                return
+            bad = selector_error(q.get("labelSelector"), q.get("fieldSelector"))
+            if bad:
+                self.send_json(400, status(400, "BadRequest", bad))
                 return
             if watch:
                 self.watch(res, ns, q)
@@ -233,25 +293,36 @@ def make_handler(state):
             cont = q.get("continue")
             with state.cond:
                 if cont:
-                    snap = state.snapshots.get(cont)
+                    # one use each (what pilotfish and kubectl do): a fleet's paged lists
+                    # must not pile up snapshots
+                    snap = state.snapshots.pop(cont, None)
                     if snap is None or snap[0] < state.compacted:
                         self.send_json(410, status(410, "Expired",
                                                    "The provided continue parameter is too old"))
                         return
-                    rv, items = snap
+                    rv, items, at = snap
                 else:
-                    rv = state.rv
-                    items = [o for (ons, _), o in sorted(state.objects[res].items())
+                    rv, at = state.rv, 0
+                    field = q.get("fieldSelector") or ""
+                    objs = state.objects[res]
+                    if ns is not None and re.fullmatch(r"metadata\.name==?[^,]*", field):
+                        # one object by name: looked up, not scanned (a fleet asks this a lot)
+                        one = objs.get((ns, field.split("=")[-1]))
+                        candidates = [((ns, ""), one)] if one else []
+                    else:
+                        candidates = sorted(objs.items())
+                    items = [o for (ons, _), o in candidates
                              if (ns is None or ons == ns)
-                             and selector_match(o, q.get("labelSelector"), q.get("fieldSelector"))]
+                             and selector_match(o, q.get("labelSelector"), field)]
                     items = json.loads(json.dumps(items))
-                page, left = (items[:limit], items[limit:]) if limit else (items, [])
+                end = at + limit if limit else len(items)
+                page = items[at:end]
                 meta = {"resourceVersion": str(rv)}
-                if left:
+                if end < len(items):
                     token = base64.urlsafe_b64encode(os.urandom(12)).decode()
-                    state.snapshots[token] = (rv, left)
+                    state.snapshots[token] = (rv, items, end)
                     meta["continue"] = token
-                    meta["remainingItemCount"] = len(left)
+                    meta["remainingItemCount"] = len(items) - end
             api_version, kind = KINDS[res][1], KINDS[res][2]
             for o in page:
                 o.setdefault("apiVersion", api_version)
@@ -262,6 +333,8 @@ def make_handler(state):
         def chunk(self, data):
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
+            with state.cond:
+                state.bytes_sent += len(data)
 
         def watch(self, res, ns, q):
             start = q.get("resourceVersion") or "0"
@@ -378,7 +451,7 @@ def make_control(state):
                     self.reply({str(k): v for k, v in state.sent.items()})
                 elif self.path == "/state":
                     self.reply({"resourceVersion": state.rv, "compacted": state.compacted,
-                                "watchers": state.watchers,
+                                "watchers": state.watchers, "bytes_sent": state.bytes_sent,
                                 "counts": {r: len(o) for r, o in state.objects.items()}})
                 else:
                     self.reply({"error": "unknown"}, 404)
@@ -404,7 +477,8 @@ def make_control(state):
                 state.cut_mid_event = bool(doc.get("mid_event"))
                 return {"ok": True}
             if path == "/compact":
-                state.compacted = state.rv + 1 if doc.get("all", True) else int(doc["before"])
+                # rvs below the current one are gone; a watch from the current one still works
+                state.compacted = state.rv if doc.get("all", True) else int(doc["before"])
                 state.snapshots.clear()
                 if doc.get("cut", True):
                     state.cut_generation += 1
@@ -423,6 +497,10 @@ def make_control(state):
                 state.bookmark_interval = float(doc.get("bookmark_interval",
                                                         state.bookmark_interval))
                 return {"ok": True}
+            if path == "/throttle":  # {"count": n, "retry_after": seconds}
+                state.throttle = int(doc["count"])
+                state.retry_after = int(doc.get("retry_after", 1))
+                return {"ok": True}
             if path == "/requests/clear":
                 state.requests.clear()
                 return {"ok": True}
@@ -437,12 +515,38 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--control-port", type=int, default=0)
     ap.add_argument("--token", default="test-token")
+    ap.add_argument("--state", help="objects and resourceVersion: loaded at start when the "
+                    "file exists, saved on SIGTERM (an API server restart keeps its data)")
+    ap.add_argument("--forget-history", action="store_true",
+                    help="with --state: every resourceVersion before the restart is gone (410)")
     args = ap.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     make_certs(args.dir)
     with open(os.path.join(args.dir, "token"), "w") as f:
         f.write(args.token + "\n")
     state = State(args.token)
+    if args.state and os.path.exists(args.state):
+        with open(args.state) as f:
+            saved = json.load(f)
+        state.rv = saved["resourceVersion"]
+        for res, items in saved["objects"].items():
+            state.objects[res] = {(o["metadata"]["namespace"], o["metadata"]["name"]): o
+                                  for o in items}
+        if args.forget_history:
+            # a new revision the old watches never saw: everything before it is gone
+            state.rv += 1
+            state.compacted = state.rv
+    if args.state:
+        def save(*_):
+            with state.cond:
+                doc = {"resourceVersion": state.rv,
+                       "objects": {r: list(o.values()) for r, o in state.objects.items()}}
+            with open(args.state + ".tmp", "w") as f:
+                json.dump(doc, f)
+            os.replace(args.state + ".tmp", args.state)
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, save)
 
     api = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(state))
     api.daemon_threads = True

@@ -87,6 +87,21 @@ def test_fake_api_server_answers_the_real_kubectl(k8s):
     rc, out, err = run_kubectl(kubeconfig, "get", "services", "-n", "default", "-o", "json")
     assert rc == 0, err
     assert [i["metadata"]["name"] for i in json.loads(out)["items"]] == ["web"]
+    # the selectors on-demand discovery uses, as kubectl sends them
+    rc, out, err = run_kubectl(kubeconfig, "get", "endpointslices", "-A", "-o", "name",
+                               "-l", "kubernetes.io/service-name=web")
+    assert rc == 0 and out.split() == ["endpointslice.discovery.k8s.io/web-a"], (out, err)
+    rc, out, err = run_kubectl(kubeconfig, "get", "endpointslices", "-A", "-o", "name",
+                               "-l", "kubernetes.io/service-name!=web")
+    assert rc == 0 and out.split() == ["endpointslice.discovery.k8s.io/api-a"], (out, err)
+    rc, out, err = run_kubectl(kubeconfig, "get", "services", "-n", "default", "-o", "name",
+                               "--field-selector", "metadata.name=web")
+    assert rc == 0 and out.split() == ["service/web"], (out, err)
+    rc, out, err = run_kubectl(kubeconfig, "get", "services", "-n", "default", "-o", "name",
+                               "--field-selector", "metadata.name=nope")
+    assert rc == 0 and out.strip() == "", (out, err)
+    rc, out, err = run_kubectl(kubeconfig, "get", "services", "--field-selector", "spec.color=x")
+    assert rc != 0 and "field selector" in err, err
     # a wrong token is refused the way kubectl expects
     rc, out, err = run_kubectl(k8s.kubeconfig(token="wrong"), "get", "services")
     assert rc != 0 and "Unauthorized" in err, err
@@ -220,6 +235,9 @@ def test_stream_cut_mid_event_resumes_from_the_last_version(k8s, start_backend, 
     b1, b2 = start_backend("b1"), start_backend("b2")
     k8s.apply(k8s_service("web", [("http", 80)]), slice_for("1", b1))
     pf = start_pilotfish(k8s_config(k8s, [k8s_cluster("web", "web")]))
+    # both streams open at the fake, so that the cut reaches both (a watch that arrives
+    # after it is not cut)
+    wait_for(lambda: k8s.control("/state")["watchers"] >= 2, 10, "both watches to be open")
     connects = metric_sum(pf.metrics(), "pilotfish_kubernetes_watch_connects_total")
     k8s.control("/cut", {"mid_event": True})
     wait_for(lambda: metric_sum(pf.metrics(), "pilotfish_kubernetes_watch_connects_total")

@@ -462,6 +462,15 @@ def test_renders_exactly_the_expected_kinds(mode):
     assert kinds(render(mode)) == sorted(want)
 
 
+def test_chart_discovers_on_demand_unless_told_to_watch_all():
+    auto = json.loads(config_of(render("default")))["kubernetes"]["auto_discover"]
+    assert auto["mode"] == "on_demand"
+    docs = render("default", "--set", "discovery.mode=watch_all")
+    assert json.loads(config_of(docs))["kubernetes"]["auto_discover"]["mode"] == "watch_all"
+    # the same RBAC either way
+    assert check_rbac(docs, "default") == check_rbac(render("default"), "default")
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_rbac_is_exactly_get_list_watch_on_services_and_endpointslices(mode):
     docs = render(mode)
@@ -1272,7 +1281,12 @@ def test_rbac_matches_what_discovery_asks_the_api_server_for(case, tmp_path, sta
             api.apply(*objs)
         # The connection a pod gets from its service account, made explicit for the fake.
         config["kubernetes"].update(api.config(namespace=namespace))
-        start_pilotfish(config)
+        pf = start_pilotfish(config)
+        auto = config["kubernetes"].get("auto_discover")
+        if auto and auto.get("mode") == "on_demand":
+            # nothing is read until a request names a Service: name one in each namespace
+            for ns in auto["namespaces"] if auto["namespaces"] != "all" else [namespace]:
+                assert pf.get("/", host=f"probe.{ns}").status == 503
 
         def watching_all_it_listed():
             reqs = api.requests()

@@ -1382,8 +1382,9 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
         "{'kubernetes':{'api_server':'https://10.0.0.1:6443','token_file':'/t','ca_file':'/ca',"
         "'namespace':'shop','cluster_domain':'corp.example','stall_timeout':'30s',"
         "'backoff':{'base':'100ms','max':'5s'},'max_line_bytes':65536,'page_size':50,"
-        "'auto_discover':{'namespaces':['shop','default'],'cluster':{'connect_timeout':'300ms',"
-        "'lb_policy':'least_request'}}},"
+        "'auto_discover':{'namespaces':['shop','default'],'max_clusters':64,'mode':'on_demand',"
+        "'on_demand_timeout':'1s','negative_ttl':'3s','idle_timeout':'2m',"
+        "'cluster':{'connect_timeout':'300ms','lb_policy':'least_request'}}},"
         "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{},"
         "'cluster':'reviews'}]}],"
         "'clusters':[{'name':'reviews','kubernetes':{'service':'reviews','port':9080}},"
@@ -1404,6 +1405,11 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
     CU_ASSERT_EQUAL(k->page_size, 50);
     CU_ASSERT_EQUAL(k->namespace_count, 2);
     CU_ASSERT_STRING_EQUAL(k->namespaces[1], "default");
+    CU_ASSERT_EQUAL(k->auto_max_clusters, 64);
+    CU_ASSERT_EQUAL(k->auto_mode, PF_K8S_ON_DEMAND);
+    CU_ASSERT_EQUAL(k->on_demand_timeout_ms, 1000);
+    CU_ASSERT_EQUAL(k->negative_ttl_ms, 3000);
+    CU_ASSERT_EQUAL(k->idle_timeout_ms, 120000);
     CU_ASSERT_FATAL(k->auto_cluster != NULL);
     CU_ASSERT_EQUAL(k->auto_cluster->connect_timeout_ms, 300);
     CU_ASSERT_EQUAL(k->auto_cluster->lb_policy, PF_LB_LEAST_REQUEST);
@@ -1427,6 +1433,11 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
     CU_ASSERT(!cfg->kubernetes.enabled && !cfg->kubernetes.auto_discover);
     CU_ASSERT_STRING_EQUAL(cfg->kubernetes.cluster_domain, "cluster.local");
     CU_ASSERT_EQUAL(cfg->kubernetes.stall_timeout_ms, PF_DEFAULT_K8S_STALL_TIMEOUT_MS);
+    CU_ASSERT_EQUAL(cfg->kubernetes.auto_max_clusters, PF_DEFAULT_K8S_AUTO_MAX_CLUSTERS);
+    CU_ASSERT_EQUAL(cfg->kubernetes.auto_mode, PF_K8S_WATCH_ALL);
+    CU_ASSERT_EQUAL(cfg->kubernetes.on_demand_timeout_ms, PF_DEFAULT_K8S_ON_DEMAND_TIMEOUT_MS);
+    CU_ASSERT_EQUAL(cfg->kubernetes.negative_ttl_ms, PF_DEFAULT_K8S_NEGATIVE_TTL_MS);
+    CU_ASSERT_EQUAL(cfg->kubernetes.idle_timeout_ms, PF_DEFAULT_K8S_IDLE_TIMEOUT_MS);
     config_free(cfg);
 }
 
@@ -1638,7 +1649,14 @@ static const struct {
      "x.json: $.kubernetes.backoff: unknown key \"factor\"; known keys: base, max"},
     {K8S("'auto_discover':{'namespaces':'all','labels':{}}"),
      "x.json: $.kubernetes.auto_discover: unknown key \"labels\"; known keys: namespaces, "
-     "cluster"},
+     "cluster, max_clusters, mode, on_demand_timeout, negative_ttl, idle_timeout"},
+    {K8S("'auto_discover':{'namespaces':'all','mode':'lazy'}"),
+     "x.json: $.kubernetes.auto_discover.mode: unknown mode \"lazy\"; known modes: watch_all, "
+     "on_demand"},
+    {K8S("'auto_discover':{'namespaces':'all','negative_ttl':'0s'}"),
+     "x.json: $.kubernetes.auto_discover.negative_ttl: \"0s\" must be greater than zero"},
+    {K8S("'auto_discover':{'namespaces':'all','max_clusters':0}"),
+     "x.json: $.kubernetes.auto_discover.max_clusters: 0 out of range (1-8192)"},
     {K8S("'auto_discover':{'namespaces':'all','cluster':[]}"),
      "x.json: $.kubernetes.auto_discover.cluster: expected object, found array"},
     {LB("'hash_on':5"), "x.json: $.clusters[0].hash_on: expected object, found integer"},

@@ -200,6 +200,43 @@ static void test_same_name_and_labels_give_the_same_series(void) {
     metrics_free(m);
 }
 
+static void test_released_series_leave_after_their_last_registration(void) {
+    pf_metrics *m = metrics_new();
+    pf_counter *a = metrics_counter(m, "c_total", "C.", "cluster=\"a\"");
+    pf_counter *b = metrics_counter(m, "c_total", "C.", "cluster=\"b\"");
+    pf_histogram *h = metrics_histogram(m, "d_seconds", "D.", "cluster=\"a\"");
+    pf_counter *c = metrics_counter(m, "c_total", "C.", "cluster=\"c\"");
+    CU_ASSERT_FATAL(a && b && h && c);
+    /* a second registration of b (a cluster re-added under its name before the first left) */
+    CU_ASSERT_PTR_EQUAL(metrics_counter(m, "c_total", "C.", "cluster=\"b\""), b);
+    metrics_inc(b, 2);
+    metrics_release(m, a); /* the family's first */
+    metrics_release(m, h); /* a family's only one: HELP and TYPE stay */
+    metrics_release(m, b); /* still registered once */
+    metrics_release(m, NULL);
+    check_render(m, "# HELP c_total C.\n"
+                    "# TYPE c_total counter\n"
+                    "c_total{cluster=\"b\"} 2\n"
+                    "c_total{cluster=\"c\"} 0\n"
+                    "# HELP d_seconds D.\n"
+                    "# TYPE d_seconds histogram\n");
+    metrics_release(m, c); /* the family's last */
+    metrics_release(m, b);
+    check_render(m, "# HELP c_total C.\n"
+                    "# TYPE c_total counter\n"
+                    "# HELP d_seconds D.\n"
+                    "# TYPE d_seconds histogram\n");
+    /* registering again starts a fresh series at the end */
+    pf_counter *a2 = metrics_counter(m, "c_total", "C.", "cluster=\"a\"");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a2);
+    check_render(m, "# HELP c_total C.\n"
+                    "# TYPE c_total counter\n"
+                    "c_total{cluster=\"a\"} 0\n"
+                    "# HELP d_seconds D.\n"
+                    "# TYPE d_seconds histogram\n");
+    metrics_free(m);
+}
+
 static void test_histogram_buckets_are_cumulative_with_inf_sum_and_count(void) {
     pf_metrics *m = metrics_new();
     pf_histogram *h =
@@ -670,6 +707,7 @@ PF_UNIT_MAIN("core", PF_UNIT_TEST(test_duration_format_then_parse_round_trips),
              PF_UNIT_TEST(test_duration_rejects_hex_numbers), PF_UNIT_TEST(test_timeval_and_clocks),
              PF_UNIT_TEST(test_counters_and_gauges_render_help_and_type_once_per_family),
              PF_UNIT_TEST(test_same_name_and_labels_give_the_same_series),
+             PF_UNIT_TEST(test_released_series_leave_after_their_last_registration),
              PF_UNIT_TEST(test_histogram_buckets_are_cumulative_with_inf_sum_and_count),
              PF_UNIT_TEST(test_histogram_without_labels_and_without_observations),
              PF_UNIT_TEST(test_gauge_callback_emits_one_line_per_label_set_at_render),

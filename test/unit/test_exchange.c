@@ -34,6 +34,10 @@ static const struct {
     /* a 101 to an upgrade: a tunnel, which ends with the connection */
     {PF_EX_WAITING, PF_EX_TUNNEL},
     {PF_EX_TUNNEL, PF_EX_DONE},
+    /* on demand: waiting for discovery to find the Service, then routed or answered */
+    {PF_EX_IDLE, PF_EX_RESOLVING},
+    {PF_EX_RESOLVING, PF_EX_WAITING},
+    {PF_EX_RESOLVING, PF_EX_DONE},
 };
 
 static bool is_legal(pf_exchange_state from, pf_exchange_state to) {

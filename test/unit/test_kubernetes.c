@@ -1,6 +1,7 @@
 /* Unit tests for the pure steps of Kubernetes discovery (discovery/kubernetes_int.h): the
  * watch-stream line assembler, watch events, Service and EndpointSlice parsing, port
  * picking, and slices -> endpoints with the ready/serving/terminating rule. */
+#include "discovery/kubernetes.h"
 #include "discovery/kubernetes_int.h"
 #include "test/unit/unit.h"
 
@@ -554,7 +555,45 @@ static void test_kubeconfig_refusals_say_why(void) {
     }
 }
 
+/* Which hosts name a Service (Kubernetes DNS for Services), for on-demand discovery. */
+static void test_service_hosts_are_parsed_as_kubernetes_dns_names(void) {
+    static const struct {
+        const char *host, *service, *ns; /* service NULL: not a Service name */
+    } cases[] = {
+        {"web", "web", "shop"},
+        {"web.default", "web", "default"},
+        {"web.default.svc", "web", "default"},
+        {"web.default.svc.cluster.local", "web", "default"},
+        {"a-1.b-2", "a-1", "b-2"},
+        {"web.default.svc.other.domain", NULL, NULL},
+        {"web.default.svc.cluster", NULL, NULL},
+        {"web.default.pod", NULL, NULL},
+        {"example.com", "example", "com"}, /* shaped like one: the namespace check decides */
+        {"1web.default", NULL, NULL},      /* a Service name starts with a letter */
+        {"web-.default", NULL, NULL},
+        {"Web.default", NULL, NULL},
+        {"web_x", NULL, NULL},
+        {"", NULL, NULL},
+        {".default", NULL, NULL},
+        {"web.", NULL, NULL},
+        {"web..svc", NULL, NULL},
+        {"a234567890123456789012345678901234567890123456789012345678901234.x", NULL, NULL},
+        {"10.0.0.1", NULL, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char svc[PF_K8S_NAME_MAX] = "", ns[PF_K8S_NAME_MAX] = "";
+        int rc = discovery_k8s_parse_service_host(cases[i].host, "shop", "cluster.local", svc, ns);
+        if (!cases[i].service) {
+            PF_CHECK(rc == PF_EINVAL, "%s: parsed as %s.%s", cases[i].host, svc, ns);
+            continue;
+        }
+        PF_CHECK(rc == PF_OK && strcmp(svc, cases[i].service) == 0 && strcmp(ns, cases[i].ns) == 0,
+                 "%s: rc %d, %s.%s", cases[i].host, rc, svc, ns);
+    }
+}
+
 PF_UNIT_MAIN("kubernetes", PF_UNIT_TEST(test_lines_split_across_reads_are_assembled),
+             PF_UNIT_TEST(test_service_hosts_are_parsed_as_kubernetes_dns_names),
              PF_UNIT_TEST(test_kubeconfig_base64_data_is_read_strictly_with_line_breaks_skipped),
              PF_UNIT_TEST(test_lines_byte_by_byte),
              PF_UNIT_TEST(test_line_over_the_bound_is_an_error_not_an_allocation),

@@ -161,7 +161,7 @@ Kubernetes clusters get the release's namespace written out, so that the Role ma
 {{- if and (not (empty $v.healthCheck)) (not (hasKey $template "health_check")) -}}
 {{- $_ := set $template "health_check" (deepCopy $v.healthCheck) -}}
 {{- end -}}
-{{- $auto := dict "namespaces" "all" -}}
+{{- $auto := dict "namespaces" "all" "mode" $v.discovery.mode -}}
 {{- if not (include "pilotfish.clusterWide" .) -}}
 {{- $_ := set $auto "namespaces" (splitList "\n" (include "pilotfish.autoNamespaces" .)) -}}
 {{- end -}}

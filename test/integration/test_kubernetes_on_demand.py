@@ -1,0 +1,135 @@
+"""auto_discover.mode "on_demand": nothing is listed at start; the first request naming a
+Service starts a scoped list+watch of it and waits for its first endpoint set; a missing
+Service gets 503 and is asked about at most once per negative_ttl; unused ones are let go
+after idle_timeout and their slots reused. Real pilotfish against test/fakes/k8s_api.py on
+127.0.0.1."""
+
+import time
+
+import pytest
+
+from harness import (
+    K8sApi,
+    cluster_status,
+    k8s_service,
+    k8s_slice,
+    listener,
+    make_config,
+    route,
+    wait_for,
+)
+
+
+@pytest.fixture
+def k8s(tmp_path):
+    api = K8sApi(str(tmp_path)).start()
+    yield api
+    api.stop()
+
+
+def on_demand_config(k8s, start_backend, **auto):
+    fallback = start_backend("fallback")
+    discover = dict({"namespaces": ["default", "shop"], "mode": "on_demand"}, **auto)
+    return make_config([listener("main", [route("fallback", host="fallback.local")])],
+                       [{"name": "fallback", "endpoints": [fallback.address]}],
+                       kubernetes=k8s.config(auto_discover=discover))
+
+
+def service(name, backend, namespace="default"):
+    return [k8s_service(name, [("http", 80)], namespace=namespace),
+            k8s_slice(f"{name}-1", name, backend.port, ["127.0.0.1"], namespace=namespace)]
+
+
+def api_requests(k8s, verb=None):
+    return [r for r in k8s.requests() if verb is None or r["verb"] == verb]
+
+
+def lists_of(k8s, name):
+    """Service lists scoped to one name."""
+    return [r for r in api_requests(k8s, "list") if r["resource"] == "services" and
+            f"metadata.name%3D{name}" in r["query"]]
+
+
+def test_first_request_waits_for_the_service_and_later_ones_find_it(k8s, start_backend,
+                                                                    start_pilotfish):
+    b1, b2 = start_backend("b1"), start_backend("b2")
+    k8s.apply(*service("web", b1), *service("cart", b2, namespace="shop"),
+              *service("unused", b1))
+    pf = start_pilotfish(on_demand_config(k8s, start_backend))
+    # ready at once, and nothing was listed or watched: there is nothing to wait for
+    assert pf.admin("GET", "/ready").status == 200
+    assert api_requests(k8s) == []
+    started = time.monotonic()
+    r = pf.get("/", host="web.default")
+    first = time.monotonic() - started
+    assert r.status == 200 and r.header("X-Backend") == "b1", r
+    print(f"first request to a never-used Service answered in {first * 1000:.0f} ms")
+    # one list+watch of the Service by name and of its slices by label, in its namespace
+    seen = {(q["verb"], q["resource"], q["namespace"]) for q in api_requests(k8s)}
+    assert seen == {("list", "services", "default"), ("watch", "services", "default"),
+                    ("list", "endpointslices", "default"),
+                    ("watch", "endpointslices", "default")}, seen
+    queries = [q["query"] for q in api_requests(k8s)]
+    assert all("metadata.name%3Dweb" in q or "kubernetes.io%2Fservice-name%3Dweb" in q
+               for q in queries), queries
+    for host in ("web", "web.default.svc", "web.default.svc.cluster.local:80", "web:80"):
+        assert pf.get("/", host=host).header("X-Backend") == "b1", host
+    started = time.monotonic()
+    assert pf.get("/", host="web:1234").status == 404  # a known Service, no such port
+    assert time.monotonic() - started < 1.0  # at once, not after on_demand_timeout
+    with pf.raw() as c:  # absolute-form, as an app with http_proxy sends it
+        c.send(b"GET http://cart.shop/x HTTP/1.1\r\nHost: cart.shop\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200 and r.header("X-Backend") == "b2", r
+    assert cluster_status(pf, "cart.shop:80")["source"] == "kubernetes"
+    assert cluster_status(pf, "unused.default:80") is None  # never asked for, never watched
+    # names that are no Service of a watched namespace are 404 at once, no API request
+    before = len(api_requests(k8s))
+    for host in ("example.com", "web.elsewhere", "web.default.svc.other.domain", "UPPER_"):
+        assert pf.get("/", host=host).status == 404, host
+    assert len(api_requests(k8s)) == before
+
+
+def test_a_missing_service_gets_503_and_one_list_per_negative_ttl(k8s, start_backend,
+                                                                  start_pilotfish):
+    b1 = start_backend("b1")
+    pf = start_pilotfish(on_demand_config(k8s, start_backend, negative_ttl="2s",
+                                          idle_timeout="1m"))
+    r = pf.get("/", host="revews.default")
+    assert r.status == 503, r
+    assert b'service "revews" not found in namespace "default"' in r.body, r.body
+    # many more requests within negative_ttl: answered from the cache, no more API requests
+    deadline = time.monotonic() + 1.0
+    n = 0
+    while time.monotonic() < deadline:
+        assert pf.get("/", host="revews").status == 503
+        n += 1
+    assert len(lists_of(k8s, "revews")) == 1, (n, lists_of(k8s, "revews"))
+    # past negative_ttl it is asked again, once
+    wait_for(lambda: len(lists_of(k8s, "revews")) >= 2 or pf.get("/", host="revews") and None,
+             10, "a second ask after negative_ttl")
+    times = [q["time"] for q in lists_of(k8s, "revews")]
+    assert times[1] - times[0] >= 2.0, times
+    # the watch notices when it is created
+    k8s.apply(*service("revews", b1))
+    wait_for(lambda: pf.get("/", host="revews.default").status == 200, 10, "revews to route")
+
+
+def test_idle_services_are_let_go_and_their_slots_reused(k8s, start_backend, start_pilotfish):
+    b1 = start_backend("b1")
+    names = [f"svc{i}" for i in range(12)]
+    k8s.apply(*[o for n in names for o in service(n, b1)])
+    pf = start_pilotfish(on_demand_config(k8s, start_backend, idle_timeout="1s",
+                                          max_clusters=4))
+    for batch in range(3):  # 12 Services through 4 slots
+        group = names[batch * 4:(batch + 1) * 4]
+        for n in group:
+            r = pf.get("/", host=f"{n}.default")
+            assert r.status == 200 and r.header("X-Backend") == "b1", (n, r)
+        # unused for idle_timeout: watches stop, clusters and their series go
+        wait_for(lambda: not [c for c in pf.admin_json("/clusters")["clusters"]
+                              if c.get("source") == "kubernetes"], 10, "idle clusters to go")
+        wait_for(lambda: k8s.control("/state")["watchers"] == 0, 10, "the watches to stop")
+        wait_for(lambda: 'cluster="svc' not in pf.admin("GET", "/stats/prometheus").body.decode(),
+                 10, "their series to go")
+    assert "max_clusters" not in pf.stderr_text()
