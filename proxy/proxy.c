@@ -409,11 +409,26 @@ static int cluster_init(pf_proxy *proxy, pf_cluster_rt *c, const pf_config_clust
 }
 
 static void release_cluster_metrics(pf_metrics *m, pf_cluster_rt *c) {
-    const void *series[] = {
-        c->connections_total, c->connections_active,     c->pool_reuses,      c->connect_failures,
-        c->connect_timeouts,  c->response_timeouts,      c->resets,           c->protocol_errors,
-        c->retries,           c->retry_budget_exhausted, c->request_duration, c->connect_duration,
-        c->overflow_requests, c->overflow_connections,   c->overflow_pending, c->overflow_retries};
+    const void *series[] = {c->connections_total,
+                            c->connections_active,
+                            c->pool_reuses,
+                            c->connect_failures,
+                            c->connect_timeouts,
+                            c->response_timeouts,
+                            c->resets,
+                            c->protocol_errors,
+                            c->retries,
+                            c->retry_budget_exhausted,
+                            c->request_duration,
+                            c->connect_duration,
+                            c->overflow_requests,
+                            c->overflow_connections,
+                            c->overflow_pending,
+                            c->overflow_retries,
+                            c->tcp_connections_total,
+                            c->tcp_connections_active,
+                            c->tcp_bytes[0],
+                            c->tcp_bytes[1]};
     for (int i = 0; i < PF_CODE_CLASSES; i++)
         metrics_release(m, c->requests[i]);
     for (size_t i = 0; i < sizeof series / sizeof series[0]; i++)
