@@ -45,6 +45,7 @@ struct pf_h2_conn {
     struct event *flush_ev; /* moves bytes after the current callback */
     struct event *timer;    /* idle without streams, or the drain notice's wait */
     h2_state state;
+    bool lingering; /* FAILED, its GOAWAY out: write side shut, input dropped until EOF */
     h2_stream *streams;
     size_t stream_count;
     h2_rate resets, settings, pings; /* what the client sent in the current interval */
@@ -826,9 +827,21 @@ static void flush(pf_h2_conn *h) {
             }
         }
     }
-    if (!nghttp2_session_want_read(h->session) && !nghttp2_session_want_write(h->session) &&
-        evbuffer_get_length(out) == 0)
-        conn_free(h->conn);
+    if (h->lingering || nghttp2_session_want_read(h->session) ||
+        nghttp2_session_want_write(h->session) || evbuffer_get_length(out) > 0)
+        return;
+    if (h->state == H2_FAILED) {
+        /* Closing at once with the client's frames unread would reset the connection, and a
+         * reset can destroy the GOAWAY before the client reads why: shut our side and drop
+         * its input until it closes or the linger timer (armed when it failed) fires. */
+        h->lingering = true;
+        stream_shutdown_write(h->s);
+        evbuffer_drain(stream_input(h->s), evbuffer_get_length(stream_input(h->s)));
+        stream_read_needed(h->s, true);
+        stream_read_enable(h->s, true);
+        return;
+    }
+    conn_free(h->conn);
 }
 
 static void on_flush(evutil_socket_t fd, short what, void *arg) {
