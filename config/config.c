@@ -2473,16 +2473,156 @@ static json_t *dump_route_clusters(dumper *d, const void *base, const key_def *k
     return arr;
 }
 
-/* "cluster" or "clusters": one of the two. */
-static void route_finish(loader *ld, json_t *v, const char *path, void *obj) {
+/* ---- routes[].rewrite, .host_rewrite, .redirect, .direct_response ---------------------- */
+
+/* A path pilotfish writes into a request line or a Location: "/" and visible ASCII, no
+ * query or fragment (the request's query is kept). */
+static void check_path_text(loader *ld, const char *parent, const char *key, const char *v) {
+    char p[JPATH_MAX];
+    if (!v[0])
+        return;
+    bool ok = v[0] == '/';
+    for (const char *c = v; ok && *c; c++)
+        ok = *c > 0x20 && *c < 0x7f && *c != '?' && *c != '#';
+    if (!ok)
+        errf(ld, jkey(p, parent, key),
+             "expected a path starting with \"/\" (visible ASCII, no \"?\" or \"#\")");
+}
+
+/* A host (and optional port) for a Host header or a Location: name, IPv4 or [IPv6]. */
+static bool host_text_ok(const char *v) {
+    for (const char *c = v; *c; c++)
+        if (!isalnum((unsigned char)*c) && !strchr(".-_:[]", *c))
+            return false;
+    return v[0] != '\0';
+}
+
+static void rewrite_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    const pf_config_rewrite *r = obj;
     if (!v || !json_is_object(v))
         return;
-    bool one = json_object_get(v, "cluster") != NULL, split = json_object_get(v, "clusters");
-    if (!one && !split)
-        errf(ld, path, "missing required key \"cluster\"");
-    else if (one && split)
-        errf(ld, path, "\"cluster\" and \"clusters\" exclude each other; use one");
+    bool prefix = json_object_get(v, "prefix"), full = json_object_get(v, "full_path");
+    if (prefix == full)
+        errf(ld, path, "expected one of \"prefix\" and \"full_path\", found %s",
+             prefix ? "both" : "neither");
+    check_path_text(ld, path, "prefix", r->prefix);
+    check_path_text(ld, path, "full_path", r->full_path);
 }
+
+static void redirect_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    char p[JPATH_MAX];
+    const pf_config_redirect *r = obj;
+    if (!v || !json_is_object(v))
+        return;
+    if (r->path[0] && r->prefix[0])
+        errf(ld, path, "\"path\" and \"prefix\" exclude each other; use one");
+    check_path_text(ld, path, "path", r->path);
+    check_path_text(ld, path, "prefix", r->prefix);
+    if (r->scheme[0] && strcmp(r->scheme, "http") != 0 && strcmp(r->scheme, "https") != 0)
+        errf(ld, jkey(p, path, "scheme"), "expected \"http\" or \"https\"");
+    if (r->host[0] && !host_text_ok(r->host))
+        errf(ld, jkey(p, path, "host"), "expected a host name or IP address");
+    uint32_t s = r->status;
+    if (s != 301 && s != 302 && s != 303 && s != 307 && s != 308)
+        errf(ld, jkey(p, path, "status"), "%u is no redirect status; use 301, 302, 303, 307 or 308",
+             s);
+}
+
+static void direct_response_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    char p[JPATH_MAX];
+    const pf_config_direct_response *r = obj;
+    if (!v || !json_is_object(v))
+        return;
+    bool ok = true;
+    for (const char *c = r->content_type; ok && *c; c++)
+        ok = *c >= 0x20 && *c < 0x7f;
+    if (!ok)
+        errf(ld, jkey(p, path, "content_type"), "expected a media type (visible ASCII)");
+}
+
+/* Which of the route's keys only mean something for a request sent upstream. */
+static const char *const upstream_only_keys[] = {
+    "rewrite", "host_rewrite", "request_headers",    "response_headers",
+    "retry",   "timeout",      "tunnel_idle_timeout"};
+
+/* Where a route's requests go: "cluster", "clusters", a redirect or a direct response;
+ * exactly one. And keys that need another key. */
+static void route_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    char p[JPATH_MAX];
+    const pf_config_route *r = obj;
+    if (!v || !json_is_object(v))
+        return;
+    static const char *const targets[] = {"cluster", "clusters", "redirect", "direct_response"};
+    const char *given[ARRAY_LEN(targets)];
+    size_t n = 0;
+    for (size_t i = 0; i < ARRAY_LEN(targets); i++)
+        if (json_object_get(v, targets[i]))
+            given[n++] = targets[i];
+    if (n == 0)
+        errf(ld, path, "missing required key \"cluster\"");
+    else if (n > 1)
+        errf(ld, path, "\"%s\" and \"%s\" exclude each other; use one", given[0], given[1]);
+    const char *local = r->has_redirect          ? "redirect"
+                        : r->has_direct_response ? "direct_response"
+                                                 : NULL;
+    for (size_t i = 0; local && i < ARRAY_LEN(upstream_only_keys); i++)
+        if (json_object_get(v, upstream_only_keys[i]))
+            errf(ld, jkey(p, path, upstream_only_keys[i]),
+                 "a route with \"%s\" sends nothing upstream; remove one of the two", local);
+    /* A prefix replaces what match.prefix matched; an exact match has no such part. */
+    if (r->path_kind == PF_MATCH_PATH_EXACT) {
+        char q[JPATH_MAX];
+        if (r->has_rewrite && r->rewrite.prefix[0])
+            errf(ld, jkey(q, jkey(p, path, "rewrite"), "prefix"),
+                 "needs a prefix match (match.prefix); with match.path use \"full_path\"");
+        if (r->has_redirect && r->redirect.prefix[0])
+            errf(ld, jkey(q, jkey(p, path, "redirect"), "prefix"),
+                 "needs a prefix match (match.prefix); with match.path use \"path\"");
+    }
+    if (r->host_rewrite[0] && strcmp(r->host_rewrite, "auto") != 0 &&
+        !host_text_ok(r->host_rewrite))
+        errf(ld, jkey(p, path, "host_rewrite"),
+             "expected \"auto\" or a host name, with an optional :port");
+}
+
+static const key_def rewrite_keys[] = {
+    {K_TEXT(pf_config_rewrite, "prefix", prefix, NULL,
+            "replaces the part of the path that match.prefix matched"),
+     .flags = KF_OMIT_ZERO, .doc_default = "none"},
+    {K_TEXT(pf_config_rewrite, "full_path", full_path, NULL, "replaces the whole path"),
+     .flags = KF_OMIT_ZERO, .doc_default = "none"},
+};
+static const schema rewrite_schema = {
+    .doc_name = "routes[].rewrite", SCHEMA_KEYS(rewrite_keys), .finish = rewrite_finish};
+
+static const key_def redirect_keys[] = {
+    {K_TEXT(pf_config_redirect, "scheme", scheme, NULL, "\"http\" or \"https\""),
+     .flags = KF_OMIT_ZERO, .doc_default = "the request's"},
+    {K_TEXT(pf_config_redirect, "host", host, NULL, "the host of the Location"),
+     .flags = KF_OMIT_ZERO, .doc_default = "the request's"},
+    {K_UINT(pf_config_redirect, "port", port, 1, 65535, 0, "the port of the Location"),
+     .flags = KF_OMIT_ZERO, .doc_default = "the request's"},
+    {K_TEXT(pf_config_redirect, "path", path, NULL, "replaces the whole path"),
+     .flags = KF_OMIT_ZERO, .doc_default = "the request's"},
+    {K_TEXT(pf_config_redirect, "prefix", prefix, NULL,
+            "replaces the part of the path that match.prefix matched"),
+     .flags = KF_OMIT_ZERO, .doc_default = "none"},
+    {K_UINT(pf_config_redirect, "status", status, 301, 308, 302, "301, 302, 303, 307 or 308")},
+};
+static const schema redirect_schema = {
+    .doc_name = "routes[].redirect", SCHEMA_KEYS(redirect_keys), .finish = redirect_finish};
+
+static const key_def direct_response_keys[] = {
+    {K_UINT(pf_config_direct_response, "status", status, 200, 599, 200, "the response's status"),
+     .flags = KF_REQUIRED, .doc_default = "required"},
+    {K_TEXT(pf_config_direct_response, "body", body, NULL, "the response's body"),
+     .flags = KF_OMIT_ZERO, .doc_default = "none"},
+    {K_TEXT(pf_config_direct_response, "content_type", content_type, "text/plain; charset=utf-8",
+            "the body's Content-Type")},
+};
+static const schema direct_response_schema = {.doc_name = "routes[].direct_response",
+                                              SCHEMA_KEYS(direct_response_keys),
+                                              .finish = direct_response_finish};
 
 static const key_def route_keys[] = {
     {K_INLINE("match", match_schema, "what requests the route takes"), .flags = KF_REQUIRED},
@@ -2510,6 +2650,21 @@ static const key_def route_keys[] = {
      .parse = parse_request_headers, .dump = dump_request_headers, .doc_default = "none"},
     {K_CUSTOM("response_headers", "header edits", "the same on the response to the client"),
      .parse = parse_response_headers, .dump = dump_response_headers, .doc_default = "none"},
+    {K_OBJ(pf_config_route, "rewrite", rewrite, rewrite_schema,
+           "the path sent upstream: {\"prefix\"} or {\"full_path\"}"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_rewrite, bool),
+     .doc_default = "none"},
+    {K_TEXT(pf_config_route, "host_rewrite", host_rewrite, NULL,
+            "the Host sent upstream: a name, or \"auto\" (the endpoint's)"),
+     .flags = KF_OMIT_ZERO, .doc_default = "the client's"},
+    {K_OBJ(pf_config_route, "redirect", redirect, redirect_schema,
+           "in place of a cluster: pilotfish answers with a redirect"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_redirect, bool),
+     .doc_default = "none"},
+    {K_OBJ(pf_config_route, "direct_response", direct_response, direct_response_schema,
+           "in place of a cluster: pilotfish answers with this response"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_direct_response, bool),
+     .doc_default = "none"},
 };
 static const schema route_schema = {.doc_name = "routes[]",
                                     SCHEMA_KEYS(route_keys),

@@ -389,6 +389,34 @@ typedef struct pf_config_weighted_cluster {
     size_t cluster_index; /* resolved at load */
 } pf_config_weighted_cluster;
 
+/* routes[].rewrite: the path sent upstream; one of the two is set. */
+typedef struct pf_config_rewrite {
+    char prefix[PF_PATH_MAX];    /* replaces the part match.prefix matched */
+    char full_path[PF_PATH_MAX]; /* replaces the whole path */
+} pf_config_rewrite;
+
+/* routes[].redirect: answered by pilotfish with a Location built from the request. */
+#define PF_REDIRECT_SCHEME_MAX 8
+/* A Location longer than this is not sent: the request gets 414 instead. */
+#define PF_LOCATION_MAX 4096
+typedef struct pf_config_redirect {
+    char scheme[PF_REDIRECT_SCHEME_MAX]; /* "": the request's */
+    char host[PF_HOST_MAX];              /* "": the request's */
+    uint32_t port;                       /* 0: the request's, or none when scheme is set */
+    char path[PF_PATH_MAX];              /* "": see prefix */
+    char prefix[PF_PATH_MAX];            /* "": the request's path */
+    uint32_t status;                     /* 301, 302, 303, 307 or 308 */
+} pf_config_redirect;
+
+/* routes[].direct_response: answered by pilotfish with a fixed response. */
+#define PF_DIRECT_BODY_MAX 4096
+#define PF_CONTENT_TYPE_MAX 128
+typedef struct pf_config_direct_response {
+    uint32_t status;
+    char body[PF_DIRECT_BODY_MAX]; /* "": none */
+    char content_type[PF_CONTENT_TYPE_MAX];
+} pf_config_direct_response;
+
 typedef struct pf_config_route {
     pf_host_match host_kind;
     char host[PF_HOST_MAX]; /* lower-case; for SUFFIX the part after '*', e.g. ".local" */
@@ -414,6 +442,14 @@ typedef struct pf_config_route {
     uint64_t tunnel_idle_timeout_ms; /* 0: the listener's */
     pf_config_header_edits request_headers;
     pf_config_header_edits response_headers;
+    bool has_rewrite;
+    pf_config_rewrite rewrite;
+    char host_rewrite[PF_HOST_MAX]; /* "": the client's Host; "auto": the endpoint's */
+    /* A route with a redirect or a direct response sends nothing upstream (no cluster). */
+    bool has_redirect;
+    pf_config_redirect redirect;
+    bool has_direct_response;
+    pf_config_direct_response direct_response;
 } pf_config_route;
 
 typedef struct pf_config_listener {

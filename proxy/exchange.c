@@ -8,6 +8,7 @@
  * response (send_end, reply, abort) may reset this exchange and start the connection's
  * next request, so nothing here touches the exchange after such a call. */
 #include "proxy/exchange_int.h"
+#include "proxy/route_actions_int.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/time.h"
@@ -263,6 +264,8 @@ void exchange_free(pf_exchange *ex) {
     if (ex->retry_timer)
         event_free(ex->retry_timer);
     ex->retry_timer = NULL;
+    free(ex->rewritten);
+    ex->rewritten = NULL;
 }
 
 void exchange_reset(pf_exchange *ex) {
@@ -357,7 +360,7 @@ void exchange_reply(pf_exchange *ex, int status, const char *body, const char *e
         evtimer_del(ex->retry_timer);
     exchange_set_state(ex, PF_EX_DONE);
     ex->status = status;
-    char extra[192] = "";
+    char extra[192 + PF_LOCATION_MAX] = ""; /* room for a redirect's Location */
     int n = 0;
     if (ex->request_id[0])
         n = snprintf(extra, sizeof extra, "X-Request-Id: %s\r\n", ex->request_id);
@@ -488,6 +491,7 @@ static int start_attempt(pf_exchange *ex) {
     }
     bool over = false;
     ex->vars.upstream = ep->addr.text; /* for request_headers' %UPSTREAM% */
+    route_actions_attempt(ex, ep);
     ex->up = ex->up_ops->start(ex, ep, &over);
     if (!ex->up) {
         end_attempt(ex, false);
@@ -576,6 +580,8 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
         .head = req->head,
     };
     const pf_config_route *route = router_find_request(ex->l->router, &rq);
+    if (route && route_actions_answer(ex, route, &rq))
+        return;
     long cluster_index = route ? (long)exchange_route_cluster(route, worker_random(ex->w))
                                : service_routes_find(worker_service_routes(ex->w), host, port);
     if (cluster_index < 0) {
@@ -583,6 +589,8 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
         return;
     }
     ex->route = route;
+    if (route && route_actions_rewrite(ex, &rq) != PF_OK)
+        return;
     ex->vars = (pf_header_vars){.client_ip = ex->client_ip, .request_id = ex->request_id};
     if (route && (route->request_headers.set_count || route->request_headers.add_count ||
                   route->request_headers.remove_count)) {

@@ -153,6 +153,8 @@ struct pf_exchange {
     pf_endpoint_set *set; /* holds ep's set while ep is used */
     const pf_endpoint *ep;
     struct evbuffer *replay; /* the request body as received, while a retry is possible */
+    char *rewritten;         /* the target after the route's rewrite, kept for the connection */
+    size_t rewritten_cap;
 };
 
 /* ---- life cycle (downstream codec) -------------------------------------------------- */

@@ -520,14 +520,25 @@ const char *http1_reason(int status) {
     }
 }
 
+bool http1_lines_have_content_type(const char *lines) {
+    for (const char *l = lines; l && *l;) {
+        if (strncasecmp(l, "content-type:", 13) == 0)
+            return true;
+        const char *next = strstr(l, "\r\n");
+        l = next ? next + 2 : NULL;
+    }
+    return false;
+}
+
 int http1_write_local_response(struct evbuffer *out, int status, const char *body, bool keep_alive,
                                const char *extra_headers) {
     size_t body_len = strlen(body);
-    int rc = evbuffer_add_printf(out,
-                                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                                 "Content-Length: %zu\r\n%s%s\r\n%s",
-                                 status, http1_reason(status), body_len,
-                                 keep_alive ? "" : "Connection: close\r\n",
+    int rc = evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n%sContent-Length: %zu\r\n%s%s\r\n%s",
+                                 status, http1_reason(status),
+                                 http1_lines_have_content_type(extra_headers)
+                                     ? ""
+                                     : "Content-Type: text/plain; charset=utf-8\r\n",
+                                 body_len, keep_alive ? "" : "Connection: close\r\n",
                                  extra_headers ? extra_headers : "", body);
     return rc < 0 ? PF_ENOMEM : PF_OK;
 }

@@ -1535,6 +1535,40 @@ static const struct {
      "x.json: $.listeners[0].routes[0].clusters[0]: \"name\" and \"weight\" are required"},
     {ROUTE("{'match':{},'clusters':[]}"),
      "x.json: $.listeners[0].routes[0].clusters: expected 1-8 clusters, found 0"},
+    /* rewrites, redirects, direct responses, and what they exclude */
+    {ROUTE("{'match':{},'cluster':'web','direct_response':{'status':200}}"),
+     "x.json: $.listeners[0].routes[0]: \"cluster\" and \"direct_response\" exclude each other; "
+     "use one"},
+    {ROUTE("{'match':{},'redirect':{},'timeout':'1s'}"),
+     "x.json: $.listeners[0].routes[0].timeout: a route with \"redirect\" sends nothing upstream; "
+     "remove one of the two"},
+    {ROUTE("{'match':{},'direct_response':{'status':200},'host_rewrite':'a'}"),
+     "x.json: $.listeners[0].routes[0].host_rewrite: a route with \"direct_response\" sends "
+     "nothing upstream; remove one of the two"},
+    {ROUTE("{'match':{'path':'/a'},'cluster':'web','rewrite':{'prefix':'/b'}}"),
+     "x.json: $.listeners[0].routes[0].rewrite.prefix: needs a prefix match (match.prefix); with "
+     "match.path use \"full_path\""},
+    {ROUTE("{'match':{},'cluster':'web','rewrite':{}}"),
+     "x.json: $.listeners[0].routes[0].rewrite: expected one of \"prefix\" and \"full_path\", "
+     "found neither"},
+    {ROUTE("{'match':{},'cluster':'web','rewrite':{'full_path':'/a b'}}"),
+     "x.json: $.listeners[0].routes[0].rewrite.full_path: expected a path starting with \"/\" "
+     "(visible ASCII, no \"?\" or \"#\")"},
+    {ROUTE("{'match':{},'redirect':{'status':305}}"),
+     "x.json: $.listeners[0].routes[0].redirect.status: 305 is no redirect status; use 301, 302, "
+     "303, 307 or 308"},
+    {ROUTE("{'match':{},'redirect':{'status':200}}"),
+     "x.json: $.listeners[0].routes[0].redirect.status: 200 out of range (301-308)"},
+    {ROUTE("{'match':{},'redirect':{'host':'a/b'}}"),
+     "x.json: $.listeners[0].routes[0].redirect.host: expected a host name or IP address"},
+    {ROUTE("{'match':{},'redirect':{'path':'/a','prefix':'/b'}}"),
+     "x.json: $.listeners[0].routes[0].redirect: \"path\" and \"prefix\" exclude each other; "
+     "use one"},
+    {ROUTE("{'match':{},'direct_response':{'status':100}}"),
+     "x.json: $.listeners[0].routes[0].direct_response.status: 100 out of range (200-599)"},
+    {ROUTE("{'match':{},'direct_response':{'status':200,'content_type':'a\\nb'}}"),
+     "x.json: $.listeners[0].routes[0].direct_response.content_type: expected a media type "
+     "(visible ASCII)"},
     {RT("'status_codes':[404]"),
      "x.json: $.clusters[0].retry.status_codes[0]: 404 is not a retriable status (500-599)"},
     {HC("'initial':true"), "x.json: $.clusters[0].health_check.initial: expected string, found "
@@ -1647,7 +1681,8 @@ static const char every_object_json[] =
     "{'admin':{'address':'127.0.0.1:9901'},'dns':{'timeout':'1s'},'tracing':{'generate':true},"
     "'kubernetes':{'backoff':{'base':'1s'},'auto_discover':{'namespaces':'all'}},"
     "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{'prefix':'/'},"
-    "'cluster':'web','retry':{'backoff':{'base':'25ms'}}}],"
+    "'cluster':'web','retry':{'backoff':{'base':'25ms'}},'rewrite':{'prefix':'/'}},"
+    "{'match':{'prefix':'/r'},'redirect':{}},{'match':{},'direct_response':{'status':200}}],"
     "'tls':{'certificates':[{'cert_file':'test/unit/data/tls.crt',"
     "'key_file':'test/unit/data/tls.key'}]}}],"
     "'clusters':[{'name':'web','endpoints':[{'address':'127.0.0.1:8081'}],"
@@ -1671,6 +1706,10 @@ static const struct {
      "$.listeners[0].tls.certificates[0]"},
     {"routes[].match", "listeners/0/routes/0/match", "$.listeners[0].routes[0].match"},
     {"retry", "listeners/0/routes/0/retry", "$.listeners[0].routes[0].retry"},
+    {"routes[].rewrite", "listeners/0/routes/0/rewrite", "$.listeners[0].routes[0].rewrite"},
+    {"routes[].redirect", "listeners/0/routes/1/redirect", "$.listeners[0].routes[1].redirect"},
+    {"routes[].direct_response", "listeners/0/routes/2/direct_response",
+     "$.listeners[0].routes[2].direct_response"},
     {"retry.backoff", "clusters/0/retry/backoff", "$.clusters[0].retry.backoff"},
     {"clusters[]", "clusters/0", "$.clusters[0]"},
     {"endpoints[]", "clusters/0/endpoints/0", "$.clusters[0].endpoints[0]"},

@@ -386,6 +386,7 @@ values and follow pilotfish's own.
 {{- fail (printf "routes[%d].clusters[%d].name: unknown cluster %q" $i $j $w.name) -}}
 {{- end -}}
 {{- end -}}
+{{- else if or (hasKey $r "redirect") (hasKey $r "direct_response") -}}
 {{- else if not (hasKey $names $r.cluster) -}}
 {{- if $names -}}
 {{- fail (printf "routes[%d].cluster: unknown cluster %q; clusters: %s" $i $r.cluster (keys $names | sortAlpha | join ", ")) -}}

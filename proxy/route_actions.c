@@ -1,0 +1,187 @@
+/* Route actions: see route_actions_int.h. Paths are built byte by byte into buffers whose
+ * size is checked first; a result that does not fit is refused, never cut. */
+#include "proxy/route_actions_int.h"
+#include "core/log.h"
+#include "proxy/exchange_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct out_buf {
+    char *at;
+    size_t len, cap;
+    bool full;
+} out_buf;
+
+static void put(out_buf *o, const char *s, size_t n) {
+    if (o->full || n > o->cap - o->len) {
+        o->full = true;
+        return;
+    }
+    memcpy(o->at + o->len, s, n);
+    o->len += n;
+}
+
+static void puts_(out_buf *o, const char *s) {
+    put(o, s, strlen(s));
+}
+
+/* The prefix replacement at the seam of path elements: "/foo" -> "/xyz" makes "/foo/bar"
+ * "/xyz/bar", "/foo" -> "/" makes it "/bar" (not "//bar"), and "/foo/" -> "/xyz" makes it
+ * "/xyz/bar" (the matched "/" was an element boundary). */
+static void put_path(out_buf *o, const char *matched, const char *replacement, const char *full,
+                     const char *path, size_t path_len) {
+    if (full && full[0]) {
+        puts_(o, full);
+        return;
+    }
+    size_t ml = matched ? strlen(matched) : 0;
+    if (!replacement || !replacement[0] || ml > path_len) {
+        put(o, path, path_len);
+        return;
+    }
+    const char *rest = path + ml;
+    size_t rest_len = path_len - ml;
+    size_t rl = strlen(replacement);
+    bool slash_r = replacement[rl - 1] == '/', slash_rest = rest_len > 0 && rest[0] == '/';
+    put(o, replacement, rl);
+    if (slash_r && slash_rest) {
+        rest++;
+        rest_len--;
+    } else if (!slash_r && !slash_rest && rest_len > 0 && ml > 0 && matched[ml - 1] == '/') {
+        put(o, "/", 1);
+    }
+    put(o, rest, rest_len);
+}
+
+size_t route_new_path(const char *matched, const char *replacement, const char *full,
+                      const char *path, size_t path_len, const char *query, size_t query_len,
+                      char *out, size_t cap) {
+    out_buf o = {.at = out, .cap = cap};
+    put_path(&o, matched, replacement, full, path, path_len);
+    if (query) {
+        put(&o, "?", 1);
+        put(&o, query, query_len);
+    }
+    return o.full ? 0 : o.len;
+}
+
+size_t route_redirect_location(const pf_config_route *r, const char *scheme, const char *host,
+                               int port, const char *path, size_t path_len, const char *query,
+                               size_t query_len, char *out, size_t cap) {
+    const pf_config_redirect *rd = &r->redirect;
+    if (cap == 0)
+        return 0;
+    out_buf o = {.at = out, .cap = cap - 1};
+    /* RFC 9110 10.2.2 allows a relative Location, but clients and caches handle the
+     * absolute form everywhere. A new scheme drops the request's port (its default port is
+     * meant), as a new host does not. */
+    const char *s = rd->scheme[0] ? rd->scheme : scheme;
+    long p = rd->port ? (long)rd->port : rd->scheme[0] ? -1 : port;
+    if ((p == 80 && strcmp(s, "http") == 0) || (p == 443 && strcmp(s, "https") == 0))
+        p = -1;
+    puts_(&o, s);
+    puts_(&o, "://");
+    puts_(&o, rd->host[0] ? rd->host : host);
+    if (p > 0) {
+        char num[16];
+        snprintf(num, sizeof num, ":%ld", p);
+        puts_(&o, num);
+    }
+    const char *matched = r->path_kind == PF_MATCH_PATH_PREFIX ? r->path : NULL;
+    put_path(&o, matched, rd->prefix, rd->path, path, path_len);
+    if (query) {
+        put(&o, "?", 1);
+        put(&o, query, query_len);
+    }
+    if (o.full)
+        return 0;
+    out[o.len] = '\0';
+    return o.len;
+}
+
+static void redirect(pf_exchange *ex, const pf_config_route *r, const pf_route_request *rq) {
+    if (!r->redirect.host[0] && (!rq->host || !rq->host[0])) {
+        exchange_reply(ex, 400, "a redirect needs the request's Host\n", NULL);
+        return;
+    }
+    char extra[PF_LOCATION_MAX + 16];
+    static const char head[] = "Location: ";
+    memcpy(extra, head, sizeof head - 1);
+    size_t cap = PF_LOCATION_MAX + 1, n = route_redirect_location(
+                                          r, ex->req.fwd.proto ? ex->req.fwd.proto : "http",
+                                          rq->host, rq->port, rq->path, rq->path_len, rq->query,
+                                          rq->query_len, extra + sizeof head - 1, cap);
+    if (n == 0) {
+        log_debug("redirect refused: Location longer than %d bytes client=%s", PF_LOCATION_MAX,
+                  ex->client_ip);
+        exchange_reply(ex, 414, "the redirect's Location would be too long\n", NULL);
+        return;
+    }
+    memcpy(extra + sizeof head - 1 + n, "\r\n", 3);
+    exchange_reply(ex, (int)r->redirect.status, "", extra);
+}
+
+static void direct_response(pf_exchange *ex, const pf_config_route *r) {
+    const pf_config_direct_response *d = &r->direct_response;
+    char extra[PF_CONTENT_TYPE_MAX + 32];
+    snprintf(extra, sizeof extra, "Content-Type: %s\r\n", d->content_type);
+    exchange_reply(ex, (int)d->status, d->body, extra);
+}
+
+bool route_actions_answer(pf_exchange *ex, const pf_config_route *r, const pf_route_request *rq) {
+    if (r->has_redirect) {
+        redirect(ex, r, rq);
+        return true;
+    }
+    if (r->has_direct_response) {
+        direct_response(ex, r);
+        return true;
+    }
+    return false;
+}
+
+int route_actions_rewrite(pf_exchange *ex, const pf_route_request *rq) {
+    const pf_config_route *r = ex->route;
+    pf_forward_request *fwd = &ex->req.fwd;
+    if (r->host_rewrite[0] && strcmp(r->host_rewrite, "auto") != 0) {
+        fwd->host = r->host_rewrite;
+        fwd->host_len = strlen(r->host_rewrite);
+    }
+    /* The asterisk-form of OPTIONS names no path. */
+    if (!r->has_rewrite || (fwd->target_len == 1 && fwd->target[0] == '*'))
+        return PF_OK;
+    size_t need = rq->path_len + PF_PATH_MAX + rq->query_len + 2;
+    if (ex->rewritten_cap < need) {
+        char *buf = realloc(ex->rewritten, need);
+        if (!buf) {
+            exchange_reply(ex, 500, "out of memory\n", NULL);
+            return PF_ENOMEM;
+        }
+        ex->rewritten = buf;
+        ex->rewritten_cap = need;
+    }
+    const char *matched = r->path_kind == PF_MATCH_PATH_PREFIX ? r->path : NULL;
+    size_t n = route_new_path(matched, r->rewrite.prefix, r->rewrite.full_path, rq->path,
+                              rq->path_len, rq->query, rq->query_len, ex->rewritten, need);
+    fwd->target = ex->rewritten;
+    fwd->target_len = n;
+    fwd->root_first = false;
+    return PF_OK;
+}
+
+void route_actions_attempt(pf_exchange *ex, const pf_endpoint *ep) {
+    const pf_config_route *r = ex->route;
+    if (!r || strcmp(r->host_rewrite, "auto") != 0)
+        return;
+    /* A DNS cluster's endpoints share the name they were resolved from; others are known by
+     * their address only. */
+    const pf_config_cluster *c = ex->wc->rt->cfg;
+    const char *host = c->dns.name[0] ? c->dns.name : ep->addr.text;
+    size_t len = strlen(host);
+    if (c->dns.name[0] && len > 1 && host[len - 1] == '.')
+        len--;
+    ex->req.fwd.host = host;
+    ex->req.fwd.host_len = len;
+}
