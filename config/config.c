@@ -2624,6 +2624,56 @@ static const schema direct_response_schema = {.doc_name = "routes[].direct_respo
                                               SCHEMA_KEYS(direct_response_keys),
                                               .finish = direct_response_finish};
 
+/* rate_limit.key: "none", "client_ip" or {"header": NAME}: a choice, checked here. */
+static void parse_rate_key(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                           const key_def *k) {
+    char q[JPATH_MAX];
+    pf_config_rate_limit *r = base;
+    const char *s = json_string_value(v);
+    if (s && strcmp(s, "none") == 0)
+        r->key = PF_RATE_KEY_NONE;
+    else if (s && strcmp(s, "client_ip") == 0)
+        r->key = PF_RATE_KEY_CLIENT_IP;
+    else if (json_is_object(v) && json_object_size(v) == 1 && json_object_get(v, "header")) {
+        r->key = PF_RATE_KEY_HEADER;
+        parse_hash_name(ld, json_object_get(v, "header"), jkey(q, p, "header"), "header", true,
+                        r->header);
+    } else
+        errf(ld, p, "expected \"none\", \"client_ip\" or {\"header\": NAME}, found %s",
+             s ? "another string" : json_kind(v));
+}
+
+static json_t *dump_rate_key(dumper *d, const void *base, const key_def *k) {
+    const pf_config_rate_limit *r = base;
+    switch (r->key) {
+    case PF_RATE_KEY_NONE:
+        return json_string("none");
+    case PF_RATE_KEY_CLIENT_IP:
+        return json_string("client_ip");
+    case PF_RATE_KEY_HEADER:
+        return json_pack("{s:s}", "header", r->header);
+    }
+    return NULL;
+}
+
+static const key_def rate_limit_keys[] = {
+    {K_UINT(pf_config_rate_limit, "requests_per_second", requests_per_second, 1,
+            PF_RATE_LIMIT_RPS_MAX, 1, "tokens added to the bucket per second"),
+     .flags = KF_REQUIRED, .doc_default = "required"},
+    {K_UINT(pf_config_rate_limit, "burst", burst, 1, PF_RATE_LIMIT_RPS_MAX, 0,
+            "the bucket's size: requests let through at once after a quiet spell"),
+     .flags = KF_OMIT_ZERO, .doc_default = "requests_per_second"},
+    {K_CUSTOM("key", "\"none\", \"client_ip\" or {\"header\": NAME}",
+              "one bucket for the route, or one per client address or header value"),
+     .parse = parse_rate_key, .dump = dump_rate_key, .doc_default = "none"},
+    {K_UINT(pf_config_rate_limit, "max_keys", max_keys, 1, PF_RATE_LIMIT_KEYS_MAX,
+            PF_DEFAULT_RATE_LIMIT_KEYS,
+            "buckets kept with a key (rounded up to a multiple of 8); the least recently "
+            "used goes first")},
+};
+static const schema rate_limit_schema = {.doc_name = "routes[].rate_limit",
+                                         SCHEMA_KEYS(rate_limit_keys)};
+
 static const key_def route_keys[] = {
     {K_INLINE("match", match_schema, "what requests the route takes"), .flags = KF_REQUIRED},
     {K_TEXT(pf_config_route, "cluster", cluster, NULL, "the cluster the requests go to"),
@@ -2664,6 +2714,10 @@ static const key_def route_keys[] = {
     {K_OBJ(pf_config_route, "direct_response", direct_response, direct_response_schema,
            "in place of a cluster: pilotfish answers with this response"),
      .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_direct_response, bool),
+     .doc_default = "none"},
+    {K_OBJ(pf_config_route, "rate_limit", rate_limit, rate_limit_schema,
+           "requests beyond this rate are answered 429 with Retry-After"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_rate_limit, bool),
      .doc_default = "none"},
 };
 static const schema route_schema = {.doc_name = "routes[]",

@@ -417,6 +417,19 @@ typedef struct pf_config_direct_response {
     char content_type[PF_CONTENT_TYPE_MAX];
 } pf_config_direct_response;
 
+/* routes[].rate_limit: a token bucket per route (or per key), shared by every worker. */
+typedef enum { PF_RATE_KEY_NONE, PF_RATE_KEY_CLIENT_IP, PF_RATE_KEY_HEADER } pf_rate_key;
+#define PF_RATE_LIMIT_RPS_MAX 1000000u
+#define PF_RATE_LIMIT_KEYS_MAX 1000000u
+#define PF_DEFAULT_RATE_LIMIT_KEYS 10000u
+typedef struct pf_config_rate_limit {
+    uint32_t requests_per_second; /* tokens added per second */
+    uint32_t burst;               /* the bucket's size; 0: requests_per_second */
+    pf_rate_key key;
+    char header[PF_HASH_NAME_MAX]; /* PF_RATE_KEY_HEADER: lower-case */
+    uint32_t max_keys;             /* buckets kept per route, least recently used evicted */
+} pf_config_rate_limit;
+
 typedef struct pf_config_route {
     pf_host_match host_kind;
     char host[PF_HOST_MAX]; /* lower-case; for SUFFIX the part after '*', e.g. ".local" */
@@ -450,6 +463,8 @@ typedef struct pf_config_route {
     pf_config_redirect redirect;
     bool has_direct_response;
     pf_config_direct_response direct_response;
+    bool has_rate_limit;
+    pf_config_rate_limit rate_limit;
 } pf_config_route;
 
 typedef struct pf_config_listener {

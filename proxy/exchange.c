@@ -579,8 +579,9 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
         .query_len = query ? req->fwd.target_len - (size_t)(query + 1 - target) : 0,
         .head = req->head,
     };
-    const pf_config_route *route = router_find_request(ex->l->router, &rq);
-    if (route && route_actions_answer(ex, route, &rq))
+    pf_router *router = ex->l->router; /* once: a reload may swap it */
+    const pf_config_route *route = router_find_request(router, &rq);
+    if (route && route_actions_answer(ex, router, route, &rq))
         return;
     long cluster_index = route ? (long)exchange_route_cluster(route, worker_random(ex->w))
                                : service_routes_find(worker_service_routes(ex->w), host, port);

@@ -92,6 +92,8 @@ void proxy_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
                                           "Client connections open now.", labels);
     l->errors_total = metrics_counter(m, "pilotfish_downstream_rejected_requests_total",
                                       "Requests pilotfish refused itself with a 4xx.", labels);
+    l->rate_limited = metrics_counter(m, "pilotfish_rate_limited_requests_total",
+                                      "Requests a route's rate_limit answered with 429.", labels);
     for (int i = 0; i < PF_PAUSE_REASONS; i++) {
         char paused[200];
         snprintf(paused, sizeof paused, "listener=\"%s\",reason=\"%s\"", l->cfg->name,

@@ -94,6 +94,7 @@ typedef struct pf_listener_rt {
     pf_counter *requests[PF_CODE_CLASSES];
     pf_counter *connections_total;
     pf_counter *errors_total; /* bad requests answered 4xx by pilotfish itself */
+    pf_counter *rate_limited; /* requests a route's rate_limit answered 429 */
     pf_counter *accept_pauses[PF_PAUSE_REASONS];
     pf_gauge *connections_active;
     _Atomic long open_connections; /* the listener's max_connections count */

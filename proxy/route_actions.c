@@ -2,7 +2,9 @@
  * size is checked first; a result that does not fit is refused, never cut. */
 #include "proxy/route_actions_int.h"
 #include "core/log.h"
+#include "core/time.h"
 #include "proxy/exchange_int.h"
+#include "proxy/rate_limit_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,10 +111,10 @@ static void redirect(pf_exchange *ex, const pf_config_route *r, const pf_route_r
     char extra[PF_LOCATION_MAX + 16];
     static const char head[] = "Location: ";
     memcpy(extra, head, sizeof head - 1);
-    size_t cap = PF_LOCATION_MAX + 1, n = route_redirect_location(
-                                          r, ex->req.fwd.proto ? ex->req.fwd.proto : "http",
-                                          rq->host, rq->port, rq->path, rq->path_len, rq->query,
-                                          rq->query_len, extra + sizeof head - 1, cap);
+    size_t cap = PF_LOCATION_MAX + 1,
+           n = route_redirect_location(r, ex->req.fwd.proto ? ex->req.fwd.proto : "http", rq->host,
+                                       rq->port, rq->path, rq->path_len, rq->query, rq->query_len,
+                                       extra + sizeof head - 1, cap);
     if (n == 0) {
         log_debug("redirect refused: Location longer than %d bytes client=%s", PF_LOCATION_MAX,
                   ex->client_ip);
@@ -130,7 +132,40 @@ static void direct_response(pf_exchange *ex, const pf_config_route *r) {
     exchange_reply(ex, (int)d->status, d->body, extra);
 }
 
-bool route_actions_answer(pf_exchange *ex, const pf_config_route *r, const pf_route_request *rq) {
+/* Whether the route's rate limit turned the request away (answered 429 with Retry-After,
+ * in whole seconds, at least 1: RFC 9110 10.2.3). */
+static bool rate_limited(pf_exchange *ex, const pf_router *router, const pf_config_route *r) {
+    pf_rate_limiter *rl = router_rate_limiter(router, r);
+    if (!rl)
+        return false;
+    const char *key = NULL;
+    size_t len = 0;
+    if (r->rate_limit.key == PF_RATE_KEY_CLIENT_IP) {
+        key = ex->client_ip;
+        len = key ? strlen(key) : 0;
+    } else if (r->rate_limit.key == PF_RATE_KEY_HEADER) {
+        /* Requests without the header share the bucket of the empty key. */
+        long i = ex->req.head ? http1_find(ex->req.head, r->rate_limit.header, NULL) : -1;
+        if (i >= 0) {
+            key = http1_value(ex->req.head, (size_t)i);
+            len = ex->req.head->headers[i].value_len;
+        }
+    }
+    uint64_t wait_ns = rate_limiter_take(rl, key, len, pf_now_us() * 1000u);
+    if (wait_ns == 0)
+        return false;
+    metrics_inc(ex->l->rate_limited, 1);
+    char extra[48];
+    snprintf(extra, sizeof extra, "Retry-After: %llu\r\n",
+             (unsigned long long)((wait_ns + 999999999u) / 1000000000u));
+    exchange_reply(ex, 429, "rate limit exceeded\n", extra);
+    return true;
+}
+
+bool route_actions_answer(pf_exchange *ex, const pf_router *router, const pf_config_route *r,
+                          const pf_route_request *rq) {
+    if (rate_limited(ex, router, r))
+        return true;
     if (r->has_redirect) {
         redirect(ex, r, rq);
         return true;

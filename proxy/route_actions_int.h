@@ -31,9 +31,11 @@ size_t route_redirect_location(const pf_config_route *r, const char *scheme, con
                                int port, const char *path, size_t path_len, const char *query,
                                size_t query_len, char *out, size_t cap);
 
-/* Answers the request when its route says pilotfish does (redirect, direct response):
- * true when it did (the exchange is DONE). Worker thread. */
-bool route_actions_answer(pf_exchange *ex, const pf_config_route *r, const pf_route_request *rq);
+/* Answers the request when its route says pilotfish does (its rate limit is reached, a
+ * redirect, a direct response): true when it did (the exchange is DONE). `router` is the
+ * one `r` came from. Worker thread. */
+bool route_actions_answer(pf_exchange *ex, const pf_router *router, const pf_config_route *r,
+                          const pf_route_request *rq);
 
 /* Applies the route's rewrite and literal host_rewrite to the request that goes upstream.
  * Returns 0, or PF_ENOMEM (the exchange answered 500 or 414). Worker thread. */

@@ -4,6 +4,7 @@
  * header would otherwise take exponential time. */
 #include "proxy/router.h"
 #include "core/log.h"
+#include "proxy/rate_limit_int.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -17,6 +18,7 @@
 typedef struct compiled_route {
     pcre2_code *header_re[PF_MATCHERS_MAX];
     pcre2_code *query_re[PF_MATCHERS_MAX];
+    pf_rate_limiter *limiter; /* with a rate_limit; a reload starts with full buckets */
 } compiled_route;
 
 struct pf_router {
@@ -102,6 +104,9 @@ pf_router *router_new(const pf_config_listener *listener, const size_t *cluster_
             route->header_count = route->query_param_count = 0;
             goto fail;
         }
+        if (route->has_rate_limit &&
+            !(r->compiled[i].limiter = rate_limiter_new(&route->rate_limit)))
+            goto fail;
         if (compile_all(route->headers, route->header_count, r->compiled[i].header_re) != PF_OK ||
             compile_all(route->query_params, route->query_param_count, r->compiled[i].query_re) !=
                 PF_OK)
@@ -135,10 +140,17 @@ void router_free(pf_router *router) {
             pcre2_code_free(router->compiled[i].header_re[k]);
             pcre2_code_free(router->compiled[i].query_re[k]);
         }
+        rate_limiter_free(router->compiled[i].limiter);
     }
     free(router->compiled);
     pcre2_match_context_free(router->limits);
     free(router);
+}
+
+pf_rate_limiter *router_rate_limiter(const pf_router *router, const pf_config_route *route) {
+    if (!router || route < router->routes || route >= router->routes + router->count)
+        return NULL;
+    return router->compiled[route - router->routes].limiter;
 }
 
 static bool valid_host_char(unsigned char c) {

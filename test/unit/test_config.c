@@ -1564,6 +1564,16 @@ static const struct {
     {ROUTE("{'match':{},'redirect':{'path':'/a','prefix':'/b'}}"),
      "x.json: $.listeners[0].routes[0].redirect: \"path\" and \"prefix\" exclude each other; "
      "use one"},
+    {ROUTE("{'match':{},'cluster':'web','rate_limit':{'requests_per_second':1,'key':7}}"),
+     "x.json: $.listeners[0].routes[0].rate_limit.key: expected \"none\", \"client_ip\" or "
+     "{\"header\": NAME}, found integer"},
+    {ROUTE("{'match':{},'cluster':'web','rate_limit':{'requests_per_second':1,'key':"
+           "{'header':'x','cookie':'y'}}}"),
+     "x.json: $.listeners[0].routes[0].rate_limit.key: expected \"none\", \"client_ip\" or "
+     "{\"header\": NAME}, found object"},
+    {ROUTE("{'match':{},'cluster':'web','rate_limit':{'requests_per_second':1,'key':"
+           "{'header':''}}}"),
+     "x.json: $.listeners[0].routes[0].rate_limit.key.header: header name is empty"},
     {ROUTE("{'match':{},'direct_response':{'status':100}}"),
      "x.json: $.listeners[0].routes[0].direct_response.status: 100 out of range (200-599)"},
     {ROUTE("{'match':{},'direct_response':{'status':200,'content_type':'a\\nb'}}"),
@@ -1681,7 +1691,8 @@ static const char every_object_json[] =
     "{'admin':{'address':'127.0.0.1:9901'},'dns':{'timeout':'1s'},'tracing':{'generate':true},"
     "'kubernetes':{'backoff':{'base':'1s'},'auto_discover':{'namespaces':'all'}},"
     "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{'prefix':'/'},"
-    "'cluster':'web','retry':{'backoff':{'base':'25ms'}},'rewrite':{'prefix':'/'}},"
+    "'cluster':'web','retry':{'backoff':{'base':'25ms'}},'rewrite':{'prefix':'/'},"
+    "'rate_limit':{'requests_per_second':1}},"
     "{'match':{'prefix':'/r'},'redirect':{}},{'match':{},'direct_response':{'status':200}}],"
     "'tls':{'certificates':[{'cert_file':'test/unit/data/tls.crt',"
     "'key_file':'test/unit/data/tls.key'}]}}],"
@@ -1708,6 +1719,8 @@ static const struct {
     {"retry", "listeners/0/routes/0/retry", "$.listeners[0].routes[0].retry"},
     {"routes[].rewrite", "listeners/0/routes/0/rewrite", "$.listeners[0].routes[0].rewrite"},
     {"routes[].redirect", "listeners/0/routes/1/redirect", "$.listeners[0].routes[1].redirect"},
+    {"routes[].rate_limit", "listeners/0/routes/0/rate_limit",
+     "$.listeners[0].routes[0].rate_limit"},
     {"routes[].direct_response", "listeners/0/routes/2/direct_response",
      "$.listeners[0].routes[2].direct_response"},
     {"retry.backoff", "clusters/0/retry/backoff", "$.clusters[0].retry.backoff"},

@@ -14,13 +14,13 @@ static void test_new_path_replaces_the_matched_prefix_at_element_seams(void) {
         const char *matched, *replacement, *full, *path, *query, *want;
     } rows[] = {
         {"/foo", "/xyz", "", "/foo/bar", NULL, "/xyz/bar"},
-        {"/foo", "/", "", "/foo/bar", NULL, "/bar"},      /* not "//bar" */
-        {"/foo", "/", "", "/foo", NULL, "/"},             /* the whole path matched */
+        {"/foo", "/", "", "/foo/bar", NULL, "/bar"},         /* not "//bar" */
+        {"/foo", "/", "", "/foo", NULL, "/"},                /* the whole path matched */
         {"/foo/", "/xyz", "", "/foo/bar", NULL, "/xyz/bar"}, /* "/" was a boundary */
         {"/foo/", "/xyz/", "", "/foo/bar", NULL, "/xyz/bar"},
         {"/foo", "/xyz", "", "/foobar", NULL, "/xyzbar"}, /* byte prefix, as matched */
         {"/api/", "/", "", "/api/x", "a=1&b", "/x?a=1&b"},
-        {"/api/", "/", "", "/api/x", "", "/x?"}, /* an empty query stays as sent */
+        {"/api/", "/", "", "/api/x", "", "/x?"},        /* an empty query stays as sent */
         {"/a", "/b", "/full", "/a/x", "q", "/full?q"},  /* full_path wins */
         {NULL, NULL, "/full", "/exact", NULL, "/full"}, /* exact match: full only */
         {"/", "/v2/", "", "/x", NULL, "/v2/x"},
@@ -73,11 +73,10 @@ static void test_redirect_location_from_the_request_and_the_route(void) {
         r.redirect.port = rows[i].port;
         r.redirect.status = 302;
         char out[128];
-        size_t n = route_redirect_location(&r, rows[i].req_scheme, rows[i].req_host,
-                                           rows[i].req_port, rows[i].req_path,
-                                           strlen(rows[i].req_path), rows[i].query,
-                                           rows[i].query ? strlen(rows[i].query) : 0, out,
-                                           sizeof out);
+        size_t n =
+            route_redirect_location(&r, rows[i].req_scheme, rows[i].req_host, rows[i].req_port,
+                                    rows[i].req_path, strlen(rows[i].req_path), rows[i].query,
+                                    rows[i].query ? strlen(rows[i].query) : 0, out, sizeof out);
         PF_CHECK(n > 0 && strcmp(out, rows[i].want) == 0, "row %zu: want %s, got %s", i,
                  rows[i].want, n ? out : "(nothing)");
     }
