@@ -2443,12 +2443,18 @@ static void parse_route_clusters(loader *ld, json_t *obj, json_t *v, const char 
                     bad_weight = true;
                 } else
                     c->weight = (uint32_t)w;
+            } else if (strcmp(key, "request_headers") == 0) {
+                parse_header_edits(ld, field, r, true, &c->request_headers);
+            } else if (strcmp(key, "response_headers") == 0) {
+                parse_header_edits(ld, field, r, false, &c->response_headers);
             } else {
-                errf(ld, r, "unknown key; known: name, weight");
+                errf(ld, r, "unknown key; known: name, weight, request_headers, response_headers");
             }
         }
         if (!json_object_get(item, "name") || !json_object_get(item, "weight")) {
             errf(ld, q, "\"name\" and \"weight\" are required");
+            config_header_edits_free(&c->request_headers); /* the entry is not kept */
+            config_header_edits_free(&c->response_headers);
             continue;
         }
         total += c->weight;
@@ -2468,6 +2474,12 @@ static json_t *dump_route_clusters(dumper *d, const void *base, const key_def *k
         json_t *o = json_object();
         json_object_set_new(o, "name", json_string(route->clusters[i].name));
         json_object_set_new(o, "weight", json_integer(route->clusters[i].weight));
+        json_t *req = dump_header_edits(d, &route->clusters[i].request_headers);
+        json_t *resp = dump_header_edits(d, &route->clusters[i].response_headers);
+        if (req)
+            json_object_set_new(o, "request_headers", req);
+        if (resp)
+            json_object_set_new(o, "response_headers", resp);
         push(d, arr, o);
     }
     return arr;
@@ -2579,6 +2591,9 @@ static void route_finish(loader *ld, json_t *v, const char *path, void *obj) {
             errf(ld, jkey(q, jkey(p, path, "redirect"), "prefix"),
                  "needs a prefix match (match.prefix); with match.path use \"path\"");
     }
+    if (json_object_get(v, "sticky_on") && !json_object_get(v, "clusters"))
+        errf(ld, jkey(p, path, "sticky_on"),
+             "keeps a client on one cluster of \"clusters\", which this route does not have");
     if (r->host_rewrite[0] && strcmp(r->host_rewrite, "auto") != 0 &&
         !host_text_ok(r->host_rewrite))
         errf(ld, jkey(p, path, "host_rewrite"),
@@ -2623,6 +2638,31 @@ static const key_def direct_response_keys[] = {
 static const schema direct_response_schema = {.doc_name = "routes[].direct_response",
                                               SCHEMA_KEYS(direct_response_keys),
                                               .finish = direct_response_finish};
+
+/* sticky_on: {"header": NAME} or {"cookie": NAME}, one of the two. */
+static void parse_sticky_on(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                            const key_def *k) {
+    char q[JPATH_MAX];
+    pf_config_route *r = base;
+    if (!want(ld, v, p, "object"))
+        return;
+    json_t *h = json_object_get(v, "header"), *c = json_object_get(v, "cookie");
+    if (json_object_size(v) != 1 || (!h && !c)) {
+        errf(ld, p, "expected {\"header\": NAME} or {\"cookie\": NAME}");
+        return;
+    }
+    r->sticky_kind = h ? PF_STICKY_HEADER : PF_STICKY_COOKIE;
+    parse_hash_name(ld, h ? h : c, jkey(q, p, h ? "header" : "cookie"), h ? "header" : "cookie",
+                    h != NULL, r->sticky_name);
+}
+
+static json_t *dump_sticky_on(dumper *d, const void *base, const key_def *k) {
+    const pf_config_route *r = base;
+    if (r->sticky_kind == PF_STICKY_NONE)
+        return NULL;
+    return json_pack("{s:s}", r->sticky_kind == PF_STICKY_HEADER ? "header" : "cookie",
+                     r->sticky_name);
+}
 
 /* rate_limit.key: "none", "client_ip" or {"header": NAME}: a choice, checked here. */
 static void parse_rate_key(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
@@ -2681,6 +2721,9 @@ static const key_def route_keys[] = {
     {K_CUSTOM("clusters", "list of {name, weight}",
               "in place of cluster: each request goes to one, in proportion to the weights"),
      .parse = parse_route_clusters, .dump = dump_route_clusters, .doc_default = "none"},
+    {K_CUSTOM("sticky_on", "{\"header\": NAME} or {\"cookie\": NAME}",
+              "with clusters: requests with the same value go to the same cluster"),
+     .parse = parse_sticky_on, .dump = dump_sticky_on, .doc_default = "none"},
     {K_OBJ(pf_config_route, "retry", retry, retry_schema, "replaces the cluster's retry policy"),
      .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_retry, bool),
      .doc_default = "the cluster's"},
@@ -3327,6 +3370,10 @@ void config_free(pf_config *cfg) {
             free(cfg->listeners[i].routes[r].query_params);
             config_header_edits_free(&cfg->listeners[i].routes[r].request_headers);
             config_header_edits_free(&cfg->listeners[i].routes[r].response_headers);
+            for (size_t w = 0; w < cfg->listeners[i].routes[r].weighted_count; w++) {
+                config_header_edits_free(&cfg->listeners[i].routes[r].clusters[w].request_headers);
+                config_header_edits_free(&cfg->listeners[i].routes[r].clusters[w].response_headers);
+            }
         }
         free(cfg->listeners[i].routes);
     }

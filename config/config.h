@@ -387,7 +387,12 @@ typedef struct pf_config_weighted_cluster {
     char name[PF_NAME_MAX];
     uint32_t weight;      /* 0: none of the traffic (kept for a quick shift back) */
     size_t cluster_index; /* resolved at load */
+    pf_config_header_edits request_headers; /* after the route's, on this cluster's requests */
+    pf_config_header_edits response_headers;
 } pf_config_weighted_cluster;
+
+/* routes[].sticky_on: what keeps a client on one cluster of a weighted split. */
+typedef enum { PF_STICKY_NONE, PF_STICKY_HEADER, PF_STICKY_COOKIE } pf_sticky_kind;
 
 /* routes[].rewrite: the path sent upstream; one of the two is set. */
 typedef struct pf_config_rewrite {
@@ -465,6 +470,8 @@ typedef struct pf_config_route {
     pf_config_direct_response direct_response;
     bool has_rate_limit;
     pf_config_rate_limit rate_limit;
+    pf_sticky_kind sticky_kind;
+    char sticky_name[PF_HASH_NAME_MAX]; /* header (lower-case) or cookie (as written) */
 } pf_config_route;
 
 typedef struct pf_config_listener {

@@ -107,13 +107,7 @@ const char *exchange_upgrade_refusal(const pf_config_route *route, const char *u
 size_t exchange_route_cluster(const pf_config_route *route, uint64_t random) {
     if (route->weighted_count == 0 || route->total_weight == 0)
         return route->cluster_index;
-    uint64_t point = random % route->total_weight;
-    for (size_t i = 0; i < route->weighted_count; i++) {
-        if (point < route->clusters[i].weight)
-            return route->clusters[i].cluster_index;
-        point -= route->clusters[i].weight;
-    }
-    return route->clusters[route->weighted_count - 1].cluster_index; /* not reached */
+    return route->clusters[route_share(route, random)].cluster_index;
 }
 
 bool exchange_method_idempotent(const char *m) {
@@ -284,6 +278,7 @@ void exchange_reset(pf_exchange *ex) {
     ex->deadline_us = 0;
     ex->bytes_in = ex->bytes_out = 0;
     ex->route = NULL;
+    ex->share = NULL;
     ex->retry = NULL;
     ex->avoid.count = 0;
     ex->authority = ex->path = NULL;
@@ -583,7 +578,7 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
     const pf_config_route *route = router_find_request(router, &rq);
     if (route && route_actions_answer(ex, router, route, &rq))
         return;
-    long cluster_index = route ? (long)exchange_route_cluster(route, worker_random(ex->w))
+    long cluster_index = route ? route_actions_cluster(ex, route)
                                : service_routes_find(worker_service_routes(ex->w), host, port);
     if (cluster_index < 0) {
         exchange_reply(ex, 404, "no route for this host and path\n", NULL);

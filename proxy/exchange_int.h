@@ -140,6 +140,7 @@ struct pf_exchange {
     uint64_t attempt_us;  /* when the attempt in flight picked its endpoint */
     uint64_t bytes_in, bytes_out;
     const pf_config_route *route;
+    const pf_config_weighted_cluster *share; /* of a weighted route: the one drawn */
     const pf_config_retry *retry;
     pf_avoid avoid;
     const char *authority;

@@ -139,7 +139,9 @@ typedef struct pf_forward_request {
     const char *upgrade; /* an allowed Upgrade value: sent with Connection: upgrade; or NULL */
     size_t upgrade_len;
     const pf_config_header_edits *edits; /* the route's request_headers, or NULL */
-    const pf_header_vars *vars;          /* for the edits' values */
+    /* The weighted cluster's, applied after the route's (a name both set: the cluster's). */
+    const pf_config_header_edits *cluster_edits;
+    const pf_header_vars *vars; /* for the edits' values */
 } pf_forward_request;
 
 /* A message's body mode from its framing: chunked, a length (a request with length 0 has
@@ -175,7 +177,8 @@ typedef struct pf_forward_response {
     const char *extra_headers; /* complete "Name: value\r\n" lines pilotfish adds, or NULL */
     const char *upgrade;       /* a 101's Upgrade value: sent with Connection: upgrade; or NULL */
     size_t upgrade_len;
-    const pf_config_header_edits *edits; /* the route's response_headers, or NULL */
+    const pf_config_header_edits *edits;         /* the route's response_headers, or NULL */
+    const pf_config_header_edits *cluster_edits; /* the weighted cluster's, or NULL */
     const pf_header_vars *vars;
 } pf_forward_response;
 

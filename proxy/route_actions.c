@@ -3,6 +3,7 @@
 #include "proxy/route_actions_int.h"
 #include "core/log.h"
 #include "core/time.h"
+#include "proxy/balancer.h"
 #include "proxy/exchange_int.h"
 #include "proxy/rate_limit_int.h"
 
@@ -175,6 +176,52 @@ bool route_actions_answer(pf_exchange *ex, const pf_router *router, const pf_con
         return true;
     }
     return false;
+}
+
+size_t route_share(const pf_config_route *r, uint64_t draw) {
+    if (r->weighted_count == 0 || r->total_weight == 0)
+        return 0;
+    uint64_t point = draw % r->total_weight;
+    for (size_t i = 0; i < r->weighted_count; i++) {
+        if (point < r->clusters[i].weight)
+            return i;
+        point -= r->clusters[i].weight;
+    }
+    return r->weighted_count - 1; /* not reached */
+}
+
+static bool has_edits(const pf_config_header_edits *e) {
+    return e->set_count || e->add_count || e->remove_count;
+}
+
+long route_actions_cluster(pf_exchange *ex, const pf_config_route *r) {
+    if (r->weighted_count == 0 || r->total_weight == 0)
+        return (long)r->cluster_index;
+    const char *key = NULL;
+    size_t len = 0;
+    if (r->sticky_kind == PF_STICKY_HEADER) {
+        long i = http1_find(ex->req.head, r->sticky_name, NULL);
+        if (i >= 0) {
+            key = http1_value(ex->req.head, (size_t)i);
+            len = ex->req.head->headers[i].value_len;
+        }
+    } else if (r->sticky_kind == PF_STICKY_COOKIE &&
+               !balancer_find_cookie(ex->req.head, r->sticky_name, &key, &len)) {
+        key = NULL;
+    }
+    /* The same value always lands on the same share while the weights stay. */
+    uint64_t draw = key ? balancer_hash(key, len) : worker_random(ex->w);
+    ex->share = &r->clusters[route_share(r, draw)];
+    if (has_edits(&ex->share->request_headers)) {
+        ex->req.fwd.cluster_edits = &ex->share->request_headers;
+        ex->req.fwd.vars = &ex->vars;
+    }
+    return (long)ex->share->cluster_index;
+}
+
+const pf_config_header_edits *route_actions_response_edits(const pf_exchange *ex) {
+    return ex->share && has_edits(&ex->share->response_headers) ? &ex->share->response_headers
+                                                                : NULL;
 }
 
 int route_actions_rewrite(pf_exchange *ex, const pf_route_request *rq) {

@@ -31,6 +31,18 @@ size_t route_redirect_location(const pf_config_route *r, const char *scheme, con
                                int port, const char *path, size_t path_len, const char *query,
                                size_t query_len, char *out, size_t cap);
 
+/* For a weighted route: the index into its clusters whose share `draw` falls in (draw %
+ * the total weight). 0 for any other route. */
+size_t route_share(const pf_config_route *r, uint64_t draw);
+
+/* The cluster (config index, or slot) of the request on route `r`; for a weighted route
+ * the share drawn at random, or by the hash of the sticky_on value when the request has
+ * one, and that share's request header edits go upstream. Worker thread. */
+long route_actions_cluster(pf_exchange *ex, const pf_config_route *r);
+
+/* The drawn weighted cluster's response header edits, or NULL. */
+const pf_config_header_edits *route_actions_response_edits(const pf_exchange *ex);
+
 /* Answers the request when its route says pilotfish does (its rate limit is reached, a
  * redirect, a direct response): true when it did (the exchange is DONE). `router` is the
  * one `r` came from. Worker thread. */

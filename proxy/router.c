@@ -83,6 +83,11 @@ pf_router *router_new(const pf_config_listener *listener, const size_t *cluster_
         r->routes[i].headers = r->routes[i].query_params = NULL;
         memset(&r->routes[i].request_headers, 0, sizeof r->routes[i].request_headers);
         memset(&r->routes[i].response_headers, 0, sizeof r->routes[i].response_headers);
+        for (size_t w = 0; w < PF_WEIGHTED_CLUSTERS_MAX; w++) {
+            pf_config_weighted_cluster *c = &r->routes[i].clusters[w];
+            memset(&c->request_headers, 0, sizeof c->request_headers);
+            memset(&c->response_headers, 0, sizeof c->response_headers);
+        }
     }
     r->compiled = calloc(r->count ? r->count : 1, sizeof *r->compiled);
     r->limits = pcre2_match_context_create(NULL);
@@ -99,6 +104,11 @@ pf_router *router_new(const pf_config_listener *listener, const size_t *cluster_
         route->query_params = copy_conditions(from->query_params, from->query_param_count);
         bool edits = copy_header_edits(&route->request_headers, &from->request_headers) &&
                      copy_header_edits(&route->response_headers, &from->response_headers);
+        for (size_t w = 0; edits && w < route->weighted_count; w++)
+            edits = copy_header_edits(&route->clusters[w].request_headers,
+                                      &from->clusters[w].request_headers) &&
+                    copy_header_edits(&route->clusters[w].response_headers,
+                                      &from->clusters[w].response_headers);
         if ((route->header_count && !route->headers) ||
             (route->query_param_count && !route->query_params) || !edits) {
             route->header_count = route->query_param_count = 0;
@@ -134,6 +144,10 @@ void router_free(pf_router *router) {
         free(router->routes[i].query_params);
         config_header_edits_free(&router->routes[i].request_headers);
         config_header_edits_free(&router->routes[i].response_headers);
+        for (size_t w = 0; w < router->routes[i].weighted_count; w++) {
+            config_header_edits_free(&router->routes[i].clusters[w].request_headers);
+            config_header_edits_free(&router->routes[i].clusters[w].response_headers);
+        }
     }
     for (size_t i = 0; router->compiled && i < router->count; i++) {
         for (size_t k = 0; k < PF_MATCHERS_MAX; k++) {

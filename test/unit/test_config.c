@@ -1535,6 +1535,23 @@ static const struct {
      "x.json: $.listeners[0].routes[0].clusters[0]: \"name\" and \"weight\" are required"},
     {ROUTE("{'match':{},'clusters':[]}"),
      "x.json: $.listeners[0].routes[0].clusters: expected 1-8 clusters, found 0"},
+    {ROUTE("{'match':{},'clusters':[{'name':'web','weight':1,'request_headers':"
+           "{'set':{'Host':'x'}}}]}"),
+     "x.json: $.listeners[0].routes[0].clusters[0].request_headers.set.Host: \"host\" is a "
+     "hop-by-hop, framing or Host header, which pilotfish writes itself"},
+    {ROUTE("{'match':{},'clusters':[{'name':'web','weight':1,'labels':1}]}"),
+     "x.json: $.listeners[0].routes[0].clusters[0].labels: unknown key; known: name, weight, "
+     "request_headers, response_headers"},
+    {ROUTE("{'match':{},'cluster':'web','sticky_on':{'header':'x-user'}}"),
+     "x.json: $.listeners[0].routes[0].sticky_on: keeps a client on one cluster of \"clusters\", "
+     "which this route does not have"},
+    {ROUTE("{'match':{},'clusters':[{'name':'web','weight':1}],'sticky_on':{'header':'a',"
+           "'cookie':'b'}}"),
+     "x.json: $.listeners[0].routes[0].sticky_on: expected {\"header\": NAME} or {\"cookie\": "
+     "NAME}"},
+    {ROUTE("{'match':{},'clusters':[{'name':'web','weight':1}],'sticky_on':{'cookie':'a;b'}}"),
+     "x.json: $.listeners[0].routes[0].sticky_on.cookie: cookie name \"a;b\" has invalid "
+     "character ';'; names are tokens (RFC 9110 5.6.2)"},
     /* rewrites, redirects, direct responses, and what they exclude */
     {ROUTE("{'match':{},'cluster':'web','direct_response':{'status':200}}"),
      "x.json: $.listeners[0].routes[0]: \"cluster\" and \"direct_response\" exclude each other; "
