@@ -2554,8 +2554,8 @@ static void direct_response_finish(loader *ld, json_t *v, const char *path, void
 
 /* Which of the route's keys only mean something for a request sent upstream. */
 static const char *const upstream_only_keys[] = {
-    "rewrite", "host_rewrite", "request_headers",    "response_headers",
-    "retry",   "timeout",      "tunnel_idle_timeout"};
+    "rewrite", "host_rewrite", "request_headers",     "response_headers",
+    "retry",   "timeout",      "tunnel_idle_timeout", "fault"};
 
 /* Where a route's requests go: "cluster", "clusters", a redirect or a direct response;
  * exactly one. And keys that need another key. */
@@ -2714,6 +2714,46 @@ static const key_def rate_limit_keys[] = {
 static const schema rate_limit_schema = {.doc_name = "routes[].rate_limit",
                                          SCHEMA_KEYS(rate_limit_keys)};
 
+static const key_def fault_delay_keys[] = {
+    {K_DUR(pf_config_fault_delay, "duration", duration_ms, 0, "how long the request waits"),
+     .flags = KF_REQUIRED | KF_POSITIVE, .doc_default = "required"},
+    {K_UINT(pf_config_fault_delay, "percent", percent, 0, 100, 100,
+            "the share of the route's requests delayed")},
+};
+static const schema fault_delay_schema = {.doc_name = "routes[].fault.delay",
+                                          SCHEMA_KEYS(fault_delay_keys)};
+
+static const key_def fault_abort_keys[] = {
+    {K_UINT(pf_config_fault_abort, "status", status, 200, 599, 503, "the status answered"),
+     .flags = KF_REQUIRED, .doc_default = "required"},
+    {K_UINT(pf_config_fault_abort, "percent", percent, 0, 100, 100,
+            "the share of the route's requests answered so")},
+};
+static const schema fault_abort_schema = {.doc_name = "routes[].fault.abort",
+                                          SCHEMA_KEYS(fault_abort_keys)};
+
+static void fault_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    const pf_config_fault *f = obj;
+    if (v && json_is_object(v) && !json_object_get(v, "delay") && !json_object_get(v, "abort") &&
+        !f->header_control)
+        errf(ld, path, "injects nothing; give \"delay\", \"abort\" or \"header_control\": true");
+}
+
+static const key_def fault_keys[] = {
+    {K_OBJ(pf_config_fault, "delay", delay, fault_delay_schema,
+           "{\"duration\", \"percent\"}: requests wait before going upstream"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_fault, has_delay, bool),
+     .doc_default = "none"},
+    {K_OBJ(pf_config_fault, "abort", abort, fault_abort_schema,
+           "{\"status\", \"percent\"}: requests are answered with status by pilotfish"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_fault, has_abort, bool),
+     .doc_default = "none"},
+    {K_BOOL(pf_config_fault, "header_control", header_control, false,
+            "x-pilotfish-fault-delay and x-pilotfish-fault-abort ask for a fault per request")},
+};
+static const schema fault_schema = {
+    .doc_name = "routes[].fault", SCHEMA_KEYS(fault_keys), .finish = fault_finish};
+
 static const key_def route_keys[] = {
     {K_INLINE("match", match_schema, "what requests the route takes"), .flags = KF_REQUIRED},
     {K_TEXT(pf_config_route, "cluster", cluster, NULL, "the cluster the requests go to"),
@@ -2761,6 +2801,10 @@ static const key_def route_keys[] = {
     {K_OBJ(pf_config_route, "rate_limit", rate_limit, rate_limit_schema,
            "requests beyond this rate are answered 429 with Retry-After"),
      .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_rate_limit, bool),
+     .doc_default = "none"},
+    {K_OBJ(pf_config_route, "fault", fault, fault_schema,
+           "delays and errors injected into the route's requests, for chaos testing"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_fault, bool),
      .doc_default = "none"},
 };
 static const schema route_schema = {.doc_name = "routes[]",

@@ -391,6 +391,26 @@ typedef struct pf_config_weighted_cluster {
     pf_config_header_edits response_headers;
 } pf_config_weighted_cluster;
 
+/* routes[].fault: delays and errors injected for chaos testing. */
+#define PF_FAULT_HEADER_DELAY_MAX_MS 60000u /* x-pilotfish-fault-delay is capped at this */
+typedef struct pf_config_fault_delay {
+    uint64_t duration_ms;
+    uint32_t percent; /* of the route's requests, 0-100 */
+} pf_config_fault_delay;
+
+typedef struct pf_config_fault_abort {
+    uint32_t status;
+    uint32_t percent;
+} pf_config_fault_abort;
+
+typedef struct pf_config_fault {
+    bool has_delay;
+    pf_config_fault_delay delay;
+    bool has_abort;
+    pf_config_fault_abort abort;
+    bool header_control; /* x-pilotfish-fault-delay / -abort ask for a fault per request */
+} pf_config_fault;
+
 /* routes[].sticky_on: what keeps a client on one cluster of a weighted split. */
 typedef enum { PF_STICKY_NONE, PF_STICKY_HEADER, PF_STICKY_COOKIE } pf_sticky_kind;
 
@@ -470,6 +490,8 @@ typedef struct pf_config_route {
     pf_config_direct_response direct_response;
     bool has_rate_limit;
     pf_config_rate_limit rate_limit;
+    bool has_fault;
+    pf_config_fault fault;
     pf_sticky_kind sticky_kind;
     char sticky_name[PF_HASH_NAME_MAX]; /* header (lower-case) or cookie (as written) */
 } pf_config_route;

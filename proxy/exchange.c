@@ -24,8 +24,9 @@
 
 /* allowed[from] is the set of states `from` may move to. */
 static const unsigned allowed[PF_EX_STATE_COUNT] = {
-    /* a request is routed and its first attempt starts, or pilotfish answers it */
-    [PF_EX_IDLE] = BIT(PF_EX_WAITING) | BIT(PF_EX_DONE),
+    /* a request is routed and its first attempt starts (after a fault delay: a backoff),
+     * or pilotfish answers it */
+    [PF_EX_IDLE] = BIT(PF_EX_WAITING) | BIT(PF_EX_BACKOFF) | BIT(PF_EX_DONE),
     /* a response head arrives (a 101 to an upgrade: a tunnel), the attempt fails into a
      * backoff, or we answer the error */
     [PF_EX_WAITING] =
@@ -272,7 +273,7 @@ void exchange_reset(pf_exchange *ex) {
     ex->req.head = NULL;
     ex->method = NULL;
     ex->request_complete = ex->replayable = ex->not_idempotent = ex->stale_retried = ex->upgrade =
-        false;
+        ex->held = false;
     ex->attempts = ex->retries = 0;
     ex->status = 0;
     ex->deadline_us = 0;
@@ -546,6 +547,8 @@ static void decide_upgrade(pf_exchange *ex) {
     fwd->upgrade_len = 0;
 }
 
+static void hold(pf_exchange *ex, uint64_t ms);
+
 void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char *host, int port) {
     ex->req = *req;
     trace_context(ex, req->head);
@@ -622,7 +625,11 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
      * refused under GOAWAY was never processed and is replayed whatever its method. */
     ex->not_idempotent = !exchange_method_idempotent(ex->method) && !ex->retry->non_idempotent;
     ex->replayable = !ex->not_idempotent || ex->up_ops == &upstream_h2_ops;
-    start_attempt(ex);
+    uint64_t hold_ms = route ? route_actions_delay_ms(ex) : 0;
+    if (hold_ms)
+        hold(ex, hold_ms);
+    else
+        start_attempt(ex);
 }
 
 void exchange_request_body(pf_exchange *ex, const char *at, size_t len) {
@@ -633,7 +640,7 @@ void exchange_request_body(pf_exchange *ex, const char *at, size_t len) {
         if (!ex->replay)
             ex->replay = evbuffer_new();
         size_t kept = ex->replay ? evbuffer_get_length(ex->replay) : 0;
-        if (!ex->replay || kept + len > ex->retry->buffer_bytes) {
+        if (!ex->replay || (kept + len > ex->retry->buffer_bytes && !ex->held)) {
             ex->replayable = false;
             if (ex->replay)
                 evbuffer_drain(ex->replay, kept);
@@ -707,7 +714,37 @@ static void on_retry_timer(evutil_socket_t fd, short what, void *arg) {
     pf_exchange *ex = arg;
     if (start_attempt(ex) != 0)
         return;
+    if (ex->held) {
+        /* The body kept during the delay went to the attempt; from here on it is kept only
+         * as the retry policy says. */
+        ex->held = false;
+        size_t kept = ex->replay ? evbuffer_get_length(ex->replay) : 0;
+        if (!ex->held_replayable || kept > ex->retry->buffer_bytes) {
+            ex->replayable = false;
+            if (ex->replay)
+                evbuffer_drain(ex->replay, kept);
+        }
+    }
     ex->down->request_writable(ex->ds, true);
+}
+
+/* A fault delay holds the request before its first attempt. The body that arrives
+ * meanwhile is kept whatever the retry policy (the codecs stop reading while the exchange
+ * backs off, so that is what one read or one stream window held) and goes out when the
+ * attempt starts. Without a timer the request goes at once. */
+static void hold(pf_exchange *ex, uint64_t ms) {
+    if (!ex->retry_timer)
+        ex->retry_timer = evtimer_new(ex->w->base, on_retry_timer, ex);
+    if (!ex->retry_timer) {
+        start_attempt(ex);
+        return;
+    }
+    ex->held = true;
+    ex->held_replayable = ex->replayable;
+    ex->replayable = true;
+    exchange_set_state(ex, PF_EX_BACKOFF);
+    struct timeval tv = pf_timeval_ms(ms);
+    evtimer_add(ex->retry_timer, &tv);
 }
 
 /* Starts the next attempt after a backoff (none for a dead pooled connection). Returns

@@ -128,6 +128,8 @@ struct pf_exchange {
     bool counted_active;   /* in the cluster's requests in flight */
     bool counted_retry;    /* in the cluster's retries in flight */
     bool counted_ep;       /* in ep's requests in flight */
+    bool held;             /* a fault delay holds the first attempt (BACKOFF) */
+    bool held_replayable;  /* what replayable was before the delay */
     bool upgrade;          /* the request's Upgrade went upstream: a 101 makes a tunnel */
     pf_tunnel *tunnel;     /* while TUNNEL */
     uint64_t tunnel_us;    /* when the tunnel started */

@@ -94,6 +94,13 @@ void proxy_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
                                       "Requests pilotfish refused itself with a 4xx.", labels);
     l->rate_limited = metrics_counter(m, "pilotfish_rate_limited_requests_total",
                                       "Requests a route's rate_limit answered with 429.", labels);
+    char fault[200];
+    snprintf(fault, sizeof fault, "listener=\"%s\",kind=\"delay\"", l->cfg->name);
+    l->faults_delay = metrics_counter(m, "pilotfish_faults_injected_total",
+                                      "Faults a route's fault injected, by kind.", fault);
+    snprintf(fault, sizeof fault, "listener=\"%s\",kind=\"abort\"", l->cfg->name);
+    l->faults_abort = metrics_counter(m, "pilotfish_faults_injected_total",
+                                      "Faults a route's fault injected, by kind.", fault);
     for (int i = 0; i < PF_PAUSE_REASONS; i++) {
         char paused[200];
         snprintf(paused, sizeof paused, "listener=\"%s\",reason=\"%s\"", l->cfg->name,

@@ -95,6 +95,8 @@ typedef struct pf_listener_rt {
     pf_counter *connections_total;
     pf_counter *errors_total; /* bad requests answered 4xx by pilotfish itself */
     pf_counter *rate_limited; /* requests a route's rate_limit answered 429 */
+    pf_counter *faults_delay; /* requests a route's fault delayed */
+    pf_counter *faults_abort; /* requests a route's fault answered in pilotfish's name */
     pf_counter *accept_pauses[PF_PAUSE_REASONS];
     pf_gauge *connections_active;
     _Atomic long open_connections; /* the listener's max_connections count */

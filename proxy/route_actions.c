@@ -163,9 +163,81 @@ static bool rate_limited(pf_exchange *ex, const pf_router *router, const pf_conf
     return true;
 }
 
+/* Whether a fault applies to this request: drawn by its share (0-100). */
+static bool drawn(pf_exchange *ex, uint32_t percent) {
+    return percent >= 100 || (percent > 0 && worker_random(ex->w) % 100 < percent);
+}
+
+/* The value of request header `name` as a number (digits only, at most 9 of them), or -1. */
+static long header_number(const pf_exchange *ex, const char *name, char *text, size_t cap) {
+    long i = ex->req.head ? http1_find(ex->req.head, name, NULL) : -1;
+    if (i < 0)
+        return -1;
+    size_t len = ex->req.head->headers[i].value_len;
+    if (len == 0 || len >= cap)
+        return -1;
+    memcpy(text, http1_value(ex->req.head, (size_t)i), len);
+    text[len] = '\0';
+    long n = 0;
+    for (size_t k = 0; k < len; k++) {
+        if (text[k] < '0' || text[k] > '9' || k >= 9)
+            return -1;
+        n = n * 10 + (text[k] - '0');
+    }
+    return n;
+}
+
+/* fault.abort: the route's status at its share, or the one x-pilotfish-fault-abort asks. */
+static bool fault_abort(pf_exchange *ex, const pf_config_route *r) {
+    if (!r->has_fault)
+        return false;
+    const pf_config_fault *f = &r->fault;
+    char text[16];
+    long asked =
+        f->header_control ? header_number(ex, "x-pilotfish-fault-abort", text, sizeof text) : -1;
+    int status = asked >= 200 && asked <= 599                  ? (int)asked
+                 : f->has_abort && drawn(ex, f->abort.percent) ? (int)f->abort.status
+                                                               : 0;
+    if (!status)
+        return false;
+    metrics_inc(ex->l->faults_abort, 1);
+    exchange_reply(ex, status, "fault injected\n", "x-pilotfish-fault: abort\r\n");
+    return true;
+}
+
+uint64_t route_actions_delay_ms(pf_exchange *ex) {
+    const pf_config_route *r = ex->route;
+    if (!r || !r->has_fault)
+        return 0;
+    const pf_config_fault *f = &r->fault;
+    uint64_t ms = 0;
+    char text[32];
+    long i = f->header_control && ex->req.head
+                 ? http1_find(ex->req.head, "x-pilotfish-fault-delay", NULL)
+                 : -1;
+    size_t len = i >= 0 ? ex->req.head->headers[i].value_len : 0;
+    if (len > 0 && len < sizeof text) {
+        /* "250" (milliseconds) or a duration such as "250ms" or "1s" */
+        memcpy(text, http1_value(ex->req.head, (size_t)i), len);
+        text[len] = '\0';
+        long n = header_number(ex, "x-pilotfish-fault-delay", text, sizeof text);
+        if (n >= 0)
+            ms = (uint64_t)n;
+        else if (pf_duration_parse(text, &ms) != PF_OK)
+            ms = 0;
+        if (ms > PF_FAULT_HEADER_DELAY_MAX_MS)
+            ms = PF_FAULT_HEADER_DELAY_MAX_MS;
+    }
+    if (!ms && f->has_delay && drawn(ex, f->delay.percent))
+        ms = f->delay.duration_ms;
+    if (ms)
+        metrics_inc(ex->l->faults_delay, 1);
+    return ms;
+}
+
 bool route_actions_answer(pf_exchange *ex, const pf_router *router, const pf_config_route *r,
                           const pf_route_request *rq) {
-    if (rate_limited(ex, router, r))
+    if (rate_limited(ex, router, r) || fault_abort(ex, r))
         return true;
     if (r->has_redirect) {
         redirect(ex, r, rq);

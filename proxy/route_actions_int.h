@@ -49,6 +49,11 @@ const pf_config_header_edits *route_actions_response_edits(const pf_exchange *ex
 bool route_actions_answer(pf_exchange *ex, const pf_router *router, const pf_config_route *r,
                           const pf_route_request *rq);
 
+/* How long the route's fault delays the request (0: not at all): its delay drawn by its
+ * percent, or what x-pilotfish-fault-delay asks with header_control (capped at
+ * PF_FAULT_HEADER_DELAY_MAX_MS). Counted when nonzero. Worker thread. */
+uint64_t route_actions_delay_ms(pf_exchange *ex);
+
 /* Applies the route's rewrite and literal host_rewrite to the request that goes upstream.
  * Returns 0, or PF_ENOMEM (the exchange answered 500 or 414). Worker thread. */
 int route_actions_rewrite(pf_exchange *ex, const pf_route_request *rq);

@@ -1591,6 +1591,12 @@ static const struct {
     {ROUTE("{'match':{},'cluster':'web','rate_limit':{'requests_per_second':1,'key':"
            "{'header':''}}}"),
      "x.json: $.listeners[0].routes[0].rate_limit.key.header: header name is empty"},
+    {ROUTE("{'match':{},'cluster':'web','fault':{'header_control':false}}"),
+     "x.json: $.listeners[0].routes[0].fault: injects nothing; give \"delay\", \"abort\" or "
+     "\"header_control\": true"},
+    {ROUTE("{'match':{},'direct_response':{'status':200},'fault':{'header_control':true}}"),
+     "x.json: $.listeners[0].routes[0].fault: a route with \"direct_response\" sends nothing "
+     "upstream; remove one of the two"},
     {ROUTE("{'match':{},'direct_response':{'status':100}}"),
      "x.json: $.listeners[0].routes[0].direct_response.status: 100 out of range (200-599)"},
     {ROUTE("{'match':{},'direct_response':{'status':200,'content_type':'a\\nb'}}"),
@@ -1709,7 +1715,8 @@ static const char every_object_json[] =
     "'kubernetes':{'backoff':{'base':'1s'},'auto_discover':{'namespaces':'all'}},"
     "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{'prefix':'/'},"
     "'cluster':'web','retry':{'backoff':{'base':'25ms'}},'rewrite':{'prefix':'/'},"
-    "'rate_limit':{'requests_per_second':1}},"
+    "'rate_limit':{'requests_per_second':1},"
+    "'fault':{'delay':{'duration':'1s'},'abort':{'status':503}}},"
     "{'match':{'prefix':'/r'},'redirect':{}},{'match':{},'direct_response':{'status':200}}],"
     "'tls':{'certificates':[{'cert_file':'test/unit/data/tls.crt',"
     "'key_file':'test/unit/data/tls.key'}]}}],"
@@ -1738,6 +1745,11 @@ static const struct {
     {"routes[].redirect", "listeners/0/routes/1/redirect", "$.listeners[0].routes[1].redirect"},
     {"routes[].rate_limit", "listeners/0/routes/0/rate_limit",
      "$.listeners[0].routes[0].rate_limit"},
+    {"routes[].fault", "listeners/0/routes/0/fault", "$.listeners[0].routes[0].fault"},
+    {"routes[].fault.delay", "listeners/0/routes/0/fault/delay",
+     "$.listeners[0].routes[0].fault.delay"},
+    {"routes[].fault.abort", "listeners/0/routes/0/fault/abort",
+     "$.listeners[0].routes[0].fault.abort"},
     {"routes[].direct_response", "listeners/0/routes/2/direct_response",
      "$.listeners[0].routes[2].direct_response"},
     {"retry.backoff", "clusters/0/retry/backoff", "$.clusters[0].retry.backoff"},
