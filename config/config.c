@@ -2282,6 +2282,19 @@ static void resolve_routes(loader *ld, pf_config *cfg) {
                     errf(ld, p, "unknown cluster %s", qstr(q, w->name));
                 }
             }
+            if (r->has_mirror && r->mirror.cluster[0]) {
+                size_t mi = 0;
+                while (mi < cfg->cluster_count &&
+                       strcmp(cfg->clusters[mi].name, r->mirror.cluster) != 0)
+                    mi++;
+                r->mirror.cluster_index = mi;
+                if (mi == cfg->cluster_count) {
+                    mark_cut(p, sizeof p,
+                             snprintf(p, sizeof p, "$.listeners[%zu].routes[%zu].mirror.cluster",
+                                      li, ri));
+                    errf(ld, p, "unknown cluster %s", qstr(q, r->mirror.cluster));
+                }
+            }
             if (!r->cluster[0])
                 continue;
             size_t ci = 0;
@@ -2555,7 +2568,8 @@ static void direct_response_finish(loader *ld, json_t *v, const char *path, void
 /* Which of the route's keys only mean something for a request sent upstream. */
 static const char *const upstream_only_keys[] = {
     "rewrite", "host_rewrite", "request_headers",     "response_headers",
-    "retry",   "timeout",      "tunnel_idle_timeout", "fault"};
+    "retry",   "timeout",      "tunnel_idle_timeout", "fault",
+    "mirror"};
 
 /* Where a route's requests go: "cluster", "clusters", a redirect or a direct response;
  * exactly one. And keys that need another key. */
@@ -2754,6 +2768,13 @@ static const key_def fault_keys[] = {
 static const schema fault_schema = {
     .doc_name = "routes[].fault", SCHEMA_KEYS(fault_keys), .finish = fault_finish};
 
+static const key_def mirror_keys[] = {
+    {K_TEXT(pf_config_mirror, "cluster", cluster, NULL, "the cluster the copies go to"),
+     .flags = KF_REQUIRED, .doc_default = "required"},
+    {K_UINT(pf_config_mirror, "percent", percent, 0, 100, 100, "the share of requests copied")},
+};
+static const schema mirror_schema = {.doc_name = "routes[].mirror", SCHEMA_KEYS(mirror_keys)};
+
 static const key_def route_keys[] = {
     {K_INLINE("match", match_schema, "what requests the route takes"), .flags = KF_REQUIRED},
     {K_TEXT(pf_config_route, "cluster", cluster, NULL, "the cluster the requests go to"),
@@ -2801,6 +2822,10 @@ static const key_def route_keys[] = {
     {K_OBJ(pf_config_route, "rate_limit", rate_limit, rate_limit_schema,
            "requests beyond this rate are answered 429 with Retry-After"),
      .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_rate_limit, bool),
+     .doc_default = "none"},
+    {K_OBJ(pf_config_route, "mirror", mirror, mirror_schema,
+           "a copy of each request goes to another cluster, its answer ignored"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_mirror, bool),
      .doc_default = "none"},
     {K_OBJ(pf_config_route, "fault", fault, fault_schema,
            "delays and errors injected into the route's requests, for chaos testing"),

@@ -411,6 +411,13 @@ typedef struct pf_config_fault {
     bool header_control; /* x-pilotfish-fault-delay / -abort ask for a fault per request */
 } pf_config_fault;
 
+/* routes[].mirror: a copy of each request (of a share of them) to another cluster. */
+typedef struct pf_config_mirror {
+    char cluster[PF_NAME_MAX];
+    size_t cluster_index; /* resolved at load */
+    uint32_t percent;     /* 0-100 */
+} pf_config_mirror;
+
 /* routes[].sticky_on: what keeps a client on one cluster of a weighted split. */
 typedef enum { PF_STICKY_NONE, PF_STICKY_HEADER, PF_STICKY_COOKIE } pf_sticky_kind;
 
@@ -492,6 +499,8 @@ typedef struct pf_config_route {
     pf_config_rate_limit rate_limit;
     bool has_fault;
     pf_config_fault fault;
+    bool has_mirror;
+    pf_config_mirror mirror;
     pf_sticky_kind sticky_kind;
     char sticky_name[PF_HASH_NAME_MAX]; /* header (lower-case) or cookie (as written) */
 } pf_config_route;

@@ -8,6 +8,7 @@
  * response (send_end, reply, abort) may reset this exchange and start the connection's
  * next request, so nothing here touches the exchange after such a call. */
 #include "proxy/exchange_int.h"
+#include "proxy/mirror_int.h"
 #include "proxy/route_actions_int.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -247,6 +248,8 @@ static void end_tunnel(pf_exchange *ex) {
 }
 
 void exchange_free(pf_exchange *ex) {
+    mirror_drop(ex->mirror);
+    ex->mirror = NULL;
     end_tunnel(ex);
     end_attempt(ex, false);
     end_accounting(ex);
@@ -264,6 +267,8 @@ void exchange_free(pf_exchange *ex) {
 }
 
 void exchange_reset(pf_exchange *ex) {
+    mirror_drop(ex->mirror); /* the request never completed: no copy */
+    ex->mirror = NULL;
     end_tunnel(ex);
     end_attempt(ex, false);
     end_accounting(ex);
@@ -549,6 +554,48 @@ static void decide_upgrade(pf_exchange *ex) {
 
 static void hold(pf_exchange *ex, uint64_t ms);
 
+/* Takes the request into the cluster in slot `cluster_index` under `retry` (NULL: the
+ * cluster's policy): its breaker, its requests in flight, its upstream codec. False when
+ * pilotfish answered instead. */
+static bool enter_cluster(pf_exchange *ex, size_t cluster_index, const pf_config_retry *retry) {
+    ex->wc = worker_cluster(ex->w, cluster_index);
+    if (!ex->wc) {
+        exchange_reply(ex, 503, "out of memory\n", NULL);
+        return false;
+    }
+    pf_cluster_rt *rt = ex->wc->rt;
+    ex->vars.cluster = rt->cfg->name;
+    ex->retry = retry ? retry : &rt->cfg->retry;
+    if ((uint64_t)atomic_load_explicit(&rt->active_requests, memory_order_relaxed) >=
+        rt->cfg->breakers.max_requests) {
+        metrics_inc(rt->overflow_requests, 1);
+        overloaded(ex);
+        return false;
+    }
+    atomic_fetch_add_explicit(&rt->active_requests, 1, memory_order_relaxed);
+    ex->counted_active = true;
+    /* The cluster's protocol chooses the upstream codec; "downstream" follows the client. */
+    pf_upstream_protocol proto = rt->cfg->protocol;
+    if (proto == PF_PROTO_DOWNSTREAM)
+        proto = ex->down == &downstream_h2_ops ? PF_PROTO_H2 : PF_PROTO_HTTP1;
+    ex->up_ops = proto == PF_PROTO_H2 ? &upstream_h2_ops : &upstream_http1_ops;
+    /* Toward HTTP/2 the body is kept for every method (up to retry.buffer_bytes): a stream
+     * refused under GOAWAY was never processed and is replayed whatever its method. */
+    ex->not_idempotent = !exchange_method_idempotent(ex->method) && !ex->retry->non_idempotent;
+    ex->replayable = !ex->not_idempotent || ex->up_ops == &upstream_h2_ops;
+    return true;
+}
+
+void exchange_start_mirror(pf_exchange *ex, const pf_exchange_request *req, size_t cluster_index) {
+    /* A copy is never retried: it is one more request to a cluster under test. */
+    static const pf_config_retry no_retry = {0};
+    ex->req = *req;
+    if (!enter_cluster(ex, cluster_index, &no_retry))
+        return;
+    ex->replayable = false;
+    start_attempt(ex);
+}
+
 void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char *host, int port) {
     ex->req = *req;
     trace_context(ex, req->head);
@@ -598,33 +645,12 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
     }
     if (ex->req.fwd.upgrade)
         decide_upgrade(ex);
-    ex->wc = worker_cluster(ex->w, (size_t)cluster_index);
-    if (!ex->wc) {
-        exchange_reply(ex, 503, "out of memory\n", NULL);
-        return;
-    }
-    pf_cluster_rt *rt = ex->wc->rt;
-    ex->vars.cluster = rt->cfg->name;
-    ex->retry = route && route->has_retry ? &route->retry : &rt->cfg->retry;
+    if (route && route->has_mirror)
+        ex->mirror = mirror_new(ex, route);
     if (route && route->timeout_ms)
         ex->deadline_us = ex->start_us + route->timeout_ms * 1000u;
-    if ((uint64_t)atomic_load_explicit(&rt->active_requests, memory_order_relaxed) >=
-        rt->cfg->breakers.max_requests) {
-        metrics_inc(rt->overflow_requests, 1);
-        overloaded(ex);
+    if (!enter_cluster(ex, (size_t)cluster_index, route && route->has_retry ? &route->retry : NULL))
         return;
-    }
-    atomic_fetch_add_explicit(&rt->active_requests, 1, memory_order_relaxed);
-    ex->counted_active = true;
-    /* The cluster's protocol chooses the upstream codec; "downstream" follows the client. */
-    pf_upstream_protocol proto = rt->cfg->protocol;
-    if (proto == PF_PROTO_DOWNSTREAM)
-        proto = ex->down == &downstream_h2_ops ? PF_PROTO_H2 : PF_PROTO_HTTP1;
-    ex->up_ops = proto == PF_PROTO_H2 ? &upstream_h2_ops : &upstream_http1_ops;
-    /* Toward HTTP/2 the body is kept for every method (up to retry.buffer_bytes): a stream
-     * refused under GOAWAY was never processed and is replayed whatever its method. */
-    ex->not_idempotent = !exchange_method_idempotent(ex->method) && !ex->retry->non_idempotent;
-    ex->replayable = !ex->not_idempotent || ex->up_ops == &upstream_h2_ops;
     uint64_t hold_ms = route ? route_actions_delay_ms(ex) : 0;
     if (hold_ms)
         hold(ex, hold_ms);
@@ -634,6 +660,8 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
 
 void exchange_request_body(pf_exchange *ex, const char *at, size_t len) {
     ex->bytes_in += len;
+    if (ex->mirror)
+        mirror_body(ex->mirror, at, len);
     if (ex->replayable) {
         /* Kept for a retry while it is no larger than retry.buffer_bytes; past that, no
          * retry. (The head is written again for each attempt, so only the body counts.) */
@@ -655,6 +683,10 @@ void exchange_request_body(pf_exchange *ex, const char *at, size_t len) {
 
 void exchange_request_end(pf_exchange *ex) {
     ex->request_complete = true;
+    if (ex->mirror) { /* the copy goes now, on its own */
+        mirror_launch(ex->mirror);
+        ex->mirror = NULL;
+    }
     if (ex->up)
         ex->up_ops->end_body(ex->up, attempt_timeout_ms(ex));
 }

@@ -155,8 +155,9 @@ struct pf_exchange {
     pf_worker_cluster *wc;
     pf_endpoint_set *set; /* holds ep's set while ep is used */
     const pf_endpoint *ep;
-    struct evbuffer *replay; /* the request body as received, while a retry is possible */
-    char *rewritten;         /* the target after the route's rewrite, kept for the connection */
+    struct evbuffer *replay;  /* the request body as received, while a retry is possible */
+    struct pf_mirror *mirror; /* the copy of this request, until the request is complete */
+    char *rewritten;          /* the target after the route's rewrite, kept for the connection */
     size_t rewritten_cap;
 };
 
@@ -183,6 +184,10 @@ void exchange_describe(pf_exchange *ex, const char *method, const char *authorit
  * port -1 without one). Whatever happens is reported through the downstream ops (a local
  * reply when nothing can go upstream). */
 void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char *host, int port);
+/* Starts a copy of a request (mirror.c) on the cluster in slot `cluster_index`, without
+ * routing or retries; `req` and what it points to belong to the caller until the exchange
+ * is freed. Answers through the downstream ops like exchange_start. */
+void exchange_start_mirror(pf_exchange *ex, const pf_exchange_request *req, size_t cluster_index);
 /* Request body bytes, and the request's end. */
 void exchange_request_body(pf_exchange *ex, const char *at, size_t len);
 void exchange_request_end(pf_exchange *ex);

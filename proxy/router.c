@@ -127,6 +127,8 @@ pf_router *router_new(const pf_config_listener *listener, const size_t *cluster_
         pf_config_route *route = &r->routes[i];
         if (route->cluster[0]) /* a redirect or a direct response has none */
             route->cluster_index = cluster_slot[route->cluster_index];
+        if (route->has_mirror)
+            route->mirror.cluster_index = cluster_slot[route->mirror.cluster_index];
         for (size_t w = 0; w < route->weighted_count; w++)
             route->clusters[w].cluster_index = cluster_slot[route->clusters[w].cluster_index];
     }

@@ -1597,6 +1597,11 @@ static const struct {
     {ROUTE("{'match':{},'direct_response':{'status':200},'fault':{'header_control':true}}"),
      "x.json: $.listeners[0].routes[0].fault: a route with \"direct_response\" sends nothing "
      "upstream; remove one of the two"},
+    {ROUTE("{'match':{},'cluster':'web','mirror':{'cluster':'nope'}}"),
+     "x.json: $.listeners[0].routes[0].mirror.cluster: unknown cluster \"nope\""},
+    {ROUTE("{'match':{},'redirect':{},'mirror':{'cluster':'web'}}"),
+     "x.json: $.listeners[0].routes[0].mirror: a route with \"redirect\" sends nothing upstream; "
+     "remove one of the two"},
     {ROUTE("{'match':{},'direct_response':{'status':100}}"),
      "x.json: $.listeners[0].routes[0].direct_response.status: 100 out of range (200-599)"},
     {ROUTE("{'match':{},'direct_response':{'status':200,'content_type':'a\\nb'}}"),
@@ -1716,7 +1721,7 @@ static const char every_object_json[] =
     "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{'prefix':'/'},"
     "'cluster':'web','retry':{'backoff':{'base':'25ms'}},'rewrite':{'prefix':'/'},"
     "'rate_limit':{'requests_per_second':1},"
-    "'fault':{'delay':{'duration':'1s'},'abort':{'status':503}}},"
+    "'fault':{'delay':{'duration':'1s'},'abort':{'status':503}},'mirror':{'cluster':'web'}},"
     "{'match':{'prefix':'/r'},'redirect':{}},{'match':{},'direct_response':{'status':200}}],"
     "'tls':{'certificates':[{'cert_file':'test/unit/data/tls.crt',"
     "'key_file':'test/unit/data/tls.key'}]}}],"
@@ -1746,6 +1751,7 @@ static const struct {
     {"routes[].rate_limit", "listeners/0/routes/0/rate_limit",
      "$.listeners[0].routes[0].rate_limit"},
     {"routes[].fault", "listeners/0/routes/0/fault", "$.listeners[0].routes[0].fault"},
+    {"routes[].mirror", "listeners/0/routes/0/mirror", "$.listeners[0].routes[0].mirror"},
     {"routes[].fault.delay", "listeners/0/routes/0/fault/delay",
      "$.listeners[0].routes[0].fault.delay"},
     {"routes[].fault.abort", "listeners/0/routes/0/fault/abort",

@@ -380,6 +380,11 @@ values and follow pilotfish's own.
 {{- $_ := set $names $c.name (toString $i) -}}
 {{- end -}}
 {{- range $i, $r := $v.routes -}}
+{{- if hasKey $r "mirror" -}}
+{{- if not (hasKey $names $r.mirror.cluster) -}}
+{{- fail (printf "routes[%d].mirror.cluster: unknown cluster %q" $i $r.mirror.cluster) -}}
+{{- end -}}
+{{- end -}}
 {{- if hasKey $r "clusters" -}}
 {{- range $j, $w := $r.clusters -}}
 {{- if not (hasKey $names $w.name) -}}
