@@ -29,7 +29,7 @@ CONNS=${BENCH_CONNECTIONS:-50}           # wrk -c
 # the proxy can do; with the default 2 rounds a median is just a mean and gets dragged
 # by one disturbed round. median: each metric's median over rounds.
 AGG=${BENCH_AGG:-best}
-CASES=${BENCH_CASES:-keepalive,close,policies,failover,health,dns,k8s,status,reload,tls}
+CASES=${BENCH_CASES:-keepalive,close,policies,failover,health,dns,k8s,status,reload,tls,routes}
 STANDIN=${BENCH_STANDIN:-}               # "haproxy": run haproxy in pilotfish's slot (A/A self-test)
 PIN=${BENCH_PIN:-1}                      # 0 disables taskset pinning
 PROXY_CPU=${BENCH_PROXY_CPU:-1}
@@ -416,8 +416,9 @@ run_one() {
 #   status    bench/status_page.sh: the admin status page's render time at 1,000 clusters
 #   reload    bench/reload.sh: reloads of 1,000 clusters and routes, and p99 while they apply
 #   tls       bench/tls.sh: TLS termination against haproxy with the same certificate
+#   routes    bench/routes.sh: a route with matchers, a split, an edit and a rate limit vs a plain one
 for own in dns:dns k8s:k8s policies:policies failover:failover health:health status:status_page \
-    reload:reload tls:tls; do
+    reload:reload tls:tls routes:routes; do
     name=${own%%:*}
     [[ ",$CASES," == *,$name,* ]] || continue
     bash "$HERE/${own#*:}.sh" "$BUILD"
