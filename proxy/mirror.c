@@ -68,20 +68,18 @@ static int ds_send_head(void *ds, const pf_head *resp, int status, pf_body_mode 
     *skip_body = false; /* read the body to its end: the connection goes back to the pool */
     return PF_OK;
 }
-static void ds_send_interim(void *ds, const pf_head *resp, int status) {
-}
-static void ds_send_body(void *ds, const char *at, size_t len) {
-}
+static void ds_send_interim(void *ds, const pf_head *resp, int status) {}
+static void ds_send_body(void *ds, const char *at, size_t len) {}
 static void ds_send_end(void *ds) {
     finished(ds);
 }
 static void ds_reply(void *ds, int status, const char *body, const char *extra_headers) {
     pf_mirror *m = ds;
-    log_debug("mirror not delivered client=%s cluster=%s status=%d reason=\"%.*s\"", m->ex.client_ip,
-              m->ex.wc ? m->ex.wc->rt->cfg->name : "-", status,
-              (int)(strlen(body) && body[strlen(body) - 1] == '\n' ? strlen(body) - 1
-                                                                   : strlen(body)),
-              body);
+    log_debug(
+        "mirror not delivered client=%s cluster=%s status=%d reason=\"%.*s\"", m->ex.client_ip,
+        m->ex.wc ? m->ex.wc->rt->cfg->name : "-", status,
+        (int)(strlen(body) && body[strlen(body) - 1] == '\n' ? strlen(body) - 1 : strlen(body)),
+        body);
     finished(m);
 }
 static void ds_abort(void *ds) {
@@ -90,10 +88,8 @@ static void ds_abort(void *ds) {
 static bool ds_output_full(const void *ds) {
     return false;
 }
-static void ds_wait_for_output(void *ds) {
-}
-static void ds_request_writable(void *ds, bool after_retry) {
-}
+static void ds_wait_for_output(void *ds) {}
+static void ds_request_writable(void *ds, bool after_retry) {}
 static void ds_close(void *ds) {
     finished(ds);
 }
@@ -231,7 +227,7 @@ void mirror_launch(pf_mirror *m) {
     if (m->too_big || w->mirror_count >= PF_MIRRORS_MAX ||
         !(m->free_ev = evtimer_new(w->base, on_free, m))) {
         log_debug("mirror dropped client=%s reason=\"%s\"", m->fwd.client_ip,
-                  m->too_big ? "body larger than buffer_bytes"
+                  m->too_big   ? "body larger than buffer_bytes"
                   : m->free_ev ? "too many copies in flight"
                                : "out of memory");
         dropped(m->l);
