@@ -152,8 +152,9 @@ static bool rate_limited(pf_exchange *ex, const pf_router *router, const pf_conf
             len = ex->req.head->headers[i].value_len;
         }
     }
-    /* The request's start is recent enough for a bucket, and saves reading the clock. */
-    uint64_t wait_ns = rate_limiter_take(rl, key, len, ex->start_us * 1000u);
+    /* Now, not the request's start: workers take from one bucket, and the older a time is
+     * next to the others' the more it looks like a burst. */
+    uint64_t wait_ns = rate_limiter_take(rl, key, len, pf_now_us() * 1000u);
     if (wait_ns == 0)
         return false;
     metrics_inc(ex->l->rate_limited, 1);

@@ -60,7 +60,7 @@ static void test_keys_have_their_own_buckets_and_the_least_recent_goes_first(voi
     CU_ASSERT_FATAL(rl != NULL);
     CU_ASSERT_EQUAL(rate_limiter_capacity(rl), PF_RATE_WAYS);
     uint64_t t = 5 * SEC;
-    char key[8];
+    char key[16];
     for (int i = 0; i < 8; i++) {
         snprintf(key, sizeof key, "k%d", i);
         CU_ASSERT_EQUAL(rate_limiter_take(rl, key, strlen(key), t + (uint64_t)i), 0);
