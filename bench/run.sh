@@ -29,7 +29,7 @@ CONNS=${BENCH_CONNECTIONS:-50}           # wrk -c
 # the proxy can do; with the default 2 rounds a median is just a mean and gets dragged
 # by one disturbed round. median: each metric's median over rounds.
 AGG=${BENCH_AGG:-best}
-CASES=${BENCH_CASES:-keepalive,close,policies,failover,health,dns,k8s,fleet,status,reload,tls,h2,tcp}
+CASES=${BENCH_CASES:-keepalive,close,policies,failover,health,dns,k8s,fleet,status,reload,tls,h2,tcp,routes}
 STANDIN=${BENCH_STANDIN:-}               # "haproxy": run haproxy in pilotfish's slot (A/A self-test)
 PIN=${BENCH_PIN:-1}                      # 0 disables taskset pinning
 PROXY_CPU=${BENCH_PROXY_CPU:-1}
@@ -419,8 +419,9 @@ run_one() {
 #   tls       bench/tls.sh: TLS termination against haproxy with the same certificate
 #   h2        bench/h2.sh: h2load over h2c against haproxy, HTTP/1.1 and h2c upstreams
 #   tcp       bench/tcp.sh: tcp listener bytes per CPU-second against haproxy in mode tcp
+#   routes    bench/routes.sh: a route with matchers, a split, an edit and a rate limit vs a plain one
 for own in dns:dns k8s:k8s fleet:fleet policies:policies failover:failover health:health status:status_page \
-    reload:reload tls:tls h2:h2 tcp:tcp; do
+    reload:reload tls:tls h2:h2 tcp:tcp routes:routes; do
     name=${own%%:*}
     [[ ",$CASES," == *,$name,* ]] || continue
     bash "$HERE/${own#*:}.sh" "$BUILD"

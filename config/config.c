@@ -2463,6 +2463,19 @@ static void resolve_routes(loader *ld, pf_config *cfg) {
                     errf(ld, p, "unknown cluster %s", qstr(q, w->name));
                 }
             }
+            if (r->has_mirror && r->mirror.cluster[0]) {
+                size_t mi = 0;
+                while (mi < cfg->cluster_count &&
+                       strcmp(cfg->clusters[mi].name, r->mirror.cluster) != 0)
+                    mi++;
+                r->mirror.cluster_index = mi;
+                if (mi == cfg->cluster_count) {
+                    mark_cut(p, sizeof p,
+                             snprintf(p, sizeof p, "$.listeners[%zu].routes[%zu].mirror.cluster",
+                                      li, ri));
+                    errf(ld, p, "unknown cluster %s", qstr(q, r->mirror.cluster));
+                }
+            }
             if (!r->cluster[0])
                 continue;
             size_t ci = 0;
@@ -2661,12 +2674,18 @@ static void parse_route_clusters(loader *ld, json_t *obj, json_t *v, const char 
                     bad_weight = true;
                 } else
                     c->weight = (uint32_t)w;
+            } else if (strcmp(key, "request_headers") == 0) {
+                parse_header_edits(ld, field, r, true, &c->request_headers);
+            } else if (strcmp(key, "response_headers") == 0) {
+                parse_header_edits(ld, field, r, false, &c->response_headers);
             } else {
-                errf(ld, r, "unknown key; known: name, weight");
+                errf(ld, r, "unknown key; known: name, weight, request_headers, response_headers");
             }
         }
         if (!json_object_get(item, "name") || !json_object_get(item, "weight")) {
             errf(ld, q, "\"name\" and \"weight\" are required");
+            config_header_edits_free(&c->request_headers); /* the entry is not kept */
+            config_header_edits_free(&c->response_headers);
             continue;
         }
         total += c->weight;
@@ -2686,21 +2705,293 @@ static json_t *dump_route_clusters(dumper *d, const void *base, const key_def *k
         json_t *o = json_object();
         json_object_set_new(o, "name", json_string(route->clusters[i].name));
         json_object_set_new(o, "weight", json_integer(route->clusters[i].weight));
+        json_t *req = dump_header_edits(d, &route->clusters[i].request_headers);
+        json_t *resp = dump_header_edits(d, &route->clusters[i].response_headers);
+        if (req)
+            json_object_set_new(o, "request_headers", req);
+        if (resp)
+            json_object_set_new(o, "response_headers", resp);
         push(d, arr, o);
     }
     return arr;
 }
 
-/* "cluster" or "clusters": one of the two. */
-static void route_finish(loader *ld, json_t *v, const char *path, void *obj) {
+/* ---- routes[].rewrite, .host_rewrite, .redirect, .direct_response ---------------------- */
+
+/* A path pilotfish writes into a request line or a Location: "/" and visible ASCII, no
+ * query or fragment (the request's query is kept). */
+static void check_path_text(loader *ld, const char *parent, const char *key, const char *v) {
+    char p[JPATH_MAX];
+    if (!v[0])
+        return;
+    bool ok = v[0] == '/';
+    for (const char *c = v; ok && *c; c++)
+        ok = *c > 0x20 && *c < 0x7f && *c != '?' && *c != '#';
+    if (!ok)
+        errf(ld, jkey(p, parent, key),
+             "expected a path starting with \"/\" (visible ASCII, no \"?\" or \"#\")");
+}
+
+/* A host (and optional port) for a Host header or a Location: name, IPv4 or [IPv6]. */
+static bool host_text_ok(const char *v) {
+    for (const char *c = v; *c; c++)
+        if (!isalnum((unsigned char)*c) && !strchr(".-_:[]", *c))
+            return false;
+    return v[0] != '\0';
+}
+
+static void rewrite_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    const pf_config_rewrite *r = obj;
     if (!v || !json_is_object(v))
         return;
-    bool one = json_object_get(v, "cluster") != NULL, split = json_object_get(v, "clusters");
-    if (!one && !split)
-        errf(ld, path, "missing required key \"cluster\"");
-    else if (one && split)
-        errf(ld, path, "\"cluster\" and \"clusters\" exclude each other; use one");
+    bool prefix = json_object_get(v, "prefix"), full = json_object_get(v, "full_path");
+    if (prefix == full)
+        errf(ld, path, "expected one of \"prefix\" and \"full_path\", found %s",
+             prefix ? "both" : "neither");
+    check_path_text(ld, path, "prefix", r->prefix);
+    check_path_text(ld, path, "full_path", r->full_path);
 }
+
+static void redirect_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    char p[JPATH_MAX];
+    const pf_config_redirect *r = obj;
+    if (!v || !json_is_object(v))
+        return;
+    if (r->path[0] && r->prefix[0])
+        errf(ld, path, "\"path\" and \"prefix\" exclude each other; use one");
+    check_path_text(ld, path, "path", r->path);
+    check_path_text(ld, path, "prefix", r->prefix);
+    if (r->scheme[0] && strcmp(r->scheme, "http") != 0 && strcmp(r->scheme, "https") != 0)
+        errf(ld, jkey(p, path, "scheme"), "expected \"http\" or \"https\"");
+    if (r->host[0] && !host_text_ok(r->host))
+        errf(ld, jkey(p, path, "host"), "expected a host name or IP address");
+    uint32_t s = r->status;
+    if (s != 301 && s != 302 && s != 303 && s != 307 && s != 308)
+        errf(ld, jkey(p, path, "status"), "%u is no redirect status; use 301, 302, 303, 307 or 308",
+             s);
+}
+
+static void direct_response_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    char p[JPATH_MAX];
+    const pf_config_direct_response *r = obj;
+    if (!v || !json_is_object(v))
+        return;
+    bool ok = true;
+    for (const char *c = r->content_type; ok && *c; c++)
+        ok = *c >= 0x20 && *c < 0x7f;
+    if (!ok)
+        errf(ld, jkey(p, path, "content_type"), "expected a media type (visible ASCII)");
+}
+
+/* Which of the route's keys only mean something for a request sent upstream. */
+static const char *const upstream_only_keys[] = {
+    "rewrite", "host_rewrite", "request_headers",     "response_headers",
+    "retry",   "timeout",      "tunnel_idle_timeout", "fault",
+    "mirror"};
+
+/* Where a route's requests go: "cluster", "clusters", a redirect or a direct response;
+ * exactly one. And keys that need another key. */
+static void route_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    char p[JPATH_MAX];
+    const pf_config_route *r = obj;
+    if (!v || !json_is_object(v))
+        return;
+    static const char *const targets[] = {"cluster", "clusters", "redirect", "direct_response"};
+    const char *given[ARRAY_LEN(targets)];
+    size_t n = 0;
+    for (size_t i = 0; i < ARRAY_LEN(targets); i++)
+        if (json_object_get(v, targets[i]))
+            given[n++] = targets[i];
+    if (n == 0)
+        errf(ld, path, "missing required key \"cluster\"");
+    else if (n > 1)
+        errf(ld, path, "\"%s\" and \"%s\" exclude each other; use one", given[0], given[1]);
+    const char *local = r->has_redirect          ? "redirect"
+                        : r->has_direct_response ? "direct_response"
+                                                 : NULL;
+    for (size_t i = 0; local && i < ARRAY_LEN(upstream_only_keys); i++)
+        if (json_object_get(v, upstream_only_keys[i]))
+            errf(ld, jkey(p, path, upstream_only_keys[i]),
+                 "a route with \"%s\" sends nothing upstream; remove one of the two", local);
+    /* A prefix replaces what match.prefix matched; an exact match has no such part. */
+    if (r->path_kind == PF_MATCH_PATH_EXACT) {
+        char q[JPATH_MAX];
+        if (r->has_rewrite && r->rewrite.prefix[0])
+            errf(ld, jkey(q, jkey(p, path, "rewrite"), "prefix"),
+                 "needs a prefix match (match.prefix); with match.path use \"full_path\"");
+        if (r->has_redirect && r->redirect.prefix[0])
+            errf(ld, jkey(q, jkey(p, path, "redirect"), "prefix"),
+                 "needs a prefix match (match.prefix); with match.path use \"path\"");
+    }
+    if (json_object_get(v, "sticky_on") && !json_object_get(v, "clusters"))
+        errf(ld, jkey(p, path, "sticky_on"),
+             "keeps a client on one cluster of \"clusters\", which this route does not have");
+    if (r->host_rewrite[0] && strcmp(r->host_rewrite, "auto") != 0 &&
+        !host_text_ok(r->host_rewrite))
+        errf(ld, jkey(p, path, "host_rewrite"),
+             "expected \"auto\" or a host name, with an optional :port");
+}
+
+static const key_def rewrite_keys[] = {
+    {K_TEXT(pf_config_rewrite, "prefix", prefix, NULL,
+            "replaces the part of the path that match.prefix matched"),
+     .flags = KF_OMIT_ZERO, .doc_default = "none"},
+    {K_TEXT(pf_config_rewrite, "full_path", full_path, NULL, "replaces the whole path"),
+     .flags = KF_OMIT_ZERO, .doc_default = "none"},
+};
+static const schema rewrite_schema = {
+    .doc_name = "routes[].rewrite", SCHEMA_KEYS(rewrite_keys), .finish = rewrite_finish};
+
+static const key_def redirect_keys[] = {
+    {K_TEXT(pf_config_redirect, "scheme", scheme, NULL, "\"http\" or \"https\""),
+     .flags = KF_OMIT_ZERO, .doc_default = "the request's"},
+    {K_TEXT(pf_config_redirect, "host", host, NULL, "the host of the Location"),
+     .flags = KF_OMIT_ZERO, .doc_default = "the request's"},
+    {K_UINT(pf_config_redirect, "port", port, 1, 65535, 0, "the port of the Location"),
+     .flags = KF_OMIT_ZERO, .doc_default = "the request's"},
+    {K_TEXT(pf_config_redirect, "path", path, NULL, "replaces the whole path"),
+     .flags = KF_OMIT_ZERO, .doc_default = "the request's"},
+    {K_TEXT(pf_config_redirect, "prefix", prefix, NULL,
+            "replaces the part of the path that match.prefix matched"),
+     .flags = KF_OMIT_ZERO, .doc_default = "none"},
+    {K_UINT(pf_config_redirect, "status", status, 301, 308, 302, "301, 302, 303, 307 or 308")},
+};
+static const schema redirect_schema = {
+    .doc_name = "routes[].redirect", SCHEMA_KEYS(redirect_keys), .finish = redirect_finish};
+
+static const key_def direct_response_keys[] = {
+    {K_UINT(pf_config_direct_response, "status", status, 200, 599, 200, "the response's status"),
+     .flags = KF_REQUIRED, .doc_default = "required"},
+    {K_TEXT(pf_config_direct_response, "body", body, NULL, "the response's body"),
+     .flags = KF_OMIT_ZERO, .doc_default = "none"},
+    {K_TEXT(pf_config_direct_response, "content_type", content_type, "text/plain; charset=utf-8",
+            "the body's Content-Type")},
+};
+static const schema direct_response_schema = {.doc_name = "routes[].direct_response",
+                                              SCHEMA_KEYS(direct_response_keys),
+                                              .finish = direct_response_finish};
+
+/* sticky_on: {"header": NAME} or {"cookie": NAME}, one of the two. */
+static void parse_sticky_on(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                            const key_def *k) {
+    char q[JPATH_MAX];
+    pf_config_route *r = base;
+    if (!want(ld, v, p, "object"))
+        return;
+    json_t *h = json_object_get(v, "header"), *c = json_object_get(v, "cookie");
+    if (json_object_size(v) != 1 || (!h && !c)) {
+        errf(ld, p, "expected {\"header\": NAME} or {\"cookie\": NAME}");
+        return;
+    }
+    r->sticky_kind = h ? PF_STICKY_HEADER : PF_STICKY_COOKIE;
+    parse_hash_name(ld, h ? h : c, jkey(q, p, h ? "header" : "cookie"), h ? "header" : "cookie",
+                    h != NULL, r->sticky_name);
+}
+
+static json_t *dump_sticky_on(dumper *d, const void *base, const key_def *k) {
+    const pf_config_route *r = base;
+    if (r->sticky_kind == PF_STICKY_NONE)
+        return NULL;
+    return json_pack("{s:s}", r->sticky_kind == PF_STICKY_HEADER ? "header" : "cookie",
+                     r->sticky_name);
+}
+
+/* rate_limit.key: "none", "client_ip" or {"header": NAME}: a choice, checked here. */
+static void parse_rate_key(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
+                           const key_def *k) {
+    char q[JPATH_MAX];
+    pf_config_rate_limit *r = base;
+    const char *s = json_string_value(v);
+    if (s && strcmp(s, "none") == 0)
+        r->key = PF_RATE_KEY_NONE;
+    else if (s && strcmp(s, "client_ip") == 0)
+        r->key = PF_RATE_KEY_CLIENT_IP;
+    else if (json_is_object(v) && json_object_size(v) == 1 && json_object_get(v, "header")) {
+        r->key = PF_RATE_KEY_HEADER;
+        parse_hash_name(ld, json_object_get(v, "header"), jkey(q, p, "header"), "header", true,
+                        r->header);
+    } else
+        errf(ld, p, "expected \"none\", \"client_ip\" or {\"header\": NAME}, found %s",
+             s ? "another string" : json_kind(v));
+}
+
+static json_t *dump_rate_key(dumper *d, const void *base, const key_def *k) {
+    const pf_config_rate_limit *r = base;
+    switch (r->key) {
+    case PF_RATE_KEY_NONE:
+        return json_string("none");
+    case PF_RATE_KEY_CLIENT_IP:
+        return json_string("client_ip");
+    case PF_RATE_KEY_HEADER:
+        return json_pack("{s:s}", "header", r->header);
+    }
+    return NULL;
+}
+
+static const key_def rate_limit_keys[] = {
+    {K_UINT(pf_config_rate_limit, "requests_per_second", requests_per_second, 1,
+            PF_RATE_LIMIT_RPS_MAX, 1, "tokens added to the bucket per second"),
+     .flags = KF_REQUIRED, .doc_default = "required"},
+    {K_UINT(pf_config_rate_limit, "burst", burst, 1, PF_RATE_LIMIT_RPS_MAX, 0,
+            "the bucket's size: requests let through at once after a quiet spell"),
+     .flags = KF_OMIT_ZERO, .doc_default = "requests_per_second"},
+    {K_CUSTOM("key", "\"none\", \"client_ip\" or {\"header\": NAME}",
+              "one bucket for the route, or one per client address or header value"),
+     .parse = parse_rate_key, .dump = dump_rate_key, .doc_default = "none"},
+    {K_UINT(pf_config_rate_limit, "max_keys", max_keys, 1, PF_RATE_LIMIT_KEYS_MAX,
+            PF_DEFAULT_RATE_LIMIT_KEYS,
+            "buckets kept with a key (rounded up to a multiple of 8); the least recently "
+            "used goes first")},
+};
+static const schema rate_limit_schema = {.doc_name = "routes[].rate_limit",
+                                         SCHEMA_KEYS(rate_limit_keys)};
+
+static const key_def fault_delay_keys[] = {
+    {K_DUR(pf_config_fault_delay, "duration", duration_ms, 0, "how long the request waits"),
+     .flags = KF_REQUIRED | KF_POSITIVE, .doc_default = "required"},
+    {K_UINT(pf_config_fault_delay, "percent", percent, 0, 100, 100,
+            "the share of the route's requests delayed")},
+};
+static const schema fault_delay_schema = {.doc_name = "routes[].fault.delay",
+                                          SCHEMA_KEYS(fault_delay_keys)};
+
+static const key_def fault_abort_keys[] = {
+    {K_UINT(pf_config_fault_abort, "status", status, 200, 599, 503, "the status answered"),
+     .flags = KF_REQUIRED, .doc_default = "required"},
+    {K_UINT(pf_config_fault_abort, "percent", percent, 0, 100, 100,
+            "the share of the route's requests answered so")},
+};
+static const schema fault_abort_schema = {.doc_name = "routes[].fault.abort",
+                                          SCHEMA_KEYS(fault_abort_keys)};
+
+static void fault_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    const pf_config_fault *f = obj;
+    if (v && json_is_object(v) && !json_object_get(v, "delay") && !json_object_get(v, "abort") &&
+        !f->header_control)
+        errf(ld, path, "injects nothing; give \"delay\", \"abort\" or \"header_control\": true");
+}
+
+static const key_def fault_keys[] = {
+    {K_OBJ(pf_config_fault, "delay", delay, fault_delay_schema,
+           "{\"duration\", \"percent\"}: requests wait before going upstream"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_fault, has_delay, bool),
+     .doc_default = "none"},
+    {K_OBJ(pf_config_fault, "abort", abort, fault_abort_schema,
+           "{\"status\", \"percent\"}: requests are answered with status by pilotfish"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_fault, has_abort, bool),
+     .doc_default = "none"},
+    {K_BOOL(pf_config_fault, "header_control", header_control, false,
+            "x-pilotfish-fault-delay and x-pilotfish-fault-abort ask for a fault per request")},
+};
+static const schema fault_schema = {
+    .doc_name = "routes[].fault", SCHEMA_KEYS(fault_keys), .finish = fault_finish};
+
+static const key_def mirror_keys[] = {
+    {K_TEXT(pf_config_mirror, "cluster", cluster, NULL, "the cluster the copies go to"),
+     .flags = KF_REQUIRED, .doc_default = "required"},
+    {K_UINT(pf_config_mirror, "percent", percent, 0, 100, 100, "the share of requests copied")},
+};
+static const schema mirror_schema = {.doc_name = "routes[].mirror", SCHEMA_KEYS(mirror_keys)};
 
 static const key_def route_keys[] = {
     {K_INLINE("match", match_schema, "what requests the route takes"), .flags = KF_REQUIRED},
@@ -2709,6 +3000,10 @@ static const key_def route_keys[] = {
     {K_CUSTOM("clusters", "list of {name, weight}",
               "in place of cluster: each request goes to one, in proportion to the weights"),
      .parse = parse_route_clusters, .dump = dump_route_clusters, .dump_if = http_route,
+     .doc_default = "none"},
+    {K_CUSTOM("sticky_on", "{\"header\": NAME} or {\"cookie\": NAME}",
+              "with clusters: requests with the same value go to the same cluster"),
+     .parse = parse_sticky_on, .dump = dump_sticky_on, .dump_if = http_route,
      .doc_default = "none"},
     {K_OBJ(pf_config_route, "retry", retry, retry_schema, "replaces the cluster's retry policy"),
      .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_retry, bool),
@@ -2731,6 +3026,33 @@ static const key_def route_keys[] = {
     {K_CUSTOM("response_headers", "header edits", "the same on the response to the client"),
      .parse = parse_response_headers, .dump = dump_response_headers, .dump_if = http_route,
      .doc_default = "none"},
+    {K_OBJ(pf_config_route, "rewrite", rewrite, rewrite_schema,
+           "the path sent upstream: {\"prefix\"} or {\"full_path\"}"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_rewrite, bool),
+     .dump_if = http_route, .doc_default = "none"},
+    {K_TEXT(pf_config_route, "host_rewrite", host_rewrite, NULL,
+            "the Host sent upstream: a name, or \"auto\" (the endpoint's)"),
+     .flags = KF_OMIT_ZERO, .dump_if = http_route, .doc_default = "the client's"},
+    {K_OBJ(pf_config_route, "redirect", redirect, redirect_schema,
+           "in place of a cluster: pilotfish answers with a redirect"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_redirect, bool),
+     .dump_if = http_route, .doc_default = "none"},
+    {K_OBJ(pf_config_route, "direct_response", direct_response, direct_response_schema,
+           "in place of a cluster: pilotfish answers with this response"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_direct_response, bool),
+     .dump_if = http_route, .doc_default = "none"},
+    {K_OBJ(pf_config_route, "rate_limit", rate_limit, rate_limit_schema,
+           "requests beyond this rate are answered 429 with Retry-After"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_rate_limit, bool),
+     .dump_if = http_route, .doc_default = "none"},
+    {K_OBJ(pf_config_route, "mirror", mirror, mirror_schema,
+           "a copy of each request goes to another cluster, its answer ignored"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_mirror, bool),
+     .dump_if = http_route, .doc_default = "none"},
+    {K_OBJ(pf_config_route, "fault", fault, fault_schema,
+           "delays and errors injected into the route's requests, for chaos testing"),
+     .flags = KF_PRESENT, .present_off = FIELD_OF(pf_config_route, has_fault, bool),
+     .dump_if = http_route, .doc_default = "none"},
 };
 static const schema route_schema = {.doc_name = "routes[]",
                                     SCHEMA_KEYS(route_keys),
@@ -3398,6 +3720,10 @@ void config_free(pf_config *cfg) {
             free(cfg->listeners[i].routes[r].query_params);
             config_header_edits_free(&cfg->listeners[i].routes[r].request_headers);
             config_header_edits_free(&cfg->listeners[i].routes[r].response_headers);
+            for (size_t w = 0; w < cfg->listeners[i].routes[r].weighted_count; w++) {
+                config_header_edits_free(&cfg->listeners[i].routes[r].clusters[w].request_headers);
+                config_header_edits_free(&cfg->listeners[i].routes[r].clusters[w].response_headers);
+            }
         }
         free(cfg->listeners[i].routes);
     }

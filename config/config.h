@@ -417,7 +417,80 @@ typedef struct pf_config_weighted_cluster {
     char name[PF_NAME_MAX];
     uint32_t weight;      /* 0: none of the traffic (kept for a quick shift back) */
     size_t cluster_index; /* resolved at load */
+    pf_config_header_edits request_headers; /* after the route's, on this cluster's requests */
+    pf_config_header_edits response_headers;
 } pf_config_weighted_cluster;
+
+/* routes[].fault: delays and errors injected for chaos testing. */
+#define PF_FAULT_HEADER_DELAY_MAX_MS 60000u /* x-pilotfish-fault-delay is capped at this */
+typedef struct pf_config_fault_delay {
+    uint64_t duration_ms;
+    uint32_t percent; /* of the route's requests, 0-100 */
+} pf_config_fault_delay;
+
+typedef struct pf_config_fault_abort {
+    uint32_t status;
+    uint32_t percent;
+} pf_config_fault_abort;
+
+typedef struct pf_config_fault {
+    bool has_delay;
+    pf_config_fault_delay delay;
+    bool has_abort;
+    pf_config_fault_abort abort;
+    bool header_control; /* x-pilotfish-fault-delay / -abort ask for a fault per request */
+} pf_config_fault;
+
+/* routes[].mirror: a copy of each request (of a share of them) to another cluster. */
+typedef struct pf_config_mirror {
+    char cluster[PF_NAME_MAX];
+    size_t cluster_index; /* resolved at load */
+    uint32_t percent;     /* 0-100 */
+} pf_config_mirror;
+
+/* routes[].sticky_on: what keeps a client on one cluster of a weighted split. */
+typedef enum { PF_STICKY_NONE, PF_STICKY_HEADER, PF_STICKY_COOKIE } pf_sticky_kind;
+
+/* routes[].rewrite: the path sent upstream; one of the two is set. */
+typedef struct pf_config_rewrite {
+    char prefix[PF_PATH_MAX];    /* replaces the part match.prefix matched */
+    char full_path[PF_PATH_MAX]; /* replaces the whole path */
+} pf_config_rewrite;
+
+/* routes[].redirect: answered by pilotfish with a Location built from the request. */
+#define PF_REDIRECT_SCHEME_MAX 8
+/* A Location longer than this is not sent: the request gets 414 instead. */
+#define PF_LOCATION_MAX 4096
+typedef struct pf_config_redirect {
+    char scheme[PF_REDIRECT_SCHEME_MAX]; /* "": the request's */
+    char host[PF_HOST_MAX];              /* "": the request's */
+    uint32_t port;                       /* 0: the request's, or none when scheme is set */
+    char path[PF_PATH_MAX];              /* "": see prefix */
+    char prefix[PF_PATH_MAX];            /* "": the request's path */
+    uint32_t status;                     /* 301, 302, 303, 307 or 308 */
+} pf_config_redirect;
+
+/* routes[].direct_response: answered by pilotfish with a fixed response. */
+#define PF_DIRECT_BODY_MAX 4096
+#define PF_CONTENT_TYPE_MAX 128
+typedef struct pf_config_direct_response {
+    uint32_t status;
+    char body[PF_DIRECT_BODY_MAX]; /* "": none */
+    char content_type[PF_CONTENT_TYPE_MAX];
+} pf_config_direct_response;
+
+/* routes[].rate_limit: a token bucket per route (or per key), shared by every worker. */
+typedef enum { PF_RATE_KEY_NONE, PF_RATE_KEY_CLIENT_IP, PF_RATE_KEY_HEADER } pf_rate_key;
+#define PF_RATE_LIMIT_RPS_MAX 1000000u
+#define PF_RATE_LIMIT_KEYS_MAX 1000000u
+#define PF_DEFAULT_RATE_LIMIT_KEYS 10000u
+typedef struct pf_config_rate_limit {
+    uint32_t requests_per_second; /* tokens added per second */
+    uint32_t burst;               /* the bucket's size; 0: requests_per_second */
+    pf_rate_key key;
+    char header[PF_HASH_NAME_MAX]; /* PF_RATE_KEY_HEADER: lower-case */
+    uint32_t max_keys;             /* buckets kept per route, least recently used evicted */
+} pf_config_rate_limit;
 
 typedef struct pf_config_route {
     pf_host_match host_kind;
@@ -448,6 +521,22 @@ typedef struct pf_config_route {
     bool has_sni;
     pf_host_match sni_kind;
     char sni[PF_HOST_MAX]; /* lower-case; for SUFFIX the part after '*', e.g. ".local" */
+    bool has_rewrite;
+    pf_config_rewrite rewrite;
+    char host_rewrite[PF_HOST_MAX]; /* "": the client's Host; "auto": the endpoint's */
+    /* A route with a redirect or a direct response sends nothing upstream (no cluster). */
+    bool has_redirect;
+    pf_config_redirect redirect;
+    bool has_direct_response;
+    pf_config_direct_response direct_response;
+    bool has_rate_limit;
+    pf_config_rate_limit rate_limit;
+    bool has_fault;
+    pf_config_fault fault;
+    bool has_mirror;
+    pf_config_mirror mirror;
+    pf_sticky_kind sticky_kind;
+    char sticky_name[PF_HASH_NAME_MAX]; /* header (lower-case) or cookie (as written) */
 } pf_config_route;
 
 /* listeners[].protocol: what a listener's connections speak. */

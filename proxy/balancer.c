@@ -456,7 +456,7 @@ static bool is_cookie_space(char c) {
 
 /* Finds cookie `name` in the request's Cookie headers (RFC 6265 5.4: "name=value" pairs
  * separated by ";"; a client may send several Cookie lines). Names compare exactly. */
-static bool find_cookie(const pf_head *req, const char *name, const char **value, size_t *len) {
+bool balancer_find_cookie(const pf_head *req, const char *name, const char **value, size_t *len) {
     size_t name_len = strlen(name);
     for (size_t i = 0; i < req->count; i++) {
         if (!http1_name_is(req, i, "cookie"))
@@ -508,7 +508,7 @@ pf_pick_context balancer_context(const pf_balancer *b, const pf_head *req, const
         break;
     }
     case PF_HASH_COOKIE:
-        if (!find_cookie(req, on->name, &key, &len))
+        if (!balancer_find_cookie(req, on->name, &key, &len))
             key = NULL;
         break;
     case PF_HASH_SOURCE_IP:

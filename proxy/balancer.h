@@ -65,6 +65,10 @@ void balancer_on_response(pf_balancer *b, const pf_endpoint *ep, uint64_t latenc
  * so every sidecar maps a key to the same endpoint). */
 uint64_t balancer_hash(const void *data, size_t len);
 
+/* The value of cookie `name` (compared exactly) in the request's Cookie lines: true and
+ * the value (borrowed from req) in *value and *len when present. Any thread. */
+bool balancer_find_cookie(const pf_head *req, const char *name, const char **value, size_t *len);
+
 /* For tests: a fixed seed for the balancer's random choices, and a clock (monotonic
  * microseconds, default pf_now_us) for EWMA decay and slow start. Call before any pick. */
 void balancer_seed(pf_balancer *b, uint64_t seed);

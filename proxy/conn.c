@@ -16,6 +16,7 @@
 #include "core/log.h"
 #include "core/time.h"
 #include "proxy/exchange_int.h"
+#include "proxy/route_actions_int.h"
 #include "proxy/h2_int.h"
 #include "proxy/stream.h"
 #include "proxy/tcp_int.h"
@@ -758,6 +759,7 @@ static int ds_send_head(void *ds, const pf_head *resp, int status, pf_body_mode 
                                .keep_alive = c->keep_alive,
                                .attempts = c->ex.attempts,
                                .edits = exchange_response_edits(&c->ex),
+                               .cluster_edits = route_actions_response_edits(&c->ex),
                                .vars = exchange_header_vars(&c->ex)};
     return http1_write_response_head(output(c), resp, &fwd);
 }

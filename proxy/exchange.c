@@ -8,6 +8,8 @@
  * response (send_end, reply, abort) may reset this exchange and start the connection's
  * next request, so nothing here touches the exchange after such a call. */
 #include "proxy/exchange_int.h"
+#include "proxy/mirror_int.h"
+#include "proxy/route_actions_int.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/time.h"
@@ -23,10 +25,11 @@
 
 /* allowed[from] is the set of states `from` may move to. */
 static const unsigned allowed[PF_EX_STATE_COUNT] = {
-    /* a request is routed and its first attempt starts, or pilotfish answers it */
-    [PF_EX_IDLE] = BIT(PF_EX_WAITING) | BIT(PF_EX_DONE) | BIT(PF_EX_RESOLVING),
+    /* a request is routed and its first attempt starts (after a fault delay: a backoff),
+     * or pilotfish answers it */
+    [PF_EX_IDLE] = BIT(PF_EX_WAITING) | BIT(PF_EX_BACKOFF) | BIT(PF_EX_DONE) | BIT(PF_EX_RESOLVING),
     /* discovery found the Service (the first attempt starts), or no answer came in time */
-    [PF_EX_RESOLVING] = BIT(PF_EX_WAITING) | BIT(PF_EX_DONE),
+    [PF_EX_RESOLVING] = BIT(PF_EX_WAITING) | BIT(PF_EX_BACKOFF) | BIT(PF_EX_DONE),
     /* a response head arrives (a 101 to an upgrade: a tunnel), the attempt fails into a
      * backoff, or we answer the error */
     [PF_EX_WAITING] =
@@ -108,13 +111,7 @@ const char *exchange_upgrade_refusal(const pf_config_route *route, const char *u
 size_t exchange_route_cluster(const pf_config_route *route, uint64_t random) {
     if (route->weighted_count == 0 || route->total_weight == 0)
         return route->cluster_index;
-    uint64_t point = random % route->total_weight;
-    for (size_t i = 0; i < route->weighted_count; i++) {
-        if (point < route->clusters[i].weight)
-            return route->clusters[i].cluster_index;
-        point -= route->clusters[i].weight;
-    }
-    return route->clusters[route->weighted_count - 1].cluster_index; /* not reached */
+    return route->clusters[route_share(route, random)].cluster_index;
 }
 
 bool exchange_method_idempotent(const char *m) {
@@ -400,6 +397,8 @@ static void drop_cluster(pf_exchange *ex) {
 
 void exchange_free(pf_exchange *ex) {
     on_demand_unpark(ex);
+    mirror_drop(ex->mirror);
+    ex->mirror = NULL;
     end_tunnel(ex);
     end_attempt(ex, false);
     end_accounting(ex);
@@ -421,10 +420,14 @@ void exchange_free(pf_exchange *ex) {
         free(ex->held);
     }
     ex->held = NULL;
+    free(ex->rewritten);
+    ex->rewritten = NULL;
 }
 
 void exchange_reset(pf_exchange *ex) {
     on_demand_unpark(ex);
+    mirror_drop(ex->mirror); /* the request never completed: no copy */
+    ex->mirror = NULL;
     end_tunnel(ex);
     end_attempt(ex, false);
     end_accounting(ex);
@@ -434,12 +437,13 @@ void exchange_reset(pf_exchange *ex) {
     ex->req.head = NULL;
     ex->method = NULL;
     ex->request_complete = ex->replayable = ex->not_idempotent = ex->stale_retried = ex->upgrade =
-        false;
+        ex->delayed = false;
     ex->attempts = ex->retries = 0;
     ex->status = 0;
     ex->deadline_us = 0;
     ex->bytes_in = ex->bytes_out = 0;
     ex->route = NULL;
+    ex->share = NULL;
     ex->retry = NULL;
     ex->avoid.count = 0;
     ex->authority = ex->path = NULL;
@@ -557,7 +561,7 @@ void exchange_reply(pf_exchange *ex, int status, const char *body, const char *e
         evtimer_del(ex->retry_timer);
     exchange_set_state(ex, PF_EX_DONE);
     ex->status = status;
-    char extra[512] = "";
+    char extra[512 + PF_LOCATION_MAX] = ""; /* room for a redirect's Location */
     int n = 0;
     if (ex->request_id[0])
         n = snprintf(extra, sizeof extra, "X-Request-Id: %s\r\n", ex->request_id);
@@ -699,6 +703,7 @@ static int start_attempt(pf_exchange *ex) {
                                      ex->deadline_us > now ? ex->deadline_us - now : 1);
         ex->req.fwd.grpc_timeout = ex->grpc_timeout;
     }
+    route_actions_attempt(ex, ep);
     ex->up = ex->up_ops->start(ex, ep, &over);
     if (!ex->up) {
         end_attempt(ex, false);
@@ -813,6 +818,56 @@ static void grpc_deadline(pf_exchange *ex) {
 }
 
 static void route_to_cluster(pf_exchange *ex, const pf_config_route *route, long cluster_index);
+static void hold(pf_exchange *ex, uint64_t ms);
+
+/* Takes the request into the cluster in slot `cluster_index` under `retry` (NULL: the
+ * cluster's policy): its breaker, its requests in flight, its upstream codec. False when
+ * pilotfish answered instead. A discovered Service (`discovered`) is marked as used. */
+static bool enter_cluster(pf_exchange *ex, size_t cluster_index, const pf_config_retry *retry,
+                          bool discovered) {
+    drop_cluster(ex);
+    ex->wc = worker_cluster(ex->w, cluster_index);
+    if (!ex->wc) {
+        exchange_reply(ex, 503, "out of memory\n", NULL);
+        return false;
+    }
+    ex->wc->requests++; /* a removed cluster's state outlives this request (drop_cluster) */
+    pf_cluster_rt *rt = ex->wc->rt;
+    if (discovered)
+        proxy_cluster_touch(rt); /* on demand: a used Service is not idle */
+    ex->vars.cluster = rt->cfg->name;
+    ex->retry = retry ? retry : &rt->cfg->retry;
+    if ((uint64_t)atomic_load_explicit(&rt->active_requests, memory_order_relaxed) >=
+        rt->cfg->breakers.max_requests) {
+        metrics_inc(rt->overflow_requests, 1);
+        overloaded(ex);
+        return false;
+    }
+    atomic_fetch_add_explicit(&rt->active_requests, 1, memory_order_relaxed);
+    ex->counted_active = true;
+    /* The cluster's protocol chooses the upstream codec; "downstream" follows the client. */
+    pf_upstream_protocol proto = rt->cfg->protocol;
+    if (proto == PF_PROTO_DOWNSTREAM)
+        proto = ex->down == &downstream_h2_ops ? PF_PROTO_H2 : PF_PROTO_HTTP1;
+    ex->up_ops = proto == PF_PROTO_H2 ? &upstream_h2_ops : &upstream_http1_ops;
+    /* Toward HTTP/2 the body is kept for every method (up to retry.buffer_bytes): a stream
+     * refused under GOAWAY was never processed and is replayed whatever its method. A policy
+     * naming gRPC statuses says the route's calls may be retried (they are all POSTs). */
+    ex->not_idempotent = !exchange_method_idempotent(ex->method) && !ex->retry->non_idempotent &&
+                         !(ex->grpc && (ex->retry->on & PF_RETRY_GRPC_ANY));
+    ex->replayable = !ex->not_idempotent || ex->up_ops == &upstream_h2_ops;
+    return true;
+}
+
+void exchange_start_mirror(pf_exchange *ex, const pf_exchange_request *req, size_t cluster_index) {
+    /* A copy is never retried: it is one more request to a cluster under test. */
+    static const pf_config_retry no_retry = {0};
+    ex->req = *req;
+    if (!enter_cluster(ex, cluster_index, &no_retry, false))
+        return;
+    ex->replayable = false;
+    start_attempt(ex);
+}
 
 void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char *host, int port) {
     ex->req = *req;
@@ -843,10 +898,13 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
         .query_len = query ? req->fwd.target_len - (size_t)(query + 1 - target) : 0,
         .head = req->head,
     };
-    const pf_config_route *route = router_find_request(ex->l->router, &rq);
+    pf_router *router = ex->l->router; /* once: a reload may swap it */
+    const pf_config_route *route = router_find_request(router, &rq);
+    if (route && route_actions_answer(ex, router, route, &rq))
+        return;
     const pf_service_routes *services = route ? NULL : worker_service_routes(ex->w);
-    long cluster_index = route ? (long)exchange_route_cluster(route, worker_random(ex->w))
-                               : service_routes_find(services, host, port);
+    long cluster_index =
+        route ? route_actions_cluster(ex, route) : service_routes_find(services, host, port);
     if (cluster_index < 0) {
         /* A Service discovery knows is missing; or one it may find (on demand): wait. */
         const char *missing = route ? NULL : service_routes_missing(services, host);
@@ -856,6 +914,9 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
             exchange_reply(ex, 404, "no route for this host and path\n", NULL);
         return;
     }
+    ex->route = route;
+    if (route && route_actions_rewrite(ex, &rq) != PF_OK)
+        return;
     route_to_cluster(ex, route, cluster_index);
 }
 
@@ -874,44 +935,21 @@ static void route_to_cluster(pf_exchange *ex, const pf_config_route *route, long
     }
     if (ex->req.fwd.upgrade)
         decide_upgrade(ex);
-    drop_cluster(ex);
-    ex->wc = worker_cluster(ex->w, (size_t)cluster_index);
-    if (!ex->wc) {
-        exchange_reply(ex, 503, "out of memory\n", NULL);
-        return;
-    }
-    ex->wc->requests++; /* a removed cluster's state outlives this request (drop_cluster) */
-    pf_cluster_rt *rt = ex->wc->rt;
-    if (!route)
-        proxy_cluster_touch(rt); /* on demand: a used Service is not idle */
-    ex->vars.cluster = rt->cfg->name;
-    ex->retry = route && route->has_retry ? &route->retry : &rt->cfg->retry;
+    if (route && route->has_mirror)
+        ex->mirror = mirror_new(ex, route);
     if (route && route->timeout_ms)
         ex->deadline_us = ex->start_us + route->timeout_ms * 1000u;
     if (ex->grpc)
         grpc_deadline(ex);
     arm_idle(ex);
-    if ((uint64_t)atomic_load_explicit(&rt->active_requests, memory_order_relaxed) >=
-        rt->cfg->breakers.max_requests) {
-        metrics_inc(rt->overflow_requests, 1);
-        overloaded(ex);
+    if (!enter_cluster(ex, (size_t)cluster_index, route && route->has_retry ? &route->retry : NULL,
+                       !route))
         return;
-    }
-    atomic_fetch_add_explicit(&rt->active_requests, 1, memory_order_relaxed);
-    ex->counted_active = true;
-    /* The cluster's protocol chooses the upstream codec; "downstream" follows the client. */
-    pf_upstream_protocol proto = rt->cfg->protocol;
-    if (proto == PF_PROTO_DOWNSTREAM)
-        proto = ex->down == &downstream_h2_ops ? PF_PROTO_H2 : PF_PROTO_HTTP1;
-    ex->up_ops = proto == PF_PROTO_H2 ? &upstream_h2_ops : &upstream_http1_ops;
-    /* Toward HTTP/2 the body is kept for every method (up to retry.buffer_bytes): a stream
-     * refused under GOAWAY was never processed and is replayed whatever its method. */
-    /* A policy naming gRPC statuses says the route's calls may be retried (they are all
-     * POSTs). */
-    ex->not_idempotent = !exchange_method_idempotent(ex->method) && !ex->retry->non_idempotent &&
-                         !(ex->grpc && (ex->retry->on & PF_RETRY_GRPC_ANY));
-    ex->replayable = !ex->not_idempotent || ex->up_ops == &upstream_h2_ops;
-    start_attempt(ex);
+    uint64_t hold_ms = route ? route_actions_delay_ms(ex) : 0;
+    if (hold_ms)
+        hold(ex, hold_ms);
+    else
+        start_attempt(ex);
 }
 
 void exchange_request_body(pf_exchange *ex, const char *at, size_t len) {
@@ -926,13 +964,15 @@ void exchange_request_body(pf_exchange *ex, const char *at, size_t len) {
             exchange_reply(ex, 503, "out of memory\n", NULL);
         return;
     }
+    if (ex->mirror)
+        mirror_body(ex->mirror, at, len);
     if (ex->replayable) {
         /* Kept for a retry while it is no larger than retry.buffer_bytes; past that, no
          * retry. (The head is written again for each attempt, so only the body counts.) */
         if (!ex->replay)
             ex->replay = evbuffer_new();
         size_t kept = ex->replay ? evbuffer_get_length(ex->replay) : 0;
-        if (!ex->replay || kept + len > ex->retry->buffer_bytes) {
+        if (!ex->replay || (kept + len > ex->retry->buffer_bytes && !ex->delayed)) {
             ex->replayable = false;
             if (ex->replay)
                 evbuffer_drain(ex->replay, kept);
@@ -947,6 +987,10 @@ void exchange_request_body(pf_exchange *ex, const char *at, size_t len) {
 
 void exchange_request_end(pf_exchange *ex) {
     ex->request_complete = true;
+    if (ex->mirror) { /* the copy goes now, on its own */
+        mirror_launch(ex->mirror);
+        ex->mirror = NULL;
+    }
     if (ex->up)
         ex->up_ops->end_body(ex->up, attempt_timeout_ms(ex));
 }
@@ -1010,7 +1054,37 @@ static void on_retry_timer(evutil_socket_t fd, short what, void *arg) {
     pf_exchange *ex = arg;
     if (start_attempt(ex) != 0)
         return;
+    if (ex->delayed) {
+        /* The body kept during the delay went to the attempt; from here on it is kept only
+         * as the retry policy says. */
+        ex->delayed = false;
+        size_t kept = ex->replay ? evbuffer_get_length(ex->replay) : 0;
+        if (!ex->delayed_replayable || kept > ex->retry->buffer_bytes) {
+            ex->replayable = false;
+            if (ex->replay)
+                evbuffer_drain(ex->replay, kept);
+        }
+    }
     ex->down->request_writable(ex->ds, true);
+}
+
+/* A fault delay holds the request before its first attempt. The body that arrives
+ * meanwhile is kept whatever the retry policy (the codecs stop reading while the exchange
+ * backs off, so that is what one read or one stream window held) and goes out when the
+ * attempt starts. Without a timer the request goes at once. */
+static void hold(pf_exchange *ex, uint64_t ms) {
+    if (!ex->retry_timer)
+        ex->retry_timer = evtimer_new(ex->w->base, on_retry_timer, ex);
+    if (!ex->retry_timer) {
+        start_attempt(ex);
+        return;
+    }
+    ex->delayed = true;
+    ex->delayed_replayable = ex->replayable;
+    ex->replayable = true;
+    exchange_set_state(ex, PF_EX_BACKOFF);
+    struct timeval tv = pf_timeval_ms(ms);
+    evtimer_add(ex->retry_timer, &tv);
 }
 
 /* Starts the next attempt after a backoff (none for a dead pooled connection). Returns

@@ -126,18 +126,20 @@ struct pf_exchange {
     const char *client_ip;
 
     pf_exchange_request req;
-    const char *method;    /* for the access log */
-    bool request_complete; /* the request (and its body) fully arrived */
-    bool replayable;       /* replay holds the whole body received so far */
-    bool not_idempotent;   /* kept only for a stream never processed (HTTP/2 upstreams) */
-    bool stale_retried;    /* the one free replay after a dead pooled connection was used */
-    bool counted_active;   /* in the cluster's requests in flight */
-    bool counted_retry;    /* in the cluster's retries in flight */
-    bool counted_ep;       /* in ep's requests in flight */
-    bool upgrade;          /* the request's Upgrade went upstream: a 101 makes a tunnel */
-    pf_tunnel *tunnel;     /* while TUNNEL */
-    uint64_t tunnel_us;    /* when the tunnel started */
-    pf_header_vars vars;   /* what the route's header edits may name */
+    const char *method;      /* for the access log */
+    bool request_complete;   /* the request (and its body) fully arrived */
+    bool replayable;         /* replay holds the whole body received so far */
+    bool not_idempotent;     /* kept only for a stream never processed (HTTP/2 upstreams) */
+    bool stale_retried;      /* the one free replay after a dead pooled connection was used */
+    bool counted_active;     /* in the cluster's requests in flight */
+    bool counted_retry;      /* in the cluster's retries in flight */
+    bool counted_ep;         /* in ep's requests in flight */
+    bool delayed;            /* a fault delay holds the first attempt (BACKOFF) */
+    bool delayed_replayable; /* what replayable was before the delay */
+    bool upgrade;            /* the request's Upgrade went upstream: a 101 makes a tunnel */
+    pf_tunnel *tunnel;       /* while TUNNEL */
+    uint64_t tunnel_us;      /* when the tunnel started */
+    pf_header_vars vars;     /* what the route's header edits may name */
     unsigned attempts;
     unsigned retries;
     int status;
@@ -146,6 +148,7 @@ struct pf_exchange {
     uint64_t attempt_us;  /* when the attempt in flight picked its endpoint */
     uint64_t bytes_in, bytes_out;
     const pf_config_route *route;
+    const pf_config_weighted_cluster *share; /* of a weighted route: the one drawn */
     const pf_config_retry *retry;
     pf_avoid avoid;
     const char *authority;
@@ -176,6 +179,9 @@ struct pf_exchange {
     struct event *idle_timer;
     uint64_t idle_ms;
     uint64_t last_active_us;
+    struct pf_mirror *mirror; /* the copy of this request, until the request is complete */
+    char *rewritten;          /* the target after the route's rewrite, kept for the connection */
+    size_t rewritten_cap;
 };
 
 /* ---- life cycle (downstream codec) -------------------------------------------------- */
@@ -201,6 +207,10 @@ void exchange_describe(pf_exchange *ex, const char *method, const char *authorit
  * port -1 without one). Whatever happens is reported through the downstream ops (a local
  * reply when nothing can go upstream). */
 void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char *host, int port);
+/* Starts a copy of a request (mirror.c) on the cluster in slot `cluster_index`, without
+ * routing or retries; `req` and what it points to belong to the caller until the exchange
+ * is freed. Answers through the downstream ops like exchange_start. */
+void exchange_start_mirror(pf_exchange *ex, const pf_exchange_request *req, size_t cluster_index);
 /* Request body bytes, and the request's end. */
 void exchange_request_body(pf_exchange *ex, const char *at, size_t len);
 void exchange_request_end(pf_exchange *ex);

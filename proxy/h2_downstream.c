@@ -721,8 +721,9 @@ static void ds_reply(void *ds, int status, const char *body, const char *extra_h
         return;
     }
     size_t len = strlen(body);
-    char extra[512];
-    snprintf(extra, sizeof extra, "content-type: text/plain\r\n%s",
+    char extra[512 + PF_LOCATION_MAX]; /* room for a redirect's Location */
+    snprintf(extra, sizeof extra, "%s%s",
+             http1_lines_have_content_type(extra_headers) ? "" : "content-type: text/plain\r\n",
              extra_headers ? extra_headers : "");
     evbuffer_add(st->out, body, len);
     st->eof = true;

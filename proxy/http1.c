@@ -355,11 +355,25 @@ static bool edited_away(const pf_config_header_edits *e, const pf_head *h, size_
     return false;
 }
 
+/* Whether edits `e` set or remove `name`. */
+static bool edits_name(const pf_config_header_edits *e, const char *name) {
+    for (size_t k = 0; e && k < e->set_count; k++)
+        if (strcasecmp(e->set[k].name, name) == 0)
+            return true;
+    for (size_t k = 0; e && k < e->remove_count; k++)
+        if (strcasecmp(e->remove[k].name, name) == 0)
+            return true;
+    return false;
+}
+
+/* The lines of edits `e` (names the later edits `then` set or remove left out). */
 static void add_edit_lines(writer *w, const pf_config_header_edit *e, size_t n,
-                           const pf_header_vars *vars) {
+                           const pf_header_vars *vars, const pf_config_header_edits *then) {
     static const pf_header_vars none = {0};
     char value[2048];
     for (size_t k = 0; k < n; k++) {
+        if (edits_name(then, e[k].name))
+            continue;
         size_t len = http1_expand_value(e[k].value, vars ? vars : &none, value, sizeof value);
         w_str(w, e[k].name);
         W_LIT(w, ": ");
@@ -368,12 +382,18 @@ static void add_edit_lines(writer *w, const pf_config_header_edit *e, size_t n,
     }
 }
 
-/* The edits' own lines: set first, then add. */
-static void add_edits(writer *w, const pf_config_header_edits *e, const pf_header_vars *vars) {
-    if (!e)
-        return;
-    add_edit_lines(w, e->set, e->set_count, vars);
-    add_edit_lines(w, e->add, e->add_count, vars);
+/* The route's edit lines, set first, then add; then the weighted cluster's, which win
+ * over the route's for a name they set or remove. */
+static void add_edits(writer *w, const pf_config_header_edits *route,
+                      const pf_config_header_edits *cluster, const pf_header_vars *vars) {
+    if (route) {
+        add_edit_lines(w, route->set, route->set_count, vars, cluster);
+        add_edit_lines(w, route->add, route->add_count, vars, cluster);
+    }
+    if (cluster) {
+        add_edit_lines(w, cluster->set, cluster->set_count, vars, NULL);
+        add_edit_lines(w, cluster->add, cluster->add_count, vars, NULL);
+    }
 }
 
 /* Every earlier hop in order, then this hop's client, as one field where the first
@@ -407,7 +427,8 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
         /* x-forwarded-client-cert is ours to say: a client's own would be a forged identity */
         if (hop_by_hop(req, i, has_connection) || http1_name_is(req, i, "host") ||
             http1_name_is(req, i, "x-forwarded-proto") ||
-            http1_name_is(req, i, "x-forwarded-client-cert") || edited_away(fwd->edits, req, i))
+            http1_name_is(req, i, "x-forwarded-client-cert") || edited_away(fwd->edits, req, i) ||
+            edited_away(fwd->cluster_edits, req, i))
             continue;
         if (fwd->traceparent &&
             (http1_name_is(req, i, "traceparent") || http1_name_is(req, i, "tracestate")))
@@ -422,7 +443,7 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
         }
         add_header(&w, req, i);
     }
-    add_edits(&w, fwd->edits, fwd->vars);
+    add_edits(&w, fwd->edits, fwd->cluster_edits, fwd->vars);
     if (!forwarded_for)
         add_forwarded_for(&w, req, fwd->client_ip);
     W_LIT(&w, "X-Forwarded-Proto: ");
@@ -473,9 +494,10 @@ int http1_write_response_head(struct evbuffer *out, const pf_head *resp,
     W_LIT(&w, "\r\n");
     bool has_connection = http1_find(resp, "connection", NULL) >= 0;
     for (size_t i = 0; i < resp->count; i++)
-        if (!hop_by_hop(resp, i, has_connection) && !edited_away(fwd->edits, resp, i))
+        if (!hop_by_hop(resp, i, has_connection) && !edited_away(fwd->edits, resp, i) &&
+            !edited_away(fwd->cluster_edits, resp, i))
             add_header(&w, resp, i);
-    add_edits(&w, fwd->edits, fwd->vars);
+    add_edits(&w, fwd->edits, fwd->cluster_edits, fwd->vars);
     add_framing(&w, fwd->body, fwd->content_length);
     if (fwd->upgrade)
         add_upgrade(&w, fwd->upgrade, fwd->upgrade_len);
@@ -533,6 +555,16 @@ const char *http1_reason(int status) {
     }
 }
 
+bool http1_lines_have_content_type(const char *lines) {
+    for (const char *l = lines; l && *l;) {
+        if (strncasecmp(l, "content-type:", 13) == 0)
+            return true;
+        const char *next = strstr(l, "\r\n");
+        l = next ? next + 2 : NULL;
+    }
+    return false;
+}
+
 int http1_write_local_response(struct evbuffer *out, int status, const char *body, bool keep_alive,
                                const char *extra_headers) {
     if (!body) {
@@ -542,11 +574,12 @@ int http1_write_local_response(struct evbuffer *out, int status, const char *bod
         return rc < 0 ? PF_ENOMEM : PF_OK;
     }
     size_t body_len = strlen(body);
-    int rc = evbuffer_add_printf(out,
-                                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                                 "Content-Length: %zu\r\n%s%s\r\n%s",
-                                 status, http1_reason(status), body_len,
-                                 keep_alive ? "" : "Connection: close\r\n",
+    int rc = evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n%sContent-Length: %zu\r\n%s%s\r\n%s",
+                                 status, http1_reason(status),
+                                 http1_lines_have_content_type(extra_headers)
+                                     ? ""
+                                     : "Content-Type: text/plain; charset=utf-8\r\n",
+                                 body_len, keep_alive ? "" : "Connection: close\r\n",
                                  extra_headers ? extra_headers : "", body);
     return rc < 0 ? PF_ENOMEM : PF_OK;
 }

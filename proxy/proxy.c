@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "core/random.h"
 #include "core/time.h"
+#include "proxy/mirror_int.h"
 #include "proxy/proxy_int.h"
 #include "proxy/tcp_int.h"
 
@@ -164,6 +165,22 @@ void proxy_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
                                           "Client connections open now.", labels);
     l->errors_total = metrics_counter(m, "pilotfish_downstream_rejected_requests_total",
                                       "Requests pilotfish refused itself with a 4xx.", labels);
+    l->rate_limited = metrics_counter(m, "pilotfish_rate_limited_requests_total",
+                                      "Requests a route's rate_limit answered with 429.", labels);
+    char fault[200];
+    snprintf(fault, sizeof fault, "listener=\"%s\",kind=\"delay\"", l->cfg->name);
+    l->faults_delay = metrics_counter(m, "pilotfish_faults_injected_total",
+                                      "Faults a route's fault injected, by kind.", fault);
+    snprintf(fault, sizeof fault, "listener=\"%s\",kind=\"abort\"", l->cfg->name);
+    l->faults_abort = metrics_counter(m, "pilotfish_faults_injected_total",
+                                      "Faults a route's fault injected, by kind.", fault);
+    snprintf(fault, sizeof fault, "listener=\"%s\",result=\"sent\"", l->cfg->name);
+    l->mirrors_sent = metrics_counter(m, "pilotfish_mirror_requests_total",
+                                      "Copies of requests for a route's mirror, by result.", fault);
+    snprintf(fault, sizeof fault, "listener=\"%s\",result=\"dropped\"", l->cfg->name);
+    l->mirrors_dropped =
+        metrics_counter(m, "pilotfish_mirror_requests_total",
+                        "Copies of requests for a route's mirror, by result.", fault);
     for (int i = 0; i < PF_PAUSE_REASONS; i++) {
         char paused[200];
         snprintf(paused, sizeof paused, "listener=\"%s\",reason=\"%s\"", l->cfg->name,
@@ -1100,6 +1117,7 @@ static void worker_stop(pf_worker *w) {
 static void worker_free(pf_worker *w) {
     while (w->conns)
         conn_free(w->conns);
+    mirror_free_all(w);
     if (w->log_buf && w->log_len)
         access_log_flush(w);
     free(w->log_buf);

@@ -120,7 +120,12 @@ typedef struct pf_listener_rt {
     int claim_fd; /* the address's claim while we listen (see claim_address); -1: none */
     pf_counter *requests[PF_CODE_CLASSES];
     pf_counter *connections_total;
-    pf_counter *errors_total; /* bad requests answered 4xx by pilotfish itself */
+    pf_counter *errors_total;    /* bad requests answered 4xx by pilotfish itself */
+    pf_counter *rate_limited;    /* requests a route's rate_limit answered 429 */
+    pf_counter *faults_delay;    /* requests a route's fault delayed */
+    pf_counter *faults_abort;    /* requests a route's fault answered in pilotfish's name */
+    pf_counter *mirrors_sent;    /* copies of requests sent to a route's mirror cluster */
+    pf_counter *mirrors_dropped; /* copies not sent: body too large, too many in flight */
     pf_counter *accept_pauses[PF_PAUSE_REASONS];
     pf_gauge *connections_active;
     _Atomic long open_connections;           /* the listener's max_connections count */
@@ -217,6 +222,8 @@ struct pf_worker {
     struct pf_worker_cmd *cmds;
     struct event *cmd_event;
     struct pf_retired_hold *holds; /* retired configs this worker's connections may use */
+    struct pf_mirror *mirrors;     /* copies of requests in flight (mirror.c) */
+    unsigned mirror_count;
     struct event *hold_timer;
     /* On demand (proxy/on_demand.c): requests waiting for discovery to find their Service,
      * looked at again whenever the main thread publishes routes (resolve_event). */

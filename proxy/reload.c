@@ -33,6 +33,7 @@
  * refused until the requests from before earlier reloads end. */
 #include "core/log.h"
 #include "core/time.h"
+#include "proxy/mirror_int.h"
 #include "proxy/proxy_int.h"
 
 #include <stdlib.h>
@@ -121,7 +122,7 @@ static bool hold_in_use(const pf_worker *w, const pf_retired_hold *h) {
         if (started && started <= h->taken_us)
             return true;
     }
-    return false;
+    return mirror_started_before(w, h->taken_us);
 }
 
 static void check_holds(pf_worker *w) {

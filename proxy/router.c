@@ -4,6 +4,7 @@
  * header would otherwise take exponential time. */
 #include "proxy/router.h"
 #include "core/log.h"
+#include "proxy/rate_limit_int.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -17,6 +18,7 @@
 typedef struct compiled_route {
     pcre2_code *header_re[PF_MATCHERS_MAX];
     pcre2_code *query_re[PF_MATCHERS_MAX];
+    pf_rate_limiter *limiter; /* with a rate_limit; a reload starts with full buckets */
 } compiled_route;
 
 struct pf_router {
@@ -86,6 +88,11 @@ pf_router *router_new(const pf_config_listener *listener, const size_t *cluster_
         r->routes[i].headers = r->routes[i].query_params = NULL;
         memset(&r->routes[i].request_headers, 0, sizeof r->routes[i].request_headers);
         memset(&r->routes[i].response_headers, 0, sizeof r->routes[i].response_headers);
+        for (size_t w = 0; w < PF_WEIGHTED_CLUSTERS_MAX; w++) {
+            pf_config_weighted_cluster *c = &r->routes[i].clusters[w];
+            memset(&c->request_headers, 0, sizeof c->request_headers);
+            memset(&c->response_headers, 0, sizeof c->response_headers);
+        }
     }
     r->compiled = calloc(r->count ? r->count : 1, sizeof *r->compiled);
     r->limits = pcre2_match_context_create(NULL);
@@ -102,11 +109,19 @@ pf_router *router_new(const pf_config_listener *listener, const size_t *cluster_
         route->query_params = copy_conditions(from->query_params, from->query_param_count);
         bool edits = copy_header_edits(&route->request_headers, &from->request_headers) &&
                      copy_header_edits(&route->response_headers, &from->response_headers);
+        for (size_t w = 0; edits && w < route->weighted_count; w++)
+            edits = copy_header_edits(&route->clusters[w].request_headers,
+                                      &from->clusters[w].request_headers) &&
+                    copy_header_edits(&route->clusters[w].response_headers,
+                                      &from->clusters[w].response_headers);
         if ((route->header_count && !route->headers) ||
             (route->query_param_count && !route->query_params) || !edits) {
             route->header_count = route->query_param_count = 0;
             goto fail;
         }
+        if (route->has_rate_limit &&
+            !(r->compiled[i].limiter = rate_limiter_new(&route->rate_limit)))
+            goto fail;
         if (compile_all(route->headers, route->header_count, r->compiled[i].header_re) != PF_OK ||
             compile_all(route->query_params, route->query_param_count, r->compiled[i].query_re) !=
                 PF_OK)
@@ -115,7 +130,10 @@ pf_router *router_new(const pf_config_listener *listener, const size_t *cluster_
     /* Reloads keep clusters in slots that outlive configs: routes name slots. */
     for (size_t i = 0; cluster_slot && i < r->count; i++) {
         pf_config_route *route = &r->routes[i];
-        route->cluster_index = cluster_slot[route->cluster_index];
+        if (route->cluster[0]) /* a redirect or a direct response has none */
+            route->cluster_index = cluster_slot[route->cluster_index];
+        if (route->has_mirror)
+            route->mirror.cluster_index = cluster_slot[route->mirror.cluster_index];
         for (size_t w = 0; w < route->weighted_count; w++)
             route->clusters[w].cluster_index = cluster_slot[route->clusters[w].cluster_index];
     }
@@ -133,16 +151,27 @@ void router_free(pf_router *router) {
         free(router->routes[i].query_params);
         config_header_edits_free(&router->routes[i].request_headers);
         config_header_edits_free(&router->routes[i].response_headers);
+        for (size_t w = 0; w < router->routes[i].weighted_count; w++) {
+            config_header_edits_free(&router->routes[i].clusters[w].request_headers);
+            config_header_edits_free(&router->routes[i].clusters[w].response_headers);
+        }
     }
     for (size_t i = 0; router->compiled && i < router->count; i++) {
         for (size_t k = 0; k < PF_MATCHERS_MAX; k++) {
             pcre2_code_free(router->compiled[i].header_re[k]);
             pcre2_code_free(router->compiled[i].query_re[k]);
         }
+        rate_limiter_free(router->compiled[i].limiter);
     }
     free(router->compiled);
     pcre2_match_context_free(router->limits);
     free(router);
+}
+
+pf_rate_limiter *router_rate_limiter(const pf_router *router, const pf_config_route *route) {
+    if (!router || route < router->routes || route >= router->routes + router->count)
+        return NULL;
+    return router->compiled[route - router->routes].limiter;
 }
 
 static bool valid_host_char(unsigned char c) {

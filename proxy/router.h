@@ -11,6 +11,7 @@
 #include <stddef.h>
 
 typedef struct pf_router pf_router;
+typedef struct pf_rate_limiter pf_rate_limiter;
 
 /* A regex gets at most this many backtracking steps (PCRE2's match limit), this depth and
  * this much heap per evaluation; past them the condition does not hold, and neither does
@@ -41,6 +42,10 @@ typedef struct pf_route_request {
  * them. NULL when out of memory or a regex does not compile (config/ checked them). */
 pf_router *router_new(const pf_config_listener *listener, const size_t *cluster_slot);
 void router_free(pf_router *router);
+
+/* The rate limiter of `route` (one of the router's, with a rate_limit), or NULL. Its
+ * buckets change under atomics; the router's other parts do not. Any thread. */
+pf_rate_limiter *router_rate_limiter(const pf_router *router, const pf_config_route *route);
 
 /* Splits an authority ("host", "host:port", "[v6]:port") into a lower-cased host (written
  * to host_out, at most host_cap-1 bytes) and a port (-1 when absent). Returns 0, or

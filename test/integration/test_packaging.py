@@ -910,6 +910,17 @@ def _breaker_of_zero(cfg):
     cfg["clusters"][0]["circuit_breakers"] = {"max_connections": 0}
 
 
+def _unknown_mirror_cluster(cfg):
+    cfg["listeners"][0]["routes"][0]["mirror"] = {"cluster": "nope"}
+
+
+def _redirect_with_rewrite(cfg):
+    route = cfg["listeners"][0]["routes"][0]
+    del route["cluster"]
+    route["redirect"] = {"status": 302}
+    route["rewrite"] = {"prefix": "/"}
+
+
 def _unknown_match_key(cfg):
     cfg["listeners"][0]["routes"][0]["match"]["verb"] = "GET"
 
@@ -933,6 +944,10 @@ REFUSED_CONFIGS = [
      "routes.0.retry: Additional property attempts is not allowed", _unknown_retry_key),
     (["--set", "clusters[0].endpoints[0]=10.0.0.5"], "clusters.0.endpoints.0: Must validate",
      _endpoint_without_port),
+    (["--set", "routes[0].mirror.cluster=nope"], 'routes[0].mirror.cluster: unknown cluster "nope"',
+     _unknown_mirror_cluster),
+    (["--set", "routes[0].redirect.status=304"], "routes.0.redirect.status: routes.0.redirect.status must be",
+     _redirect_with_rewrite),
     (["--set", "clusters[0].circuit_breakers.max_connections=0"],
      "clusters.0.circuit_breakers.max_connections: Must be greater than or equal to 1",
      _breaker_of_zero),

@@ -1604,6 +1604,78 @@ static const struct {
      "x.json: $.listeners[0].routes[0].clusters[0]: \"name\" and \"weight\" are required"},
     {ROUTE("{'match':{},'clusters':[]}"),
      "x.json: $.listeners[0].routes[0].clusters: expected 1-8 clusters, found 0"},
+    {ROUTE("{'match':{},'clusters':[{'name':'web','weight':1,'request_headers':"
+           "{'set':{'Host':'x'}}}]}"),
+     "x.json: $.listeners[0].routes[0].clusters[0].request_headers.set.Host: \"host\" is a "
+     "hop-by-hop, framing or Host header, which pilotfish writes itself"},
+    {ROUTE("{'match':{},'clusters':[{'name':'web','weight':1,'labels':1}]}"),
+     "x.json: $.listeners[0].routes[0].clusters[0].labels: unknown key; known: name, weight, "
+     "request_headers, response_headers"},
+    {ROUTE("{'match':{},'cluster':'web','sticky_on':{'header':'x-user'}}"),
+     "x.json: $.listeners[0].routes[0].sticky_on: keeps a client on one cluster of \"clusters\", "
+     "which this route does not have"},
+    {ROUTE("{'match':{},'clusters':[{'name':'web','weight':1}],'sticky_on':{'header':'a',"
+           "'cookie':'b'}}"),
+     "x.json: $.listeners[0].routes[0].sticky_on: expected {\"header\": NAME} or {\"cookie\": "
+     "NAME}"},
+    {ROUTE("{'match':{},'clusters':[{'name':'web','weight':1}],'sticky_on':{'cookie':'a;b'}}"),
+     "x.json: $.listeners[0].routes[0].sticky_on.cookie: cookie name \"a;b\" has invalid "
+     "character ';'; names are tokens (RFC 9110 5.6.2)"},
+    /* rewrites, redirects, direct responses, and what they exclude */
+    {ROUTE("{'match':{},'cluster':'web','direct_response':{'status':200}}"),
+     "x.json: $.listeners[0].routes[0]: \"cluster\" and \"direct_response\" exclude each other; "
+     "use one"},
+    {ROUTE("{'match':{},'redirect':{},'timeout':'1s'}"),
+     "x.json: $.listeners[0].routes[0].timeout: a route with \"redirect\" sends nothing upstream; "
+     "remove one of the two"},
+    {ROUTE("{'match':{},'direct_response':{'status':200},'host_rewrite':'a'}"),
+     "x.json: $.listeners[0].routes[0].host_rewrite: a route with \"direct_response\" sends "
+     "nothing upstream; remove one of the two"},
+    {ROUTE("{'match':{'path':'/a'},'cluster':'web','rewrite':{'prefix':'/b'}}"),
+     "x.json: $.listeners[0].routes[0].rewrite.prefix: needs a prefix match (match.prefix); with "
+     "match.path use \"full_path\""},
+    {ROUTE("{'match':{},'cluster':'web','rewrite':{}}"),
+     "x.json: $.listeners[0].routes[0].rewrite: expected one of \"prefix\" and \"full_path\", "
+     "found neither"},
+    {ROUTE("{'match':{},'cluster':'web','rewrite':{'full_path':'/a b'}}"),
+     "x.json: $.listeners[0].routes[0].rewrite.full_path: expected a path starting with \"/\" "
+     "(visible ASCII, no \"?\" or \"#\")"},
+    {ROUTE("{'match':{},'redirect':{'status':305}}"),
+     "x.json: $.listeners[0].routes[0].redirect.status: 305 is no redirect status; use 301, 302, "
+     "303, 307 or 308"},
+    {ROUTE("{'match':{},'redirect':{'status':200}}"),
+     "x.json: $.listeners[0].routes[0].redirect.status: 200 out of range (301-308)"},
+    {ROUTE("{'match':{},'redirect':{'host':'a/b'}}"),
+     "x.json: $.listeners[0].routes[0].redirect.host: expected a host name or IP address"},
+    {ROUTE("{'match':{},'redirect':{'path':'/a','prefix':'/b'}}"),
+     "x.json: $.listeners[0].routes[0].redirect: \"path\" and \"prefix\" exclude each other; "
+     "use one"},
+    {ROUTE("{'match':{},'cluster':'web','rate_limit':{'requests_per_second':1,'key':7}}"),
+     "x.json: $.listeners[0].routes[0].rate_limit.key: expected \"none\", \"client_ip\" or "
+     "{\"header\": NAME}, found integer"},
+    {ROUTE("{'match':{},'cluster':'web','rate_limit':{'requests_per_second':1,'key':"
+           "{'header':'x','cookie':'y'}}}"),
+     "x.json: $.listeners[0].routes[0].rate_limit.key: expected \"none\", \"client_ip\" or "
+     "{\"header\": NAME}, found object"},
+    {ROUTE("{'match':{},'cluster':'web','rate_limit':{'requests_per_second':1,'key':"
+           "{'header':''}}}"),
+     "x.json: $.listeners[0].routes[0].rate_limit.key.header: header name is empty"},
+    {ROUTE("{'match':{},'cluster':'web','fault':{'header_control':false}}"),
+     "x.json: $.listeners[0].routes[0].fault: injects nothing; give \"delay\", \"abort\" or "
+     "\"header_control\": true"},
+    {ROUTE("{'match':{},'direct_response':{'status':200},'fault':{'header_control':true}}"),
+     "x.json: $.listeners[0].routes[0].fault: a route with \"direct_response\" sends nothing "
+     "upstream; remove one of the two"},
+    {ROUTE("{'match':{},'cluster':'web','mirror':{'cluster':'nope'}}"),
+     "x.json: $.listeners[0].routes[0].mirror.cluster: unknown cluster \"nope\""},
+    {ROUTE("{'match':{},'redirect':{},'mirror':{'cluster':'web'}}"),
+     "x.json: $.listeners[0].routes[0].mirror: a route with \"redirect\" sends nothing upstream; "
+     "remove one of the two"},
+    {ROUTE("{'match':{},'direct_response':{'status':100}}"),
+     "x.json: $.listeners[0].routes[0].direct_response.status: 100 out of range (200-599)"},
+    {ROUTE("{'match':{},'direct_response':{'status':200,'content_type':'a\\nb'}}"),
+     "x.json: $.listeners[0].routes[0].direct_response.content_type: expected a media type "
+     "(visible ASCII)"},
     {RT("'status_codes':[404]"),
      "x.json: $.clusters[0].retry.status_codes[0]: 404 is not a retriable status (500-599)"},
     {HC("'initial':true"), "x.json: $.clusters[0].health_check.initial: expected string, found "
@@ -1790,7 +1862,10 @@ static const char every_object_json[] =
     "'access_log':{'format':'text'},'stats':{'per_endpoint':false},"
     "'kubernetes':{'backoff':{'base':'1s'},'auto_discover':{'namespaces':'all'}},"
     "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{'prefix':'/'},"
-    "'cluster':'web','retry':{'backoff':{'base':'25ms'}}}],"
+    "'cluster':'web','retry':{'backoff':{'base':'25ms'}},'rewrite':{'prefix':'/'},"
+    "'rate_limit':{'requests_per_second':1},"
+    "'fault':{'delay':{'duration':'1s'},'abort':{'status':503}},'mirror':{'cluster':'web'}},"
+    "{'match':{'prefix':'/r'},'redirect':{}},{'match':{},'direct_response':{'status':200}}],"
     "'tls':{'certificates':[{'cert_file':'test/unit/data/tls.crt',"
     "'key_file':'test/unit/data/tls.key'}]}}],"
     "'clusters':[{'name':'web','endpoints':[{'address':'127.0.0.1:8081'}],"
@@ -1814,6 +1889,18 @@ static const struct {
      "$.listeners[0].tls.certificates[0]"},
     {"routes[].match", "listeners/0/routes/0/match", "$.listeners[0].routes[0].match"},
     {"retry", "listeners/0/routes/0/retry", "$.listeners[0].routes[0].retry"},
+    {"routes[].rewrite", "listeners/0/routes/0/rewrite", "$.listeners[0].routes[0].rewrite"},
+    {"routes[].redirect", "listeners/0/routes/1/redirect", "$.listeners[0].routes[1].redirect"},
+    {"routes[].rate_limit", "listeners/0/routes/0/rate_limit",
+     "$.listeners[0].routes[0].rate_limit"},
+    {"routes[].fault", "listeners/0/routes/0/fault", "$.listeners[0].routes[0].fault"},
+    {"routes[].mirror", "listeners/0/routes/0/mirror", "$.listeners[0].routes[0].mirror"},
+    {"routes[].fault.delay", "listeners/0/routes/0/fault/delay",
+     "$.listeners[0].routes[0].fault.delay"},
+    {"routes[].fault.abort", "listeners/0/routes/0/fault/abort",
+     "$.listeners[0].routes[0].fault.abort"},
+    {"routes[].direct_response", "listeners/0/routes/2/direct_response",
+     "$.listeners[0].routes[2].direct_response"},
     {"retry.backoff", "clusters/0/retry/backoff", "$.clusters[0].retry.backoff"},
     {"clusters[]", "clusters/0", "$.clusters[0]"},
     {"endpoints[]", "clusters/0/endpoints/0", "$.clusters[0].endpoints[0]"},

@@ -22,6 +22,7 @@ static const struct {
 } legal[] = {
     {PF_EX_IDLE, PF_EX_WAITING},
     {PF_EX_IDLE, PF_EX_DONE},
+    {PF_EX_IDLE, PF_EX_BACKOFF}, /* a fault delay before the first attempt */
     {PF_EX_WAITING, PF_EX_STREAMING},
     {PF_EX_WAITING, PF_EX_BACKOFF},
     {PF_EX_WAITING, PF_EX_DONE},

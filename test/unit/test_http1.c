@@ -1090,6 +1090,25 @@ static void test_header_edits_replace_add_and_remove_lines(void) {
                "X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\r\n",
                "edited request");
     check_parses(HTTP_REQUEST, out);
+
+    /* a weighted cluster's edits come after the route's and win for the names they set or
+     * remove: its x-env replaces the route's, its remove drops the route's x-trace line */
+    pf_config_header_edit cset[] = {{"x-env", "canary"}}, cremove[] = {{"x-trace", ""}},
+                          cadd[] = {{"x-v", "2"}};
+    pf_config_header_edits cluster = {.set = cset,
+                                      .set_count = 1,
+                                      .add = cadd,
+                                      .add_count = 1,
+                                      .remove = cremove,
+                                      .remove_count = 1};
+    fwd.cluster_edits = &cluster;
+    out = forwarded("GET / HTTP/1.1\r\nHost: a\r\nX-Env: dev\r\nX-Trace: t\r\nX-Keep: k\r\n\r\n",
+                    &fwd);
+    check_text(out,
+               "GET / HTTP/1.1\r\nHost: a\r\nX-Keep: k\r\nx-env: canary\r\nx-v: 2\r\n"
+               "X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\r\n",
+               "request edited by route and cluster");
+    check_parses(HTTP_REQUEST, out);
 }
 
 /* RFC 9112 7.1.2: the last chunk, then the trailer section; fields that may not be trailers

@@ -450,12 +450,18 @@ values and follow pilotfish's own.
 {{- $_ := set $names $c.name (toString $i) -}}
 {{- end -}}
 {{- range $i, $r := $v.routes -}}
+{{- if hasKey $r "mirror" -}}
+{{- if not (hasKey $names $r.mirror.cluster) -}}
+{{- fail (printf "routes[%d].mirror.cluster: unknown cluster %q" $i $r.mirror.cluster) -}}
+{{- end -}}
+{{- end -}}
 {{- if hasKey $r "clusters" -}}
 {{- range $j, $w := $r.clusters -}}
 {{- if not (hasKey $names $w.name) -}}
 {{- fail (printf "routes[%d].clusters[%d].name: unknown cluster %q" $i $j $w.name) -}}
 {{- end -}}
 {{- end -}}
+{{- else if or (hasKey $r "redirect") (hasKey $r "direct_response") -}}
 {{- else if not (hasKey $names $r.cluster) -}}
 {{- if $names -}}
 {{- fail (printf "routes[%d].cluster: unknown cluster %q; clusters: %s" $i $r.cluster (keys $names | sortAlpha | join ", ")) -}}
