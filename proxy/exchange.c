@@ -29,7 +29,7 @@ static const unsigned allowed[PF_EX_STATE_COUNT] = {
      * or pilotfish answers it */
     [PF_EX_IDLE] = BIT(PF_EX_WAITING) | BIT(PF_EX_BACKOFF) | BIT(PF_EX_DONE) | BIT(PF_EX_RESOLVING),
     /* discovery found the Service (the first attempt starts), or no answer came in time */
-    [PF_EX_RESOLVING] = BIT(PF_EX_WAITING) | BIT(PF_EX_BACKOFF) | BIT(PF_EX_DONE),
+    [PF_EX_RESOLVING] = BIT(PF_EX_WAITING) | BIT(PF_EX_DONE),
     /* a response head arrives (a 101 to an upgrade: a tunnel), the attempt fails into a
      * backoff, or we answer the error */
     [PF_EX_WAITING] =
