@@ -3,6 +3,7 @@ on 127.0.0.1: pf-backend for healthy upstreams, and small in-test servers for up
 that hang or fail (each counts what it received). Every load is bounded in count and time."""
 
 import http.client
+import re
 import signal
 import socket
 import threading
@@ -70,7 +71,14 @@ class ScriptedServer:
                 return
             buf += data
             while b"\r\n\r\n" in buf:
-                _, buf = buf.split(b"\r\n\r\n", 1)  # the tests send no bodies here
+                # The answer waits for the whole body (Content-Length): a 5xx that came
+                # before the body had passed through would make its replay depend on timing.
+                head, rest = buf.split(b"\r\n\r\n", 1)
+                m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                length = int(m.group(1)) if m else 0
+                if len(rest) < length:
+                    break
+                buf = rest[length:]
                 with self.lock:
                     self.requests += 1
                 if self.status is None:
