@@ -14,7 +14,7 @@ from harness import metric_sum, standard_config, wait_for
 # Label names a default exposition may use: each has values from the config or a fixed list.
 BOUNDED_LABELS = {"listener", "cluster", "code_class", "le", "reason", "breaker", "health",
                   "result", "version", "file", "direction", "protocol",
-                  "grpc_status"}
+                  "grpc_status", "kind"}
 
 
 def promtool_check(text):
