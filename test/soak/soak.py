@@ -94,7 +94,8 @@ def fd_kinds(pid):
                     x = line.split()
                     port = int(x[1].split(":")[1], 16)
                     peer = int(x[2].split(":")[1], 16)
-                    socks[x[9]] = f"{proto} state {x[3]} :{port} -> :{peer}"
+                    socks[x[9]] = (f"{proto} LISTEN :{port}" if x[3] == "0A" else
+                                   f"{proto} state {x[3]} to :{peer}")
         except OSError:
             pass
     kinds = collections.Counter()
