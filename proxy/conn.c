@@ -11,7 +11,8 @@
  *
  * A connection whose first bytes are the HTTP/2 preface (llhttp stops on it by itself, so
  * HTTP/1 pays nothing for the check) is handed to h2_downstream.c, which then owns the
- * stream's traffic; this struct stays its owner for the worker's list and the limits. */
+ * stream's traffic; this struct stays its owner for the worker's list and the limits. A
+ * tcp listener's connection is handed to tcp.c the same way, at accept. */
 #include "core/json.h"
 #include "core/log.h"
 #include "core/time.h"
