@@ -875,8 +875,12 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
     trace_context(ex, req->head);
     long id = http1_find(req->head, "x-request-id", NULL);
     if (id >= 0) {
-        pf_json_escape(ex->request_id, sizeof ex->request_id, http1_value(req->head, (size_t)id),
-                       req->head->headers[id].value_len);
+        /* Kept as it came (the log's writers escape it for their format), cut to fit. */
+        size_t len = req->head->headers[id].value_len;
+        if (len >= sizeof ex->request_id)
+            len = sizeof ex->request_id - 1;
+        memcpy(ex->request_id, http1_value(req->head, (size_t)id), len);
+        ex->request_id[len] = '\0';
         ex->req.fwd.request_id = NULL; /* the client's goes upstream as it came */
     } else {
         make_request_id(ex);

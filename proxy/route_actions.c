@@ -161,6 +161,7 @@ static bool rate_limited(pf_exchange *ex, const pf_router *router, const pf_conf
     char extra[48];
     snprintf(extra, sizeof extra, "Retry-After: %llu\r\n",
              (unsigned long long)((wait_ns + 999999999u) / 1000000000u));
+    ex->overloaded = true; /* a gRPC call is told RESOURCE_EXHAUSTED, as for a breaker */
     exchange_reply(ex, 429, "rate limit exceeded\n", extra);
     return true;
 }

@@ -314,6 +314,22 @@ def test_circuit_breaker_is_resource_exhausted(echo_servers, start_pilotfish):
         assert slow.result().startswith(b"s1:")
 
 
+def test_a_rate_limited_call_is_resource_exhausted(echo_servers, start_pilotfish):
+    b = echo_servers("s1")
+    rt = route("grpc", prefix="/")
+    rt["rate_limit"] = {"requests_per_second": 1, "burst": 1}
+    pf = start_pilotfish(make_config([listener("main", [rt])],
+                                     [cluster("grpc", [b.address], protocol="h2")]), workers=1)
+    start = time.monotonic()
+    assert call(pf.port(), "Call", b"x").startswith(b"s1:")  # the bucket's one token
+    err = call_error(pf.port(), "Call", b"x")
+    head, _ = curl_grpc(pf.port(), ECHO + "Call")
+    if time.monotonic() - start < 0.9:  # else a token was refilled on a very slow machine
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+        assert "rate limit" in err.details()
+        assert "grpc-status: 8\r\n" in head, head
+
+
 # ---- grpc-timeout ------------------------------------------------------------------------
 
 
