@@ -511,6 +511,18 @@ def test_rendered_config_passes_check_config(mode, tmp_path):
     assert proc.returncode == 0, f"{mode}: pilotfish --check-config:\n{proc.stdout}{proc.stderr}"
 
 
+def test_an_access_log_object_reaches_the_config_and_a_bad_one_fails_the_install(tmp_path):
+    obj = {"format": "text", "fields": ["time", "status", "path", "grpc_status"], "sample": 0.5}
+    cfg = json.loads(config_of(render("static", "--set-json", f"config.accessLog={json.dumps(obj)}")))
+    assert cfg["access_log"] == obj
+    proc = check_config(json.dumps(cfg), tmp_path, "alog.json")
+    assert proc.returncode == 0, proc.stderr
+    for bad in ({"format": "xml"}, {"fields": ["latency"]}, {"sample": 2}):
+        refused = run([HELM, "template", RELEASE, CHART, "-n", NAMESPACE, *values_args("static"),
+                       "--set-json", f"config.accessLog={json.dumps(bad)}"], check=False)
+        assert refused.returncode != 0 and "config.accessLog" in refused.stderr, (bad, refused.stderr)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_kubectl_accepts_the_rendered_output(mode, discovery):
     check_kubectl(render(mode), render_text(mode), mode, discovery)
