@@ -88,13 +88,56 @@ static void nv_add(pf_h2_fields *f, const char *name, size_t nlen, const char *v
         (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, nlen, vlen, NGHTTP2_NV_FLAG_NONE};
 }
 
+/* The header edits' lines, counted (first pass) and then copied into the fields' scratch
+ * space, names lower-cased (RFC 9113 8.2.1). */
+typedef struct {
+    pf_h2_fields *out;
+    char **pos;
+    size_t lines, bytes;
+} edit_sink;
+
+static void count_edit(void *arg, const char *name, const char *value, size_t len) {
+    edit_sink *e = arg;
+    e->lines++;
+    e->bytes += strlen(name) + len;
+}
+
+static void copy_edit(void *arg, const char *name, const char *value, size_t len) {
+    edit_sink *e = arg;
+    size_t nlen = strlen(name);
+    char *lname = lower_into(e->pos, name, nlen);
+    char *v = *e->pos;
+    memcpy(v, value, len);
+    *e->pos += len;
+    nv_add(e->out, lname, nlen, v, len);
+}
+
+/* A field of the client's that does not go upstream as it came: framing and connection
+ * fields (te: trailers excepted), what pilotfish says itself (Host as :authority,
+ * X-Forwarded-Proto, X-Forwarded-Client-Cert: a client's own would be a forged identity,
+ * a replaced traceparent or grpc-timeout), and what the header edits set or remove. */
+static bool not_forwarded(const pf_head *req, size_t i, const pf_forward_request *fwd) {
+    bool te_trailers = http1_name_is(req, i, "te") && req->headers[i].value_len == 8 &&
+                       strncasecmp(http1_value(req, i), "trailers", 8) == 0;
+    if ((!te_trailers && http1_is_hop_by_hop(req, i)) || http1_name_is(req, i, "host") ||
+        http1_name_is(req, i, "x-forwarded-proto") ||
+        http1_name_is(req, i, "x-forwarded-client-cert") || http1_request_edited_away(fwd, req, i))
+        return true;
+    if (fwd->traceparent &&
+        (http1_name_is(req, i, "traceparent") || http1_name_is(req, i, "tracestate")))
+        return true;
+    return fwd->grpc_timeout && http1_name_is(req, i, "grpc-timeout"); /* the time left, below */
+}
+
 int h2_request_fields(pf_h2_fields *out, const pf_head *req, const pf_forward_request *fwd) {
     memset(out, 0, sizeof *out);
     size_t count = req ? req->count : 0;
+    edit_sink edits = {0};
+    http1_request_edit_lines(fwd, count_edit, &edits);
     /* Room for every name lower-cased, the path with its "/", X-Forwarded-For joined with
-     * the client, the length digits. */
-    size_t scratch = (req ? req->len : 0) + fwd->target_len + 2 + 64 + 64;
-    if (h2_fields_alloc(out, count + 10, scratch + (req ? req->len : 0)) != PF_OK)
+     * the client, the length digits, the edits' lines. */
+    size_t scratch = (req ? req->len : 0) + fwd->target_len + 2 + 64 + 64 + edits.bytes;
+    if (h2_fields_alloc(out, count + edits.lines + 12, scratch + (req ? req->len : 0)) != PF_OK)
         return PF_ENOMEM;
     char *pos = out->scratch;
     nv_add(out, ":method", 7, fwd->method, strlen(fwd->method));
@@ -111,13 +154,8 @@ int h2_request_fields(pf_h2_fields *out, const pf_head *req, const pf_forward_re
     for (size_t i = 0; i < count; i++) {
         const char *name = http1_name(req, i);
         size_t nlen = req->headers[i].name_len;
-        bool te_trailers = http1_name_is(req, i, "te") && req->headers[i].value_len == 8 &&
-                           strncasecmp(http1_value(req, i), "trailers", 8) == 0;
-        if ((!te_trailers && http1_is_hop_by_hop(req, i)) || http1_name_is(req, i, "host") ||
-            http1_name_is(req, i, "x-forwarded-proto"))
+        if (not_forwarded(req, i, fwd))
             continue;
-        if (fwd->grpc_timeout && http1_name_is(req, i, "grpc-timeout"))
-            continue; /* replaced with the time left, below */
         if (http1_name_is(req, i, "x-forwarded-for")) {
             if (!xff) { /* the first one, with the client appended below */
                 xff = pos;
@@ -141,7 +179,14 @@ int h2_request_fields(pf_h2_fields *out, const pf_head *req, const pf_forward_re
     } else {
         nv_add(out, "x-forwarded-for", 15, fwd->client_ip, ip_len);
     }
+    edits.out = out;
+    edits.pos = &pos;
+    http1_request_edit_lines(fwd, copy_edit, &edits);
     nv_add(out, "x-forwarded-proto", 17, fwd->proto, strlen(fwd->proto));
+    if (fwd->client_cert)
+        nv_add(out, "x-forwarded-client-cert", 23, fwd->client_cert, strlen(fwd->client_cert));
+    if (fwd->traceparent)
+        nv_add(out, "traceparent", 11, fwd->traceparent, strlen(fwd->traceparent));
     if (fwd->request_id)
         nv_add(out, "x-request-id", 12, fwd->request_id, strlen(fwd->request_id));
     if (fwd->grpc_timeout)

@@ -366,34 +366,58 @@ static bool edits_name(const pf_config_header_edits *e, const char *name) {
     return false;
 }
 
-/* The lines of edits `e` (names the later edits `then` set or remove left out). */
-static void add_edit_lines(writer *w, const pf_config_header_edit *e, size_t n,
-                           const pf_header_vars *vars, const pf_config_header_edits *then) {
+/* Calls fn for each line of edits `e` (names the later edits `then` set or remove left
+ * out), its value expanded. Returns how many. */
+static size_t each_edit_line(const pf_config_header_edit *e, size_t n, const pf_header_vars *vars,
+                             const pf_config_header_edits *then, http1_edit_fn fn, void *arg) {
     static const pf_header_vars none = {0};
     char value[2048];
+    size_t lines = 0;
     for (size_t k = 0; k < n; k++) {
         if (edits_name(then, e[k].name))
             continue;
         size_t len = http1_expand_value(e[k].value, vars ? vars : &none, value, sizeof value);
-        w_str(w, e[k].name);
-        W_LIT(w, ": ");
-        w_add(w, value, len);
-        W_LIT(w, "\r\n");
+        fn(arg, e[k].name, value, len);
+        lines++;
     }
+    return lines;
 }
 
 /* The route's edit lines, set first, then add; then the weighted cluster's, which win
  * over the route's for a name they set or remove. */
-static void add_edits(writer *w, const pf_config_header_edits *route,
-                      const pf_config_header_edits *cluster, const pf_header_vars *vars) {
+static size_t each_edit(const pf_config_header_edits *route, const pf_config_header_edits *cluster,
+                        const pf_header_vars *vars, http1_edit_fn fn, void *arg) {
+    size_t lines = 0;
     if (route) {
-        add_edit_lines(w, route->set, route->set_count, vars, cluster);
-        add_edit_lines(w, route->add, route->add_count, vars, cluster);
+        lines += each_edit_line(route->set, route->set_count, vars, cluster, fn, arg);
+        lines += each_edit_line(route->add, route->add_count, vars, cluster, fn, arg);
     }
     if (cluster) {
-        add_edit_lines(w, cluster->set, cluster->set_count, vars, NULL);
-        add_edit_lines(w, cluster->add, cluster->add_count, vars, NULL);
+        lines += each_edit_line(cluster->set, cluster->set_count, vars, NULL, fn, arg);
+        lines += each_edit_line(cluster->add, cluster->add_count, vars, NULL, fn, arg);
     }
+    return lines;
+}
+
+static void write_edit_line(void *arg, const char *name, const char *value, size_t len) {
+    writer *w = arg;
+    w_str(w, name);
+    W_LIT(w, ": ");
+    w_add(w, value, len);
+    W_LIT(w, "\r\n");
+}
+
+static void add_edits(writer *w, const pf_config_header_edits *route,
+                      const pf_config_header_edits *cluster, const pf_header_vars *vars) {
+    each_edit(route, cluster, vars, write_edit_line, w);
+}
+
+bool http1_request_edited_away(const pf_forward_request *fwd, const pf_head *h, size_t i) {
+    return edited_away(fwd->edits, h, i) || edited_away(fwd->cluster_edits, h, i);
+}
+
+size_t http1_request_edit_lines(const pf_forward_request *fwd, http1_edit_fn fn, void *arg) {
+    return each_edit(fwd->edits, fwd->cluster_edits, fwd->vars, fn, arg);
 }
 
 /* Every earlier hop in order, then this hop's client, as one field where the first

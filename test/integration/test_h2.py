@@ -479,6 +479,7 @@ class GoawayServer:
         self.port = self.sock.getsockname()[1]
         self.connections = 0
         self.answered = 0
+        self.requests = []  # each request's header fields, as received
         self.lock = threading.Lock()
         self.stop = False
         self.conns = []
@@ -516,6 +517,8 @@ class GoawayServer:
                     if isinstance(ev, h2.events.DataReceived):
                         h2c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                     if isinstance(ev, h2.events.RequestReceived) and not gone:
+                        with self.lock:
+                            self.requests.append([(k.decode(), v.decode()) for k, v in ev.headers])
                         h2c.send_headers(ev.stream_id, [(":status", "200"),
                                                         ("x-backend", self.name)])
                         h2c.send_data(ev.stream_id, self.name.encode(), end_stream=True)
@@ -586,3 +589,28 @@ def test_streams_left_unprocessed_under_goaway_are_replayed_without_a_failure(st
     for s in servers:  # nothing listens there any more
         with pytest.raises(OSError):
             socket.create_connection((LOCALHOST, s.port), timeout=2).close()
+
+
+def test_an_h2_upstream_gets_the_route_edits_our_traceparent_and_no_forged_client_cert(
+        start_pilotfish):
+    server = GoawayServer("e1", limit=10**9)
+    try:
+        rt = route("h2", prefix="/")
+        rt["request_headers"] = {"set": {"X-Who": "%CLIENT_IP%"}, "add": {"X-Extra": "one"},
+                                 "remove": ["X-Remove-Me"]}
+        pf = start_pilotfish(make_config([listener("main", [rt])],
+                                         [cluster("h2", [f"{LOCALHOST}:{server.port}"],
+                                                  protocol="h2")]), workers=1)
+        r = curl("-o", "/dev/null", "-w", "%{http_code}",
+                 "-H", "X-Forwarded-Client-Cert: By=spiffe://forged", "-H", "traceparent: bad",
+                 "-H", "X-Remove-Me: 1", "-H", "X-Who: client", url(pf, "/edits"))
+        assert r.stdout == b"200", r
+        (fields,) = server.requests
+        names = [k for k, _ in fields]
+        got = dict(fields)
+        assert "x-remove-me" not in names and "x-forwarded-client-cert" not in names, fields
+        assert names.count("x-who") == 1 and got["x-who"] == LOCALHOST, fields
+        assert got["x-extra"] == "one", fields
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", got["traceparent"]), fields
+    finally:
+        server.close()
