@@ -11,6 +11,7 @@
 #include "proxy/h2_int.h"
 #include "core/time.h"
 #include "proxy/exchange_int.h"
+#include "proxy/route_actions_int.h"
 #include "proxy/tls_int.h"
 
 #include <stdio.h>
@@ -183,15 +184,55 @@ static char *lower_copy(char **pos, const char *name, size_t len) {
     return start;
 }
 
+typedef struct {
+    pf_h2_fields *out;
+    char **pos;
+    pf_h2_edit_size size;
+} edit_sink;
+
+static void count_edit(void *arg, const char *name, const char *value, size_t len) {
+    edit_sink *e = arg;
+    e->size.lines++;
+    e->size.bytes += strlen(name) + len;
+}
+
+static void copy_edit(void *arg, const char *name, const char *value, size_t len) {
+    edit_sink *e = arg;
+    size_t nlen = strlen(name);
+    char *lname = lower_copy(e->pos, name, nlen);
+    char *v = *e->pos;
+    memcpy(v, value, len);
+    *e->pos += len;
+    add_field(e->out, lname, nlen, v, len);
+}
+
+pf_h2_edit_size h2_edits_size(const pf_config_header_edits *route,
+                              const pf_config_header_edits *cluster, const pf_header_vars *vars) {
+    edit_sink e = {0};
+    http1_edit_lines(route, cluster, vars, count_edit, &e);
+    return e.size;
+}
+
+void h2_fields_add_edits(pf_h2_fields *f, char **pos, const pf_config_header_edits *route,
+                         const pf_config_header_edits *cluster, const pf_header_vars *vars) {
+    edit_sink e = {.out = f, .pos = pos};
+    http1_edit_lines(route, cluster, vars, copy_edit, &e);
+}
+
 int h2_response_fields(pf_h2_fields *out, const pf_head *resp, int status, bool has_length,
-                       uint64_t content_length, const char *extra) {
+                       uint64_t content_length, const char *extra,
+                       const pf_forward_response *edits) {
     memset(out, 0, sizeof *out);
     size_t lines = 0, extra_len = extra ? strlen(extra) : 0;
     for (size_t k = 0; k < extra_len; k++)
         lines += extra[k] == '\n';
     size_t head_count = resp ? resp->count : 0, head_bytes = resp ? resp->len : 0;
+    pf_h2_edit_size edit = {0};
+    if (edits)
+        edit = h2_edits_size(edits->edits, edits->cluster_edits, edits->vars);
     /* Names and values are copied: trailers are sent after the upstream's head is gone. */
-    if (h2_fields_alloc(out, head_count + lines + 2, 2 * head_bytes + extra_len + 32) != PF_OK)
+    if (h2_fields_alloc(out, head_count + lines + edit.lines + 2,
+                        2 * head_bytes + extra_len + edit.bytes + 32) != PF_OK)
         return PF_ENOMEM;
     char *pos = out->scratch;
     int n;
@@ -203,12 +244,16 @@ int h2_response_fields(pf_h2_fields *out, const pf_head *resp, int status, bool 
     for (size_t i = 0; i < head_count; i++) {
         if (http1_is_hop_by_hop(resp, i))
             continue; /* framing and connection-specific fields (RFC 9113 8.2.2) */
+        if (edits && http1_edits_remove(edits->edits, edits->cluster_edits, resp, i))
+            continue;
         char *name = lower_copy(&pos, http1_name(resp, i), resp->headers[i].name_len);
         char *value = pos;
         memcpy(value, http1_value(resp, i), resp->headers[i].value_len);
         pos += resp->headers[i].value_len;
         add_field(out, name, resp->headers[i].name_len, value, resp->headers[i].value_len);
     }
+    if (edits)
+        h2_fields_add_edits(out, &pos, edits->edits, edits->cluster_edits, edits->vars);
     if (has_length) {
         n = snprintf(pos, 21, "%llu", (unsigned long long)content_length);
         add_field(out, "content-length", 14, pos, (size_t)n);
@@ -660,9 +705,9 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
 /* `body`: DATA (or trailers) follow; without, HEADERS ends the stream, which is what a
  * gRPC trailers-only response must look like. */
 static int submit(h2_stream *st, const pf_head *resp, int status, bool has_length, uint64_t length,
-                  const char *extra, bool body) {
+                  const char *extra, const pf_forward_response *edits, bool body) {
     pf_h2_fields f;
-    if (h2_response_fields(&f, resp, status, has_length, length, extra) != PF_OK)
+    if (h2_response_fields(&f, resp, status, has_length, length, extra, edits) != PF_OK)
         return PF_ENOMEM;
     nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_body};
     int rc = nghttp2_submit_response(st->h->session, st->id, f.nv, f.count, body ? &dp : NULL);
@@ -677,7 +722,11 @@ static int ds_send_head(void *ds, const pf_head *resp, int status, pf_body_mode 
     pf_response_framing f = http1_response_framing(st->head_request, status, upstream_body, 1);
     *skip_body = f.skip_body;
     bool has_length = f.head_body == PF_BODY_LENGTH && status != 204;
-    return submit(st, resp, status, has_length, content_length, NULL,
+    /* The route's and the weighted cluster's response_headers, as for HTTP/1 clients. */
+    pf_forward_response edits = {.edits = exchange_response_edits(&st->ex),
+                                 .cluster_edits = route_actions_response_edits(&st->ex),
+                                 .vars = exchange_header_vars(&st->ex)};
+    return submit(st, resp, status, has_length, content_length, NULL, &edits,
                   upstream_body != PF_BODY_NONE);
 }
 
@@ -686,7 +735,7 @@ static void ds_send_interim(void *ds, const pf_head *resp, int status) {
     if (status == 101)
         return; /* RFC 9113 8.6: no upgrades in HTTP/2 */
     pf_h2_fields f;
-    if (h2_response_fields(&f, resp, status, false, 0, NULL) != PF_OK)
+    if (h2_response_fields(&f, resp, status, false, 0, NULL, NULL) != PF_OK)
         return;
     nghttp2_submit_headers(st->h->session, NGHTTP2_FLAG_NONE, st->id, NULL, f.nv, f.count, NULL);
     h2_fields_free(&f);
@@ -714,7 +763,7 @@ static void ds_reply(void *ds, int status, const char *body, const char *extra_h
     if (!body) {
         /* No body: one HEADERS frame ends the stream (gRPC's trailers-only response). */
         log_once(st);
-        if (submit(st, NULL, status, false, 0, extra_headers, false) != PF_OK)
+        if (submit(st, NULL, status, false, 0, extra_headers, NULL, false) != PF_OK)
             nghttp2_submit_rst_stream(st->h->session, NGHTTP2_FLAG_NONE, st->id,
                                       NGHTTP2_INTERNAL_ERROR);
         consume(st);
@@ -728,7 +777,7 @@ static void ds_reply(void *ds, int status, const char *body, const char *extra_h
     evbuffer_add(st->out, body, len);
     st->eof = true;
     log_once(st);
-    if (submit(st, NULL, status, true, len, extra, true) != PF_OK)
+    if (submit(st, NULL, status, true, len, extra, NULL, true) != PF_OK)
         nghttp2_submit_rst_stream(st->h->session, NGHTTP2_FLAG_NONE, st->id,
                                   NGHTTP2_INTERNAL_ERROR);
     consume(st); /* nobody reads the rest of the request body */
@@ -777,7 +826,7 @@ static void ds_wait_for_output(void *ds) {
 static void ds_send_trailers(void *ds, const pf_head *trailers) {
     h2_stream *st = ds;
     h2_fields_free(&st->trailers);
-    if (h2_response_fields(&st->trailers, trailers, 0, false, 0, NULL) != PF_OK)
+    if (h2_response_fields(&st->trailers, trailers, 0, false, 0, NULL, NULL) != PF_OK)
         h2_fields_free(&st->trailers); /* cut to what fits: the body still ends */
 }
 

@@ -79,14 +79,25 @@ typedef struct pf_h2_fields {
 /* Builds the HTTP/2 response fields: :status (none when `status` is 0: trailers), the head's
  * end-to-end fields with names in lower case (connection-specific and framing fields dropped, RFC
  * 9113 8.2.2), content-length when `has_length`, and `extra` lines ("Name: value\r\n", or NULL).
- * `resp` may be NULL (pilotfish's own response). Returns 0 or PF_ENOMEM; free with h2_fields_free.
- */
+ * `resp` may be NULL (pilotfish's own response). `edits` (or NULL): the response header edits
+ * (edits, cluster_edits, vars) applied as the HTTP/1 writer applies them. Returns 0 or
+ * PF_ENOMEM; free with h2_fields_free. */
 int h2_response_fields(pf_h2_fields *out, const pf_head *resp, int status, bool has_length,
-                       uint64_t content_length, const char *extra);
+                       uint64_t content_length, const char *extra,
+                       const pf_forward_response *edits);
 /* Room for `fields` entries and `scratch_bytes` of names and values, in one allocation.
  * Returns 0 or PF_ENOMEM. */
 int h2_fields_alloc(pf_h2_fields *out, size_t fields, size_t scratch_bytes);
 void h2_fields_free(pf_h2_fields *f);
+/* Header edits in a field list: first sized (how many fields, how many bytes of names and
+ * values), then added at *pos of the scratch space, names lower-cased (RFC 9113 8.2.1). */
+typedef struct pf_h2_edit_size {
+    size_t lines, bytes;
+} pf_h2_edit_size;
+pf_h2_edit_size h2_edits_size(const pf_config_header_edits *route,
+                              const pf_config_header_edits *cluster, const pf_header_vars *vars);
+void h2_fields_add_edits(pf_h2_fields *f, char **pos, const pf_config_header_edits *route,
+                         const pf_config_header_edits *cluster, const pf_header_vars *vars);
 
 /* Builds an HTTP/2 request's fields for an upstream from the exchange's request (RFC 9113
  * 8.3.1 pseudo-headers first, :authority from Host, connection-specific fields dropped but

@@ -88,30 +88,6 @@ static void nv_add(pf_h2_fields *f, const char *name, size_t nlen, const char *v
         (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, nlen, vlen, NGHTTP2_NV_FLAG_NONE};
 }
 
-/* The header edits' lines, counted (first pass) and then copied into the fields' scratch
- * space, names lower-cased (RFC 9113 8.2.1). */
-typedef struct {
-    pf_h2_fields *out;
-    char **pos;
-    size_t lines, bytes;
-} edit_sink;
-
-static void count_edit(void *arg, const char *name, const char *value, size_t len) {
-    edit_sink *e = arg;
-    e->lines++;
-    e->bytes += strlen(name) + len;
-}
-
-static void copy_edit(void *arg, const char *name, const char *value, size_t len) {
-    edit_sink *e = arg;
-    size_t nlen = strlen(name);
-    char *lname = lower_into(e->pos, name, nlen);
-    char *v = *e->pos;
-    memcpy(v, value, len);
-    *e->pos += len;
-    nv_add(e->out, lname, nlen, v, len);
-}
-
 /* A field of the client's that does not go upstream as it came: framing and connection
  * fields (te: trailers excepted), what pilotfish says itself (Host as :authority,
  * X-Forwarded-Proto, X-Forwarded-Client-Cert: a client's own would be a forged identity,
@@ -121,7 +97,8 @@ static bool not_forwarded(const pf_head *req, size_t i, const pf_forward_request
                        strncasecmp(http1_value(req, i), "trailers", 8) == 0;
     if ((!te_trailers && http1_is_hop_by_hop(req, i)) || http1_name_is(req, i, "host") ||
         http1_name_is(req, i, "x-forwarded-proto") ||
-        http1_name_is(req, i, "x-forwarded-client-cert") || http1_request_edited_away(fwd, req, i))
+        http1_name_is(req, i, "x-forwarded-client-cert") ||
+        http1_edits_remove(fwd->edits, fwd->cluster_edits, req, i))
         return true;
     if (fwd->traceparent &&
         (http1_name_is(req, i, "traceparent") || http1_name_is(req, i, "tracestate")))
@@ -132,8 +109,7 @@ static bool not_forwarded(const pf_head *req, size_t i, const pf_forward_request
 int h2_request_fields(pf_h2_fields *out, const pf_head *req, const pf_forward_request *fwd) {
     memset(out, 0, sizeof *out);
     size_t count = req ? req->count : 0;
-    edit_sink edits = {0};
-    http1_request_edit_lines(fwd, count_edit, &edits);
+    pf_h2_edit_size edits = h2_edits_size(fwd->edits, fwd->cluster_edits, fwd->vars);
     /* Room for every name lower-cased, the path with its "/", X-Forwarded-For joined with
      * the client, the length digits, the edits' lines. */
     size_t scratch = (req ? req->len : 0) + fwd->target_len + 2 + 64 + 64 + edits.bytes;
@@ -179,9 +155,7 @@ int h2_request_fields(pf_h2_fields *out, const pf_head *req, const pf_forward_re
     } else {
         nv_add(out, "x-forwarded-for", 15, fwd->client_ip, ip_len);
     }
-    edits.out = out;
-    edits.pos = &pos;
-    http1_request_edit_lines(fwd, copy_edit, &edits);
+    h2_fields_add_edits(out, &pos, fwd->edits, fwd->cluster_edits, fwd->vars);
     nv_add(out, "x-forwarded-proto", 17, fwd->proto, strlen(fwd->proto));
     if (fwd->client_cert)
         nv_add(out, "x-forwarded-client-cert", 23, fwd->client_cert, strlen(fwd->client_cert));

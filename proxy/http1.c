@@ -412,12 +412,14 @@ static void add_edits(writer *w, const pf_config_header_edits *route,
     each_edit(route, cluster, vars, write_edit_line, w);
 }
 
-bool http1_request_edited_away(const pf_forward_request *fwd, const pf_head *h, size_t i) {
-    return edited_away(fwd->edits, h, i) || edited_away(fwd->cluster_edits, h, i);
+bool http1_edits_remove(const pf_config_header_edits *route, const pf_config_header_edits *cluster,
+                        const pf_head *h, size_t i) {
+    return edited_away(route, h, i) || edited_away(cluster, h, i);
 }
 
-size_t http1_request_edit_lines(const pf_forward_request *fwd, http1_edit_fn fn, void *arg) {
-    return each_edit(fwd->edits, fwd->cluster_edits, fwd->vars, fn, arg);
+size_t http1_edit_lines(const pf_config_header_edits *route, const pf_config_header_edits *cluster,
+                        const pf_header_vars *vars, http1_edit_fn fn, void *arg) {
+    return each_edit(route, cluster, vars, fn, arg);
 }
 
 /* Every earlier hop in order, then this hop's client, as one field where the first

@@ -196,13 +196,15 @@ int http1_write_response_head(struct evbuffer *out, const pf_head *resp,
  * that may not be trailers dropped) and the blank line. Returns 0 or PF_ENOMEM. */
 int http1_write_last_chunk(struct evbuffer *out, const pf_head *trailers);
 
-/* For codecs that write fields their own way (HTTP/2): whether the request's header edits
- * (the route's and the weighted cluster's) set or remove header i of h, which then does not
- * go as it came; and each line they add, its value expanded (valid during the call only).
- * Returns how many lines. */
+/* For codecs that write fields their own way (HTTP/2): whether header edits (a route's,
+ * then a weighted cluster's; either may be NULL) set or remove header i of h, which then
+ * does not go as it came; and each line they add, its value expanded (valid during the
+ * call only). Returns how many lines. */
 typedef void (*http1_edit_fn)(void *arg, const char *name, const char *value, size_t len);
-bool http1_request_edited_away(const pf_forward_request *fwd, const pf_head *h, size_t i);
-size_t http1_request_edit_lines(const pf_forward_request *fwd, http1_edit_fn fn, void *arg);
+bool http1_edits_remove(const pf_config_header_edits *route, const pf_config_header_edits *cluster,
+                        const pf_head *h, size_t i);
+size_t http1_edit_lines(const pf_config_header_edits *route, const pf_config_header_edits *cluster,
+                        const pf_header_vars *vars, http1_edit_fn fn, void *arg);
 
 /* Whether "Name: value\r\n" lines (or NULL) hold a Content-Type. */
 bool http1_lines_have_content_type(const char *lines);

@@ -3,8 +3,9 @@ with values that name the client, request id, cluster and endpoint; hop-by-hop a
 headers are refused at load with their JSON paths."""
 
 import json
+import subprocess
 
-from harness import cluster, http_request, listener, make_config, run_pilotfish
+from harness import LOCALHOST, cluster, http_request, listener, make_config, run_pilotfish
 
 
 def values(view, name):
@@ -70,3 +71,20 @@ def test_hop_by_hop_and_framing_headers_cannot_be_edited(tmp_path):
             "every forwarded request") in err
     assert f'{route}.response_headers.add.Connection: "connection" is a hop-by-hop' in err
     assert f'{route}.response_headers.add.X-Ok: unknown variable at "%NOPE%"' in err
+
+
+def test_an_http2_client_gets_the_same_edits(start_backend, start_pilotfish):
+    b = start_backend("api")
+    pf = start_pilotfish(edits_config(b))
+    r = subprocess.run(["curl", "-sS", "-i", "--http2-prior-knowledge", "--max-time", "10",
+                        "-H", "X-Env: dev", "-H", "X-Secret: s",
+                        f"http://{LOCALHOST}:{pf.port()}/headers"],
+                       capture_output=True, timeout=20, text=True)
+    assert r.returncode == 0, r.stderr
+    head, _, body = r.stdout.replace("\r\n", "\n").partition("\n\n")
+    lines = [line.strip() for line in head.lower().split("\n")]
+    assert lines[0].startswith("http/2 200"), head
+    assert f"x-served-by: {b.address}" in lines and "x-extra: 1" in lines, head
+    assert not any(line.startswith("x-backend:") for line in lines), head
+    view = json.loads(body)
+    assert values(view, "x-env") == ["prod"] and values(view, "x-secret") == [], view

@@ -81,8 +81,8 @@ static void test_response_fields_are_lower_case_without_connection_specific_ones
     add(&h, "Set-Cookie", "a=1");
     add(&h, "Set-Cookie", "b=2");
     pf_h2_fields f;
-    CU_ASSERT_EQUAL_FATAL(h2_response_fields(&f, &h, 404, true, 12, "x-pilotfish-attempts: 2\r\n"),
-                          PF_OK);
+    CU_ASSERT_EQUAL_FATAL(
+        h2_response_fields(&f, &h, 404, true, 12, "x-pilotfish-attempts: 2\r\n", NULL), PF_OK);
     CU_ASSERT_EQUAL(f.count, 6);
     CU_ASSERT_TRUE(f.count > 0 && f.nv[0].namelen == 7 && memcmp(f.nv[0].name, ":status", 7) == 0);
     CU_ASSERT_TRUE(has(&f, ":status", "404"));
@@ -102,16 +102,16 @@ static void test_response_fields_are_lower_case_without_connection_specific_ones
 
 static void test_own_responses_have_status_length_and_extra_lines_only(void) {
     pf_h2_fields f;
-    CU_ASSERT_EQUAL_FATAL(
-        h2_response_fields(&f, NULL, 503, true, 0, "content-type: text/plain\r\nX-A:  b \r\n"),
-        PF_OK);
+    CU_ASSERT_EQUAL_FATAL(h2_response_fields(&f, NULL, 503, true, 0,
+                                             "content-type: text/plain\r\nX-A:  b \r\n", NULL),
+                          PF_OK);
     CU_ASSERT_EQUAL(f.count, 4);
     CU_ASSERT_TRUE(has(&f, ":status", "503"));
     CU_ASSERT_TRUE(has(&f, "content-length", "0"));
     CU_ASSERT_TRUE(has(&f, "content-type", "text/plain"));
     CU_ASSERT_TRUE(has(&f, "x-a", "b"));
     h2_fields_free(&f);
-    CU_ASSERT_EQUAL_FATAL(h2_response_fields(&f, NULL, 204, false, 0, NULL), PF_OK);
+    CU_ASSERT_EQUAL_FATAL(h2_response_fields(&f, NULL, 204, false, 0, NULL, NULL), PF_OK);
     CU_ASSERT_EQUAL(f.count, 1);
     h2_fields_free(&f);
 }
