@@ -1297,6 +1297,33 @@ static json_t *dump_retry_on(dumper *d, const void *base, const key_def *k) {
     return on;
 }
 
+/* An array of `min` to `max` strings (`items` names them in the size error): each string
+ * goes to `fn` with its JSON path, anything else is an error at its index. False when the
+ * array itself is refused. */
+typedef void (*string_item_fn)(loader *ld, const char *path, const char *s, void *out);
+
+static bool each_string(loader *ld, json_t *arr, const char *path, size_t min, size_t max,
+                        const char *items, string_item_fn fn, void *out) {
+    char p[JPATH_MAX];
+    if (!want(ld, arr, path, "array"))
+        return false;
+    size_t n = json_array_size(arr);
+    if (n < min || n > max) {
+        if (min)
+            errf(ld, path, "give %zu to %zu %s", min, max, items);
+        else
+            errf(ld, path, "at most %zu %s", max, items);
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(arr, i);
+        jidx(p, path, i);
+        if (want(ld, v, p, "string"))
+            fn(ld, p, json_string_value(v), out);
+    }
+    return true;
+}
+
 static void parse_status_codes(loader *ld, json_t *obj, json_t *arr, const char *path, void *base,
                                const key_def *k) {
     char p[JPATH_MAX];
@@ -1336,36 +1363,27 @@ static void init_upgrades(void *base, const key_def *k) {
     r->upgrade_count = 1;
 }
 
+static void add_upgrade(loader *ld, const char *p, const char *name, void *out) {
+    pf_config_route *r = out;
+    size_t len = strlen(name);
+    bool token = len > 0 && len < PF_UPGRADE_NAME_MAX;
+    for (size_t j = 0; token && j < len; j++)
+        token = isalnum((unsigned char)name[j]) || strchr("!#$%&'*+-.^_`|~/", name[j]);
+    if (!token) {
+        errf(ld, p, "expected a protocol name such as \"websocket\" (1-%d token characters)",
+             PF_UPGRADE_NAME_MAX - 1);
+        return;
+    }
+    char *lower = r->upgrades[r->upgrade_count++];
+    for (size_t j = 0; j <= len; j++)
+        lower[j] = (char)tolower((unsigned char)name[j]);
+}
+
 static void parse_upgrades(loader *ld, json_t *obj, json_t *arr, const char *path, void *base,
                            const key_def *k) {
-    char p[JPATH_MAX];
     pf_config_route *r = base;
     r->upgrade_count = 0;
-    if (!want(ld, arr, path, "array"))
-        return;
-    if (json_array_size(arr) > PF_UPGRADES_MAX) {
-        errf(ld, path, "at most %d upgrade protocols", PF_UPGRADES_MAX);
-        return;
-    }
-    for (size_t i = 0; i < json_array_size(arr); i++) {
-        json_t *v = json_array_get(arr, i);
-        jidx(p, path, i);
-        if (!want(ld, v, p, "string"))
-            continue;
-        const char *name = json_string_value(v);
-        size_t len = strlen(name);
-        bool token = len > 0 && len < PF_UPGRADE_NAME_MAX;
-        for (size_t j = 0; token && j < len; j++)
-            token = isalnum((unsigned char)name[j]) || strchr("!#$%&'*+-.^_`|~/", name[j]);
-        if (!token) {
-            errf(ld, p, "expected a protocol name such as \"websocket\" (1-%d token characters)",
-                 PF_UPGRADE_NAME_MAX - 1);
-            continue;
-        }
-        char *out = r->upgrades[r->upgrade_count++];
-        for (size_t j = 0; j <= len; j++)
-            out[j] = (char)tolower((unsigned char)name[j]);
-    }
+    each_string(ld, arr, path, 0, PF_UPGRADES_MAX, "upgrade protocols", add_upgrade, r);
 }
 
 static json_t *dump_upgrades(dumper *d, const void *base, const key_def *k) {
@@ -1544,29 +1562,21 @@ static const char *const tls_version_names[] = {"1.2", "1.3"};
 
 /* The protocols spoken after the handshake: "h2" (HTTP/2, served by the h2 codec once the
  * client sends its preface) and "http/1.1". Clusters check theirs below. */
+static void add_alpn(loader *ld, const char *p, const char *name, void *out) {
+    pf_config_alpn *t = out;
+    char q[QUOTE_MAX];
+    if (strcmp(name, "h2") != 0 && strcmp(name, "http/1.1") != 0)
+        errf(ld, p, "unknown protocol %s (known: \"h2\", \"http/1.1\")", qstr(q, name));
+    else
+        snprintf(t->names[t->count++], PF_TLS_ALPN_MAX, "%s", name);
+}
+
 static void parse_alpn(loader *ld, json_t *obj, json_t *arr, const char *path, void *base,
                        const key_def *k) {
-    char p[JPATH_MAX], q[QUOTE_MAX];
     pf_config_alpn *t = FIELD(base, k, pf_config_alpn);
-    if (!want(ld, arr, path, "array"))
-        return;
-    if (json_array_size(arr) == 0 || json_array_size(arr) > PF_TLS_MAX_ALPN) {
-        errf(ld, path, "give 1 to %d protocols", PF_TLS_MAX_ALPN);
-        return;
-    }
-    t->count = 0; /* the list replaces the default, in the order given (preference) */
-    for (size_t i = 0; i < json_array_size(arr); i++) {
-        json_t *v = json_array_get(arr, i);
-        jidx(p, path, i);
-        if (!want(ld, v, p, "string"))
-            continue;
-        const char *name = json_string_value(v);
-        if (strcmp(name, "h2") != 0 && strcmp(name, "http/1.1") != 0) {
-            errf(ld, p, "unknown protocol %s (known: \"h2\", \"http/1.1\")", qstr(q, name));
-            continue;
-        }
-        snprintf(t->names[t->count++], PF_TLS_ALPN_MAX, "%s", name);
-    }
+    pf_config_alpn given = {0}; /* replaces the default, in the order given (preference) */
+    if (each_string(ld, arr, path, 1, PF_TLS_MAX_ALPN, "protocols", add_alpn, &given))
+        *t = given;
 }
 
 static json_t *dump_alpn(dumper *d, const void *base, const key_def *k) {
@@ -1585,31 +1595,23 @@ static void init_alpn(void *base, const key_def *k) {
 
 /* An exact SAN (URI, DNS name or e-mail) or a prefix pattern: a '/' then '*' at the end,
  * as in "spiffe://trust-domain/" followed by '*', takes every SPIFFE ID of that domain. */
+static void add_client_san(loader *ld, const char *p, const char *san, void *out) {
+    pf_config_sans *t = out;
+    char q[QUOTE_MAX];
+    size_t len = strlen(san);
+    const char *star = strchr(san, '*');
+    if (len == 0 || len >= PF_TLS_SAN_MAX)
+        errf(ld, p, "a name has 1 to %d characters", PF_TLS_SAN_MAX - 1);
+    else if (star && (star != san + len - 1 || len < 2 || san[len - 2] != '/'))
+        errf(ld, p, "%s: '*' may only end a prefix, as in \"spiffe://domain/*\"", qstr(q, san));
+    else
+        snprintf(t->names[t->count++], PF_TLS_SAN_MAX, "%s", san);
+}
+
 static void parse_client_sans(loader *ld, json_t *obj, json_t *arr, const char *path, void *base,
                               const key_def *k) {
-    char p[JPATH_MAX], q[QUOTE_MAX];
-    pf_config_sans *t = FIELD(base, k, pf_config_sans);
-    if (!want(ld, arr, path, "array"))
-        return;
-    if (json_array_size(arr) > PF_TLS_MAX_SANS) {
-        errf(ld, path, "at most %d names", PF_TLS_MAX_SANS);
-        return;
-    }
-    for (size_t i = 0; i < json_array_size(arr); i++) {
-        json_t *v = json_array_get(arr, i);
-        jidx(p, path, i);
-        if (!want(ld, v, p, "string"))
-            continue;
-        const char *san = json_string_value(v);
-        size_t len = strlen(san);
-        const char *star = strchr(san, '*');
-        if (len == 0 || len >= PF_TLS_SAN_MAX)
-            errf(ld, p, "a name has 1 to %d characters", PF_TLS_SAN_MAX - 1);
-        else if (star && (star != san + len - 1 || len < 2 || san[len - 2] != '/'))
-            errf(ld, p, "%s: '*' may only end a prefix, as in \"spiffe://domain/*\"", qstr(q, san));
-        else
-            snprintf(t->names[t->count++], PF_TLS_SAN_MAX, "%s", san);
-    }
+    each_string(ld, arr, path, 0, PF_TLS_MAX_SANS, "names", add_client_san,
+                FIELD(base, k, pf_config_sans));
 }
 
 static json_t *dump_client_sans(dumper *d, const void *base, const key_def *k) {

@@ -776,6 +776,17 @@ static const struct {
      "x.json: $.clusters[0].tls.alpn[0]: \"h2\" is offered by HTTP/2 connections themselves"},
     {CFG("", LMAIN(""), CWEB(",'protocol':'h2','tls':{'alpn':['h3']}")),
      "x.json: $.clusters[0].tls.alpn[0]: unknown protocol \"h3\" (known: \"h2\", \"http/1.1\")"},
+    {CFG("", LMAIN(""),
+         CWEB(",'tls':{'verify_subject_alt_name':['n0','n1','n2','n3','n4','n5','n6','n7','n8','n9'"
+              ",'n10','n11','n12','n13','n14','n15','n16']}")),
+     "x.json: $.clusters[0].tls.verify_subject_alt_name: at most 16 names"},
+    {CFG("", LMAIN(""), CWEB(",'tls':{'verify_subject_alt_name':['spiffe://a*b']}")),
+     "x.json: $.clusters[0].tls.verify_subject_alt_name[0]: \"spiffe://a*b\": '*' may only end a "
+     "prefix, as in \"spiffe://domain/*\""},
+    {CFG("", LMAIN(""), CWEB(",'tls':{'alpn':[]}")),
+     "x.json: $.clusters[0].tls.alpn: give 1 to 4 protocols"},
+    {CFG("", LMAIN(""), CWEB(",'tls':{'alpn':'http/1.1'}")),
+     "x.json: $.clusters[0].tls.alpn: expected array, found string"},
     {K8S("'watch':true"),
      "x.json: $.kubernetes: unknown key \"watch\"; known keys: api_server, token_file, ca_file, "
      "namespace, cluster_domain, auto_discover"},
@@ -1573,6 +1584,8 @@ static const struct {
      "\"websocket\" (1-31 token characters)"},
     {ROUTE("{'match':{},'cluster':'web','upgrades':[7]}"),
      "x.json: $.listeners[0].routes[0].upgrades[0]: expected string, found integer"},
+    {ROUTE("{'match':{},'cluster':'web','upgrades':['a','b','c','d','e','f','g','h','i']}"),
+     "x.json: $.listeners[0].routes[0].upgrades: at most 8 upgrade protocols"},
     {ROUTE("{'match':{},'cluster':'web','tunnel_idle_timeout':'0s'}"),
      "x.json: $.listeners[0].routes[0].tunnel_idle_timeout: \"0s\" must be greater than zero"},
     {MATCH("{'headers':[{'name':'x-a','exact':'1','caseless':true}]}"),
