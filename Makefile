@@ -49,7 +49,7 @@ DEB_PKGS = gcc libc6-dev make pkg-config libevent-dev libc-ares-dev libcurl4-ope
 	libssl-dev libcunit1-dev node-llhttp python3 python3-pytest curl procps util-linux \
 	haproxy nginx-light wrk nghttp2-client dnsmasq-base bind9-dnsutils clang-format python3-yaml unzip \
 	libyaml-dev libpcre2-dev prometheus chromium python3-websockets libnghttp2-dev python3-h2 python3-grpcio \
-	testssl.sh iperf3
+	testssl.sh iperf3 openssl
 # $(call install_missing,PACKAGES): apt-get install those of PACKAGES not installed yet.
 define install_missing
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
