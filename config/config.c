@@ -3457,6 +3457,10 @@ static const key_def auto_keys[] = {
     {K_DUR(pf_config_kubernetes, "idle_timeout", idle_timeout_ms, PF_DEFAULT_K8S_IDLE_TIMEOUT_MS,
            "on_demand: a Service unused this long is let go (watches, cluster, routes)"),
      .flags = KF_POSITIVE},
+    {K_UINT(pf_config_kubernetes, "max_watches_per_namespace", max_watches_per_namespace, 1,
+            PF_K8S_MAX_WATCHES_PER_NAMESPACE_MAX, PF_DEFAULT_K8S_MAX_WATCHES_PER_NAMESPACE,
+            "on_demand: Services of a namespace watched one by one; past it, one "
+            "namespace-wide watch per kind")},
 };
 static const schema auto_schema = {.doc_name = "kubernetes.auto_discover",
                                    SCHEMA_KEYS(auto_keys),

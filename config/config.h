@@ -273,6 +273,10 @@ typedef struct pf_config_dns {
 #define PF_DEFAULT_K8S_NEGATIVE_TTL_MS 5000u      /* a missing Service is not asked again */
 #define PF_DEFAULT_K8S_IDLE_TIMEOUT_MS 600000u    /* an unused Service's watches stop */
 #define PF_K8S_AUTO_MAX_CLUSTERS_MAX 8192u
+/* on_demand: Services of one namespace with watches of their own; past it, one
+ * namespace-wide pair of watches serves them all (1-4096). */
+#define PF_DEFAULT_K8S_MAX_WATCHES_PER_NAMESPACE 32u
+#define PF_K8S_MAX_WATCHES_PER_NAMESPACE_MAX 4096u
 #define PF_K8S_NAME_MAX 64   /* a Service, namespace or port name (DNS label, 63) and NUL */
 #define PF_K8S_TEXT_MAX 1024 /* URLs and file paths */
 #define PF_K8S_MAX_NAMESPACES 64
@@ -593,6 +597,8 @@ typedef struct pf_config_kubernetes {
     uint64_t on_demand_timeout_ms; /* on_demand: how long a first request waits */
     uint64_t negative_ttl_ms;      /* on_demand: how long "no such Service" is believed */
     uint64_t idle_timeout_ms;      /* on_demand: unused this long, a Service is let go */
+    /* on_demand: Services of a namespace with watches of their own; past it, one feed */
+    uint32_t max_watches_per_namespace;
     uint64_t stall_timeout_ms;
     uint64_t request_timeout_ms;
     uint64_t connect_timeout_ms;

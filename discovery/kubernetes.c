@@ -75,6 +75,10 @@ static const char *const resource_rbac[K8S_KIND_COUNT] = {
 
 typedef struct k8s_view k8s_view;
 typedef struct k8s_watch k8s_watch;
+
+/* A namespace's feed: listing (its views keep their own watches), serving them, or handing
+ * them back to their own watches (each view's own lists are in before the feed lets go). */
+typedef enum { K8S_FEED_STARTING, K8S_FEED_ACTIVE, K8S_FEED_LEAVING } k8s_feed_state;
 typedef struct k8s_svc k8s_svc;
 
 typedef struct k8s_sock {
@@ -118,6 +122,7 @@ struct k8s_watch {
     bool forbidden_logged;
     uint64_t last_event_ms, last_event_wall_us;
     pf_counter *connects, *relists, *events[K8S_EV_COUNT];
+    bool rejoin_pending; /* a fed view's own watch: its list to take over is not in yet */
 };
 
 #define K8S_MAX_FQDN_NAMES 64 /* names resolved per cluster for FQDN slices */
@@ -175,6 +180,13 @@ struct k8s_view {
     k8s_watch *watches[K8S_KIND_COUNT];
     k8s_map svcs;              /* "ns/name" -> k8s_svc */
     uint64_t pending_since_us; /* first change not yet published */
+    /* on_demand, past max_watches_per_namespace Services in use in a namespace: one view
+     * with namespace-wide watches (a "feed") serves them all. A fed view keeps its k8s_svc
+     * and bindings but borrows its objects from the feed's stores; its own watches are
+     * stopped (synced stays true: its Service is known, through the feed). */
+    bool feed;
+    k8s_feed_state feed_state; /* feed only */
+    k8s_view *fed_by;          /* on_demand: the feed serving this view, or NULL */
 };
 
 struct pf_k8s {
@@ -441,8 +453,14 @@ static int svc_add_slice(k8s_svc *s, const k8s_object *obj) {
     return PF_OK;
 }
 
+static void feed_changed(k8s_view *feed, const k8s_object *prev, const k8s_object *cur);
+
 /* A store changed from prev to cur (either may be NULL); called before prev is freed. */
 static void view_changed(k8s_view *v, const k8s_object *prev, const k8s_object *cur) {
+    if (v->feed) {
+        feed_changed(v, prev, cur);
+        return;
+    }
     const k8s_object *any = cur ? cur : prev;
     if (any->kind == K8S_KIND_SERVICE) {
         k8s_svc *s = svc_get(v, any->ns, any->name, cur != NULL);
@@ -972,6 +990,9 @@ static uint64_t retry_delay_ms(k8s_watch *w, k8s_req *r) {
     return d;
 }
 
+static void feed_listed(k8s_view *feed);
+static void rejoin_listed(k8s_watch *w);
+
 static void list_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
     pf_k8s *k = w->k;
     char why[K8S_WHY_MAX] = "";
@@ -1013,6 +1034,10 @@ static void list_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
                 schedule_flush(k);
             }
         }
+        if (w->view->feed)
+            feed_listed(w->view);
+        else if (w->rejoin_pending)
+            rejoin_listed(w);
         watch_watch(w);
         return;
     }
@@ -1408,9 +1433,13 @@ static void sync_ports(k8s_svc *s) {
     }
 }
 
+static void feed_adopt(pf_k8s *k);
+
 static void on_flush(evutil_socket_t fd, short what, void *arg) {
     pf_k8s *k = arg;
     uint64_t now = pf_now_us();
+    if (!k->stopping)
+        feed_adopt(k);
     for (size_t i = 0; i < k->view_count; i++) {
         k8s_view *v = k->views[i];
         if (v->pending_since_us)
@@ -1454,6 +1483,8 @@ static void emit_event_age(void *arg, pf_metric_emit emit, void *emit_ctx) {
     for (size_t i = 0; i < k->view_count; i++) {
         for (int kind = 0; kind < K8S_KIND_COUNT; kind++) {
             k8s_watch *w = k->views[i]->watches[kind];
+            if (k->views[i]->fed_by && !w->req)
+                continue; /* stopped: the namespace's feed watches for it */
             snprintf(labels, sizeof labels, "resource=\"%s\",scope=\"%s\"", resource_names[kind],
                      w->scope);
             emit(emit_ctx, labels,
@@ -1844,6 +1875,8 @@ void discovery_k8s_foreach_port(const pf_k8s *k,
 /* ---- on demand ------------------------------------------------------------------------------ */
 
 static int curl_up(pf_k8s *k, pf_error *err);
+static bool feed_take(pf_k8s *k, k8s_view *v);
+static void ns_balance(pf_k8s *k, const char *ns);
 
 bool discovery_k8s_namespace_watched(const pf_k8s *k, const char *ns) {
     const pf_config_kubernetes *kc = k->kc;
@@ -1886,14 +1919,19 @@ int discovery_k8s_want(pf_k8s *k, const char *ns, const char *service) {
     v->wanted_ms = pf_now_ms();
     snprintf(v->service, sizeof v->service, "%s", service);
     log_info("kubernetes: watching service=%s namespace=%s on demand", service, ns);
-    if (k->started)
+    if (k->started && !feed_take(k, v))
         for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
             watch_schedule(v->watches[kind], 0);
+    ns_balance(k, ns);
     return PF_OK;
 }
 
+static bool fed_has_service(const k8s_view *v);
+
 /* Known absent: both lists are in and the Service is not there. */
 static bool view_missing(const k8s_view *v) {
+    if (v->on_demand && v->fed_by)
+        return !fed_has_service(v);
     return v->on_demand && v->watches[K8S_KIND_SERVICE]->synced &&
            v->watches[K8S_KIND_SLICE]->synced && v->watches[K8S_KIND_SERVICE]->store.count == 0;
 }
@@ -1975,6 +2013,17 @@ size_t discovery_k8s_sweep(pf_k8s *k, uint64_t now_ms,
         view_remove(k, i);
         removed++;
     }
+    /* Fewer Services in use: a namespace's feed may hand them back to their own watches. */
+    for (size_t i = 0; removed && i < k->view_count; i++) {
+        if (!k->views[i]->feed)
+            continue;
+        char ns[PF_K8S_NAME_MAX];
+        snprintf(ns, sizeof ns, "%s", k->views[i]->ns);
+        size_t before = k->view_count;
+        ns_balance(k, ns);
+        if (k->view_count < before)
+            i--; /* the feed at i went; the next view moved into its place */
+    }
     return removed;
 }
 
@@ -1984,6 +2033,324 @@ size_t discovery_k8s_watch_count(const pf_k8s *k) {
         for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
             n += k->views[i]->watches[kind]->req != NULL;
     return n;
+}
+
+/* ---- on demand: a namespace-wide watch past max_watches_per_namespace ------------------------ */
+
+/* Each Service in use has two watches of its own (its object by name, its slices by
+ * label). A namespace with many in use would cost the API server two watches per Service
+ * per sidecar, so past max_watches_per_namespace Services in one namespace, one view
+ * watches the whole namespace (one Service watch, one slice watch, the same
+ * get/list/watch RBAC) and its events are filtered in process to the Services in use.
+ * Below half of it (hysteresis: a namespace near the bound does not flap), they go back
+ * to watches of their own. Neither switch ever empties a set: the new watches are listed
+ * and applied first, and the old ones stop only then (a fed view takes the feed's objects
+ * before dropping its own; a view going back merges both until its own lists are in,
+ * which is invisible: an address counts once and the flush comes after the handover). */
+
+static const char *object_owner(const k8s_object *o) {
+    return o->kind == K8S_KIND_SERVICE ? o->name : o->u.slice.service;
+}
+
+static k8s_view *fed_view(const k8s_view *feed, const char *service) {
+    if (!service[0])
+        return NULL;
+    k8s_view *v = find_on_demand(feed->k, feed->ns, service);
+    return v && v->fed_by == feed ? v : NULL;
+}
+
+/* The feed's stores changed: the fed views of the Services the object belongs to (before
+ * and after; a slice may change its service-name label) see the change. */
+static void feed_changed(k8s_view *feed, const k8s_object *prev, const k8s_object *cur) {
+    k8s_view *pv = prev ? fed_view(feed, object_owner(prev)) : NULL;
+    k8s_view *cv = cur ? fed_view(feed, object_owner(cur)) : NULL;
+    if (!pv && !cv) {
+        /* a Service in use on its own watches until the feed agrees: the flush checks */
+        const char *owner = object_owner(cur ? cur : prev);
+        k8s_view *own = owner[0] ? find_on_demand(feed->k, feed->ns, owner) : NULL;
+        if (own && !own->fed_by)
+            schedule_flush(feed->k);
+        return;
+    }
+    if (pv && pv == cv) {
+        view_changed(pv, prev, cur);
+        return;
+    }
+    if (pv)
+        view_changed(pv, prev, NULL);
+    if (cv)
+        view_changed(cv, NULL, cur);
+}
+
+static bool fed_has_service_of(const k8s_view *feed, const char *service) {
+    char key[K8S_KEY_MAX];
+    snprintf(key, sizeof key, "%s/%s", feed->ns, service);
+    return k8s_map_get(&feed->watches[K8S_KIND_SERVICE]->store, key) != NULL;
+}
+
+static bool fed_has_service(const k8s_view *v) {
+    return fed_has_service_of(v->fed_by, v->service);
+}
+
+static void feed_move(k8s_view *feed, k8s_feed_state to) {
+    static const char *const names[] = {"starting", "active", "leaving"};
+    bool legal = (feed->feed_state == K8S_FEED_STARTING && to == K8S_FEED_ACTIVE) ||
+                 (feed->feed_state == K8S_FEED_ACTIVE && to == K8S_FEED_LEAVING);
+    if (!legal) {
+        log_error("kubernetes: namespace watch of \"%s\": illegal move %s -> %s", feed->ns,
+                  names[feed->feed_state], names[to]);
+        return;
+    }
+    feed->feed_state = to;
+}
+
+/* Stops a view's own watches and frees their stores (nothing may point into them any
+ * more). They stay "synced": the view's Service is known, through its feed. */
+static void own_watches_stop(k8s_view *v) {
+    for (int kind = 0; kind < K8S_KIND_COUNT; kind++) {
+        k8s_watch *w = v->watches[kind];
+        req_free(w->req);
+        w->req = NULL;
+        evtimer_del(w->timer);
+        evtimer_del(w->stall);
+        k8s_map_each(&w->store, free_object_cb, NULL);
+        k8s_map_clear(&w->store);
+        k8s_map_each(&w->fresh, free_object_cb, NULL);
+        k8s_map_clear(&w->fresh);
+        free(w->cont);
+        w->cont = NULL;
+        w->rv[0] = '\0';
+        w->need_list = true;
+        w->synced = true;
+        w->failures = 0;
+        w->rejoin_pending = false;
+    }
+}
+
+typedef struct attach_ctx {
+    k8s_svc *s;
+    const char *service;
+    bool add; /* add the slices of `service` to s, else remove them */
+    bool oom;
+} attach_ctx;
+
+static void attach_slice_cb(void *arg, void *value) {
+    attach_ctx *c = arg;
+    const k8s_object *o = value;
+    if (strcmp(o->u.slice.service, c->service) != 0)
+        return;
+    if (!c->add)
+        svc_remove_slice(c->s, o);
+    else if (svc_add_slice(c->s, o) != PF_OK)
+        c->oom = true;
+}
+
+/* Serves v from its namespace's feed (listed): the feed's objects of v's Service replace
+ * v's own, and v's own watches stop. */
+static void feed_attach(k8s_view *feed, k8s_view *v) {
+    pf_k8s *k = v->k;
+    k8s_svc *s = svc_get(v, v->ns, v->service, true);
+    if (!s) {
+        log_error("kubernetes: out of memory moving service=%s namespace=%s to the namespace "
+                  "watch; it keeps its own",
+                  v->service, v->ns);
+        return;
+    }
+    char key[K8S_KEY_MAX];
+    snprintf(key, sizeof key, "%s/%s", v->ns, v->service);
+    attach_ctx add = {s, v->service, true, false}, drop = {s, v->service, false, false};
+    k8s_map_each(&feed->watches[K8S_KIND_SLICE]->store, attach_slice_cb, &add);
+    if (add.oom)
+        log_error("kubernetes: out of memory indexing the slices of service=%s namespace=%s",
+                  v->service, v->ns);
+    k8s_map_each(&v->watches[K8S_KIND_SLICE]->store, attach_slice_cb, &drop);
+    s->service = k8s_map_get(&feed->watches[K8S_KIND_SERVICE]->store, key);
+    own_watches_stop(v);
+    v->fed_by = feed;
+    mark_dirty(s);
+    /* a Service first known now (or found missing) changes the routes */
+    k->routes_changed = true;
+    schedule_flush(k);
+}
+
+static k8s_view *feed_active(const pf_k8s *k, const char *ns) {
+    for (size_t i = 0; i < k->view_count; i++) {
+        k8s_view *f = k->views[i];
+        if (f->feed && f->feed_state == K8S_FEED_ACTIVE && strcmp(f->ns, ns) == 0)
+            return f;
+    }
+    return NULL;
+}
+
+/* A new Service in use, in a namespace a feed serves: attached at once when the feed holds
+ * its Service object. Otherwise (not created yet, misspelled, or created a moment ago and
+ * not on the feed's stream yet) the feed's silence is no proof it does not exist: v lists
+ * it as usual, and the feed takes it over once both say the same (feed_adopt). False when
+ * v needs its own watches. */
+static bool feed_take(pf_k8s *k, k8s_view *v) {
+    k8s_view *f = feed_active(k, v->ns);
+    if (!f || !fed_has_service_of(f, v->service))
+        return false;
+    feed_attach(f, v);
+    return v->fed_by == f;
+}
+
+typedef struct agree_ctx {
+    const k8s_map *own;
+    const char *service;
+    size_t matched;
+    bool differ;
+} agree_ctx;
+
+static void agree_slice_cb(void *arg, void *value) {
+    agree_ctx *c = arg;
+    const k8s_object *o = value;
+    if (c->differ || strcmp(o->u.slice.service, c->service) != 0)
+        return;
+    const k8s_object *mine = k8s_map_get(c->own, o->key);
+    if (!mine || strcmp(mine->rv, o->rv) != 0)
+        c->differ = true;
+    else
+        c->matched++;
+}
+
+/* True when v's own stores and the feed's hold the same objects of v's Service, at the
+ * same resourceVersions (compared for equality only: they are opaque): handing v over
+ * then changes nothing it serves. */
+static bool feed_agrees(const k8s_view *feed, const k8s_view *v) {
+    char key[K8S_KEY_MAX];
+    snprintf(key, sizeof key, "%s/%s", v->ns, v->service);
+    const k8s_object *a = k8s_map_get(&v->watches[K8S_KIND_SERVICE]->store, key);
+    const k8s_object *b = k8s_map_get(&feed->watches[K8S_KIND_SERVICE]->store, key);
+    if (!a != !b || (a && strcmp(a->rv, b->rv) != 0))
+        return false;
+    agree_ctx c = {&v->watches[K8S_KIND_SLICE]->store, v->service, 0, false};
+    k8s_map_each(&feed->watches[K8S_KIND_SLICE]->store, agree_slice_cb, &c);
+    return !c.differ && c.matched == v->watches[K8S_KIND_SLICE]->store.count;
+}
+
+/* Views of a fed namespace still on their own watches (see feed_take) go to the feed once
+ * it agrees with them. Runs from the flush, outside libcurl's callbacks: stopping a watch
+ * removes its transfer, which libcurl forbids from within one. */
+static void feed_adopt(pf_k8s *k) {
+    for (size_t i = 0; i < k->view_count; i++) {
+        k8s_view *v = k->views[i];
+        if (!v->on_demand || v->fed_by || !v->watches[K8S_KIND_SERVICE]->synced ||
+            !v->watches[K8S_KIND_SLICE]->synced)
+            continue;
+        k8s_view *f = feed_active(k, v->ns);
+        if (f && feed_agrees(f, v))
+            feed_attach(f, v);
+    }
+}
+
+/* A feed's list is in (first or relist): once both kinds are listed, it serves every
+ * Service in use in its namespace, and their own watches stop. */
+static void feed_listed(k8s_view *feed) {
+    pf_k8s *k = feed->k;
+    if (feed->feed_state != K8S_FEED_STARTING || !feed->watches[K8S_KIND_SERVICE]->synced ||
+        !feed->watches[K8S_KIND_SLICE]->synced)
+        return;
+    feed_move(feed, K8S_FEED_ACTIVE);
+    size_t n = 0;
+    for (size_t i = 0; i < k->view_count; i++) {
+        k8s_view *v = k->views[i];
+        if (v->on_demand && !v->fed_by && strcmp(v->ns, feed->ns) == 0) {
+            feed_attach(feed, v);
+            n += v->fed_by == feed;
+        }
+    }
+    log_info("kubernetes: namespace=%s served by one namespace-wide watch per kind services=%zu",
+             feed->ns, n);
+}
+
+/* Starts v's own watches again, from a list; v stays fed until both are in. */
+static void own_watches_rejoin(k8s_view *v) {
+    for (int kind = 0; kind < K8S_KIND_COUNT; kind++) {
+        k8s_watch *w = v->watches[kind];
+        w->rejoin_pending = true;
+        w->need_list = true;
+        watch_schedule(w, 0);
+    }
+}
+
+static size_t view_index(const pf_k8s *k, const k8s_view *v) {
+    size_t i = 0;
+    while (i < k->view_count && k->views[i] != v)
+        i++;
+    return i;
+}
+
+/* One of a returning view's own lists is in: when both are, the view lets go of the feed's
+ * objects (its own ones are in its svc already) and the feed, when no one uses it any
+ * more, stops. */
+static void rejoin_listed(k8s_watch *w) {
+    k8s_view *v = w->view;
+    w->rejoin_pending = false;
+    if (v->watches[K8S_KIND_SERVICE]->rejoin_pending ||
+        v->watches[K8S_KIND_SLICE]->rejoin_pending || !v->fed_by)
+        return;
+    k8s_svc *s = svc_get(v, v->ns, v->service, false);
+    if (s) {
+        const k8s_map *own = &v->watches[K8S_KIND_SLICE]->store;
+        for (size_t i = s->slice_count; i-- > 0;)
+            if (k8s_map_get(own, s->slice_objs[i]->key) != s->slice_objs[i])
+                svc_remove_slice(s, s->slice_objs[i]);
+        s->service = k8s_map_get(&v->watches[K8S_KIND_SERVICE]->store, s->key);
+        mark_dirty(s);
+    }
+    v->fed_by = NULL;
+    ns_balance(v->k, v->ns);
+}
+
+/* Decides, for one namespace, between watches per Service and one feed (see above). */
+static void ns_balance(pf_k8s *k, const char *ns) {
+    uint32_t max = k->kc->max_watches_per_namespace;
+    size_t used = 0, fed = 0;
+    k8s_view *feed = NULL;
+    for (size_t i = 0; i < k->view_count; i++) {
+        k8s_view *v = k->views[i];
+        if (strcmp(v->ns, ns) != 0)
+            continue;
+        if (v->feed)
+            feed = v;
+        else if (v->on_demand) {
+            used++;
+            fed += v->fed_by != NULL;
+        }
+    }
+    if (!feed) {
+        if (used <= max || !k->started)
+            return;
+        if (!(feed = view_new(k, ns, NULL))) {
+            log_error("kubernetes: out of memory starting a namespace watch of \"%s\"", ns);
+            return;
+        }
+        feed->feed = true;
+        feed->feed_state = K8S_FEED_STARTING;
+        log_info("kubernetes: namespace=%s has %zu services in use (max_watches_per_namespace "
+                 "%u): listing it whole",
+                 ns, used, max);
+        for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
+            watch_schedule(feed->watches[kind], 0);
+        return;
+    }
+    bool few = used * 2 < max;
+    if (feed->feed_state == K8S_FEED_ACTIVE && few) {
+        feed_move(feed, K8S_FEED_LEAVING);
+        log_info("kubernetes: namespace=%s has %zu services in use: back to watches per service",
+                 ns, used);
+        for (size_t i = 0; i < k->view_count; i++)
+            if (k->views[i]->fed_by == feed)
+                own_watches_rejoin(k->views[i]);
+    }
+    /* A feed nobody is served by goes: one still listing once few are in use, one that
+     * handed everyone back. Then the namespace is decided afresh. */
+    if ((feed->feed_state == K8S_FEED_STARTING && few) ||
+        (feed->feed_state == K8S_FEED_LEAVING && fed == 0)) {
+        view_remove(k, view_index(k, feed));
+        ns_balance(k, ns);
+    }
 }
 
 /* Kubernetes DNS for Services (the names a pod may use): svc (the pod's own namespace),
@@ -2059,7 +2426,8 @@ bool discovery_k8s_synced(const pf_k8s *k) {
     /* Services asked for on demand are waited for by their requests, not by /ready. */
     for (size_t i = 0; i < k->view_count; i++)
         for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
-            if (!k->views[i]->on_demand && !k->views[i]->watches[kind]->synced)
+            if (!k->views[i]->on_demand && !k->views[i]->feed &&
+                !k->views[i]->watches[kind]->synced)
                 return false;
     return true;
 }
@@ -2130,7 +2498,9 @@ int discovery_k8s_cluster_status(const pf_k8s *k, const char *cluster, pf_k8s_cl
         return PF_ENOTFOUND;
     const k8s_binding *b = f.found;
     const k8s_svc *s = b->svc;
-    const k8s_watch *w = s->view->watches[K8S_KIND_SLICE];
+    /* a fed view's own watches are stopped: its namespace's feed tells */
+    const k8s_view *src = s->view->fed_by ? s->view->fed_by : s->view;
+    const k8s_watch *w = src->watches[K8S_KIND_SLICE];
     uint64_t now = pf_now_ms();
     memset(out, 0, sizeof *out);
     snprintf(out->namespace, sizeof out->namespace, "%s", s->ns);
@@ -2142,12 +2512,12 @@ int discovery_k8s_cluster_status(const pf_k8s *k, const char *cluster, pf_k8s_cl
     snprintf(out->resource_version, sizeof out->resource_version, "%s", w->rv);
     if (b->dns_cfg)
         snprintf(out->external_name, sizeof out->external_name, "%s", b->dns_cfg->dns.name);
-    out->synced = w->synced && s->view->watches[K8S_KIND_SERVICE]->synced;
+    out->synced = w->synced && src->watches[K8S_KIND_SERVICE]->synced;
     if (w->req)
         out->watch_state = w->req->watch ? "watching" : "listing";
     else
         out->watch_state = w->failures ? "backing off" : "idle";
-    const k8s_watch *sw = s->view->watches[K8S_KIND_SERVICE];
+    const k8s_watch *sw = src->watches[K8S_KIND_SERVICE];
     uint64_t last_ms = w->last_event_ms > sw->last_event_ms ? w->last_event_ms : sw->last_event_ms;
     out->last_event_wall_us = w->last_event_wall_us > sw->last_event_wall_us
                                   ? w->last_event_wall_us

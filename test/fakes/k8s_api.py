@@ -26,6 +26,7 @@ ready; DIR receives ca.crt, server.crt, server.key and token.
 
 import argparse
 import base64
+import bisect
 import json
 import os
 import re
@@ -94,10 +95,54 @@ class State:
         self.sent = {}  # rv -> wall time the event was first written to a stream
         self.snapshots = {}  # continue token -> (rv, items)
         self.watchers = 0
+        # open watches now and at most, by namespace ("*": cluster-wide), for tests that
+        # bound what a client keeps open
+        self.watches_open = {}
+        self.watches_peak = {}
+        # (resource, namespace, kubernetes.io/service-name) -> {name: object}: one
+        # Service's slices are found without a scan of every slice (a fleet's sidecars ask
+        # this for each Service they use)
+        self.by_service = {}
+        self.log_rvs = []  # the rvs of log, for a bisect from a watch's resourceVersion
+        self.max_log = 0  # events kept (0: all); past it the oldest half is compacted away
+        self.log_floor = 0  # the last rv max_log dropped
 
     def bump(self):
         self.rv += 1
         return self.rv
+
+    def index(self, res, obj, add):
+        meta = obj.get("metadata", {})
+        svc = meta.get("labels", {}).get(SERVICE_LABEL)
+        if svc is None:
+            return
+        key = (res, meta["namespace"], svc)
+        if add:
+            self.by_service.setdefault(key, {})[meta["name"]] = obj
+        else:
+            group = self.by_service.get(key, {})
+            group.pop(meta["name"], None)
+            if not group:
+                self.by_service.pop(key, None)
+
+    def record(self, res, kind, obj):
+        self.log.append((self.rv, res, kind, obj))
+        self.log_rvs.append(self.rv)
+        if self.max_log and len(self.log) > self.max_log:
+            # what etcd's compaction does: history before a revision is gone; a watch from
+            # an older resourceVersion gets 410, one from the last dropped revision on is
+            # served (the changes after it are all kept)
+            drop = len(self.log) // 2
+            self.log_floor = self.log_rvs[drop - 1]
+            self.compacted = max(self.compacted, self.log_floor)
+            for rv in self.log_rvs[:drop]:
+                self.sent.pop(rv, None)
+            del self.log[:drop]
+            del self.log_rvs[:drop]
+
+    def log_after(self, rv):
+        """The index in log of the first event after resourceVersion rv."""
+        return bisect.bisect_right(self.log_rvs, rv)
 
     def put(self, obj):
         res = KIND_TO_RESOURCE[obj["kind"]]
@@ -109,17 +154,22 @@ class State:
             meta.setdefault("uid", f"uid-{res}-{key[0]}-{key[1]}")
             meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
         meta["resourceVersion"] = str(self.bump())
+        old = self.objects[res].get(key)
+        if old is not None:
+            self.index(res, old, False)
         self.objects[res][key] = obj
-        self.log.append((self.rv, res, kind, obj))
+        self.index(res, obj, True)
+        self.record(res, kind, obj)
         return self.rv
 
     def delete(self, res, ns, name):
         obj = self.objects[res].pop((ns, name), None)
         if obj is None:
             return None
+        self.index(res, obj, False)
         obj = json.loads(json.dumps(obj))
         obj["metadata"]["resourceVersion"] = str(self.bump())
-        self.log.append((self.rv, res, "DELETED", obj))
+        self.record(res, "DELETED", obj)
         return self.rv
 
 
@@ -137,6 +187,7 @@ def send_json(handler, code, doc, state=None):
 
 
 FIELDS = {"metadata.name", "metadata.namespace"}  # what the API accepts for both resources
+SERVICE_LABEL = "kubernetes.io/service-name"
 
 
 def parse_terms(sel):
@@ -305,10 +356,16 @@ def make_handler(state):
                     rv, at = state.rv, 0
                     field = q.get("fieldSelector") or ""
                     objs = state.objects[res]
+                    label = q.get("labelSelector") or ""
+                    by_svc = re.fullmatch(re.escape(SERVICE_LABEL) + r"==?([^,!=]*)", label)
                     if ns is not None and re.fullmatch(r"metadata\.name==?[^,]*", field):
                         # one object by name: looked up, not scanned (a fleet asks this a lot)
                         one = objs.get((ns, field.split("=")[-1]))
                         candidates = [((ns, ""), one)] if one else []
+                    elif ns is not None and by_svc:
+                        # one Service's slices: from the index (still matched below)
+                        group = state.by_service.get((res, ns, by_svc.group(1)), {})
+                        candidates = sorted(((ns, n), o) for n, o in group.items())
                     else:
                         candidates = sorted(objs.items())
                     items = [o for (ons, _), o in candidates
@@ -348,20 +405,23 @@ def make_handler(state):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             self.wfile.flush()
+            where = ns or "*"
             with state.cond:
                 gen = state.cut_generation
                 state.watchers += 1
+                state.watches_open[where] = state.watches_open.get(where, 0) + 1
+                state.watches_peak[where] = max(state.watches_peak.get(where, 0),
+                                                state.watches_open[where])
                 if start == "0":
                     # "any": the current state as ADDED events, then changes
                     pending = [(state.rv, "ADDED", o) for (ons, _), o in
                                sorted(state.objects[res].items()) if ns is None or ons == ns]
-                    cursor = len(state.log)
+                    cursor = state.rv  # the resourceVersion sent up to (the log is by rv)
                 elif int(start) < state.compacted:
-                    pending, cursor = None, len(state.log)
+                    pending, cursor = None, state.rv
                 else:
                     pending = []
-                    cursor = next((i for i, e in enumerate(state.log) if e[0] > int(start)),
-                                  len(state.log))
+                    cursor = int(start)
             try:
                 if pending is None:
                     err = status(410, "Expired", f"too old resource version: {start} "
@@ -370,7 +430,7 @@ def make_handler(state):
                     self.chunk(b"")
                     return
                 last_sent = time.monotonic()
-                while True:
+                while pending is not None:
                     lines = []
                     for rv, typ, o in pending:
                         if selector_match(o, label_sel, field_sel):
@@ -390,7 +450,8 @@ def make_handler(state):
                             now = time.monotonic()
                             if now >= deadline:
                                 break
-                            if not state.stalled and cursor < len(state.log):
+                            if not state.stalled and state.log_rvs and \
+                                    state.log_rvs[-1] > cursor:
                                 break
                             if bookmarks and not state.stalled and \
                                     now - last_sent >= state.bookmark_interval:
@@ -409,9 +470,13 @@ def make_handler(state):
                         if time.monotonic() >= deadline:
                             self.chunk(b"")
                             return
-                        while cursor < len(state.log):
-                            rv, r, typ, o = state.log[cursor]
-                            cursor += 1
+                        if cursor < state.log_floor:
+                            # the events it has not seen yet were compacted away (max_log):
+                            # the API ends such a watch with a 410
+                            pending = None
+                            break
+                        for rv, r, typ, o in state.log[state.log_after(cursor):]:
+                            cursor = rv
                             if r == res and (ns is None or o["metadata"]["namespace"] == ns):
                                 pending.append((rv, typ, o))
                         rv_now = state.rv
@@ -422,9 +487,14 @@ def make_handler(state):
                             "kind": kind, "apiVersion": api_version, "metadata": meta}}
                         self.chunk(json.dumps(bm).encode() + b"\n")
                         last_sent = time.monotonic()
+                err = status(410, "Expired", f"too old resource version: {cursor} "
+                                             f"({state.compacted})")
+                self.chunk(json.dumps({"type": "ERROR", "object": err}).encode() + b"\n")
+                self.chunk(b"")
             finally:
                 with state.cond:
                     state.watchers -= 1
+                    state.watches_open[where] -= 1
 
     return Api
 
@@ -452,6 +522,9 @@ def make_control(state):
                 elif self.path == "/state":
                     self.reply({"resourceVersion": state.rv, "compacted": state.compacted,
                                 "watchers": state.watchers, "bytes_sent": state.bytes_sent,
+                                "watches_open": state.watches_open,
+                                "watches_peak": state.watches_peak,
+                                "log": len(state.log),
                                 "counts": {r: len(o) for r, o in state.objects.items()}})
                 else:
                     self.reply({"error": "unknown"}, 404)
@@ -496,6 +569,7 @@ def make_control(state):
             if path == "/settings":
                 state.bookmark_interval = float(doc.get("bookmark_interval",
                                                         state.bookmark_interval))
+                state.max_log = int(doc.get("max_log", state.max_log))
                 return {"ok": True}
             if path == "/throttle":  # {"count": n, "retry_after": seconds}
                 state.throttle = int(doc["count"])
@@ -503,6 +577,9 @@ def make_control(state):
                 return {"ok": True}
             if path == "/requests/clear":
                 state.requests.clear()
+                return {"ok": True}
+            if path == "/watches/peak/reset":  # the peak starts again from what is open now
+                state.watches_peak = dict(state.watches_open)
                 return {"ok": True}
             return {"error": "unknown path"}
 

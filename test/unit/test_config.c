@@ -1395,6 +1395,7 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
         "'backoff':{'base':'100ms','max':'5s'},'max_line_bytes':65536,'page_size':50,"
         "'auto_discover':{'namespaces':['shop','default'],'max_clusters':64,'mode':'on_demand',"
         "'on_demand_timeout':'1s','negative_ttl':'3s','idle_timeout':'2m',"
+        "'max_watches_per_namespace':8,"
         "'cluster':{'connect_timeout':'300ms','lb_policy':'least_request'}}},"
         "'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':{},"
         "'cluster':'reviews'}]}],"
@@ -1421,6 +1422,7 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
     CU_ASSERT_EQUAL(k->on_demand_timeout_ms, 1000);
     CU_ASSERT_EQUAL(k->negative_ttl_ms, 3000);
     CU_ASSERT_EQUAL(k->idle_timeout_ms, 120000);
+    CU_ASSERT_EQUAL(k->max_watches_per_namespace, 8);
     CU_ASSERT_FATAL(k->auto_cluster != NULL);
     CU_ASSERT_EQUAL(k->auto_cluster->connect_timeout_ms, 300);
     CU_ASSERT_EQUAL(k->auto_cluster->lb_policy, PF_LB_LEAST_REQUEST);
@@ -1449,6 +1451,8 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
     CU_ASSERT_EQUAL(cfg->kubernetes.on_demand_timeout_ms, PF_DEFAULT_K8S_ON_DEMAND_TIMEOUT_MS);
     CU_ASSERT_EQUAL(cfg->kubernetes.negative_ttl_ms, PF_DEFAULT_K8S_NEGATIVE_TTL_MS);
     CU_ASSERT_EQUAL(cfg->kubernetes.idle_timeout_ms, PF_DEFAULT_K8S_IDLE_TIMEOUT_MS);
+    CU_ASSERT_EQUAL(cfg->kubernetes.max_watches_per_namespace,
+                    PF_DEFAULT_K8S_MAX_WATCHES_PER_NAMESPACE);
     config_free(cfg);
 }
 
@@ -1734,7 +1738,8 @@ static const struct {
      "x.json: $.kubernetes.backoff: unknown key \"factor\"; known keys: base, max"},
     {K8S("'auto_discover':{'namespaces':'all','labels':{}}"),
      "x.json: $.kubernetes.auto_discover: unknown key \"labels\"; known keys: namespaces, "
-     "cluster, max_clusters, mode, on_demand_timeout, negative_ttl, idle_timeout"},
+     "cluster, max_clusters, mode, on_demand_timeout, negative_ttl, idle_timeout, "
+     "max_watches_per_namespace"},
     {K8S("'auto_discover':{'namespaces':'all','mode':'lazy'}"),
      "x.json: $.kubernetes.auto_discover.mode: unknown mode \"lazy\"; known modes: watch_all, "
      "on_demand"},
@@ -1742,6 +1747,8 @@ static const struct {
      "x.json: $.kubernetes.auto_discover.negative_ttl: \"0s\" must be greater than zero"},
     {K8S("'auto_discover':{'namespaces':'all','max_clusters':0}"),
      "x.json: $.kubernetes.auto_discover.max_clusters: 0 out of range (1-8192)"},
+    {K8S("'auto_discover':{'namespaces':'all','max_watches_per_namespace':0}"),
+     "x.json: $.kubernetes.auto_discover.max_watches_per_namespace: 0 out of range (1-4096)"},
     {K8S("'auto_discover':{'namespaces':'all','cluster':[]}"),
      "x.json: $.kubernetes.auto_discover.cluster: expected object, found array"},
     {LB("'hash_on':5"), "x.json: $.clusters[0].hash_on: expected object, found integer"},
