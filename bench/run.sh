@@ -29,7 +29,7 @@ CONNS=${BENCH_CONNECTIONS:-50}           # wrk -c
 # the proxy can do; with the default 2 rounds a median is just a mean and gets dragged
 # by one disturbed round. median: each metric's median over rounds.
 AGG=${BENCH_AGG:-best}
-CASES=${BENCH_CASES:-keepalive,close,policies,failover,health,dns,k8s,fleet,status,reload,tls,h2,tcp,routes}
+CASES=${BENCH_CASES:-keepalive,close,policies,failover,health,dns,k8s,fleet,churn,status,reload,tls,h2,tcp,routes}
 STANDIN=${BENCH_STANDIN:-}               # "haproxy": run haproxy in pilotfish's slot (A/A self-test)
 PIN=${BENCH_PIN:-1}                      # 0 disables taskset pinning
 PROXY_CPU=${BENCH_PROXY_CPU:-1}
@@ -412,6 +412,7 @@ run_one() {
 #   dns       bench/dns.sh: a 500-target SRV cluster against the same endpoints listed
 #   k8s       bench/k8s.sh: 1,000 Services / 10,000 endpoints from the fake API server
 #   fleet     bench/fleet.sh: 100 sidecars against one API server, on_demand vs watch_all
+#   churn     bench/ondemand_churn.sh: 20,000 Services created, used and let go by one sidecar
 #   policies  bench/policies.sh: every lb_policy against round robin, equal and skewed backends
 #   failover  bench/failover.sh     health   bench/health.sh
 #   status    bench/status_page.sh: the admin status page's render time at 1,000 clusters
@@ -420,7 +421,7 @@ run_one() {
 #   h2        bench/h2.sh: h2load over h2c against haproxy, HTTP/1.1 and h2c upstreams
 #   tcp       bench/tcp.sh: tcp listener bytes per CPU-second against haproxy in mode tcp
 #   routes    bench/routes.sh: a route with matchers, a split, an edit and a rate limit vs a plain one
-for own in dns:dns k8s:k8s fleet:fleet policies:policies failover:failover health:health status:status_page \
+for own in dns:dns k8s:k8s fleet:fleet churn:ondemand_churn policies:policies failover:failover health:health status:status_page \
     reload:reload tls:tls h2:h2 tcp:tcp routes:routes; do
     name=${own%%:*}
     [[ ",$CASES," == *,$name,* ]] || continue

@@ -30,6 +30,7 @@ import bisect
 import json
 import os
 import re
+import select
 import signal
 import socket
 import ssl
@@ -422,6 +423,7 @@ def make_handler(state):
                 else:
                     pending = []
                     cursor = int(start)
+            gone = False
             try:
                 if pending is None:
                     err = status(410, "Expired", f"too old resource version: {start} "
@@ -456,7 +458,16 @@ def make_handler(state):
                             if bookmarks and not state.stalled and \
                                     now - last_sent >= state.bookmark_interval:
                                 break
+                            if select.select([self.connection], [], [], 0)[0]:
+                                # a watch client sends nothing: readable is its close, seen
+                                # at once as the API server does (the count of open
+                                # watches must not wait for the next write to fail)
+                                gone = True
+                                break
                             state.cond.wait(min(0.2, max(0.01, deadline - now)))
+                        if gone:
+                            self.close_connection = True
+                            return
                         if state.cut_generation != gen:
                             if mid:
                                 # half an event, then the connection drops
