@@ -207,10 +207,10 @@ def main():
             next_pause += PAUSE_EVERY
             time.sleep(IDLE_S * 3)  # everything goes idle: back to watches per Service
     elapsed = time.monotonic() - t0
-    series_end = len(http_get(admin, "/stats/prometheus", 10.0)[1].splitlines())
     # the end: everything let go, then one more Service still routes
     idle_ok = wait_until("every Service let go", lambda: slots() == 0 and watches() == 0,
                          60, pf, pf_log, give_up=False)
+    series_end = len(http_get(admin, "/stats/prometheus", 10.0)[1].splitlines())
     control(ctl, "/apply", {"ops": service_ops("last", backend)})
     last = client.get("last.default")
     with open(pf_log, errors="replace") as f:
