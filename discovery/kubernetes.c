@@ -457,10 +457,8 @@ static void feed_changed(k8s_view *feed, const k8s_object *prev, const k8s_objec
 
 /* A store changed from prev to cur (either may be NULL); called before prev is freed. */
 static void view_changed(k8s_view *v, const k8s_object *prev, const k8s_object *cur) {
-    if (v->feed) {
+    if (v->feed) /* routed to the Services in use; indexed by Service below like any view */
         feed_changed(v, prev, cur);
-        return;
-    }
     const k8s_object *any = cur ? cur : prev;
     if (any->kind == K8S_KIND_SERVICE) {
         k8s_svc *s = svc_get(v, any->ns, any->name, cur != NULL);
@@ -2130,19 +2128,14 @@ static void own_watches_stop(k8s_view *v) {
 typedef struct attach_ctx {
     k8s_svc *s;
     const char *service;
-    bool add; /* add the slices of `service` to s, else remove them */
-    bool oom;
 } attach_ctx;
 
+/* Drops a view's own slice of its Service from its svc. */
 static void attach_slice_cb(void *arg, void *value) {
     attach_ctx *c = arg;
     const k8s_object *o = value;
-    if (strcmp(o->u.slice.service, c->service) != 0)
-        return;
-    if (!c->add)
+    if (strcmp(o->u.slice.service, c->service) == 0)
         svc_remove_slice(c->s, o);
-    else if (svc_add_slice(c->s, o) != PF_OK)
-        c->oom = true;
 }
 
 /* Serves v from its namespace's feed (listed): the feed's objects of v's Service replace
@@ -2156,15 +2149,15 @@ static void feed_attach(k8s_view *feed, k8s_view *v) {
                   v->service, v->ns);
         return;
     }
-    char key[K8S_KEY_MAX];
-    snprintf(key, sizeof key, "%s/%s", v->ns, v->service);
-    attach_ctx add = {s, v->service, true, false}, drop = {s, v->service, false, false};
-    k8s_map_each(&feed->watches[K8S_KIND_SLICE]->store, attach_slice_cb, &add);
-    if (add.oom)
-        log_error("kubernetes: out of memory indexing the slices of service=%s namespace=%s",
-                  v->service, v->ns);
+    /* the feed's own index of the namespace by Service */
+    const k8s_svc *fs = svc_get(feed, v->ns, v->service, false);
+    for (size_t i = 0; fs && i < fs->slice_count; i++)
+        if (svc_add_slice(s, fs->slice_objs[i]) != PF_OK)
+            log_error("kubernetes: out of memory indexing the slices of service=%s namespace=%s",
+                      v->service, v->ns);
+    attach_ctx drop = {s, v->service};
     k8s_map_each(&v->watches[K8S_KIND_SLICE]->store, attach_slice_cb, &drop);
-    s->service = k8s_map_get(&feed->watches[K8S_KIND_SERVICE]->store, key);
+    s->service = fs ? fs->service : NULL;
     own_watches_stop(v);
     v->fed_by = feed;
     mark_dirty(s);
@@ -2195,38 +2188,24 @@ static bool feed_take(pf_k8s *k, k8s_view *v) {
     return v->fed_by == f;
 }
 
-typedef struct agree_ctx {
-    const k8s_map *own;
-    const char *service;
-    size_t matched;
-    bool differ;
-} agree_ctx;
-
-static void agree_slice_cb(void *arg, void *value) {
-    agree_ctx *c = arg;
-    const k8s_object *o = value;
-    if (c->differ || strcmp(o->u.slice.service, c->service) != 0)
-        return;
-    const k8s_object *mine = k8s_map_get(c->own, o->key);
-    if (!mine || strcmp(mine->rv, o->rv) != 0)
-        c->differ = true;
-    else
-        c->matched++;
-}
-
 /* True when v's own stores and the feed's hold the same objects of v's Service, at the
  * same resourceVersions (compared for equality only: they are opaque): handing v over
  * then changes nothing it serves. */
 static bool feed_agrees(const k8s_view *feed, const k8s_view *v) {
     char key[K8S_KEY_MAX];
     snprintf(key, sizeof key, "%s/%s", v->ns, v->service);
+    const k8s_svc *fs = k8s_map_get(&feed->svcs, key);
+    const k8s_map *own = &v->watches[K8S_KIND_SLICE]->store;
     const k8s_object *a = k8s_map_get(&v->watches[K8S_KIND_SERVICE]->store, key);
-    const k8s_object *b = k8s_map_get(&feed->watches[K8S_KIND_SERVICE]->store, key);
-    if (!a != !b || (a && strcmp(a->rv, b->rv) != 0))
+    const k8s_object *b = fs ? fs->service : NULL;
+    if (!a != !b || (a && strcmp(a->rv, b->rv) != 0) || (fs ? fs->slice_count : 0) != own->count)
         return false;
-    agree_ctx c = {&v->watches[K8S_KIND_SLICE]->store, v->service, 0, false};
-    k8s_map_each(&feed->watches[K8S_KIND_SLICE]->store, agree_slice_cb, &c);
-    return !c.differ && c.matched == v->watches[K8S_KIND_SLICE]->store.count;
+    for (size_t i = 0; fs && i < fs->slice_count; i++) {
+        const k8s_object *mine = k8s_map_get(own, fs->slice_objs[i]->key);
+        if (!mine || strcmp(mine->rv, fs->slice_objs[i]->rv) != 0)
+            return false;
+    }
+    return true;
 }
 
 /* Views of a fed namespace still on their own watches (see feed_take) go to the feed once
