@@ -86,6 +86,7 @@ struct pf_conn {
     llhttp_method_t method;
     bool method_known; /* the request line's method was parsed: else it is logged as "-" */
     pf_body_mode req_body;
+    size_t head_fields; /* the request head's fields; those after a chunked body are trailers */
     pf_body_mode resp_body;
     bool body_ended; /* the chunked response's last chunk (with trailers) is written */
     pf_exchange ex;  /* embedded: no allocation per request */
@@ -486,6 +487,7 @@ static int on_header_value_complete(llhttp_t *p) {
 static int on_headers_complete(llhttp_t *p) {
     pf_conn *c = p->data;
     timer_stop(c);
+    c->head_fields = c->req.count;
     dispatch(c);
     return closing(c) ? -1 : 0;
 }
@@ -500,8 +502,17 @@ static int on_message_complete(llhttp_t *p) {
     pf_conn *c = p->data;
     if (c->timer_kind == TIMER_BODY)
         timer_stop(c);
-    if (!c->connect_accepted) /* a tunnel's CONNECT has no exchange to end */
-        exchange_request_end(&c->ex);
+    if (c->connect_accepted) /* a tunnel's CONNECT has no exchange to end */
+        return HPE_PAUSED;
+    /* llhttp reports a chunked body's trailer fields like head fields: they went into the
+     * head after its own. The exchange keeps them for the upstream, and the head is cut
+     * back, since a retry writes it again. */
+    for (size_t i = c->head_fields; i < c->req.count; i++)
+        exchange_request_trailer(&c->ex, http1_name(&c->req, i), c->req.headers[i].name_len,
+                                 http1_value(&c->req, i), c->req.headers[i].value_len);
+    if (c->req.count > c->head_fields)
+        c->req.count = c->head_fields;
+    exchange_request_end(&c->ex);
     return HPE_PAUSED;
 }
 

@@ -420,6 +420,11 @@ void exchange_free(pf_exchange *ex) {
         free(ex->held);
     }
     ex->held = NULL;
+    if (ex->req_trailers) {
+        http1_head_free(ex->req_trailers);
+        free(ex->req_trailers);
+    }
+    ex->req_trailers = NULL;
     free(ex->rewritten);
     ex->rewritten = NULL;
 }
@@ -461,6 +466,8 @@ void exchange_reset(pf_exchange *ex) {
     ex->set = NULL;
     if (ex->replay)
         evbuffer_drain(ex->replay, evbuffer_get_length(ex->replay));
+    if (ex->req_trailers)
+        http1_head_reset(ex->req_trailers);
 }
 
 void exchange_begin(pf_exchange *ex, const pf_head *head) {
@@ -997,6 +1004,35 @@ void exchange_request_end(pf_exchange *ex) {
     }
     if (ex->up)
         ex->up_ops->end_body(ex->up, attempt_timeout_ms(ex));
+}
+
+void exchange_request_trailer(pf_exchange *ex, const char *name, size_t name_len, const char *value,
+                              size_t value_len) {
+    touch(ex);
+    if (!ex->req_trailers) {
+        ex->req_trailers = calloc(1, sizeof *ex->req_trailers);
+        if (!ex->req_trailers)
+            return;
+        http1_head_init(ex->req_trailers, ex->l->cfg->max_header_bytes, ex->l->cfg->max_headers);
+    }
+    /* A field that does not fit is dropped whole: a name without its value would go on. */
+    pf_head *t = ex->req_trailers;
+    size_t count = t->count, len = t->len;
+    int rc = http1_head_append_name(t, name, name_len);
+    if (rc == PF_OK)
+        rc = http1_head_append_value(t, value, value_len);
+    if (rc == PF_OK)
+        rc = http1_head_finish_value(t);
+    if (rc != PF_OK) {
+        t->count = count;
+        t->len = len;
+        t->last_was_value = count > 0;
+        log_debug("request trailer dropped: over the listener's limits client=%s", ex->client_ip);
+    }
+}
+
+const pf_head *exchange_request_trailers(const pf_exchange *ex) {
+    return ex->req_trailers && ex->req_trailers->count > 0 ? ex->req_trailers : NULL;
 }
 
 bool exchange_request_blocked(const pf_exchange *ex, size_t limit) {

@@ -179,6 +179,9 @@ struct pf_exchange {
     struct event *idle_timer;
     uint64_t idle_ms;
     uint64_t last_active_us;
+    /* The request's trailer fields (chunked HTTP/1 or HTTP/2), kept for every attempt;
+     * allocated on first use, kept with the exchange. */
+    pf_head *req_trailers;
     struct pf_mirror *mirror; /* the copy of this request, until the request is complete */
     char *rewritten;          /* the target after the route's rewrite, kept for the connection */
     size_t rewritten_cap;
@@ -214,6 +217,13 @@ void exchange_start_mirror(pf_exchange *ex, const pf_exchange_request *req, size
 /* Request body bytes, and the request's end. */
 void exchange_request_body(pf_exchange *ex, const char *at, size_t len);
 void exchange_request_end(pf_exchange *ex);
+/* One request trailer field (after the body, before exchange_request_end), copied; fields
+ * past the listener's max_header_bytes or max_headers are dropped (logged at debug). */
+void exchange_request_trailer(pf_exchange *ex, const char *name, size_t name_len, const char *value,
+                              size_t value_len);
+/* The request's trailer fields for an upstream codec ending the request body, or NULL:
+ * none. Borrowed until the exchange is reset. */
+const pf_head *exchange_request_trailers(const pf_exchange *ex);
 /* Whether the request body should wait: backing off, or the upstream's output holds
  * `limit` bytes or more. */
 bool exchange_request_blocked(const pf_exchange *ex, size_t limit);
