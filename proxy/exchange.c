@@ -458,6 +458,7 @@ void exchange_reset(pf_exchange *ex) {
     memset(&ex->vars, 0, sizeof ex->vars);
     ex->grpc = ex->overloaded = ex->grpc_reported = ex->holding = false;
     ex->grpc_status = ex->grpc_retry = -1;
+    ex->grpc_own_status = 0;
     if (ex->idle_timer)
         evtimer_del(ex->idle_timer);
     drop_cluster(ex);
@@ -490,18 +491,20 @@ void exchange_log(pf_exchange *ex) {
     pf_listener_rt *l = ex->l;
     uint64_t duration = pf_now_us() - ex->start_us;
     bool h2 = ex->down == &downstream_h2_ops;
-    metrics_inc(l->requests[code_class(ex->status)], 1);
+    /* A call pilotfish failed itself went out as HTTP 200 (grpc-status says it all), but it
+     * counts as the status it stands for: a timeout is a 5xx of the cluster, not a success. */
+    size_t cls = code_class(ex->grpc_own_status ? ex->grpc_own_status : ex->status);
+    metrics_inc(l->requests[cls], 1);
     metrics_inc(l->protocol_requests[h2], 1);
     if (ex->grpc_status >= 0)
         metrics_inc(
             l->grpc_calls[ex->grpc_status < PF_GRPC_STATUSES ? ex->grpc_status : PF_GRPC_STATUSES],
             1);
-    metrics_observe_us(l->duration[code_class(ex->status)], duration);
+    metrics_observe_us(l->duration[cls], duration);
     if (ex->wc && ex->ep)
-        metrics_inc(ex->wc->rt->requests[code_class(ex->status)], 1);
+        metrics_inc(ex->wc->rt->requests[cls], 1);
     if (ex->ep && ex->ep->stats && ex->w->proxy->per_endpoint)
-        atomic_fetch_add_explicit(&ex->ep->stats->responses[code_class(ex->status)], 1,
-                                  memory_order_relaxed);
+        atomic_fetch_add_explicit(&ex->ep->stats->responses[cls], 1, memory_order_relaxed);
     if (!ex->w->proxy->alog.enabled || !access_log_sampled(ex->w))
         return;
     const pf_head *h = ex->req.head;
@@ -593,6 +596,7 @@ void exchange_reply(pf_exchange *ex, int status, const char *body, const char *e
                      code, message);
         ex->status = 200;
         ex->grpc_status = code;
+        ex->grpc_own_status = status;
         ex->down->reply(ex->ds, 200, NULL, extra);
         return;
     }

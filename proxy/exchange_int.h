@@ -167,6 +167,7 @@ struct pf_exchange {
     bool overloaded;       /* the answer is a breaker's or the retry budget's: RESOURCE_EXHAUSTED */
     bool grpc_reported;    /* the call's outcome went to outlier detection and the balancer */
     int grpc_status;       /* the call's grpc-status (upstream's or ours); -1: none seen */
+    int grpc_own_status;   /* our own answer to a call: the HTTP status it stands for; 0: none */
     int grpc_retry;        /* a trailers-only failure being retried; -1: none */
     char grpc_timeout[24]; /* what goes upstream as grpc-timeout */
     /* A call's answer head held back until its first message or its trailers, so that a

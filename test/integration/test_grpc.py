@@ -300,6 +300,40 @@ def test_response_timeout_is_deadline_exceeded(echo_servers, start_pilotfish):
     assert "timeout" in err.details()
 
 
+def test_calls_pilotfish_fails_count_as_the_status_they_stand_for(echo_servers, start_pilotfish):
+    b = echo_servers("s1")
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("grpc", prefix=ECHO)])],
+        [cluster("grpc", [b.address], protocol="h2", response_timeout="300ms")]), workers=1)
+    assert call(pf.port(), "Call", b"x") == b"s1:x"
+    # The server's own failure is an answer of the cluster's: 2xx, its status in grpc_status.
+    assert call_error(pf.port(), "Call", b"fail:7").code() == grpc.StatusCode.PERMISSION_DENIED
+    # pilotfish's own failures went out as HTTP 200 but count as the status they stand for.
+    assert call_error(pf.port(), "Call", b"sleep:3000").code() == \
+        grpc.StatusCode.DEADLINE_EXCEEDED
+    with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary("/other.Service/Call")(b"x", timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    lines = access_entries(pf, 4)
+    assert [(e["status"], e["grpc_status"]) for e in lines] == [
+        (200, 0), (200, 7), (200, 4), (200, 12)], lines
+    m = pf.metrics()
+
+    def count(name, **labels):
+        return metric_sum(m, name, **labels)
+
+    up = "pilotfish_upstream_requests_total"
+    assert (count(up, cluster="grpc", code_class="2xx"), count(up, cluster="grpc", code_class="5xx"),
+            count(up, cluster="grpc")) == (2, 1, 3), m
+    down = "pilotfish_downstream_requests_total"
+    assert [count(down, listener="main", code_class=c) for c in ("2xx", "4xx", "5xx")] == \
+        [2, 1, 1], m
+    assert count("pilotfish_request_duration_seconds_count", listener="main", code_class="5xx") == 1
+    assert [count("pilotfish_grpc_calls_total", grpc_status=c) for c in ("0", "7", "4", "12")] == \
+        [1, 1, 1, 1], m
+
+
 def test_circuit_breaker_is_resource_exhausted(echo_servers, start_pilotfish):
     b = echo_servers("s1")
     pf = start_pilotfish(make_config(
