@@ -1191,11 +1191,11 @@ static void grpc_call_end(pf_exchange *ex) {
 }
 
 /* Whether a call's answer head should wait for the call's first message or status: only
- * while a failing status in its trailers could still be retried, and only from HTTP/2
- * upstreams, whose codec lets the exchange end the attempt from inside its callbacks. */
+ * while a failing status in its trailers could still be retried (HTTP/2, or HTTP/1 chunked
+ * trailers). */
 static bool should_hold(const pf_exchange *ex, pf_body_mode upstream_body) {
-    return ex->up_ops == &upstream_h2_ops && upstream_body != PF_BODY_NONE && ex->replayable &&
-           (ex->retry->on & PF_RETRY_GRPC_ANY) && ex->retries < ex->retry->max_retries;
+    return upstream_body != PF_BODY_NONE && ex->replayable && (ex->retry->on & PF_RETRY_GRPC_ANY) &&
+           ex->retries < ex->retry->max_retries;
 }
 
 /* Keeps a copy of the answer's head (the codec's is borrowed for the call only). */
@@ -1282,7 +1282,7 @@ void exchange_on_response_body(pf_exchange *ex, const char *at, size_t len) {
     ex->down->send_body(ex->ds, at, len);
 }
 
-void exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers) {
+int exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers) {
     long g = ex->grpc ? http1_find(trailers, "grpc-status", NULL) : -1;
     if (g >= 0) {
         ex->grpc_status = exchange_grpc_status_parse(http1_value(trailers, (size_t)g),
@@ -1294,15 +1294,20 @@ void exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers) {
         if (ex->grpc_status > 0 && may_retry(ex, PF_FAIL_GRPC, ex->grpc_status)) {
             ex->holding = false;
             ex->grpc_retry = ex->grpc_status;
+            /* The HTTP/2 codec lets the exchange end the attempt from inside its callbacks;
+             * the HTTP/1 one ends it once its parser has returned. */
+            if (ex->up_ops != &upstream_h2_ops)
+                return PF_RESPONSE_RETRY;
             exchange_on_upstream_error(ex, 503, "upstream answered with a retriable grpc-status",
                                        PF_FAIL_GRPC);
-            return;
+            return PF_OK;
         }
         if (!send_held(ex))
-            return;
+            return PF_OK;
     }
     if (ex->down->send_trailers)
         ex->down->send_trailers(ex->ds, trailers);
+    return PF_OK;
 }
 
 void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable) {

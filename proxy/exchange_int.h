@@ -257,8 +257,12 @@ int exchange_on_response_head(pf_exchange *ex, const pf_head *resp, int status,
                               pf_body_mode upstream_body, uint64_t content_length, bool *skip_body);
 void exchange_on_response_interim(pf_exchange *ex, const pf_head *resp, int status);
 void exchange_on_response_body(pf_exchange *ex, const char *at, size_t len);
-/* Trailer fields after the body (HTTP/2, or HTTP/1 chunked); borrowed for the call. */
-void exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers);
+/* Trailer fields after the body (HTTP/2, or HTTP/1 chunked); borrowed for the call.
+ * Returns 0, or PF_RESPONSE_RETRY (HTTP/1 codec only): a gRPC call failed with a status its
+ * retry policy names before any message went out; the codec ends the attempt with
+ * exchange_on_upstream_error(.., PF_FAIL_STATUS) once its parser returned, and a retry
+ * follows. */
+int exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers);
 void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable);
 /* The attempt failed. `status` is what to answer if nothing was sent yet (502/503/504),
  * unless a retry follows. The upstream is released by the call. */

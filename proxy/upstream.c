@@ -809,8 +809,13 @@ static int on_message_complete(llhttp_t *p) {
         http1_head_reset(&up->resp);
         return HPE_PAUSED; /* process_input resumes once the client's output has room */
     }
-    if (up->trailers && up->resp.count > 0)
-        exchange_on_response_trailers(up->owner, &up->resp);
+    if (up->trailers && up->resp.count > 0 &&
+        exchange_on_response_trailers(up->owner, &up->resp) == PF_RESPONSE_RETRY) {
+        /* A gRPC status in the trailers is retried: the attempt ends after the parser. */
+        up->retry_status = 503;
+        up->parse_error = 503;
+        return -1;
+    }
     set_state(up, UP_COMPLETE);
     return HPE_PAUSED;
 }
