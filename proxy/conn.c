@@ -96,6 +96,8 @@ struct pf_conn {
     bool connect_accepted; /* the 200 goes out once llhttp is done with the CONNECT */
     char *bound_host;
     int bound_port;
+    uint64_t tunnel_start_us;         /* the CONNECT's start, for its access-log line */
+    uint64_t tunnel_in0, tunnel_out0; /* the stream's byte counts when the tunnel began */
     pf_tcp_conn *tcp; /* a tcp listener's connection: relayed, everything above is unused */
 };
 
@@ -160,9 +162,40 @@ static void reset_request(pf_conn *c) {
     http1_head_reset(&c->req);
 }
 
+/* A CONNECT tunnel's own access-log line when it ends: its authority, the bytes it carried
+ * each way after the 200 and how long it lasted, sampled like the rest. The requests inside
+ * have lines of their own. */
+static void log_tunnel(pf_conn *c) {
+    pf_worker *w = c->w;
+    if (!w->proxy->alog.enabled || !access_log_sampled(w))
+        return;
+    uint64_t in, out;
+    stream_bytes(c->stream, &in, &out);
+    char authority[PF_HOST_MAX + 16];
+    bool v6 = strchr(c->bound_host, ':') != NULL;
+    int n = snprintf(authority, sizeof authority, v6 ? "[%s]:%d" : "%s:%d", c->bound_host,
+                     c->bound_port);
+    pf_access_entry e = {
+        .method = "CONNECT",
+        .authority = authority,
+        .authority_len = n > 0 && (size_t)n < sizeof authority ? (size_t)n : 0,
+        .path = "",
+        .status = 200,
+        .bytes_in = in - c->tunnel_in0,
+        .bytes_out = out - c->tunnel_out0,
+        .duration_us = pf_now_us() - c->tunnel_start_us,
+        .client = c->client_ip,
+        .protocol = "HTTP/1.1",
+        .grpc_status = -1,
+    };
+    access_log_write(w, &e);
+}
+
 void conn_free(pf_conn *c) {
     if (!c)
         return;
+    if (c->tunnel_start_us)
+        log_tunnel(c);
     h2_conn_free(c->h2);
     tcp_conn_free(c->tcp);
     exchange_free(&c->ex);
@@ -309,6 +342,7 @@ static void accept_connect(pf_conn *c) {
     }
     c->bound_port = port;
     c->connect_accepted = true;
+    c->tunnel_start_us = c->ex.start_us ? c->ex.start_us : pf_now_us();
 }
 
 /* After the CONNECT's head: the 200, and the connection starts afresh inside the tunnel,
@@ -317,6 +351,10 @@ static void start_bound(pf_conn *c) {
     static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
     c->connect_accepted = false;
     evbuffer_add(output(c), established, sizeof established - 1);
+    /* The tunnel's bytes: what follows the 200 out, and what followed the CONNECT in. */
+    stream_bytes(c->stream, &c->tunnel_in0, &c->tunnel_out0);
+    c->tunnel_in0 -= evbuffer_get_length(stream_input(c->stream));
+    c->tunnel_out0 += evbuffer_get_length(output(c));
     log_debug("CONNECT accepted client=%s authority=%s:%d", c->client_ip, c->bound_host,
               c->bound_port);
     reset_request(c);
