@@ -309,6 +309,8 @@ static void reject(pf_conn *c, int status, const char *body) {
  * a connection bound to that authority (HTTP/1.1 or h2c inside), each request routed and
  * balanced as any other. That is what a gRPC client behind http_proxy needs, and it never
  * makes pilotfish an open proxy. */
+static void bind_authority(pf_conn *c, const char *host, int port);
+
 static void accept_connect(pf_conn *c) {
     const char *target = http1_first(&c->req);
     size_t len = c->req.first_len;
@@ -329,12 +331,24 @@ static void accept_connect(pf_conn *c) {
     }
     if (!router_host_known(c->l->router, host, port) &&
         service_routes_find(worker_service_routes(c->w), host, port) < 0) {
+        c->keep_alive = false; /* any answer but the 200 closes the connection */
+        if (exchange_park_connect(&c->ex, host, port)) {
+            log_debug("CONNECT waits for on-demand discovery client=%s host=%s", c->client_ip,
+                      host);
+            return; /* the parser stays paused after the CONNECT until the answer */
+        }
         log_debug("CONNECT refused client=%s authority=\"%.*s\"", c->client_ip, (int)len, target);
         reject(c, 403,
                "CONNECT is accepted only to a service pilotfish routes to; pilotfish is not an "
                "open proxy\n");
         return;
     }
+    bind_authority(c, host, port);
+}
+
+/* The CONNECT is accepted: the connection is bound to host:port once llhttp is done with the
+ * CONNECT (start_bound). */
+static void bind_authority(pf_conn *c, const char *host, int port) {
     c->bound_host = strdup(host);
     if (!c->bound_host) {
         reject(c, 503, "out of memory\n");
@@ -859,6 +873,30 @@ static void ds_send_end(void *ds) {
     request_done(c);
 }
 
+/* A CONNECT that waited for on-demand discovery names a Service now: the connection is
+ * bound to it as if it had been known at once, and what the client sent after the CONNECT
+ * is read inside the tunnel. */
+static void ds_connect_found(void *ds) {
+    pf_conn *c = ds;
+    char host[PF_HOST_MAX];
+    int port = -1;
+    if (router_parse_authority(http1_first(&c->req), c->req.first_len, host, sizeof host, &port) !=
+            0 ||
+        !(c->bound_host = strdup(host))) {
+        close_after_response(c); /* cannot happen but out of memory: the target parsed before */
+        return;
+    }
+    c->bound_port = port;
+    c->tunnel_start_us = c->ex.start_us ? c->ex.start_us : pf_now_us();
+    log_debug("CONNECT found its Service client=%s host=%s", c->client_ip, host);
+    start_bound(c);
+    if (c->read_paused) {
+        c->read_paused = false;
+        stream_read_enable(c->stream, true);
+    }
+    process_input(c);
+}
+
 /* pilotfish's own answer. Without a request body still to come the connection stays
  * usable; with one, reading a body nobody wants is not worth it, so we close. */
 static void ds_reply(void *ds, int status, const char *body, const char *extra_headers) {
@@ -937,6 +975,7 @@ static const pf_downstream_ops downstream_http1_ops = {
     .send_body = ds_send_body,
     .send_end = ds_send_end,
     .send_trailers = ds_send_trailers,
+    .connect_found = ds_connect_found,
     .reply = ds_reply,
     .abort = ds_abort,
     .output_full = ds_output_full,

@@ -442,7 +442,7 @@ void exchange_reset(pf_exchange *ex) {
     ex->req.head = NULL;
     ex->method = NULL;
     ex->request_complete = ex->replayable = ex->not_idempotent = ex->stale_retried = ex->upgrade =
-        ex->delayed = false;
+        ex->delayed = ex->connect_wait = false;
     ex->attempts = ex->retries = 0;
     ex->status = 0;
     ex->deadline_us = 0;
@@ -936,7 +936,24 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
 }
 
 void exchange_route_to(pf_exchange *ex, long cluster_index) {
+    if (ex->connect_wait) {
+        /* The CONNECT's Service was found: the tunnel is served here, not forwarded. */
+        ex->connect_wait = false;
+        exchange_set_state(ex, PF_EX_DONE);
+        ex->status = 200;
+        ex->down->connect_found(ex->ds);
+        return;
+    }
     route_to_cluster(ex, NULL, cluster_index);
+}
+
+bool exchange_park_connect(pf_exchange *ex, const char *host, int port) {
+    const pf_service_routes *services = worker_service_routes(ex->w);
+    if (!ex->down->connect_found || service_routes_known(services, host) ||
+        service_routes_missing(services, host) || !on_demand_park(ex, host, port))
+        return false;
+    ex->connect_wait = true;
+    return true;
 }
 
 /* The request goes to cluster_index (through `route`, or NULL: a discovered Service). */

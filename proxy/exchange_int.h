@@ -64,6 +64,9 @@ typedef struct pf_downstream_ops {
                                bool *client_eof);
     /* The tunnel ended (the exchange is DONE and logged): close the connection now. */
     void (*close)(void *ds);
+    /* A CONNECT that waited for on-demand discovery (exchange_park_connect) names a Service
+     * now (the exchange is DONE, status 200): open the tunnel. NULL: the codec parks none. */
+    void (*connect_found)(void *ds);
     /* The response's trailer fields, before send_end; NULL: the codec drops them. */
     void (*send_trailers)(void *ds, const pf_head *trailers);
 } pf_downstream_ops;
@@ -137,6 +140,7 @@ struct pf_exchange {
     bool delayed;            /* a fault delay holds the first attempt (BACKOFF) */
     bool delayed_replayable; /* what replayable was before the delay */
     bool upgrade;            /* the request's Upgrade went upstream: a 101 makes a tunnel */
+    bool connect_wait;       /* a CONNECT waits (RESOLVING) for its Service, not a route */
     pf_tunnel *tunnel;       /* while TUNNEL */
     uint64_t tunnel_us;      /* when the tunnel started */
     pf_header_vars vars;     /* what the route's header edits may name */
@@ -242,6 +246,12 @@ void exchange_route_to(pf_exchange *ex, long cluster_index);
  * discovery to find its Service, up to the proxy's on-demand timeout. Returns true when it
  * is waiting; false when on-demand discovery is off or the host names no Service. */
 bool on_demand_park(pf_exchange *ex, const char *host, int port);
+/* A CONNECT to host:port that names no known service may name a Service on-demand
+ * discovery has not looked up yet: the exchange waits for it like a request (RESOLVING),
+ * and once found the codec's connect_found opens the tunnel; a missing Service or the
+ * on-demand timeout is answered 503 through reply. Returns false (refuse it) when nothing
+ * is being looked up. */
+bool exchange_park_connect(pf_exchange *ex, const char *host, int port);
 /* Takes the exchange off the waiting list (it is answered, reset or freed). */
 void on_demand_unpark(pf_exchange *ex);
 /* The downstream gave up on a response that had started (client gone, timeouts): ABORTED. */
