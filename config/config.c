@@ -2365,14 +2365,7 @@ static void cluster_finish(loader *ld, json_t *v, const char *path, void *obj) {
     } else if (!eps) {
         errf(ld, path, "missing required key \"endpoints\" (or \"dns\" for endpoints from DNS)");
     }
-    /* Health checks of a TLS cluster speak TLS (HTTP/1.1 or a bare handshake); the gRPC
-     * check is framed over plaintext HTTP/2 only, so it needs health_check.tls false there. */
-    char hc[JPATH_MAX], p[JPATH_MAX];
-    if (c->has_tls && json_object_get(v, "health_check") && c->health_check.tls &&
-        c->health_check.type == PF_CHECK_GRPC)
-        errf(ld, jkey(p, jkey(hc, path, "health_check"), "type"),
-             "grpc checks do not speak TLS yet; a cluster with \"tls\" can use \"http\" or "
-             "\"tcp\" checks, or \"tls\": false to check in plaintext");
+    char p[JPATH_MAX];
     /* tls.alpn is what HTTP/1 connections offer; HTTP/2 connections (protocol h2, or
      * downstream for HTTP/2 clients) always offer "h2" alone. An endpoint told "h2" on an
      * HTTP/1 connection would answer in frames the HTTP/1 codec cannot read. */

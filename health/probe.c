@@ -1,6 +1,7 @@
 /* One active health check: connect, send, read until the answer decides.
  *
- * HTTP checks keep their connection between checks when the server allows keep-alive (as
+ * HTTP checks keep their connection between checks when the server allows keep-alive, and
+ * gRPC checks keep theirs (an HTTP/2 session, one stream per check) until the server ends it (as
  * Envoy does by default): a check is then one send and one read, not a TCP handshake, a
  * close and two epoll registrations, which is most of what checking a thousand endpoints a
  * second costs. A kept connection that the server closed meanwhile is no verdict on the
@@ -74,6 +75,7 @@ static void close_socket(probe *p) {
         p->fd = -1;
     }
     p->io_events = 0;
+    probe_grpc_end(p); /* a gRPC check's session lives as long as its connection */
 }
 
 /* Waits for `events` on the socket, touching epoll only when that changes. */
@@ -122,15 +124,22 @@ static void decide_connect_error(probe *p, int err) {
 }
 
 static void connect_fresh(probe *p, const struct sockaddr *sa, socklen_t len);
+static bool grpc_call_bytes(probe *p);
+static ssize_t recv_some(probe *p, char *buf, size_t cap);
 
-/* A kept connection found closed before any answer byte: the server closed an idle
- * connection, which says nothing of its health. Start over on a new connection. */
+/* A kept connection found closed before any answer byte (for gRPC: before the call's
+ * response head; a GOAWAY or a PING may have come): the server closed an idle connection,
+ * which says nothing of its health. Start over on a new connection. */
 static bool retry_fresh(probe *p) {
-    if (!p->reused || p->received > 0)
+    bool answered = p->hc->type == PF_CHECK_GRPC ? p->h2_status != 0 : p->received > 0;
+    if (!p->reused || answered)
         return false;
     close_socket(p);
     p->reused = false;
     p->sent = 0;
+    p->received = 0;
+    if (p->hc->type == PF_CHECK_GRPC && !grpc_call_bytes(p))
+        return true; /* decided: out of memory */
     llhttp_init(&p->parser, HTTP_RESPONSE, &http_settings);
     p->parser.data = p;
     connect_fresh(p, (const struct sockaddr *)&p->addr.ss, p->addr.len);
@@ -161,7 +170,6 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg) {
     }
     p->phase = PROBE_IDLE;
     p->out = NULL;
-    probe_grpc_end(p);
     p->done(p->arg, p->result, p->detail);
 }
 
@@ -272,13 +280,49 @@ static bool feed_tcp(probe *p, const char *data, size_t len) {
     return false;
 }
 
+/* Writes what the check's HTTP/2 session has to say (SETTINGS and PING acknowledgements,
+ * window updates): a few small frames. What the socket does not take at once is not queued;
+ * the connection is then not kept after the check. */
+static void grpc_flush(probe *p) {
+    const uint8_t *out;
+    ssize_t n;
+    while (!p->h2_unsent && (n = probe_grpc_pending(p, &out)) != 0) {
+        if (n < 0 || send_some(p, (const char *)out, (size_t)n) != n)
+            p->h2_unsent = true;
+    }
+    if (p->h2_unsent && p->ssl && p->phase == PROBE_READING && watch(p, EV_READ) != PF_OK)
+        p->h2_goaway = true; /* cannot happen but out of memory; the deadline still decides */
+}
+
 static bool feed_grpc(probe *p, const char *data, size_t len) {
     probe_result result;
     char detail[PROBE_DETAIL_MAX];
-    if (!probe_grpc_feed(p, p->fd, data, len, &result, detail, sizeof detail))
+    bool decided = probe_grpc_feed(p, data, len, &result, detail, sizeof detail);
+    grpc_flush(p);
+    if (!decided)
         return false;
-    decide(p, false, result, "%s", detail);
+    /* A kept connection the server closed under GOAWAY before taking the call: no verdict. */
+    if (p->h2_status == 0 && p->h2_goaway && retry_fresh(p))
+        return true;
+    bool keep = p->h2_status != 0 && !p->h2_unsent && probe_grpc_kept(p);
+    decide(p, keep, result, "%s", detail);
     return true;
+}
+
+/* Between checks the server may still speak on a kept gRPC connection (PING, SETTINGS, a
+ * GOAWAY before it closes): answered here. False when the connection should close. */
+static bool grpc_idle_read(probe *p) {
+    char buf[PROBE_READ_CHUNK];
+    for (;;) {
+        ssize_t n = recv_some(p, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return probe_grpc_kept(p) && !p->h2_unsent && watch(p, EV_READ) == PF_OK;
+        if (n <= 0 || !probe_grpc_absorb(p, buf, (size_t)n))
+            return false;
+        grpc_flush(p);
+    }
 }
 
 /* The server closed: an HTTP response delimited by the close ends here, and one whose
@@ -355,9 +399,22 @@ static void decide_handshake_failed(probe *p) {
     ERR_clear_error();
 }
 
+/* RFC 9113 3.3: over TLS a gRPC check speaks HTTP/2 only when ALPN chose "h2". */
+static bool alpn_h2(probe *p) {
+    const unsigned char *proto = NULL;
+    unsigned len = 0;
+    SSL_get0_alpn_selected(p->ssl, &proto, &len);
+    if (len == 2 && memcmp(proto, "h2", 2) == 0)
+        return true;
+    decide(p, false, PROBE_FAIL, "TLS: the endpoint did not choose h2 (ALPN)");
+    return false;
+}
+
 static void do_handshake(probe *p) {
     int n = SSL_do_handshake(p->ssl);
     if (n == 1) {
+        if (p->hc->type == PF_CHECK_GRPC && !alpn_h2(p))
+            return;
         p->phase = PROBE_SENDING;
         do_send(p);
         return;
@@ -384,7 +441,9 @@ static void on_io(evutil_socket_t fd, short what, void *arg) {
             return;
         }
         if (p->tls) {
-            if (!(p->ssl = p->tls(p->tls_arg, p->fd, p->addr.text))) {
+            static const unsigned char h2[] = {2, 'h', '2'};
+            if (!(p->ssl = p->tls(p->tls_arg, p->fd, p->addr.text)) ||
+                (p->hc->type == PF_CHECK_GRPC && SSL_set_alpn_protos(p->ssl, h2, sizeof h2))) {
                 decide(p, false, PROBE_FAIL, "out of memory");
                 return;
             }
@@ -407,8 +466,10 @@ static void on_io(evutil_socket_t fd, short what, void *arg) {
         return;
     case PROBE_IDLE:
     case PROBE_DECIDED:
-        /* A kept connection between checks: the server closed it (or spoke out of turn). */
-        close_socket(p);
+        /* A kept connection between checks: the server closed it (or spoke out of turn;
+         * HTTP/2 servers may, and are answered). */
+        if (!p->h2 || !grpc_idle_read(p))
+            close_socket(p);
         return;
     }
 }
@@ -463,15 +524,12 @@ void probe_start(probe *p, const pf_sockaddr *addr, const char *out, size_t out_
     struct timeval tv = pf_timeval_ms(p->hc->timeout_ms);
     event_add(p->deadline, &tv);
     if (p->hc->type == PF_CHECK_GRPC) {
-        /* A call on a connection of its own: the check's bytes are made here. */
-        close_socket(p);
-        size_t len = 0;
-        if (probe_grpc_begin(p, addr->text, &len) != PF_OK) {
-            decide(p, false, PROBE_FAIL, "out of memory");
+        /* A new stream on the kept session, or a new connection when there is none. */
+        if (!probe_grpc_kept(p) || p->h2_unsent)
+            close_socket(p);
+        p->h2_unsent = false;
+        if (!grpc_call_bytes(p))
             return;
-        }
-        p->out = (const char *)p->h2_out;
-        p->out_len = len;
     }
     p->reused = p->fd >= 0;
     if (p->reused) {
@@ -480,6 +538,24 @@ void probe_start(probe *p, const pf_sockaddr *addr, const char *out, size_t out_
     } else {
         connect_fresh(p, (const struct sockaddr *)&addr->ss, addr->len);
     }
+}
+
+/* The check's call as bytes to send (p->out); a kept session that takes no more streams is
+ * closed and the call made on a new one. False when decided (out of memory). */
+static bool grpc_call_bytes(probe *p) {
+    size_t len = 0;
+    int rc = probe_grpc_begin(p, p->addr.text, &len);
+    if (rc != PF_OK && p->fd >= 0) {
+        close_socket(p);
+        rc = probe_grpc_begin(p, p->addr.text, &len);
+    }
+    if (rc != PF_OK) {
+        decide(p, false, PROBE_FAIL, "out of memory");
+        return false;
+    }
+    p->out = (const char *)p->h2_out;
+    p->out_len = len;
+    return true;
 }
 
 void probe_cancel(probe *p) {

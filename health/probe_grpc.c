@@ -1,5 +1,8 @@
-/* gRPC health checks: one grpc.health.v1.Health/Check call per check over HTTP/2 with prior
- * knowledge, on a connection of its own. nghttp2 does the framing and HPACK; the protobuf
+/* gRPC health checks: one grpc.health.v1.Health/Check call per check over HTTP/2 (prior
+ * knowledge, or ALPN "h2" over the cluster's TLS). The connection and its session are kept
+ * between checks, one stream per check, as a gRPC client keeps its channel; a connection
+ * the server ends (GOAWAY, close) is replaced at the next check. nghttp2 does the framing
+ * and HPACK; the protobuf
  * messages are a few bytes, written and read by hand (field 1 of each):
  *   HealthCheckRequest  { string service = 1; }
  *   HealthCheckResponse { ServingStatus status = 1; }  SERVING = 1
@@ -11,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #define GRPC_PREFIX 5 /* compressed flag, 4-byte big-endian length */
 #define SERVING 1
@@ -116,7 +118,15 @@ static int on_data(nghttp2_session *session, uint8_t flags, int32_t id, const ui
 }
 
 static int on_close(nghttp2_session *session, int32_t id, uint32_t error_code, void *arg) {
-    ((probe *)arg)->h2_closed = true;
+    probe *p = arg;
+    if (id == p->h2_stream)
+        p->h2_closed = true;
+    return 0;
+}
+
+static int on_frame(nghttp2_session *session, const nghttp2_frame *frame, void *arg) {
+    if (frame->hd.type == NGHTTP2_GOAWAY)
+        ((probe *)arg)->h2_goaway = true; /* no new stream here: the next check reconnects */
     return 0;
 }
 
@@ -139,21 +149,40 @@ void probe_grpc_end(probe *p) {
     p->h2_out = NULL;
 }
 
-int probe_grpc_begin(probe *p, const char *authority, size_t *len) {
+/* A new client session: the preface and our SETTINGS go out with the first call. */
+static int session_new(probe *p) {
     nghttp2_session_callbacks *cbs = NULL;
-    probe_grpc_end(p);
-    p->h2_status = 0;
-    p->grpc_status = -1;
-    p->h2_closed = false;
-    p->msg_len = 0;
     if (nghttp2_session_callbacks_new(&cbs) != 0)
         return PF_ENOMEM;
     nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_close);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame);
     int rc = nghttp2_session_client_new(&p->h2, cbs, p);
     nghttp2_session_callbacks_del(cbs);
     if (rc != 0)
+        return PF_ENOMEM;
+    p->h2_goaway = false;
+    if (nghttp2_submit_settings(p->h2, NGHTTP2_FLAG_NONE, NULL, 0) != 0) {
+        probe_grpc_end(p);
+        return PF_ENOMEM;
+    }
+    return PF_OK;
+}
+
+bool probe_grpc_kept(const probe *p) {
+    return p->h2 && !p->h2_goaway && nghttp2_session_want_read(p->h2) &&
+           nghttp2_session_check_request_allowed(p->h2);
+}
+
+int probe_grpc_begin(probe *p, const char *authority, size_t *len) {
+    p->h2_status = 0;
+    p->grpc_status = -1;
+    p->h2_closed = false;
+    p->msg_len = 0;
+    free(p->h2_out);
+    p->h2_out = NULL;
+    if (!p->h2 && session_new(p) != PF_OK)
         return PF_ENOMEM;
     static const char path[] = "/grpc.health.v1.Health/Check";
 #define NV(n, v, vlen)                                                                             \
@@ -169,8 +198,8 @@ int probe_grpc_begin(probe *p, const char *authority, size_t *len) {
     };
 #undef NV
     nghttp2_data_provider dp = {.read_callback = read_request};
-    if (nghttp2_submit_settings(p->h2, NGHTTP2_FLAG_NONE, NULL, 0) != 0 ||
-        nghttp2_submit_request(p->h2, NULL, nv, sizeof nv / sizeof nv[0], &dp, NULL) < 0)
+    p->h2_stream = nghttp2_submit_request(p->h2, NULL, nv, sizeof nv / sizeof nv[0], &dp, NULL);
+    if (p->h2_stream < 0)
         goto fail;
     /* Everything the check sends goes out at once; the probe writes it like tcp "send". */
     size_t cap = 512, used = 0;
@@ -199,21 +228,22 @@ fail:
     return PF_ENOMEM;
 }
 
-bool probe_grpc_feed(probe *p, int fd, const char *data, size_t len, probe_result *result,
-                     char *detail, size_t cap) {
+ssize_t probe_grpc_pending(probe *p, const uint8_t **out) {
+    return p->h2 ? nghttp2_session_mem_send(p->h2, out) : 0;
+}
+
+bool probe_grpc_absorb(probe *p, const char *data, size_t len) {
+    return p->h2 && nghttp2_session_mem_recv(p->h2, (const uint8_t *)data, len) >= 0;
+}
+
+bool probe_grpc_feed(probe *p, const char *data, size_t len, probe_result *result, char *detail,
+                     size_t cap) {
     ssize_t used = nghttp2_session_mem_recv(p->h2, (const uint8_t *)data, len);
     if (used < 0) {
         *result = PROBE_FAIL;
         snprintf(detail, cap, "bad HTTP/2: %s", nghttp2_strerror((int)used));
+        p->h2_goaway = true; /* the session is broken: never kept */
         return true;
-    }
-    /* SETTINGS ACK, WINDOW_UPDATE: small; what does not fit the socket now is dropped (the
-     * server answers a check without them). */
-    for (;;) {
-        const uint8_t *out;
-        ssize_t n = nghttp2_session_mem_send(p->h2, &out);
-        if (n <= 0 || send(fd, out, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) != n)
-            break;
     }
     if (!p->h2_closed)
         return false;

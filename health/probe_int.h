@@ -13,6 +13,8 @@
 #include <openssl/ssl.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
 
 /* How a check ended; each is a metric label (probe_result_name). */
 typedef enum {
@@ -73,7 +75,10 @@ typedef struct probe {
     unsigned char *h2_out; /* the preface, SETTINGS, the request's HEADERS and DATA */
     int h2_status;         /* :status; 0 before the response head */
     int grpc_status;       /* -1 before a grpc-status */
-    bool h2_closed;        /* the stream ended (or was reset) */
+    bool h2_closed;        /* the check's stream ended (or was reset) */
+    bool h2_goaway;        /* the server said GOAWAY, or the session broke: not kept */
+    bool h2_unsent;        /* a control frame did not fit the socket: not kept */
+    int32_t h2_stream;     /* the check's stream on the kept session */
     unsigned char msg[PROBE_GRPC_MSG_MAX];
     size_t msg_len;
 } probe;
@@ -93,14 +98,22 @@ const char *probe_result_name(probe_result r);
 
 /* ---- grpc checks (probe_grpc.c) ------------------------------------------------------ */
 
-/* Sets up the check's HTTP/2 session and the bytes to send (p->h2_out, *len of them): the
- * client preface, SETTINGS, and a grpc.health.v1.Health/Check call for hc->service. Returns
- * 0 or PF_ENOMEM. */
+/* Sets up the check's call and the bytes to send (p->h2_out, *len of them): on a new
+ * session the client preface and SETTINGS first, on a kept one (probe_grpc_kept) the new
+ * stream only; then a grpc.health.v1.Health/Check call for hc->service. Returns 0 or
+ * PF_ENOMEM (also when a kept session takes no more streams: end it and begin again). */
 int probe_grpc_begin(probe *p, const char *authority, size_t *len);
-/* Feeds answer bytes (frames nghttp2 wants to answer, such as a SETTINGS ACK, are written
- * to fd as they fit). Returns true once the call decided: *result and detail (cap bytes). */
-bool probe_grpc_feed(probe *p, int fd, const char *data, size_t len, probe_result *result,
-                     char *detail, size_t cap);
+/* Feeds answer bytes. Returns true once the call decided: *result and detail (cap bytes).
+ * What the session has to send back meanwhile comes from probe_grpc_pending. */
+bool probe_grpc_feed(probe *p, const char *data, size_t len, probe_result *result, char *detail,
+                     size_t cap);
+/* Bytes between checks (PING, SETTINGS, GOAWAY): false when they broke the session. */
+bool probe_grpc_absorb(probe *p, const char *data, size_t len);
+/* The next bytes the session has to send (acknowledgements, window updates): their length
+ * and *out, 0 for none, negative for a session error. */
+ssize_t probe_grpc_pending(probe *p, const uint8_t **out);
+/* Whether the session may carry the next check: no GOAWAY, still reading, streams left. */
+bool probe_grpc_kept(const probe *p);
 /* Frees the session and its bytes; no-op without one. */
 void probe_grpc_end(probe *p);
 

@@ -86,6 +86,7 @@ struct pf_conn {
     llhttp_method_t method;
     bool method_known; /* the request line's method was parsed: else it is logged as "-" */
     pf_body_mode req_body;
+    size_t head_fields; /* the request head's fields; those after a chunked body are trailers */
     pf_body_mode resp_body;
     bool body_ended; /* the chunked response's last chunk (with trailers) is written */
     pf_exchange ex;  /* embedded: no allocation per request */
@@ -95,6 +96,8 @@ struct pf_conn {
     bool connect_accepted; /* the 200 goes out once llhttp is done with the CONNECT */
     char *bound_host;
     int bound_port;
+    uint64_t tunnel_start_us;         /* the CONNECT's start, for its access-log line */
+    uint64_t tunnel_in0, tunnel_out0; /* the stream's byte counts when the tunnel began */
     pf_tcp_conn *tcp; /* a tcp listener's connection: relayed, everything above is unused */
 };
 
@@ -159,9 +162,40 @@ static void reset_request(pf_conn *c) {
     http1_head_reset(&c->req);
 }
 
+/* A CONNECT tunnel's own access-log line when it ends: its authority, the bytes it carried
+ * each way after the 200 and how long it lasted, sampled like the rest. The requests inside
+ * have lines of their own. */
+static void log_tunnel(pf_conn *c) {
+    pf_worker *w = c->w;
+    if (!w->proxy->alog.enabled || !access_log_sampled(w))
+        return;
+    uint64_t in, out;
+    stream_bytes(c->stream, &in, &out);
+    char authority[PF_HOST_MAX + 16];
+    bool v6 = strchr(c->bound_host, ':') != NULL;
+    int n = snprintf(authority, sizeof authority, v6 ? "[%s]:%d" : "%s:%d", c->bound_host,
+                     c->bound_port);
+    pf_access_entry e = {
+        .method = "CONNECT",
+        .authority = authority,
+        .authority_len = n > 0 && (size_t)n < sizeof authority ? (size_t)n : 0,
+        .path = "",
+        .status = 200,
+        .bytes_in = in - c->tunnel_in0,
+        .bytes_out = out - c->tunnel_out0,
+        .duration_us = pf_now_us() - c->tunnel_start_us,
+        .client = c->client_ip,
+        .protocol = "HTTP/1.1",
+        .grpc_status = -1,
+    };
+    access_log_write(w, &e);
+}
+
 void conn_free(pf_conn *c) {
     if (!c)
         return;
+    if (c->tunnel_start_us)
+        log_tunnel(c);
     h2_conn_free(c->h2);
     tcp_conn_free(c->tcp);
     exchange_free(&c->ex);
@@ -275,6 +309,8 @@ static void reject(pf_conn *c, int status, const char *body) {
  * a connection bound to that authority (HTTP/1.1 or h2c inside), each request routed and
  * balanced as any other. That is what a gRPC client behind http_proxy needs, and it never
  * makes pilotfish an open proxy. */
+static void bind_authority(pf_conn *c, const char *host, int port);
+
 static void accept_connect(pf_conn *c) {
     const char *target = http1_first(&c->req);
     size_t len = c->req.first_len;
@@ -295,12 +331,24 @@ static void accept_connect(pf_conn *c) {
     }
     if (!router_host_known(c->l->router, host, port) &&
         service_routes_find(worker_service_routes(c->w), host, port) < 0) {
+        c->keep_alive = false; /* any answer but the 200 closes the connection */
+        if (exchange_park_connect(&c->ex, host, port)) {
+            log_debug("CONNECT waits for on-demand discovery client=%s host=%s", c->client_ip,
+                      host);
+            return; /* the parser stays paused after the CONNECT until the answer */
+        }
         log_debug("CONNECT refused client=%s authority=\"%.*s\"", c->client_ip, (int)len, target);
         reject(c, 403,
                "CONNECT is accepted only to a service pilotfish routes to; pilotfish is not an "
                "open proxy\n");
         return;
     }
+    bind_authority(c, host, port);
+}
+
+/* The CONNECT is accepted: the connection is bound to host:port once llhttp is done with the
+ * CONNECT (start_bound). */
+static void bind_authority(pf_conn *c, const char *host, int port) {
     c->bound_host = strdup(host);
     if (!c->bound_host) {
         reject(c, 503, "out of memory\n");
@@ -308,6 +356,7 @@ static void accept_connect(pf_conn *c) {
     }
     c->bound_port = port;
     c->connect_accepted = true;
+    c->tunnel_start_us = c->ex.start_us ? c->ex.start_us : pf_now_us();
 }
 
 /* After the CONNECT's head: the 200, and the connection starts afresh inside the tunnel,
@@ -316,6 +365,10 @@ static void start_bound(pf_conn *c) {
     static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
     c->connect_accepted = false;
     evbuffer_add(output(c), established, sizeof established - 1);
+    /* The tunnel's bytes: what follows the 200 out, and what followed the CONNECT in. */
+    stream_bytes(c->stream, &c->tunnel_in0, &c->tunnel_out0);
+    c->tunnel_in0 -= evbuffer_get_length(stream_input(c->stream));
+    c->tunnel_out0 += evbuffer_get_length(output(c));
     log_debug("CONNECT accepted client=%s authority=%s:%d", c->client_ip, c->bound_host,
               c->bound_port);
     reset_request(c);
@@ -486,6 +539,7 @@ static int on_header_value_complete(llhttp_t *p) {
 static int on_headers_complete(llhttp_t *p) {
     pf_conn *c = p->data;
     timer_stop(c);
+    c->head_fields = c->req.count;
     dispatch(c);
     return closing(c) ? -1 : 0;
 }
@@ -500,8 +554,17 @@ static int on_message_complete(llhttp_t *p) {
     pf_conn *c = p->data;
     if (c->timer_kind == TIMER_BODY)
         timer_stop(c);
-    if (!c->connect_accepted) /* a tunnel's CONNECT has no exchange to end */
-        exchange_request_end(&c->ex);
+    if (c->connect_accepted) /* a tunnel's CONNECT has no exchange to end */
+        return HPE_PAUSED;
+    /* llhttp reports a chunked body's trailer fields like head fields: they went into the
+     * head after its own. The exchange keeps them for the upstream, and the head is cut
+     * back, since a retry writes it again. */
+    for (size_t i = c->head_fields; i < c->req.count; i++)
+        exchange_request_trailer(&c->ex, http1_name(&c->req, i), c->req.headers[i].name_len,
+                                 http1_value(&c->req, i), c->req.headers[i].value_len);
+    if (c->req.count > c->head_fields)
+        c->req.count = c->head_fields;
+    exchange_request_end(&c->ex);
     return HPE_PAUSED;
 }
 
@@ -810,6 +873,30 @@ static void ds_send_end(void *ds) {
     request_done(c);
 }
 
+/* A CONNECT that waited for on-demand discovery names a Service now: the connection is
+ * bound to it as if it had been known at once, and what the client sent after the CONNECT
+ * is read inside the tunnel. */
+static void ds_connect_found(void *ds) {
+    pf_conn *c = ds;
+    char host[PF_HOST_MAX];
+    int port = -1;
+    if (router_parse_authority(http1_first(&c->req), c->req.first_len, host, sizeof host, &port) !=
+            0 ||
+        !(c->bound_host = strdup(host))) {
+        close_after_response(c); /* cannot happen but out of memory: the target parsed before */
+        return;
+    }
+    c->bound_port = port;
+    c->tunnel_start_us = c->ex.start_us ? c->ex.start_us : pf_now_us();
+    log_debug("CONNECT found its Service client=%s host=%s", c->client_ip, host);
+    start_bound(c);
+    if (c->read_paused) {
+        c->read_paused = false;
+        stream_read_enable(c->stream, true);
+    }
+    process_input(c);
+}
+
 /* pilotfish's own answer. Without a request body still to come the connection stays
  * usable; with one, reading a body nobody wants is not worth it, so we close. */
 static void ds_reply(void *ds, int status, const char *body, const char *extra_headers) {
@@ -888,6 +975,7 @@ static const pf_downstream_ops downstream_http1_ops = {
     .send_body = ds_send_body,
     .send_end = ds_send_end,
     .send_trailers = ds_send_trailers,
+    .connect_found = ds_connect_found,
     .reply = ds_reply,
     .abort = ds_abort,
     .output_full = ds_output_full,

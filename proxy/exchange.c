@@ -420,6 +420,11 @@ void exchange_free(pf_exchange *ex) {
         free(ex->held);
     }
     ex->held = NULL;
+    if (ex->req_trailers) {
+        http1_head_free(ex->req_trailers);
+        free(ex->req_trailers);
+    }
+    ex->req_trailers = NULL;
     free(ex->rewritten);
     ex->rewritten = NULL;
 }
@@ -437,7 +442,7 @@ void exchange_reset(pf_exchange *ex) {
     ex->req.head = NULL;
     ex->method = NULL;
     ex->request_complete = ex->replayable = ex->not_idempotent = ex->stale_retried = ex->upgrade =
-        ex->delayed = false;
+        ex->delayed = ex->connect_wait = false;
     ex->attempts = ex->retries = 0;
     ex->status = 0;
     ex->deadline_us = 0;
@@ -453,6 +458,7 @@ void exchange_reset(pf_exchange *ex) {
     memset(&ex->vars, 0, sizeof ex->vars);
     ex->grpc = ex->overloaded = ex->grpc_reported = ex->holding = false;
     ex->grpc_status = ex->grpc_retry = -1;
+    ex->grpc_own_status = 0;
     if (ex->idle_timer)
         evtimer_del(ex->idle_timer);
     drop_cluster(ex);
@@ -461,6 +467,8 @@ void exchange_reset(pf_exchange *ex) {
     ex->set = NULL;
     if (ex->replay)
         evbuffer_drain(ex->replay, evbuffer_get_length(ex->replay));
+    if (ex->req_trailers)
+        http1_head_reset(ex->req_trailers);
 }
 
 void exchange_begin(pf_exchange *ex, const pf_head *head) {
@@ -483,18 +491,20 @@ void exchange_log(pf_exchange *ex) {
     pf_listener_rt *l = ex->l;
     uint64_t duration = pf_now_us() - ex->start_us;
     bool h2 = ex->down == &downstream_h2_ops;
-    metrics_inc(l->requests[code_class(ex->status)], 1);
+    /* A call pilotfish failed itself went out as HTTP 200 (grpc-status says it all), but it
+     * counts as the status it stands for: a timeout is a 5xx of the cluster, not a success. */
+    size_t cls = code_class(ex->grpc_own_status ? ex->grpc_own_status : ex->status);
+    metrics_inc(l->requests[cls], 1);
     metrics_inc(l->protocol_requests[h2], 1);
     if (ex->grpc_status >= 0)
         metrics_inc(
             l->grpc_calls[ex->grpc_status < PF_GRPC_STATUSES ? ex->grpc_status : PF_GRPC_STATUSES],
             1);
-    metrics_observe_us(l->duration[code_class(ex->status)], duration);
+    metrics_observe_us(l->duration[cls], duration);
     if (ex->wc && ex->ep)
-        metrics_inc(ex->wc->rt->requests[code_class(ex->status)], 1);
+        metrics_inc(ex->wc->rt->requests[cls], 1);
     if (ex->ep && ex->ep->stats && ex->w->proxy->per_endpoint)
-        atomic_fetch_add_explicit(&ex->ep->stats->responses[code_class(ex->status)], 1,
-                                  memory_order_relaxed);
+        atomic_fetch_add_explicit(&ex->ep->stats->responses[cls], 1, memory_order_relaxed);
     if (!ex->w->proxy->alog.enabled || !access_log_sampled(ex->w))
         return;
     const pf_head *h = ex->req.head;
@@ -586,6 +596,7 @@ void exchange_reply(pf_exchange *ex, int status, const char *body, const char *e
                      code, message);
         ex->status = 200;
         ex->grpc_status = code;
+        ex->grpc_own_status = status;
         ex->down->reply(ex->ds, 200, NULL, extra);
         return;
     }
@@ -925,7 +936,24 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
 }
 
 void exchange_route_to(pf_exchange *ex, long cluster_index) {
+    if (ex->connect_wait) {
+        /* The CONNECT's Service was found: the tunnel is served here, not forwarded. */
+        ex->connect_wait = false;
+        exchange_set_state(ex, PF_EX_DONE);
+        ex->status = 200;
+        ex->down->connect_found(ex->ds);
+        return;
+    }
     route_to_cluster(ex, NULL, cluster_index);
+}
+
+bool exchange_park_connect(pf_exchange *ex, const char *host, int port) {
+    const pf_service_routes *services = worker_service_routes(ex->w);
+    if (!ex->down->connect_found || service_routes_known(services, host) ||
+        service_routes_missing(services, host) || !on_demand_park(ex, host, port))
+        return false;
+    ex->connect_wait = true;
+    return true;
 }
 
 /* The request goes to cluster_index (through `route`, or NULL: a discovered Service). */
@@ -997,6 +1025,35 @@ void exchange_request_end(pf_exchange *ex) {
     }
     if (ex->up)
         ex->up_ops->end_body(ex->up, attempt_timeout_ms(ex));
+}
+
+void exchange_request_trailer(pf_exchange *ex, const char *name, size_t name_len, const char *value,
+                              size_t value_len) {
+    touch(ex);
+    if (!ex->req_trailers) {
+        ex->req_trailers = calloc(1, sizeof *ex->req_trailers);
+        if (!ex->req_trailers)
+            return;
+        http1_head_init(ex->req_trailers, ex->l->cfg->max_header_bytes, ex->l->cfg->max_headers);
+    }
+    /* A field that does not fit is dropped whole: a name without its value would go on. */
+    pf_head *t = ex->req_trailers;
+    size_t count = t->count, len = t->len;
+    int rc = http1_head_append_name(t, name, name_len);
+    if (rc == PF_OK)
+        rc = http1_head_append_value(t, value, value_len);
+    if (rc == PF_OK)
+        rc = http1_head_finish_value(t);
+    if (rc != PF_OK) {
+        t->count = count;
+        t->len = len;
+        t->last_was_value = count > 0;
+        log_debug("request trailer dropped: over the listener's limits client=%s", ex->client_ip);
+    }
+}
+
+const pf_head *exchange_request_trailers(const pf_exchange *ex) {
+    return ex->req_trailers && ex->req_trailers->count > 0 ? ex->req_trailers : NULL;
 }
 
 bool exchange_request_blocked(const pf_exchange *ex, size_t limit) {
@@ -1151,11 +1208,11 @@ static void grpc_call_end(pf_exchange *ex) {
 }
 
 /* Whether a call's answer head should wait for the call's first message or status: only
- * while a failing status in its trailers could still be retried, and only from HTTP/2
- * upstreams, whose codec lets the exchange end the attempt from inside its callbacks. */
+ * while a failing status in its trailers could still be retried (HTTP/2, or HTTP/1 chunked
+ * trailers). */
 static bool should_hold(const pf_exchange *ex, pf_body_mode upstream_body) {
-    return ex->up_ops == &upstream_h2_ops && upstream_body != PF_BODY_NONE && ex->replayable &&
-           (ex->retry->on & PF_RETRY_GRPC_ANY) && ex->retries < ex->retry->max_retries;
+    return upstream_body != PF_BODY_NONE && ex->replayable && (ex->retry->on & PF_RETRY_GRPC_ANY) &&
+           ex->retries < ex->retry->max_retries;
 }
 
 /* Keeps a copy of the answer's head (the codec's is borrowed for the call only). */
@@ -1242,7 +1299,7 @@ void exchange_on_response_body(pf_exchange *ex, const char *at, size_t len) {
     ex->down->send_body(ex->ds, at, len);
 }
 
-void exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers) {
+int exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers) {
     long g = ex->grpc ? http1_find(trailers, "grpc-status", NULL) : -1;
     if (g >= 0) {
         ex->grpc_status = exchange_grpc_status_parse(http1_value(trailers, (size_t)g),
@@ -1254,15 +1311,20 @@ void exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers) {
         if (ex->grpc_status > 0 && may_retry(ex, PF_FAIL_GRPC, ex->grpc_status)) {
             ex->holding = false;
             ex->grpc_retry = ex->grpc_status;
+            /* The HTTP/2 codec lets the exchange end the attempt from inside its callbacks;
+             * the HTTP/1 one ends it once its parser has returned. */
+            if (ex->up_ops != &upstream_h2_ops)
+                return PF_RESPONSE_RETRY;
             exchange_on_upstream_error(ex, 503, "upstream answered with a retriable grpc-status",
                                        PF_FAIL_GRPC);
-            return;
+            return PF_OK;
         }
         if (!send_held(ex))
-            return;
+            return PF_OK;
     }
     if (ex->down->send_trailers)
         ex->down->send_trailers(ex->ds, trailers);
+    return PF_OK;
 }
 
 void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable) {

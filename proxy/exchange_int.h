@@ -64,6 +64,9 @@ typedef struct pf_downstream_ops {
                                bool *client_eof);
     /* The tunnel ended (the exchange is DONE and logged): close the connection now. */
     void (*close)(void *ds);
+    /* A CONNECT that waited for on-demand discovery (exchange_park_connect) names a Service
+     * now (the exchange is DONE, status 200): open the tunnel. NULL: the codec parks none. */
+    void (*connect_found)(void *ds);
     /* The response's trailer fields, before send_end; NULL: the codec drops them. */
     void (*send_trailers)(void *ds, const pf_head *trailers);
 } pf_downstream_ops;
@@ -137,6 +140,7 @@ struct pf_exchange {
     bool delayed;            /* a fault delay holds the first attempt (BACKOFF) */
     bool delayed_replayable; /* what replayable was before the delay */
     bool upgrade;            /* the request's Upgrade went upstream: a 101 makes a tunnel */
+    bool connect_wait;       /* a CONNECT waits (RESOLVING) for its Service, not a route */
     pf_tunnel *tunnel;       /* while TUNNEL */
     uint64_t tunnel_us;      /* when the tunnel started */
     pf_header_vars vars;     /* what the route's header edits may name */
@@ -167,6 +171,7 @@ struct pf_exchange {
     bool overloaded;       /* the answer is a breaker's or the retry budget's: RESOURCE_EXHAUSTED */
     bool grpc_reported;    /* the call's outcome went to outlier detection and the balancer */
     int grpc_status;       /* the call's grpc-status (upstream's or ours); -1: none seen */
+    int grpc_own_status;   /* our own answer to a call: the HTTP status it stands for; 0: none */
     int grpc_retry;        /* a trailers-only failure being retried; -1: none */
     char grpc_timeout[24]; /* what goes upstream as grpc-timeout */
     /* A call's answer head held back until its first message or its trailers, so that a
@@ -179,6 +184,9 @@ struct pf_exchange {
     struct event *idle_timer;
     uint64_t idle_ms;
     uint64_t last_active_us;
+    /* The request's trailer fields (chunked HTTP/1 or HTTP/2), kept for every attempt;
+     * allocated on first use, kept with the exchange. */
+    pf_head *req_trailers;
     struct pf_mirror *mirror; /* the copy of this request, until the request is complete */
     char *rewritten;          /* the target after the route's rewrite, kept for the connection */
     size_t rewritten_cap;
@@ -214,6 +222,13 @@ void exchange_start_mirror(pf_exchange *ex, const pf_exchange_request *req, size
 /* Request body bytes, and the request's end. */
 void exchange_request_body(pf_exchange *ex, const char *at, size_t len);
 void exchange_request_end(pf_exchange *ex);
+/* One request trailer field (after the body, before exchange_request_end), copied; fields
+ * past the listener's max_header_bytes or max_headers are dropped (logged at debug). */
+void exchange_request_trailer(pf_exchange *ex, const char *name, size_t name_len, const char *value,
+                              size_t value_len);
+/* The request's trailer fields for an upstream codec ending the request body, or NULL:
+ * none. Borrowed until the exchange is reset. */
+const pf_head *exchange_request_trailers(const pf_exchange *ex);
 /* Whether the request body should wait: backing off, or the upstream's output holds
  * `limit` bytes or more. */
 bool exchange_request_blocked(const pf_exchange *ex, size_t limit);
@@ -231,6 +246,12 @@ void exchange_route_to(pf_exchange *ex, long cluster_index);
  * discovery to find its Service, up to the proxy's on-demand timeout. Returns true when it
  * is waiting; false when on-demand discovery is off or the host names no Service. */
 bool on_demand_park(pf_exchange *ex, const char *host, int port);
+/* A CONNECT to host:port that names no known service may name a Service on-demand
+ * discovery has not looked up yet: the exchange waits for it like a request (RESOLVING),
+ * and once found the codec's connect_found opens the tunnel; a missing Service or the
+ * on-demand timeout is answered 503 through reply. Returns false (refuse it) when nothing
+ * is being looked up. */
+bool exchange_park_connect(pf_exchange *ex, const char *host, int port);
 /* Takes the exchange off the waiting list (it is answered, reset or freed). */
 void on_demand_unpark(pf_exchange *ex);
 /* The downstream gave up on a response that had started (client gone, timeouts): ABORTED. */
@@ -246,8 +267,12 @@ int exchange_on_response_head(pf_exchange *ex, const pf_head *resp, int status,
                               pf_body_mode upstream_body, uint64_t content_length, bool *skip_body);
 void exchange_on_response_interim(pf_exchange *ex, const pf_head *resp, int status);
 void exchange_on_response_body(pf_exchange *ex, const char *at, size_t len);
-/* Trailer fields after the body (HTTP/2, or HTTP/1 chunked); borrowed for the call. */
-void exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers);
+/* Trailer fields after the body (HTTP/2, or HTTP/1 chunked); borrowed for the call.
+ * Returns 0, or PF_RESPONSE_RETRY (HTTP/1 codec only): a gRPC call failed with a status its
+ * retry policy names before any message went out; the codec ends the attempt with
+ * exchange_on_upstream_error(.., PF_FAIL_STATUS) once its parser returned, and a retry
+ * follows. */
+int exchange_on_response_trailers(pf_exchange *ex, const pf_head *trailers);
 void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable);
 /* The attempt failed. `status` is what to answer if nothing was sent yet (502/503/504),
  * unless a retry follows. The upstream is released by the call. */

@@ -494,8 +494,15 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
                      void *arg) {
     pf_h2_conn *h = arg;
     h2_stream *st = stream_get(h, frame->hd.stream_id);
+    if (st && st->started && frame->headers.cat == NGHTTP2_HCAT_HEADERS &&
+        st->ex.state != PF_EX_DONE && st->ex.state != PF_EX_ABORTED) {
+        /* The request's trailers (RFC 9113 8.1): kept by the exchange for the upstream. */
+        exchange_request_trailer(&st->ex, (const char *)name, namelen, (const char *)value,
+                                 valuelen);
+        return 0;
+    }
     if (!st || st->started || st->error_status)
-        return 0; /* trailers of a request are not forwarded to HTTP/1 upstreams */
+        return 0;
     const char *n = (const char *)name, *v = (const char *)value;
     int rc = PF_OK;
     pf_h2_field kind = h2_request_field(n, namelen, v, valuelen);

@@ -350,15 +350,28 @@ static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t error_
     return 0;
 }
 
+/* The request's trailer fields as a HEADERS frame that ends the stream (RFC 9113 8.1).
+ * Returns whether it was queued (nghttp2 copies the fields). */
+static bool submit_request_trailers(nghttp2_session *session, int32_t id, const pf_head *trailers) {
+    pf_h2_fields f;
+    if (!trailers || h2_response_fields(&f, trailers, 0, false, 0, NULL, NULL) != PF_OK)
+        return false;
+    bool queued = f.count > 0 && nghttp2_submit_trailer(session, id, f.nv, f.count) == 0;
+    h2_fields_free(&f);
+    return queued;
+}
+
 static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, size_t length,
                          uint32_t *flags, nghttp2_data_source *source, void *arg) {
     h2u_stream *st = source->ptr;
     int n = evbuffer_remove(st->body, buf, length);
     if (n < 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    if (evbuffer_get_length(st->body) == 0 && (st->body_end || !st->ex))
+    if (evbuffer_get_length(st->body) == 0 && (st->body_end || !st->ex)) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
-    else if (n == 0)
+        if (st->ex && submit_request_trailers(session, id, exchange_request_trailers(st->ex)))
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM; /* the trailers' HEADERS ends it */
+    } else if (n == 0)
         return NGHTTP2_ERR_DEFERRED;
     if (n > 0 && st->ex)
         st->writable = st->c->writable = true; /* told after mem_send returns (flush_h2u) */

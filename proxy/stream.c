@@ -42,6 +42,7 @@ struct pf_stream {
     bool read_wants_write;  /* SSL_read needs the socket writable (a TLS 1.3 key update) */
     bool write_wants_read;  /* SSL_write needs the socket readable */
     size_t write_retry_len; /* SSL_write must be retried with the same length */
+    uint64_t bytes_read, bytes_written; /* application bytes (decrypted for TLS), for logs */
 };
 
 /* Registers the read event when input is wanted and needed, and deregisters it when input is
@@ -140,6 +141,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
         s->cbs.on_event(s, PF_STREAM_EOF, 0, s->ctx);
         return;
     }
+    s->bytes_read += (uint64_t)n;
     size_t left = (size_t)n;
     for (int i = 0; i < nvec; i++) {
         size_t take = vec[i].iov_len < left ? vec[i].iov_len : left;
@@ -175,6 +177,7 @@ static void write_out(pf_stream *s) {
         ssize_t n = nvec == 1 ? send(s->fd, vec[0].iov_base, vec[0].iov_len, MSG_NOSIGNAL)
                               : writev(s->fd, (struct iovec *)vec, nvec);
         if (n > 0) {
+            s->bytes_written += (uint64_t)n;
             size_t offered = 0;
             for (int i = 0; i < nvec; i++)
                 offered += vec[i].iov_len;
@@ -316,6 +319,11 @@ void stream_set_read_chunk(pf_stream *s, size_t bytes) {
     s->read_chunk = bytes ? bytes : READ_CHUNK;
 }
 
+void stream_bytes(const pf_stream *s, uint64_t *read, uint64_t *written) {
+    *read = s->bytes_read;
+    *written = s->bytes_written;
+}
+
 struct evbuffer *stream_input(pf_stream *s) {
     return s->in;
 }
@@ -449,6 +457,7 @@ static void tls_read(pf_stream *s) {
         ERR_clear_error();
         int n = SSL_read(s->ssl, vec.iov_base, (int)vec.iov_len);
         if (n > 0) {
+            s->bytes_read += (uint64_t)n;
             vec.iov_len = (size_t)n;
             evbuffer_commit_space(s->in, &vec, 1);
             got = true;
@@ -534,6 +543,7 @@ static void tls_write_out(pf_stream *s) {
         ERR_clear_error();
         int n = SSL_write(s->ssl, v.iov_base, (int)len);
         if (n > 0) {
+            s->bytes_written += (uint64_t)n;
             s->write_retry_len = 0;
             evbuffer_drain(s->out, (size_t)n);
             progress = true;

@@ -18,6 +18,7 @@
 #include <event2/event.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 typedef struct pf_stream pf_stream;
@@ -45,6 +46,9 @@ void stream_connect(pf_stream *s, const struct sockaddr *sa, socklen_t len);
 /* The most one read takes (default 16 KiB, what a request head or a small body needs):
  * bulk relays read larger pieces, for fewer system calls per byte. 0: the default. */
 void stream_set_read_chunk(pf_stream *s, size_t bytes);
+/* Bytes the stream read from and wrote to its peer so far (after TLS: the application's
+ * bytes). Worker thread. */
+void stream_bytes(const pf_stream *s, uint64_t *read, uint64_t *written);
 struct evbuffer *stream_input(pf_stream *s);
 struct evbuffer *stream_output(pf_stream *s);
 void stream_read_enable(pf_stream *s, bool enable);

@@ -630,8 +630,8 @@ static void replay_body(void *arg, struct evbuffer *body) {
 
 static void end_body(void *arg, uint64_t timeout_ms) {
     pf_upstream *up = arg;
-    if (up->req_body == PF_BODY_CHUNKED)
-        evbuffer_add(stream_output(up->stream), "0\r\n\r\n", 5);
+    if (up->req_body == PF_BODY_CHUNKED) /* the last chunk carries the request's trailers */
+        http1_write_last_chunk(stream_output(up->stream), exchange_request_trailers(up->owner));
     up->request_sent = true;
     up->response_timeout_ms = timeout_ms;
     /* An upstream that answered before the request ended is already timed by its body. */
@@ -809,8 +809,13 @@ static int on_message_complete(llhttp_t *p) {
         http1_head_reset(&up->resp);
         return HPE_PAUSED; /* process_input resumes once the client's output has room */
     }
-    if (up->trailers && up->resp.count > 0)
-        exchange_on_response_trailers(up->owner, &up->resp);
+    if (up->trailers && up->resp.count > 0 &&
+        exchange_on_response_trailers(up->owner, &up->resp) == PF_RESPONSE_RETRY) {
+        /* A gRPC status in the trailers is retried: the attempt ends after the parser. */
+        up->retry_status = 503;
+        up->parse_error = 503;
+        return -1;
+    }
     set_state(up, UP_COMPLETE);
     return HPE_PAUSED;
 }

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from harness import LOCALHOST, cluster, listener, make_config, route
+from harness import LOCALHOST, cluster, listener, make_config, route, wait_for
 
 TIMEOUT = 30
 
@@ -91,6 +91,65 @@ def test_a_tunnel_is_bound_to_its_authority(tunnel_proxy):
     status, _, body = read_response(s, head.partition(b"\r\n\r\n")[2])
     s.close()
     assert status == 200 and body.strip() in (b"a", b"b"), body
+
+
+def raw_response(s, buf):
+    """One HTTP/1.1 response with content-length, as the bytes that came."""
+    while b"\r\n\r\n" not in buf:
+        data = s.recv(65536)
+        assert data, buf
+        buf += data
+    hdr = buf.partition(b"\r\n\r\n")[0].decode().lower()
+    n = int(hdr.split("content-length:")[1].split("\r\n")[0])
+    while len(buf) < len(hdr) + 4 + n:
+        data = s.recv(65536)
+        assert data
+        buf += data
+    return buf
+
+
+def test_a_tunnel_that_ends_gets_one_access_log_line(tunnel_proxy):
+    s, head = raw_connect(tunnel_proxy, "reviews.shop:9080")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    request = b"GET /inside HTTP/1.1\r\nHost: reviews.shop\r\n\r\n"
+    s.sendall(request)
+    response = raw_response(s, head.partition(b"\r\n\r\n")[2])
+    # The request inside has its own line; the tunnel's comes when it ends.
+    wait_for(lambda: any(e.get("path") == "/inside" for e in tunnel_proxy.access_log()), 10,
+             "the line of the request inside")
+    assert not any(e["method"] == "CONNECT" for e in tunnel_proxy.access_log())
+    s.close()
+    (line,) = wait_for(lambda: [e for e in tunnel_proxy.access_log() if e["method"] == "CONNECT"],
+                       10, "the tunnel's line")
+    assert (line["authority"], line["status"], line["protocol"], line["client"]) == (
+        "reviews.shop:9080", 200, "HTTP/1.1", LOCALHOST), line
+    # The bytes after the 200, each way.
+    assert (line["bytes_in"], line["bytes_out"]) == (len(request), len(response)), line
+    assert line["duration_ms"] >= 0 and line["grpc_status"] is None, line
+
+
+def test_the_tunnels_line_follows_the_configured_format_and_fields(start_backend,
+                                                                  start_pilotfish, tmp_path):
+    a = start_backend("a")
+    log = tmp_path / "access.log"
+    cfg = make_config([listener("main", [route("reviews", host="reviews.shop")])],
+                      [cluster("reviews", [a.address])])
+    cfg["access_log"] = {"format": "text", "path": str(log),
+                         "fields": ["method", "authority", "status", "bytes_in", "bytes_out"]}
+    pf = start_pilotfish(cfg, workers=1)
+    s, head = raw_connect(pf, "reviews.shop:9080", extra=b"ping")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    s.close()
+
+    def lines():
+        return log.read_text().splitlines() if log.exists() else []
+    (line,) = wait_for(lambda: [ln for ln in lines() if ln.startswith("CONNECT")], 10,
+                       "the tunnel's text line")
+    # "ping" is no HTTP request: a 400 answers it inside the tunnel, then it closes.
+    method, authority, status, bytes_in, bytes_out = line.split(" ")
+    assert (method, authority, status, bytes_in) == ("CONNECT", '"reviews.shop:9080"', "200",
+                                                     "4"), line
+    assert int(bytes_out) > 0, line
 
 
 @pytest.mark.parametrize("authority", ["evil.example:443", "127.0.0.1:22", "reviews.shop"])

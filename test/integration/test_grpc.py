@@ -132,8 +132,9 @@ def test_an_http1_client_gets_the_grpc_status_trailers_in_the_last_chunk(grpc_pr
 
 
 class ChunkedGrpcServer:
-    """A gRPC server over HTTP/1.1 (raw sockets): answers every POST with one message in a
-    chunked body and grpc-status, grpc-message as chunked trailers."""
+    """A gRPC server over HTTP/1.1 (raw sockets): answers every POST with a chunked body (one
+    message when `status` is 0, else none) and grpc-status, grpc-message as chunked
+    trailers."""
 
     def __init__(self, status):
         import socket
@@ -174,10 +175,11 @@ class ChunkedGrpcServer:
                     data += more
                 data = data.partition(b"0\r\n\r\n")[2]
                 self.requests += 1
+                # A failing call has no message: headers, then the status in the trailers.
                 reply = b"\x00" + struct.pack(">I", 6) + b"h1:raw"
+                chunk = b"%x\r\n" % len(reply) + reply + b"\r\n" if self.status == 0 else b""
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
-                             b"transfer-encoding: chunked\r\n\r\n"
-                             + b"%x\r\n" % len(reply) + reply + b"\r\n"
+                             b"transfer-encoding: chunked\r\n\r\n" + chunk
                              + b"0\r\ngrpc-status: %d\r\ngrpc-message: from%%20h1\r\n\r\n"
                              % self.status)
 
@@ -209,6 +211,37 @@ def test_grpc_to_an_http1_upstream_gets_its_chunked_trailers(status, start_pilot
         assert entries[-1]["grpc_status"] == status, entries
     finally:
         server.close()
+
+
+def test_a_failing_status_in_http1_chunked_trailers_is_retried(start_pilotfish):
+    # "bad" answers every call with headers, no message and grpc-status 14 in the last
+    # chunk's trailers: nothing reached the client, so the call is retried on "good".
+    bad, good = ChunkedGrpcServer(14), ChunkedGrpcServer(0)
+    try:
+        pf = start_pilotfish(make_config(
+            [listener("main", [route("h1", prefix="/")])],
+            [cluster("h1", [bad.address, good.address], protocol="http1",
+                     lb_policy="round_robin",
+                     retry={"on": ["unavailable"], "max_retries": 2})]), workers=1)
+        with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
+            for _ in range(4):
+                assert channel.unary_unary(METHOD)(b"x", timeout=10) == b"h1:raw"
+        assert bad.requests >= 2 and good.requests == 4, (bad.requests, good.requests)
+        assert metric_sum(pf.metrics(), "pilotfish_upstream_retries_total", cluster="h1") == \
+            bad.requests
+        # Without a retry left, the status comes back as the server said it.
+        pf2 = start_pilotfish(make_config(
+            [listener("main", [route("h1", prefix="/")])],
+            [cluster("h1", [bad.address], protocol="http1",
+                     retry={"on": ["unavailable"], "max_retries": 1})]), workers=1)
+        with grpc.insecure_channel(f"{LOCALHOST}:{pf2.port()}") as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                channel.unary_unary(METHOD)(b"x", timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+        assert metric_sum(pf2.metrics(), "pilotfish_upstream_retries_total", cluster="h1") == 1
+    finally:
+        bad.close()
+        good.close()
 
 
 # ---- pilotfish's own answers are trailers-only responses with a grpc-status -----------------
@@ -298,6 +331,40 @@ def test_response_timeout_is_deadline_exceeded(echo_servers, start_pilotfish):
     err = call_error(pf.port(), "Call", b"sleep:3000")
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err
     assert "timeout" in err.details()
+
+
+def test_calls_pilotfish_fails_count_as_the_status_they_stand_for(echo_servers, start_pilotfish):
+    b = echo_servers("s1")
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("grpc", prefix=ECHO)])],
+        [cluster("grpc", [b.address], protocol="h2", response_timeout="300ms")]), workers=1)
+    assert call(pf.port(), "Call", b"x") == b"s1:x"
+    # The server's own failure is an answer of the cluster's: 2xx, its status in grpc_status.
+    assert call_error(pf.port(), "Call", b"fail:7").code() == grpc.StatusCode.PERMISSION_DENIED
+    # pilotfish's own failures went out as HTTP 200 but count as the status they stand for.
+    assert call_error(pf.port(), "Call", b"sleep:3000").code() == \
+        grpc.StatusCode.DEADLINE_EXCEEDED
+    with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary("/other.Service/Call")(b"x", timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    lines = access_entries(pf, 4)
+    assert [(e["status"], e["grpc_status"]) for e in lines] == [
+        (200, 0), (200, 7), (200, 4), (200, 12)], lines
+    m = pf.metrics()
+
+    def count(name, **labels):
+        return metric_sum(m, name, **labels)
+
+    up = "pilotfish_upstream_requests_total"
+    assert (count(up, cluster="grpc", code_class="2xx"), count(up, cluster="grpc", code_class="5xx"),
+            count(up, cluster="grpc")) == (2, 1, 3), m
+    down = "pilotfish_downstream_requests_total"
+    assert [count(down, listener="main", code_class=c) for c in ("2xx", "4xx", "5xx")] == \
+        [2, 1, 1], m
+    assert count("pilotfish_request_duration_seconds_count", listener="main", code_class="5xx") == 1
+    assert [count("pilotfish_grpc_calls_total", grpc_status=c) for c in ("0", "7", "4", "12")] == \
+        [1, 1, 1, 1], m
 
 
 def test_circuit_breaker_is_resource_exhausted(echo_servers, start_pilotfish):

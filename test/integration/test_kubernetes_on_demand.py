@@ -18,6 +18,7 @@ from harness import (
     route,
     wait_for,
 )
+from test_connect import raw_connect
 
 
 @pytest.fixture
@@ -90,6 +91,45 @@ def test_first_request_waits_for_the_service_and_later_ones_find_it(k8s, start_b
     for host in ("example.com", "web.elsewhere", "web.default.svc.other.domain", "UPPER_"):
         assert pf.get("/", host=host).status == 404, host
     assert len(api_requests(k8s)) == before
+
+
+def test_a_connect_to_a_service_not_yet_discovered_waits_for_it(k8s, start_backend,
+                                                                start_pilotfish):
+    b1 = start_backend("b1")
+    k8s.apply(*service("web", b1))
+    pf = start_pilotfish(on_demand_config(k8s, start_backend))
+    assert api_requests(k8s) == []
+    # The request inside the tunnel is sent without waiting for the 200: it waits with it.
+    s, got = raw_connect(pf, "web.default:80", b"GET /in HTTP/1.1\r\nHost: web.default\r\n\r\n")
+    with s:
+        while b"X-Backend: b1\r\n" not in got:
+            data = s.recv(65536)
+            assert data, got
+            got += data
+    assert got.startswith(b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200"), got
+    assert len(lists_of(k8s, "web")) == 1
+    # Found now: the next CONNECT is accepted at once, without asking the API again.
+    s, got = raw_connect(pf, "web:80")
+    s.close()
+    assert got.startswith(b"HTTP/1.1 200"), got
+    assert len(lists_of(k8s, "web")) == 1
+    # A Service that does not exist: 503 naming it, and the connection closes.
+    s, got = raw_connect(pf, "nosuch.default:80")
+    with s:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            got += data
+    assert got.startswith(b"HTTP/1.1 503"), got
+    assert b'service "nosuch" not found in namespace "default"' in got, got
+    # No Service name at all: refused at once, and the API is never asked about it (the
+    # count may still grow by nosuch's watch, which follows its list).
+    s, got = raw_connect(pf, "example.com:443")
+    s.close()
+    assert got.startswith(b"HTTP/1.1 403"), got
+    assert not [q for q in api_requests(k8s) if "example" in q["query"] or
+                q["namespace"] == "com"], api_requests(k8s)
 
 
 def test_a_missing_service_gets_503_and_one_list_per_negative_ttl(k8s, start_backend,

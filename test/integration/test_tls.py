@@ -420,8 +420,6 @@ def test_cluster_tls_config_errors_name_the_file_and_the_json_path(pki, tmp_path
          f"$.clusters[0].tls.key_file: {pki.rsa[1]}: the key does not match"),
         ({"sni": "not a name"}, "$.clusters[0].tls.sni"),
         ({"alpn": ["h2"]}, "$.clusters[0].tls.alpn[0]: \"h2\" is offered by HTTP/2 connections"),
-        ({"sni": "api.test", "check": {"type": "grpc"}},
-         "$.clusters[0].health_check.type: grpc checks do not speak TLS yet"),
     ]
     for tls, want in cases:
         check = tls.pop("check", None)
