@@ -10,6 +10,7 @@
 #include "proxy/exchange_int.h"
 #include "proxy/mirror_int.h"
 #include "proxy/route_actions_int.h"
+#include "proxy/websocket_int.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/time.h"
@@ -745,22 +746,45 @@ static void trace_context(pf_exchange *ex, const pf_head *head) {
 
 /* An upgrade the route allows goes upstream with its headers; any other loses them (as
  * every hop-by-hop header) and the request goes on as a plain one. */
-static void decide_upgrade(pf_exchange *ex) {
+static bool refuse_required_upgrade(pf_exchange *ex, const char *why);
+
+/* Returns false when the request was answered instead (an extended CONNECT refused). */
+static bool decide_upgrade(pf_exchange *ex) {
     pf_forward_request *fwd = &ex->req.fwd;
-    const char *why = !ex->down->send_upgrade
+    const char *why = !ex->down->send_upgrade && !ex->down->send_upgrade_end
                           ? "the client's protocol cannot switch"
                           : exchange_upgrade_refusal(ex->route, fwd->upgrade, fwd->upgrade_len,
                                                      fwd->body != PF_BODY_NONE);
     if (!why) {
         ex->upgrade = true;
-        return;
+        return true;
     }
+    if (ex->req.websocket_key)
+        return refuse_required_upgrade(ex, why);
     char protocol[96];
     pf_json_escape(protocol, sizeof protocol, fwd->upgrade, fwd->upgrade_len);
     log_debug("upgrade refused: headers removed client=%s protocol=\"%s\" reason=\"%s\"",
               ex->client_ip, protocol, why);
     fwd->upgrade = NULL;
     fwd->upgrade_len = 0;
+    return true;
+}
+
+/* An HTTP/2 client's extended CONNECT has no plain request to fall back to: it is answered
+ * 501 with the reason, and logged at info (a client that cannot get its WebSocket is an
+ * operator's question). Returns false (answered). */
+static bool refuse_required_upgrade(pf_exchange *ex, const char *why) {
+    pf_forward_request *fwd = &ex->req.fwd;
+    char protocol[96];
+    pf_json_escape(protocol, sizeof protocol, fwd->upgrade, fwd->upgrade_len);
+    log_info("upgrade refused: extended CONNECT answered 501 client=%s protocol=\"%s\" "
+             "reason=\"%s\"",
+             ex->client_ip, protocol, why);
+    char body[160];
+    snprintf(body, sizeof body, "upgrade to \"%s\" refused: %s\n", protocol, why);
+    ex->upgrade = false;
+    exchange_reply(ex, 501, body, NULL);
+    return false;
 }
 
 /* stream_idle_timeout: the timer runs at the full timeout and, when it fires before the
@@ -937,8 +961,8 @@ static void route_to_cluster(pf_exchange *ex, const pf_config_route *route, long
         ex->req.fwd.edits = &route->request_headers;
         ex->req.fwd.vars = &ex->vars;
     }
-    if (ex->req.fwd.upgrade)
-        decide_upgrade(ex);
+    if (ex->req.fwd.upgrade && !decide_upgrade(ex))
+        return;
     if (route && route->has_mirror)
         ex->mirror = mirror_new(ex, route);
     if (route && route->timeout_ms)
@@ -949,6 +973,10 @@ static void route_to_cluster(pf_exchange *ex, const pf_config_route *route, long
     if (!enter_cluster(ex, (size_t)cluster_index, route && route->has_retry ? &route->retry : NULL,
                        !route))
         return;
+    if (ex->upgrade && ex->req.websocket_key && ex->up_ops != &upstream_http1_ops) {
+        refuse_required_upgrade(ex, "the cluster's upstreams speak HTTP/2; WebSockets need http1");
+        return;
+    }
     uint64_t hold_ms = route ? route_actions_delay_ms(ex) : 0;
     if (hold_ms)
         hold(ex, hold_ms);
@@ -1355,6 +1383,17 @@ int exchange_on_upgrade(pf_exchange *ex, const pf_head *resp) {
     long h = http1_find(resp, "upgrade", NULL);
     if (!ex->upgrade || h < 0 || ex->state != PF_EX_WAITING)
         return PF_EINVAL;
+    if (ex->req.websocket_key) {
+        /* The key was pilotfish's own (RFC 8441 has none): the answer must be to it. */
+        long a = http1_find(resp, "sec-websocket-accept", NULL);
+        if (a < 0 || !websocket_accept_matches(ex->req.websocket_key, http1_value(resp, (size_t)a),
+                                               resp->headers[a].value_len)) {
+            log_debug("upstream 101 refused: Sec-WebSocket-Accept %s client=%s upstream=%s",
+                      a < 0 ? "missing" : "does not answer the key", ex->client_ip,
+                      ex->ep ? ex->ep->addr.text : "-");
+            return PF_EINVAL;
+        }
+    }
     report(ex, health_outcome_of_status(101));
     if (ex->ep)
         balancer_on_response(ex->wc->balancer, ex->ep, pf_now_us() - ex->attempt_us);
@@ -1366,15 +1405,19 @@ int exchange_on_upgrade(pf_exchange *ex, const pf_head *resp) {
     metrics_inc(ex->l->tunnels_total, 1);
     metrics_gauge_add(ex->l->tunnels_active, 1);
     bool client_eof = false;
-    pf_stream *client = ex->down->send_upgrade(ex->ds, resp, http1_value(resp, (size_t)h),
-                                               resp->headers[h].value_len, &client_eof);
+    const pf_tunnel_end_ops *client_ops = &tunnel_stream_end_ops;
+    void *client = ex->down->send_upgrade_end
+                       ? ex->down->send_upgrade_end(ex->ds, resp, &client_ops, &client_eof)
+                       : ex->down->send_upgrade(ex->ds, resp, http1_value(resp, (size_t)h),
+                                                resp->headers[h].value_len, &client_eof);
     pf_stream *upstream = ex->up_ops->tunnel_stream(ex->up);
     const pf_config_route *r = ex->route;
     uint64_t idle_ms = r && r->tunnel_idle_timeout_ms ? r->tunnel_idle_timeout_ms
                                                       : ex->l->cfg->tunnel_idle_timeout_ms;
     if (client && upstream)
-        ex->tunnel = tunnel_new(ex->w->base, client, upstream, client_eof, ex->l->cfg->buffer_bytes,
-                                idle_ms, tunnel_done, ex);
+        ex->tunnel =
+            tunnel_new_ends(ex->w->base, client_ops, client, &tunnel_stream_end_ops, upstream,
+                            client_eof, ex->l->cfg->buffer_bytes, idle_ms, tunnel_done, ex);
     if (!ex->tunnel) {
         tunnel_done(ex, "out of memory");
         return 0;
