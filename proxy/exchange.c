@@ -549,6 +549,26 @@ static void grpc_message(char *out, size_t cap, const char *body) {
     out[n] = '\0';
 }
 
+/* A routed request's answer from pilotfish (redirect, direct response, 429, fault abort, or
+ * an error of its cluster) gets the route's and weighted cluster's response_headers like an
+ * endpoint's response would; framing stays the codec's, and a gRPC answer's grpc-status is
+ * added after. Returns the new length of the `n` bytes of lines in `extra`. */
+static int edit_reply_lines(pf_exchange *ex, char *extra, size_t cap, int n) {
+    const pf_config_header_edits *route = exchange_response_edits(ex);
+    const pf_config_header_edits *cluster = route_actions_response_edits(ex);
+    if (!route && !cluster)
+        return n;
+    char edited[512 + PF_LOCATION_MAX];
+    size_t len = http1_edit_local_lines(extra, route, cluster, &ex->vars, edited, sizeof edited);
+    if (len == 0 || len >= cap) {
+        log_debug("response header edits left out of pilotfish's answer (too long) client=%s",
+                  ex->client_ip);
+        return n;
+    }
+    memcpy(extra, edited, len + 1);
+    return (int)len;
+}
+
 void exchange_reply(pf_exchange *ex, int status, const char *body, const char *extra_headers) {
     /* An answer to a failed attempt is the cluster's outcome and counts with the endpoint
      * that failed; one that cuts an attempt short (the client was too slow, or sent a bad
@@ -571,6 +591,8 @@ void exchange_reply(pf_exchange *ex, int status, const char *body, const char *e
                       ex->attempts);
     if (extra_headers && n >= 0 && (size_t)n < sizeof extra)
         n += snprintf(extra + n, sizeof extra - (size_t)n, "%s", extra_headers);
+    if (n >= 0 && (size_t)n < sizeof extra)
+        n = edit_reply_lines(ex, extra, sizeof extra, n);
     if (status >= 400 && status < 500)
         metrics_inc(ex->l->errors_total, 1);
     if (ex->grpc || grpc_request(ex->req.head)) {
@@ -928,6 +950,9 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
     };
     pf_router *router = ex->l->router; /* once: a reload may swap it */
     const pf_config_route *route = router_find_request(router, &rq);
+    /* The route is known from here: pilotfish's own answers to it carry its edits. */
+    ex->route = route;
+    ex->vars = (pf_header_vars){.client_ip = ex->client_ip, .request_id = ex->request_id};
     if (route && route_actions_answer(ex, router, route, &rq))
         return;
     const pf_service_routes *services = route ? NULL : worker_service_routes(ex->w);
