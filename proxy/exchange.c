@@ -1254,6 +1254,13 @@ int exchange_on_response_head(pf_exchange *ex, const pf_head *resp, int status,
                               pf_body_mode upstream_body, uint64_t content_length,
                               bool *skip_body) {
     touch(ex);
+    if (ex->req.websocket_key && status >= 200 && status < 300) {
+        /* RFC 8441 4: a 2xx to an extended CONNECT says the tunnel is open; an endpoint that
+         * answered the handshake with a page did not switch, and its body is no WebSocket. */
+        log_debug("upstream answered a WebSocket handshake with %d, not 101 client=%s upstream=%s",
+                  status, ex->client_ip, ex->ep ? ex->ep->addr.text : "-");
+        return PF_EINVAL;
+    }
     if (ex->grpc && status == 200) {
         /* A call with messages is judged by its trailers; a trailers-only one (no message
          * came) by this head, and a failure the policy names is retried. */
@@ -1382,6 +1389,9 @@ static void tunnel_done(void *arg, const char *reason) {
              (unsigned long long)from_client, (unsigned long long)from_upstream,
              (unsigned long long)((pf_now_us() - ex->tunnel_us) / 1000), reason);
     end_tunnel(ex);
+    /* The endpoint's side closes now: a codec may keep the client's side a little longer (an
+     * HTTP/2 stream ends on its connection's next flush), with nothing left to forward. */
+    end_attempt(ex, false);
     exchange_set_state(ex, PF_EX_DONE);
     exchange_log(ex);
     ex->down->close(ex->ds);

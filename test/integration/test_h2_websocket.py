@@ -482,3 +482,18 @@ def test_a_tunnel_stream_keeps_working_while_draining(ws_backend, start_pilotfis
         ws.close()
     assert pf.wait_exit(20) is not None
     assert waited < 15
+
+
+def test_an_endpoint_that_answers_the_handshake_with_a_page_is_a_bad_gateway(start_backend,
+                                                                              start_pilotfish):
+    b = start_backend("page")  # answers every GET with 200 and a body, Upgrade or not
+    pf = start_pilotfish(make_config(
+        [listener("main", [{"match": {"prefix": "/"}, "cluster": "page"}])],
+        [cluster("page", [b.address])]))
+    ws = H2WebSocket(pf.port(), "/headers")
+    try:
+        # a 200 would tell the client its WebSocket is open
+        assert ws.status == 502
+    finally:
+        ws.close()
+    assert tunnels(pf) == (0, 0)
