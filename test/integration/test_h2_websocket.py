@@ -23,7 +23,7 @@ import hyperframe.frame
 import pytest
 
 from harness import LOCALHOST, cluster, listener, make_config, metric_sum, wait_for
-from test_websocket import WsBackend
+from test_websocket import RssPeak, WsBackend
 
 MiB = 1 << 20
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -431,17 +431,7 @@ def test_megabytes_through_the_stream_with_bounded_memory(ws_backend, start_pilo
     pf = start_pilotfish(config(ws_backend.address))
     ws = H2WebSocket(pf.port(), "/bulk")
     total, chunk = 4 * MiB, 256 * 1024
-    rss_before = pf.rss_bytes()
-    peak = [rss_before]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], pf.rss_bytes())
-            stop.wait(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    rss = RssPeak(pf)
     sent, got = hashlib.sha256(), hashlib.sha256()
     try:
         assert ws.recv() == "hello /bulk"
@@ -454,11 +444,9 @@ def test_megabytes_through_the_stream_with_bounded_memory(ws_backend, start_pilo
             got.update(m)
             n += len(m)
     finally:
-        stop.set()
-        sampler.join(5)
+        growth = rss.stop()
         ws.close()
     assert n == total and sent.hexdigest() == got.hexdigest()
-    growth = peak[0] - rss_before
     assert growth < 16 * MiB, f"pilotfish RSS grew by {growth} bytes"
     wait_for(lambda: tunnel_log_lines(pf), 10, "the tunnel's log line")
     assert int(re.search(r"bytes_from_client=(\d+)", tunnel_log_lines(pf)[0]).group(1)) > total
