@@ -65,8 +65,8 @@ static void test_bytes_move_with_backpressure_and_half_closes(void) {
     done_calls = 0;
     /* bytes the client sent before the switch move at the start */
     evbuffer_add(c.in, "early", 5);
-    pf_tunnel *t = tunnel_new_ends(base, &fake_ops, &c, &fake_ops, &u, false, 8, 60000, on_done,
-                                   NULL);
+    pf_tunnel *t =
+        tunnel_new_ends(base, &fake_ops, &c, &fake_ops, &u, false, 8, 60000, on_done, NULL);
     CU_ASSERT_FATAL(t != NULL);
     tunnel_start(t);
     CU_ASSERT_TRUE(c.reading && u.reading);
@@ -113,8 +113,8 @@ static void test_errors_and_closes_end_the_tunnel_at_once(void) {
     end_init(&c);
     end_init(&u);
     done_calls = 0;
-    pf_tunnel *t = tunnel_new_ends(base, &fake_ops, &c, &fake_ops, &u, false, 8, 60000, on_done,
-                                   NULL);
+    pf_tunnel *t =
+        tunnel_new_ends(base, &fake_ops, &c, &fake_ops, &u, false, 8, 60000, on_done, NULL);
     tunnel_start(t);
     tunnel_on_event(t, PF_TUNNEL_UPSTREAM, PF_STREAM_ERROR, 104);
     CU_ASSERT_EQUAL(done_calls, 1);
