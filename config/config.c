@@ -2779,10 +2779,9 @@ static void direct_response_finish(loader *ld, json_t *v, const char *path, void
 }
 
 /* Which of the route's keys only mean something for a request sent upstream. */
-static const char *const upstream_only_keys[] = {
-    "rewrite", "host_rewrite", "request_headers",     "response_headers",
-    "retry",   "timeout",      "tunnel_idle_timeout", "fault",
-    "mirror"};
+static const char *const upstream_only_keys[] = {"rewrite", "host_rewrite", "request_headers",
+                                                 "retry",   "timeout",      "tunnel_idle_timeout",
+                                                 "fault",   "mirror"};
 
 /* Where a route's requests go: "cluster", "clusters", a redirect or a direct response;
  * exactly one. And keys that need another key. */

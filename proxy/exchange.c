@@ -10,6 +10,7 @@
 #include "proxy/exchange_int.h"
 #include "proxy/mirror_int.h"
 #include "proxy/route_actions_int.h"
+#include "proxy/websocket_int.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/time.h"
@@ -558,6 +559,26 @@ static void grpc_message(char *out, size_t cap, const char *body) {
     out[n] = '\0';
 }
 
+/* A routed request's answer from pilotfish (redirect, direct response, 429, fault abort, or
+ * an error of its cluster) gets the route's and weighted cluster's response_headers like an
+ * endpoint's response would; framing stays the codec's, and a gRPC answer's grpc-status is
+ * added after. Returns the new length of the `n` bytes of lines in `extra`. */
+static int edit_reply_lines(pf_exchange *ex, char *extra, size_t cap, int n) {
+    const pf_config_header_edits *route = exchange_response_edits(ex);
+    const pf_config_header_edits *cluster = route_actions_response_edits(ex);
+    if (!route && !cluster)
+        return n;
+    char edited[512 + PF_LOCATION_MAX];
+    size_t len = http1_edit_local_lines(extra, route, cluster, &ex->vars, edited, sizeof edited);
+    if (len == 0 || len >= cap) {
+        log_debug("response header edits left out of pilotfish's answer (too long) client=%s",
+                  ex->client_ip);
+        return n;
+    }
+    memcpy(extra, edited, len + 1);
+    return (int)len;
+}
+
 void exchange_reply(pf_exchange *ex, int status, const char *body, const char *extra_headers) {
     /* An answer to a failed attempt is the cluster's outcome and counts with the endpoint
      * that failed; one that cuts an attempt short (the client was too slow, or sent a bad
@@ -580,6 +601,8 @@ void exchange_reply(pf_exchange *ex, int status, const char *body, const char *e
                       ex->attempts);
     if (extra_headers && n >= 0 && (size_t)n < sizeof extra)
         n += snprintf(extra + n, sizeof extra - (size_t)n, "%s", extra_headers);
+    if (n >= 0 && (size_t)n < sizeof extra)
+        n = edit_reply_lines(ex, extra, sizeof extra, n);
     if (status >= 400 && status < 500)
         metrics_inc(ex->l->errors_total, 1);
     if (ex->grpc || grpc_request(ex->req.head)) {
@@ -756,22 +779,45 @@ static void trace_context(pf_exchange *ex, const pf_head *head) {
 
 /* An upgrade the route allows goes upstream with its headers; any other loses them (as
  * every hop-by-hop header) and the request goes on as a plain one. */
-static void decide_upgrade(pf_exchange *ex) {
+static bool refuse_required_upgrade(pf_exchange *ex, const char *why);
+
+/* Returns false when the request was answered instead (an extended CONNECT refused). */
+static bool decide_upgrade(pf_exchange *ex) {
     pf_forward_request *fwd = &ex->req.fwd;
-    const char *why = !ex->down->send_upgrade
+    const char *why = !ex->down->send_upgrade && !ex->down->send_upgrade_end
                           ? "the client's protocol cannot switch"
                           : exchange_upgrade_refusal(ex->route, fwd->upgrade, fwd->upgrade_len,
                                                      fwd->body != PF_BODY_NONE);
     if (!why) {
         ex->upgrade = true;
-        return;
+        return true;
     }
+    if (ex->req.websocket_key)
+        return refuse_required_upgrade(ex, why);
     char protocol[96];
     pf_json_escape(protocol, sizeof protocol, fwd->upgrade, fwd->upgrade_len);
     log_debug("upgrade refused: headers removed client=%s protocol=\"%s\" reason=\"%s\"",
               ex->client_ip, protocol, why);
     fwd->upgrade = NULL;
     fwd->upgrade_len = 0;
+    return true;
+}
+
+/* An HTTP/2 client's extended CONNECT has no plain request to fall back to: it is answered
+ * 501 with the reason, and logged at info (a client that cannot get its WebSocket is an
+ * operator's question). Returns false (answered). */
+static bool refuse_required_upgrade(pf_exchange *ex, const char *why) {
+    pf_forward_request *fwd = &ex->req.fwd;
+    char protocol[96];
+    pf_json_escape(protocol, sizeof protocol, fwd->upgrade, fwd->upgrade_len);
+    log_info("upgrade refused: extended CONNECT answered 501 client=%s protocol=\"%s\" "
+             "reason=\"%s\"",
+             ex->client_ip, protocol, why);
+    char body[160];
+    snprintf(body, sizeof body, "upgrade to \"%s\" refused: %s\n", protocol, why);
+    ex->upgrade = false;
+    exchange_reply(ex, 501, body, NULL);
+    return false;
 }
 
 /* stream_idle_timeout: the timer runs at the full timeout and, when it fires before the
@@ -915,6 +961,9 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
     };
     pf_router *router = ex->l->router; /* once: a reload may swap it */
     const pf_config_route *route = router_find_request(router, &rq);
+    /* The route is known from here: pilotfish's own answers to it carry its edits. */
+    ex->route = route;
+    ex->vars = (pf_header_vars){.client_ip = ex->client_ip, .request_id = ex->request_id};
     if (route && route_actions_answer(ex, router, route, &rq))
         return;
     const pf_service_routes *services = route ? NULL : worker_service_routes(ex->w);
@@ -965,8 +1014,8 @@ static void route_to_cluster(pf_exchange *ex, const pf_config_route *route, long
         ex->req.fwd.edits = &route->request_headers;
         ex->req.fwd.vars = &ex->vars;
     }
-    if (ex->req.fwd.upgrade)
-        decide_upgrade(ex);
+    if (ex->req.fwd.upgrade && !decide_upgrade(ex))
+        return;
     if (route && route->has_mirror)
         ex->mirror = mirror_new(ex, route);
     if (route && route->timeout_ms)
@@ -977,6 +1026,10 @@ static void route_to_cluster(pf_exchange *ex, const pf_config_route *route, long
     if (!enter_cluster(ex, (size_t)cluster_index, route && route->has_retry ? &route->retry : NULL,
                        !route))
         return;
+    if (ex->upgrade && ex->req.websocket_key && ex->up_ops != &upstream_http1_ops) {
+        refuse_required_upgrade(ex, "the cluster's upstreams speak HTTP/2; WebSockets need http1");
+        return;
+    }
     uint64_t hold_ms = route ? route_actions_delay_ms(ex) : 0;
     if (hold_ms)
         hold(ex, hold_ms);
@@ -1258,6 +1311,13 @@ int exchange_on_response_head(pf_exchange *ex, const pf_head *resp, int status,
                               pf_body_mode upstream_body, uint64_t content_length,
                               bool *skip_body) {
     touch(ex);
+    if (ex->req.websocket_key && status >= 200 && status < 300) {
+        /* RFC 8441 4: a 2xx to an extended CONNECT says the tunnel is open; an endpoint that
+         * answered the handshake with a page did not switch, and its body is no WebSocket. */
+        log_debug("upstream answered a WebSocket handshake with %d, not 101 client=%s upstream=%s",
+                  status, ex->client_ip, ex->ep ? ex->ep->addr.text : "-");
+        return PF_EINVAL;
+    }
     if (ex->grpc && status == 200) {
         /* A call with messages is judged by its trailers; a trailers-only one (no message
          * came) by this head, and a failure the policy names is retried. */
@@ -1391,6 +1451,9 @@ static void tunnel_done(void *arg, const char *reason) {
              (unsigned long long)from_client, (unsigned long long)from_upstream,
              (unsigned long long)((pf_now_us() - ex->tunnel_us) / 1000), reason);
     end_tunnel(ex);
+    /* The endpoint's side closes now: a codec may keep the client's side a little longer (an
+     * HTTP/2 stream ends on its connection's next flush), with nothing left to forward. */
+    end_attempt(ex, false);
     exchange_set_state(ex, PF_EX_DONE);
     exchange_log(ex);
     ex->down->close(ex->ds);
@@ -1417,6 +1480,17 @@ int exchange_on_upgrade(pf_exchange *ex, const pf_head *resp) {
     long h = http1_find(resp, "upgrade", NULL);
     if (!ex->upgrade || h < 0 || ex->state != PF_EX_WAITING)
         return PF_EINVAL;
+    if (ex->req.websocket_key) {
+        /* The key was pilotfish's own (RFC 8441 has none): the answer must be to it. */
+        long a = http1_find(resp, "sec-websocket-accept", NULL);
+        if (a < 0 || !websocket_accept_matches(ex->req.websocket_key, http1_value(resp, (size_t)a),
+                                               resp->headers[a].value_len)) {
+            log_debug("upstream 101 refused: Sec-WebSocket-Accept %s client=%s upstream=%s",
+                      a < 0 ? "missing" : "does not answer the key", ex->client_ip,
+                      ex->ep ? ex->ep->addr.text : "-");
+            return PF_EINVAL;
+        }
+    }
     report(ex, health_outcome_of_status(101));
     if (ex->ep)
         balancer_on_response(ex->wc->balancer, ex->ep, pf_now_us() - ex->attempt_us);
@@ -1428,15 +1502,19 @@ int exchange_on_upgrade(pf_exchange *ex, const pf_head *resp) {
     metrics_inc(ex->l->tunnels_total, 1);
     metrics_gauge_add(ex->l->tunnels_active, 1);
     bool client_eof = false;
-    pf_stream *client = ex->down->send_upgrade(ex->ds, resp, http1_value(resp, (size_t)h),
-                                               resp->headers[h].value_len, &client_eof);
+    const pf_tunnel_end_ops *client_ops = &tunnel_stream_end_ops;
+    void *client = ex->down->send_upgrade_end
+                       ? ex->down->send_upgrade_end(ex->ds, resp, &client_ops, &client_eof)
+                       : ex->down->send_upgrade(ex->ds, resp, http1_value(resp, (size_t)h),
+                                                resp->headers[h].value_len, &client_eof);
     pf_stream *upstream = ex->up_ops->tunnel_stream(ex->up);
     const pf_config_route *r = ex->route;
     uint64_t idle_ms = r && r->tunnel_idle_timeout_ms ? r->tunnel_idle_timeout_ms
                                                       : ex->l->cfg->tunnel_idle_timeout_ms;
     if (client && upstream)
-        ex->tunnel = tunnel_new(ex->w->base, client, upstream, client_eof, ex->l->cfg->buffer_bytes,
-                                idle_ms, tunnel_done, ex);
+        ex->tunnel =
+            tunnel_new_ends(ex->w->base, client_ops, client, &tunnel_stream_end_ops, upstream,
+                            client_eof, ex->l->cfg->buffer_bytes, idle_ms, tunnel_done, ex);
     if (!ex->tunnel) {
         tunnel_done(ex, "out of memory");
         return 0;

@@ -69,6 +69,12 @@ typedef struct pf_downstream_ops {
     void (*connect_found)(void *ds);
     /* The response's trailer fields, before send_end; NULL: the codec drops them. */
     void (*send_trailers)(void *ds, const pf_head *trailers);
+    /* send_upgrade for a codec whose client side is not a pf_stream (an HTTP/2 stream that
+     * opened a WebSocket with an extended CONNECT, RFC 8441): sends what the 101 becomes
+     * there and returns the side the tunnel uses, seen through *ops (the codec forwards its
+     * events to exchange_tunnel). NULL: no tunnel can be made. */
+    void *(*send_upgrade_end)(void *ds, const pf_head *resp, const pf_tunnel_end_ops **ops,
+                              bool *client_eof);
 } pf_downstream_ops;
 
 /* The request as the exchange forwards it: the downstream's head (borrowed until the
@@ -76,6 +82,10 @@ typedef struct pf_downstream_ops {
 typedef struct pf_exchange_request {
     const pf_head *head;
     pf_forward_request fwd;
+    /* An HTTP/2 extended CONNECT (RFC 8441): the Sec-WebSocket-Key pilotfish put in the head,
+     * which the upstream's 101 must answer. The upgrade is then the request's whole point: a
+     * refused one is answered (501), not dropped. NULL for every other request. */
+    const char *websocket_key;
 } pf_exchange_request;
 
 /* What the exchange asks of an upstream codec (the side that talks to endpoints). `up` is

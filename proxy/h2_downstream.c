@@ -13,6 +13,7 @@
 #include "proxy/exchange_int.h"
 #include "proxy/route_actions_int.h"
 #include "proxy/tls_int.h"
+#include "proxy/websocket_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +82,15 @@ struct h2_stream {
     struct evbuffer *out;  /* response body waiting for the data provider */
     struct event *stall;   /* while waiting_output: the client's body_timeout to read on */
     pf_h2_fields trailers; /* sent after the body when count > 0 */
+    /* An extended CONNECT (RFC 8441) opening a WebSocket: see "extended CONNECT" below. */
+    bool ws;            /* it is one: DATA and END_STREAM are tunnel bytes, not a body */
+    bool ws_tunnel;     /* the upstream said 101: the stream is a tunnel side */
+    bool ws_client_eof; /* the client ended its side (END_STREAM) */
+    bool ws_closing;    /* nghttp2 closed the stream: no RST_STREAM of ours follows */
+    char protocol[32];  /* :protocol */
+    char ws_key[PF_WS_KEY_LEN + 1]; /* the Sec-WebSocket-Key sent upstream */
+    struct evbuffer *ws_in;         /* the client's DATA not yet moved upstream */
+    struct event *ws_wrote;         /* the tunnel's on_write, after DATA went out */
     pf_exchange ex;
 };
 
@@ -122,6 +132,8 @@ pf_h2_field h2_request_field(const char *name, size_t len, const char *value, si
             return PF_H2_FIELD_AUTHORITY;
         if (name_eq(name, len, ":scheme"))
             return PF_H2_FIELD_SCHEME;
+        if (name_eq(name, len, ":protocol"))
+            return PF_H2_FIELD_PROTOCOL;
         return PF_H2_FIELD_DROP;
     }
     if (name_eq(name, len, "cookie"))
@@ -282,6 +294,9 @@ int h2_response_fields(pf_h2_fields *out, const pf_head *resp, int status, bool 
 /* ---- streams -------------------------------------------------------------------------- */
 
 static void flush(pf_h2_conn *h);
+static int ws_prepare(h2_stream *st, bool end_stream);
+static void ws_client_data(h2_stream *st, const uint8_t *data, size_t len);
+static void ws_client_end(h2_stream *st);
 
 static h2_stream *stream_get(pf_h2_conn *h, int32_t id) {
     return nghttp2_session_get_stream_user_data(h->session, id);
@@ -326,8 +341,12 @@ static h2_stream *h2s_new(pf_h2_conn *h, int32_t id) {
 
 /* The stream is gone (closed, reset, or the connection ends): a response cut short is
  * logged as such, and the exchange ends whatever attempt it had. */
+static void ws_stream_gone(h2_stream *st);
+
 static void h2s_free(h2_stream *st) {
     pf_h2_conn *h = st->h;
+    if (st->ws)
+        ws_stream_gone(st);
     if (!st->logged && st->ex.state == PF_EX_STREAMING) {
         exchange_abort(&st->ex);
         log_once(st);
@@ -348,6 +367,10 @@ static void h2s_free(h2_stream *st) {
     if (st->stall)
         event_free(st->stall);
     h2_fields_free(&st->trailers);
+    if (st->ws_in)
+        evbuffer_free(st->ws_in);
+    if (st->ws_wrote)
+        event_free(st->ws_wrote);
     free(st->cookie);
     free(st->authority);
     free(st);
@@ -414,6 +437,8 @@ static void dispatch(h2_stream *st, bool end_stream) {
         reply(st, 431, "request header fields too large\n");
         return;
     }
+    if (st->protocol[0] && ws_prepare(st, end_stream) != PF_OK)
+        return; /* answered */
     if (strcmp(st->method, "CONNECT") == 0) {
         reply(st, 405,
               "CONNECT over HTTP/2 is not supported (HTTP/1.1 CONNECT to a known service is): "
@@ -446,7 +471,7 @@ static void dispatch(h2_stream *st, bool end_stream) {
         snprintf(hostname, sizeof hostname, "%s", h->bound_host);
         port = h->bound_port;
     }
-    pf_body_mode body = end_stream       ? PF_BODY_NONE
+    pf_body_mode body = end_stream || st->ws ? PF_BODY_NONE
                         : st->has_length ? http1_request_body_mode(false, true, st->content_length)
                                          : PF_BODY_CHUNKED; /* an HTTP/1 upstream needs framing */
     pf_exchange_request req = {
@@ -466,7 +491,16 @@ static void dispatch(h2_stream *st, bool end_stream) {
                 .content_length = st->content_length,
             },
     };
+    if (st->ws) {
+        req.fwd.upgrade = st->protocol;
+        req.fwd.upgrade_len = strlen(st->protocol);
+        req.websocket_key = st->ws_key;
+    }
     exchange_start(&st->ex, &req, hostname, port);
+    /* The GET that opens the WebSocket upstream has no body: what the client sends on the
+     * stream is the tunnel's. */
+    if (st->ws && st->ex.state != PF_EX_DONE && st->ex.state != PF_EX_ABORTED)
+        exchange_request_end(&st->ex);
 }
 
 /* ---- nghttp2 callbacks ---------------------------------------------------------------- */
@@ -555,10 +589,21 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
                                            v, valuelen)
                         : PF_ELIMIT;
         break;
+    case PF_H2_FIELD_PROTOCOL:
+        /* nghttp2 accepts it only because we sent SETTINGS_ENABLE_CONNECT_PROTOCOL */
+        if (valuelen == 0 || valuelen >= sizeof st->protocol) {
+            st->error_status = 400;
+            return 0;
+        }
+        memcpy(st->protocol, v, valuelen);
+        st->protocol[valuelen] = '\0';
+        break;
     case PF_H2_FIELD_SCHEME:
     case PF_H2_FIELD_DROP:
         break;
     case PF_H2_FIELD_KEEP:
+        if (st->protocol[0] && name_eq(n, namelen, "sec-websocket-key"))
+            break; /* RFC 8441 5: not used over HTTP/2; the upstream gets pilotfish's own */
         if (name_eq(n, namelen, "content-length")) {
             /* nghttp2 checked the syntax and checks the DATA against it. */
             st->content_length = strtoull(v, NULL, 10);
@@ -624,6 +669,11 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
     if (frame->hd.type == NGHTTP2_HEADERS && !st->started)
         dispatch(st, end);
+    if (st->ws) {
+        if (end && (frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA))
+            ws_client_end(st);
+        return 0;
+    }
     if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) && end &&
         st->ex.state != PF_EX_DONE && st->ex.state != PF_EX_ABORTED)
         exchange_request_end(&st->ex);
@@ -638,6 +688,10 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
     h2_stream *st = stream_get(h, id);
     if (!st)
         return 0;
+    if (st->ws) {
+        ws_client_data(st, data, len);
+        return 0;
+    }
     st->unconsumed += len;
     if (st->ex.state != PF_EX_DONE && st->ex.state != PF_EX_ABORTED)
         exchange_request_body(&st->ex, (const char *)data, len);
@@ -668,7 +722,7 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
     h2_stream *st = stream_get(h, frame->hd.stream_id);
     /* RFC 9113 8.1: a complete response to a request still sending its body ends the
      * stream with NO_ERROR, so the client stops sending. */
-    if (st && !st->ex.request_complete)
+    if (st && (!st->ex.request_complete || (st->ws && !st->ws_tunnel && !st->ws_client_eof)))
         nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
     return 0;
 }
@@ -699,6 +753,8 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
         h2_fields_free(&st->trailers);
     } else if (n == 0)
         return NGHTTP2_ERR_DEFERRED;
+    if (st->ws_tunnel && n > 0)
+        event_active(st->ws_wrote, 0, 0); /* the upstream side may send again */
     if (st->waiting_output && left <= st->h->l->cfg->buffer_bytes / 2) {
         st->waiting_output = false;
         evtimer_del(st->stall);
@@ -841,6 +897,170 @@ static void ds_request_writable(void *ds, bool after_retry) {
     consume_if_room(ds);
 }
 
+/* ---- extended CONNECT (RFC 8441): a WebSocket on a stream ---------------------------------
+ *
+ * A stream with :method CONNECT and :protocol websocket is routed and sent upstream as the
+ * HTTP/1.1 handshake (GET, Upgrade, pilotfish's own Sec-WebSocket-Key); the upstream's 101
+ * becomes :status 200 and the stream one side of a tunnel (tunnel.c): the client's DATA is its
+ * input, its response body buffer `out` its output, END_STREAM its half-close. Backpressure:
+ * the client's window is returned only as its bytes move upstream (ws_in_drained), and the
+ * upstream stops being read while `out` holds buffer_bytes. */
+
+static int ws_refuse(h2_stream *st, int status, const char *body) {
+    reply(st, status, body);
+    return PF_EINVAL;
+}
+
+static void ws_in_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg) {
+    h2_stream *st = arg;
+    if (info->n_deleted == 0 || st->ws_closing)
+        return;
+    nghttp2_session_consume_stream(st->h->session, st->id, info->n_deleted);
+    schedule_flush(st->h);
+}
+
+static void ws_out_added(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg) {
+    h2_stream *st = arg;
+    if (info->n_added == 0 || st->ws_closing)
+        return;
+    nghttp2_session_resume_data(st->h->session, st->id);
+    schedule_flush(st->h);
+}
+
+/* DATA left the stream's buffer: the upstream side may send again. */
+static void ws_on_wrote(evutil_socket_t fd, short what, void *arg) {
+    h2_stream *st = arg;
+    if (st->ex.state == PF_EX_TUNNEL)
+        tunnel_on_write(exchange_tunnel(&st->ex), PF_TUNNEL_CLIENT);
+}
+
+/* The fields are in: turns the CONNECT into the GET an HTTP/1.1 WebSocket starts with, or
+ * answers it. Returns PF_OK to go on routing it. */
+static int ws_prepare(h2_stream *st, bool end_stream) {
+    pf_h2_conn *h = st->h;
+    if (strcmp(st->method, "CONNECT") != 0)
+        return ws_refuse(st, 400, ":protocol is for CONNECT only\n");
+    if (end_stream)
+        return ws_refuse(st, 400, "an extended CONNECT keeps its stream open\n");
+    if (!st->has_path || !st->has_authority)
+        return ws_refuse(st, 400, "an extended CONNECT needs :path and :authority\n");
+    st->ws_in = evbuffer_new();
+    st->ws_wrote = event_new(h->w->base, -1, 0, ws_on_wrote, st);
+    if (!st->ws_in || !st->ws_wrote)
+        return ws_refuse(st, 503, "out of memory\n");
+    websocket_key(worker_random(h->w), worker_random(h->w), st->ws_key);
+    int rc = add_field_to_head(&st->req, "sec-websocket-key", 17, st->ws_key, PF_WS_KEY_LEN);
+    /* RFC 8441 5 has the client send it; an HTTP/1.1 server needs it (RFC 6455 4.1). */
+    if (rc == PF_OK && http1_find(&st->req, "sec-websocket-version", NULL) < 0)
+        rc = add_field_to_head(&st->req, "sec-websocket-version", 21, "13", 2);
+    if (rc != PF_OK) {
+        count_error(h, PF_H2_ERR_HEADER_LIST);
+        return ws_refuse(st, 431, "request header fields too large\n");
+    }
+    st->ws = true;
+    memcpy(st->method, "GET", 4); /* routed and sent as an HTTP/1.1 client's handshake */
+    evbuffer_add_cb(st->ws_in, ws_in_drained, st);
+    return PF_OK;
+}
+
+static void ws_client_data(h2_stream *st, const uint8_t *data, size_t len) {
+    if (st->ex.state == PF_EX_DONE || st->ex.state == PF_EX_ABORTED ||
+        evbuffer_add(st->ws_in, data, len) != 0) {
+        /* answered without a tunnel, or the tunnel is over: nobody takes these bytes */
+        nghttp2_session_consume_stream(st->h->session, st->id, len);
+        schedule_flush(st->h);
+        return;
+    }
+    /* Before the upstream's answer the bytes wait, bounded by the stream's window. */
+    if (st->ex.state == PF_EX_TUNNEL)
+        tunnel_on_read(exchange_tunnel(&st->ex), PF_TUNNEL_CLIENT);
+}
+
+static void ws_client_end(h2_stream *st) {
+    st->ws_client_eof = true;
+    if (st->ex.state == PF_EX_TUNNEL)
+        tunnel_on_event(exchange_tunnel(&st->ex), PF_TUNNEL_CLIENT, PF_STREAM_EOF, 0);
+}
+
+/* nghttp2 closed the stream (or the connection ends) while it may still be a tunnel. */
+static void ws_stream_gone(h2_stream *st) {
+    st->ws_closing = true;
+    if (st->ex.state == PF_EX_TUNNEL)
+        tunnel_close(exchange_tunnel(&st->ex),
+                     st->ws_client_eof ? "client closed the stream" : "client reset the stream");
+}
+
+static struct evbuffer *ws_input(void *end) {
+    return ((h2_stream *)end)->ws_in;
+}
+
+static struct evbuffer *ws_output(void *end) {
+    return ((h2_stream *)end)->out;
+}
+
+static void ws_read_enable(void *end, bool enable) {
+    /* Nothing to switch: the stream's window is returned only as bytes move on. */
+}
+
+static void ws_shutdown_write(void *end) {
+    h2_stream *st = end;
+    st->eof = true; /* END_STREAM once `out` is sent (read_body) */
+    nghttp2_session_resume_data(st->h->session, st->id);
+    schedule_flush(st->h);
+}
+
+static const pf_tunnel_end_ops ws_end_ops = {
+    .input = ws_input,
+    .output = ws_output,
+    .read_enable = ws_read_enable,
+    .shutdown_write = ws_shutdown_write,
+};
+
+static void *ws_send_upgrade_end(void *ds, const pf_head *resp, const pf_tunnel_end_ops **ops,
+                                 bool *client_eof) {
+    h2_stream *st = ds;
+    if (!st->ws)
+        return NULL;
+    pf_forward_response edits = {.edits = exchange_response_edits(&st->ex),
+                                 .cluster_edits = route_actions_response_edits(&st->ex),
+                                 .vars = exchange_header_vars(&st->ex)};
+    pf_h2_fields f;
+    if (h2_response_fields(&f, resp, 200, false, 0, NULL, &edits) != PF_OK)
+        return NULL;
+    /* RFC 8441 5: the key and its accept are not used over HTTP/2 (the 101's Upgrade and
+     * Connection are connection-specific and already left out). */
+    size_t kept = 0;
+    for (size_t i = 0; i < f.count; i++)
+        if (!name_eq((const char *)f.nv[i].name, f.nv[i].namelen, "sec-websocket-accept"))
+            f.nv[kept++] = f.nv[i];
+    f.count = kept;
+    nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_body};
+    int rc = nghttp2_submit_response(st->h->session, st->id, f.nv, f.count, &dp);
+    h2_fields_free(&f);
+    if (rc != 0)
+        return NULL;
+    st->ws_tunnel = true;
+    evbuffer_add_cb(st->out, ws_out_added, st);
+    schedule_flush(st->h);
+    *ops = &ws_end_ops;
+    *client_eof = st->ws_client_eof;
+    return st;
+}
+
+/* The tunnel is over and logged: both sides ended, the stream ends as the tunnel did;
+ * otherwise (idle timeout, the upstream failed) it is cancelled. */
+static void ws_close(void *ds) {
+    h2_stream *st = ds;
+    st->logged = true;
+    if (st->ws_closing)
+        return;
+    if (st->eof && st->ws_client_eof)
+        nghttp2_session_resume_data(st->h->session, st->id);
+    else
+        nghttp2_submit_rst_stream(st->h->session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    schedule_flush(st->h);
+}
+
 const pf_downstream_ops downstream_h2_ops = {
     .send_head = ds_send_head,
     .send_interim = ds_send_interim,
@@ -852,6 +1072,8 @@ const pf_downstream_ops downstream_h2_ops = {
     .wait_for_output = ds_wait_for_output,
     .request_writable = ds_request_writable,
     .send_trailers = ds_send_trailers,
+    .send_upgrade_end = ws_send_upgrade_end,
+    .close = ws_close,
 };
 
 /* ---- the connection ------------------------------------------------------------------------ */
@@ -1036,6 +1258,8 @@ pf_h2_conn *h2_conn_new(pf_conn *conn, pf_worker *w, pf_listener_rt *l, pf_strea
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, l->cfg->max_header_bytes},
         /* RFC 9218: no priority tree, so closed streams are not kept around for it */
         {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
+        /* RFC 8441: clients may open WebSockets with an extended CONNECT */
+        {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1},
     };
     if (nghttp2_submit_settings(h->session, NGHTTP2_FLAG_NONE, settings,
                                 sizeof settings / sizeof settings[0]) != 0 ||

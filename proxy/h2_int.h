@@ -60,6 +60,7 @@ typedef enum {
     PF_H2_FIELD_COOKIE,    /* joined into one Cookie field (RFC 9113 8.2.3) */
     PF_H2_FIELD_HOST,      /* used only without :authority (RFC 9113 8.3.1) */
     PF_H2_FIELD_DROP,      /* any other pseudo-header, or connection-specific */
+    PF_H2_FIELD_PROTOCOL,  /* :protocol of an extended CONNECT (RFC 8441): a WebSocket */
 } pf_h2_field;
 
 /* `value` matters for te, which is kept as "te: trailers" only (RFC 9113 8.2.2). */

@@ -422,6 +422,57 @@ size_t http1_edit_lines(const pf_config_header_edits *route, const pf_config_hea
     return each_edit(route, cluster, vars, fn, arg);
 }
 
+typedef struct {
+    char *out;
+    size_t cap, len;
+    bool full;
+} line_buf;
+
+static void line_put(line_buf *b, const char *s, size_t n) {
+    if (b->full || n >= b->cap - b->len) {
+        b->full = true;
+        return;
+    }
+    memcpy(b->out + b->len, s, n);
+    b->len += n;
+    b->out[b->len] = '\0';
+}
+
+static void put_edit_line(void *arg, const char *name, const char *value, size_t len) {
+    line_buf *b = arg;
+    line_put(b, name, strlen(name));
+    line_put(b, ": ", 2);
+    line_put(b, value, len);
+    line_put(b, "\r\n", 2);
+}
+
+size_t http1_edit_local_lines(const char *lines, const pf_config_header_edits *route,
+                              const pf_config_header_edits *cluster, const pf_header_vars *vars,
+                              char *out, size_t cap) {
+    line_buf b = {.out = out, .cap = cap};
+    if (cap == 0)
+        return 0;
+    out[0] = '\0';
+    for (const char *p = lines; p && *p;) {
+        const char *eol = strchr(p, '\n');
+        const char *end = eol ? eol + 1 : p + strlen(p);
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        char name[128];
+        size_t nlen = colon ? (size_t)(colon - p) : 0;
+        bool edited = false;
+        if (nlen > 0 && nlen < sizeof name) {
+            memcpy(name, p, nlen);
+            name[nlen] = '\0';
+            edited = edits_name(route, name) || edits_name(cluster, name);
+        }
+        if (!edited)
+            line_put(&b, p, (size_t)(end - p));
+        p = end;
+    }
+    each_edit(route, cluster, vars, put_edit_line, &b);
+    return b.full ? 0 : b.len;
+}
+
 /* Every earlier hop in order, then this hop's client, as one field where the first
  * X-Forwarded-For stood (RFC 9110 5.3 allows combining the lines). */
 static void add_forwarded_for(writer *w, const pf_head *req, const char *client_ip) {

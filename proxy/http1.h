@@ -206,6 +206,15 @@ bool http1_edits_remove(const pf_config_header_edits *route, const pf_config_hea
 size_t http1_edit_lines(const pf_config_header_edits *route, const pf_config_header_edits *cluster,
                         const pf_header_vars *vars, http1_edit_fn fn, void *arg);
 
+/* A route's (then a weighted cluster's; either may be NULL) response edits on the
+ * "Name: value\r\n" lines of an answer pilotfish makes itself (`lines` may be NULL): a line
+ * whose name the edits set or remove is left out, then the edits' lines follow, as on an
+ * endpoint's response. Writes into out (cap bytes, NUL-terminated) and returns the length;
+ * 0 when the result does not fit (the caller keeps its lines as they were). */
+size_t http1_edit_local_lines(const char *lines, const pf_config_header_edits *route,
+                              const pf_config_header_edits *cluster, const pf_header_vars *vars,
+                              char *out, size_t cap);
+
 /* Whether "Name: value\r\n" lines (or NULL) hold a Content-Type. */
 bool http1_lines_have_content_type(const char *lines);
 

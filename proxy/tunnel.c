@@ -12,7 +12,8 @@
 #include <string.h>
 
 struct pf_tunnel {
-    pf_stream *s[2];
+    const pf_tunnel_end_ops *ops[2];
+    void *s[2];
     struct event *timer;
     uint64_t idle_ms;
     size_t limit;
@@ -38,8 +39,8 @@ static void touch(pf_tunnel *t) {
 /* Over once both halves are closed and everything read was written out. */
 static bool finished(const pf_tunnel *t) {
     for (int i = 0; i < 2; i++)
-        if (!t->eof[i] || evbuffer_get_length(stream_input(t->s[i])) > 0 ||
-            evbuffer_get_length(stream_output(t->s[i])) > 0)
+        if (!t->eof[i] || evbuffer_get_length(t->ops[i]->input(t->s[i])) > 0 ||
+            evbuffer_get_length(t->ops[i]->output(t->s[i])) > 0)
             return false;
     return true;
 }
@@ -48,7 +49,7 @@ static bool finished(const pf_tunnel *t) {
  * the rest waits in the input with reading paused. Returns true when the tunnel ended. */
 static bool pump(pf_tunnel *t, int from) {
     int to = 1 - from;
-    struct evbuffer *in = stream_input(t->s[from]), *out = stream_output(t->s[to]);
+    struct evbuffer *in = t->ops[from]->input(t->s[from]), *out = t->ops[to]->output(t->s[to]);
     size_t have = evbuffer_get_length(in), queued = evbuffer_get_length(out);
     size_t room = queued < t->limit ? t->limit - queued : 0;
     size_t move = have < room ? have : room;
@@ -63,13 +64,13 @@ static bool pump(pf_tunnel *t, int from) {
     bool blocked = evbuffer_get_length(in) > 0;
     if (blocked != t->paused[from] && !t->eof[from]) {
         t->paused[from] = blocked;
-        stream_read_enable(t->s[from], !blocked);
+        t->ops[from]->read_enable(t->s[from], !blocked);
     }
     /* RFC 9110 7.8: after the switch the bytes are the new protocol's, and a half-close is
      * part of it (a WebSocket close handshake may be followed by one), so pass it on. */
     if (t->eof[from] && !blocked && !t->shut[to]) {
         t->shut[to] = true;
-        stream_shutdown_write(t->s[to]);
+        t->ops[to]->shutdown_write(t->s[to]);
     }
     if (finished(t)) {
         t->done(t->ctx, "closed");
@@ -78,9 +79,40 @@ static bool pump(pf_tunnel *t, int from) {
     return false;
 }
 
+static struct evbuffer *end_input(void *s) {
+    return stream_input(s);
+}
+
+static struct evbuffer *end_output(void *s) {
+    return stream_output(s);
+}
+
+static void end_read_enable(void *s, bool enable) {
+    stream_read_enable(s, enable);
+}
+
+static void end_shutdown_write(void *s) {
+    stream_shutdown_write(s);
+}
+
+const pf_tunnel_end_ops tunnel_stream_end_ops = {
+    .input = end_input,
+    .output = end_output,
+    .read_enable = end_read_enable,
+    .shutdown_write = end_shutdown_write,
+};
+
 pf_tunnel *tunnel_new(struct event_base *base, pf_stream *client, pf_stream *upstream,
                       bool client_eof, size_t limit, uint64_t idle_ms, pf_tunnel_done done,
                       void *ctx) {
+    return tunnel_new_ends(base, &tunnel_stream_end_ops, client, &tunnel_stream_end_ops, upstream,
+                           client_eof, limit, idle_ms, done, ctx);
+}
+
+pf_tunnel *tunnel_new_ends(struct event_base *base, const pf_tunnel_end_ops *client_ops,
+                           void *client, const pf_tunnel_end_ops *upstream_ops, void *upstream,
+                           bool client_eof, size_t limit, uint64_t idle_ms, pf_tunnel_done done,
+                           void *ctx) {
     pf_tunnel *t = calloc(1, sizeof *t);
     if (!t)
         return NULL;
@@ -89,6 +121,8 @@ pf_tunnel *tunnel_new(struct event_base *base, pf_stream *client, pf_stream *ups
         free(t);
         return NULL;
     }
+    t->ops[PF_TUNNEL_CLIENT] = client_ops;
+    t->ops[PF_TUNNEL_UPSTREAM] = upstream_ops;
     t->s[PF_TUNNEL_CLIENT] = client;
     t->s[PF_TUNNEL_UPSTREAM] = upstream;
     t->eof[PF_TUNNEL_CLIENT] = client_eof;
@@ -103,7 +137,7 @@ void tunnel_start(pf_tunnel *t) {
     touch(t);
     for (int i = 0; i < 2; i++)
         if (!t->eof[i])
-            stream_read_enable(t->s[i], true);
+            t->ops[i]->read_enable(t->s[i], true);
     if (pump(t, PF_TUNNEL_UPSTREAM))
         return;
     pump(t, PF_TUNNEL_CLIENT);
@@ -128,6 +162,10 @@ void tunnel_on_event(pf_tunnel *t, int side, int what, int err) {
         t->eof[side] = true;
         pump(t, side);
     }
+}
+
+void tunnel_close(pf_tunnel *t, const char *reason) {
+    t->done(t->ctx, reason);
 }
 
 void tunnel_count_bytes(pf_tunnel *t, int side, pf_counter *a, pf_counter *b) {

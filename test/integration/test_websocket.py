@@ -136,21 +136,33 @@ def test_websocket_text_and_binary_frames_pass_both_ways(ws_backend, start_pilot
     assert entry["path"].startswith("/chat") and entry["bytes_in"] == from_client
 
 
+class RssPeak:
+    """Samples pilotfish's RSS every 20 ms from start to stop(); growth is the peak over the
+    first sample."""
+
+    def __init__(self, pf):
+        self.pf = pf
+        self.before = self.peak = pf.rss_bytes()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self):
+        while not self.done.is_set():
+            self.peak = max(self.peak, self.pf.rss_bytes())
+            self.done.wait(0.02)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(5)
+        return self.peak - self.before
+
+
 def test_a_large_transfer_keeps_pilotfish_memory_bounded(ws_backend, start_pilotfish):
     pf = start_pilotfish(ws_config(ws_backend.address))
     url = f"ws://{LOCALHOST}:{pf.port()}/bulk"
     total = 50 * MiB
-    rss_before = pf.rss_bytes()
-    peak = [rss_before]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], pf.rss_bytes())
-            stop.wait(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    rss = RssPeak(pf)
 
     async def transfer():
         sent, got = hashlib.sha256(), hashlib.sha256()
@@ -177,10 +189,8 @@ def test_a_large_transfer_keeps_pilotfish_memory_bounded(ws_backend, start_pilot
     try:
         n, sent, got = run(transfer(), timeout=120)
     finally:
-        stop.set()
-        sampler.join(5)
+        growth = rss.stop()
     assert n == total and sent == got
-    growth = peak[0] - rss_before
     # Each direction holds at most its stream inputs and the other side's output limit
     # (64 KiB each by default); 100 MB went through.
     assert growth < 16 * MiB, f"pilotfish RSS grew by {growth} bytes"

@@ -4,6 +4,7 @@
  * framing fields dropped, :status first, content-length and pilotfish's own lines added). */
 #include "core/error.h"
 #include "proxy/h2_int.h"
+#include "proxy/websocket_int.h"
 #include "test/unit/unit.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
@@ -17,7 +18,7 @@ static void test_request_fields_map_to_their_http1_roles(void) {
         {":path", "x", PF_H2_FIELD_PATH},
         {":authority", "x", PF_H2_FIELD_AUTHORITY},
         {":scheme", "x", PF_H2_FIELD_SCHEME},
-        {":protocol", "x", PF_H2_FIELD_DROP},
+        {":protocol", "websocket", PF_H2_FIELD_PROTOCOL},
         {"cookie", "x", PF_H2_FIELD_COOKIE},
         {"host", "x", PF_H2_FIELD_HOST},
         {"te", "gzip", PF_H2_FIELD_DROP},
@@ -160,8 +161,29 @@ static void test_request_fields_for_an_h2_upstream(void) {
     http1_head_free(&h);
 }
 
+/* RFC 6455 4.2.2's own example, a key made from 16 bytes, and answers that are not it. */
+static void test_websocket_key_and_accept(void) {
+    char accept[PF_WS_ACCEPT_LEN + 1];
+    CU_ASSERT_EQUAL(websocket_accept("dGhlIHNhbXBsZSBub25jZQ==", 24, accept), PF_OK);
+    CU_ASSERT_STRING_EQUAL(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    const char *good = " s3pPLMBiTxaQ9kYGzzhZRbK+xOo= ";
+    CU_ASSERT_TRUE(websocket_accept_matches("dGhlIHNhbXBsZSBub25jZQ==", good, strlen(good)));
+    const char *bad[] = {"s3pPLMBiTxaQ9kYGzzhZRbK+xOp=", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo", "",
+                         "s3pPLMBiTxaQ9kYGzzhZRbK+xOo==x"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        PF_CHECK(!websocket_accept_matches("dGhlIHNhbXBsZSBub25jZQ==", bad[i], strlen(bad[i])),
+                 "\"%s\" accepted", bad[i]);
+    char key[PF_WS_KEY_LEN + 1];
+    websocket_key(0x0706050403020100ull, 0x0f0e0d0c0b0a0908ull, key);
+    CU_ASSERT_STRING_EQUAL(key, "AAECAwQFBgcICQoLDA0ODw==");
+    char big[200];
+    memset(big, 'a', sizeof big);
+    CU_ASSERT_EQUAL(websocket_accept(big, sizeof big, accept), PF_EINVAL);
+}
+
 PF_UNIT_MAIN("h2", PF_UNIT_TEST(test_request_fields_map_to_their_http1_roles),
              PF_UNIT_TEST(test_cookie_crumbs_join_with_semicolons_within_the_limit),
              PF_UNIT_TEST(test_response_fields_are_lower_case_without_connection_specific_ones),
              PF_UNIT_TEST(test_own_responses_have_status_length_and_extra_lines_only),
-             PF_UNIT_TEST(test_request_fields_for_an_h2_upstream))
+             PF_UNIT_TEST(test_request_fields_for_an_h2_upstream),
+             PF_UNIT_TEST(test_websocket_key_and_accept))

@@ -1111,6 +1111,36 @@ static void test_header_edits_replace_add_and_remove_lines(void) {
     check_parses(HTTP_REQUEST, out);
 }
 
+/* pilotfish's own answers: its lines (Location, Retry-After, X-Request-Id...) a route's or
+ * cluster's edits set or remove go, the edits' lines follow; too long: 0, lines kept. */
+static void test_edits_of_pilotfish_own_answer_lines(void) {
+    pf_config_header_edit set[] = {{"location", "/elsewhere"}, {"x-env", "prod"}},
+                          add[] = {{"x-id", "%REQUEST_ID%"}}, remove[] = {{"retry-after", ""}};
+    pf_config_header_edits route = {.set = set,
+                                    .set_count = 2,
+                                    .add = add,
+                                    .add_count = 1,
+                                    .remove = remove,
+                                    .remove_count = 1};
+    pf_header_vars vars = {.request_id = "r-1"};
+    char out[512];
+    size_t n = http1_edit_local_lines("X-Request-Id: r-1\r\nLocation: /a\r\nRetry-After: 3\r\n"
+                                      "X-Other: o\r\n",
+                                      &route, NULL, &vars, out, sizeof out);
+    check_text(out,
+               "X-Request-Id: r-1\r\nX-Other: o\r\nlocation: /elsewhere\r\nx-env: prod\r\n"
+               "x-id: r-1\r\n",
+               "own answer edited");
+    CU_ASSERT_EQUAL(n, strlen(out));
+    /* a weighted cluster's edits win over the route's for the names they set */
+    pf_config_header_edit cset[] = {{"x-env", "canary"}};
+    pf_config_header_edits cluster = {.set = cset, .set_count = 1};
+    http1_edit_local_lines(NULL, &route, &cluster, &vars, out, sizeof out);
+    check_text(out, "location: /elsewhere\r\nx-id: r-1\r\nx-env: canary\r\n", "with cluster");
+    CU_ASSERT_EQUAL(http1_edit_local_lines("X-Request-Id: r-1\r\n", &route, NULL, &vars, out, 20),
+                    0);
+}
+
 /* RFC 9112 7.1.2: the last chunk, then the trailer section; fields that may not be trailers
  * (RFC 9110 6.5.1: framing, connection, routing) are dropped. */
 static void test_last_chunk_carries_the_trailers_that_may_be_trailers(void) {
@@ -1145,6 +1175,7 @@ static void test_last_chunk_carries_the_trailers_that_may_be_trailers(void) {
 PF_UNIT_MAIN("http1", PF_UNIT_TEST(test_header_value_templates_expand_their_variables),
              PF_UNIT_TEST(test_last_chunk_carries_the_trailers_that_may_be_trailers),
              PF_UNIT_TEST(test_header_edits_replace_add_and_remove_lines),
+             PF_UNIT_TEST(test_edits_of_pilotfish_own_answer_lines),
              PF_UNIT_TEST(test_upgrade_is_requested_by_connection_and_upgrade_together),
              PF_UNIT_TEST(test_allowed_upgrade_is_written_again_and_others_are_dropped),
              PF_UNIT_TEST(test_head_collects_target_and_headers_from_llhttp),
