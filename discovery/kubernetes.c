@@ -31,7 +31,7 @@
 #define WATCH_MIN_TIMEOUT_S 300      /* watches end server-side after 5-10 min, like client-go */
 #define WATCH_MAX_TIMEOUT_S 600
 #define WATCH_HEALTHY_MS 1000       /* a watch that lasted this long resets the backoff */
-#define K8S_RELIST_SPREAD_MS 10000u /* 410 relists spread over up to this (backoff.max if less) */
+#define WATCH_BUFFER_BYTES 4096     /* curl's receive buffer of a watch (lists keep 16 KiB) */
 #define K8S_RETRY_AFTER_MAX_S 600   /* a longer Retry-After is taken as this */
 #define PATH_MAX_K8S 1536           /* api server URL (1023) + "/apis/.../namespaces/NS/RESOURCE" */
 #define CONT_MAX 4096               /* an encoded continue token; longer ones restart the list */
@@ -233,12 +233,12 @@ static uint64_t backoff_ms(pf_k8s *k, unsigned failures) {
 
 /* The wait before a relist that a 410 asked for. A fleet's watches all get their 410 at
  * once (the API server restarted and lost its watch cache, or compacted): each relist goes
- * at a random point of a window of its own, so that lists, the expensive requests, reach
- * the API server spread out instead of together. The set in use stays meanwhile. */
+ * at a random point of the whole backoff window (backoff.max), so that lists, the expensive
+ * requests, reach the API server spread out instead of together: N sidecars with W watches
+ * each list at about N*W/backoff.max a second. The set in use stays meanwhile, so the wait
+ * costs freshness, not requests. */
 static uint64_t relist_delay_ms(pf_k8s *k) {
-    uint64_t window =
-        k->kc->backoff_max_ms < K8S_RELIST_SPREAD_MS ? k->kc->backoff_max_ms : K8S_RELIST_SPREAD_MS;
-    return k8s_random(k) % (window + 1);
+    return k8s_random(k) % (k->kc->backoff_max_ms + 1);
 }
 
 static void count_http(pf_k8s *k, long status) {
@@ -588,6 +588,8 @@ static int req_start(k8s_req *r, const char *url) {
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
     if (!r->watch)
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)k->kc->request_timeout_ms);
+    else /* held for as long as the watch runs: events are small, pieces are fine */
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)WATCH_BUFFER_BYTES);
     if (curl_multi_add_handle(k->multi, e) != CURLM_OK)
         return PF_ENOMEM;
     return PF_OK;

@@ -526,7 +526,9 @@ def main():
     ap.add_argument("--state", help="objects and resourceVersion: loaded at start when the "
                     "file exists, saved on SIGTERM (an API server restart keeps its data)")
     ap.add_argument("--forget-history", action="store_true",
-                    help="with --state: every resourceVersion before the restart is gone (410)")
+                    help="with --state: every resourceVersion before the restart is gone (410); "
+                    "without it the event history is kept, as etcd keeps it across an API "
+                    "server restart, and watches resume from their resourceVersion")
     args = ap.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     make_certs(args.dir)
@@ -544,11 +546,17 @@ def main():
             # a new revision the old watches never saw: everything before it is gone
             state.rv += 1
             state.compacted = state.rv
+        else:
+            # etcd keeps its revisions across an API server restart (until it compacts): a
+            # watch from an older resourceVersion still gets the events it missed
+            state.log = [tuple(e) for e in saved.get("log", [])]
+            state.compacted = saved.get("compacted", 0)
     if args.state:
         def save(*_):
             with state.cond:
                 doc = {"resourceVersion": state.rv,
-                       "objects": {r: list(o.values()) for r, o in state.objects.items()}}
+                       "objects": {r: list(o.values()) for r, o in state.objects.items()},
+                       "log": state.log, "compacted": state.compacted}
             with open(args.state + ".tmp", "w") as f:
                 json.dump(doc, f)
             os.replace(args.state + ".tmp", args.state)
