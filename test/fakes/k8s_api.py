@@ -317,6 +317,15 @@ def make_handler(state):
                         # one object by name: looked up, not scanned (a fleet asks this a lot)
                         one = objs.get((ns, field.split("=")[-1]))
                         candidates = [((ns, ""), one)] if one else []
+                    elif len(parse_terms(q.get("labelSelector"))) == 1 and \
+                            parse_terms(q.get("labelSelector"))[0][1] == "=":
+                        # one label equal to a value (one Service's slices): a tight scan
+                        # first, the full match on the few left; the lock is held meanwhile,
+                        # so a fleet's lists must not cost what matching every object does
+                        k, _, v = parse_terms(q.get("labelSelector"))[0]
+                        candidates = sorted(
+                            (key, o) for key, o in objs.items()
+                            if o["metadata"].get("labels", {}).get(k) == v)
                     else:
                         candidates = sorted(objs.items())
                     items = [o for (ons, _), o in candidates
