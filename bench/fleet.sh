@@ -307,6 +307,8 @@ def fleet_round(work, binary, mode, backends):
         "restart_lists": len(after),
         "restart_resync_s": round(resync_s, 2) if resync_s is not None else None,
         "restart_outage_s": round(outage_s, 2),
+        "restart_lists_by_second": [per_second.get(t, 0) for t in range(max(per_second) + 1)]
+        if per_second else [],
         "restart_requests_ok": outcomes["ok"], "restart_requests_failed": outcomes["failed"],
     }
 
