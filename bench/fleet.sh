@@ -12,8 +12,10 @@
 #   watches, lists open watch streams and list requests at the API server, per sidecar
 #   bytes/min      bytes the API server streamed per sidecar and minute while 10 endpoint
 #                  changes per second (knob) went on across the cluster
-#   RSS            per sidecar, average and largest, once synced and used
-#   restart        the API server killed and started again having lost its watch history
+#   RSS            per sidecar, average and largest, once synced and used; with PSS and
+#                  anonymous memory (smaps_rollup): RSS counts shared library pages in full
+#   restart        the API server stopped and started again, first keeping its history (as
+#                  etcd does: watches resume from their resourceVersion), then having lost it
 #                  (every watch gets 410 and relists): the most list requests it received in
 #                  one second, the time until every sidecar watched again, and application
 #                  requests that failed meanwhile (each sidecar keeps asking its U Services)
@@ -42,6 +44,18 @@ import time
 sys.path.insert(0, sys.argv[1])
 from benchlib import (begin, copy_binaries, env_int, fail, free_ports, need, run,  # noqa: E402
                       start, start_backend, status_kb, stop, wait_until, workdir, write_json)
+
+
+def rollup_kb(pid, key):
+    """The kB figure of `key` (Pss, Anonymous) in /proc/PID/smaps_rollup; 0 when missing."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 BUILD = begin("bench-fleet")
 need("openssl", "the fake API server makes its CA with it")
@@ -206,6 +220,8 @@ def fleet_round(work, binary, mode, backends):
     lists = sum(1 for r in reqs if r["verb"] == "list")
     watchers = control(fake.ctl, "/state")["watchers"]
     rss = [status_kb(p.pid, "VmRSS") * 1024 for p, _, _ in sidecars]
+    pss = [rollup_kb(p.pid, "Pss") * 1024 for p, _, _ in sidecars]
+    anon = [rollup_kb(p.pid, "Anonymous") * 1024 for p, _, _ in sidecars]
 
     # churn: endpoint readiness flips across the cluster, CHURN a second
     say(f"{mode}: first requests done, {watchers} watches open; churn for {CHURN_S} s")
@@ -227,7 +243,7 @@ def fleet_round(work, binary, mode, backends):
     time.sleep(1.0)
     bytes_min = (control(fake.ctl, "/state")["bytes_sent"] - b0) / (churn_s + 1.0) * 60 / N
 
-    # restart, history lost; meanwhile each sidecar keeps asking its Services
+    # restarts, history kept then lost; meanwhile each sidecar keeps asking its Services
     stop_load = threading.Event()
     outcomes = {"ok": 0, "failed": 0}
     lock = threading.Lock()
@@ -246,23 +262,29 @@ def fleet_round(work, binary, mode, backends):
     for t in threads:
         t.start()
     time.sleep(1.0)
-    say(f"{mode}: restarting the API server without its history")
-    fake.stop()
-    down_at = time.time()
-    time.sleep(2.0)  # the outage
-    fake.start(forget=True)
-    up_at = time.time()
-    resynced = wait_until("every sidecar to watch again", lambda: control(fake.ctl, "/state")[
-        "watchers"] >= expected_watches, 300, interval=0.1, give_up=False)
-    resync_s = time.time() - up_at if resynced else None
-    time.sleep(1.0)
+
+    def restart(forget):
+        say(f"{mode}: restarting the API server {'without' if forget else 'with'} its history")
+        fake.stop()
+        down_at = time.time()
+        time.sleep(2.0)  # the outage
+        fake.start(forget=forget)
+        up_at = time.time()
+        resynced = wait_until("every sidecar to watch again", lambda: control(
+            fake.ctl, "/state")["watchers"] >= expected_watches, 300, interval=0.1, give_up=False)
+        resync_s = time.time() - up_at if resynced else None
+        time.sleep(1.0)
+        lists = [r for r in control(fake.ctl, "/requests") if r["verb"] == "list"]
+        per_second = {}
+        for r in lists:
+            per_second[int(r["time"] - up_at)] = per_second.get(int(r["time"] - up_at), 0) + 1
+        return up_at - down_at, resync_s, lists, per_second
+
+    _, kept_resync_s, kept_lists, kept_per_second = restart(False)
+    outage_s, resync_s, after, per_second = restart(True)
     stop_load.set()
     for t in threads:
         t.join(timeout=15)
-    after = [r for r in control(fake.ctl, "/requests") if r["verb"] == "list"]
-    per_second = {}
-    for r in after:
-        per_second[int(r["time"] - up_at)] = per_second.get(int(r["time"] - up_at), 0) + 1
     for proc, _, _ in sidecars:
         stop(proc)
     fake.stop()
@@ -276,10 +298,17 @@ def fleet_round(work, binary, mode, backends):
         "bytes_per_sidecar_per_min": int(bytes_min),
         "rss_avg_mib": round(statistics.mean(rss) / 2**20, 2),
         "rss_max_mib": round(max(rss) / 2**20, 2),
+        "pss_avg_mib": round(statistics.mean(pss) / 2**20, 2),
+        "anon_avg_mib": round(statistics.mean(anon) / 2**20, 2),
+        "restart_kept_peak_lists_per_s": max(kept_per_second.values()) if kept_per_second else 0,
+        "restart_kept_lists": len(kept_lists),
+        "restart_kept_resync_s": round(kept_resync_s, 2) if kept_resync_s is not None else None,
         "restart_peak_lists_per_s": max(per_second.values()) if per_second else 0,
         "restart_lists": len(after),
         "restart_resync_s": round(resync_s, 2) if resync_s is not None else None,
-        "restart_outage_s": round(up_at - down_at, 2),
+        "restart_outage_s": round(outage_s, 2),
+        "restart_lists_by_second": [per_second.get(t, 0) for t in range(max(per_second) + 1)]
+        if per_second else [],
         "restart_requests_ok": outcomes["ok"], "restart_requests_failed": outcomes["failed"],
     }
 
@@ -301,11 +330,16 @@ def main():
             ("bytes per sidecar per minute (churn)", lambda r: r["bytes_per_sidecar_per_min"]),
             ("RSS per sidecar avg / max (MiB)", lambda r: f"{r['rss_avg_mib']} / "
              f"{r['rss_max_mib']}"),
-            ("restart: peak lists/s", lambda r: r["restart_peak_lists_per_s"]),
-            ("restart: lists in all", lambda r: r["restart_lists"]),
-            ("restart: every sidecar watching again (s)", lambda r: r["restart_resync_s"]),
-            ("restart: app requests failed / ok", lambda r: f"{r['restart_requests_failed']} / "
-             f"{r['restart_requests_ok']}")]
+            ("PSS / anonymous per sidecar avg (MiB)", lambda r: f"{r['pss_avg_mib']} / "
+             f"{r['anon_avg_mib']}"),
+            ("restart, history kept: peak lists/s / all", lambda r:
+             f"{r['restart_kept_peak_lists_per_s']} / {r['restart_kept_lists']}"),
+            ("restart, history kept: all watching (s)", lambda r: r["restart_kept_resync_s"]),
+            ("restart, history lost: peak lists/s / all", lambda r:
+             f"{r['restart_peak_lists_per_s']} / {r['restart_lists']}"),
+            ("restart, history lost: all watching (s)", lambda r: r["restart_resync_s"]),
+            ("both restarts: app requests failed / ok", lambda r:
+             f"{r['restart_requests_failed']} / {r['restart_requests_ok']}")]
     print(f"fleet: {', '.join(str(r['sidecars']) + ' ' + r['mode'] for r in results)} "
           f"sidecars; {SERVICES} Services x {ENDPOINTS} endpoints, each using {USED}; "
           f"churn {CHURN}/s for {CHURN_S} s")

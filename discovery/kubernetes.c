@@ -31,7 +31,7 @@
 #define WATCH_MIN_TIMEOUT_S 300      /* watches end server-side after 5-10 min, like client-go */
 #define WATCH_MAX_TIMEOUT_S 600
 #define WATCH_HEALTHY_MS 1000       /* a watch that lasted this long resets the backoff */
-#define K8S_RELIST_SPREAD_MS 10000u /* 410 relists spread over up to this (backoff.max if less) */
+#define K8S_WATCH_RECV_BUFFER 4096u /* curl's receive buffer of a watch (lists keep 16 KiB) */
 #define K8S_RETRY_AFTER_MAX_S 600   /* a longer Retry-After is taken as this */
 #define PATH_MAX_K8S 1536           /* api server URL (1023) + "/apis/.../namespaces/NS/RESOURCE" */
 #define CONT_MAX 4096               /* an encoded continue token; longer ones restart the list */
@@ -123,6 +123,7 @@ struct k8s_watch {
     uint64_t last_event_ms, last_event_wall_us;
     pf_counter *connects, *relists, *events[K8S_EV_COUNT];
     bool rejoin_pending; /* a fed view's own watch: its list to take over is not in yet */
+    uint64_t down_since_ms; /* when its stream last broke; 0 once events flow again */
 };
 
 #define K8S_MAX_FQDN_NAMES 64 /* names resolved per cluster for FQDN slices */
@@ -245,12 +246,12 @@ static uint64_t backoff_ms(pf_k8s *k, unsigned failures) {
 
 /* The wait before a relist that a 410 asked for. A fleet's watches all get their 410 at
  * once (the API server restarted and lost its watch cache, or compacted): each relist goes
- * at a random point of a window of its own, so that lists, the expensive requests, reach
- * the API server spread out instead of together. The set in use stays meanwhile. */
+ * at a random point of the whole backoff window (backoff.max), so that lists, the expensive
+ * requests, reach the API server spread out instead of together: N sidecars with W watches
+ * each list at about N*W/backoff.max a second. The set in use stays meanwhile, so the wait
+ * costs freshness, not requests. */
 static uint64_t relist_delay_ms(pf_k8s *k) {
-    uint64_t window =
-        k->kc->backoff_max_ms < K8S_RELIST_SPREAD_MS ? k->kc->backoff_max_ms : K8S_RELIST_SPREAD_MS;
-    return k8s_random(k) % (window + 1);
+    return k8s_random(k) % (k->kc->backoff_max_ms + 1);
 }
 
 static void count_http(pf_k8s *k, long status) {
@@ -604,6 +605,8 @@ static int req_start(k8s_req *r, const char *url) {
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
     if (!r->watch)
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)k->kc->request_timeout_ms);
+    else /* held for as long as the watch runs: events are small, pieces are fine */
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)K8S_WATCH_RECV_BUFFER);
     if (curl_multi_add_handle(k->multi, e) != CURLM_OK)
         return PF_ENOMEM;
     return PF_OK;
@@ -826,6 +829,8 @@ static int on_line(void *arg, const char *line, size_t len) {
     }
     if (rc == 0 && ev.rv[0])
         snprintf(w->rv, sizeof w->rv, "%s", ev.rv);
+    if (rc == 0)
+        w->down_since_ms = 0;
     json_decref(ev.root);
     return rc;
 }
@@ -1017,6 +1022,7 @@ static void list_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
         if (w->synced)
             metrics_inc(w->relists, 1);
         apply_list(w);
+        w->down_since_ms = 0;
         w->failures = 0;
         w->forbidden_logged = false;
         w->need_list = false;
@@ -1050,8 +1056,10 @@ static void list_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
 
 static void watch_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
     pf_k8s *k = w->k;
-    uint64_t lasted = pf_now_ms() - r->started_ms;
+    uint64_t now = pf_now_ms(), lasted = now - r->started_ms;
     evtimer_del(w->stall);
+    if (!w->down_since_ms || lasted >= WATCH_HEALTHY_MS)
+        w->down_since_ms = now;
     int st;
     if (r->abort)
         st = r->abort;
@@ -1067,7 +1075,14 @@ static void watch_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
         log_info("kubernetes: watch %s: resourceVersion %s is gone (410); relisting",
                  resource_names[w->kind], w->rv);
         w->need_list = true;
-        watch_schedule(w, relist_delay_ms(k));
+        /* The relist's random point counts from when the stream broke: the reconnects
+         * that led here were spread by their own backoff, and waiting the whole window
+         * again after them would put a restarted API server's last relists at reconnect
+         * time + backoff.max instead of within backoff.max. */
+        {
+            uint64_t delay = relist_delay_ms(k), waited = now - w->down_since_ms;
+            watch_schedule(w, delay > waited ? delay - waited : 0);
+        }
         return;
     case PF_K8S_ECLOSED:
         /* A normal end (timeoutSeconds, API server restart): resume from the last

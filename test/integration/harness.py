@@ -1071,7 +1071,8 @@ class K8sApi:
     """test/fakes/k8s_api.py on 127.0.0.1 (HTTPS, its own CA) with its control port; started
     and stopped by PID. put/delete change objects, other methods drive the control API."""
 
-    def __init__(self, workdir, tag="k8s"):
+    def __init__(self, workdir, tag="k8s", args=()):
+        self.args = list(args)  # more command-line arguments (--state, --port ...)
         self.dir = os.path.join(workdir, tag)
         self.out_path = os.path.join(workdir, f"{tag}.out")
         self.err_path = os.path.join(workdir, f"{tag}.err")
@@ -1081,7 +1082,7 @@ class K8sApi:
     def start(self):
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [_sys.executable, K8S_FAKE, "--dir", self.dir],
+                [_sys.executable, K8S_FAKE, "--dir", self.dir, *self.args],
                 stdout=out, stderr=err, stdin=subprocess.DEVNULL,
             )
 
