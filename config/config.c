@@ -2138,6 +2138,16 @@ static bool k8s_given(const void *obj) {
     return ((const pf_config_kubernetes *)obj)->enabled;
 }
 
+/* HTTPRoutes attach to the Services auto-discovery turns into clusters (parentRefs name a
+ * Service, the mesh attachment): without auto_discover there is nothing to attach to. */
+static void k8s_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    char p[JPATH_MAX];
+    const pf_config_kubernetes *k = obj;
+    if (v && k->http_routes && !k->auto_discover)
+        errf(ld, jkey(p, path, "http_routes"),
+             "applies HTTPRoutes to auto-discovered Services; set kubernetes.auto_discover too");
+}
+
 static void k8s_backoff_finish(loader *ld, json_t *v, const char *path, void *obj) {
     char p[JPATH_MAX], a[32], b[32];
     const pf_config_kubernetes *k = obj;
@@ -3496,9 +3506,14 @@ static const key_def k8s_keys[] = {
             K8S_MAX_LIST_BYTES_MAX, PF_DEFAULT_K8S_MAX_LIST_BYTES, "one list page")},
     {K_UINT(pf_config_kubernetes, "page_size", page_size, 1, K8S_PAGE_SIZE_MAX,
             PF_DEFAULT_K8S_PAGE_SIZE, "limit of each list request")},
+    {K_BOOL(pf_config_kubernetes, "http_routes", http_routes, false,
+            "apply Gateway API HTTPRoutes whose parentRefs name a discovered Service")},
 };
-static const schema kubernetes_schema = {
-    .doc_name = "kubernetes", SCHEMA_KEYS(k8s_keys), .begin = k8s_begin, .dumped = k8s_given};
+static const schema kubernetes_schema = {.doc_name = "kubernetes",
+                                         SCHEMA_KEYS(k8s_keys),
+                                         .begin = k8s_begin,
+                                         .finish = k8s_finish,
+                                         .dumped = k8s_given};
 
 static const key_def root_keys[] = {
     {K_INLINE("admin", admin_schema, "the admin server")},

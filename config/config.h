@@ -600,6 +600,7 @@ typedef struct pf_config_kubernetes {
     uint32_t max_line_bytes;
     uint32_t max_list_bytes;
     uint32_t page_size;
+    bool http_routes; /* Gateway API HTTPRoutes attached to discovered Services apply */
 } pf_config_kubernetes;
 
 /* $.tracing: W3C trace context on forwarded requests. */
