@@ -3727,21 +3727,51 @@ uint32_t config_default_max_connections(uint64_t fd_limit) {
     return n > PF_MAX_CONNECTIONS_LIMIT ? PF_MAX_CONNECTIONS_LIMIT : (uint32_t)n;
 }
 
+void config_route_free(pf_config_route *r) {
+    free(r->headers);
+    free(r->query_params);
+    r->headers = r->query_params = NULL;
+    r->header_count = r->query_param_count = 0;
+    config_header_edits_free(&r->request_headers);
+    config_header_edits_free(&r->response_headers);
+    for (size_t w = 0; w < r->weighted_count; w++) {
+        config_header_edits_free(&r->clusters[w].request_headers);
+        config_header_edits_free(&r->clusters[w].response_headers);
+    }
+}
+
+int config_parse_route(const char *json, const char *source, const char *path, pf_config_route *out,
+                       pf_error *err) {
+    pf_errlist errs = {0};
+    loader ld = {.source = source, .errs = &errs};
+    json_error_t jerr;
+    json_t *v = json_loads(json, JSON_REJECT_DUPLICATES, &jerr);
+    memset(out, 0, sizeof *out);
+    if (!v) {
+        pf_errlist_free(&errs);
+        return pf_fail(err, PF_EINVAL, "%s: %s: JSON syntax error: %s", source, path, jerr.text);
+    }
+    schema_defaults(&route_schema, out);
+    if (want(&ld, v, path, "object"))
+        schema_parse(&ld, &route_schema, v, path, out);
+    json_decref(v);
+    int rc = PF_OK;
+    if (ld.nerr > 0) {
+        rc = ld.oom ? PF_ENOMEM : PF_EINVAL;
+        pf_fail(err, rc, "%s", errs.count ? errs.items[0] : "out of memory");
+        config_route_free(out);
+    }
+    pf_errlist_free(&errs);
+    return rc;
+}
+
 void config_free(pf_config *cfg) {
     if (!cfg)
         return;
     for (size_t i = 0; i < cfg->listener_count; i++) {
         free(cfg->listeners[i].tls.certificates);
-        for (size_t r = 0; r < cfg->listeners[i].route_count; r++) {
-            free(cfg->listeners[i].routes[r].headers);
-            free(cfg->listeners[i].routes[r].query_params);
-            config_header_edits_free(&cfg->listeners[i].routes[r].request_headers);
-            config_header_edits_free(&cfg->listeners[i].routes[r].response_headers);
-            for (size_t w = 0; w < cfg->listeners[i].routes[r].weighted_count; w++) {
-                config_header_edits_free(&cfg->listeners[i].routes[r].clusters[w].request_headers);
-                config_header_edits_free(&cfg->listeners[i].routes[r].clusters[w].response_headers);
-            }
-        }
+        for (size_t r = 0; r < cfg->listeners[i].route_count; r++)
+            config_route_free(&cfg->listeners[i].routes[r]);
         free(cfg->listeners[i].routes);
     }
     free(cfg->listeners);

@@ -744,4 +744,16 @@ const char *config_change_kind_name(pf_change_kind kind);
  * router frees its copies). */
 void config_header_edits_free(pf_config_header_edits *e);
 
+/* Parses one route (the keys of $.listeners[].routes[]) from JSON text, for routes made at
+ * run time (Kubernetes HTTPRoutes). Messages read "source: path.key: ...". Cluster names
+ * are left for the caller to resolve (cluster_index, the weighted clusters' and the
+ * mirror's stay 0). Returns 0 with *out filled (free its lists with config_route_free), or
+ * PF_EINVAL / PF_ENOMEM with the first message in err (*out then holds nothing to free).
+ * Any thread. */
+int config_parse_route(const char *json, const char *source, const char *path, pf_config_route *out,
+                       pf_error *err);
+
+/* Frees the lists a parsed route owns (conditions, header edits). */
+void config_route_free(pf_config_route *r);
+
 #endif

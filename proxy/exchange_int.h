@@ -149,6 +149,8 @@ struct pf_exchange {
     uint64_t bytes_in, bytes_out;
     const pf_config_route *route;
     const pf_config_weighted_cluster *share; /* of a weighted route: the one drawn */
+    /* route is an HTTPRoute rule of this service routes table: held until the request ends */
+    pf_service_routes *held_routes;
     const pf_config_retry *retry;
     pf_avoid avoid;
     const char *authority;
@@ -226,6 +228,9 @@ void exchange_reply(pf_exchange *ex, int status, const char *body, const char *e
 /* A RESOLVING exchange's Service got its route: routes it to cluster_index as a request
  * matching no configured route, and starts the first attempt. Worker thread. */
 void exchange_route_to(pf_exchange *ex, long cluster_index);
+/* The same for a Service whose port may carry HTTPRoute rules: they route it when they do
+ * (404 when none matches). Worker thread. */
+void exchange_route_service(pf_exchange *ex, const char *host, int port, long cluster_index);
 
 /* proxy/on_demand.c: a request whose authority matches no route waits (RESOLVING) for
  * discovery to find its Service, up to the proxy's on-demand timeout. Returns true when it

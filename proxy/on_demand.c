@@ -96,7 +96,7 @@ static void on_routes(evutil_socket_t fd, short what, void *arg) {
         pf_exchange *ex = r->ex;
         if (index >= 0) {
             on_demand_unpark(ex);
-            exchange_route_to(ex, index);
+            exchange_route_service(ex, r->host, r->port, index);
         } else {
             exchange_reply(ex, 503, missing, NULL);
         }
