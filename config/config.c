@@ -859,22 +859,46 @@ static void init_match_path(void *base, const key_def *k) {
     memcpy(r->path, "/", 2);
 }
 
-/* "prefix" and "path" share the route's path; match_finish refuses both at once. */
+static void check_regex(loader *ld, const char *p, const char *pattern);
+
+static const char *const path_keys[] = {[PF_MATCH_PATH_PREFIX] = "prefix",
+                                        [PF_MATCH_PATH_EXACT] = "path",
+                                        [PF_MATCH_PATH_REGEX] = "regex"};
+
+static pf_path_match path_kind_of(const char *key) {
+    return strcmp(key, "path") == 0    ? PF_MATCH_PATH_EXACT
+           : strcmp(key, "regex") == 0 ? PF_MATCH_PATH_REGEX
+                                       : PF_MATCH_PATH_PREFIX;
+}
+
+/* "prefix", "path" and "regex" share the route's path; match_finish refuses two at once. */
 static void parse_match_path(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
                              const key_def *k) {
+    char q[QUOTE_MAX];
     pf_config_route *r = base;
-    bool exact = strcmp(k->name, "path") == 0;
-    if (!want(ld, v, p, "string") ||
-        json_is_string(json_object_get(obj, exact ? "prefix" : "path")))
+    pf_path_match kind = path_kind_of(k->name);
+    if (!want(ld, v, p, "string"))
         return;
-    r->path_kind = exact ? PF_MATCH_PATH_EXACT : PF_MATCH_PATH_PREFIX;
-    parse_path(ld, p, json_string_value(v), r->path);
+    for (size_t i = 0; i < ARRAY_LEN(path_keys); i++)
+        if (i != kind && json_is_string(json_object_get(obj, path_keys[i])))
+            return;
+    r->path_kind = kind;
+    if (kind != PF_MATCH_PATH_REGEX) {
+        parse_path(ld, p, json_string_value(v), r->path);
+        return;
+    }
+    const char *re = json_string_value(v);
+    if (!re[0] || strlen(re) >= PF_PATH_MAX)
+        errf(ld, p, "%s: expected a pattern of 1-%d characters", qstr(q, re), PF_PATH_MAX - 1);
+    else {
+        check_regex(ld, p, re);
+        memcpy(r->path, re, strlen(re) + 1);
+    }
 }
 
 static json_t *dump_match_path(dumper *d, const void *base, const key_def *k) {
     const pf_config_route *r = base;
-    bool exact = strcmp(k->name, "path") == 0;
-    return (r->path_kind == PF_MATCH_PATH_EXACT) == exact ? json_string(r->path) : NULL;
+    return r->path_kind == path_kind_of(k->name) ? json_string(r->path) : NULL;
 }
 
 /* ---- routes[].match.headers, .query_params, .method ---------------------------------- */
@@ -1233,9 +1257,13 @@ void config_header_edits_free(pf_config_header_edits *e) {
 }
 
 static void match_finish(loader *ld, json_t *v, const char *path, void *obj) {
-    if (v && json_is_string(json_object_get(v, "prefix")) &&
-        json_is_string(json_object_get(v, "path")))
-        errf(ld, path, "\"prefix\" and \"path\" exclude each other; use one");
+    const char *given[ARRAY_LEN(path_keys)];
+    size_t n = 0;
+    for (size_t i = 0; v && i < ARRAY_LEN(path_keys); i++)
+        if (json_is_string(json_object_get(v, path_keys[i])))
+            given[n++] = path_keys[i];
+    if (n > 1)
+        errf(ld, path, "\"%s\" and \"%s\" exclude each other; use one", given[0], given[1]);
 }
 
 /* Resolved against the clusters after everything is parsed (resolve_routes); an empty
@@ -2599,6 +2627,9 @@ static const key_def match_keys[] = {
     {K_CUSTOM("path", "path", "exact path (the query string is ignored)"),
      .parse = parse_match_path, .dump = dump_match_path, .dump_if = http_route,
      .doc_default = "none"},
+    {K_CUSTOM("regex", "PCRE2 pattern", "the whole path matches (the query is not part of it)"),
+     .parse = parse_match_path, .dump = dump_match_path, .dump_if = http_route,
+     .doc_default = "none"},
     {K_CUSTOM("method", "method name", "the request method, e.g. \"POST\""),
      .parse = parse_match_method, .dump = dump_match_method, .dump_if = http_route,
      .doc_default = "any"},
@@ -2825,8 +2856,8 @@ static void route_finish(loader *ld, json_t *v, const char *path, void *obj) {
         if (json_object_get(v, upstream_only_keys[i]))
             errf(ld, jkey(p, path, upstream_only_keys[i]),
                  "a route with \"%s\" sends nothing upstream; remove one of the two", local);
-    /* A prefix replaces what match.prefix matched; an exact match has no such part. */
-    if (r->path_kind == PF_MATCH_PATH_EXACT) {
+    /* A prefix replaces what match.prefix matched; an exact or regex match has no such part. */
+    if (r->path_kind != PF_MATCH_PATH_PREFIX) {
         char q[JPATH_MAX];
         if (r->has_rewrite && r->rewrite.prefix[0])
             errf(ld, jkey(q, jkey(p, path, "rewrite"), "prefix"),

@@ -370,7 +370,11 @@ typedef struct pf_config_cluster {
 } pf_config_cluster;
 
 typedef enum { PF_MATCH_HOST_ANY, PF_MATCH_HOST_EXACT, PF_MATCH_HOST_SUFFIX } pf_host_match;
-typedef enum { PF_MATCH_PATH_PREFIX, PF_MATCH_PATH_EXACT } pf_path_match;
+typedef enum {
+    PF_MATCH_PATH_PREFIX,
+    PF_MATCH_PATH_EXACT,
+    PF_MATCH_PATH_REGEX, /* PCRE2, the whole path; compiled again (and owned) by the router */
+} pf_path_match;
 
 /* routes[].match.headers[] and .query_params[]: one condition on a named value. */
 typedef enum {
@@ -497,7 +501,7 @@ typedef struct pf_config_route {
     char host[PF_HOST_MAX]; /* lower-case; for SUFFIX the part after '*', e.g. ".local" */
     int host_port;          /* -1: any port */
     pf_path_match path_kind;
-    char path[PF_PATH_MAX];         /* "/" when no path was given */
+    char path[PF_PATH_MAX];         /* "/" when no path was given; REGEX: the pattern */
     char method[PF_METHOD_MAX];     /* "" : any */
     pf_config_value_match *headers; /* all must hold; owned by the config */
     size_t header_count;

@@ -4,6 +4,8 @@
  * file, and the message becomes the rule's reason to be skipped.
  *
  * Gateway API rules followed (HTTPRoute v1 reference):
+ *   - a RegularExpression path is a PCRE2 pattern on the whole path (match.regex); it
+ *     ranks after Exact and before PathPrefix (its precedence is the implementation's);
  *   - a PathPrefix matches whole path segments ("/foo" takes "/foo" and "/foo/x", not
  *     "/foobar"), and a trailing "/" is ignored: it becomes an exact route for "/foo" and a
  *     prefix route for "/foo/";
@@ -450,8 +452,14 @@ static void translate_match(rule_ctx *c, pf_httproute_rule *rule, json_t *match,
                 }
             }
         }
+    } else if (strcmp(type, "RegularExpression") == 0) {
+        rank.path = 1;
+        if (f->prefix_rewrite || f->redirect_prefix)
+            skip(c, "ReplacePrefixMatch needs a PathPrefix match");
+        else
+            add_route(c, rule, route_json(base, "regex", value, clusters, f, false), &rank);
     } else {
-        skip(c, "path.type %s is not supported (Exact and PathPrefix are)", type);
+        skip(c, "path.type %s is not supported", type);
     }
     json_decref(base);
 }

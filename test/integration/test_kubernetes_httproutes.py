@@ -239,8 +239,13 @@ def test_header_match_request_header_edits_and_rewrite_reach_the_backend(k8s, tm
         "backendRefs": [backend_ref("web-v2")]}
     stable = {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
               "backendRefs": [backend_ref("web-v1")]}
+    items = {"matches": [{"path": {"type": "RegularExpression", "value": "/items/[0-9]+"}}],
+             "backendRefs": [backend_ref("web-v2")]}
+    moved = {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+             "filters": [{"type": "RequestRedirect",
+                          "requestRedirect": {"hostname": "new.example", "statusCode": 301}}]}
     # the less specific rule first: precedence (more header matches) puts canary ahead
-    kubectl_apply(k8s, tmp_path, httproute("web-canary", [stable, canary]))
+    kubectl_apply(k8s, tmp_path, httproute("web-canary", [stable, canary, items, moved]))
     wait_for(lambda: pf.get("/api/x", host="web").header("X-Backend") == "web-v1", 10,
              "the HTTPRoute to apply")
     r = pf.get("/api/headers", host="web.default.svc",
@@ -258,6 +263,10 @@ def test_header_match_request_header_edits_and_rewrite_reach_the_backend(k8s, tm
     assert r.header("X-Backend") == "web-v1" and r.header("X-Served-By") is None
     assert pf.get("/apix", host="web").status == 404
     assert pf.get("/api", host="web").header("X-Backend") == "web-v1"
+    assert pf.get("/items/42", host="web").header("X-Backend") == "web-v2"
+    assert pf.get("/items/x", host="web").status == 404
+    r = pf.get("/old/page?q=1", host="web")
+    assert r.status == 301 and r.header("Location") == "http://new.example/old/page?q=1", r
     # other Services keep their plain routes
     assert pf.get("/apix", host="web-v1").header("X-Backend") == "web-v1"
 

@@ -407,6 +407,14 @@ static const struct {
     {MATCH("[]"), "x.json: $.listeners[0].routes[0].match: expected object, found array"},
     {MATCH("{'prefix':'/a','path':'/b'}"),
      "x.json: $.listeners[0].routes[0].match: \"prefix\" and \"path\" exclude each other"},
+    {MATCH("{'path':'/a','regex':'/b'}"),
+     "x.json: $.listeners[0].routes[0].match: \"path\" and \"regex\" exclude each other"},
+    {MATCH("{'regex':'/a('}"),
+     "x.json: $.listeners[0].routes[0].match.regex: bad regex at offset 3: missing closing "
+     "parenthesis"},
+    {MATCH("{'regex':''}"),
+     "x.json: $.listeners[0].routes[0].match.regex: \"\": expected a pattern of 1-1023 "
+     "characters"},
     {MATCH("{'prefix':'v1/'}"),
      "x.json: $.listeners[0].routes[0].match.prefix: \"v1/\" must start with \"/\""},
     {MATCH("{'path':'/a b'}"),
