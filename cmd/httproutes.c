@@ -161,10 +161,9 @@ static json_t *route_report(const pf_httproute *r, char (*rule_why)[PF_ERROR_MAX
     json_object_set_new(o, "applied", json_boolean(!route_why[0]));
     json_object_set_new(o, "reason", route_why[0] ? json_string(route_why) : json_null());
     for (size_t i = 0; !route_why[0] && i < r->rule_count; i++)
-        json_array_append_new(rules, json_pack("{s:I, s:b, s:o}", "rule", (json_int_t)i,
-                                               "applied", !rule_why[i][0], "reason",
-                                               rule_why[i][0] ? json_string(rule_why[i])
-                                                              : json_null()));
+        json_array_append_new(
+            rules, json_pack("{s:I, s:b, s:o}", "rule", (json_int_t)i, "applied", !rule_why[i][0],
+                             "reason", rule_why[i][0] ? json_string(rule_why[i]) : json_null()));
     json_object_set_new(o, "rules", rules);
     return o;
 }
@@ -242,7 +241,7 @@ void httproutes_apply(pf_httproutes *h, pf_service_routes *table) {
     /* per route and rule: resolved copies, or the reason they are left out */
     candidate *cands = NULL;
     size_t cand_count = 0, cand_cap = 0;
-    char (*why)[PF_ERROR_MAX] = calloc(PF_HTTPROUTE_RULES_MAX, sizeof *why);
+    char(*why)[PF_ERROR_MAX] = calloc(PF_HTTPROUTE_RULES_MAX, sizeof *why);
     for (size_t ri = 0; !b.oom && why && ri < b.route_count; ri++) {
         const pf_httproute *r = b.routes[ri];
         char route_why[PF_ERROR_MAX] = "";

@@ -122,8 +122,9 @@ static bool backend_cluster(rule_ctx *c, json_t *ref, const char *what, char nam
         return false;
     }
     if (ns && strcmp(ns, c->route->ns) != 0) {
-        skip(c, "%s: Service %s/%s is in another namespace, which needs a ReferenceGrant; "
-                "pilotfish reads none",
+        skip(c,
+             "%s: Service %s/%s is in another namespace, which needs a ReferenceGrant; "
+             "pilotfish reads none",
              what, ns, svc);
         return false;
     }
@@ -187,9 +188,9 @@ static void take_filters(rule_ctx *c, json_t *list, const char *where, bool back
                 skip(c, "%s: %s given twice", what, type);
                 return;
             }
-            *slot = header_edits(c, json_object_get(flt, req ? "requestHeaderModifier"
-                                                             : "responseHeaderModifier"),
-                                 what);
+            *slot = header_edits(
+                c, json_object_get(flt, req ? "requestHeaderModifier" : "responseHeaderModifier"),
+                what);
             continue;
         }
         if (backend) {
@@ -216,9 +217,9 @@ static void take_filters(rule_ctx *c, json_t *list, const char *where, bool back
             if (json_is_integer(json_object_get(rd, "port")))
                 json_object_set(f->redirect, "port", json_object_get(rd, "port"));
             json_t *code = json_object_get(rd, "statusCode");
-            json_object_set_new(f->redirect, "status",
-                                json_integer(json_is_integer(code) ? json_integer_value(code)
-                                                                   : 302));
+            json_object_set_new(
+                f->redirect, "status",
+                json_integer(json_is_integer(code) ? json_integer_value(code) : 302));
             json_t *path = json_object_get(rd, "path");
             if (path) {
                 const char *r = path_modifier(c, path, what, &f->redirect_prefix);
@@ -236,7 +237,8 @@ static void take_filters(rule_ctx *c, json_t *list, const char *where, bool back
             if (json_is_integer(p)) {
                 percent = json_integer_value(p);
             } else if (fr) {
-                json_t *num = json_object_get(fr, "numerator"), *den = json_object_get(fr, "denominator");
+                json_t *num = json_object_get(fr, "numerator"),
+                       *den = json_object_get(fr, "denominator");
                 json_int_t d = json_is_integer(den) ? json_integer_value(den) : 100;
                 percent = d > 0 && json_is_integer(num) ? json_integer_value(num) * 100 / d : -1;
             }
@@ -320,9 +322,9 @@ static json_t *route_json(const json_t *match_base, const char *path_key, const 
     } else if (clusters) {
         json_object_set(r, "clusters", clusters);
     } else {
-        json_object_set_new(r, "direct_response",
-                            json_pack("{s:i, s:s}", "status", 500, "body",
-                                      "no backend for this HTTPRoute rule\n"));
+        json_object_set_new(
+            r, "direct_response",
+            json_pack("{s:i, s:s}", "status", 500, "body", "no backend for this HTTPRoute rule\n"));
         return r; /* the filters have nothing to act on */
     }
     if (f->request_headers)
@@ -331,8 +333,8 @@ static json_t *route_json(const json_t *match_base, const char *path_key, const 
         json_object_set(r, "response_headers", f->response_headers);
     if (f->rewrite_path) {
         bool prefix = f->prefix_rewrite && !exact_from_prefix && strcmp(path_key, "prefix") == 0;
-        json_object_set_new(r, "rewrite", json_pack("{s:O}", prefix ? "prefix" : "full_path",
-                                                    f->rewrite_path));
+        json_object_set_new(r, "rewrite",
+                            json_pack("{s:O}", prefix ? "prefix" : "full_path", f->rewrite_path));
     }
     if (f->host_rewrite)
         json_object_set_new(r, "host_rewrite", json_string(f->host_rewrite));
@@ -342,7 +344,8 @@ static json_t *route_json(const json_t *match_base, const char *path_key, const 
 }
 
 /* Parses the generated JSON as a configured route; false with the reason on refusal. */
-static bool add_route(rule_ctx *c, pf_httproute_rule *rule, json_t *r, const pf_httproute_rank *rank) {
+static bool add_route(rule_ctx *c, pf_httproute_rule *rule, json_t *r,
+                      const pf_httproute_rank *rank) {
     char *text = json_dumps(r, JSON_COMPACT);
     json_decref(r);
     if (!text || strlen(text) > ROUTE_JSON_MAX) {
@@ -388,8 +391,8 @@ static void value_conditions(rule_ctx *c, json_t *list, const char *what, bool h
         snprintf(lower, sizeof lower, "%s", name);
         for (char *p = lower; header && *p; p++)
             *p = (char)tolower((unsigned char)*p);
-        json_array_append_new(out,
-                              json_pack("{s:s, s:s}", "name", lower, regex ? "regex" : "exact", value));
+        json_array_append_new(
+            out, json_pack("{s:s, s:s}", "name", lower, regex ? "regex" : "exact", value));
     }
 }
 
@@ -444,7 +447,8 @@ static void translate_match(rule_ctx *c, pf_httproute_rule *rule, json_t *match,
                 add_route(c, rule, route_json(base, "prefix", "/", clusters, f, false), &rank);
             } else {
                 /* whole segments: the path itself, and what lies below it */
-                if (add_route(c, rule, route_json(base, "path", prefix, clusters, f, true), &rank)) {
+                if (add_route(c, rule, route_json(base, "path", prefix, clusters, f, true),
+                              &rank)) {
                     prefix[n] = '/';
                     prefix[n + 1] = '\0';
                     add_route(c, rule, route_json(base, "prefix", prefix, clusters, f, false),
@@ -470,8 +474,8 @@ static int translate_rule(pf_httproute *route, size_t index, json_t *rule_obj) {
     json_t *matches = json_object_get(rule_obj, "matches");
     size_t n = json_array_size(matches), i;
     if (n > PF_HTTPROUTE_MATCHES_MAX) {
-        snprintf(rule->skipped, sizeof rule->skipped, "rules[%zu]: %zu matches; at most %d",
-                 index, n, PF_HTTPROUTE_MATCHES_MAX);
+        snprintf(rule->skipped, sizeof rule->skipped, "rules[%zu]: %zu matches; at most %d", index,
+                 n, PF_HTTPROUTE_MATCHES_MAX);
         return PF_OK;
     }
     size_t cap = 2 * (n ? n : 1);
@@ -539,8 +543,7 @@ int discovery_httproute_parse(json_t *obj, pf_httproute **out, pf_error *err) {
     pf_httproute *r = calloc(1, sizeof *r);
     if (!r)
         return pf_fail(err, PF_ENOMEM, "out of memory");
-    if (!name || !copy(r->name, sizeof r->name, name) ||
-        !copy(r->ns, sizeof r->ns, ns ? ns : "") ||
+    if (!name || !copy(r->name, sizeof r->name, name) || !copy(r->ns, sizeof r->ns, ns ? ns : "") ||
         !copy(r->created, sizeof r->created, str_at(meta, "creationTimestamp"))) {
         free(r);
         return pf_fail(err, PF_EINVAL, "HTTPRoute without a usable metadata.name");
@@ -553,8 +556,7 @@ int discovery_httproute_parse(json_t *obj, pf_httproute **out, pf_error *err) {
                  "no parentRef names a Service (group \"\", kind Service); other parents "
                  "(Gateways) are not pilotfish's");
     } else if (n > PF_HTTPROUTE_RULES_MAX) {
-        snprintf(r->skipped, sizeof r->skipped, "%zu rules; at most %d", n,
-                 PF_HTTPROUTE_RULES_MAX);
+        snprintf(r->skipped, sizeof r->skipped, "%zu rules; at most %d", n, PF_HTTPROUTE_RULES_MAX);
     } else {
         r->rule_count = n;
         for (size_t i = 0; i < n; i++) {

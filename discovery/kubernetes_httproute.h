@@ -19,10 +19,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PF_HTTPROUTE_PARENTS_MAX 32  /* the API's bound on parentRefs */
-#define PF_HTTPROUTE_RULES_MAX 16    /* the API's bound on rules */
-#define PF_HTTPROUTE_MATCHES_MAX 16  /* matches taken from one rule; more: the rule is skipped */
-#define PF_HTTPROUTE_NAME_MAX 254    /* object names are DNS subdomains (253) */
+#define PF_HTTPROUTE_PARENTS_MAX 32 /* the API's bound on parentRefs */
+#define PF_HTTPROUTE_RULES_MAX 16   /* the API's bound on rules */
+#define PF_HTTPROUTE_MATCHES_MAX 16 /* matches taken from one rule; more: the rule is skipped */
+#define PF_HTTPROUTE_NAME_MAX 254   /* object names are DNS subdomains (253) */
 
 /* A Service the route attaches to: every port of it, or one (port or sectionName). */
 typedef struct pf_httproute_parent {
@@ -51,7 +51,7 @@ typedef struct pf_httproute_rule {
 typedef struct pf_httproute {
     char ns[PF_K8S_NAME_MAX];
     char name[PF_HTTPROUTE_NAME_MAX];
-    char created[40]; /* metadata.creationTimestamp (RFC 3339, compares as text) */
+    char created[40];           /* metadata.creationTimestamp (RFC 3339, compares as text) */
     char skipped[PF_ERROR_MAX]; /* "": its rules apply (each may still be skipped) */
     pf_httproute_parent parents[PF_HTTPROUTE_PARENTS_MAX];
     size_t parent_count;

@@ -352,8 +352,7 @@ static bool route_matches(const pf_router *r, size_t index, const pf_route_reque
     if (route->path_kind == PF_MATCH_PATH_REGEX) {
         /* The same bounded evaluation as a header regex, on the whole path. */
         static const pf_config_value_match path_re = {.name = ":path", .kind = PF_VALUE_REGEX};
-        if (!value_matches(r, &path_re, r->compiled[index].path_re, rq->path, rq->path_len,
-                           budget))
+        if (!value_matches(r, &path_re, r->compiled[index].path_re, rq->path, rq->path_len, budget))
             return false;
     } else if (!path_matches(route, rq->path, rq->path_len)) {
         return false;

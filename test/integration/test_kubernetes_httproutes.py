@@ -74,15 +74,16 @@ def services(k8s, start_backend, names):
     return backends
 
 
-def start(k8s, start_backend, start_pilotfish, names):
+def start(k8s, start_backend, start_pilotfish, names, mode="watch_all"):
     backends = services(k8s, start_backend, names)
     fallback = start_backend("fallback")
     cfg = make_config([listener("main", [route("fallback", host="fallback.local")])],
                       [{"name": "fallback", "endpoints": [fallback.address]}],
-                      kubernetes=k8s.config(auto_discover={"namespaces": ["default"]},
+                      kubernetes=k8s.config(auto_discover={"namespaces": ["default"],
+                                                           "mode": mode},
                                             http_routes=True))
     pf = start_pilotfish(cfg)
-    for n in names:
+    for n in names if mode == "watch_all" else []:
         wait_for(lambda n=n: cluster_status(pf, f"{n}.default:80"), 10, f"the {n} cluster")
     return pf, backends
 
@@ -318,3 +319,19 @@ def test_routes_pilotfish_cannot_honour_are_skipped_with_their_reason(k8s, tmp_p
                 "bad regex", "no parentRef names a Service"):
         assert why in log, why
     assert "HTTPRoute default/mixed rule skipped" in log
+
+
+def test_on_demand_sidecars_watch_the_backends_a_route_names(k8s, tmp_path, start_backend,
+                                                            start_pilotfish):
+    """The chart's default mode: only Services requests name are watched. A route on one
+    brings its backend Services in, and they stay while the route sends them traffic."""
+    kubectl_apply(k8s, tmp_path, httproute("web-v2-only", [
+        {"backendRefs": [backend_ref("web-v2")]}]))
+    pf, _ = start(k8s, start_backend, start_pilotfish, ["web", "web-v2"], mode="on_demand")
+    assert pf.get("/", host="web").status == 200  # the first request waits for web
+    wait_for(lambda: pf.get("/", host="web").header("X-Backend") == "web-v2", 10,
+             "the route's backend to be watched and used")
+    assert hits(pf, 20) == {(200, "web-v2"): 20}
+    watched = {r["query"].split("metadata.name%3D")[-1].split("&")[0]
+               for r in k8s.requests() if r["resource"] == "services" and r["verb"] == "list"}
+    assert watched == {"web", "web-v2"}, watched

@@ -27,8 +27,8 @@ static pf_httproute *parse(const char *single_quoted) {
 }
 
 #define ROUTE(rules)                                                                               \
-    "{'metadata':{'name':'r','namespace':'shop','creationTimestamp':'2026-01-01T00:00:00Z'},"     \
-    "'spec':{'parentRefs':[{'group':'','kind':'Service','name':'web','port':80}],"               \
+    "{'metadata':{'name':'r','namespace':'shop','creationTimestamp':'2026-01-01T00:00:00Z'},"      \
+    "'spec':{'parentRefs':[{'group':'','kind':'Service','name':'web','port':80}],"                 \
     "'rules':" rules "}}"
 
 static void test_prefix_matches_whole_segments_and_backends_are_weighted(void) {
@@ -76,17 +76,17 @@ static void test_defaults_weights_scaled_and_no_backend_is_500(void) {
 }
 
 static void test_filters_become_edits_rewrites_redirects_and_mirrors(void) {
-    pf_httproute *r = parse(ROUTE(
-        "[{'matches':[{'path':{'value':'/old'},'method':'POST','headers':[{'name':'X-Env',"
-        "'value':'canary'},{'type':'RegularExpression','name':'x-id','value':'[0-9]+'}],"
-        "'queryParams':[{'name':'v','value':'2'}]}],"
-        "'filters':[{'type':'RequestHeaderModifier','requestHeaderModifier':{'set':[{'name':"
-        "'X-A','value':'50%'}],'remove':['X-B']}},{'type':'URLRewrite','urlRewrite':{"
-        "'hostname':'new.local','path':{'type':'ReplacePrefixMatch','replacePrefixMatch':"
-        "'/new'}}},{'type':'RequestMirror','requestMirror':{'backendRef':{'name':'shadow',"
-        "'port':81},'percent':25}}],'backendRefs':[{'name':'a','port':80}]},"
-        "{'filters':[{'type':'RequestRedirect','requestRedirect':{'scheme':'https',"
-        "'statusCode':301}}]}]"));
+    pf_httproute *r = parse(
+        ROUTE("[{'matches':[{'path':{'value':'/old'},'method':'POST','headers':[{'name':'X-Env',"
+              "'value':'canary'},{'type':'RegularExpression','name':'x-id','value':'[0-9]+'}],"
+              "'queryParams':[{'name':'v','value':'2'}]}],"
+              "'filters':[{'type':'RequestHeaderModifier','requestHeaderModifier':{'set':[{'name':"
+              "'X-A','value':'50%'}],'remove':['X-B']}},{'type':'URLRewrite','urlRewrite':{"
+              "'hostname':'new.local','path':{'type':'ReplacePrefixMatch','replacePrefixMatch':"
+              "'/new'}}},{'type':'RequestMirror','requestMirror':{'backendRef':{'name':'shadow',"
+              "'port':81},'percent':25}}],'backendRefs':[{'name':'a','port':80}]},"
+              "{'filters':[{'type':'RequestRedirect','requestRedirect':{'scheme':'https',"
+              "'statusCode':301}}]}]"));
     const pf_httproute_rule *rule = &r->rules[0];
     PF_CHECK(!rule->skipped[0], "skipped: %s", rule->skipped);
     CU_ASSERT_EQUAL_FATAL(rule->route_count, 2);
@@ -158,8 +158,9 @@ static void test_what_cannot_be_honoured_is_skipped_with_its_reason(void) {
         discovery_httproute_free(r);
     }
     /* a route attached to a Gateway only is not pilotfish's */
-    pf_httproute *r = parse("{'metadata':{'name':'g','namespace':'shop'},'spec':{'parentRefs':"
-                            "[{'name':'edge'}],'rules':[{'backendRefs':[{'name':'a','port':1}]}]}}");
+    pf_httproute *r =
+        parse("{'metadata':{'name':'g','namespace':'shop'},'spec':{'parentRefs':"
+              "[{'name':'edge'}],'rules':[{'backendRefs':[{'name':'a','port':1}]}]}}");
     CU_ASSERT_EQUAL(r->parent_count, 0);
     PF_CHECK(strstr(r->skipped, "no parentRef names a Service") != NULL, "%s", r->skipped);
     discovery_httproute_free(r);

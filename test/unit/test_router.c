@@ -371,12 +371,10 @@ static void test_regex_path_must_match_the_whole_path(void) {
                             "{'match':{'regex':'/(a+)+$'},'cluster':'evil'}]",
                             "item evil");
     static const route_row rows[] = {
-        {"h", "/items/42", "item"},
-        {"h", "/items/42?x=a", "item"}, /* the query is not part of the path */
-        {"h", "/items/42/", "-"},       /* anchored at both ends */
-        {"h", "/x/items/42", "-"},
-        {"h", "/items/", "-"},
-        {"h", "/aaaa", "evil"},
+        {"h", "/items/42", "item"}, {"h", "/items/42?x=a", "item"}, /* the query is not part of the
+                                                                       path */
+        {"h", "/items/42/", "-"},                                   /* anchored at both ends */
+        {"h", "/x/items/42", "-"},  {"h", "/items/", "-"},          {"h", "/aaaa", "evil"},
     };
     check_rows(&f, rows, ARRAY_LEN(rows));
     fixture_free(&f);
