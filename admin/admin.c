@@ -274,6 +274,8 @@ static void handle_clusters(struct evhttp_request *req, void *arg) {
     }
     json_t *doc = json_object();
     json_object_set_new(doc, "clusters", clusters);
+    if (admin->http_routes)
+        json_object_set_new(doc, "http_routes", admin->http_routes(admin->http_routes_arg));
     reply_json(req, doc);
 }
 
@@ -391,6 +393,11 @@ void admin_set_dns(pf_admin *admin, const pf_dns *dns) {
 
 void admin_set_kubernetes(pf_admin *admin, const pf_k8s *k8s) {
     admin->k8s = k8s;
+}
+
+void admin_set_http_routes(pf_admin *admin, json_t *(*report)(void *arg), void *arg) {
+    admin->http_routes = report;
+    admin->http_routes_arg = arg;
 }
 
 void admin_set_config_api(pf_admin *admin, const pf_admin_config_api *api) {

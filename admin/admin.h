@@ -33,6 +33,9 @@ void admin_set_dns(pf_admin *admin, const pf_dns *dns);
 /* Lets /clusters show each Kubernetes cluster's Service, namespace, resourceVersion and last
  * event from `k8s` (borrowed, may be NULL; must outlive the admin server). Main thread. */
 void admin_set_kubernetes(pf_admin *admin, const pf_k8s *k8s);
+/* Lets /clusters list the Gateway API HTTPRoutes pilotfish applies or skips (and why):
+ * report(arg) returns a new reference to a JSON array. Main thread. */
+void admin_set_http_routes(pf_admin *admin, json_t *(*report)(void *arg), void *arg);
 /* After a reload: /config and the status page show `cfg` (borrowed; it must live until the
  * next call or admin_free). Main thread. */
 void admin_set_config(pf_admin *admin, const pf_config *cfg);

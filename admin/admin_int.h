@@ -45,8 +45,10 @@ struct pf_admin {
     pf_metrics *metrics;
     pf_health *const *health; /* per cluster, may be NULL: see admin_set_health */
     size_t health_count;
-    const pf_dns *dns;                              /* may be NULL: see admin_set_dns */
-    const pf_k8s *k8s;                              /* may be NULL: see admin_set_kubernetes */
+    const pf_dns *dns;                 /* may be NULL: see admin_set_dns */
+    const pf_k8s *k8s;                 /* may be NULL: see admin_set_kubernetes */
+    json_t *(*http_routes)(void *arg); /* may be NULL: admin_set_http_routes */
+    void *http_routes_arg;
     const char *version;                            /* "" until admin_set_version */
     admin_rate_meter cluster_rates, listener_rates; /* the status page's, main thread */
     pf_admin_config_api api;                        /* zero until admin_set_config_api */

@@ -3,6 +3,7 @@
  * rebuild of the whole route table, published at once to every worker. Like a configured
  * cluster, each goes discovery -> its discovered slot -> pf_health -> the proxy's slot. */
 #include "cmd/autodiscover.h"
+#include "cmd/httproutes.h"
 #include "core/log.h"
 #include "core/time.h"
 #include "health/health.h"
@@ -61,6 +62,7 @@ struct pf_autodiscover {
     struct event *want_event;
     struct event *sweep_timer;
     pf_counter *wants_dropped;
+    pf_httproutes *httproutes; /* kubernetes.http_routes */
 };
 
 static void discovered_free(discovered *d) {
@@ -246,6 +248,8 @@ static void on_changed(void *arg) {
         discovery_k8s_foreach_port(ad->k8s, add_port, &b);
         discovery_k8s_foreach_missing(ad->k8s, add_missing, &b);
     }
+    if (b.table && !b.failed && ad->httproutes)
+        httproutes_apply(ad->httproutes, b.table);
     if (!b.table || b.failed) {
         log_error("kubernetes: out of memory building service routes; keeping the old ones");
         proxy_service_routes_free(b.table);
@@ -375,6 +379,10 @@ pf_autodiscover *autodiscover_new(struct event_base *base, pf_proxy *proxy, pf_k
         pf_fail(err, PF_ENOMEM, "out of memory");
         return NULL;
     }
+    if (kc->http_routes && !(ad->httproutes = httproutes_new(k8s, kc, err))) {
+        autodiscover_free(ad);
+        return NULL;
+    }
     pf_k8s_auto_callbacks cb = {.port_added = on_port_added,
                                 .port_removed = on_port_removed,
                                 .changed = on_changed,
@@ -384,6 +392,10 @@ pf_autodiscover *autodiscover_new(struct event_base *base, pf_proxy *proxy, pf_k
         return NULL;
     }
     return ad;
+}
+
+pf_httproutes *autodiscover_httproutes(pf_autodiscover *ad) {
+    return ad ? ad->httproutes : NULL;
 }
 
 void autodiscover_free(pf_autodiscover *ad) {
@@ -402,6 +414,7 @@ void autodiscover_free(pf_autodiscover *ad) {
     if (ad->want_lock_made)
         pthread_mutex_destroy(&ad->want_lock);
     free(ad->wants);
+    httproutes_free(ad->httproutes);
     free(ad->by_index);
     free(ad->removed);
     free(ad->state);

@@ -29,4 +29,7 @@ pf_autodiscover *autodiscover_new(struct event_base *base, pf_proxy *proxy, pf_k
  * it), before the event base. NULL is a no-op. Main thread. */
 void autodiscover_free(pf_autodiscover *ad);
 
+/* The HTTPRoutes applied to discovered Services (kubernetes.http_routes), or NULL. */
+struct pf_httproutes *autodiscover_httproutes(pf_autodiscover *ad);
+
 #endif

@@ -4,6 +4,7 @@
 #include "admin/admin.h"
 #include "cmd/app.h"
 #include "cmd/autodiscover.h"
+#include "cmd/httproutes.h"
 #include "config/config.h"
 #include "core/log.h"
 #include "core/metrics.h"
@@ -377,6 +378,9 @@ static int run(app *a, unsigned workers) {
     }
     admin_set_dns(a->admin, a->dns);
     admin_set_kubernetes(a->admin, a->k8s);
+    if (autodiscover_httproutes(a->autodiscover))
+        admin_set_http_routes(a->admin, httproutes_report,
+                              autodiscover_httproutes(a->autodiscover));
     a->sigterm = evsignal_new(a->base, SIGTERM, on_signal, a);
     a->sigint = evsignal_new(a->base, SIGINT, on_signal, a);
     a->sighup = evsignal_new(a->base, SIGHUP, app_on_sighup, a);

@@ -859,22 +859,46 @@ static void init_match_path(void *base, const key_def *k) {
     memcpy(r->path, "/", 2);
 }
 
-/* "prefix" and "path" share the route's path; match_finish refuses both at once. */
+static void check_regex(loader *ld, const char *p, const char *pattern);
+
+static const char *const path_keys[] = {[PF_MATCH_PATH_PREFIX] = "prefix",
+                                        [PF_MATCH_PATH_EXACT] = "path",
+                                        [PF_MATCH_PATH_REGEX] = "regex"};
+
+static pf_path_match path_kind_of(const char *key) {
+    return strcmp(key, "path") == 0    ? PF_MATCH_PATH_EXACT
+           : strcmp(key, "regex") == 0 ? PF_MATCH_PATH_REGEX
+                                       : PF_MATCH_PATH_PREFIX;
+}
+
+/* "prefix", "path" and "regex" share the route's path; match_finish refuses two at once. */
 static void parse_match_path(loader *ld, json_t *obj, json_t *v, const char *p, void *base,
                              const key_def *k) {
+    char q[QUOTE_MAX];
     pf_config_route *r = base;
-    bool exact = strcmp(k->name, "path") == 0;
-    if (!want(ld, v, p, "string") ||
-        json_is_string(json_object_get(obj, exact ? "prefix" : "path")))
+    pf_path_match kind = path_kind_of(k->name);
+    if (!want(ld, v, p, "string"))
         return;
-    r->path_kind = exact ? PF_MATCH_PATH_EXACT : PF_MATCH_PATH_PREFIX;
-    parse_path(ld, p, json_string_value(v), r->path);
+    for (size_t i = 0; i < ARRAY_LEN(path_keys); i++)
+        if (i != kind && json_is_string(json_object_get(obj, path_keys[i])))
+            return;
+    r->path_kind = kind;
+    if (kind != PF_MATCH_PATH_REGEX) {
+        parse_path(ld, p, json_string_value(v), r->path);
+        return;
+    }
+    const char *re = json_string_value(v);
+    if (!re[0] || strlen(re) >= PF_PATH_MAX)
+        errf(ld, p, "%s: expected a pattern of 1-%d characters", qstr(q, re), PF_PATH_MAX - 1);
+    else {
+        check_regex(ld, p, re);
+        memcpy(r->path, re, strlen(re) + 1);
+    }
 }
 
 static json_t *dump_match_path(dumper *d, const void *base, const key_def *k) {
     const pf_config_route *r = base;
-    bool exact = strcmp(k->name, "path") == 0;
-    return (r->path_kind == PF_MATCH_PATH_EXACT) == exact ? json_string(r->path) : NULL;
+    return r->path_kind == path_kind_of(k->name) ? json_string(r->path) : NULL;
 }
 
 /* ---- routes[].match.headers, .query_params, .method ---------------------------------- */
@@ -1233,9 +1257,13 @@ void config_header_edits_free(pf_config_header_edits *e) {
 }
 
 static void match_finish(loader *ld, json_t *v, const char *path, void *obj) {
-    if (v && json_is_string(json_object_get(v, "prefix")) &&
-        json_is_string(json_object_get(v, "path")))
-        errf(ld, path, "\"prefix\" and \"path\" exclude each other; use one");
+    const char *given[ARRAY_LEN(path_keys)];
+    size_t n = 0;
+    for (size_t i = 0; v && i < ARRAY_LEN(path_keys); i++)
+        if (json_is_string(json_object_get(v, path_keys[i])))
+            given[n++] = path_keys[i];
+    if (n > 1)
+        errf(ld, path, "\"%s\" and \"%s\" exclude each other; use one", given[0], given[1]);
 }
 
 /* Resolved against the clusters after everything is parsed (resolve_routes); an empty
@@ -2138,6 +2166,16 @@ static bool k8s_given(const void *obj) {
     return ((const pf_config_kubernetes *)obj)->enabled;
 }
 
+/* HTTPRoutes attach to the Services auto-discovery turns into clusters (parentRefs name a
+ * Service, the mesh attachment): without auto_discover there is nothing to attach to. */
+static void k8s_finish(loader *ld, json_t *v, const char *path, void *obj) {
+    char p[JPATH_MAX];
+    const pf_config_kubernetes *k = obj;
+    if (v && k->http_routes && !k->auto_discover)
+        errf(ld, jkey(p, path, "http_routes"),
+             "applies HTTPRoutes to auto-discovered Services; set kubernetes.auto_discover too");
+}
+
 static void k8s_backoff_finish(loader *ld, json_t *v, const char *path, void *obj) {
     char p[JPATH_MAX], a[32], b[32];
     const pf_config_kubernetes *k = obj;
@@ -2582,6 +2620,9 @@ static const key_def match_keys[] = {
     {K_CUSTOM("path", "path", "exact path (the query string is ignored)"),
      .parse = parse_match_path, .dump = dump_match_path, .dump_if = http_route,
      .doc_default = "none"},
+    {K_CUSTOM("regex", "PCRE2 pattern", "the whole path matches (the query is not part of it)"),
+     .parse = parse_match_path, .dump = dump_match_path, .dump_if = http_route,
+     .doc_default = "none"},
     {K_CUSTOM("method", "method name", "the request method, e.g. \"POST\""),
      .parse = parse_match_method, .dump = dump_match_method, .dump_if = http_route,
      .doc_default = "any"},
@@ -2807,8 +2848,8 @@ static void route_finish(loader *ld, json_t *v, const char *path, void *obj) {
         if (json_object_get(v, upstream_only_keys[i]))
             errf(ld, jkey(p, path, upstream_only_keys[i]),
                  "a route with \"%s\" sends nothing upstream; remove one of the two", local);
-    /* A prefix replaces what match.prefix matched; an exact match has no such part. */
-    if (r->path_kind == PF_MATCH_PATH_EXACT) {
+    /* A prefix replaces what match.prefix matched; an exact or regex match has no such part. */
+    if (r->path_kind != PF_MATCH_PATH_PREFIX) {
         char q[JPATH_MAX];
         if (r->has_rewrite && r->rewrite.prefix[0])
             errf(ld, jkey(q, jkey(p, path, "rewrite"), "prefix"),
@@ -3492,9 +3533,14 @@ static const key_def k8s_keys[] = {
             K8S_MAX_LIST_BYTES_MAX, PF_DEFAULT_K8S_MAX_LIST_BYTES, "one list page")},
     {K_UINT(pf_config_kubernetes, "page_size", page_size, 1, K8S_PAGE_SIZE_MAX,
             PF_DEFAULT_K8S_PAGE_SIZE, "limit of each list request")},
+    {K_BOOL(pf_config_kubernetes, "http_routes", http_routes, false,
+            "apply Gateway API HTTPRoutes whose parentRefs name a discovered Service")},
 };
-static const schema kubernetes_schema = {
-    .doc_name = "kubernetes", SCHEMA_KEYS(k8s_keys), .begin = k8s_begin, .dumped = k8s_given};
+static const schema kubernetes_schema = {.doc_name = "kubernetes",
+                                         SCHEMA_KEYS(k8s_keys),
+                                         .begin = k8s_begin,
+                                         .finish = k8s_finish,
+                                         .dumped = k8s_given};
 
 static const key_def root_keys[] = {
     {K_INLINE("admin", admin_schema, "the admin server")},
@@ -3708,21 +3754,51 @@ uint32_t config_default_max_connections(uint64_t fd_limit) {
     return n > PF_MAX_CONNECTIONS_LIMIT ? PF_MAX_CONNECTIONS_LIMIT : (uint32_t)n;
 }
 
+void config_route_free(pf_config_route *r) {
+    free(r->headers);
+    free(r->query_params);
+    r->headers = r->query_params = NULL;
+    r->header_count = r->query_param_count = 0;
+    config_header_edits_free(&r->request_headers);
+    config_header_edits_free(&r->response_headers);
+    for (size_t w = 0; w < r->weighted_count; w++) {
+        config_header_edits_free(&r->clusters[w].request_headers);
+        config_header_edits_free(&r->clusters[w].response_headers);
+    }
+}
+
+int config_parse_route(const char *json, const char *source, const char *path, pf_config_route *out,
+                       pf_error *err) {
+    pf_errlist errs = {0};
+    loader ld = {.source = source, .errs = &errs};
+    json_error_t jerr;
+    json_t *v = json_loads(json, JSON_REJECT_DUPLICATES, &jerr);
+    memset(out, 0, sizeof *out);
+    if (!v) {
+        pf_errlist_free(&errs);
+        return pf_fail(err, PF_EINVAL, "%s: %s: JSON syntax error: %s", source, path, jerr.text);
+    }
+    schema_defaults(&route_schema, out);
+    if (want(&ld, v, path, "object"))
+        schema_parse(&ld, &route_schema, v, path, out);
+    json_decref(v);
+    int rc = PF_OK;
+    if (ld.nerr > 0) {
+        rc = ld.oom ? PF_ENOMEM : PF_EINVAL;
+        pf_fail(err, rc, "%s", errs.count ? errs.items[0] : "out of memory");
+        config_route_free(out);
+    }
+    pf_errlist_free(&errs);
+    return rc;
+}
+
 void config_free(pf_config *cfg) {
     if (!cfg)
         return;
     for (size_t i = 0; i < cfg->listener_count; i++) {
         free(cfg->listeners[i].tls.certificates);
-        for (size_t r = 0; r < cfg->listeners[i].route_count; r++) {
-            free(cfg->listeners[i].routes[r].headers);
-            free(cfg->listeners[i].routes[r].query_params);
-            config_header_edits_free(&cfg->listeners[i].routes[r].request_headers);
-            config_header_edits_free(&cfg->listeners[i].routes[r].response_headers);
-            for (size_t w = 0; w < cfg->listeners[i].routes[r].weighted_count; w++) {
-                config_header_edits_free(&cfg->listeners[i].routes[r].clusters[w].request_headers);
-                config_header_edits_free(&cfg->listeners[i].routes[r].clusters[w].response_headers);
-            }
-        }
+        for (size_t r = 0; r < cfg->listeners[i].route_count; r++)
+            config_route_free(&cfg->listeners[i].routes[r]);
         free(cfg->listeners[i].routes);
     }
     free(cfg->listeners);

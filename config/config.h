@@ -374,7 +374,11 @@ typedef struct pf_config_cluster {
 } pf_config_cluster;
 
 typedef enum { PF_MATCH_HOST_ANY, PF_MATCH_HOST_EXACT, PF_MATCH_HOST_SUFFIX } pf_host_match;
-typedef enum { PF_MATCH_PATH_PREFIX, PF_MATCH_PATH_EXACT } pf_path_match;
+typedef enum {
+    PF_MATCH_PATH_PREFIX,
+    PF_MATCH_PATH_EXACT,
+    PF_MATCH_PATH_REGEX, /* PCRE2, the whole path; compiled again (and owned) by the router */
+} pf_path_match;
 
 /* routes[].match.headers[] and .query_params[]: one condition on a named value. */
 typedef enum {
@@ -501,7 +505,7 @@ typedef struct pf_config_route {
     char host[PF_HOST_MAX]; /* lower-case; for SUFFIX the part after '*', e.g. ".local" */
     int host_port;          /* -1: any port */
     pf_path_match path_kind;
-    char path[PF_PATH_MAX];         /* "/" when no path was given */
+    char path[PF_PATH_MAX];         /* "/" when no path was given; REGEX: the pattern */
     char method[PF_METHOD_MAX];     /* "" : any */
     pf_config_value_match *headers; /* all must hold; owned by the config */
     size_t header_count;
@@ -606,6 +610,7 @@ typedef struct pf_config_kubernetes {
     uint32_t max_line_bytes;
     uint32_t max_list_bytes;
     uint32_t page_size;
+    bool http_routes; /* Gateway API HTTPRoutes attached to discovered Services apply */
 } pf_config_kubernetes;
 
 /* $.tracing: W3C trace context on forwarded requests. */
@@ -748,5 +753,17 @@ const char *config_change_kind_name(pf_change_kind kind);
 /* Frees the lists of a route's header edits (config_free does it for loaded configs; a
  * router frees its copies). */
 void config_header_edits_free(pf_config_header_edits *e);
+
+/* Parses one route (the keys of $.listeners[].routes[]) from JSON text, for routes made at
+ * run time (Kubernetes HTTPRoutes). Messages read "source: path.key: ...". Cluster names
+ * are left for the caller to resolve (cluster_index, the weighted clusters' and the
+ * mirror's stay 0). Returns 0 with *out filled (free its lists with config_route_free), or
+ * PF_EINVAL / PF_ENOMEM with the first message in err (*out then holds nothing to free).
+ * Any thread. */
+int config_parse_route(const char *json, const char *source, const char *path, pf_config_route *out,
+                       pf_error *err);
+
+/* Frees the lists a parsed route owns (conditions, header edits). */
+void config_route_free(pf_config_route *r);
 
 #endif

@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "core/time.h"
 #include "discovery/dns.h"
+#include "discovery/kubernetes_httproute.h"
 #include "discovery/kubernetes_int.h"
 #include "discovery/kubernetes_map.h"
 
@@ -66,12 +67,18 @@ static const char *const failure_labels[] = {"other_http", "transport", "timeout
 enum { FAIL_OTHER_HTTP, FAIL_TRANSPORT, FAIL_TIMEOUT, FAIL_STALLED, FAIL_MALFORMED, FAIL_TOOLONG };
 #define FAILURE_COUNT (sizeof failure_labels / sizeof failure_labels[0])
 
-static const char *const resource_names[K8S_KIND_COUNT] = {
-    [K8S_KIND_SERVICE] = "services", [K8S_KIND_SLICE] = "endpointslices"};
+static const char *const resource_names[K8S_KINDS_ALL] = {[K8S_KIND_SERVICE] = "services",
+                                                          [K8S_KIND_SLICE] = "endpointslices",
+                                                          [K8S_KIND_HTTPROUTE] = "httproutes"};
 /* RBAC names for the 403 message. */
-static const char *const resource_rbac[K8S_KIND_COUNT] = {
+static const char *const resource_rbac[K8S_KINDS_ALL] = {
     [K8S_KIND_SERVICE] = "services (core API group)",
-    [K8S_KIND_SLICE] = "endpointslices.discovery.k8s.io"};
+    [K8S_KIND_SLICE] = "endpointslices.discovery.k8s.io",
+    [K8S_KIND_HTTPROUTE] = "httproutes.gateway.networking.k8s.io"};
+static const char *const resource_groups[K8S_KINDS_ALL] = {
+    [K8S_KIND_SERVICE] = "api/v1",
+    [K8S_KIND_SLICE] = "apis/discovery.k8s.io/v1",
+    [K8S_KIND_HTTPROUTE] = "apis/gateway.networking.k8s.io/v1"};
 
 typedef struct k8s_view k8s_view;
 typedef struct k8s_watch k8s_watch;
@@ -213,6 +220,8 @@ struct pf_k8s {
     struct event *flush;
     k8s_view **views;
     size_t view_count;
+    k8s_view **route_views; /* kubernetes.http_routes: one HTTPRoute watch per namespace */
+    size_t route_view_count;
     k8s_svc *dirty;
     pf_k8s_auto_callbacks cb;
     bool auto_on;
@@ -461,6 +470,12 @@ static void view_changed(k8s_view *v, const k8s_object *prev, const k8s_object *
     if (v->feed) /* routed to the Services in use; indexed by Service below like any view */
         feed_changed(v, prev, cur);
     const k8s_object *any = cur ? cur : prev;
+    if (any->kind == K8S_KIND_HTTPROUTE) {
+        /* Routes are rebuilt whole, with the Services, at the next flush. */
+        v->k->routes_changed = true;
+        schedule_flush(v->k);
+        return;
+    }
     if (any->kind == K8S_KIND_SERVICE) {
         k8s_svc *s = svc_get(v, any->ns, any->name, cur != NULL);
         if (s) {
@@ -613,7 +628,7 @@ static int req_start(k8s_req *r, const char *url) {
 }
 
 static void base_path(const k8s_watch *w, char *out, size_t cap) {
-    const char *group = w->kind == K8S_KIND_SLICE ? "apis/discovery.k8s.io/v1" : "api/v1";
+    const char *group = resource_groups[w->kind];
     if (w->view->ns[0])
         snprintf(out, cap, "%s/%s/namespaces/%s/%s", w->k->api, group, w->view->ns,
                  resource_names[w->kind]);
@@ -1885,6 +1900,55 @@ void discovery_k8s_foreach_port(const pf_k8s *k,
             k8s_map_each(&k->views[i]->svcs, foreach_svc, &c);
 }
 
+/* ---- Gateway API HTTPRoutes ----------------------------------------------------------------- */
+
+/* A view of its own per namespace holds the HTTPRoute watch (in watches[0]) and no
+ * Services: the watch plumbing (lists, resourceVersion, bookmarks, 410 relists, backoff)
+ * is the same, and a change sets routes_changed, which rebuilds the routes. */
+int discovery_k8s_watch_httproutes(pf_k8s *k, pf_error *err) {
+    const pf_config_kubernetes *kc = k->kc;
+    size_t n = kc->all_namespaces ? 1 : kc->namespace_count;
+    k->route_views = calloc(n ? n : 1, sizeof *k->route_views);
+    if (!k->route_views)
+        return pf_fail(err, PF_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        k8s_view *v = calloc(1, sizeof *v);
+        if (!v)
+            return pf_fail(err, PF_ENOMEM, "out of memory");
+        v->k = k;
+        snprintf(v->ns, sizeof v->ns, "%s", kc->all_namespaces ? "" : kc->namespaces[i]);
+        k->route_views[k->route_view_count++] = v;
+        if (!(v->watches[0] = watch_new(v, K8S_KIND_HTTPROUTE, NULL, NULL)))
+            return pf_fail(err, PF_ENOMEM, "out of memory");
+    }
+    return PF_OK;
+}
+
+typedef struct route_each_ctx {
+    void (*fn)(void *arg, const pf_httproute *route);
+    void *arg;
+} route_each_ctx;
+
+static void route_each(void *arg, void *value) {
+    route_each_ctx *c = arg;
+    const k8s_object *o = value;
+    c->fn(c->arg, o->u.route);
+}
+
+void discovery_k8s_foreach_httproute(const pf_k8s *k,
+                                     void (*fn)(void *arg, const pf_httproute *route), void *arg) {
+    route_each_ctx c = {fn, arg};
+    for (size_t i = 0; i < k->route_view_count; i++)
+        k8s_map_each(&k->route_views[i]->watches[0]->store, route_each, &c);
+}
+
+bool discovery_k8s_httproutes_synced(const pf_k8s *k) {
+    for (size_t i = 0; i < k->route_view_count; i++)
+        if (!k->route_views[i]->watches[0]->synced)
+            return false;
+    return true;
+}
+
 /* ---- on demand ------------------------------------------------------------------------------ */
 
 static int curl_up(pf_k8s *k, pf_error *err);
@@ -2042,6 +2106,8 @@ size_t discovery_k8s_sweep(pf_k8s *k, uint64_t now_ms,
 
 size_t discovery_k8s_watch_count(const pf_k8s *k) {
     size_t n = 0;
+    for (size_t i = 0; i < k->route_view_count; i++)
+        n += k->route_views[i]->watches[0]->req != NULL;
     for (size_t i = 0; i < k->view_count; i++)
         for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
             n += k->views[i]->watches[kind]->req != NULL;
@@ -2406,10 +2472,12 @@ static int curl_up(pf_k8s *k, pf_error *err) {
 }
 
 int discovery_k8s_start(pf_k8s *k, pf_error *err) {
-    int rc = k->view_count ? curl_up(k, err) : PF_OK;
+    int rc = k->view_count || k->route_view_count ? curl_up(k, err) : PF_OK;
     if (rc != PF_OK)
         return rc;
     k->started = true;
+    for (size_t i = 0; i < k->route_view_count; i++)
+        watch_schedule(k->route_views[i]->watches[0], 0);
     for (size_t i = 0; i < k->view_count; i++)
         for (int kind = 0; kind < K8S_KIND_COUNT; kind++)
             watch_schedule(k->views[i]->watches[kind], 0);
@@ -2430,6 +2498,13 @@ void discovery_k8s_stop(pf_k8s *k) {
     if (!k || k->stopping)
         return;
     k->stopping = true;
+    for (size_t i = 0; i < k->route_view_count; i++) {
+        k8s_watch *w = k->route_views[i]->watches[0];
+        req_free(w->req);
+        w->req = NULL;
+        evtimer_del(w->timer);
+        evtimer_del(w->stall);
+    }
     for (size_t i = 0; i < k->view_count; i++) {
         for (int kind = 0; kind < K8S_KIND_COUNT; kind++) {
             k8s_watch *w = k->views[i]->watches[kind];
@@ -2452,6 +2527,11 @@ void discovery_k8s_free(pf_k8s *k) {
     for (size_t i = 0; i < k->view_count; i++)
         view_free(k->views[i]);
     free(k->views);
+    for (size_t i = 0; i < k->route_view_count; i++) {
+        watch_free(k->route_views[i]->watches[0]);
+        free(k->route_views[i]);
+    }
+    free(k->route_views);
     if (k->multi)
         curl_multi_cleanup(k->multi);
     if (k->curl_timer)

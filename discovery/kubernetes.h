@@ -107,6 +107,24 @@ void discovery_k8s_foreach_port(const pf_k8s *k8s,
                                            size_t cookie),
                                 void *arg);
 
+/* ---- Gateway API HTTPRoutes (kubernetes.http_routes) ------------------------------------------
+ */
+
+struct pf_httproute; /* discovery/kubernetes_httproute.h */
+
+/* Lists and watches gateway.networking.k8s.io/v1 HTTPRoutes in auto_discover's namespaces;
+ * each change calls the auto callbacks' `changed`, as a Service port change does. Before
+ * discovery_k8s_start. Returns 0 or PF_ENOMEM. Main thread. */
+int discovery_k8s_watch_httproutes(pf_k8s *k8s, pf_error *err);
+
+/* Calls fn for every HTTPRoute watched (borrowed for the call). Main thread. */
+void discovery_k8s_foreach_httproute(const pf_k8s *k8s,
+                                     void (*fn)(void *arg, const struct pf_httproute *route),
+                                     void *arg);
+
+/* True once every HTTPRoute list has completed at least once. Main thread. */
+bool discovery_k8s_httproutes_synced(const pf_k8s *k8s);
+
 /* ---- on demand (auto_discover.mode "on_demand") ------------------------------------------- */
 
 /* Parses an authority's host (lower case, no port) as Kubernetes DNS names a Service:

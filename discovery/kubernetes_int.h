@@ -22,6 +22,9 @@
 #define K8S_WHY_MAX 256
 
 typedef enum { K8S_KIND_SERVICE, K8S_KIND_SLICE, K8S_KIND_COUNT } k8s_kind;
+/* Watched beside the views' two kinds, one watch per namespace (kubernetes.http_routes). */
+#define K8S_KIND_HTTPROUTE ((k8s_kind)K8S_KIND_COUNT)
+#define K8S_KINDS_ALL (K8S_KIND_COUNT + 1)
 typedef enum { K8S_ADDR_IPV4, K8S_ADDR_IPV6, K8S_ADDR_FQDN } k8s_addr_type;
 
 typedef struct k8s_port {
@@ -65,6 +68,7 @@ typedef struct k8s_object {
     union {
         k8s_slice slice;
         k8s_service service;
+        struct pf_httproute *route; /* K8S_KIND_HTTPROUTE: translated, owned */
     } u;
 } k8s_object;
 

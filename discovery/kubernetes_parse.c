@@ -2,6 +2,7 @@
  * EndpointSlices parsed from JSON, and a Service's slices turned into endpoints. No I/O, no
  * event loop: kubernetes.c feeds these and test_kubernetes.c checks them with tables. */
 #include "discovery/kubernetes_int.h"
+#include "discovery/kubernetes_httproute.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -263,6 +264,18 @@ int k8s_object_parse(json_t *obj, k8s_kind kind, k8s_object **out, char why[K8S_
     }
     snprintf(o->key, sizeof o->key, "%s/%s", o->ns, o->name);
     copy_text(o->rv, sizeof o->rv, str_at(meta, "resourceVersion"));
+    if (kind == K8S_KIND_HTTPROUTE) {
+        /* What it cannot honour is kept in it as reasons, not refused here. */
+        pf_error err = {{0}};
+        int hrc = discovery_httproute_parse(obj, &o->u.route, &err);
+        if (hrc != PF_OK) {
+            snprintf(why, K8S_WHY_MAX, "httproute %.64s: %.160s", o->key, err.msg);
+            free(o);
+            return hrc;
+        }
+        *out = o;
+        return PF_OK;
+    }
     int rc = kind == K8S_KIND_SLICE ? parse_slice(obj, &o->u.slice, why)
                                     : parse_service(obj, &o->u.service, why);
     if (rc != PF_OK) {
@@ -282,7 +295,9 @@ int k8s_object_parse(json_t *obj, k8s_kind kind, k8s_object **out, char why[K8S_
 void k8s_object_free(k8s_object *obj) {
     if (!obj)
         return;
-    if (obj->kind == K8S_KIND_SLICE) {
+    if (obj->kind == K8S_KIND_HTTPROUTE) {
+        discovery_httproute_free(obj->u.route);
+    } else if (obj->kind == K8S_KIND_SLICE) {
         free(obj->u.slice.ports);
         free(obj->u.slice.endpoints);
     } else {

@@ -428,6 +428,8 @@ void exchange_free(pf_exchange *ex) {
     ex->req_trailers = NULL;
     free(ex->rewritten);
     ex->rewritten = NULL;
+    proxy_service_routes_free(ex->held_routes);
+    ex->held_routes = NULL;
 }
 
 void exchange_reset(pf_exchange *ex) {
@@ -451,6 +453,8 @@ void exchange_reset(pf_exchange *ex) {
     ex->route = NULL;
     ex->share = NULL;
     ex->retry = NULL;
+    proxy_service_routes_free(ex->held_routes); /* after everything that reads the route */
+    ex->held_routes = NULL;
     ex->avoid.count = 0;
     ex->authority = ex->path = NULL;
     ex->authority_len = ex->path_len = 0;
@@ -890,7 +894,7 @@ static bool enter_cluster(pf_exchange *ex, size_t cluster_index, const pf_config
     }
     ex->wc->requests++; /* a removed cluster's state outlives this request (drop_cluster) */
     pf_cluster_rt *rt = ex->wc->rt;
-    if (discovered)
+    if (discovered || ex->held_routes)
         proxy_cluster_touch(rt); /* on demand: a used Service is not idle */
     ex->vars.cluster = rt->cfg->name;
     ex->retry = retry ? retry : &rt->cfg->retry;
@@ -926,6 +930,65 @@ void exchange_start_mirror(pf_exchange *ex, const pf_exchange_request *req, size
     start_attempt(ex);
 }
 
+/* What the request is routed by. */
+static pf_route_request route_request(const pf_exchange *ex, const char *host, int port) {
+    /* OPTIONS * asks about the server as a whole: it goes where its root would. */
+    bool asterisk = ex->path_len == 1 && ex->path[0] == '*';
+    const char *target = ex->req.fwd.target;
+    const char *query = target ? memchr(target, '?', ex->req.fwd.target_len) : NULL;
+    return (pf_route_request){
+        .host = host,
+        .port = port,
+        .path = asterisk ? "/" : ex->path,
+        .path_len = ex->path_len,
+        .method = ex->method,
+        .query = query ? query + 1 : NULL,
+        .query_len = query ? ex->req.fwd.target_len - (size_t)(query + 1 - target) : 0,
+        .head = ex->req.head,
+    };
+}
+
+/* The HTTPRoute rule of a discovered Service's port that takes the request: the table is
+ * held while the route is in use. NULL after answering 404 when no rule matches. */
+static const pf_config_route *rules_route(pf_exchange *ex, const pf_service_routes *services,
+                                          const pf_router *rules, const pf_route_request *rq) {
+    const pf_config_route *route = router_find_request(rules, rq);
+    if (!route) {
+        exchange_reply(ex, 404, "no HTTPRoute rule matches this request\n", NULL);
+        return NULL;
+    }
+    ex->held_routes = service_routes_hold(services);
+    return route;
+}
+
+void exchange_route_service(pf_exchange *ex, const char *host, int port, long cluster_index) {
+    if (ex->connect_wait) {
+        /* The CONNECT's Service was found: the tunnel is served here, not forwarded. */
+        ex->connect_wait = false;
+        exchange_set_state(ex, PF_EX_DONE);
+        ex->status = 200;
+        ex->down->connect_found(ex->ds);
+        return;
+    }
+    const pf_service_routes *services = worker_service_routes(ex->w);
+    const pf_router *rules = service_routes_rules(services, host, port);
+    if (!rules) {
+        route_to_cluster(ex, NULL, cluster_index);
+        return;
+    }
+    pf_route_request rq = route_request(ex, host, port);
+    const pf_config_route *route = rules_route(ex, services, rules, &rq);
+    if (!route)
+        return;
+    ex->route = route; /* pilotfish's own answers to it carry its edits */
+    if (route_actions_answer(ex, rules, route, &rq))
+        return;
+    cluster_index = route_actions_cluster(ex, route);
+    if (cluster_index < 0 || route_actions_rewrite(ex, &rq) != PF_OK)
+        return;
+    route_to_cluster(ex, route, cluster_index);
+}
+
 void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char *host, int port) {
     ex->req = *req;
     ex->grpc = grpc_request(req->head);
@@ -944,29 +1007,20 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
         ex->req.fwd.request_id = ex->request_id;
     }
 
-    /* Configured routes first; then the services discovery found, by authority. */
-    /* OPTIONS * asks about the server as a whole: it goes where its root would. */
-    bool asterisk = ex->path_len == 1 && ex->path[0] == '*';
-    const char *target = req->fwd.target;
-    const char *query = target ? memchr(target, '?', req->fwd.target_len) : NULL;
-    pf_route_request rq = {
-        .host = host,
-        .port = port,
-        .path = asterisk ? "/" : ex->path,
-        .path_len = ex->path_len,
-        .method = ex->method,
-        .query = query ? query + 1 : NULL,
-        .query_len = query ? req->fwd.target_len - (size_t)(query + 1 - target) : 0,
-        .head = req->head,
-    };
-    pf_router *router = ex->l->router; /* once: a reload may swap it */
+    /* Configured routes first; then the services discovery found, by authority, through
+     * the HTTPRoute rules attached to the Service's port when there are some. */
+    pf_route_request rq = route_request(ex, host, port);
+    const pf_router *router = ex->l->router; /* once: a reload may swap it */
     const pf_config_route *route = router_find_request(router, &rq);
+    const pf_service_routes *services = route ? NULL : worker_service_routes(ex->w);
+    const pf_router *rules = services ? service_routes_rules(services, host, port) : NULL;
+    ex->vars = (pf_header_vars){.client_ip = ex->client_ip, .request_id = ex->request_id};
+    if (rules && !(route = rules_route(ex, services, rules, &rq)))
+        return;
     /* The route is known from here: pilotfish's own answers to it carry its edits. */
     ex->route = route;
-    ex->vars = (pf_header_vars){.client_ip = ex->client_ip, .request_id = ex->request_id};
-    if (route && route_actions_answer(ex, router, route, &rq))
+    if (route && route_actions_answer(ex, rules ? rules : router, route, &rq))
         return;
-    const pf_service_routes *services = route ? NULL : worker_service_routes(ex->w);
     long cluster_index =
         route ? route_actions_cluster(ex, route) : service_routes_find(services, host, port);
     if (cluster_index < 0) {
@@ -982,18 +1036,6 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
     if (route && route_actions_rewrite(ex, &rq) != PF_OK)
         return;
     route_to_cluster(ex, route, cluster_index);
-}
-
-void exchange_route_to(pf_exchange *ex, long cluster_index) {
-    if (ex->connect_wait) {
-        /* The CONNECT's Service was found: the tunnel is served here, not forwarded. */
-        ex->connect_wait = false;
-        exchange_set_state(ex, PF_EX_DONE);
-        ex->status = 200;
-        ex->down->connect_found(ex->ds);
-        return;
-    }
-    route_to_cluster(ex, NULL, cluster_index);
 }
 
 bool exchange_park_connect(pf_exchange *ex, const char *host, int port) {

@@ -163,6 +163,8 @@ struct pf_exchange {
     uint64_t bytes_in, bytes_out;
     const pf_config_route *route;
     const pf_config_weighted_cluster *share; /* of a weighted route: the one drawn */
+    /* route is an HTTPRoute rule of this service routes table: held until the request ends */
+    pf_service_routes *held_routes;
     const pf_config_retry *retry;
     pf_avoid avoid;
     const char *authority;
@@ -249,8 +251,10 @@ void exchange_downstream_writable(pf_exchange *ex);
  * request the codec refused): the exchange is DONE with `status`. */
 void exchange_reply(pf_exchange *ex, int status, const char *body, const char *extra_headers);
 /* A RESOLVING exchange's Service got its route: routes it to cluster_index as a request
- * matching no configured route, and starts the first attempt. Worker thread. */
-void exchange_route_to(pf_exchange *ex, long cluster_index);
+ * matching no configured route, through the HTTPRoute rules of the Service's port when it
+ * has some (404 when none matches), and starts the first attempt; a waiting CONNECT gets
+ * its tunnel instead. Worker thread. */
+void exchange_route_service(pf_exchange *ex, const char *host, int port, long cluster_index);
 
 /* proxy/on_demand.c: a request whose authority matches no route waits (RESOLVING) for
  * discovery to find its Service, up to the proxy's on-demand timeout. Returns true when it

@@ -95,8 +95,11 @@ static void on_routes(evutil_socket_t fd, short what, void *arg) {
     while ((r = answered(w, t, &index, &missing))) {
         pf_exchange *ex = r->ex;
         if (index >= 0) {
+            char host[PF_HOST_MAX]; /* unpark frees r */
+            int port = r->port;
+            memcpy(host, r->host, sizeof host);
             on_demand_unpark(ex);
-            exchange_route_to(ex, index);
+            exchange_route_service(ex, host, port, index);
         } else {
             exchange_reply(ex, 503, missing, NULL);
         }

@@ -158,6 +158,16 @@ int proxy_service_routes_add(pf_service_routes *table, const char *host, int por
 int proxy_service_routes_add_missing(pf_service_routes *table, const char *host,
                                      const char *message);
 void proxy_service_routes_free(pf_service_routes *table);
+/* HTTPRoute rules (Kubernetes): routes matched, in order, by the requests of the entries
+ * given them with proxy_service_routes_use_rules, in place of their plain cluster; a
+ * request none matches gets 404. `routes` are copied; their cluster indexes (cluster,
+ * weighted clusters, mirror) are the proxy's. Returns the rules' id (>= 0), or PF_ENOMEM /
+ * PF_EINVAL (a regex that does not compile). Main thread. */
+long proxy_service_routes_add_rules(pf_service_routes *table, const pf_config_route *routes,
+                                    size_t count);
+/* The entry for host and port (added before) is routed by rules `id`. Returns 0, or
+ * PF_ENOTFOUND when there is no such entry. */
+int proxy_service_routes_use_rules(pf_service_routes *table, const char *host, int port, long id);
 /* Publishes `table` (taking it over) for every worker; the previous one is freed when no
  * worker uses it any more. Any thread. */
 void proxy_publish_service_routes(pf_proxy *proxy, pf_service_routes *table);

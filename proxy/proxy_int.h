@@ -384,6 +384,11 @@ long service_routes_find(const pf_service_routes *t, const char *host, int port)
 const char *service_routes_missing(const pf_service_routes *t, const char *host);
 /* Whether some port of `host` has a route (a discovered Service asked for another port). */
 bool service_routes_known(const pf_service_routes *t, const char *host);
+/* The HTTPRoute rules of host:port's entry, or NULL (borrowed from the table). */
+const pf_router *service_routes_rules(const pf_service_routes *t, const char *host, int port);
+/* One more reference to the table, released with proxy_service_routes_free: a request
+ * routed by its rules holds it while its route is in use. */
+pf_service_routes *service_routes_hold(const pf_service_routes *t);
 /* proxy/on_demand.c: the worker side of waiting requests; set up by worker_init. */
 int worker_on_demand_init(pf_worker *w);
 void worker_on_demand_free(pf_worker *w);

@@ -16,6 +16,7 @@
 
 /* The compiled regexes of one route, by condition index (NULL for other kinds). */
 typedef struct compiled_route {
+    pcre2_code *path_re; /* match.regex */
     pcre2_code *header_re[PF_MATCHERS_MAX];
     pcre2_code *query_re[PF_MATCHERS_MAX];
     pf_rate_limiter *limiter; /* with a rate_limit; a reload starts with full buckets */
@@ -122,6 +123,9 @@ pf_router *router_new(const pf_config_listener *listener, const size_t *cluster_
         if (route->has_rate_limit &&
             !(r->compiled[i].limiter = rate_limiter_new(&route->rate_limit)))
             goto fail;
+        if (route->path_kind == PF_MATCH_PATH_REGEX &&
+            !(r->compiled[i].path_re = compile(route->path)))
+            goto fail;
         if (compile_all(route->headers, route->header_count, r->compiled[i].header_re) != PF_OK ||
             compile_all(route->query_params, route->query_param_count, r->compiled[i].query_re) !=
                 PF_OK)
@@ -157,6 +161,7 @@ void router_free(pf_router *router) {
         }
     }
     for (size_t i = 0; router->compiled && i < router->count; i++) {
+        pcre2_code_free(router->compiled[i].path_re);
         for (size_t k = 0; k < PF_MATCHERS_MAX; k++) {
             pcre2_code_free(router->compiled[i].header_re[k]);
             pcre2_code_free(router->compiled[i].query_re[k]);
@@ -342,8 +347,16 @@ static bool query_holds(const pf_router *r, const pf_config_value_match *m, pcre
 static bool route_matches(const pf_router *r, size_t index, const pf_route_request *rq,
                           regex_budget *budget) {
     const pf_config_route *route = &r->routes[index];
-    if (!host_matches(route, rq->host, rq->port) || !path_matches(route, rq->path, rq->path_len))
+    if (!host_matches(route, rq->host, rq->port))
         return false;
+    if (route->path_kind == PF_MATCH_PATH_REGEX) {
+        /* The same bounded evaluation as a header regex, on the whole path. */
+        static const pf_config_value_match path_re = {.name = ":path", .kind = PF_VALUE_REGEX};
+        if (!value_matches(r, &path_re, r->compiled[index].path_re, rq->path, rq->path_len, budget))
+            return false;
+    } else if (!path_matches(route, rq->path, rq->path_len)) {
+        return false;
+    }
     if (route->method[0] && (!rq->method || strcmp(route->method, rq->method) != 0))
         return false;
     for (size_t k = 0; k < route->header_count; k++)

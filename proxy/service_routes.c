@@ -17,7 +17,8 @@ typedef struct route_entry {
     char *host;
     int port;
     size_t cluster;
-    char *missing; /* PORT_MISSING: the answer */
+    const pf_router *rules; /* HTTPRoutes attached to the Service port; NULL: none */
+    char *missing;          /* PORT_MISSING: the answer */
     struct route_entry *next;
 } route_entry;
 
@@ -25,6 +26,8 @@ struct pf_service_routes {
     _Atomic uint32_t refs;
     size_t count, bucket_count;
     route_entry **buckets;
+    pf_router **rules; /* owned: freed with the table, after the last request using them */
+    size_t rule_count;
 };
 
 static uint64_t hash_key(const char *host, int port) {
@@ -126,17 +129,60 @@ void proxy_service_routes_free(pf_service_routes *t) {
             free(e);
         }
     }
+    for (size_t i = 0; i < t->rule_count; i++)
+        router_free(t->rules[i]);
+    free(t->rules);
     free(t->buckets);
     free(t);
 }
 
-long service_routes_find(const pf_service_routes *t, const char *host, int port) {
+long proxy_service_routes_add_rules(pf_service_routes *t, const pf_config_route *routes,
+                                    size_t count) {
+    /* A listener of these routes only: router_new copies them and compiles their regexes. */
+    pf_config_listener l = {
+        .protocol = PF_LISTEN_HTTP, .routes = (pf_config_route *)routes, .route_count = count};
+    pf_router **grown = realloc(t->rules, (t->rule_count + 1) * sizeof *grown);
+    if (!grown)
+        return PF_ENOMEM;
+    t->rules = grown;
+    pf_router *r = router_new(&l, NULL);
+    if (!r)
+        return PF_EINVAL;
+    t->rules[t->rule_count] = r;
+    return (long)t->rule_count++;
+}
+
+static route_entry *find_entry(const pf_service_routes *t, const char *host, int port) {
     if (!t)
-        return -1;
+        return NULL;
     for (route_entry *e = t->buckets[hash_key(host, port) % t->bucket_count]; e; e = e->next)
         if (e->port == port && strcmp(e->host, host) == 0)
-            return (long)e->cluster;
-    return -1;
+            return e;
+    return NULL;
+}
+
+int proxy_service_routes_use_rules(pf_service_routes *t, const char *host, int port, long id) {
+    route_entry *e = find_entry(t, host, port);
+    if (!e || id < 0 || (size_t)id >= t->rule_count)
+        return PF_ENOTFOUND;
+    e->rules = t->rules[id];
+    return PF_OK;
+}
+
+const pf_router *service_routes_rules(const pf_service_routes *t, const char *host, int port) {
+    const route_entry *e = find_entry(t, host, port);
+    return e ? e->rules : NULL;
+}
+
+pf_service_routes *service_routes_hold(const pf_service_routes *t) {
+    pf_service_routes *m = (pf_service_routes *)t;
+    atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+    return m;
+}
+
+long service_routes_find(const pf_service_routes *t, const char *host, int port) {
+    const route_entry *e = find_entry(t, host, port);
+    return e ? (long)e->cluster : -1;
 }
 
 bool service_routes_known(const pf_service_routes *t, const char *host) {

@@ -11,7 +11,11 @@ makes at start with the openssl CLI:
   - watch (?watch=1) from a resourceVersion: chunked JSON lines, ADDED/MODIFIED/DELETED,
     BOOKMARK events when allowWatchBookmarks=true, an ERROR event with a 410 Status when the
     resourceVersion is older than the compaction point, timeoutSeconds;
-  - bearer-token auth (401 Status), and 403 Status for forbidden resource/namespace pairs.
+  - bearer-token auth (401 Status), and 403 Status for forbidden resource/namespace pairs;
+  - Gateway API HTTPRoutes (gateway.networking.k8s.io/v1, served like an installed CRD):
+    list and watch like the others, and the writes kubectl apply/replace/delete make
+    (get, create, update, JSON merge patch, delete of one object), so tests drive them with
+    the real kubectl (apply with --validate=false: no OpenAPI documents are served).
 A control API on a separate plain-HTTP port (127.0.0.1 only) changes objects, cuts streams
 (optionally in the middle of an event), stalls them, compacts, rotates the token, answers
 the next requests 429 with Retry-After, and reports the requests it served (verb, resource,
@@ -45,8 +49,29 @@ KINDS = {
     # resource: (group path, apiVersion, kind, namespaced)
     "services": ("api/v1", "v1", "Service"),
     "endpointslices": ("apis/discovery.k8s.io/v1", "discovery.k8s.io/v1", "EndpointSlice"),
+    "httproutes": ("apis/gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1",
+                   "HTTPRoute"),
 }
-KIND_TO_RESOURCE = {"Service": "services", "EndpointSlice": "endpointslices"}
+KIND_TO_RESOURCE = {"Service": "services", "EndpointSlice": "endpointslices",
+                    "HTTPRoute": "httproutes"}
+WRITABLE = {"httproutes"}  # kinds kubectl may create, patch and delete here
+GATEWAY_GROUP = {"name": "gateway.networking.k8s.io",
+                 "versions": [{"groupVersion": "gateway.networking.k8s.io/v1", "version": "v1"}],
+                 "preferredVersion": {"groupVersion": "gateway.networking.k8s.io/v1",
+                                      "version": "v1"}}
+
+
+def merge_patch(target, patch):
+    """RFC 7386 JSON merge patch, as the API applies application/merge-patch+json."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
 
 
 def make_certs(d):
@@ -284,8 +309,19 @@ def make_handler(state):
                     {"name": "discovery.k8s.io",
                      "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
                      "preferredVersion": {"groupVersion": "discovery.k8s.io/v1",
-                                          "version": "v1"}}]})
+                                          "version": "v1"}}, GATEWAY_GROUP]})
                 return
+            if parts == ["apis", "gateway.networking.k8s.io", "v1"]:
+                doc = api_resource_list("gateway.networking.k8s.io/v1", ["httproutes"])
+                doc["resources"][0]["verbs"] = ["create", "delete", "get", "list", "patch",
+                                                "update", "watch"]
+                self.send_json(200, doc)
+                return
+            if len(parts) >= 6 and parts[:3] == ["apis", "gateway.networking.k8s.io", "v1"] \
+                    and parts[3] == "namespaces" and parts[5] in WRITABLE:
+                if len(parts) == 7:
+                    self.get_one(parts[5], parts[4], parts[6])
+                    return
             if parts == ["api", "v1"]:
                 self.send_json(200, api_resource_list("v1", ["services"]))
                 return
@@ -315,7 +351,8 @@ def make_handler(state):
                 state.requests.append({"verb": verb, "resource": res, "namespace": ns or "",
                                        "group": KINDS[res][0].split("/")[1] if prefix == 3 else "",
                                        "query": url.query, "time": time.time(),
-                                       "code": 429 if throttled else 200})
+                                       "code": 429 if throttled else 200,
+                                       "agent": self.headers.get("User-Agent", "")})
                 forbidden = (res, ns or "*") in state.forbidden or (res, "*") in state.forbidden
                 retry_after = state.retry_after
             if throttled:
@@ -524,6 +561,117 @@ def make_handler(state):
                 with state.cond:
                     state.watchers -= 1
                     state.watches_open[where] -= 1
+
+        # ---- writes (kubectl apply, replace, delete) of WRITABLE kinds -------------------
+
+        def object_path(self):
+            """(resource, namespace, name or None) of /apis/G/V/namespaces/NS/RES[/NAME]."""
+            parts = [p for p in urllib.parse.urlsplit(self.path).path.split("/") if p]
+            if len(parts) in (6, 7) and parts[0] == "apis" and parts[3] == "namespaces" and \
+                    parts[5] in WRITABLE and "/".join(parts[:3]) == KINDS[parts[5]][0]:
+                return parts[5], parts[4], parts[6] if len(parts) == 7 else None
+            return None, None, None
+
+        def authorized(self, verb, res, ns):
+            auth = self.headers.get("Authorization", "")
+            with state.cond:
+                ok = auth.startswith("Bearer ") and auth[7:] in state.tokens
+                state.requests.append({"verb": verb, "resource": res or "", "namespace": ns or "",
+                                       "group": KINDS[res][0].split("/")[1] if res else "",
+                                       "query": urllib.parse.urlsplit(self.path).query,
+                                       "time": time.time(), "code": 200 if ok else 401,
+                                       "agent": self.headers.get("User-Agent", "")})
+            if not ok:
+                self.send_json(401, status(401, "Unauthorized", "Unauthorized"))
+            return ok
+
+        def read_body(self):
+            n = int(self.headers.get("Content-Length") or 0)
+            return json.loads(self.rfile.read(n) or b"{}")
+
+        def not_found(self, res, name):
+            self.send_json(404, status(404, "NotFound", f'{res}.{KINDS[res][0].split("/")[1]} '
+                                       f'"{name}" not found',
+                                       {"name": name, "group": KINDS[res][0].split("/")[1],
+                                        "kind": res}))
+
+        def get_one(self, res, ns, name):
+            with state.cond:
+                state.requests.append({"verb": "get", "resource": res, "namespace": ns,
+                                       "group": KINDS[res][0].split("/")[1], "query": "",
+                                       "time": time.time(), "code": 200,
+                                       "agent": self.headers.get("User-Agent", "")})
+                obj = state.objects[res].get((ns, name))
+                obj = json.loads(json.dumps(obj)) if obj else None
+            if obj is None:
+                self.not_found(res, name)
+                return
+            obj.setdefault("apiVersion", KINDS[res][1])
+            obj.setdefault("kind", KINDS[res][2])
+            self.send_json(200, obj)
+
+        def write(self, verb):
+            res, ns, name = self.object_path()
+            if res is None:
+                self.send_json(404, status(404, "NotFound", f"the server could not find "
+                                           f"{self.path}"))
+                return
+            if not self.authorized(verb, res, ns):
+                return
+            body = self.read_body()  # a delete's DeleteOptions are read and ignored
+            with state.cond:
+                objs = state.objects[res]
+                if verb == "create":
+                    meta = body.setdefault("metadata", {})
+                    meta["namespace"] = ns
+                    if (ns, meta.get("name")) in objs:
+                        self.send_json(409, status(409, "AlreadyExists",
+                                                   f'{res} "{meta.get("name")}" already exists'))
+                        return
+                    meta["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                              time.gmtime())
+                    obj = body
+                elif (ns, name) not in objs:
+                    self.not_found(res, name)
+                    return
+                elif verb == "delete":
+                    gone = json.loads(json.dumps(objs[(ns, name)]))
+                    state.delete(res, ns, name)
+                    state.cond.notify_all()
+                    self.send_json(200, gone)
+                    return
+                else:
+                    old = objs[(ns, name)]
+                    obj = merge_patch(old, body) if verb == "patch" else body
+                    obj = json.loads(json.dumps(obj))
+                    meta = obj.setdefault("metadata", {})
+                    for k in ("uid", "creationTimestamp"):
+                        meta[k] = old["metadata"].get(k)
+                    meta["namespace"], meta["name"] = ns, name
+                obj["apiVersion"], obj["kind"] = KINDS[res][1], KINDS[res][2]
+                state.put(obj)
+                state.cond.notify_all()
+                out = json.loads(json.dumps(obj))
+            self.send_json(201 if verb == "create" else 200, out)
+
+        def do_POST(self):
+            self.write("create")
+
+        def do_PUT(self):
+            self.write("update")
+
+        def do_PATCH(self):
+            ctype = self.headers.get("Content-Type", "")
+            if "merge-patch" not in ctype:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_json(415, status(415, "UnsupportedMediaType",
+                                           f"the body of the request was in an unknown format: "
+                                           f"{ctype}; only application/merge-patch+json"))
+                return
+            self.write("patch")
+
+        def do_DELETE(self):
+            self.write("delete")
 
     return Api
 

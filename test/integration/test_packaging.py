@@ -74,7 +74,11 @@ MODES = {
     "explicit": dict(values="explicit", native=True, gateway=False, app=True,
                      roles=[NAMESPACE, "shop"]),
     "static": dict(values="static", native=True, gateway=False, app=True, roles=[]),
+    "http-routes": dict(values="http-routes", native=True, gateway=False, app=False,
+                        roles=[NAMESPACE]),
 }
+# With discovery.httpRoutes (kubernetes.http_routes in the config): HTTPRoutes are read too.
+HTTPROUTE_RULE = {("gateway.networking.k8s.io", "httproutes"): ["get", "list", "watch"]}
 
 POD_KINDS = {"Deployment"}
 SECURITY_CONTEXT = {
@@ -202,9 +206,15 @@ def check_config(text, tmp_path, name):
 
 
 def check_rbac(docs, where, namespace=NAMESPACE):
-    """Every Role and ClusterRole grants exactly RBAC_RULES; every binding binds one of
-    them to the ServiceAccount that the pods run as."""
+    """Every Role and ClusterRole grants exactly RBAC_RULES (and HTTPROUTE_RULE when the
+    config applies HTTPRoutes, only then); every binding binds one of them to the
+    ServiceAccount that the pods run as."""
     roles = [d for d in docs if d["kind"] in ("Role", "ClusterRole")]
+    configs = [d for d in docs
+               if d["kind"] == "ConfigMap" and "pilotfish.json" in d.get("data", {})]
+    http_routes = any(json.loads(d["data"]["pilotfish.json"]).get("kubernetes", {})
+                      .get("http_routes") for d in configs)
+    expected = {**RBAC_RULES, **(HTTPROUTE_RULE if http_routes else {})}
     for role in roles:
         got = {}
         for rule in role["rules"]:
@@ -213,7 +223,7 @@ def check_rbac(docs, where, namespace=NAMESPACE):
                 for resource in rule["resources"]:
                     got.setdefault((group, resource), []).extend(rule["verbs"])
         got = {k: sorted(v) for k, v in got.items()}
-        assert got == RBAC_RULES, f"{where}: {role['kind']} {role['metadata']['name']}: {got}"
+        assert got == expected, f"{where}: {role['kind']} {role['metadata']['name']}: {got}"
     accounts = {(d["metadata"].get("namespace", namespace), d["metadata"]["name"])
                 for d in docs if d["kind"] == "ServiceAccount"}
     for binding in (d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")):
@@ -469,6 +479,27 @@ def test_chart_discovers_on_demand_unless_told_to_watch_all():
     assert json.loads(config_of(docs))["kubernetes"]["auto_discover"]["mode"] == "watch_all"
     # the same RBAC either way
     assert check_rbac(docs, "default") == check_rbac(render("default"), "default")
+
+
+def test_chart_reads_httproutes_only_when_enabled():
+    def granted_resources(docs):
+        return {(g, r) for d in docs if d["kind"] in ("Role", "ClusterRole")
+                for rule in d["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+
+    route = ("gateway.networking.k8s.io", "httproutes")
+    for mode in ("default", "all-namespaces"):
+        off = render(mode)
+        on = render(mode, "--set", "discovery.httpRoutes=true")
+        assert "http_routes" not in json.loads(config_of(off))["kubernetes"]
+        assert json.loads(config_of(on))["kubernetes"]["http_routes"] is True
+        assert route not in granted_resources(off), mode
+        assert route in granted_resources(on), mode
+        check_rbac(on, f"{mode} with httpRoutes")
+    # without auto-discovery there is nothing to attach routes to: no config key, no rule
+    docs = render("explicit", "--set", "discovery.httpRoutes=true",
+                  "--set", "discovery.autoDiscover=false")
+    assert "http_routes" not in json.loads(config_of(docs)).get("kubernetes", {})
+    assert route not in granted_resources(docs)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -1282,7 +1313,7 @@ def discovery_objects(config):
 
 # Every RBAC shape: a Role in the release's namespace, Roles in two others, a ClusterRole,
 # Roles for explicit clusters only, and the plain manifests.
-RBAC_CASES = ["default", "gateway", "all-namespaces", "explicit", "manifests"]
+RBAC_CASES = ["default", "gateway", "all-namespaces", "explicit", "manifests", "http-routes"]
 
 
 @pytest.mark.parametrize("case", RBAC_CASES)

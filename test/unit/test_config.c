@@ -407,6 +407,14 @@ static const struct {
     {MATCH("[]"), "x.json: $.listeners[0].routes[0].match: expected object, found array"},
     {MATCH("{'prefix':'/a','path':'/b'}"),
      "x.json: $.listeners[0].routes[0].match: \"prefix\" and \"path\" exclude each other"},
+    {MATCH("{'path':'/a','regex':'/b'}"),
+     "x.json: $.listeners[0].routes[0].match: \"path\" and \"regex\" exclude each other"},
+    {MATCH("{'regex':'/a('}"),
+     "x.json: $.listeners[0].routes[0].match.regex: bad regex at offset 3: missing closing "
+     "parenthesis"},
+    {MATCH("{'regex':''}"),
+     "x.json: $.listeners[0].routes[0].match.regex: \"\": expected a pattern of 1-1023 "
+     "characters"},
     {MATCH("{'prefix':'v1/'}"),
      "x.json: $.listeners[0].routes[0].match.prefix: \"v1/\" must start with \"/\""},
     {MATCH("{'path':'/a b'}"),
@@ -754,6 +762,11 @@ static const struct {
     {K8S("'max_line_bytes':100"),
      "x.json: $.kubernetes.max_line_bytes: 100 out of range (4096-268435456)"},
     {K8S("'page_size':0"), "x.json: $.kubernetes.page_size: 0 out of range (1-10000)"},
+    {K8S("'http_routes':true"),
+     "x.json: $.kubernetes.http_routes: applies HTTPRoutes to auto-discovered Services; set "
+     "kubernetes.auto_discover too"},
+    {K8S("'http_routes':'yes'"),
+     "x.json: $.kubernetes.http_routes: expected boolean, found string"},
     {K8S("'cluster_domain':'cluster..local'"),
      "x.json: $.kubernetes.cluster_domain: name \"cluster..local\" has an empty label"},
     {K8S("'auto_discover':{}"), "x.json: $.kubernetes.auto_discover: missing required key "
@@ -1393,7 +1406,8 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
         "{'kubernetes':{'api_server':'https://10.0.0.1:6443','token_file':'/t','ca_file':'/ca',"
         "'namespace':'shop','cluster_domain':'corp.example','stall_timeout':'30s',"
         "'backoff':{'base':'100ms','max':'5s'},'max_line_bytes':65536,'page_size':50,"
-        "'auto_discover':{'namespaces':['shop','default'],'max_clusters':64,'mode':'on_demand',"
+        "'http_routes':true,'auto_discover':{'namespaces':['shop','default'],'max_clusters':64,'"
+        "mode':'on_demand',"
         "'on_demand_timeout':'1s','negative_ttl':'3s','idle_timeout':'2m',"
         "'max_watches_per_namespace':8,"
         "'cluster':{'connect_timeout':'300ms','lb_policy':'least_request'}}},"
@@ -1415,6 +1429,7 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
     CU_ASSERT_EQUAL(k->max_line_bytes, 65536);
     CU_ASSERT_EQUAL(k->max_list_bytes, PF_DEFAULT_K8S_MAX_LIST_BYTES);
     CU_ASSERT_EQUAL(k->page_size, 50);
+    CU_ASSERT(k->http_routes);
     CU_ASSERT_EQUAL(k->namespace_count, 2);
     CU_ASSERT_STRING_EQUAL(k->namespaces[1], "default");
     CU_ASSERT_EQUAL(k->auto_max_clusters, 64);
@@ -1448,6 +1463,7 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
     CU_ASSERT_EQUAL(cfg->kubernetes.stall_timeout_ms, PF_DEFAULT_K8S_STALL_TIMEOUT_MS);
     CU_ASSERT_EQUAL(cfg->kubernetes.auto_max_clusters, PF_DEFAULT_K8S_AUTO_MAX_CLUSTERS);
     CU_ASSERT_EQUAL(cfg->kubernetes.auto_mode, PF_K8S_WATCH_ALL);
+    CU_ASSERT(!cfg->kubernetes.http_routes);
     CU_ASSERT_EQUAL(cfg->kubernetes.on_demand_timeout_ms, PF_DEFAULT_K8S_ON_DEMAND_TIMEOUT_MS);
     CU_ASSERT_EQUAL(cfg->kubernetes.negative_ttl_ms, PF_DEFAULT_K8S_NEGATIVE_TTL_MS);
     CU_ASSERT_EQUAL(cfg->kubernetes.idle_timeout_ms, PF_DEFAULT_K8S_IDLE_TIMEOUT_MS);

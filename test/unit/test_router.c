@@ -366,6 +366,20 @@ static void test_prefix_path_matches_by_bytes_and_exact_path_only_itself(void) {
     fixture_free(&f);
 }
 
+static void test_regex_path_must_match_the_whole_path(void) {
+    fixture f = load_routes("[{'match':{'regex':'/items/[0-9]+'},'cluster':'item'},"
+                            "{'match':{'regex':'/(a+)+$'},'cluster':'evil'}]",
+                            "item evil");
+    static const route_row rows[] = {
+        {"h", "/items/42", "item"}, {"h", "/items/42?x=a", "item"}, /* the query is not part of the
+                                                                       path */
+        {"h", "/items/42/", "-"},                                   /* anchored at both ends */
+        {"h", "/x/items/42", "-"},  {"h", "/items/", "-"},          {"h", "/aaaa", "evil"},
+    };
+    check_rows(&f, rows, ARRAY_LEN(rows));
+    fixture_free(&f);
+}
+
 static void test_default_path_is_prefix_slash(void) {
     fixture f = load_routes("[{'match':{'host':'a.local'},'cluster':'a'}]", "a");
     static const route_row rows[] = {
@@ -737,6 +751,7 @@ PF_UNIT_MAIN("router", PF_UNIT_TEST(test_sni_routes_pick_the_cluster_else_the_li
              PF_UNIT_TEST(test_any_host_with_port_80_matches_requests_without_port),
              PF_UNIT_TEST(test_prefix_path_matches_by_bytes_and_exact_path_only_itself),
              PF_UNIT_TEST(test_default_path_is_prefix_slash),
+             PF_UNIT_TEST(test_regex_path_must_match_the_whole_path),
              PF_UNIT_TEST(test_first_matching_route_wins),
              PF_UNIT_TEST(test_route_hosts_from_config_are_case_insensitive),
              PF_UNIT_TEST(test_ipv6_authority_routes_by_port_and_any_host),

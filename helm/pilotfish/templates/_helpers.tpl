@@ -169,6 +169,9 @@ Kubernetes clusters get the release's namespace written out, so that the Role ma
 {{- $_ := set $auto "cluster" $template -}}
 {{- end -}}
 {{- $_ := set $k8s "auto_discover" $auto -}}
+{{- if $v.discovery.httpRoutes -}}
+{{- $_ := set $k8s "http_routes" true -}}
+{{- end -}}
 {{- end -}}
 {{- $_ := set $cfg "kubernetes" $k8s -}}
 {{- end -}}
@@ -395,6 +398,11 @@ In gateway mode it also opens the listener port to the Service.
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch"]
+{{- if and .Values.discovery.autoDiscover .Values.discovery.httpRoutes }}
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
 {{- end -}}
 
 {{/* The pod-level settings every pod that runs pilotfish shares. */}}
