@@ -907,8 +907,13 @@ const pf_downstream_ops downstream_h2_ops = {
  * streams that waited for room, and closes the connection once nothing is left to do. */
 static void flush(pf_h2_conn *h) {
     struct evbuffer *out = stream_output(h->s);
-    size_t limit = h->l->cfg->buffer_bytes;
-    while (evbuffer_get_length(out) < limit) {
+    size_t limit = h->l->cfg->buffer_bytes, queued = evbuffer_get_length(out);
+    /* nghttp2 hands out one frame at a time, and a busy connection has dozens per round
+     * (HEADERS and DATA of every finished stream): they are copied into one reserved extent
+     * of the output and committed together, one buffer operation instead of one per frame. */
+    struct evbuffer_iovec batch = {0};
+    size_t used = 0;
+    while (queued + used < limit) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(h->session, &data);
         if (n < 0) {
@@ -919,7 +924,28 @@ static void flush(pf_h2_conn *h) {
         }
         if (n == 0)
             break;
-        evbuffer_add(out, data, (size_t)n);
+        if (used + (size_t)n > batch.iov_len) {
+            if (batch.iov_base) {
+                batch.iov_len = used;
+                evbuffer_commit_space(out, &batch, 1);
+                batch = (struct evbuffer_iovec){0};
+                queued += used;
+                used = 0;
+            }
+            if ((size_t)n >= PF_H2_SEND_BATCH ||
+                evbuffer_reserve_space(out, PF_H2_SEND_BATCH, &batch, 1) < 1) {
+                batch = (struct evbuffer_iovec){0};
+                evbuffer_add(out, data, (size_t)n); /* a large DATA frame: as it is */
+                queued += (size_t)n;
+                continue;
+            }
+        }
+        memcpy((char *)batch.iov_base + used, data, (size_t)n);
+        used += (size_t)n;
+    }
+    if (batch.iov_base) {
+        batch.iov_len = used;
+        evbuffer_commit_space(out, &batch, 1);
     }
     if (h->wake) {
         h->wake = false;
