@@ -201,9 +201,12 @@ static bool hop_by_hop(const pf_head *h, size_t i, bool has_connection) {
                  HOP("content-length"),
                  HOP("http2-settings")};
 #undef HOP
+    /* The lengths above, one bit each: a field of any other length is not one of them. */
+    const uint32_t lengths =
+        1u << 2 | 1u << 7 | 1u << 10 | 1u << 14 | 1u << 16 | 1u << 17 | 1u << 18 | 1u << 19;
     uint32_t len = h->headers[i].name_len;
     const char *name = http1_name(h, i);
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
+    for (size_t k = 0; len < 32 && (lengths >> len & 1u) && k < sizeof names / sizeof names[0]; k++)
         if (names[k].len == len && strncasecmp(name, names[k].name, len) == 0)
             return true;
     for (size_t c = 0; has_connection && c < h->count; c++) {
