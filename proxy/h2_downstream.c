@@ -20,7 +20,7 @@
 #include <string.h>
 #include <strings.h>
 
-typedef struct h2_stream h2_stream;
+typedef struct h2_stream h2_stream; /* struct tag named in proxy_int.h (the spares) */
 
 /* Frames of one kind a client sent in the current interval (PF_H2_RESET_INTERVAL_MS). */
 typedef struct {
@@ -187,6 +187,19 @@ static void add_field(pf_h2_fields *f, char *name, size_t name_len, const char *
         (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, name_len, value_len, NGHTTP2_NV_FLAG_NONE};
 }
 
+/* Writes v in decimal at dst (up to 20 bytes, no NUL); returns the length. */
+static size_t u64_text(char *dst, uint64_t v) {
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t k = 0; k < n; k++)
+        dst[k] = tmp[n - 1 - k];
+    return n;
+}
+
 /* Copies `name` lower-cased to *pos and advances it. */
 static char *lower_copy(char **pos, const char *name, size_t len) {
     char *start = *pos;
@@ -247,11 +260,13 @@ int h2_response_fields(pf_h2_fields *out, const pf_head *resp, int status, bool 
                         2 * head_bytes + extra_len + edit.bytes + 32) != PF_OK)
         return PF_ENOMEM;
     char *pos = out->scratch;
-    int n;
     if (status) {
-        n = snprintf(pos, 4, "%03d", status % 1000);
-        add_field(out, ":status", 7, pos, (size_t)n);
-        pos += n;
+        /* by hand: snprintf costs more than the rest of a small response's fields */
+        pos[0] = (char)('0' + status / 100 % 10);
+        pos[1] = (char)('0' + status / 10 % 10);
+        pos[2] = (char)('0' + status % 10);
+        add_field(out, ":status", 7, pos, 3);
+        pos += 3;
     }
     for (size_t i = 0; i < head_count; i++) {
         if (http1_is_hop_by_hop(resp, i))
@@ -267,8 +282,8 @@ int h2_response_fields(pf_h2_fields *out, const pf_head *resp, int status, bool 
     if (edits)
         h2_fields_add_edits(out, &pos, edits->edits, edits->cluster_edits, edits->vars);
     if (has_length) {
-        n = snprintf(pos, 21, "%llu", (unsigned long long)content_length);
-        add_field(out, "content-length", 14, pos, (size_t)n);
+        size_t n = u64_text(pos, content_length);
+        add_field(out, "content-length", 14, pos, n);
         pos += n;
     }
     /* "Name: value\r\n" lines pilotfish adds. */
@@ -316,18 +331,45 @@ static void idle_timer(pf_h2_conn *h) {
     evtimer_add(h->timer, &tv);
 }
 
+/* Streams come and go by the thousand on a busy worker: a closed one is kept (zeroed but
+ * for its request head's buffers) for the next, up to PF_H2_SPARE_STREAMS per worker, so
+ * no connection holds any while idle. */
+void h2_worker_free_spares(pf_worker *w) {
+    while (w->h2_spare) {
+        h2_stream *st = w->h2_spare;
+        w->h2_spare = st->next;
+        http1_head_free(&st->req);
+        free(st);
+    }
+    w->h2_spare_count = 0;
+}
+
 static h2_stream *h2s_new(pf_h2_conn *h, int32_t id) {
-    h2_stream *st = calloc(1, sizeof *st);
-    if (!st)
-        return NULL;
+    h2_stream *st = h->w->h2_spare;
+    pf_head req;
+    if (st) {
+        h->w->h2_spare = st->next;
+        h->w->h2_spare_count--;
+        req = st->req;
+        memset(st, 0, sizeof *st);
+        http1_head_reset(&req);
+        req.byte_limit = h->l->cfg->max_header_bytes;
+        req.max_headers = h->l->cfg->max_headers;
+    } else {
+        st = calloc(1, sizeof *st);
+        if (!st)
+            return NULL;
+        http1_head_init(&req, h->l->cfg->max_header_bytes, h->l->cfg->max_headers);
+    }
+    st->req = req;
     st->out = evbuffer_new();
     if (!st->out) {
+        http1_head_free(&st->req);
         free(st);
         return NULL;
     }
     st->h = h;
     st->id = id;
-    http1_head_init(&st->req, h->l->cfg->max_header_bytes, h->l->cfg->max_headers);
     exchange_init(&st->ex, h->w, h->l, &downstream_h2_ops, st, h->client_ip);
     exchange_begin(&st->ex, &st->req);
     st->next = h->streams;
@@ -362,7 +404,6 @@ static void h2s_free(h2_stream *st) {
         st->next->prev = st->prev;
     if (--h->stream_count == 0)
         idle_timer(h);
-    http1_head_free(&st->req);
     evbuffer_free(st->out);
     if (st->stall)
         event_free(st->stall);
@@ -373,6 +414,13 @@ static void h2s_free(h2_stream *st) {
         event_free(st->ws_wrote);
     free(st->cookie);
     free(st->authority);
+    if (h->w->h2_spare_count < PF_H2_SPARE_STREAMS && st->req.cap <= PF_H2_SPARE_HEAD_BYTES) {
+        st->next = h->w->h2_spare;
+        h->w->h2_spare = st;
+        h->w->h2_spare_count++;
+        return;
+    }
+    http1_head_free(&st->req);
     free(st);
 }
 
@@ -566,8 +614,13 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         st->has_path = true;
         break;
     case PF_H2_FIELD_AUTHORITY:
-        /* Becomes Host, which is what the HTTP/1 upstream is sent; kept aside because
-         * :path may still follow and the head stores the target first. */
+        /* Becomes Host, which is what the HTTP/1 upstream is sent; kept aside when :path
+         * may still follow, since the head stores the target first. */
+        if (st->has_path && !st->has_authority) {
+            rc = add_field_to_head(&st->req, "host", 4, v, valuelen);
+            st->has_authority = true;
+            break;
+        }
         free(st->authority);
         st->authority = malloc(valuelen + 1);
         if (!st->authority || valuelen > h->l->cfg->max_header_bytes) {
@@ -1083,8 +1136,13 @@ const pf_downstream_ops downstream_h2_ops = {
  * streams that waited for room, and closes the connection once nothing is left to do. */
 static void flush(pf_h2_conn *h) {
     struct evbuffer *out = stream_output(h->s);
-    size_t limit = h->l->cfg->buffer_bytes;
-    while (evbuffer_get_length(out) < limit) {
+    size_t limit = h->l->cfg->buffer_bytes, queued = evbuffer_get_length(out);
+    /* nghttp2 hands out one frame at a time, and a busy connection has dozens per round
+     * (HEADERS and DATA of every finished stream): they are copied into one reserved extent
+     * of the output and committed together, one buffer operation instead of one per frame. */
+    struct evbuffer_iovec batch = {0};
+    size_t used = 0;
+    while (queued + used < limit) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(h->session, &data);
         if (n < 0) {
@@ -1095,7 +1153,28 @@ static void flush(pf_h2_conn *h) {
         }
         if (n == 0)
             break;
-        evbuffer_add(out, data, (size_t)n);
+        if (used + (size_t)n > batch.iov_len) {
+            if (batch.iov_base) {
+                batch.iov_len = used;
+                evbuffer_commit_space(out, &batch, 1);
+                batch = (struct evbuffer_iovec){0};
+                queued += used;
+                used = 0;
+            }
+            if ((size_t)n >= PF_H2_SEND_BATCH ||
+                evbuffer_reserve_space(out, PF_H2_SEND_BATCH, &batch, 1) < 1) {
+                batch = (struct evbuffer_iovec){0};
+                evbuffer_add(out, data, (size_t)n); /* a large DATA frame: as it is */
+                queued += (size_t)n;
+                continue;
+            }
+        }
+        memcpy((char *)batch.iov_base + used, data, (size_t)n);
+        used += (size_t)n;
+    }
+    if (batch.iov_base) {
+        batch.iov_len = used;
+        evbuffer_commit_space(out, &batch, 1);
     }
     if (h->wake) {
         h->wake = false;

@@ -19,6 +19,9 @@
 #define PF_H2_MAX_CONTINUATIONS 8u    /* CONTINUATION frames after one HEADERS */
 #define PF_H2_DRAIN_NOTICE_MS 1000u   /* from the first GOAWAY of a drain to the final one */
 #define PF_H2_METHOD_MAX 32u
+#define PF_H2_SPARE_STREAMS 256u     /* closed streams a worker keeps for reuse */
+#define PF_H2_SPARE_HEAD_BYTES 4096u /* ... with their request head, if it is this small */
+#define PF_H2_SEND_BATCH 16384u      /* frames copied into one output extent per flush */
 
 /* h2_upstream.c: the worker's HTTP/2 upstream connections of a cluster, closed. */
 void h2_upstream_free_all(pf_worker_cluster *wc);

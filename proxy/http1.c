@@ -181,26 +181,37 @@ static bool list_has_token(const char *value, size_t value_len, const char *toke
 }
 
 /* `has_connection`: whether the head has a Connection header at all, worked out once per
- * head by the writers so that the common case skips the token scan. */
+ * head by the writers so that the common case skips the token scan. The names carry their
+ * lengths: most fields differ in length from all of them, and cost no compare. */
 static bool hop_by_hop(const pf_head *h, size_t i, bool has_connection) {
-    static const char *const names[] = {"connection",
-                                        "keep-alive",
-                                        "proxy-connection",
-                                        "te",
-                                        "trailer",
-                                        "transfer-encoding",
-                                        "upgrade",
-                                        "proxy-authorization",
-                                        "proxy-authenticate",
-                                        "content-length",
-                                        "http2-settings"};
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
-        if (http1_name_is(h, i, names[k]))
+#define HOP(s)                                                                                     \
+    { s, sizeof s - 1 }
+    static const struct {
+        const char *name;
+        uint32_t len;
+    } names[] = {HOP("connection"),
+                 HOP("keep-alive"),
+                 HOP("proxy-connection"),
+                 HOP("te"),
+                 HOP("trailer"),
+                 HOP("transfer-encoding"),
+                 HOP("upgrade"),
+                 HOP("proxy-authorization"),
+                 HOP("proxy-authenticate"),
+                 HOP("content-length"),
+                 HOP("http2-settings")};
+#undef HOP
+    /* The lengths above, one bit each: a field of any other length is not one of them. */
+    const uint32_t lengths =
+        1u << 2 | 1u << 7 | 1u << 10 | 1u << 14 | 1u << 16 | 1u << 17 | 1u << 18 | 1u << 19;
+    uint32_t len = h->headers[i].name_len;
+    const char *name = http1_name(h, i);
+    for (size_t k = 0; len < 32 && (lengths >> len & 1u) && k < sizeof names / sizeof names[0]; k++)
+        if (names[k].len == len && strncasecmp(name, names[k].name, len) == 0)
             return true;
     for (size_t c = 0; has_connection && c < h->count; c++) {
-        if (http1_name_is(h, c, "connection") &&
-            list_has_token(http1_value(h, c), h->headers[c].value_len, http1_name(h, i),
-                           h->headers[i].name_len))
+        if (h->headers[c].name_len == 10 && strncasecmp(http1_name(h, c), "connection", 10) == 0 &&
+            list_has_token(http1_value(h, c), h->headers[c].value_len, name, len))
             return true;
     }
     return false;

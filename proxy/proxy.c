@@ -1127,6 +1127,7 @@ static void worker_free(pf_worker *w) {
     for (size_t i = 0; w->clusters && i < w->proxy->cluster_count; i++)
         worker_cluster_free(&w->clusters[i]);
     free(w->clusters);
+    h2_worker_free_spares(w);
     proxy_service_routes_free(w->routes);
     if (w->drain_event)
         event_free(w->drain_event);

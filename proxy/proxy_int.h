@@ -230,7 +230,13 @@ struct pf_worker {
     struct pf_resolving *resolving;
     _Atomic long resolving_count;
     struct event *resolve_event;
+    /* Closed HTTP/2 client streams kept for the next ones (h2_downstream.c). */
+    struct h2_stream *h2_spare;
+    unsigned h2_spare_count;
 };
+
+/* Frees the worker's spare HTTP/2 streams; worker teardown (h2_downstream.c). */
+void h2_worker_free_spares(pf_worker *w);
 
 struct pf_proxy {
     const pf_config *_Atomic cfg; /* the current config; a reload swaps it */

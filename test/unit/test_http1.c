@@ -345,6 +345,7 @@ static void test_connection_specific_and_framing_headers_are_hop_by_hop(void) {
         {"Proxy-Authorization: Basic eA==", true},
         {"Proxy-Authenticate: Basic", true},
         {"Content-Length: 5", true},
+        {"HTTP2-Settings: AAMAAABk", true},
         {"CONNECTION: x", true},
         {"keep-alive: 1", true},
         {"transfer-ENCODING: chunked", true},
