@@ -12,35 +12,23 @@
 # Floor: the rich route at 0.95x the plain one's requests per CPU-second or better.
 # Usage: bash bench/routes.sh BUILD_DIR   (a quick look, not a timed test; ~60 s)
 # Knobs: BENCH_ROUNDS (3), BENCH_DURATION (8s), BENCH_CONNECTIONS (20), BENCH_ROUTES_RPS (75).
-set -eu
-B=$(cd "${1:-build}" && pwd)
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+LOAD_WHAT=h2load
+bench_init routes.sh "${1:-}"
+B=$BUILD
+D=$WORK
 ROUNDS=${BENCH_ROUNDS:-3}
 DUR=${BENCH_DURATION:-8s}
 CONNS=${BENCH_CONNECTIONS:-20}
 RPS=${BENCH_ROUTES_RPS:-75} # per connection: the same offered load for both routes
-for t in h2load taskset python3; do
-    command -v $t >/dev/null || { echo "routes.sh: $t not found" >&2; exit 1; }
-done
-D=$(mktemp -d /tmp/pf-routes-bench.XXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$D"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 100); do
-        python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$1)))" && return 0
-        sleep 0.1
-    done
-    echo "routes.sh: nothing listens on $1" >&2; exit 1
-}
+bench_need h2load taskset
 cd "$D"
-B1=$(port); B2=$(port); PLAIN=$(port); RICH=$(port); AP=$(port)
-taskset -c 0 "$B/pf-backend" --listen "127.0.0.1:$B1" --name v1 >b1.out 2>&1 & PIDS+=($!)
-taskset -c 0 "$B/pf-backend" --listen "127.0.0.1:$B2" --name v2 >b2.out 2>&1 & PIDS+=($!)
-wait_port "$B1"; wait_port "$B2"
+start_pf_backend v1; start_pf_backend v2
+B1=${BACKEND_PORTS[0]}; B2=${BACKEND_PORTS[1]}
+PLAIN=$(free_port); RICH=$(free_port); AP=$(free_port)
 cat >pf.json <<J
 {"admin":{"address":"127.0.0.1:$AP"},"access_log":false,
  "listeners":[
@@ -56,19 +44,17 @@ cat >pf.json <<J
   {"name":"both","lb_policy":"weighted_round_robin",
    "endpoints":[{"address":"127.0.0.1:$B1","weight":9},{"address":"127.0.0.1:$B2","weight":1}]}]}
 J
-taskset -c 1 "$B/pilotfish" --config pf.json --workers 1 >pf.out 2>&1 & PF=$!; PIDS+=($PF)
-wait_port "$PLAIN"; wait_port "$RICH"
-# CPU time in nanoseconds summed over the process's threads (schedstat: clock ticks of
-# 10 ms would be a few percent of a short run).
-cpu() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}'; }
+start_bg pf.out "$PROXY_CPU" "$B/pilotfish" --config pf.json --workers 1; PF=$STARTED_PID
+wait_port pilotfish "$PLAIN" "$PF" pf.out; wait_port pilotfish "$RICH" "$PF" pf.out
+# CPU time in nanoseconds summed over the process's threads (lib.sh cpu_ns).
 TCK=1000000000
 RESULTS=$D/results
 run() { # label port
     local label=$1 p=$2 c0 c1 out
-    c0=$(cpu "$PF")
-    out=$(taskset -c 0 h2load --h1 -c "$CONNS" --rps "$RPS" -D "$DUR" -H "x-env: prod" \
+    c0=$(cpu_ns "$PF")
+    out=$(pin "$LOAD_CPU" h2load --h1 -c "$CONNS" --rps "$RPS" -D "$DUR" -H "x-env: prod" \
         -H "x-tenant: acme-eu" -H "x-trace: 1" "http://127.0.0.1:$p/" 2>&1)
-    c1=$(cpu "$PF")
+    c1=$(cpu_ns "$PF")
     python3 - "$label" "$(echo "$out" | awk '/^requests:/{print $8}')" \
         "$(echo "$out" | awk '/^status codes:/{print $3}')" "${DUR%s}" "$c0" "$c1" "$TCK" \
         >>"$RESULTS" <<'P'

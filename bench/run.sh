@@ -10,13 +10,10 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BUILD=$(cd "${1:-$HERE/../build}" 2>/dev/null && pwd) || {
-    echo "bench: ERROR: build directory '${1:-$HERE/../build}' does not exist" >&2
-    exit 1
-}
-PY=${PYTHON:-/usr/bin/python3}
-[ -x "$PY" ] || PY=$(command -v python3 || true)
-LIB="$HERE/benchlib.py"
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+LOAD_WHAT=wrk
+bench_init bench "${1:-}"
 
 # ---- knobs ------------------------------------------------------------------------
 BACKEND=${BENCH_BACKEND:-nginx}          # nginx | pf-backend
@@ -31,26 +28,8 @@ CONNS=${BENCH_CONNECTIONS:-50}           # wrk -c
 AGG=${BENCH_AGG:-best}
 CASES=${BENCH_CASES:-keepalive,close,policies,failover,health,dns,k8s,fleet,churn,status,reload,tls,h2,tcp,routes}
 STANDIN=${BENCH_STANDIN:-}               # "haproxy": run haproxy in pilotfish's slot (A/A self-test)
-PIN=${BENCH_PIN:-1}                      # 0 disables taskset pinning
-PROXY_CPU=${BENCH_PROXY_CPU:-1}
-LOAD_CPU=${BENCH_LOAD_CPU:-0}
-START_TIMEOUT=${BENCH_START_TIMEOUT:-10} # seconds to wait for anything to become ready
+# BENCH_PIN, BENCH_PROXY_CPU, BENCH_LOAD_CPU, BENCH_START_TIMEOUT: see lib.sh
 
-die() {
-    echo "bench: ERROR: $*" >&2
-    exit 1
-}
-note() { echo "bench: $*"; }
-
-# "10s" / "10" / "1m" -> whole seconds (wrk accepts the same spellings).
-secs() {
-    case "$1" in
-        *[!0-9sm]* | '' | s | m) die "bad duration '$1' (use e.g. 10s or 1m)" ;;
-        *m) echo $((${1%m} * 60)) ;;
-        *s) echo "${1%s}" ;;
-        *) echo "$1" ;;
-    esac
-}
 DUR_S=$(secs "$DURATION")
 WARM_S=$(secs "$WARMUP")
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer, got '$ROUNDS'"
@@ -59,10 +38,7 @@ WARM_S=$(secs "$WARMUP")
 [ "$DUR_S" -ge 1 ] || die "BENCH_DURATION must be at least 1s"
 
 # ---- tools ------------------------------------------------------------------------
-[ -n "$PY" ] || die "python3 not found (needed to parse wrk output)"
-for t in wrk curl haproxy setsid; do
-    command -v "$t" >/dev/null 2>&1 || die "'$t' not found in PATH (run 'make deps')"
-done
+bench_need wrk haproxy
 HAPROXY=$(command -v haproxy)
 PILOTFISH="$BUILD/pilotfish"
 case "$STANDIN" in
@@ -75,74 +51,6 @@ case "$BACKEND" in
     pf-backend) [ -x "$BUILD/pf-backend" ] || die "pf-backend not found at $BUILD/pf-backend" ;;
     *) die "BENCH_BACKEND must be nginx or pf-backend, got '$BACKEND'" ;;
 esac
-CLK_TCK=$(getconf CLK_TCK)
-
-# CPU pinning. The machine has 2 cores: the proxy under test gets CPU 1 to itself so
-# its CPU time and throughput are not disturbed by the load generator. wrk and the
-# backends share CPU 0: they are the "rest of the world", and keeping them off the
-# proxy's core matters more than isolating them from each other. Consequence: on a
-# 2-core box the load side can saturate before the proxy does, so req/s may be capped
-# by CPU 0 for both proxies; req/CPU-s (proxy CPU only) stays a fair comparison.
-PINNING="no pinning"
-if [ "$PIN" = 1 ]; then
-    if [ "$(nproc)" -ge 2 ] && taskset -c "$PROXY_CPU" true 2>/dev/null &&
-        taskset -c "$LOAD_CPU" true 2>/dev/null; then
-        PINNING="proxy on CPU $PROXY_CPU, wrk+backends on CPU $LOAD_CPU"
-    else
-        PIN=0
-        note "CPU pinning disabled (need CPUs $PROXY_CPU and $LOAD_CPU available; nproc=$(nproc))"
-    fi
-fi
-# pin CPU CMD... : run CMD on CPU when pinning is on.
-pin() {
-    local cpu=$1
-    shift
-    if [ "$PIN" = 1 ]; then taskset -c "$cpu" "$@"; else "$@"; fi
-}
-
-# ---- process bookkeeping ------------------------------------------------------------
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pf-bench.XXXXXX")
-PIDS=() # every process group we started (each via setsid, so PID == PGID)
-
-# Is anything of what we started as $1 still running (not a zombie)? Checks the PID
-# itself and its process group: right after `&` the child may not have reached
-# setsid yet (then PGID != PID), and later the group may hold forked workers.
-group_alive() {
-    ps -e -o pid=,pgid=,stat= 2>/dev/null |
-        awk -v g="$1" '($1 == g || $2 == g) && $3 !~ /^Z/ { f = 1 } END { exit !f }'
-}
-
-# Stop what we started as $1 (process and its group): TERM, up to 5 s grace, then
-# KILL; reap it.
-stop_group() {
-    local pid=$1 i
-    if group_alive "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        kill -TERM -- "-$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            group_alive "$pid" || break
-            sleep 0.1
-        done
-        if group_alive "$pid"; then
-            kill -KILL "$pid" 2>/dev/null || true
-            kill -KILL -- "-$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-# shellcheck disable=SC2317  # reached through the EXIT trap
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_group "${PIDS[i]}"; done
-    if [ "${BENCH_KEEP:-0}" = 1 ]; then note "kept work dir $WORK"; else rm -rf "$WORK"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
 # Benchmark a private copy of the binaries: a rebuild in build/ while the benchmark
 # runs must not change what later rounds measure.
 if [ -z "$STANDIN" ]; then
@@ -151,131 +59,8 @@ if [ -z "$STANDIN" ]; then
 fi
 if [ "$BACKEND" = pf-backend ]; then
     cp "$BUILD/pf-backend" "$WORK/pf-backend"
+    PF_BACKEND_BIN="$WORK/pf-backend"
 fi
-
-# start_bg LOG CPU CMD... : start CMD in its own session/process group (so that any
-# worker processes it forks can be measured and stopped together), pinned to CPU,
-# stdout+stderr to LOG. Sets STARTED_PID.
-start_bg() {
-    local log=$1 cpu=$2 pre=()
-    shift 2
-    [ "$PIN" = 1 ] && pre=(taskset -c "$cpu")
-    # A simple command (no function, no pipeline) so bash forks once and execs:
-    # $! is then the process itself. This script has no job control, so the child
-    # is not a group leader and setsid does not fork again; setsid and taskset
-    # both exec, so the PID of the final program is $! and it leads its own group.
-    setsid "${pre[@]}" "$@" </dev/null >"$log" 2>&1 &
-    STARTED_PID=$!
-    PIDS+=("$STARTED_PID")
-}
-
-forget_pid() {
-    local p keep=()
-    for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-
-free_port() { "$PY" "$LIB" free-port; }
-
-# fail_start WHAT LOG: clear message naming what did not start, with its log tail.
-fail_start() {
-    echo "bench: ERROR: $1 did not start" >&2
-    if [ -s "$2" ]; then
-        echo "---- last lines of its log ($(basename "$2")) ----" >&2
-        tail -n 20 "$2" >&2
-    fi
-    exit 1
-}
-
-# wait_http WHAT URL PID LOG : poll URL until it answers 2xx, bounded by START_TIMEOUT.
-# Returns 0 when ready, 1 when the process exited meanwhile (callers retry: the usual
-# cause is a port from free_port taken by someone else before our bind). Not being
-# ready in time is fatal.
-wait_http() {
-    local what=$1 url=$2 pid=$3 log=$4 deadline=$((SECONDS + START_TIMEOUT)) pgid
-    while :; do
-        # Alive is checked after a 2xx too: the answer could come from someone else
-        # who owns the port while our process died on bind.
-        if curl -sf -o /dev/null --max-time 1 "$url"; then
-            sleep 0.05
-            group_alive "$pid" || return 1
-            pgid=$(ps -o pgid= -p "$pid" | tr -d ' ')
-            [ "$pgid" = "$pid" ] || die "$what is not in its own process group (pgid '$pgid', pid $pid): cannot measure it"
-            return 0
-        fi
-        group_alive "$pid" || return 1
-        [ "$SECONDS" -lt "$deadline" ] || fail_start "$what (no 2xx from $url within ${START_TIMEOUT}s)" "$log"
-        sleep 0.1
-    done
-}
-
-# retry_or_fail ATTEMPT WHAT LOG PID : after a start attempt whose process exited,
-# clean it up; on the last attempt give up with its log.
-ATTEMPTS=3
-retry_or_fail() {
-    stop_group "$4"
-    forget_pid "$4"
-    [ "$1" -lt "$ATTEMPTS" ] || fail_start "$2 (process exited, $ATTEMPTS attempts)" "$3"
-    note "$2 exited during startup, retrying with new ports"
-}
-
-# ---- backends ------------------------------------------------------------------------
-BACKEND_PORTS=()
-
-start_nginx_backend() {
-    local name=$1 port dir attempt
-    for ((attempt = 1; ; attempt++)); do
-        port=$(free_port)
-        dir="$WORK/nginx-$name-$attempt"
-        mkdir -p "$dir/tmp"
-        # Tiny fixed response; keepalive_requests is raised so that nginx never retires
-        # the proxies' pooled upstream connections in the middle of a run.
-        cat >"$dir/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $dir/tmp/body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    server {
-        listen 127.0.0.1:$port;
-        location / { default_type text/plain; return 200 "$name\n"; }
-    }
-}
-EOF
-        start_bg "$dir/out.log" "$LOAD_CPU" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
-        wait_http "nginx backend $name (127.0.0.1:$port)" "http://127.0.0.1:$port/" "$STARTED_PID" "$dir/error.log" && break
-        retry_or_fail "$attempt" "nginx backend $name" "$dir/error.log" "$STARTED_PID"
-    done
-    BACKEND_PORTS+=("$port")
-}
-
-start_pf_backend() {
-    local name=$1 port="" deadline=$((SECONDS + START_TIMEOUT)) pid out
-    out="$WORK/pf-backend-$name.log"
-    start_bg "$out" "$LOAD_CPU" "$WORK/pf-backend" --listen 127.0.0.1:0 --name "$name"
-    pid=$STARTED_PID
-    # It binds port 0 and announces the port as "listening 127.0.0.1:PORT".
-    while [ -z "$port" ]; do
-        port=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$out" | head -n1)
-        [ -n "$port" ] && break
-        group_alive "$pid" || fail_start "pf-backend $name (process exited)" "$out"
-        [ "$SECONDS" -lt "$deadline" ] || fail_start "pf-backend $name (no 'listening' line within ${START_TIMEOUT}s)" "$out"
-        sleep 0.1
-    done
-    # pf-backend picks its own port (no race to retry), so exiting here is fatal.
-    wait_http "pf-backend $name (127.0.0.1:$port)" "http://127.0.0.1:$port/" "$pid" "$out" ||
-        fail_start "pf-backend $name (process exited)" "$out"
-    BACKEND_PORTS+=("$port")
-}
 
 # ---- proxies ---------------------------------------------------------------------
 # start_proxy KIND LABEL : sets PROXY_PID, PROXY_PORT, PROXY_LOG.
@@ -284,35 +69,7 @@ start_haproxy() {
     for ((attempt = 1; ; attempt++)); do
         PROXY_PORT=$(free_port)
         dir=$(mktemp -d "$WORK/haproxy.XXXX")
-        # Single thread to match pilotfish --workers 1; no log lines at all (= no
-        # logging); upstream connections are pooled and shared across client sessions
-        # (http-reuse always) so the Connection: close case does not reconnect upstream.
-        # maxconn is explicit so haproxy does not size itself from the fd limit.
-        cat >"$dir/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 4096
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    timeout http-request 10s
-    timeout http-keep-alive 30s
-    timeout queue 10s
-
-frontend bench
-    bind 127.0.0.1:$PROXY_PORT
-    default_backend b
-
-backend b
-    balance roundrobin
-    server b1 127.0.0.1:${BACKEND_PORTS[0]}
-    server b2 127.0.0.1:${BACKEND_PORTS[1]}
-EOF
+        haproxy_http_cfg "$PROXY_PORT" >"$dir/haproxy.cfg"
         PROXY_LOG="$dir/haproxy.log"
         start_bg "$PROXY_LOG" "$PROXY_CPU" "$HAPROXY" -db -f "$dir/haproxy.cfg"
         PROXY_PID=$STARTED_PID
@@ -327,12 +84,7 @@ start_pilotfish() {
         PROXY_PORT=$(free_port)
         admin=$(free_port)
         dir=$(mktemp -d "$WORK/pilotfish.XXXX")
-        cat >"$dir/pilotfish.json" <<EOF
-{"admin": {"address": "127.0.0.1:$admin"}, "access_log": false,
- "listeners": [{"name": "bench", "address": "127.0.0.1:$PROXY_PORT",
-                "routes": [{"match": {"prefix": "/"}, "cluster": "b"}]}],
- "clusters": [{"name": "b", "endpoints": ["127.0.0.1:${BACKEND_PORTS[0]}", "127.0.0.1:${BACKEND_PORTS[1]}"]}]}
-EOF
+        pilotfish_http_cfg "$admin" "$PROXY_PORT" >"$dir/pilotfish.json"
         PROXY_LOG="$dir/pilotfish.log"
         start_bg "$PROXY_LOG" "$PROXY_CPU" "$PILOTFISH_BIN" --config "$dir/pilotfish.json" --workers 1
         PROXY_PID=$STARTED_PID

@@ -1,34 +1,25 @@
 #!/bin/bash
 # TCP (L4) relaying: pilotfish's tcp listener vs haproxy in mode tcp, both in front of the
 # same iperf3 server, each proxy with its defaults (pilotfish buffer_bytes 64 KiB, haproxy
-# tune.bufsize 16 KiB) and one thread, pinned to CPU 0; iperf3's client and server share
-# CPU 1. Prints, per round and direction (upload: client to server; download: -R), the
+# tune.bufsize 16 KiB) and one thread, pinned to CPU 1 (BENCH_PROXY_CPU); iperf3's client and
+# server share CPU 0 (BENCH_LOAD_CPU). Preamble (ports, pinning, cleanup): bench/lib.sh. Prints, per round and direction (upload: client to server; download: -R), the
 # bytes/s iperf3 saw and the bytes relayed per proxy CPU-second (user + system), then the
 # ratio of the best rounds. Usage: bash bench/tcp.sh BUILD_DIR   (~2 min with the defaults)
-set -eu
-B=$(cd "${1:-build}" && pwd)
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+LOAD_WHAT=iperf3
+bench_init tcp.sh "${1:-}"
+B=$BUILD
 ROUNDS=${BENCH_ROUNDS:-2}
-DUR=${BENCH_DURATION:-8}  # seconds per iperf3 run
+DUR=$(secs "${BENCH_DURATION:-8}") # seconds per iperf3 run
 STREAMS=${BENCH_STREAMS:-4} # parallel connections per run (iperf3 -P)
-for t in iperf3 haproxy taskset python3; do
-    command -v $t >/dev/null || { echo "tcp.sh: $t not found (make deps)" >&2; exit 1; }
-done
-D=$(mktemp -d /tmp/pf-tcp-bench.XXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 100); do
-        python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$1)))" && return 0
-        sleep 0.1
-    done
-    echo "tcp.sh: nothing listens on $1" >&2; exit 1
-}
-cd "$D"
-BP=$(port); PP=$(port); HP=$(port); AP=$(port)
-taskset -c 1 iperf3 -s -B 127.0.0.1 -p "$BP" >iperf.out 2>&1 & PIDS+=($!)
-wait_port "$BP"
+bench_need iperf3 haproxy taskset
+cd "$WORK"
+BP=$(free_port); PP=$(free_port); HP=$(free_port); AP=$(free_port)
+start_bg iperf.out "$LOAD_CPU" iperf3 -s -B 127.0.0.1 -p "$BP"
+wait_port iperf3 "$BP" "$STARTED_PID" iperf.out
 cat >pf.json <<J
 {"admin":{"address":"127.0.0.1:$AP"},"access_log":false,
  "listeners":[{"name":"tcp","address":"127.0.0.1:$PP","protocol":"tcp","cluster":"b"}],
@@ -49,18 +40,17 @@ frontend f
 backend b
   server s1 127.0.0.1:$BP
 J
-taskset -c 0 "$B/pilotfish" --config pf.json --workers 1 >pf.out 2>&1 & PF=$!; PIDS+=($PF)
-taskset -c 0 haproxy -db -f hp.cfg >hp.out 2>&1 & HA=$!; PIDS+=($HA)
-wait_port "$PP"; wait_port "$HP"
-TCK=$(getconf CLK_TCK)
-cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+start_bg pf.out "$PROXY_CPU" "$B/pilotfish" --config pf.json --workers 1; PF=$STARTED_PID
+start_bg hp.out "$PROXY_CPU" haproxy -db -f hp.cfg; HA=$STARTED_PID
+wait_port pilotfish "$PP" "$PF" pf.out; wait_port haproxy "$HP" "$HA" hp.out
+TCK=$CLK_TCK
 : >results.txt
 run() { # label pid port direction [-R]
     local label=$1 pid=$2 p=$3 dir=$4; shift 4
     local c0 c1
-    c0=$(cpu "$pid")
-    taskset -c 1 iperf3 -c 127.0.0.1 -p "$p" -t "$DUR" -P "$STREAMS" -J "$@" >run.json
-    c1=$(cpu "$pid")
+    c0=$(cpu_ticks "$pid")
+    pin "$LOAD_CPU" iperf3 -c 127.0.0.1 -p "$p" -t "$DUR" -P "$STREAMS" -J "$@" >run.json
+    c1=$(cpu_ticks "$pid")
     python3 - "$label" "$dir" "$c0" "$c1" "$TCK" <<'P' | tee -a results.txt
 import json, sys
 label, direction, c0, c1, tck = sys.argv[1:]

@@ -5,34 +5,26 @@
 # wrk opens every connection afresh), then handshakes per proxy CPU-second for resumed
 # sessions (openssl s_time -reuse: one HTTP/1.0 request per connection, each resuming the
 # first connection's session; TLS 1.3 PSK), then the memory one idle TLS connection costs
-# each (SSL_MODE_RELEASE_BUFFERS: no record buffers while idle).
+# each (SSL_MODE_RELEASE_BUFFERS: no record buffers while idle). Both proxies on CPU 1
+# (BENCH_PROXY_CPU), the backend and clients on CPU 0 (BENCH_LOAD_CPU); preamble in lib.sh.
 # Usage: bash bench/tls.sh BUILD_DIR   (a quick look, not a timed test; ~2 min)
-set -eu
-B=$(cd "${1:-build}" && pwd)
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+LOAD_WHAT=wrk
+bench_init tls.sh "${1:-}"
+B=$BUILD
+D=$WORK
 ROUNDS=${BENCH_ROUNDS:-2}
 DUR=${BENCH_DURATION:-8s}
-for t in wrk haproxy openssl taskset python3; do
-    command -v $t >/dev/null || { echo "tls.sh: $t not found" >&2; exit 1; }
-done
-D=$(mktemp -d /tmp/pf-tls-bench.XXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 100); do
-        python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$1)))" && return 0
-        sleep 0.1
-    done
-    echo "tls.sh: nothing listens on $1" >&2; exit 1
-}
+bench_need wrk haproxy openssl taskset
 cd "$D"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout k.pem -out c.pem \
     -subj /CN=bench.test -addext subjectAltName=DNS:bench.test -days 2 2>/dev/null
 cat c.pem k.pem >hp.pem
-BP=$(port); PP=$(port); HP=$(port); AP=$(port)
-"$B/pf-backend" --listen "127.0.0.1:$BP" --name b >be.out 2>&1 & PIDS+=($!)
-wait_port "$BP"
+PP=$(free_port); HP=$(free_port); AP=$(free_port)
+start_pf_backend b "$LOAD_CPU"; BP=${BACKEND_PORTS[0]}
 cat >pf.json <<J
 {"admin":{"address":"127.0.0.1:$AP"},"access_log":false,
  "listeners":[{"name":"tls","address":"127.0.0.1:$PP","routes":[{"match":{},"cluster":"b"}],
@@ -55,17 +47,16 @@ backend b
   http-reuse always
   server s1 127.0.0.1:$BP
 J
-taskset -c 0 "$B/pilotfish" --config pf.json --workers 1 >pf.out 2>&1 & PF=$!; PIDS+=($PF)
-taskset -c 0 haproxy -db -f hp.cfg >hp.out 2>&1 & HA=$!; PIDS+=($HA)
-wait_port "$PP"; wait_port "$HP"
-TCK=$(getconf CLK_TCK)
-cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+start_bg pf.out "$PROXY_CPU" "$B/pilotfish" --config pf.json --workers 1; PF=$STARTED_PID
+start_bg hp.out "$PROXY_CPU" haproxy -db -f hp.cfg; HA=$STARTED_PID
+wait_port pilotfish "$PP" "$PF" pf.out; wait_port haproxy "$HP" "$HA" hp.out
+TCK=$CLK_TCK
 run() { # label pid port wrk-args...
     local label=$1 pid=$2 p=$3; shift 3
     local c0 c1 out
-    c0=$(cpu "$pid")
-    out=$(taskset -c 1 wrk -t1 -c20 -d"$DUR" "$@" "https://127.0.0.1:$p/" 2>&1)
-    c1=$(cpu "$pid")
+    c0=$(cpu_ticks "$pid")
+    out=$(pin "$LOAD_CPU" wrk -t1 -c20 -d"$DUR" "$@" "https://127.0.0.1:$p/" 2>&1)
+    c1=$(cpu_ticks "$pid")
     python3 - "$label" "$(echo "$out" | awk '/Requests\/sec/{print $2}')" \
         "$(echo "$out" | awk '/requests in/{print $1}')" "$c0" "$c1" "$TCK" <<'P'
 import sys
@@ -77,13 +68,13 @@ P
 }
 resumed() { # label pid port: s_time -reuse, two clients at once (one is latency-bound)
     local label=$1 pid=$2 p=$3 c0 c1 a b
-    c0=$(cpu "$pid")
-    taskset -c 1 openssl s_time -connect "127.0.0.1:$p" -reuse -time "${DUR%s}" -www / >st1.out 2>&1 &
+    c0=$(cpu_ticks "$pid")
+    pin "$LOAD_CPU" openssl s_time -connect "127.0.0.1:$p" -reuse -time "${DUR%s}" -www / >st1.out 2>&1 &
     a=$!
-    taskset -c 1 openssl s_time -connect "127.0.0.1:$p" -reuse -time "${DUR%s}" -www / >st2.out 2>&1 &
+    pin "$LOAD_CPU" openssl s_time -connect "127.0.0.1:$p" -reuse -time "${DUR%s}" -www / >st2.out 2>&1 &
     b=$!
     wait "$a" "$b"
-    c1=$(cpu "$pid")
+    c1=$(cpu_ticks "$pid")
     python3 - "$label" "$c0" "$c1" "$TCK" "${DUR%s}" <<'P'
 import re, sys
 label, c0, c1, tck, dur = sys.argv[1:]

@@ -16,6 +16,7 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "core/time.h"
+#include "proxy/deadline.h"
 #include "proxy/exchange_int.h"
 #include "proxy/route_actions_int.h"
 #include "proxy/h2_int.h"
@@ -57,7 +58,7 @@ struct pf_conn {
     pf_worker *w;
     pf_listener_rt *l;
     pf_stream *stream;
-    struct event *timer;
+    pf_deadline timer; /* one per connection, its kind in timer_kind */
     conn_timer_kind timer_kind;
     llhttp_t parser;
     pf_head req;
@@ -127,13 +128,12 @@ static bool closing(const pf_conn *c) {
 
 static void timer_set(pf_conn *c, conn_timer_kind kind, uint64_t ms) {
     c->timer_kind = kind;
-    struct timeval tv = pf_timeval_ms(ms);
-    evtimer_add(c->timer, &tv);
+    deadline_set(&c->timer, ms);
 }
 
 static void timer_stop(pf_conn *c) {
     c->timer_kind = TIMER_NONE;
-    evtimer_del(c->timer);
+    deadline_clear(&c->timer);
 }
 
 static struct evbuffer *output(pf_conn *c) {
@@ -206,7 +206,7 @@ void conn_free(pf_conn *c) {
     if (c->next)
         c->next->prev = c->prev;
     stream_free(c->stream);
-    event_free(c->timer);
+    deadline_free(&c->timer);
     free(c->client_cert);
     free(c->bound_host);
     http1_head_free(&c->req);
@@ -766,7 +766,7 @@ static void abort_response(pf_conn *c) {
     exchange_log(&c->ex);
 }
 
-static void on_timer(evutil_socket_t fd, short what, void *arg) {
+static void on_timer(void *arg) {
     pf_conn *c = arg;
     conn_timer_kind kind = c->timer_kind;
     c->timer_kind = TIMER_NONE;
@@ -999,24 +999,22 @@ int conn_accept(pf_worker *w, pf_listener_rt *l, evutil_socket_t fd, const struc
     static const pf_stream_callbacks callbacks = {on_read, on_write, on_event};
     c->stream =
         stream_new(w->base, fd, l->cfg->buffer_bytes, l->cfg->buffer_bytes / 2, &callbacks, c);
-    c->timer = evtimer_new(w->base, on_timer, c);
+    int timer_rc = deadline_init(&c->timer, w->base, on_timer, c);
     SSL *ssl = c->stream && l->tls ? tls_server_ssl(l->tls, w->id, fd) : NULL;
     if (ssl)
         stream_set_tls(c->stream, ssl);
-    if (!c->stream || !c->timer || (l->tls && !ssl)) {
+    if (!c->stream || timer_rc != PF_OK || (l->tls && !ssl)) {
         if (c->stream)
             stream_free(c->stream);
         else
             evutil_closesocket(fd);
-        if (c->timer)
-            event_free(c->timer);
+        deadline_free(&c->timer);
         free(c);
         return PF_ENOMEM;
     }
     /* TCP_NODELAY comes from the listening socket (proxy_bind_listener): Linux copies it. */
     if (sa->sa_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->client_ip,
-                  sizeof c->client_ip);
+        http1_format_ipv4(&((const struct sockaddr_in *)sa)->sin_addr, c->client_ip);
     else if (sa->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->client_ip,
                   sizeof c->client_ip);

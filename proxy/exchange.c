@@ -646,20 +646,23 @@ static void overloaded(pf_exchange *ex) {
 static void make_request_id(pf_exchange *ex) {
     /* RFC 9562 version 4 layout (8-4-4-4-12 hex, version 4, variant 10), so tools that
      * expect UUIDs accept it. Formatted by hand: this runs on every request. */
-    static const char hex[] = "0123456789abcdef";
     uint64_t bits[2] = {worker_random(ex->w), worker_random(ex->w)};
     bits[0] = (bits[0] & ~0xf000ull) | 0x4000ull;
     bits[1] = (bits[1] & ~(0xc000ull << 48)) | (0x8000ull << 48);
+    char hex[32];
+    http1_put_hex64(hex, bits[0]);
+    http1_put_hex64(hex + 16, bits[1]);
     char *out = ex->request_id;
-    for (int half = 0; half < 2; half++) {
-        for (int nibble = 15; nibble >= 0; nibble--) {
-            int pos = half * 16 + (15 - nibble);
-            if (pos == 8 || pos == 12 || pos == 16 || pos == 20)
-                *out++ = '-';
-            *out++ = hex[(bits[half] >> (nibble * 4)) & 0xf];
-        }
-    }
-    *out = '\0';
+    memcpy(out, hex, 8);
+    out[8] = '-';
+    memcpy(out + 9, hex + 8, 4);
+    out[13] = '-';
+    memcpy(out + 14, hex + 12, 4);
+    out[18] = '-';
+    memcpy(out + 19, hex + 16, 4);
+    out[23] = '-';
+    memcpy(out + 24, hex + 20, 12);
+    out[36] = '\0';
 }
 
 static uint64_t attempt_timeout_ms(const pf_exchange *ex) {

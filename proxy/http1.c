@@ -33,21 +33,31 @@ void http1_head_release(pf_head *h) {
     http1_head_init(h, byte_limit, max_headers);
 }
 
-static int append_bytes(pf_head *h, const char *at, size_t len) {
-    /* One spare byte keeps room for the NUL that terminates each name and value. */
+static int grow(pf_head *h, size_t len) {
     if (h->len + len + 1 > h->byte_limit)
         return PF_ELIMIT;
+    size_t cap = h->cap ? h->cap : 1024;
+    while (cap < h->len + len + 1)
+        cap *= 2;
+    if (cap > h->byte_limit)
+        cap = h->byte_limit;
+    char *buf = realloc(h->buf, cap);
+    if (!buf)
+        return PF_ENOMEM;
+    h->buf = buf;
+    h->cap = cap;
+    return PF_OK;
+}
+
+/* Inline: every span llhttp reports and every NUL between them comes through here. */
+static inline __attribute__((always_inline)) int append_bytes(pf_head *h, const char *at,
+                                                              size_t len) {
+    /* One spare byte keeps room for the NUL that terminates each name and value; cap never
+     * exceeds byte_limit, so fitting the buffer means fitting the limit. */
     if (h->len + len + 1 > h->cap) {
-        size_t cap = h->cap ? h->cap : 1024;
-        while (cap < h->len + len + 1)
-            cap *= 2;
-        if (cap > h->byte_limit)
-            cap = h->byte_limit;
-        char *buf = realloc(h->buf, cap);
-        if (!buf)
-            return PF_ENOMEM;
-        h->buf = buf;
-        h->cap = cap;
+        int rc = grow(h, len);
+        if (rc != PF_OK)
+            return rc;
     }
     memcpy(h->buf + h->len, at, len);
     h->len += len;
@@ -144,26 +154,6 @@ int http1_head_finish_value(pf_head *h) {
     return PF_OK;
 }
 
-bool http1_name_is(const pf_head *h, size_t i, const char *lower_name) {
-    size_t n = strlen(lower_name);
-    return h->headers[i].name_len == n && strncasecmp(http1_name(h, i), lower_name, n) == 0;
-}
-
-long http1_find(const pf_head *h, const char *lower_name, size_t *count) {
-    long first = -1;
-    size_t matches = 0;
-    for (size_t i = 0; i < h->count; i++) {
-        if (http1_name_is(h, i, lower_name)) {
-            if (first < 0)
-                first = (long)i;
-            matches++;
-        }
-    }
-    if (count)
-        *count = matches;
-    return first;
-}
-
 /* True when `value` (a Connection header's comma list) names the token. */
 static bool list_has_token(const char *value, size_t value_len, const char *token,
                            size_t token_len) {
@@ -180,38 +170,69 @@ static bool list_has_token(const char *value, size_t value_len, const char *toke
     return false;
 }
 
-/* `has_connection`: whether the head has a Connection header at all, worked out once per
- * head by the writers so that the common case skips the token scan. The names carry their
- * lengths: most fields differ in length from all of them, and cost no compare. */
-static bool hop_by_hop(const pf_head *h, size_t i, bool has_connection) {
-#define HOP(s)                                                                                     \
-    { s, sizeof s - 1 }
-    static const struct {
-        const char *name;
-        uint32_t len;
-    } names[] = {HOP("connection"),
-                 HOP("keep-alive"),
-                 HOP("proxy-connection"),
-                 HOP("te"),
-                 HOP("trailer"),
-                 HOP("transfer-encoding"),
-                 HOP("upgrade"),
-                 HOP("proxy-authorization"),
-                 HOP("proxy-authenticate"),
-                 HOP("content-length"),
-                 HOP("http2-settings")};
-#undef HOP
-    /* The lengths above, one bit each: a field of any other length is not one of them. */
-    const uint32_t lengths =
-        1u << 2 | 1u << 7 | 1u << 10 | 1u << 14 | 1u << 16 | 1u << 17 | 1u << 18 | 1u << 19;
-    uint32_t len = h->headers[i].name_len;
-    const char *name = http1_name(h, i);
-    for (size_t k = 0; len < 32 && (lengths >> len & 1u) && k < sizeof names / sizeof names[0]; k++)
-        if (names[k].len == len && strncasecmp(name, names[k].name, len) == 0)
-            return true;
-    for (size_t c = 0; has_connection && c < h->count; c++) {
-        if (h->headers[c].name_len == 10 && strncasecmp(http1_name(h, c), "connection", 10) == 0 &&
-            list_has_token(http1_value(h, c), h->headers[c].value_len, name, len))
+/* RFC 9110 7.6.1 and the framing fields, by length first: one compare for most names. */
+static bool hop_by_hop_name(const char *name, size_t len) {
+#define IS(lit) (len == sizeof(lit) - 1 && strncasecmp(name, lit, sizeof(lit) - 1) == 0)
+    switch (len) {
+    case 2:
+        return IS("te");
+    case 7:
+        return IS("trailer") || IS("upgrade");
+    case 10:
+        return IS("connection") || IS("keep-alive");
+    case 14:
+        return IS("content-length") || IS("http2-settings");
+    case 16:
+        return IS("proxy-connection");
+    case 17:
+        return IS("transfer-encoding");
+    case 18:
+        return IS("proxy-authenticate");
+    case 19:
+        return IS("proxy-authorization");
+    default:
+        return false;
+    }
+#undef IS
+}
+
+/* Whether a Connection header of h names a field other than keep-alive and close (the
+ * usual values: keep-alive is removed anyway, and a field named Close is looked for): only
+ * then does hop_by_hop need to look at the Connection lists for each header. */
+static bool connection_nominates(const pf_head *h) {
+    for (size_t c = 0; c < h->count; c++) {
+        if (!http1_name_is(h, c, "connection"))
+            continue;
+        const char *v = http1_value(h, c);
+        size_t len = h->headers[c].value_len, i = 0;
+        while (i < len) {
+            while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+                i++;
+            size_t start = i;
+            while (i < len && v[i] != ',' && v[i] != ' ' && v[i] != '\t')
+                i++;
+            size_t n = i - start;
+            if (n == 10 && strncasecmp(v + start, "keep-alive", 10) == 0)
+                continue;
+            /* a field named Close is as rare as it is obsolete: removed when nominated */
+            if (n > 0 && (n != 5 || strncasecmp(v + start, "close", 5) != 0 ||
+                          http1_find(h, "close", NULL) >= 0))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* `nominated`: whether the head's Connection header names other fields (see
+ * connection_nominates), worked out once per head by the writers so that the common case
+ * skips the token scan. */
+static bool hop_by_hop(const pf_head *h, size_t i, bool nominated) {
+    if (hop_by_hop_name(http1_name(h, i), h->headers[i].name_len))
+        return true;
+    for (size_t c = 0; nominated && c < h->count; c++) {
+        if (http1_name_is(h, c, "connection") &&
+            list_has_token(http1_value(h, c), h->headers[c].value_len, http1_name(h, i),
+                           h->headers[i].name_len))
             return true;
     }
     return false;
@@ -234,6 +255,19 @@ bool http1_upgrade_requested(const pf_head *h, int minor, const char **value, si
     return false;
 }
 
+void http1_format_ipv4(const void *addr, char *out) {
+    const unsigned char *b = addr;
+    for (int k = 0; k < 4; k++) {
+        unsigned v = b[k];
+        if (v >= 100)
+            *out++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *out++ = (char)('0' + v / 10 % 10);
+        *out++ = (char)('0' + v % 10);
+        *out++ = k < 3 ? '.' : '\0';
+    }
+}
+
 bool http1_is_hop_by_hop(const pf_head *h, size_t i) {
     return hop_by_hop(h, i, true);
 }
@@ -254,16 +288,23 @@ static void w_flush(writer *w) {
     w->len = 0;
 }
 
-static void w_add(writer *w, const void *data, size_t n) {
-    if (n == 0)
+static void w_add_slow(writer *w, const void *data, size_t n) {
+    w_flush(w);
+    if (n > sizeof w->buf) {
+        if (evbuffer_add(w->out, data, n) != 0)
+            w->failed = true;
         return;
+    }
+    memcpy(w->buf + w->len, data, n);
+    w->len += n;
+}
+
+/* Inline: a head is dozens of pieces, most of them literals whose memcpy the compiler
+ * turns into a move or two. */
+static inline __attribute__((always_inline)) void w_add(writer *w, const void *data, size_t n) {
     if (w->len + n > sizeof w->buf) {
-        w_flush(w);
-        if (n > sizeof w->buf) {
-            if (evbuffer_add(w->out, data, n) != 0)
-                w->failed = true;
-            return;
-        }
+        w_add_slow(w, data, n);
+        return;
     }
     memcpy(w->buf + w->len, data, n);
     w->len += n;
@@ -509,7 +550,7 @@ int http1_write_request_head(struct evbuffer *out, const pf_head *req,
     W_LIT(&w, " HTTP/1.1\r\nHost: ");
     w_add(&w, fwd->host, fwd->host_len);
     W_LIT(&w, "\r\n");
-    bool has_connection = http1_find(req, "connection", NULL) >= 0;
+    bool has_connection = connection_nominates(req);
     bool forwarded_for = false;
     for (size_t i = 0; i < req->count; i++) {
         /* x-forwarded-client-cert is ours to say: a client's own would be a forged identity */
@@ -580,7 +621,7 @@ int http1_write_response_head(struct evbuffer *out, const pf_head *resp,
     w_add(&w, status, sizeof status);
     w_add(&w, http1_first(resp), resp->first_len);
     W_LIT(&w, "\r\n");
-    bool has_connection = http1_find(resp, "connection", NULL) >= 0;
+    bool has_connection = connection_nominates(resp);
     for (size_t i = 0; i < resp->count; i++)
         if (!hop_by_hop(resp, i, has_connection) && !edited_away(fwd->edits, resp, i) &&
             !edited_away(fwd->cluster_edits, resp, i))
@@ -676,7 +717,7 @@ int http1_write_last_chunk(struct evbuffer *out, const pf_head *trailers) {
     writer w = {.out = out};
     W_LIT(&w, "0\r\n");
     /* RFC 9110 6.5.1: framing, routing and connection fields never travel as trailers. */
-    bool has_connection = trailers && http1_find(trailers, "connection", NULL) >= 0;
+    bool has_connection = trailers && connection_nominates(trailers);
     for (size_t i = 0; trailers && i < trailers->count; i++)
         if (!hop_by_hop(trailers, i, has_connection) && !http1_name_is(trailers, i, "host"))
             add_header(&w, trailers, i);
@@ -804,10 +845,19 @@ bool http1_traceparent_valid(const char *v, size_t len) {
     return lower_hex(v + 53, 2, &zero);
 }
 
-static void put_hex64(char *out, uint64_t v) {
-    static const char hex[] = "0123456789abcdef";
-    for (int i = 15; i >= 0; i--, v >>= 4)
-        out[i] = hex[v & 0xf];
+void http1_put_hex64(char *out, uint64_t v) {
+    /* Two digits per byte from a table: half the steps of a digit at a time. */
+    static const char pairs[513] =
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+        "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+        "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+        "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+        "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+        "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+        "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+        "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+    for (int i = 14; i >= 0; i -= 2, v >>= 8)
+        memcpy(out + i, pairs + (v & 0xff) * 2, 2);
 }
 
 void http1_traceparent_format(char *out, uint64_t hi, uint64_t lo, uint64_t parent, bool sampled) {
@@ -816,10 +866,10 @@ void http1_traceparent_format(char *out, uint64_t hi, uint64_t lo, uint64_t pare
     if (!parent)
         parent = 1;
     memcpy(out, "00-", 3);
-    put_hex64(out + 3, hi);
-    put_hex64(out + 19, lo);
+    http1_put_hex64(out + 3, hi);
+    http1_put_hex64(out + 19, lo);
     out[35] = '-';
-    put_hex64(out + 36, parent);
+    http1_put_hex64(out + 36, parent);
     memcpy(out + 52, sampled ? "-01" : "-00", 3);
     out[PF_TRACEPARENT_LEN] = '\0';
 }

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <strings.h>
 
 typedef struct pf_header {
     uint32_t name_off, name_len;
@@ -54,10 +55,35 @@ static inline const char *http1_first(const pf_head *h) {
     return h->buf ? h->buf + h->first_off : "";
 }
 
-/* Case-insensitive compare of a header name with a NUL-terminated lower-case name. */
-bool http1_name_is(const pf_head *h, size_t i, const char *lower_name);
+/* Case-insensitive compare of a header name with a NUL-terminated lower-case name. Inline:
+ * with a literal name the length is a constant, so a header of another length costs one
+ * compare (these run for every header of every request, many times). */
+static inline bool http1_name_is(const pf_head *h, size_t i, const char *lower_name) {
+    size_t n = __builtin_strlen(lower_name);
+    return h->headers[i].name_len == n && strncasecmp(http1_name(h, i), lower_name, n) == 0;
+}
 /* Index of the first header named `lower_name`, or -1. Also counts matches in *count. */
-long http1_find(const pf_head *h, const char *lower_name, size_t *count);
+static inline long http1_find(const pf_head *h, const char *lower_name, size_t *count) {
+    long first = -1;
+    size_t matches = 0;
+    for (size_t i = 0; i < h->count; i++) {
+        if (http1_name_is(h, i, lower_name)) {
+            if (first < 0)
+                first = (long)i;
+            matches++;
+        }
+    }
+    if (count)
+        *count = matches;
+    return first;
+}
+
+/* v as 16 lower-case hex digits at out (no NUL). */
+void http1_put_hex64(char *out, uint64_t v);
+
+/* An IPv4 address (network byte order) as dotted decimal into out (at least 16 bytes), as
+ * inet_ntop writes it, without its printf: every accepted connection formats one. */
+void http1_format_ipv4(const void *addr, char *out);
 
 /* Names removed when forwarding either way: RFC 9110 7.6.1 connection-specific fields,
  * plus framing fields (pilotfish writes its own) and the de-facto Proxy-Connection. The

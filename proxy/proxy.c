@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <stddef.h>
 #include <sys/resource.h>
@@ -348,22 +349,60 @@ static void use_pthreads(void) {
     evthread_use_pthreads();
 }
 
+void worker_wake(pf_worker *w, unsigned what) {
+    /* Only the first asker since the worker last looked writes: the worker reads the
+     * eventfd before it takes the bits, so no request is left without a wake-up. */
+    if (atomic_fetch_or(&w->wake_bits, what) == 0) {
+        uint64_t one = 1;
+        ssize_t n = write(w->wake_fd, &one, sizeof one);
+        (void)n; /* EAGAIN: the counter is full, so the worker is woken anyway */
+    }
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg) {
+    pf_worker *w = arg;
+    uint64_t count;
+    ssize_t n = read(fd, &count, sizeof count);
+    (void)n;
+    unsigned bits = atomic_exchange(&w->wake_bits, 0);
+    if ((bits & PF_WAKE_RESUME) && w->resume_event)
+        event_active(w->resume_event, 0, 0);
+    if ((bits & PF_WAKE_DRAIN) && w->drain_event)
+        event_active(w->drain_event, 0, 0);
+    if ((bits & PF_WAKE_COMMANDS) && w->cmd_event)
+        event_active(w->cmd_event, 0, 0);
+    if ((bits & PF_WAKE_ROUTES) && w->resolve_event)
+        event_active(w->resolve_event, 0, 0);
+    if (bits & PF_WAKE_STOP)
+        event_base_loopbreak(w->base);
+}
+
 static int worker_init(pf_proxy *proxy, pf_worker *w, unsigned id) {
     w->proxy = proxy;
     w->id = id;
     /* The changelist folds an add and a delete of the same event in one loop turn into
      * nothing, which saves epoll_ctl calls as bufferevents toggle their write events. */
+    /* No locks: every event and buffer on this base is used by the worker's thread alone
+     * (other threads wake it through wake_fd), and a locked base takes and releases its
+     * lock around each callback, add and delete, several times per request. */
     struct event_config *ec = event_config_new();
     if (ec) {
         event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
         w->base = event_base_new_with_config(ec);
         event_config_free(ec);
+    }
+    w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->base && w->wake_fd >= 0) {
+        w->wake_event = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, on_wake, w);
+        if (w->wake_event)
+            event_add(w->wake_event, NULL);
     }
     /* Room for every cluster there may ever be; untouched entries cost no memory. */
     w->clusters = calloc(PF_MAX_CLUSTERS, sizeof *w->clusters);
     w->accept_ctx = calloc(PF_LISTENER_SLOTS, sizeof *w->accept_ctx);
-    if (!w->base || !w->clusters || !w->accept_ctx || worker_reload_init(w) != PF_OK ||
-        worker_on_demand_init(w) != PF_OK)
+    if (!w->base || !w->wake_event || !w->clusters || !w->accept_ctx ||
+        worker_reload_init(w) != PF_OK || worker_on_demand_init(w) != PF_OK)
         return PF_ENOMEM;
     for (size_t i = 0; i < PF_LISTENER_SLOTS; i++) {
         w->accept_ctx[i].fd = -1;
@@ -871,7 +910,7 @@ void worker_conn_closed(pf_worker *w, pf_listener_rt *l) {
         if (&proxy->workers[k] == w)
             resume_paused(w);
         else
-            event_active(proxy->workers[k].resume_event, 0, 0);
+            worker_wake(&proxy->workers[k], PF_WAKE_RESUME);
     }
 }
 
@@ -1057,7 +1096,7 @@ void proxy_drain(pf_proxy *proxy) {
     release_claims(proxy);
     for (unsigned k = 0; k < proxy->worker_count; k++)
         if (proxy->workers[k].drain_event)
-            event_active(proxy->workers[k].drain_event, 0, 0);
+            worker_wake(&proxy->workers[k], PF_WAKE_DRAIN);
 }
 
 unsigned proxy_worker_count(const pf_proxy *proxy) {
@@ -1106,7 +1145,7 @@ bool proxy_ready(const pf_proxy *proxy) {
 
 static void worker_stop(pf_worker *w) {
     if (w->thread_started) {
-        event_base_loopbreak(w->base);
+        worker_wake(w, PF_WAKE_STOP);
         pthread_join(w->thread, NULL);
         w->thread_started = false;
     }
@@ -1137,6 +1176,10 @@ static void worker_free(pf_worker *w) {
         event_free(w->log_flush_timer);
     if (w->heartbeat_timer)
         event_free(w->heartbeat_timer);
+    if (w->wake_event)
+        event_free(w->wake_event);
+    if (w->wake_fd >= 0)
+        close(w->wake_fd);
     if (w->base)
         event_base_free(w->base);
 }

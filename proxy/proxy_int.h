@@ -195,12 +195,27 @@ typedef struct pf_accept_ctx {
     bool episode;        /* paused since the last accept: the pause is counted already */
 } pf_accept_ctx;
 
+/* What another thread asks of a worker (worker_wake): each runs that worker's event of the
+ * same name on its own loop. */
+enum {
+    PF_WAKE_RESUME = 1u << 0,   /* resume_event */
+    PF_WAKE_DRAIN = 1u << 1,    /* drain_event */
+    PF_WAKE_COMMANDS = 1u << 2, /* cmd_event */
+    PF_WAKE_ROUTES = 1u << 3,   /* resolve_event */
+    PF_WAKE_STOP = 1u << 4,     /* leave the loop */
+};
+
 struct pf_worker {
     pf_proxy *proxy;
     unsigned id;
     pthread_t thread;
     bool thread_started;
+    /* Created without locks: only this worker's thread touches it once the thread runs.
+     * Other threads reach it through worker_wake. */
     struct event_base *base;
+    int wake_fd;                /* eventfd that worker_wake writes to */
+    struct event *wake_event;   /* reads wake_fd and runs what wake_bits ask for */
+    _Atomic unsigned wake_bits; /* PF_WAKE_* asked for since the last wake */
     pf_accept_ctx *accept_ctx;  /* one per listener config */
     struct event *resume_event; /* a connection closed somewhere: paused listeners retry */
     struct event *drain_event;
@@ -272,6 +287,10 @@ struct pf_proxy {
     pf_on_demand on_demand;    /* want == NULL: off */
     pf_counter *access_log_dropped;
 };
+
+/* Asks worker w, from any thread, to run what `what` (PF_WAKE_*) names on its loop. Cheap
+ * when the worker has been woken already and has not run yet: one atomic OR. */
+void worker_wake(pf_worker *w, unsigned what);
 
 /* Why an attempt failed; decides whether a retry may follow. */
 typedef enum {

@@ -18,7 +18,7 @@
  *     (one per worker, SO_REUSEPORT) before anything changes, so that a busy address
  *     rejects the reload whole. A removed one is retired: each worker closes its socket
  *     and drains the slot's connections; the slot is reused once they are all gone.
- * Commands reach a worker through its event loop (a queue under a lock and event_active),
+ * Commands reach a worker through its event loop (a queue under a lock and worker_wake),
  * never by touching its state from this thread.
  *
  * What was replaced (the old config, old routers, old cluster settings) may still be in
@@ -226,7 +226,7 @@ static void send_command(pf_worker *w, pf_worker_cmd *cmd) {
         tail = &(*tail)->next;
     *tail = cmd;
     pthread_mutex_unlock(&w->cmd_lock);
-    event_active(w->cmd_event, 0, 0);
+    worker_wake(w, PF_WAKE_COMMANDS);
 }
 
 /* ---- main thread side --------------------------------------------------------------- */

@@ -211,7 +211,7 @@ void proxy_publish_service_routes(pf_proxy *proxy, pf_service_routes *table) {
     for (unsigned k = 0; atomic_load(&proxy->started) && k < proxy->worker_count; k++) {
         pf_worker *w = &proxy->workers[k];
         if (w->resolve_event && atomic_load(&w->resolving_count))
-            event_active(w->resolve_event, 0, 0);
+            worker_wake(w, PF_WAKE_ROUTES);
     }
 }
 

@@ -8,6 +8,7 @@
  * code returns at once after handing control to the owner. */
 #include "core/log.h"
 #include "core/time.h"
+#include "proxy/deadline.h"
 #include "proxy/exchange_int.h"
 #include "proxy/h2_int.h"
 #include "proxy/stream.h"
@@ -49,7 +50,7 @@ struct pf_upstream {
     pf_worker *w;
     pf_worker_cluster *wc;
     pf_stream *stream;
-    struct event *timer;
+    pf_deadline timer; /* its kind in timer_kind */
     up_timer_kind timer_kind;
     llhttp_t parser;
     pf_head resp;
@@ -110,13 +111,12 @@ static bool head_done(const pf_upstream *up) {
 
 static void timer_set(pf_upstream *up, up_timer_kind kind, uint64_t ms) {
     up->timer_kind = kind;
-    struct timeval tv = pf_timeval_ms(ms);
-    evtimer_add(up->timer, &tv);
+    deadline_set(&up->timer, ms);
 }
 
 static void timer_stop(pf_upstream *up) {
     up->timer_kind = UP_TIMER_NONE;
-    evtimer_del(up->timer);
+    deadline_clear(&up->timer);
 }
 
 static void end_pending(pf_upstream *up) {
@@ -151,8 +151,7 @@ static void upstream_free(pf_upstream *up) {
     end_pending(up);
     stream_free(up->stream); /* before pass_session: the SSL stores into up->tls_session */
     pass_session(up);
-    if (up->timer)
-        event_free(up->timer);
+    deadline_free(&up->timer);
     http1_head_free(&up->resp);
     if (up->wc) {
         metrics_gauge_add(up->wc->rt->connections_active, -1);
@@ -420,7 +419,7 @@ static void on_event(pf_stream *s, int what, int err, void *arg) {
          stale ? PF_FAIL_STALE : PF_FAIL_RESET);
 }
 
-static void on_timer(evutil_socket_t fd, short what, void *arg) {
+static void on_timer(void *arg) {
     pf_upstream *up = arg;
     up_timer_kind kind = up->timer_kind;
     up->timer_kind = UP_TIMER_NONE;
@@ -499,9 +498,9 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
     snprintf(up->tls_name, sizeof up->tls_name, "%s", tls_name);
     const pf_config_cluster *cfg = wc->rt->cfg;
     http1_head_init(&up->resp, cfg->max_header_bytes, cfg->max_headers);
-    up->timer = evtimer_new(w->base, on_timer, up);
+    int timer_rc = deadline_init(&up->timer, w->base, on_timer, up);
     int fd = socket(ep->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0 || !up->timer) {
+    if (fd < 0 || timer_rc != PF_OK) {
         if (fd >= 0)
             close(fd);
         upstream_free(up);
@@ -789,8 +788,7 @@ static int on_headers_complete(llhttp_t *p) {
         return -1;
     }
     up->skip_body = skip;
-    evtimer_del(up->timer);
-    up->timer_kind = UP_TIMER_NONE;
+    timer_stop(up);
     return skip ? 1 : 0;
 }
 

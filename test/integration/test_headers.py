@@ -83,6 +83,9 @@ def test_x_request_id_generated_when_absent_and_unique(proxy):
     for _ in range(5):
         got = values(upstream_view(proxy.pf, []), "X-Request-Id")
         assert len(got) == 1 and got[0].strip(), got
+        # RFC 9562 version 4 layout: 8-4-4-4-12 lower-case hex, version 4, variant 10
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+                            got[0]), got
         ids.append(got[0])
     assert len(set(ids)) == len(ids), ids
 

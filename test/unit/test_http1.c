@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "proxy/http1.h"
 #include "test/unit/unit.h"
+#include <arpa/inet.h>
 
 #include <event2/buffer.h>
 #include <llhttp.h>
@@ -588,6 +589,58 @@ static void test_response_head_keeps_end_to_end_headers_and_sets_framing(void) {
                "\r\n",
                "forwarded response");
     check_parses(HTTP_RESPONSE, got);
+}
+
+/* The writers skip the Connection lists when they name only keep-alive and close: what
+ * either list removes must be the same as with a full scan. */
+static void test_connection_close_and_keep_alive_remove_only_what_they_name(void) {
+    pf_forward_response fwd = {.status = 200, .client_minor = 1, .keep_alive = true};
+    const char *got = response("HTTP/1.1 200 OK\r\n"
+                               "Connection: Keep-Alive\r\n"
+                               "Connection: close\r\n"
+                               "Server: s\r\n"
+                               "X-Close: 1\r\n"
+                               "\r\n",
+                               &fwd);
+    check_text(got, "HTTP/1.1 200 OK\r\nServer: s\r\nX-Close: 1\r\n\r\n", "nothing else named");
+    /* An obsolete field named Close goes when Connection names it, as any other would. */
+    got = response("HTTP/1.1 200 OK\r\nConnection: close\r\nClose: x\r\nServer: s\r\n\r\n", &fwd);
+    check_text(got, "HTTP/1.1 200 OK\r\nServer: s\r\n\r\n", "Close named");
+    got = response("HTTP/1.1 200 OK\r\nConnection: keep-alive,\t,Server\r\nServer: s\r\n"
+                   "Date: d\r\n\r\n",
+                   &fwd);
+    check_text(got, "HTTP/1.1 200 OK\r\nDate: d\r\n\r\n", "a field after keep-alive");
+}
+
+static void test_ipv4_is_formatted_as_inet_ntop_does(void) {
+    static const char *const addrs[] = {"0.0.0.0",         "127.0.0.1",  "10.0.12.3",
+                                        "255.255.255.255", "1.20.100.7", "192.168.1.9",
+                                        "100.99.10.200"};
+    for (size_t k = 0; k < sizeof addrs / sizeof addrs[0]; k++) {
+        struct in_addr a;
+        CU_ASSERT_EQUAL_FATAL(inet_pton(AF_INET, addrs[k], &a), 1);
+        char want[INET_ADDRSTRLEN], got[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &a, want, sizeof want);
+        memset(got, 'x', sizeof got);
+        http1_format_ipv4(&a, got);
+        CU_ASSERT_STRING_EQUAL(got, want);
+    }
+}
+
+static void test_hex64_is_sixteen_lower_case_digits(void) {
+    static const uint64_t values[] = {0,
+                                      1,
+                                      0xff,
+                                      0x0123456789abcdefull,
+                                      0xfedcba9876543210ull,
+                                      UINT64_MAX,
+                                      0x8000000000000000ull};
+    for (size_t k = 0; k < sizeof values / sizeof values[0]; k++) {
+        char want[17], got[17] = {0};
+        snprintf(want, sizeof want, "%016llx", (unsigned long long)values[k]);
+        http1_put_hex64(got, values[k]);
+        CU_ASSERT_STRING_EQUAL(got, want);
+    }
 }
 
 static void test_response_connection_header_follows_keep_alive_and_client_version(void) {
@@ -1200,6 +1253,9 @@ PF_UNIT_MAIN("http1", PF_UNIT_TEST(test_header_value_templates_expand_their_vari
              PF_UNIT_TEST(test_every_x_forwarded_for_header_is_kept_in_order),
              PF_UNIT_TEST(test_empty_x_forwarded_for_gives_just_the_client),
              PF_UNIT_TEST(test_response_head_keeps_end_to_end_headers_and_sets_framing),
+             PF_UNIT_TEST(test_connection_close_and_keep_alive_remove_only_what_they_name),
+             PF_UNIT_TEST(test_ipv4_is_formatted_as_inet_ntop_does),
+             PF_UNIT_TEST(test_hex64_is_sixteen_lower_case_digits),
              PF_UNIT_TEST(test_response_connection_header_follows_keep_alive_and_client_version),
              PF_UNIT_TEST(test_response_status_comes_from_fwd_and_empty_reason_is_allowed),
              PF_UNIT_TEST(test_first_of_a_head_without_a_buffer_is_an_empty_string),
