@@ -29,6 +29,10 @@
 #define HISTORY_MAX 16
 #define HISTORY_SUMMARY_MAX 256
 
+/* How often clusters a reload removed are looked at for freeing: about the workers'
+ * heartbeat, on which they let go of them. */
+#define RECLAIM_INTERVAL_MS 250u
+
 typedef struct history_entry {
     uint64_t version;
     uint64_t time_ms; /* wall clock */
@@ -47,6 +51,11 @@ struct app_reload {
     int inotify_fd;
     struct event *watch_event, *debounce;
     char dir[PATH_MAX];
+    /* Clusters reloads removed, waiting for the workers to let go (PF_MAX_CLUSTERS room:
+     * an index is in it at most once, from its removal until its slot is freed). */
+    size_t *removing;
+    size_t removing_count;
+    struct event *reclaim_timer;
 };
 
 /* A cluster's endpoint source at run time: the static set, or a DNS name. */
@@ -66,7 +75,50 @@ static void retire_cluster(app *a, size_t index) {
     if (empty)
         discovery_slot_publish(a->discovered[index], empty);
     health_stop(a->health[index]);
+    tls_watch_remove_cluster(a->tls_watch, index); /* its files no longer matter */
     proxy_cluster_retire(a->proxy, index);
+}
+
+/* Frees removed clusters every worker let go of: the proxy's slot (pools, balancer,
+ * settings, metric series), then the health and discovered slot that fed it. The index
+ * comes back from proxy_cluster_add. */
+static void on_reclaim(evutil_socket_t fd, short what, void *arg) {
+    app *a = arg;
+    struct app_reload *r = a->reload;
+    proxy_reload_reap(a->proxy); /* released configs hand their clusters to removal */
+    size_t kept = 0, freed = 0;
+    for (size_t i = 0; i < r->removing_count; i++) {
+        size_t index = r->removing[i];
+        if (proxy_cluster_reclaim(a->proxy, index) != PF_OK) {
+            r->removing[kept++] = index;
+            continue;
+        }
+        health_free(a->health[index]);
+        discovery_slot_free(a->discovered[index]);
+        a->health[index] = NULL;
+        a->discovered[index] = NULL;
+        freed++;
+    }
+    r->removing_count = kept;
+    if (freed)
+        log_info("reload: removed clusters freed count=%zu waiting=%zu", freed, kept);
+    if (kept) {
+        struct timeval tv = pf_timeval_ms(RECLAIM_INTERVAL_MS);
+        evtimer_add(r->reclaim_timer, &tv);
+    }
+}
+
+/* Index waits for on_reclaim to free it. */
+static void reclaim_later(app *a, size_t index) {
+    struct app_reload *r = a->reload;
+    for (size_t i = 0; i < r->removing_count; i++)
+        if (r->removing[i] == index)
+            return;
+    r->removing[r->removing_count++] = index;
+    if (!evtimer_pending(r->reclaim_timer, NULL)) {
+        struct timeval tv = pf_timeval_ms(RECLAIM_INTERVAL_MS);
+        evtimer_add(r->reclaim_timer, &tv);
+    }
 }
 
 static void log_rejected(app *a, const char *source, const pf_errlist *errs) {
@@ -148,10 +200,12 @@ static int apply(app *a, pf_config *next, const char *source, bool check_only,
     /* Clusters first: new routes may name only clusters that exist. */
     size_t *retire = calloc(a->cfg->cluster_count + 1, sizeof *retire);
     size_t *republish = calloc(next->cluster_count + 1, sizeof *republish);
-    size_t retire_count = 0, republish_count = 0;
-    if (!retire || !republish) {
+    size_t *fresh = calloc(next->cluster_count + 1, sizeof *fresh);
+    size_t retire_count = 0, republish_count = 0, fresh_count = 0;
+    if (!retire || !republish || !fresh) {
         free(retire);
         free(republish);
+        free(fresh);
         pf_errlist_add(&errs, "out of memory");
         goto rejected;
     }
@@ -174,20 +228,34 @@ static int apply(app *a, pf_config *next, const char *source, bool check_only,
             continue;
         }
         long added = proxy_cluster_add(a->proxy, c);
+        if (added < 0)
+            snprintf(err.msg, sizeof err.msg, "%s",
+                     added == PF_ELIMIT ? "no cluster slot left"
+                     : added == PF_EINVAL
+                         ? "its TLS certificate, key or CA files cannot be loaded (see the log)"
+                         : "out of memory");
         if (added < 0 || app_cluster_start(a, (size_t)added, &err) != PF_OK ||
-            start_source(a, (size_t)added, c, &err) != PF_OK) {
+            start_source(a, (size_t)added, c, &err) != PF_OK ||
+            tls_watch_add_cluster(a->tls_watch, (size_t)added) != PF_OK) {
             /* Clusters added so far take no traffic (no route names them yet). */
-            log_error("reload: cluster %s: %s", c->name,
-                      added < 0 ? "no cluster slot left" : err.msg);
+            log_error("reload: cluster %s: %s", c->name, err.msg[0] ? err.msg : "out of memory");
             if (added >= 0)
-                retire_cluster(a, (size_t)added);
+                fresh[fresh_count++] = (size_t)added;
+            /* No route ever named the ones added so far: they may go at once. */
+            for (size_t k = 0; k < fresh_count; k++) {
+                retire_cluster(a, fresh[k]);
+                proxy_cluster_remove(a->proxy, fresh[k]);
+                reclaim_later(a, fresh[k]);
+            }
             pf_errlist_add(&errs, "$.clusters[%zu]: cannot be added: %s", j,
-                           added < 0 ? "no cluster slot left" : err.msg);
+                           err.msg[0] ? err.msg : "out of memory");
             free(retire);
             free(republish);
+            free(fresh);
             goto rejected;
         }
         slots[j] = (size_t)added;
+        fresh[fresh_count++] = (size_t)added;
         if (plan == RELOAD_CLUSTER_REPLACED)
             retire[retire_count++] = (size_t)index;
     }
@@ -196,6 +264,10 @@ static int apply(app *a, pf_config *next, const char *source, bool check_only,
         if (index >= 0 && !reload_find_cluster(next, a->cfg->clusters[i].name))
             retire[retire_count++] = (size_t)index;
     }
+    for (size_t i = 0; i < retire_count; i++)
+        if (proxy_update_remove_cluster(u, retire[i]) != PF_OK)
+            log_error("reload: out of memory; a removed cluster's slot stays in use index=%zu",
+                      retire[i]);
     pf_config *old = a->cfg;
     /* The first config stays: the resolver and the Kubernetes client point into it. */
     proxy_update_commit(u, slots, old == a->boot_cfg ? NULL : old);
@@ -205,9 +277,12 @@ static int apply(app *a, pf_config *next, const char *source, bool check_only,
         if (discovery_static_publish(c, a->discovered[slots[republish[i]]]) != PF_OK)
             log_error("cluster %s: out of memory; its old endpoints stay", c->name);
     }
-    for (size_t i = 0; i < retire_count; i++)
+    for (size_t i = 0; i < retire_count; i++) {
         retire_cluster(a, retire[i]);
+        reclaim_later(a, retire[i]);
+    }
     free(retire);
+    free(fresh);
     free(republish);
     a->cfg = next;
     next = NULL;
@@ -529,6 +604,10 @@ int app_reload_init(app *a, pf_error *err) {
         return pf_fail(err, PF_ENOMEM, "out of memory");
     a->reload = r;
     r->inotify_fd = -1;
+    r->removing = calloc(PF_MAX_CLUSTERS, sizeof *r->removing);
+    r->reclaim_timer = evtimer_new(a->base, on_reclaim, a);
+    if (!r->removing || !r->reclaim_timer)
+        return pf_fail(err, PF_ENOMEM, "out of memory");
     r->applied =
         metrics_counter(a->metrics, "pilotfish_config_reloads_total",
                         "Config reloads (signal, file watch), by result.", "result=\"applied\"");
@@ -572,6 +651,9 @@ void app_reload_free(app *a) {
         event_free(r->watch_event);
     if (r->debounce)
         event_free(r->debounce);
+    if (r->reclaim_timer)
+        event_free(r->reclaim_timer);
+    free(r->removing);
     if (r->inotify_fd >= 0)
         close(r->inotify_fd);
     free(r);

@@ -87,10 +87,13 @@ void reload_check_live(const pf_config *from, const pf_config *to, const pf_conf
                            "apply it (the running config stays)",
                            diff->items[i].path, (int)len, key);
     }
-    /* TLS contexts are made at start only: a listener or cluster whose TLS would change,
-     * or a new one with TLS, would otherwise keep (or lack) the old context. */
+    /* A listener's TLS context is made at start only: a listener whose TLS would change,
+     * or a new one with TLS, would otherwise keep (or lack) the old context. A cluster's
+     * is made with the cluster: one with new TLS settings is replaced by a new cluster,
+     * whose files are watched for rotation from then on. */
     for (size_t i = 0; i < diff->count; i++)
-        if (strstr(diff->items[i].path, "].tls"))
+        if (strncmp(diff->items[i].path, "$.listeners", strlen("$.listeners")) == 0 &&
+            strstr(diff->items[i].path, "].tls"))
             pf_errlist_add(errs,
                            "%s: TLS settings cannot change while pilotfish runs; restart "
                            "pilotfish to apply them (the running config stays)",
@@ -116,12 +119,6 @@ void reload_check_live(const pf_config *from, const pf_config *to, const pf_conf
                                "while pilotfish runs; give the listener a new name (the old one "
                                "drains) or restart pilotfish (the running config stays)",
                                i);
-    for (size_t i = 0; i < to->cluster_count; i++)
-        if (to->clusters[i].has_tls && !reload_find_cluster(from, to->clusters[i].name))
-            pf_errlist_add(errs,
-                           "$.clusters[%zu]: a new TLS cluster needs a restart; restart "
-                           "pilotfish to apply it (the running config stays)",
-                           i);
     /* Clusters whose sources cannot be started or stopped at run time. */
     for (size_t i = 0; i < from->cluster_count; i++) {
         const pf_config_cluster *c = &from->clusters[i];

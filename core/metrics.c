@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,7 @@ typedef struct series {
     struct family *family;
     size_t refs; /* registrations not yet released (under the registry's lock) */
     struct series *prev, *next;
+    struct series *hnext; /* the index bucket's chain */
 } series;
 
 typedef struct family {
@@ -49,7 +51,46 @@ typedef struct family {
 struct pf_metrics {
     pthread_mutex_t lock; /* guards registration; rendering reads atomics */
     family *first, *last;
+    /* Series by family and labels: registering a cluster's few dozen series must not scan
+     * every other cluster's (thousands of clusters come and go with reloads and
+     * discovery). Power-of-two buckets, grown to keep chains short. */
+    series **index;
+    size_t index_size, series_count;
 };
+
+static size_t series_hash(const family *f, const char *labels) {
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)(uintptr_t)f;
+    for (const unsigned char *p = (const unsigned char *)labels; *p; p++)
+        h = (h ^ *p) * 1099511628211ull;
+    return (size_t)(h ^ (h >> 32));
+}
+
+/* Doubles the index (or makes the first one); a failure keeps the old, longer chains. */
+static void index_grow(pf_metrics *m) {
+    size_t size = m->index_size ? m->index_size * 2 : 256;
+    series **index = calloc(size, sizeof *index);
+    if (!index)
+        return;
+    for (size_t i = 0; i < m->index_size; i++)
+        for (series *s = m->index[i], *next; s; s = next) {
+            next = s->hnext;
+            size_t b = series_hash(s->family, s->labels) & (size - 1);
+            s->hnext = index[b];
+            index[b] = s;
+        }
+    free(m->index);
+    m->index = index;
+    m->index_size = size;
+}
+
+static void index_remove(pf_metrics *m, series *s) {
+    series **p = &m->index[series_hash(s->family, s->labels) & (m->index_size - 1)];
+    while (*p && *p != s)
+        p = &(*p)->hnext;
+    if (*p)
+        *p = s->hnext;
+    m->series_count--;
+}
 
 pf_metrics *metrics_new(void) {
     pf_metrics *m = calloc(1, sizeof *m);
@@ -73,6 +114,7 @@ void metrics_free(pf_metrics *m) {
         free(f);
     }
     pthread_mutex_destroy(&m->lock);
+    free(m->index);
     free(m);
 }
 
@@ -107,12 +149,17 @@ static series *find_series(pf_metrics *m, const char *name, const char *help, me
     family *f = find_family(m, name, help, kind);
     if (!f)
         goto out;
-    for (s = f->first; s; s = s->next) {
-        if (strcmp(s->labels, labels) == 0) {
+    if (m->series_count >= m->index_size)
+        index_grow(m);
+    size_t bucket = m->index_size ? series_hash(f, labels) & (m->index_size - 1) : 0;
+    for (s = m->index_size ? m->index[bucket] : NULL; s; s = s->hnext) {
+        if (s->family == f && strcmp(s->labels, labels) == 0) {
             s->refs++;
             goto out;
         }
     }
+    if (!m->index_size)
+        goto out; /* out of memory for the index */
     s = calloc(1, sizeof *s);
     if (!s)
         goto out;
@@ -124,6 +171,9 @@ static series *find_series(pf_metrics *m, const char *name, const char *help, me
     }
     s->family = f;
     s->refs = 1;
+    s->hnext = m->index[bucket];
+    m->index[bucket] = s;
+    m->series_count++;
     s->prev = f->last;
     if (f->last)
         f->last->next = s;
@@ -159,6 +209,7 @@ void metrics_release(pf_metrics *m, const void *metric) {
     pthread_mutex_lock(&m->lock);
     if (--s->refs == 0) {
         family *f = s->family;
+        index_remove(m, s);
         if (s->prev)
             s->prev->next = s->next;
         else

@@ -656,6 +656,7 @@ pf_proxy *proxy_new(const pf_config *cfg, unsigned workers, pf_metrics *metrics,
     for (size_t i = 0; i < cfg->cluster_count; i++) {
         if (cluster_init(proxy, &proxy->clusters[i], &cfg->clusters[i]) != PF_OK)
             goto nomem;
+        proxy->clusters[i].at_start = true;
         if (cfg->clusters[i].has_tls &&
             !(proxy->clusters[i].tls =
                   tls_client_new(&cfg->clusters[i], proxy->worker_count, metrics, err))) {
@@ -1137,8 +1138,10 @@ bool proxy_draining(const pf_proxy *proxy) {
 bool proxy_ready(const pf_proxy *proxy) {
     if (!atomic_load(&proxy->started) || atomic_load(&proxy->draining))
         return false;
+    /* A start cluster a reload removed may be freed, its slot reused by another. */
     for (size_t i = 0; i < proxy->static_cluster_count; i++)
-        if (discovery_slot_generation(proxy->clusters[i].slot) == 0)
+        if (proxy->clusters[i].at_start && !atomic_load(&proxy->clusters[i].retired) &&
+            discovery_slot_generation(proxy->clusters[i].slot) == 0)
             return false;
     return true;
 }

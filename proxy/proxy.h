@@ -110,7 +110,8 @@ void proxy_cluster_status(const pf_proxy *proxy, size_t index, pf_proxy_cluster_
  * cluster is removed, or PF_ELIMIT when PF_MAX_CLUSTERS are in use. Main thread. */
 long proxy_cluster_add(pf_proxy *proxy, const pf_config_cluster *cfg);
 /* Retires a cluster: no route may name it any more (publish a table or a config without
- * it) and its slot should get an empty set; the index is never reused. Main thread. */
+ * it) and its slot should get an empty set; the index is reused only after
+ * proxy_cluster_remove and proxy_cluster_reclaim. Main thread. */
 void proxy_cluster_retire(pf_proxy *proxy, size_t index);
 /* Retires a cluster for good, after a route table without it was published: each worker
  * lets go of its state once its last request to it ended (its next heartbeat after that),
@@ -193,6 +194,16 @@ int proxy_update_cluster(pf_proxy_update *u, size_t index, const pf_config_clust
  * being replaced: it is freed once no worker and no connection that could hold a pointer
  * into it remains. Main thread. */
 void proxy_update_commit(pf_proxy_update *u, const size_t *cluster_slot, pf_config *retired);
+/* Cluster `index` is no longer named by `next` (removed or replaced): at commit it is
+ * handed to the replaced config's release, and once every request that began before the
+ * commit ended (no old router can lead to it) it is proxy_cluster_remove'd, so that
+ * proxy_cluster_reclaim can free its slot later. Call before the commit; retire it (no
+ * new endpoints, health stopped) after. Returns 0 or PF_ENOMEM (it then stays retired,
+ * unreclaimed). Main thread. */
+int proxy_update_remove_cluster(pf_proxy_update *u, size_t index);
+/* Frees the replaced configs every worker released, and hands their removed clusters to
+ * proxy_cluster_remove. Main thread, e.g. on a timer while clusters wait to be reclaimed. */
+void proxy_reload_reap(pf_proxy *proxy);
 /* The proxy's index of the live (not retired) cluster named `name`, or -1. Main thread. */
 long proxy_cluster_find(const pf_proxy *proxy, const char *name);
 /* True once proxy_cluster_retire was called for the cluster. Any thread. */

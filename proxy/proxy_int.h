@@ -65,6 +65,7 @@ typedef struct pf_cluster_rt {
     pf_config_cluster *owned_cfg; /* the first copy: health, balancer and discovery keep it */
     pf_health *health;            /* passive outlier detection; may be NULL */
     pf_tls_client *tls;           /* NULL: plaintext to the endpoints */
+    bool at_start;                /* one of the start config's: /ready waits for its set */
     _Atomic bool retired;
     /* Slot reuse (issue 16): a cluster removed for good is freed once every worker has let
      * go of it. Everything above is reset when the slot is reused; these survive it. */

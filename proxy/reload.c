@@ -3,8 +3,8 @@
  *
  * Design. What the workers read from the config is reached through three kinds of stable
  * objects that live as long as the proxy: listener slots (pf_listener_rt, one per
- * listener, PF_LISTENER_SLOTS of them), cluster slots (pf_cluster_rt, indices never
- * reused) and the workers. A reload changes what these point at, never the objects:
+ * listener, PF_LISTENER_SLOTS of them), cluster slots (pf_cluster_rt) and the workers. A reload
+ * changes what these point at, never the objects:
  *   - a listener slot's settings (`cfg`) and router are atomic pointers, swapped at commit;
  *     a request looks its route up in the router it loads when it starts, so the next
  *     request of a keep-alive connection follows the new routes;
@@ -29,8 +29,15 @@
  * that begins later looked its route up after the swap, and an idle keep-alive connection
  * holds nothing of a config (its listener slot outlives reloads), so long-lived
  * connections do not keep old configs alive. Once every worker let go, the main thread
- * frees it at the next update. At most PF_RETIRED_MAX are outstanding: past that a reload is
- * refused until the requests from before earlier reloads end. */
+ * frees it at the next update (or proxy_reload_reap). At most PF_RETIRED_MAX are
+ * outstanding: past that a reload is refused until the requests from before earlier
+ * reloads end.
+ *
+ * A cluster the new config no longer names (removed, or replaced by a new one) rides along
+ * with what was replaced: once that is released no request can still find it through an
+ * old router, so it goes to proxy_cluster_remove, and each worker lets go of its state
+ * (pools, balancer) once its own last request and connection to it ended. Then the caller
+ * frees it (proxy_cluster_reclaim) and its slot is reused. */
 #include "core/log.h"
 #include "core/time.h"
 #include "proxy/mirror_int.h"
@@ -52,6 +59,8 @@ typedef struct pf_retired {
     size_t cluster_count;
     size_t *slots; /* listener slots retired with it: free once it is released */
     size_t slot_count;
+    size_t *removed; /* clusters the commit removed: proxy_cluster_remove once released */
+    size_t removed_count;
     struct pf_retired *next; /* the proxy's outstanding list (main thread) */
 } pf_retired;
 
@@ -94,6 +103,8 @@ struct pf_proxy_update {
     pf_retired *retired;
     cluster_swap *swaps;
     size_t swap_count;
+    size_t *removed; /* clusters no route of `next` names; handed to the retired at commit */
+    size_t removed_count;
 };
 
 static void retired_free(pf_retired *r) {
@@ -104,6 +115,7 @@ static void retired_free(pf_retired *r) {
     free(r->routers);
     free(r->clusters);
     free(r->slots);
+    free(r->removed);
     config_free(r->cfg);
     free(r);
 }
@@ -245,6 +257,10 @@ static size_t reap(pf_proxy *proxy) {
         /* Every worker closed the slot's sockets before it took its hold. */
         for (size_t i = 0; i < r->slot_count; i++)
             proxy->listeners[r->slots[i]].retiring = false;
+        /* No request that could have looked a removed cluster up in an old router is left:
+         * the workers may let go of its state as soon as its own last request ends. */
+        for (size_t i = 0; i < r->removed_count; i++)
+            proxy_cluster_remove(proxy, r->removed[i]);
         retired_free(r);
     }
     atomic_store(&proxy->retired_pending, (long)left);
@@ -297,6 +313,7 @@ void proxy_update_free(pf_proxy_update *u) {
     for (size_t i = 0; i < u->swap_count; i++)
         free(u->swaps[i].cfg);
     free(u->swaps);
+    free(u->removed);
     free(u->plans);
     free(u->keep);
     if (u->retired) {
@@ -431,6 +448,19 @@ int proxy_update_cluster(pf_proxy_update *u, size_t index, const pf_config_clust
     return PF_OK;
 }
 
+int proxy_update_remove_cluster(pf_proxy_update *u, size_t index) {
+    size_t *more = realloc(u->removed, (u->removed_count + 1) * sizeof *more);
+    if (!more)
+        return PF_ENOMEM;
+    u->removed = more;
+    u->removed[u->removed_count++] = index;
+    return PF_OK;
+}
+
+void proxy_reload_reap(pf_proxy *proxy) {
+    reap(proxy);
+}
+
 void proxy_update_commit(pf_proxy_update *u, const size_t *cluster_slot, pf_config *retired) {
     pf_proxy *proxy = u->proxy;
     const pf_config *next = u->next;
@@ -540,6 +570,10 @@ void proxy_update_commit(pf_proxy_update *u, const size_t *cluster_slot, pf_conf
         cmd->retired = r;
         send_command(&proxy->workers[k], cmd);
     }
+    r->removed = u->removed;
+    r->removed_count = u->removed_count;
+    u->removed = NULL;
+    u->removed_count = 0;
     r->next = proxy->retired;
     proxy->retired = r;
     u->retired = NULL;

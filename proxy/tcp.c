@@ -106,6 +106,7 @@ static void end_attempt(pf_tcp_conn *t) {
         stream_free(t->up);
         t->up = NULL;
         metrics_gauge_add(t->wc->rt->connections_active, -1);
+        t->wc->conns--; /* counted by upstream_count_opening */
     }
     if (t->counted_ep) {
         t->counted_ep = false;
@@ -123,6 +124,8 @@ void tcp_conn_free(pf_tcp_conn *t) {
         metrics_gauge_add(t->wc->rt->tcp_connections_active, -1);
     if (t->counted_cluster)
         atomic_fetch_sub_explicit(&t->wc->rt->active_requests, 1, memory_order_relaxed);
+    if (t->wc)
+        t->wc->requests--; /* a removed cluster's state outlives the relay */
     discovery_set_unref(t->set);
     if (t->timer)
         event_free(t->timer);
@@ -353,6 +356,7 @@ static void route(pf_tcp_conn *t) {
         finish(t, PF_TCP_END_INTERNAL);
         return;
     }
+    t->wc->requests++; /* until tcp_conn_free: the cluster may be removed meanwhile */
     pf_cluster_rt *rt = t->wc->rt;
     if ((uint64_t)atomic_load_explicit(&rt->active_requests, memory_order_relaxed) >=
         rt->cfg->breakers.max_requests) {

@@ -728,6 +728,7 @@ static const char *const up_failure_names[UP_FAIL_COUNT] = {
 
 struct pf_tls_client {
     char name[PF_NAME_MAX];
+    pf_metrics *metrics; /* where failures are registered: released with the client */
     pf_counter *failures[UP_FAIL_COUNT];
     /* The last failure, for /clusters; written by workers on failures only. */
     pthread_mutex_t last_lock;
@@ -832,6 +833,7 @@ pf_tls_client *tls_client_new(const pf_config_cluster *cfg, unsigned workers, pf
     }
     pthread_mutex_init(&t->last_lock, NULL);
     snprintf(t->name, sizeof t->name, "%s", cfg->name);
+    t->metrics = m;
     char labels[PF_NAME_MAX + 64];
     for (int i = 0; i < UP_FAIL_COUNT; i++) {
         snprintf(labels, sizeof labels, "cluster=\"%s\",reason=\"%s\"", t->name,
@@ -858,6 +860,10 @@ pf_tls_client *tls_client_new(const pf_config_cluster *cfg, unsigned workers, pf
 void tls_client_free(pf_tls_client *t) {
     if (!t)
         return;
+    /* A removed cluster's series go with it (another cluster of the same name keeps its
+     * own reference to them). */
+    for (int i = 0; t->metrics && i < UP_FAIL_COUNT; i++)
+        metrics_release(t->metrics, t->failures[i]);
     published_destroy(&t->pub);
     pthread_mutex_destroy(&t->last_lock);
     free(t);

@@ -35,6 +35,7 @@ typedef struct file_id {
 
 typedef struct watched_file {
     char path[PF_TLS_FILE_MAX];
+    unsigned refs;   /* owners that watch it; 0: a free entry (a removed cluster's file) */
     bool has_expiry; /* a certificate or CA file */
     /* notAfter of the certificate (the earliest of a CA bundle), seconds since the epoch;
      * written by the main thread, read by the scrape */
@@ -58,11 +59,14 @@ typedef struct owner {
 
 struct pf_tls_watch {
     pf_proxy *proxy;
+    struct event_base *base;
+    pf_metrics *metrics;
     struct event *timer;
+    bool expiry_registered;
     owner *owners;
-    size_t owner_count;
+    size_t owner_count, owner_cap; /* clusters a reload adds or removes come and go */
     watched_file *files;
-    size_t file_count;
+    size_t file_count; /* entries used so far, free ones (refs 0) included */
 };
 
 static file_id stat_file(const char *path) {
@@ -131,19 +135,38 @@ static void update_expiry(pf_tls_watch *w, const owner *o) {
     }
 }
 
-/* The file's index, added when new; SIZE_MAX when the table is full. */
+/* The file's index, added when new (in a free entry first); SIZE_MAX when the table is
+ * full. Takes a reference. */
 static size_t add_file(pf_tls_watch *w, const char *path, bool has_expiry) {
-    for (size_t i = 0; i < w->file_count; i++)
-        if (strcmp(w->files[i].path, path) == 0) {
+    size_t free_entry = SIZE_MAX;
+    for (size_t i = 0; i < w->file_count; i++) {
+        if (w->files[i].refs && strcmp(w->files[i].path, path) == 0) {
             w->files[i].has_expiry |= has_expiry;
+            w->files[i].refs++;
             return i;
         }
-    if (w->file_count == WATCH_FILES_MAX)
+        if (!w->files[i].refs && free_entry == SIZE_MAX)
+            free_entry = i;
+    }
+    if (free_entry == SIZE_MAX && w->file_count == WATCH_FILES_MAX)
         return SIZE_MAX;
-    watched_file *f = &w->files[w->file_count];
+    size_t i = free_entry != SIZE_MAX ? free_entry : w->file_count++;
+    watched_file *f = &w->files[i];
     snprintf(f->path, sizeof f->path, "%s", path);
     f->has_expiry = has_expiry;
-    return w->file_count++;
+    f->refs = 1;
+    atomic_store(&f->known, false);
+    return i;
+}
+
+/* An owner let go of file i: a file nobody watches leaves the table and the expiry gauge. */
+static void drop_file(pf_tls_watch *w, size_t i) {
+    watched_file *f = &w->files[i];
+    if (--f->refs)
+        return;
+    atomic_store(&f->known, false);
+    f->has_expiry = false;
+    f->path[0] = '\0';
 }
 
 static void owner_add_file(pf_tls_watch *w, owner *o, const char *path, bool has_expiry) {
@@ -238,7 +261,7 @@ static void emit_expiry(void *arg, pf_metric_emit emit, void *emit_ctx) {
     char labels[PF_TLS_FILE_MAX + 16];
     for (size_t i = 0; i < w->file_count; i++) {
         const watched_file *f = &w->files[i];
-        if (!f->has_expiry || !atomic_load(&f->known))
+        if (!f->refs || !f->has_expiry || !atomic_load(&f->known))
             continue;
         /* a path is text from the config; quotes and backslashes are escaped */
         size_t n = (size_t)snprintf(labels, sizeof labels, "file=\"");
@@ -253,6 +276,70 @@ static void emit_expiry(void *arg, pf_metric_emit emit, void *emit_ctx) {
     }
 }
 
+/* The expiry gauge and the tick, from the first owner on. Returns 0 or PF_ENOMEM. */
+static int start_watching(pf_tls_watch *w) {
+    if (!w->expiry_registered) {
+        if (metrics_gauge_callback(w->metrics, "pilotfish_tls_certificate_expiry_seconds",
+                                   "Seconds until a certificate file's certificate expires (the "
+                                   "earliest of a CA bundle); negative once expired.",
+                                   emit_expiry, w) != PF_OK)
+            return PF_ENOMEM;
+        w->expiry_registered = true;
+    }
+    if (!w->timer) {
+        w->timer = event_new(w->base, -1, EV_PERSIST, on_tick, w);
+        struct timeval tv = {0, TICK_MS * 1000};
+        if (!w->timer || event_add(w->timer, &tv) != 0)
+            return PF_ENOMEM;
+    }
+    return PF_OK;
+}
+
+/* A cluster's owner: its CA, certificate and key files. */
+static void add_cluster_owner(pf_tls_watch *w, pf_cluster_rt *c) {
+    owner *o = &w->owners[w->owner_count++];
+    memset(o, 0, sizeof *o);
+    o->client = c->tls;
+    const pf_config_cluster_tls *t = &c->owned_cfg->tls;
+    owner_add_file(w, o, t->ca_file, true);
+    owner_add_file(w, o, t->cert_file, true);
+    owner_add_file(w, o, t->key_file, false);
+    register_owner(w, o, w->metrics);
+}
+
+int tls_watch_add_cluster(pf_tls_watch *w, size_t index) {
+    pf_cluster_rt *c = &w->proxy->clusters[index];
+    if (!c->tls)
+        return PF_OK;
+    if (w->owner_count == w->owner_cap) {
+        size_t cap = w->owner_cap ? w->owner_cap * 2 : 8;
+        owner *more = realloc(w->owners, cap * sizeof *more);
+        if (!more)
+            return PF_ENOMEM;
+        w->owners = more;
+        w->owner_cap = cap;
+    }
+    add_cluster_owner(w, c);
+    return start_watching(w);
+}
+
+void tls_watch_remove_cluster(pf_tls_watch *w, size_t index) {
+    if (!w)
+        return;
+    const pf_tls_client *tls = w->proxy->clusters[index].tls;
+    for (size_t i = 0; tls && i < w->owner_count; i++) {
+        owner *o = &w->owners[i];
+        if (o->client != tls)
+            continue;
+        for (size_t k = 0; k < o->file_count; k++)
+            drop_file(w, o->files[k]);
+        metrics_release(w->metrics, o->reloads[0]);
+        metrics_release(w->metrics, o->reloads[1]);
+        w->owners[i] = w->owners[--w->owner_count]; /* the order does not matter */
+        return;
+    }
+}
+
 pf_tls_watch *tls_watch_new(struct event_base *base, pf_proxy *proxy, pf_metrics *m,
                             pf_error *err) {
     pf_tls_watch *w = calloc(1, sizeof *w);
@@ -264,7 +351,10 @@ pf_tls_watch *tls_watch_new(struct event_base *base, pf_proxy *proxy, pf_metrics
     if (!w || !(w->owners = calloc(n + 1, sizeof *w->owners)) ||
         !(w->files = calloc(WATCH_FILES_MAX, sizeof *w->files)))
         goto nomem;
+    w->owner_cap = n + 1;
     w->proxy = proxy;
+    w->base = base;
+    w->metrics = m;
     uint64_t now = pf_now_ms();
     for (size_t i = 0; i < proxy->listener_count; i++) {
         pf_listener_rt *l = &proxy->listeners[i];
@@ -282,27 +372,12 @@ pf_tls_watch *tls_watch_new(struct event_base *base, pf_proxy *proxy, pf_metrics
         register_owner(w, o, m);
     }
     for (size_t i = 0; i < proxy->cluster_count; i++) {
-        pf_cluster_rt *c = &proxy->clusters[i];
-        if (!c->tls)
-            continue;
-        owner *o = &w->owners[w->owner_count++];
-        o->client = c->tls;
-        const pf_config_cluster_tls *t = &c->owned_cfg->tls;
-        owner_add_file(w, o, t->ca_file, true);
-        owner_add_file(w, o, t->cert_file, true);
-        owner_add_file(w, o, t->key_file, false);
-        register_owner(w, o, m);
+        if (proxy->clusters[i].tls)
+            add_cluster_owner(w, &proxy->clusters[i]);
     }
     if (w->owner_count == 0)
-        return w; /* nothing to watch: no timer, no metric */
-    if (metrics_gauge_callback(m, "pilotfish_tls_certificate_expiry_seconds",
-                               "Seconds until a certificate file's certificate expires (the "
-                               "earliest of a CA bundle); negative once expired.",
-                               emit_expiry, w) != PF_OK)
-        goto nomem;
-    w->timer = event_new(base, -1, EV_PERSIST, on_tick, w);
-    struct timeval tv = {0, TICK_MS * 1000};
-    if (!w->timer || event_add(w->timer, &tv) != 0)
+        return w; /* nothing to watch (yet): no timer, no metric */
+    if (start_watching(w) != PF_OK)
         goto nomem;
     return w;
 nomem:

@@ -18,5 +18,12 @@ typedef struct pf_tls_watch pf_tls_watch;
  * server (a scrape reads it) and before the proxy. */
 pf_tls_watch *tls_watch_new(struct event_base *base, pf_proxy *proxy, pf_metrics *m, pf_error *err);
 void tls_watch_free(pf_tls_watch *w);
+/* Watches the files of cluster `index` (added after start, by a reload); nothing for a
+ * plaintext cluster. Returns 0 or PF_ENOMEM. Main thread. */
+int tls_watch_add_cluster(pf_tls_watch *w, size_t index);
+/* Stops watching cluster `index`'s files (those no other listener or cluster uses leave the
+ * expiry gauge) and releases its reload counters. Call before its slot is freed; NULL
+ * and a cluster not watched are no-ops. Main thread. */
+void tls_watch_remove_cluster(pf_tls_watch *w, size_t index);
 
 #endif

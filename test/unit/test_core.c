@@ -237,6 +237,43 @@ static void test_released_series_leave_after_their_last_registration(void) {
     metrics_free(m);
 }
 
+/* Thousands of series in a family, released and registered again in turns (clusters that
+ * come and go): each name and label set still finds its own series, the same labels in
+ * another family another one, and released ones are gone from the index too. */
+static void test_many_series_are_found_again_by_labels_after_releases(void) {
+    pf_metrics *m = metrics_new();
+    enum { N = 5000 };
+    static pf_counter *first[N];
+    char labels[64];
+    for (int i = 0; i < N; i++) {
+        snprintf(labels, sizeof labels, "cluster=\"c%d\"", i);
+        first[i] = metrics_counter(m, "c_total", "C.", labels);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(first[i]);
+        metrics_inc(first[i], (uint64_t)i);
+    }
+    pf_gauge *other = metrics_gauge(m, "g", "G.", "cluster=\"c7\"");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(other);
+    CU_ASSERT_PTR_NOT_EQUAL((void *)other, (void *)first[7]);
+    for (int i = 0; i < N; i += 2)
+        metrics_release(m, first[i]);
+    bool same = true, counted = true;
+    for (int i = 0; i < N; i++) {
+        snprintf(labels, sizeof labels, "cluster=\"c%d\"", i);
+        pf_counter *again = metrics_counter(m, "c_total", "C.", labels);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(again);
+        /* kept ones are the same series with their count, released ones start at 0 */
+        uint64_t v = atomic_load(&again->value);
+        if (i % 2)
+            same &= again == first[i], counted &= v == (uint64_t)i;
+        else
+            counted &= v == 0;
+    }
+    CU_ASSERT(same);
+    CU_ASSERT(counted);
+    CU_ASSERT_PTR_EQUAL(metrics_gauge(m, "g", "G.", "cluster=\"c7\""), other);
+    metrics_free(m);
+}
+
 static void test_histogram_buckets_are_cumulative_with_inf_sum_and_count(void) {
     pf_metrics *m = metrics_new();
     pf_histogram *h =
@@ -708,6 +745,7 @@ PF_UNIT_MAIN("core", PF_UNIT_TEST(test_duration_format_then_parse_round_trips),
              PF_UNIT_TEST(test_counters_and_gauges_render_help_and_type_once_per_family),
              PF_UNIT_TEST(test_same_name_and_labels_give_the_same_series),
              PF_UNIT_TEST(test_released_series_leave_after_their_last_registration),
+             PF_UNIT_TEST(test_many_series_are_found_again_by_labels_after_releases),
              PF_UNIT_TEST(test_histogram_buckets_are_cumulative_with_inf_sum_and_count),
              PF_UNIT_TEST(test_histogram_without_labels_and_without_observations),
              PF_UNIT_TEST(test_gauge_callback_emits_one_line_per_label_set_at_render),

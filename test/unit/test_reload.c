@@ -161,24 +161,6 @@ static void test_removing_a_dns_cluster_or_adding_one_without_a_resolver_needs_a
     config_free(with);
 }
 
-/* TLS contexts are made at start: a change of a cluster's TLS settings waits for a restart. */
-static void test_tls_changes_need_a_restart(void) {
-    pf_config *from = load("", "", "");
-    pf_config *to = load("", ",'tls':{'sni':'web.test'}", "");
-    pf_config_diff diff = {0};
-    CU_ASSERT_EQUAL_FATAL(config_diff(from, to, &diff), PF_OK);
-    pf_errlist errs = {0};
-    reload_check_live(from, to, &diff, true, &errs);
-    bool found = false;
-    for (size_t k = 0; k < errs.count; k++)
-        found |= strstr(errs.items[k], "TLS settings cannot change while pilotfish runs") != NULL;
-    PF_CHECK(found, "got %zu messages, first: %s", errs.count, errs.count ? errs.items[0] : "-");
-    pf_errlist_free(&errs);
-    config_diff_free(&diff);
-    config_free(to);
-    config_free(from);
-}
-
 static pf_config *load_text(const char *text) {
     char json[1024];
     snprintf(json, sizeof json, "%s", text);
@@ -212,6 +194,55 @@ static size_t live_errors(const pf_config *from, const pf_config *to, const char
     "'clusters':[{'name':'web','endpoints':['127.0.0.1:8001']},"                                   \
     "{'name':'db','endpoints':['127.0.0.1:8002']}]}"
 
+/* A listener's TLS context is made at start: a change of its TLS settings, or a new TLS
+ * listener, waits for a restart. A cluster's is made with the cluster: a TLS change
+ * replaces the cluster, and a new TLS cluster is added, live. */
+static void test_listener_tls_changes_need_a_restart_cluster_tls_changes_replace(void) {
+    pf_config *from = load("", "", "");
+    pf_config *to = load("", ",'tls':{'sni':'web.test'}", "");
+    pf_config_diff diff = {0};
+    CU_ASSERT_EQUAL_FATAL(config_diff(from, to, &diff), PF_OK);
+    pf_errlist errs = {0};
+    reload_check_live(from, to, &diff, true, &errs);
+    PF_CHECK(errs.count == 0, "got %zu messages, first: %s", errs.count,
+             errs.count ? errs.items[0] : "-");
+    bool ep;
+    CU_ASSERT_EQUAL(reload_plan_cluster(&diff, "web", &ep), RELOAD_CLUSTER_REPLACED);
+    pf_errlist_free(&errs);
+    config_diff_free(&diff);
+    config_free(to);
+    config_free(from);
+
+    bool found;
+    pf_config *plain = load_text("{'listeners':[{'name':'main','address':'127.0.0.1:15001',"
+                                 "'routes':[{'match':{},'cluster':'web'}]}]," CLUSTERS);
+    pf_config *tls = load_text("{'listeners':[{'name':'main','address':'127.0.0.1:15001',"
+                               "'routes':[{'match':{},'cluster':'web'}],'tls':{'certificates':"
+                               "[{'cert_file':'test/unit/data/tls.crt','key_file':"
+                               "'test/unit/data/tls.key'}]}}]," CLUSTERS);
+    pf_config *more = load_text("{'listeners':[{'name':'main','address':'127.0.0.1:15001',"
+                                "'routes':[{'match':{},'cluster':'web'}]},{'name':'s','address':"
+                                "'127.0.0.1:15002','routes':[{'match':{},'cluster':'web'}],"
+                                "'tls':{'certificates':[{'cert_file':'test/unit/data/tls.crt',"
+                                "'key_file':'test/unit/data/tls.key'}]}}]," CLUSTERS);
+    pf_config *tls_cluster =
+        load_text("{'listeners':[{'name':'main','address':'127.0.0.1:15001','routes':[{'match':"
+                  "{},'cluster':'web'}]}],'clusters':[{'name':'web','endpoints':["
+                  "'127.0.0.1:8001']},{'name':'db','endpoints':['127.0.0.1:8002'],'tls':{}}]}");
+    CU_ASSERT_FATAL(plain && tls && more && tls_cluster);
+    CU_ASSERT(live_errors(plain, tls, "TLS settings cannot change while pilotfish runs", &found) >=
+                  1 &&
+              found);
+    CU_ASSERT(live_errors(plain, more, "$.listeners[1]: a new TLS listener needs a restart",
+                          &found) == 1 &&
+              found);
+    CU_ASSERT_EQUAL(live_errors(plain, tls_cluster, NULL, &found), 0);
+    config_free(tls_cluster);
+    config_free(more);
+    config_free(tls);
+    config_free(plain);
+}
+
 /* A kept listener's open connections were accepted as what it spoke: its protocol waits for
  * a restart (or a new name), while a tcp listener's cluster and routes change live. */
 static void test_a_listener_protocol_change_needs_a_restart_but_tcp_routes_change_live(void) {
@@ -239,5 +270,5 @@ PF_UNIT_MAIN(
     PF_UNIT_TEST(test_endpoint_changes_keep_the_cluster_and_publish_its_endpoints_again),
     PF_UNIT_TEST(test_changes_the_running_process_cannot_take_are_named_with_their_path),
     PF_UNIT_TEST(test_removing_a_dns_cluster_or_adding_one_without_a_resolver_needs_a_restart),
-    PF_UNIT_TEST(test_tls_changes_need_a_restart),
+    PF_UNIT_TEST(test_listener_tls_changes_need_a_restart_cluster_tls_changes_replace),
     PF_UNIT_TEST(test_a_listener_protocol_change_needs_a_restart_but_tcp_routes_change_live))
