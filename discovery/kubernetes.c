@@ -129,7 +129,7 @@ struct k8s_watch {
     bool forbidden_logged;
     uint64_t last_event_ms, last_event_wall_us;
     pf_counter *connects, *relists, *events[K8S_EV_COUNT];
-    bool rejoin_pending; /* a fed view's own watch: its list to take over is not in yet */
+    bool rejoin_pending;    /* a fed view's own watch: its list to take over is not in yet */
     uint64_t down_since_ms; /* when its stream last broke; 0 once events flow again */
 };
 
