@@ -788,6 +788,8 @@ def main():
         for res, items in saved["objects"].items():
             state.objects[res] = {(o["metadata"]["namespace"], o["metadata"]["name"]): o
                                   for o in items}
+            for o in items:  # the indexes are derived, not saved
+                state.index(res, o, True)
         if args.forget_history:
             # a new revision the old watches never saw: everything before it is gone
             state.rv += 1
@@ -796,6 +798,7 @@ def main():
             # etcd keeps its revisions across an API server restart (until it compacts): a
             # watch from an older resourceVersion still gets the events it missed
             state.log = [tuple(e) for e in saved.get("log", [])]
+            state.log_rvs = [e[0] for e in state.log]
             state.compacted = saved.get("compacted", 0)
     if args.state:
         def save(*_):

@@ -87,7 +87,9 @@ def test_past_the_bound_one_namespace_watch_serves_all_and_below_half_each_its_o
     # a Service created a moment ago may not be on the namespace watch yet: it is listed on
     # its own (the namespace watch's silence is no proof it is missing), then taken over
     k8s.apply(*service("late", b1))
-    assert pf.get("/", host="late.default").header("X-Backend") == "b1"
+    # the namespace watch may bring the Service a moment before its slice: 503 meanwhile
+    wait_for(lambda: pf.get("/", host="late.default").header("X-Backend") == "b1", 10,
+             "late served")
     wait_for(lambda: open_watches(k8s) == 2, 10, "the namespace watch to take late over")
     before = len(k8s.requests())
     # only svc0 stays in use: the others go idle, and svc0 gets its own watches back
