@@ -167,7 +167,10 @@ static void on_reclaim(evutil_socket_t fd, short what, void *arg) {
         ad->state[index] = SLOT_LIVE;
         ad->slots--;
     }
+    bool freed = kept < ad->removed_count;
     ad->removed_count = kept;
+    if (freed)
+        discovery_k8s_retry_refused_ports(ad->k8s); /* a Service left out gets its slot */
     bool waiting = false;
     for (size_t i = 0; i < kept && !waiting; i++)
         waiting = ad->state[ad->removed[i]] == SLOT_RECLAIMING;

@@ -208,6 +208,7 @@ struct pf_k8s {
     char ca_file[PF_K8S_TEXT_MAX];
     char ns[PF_K8S_NAME_MAX];
     char *token;
+    bool ports_refused; /* port_added refused a port (max_clusters): retried when asked */
     char *static_token; /* a kubeconfig's inline token, used when there is no token file */
     bool token_warned;
     char *ca_blob; /* kubeconfig certificate-authority-data (PEM) */
@@ -1452,6 +1453,7 @@ static void sync_ports(k8s_svc *s) {
         b->slot = k->cb.port_added ? k->cb.port_added(k->cb.arg, &p, b->owned, &b->cookie) : NULL;
         if (!b->slot) {
             binding_free(b);
+            k->ports_refused = true;
             continue;
         }
         log_info("kubernetes: service port added cluster=%s", b->cluster_name);
@@ -2104,6 +2106,21 @@ size_t discovery_k8s_sweep(pf_k8s *k, uint64_t now_ms,
     return removed;
 }
 
+static void svc_dirty_cb(void *arg, void *value) {
+    (void)arg;
+    mark_dirty(value);
+}
+
+void discovery_k8s_retry_refused_ports(pf_k8s *k) {
+    if (!k->ports_refused)
+        return;
+    k->ports_refused = false;
+    for (size_t i = 0; i < k->view_count; i++)
+        if (!k->views[i]->feed)
+            k8s_map_each(&k->views[i]->svcs, svc_dirty_cb, NULL);
+    schedule_flush(k);
+}
+
 size_t discovery_k8s_watch_count(const pf_k8s *k) {
     size_t n = 0;
     for (size_t i = 0; i < k->route_view_count; i++)
@@ -2257,13 +2274,15 @@ static k8s_view *feed_active(const pf_k8s *k, const char *ns) {
 }
 
 /* A new Service in use, in a namespace a feed serves: attached at once when the feed holds
- * its Service object. Otherwise (not created yet, misspelled, or created a moment ago and
- * not on the feed's stream yet) the feed's silence is no proof it does not exist: v lists
- * it as usual, and the feed takes it over once both say the same (feed_adopt). False when
- * v needs its own watches. */
+ * its Service object and a slice of it. Otherwise (not created yet, misspelled, or created a
+ * moment ago and not on the feed's streams yet; the Service and its slices come on two
+ * streams, in either order) the feed's silence is no proof: v lists it as usual, so its
+ * first request waits for both, and the feed takes it over once both say the same
+ * (feed_adopt). False when v needs its own watches. */
 static bool feed_take(pf_k8s *k, k8s_view *v) {
     k8s_view *f = feed_active(k, v->ns);
-    if (!f || !fed_has_service_of(f, v->service))
+    const k8s_svc *fs = f ? svc_get(f, v->ns, v->service, false) : NULL;
+    if (!f || !fed_has_service_of(f, v->service) || !fs || fs->slice_count == 0)
         return false;
     feed_attach(f, v);
     return v->fed_by == f;

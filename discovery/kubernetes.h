@@ -157,6 +157,10 @@ void discovery_k8s_foreach_missing(const pf_k8s *k,
 size_t discovery_k8s_sweep(pf_k8s *k, uint64_t now_ms,
                            uint64_t (*last_used_ms)(void *arg, size_t cookie), void *arg);
 
+/* Service ports that port_added refused (no cluster slot left) are offered again at the
+ * next flush: call it when slots were freed. Main thread. */
+void discovery_k8s_retry_refused_ports(pf_k8s *k);
+
 /* Watch and list requests open now. Main thread. */
 size_t discovery_k8s_watch_count(const pf_k8s *k);
 
