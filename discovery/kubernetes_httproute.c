@@ -416,8 +416,14 @@ static void translate_match(rule_ctx *c, pf_httproute_rule *rule, json_t *match,
         rank.method = true;
     }
     json_t *path = json_object_get(match, "path");
-    const char *type = path ? str_at(path, "type") : NULL;
-    const char *value = path ? str_at(path, "value") : NULL;
+    json_t *type_field = json_object_get(path, "type"),
+           *value_field = json_object_get(path, "value");
+    /* the defaults stand for a field left out, never for one of the wrong type */
+    if ((path && !json_is_object(path)) || (type_field && !json_is_string(type_field)) ||
+        (value_field && !json_is_string(value_field)))
+        skip(c, "path.type and path.value must be strings");
+    const char *type = json_string_value(type_field);
+    const char *value = json_string_value(value_field);
     if (!type)
         type = "PathPrefix";
     if (!value)

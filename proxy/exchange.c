@@ -1035,7 +1035,6 @@ void exchange_start(pf_exchange *ex, const pf_exchange_request *req, const char 
             exchange_reply(ex, 404, "no route for this host and path\n", NULL);
         return;
     }
-    ex->route = route;
     if (route && route_actions_rewrite(ex, &rq) != PF_OK)
         return;
     route_to_cluster(ex, route, cluster_index);
@@ -1052,8 +1051,7 @@ bool exchange_park_connect(pf_exchange *ex, const char *host, int port) {
 
 /* The request goes to cluster_index (through `route`, or NULL: a discovered Service). */
 static void route_to_cluster(pf_exchange *ex, const pf_config_route *route, long cluster_index) {
-    ex->route = route;
-    ex->vars = (pf_header_vars){.client_ip = ex->client_ip, .request_id = ex->request_id};
+    ex->route = route; /* ex->vars were set by exchange_start, before any wait */
     if (route && (route->request_headers.set_count || route->request_headers.add_count ||
                   route->request_headers.remove_count)) {
         ex->req.fwd.edits = &route->request_headers;

@@ -189,9 +189,73 @@ static void test_precedence_follows_the_gateway_api(void) {
     CU_ASSERT(discovery_httproute_compare(&old, &short_prefix, 2, &old, &short_prefix, 1) > 0);
 }
 
+/* Objects of the wrong shape (the API server validates, a broken one or a proxy in between
+ * may not): nothing is trusted, an object without a name is refused, wrongly typed fields
+ * leave their rule skipped with the reason or take their default. */
+static void test_malformed_objects_are_refused_or_skipped_never_trusted(void) {
+    static const char *const nameless[] = {
+        "{}",
+        "{'metadata':'x','spec':{}}",
+        "{'metadata':{'name':7},'spec':{'rules':[]}}",
+    };
+    for (size_t i = 0; i < ARRAY_LEN(nameless); i++) {
+        char buf[256];
+        size_t n = strlen(nameless[i]);
+        for (size_t k = 0; k <= n; k++)
+            buf[k] = nameless[i][k] == '\'' ? '"' : nameless[i][k];
+        json_t *obj = json_loads(buf, 0, NULL);
+        pf_httproute *r = NULL;
+        pf_error err = {{0}};
+        PF_CHECK(discovery_httproute_parse(obj, &r, &err) == PF_EINVAL && r == NULL &&
+                     err.msg[0] != '\0',
+                 "row %zu: a nameless object must be refused", i);
+        json_decref(obj);
+    }
+    /* spec, parentRefs and rules of the wrong type: no parent, no rule */
+    pf_httproute *r = parse("{'metadata':{'name':'r','namespace':'shop'},'spec':"
+                            "{'parentRefs':'web','rules':{'backendRefs':[]}}}");
+    CU_ASSERT_EQUAL(r->parent_count, 0);
+    CU_ASSERT_EQUAL(r->rule_count, 0);
+    discovery_httproute_free(r);
+    r = parse("{'metadata':{'name':'r','namespace':'shop'},'spec':7}");
+    CU_ASSERT_EQUAL(r->parent_count, 0);
+    CU_ASSERT_EQUAL(r->rule_count, 0);
+    discovery_httproute_free(r);
+    static const struct {
+        const char *rule;
+        const char *why;
+    } rows[] = {
+        {"{'matches':[{'path':{'type':'PathPrefix','value':7}}],'backendRefs':[{'name':'a',"
+         "'port':80}]}",
+         "rules[0]: path.type and path.value must be strings"},
+        {"{'matches':[{'path':{'type':7}}],'backendRefs':[{'name':'a','port':80}]}",
+         "rules[0]: path.type and path.value must be strings"},
+        {"{'backendRefs':[{'name':'a','port':'80'}]}",
+         "rules[0]: backendRefs[0]: Service a needs a port (1-65535)"},
+        {"{'backendRefs':[{'name':7,'port':80}]}",
+         "rules[0]: backendRefs[0]: expected the name of a Service"},
+        {"{'backendRefs':[{'name':'a','port':80,'weight':-1}]}",
+         "rules[0]: backendRefs[0].weight: out of range (0-1000000)"},
+        {"{'filters':[{'type':7}],'backendRefs':[{'name':'a','port':80}]}",
+         "rules[0]: filters[0] has no type"},
+        {"{'matches':[{'headers':[{'name':'x'}]}],'backendRefs':[{'name':'a','port':80}]}",
+         "rules[0]: headers[0] needs a name and a value"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(rows); i++) {
+        char json[4096];
+        snprintf(json, sizeof json, ROUTE("[%s]"), rows[i].rule);
+        r = parse(json);
+        PF_CHECK(r->rule_count == 1 && r->rules[0].route_count == 0 &&
+                     strstr(r->rules[0].skipped, rows[i].why) != NULL,
+                 "row %zu: skipped \"%s\", want \"%s\"", i, r->rules[0].skipped, rows[i].why);
+        discovery_httproute_free(r);
+    }
+}
+
 PF_UNIT_MAIN("httproute",
              PF_UNIT_TEST(test_prefix_matches_whole_segments_and_backends_are_weighted),
              PF_UNIT_TEST(test_defaults_weights_scaled_and_no_backend_is_500),
              PF_UNIT_TEST(test_filters_become_edits_rewrites_redirects_and_mirrors),
              PF_UNIT_TEST(test_what_cannot_be_honoured_is_skipped_with_its_reason),
-             PF_UNIT_TEST(test_precedence_follows_the_gateway_api))
+             PF_UNIT_TEST(test_precedence_follows_the_gateway_api),
+             PF_UNIT_TEST(test_malformed_objects_are_refused_or_skipped_never_trusted))
