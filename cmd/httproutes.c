@@ -141,6 +141,12 @@ static void want_backend(pf_httproutes *h, const char *cluster) {
     discovery_k8s_want(h->k8s, dot + 1, svc);
 }
 
+/* Why spec.hostnames does nothing here, for the log and /clusters. */
+#define HOSTNAMES_IGNORED                                                                          \
+    "spec.hostnames is ignored: a Service parent is selected by the Service a request names, "     \
+    "and the Gateway API's mesh binding (GEP-1294) says implementations should not infer any "     \
+    "functionality from hostnames"
+
 /* The report entry of one route; rule reasons for this build in `rules`. */
 static json_t *route_report(const pf_httproute *r, char (*rule_why)[PF_ERROR_MAX],
                             const char *route_why) {
@@ -158,6 +164,13 @@ static json_t *route_report(const pf_httproute *r, char (*rule_why)[PF_ERROR_MAX
         json_array_append_new(parents, json_string(p));
     }
     json_object_set_new(o, "parents", parents);
+    if (r->hostname_count) {
+        json_t *hosts = json_array();
+        for (size_t i = 0; i < r->hostname_count; i++)
+            json_array_append_new(hosts, json_string(r->hostnames[i]));
+        json_object_set_new(o, "hostnames", hosts);
+        json_object_set_new(o, "hostnames_ignored", json_string(HOSTNAMES_IGNORED));
+    }
     json_object_set_new(o, "applied", json_boolean(!route_why[0]));
     json_object_set_new(o, "reason", route_why[0] ? json_string(route_why) : json_null());
     for (size_t i = 0; !route_why[0] && i < r->rule_count; i++)
@@ -181,6 +194,8 @@ static void log_new_reasons(const json_t *old, const json_t *entry) {
     }
     if (prev && json_equal(prev, entry))
         return;
+    if (json_object_get(entry, "hostnames_ignored"))
+        log_info("kubernetes: HTTPRoute %s/%s: %s", ns, name, HOSTNAMES_IGNORED);
     const char *why = json_string_value(json_object_get(entry, "reason"));
     if (why) {
         log_warn("kubernetes: HTTPRoute %s/%s skipped: %s", ns, name, why);
@@ -320,9 +335,22 @@ void httproutes_apply(pf_httproutes *h, pf_service_routes *table) {
     h->report = report;
 }
 
+static void list_report(void *arg, const pf_k8s_route_list_status *st) {
+    json_t *o =
+        json_pack("{s:s, s:s, s:b, s:I}", "namespace", st->namespace[0] ? st->namespace : "*",
+                  "state", st->state, "synced", st->synced, "routes", (json_int_t)st->routes);
+    if (o && st->last_event_wall_us)
+        json_object_set_new(o, "last_event_unix_ms",
+                            json_integer((json_int_t)(st->last_event_wall_us / 1000)));
+    json_array_append_new(arg, o);
+}
+
 json_t *httproutes_report(void *arg) {
     pf_httproutes *h = arg;
-    return h->report ? json_incref(h->report) : json_array();
+    json_t *lists = json_array();
+    discovery_k8s_foreach_httproute_list(h->k8s, list_report, lists);
+    return json_pack("{s:o, s:o}", "lists", lists, "routes",
+                     h->report ? json_incref(h->report) : json_array());
 }
 
 pf_httproutes *httproutes_new(pf_k8s *k8s, const pf_config_kubernetes *kc, pf_error *err) {

@@ -3535,6 +3535,10 @@ static const key_def k8s_keys[] = {
             PF_DEFAULT_K8S_PAGE_SIZE, "limit of each list request")},
     {K_BOOL(pf_config_kubernetes, "http_routes", http_routes, false,
             "apply Gateway API HTTPRoutes whose parentRefs name a discovered Service")},
+    {K_DUR(pf_config_kubernetes, "http_routes_recheck", http_routes_recheck_ms,
+           PF_DEFAULT_K8S_HTTP_ROUTES_RECHECK_MS,
+           "HTTPRoute kind not installed (404): how often its list is tried again"),
+     .flags = KF_POSITIVE},
 };
 static const schema kubernetes_schema = {.doc_name = "kubernetes",
                                          SCHEMA_KEYS(k8s_keys),

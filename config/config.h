@@ -266,6 +266,7 @@ typedef struct pf_config_dns {
 #define PF_DEFAULT_K8S_MAX_LINE_BYTES (4u * 1024u * 1024u)  /* one watch event */
 #define PF_DEFAULT_K8S_MAX_LIST_BYTES (64u * 1024u * 1024u) /* one list page */
 #define PF_DEFAULT_K8S_PAGE_SIZE 500u
+#define PF_DEFAULT_K8S_HTTP_ROUTES_RECHECK_MS 60000u /* HTTPRoute CRD not installed: list again */
 /* Discovered clusters held at once (removed ones until their slots are freed); the proxy
  * holds at most 8192 clusters in all. */
 #define PF_DEFAULT_K8S_AUTO_MAX_CLUSTERS 4096u
@@ -611,6 +612,7 @@ typedef struct pf_config_kubernetes {
     uint32_t max_list_bytes;
     uint32_t page_size;
     bool http_routes; /* Gateway API HTTPRoutes attached to discovered Services apply */
+    uint64_t http_routes_recheck_ms; /* the HTTPRoute kind is not installed: list again after */
 } pf_config_kubernetes;
 
 /* $.tracing: W3C trace context on forwarded requests. */

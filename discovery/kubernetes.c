@@ -127,6 +127,7 @@ struct k8s_watch {
     struct event *stall;
     unsigned failures;
     bool forbidden_logged;
+    bool kind_missing; /* HTTPRoutes: the API answered 404, the kind (a CRD) is not installed */
     uint64_t last_event_ms, last_event_wall_us;
     pf_counter *connects, *relists, *events[K8S_EV_COUNT];
     bool rejoin_pending;    /* a fed view's own watch: its list to take over is not in yet */
@@ -1012,6 +1013,52 @@ static uint64_t retry_delay_ms(k8s_watch *w, k8s_req *r) {
 static void feed_listed(k8s_view *feed);
 static void rejoin_listed(k8s_watch *w);
 
+/* ---- the HTTPRoute kind may not exist ------------------------------------------------------ */
+
+static bool route_kind_missing_elsewhere(const k8s_watch *w) {
+    for (size_t i = 0; i < w->k->route_view_count; i++)
+        if (w->k->route_views[i]->watches[0] != w && w->k->route_views[i]->watches[0]->kind_missing)
+            return true;
+    return false;
+}
+
+/* HTTPRoutes are a CRD (the Gateway API's), not part of every cluster: a 404 on their list
+ * means the kind is not installed, not a failure. Then there are no HTTPRoutes (a complete,
+ * empty answer: /ready does not wait for it, and routes that were there go, as when the CRD
+ * is deleted), it is said once, and the list is tried again every http_routes_recheck (a
+ * random point in its second half, so that a fleet does not come back at once) until the
+ * kind exists, when its routes apply without a restart. */
+static void route_kind_missing(k8s_watch *w, k8s_req *r) {
+    pf_k8s *k = w->k;
+    count_http(k, r->status);
+    if (!w->kind_missing && !route_kind_missing_elsewhere(w)) {
+        char every[32];
+        log_warn("kubernetes: %s is not installed (the API server answers 404 for its list); no "
+                 "HTTPRoute applies; listing it again every %s",
+                 resource_rbac[w->kind],
+                 pf_duration_format(k->kc->http_routes_recheck_ms, every, sizeof every));
+    }
+    w->kind_missing = true;
+    free(w->cont);
+    w->cont = NULL;
+    k8s_map_each(&w->fresh, free_object_cb, NULL);
+    k8s_map_clear(&w->fresh);
+    if (w->store.count)
+        apply_list(w); /* nothing fresh: every route held goes */
+    w->rv[0] = '\0';
+    w->synced = true;
+    w->failures = 0;
+    w->need_list = true;
+    uint64_t half = k->kc->http_routes_recheck_ms / 2;
+    watch_schedule(w, half + k8s_random(k) % (half + 1));
+}
+
+static void route_kind_found(k8s_watch *w) {
+    w->kind_missing = false;
+    if (!route_kind_missing_elsewhere(w))
+        log_info("kubernetes: %s is installed now; applying HTTPRoutes", resource_rbac[w->kind]);
+}
+
 static void list_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
     pf_k8s *k = w->k;
     char why[K8S_WHY_MAX] = "";
@@ -1020,7 +1067,10 @@ static void list_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
         st = r->abort;
     else if (cc != CURLE_OK)
         st = transport_failure(w, r, cc, "list");
-    else if (r->status != 200)
+    else if (r->status == 404 && w->kind == K8S_KIND_HTTPROUTE) {
+        route_kind_missing(w, r);
+        return;
+    } else if (r->status != 200)
         st = http_failure(w, r, "list");
     else
         st = take_page(w, r, why, sizeof why);
@@ -1037,6 +1087,8 @@ static void list_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
         }
         if (w->synced)
             metrics_inc(w->relists, 1);
+        if (w->kind_missing)
+            route_kind_found(w);
         apply_list(w);
         w->down_since_ms = 0;
         w->failures = 0;
@@ -1081,7 +1133,12 @@ static void watch_done(k8s_watch *w, k8s_req *r, CURLcode cc) {
         st = r->abort;
     else if (cc != CURLE_OK)
         st = transport_failure(w, r, cc, "watch");
-    else if (r->status != 200)
+    else if (r->status == 404 && w->kind == K8S_KIND_HTTPROUTE) {
+        /* the kind went (its CRD was deleted): the list says so, and what it means */
+        w->need_list = true;
+        watch_schedule(w, backoff_ms(k, ++w->failures));
+        return;
+    } else if (r->status != 200)
         st = http_failure(w, r, "watch");
     else
         st = PF_K8S_ECLOSED;
@@ -1948,7 +2005,26 @@ bool discovery_k8s_httproutes_synced(const pf_k8s *k) {
     for (size_t i = 0; i < k->route_view_count; i++)
         if (!k->route_views[i]->watches[0]->synced)
             return false;
-    return true;
+    return !k->route_view_count || !k->routes_changed; /* and the rebuild from it is done */
+}
+
+void discovery_k8s_foreach_httproute_list(const pf_k8s *k,
+                                          void (*fn)(void *arg, const pf_k8s_route_list_status *st),
+                                          void *arg) {
+    for (size_t i = 0; i < k->route_view_count; i++) {
+        const k8s_watch *w = k->route_views[i]->watches[0];
+        pf_k8s_route_list_status st = {.namespace = k->route_views[i]->ns,
+                                       .synced = w->synced,
+                                       .routes = w->store.count,
+                                       .last_event_wall_us = w->last_event_wall_us};
+        if (w->kind_missing)
+            st.state = "not installed";
+        else if (w->req)
+            st.state = w->req->watch ? "watching" : "listing";
+        else
+            st.state = w->failures ? "backing off" : "listing";
+        fn(arg, &st);
+    }
 }
 
 /* ---- on demand ------------------------------------------------------------------------------ */
@@ -2510,7 +2586,10 @@ bool discovery_k8s_synced(const pf_k8s *k) {
             if (!k->views[i]->on_demand && !k->views[i]->feed &&
                 !k->views[i]->watches[kind]->synced)
                 return false;
-    return true;
+    /* kubernetes.http_routes: requests must not take the plain Service route before the
+     * HTTPRoutes (splits, matches) are known. In on_demand mode too: their list is per
+     * namespace, not per Service. */
+    return discovery_k8s_httproutes_synced(k);
 }
 
 void discovery_k8s_stop(pf_k8s *k) {

@@ -122,8 +122,23 @@ void discovery_k8s_foreach_httproute(const pf_k8s *k8s,
                                      void (*fn)(void *arg, const struct pf_httproute *route),
                                      void *arg);
 
-/* True once every HTTPRoute list has completed at least once. Main thread. */
+/* True once every HTTPRoute list has completed at least once (a 404, the kind not installed,
+ * counts: there are none) and the routes were rebuilt from it. Main thread. */
 bool discovery_k8s_httproutes_synced(const pf_k8s *k8s);
+
+/* What /clusters shows for the HTTPRoute list of one namespace ("" : all). */
+typedef struct pf_k8s_route_list_status {
+    const char *namespace;
+    const char *state; /* "listing", "watching", "backing off", "not installed" (static text) */
+    bool synced;       /* listed at least once, or found not installed */
+    size_t routes;
+    uint64_t last_event_wall_us; /* the last list or event; 0 before the first */
+} pf_k8s_route_list_status;
+
+/* Calls fn for each namespace's HTTPRoute list (st borrowed for the call). Main thread. */
+void discovery_k8s_foreach_httproute_list(const pf_k8s *k8s,
+                                          void (*fn)(void *arg, const pf_k8s_route_list_status *st),
+                                          void *arg);
 
 /* ---- on demand (auto_discover.mode "on_demand") ------------------------------------------- */
 

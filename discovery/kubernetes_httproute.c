@@ -555,6 +555,13 @@ int discovery_httproute_parse(json_t *obj, pf_httproute **out, pf_error *err) {
         return pf_fail(err, PF_EINVAL, "HTTPRoute without a usable metadata.name");
     }
     parse_parents(r, json_object_get(spec, "parentRefs"));
+    size_t hi;
+    json_t *host;
+    json_array_foreach(json_object_get(spec, "hostnames"), hi, host) {
+        if (r->hostname_count < PF_HTTPROUTE_HOSTS_MAX && json_is_string(host) &&
+            copy(r->hostnames[r->hostname_count], PF_HTTPROUTE_NAME_MAX, json_string_value(host)))
+            r->hostname_count++;
+    }
     json_t *rules = json_object_get(spec, "rules");
     size_t n = json_array_size(rules);
     if (r->parent_count == 0) {

@@ -23,6 +23,7 @@
 #define PF_HTTPROUTE_RULES_MAX 16   /* the API's bound on rules */
 #define PF_HTTPROUTE_MATCHES_MAX 16 /* matches taken from one rule; more: the rule is skipped */
 #define PF_HTTPROUTE_NAME_MAX 254   /* object names are DNS subdomains (253) */
+#define PF_HTTPROUTE_HOSTS_MAX 16   /* the API's bound on spec.hostnames */
 
 /* A Service the route attaches to: every port of it, or one (port or sectionName). */
 typedef struct pf_httproute_parent {
@@ -57,6 +58,11 @@ typedef struct pf_httproute {
     size_t parent_count;
     pf_httproute_rule rules[PF_HTTPROUTE_RULES_MAX];
     size_t rule_count;
+    /* spec.hostnames, kept only to say they are ignored: for a Service parent the Gateway
+     * API (GEP-1294, "hostnames field") says implementations SHOULD NOT infer any
+     * functionality from them (it points to a header match on Host instead). */
+    char hostnames[PF_HTTPROUTE_HOSTS_MAX][PF_HTTPROUTE_NAME_MAX];
+    size_t hostname_count;
 } pf_httproute;
 
 /* Translates an HTTPRoute object. Returns 0 with *out (free with discovery_httproute_free)

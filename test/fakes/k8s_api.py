@@ -15,7 +15,10 @@ makes at start with the openssl CLI:
   - Gateway API HTTPRoutes (gateway.networking.k8s.io/v1, served like an installed CRD):
     list and watch like the others, and the writes kubectl apply/replace/delete make
     (get, create, update, JSON merge patch, delete of one object), so tests drive them with
-    the real kubectl (apply with --validate=false: no OpenAPI documents are served).
+    the real kubectl (apply with --validate=false: no OpenAPI documents are served). A CRD
+    kind can start absent (--without-kind httproutes) and be installed or deleted later
+    (control /kinds): absent, it is missing from discovery and every request for it gets
+    the API's 404, as when its CustomResourceDefinition is not installed.
 A control API on a separate plain-HTTP port (127.0.0.1 only) changes objects, cuts streams
 (optionally in the middle of an event), stalls them, compacts, rotates the token, answers
 the next requests 429 with Retry-After, and reports the requests it served (verb, resource,
@@ -23,7 +26,7 @@ namespace, query, time) so tests can compare them with the RBAC a deployment gra
 see when clients came back.
 
 Usage: k8s_api.py --dir DIR [--port 0] [--control-port 0] [--token T] [--state FILE
-       [--forget-history]]
+       [--forget-history]] [--without-kind httproutes]
 Prints one line "listening https://127.0.0.1:PORT control http://127.0.0.1:CPORT" once
 ready; DIR receives ca.crt, server.crt, server.key and token.
 """
@@ -132,6 +135,7 @@ class State:
         self.log_rvs = []  # the rvs of log, for a bisect from a watch's resourceVersion
         self.max_log = 0  # events kept (0: all); past it the oldest half is compacted away
         self.log_floor = 0  # the last rv max_log dropped
+        self.absent = set()  # CRD kinds not installed (WRITABLE ones): 404 as the API answers
 
     def bump(self):
         self.rv += 1
@@ -304,12 +308,30 @@ def make_handler(state):
                 self.send_json(200, {"kind": "APIVersions", "versions": ["v1"],
                                      "serverAddressByClientCIDRs": []})
                 return
+            with state.cond:
+                absent = set(state.absent)
+            if any("/".join(parts).startswith(KINDS[r][0]) and
+                   (len(parts) <= 3 or r in parts) for r in absent):
+                # the API group of a CRD that is not installed does not exist
+                miss = [r for r in absent if r in parts]
+                with state.cond:
+                    for r in miss:  # a list or watch of it: recorded like the others
+                        state.requests.append({
+                            "verb": "watch" if q.get("watch") in ("1", "true") else "list",
+                            "resource": r, "group": parts[1], "query": url.query,
+                            "namespace": parts[4] if parts[3:4] == ["namespaces"] else "",
+                            "time": time.time(), "code": 404,
+                            "agent": self.headers.get("User-Agent", "")})
+                self.send_json(404, status(404, "NotFound",
+                                           "the server could not find the requested resource"))
+                return
             if parts == ["apis"]:
                 self.send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
                     {"name": "discovery.k8s.io",
                      "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
                      "preferredVersion": {"groupVersion": "discovery.k8s.io/v1",
-                                          "version": "v1"}}, GATEWAY_GROUP]})
+                                          "version": "v1"}}] +
+                    ([] if "httproutes" in absent else [GATEWAY_GROUP])})
                 return
             if parts == ["apis", "gateway.networking.k8s.io", "v1"]:
                 doc = api_resource_list("gateway.networking.k8s.io/v1", ["httproutes"])
@@ -612,7 +634,9 @@ def make_handler(state):
 
         def write(self, verb):
             res, ns, name = self.object_path()
-            if res is None:
+            with state.cond:
+                absent = res in state.absent
+            if res is None or absent:
                 self.send_json(404, status(404, "NotFound", f"the server could not find "
                                            f"{self.path}"))
                 return
@@ -752,6 +776,16 @@ def make_control(state):
                 state.throttle = int(doc["count"])
                 state.retry_after = int(doc.get("retry_after", 1))
                 return {"ok": True}
+            if path == "/kinds":  # {"install": [res...]} | {"delete": [res...]} (CRDs)
+                for res in doc.get("install", []):
+                    state.absent.discard(res)
+                for res in doc.get("delete", []):
+                    # deleting a CRD deletes its objects; its watches end (here: all are cut)
+                    state.absent.add(res)
+                    state.objects[res].clear()
+                    state.cut_generation += 1
+                    state.cut_mid_event = False
+                return {"absent": sorted(state.absent)}
             if path == "/requests/clear":
                 state.requests.clear()
                 return {"ok": True}
@@ -771,6 +805,8 @@ def main():
     ap.add_argument("--token", default="test-token")
     ap.add_argument("--state", help="objects and resourceVersion: loaded at start when the "
                     "file exists, saved on SIGTERM (an API server restart keeps its data)")
+    ap.add_argument("--without-kind", action="append", default=[], choices=sorted(WRITABLE),
+                    help="start with this CRD kind not installed (control /kinds installs it)")
     ap.add_argument("--forget-history", action="store_true",
                     help="with --state: every resourceVersion before the restart is gone (410); "
                     "without it the event history is kept, as etcd keeps it across an API "
@@ -781,6 +817,7 @@ def main():
     with open(os.path.join(args.dir, "token"), "w") as f:
         f.write(args.token + "\n")
     state = State(args.token)
+    state.absent = set(args.without_kind)
     if args.state and os.path.exists(args.state):
         with open(args.state) as f:
             saved = json.load(f)

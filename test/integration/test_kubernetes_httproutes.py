@@ -308,7 +308,7 @@ def test_routes_pilotfish_cannot_honour_are_skipped_with_their_reason(k8s, tmp_p
 
     def reported():
         routes = {(r["namespace"], r["name"]): r
-                  for r in pf.admin_json("/clusters").get("http_routes", [])}
+                  for r in pf.admin_json("/clusters")["http_routes"]["routes"]}
         return routes if len(routes) == 2 else None
 
     routes = wait_for(reported, 10, "/clusters to list both HTTPRoutes")

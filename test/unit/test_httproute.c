@@ -252,7 +252,32 @@ static void test_malformed_objects_are_refused_or_skipped_never_trusted(void) {
     }
 }
 
-PF_UNIT_MAIN("httproute",
+/* GEP-1294: hostnames do nothing for a Service parent; they are kept (bounded by the API's
+ * 16, wrong types left out) only to report that, and the rules apply unchanged. */
+static void test_hostnames_are_kept_to_be_reported_and_change_no_rule(void) {
+    pf_httproute *r =
+        parse("{'metadata':{'name':'r','namespace':'shop'},'spec':{'hostnames':['a.example.com',"
+              "'*.example.com',7],'parentRefs':[{'group':'','kind':'Service','name':'web'}],"
+              "'rules':[{'backendRefs':[{'name':'v2','port':80}]}]}}");
+    CU_ASSERT_EQUAL_FATAL(r->hostname_count, 2);
+    CU_ASSERT_STRING_EQUAL(r->hostnames[0], "a.example.com");
+    CU_ASSERT_STRING_EQUAL(r->hostnames[1], "*.example.com");
+    CU_ASSERT(!r->skipped[0]);
+    CU_ASSERT_EQUAL_FATAL(r->rules[0].route_count, 1);
+    CU_ASSERT_STRING_EQUAL(r->rules[0].routes[0].host, "");
+    discovery_httproute_free(r);
+    char json[8192];
+    size_t n =
+        (size_t)snprintf(json, sizeof json, "{'metadata':{'name':'r'},'spec':{'hostnames':[");
+    for (int i = 0; i < 20; i++)
+        n += (size_t)snprintf(json + n, sizeof json - n, "%s'h%d.example.com'", i ? "," : "", i);
+    snprintf(json + n, sizeof json - n, "]}}");
+    r = parse(json);
+    CU_ASSERT_EQUAL(r->hostname_count, PF_HTTPROUTE_HOSTS_MAX);
+    discovery_httproute_free(r);
+}
+
+PF_UNIT_MAIN("httproute", PF_UNIT_TEST(test_hostnames_are_kept_to_be_reported_and_change_no_rule),
              PF_UNIT_TEST(test_prefix_matches_whole_segments_and_backends_are_weighted),
              PF_UNIT_TEST(test_defaults_weights_scaled_and_no_backend_is_500),
              PF_UNIT_TEST(test_filters_become_edits_rewrites_redirects_and_mirrors),
