@@ -14,9 +14,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A configured Kubernetes cluster (clusters[].kubernetes). A reload can neither add, remove
+ * nor replace one, so what is copied at start stays true. */
+typedef struct configured {
+    char name[PF_NAME_MAX];
+    char ns[PF_K8S_NAME_MAX], service[PF_K8S_NAME_MAX], port_name[PF_K8S_NAME_MAX];
+    uint32_t port; /* 0: port_name, or "" for the Service's only (or http) port */
+} configured;
+
 struct pf_httproutes {
     pf_k8s *k8s;
     const pf_config_kubernetes *kc;
+    pf_proxy *proxy;
+    configured *configured;
+    size_t configured_count;
     json_t *report; /* the last apply's */
 };
 
@@ -90,29 +101,67 @@ static const port_ref *find_cluster(const build *b, const char *name) {
     return NULL;
 }
 
+/* Does configured cluster c take port `port` of Service ns/service? By number; by name or
+ * as the default port only through the Service's discovered ports, which say which it is. */
+static bool configured_takes(const build *b, const configured *c, const char *ns,
+                             const char *service, int32_t port) {
+    if (strcmp(c->ns, ns) != 0 || strcmp(c->service, service) != 0)
+        return false;
+    if (c->port)
+        return c->port == (uint32_t)port;
+    for (size_t i = 0; i < b->port_count; i++) {
+        const port_ref *p = &b->ports[i];
+        if (p->port == port && strcmp(p->ns, ns) == 0 && strcmp(p->service, service) == 0)
+            return c->port_name[0] ? strcmp(c->port_name, p->port_name) == 0 : p->is_default;
+    }
+    return false;
+}
+
+/* The proxy's cluster for a backend named as auto-discovery names it ("svc.ns:port"): a
+ * configured Kubernetes cluster of that Service port first (its timeouts, retries, health
+ * checks and TLS are the ones written for it), else the discovered one. -1: neither. */
+static long find_backend(const build *b, const char *name) {
+    char svc[PF_NAME_MAX];
+    snprintf(svc, sizeof svc, "%s", name);
+    char *dot = strchr(svc, '.'), *colon = strrchr(svc, ':');
+    if (dot && colon && colon > dot) {
+        *dot = *colon = '\0';
+        int32_t port = (int32_t)strtol(colon + 1, NULL, 10);
+        for (size_t i = 0; i < b->h->configured_count; i++) {
+            const configured *c = &b->h->configured[i];
+            long index;
+            if (configured_takes(b, c, dot + 1, svc, port) &&
+                (index = proxy_cluster_find(b->h->proxy, c->name)) >= 0)
+                return index;
+        }
+    }
+    const port_ref *p = find_cluster(b, name);
+    return p ? (long)p->index : -1;
+}
+
 /* Resolves the cluster names of `r` in place; false with the missing one named. */
 static bool resolve(const build *b, pf_config_route *r, char *missing, size_t cap) {
-    const port_ref *p;
+    long index;
     for (size_t w = 0; w < r->weighted_count; w++) {
-        if (!(p = find_cluster(b, r->clusters[w].name))) {
+        if ((index = find_backend(b, r->clusters[w].name)) < 0) {
             snprintf(missing, cap, "%s", r->clusters[w].name);
             return false;
         }
-        r->clusters[w].cluster_index = p->index;
+        r->clusters[w].cluster_index = (size_t)index;
     }
     if (r->cluster[0]) {
-        if (!(p = find_cluster(b, r->cluster))) {
+        if ((index = find_backend(b, r->cluster)) < 0) {
             snprintf(missing, cap, "%s", r->cluster);
             return false;
         }
-        r->cluster_index = p->index;
+        r->cluster_index = (size_t)index;
     }
     if (r->has_mirror) {
-        if (!(p = find_cluster(b, r->mirror.cluster))) {
+        if ((index = find_backend(b, r->mirror.cluster)) < 0) {
             snprintf(missing, cap, "%s", r->mirror.cluster);
             return false;
         }
-        r->mirror.cluster_index = p->index;
+        r->mirror.cluster_index = (size_t)index;
     }
     return true;
 }
@@ -368,9 +417,34 @@ pf_httproutes *httproutes_new(pf_k8s *k8s, const pf_config_kubernetes *kc, pf_er
     return h;
 }
 
+int httproutes_use_configured(pf_httproutes *h, pf_proxy *proxy, const pf_config *cfg,
+                              pf_error *err) {
+    h->proxy = proxy;
+    free(h->configured);
+    h->configured_count = 0;
+    if (!(h->configured =
+              calloc(cfg->cluster_count ? cfg->cluster_count : 1, sizeof *h->configured)))
+        return pf_fail(err, PF_ENOMEM, "out of memory");
+    for (size_t i = 0; i < cfg->cluster_count; i++) {
+        const pf_config_cluster *cl = &cfg->clusters[i];
+        if (!cl->kubernetes.service[0])
+            continue;
+        configured *c = &h->configured[h->configured_count++];
+        snprintf(c->name, sizeof c->name, "%s", cl->name);
+        snprintf(c->ns, sizeof c->ns, "%s",
+                 cl->kubernetes.namespace[0] ? cl->kubernetes.namespace
+                                             : discovery_k8s_namespace(h->k8s));
+        snprintf(c->service, sizeof c->service, "%s", cl->kubernetes.service);
+        snprintf(c->port_name, sizeof c->port_name, "%s", cl->kubernetes.port_name);
+        c->port = cl->kubernetes.port_number;
+    }
+    return PF_OK;
+}
+
 void httproutes_free(pf_httproutes *h) {
     if (!h)
         return;
+    free(h->configured);
     json_decref(h->report);
     free(h);
 }

@@ -25,6 +25,13 @@ void httproutes_free(pf_httproutes *h);
  * new reasons are logged once. Main thread. */
 void httproutes_apply(pf_httproutes *h, pf_service_routes *table);
 
+/* Lets backendRefs that name the Service port of a configured Kubernetes cluster
+ * (clusters[].kubernetes of cfg, whose clusters `proxy` holds) use that cluster rather than
+ * the discovered one. Call before discovery starts; cfg is copied from. 0 or PF_ENOMEM.
+ * Main thread. */
+int httproutes_use_configured(pf_httproutes *h, pf_proxy *proxy, const pf_config *cfg,
+                              pf_error *err);
+
 /* What the last apply did, per HTTPRoute, for /clusters (a new reference). Main thread. */
 json_t *httproutes_report(void *h);
 

@@ -328,6 +328,9 @@ static int start_kubernetes(app *a, pf_error *err) {
         !(a->autodiscover =
               autodiscover_new(a->base, a->proxy, a->k8s, a->metrics, &cfg->kubernetes, err)))
         return PF_EINVAL;
+    if (autodiscover_httproutes(a->autodiscover) &&
+        httproutes_use_configured(autodiscover_httproutes(a->autodiscover), a->proxy, cfg, err))
+        return PF_ENOMEM;
     return discovery_k8s_start(a->k8s, err);
 }
 

@@ -149,3 +149,43 @@ def test_hostnames_are_ignored_for_service_parents(tmp_path, start_backend, star
         assert "HTTPRoute default/named: spec.hostnames is ignored" in pf.stderr_text()
     finally:
         k8s.stop()
+
+
+def test_backend_refs_use_the_configured_kubernetes_cluster_of_their_service_port(
+        tmp_path, start_backend, start_pilotfish):
+    """A backendRef naming the Service port a configured cluster (clusters[].kubernetes) is
+    for goes through that cluster, with the settings written for it, by port number or by
+    port name; a Service port no configured cluster is for goes through the discovered
+    one."""
+    k8s = K8sApi(str(tmp_path)).start()
+    try:
+        services(k8s, start_backend, ["web", "web-v2", "web-v3", "web-v4"])
+        k8s.apply(httproute("split", [
+            {"matches": [{"path": {"type": "PathPrefix", "value": f"/{n}"}}],
+             "backendRefs": [backend_ref(f"web-{n}")]} for n in ("v2", "v3", "v4")]))
+        cfg = make_config(
+            [listener("main", [route("none", host="none.local")])],
+            [{"name": "none", "endpoints": []},
+             {"name": "v2-conf", "kubernetes": {"service": "web-v2", "port": 80}},
+             {"name": "v3-conf", "kubernetes": {"service": "web-v3", "port": "http"}}],
+            kubernetes=k8s.config(auto_discover={"namespaces": ["default"]}, http_routes=True))
+        pf = start_pilotfish(cfg, wait_ready=False)
+        pf.wait_ready(10)
+        for n in ("v2", "v3", "v4"):
+            wait_for(lambda n=n: pf.get(f"/{n}", host="web").header("X-Backend") == f"web-{n}",
+                     10, f"/{n} to reach web-{n}")
+
+        def served(name):
+            c = cluster_status(pf, name)
+            return sum(e.get("requests_total", 0) for e in c["endpoints"]) if c else None
+        before = {c: served(c) for c in ("v2-conf", "v3-conf", "web-v2.default:80",
+                                         "web-v3.default:80", "web-v4.default:80")}
+        for n in ("v2", "v3", "v4"):
+            for _ in range(10):
+                assert pf.get(f"/{n}", host="web").header("X-Backend") == f"web-{n}"
+        after = {c: served(c) for c in before}
+        grew = {c: after[c] - before[c] for c in before}
+        assert grew == {"v2-conf": 10, "v3-conf": 10, "web-v2.default:80": 0,
+                        "web-v3.default:80": 0, "web-v4.default:80": 10}, grew
+    finally:
+        k8s.stop()
