@@ -2022,7 +2022,7 @@ void discovery_k8s_foreach_httproute_list(const pf_k8s *k,
         else if (w->req)
             st.state = w->req->watch ? "watching" : "listing";
         else
-            st.state = w->failures ? "backing off" : "listing";
+            st.state = w->failures ? "backing off" : "idle";
         fn(arg, &st);
     }
 }

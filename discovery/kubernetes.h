@@ -129,7 +129,7 @@ bool discovery_k8s_httproutes_synced(const pf_k8s *k8s);
 /* What /clusters shows for the HTTPRoute list of one namespace ("" : all). */
 typedef struct pf_k8s_route_list_status {
     const char *namespace;
-    const char *state; /* "listing", "watching", "backing off", "not installed" (static text) */
+    const char *state; /* "listing", "watching", "backing off", "idle", "not installed" */
     bool synced;       /* listed at least once, or found not installed */
     size_t routes;
     uint64_t last_event_wall_us; /* the last list or event; 0 before the first */
