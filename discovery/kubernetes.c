@@ -228,6 +228,7 @@ struct pf_k8s {
     pf_k8s_auto_callbacks cb;
     bool auto_on;
     bool routes_changed;
+    bool routes_built; /* the routes were rebuilt once after every HTTPRoute list was in */
     bool started, stopping;
     bool curl_loaded; /* curl_global_init done (curl_up) */
     uint64_t rng[2];
@@ -1521,6 +1522,7 @@ static void sync_ports(k8s_svc *s) {
 }
 
 static void feed_adopt(pf_k8s *k);
+static bool httproute_lists_in(const pf_k8s *k);
 
 static void on_flush(evutil_socket_t fd, short what, void *arg) {
     pf_k8s *k = arg;
@@ -1558,6 +1560,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg) {
         k->routes_changed = false;
         if (k->cb.changed)
             k->cb.changed(k->cb.arg);
+        k->routes_built = k->routes_built || httproute_lists_in(k);
     }
 }
 
@@ -2001,11 +2004,18 @@ void discovery_k8s_foreach_httproute(const pf_k8s *k,
         k8s_map_each(&k->route_views[i]->watches[0]->store, route_each, &c);
 }
 
-bool discovery_k8s_httproutes_synced(const pf_k8s *k) {
+static bool httproute_lists_in(const pf_k8s *k) {
     for (size_t i = 0; i < k->route_view_count; i++)
         if (!k->route_views[i]->watches[0]->synced)
             return false;
-    return !k->route_view_count || !k->routes_changed; /* and the rebuild from it is done */
+    return true;
+}
+
+/* Ready once the first lists are in and the routes were rebuilt from them; later changes
+ * waiting for their rebuild do not make a ready sidecar unready. */
+bool discovery_k8s_httproutes_synced(const pf_k8s *k) {
+    return !k->route_view_count || k->routes_built ||
+           (httproute_lists_in(k) && !k->routes_changed);
 }
 
 void discovery_k8s_foreach_httproute_list(const pf_k8s *k,
