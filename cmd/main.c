@@ -328,6 +328,8 @@ static int start_kubernetes(app *a, pf_error *err) {
         !(a->autodiscover =
               autodiscover_new(a->base, a->proxy, a->k8s, a->metrics, &cfg->kubernetes, err)))
         return PF_EINVAL;
+    if (a->autodiscover)
+        autodiscover_set_tls_watch(a->autodiscover, a->tls_watch);
     return discovery_k8s_start(a->k8s, err);
 }
 
