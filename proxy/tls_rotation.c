@@ -62,6 +62,7 @@ typedef struct owner {
     uint64_t applied; /* fingerprint of the files in use */
     uint64_t seen;    /* at the last tick */
     uint64_t refused; /* the last refused state: logged once, not every tick */
+    bool due;         /* its files changed and settled: a reload is waiting (drain) */
     uint64_t next_ticket_rotation_ms;
     pf_counter *reloads[2]; /* applied, rejected */
     pf_counter *ticket_rotations;
@@ -77,10 +78,14 @@ struct pf_tls_watch {
     size_t owner_count, owner_cap; /* clusters a reload or discovery adds or removes */
     size_t *cluster_owner;         /* by cluster index: its owner's position + 1, 0: none */
     watched_file *files;
-    size_t file_count;   /* entries used so far, free ones (refs 0) included */
-    uint64_t versions;   /* the last version given to a file (versions are never reused) */
-    bool changed_before; /* some file changed at the previous tick: owners settle now */
-    pf_counter *stats;   /* pilotfish_tls_file_checks_total */
+    size_t file_count;         /* entries used so far, free ones (refs 0) included */
+    uint64_t versions;         /* the last version given to a file (versions are never reused) */
+    bool changed_before;       /* some file changed at the previous tick: owners settle now */
+    size_t due;                /* owners waiting for their reload (owner.due) */
+    struct event *drain_event; /* the next slice of reloads */
+    size_t round_applied, round_rejected;  /* reloads since the round began, for its log */
+    char round_unlogged[PF_NAME_MAX + 16]; /* the first refused owner without a line */
+    pf_counter *stats;                     /* pilotfish_tls_file_checks_total */
 };
 
 static file_id stat_file(const char *path) {
@@ -243,33 +248,30 @@ static void register_owner(pf_tls_watch *w, owner *o, pf_metrics *m) {
     update_expiry(w, o);
 }
 
-/* Log lines of one tick: the first few owners each get their line, the rest one line
+/* A change reloads every owner of a changed file, and a reload builds a context (a few
+ * milliseconds): thousands of discovered clusters would hold the main thread (health
+ * checks, discovery, the admin server) for seconds. Reloads run in slices of this long,
+ * the event loop getting a turn between them. */
+#define RELOAD_SLICE_US 20000
+/* The first few owners reloaded in one round get a log line each, the rest one line
  * together (thousands of discovered clusters share the files that changed). */
-#define TICK_LOG_LINES 8
+#define ROUND_LOG_LINES 8
 
-typedef struct tick_log {
-    size_t applied, rejected;
-    const owner *unlogged; /* the first refused owner without a line of its own */
-} tick_log;
-
-static void check_owner(pf_tls_watch *w, owner *o, tick_log *tl) {
+static void reload_owner(pf_tls_watch *w, owner *o) {
     uint64_t fp = fingerprint(w, o);
-    bool settled = fp == o->seen;
-    o->seen = fp;
-    if (!settled || fp == o->applied || fp == o->refused)
-        return;
     pf_error err = {{0}};
     int rc = o->server ? tls_server_reload(o->server, &err) : tls_client_reload(o->client, &err);
     if (rc != PF_OK) {
         o->refused = fp;
         if (o->reloads[1])
             metrics_inc(o->reloads[1], 1);
-        if (tl->rejected++ < TICK_LOG_LINES)
+        if (w->round_rejected++ < ROUND_LOG_LINES)
             log_warn("tls certificate reload rejected %s=%s reason=\"%s\"; the certificates in "
                      "use stay, and the files are tried again when they change",
                      owner_kind(o), owner_name(o), err.msg);
-        else if (!tl->unlogged)
-            tl->unlogged = o;
+        else if (!w->round_unlogged[0])
+            snprintf(w->round_unlogged, sizeof w->round_unlogged, "%s=%s", owner_kind(o),
+                     owner_name(o));
         return;
     }
     o->applied = fp;
@@ -277,8 +279,50 @@ static void check_owner(pf_tls_watch *w, owner *o, tick_log *tl) {
     if (o->reloads[0])
         metrics_inc(o->reloads[0], 1);
     update_expiry(w, o);
-    if (tl->applied++ < TICK_LOG_LINES)
+    if (w->round_applied++ < ROUND_LOG_LINES)
         log_info("tls certificates reloaded %s=%s", owner_kind(o), owner_name(o));
+}
+
+/* Reloads the owners due, RELOAD_SLICE_US at a time; the rest after the loop's next turn. */
+static void drain(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    pf_tls_watch *w = arg;
+    uint64_t start = pf_now_us();
+    /* From the start each time: a removed owner's place is taken by the last one. */
+    for (size_t i = 0; i < w->owner_count && w->due; i++) {
+        owner *o = &w->owners[i];
+        if (!o->due)
+            continue;
+        o->due = false;
+        w->due--;
+        reload_owner(w, o);
+        if (w->due && pf_now_us() - start >= RELOAD_SLICE_US) {
+            struct timeval now = {0, 0}; /* a timer: I/O is polled before it runs */
+            evtimer_add(w->drain_event, &now);
+            return;
+        }
+    }
+    if (w->round_applied > ROUND_LOG_LINES)
+        log_info("tls certificates reloaded for %zu more listeners and clusters",
+                 w->round_applied - ROUND_LOG_LINES);
+    if (w->round_rejected > ROUND_LOG_LINES)
+        log_warn("tls certificate reload rejected for %zu more listeners and clusters (from %s "
+                 "on, same reasons); the certificates in use stay, and the files are tried "
+                 "again when they change",
+                 w->round_rejected - ROUND_LOG_LINES, w->round_unlogged);
+    w->round_applied = w->round_rejected = 0;
+    w->round_unlogged[0] = '\0';
+}
+
+/* An owner whose files changed and then stayed put for a tick is due for a reload. */
+static void check_owner(pf_tls_watch *w, owner *o) {
+    uint64_t fp = fingerprint(w, o);
+    bool settled = fp == o->seen;
+    o->seen = fp;
+    if (!settled || fp == o->applied || fp == o->refused || o->due)
+        return;
+    o->due = true;
+    w->due++;
 }
 
 static void rotate_tickets(owner *o, uint64_t now) {
@@ -311,18 +355,11 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
     /* With no change now nor at the tick before, every owner's fingerprint is the one it
      * saw and acted on: nothing to look at. */
     if (changed || w->changed_before) {
-        tick_log tl = {0};
+        bool draining = w->due > 0; /* a round still going on takes the new ones too */
         for (size_t i = 0; i < w->owner_count; i++)
-            check_owner(w, &w->owners[i], &tl);
-        if (tl.applied > TICK_LOG_LINES)
-            log_info("tls certificates reloaded for %zu more listeners and clusters",
-                     tl.applied - TICK_LOG_LINES);
-        if (tl.rejected > TICK_LOG_LINES)
-            log_warn("tls certificate reload rejected for %zu more listeners and clusters "
-                     "(from %s=%s on, same reasons); the certificates in use stay, and the "
-                     "files are tried again when they change",
-                     tl.rejected - TICK_LOG_LINES, owner_kind(tl.unlogged),
-                     owner_name(tl.unlogged));
+            check_owner(w, &w->owners[i]);
+        if (w->due && !draining)
+            drain(-1, 0, w);
     }
     w->changed_before = changed;
     for (size_t i = 0; i < w->owner_count; i++)
@@ -385,6 +422,8 @@ static int start_watching(pf_tls_watch *w) {
             return PF_ENOMEM;
         w->expiry_registered = true;
     }
+    if (!w->drain_event && !(w->drain_event = evtimer_new(w->base, drain, w)))
+        return PF_ENOMEM;
     if (!w->timer) {
         w->timer = event_new(w->base, -1, EV_PERSIST, on_tick, w);
         struct timeval tv = {0, TICK_MS * 1000};
@@ -436,6 +475,8 @@ void tls_watch_remove_cluster(pf_tls_watch *w, size_t index) {
         drop_file(w, o->files[k]);
     metrics_release(w->metrics, o->reloads[0]);
     metrics_release(w->metrics, o->reloads[1]);
+    if (o->due)
+        w->due--;
     w->cluster_owner[index] = 0;
     /* the last owner takes its place: the order does not matter */
     *o = w->owners[--w->owner_count];
@@ -495,6 +536,8 @@ void tls_watch_free(pf_tls_watch *w) {
         return;
     if (w->timer)
         event_free(w->timer);
+    if (w->drain_event)
+        event_free(w->drain_event);
     free(w->owners);
     free(w->files);
     free(w->cluster_owner);
