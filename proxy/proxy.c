@@ -509,7 +509,7 @@ static void cluster_destroy(pf_proxy *proxy, pf_cluster_rt *c) {
 
 /* A cluster added while running: its TLS client (when it speaks TLS) and its state. A TLS
  * cluster replaced by a reload (another health check, policy, ...) keeps speaking TLS; its
- * files are not watched for rotation (only the clusters pilotfish started with are). */
+ * files are watched for rotation by whoever added it (cmd/: reloads and auto-discovery). */
 static int cluster_start(pf_proxy *proxy, pf_cluster_rt *c, const pf_config_cluster *cfg) {
     pf_error err = {{0}};
     pf_tls_client *tls = NULL;
