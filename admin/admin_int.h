@@ -15,6 +15,8 @@
  * index). */
 typedef struct admin_rate_sample {
     uint64_t *totals;
+    uint64_t *series; /* whose totals they are (pf_proxy_cluster_status.series): a slot
+                       * reused by another cluster starts a fresh series */
     size_t count;
     uint64_t at_us; /* pf_now_us(); 0: none yet */
 } admin_rate_sample;
@@ -82,14 +84,17 @@ void admin_status_free(pf_admin *admin);
 
 #define ADMIN_RATE_WINDOW_US (10u * 1000000u)
 #define ADMIN_RATE_MIN_US (1u * 1000000u) /* a shorter span says too little */
-/* Takes `totals` (count entries, at now_us) as the newer sample once the current one is
- * ADMIN_RATE_WINDOW_US old (the current one becomes the older). Returns 0 or PF_ENOMEM (then
- * nothing changes). */
-int admin_rate_update(admin_rate_meter *m, const uint64_t *totals, size_t count, uint64_t now_us);
-/* Requests per second of entry i, from its total now against the older sample (or the
- * newer, when no older one exists and it is at least ADMIN_RATE_MIN_US old); -1 when no
- * sample tells. */
-double admin_rate_of(const admin_rate_meter *m, size_t i, uint64_t total, uint64_t now_us);
+/* Takes `totals` of `series` (count entries each, at now_us) as the newer sample once the
+ * current one is ADMIN_RATE_WINDOW_US old (the current one becomes the older). Returns 0 or
+ * PF_ENOMEM (then nothing changes). */
+int admin_rate_update(admin_rate_meter *m, const uint64_t *totals, const uint64_t *series,
+                      size_t count, uint64_t now_us);
+/* Requests per second of entry i (`total` of `series` now), against the older sample, or
+ * the newer one when the older has no total of that series (a slot reused since, an entry
+ * added since) and the newer is at least ADMIN_RATE_MIN_US old; -1 when no sample of the
+ * series tells. */
+double admin_rate_of(const admin_rate_meter *m, size_t i, uint64_t total, uint64_t series,
+                     uint64_t now_us);
 void admin_rate_free(admin_rate_meter *m);
 
 /* The Content-Security-Policy header value the page needs: nothing but its own inline

@@ -287,18 +287,27 @@ static void put_status_mix(page *pg, const uint64_t requests[PF_PROXY_CODE_CLASS
 
 /* ---- request rates ------------------------------------------------------------------------ */
 
-int admin_rate_update(admin_rate_meter *m, const uint64_t *totals, size_t count, uint64_t now_us) {
+int admin_rate_update(admin_rate_meter *m, const uint64_t *totals, const uint64_t *series,
+                      size_t count, uint64_t now_us) {
     if (m->newer.at_us && now_us - m->newer.at_us < ADMIN_RATE_WINDOW_US)
         return PF_OK;
-    /* The older sample's buffer becomes the new newer one: no allocation once sized. */
+    /* The older sample's buffers become the new newer one: no allocation once sized. */
     admin_rate_sample next = m->older;
-    if (next.count < count || !next.totals) {
-        uint64_t *grown = realloc(next.totals, (count ? count : 1) * sizeof *grown);
+    if (next.count < count || !next.totals || !next.series) {
+        size_t n = count ? count : 1;
+        uint64_t *grown = realloc(next.totals, n * sizeof *grown);
         if (!grown)
             return PF_ENOMEM;
         next.totals = grown;
+        grown = realloc(next.series, n * sizeof *grown);
+        if (!grown) {
+            m->older.totals = next.totals; /* kept, and freed, by the older sample */
+            return PF_ENOMEM;
+        }
+        next.series = grown;
     }
     memcpy(next.totals, totals, count * sizeof *totals);
+    memcpy(next.series, series, count * sizeof *series);
     next.count = count;
     next.at_us = now_us;
     m->older = m->newer;
@@ -306,10 +315,19 @@ int admin_rate_update(admin_rate_meter *m, const uint64_t *totals, size_t count,
     return PF_OK;
 }
 
-double admin_rate_of(const admin_rate_meter *m, size_t i, uint64_t total, uint64_t now_us) {
-    const admin_rate_sample *base = m->older.at_us ? &m->older : &m->newer;
-    if (!base->at_us || i >= base->count || now_us < base->at_us + ADMIN_RATE_MIN_US ||
-        total < base->totals[i])
+/* Whether sample s holds entry i's total of this series, taken at least ADMIN_RATE_MIN_US
+ * before now. */
+static bool sample_tells(const admin_rate_sample *s, size_t i, uint64_t series, uint64_t now_us) {
+    return s->at_us && i < s->count && s->series[i] == series &&
+           now_us >= s->at_us + ADMIN_RATE_MIN_US;
+}
+
+double admin_rate_of(const admin_rate_meter *m, size_t i, uint64_t total, uint64_t series,
+                     uint64_t now_us) {
+    const admin_rate_sample *base = sample_tells(&m->older, i, series, now_us)   ? &m->older
+                                    : sample_tells(&m->newer, i, series, now_us) ? &m->newer
+                                                                                 : NULL;
+    if (!base || total < base->totals[i])
         return -1;
     return (double)(total - base->totals[i]) * 1e6 / (double)(now_us - base->at_us);
 }
@@ -317,6 +335,8 @@ double admin_rate_of(const admin_rate_meter *m, size_t i, uint64_t total, uint64
 void admin_rate_free(admin_rate_meter *m) {
     free(m->older.totals);
     free(m->newer.totals);
+    free(m->older.series);
+    free(m->newer.series);
     memset(m, 0, sizeof *m);
 }
 
@@ -757,11 +777,13 @@ int admin_status_render(pf_admin *admin, struct evbuffer *out) {
     size_t listeners = admin->cfg->listener_count;
     cluster_view *views = calloc(count + 1, sizeof *views);
     uint64_t *totals = calloc((count > listeners ? count : listeners) + 1, sizeof *totals);
+    uint64_t *series = calloc((count > listeners ? count : listeners) + 1, sizeof *series);
     pf_proxy_listener_status *lsts = calloc(listeners + 1, sizeof *lsts);
     double *lrates = calloc(listeners + 1, sizeof *lrates);
-    if (!views || !totals || !lsts || !lrates) {
+    if (!views || !totals || !series || !lsts || !lrates) {
         free(views);
         free(totals);
+        free(series);
         free(lsts);
         free(lrates);
         return PF_ENOMEM;
@@ -789,18 +811,21 @@ int admin_status_render(pf_admin *admin, struct evbuffer *out) {
             continue;
         proxy_cluster_status(admin->proxy, i, &views[i].st);
         totals[i] = sum_requests(views[i].st.requests);
+        series[i] = views[i].st.series; /* retired: 0, no cluster's */
     }
-    /* A rate needs an earlier sample: a failed update only leaves the rates unknown. */
-    admin_rate_update(&admin->cluster_rates, totals, count, now_us);
+    /* A rate needs an earlier sample of the same cluster: a failed update only leaves the
+     * rates unknown, and a slot reused by another cluster starts afresh. */
+    admin_rate_update(&admin->cluster_rates, totals, series, count, now_us);
     for (size_t i = 0; i < count; i++)
-        views[i].rate = admin_rate_of(&admin->cluster_rates, i, totals[i], now_us);
+        views[i].rate = admin_rate_of(&admin->cluster_rates, i, totals[i], series[i], now_us);
     for (size_t i = 0; i < listeners; i++) {
         proxy_listener_status(admin->proxy, i, &lsts[i]);
         totals[i] = sum_requests(lsts[i].requests);
+        series[i] = lsts[i].series;
     }
-    admin_rate_update(&admin->listener_rates, totals, listeners, now_us);
+    admin_rate_update(&admin->listener_rates, totals, series, listeners, now_us);
     for (size_t i = 0; i < listeners; i++)
-        lrates[i] = admin_rate_of(&admin->listener_rates, i, totals[i], now_us);
+        lrates[i] = admin_rate_of(&admin->listener_rates, i, totals[i], series[i], now_us);
     /* Clusters a reload removed keep their index (and their rates above) but are not shown. */
     size_t shown = 0;
     for (size_t i = 0; i < count; i++) {
@@ -845,6 +870,7 @@ int admin_status_render(pf_admin *admin, struct evbuffer *out) {
     free(views);
     free(totals);
     free(lsts);
+    free(series);
     free(lrates);
     return pg.failed ? PF_ENOMEM : PF_OK;
 }

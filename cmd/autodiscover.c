@@ -63,6 +63,7 @@ struct pf_autodiscover {
     struct event *sweep_timer;
     pf_counter *wants_dropped;
     pf_httproutes *httproutes; /* kubernetes.http_routes */
+    pf_tls_watch *tls_watch;   /* certificate rotation of discovered TLS clusters */
 };
 
 static void discovered_free(discovered *d) {
@@ -71,6 +72,16 @@ static void discovered_free(discovered *d) {
     health_free(d->health);
     discovery_slot_free(d->slot);
     free(d);
+}
+
+/* A discovered cluster that speaks TLS has its files watched like a configured one; the
+ * watch shares one stat per file among all the clusters made from the template. Without
+ * memory for it the cluster still serves, on the files it started with. */
+static void watch_tls(pf_autodiscover *ad, size_t index) {
+    if (tls_watch_add_cluster(ad->tls_watch, index) != PF_OK)
+        log_warn("kubernetes: cluster=%s: out of memory watching its TLS files; they are not "
+                 "reloaded when they change",
+                 proxy_cluster_config(ad->proxy, index)->name);
 }
 
 static pf_endpoint_slot *on_port_added(void *arg, const pf_k8s_service_port *port,
@@ -100,6 +111,7 @@ static pf_endpoint_slot *on_port_added(void *arg, const pf_k8s_service_port *por
         ad->clusters++;
         ad->slots++;
         ad->state[index] = SLOT_LIVE;
+        watch_tls(ad, (size_t)index);
         return proxy_cluster_slot(ad->proxy, (size_t)index);
     }
     discovered *d = calloc(1, sizeof *d);
@@ -128,6 +140,7 @@ static pf_endpoint_slot *on_port_added(void *arg, const pf_k8s_service_port *por
         return NULL;
     }
     proxy_cluster_set_health(ad->proxy, (size_t)index, d->health);
+    watch_tls(ad, (size_t)index);
     ad->by_index[index] = d;
     ad->state[index] = SLOT_LIVE;
     *cookie = (size_t)index;
@@ -145,6 +158,7 @@ static void on_port_removed(void *arg, const pf_k8s_service_port *port, size_t c
         discovery_slot_publish(d ? d->slot : proxy_cluster_slot(ad->proxy, cookie), empty);
     if (d)
         health_stop(d->health);
+    tls_watch_remove_cluster(ad->tls_watch, cookie); /* before its slot can be freed */
     proxy_cluster_retire(ad->proxy, cookie);
     ad->clusters--;
     ad->state[cookie] = SLOT_RETIRED;
@@ -395,6 +409,10 @@ pf_autodiscover *autodiscover_new(struct event_base *base, pf_proxy *proxy, pf_k
         return NULL;
     }
     return ad;
+}
+
+void autodiscover_set_tls_watch(pf_autodiscover *ad, pf_tls_watch *w) {
+    ad->tls_watch = w;
 }
 
 pf_httproutes *autodiscover_httproutes(pf_autodiscover *ad) {

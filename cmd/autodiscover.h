@@ -9,6 +9,7 @@
 #include "core/metrics.h"
 #include "discovery/kubernetes.h"
 #include "proxy/proxy.h"
+#include "proxy/tls_rotation.h"
 
 #include <event2/event.h>
 
@@ -28,6 +29,10 @@ pf_autodiscover *autodiscover_new(struct event_base *base, pf_proxy *proxy, pf_k
 /* Frees every discovered cluster's health: after the workers are gone (they report into
  * it), before the event base. NULL is a no-op. Main thread. */
 void autodiscover_free(pf_autodiscover *ad);
+
+/* Discovered TLS clusters have their files watched for rotation by `w` (borrowed; it must
+ * outlive ad), from this call on: call it before discovery_k8s_start. Main thread. */
+void autodiscover_set_tls_watch(pf_autodiscover *ad, pf_tls_watch *w);
 
 /* The HTTPRoutes applied to discovered Services (kubernetes.http_routes), or NULL. */
 struct pf_httproutes *autodiscover_httproutes(pf_autodiscover *ad);

@@ -331,6 +331,8 @@ static int start_kubernetes(app *a, pf_error *err) {
     if (autodiscover_httproutes(a->autodiscover) &&
         httproutes_use_configured(autodiscover_httproutes(a->autodiscover), a->proxy, cfg, err))
         return PF_ENOMEM;
+    if (a->autodiscover)
+        autodiscover_set_tls_watch(a->autodiscover, a->tls_watch);
     return discovery_k8s_start(a->k8s, err);
 }
 

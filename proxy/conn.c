@@ -87,7 +87,11 @@ struct pf_conn {
     llhttp_method_t method;
     bool method_known; /* the request line's method was parsed: else it is logged as "-" */
     pf_body_mode req_body;
-    size_t head_fields; /* the request head's fields; those after a chunked body are trailers */
+    /* A chunked body's trailer section: a header section of its own (RFC 9110 6.5), with
+     * the head's limits counted apart, in a head of its own made when one comes (growing
+     * the request head's buffer would move what the exchange points at in it). */
+    pf_head *trailers;
+    bool in_trailers; /* the head is complete: fields from now on are trailers */
     pf_body_mode resp_body;
     bool body_ended; /* the chunked response's last chunk (with trailers) is written */
     pf_exchange ex;  /* embedded: no allocation per request */
@@ -152,6 +156,23 @@ static bool response_started(const pf_conn *c) {
            c->ex.state == PF_EX_ABORTED;
 }
 
+static void drop_trailers(pf_conn *c) {
+    if (c->trailers)
+        http1_head_free(c->trailers);
+    free(c->trailers);
+    c->trailers = NULL;
+}
+
+/* Where a header field llhttp reports goes: the request head, or after the body its
+ * trailer section (made on the first field). NULL when out of memory. */
+static pf_head *fields_of(pf_conn *c) {
+    if (!c->in_trailers)
+        return &c->req;
+    if (!c->trailers && (c->trailers = malloc(sizeof *c->trailers)) != NULL)
+        http1_head_init(c->trailers, c->l->cfg->max_header_bytes, c->l->cfg->max_headers);
+    return c->trailers;
+}
+
 static void reset_request(pf_conn *c) {
     exchange_reset(&c->ex);
     c->error_status = 0;
@@ -159,6 +180,8 @@ static void reset_request(pf_conn *c) {
     c->req_body = c->resp_body = PF_BODY_NONE;
     c->body_ended = false;
     c->method_known = false;
+    c->in_trailers = false;
+    drop_trailers(c);
     http1_head_reset(&c->req);
 }
 
@@ -210,6 +233,7 @@ void conn_free(pf_conn *c) {
     free(c->client_cert);
     free(c->bound_host);
     http1_head_free(&c->req);
+    drop_trailers(c);
     worker_conn_closed(c->w, c->l);
     free(c);
 }
@@ -502,7 +526,8 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
         c->error_reason = "invalid character in a header name";
         return -1;
     }
-    if (http1_head_append_name(&c->req, at, len) != PF_OK) {
+    pf_head *h = fields_of(c);
+    if (!h || http1_head_append_name(h, at, len) != PF_OK) {
         c->error_status = 431;
         return -1;
     }
@@ -513,14 +538,18 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
     pf_conn *c = p->data;
     /* llhttp joins obs-fold continuation lines into the value as a second span; RFC 9112
      * 5.2 lets us reject a fold, and a proxy must never pass one on. */
-    if (http1_value_is_fold(c->req.last_was_value, c->value_ended_at_chunk_end,
-                            at == c->chunk_start)) {
+    pf_head *h = fields_of(c);
+    if (!h) {
+        c->error_status = 431;
+        return -1;
+    }
+    if (http1_value_is_fold(h->last_was_value, c->value_ended_at_chunk_end, at == c->chunk_start)) {
         c->error_status = 400;
         c->error_reason = "obsolete line folding in a header";
         return -1;
     }
     c->value_ended_at_chunk_end = at + len == c->chunk_end;
-    if (http1_head_append_value(&c->req, at, len) != PF_OK) {
+    if (http1_head_append_value(h, at, len) != PF_OK) {
         c->error_status = 431;
         return -1;
     }
@@ -529,7 +558,8 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
 
 static int on_header_value_complete(llhttp_t *p) {
     pf_conn *c = p->data;
-    if (http1_head_finish_value(&c->req) != PF_OK) {
+    pf_head *h = fields_of(c);
+    if (!h || http1_head_finish_value(h) != PF_OK) {
         c->error_status = 431;
         return -1;
     }
@@ -539,7 +569,7 @@ static int on_header_value_complete(llhttp_t *p) {
 static int on_headers_complete(llhttp_t *p) {
     pf_conn *c = p->data;
     timer_stop(c);
-    c->head_fields = c->req.count;
+    c->in_trailers = true;
     dispatch(c);
     return closing(c) ? -1 : 0;
 }
@@ -557,13 +587,12 @@ static int on_message_complete(llhttp_t *p) {
     if (c->connect_accepted) /* a tunnel's CONNECT has no exchange to end */
         return HPE_PAUSED;
     /* llhttp reports a chunked body's trailer fields like head fields: they went into the
-     * head after its own. The exchange keeps them for the upstream, and the head is cut
-     * back, since a retry writes it again. */
-    for (size_t i = c->head_fields; i < c->req.count; i++)
-        exchange_request_trailer(&c->ex, http1_name(&c->req, i), c->req.headers[i].name_len,
-                                 http1_value(&c->req, i), c->req.headers[i].value_len);
-    if (c->req.count > c->head_fields)
-        c->req.count = c->head_fields;
+     * trailer section, which the exchange keeps for the upstream (a retry sends them too). */
+    const pf_head *t = c->trailers;
+    for (size_t i = 0; t && i < t->count; i++)
+        exchange_request_trailer(&c->ex, http1_name(t, i), t->headers[i].name_len,
+                                 http1_value(t, i), t->headers[i].value_len);
+    drop_trailers(c);
     exchange_request_end(&c->ex);
     return HPE_PAUSED;
 }
@@ -590,6 +619,15 @@ static void parse_failed(pf_conn *c, llhttp_errno_t rc) {
     if (closing(c))
         return; /* dispatch already answered and started closing */
     int status = c->error_status ? c->error_status : 400;
+    if (status == 431 && c->in_trailers) {
+        /* The head went upstream and the body after it: a 431 now would answer for a
+         * request the upstream is handling. The attempt is cut (its connection closed, so
+         * the upstream never sees the request end); the client gets a 400 that says why
+         * when no response has started, else the response is cut; the connection closes. */
+        exchange_request_trailers_too_large(&c->ex);
+        reject(c, 400, "request trailers over the listener's max_header_bytes or max_headers\n");
+        return;
+    }
     if (status == 400)
         log_debug("bad request client=%s error=%s reason=\"%s\"", c->client_ip,
                   llhttp_errno_name(rc), llhttp_get_error_reason(&c->parser));

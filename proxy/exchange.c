@@ -1123,13 +1123,13 @@ void exchange_request_end(pf_exchange *ex) {
         ex->up_ops->end_body(ex->up, attempt_timeout_ms(ex));
 }
 
-void exchange_request_trailer(pf_exchange *ex, const char *name, size_t name_len, const char *value,
-                              size_t value_len) {
+int exchange_request_trailer(pf_exchange *ex, const char *name, size_t name_len, const char *value,
+                             size_t value_len) {
     touch(ex);
     if (!ex->req_trailers) {
         ex->req_trailers = calloc(1, sizeof *ex->req_trailers);
         if (!ex->req_trailers)
-            return;
+            return PF_ENOMEM;
         http1_head_init(ex->req_trailers, ex->l->cfg->max_header_bytes, ex->l->cfg->max_headers);
     }
     /* A field that does not fit is dropped whole: a name without its value would go on. */
@@ -1144,8 +1144,17 @@ void exchange_request_trailer(pf_exchange *ex, const char *name, size_t name_len
         t->count = count;
         t->len = len;
         t->last_was_value = count > 0;
-        log_debug("request trailer dropped: over the listener's limits client=%s", ex->client_ip);
     }
+    return rc;
+}
+
+void exchange_request_trailers_too_large(pf_exchange *ex) {
+    log_info("request trailers over the limits: the request is cut client=%s listener=%s "
+             "max_header_bytes=%zu max_headers=%zu",
+             ex->client_ip, ex->l->cfg->name, (size_t)ex->l->cfg->max_header_bytes,
+             (size_t)ex->l->cfg->max_headers);
+    if (ex->state == PF_EX_STREAMING)
+        metrics_inc(ex->l->errors_total, 1);
 }
 
 const pf_head *exchange_request_trailers(const pf_exchange *ex) {

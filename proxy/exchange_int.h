@@ -234,10 +234,16 @@ void exchange_start_mirror(pf_exchange *ex, const pf_exchange_request *req, size
 /* Request body bytes, and the request's end. */
 void exchange_request_body(pf_exchange *ex, const char *at, size_t len);
 void exchange_request_end(pf_exchange *ex);
-/* One request trailer field (after the body, before exchange_request_end), copied; fields
- * past the listener's max_header_bytes or max_headers are dropped (logged at debug). */
-void exchange_request_trailer(pf_exchange *ex, const char *name, size_t name_len, const char *value,
-                              size_t value_len);
+/* One request trailer field (after the body, before exchange_request_end), copied. Returns
+ * 0, or PF_ELIMIT past the listener's max_header_bytes or max_headers for the trailer
+ * section (the field is not kept: see exchange_request_trailers_too_large), or PF_ENOMEM. */
+int exchange_request_trailer(pf_exchange *ex, const char *name, size_t name_len, const char *value,
+                             size_t value_len);
+/* The request's trailer section went over its limits after the head went upstream: logged
+ * (info) and, when a response is already on its way (no 4xx answer will count it), counted
+ * in pilotfish_downstream_rejected_requests_total. The codec then answers 400 or cuts the
+ * response, and the attempt ends unfinished. */
+void exchange_request_trailers_too_large(pf_exchange *ex);
 /* The request's trailer fields for an upstream codec ending the request body, or NULL:
  * none. Borrowed until the exchange is reset. */
 const pf_head *exchange_request_trailers(const pf_exchange *ex);

@@ -571,6 +571,8 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     return 0;
 }
 
+static void ds_abort(void *ds);
+
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
                      size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
                      void *arg) {
@@ -578,9 +580,23 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     h2_stream *st = stream_get(h, frame->hd.stream_id);
     if (st && st->started && frame->headers.cat == NGHTTP2_HCAT_HEADERS &&
         st->ex.state != PF_EX_DONE && st->ex.state != PF_EX_ABORTED) {
-        /* The request's trailers (RFC 9113 8.1): kept by the exchange for the upstream. */
-        exchange_request_trailer(&st->ex, (const char *)name, namelen, (const char *)value,
-                                 valuelen);
+        /* The request's trailers (RFC 9113 8.1): kept by the exchange for the upstream, with
+         * limits of their own. Past them the request is not sent on without some of its
+         * fields: as for HTTP/1, a 400 when no response has started, else the stream is
+         * reset; the attempt ends unfinished either way. */
+        if (exchange_request_trailer(&st->ex, (const char *)name, namelen, (const char *)value,
+                                     valuelen) == PF_ELIMIT) {
+            exchange_request_trailers_too_large(&st->ex);
+            if (st->ex.state == PF_EX_STREAMING) {
+                exchange_abort(&st->ex);
+                ds_abort(st);
+            } else if (st->ex.state != PF_EX_TUNNEL) {
+                exchange_reply(&st->ex, 400,
+                               "request trailers over the listener's max_header_bytes or "
+                               "max_headers\n",
+                               NULL);
+            }
+        }
         return 0;
     }
     if (!st || st->started || st->error_status)

@@ -153,6 +153,7 @@ static void register_tcp_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
 
 void proxy_listener_metrics(pf_metrics *m, pf_listener_rt *l) {
     char labels[160];
+    l->series = proxy_status_series(); /* a new listener in this slot */
     for (int i = 0; i < PF_CODE_CLASSES; i++) {
         snprintf(labels, sizeof labels, "listener=\"%s\",code_class=\"%s\"", l->cfg->name,
                  proxy_code_class_name((size_t)i));
@@ -449,6 +450,7 @@ static int cluster_init(pf_proxy *proxy, pf_cluster_rt *c, const pf_config_clust
     cfg->endpoint_count = 0;
     c->owned_cfg = cfg;
     c->cfg = cfg;
+    c->series = proxy_status_series(); /* a reused slot holds another cluster now */
     assign_cache_init(&c->assign);
     c->assign_params.panic_threshold = cfg->panic_threshold;
     c->assign_params.zone_aware = cfg->zone_aware;
@@ -507,7 +509,7 @@ static void cluster_destroy(pf_proxy *proxy, pf_cluster_rt *c) {
 
 /* A cluster added while running: its TLS client (when it speaks TLS) and its state. A TLS
  * cluster replaced by a reload (another health check, policy, ...) keeps speaking TLS; its
- * files are not watched for rotation (only the clusters pilotfish started with are). */
+ * files are watched for rotation by whoever added it (cmd/: reloads and auto-discovery). */
 static int cluster_start(pf_proxy *proxy, pf_cluster_rt *c, const pf_config_cluster *cfg) {
     pf_error err = {{0}};
     pf_tls_client *tls = NULL;

@@ -84,6 +84,8 @@ typedef struct pf_proxy_listener_status {
     uint64_t rejected;            /* requests pilotfish refused itself with a 4xx */
     const pf_histogram *duration; /* first request byte to response end: &duration_all */
     pf_histogram duration_all;    /* the status classes' histograms added up when read */
+    uint64_t series; /* which listener this is: another number, other counters (a rate must
+                      * not compare them) */
 } pf_proxy_listener_status;
 
 /* Listener `index` of the config (as cfg->listeners). Any thread. */
@@ -96,6 +98,8 @@ typedef struct pf_proxy_cluster_status {
     uint64_t retries;
     bool panic;                   /* balancing over every endpoint: too few are healthy */
     const pf_histogram *duration; /* an attempt's pick to its response's end; borrowed */
+    uint64_t series; /* which cluster this is: a reused slot gets a new number, and a rate
+                      * must not compare one cluster's counters with another's */
 } pf_proxy_cluster_status;
 
 /* Cluster `index` (as proxy_cluster_config). Any thread. */

@@ -66,6 +66,7 @@ typedef struct pf_cluster_rt {
     pf_health *health;            /* passive outlier detection; may be NULL */
     pf_tls_client *tls;           /* NULL: plaintext to the endpoints */
     bool at_start;                /* one of the start config's: /ready waits for its set */
+    uint64_t series;              /* which cluster the slot holds (proxy_status_series) */
     _Atomic bool retired;
     /* Slot reuse (issue 16): a cluster removed for good is freed once every worker has let
      * go of it. Everything above is reset when the slot is reused; these survive it. */
@@ -141,7 +142,8 @@ typedef struct pf_listener_rt {
     pf_counter *tcp_bytes[2]; /* by tunnel side read: [0] from clients, [1] from endpoints */
     pf_counter *tcp_connect_failures; /* connect attempts that failed or timed out */
     pf_listener_state state;
-    bool retiring; /* RETIRED, and some worker may still accept on it (main thread) */
+    bool retiring;   /* RETIRED, and some worker may still accept on it (main thread) */
+    uint64_t series; /* which listener the slot holds (proxy_status_series) */
 } pf_listener_rt;
 
 /* Idle upstream connections to one endpoint address, per worker and cluster; for TLS, per
@@ -381,6 +383,9 @@ uint64_t worker_random(pf_worker *w);
 int proxy_bind_listener(const pf_config_listener *cfg, bool probe, pf_error *err);
 /* Registers a listener slot's metrics under l->cfg's name (existing series are reused). */
 void proxy_listener_metrics(pf_metrics *m, pf_listener_rt *l);
+/* proxy/status.c: a number never given before, for a slot that takes a new listener or
+ * cluster, so that the status page never takes one's counters for another's. Main thread. */
+uint64_t proxy_status_series(void);
 /* Worker thread: starts accepting on `fd` (taken) for slot l. Returns 0 or PF_ENOMEM. */
 int worker_listen(pf_worker *w, pf_listener_rt *l, int fd);
 /* Worker thread: closes this worker's socket of slot l and drains its connections. */

@@ -11,6 +11,14 @@ const char *proxy_code_class_name(size_t code_class) {
     return code_class < PF_CODE_CLASSES ? class_names[code_class] : "other";
 }
 
+/* Slots are reused (removed clusters, replaced listeners): each new occupant gets the next
+ * number. Starts at 1, so 0 is never a live one. */
+static _Atomic uint64_t last_series;
+
+uint64_t proxy_status_series(void) {
+    return atomic_fetch_add_explicit(&last_series, 1, memory_order_relaxed) + 1;
+}
+
 static uint64_t counter_value(const pf_counter *c) {
     return c ? atomic_load_explicit(&c->value, memory_order_relaxed) : 0;
 }
@@ -49,6 +57,7 @@ void proxy_listener_status(const pf_proxy *proxy, size_t index, pf_proxy_listene
                                   memory_order_relaxed);
     }
     out->duration = all;
+    out->series = l->series;
 }
 
 void proxy_cluster_status(const pf_proxy *proxy, size_t index, pf_proxy_cluster_status *out) {
@@ -60,4 +69,5 @@ void proxy_cluster_status(const pf_proxy *proxy, size_t index, pf_proxy_cluster_
     out->retries = counter_value(c->retries);
     out->duration = c->request_duration;
     out->panic = proxy_cluster_panic(proxy, index);
+    out->series = c->series;
 }

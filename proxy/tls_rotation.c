@@ -4,7 +4,13 @@
  * new inode. A change that stayed put for one tick (so that a cert written before its key
  * is not judged half-way) is loaded; a valid pair replaces the context new handshakes use,
  * an invalid one is logged with the file and reason and counted, and the old one stays.
- * The same tick rotates the listeners' session ticket keys and keeps the expiry gauge. */
+ * The same tick rotates the listeners' session ticket keys and keeps the expiry gauge.
+ *
+ * Files are a stat cache shared by their owners: thousands of auto-discovered clusters made
+ * from one template name the same three files, so each file is stat()ed once per tick
+ * whatever the number of owners, and owners are only looked at when some file changed in
+ * this tick or the one before (a change settles one tick later). Owners come and go with
+ * the clusters: configured ones at start, a reload's, auto-discovered ones. */
 #include "proxy/proxy_int.h"
 #include "proxy/tls_rotation.h"
 
@@ -35,8 +41,11 @@ typedef struct file_id {
 
 typedef struct watched_file {
     char path[PF_TLS_FILE_MAX];
-    unsigned refs;   /* owners that watch it; 0: a free entry (a removed cluster's file) */
-    bool has_expiry; /* a certificate or CA file */
+    unsigned refs;           /* owners that watch it; 0: a free entry (a removed cluster's file) */
+    bool has_expiry;         /* a certificate or CA file */
+    file_id id;              /* as the last stat() saw it */
+    uint64_t version;        /* bumped whenever id changes: owners fingerprint these */
+    uint64_t expiry_version; /* the version not_after was read from; 0: never */
     /* notAfter of the certificate (the earliest of a CA bundle), seconds since the epoch;
      * written by the main thread, read by the scrape */
     _Atomic int64_t not_after;
@@ -47,11 +56,13 @@ typedef struct watched_file {
 typedef struct owner {
     pf_tls_server *server; /* exactly one of server and client */
     pf_tls_client *client;
+    size_t cluster;            /* a client's cluster index (the key of cluster_owner) */
     size_t files[OWNER_FILES]; /* indexes into the watcher's files */
     size_t file_count;
     uint64_t applied; /* fingerprint of the files in use */
     uint64_t seen;    /* at the last tick */
     uint64_t refused; /* the last refused state: logged once, not every tick */
+    bool due;         /* its files changed and settled: a reload is waiting (drain) */
     uint64_t next_ticket_rotation_ms;
     pf_counter *reloads[2]; /* applied, rejected */
     pf_counter *ticket_rotations;
@@ -64,9 +75,17 @@ struct pf_tls_watch {
     struct event *timer;
     bool expiry_registered;
     owner *owners;
-    size_t owner_count, owner_cap; /* clusters a reload adds or removes come and go */
+    size_t owner_count, owner_cap; /* clusters a reload or discovery adds or removes */
+    size_t *cluster_owner;         /* by cluster index: its owner's position + 1, 0: none */
     watched_file *files;
-    size_t file_count; /* entries used so far, free ones (refs 0) included */
+    size_t file_count;         /* entries used so far, free ones (refs 0) included */
+    uint64_t versions;         /* the last version given to a file (versions are never reused) */
+    bool changed_before;       /* some file changed at the previous tick: owners settle now */
+    size_t due;                /* owners waiting for their reload (owner.due) */
+    struct event *drain_event; /* the next slice of reloads */
+    size_t round_applied, round_rejected;  /* reloads since the round began, for its log */
+    char round_unlogged[PF_NAME_MAX + 16]; /* the first refused owner without a line */
+    pf_counter *stats;                     /* pilotfish_tls_file_checks_total */
 };
 
 static file_id stat_file(const char *path) {
@@ -85,14 +104,27 @@ static file_id stat_file(const char *path) {
     return id;
 }
 
-/* FNV-1a over the files' identities, in the owner's order. */
+/* Stats file i (the only place that does) and gives it a new version when it changed.
+ * Returns whether it did. */
+static bool refresh_file(pf_tls_watch *w, watched_file *f) {
+    file_id id = stat_file(f->path);
+    if (w->stats)
+        metrics_inc(w->stats, 1);
+    if (f->version && memcmp(&id, &f->id, sizeof id) == 0)
+        return false;
+    f->id = id;
+    f->version = ++w->versions;
+    return true;
+}
+
+/* FNV-1a over the versions of the owner's files, in its order: the state of its files as
+ * the cache last saw them. */
 static uint64_t fingerprint(const pf_tls_watch *w, const owner *o) {
     uint64_t h = 1469598103934665603ull;
     for (size_t i = 0; i < o->file_count; i++) {
-        file_id id = stat_file(w->files[o->files[i]].path);
-        const unsigned char *p = (const unsigned char *)&id;
-        for (size_t j = 0; j < sizeof id; j++)
-            h = (h ^ p[j]) * 1099511628211ull;
+        uint64_t v = w->files[o->files[i]].version;
+        for (int j = 0; j < 8; j++, v >>= 8)
+            h = (h ^ (v & 0xff)) * 1099511628211ull;
     }
     return h;
 }
@@ -124,11 +156,16 @@ static bool file_not_after(const char *path, int64_t *out) {
     return found;
 }
 
+/* Reads notAfter of the owner's certificate files, each once per version of the file (many
+ * owners share one). */
 static void update_expiry(pf_tls_watch *w, const owner *o) {
     for (size_t i = 0; i < o->file_count; i++) {
         watched_file *f = &w->files[o->files[i]];
         int64_t t = 0;
-        if (f->has_expiry && file_not_after(f->path, &t)) {
+        if (!f->has_expiry || f->expiry_version == f->version)
+            continue;
+        f->expiry_version = f->version;
+        if (file_not_after(f->path, &t)) {
             atomic_store(&f->not_after, t);
             atomic_store(&f->known, true);
         }
@@ -141,6 +178,8 @@ static size_t add_file(pf_tls_watch *w, const char *path, bool has_expiry) {
     size_t free_entry = SIZE_MAX;
     for (size_t i = 0; i < w->file_count; i++) {
         if (w->files[i].refs && strcmp(w->files[i].path, path) == 0) {
+            if (has_expiry && !w->files[i].has_expiry)
+                w->files[i].expiry_version = 0; /* read it at the next update_expiry */
             w->files[i].has_expiry |= has_expiry;
             w->files[i].refs++;
             return i;
@@ -155,7 +194,10 @@ static size_t add_file(pf_tls_watch *w, const char *path, bool has_expiry) {
     snprintf(f->path, sizeof f->path, "%s", path);
     f->has_expiry = has_expiry;
     f->refs = 1;
+    f->version = 0;
+    f->expiry_version = 0;
     atomic_store(&f->known, false);
+    refresh_file(w, f); /* a new file is stat()ed once here, a shared one not at all */
     return i;
 }
 
@@ -206,21 +248,30 @@ static void register_owner(pf_tls_watch *w, owner *o, pf_metrics *m) {
     update_expiry(w, o);
 }
 
-static void check_owner(pf_tls_watch *w, owner *o) {
+/* A change reloads every owner of a changed file, and a reload builds a context (a few
+ * milliseconds): thousands of discovered clusters would hold the main thread (health
+ * checks, discovery, the admin server) for seconds. Reloads run in slices of this long,
+ * the event loop getting a turn between them. */
+#define RELOAD_SLICE_US 20000
+/* The first few owners reloaded in one round get a log line each, the rest one line
+ * together (thousands of discovered clusters share the files that changed). */
+#define ROUND_LOG_LINES 8
+
+static void reload_owner(pf_tls_watch *w, owner *o) {
     uint64_t fp = fingerprint(w, o);
-    bool settled = fp == o->seen;
-    o->seen = fp;
-    if (!settled || fp == o->applied || fp == o->refused)
-        return;
     pf_error err = {{0}};
     int rc = o->server ? tls_server_reload(o->server, &err) : tls_client_reload(o->client, &err);
     if (rc != PF_OK) {
         o->refused = fp;
         if (o->reloads[1])
             metrics_inc(o->reloads[1], 1);
-        log_warn("tls certificate reload rejected %s=%s reason=\"%s\"; the certificates in use "
-                 "stay",
-                 owner_kind(o), owner_name(o), err.msg);
+        if (w->round_rejected++ < ROUND_LOG_LINES)
+            log_warn("tls certificate reload rejected %s=%s reason=\"%s\"; the certificates in "
+                     "use stay, and the files are tried again when they change",
+                     owner_kind(o), owner_name(o), err.msg);
+        else if (!w->round_unlogged[0])
+            snprintf(w->round_unlogged, sizeof w->round_unlogged, "%s=%s", owner_kind(o),
+                     owner_name(o));
         return;
     }
     o->applied = fp;
@@ -228,7 +279,50 @@ static void check_owner(pf_tls_watch *w, owner *o) {
     if (o->reloads[0])
         metrics_inc(o->reloads[0], 1);
     update_expiry(w, o);
-    log_info("tls certificates reloaded %s=%s", owner_kind(o), owner_name(o));
+    if (w->round_applied++ < ROUND_LOG_LINES)
+        log_info("tls certificates reloaded %s=%s", owner_kind(o), owner_name(o));
+}
+
+/* Reloads the owners due, RELOAD_SLICE_US at a time; the rest after the loop's next turn. */
+static void drain(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    pf_tls_watch *w = arg;
+    uint64_t start = pf_now_us();
+    /* From the start each time: a removed owner's place is taken by the last one. */
+    for (size_t i = 0; i < w->owner_count && w->due; i++) {
+        owner *o = &w->owners[i];
+        if (!o->due)
+            continue;
+        o->due = false;
+        w->due--;
+        reload_owner(w, o);
+        if (w->due && pf_now_us() - start >= RELOAD_SLICE_US) {
+            struct timeval now = {0, 0}; /* a timer: I/O is polled before it runs */
+            evtimer_add(w->drain_event, &now);
+            return;
+        }
+    }
+    if (w->round_applied > ROUND_LOG_LINES)
+        log_info("tls certificates reloaded for %zu more listeners and clusters",
+                 w->round_applied - ROUND_LOG_LINES);
+    if (w->round_rejected > ROUND_LOG_LINES)
+        log_warn("tls certificate reload rejected for %zu more listeners and clusters (from %s "
+                 "on, same reasons); the certificates in use stay, and the files are tried "
+                 "again when they change",
+                 w->round_rejected - ROUND_LOG_LINES, w->round_unlogged);
+    w->round_applied = w->round_rejected = 0;
+    w->round_unlogged[0] = '\0';
+}
+
+/* An owner whose files changed and then stayed put for a tick is due for a reload. */
+static void check_owner(pf_tls_watch *w, owner *o) {
+    uint64_t fp = fingerprint(w, o);
+    bool settled = fp == o->seen;
+    o->seen = fp;
+    if (!settled || fp == o->applied || fp == o->refused || o->due)
+        return;
+    o->due = true;
+    w->due++;
 }
 
 static void rotate_tickets(owner *o, uint64_t now) {
@@ -244,14 +338,32 @@ static void rotate_tickets(owner *o, uint64_t now) {
         metrics_inc(o->ticket_rotations, 1);
 }
 
+/* Stats every watched file once. Returns whether any changed. */
+static bool refresh_files(pf_tls_watch *w) {
+    bool changed = false;
+    for (size_t i = 0; i < w->file_count; i++)
+        if (w->files[i].refs)
+            changed |= refresh_file(w, &w->files[i]);
+    return changed;
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     pf_tls_watch *w = arg;
     uint64_t now = pf_now_ms();
-    for (size_t i = 0; i < w->owner_count; i++) {
-        check_owner(w, &w->owners[i]);
-        rotate_tickets(&w->owners[i], now);
+    bool changed = refresh_files(w);
+    /* With no change now nor at the tick before, every owner's fingerprint is the one it
+     * saw and acted on: nothing to look at. */
+    if (changed || w->changed_before) {
+        bool draining = w->due > 0; /* a round still going on takes the new ones too */
+        for (size_t i = 0; i < w->owner_count; i++)
+            check_owner(w, &w->owners[i]);
+        if (w->due && !draining)
+            drain(-1, 0, w);
     }
+    w->changed_before = changed;
+    for (size_t i = 0; i < w->owner_count; i++)
+        rotate_tickets(&w->owners[i], now);
 }
 
 /* pilotfish_tls_certificate_expiry_seconds{file}: seconds left (negative once expired). */
@@ -276,9 +388,33 @@ static void emit_expiry(void *arg, pf_metric_emit emit, void *emit_ctx) {
     }
 }
 
+/* pilotfish_tls_watched{what="listeners"|"clusters"|"files"}. */
+static void emit_watched(void *arg, pf_metric_emit emit, void *emit_ctx) {
+    const pf_tls_watch *w = arg;
+    size_t listeners = 0, files = 0;
+    for (size_t i = 0; i < w->owner_count; i++)
+        listeners += w->owners[i].server != NULL;
+    for (size_t i = 0; i < w->file_count; i++)
+        files += w->files[i].refs > 0;
+    emit(emit_ctx, "what=\"listeners\"", (double)listeners);
+    emit(emit_ctx, "what=\"clusters\"", (double)(w->owner_count - listeners));
+    emit(emit_ctx, "what=\"files\"", (double)files);
+}
+
 /* The expiry gauge and the tick, from the first owner on. Returns 0 or PF_ENOMEM. */
 static int start_watching(pf_tls_watch *w) {
     if (!w->expiry_registered) {
+        w->stats = metrics_counter(w->metrics, "pilotfish_tls_file_checks_total",
+                                   "stat() calls of the certificate watch: one per watched file "
+                                   "per check (twice a second), however many listeners and "
+                                   "clusters share the file.",
+                                   "");
+        if (!w->stats ||
+            metrics_gauge_callback(w->metrics, "pilotfish_tls_watched",
+                                   "Listeners and clusters whose certificate, key and CA files "
+                                   "are watched for rotation, and the distinct files watched.",
+                                   emit_watched, w) != PF_OK)
+            return PF_ENOMEM;
         if (metrics_gauge_callback(w->metrics, "pilotfish_tls_certificate_expiry_seconds",
                                    "Seconds until a certificate file's certificate expires (the "
                                    "earliest of a CA bundle); negative once expired.",
@@ -286,6 +422,8 @@ static int start_watching(pf_tls_watch *w) {
             return PF_ENOMEM;
         w->expiry_registered = true;
     }
+    if (!w->drain_event && !(w->drain_event = evtimer_new(w->base, drain, w)))
+        return PF_ENOMEM;
     if (!w->timer) {
         w->timer = event_new(w->base, -1, EV_PERSIST, on_tick, w);
         struct timeval tv = {0, TICK_MS * 1000};
@@ -296,10 +434,13 @@ static int start_watching(pf_tls_watch *w) {
 }
 
 /* A cluster's owner: its CA, certificate and key files. */
-static void add_cluster_owner(pf_tls_watch *w, pf_cluster_rt *c) {
+static void add_cluster_owner(pf_tls_watch *w, size_t index) {
+    pf_cluster_rt *c = &w->proxy->clusters[index];
     owner *o = &w->owners[w->owner_count++];
     memset(o, 0, sizeof *o);
     o->client = c->tls;
+    o->cluster = index;
+    w->cluster_owner[index] = w->owner_count;
     const pf_config_cluster_tls *t = &c->owned_cfg->tls;
     owner_add_file(w, o, t->ca_file, true);
     owner_add_file(w, o, t->cert_file, true);
@@ -308,8 +449,10 @@ static void add_cluster_owner(pf_tls_watch *w, pf_cluster_rt *c) {
 }
 
 int tls_watch_add_cluster(pf_tls_watch *w, size_t index) {
+    if (!w || index >= PF_MAX_CLUSTERS)
+        return PF_OK;
     pf_cluster_rt *c = &w->proxy->clusters[index];
-    if (!c->tls)
+    if (!c->tls || w->cluster_owner[index])
         return PF_OK;
     if (w->owner_count == w->owner_cap) {
         size_t cap = w->owner_cap ? w->owner_cap * 2 : 8;
@@ -319,25 +462,26 @@ int tls_watch_add_cluster(pf_tls_watch *w, size_t index) {
         w->owners = more;
         w->owner_cap = cap;
     }
-    add_cluster_owner(w, c);
+    add_cluster_owner(w, index);
     return start_watching(w);
 }
 
 void tls_watch_remove_cluster(pf_tls_watch *w, size_t index) {
-    if (!w)
+    if (!w || index >= PF_MAX_CLUSTERS || !w->cluster_owner[index])
         return;
-    const pf_tls_client *tls = w->proxy->clusters[index].tls;
-    for (size_t i = 0; tls && i < w->owner_count; i++) {
-        owner *o = &w->owners[i];
-        if (o->client != tls)
-            continue;
-        for (size_t k = 0; k < o->file_count; k++)
-            drop_file(w, o->files[k]);
-        metrics_release(w->metrics, o->reloads[0]);
-        metrics_release(w->metrics, o->reloads[1]);
-        w->owners[i] = w->owners[--w->owner_count]; /* the order does not matter */
-        return;
-    }
+    size_t i = w->cluster_owner[index] - 1;
+    owner *o = &w->owners[i];
+    for (size_t k = 0; k < o->file_count; k++)
+        drop_file(w, o->files[k]);
+    metrics_release(w->metrics, o->reloads[0]);
+    metrics_release(w->metrics, o->reloads[1]);
+    if (o->due)
+        w->due--;
+    w->cluster_owner[index] = 0;
+    /* the last owner takes its place: the order does not matter */
+    *o = w->owners[--w->owner_count];
+    if (i < w->owner_count && o->client)
+        w->cluster_owner[o->cluster] = i + 1;
 }
 
 pf_tls_watch *tls_watch_new(struct event_base *base, pf_proxy *proxy, pf_metrics *m,
@@ -349,7 +493,8 @@ pf_tls_watch *tls_watch_new(struct event_base *base, pf_proxy *proxy, pf_metrics
     for (size_t i = 0; i < proxy->cluster_count; i++)
         n += proxy->clusters[i].tls != NULL;
     if (!w || !(w->owners = calloc(n + 1, sizeof *w->owners)) ||
-        !(w->files = calloc(WATCH_FILES_MAX, sizeof *w->files)))
+        !(w->files = calloc(WATCH_FILES_MAX, sizeof *w->files)) ||
+        !(w->cluster_owner = calloc(PF_MAX_CLUSTERS, sizeof *w->cluster_owner)))
         goto nomem;
     w->owner_cap = n + 1;
     w->proxy = proxy;
@@ -373,7 +518,7 @@ pf_tls_watch *tls_watch_new(struct event_base *base, pf_proxy *proxy, pf_metrics
     }
     for (size_t i = 0; i < proxy->cluster_count; i++) {
         if (proxy->clusters[i].tls)
-            add_cluster_owner(w, &proxy->clusters[i]);
+            add_cluster_owner(w, i);
     }
     if (w->owner_count == 0)
         return w; /* nothing to watch (yet): no timer, no metric */
@@ -391,7 +536,10 @@ void tls_watch_free(pf_tls_watch *w) {
         return;
     if (w->timer)
         event_free(w->timer);
+    if (w->drain_event)
+        event_free(w->drain_event);
     free(w->owners);
     free(w->files);
+    free(w->cluster_owner);
     free(w);
 }

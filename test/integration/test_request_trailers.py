@@ -13,7 +13,7 @@ import h2.events
 import h2.exceptions
 import pytest
 
-from harness import LOCALHOST, cluster, listener, make_config, route, wait_for
+from harness import LOCALHOST, cluster, listener, make_config, metric_sum, route, wait_for
 
 
 class Recorder:
@@ -160,8 +160,9 @@ def proxy_to(start_pilotfish, server, protocol):
         [cluster("c", [server.address], protocol=protocol)]), workers=1)
 
 
-def h2_post_with_trailers(port, body, trailers):
-    """python3-h2 client: HEADERS, DATA, trailing HEADERS with END_STREAM. The answer's body."""
+def h2_post(port, body, trailers):
+    """python3-h2 client: HEADERS, DATA, trailing HEADERS with END_STREAM. The answer's
+    (:status, body); a reset stream fails."""
     sock = socket.create_connection((LOCALHOST, port), timeout=10)
     try:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
@@ -182,13 +183,19 @@ def h2_post_with_trailers(port, body, trailers):
                     conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                     out += ev.data
                 elif isinstance(ev, h2.events.StreamEnded):
-                    assert status == b"200", (status, out)
-                    return json.loads(out)
+                    return status, out
                 elif isinstance(ev, h2.events.StreamReset):
                     raise AssertionError(f"stream reset: {ev.error_code}")
             sock.sendall(conn.data_to_send())
     finally:
         sock.close()
+
+
+def h2_post_with_trailers(port, body, trailers):
+    """h2_post answered 200: the answer's body, parsed."""
+    status, out = h2_post(port, body, trailers)
+    assert status == b"200", (status, out)
+    return json.loads(out)
 
 
 def h1_post_with_trailers(port, body, trailer_lines):
@@ -263,3 +270,110 @@ def test_a_retried_request_carries_its_trailers_again(upstreams, start_pilotfish
     # Every attempt, first or retried, had the trailers.
     assert len(bad.seen) >= 1 and all(seen == want for seen in bad.seen), bad.seen
     assert good.seen == [want, want], good.seen
+
+
+# ---- limits: the trailer section has a budget of its own ----------------------------------
+
+LIMIT = 2048  # the listener's max_header_bytes in these tests
+
+
+class HeadCountingUpstream(H1Upstream):
+    """H1Upstream that also counts the request heads it received, whole request or not."""
+
+    heads = 0
+
+    def serve(self, conn):
+        data = read_until(conn, b"", b"\r\n\r\n")
+        head, _, data = data.partition(b"\r\n\r\n")
+        with self.lock:
+            self.heads += 1
+        body, trailers, data = read_chunked(conn, data)
+        out = self.record(body, trailers)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(out) + out)
+
+
+def limited_proxy(start_pilotfish, server):
+    return start_pilotfish(make_config(
+        [listener("main", [route("c", prefix="/")], max_header_bytes=LIMIT,
+                  max_target_bytes=1024)],
+        [cluster("c", [server.address])]), workers=1)
+
+
+def read_response(sock):
+    """(status line, body) of one content-length response."""
+    data = read_until(sock, b"", b"\r\n\r\n")
+    head, _, data = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(data) < length:
+        more = sock.recv(65536)
+        assert more, "closed before the body ended"
+        data += more
+    return head.split(b"\r\n")[0], data[:length]
+
+
+def rejected(pf):
+    return metric_sum(pf.metrics(), "pilotfish_downstream_rejected_requests_total",
+                      listener="main")
+
+
+def test_a_head_near_the_limit_leaves_its_chunked_trailers_their_own_room(upstreams,
+                                                                         start_pilotfish):
+    server = upstreams("http1")
+    pf = limited_proxy(start_pilotfish, server)
+    filler = b"X-Filler: " + b"f" * (LIMIT - 200) + b"\r\n"  # the head is near the limit
+    trailer = b"X-Checksum: " + b"c" * (LIMIT - 200) + b"\r\n"  # and so are the trailers
+    got = h1_post_with_trailers_head(pf.port(), filler, b"body", trailer)
+    assert got["body"] == "body"
+    assert got["trailers"] == [["x-checksum", "c" * (LIMIT - 200)]]
+    assert rejected(pf) == 0
+
+
+def h1_post_with_trailers_head(port, extra_head, body, trailer_lines):
+    sock = socket.create_connection((LOCALHOST, port), timeout=10)
+    try:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: t.local\r\n" + extra_head +
+                     b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(body) + body +
+                     b"\r\n0\r\n" + trailer_lines + b"\r\n")
+        status, out = read_response(sock)
+        assert status.startswith(b"HTTP/1.1 200"), (status, out)
+        return json.loads(out)
+    finally:
+        sock.close()
+
+
+def test_chunked_trailers_over_their_own_limit_cut_the_request_with_400_not_431(
+        upstreams, start_pilotfish):
+    server = HeadCountingUpstream()
+    try:
+        pf = limited_proxy(start_pilotfish, server)
+        sock = socket.create_connection((LOCALHOST, pf.port()), timeout=10)
+        with sock:
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: t.local\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n")
+            # the head and the first chunk went upstream before the trailers come
+            wait_for(lambda: server.heads == 1, 10, "the upstream to get the head")
+            sock.sendall(b"0\r\n" + b"".join(b"X-T%d: %s\r\n" % (i, b"t" * 500)
+                                            for i in range(8)) + b"\r\n")
+            status, body = read_response(sock)
+            assert status.startswith(b"HTTP/1.1 400"), (status, body)
+            assert b"trailers" in body, body
+            assert sock.recv(65536) == b""  # and the connection is closed
+        assert rejected(pf) == 1
+        wait_for(lambda: "request trailers over the limits: the request is cut" in
+                 pf.stderr_text(), 5, "the log line")
+        # the endpoint never saw the request end: its connection was closed mid-body
+        assert server.seen == []
+    finally:
+        server.close()
+
+
+def test_h2_request_trailers_over_their_limit_get_400_instead_of_going_on_without_them(
+        upstreams, start_pilotfish):
+    server = upstreams("http1")
+    pf = limited_proxy(start_pilotfish, server)
+    status, out = h2_post(pf.port(), b"body", [(f"x-t{i}", "t" * 500) for i in range(8)])
+    assert status == b"400", (status, out)
+    assert b"trailers" in out
+    assert rejected(pf) == 1
+    assert server.seen == []  # never sent on without some of its trailers

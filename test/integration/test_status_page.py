@@ -240,3 +240,39 @@ def test_prometheus_exposition_passes_promtool_with_process_metrics_and_build_in
     assert abs(samples["process_start_time_seconds"] - process_start_time(proxy.pf.pid)) < 0.1
     text = resp.body.decode()
     assert "# TYPE process_cpu_seconds_total counter\n" in text
+
+
+def test_a_cluster_slot_reused_by_another_service_starts_a_fresh_rate(k8s, start_backend,
+                                                                       start_pilotfish):
+    """The page's rates compare totals with a sample taken earlier, by cluster slot. A Service
+    that goes frees its slot and the next one takes it: its first rate must not be computed
+    against the old cluster's total (here it would show (40 - 30) / elapsed)."""
+    import time
+
+    b = start_backend("b")
+    k8s.apply(k8s_service("old", [("http", 80)]), k8s_slice("old-1", "old", b.port, ["127.0.0.1"]))
+    pf = start_pilotfish(make_config(
+        [listener("main", [])], [],
+        kubernetes=k8s.config(auto_discover={"namespaces": ["default"]})))
+    for _ in range(30):
+        assert pf.get("/", host="old").status == 200
+    page = parse_page(get_page(pf)[1])  # the sample rates are computed against
+    sampled = time.monotonic()
+    assert clusters_in_page(page)["old.default:80"].find("b", "requests").text() == "30"
+
+    def old_freed():
+        return not any(labels.get("cluster") == "old.default:80" for _, labels, _ in pf.metrics())
+
+    k8s.apply(("delete", "services", "default", "old"),
+              ("delete", "endpointslices", "default", "old-1"))
+    wait_for(old_freed, 20, "the old cluster's slot to be freed")
+    k8s.apply(k8s_service("new", [("http", 80)]), k8s_slice("new-1", "new", b.port, ["127.0.0.1"]))
+    wait_for(lambda: pf.get("/", host="new").status == 200, 20, "the new Service")
+    for _ in range(39):
+        assert pf.get("/", host="new").status == 200
+    # rates need a sample at least a second old: let that second pass, nothing else to wait for
+    time.sleep(max(0.0, sampled + 1.2 - time.monotonic()))
+    page = parse_page(get_page(pf)[1])
+    new = clusters_in_page(page)["new.default:80"]
+    assert int(new.find("b", "requests").text()) >= 40  # more than the old one had
+    assert new.find("span", "rate").text() == "", new.find("span", "rate").text()

@@ -78,32 +78,55 @@ static void test_csp_allows_only_hashed_inline_code(void) {
 
 static void test_rates_come_from_a_sample_10_to_20_seconds_old(void) {
     admin_rate_meter m = {0};
-    CU_ASSERT_EQUAL(admin_rate_of(&m, 0, 5, 1 * SEC), -1); /* no sample yet */
+    uint64_t ids[] = {1, 2, 3};                               /* the same clusters throughout */
+    CU_ASSERT_EQUAL(admin_rate_of(&m, 0, 5, 1, 1 * SEC), -1); /* no sample yet */
     uint64_t t0[] = {10, 20};
-    CU_ASSERT_EQUAL(admin_rate_update(&m, t0, 2, 100 * SEC), PF_OK);
-    CU_ASSERT_EQUAL(admin_rate_of(&m, 0, 15, 100 * SEC + SEC / 2), -1); /* under 1 s: unknown */
-    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 0, 30, 102 * SEC), 10.0, 1e-9);
-    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 1, 20, 102 * SEC), 0.0, 1e-9);
+    CU_ASSERT_EQUAL(admin_rate_update(&m, t0, ids, 2, 100 * SEC), PF_OK);
+    CU_ASSERT_EQUAL(admin_rate_of(&m, 0, 15, 1, 100 * SEC + SEC / 2), -1); /* under 1 s */
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 0, 30, 1, 102 * SEC), 10.0, 1e-9);
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 1, 20, 2, 102 * SEC), 0.0, 1e-9);
     /* Within the window the sample stays: every viewer's refresh sees the same baseline. */
     uint64_t t5[] = {60, 20};
-    CU_ASSERT_EQUAL(admin_rate_update(&m, t5, 2, 105 * SEC), PF_OK);
-    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 0, 60, 105 * SEC), 10.0, 1e-9);
+    CU_ASSERT_EQUAL(admin_rate_update(&m, t5, ids, 2, 105 * SEC), PF_OK);
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 0, 60, 1, 105 * SEC), 10.0, 1e-9);
     /* After 10 s a new sample is taken; rates come from the older one (10-20 s back). */
     uint64_t t10[] = {110, 20, 7};
-    CU_ASSERT_EQUAL(admin_rate_update(&m, t10, 3, 110 * SEC), PF_OK);
-    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 0, 130, 112 * SEC), 10.0, 1e-9);
-    CU_ASSERT_EQUAL(admin_rate_of(&m, 2, 9, 112 * SEC), -1); /* a cluster newer than the base */
+    CU_ASSERT_EQUAL(admin_rate_update(&m, t10, ids, 3, 110 * SEC), PF_OK);
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 0, 130, 1, 112 * SEC), 10.0, 1e-9);
+    /* a cluster newer than the older sample: from the newer one, once it is 1 s old */
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 2, 9, 3, 112 * SEC), 1.0, 1e-9);
+    CU_ASSERT_EQUAL(admin_rate_of(&m, 2, 9, 3, 110 * SEC + SEC / 2), -1);
     uint64_t t21[] = {220, 20, 7};
-    CU_ASSERT_EQUAL(admin_rate_update(&m, t21, 3, 121 * SEC), PF_OK);
-    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 0, 220, 121 * SEC), 10.0, 1e-9);
-    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 2, 18, 121 * SEC), 1.0, 1e-9);
-    CU_ASSERT_EQUAL(admin_rate_of(&m, 3, 1, 121 * SEC), -1);
-    CU_ASSERT_EQUAL(admin_rate_of(&m, 0, 100, 121 * SEC), -1); /* below the base: unknown */
+    CU_ASSERT_EQUAL(admin_rate_update(&m, t21, ids, 3, 121 * SEC), PF_OK);
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 0, 220, 1, 121 * SEC), 10.0, 1e-9);
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 2, 18, 3, 121 * SEC), 1.0, 1e-9);
+    CU_ASSERT_EQUAL(admin_rate_of(&m, 3, 1, 4, 121 * SEC), -1);
+    CU_ASSERT_EQUAL(admin_rate_of(&m, 0, 100, 1, 121 * SEC), -1); /* below the base: unknown */
     admin_rate_free(&m);
     admin_rate_free(&m); /* freed twice is harmless */
+}
+
+/* A slot freed and taken by another cluster: its counters are the new cluster's, so no
+ * sample of the old one may be the base, whether the new total is above the old (a wrong
+ * rate) or below it (a negative, or as unsigned a huge, one). */
+static void test_a_reused_slot_starts_a_fresh_rate_series(void) {
+    admin_rate_meter m = {0};
+    uint64_t old_ids[] = {1, 2}, t0[] = {1000, 5};
+    CU_ASSERT_EQUAL(admin_rate_update(&m, t0, old_ids, 2, 100 * SEC), PF_OK);
+    /* slot 0 now holds cluster 7, which counted 1,010 requests (more than the old one) */
+    CU_ASSERT_EQUAL(admin_rate_of(&m, 0, 1010, 7, 105 * SEC), -1);
+    CU_ASSERT_EQUAL(admin_rate_of(&m, 0, 3, 7, 105 * SEC), -1);                /* and fewer */
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 1, 25, 2, 105 * SEC), 4.0, 1e-9); /* the other */
+    /* the next sample holds cluster 7's total: its rate is its own from then on */
+    uint64_t new_ids[] = {7, 2}, t10[] = {1010, 25};
+    CU_ASSERT_EQUAL(admin_rate_update(&m, t10, new_ids, 2, 110 * SEC), PF_OK);
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 0, 1030, 7, 112 * SEC), 10.0, 1e-9);
+    CU_ASSERT_DOUBLE_EQUAL(admin_rate_of(&m, 1, 29, 2, 112 * SEC), 2.0, 1e-9); /* from t0 */
+    admin_rate_free(&m);
 }
 
 PF_UNIT_MAIN("admin", PF_UNIT_TEST(test_html_escape_replaces_every_markup_character),
              PF_UNIT_TEST(test_html_escape_output_has_no_markup_character_left),
              PF_UNIT_TEST(test_csp_allows_only_hashed_inline_code),
-             PF_UNIT_TEST(test_rates_come_from_a_sample_10_to_20_seconds_old))
+             PF_UNIT_TEST(test_rates_come_from_a_sample_10_to_20_seconds_old),
+             PF_UNIT_TEST(test_a_reused_slot_starts_a_fresh_rate_series))
