@@ -3535,6 +3535,9 @@ static const key_def k8s_keys[] = {
             PF_DEFAULT_K8S_PAGE_SIZE, "limit of each list request")},
     {K_BOOL(pf_config_kubernetes, "http_routes", http_routes, false,
             "apply Gateway API HTTPRoutes whose parentRefs name a discovered Service")},
+    {K_BOOL(pf_config_kubernetes, "http2", http2, true,
+            "multiplex every list and watch on one HTTP/2 connection when the API server "
+            "offers h2")},
 };
 static const schema kubernetes_schema = {.doc_name = "kubernetes",
                                          SCHEMA_KEYS(k8s_keys),

@@ -34,8 +34,13 @@
 #define WATCH_HEALTHY_MS 1000       /* a watch that lasted this long resets the backoff */
 #define K8S_WATCH_RECV_BUFFER 4096u /* curl's receive buffer of a watch (lists keep 16 KiB) */
 #define K8S_RETRY_AFTER_MAX_S 600   /* a longer Retry-After is taken as this */
-#define PATH_MAX_K8S 1536           /* api server URL (1023) + "/apis/.../namespaces/NS/RESOURCE" */
-#define CONT_MAX 4096               /* an encoded continue token; longer ones restart the list */
+/* HTTP/2: streams pilotfish opens on one connection before it opens another. libcurl's own
+ * default is 100; the API server announces its limit (Go's default 250) and the lower of the
+ * two applies. Watches are bounded (per namespace and by max_clusters), so connections are
+ * too: ceil(streams / limit). */
+#define K8S_H2_MAX_STREAMS 1000L
+#define PATH_MAX_K8S 1536 /* api server URL (1023) + "/apis/.../namespaces/NS/RESOURCE" */
+#define CONT_MAX 4096     /* an encoded continue token; longer ones restart the list */
 #define URL_MAX (PATH_MAX_K8S + CONT_MAX + 1024)
 
 static const char *const status_text[PF_K8S_STATUS_COUNT] = {
@@ -107,6 +112,7 @@ typedef struct k8s_req {
     char abort_why[K8S_WHY_MAX];
     uint64_t started_ms;
     size_t events;
+    bool running; /* added to the multi handle, curl has not reported it done */
     char errbuf[CURL_ERROR_SIZE];
 } k8s_req;
 
@@ -131,6 +137,7 @@ struct k8s_watch {
     pf_counter *connects, *relists, *events[K8S_EV_COUNT];
     bool rejoin_pending;    /* a fed view's own watch: its list to take over is not in yet */
     uint64_t down_since_ms; /* when its stream last broke; 0 once events flow again */
+    bool fresh_connect;     /* its last watch stalled: the next request opens a connection */
 };
 
 #define K8S_MAX_FQDN_NAMES 64 /* names resolved per cluster for FQDN slices */
@@ -228,7 +235,8 @@ struct pf_k8s {
     bool auto_on;
     bool routes_changed;
     bool started, stopping;
-    bool curl_loaded; /* curl_global_init done (curl_up) */
+    bool curl_loaded;    /* curl_global_init done (curl_up) */
+    size_t reqs_running; /* requests added to the multi handle and not done yet */
     uint64_t rng[2];
     pf_counter *http_errors[HTTP_CODE_COUNT];
     pf_counter *failures[FAILURE_COUNT];
@@ -568,6 +576,15 @@ static k8s_req *req_new(k8s_watch *w, const char *url, bool watch) {
 static void req_free(k8s_req *r) {
     if (!r)
         return;
+    pf_k8s *k = r->w->k;
+    if (r->running && --k->reqs_running == 0 && k->kc->http2) {
+        /* A stream ended early (watch let go, stalled, handed over) is reset with RST_STREAM,
+         * which libcurl 7.88 only queues: it leaves with the connection's next write, or
+         * when bytes of another stream come in. With no other request left nothing comes,
+         * and the API server would keep serving the dead watch: the connection closes
+         * instead (the next request opens a new one). */
+        curl_easy_setopt(r->easy, CURLOPT_FORBID_REUSE, 1L);
+    }
     if (r->easy) {
         curl_multi_remove_handle(r->w->k->multi, r->easy);
         curl_easy_cleanup(r->easy);
@@ -592,7 +609,23 @@ static int req_start(k8s_req *r, const char *url) {
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "pilotfish");
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    if (k->kc->http2) {
+        /* h2 through ALPN, HTTP/1.1 when the server does not offer it. PIPEWAIT: while the
+         * first connection is still being set up, further requests wait to learn whether it
+         * multiplexes instead of each opening its own (one TLS handshake per sidecar, not one
+         * per watch). */
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    } else {
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    }
+    /* A watch that stalled may sit on a connection that died without a word (no FIN, no
+     * RST): on HTTP/2 every other stream would be put on it again. Its next request opens a
+     * new connection; the dead one goes once its last stream has stalled too. */
+    if (r->w->fresh_connect) {
+        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        r->w->fresh_connect = false;
+    }
     /* TLS is always verified, against the cluster CA when we have one. */
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
@@ -625,6 +658,8 @@ static int req_start(k8s_req *r, const char *url) {
         curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)K8S_WATCH_RECV_BUFFER);
     if (curl_multi_add_handle(k->multi, e) != CURLM_OK)
         return PF_ENOMEM;
+    r->running = true;
+    k->reqs_running++;
     return PF_OK;
 }
 
@@ -1148,6 +1183,7 @@ static void on_stall(evutil_socket_t fd, short what, void *arg) {
              "reconnecting from resource_version=%s",
              resource_names[w->kind], (unsigned long long)w->k->kc->stall_timeout_ms, w->rv);
     watch_note_error(w, "watch %s stalled", resource_names[w->kind]);
+    w->fresh_connect = true;
     req_free(w->req);
     w->req = NULL;
     watch_schedule(w, backoff_ms(w->k, ++w->failures));
@@ -1168,6 +1204,8 @@ static void check_done(pf_k8s *k) {
             curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
         k8s_watch *w = r->w;
         w->req = NULL;
+        r->running = false;
+        k->reqs_running--;
         if (r->watch)
             watch_done(w, r, cc);
         else
@@ -2487,6 +2525,13 @@ static int curl_up(pf_k8s *k, pf_error *err) {
     curl_multi_setopt(k->multi, CURLMOPT_SOCKETDATA, k);
     curl_multi_setopt(k->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
     curl_multi_setopt(k->multi, CURLMOPT_TIMERDATA, k);
+    /* Every list and watch of this sidecar as a stream of one HTTP/2 connection (the API
+     * server's own clients do the same): one TLS handshake and one connection's memory
+     * instead of one per watch, and one connection at the API server per sidecar. */
+    curl_multi_setopt(k->multi, CURLMOPT_PIPELINING,
+                      k->kc->http2 ? (long)CURLPIPE_MULTIPLEX : (long)CURLPIPE_NOTHING);
+    if (k->kc->http2)
+        curl_multi_setopt(k->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, K8S_H2_MAX_STREAMS);
     return PF_OK;
 }
 

@@ -767,6 +767,7 @@ static const struct {
      "kubernetes.auto_discover too"},
     {K8S("'http_routes':'yes'"),
      "x.json: $.kubernetes.http_routes: expected boolean, found string"},
+    {K8S("'http2':'on'"), "x.json: $.kubernetes.http2: expected boolean, found string"},
     {K8S("'cluster_domain':'cluster..local'"),
      "x.json: $.kubernetes.cluster_domain: name \"cluster..local\" has an empty label"},
     {K8S("'auto_discover':{}"), "x.json: $.kubernetes.auto_discover: missing required key "
@@ -1406,7 +1407,8 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
         "{'kubernetes':{'api_server':'https://10.0.0.1:6443','token_file':'/t','ca_file':'/ca',"
         "'namespace':'shop','cluster_domain':'corp.example','stall_timeout':'30s',"
         "'backoff':{'base':'100ms','max':'5s'},'max_line_bytes':65536,'page_size':50,"
-        "'http_routes':true,'auto_discover':{'namespaces':['shop','default'],'max_clusters':64,'"
+        "'http_routes':true,'http2':false,"
+        "'auto_discover':{'namespaces':['shop','default'],'max_clusters':64,'"
         "mode':'on_demand',"
         "'on_demand_timeout':'1s','negative_ttl':'3s','idle_timeout':'2m',"
         "'max_watches_per_namespace':8,"
@@ -1430,6 +1432,7 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
     CU_ASSERT_EQUAL(k->max_list_bytes, PF_DEFAULT_K8S_MAX_LIST_BYTES);
     CU_ASSERT_EQUAL(k->page_size, 50);
     CU_ASSERT(k->http_routes);
+    CU_ASSERT(!k->http2);
     CU_ASSERT_EQUAL(k->namespace_count, 2);
     CU_ASSERT_STRING_EQUAL(k->namespaces[1], "default");
     CU_ASSERT_EQUAL(k->auto_max_clusters, 64);
@@ -1464,6 +1467,7 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
     CU_ASSERT_EQUAL(cfg->kubernetes.auto_max_clusters, PF_DEFAULT_K8S_AUTO_MAX_CLUSTERS);
     CU_ASSERT_EQUAL(cfg->kubernetes.auto_mode, PF_K8S_WATCH_ALL);
     CU_ASSERT(!cfg->kubernetes.http_routes);
+    CU_ASSERT(cfg->kubernetes.http2);
     CU_ASSERT_EQUAL(cfg->kubernetes.on_demand_timeout_ms, PF_DEFAULT_K8S_ON_DEMAND_TIMEOUT_MS);
     CU_ASSERT_EQUAL(cfg->kubernetes.negative_ttl_ms, PF_DEFAULT_K8S_NEGATIVE_TTL_MS);
     CU_ASSERT_EQUAL(cfg->kubernetes.idle_timeout_ms, PF_DEFAULT_K8S_IDLE_TIMEOUT_MS);
