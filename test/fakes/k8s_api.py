@@ -21,7 +21,8 @@ HTTP/1.1 to the others (--no-h2: HTTP/1.1 to everyone):
     the real kubectl (apply with --validate=false: no OpenAPI documents are served).
 A control API on a separate plain-HTTP port (127.0.0.1 only) changes objects, cuts streams
 (optionally in the middle of an event; on HTTP/2 the whole connection drops), stalls them,
-ends chosen watches with a 410 (/expire), compacts, rotates the token, answers
+ends chosen watches with a 410 (/expire), sends a graceful GOAWAY on every HTTP/2
+connection (/goaway: open streams go on, new ones need a new connection), compacts, rotates the token, answers
 the next requests 429 with Retry-After, and reports the requests it served (verb, resource,
 namespace, query, time) so tests can compare them with the RBAC a deployment grants and
 see when clients came back.
@@ -63,6 +64,7 @@ try:
     import h2.events
     import h2.exceptions
     import h2.settings
+    import hyperframe.frame
 except ImportError:  # HTTP/1.1 only (the tests run /usr/bin/python3, which has python3-h2)
     h2 = None
 
@@ -150,6 +152,8 @@ class State:
         # /expire: open watches of this resource whose query holds the text end with 410
         self.expire = ("", "")
         self.expire_gen = 0
+        self.h2_fronts = set()  # live HTTP/2 connections, for /goaway
+        self.h2_protocol_errors = 0  # connections ended for a client's protocol error
         self.retry_after = 1
         self.sent = {}  # rv -> wall time the event was first written to a stream
         self.snapshots = {}  # continue token -> (rv, items)
@@ -786,6 +790,9 @@ class H2Front:
         self.cond = threading.Condition()
         self.closed = False
         self.streams = {}
+        self.goaway = False  # /goaway asked for one: no new streams here, these go on
+        self.protocol_error = False
+        self.last_sid = 0
         self.wake_r, self.wake_w = socket.socketpair()
         cfg = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         self.conn = h2.connection.H2Connection(config=cfg)
@@ -803,11 +810,21 @@ class H2Front:
         sock.setblocking(False)
         with self.cond:
             self.conn.initiate_connection()
+        with self.state.cond:
+            self.state.h2_fronts.add(self)
         out = b""
         try:
             while not self.closed:
                 with self.cond:
                     out += self.conn.data_to_send()
+                    if self.goaway is True:
+                        # graceful GOAWAY (NO_ERROR), as an API server sends to move clients
+                        # elsewhere: streams up to last_sid go on, new ones go to another
+                        # connection. Written between whole frames, outside the h2 state
+                        # machine, which would refuse the open streams' frames after it.
+                        out += hyperframe.frame.GoAwayFrame(
+                            0, last_stream_id=self.last_sid, error_code=0).serialize()
+                        self.goaway = "sent"
                 if out:
                     try:
                         out = out[sock.send(out):]
@@ -828,6 +845,9 @@ class H2Front:
         except (OSError, ssl.SSLError):
             pass
         finally:
+            with self.state.cond:
+                self.state.h2_fronts.discard(self)
+                self.state.h2_protocol_errors += self.protocol_error
             self.close()
             self.wake_r.close()
             self.wake_w.close()
@@ -838,7 +858,9 @@ class H2Front:
             try:
                 events = self.conn.receive_data(data)
             except h2.exceptions.ProtocolError:
-                # h2 queued a GOAWAY; the connection ends once it is written
+                # h2 queued a GOAWAY; the connection ends once it is written (counted: a
+                # client past MAX_CONCURRENT_STREAMS lands here)
+                self.protocol_error = True
                 try:
                     self.sock.sendall(self.conn.data_to_send())
                 except (OSError, ssl.SSLError):
@@ -849,6 +871,7 @@ class H2Front:
             for ev in events:
                 if isinstance(ev, h2.events.RequestReceived):
                     self.streams[ev.stream_id] = H2Stream(ev.stream_id, ev.headers)
+                    self.last_sid = max(self.last_sid, ev.stream_id)
                 elif isinstance(ev, h2.events.DataReceived):
                     st = self.streams.get(ev.stream_id)
                     if st:
@@ -1065,6 +1088,7 @@ def make_control(state):
                                 "streams_open": state.streams_open,
                                 "streams_peak": state.streams_peak,
                                 "streams_total": state.streams_total,
+                                "h2_protocol_errors": state.h2_protocol_errors,
                                 "counts": {r: len(o) for r, o in state.objects.items()}})
                 else:
                     self.reply({"error": "unknown"}, 404)
@@ -1107,6 +1131,12 @@ def make_control(state):
                 state.expire = (doc["resource"], doc.get("query", ""))
                 state.expire_gen += 1
                 return {"ok": True}
+            if path == "/goaway":  # every HTTP/2 connection gets a graceful GOAWAY
+                for front in state.h2_fronts:
+                    with front.cond:
+                        front.goaway = front.goaway or True
+                    front.wake()
+                return {"connections": len(state.h2_fronts)}
             if path == "/stall":
                 state.stalled = bool(doc["on"])
                 return {"ok": True}

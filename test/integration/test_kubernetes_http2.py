@@ -188,3 +188,46 @@ def test_a_410_on_one_stream_relists_that_one_only(fake, start_backend, start_pi
     assert cluster_status(pf, "svc1.default:80")["endpoints"]
     move_all(api, b2, 3)
     wait_for(lambda: all_on(pf, "b2", 3), 10, "every Service on b2")
+
+
+def test_past_the_servers_stream_limit_a_second_connection_opens(fake, start_backend,
+                                                                 start_pilotfish):
+    b1, b2 = start_backend("b1"), start_backend("b2")
+    api = fake("--h2-max-streams", "4")
+    api.apply(*services(b1, 4))
+    pf = start_on_demand(api, start_backend, start_pilotfish)
+    for name in names(4):
+        assert backend_of(pf, name) == "b1", name
+    # 8 watches at 4 streams a connection: 2 connections (lists' streams come and go)
+    wait_for(lambda: state(api)["streams_open"] == 8, 10, "every watch open")
+    st = state(api)
+    assert 2 <= st["connections_open"]["h2"] <= 3, st
+    assert st["h2_protocol_errors"] == 0 and "http/1.1" not in st["connections_total"], st
+    move_all(api, b2, 4)
+    wait_for(lambda: all_on(pf, "b2", 4), 10, "every Service on b2")
+
+
+def test_after_a_goaway_open_watches_go_on_and_new_ones_take_a_new_connection(
+        fake, start_backend, start_pilotfish):
+    b1, b2 = start_backend("b1"), start_backend("b2")
+    api = fake()
+    api.apply(*services(b1, 4))
+    pf = start_on_demand(api, start_backend, start_pilotfish)
+    for name in names(3):
+        assert backend_of(pf, name) == "b1", name
+    wait_for(lambda: state(api)["streams_open"] == 6, 10, "every watch open")
+    assert api.control("/goaway", {})["connections"] == 1
+    # a Service used after the GOAWAY is listed and watched on a new connection
+    assert backend_of(pf, "svc3") == "b1"
+    wait_for(lambda: state(api)["streams_open"] == 8, 10, "the new Service's watches")
+    st = state(api)
+    # libcurl 7.88 makes a request wait for a connection being set up only while it does
+    # not know yet whether the server multiplexes; after the GOAWAY it knows (the old
+    # connection still serves), so the new Service's two lists, started together, may
+    # each open one
+    assert st["connections_total"]["h2"] in (2, 3), st
+    assert st["connections_open"] == st["connections_total"], st
+    # the watches opened before it still deliver, on the old connection
+    move_all(api, b2, 4)
+    wait_for(lambda: all_on(pf, "b2", 4), 10, "every Service on b2")
+    assert metric_sum(pf.metrics(), "pilotfish_kubernetes_relists_total") == 0
