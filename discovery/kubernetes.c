@@ -34,14 +34,14 @@
 #define WATCH_HEALTHY_MS 1000       /* a watch that lasted this long resets the backoff */
 #define K8S_WATCH_RECV_BUFFER 4096u /* curl's receive buffer of a watch (lists keep 16 KiB) */
 #define K8S_RETRY_AFTER_MAX_S 600   /* a longer Retry-After is taken as this */
+#define PATH_MAX_K8S 1536           /* api server URL (1023) + "/apis/.../namespaces/NS/RESOURCE" */
+#define CONT_MAX 4096               /* an encoded continue token; longer ones restart the list */
+#define URL_MAX (PATH_MAX_K8S + CONT_MAX + 1024)
 /* HTTP/2: streams pilotfish opens on one connection before it opens another. libcurl's own
  * default is 100; the API server announces its limit (Go's default 250) and the lower of the
  * two applies. Watches are bounded (per namespace and by max_clusters), so connections are
  * too: ceil(streams / limit). */
 #define K8S_H2_MAX_STREAMS 1000L
-#define PATH_MAX_K8S 1536 /* api server URL (1023) + "/apis/.../namespaces/NS/RESOURCE" */
-#define CONT_MAX 4096     /* an encoded continue token; longer ones restart the list */
-#define URL_MAX (PATH_MAX_K8S + CONT_MAX + 1024)
 
 static const char *const status_text[PF_K8S_STATUS_COUNT] = {
     [PF_K8S_OK] = "success",
@@ -235,9 +235,10 @@ struct pf_k8s {
     bool auto_on;
     bool routes_changed;
     bool started, stopping;
-    bool curl_loaded;    /* curl_global_init done (curl_up) */
-    size_t reqs_running; /* requests added to the multi handle and not done yet */
+    bool curl_loaded; /* curl_global_init done (curl_up) */
     uint64_t rng[2];
+    /* requests added to the multi handle and not done yet */
+    size_t reqs_running;
     pf_counter *http_errors[HTTP_CODE_COUNT];
     pf_counter *failures[FAILURE_COUNT];
     pf_histogram *event_to_publish;
