@@ -38,9 +38,9 @@
 #define CONT_MAX 4096               /* an encoded continue token; longer ones restart the list */
 #define URL_MAX (PATH_MAX_K8S + CONT_MAX + 1024)
 /* HTTP/2: streams pilotfish opens on one connection before it opens another. libcurl's own
- * default is 100; the API server announces its limit (Go's default 250) and the lower of the
- * two applies. Watches are bounded (per namespace and by max_clusters), so connections are
- * too: ceil(streams / limit). */
+ * default is 100; the API server announces its limit (100 on current ones, 250 on older
+ * ones) and the lower of the two applies. Watches are bounded (per namespace and by
+ * max_clusters), so connections are too: ceil(streams / limit). */
 #define K8S_H2_MAX_STREAMS 1000L
 
 static const char *const status_text[PF_K8S_STATUS_COUNT] = {

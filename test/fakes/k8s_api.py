@@ -32,7 +32,7 @@ HTTP/2 streams (open and peak), so tests can assert what a client keeps open. Th
 log keeps the last --max-requests entries (older ones are dropped and counted).
 
 Usage: k8s_api.py --dir DIR [--port 0] [--control-port 0] [--token T] [--state FILE
-       [--forget-history]] [--no-h2] [--h2-max-streams 250] [--max-requests 100000]
+       [--forget-history]] [--no-h2] [--h2-max-streams 100] [--max-requests 100000]
 Prints one line "listening https://127.0.0.1:PORT control http://127.0.0.1:CPORT" once
 ready; DIR receives ca.crt, server.crt, server.key and token.
 """
@@ -781,7 +781,9 @@ class H2Front:
     queue frames on the h2 state machine under `cond` and wake it. Flow control is honoured:
     a stream writes only within its send window and waits for WINDOW_UPDATE otherwise."""
 
-    max_streams = 250  # SETTINGS_MAX_CONCURRENT_STREAMS: Go's default, as the API server
+    # SETTINGS_MAX_CONCURRENT_STREAMS: 100, as API servers announce since their fix of the
+    # HTTP/2 rapid-reset attack (CVE-2023-44487); Go's default of 250 before
+    max_streams = 100
 
     def __init__(self, sock, state, handler):
         self.sock = sock
@@ -1177,7 +1179,7 @@ def main():
     ap.add_argument("--no-h2", action="store_true",
                     help="serve HTTP/1.1 only (ALPN offers no h2), like an API server behind a "
                     "proxy that does not speak HTTP/2")
-    ap.add_argument("--h2-max-streams", type=int, default=250,
+    ap.add_argument("--h2-max-streams", type=int, default=100,
                     help="SETTINGS_MAX_CONCURRENT_STREAMS of each HTTP/2 connection")
     ap.add_argument("--max-requests", type=int, default=100000,
                     help="entries the request log keeps (the oldest are dropped and counted)")
