@@ -8,8 +8,11 @@
 #
 # Reports, per mode:
 #   first request  time to the first byte of each sidecar's first request to each of its U
-#                  Services (on_demand: the list+watch of that Service included), p50/p99
+#                  Services (on_demand: the list+watch of that Service included), p50/p99;
+#                  and of the 2nd..Uth Services alone (the API connection already open)
 #   watches, lists open watch streams and list requests at the API server, per sidecar
+#   connections    TLS connections open at the API server per sidecar, and HTTP/2 streams
+#                  (kubernetes.http2: every list and watch a stream of one connection)
 #   bytes/min      bytes the API server streamed per sidecar and minute while 10 endpoint
 #                  changes per second (knob) went on across the cluster
 #   RSS            per sidecar, average and largest, once synced and used; with PSS and
@@ -22,7 +25,8 @@
 # Knobs: BENCH_FLEET_N (100), BENCH_FLEET_SERVICES (2000), BENCH_FLEET_ENDPOINTS (5),
 # BENCH_FLEET_USED (5), BENCH_FLEET_CHURN (10 changes/s), BENCH_FLEET_CHURN_SECONDS (20),
 # BENCH_FLEET_MODES (on_demand,watch_all), BENCH_FLEET_WATCH_ALL_N (10: one Python fake
-# cannot serve full lists to 100 sidecars at once). Results also go to BUILD/bench-fleet.json. A
+# cannot serve full lists to 100 sidecars at once), BENCH_FLEET_HTTP2 (1; 0: the sidecars
+# set kubernetes.http2 false and use HTTP/1.1, one connection per watch). Results also go to BUILD/bench-fleet.json. A
 # bench never fails on numbers; every process is stopped by PID on exit.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -70,6 +74,7 @@ MODES = os.environ.get("BENCH_FLEET_MODES", "on_demand,watch_all").split(",")
 # watch_all has every sidecar list all S Services and S*E slices: one Python fake serves that
 # to 10 sidecars at once, not to 100 (its lists time out); the figures are per sidecar.
 N_WATCH_ALL = env_int("BENCH_FLEET_WATCH_ALL_N", min(N, 10), 1)
+HTTP2 = env_int("BENCH_FLEET_HTTP2", 1, 0) != 0
 
 
 def control(port, path, doc=None):
@@ -182,6 +187,7 @@ def fleet_round(work, binary, mode, backends):
                "kubernetes": {"api_server": f"https://127.0.0.1:{fake.api}",
                               "token_file": os.path.join(fake.dir, "token"),
                               "ca_file": os.path.join(fake.dir, "ca.crt"), "namespace": "default",
+                              "http2": HTTP2,
                               "auto_discover": {"namespaces": ["default"], "mode": mode}}}
         path = os.path.join(work, mode, f"pf{i}.json")
         write_json(path, cfg)
@@ -205,12 +211,15 @@ def fleet_round(work, binary, mode, backends):
     ready_s = time.monotonic() - t0
     say(f"{mode}: {N} sidecars ready in {ready_s:.1f} s")
     first = []
+    later = []  # a sidecar's 2nd..Uth Service: its API connection is open (on HTTP/2, reused)
     failed_first = 0
     for i, (_, _, listen) in enumerate(sidecars):
-        for host in used[i]:
+        for j, host in enumerate(used[i]):
             status, ttfb = get(listen, host)
             if status == 200:
                 first.append(ttfb)
+                if j:
+                    later.append(ttfb)
             else:
                 failed_first += 1
     expected_watches = N * USED * 2 if mode == "on_demand" else N * 2
@@ -218,7 +227,10 @@ def fleet_round(work, binary, mode, backends):
                expected_watches, 120, interval=0.1)
     reqs = control(fake.ctl, "/requests")
     lists = sum(1 for r in reqs if r["verb"] == "list")
-    watchers = control(fake.ctl, "/state")["watchers"]
+    st = control(fake.ctl, "/state")
+    watchers = st["watchers"]
+    conns_open = sum(st["connections_open"].values())
+    streams_open = st["streams_open"]
     rss = [status_kb(p.pid, "VmRSS") * 1024 for p, _, _ in sidecars]
     pss = [rollup_kb(p.pid, "Pss") * 1024 for p, _, _ in sidecars]
     anon = [rollup_kb(p.pid, "Anonymous") * 1024 for p, _, _ in sidecars]
@@ -293,7 +305,12 @@ def fleet_round(work, binary, mode, backends):
         "first_request_p50_ms": round(pct(first, 50) * 1000, 1) if first else None,
         "first_request_p99_ms": round(pct(first, 99) * 1000, 1) if first else None,
         "first_requests_failed": failed_first,
+        "later_service_p50_ms": round(pct(later, 50) * 1000, 1) if later else None,
+        "later_service_p99_ms": round(pct(later, 99) * 1000, 1) if later else None,
+        "http2": HTTP2,
         "watches_per_sidecar": round(watchers / N, 2),
+        "connections_per_sidecar": round(conns_open / N, 2),
+        "streams_per_sidecar": round(streams_open / N, 2),
         "lists_per_sidecar": round(lists / N, 2),
         "bytes_per_sidecar_per_min": int(bytes_min),
         "rss_avg_mib": round(statistics.mean(rss) / 2**20, 2),
@@ -324,8 +341,12 @@ def main():
         write_json(os.path.join(BUILD, "bench-fleet.json"), results, indent=2)
     rows = [("first request p50 / p99 (ms)", lambda r: f"{r['first_request_p50_ms']} / "
              f"{r['first_request_p99_ms']}"),
+            ("  of a sidecar's 2nd..Uth Service (ms)", lambda r: f"{r['later_service_p50_ms']} / "
+             f"{r['later_service_p99_ms']}"),
             ("sidecars", lambda r: r["sidecars"]),
             ("watches per sidecar", lambda r: r["watches_per_sidecar"]),
+            ("API connections / h2 streams per sidecar", lambda r:
+             f"{r['connections_per_sidecar']} / {r['streams_per_sidecar']}"),
             ("list requests per sidecar (start)", lambda r: r["lists_per_sidecar"]),
             ("bytes per sidecar per minute (churn)", lambda r: r["bytes_per_sidecar_per_min"]),
             ("RSS per sidecar avg / max (MiB)", lambda r: f"{r['rss_avg_mib']} / "
@@ -341,7 +362,7 @@ def main():
             ("both restarts: app requests failed / ok", lambda r:
              f"{r['restart_requests_failed']} / {r['restart_requests_ok']}")]
     print(f"fleet: {', '.join(str(r['sidecars']) + ' ' + r['mode'] for r in results)} "
-          f"sidecars; {SERVICES} Services x {ENDPOINTS} endpoints, each using {USED}; "
+          f"sidecars, kubernetes.http2 {'on' if HTTP2 else 'off'}; {SERVICES} Services x {ENDPOINTS} endpoints, each using {USED}; "
           f"churn {CHURN}/s for {CHURN_S} s")
     print(f"| {'':42} | " + " | ".join(f"{r['mode']:>14}" for r in results) + " |")
     for name, fn in rows:

@@ -3539,6 +3539,9 @@ static const key_def k8s_keys[] = {
            PF_DEFAULT_K8S_HTTP_ROUTES_RECHECK_MS,
            "HTTPRoute kind not installed (404): how often its list is tried again"),
      .flags = KF_POSITIVE},
+    {K_BOOL(pf_config_kubernetes, "http2", http2, true,
+            "multiplex every list and watch on one HTTP/2 connection when the API server "
+            "offers h2")},
 };
 static const schema kubernetes_schema = {.doc_name = "kubernetes",
                                          SCHEMA_KEYS(k8s_keys),

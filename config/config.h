@@ -613,6 +613,7 @@ typedef struct pf_config_kubernetes {
     uint32_t page_size;
     bool http_routes; /* Gateway API HTTPRoutes attached to discovered Services apply */
     uint64_t http_routes_recheck_ms; /* the HTTPRoute kind is not installed: list again after */
+    bool http2; /* lists and watches multiplexed on HTTP/2 when the API server offers it */
 } pf_config_kubernetes;
 
 /* $.tracing: W3C trace context on forwarded requests. */

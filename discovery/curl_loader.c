@@ -46,11 +46,10 @@ static struct {
 static bool loaded;
 
 static void load(void) {
-    /* libcurl comes with GnuTLS (through librtmp and libldap, which pilotfish never uses:
-     * https only), whose constructor initializes it on load: about 1.5 MiB of resident
-     * memory for nothing. Told not to, unless the environment says otherwise. RTLD_LAZY:
-     * the symbols of the ~30 libraries are bound when first called, not all at once. */
-    setenv("GNUTLS_NO_IMPLICIT_INIT", "1", 0);
+    /* GnuTLS, which libcurl pulls in, was told not to initialize itself on load
+     * (GNUTLS_NO_IMPLICIT_INIT, set by discovery_k8s_new before any thread starts).
+     * RTLD_LAZY: the symbols of the ~30 libraries are bound when first called, not all at
+     * once. */
     void *lib = dlopen(LIBCURL_SONAME, RTLD_LAZY | RTLD_LOCAL);
     if (!lib) {
         log_error("cannot load %s: %s; Kubernetes discovery needs it (Debian: libcurl4)",

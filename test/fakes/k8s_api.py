@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""A fake Kubernetes API server for pilotfish's tests (Python 3 standard library only).
+"""A fake Kubernetes API server for pilotfish's tests (Python 3 standard library, and python3-h2
+for its HTTP/2 front).
 
 It speaks the parts of the real protocol pilotfish and kubectl use, over HTTPS with a CA it
-makes at start with the openssl CLI:
+makes at start with the openssl CLI, as HTTP/2 to clients that offer h2 in ALPN (every
+request a stream of one connection, as the real API server serves its Go clients) and as
+HTTP/1.1 to the others (--no-h2: HTTP/1.1 to everyone):
   - discovery documents (/api, /apis, /api/v1, /apis/discovery.k8s.io/v1) for kubectl;
   - list of Services and EndpointSlices, cluster-wide or per namespace, with labelSelector
     (=, ==, !=, key, !key) and fieldSelector (metadata.name and metadata.namespace with =,
@@ -20,13 +23,19 @@ makes at start with the openssl CLI:
     (control /kinds): absent, it is missing from discovery and every request for it gets
     the API's 404, as when its CustomResourceDefinition is not installed.
 A control API on a separate plain-HTTP port (127.0.0.1 only) changes objects, cuts streams
-(optionally in the middle of an event), stalls them, compacts, rotates the token, answers
+(optionally in the middle of an event; on HTTP/2 the whole connection drops), stalls them,
+ends chosen watches with a 410 (/expire), sends a graceful GOAWAY on every HTTP/2
+connection (/goaway: open streams go on, new ones need a new connection), compacts, rotates the token, answers
 the next requests 429 with Retry-After, and reports the requests it served (verb, resource,
 namespace, query, time) so tests can compare them with the RBAC a deployment grants and
 see when clients came back.
 
+The control API's /state counts connections (open, peak and accepted, by protocol) and
+HTTP/2 streams (open and peak), so tests can assert what a client keeps open. The request
+log keeps the last --max-requests entries (older ones are dropped and counted).
+
 Usage: k8s_api.py --dir DIR [--port 0] [--control-port 0] [--token T] [--state FILE
-       [--forget-history]] [--without-kind httproutes]
+       [--forget-history]] [--without-kind httproutes] [--no-h2] [--h2-max-streams 100] [--max-requests 100000]
 Prints one line "listening https://127.0.0.1:PORT control http://127.0.0.1:CPORT" once
 ready; DIR receives ca.crt, server.crt, server.key and token.
 """
@@ -34,6 +43,9 @@ ready; DIR receives ca.crt, server.crt, server.key and token.
 import argparse
 import base64
 import bisect
+import collections
+import email.message
+import io
 import json
 import os
 import re
@@ -47,6 +59,17 @@ import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+try:
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+    import h2.exceptions
+    import h2.settings
+    import hyperframe.frame
+except ImportError:  # HTTP/1.1 only (the tests run /usr/bin/python3, which has python3-h2)
+    h2 = None
 
 KINDS = {
     # resource: (group path, apiVersion, kind, namespaced)
@@ -117,9 +140,23 @@ class State:
         self.cut_mid_event = False
         self.stalled = False
         self.bookmark_interval = 1.0
-        self.requests = []
+        self.requests = collections.deque(maxlen=100000)  # --max-requests
+        self.requests_dropped = 0  # entries the bound pushed out of the log
+        # connections by protocol ("h2", "http/1.1"): open now, at most, accepted in all;
+        # HTTP/2 streams open now and at most
+        self.conns_open = {}
+        self.conns_peak = {}
+        self.conns_total = {}
+        self.streams_open = 0
+        self.streams_peak = 0
+        self.streams_total = 0
         self.bytes_sent = 0  # API response bytes (bodies and watch streams), for benches
         self.throttle = 0  # the next this many API requests get 429
+        # /expire: open watches of this resource whose query holds the text end with 410
+        self.expire = ("", "")
+        self.expire_gen = 0
+        self.h2_fronts = set()  # live HTTP/2 connections, for /goaway
+        self.h2_protocol_errors = 0  # connections ended for a client's protocol error
         self.retry_after = 1
         self.sent = {}  # rv -> wall time the event was first written to a stream
         self.snapshots = {}  # continue token -> (rv, items)
@@ -136,6 +173,21 @@ class State:
         self.max_log = 0  # events kept (0: all); past it the oldest half is compacted away
         self.log_floor = 0  # the last rv max_log dropped
         self.absent = set()  # CRD kinds not installed (WRITABLE ones): 404 as the API answers
+
+    def note_request(self, entry):
+        """Logs one API request (under cond); the oldest go past the bound."""
+        if len(self.requests) == self.requests.maxlen:
+            self.requests_dropped += 1
+        self.requests.append(entry)
+
+    def conn_opened(self, proto, delta):
+        """Counts a connection of `proto` opening (1) or closing (-1)."""
+        with self.cond:
+            self.conns_open[proto] = self.conns_open.get(proto, 0) + delta
+            if delta > 0:
+                self.conns_total[proto] = self.conns_total.get(proto, 0) + 1
+                self.conns_peak[proto] = max(self.conns_peak.get(proto, 0),
+                                             self.conns_open[proto])
 
     def bump(self):
         self.rv += 1
@@ -285,8 +337,38 @@ def make_handler(state):
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             super().setup()
 
+        def handle(self):
+            # the TLS handshake (here, in the connection's thread) picks the protocol: h2
+            # when ALPN offered and agreed it, HTTP/1.1 otherwise
+            try:
+                self.request.do_handshake()
+            except (ssl.SSLError, OSError):
+                return
+            proto = self.request.selected_alpn_protocol() or "http/1.1"
+            state.conn_opened(proto, 1)
+            try:
+                if proto == "h2":
+                    H2Front(self.request, state, self).serve()
+                else:
+                    super().handle()
+            finally:
+                state.conn_opened(proto, -1)
+
         def send_json(self, code, doc):
             send_json(self, code, doc, state)
+
+        def client_gone(self):
+            # a watch client sends nothing: readable is its close, seen at once as the API
+            # server does (the count of open watches must not wait for the next write to fail)
+            return bool(select.select([self.connection], [], [], 0)[0])
+
+        def cut(self, partial):
+            """Drops the connection (an API server gone), after `partial` (half an event)."""
+            if partial:
+                self.wfile.write(b"%x\r\n%s" % (len(partial) * 2, partial))
+                self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
 
         def do_GET(self):
             try:
@@ -370,7 +452,7 @@ def make_handler(state):
             with state.cond:
                 throttled = state.throttle > 0
                 state.throttle -= 1 if throttled else 0
-                state.requests.append({"verb": verb, "resource": res, "namespace": ns or "",
+                state.note_request({"verb": verb, "resource": res, "namespace": ns or "",
                                        "group": KINDS[res][0].split("/")[1] if prefix == 3 else "",
                                        "query": url.query, "time": time.time(),
                                        "code": 429 if throttled else 200,
@@ -500,7 +582,10 @@ def make_handler(state):
                 else:
                     pending = []
                     cursor = int(start)
-            gone = False
+            gone = expired = False
+            query = urllib.parse.unquote(urllib.parse.urlsplit(self.path).query)
+            with state.cond:
+                egen = state.expire_gen
             try:
                 if pending is None:
                     err = status(410, "Expired", f"too old resource version: {start} "
@@ -526,6 +611,11 @@ def make_handler(state):
                             if state.cut_generation != gen:
                                 mid = state.cut_mid_event
                                 break
+                            if state.expire_gen != egen:
+                                egen = state.expire_gen
+                                if state.expire[0] == res and state.expire[1] in query:
+                                    expired = True
+                                    break
                             now = time.monotonic()
                             if now >= deadline:
                                 break
@@ -535,10 +625,7 @@ def make_handler(state):
                             if bookmarks and not state.stalled and \
                                     now - last_sent >= state.bookmark_interval:
                                 break
-                            if select.select([self.connection], [], [], 0)[0]:
-                                # a watch client sends nothing: readable is its close, seen
-                                # at once as the API server does (the count of open
-                                # watches must not wait for the next write to fail)
+                            if self.client_gone():
                                 gone = True
                                 break
                             state.cond.wait(min(0.2, max(0.01, deadline - now)))
@@ -546,19 +633,18 @@ def make_handler(state):
                             self.close_connection = True
                             return
                         if state.cut_generation != gen:
+                            half = b""
                             if mid:
                                 # half an event, then the connection drops
                                 half = json.dumps({"type": "ADDED", "object": {
                                     "kind": kind, "metadata": {"name": "half"}}}).encode()
-                                self.wfile.write(b"%x\r\n%s" % (len(half), half[: len(half) // 2]))
-                                self.wfile.flush()
-                            self.close_connection = True
-                            self.connection.shutdown(socket.SHUT_RDWR)
+                                half = half[: len(half) // 2]
+                            self.cut(half)
                             return
                         if time.monotonic() >= deadline:
                             self.chunk(b"")
                             return
-                        if cursor < state.log_floor:
+                        if cursor < state.log_floor or expired:
                             # the events it has not seen yet were compacted away (max_log):
                             # the API ends such a watch with a 410
                             pending = None
@@ -598,7 +684,7 @@ def make_handler(state):
             auth = self.headers.get("Authorization", "")
             with state.cond:
                 ok = auth.startswith("Bearer ") and auth[7:] in state.tokens
-                state.requests.append({"verb": verb, "resource": res or "", "namespace": ns or "",
+                state.note_request({"verb": verb, "resource": res or "", "namespace": ns or "",
                                        "group": KINDS[res][0].split("/")[1] if res else "",
                                        "query": urllib.parse.urlsplit(self.path).query,
                                        "time": time.time(), "code": 200 if ok else 401,
@@ -619,7 +705,7 @@ def make_handler(state):
 
         def get_one(self, res, ns, name):
             with state.cond:
-                state.requests.append({"verb": "get", "resource": res, "namespace": ns,
+                state.note_request({"verb": "get", "resource": res, "namespace": ns,
                                        "group": KINDS[res][0].split("/")[1], "query": "",
                                        "time": time.time(), "code": 200,
                                        "agent": self.headers.get("User-Agent", "")})
@@ -700,6 +786,300 @@ def make_handler(state):
     return Api
 
 
+class H2Stream:
+    """One request of an HTTP/2 connection: its headers, its body, whether it was reset."""
+
+    def __init__(self, sid, headers):
+        self.sid = sid
+        self.headers = headers  # [(name, value)] as received, pseudo-headers included
+        self.body = bytearray()
+        self.reset = False
+        self.ended = False  # our side sent END_STREAM
+        self.head_sent = False
+
+
+class H2Front:
+    """Serves one TLS connection that agreed on h2 in ALPN: every request a stream, each run by
+    the same handler code as HTTP/1.1 (Api) in a thread of its own, as a Go API server runs
+    a goroutine per stream. This thread alone reads and writes the socket; stream threads
+    queue frames on the h2 state machine under `cond` and wake it. Flow control is honoured:
+    a stream writes only within its send window and waits for WINDOW_UPDATE otherwise."""
+
+    # SETTINGS_MAX_CONCURRENT_STREAMS: 100, as API servers announce since their fix of the
+    # HTTP/2 rapid-reset attack (CVE-2023-44487); Go's default of 250 before
+    max_streams = 100
+
+    def __init__(self, sock, state, handler):
+        self.sock = sock
+        self.state = state
+        self.handler = handler  # the connection's Api handler (its class serves the streams)
+        self.cond = threading.Condition()
+        self.closed = False
+        self.streams = {}
+        self.goaway = False  # /goaway asked for one: no new streams here, these go on
+        self.protocol_error = False
+        self.last_sid = 0
+        self.wake_r, self.wake_w = socket.socketpair()
+        cfg = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        self.conn = h2.connection.H2Connection(config=cfg)
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
+
+    def wake(self):
+        try:
+            self.wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def serve(self):
+        sock = self.sock
+        sock.setblocking(False)
+        with self.cond:
+            self.conn.initiate_connection()
+        with self.state.cond:
+            self.state.h2_fronts.add(self)
+        out = b""
+        try:
+            while not self.closed:
+                with self.cond:
+                    out += self.conn.data_to_send()
+                    if self.goaway is True:
+                        # graceful GOAWAY (NO_ERROR), as an API server sends to move clients
+                        # elsewhere: streams up to last_sid go on, new ones go to another
+                        # connection. Written between whole frames, outside the h2 state
+                        # machine, which would refuse the open streams' frames after it.
+                        out += hyperframe.frame.GoAwayFrame(
+                            0, last_stream_id=self.last_sid, error_code=0).serialize()
+                        self.goaway = "sent"
+                if out:
+                    try:
+                        out = out[sock.send(out):]
+                    except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                        pass
+                r, _, _ = select.select([sock, self.wake_r], [sock] if out else [], [], 1.0)
+                if self.wake_r in r:
+                    self.wake_r.recv(4096)
+                while not self.closed:  # TLS may hold decrypted bytes select cannot see
+                    try:
+                        data = sock.recv(65536)
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                        break
+                    if not data:
+                        self.close()
+                        break
+                    self.received(data)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            with self.state.cond:
+                self.state.h2_fronts.discard(self)
+                self.state.h2_protocol_errors += self.protocol_error
+            self.close()
+            self.wake_r.close()
+            self.wake_w.close()
+
+    def received(self, data):
+        started = []
+        with self.cond:
+            try:
+                events = self.conn.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                # h2 queued a GOAWAY; the connection ends once it is written (counted: a
+                # client past MAX_CONCURRENT_STREAMS lands here)
+                self.protocol_error = True
+                try:
+                    self.sock.sendall(self.conn.data_to_send())
+                except (OSError, ssl.SSLError):
+                    pass
+                self.closed = True
+                self.cond.notify_all()
+                return
+            for ev in events:
+                if isinstance(ev, h2.events.RequestReceived):
+                    self.streams[ev.stream_id] = H2Stream(ev.stream_id, ev.headers)
+                    self.last_sid = max(self.last_sid, ev.stream_id)
+                elif isinstance(ev, h2.events.DataReceived):
+                    st = self.streams.get(ev.stream_id)
+                    if st:
+                        st.body += ev.data
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    st = self.streams.get(ev.stream_id)
+                    if st:
+                        started.append(st)
+                elif isinstance(ev, h2.events.StreamReset):
+                    st = self.streams.get(ev.stream_id)
+                    if st:
+                        st.reset = True
+                elif isinstance(ev, h2.events.ConnectionTerminated):
+                    self.closed = True
+            self.cond.notify_all()  # windows may have opened, streams been reset
+        # outside cond: a watch holds state.cond while it writes (cond inside state.cond)
+        for st in started:
+            with self.state.cond:
+                self.state.streams_open += 1
+                self.state.streams_total += 1
+                self.state.streams_peak = max(self.state.streams_peak, self.state.streams_open)
+            threading.Thread(target=self.run, args=(st,), daemon=True).start()
+
+    def run(self, st):
+        h = h2_handler_class(type(self.handler))(self, st)
+        try:
+            method = h.command
+            fn = getattr(h, "do_" + method, None)
+            if fn is None:
+                send_json(h, 405, status(405, "MethodNotAllowed", f"{method} is not allowed"))
+            else:
+                fn()
+            if not st.head_sent:
+                send_json(h, 500, status(500, "InternalError", "no response"))
+            self.send(st, b"", end=True)
+        except (BrokenPipeError, ConnectionResetError, OSError, ssl.SSLError):
+            pass
+        except Exception:  # a bug in a handler: this stream fails, the connection stays
+            with self.cond:
+                try:
+                    self.conn.reset_stream(st.sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                except h2.exceptions.StreamClosedError:
+                    pass
+            self.wake()
+            raise
+        finally:
+            with self.cond:
+                self.streams.pop(st.sid, None)
+            with self.state.cond:
+                self.state.streams_open -= 1
+
+    def headers(self, st, code, fields):
+        with self.cond:
+            if st.reset or self.closed:
+                raise BrokenPipeError("stream reset")
+            try:
+                self.conn.send_headers(st.sid, [(":status", str(code))] + fields)
+                st.head_sent = True
+            except h2.exceptions.StreamClosedError:
+                raise BrokenPipeError("stream closed")
+        self.wake()
+
+    def send(self, st, data, end=False):
+        """Writes `data` on the stream within its flow-control windows (waits for them)."""
+        with self.cond:
+            if st.ended:
+                return
+            view = memoryview(bytes(data))
+            try:
+                while True:
+                    if st.reset or self.closed:
+                        raise BrokenPipeError("stream reset")
+                    if not view:
+                        break
+                    n = min(self.conn.local_flow_control_window(st.sid),
+                            self.conn.max_outbound_frame_size, len(view))
+                    if n <= 0:
+                        self.wake()
+                        self.cond.wait(1.0)
+                        continue
+                    self.conn.send_data(st.sid, view[:n].tobytes())
+                    view = view[n:]
+                if end:
+                    self.conn.end_stream(st.sid)
+                    st.ended = True
+            except h2.exceptions.StreamClosedError:
+                raise BrokenPipeError("stream closed")
+        self.wake()
+
+    def cut(self, st, partial):
+        """The connection drops (an API server gone) after `partial` on this stream: every
+        stream of the connection breaks with it, as when a real API server goes away."""
+        if partial:
+            self.send(st, partial)
+            time.sleep(0.05)  # let the I/O thread write it before the socket goes
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.close()
+
+    def close(self):
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        self.wake()
+
+
+class H2Wfile:
+    """wfile of a stream handler: bytes written are DATA frames of the stream."""
+
+    def __init__(self, front, st):
+        self.front, self.st = front, st
+
+    def write(self, data):
+        self.front.send(self.st, data)
+        return len(data)
+
+    def flush(self):
+        pass
+
+
+_h2_classes = {}
+
+
+def h2_handler_class(api):
+    """The Api handler class as one HTTP/2 stream's handler: the same request methods, with
+    the response head as a HEADERS frame, the body as DATA frames and END_STREAM for the end
+    of a chunked stream (HTTP/2 has no chunked coding)."""
+    if api in _h2_classes:
+        return _h2_classes[api]
+
+    class H2Api(api):
+        request_version = "HTTP/2"
+
+        def __init__(self, front, st):  # not a socket handler: no BaseRequestHandler init
+            self.front, self.st = front, st
+            hdrs = dict(st.headers)
+            self.command = hdrs.get(":method", "GET")
+            self.path = hdrs.get(":path", "/")
+            self.headers = email.message.Message()
+            for k, v in st.headers:
+                if not k.startswith(":"):
+                    self.headers[k] = v
+            if "Content-Length" not in self.headers:
+                self.headers["Content-Length"] = str(len(st.body))
+            self.rfile = io.BytesIO(bytes(st.body))
+            self.wfile = H2Wfile(front, st)
+            self.client_address = front.handler.client_address
+            self.close_connection = False
+            self._status, self._fields = 200, []
+
+        def send_response(self, code, message=None):
+            self._status, self._fields = code, [("date", self.date_time_string())]
+
+        def send_header(self, keyword, value):
+            k = keyword.lower()
+            if k not in ("connection", "transfer-encoding", "keep-alive"):
+                self._fields.append((k, str(value)))
+
+        def end_headers(self):
+            self.front.headers(self.st, self._status, self._fields)
+
+        def chunk(self, data):
+            if data:
+                self.wfile.write(data)
+                with self.front.state.cond:
+                    self.front.state.bytes_sent += len(data)
+            else:
+                self.front.send(self.st, b"", end=True)
+
+        def client_gone(self):
+            return self.st.reset or self.front.closed
+
+        def cut(self, partial):
+            self.front.cut(self.st, partial)
+
+    _h2_classes[api] = H2Api
+    return H2Api
+
+
 def make_control(state):
     class Control(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -717,7 +1097,7 @@ def make_control(state):
         def do_GET(self):
             with state.cond:
                 if self.path == "/requests":
-                    self.reply(state.requests)
+                    self.reply(list(state.requests))
                 elif self.path == "/sent":
                     self.reply({str(k): v for k, v in state.sent.items()})
                 elif self.path == "/state":
@@ -726,6 +1106,15 @@ def make_control(state):
                                 "watches_open": state.watches_open,
                                 "watches_peak": state.watches_peak,
                                 "log": len(state.log),
+                                "requests_logged": len(state.requests),
+                                "requests_dropped": state.requests_dropped,
+                                "connections_open": state.conns_open,
+                                "connections_peak": state.conns_peak,
+                                "connections_total": state.conns_total,
+                                "streams_open": state.streams_open,
+                                "streams_peak": state.streams_peak,
+                                "streams_total": state.streams_total,
+                                "h2_protocol_errors": state.h2_protocol_errors,
                                 "counts": {r: len(o) for r, o in state.objects.items()}})
                 else:
                     self.reply({"error": "unknown"}, 404)
@@ -764,6 +1153,16 @@ def make_control(state):
             if path == "/forbid":
                 state.forbidden = {(f[0], f[1]) for f in doc["pairs"]}
                 return {"ok": True}
+            if path == "/expire":  # {"resource": r, "query": text}: those watches get 410
+                state.expire = (doc["resource"], doc.get("query", ""))
+                state.expire_gen += 1
+                return {"ok": True}
+            if path == "/goaway":  # every HTTP/2 connection gets a graceful GOAWAY
+                for front in state.h2_fronts:
+                    with front.cond:
+                        front.goaway = front.goaway or True
+                    front.wake()
+                return {"connections": len(state.h2_fronts)}
             if path == "/stall":
                 state.stalled = bool(doc["on"])
                 return {"ok": True}
@@ -791,6 +1190,8 @@ def make_control(state):
                 return {"ok": True}
             if path == "/watches/peak/reset":  # the peak starts again from what is open now
                 state.watches_peak = dict(state.watches_open)
+                state.conns_peak = dict(state.conns_open)
+                state.streams_peak = state.streams_open
                 return {"ok": True}
             return {"error": "unknown path"}
 
@@ -811,6 +1212,13 @@ def main():
                     help="with --state: every resourceVersion before the restart is gone (410); "
                     "without it the event history is kept, as etcd keeps it across an API "
                     "server restart, and watches resume from their resourceVersion")
+    ap.add_argument("--no-h2", action="store_true",
+                    help="serve HTTP/1.1 only (ALPN offers no h2), like an API server behind a "
+                    "proxy that does not speak HTTP/2")
+    ap.add_argument("--h2-max-streams", type=int, default=100,
+                    help="SETTINGS_MAX_CONCURRENT_STREAMS of each HTTP/2 connection")
+    ap.add_argument("--max-requests", type=int, default=100000,
+                    help="entries the request log keeps (the oldest are dropped and counted)")
     args = ap.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     make_certs(args.dir)
@@ -818,6 +1226,8 @@ def main():
         f.write(args.token + "\n")
     state = State(args.token)
     state.absent = set(args.without_kind)
+    state.requests = collections.deque(maxlen=max(1, args.max_requests))
+    H2Front.max_streams = args.h2_max_streams
     if args.state and os.path.exists(args.state):
         with open(args.state) as f:
             saved = json.load(f)
@@ -854,6 +1264,9 @@ def main():
     api.daemon_threads = True
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(os.path.join(args.dir, "server.crt"), os.path.join(args.dir, "server.key"))
+    if h2 is None and not args.no_h2:
+        print("k8s_api.py: python3-h2 missing: serving HTTP/1.1 only", file=sys.stderr)
+    ctx.set_alpn_protocols(["http/1.1"] if args.no_h2 or h2 is None else ["h2", "http/1.1"])
     # the handshake happens in each connection's thread, not in the accept loop
     api.socket = ctx.wrap_socket(api.socket, server_side=True, do_handshake_on_connect=False)
     control = ThreadingHTTPServer(("127.0.0.1", args.control_port), make_control(state))

@@ -124,6 +124,10 @@ def test_fake_api_server_answers_the_real_kubectl(k8s):
     assert "endpointslice.discovery.k8s.io/web-b" in out.decode(), (out, err)
     verbs = {(r["verb"], r["resource"]) for r in k8s.requests()}
     assert ("watch", "endpointslices") in verbs and ("list", "services") in verbs
+    # kubectl (Go's client) took h2 in ALPN: all of the above went over the HTTP/2 front
+    st = k8s.control("/state")
+    assert st["connections_total"].get("h2", 0) >= 1 and st["streams_total"] > 0, st
+    assert "http/1.1" not in st["connections_total"], st
 
 
 # ---- endpoints follow the slices -------------------------------------------------------------

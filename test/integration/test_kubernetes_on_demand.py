@@ -87,6 +87,8 @@ def test_first_request_waits_for_the_service_and_later_ones_find_it(k8s, start_b
     assert cluster_status(pf, "cart.shop:80")["source"] == "kubernetes"
     assert cluster_status(pf, "unused.default:80") is None  # never asked for, never watched
     # names that are no Service of a watched namespace are 404 at once, no API request
+    # (counted once cart's watches, which follow its lists, have begun too)
+    wait_for(lambda: len(api_requests(k8s)) == 8, 10, "cart's lists and watches")
     before = len(api_requests(k8s))
     for host in ("example.com", "web.elsewhere", "web.default.svc.other.domain", "UPPER_"):
         assert pf.get("/", host=host).status == 404, host

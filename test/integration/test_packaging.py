@@ -481,6 +481,19 @@ def test_chart_discovers_on_demand_unless_told_to_watch_all():
     assert check_rbac(docs, "default") == check_rbac(render("default"), "default")
 
 
+def test_chart_passes_max_watches_per_namespace_to_on_demand():
+    auto = json.loads(config_of(render("default")))["kubernetes"]["auto_discover"]
+    assert auto["max_watches_per_namespace"] == 32  # the pilotfish default, written out
+    docs = render("default", "--set", "discovery.maxWatchesPerNamespace=8")
+    assert json.loads(config_of(docs))["kubernetes"]["auto_discover"][
+        "max_watches_per_namespace"] == 8
+    # watch_all has no per-Service watches to bound: the key is not written
+    docs = render("default", "--set", "discovery.mode=watch_all",
+                  "--set", "discovery.maxWatchesPerNamespace=8")
+    assert "max_watches_per_namespace" not in \
+        json.loads(config_of(docs))["kubernetes"]["auto_discover"]
+
+
 def test_chart_reads_httproutes_only_when_enabled():
     def granted_resources(docs):
         return {(g, r) for d in docs if d["kind"] in ("Role", "ClusterRole")
@@ -686,6 +699,8 @@ BROKEN_VALUES = [
     (["--set", "ports.admin=70000"], "ports.admin: Must be less than or equal to 65535"),
     (["--set", "discovery.scope=cluster"],
      'discovery.scope: discovery.scope must be one of the following: "namespaces", "all"'),
+    (["--set", "discovery.maxWatchesPerNamespace=0"],
+     "discovery.maxWatchesPerNamespace: Must be greater than or equal to 1"),
     (["--set", "discovery.namespce=shop"],
      "discovery: Additional property namespce is not allowed"),
     (["--set", "resources.limits=null"], "resources: limits is required"),

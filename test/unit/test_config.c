@@ -772,6 +772,7 @@ static const struct {
     {K8S("'http_routes_recheck':5"),
      "x.json: $.kubernetes.http_routes_recheck: 5 is not a duration; durations are strings "
      "with a unit"},
+    {K8S("'http2':'on'"), "x.json: $.kubernetes.http2: expected boolean, found string"},
     {K8S("'cluster_domain':'cluster..local'"),
      "x.json: $.kubernetes.cluster_domain: name \"cluster..local\" has an empty label"},
     {K8S("'auto_discover':{}"), "x.json: $.kubernetes.auto_discover: missing required key "
@@ -1411,8 +1412,8 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
         "{'kubernetes':{'api_server':'https://10.0.0.1:6443','token_file':'/t','ca_file':'/ca',"
         "'namespace':'shop','cluster_domain':'corp.example','stall_timeout':'30s',"
         "'backoff':{'base':'100ms','max':'5s'},'max_line_bytes':65536,'page_size':50,"
-        "'http_routes':true,'http_routes_recheck':'2m','auto_discover':{'namespaces':['shop',"
-        "'default'],'max_clusters':64,'"
+        "'http_routes':true,'http_routes_recheck':'2m','http2':false,'auto_discover':{'namespaces':"
+        "['shop','default'],'max_clusters':64,'"
         "mode':'on_demand',"
         "'on_demand_timeout':'1s','negative_ttl':'3s','idle_timeout':'2m',"
         "'max_watches_per_namespace':8,"
@@ -1437,6 +1438,7 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
     CU_ASSERT_EQUAL(k->page_size, 50);
     CU_ASSERT(k->http_routes);
     CU_ASSERT_EQUAL(k->http_routes_recheck_ms, 120000);
+    CU_ASSERT(!k->http2);
     CU_ASSERT_EQUAL(k->namespace_count, 2);
     CU_ASSERT_STRING_EQUAL(k->namespaces[1], "default");
     CU_ASSERT_EQUAL(k->auto_max_clusters, 64);
@@ -1472,6 +1474,7 @@ static void test_kubernetes_config_is_taken_and_dumped(void) {
     CU_ASSERT_EQUAL(cfg->kubernetes.auto_mode, PF_K8S_WATCH_ALL);
     CU_ASSERT(!cfg->kubernetes.http_routes);
     CU_ASSERT_EQUAL(cfg->kubernetes.http_routes_recheck_ms, PF_DEFAULT_K8S_HTTP_ROUTES_RECHECK_MS);
+    CU_ASSERT(cfg->kubernetes.http2);
     CU_ASSERT_EQUAL(cfg->kubernetes.on_demand_timeout_ms, PF_DEFAULT_K8S_ON_DEMAND_TIMEOUT_MS);
     CU_ASSERT_EQUAL(cfg->kubernetes.negative_ttl_ms, PF_DEFAULT_K8S_NEGATIVE_TTL_MS);
     CU_ASSERT_EQUAL(cfg->kubernetes.idle_timeout_ms, PF_DEFAULT_K8S_IDLE_TIMEOUT_MS);

@@ -162,6 +162,9 @@ Kubernetes clusters get the release's namespace written out, so that the Role ma
 {{- $_ := set $template "health_check" (deepCopy $v.healthCheck) -}}
 {{- end -}}
 {{- $auto := dict "namespaces" "all" "mode" $v.discovery.mode -}}
+{{- if eq $v.discovery.mode "on_demand" -}}
+{{- $_ := set $auto "max_watches_per_namespace" (int $v.discovery.maxWatchesPerNamespace) -}}
+{{- end -}}
 {{- if not (include "pilotfish.clusterWide" .) -}}
 {{- $_ := set $auto "namespaces" (splitList "\n" (include "pilotfish.autoNamespaces" .)) -}}
 {{- end -}}
