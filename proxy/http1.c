@@ -27,8 +27,50 @@ void http1_head_free(pf_head *h) {
     memset(h, 0, sizeof *h);
 }
 
+/* A keep-alive connection gives its head buffers back after every response (an idle
+ * connection holds none) and takes them again for the next request: through malloc, that
+ * is two frees and two allocations per request. Released buffers of the first size wait
+ * here instead, per thread (a worker's heads stay on its thread), a bounded number of them;
+ * beyond that they go back to malloc. */
+#define HEAD_FIRST_BYTES 1024u
+#define HEAD_FIRST_FIELDS 16u
+#define HEAD_SPARES 32u
+
+typedef struct head_spares {
+    void *bufs[HEAD_SPARES], *fields[HEAD_SPARES];
+    unsigned n_bufs, n_fields;
+} head_spares;
+
+static _Thread_local head_spares spares;
+
+static void *spare_take(void **stack, unsigned *n) {
+    return *n ? stack[--*n] : NULL;
+}
+
+static void spare_give(void **stack, unsigned *n, void *p) {
+    if (*n < HEAD_SPARES)
+        stack[(*n)++] = p;
+    else
+        free(p);
+}
+
+void http1_head_spares_free(void) {
+    while (spares.n_bufs)
+        free(spares.bufs[--spares.n_bufs]);
+    while (spares.n_fields)
+        free(spares.fields[--spares.n_fields]);
+}
+
 void http1_head_release(pf_head *h) {
     size_t byte_limit = h->byte_limit, max_headers = h->max_headers;
+    if (h->buf && h->cap == HEAD_FIRST_BYTES) {
+        spare_give(spares.bufs, &spares.n_bufs, h->buf);
+        h->buf = NULL;
+    }
+    if (h->headers && h->cap_headers == HEAD_FIRST_FIELDS) {
+        spare_give(spares.fields, &spares.n_fields, h->headers);
+        h->headers = NULL;
+    }
     http1_head_free(h);
     http1_head_init(h, byte_limit, max_headers);
 }
@@ -36,12 +78,18 @@ void http1_head_release(pf_head *h) {
 static int grow(pf_head *h, size_t len) {
     if (h->len + len + 1 > h->byte_limit)
         return PF_ELIMIT;
-    size_t cap = h->cap ? h->cap : 1024;
+    size_t cap = h->cap ? h->cap : HEAD_FIRST_BYTES;
     while (cap < h->len + len + 1)
         cap *= 2;
     if (cap > h->byte_limit)
         cap = h->byte_limit;
-    char *buf = realloc(h->buf, cap);
+    char *buf = !h->buf && cap == HEAD_FIRST_BYTES ? spare_take(spares.bufs, &spares.n_bufs) : NULL;
+    if (buf) {
+        h->buf = buf;
+        h->cap = cap;
+        return PF_OK;
+    }
+    buf = realloc(h->buf, cap);
     if (!buf)
         return PF_ENOMEM;
     h->buf = buf;
@@ -90,10 +138,14 @@ int http1_head_append_name(pf_head *h, const char *at, size_t len) {
         if (h->count == h->max_headers)
             return PF_ELIMIT;
         if (h->count == h->cap_headers) {
-            size_t cap = h->cap_headers ? h->cap_headers * 2 : 16;
+            size_t cap = h->cap_headers ? h->cap_headers * 2 : HEAD_FIRST_FIELDS;
             if (cap > h->max_headers)
                 cap = h->max_headers;
-            pf_header *headers = realloc(h->headers, cap * sizeof *headers);
+            pf_header *headers = !h->headers && cap == HEAD_FIRST_FIELDS
+                                     ? spare_take(spares.fields, &spares.n_fields)
+                                     : NULL;
+            if (!headers)
+                headers = realloc(h->headers, cap * sizeof *headers);
             if (!headers)
                 return PF_ENOMEM;
             h->headers = headers;

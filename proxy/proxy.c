@@ -990,6 +990,7 @@ static void *worker_main(void *arg) {
     snprintf(name, sizeof name, "pf-worker-%u", w->id);
     pthread_setname_np(pthread_self(), name);
     event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    http1_head_spares_free();
     return NULL;
 }
 
