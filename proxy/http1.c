@@ -71,7 +71,8 @@ void http1_head_release(pf_head *h) {
         spare_give(spares.fields, &spares.n_fields, h->headers);
         h->headers = NULL;
     }
-    http1_head_free(h);
+    if (h->buf || h->headers)
+        http1_head_free(h);
     http1_head_init(h, byte_limit, max_headers);
 }
 
