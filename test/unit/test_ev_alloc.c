@@ -13,9 +13,9 @@
 static int churn(int rounds, int tag) {
     int bad = 0;
     struct evbuffer *a = evbuffer_new(), *b = evbuffer_new();
+    char big[20000]; /* per call: threads churn at once */
     if (!a || !b)
         return 1;
-    static char big[20000];
     for (int r = 0; r < rounds; r++) {
         char msg[64], got[sizeof big + 64];
         int n = snprintf(msg, sizeof msg, "request %d of thread %d", r, tag);
