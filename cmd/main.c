@@ -6,6 +6,7 @@
 #include "cmd/autodiscover.h"
 #include "cmd/httproutes.h"
 #include "config/config.h"
+#include "core/ev_alloc.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/time.h"
@@ -472,6 +473,7 @@ int main(int argc, char **argv) {
      * kernel and every next read page-faulted it in again (about 15% of a relay's CPU). At
      * most this much free heap is kept per arena instead. */
     mallopt(M_TRIM_THRESHOLD, PF_MALLOC_TRIM_BYTES);
+    pf_ev_alloc_install(); /* before any other libevent call */
     while ((opt = getopt_long(argc, argv, "c:w:l:vh", options, NULL)) != -1) {
         switch (opt) {
         case 'c':

@@ -2,6 +2,7 @@
 #include "core/time.h"
 #include "core/error.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,25 @@ uint64_t pf_now_us(void) {
 
 uint64_t pf_now_ms(void) {
     return pf_now_us() / 1000u;
+}
+
+void pf_now_coarse_ms(uint64_t *now_ms, uint64_t *tick_ms) {
+    /* The resolution never changes while the process runs: asked once (a race only writes
+     * the same value twice). */
+    static _Atomic uint64_t tick;
+    uint64_t t = atomic_load_explicit(&tick, memory_order_relaxed);
+    if (!t) {
+        struct timespec res;
+        if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0)
+            t = (uint64_t)res.tv_sec * 1000u + ((uint64_t)res.tv_nsec + 999999u) / 1000000u;
+        if (!t)
+            t = 1;
+        atomic_store_explicit(&tick, t, memory_order_relaxed);
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    *now_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    *tick_ms = t;
 }
 
 uint64_t pf_wall_us(void) {

@@ -448,7 +448,8 @@ static void dispatch(pf_conn *c) {
         authority_len = c->req.headers[host_index].value_len;
         exchange_describe(&c->ex, method, authority, authority_len, t.path, t.path_len);
     }
-    char host[PF_HOST_MAX] = "";
+    char host[PF_HOST_MAX];
+    host[0] = '\0'; /* not `= ""`: that zeroes all of it, on every request */
     int port = -1;
     if (authority_len > 0 &&
         router_parse_authority(authority, authority_len, host, sizeof host, &port) != 0) {

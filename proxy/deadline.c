@@ -14,7 +14,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     d->armed_ms = 0;
     if (!d->due_ms)
         return; /* cleared since it was armed */
-    uint64_t now = pf_now_ms();
+    uint64_t now, tick;
+    pf_now_coarse_ms(&now, &tick);
     if (now < d->due_ms) {
         arm(d, now, d->due_ms); /* moved later since it was armed */
         return;
@@ -38,8 +39,12 @@ void deadline_free(pf_deadline *d) {
 }
 
 void deadline_set(pf_deadline *d, uint64_t ms) {
-    uint64_t now = pf_now_ms();
-    d->due_ms = now + ms;
+    /* The coarse clock: read four times per keep-alive request. It lags by up to a tick, so
+     * the deadline is a tick further, and on_timer's check (the same clock, which is never
+     * ahead) cannot run fn before ms have passed. */
+    uint64_t now, tick;
+    pf_now_coarse_ms(&now, &tick);
+    d->due_ms = now + tick + ms;
     if (d->due_ms == 0)
         d->due_ms = 1;
     /* A timer armed for later than the new deadline would fire too late: move it earlier.

@@ -17,7 +17,7 @@ typedef void (*pf_deadline_fn)(void *arg);
 typedef struct pf_deadline {
     struct event ev; /* embedded: no allocation per connection */
     bool assigned;
-    uint64_t due_ms;   /* pf_now_ms() when fn runs; 0: cleared */
+    uint64_t due_ms;   /* pf_now_coarse_ms() when fn runs; 0: cleared */
     uint64_t armed_ms; /* when ev fires; 0: ev is not pending */
     pf_deadline_fn fn;
     void *arg;

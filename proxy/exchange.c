@@ -448,7 +448,7 @@ void exchange_reset(pf_exchange *ex) {
         ex->delayed = ex->connect_wait = false;
     ex->attempts = ex->retries = 0;
     ex->status = 0;
-    ex->deadline_us = 0;
+    ex->deadline_us = ex->end_us = 0;
     ex->bytes_in = ex->bytes_out = 0;
     ex->route = NULL;
     ex->share = NULL;
@@ -478,6 +478,7 @@ void exchange_reset(pf_exchange *ex) {
 
 void exchange_begin(pf_exchange *ex, const pf_head *head) {
     ex->start_us = pf_now_us();
+    ex->end_us = 0;
     ex->req.head = head;
 }
 
@@ -494,7 +495,8 @@ void exchange_describe(pf_exchange *ex, const char *method, const char *authorit
 
 void exchange_log(pf_exchange *ex) {
     pf_listener_rt *l = ex->l;
-    uint64_t duration = pf_now_us() - ex->start_us;
+    /* A response that ended was timed then, in the same loop turn: no second clock read. */
+    uint64_t duration = (ex->end_us ? ex->end_us : pf_now_us()) - ex->start_us;
     bool h2 = ex->down == &downstream_h2_ops;
     /* A call pilotfish failed itself went out as HTTP 200 (grpc-status says it all), but it
      * counts as the status it stands for: a timeout is a 5xx of the cluster, not a success. */
@@ -1445,7 +1447,8 @@ void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable) {
     if (ex->grpc && ex->status == 200)
         grpc_call_end(ex); /* without a grpc-status: judged as the HTTP response it was */
     exchange_set_state(ex, PF_EX_DONE);
-    uint64_t took_us = pf_now_us() - ex->attempt_us;
+    ex->end_us = pf_now_us();
+    uint64_t took_us = ex->end_us - ex->attempt_us;
     metrics_observe_us(ex->wc->rt->request_duration, took_us);
     if (ex->ep && ex->ep->stats && ex->w->proxy->per_endpoint)
         metrics_observe_us(&ex->ep->stats->duration, took_us);

@@ -160,6 +160,7 @@ struct pf_exchange {
     uint64_t start_us;
     uint64_t deadline_us; /* route timeout; 0: none */
     uint64_t attempt_us;  /* when the attempt in flight picked its endpoint */
+    uint64_t end_us;      /* when the response ended (one clock read for metrics and log); 0 */
     uint64_t bytes_in, bytes_out;
     const pf_config_route *route;
     const pf_config_weighted_cluster *share; /* of a weighted route: the one drawn */

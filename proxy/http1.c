@@ -27,21 +27,70 @@ void http1_head_free(pf_head *h) {
     memset(h, 0, sizeof *h);
 }
 
+/* A keep-alive connection gives its head buffers back after every response (an idle
+ * connection holds none) and takes them again for the next request: through malloc, that
+ * is two frees and two allocations per request. Released buffers of the first size wait
+ * here instead, per thread (a worker's heads stay on its thread), a bounded number of them;
+ * beyond that they go back to malloc. */
+#define HEAD_FIRST_BYTES 1024u
+#define HEAD_FIRST_FIELDS 16u
+#define HEAD_SPARES 32u
+
+typedef struct head_spares {
+    void *bufs[HEAD_SPARES], *fields[HEAD_SPARES];
+    unsigned n_bufs, n_fields;
+} head_spares;
+
+static _Thread_local head_spares spares;
+
+static void *spare_take(void **stack, unsigned *n) {
+    return *n ? stack[--*n] : NULL;
+}
+
+static void spare_give(void **stack, unsigned *n, void *p) {
+    if (*n < HEAD_SPARES)
+        stack[(*n)++] = p;
+    else
+        free(p);
+}
+
+void http1_head_spares_free(void) {
+    while (spares.n_bufs)
+        free(spares.bufs[--spares.n_bufs]);
+    while (spares.n_fields)
+        free(spares.fields[--spares.n_fields]);
+}
+
 void http1_head_release(pf_head *h) {
     size_t byte_limit = h->byte_limit, max_headers = h->max_headers;
-    http1_head_free(h);
+    if (h->buf && h->cap == HEAD_FIRST_BYTES) {
+        spare_give(spares.bufs, &spares.n_bufs, h->buf);
+        h->buf = NULL;
+    }
+    if (h->headers && h->cap_headers == HEAD_FIRST_FIELDS) {
+        spare_give(spares.fields, &spares.n_fields, h->headers);
+        h->headers = NULL;
+    }
+    if (h->buf || h->headers)
+        http1_head_free(h);
     http1_head_init(h, byte_limit, max_headers);
 }
 
 static int grow(pf_head *h, size_t len) {
     if (h->len + len + 1 > h->byte_limit)
         return PF_ELIMIT;
-    size_t cap = h->cap ? h->cap : 1024;
+    size_t cap = h->cap ? h->cap : HEAD_FIRST_BYTES;
     while (cap < h->len + len + 1)
         cap *= 2;
     if (cap > h->byte_limit)
         cap = h->byte_limit;
-    char *buf = realloc(h->buf, cap);
+    char *buf = !h->buf && cap == HEAD_FIRST_BYTES ? spare_take(spares.bufs, &spares.n_bufs) : NULL;
+    if (buf) {
+        h->buf = buf;
+        h->cap = cap;
+        return PF_OK;
+    }
+    buf = realloc(h->buf, cap);
     if (!buf)
         return PF_ENOMEM;
     h->buf = buf;
@@ -90,10 +139,14 @@ int http1_head_append_name(pf_head *h, const char *at, size_t len) {
         if (h->count == h->max_headers)
             return PF_ELIMIT;
         if (h->count == h->cap_headers) {
-            size_t cap = h->cap_headers ? h->cap_headers * 2 : 16;
+            size_t cap = h->cap_headers ? h->cap_headers * 2 : HEAD_FIRST_FIELDS;
             if (cap > h->max_headers)
                 cap = h->max_headers;
-            pf_header *headers = realloc(h->headers, cap * sizeof *headers);
+            pf_header *headers = !h->headers && cap == HEAD_FIRST_FIELDS
+                                     ? spare_take(spares.fields, &spares.n_fields)
+                                     : NULL;
+            if (!headers)
+                headers = realloc(h->headers, cap * sizeof *headers);
             if (!headers)
                 return PF_ENOMEM;
             h->headers = headers;
@@ -281,6 +334,13 @@ typedef struct writer {
     bool failed;
     char buf[4096];
 } writer;
+
+/* Not `writer w = {.out = out}`: that zeroes the 4 KiB buffer, twice per request. */
+static inline void w_init(writer *w, struct evbuffer *out) {
+    w->out = out;
+    w->len = 0;
+    w->failed = false;
+}
 
 static void w_flush(writer *w) {
     if (w->len && evbuffer_add(w->out, w->buf, w->len) != 0)
@@ -541,7 +601,8 @@ static void add_forwarded_for(writer *w, const pf_head *req, const char *client_
 
 int http1_write_request_head(struct evbuffer *out, const pf_head *req,
                              const pf_forward_request *fwd) {
-    writer w = {.out = out};
+    writer w;
+    w_init(&w, out);
     w_str(&w, fwd->method);
     W_LIT(&w, " ");
     if (fwd->root_first)
@@ -614,7 +675,8 @@ static void add_connection(writer *w, int client_minor, bool keep_alive) {
 
 int http1_write_response_head(struct evbuffer *out, const pf_head *resp,
                               const pf_forward_response *fwd) {
-    writer w = {.out = out};
+    writer w;
+    w_init(&w, out);
     char status[4] = {(char)('0' + fwd->status / 100 % 10), (char)('0' + fwd->status / 10 % 10),
                       (char)('0' + fwd->status % 10), ' '};
     W_LIT(&w, "HTTP/1.1 ");
@@ -714,7 +776,8 @@ int http1_write_local_response(struct evbuffer *out, int status, const char *bod
 }
 
 int http1_write_last_chunk(struct evbuffer *out, const pf_head *trailers) {
-    writer w = {.out = out};
+    writer w;
+    w_init(&w, out);
     W_LIT(&w, "0\r\n");
     /* RFC 9110 6.5.1: framing, routing and connection fields never travel as trailers. */
     bool has_connection = trailers && connection_nominates(trailers);

@@ -35,6 +35,9 @@ void http1_head_free(pf_head *h);
 /* Empties h and gives its buffers back, keeping its limits: for a head that waits long
  * between uses (an idle keep-alive connection), so that waiting costs no memory. */
 void http1_head_release(pf_head *h);
+/* Frees the calling thread's spare head buffers (kept by http1_head_release for the next
+ * head): call when a thread that released heads ends. */
+void http1_head_spares_free(void);
 /* Appenders for llhttp callbacks; each returns 0 or PF_ELIMIT (bytes or header count). */
 int http1_head_append_first(pf_head *h, const char *at, size_t len);
 int http1_head_append_name(pf_head *h, const char *at, size_t len);

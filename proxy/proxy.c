@@ -2,6 +2,7 @@
  * SO_REUSEPORT listening socket per listener and worker (the kernel spreads connections),
  * the connection limits and descriptor exhaustion that pause accepting, and the drain that
  * SIGTERM starts. */
+#include "core/ev_alloc.h"
 #include "core/log.h"
 #include "core/random.h"
 #include "core/time.h"
@@ -992,6 +993,8 @@ static void *worker_main(void *arg) {
     snprintf(name, sizeof name, "pf-worker-%u", w->id);
     pthread_setname_np(pthread_self(), name);
     event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    http1_head_spares_free();
+    pf_ev_alloc_thread_free();
     return NULL;
 }
 

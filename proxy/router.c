@@ -179,8 +179,10 @@ pf_rate_limiter *router_rate_limiter(const pf_router *router, const pf_config_ro
     return router->compiled[route - router->routes].limiter;
 }
 
+/* ASCII by hand: what isalnum says in the C locale, without its table lookup per call. */
 static bool valid_host_char(unsigned char c) {
-    return isalnum(c) || c == '-' || c == '.' || c == '_';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_';
 }
 
 int router_parse_authority(const char *authority, size_t len, char *host_out, size_t host_cap,
@@ -226,7 +228,8 @@ int router_parse_authority(const char *authority, size_t len, char *host_out, si
         unsigned char c = (unsigned char)host[i];
         if (!(valid_host_char(c) || (host[0] == '[' && (c == ':' || c == '[' || c == ']'))))
             return PF_EINVAL;
-        host_out[i] = (char)tolower(c);
+        /* ASCII only (valid_host_char): no locale lookup per character */
+        host_out[i] = (char)(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
     }
     host_out[host_len] = '\0';
     *port_out = -1;

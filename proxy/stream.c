@@ -34,6 +34,9 @@ struct pf_stream {
     struct event flush_ev; /* activated when output is added: writes after the callback */
     bool events_assigned;
     struct evbuffer *in, *out;
+    /* on_input_change, registered only while the input is at its limit: libevent runs a
+     * buffer's callbacks on every add and drain, two of each per request, for nothing. */
+    struct evbuffer_cb_entry *in_cb;
     int fd;
     size_t read_limit, write_low;
     size_t read_chunk; /* the most one read takes */
@@ -58,8 +61,20 @@ struct pf_stream {
 /* Registers the read event when input is wanted and needed, and deregisters it when input is
  * not wanted. A registered stream whose consumer merely does not need input for now stays
  * registered: a keep-alive connection would otherwise pay two epoll_ctl per request. */
+static void on_input_change(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
+
 static void arm_read(pf_stream *s) {
-    bool want = s->want_read && evbuffer_get_length(s->in) < s->read_limit;
+    bool full = evbuffer_get_length(s->in) >= s->read_limit;
+    /* Full input grows only by a read, which comes through here: watch for the drain that
+     * makes room. Removing the entry from inside its own callback is safe (libevent keeps
+     * the next entry before it calls one). */
+    if (full && !s->in_cb) {
+        s->in_cb = evbuffer_add_cb(s->in, on_input_change, s);
+    } else if (!full && s->in_cb) {
+        evbuffer_remove_cb_entry(s->in, s->in_cb);
+        s->in_cb = NULL;
+    }
+    bool want = s->want_read && !full;
     if (want && !s->read_armed && !s->read_needed)
         return; /* nothing to wait for: a request answered and closed never touches epoll */
     if (want && !s->read_armed) {
@@ -343,7 +358,6 @@ pf_stream *stream_new(struct event_base *base, int fd, size_t read_limit, size_t
         return NULL;
     }
     evbuffer_add_cb(s->out, on_output_change, s);
-    evbuffer_add_cb(s->in, on_input_change, s);
     s->want_read = true;
     s->read_needed = true;
     read_pend(s, READ_PEND_TRY);

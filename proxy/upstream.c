@@ -60,6 +60,7 @@ struct pf_upstream {
     pf_upstream *next_idle;
     pf_endpoint_stats *stats;
     char addr[PF_ADDRTEXT_MAX];
+    unsigned addr_hash;             /* bucket_index(addr): hashed once, not on every release */
     char tls_name[PF_DNS_NAME_MAX]; /* TLS: the name verified (its pool bucket's); else "" */
     SSL_SESSION *tls_session; /* the latest the endpoint sent on this connection, to pass on */
     bool connected;
@@ -126,8 +127,8 @@ static void end_pending(pf_upstream *up) {
     }
 }
 
-static pf_pool_bucket *bucket_for(pf_worker_cluster *wc, const char *addr, const char *name,
-                                  bool create);
+static pf_pool_bucket *bucket_at(pf_worker_cluster *wc, unsigned i, const char *addr,
+                                 const char *name, bool create);
 
 /* Hands the connection's latest TLS session to its endpoint and name's bucket, for the
  * next connection to resume (a bucket may go while a connection runs: the connection holds
@@ -135,7 +136,8 @@ static pf_pool_bucket *bucket_for(pf_worker_cluster *wc, const char *addr, const
 static void pass_session(pf_upstream *up) {
     if (!up->tls_session)
         return;
-    pf_pool_bucket *b = up->wc ? bucket_for(up->wc, up->addr, up->tls_name, false) : NULL;
+    pf_pool_bucket *b =
+        up->wc ? bucket_at(up->wc, up->addr_hash, up->addr, up->tls_name, false) : NULL;
     if (b) {
         tls_session_free(b->tls_session);
         b->tls_session = up->tls_session;
@@ -178,11 +180,11 @@ static void bucket_free(pf_pool_bucket *b) {
     free(b);
 }
 
-/* The bucket of (addr, name). Names come from requests' hosts, so an address keeps at most
- * PF_POOL_NAMES_PER_ENDPOINT of them: a new one beyond that replaces the oldest. */
-static pf_pool_bucket *bucket_for(pf_worker_cluster *wc, const char *addr, const char *name,
-                                  bool create) {
-    unsigned i = bucket_index(addr);
+/* The bucket of (addr, name), in the chain i = bucket_index(addr). Names come from
+ * requests' hosts, so an address keeps at most PF_POOL_NAMES_PER_ENDPOINT of them: a new one
+ * beyond that replaces the oldest. */
+static pf_pool_bucket *bucket_at(pf_worker_cluster *wc, unsigned i, const char *addr,
+                                 const char *name, bool create) {
     size_t same_addr = 0;
     pf_pool_bucket **oldest = NULL;
     for (pf_pool_bucket **at = &wc->buckets[i]; *at; at = &(*at)->next) {
@@ -209,6 +211,11 @@ static pf_pool_bucket *bucket_for(pf_worker_cluster *wc, const char *addr, const
     b->next = wc->buckets[i];
     wc->buckets[i] = b;
     return b;
+}
+
+static pf_pool_bucket *bucket_for(pf_worker_cluster *wc, const char *addr, const char *name,
+                                  bool create) {
+    return bucket_at(wc, bucket_index(addr), addr, name, create);
 }
 
 static void pool_remove(pf_upstream *up) {
@@ -495,6 +502,7 @@ static pf_upstream *connect_new(pf_worker *w, pf_worker_cluster *wc, const pf_en
     up->pending = true;
     upstream_count_opening(wc);
     snprintf(up->addr, sizeof up->addr, "%s", ep->addr.text);
+    up->addr_hash = bucket_index(up->addr);
     snprintf(up->tls_name, sizeof up->tls_name, "%s", tls_name);
     const pf_config_cluster *cfg = wc->rt->cfg;
     http1_head_init(&up->resp, cfg->max_header_bytes, cfg->max_headers);
@@ -674,7 +682,7 @@ static void release(void *arg, bool reusable) {
         upstream_free(up);
         return;
     }
-    pf_pool_bucket *b = bucket_for(wc, up->addr, up->tls_name, true);
+    pf_pool_bucket *b = bucket_at(wc, up->addr_hash, up->addr, up->tls_name, true);
     if (!b || b->idle_count >= wc->rt->cfg->max_idle_per_endpoint) {
         upstream_free(up);
         return;

@@ -1226,7 +1226,51 @@ static void test_last_chunk_carries_the_trailers_that_may_be_trailers(void) {
     http1_head_free(&t);
 }
 
+/* Released heads leave their buffers to the next head of the thread (a bounded list): a
+ * head built from them holds its own bytes only, beyond the list's bound and with heads
+ * that outgrew the first sizes among them. */
+static void test_released_head_buffers_serve_the_next_heads_intact(void) {
+    enum { N = 40 };
+    pf_head heads[N];
+    char want[64], buf[4096];
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < N; i++) {
+            http1_head_init(&heads[i], 8192, 64);
+            char path[32], value[32];
+            int pn = snprintf(path, sizeof path, "/r%d/%d", round, i);
+            int vn = snprintf(value, sizeof value, "v%d", i);
+            CU_ASSERT_EQUAL(http1_head_append_first(&heads[i], path, (size_t)pn), PF_OK);
+            /* every fifth head outgrows 1 KiB and 16 fields: not a first-size buffer */
+            int fields = i % 5 == 0 ? 20 : 2;
+            for (int f = 0; f < fields; f++) {
+                CU_ASSERT_EQUAL(http1_head_append_name(&heads[i], "X-A", 3), PF_OK);
+                CU_ASSERT_EQUAL(http1_head_append_value(&heads[i], value, (size_t)vn), PF_OK);
+                if (i % 5 == 0) {
+                    char pad[80];
+                    memset(pad, 'p', sizeof pad);
+                    CU_ASSERT_EQUAL(http1_head_append_value(&heads[i], pad, sizeof pad), PF_OK);
+                }
+                http1_head_finish_value(&heads[i]);
+            }
+        }
+        for (int i = 0; i < N; i++) {
+            snprintf(want, sizeof want, "/r%d/%d|X-A=v%d", round, i, i);
+            dump(&heads[i], buf, sizeof buf);
+            PF_CHECK(strncmp(buf, want, strlen(want)) == 0, "round %d head %d: %s", round, i, buf);
+            PF_CHECK(heads[i].count == (size_t)(i % 5 == 0 ? 20 : 2), "head %d: %zu fields", i,
+                     heads[i].count);
+            http1_head_release(&heads[i]);
+            CU_ASSERT_EQUAL(heads[i].count, 0);
+            CU_ASSERT_EQUAL(heads[i].byte_limit, 8192);
+        }
+    }
+    for (int i = 0; i < N; i++)
+        http1_head_free(&heads[i]);
+    http1_head_spares_free();
+}
+
 PF_UNIT_MAIN("http1", PF_UNIT_TEST(test_header_value_templates_expand_their_variables),
+             PF_UNIT_TEST(test_released_head_buffers_serve_the_next_heads_intact),
              PF_UNIT_TEST(test_last_chunk_carries_the_trailers_that_may_be_trailers),
              PF_UNIT_TEST(test_header_edits_replace_add_and_remove_lines),
              PF_UNIT_TEST(test_edits_of_pilotfish_own_answer_lines),
