@@ -30,6 +30,10 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "test", "integration"))
+import ports as _ports  # noqa: E402
+
 # ---------------------------------------------------------------- /proc sampling
 
 
@@ -462,27 +466,10 @@ def write_json(path, doc, indent=None):
 
 
 def free_ports(n, udp=False):
-    """n TCP ports free on 127.0.0.1, all different (held open together); with udp, each
-    is free for UDP too."""
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            if udp:
-                try:
-                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                        u.bind(("127.0.0.1", port))
-                except OSError:
-                    s.close()
-                    continue
-            socks.append(s)
-            ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
-    return ports
+    """n different TCP ports free on 127.0.0.1 (with udp, each free for UDP too), outside
+    the kernel's ephemeral range and handed out in turn among concurrent tests and benches
+    (test/integration/ports.py), so no outgoing connection takes one before its server binds."""
+    return _ports.free_ports(n, udp=udp)
 
 
 def free_port():

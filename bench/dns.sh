@@ -23,20 +23,15 @@
 # (50), BENCH_PIN (1), BENCH_PROXY_CPU (1), BENCH_LOAD_CPU (0). Results also go to
 # BUILD/bench-dns.json.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PY=${PYTHON:-/usr/bin/python3}
-[ -x "$PY" ] || PY=$(command -v python3)
-
-exec "$PY" - "$HERE" "$@" <<'PYEOF'
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_python "$@" <<'PYEOF'
 import json
 import os
 import signal
 import statistics
-import sys
 import time
 
-sys.path.insert(0, sys.argv[1])
-from benchlib import (LOAD_CPU, PROXY_CPU, begin, copy_binaries, env_int, env_secs,  # noqa: E402
+from benchlib import (LOAD_CPU, PROXY_CPU, begin, copy_binaries, env_int, env_secs,
                       fail, free_ports, http_get, need, parse_wrk, pilotfish_ready, pinning_note,
                       run, run_wrk, start, start_pilotfish, status_kb, stop, tail, wait_until,
                       workdir, write_json)

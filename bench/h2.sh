@@ -23,21 +23,16 @@
 # BENCH_H2_CASES (h2c-h1,h2c-h2), BENCH_H2_IDLE (1000), BENCH_PIN (1), BENCH_PROXY_CPU (1),
 # BENCH_LOAD_CPU (0). Results also go to BUILD/bench-h2.json.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PY=${PYTHON:-/usr/bin/python3}
-[ -x "$PY" ] || PY=$(command -v python3)
-
-exec "$PY" - "$HERE" "$@" <<'PYEOF'
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_python "$@" <<'PYEOF'
 import os
 import re
 import socket
 import statistics
 import subprocess
-import sys
 import time
 
-sys.path.insert(0, sys.argv[1])
-from benchlib import (LOAD_CPU, PROXY_CPU, begin, copy_binaries, env_int, env_secs, fail,  # noqa: E402
+from benchlib import (LOAD_CPU, PROXY_CPU, begin, copy_binaries, env_int, env_secs, fail,
                       fmt, free_ports, need, parse_h2load_log, pinned, pinning_note, run,
                       start, status_kb, stop, wait_until, workdir, write_json)
 

@@ -20,11 +20,8 @@
 # Every process is stopped by PID on exit. Knobs: BENCH_K8S_SERVICES (1000),
 # BENCH_K8S_ENDPOINTS (10), BENCH_K8S_CHANGES (1000). Results also go to BUILD/bench-k8s.json.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PY=${PYTHON:-/usr/bin/python3}
-[ -x "$PY" ] || PY=$(command -v python3)
-
-exec "$PY" - "$HERE" "$@" <<'PYEOF'
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_python "$@" <<'PYEOF'
 import http.client
 import json
 import os
@@ -33,8 +30,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, sys.argv[1])
-from benchlib import (begin, copy_binaries, env_int, fail, free_ports, need, run,  # noqa: E402
+from benchlib import (begin, copy_binaries, env_int, fail, free_ports, need, run,
                       start, status_kb, wait_until, workdir, write_json)
 
 BUILD = begin("bench-k8s")

@@ -1,5 +1,6 @@
 # shellcheck shell=bash disable=SC2034  # sourced: the variables it sets are the callers'
-# Shared preamble of the shell benchmarks (run.sh, tcp.sh, tls.sh, routes.sh, syscalls.sh).
+# Shared preamble of the shell benchmarks (run.sh, tcp.sh, tls.sh, routes.sh, syscalls.sh)
+# and the start of the Python ones (bench_python: dns.sh, k8s.sh, h2.sh, ondemand_churn.sh).
 # Sourced, not run:
 #
 #   HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -145,6 +146,14 @@ forget_pid() {
 }
 
 free_port() { "$PY" "$LIB" free-port; }
+
+# bench_python "$@" <<'PYEOF' ... PYEOF: the Python benchmarks' start. Runs the
+# here-document as the benchmark (it replaces this shell) with bench/ as sys.argv[1] and
+# on the module path, so it can `from benchlib import ...`; the script's own arguments follow.
+bench_python() {
+    [ -n "$PY" ] || die "python3 not found (set PYTHON)"
+    PYTHONPATH="$BENCH_LIB_DIR${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" - "$BENCH_LIB_DIR" "$@"
+}
 
 # fail_start WHAT LOG: clear message naming what did not start, with its log tail.
 fail_start() {

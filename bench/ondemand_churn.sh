@@ -18,11 +18,8 @@
 # stops there and reports what it did). Results also go to BUILD/bench-churn.json. A bench
 # never fails on numbers; every process is stopped by PID on exit.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PY=${PYTHON:-/usr/bin/python3}
-[ -x "$PY" ] || PY=$(command -v python3)
-
-exec "$PY" - "$HERE" "$@" <<'PYEOF'
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_python "$@" <<'PYEOF'
 import http.client
 import json
 import os
@@ -30,8 +27,7 @@ import re
 import sys
 import time
 
-sys.path.insert(0, sys.argv[1])
-from benchlib import (begin, copy_binaries, env_int, fail, free_ports, http_get,  # noqa: E402
+from benchlib import (begin, copy_binaries, env_int, fail, free_ports, http_get,
                       need, run, start, start_backend, status_kb, wait_until, workdir,
                       write_json)
 

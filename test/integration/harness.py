@@ -5,7 +5,6 @@ pilotfish itself. Waiting is always a bounded poll (wait_for), never a fixed sle
 process started is stopped by PID by the fixtures in conftest.py.
 """
 
-import collections
 import http.client
 import json
 import os
@@ -16,6 +15,8 @@ import socket
 import subprocess
 import threading
 import time
+
+import ports
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -53,21 +54,11 @@ def wait_for(predicate, timeout, what, interval=0.02):
         time.sleep(interval)
 
 
-_recent_ports = collections.deque(maxlen=4096)
-
-
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now, and that this process has
-    not handed out recently: the kernel may give the same free port to two binds in a row,
-    and a test that asks for two ports (a listener and the admin server) needs two."""
-    for _ in range(64):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((LOCALHOST, 0))
-            port = s.getsockname()[1]
-        if port not in _recent_ports:
-            _recent_ports.append(port)
-            return port
-    raise RuntimeError("no fresh free port in 64 tries")
+    """A TCP port on 127.0.0.1 that nothing listens on right now, outside the kernel's
+    ephemeral range and not handed to another test process recently (see ports.py): two
+    calls in a row give two ports, and no outgoing connection can be given it meanwhile."""
+    return ports.free_port()
 
 
 def closed_port():
@@ -500,6 +491,48 @@ class Pilotfish:
         self.admin_port = int(config["admin"]["address"].rsplit(":", 1)[1])
 
     def start(self, wait_ready=True):
+        """Start pilotfish; with wait_ready, wait for /ready. If it could not bind a port the
+        harness chose (listener() or make_config()) because something took it meanwhile, the
+        port is replaced by a fresh one in self.config and pilotfish started again, at most
+        BIND_RETRIES times: a taken port is the machine's doing, not pilotfish's."""
+        for attempt in range(BIND_RETRIES + 1):
+            self._spawn()
+            if not wait_ready:
+                return self
+            try:
+                self.wait_ready()
+                return self
+            except HarnessError:
+                taken = self._taken_port()
+                if taken is None or attempt == BIND_RETRIES:
+                    raise
+                moved_to = self._move_port(taken)
+                print(f"harness: {taken} was taken before pilotfish bound it; "
+                      f"starting again on port {moved_to}")
+                self.expect_exit = False
+        raise AssertionError("unreachable")
+
+    def _taken_port(self):
+        """The harness-chosen address pilotfish exited on because it was in use, or None."""
+        if self.proc.poll() is None:
+            return None
+        m = re.search(r"cannot listen on (\S+): (Address already in use|"
+                      r"another pilotfish is starting or listening there)", _tail(self.err_path))
+        return m.group(1) if m and m.group(1) in _harness_addresses else None
+
+    def _move_port(self, address):
+        """Every listener or admin address on address's port moves to one fresh port."""
+        old = ":" + address.rsplit(":", 1)[1]
+        port = free_port()
+        places = [self.config["admin"]] + list(self.config["listeners"])
+        for place in places:
+            if place.get("address", "").endswith(old):
+                place["address"] = place["address"][: -len(old)] + f":{port}"
+                _harness_addresses.add(place["address"])
+        self.admin_port = int(self.config["admin"]["address"].rsplit(":", 1)[1])
+        return port
+
+    def _spawn(self):
         if not os.path.exists(PILOTFISH_BIN):
             raise HarnessError(f"{PILOTFISH_BIN} not built (make -C {REPO})")
         with open(self.config_path, "w") as f:
@@ -523,9 +556,6 @@ class Pilotfish:
                 env=pilotfish_env(),
                 preexec_fn=set_fd_limit if limit else None,
             )
-        if wait_ready:
-            self.wait_ready()
-        return self
 
     def cpu_seconds(self):
         """User plus system CPU time pilotfish has used so far, from /proc/PID/stat."""
@@ -726,8 +756,22 @@ class RssSampler:
 # ---- config ---------------------------------------------------------------
 
 
+# Addresses listener() and make_config() chose themselves: Pilotfish.start may move them to
+# another port if something takes them first (the test only knows them through the config).
+_harness_addresses = set()
+BIND_RETRIES = 3
+
+
+def movable_address():
+    """127.0.0.1:PORT on a fresh port, which Pilotfish.start may move to another port if
+    something takes it first: for addresses the test reads back only through the config."""
+    address = f"{LOCALHOST}:{free_port()}"
+    _harness_addresses.add(address)
+    return address
+
+
 def listener(name, routes, **kw):
-    d = {"name": name, "address": f"{LOCALHOST}:{free_port()}", "routes": routes}
+    d = {"name": name, "address": kw.get("address") or movable_address(), "routes": routes}
     d.update(kw)
     return d
 
@@ -744,7 +788,7 @@ def cluster(name, endpoints, **kw):
 
 def make_config(listeners, clusters, **kw):
     d = {
-        "admin": {"address": f"{LOCALHOST}:{free_port()}"},
+        "admin": kw.get("admin") or {"address": movable_address()},
         "access_log": True,
         "drain_timeout": "10s",
         "listeners": listeners,
@@ -848,15 +892,7 @@ DNS_RCODES = {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}
 
 def free_dual_port(host=LOCALHOST):
     """A port free for both TCP and UDP on host (DNS servers listen on both)."""
-    for _ in range(50):
-        port = free_port()
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                u.bind((host, port))
-            return port
-        except OSError:
-            continue
-    raise HarnessError("no port free for both TCP and UDP")
+    return ports.free_port(hosts=(host,), udp=True)
 
 
 def dns_query(port, name, qtype="A", timeout=1.0):
@@ -923,6 +959,21 @@ class Dnsmasq:
             return 0
 
     def start(self):
+        """Start dnsmasq and wait until it answers. On the first start, a port something took
+        meanwhile is replaced by a fresh one (at most BIND_RETRIES times); a restart keeps its
+        port, which pilotfish's config names."""
+        first = self.starts == 0
+        for attempt in range(BIND_RETRIES + 1):
+            try:
+                return self._start()
+            except HarnessError:
+                if not (first and attempt < BIND_RETRIES and self.proc.poll() is not None
+                        and "Address already in use" in _tail(self.err_path, 400)):
+                    raise
+                self.port = free_dual_port()
+                self.starts = 0
+
+    def _start(self):
         self._write_hosts()
         args = [
             DNSMASQ_BIN,
@@ -1021,17 +1072,7 @@ class AddressedBackend(Backend):
 
 def shared_port(hosts):
     """A TCP port free on every one of hosts (IPv4 or IPv6 literals)."""
-    for _ in range(50):
-        port = free_port()
-        try:
-            for h in hosts:
-                family = socket.AF_INET6 if ":" in h else socket.AF_INET
-                with socket.socket(family, socket.SOCK_STREAM) as s:
-                    s.bind((h, port))
-            return port
-        except OSError:
-            continue
-    raise HarnessError(f"no port free on all of {hosts}")
+    return ports.free_port(hosts=tuple(hosts))
 
 
 class StandalonePilotfish(Pilotfish):
@@ -1042,7 +1083,10 @@ class StandalonePilotfish(Pilotfish):
         config = {"admin": {"address": admin}, "listeners": [{"name": "main", "address": listen}]}
         super().__init__(config, workdir, extra_args=args, tag=tag)
 
-    def start(self, wait_ready=True):
+    def _taken_port(self):
+        return None  # its ports are in its flags, which the test chose: nothing to move
+
+    def _spawn(self):
         if not os.path.exists(PILOTFISH_BIN):
             raise HarnessError(f"{PILOTFISH_BIN} not built (make -C {REPO})")
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
@@ -1053,9 +1097,6 @@ class StandalonePilotfish(Pilotfish):
                 stdin=subprocess.DEVNULL,
                 env=pilotfish_env(),
             )
-        if wait_ready:
-            self.wait_ready()
-        return self
 
 
 # ---- Kubernetes: the fake API server and kubectl ----------------------------

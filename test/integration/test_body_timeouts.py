@@ -51,16 +51,32 @@ def test_client_pausing_in_the_middle_of_a_body_gets_408_and_close(bodyproxy):
     assert_still_serving(bodyproxy)
 
 
-def test_a_slow_but_steady_body_is_not_cut(bodyproxy):
-    # 20 pieces 100 ms apart: 2 s in all, far past the timeout, but never a 300 ms pause.
-    body = bytes(range(ord("a"), ord("a") + 20))
-    with bodyproxy.raw() as c:
-        c.send(head("POST", "/echo", len(body)))
-        for i in range(len(body)):
-            time.sleep(0.1)
-            c.send(body[i : i + 1])
-        resp = c.read_response(timeout=10)
-    assert resp.status == 200, resp
+def test_a_slow_but_steady_body_is_not_cut(start_backend, start_pilotfish):
+    # 22 pieces 100 ms apart: 2.2 s in all, past twice the 1 s timeout, but never a pause
+    # of a tenth of it. A try cut after this client itself paused for half the timeout (a
+    # loaded machine did not run it) shows nothing and is made again, at most 3 times.
+    timeout = 1.0
+    web = start_backend("web")
+    main = listener("main", [route("web", prefix="/")], body_timeout="1s")
+    pf = start_pilotfish(make_config([main], [cluster("web", [web.address])]), workers=1)
+    body = bytes(range(ord("a"), ord("a") + 22))
+    for attempt in range(3):
+        longest = 0.0
+        with pf.raw() as c:
+            c.send(head("POST", "/echo", len(body)))
+            last = time.monotonic()
+            for i in range(len(body)):
+                time.sleep(0.1)
+                c.send(body[i : i + 1])
+                now = time.monotonic()
+                longest, last = max(longest, now - last), now
+            resp = c.read_response(timeout=10)
+        if longest < timeout / 2 or resp.status == 200:
+            break
+        print(f"try {attempt + 1}: {resp.status} after the client paused {longest:.2f}s itself")
+    else:
+        pytest.skip(f"the machine paused this client for {longest:.2f}s in each of 3 tries")
+    assert resp.status == 200, (resp, longest)
     assert resp.body == body
 
 

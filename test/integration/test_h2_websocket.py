@@ -22,7 +22,8 @@ import h2.settings
 import hyperframe.frame
 import pytest
 
-from harness import LOCALHOST, cluster, listener, make_config, metric_sum, wait_for
+from harness import LOCALHOST, cluster, listener, make_config, wait_for
+from servers import tunnel_log_lines, tunnels
 from test_websocket import RssPeak, WsBackend
 
 MiB = 1 << 20
@@ -210,18 +211,6 @@ class H2WebSocket:
 
     def close(self):
         self.sock.close()
-
-
-def tunnels(pf):
-    m = pf.metrics()
-    return (
-        metric_sum(m, "pilotfish_tunnels_active", listener="main"),
-        metric_sum(m, "pilotfish_tunnels_total", listener="main"),
-    )
-
-
-def tunnel_log_lines(pf):
-    return [l for l in pf.stderr_text().splitlines() if "tunnel closed" in l]
 
 
 def test_the_listener_advertises_extended_connect_and_frames_pass_both_ways(ws_backend,

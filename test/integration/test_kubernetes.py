@@ -291,29 +291,42 @@ def test_stalled_watch_reconnects_and_keeps_the_set(k8s, start_backend, start_pi
     assert "stalled" in pf.stderr_text()
 
 
+def write_token(k8s, token):
+    """Replace the token file in one step: pilotfish reads it before every request, and a
+    file written in place may be read empty, half way."""
+    tmp = k8s.token_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(token + "\n")
+    os.replace(tmp, k8s.token_file)
+
+
 def test_token_rotation_and_401_recovery(k8s, start_backend, start_pilotfish):
     b1, b2, b3 = start_backend("b1"), start_backend("b2"), start_backend("b3")
     k8s.apply(k8s_service("web", [("http", 80)]), slice_for("1", b1))
     pf = start_pilotfish(k8s_config(k8s, [k8s_cluster("web", "web")]))
-    # the kubelet rotates the bound token: the file changes, the server takes only the new
-    # one, streams reconnect: the new token is read before the first 401 can happen
-    with open(k8s.token_file, "w") as f:
-        f.write("token-2\n")
+    # Both watches open first: a request that read the old token just before the rotation
+    # could reach the server only after the old token expired (a 401 of the test's making).
+    # Waits are bounded generously: the fake API server is slow on a loaded machine.
+    wait_for(lambda: k8s.control("/state")["watchers"] >= 2, 30, "both watches to be open")
+    # the kubelet rotates the bound token: the server takes the new one as well, the file
+    # changes (atomically, as the kubelet swaps it), the old one expires, streams reconnect:
+    # the new token is read before the first 401 can happen
+    k8s.control("/token", {"tokens": ["test-token", "token-2"]})
+    write_token(k8s, "token-2")
     k8s.control("/token", {"tokens": ["token-2"]})
     k8s.control("/cut", {})
     k8s.apply(slice_for("2", b2))
-    wait_addresses(pf, "web", [b1.address, b2.address])
+    wait_addresses(pf, "web", [b1.address, b2.address], timeout=30)
     assert metric_sum(pf.metrics(), "pilotfish_kubernetes_api_errors_total", code="401") == 0
     # the server moves to a token we cannot have read yet: 401 until the file has it
     k8s.control("/token", {"tokens": ["token-3"]})
     k8s.control("/cut", {})
     wait_for(lambda: metric_sum(pf.metrics(), "pilotfish_kubernetes_api_errors_total",
-                                code="401") >= 1, 10, "a 401")
+                                code="401") >= 1, 30, "a 401")
     assert addresses(pf, "web") == sorted([b1.address, b2.address])  # a 401 empties nothing
-    with open(k8s.token_file, "w") as f:
-        f.write("token-3\n")
+    write_token(k8s, "token-3")
     k8s.apply(slice_for("3", b3))
-    wait_addresses(pf, "web", [b1.address, b2.address, b3.address])
+    wait_addresses(pf, "web", [b1.address, b2.address, b3.address], timeout=30)
     assert "401 Unauthorized; re-reading the token" in pf.stderr_text()
 
 

@@ -27,14 +27,13 @@ import pytest
 import yaml
 
 from harness import (
-    LOCALHOST,
     PILOTFISH_BIN,
     REPO,
     TOOLS_DIR,
     K8sApi,
-    free_port,
     k8s_service,
     k8s_slice,
+    movable_address,
     wait_for,
 )
 
@@ -1342,11 +1341,8 @@ def test_rbac_matches_what_discovery_asks_the_api_server_for(case, tmp_path, sta
     else:
         docs, namespace = render(case), NAMESPACE
     config = json.loads(config_of(docs))
-    # Two calls of free_port can return one port (it is free again once probed).
-    admin_port = free_port()
-    listen_port = next(p for p in (free_port() for _ in range(100)) if p != admin_port)
-    config["admin"]["address"] = f"{LOCALHOST}:{admin_port}"
-    config["listeners"][0]["address"] = f"{LOCALHOST}:{listen_port}"
+    config["admin"]["address"] = movable_address()
+    config["listeners"][0]["address"] = movable_address()
     api = K8sApi(str(tmp_path)).start()
     try:
         objs = discovery_objects(config)

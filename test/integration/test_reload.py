@@ -20,6 +20,7 @@ from harness import (
     free_port,
     listener,
     make_config,
+    metric_sum,
     route,
     wait_for,
 )
@@ -284,31 +285,35 @@ def test_watch_config_follows_a_configmap_style_symlink_swap(start_backend, tmp_
 def test_requests_in_flight_finish_when_a_reload_removes_their_listener_and_route(
     start_backend, start_pilotfish
 ):
+    # Each request holds back the end of its body until the reload is applied, so it is in
+    # flight then however slow the machine is (a fixed upstream delay could end first).
     one, two = start_backend("one"), start_backend("two")
     a, b = two_configs(one, two)
     pf = start_pilotfish(a)
-    results = {}
+    body = b"0123456789"
+    conns = {name: pf.raw(listener=name) for name in ("main", "extra")}
+    try:
+        for c in conns.values():
+            c.send(make_request("POST", "/echo", [("Content-Length", str(len(body)))])
+                   + body[:4])
 
-    def slow(name, port):
-        results[name] = backend_of(port, "/delay/1500")
+        def routed(cluster_name):  # no other request has opened one
+            return metric_sum(pf.metrics(), "pilotfish_upstream_connections_active",
+                              cluster=cluster_name) >= 1
 
-    threads = [
-        threading.Thread(target=slow, args=("main", pf.port("main"))),
-        threading.Thread(target=slow, args=("extra", pf.port("extra"))),
-    ]
-    for t in threads:
-        t.start()
-    wait_for(
-        # each /stats query is a request too
-        lambda: one.stats()["requests"] >= 2 and two.stats()["requests"] >= 2,
-        10,
-        "both slow requests to reach their backends",
-    )
-    reload_by_signal(pf, b)  # main's route moves to "two", listener "extra" goes
-    for t in threads:
-        t.join(timeout=30)
+        wait_for(lambda: routed("one") and routed("two"), 10,
+                 "both requests to be on their way to their backends")
+        reload_by_signal(pf, b)  # main's route moves to "two", listener "extra" goes
+        results = {}
+        for name, c in conns.items():
+            c.send(body[4:])
+            resp = c.read_response()
+            results[name] = (resp.status, resp.header("X-Backend"), resp.body)
+    finally:
+        for c in conns.values():
+            c.close()
     # Each finished where it started: on its old route, on the listener being removed.
-    assert results == {"main": (200, "one"), "extra": (200, "two")}
+    assert results == {"main": (200, "one", body), "extra": (200, "two", body)}
     assert backend_of(pf.port("main")) == (200, "two")
 
 

@@ -5,7 +5,6 @@ here (python3-h2 and a raw HTTP/1.1 server) answer with the trailers they receiv
 
 import json
 import socket
-import threading
 
 import h2.config
 import h2.connection
@@ -14,34 +13,21 @@ import h2.exceptions
 import pytest
 
 from harness import LOCALHOST, cluster, listener, make_config, metric_sum, route, wait_for
+from servers import ThreadedServer, closed_at_teardown
 
 
-class Recorder:
-    """A listening socket whose connections a subclass serves in threads; close() stops it."""
+class Recorder(ThreadedServer):
+    """Serves each connection with answer(conn) (a subclass's) and records what came."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(16)
-        self.address = f"{LOCALHOST}:{self.sock.getsockname()[1]}"
         self.seen = []  # (body, trailers) per request, as received
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self.accept, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.guarded, args=(conn,), daemon=True).start()
-
-    def guarded(self, conn):
+    def serve(self, conn):
         with conn:
             conn.settimeout(10)
             try:
-                self.serve(conn)
+                self.answer(conn)
             except (OSError, h2.exceptions.ProtocolError):
                 pass
 
@@ -50,19 +36,11 @@ class Recorder:
             self.seen.append((body, trailers))
         return json.dumps({"body": body.decode(), "trailers": trailers}).encode()
 
-    def close(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        except OSError:
-            pass
-        self.sock.close()
-        self.thread.join(10)
-
 
 class H2Upstream(Recorder):
     """HTTP/2 (prior knowledge): answers each stream once it ended, with what it received."""
 
-    def serve(self, conn):
+    def answer(self, conn):
         h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         h2c.initiate_connection()
         conn.sendall(h2c.data_to_send())
@@ -126,7 +104,7 @@ class H1Upstream(Recorder):
 
     fail = False
 
-    def serve(self, conn):
+    def answer(self, conn):
         data = b""
         while True:
             data = read_until(conn, data, b"\r\n\r\n")
@@ -142,16 +120,7 @@ class H1Upstream(Recorder):
 
 @pytest.fixture
 def upstreams():
-    started = []
-
-    def start(kind):
-        server = H2Upstream() if kind == "h2" else H1Upstream()
-        started.append(server)
-        return server
-
-    yield start
-    for s in started:
-        s.close()
+    yield from closed_at_teardown(lambda kind: H2Upstream() if kind == "h2" else H1Upstream())
 
 
 def proxy_to(start_pilotfish, server, protocol):

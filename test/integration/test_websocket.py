@@ -24,9 +24,9 @@ from harness import (
     cluster,
     listener,
     make_config,
-    metric_sum,
     wait_for,
 )
+from servers import tunnel_log_lines, tunnels
 
 FAKE = os.path.join(os.path.dirname(__file__), "..", "fakes", "ws_backend.py")
 MiB = 1 << 20
@@ -85,18 +85,6 @@ def ws_config(backend_address, routes=None, lb_policy="round_robin", **kw):
 
 def run(coro, timeout=60):
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-def tunnels(pf):
-    m = pf.metrics()
-    return (
-        metric_sum(m, "pilotfish_tunnels_active", listener="main"),
-        metric_sum(m, "pilotfish_tunnels_total", listener="main"),
-    )
-
-
-def tunnel_log_lines(pf):
-    return [l for l in pf.stderr_text().splitlines() if "tunnel closed" in l]
 
 
 def test_websocket_text_and_binary_frames_pass_both_ways(ws_backend, start_pilotfish):
