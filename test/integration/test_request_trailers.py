@@ -251,7 +251,7 @@ class HeadCountingUpstream(H1Upstream):
 
     heads = 0
 
-    def serve(self, conn):
+    def answer(self, conn):
         data = read_until(conn, b"", b"\r\n\r\n")
         head, _, data = data.partition(b"\r\n\r\n")
         with self.lock:
