@@ -1201,6 +1201,24 @@ class K8sApi:
             _stop_process(self.proc, grace=5)
 
 
+def restartable_k8s_api(tmp_path):
+    """The body of a fake-API-server fixture (use with `yield from`): yields start(*extra),
+    which starts test/fakes/k8s_api.py with extra arguments, every start on the ports and
+    state file of the first, so that a restart finds both again; stops each at teardown."""
+    fixed = ["--port", str(free_port()), "--control-port", str(free_port()),
+             "--state", str(tmp_path / "api-state.json")]
+    made = []
+
+    def start(*extra):
+        api = K8sApi(str(tmp_path), args=fixed + list(extra)).start()
+        made.append(api)
+        return api
+
+    yield start
+    for api in made:
+        api.stop()
+
+
 def k8s_service(name, ports, namespace="default", **spec):
     """A Service object; ports: [(name, port)] (name may be None)."""
     sp = [dict({"port": p, "protocol": "TCP"}, **({"name": n} if n else {})) for n, p in ports]

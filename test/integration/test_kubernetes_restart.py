@@ -6,26 +6,14 @@ started again on the same ports."""
 
 import pytest
 
-from harness import (K8sApi, cluster_status, free_port, k8s_service, k8s_slice, listener,
-                     make_config, metric_sum, route, wait_for)
+from harness import (cluster_status, k8s_service, k8s_slice, listener, make_config, metric_sum,
+                     restartable_k8s_api, route, wait_for)
 
 
 @pytest.fixture
 def fake(tmp_path):
-    made = []
-
-    def start(*extra):
-        """The fake on fixed ports with a state file, so that a restart finds both again."""
-        if not made:
-            ports = ["--port", str(free_port()), "--control-port", str(free_port())]
-            made.append(ports + ["--state", str(tmp_path / "api-state.json")])
-        api = K8sApi(str(tmp_path), args=made[0] + list(extra)).start()
-        made.append(api)
-        return api
-
-    yield start
-    for api in made[1:]:
-        api.stop()
+    """The fake on fixed ports with a state file, so that a restart finds both again."""
+    yield from restartable_k8s_api(tmp_path)
 
 
 def cluster_addresses(pf, name):
