@@ -54,16 +54,22 @@ def _read_stat(pid):
     return ppid, pgrp, ticks
 
 
-def status_kb(pid, key):
-    """The kB figure of line `key` (VmRSS, VmHWM) in /proc/PID/status; 0 when it is missing."""
+def proc_kb(pid, name, key):
+    """The kB figure of line `key` in /proc/PID/NAME (status: VmRSS, VmHWM; smaps_rollup: Pss,
+    Anonymous); 0 when it is missing."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/{name}") as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def status_kb(pid, key):
+    """The kB figure of line `key` (VmRSS, VmHWM) in /proc/PID/status; 0 when it is missing."""
+    return proc_kb(pid, "status", key)
 
 
 def proc_tree(root):

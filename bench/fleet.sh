@@ -46,20 +46,10 @@ import threading
 import time
 
 sys.path.insert(0, sys.argv[1])
-from benchlib import (begin, copy_binaries, env_int, fail, free_ports, need, run,  # noqa: E402
-                      start, start_backend, status_kb, stop, wait_until, workdir, write_json)
+from benchlib import (begin, copy_binaries, env_int, fail, free_ports, need, proc_kb,  # noqa: E402
+                      run, start, start_backend, status_kb, stop, wait_until, workdir,
+                      write_json)
 
-
-def rollup_kb(pid, key):
-    """The kB figure of `key` (Pss, Anonymous) in /proc/PID/smaps_rollup; 0 when missing."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 BUILD = begin("bench-fleet")
 need("openssl", "the fake API server makes its CA with it")
@@ -232,8 +222,8 @@ def fleet_round(work, binary, mode, backends):
     conns_open = sum(st["connections_open"].values())
     streams_open = st["streams_open"]
     rss = [status_kb(p.pid, "VmRSS") * 1024 for p, _, _ in sidecars]
-    pss = [rollup_kb(p.pid, "Pss") * 1024 for p, _, _ in sidecars]
-    anon = [rollup_kb(p.pid, "Anonymous") * 1024 for p, _, _ in sidecars]
+    pss = [proc_kb(p.pid, "smaps_rollup", "Pss") * 1024 for p, _, _ in sidecars]
+    anon = [proc_kb(p.pid, "smaps_rollup", "Anonymous") * 1024 for p, _, _ in sidecars]
 
     # churn: endpoint readiness flips across the cluster, CHURN a second
     say(f"{mode}: first requests done, {watchers} watches open; churn for {CHURN_S} s")

@@ -3,9 +3,7 @@ TLS with ALPN h2 on TLS clusters. The server here is python3-h2 on raw sockets (
 wrapped by Python's ssl), so that its connections, streams and ALPN can be counted and
 controlled."""
 
-import socket
 import ssl
-import threading
 
 import h2.config
 import h2.connection
@@ -13,42 +11,23 @@ import h2.events
 import h2.exceptions
 import pytest
 
-from harness import (LOCALHOST, cluster, cluster_status, listener, make_config, metric_sum, route,
-                     wait_for)
+from harness import (cluster, cluster_status, listener, make_config, metric_sum, route, wait_for)
+from servers import ThreadedServer, closed_at_teardown
 from test_tls import pki  # noqa: F401
 
 SERVING = b"\x00\x00\x00\x00\x02\x08\x01"  # HealthCheckResponse{status: SERVING}, framed
 
 
-class HealthServer:
+class HealthServer(ThreadedServer):
     """Answers every grpc.health.v1.Health/Check with SERVING. With `tls`, an ssl context for
     the server side; with `goaway_after`, each connection says GOAWAY after that many checks
     and closes."""
 
     def __init__(self, tls=None, goaway_after=None):
         self.tls, self.goaway_after = tls, goaway_after
-        self.sock = socket.socket()
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(16)
-        self.address = f"{LOCALHOST}:{self.sock.getsockname()[1]}"
-        self.lock = threading.Lock()
-        self.connections = 0
         self.checks = 0
         self.paths = set()
-        self.conns = []
-        self.thread = threading.Thread(target=self.accept, daemon=True)
-        self.thread.start()
-
-    def accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-                self.conns.append(conn)
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def serve(self, conn):
         conn.settimeout(30)
@@ -88,33 +67,10 @@ class HealthServer:
         finally:
             conn.close()
 
-    def close(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self.thread.join(10)
-        with self.lock:
-            for c in self.conns:
-                try:
-                    c.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
 
 @pytest.fixture
 def servers():
-    started = []
-
-    def start(**kw):
-        s = HealthServer(**kw)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
+    yield from closed_at_teardown(HealthServer)
 
 
 def checked(server, **extra):

@@ -6,10 +6,8 @@ openssl CLI at test time (test_tls's Pki)."""
 
 import json
 import shutil
-import socket
 import ssl
 import subprocess
-import threading
 
 import h2.config
 import h2.connection
@@ -18,6 +16,7 @@ import h2.exceptions
 import pytest
 
 from harness import LOCALHOST, cluster, listener, make_config, metric_sum, route
+from servers import ThreadedServer, closed_at_teardown
 from test_tls import Pki
 
 pytestmark = pytest.mark.skipif(
@@ -89,7 +88,7 @@ def test_nghttp_runs_concurrent_streams_over_tls(h2tls):
     assert metric_sum(h2tls.metrics(), "pilotfish_upstream_requests_total", cluster="api") >= 20
 
 
-class TlsH2Server:
+class TlsH2Server(ThreadedServer):
     """An HTTP/2 server over TLS (python3-h2 on Python's ssl) answering "NAME" and the request's
     :scheme and :authority as JSON. `alpn` is what it accepts; it records what each connection
     chose. Threads; stopped by close()."""
@@ -99,28 +98,9 @@ class TlsH2Server:
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(cert[0], cert[1])
         self.ctx.set_alpn_protocols(list(alpn))
-        self.sock = socket.socket()
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.address = f"{LOCALHOST}:{self.port}"
         self.chosen = []
         self.requests = 0
-        self.lock = threading.Lock()
-        self.conns = []
-        self.stop = False
-        self.thread = threading.Thread(target=self.accept, daemon=True)
-        self.thread.start()
-
-    def accept(self):
-        while not self.stop:
-            try:
-                raw, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.conns.append(raw)
-            threading.Thread(target=self.serve, args=(raw,), daemon=True).start()
+        super().__init__()
 
     def serve(self, raw):
         raw.settimeout(30)
@@ -159,34 +139,10 @@ class TlsH2Server:
         finally:
             s.close()
 
-    def close(self):
-        self.stop = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self.thread.join(timeout=5)
-        with self.lock:
-            for c in self.conns:
-                try:
-                    c.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
 
 @pytest.fixture
 def tls_h2_servers():
-    started = []
-
-    def start(*args, **kw):
-        s = TlsH2Server(*args, **kw)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
+    yield from closed_at_teardown(TlsH2Server)
 
 
 def upstream_cfg(pki, server, **extra):
