@@ -3,6 +3,7 @@
 #include "core/error.h"
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,31 @@ uint64_t pf_now_us(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* Per thread: each worker runs its own loop. */
+static _Thread_local struct {
+    bool on, valid;
+    uint64_t us;
+} turn;
+
+void pf_turn_clock_start(void) {
+    turn.on = true;
+    turn.valid = false;
+}
+
+void pf_turn_clock_next(void) {
+    turn.valid = false;
+}
+
+uint64_t pf_turn_now_us(void) {
+    if (!turn.on)
+        return pf_now_us();
+    if (!turn.valid) {
+        turn.us = pf_now_us();
+        turn.valid = true;
+    }
+    return turn.us;
 }
 
 uint64_t pf_now_ms(void) {

@@ -14,6 +14,16 @@ uint64_t pf_now_us(void);
  * pf_now_ms: no TSC read), in *now_ms, and in *tick_ms how far it may lag pf_now_ms. For
  * timeouts moved on every request, where a tick of lateness does not matter. */
 void pf_now_coarse_ms(uint64_t *now_ms, uint64_t *tick_ms);
+/* The loop-turn clock: pf_now_us read once per turn of this thread's event loop, at the first
+ * ask after the loop woke. A keep-alive request reads the time four times (start, attempt,
+ * response head, end) and a turn serves several requests, so this saves most of those reads;
+ * what it costs is that a reading may be early by the time the turn ran so far. Never later
+ * than pf_now_us read after it. pf_turn_clock_start makes the calling thread's loop keep it
+ * (each turn ends with pf_turn_clock_next); on any other thread pf_turn_now_us is
+ * pf_now_us. */
+void pf_turn_clock_start(void);
+void pf_turn_clock_next(void);
+uint64_t pf_turn_now_us(void);
 /* Wall clock in microseconds since the epoch, for logs. */
 uint64_t pf_wall_us(void);
 

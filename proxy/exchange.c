@@ -477,7 +477,7 @@ void exchange_reset(pf_exchange *ex) {
 }
 
 void exchange_begin(pf_exchange *ex, const pf_head *head) {
-    ex->start_us = pf_now_us();
+    ex->start_us = pf_turn_now_us();
     ex->end_us = 0;
     ex->req.head = head;
 }
@@ -485,7 +485,7 @@ void exchange_begin(pf_exchange *ex, const pf_head *head) {
 void exchange_describe(pf_exchange *ex, const char *method, const char *authority,
                        size_t authority_len, const char *path, size_t path_len) {
     if (!ex->start_us)
-        ex->start_us = pf_now_us();
+        ex->start_us = pf_turn_now_us();
     ex->method = method;
     ex->authority = authority;
     ex->authority_len = authority_len;
@@ -729,7 +729,7 @@ static int start_attempt(pf_exchange *ex) {
         ex->set = discovery_set_ref(from);
     }
     ex->ep = ep;
-    ex->attempt_us = pf_now_us();
+    ex->attempt_us = pf_turn_now_us();
     if (ep->stats) {
         atomic_fetch_add_explicit(&ep->stats->active_requests, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&ep->stats->requests_total, 1, memory_order_relaxed);
@@ -1299,7 +1299,7 @@ static void report(pf_exchange *ex, pf_health_outcome outcome) {
 static void report_outcome(pf_exchange *ex, int status) {
     report(ex, health_outcome_of_status(status));
     if (ex->ep && status < 500) {
-        uint64_t latency_us = pf_now_us() - ex->attempt_us;
+        uint64_t latency_us = pf_turn_now_us() - ex->attempt_us;
         balancer_on_response(ex->wc->balancer, ex->ep, latency_us);
         health_report_latency(ex->wc->rt->health, ex->ep, latency_us);
     }
@@ -1447,7 +1447,7 @@ void exchange_on_response_complete(pf_exchange *ex, bool upstream_reusable) {
     if (ex->grpc && ex->status == 200)
         grpc_call_end(ex); /* without a grpc-status: judged as the HTTP response it was */
     exchange_set_state(ex, PF_EX_DONE);
-    ex->end_us = pf_now_us();
+    ex->end_us = pf_turn_now_us();
     uint64_t took_us = ex->end_us - ex->attempt_us;
     metrics_observe_us(ex->wc->rt->request_duration, took_us);
     if (ex->ep && ex->ep->stats && ex->w->proxy->per_endpoint)

@@ -992,7 +992,14 @@ static void *worker_main(void *arg) {
     char name[16]; /* "pf-worker-N" in top -H, gdb and /proc/PID/task/TID/comm */
     snprintf(name, sizeof name, "pf-worker-%u", w->id);
     pthread_setname_np(pthread_self(), name);
-    event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    /* One loop turn at a time, so the turn clock is read afresh after each wake-up. The
+     * loop ends only when on_wake breaks it. */
+    pf_turn_clock_start();
+    do {
+        pf_turn_clock_next();
+        if (event_base_loop(w->base, EVLOOP_ONCE | EVLOOP_NO_EXIT_ON_EMPTY) < 0)
+            break;
+    } while (!event_base_got_break(w->base));
     http1_head_spares_free();
     pf_ev_alloc_thread_free();
     return NULL;

@@ -13,6 +13,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,6 +151,45 @@ static void test_timeval_and_clocks(void) {
     CU_ASSERT(b >= a);
     CU_ASSERT(pf_now_ms() >= a / 1000);
     CU_ASSERT(pf_wall_us() > 1600000000ull * 1000000ull); /* after September 2020 */
+}
+
+/* Reads the clock until it has moved past since (a bounded number of tries). */
+static uint64_t now_after(uint64_t since) {
+    uint64_t now = pf_now_us();
+    for (long i = 0; i < 100000000 && now <= since; i++)
+        now = pf_now_us();
+    return now;
+}
+
+typedef struct {
+    uint64_t first, later, again, next, after;
+} turn_readings;
+
+static void *read_turns(void *arg) {
+    turn_readings *r = arg;
+    pf_turn_clock_start();
+    r->first = pf_turn_now_us();
+    r->later = now_after(r->first);
+    r->again = pf_turn_now_us();
+    pf_turn_clock_next();
+    r->next = pf_turn_now_us();
+    r->after = pf_now_us();
+    return NULL;
+}
+
+static void test_turn_clock_holds_one_reading_per_turn_on_its_own_thread(void) {
+    turn_readings r = {0};
+    pthread_t t;
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, read_turns, &r), 0);
+    pthread_join(t, NULL);
+    CU_ASSERT(r.later > r.first);      /* the clock moved during the turn */
+    CU_ASSERT_EQUAL(r.again, r.first); /* and the turn still reads its first reading */
+    CU_ASSERT(r.next >= r.later);      /* a new turn reads afresh */
+    CU_ASSERT(r.after >= r.next);      /* never later than the clock read after it */
+    /* This thread never started it: each reading is the clock's. */
+    uint64_t a = pf_turn_now_us();
+    CU_ASSERT(now_after(a) > a);
+    CU_ASSERT(pf_turn_now_us() > a);
 }
 
 /* ---- metrics ------------------------------------------------------------------------------ */
@@ -742,6 +782,7 @@ PF_UNIT_MAIN("core", PF_UNIT_TEST(test_duration_format_then_parse_round_trips),
              PF_UNIT_TEST(test_duration_below_a_millisecond_rounds_up),
              PF_UNIT_TEST(test_duration_rejects_what_is_not_number_and_unit),
              PF_UNIT_TEST(test_duration_rejects_hex_numbers), PF_UNIT_TEST(test_timeval_and_clocks),
+             PF_UNIT_TEST(test_turn_clock_holds_one_reading_per_turn_on_its_own_thread),
              PF_UNIT_TEST(test_counters_and_gauges_render_help_and_type_once_per_family),
              PF_UNIT_TEST(test_same_name_and_labels_give_the_same_series),
              PF_UNIT_TEST(test_released_series_leave_after_their_last_registration),
