@@ -5,8 +5,11 @@
 # case: two nginx backends and wrk -c50 on CPU 0, the proxy alone on CPU 1, --workers 1.
 # A measure to compare builds and proxies with, not a benchmark of throughput.
 #
-#   bash bench/cycles.sh BUILD_DIR   (BENCH_CYCLES_SECONDS=5, BENCH_ROUNDS=1,
-#                                     BENCH_CONNECTIONS=50, BENCH_NETNS=1)
+#   bash bench/cycles.sh BUILD_DIR [BASE_BUILD_DIR]
+#       with a second build, its pilotfish runs too ("base"), in the same rounds: an A/B.
+#                                    (BENCH_CYCLES_SECONDS=5, BENCH_ROUNDS=1,
+#                                     BENCH_CONNECTIONS=50, BENCH_NETNS=1,
+#                                     BENCH_CYCLES_RECORD=DIR: also perf record -g)
 #
 # The counters come from `perf stat -p` on the proxy (software events and tracepoints, so it
 # also works where the virtual machine has no hardware PMU), from /proc/PID/stat (user and
@@ -34,6 +37,9 @@ bench_init cycles "${1:-}"
 SECS=${BENCH_CYCLES_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-1}
 CONNS=${BENCH_CONNECTIONS:-50}
+# A directory: also `perf record -e cpu-clock -g` each proxy into DIR/KIND-rROUND.data.
+RECORD=${BENCH_CYCLES_RECORD:-}
+[ -z "$RECORD" ] || RECORD=$(mkdir -p "$RECORD" && cd "$RECORD" && pwd) || die "cannot create '$RECORD'"
 [[ "$SECS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_CYCLES_SECONDS must be a positive integer, got '$SECS'"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer, got '$ROUNDS'"
 [[ "$CONNS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_CONNECTIONS must be a positive integer, got '$CONNS'"
@@ -41,15 +47,21 @@ bench_need wrk haproxy nginx perf taskset
 [ -x "$BUILD/pilotfish" ] || die "no $BUILD/pilotfish (build it with 'make')"
 # A private copy: a rebuild in BUILD while this runs must not change what it measures.
 cp "$BUILD/pilotfish" "$WORK/pilotfish"
+KINDS="pilotfish haproxy"
+if [ -n "${2:-}" ]; then
+    [ -x "$2/pilotfish" ] || die "no $2/pilotfish (the second argument is a base build directory)"
+    cp "$2/pilotfish" "$WORK/base"
+    KINDS="pilotfish base haproxy"
+fi
 
 for name in b1 b2; do start_nginx_backend "$name"; done
 
 # start_proxy KIND PORT: sets PROXY_PID
 start_proxy() {
     local kind=$1 port=$2
-    if [ "$kind" = pilotfish ]; then
+    if [ "$kind" != haproxy ]; then
         pilotfish_http_cfg "$(free_port)" "$port" >"$WORK/pf.json"
-        start_bg "$WORK/pilotfish.log" "$PROXY_CPU" "$WORK/pilotfish" --config "$WORK/pf.json" --workers 1
+        start_bg "$WORK/$kind.log" "$PROXY_CPU" "$WORK/$kind" --config "$WORK/pf.json" --workers 1
     else
         haproxy_http_cfg "$port" >"$WORK/haproxy.cfg"
         start_bg "$WORK/haproxy.log" "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg"
@@ -77,10 +89,13 @@ EVENTS=$EVENTS,syscalls:sys_enter_recvfrom,syscalls:sys_enter_readv,syscalls:sys
 EVENTS=$EVENTS,syscalls:sys_enter_sendto,syscalls:sys_enter_writev,syscalls:sys_enter_write
 EVENTS=$EVENTS,syscalls:sys_enter_setsockopt,syscalls:sys_enter_clock_gettime,sched:sched_waking
 EVENTS=$EVENTS,sched:sched_switch,net:net_dev_xmit
+# Tracepoints cost the proxy time in every syscall and would show in a profile: a recorded
+# run counts only the software clock and switches (the rows of the tracepoints read 0).
+[ -z "$RECORD" ] || EVENTS=task-clock,context-switches,cpu-migrations,page-faults
 
 note "wrk -t1 -c$CONNS -d${SECS}s keep-alive, $PINNING, $ROUNDS round(s)"
 for ((round = 1; round <= ROUNDS; round++)); do
-    for kind in pilotfish haproxy; do
+    for kind in $KINDS; do
         port=$(free_port)
         start_proxy "$kind" "$port"
         url="http://127.0.0.1:$port/"
@@ -91,10 +106,17 @@ for ((round = 1; round <= ROUNDS; round++)); do
         # few extra counts (its timers) are noise against ~10^5 requests.
         perf stat -x, -o "$WORK/stat.txt" -e "$EVENTS" -p "$PROXY_PID" -- sleep $((SECS + 1)) &
         ps_pid=$!
+        pr_pid=""
+        if [ -n "$RECORD" ]; then
+            perf record -q -e cpu-clock -g -o "$RECORD/$kind-r$round.data" -p "$PROXY_PID" \
+                -- sleep $((SECS + 1)) >/dev/null 2>&1 &
+            pr_pid=$!
+        fi
         sleep 0.3 # attached
         pin "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${SECS}s" "$url" >"$WORK/wrk.txt"
         read -r -a n1 < <(tcp_counters)
         wait "$ps_pid" || die "perf stat failed: $(tail -n 3 "$WORK/stat.txt" 2>/dev/null)"
+        [ -z "$pr_pid" ] || wait "$pr_pid" || note "perf record failed (ignored)"
         read -r u1 k1 < <(proc_times "$PROXY_PID")
         stop_group "$PROXY_PID"
         forget_pid "$PROXY_PID"
