@@ -7,7 +7,7 @@
 #
 #   bash bench/cycles.sh BUILD_DIR [BASE_BUILD_DIR]
 #       with a second build, its pilotfish runs too ("base"), in the same rounds: an A/B.
-#                                    (BENCH_CYCLES_SECONDS=5, BENCH_ROUNDS=1,
+#                                    (BENCH_CYCLES_SECONDS=10, BENCH_ROUNDS=1,
 #                                     BENCH_CONNECTIONS=50, BENCH_NETNS=1,
 #                                     BENCH_CYCLES_RECORD=DIR: also perf record -g)
 #
@@ -34,7 +34,7 @@ fi
 . "$HERE/lib.sh"
 LOAD_WHAT=wrk
 bench_init cycles "${1:-}"
-SECS=${BENCH_CYCLES_SECONDS:-5}
+SECS=${BENCH_CYCLES_SECONDS:-10}
 ROUNDS=${BENCH_ROUNDS:-1}
 CONNS=${BENCH_CONNECTIONS:-50}
 # A directory: also `perf record -e cpu-clock -g` each proxy into DIR/KIND-rROUND.data.
@@ -121,9 +121,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
         stop_group "$PROXY_PID"
         forget_pid "$PROXY_PID"
         "$PY" - "$kind" "$round" "$WORK/wrk.txt" "$WORK/stat.txt" "$u0 $k0 $u1 $k1" \
-            "${n0[*]}" "${n1[*]}" "$SECS" <<'EOF'
-import re, sys
-kind, rnd, wrk, stat, times, n0, n1, secs = sys.argv[1:]
+            "${n0[*]}" "${n1[*]}" "$SECS" "$WORK/rows.jsonl" <<'EOF'
+import json, re, sys
+kind, rnd, wrk, stat, times, n0, n1, secs, rows_file = sys.argv[1:]
 text = open(wrk).read()
 m = re.search(r"(\d+) requests in", text)
 if not m:
@@ -179,6 +179,30 @@ print(f"== {kind} round {rnd}: {req} requests in {secs}s"
       + (f", {errs.group(1)} non-2xx" if errs else ""))
 for name, val, fmt in rows:
     print(f"  {name:<38} {fmt.format(val)}")
+with open(rows_file, "a") as f:
+    f.write(json.dumps({"kind": kind, **{name.strip(): val for name, val, _ in rows}}) + "\n")
 EOF
     done
 done
+
+# Medians over rounds, and each other proxy's CPU per request against pilotfish's.
+"$PY" - "$WORK/rows.jsonl" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+kinds = list(dict.fromkeys(r["kind"] for r in rows))
+cols = [("req/s", "req/s"), ("CPU us/req", "CPU us"), ("user us/req", "user us"),
+        ("kernel us/req", "kernel us"), ("syscalls/req", "syscalls"),
+        ("epoll_wait/req", "epoll_wait"), ("context switches/req", "ctx switch"),
+        ("TCP segments out/req (all sockets)", "segments")]
+med = {k: {c: statistics.median(r[c] for r in rows if r["kind"] == k) for c, _ in cols}
+       for k in kinds}
+print(f"== medians of {len(rows) // len(kinds)} round(s), per request")
+print(f"  {'':<10}" + "".join(f"{h:>11}" for _, h in cols))
+for k in kinds:
+    print(f"  {k:<10}" + "".join(f"{med[k][c]:>11.3f}" for c, _ in cols))
+p = med["pilotfish"]
+for k in kinds[1:]:
+    print(f"  {k} / pilotfish, CPU per request: {med[k]['CPU us/req'] / p['CPU us/req']:.3f}x"
+          f" (user {med[k]['user us/req'] / p['user us/req']:.2f}x,"
+          f" kernel {med[k]['kernel us/req'] / p['kernel us/req']:.2f}x)")
+EOF
