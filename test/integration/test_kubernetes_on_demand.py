@@ -6,10 +6,7 @@ after idle_timeout and their slots reused. Real pilotfish against test/fakes/k8s
 
 import time
 
-import pytest
-
 from harness import (
-    K8sApi,
     cluster_status,
     k8s_service,
     k8s_slice,
@@ -19,13 +16,6 @@ from harness import (
     wait_for,
 )
 from test_connect import raw_connect
-
-
-@pytest.fixture
-def k8s(tmp_path):
-    api = K8sApi(str(tmp_path)).start()
-    yield api
-    api.stop()
 
 
 def on_demand_config(k8s, start_backend, **auto):

@@ -6,12 +6,9 @@ import re
 import shutil
 import subprocess
 
-import pytest
-
 from harness import (
     PILOTFISH_BIN,
     LOCALHOST,
-    K8sApi,
     closed_port,
     cluster_status,
     k8s_service,
@@ -155,13 +152,6 @@ def test_status_page_says_why_it_is_not_ready(start_pilotfish, tmp_path):
     (ghost,) = clusters_in_page(page).values()
     assert ghost.find("span", "src").text() == "dns"
     assert "ghost.invalid" in ghost.text()
-
-
-@pytest.fixture
-def k8s(tmp_path):
-    api = K8sApi(str(tmp_path)).start()
-    yield api
-    api.stop()
 
 
 MARKUP_NAME = "<img src=x onerror=alert(1)>"
