@@ -137,8 +137,9 @@ check-layout:
 unit: $(UNIT_BIN)
 	@fail=0; for t in $(UNIT_BIN); do $$t || fail=1; done; exit $$fail
 
+# test/integration/run.py adds the suite's folder only when PYTEST_ARGS names no file.
 integration: all
-	PILOTFISH_BUILD=$(abspath $(BUILD)) PILOTFISH_TOOLS=$(abspath $(TOOLS)) $(PYTHON) -m pytest -q -p no:cacheprovider test/integration $(PYTEST_ARGS)
+	PILOTFISH_BUILD=$(abspath $(BUILD)) PILOTFISH_TOOLS=$(abspath $(TOOLS)) $(PYTHON) test/integration/run.py -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # A small quarantine keeps freed buffers from looking like growth to the memory-bound tests.
 asan: export ASAN_OPTIONS = quarantine_size_mb=8:thread_local_quarantine_size_kb=256:detect_leaks=1

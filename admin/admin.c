@@ -64,16 +64,73 @@ static bool only_get(struct evhttp_request *req) {
     return false;
 }
 
+/* The body of a 503 from /ready: one "- " line per thing still waited for, at most
+ * READY_LINES_MAX of them and then how many more. */
+#define READY_LINES_MAX 20
+typedef struct ready_body {
+    const pf_admin *admin;
+    char text[READY_LINES_MAX * 320 + 128];
+    size_t len, lines;
+} ready_body;
+
+static void ready_line(void *arg, const char *what) {
+    ready_body *b = arg;
+    if (b->lines++ >= READY_LINES_MAX || b->len >= sizeof b->text)
+        return;
+    int n = snprintf(b->text + b->len, sizeof b->text - b->len, "- %s\n", what);
+    if (n > 0) /* a cut line leaves the buffer full: no later line is added */
+        b->len += (size_t)n < sizeof b->text - b->len ? (size_t)n : sizeof b->text - b->len;
+}
+
+/* A cluster without its first endpoint set: for DNS, the words of its "dns: resolving" log
+ * line and the latest failure. */
+static void ready_cluster(void *arg, size_t index) {
+    ready_body *b = arg;
+    const pf_config_cluster *c = proxy_cluster_config(b->admin->proxy, index);
+    char line[PF_NAME_MAX + PF_DNS_NAME_MAX + PF_K8S_NAME_MAX + PF_ERROR_MAX + 64];
+    pf_dns_cluster_status st;
+    if (c->dns.name[0] && b->admin->dns &&
+        discovery_dns_cluster_status(b->admin->dns, c->name, &st) == PF_OK)
+        snprintf(line, sizeof line, "dns: resolving cluster=%s name=%s%s%s%s", c->name, st.name,
+                 st.last_error[0] ? " (" : "", st.last_error, st.last_error[0] ? ")" : "");
+    else if (c->kubernetes.service[0])
+        snprintf(line, sizeof line, "cluster=%s: no endpoint set yet (Service %s)", c->name,
+                 c->kubernetes.service);
+    else
+        snprintf(line, sizeof line, "cluster=%s: no endpoint set yet", c->name);
+    ready_line(b, line);
+}
+
 static void handle_ready(struct evhttp_request *req, void *arg) {
     pf_admin *admin = arg;
     if (!only_get(req))
         return;
     /* Kubernetes: not before the first lists, so auto-discovered Services route at once. */
-    if (proxy_ready(admin->proxy) && (!admin->k8s || discovery_k8s_synced(admin->k8s)))
+    if (proxy_ready(admin->proxy) && (!admin->k8s || discovery_k8s_synced(admin->k8s))) {
         reply_text(req, 200, "OK", "ready\n");
-    else
-        reply_text(req, 503, "Service Unavailable",
-                   proxy_draining(admin->proxy) ? "draining\n" : "not ready\n");
+        return;
+    }
+    if (proxy_draining(admin->proxy)) {
+        reply_text(req, 503, "Service Unavailable", "draining\n");
+        return;
+    }
+    ready_body *b = calloc(1, sizeof *b);
+    if (!b) {
+        reply_text(req, 503, "Service Unavailable", "not ready\n");
+        return;
+    }
+    b->admin = admin;
+    b->len = (size_t)snprintf(b->text, sizeof b->text, "not ready, waiting for:\n");
+    if (!proxy_started(admin->proxy))
+        ready_line(b, "listeners: not started yet");
+    if (admin->k8s)
+        discovery_k8s_foreach_pending(admin->k8s, ready_line, b);
+    proxy_foreach_unready_cluster(admin->proxy, ready_cluster, b);
+    if (b->lines > READY_LINES_MAX && b->len < sizeof b->text)
+        snprintf(b->text + b->len, sizeof b->text - b->len, "- and %zu more\n",
+                 b->lines - READY_LINES_MAX);
+    reply_text(req, 503, "Service Unavailable", b->text);
+    free(b);
 }
 
 /* Liveness: the process answers here (the main loop runs) and every worker's event loop

@@ -375,13 +375,21 @@ static int view_order(const void *a, const void *b) {
     return strcmp(x->cfg->name, y->cfg->name);
 }
 
+/* A list /ready waits for, in the words /ready and the log use. */
+static void put_pending(void *arg, const char *what) {
+    page *pg = arg;
+    put(pg, "<li>");
+    put_text(pg, what);
+    put(pg, "</li>");
+}
+
 static void put_not_ready(page *pg, const pf_admin *admin, const cluster_view *views,
                           size_t count) {
     put(pg, "<ul class=\"why\" id=\"not-ready\">");
     if (proxy_draining(admin->proxy))
         put(pg, "<li>draining: shutting down, new connections are refused</li>");
     if (admin->k8s && !discovery_k8s_synced(admin->k8s))
-        put(pg, "<li>Kubernetes: waiting for the first list of Services and EndpointSlices</li>");
+        discovery_k8s_foreach_pending(admin->k8s, put_pending, pg);
     size_t waiting = 0;
     for (size_t i = 0; i < count; i++) {
         if (views[i].index >= admin->cfg->cluster_count || views[i].set)
@@ -554,6 +562,47 @@ static void put_listeners(page *pg, const pf_admin *admin, const pf_proxy_listen
         put(pg, "</td></tr>");
     }
     put(pg, "</tbody></table></div>");
+}
+
+/* kubernetes.http_routes: each namespace's HTTPRoute list, as /clusters' http_routes.lists:
+ * listed, CRD missing (the kind is not installed: no routes, /ready not held) or waiting
+ * for its first list (/ready held). */
+typedef struct route_lists_ctx {
+    page *pg;
+    size_t count;
+} route_lists_ctx;
+
+static void put_route_list(void *arg, const pf_k8s_route_list_status *st) {
+    route_lists_ctx *c = arg;
+    page *pg = c->pg;
+    if (!c->count++)
+        put(pg, "<h2>HTTPRoute lists</h2><div class=\"box\"><table id=\"http-route-lists\">"
+                "<thead><tr><th>Namespace</th><th>List</th><th>Watch</th><th class=\"num\">"
+                "Routes</th><th>Last event</th></tr></thead><tbody>");
+    const char *list = "listed", *cls = "ok";
+    if (strcmp(st->state, "not installed") == 0)
+        list = "CRD missing", cls = "warn";
+    else if (!st->synced)
+        list = "waiting", cls = "bad";
+    put(pg, "<tr class=\"route-list\"><td class=\"mono\">");
+    put_text(pg, st->namespace[0] ? st->namespace : "all namespaces");
+    put(pg, "</td><td class=\"%s\">%s</td><td>%s</td><td class=\"num\">%zu</td><td>", cls, list,
+        st->state, st->routes);
+    if (st->last_event_wall_us && pg->now_wall_us > st->last_event_wall_us) {
+        put_span_ms(pg, (pg->now_wall_us - st->last_event_wall_us) / 1000);
+        put(pg, " ago");
+    } else {
+        put(pg, "none yet");
+    }
+    put(pg, "</td></tr>");
+}
+
+static void put_route_lists(page *pg, const pf_admin *admin) {
+    route_lists_ctx c = {pg, 0};
+    if (admin->k8s)
+        discovery_k8s_foreach_httproute_list(admin->k8s, put_route_list, &c);
+    if (c.count)
+        put(pg, "</tbody></table></div>");
 }
 
 static void put_dns(page *pg, const pf_dns_cluster_status *st) {
@@ -847,6 +896,7 @@ int admin_status_render(pf_admin *admin, struct evbuffer *out) {
     if (!ready)
         put_not_ready(&pg, admin, views, count);
     put_listeners(&pg, admin, lsts, lrates);
+    put_route_lists(&pg, admin);
     put_reloads(&pg, admin);
     put(&pg,
         "</div><h2>Clusters <span class=\"count\" id=\"cluster-count\">%zu</span> <span "

@@ -10,20 +10,15 @@
 # FAILOVER_CONNECTIONS (20). Everything binds 127.0.0.1; every process started here is
 # stopped by PID on exit. Never fails on numbers: exit 1 only when something cannot start.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PY=${PYTHON:-/usr/bin/python3}
-[ -x "$PY" ] || PY=$(command -v python3)
-
-exec "$PY" - "$HERE" "$@" <<'PYEOF'
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_python "$@" <<'PYEOF'
 import json
 import os
 import signal
-import sys
 import threading
 import time
 
-sys.path.insert(0, sys.argv[1])
-from benchlib import (begin, copy_binaries, env_int, fail, free_ports, http_get,  # noqa: E402
+from benchlib import (begin, copy_binaries, env_int, fail, free_ports, http_get,
                       parse_wrk, pilotfish_config, pilotfish_ready, run, run_wrk, start_backend,
                       start_pilotfish, wait_until, workdir)
 

@@ -12,11 +12,8 @@
 # Every process started here is stopped by PID on exit. Exit status 1 only when something
 # could not be started: a missed target is reported, not failed.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PY=${PYTHON:-/usr/bin/python3}
-[ -x "$PY" ] || PY=$(command -v python3)
-
-exec "$PY" - "$HERE" "$@" <<'PYEOF'
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_python "$@" <<'PYEOF'
 import asyncio
 import json
 import os
@@ -25,8 +22,7 @@ import signal
 import sys
 import time
 
-sys.path.insert(0, sys.argv[1])
-from benchlib import (begin, copy_binaries, env_int, fail, free_ports, http_get,  # noqa: E402
+from benchlib import (begin, copy_binaries, env_int, fail, free_ports, http_get,
                       pilotfish_config, pilotfish_ready, run, start_pilotfish, stop, wait_until,
                       workdir)
 

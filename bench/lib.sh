@@ -1,6 +1,7 @@
 # shellcheck shell=bash disable=SC2034  # sourced: the variables it sets are the callers'
 # Shared preamble of the shell benchmarks (run.sh, tcp.sh, tls.sh, routes.sh, syscalls.sh)
-# and the start of the Python ones (bench_python: dns.sh, k8s.sh, h2.sh, ondemand_churn.sh).
+# and the start of the Python ones (bench_python: dns.sh, k8s.sh, h2.sh, ondemand_churn.sh,
+# failover.sh, health.sh, policies.sh, reload.sh, status_page.sh).
 # Sourced, not run:
 #
 #   HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

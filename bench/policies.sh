@@ -34,20 +34,15 @@
 # BENCH_PIN (1), BENCH_PROXY_CPU (1), BENCH_LOAD_CPU (0). Results also go to
 # BUILD/bench-policies.json. Every process started here is stopped by PID on exit.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PY=${PYTHON:-/usr/bin/python3}
-[ -x "$PY" ] || PY=$(command -v python3)
-
-exec "$PY" - "$HERE" "$@" <<'PYEOF'
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_python "$@" <<'PYEOF'
 import json
 import os
 import re
 import subprocess
-import sys
 import time
 
-sys.path.insert(0, sys.argv[1])
-from benchlib import (LOAD_CPU, PIN, PROXY_CPU, begin, copy_binaries, env_int,  # noqa: E402
+from benchlib import (LOAD_CPU, PIN, PROXY_CPU, begin, copy_binaries, env_int,
                       env_secs, fail, fmt, free_ports, http_get, need, parse_h2load_log, parse_wrk,
                       pilotfish_config, pilotfish_ready, pinned, pinning_note, run, run_wrk,
                       start_backend, start_pilotfish, stop, tail, wait_until, workdir, write_json)

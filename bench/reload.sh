@@ -12,21 +12,14 @@
 # RELOAD_CONNECTIONS (20). Every process started here is stopped by PID on exit. Exit
 # status 1 only when something could not be started: a missed target is reported.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PY=${PYTHON:-/usr/bin/python3}
-[ -x "$PY" ] || PY=$(command -v python3)
-
-exec "$PY" - "$HERE" "$@" <<'PYEOF'
-import json
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_python "$@" <<'PYEOF'
 import os
 import re
 import signal
 import statistics
-import sys
 import threading
-import time
 
-sys.path.insert(0, sys.argv[1])
 from benchlib import (begin, copy_binaries, env_int, fail, free_ports, need, parse_wrk,  # noqa
                       pilotfish_ready, run, run_wrk, start_backend, start_pilotfish, stop,
                       wait_until, workdir, write_json)

@@ -12,11 +12,8 @@
 # Every process started here is stopped by PID on exit. Exit status 1 only when something
 # could not be started: a missed target is reported, not failed.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PY=${PYTHON:-/usr/bin/python3}
-[ -x "$PY" ] || PY=$(command -v python3)
-
-exec "$PY" - "$HERE" "$@" <<'PYEOF'
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_python "$@" <<'PYEOF'
 import http.client
 import os
 import re
@@ -24,8 +21,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, sys.argv[1])
-from benchlib import (begin, copy_binaries, env_int, fail, free_ports, pilotfish_ready,  # noqa: E402
+from benchlib import (begin, copy_binaries, env_int, fail, free_ports, pilotfish_ready,
                       run, start_pilotfish, wait_until, workdir, write_json)
 
 BUILD = begin("bench-status-page")

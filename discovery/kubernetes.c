@@ -2654,6 +2654,47 @@ bool discovery_k8s_synced(const pf_k8s *k) {
     return discovery_k8s_httproutes_synced(k);
 }
 
+/* The first list of w as its log lines name it, with how it is going when it failed. */
+static void pending_list(const k8s_watch *w, void (*fn)(void *arg, const char *what), void *arg) {
+    const k8s_view *v = w->view;
+    char line[PF_K8S_NAME_MAX + sizeof w->scope + 128];
+    int n = snprintf(line, sizeof line, "kubernetes: list %s in \"%s\"", resource_names[w->kind],
+                     v->ns[0] ? v->ns : "all namespaces");
+    /* A configured cluster's lists select its Service: scope "ns/name" in the log. */
+    const char *one = strchr(w->scope, '/');
+    if (n > 0 && (size_t)n < sizeof line && one)
+        n += snprintf(line + n, sizeof line - (size_t)n, " for Service %s", one + 1);
+    if (n > 0 && (size_t)n < sizeof line && w->failures)
+        snprintf(line + n, sizeof line - (size_t)n, " (failed %u times; retrying)", w->failures);
+    fn(arg, line);
+}
+
+size_t discovery_k8s_foreach_pending(const pf_k8s *k, void (*fn)(void *arg, const char *what),
+                                     void *arg) {
+    size_t n = 0;
+    /* The same lists, in the same order, as discovery_k8s_synced waits for. */
+    for (size_t i = 0; i < k->view_count; i++)
+        for (int kind = 0; kind < K8S_KIND_COUNT; kind++) {
+            const k8s_watch *w = k->views[i]->watches[kind];
+            if (!k->views[i]->on_demand && !k->views[i]->feed && !w->synced) {
+                pending_list(w, fn, arg);
+                n++;
+            }
+        }
+    if (discovery_k8s_httproutes_synced(k))
+        return n;
+    for (size_t i = 0; i < k->route_view_count; i++)
+        if (!k->route_views[i]->watches[0]->synced) {
+            pending_list(k->route_views[i]->watches[0], fn, arg);
+            n++;
+        }
+    if (httproute_lists_in(k)) {
+        fn(arg, "kubernetes: HTTPRoutes listed; applying them");
+        n++;
+    }
+    return n;
+}
+
 void discovery_k8s_stop(pf_k8s *k) {
     if (!k || k->stopping)
         return;

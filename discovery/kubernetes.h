@@ -190,6 +190,12 @@ int discovery_k8s_start(pf_k8s *k8s, pf_error *err);
  * auto-discovery): /ready waits for it. Main thread. */
 bool discovery_k8s_synced(const pf_k8s *k8s);
 
+/* Calls fn with one line for each thing discovery_k8s_synced still waits for, worded as the
+ * log words it (`kubernetes: list services in "shop"`), the string borrowed for the call;
+ * returns how many. Main thread. */
+size_t discovery_k8s_foreach_pending(const pf_k8s *k8s, void (*fn)(void *arg, const char *what),
+                                     void *arg);
+
 /* Aborts requests in flight and every timer: nothing is published afterwards. Main thread. */
 void discovery_k8s_stop(pf_k8s *k8s);
 

@@ -1147,15 +1147,34 @@ bool proxy_draining(const pf_proxy *proxy) {
     return atomic_load(&proxy->draining);
 }
 
+/* A start cluster a reload removed may be freed, its slot reused by another. */
+static bool cluster_holds_ready(const pf_proxy *proxy, size_t i) {
+    return proxy->clusters[i].at_start && !atomic_load(&proxy->clusters[i].retired) &&
+           discovery_slot_generation(proxy->clusters[i].slot) == 0;
+}
+
 bool proxy_ready(const pf_proxy *proxy) {
     if (!atomic_load(&proxy->started) || atomic_load(&proxy->draining))
         return false;
-    /* A start cluster a reload removed may be freed, its slot reused by another. */
     for (size_t i = 0; i < proxy->static_cluster_count; i++)
-        if (proxy->clusters[i].at_start && !atomic_load(&proxy->clusters[i].retired) &&
-            discovery_slot_generation(proxy->clusters[i].slot) == 0)
+        if (cluster_holds_ready(proxy, i))
             return false;
     return true;
+}
+
+bool proxy_started(const pf_proxy *proxy) {
+    return atomic_load(&proxy->started);
+}
+
+size_t proxy_foreach_unready_cluster(const pf_proxy *proxy, void (*fn)(void *arg, size_t index),
+                                     void *arg) {
+    size_t n = 0;
+    for (size_t i = 0; i < proxy->static_cluster_count; i++)
+        if (cluster_holds_ready(proxy, i)) {
+            fn(arg, i);
+            n++;
+        }
+    return n;
 }
 
 static void worker_stop(pf_worker *w) {

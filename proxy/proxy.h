@@ -54,6 +54,11 @@ long proxy_active_connections(const pf_proxy *proxy);
 /* True once started, not draining, and every cluster has its first endpoint set. */
 bool proxy_ready(const pf_proxy *proxy);
 bool proxy_draining(const pf_proxy *proxy);
+bool proxy_started(const pf_proxy *proxy);
+/* Calls fn with the index of each cluster that proxy_ready still waits for (no first
+ * endpoint set yet); returns how many. Any thread. */
+size_t proxy_foreach_unready_cluster(const pf_proxy *proxy, void (*fn)(void *arg, size_t index),
+                                     void *arg);
 
 /* The access log's file (access_log.path), or NULL when it goes to stdout or is off. */
 const char *proxy_access_log_path(const pf_proxy *proxy);

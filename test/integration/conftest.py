@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from harness import Backend, Pilotfish, standard_config
+from harness import Backend, K8sApi, Pilotfish, standard_config
 
 
 @pytest.fixture
@@ -64,3 +64,11 @@ def proxy(backends, start_pilotfish):
     """pilotfish running standard_config; .pf, .web1, .web2, .api."""
     pf = start_pilotfish(standard_config(backends.web1, backends.web2, backends.api))
     return types.SimpleNamespace(pf=pf, web1=backends.web1, web2=backends.web2, api=backends.api)
+
+
+@pytest.fixture
+def k8s(tmp_path):
+    """The fake Kubernetes API server (harness.K8sApi), stopped at teardown."""
+    api = K8sApi(str(tmp_path)).start()
+    yield api
+    api.stop()

@@ -871,6 +871,19 @@ def parse_prometheus(text):
     return samples
 
 
+def log_times(pf, needle):
+    """Seconds since the epoch, on pilotfish's own clock (its log line's UTC timestamp, ms),
+    of each log line containing needle, oldest first: for timing asserts that must not
+    depend on how fast the test process or a fake was scheduled."""
+    out = []
+    for line in pf.stderr_text().splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{3})Z ", line)
+        if m and needle in line:
+            whole = time.mktime(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
+            out.append(whole + int(m.group(2)) / 1000)
+    return out
+
+
 def metric_sum(samples, name, **labels):
     """Sum of samples called name whose labels include all of labels."""
     return sum(

@@ -11,7 +11,9 @@ from harness import LOCALHOST, metric_sum
 class ThreadedServer:
     """A listening socket on 127.0.0.1 whose connections serve(conn) handles, each in a thread
     of its own; close() stops accepting and shuts down the connections still open. A
-    subclass sets what serve() needs before calling __init__ (the accept thread starts there)."""
+    subclass sets what serve() needs before calling __init__ (the accept thread starts there).
+    `connections` counts those accepted so far, `open_connections()` those whose serve() has
+    not returned yet."""
 
     backlog = 16
 
@@ -23,6 +25,7 @@ class ThreadedServer:
         self.address = f"{LOCALHOST}:{self.port}"
         self.lock = threading.Lock()
         self.connections = 0  # accepted so far
+        self.open = 0  # serve() running
         self.conns = []
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -35,11 +38,23 @@ class ThreadedServer:
                 return
             with self.lock:
                 self.connections += 1
+                self.open += 1
                 self.conns.append(conn)
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            self.serve(conn)
+        finally:
+            with self.lock:
+                self.open -= 1
 
     def serve(self, conn):
         raise NotImplementedError
+
+    def open_connections(self):
+        with self.lock:
+            return self.open
 
     def close(self):
         try:

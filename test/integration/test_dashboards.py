@@ -19,7 +19,6 @@ from harness import (
     REPO,
     TOOLS_DIR,
     Dnsmasq,
-    K8sApi,
     k8s_service,
     k8s_slice,
     listener,
@@ -87,13 +86,6 @@ def test_metric_name_extraction():
         'histogram_quantile(0.99, sum by (le, listener) (rate(a_bucket{job=~"$job",x="y(z)"}'
         "[$__rate_interval]))) / on (instance) group_left b + count(c) or vector(0)"
     ) == {"a_bucket", "b", "c"}
-
-
-@pytest.fixture
-def k8s(tmp_path):
-    api = K8sApi(str(tmp_path)).start()
-    yield api
-    api.stop()
 
 
 @pytest.fixture

@@ -6,10 +6,7 @@ EndpointSlice whose port moves from backend to backend), as they do when pods ro
 
 import threading
 
-import pytest
-
 from harness import (
-    K8sApi,
     cluster_status,
     k8s_service,
     k8s_slice,
@@ -22,13 +19,6 @@ from harness import (
 
 MOVES = 8
 MAX_CONNECTIONS = 3
-
-
-@pytest.fixture
-def k8s(tmp_path):
-    api = K8sApi(str(tmp_path)).start()
-    yield api
-    api.stop()
 
 
 def move_to(k8s, pf, backend):

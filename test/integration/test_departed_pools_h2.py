@@ -4,7 +4,6 @@ and neither keeps a place under circuit_breakers.max_connections. The endpoints 
 HTTP/2 servers (python3-h2) behind the fake Kubernetes API, one EndpointSlice whose port
 moves from server to server as pods roll."""
 
-import socket
 import threading
 
 import h2.config
@@ -14,8 +13,6 @@ import h2.exceptions
 import pytest
 
 from harness import (
-    LOCALHOST,
-    K8sApi,
     cluster_status,
     k8s_service,
     k8s_slice,
@@ -25,45 +22,18 @@ from harness import (
     route,
     wait_for,
 )
+from servers import ThreadedServer, closed_at_teardown
 
 MAX_CONNECTIONS = 2
 
 
-class H2Server:
+class H2Server(ThreadedServer):
     """Answers every stream with 200, `x-backend: NAME`; a path /delay/MS answers after MS
-    milliseconds. Counts the connections open now. Threads; stopped by close()."""
+    milliseconds. open_connections() counts the connections open now."""
 
     def __init__(self, name):
         self.name = name
-        self.sock = socket.socket()
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.lock = threading.Lock()
-        self.open = 0
-        self.stopping = False
-        self.conns = []
-        self.thread = threading.Thread(target=self.accept, daemon=True)
-        self.thread.start()
-
-    @property
-    def address(self):
-        return f"{LOCALHOST}:{self.port}"
-
-    def open_connections(self):
-        with self.lock:
-            return self.open
-
-    def accept(self):
-        while not self.stopping:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.open += 1
-                self.conns.append(conn)
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def answer(self, h2c, sock, sid, send_lock):
         with send_lock:
@@ -99,44 +69,11 @@ class H2Server:
             return
         finally:
             sock.close()
-            with self.lock:
-                self.open -= 1
-
-    def close(self):
-        self.stopping = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        except OSError:
-            pass
-        self.sock.close()
-        self.thread.join(timeout=5)
-        with self.lock:
-            for conn in self.conns:
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
-@pytest.fixture
-def k8s(tmp_path):
-    api = K8sApi(str(tmp_path)).start()
-    yield api
-    api.stop()
 
 
 @pytest.fixture
 def h2_servers():
-    started = []
-
-    def start(name):
-        s = H2Server(name)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
+    yield from closed_at_teardown(H2Server)
 
 
 def move_to(k8s, pf, server):

@@ -349,7 +349,14 @@ def test_ready_waits_for_the_first_answer_and_nxdomain_at_start_is_empty(
         wait_for(
             lambda: cluster_state(pf)["dns"]["last_error"] is not None, 10, "a failed query"
         )
-        assert pf.admin("GET", "/ready").status == 503
+        r = pf.admin("GET", "/ready")
+        assert r.status == 503
+        # it names what it waits for as the log line does, with web's latest failure
+        for name, host in (("web", "a"), ("later", "later")):
+            what = f"dns: resolving cluster={name} name={host}.{DOMAIN}"
+            assert f"\n- {what}" in r.body.decode(), r.body
+            assert what in pf.stderr_text()
+        assert f"\n- dns: resolving cluster=web name=a.{DOMAIN} (" in r.body.decode(), r.body
         assert cluster_state(pf)["version"] == 0
         d.hosts = [("127.0.0.2", f"a.{DOMAIN}")]
         d.start()

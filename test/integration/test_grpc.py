@@ -22,6 +22,7 @@ from harness import (LOCALHOST, HarnessError, closed_port, cluster, listener, ma
 grpc = pytest.importorskip("grpc")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "fakes"))
 import grpc_backend  # noqa: E402  (after the path; needs grpc)
+from servers import ThreadedServer, closed_at_teardown  # noqa: E402
 
 FAKE = os.path.join(os.path.dirname(__file__), "..", "fakes", "grpc_backend.py")
 ECHO = "/pilotfish.test.Echo/"
@@ -131,31 +132,17 @@ def test_an_http1_client_gets_the_grpc_status_trailers_in_the_last_chunk(grpc_pr
     assert b"grpc-status: 0\r\n" in last, last
 
 
-class ChunkedGrpcServer:
+class ChunkedGrpcServer(ThreadedServer):
     """A gRPC server over HTTP/1.1 (raw sockets): answers every POST with a chunked body (one
     message when `status` is 0, else none) and grpc-status, grpc-message as chunked
     trailers."""
 
     def __init__(self, status):
-        import socket
         self.status = status
-        self.sock = socket.socket()
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(8)
-        self.address = f"{LOCALHOST}:{self.sock.getsockname()[1]}"
         self.requests = 0
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
-
-    def handle(self, conn):
+    def serve(self, conn):
         with conn:
             conn.settimeout(10)
             data = b""
@@ -183,65 +170,59 @@ class ChunkedGrpcServer:
                              + b"0\r\ngrpc-status: %d\r\ngrpc-message: from%%20h1\r\n\r\n"
                              % self.status)
 
-    def close(self):
-        import socket
-        self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.thread.join(10)
+
+@pytest.fixture
+def chunked_grpc_servers():
+    yield from closed_at_teardown(ChunkedGrpcServer)
 
 
 @pytest.mark.parametrize("status", [0, 7])
-def test_grpc_to_an_http1_upstream_gets_its_chunked_trailers(status, start_pilotfish):
-    server = ChunkedGrpcServer(status)
-    try:
-        pf = start_pilotfish(make_config(
-            [listener("main", [route("h1", prefix="/")])],
-            [cluster("h1", [server.address], protocol="http1")]), workers=1)
-        with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
-            rpc = channel.unary_unary(METHOD)
-            if status == 0:
-                assert rpc(b"x", timeout=10) == b"h1:raw"
-            else:
-                with pytest.raises(grpc.RpcError) as err:
-                    rpc(b"x", timeout=10)
-                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, err.value
-                assert err.value.details() == "from h1"
-        assert server.requests == 1
-        entries = access_entries(pf, 1)
-        assert entries[-1]["grpc_status"] == status, entries
-    finally:
-        server.close()
+def test_grpc_to_an_http1_upstream_gets_its_chunked_trailers(status, chunked_grpc_servers,
+                                                            start_pilotfish):
+    server = chunked_grpc_servers(status)
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("h1", prefix="/")])],
+        [cluster("h1", [server.address], protocol="http1")]), workers=1)
+    with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
+        rpc = channel.unary_unary(METHOD)
+        if status == 0:
+            assert rpc(b"x", timeout=10) == b"h1:raw"
+        else:
+            with pytest.raises(grpc.RpcError) as err:
+                rpc(b"x", timeout=10)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, err.value
+            assert err.value.details() == "from h1"
+    assert server.requests == 1
+    entries = access_entries(pf, 1)
+    assert entries[-1]["grpc_status"] == status, entries
 
 
-def test_a_failing_status_in_http1_chunked_trailers_is_retried(start_pilotfish):
+def test_a_failing_status_in_http1_chunked_trailers_is_retried(chunked_grpc_servers,
+                                                              start_pilotfish):
     # "bad" answers every call with headers, no message and grpc-status 14 in the last
     # chunk's trailers: nothing reached the client, so the call is retried on "good".
-    bad, good = ChunkedGrpcServer(14), ChunkedGrpcServer(0)
-    try:
-        pf = start_pilotfish(make_config(
-            [listener("main", [route("h1", prefix="/")])],
-            [cluster("h1", [bad.address, good.address], protocol="http1",
-                     lb_policy="round_robin",
-                     retry={"on": ["unavailable"], "max_retries": 2})]), workers=1)
-        with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
-            for _ in range(4):
-                assert channel.unary_unary(METHOD)(b"x", timeout=10) == b"h1:raw"
-        assert bad.requests >= 2 and good.requests == 4, (bad.requests, good.requests)
-        assert metric_sum(pf.metrics(), "pilotfish_upstream_retries_total", cluster="h1") == \
-            bad.requests
-        # Without a retry left, the status comes back as the server said it.
-        pf2 = start_pilotfish(make_config(
-            [listener("main", [route("h1", prefix="/")])],
-            [cluster("h1", [bad.address], protocol="http1",
-                     retry={"on": ["unavailable"], "max_retries": 1})]), workers=1)
-        with grpc.insecure_channel(f"{LOCALHOST}:{pf2.port()}") as channel:
-            with pytest.raises(grpc.RpcError) as err:
-                channel.unary_unary(METHOD)(b"x", timeout=10)
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
-        assert metric_sum(pf2.metrics(), "pilotfish_upstream_retries_total", cluster="h1") == 1
-    finally:
-        bad.close()
-        good.close()
+    bad, good = chunked_grpc_servers(14), chunked_grpc_servers(0)
+    pf = start_pilotfish(make_config(
+        [listener("main", [route("h1", prefix="/")])],
+        [cluster("h1", [bad.address, good.address], protocol="http1",
+                 lb_policy="round_robin",
+                 retry={"on": ["unavailable"], "max_retries": 2})]), workers=1)
+    with grpc.insecure_channel(f"{LOCALHOST}:{pf.port()}") as channel:
+        for _ in range(4):
+            assert channel.unary_unary(METHOD)(b"x", timeout=10) == b"h1:raw"
+    assert bad.requests >= 2 and good.requests == 4, (bad.requests, good.requests)
+    assert metric_sum(pf.metrics(), "pilotfish_upstream_retries_total", cluster="h1") == \
+        bad.requests
+    # Without a retry left, the status comes back as the server said it.
+    pf2 = start_pilotfish(make_config(
+        [listener("main", [route("h1", prefix="/")])],
+        [cluster("h1", [bad.address], protocol="http1",
+                 retry={"on": ["unavailable"], "max_retries": 1})]), workers=1)
+    with grpc.insecure_channel(f"{LOCALHOST}:{pf2.port()}") as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary(METHOD)(b"x", timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+    assert metric_sum(pf2.metrics(), "pilotfish_upstream_retries_total", cluster="h1") == 1
 
 
 # ---- pilotfish's own answers are trailers-only responses with a grpc-status -----------------

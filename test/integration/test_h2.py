@@ -20,6 +20,7 @@ import h2.exceptions
 import pytest
 
 from harness import LOCALHOST, cluster, listener, make_config, metric_sum, route, wait_for
+from servers import ThreadedServer, closed_at_teardown
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("nghttp") and shutil.which("h2load")), reason="nghttp2-client not installed"
@@ -464,43 +465,22 @@ def test_200mb_download_over_h2_streams_intact_with_bounded_memory(h2proxy):
         assert sampler.peak < 64 * mib, f"RSS peak {sampler.peak / mib:.1f} MiB"
 
 
-class GoawayServer:
+class GoawayServer(ThreadedServer):
     """An HTTP/2 server (python3-h2) answering "NAME" to every request, except that its
     first connection answers `limit` requests and then says GOAWAY with the last of them,
-    leaving every later stream on it unprocessed. Threads; stopped by close()."""
+    leaving every later stream on it unprocessed."""
 
     def __init__(self, name, limit):
-        import threading
-
         self.name, self.limit = name, limit
-        self.sock = socket.socket()
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
         self.answered = 0
         self.requests = []  # each request's header fields, as received
-        self.lock = threading.Lock()
-        self.stop = False
-        self.conns = []
-        self.thread = threading.Thread(target=self.accept, daemon=True)
-        self.thread.start()
+        self.served_connections = 0
+        super().__init__()
 
-    def accept(self):
-        import threading
-
-        while not self.stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-                first = self.connections == 1
-                self.conns.append(conn)
-            threading.Thread(target=self.serve, args=(conn, first), daemon=True).start()
-
-    def serve(self, sock, first):
+    def serve(self, sock):
+        with self.lock:
+            self.served_connections += 1
+            first = self.served_connections == 1
         h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         h2c.initiate_connection()
         sock.sendall(h2c.data_to_send())
@@ -536,23 +516,10 @@ class GoawayServer:
         finally:
             sock.close()
 
-    def close(self):
-        """Stops listening for good: a close alone leaves the port listening while the
-        accept thread sits in accept(), and a later test could be handed that port."""
-        self.stop = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        except OSError:
-            pass
-        self.sock.close()
-        self.thread.join(timeout=5)
-        with self.lock:
-            for conn in self.conns:
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        assert not self.thread.is_alive(), "the accept thread did not stop"
+
+@pytest.fixture
+def goaway_servers():
+    yield from closed_at_teardown(GoawayServer)
 
 
 def test_streams_left_unprocessed_under_goaway_are_replayed_without_a_failure(start_pilotfish,
@@ -592,25 +559,22 @@ def test_streams_left_unprocessed_under_goaway_are_replayed_without_a_failure(st
 
 
 def test_an_h2_upstream_gets_the_route_edits_our_traceparent_and_no_forged_client_cert(
-        start_pilotfish):
-    server = GoawayServer("e1", limit=10**9)
-    try:
-        rt = route("h2", prefix="/")
-        rt["request_headers"] = {"set": {"X-Who": "%CLIENT_IP%"}, "add": {"X-Extra": "one"},
-                                 "remove": ["X-Remove-Me"]}
-        pf = start_pilotfish(make_config([listener("main", [rt])],
-                                         [cluster("h2", [f"{LOCALHOST}:{server.port}"],
-                                                  protocol="h2")]), workers=1)
-        r = curl("-o", "/dev/null", "-w", "%{http_code}",
-                 "-H", "X-Forwarded-Client-Cert: By=spiffe://forged", "-H", "traceparent: bad",
-                 "-H", "X-Remove-Me: 1", "-H", "X-Who: client", url(pf, "/edits"))
-        assert r.stdout == b"200", r
-        (fields,) = server.requests
-        names = [k for k, _ in fields]
-        got = dict(fields)
-        assert "x-remove-me" not in names and "x-forwarded-client-cert" not in names, fields
-        assert names.count("x-who") == 1 and got["x-who"] == LOCALHOST, fields
-        assert got["x-extra"] == "one", fields
-        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", got["traceparent"]), fields
-    finally:
-        server.close()
+        goaway_servers, start_pilotfish):
+    server = goaway_servers("e1", limit=10**9)
+    rt = route("h2", prefix="/")
+    rt["request_headers"] = {"set": {"X-Who": "%CLIENT_IP%"}, "add": {"X-Extra": "one"},
+                             "remove": ["X-Remove-Me"]}
+    pf = start_pilotfish(make_config([listener("main", [rt])],
+                                     [cluster("h2", [f"{LOCALHOST}:{server.port}"],
+                                              protocol="h2")]), workers=1)
+    r = curl("-o", "/dev/null", "-w", "%{http_code}",
+             "-H", "X-Forwarded-Client-Cert: By=spiffe://forged", "-H", "traceparent: bad",
+             "-H", "X-Remove-Me: 1", "-H", "X-Who: client", url(pf, "/edits"))
+    assert r.stdout == b"200", r
+    (fields,) = server.requests
+    names = [k for k, _ in fields]
+    got = dict(fields)
+    assert "x-remove-me" not in names and "x-forwarded-client-cert" not in names, fields
+    assert names.count("x-who") == 1 and got["x-who"] == LOCALHOST, fields
+    assert got["x-extra"] == "one", fields
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", got["traceparent"]), fields

@@ -12,7 +12,6 @@ import re
 import signal
 import socket
 import struct
-import threading
 import time
 
 import h2.config
@@ -23,7 +22,7 @@ import hyperframe.frame
 import pytest
 
 from harness import LOCALHOST, cluster, listener, make_config, wait_for
-from servers import tunnel_log_lines, tunnels
+from servers import ThreadedServer, tunnel_log_lines, tunnels
 from test_websocket import RssPeak, WsBackend
 
 MiB = 1 << 20
@@ -248,25 +247,16 @@ def test_the_listener_advertises_extended_connect_and_frames_pass_both_ways(ws_b
     assert entry["bytes_in"] == from_client and entry["method"] == "GET"
 
 
-class RawWsBackend:
-    """Answers one handshake with 101 (Sec-WebSocket-Accept right, or wrong when `bad_accept`),
+class RawWsBackend(ThreadedServer):
+    """Answers a handshake with 101 (Sec-WebSocket-Accept right, or wrong when `bad_accept`),
     then echoes raw bytes until the client's EOF, writes ";bye" and closes."""
 
     def __init__(self, bad_accept=False):
         self.bad_accept = bad_accept
         self.head = None
-        self.sock = socket.socket()
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(4)
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def serve(self):
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
+    def serve(self, conn):
         conn.settimeout(20)
         with conn:
             head = b""
@@ -297,9 +287,6 @@ class RawWsBackend:
                 conn.shutdown(socket.SHUT_WR)
             except OSError:
                 pass  # pilotfish refused our 101 and closed
-
-    def close(self):
-        self.sock.close()
 
 
 def test_the_upstream_gets_an_http1_handshake_and_half_closes_pass_both_ways(start_pilotfish):

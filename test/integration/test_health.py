@@ -6,9 +6,9 @@ the status of everything it answers) while the other stays well.
 """
 
 import collections
-import socket
-import threading
 import time
+
+import pytest
 
 from harness import (
     HarnessError,
@@ -21,6 +21,7 @@ from harness import (
     route,
     wait_for,
 )
+from servers import ThreadedServer, closed_at_teardown
 
 INTERVAL = 0.2  # seconds between checks of one endpoint
 JITTER = 0.05
@@ -176,23 +177,16 @@ def test_new_endpoint_waits_for_a_passing_check_when_initial_is_unhealthy(
     assert pf.get("/").status == 200
 
 
-class ClosingServer:
+class ClosingServer(ThreadedServer):
     """A health endpoint on 127.0.0.1 that answers one request per connection keep-alive, and
     closes the connection without an answer when a second request comes on it: what a check
     meets when a server's idle timeout closes a kept connection just as the check is sent.
-    Runs in a thread; counts answered and dropped requests."""
+    Counts answered and dropped requests."""
 
     def __init__(self):
         self.answered = 0
         self.dropped = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
+        super().__init__()
 
     def read_request(self, conn):
         data = b""
@@ -203,47 +197,41 @@ class ClosingServer:
             data += chunk
         return True
 
-    def run(self):
-        while not self.stop.is_set():
+    def serve(self, conn):
+        with conn:
+            conn.settimeout(5)
             try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                try:
-                    if not self.read_request(conn):
-                        continue
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                if not self.read_request(conn):
+                    return
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                with self.lock:
                     self.answered += 1
-                    if self.read_request(conn):
+                if self.read_request(conn):
+                    with self.lock:
                         self.dropped += 1
-                except OSError:
-                    pass
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(timeout=5)
-        self.sock.close()
+            except OSError:
+                pass
 
 
-def test_kept_connection_closed_by_the_server_is_no_failure(start_pilotfish):
-    server = ClosingServer()
-    try:
-        pf = start_pilotfish(
-            health_config([server.address], http_check(interval="100ms", unhealthy_threshold=1))
-        )
-        # every other check finds its kept connection closed and starts over on a new one
-        wait_for(lambda: server.dropped >= 3 and server.answered >= 4, 10, "checks")
-        samples = pf.metrics()
+@pytest.fixture
+def closing_server():
+    yield from closed_at_teardown(ClosingServer)
+
+
+def test_kept_connection_closed_by_the_server_is_no_failure(closing_server, start_pilotfish):
+    server = closing_server()
+    pf = start_pilotfish(
+        health_config([server.address], http_check(interval="100ms", unhealthy_threshold=1))
+    )
+    # every other check finds its kept connection closed and starts over on a new one
+    wait_for(lambda: server.dropped >= 3 and server.answered >= 4, 10, "checks")
+    samples = pf.metrics()
+    assert metric_sum(samples, "pilotfish_health_checks_total", cluster="c",
+                      result="success") >= 3
+    for result in ("failure", "timeout", "connect_failure"):
         assert metric_sum(samples, "pilotfish_health_checks_total", cluster="c",
-                          result="success") >= 3
-        for result in ("failure", "timeout", "connect_failure"):
-            assert metric_sum(samples, "pilotfish_health_checks_total", cluster="c",
-                              result=result) == 0, result
-        assert endpoint_state(pf, server.address)["health"] == "healthy"
-    finally:
-        server.close()
+                          result=result) == 0, result
+    assert endpoint_state(pf, server.address)["health"] == "healthy"
 
 
 def test_backend_returning_503_is_ejected_and_comes_back_after_the_ejection_time(

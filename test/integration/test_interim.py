@@ -7,37 +7,27 @@ The upstream is a raw socket server in this file: pf-backend never sends interim
 on its own.
 """
 
-import socket
 import threading
 
 import pytest
 
 from harness import cluster, listener, make_config, metric_sum, route, wait_for
+from servers import ThreadedServer, closed_at_teardown
 
 
-class InterimUpstream:
-    """Accepts one connection at a time; to each request answers `count` interim responses
-    with `status` (None: without end) and then, when count is finite, 200 "ok". Records
-    whether the peer closed the connection while the stream of interims went on."""
+class InterimUpstream(ThreadedServer):
+    """To each request answers `count` interim responses with `status` (None: without end)
+    and then, when count is finite, 200 "ok". Records whether the peer closed the connection
+    while the stream of interims went on."""
 
     def __init__(self, count, status=100):
         self.count = count
         self.status = status
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(30)
-        self.port = self.sock.getsockname()[1]
         self.sent_interims = 0
         self.peer_closed = threading.Event()
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def serve(self):
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
+    def serve(self, conn):
         with conn:
             conn.settimeout(30)
             data = b""
@@ -56,33 +46,15 @@ class InterimUpstream:
                     self.sent_interims += 1
                 if self.count is not None:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    conn.recv(1)  # until pilotfish closes or reuses it
-                else:
-                    conn.recv(1)
+                conn.recv(1)  # until pilotfish closes (or, after the 200, reuses) it
             except OSError:
                 pass
             self.peer_closed.set()
 
-    @property
-    def address(self):
-        return f"127.0.0.1:{self.port}"
-
-    def close(self):
-        self.sock.close()
-
 
 @pytest.fixture
 def upstreams():
-    made = []
-
-    def make(count, status=100):
-        u = InterimUpstream(count, status)
-        made.append(u)
-        return u
-
-    yield make
-    for u in made:
-        u.close()
+    yield from closed_at_teardown(InterimUpstream)
 
 
 def start(start_pilotfish, upstream):

@@ -15,7 +15,6 @@ import pytest
 from harness import (
     KUBECTL_BIN,
     Dnsmasq,
-    K8sApi,
     cluster_status,
     free_port,
     k8s_service,
@@ -27,13 +26,6 @@ from harness import (
     run_kubectl,
     wait_for,
 )
-
-
-@pytest.fixture
-def k8s(tmp_path):
-    api = K8sApi(str(tmp_path)).start()
-    yield api
-    api.stop()
 
 
 def k8s_cluster(name, service, port="http", **kw):

@@ -15,7 +15,6 @@ import pytest
 
 from harness import (
     KUBECTL_BIN,
-    K8sApi,
     cluster_status,
     k8s_service,
     k8s_slice,
@@ -28,13 +27,6 @@ from harness import (
 
 pytestmark = pytest.mark.skipif(not os.path.exists(KUBECTL_BIN),
                                 reason="kubectl not installed (make tools)")
-
-
-@pytest.fixture
-def k8s(tmp_path):
-    api = K8sApi(str(tmp_path)).start()
-    yield api
-    api.stop()
 
 
 def kubectl_apply(k8s, tmp_path, doc):

@@ -9,16 +9,9 @@ import time
 
 import pytest
 
-from harness import K8sApi, k8s_service, k8s_slice, listener, make_config, route, wait_for
+from harness import k8s_service, k8s_slice, listener, make_config, route, wait_for
 
 MAX = 4  # max_watches_per_namespace in these tests
-
-
-@pytest.fixture
-def k8s(tmp_path):
-    api = K8sApi(str(tmp_path)).start()
-    yield api
-    api.stop()
 
 
 def config(k8s, start_backend, **auto):

@@ -3,17 +3,8 @@ Service that comes and goes leaves nothing behind, neither its slot (bounded her
 max_clusters) nor its pools, health checks, metric series or routes. Against the fake API
 server (test/fakes/k8s_api.py), every part real, on 127.0.0.1."""
 
-import pytest
-
-from harness import K8sApi, cluster_status, k8s_service, k8s_slice, listener, make_config, route
+from harness import cluster_status, k8s_service, k8s_slice, listener, make_config, route
 from harness import wait_for
-
-
-@pytest.fixture
-def k8s(tmp_path):
-    api = K8sApi(str(tmp_path)).start()
-    yield api
-    api.stop()
 
 
 def series_of(pf, prefix):

@@ -3,16 +3,7 @@ once, their relists are spread at random (timestamps at the fake API server); a 
 Retry-After is honoured. Real pilotfish processes against test/fakes/k8s_api.py on
 127.0.0.1."""
 
-import pytest
-
-from harness import K8sApi, k8s_service, k8s_slice, listener, make_config, route, wait_for
-
-
-@pytest.fixture
-def k8s(tmp_path):
-    api = K8sApi(str(tmp_path)).start()
-    yield api
-    api.stop()
+from harness import k8s_service, k8s_slice, listener, make_config, route, wait_for
 
 
 def web_cluster(name, service):

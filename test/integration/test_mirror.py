@@ -4,56 +4,33 @@ route's cluster alone, a mirror cluster that never answers neither delays nor fa
 originals, and bodies past buffer_bytes are not copied (counted)."""
 
 import json
-import socket
-import threading
 import time
 
 import pytest
 
-from harness import (LOCALHOST, cluster, http_request, listener, make_config, metric_sum,
+from harness import (cluster, http_request, listener, make_config, metric_sum,
                      run_pilotfish, wait_for)
+from servers import ThreadedServer, closed_at_teardown
 
 
-class RecordingServer:
+class RecordingServer(ThreadedServer):
     """HTTP/1.1 on 127.0.0.1 that records each request (request line, headers, body) and
-    answers 200, or never answers when `hang`. Stops on close()."""
+    answers 200, or never answers when `hang`."""
+
+    backlog = 512
 
     def __init__(self, hang=False):
         self.hang = hang
         self.requests = []
-        self.lock = threading.Lock()
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(512)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.stopping = False
-        self.conns = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    @property
-    def address(self):
-        return f"{LOCALHOST}:{self.port}"
+        super().__init__()
 
     def count(self):
         with self.lock:
             return len(self.requests)
 
-    def _accept(self):
-        while not self.stopping:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        conn.settimeout(0.5)
+    def serve(self, conn):
         buf = b""
-        while not self.stopping:
+        while True:
             while b"\r\n\r\n" in buf:
                 head, rest = buf.split(b"\r\n\r\n", 1)
                 lines = head.decode("latin-1").split("\r\n")
@@ -74,37 +51,16 @@ class RecordingServer:
                         return
             try:
                 data = conn.recv(65536)
-            except socket.timeout:
-                continue
             except OSError:
                 return
             if not data:
                 return
             buf += data
 
-    def close(self):
-        self.stopping = True
-        self.thread.join(timeout=5)
-        self.sock.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-
 
 @pytest.fixture
 def recording():
-    servers = []
-
-    def start(hang=False):
-        s = RecordingServer(hang)
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        s.close()
+    yield from closed_at_teardown(RecordingServer)
 
 
 def mirror_config(backend, shadow, percent=100, **shadow_cluster):

@@ -493,7 +493,7 @@ def test_chart_passes_max_watches_per_namespace_to_on_demand():
         json.loads(config_of(docs))["kubernetes"]["auto_discover"]
 
 
-def test_chart_reads_httproutes_only_when_enabled():
+def test_chart_reads_httproutes_only_when_enabled(tmp_path):
     def granted_resources(docs):
         return {(g, r) for d in docs if d["kind"] in ("Role", "ClusterRole")
                 for rule in d["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
@@ -503,7 +503,15 @@ def test_chart_reads_httproutes_only_when_enabled():
         off = render(mode)
         on = render(mode, "--set", "discovery.httpRoutes=true")
         assert "http_routes" not in json.loads(config_of(off))["kubernetes"]
+        assert "http_routes_recheck" not in json.loads(config_of(off))["kubernetes"]
         assert json.loads(config_of(on))["kubernetes"]["http_routes"] is True
+        # pilotfish's default, written out; the value passes through
+        assert json.loads(config_of(on))["kubernetes"]["http_routes_recheck"] == "60s"
+        short = render(mode, "--set", "discovery.httpRoutes=true",
+                       "--set", "discovery.httpRoutesRecheck=15s")
+        assert json.loads(config_of(short))["kubernetes"]["http_routes_recheck"] == "15s"
+        proc = check_config(config_of(short), tmp_path, f"{mode}-recheck.json")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
         assert route not in granted_resources(off), mode
         assert route in granted_resources(on), mode
         check_rbac(on, f"{mode} with httpRoutes")
@@ -705,6 +713,8 @@ BROKEN_VALUES = [
     (["--set", "resources.limits=null"], "resources: limits is required"),
     (["--set", "securityContext.runAsNonRoot=false"], "securityContext.runAsNonRoot: "),
     (["--set-string", "config.drainTimeout=15"], "config.drainTimeout: Does not match pattern"),
+    (["--set-string", "discovery.httpRoutesRecheck=1 minute"],
+     "discovery.httpRoutesRecheck: Does not match pattern"),
     (["--set", "config.reload=sometimes"], "config.reload: config.reload must be one of"),
     (["--set", "clusters[0].name=a", "--set", "clusters[0].kubernetes.port=Bad_Port"],
      "clusters.0.kubernetes: service is required"),

@@ -23,48 +23,25 @@ from harness import (
     route,
     wait_for,
 )
+from servers import ThreadedServer, closed_at_teardown
 
 
-class ScriptedServer:
+class ScriptedServer(ThreadedServer):
     """A TCP server on 127.0.0.1 that answers every request the same way: `status` with a
-    short body, or never (status None). Counts requests; stops on close()."""
+    short body, or never (status None). Counts requests."""
+
+    backlog = 128
 
     def __init__(self, status):
         self.status = status
         self.requests = 0
-        self.lock = threading.Lock()
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(128)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.stopping = False
-        self.conns = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    @property
-    def address(self):
-        return f"{LOCALHOST}:{self.port}"
-
-    def _accept(self):
-        while not self.stopping:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        conn.settimeout(0.5)
+    def serve(self, conn):
         buf = b""
-        while not self.stopping:
+        while True:
             try:
                 data = conn.recv(65536)
-            except socket.timeout:
-                continue
             except OSError:
                 return
             if not data:
@@ -92,29 +69,10 @@ class ScriptedServer:
                 except OSError:
                     return
 
-    def close(self):
-        self.stopping = True
-        self.thread.join(timeout=5)
-        self.sock.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-
 
 @pytest.fixture
 def scripted():
-    servers = []
-
-    def start(status):
-        s = ScriptedServer(status)
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        s.close()
+    yield from closed_at_teardown(ScriptedServer)
 
 
 def one_cluster_config(endpoints, **cluster_kw):

@@ -1,13 +1,12 @@
 """Routing: which cluster a request reaches, by Host, path and absolute-form authority, and
 the request target it goes upstream with (origin-form, "/?q" for an empty path, "*")."""
 
-import socket
-import threading
 import types
 
 import pytest
 
-from harness import LOCALHOST, cluster, listener, make_config, make_request, route, wait_for
+from harness import cluster, listener, make_config, make_request, route, wait_for
+from servers import ThreadedServer
 
 
 def backend_of(resp):
@@ -158,46 +157,30 @@ def test_connect_method_is_refused_and_not_tunnelled(proxy, start_backend):
     assert proxy.pf.get("/").status == 200
 
 
-class CapturingUpstream:
+class CapturingUpstream(ThreadedServer):
     """An upstream on 127.0.0.1 that records each request head and answers 200 "ok"."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.address = f"{LOCALHOST}:{self.sock.getsockname()[1]}"
         self.heads = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _serve(self):
-        while not self.stopping.is_set():
+    def serve(self, conn):
+        with conn:
+            conn.settimeout(5)
+            data = b""
             try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                data = b""
-                try:
-                    while True:
-                        while b"\r\n\r\n" not in data:
-                            piece = conn.recv(65536)
-                            if not piece:
-                                raise EOFError
-                            data += piece
-                        head, data = data.split(b"\r\n\r\n", 1)
+                while True:
+                    while b"\r\n\r\n" not in data:
+                        piece = conn.recv(65536)
+                        if not piece:
+                            raise EOFError
+                        data += piece
+                    head, data = data.split(b"\r\n\r\n", 1)
+                    with self.lock:
                         self.heads.append(head.decode("latin-1"))
-                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                except (OSError, EOFError):
-                    pass
-
-    def close(self):
-        self.stopping.set()
-        self.thread.join(5)
-        self.sock.close()
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            except (OSError, EOFError):
+                pass
 
 
 @pytest.fixture

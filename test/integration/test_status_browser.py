@@ -18,7 +18,7 @@ from statuspage import (
     three_cluster_config,
     wait_check_failed,
 )
-from test_status_page import MARKUP_NAME, k8s, markup_service_config  # noqa: F401 (fixture)
+from test_status_page import MARKUP_NAME, markup_service_config
 
 SCREENSHOT = os.path.join(BUILD, "status-page.png")
 

@@ -6,12 +6,9 @@ import re
 import shutil
 import subprocess
 
-import pytest
-
 from harness import (
     PILOTFISH_BIN,
     LOCALHOST,
-    K8sApi,
     closed_port,
     cluster_status,
     k8s_service,
@@ -157,13 +154,6 @@ def test_status_page_says_why_it_is_not_ready(start_pilotfish, tmp_path):
     assert "ghost.invalid" in ghost.text()
 
 
-@pytest.fixture
-def k8s(tmp_path):
-    api = K8sApi(str(tmp_path)).start()
-    yield api
-    api.stop()
-
-
 MARKUP_NAME = "<img src=x onerror=alert(1)>"
 
 
@@ -276,3 +266,43 @@ def test_a_cluster_slot_reused_by_another_service_starts_a_fresh_rate(k8s, start
     new = clusters_in_page(page)["new.default:80"]
     assert int(new.find("b", "requests").text()) >= 40  # more than the old one had
     assert new.find("span", "rate").text() == "", new.find("span", "rate").text()
+
+
+def route_list_rows(pf):
+    """{namespace: [List, Watch, Routes]} from the page's HTTPRoute lists table."""
+    page = parse_page(get_page(pf)[1])
+    rows = {}
+    for tr in page.root.iter("tr", "route-list"):
+        cells = [td.text() for td in tr.iter("td")]
+        rows[cells[0]] = cells[1:4]
+    return page, rows
+
+
+def test_status_page_shows_each_namespaces_httproute_list_state(k8s, start_backend,
+                                                                start_pilotfish):
+    """Listed, waiting (its list refused, /ready held and the page's not-ready list naming
+    it) and CRD missing (the kind deleted from the API server), per namespace."""
+    b = start_backend("web")
+    k8s.apply(k8s_service("web", [("http", 80)]), k8s_slice("web-1", "web", b.port, ["127.0.0.1"]))
+    k8s.control("/forbid", {"pairs": [["httproutes", "shop"]]})
+    cfg = make_config([listener("main", [route("none", host="none.local")])],
+                      [{"name": "none", "endpoints": []}],
+                      kubernetes=k8s.config(auto_discover={"namespaces": ["default", "shop"]},
+                                            http_routes=True, http_routes_recheck="1s"))
+    pf = start_pilotfish(cfg, wait_ready=False)
+    wait_for(lambda: route_list_rows(pf)[1].get("default", [None])[0] == "listed", 10,
+             "the default namespace's list")
+    page, rows = route_list_rows(pf)
+    assert rows["shop"][0] == "waiting" and rows["default"][2] == "0", rows
+    why = page.root.find("ul", "why")
+    assert why is not None and 'kubernetes: list httproutes in "shop"' in why.text(), why.text()
+
+    k8s.control("/forbid", {"pairs": []})
+    wait_for(lambda: route_list_rows(pf)[1]["shop"][0] == "listed", 10, "shop listed")
+    pf.wait_ready(10)
+    assert parse_page(get_page(pf)[1]).root.find("ul", "why") is None
+
+    k8s.control("/kinds", {"delete": ["httproutes"]})
+    wait_for(lambda: {r[0] for r in route_list_rows(pf)[1].values()} == {"CRD missing"}, 15,
+             "both lists to find the kind gone")
+    assert {r[1] for r in route_list_rows(pf)[1].values()} == {"not installed"}

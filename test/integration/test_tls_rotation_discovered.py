@@ -16,7 +16,6 @@ import pytest
 
 from harness import (
     LOCALHOST,
-    K8sApi,
     k8s_service,
     k8s_slice,
     listener,
@@ -57,13 +56,6 @@ def dpki(tmp_path_factory):
         out.write(text[: len(text) // 2])
     pki.c1_cut = cut
     return pki
-
-
-@pytest.fixture
-def k8s(tmp_path):
-    api = K8sApi(str(tmp_path)).start()
-    yield api
-    api.stop()
 
 
 def service(name, backend):

@@ -3,8 +3,6 @@
 (clusters[].buffer_bytes), against a small server on 127.0.0.1 that answers with a head as
 large as the request's path asks."""
 
-import socket
-import threading
 
 import pytest
 
@@ -17,35 +15,20 @@ from harness import (
     metric_sum,
     route,
 )
+from servers import ThreadedServer
 
 
-class HeadServer:
+class HeadServer(ThreadedServer):
     """Answers GET /LINES/BYTES with LINES extra header lines of BYTES bytes each, and a
-    one-line body; keeps connections alive. Stops on close()."""
+    one-line body; keeps connections alive."""
 
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.stopping = False
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
+    backlog = 64
 
-    def _accept(self):
-        while not self.stopping:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
+    def serve(self, conn):
         conn.settimeout(5)
         buf = b""
         with conn:
-            while not self.stopping:
+            while True:
                 try:
                     data = conn.recv(65536)
                 except OSError:
@@ -63,11 +46,6 @@ class HeadServer:
                                      b"Content-Length: 3\r\n\r\nok\n")
                     except OSError:
                         return
-
-    def close(self):
-        self.stopping = True
-        self.thread.join(timeout=5)
-        self.sock.close()
 
 
 @pytest.fixture

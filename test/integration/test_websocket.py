@@ -26,7 +26,7 @@ from harness import (
     make_config,
     wait_for,
 )
-from servers import tunnel_log_lines, tunnels
+from servers import ThreadedServer, tunnel_log_lines, tunnels
 
 FAKE = os.path.join(os.path.dirname(__file__), "..", "fakes", "ws_backend.py")
 MiB = 1 << 20
@@ -278,20 +278,11 @@ def test_an_upgrade_the_route_does_not_allow_loses_its_headers(ws_backend, start
     assert tunnels(pf) == (0, 0)
 
 
-class RawUpgradeBackend:
-    """Answers one upgrade request with 101, echoes what comes until the client's EOF, then
+class RawUpgradeBackend(ThreadedServer):
+    """Answers an upgrade request with 101, echoes what comes until the client's EOF, then
     writes "bye" and closes: a half-close must pass both ways."""
 
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(4)
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self):
-        conn, _ = self.sock.accept()
+    def serve(self, conn):
         conn.settimeout(20)
         with conn:
             head = b""
@@ -309,9 +300,6 @@ class RawUpgradeBackend:
                 data += piece
             conn.sendall(b"echo:" + data + b";bye")
             conn.shutdown(socket.SHUT_WR)
-
-    def close(self):
-        self.sock.close()
 
 
 def test_a_half_closed_client_still_receives_the_rest(start_pilotfish):

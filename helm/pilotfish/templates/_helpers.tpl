@@ -174,6 +174,7 @@ Kubernetes clusters get the release's namespace written out, so that the Role ma
 {{- $_ := set $k8s "auto_discover" $auto -}}
 {{- if $v.discovery.httpRoutes -}}
 {{- $_ := set $k8s "http_routes" true -}}
+{{- $_ := set $k8s "http_routes_recheck" $v.discovery.httpRoutesRecheck -}}
 {{- end -}}
 {{- end -}}
 {{- $_ := set $cfg "kubernetes" $k8s -}}
