@@ -473,7 +473,7 @@ pf_stream *stream_new(struct event_base *base, int fd, size_t read_limit, size_t
         event_assign(&s->write_ev, base, fd, EV_WRITE | EV_PERSIST, ev_writable, s) == 0 &&
         event_assign(&s->flush_ev, base, -1, 0, ev_flush, s) == 0;
 #ifdef PF_STREAM_CHECKS
-    /* Below the flush event's priority is not needed: it runs after the adding callback. */
+    /* It runs after the callback that added: output still unflushed then is a writer's bug. */
     if (s->events_assigned)
         s->events_assigned = event_assign(&s->check_ev, base, -1, 0, on_output_check, s) == 0;
 #endif
@@ -715,7 +715,7 @@ static void tls_on_writable(pf_stream *s) {
     }
     if (s->read_wants_write) {
         tls_read(s);
-        return; /* a write, if any is pending, follows from the flush event */
+        return; /* pending output: the write event stays armed and fires again */
     }
     tls_write_out(s);
 }
