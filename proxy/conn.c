@@ -144,6 +144,11 @@ static struct evbuffer *output(pf_conn *c) {
     return stream_output(c->stream);
 }
 
+/* Every downstream op that adds to the output ends here (stream_flush's contract). */
+static void flush(pf_conn *c) {
+    stream_flush(c->stream);
+}
+
 /* Whether the exchange has an attempt or a response under way. */
 static bool in_flight(const pf_conn *c) {
     return c->ex.state == PF_EX_WAITING || c->ex.state == PF_EX_BACKOFF ||
@@ -389,6 +394,7 @@ static void start_bound(pf_conn *c) {
     static const char established[] = "HTTP/1.1 200 Connection established\r\n\r\n";
     c->connect_accepted = false;
     evbuffer_add(output(c), established, sizeof established - 1);
+    flush(c);
     /* The tunnel's bytes: what follows the 200 out, and what followed the CONNECT in. */
     stream_bytes(c->stream, &c->tunnel_in0, &c->tunnel_out0);
     c->tunnel_in0 -= evbuffer_get_length(stream_input(c->stream));
@@ -864,7 +870,9 @@ static int ds_send_head(void *ds, const pf_head *resp, int status, pf_body_mode 
                                .edits = exchange_response_edits(&c->ex),
                                .cluster_edits = route_actions_response_edits(&c->ex),
                                .vars = exchange_header_vars(&c->ex)};
-    return http1_write_response_head(output(c), resp, &fwd);
+    int rc = http1_write_response_head(output(c), resp, &fwd);
+    flush(c);
+    return rc;
 }
 
 static void ds_send_interim(void *ds, const pf_head *resp, int status) {
@@ -874,6 +882,7 @@ static void ds_send_interim(void *ds, const pf_head *resp, int status) {
         return;
     pf_forward_response fwd = {.status = status, .client_minor = 1, .keep_alive = true};
     http1_write_response_head(output(c), resp, &fwd);
+    flush(c);
 }
 
 static void ds_send_body(void *ds, const char *at, size_t len) {
@@ -882,6 +891,7 @@ static void ds_send_body(void *ds, const char *at, size_t len) {
         http1_write_chunk(output(c), at, len);
     else
         evbuffer_add(output(c), at, len);
+    flush(c);
 }
 
 /* Trailers go in a chunked response's last chunk; other framings have no room for them. */
@@ -891,12 +901,14 @@ static void ds_send_trailers(void *ds, const pf_head *trailers) {
         return;
     http1_write_last_chunk(output(c), trailers);
     c->body_ended = true;
+    flush(c);
 }
 
 static void ds_send_end(void *ds) {
     pf_conn *c = ds;
     if (c->resp_body == PF_BODY_CHUNKED && !c->body_ended)
         http1_write_last_chunk(output(c), NULL);
+    flush(c);
     if (!c->ex.request_complete) {
         /* The upstream answered before the whole body arrived; the rest of the body is
          * not worth reading, and without it the connection cannot be reused. */
@@ -943,6 +955,7 @@ static void ds_reply(void *ds, int status, const char *body, const char *extra_h
     if (!c->ex.request_complete && c->req_body != PF_BODY_NONE)
         c->keep_alive = false;
     http1_write_local_response(output(c), status, body, c->keep_alive, extra_headers);
+    flush(c);
     if (!c->keep_alive || closing(c)) {
         exchange_log(&c->ex);
         close_after_response(c);
@@ -996,7 +1009,9 @@ static pf_stream *ds_send_upgrade(void *ds, const pf_head *resp, const char *upg
                                .keep_alive = true,
                                .upgrade = upgrade,
                                .upgrade_len = len};
-    if (http1_write_response_head(output(c), resp, &fwd) != PF_OK)
+    int rc = http1_write_response_head(output(c), resp, &fwd);
+    flush(c);
+    if (rc != PF_OK)
         return NULL;
     c->read_paused = false;
     stream_read_needed(c->stream, true);

@@ -1067,6 +1067,10 @@ static struct evbuffer *ws_output(void *end) {
     return ((h2_stream *)end)->out;
 }
 
+static void ws_flush(void *end) {
+    /* Nothing to do: ws_out_added wakes the stream's DATA on every add to its buffer. */
+}
+
 static void ws_read_enable(void *end, bool enable) {
     /* Nothing to switch: the stream's window is returned only as bytes move on. */
 }
@@ -1081,6 +1085,7 @@ static void ws_shutdown_write(void *end) {
 static const pf_tunnel_end_ops ws_end_ops = {
     .input = ws_input,
     .output = ws_output,
+    .flush = ws_flush,
     .read_enable = ws_read_enable,
     .shutdown_write = ws_shutdown_write,
 };
@@ -1192,6 +1197,7 @@ static void flush(pf_h2_conn *h) {
         batch.iov_len = used;
         evbuffer_commit_space(out, &batch, 1);
     }
+    stream_flush(h->s);
     if (h->wake) {
         h->wake = false;
         for (h2_stream *st = h->streams; st; st = st->next) {

@@ -438,6 +438,7 @@ static void flush_h2u(h2u_conn *c) {
             break;
         evbuffer_add(out, data, (size_t)n);
     }
+    stream_flush(c->s);
     /* Only request bodies make streams writable: most flushes have nothing to walk. */
     for (h2u_stream *st = c->writable ? c->streams : NULL; st; st = st->next) {
         if (st->writable) {

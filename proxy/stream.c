@@ -3,6 +3,8 @@
 
 #include "proxy/tls_int.h"
 
+#include "core/log.h"
+
 #include <errno.h>
 #include <event2/event_struct.h>
 #include <openssl/err.h>
@@ -19,6 +21,12 @@
 #define SMALL_READ 4096u
 #define WRITE_VECS 16
 
+/* Debug builds (sanitizers, or -DPF_STREAM_CHECKS) catch a writer that adds to an output
+ * and never calls stream_flush: such a response would stall until a timeout. */
+#if defined(__SANITIZE_ADDRESS__) && !defined(PF_STREAM_CHECKS)
+#define PF_STREAM_CHECKS 1
+#endif
+
 /* A run of on_readable that epoll did not ask for: the stream's first read, tried before the
  * socket is registered (an accepted client has usually sent its request already), or the
  * decision whether to register, taken after the consumer has seen what that read brought. */
@@ -31,8 +39,16 @@ struct pf_stream {
     /* Embedded, not event_new'd: three fewer allocations per connection. */
     struct event read_ev;  /* EV_READ | EV_PERSIST */
     struct event write_ev; /* EV_WRITE | EV_PERSIST, armed only while the kernel pushes back */
-    struct event flush_ev; /* activated when output is added: writes after the callback */
+    struct event flush_ev; /* deferred work: a first read, an error, a flush outside a callback */
     bool events_assigned;
+    /* On the thread's list of streams written once the stream callback running now returns
+     * (stream_flush); `dirty` says whether it is on it. */
+    pf_stream *dirty_prev, *dirty_next;
+    bool dirty;
+#ifdef PF_STREAM_CHECKS
+    struct event check_ev; /* runs after the callback that added output: was it flushed? */
+    bool unflushed, check_pending;
+#endif
     struct evbuffer *in, *out;
     /* on_input_change, registered only while the input is at its limit: libevent runs a
      * buffer's callbacks on every add and drain, two of each per request, for nothing. */
@@ -323,10 +339,114 @@ static void schedule_flush(pf_stream *s) {
     }
 }
 
-static void on_output_change(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg) {
-    if (info->n_added > 0)
-        schedule_flush(arg);
+/* ---- flushing -------------------------------------------------------------------------- *
+ * Writers add to an output and then call stream_flush. Inside a stream's event callback (a
+ * read, a write, a deferred flush: where almost every response and request is produced) the
+ * stream joins this thread's dirty list, and the list is written when that callback returns
+ * to the stream layer: in the same loop turn, after the code that added, with all of a
+ * batch's adds in one write, and without activating an event per flush. Outside one (a
+ * timer, a DNS answer) the flush event does it, as after any callback. Either way the write
+ * runs with nothing of the writer's on the stack, so its callbacks may free what they like.
+ * One worker per thread: the list is the thread's. */
+static _Thread_local pf_stream *dirty_head;
+static _Thread_local int callback_depth;
+
+static void dirty_remove(pf_stream *s) {
+    if (s->dirty_prev)
+        s->dirty_prev->dirty_next = s->dirty_next;
+    else
+        dirty_head = s->dirty_next;
+    if (s->dirty_next)
+        s->dirty_next->dirty_prev = s->dirty_prev;
+    s->dirty_prev = s->dirty_next = NULL;
+    s->dirty = false;
 }
+
+/* Writes every stream on the dirty list. A write's callback may free other streams (they
+ * leave the list in stream_free) or flush more (they join it and are written here too). */
+static void write_dirty(void) {
+    callback_depth++;
+    while (dirty_head) {
+        pf_stream *s = dirty_head;
+        dirty_remove(s);
+        if (!s->flush_pending) /* else the flush event writes, after what it has to do first */
+            write_out(s);
+    }
+    callback_depth--;
+}
+
+static void callback_enter(void) {
+    callback_depth++;
+}
+
+static void callback_leave(void) {
+    if (--callback_depth == 0 && dirty_head)
+        write_dirty();
+}
+
+void stream_flush(pf_stream *s) {
+#ifdef PF_STREAM_CHECKS
+    s->unflushed = false;
+#endif
+    /* Nothing to write, or a write is due anyway: the flush event's, or the write event's
+     * (armed while the kernel pushes back, and while a connect is under way). */
+    if (s->dirty || s->flush_pending || s->write_armed || evbuffer_get_length(s->out) == 0)
+        return;
+    if (callback_depth == 0) {
+        schedule_flush(s);
+        return;
+    }
+    s->dirty = true;
+    s->dirty_prev = NULL;
+    s->dirty_next = dirty_head;
+    if (dirty_head)
+        dirty_head->dirty_prev = s;
+    dirty_head = s;
+}
+
+/* libevent's entry points into a stream: each bracketed, so that what the callback flushed
+ * is written when it returns. */
+static void ev_readable(evutil_socket_t fd, short what, void *arg) {
+    callback_enter();
+    on_readable(fd, what, arg);
+    callback_leave();
+}
+
+static void ev_writable(evutil_socket_t fd, short what, void *arg) {
+    callback_enter();
+    on_writable(fd, what, arg);
+    callback_leave();
+}
+
+static void ev_flush(evutil_socket_t fd, short what, void *arg) {
+    callback_enter();
+    on_flush(fd, what, arg);
+    callback_leave();
+}
+
+#ifdef PF_STREAM_CHECKS
+static void on_output_check(evutil_socket_t fd, short what, void *arg) {
+    pf_stream *s = arg;
+    s->check_pending = false;
+    if (s->unflushed && evbuffer_get_length(s->out) > 0) {
+        log_error("stream: %zu bytes added to an output without stream_flush; they would wait "
+                  "for a timeout",
+                  evbuffer_get_length(s->out));
+        abort();
+    }
+}
+
+static void on_output_added(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg) {
+    pf_stream *s = arg;
+    if (info->n_added == 0)
+        return;
+    s->unflushed = true;
+    if (!s->check_pending) {
+        s->check_pending = true;
+        event_active(&s->check_ev, 0, 0);
+    }
+}
+#endif
 
 static void on_input_change(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg) {
     pf_stream *s = arg;
@@ -349,15 +469,22 @@ pf_stream *stream_new(struct event_base *base, int fd, size_t read_limit, size_t
     s->in = evbuffer_new();
     s->out = evbuffer_new();
     s->events_assigned =
-        event_assign(&s->read_ev, base, fd, EV_READ | EV_PERSIST, on_readable, s) == 0 &&
-        event_assign(&s->write_ev, base, fd, EV_WRITE | EV_PERSIST, on_writable, s) == 0 &&
-        event_assign(&s->flush_ev, base, -1, 0, on_flush, s) == 0;
+        event_assign(&s->read_ev, base, fd, EV_READ | EV_PERSIST, ev_readable, s) == 0 &&
+        event_assign(&s->write_ev, base, fd, EV_WRITE | EV_PERSIST, ev_writable, s) == 0 &&
+        event_assign(&s->flush_ev, base, -1, 0, ev_flush, s) == 0;
+#ifdef PF_STREAM_CHECKS
+    /* It runs after the callback that added: output still unflushed then is a writer's bug. */
+    if (s->events_assigned)
+        s->events_assigned = event_assign(&s->check_ev, base, -1, 0, on_output_check, s) == 0;
+#endif
     if (!s->in || !s->out || !s->events_assigned) {
         s->fd = -1;
         stream_free(s);
         return NULL;
     }
-    evbuffer_add_cb(s->out, on_output_change, s);
+#ifdef PF_STREAM_CHECKS
+    evbuffer_add_cb(s->out, on_output_added, s);
+#endif
     s->want_read = true;
     s->read_needed = true;
     read_pend(s, READ_PEND_TRY);
@@ -429,10 +556,15 @@ void stream_free(pf_stream *s) {
             SSL_set_shutdown(s->ssl, SSL_SENT_SHUTDOWN);
         SSL_free(s->ssl);
     }
+    if (s->dirty)
+        dirty_remove(s);
     if (s->events_assigned) {
         event_del(&s->read_ev);
         event_del(&s->write_ev);
         event_del(&s->flush_ev);
+#ifdef PF_STREAM_CHECKS
+        event_del(&s->check_ev);
+#endif
     }
     if (s->in)
         evbuffer_free(s->in);
@@ -583,7 +715,7 @@ static void tls_on_writable(pf_stream *s) {
     }
     if (s->read_wants_write) {
         tls_read(s);
-        return; /* a write, if any is pending, follows from the flush event */
+        return; /* pending output: the write event stays armed and fires again */
     }
     tls_write_out(s);
 }

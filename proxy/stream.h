@@ -4,8 +4,9 @@
  * the events that move bytes between them. Reads go straight into the input (no FIONREAD).
  * The first read is tried before the socket is registered with epoll; it is registered only
  * when a read finds nothing or the consumer needs more (stream_read_needed), and then stays
- * registered for the stream's life. Output is written as soon as the current callback
- * returns, registering a write event only when the kernel pushes back. That keeps a
+ * registered for the stream's life. A writer adds to the output and then calls stream_flush;
+ * the output is written as soon as the current callback returns, registering a write event
+ * only when the kernel pushes back. That keeps a
  * keep-alive request at one read and one write per side without epoll_ctl, and a request on
  * a connection that closes after it (accept, read, write, close) out of epoll altogether.
  * A TLS stream (stream_set_tls) offers the same calls over an SSL: the input holds the
@@ -50,7 +51,15 @@ void stream_set_read_chunk(pf_stream *s, size_t bytes);
  * bytes). Worker thread. */
 void stream_bytes(const pf_stream *s, uint64_t *read, uint64_t *written);
 struct evbuffer *stream_input(pf_stream *s);
+/* The output: whoever adds to it calls stream_flush before its callback returns (debug
+ * builds abort when output waits unflushed). Nothing watches the buffer itself: libevent
+ * would run a watcher on every add and drain. */
 struct evbuffer *stream_output(pf_stream *s);
+/* The writer is done adding for now: the output is written once the stream callback running
+ * on this thread returns (in the same loop turn, one write for everything added meanwhile),
+ * or after the current event's callback when none is running. Never calls back, never
+ * writes from inside: the writer's state is safe. Cheap when there is nothing to do. */
+void stream_flush(pf_stream *s);
 void stream_read_enable(pf_stream *s, bool enable);
 /* Whether the consumer waits for input now (the default). When it does not (a request is
  * complete and being answered), a stream not yet registered with epoll stays out of it, and

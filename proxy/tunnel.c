@@ -55,6 +55,7 @@ static bool pump(pf_tunnel *t, int from) {
     size_t move = have < room ? have : room;
     if (move > 0) {
         evbuffer_remove_buffer(in, out, move);
+        t->ops[to]->flush(t->s[to]);
         t->bytes[from] += move;
         for (int k = 0; k < 2; k++)
             if (t->count[from][k])
@@ -87,6 +88,10 @@ static struct evbuffer *end_output(void *s) {
     return stream_output(s);
 }
 
+static void end_flush(void *s) {
+    stream_flush(s);
+}
+
 static void end_read_enable(void *s, bool enable) {
     stream_read_enable(s, enable);
 }
@@ -98,6 +103,7 @@ static void end_shutdown_write(void *s) {
 const pf_tunnel_end_ops tunnel_stream_end_ops = {
     .input = end_input,
     .output = end_output,
+    .flush = end_flush,
     .read_enable = end_read_enable,
     .shutdown_write = end_shutdown_write,
 };

@@ -22,12 +22,14 @@ enum { PF_TUNNEL_CLIENT = 0, PF_TUNNEL_UPSTREAM = 1 };
 typedef void (*pf_tunnel_done)(void *ctx, const char *reason);
 
 /* One side of a tunnel as the tunnel sees it: a byte input it takes from, an output it
- * adds to, a switch for reading, and a half-close. A pf_stream is one (tunnel_new); an
- * HTTP/2 stream carrying an extended CONNECT (RFC 8441) is another (h2_downstream.c). The
- * owner of a side reports its reads, write progress and EOF/errors like a stream's. */
+ * adds to (and flushes after adding), a switch for reading, and a half-close. A pf_stream is one
+ * (tunnel_new); an HTTP/2 stream carrying an extended CONNECT (RFC 8441) is another
+ * (h2_downstream.c). The owner of a side reports its reads, write progress and EOF/errors like a
+ * stream's. */
 typedef struct pf_tunnel_end_ops {
     struct evbuffer *(*input)(void *end);
     struct evbuffer *(*output)(void *end);
+    void (*flush)(void *end); /* done adding to the output for now (stream_flush) */
     void (*read_enable)(void *end, bool enable);
     void (*shutdown_write)(void *end);
 } pf_tunnel_end_ops;

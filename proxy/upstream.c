@@ -609,6 +609,7 @@ static void *start(pf_exchange *ex, const pf_endpoint *ep, bool *overloaded) {
         release(up, false);
         return NULL;
     }
+    stream_flush(up->stream); /* queued while a new connection connects */
     return up;
 }
 
@@ -618,6 +619,7 @@ static void write_body(void *arg, const char *at, size_t len) {
         http1_write_chunk(stream_output(up->stream), at, len);
     else
         evbuffer_add(stream_output(up->stream), at, len);
+    stream_flush(up->stream);
 }
 
 static void replay_body(void *arg, struct evbuffer *body) {
@@ -625,6 +627,7 @@ static void replay_body(void *arg, struct evbuffer *body) {
     struct evbuffer *out = stream_output(up->stream);
     if (up->req_body != PF_BODY_CHUNKED) {
         http1_add_reference(out, body);
+        stream_flush(up->stream);
         return;
     }
     /* One chunk for all of it: the chunk size line, the body by reference, CRLF. */
@@ -633,12 +636,14 @@ static void replay_body(void *arg, struct evbuffer *body) {
     evbuffer_add(out, size, (size_t)n);
     http1_add_reference(out, body);
     evbuffer_add(out, "\r\n", 2);
+    stream_flush(up->stream);
 }
 
 static void end_body(void *arg, uint64_t timeout_ms) {
     pf_upstream *up = arg;
     if (up->req_body == PF_BODY_CHUNKED) /* the last chunk carries the request's trailers */
         http1_write_last_chunk(stream_output(up->stream), exchange_request_trailers(up->owner));
+    stream_flush(up->stream);
     up->request_sent = true;
     up->response_timeout_ms = timeout_ms;
     /* An upstream that answered before the request ended is already timed by its body. */

@@ -1,7 +1,8 @@
 /* Unit tests for proxy/tunnel through its side ops (the seam an HTTP/2 extended CONNECT
  * stream uses): bytes move up to the output limit and the reader pauses, write progress
  * resumes it, an EOF becomes the other side's half-close once its bytes are out, the tunnel
- * ends when both sides closed and everything was written, and an error ends it at once. */
+ * ends when both sides closed and everything was written, and an error ends it at once.
+ * Every byte the tunnel adds to an output is flushed (else it would wait for a timeout). */
 #include "proxy/tunnel_int.h"
 #include "test/unit/unit.h"
 
@@ -13,6 +14,7 @@ typedef struct {
     bool reading;
     int read_switches;
     bool shut;
+    size_t flushed; /* the output's length at its last flush */
 } fake_end;
 
 static struct evbuffer *f_input(void *e) {
@@ -21,6 +23,16 @@ static struct evbuffer *f_input(void *e) {
 
 static struct evbuffer *f_output(void *e) {
     return ((fake_end *)e)->out;
+}
+
+static void f_flush(void *e) {
+    fake_end *f = e;
+    f->flushed = evbuffer_get_length(f->out);
+}
+
+/* Whatever the tunnel added to the end's output was flushed after. */
+static bool all_flushed(const fake_end *f) {
+    return f->flushed == evbuffer_get_length(f->out);
 }
 
 static void f_read_enable(void *e, bool enable) {
@@ -33,7 +45,11 @@ static void f_shutdown_write(void *e) {
     ((fake_end *)e)->shut = true;
 }
 
-static const pf_tunnel_end_ops fake_ops = {f_input, f_output, f_read_enable, f_shutdown_write};
+static const pf_tunnel_end_ops fake_ops = {.input = f_input,
+                                           .output = f_output,
+                                           .flush = f_flush,
+                                           .read_enable = f_read_enable,
+                                           .shutdown_write = f_shutdown_write};
 
 static const char *ended;
 static int done_calls;
@@ -49,6 +65,7 @@ static void end_init(fake_end *f) {
     f->reading = false;
     f->read_switches = 0;
     f->shut = false;
+    f->flushed = 0;
 }
 
 static void end_free(fake_end *f) {
@@ -71,16 +88,19 @@ static void test_bytes_move_with_backpressure_and_half_closes(void) {
     tunnel_start(t);
     CU_ASSERT_TRUE(c.reading && u.reading);
     CU_ASSERT_EQUAL(evbuffer_get_length(u.out), 5);
+    CU_ASSERT_TRUE(all_flushed(&u));
     /* 6 more: 3 fit under the limit of 8, the rest waits and the client is paused */
     evbuffer_add(c.in, "abcdef", 6);
     tunnel_on_read(t, PF_TUNNEL_CLIENT);
     CU_ASSERT_EQUAL(evbuffer_get_length(u.out), 8);
+    CU_ASSERT_TRUE(all_flushed(&u));
     CU_ASSERT_EQUAL(evbuffer_get_length(c.in), 3);
     CU_ASSERT_FALSE(c.reading);
     /* the endpoint took its bytes: the rest moves and the client reads again */
     evbuffer_drain(u.out, 8);
     tunnel_on_write(t, PF_TUNNEL_UPSTREAM);
     CU_ASSERT_EQUAL(evbuffer_get_length(u.out), 3);
+    CU_ASSERT_TRUE(all_flushed(&u));
     CU_ASSERT_TRUE(c.reading);
     CU_ASSERT_EQUAL(tunnel_bytes(t, PF_TUNNEL_CLIENT), 11);
     /* the client's EOF reaches the endpoint as a half-close; the endpoint still answers */
@@ -90,6 +110,7 @@ static void test_bytes_move_with_backpressure_and_half_closes(void) {
     evbuffer_add(u.in, "bye", 3);
     tunnel_on_read(t, PF_TUNNEL_UPSTREAM);
     CU_ASSERT_EQUAL(evbuffer_get_length(c.out), 3);
+    CU_ASSERT_TRUE(all_flushed(&c));
     tunnel_on_event(t, PF_TUNNEL_UPSTREAM, PF_STREAM_EOF, 0);
     CU_ASSERT_TRUE(c.shut);
     CU_ASSERT_EQUAL(done_calls, 0); /* outputs not yet written */
