@@ -282,6 +282,29 @@ def _ratio(a, b):
     return (a / b) if (a is not None and b) else None
 
 
+def paired_rounds(runs, subject, peer):
+    """Per-round req/CPU-s ratios of subject to peer, and their median.
+
+    Rounds are interleaved (subject, then peer, then the next round), so the two runs of one
+    round share whatever the machine was doing for those ~25 s; their ratio cancels it. Best
+    of each proxy compares two different rounds: when the load generator's core sets the
+    pace (keep-alive here), each proxy's best round is the one where that core was fastest,
+    and the ratio moves by the rounds' spread. With 3 or more rounds the median of the paired
+    ratios is the steadier figure; both are printed.
+    """
+    by_round = {}
+    for r in runs:
+        by_round.setdefault(r["round"], {})[r["proxy"]] = r
+    ratios = []
+    for rnd in sorted(by_round):
+        pair = by_round[rnd]
+        if subject in pair and peer in pair and not pair[subject]["notes"] and not pair[peer]["notes"]:
+            v = _ratio(pair[subject]["req_per_cpu_s"], pair[peer]["req_per_cpu_s"])
+            if v is not None:
+                ratios.append(v)
+    return {"req_per_cpu_s": ratios, "median": _median(ratios)}
+
+
 def cmd_report(args):
     with open(args.runs) as f:
         runs = [json.loads(line) for line in f if line.strip()]
@@ -304,6 +327,7 @@ def cmd_report(args):
                 "p99_ms": _ratio(s["p99_ms"], h["p99_ms"]),
                 "req_per_cpu_s": _ratio(s["req_per_cpu_s"], h["req_per_cpu_s"]),
             }
+            entry["paired"] = paired_rounds([r for r in runs if r["case"] == c], subject, peer)
         cases.append(entry)
 
     # ---- table
@@ -334,6 +358,11 @@ def cmd_report(args):
             x = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
             print(line((e["case"], f"{subject}/{peer}"[:17], x(rt["rps"]), "",
                         x(rt["p99_ms"]), x(rt["req_per_cpu_s"]), "", "", "", "")))
+            pr = e.get("paired") or {}
+            if pr.get("req_per_cpu_s"):
+                print(f"{'':10s}  req/CPU-s per round (paired): "
+                      + ", ".join(f"{v:.2f}x" for v in pr["req_per_cpu_s"])
+                      + f"; median {x(pr['median'])}")
         for p, r in e["results"].items():
             for n in r["notes"]:
                 print(f"  !! {e['case']} {p}: {n}")
@@ -347,8 +376,10 @@ def cmd_report(args):
             continue
         f2 = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731
         errs = sum(r["errors"] for r in e["results"].values())
+        pm = (e.get("paired") or {}).get("median")
         parts.append(f"{e['case']}: req/s {f2(rt['rps'])}, p99 {f2(rt['p99_ms'])}, "
                      f"req/CPU-s {f2(rt['req_per_cpu_s'])}"
+                     + (f" (paired rounds' median {f2(pm)})" if pm is not None else "")
                      + (f", {errs} errors" if errs else ""))
     summary = (f"summary ({subject} vs {peer}; >1 is better for req/s and req/CPU-s, "
                f"<1 is better for p99): " + ("; ".join(parts) if parts else "no comparable data"))

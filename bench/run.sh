@@ -19,12 +19,13 @@ bench_init bench "${1:-}"
 BACKEND=${BENCH_BACKEND:-nginx}          # nginx | pf-backend
 DURATION=${BENCH_DURATION:-10s}          # measured run length (wrk -d)
 WARMUP=${BENCH_WARMUP:-2s}               # unmeasured run right before each measured one
-ROUNDS=${BENCH_ROUNDS:-2}                # pilotfish,haproxy pairs per case (interleaved)
+ROUNDS=${BENCH_ROUNDS:-3}                # pilotfish,haproxy pairs per case (interleaved)
 CONNS=${BENCH_CONNECTIONS:-50}           # wrk -c
 # best: the round with the highest req/s (all its metrics together). Interference on
 # a shared box only ever slows a round down, so the best round is the closest to what
-# the proxy can do; with the default 2 rounds a median is just a mean and gets dragged
-# by one disturbed round. median: each metric's median over rounds.
+# the proxy can do; with few rounds a median gets dragged by one disturbed round.
+# median: each metric's median over rounds. The report also prints the paired rounds'
+# req/CPU-s ratios and their median (benchlib.py paired_rounds) whichever is chosen.
 AGG=${BENCH_AGG:-best}
 CASES=${BENCH_CASES:-keepalive,close,policies,failover,health,dns,k8s,fleet,churn,status,reload,tls,h2,tcp,routes}
 STANDIN=${BENCH_STANDIN:-}               # "haproxy": run haproxy in pilotfish's slot (A/A self-test)
