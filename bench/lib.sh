@@ -326,3 +326,20 @@ pilotfish_http_cfg() {
  "clusters": [{"name": "b", "endpoints": [$eps]}]}
 EOF
 }
+
+# start_http_proxy KIND PORT PILOTFISH_BINARY: haproxy (KIND haproxy) or that pilotfish (any
+# other KIND, named so in its log) on PORT with the configs above, pinned on PROXY_CPU, ready
+# when PORT answers; sets PROXY_PID. The measuring scripts' shared start (syscalls, cycles).
+start_http_proxy() {
+    local kind=$1 port=$2 binary=$3
+    if [ "$kind" != haproxy ]; then
+        pilotfish_http_cfg "$(free_port)" "$port" >"$WORK/pf.json"
+        start_bg "$WORK/$kind.log" "$PROXY_CPU" "$binary" --config "$WORK/pf.json" --workers 1
+    else
+        haproxy_http_cfg "$port" >"$WORK/haproxy.cfg"
+        start_bg "$WORK/haproxy.log" "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg"
+    fi
+    PROXY_PID=$STARTED_PID
+    wait_http "$kind (127.0.0.1:$port)" "http://127.0.0.1:$port/" "$PROXY_PID" "$WORK/$kind.log" ||
+        fail_start "$kind (process exited)" "$WORK/$kind.log"
+}

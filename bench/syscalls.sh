@@ -23,19 +23,7 @@ bench_need wrk strace haproxy nginx taskset
 for name in b1 b2; do start_nginx_backend "$name"; done
 
 # start_proxy KIND PORT: sets PROXY_PID
-start_proxy() {
-    local kind=$1 port=$2
-    if [ "$kind" = pilotfish ]; then
-        pilotfish_http_cfg "$(free_port)" "$port" >"$WORK/pf.json"
-        start_bg "$WORK/pilotfish.log" "$PROXY_CPU" "$BUILD/pilotfish" --config "$WORK/pf.json" --workers 1
-    else
-        haproxy_http_cfg "$port" >"$WORK/haproxy.cfg"
-        start_bg "$WORK/haproxy.log" "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg"
-    fi
-    PROXY_PID=$STARTED_PID
-    wait_http "$kind (127.0.0.1:$port)" "http://127.0.0.1:$port/" "$PROXY_PID" "$WORK/$kind.log" ||
-        fail_start "$kind (process exited)" "$WORK/$kind.log"
-}
+start_proxy() { start_http_proxy "$1" "$2" "$BUILD/pilotfish"; }
 
 printf '%-10s %-10s %9s  %s\n' case proxy "sys/req" "per request (calls/request, >= 0.05)"
 for case in keepalive close; do
