@@ -46,6 +46,19 @@ def start_on_demand(api, start_backend, start_pilotfish, **k8s):
         kubernetes=api.config(auto_discover=discover, **k8s)))
 
 
+def serving_on_b1(fake, start_backend, start_pilotfish, n=SERVICES, fake_args=(), asked=None,
+                  **k8s):
+    """n Services on backend b1 behind an on_demand pilotfish, each of the first `asked`
+    (all by default) asked once and answered by b1. Returns (api, pf, b2)."""
+    b1, b2 = start_backend("b1"), start_backend("b2")
+    api = fake(*fake_args)
+    api.apply(*services(b1, n))
+    pf = start_on_demand(api, start_backend, start_pilotfish, **k8s)
+    for name in names(n if asked is None else asked):
+        assert backend_of(pf, name) == "b1", name
+    return api, pf, b2
+
+
 def backend_of(pf, name):
     r = pf.get("/", host=f"{name}.default")
     return r.header("X-Backend") if r.status == 200 else r.status
@@ -64,12 +77,7 @@ def lists(api):
 
 
 def test_services_in_use_share_one_http2_connection(fake, start_backend, start_pilotfish):
-    b1, b2 = start_backend("b1"), start_backend("b2")
-    api = fake()
-    api.apply(*services(b1))
-    pf = start_on_demand(api, start_backend, start_pilotfish)
-    for name in names():
-        assert backend_of(pf, name) == "b1", name
+    api, pf, b2 = serving_on_b1(fake, start_backend, start_pilotfish)
     # 2 watches per Service, all streams of the one connection the first list opened
     wait_for(lambda: state(api)["streams_open"] == 2 * SERVICES, 10, "every watch open")
     st = state(api)
@@ -86,14 +94,10 @@ def test_services_in_use_share_one_http2_connection(fake, start_backend, start_p
 @pytest.mark.parametrize("where", ["server", "client"])
 def test_http1_when_the_server_offers_no_h2_or_the_key_is_off(fake, start_backend,
                                                                start_pilotfish, where):
-    b1, b2 = start_backend("b1"), start_backend("b2")
     n = 3
-    api = fake("--no-h2") if where == "server" else fake()
-    api.apply(*services(b1, n))
-    pf = start_on_demand(api, start_backend, start_pilotfish,
-                         **({"http2": False} if where == "client" else {}))
-    for name in names(n):
-        assert backend_of(pf, name) == "b1", name
+    api, pf, b2 = serving_on_b1(fake, start_backend, start_pilotfish, n,
+                                fake_args=("--no-h2",) if where == "server" else (),
+                                **({"http2": False} if where == "client" else {}))
     # one HTTP/1.1 connection per watch, as before HTTP/2 (lists' connections are reused)
     wait_for(lambda: state(api)["connections_open"].get("http/1.1") == 2 * n, 10,
              "a connection per watch")
@@ -106,12 +110,7 @@ def test_http1_when_the_server_offers_no_h2_or_the_key_is_off(fake, start_backen
 @pytest.mark.parametrize("how", ["cut", "restart"])
 def test_every_watch_resumes_after_the_connection_dies(fake, start_backend, start_pilotfish,
                                                        how):
-    b1, b2 = start_backend("b1"), start_backend("b2")
-    api = fake()
-    api.apply(*services(b1))
-    pf = start_on_demand(api, start_backend, start_pilotfish)
-    for name in names():
-        assert backend_of(pf, name) == "b1", name
+    api, pf, b2 = serving_on_b1(fake, start_backend, start_pilotfish)
     wait_for(lambda: state(api)["streams_open"] == 2 * SERVICES, 10, "every watch open")
     listed = len(lists(api))
 
@@ -153,13 +152,8 @@ def test_every_watch_resumes_after_the_connection_dies(fake, start_backend, star
 
 
 def test_a_410_on_one_stream_relists_that_one_only(fake, start_backend, start_pilotfish):
-    b1, b2 = start_backend("b1"), start_backend("b2")
-    api = fake()
-    api.apply(*services(b1, 3))
-    pf = start_on_demand(api, start_backend, start_pilotfish,
-                         backoff={"base": "50ms", "max": "500ms"})
-    for name in names(3):
-        assert backend_of(pf, name) == "b1", name
+    api, pf, b2 = serving_on_b1(fake, start_backend, start_pilotfish, 3,
+                                backoff={"base": "50ms", "max": "500ms"})
     wait_for(lambda: state(api)["streams_open"] == 6, 10, "every watch open")
     before = lists(api)
     # svc1's slice watch ends with a 410 Expired; the other five streams go on
@@ -180,12 +174,8 @@ def test_a_410_on_one_stream_relists_that_one_only(fake, start_backend, start_pi
 
 def test_past_the_servers_stream_limit_a_second_connection_opens(fake, start_backend,
                                                                  start_pilotfish):
-    b1, b2 = start_backend("b1"), start_backend("b2")
-    api = fake("--h2-max-streams", "4")
-    api.apply(*services(b1, 4))
-    pf = start_on_demand(api, start_backend, start_pilotfish)
-    for name in names(4):
-        assert backend_of(pf, name) == "b1", name
+    api, pf, b2 = serving_on_b1(fake, start_backend, start_pilotfish, 4,
+                                fake_args=("--h2-max-streams", "4"))
     # 8 watches at 4 streams a connection: 2 connections (lists' streams come and go)
     wait_for(lambda: state(api)["streams_open"] == 8, 10, "every watch open")
     st = state(api)
@@ -197,12 +187,7 @@ def test_past_the_servers_stream_limit_a_second_connection_opens(fake, start_bac
 
 def test_after_a_goaway_open_watches_go_on_and_new_ones_take_a_new_connection(
         fake, start_backend, start_pilotfish):
-    b1, b2 = start_backend("b1"), start_backend("b2")
-    api = fake()
-    api.apply(*services(b1, 4))
-    pf = start_on_demand(api, start_backend, start_pilotfish)
-    for name in names(3):
-        assert backend_of(pf, name) == "b1", name
+    api, pf, b2 = serving_on_b1(fake, start_backend, start_pilotfish, 4, asked=3)
     wait_for(lambda: state(api)["streams_open"] == 6, 10, "every watch open")
     assert api.control("/goaway", {})["connections"] == 1
     # a Service used after the GOAWAY is listed and watched on a new connection

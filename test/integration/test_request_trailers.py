@@ -174,16 +174,9 @@ def h1_post_with_trailers(port, body, trailer_lines):
         sock.sendall(b"POST /upload HTTP/1.1\r\nHost: t.local\r\nTE: trailers\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n"
                      + b"%x\r\n" % len(body) + body + b"\r\n0\r\n" + trailer_lines + b"\r\n")
-        data = read_until(sock, b"", b"\r\n\r\n")
-        head, _, data = data.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), head
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:")))
-        while len(data) < length:
-            more = sock.recv(65536)
-            assert more, "closed before the body ended"
-            data += more
-        return json.loads(data[:length])
+        status, body = read_response(sock)
+        assert status.startswith(b"HTTP/1.1 200"), status
+        return json.loads(body)
     finally:
         sock.close()
 
